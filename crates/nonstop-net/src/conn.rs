@@ -1,0 +1,209 @@
+//! An authenticated replication connection over TCP.
+
+use nonstop_proto::auth::{
+    AuthError, CLIENT_FINISH_LEN, CLIENT_HELLO_LEN, ClusterKey, Initiator, Responder, SERVER_HELLO_LEN, SessionKeys,
+};
+use nonstop_proto::frame::{Frame, FrameError, FrameKind, FrameReader, FrameWriter};
+use nonstop_proto::{CheckpointId, Term};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use thiserror::Error;
+
+/// How long a handshake may take before the peer is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection failed.
+#[derive(Debug, Error)]
+pub enum ConnError {
+    /// The socket failed.
+    #[error("connection to {peer} failed: {source}")]
+    Io {
+        /// The peer.
+        peer: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The peer failed authentication.
+    #[error("handshake with {peer} failed: {source}")]
+    Auth {
+        /// The peer.
+        peer: String,
+        /// Why.
+        source: AuthError,
+    },
+    /// The peer sent a frame that failed a check.
+    #[error("bad frame from {peer}: {source}")]
+    Frame {
+        /// The peer.
+        peer: String,
+        /// Why.
+        source: FrameError,
+    },
+    /// The peer closed the connection.
+    #[error("{peer} closed the connection")]
+    Closed {
+        /// The peer.
+        peer: String,
+    },
+}
+
+fn nonce() -> [u8; 32] {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).expect("the OS random source works");
+    nonce
+}
+
+/// The sending half of a connection.
+#[derive(Debug)]
+pub struct FrameSender {
+    stream: TcpStream,
+    writer: FrameWriter,
+    buf: Vec<u8>,
+    peer: String,
+}
+
+/// The receiving half of a connection.
+#[derive(Debug)]
+pub struct FrameReceiver {
+    stream: TcpStream,
+    reader: FrameReader,
+    buf: Box<[u8]>,
+    peer: String,
+}
+
+fn io_error(peer: &str) -> impl Fn(std::io::Error) -> ConnError + '_ {
+    move |source| ConnError::Io {
+        peer: peer.to_string(),
+        source,
+    }
+}
+
+fn halves(stream: TcpStream, keys: SessionKeys, peer: String) -> Result<(FrameSender, FrameReceiver), ConnError> {
+    stream.set_read_timeout(None).map_err(io_error(&peer))?;
+    let read_half = stream.try_clone().map_err(io_error(&peer))?;
+    Ok((
+        FrameSender {
+            stream,
+            writer: FrameWriter::new(keys.send),
+            buf: Vec::new(),
+            peer: peer.clone(),
+        },
+        FrameReceiver {
+            stream: read_half,
+            reader: FrameReader::new(keys.recv),
+            buf: vec![0u8; 256 << 10].into(),
+            peer,
+        },
+    ))
+}
+
+/// Connects to `addr` and authenticates as the initiator.
+pub fn connect(addr: SocketAddr, key: &ClusterKey) -> Result<(FrameSender, FrameReceiver), ConnError> {
+    let peer = addr.to_string();
+    let mut stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT).map_err(io_error(&peer))?;
+    stream.set_nodelay(true).map_err(io_error(&peer))?;
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_error(&peer))?;
+    let (initiator, hello) = Initiator::start(key.clone(), nonce());
+    stream.write_all(&hello).map_err(io_error(&peer))?;
+    let mut answer = [0u8; SERVER_HELLO_LEN];
+    stream.read_exact(&mut answer).map_err(io_error(&peer))?;
+    let (finish, keys) = initiator.on_server_hello(&answer).map_err(|source| ConnError::Auth {
+        peer: peer.clone(),
+        source,
+    })?;
+    stream.write_all(&finish).map_err(io_error(&peer))?;
+    halves(stream, keys, peer)
+}
+
+/// Authenticates an accepted connection as the responder. Nothing is read past the handshake
+/// unless the peer proved it holds `key`.
+pub fn accept(mut stream: TcpStream, key: &ClusterKey) -> Result<(FrameSender, FrameReceiver), ConnError> {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown peer".into());
+    stream.set_nodelay(true).map_err(io_error(&peer))?;
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_error(&peer))?;
+    let mut hello = [0u8; CLIENT_HELLO_LEN];
+    stream.read_exact(&mut hello).map_err(io_error(&peer))?;
+    let (responder, answer) =
+        Responder::on_client_hello(key.clone(), nonce(), &hello).map_err(|source| ConnError::Auth {
+            peer: peer.clone(),
+            source,
+        })?;
+    stream.write_all(&answer).map_err(io_error(&peer))?;
+    let mut finish = [0u8; CLIENT_FINISH_LEN];
+    stream.read_exact(&mut finish).map_err(io_error(&peer))?;
+    let keys = responder.on_client_finish(&finish).map_err(|source| ConnError::Auth {
+        peer: peer.clone(),
+        source,
+    })?;
+    halves(stream, keys, peer)
+}
+
+impl FrameSender {
+    /// Encodes a frame into the send buffer; [`FrameSender::flush`] sends it.
+    pub fn queue(&mut self, kind: FrameKind, term: Term, checkpoint: CheckpointId, payload: &[u8]) {
+        self.writer.encode(kind, term, checkpoint, payload, &mut self.buf);
+    }
+
+    /// Sends everything queued.
+    pub fn flush(&mut self) -> Result<(), ConnError> {
+        let result = self.stream.write_all(&self.buf).map_err(io_error(&self.peer));
+        self.buf.clear();
+        result
+    }
+
+    /// Queues and sends one frame.
+    pub fn send(
+        &mut self,
+        kind: FrameKind,
+        term: Term,
+        checkpoint: CheckpointId,
+        payload: &[u8],
+    ) -> Result<(), ConnError> {
+        self.queue(kind, term, checkpoint, payload);
+        self.flush()
+    }
+
+    /// Closes both directions (wakes the receiving half).
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+}
+
+impl FrameReceiver {
+    /// Waits for the next valid frame.
+    pub fn recv(&mut self) -> Result<Frame, ConnError> {
+        loop {
+            if let Some(frame) = self.reader.next_frame().map_err(|source| ConnError::Frame {
+                peer: self.peer.clone(),
+                source,
+            })? {
+                return Ok(frame);
+            }
+            let n = self.stream.read(&mut self.buf).map_err(io_error(&self.peer))?;
+            if n == 0 {
+                return Err(ConnError::Closed {
+                    peer: self.peer.clone(),
+                });
+            }
+            self.reader.push(&self.buf[..n]);
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+}

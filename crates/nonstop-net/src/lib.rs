@@ -1,0 +1,14 @@
+//! nonstop's thin TCP drivers around the protocol state machines of `nonstop-proto`.
+//!
+//! * [`conn`]: authenticated connections (handshake, MACed frames).
+//! * [`primary`]: the primary's replicator ([`Primary`]).
+//! * [`backup`]: the backup's server ([`BackupServer`]).
+//! * [`rtt`]: the raw round trip of the same transport, for comparison.
+
+pub mod backup;
+pub mod conn;
+pub mod primary;
+pub mod rtt;
+
+pub use backup::{BackupServer, ConsistencyCheck};
+pub use primary::{Primary, PrimaryConfig, PrimaryError, ReplicationStats};

@@ -1,0 +1,601 @@
+//! The primary's replicator: ships checkpoints of a [`Mirror`] to its backups and tells when
+//! a commit's reply may leave.
+//!
+//! Threads: one reader per backup (acknowledgements, verify replies); under the epoch policy,
+//! one replicator that cuts a checkpoint every interval and, for AU, ships the stream as it
+//! grows; under the sync policy the thread waiting for its ticket cuts and sends itself, so a
+//! commit costs one round trip and no thread hand-off. Cuts and sends are serialised by the
+//! link lock, which is what keeps every backup's frames of checkpoint `n` before its close.
+
+use crate::conn::{self, ConnError, FrameReceiver, FrameSender};
+use hdrhistogram::Histogram;
+use nonstop_proto::auth::ClusterKey;
+use nonstop_proto::control::{self, AckInfo, Attach, Close, Refusal, VerifyReply, VerifyRequest};
+use nonstop_proto::frame::FrameKind;
+use nonstop_proto::primary::{BackupId, Replication, Ticket};
+use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term};
+use nonstop_region::{Mirror, STREAM_CHUNK};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How long a waiter spins on the held checkpoint before it sleeps: a wake-up costs more than
+/// a loopback round trip on a small machine (see BRIEF), so short waits are cheaper spun.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(30);
+
+/// Replication settings of a primary.
+#[derive(Clone, Debug)]
+pub struct PrimaryConfig {
+    /// The primary's term; backups refuse older ones.
+    pub term: Term,
+    /// When checkpoints are cut.
+    pub policy: CommitPolicy,
+    /// Backups that must hold a checkpoint before its replies leave.
+    pub required_backups: usize,
+    /// The cluster key backups authenticate with.
+    pub key: ClusterKey,
+}
+
+/// Something went wrong on the primary's side of replication.
+#[derive(Debug, Error)]
+pub enum PrimaryError {
+    /// Connecting to or talking with a backup failed.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// A backup refused to follow.
+    #[error("backup {peer} refused this primary: {reason}")]
+    Refused {
+        /// The backup.
+        peer: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// A wait ran out of time.
+    #[error("timed out after {0:?} waiting for the backups; is a backup stalled or gone?")]
+    Timeout(Duration),
+    /// Fewer backups than required are connected, so no reply may leave.
+    #[error("only {connected} of {required} required backups are connected: replies are held until one is attached")]
+    Unprotected {
+        /// Backups connected.
+        connected: usize,
+        /// Backups required.
+        required: usize,
+    },
+}
+
+/// Replication statistics since start.
+#[derive(Debug, Clone)]
+pub struct ReplicationStats {
+    /// Checkpoints cut.
+    pub checkpoints: u64,
+    /// Region bytes in checkpoint changes (DU diffs or AU runs), whole images excluded.
+    pub change_bytes: u64,
+    /// Dirty pages diffed (DU).
+    pub dirty_pages: u64,
+    /// Nanoseconds backups spent applying a checkpoint, as they reported.
+    pub apply_ns: Histogram<u64>,
+    /// Nanoseconds a cut held transactions off.
+    pub cut_ns: Histogram<u64>,
+}
+
+impl ReplicationStats {
+    fn new() -> ReplicationStats {
+        ReplicationStats {
+            checkpoints: 0,
+            change_bytes: 0,
+            dirty_pages: 0,
+            apply_ns: Histogram::new(3).expect("valid precision"),
+            cut_ns: Histogram::new(3).expect("valid precision"),
+        }
+    }
+}
+
+struct Link {
+    id: BackupId,
+    sender: FrameSender,
+    alive: Arc<AtomicBool>,
+    awaiting_image: bool,
+    streamed_frames: u32,
+    streamed_bytes: u64,
+    reader: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    mirror: Arc<Mirror>,
+    config: PrimaryConfig,
+    clock: Instant,
+    replication: Mutex<Replication>,
+    links: Mutex<Vec<Link>>,
+    /// Held checkpoint + 1 (0: none yet), readable without a lock.
+    held: AtomicU64,
+    held_lock: Mutex<()>,
+    held_changed: Condvar,
+    waiters: AtomicUsize,
+    verify_replies: Mutex<HashMap<BackupId, Result<VerifyReply, String>>>,
+    verify_changed: Condvar,
+    stats: Mutex<ReplicationStats>,
+    stop: AtomicBool,
+    next_backup: AtomicU32,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A primary replicating one [`Mirror`].
+pub struct Primary {
+    shared: Arc<Shared>,
+    replicator: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primary").field("config", &self.shared.config).finish()
+    }
+}
+
+impl Primary {
+    /// Starts replicating `mirror`, whose open checkpoint must be the first to cut.
+    pub fn start(mirror: Arc<Mirror>, config: PrimaryConfig) -> Primary {
+        let clock = Instant::now();
+        let replication = Replication::new(
+            config.term,
+            config.policy,
+            config.required_backups,
+            mirror.open_checkpoint(),
+            Nanos(0),
+        );
+        let shared = Arc::new(Shared {
+            mirror,
+            config,
+            clock,
+            replication: Mutex::new(replication),
+            links: Mutex::new(Vec::new()),
+            held: AtomicU64::new(0),
+            held_lock: Mutex::new(()),
+            held_changed: Condvar::new(),
+            waiters: AtomicUsize::new(0),
+            verify_replies: Mutex::new(HashMap::new()),
+            verify_changed: Condvar::new(),
+            stats: Mutex::new(ReplicationStats::new()),
+            stop: AtomicBool::new(false),
+            next_backup: AtomicU32::new(1),
+        });
+        let replicator = matches!(shared.config.policy, CommitPolicy::Epoch { .. }).then(|| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("nonstop-replicator".into())
+                .spawn(move || shared.run_epochs())
+                .expect("spawn replicator thread")
+        });
+        if let Some(handle) = &replicator {
+            shared.mirror.set_stream_waker(handle.thread().clone());
+        }
+        Primary { shared, replicator }
+    }
+
+    /// The mirror being replicated.
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.shared.mirror
+    }
+
+    /// Connects a backup, sends it the whole image and returns once it holds it.
+    pub fn attach_backup(&self, addr: SocketAddr, timeout: Duration) -> Result<BackupId, PrimaryError> {
+        let shared = &self.shared;
+        let (mut sender, receiver) = conn::connect(addr, &shared.config.key)?;
+        let attach = Attach {
+            region_base: shared.mirror.base() as u64,
+            region_len: shared.mirror.len() as u64,
+            page_size: PAGE_SIZE as u32,
+        };
+        sender.send(
+            FrameKind::Attach,
+            shared.config.term,
+            CheckpointId(0),
+            &control::encode(&attach),
+        )?;
+        let id = BackupId(shared.next_backup.fetch_add(1, Ordering::Relaxed));
+        let alive = Arc::new(AtomicBool::new(true));
+        let reader = {
+            let (shared, alive) = (self.shared.clone(), alive.clone());
+            std::thread::Builder::new()
+                .name(format!("nonstop-acks-{}", id.0))
+                .spawn(move || shared.read_backup(id, receiver, alive))
+                .expect("spawn ack reader")
+        };
+        let first = {
+            let mut links = lock(&shared.links);
+            lock(&shared.replication).add_backup(id);
+            links.push(Link {
+                id,
+                sender,
+                alive,
+                awaiting_image: true,
+                streamed_frames: 0,
+                streamed_bytes: 0,
+                reader: Some(reader),
+            });
+            shared.cut_and_send(&mut links)
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(acked) = lock(&shared.replication).acked(id) {
+                if acked >= first {
+                    tracing::info!(backup = id.0, %addr, checkpoint = first.0, "backup attached and holds the image");
+                    return Ok(id);
+                }
+            } else if !lock(&shared.links)
+                .iter()
+                .any(|l| l.id == id && l.alive.load(Ordering::Relaxed))
+            {
+                let reason = self.refusal(id).unwrap_or_else(|| "connection closed".into());
+                return Err(PrimaryError::Refused {
+                    peer: addr.to_string(),
+                    reason,
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(PrimaryError::Timeout(timeout));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn refusal(&self, id: BackupId) -> Option<String> {
+        lock(&self.shared.verify_replies)
+            .get(&id)
+            .and_then(|r| r.as_ref().err().cloned())
+    }
+
+    /// Whether the reply of `ticket` may leave: every required backup holds its checkpoint.
+    pub fn is_held(&self, ticket: Ticket) -> bool {
+        self.shared.held.load(Ordering::Acquire) > ticket.checkpoint.0
+    }
+
+    /// The highest checkpoint every required backup holds.
+    pub fn held(&self) -> Option<CheckpointId> {
+        self.shared
+            .held
+            .load(Ordering::Acquire)
+            .checked_sub(1)
+            .map(CheckpointId)
+    }
+
+    /// When `checkpoint` became held, if recently.
+    pub fn held_at(&self, checkpoint: CheckpointId) -> Option<Instant> {
+        lock(&self.shared.replication)
+            .held_at(checkpoint)
+            .map(|at| self.shared.clock + Duration::from_nanos(at.0))
+    }
+
+    /// Waits until the reply of `ticket` may leave. Under the sync policy this cuts and sends
+    /// the checkpoint itself (one round trip); under epochs it waits for the replicator.
+    pub fn wait_held(&self, ticket: Ticket, timeout: Duration) -> Result<(), PrimaryError> {
+        let shared = &self.shared;
+        if self.is_held(ticket) {
+            return Ok(());
+        }
+        if shared.config.policy == CommitPolicy::Sync {
+            let mut links = lock(&shared.links);
+            let closed = lock(&shared.replication).last_closed();
+            if closed.is_none_or(|closed| closed < ticket.checkpoint) {
+                shared.cut_and_send(&mut links);
+            }
+        }
+        let started = Instant::now();
+        while started.elapsed() < SPIN_BEFORE_SLEEP {
+            if self.is_held(ticket) {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        shared.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = lock(&shared.held_lock);
+        let result = loop {
+            if self.is_held(ticket) {
+                break Ok(());
+            }
+            let connected = lock(&shared.replication).backup_count();
+            if connected < shared.config.required_backups {
+                break Err(PrimaryError::Unprotected {
+                    connected,
+                    required: shared.config.required_backups,
+                });
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                break Err(PrimaryError::Timeout(timeout));
+            }
+            guard = shared
+                .held_changed
+                .wait_timeout(guard, (timeout - waited).min(Duration::from_millis(50)))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        };
+        shared.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Cuts a checkpoint now (whatever the policy) and returns its number.
+    pub fn checkpoint_now(&self) -> CheckpointId {
+        let mut links = lock(&self.shared.links);
+        self.shared.cut_and_send(&mut links)
+    }
+
+    /// Asks every backup for a digest of its image's first `len` bytes and, if `check` names
+    /// a workload, for that workload's consistency check on the image.
+    pub fn verify_backups(
+        &self,
+        len: u64,
+        check: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<(BackupId, VerifyReply)>, PrimaryError> {
+        let shared = &self.shared;
+        let request = control::encode(&VerifyRequest {
+            len,
+            check: check.map(str::to_string),
+        });
+        let ids: Vec<BackupId> = {
+            let mut links = lock(&shared.links);
+            lock(&shared.verify_replies).clear();
+            for link in links.iter_mut() {
+                link.sender
+                    .send(FrameKind::VerifyRequest, shared.config.term, CheckpointId(0), &request)?;
+            }
+            links.iter().map(|l| l.id).collect()
+        };
+        let deadline = Instant::now() + timeout;
+        let mut replies = lock(&shared.verify_replies);
+        loop {
+            if ids.iter().all(|id| replies.contains_key(id)) {
+                return ids
+                    .iter()
+                    .map(|id| match replies.remove(id).expect("checked above") {
+                        Ok(reply) => Ok((*id, reply)),
+                        Err(reason) => Err(PrimaryError::Refused {
+                            peer: format!("backup {}", id.0),
+                            reason,
+                        }),
+                    })
+                    .collect();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(PrimaryError::Timeout(timeout));
+            }
+            replies = shared
+                .verify_changed
+                .wait_timeout(replies, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Statistics since start.
+    pub fn stats(&self) -> ReplicationStats {
+        lock(&self.shared.stats).clone()
+    }
+
+    /// Backups currently following.
+    pub fn backup_count(&self) -> usize {
+        lock(&self.shared.replication).backup_count()
+    }
+
+    /// Stops replicating and closes every backup connection.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(replicator) = self.replicator.take() {
+            replicator.thread().unpark();
+            let _ = replicator.join();
+        }
+        let readers: Vec<JoinHandle<()>> = {
+            let mut links = lock(&self.shared.links);
+            links
+                .iter_mut()
+                .filter_map(|link| {
+                    link.sender.shutdown();
+                    link.reader.take()
+                })
+                .collect()
+        };
+        for reader in readers {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    fn now(&self) -> Nanos {
+        Nanos(self.clock.elapsed().as_nanos() as u64)
+    }
+
+    fn run_epochs(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = self.now();
+            let (due, deadline) = {
+                let replication = lock(&self.replication);
+                (
+                    replication.cut_due(now, self.mirror.commits_in_epoch()),
+                    replication.deadline(),
+                )
+            };
+            if due {
+                let mut links = lock(&self.links);
+                self.cut_and_send(&mut links);
+                continue;
+            }
+            if self.mirror.stream_pending() >= STREAM_CHUNK {
+                let mut links = lock(&self.links);
+                self.stream(&mut links);
+                continue;
+            }
+            let wait = deadline.map_or(Duration::from_millis(10), |d| {
+                Duration::from_nanos(d.0.saturating_sub(now.0))
+            });
+            std::thread::park_timeout(wait.min(Duration::from_millis(10)));
+        }
+    }
+
+    /// AU: ships what was committed so far into the open checkpoint.
+    fn stream(&self, links: &mut Vec<Link>) {
+        let (checkpoint, runs) = self.mirror.take_stream();
+        let run_bytes = runs.run_bytes();
+        let payloads = runs.into_payloads();
+        for link in links.iter_mut().filter(|l| !l.awaiting_image) {
+            for payload in &payloads {
+                link.sender
+                    .queue(FrameKind::Runs, self.config.term, checkpoint, payload);
+            }
+            link.streamed_frames += payloads.len() as u32;
+            link.streamed_bytes += run_bytes;
+            if let Err(error) = link.sender.flush() {
+                tracing::warn!(backup = link.id.0, %error, "send failed");
+                link.alive.store(false, Ordering::Relaxed);
+            }
+        }
+        lock(&self.stats).change_bytes += run_bytes;
+        self.prune(links);
+    }
+
+    /// Cuts the open checkpoint and sends it to every backup; returns its number.
+    fn cut_and_send(&self, links: &mut Vec<Link>) -> CheckpointId {
+        let full = lock(&self.replication).attaching();
+        let started = Instant::now();
+        let content = self.mirror.cut(full);
+        let cut_ns = started.elapsed().as_nanos() as u64;
+        let cut = lock(&self.replication).cut(self.now());
+        assert_eq!(
+            cut.checkpoint, content.checkpoint,
+            "mirror and replication cut in lockstep"
+        );
+        let change_bytes = content.changes.run_bytes();
+        let changes = content.changes.into_payloads();
+        let image_bytes = content.full_image.as_ref().map_or(0, |image| image.run_bytes());
+        let image = content.full_image.map(|image| image.into_payloads());
+        for link in links.iter_mut() {
+            let whole = cut.full_image_for.contains(&link.id);
+            let (payloads, bytes) = match (&image, whole) {
+                (Some(image), true) => (image, image_bytes),
+                _ => (&changes, change_bytes),
+            };
+            for payload in payloads {
+                link.sender
+                    .queue(FrameKind::Runs, self.config.term, cut.checkpoint, payload);
+            }
+            let close = Close {
+                runs_frames: link.streamed_frames + payloads.len() as u32,
+                run_bytes: link.streamed_bytes + bytes,
+                full: whole,
+            };
+            link.sender.queue(
+                FrameKind::Close,
+                self.config.term,
+                cut.checkpoint,
+                &control::encode(&close),
+            );
+            link.streamed_frames = 0;
+            link.streamed_bytes = 0;
+            link.awaiting_image &= !whole;
+            if let Err(error) = link.sender.flush() {
+                tracing::warn!(backup = link.id.0, %error, "send failed");
+                link.alive.store(false, Ordering::Relaxed);
+            }
+        }
+        {
+            let mut stats = lock(&self.stats);
+            stats.checkpoints += 1;
+            stats.change_bytes += change_bytes;
+            stats.dirty_pages += content.dirty_pages as u64;
+            let _ = stats.cut_ns.record(cut_ns.max(1));
+        }
+        self.prune(links);
+        cut.checkpoint
+    }
+
+    fn prune(&self, links: &mut Vec<Link>) {
+        let now = self.now();
+        links.retain_mut(|link| {
+            if link.alive.load(Ordering::Relaxed) {
+                return true;
+            }
+            link.sender.shutdown();
+            if let Some(held) = lock(&self.replication).backup_lost(link.id, now) {
+                self.publish_held(held);
+            }
+            false
+        });
+    }
+
+    fn publish_held(&self, held: CheckpointId) {
+        self.held.fetch_max(held.0 + 1, Ordering::AcqRel);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = lock(&self.held_lock);
+            self.held_changed.notify_all();
+        }
+    }
+
+    fn read_backup(&self, id: BackupId, mut receiver: FrameReceiver, alive: Arc<AtomicBool>) {
+        let outcome: Result<(), String> = loop {
+            let frame = match receiver.recv() {
+                Ok(frame) => frame,
+                Err(error) => break Err(error.to_string()),
+            };
+            match frame.kind {
+                FrameKind::Ack => {
+                    let info: AckInfo = match control::decode("ack", &frame.payload) {
+                        Ok(info) => info,
+                        Err(error) => break Err(error.to_string()),
+                    };
+                    let _ = lock(&self.stats).apply_ns.record(info.apply_ns.max(1));
+                    let result = lock(&self.replication).on_ack(id, frame.checkpoint, self.now());
+                    match result {
+                        Ok(Some(held)) => self.publish_held(held),
+                        Ok(None) => {}
+                        Err(error) => break Err(error.to_string()),
+                    }
+                }
+                FrameKind::VerifyReply => {
+                    let reply =
+                        control::decode::<VerifyReply>("verify reply", &frame.payload).map_err(|e| e.to_string());
+                    lock(&self.verify_replies).insert(id, reply);
+                    self.verify_changed.notify_all();
+                }
+                FrameKind::Refuse => {
+                    let reason = control::decode::<Refusal>("refusal", &frame.payload)
+                        .map(|r| r.reason)
+                        .unwrap_or_else(|e| e.to_string());
+                    break Err(reason);
+                }
+                FrameKind::Pong => {}
+                other => break Err(format!("unexpected {other:?} frame from a backup")),
+            }
+        };
+        alive.store(false, Ordering::Relaxed);
+        if let Err(reason) = outcome {
+            if !self.stop.load(Ordering::Relaxed) {
+                tracing::warn!(backup = id.0, %reason, "backup connection ended");
+            }
+            lock(&self.verify_replies).insert(id, Err(reason));
+            self.verify_changed.notify_all();
+        }
+        if let Some(held) = lock(&self.replication).backup_lost(id, self.now()) {
+            self.publish_held(held);
+        }
+        let _guard = lock(&self.held_lock);
+        self.held_changed.notify_all();
+    }
+}

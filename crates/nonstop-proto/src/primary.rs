@@ -1,0 +1,369 @@
+//! The primary's replication bookkeeping: checkpoint numbers, acknowledgements, output commit.
+//!
+//! [`Replication`] decides nothing about bytes; it says which checkpoint a commit joins, when
+//! the next checkpoint is due under the [`CommitPolicy`], which backups need a whole image, and
+//! which checkpoint every backup holds — the point up to which replies may be released.
+
+use crate::{CheckpointId, CommitPolicy, Nanos, Term};
+use std::collections::{BTreeMap, VecDeque};
+use thiserror::Error;
+
+/// Identifies one backup connection of a primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackupId(pub u32);
+
+/// Returned by a commit: the reply to that transaction may leave once every backup holds
+/// `checkpoint`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket {
+    /// The checkpoint that contains the transaction.
+    pub checkpoint: CheckpointId,
+}
+
+/// An acknowledgement that contradicts what the primary sent.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AckError {
+    /// From a backup this primary does not know.
+    #[error("acknowledgement from unknown backup {0:?}")]
+    UnknownBackup(BackupId),
+    /// For a checkpoint that was never closed.
+    #[error("backup {backup:?} acknowledged checkpoint {acked} but only {closed:?} was closed: the backup is faulty")]
+    FromTheFuture {
+        /// The backup.
+        backup: BackupId,
+        /// What it acknowledged.
+        acked: u64,
+        /// The last closed checkpoint.
+        closed: Option<u64>,
+    },
+    /// Not after the previous acknowledgement, or before the backup's first image.
+    #[error("backup {backup:?} acknowledged checkpoint {acked} out of order (expected {expected})")]
+    OutOfOrder {
+        /// The backup.
+        backup: BackupId,
+        /// What it acknowledged.
+        acked: u64,
+        /// The checkpoint expected next from it.
+        expected: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct BackupProgress {
+    /// The checkpoint whose whole image this backup receives first; `None` until the next cut.
+    first: Option<CheckpointId>,
+    acked: Option<CheckpointId>,
+}
+
+/// A checkpoint just cut by [`Replication::cut`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Its number.
+    pub checkpoint: CheckpointId,
+    /// Backups that must receive the whole image at this checkpoint instead of its changes.
+    pub full_image_for: Vec<BackupId>,
+}
+
+/// How many recent held-advances are remembered for [`Replication::held_at`].
+const HELD_LOG_LIMIT: usize = 1 << 16;
+
+/// The primary's replication state machine.
+#[derive(Debug)]
+pub struct Replication {
+    term: Term,
+    policy: CommitPolicy,
+    required_backups: usize,
+    first: CheckpointId,
+    open: CheckpointId,
+    backups: BTreeMap<BackupId, BackupProgress>,
+    held: Option<CheckpointId>,
+    held_log: VecDeque<(CheckpointId, Nanos)>,
+    epoch_started: Nanos,
+}
+
+impl Replication {
+    /// A primary in `term` whose first checkpoint will be `first`; replies wait for
+    /// `required_backups` backups (0: unreplicated, replies are held at once).
+    pub fn new(
+        term: Term,
+        policy: CommitPolicy,
+        required_backups: usize,
+        first: CheckpointId,
+        now: Nanos,
+    ) -> Replication {
+        Replication {
+            term,
+            policy,
+            required_backups,
+            first,
+            open: first,
+            backups: BTreeMap::new(),
+            held: None,
+            held_log: VecDeque::new(),
+            epoch_started: now,
+        }
+    }
+
+    /// The primary's term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The commit policy.
+    pub fn policy(&self) -> CommitPolicy {
+        self.policy
+    }
+
+    /// The checkpoint that commits join now.
+    pub fn open_checkpoint(&self) -> CheckpointId {
+        self.open
+    }
+
+    /// The last checkpoint cut, if any.
+    pub fn last_closed(&self) -> Option<CheckpointId> {
+        (self.open > self.first).then(|| CheckpointId(self.open.0 - 1))
+    }
+
+    /// When the open checkpoint is due under an epoch policy (`None` under sync).
+    pub fn deadline(&self) -> Option<Nanos> {
+        match self.policy {
+            CommitPolicy::Sync => None,
+            CommitPolicy::Epoch { interval_us, .. } => Some(self.epoch_started.plus_us(interval_us)),
+        }
+    }
+
+    /// Whether the open checkpoint, holding `commits` commits so far, should be cut now.
+    pub fn cut_due(&self, now: Nanos, commits: u64) -> bool {
+        match self.policy {
+            CommitPolicy::Sync => commits > 0 || self.attaching(),
+            CommitPolicy::Epoch {
+                interval_us,
+                max_commits,
+            } => now >= self.epoch_started.plus_us(interval_us) || (max_commits > 0 && commits >= max_commits),
+        }
+    }
+
+    /// Whether a backup waits for its first whole image.
+    pub fn attaching(&self) -> bool {
+        self.backups.values().any(|b| b.first.is_none())
+    }
+
+    /// Registers a new backup; it receives a whole image at the next cut.
+    pub fn add_backup(&mut self, id: BackupId) {
+        self.backups.insert(
+            id,
+            BackupProgress {
+                first: None,
+                acked: None,
+            },
+        );
+    }
+
+    /// Forgets a backup whose connection failed. Returns the new held checkpoint if forgetting
+    /// the slowest backup lets it advance.
+    pub fn backup_lost(&mut self, id: BackupId, now: Nanos) -> Option<CheckpointId> {
+        self.backups.remove(&id);
+        self.advance_held(now)
+    }
+
+    /// The last checkpoint `id` acknowledged.
+    pub fn acked(&self, id: BackupId) -> Option<CheckpointId> {
+        self.backups.get(&id).and_then(|b| b.acked)
+    }
+
+    /// Backups currently following.
+    pub fn backup_count(&self) -> usize {
+        self.backups.len()
+    }
+
+    /// Closes the open checkpoint and opens the next.
+    pub fn cut(&mut self, now: Nanos) -> Cut {
+        let checkpoint = self.open;
+        self.open = checkpoint.next();
+        self.epoch_started = now;
+        let mut full_image_for = Vec::new();
+        for (id, progress) in &mut self.backups {
+            if progress.first.is_none() {
+                progress.first = Some(checkpoint);
+                full_image_for.push(*id);
+            }
+        }
+        if self.required_backups == 0 {
+            self.set_held(checkpoint, now);
+        }
+        Cut {
+            checkpoint,
+            full_image_for,
+        }
+    }
+
+    /// A backup says it holds `checkpoint`. Returns the new held checkpoint if it advanced.
+    pub fn on_ack(
+        &mut self,
+        id: BackupId,
+        checkpoint: CheckpointId,
+        now: Nanos,
+    ) -> Result<Option<CheckpointId>, AckError> {
+        let closed = self.last_closed();
+        let progress = self.backups.get_mut(&id).ok_or(AckError::UnknownBackup(id))?;
+        if closed.is_none_or(|closed| checkpoint > closed) {
+            return Err(AckError::FromTheFuture {
+                backup: id,
+                acked: checkpoint.0,
+                closed: closed.map(|c| c.0),
+            });
+        }
+        let expected = match (progress.acked, progress.first) {
+            (Some(acked), _) => acked.next(),
+            (None, Some(first)) => first,
+            (None, None) => {
+                return Err(AckError::OutOfOrder {
+                    backup: id,
+                    acked: checkpoint.0,
+                    expected: self.open.0,
+                });
+            }
+        };
+        if checkpoint != expected {
+            return Err(AckError::OutOfOrder {
+                backup: id,
+                acked: checkpoint.0,
+                expected: expected.0,
+            });
+        }
+        progress.acked = Some(checkpoint);
+        Ok(self.advance_held(now))
+    }
+
+    fn advance_held(&mut self, now: Nanos) -> Option<CheckpointId> {
+        if self.backups.len() < self.required_backups || self.backups.is_empty() {
+            return None;
+        }
+        let all_hold = self.backups.values().map(|b| b.acked).min().flatten()?;
+        if self.held.is_some_and(|held| held >= all_hold) {
+            return None;
+        }
+        self.set_held(all_hold, now);
+        Some(all_hold)
+    }
+
+    fn set_held(&mut self, checkpoint: CheckpointId, now: Nanos) {
+        self.held = Some(checkpoint);
+        if self.held_log.len() == HELD_LOG_LIMIT {
+            self.held_log.pop_front();
+        }
+        self.held_log.push_back((checkpoint, now));
+    }
+
+    /// The highest checkpoint every required backup holds: replies of commits up to it may leave.
+    pub fn held(&self) -> Option<CheckpointId> {
+        self.held
+    }
+
+    /// Whether the reply of `ticket` may leave.
+    pub fn is_held(&self, ticket: Ticket) -> bool {
+        self.held.is_some_and(|held| held >= ticket.checkpoint)
+    }
+
+    /// When `checkpoint` became held, if it did recently enough to be remembered.
+    pub fn held_at(&self, checkpoint: CheckpointId) -> Option<Nanos> {
+        let index = self.held_log.partition_point(|(held, _)| *held < checkpoint);
+        self.held_log.get(index).map(|(_, at)| *at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EPOCH: CommitPolicy = CommitPolicy::Epoch {
+        interval_us: 1000,
+        max_commits: 0,
+    };
+
+    #[test]
+    fn held_waits_for_every_backup_and_never_regresses() {
+        let mut r = Replication::new(Term(1), EPOCH, 2, CheckpointId(1), Nanos(0));
+        r.add_backup(BackupId(1));
+        r.add_backup(BackupId(2));
+        let ticket = Ticket {
+            checkpoint: r.open_checkpoint(),
+        };
+        let cut = r.cut(Nanos(10));
+        assert_eq!(cut.checkpoint, CheckpointId(1));
+        assert_eq!(cut.full_image_for, vec![BackupId(1), BackupId(2)]);
+        assert_eq!(r.on_ack(BackupId(1), CheckpointId(1), Nanos(20)).unwrap(), None);
+        assert!(!r.is_held(ticket));
+        assert_eq!(
+            r.on_ack(BackupId(2), CheckpointId(1), Nanos(30)).unwrap(),
+            Some(CheckpointId(1))
+        );
+        assert!(r.is_held(ticket));
+        assert_eq!(r.held_at(CheckpointId(1)), Some(Nanos(30)));
+        // A third backup joins: held stays where it was until the newcomer catches up.
+        r.add_backup(BackupId(3));
+        r.cut(Nanos(40));
+        r.on_ack(BackupId(1), CheckpointId(2), Nanos(41)).unwrap();
+        r.on_ack(BackupId(2), CheckpointId(2), Nanos(42)).unwrap();
+        assert_eq!(r.held(), Some(CheckpointId(1)));
+        assert_eq!(
+            r.on_ack(BackupId(3), CheckpointId(2), Nanos(43)).unwrap(),
+            Some(CheckpointId(2))
+        );
+    }
+
+    #[test]
+    fn losing_the_last_backup_stops_output() {
+        let mut r = Replication::new(Term(1), CommitPolicy::Sync, 1, CheckpointId(1), Nanos(0));
+        r.add_backup(BackupId(1));
+        r.cut(Nanos(1));
+        assert_eq!(r.backup_lost(BackupId(1), Nanos(2)), None);
+        let ticket = Ticket {
+            checkpoint: r.open_checkpoint(),
+        };
+        r.cut(Nanos(3));
+        assert!(!r.is_held(ticket));
+    }
+
+    #[test]
+    fn bad_acks_are_refused() {
+        let mut r = Replication::new(Term(1), EPOCH, 1, CheckpointId(1), Nanos(0));
+        r.add_backup(BackupId(1));
+        assert!(matches!(
+            r.on_ack(BackupId(1), CheckpointId(1), Nanos(0)),
+            Err(AckError::FromTheFuture { .. })
+        ));
+        r.cut(Nanos(1));
+        r.cut(Nanos(2));
+        assert!(matches!(
+            r.on_ack(BackupId(1), CheckpointId(2), Nanos(3)),
+            Err(AckError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            r.on_ack(BackupId(9), CheckpointId(1), Nanos(3)),
+            Err(AckError::UnknownBackup(_))
+        ));
+        r.on_ack(BackupId(1), CheckpointId(1), Nanos(3)).unwrap();
+        assert!(matches!(
+            r.on_ack(BackupId(1), CheckpointId(1), Nanos(3)),
+            Err(AckError::OutOfOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn epoch_deadline_and_commit_limit() {
+        let policy = CommitPolicy::Epoch {
+            interval_us: 100,
+            max_commits: 2,
+        };
+        let mut r = Replication::new(Term(1), policy, 0, CheckpointId(1), Nanos(0));
+        assert!(!r.cut_due(Nanos(99_999), 1));
+        assert!(r.cut_due(Nanos(100_000), 0));
+        assert!(r.cut_due(Nanos(0), 2));
+        let ticket = Ticket {
+            checkpoint: r.open_checkpoint(),
+        };
+        r.cut(Nanos(5));
+        assert!(r.is_held(ticket), "with no backups required, a cut is held at once");
+    }
+}

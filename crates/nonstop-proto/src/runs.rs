@@ -1,0 +1,186 @@
+//! Runs: the payload that carries region bytes, for DU diffs and AU streams alike.
+//!
+//! A payload is a sequence of runs, each `offset: u64 LE | len: u32 LE | len bytes`. A payload
+//! is validated as a whole before any run is used ([`parse_runs`]): a run that is truncated,
+//! empty, or reaches past the end of the region refuses the whole frame.
+
+use crate::frame::MAX_PAYLOAD;
+use thiserror::Error;
+
+/// Bytes of a run's header (offset and length).
+pub const RUN_HEADER_LEN: usize = 12;
+
+/// One run: bytes to place at an offset of the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run<'a> {
+    /// Offset from the start of the region.
+    pub offset: u64,
+    /// The bytes.
+    pub bytes: &'a [u8],
+}
+
+/// Why a runs payload was refused. Nothing of it was applied.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RunsError {
+    /// The payload ends inside a run.
+    #[error("runs payload truncated at byte {at}: a run header or its bytes are cut off")]
+    Truncated {
+        /// Where the cut run starts.
+        at: usize,
+    },
+    /// A run with no bytes: never produced by a correct sender.
+    #[error("empty run at byte {at} of the payload")]
+    Empty {
+        /// Where it starts.
+        at: usize,
+    },
+    /// A run outside the region.
+    #[error("run [{offset}, +{len}) reaches past the end of the {region_len}-byte region: refused")]
+    OutOfRegion {
+        /// The run's offset.
+        offset: u64,
+        /// The run's length.
+        len: u64,
+        /// The region's length.
+        region_len: u64,
+    },
+}
+
+/// Checks a whole payload against a region of `region_len` bytes and returns its runs.
+pub fn parse_runs(payload: &[u8], region_len: u64) -> Result<Vec<Run<'_>>, RunsError> {
+    let mut runs = Vec::new();
+    let mut at = 0usize;
+    while at < payload.len() {
+        let header = payload
+            .get(at..at + RUN_HEADER_LEN)
+            .ok_or(RunsError::Truncated { at })?;
+        let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            return Err(RunsError::Empty { at });
+        }
+        let bytes = payload
+            .get(at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len)
+            .ok_or(RunsError::Truncated { at })?;
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|end| end > region_len) {
+            return Err(RunsError::OutOfRegion {
+                offset,
+                len: len as u64,
+                region_len,
+            });
+        }
+        runs.push(Run { offset, bytes });
+        at += RUN_HEADER_LEN + len;
+    }
+    Ok(runs)
+}
+
+/// Packs runs into payloads of at most [`MAX_PAYLOAD`] bytes, splitting long runs.
+#[derive(Debug, Default)]
+pub struct RunsBuilder {
+    payloads: Vec<Vec<u8>>,
+    run_bytes: u64,
+}
+
+impl RunsBuilder {
+    /// An empty builder.
+    pub fn new() -> RunsBuilder {
+        RunsBuilder::default()
+    }
+
+    /// Adds `bytes` to be placed at `offset`. Empty runs are ignored.
+    pub fn push(&mut self, mut offset: u64, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = match self.payloads.last() {
+                Some(last) if MAX_PAYLOAD - last.len() > RUN_HEADER_LEN => MAX_PAYLOAD - last.len() - RUN_HEADER_LEN,
+                _ => {
+                    self.payloads
+                        .push(Vec::with_capacity(bytes.len().min(MAX_PAYLOAD) + RUN_HEADER_LEN));
+                    MAX_PAYLOAD - RUN_HEADER_LEN
+                }
+            };
+            let take = room.min(bytes.len());
+            let payload = self.payloads.last_mut().expect("pushed above");
+            payload.extend_from_slice(&offset.to_le_bytes());
+            payload.extend_from_slice(&(take as u32).to_le_bytes());
+            payload.extend_from_slice(&bytes[..take]);
+            self.run_bytes += take as u64;
+            offset += take as u64;
+            bytes = &bytes[take..];
+        }
+    }
+
+    /// Region bytes added so far (without run headers).
+    pub fn run_bytes(&self) -> u64 {
+        self.run_bytes
+    }
+
+    /// True if nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.payloads.is_empty()
+    }
+
+    /// Wire bytes of all payloads so far.
+    pub fn payload_bytes(&self) -> u64 {
+        self.payloads.iter().map(|p| p.len() as u64).sum()
+    }
+
+    /// The payloads built so far.
+    pub fn payloads(&self) -> &[Vec<u8>] {
+        &self.payloads
+    }
+
+    /// The payloads, each ready to be a [`crate::frame::FrameKind::Runs`] frame.
+    pub fn into_payloads(self) -> Vec<Vec<u8>> {
+        self.payloads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_splits_long_runs_and_parser_reassembles() {
+        let data: Vec<u8> = (0..(MAX_PAYLOAD * 2 + 100)).map(|i| i as u8).collect();
+        let mut builder = RunsBuilder::new();
+        builder.push(10, &data);
+        builder.push(5, b"abc");
+        let payloads = builder.into_payloads();
+        assert!(payloads.len() >= 3);
+        let mut image = vec![0u8; data.len() + 10];
+        for payload in &payloads {
+            assert!(payload.len() <= MAX_PAYLOAD);
+            for run in parse_runs(payload, image.len() as u64).unwrap() {
+                image[run.offset as usize..][..run.bytes.len()].copy_from_slice(run.bytes);
+            }
+        }
+        assert_eq!(&image[10 + 3..], &data[3..]);
+        assert_eq!(&image[5..8], b"abc");
+    }
+
+    #[test]
+    fn bad_runs_are_refused() {
+        let mut builder = RunsBuilder::new();
+        builder.push(4090, b"0123456789");
+        let payload = builder.into_payloads().remove(0);
+        assert!(matches!(parse_runs(&payload, 4096), Err(RunsError::OutOfRegion { .. })));
+        assert!(matches!(
+            parse_runs(&payload[..15], 1 << 20),
+            Err(RunsError::Truncated { at: 0 })
+        ));
+        let mut overflow = Vec::new();
+        overflow.extend_from_slice(&u64::MAX.to_le_bytes());
+        overflow.extend_from_slice(&1u32.to_le_bytes());
+        overflow.push(0);
+        assert!(matches!(
+            parse_runs(&overflow, u64::MAX),
+            Err(RunsError::OutOfRegion { .. })
+        ));
+        let mut empty = Vec::new();
+        empty.extend_from_slice(&0u64.to_le_bytes());
+        empty.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(parse_runs(&empty, 10), Err(RunsError::Empty { at: 0 }));
+    }
+}

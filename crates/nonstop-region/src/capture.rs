@@ -1,0 +1,187 @@
+//! Checkpoint capture: what each update protocol records while transactions run, and what it
+//! hands over when a checkpoint is cut.
+//!
+//! * DU keeps a twin of every page at its first write in a checkpoint (seed 001's twins) and,
+//!   at the cut, diffs each dirty page against its twin.
+//! * AU appends each committed range to a stream the replicator ships as it grows; the cut
+//!   only closes it.
+
+use nonstop_proto::runs::RunsBuilder;
+use nonstop_proto::{PAGE_SIZE, UpdateProtocol, diff::diff_page};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+type Page = [u8; PAGE_SIZE];
+
+const CLEAN: u8 = 0;
+const TWINNING: u8 = 1;
+const DIRTY: u8 = 2;
+
+#[derive(Debug, Default)]
+struct Twins {
+    dirty: Vec<(u32, Box<Page>)>,
+    spare: Vec<Box<Page>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct DuCapture {
+    page_state: Box<[AtomicU8]>,
+    twins: Mutex<Twins>,
+}
+
+#[derive(Debug)]
+pub(crate) struct AuCapture {
+    stream: Mutex<RunsBuilder>,
+    pending: AtomicUsize,
+}
+
+/// What a protocol records between cuts.
+#[derive(Debug)]
+pub(crate) enum Capture {
+    Unreplicated,
+    Du(DuCapture),
+    Au(AuCapture),
+}
+
+impl Capture {
+    pub(crate) fn new(protocol: Option<UpdateProtocol>, pages: usize) -> Capture {
+        match protocol {
+            None => Capture::Unreplicated,
+            Some(UpdateProtocol::Du) => Capture::Du(DuCapture {
+                page_state: (0..pages).map(|_| AtomicU8::new(CLEAN)).collect(),
+                twins: Mutex::new(Twins::default()),
+            }),
+            Some(UpdateProtocol::Au) => Capture::Au(AuCapture {
+                stream: Mutex::new(RunsBuilder::new()),
+                pending: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Called when a transaction declares a write to `pages` (inclusive range) of `region`,
+    /// before any byte changes.
+    pub(crate) fn before_write(&self, region: *const u8, first_page: usize, last_page: usize) {
+        let Capture::Du(du) = self else { return };
+        for page in first_page..=last_page {
+            let state = &du.page_state[page];
+            if state.load(Ordering::Acquire) == DIRTY {
+                continue;
+            }
+            match state.compare_exchange(CLEAN, TWINNING, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => {
+                    let mut twins = du.twins.lock().expect("twin lock");
+                    let mut twin = twins.spare.pop().unwrap_or_else(|| Box::new([0u8; PAGE_SIZE]));
+                    // SAFETY: the page lies inside the region; no transaction writes to it yet,
+                    // since every writer must first see it DIRTY.
+                    let current = unsafe { std::slice::from_raw_parts(region.add(page * PAGE_SIZE), PAGE_SIZE) };
+                    twin.copy_from_slice(current);
+                    twins.dirty.push((page as u32, twin));
+                    drop(twins);
+                    state.store(DIRTY, Ordering::Release);
+                }
+                Err(_) => {
+                    while state.load(Ordering::Acquire) != DIRTY {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Called at commit with the ranges the transaction declared. Returns the bytes now waiting
+    /// in the AU stream.
+    pub(crate) fn on_commit(&self, region: *const u8, ranges: &[(u64, u32)]) -> usize {
+        let Capture::Au(au) = self else { return 0 };
+        let mut stream = au.stream.lock().expect("stream lock");
+        for &(offset, len) in ranges {
+            // SAFETY: the range was bounds-checked when declared and is still locked by the
+            // committing transaction.
+            let bytes = unsafe { std::slice::from_raw_parts(region.add(offset as usize), len as usize) };
+            stream.push(offset, bytes);
+        }
+        let pending = stream.payload_bytes() as usize;
+        au.pending.store(pending, Ordering::Relaxed);
+        pending
+    }
+
+    /// AU: takes what was streamed so far. The caller must hold off the cut while it ships
+    /// these runs, so they reach backups before the checkpoint's close.
+    pub(crate) fn take_stream(&self) -> RunsBuilder {
+        match self {
+            Capture::Au(au) => {
+                au.pending.store(0, Ordering::Relaxed);
+                std::mem::take(&mut *au.stream.lock().expect("stream lock"))
+            }
+            _ => RunsBuilder::new(),
+        }
+    }
+
+    pub(crate) fn stream_pending(&self) -> usize {
+        match self {
+            Capture::Au(au) => au.pending.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// At a cut, with every transaction held off: the changes of the closing checkpoint.
+    /// Returns the runs and the number of dirty pages.
+    pub(crate) fn cut(&self, region: *const u8) -> (RunsBuilder, usize) {
+        match self {
+            Capture::Unreplicated => (RunsBuilder::new(), 0),
+            Capture::Au(_) => (self.take_stream(), 0),
+            Capture::Du(du) => {
+                let mut runs = RunsBuilder::new();
+                let mut twins = du.twins.lock().expect("twin lock");
+                let Twins { dirty, spare } = &mut *twins;
+                let pages = dirty.len();
+                for (page, twin) in dirty.drain(..) {
+                    let offset = page as usize * PAGE_SIZE;
+                    // SAFETY: inside the region; the checkpoint gate excludes writers.
+                    let current = unsafe { std::slice::from_raw_parts(region.add(offset), PAGE_SIZE) };
+                    diff_page(offset as u64, &twin[..], current, &mut runs);
+                    du.page_state[page as usize].store(CLEAN, Ordering::Relaxed);
+                    spare.push(twin);
+                }
+                (runs, pages)
+            }
+        }
+    }
+}
+
+/// One bit per page: has the page ever been written? A whole image sends only these.
+#[derive(Debug)]
+pub(crate) struct TouchedPages {
+    words: Box<[AtomicU64]>,
+}
+
+impl TouchedPages {
+    pub(crate) fn new(pages: usize) -> TouchedPages {
+        TouchedPages {
+            words: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn mark(&self, first_page: usize, last_page: usize) {
+        for page in first_page..=last_page {
+            let bit = 1u64 << (page % 64);
+            let word = &self.words[page / 64];
+            if word.load(Ordering::Relaxed) & bit == 0 {
+                word.fetch_or(bit, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn pages(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(index, word)| {
+            let mut bits = word.load(Ordering::Relaxed);
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(index * 64 + bit)
+            })
+        })
+    }
+}

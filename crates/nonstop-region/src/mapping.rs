@@ -1,0 +1,234 @@
+//! The region's memory: an anonymous mapping at a fixed virtual address.
+//!
+//! Every node maps a service's region at the same address, so pointers stored inside the region
+//! stay valid on a backup after promotion. The mapping is made with `MAP_FIXED_NOREPLACE`: if
+//! anything already lives in the range, mapping fails with a clear error instead of silently
+//! replacing it.
+
+use nonstop_proto::PAGE_SIZE;
+use rustix::mm::{Advice, MapFlags, ProtFlags};
+use thiserror::Error;
+
+/// The default base address of a region: 32 TiB, far from where Linux places the executable,
+/// the heap, thread stacks and shared libraries on x86-64 and aarch64 (47/48-bit user space).
+pub const DEFAULT_REGION_BASE: usize = 0x2000_0000_0000;
+
+/// The largest region nonstop maps (64 GiB).
+pub const MAX_REGION_LEN: usize = 64 << 30;
+
+/// A region could not be mapped.
+#[derive(Debug, Error)]
+pub enum RegionError {
+    /// The length is zero, not a multiple of the page size, or too large.
+    #[error(
+        "invalid region size {len} bytes: it must be a non-zero multiple of {PAGE_SIZE} (4 KiB pages) and at most {MAX_REGION_LEN} bytes (64 GiB)"
+    )]
+    InvalidSize {
+        /// The length asked for.
+        len: usize,
+    },
+    /// The base address is not page-aligned or the range leaves user space.
+    #[error(
+        "invalid region address {base:#x}: it must be a multiple of {PAGE_SIZE} and base + size must stay below {limit:#x}"
+    )]
+    InvalidAddress {
+        /// The base asked for.
+        base: usize,
+        /// The end of user space assumed.
+        limit: usize,
+    },
+    /// Something is already mapped in the range.
+    #[error(
+        "region address range {base:#x}..{end:#x} is already in use in this process: choose another region address (all nodes of a service must use the same one)"
+    )]
+    AddressTaken {
+        /// The base asked for.
+        base: usize,
+        /// The end of the range.
+        end: usize,
+    },
+    /// The kernel refused the mapping for another reason.
+    #[error("mapping the region at {base:#x} ({len} bytes) failed: {source}")]
+    Map {
+        /// The base asked for.
+        base: usize,
+        /// The length asked for.
+        len: usize,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+}
+
+/// Top of user space assumed for validation (47-bit, the smallest common layout).
+const USER_SPACE_END: usize = 0x7fff_ffff_f000;
+
+/// An anonymous, private, fixed-address mapping, unmapped on drop.
+#[derive(Debug)]
+pub struct Region {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; access is governed by Rust borrows
+// (&/&mut Region) or, in `Mirror`, by the checkpoint gate and the range locks.
+unsafe impl Send for Region {}
+// SAFETY: see above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Maps `len` bytes of zeroes at exactly `base`.
+    ///
+    /// ```
+    /// use nonstop_region::Region;
+    /// let region = Region::map(0x2100_0000_0000, 1 << 20).unwrap();
+    /// assert_eq!(region.as_slice()[4096], 0);
+    /// assert!(Region::map(0x2100_0000_0000, 4096).is_err(), "the range is taken");
+    /// ```
+    pub fn map(base: usize, len: usize) -> Result<Region, RegionError> {
+        if len == 0 || len % PAGE_SIZE != 0 || len > MAX_REGION_LEN {
+            return Err(RegionError::InvalidSize { len });
+        }
+        if base == 0 || base % PAGE_SIZE != 0 || base.checked_add(len).is_none_or(|end| end > USER_SPACE_END) {
+            return Err(RegionError::InvalidAddress {
+                base,
+                limit: USER_SPACE_END,
+            });
+        }
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; we check below that
+        // the kernel honoured the address.
+        let mapped = unsafe {
+            rustix::mm::mmap_anonymous(
+                base as *mut _,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED_NOREPLACE | MapFlags::NORESERVE,
+            )
+        };
+        match mapped {
+            Ok(ptr) if ptr as usize == base => Ok(Region { base: ptr.cast(), len }),
+            Ok(ptr) => {
+                // A kernel older than 4.17 ignores FIXED_NOREPLACE and treats the address as a
+                // hint: give the memory back and report the range as unusable.
+                // SAFETY: `ptr` is the mapping just created, of `len` bytes, used by no one.
+                let _ = unsafe { rustix::mm::munmap(ptr, len) };
+                Err(RegionError::AddressTaken { base, end: base + len })
+            }
+            Err(rustix::io::Errno::EXIST) => Err(RegionError::AddressTaken { base, end: base + len }),
+            Err(errno) => Err(RegionError::Map {
+                base,
+                len,
+                source: errno.into(),
+            }),
+        }
+    }
+
+    /// The virtual address of the first byte.
+    pub fn base(&self) -> usize {
+        self.base as usize
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a region is never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Number of pages.
+    pub fn pages(&self) -> usize {
+        self.len / PAGE_SIZE
+    }
+
+    /// Raw pointer to the first byte, for the transaction layer.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// The whole region.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is valid for `len` bytes for the lifetime of `self`.
+        unsafe { std::slice::from_raw_parts(self.base, self.len) }
+    }
+
+    /// The whole region, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` excludes every other access.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
+    }
+
+    /// Sets every byte to zero and gives the memory back to the kernel (`MADV_DONTNEED` on a
+    /// private anonymous mapping), in time independent of how much was written.
+    pub fn zero(&mut self) {
+        // SAFETY: the range is our own mapping; MADV_DONTNEED on private anonymous memory makes
+        // later reads return zeroes, which is what we want.
+        let result = unsafe { rustix::mm::madvise(self.base.cast(), self.len, Advice::LinuxDontNeed) };
+        if result.is_err() {
+            self.as_mut_slice().fill(0);
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping and nothing borrows it any more.
+        let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.len) };
+    }
+}
+
+impl nonstop_proto::backup::Image for Region {
+    fn len(&self) -> u64 {
+        self.len as u64
+    }
+    fn write(&mut self, offset: u64, bytes: &[u8]) {
+        self.as_mut_slice()[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
+    }
+    fn clear(&mut self) {
+        self.zero();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_sizes_and_addresses_are_refused() {
+        assert!(matches!(
+            Region::map(DEFAULT_REGION_BASE, 0),
+            Err(RegionError::InvalidSize { .. })
+        ));
+        assert!(matches!(
+            Region::map(DEFAULT_REGION_BASE, 4097),
+            Err(RegionError::InvalidSize { .. })
+        ));
+        assert!(matches!(
+            Region::map(DEFAULT_REGION_BASE, MAX_REGION_LEN + PAGE_SIZE),
+            Err(RegionError::InvalidSize { .. })
+        ));
+        assert!(matches!(
+            Region::map(DEFAULT_REGION_BASE + 1, 4096),
+            Err(RegionError::InvalidAddress { .. })
+        ));
+        assert!(matches!(
+            Region::map(USER_SPACE_END, 4096),
+            Err(RegionError::InvalidAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn four_gib_region_maps_and_zeroes() {
+        let mut region = Region::map(0x2200_0000_0000, 4 << 30).unwrap();
+        let last = region.len() - 1;
+        region.as_mut_slice()[last] = 7;
+        region.as_mut_slice()[0] = 7;
+        region.zero();
+        assert_eq!(region.as_slice()[last], 0);
+        assert_eq!(region.as_slice()[0], 0);
+        let taken = Region::map(0x2200_0000_0000 + (1 << 30), 4096).unwrap_err();
+        assert!(matches!(taken, RegionError::AddressTaken { .. }), "{taken}");
+        assert!(taken.to_string().contains("already in use"));
+    }
+}

@@ -1,0 +1,191 @@
+//! The mirrored region of a primary: transactions in, checkpoints out.
+
+use crate::capture::{Capture, TouchedPages};
+use crate::locks::RangeLocks;
+use crate::mapping::Region;
+use crate::transaction::Transaction;
+use nonstop_proto::runs::RunsBuilder;
+use nonstop_proto::{CheckpointId, PAGE_SIZE, UpdateProtocol};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{OnceLock, RwLock};
+use std::thread::Thread;
+
+/// AU ships its stream once this many bytes are waiting, without waiting for the cut.
+pub const STREAM_CHUNK: usize = 64 << 10;
+
+/// The content of a checkpoint just cut.
+#[derive(Debug)]
+pub struct CheckpointContent {
+    /// Its number.
+    pub checkpoint: CheckpointId,
+    /// Its changes against the previous checkpoint (DU diffs, or the rest of the AU stream).
+    pub changes: RunsBuilder,
+    /// The whole image at this checkpoint, if asked for (a backup is attaching).
+    pub full_image: Option<RunsBuilder>,
+    /// Pages written during the checkpoint (DU).
+    pub dirty_pages: usize,
+    /// Transactions committed into it.
+    pub commits: u64,
+}
+
+/// A region whose writes go through transactions, and which can be cut into checkpoints.
+///
+/// Transactions hold the checkpoint gate shared from [`Mirror::begin`] to commit or abort; a
+/// cut holds it exclusively, so a checkpoint always falls between transactions: it contains a
+/// transaction entirely or not at all.
+///
+/// ```
+/// use nonstop_region::{Mirror, Region};
+/// use nonstop_proto::{CheckpointId, UpdateProtocol};
+/// let mirror = Mirror::new(Region::map(0x2300_0000_0000, 1 << 20).unwrap(), Some(UpdateProtocol::Du), CheckpointId(1));
+/// let tx = mirror.begin();
+/// *tx.write::<u64>(4096).unwrap() = 42;
+/// let ticket = tx.commit();
+/// let cut = mirror.cut(false);
+/// assert_eq!(ticket.checkpoint, cut.checkpoint);
+/// assert_eq!(cut.changes.run_bytes(), 8);
+/// ```
+#[derive(Debug)]
+pub struct Mirror {
+    region: Region,
+    gate: RwLock<()>,
+    locks: RangeLocks,
+    capture: Capture,
+    touched: TouchedPages,
+    open: AtomicU64,
+    commits: AtomicU64,
+    next_token: AtomicU64,
+    stream_waker: OnceLock<Thread>,
+}
+
+impl Mirror {
+    /// Wraps `region`, recording changes for `protocol` (`None`: unreplicated, no capture);
+    /// commits join checkpoint `first` until the first cut.
+    pub fn new(region: Region, protocol: Option<UpdateProtocol>, first: CheckpointId) -> Mirror {
+        let pages = region.pages();
+        Mirror {
+            capture: Capture::new(protocol, pages),
+            touched: TouchedPages::new(pages),
+            region,
+            gate: RwLock::new(()),
+            locks: RangeLocks::new(),
+            open: AtomicU64::new(first.0),
+            commits: AtomicU64::new(0),
+            next_token: AtomicU64::new(1),
+            stream_waker: OnceLock::new(),
+        }
+    }
+
+    /// Begins a transaction. It holds off checkpoint cuts until it commits or aborts, so a
+    /// thread must not begin a second transaction while it holds one.
+    pub fn begin(&self) -> Transaction<'_> {
+        let gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        Transaction::new(self, gate, token)
+    }
+
+    /// The checkpoint commits join now.
+    pub fn open_checkpoint(&self) -> CheckpointId {
+        CheckpointId(self.open.load(Ordering::Acquire))
+    }
+
+    /// Commits since the last cut.
+    pub fn commits_in_epoch(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Virtual address of the region.
+    pub fn base(&self) -> usize {
+        self.region.base()
+    }
+
+    /// Length of the region in bytes.
+    pub fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Asks that `thread` be unparked whenever the AU stream has [`STREAM_CHUNK`] bytes waiting.
+    pub fn set_stream_waker(&self, thread: Thread) {
+        let _ = self.stream_waker.set(thread);
+    }
+
+    /// AU: bytes committed but not yet taken by [`Mirror::take_stream`] or a cut.
+    pub fn stream_pending(&self) -> usize {
+        self.capture.stream_pending()
+    }
+
+    /// AU: takes the runs committed so far into the open checkpoint, to ship before its close.
+    /// The caller must ship them before the runs of any later [`Mirror::cut`].
+    pub fn take_stream(&self) -> (CheckpointId, RunsBuilder) {
+        // The gate keeps a cut from changing the open checkpoint between the two reads.
+        let _shared = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (self.open_checkpoint(), self.capture.take_stream())
+    }
+
+    /// Cuts the open checkpoint: waits for running transactions to finish, collects the
+    /// changes (and, if `full_image`, the whole image) and opens the next checkpoint.
+    pub fn cut(&self, full_image: bool) -> CheckpointContent {
+        let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let checkpoint = self.open_checkpoint();
+        let (changes, dirty_pages) = self.capture.cut(self.region.as_ptr());
+        let full_image = full_image.then(|| {
+            let mut image = RunsBuilder::new();
+            let bytes = self.region.as_slice();
+            for page in self.touched.pages() {
+                image.push(
+                    (page * PAGE_SIZE) as u64,
+                    &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE],
+                );
+            }
+            image
+        });
+        let commits = self.commits.swap(0, Ordering::Relaxed);
+        self.open.store(checkpoint.0 + 1, Ordering::Release);
+        CheckpointContent {
+            checkpoint,
+            changes,
+            full_image,
+            dirty_pages,
+            commits,
+        }
+    }
+
+    /// Runs `f` on the region with every transaction held off, with the last checkpoint cut
+    /// (the image a backup must hold once that checkpoint is acknowledged).
+    pub fn quiesced<R>(&self, f: impl FnOnce(&[u8], Option<CheckpointId>) -> R) -> R {
+        let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let open = self.open_checkpoint();
+        f(self.region.as_slice(), open.0.checked_sub(1).map(CheckpointId))
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    pub(crate) fn locks(&self) -> &RangeLocks {
+        &self.locks
+    }
+
+    pub(crate) fn before_write(&self, offset: u64, len: u64) {
+        let first = offset as usize / PAGE_SIZE;
+        let last = (offset + len - 1) as usize / PAGE_SIZE;
+        self.touched.mark(first, last);
+        self.capture.before_write(self.region.as_ptr(), first, last);
+    }
+
+    pub(crate) fn on_commit(&self, ranges: &[(u64, u32)]) -> CheckpointId {
+        let pending = self.capture.on_commit(self.region.as_ptr(), ranges);
+        if pending >= STREAM_CHUNK
+            && let Some(waker) = self.stream_waker.get()
+        {
+            waker.unpark();
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.open_checkpoint()
+    }
+}

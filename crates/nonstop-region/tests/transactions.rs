@@ -1,0 +1,158 @@
+//! Transactions and checkpoint cuts on a real fixed-address region.
+
+use nonstop_proto::runs::parse_runs;
+use nonstop_proto::{CheckpointId, UpdateProtocol};
+use nonstop_region::{CheckpointContent, Mirror, Region, TxError};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const LEN: usize = 1 << 20;
+
+fn mirror(base: usize, protocol: Option<UpdateProtocol>) -> Mirror {
+    Mirror::new(Region::map(base, LEN).unwrap(), protocol, CheckpointId(1))
+}
+
+fn apply(image: &mut [u8], content: &CheckpointContent) {
+    let runs = content.full_image.as_ref().unwrap_or(&content.changes);
+    for payload in runs.payloads() {
+        for run in parse_runs(payload, image.len() as u64).unwrap() {
+            image[run.offset as usize..][..run.bytes.len()].copy_from_slice(run.bytes);
+        }
+    }
+}
+
+#[test]
+fn abort_restores_the_undo_image() {
+    let mirror = mirror(0x2400_0000_0000, Some(UpdateProtocol::Du));
+    let tx = mirror.begin();
+    *tx.write::<u64>(0).unwrap() = 5;
+    tx.commit();
+    let tx = mirror.begin();
+    *tx.write::<u64>(0).unwrap() = 6;
+    tx.write_bytes(100, 10).unwrap().fill(9);
+    tx.abort();
+    let tx = mirror.begin();
+    assert_eq!(tx.read::<u64>(0).unwrap(), 5);
+    let mut out = [1u8; 10];
+    tx.read_bytes(100, &mut out).unwrap();
+    assert_eq!(out, [0; 10]);
+    drop(tx);
+    // The aborted write leaves no trace in the checkpoint either.
+    let cut = mirror.cut(false);
+    let mut image = vec![0u8; LEN];
+    apply(&mut image, &cut);
+    assert_eq!(u64::from_ne_bytes(image[..8].try_into().unwrap()), 5);
+    assert!(image[100..110].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn bad_ranges_are_refused() {
+    let mirror = mirror(0x2410_0000_0000, Some(UpdateProtocol::Au));
+    let tx = mirror.begin();
+    assert!(matches!(
+        tx.write::<u64>(LEN as u64 - 4),
+        Err(TxError::OutOfRegion { .. })
+    ));
+    assert!(matches!(
+        tx.write::<u64>(u64::MAX - 2),
+        Err(TxError::OutOfRegion { .. })
+    ));
+    assert!(matches!(tx.write::<u64>(3), Err(TxError::Misaligned { .. })));
+    let _held = tx.write::<u64>(64).unwrap();
+    assert!(matches!(tx.write_bytes(60, 8), Err(TxError::Overlap { .. })));
+    assert!(matches!(tx.read::<u32>(68), Err(TxError::Overlap { .. })));
+}
+
+#[test]
+fn another_transaction_on_locked_bytes_conflicts() {
+    let mirror = mirror(0x2420_0000_0000, None);
+    std::thread::scope(|scope| {
+        let tx = mirror.begin();
+        *tx.write::<u64>(0).unwrap() = 1;
+        scope
+            .spawn(|| {
+                let other = mirror.begin();
+                assert!(matches!(other.write::<u64>(0), Err(TxError::Conflict { .. })));
+                assert!(other.write::<u64>(4096).is_ok(), "disjoint data is free");
+            })
+            .join()
+            .unwrap();
+        tx.commit();
+    });
+}
+
+/// Threads move money between slots while checkpoints are cut and applied to a backup image:
+/// every checkpoint image must conserve the total, i.e. contain whole transactions only.
+fn transfers_against_cuts(base: usize, protocol: UpdateProtocol) {
+    const SLOTS: u64 = 4096;
+    const TOTAL: u64 = SLOTS * 100;
+    let mirror = mirror(base, Some(protocol));
+    let init = mirror.begin();
+    for slot in 0..SLOTS {
+        *init.write::<u64>(slot * 64).unwrap() = 100;
+    }
+    init.commit();
+    let mut image = vec![0u8; LEN];
+    apply(&mut image, &mirror.cut(true));
+    let stop = AtomicBool::new(false);
+    let sum = |image: &[u8]| -> u64 {
+        (0..SLOTS)
+            .map(|s| u64::from_ne_bytes(image[(s * 64) as usize..][..8].try_into().unwrap()))
+            .sum()
+    };
+    std::thread::scope(|scope| {
+        for seed in 0..3u64 {
+            let (mirror, stop) = (&mirror, &stop);
+            scope.spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                while !stop.load(Ordering::Relaxed) {
+                    let (a, b) = (rng.random_range(0..SLOTS), rng.random_range(0..SLOTS));
+                    if a == b {
+                        continue;
+                    }
+                    let tx = mirror.begin();
+                    let result = (|| {
+                        let from = tx.write::<u64>(a * 64)?;
+                        let to = tx.write::<u64>(b * 64)?;
+                        let amount = (*from).min(7);
+                        *from -= amount;
+                        *to += amount;
+                        Ok::<_, TxError>(())
+                    })();
+                    match result {
+                        Ok(()) => {
+                            tx.commit();
+                        }
+                        Err(TxError::Conflict { .. }) => tx.abort(),
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            });
+        }
+        for _ in 0..300 {
+            let cut = mirror.cut(false);
+            apply(&mut image, &cut);
+            assert_eq!(
+                sum(&image),
+                TOTAL,
+                "checkpoint {} is not a consistent cut",
+                cut.checkpoint.0
+            );
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    apply(&mut image, &mirror.cut(false));
+    mirror.quiesced(|bytes, _| assert_eq!(bytes, &image[..], "backup image equals the primary"));
+}
+
+#[test]
+fn du_checkpoints_are_consistent_cuts_under_concurrent_transactions() {
+    transfers_against_cuts(0x2430_0000_0000, UpdateProtocol::Du);
+}
+
+#[test]
+fn au_checkpoints_are_consistent_cuts_under_concurrent_transactions() {
+    transfers_against_cuts(0x2440_0000_0000, UpdateProtocol::Au);
+}

@@ -1,0 +1,465 @@
+//! `nonstop bench`: the failure-free cost of replication on the seed benchmarks.
+//!
+//! Transactions are issued back to back in-process, as fast as possible (seed 001). Under the
+//! sync policy each worker waits for its commit's checkpoint to be held before the next
+//! transaction; under epochs it does not — its replies do, and the commit-to-held latency of
+//! every transaction is recorded from the moment the backups held its checkpoint. After every
+//! replicated round the backups' images are compared with the primary's and checked with the
+//! workload's consistency check.
+
+use crate::local::{KeyFile, LocalBackup};
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use nonstop_net::{Primary, PrimaryConfig, ReplicationStats};
+use nonstop_proto::primary::Ticket;
+use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
+use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region};
+use nonstop_workloads::Workload;
+use nonstop_workloads::debit_credit::DebitCredit;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The workloads `nonstop bench` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadKind {
+    /// Debit-Credit (TPC-B shape).
+    DebitCredit,
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// The workload.
+    pub workload: WorkloadKind,
+    /// Backups (0: unreplicated).
+    pub backups: usize,
+    /// Update protocol.
+    pub protocol: UpdateProtocol,
+    /// Commit policy.
+    pub policy: CommitPolicy,
+    /// Worker threads issuing transactions.
+    pub threads: usize,
+    /// Length of each round.
+    pub duration: Duration,
+    /// Alternate unreplicated and replicated rounds and report the ratio.
+    pub compare: bool,
+    /// Rounds of each configuration with `compare`.
+    pub rounds: usize,
+    /// Debit-Credit branches (100,000 accounts each).
+    pub branches: u64,
+}
+
+/// Percentiles in microseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+impl Percentiles {
+    fn of_ns(histogram: &Histogram<u64>) -> Percentiles {
+        let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles {
+            p50: us(0.5),
+            p99: us(0.99),
+            p999: us(0.999),
+        }
+    }
+}
+
+/// The result of `nonstop bench <workload>`; `--json` prints it as one object.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Workload name.
+    pub workload: String,
+    /// Backups.
+    pub backups: usize,
+    /// "du" or "au".
+    pub protocol: String,
+    /// "sync" or "epoch".
+    pub policy: String,
+    /// Epoch interval in milliseconds (null under sync).
+    pub interval_ms: Option<f64>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Seconds per round.
+    pub duration_s: f64,
+    /// Transactions per second of the measured configuration.
+    pub tx_per_s: f64,
+    /// Commit-to-held latency (replies' wait), microseconds.
+    pub latency_us: Percentiles,
+    /// Checkpoints per second.
+    pub checkpoints_per_s: f64,
+    /// Region bytes of changes per checkpoint.
+    pub bytes_per_checkpoint: f64,
+    /// Dirty pages per checkpoint (DU).
+    pub dirty_pages_per_checkpoint: f64,
+    /// Backup apply time per checkpoint, microseconds.
+    pub apply_us: Percentiles,
+    /// Time a cut held transactions off, microseconds.
+    pub cut_us: Percentiles,
+    /// Every backup's image equalled the primary's at the last checkpoint and passed the
+    /// workload's consistency check (true when there are no backups).
+    pub backup_verified: bool,
+    /// The consistency check's summary on the last backup verified.
+    pub check: String,
+    /// Unreplicated transactions per second (with `--compare`).
+    pub baseline_tx_per_s: Option<f64>,
+    /// Replicated over unreplicated throughput (with `--compare`).
+    pub ratio: Option<f64>,
+    /// Rounds of each configuration (with `--compare`).
+    pub rounds: Option<usize>,
+    /// Each round's replicated/unreplicated ratio (with `--compare`).
+    pub round_ratios: Vec<f64>,
+}
+
+struct Round {
+    transactions: u64,
+    elapsed: Duration,
+    latency_ns: Histogram<u64>,
+    stats: Option<ReplicationStats>,
+    verdict: Option<String>,
+}
+
+/// Protocol name as on the command line.
+pub fn protocol_name(protocol: UpdateProtocol) -> &'static str {
+    match protocol {
+        UpdateProtocol::Du => "du",
+        UpdateProtocol::Au => "au",
+    }
+}
+
+fn workload(config: &BenchConfig) -> Arc<dyn Workload> {
+    match config.workload {
+        WorkloadKind::DebitCredit => Arc::new(DebitCredit::new(config.branches, config.threads)),
+    }
+}
+
+/// Region length for a workload: its used bytes rounded up to MiB.
+pub fn region_len(workload: &dyn Workload) -> usize {
+    workload.used_len().next_multiple_of(1 << 20).max(PAGE_SIZE)
+}
+
+/// Runs the benchmark; backups are started as child processes of `exe` on 127.0.0.2, .3, ….
+pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
+    if config.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let workload = workload(config);
+    let len = region_len(workload.as_ref());
+    let key = KeyFile::generate().context("writing a temporary cluster key")?;
+    let backups: Vec<LocalBackup> = (0..config.backups)
+        .map(|i| LocalBackup::spawn(exe, &format!("127.0.0.{}", i + 2), DEFAULT_REGION_BASE, len, &key.path))
+        .collect::<Result<_, _>>()
+        .context("starting backup processes")?;
+    let addrs: Vec<SocketAddr> = backups.iter().map(|b| b.addr).collect();
+
+    let plan: Vec<bool> = if config.compare {
+        if config.backups == 0 {
+            bail!("--compare measures replication against none: give --backups 1 or more");
+        }
+        (0..config.rounds.max(1) * 2).map(|i| i % 2 == 1).collect()
+    } else {
+        vec![config.backups > 0]
+    };
+    let progress = ProgressBar::new((plan.len() as u64) * config.duration.as_millis() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {elapsed}/{duration}").expect("valid template"),
+    );
+    let mut baseline = Vec::new();
+    let mut replicated = Vec::new();
+    for (index, &with_backups) in plan.iter().enumerate() {
+        progress.set_message(format!(
+            "round {}/{}: {}",
+            index + 1,
+            plan.len(),
+            if with_backups { "replicated" } else { "unreplicated" }
+        ));
+        let round = run_round(
+            config,
+            workload.clone(),
+            len,
+            if with_backups { &addrs } else { &[] },
+            &key.key,
+            &progress,
+        )?;
+        if with_backups {
+            replicated.push(round)
+        } else {
+            baseline.push(round)
+        }
+    }
+    progress.finish_and_clear();
+    drop(backups);
+    Ok(report(config, workload.name(), &baseline, &replicated))
+}
+
+fn rate(rounds: &[Round]) -> f64 {
+    let transactions: u64 = rounds.iter().map(|r| r.transactions).sum();
+    let seconds: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+    if seconds > 0.0 {
+        transactions as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Round]) -> BenchReport {
+    let measured = if replicated.is_empty() { baseline } else { replicated };
+    let mut latency = Histogram::<u64>::new(3).expect("valid precision");
+    let mut apply = Histogram::<u64>::new(3).expect("valid precision");
+    let mut cut = Histogram::<u64>::new(3).expect("valid precision");
+    let (mut checkpoints, mut bytes, mut pages) = (0u64, 0u64, 0u64);
+    for round in measured {
+        latency.add(&round.latency_ns).expect("same precision");
+        if let Some(stats) = &round.stats {
+            apply.add(&stats.apply_ns).expect("same precision");
+            cut.add(&stats.cut_ns).expect("same precision");
+            checkpoints += stats.checkpoints;
+            bytes += stats.change_bytes;
+            pages += stats.dirty_pages;
+        }
+    }
+    let seconds: f64 = measured.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+    let per_checkpoint = |x: u64| {
+        if checkpoints > 0 {
+            x as f64 / checkpoints as f64
+        } else {
+            0.0
+        }
+    };
+    let verdicts: Vec<&Round> = measured.iter().filter(|r| r.stats.is_some()).collect();
+    let backup_verified = verdicts.iter().all(|r| r.verdict.is_some());
+    let check = verdicts
+        .last()
+        .and_then(|r| r.verdict.clone())
+        .unwrap_or_else(|| "no backups".into());
+    let compare = config.compare && !baseline.is_empty() && !replicated.is_empty();
+    BenchReport {
+        workload: name.to_string(),
+        backups: config.backups,
+        protocol: protocol_name(config.protocol).into(),
+        policy: match config.policy {
+            CommitPolicy::Sync => "sync".into(),
+            CommitPolicy::Epoch { .. } => "epoch".into(),
+        },
+        interval_ms: match config.policy {
+            CommitPolicy::Sync => None,
+            CommitPolicy::Epoch { interval_us, .. } => Some(interval_us as f64 / 1000.0),
+        },
+        threads: config.threads,
+        duration_s: config.duration.as_secs_f64(),
+        tx_per_s: rate(measured),
+        latency_us: Percentiles::of_ns(&latency),
+        checkpoints_per_s: if seconds > 0.0 {
+            checkpoints as f64 / seconds
+        } else {
+            0.0
+        },
+        bytes_per_checkpoint: per_checkpoint(bytes),
+        dirty_pages_per_checkpoint: per_checkpoint(pages),
+        apply_us: Percentiles::of_ns(&apply),
+        cut_us: Percentiles::of_ns(&cut),
+        backup_verified,
+        check,
+        baseline_tx_per_s: compare.then(|| rate(baseline)),
+        ratio: compare.then(|| rate(replicated) / rate(baseline)),
+        rounds: compare.then_some(replicated.len()),
+        round_ratios: if compare {
+            baseline
+                .iter()
+                .zip(replicated)
+                .map(|(b, r)| rate(std::slice::from_ref(r)) / rate(std::slice::from_ref(b)))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Commit instants waiting for their checkpoint to be held, per worker.
+struct PendingReplies {
+    queue: VecDeque<(CheckpointId, Instant)>,
+    last: Option<(CheckpointId, Instant)>,
+}
+
+impl PendingReplies {
+    fn drain(&mut self, primary: &Primary, latency: &mut Histogram<u64>) {
+        let Some(held) = primary.held() else { return };
+        while let Some(&(checkpoint, committed)) = self.queue.front() {
+            if checkpoint > held {
+                break;
+            }
+            let held_at = match self.last {
+                Some((cached, at)) if cached == checkpoint => at,
+                _ => {
+                    let at = primary.held_at(checkpoint).unwrap_or_else(Instant::now);
+                    self.last = Some((checkpoint, at));
+                    at
+                }
+            };
+            let _ = latency.record(held_at.saturating_duration_since(committed).as_nanos().max(1) as u64);
+            self.queue.pop_front();
+        }
+    }
+}
+
+fn run_round(
+    config: &BenchConfig,
+    workload: Arc<dyn Workload>,
+    len: usize,
+    backups: &[SocketAddr],
+    key: &nonstop_proto::auth::ClusterKey,
+    progress: &ProgressBar,
+) -> anyhow::Result<Round> {
+    let region = Region::map(DEFAULT_REGION_BASE, len).context("mapping the primary's region")?;
+    let replicated = !backups.is_empty();
+    let mirror = Arc::new(Mirror::new(
+        region,
+        replicated.then_some(config.protocol),
+        CheckpointId(1),
+    ));
+    workload.load(&mirror);
+    let primary = replicated.then(|| {
+        Primary::start(
+            mirror.clone(),
+            PrimaryConfig {
+                term: Term(1),
+                policy: config.policy,
+                required_backups: backups.len(),
+                key: key.clone(),
+            },
+        )
+    });
+    if let Some(primary) = &primary {
+        for addr in backups {
+            primary
+                .attach_backup(*addr, WAIT)
+                .with_context(|| format!("attaching backup {addr}"))?;
+        }
+    }
+    let stats_before = primary.as_ref().map(|p| p.stats());
+    let stop = AtomicBool::new(false);
+    let transactions = AtomicU64::new(0);
+    let started = Instant::now();
+    let latency_ns = std::thread::scope(|scope| -> anyhow::Result<Histogram<u64>> {
+        let workers: Vec<_> = (0..config.threads)
+            .map(|worker| {
+                let (mirror, workload, primary, stop, transactions) =
+                    (&mirror, &workload, &primary, &stop, &transactions);
+                scope.spawn(move || -> anyhow::Result<Histogram<u64>> {
+                    let mut rng = SmallRng::seed_from_u64(worker as u64 + 1);
+                    let mut latency = Histogram::<u64>::new(3).expect("valid precision");
+                    let mut pending = PendingReplies {
+                        queue: VecDeque::new(),
+                        last: None,
+                    };
+                    let mut done = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..64 {
+                            let ticket: Ticket = workload.run_one(mirror, worker, &mut rng);
+                            done += 1;
+                            let Some(primary) = primary else { continue };
+                            let committed = Instant::now();
+                            if config.policy == CommitPolicy::Sync {
+                                primary.wait_held(ticket, WAIT)?;
+                                let _ = latency.record(committed.elapsed().as_nanos().max(1) as u64);
+                            } else {
+                                pending.queue.push_back((ticket.checkpoint, committed));
+                            }
+                        }
+                        if let Some(primary) = primary {
+                            pending.drain(primary, &mut latency);
+                        }
+                    }
+                    transactions.fetch_add(done, Ordering::Relaxed);
+                    if let Some(primary) = primary
+                        && let Some(&(last, _)) = pending.queue.back()
+                    {
+                        primary.wait_held(Ticket { checkpoint: last }, WAIT)?;
+                        pending.drain(primary, &mut latency);
+                    }
+                    Ok(latency)
+                })
+            })
+            .collect();
+        let position = progress.position();
+        while started.elapsed() < config.duration {
+            std::thread::sleep(Duration::from_millis(50));
+            progress.set_position(position + started.elapsed().as_millis().min(config.duration.as_millis()) as u64);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut merged = Histogram::<u64>::new(3).expect("valid precision");
+        for worker in workers {
+            merged
+                .add(worker.join().expect("worker thread panicked")?)
+                .expect("same precision");
+        }
+        Ok(merged)
+    })?;
+    let elapsed = started.elapsed();
+    let mut round = Round {
+        transactions: transactions.load(Ordering::Relaxed),
+        elapsed,
+        latency_ns,
+        stats: None,
+        verdict: None,
+    };
+    if let Some(primary) = primary {
+        let mut stats = primary.stats();
+        if let Some(before) = stats_before {
+            stats.checkpoints -= before.checkpoints;
+            stats.change_bytes -= before.change_bytes;
+            stats.dirty_pages -= before.dirty_pages;
+        }
+        let last = primary.checkpoint_now();
+        primary
+            .wait_held(Ticket { checkpoint: last }, WAIT)
+            .context("waiting for the final checkpoint")?;
+        round.verdict = Some(verify(&primary, workload.as_ref())?);
+        round.stats = Some(stats);
+        primary.shutdown();
+    }
+    Ok(round)
+}
+
+/// Compares every backup's image with the primary's at the last checkpoint and runs the
+/// workload's consistency check on it; returns the check's summary.
+pub fn verify(primary: &Primary, workload: &dyn Workload) -> anyhow::Result<String> {
+    let used = workload.used_len();
+    let (digest, checkpoint) = primary
+        .mirror()
+        .quiesced(|image, checkpoint| (*blake3::hash(&image[..used]).as_bytes(), checkpoint));
+    let replies = primary.verify_backups(used as u64, Some(workload.name()), WAIT)?;
+    let mut summary = String::new();
+    for (backup, reply) in replies {
+        if reply.digest != digest {
+            bail!(
+                "backup {} image differs from the primary's at {:?} (backup holds checkpoint {:?})",
+                backup.0,
+                checkpoint,
+                reply.checkpoint
+            );
+        }
+        match reply.check {
+            Some(Ok(text)) => summary = text,
+            Some(Err(violation)) => bail!("backup {} image fails the consistency check: {violation}", backup.0),
+            None => bail!("backup {} did not run the consistency check", backup.0),
+        }
+    }
+    Ok(summary)
+}
