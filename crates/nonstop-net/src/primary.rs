@@ -10,9 +10,9 @@
 use crate::conn::{self, ConnError, FrameReceiver, FrameSender};
 use hdrhistogram::Histogram;
 use nonstop_proto::auth::ClusterKey;
-use nonstop_proto::control::{self, AckInfo, Attach, Close, Refusal, VerifyReply, VerifyRequest};
+use nonstop_proto::control::{self, AckInfo, Attach, Refusal, VerifyReply, VerifyRequest};
 use nonstop_proto::frame::FrameKind;
-use nonstop_proto::primary::{BackupId, Replication, Ticket};
+use nonstop_proto::primary::{BackupId, LinkProgress, Replication, Ticket};
 use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term};
 use nonstop_region::{Mirror, STREAM_CHUNK};
 use std::collections::HashMap;
@@ -98,9 +98,7 @@ struct Link {
     id: BackupId,
     sender: FrameSender,
     alive: Arc<AtomicBool>,
-    awaiting_image: bool,
-    streamed_frames: u32,
-    streamed_bytes: u64,
+    progress: LinkProgress,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -214,9 +212,7 @@ impl Primary {
                 id,
                 sender,
                 alive,
-                awaiting_image: true,
-                streamed_frames: 0,
-                streamed_bytes: 0,
+                progress: LinkProgress::new(),
                 reader: Some(reader),
             });
             shared.cut_and_send(&mut links)
@@ -455,13 +451,12 @@ impl Shared {
         let (checkpoint, runs) = self.mirror.take_stream();
         let run_bytes = runs.run_bytes();
         let payloads = runs.into_payloads();
-        for link in links.iter_mut().filter(|l| !l.awaiting_image) {
+        for link in links.iter_mut().filter(|l| l.progress.wants_stream()) {
             for payload in &payloads {
                 link.sender
                     .queue(FrameKind::Runs, self.config.term, checkpoint, payload);
             }
-            link.streamed_frames += payloads.len() as u32;
-            link.streamed_bytes += run_bytes;
+            link.progress.streamed(payloads.len(), run_bytes);
             if let Err(error) = link.sender.flush() {
                 tracing::warn!(backup = link.id.0, %error, "send failed");
                 link.alive.store(false, Ordering::Relaxed);
@@ -496,20 +491,13 @@ impl Shared {
                 link.sender
                     .queue(FrameKind::Runs, self.config.term, cut.checkpoint, payload);
             }
-            let close = Close {
-                runs_frames: link.streamed_frames + payloads.len() as u32,
-                run_bytes: link.streamed_bytes + bytes,
-                full: whole,
-            };
+            let close = link.progress.close(payloads.len(), bytes, whole);
             link.sender.queue(
                 FrameKind::Close,
                 self.config.term,
                 cut.checkpoint,
                 &control::encode(&close),
             );
-            link.streamed_frames = 0;
-            link.streamed_bytes = 0;
-            link.awaiting_image &= !whole;
             if let Err(error) = link.sender.flush() {
                 tracing::warn!(backup = link.id.0, %error, "send failed");
                 link.alive.store(false, Ordering::Relaxed);

@@ -64,6 +64,80 @@ pub struct Cut {
     pub full_image_for: Vec<BackupId>,
 }
 
+/// What one backup connection has been sent of the open checkpoint.
+///
+/// Under AU, runs of the open checkpoint are streamed before its close; the close must count
+/// them, and a backup still waiting for its first whole image must receive none of them (the
+/// image will contain them).
+///
+/// ```
+/// use nonstop_proto::primary::LinkProgress;
+/// let mut link = LinkProgress::new();
+/// assert!(!link.wants_stream());
+/// let close = link.close(1, 4096, true);
+/// assert!(close.full && link.wants_stream());
+/// link.streamed(2, 100);
+/// let close = link.close(1, 10, false);
+/// assert_eq!((close.runs_frames, close.run_bytes), (3, 110));
+/// ```
+#[derive(Clone, Debug)]
+pub struct LinkProgress {
+    awaiting_image: bool,
+    streamed_frames: u32,
+    streamed_bytes: u64,
+}
+
+impl Default for LinkProgress {
+    fn default() -> Self {
+        LinkProgress::new()
+    }
+}
+
+impl LinkProgress {
+    /// A new connection: it waits for a whole image.
+    pub fn new() -> LinkProgress {
+        LinkProgress {
+            awaiting_image: true,
+            streamed_frames: 0,
+            streamed_bytes: 0,
+        }
+    }
+
+    /// Whether streamed runs of the open checkpoint go to this backup.
+    pub fn wants_stream(&self) -> bool {
+        !self.awaiting_image
+    }
+
+    /// Records `frames` runs frames carrying `bytes` region bytes streamed to this backup.
+    pub fn streamed(&mut self, frames: usize, bytes: u64) {
+        debug_assert!(self.wants_stream());
+        self.streamed_frames += frames as u32;
+        self.streamed_bytes += bytes;
+    }
+
+    /// The close of the open checkpoint after `frames` more runs frames of `bytes` bytes
+    /// (`full`: a whole image); resets the counts for the next checkpoint.
+    pub fn close(&mut self, frames: usize, bytes: u64, full: bool) -> crate::control::Close {
+        let close = if full {
+            crate::control::Close {
+                runs_frames: frames as u32,
+                run_bytes: bytes,
+                full,
+            }
+        } else {
+            crate::control::Close {
+                runs_frames: self.streamed_frames + frames as u32,
+                run_bytes: self.streamed_bytes + bytes,
+                full,
+            }
+        };
+        self.awaiting_image &= !full;
+        self.streamed_frames = 0;
+        self.streamed_bytes = 0;
+        close
+    }
+}
+
 /// How many recent held-advances are remembered for [`Replication::held_at`].
 const HELD_LOG_LIMIT: usize = 1 << 16;
 

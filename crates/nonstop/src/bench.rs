@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nonstop_net::{Primary, PrimaryConfig, ReplicationStats};
 use nonstop_proto::primary::Ticket;
 use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
-use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region};
+use nonstop_region::{Mirror, Region};
 use nonstop_workloads::Workload;
 use nonstop_workloads::debit_credit::DebitCredit;
 use rand::SeedableRng;
@@ -57,6 +57,8 @@ pub struct BenchConfig {
     pub rounds: usize,
     /// Debit-Credit branches (100,000 accounts each).
     pub branches: u64,
+    /// Virtual address of the region in the primary and every backup.
+    pub region_base: usize,
 }
 
 /// Percentiles in microseconds.
@@ -163,7 +165,7 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
     let len = region_len(workload.as_ref());
     let key = KeyFile::generate().context("writing a temporary cluster key")?;
     let backups: Vec<LocalBackup> = (0..config.backups)
-        .map(|i| LocalBackup::spawn(exe, &format!("127.0.0.{}", i + 2), DEFAULT_REGION_BASE, len, &key.path))
+        .map(|i| LocalBackup::spawn(exe, &format!("127.0.0.{}", i + 2), config.region_base, len, &key.path))
         .collect::<Result<_, _>>()
         .context("starting backup processes")?;
     let addrs: Vec<SocketAddr> = backups.iter().map(|b| b.addr).collect();
@@ -326,7 +328,7 @@ fn run_round(
     key: &nonstop_proto::auth::ClusterKey,
     progress: &ProgressBar,
 ) -> anyhow::Result<Round> {
-    let region = Region::map(DEFAULT_REGION_BASE, len).context("mapping the primary's region")?;
+    let region = Region::map(config.region_base, len).context("mapping the primary's region")?;
     let replicated = !backups.is_empty();
     let mirror = Arc::new(Mirror::new(
         region,

@@ -104,6 +104,9 @@ struct WorkloadArgs {
     /// Debit-Credit branches (100,000 accounts each).
     #[arg(long, default_value_t = 10)]
     branches: u64,
+    /// Virtual address of the region (hexadecimal), the same in the primary and the backups.
+    #[arg(long, default_value_t = format!("{DEFAULT_REGION_BASE:#x}"))]
+    region_base: String,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -192,6 +195,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
         compare: args.compare,
         rounds: args.rounds,
         branches: args.branches.max(1),
+        region_base: parse_address(&args.region_base)?,
     })
 }
 
@@ -285,6 +289,7 @@ fn demo(duration: Duration) -> anyhow::Result<()> {
         compare: false,
         rounds: 1,
         branches: 10,
+        region_base: DEFAULT_REGION_BASE,
     };
     let report = bench::run(&config, &std::env::current_exe()?)?;
     print_report(&report, false)?;

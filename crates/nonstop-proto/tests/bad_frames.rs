@@ -1,0 +1,219 @@
+//! Bad input is refused with a clear error and changes nothing.
+
+mod common;
+
+use common::*;
+use nonstop_proto::backup::{Backup, BackupError};
+use nonstop_proto::control::{self, Close};
+use nonstop_proto::frame::{FrameError, FrameKind, FrameReader, FrameWriter, HEADER_LEN};
+use nonstop_proto::runs::{RUN_HEADER_LEN, RunsBuilder, RunsError};
+use nonstop_proto::{CheckpointId, PAGE_SIZE, Term};
+
+const LEN: u64 = 4 * PAGE_SIZE as u64;
+
+/// A backup holding checkpoint 1 (term 2) and its image.
+fn attached() -> (Backup, Vec<u8>, FrameWriter, FrameReader) {
+    let mut writer = FrameWriter::new(key());
+    let mut reader = FrameReader::new(key());
+    let mut backup = Backup::new(BASE, LEN);
+    let mut image = vec![0u8; LEN as usize];
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(2), LEN, &mut wire);
+    let mut first = vec![0u8; LEN as usize];
+    first[10..20].fill(7);
+    checkpoint(
+        &mut writer,
+        Term(2),
+        CheckpointId(1),
+        full_image(&first),
+        true,
+        &mut wire,
+    );
+    reader.push(&wire);
+    while let Some(frame) = reader.next_frame().unwrap() {
+        backup.on_frame(frame, &mut image).unwrap();
+    }
+    assert_eq!(backup.held(), Some(CheckpointId(1)));
+    (backup, image, writer, reader)
+}
+
+/// Feeds `wire` and returns the first error, checking the image did not change.
+fn refused(wire: &[u8], backup: &mut Backup, image: &mut Vec<u8>, reader: &mut FrameReader) -> String {
+    let before = image.clone();
+    reader.push(wire);
+    let error = loop {
+        match reader.next_frame() {
+            Ok(Some(frame)) => match backup.on_frame(frame, image) {
+                Ok(_) => continue,
+                Err(error) => break error.to_string(),
+            },
+            Ok(None) => {
+                backup.on_disconnect();
+                break "stream ended without a complete frame".to_string();
+            }
+            Err(error) => break error.to_string(),
+        }
+    };
+    backup.on_disconnect();
+    assert!(*image == before, "a refused stream changed the image ({error})");
+    assert_eq!(backup.held(), Some(CheckpointId(1)));
+    error
+}
+
+fn runs_at(offset: u64, bytes: &[u8]) -> RunsBuilder {
+    let mut runs = RunsBuilder::new();
+    runs.push(offset, bytes);
+    runs
+}
+
+#[test]
+fn run_outside_the_region_is_refused() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    checkpoint(
+        &mut writer,
+        Term(2),
+        CheckpointId(2),
+        runs_at(LEN - 2, b"abcd"),
+        false,
+        &mut wire,
+    );
+    let error = refused(&wire, &mut backup, &mut image, &mut reader);
+    assert!(error.contains("past the end"), "{error}");
+}
+
+#[test]
+fn truncated_runs_payload_is_refused() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut payload = runs_at(0, b"abcdef").into_payloads().remove(0);
+    payload.truncate(RUN_HEADER_LEN + 2);
+    let mut wire = Vec::new();
+    writer.encode(FrameKind::Runs, Term(2), CheckpointId(2), &payload, &mut wire);
+    let error = refused(&wire, &mut backup, &mut image, &mut reader);
+    assert_eq!(error, RunsError::Truncated { at: 0 }.to_string());
+}
+
+#[test]
+fn oversized_length_is_refused_before_waiting_for_the_payload() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    writer.encode(FrameKind::Runs, Term(2), CheckpointId(2), b"x", &mut wire);
+    wire[8..12].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    let error = refused(&wire[..HEADER_LEN], &mut backup, &mut image, &mut reader);
+    assert!(error.contains("limit"), "{error}");
+}
+
+#[test]
+fn stale_term_is_fenced() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    checkpoint(
+        &mut writer,
+        Term(1),
+        CheckpointId(2),
+        runs_at(0, b"old primary"),
+        false,
+        &mut wire,
+    );
+    let error = refused(&wire, &mut backup, &mut image, &mut reader);
+    assert_eq!(
+        error,
+        BackupError::StaleTerm {
+            current: Term(2),
+            got: Term(1)
+        }
+        .to_string()
+    );
+    // An old primary cannot re-attach either.
+    let mut wire = Vec::new();
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    attach(&mut writer, Term(1), LEN, &mut wire);
+    assert!(refused(&wire, &mut backup, &mut image, &mut reader).contains("fenced"));
+}
+
+#[test]
+fn flipped_bit_fails_the_crc_and_forged_frame_fails_the_mac() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    checkpoint(
+        &mut writer,
+        Term(2),
+        CheckpointId(2),
+        runs_at(0, b"hello"),
+        false,
+        &mut wire,
+    );
+    wire[HEADER_LEN + RUN_HEADER_LEN] ^= 0x10;
+    let error = refused(&wire, &mut backup, &mut image, &mut reader);
+    assert!(error.contains("CRC32C"), "{error}");
+
+    let (mut backup, mut image, _, mut reader) = attached();
+    let mut forger = FrameWriter::new(nonstop_proto::auth::MacKey::from_bytes([1; 32]));
+    let mut wire = Vec::new();
+    checkpoint(
+        &mut forger,
+        Term(2),
+        CheckpointId(2),
+        runs_at(0, b"hello"),
+        false,
+        &mut wire,
+    );
+    assert_eq!(
+        refused(&wire, &mut backup, &mut image, &mut reader),
+        FrameError::BadMac.to_string()
+    );
+}
+
+#[test]
+fn incomplete_or_out_of_order_checkpoints_are_refused() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    let close = Close {
+        runs_frames: 2,
+        run_bytes: 5,
+        full: false,
+    };
+    writer.encode(
+        FrameKind::Runs,
+        Term(2),
+        CheckpointId(2),
+        &runs_at(0, b"hello").into_payloads()[0],
+        &mut wire,
+    );
+    writer.encode(
+        FrameKind::Close,
+        Term(2),
+        CheckpointId(2),
+        &control::encode(&close),
+        &mut wire,
+    );
+    assert!(refused(&wire, &mut backup, &mut image, &mut reader).contains("announces 2 frames"));
+
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    checkpoint(
+        &mut writer,
+        Term(2),
+        CheckpointId(5),
+        runs_at(0, b"skip"),
+        false,
+        &mut wire,
+    );
+    assert!(refused(&wire, &mut backup, &mut image, &mut reader).contains("in order"));
+}
+
+#[test]
+fn region_mismatch_is_refused() {
+    let mut writer = FrameWriter::new(key());
+    let mut reader = FrameReader::new(key());
+    let mut backup = Backup::new(BASE, LEN);
+    let mut image = vec![0u8; LEN as usize];
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(1), LEN * 2, &mut wire);
+    reader.push(&wire);
+    let error = backup
+        .on_frame(reader.next_frame().unwrap().unwrap(), &mut image)
+        .unwrap_err();
+    assert!(error.to_string().contains("same region"), "{error}");
+    assert_eq!(backup.term(), None);
+}

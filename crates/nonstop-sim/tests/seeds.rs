@@ -1,0 +1,28 @@
+//! Many seeds of the replication simulation, with a check that faults were really injected.
+
+use nonstop_sim::{SimStats, run_seed};
+
+#[test]
+fn thousands_of_seeds_keep_every_safety_property() {
+    let mut total = SimStats::default();
+    for seed in 0..3000 {
+        let stats = run_seed(seed, 1500).unwrap_or_else(|violation| panic!("{violation}"));
+        total.checkpoints += stats.checkpoints;
+        total.applied += stats.applied;
+        total.releases += stats.releases;
+        total.resets += stats.resets;
+        total.frame_faults += stats.frame_faults;
+        total.backup_crashes += stats.backup_crashes;
+        total.primary_crashes += stats.primary_crashes;
+    }
+    // The simulation must exercise what it claims to.
+    assert!(total.applied > 100_000, "{total:?}");
+    assert!(total.releases > 50_000, "{total:?}");
+    assert!(total.frame_faults > 1_000 && total.resets > 1_000, "{total:?}");
+    assert!(total.backup_crashes > 500 && total.primary_crashes > 1_000, "{total:?}");
+}
+
+#[test]
+fn a_seed_reproduces_exactly() {
+    assert_eq!(run_seed(12345, 3000), run_seed(12345, 3000));
+}

@@ -1,0 +1,117 @@
+//! End to end: backups as real processes on their own loopback addresses.
+
+use nonstop::bench::{self, BenchConfig, WorkloadKind};
+use nonstop::local::{KeyFile, LocalBackup};
+use nonstop::{ClusterKey, CommitPolicy, UpdateProtocol};
+use nonstop_net::conn::{self, ConnError};
+use nonstop_proto::auth::{AuthError, CLIENT_HELLO_LEN, Initiator};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nonstop"))
+}
+
+fn config(region_base: usize, backups: usize, protocol: UpdateProtocol, policy: CommitPolicy) -> BenchConfig {
+    BenchConfig {
+        workload: WorkloadKind::DebitCredit,
+        backups,
+        protocol,
+        policy,
+        threads: 2,
+        duration: Duration::from_millis(700),
+        compare: false,
+        rounds: 1,
+        branches: 2,
+        region_base,
+    }
+}
+
+#[test]
+fn two_backups_hold_the_primary_image_under_every_protocol_and_policy() {
+    let epoch = CommitPolicy::Epoch {
+        interval_us: 1000,
+        max_commits: 0,
+    };
+    for (protocol, policy) in [
+        (UpdateProtocol::Du, CommitPolicy::Sync),
+        (UpdateProtocol::Au, CommitPolicy::Sync),
+        (UpdateProtocol::Du, epoch),
+        (UpdateProtocol::Au, epoch),
+    ] {
+        let report = bench::run(&config(0x2600_0000_0000, 2, protocol, policy), exe()).unwrap();
+        assert!(report.backup_verified, "{report:?}");
+        assert!(report.check.contains("debit-credit consistent"), "{report:?}");
+        assert!(report.tx_per_s > 0.0 && report.checkpoints_per_s > 0.0, "{report:?}");
+    }
+}
+
+#[test]
+fn compare_reports_a_ratio() {
+    let mut config = config(
+        0x2700_0000_0000,
+        1,
+        UpdateProtocol::Au,
+        CommitPolicy::Epoch {
+            interval_us: 10_000,
+            max_commits: 0,
+        },
+    );
+    config.compare = true;
+    config.duration = Duration::from_millis(300);
+    let report = bench::run(&config, exe()).unwrap();
+    assert_eq!(report.rounds, Some(1));
+    assert!(report.ratio.is_some_and(|r| r > 0.0), "{report:?}");
+    assert_eq!(report.round_ratios.len(), 1);
+}
+
+#[test]
+fn a_peer_without_the_cluster_key_is_refused() {
+    let key = KeyFile::generate().unwrap();
+    let backup = LocalBackup::spawn(exe(), "127.0.0.2", 0x2800_0000_0000, 1 << 20, &key.path).unwrap();
+
+    // A primary with the wrong key cannot authenticate the backup and gives up.
+    let wrong = ClusterKey::from_bytes([0xee; 32]);
+    match conn::connect(backup.addr, &wrong) {
+        Err(ConnError::Auth {
+            source: AuthError::BadProof,
+            ..
+        }) => {}
+        other => panic!("expected a failed proof, got {other:?}"),
+    }
+
+    // A peer that pushes on with a forged proof and a frame is cut off before any frame is read.
+    let mut stream = std::net::TcpStream::connect(backup.addr).unwrap();
+    let (_, hello) = Initiator::start(wrong, [1; 32]);
+    assert_eq!(hello.len(), CLIENT_HELLO_LEN);
+    stream.write_all(&hello).unwrap();
+    let mut answer = [0u8; 72];
+    stream.read_exact(&mut answer).unwrap();
+    stream.write_all(&[0u8; 32]).unwrap();
+    let _ = stream.write_all(&[0xabu8; 4096]);
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "the backup said something to an unauthenticated peer");
+
+    // The backup still serves the real primary, with an untouched (empty) image.
+    let (mut sender, mut receiver) = conn::connect(backup.addr, &key.key).unwrap();
+    let request = nonstop_proto::control::encode(&nonstop_proto::control::VerifyRequest {
+        len: 1 << 20,
+        check: None,
+    });
+    sender
+        .send(
+            nonstop_proto::frame::FrameKind::VerifyRequest,
+            nonstop_proto::Term(1),
+            nonstop_proto::CheckpointId(0),
+            &request,
+        )
+        .unwrap();
+    // Verify before attach is refused: the backup follows no primary yet.
+    let frame = receiver.recv().unwrap();
+    assert_eq!(frame.kind, nonstop_proto::frame::FrameKind::Refuse);
+    let refusal: nonstop_proto::control::Refusal = nonstop_proto::control::decode("refusal", &frame.payload).unwrap();
+    assert!(refusal.reason.contains("attach first"), "{}", refusal.reason);
+}
