@@ -142,6 +142,9 @@ pub struct Backup {
     region_len: u64,
     term: Option<Term>,
     held: Option<CheckpointId>,
+    /// The term of the primary that sent the checkpoint held: checkpoint numbers are ordered
+    /// within a term, so a newer primary's whole image may carry any number.
+    held_term: Option<Term>,
     expect_full: bool,
     staging: Option<Staging>,
 }
@@ -154,6 +157,7 @@ impl Backup {
             region_len,
             term: None,
             held: None,
+            held_term: None,
             expect_full: true,
             staging: None,
         }
@@ -162,6 +166,12 @@ impl Backup {
     /// The checkpoint the image holds.
     pub fn held(&self) -> Option<CheckpointId> {
         self.held
+    }
+
+    /// The checkpoint held with the term of the primary that sent it: what backups compare to
+    /// find the most up-to-date image.
+    pub fn held_with_term(&self) -> Option<(Term, CheckpointId)> {
+        self.held_term.zip(self.held)
     }
 
     /// The term of the primary followed.
@@ -235,6 +245,7 @@ impl Backup {
                     }
                 }
                 self.held = Some(frame.checkpoint);
+                self.held_term = Some(frame.term);
                 self.expect_full = false;
                 Ok(Some(BackupOutput::Ack(frame.checkpoint)))
             }
@@ -275,10 +286,12 @@ impl Backup {
     }
 
     fn staging_for(&mut self, checkpoint: CheckpointId) -> Result<&mut Staging, BackupError> {
+        let newer_term = self.held_term.is_none_or(|held_term| self.term.is_some_and(|term| term > held_term));
         let expected = match (&self.staging, self.held, self.expect_full) {
             (Some(staging), _, _) => staging.checkpoint,
-            // A whole image may start at any checkpoint after what we hold.
-            (None, Some(held), true) if checkpoint > held => checkpoint,
+            // A whole image may start at any checkpoint after what we hold, or at any
+            // checkpoint at all if it comes from a newer primary.
+            (None, Some(held), true) if checkpoint > held || newer_term => checkpoint,
             (None, None, true) => checkpoint,
             (None, Some(held), _) => held.next(),
             (None, None, false) => unreachable!("expect_full is only cleared by applying a checkpoint"),

@@ -10,6 +10,10 @@ use thiserror::Error;
 /// Bytes of a run's header (offset and length).
 pub const RUN_HEADER_LEN: usize = 12;
 
+/// A new payload starts with room for this much, so that many small runs (AU) do not grow it
+/// by repeated reallocation.
+const INITIAL_PAYLOAD: usize = 64 << 10;
+
 /// One run: bytes to place at an offset of the region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run<'a> {
@@ -81,6 +85,7 @@ pub fn parse_runs(payload: &[u8], region_len: u64) -> Result<Vec<Run<'_>>, RunsE
 pub struct RunsBuilder {
     payloads: Vec<Vec<u8>>,
     run_bytes: u64,
+    payload_bytes: u64,
 }
 
 impl RunsBuilder {
@@ -96,7 +101,7 @@ impl RunsBuilder {
                 Some(last) if MAX_PAYLOAD - last.len() > RUN_HEADER_LEN => MAX_PAYLOAD - last.len() - RUN_HEADER_LEN,
                 _ => {
                     self.payloads
-                        .push(Vec::with_capacity(bytes.len().min(MAX_PAYLOAD) + RUN_HEADER_LEN));
+                        .push(Vec::with_capacity((bytes.len() + RUN_HEADER_LEN).clamp(INITIAL_PAYLOAD, MAX_PAYLOAD)));
                     MAX_PAYLOAD - RUN_HEADER_LEN
                 }
             };
@@ -106,6 +111,7 @@ impl RunsBuilder {
             payload.extend_from_slice(&(take as u32).to_le_bytes());
             payload.extend_from_slice(&bytes[..take]);
             self.run_bytes += take as u64;
+            self.payload_bytes += (RUN_HEADER_LEN + take) as u64;
             offset += take as u64;
             bytes = &bytes[take..];
         }
@@ -123,7 +129,7 @@ impl RunsBuilder {
 
     /// Wire bytes of all payloads so far.
     pub fn payload_bytes(&self) -> u64 {
-        self.payloads.iter().map(|p| p.len() as u64).sum()
+        self.payload_bytes
     }
 
     /// The payloads built so far.

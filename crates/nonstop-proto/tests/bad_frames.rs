@@ -217,3 +217,29 @@ fn region_mismatch_is_refused() {
     assert!(error.to_string().contains("same region"), "{error}");
     assert_eq!(backup.term(), None);
 }
+
+#[test]
+fn whole_image_numbering_is_ordered_within_a_term_only() {
+    // The same primary re-attaching must continue its numbering.
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(2), LEN, &mut wire);
+    let mut old = vec![0u8; LEN as usize];
+    old[0] = 1;
+    checkpoint(&mut writer, Term(2), CheckpointId(1), full_image(&old), true, &mut wire);
+    assert!(refused(&wire, &mut backup, &mut image, &mut reader).contains("in order"));
+
+    // A newer primary numbers its checkpoints afresh.
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(3), LEN, &mut wire);
+    let mut new = vec![0u8; LEN as usize];
+    new[0] = 9;
+    checkpoint(&mut writer, Term(3), CheckpointId(1), full_image(&new), true, &mut wire);
+    reader.push(&wire);
+    while let Some(frame) = reader.next_frame().unwrap() {
+        backup.on_frame(frame, &mut image).unwrap();
+    }
+    assert_eq!(backup.held_with_term(), Some((Term(3), CheckpointId(1))));
+    assert_eq!(image, new);
+}

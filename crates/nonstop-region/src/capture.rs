@@ -7,7 +7,7 @@
 //!   only closes it.
 
 use nonstop_proto::runs::RunsBuilder;
-use nonstop_proto::{PAGE_SIZE, UpdateProtocol, diff::diff_page};
+use nonstop_proto::{CheckpointId, PAGE_SIZE, UpdateProtocol, diff::diff_page};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
@@ -88,10 +88,15 @@ impl Capture {
         }
     }
 
-    /// Called at commit with the ranges the transaction declared. Returns the bytes now waiting
-    /// in the AU stream.
-    pub(crate) fn on_commit(&self, region: *const u8, ranges: &[(u64, u32)]) -> usize {
-        let Capture::Au(au) = self else { return 0 };
+    /// Called at commit with the ranges the transaction declared. Returns the checkpoint the
+    /// commit joins (`open`) and the bytes waiting in the AU stream before and after.
+    ///
+    /// Under AU the open checkpoint is read under the stream lock, the same lock a cut takes to
+    /// close the stream: a commit's runs and its ticket always name the same checkpoint.
+    pub(crate) fn on_commit(&self, region: *const u8, ranges: &[(u64, u32)], open: &AtomicU64) -> CommitOutcome {
+        let Capture::Au(au) = self else {
+            return CommitOutcome { checkpoint: CheckpointId(open.load(Ordering::Acquire)), before: 0, pending: 0 };
+        };
         let mut stream = au.stream.lock().expect("stream lock");
         for &(offset, len) in ranges {
             // SAFETY: the range was bounds-checked when declared and is still locked by the
@@ -100,19 +105,20 @@ impl Capture {
             stream.push(offset, bytes);
         }
         let pending = stream.payload_bytes() as usize;
-        au.pending.store(pending, Ordering::Relaxed);
-        pending
+        let before = au.pending.swap(pending, Ordering::Relaxed);
+        CommitOutcome { checkpoint: CheckpointId(open.load(Ordering::Acquire)), before, pending }
     }
 
-    /// AU: takes what was streamed so far. The caller must hold off the cut while it ships
-    /// these runs, so they reach backups before the checkpoint's close.
-    pub(crate) fn take_stream(&self) -> RunsBuilder {
+    /// AU: takes what was streamed so far into the open checkpoint, and names it. The caller
+    /// must ship these runs before the checkpoint's close.
+    pub(crate) fn take_stream(&self, open: &AtomicU64) -> (CheckpointId, RunsBuilder) {
         match self {
             Capture::Au(au) => {
+                let mut stream = au.stream.lock().expect("stream lock");
                 au.pending.store(0, Ordering::Relaxed);
-                std::mem::take(&mut *au.stream.lock().expect("stream lock"))
+                (CheckpointId(open.load(Ordering::Acquire)), std::mem::take(&mut *stream))
             }
-            _ => RunsBuilder::new(),
+            _ => (CheckpointId(open.load(Ordering::Acquire)), RunsBuilder::new()),
         }
     }
 
@@ -123,12 +129,23 @@ impl Capture {
         }
     }
 
-    /// At a cut, with every transaction held off: the changes of the closing checkpoint.
-    /// Returns the runs and the number of dirty pages.
-    pub(crate) fn cut(&self, region: *const u8) -> (RunsBuilder, usize) {
+    /// Whether a cut needs transactions held off. AU does not: its stream holds copies made at
+    /// commit, so closing it under the stream lock is already a cut between transactions.
+    pub(crate) fn cut_needs_gate(&self) -> bool {
+        !matches!(self, Capture::Au(_))
+    }
+
+    /// Closes the open checkpoint: returns its number, its changes and the number of dirty
+    /// pages, and opens the next. DU and unreplicated cuts must hold the checkpoint gate.
+    pub(crate) fn cut(&self, region: *const u8, open: &AtomicU64) -> (CheckpointId, RunsBuilder, usize) {
         match self {
-            Capture::Unreplicated => (RunsBuilder::new(), 0),
-            Capture::Au(_) => (self.take_stream(), 0),
+            Capture::Unreplicated => (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), RunsBuilder::new(), 0),
+            Capture::Au(au) => {
+                let mut stream = au.stream.lock().expect("stream lock");
+                au.pending.store(0, Ordering::Relaxed);
+                let checkpoint = CheckpointId(open.fetch_add(1, Ordering::AcqRel));
+                (checkpoint, std::mem::take(&mut *stream), 0)
+            }
             Capture::Du(du) => {
                 let mut runs = RunsBuilder::new();
                 let mut twins = du.twins.lock().expect("twin lock");
@@ -142,10 +159,20 @@ impl Capture {
                     du.page_state[page as usize].store(CLEAN, Ordering::Relaxed);
                     spare.push(twin);
                 }
-                (runs, pages)
+                (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), runs, pages)
             }
         }
     }
+}
+
+/// What a commit joined.
+pub(crate) struct CommitOutcome {
+    /// The checkpoint the commit is part of.
+    pub(crate) checkpoint: CheckpointId,
+    /// AU bytes waiting before this commit.
+    pub(crate) before: usize,
+    /// AU bytes waiting after it.
+    pub(crate) pending: usize,
 }
 
 /// One bit per page: has the page ever been written? A whole image sends only these.

@@ -42,37 +42,37 @@ impl RangeLocks {
         debug_assert!(token != 0 && len > 0);
         let first = offset / LINE;
         let last = (offset + len - 1) / LINE;
-        // More lines than stripes means every stripe: walk the table once instead.
-        let lines: Box<dyn Iterator<Item = u32>> = if last - first >= STRIPES as u64 {
-            Box::new(0..STRIPES as u32)
+        if last - first >= STRIPES as u64 {
+            // More lines than stripes means every stripe.
+            (0..STRIPES as u32).try_for_each(|stripe| self.take(token, stripe, held))
         } else {
-            Box::new((first..=last).map(stripe_of))
-        };
-        for stripe in lines {
-            let owner = &self.owners[stripe as usize];
-            let mut attempts = 0;
-            loop {
-                match owner.compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed) {
-                    Ok(_) => {
-                        held.push(stripe);
-                        break;
+            (first..=last).try_for_each(|line| self.take(token, stripe_of(line), held))
+        }
+    }
+
+    fn take(&self, token: u64, stripe: u32, held: &mut Vec<u32>) -> Result<(), Conflict> {
+        let owner = &self.owners[stripe as usize];
+        let mut attempts = 0;
+        loop {
+            match owner.compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => {
+                    held.push(stripe);
+                    return Ok(());
+                }
+                Err(current) if current == token => return Ok(()),
+                Err(_) => {
+                    attempts += 1;
+                    if attempts > SPIN_LIMIT {
+                        return Err(Conflict);
                     }
-                    Err(current) if current == token => break,
-                    Err(_) => {
-                        attempts += 1;
-                        if attempts > SPIN_LIMIT {
-                            return Err(Conflict);
-                        }
-                        if attempts % 64 == 0 {
-                            std::thread::yield_now();
-                        } else {
-                            std::hint::spin_loop();
-                        }
+                    if attempts % 64 == 0 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
                     }
                 }
             }
         }
-        Ok(())
     }
 
     /// Frees every stripe in `held`.

@@ -122,37 +122,26 @@ impl Mirror {
     /// AU: takes the runs committed so far into the open checkpoint, to ship before its close.
     /// The caller must ship them before the runs of any later [`Mirror::cut`].
     pub fn take_stream(&self) -> (CheckpointId, RunsBuilder) {
-        // The gate keeps a cut from changing the open checkpoint between the two reads.
-        let _shared = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        (self.open_checkpoint(), self.capture.take_stream())
+        self.capture.take_stream(&self.open)
     }
 
-    /// Cuts the open checkpoint: waits for running transactions to finish, collects the
-    /// changes (and, if `full_image`, the whole image) and opens the next checkpoint.
+    /// Cuts the open checkpoint: collects its changes (and, if `full_image`, the whole image)
+    /// and opens the next. DU, and any cut with a whole image, first waits for running
+    /// transactions to finish and holds new ones off; an AU cut only closes the stream.
     pub fn cut(&self, full_image: bool) -> CheckpointContent {
-        let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let checkpoint = self.open_checkpoint();
-        let (changes, dirty_pages) = self.capture.cut(self.region.as_ptr());
+        let _exclusive = (full_image || self.capture.cut_needs_gate())
+            .then(|| self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let (checkpoint, changes, dirty_pages) = self.capture.cut(self.region.as_ptr(), &self.open);
         let full_image = full_image.then(|| {
             let mut image = RunsBuilder::new();
             let bytes = self.region.as_slice();
             for page in self.touched.pages() {
-                image.push(
-                    (page * PAGE_SIZE) as u64,
-                    &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE],
-                );
+                image.push((page * PAGE_SIZE) as u64, &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
             }
             image
         });
         let commits = self.commits.swap(0, Ordering::Relaxed);
-        self.open.store(checkpoint.0 + 1, Ordering::Release);
-        CheckpointContent {
-            checkpoint,
-            changes,
-            full_image,
-            dirty_pages,
-            commits,
-        }
+        CheckpointContent { checkpoint, changes, full_image, dirty_pages, commits }
     }
 
     /// Runs `f` on the region with every transaction held off, with the last checkpoint cut
@@ -179,13 +168,15 @@ impl Mirror {
     }
 
     pub(crate) fn on_commit(&self, ranges: &[(u64, u32)]) -> CheckpointId {
-        let pending = self.capture.on_commit(self.region.as_ptr(), ranges);
-        if pending >= STREAM_CHUNK
+        let outcome = self.capture.on_commit(self.region.as_ptr(), ranges, &self.open);
+        // Wake the replicator once, when the stream crosses the chunk size.
+        if outcome.before < STREAM_CHUNK
+            && outcome.pending >= STREAM_CHUNK
             && let Some(waker) = self.stream_waker.get()
         {
             waker.unpark();
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
-        self.open_checkpoint()
+        outcome.checkpoint
     }
 }
