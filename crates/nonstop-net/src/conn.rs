@@ -68,7 +68,6 @@ pub struct FrameSender {
 pub struct FrameReceiver {
     stream: TcpStream,
     reader: FrameReader,
-    buf: Box<[u8]>,
     peer: String,
 }
 
@@ -92,7 +91,6 @@ fn halves(stream: TcpStream, keys: SessionKeys, peer: String) -> Result<(FrameSe
         FrameReceiver {
             stream: read_half,
             reader: FrameReader::new(keys.recv),
-            buf: vec![0u8; 256 << 10].into(),
             peer,
         },
     ))
@@ -192,13 +190,16 @@ impl FrameReceiver {
             })? {
                 return Ok(frame);
             }
-            let n = self.stream.read(&mut self.buf).map_err(io_error(&self.peer))?;
+            let n = self
+                .stream
+                .read(self.reader.read_chunk())
+                .map_err(io_error(&self.peer))?;
             if n == 0 {
                 return Err(ConnError::Closed {
                     peer: self.peer.clone(),
                 });
             }
-            self.reader.push(&self.buf[..n]);
+            self.reader.filled(n);
         }
     }
 

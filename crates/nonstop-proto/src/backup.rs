@@ -8,7 +8,7 @@
 
 use crate::control::{self, Attach, Close, ControlError, VerifyRequest};
 use crate::frame::{Frame, FrameKind};
-use crate::runs::{RunsError, parse_runs};
+use crate::runs::{RunsError, runs, validate_runs};
 use crate::{CheckpointId, PAGE_SIZE, Term};
 use thiserror::Error;
 
@@ -185,7 +185,11 @@ impl Backup {
     }
 
     /// Handles one authenticated frame from the primary.
-    pub fn on_frame(&mut self, frame: Frame, image: &mut dyn Image) -> Result<Option<BackupOutput>, BackupError> {
+    pub fn on_frame<I: Image + ?Sized>(
+        &mut self,
+        frame: Frame,
+        image: &mut I,
+    ) -> Result<Option<BackupOutput>, BackupError> {
         debug_assert_eq!(image.len(), self.region_len);
         match frame.kind {
             FrameKind::Attach => return self.on_attach(&frame).map(Some),
@@ -210,10 +214,7 @@ impl Backup {
         }
         match frame.kind {
             FrameKind::Runs => {
-                let bytes: u64 = parse_runs(&frame.payload, self.region_len)?
-                    .iter()
-                    .map(|run| run.bytes.len() as u64)
-                    .sum();
+                let bytes = validate_runs(&frame.payload, self.region_len)?;
                 let staging = self.staging_for(frame.checkpoint)?;
                 staging.run_bytes += bytes;
                 staging.payloads.push(frame.payload);
@@ -240,7 +241,8 @@ impl Backup {
                     image.clear();
                 }
                 for payload in &staging.payloads {
-                    for run in parse_runs(payload, self.region_len).expect("validated when staged") {
+                    for run in runs(payload, self.region_len) {
+                        let run = run.expect("validated when staged");
                         image.write(run.offset, run.bytes);
                     }
                 }
@@ -286,7 +288,9 @@ impl Backup {
     }
 
     fn staging_for(&mut self, checkpoint: CheckpointId) -> Result<&mut Staging, BackupError> {
-        let newer_term = self.held_term.is_none_or(|held_term| self.term.is_some_and(|term| term > held_term));
+        let newer_term = self
+            .held_term
+            .is_none_or(|held_term| self.term.is_some_and(|term| term > held_term));
         let expected = match (&self.staging, self.held, self.expect_full) {
             (Some(staging), _, _) => staging.checkpoint,
             // A whole image may start at any checkpoint after what we hold, or at any

@@ -202,10 +202,15 @@ impl FrameWriter {
 pub struct FrameReader {
     key: MacKey,
     next_seq: u64,
+    /// Always initialised to its full length; `start..end` holds received, undecoded bytes.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     poisoned: bool,
 }
+
+/// How much room [`FrameReader::read_buffer`] offers at least.
+const READ_CHUNK: usize = 256 << 10;
 
 impl FrameReader {
     /// A reader that checks MACs with `key` and expects sequence numbers from 0.
@@ -215,25 +220,48 @@ impl FrameReader {
             next_seq: 0,
             buf: Vec::new(),
             start: 0,
+            end: 0,
             poisoned: false,
         }
     }
 
-    /// Appends bytes received from the connection.
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+    /// Room for at least `want` more received bytes, to read into directly (no extra copy);
+    /// report how many arrived with [`FrameReader::filled`].
+    pub fn read_buffer(&mut self, want: usize) -> &mut [u8] {
+        if self.start == self.end {
             self.start = 0;
-        } else if self.start > MAX_PAYLOAD {
-            self.buf.drain(..self.start);
+            self.end = 0;
+        } else if self.start > MAX_PAYLOAD || self.buf.len() - self.end < want {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        self.buf.extend_from_slice(bytes);
+        if self.buf.len() - self.end < want {
+            self.buf.resize(self.end + want, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were written into the slice [`FrameReader::read_buffer`] gave.
+    pub fn filled(&mut self, n: usize) {
+        assert!(self.end + n <= self.buf.len(), "filled more than the read buffer holds");
+        self.end += n;
+    }
+
+    /// Appends bytes received from the connection.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.read_buffer(bytes.len().max(1))[..bytes.len()].copy_from_slice(bytes);
+        self.filled(bytes.len());
+    }
+
+    /// A read buffer of the usual size (see [`FrameReader::read_buffer`]).
+    pub fn read_chunk(&mut self) -> &mut [u8] {
+        self.read_buffer(READ_CHUNK)
     }
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed, or the reason the stream is
@@ -252,7 +280,7 @@ impl FrameReader {
     }
 
     fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
-        let available = &self.buf[self.start..];
+        let available = &self.buf[self.start..self.end];
         let Some(header_bytes) = available.get(..HEADER_LEN) else {
             return Ok(None);
         };

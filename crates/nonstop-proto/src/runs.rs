@@ -1,7 +1,7 @@
 //! Runs: the payload that carries region bytes, for DU diffs and AU streams alike.
 //!
 //! A payload is a sequence of runs, each `offset: u64 LE | len: u32 LE | len bytes`. A payload
-//! is validated as a whole before any run is used ([`parse_runs`]): a run that is truncated,
+//! is validated as a whole before any run is used ([`validate_runs`]): a run that is truncated,
 //! empty, or reaches past the end of the region refuses the whole frame.
 
 use crate::frame::MAX_PAYLOAD;
@@ -50,12 +50,30 @@ pub enum RunsError {
     },
 }
 
-/// Checks a whole payload against a region of `region_len` bytes and returns its runs.
-pub fn parse_runs(payload: &[u8], region_len: u64) -> Result<Vec<Run<'_>>, RunsError> {
-    let mut runs = Vec::new();
-    let mut at = 0usize;
-    while at < payload.len() {
-        let header = payload
+/// The runs of a payload, each checked against a region of `region_len` bytes as it is
+/// reached. Iterating allocates nothing; [`validate_runs`] checks a whole payload first.
+pub fn runs(payload: &[u8], region_len: u64) -> RunsIter<'_> {
+    RunsIter {
+        payload,
+        region_len,
+        at: 0,
+        failed: false,
+    }
+}
+
+/// Iterator returned by [`runs`]; it stops after the first error.
+#[derive(Clone, Debug)]
+pub struct RunsIter<'a> {
+    payload: &'a [u8],
+    region_len: u64,
+    at: usize,
+    failed: bool,
+}
+
+impl<'a> RunsIter<'a> {
+    fn parse(&self, at: usize) -> Result<Run<'a>, RunsError> {
+        let header = self
+            .payload
             .get(at..at + RUN_HEADER_LEN)
             .ok_or(RunsError::Truncated { at })?;
         let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
@@ -63,21 +81,46 @@ pub fn parse_runs(payload: &[u8], region_len: u64) -> Result<Vec<Run<'_>>, RunsE
         if len == 0 {
             return Err(RunsError::Empty { at });
         }
-        let bytes = payload
+        let bytes = self
+            .payload
             .get(at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len)
             .ok_or(RunsError::Truncated { at })?;
-        let end = offset.checked_add(len as u64);
-        if end.is_none_or(|end| end > region_len) {
+        if offset.checked_add(len as u64).is_none_or(|end| end > self.region_len) {
             return Err(RunsError::OutOfRegion {
                 offset,
                 len: len as u64,
-                region_len,
+                region_len: self.region_len,
             });
         }
-        runs.push(Run { offset, bytes });
-        at += RUN_HEADER_LEN + len;
+        Ok(Run { offset, bytes })
     }
-    Ok(runs)
+}
+
+impl<'a> Iterator for RunsIter<'a> {
+    type Item = Result<Run<'a>, RunsError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.at >= self.payload.len() {
+            return None;
+        }
+        let result = self.parse(self.at);
+        match &result {
+            Ok(run) => self.at += RUN_HEADER_LEN + run.bytes.len(),
+            Err(_) => self.failed = true,
+        }
+        Some(result)
+    }
+}
+
+/// Checks a whole payload against a region of `region_len` bytes; returns the region bytes it
+/// carries.
+pub fn validate_runs(payload: &[u8], region_len: u64) -> Result<u64, RunsError> {
+    runs(payload, region_len).try_fold(0u64, |bytes, run| Ok(bytes + run?.bytes.len() as u64))
+}
+
+/// Checks a whole payload against a region of `region_len` bytes and returns its runs.
+pub fn parse_runs(payload: &[u8], region_len: u64) -> Result<Vec<Run<'_>>, RunsError> {
+    runs(payload, region_len).collect()
 }
 
 /// Packs runs into payloads of at most [`MAX_PAYLOAD`] bytes, splitting long runs.
@@ -100,8 +143,9 @@ impl RunsBuilder {
             let room = match self.payloads.last() {
                 Some(last) if MAX_PAYLOAD - last.len() > RUN_HEADER_LEN => MAX_PAYLOAD - last.len() - RUN_HEADER_LEN,
                 _ => {
-                    self.payloads
-                        .push(Vec::with_capacity((bytes.len() + RUN_HEADER_LEN).clamp(INITIAL_PAYLOAD, MAX_PAYLOAD)));
+                    self.payloads.push(Vec::with_capacity(
+                        (bytes.len() + RUN_HEADER_LEN).clamp(INITIAL_PAYLOAD, MAX_PAYLOAD),
+                    ));
                     MAX_PAYLOAD - RUN_HEADER_LEN
                 }
             };

@@ -95,7 +95,11 @@ impl Capture {
     /// close the stream: a commit's runs and its ticket always name the same checkpoint.
     pub(crate) fn on_commit(&self, region: *const u8, ranges: &[(u64, u32)], open: &AtomicU64) -> CommitOutcome {
         let Capture::Au(au) = self else {
-            return CommitOutcome { checkpoint: CheckpointId(open.load(Ordering::Acquire)), before: 0, pending: 0 };
+            return CommitOutcome {
+                checkpoint: CheckpointId(open.load(Ordering::Acquire)),
+                before: 0,
+                pending: 0,
+            };
         };
         let mut stream = au.stream.lock().expect("stream lock");
         for &(offset, len) in ranges {
@@ -106,7 +110,11 @@ impl Capture {
         }
         let pending = stream.payload_bytes() as usize;
         let before = au.pending.swap(pending, Ordering::Relaxed);
-        CommitOutcome { checkpoint: CheckpointId(open.load(Ordering::Acquire)), before, pending }
+        CommitOutcome {
+            checkpoint: CheckpointId(open.load(Ordering::Acquire)),
+            before,
+            pending,
+        }
     }
 
     /// AU: takes what was streamed so far into the open checkpoint, and names it. The caller

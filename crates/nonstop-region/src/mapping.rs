@@ -105,7 +105,14 @@ impl Region {
             )
         };
         match mapped {
-            Ok(ptr) if ptr as usize == base => Ok(Region { base: ptr.cast(), len }),
+            Ok(ptr) if ptr as usize == base => {
+                // Transparent huge pages: a region is large and accessed at random, so fewer TLB
+                // misses matter. Dirty tracking stays at 4 KiB pages, which is logical, not the
+                // hardware page size. Where THP is unavailable this is a harmless no-op.
+                // SAFETY: the range is the mapping just created.
+                let _ = unsafe { rustix::mm::madvise(ptr, len, Advice::LinuxHugepage) };
+                Ok(Region { base: ptr.cast(), len })
+            }
             Ok(ptr) => {
                 // A kernel older than 4.17 ignores FIXED_NOREPLACE and treats the address as a
                 // hint: give the memory back and report the range as unusable.
