@@ -5,6 +5,7 @@
 //! being told the configuration.
 
 pub mod debit_credit;
+pub mod order_entry;
 
 use nonstop_proto::primary::Ticket;
 use nonstop_region::Mirror;
@@ -26,6 +27,11 @@ pub trait Workload: Send + Sync {
 pub fn check(name: &str, image: &[u8]) -> Result<String, String> {
     match name {
         debit_credit::NAME => debit_credit::check(image),
-        other => Err(format!("unknown workload {other:?}: expected {}", debit_credit::NAME)),
+        order_entry::NAME => order_entry::check(image),
+        other => Err(format!(
+            "unknown workload {other:?}: expected {} or {}",
+            debit_credit::NAME,
+            order_entry::NAME
+        )),
     }
 }

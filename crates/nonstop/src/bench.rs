@@ -17,6 +17,7 @@ use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol}
 use nonstop_region::{Mirror, Region};
 use nonstop_workloads::Workload;
 use nonstop_workloads::debit_credit::DebitCredit;
+use nonstop_workloads::order_entry::OrderEntry;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
@@ -34,6 +35,8 @@ const WAIT: Duration = Duration::from_secs(30);
 pub enum WorkloadKind {
     /// Debit-Credit (TPC-B shape).
     DebitCredit,
+    /// Order-Entry (TPC-C shape).
+    OrderEntry,
 }
 
 /// What to measure.
@@ -57,6 +60,8 @@ pub struct BenchConfig {
     pub rounds: usize,
     /// Debit-Credit branches (100,000 accounts each).
     pub branches: u64,
+    /// Order-Entry warehouses.
+    pub warehouses: u64,
     /// Virtual address of the region in the primary and every backup.
     pub region_base: usize,
 }
@@ -148,6 +153,7 @@ pub fn protocol_name(protocol: UpdateProtocol) -> &'static str {
 fn workload(config: &BenchConfig) -> Arc<dyn Workload> {
     match config.workload {
         WorkloadKind::DebitCredit => Arc::new(DebitCredit::new(config.branches, config.threads)),
+        WorkloadKind::OrderEntry => Arc::new(OrderEntry::new(config.warehouses, config.threads)),
     }
 }
 

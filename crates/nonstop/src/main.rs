@@ -59,6 +59,8 @@ struct BackupArgs {
 enum BenchTarget {
     /// Debit-Credit (TPC-B shape, seed 001).
     DebitCredit(WorkloadArgs),
+    /// Order-Entry (TPC-C shape and mix, seed 001).
+    OrderEntry(WorkloadArgs),
     /// Raw round trip of the replication transport.
     Net(NetArgs),
 }
@@ -104,6 +106,9 @@ struct WorkloadArgs {
     /// Debit-Credit branches (100,000 accounts each).
     #[arg(long, default_value_t = 10)]
     branches: u64,
+    /// Order-Entry warehouses (10 districts, 30,000 customers, 100,000 stock rows each).
+    #[arg(long, default_value_t = 1)]
+    warehouses: u64,
     /// Virtual address of the region (hexadecimal), the same in the primary and the backups.
     #[arg(long, default_value_t = format!("{DEFAULT_REGION_BASE:#x}"))]
     region_base: String,
@@ -134,19 +139,20 @@ fn main() -> anyhow::Result<()> {
         Command::Backup(args) => backup(args),
         Command::Bench {
             target: BenchTarget::DebitCredit(args),
-        } => {
-            let json = args.json;
-            let report = bench::run(
-                &bench_config(WorkloadKind::DebitCredit, &args)?,
-                &std::env::current_exe()?,
-            )?;
-            print_report(&report, json)
-        }
+        } => run_bench(WorkloadKind::DebitCredit, &args),
+        Command::Bench {
+            target: BenchTarget::OrderEntry(args),
+        } => run_bench(WorkloadKind::OrderEntry, &args),
         Command::Bench {
             target: BenchTarget::Net(args),
         } => bench_net(args),
         Command::Demo { duration } => demo(duration),
     }
+}
+
+fn run_bench(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<()> {
+    let report = bench::run(&bench_config(workload, args)?, &std::env::current_exe()?)?;
+    print_report(&report, args.json)
 }
 
 fn parse_address(text: &str) -> anyhow::Result<usize> {
@@ -195,6 +201,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
         compare: args.compare,
         rounds: args.rounds,
         branches: args.branches.max(1),
+        warehouses: args.warehouses.max(1),
         region_base: parse_address(&args.region_base)?,
     })
 }
@@ -289,6 +296,7 @@ fn demo(duration: Duration) -> anyhow::Result<()> {
         compare: false,
         rounds: 1,
         branches: 10,
+        warehouses: 1,
         region_base: DEFAULT_REGION_BASE,
     };
     let report = bench::run(&config, &std::env::current_exe()?)?;

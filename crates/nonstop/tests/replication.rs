@@ -24,6 +24,7 @@ fn config(region_base: usize, backups: usize, protocol: UpdateProtocol, policy: 
         compare: false,
         rounds: 1,
         branches: 2,
+        warehouses: 1,
         region_base,
     }
 }
@@ -45,6 +46,23 @@ fn two_backups_hold_the_primary_image_under_every_protocol_and_policy() {
         assert!(report.check.contains("debit-credit consistent"), "{report:?}");
         assert!(report.tx_per_s > 0.0 && report.checkpoints_per_s > 0.0, "{report:?}");
     }
+}
+
+#[test]
+fn order_entry_backups_pass_the_tpcc_conditions() {
+    let mut config = config(
+        0x2900_0000_0000,
+        1,
+        UpdateProtocol::Du,
+        CommitPolicy::Epoch {
+            interval_us: 2000,
+            max_commits: 0,
+        },
+    );
+    config.workload = WorkloadKind::OrderEntry;
+    let report = bench::run(&config, exe()).unwrap();
+    assert!(report.backup_verified, "{report:?}");
+    assert!(report.check.contains("order-entry consistent"), "{report:?}");
 }
 
 #[test]
