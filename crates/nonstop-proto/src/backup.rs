@@ -8,31 +8,21 @@
 
 use crate::control::{self, Attach, Close, ControlError, VerifyRequest};
 use crate::frame::{Frame, FrameKind};
-use crate::runs::{RunsError, runs, validate_runs};
+use crate::runs::{RunsError, apply_validated_runs, validate_runs};
 use crate::{CheckpointId, PAGE_SIZE, Term};
 use thiserror::Error;
 
-/// The memory a backup applies checkpoints to. Offsets and lengths are checked before any
-/// call, against [`Image::len`].
+/// The memory a backup applies checkpoints to.
 pub trait Image {
-    /// Length in bytes.
-    fn len(&self) -> u64;
-    /// True if the image is empty (zero-length).
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Copies `bytes` to `offset`.
-    fn write(&mut self, offset: u64, bytes: &[u8]);
+    /// The image's bytes.
+    fn bytes_mut(&mut self) -> &mut [u8];
     /// Sets every byte to zero (before a whole-image checkpoint).
     fn clear(&mut self);
 }
 
 impl Image for Vec<u8> {
-    fn len(&self) -> u64 {
-        self.as_slice().len() as u64
-    }
-    fn write(&mut self, offset: u64, bytes: &[u8]) {
-        self[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
     }
     fn clear(&mut self) {
         self.fill(0);
@@ -190,7 +180,7 @@ impl Backup {
         frame: Frame,
         image: &mut I,
     ) -> Result<Option<BackupOutput>, BackupError> {
-        debug_assert_eq!(image.len(), self.region_len);
+        debug_assert_eq!(image.bytes_mut().len() as u64, self.region_len);
         match frame.kind {
             FrameKind::Attach => return self.on_attach(&frame).map(Some),
             FrameKind::Ping => return Ok(Some(BackupOutput::Pong(frame.payload))),
@@ -240,11 +230,9 @@ impl Backup {
                 if close.full {
                     image.clear();
                 }
+                let bytes = image.bytes_mut();
                 for payload in &staging.payloads {
-                    for run in runs(payload, self.region_len) {
-                        let run = run.expect("validated when staged");
-                        image.write(run.offset, run.bytes);
-                    }
+                    apply_validated_runs(payload, bytes);
                 }
                 self.held = Some(frame.checkpoint);
                 self.held_term = Some(frame.term);

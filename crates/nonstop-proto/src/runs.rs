@@ -118,6 +118,27 @@ pub fn validate_runs(payload: &[u8], region_len: u64) -> Result<u64, RunsError> 
     runs(payload, region_len).try_fold(0u64, |bytes, run| Ok(bytes + run?.bytes.len() as u64))
 }
 
+/// Applies a payload that [`validate_runs`] accepted for a region of `image.len()` bytes.
+///
+/// This is the backup's inner loop, so it reads run headers directly and copies the common
+/// eight-byte run without a `memcpy` call; indexing stays checked, so a payload that was not
+/// validated panics instead of writing out of bounds.
+pub fn apply_validated_runs(payload: &[u8], image: &mut [u8]) {
+    let mut at = 0;
+    while at < payload.len() {
+        let offset = u64::from_le_bytes(payload[at..at + 8].try_into().expect("8 bytes")) as usize;
+        let len = u32::from_le_bytes(payload[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        let bytes = &payload[at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len];
+        if len == 8 {
+            let word: [u8; 8] = bytes.try_into().expect("8 bytes");
+            image[offset..offset + 8].copy_from_slice(&word);
+        } else {
+            image[offset..offset + len].copy_from_slice(bytes);
+        }
+        at += RUN_HEADER_LEN + len;
+    }
+}
+
 /// Checks a whole payload against a region of `region_len` bytes and returns its runs.
 pub fn parse_runs(payload: &[u8], region_len: u64) -> Result<Vec<Run<'_>>, RunsError> {
     runs(payload, region_len).collect()
@@ -138,7 +159,32 @@ impl RunsBuilder {
     }
 
     /// Adds `bytes` to be placed at `offset`. Empty runs are ignored.
-    pub fn push(&mut self, mut offset: u64, mut bytes: &[u8]) {
+    #[inline]
+    pub fn push(&mut self, offset: u64, bytes: &[u8]) {
+        // The common case under AU: a small run that fits the current payload.
+        if let Some(last) = self.payloads.last_mut()
+            && !bytes.is_empty()
+            && last.len() + RUN_HEADER_LEN + bytes.len() <= last.capacity().min(MAX_PAYLOAD)
+        {
+            let mut header = [0u8; RUN_HEADER_LEN + 8];
+            header[..8].copy_from_slice(&offset.to_le_bytes());
+            header[8..12].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            if let Ok(word) = <[u8; 8]>::try_from(bytes) {
+                // An eight-byte run (a counter, a balance) as one fixed-size copy, no memcpy call.
+                header[12..].copy_from_slice(&word);
+                last.extend_from_slice(&header);
+            } else {
+                last.extend_from_slice(&header[..RUN_HEADER_LEN]);
+                last.extend_from_slice(bytes);
+            }
+            self.run_bytes += bytes.len() as u64;
+            self.payload_bytes += (RUN_HEADER_LEN + bytes.len()) as u64;
+            return;
+        }
+        self.push_split(offset, bytes);
+    }
+
+    fn push_split(&mut self, mut offset: u64, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let room = match self.payloads.last() {
                 Some(last) if MAX_PAYLOAD - last.len() > RUN_HEADER_LEN => MAX_PAYLOAD - last.len() - RUN_HEADER_LEN,

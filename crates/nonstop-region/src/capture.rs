@@ -102,6 +102,7 @@ impl Capture {
             };
         };
         let mut stream = au.stream.lock().expect("stream lock");
+        let before = stream.payload_bytes() as usize;
         for &(offset, len) in ranges {
             // SAFETY: the range was bounds-checked when declared and is still locked by the
             // committing transaction.
@@ -109,7 +110,7 @@ impl Capture {
             stream.push(offset, bytes);
         }
         let pending = stream.payload_bytes() as usize;
-        let before = au.pending.swap(pending, Ordering::Relaxed);
+        au.pending.store(pending, Ordering::Relaxed);
         CommitOutcome {
             checkpoint: CheckpointId(open.load(Ordering::Acquire)),
             before,

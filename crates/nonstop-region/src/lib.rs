@@ -15,5 +15,5 @@ mod mirror;
 mod transaction;
 
 pub use mapping::{DEFAULT_REGION_BASE, MAX_REGION_LEN, Region, RegionError};
-pub use mirror::{CheckpointContent, Mirror, STREAM_CHUNK};
+pub use mirror::{CheckpointContent, Mirror, STREAM_CHUNK, STREAM_LIMIT};
 pub use transaction::{Transaction, TxError};

@@ -186,11 +186,8 @@ impl Drop for Region {
 }
 
 impl nonstop_proto::backup::Image for Region {
-    fn len(&self) -> u64 {
-        self.len as u64
-    }
-    fn write(&mut self, offset: u64, bytes: &[u8]) {
-        self.as_mut_slice()[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
     }
     fn clear(&mut self) {
         self.zero();

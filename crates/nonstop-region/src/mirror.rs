@@ -13,6 +13,22 @@ use std::thread::Thread;
 /// AU ships its stream once this many bytes are waiting, without waiting for the cut.
 pub const STREAM_CHUNK: usize = 64 << 10;
 
+/// AU: commits wait while this many bytes are waiting to be shipped, so that a backup that
+/// cannot keep up slows the primary down instead of growing its memory without bound.
+pub const STREAM_LIMIT: usize = 32 << 20;
+
+/// A value alone on its cache line.
+#[derive(Debug)]
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The content of a checkpoint just cut.
 #[derive(Debug)]
 pub struct CheckpointContent {
@@ -52,9 +68,11 @@ pub struct Mirror {
     locks: RangeLocks,
     capture: Capture,
     touched: TouchedPages,
-    open: AtomicU64,
-    commits: AtomicU64,
-    next_token: AtomicU64,
+    // Each counter on its own cache line: `open` is written by the replicator at every cut,
+    // the others by every transaction; sharing a line would make each transaction miss.
+    open: CacheLine<AtomicU64>,
+    commits: CacheLine<AtomicU64>,
+    next_token: CacheLine<AtomicU64>,
     stream_waker: OnceLock<Thread>,
 }
 
@@ -69,9 +87,9 @@ impl Mirror {
             region,
             gate: RwLock::new(()),
             locks: RangeLocks::new(),
-            open: AtomicU64::new(first.0),
-            commits: AtomicU64::new(0),
-            next_token: AtomicU64::new(1),
+            open: CacheLine(AtomicU64::new(first.0)),
+            commits: CacheLine(AtomicU64::new(0)),
+            next_token: CacheLine(AtomicU64::new(1)),
             stream_waker: OnceLock::new(),
         }
     }
@@ -122,7 +140,7 @@ impl Mirror {
     /// AU: takes the runs committed so far into the open checkpoint, to ship before its close.
     /// The caller must ship them before the runs of any later [`Mirror::cut`].
     pub fn take_stream(&self) -> (CheckpointId, RunsBuilder) {
-        self.capture.take_stream(&self.open)
+        self.capture.take_stream(&self.open.0)
     }
 
     /// Cuts the open checkpoint: collects its changes (and, if `full_image`, the whole image)
@@ -131,7 +149,7 @@ impl Mirror {
     pub fn cut(&self, full_image: bool) -> CheckpointContent {
         let _exclusive = (full_image || self.capture.cut_needs_gate())
             .then(|| self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        let (checkpoint, changes, dirty_pages) = self.capture.cut(self.region.as_ptr(), &self.open);
+        let (checkpoint, changes, dirty_pages) = self.capture.cut(self.region.as_ptr(), &self.open.0);
         let full_image = full_image.then(|| {
             let mut image = RunsBuilder::new();
             let bytes = self.region.as_slice();
@@ -177,13 +195,17 @@ impl Mirror {
     }
 
     pub(crate) fn on_commit(&self, ranges: &[(u64, u32)]) -> CheckpointId {
-        let outcome = self.capture.on_commit(self.region.as_ptr(), ranges, &self.open);
-        // Wake the replicator once, when the stream crosses the chunk size.
-        if outcome.before < STREAM_CHUNK
-            && outcome.pending >= STREAM_CHUNK
-            && let Some(waker) = self.stream_waker.get()
-        {
-            waker.unpark();
+        let outcome = self.capture.on_commit(self.region.as_ptr(), ranges, &self.open.0);
+        if let Some(waker) = self.stream_waker.get() {
+            // Wake the replicator once, when the stream crosses the chunk size.
+            if outcome.before < STREAM_CHUNK && outcome.pending >= STREAM_CHUNK {
+                waker.unpark();
+            }
+            // Backpressure: the replicator drains the stream without the gate or our locks.
+            while self.capture.stream_pending() >= STREAM_LIMIT {
+                waker.unpark();
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
         outcome.checkpoint

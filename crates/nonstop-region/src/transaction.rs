@@ -147,9 +147,17 @@ impl<'m> Transaction<'m> {
         let bytes =
             unsafe { std::slice::from_raw_parts_mut(self.mirror.region().as_ptr().add(offset as usize), len as usize) };
         let mut state = self.state.borrow_mut();
-        state.undo.extend_from_slice(&offset.to_le_bytes());
-        state.undo.extend_from_slice(&(len as u32).to_le_bytes());
-        state.undo.extend_from_slice(bytes);
+        let mut record = [0u8; 20];
+        record[..8].copy_from_slice(&offset.to_le_bytes());
+        record[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        if let Ok(word) = <[u8; 8]>::try_from(&*bytes) {
+            // The common eight-byte field as one fixed-size copy.
+            record[12..].copy_from_slice(&word);
+            state.undo.extend_from_slice(&record);
+        } else {
+            state.undo.extend_from_slice(&record[..12]);
+            state.undo.extend_from_slice(bytes);
+        }
         state.declared.push((offset, len as u32));
         Ok(bytes)
     }
