@@ -78,6 +78,7 @@ impl BackupServer {
                     let _ = stream.set_nonblocking(false);
                     match self.serve_one(stream) {
                         Ok(()) => tracing::info!(%peer, "primary disconnected"),
+                        Err(error) if error.is_disconnect() => tracing::info!(%peer, %error, "primary went away"),
                         Err(error) => tracing::warn!(%peer, %error, "primary session ended"),
                     }
                     self.backup.on_disconnect();

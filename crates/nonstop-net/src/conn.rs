@@ -48,6 +48,24 @@ pub enum ConnError {
     },
 }
 
+impl ConnError {
+    /// True if the peer simply went away (closed, reset, broken pipe), as opposed to sending
+    /// something wrong.
+    pub fn is_disconnect(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            ConnError::Closed { .. } => true,
+            ConnError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
 fn nonce() -> [u8; 32] {
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).expect("the OS random source works");

@@ -172,6 +172,9 @@ impl Primary {
         });
         if let Some(handle) = &replicator {
             shared.mirror.set_stream_waker(handle.thread().clone());
+            if let CommitPolicy::Epoch { max_commits, .. } = shared.config.policy {
+                shared.mirror.set_commit_wake(max_commits);
+            }
         }
         Primary { shared, replicator }
     }

@@ -74,6 +74,7 @@ pub struct Mirror {
     commits: CacheLine<AtomicU64>,
     next_token: CacheLine<AtomicU64>,
     stream_waker: OnceLock<Thread>,
+    commit_wake: AtomicU64,
 }
 
 impl Mirror {
@@ -91,6 +92,7 @@ impl Mirror {
             commits: CacheLine(AtomicU64::new(0)),
             next_token: CacheLine(AtomicU64::new(1)),
             stream_waker: OnceLock::new(),
+            commit_wake: AtomicU64::new(0),
         }
     }
 
@@ -130,6 +132,12 @@ impl Mirror {
     /// Asks that `thread` be unparked whenever the AU stream has [`STREAM_CHUNK`] bytes waiting.
     pub fn set_stream_waker(&self, thread: Thread) {
         let _ = self.stream_waker.set(thread);
+    }
+
+    /// Also unpark the stream waker when a checkpoint reaches `commits` commits (an epoch
+    /// policy that cuts every N commits); 0 turns this off.
+    pub fn set_commit_wake(&self, commits: u64) {
+        self.commit_wake.store(commits, Ordering::Relaxed);
     }
 
     /// AU: bytes committed but not yet taken by [`Mirror::take_stream`] or a cut.
@@ -207,7 +215,12 @@ impl Mirror {
                 std::thread::sleep(std::time::Duration::from_micros(50));
             }
         }
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        let commits = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if commits == self.commit_wake.load(Ordering::Relaxed)
+            && let Some(waker) = self.stream_waker.get()
+        {
+            waker.unpark();
+        }
         outcome.checkpoint
     }
 }

@@ -493,3 +493,163 @@ pub fn verify(primary: &Primary, workload: &dyn Workload) -> anyhow::Result<Stri
     }
     Ok(summary)
 }
+
+/// The commit policies of the overhead table, in its column order.
+pub fn table_policies() -> Vec<(String, CommitPolicy)> {
+    let mut policies = vec![("sync".to_string(), CommitPolicy::Sync)];
+    for (label, interval_us) in [
+        ("1 ms", 1_000),
+        ("10 ms", 10_000),
+        ("100 ms", 100_000),
+        ("2 s", 2_000_000),
+    ] {
+        policies.push((
+            label.to_string(),
+            CommitPolicy::Epoch {
+                interval_us,
+                max_commits: 0,
+            },
+        ));
+    }
+    policies
+}
+
+/// The overhead table: every workload × protocol × policy, each measured side by side with
+/// the unreplicated baseline (`--compare`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Matrix {
+    /// Raw round trip of the transport, microseconds.
+    pub rtt_us: Percentiles,
+    /// One report per configuration.
+    pub reports: Vec<BenchReport>,
+}
+
+/// Runs the overhead table. `base` supplies threads, rounds, duration, sizes and the region
+/// address; each epoch configuration runs at least three intervals per round.
+pub fn matrix(base: &BenchConfig, workloads: &[WorkloadKind], exe: &Path) -> anyhow::Result<Matrix> {
+    let rtt_us = {
+        let key = KeyFile::generate()?;
+        let backup = LocalBackup::spawn(exe, "127.0.0.2", base.region_base, 1 << 20, &key.path)?;
+        Percentiles::of_ns(&nonstop_net::rtt::measure(backup.addr, &key.key, 20_000, 64)?)
+    };
+    let mut reports = Vec::new();
+    for &workload in workloads {
+        for protocol in [UpdateProtocol::Du, UpdateProtocol::Au] {
+            for (label, policy) in table_policies() {
+                let minimum = match policy {
+                    CommitPolicy::Epoch { interval_us, .. } => Duration::from_micros(3 * interval_us),
+                    CommitPolicy::Sync => Duration::ZERO,
+                };
+                let config = BenchConfig {
+                    workload,
+                    protocol,
+                    policy,
+                    compare: true,
+                    backups: base.backups.max(1),
+                    duration: base.duration.max(minimum),
+                    ..base.clone()
+                };
+                eprintln!("{:?} {} {label}", workload, protocol_name(protocol));
+                reports.push(run(&config, exe)?);
+            }
+        }
+    }
+    Ok(Matrix { rtt_us, reports })
+}
+
+impl Matrix {
+    /// The table in Markdown: overhead % (1 - ratio) per workload and protocol (rows) and
+    /// policy (columns), then sync latency against the raw round trip.
+    pub fn markdown(&self) -> String {
+        let policies = table_policies();
+        let mut out = String::from("| workload | protocol |");
+        for (label, _) in &policies {
+            out.push_str(&format!(" {label} |"));
+        }
+        out.push_str("\n|---|---|");
+        out.push_str(&"---:|".repeat(policies.len()));
+        out.push('\n');
+        for (workload, protocol, cells) in self.rows() {
+            out.push_str(&format!("| {workload} | {protocol} |"));
+            for cell in cells {
+                out.push_str(&match cell {
+                    Some(report) => format!(
+                        " {:.1}% ({:.0} tx/s) |",
+                        (1.0 - report.ratio.unwrap_or(0.0)) * 100.0,
+                        report.tx_per_s
+                    ),
+                    None => " - |".into(),
+                });
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "\nRaw round trip (bench net, 64 B): p50 {:.1} us, p99 {:.1} us.\n",
+            self.rtt_us.p50, self.rtt_us.p99
+        ));
+        for report in self.reports.iter().filter(|r| r.policy == "sync") {
+            out.push_str(&format!(
+                "Sync commit-to-held, {} {}: p50 {:.1} us ({:.2}x RTT p50), p99 {:.1} us.\n",
+                report.workload,
+                report.protocol,
+                report.latency_us.p50,
+                report.latency_us.p50 / self.rtt_us.p50.max(f64::MIN_POSITIVE),
+                report.latency_us.p99
+            ));
+        }
+        out
+    }
+
+    fn rows(&self) -> Vec<(String, String, Vec<Option<&BenchReport>>)> {
+        let mut rows: Vec<(String, String, Vec<Option<&BenchReport>>)> = Vec::new();
+        let policies = table_policies();
+        for report in &self.reports {
+            let column = policies.iter().position(|(_, policy)| match policy {
+                CommitPolicy::Sync => report.policy == "sync",
+                CommitPolicy::Epoch { interval_us, .. } => report
+                    .interval_ms
+                    .is_some_and(|ms| (ms * 1000.0).round() as u64 == *interval_us),
+            });
+            let Some(column) = column else { continue };
+            let index = match rows
+                .iter()
+                .position(|(w, p, _)| *w == report.workload && *p == report.protocol)
+            {
+                Some(index) => index,
+                None => {
+                    rows.push((
+                        report.workload.clone(),
+                        report.protocol.clone(),
+                        vec![None; policies.len()],
+                    ));
+                    rows.len() - 1
+                }
+            };
+            rows[index].2[column] = Some(report);
+        }
+        rows
+    }
+
+    /// The overhead table as a grouped bar chart (SVG).
+    pub fn svg(&self) -> String {
+        let categories: Vec<String> = table_policies().into_iter().map(|(label, _)| label).collect();
+        let series: Vec<crate::chart::Series> = self
+            .rows()
+            .into_iter()
+            .map(|(workload, protocol, cells)| crate::chart::Series {
+                name: format!("{workload} {protocol}"),
+                values: cells
+                    .iter()
+                    .map(|c| c.and_then(|r| r.ratio).map(|ratio| (1.0 - ratio) * 100.0))
+                    .collect(),
+            })
+            .collect();
+        crate::chart::grouped_bars(
+            "Replication overhead against no replication (1 backup)",
+            "overhead % (1 - ratio)",
+            &categories,
+            &series,
+            10.0,
+        )
+    }
+}

@@ -28,6 +28,7 @@
 //! ```
 
 pub mod bench;
+pub mod chart;
 pub mod local;
 
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};

@@ -63,6 +63,9 @@ enum BenchTarget {
     OrderEntry(WorkloadArgs),
     /// Raw round trip of the replication transport.
     Net(NetArgs),
+    /// The overhead table: both workloads x DU/AU x sync, 1 ms, 10 ms, 100 ms, 2 s, each
+    /// against no replication; writes Markdown, JSON and an SVG chart.
+    Matrix(MatrixArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,6 +94,10 @@ struct WorkloadArgs {
     /// Epoch interval (with --policy epoch), e.g. 1ms, 10ms, 100ms, 2s.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// With --policy epoch, also cut as soon as a checkpoint holds this many commits (0: only
+    /// the interval).
+    #[arg(long, default_value_t = 0)]
+    commits: u64,
     /// Worker threads issuing transactions.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -118,6 +125,22 @@ struct WorkloadArgs {
 }
 
 #[derive(Args)]
+struct MatrixArgs {
+    /// Length of each round (epoch configurations run at least three intervals).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Rounds of each configuration.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Directory for matrix.md, matrix.json and overhead.svg.
+    #[arg(long, default_value = "target/bench")]
+    out: std::path::PathBuf,
+}
+
+#[derive(Args)]
 struct NetArgs {
     /// Round trips to measure.
     #[arg(long, default_value_t = 20_000)]
@@ -137,15 +160,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Backup(args) => backup(args),
-        Command::Bench {
-            target: BenchTarget::DebitCredit(args),
-        } => run_bench(WorkloadKind::DebitCredit, &args),
-        Command::Bench {
-            target: BenchTarget::OrderEntry(args),
-        } => run_bench(WorkloadKind::OrderEntry, &args),
-        Command::Bench {
-            target: BenchTarget::Net(args),
-        } => bench_net(args),
+        Command::Bench { target } => match target {
+            BenchTarget::DebitCredit(args) => run_bench(WorkloadKind::DebitCredit, &args),
+            BenchTarget::OrderEntry(args) => run_bench(WorkloadKind::OrderEntry, &args),
+            BenchTarget::Net(args) => bench_net(args),
+            BenchTarget::Matrix(args) => bench_matrix(args),
+        },
         Command::Demo { duration } => demo(duration),
     }
 }
@@ -184,7 +204,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
             }
             CommitPolicy::Epoch {
                 interval_us,
-                max_commits: 0,
+                max_commits: args.commits,
             }
         }
     };
@@ -246,6 +266,38 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
     if !report.backup_verified {
         bail!("backup verification failed");
     }
+    Ok(())
+}
+
+fn bench_matrix(args: MatrixArgs) -> anyhow::Result<()> {
+    let base = BenchConfig {
+        workload: WorkloadKind::DebitCredit,
+        backups: 1,
+        protocol: UpdateProtocol::Au,
+        policy: CommitPolicy::Sync,
+        threads: args.threads,
+        duration: args.duration,
+        compare: true,
+        rounds: args.rounds,
+        branches: 10,
+        warehouses: 1,
+        region_base: DEFAULT_REGION_BASE,
+    };
+    let matrix = bench::matrix(
+        &base,
+        &[WorkloadKind::DebitCredit, WorkloadKind::OrderEntry],
+        &std::env::current_exe()?,
+    )?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let markdown = matrix.markdown();
+    std::fs::write(args.out.join("matrix.md"), &markdown)?;
+    std::fs::write(args.out.join("matrix.json"), serde_json::to_string_pretty(&matrix)?)?;
+    std::fs::write(args.out.join("overhead.svg"), matrix.svg())?;
+    println!("{markdown}");
+    println!(
+        "written: {0}/matrix.md, {0}/matrix.json, {0}/overhead.svg",
+        args.out.display()
+    );
     Ok(())
 }
 
