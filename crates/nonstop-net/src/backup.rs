@@ -81,7 +81,7 @@ impl BackupServer {
                         Err(error) if error.is_disconnect() => tracing::info!(%peer, %error, "primary went away"),
                         Err(error) => tracing::warn!(%peer, %error, "primary session ended"),
                     }
-                    self.backup.on_disconnect();
+                    self.backup.on_disconnect(&mut self.region);
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -124,13 +124,22 @@ impl BackupServer {
                 Ok(Some(BackupOutput::Verify(request))) => {
                     let len = (request.len as usize).min(self.region.len());
                     let image = &self.region.as_slice()[..len];
+                    let check = if self.backup.checkpoint_open() {
+                        // Runs of the open checkpoint are already applied: the image is not a
+                        // checkpoint now, so say so rather than vouch for a mix.
+                        Some(Err(
+                            "a checkpoint is being received; verify between checkpoints".to_string()
+                        ))
+                    } else {
+                        request
+                            .check
+                            .as_deref()
+                            .and_then(|name| self.check.as_ref().map(|check| check(name, image)))
+                    };
                     let reply = VerifyReply {
                         checkpoint: self.backup.held().map(|c| c.0),
                         digest: *blake3::hash(image).as_bytes(),
-                        check: request
-                            .check
-                            .as_deref()
-                            .and_then(|name| self.check.as_ref().map(|check| check(name, image))),
+                        check,
                     };
                     let checkpoint = self.backup.held().unwrap_or(CheckpointId(0));
                     sender.send(

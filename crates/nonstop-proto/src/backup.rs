@@ -1,14 +1,17 @@
-//! The backup's state machine: stage a checkpoint, apply it whole, acknowledge.
+//! The backup's state machine: apply a checkpoint whole or not at all, acknowledge.
 //!
-//! Runs of checkpoint `n` are validated as they arrive and kept aside; the image is not
-//! touched until `Close(n)` arrives and agrees with what was staged. Applying is then a local
-//! copy, so however the stream is cut — the primary killed after any byte — the image is
-//! exactly checkpoint `n - 1` or exactly checkpoint `n`, never a mix. Any refused frame ends
-//! the session and leaves the image as it was.
+//! Runs of an incremental checkpoint `n` are validated and applied as they arrive, each with its
+//! undo image saved first, so that the work of a long AU epoch is spread over the epoch instead
+//! of landing at its close. `Close(n)` commits: it checks the close agrees with what arrived and
+//! drops the undo log. If the stream is cut first — the primary killed after any byte, a frame
+//! refused — the undo log is played back, newest first, and the image is exactly checkpoint
+//! `n - 1` again. A whole image (the first checkpoint after an attach) replaces the image, so it
+//! is staged aside and copied in only at its close. Either way, once a session ends, the image
+//! is byte for byte one checkpoint, never a mix.
 
 use crate::control::{self, Attach, Close, ControlError, VerifyRequest};
 use crate::frame::{Frame, FrameKind};
-use crate::runs::{RunsError, apply_validated_runs, validate_runs};
+use crate::runs::{RunsError, apply_validated_runs, apply_validated_runs_with_undo, undo_runs, validate_runs};
 use crate::{CheckpointId, PAGE_SIZE, Term};
 use thiserror::Error;
 
@@ -78,6 +81,11 @@ pub enum BackupError {
     /// The first checkpoint after Attach was not a whole image.
     #[error("first checkpoint after attach ({0}) is not a whole image")]
     FirstNotFull(CheckpointId),
+    /// A whole image where changes were expected.
+    #[error(
+        "{0} claims to be a whole image, but this session already holds one: only the first checkpoint after attach is"
+    )]
+    UnexpectedFull(CheckpointId),
     /// Close disagrees with what was staged: frames went missing.
     #[error(
         "close of {checkpoint} announces {announced_frames} frames / {announced_bytes} bytes, {staged_frames} frames / {staged_bytes} bytes arrived"
@@ -118,15 +126,20 @@ pub enum BackupOutput {
     Pong(Vec<u8>),
 }
 
-#[derive(Debug)]
-struct Staging {
+/// The checkpoint being received.
+#[derive(Clone, Debug)]
+struct Open {
     checkpoint: CheckpointId,
-    payloads: Vec<Vec<u8>>,
+    frames: u32,
     run_bytes: u64,
+    /// A whole image: payloads kept aside until the close.
+    staged: Vec<Vec<u8>>,
+    /// An incremental checkpoint: undo records (runs of the old bytes) of what was applied.
+    undo: Vec<u8>,
 }
 
 /// The backup side of one region.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Backup {
     region_base: u64,
     region_len: u64,
@@ -136,7 +149,9 @@ pub struct Backup {
     /// within a term, so a newer primary's whole image may carry any number.
     held_term: Option<Term>,
     expect_full: bool,
-    staging: Option<Staging>,
+    open: Option<Open>,
+    /// Reused undo buffer, so that steady streaming allocates nothing.
+    spare_undo: Vec<u8>,
 }
 
 impl Backup {
@@ -149,7 +164,8 @@ impl Backup {
             held: None,
             held_term: None,
             expect_full: true,
-            staging: None,
+            open: None,
+            spare_undo: Vec::new(),
         }
     }
 
@@ -169,18 +185,39 @@ impl Backup {
         self.term
     }
 
-    /// The session ended (connection closed or refused): drop what was staged.
-    pub fn on_disconnect(&mut self) {
-        self.staging = None;
+    /// Whether a checkpoint is partly received (its runs may be partly applied).
+    pub fn checkpoint_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The session ended (connection closed or a frame refused): undo what was applied of an
+    /// unfinished checkpoint, so the image is exactly the checkpoint held.
+    pub fn on_disconnect<I: Image + ?Sized>(&mut self, image: &mut I) {
+        if let Some(mut open) = self.open.take() {
+            undo_runs(&open.undo, image.bytes_mut());
+            open.undo.clear();
+            self.spare_undo = open.undo;
+        }
     }
 
     /// Handles one authenticated frame from the primary.
+    ///
+    /// A refused frame ends the session: what was applied of the open checkpoint is undone
+    /// before the error is returned.
     pub fn on_frame<I: Image + ?Sized>(
         &mut self,
         frame: Frame,
         image: &mut I,
     ) -> Result<Option<BackupOutput>, BackupError> {
         debug_assert_eq!(image.bytes_mut().len() as u64, self.region_len);
+        let result = self.handle(frame, image);
+        if result.is_err() {
+            self.on_disconnect(image);
+        }
+        result
+    }
+
+    fn handle<I: Image + ?Sized>(&mut self, frame: Frame, image: &mut I) -> Result<Option<BackupOutput>, BackupError> {
         match frame.kind {
             FrameKind::Attach => return self.on_attach(&frame).map(Some),
             FrameKind::Ping => return Ok(Some(BackupOutput::Pong(frame.payload))),
@@ -205,35 +242,47 @@ impl Backup {
         match frame.kind {
             FrameKind::Runs => {
                 let bytes = validate_runs(&frame.payload, self.region_len)?;
-                let staging = self.staging_for(frame.checkpoint)?;
-                staging.run_bytes += bytes;
-                staging.payloads.push(frame.payload);
+                let whole = self.expect_full;
+                let open = self.open_for(frame.checkpoint)?;
+                open.frames += 1;
+                open.run_bytes += bytes;
+                if whole {
+                    open.staged.push(frame.payload);
+                } else {
+                    apply_validated_runs_with_undo(&frame.payload, image.bytes_mut(), &mut open.undo);
+                }
                 Ok(None)
             }
             FrameKind::Close => {
                 let close: Close = control::decode("close", &frame.payload)?;
-                self.staging_for(frame.checkpoint)?;
-                let staging = self.staging.take().expect("created above");
-                if self.expect_full && !close.full {
-                    return Err(BackupError::FirstNotFull(frame.checkpoint));
+                self.open_for(frame.checkpoint)?;
+                if self.expect_full != close.full {
+                    return Err(if self.expect_full {
+                        BackupError::FirstNotFull(frame.checkpoint)
+                    } else {
+                        BackupError::UnexpectedFull(frame.checkpoint)
+                    });
                 }
-                let staged_frames = staging.payloads.len() as u32;
-                if close.runs_frames != staged_frames || close.run_bytes != staging.run_bytes {
+                let open = self.open.as_ref().expect("opened above");
+                if close.runs_frames != open.frames || close.run_bytes != open.run_bytes {
                     return Err(BackupError::IncompleteCheckpoint {
                         checkpoint: frame.checkpoint,
                         announced_frames: close.runs_frames,
                         announced_bytes: close.run_bytes,
-                        staged_frames,
-                        staged_bytes: staging.run_bytes,
+                        staged_frames: open.frames,
+                        staged_bytes: open.run_bytes,
                     });
                 }
+                let mut open = self.open.take().expect("opened above");
                 if close.full {
                     image.clear();
+                    let bytes = image.bytes_mut();
+                    for payload in &open.staged {
+                        apply_validated_runs(payload, bytes);
+                    }
                 }
-                let bytes = image.bytes_mut();
-                for payload in &staging.payloads {
-                    apply_validated_runs(payload, bytes);
-                }
+                open.undo.clear();
+                self.spare_undo = open.undo;
                 self.held = Some(frame.checkpoint);
                 self.held_term = Some(frame.term);
                 self.expect_full = false;
@@ -271,16 +320,16 @@ impl Backup {
         }
         self.term = Some(frame.term);
         self.expect_full = true;
-        self.staging = None;
+        debug_assert!(self.open.is_none(), "an attach arrives on a new session");
         Ok(BackupOutput::Attached(frame.term))
     }
 
-    fn staging_for(&mut self, checkpoint: CheckpointId) -> Result<&mut Staging, BackupError> {
+    fn open_for(&mut self, checkpoint: CheckpointId) -> Result<&mut Open, BackupError> {
         let newer_term = self
             .held_term
             .is_none_or(|held_term| self.term.is_some_and(|term| term > held_term));
-        let expected = match (&self.staging, self.held, self.expect_full) {
-            (Some(staging), _, _) => staging.checkpoint,
+        let expected = match (&self.open, self.held, self.expect_full) {
+            (Some(open), _, _) => open.checkpoint,
             // A whole image may start at any checkpoint after what we hold, or at any
             // checkpoint at all if it comes from a newer primary.
             (None, Some(held), true) if checkpoint > held || newer_term => checkpoint,
@@ -294,10 +343,13 @@ impl Backup {
                 got: checkpoint,
             });
         }
-        Ok(self.staging.get_or_insert_with(|| Staging {
+        let spare_undo = &mut self.spare_undo;
+        Ok(self.open.get_or_insert_with(|| Open {
             checkpoint,
-            payloads: Vec::new(),
+            frames: 0,
             run_bytes: 0,
+            staged: Vec::new(),
+            undo: std::mem::take(spare_undo),
         }))
     }
 }

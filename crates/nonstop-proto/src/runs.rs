@@ -139,6 +139,47 @@ pub fn apply_validated_runs(payload: &[u8], image: &mut [u8]) {
     }
 }
 
+/// Applies a validated payload like [`apply_validated_runs`], first appending to `undo` a run
+/// of the old bytes for every run applied; [`undo_runs`] plays them back.
+pub fn apply_validated_runs_with_undo(payload: &[u8], image: &mut [u8], undo: &mut Vec<u8>) {
+    let mut at = 0;
+    while at < payload.len() {
+        let header: [u8; RUN_HEADER_LEN] = payload[at..at + RUN_HEADER_LEN].try_into().expect("12 bytes");
+        let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes")) as usize;
+        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+        let bytes = &payload[at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len];
+        let target = &mut image[offset..offset + len];
+        if let (Ok(new), Ok(old)) = (<[u8; 8]>::try_from(bytes), <[u8; 8]>::try_from(&*target)) {
+            let mut record = [0u8; RUN_HEADER_LEN + 8];
+            record[..RUN_HEADER_LEN].copy_from_slice(&header);
+            record[RUN_HEADER_LEN..].copy_from_slice(&old);
+            undo.extend_from_slice(&record);
+            target.copy_from_slice(&new);
+        } else {
+            undo.extend_from_slice(&header);
+            undo.extend_from_slice(target);
+            target.copy_from_slice(bytes);
+        }
+        at += RUN_HEADER_LEN + len;
+    }
+}
+
+/// Plays back undo records written by [`apply_validated_runs_with_undo`], newest first, so
+/// that overlapping runs unwind to the oldest bytes.
+pub fn undo_runs(undo: &[u8], image: &mut [u8]) {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at < undo.len() {
+        starts.push(at);
+        at += RUN_HEADER_LEN + u32::from_le_bytes(undo[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+    }
+    for &at in starts.iter().rev() {
+        let offset = u64::from_le_bytes(undo[at..at + 8].try_into().expect("8 bytes")) as usize;
+        let len = u32::from_le_bytes(undo[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        image[offset..offset + len].copy_from_slice(&undo[at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len]);
+    }
+}
+
 /// Checks a whole payload against a region of `region_len` bytes and returns its runs.
 pub fn parse_runs(payload: &[u8], region_len: u64) -> Result<Vec<Run<'_>>, RunsError> {
     runs(payload, region_len).collect()

@@ -66,7 +66,7 @@ fn stream_cut_at_every_byte_leaves_a_whole_checkpoint() {
                 acked = Some(id.0);
             }
         }
-        backup.on_disconnect();
+        backup.on_disconnect(&mut image);
         let held = backup.held().map(|c| c.0);
         assert_eq!(held, acked, "cut at byte {cut}: held what it acknowledged");
         let (_, want) = expected.iter().find(|(id, _)| *id == held).unwrap();

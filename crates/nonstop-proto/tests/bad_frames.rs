@@ -48,13 +48,13 @@ fn refused(wire: &[u8], backup: &mut Backup, image: &mut Vec<u8>, reader: &mut F
                 Err(error) => break error.to_string(),
             },
             Ok(None) => {
-                backup.on_disconnect();
+                backup.on_disconnect(image);
                 break "stream ended without a complete frame".to_string();
             }
             Err(error) => break error.to_string(),
         }
     };
-    backup.on_disconnect();
+    backup.on_disconnect(image);
     assert!(*image == before, "a refused stream changed the image ({error})");
     assert_eq!(backup.held(), Some(CheckpointId(1)));
     error

@@ -208,7 +208,8 @@ impl Sim {
     fn reset(&mut self, index: usize) -> Result<(), Violation> {
         if let Some(link) = self.backups[index].link.take() {
             self.stats.resets += 1;
-            self.backups[index].backup.on_disconnect();
+            let sim_backup = &mut self.backups[index];
+            sim_backup.backup.on_disconnect(&mut sim_backup.image);
             if let Some(held) = self.replication.backup_lost(link.id, self.now) {
                 self.released(held)?;
             }
@@ -413,14 +414,23 @@ impl Sim {
         Ok(())
     }
 
+    /// Every backup's image, with the open checkpoint undone as a cut stream would, is exactly
+    /// the checkpoint it holds.
     fn check_images(&self) -> Result<(), Violation> {
         for (index, backup) in self.backups.iter().enumerate() {
             let held = backup.backup.held().map_or(0, |c| c.0 as usize);
             let expected = self.snapshots.get(held).ok_or_else(|| {
                 self.violation(format!("backup {index} holds checkpoint {held}, which was never cut"))
             })?;
-            if backup.image != *expected {
-                let first = backup.image.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(0);
+            let image = if backup.backup.checkpoint_open() {
+                let (mut machine, mut image) = (backup.backup.clone(), backup.image.clone());
+                machine.on_disconnect(&mut image);
+                std::borrow::Cow::Owned(image)
+            } else {
+                std::borrow::Cow::Borrowed(&backup.image)
+            };
+            if *image != *expected {
+                let first = image.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(0);
                 return Err(self.violation(format!(
                     "backup {index} image differs from checkpoint {held} at byte {first}: a mix of checkpoints"
                 )));
