@@ -26,10 +26,7 @@ pub struct BackupServer {
 
 impl std::fmt::Debug for BackupServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackupServer")
-            .field("listener", &self.listener)
-            .field("backup", &self.backup)
-            .finish()
+        f.debug_struct("BackupServer").field("listener", &self.listener).field("backup", &self.backup).finish()
     }
 }
 
@@ -43,13 +40,7 @@ impl BackupServer {
     ) -> std::io::Result<BackupServer> {
         let listener = TcpListener::bind(addr)?;
         let backup = Backup::new(region.base() as u64, region.len() as u64);
-        Ok(BackupServer {
-            listener,
-            key,
-            region,
-            backup,
-            check,
-        })
+        Ok(BackupServer { listener, key, region, backup, check })
     }
 
     /// The address it listens on.
@@ -69,9 +60,7 @@ impl BackupServer {
 
     /// Serves primaries until `stop` is set (checked between connections and every 100 ms).
     pub fn serve(&mut self, stop: &AtomicBool) {
-        self.listener
-            .set_nonblocking(true)
-            .expect("listener can be made non-blocking");
+        self.listener.set_nonblocking(true).expect("listener can be made non-blocking");
         while !stop.load(Ordering::Relaxed) {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
@@ -116,9 +105,7 @@ impl BackupServer {
                     tracing::info!(peer = sender.peer(), term = term.0, "primary attached");
                 }
                 Ok(Some(BackupOutput::Ack(checkpoint))) => {
-                    let info = AckInfo {
-                        apply_ns: elapsed.as_nanos() as u64,
-                    };
+                    let info = AckInfo { apply_ns: elapsed.as_nanos() as u64 };
                     sender.send(FrameKind::Ack, self.term(), checkpoint, &control::encode(&info))?;
                 }
                 Ok(Some(BackupOutput::Verify(request))) => {
@@ -127,14 +114,9 @@ impl BackupServer {
                     let check = if self.backup.checkpoint_open() {
                         // Runs of the open checkpoint are already applied: the image is not a
                         // checkpoint now, so say so rather than vouch for a mix.
-                        Some(Err(
-                            "a checkpoint is being received; verify between checkpoints".to_string()
-                        ))
+                        Some(Err("a checkpoint is being received; verify between checkpoints".to_string()))
                     } else {
-                        request
-                            .check
-                            .as_deref()
-                            .and_then(|name| self.check.as_ref().map(|check| check(name, image)))
+                        request.check.as_deref().and_then(|name| self.check.as_ref().map(|check| check(name, image)))
                     };
                     let reply = VerifyReply {
                         checkpoint: self.backup.held().map(|c| c.0),
@@ -142,12 +124,7 @@ impl BackupServer {
                         check,
                     };
                     let checkpoint = self.backup.held().unwrap_or(CheckpointId(0));
-                    sender.send(
-                        FrameKind::VerifyReply,
-                        self.term(),
-                        checkpoint,
-                        &control::encode(&reply),
-                    )?;
+                    sender.send(FrameKind::VerifyReply, self.term(), checkpoint, &control::encode(&reply))?;
                 }
                 Ok(Some(BackupOutput::Pong(payload))) => {
                     sender.send(FrameKind::Pong, self.term(), CheckpointId(0), &payload)?;
@@ -167,14 +144,7 @@ impl BackupServer {
 }
 
 fn refuse(sender: &mut FrameSender, term: Option<Term>, reason: &str) {
-    let refusal = Refusal {
-        reason: reason.to_string(),
-    };
-    let _ = sender.send(
-        FrameKind::Refuse,
-        term.unwrap_or(Term(0)),
-        CheckpointId(0),
-        &control::encode(&refusal),
-    );
+    let refusal = Refusal { reason: reason.to_string() };
+    let _ = sender.send(FrameKind::Refuse, term.unwrap_or(Term(0)), CheckpointId(0), &control::encode(&refusal));
     sender.shutdown();
 }

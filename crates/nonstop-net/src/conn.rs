@@ -56,10 +56,7 @@ impl ConnError {
         match self {
             ConnError::Closed { .. } => true,
             ConnError::Io { source, .. } => {
-                matches!(
-                    source.kind(),
-                    BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
-                )
+                matches!(source.kind(), BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof)
             }
             _ => false,
         }
@@ -90,27 +87,15 @@ pub struct FrameReceiver {
 }
 
 fn io_error(peer: &str) -> impl Fn(std::io::Error) -> ConnError + '_ {
-    move |source| ConnError::Io {
-        peer: peer.to_string(),
-        source,
-    }
+    move |source| ConnError::Io { peer: peer.to_string(), source }
 }
 
 fn halves(stream: TcpStream, keys: SessionKeys, peer: String) -> Result<(FrameSender, FrameReceiver), ConnError> {
     stream.set_read_timeout(None).map_err(io_error(&peer))?;
     let read_half = stream.try_clone().map_err(io_error(&peer))?;
     Ok((
-        FrameSender {
-            stream,
-            writer: FrameWriter::new(keys.send),
-            buf: Vec::new(),
-            peer: peer.clone(),
-        },
-        FrameReceiver {
-            stream: read_half,
-            reader: FrameReader::new(keys.recv),
-            peer,
-        },
+        FrameSender { stream, writer: FrameWriter::new(keys.send), buf: Vec::new(), peer: peer.clone() },
+        FrameReceiver { stream: read_half, reader: FrameReader::new(keys.recv), peer },
     ))
 }
 
@@ -119,17 +104,13 @@ pub fn connect(addr: SocketAddr, key: &ClusterKey) -> Result<(FrameSender, Frame
     let peer = addr.to_string();
     let mut stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT).map_err(io_error(&peer))?;
     stream.set_nodelay(true).map_err(io_error(&peer))?;
-    stream
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(io_error(&peer))?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io_error(&peer))?;
     let (initiator, hello) = Initiator::start(key.clone(), nonce());
     stream.write_all(&hello).map_err(io_error(&peer))?;
     let mut answer = [0u8; SERVER_HELLO_LEN];
     stream.read_exact(&mut answer).map_err(io_error(&peer))?;
-    let (finish, keys) = initiator.on_server_hello(&answer).map_err(|source| ConnError::Auth {
-        peer: peer.clone(),
-        source,
-    })?;
+    let (finish, keys) =
+        initiator.on_server_hello(&answer).map_err(|source| ConnError::Auth { peer: peer.clone(), source })?;
     stream.write_all(&finish).map_err(io_error(&peer))?;
     halves(stream, keys, peer)
 }
@@ -137,28 +118,17 @@ pub fn connect(addr: SocketAddr, key: &ClusterKey) -> Result<(FrameSender, Frame
 /// Authenticates an accepted connection as the responder. Nothing is read past the handshake
 /// unless the peer proved it holds `key`.
 pub fn accept(mut stream: TcpStream, key: &ClusterKey) -> Result<(FrameSender, FrameReceiver), ConnError> {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "unknown peer".into());
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
     stream.set_nodelay(true).map_err(io_error(&peer))?;
-    stream
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(io_error(&peer))?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io_error(&peer))?;
     let mut hello = [0u8; CLIENT_HELLO_LEN];
     stream.read_exact(&mut hello).map_err(io_error(&peer))?;
-    let (responder, answer) =
-        Responder::on_client_hello(key.clone(), nonce(), &hello).map_err(|source| ConnError::Auth {
-            peer: peer.clone(),
-            source,
-        })?;
+    let (responder, answer) = Responder::on_client_hello(key.clone(), nonce(), &hello)
+        .map_err(|source| ConnError::Auth { peer: peer.clone(), source })?;
     stream.write_all(&answer).map_err(io_error(&peer))?;
     let mut finish = [0u8; CLIENT_FINISH_LEN];
     stream.read_exact(&mut finish).map_err(io_error(&peer))?;
-    let keys = responder.on_client_finish(&finish).map_err(|source| ConnError::Auth {
-        peer: peer.clone(),
-        source,
-    })?;
+    let keys = responder.on_client_finish(&finish).map_err(|source| ConnError::Auth { peer: peer.clone(), source })?;
     halves(stream, keys, peer)
 }
 
@@ -202,20 +172,14 @@ impl FrameReceiver {
     /// Waits for the next valid frame.
     pub fn recv(&mut self) -> Result<Frame, ConnError> {
         loop {
-            if let Some(frame) = self.reader.next_frame().map_err(|source| ConnError::Frame {
-                peer: self.peer.clone(),
-                source,
-            })? {
+            if let Some(frame) =
+                self.reader.next_frame().map_err(|source| ConnError::Frame { peer: self.peer.clone(), source })?
+            {
                 return Ok(frame);
             }
-            let n = self
-                .stream
-                .read(self.reader.read_chunk())
-                .map_err(io_error(&self.peer))?;
+            let n = self.stream.read(self.reader.read_chunk()).map_err(io_error(&self.peer))?;
             if n == 0 {
-                return Err(ConnError::Closed {
-                    peer: self.peer.clone(),
-                });
+                return Err(ConnError::Closed { peer: self.peer.clone() });
             }
             self.reader.filled(n);
         }

@@ -140,13 +140,8 @@ impl Primary {
     /// Starts replicating `mirror`, whose open checkpoint must be the first to cut.
     pub fn start(mirror: Arc<Mirror>, config: PrimaryConfig) -> Primary {
         let clock = Instant::now();
-        let replication = Replication::new(
-            config.term,
-            config.policy,
-            config.required_backups,
-            mirror.open_checkpoint(),
-            Nanos(0),
-        );
+        let replication =
+            Replication::new(config.term, config.policy, config.required_backups, mirror.open_checkpoint(), Nanos(0));
         let shared = Arc::new(Shared {
             mirror,
             config,
@@ -193,12 +188,7 @@ impl Primary {
             region_len: shared.mirror.len() as u64,
             page_size: PAGE_SIZE as u32,
         };
-        sender.send(
-            FrameKind::Attach,
-            shared.config.term,
-            CheckpointId(0),
-            &control::encode(&attach),
-        )?;
+        sender.send(FrameKind::Attach, shared.config.term, CheckpointId(0), &control::encode(&attach))?;
         let id = BackupId(shared.next_backup.fetch_add(1, Ordering::Relaxed));
         let alive = Arc::new(AtomicBool::new(true));
         let reader = {
@@ -211,13 +201,7 @@ impl Primary {
         let first = {
             let mut links = lock(&shared.links);
             lock(&shared.replication).add_backup(id);
-            links.push(Link {
-                id,
-                sender,
-                alive,
-                progress: LinkProgress::new(),
-                reader: Some(reader),
-            });
+            links.push(Link { id, sender, alive, progress: LinkProgress::new(), reader: Some(reader) });
             shared.cut_and_send(&mut links)
         };
         let deadline = Instant::now() + timeout;
@@ -227,15 +211,9 @@ impl Primary {
                     tracing::info!(backup = id.0, %addr, checkpoint = first.0, "backup attached and holds the image");
                     return Ok(id);
                 }
-            } else if !lock(&shared.links)
-                .iter()
-                .any(|l| l.id == id && l.alive.load(Ordering::Relaxed))
-            {
+            } else if !lock(&shared.links).iter().any(|l| l.id == id && l.alive.load(Ordering::Relaxed)) {
                 let reason = self.refusal(id).unwrap_or_else(|| "connection closed".into());
-                return Err(PrimaryError::Refused {
-                    peer: addr.to_string(),
-                    reason,
-                });
+                return Err(PrimaryError::Refused { peer: addr.to_string(), reason });
             }
             if Instant::now() > deadline {
                 return Err(PrimaryError::Timeout(timeout));
@@ -245,9 +223,7 @@ impl Primary {
     }
 
     fn refusal(&self, id: BackupId) -> Option<String> {
-        lock(&self.shared.verify_replies)
-            .get(&id)
-            .and_then(|r| r.as_ref().err().cloned())
+        lock(&self.shared.verify_replies).get(&id).and_then(|r| r.as_ref().err().cloned())
     }
 
     /// Whether the reply of `ticket` may leave: every required backup holds its checkpoint.
@@ -257,18 +233,12 @@ impl Primary {
 
     /// The highest checkpoint every required backup holds.
     pub fn held(&self) -> Option<CheckpointId> {
-        self.shared
-            .held
-            .load(Ordering::Acquire)
-            .checked_sub(1)
-            .map(CheckpointId)
+        self.shared.held.load(Ordering::Acquire).checked_sub(1).map(CheckpointId)
     }
 
     /// When `checkpoint` became held, if recently.
     pub fn held_at(&self, checkpoint: CheckpointId) -> Option<Instant> {
-        lock(&self.shared.replication)
-            .held_at(checkpoint)
-            .map(|at| self.shared.clock + Duration::from_nanos(at.0))
+        lock(&self.shared.replication).held_at(checkpoint).map(|at| self.shared.clock + Duration::from_nanos(at.0))
     }
 
     /// Waits until the reply of `ticket` may leave. Under the sync policy this cuts and sends
@@ -300,10 +270,7 @@ impl Primary {
             }
             let connected = lock(&shared.replication).backup_count();
             if connected < shared.config.required_backups {
-                break Err(PrimaryError::Unprotected {
-                    connected,
-                    required: shared.config.required_backups,
-                });
+                break Err(PrimaryError::Unprotected { connected, required: shared.config.required_backups });
             }
             let waited = started.elapsed();
             if waited >= timeout {
@@ -334,16 +301,12 @@ impl Primary {
         timeout: Duration,
     ) -> Result<Vec<(BackupId, VerifyReply)>, PrimaryError> {
         let shared = &self.shared;
-        let request = control::encode(&VerifyRequest {
-            len,
-            check: check.map(str::to_string),
-        });
+        let request = control::encode(&VerifyRequest { len, check: check.map(str::to_string) });
         let ids: Vec<BackupId> = {
             let mut links = lock(&shared.links);
             lock(&shared.verify_replies).clear();
             for link in links.iter_mut() {
-                link.sender
-                    .send(FrameKind::VerifyRequest, shared.config.term, CheckpointId(0), &request)?;
+                link.sender.send(FrameKind::VerifyRequest, shared.config.term, CheckpointId(0), &request)?;
             }
             links.iter().map(|l| l.id).collect()
         };
@@ -355,10 +318,7 @@ impl Primary {
                     .iter()
                     .map(|id| match replies.remove(id).expect("checked above") {
                         Ok(reply) => Ok((*id, reply)),
-                        Err(reason) => Err(PrimaryError::Refused {
-                            peer: format!("backup {}", id.0),
-                            reason,
-                        }),
+                        Err(reason) => Err(PrimaryError::Refused { peer: format!("backup {}", id.0), reason }),
                     })
                     .collect();
             }
@@ -366,11 +326,7 @@ impl Primary {
             if now >= deadline {
                 return Err(PrimaryError::Timeout(timeout));
             }
-            replies = shared
-                .verify_changed
-                .wait_timeout(replies, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            replies = shared.verify_changed.wait_timeout(replies, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
@@ -427,10 +383,7 @@ impl Shared {
             let now = self.now();
             let (due, deadline) = {
                 let replication = lock(&self.replication);
-                (
-                    replication.cut_due(now, self.mirror.commits_in_epoch()),
-                    replication.deadline(),
-                )
+                (replication.cut_due(now, self.mirror.commits_in_epoch()), replication.deadline())
             };
             if due {
                 let mut links = lock(&self.links);
@@ -442,9 +395,7 @@ impl Shared {
                 self.stream(&mut links);
                 continue;
             }
-            let wait = deadline.map_or(Duration::from_millis(10), |d| {
-                Duration::from_nanos(d.0.saturating_sub(now.0))
-            });
+            let wait = deadline.map_or(Duration::from_millis(10), |d| Duration::from_nanos(d.0.saturating_sub(now.0)));
             std::thread::park_timeout(wait.min(Duration::from_millis(10)));
         }
     }
@@ -456,8 +407,7 @@ impl Shared {
         let payloads = runs.into_payloads();
         for link in links.iter_mut().filter(|l| l.progress.wants_stream()) {
             for payload in &payloads {
-                link.sender
-                    .queue(FrameKind::Runs, self.config.term, checkpoint, payload);
+                link.sender.queue(FrameKind::Runs, self.config.term, checkpoint, payload);
             }
             link.progress.streamed(payloads.len(), run_bytes);
             if let Err(error) = link.sender.flush() {
@@ -476,10 +426,7 @@ impl Shared {
         let content = self.mirror.cut(full);
         let cut_ns = started.elapsed().as_nanos() as u64;
         let cut = lock(&self.replication).cut(self.now());
-        assert_eq!(
-            cut.checkpoint, content.checkpoint,
-            "mirror and replication cut in lockstep"
-        );
+        assert_eq!(cut.checkpoint, content.checkpoint, "mirror and replication cut in lockstep");
         let change_bytes = content.changes.run_bytes();
         let changes = content.changes.into_payloads();
         let image_bytes = content.full_image.as_ref().map_or(0, |image| image.run_bytes());
@@ -491,16 +438,10 @@ impl Shared {
                 _ => (&changes, change_bytes),
             };
             for payload in payloads {
-                link.sender
-                    .queue(FrameKind::Runs, self.config.term, cut.checkpoint, payload);
+                link.sender.queue(FrameKind::Runs, self.config.term, cut.checkpoint, payload);
             }
             let close = link.progress.close(payloads.len(), bytes, whole);
-            link.sender.queue(
-                FrameKind::Close,
-                self.config.term,
-                cut.checkpoint,
-                &control::encode(&close),
-            );
+            link.sender.queue(FrameKind::Close, self.config.term, cut.checkpoint, &control::encode(&close));
             if let Err(error) = link.sender.flush() {
                 tracing::warn!(backup = link.id.0, %error, "send failed");
                 link.alive.store(false, Ordering::Relaxed);

@@ -171,10 +171,7 @@ fn check_magic_and_version(bytes: &[u8]) -> Result<(), AuthError> {
     }
     let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if version != PROTOCOL_VERSION {
-        return Err(AuthError::VersionMismatch {
-            peer: version,
-            ours: PROTOCOL_VERSION,
-        });
+        return Err(AuthError::VersionMismatch { peer: version, ours: PROTOCOL_VERSION });
     }
     Ok(())
 }
@@ -238,21 +235,12 @@ impl Responder {
         hello_prefix(&mut answer);
         answer[8..40].copy_from_slice(&nonce);
         answer[40..72].copy_from_slice(&key.proof("nonstop v1 responder proof", &nonce_i, &nonce));
-        Ok((
-            Responder {
-                key,
-                nonce_i,
-                nonce_r: nonce,
-            },
-            answer,
-        ))
+        Ok((Responder { key, nonce_i, nonce_r: nonce }, answer))
     }
 
     /// Checks the initiator's proof; returns the session keys.
     pub fn on_client_finish(self, finish: &[u8; CLIENT_FINISH_LEN]) -> Result<SessionKeys, AuthError> {
-        let expected = self
-            .key
-            .proof("nonstop v1 initiator proof", &self.nonce_i, &self.nonce_r);
+        let expected = self.key.proof("nonstop v1 initiator proof", &self.nonce_i, &self.nonce_r);
         if !constant_time_eq(&expected, finish) {
             return Err(AuthError::BadProof);
         }
@@ -284,10 +272,7 @@ mod tests {
         let key = ClusterKey::from_bytes([1; 32]);
         let mut hello = [0u8; CLIENT_HELLO_LEN];
         hello[..4].copy_from_slice(b"GET ");
-        assert!(matches!(
-            Responder::on_client_hello(key.clone(), [0; 32], &hello),
-            Err(AuthError::BadMagic(_))
-        ));
+        assert!(matches!(Responder::on_client_hello(key.clone(), [0; 32], &hello), Err(AuthError::BadMagic(_))));
         let (_, mut hello) = Initiator::start(key.clone(), [0; 32]);
         hello[4] = 9;
         assert!(matches!(

@@ -228,16 +228,10 @@ impl Backup {
         }
         let current = self.term.ok_or(BackupError::NotAttached(frame.kind))?;
         if frame.term < current {
-            return Err(BackupError::StaleTerm {
-                current,
-                got: frame.term,
-            });
+            return Err(BackupError::StaleTerm { current, got: frame.term });
         }
         if frame.term > current {
-            return Err(BackupError::UnattachedTerm {
-                current,
-                got: frame.term,
-            });
+            return Err(BackupError::UnattachedTerm { current, got: frame.term });
         }
         match frame.kind {
             FrameKind::Runs => {
@@ -301,10 +295,7 @@ impl Backup {
         if let Some(current) = self.term
             && frame.term < current
         {
-            return Err(BackupError::StaleTerm {
-                current,
-                got: frame.term,
-            });
+            return Err(BackupError::StaleTerm { current, got: frame.term });
         }
         if attach.region_base != self.region_base
             || attach.region_len != self.region_len
@@ -325,9 +316,7 @@ impl Backup {
     }
 
     fn open_for(&mut self, checkpoint: CheckpointId) -> Result<&mut Open, BackupError> {
-        let newer_term = self
-            .held_term
-            .is_none_or(|held_term| self.term.is_some_and(|term| term > held_term));
+        let newer_term = self.held_term.is_none_or(|held_term| self.term.is_some_and(|term| term > held_term));
         let expected = match (&self.open, self.held, self.expect_full) {
             (Some(open), _, _) => open.checkpoint,
             // A whole image may start at any checkpoint after what we hold, or at any
@@ -338,10 +327,7 @@ impl Backup {
             (None, None, false) => unreachable!("expect_full is only cleared by applying a checkpoint"),
         };
         if checkpoint != expected {
-            return Err(BackupError::WrongCheckpoint {
-                expected,
-                got: checkpoint,
-            });
+            return Err(BackupError::WrongCheckpoint { expected, got: checkpoint });
         }
         let spare_undo = &mut self.spare_undo;
         Ok(self.open.get_or_insert_with(|| Open {

@@ -94,11 +94,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_trailing_bytes() {
-        let close = Close {
-            runs_frames: 3,
-            run_bytes: 4096,
-            full: true,
-        };
+        let close = Close { runs_frames: 3, run_bytes: 4096, full: true };
         let mut bytes = encode(&close);
         assert_eq!(decode::<Close>("close", &bytes).unwrap(), close);
         bytes.push(0);

@@ -49,10 +49,8 @@ pub fn diff_page(page_offset: u64, twin: &[u8], current: &[u8], out: &mut RunsBu
     for (block, (old, new)) in twin.chunks_exact(BLOCK).zip(current.chunks_exact(BLOCK)).enumerate() {
         // Most blocks of a dirty page are unchanged: test a whole block without branches
         // (the compiler turns this into a few vector instructions) before looking at words.
-        let differs = old
-            .chunks_exact(WORD)
-            .zip(new.chunks_exact(WORD))
-            .fold(0u64, |acc, (a, b)| acc | (word(a) ^ word(b)));
+        let differs =
+            old.chunks_exact(WORD).zip(new.chunks_exact(WORD)).fold(0u64, |acc, (a, b)| acc | (word(a) ^ word(b)));
         if differs == 0 {
             continue;
         }

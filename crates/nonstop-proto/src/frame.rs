@@ -171,11 +171,7 @@ impl FrameWriter {
     /// If `payload` is longer than [`MAX_PAYLOAD`]: callers split large transfers, so a longer
     /// payload is a bug in this process, not bad input.
     pub fn encode(&mut self, kind: FrameKind, term: Term, checkpoint: CheckpointId, payload: &[u8], out: &mut Vec<u8>) {
-        assert!(
-            payload.len() <= MAX_PAYLOAD,
-            "payload of {} bytes exceeds MAX_PAYLOAD",
-            payload.len()
-        );
+        assert!(payload.len() <= MAX_PAYLOAD, "payload of {} bytes exceeds MAX_PAYLOAD", payload.len());
         let mut header = FrameHeader {
             magic: FRAME_MAGIC,
             kind: kind as u8,
@@ -215,14 +211,7 @@ const READ_CHUNK: usize = 256 << 10;
 impl FrameReader {
     /// A reader that checks MACs with `key` and expects sequence numbers from 0.
     pub fn new(key: MacKey) -> FrameReader {
-        FrameReader {
-            key,
-            next_seq: 0,
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
-            poisoned: false,
-        }
+        FrameReader { key, next_seq: 0, buf: Vec::new(), start: 0, end: 0, poisoned: false }
     }
 
     /// Room for at least `want` more received bytes, to read into directly (no extra copy);
@@ -294,10 +283,7 @@ impl FrameReader {
         }
         let payload_len = header.payload_len.get() as usize;
         if payload_len > MAX_PAYLOAD {
-            return Err(FrameError::Oversized {
-                len: payload_len as u64,
-                max: MAX_PAYLOAD as u64,
-            });
+            return Err(FrameError::Oversized { len: payload_len as u64, max: MAX_PAYLOAD as u64 });
         }
         let total = HEADER_LEN + payload_len + MAC_LEN;
         if available.len() < total {
@@ -310,20 +296,14 @@ impl FrameReader {
         zeroed[CRC_FIELD].fill(0);
         let computed = crc32c::crc32c_append(crc32c::crc32c(&zeroed), payload);
         if computed != header.crc32c.get() {
-            return Err(FrameError::BadCrc {
-                expected: header.crc32c.get(),
-                computed,
-            });
+            return Err(FrameError::BadCrc { expected: header.crc32c.get(), computed });
         }
         if !self.key.verify(header_bytes, payload, mac) {
             return Err(FrameError::BadMac);
         }
         let seq = header.seq.get();
         if seq != self.next_seq {
-            return Err(FrameError::OutOfSequence {
-                expected: self.next_seq,
-                got: seq,
-            });
+            return Err(FrameError::OutOfSequence { expected: self.next_seq, got: seq });
         }
         self.next_seq += 1;
         let frame = Frame {
@@ -417,9 +397,6 @@ mod tests {
         reader.push(&wire);
         reader.push(&wire);
         assert!(reader.next_frame().unwrap().is_some());
-        assert_eq!(
-            reader.next_frame().unwrap_err(),
-            FrameError::OutOfSequence { expected: 1, got: 0 }
-        );
+        assert_eq!(reader.next_frame().unwrap_err(), FrameError::OutOfSequence { expected: 1, got: 0 });
     }
 }

@@ -96,11 +96,7 @@ impl Default for LinkProgress {
 impl LinkProgress {
     /// A new connection: it waits for a whole image.
     pub fn new() -> LinkProgress {
-        LinkProgress {
-            awaiting_image: true,
-            streamed_frames: 0,
-            streamed_bytes: 0,
-        }
+        LinkProgress { awaiting_image: true, streamed_frames: 0, streamed_bytes: 0 }
     }
 
     /// Whether streamed runs of the open checkpoint go to this backup.
@@ -119,11 +115,7 @@ impl LinkProgress {
     /// (`full`: a whole image); resets the counts for the next checkpoint.
     pub fn close(&mut self, frames: usize, bytes: u64, full: bool) -> crate::control::Close {
         let close = if full {
-            crate::control::Close {
-                runs_frames: frames as u32,
-                run_bytes: bytes,
-                full,
-            }
+            crate::control::Close { runs_frames: frames as u32, run_bytes: bytes, full }
         } else {
             crate::control::Close {
                 runs_frames: self.streamed_frames + frames as u32,
@@ -210,10 +202,9 @@ impl Replication {
     pub fn cut_due(&self, now: Nanos, commits: u64) -> bool {
         match self.policy {
             CommitPolicy::Sync => commits > 0 || self.attaching(),
-            CommitPolicy::Epoch {
-                interval_us,
-                max_commits,
-            } => now >= self.epoch_started.plus_us(interval_us) || (max_commits > 0 && commits >= max_commits),
+            CommitPolicy::Epoch { interval_us, max_commits } => {
+                now >= self.epoch_started.plus_us(interval_us) || (max_commits > 0 && commits >= max_commits)
+            }
         }
     }
 
@@ -224,13 +215,7 @@ impl Replication {
 
     /// Registers a new backup; it receives a whole image at the next cut.
     pub fn add_backup(&mut self, id: BackupId) {
-        self.backups.insert(
-            id,
-            BackupProgress {
-                first: None,
-                acked: None,
-            },
-        );
+        self.backups.insert(id, BackupProgress { first: None, acked: None });
     }
 
     /// Forgets a backup whose connection failed. Returns the new held checkpoint if forgetting
@@ -265,10 +250,7 @@ impl Replication {
         if self.required_backups == 0 {
             self.set_held(checkpoint, now);
         }
-        Cut {
-            checkpoint,
-            full_image_for,
-        }
+        Cut { checkpoint, full_image_for }
     }
 
     /// A backup says it holds `checkpoint`. Returns the new held checkpoint if it advanced.
@@ -281,29 +263,17 @@ impl Replication {
         let closed = self.last_closed();
         let progress = self.backups.get_mut(&id).ok_or(AckError::UnknownBackup(id))?;
         if closed.is_none_or(|closed| checkpoint > closed) {
-            return Err(AckError::FromTheFuture {
-                backup: id,
-                acked: checkpoint.0,
-                closed: closed.map(|c| c.0),
-            });
+            return Err(AckError::FromTheFuture { backup: id, acked: checkpoint.0, closed: closed.map(|c| c.0) });
         }
         let expected = match (progress.acked, progress.first) {
             (Some(acked), _) => acked.next(),
             (None, Some(first)) => first,
             (None, None) => {
-                return Err(AckError::OutOfOrder {
-                    backup: id,
-                    acked: checkpoint.0,
-                    expected: self.open.0,
-                });
+                return Err(AckError::OutOfOrder { backup: id, acked: checkpoint.0, expected: self.open.0 });
             }
         };
         if checkpoint != expected {
-            return Err(AckError::OutOfOrder {
-                backup: id,
-                acked: checkpoint.0,
-                expected: expected.0,
-            });
+            return Err(AckError::OutOfOrder { backup: id, acked: checkpoint.0, expected: expected.0 });
         }
         progress.acked = Some(checkpoint);
         Ok(self.advance_held(now))
@@ -350,28 +320,20 @@ impl Replication {
 mod tests {
     use super::*;
 
-    const EPOCH: CommitPolicy = CommitPolicy::Epoch {
-        interval_us: 1000,
-        max_commits: 0,
-    };
+    const EPOCH: CommitPolicy = CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 };
 
     #[test]
     fn held_waits_for_every_backup_and_never_regresses() {
         let mut r = Replication::new(Term(1), EPOCH, 2, CheckpointId(1), Nanos(0));
         r.add_backup(BackupId(1));
         r.add_backup(BackupId(2));
-        let ticket = Ticket {
-            checkpoint: r.open_checkpoint(),
-        };
+        let ticket = Ticket { checkpoint: r.open_checkpoint() };
         let cut = r.cut(Nanos(10));
         assert_eq!(cut.checkpoint, CheckpointId(1));
         assert_eq!(cut.full_image_for, vec![BackupId(1), BackupId(2)]);
         assert_eq!(r.on_ack(BackupId(1), CheckpointId(1), Nanos(20)).unwrap(), None);
         assert!(!r.is_held(ticket));
-        assert_eq!(
-            r.on_ack(BackupId(2), CheckpointId(1), Nanos(30)).unwrap(),
-            Some(CheckpointId(1))
-        );
+        assert_eq!(r.on_ack(BackupId(2), CheckpointId(1), Nanos(30)).unwrap(), Some(CheckpointId(1)));
         assert!(r.is_held(ticket));
         assert_eq!(r.held_at(CheckpointId(1)), Some(Nanos(30)));
         // A third backup joins: held stays where it was until the newcomer catches up.
@@ -380,10 +342,7 @@ mod tests {
         r.on_ack(BackupId(1), CheckpointId(2), Nanos(41)).unwrap();
         r.on_ack(BackupId(2), CheckpointId(2), Nanos(42)).unwrap();
         assert_eq!(r.held(), Some(CheckpointId(1)));
-        assert_eq!(
-            r.on_ack(BackupId(3), CheckpointId(2), Nanos(43)).unwrap(),
-            Some(CheckpointId(2))
-        );
+        assert_eq!(r.on_ack(BackupId(3), CheckpointId(2), Nanos(43)).unwrap(), Some(CheckpointId(2)));
     }
 
     #[test]
@@ -392,9 +351,7 @@ mod tests {
         r.add_backup(BackupId(1));
         r.cut(Nanos(1));
         assert_eq!(r.backup_lost(BackupId(1), Nanos(2)), None);
-        let ticket = Ticket {
-            checkpoint: r.open_checkpoint(),
-        };
+        let ticket = Ticket { checkpoint: r.open_checkpoint() };
         r.cut(Nanos(3));
         assert!(!r.is_held(ticket));
     }
@@ -403,40 +360,23 @@ mod tests {
     fn bad_acks_are_refused() {
         let mut r = Replication::new(Term(1), EPOCH, 1, CheckpointId(1), Nanos(0));
         r.add_backup(BackupId(1));
-        assert!(matches!(
-            r.on_ack(BackupId(1), CheckpointId(1), Nanos(0)),
-            Err(AckError::FromTheFuture { .. })
-        ));
+        assert!(matches!(r.on_ack(BackupId(1), CheckpointId(1), Nanos(0)), Err(AckError::FromTheFuture { .. })));
         r.cut(Nanos(1));
         r.cut(Nanos(2));
-        assert!(matches!(
-            r.on_ack(BackupId(1), CheckpointId(2), Nanos(3)),
-            Err(AckError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            r.on_ack(BackupId(9), CheckpointId(1), Nanos(3)),
-            Err(AckError::UnknownBackup(_))
-        ));
+        assert!(matches!(r.on_ack(BackupId(1), CheckpointId(2), Nanos(3)), Err(AckError::OutOfOrder { .. })));
+        assert!(matches!(r.on_ack(BackupId(9), CheckpointId(1), Nanos(3)), Err(AckError::UnknownBackup(_))));
         r.on_ack(BackupId(1), CheckpointId(1), Nanos(3)).unwrap();
-        assert!(matches!(
-            r.on_ack(BackupId(1), CheckpointId(1), Nanos(3)),
-            Err(AckError::OutOfOrder { .. })
-        ));
+        assert!(matches!(r.on_ack(BackupId(1), CheckpointId(1), Nanos(3)), Err(AckError::OutOfOrder { .. })));
     }
 
     #[test]
     fn epoch_deadline_and_commit_limit() {
-        let policy = CommitPolicy::Epoch {
-            interval_us: 100,
-            max_commits: 2,
-        };
+        let policy = CommitPolicy::Epoch { interval_us: 100, max_commits: 2 };
         let mut r = Replication::new(Term(1), policy, 0, CheckpointId(1), Nanos(0));
         assert!(!r.cut_due(Nanos(99_999), 1));
         assert!(r.cut_due(Nanos(100_000), 0));
         assert!(r.cut_due(Nanos(0), 2));
-        let ticket = Ticket {
-            checkpoint: r.open_checkpoint(),
-        };
+        let ticket = Ticket { checkpoint: r.open_checkpoint() };
         r.cut(Nanos(5));
         assert!(r.is_held(ticket), "with no backups required, a cut is held at once");
     }

@@ -53,12 +53,7 @@ pub enum RunsError {
 /// The runs of a payload, each checked against a region of `region_len` bytes as it is
 /// reached. Iterating allocates nothing; [`validate_runs`] checks a whole payload first.
 pub fn runs(payload: &[u8], region_len: u64) -> RunsIter<'_> {
-    RunsIter {
-        payload,
-        region_len,
-        at: 0,
-        failed: false,
-    }
+    RunsIter { payload, region_len, at: 0, failed: false }
 }
 
 /// Iterator returned by [`runs`]; it stops after the first error.
@@ -72,25 +67,16 @@ pub struct RunsIter<'a> {
 
 impl<'a> RunsIter<'a> {
     fn parse(&self, at: usize) -> Result<Run<'a>, RunsError> {
-        let header = self
-            .payload
-            .get(at..at + RUN_HEADER_LEN)
-            .ok_or(RunsError::Truncated { at })?;
+        let header = self.payload.get(at..at + RUN_HEADER_LEN).ok_or(RunsError::Truncated { at })?;
         let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
         if len == 0 {
             return Err(RunsError::Empty { at });
         }
-        let bytes = self
-            .payload
-            .get(at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len)
-            .ok_or(RunsError::Truncated { at })?;
+        let bytes =
+            self.payload.get(at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len).ok_or(RunsError::Truncated { at })?;
         if offset.checked_add(len as u64).is_none_or(|end| end > self.region_len) {
-            return Err(RunsError::OutOfRegion {
-                offset,
-                len: len as u64,
-                region_len: self.region_len,
-            });
+            return Err(RunsError::OutOfRegion { offset, len: len as u64, region_len: self.region_len });
         }
         Ok(Run { offset, bytes })
     }
@@ -230,9 +216,8 @@ impl RunsBuilder {
             let room = match self.payloads.last() {
                 Some(last) if MAX_PAYLOAD - last.len() > RUN_HEADER_LEN => MAX_PAYLOAD - last.len() - RUN_HEADER_LEN,
                 _ => {
-                    self.payloads.push(Vec::with_capacity(
-                        (bytes.len() + RUN_HEADER_LEN).clamp(INITIAL_PAYLOAD, MAX_PAYLOAD),
-                    ));
+                    self.payloads
+                        .push(Vec::with_capacity((bytes.len() + RUN_HEADER_LEN).clamp(INITIAL_PAYLOAD, MAX_PAYLOAD)));
                     MAX_PAYLOAD - RUN_HEADER_LEN
                 }
             };
@@ -303,18 +288,12 @@ mod tests {
         builder.push(4090, b"0123456789");
         let payload = builder.into_payloads().remove(0);
         assert!(matches!(parse_runs(&payload, 4096), Err(RunsError::OutOfRegion { .. })));
-        assert!(matches!(
-            parse_runs(&payload[..15], 1 << 20),
-            Err(RunsError::Truncated { at: 0 })
-        ));
+        assert!(matches!(parse_runs(&payload[..15], 1 << 20), Err(RunsError::Truncated { at: 0 })));
         let mut overflow = Vec::new();
         overflow.extend_from_slice(&u64::MAX.to_le_bytes());
         overflow.extend_from_slice(&1u32.to_le_bytes());
         overflow.push(0);
-        assert!(matches!(
-            parse_runs(&overflow, u64::MAX),
-            Err(RunsError::OutOfRegion { .. })
-        ));
+        assert!(matches!(parse_runs(&overflow, u64::MAX), Err(RunsError::OutOfRegion { .. })));
         let mut empty = Vec::new();
         empty.extend_from_slice(&0u64.to_le_bytes());
         empty.extend_from_slice(&0u32.to_le_bytes());

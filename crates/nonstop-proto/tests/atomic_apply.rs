@@ -28,30 +28,9 @@ fn stream_cut_at_every_byte_leaves_a_whole_checkpoint() {
     let mut writer = FrameWriter::new(key());
     let mut wire = Vec::new();
     attach(&mut writer, Term(1), LEN as u64, &mut wire);
-    checkpoint(
-        &mut writer,
-        Term(1),
-        CheckpointId(1),
-        full_image(&first),
-        true,
-        &mut wire,
-    );
-    checkpoint(
-        &mut writer,
-        Term(1),
-        CheckpointId(2),
-        diff(&first, &second),
-        false,
-        &mut wire,
-    );
-    checkpoint(
-        &mut writer,
-        Term(1),
-        CheckpointId(3),
-        diff(&second, &third),
-        false,
-        &mut wire,
-    );
+    checkpoint(&mut writer, Term(1), CheckpointId(1), full_image(&first), true, &mut wire);
+    checkpoint(&mut writer, Term(1), CheckpointId(2), diff(&first, &second), false, &mut wire);
+    checkpoint(&mut writer, Term(1), CheckpointId(3), diff(&second, &third), false, &mut wire);
     let zero = vec![0u8; LEN];
     let expected = [(None, &zero), (Some(1), &first), (Some(2), &second), (Some(3), &third)];
 
@@ -70,9 +49,6 @@ fn stream_cut_at_every_byte_leaves_a_whole_checkpoint() {
         let held = backup.held().map(|c| c.0);
         assert_eq!(held, acked, "cut at byte {cut}: held what it acknowledged");
         let (_, want) = expected.iter().find(|(id, _)| *id == held).unwrap();
-        assert!(
-            image == **want,
-            "cut at byte {cut}: image is not exactly checkpoint {held:?}"
-        );
+        assert!(image == **want, "cut at byte {cut}: image is not exactly checkpoint {held:?}");
     }
 }

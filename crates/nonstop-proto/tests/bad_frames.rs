@@ -21,14 +21,7 @@ fn attached() -> (Backup, Vec<u8>, FrameWriter, FrameReader) {
     attach(&mut writer, Term(2), LEN, &mut wire);
     let mut first = vec![0u8; LEN as usize];
     first[10..20].fill(7);
-    checkpoint(
-        &mut writer,
-        Term(2),
-        CheckpointId(1),
-        full_image(&first),
-        true,
-        &mut wire,
-    );
+    checkpoint(&mut writer, Term(2), CheckpointId(1), full_image(&first), true, &mut wire);
     reader.push(&wire);
     while let Some(frame) = reader.next_frame().unwrap() {
         backup.on_frame(frame, &mut image).unwrap();
@@ -70,14 +63,7 @@ fn runs_at(offset: u64, bytes: &[u8]) -> RunsBuilder {
 fn run_outside_the_region_is_refused() {
     let (mut backup, mut image, mut writer, mut reader) = attached();
     let mut wire = Vec::new();
-    checkpoint(
-        &mut writer,
-        Term(2),
-        CheckpointId(2),
-        runs_at(LEN - 2, b"abcd"),
-        false,
-        &mut wire,
-    );
+    checkpoint(&mut writer, Term(2), CheckpointId(2), runs_at(LEN - 2, b"abcd"), false, &mut wire);
     let error = refused(&wire, &mut backup, &mut image, &mut reader);
     assert!(error.contains("past the end"), "{error}");
 }
@@ -107,23 +93,9 @@ fn oversized_length_is_refused_before_waiting_for_the_payload() {
 fn stale_term_is_fenced() {
     let (mut backup, mut image, mut writer, mut reader) = attached();
     let mut wire = Vec::new();
-    checkpoint(
-        &mut writer,
-        Term(1),
-        CheckpointId(2),
-        runs_at(0, b"old primary"),
-        false,
-        &mut wire,
-    );
+    checkpoint(&mut writer, Term(1), CheckpointId(2), runs_at(0, b"old primary"), false, &mut wire);
     let error = refused(&wire, &mut backup, &mut image, &mut reader);
-    assert_eq!(
-        error,
-        BackupError::StaleTerm {
-            current: Term(2),
-            got: Term(1)
-        }
-        .to_string()
-    );
+    assert_eq!(error, BackupError::StaleTerm { current: Term(2), got: Term(1) }.to_string());
     // An old primary cannot re-attach either.
     let mut wire = Vec::new();
     let (mut backup, mut image, mut writer, mut reader) = attached();
@@ -135,14 +107,7 @@ fn stale_term_is_fenced() {
 fn flipped_bit_fails_the_crc_and_forged_frame_fails_the_mac() {
     let (mut backup, mut image, mut writer, mut reader) = attached();
     let mut wire = Vec::new();
-    checkpoint(
-        &mut writer,
-        Term(2),
-        CheckpointId(2),
-        runs_at(0, b"hello"),
-        false,
-        &mut wire,
-    );
+    checkpoint(&mut writer, Term(2), CheckpointId(2), runs_at(0, b"hello"), false, &mut wire);
     wire[HEADER_LEN + RUN_HEADER_LEN] ^= 0x10;
     let error = refused(&wire, &mut backup, &mut image, &mut reader);
     assert!(error.contains("CRC32C"), "{error}");
@@ -150,55 +115,22 @@ fn flipped_bit_fails_the_crc_and_forged_frame_fails_the_mac() {
     let (mut backup, mut image, _, mut reader) = attached();
     let mut forger = FrameWriter::new(nonstop_proto::auth::MacKey::from_bytes([1; 32]));
     let mut wire = Vec::new();
-    checkpoint(
-        &mut forger,
-        Term(2),
-        CheckpointId(2),
-        runs_at(0, b"hello"),
-        false,
-        &mut wire,
-    );
-    assert_eq!(
-        refused(&wire, &mut backup, &mut image, &mut reader),
-        FrameError::BadMac.to_string()
-    );
+    checkpoint(&mut forger, Term(2), CheckpointId(2), runs_at(0, b"hello"), false, &mut wire);
+    assert_eq!(refused(&wire, &mut backup, &mut image, &mut reader), FrameError::BadMac.to_string());
 }
 
 #[test]
 fn incomplete_or_out_of_order_checkpoints_are_refused() {
     let (mut backup, mut image, mut writer, mut reader) = attached();
     let mut wire = Vec::new();
-    let close = Close {
-        runs_frames: 2,
-        run_bytes: 5,
-        full: false,
-    };
-    writer.encode(
-        FrameKind::Runs,
-        Term(2),
-        CheckpointId(2),
-        &runs_at(0, b"hello").into_payloads()[0],
-        &mut wire,
-    );
-    writer.encode(
-        FrameKind::Close,
-        Term(2),
-        CheckpointId(2),
-        &control::encode(&close),
-        &mut wire,
-    );
+    let close = Close { runs_frames: 2, run_bytes: 5, full: false };
+    writer.encode(FrameKind::Runs, Term(2), CheckpointId(2), &runs_at(0, b"hello").into_payloads()[0], &mut wire);
+    writer.encode(FrameKind::Close, Term(2), CheckpointId(2), &control::encode(&close), &mut wire);
     assert!(refused(&wire, &mut backup, &mut image, &mut reader).contains("announces 2 frames"));
 
     let (mut backup, mut image, mut writer, mut reader) = attached();
     let mut wire = Vec::new();
-    checkpoint(
-        &mut writer,
-        Term(2),
-        CheckpointId(5),
-        runs_at(0, b"skip"),
-        false,
-        &mut wire,
-    );
+    checkpoint(&mut writer, Term(2), CheckpointId(5), runs_at(0, b"skip"), false, &mut wire);
     assert!(refused(&wire, &mut backup, &mut image, &mut reader).contains("in order"));
 }
 
@@ -211,9 +143,7 @@ fn region_mismatch_is_refused() {
     let mut wire = Vec::new();
     attach(&mut writer, Term(1), LEN * 2, &mut wire);
     reader.push(&wire);
-    let error = backup
-        .on_frame(reader.next_frame().unwrap().unwrap(), &mut image)
-        .unwrap_err();
+    let error = backup.on_frame(reader.next_frame().unwrap().unwrap(), &mut image).unwrap_err();
     assert!(error.to_string().contains("same region"), "{error}");
     assert_eq!(backup.term(), None);
 }

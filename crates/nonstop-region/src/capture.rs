@@ -51,10 +51,9 @@ impl Capture {
                 page_state: (0..pages).map(|_| AtomicU8::new(CLEAN)).collect(),
                 twins: Mutex::new(Twins::default()),
             }),
-            Some(UpdateProtocol::Au) => Capture::Au(AuCapture {
-                stream: Mutex::new(RunsBuilder::new()),
-                pending: AtomicUsize::new(0),
-            }),
+            Some(UpdateProtocol::Au) => {
+                Capture::Au(AuCapture { stream: Mutex::new(RunsBuilder::new()), pending: AtomicUsize::new(0) })
+            }
         }
     }
 
@@ -95,11 +94,7 @@ impl Capture {
     /// close the stream: a commit's runs and its ticket always name the same checkpoint.
     pub(crate) fn on_commit(&self, region: *const u8, ranges: &[(u64, u32)], open: &AtomicU64) -> CommitOutcome {
         let Capture::Au(au) = self else {
-            return CommitOutcome {
-                checkpoint: CheckpointId(open.load(Ordering::Acquire)),
-                before: 0,
-                pending: 0,
-            };
+            return CommitOutcome { checkpoint: CheckpointId(open.load(Ordering::Acquire)), before: 0, pending: 0 };
         };
         let mut stream = au.stream.lock().expect("stream lock");
         let before = stream.payload_bytes() as usize;
@@ -111,11 +106,7 @@ impl Capture {
         }
         let pending = stream.payload_bytes() as usize;
         au.pending.store(pending, Ordering::Relaxed);
-        CommitOutcome {
-            checkpoint: CheckpointId(open.load(Ordering::Acquire)),
-            before,
-            pending,
-        }
+        CommitOutcome { checkpoint: CheckpointId(open.load(Ordering::Acquire)), before, pending }
     }
 
     /// AU: takes what was streamed so far into the open checkpoint, and names it. The caller
@@ -192,9 +183,7 @@ pub(crate) struct TouchedPages {
 
 impl TouchedPages {
     pub(crate) fn new(pages: usize) -> TouchedPages {
-        TouchedPages {
-            words: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-        }
+        TouchedPages { words: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect() }
     }
 
     pub(crate) fn mark(&self, first_page: usize, last_page: usize) {

@@ -31,9 +31,7 @@ fn stripe_of(line: u64) -> u32 {
 
 impl RangeLocks {
     pub(crate) fn new() -> RangeLocks {
-        RangeLocks {
-            owners: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
-        }
+        RangeLocks { owners: (0..STRIPES).map(|_| AtomicU64::new(0)).collect() }
     }
 
     /// Takes, for transaction `token` (non-zero), every stripe covering `[offset, offset+len)`.

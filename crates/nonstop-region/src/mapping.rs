@@ -89,10 +89,7 @@ impl Region {
             return Err(RegionError::InvalidSize { len });
         }
         if base == 0 || base % PAGE_SIZE != 0 || base.checked_add(len).is_none_or(|end| end > USER_SPACE_END) {
-            return Err(RegionError::InvalidAddress {
-                base,
-                limit: USER_SPACE_END,
-            });
+            return Err(RegionError::InvalidAddress { base, limit: USER_SPACE_END });
         }
         // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; we check below that
         // the kernel honoured the address.
@@ -121,11 +118,7 @@ impl Region {
                 Err(RegionError::AddressTaken { base, end: base + len })
             }
             Err(rustix::io::Errno::EXIST) => Err(RegionError::AddressTaken { base, end: base + len }),
-            Err(errno) => Err(RegionError::Map {
-                base,
-                len,
-                source: errno.into(),
-            }),
+            Err(errno) => Err(RegionError::Map { base, len, source: errno.into() }),
         }
     }
 
@@ -200,26 +193,14 @@ mod tests {
 
     #[test]
     fn invalid_sizes_and_addresses_are_refused() {
-        assert!(matches!(
-            Region::map(DEFAULT_REGION_BASE, 0),
-            Err(RegionError::InvalidSize { .. })
-        ));
-        assert!(matches!(
-            Region::map(DEFAULT_REGION_BASE, 4097),
-            Err(RegionError::InvalidSize { .. })
-        ));
+        assert!(matches!(Region::map(DEFAULT_REGION_BASE, 0), Err(RegionError::InvalidSize { .. })));
+        assert!(matches!(Region::map(DEFAULT_REGION_BASE, 4097), Err(RegionError::InvalidSize { .. })));
         assert!(matches!(
             Region::map(DEFAULT_REGION_BASE, MAX_REGION_LEN + PAGE_SIZE),
             Err(RegionError::InvalidSize { .. })
         ));
-        assert!(matches!(
-            Region::map(DEFAULT_REGION_BASE + 1, 4096),
-            Err(RegionError::InvalidAddress { .. })
-        ));
-        assert!(matches!(
-            Region::map(USER_SPACE_END, 4096),
-            Err(RegionError::InvalidAddress { .. })
-        ));
+        assert!(matches!(Region::map(DEFAULT_REGION_BASE + 1, 4096), Err(RegionError::InvalidAddress { .. })));
+        assert!(matches!(Region::map(USER_SPACE_END, 4096), Err(RegionError::InvalidAddress { .. })));
     }
 
     #[test]

@@ -162,21 +162,12 @@ impl Mirror {
             let mut image = RunsBuilder::new();
             let bytes = self.region.as_slice();
             for page in self.touched.pages() {
-                image.push(
-                    (page * PAGE_SIZE) as u64,
-                    &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE],
-                );
+                image.push((page * PAGE_SIZE) as u64, &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
             }
             image
         });
         let commits = self.commits.swap(0, Ordering::Relaxed);
-        CheckpointContent {
-            checkpoint,
-            changes,
-            full_image,
-            dirty_pages,
-            commits,
-        }
+        CheckpointContent { checkpoint, changes, full_image, dirty_pages, commits }
     }
 
     /// Runs `f` on the region with every transaction held off, with the last checkpoint cut

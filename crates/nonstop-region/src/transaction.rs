@@ -80,33 +80,19 @@ pub struct Transaction<'m> {
 impl<'m> Transaction<'m> {
     pub(crate) fn new(mirror: &'m Mirror, gate: RwLockReadGuard<'m, ()>, token: u64) -> Transaction<'m> {
         let state = SPARE_STATE.with(|spare| spare.borrow_mut().take()).unwrap_or_default();
-        Transaction {
-            mirror,
-            _gate: gate,
-            token,
-            state: RefCell::new(state),
-            finished: false,
-        }
+        Transaction { mirror, _gate: gate, token, state: RefCell::new(state), finished: false }
     }
 
     fn check(&self, offset: u64, len: u64, align: usize) -> Result<(), TxError> {
         let region_len = self.mirror.len() as u64;
         if len == 0 || offset.checked_add(len).is_none_or(|end| end > region_len) {
-            return Err(TxError::OutOfRegion {
-                offset,
-                len,
-                region_len,
-            });
+            return Err(TxError::OutOfRegion { offset, len, region_len });
         }
         if (self.mirror.base() as u64 + offset) % align as u64 != 0 {
             return Err(TxError::Misaligned { offset, align });
         }
         let state = self.state.borrow();
-        if state
-            .declared
-            .iter()
-            .any(|&(o, l)| offset < o + l as u64 && o < offset + len)
-        {
+        if state.declared.iter().any(|&(o, l)| offset < o + l as u64 && o < offset + len) {
             return Err(TxError::Overlap { offset, len });
         }
         Ok(())

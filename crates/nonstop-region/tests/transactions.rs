@@ -50,14 +50,8 @@ fn abort_restores_the_undo_image() {
 fn bad_ranges_are_refused() {
     let mirror = mirror(0x2410_0000_0000, Some(UpdateProtocol::Au));
     let tx = mirror.begin();
-    assert!(matches!(
-        tx.write::<u64>(LEN as u64 - 4),
-        Err(TxError::OutOfRegion { .. })
-    ));
-    assert!(matches!(
-        tx.write::<u64>(u64::MAX - 2),
-        Err(TxError::OutOfRegion { .. })
-    ));
+    assert!(matches!(tx.write::<u64>(LEN as u64 - 4), Err(TxError::OutOfRegion { .. })));
+    assert!(matches!(tx.write::<u64>(u64::MAX - 2), Err(TxError::OutOfRegion { .. })));
     assert!(matches!(tx.write::<u64>(3), Err(TxError::Misaligned { .. })));
     let _held = tx.write::<u64>(64).unwrap();
     assert!(matches!(tx.write_bytes(60, 8), Err(TxError::Overlap { .. })));
@@ -97,9 +91,7 @@ fn transfers_against_cuts(base: usize, protocol: UpdateProtocol) {
     apply(&mut image, &mirror.cut(true));
     let stop = AtomicBool::new(false);
     let sum = |image: &[u8]| -> u64 {
-        (0..SLOTS)
-            .map(|s| u64::from_ne_bytes(image[(s * 64) as usize..][..8].try_into().unwrap()))
-            .sum()
+        (0..SLOTS).map(|s| u64::from_ne_bytes(image[(s * 64) as usize..][..8].try_into().unwrap())).sum()
     };
     std::thread::scope(|scope| {
         for seed in 0..3u64 {
@@ -133,12 +125,7 @@ fn transfers_against_cuts(base: usize, protocol: UpdateProtocol) {
         for _ in 0..300 {
             let cut = mirror.cut(false);
             apply(&mut image, &cut);
-            assert_eq!(
-                sum(&image),
-                TOTAL,
-                "checkpoint {} is not a consistent cut",
-                cut.checkpoint.0
-            );
+            assert_eq!(sum(&image), TOTAL, "checkpoint {} is not a consistent cut", cut.checkpoint.0);
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
         stop.store(true, Ordering::Relaxed);

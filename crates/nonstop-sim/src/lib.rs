@@ -115,20 +115,13 @@ fn frames(mut wire: Vec<u8>) -> Vec<Vec<u8>> {
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let protocol = if rng.random_bool(0.5) {
-            UpdateProtocol::Du
-        } else {
-            UpdateProtocol::Au
-        };
+        let protocol = if rng.random_bool(0.5) { UpdateProtocol::Du } else { UpdateProtocol::Au };
         let k = rng.random_range(1..=2);
         let mut key = [0u8; 32];
         rng.fill(&mut key);
         let replication = Replication::new(
             Term(1),
-            CommitPolicy::Epoch {
-                interval_us: 1000,
-                max_commits: 0,
-            },
+            CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 },
             k,
             CheckpointId(1),
             Nanos(0),
@@ -159,11 +152,7 @@ impl Sim {
     }
 
     fn violation(&self, what: String) -> Violation {
-        Violation {
-            seed: self.seed,
-            step: self.step,
-            what,
-        }
+        Violation { seed: self.seed, step: self.step, what }
     }
 
     fn connect(&mut self, index: usize) {
@@ -186,19 +175,9 @@ impl Sim {
             backup_writer: FrameWriter::new(backup_keys.send),
             backup_reader: FrameReader::new(backup_keys.recv),
         };
-        let attach = Attach {
-            region_base: BASE,
-            region_len: LEN as u64,
-            page_size: PAGE_SIZE as u32,
-        };
+        let attach = Attach { region_base: BASE, region_len: LEN as u64, page_size: PAGE_SIZE as u32 };
         let mut wire = Vec::new();
-        link.primary_writer.encode(
-            FrameKind::Attach,
-            Term(1),
-            CheckpointId(0),
-            &control::encode(&attach),
-            &mut wire,
-        );
+        link.primary_writer.encode(FrameKind::Attach, Term(1), CheckpointId(0), &control::encode(&attach), &mut wire);
         link.to_backup.extend(frames(wire));
         self.replication.add_backup(id);
         self.backups[index].link = Some(link);
@@ -220,10 +199,7 @@ impl Sim {
     fn released(&mut self, held: CheckpointId) -> Result<(), Violation> {
         self.stats.releases += 1;
         for (index, backup) in self.backups.iter_mut().enumerate() {
-            let counted = backup
-                .link
-                .as_ref()
-                .is_some_and(|l| self.replication.acked(l.id).is_some());
+            let counted = backup.link.as_ref().is_some_and(|l| self.replication.acked(l.id).is_some());
             if counted && backup.backup.held().is_none_or(|h| h < held) {
                 return Err(Violation {
                     seed: self.seed,
@@ -261,8 +237,7 @@ impl Sim {
             }
             let mut wire = Vec::new();
             for payload in &payloads {
-                link.primary_writer
-                    .encode(FrameKind::Runs, Term(1), checkpoint, payload, &mut wire);
+                link.primary_writer.encode(FrameKind::Runs, Term(1), checkpoint, payload, &mut wire);
             }
             link.progress.streamed(payloads.len(), bytes);
             link.to_backup.extend(frames(wire));
@@ -278,22 +253,14 @@ impl Sim {
                 let mut runs = RunsBuilder::new();
                 for page in 0..PAGES {
                     let range = page * PAGE_SIZE..(page + 1) * PAGE_SIZE;
-                    diff_page(
-                        range.start as u64,
-                        &previous[range.clone()],
-                        &self.region[range],
-                        &mut runs,
-                    );
+                    diff_page(range.start as u64, &previous[range.clone()], &self.region[range], &mut runs);
                 }
                 runs
             }
         };
         let mut image = RunsBuilder::new();
         for page in 0..PAGES {
-            image.push(
-                (page * PAGE_SIZE) as u64,
-                &self.region[page * PAGE_SIZE..(page + 1) * PAGE_SIZE],
-            );
+            image.push((page * PAGE_SIZE) as u64, &self.region[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
         }
         let cut = self.replication.cut(self.now);
         assert_eq!(cut.checkpoint.0 as usize, self.snapshots.len());
@@ -303,24 +270,13 @@ impl Sim {
         for backup in &mut self.backups {
             let Some(link) = &mut backup.link else { continue };
             let whole = cut.full_image_for.contains(&link.id);
-            let (payloads, bytes) = if whole {
-                (&image, image_bytes)
-            } else {
-                (&changes, change_bytes)
-            };
+            let (payloads, bytes) = if whole { (&image, image_bytes) } else { (&changes, change_bytes) };
             let mut wire = Vec::new();
             for payload in payloads {
-                link.primary_writer
-                    .encode(FrameKind::Runs, Term(1), cut.checkpoint, payload, &mut wire);
+                link.primary_writer.encode(FrameKind::Runs, Term(1), cut.checkpoint, payload, &mut wire);
             }
             let close = link.progress.close(payloads.len(), bytes, whole);
-            link.primary_writer.encode(
-                FrameKind::Close,
-                Term(1),
-                cut.checkpoint,
-                &control::encode(&close),
-                &mut wire,
-            );
+            link.primary_writer.encode(FrameKind::Close, Term(1), cut.checkpoint, &control::encode(&close), &mut wire);
             link.to_backup.extend(frames(wire));
         }
     }
@@ -372,8 +328,7 @@ impl Sim {
                 self.stats.applied += 1;
                 let mut wire = Vec::new();
                 let info = control::encode(&AckInfo { apply_ns: 1 });
-                link.backup_writer
-                    .encode(FrameKind::Ack, Term(1), checkpoint, &info, &mut wire);
+                link.backup_writer.encode(FrameKind::Ack, Term(1), checkpoint, &info, &mut wire);
                 link.to_primary.push_back(wire);
                 Ok(())
             }

@@ -79,11 +79,7 @@ pub struct DebitCredit {
 impl DebitCredit {
     /// A database of `branches` branches with TPC-B's 10 tellers and 100,000 accounts each.
     pub fn new(branches: u64, workers: usize) -> DebitCredit {
-        DebitCredit {
-            branches,
-            accounts_per_branch: 100_000,
-            workers: workers.clamp(1, MAX_WORKERS),
-        }
+        DebitCredit { branches, accounts_per_branch: 100_000, workers: workers.clamp(1, MAX_WORKERS) }
     }
 
     fn tellers(&self) -> u64 {
@@ -115,9 +111,7 @@ impl DebitCredit {
     }
 
     fn from_image(image: &[u8]) -> Result<DebitCredit, String> {
-        let header = Header::read_from_prefix(image)
-            .map_err(|_| "image shorter than the header".to_string())?
-            .0;
+        let header = Header::read_from_prefix(image).map_err(|_| "image shorter than the header".to_string())?.0;
         if header.magic.get() != MAGIC {
             return Err("no Debit-Credit database in this image (bad magic)".into());
         }
@@ -132,10 +126,7 @@ impl DebitCredit {
             || !(1..=MAX_WORKERS).contains(&shape.workers)
             || shape.used_len() > image.len()
         {
-            return Err(format!(
-                "implausible Debit-Credit shape {shape:?} for a {}-byte image",
-                image.len()
-            ));
+            return Err(format!("implausible Debit-Credit shape {shape:?} for a {}-byte image", image.len()));
         }
         Ok(shape)
     }
@@ -143,11 +134,8 @@ impl DebitCredit {
     fn transfer(&self, mirror: &Mirror, worker: usize, rng: &mut SmallRng) -> Result<Ticket, TxError> {
         let teller = rng.random_range(0..self.tellers());
         let branch = teller / TELLERS_PER_BRANCH;
-        let account_branch = if self.branches > 1 && rng.random_ratio(15, 100) {
-            rng.random_range(0..self.branches)
-        } else {
-            branch
-        };
+        let account_branch =
+            if self.branches > 1 && rng.random_ratio(15, 100) { rng.random_range(0..self.branches) } else { branch };
         let account = account_branch * self.accounts_per_branch + rng.random_range(0..self.accounts_per_branch);
         let delta: i64 = rng.random_range(-99_999..=99_999);
         let tx = mirror.begin();
@@ -173,11 +161,7 @@ impl DebitCredit {
 }
 
 fn balance(image: &[u8], at: u64) -> i64 {
-    Row::read_from_prefix(&image[at as usize..])
-        .expect("bounds checked by from_image")
-        .0
-        .balance
-        .get()
+    Row::read_from_prefix(&image[at as usize..]).expect("bounds checked by from_image").0.balance.get()
 }
 
 /// TPC-B's consistency conditions on an image: the branch, teller and account balances sum to
@@ -187,33 +171,22 @@ pub fn check(image: &[u8]) -> Result<String, String> {
     let db = DebitCredit::from_image(image)?;
     let branches: Vec<i64> = (0..db.branches).map(|b| balance(image, db.branch_at(b))).collect();
     let tellers: Vec<i64> = (0..db.tellers()).map(|t| balance(image, db.teller_at(t))).collect();
-    let accounts: i128 = (0..db.accounts())
-        .map(|a| balance(image, db.account_at(a)) as i128)
-        .sum();
+    let accounts: i128 = (0..db.accounts()).map(|a| balance(image, db.account_at(a)) as i128).sum();
     let branch_sum: i128 = branches.iter().map(|&b| b as i128).sum();
     let teller_sum: i128 = tellers.iter().map(|&t| t as i128).sum();
     if branch_sum != teller_sum || teller_sum != accounts {
-        return Err(format!(
-            "balances disagree: branches {branch_sum}, tellers {teller_sum}, accounts {accounts}"
-        ));
+        return Err(format!("balances disagree: branches {branch_sum}, tellers {teller_sum}, accounts {accounts}"));
     }
     for (branch, &balance) in branches.iter().enumerate() {
         let first = branch as u64 * TELLERS_PER_BRANCH;
-        let own: i64 = tellers[first as usize..(first + TELLERS_PER_BRANCH) as usize]
-            .iter()
-            .sum();
+        let own: i64 = tellers[first as usize..(first + TELLERS_PER_BRANCH) as usize].iter().sum();
         if own != balance {
-            return Err(format!(
-                "branch {branch} balance {balance} differs from its tellers' sum {own}"
-            ));
+            return Err(format!("branch {branch} balance {balance} differs from its tellers' sum {own}"));
         }
     }
     let mut transactions = 0u64;
     for worker in 0..db.workers {
-        let head = U64::read_from_prefix(&image[DebitCredit::head_at(worker) as usize..])
-            .expect("in header")
-            .0
-            .get();
+        let head = U64::read_from_prefix(&image[DebitCredit::head_at(worker) as usize..]).expect("in header").0.get();
         transactions += head;
         let kept = head.min(db.segment_records());
         for sequence in head - kept..head {
@@ -245,10 +218,7 @@ impl Workload for DebitCredit {
     }
 
     fn load(&self, mirror: &Mirror) {
-        assert!(
-            self.used_len() <= mirror.len(),
-            "region too small for this Debit-Credit shape"
-        );
+        assert!(self.used_len() <= mirror.len(), "region too small for this Debit-Credit shape");
         // Rows start at a zero balance, which an empty region already is; only the header
         // needs writing.
         let tx = mirror.begin();
@@ -281,11 +251,7 @@ mod tests {
 
     #[test]
     fn transactions_keep_the_database_consistent_and_corruption_is_caught() {
-        let db = DebitCredit {
-            branches: 3,
-            accounts_per_branch: 1000,
-            workers: 2,
-        };
+        let db = DebitCredit { branches: 3, accounts_per_branch: 1000, workers: 2 };
         let region = Region::map(0x2500_0000_0000, db.used_len().next_multiple_of(PAGE_SIZE)).unwrap();
         let mirror = Mirror::new(region, None, CheckpointId(1));
         db.load(&mirror);

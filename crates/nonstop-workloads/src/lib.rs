@@ -28,10 +28,6 @@ pub fn check(name: &str, image: &[u8]) -> Result<String, String> {
     match name {
         debit_credit::NAME => debit_credit::check(image),
         order_entry::NAME => order_entry::check(image),
-        other => Err(format!(
-            "unknown workload {other:?}: expected {} or {}",
-            debit_credit::NAME,
-            order_entry::NAME
-        )),
+        other => Err(format!("unknown workload {other:?}: expected {} or {}", debit_credit::NAME, order_entry::NAME)),
     }
 }

@@ -134,10 +134,7 @@ pub struct OrderEntry {
 impl OrderEntry {
     /// A database of `warehouses` warehouses.
     pub fn new(warehouses: u64, workers: usize) -> OrderEntry {
-        OrderEntry {
-            warehouses: warehouses.max(1),
-            workers: workers.clamp(1, MAX_WORKERS),
-        }
+        OrderEntry { warehouses: warehouses.max(1), workers: workers.clamp(1, MAX_WORKERS) }
     }
 
     fn worker_at(worker: usize) -> u64 {
@@ -170,24 +167,16 @@ impl OrderEntry {
     }
 
     fn from_image(image: &[u8]) -> Result<OrderEntry, String> {
-        let header = Header::read_from_prefix(image)
-            .map_err(|_| "image shorter than the header".to_string())?
-            .0;
+        let header = Header::read_from_prefix(image).map_err(|_| "image shorter than the header".to_string())?.0;
         if header.magic.get() != MAGIC {
             return Err("no Order-Entry database in this image (bad magic)".into());
         }
-        let shape = OrderEntry {
-            warehouses: header.warehouses.get(),
-            workers: header.workers.get() as usize,
-        };
+        let shape = OrderEntry { warehouses: header.warehouses.get(), workers: header.workers.get() as usize };
         if !(1..=1024).contains(&shape.warehouses)
             || !(1..=MAX_WORKERS).contains(&shape.workers)
             || shape.used_len() > image.len()
         {
-            return Err(format!(
-                "implausible Order-Entry shape {shape:?} for a {}-byte image",
-                image.len()
-            ));
+            return Err(format!("implausible Order-Entry shape {shape:?} for a {}-byte image", image.len()));
         }
         Ok(shape)
     }
@@ -226,11 +215,8 @@ impl OrderEntry {
             };
         }
         for (line, &item) in order.lines.iter_mut().zip(&items).take(lines) {
-            let supply_w = if self.warehouses > 1 && rng.random_ratio(1, 100) {
-                rng.random_range(0..self.warehouses)
-            } else {
-                w
-            };
+            let supply_w =
+                if self.warehouses > 1 && rng.random_ratio(1, 100) { rng.random_range(0..self.warehouses) } else { w };
             if supply_w != w {
                 all_local = 0;
             }
@@ -274,32 +260,21 @@ impl OrderEntry {
         let head = tx.write::<U64>(Self::worker_at(worker))?;
         let n = head.get();
         *head = U64::new(n + 1);
-        *tx.write::<HistoryRecord>(self.history_at(worker, n))? = HistoryRecord {
-            c_id: U32::new(c as u32),
-            d_id: U32::new(d as u32),
-            amount: I64::new(amount),
-        };
+        *tx.write::<HistoryRecord>(self.history_at(worker, n))? =
+            HistoryRecord { c_id: U32::new(c as u32), d_id: U32::new(d as u32), amount: I64::new(amount) };
         Ok(())
     }
 
     fn order_status(&self, tx: &Transaction<'_>, rng: &mut SmallRng) -> Result<(), TxError> {
-        let (w, d, c) = (
-            rng.random_range(0..self.warehouses),
-            rng.random_range(0..DISTRICTS),
-            rng.random_range(0..CUSTOMERS),
-        );
+        let (w, d, c) =
+            (rng.random_range(0..self.warehouses), rng.random_range(0..DISTRICTS), rng.random_range(0..CUSTOMERS));
         let customer = tx.read::<Customer>(self.customer_at(w, d, c))?;
         let o_id = customer.last_o_id.get() as u64;
         let next = tx.read::<District>(self.district_at(w, d))?.next_o_id.get() as u64;
         if o_id > 0 && o_id + ORDER_SLOTS >= next {
             let order = tx.read::<Order>(self.order_at(w, d, o_id))?;
             std::hint::black_box(
-                order
-                    .lines
-                    .iter()
-                    .take(order.ol_cnt.get() as usize)
-                    .map(|l| l.amount.get())
-                    .sum::<u32>(),
+                order.lines.iter().take(order.ol_cnt.get() as usize).map(|l| l.amount.get()).sum::<u32>(),
             );
         }
         Ok(())
@@ -385,10 +360,7 @@ impl Workload for OrderEntry {
     }
 
     fn load(&self, mirror: &Mirror) {
-        assert!(
-            self.used_len() <= mirror.len(),
-            "region too small for this Order-Entry shape"
-        );
+        assert!(self.used_len() <= mirror.len(), "region too small for this Order-Entry shape");
         let mut rng = SmallRng::seed_from_u64(0x5eed);
         let tx = mirror.begin();
         *tx.write::<Header>(0).expect("header fits") = Header {

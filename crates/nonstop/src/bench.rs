@@ -80,11 +80,7 @@ pub struct Percentiles {
 impl Percentiles {
     fn of_ns(histogram: &Histogram<u64>) -> Percentiles {
         let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-        Percentiles {
-            p50: us(0.5),
-            p99: us(0.99),
-            p999: us(0.999),
-        }
+        Percentiles { p50: us(0.5), p99: us(0.99), p999: us(0.999) }
     }
 }
 
@@ -206,11 +202,7 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
             Term(index as u64 + 1), // every round is a new primary of the service: a new term
             &progress,
         )?;
-        if with_backups {
-            replicated.push(round)
-        } else {
-            baseline.push(round)
-        }
+        if with_backups { replicated.push(round) } else { baseline.push(round) }
     }
     progress.finish_and_clear();
     drop(backups);
@@ -220,11 +212,7 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
 fn rate(rounds: &[Round]) -> f64 {
     let transactions: u64 = rounds.iter().map(|r| r.transactions).sum();
     let seconds: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
-    if seconds > 0.0 {
-        transactions as f64 / seconds
-    } else {
-        0.0
-    }
+    if seconds > 0.0 { transactions as f64 / seconds } else { 0.0 }
 }
 
 fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Round]) -> BenchReport {
@@ -245,18 +233,11 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
     }
     let seconds: f64 = measured.iter().map(|r| r.elapsed.as_secs_f64()).sum();
     let per_checkpoint = |x: u64| {
-        if checkpoints > 0 {
-            x as f64 / checkpoints as f64
-        } else {
-            0.0
-        }
+        if checkpoints > 0 { x as f64 / checkpoints as f64 } else { 0.0 }
     };
     let verdicts: Vec<&Round> = measured.iter().filter(|r| r.stats.is_some()).collect();
     let backup_verified = verdicts.iter().all(|r| r.verdict.is_some());
-    let check = verdicts
-        .last()
-        .and_then(|r| r.verdict.clone())
-        .unwrap_or_else(|| "no backups".into());
+    let check = verdicts.last().and_then(|r| r.verdict.clone()).unwrap_or_else(|| "no backups".into());
     let compare = config.compare && !baseline.is_empty() && !replicated.is_empty();
     BenchReport {
         workload: name.to_string(),
@@ -274,11 +255,7 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
         duration_s: config.duration.as_secs_f64(),
         tx_per_s: rate(measured),
         latency_us: Percentiles::of_ns(&latency),
-        checkpoints_per_s: if seconds > 0.0 {
-            checkpoints as f64 / seconds
-        } else {
-            0.0
-        },
+        checkpoints_per_s: if seconds > 0.0 { checkpoints as f64 / seconds } else { 0.0 },
         bytes_per_checkpoint: per_checkpoint(bytes),
         dirty_pages_per_checkpoint: per_checkpoint(pages),
         apply_us: Percentiles::of_ns(&apply),
@@ -354,28 +331,17 @@ fn run_round(
 ) -> anyhow::Result<Round> {
     let region = Region::map(config.region_base, len).context("mapping the primary's region")?;
     let replicated = !backups.is_empty();
-    let mirror = Arc::new(Mirror::new(
-        region,
-        replicated.then_some(config.protocol),
-        CheckpointId(1),
-    ));
+    let mirror = Arc::new(Mirror::new(region, replicated.then_some(config.protocol), CheckpointId(1)));
     workload.load(&mirror);
     let primary = replicated.then(|| {
         Primary::start(
             mirror.clone(),
-            PrimaryConfig {
-                term,
-                policy: config.policy,
-                required_backups: backups.len(),
-                key: key.clone(),
-            },
+            PrimaryConfig { term, policy: config.policy, required_backups: backups.len(), key: key.clone() },
         )
     });
     if let Some(primary) = &primary {
         for addr in backups {
-            primary
-                .attach_backup(*addr, WAIT)
-                .with_context(|| format!("attaching backup {addr}"))?;
+            primary.attach_backup(*addr, WAIT).with_context(|| format!("attaching backup {addr}"))?;
         }
     }
     let stats_before = primary.as_ref().map(|p| p.stats());
@@ -390,10 +356,7 @@ fn run_round(
                 scope.spawn(move || -> anyhow::Result<Histogram<u64>> {
                     let mut rng = SmallRng::seed_from_u64(worker as u64 + 1);
                     let mut latency = Histogram::<u64>::new(3).expect("valid precision");
-                    let mut pending = PendingReplies {
-                        queue: VecDeque::new(),
-                        last: None,
-                    };
+                    let mut pending = PendingReplies { queue: VecDeque::new(), last: None };
                     let mut done = 0u64;
                     let mut stamp = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
@@ -435,20 +398,13 @@ fn run_round(
         stop.store(true, Ordering::Relaxed);
         let mut merged = Histogram::<u64>::new(3).expect("valid precision");
         for worker in workers {
-            merged
-                .add(worker.join().expect("worker thread panicked")?)
-                .expect("same precision");
+            merged.add(worker.join().expect("worker thread panicked")?).expect("same precision");
         }
         Ok(merged)
     })?;
     let elapsed = started.elapsed();
-    let mut round = Round {
-        transactions: transactions.load(Ordering::Relaxed),
-        elapsed,
-        latency_ns,
-        stats: None,
-        verdict: None,
-    };
+    let mut round =
+        Round { transactions: transactions.load(Ordering::Relaxed), elapsed, latency_ns, stats: None, verdict: None };
     if let Some(primary) = primary {
         let mut stats = primary.stats();
         if let Some(before) = stats_before {
@@ -457,9 +413,7 @@ fn run_round(
             stats.dirty_pages -= before.dirty_pages;
         }
         let last = primary.checkpoint_now();
-        primary
-            .wait_held(Ticket { checkpoint: last }, WAIT)
-            .context("waiting for the final checkpoint")?;
+        primary.wait_held(Ticket { checkpoint: last }, WAIT).context("waiting for the final checkpoint")?;
         round.verdict = Some(verify(&primary, workload.as_ref())?);
         round.stats = Some(stats);
         primary.shutdown();
@@ -471,9 +425,8 @@ fn run_round(
 /// workload's consistency check on it; returns the check's summary.
 pub fn verify(primary: &Primary, workload: &dyn Workload) -> anyhow::Result<String> {
     let used = workload.used_len();
-    let (digest, checkpoint) = primary
-        .mirror()
-        .quiesced(|image, checkpoint| (*blake3::hash(&image[..used]).as_bytes(), checkpoint));
+    let (digest, checkpoint) =
+        primary.mirror().quiesced(|image, checkpoint| (*blake3::hash(&image[..used]).as_bytes(), checkpoint));
     let replies = primary.verify_backups(used as u64, Some(workload.name()), WAIT)?;
     let mut summary = String::new();
     for (backup, reply) in replies {
@@ -497,19 +450,8 @@ pub fn verify(primary: &Primary, workload: &dyn Workload) -> anyhow::Result<Stri
 /// The commit policies of the overhead table, in its column order.
 pub fn table_policies() -> Vec<(String, CommitPolicy)> {
     let mut policies = vec![("sync".to_string(), CommitPolicy::Sync)];
-    for (label, interval_us) in [
-        ("1 ms", 1_000),
-        ("10 ms", 10_000),
-        ("100 ms", 100_000),
-        ("2 s", 2_000_000),
-    ] {
-        policies.push((
-            label.to_string(),
-            CommitPolicy::Epoch {
-                interval_us,
-                max_commits: 0,
-            },
-        ));
+    for (label, interval_us) in [("1 ms", 1_000), ("10 ms", 10_000), ("100 ms", 100_000), ("2 s", 2_000_000)] {
+        policies.push((label.to_string(), CommitPolicy::Epoch { interval_us, max_commits: 0 }));
     }
     policies
 }
@@ -573,11 +515,9 @@ impl Matrix {
             out.push_str(&format!("| {workload} | {protocol} |"));
             for cell in cells {
                 out.push_str(&match cell {
-                    Some(report) => format!(
-                        " {:.1}% ({:.0} tx/s) |",
-                        (1.0 - report.ratio.unwrap_or(0.0)) * 100.0,
-                        report.tx_per_s
-                    ),
+                    Some(report) => {
+                        format!(" {:.1}% ({:.0} tx/s) |", (1.0 - report.ratio.unwrap_or(0.0)) * 100.0, report.tx_per_s)
+                    }
                     None => " - |".into(),
                 });
             }
@@ -606,22 +546,15 @@ impl Matrix {
         for report in &self.reports {
             let column = policies.iter().position(|(_, policy)| match policy {
                 CommitPolicy::Sync => report.policy == "sync",
-                CommitPolicy::Epoch { interval_us, .. } => report
-                    .interval_ms
-                    .is_some_and(|ms| (ms * 1000.0).round() as u64 == *interval_us),
+                CommitPolicy::Epoch { interval_us, .. } => {
+                    report.interval_ms.is_some_and(|ms| (ms * 1000.0).round() as u64 == *interval_us)
+                }
             });
             let Some(column) = column else { continue };
-            let index = match rows
-                .iter()
-                .position(|(w, p, _)| *w == report.workload && *p == report.protocol)
-            {
+            let index = match rows.iter().position(|(w, p, _)| *w == report.workload && *p == report.protocol) {
                 Some(index) => index,
                 None => {
-                    rows.push((
-                        report.workload.clone(),
-                        report.protocol.clone(),
-                        vec![None; policies.len()],
-                    ));
+                    rows.push((report.workload.clone(), report.protocol.clone(), vec![None; policies.len()]));
                     rows.len() - 1
                 }
             };
@@ -638,10 +571,7 @@ impl Matrix {
             .into_iter()
             .map(|(workload, protocol, cells)| crate::chart::Series {
                 name: format!("{workload} {protocol}"),
-                values: cells
-                    .iter()
-                    .map(|c| c.and_then(|r| r.ratio).map(|ratio| (1.0 - ratio) * 100.0))
-                    .collect(),
+                values: cells.iter().map(|c| c.and_then(|r| r.ratio).map(|ratio| (1.0 - ratio) * 100.0)).collect(),
             })
             .collect();
         crate::chart::grouped_bars(

@@ -24,10 +24,7 @@ pub fn grouped_bars(title: &str, y_label: &str, categories: &[String], series: &
     let (left, right, top, bottom) = (70.0, 180.0, 40.0, 50.0);
     let plot_w = width - left - right;
     let plot_h = height - top - bottom;
-    let max = series
-        .iter()
-        .flat_map(|s| s.values.iter().flatten())
-        .fold(min_top, |a, &b| a.max(b));
+    let max = series.iter().flat_map(|s| s.values.iter().flatten()).fold(min_top, |a, &b| a.max(b));
     let top_value = nice_ceiling(max);
     let y = |v: f64| top + plot_h * (1.0 - v.max(0.0) / top_value);
     let mut svg = String::new();
@@ -130,10 +127,7 @@ mod tests {
             "a < b",
             "%",
             &["x".into(), "y".into()],
-            &[Series {
-                name: "s&t".into(),
-                values: vec![Some(10.0), None],
-            }],
+            &[Series { name: "s&t".into(), values: vec![Some(10.0), None] }],
             1.0,
         );
         assert_eq!(svg.matches("<rect x=").count(), 2, "one bar and one legend swatch");

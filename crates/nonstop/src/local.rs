@@ -38,11 +38,7 @@ impl Drop for KeyFile {
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(text.as_bytes())
 }
 
@@ -63,12 +59,7 @@ impl LocalBackup {
     pub fn spawn(exe: &Path, ip: &str, base: usize, len: usize, key_file: &Path) -> std::io::Result<LocalBackup> {
         let mut child = Command::new(exe)
             .args(["backup", "--listen", &format!("{ip}:0")])
-            .args([
-                "--region-base",
-                &format!("{base:#x}"),
-                "--region-size",
-                &len.to_string(),
-            ])
+            .args(["--region-base", &format!("{base:#x}"), "--region-size", &len.to_string()])
             .arg("--key-file")
             .arg(key_file)
             .stdout(Stdio::piped())
@@ -83,9 +74,7 @@ impl LocalBackup {
             None => {
                 let _ = child.kill();
                 let status = child.wait()?;
-                Err(std::io::Error::other(format!(
-                    "backup process did not start ({status}); its stderr says why"
-                )))
+                Err(std::io::Error::other(format!("backup process did not start ({status}); its stderr says why")))
             }
         }
     }

@@ -12,11 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "nonstop",
-    version,
-    about = "Continuous availability for stateful in-memory servers"
-)]
+#[command(name = "nonstop", version, about = "Continuous availability for stateful in-memory servers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -202,10 +198,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
             if interval_us == 0 {
                 bail!("--interval must be at least 1us");
             }
-            CommitPolicy::Epoch {
-                interval_us,
-                max_commits: args.commits,
-            }
+            CommitPolicy::Epoch { interval_us, max_commits: args.commits }
         }
     };
     Ok(BenchConfig {
@@ -242,11 +235,7 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
                 "  ratio               {:>12.3}  (overhead {:.1}%, per round {:?})",
                 ratio,
                 (1.0 - ratio) * 100.0,
-                report
-                    .round_ratios
-                    .iter()
-                    .map(|r| format!("{r:.3}"))
-                    .collect::<Vec<_>>()
+                report.round_ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
             );
         }
         println!(
@@ -283,33 +272,21 @@ fn bench_matrix(args: MatrixArgs) -> anyhow::Result<()> {
         warehouses: 1,
         region_base: DEFAULT_REGION_BASE,
     };
-    let matrix = bench::matrix(
-        &base,
-        &[WorkloadKind::DebitCredit, WorkloadKind::OrderEntry],
-        &std::env::current_exe()?,
-    )?;
+    let matrix =
+        bench::matrix(&base, &[WorkloadKind::DebitCredit, WorkloadKind::OrderEntry], &std::env::current_exe()?)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let markdown = matrix.markdown();
     std::fs::write(args.out.join("matrix.md"), &markdown)?;
     std::fs::write(args.out.join("matrix.json"), serde_json::to_string_pretty(&matrix)?)?;
     std::fs::write(args.out.join("overhead.svg"), matrix.svg())?;
     println!("{markdown}");
-    println!(
-        "written: {0}/matrix.md, {0}/matrix.json, {0}/overhead.svg",
-        args.out.display()
-    );
+    println!("written: {0}/matrix.md, {0}/matrix.json, {0}/overhead.svg", args.out.display());
     Ok(())
 }
 
 fn bench_net(args: NetArgs) -> anyhow::Result<()> {
     let key = KeyFile::generate()?;
-    let backup = LocalBackup::spawn(
-        &std::env::current_exe()?,
-        "127.0.0.2",
-        DEFAULT_REGION_BASE,
-        1 << 20,
-        &key.path,
-    )?;
+    let backup = LocalBackup::spawn(&std::env::current_exe()?, "127.0.0.2", DEFAULT_REGION_BASE, 1 << 20, &key.path)?;
     let histogram = nonstop_net::rtt::measure(backup.addr, &key.key, args.count, args.size)?;
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     if args.json {
@@ -339,10 +316,7 @@ fn demo(duration: Duration) -> anyhow::Result<()> {
         workload: WorkloadKind::DebitCredit,
         backups: 1,
         protocol: UpdateProtocol::Au,
-        policy: CommitPolicy::Epoch {
-            interval_us: 1000,
-            max_commits: 0,
-        },
+        policy: CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 },
         threads: 1,
         duration,
         compare: false,

@@ -31,10 +31,7 @@ fn config(region_base: usize, backups: usize, protocol: UpdateProtocol, policy: 
 
 #[test]
 fn two_backups_hold_the_primary_image_under_every_protocol_and_policy() {
-    let epoch = CommitPolicy::Epoch {
-        interval_us: 1000,
-        max_commits: 0,
-    };
+    let epoch = CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 };
     for (protocol, policy) in [
         (UpdateProtocol::Du, CommitPolicy::Sync),
         (UpdateProtocol::Au, CommitPolicy::Sync),
@@ -50,15 +47,8 @@ fn two_backups_hold_the_primary_image_under_every_protocol_and_policy() {
 
 #[test]
 fn order_entry_backups_pass_the_tpcc_conditions() {
-    let mut config = config(
-        0x2900_0000_0000,
-        1,
-        UpdateProtocol::Du,
-        CommitPolicy::Epoch {
-            interval_us: 2000,
-            max_commits: 0,
-        },
-    );
+    let mut config =
+        config(0x2900_0000_0000, 1, UpdateProtocol::Du, CommitPolicy::Epoch { interval_us: 2000, max_commits: 0 });
     config.workload = WorkloadKind::OrderEntry;
     let report = bench::run(&config, exe()).unwrap();
     assert!(report.backup_verified, "{report:?}");
@@ -67,15 +57,8 @@ fn order_entry_backups_pass_the_tpcc_conditions() {
 
 #[test]
 fn compare_reports_a_ratio() {
-    let mut config = config(
-        0x2700_0000_0000,
-        1,
-        UpdateProtocol::Au,
-        CommitPolicy::Epoch {
-            interval_us: 10_000,
-            max_commits: 0,
-        },
-    );
+    let mut config =
+        config(0x2700_0000_0000, 1, UpdateProtocol::Au, CommitPolicy::Epoch { interval_us: 10_000, max_commits: 0 });
     config.compare = true;
     config.duration = Duration::from_millis(300);
     let report = bench::run(&config, exe()).unwrap();
@@ -92,10 +75,7 @@ fn a_peer_without_the_cluster_key_is_refused() {
     // A primary with the wrong key cannot authenticate the backup and gives up.
     let wrong = ClusterKey::from_bytes([0xee; 32]);
     match conn::connect(backup.addr, &wrong) {
-        Err(ConnError::Auth {
-            source: AuthError::BadProof,
-            ..
-        }) => {}
+        Err(ConnError::Auth { source: AuthError::BadProof, .. }) => {}
         other => panic!("expected a failed proof, got {other:?}"),
     }
 
@@ -115,10 +95,7 @@ fn a_peer_without_the_cluster_key_is_refused() {
 
     // The backup still serves the real primary, with an untouched (empty) image.
     let (mut sender, mut receiver) = conn::connect(backup.addr, &key.key).unwrap();
-    let request = nonstop_proto::control::encode(&nonstop_proto::control::VerifyRequest {
-        len: 1 << 20,
-        check: None,
-    });
+    let request = nonstop_proto::control::encode(&nonstop_proto::control::VerifyRequest { len: 1 << 20, check: None });
     sender
         .send(
             nonstop_proto::frame::FrameKind::VerifyRequest,

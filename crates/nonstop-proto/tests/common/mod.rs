@@ -15,11 +15,7 @@ pub fn key() -> MacKey {
 }
 
 pub fn attach(writer: &mut FrameWriter, term: Term, len: u64, out: &mut Vec<u8>) {
-    let attach = Attach {
-        region_base: BASE,
-        region_len: len,
-        page_size: PAGE_SIZE as u32,
-    };
+    let attach = Attach { region_base: BASE, region_len: len, page_size: PAGE_SIZE as u32 };
     writer.encode(FrameKind::Attach, term, CheckpointId(0), &control::encode(&attach), out);
 }
 
@@ -57,10 +53,6 @@ pub fn checkpoint(
     for payload in &payloads {
         writer.encode(FrameKind::Runs, term, id, payload, out);
     }
-    let close = Close {
-        runs_frames: payloads.len() as u32,
-        run_bytes,
-        full,
-    };
+    let close = Close { runs_frames: payloads.len() as u32, run_bytes, full };
     writer.encode(FrameKind::Close, term, id, &control::encode(&close), out);
 }
