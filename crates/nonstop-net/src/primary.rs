@@ -13,7 +13,8 @@ use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::control::{self, AckInfo, Attach, Refusal, VerifyReply, VerifyRequest};
 use nonstop_proto::frame::FrameKind;
 use nonstop_proto::primary::{BackupId, LinkProgress, Replication, Ticket};
-use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term};
+use nonstop_proto::runs::{Coalescer, RunsBuilder};
+use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term, UpdateProtocol};
 use nonstop_region::{Mirror, STREAM_CHUNK};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,6 +119,8 @@ struct Shared {
     stats: Mutex<ReplicationStats>,
     stop: AtomicBool,
     next_backup: AtomicU32,
+    /// Used under the link lock only.
+    coalescer: Mutex<Coalescer>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,6 +160,7 @@ impl Primary {
             stats: Mutex::new(ReplicationStats::new()),
             stop: AtomicBool::new(false),
             next_backup: AtomicU32::new(1),
+            coalescer: Mutex::new(Coalescer::default()),
         });
         let replicator = matches!(shared.config.policy, CommitPolicy::Epoch { .. }).then(|| {
             let shared = shared.clone();
@@ -403,6 +407,7 @@ impl Shared {
     /// AU: ships what was committed so far into the open checkpoint.
     fn stream(&self, links: &mut Vec<Link>) {
         let (checkpoint, runs) = self.mirror.take_stream();
+        let runs = self.combine(runs);
         let run_bytes = runs.run_bytes();
         let payloads = runs.into_payloads();
         for link in links.iter_mut().filter(|l| l.progress.wants_stream()) {
@@ -419,6 +424,16 @@ impl Shared {
         self.prune(links);
     }
 
+    /// AU write combining: a run overwritten later in the same shipment is not sent. DU runs
+    /// are diffs of distinct pages and never repeat, so they go as they are.
+    fn combine(&self, runs: RunsBuilder) -> RunsBuilder {
+        if self.mirror.protocol() == Some(UpdateProtocol::Au) && !runs.is_empty() {
+            lock(&self.coalescer).coalesce(&runs)
+        } else {
+            runs
+        }
+    }
+
     /// Cuts the open checkpoint and sends it to every backup; returns its number.
     fn cut_and_send(&self, links: &mut Vec<Link>) -> CheckpointId {
         let full = lock(&self.replication).attaching();
@@ -427,8 +442,9 @@ impl Shared {
         let cut_ns = started.elapsed().as_nanos() as u64;
         let cut = lock(&self.replication).cut(self.now());
         assert_eq!(cut.checkpoint, content.checkpoint, "mirror and replication cut in lockstep");
-        let change_bytes = content.changes.run_bytes();
-        let changes = content.changes.into_payloads();
+        let changes = self.combine(content.changes);
+        let change_bytes = changes.run_bytes();
+        let changes = changes.into_payloads();
         let image_bytes = content.full_image.as_ref().map_or(0, |image| image.run_bytes());
         let image = content.full_image.map(|image| image.into_payloads());
         for link in links.iter_mut() {

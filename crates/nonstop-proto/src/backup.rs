@@ -1,13 +1,14 @@
 //! The backup's state machine: apply a checkpoint whole or not at all, acknowledge.
 //!
-//! Runs of an incremental checkpoint `n` are validated and applied as they arrive, each with its
-//! undo image saved first, so that the work of a long AU epoch is spread over the epoch instead
-//! of landing at its close. `Close(n)` commits: it checks the close agrees with what arrived and
-//! drops the undo log. If the stream is cut first — the primary killed after any byte, a frame
-//! refused — the undo log is played back, newest first, and the image is exactly checkpoint
-//! `n - 1` again. A whole image (the first checkpoint after an attach) replaces the image, so it
-//! is staged aside and copied in only at its close. Either way, once a session ends, the image
-//! is byte for byte one checkpoint, never a mix.
+//! Runs of checkpoint `n` are validated as they arrive and kept aside; `Close(n)` checks the
+//! close agrees with what arrived and only then copies them into the image. A checkpoint that
+//! grows past [`EAGER_AFTER`] bytes (a long AU epoch) switches to applying its runs as they
+//! arrive, each with its undo image saved first, so that its work is spread over the epoch
+//! instead of landing at the close; its close then only drops the undo log. If the stream is
+//! cut first — the primary killed after any byte, a frame refused — staged runs are dropped and
+//! the undo log is played back, newest first: the image is exactly checkpoint `n - 1` again. A
+//! whole image (the first checkpoint after an attach) replaces the image, so it is always
+//! staged. Either way, once a session ends, the image is byte for byte one checkpoint.
 
 use crate::control::{self, Attach, Close, ControlError, VerifyRequest};
 use crate::frame::{Frame, FrameKind};
@@ -126,15 +127,22 @@ pub enum BackupOutput {
     Pong(Vec<u8>),
 }
 
+/// Staged bytes after which an incremental checkpoint is applied as it arrives, with undo.
+/// Below it, staging and copying at the close is cheaper (no undo copy, and short epochs stay
+/// in cache); above it, a long epoch would otherwise land on the image as one burst.
+pub const EAGER_AFTER: usize = 4 << 20;
+
 /// The checkpoint being received.
 #[derive(Clone, Debug)]
 struct Open {
     checkpoint: CheckpointId,
     frames: u32,
     run_bytes: u64,
-    /// A whole image: payloads kept aside until the close.
+    /// Payloads kept aside until the close.
     staged: Vec<Vec<u8>>,
-    /// An incremental checkpoint: undo records (runs of the old bytes) of what was applied.
+    staged_bytes: usize,
+    /// Runs are applied on arrival; `undo` holds runs of the old bytes.
+    eager: bool,
     undo: Vec<u8>,
 }
 
@@ -149,6 +157,7 @@ pub struct Backup {
     /// within a term, so a newer primary's whole image may carry any number.
     held_term: Option<Term>,
     expect_full: bool,
+    eager_after: usize,
     open: Option<Open>,
     /// Reused undo buffer, so that steady streaming allocates nothing.
     spare_undo: Vec<u8>,
@@ -164,6 +173,7 @@ impl Backup {
             held: None,
             held_term: None,
             expect_full: true,
+            eager_after: EAGER_AFTER,
             open: None,
             spare_undo: Vec::new(),
         }
@@ -183,6 +193,13 @@ impl Backup {
     /// The term of the primary followed.
     pub fn term(&self) -> Option<Term> {
         self.term
+    }
+
+    /// Sets the staged bytes after which a checkpoint is applied on arrival (default
+    /// [`EAGER_AFTER`]; 0: always). Tests and the simulator use it to cover both paths.
+    pub fn with_eager_after(mut self, bytes: usize) -> Backup {
+        self.eager_after = bytes;
+        self
     }
 
     /// Whether a checkpoint is partly received (its runs may be partly applied).
@@ -236,15 +253,24 @@ impl Backup {
         match frame.kind {
             FrameKind::Runs => {
                 let bytes = validate_runs(&frame.payload, self.region_len)?;
-                let whole = self.expect_full;
+                let (whole, eager_after) = (self.expect_full, self.eager_after);
                 let open = self.open_for(frame.checkpoint)?;
                 open.frames += 1;
                 open.run_bytes += bytes;
-                if whole {
+                if whole || (!open.eager && open.staged_bytes + frame.payload.len() <= eager_after) {
+                    open.staged_bytes += frame.payload.len();
                     open.staged.push(frame.payload);
-                } else {
-                    apply_validated_runs_with_undo(&frame.payload, image.bytes_mut(), &mut open.undo);
+                    return Ok(None);
                 }
+                let image = image.bytes_mut();
+                if !open.eager {
+                    for payload in open.staged.drain(..) {
+                        apply_validated_runs_with_undo(&payload, image, &mut open.undo);
+                    }
+                    open.staged_bytes = 0;
+                    open.eager = true;
+                }
+                apply_validated_runs_with_undo(&frame.payload, image, &mut open.undo);
                 Ok(None)
             }
             FrameKind::Close => {
@@ -270,10 +296,10 @@ impl Backup {
                 let mut open = self.open.take().expect("opened above");
                 if close.full {
                     image.clear();
-                    let bytes = image.bytes_mut();
-                    for payload in &open.staged {
-                        apply_validated_runs(payload, bytes);
-                    }
+                }
+                let bytes = image.bytes_mut();
+                for payload in &open.staged {
+                    apply_validated_runs(payload, bytes);
                 }
                 open.undo.clear();
                 self.spare_undo = open.undo;
@@ -335,6 +361,8 @@ impl Backup {
             frames: 0,
             run_bytes: 0,
             staged: Vec::new(),
+            staged_bytes: 0,
+            eager: false,
             undo: std::mem::take(spare_undo),
         }))
     }

@@ -259,9 +259,129 @@ impl RunsBuilder {
     }
 }
 
+/// Write combining for a stream of runs: drops runs that a later run of the same offset and
+/// length overwrites entirely, keeping the survivors in order.
+///
+/// Applying the result gives the same bytes as applying the input: a dropped run is fully
+/// overwritten by its later twin, and anything that overlapped it in between is overwritten
+/// there too. Under AU, rows written by every transaction (a branch balance, a history head)
+/// collapse to about one run per shipped chunk.
+///
+/// The table is direct-mapped and small enough to stay in cache: two ranges that share a slot
+/// simply both stay (combining is an optimisation; it only ever drops a run when the slot
+/// proves a later identical run exists). It is kept between calls, so streaming allocates
+/// nothing for it.
+///
+/// ```
+/// use nonstop_proto::runs::{Coalescer, RunsBuilder, parse_runs};
+/// let mut runs = RunsBuilder::new();
+/// runs.push(0, &1u64.to_le_bytes());
+/// runs.push(64, b"x");
+/// runs.push(0, &2u64.to_le_bytes());
+/// let combined = Coalescer::default().coalesce(&runs);
+/// assert_eq!(combined.run_bytes(), 9);
+/// let payload = &combined.payloads()[0];
+/// assert_eq!(parse_runs(payload, 1024).unwrap()[1].bytes, &2u64.to_le_bytes());
+/// ```
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    /// Per slot: (generation, offset, len, index of the last run seen with that range).
+    table: Vec<(u32, u64, u32, u32)>,
+    generation: u32,
+}
+
+const COALESCE_SLOTS: usize = 1 << 13;
+
+impl Coalescer {
+    fn slot(offset: u64, len: usize) -> usize {
+        let hash = (offset ^ ((len as u64) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (hash >> 51) as usize & (COALESCE_SLOTS - 1)
+    }
+
+    /// Returns `runs` without the runs that a later identical-range run overwrites.
+    pub fn coalesce(&mut self, runs: &RunsBuilder) -> RunsBuilder {
+        if self.table.is_empty() {
+            self.table = vec![(0, 0, 0, 0); COALESCE_SLOTS];
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.table.fill((0, 0, 0, 0));
+            self.generation = 1;
+        }
+        let generation = self.generation;
+        let every = || {
+            runs.payloads().iter().flat_map(|payload| self::runs(payload, u64::MAX)).map(|r| r.expect("built by RunsBuilder"))
+        };
+        for (index, run) in every().enumerate() {
+            self.table[Self::slot(run.offset, run.bytes.len())] = (generation, run.offset, run.bytes.len() as u32, index as u32);
+        }
+        let mut out = RunsBuilder::new();
+        for (index, run) in every().enumerate() {
+            let (seen, offset, len, last) = self.table[Self::slot(run.offset, run.bytes.len())];
+            let overwritten_later =
+                seen == generation && offset == run.offset && len as usize == run.bytes.len() && last > index as u32;
+            if !overwritten_later {
+                out.push(run.offset, run.bytes);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn coalesced_runs_apply_to_the_same_image(
+            edits in proptest::collection::vec((0usize..64, 1usize..24, any::<u8>()), 1..200),
+        ) {
+            // Few distinct offsets and lengths, so that many runs repeat and overlap.
+            let mut runs = RunsBuilder::new();
+            for (at, len, value) in &edits {
+                runs.push(*at as u64 * 4, &vec![*value; *len]);
+            }
+            let mut coalescer = Coalescer::default();
+            for _ in 0..2 {
+                let combined = coalescer.coalesce(&runs);
+                prop_assert!(combined.run_bytes() <= runs.run_bytes());
+                let mut expected = vec![0u8; 512];
+                let mut got = vec![0u8; 512];
+                for payload in runs.payloads() {
+                    apply_validated_runs(payload, &mut expected);
+                }
+                for payload in combined.payloads() {
+                    apply_validated_runs(payload, &mut got);
+                }
+                prop_assert_eq!(&got, &expected);
+            }
+        }
+
+        #[test]
+        fn undo_restores_the_image_after_overlapping_runs(
+            initial in proptest::collection::vec(any::<u8>(), 512),
+            edits in proptest::collection::vec((0usize..512, proptest::collection::vec(any::<u8>(), 1..40)), 1..30),
+        ) {
+            let mut runs = RunsBuilder::new();
+            let mut expected = initial.clone();
+            for (at, bytes) in &edits {
+                let n = bytes.len().min(512 - at);
+                runs.push(*at as u64, &bytes[..n]);
+                expected[*at..at + n].copy_from_slice(&bytes[..n]);
+            }
+            let mut image = initial.clone();
+            let mut undo = Vec::new();
+            for payload in runs.payloads() {
+                prop_assert!(validate_runs(payload, 512).is_ok());
+                apply_validated_runs_with_undo(payload, &mut image, &mut undo);
+            }
+            prop_assert_eq!(&image, &expected, "applied like apply_validated_runs");
+            undo_runs(&undo, &mut image);
+            prop_assert_eq!(image, initial, "undo restores every byte, overlaps included");
+        }
+    }
 
     #[test]
     fn builder_splits_long_runs_and_parser_reassembles() {

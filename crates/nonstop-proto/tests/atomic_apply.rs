@@ -34,8 +34,8 @@ fn stream_cut_at_every_byte_leaves_a_whole_checkpoint() {
     let zero = vec![0u8; LEN];
     let expected = [(None, &zero), (Some(1), &first), (Some(2), &second), (Some(3), &third)];
 
-    for cut in 0..=wire.len() {
-        let mut backup = Backup::new(BASE, LEN as u64);
+    for (cut, eager_after) in (0..=wire.len()).flat_map(|cut| [(cut, 0), (cut, usize::MAX)]) {
+        let mut backup = Backup::new(BASE, LEN as u64).with_eager_after(eager_after);
         let mut image = vec![0u8; LEN];
         let mut reader = FrameReader::new(key());
         reader.push(&wire[..cut]);

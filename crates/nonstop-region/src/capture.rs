@@ -57,6 +57,14 @@ impl Capture {
         }
     }
 
+    pub(crate) fn protocol(&self) -> Option<UpdateProtocol> {
+        match self {
+            Capture::Unreplicated => None,
+            Capture::Du(_) => Some(UpdateProtocol::Du),
+            Capture::Au(_) => Some(UpdateProtocol::Au),
+        }
+    }
+
     /// Called when a transaction declares a write to `pages` (inclusive range) of `region`,
     /// before any byte changes.
     pub(crate) fn before_write(&self, region: *const u8, first_page: usize, last_page: usize) {

@@ -114,6 +114,11 @@ impl Mirror {
         self.commits.load(Ordering::Relaxed)
     }
 
+    /// The update protocol changes are captured for (`None`: unreplicated).
+    pub fn protocol(&self) -> Option<UpdateProtocol> {
+        self.capture.protocol()
+    }
+
     /// Virtual address of the region.
     pub fn base(&self) -> usize {
         self.region.base()

@@ -21,7 +21,7 @@ use nonstop_proto::control::{self, AckInfo, Attach};
 use nonstop_proto::diff::diff_page;
 use nonstop_proto::frame::{FrameKind, FrameReader, FrameWriter};
 use nonstop_proto::primary::{BackupId, LinkProgress, Replication};
-use nonstop_proto::runs::RunsBuilder;
+use nonstop_proto::runs::{Coalescer, RunsBuilder};
 use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term, UpdateProtocol};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -88,11 +88,14 @@ struct Sim {
     rng: SmallRng,
     now: Nanos,
     protocol: UpdateProtocol,
+    /// The backups' staging threshold: runs are applied on arrival past it.
+    eager_after: usize,
     key: ClusterKey,
     region: Vec<u8>,
     /// The image at every checkpoint cut; index = checkpoint number (0: empty region).
     snapshots: Vec<Vec<u8>>,
     stream: RunsBuilder,
+    coalescer: Coalescer,
     replication: Replication,
     backups: Vec<SimBackup>,
     next_id: u32,
@@ -117,6 +120,7 @@ impl Sim {
         let mut rng = SmallRng::seed_from_u64(seed);
         let protocol = if rng.random_bool(0.5) { UpdateProtocol::Du } else { UpdateProtocol::Au };
         let k = rng.random_range(1..=2);
+        let eager_after = [0, 1 << 10, 1 << 20][rng.random_range(0..3)];
         let mut key = [0u8; 32];
         rng.fill(&mut key);
         let replication = Replication::new(
@@ -128,7 +132,7 @@ impl Sim {
         );
         let backups = (0..k)
             .map(|_| SimBackup {
-                backup: Backup::new(BASE, LEN as u64),
+                backup: Backup::new(BASE, LEN as u64).with_eager_after(eager_after),
                 image: vec![0; LEN],
                 link: None,
                 crashed: false,
@@ -140,10 +144,12 @@ impl Sim {
             rng,
             now: Nanos(0),
             protocol,
+            eager_after,
             key: ClusterKey::from_bytes(key),
             region: vec![0; LEN],
             snapshots: vec![vec![0; LEN]],
             stream: RunsBuilder::new(),
+            coalescer: Coalescer::default(),
             replication,
             backups,
             next_id: 1,
@@ -225,8 +231,14 @@ impl Sim {
         }
     }
 
+    /// AU write combining, as the TCP driver does, on a coin flip so both paths are covered.
+    fn maybe_combine(&mut self, runs: RunsBuilder) -> RunsBuilder {
+        if self.rng.random_bool(0.5) { self.coalescer.coalesce(&runs) } else { runs }
+    }
+
     fn ship_stream(&mut self) {
         let runs = std::mem::take(&mut self.stream);
+        let runs = self.maybe_combine(runs);
         let bytes = runs.run_bytes();
         let payloads = runs.into_payloads();
         let checkpoint = self.replication.open_checkpoint();
@@ -248,7 +260,10 @@ impl Sim {
         self.stats.checkpoints += 1;
         let previous = self.snapshots.last().expect("snapshot 0").clone();
         let changes = match self.protocol {
-            UpdateProtocol::Au => std::mem::take(&mut self.stream),
+            UpdateProtocol::Au => {
+                let runs = std::mem::take(&mut self.stream);
+                self.maybe_combine(runs)
+            }
             UpdateProtocol::Du => {
                 let mut runs = RunsBuilder::new();
                 for page in 0..PAGES {
@@ -363,7 +378,7 @@ impl Sim {
         self.stats.backup_crashes += 1;
         self.reset(index)?;
         let backup = &mut self.backups[index];
-        backup.backup = Backup::new(BASE, LEN as u64);
+        backup.backup = Backup::new(BASE, LEN as u64).with_eager_after(self.eager_after);
         backup.image = vec![0; LEN];
         backup.crashed = true;
         Ok(())

@@ -56,6 +56,17 @@ fn order_entry_backups_pass_the_tpcc_conditions() {
 }
 
 #[test]
+fn an_epoch_is_also_cut_after_max_commits() {
+    // A one-second interval alone would give about one checkpoint per second.
+    let policy = CommitPolicy::Epoch { interval_us: 1_000_000, max_commits: 1000 };
+    let mut config = config(0x2a00_0000_0000, 1, UpdateProtocol::Au, policy);
+    config.threads = 1;
+    let report = bench::run(&config, exe()).unwrap();
+    assert!(report.backup_verified, "{report:?}");
+    assert!(report.checkpoints_per_s > 50.0, "{report:?}");
+}
+
+#[test]
 fn compare_reports_a_ratio() {
     let mut config =
         config(0x2700_0000_0000, 1, UpdateProtocol::Au, CommitPolicy::Epoch { interval_us: 10_000, max_commits: 0 });
