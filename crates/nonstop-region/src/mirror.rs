@@ -11,7 +11,7 @@ use std::sync::{OnceLock, RwLock};
 use std::thread::Thread;
 
 /// AU ships its stream once this many bytes are waiting, without waiting for the cut.
-pub const STREAM_CHUNK: usize = 64 << 10;
+pub const STREAM_CHUNK: usize = 256 << 10;
 
 /// AU: commits wait while this many bytes are waiting to be shipped, so that a backup that
 /// cannot keep up slows the primary down instead of growing its memory without bound.
