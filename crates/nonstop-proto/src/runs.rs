@@ -310,10 +310,14 @@ impl Coalescer {
         }
         let generation = self.generation;
         let every = || {
-            runs.payloads().iter().flat_map(|payload| self::runs(payload, u64::MAX)).map(|r| r.expect("built by RunsBuilder"))
+            runs.payloads()
+                .iter()
+                .flat_map(|payload| self::runs(payload, u64::MAX))
+                .map(|r| r.expect("built by RunsBuilder"))
         };
         for (index, run) in every().enumerate() {
-            self.table[Self::slot(run.offset, run.bytes.len())] = (generation, run.offset, run.bytes.len() as u32, index as u32);
+            self.table[Self::slot(run.offset, run.bytes.len())] =
+                (generation, run.offset, run.bytes.len() as u32, index as u32);
         }
         let mut out = RunsBuilder::new();
         for (index, run) in every().enumerate() {
