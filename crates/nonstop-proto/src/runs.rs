@@ -1,6 +1,7 @@
 //! Runs: the payload that carries region bytes, for DU diffs and AU streams alike.
 //!
-//! A payload is a sequence of runs, each `offset: u64 LE | len: u32 LE | len bytes`. A payload
+//! A payload is a sequence of runs, each an eight-byte header (`offset | len << 40`, little
+//! endian: 40-bit offset, 24-bit length) followed by `len` bytes. A payload
 //! is validated as a whole before any run is used ([`validate_runs`]): a run that is truncated,
 //! empty, or reaches past the end of the region refuses the whole frame.
 
@@ -8,7 +9,24 @@ use crate::frame::MAX_PAYLOAD;
 use thiserror::Error;
 
 /// Bytes of a run's header (offset and length).
-pub const RUN_HEADER_LEN: usize = 12;
+pub const RUN_HEADER_LEN: usize = 8;
+
+/// Offsets are 40 bits (regions up to 1 TiB), lengths 24 bits (runs up to 16 MiB).
+const OFFSET_BITS: u32 = 40;
+/// The first offset a run header cannot carry.
+pub const MAX_RUN_OFFSET: u64 = 1 << OFFSET_BITS;
+
+/// A run header: `offset | len << 40`, little endian.
+fn encode_header(offset: u64, len: usize) -> [u8; RUN_HEADER_LEN] {
+    assert!(offset < MAX_RUN_OFFSET && len < 1 << (64 - OFFSET_BITS), "run [{offset}, +{len}) cannot be encoded");
+    (offset | (len as u64) << OFFSET_BITS).to_le_bytes()
+}
+
+/// The offset and length in a run header.
+fn decode_header(header: &[u8]) -> (u64, usize) {
+    let word = u64::from_le_bytes(header[..RUN_HEADER_LEN].try_into().expect("8 bytes"));
+    (word & (MAX_RUN_OFFSET - 1), (word >> OFFSET_BITS) as usize)
+}
 
 /// A new payload starts with room for this much, so that many small runs (AU) do not grow it
 /// by repeated reallocation.
@@ -68,8 +86,7 @@ pub struct RunsIter<'a> {
 impl<'a> RunsIter<'a> {
     fn parse(&self, at: usize) -> Result<Run<'a>, RunsError> {
         let header = self.payload.get(at..at + RUN_HEADER_LEN).ok_or(RunsError::Truncated { at })?;
-        let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+        let (offset, len) = decode_header(header);
         if len == 0 {
             return Err(RunsError::Empty { at });
         }
@@ -112,8 +129,8 @@ pub fn validate_runs(payload: &[u8], region_len: u64) -> Result<u64, RunsError> 
 pub fn apply_validated_runs(payload: &[u8], image: &mut [u8]) {
     let mut at = 0;
     while at < payload.len() {
-        let offset = u64::from_le_bytes(payload[at..at + 8].try_into().expect("8 bytes")) as usize;
-        let len = u32::from_le_bytes(payload[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        let (offset, len) = decode_header(&payload[at..]);
+        let offset = offset as usize;
         let bytes = &payload[at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len];
         if len == 8 {
             let word: [u8; 8] = bytes.try_into().expect("8 bytes");
@@ -130,9 +147,9 @@ pub fn apply_validated_runs(payload: &[u8], image: &mut [u8]) {
 pub fn apply_validated_runs_with_undo(payload: &[u8], image: &mut [u8], undo: &mut Vec<u8>) {
     let mut at = 0;
     while at < payload.len() {
-        let header: [u8; RUN_HEADER_LEN] = payload[at..at + RUN_HEADER_LEN].try_into().expect("12 bytes");
-        let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes")) as usize;
-        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+        let header: [u8; RUN_HEADER_LEN] = payload[at..at + RUN_HEADER_LEN].try_into().expect("8 bytes");
+        let (offset, len) = decode_header(&header);
+        let offset = offset as usize;
         let bytes = &payload[at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len];
         let target = &mut image[offset..offset + len];
         if let (Ok(new), Ok(old)) = (<[u8; 8]>::try_from(bytes), <[u8; 8]>::try_from(&*target)) {
@@ -157,11 +174,11 @@ pub fn undo_runs(undo: &[u8], image: &mut [u8]) {
     let mut at = 0;
     while at < undo.len() {
         starts.push(at);
-        at += RUN_HEADER_LEN + u32::from_le_bytes(undo[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        at += RUN_HEADER_LEN + decode_header(&undo[at..]).1;
     }
     for &at in starts.iter().rev() {
-        let offset = u64::from_le_bytes(undo[at..at + 8].try_into().expect("8 bytes")) as usize;
-        let len = u32::from_le_bytes(undo[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        let (offset, len) = decode_header(&undo[at..]);
+        let offset = offset as usize;
         image[offset..offset + len].copy_from_slice(&undo[at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len]);
     }
 }
@@ -194,11 +211,10 @@ impl RunsBuilder {
             && last.len() + RUN_HEADER_LEN + bytes.len() <= last.capacity().min(MAX_PAYLOAD)
         {
             let mut header = [0u8; RUN_HEADER_LEN + 8];
-            header[..8].copy_from_slice(&offset.to_le_bytes());
-            header[8..12].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            header[..RUN_HEADER_LEN].copy_from_slice(&encode_header(offset, bytes.len()));
             if let Ok(word) = <[u8; 8]>::try_from(bytes) {
                 // An eight-byte run (a counter, a balance) as one fixed-size copy, no memcpy call.
-                header[12..].copy_from_slice(&word);
+                header[RUN_HEADER_LEN..].copy_from_slice(&word);
                 last.extend_from_slice(&header);
             } else {
                 last.extend_from_slice(&header[..RUN_HEADER_LEN]);
@@ -223,8 +239,7 @@ impl RunsBuilder {
             };
             let take = room.min(bytes.len());
             let payload = self.payloads.last_mut().expect("pushed above");
-            payload.extend_from_slice(&offset.to_le_bytes());
-            payload.extend_from_slice(&(take as u32).to_le_bytes());
+            payload.extend_from_slice(&encode_header(offset, take));
             payload.extend_from_slice(&bytes[..take]);
             self.run_bytes += take as u64;
             self.payload_bytes += (RUN_HEADER_LEN + take) as u64;
@@ -414,13 +429,11 @@ mod tests {
         assert!(matches!(parse_runs(&payload, 4096), Err(RunsError::OutOfRegion { .. })));
         assert!(matches!(parse_runs(&payload[..15], 1 << 20), Err(RunsError::Truncated { at: 0 })));
         let mut overflow = Vec::new();
-        overflow.extend_from_slice(&u64::MAX.to_le_bytes());
-        overflow.extend_from_slice(&1u32.to_le_bytes());
+        overflow.extend_from_slice(&encode_header(MAX_RUN_OFFSET - 1, 1));
         overflow.push(0);
-        assert!(matches!(parse_runs(&overflow, u64::MAX), Err(RunsError::OutOfRegion { .. })));
+        assert!(matches!(parse_runs(&overflow, 1 << 39), Err(RunsError::OutOfRegion { .. })));
         let mut empty = Vec::new();
-        empty.extend_from_slice(&0u64.to_le_bytes());
-        empty.extend_from_slice(&0u32.to_le_bytes());
+        empty.extend_from_slice(&[0u8; RUN_HEADER_LEN]);
         assert_eq!(parse_runs(&empty, 10), Err(RunsError::Empty { at: 0 }));
     }
 }
