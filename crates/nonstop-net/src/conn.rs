@@ -1,11 +1,12 @@
 //! An authenticated replication connection over TCP.
 
+use nonstop_proto::auth::MAC_LEN;
 use nonstop_proto::auth::{
     AuthError, CLIENT_FINISH_LEN, CLIENT_HELLO_LEN, ClusterKey, Initiator, Responder, SERVER_HELLO_LEN, SessionKeys,
 };
-use nonstop_proto::frame::{Frame, FrameError, FrameKind, FrameReader, FrameWriter};
+use nonstop_proto::frame::{Frame, FrameError, FrameKind, FrameReader, FrameWriter, HEADER_LEN};
 use nonstop_proto::{CheckpointId, Term};
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 use thiserror::Error;
@@ -143,6 +144,39 @@ impl FrameSender {
         let result = self.stream.write_all(&self.buf).map_err(io_error(&self.peer));
         self.buf.clear();
         result
+    }
+
+    /// Sends frames whose payloads stay where they are: headers and MACs are sealed here and
+    /// the payloads go out by vectored writes, without a copy into a send buffer. Frames
+    /// queued earlier go first.
+    pub fn send_batch<'p>(
+        &mut self,
+        frames: impl IntoIterator<Item = (FrameKind, Term, CheckpointId, &'p [u8])>,
+    ) -> Result<(), ConnError> {
+        self.flush()?;
+        let sealed: Vec<([u8; HEADER_LEN], &[u8], [u8; MAC_LEN])> = frames
+            .into_iter()
+            .map(|(kind, term, checkpoint, payload)| {
+                let (header, mac) = self.writer.seal(kind, term, checkpoint, payload);
+                (header, payload, mac)
+            })
+            .collect();
+        // Stay well under IOV_MAX (1024 on Linux): three slices per frame.
+        for chunk in sealed.chunks(256) {
+            let mut slices: Vec<IoSlice<'_>> = chunk
+                .iter()
+                .flat_map(|(header, payload, mac)| [IoSlice::new(header), IoSlice::new(payload), IoSlice::new(mac)])
+                .collect();
+            let mut remaining = &mut slices[..];
+            while !remaining.is_empty() {
+                let written = self.stream.write_vectored(remaining).map_err(io_error(&self.peer))?;
+                if written == 0 {
+                    return Err(ConnError::Closed { peer: self.peer.clone() });
+                }
+                IoSlice::advance_slices(&mut remaining, written);
+            }
+        }
+        Ok(())
     }
 
     /// Queues and sends one frame.

@@ -410,12 +410,11 @@ impl Shared {
         let runs = self.combine(runs);
         let run_bytes = runs.run_bytes();
         let payloads = runs.into_payloads();
+        let term = self.config.term;
         for link in links.iter_mut().filter(|l| l.progress.wants_stream()) {
-            for payload in &payloads {
-                link.sender.queue(FrameKind::Runs, self.config.term, checkpoint, payload);
-            }
             link.progress.streamed(payloads.len(), run_bytes);
-            if let Err(error) = link.sender.flush() {
+            let frames = payloads.iter().map(|payload| (FrameKind::Runs, term, checkpoint, payload.as_slice()));
+            if let Err(error) = link.sender.send_batch(frames) {
                 tracing::warn!(backup = link.id.0, %error, "send failed");
                 link.alive.store(false, Ordering::Relaxed);
             }
@@ -453,12 +452,13 @@ impl Shared {
                 (Some(image), true) => (image, image_bytes),
                 _ => (&changes, change_bytes),
             };
-            for payload in payloads {
-                link.sender.queue(FrameKind::Runs, self.config.term, cut.checkpoint, payload);
-            }
-            let close = link.progress.close(payloads.len(), bytes, whole);
-            link.sender.queue(FrameKind::Close, self.config.term, cut.checkpoint, &control::encode(&close));
-            if let Err(error) = link.sender.flush() {
+            let close = control::encode(&link.progress.close(payloads.len(), bytes, whole));
+            let (term, checkpoint) = (self.config.term, cut.checkpoint);
+            let frames = payloads
+                .iter()
+                .map(|payload| (FrameKind::Runs, term, checkpoint, payload.as_slice()))
+                .chain(std::iter::once((FrameKind::Close, term, checkpoint, close.as_slice())));
+            if let Err(error) = link.sender.send_batch(frames) {
                 tracing::warn!(backup = link.id.0, %error, "send failed");
                 link.alive.store(false, Ordering::Relaxed);
             }

@@ -171,6 +171,24 @@ impl FrameWriter {
     /// If `payload` is longer than [`MAX_PAYLOAD`]: callers split large transfers, so a longer
     /// payload is a bug in this process, not bad input.
     pub fn encode(&mut self, kind: FrameKind, term: Term, checkpoint: CheckpointId, payload: &[u8], out: &mut Vec<u8>) {
+        let (header, mac) = self.seal(kind, term, checkpoint, payload);
+        out.extend_from_slice(&header);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&mac);
+    }
+
+    /// The header and MAC of the next frame, for a payload the caller sends between them
+    /// (vectored I/O, no copy of the payload).
+    ///
+    /// # Panics
+    /// As [`FrameWriter::encode`].
+    pub fn seal(
+        &mut self,
+        kind: FrameKind,
+        term: Term,
+        checkpoint: CheckpointId,
+        payload: &[u8],
+    ) -> ([u8; HEADER_LEN], [u8; MAC_LEN]) {
         assert!(payload.len() <= MAX_PAYLOAD, "payload of {} bytes exceeds MAX_PAYLOAD", payload.len());
         let mut header = FrameHeader {
             magic: FRAME_MAGIC,
@@ -186,9 +204,9 @@ impl FrameWriter {
         let crc = crc32c::crc32c_append(crc32c::crc32c(header.as_bytes()), payload);
         header.crc32c = U32::new(crc);
         let mac = self.key.mac(header.as_bytes(), payload);
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(payload);
-        out.extend_from_slice(&mac);
+        let mut bytes = [0u8; HEADER_LEN];
+        bytes.copy_from_slice(header.as_bytes());
+        (bytes, mac)
     }
 }
 
