@@ -202,6 +202,16 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
             Term(index as u64 + 1), // every round is a new primary of the service: a new term
             &progress,
         )?;
+        if progress.is_hidden() {
+            // No terminal to draw a bar on (CI, a pipe): a plain line per round instead.
+            eprintln!(
+                "round {}/{} {}: {:.0} tx/s",
+                index + 1,
+                plan.len(),
+                if with_backups { "replicated" } else { "unreplicated" },
+                rate(std::slice::from_ref(&round))
+            );
+        }
         if with_backups { replicated.push(round) } else { baseline.push(round) }
     }
     progress.finish_and_clear();
