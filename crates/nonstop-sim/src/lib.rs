@@ -102,6 +102,28 @@ struct Sim {
     stats: SimStats,
 }
 
+/// What taking one frame off a direction of a link gave.
+enum Received {
+    /// Nothing was in flight.
+    Nothing,
+    /// A frame that passed every check.
+    Frame(nonstop_proto::frame::Frame),
+    /// The reader refused it: the connection must be reset.
+    Refused,
+    /// A whole encoded frame did not come out as a frame: a bug in the codec.
+    Undecodable,
+}
+
+fn receive(queue: &mut VecDeque<Vec<u8>>, reader: &mut FrameReader) -> Received {
+    let Some(bytes) = queue.pop_front() else { return Received::Nothing };
+    reader.push(&bytes);
+    match reader.next_frame() {
+        Ok(Some(frame)) => Received::Frame(frame),
+        Ok(None) => Received::Undecodable,
+        Err(_) => Received::Refused,
+    }
+}
+
 fn frames(mut wire: Vec<u8>) -> Vec<Vec<u8>> {
     // Splits an encoded byte string into its frames (header length field + MAC).
     let mut out = Vec::new();
@@ -329,14 +351,11 @@ impl Sim {
         let Some(link) = &mut sim_backup.link else {
             return Ok(());
         };
-        let Some(bytes) = link.to_backup.pop_front() else {
-            return Ok(());
-        };
-        link.backup_reader.push(&bytes);
-        let frame = match link.backup_reader.next_frame() {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Err(self.violation("a whole frame did not decode".into())),
-            Err(_) => return self.reset(index),
+        let frame = match receive(&mut link.to_backup, &mut link.backup_reader) {
+            Received::Nothing => return Ok(()),
+            Received::Frame(frame) => frame,
+            Received::Refused => return self.reset(index),
+            Received::Undecodable => return Err(self.violation("a whole frame did not decode".into())),
         };
         match sim_backup.backup.on_frame(frame, &mut sim_backup.image) {
             Ok(Some(BackupOutput::Ack(checkpoint))) => {
@@ -357,14 +376,11 @@ impl Sim {
         let Some(link) = &mut self.backups[index].link else {
             return Ok(());
         };
-        let Some(bytes) = link.to_primary.pop_front() else {
-            return Ok(());
-        };
-        link.primary_reader.push(&bytes);
-        let frame = match link.primary_reader.next_frame() {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Err(self.violation("a whole ack did not decode".into())),
-            Err(_) => return self.reset(index),
+        let frame = match receive(&mut link.to_primary, &mut link.primary_reader) {
+            Received::Nothing => return Ok(()),
+            Received::Frame(frame) => frame,
+            Received::Refused => return self.reset(index),
+            Received::Undecodable => return Err(self.violation("a whole ack did not decode".into())),
         };
         let id = link.id;
         match self.replication.on_ack(id, frame.checkpoint, self.now) {
