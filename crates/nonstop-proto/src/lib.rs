@@ -2,7 +2,7 @@
 //!
 //! Everything here is a pure function or a state machine: bytes and events go in, frames and
 //! actions come out, and time is a value passed in by the caller. The TCP driver
-//! (`nonstop-net`) and the deterministic simulator (`tests/sim.rs`) run the very same code.
+//! (`nonstop-net`) and the deterministic simulator (`nonstop-sim`) run the very same code.
 //!
 //! The pieces, in the order a checkpoint travels through them:
 //!
