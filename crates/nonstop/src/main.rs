@@ -103,9 +103,10 @@ struct WorkloadArgs {
     /// Alternate unreplicated and replicated rounds and print the throughput ratio.
     #[arg(long)]
     compare: bool,
-    /// Rounds of each configuration with --compare.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    /// Rounds of each configuration with --compare (at least 3: one round is no comparison
+    /// on a noisy machine).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(3..))]
+    rounds: u32,
     /// Debit-Credit branches (100,000 accounts each).
     #[arg(long, default_value_t = 10)]
     branches: u64,
@@ -212,7 +213,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
         threads: args.threads,
         duration: args.duration,
         compare: args.compare,
-        rounds: args.rounds,
+        rounds: args.rounds as usize,
         branches: args.branches.max(1),
         warehouses: args.warehouses.max(1),
         region_base: parse_address(&args.region_base)?,
