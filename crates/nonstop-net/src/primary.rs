@@ -75,8 +75,8 @@ pub struct ReplicationStats {
     pub checkpoints: u64,
     /// Region bytes in checkpoint changes (DU diffs or AU runs), whole images excluded.
     pub change_bytes: u64,
-    /// Dirty pages diffed (DU).
-    pub dirty_pages: u64,
+    /// Twin blocks diffed (DU).
+    pub dirty_blocks: u64,
     /// Nanoseconds backups spent applying a checkpoint, as they reported.
     pub apply_ns: Histogram<u64>,
     /// Nanoseconds a cut held transactions off.
@@ -88,7 +88,7 @@ impl ReplicationStats {
         ReplicationStats {
             checkpoints: 0,
             change_bytes: 0,
-            dirty_pages: 0,
+            dirty_blocks: 0,
             apply_ns: Histogram::new(3).expect("valid precision"),
             cut_ns: Histogram::new(3).expect("valid precision"),
         }
@@ -467,7 +467,7 @@ impl Shared {
             let mut stats = lock(&self.stats);
             stats.checkpoints += 1;
             stats.change_bytes += change_bytes;
-            stats.dirty_pages += content.dirty_pages as u64;
+            stats.dirty_blocks += content.dirty_blocks as u64;
             let _ = stats.cut_ns.record(cut_ns.max(1));
         }
         self.prune(links);

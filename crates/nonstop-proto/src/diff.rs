@@ -37,7 +37,18 @@ fn word(bytes: &[u8]) -> u64 {
 /// ```
 pub fn diff_page(page_offset: u64, twin: &[u8], current: &[u8], out: &mut RunsBuilder) -> usize {
     assert_eq!(twin.len(), PAGE_SIZE);
-    assert_eq!(current.len(), PAGE_SIZE);
+    diff_range(page_offset, twin, current, out)
+}
+
+/// Like [`diff_page`] for any part of a page whose length is a multiple of 64 bytes (DU keeps
+/// twins of smaller blocks than a page; see `nonstop-region`).
+///
+/// # Panics
+/// If the slices differ in length or are not a multiple of 64 bytes long.
+pub fn diff_range(range_offset: u64, twin: &[u8], current: &[u8], out: &mut RunsBuilder) -> usize {
+    assert_eq!(twin.len(), current.len());
+    assert_eq!(twin.len() % BLOCK, 0, "diff ranges are whole 64-byte blocks");
+    let page_offset = range_offset;
     let mut sent = 0;
     // The open run, in words: [start, end).
     let mut open: Option<(usize, usize)> = None;

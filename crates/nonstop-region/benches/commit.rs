@@ -39,7 +39,7 @@ fn commit_path(c: &mut Criterion) {
             b.iter(|| {
                 transaction(&mirror, i);
                 i += 1;
-                if i % 2500 == 0 {
+                if i.is_multiple_of(2500) {
                     black_box(mirror.cut(false));
                 }
             })

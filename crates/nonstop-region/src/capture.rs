@@ -1,31 +1,45 @@
 //! Checkpoint capture: what each update protocol records while transactions run, and what it
 //! hands over when a checkpoint is cut.
 //!
-//! * DU keeps a twin of every page at its first write in a checkpoint (seed 001's twins) and,
-//!   at the cut, diffs each dirty page against its twin.
+//! * DU keeps twins (seed 001): at the first write to a page in a checkpoint, the page's old
+//!   content is saved, and at the cut each dirty page is diffed against its twin. Since writes
+//!   are declared, the twin is kept per [`TWIN_BLOCK`]-byte block of the page that is written,
+//!   not for the whole page: an 8-byte balance update copies one 64-byte line, not 4 KiB.
 //! * AU appends each committed range to a stream the replicator ships as it grows; the cut
 //!   only closes it.
 
 use nonstop_proto::runs::RunsBuilder;
-use nonstop_proto::{CheckpointId, PAGE_SIZE, UpdateProtocol, diff::diff_page};
+use nonstop_proto::{CheckpointId, UpdateProtocol, diff::diff_range};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-type Page = [u8; PAGE_SIZE];
+/// DU twins are kept per block of this many bytes (a multiple of 64, dividing the page size).
+pub const TWIN_BLOCK: usize = 64;
+
+type Block = [u8; TWIN_BLOCK];
 
 const CLEAN: u8 = 0;
 const TWINNING: u8 = 1;
 const DIRTY: u8 = 2;
 
+/// `len` states, all [`CLEAN`], from zeroed memory: the kernel maps it lazily, so a large
+/// region does not pay for states of blocks never written.
+fn zeroed_states(len: usize) -> Box<[AtomicU8]> {
+    const { assert!(CLEAN == 0) };
+    // SAFETY: AtomicU8 has the size and validity of u8, so all-zero bytes are a valid
+    // AtomicU8 holding 0, which is CLEAN.
+    unsafe { Box::<[AtomicU8]>::new_zeroed_slice(len).assume_init() }
+}
+
+/// Twins of the blocks written since the last cut; the vector keeps its capacity across cuts.
 #[derive(Debug, Default)]
 struct Twins {
-    dirty: Vec<(u32, Box<Page>)>,
-    spare: Vec<Box<Page>>,
+    dirty: Vec<(u32, Block)>,
 }
 
 #[derive(Debug)]
 pub(crate) struct DuCapture {
-    page_state: Box<[AtomicU8]>,
+    block_state: Box<[AtomicU8]>,
     twins: Mutex<Twins>,
 }
 
@@ -44,11 +58,11 @@ pub(crate) enum Capture {
 }
 
 impl Capture {
-    pub(crate) fn new(protocol: Option<UpdateProtocol>, pages: usize) -> Capture {
+    pub(crate) fn new(protocol: Option<UpdateProtocol>, region_len: usize) -> Capture {
         match protocol {
             None => Capture::Unreplicated,
             Some(UpdateProtocol::Du) => Capture::Du(DuCapture {
-                page_state: (0..pages).map(|_| AtomicU8::new(CLEAN)).collect(),
+                block_state: zeroed_states(region_len.div_ceil(TWIN_BLOCK)),
                 twins: Mutex::new(Twins::default()),
             }),
             Some(UpdateProtocol::Au) => {
@@ -65,25 +79,24 @@ impl Capture {
         }
     }
 
-    /// Called when a transaction declares a write to `pages` (inclusive range) of `region`,
+    /// Called when a transaction declares a write to `[offset, offset + len)` of `region`,
     /// before any byte changes.
-    pub(crate) fn before_write(&self, region: *const u8, first_page: usize, last_page: usize) {
+    pub(crate) fn before_write(&self, region: *const u8, offset: u64, len: u64) {
         let Capture::Du(du) = self else { return };
-        for page in first_page..=last_page {
-            let state = &du.page_state[page];
+        let first = offset as usize / TWIN_BLOCK;
+        let last = (offset + len - 1) as usize / TWIN_BLOCK;
+        for block in first..=last {
+            let state = &du.block_state[block];
             if state.load(Ordering::Acquire) == DIRTY {
                 continue;
             }
             match state.compare_exchange(CLEAN, TWINNING, Ordering::Acquire, Ordering::Acquire) {
                 Ok(_) => {
-                    let mut twins = du.twins.lock().expect("twin lock");
-                    let mut twin = twins.spare.pop().unwrap_or_else(|| Box::new([0u8; PAGE_SIZE]));
-                    // SAFETY: the page lies inside the region; no transaction writes to it yet,
+                    // SAFETY: the block lies inside the region; no transaction writes to it yet,
                     // since every writer must first see it DIRTY.
-                    let current = unsafe { std::slice::from_raw_parts(region.add(page * PAGE_SIZE), PAGE_SIZE) };
-                    twin.copy_from_slice(current);
-                    twins.dirty.push((page as u32, twin));
-                    drop(twins);
+                    let current = unsafe { std::slice::from_raw_parts(region.add(block * TWIN_BLOCK), TWIN_BLOCK) };
+                    let twin: Block = current.try_into().expect("one block");
+                    du.twins.lock().expect("twin lock").dirty.push((block as u32, twin));
                     state.store(DIRTY, Ordering::Release);
                 }
                 Err(_) => {
@@ -157,17 +170,15 @@ impl Capture {
             Capture::Du(du) => {
                 let mut runs = RunsBuilder::new();
                 let mut twins = du.twins.lock().expect("twin lock");
-                let Twins { dirty, spare } = &mut *twins;
-                let pages = dirty.len();
-                for (page, twin) in dirty.drain(..) {
-                    let offset = page as usize * PAGE_SIZE;
+                let blocks = twins.dirty.len();
+                for (block, twin) in twins.dirty.drain(..) {
+                    let offset = block as usize * TWIN_BLOCK;
                     // SAFETY: inside the region; the checkpoint gate excludes writers.
-                    let current = unsafe { std::slice::from_raw_parts(region.add(offset), PAGE_SIZE) };
-                    diff_page(offset as u64, &twin[..], current, &mut runs);
-                    du.page_state[page as usize].store(CLEAN, Ordering::Relaxed);
-                    spare.push(twin);
+                    let current = unsafe { std::slice::from_raw_parts(region.add(offset), TWIN_BLOCK) };
+                    diff_range(offset as u64, &twin, current, &mut runs);
+                    du.block_state[block as usize].store(CLEAN, Ordering::Relaxed);
                 }
-                (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), runs, pages)
+                (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), runs, blocks)
             }
         }
     }

@@ -85,10 +85,11 @@ impl Region {
     /// assert!(Region::map(0x2100_0000_0000, 4096).is_err(), "the range is taken");
     /// ```
     pub fn map(base: usize, len: usize) -> Result<Region, RegionError> {
-        if len == 0 || len % PAGE_SIZE != 0 || len > MAX_REGION_LEN {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || len > MAX_REGION_LEN {
             return Err(RegionError::InvalidSize { len });
         }
-        if base == 0 || base % PAGE_SIZE != 0 || base.checked_add(len).is_none_or(|end| end > USER_SPACE_END) {
+        if base == 0 || !base.is_multiple_of(PAGE_SIZE) || base.checked_add(len).is_none_or(|end| end > USER_SPACE_END)
+        {
             return Err(RegionError::InvalidAddress { base, limit: USER_SPACE_END });
         }
         // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; we check below that

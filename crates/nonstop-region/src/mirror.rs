@@ -38,8 +38,8 @@ pub struct CheckpointContent {
     pub changes: RunsBuilder,
     /// The whole image at this checkpoint, if asked for (a backup is attaching).
     pub full_image: Option<RunsBuilder>,
-    /// Pages written during the checkpoint (DU).
-    pub dirty_pages: usize,
+    /// Twin blocks written during the checkpoint (DU; see [`crate::TWIN_BLOCK`]).
+    pub dirty_blocks: usize,
     /// Transactions committed into it.
     pub commits: u64,
 }
@@ -83,7 +83,7 @@ impl Mirror {
     pub fn new(region: Region, protocol: Option<UpdateProtocol>, first: CheckpointId) -> Mirror {
         let pages = region.pages();
         Mirror {
-            capture: Capture::new(protocol, pages),
+            capture: Capture::new(protocol, region.len()),
             touched: TouchedPages::new(pages),
             region,
             gate: RwLock::new(()),
@@ -162,7 +162,7 @@ impl Mirror {
     pub fn cut(&self, full_image: bool) -> CheckpointContent {
         let _exclusive = (full_image || self.capture.cut_needs_gate())
             .then(|| self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        let (checkpoint, changes, dirty_pages) = self.capture.cut(self.region.as_ptr(), &self.open.0);
+        let (checkpoint, changes, dirty_blocks) = self.capture.cut(self.region.as_ptr(), &self.open.0);
         let full_image = full_image.then(|| {
             let mut image = RunsBuilder::new();
             let bytes = self.region.as_slice();
@@ -172,7 +172,7 @@ impl Mirror {
             image
         });
         let commits = self.commits.swap(0, Ordering::Relaxed);
-        CheckpointContent { checkpoint, changes, full_image, dirty_pages, commits }
+        CheckpointContent { checkpoint, changes, full_image, dirty_blocks, commits }
     }
 
     /// Runs `f` on the region with every transaction held off, with the last checkpoint cut
@@ -195,7 +195,7 @@ impl Mirror {
         let first = offset as usize / PAGE_SIZE;
         let last = (offset + len - 1) as usize / PAGE_SIZE;
         self.touched.mark(first, last);
-        self.capture.before_write(self.region.as_ptr(), first, last);
+        self.capture.before_write(self.region.as_ptr(), offset, len);
     }
 
     pub(crate) fn on_commit(&self, ranges: &[(u64, u32)]) -> CheckpointId {

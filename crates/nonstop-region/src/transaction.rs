@@ -88,7 +88,7 @@ impl<'m> Transaction<'m> {
         if len == 0 || offset.checked_add(len).is_none_or(|end| end > region_len) {
             return Err(TxError::OutOfRegion { offset, len, region_len });
         }
-        if (self.mirror.base() as u64 + offset) % align as u64 != 0 {
+        if !(self.mirror.base() as u64 + offset).is_multiple_of(align as u64) {
             return Err(TxError::Misaligned { offset, align });
         }
         let state = self.state.borrow();

@@ -109,8 +109,8 @@ pub struct BenchReport {
     pub checkpoints_per_s: f64,
     /// Region bytes of changes per checkpoint.
     pub bytes_per_checkpoint: f64,
-    /// Dirty pages per checkpoint (DU).
-    pub dirty_pages_per_checkpoint: f64,
+    /// Dirty twin blocks (64-byte lines) per checkpoint (DU).
+    pub dirty_blocks_per_checkpoint: f64,
     /// Backup apply time per checkpoint, microseconds.
     pub apply_us: Percentiles,
     /// Time a cut held transactions off, microseconds.
@@ -238,7 +238,7 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
             cut.add(&stats.cut_ns).expect("same precision");
             checkpoints += stats.checkpoints;
             bytes += stats.change_bytes;
-            pages += stats.dirty_pages;
+            pages += stats.dirty_blocks;
         }
     }
     let seconds: f64 = measured.iter().map(|r| r.elapsed.as_secs_f64()).sum();
@@ -267,7 +267,7 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
         latency_us: Percentiles::of_ns(&latency),
         checkpoints_per_s: if seconds > 0.0 { checkpoints as f64 / seconds } else { 0.0 },
         bytes_per_checkpoint: per_checkpoint(bytes),
-        dirty_pages_per_checkpoint: per_checkpoint(pages),
+        dirty_blocks_per_checkpoint: per_checkpoint(pages),
         apply_us: Percentiles::of_ns(&apply),
         cut_us: Percentiles::of_ns(&cut),
         backup_verified,
@@ -372,7 +372,7 @@ fn run_round(
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..64 {
                             let sync = config.policy == CommitPolicy::Sync;
-                            if sync || done % STAMP_EVERY == 0 {
+                            if sync || done.is_multiple_of(STAMP_EVERY) {
                                 stamp = Instant::now();
                             }
                             let ticket: Ticket = workload.run_one(mirror, worker, &mut rng);
@@ -420,7 +420,7 @@ fn run_round(
         if let Some(before) = stats_before {
             stats.checkpoints -= before.checkpoints;
             stats.change_bytes -= before.change_bytes;
-            stats.dirty_pages -= before.dirty_pages;
+            stats.dirty_blocks -= before.dirty_blocks;
         }
         let last = primary.checkpoint_now();
         primary.wait_held(Ticket { checkpoint: last }, WAIT).context("waiting for the final checkpoint")?;

@@ -244,8 +244,8 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
             report.latency_us.p50, report.latency_us.p99, report.latency_us.p999
         );
         println!(
-            "  checkpoints         {:>12.0} /s, {:.0} bytes and {:.1} dirty pages each",
-            report.checkpoints_per_s, report.bytes_per_checkpoint, report.dirty_pages_per_checkpoint
+            "  checkpoints         {:>12.0} /s, {:.0} bytes and {:.1} dirty twin blocks each",
+            report.checkpoints_per_s, report.bytes_per_checkpoint, report.dirty_blocks_per_checkpoint
         );
         println!(
             "  backup apply        p50 {:.1} us  p99 {:.1} us;  cut p50 {:.1} us  p99 {:.1} us",
