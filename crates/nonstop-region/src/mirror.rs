@@ -99,9 +99,24 @@ impl Mirror {
     /// Begins a transaction. It holds off checkpoint cuts until it commits or aborts, so a
     /// thread must not begin a second transaction while it holds one.
     pub fn begin(&self) -> Transaction<'_> {
+        self.wait_for_stream_room();
         let gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         Transaction::new(self, gate, token)
+    }
+
+    /// AU backpressure: while [`STREAM_LIMIT`] bytes wait to be shipped, new transactions wait
+    /// here, before they take the gate or any lock, so that the replicator can always make
+    /// progress (a whole-image cut needs the gate).
+    fn wait_for_stream_room(&self) {
+        if self.capture.stream_pending() < STREAM_LIMIT {
+            return;
+        }
+        let Some(waker) = self.stream_waker.get() else { return };
+        while self.capture.stream_pending() >= STREAM_LIMIT {
+            waker.unpark();
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
     }
 
     /// The checkpoint commits join now.
@@ -204,11 +219,6 @@ impl Mirror {
             // Wake the replicator once, when the stream crosses the chunk size.
             if outcome.before < STREAM_CHUNK && outcome.pending >= STREAM_CHUNK {
                 waker.unpark();
-            }
-            // Backpressure: the replicator drains the stream without the gate or our locks.
-            while self.capture.stream_pending() >= STREAM_LIMIT {
-                waker.unpark();
-                std::thread::sleep(std::time::Duration::from_micros(50));
             }
         }
         let commits = self.commits.fetch_add(1, Ordering::Relaxed) + 1;

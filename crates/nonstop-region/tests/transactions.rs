@@ -143,3 +143,49 @@ fn du_checkpoints_are_consistent_cuts_under_concurrent_transactions() {
 fn au_checkpoints_are_consistent_cuts_under_concurrent_transactions() {
     transfers_against_cuts(0x2440_0000_0000, UpdateProtocol::Au);
 }
+
+/// AU backpressure must never hold the gate: a replicator that needs the gate for a whole-image
+/// cut (a backup attaching) while the stream is over its limit must still make progress.
+#[test]
+fn au_backpressure_leaves_the_gate_to_a_whole_image_cut() {
+    use nonstop_region::STREAM_LIMIT;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let mirror = Arc::new(Mirror::new(
+        Region::map(0x2450_0000_0000, 64 << 20).unwrap(),
+        Some(UpdateProtocol::Au),
+        CheckpointId(1),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let replicator = {
+        let (mirror, stop) = (mirror.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::park_timeout(Duration::from_millis(1));
+                if mirror.stream_pending() >= STREAM_LIMIT {
+                    // What attaching a backup does: a cut with the whole image, under the gate.
+                    let content = mirror.cut(true);
+                    assert!(content.full_image.is_some());
+                }
+            }
+        })
+    };
+    mirror.set_stream_waker(replicator.thread().clone());
+    let (done, finished) = std::sync::mpsc::channel();
+    let writer = {
+        let mirror = mirror.clone();
+        std::thread::spawn(move || {
+            for i in 0..3 * (STREAM_LIMIT >> 20) as u64 {
+                let tx = mirror.begin();
+                tx.write_bytes((i % 60) << 20, 1 << 20).unwrap().fill(i as u8);
+                tx.commit();
+            }
+            done.send(()).unwrap();
+        })
+    };
+    let result = finished.recv_timeout(Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    assert!(result.is_ok(), "a commit waiting for stream room blocked the replicator's cut");
+    writer.join().unwrap();
+    replicator.join().unwrap();
+}
