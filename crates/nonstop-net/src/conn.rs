@@ -14,6 +14,9 @@ use thiserror::Error;
 /// How long a handshake may take before the peer is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a send may block on a peer that does not read before the connection is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A connection failed.
 #[derive(Debug, Error)]
 pub enum ConnError {
@@ -93,6 +96,9 @@ fn io_error(peer: &str) -> impl Fn(std::io::Error) -> ConnError + '_ {
 
 fn halves(stream: TcpStream, keys: SessionKeys, peer: String) -> Result<(FrameSender, FrameReceiver), ConnError> {
     stream.set_read_timeout(None).map_err(io_error(&peer))?;
+    // A peer that stops reading must not stall its sender forever (the replicator holds the
+    // link lock while it sends): the write fails, and the connection is dropped.
+    stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io_error(&peer))?;
     let read_half = stream.try_clone().map_err(io_error(&peer))?;
     Ok((
         FrameSender { stream, writer: FrameWriter::new(keys.send), buf: Vec::new(), peer: peer.clone() },
