@@ -78,7 +78,6 @@ fn nonce() -> [u8; 32] {
 pub struct FrameSender {
     stream: TcpStream,
     writer: FrameWriter,
-    buf: Vec<u8>,
     peer: String,
 }
 
@@ -101,7 +100,7 @@ fn halves(stream: TcpStream, keys: SessionKeys, peer: String) -> Result<(FrameSe
     stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io_error(&peer))?;
     let read_half = stream.try_clone().map_err(io_error(&peer))?;
     Ok((
-        FrameSender { stream, writer: FrameWriter::new(keys.send), buf: Vec::new(), peer: peer.clone() },
+        FrameSender { stream, writer: FrameWriter::new(keys.send), peer: peer.clone() },
         FrameReceiver { stream: read_half, reader: FrameReader::new(keys.recv), peer },
     ))
 }
@@ -140,26 +139,12 @@ pub fn accept(mut stream: TcpStream, key: &ClusterKey) -> Result<(FrameSender, F
 }
 
 impl FrameSender {
-    /// Encodes a frame into the send buffer; [`FrameSender::flush`] sends it.
-    pub fn queue(&mut self, kind: FrameKind, term: Term, checkpoint: CheckpointId, payload: &[u8]) {
-        self.writer.encode(kind, term, checkpoint, payload, &mut self.buf);
-    }
-
-    /// Sends everything queued.
-    pub fn flush(&mut self) -> Result<(), ConnError> {
-        let result = self.stream.write_all(&self.buf).map_err(io_error(&self.peer));
-        self.buf.clear();
-        result
-    }
-
     /// Sends frames whose payloads stay where they are: headers and MACs are sealed here and
-    /// the payloads go out by vectored writes, without a copy into a send buffer. Frames
-    /// queued earlier go first.
+    /// the payloads go out by vectored writes, without a copy into a send buffer.
     pub fn send_batch<'p>(
         &mut self,
         frames: impl IntoIterator<Item = (FrameKind, Term, CheckpointId, &'p [u8])>,
     ) -> Result<(), ConnError> {
-        self.flush()?;
         let sealed: Vec<([u8; HEADER_LEN], &[u8], [u8; MAC_LEN])> = frames
             .into_iter()
             .map(|(kind, term, checkpoint, payload)| {
@@ -185,7 +170,7 @@ impl FrameSender {
         Ok(())
     }
 
-    /// Queues and sends one frame.
+    /// Sends one frame.
     pub fn send(
         &mut self,
         kind: FrameKind,
@@ -193,8 +178,7 @@ impl FrameSender {
         checkpoint: CheckpointId,
         payload: &[u8],
     ) -> Result<(), ConnError> {
-        self.queue(kind, term, checkpoint, payload);
-        self.flush()
+        self.send_batch([(kind, term, checkpoint, payload)])
     }
 
     /// Closes both directions (wakes the receiving half).

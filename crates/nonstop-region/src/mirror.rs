@@ -40,15 +40,15 @@ pub struct CheckpointContent {
     pub full_image: Option<RunsBuilder>,
     /// Twin blocks written during the checkpoint (DU; see [`crate::TWIN_BLOCK`]).
     pub dirty_blocks: usize,
-    /// Transactions committed into it.
-    pub commits: u64,
 }
 
 /// A region whose writes go through transactions, and which can be cut into checkpoints.
 ///
-/// Transactions hold the checkpoint gate shared from [`Mirror::begin`] to commit or abort; a
-/// cut holds it exclusively, so a checkpoint always falls between transactions: it contains a
-/// transaction entirely or not at all.
+/// A checkpoint always falls between transactions: it contains a transaction entirely or not
+/// at all. Transactions hold the checkpoint gate shared from [`Mirror::begin`] to commit or
+/// abort, and a DU cut (or any cut with a whole image) holds it exclusively. An AU cut needs
+/// no gate: it closes the stream under the stream lock, the lock under which every commit
+/// appends its ranges and reads its ticket.
 ///
 /// ```
 /// use nonstop_region::{Mirror, Region};
@@ -186,8 +186,8 @@ impl Mirror {
             }
             image
         });
-        let commits = self.commits.swap(0, Ordering::Relaxed);
-        CheckpointContent { checkpoint, changes, full_image, dirty_blocks, commits }
+        self.commits.store(0, Ordering::Relaxed);
+        CheckpointContent { checkpoint, changes, full_image, dirty_blocks }
     }
 
     /// Runs `f` on the region with every transaction held off, with the last checkpoint cut
