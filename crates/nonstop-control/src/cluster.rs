@@ -1,0 +1,420 @@
+//! The replicated cluster state: for every service, its term, its primary and the backups whose
+//! acknowledgements its primary needs before it releases output.
+//!
+//! Every node applies the same committed [`Command`]s in the same order, so [`ClusterState::apply`]
+//! must be deterministic: no clocks, no randomness, no I/O. A command that no longer fits the
+//! state (a promotion from a term that has since ended, a backup that is not one) changes nothing
+//! and reports a [`Rejection`]; proposers learn the outcome by watching what was applied.
+//!
+//! The safety rules live here, in one place:
+//!
+//! * a promotion names the term it ends; only the current term can be ended, so two nodes can
+//!   never both be promoted from the same reign;
+//! * only a node listed as a backup can be promoted: the primary needed that node's
+//!   acknowledgement for every reply it released, so the promoted node holds every released
+//!   checkpoint;
+//! * the set of backups changes only through committed commands, proposed by the primary of the
+//!   current term, so a primary never stops waiting for a backup the control plane could still
+//!   promote.
+
+use nonstop_proto::{CheckpointId, Term};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// A node's number in the cluster; also its Raft id, so never 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {}", self.0)
+    }
+}
+
+/// Why a primary role moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PromotionReason {
+    /// The primary was suspected dead.
+    Failover,
+    /// An operator moved the role (`nonstop switchover`); the old primary handed over cleanly.
+    Switchover,
+}
+
+/// The last change of a service's primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The primary of the ended term.
+    pub from: NodeId,
+    /// The promoted node.
+    pub to: NodeId,
+    /// The term that began.
+    pub term: Term,
+    /// The checkpoint the promoted node resumed from, as it reported.
+    pub checkpoint: CheckpointId,
+    /// Failover or switchover.
+    pub reason: PromotionReason,
+    /// Raft log index of the promotion: orders promotions across services.
+    pub index: u64,
+}
+
+/// One service as the control plane knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The current reign; every replication frame carries it.
+    pub term: Term,
+    /// The node that may release output in this term.
+    pub primary: NodeId,
+    /// The nodes whose acknowledgement the primary needs before it releases output. Only these
+    /// can be promoted.
+    pub backups: Vec<NodeId>,
+    /// How many backups the service should have; re-protection adds spares up to this.
+    pub backups_wanted: u8,
+    /// Bumps on every change to this record.
+    pub version: u64,
+    /// The last change of primary, if any.
+    pub last_promotion: Option<Promotion>,
+    /// How many failovers (not switchovers) the service has had.
+    pub failovers: u64,
+}
+
+impl ServiceRecord {
+    /// True if the primary runs without any backup and so needs a lease to release output.
+    pub fn unprotected(&self) -> bool {
+        self.backups.is_empty()
+    }
+
+    /// Whether `node` has a role (primary or backup) in the service.
+    pub fn involves(&self, node: NodeId) -> bool {
+        self.primary == node || self.backups.contains(&node)
+    }
+}
+
+/// A change to the cluster state, proposed by a node and applied by all once committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a service, if it does not exist yet (bootstrap proposes this from every node's
+    /// config; only the first one applied counts).
+    CreateService {
+        /// The service's name.
+        service: String,
+        /// Its first primary.
+        primary: NodeId,
+        /// Backups wanted.
+        backups_wanted: u8,
+    },
+    /// Ends `from_term` and makes `node`, a backup of it, the primary of the next term.
+    Promote {
+        /// The service.
+        service: String,
+        /// The term being ended; must be the current one.
+        from_term: Term,
+        /// The backup to promote.
+        node: NodeId,
+        /// The checkpoint it holds and will resume from.
+        checkpoint: CheckpointId,
+        /// Failover or switchover.
+        reason: PromotionReason,
+    },
+    /// The primary of `term` starts to require `node`'s acknowledgements: `node` caught up by
+    /// re-protection and now holds every released checkpoint.
+    AddBackup {
+        /// The service.
+        service: String,
+        /// The primary's term.
+        term: Term,
+        /// The new backup.
+        node: NodeId,
+    },
+    /// The primary of `term` stops requiring `node`'s acknowledgements (the backup was lost).
+    /// Until this is applied the primary waits for `node`, so the control plane can still
+    /// promote `node` without losing anything.
+    DropBackup {
+        /// The service.
+        service: String,
+        /// The primary's term.
+        term: Term,
+        /// The backup to drop.
+        node: NodeId,
+    },
+    /// The primary of `term` asks to keep serving without backups for a while. The lease's
+    /// time is measured by the nodes' own clocks, not here; the log only orders it.
+    GrantLease {
+        /// The service.
+        service: String,
+        /// The primary's term.
+        term: Term,
+        /// The primary.
+        node: NodeId,
+    },
+}
+
+impl Command {
+    /// The service the command is about.
+    pub fn service(&self) -> &str {
+        match self {
+            Command::CreateService { service, .. }
+            | Command::Promote { service, .. }
+            | Command::AddBackup { service, .. }
+            | Command::DropBackup { service, .. }
+            | Command::GrantLease { service, .. } => service,
+        }
+    }
+}
+
+/// Why a committed command changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The command names a service nobody created.
+    #[error("no service {0:?}: create it first (it must be in every node's config)")]
+    UnknownService(String),
+    /// The service exists already (a repeated bootstrap; harmless).
+    #[error("service {0:?} exists already")]
+    ServiceExists(String),
+    /// The command was proposed for a term that has ended.
+    #[error("{service}: the command is for {proposed}, but the service is in {current}")]
+    StaleTerm {
+        /// The service.
+        service: String,
+        /// The term in the command.
+        proposed: Term,
+        /// The service's term.
+        current: Term,
+    },
+    /// The node does not have the role the command needs.
+    #[error("{service}: {node} is not {role}")]
+    WrongRole {
+        /// The service.
+        service: String,
+        /// The node.
+        node: NodeId,
+        /// What it should have been ("a backup", "the primary", "a spare").
+        role: &'static str,
+    },
+}
+
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Raft log index of the command.
+    pub index: u64,
+    /// The command.
+    pub command: Command,
+    /// `Ok` if it changed the state, the reason otherwise.
+    pub outcome: Result<(), Rejection>,
+}
+
+/// Every service's record, as of a log index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    services: BTreeMap<String, ServiceRecord>,
+    applied_index: u64,
+}
+
+impl ClusterState {
+    /// The record of `service`.
+    pub fn service(&self, service: &str) -> Option<&ServiceRecord> {
+        self.services.get(service)
+    }
+
+    /// All services by name.
+    pub fn services(&self) -> impl Iterator<Item = (&str, &ServiceRecord)> {
+        self.services.iter().map(|(name, record)| (name.as_str(), record))
+    }
+
+    /// The log index of the last applied command.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Applies the command committed at `index`. Deterministic: every node gets the same result.
+    ///
+    /// ```
+    /// use nonstop_control::cluster::{ClusterState, Command, NodeId, PromotionReason};
+    /// use nonstop_proto::{CheckpointId, Term};
+    /// let mut state = ClusterState::default();
+    /// let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 };
+    /// state.apply(1, create).outcome.unwrap();
+    /// let add = Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2) };
+    /// state.apply(2, add).outcome.unwrap();
+    /// let promote = |node| Command::Promote {
+    ///     service: "bank".into(), from_term: Term(1), node, checkpoint: CheckpointId(9),
+    ///     reason: PromotionReason::Failover,
+    /// };
+    /// state.apply(3, promote(NodeId(2))).outcome.unwrap();
+    /// // A second promotion from the same term is refused: one primary per term.
+    /// assert!(state.apply(4, promote(NodeId(3))).outcome.is_err());
+    /// assert_eq!(state.service("bank").unwrap().primary, NodeId(2));
+    /// ```
+    pub fn apply(&mut self, index: u64, command: Command) -> Applied {
+        self.applied_index = self.applied_index.max(index);
+        let outcome = self.apply_inner(index, &command);
+        Applied { index, command, outcome }
+    }
+
+    fn apply_inner(&mut self, index: u64, command: &Command) -> Result<(), Rejection> {
+        let name = command.service();
+        if let Command::CreateService { service, primary, backups_wanted } = command {
+            if self.services.contains_key(service) {
+                return Err(Rejection::ServiceExists(service.clone()));
+            }
+            let record = ServiceRecord {
+                term: Term(1),
+                primary: *primary,
+                backups: Vec::new(),
+                backups_wanted: *backups_wanted,
+                version: 1,
+                last_promotion: None,
+                failovers: 0,
+            };
+            self.services.insert(service.clone(), record);
+            return Ok(());
+        }
+        let record = self.services.get_mut(name).ok_or_else(|| Rejection::UnknownService(name.to_string()))?;
+        let term_of = |term: Term| -> Result<(), Rejection> {
+            if term == record.term {
+                Ok(())
+            } else {
+                Err(Rejection::StaleTerm { service: name.to_string(), proposed: term, current: record.term })
+            }
+        };
+        let wrong_role =
+            |node: NodeId, role: &'static str| Rejection::WrongRole { service: name.to_string(), node, role };
+        match command {
+            Command::CreateService { .. } => unreachable!("handled above"),
+            Command::Promote { from_term, node, checkpoint, reason, .. } => {
+                term_of(*from_term)?;
+                if !record.backups.contains(node) {
+                    return Err(wrong_role(*node, "a backup"));
+                }
+                let promotion = Promotion {
+                    from: record.primary,
+                    to: *node,
+                    term: Term(from_term.0 + 1),
+                    checkpoint: *checkpoint,
+                    reason: *reason,
+                    index,
+                };
+                // The other backups hold images of the ended term that may run ahead of the
+                // promoted node's: they come back through re-protection, not as they are.
+                record.backups.clear();
+                record.term = promotion.term;
+                record.primary = *node;
+                record.last_promotion = Some(promotion);
+                if *reason == PromotionReason::Failover {
+                    record.failovers += 1;
+                }
+            }
+            Command::AddBackup { term, node, .. } => {
+                term_of(*term)?;
+                if *node == record.primary || record.backups.contains(node) {
+                    return Err(wrong_role(*node, "a spare"));
+                }
+                record.backups.push(*node);
+            }
+            Command::DropBackup { term, node, .. } => {
+                term_of(*term)?;
+                let position = record.backups.iter().position(|b| b == node).ok_or(wrong_role(*node, "a backup"))?;
+                record.backups.remove(position);
+            }
+            Command::GrantLease { term, node, .. } => {
+                term_of(*term)?;
+                if *node != record.primary {
+                    return Err(wrong_role(*node, "the primary"));
+                }
+                // Nothing to record: the lease runs on the holder's clock, and its grant is
+                // this entry's place in the log.
+                return Ok(());
+            }
+        }
+        record.version += 1;
+        Ok(())
+    }
+}
+
+/// Encodes a command for the Raft log.
+pub fn encode_command(command: &Command) -> Vec<u8> {
+    postcard::to_stdvec(command).expect("commands always serialize")
+}
+
+/// Decodes a command from the Raft log.
+pub fn decode_command(bytes: &[u8]) -> Result<Command, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bank() -> ClusterState {
+        let mut state = ClusterState::default();
+        let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 2 };
+        state.apply(1, create).outcome.unwrap();
+        for node in [2, 3] {
+            let add = Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(node) };
+            state.apply(1 + node, add).outcome.unwrap();
+        }
+        state
+    }
+
+    fn promote(term: u64, node: u64) -> Command {
+        Command::Promote {
+            service: "bank".into(),
+            from_term: Term(term),
+            node: NodeId(node),
+            checkpoint: CheckpointId(7),
+            reason: PromotionReason::Failover,
+        }
+    }
+
+    #[test]
+    fn promotion_moves_the_role_and_starts_a_term() {
+        let mut state = bank();
+        state.apply(10, promote(1, 3)).outcome.unwrap();
+        let record = state.service("bank").unwrap();
+        assert_eq!((record.term, record.primary, record.failovers), (Term(2), NodeId(3), 1));
+        assert!(record.backups.is_empty(), "the others come back through re-protection");
+        assert_eq!(record.last_promotion.unwrap().from, NodeId(1));
+    }
+
+    #[test]
+    fn only_a_backup_of_the_current_term_is_promoted() {
+        let mut state = bank();
+        let before = state.clone();
+        assert!(matches!(state.apply(10, promote(1, 1)).outcome, Err(Rejection::WrongRole { .. })));
+        assert!(matches!(state.apply(11, promote(1, 4)).outcome, Err(Rejection::WrongRole { .. })));
+        assert!(matches!(state.apply(12, promote(0, 2)).outcome, Err(Rejection::StaleTerm { .. })));
+        assert_eq!(state.service("bank"), before.service("bank"));
+    }
+
+    #[test]
+    fn a_dropped_backup_can_no_longer_be_promoted() {
+        let mut state = bank();
+        let drop = Command::DropBackup { service: "bank".into(), term: Term(1), node: NodeId(2) };
+        state.apply(10, drop.clone()).outcome.unwrap();
+        assert!(state.apply(11, promote(1, 2)).outcome.is_err());
+        assert!(state.apply(12, drop).outcome.is_err(), "dropping twice is refused");
+    }
+
+    #[test]
+    fn commands_of_an_ended_term_change_nothing() {
+        let mut state = bank();
+        state.apply(10, promote(1, 2)).outcome.unwrap();
+        let before = state.service("bank").cloned();
+        for command in [
+            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(1) },
+            Command::DropBackup { service: "bank".into(), term: Term(1), node: NodeId(3) },
+            Command::GrantLease { service: "bank".into(), term: Term(1), node: NodeId(1) },
+        ] {
+            assert!(matches!(state.apply(11, command).outcome, Err(Rejection::StaleTerm { .. })));
+        }
+        assert_eq!(state.service("bank").cloned(), before);
+    }
+
+    #[test]
+    fn commands_round_trip_through_the_log_encoding() {
+        let command = promote(4, 2);
+        assert_eq!(decode_command(&encode_command(&command)).unwrap(), command);
+        assert!(decode_command(&[0xff, 0xff]).is_err());
+    }
+}

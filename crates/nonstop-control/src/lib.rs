@@ -1,0 +1,21 @@
+//! nonstop's control plane: which node is the primary of each service, which nodes are its
+//! backups, and in which term, agreed by a majority with Raft ([raft-rs]).
+//!
+//! The data itself never goes through Raft: it travels checkpoint by checkpoint from primary to
+//! backups (`nonstop-net`). Raft only orders the few decisions that must never be made twice:
+//! promoting a backup (a new term), adding or dropping a backup, granting a lease to a primary
+//! that runs without backups.
+//!
+//! * [`cluster`]: the replicated state and its commands, with the safety rules.
+//! * [`node`]: one node's Raft instance, sans I/O: ticks and messages in, messages and applied
+//!   commands out.
+//! * [`log`]: the durable Raft log (a checksummed file, or memory for the simulator).
+//!
+//! [raft-rs]: https://github.com/tikv/raft-rs
+
+pub mod cluster;
+pub mod log;
+pub mod node;
+
+pub use cluster::{ClusterState, Command, NodeId, PromotionReason, ServiceRecord};
+pub use node::{ControlConfig, ControlError, ControlNode, ControlOutput};

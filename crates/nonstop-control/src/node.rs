@@ -1,0 +1,340 @@
+//! One node's share of the control plane: a raft-rs [`RawNode`] with its durable log and the
+//! [`ClusterState`] it applies.
+//!
+//! Like `RawNode` itself, [`ControlNode`] has no sockets, threads or clocks: the driver calls
+//! [`ControlNode::tick`] at a fixed interval, hands it the messages peers sent with
+//! [`ControlNode::step`], and after either calls [`ControlNode::poll`], which persists what must
+//! be durable, then returns the messages to send and the commands applied. The agent and the
+//! simulator drive the same code.
+
+use crate::cluster::{Applied, ClusterState, Command, NodeId, decode_command, encode_command};
+use crate::log::{LogError, RaftLog, Record, StoredEntry};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+use thiserror::Error;
+
+/// How a control node runs.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// This node.
+    pub id: NodeId,
+    /// Every voter, this node included (3 by default).
+    pub voters: Vec<NodeId>,
+    /// Ticks without hearing from a leader before a follower stands for election (raft-rs
+    /// randomises between this and twice this).
+    pub election_ticks: usize,
+    /// Ticks between the leader's heartbeats.
+    pub heartbeat_ticks: usize,
+}
+
+impl ControlConfig {
+    /// A configuration with raft-rs's customary ratio: elections after 10 ticks, heartbeats
+    /// every 2.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> ControlConfig {
+        ControlConfig { id, voters, election_ticks: 10, heartbeat_ticks: 2 }
+    }
+}
+
+/// What went wrong in the control plane.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// The configuration cannot run.
+    #[error("control plane configuration: {0}")]
+    Config(String),
+    /// The durable log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A peer's message did not decode or was not for this node.
+    #[error("bad control-plane message from the network: {0}")]
+    BadMessage(String),
+    /// The durable log decoded but does not make sense as a Raft log.
+    #[error("raft log: {0}; move the node's raft log away and add the node back as a new member")]
+    CorruptLog(String),
+    /// Raft refused the operation.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// What one [`ControlNode::poll`] produced.
+#[derive(Debug, Default)]
+pub struct ControlOutput {
+    /// Messages to send, already encoded, by destination.
+    pub messages: Vec<(NodeId, Vec<u8>)>,
+    /// Commands applied to the cluster state, in log order.
+    pub applied: Vec<Applied>,
+}
+
+/// One node's control plane.
+pub struct ControlNode {
+    id: NodeId,
+    voters: Vec<NodeId>,
+    raw: RawNode<MemStorage>,
+    log: Box<dyn RaftLog>,
+    state: ClusterState,
+}
+
+impl std::fmt::Debug for ControlNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlNode")
+            .field("id", &self.id)
+            .field("role", &self.raw.raft.state)
+            .field("term", &self.raw.raft.term)
+            .field("leader", &self.leader())
+            .field("applied", &self.state.applied_index())
+            .finish()
+    }
+}
+
+impl ControlNode {
+    /// Starts a node from what `log` holds (nothing on first start). Every voter starts with
+    /// the same static membership, so no bootstrap step is needed.
+    pub fn new(config: ControlConfig, mut log: Box<dyn RaftLog>) -> Result<ControlNode, ControlError> {
+        if config.id.0 == 0 {
+            return Err(ControlError::Config("node id 0 is reserved: number nodes from 1".into()));
+        }
+        if !config.voters.contains(&config.id) {
+            return Err(ControlError::Config(format!("{} is not among the voters {:?}", config.id, config.voters)));
+        }
+        if config.heartbeat_ticks == 0 || config.election_ticks <= config.heartbeat_ticks {
+            return Err(ControlError::Config("election_ticks must exceed heartbeat_ticks, which must be >= 1".into()));
+        }
+        let mut voters = config.voters.clone();
+        voters.sort();
+        voters.dedup();
+        let conf_state = ConfState::from((voters.iter().map(|v| v.0).collect::<Vec<_>>(), vec![]));
+        let storage = MemStorage::new_with_conf_state(conf_state);
+        replay(&storage, log.load()?)?;
+        let raft_config = raft::Config {
+            id: config.id.0,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            // A leader that cannot reach a majority steps down, and a node that was cut off does
+            // not disrupt a healthy leader when it returns.
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let logger = slog::Logger::root(TracingDrain { node: config.id.0 }, slog::o!());
+        let raw = RawNode::new(&raft_config, storage, &logger)?;
+        Ok(ControlNode { id: config.id, voters, raw, log, state: ClusterState::default() })
+    }
+
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The voters.
+    pub fn voters(&self) -> &[NodeId] {
+        &self.voters
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Hands the node a message a peer sent.
+    pub fn step(&mut self, bytes: &[u8]) -> Result<(), ControlError> {
+        let message = Message::parse_from_bytes(bytes).map_err(|e| ControlError::BadMessage(e.to_string()))?;
+        if message.to != self.id.0 {
+            return Err(ControlError::BadMessage(format!("addressed to node {}, this is {}", message.to, self.id)));
+        }
+        if !self.voters.contains(&NodeId(message.from)) {
+            return Err(ControlError::BadMessage(format!("from node {}, which is not a voter", message.from)));
+        }
+        if matches!(message.get_msg_type(), MessageType::MsgSnapshot) {
+            // Logs are never compacted, so a snapshot can only come from a confused peer.
+            return Err(ControlError::BadMessage("unexpected snapshot".into()));
+        }
+        match self.raw.step(message) {
+            Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Proposes a command. A follower forwards it to the leader; it may still be lost (the
+    /// leader changes), so a proposer watches the applied commands and proposes again if needed.
+    pub fn propose(&mut self, command: &Command) -> Result<(), ControlError> {
+        Ok(self.raw.propose(vec![], encode_command(command))?)
+    }
+
+    /// Asks the leader to hand leadership to `to` (the agent keeps the leader apart from
+    /// primaries, so that one crash never takes both).
+    pub fn transfer_leader(&mut self, to: NodeId) {
+        self.raw.transfer_leader(to.0);
+    }
+
+    /// Stands for election now.
+    pub fn campaign(&mut self) -> Result<(), ControlError> {
+        Ok(self.raw.campaign()?)
+    }
+
+    /// The current leader, if this node knows one.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.raw.raft.leader_id {
+            0 => None,
+            id => Some(NodeId(id)),
+        }
+    }
+
+    /// True if this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The Raft term (not a service's term).
+    pub fn raft_term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The cluster state as of the last applied command.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// Persists what Raft produced, applies what committed and returns the messages to send.
+    /// Call after every tick, step or proposal.
+    pub fn poll(&mut self) -> Result<ControlOutput, ControlError> {
+        let mut output = ControlOutput::default();
+        if !self.raw.has_ready() {
+            return Ok(output);
+        }
+        let mut ready = self.raw.ready();
+        self.collect(ready.take_messages(), &mut output);
+        self.apply(ready.take_committed_entries(), &mut output)?;
+        let mut records = Vec::new();
+        if !ready.entries().is_empty() {
+            records.push(Record::Entries(ready.entries().iter().map(stored).collect()));
+        }
+        if let Some(hard_state) = ready.hs() {
+            records.push(hard_record(hard_state));
+        }
+        // Durable before anything that depends on it (votes, append responses) leaves.
+        self.log.append(&records)?;
+        {
+            let store = self.raw.store().clone();
+            let mut core = store.wl();
+            core.append(ready.entries())?;
+            if let Some(hard_state) = ready.hs() {
+                core.set_hardstate(hard_state.clone());
+            }
+        }
+        self.collect(ready.take_persisted_messages(), &mut output);
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.store().wl().mut_hard_state().set_commit(commit);
+        }
+        self.collect(light.take_messages(), &mut output);
+        self.apply(light.take_committed_entries(), &mut output)?;
+        self.raw.advance_apply();
+        Ok(output)
+    }
+
+    fn collect(&self, messages: Vec<Message>, output: &mut ControlOutput) {
+        for message in messages {
+            let bytes = message.write_to_bytes().expect("raft messages always encode");
+            output.messages.push((NodeId(message.to), bytes));
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, output: &mut ControlOutput) -> Result<(), ControlError> {
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                // Empty entries are new leaders' no-ops; membership is static for now.
+                continue;
+            }
+            match decode_command(&entry.data) {
+                Ok(command) => {
+                    let applied = self.state.apply(entry.index, command);
+                    if let Err(rejection) = &applied.outcome {
+                        tracing::debug!(node = self.id.0, index = entry.index, %rejection, "command changed nothing");
+                    }
+                    output.applied.push(applied);
+                }
+                // Every node skips the same undecodable entry, so the states stay equal.
+                Err(error) => tracing::error!(node = self.id.0, index = entry.index, %error, "undecodable command"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stored(entry: &Entry) -> StoredEntry {
+    StoredEntry {
+        index: entry.index,
+        term: entry.term,
+        kind: entry.get_entry_type() as i32,
+        data: entry.data.to_vec(),
+        context: entry.context.to_vec(),
+    }
+}
+
+fn hard_record(hard_state: &HardState) -> Record {
+    Record::HardState { term: hard_state.term, vote: hard_state.vote, commit: hard_state.commit }
+}
+
+/// Rebuilds the in-memory Raft storage from the durable records.
+fn replay(storage: &MemStorage, records: Vec<Record>) -> Result<(), ControlError> {
+    let mut core = storage.wl();
+    // MemStorage panics on a gap, so the records are checked before they reach it.
+    let mut last_index = 0;
+    for record in records {
+        match record {
+            Record::Entries(stored) => {
+                let Some(first) = stored.first() else { continue };
+                let contiguous = stored.iter().enumerate().all(|(i, e)| e.index == first.index + i as u64);
+                if first.index == 0 || first.index > last_index + 1 || !contiguous {
+                    return Err(ControlError::CorruptLog(format!(
+                        "entries jump from index {last_index} to {}; this is not a log Raft wrote",
+                        first.index
+                    )));
+                }
+                last_index = first.index + stored.len() as u64 - 1;
+                let entries = stored
+                    .into_iter()
+                    .map(|s| {
+                        let kind = <EntryType as protobuf::ProtobufEnum>::from_i32(s.kind)
+                            .ok_or_else(|| ControlError::CorruptLog(format!("entry type {} is unknown", s.kind)))?;
+                        let mut entry = Entry {
+                            index: s.index,
+                            term: s.term,
+                            data: s.data.into(),
+                            context: s.context.into(),
+                            ..Default::default()
+                        };
+                        entry.set_entry_type(kind);
+                        Ok(entry)
+                    })
+                    .collect::<Result<Vec<Entry>, ControlError>>()?;
+                core.append(&entries)?;
+            }
+            Record::HardState { term, vote, commit } => {
+                core.set_hardstate(HardState { term, vote, commit, ..Default::default() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forwards raft-rs's slog records to `tracing` at debug level.
+struct TracingDrain {
+    node: u64,
+}
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if record.level().is_at_least(slog::Level::Warning) {
+            tracing::warn!(node = self.node, "raft: {}", record.msg());
+        } else {
+            tracing::trace!(node = self.node, "raft: {}", record.msg());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! Three control nodes on a deterministic in-memory network: elections, proposals from any node,
+//! crashes with restarts from the durable log, partitions, and one promotion per term.
+
+use nonstop_control::cluster::{Applied, Command, NodeId, PromotionReason};
+use nonstop_control::log::{FileLog, MemoryLog, RaftLog};
+use nonstop_control::{ControlConfig, ControlNode};
+use nonstop_proto::{CheckpointId, Term};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+struct Net {
+    nodes: BTreeMap<u64, Option<ControlNode>>,
+    disks: BTreeMap<u64, MemoryLog>,
+    queue: VecDeque<(u64, u64, Vec<u8>)>,
+    cut: BTreeSet<(u64, u64)>,
+    applied: BTreeMap<u64, Vec<Applied>>,
+}
+
+fn voters() -> Vec<NodeId> {
+    vec![NodeId(1), NodeId(2), NodeId(3)]
+}
+
+impl Net {
+    fn new() -> Net {
+        let mut net = Net {
+            nodes: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+            applied: BTreeMap::new(),
+        };
+        for id in 1..=3 {
+            net.disks.insert(id, MemoryLog::default());
+            net.start(id);
+        }
+        net
+    }
+
+    fn start(&mut self, id: u64) {
+        let log: Box<dyn RaftLog> = Box::new(self.disks[&id].clone());
+        let node = ControlNode::new(ControlConfig::new(NodeId(id), voters()), log).unwrap();
+        self.nodes.insert(id, Some(node));
+        self.applied.insert(id, Vec::new());
+    }
+
+    fn crash(&mut self, id: u64) {
+        self.nodes.insert(id, None);
+        self.queue.retain(|(_, to, _)| *to != id);
+    }
+
+    fn node(&mut self, id: u64) -> &mut ControlNode {
+        self.nodes.get_mut(&id).unwrap().as_mut().expect("node is up")
+    }
+
+    fn isolate(&mut self, id: u64) {
+        for other in 1..=3 {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    fn poll(&mut self, id: u64) {
+        let Some(Some(node)) = self.nodes.get_mut(&id) else { return };
+        let output = node.poll().unwrap();
+        self.applied.get_mut(&id).unwrap().extend(output.applied);
+        for (to, bytes) in output.messages {
+            self.queue.push_back((id, to.0, bytes));
+        }
+    }
+
+    fn deliver(&mut self) {
+        while let Some((from, to, bytes)) = self.queue.pop_front() {
+            if self.cut.contains(&(from, to)) {
+                continue;
+            }
+            if let Some(Some(node)) = self.nodes.get_mut(&to) {
+                node.step(&bytes).unwrap();
+                self.poll(to);
+            }
+        }
+    }
+
+    fn run(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                if let Some(Some(node)) = self.nodes.get_mut(&id) {
+                    node.tick();
+                }
+                self.poll(id);
+            }
+            self.deliver();
+        }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes.values().flatten().find(|n| n.is_leader()).map(|n| n.id().0)
+    }
+
+    fn propose(&mut self, via: u64, command: &Command) {
+        self.node(via).propose(command).unwrap();
+        self.poll(via);
+        self.deliver();
+    }
+}
+
+fn create() -> Command {
+    Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 }
+}
+
+fn add(node: u64) -> Command {
+    Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(node) }
+}
+
+fn promote(node: u64) -> Command {
+    Command::Promote {
+        service: "bank".into(),
+        from_term: Term(1),
+        node: NodeId(node),
+        checkpoint: CheckpointId(5),
+        reason: PromotionReason::Failover,
+    }
+}
+
+#[test]
+fn a_leader_is_elected_and_a_follower_proposal_applies_everywhere() {
+    let mut net = Net::new();
+    net.run(40);
+    let leader = net.leader().expect("a leader within 40 ticks");
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    net.propose(follower, &create());
+    net.run(5);
+    for id in 1..=3 {
+        let record = net.node(id).state().service("bank").cloned().expect("applied on every node");
+        assert_eq!(record.primary, NodeId(1));
+    }
+}
+
+#[test]
+fn only_one_of_two_competing_promotions_wins_on_every_node() {
+    let mut net = Net::new();
+    net.run(40);
+    let leader = net.leader().unwrap();
+    net.propose(leader, &create());
+    net.propose(leader, &add(2));
+    net.propose(leader, &add(3));
+    net.run(5);
+    // Two nodes each ask to be promoted from term 1, through different proposers.
+    net.propose(2, &promote(2));
+    net.propose(3, &promote(3));
+    net.run(5);
+    let records: Vec<_> = (1..=3).map(|id| net.node(id).state().service("bank").cloned().unwrap()).collect();
+    assert!(records.iter().all(|r| r == &records[0]), "every node applied the same outcome");
+    assert_eq!(records[0].term, Term(2));
+    let wins =
+        net.applied[&1].iter().filter(|a| matches!(a.command, Command::Promote { .. }) && a.outcome.is_ok()).count();
+    assert_eq!(wins, 1, "one promotion per term");
+}
+
+#[test]
+fn a_crashed_leader_is_replaced_and_rejoins_from_its_log() {
+    let mut net = Net::new();
+    net.run(40);
+    let old = net.leader().unwrap();
+    net.propose(old, &create());
+    net.run(3);
+    net.crash(old);
+    net.run(60);
+    let new = net.leader().expect("the two survivors elect a leader");
+    assert_ne!(new, old);
+    net.propose(new, &add(2));
+    net.run(3);
+    net.start(old);
+    net.run(30);
+    let state = net.node(old).state().clone();
+    assert_eq!(state.service("bank").unwrap().backups, vec![NodeId(2)], "the restarted node caught up");
+    assert_eq!(Some(&state), net.nodes[&new].as_ref().map(|n| n.state()));
+}
+
+#[test]
+fn a_partitioned_minority_commits_nothing() {
+    let mut net = Net::new();
+    net.run(40);
+    let leader = net.leader().unwrap();
+    net.propose(leader, &create());
+    net.run(3);
+    net.isolate(leader);
+    // The isolated leader accepts the proposal into its log but cannot commit it.
+    net.node(leader).propose(&add(3)).unwrap();
+    net.run(60);
+    assert!(net.node(leader).state().service("bank").unwrap().backups.is_empty());
+    assert!(!net.node(leader).is_leader(), "check-quorum made the cut-off leader step down");
+    let majority_leader = net.leader().expect("the majority elects its own leader");
+    assert_ne!(majority_leader, leader);
+    net.propose(majority_leader, &add(2));
+    net.run(3);
+    net.heal();
+    net.run(40);
+    for id in 1..=3 {
+        assert_eq!(net.node(id).state().service("bank").unwrap().backups, vec![NodeId(2)], "node {id}");
+    }
+}
+
+#[test]
+fn a_node_restarts_from_a_file_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.log");
+    let config = ControlConfig::new(NodeId(1), vec![NodeId(1)]);
+    let mut node = ControlNode::new(config.clone(), Box::new(FileLog::open(&path).unwrap())).unwrap();
+    node.campaign().unwrap();
+    node.poll().unwrap();
+    node.propose(&create()).unwrap();
+    let applied = node.poll().unwrap().applied;
+    assert_eq!(applied.len(), 1);
+    drop(node);
+    let mut node = ControlNode::new(config, Box::new(FileLog::open(&path).unwrap())).unwrap();
+    node.campaign().unwrap();
+    let applied = node.poll().unwrap().applied;
+    assert_eq!(applied.len(), 1, "the committed command is applied again from the log");
+    assert!(node.state().service("bank").is_some());
+}
+
+#[test]
+fn bad_messages_are_refused_without_effect() {
+    let mut net = Net::new();
+    net.run(40);
+    let node = net.node(1);
+    assert!(node.step(b"not protobuf \xff\xff\xff").is_err());
+    assert!(node.step(&[]).is_err(), "an empty message is addressed to node 0");
+}
