@@ -7,6 +7,8 @@
 //! that runs without backups.
 //!
 //! * [`cluster`]: the replicated state and its commands, with the safety rules.
+//! * [`coordinator`]: failure detection and the leader's decisions (whom to promote, where
+//!   leadership lives).
 //! * [`node`]: one node's Raft instance, sans I/O: ticks and messages in, messages and applied
 //!   commands out.
 //! * [`log`]: the durable Raft log (a checksummed file, or memory for the simulator).
@@ -14,6 +16,7 @@
 //! [raft-rs]: https://github.com/tikv/raft-rs
 
 pub mod cluster;
+pub mod coordinator;
 pub mod log;
 pub mod node;
 

@@ -6,9 +6,9 @@ use nonstop_proto::control::{self, AckInfo, Refusal, VerifyReply};
 use nonstop_proto::frame::FrameKind;
 use nonstop_proto::{CheckpointId, Term};
 use nonstop_region::Region;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A workload's consistency check, run on the image when a primary asks to verify:
@@ -22,6 +22,37 @@ pub struct BackupServer {
     region: Region,
     backup: Backup,
     check: Option<ConsistencyCheck>,
+    control: BackupControl,
+}
+
+/// Watches and stops a [`BackupServer`] serving on another thread.
+#[derive(Clone, Debug, Default)]
+pub struct BackupControl {
+    stop: Arc<AtomicBool>,
+    session: Arc<Mutex<Option<TcpStream>>>,
+    held: Arc<Mutex<Option<(Term, CheckpointId)>>>,
+}
+
+impl BackupControl {
+    /// The newest checkpoint the image holds completely, with the term of the primary that
+    /// sent it.
+    pub fn held(&self) -> Option<(Term, CheckpointId)> {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the current primary's session (the image rolls back to its last whole checkpoint)
+    /// and makes [`BackupServer::serve`] return. Used to promote this backup: a deposed primary
+    /// still connected is cut off at once.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(stream) = self.session.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn publish(&self, backup: &Backup) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = backup.held_with_term();
+    }
 }
 
 impl std::fmt::Debug for BackupServer {
@@ -40,7 +71,19 @@ impl BackupServer {
     ) -> std::io::Result<BackupServer> {
         let listener = TcpListener::bind(addr)?;
         let backup = Backup::new(region.base() as u64, region.len() as u64);
-        Ok(BackupServer { listener, key, region, backup, check })
+        Ok(BackupServer { listener, key, region, backup, check, control: BackupControl::default() })
+    }
+
+    /// A handle to watch and stop the server from another thread.
+    pub fn control(&self) -> BackupControl {
+        self.control.clone()
+    }
+
+    /// The region and the backup state, once serving has stopped: the image is exactly the
+    /// checkpoint [`Backup::held_with_term`] names. A promoted backup resumes from it in place,
+    /// at no cost proportional to its size.
+    pub fn into_parts(self) -> (Region, Backup) {
+        (self.region, self.backup)
     }
 
     /// The address it listens on.
@@ -58,19 +101,28 @@ impl BackupServer {
         self.region.as_slice()
     }
 
-    /// Serves primaries until `stop` is set (checked between connections and every 100 ms).
+    /// Serves primaries until `stop` or [`BackupControl::stop`] is set (checked between
+    /// connections and every 20 ms).
     pub fn serve(&mut self, stop: &AtomicBool) {
         self.listener.set_nonblocking(true).expect("listener can be made non-blocking");
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && !self.control.stop.load(Ordering::SeqCst) {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_nodelay(true);
+                    *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = stream.try_clone().ok();
+                    // A stop between the accept and the line above must still end the session.
+                    if self.control.stop.load(Ordering::SeqCst) {
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    }
                     match self.serve_one(stream) {
                         Ok(()) => tracing::info!(%peer, "primary disconnected"),
                         Err(error) if error.is_disconnect() => tracing::info!(%peer, %error, "primary went away"),
                         Err(error) => tracing::warn!(%peer, %error, "primary session ended"),
                     }
                     self.backup.on_disconnect(&mut self.region);
+                    *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    self.control.publish(&self.backup);
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -105,6 +157,7 @@ impl BackupServer {
                     tracing::info!(peer = sender.peer(), term = term.0, "primary attached");
                 }
                 Ok(Some(BackupOutput::Ack(checkpoint))) => {
+                    self.control.publish(&self.backup);
                     let info = AckInfo { apply_ns: elapsed.as_nanos() as u64 };
                     sender.send(FrameKind::Ack, self.term(), checkpoint, &control::encode(&info))?;
                 }

@@ -16,7 +16,7 @@ use nonstop_proto::primary::{BackupId, LinkProgress, Replication, Ticket};
 use nonstop_proto::runs::{Coalescer, RunsBuilder};
 use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term, UpdateProtocol};
 use nonstop_region::{Mirror, STREAM_CHUNK};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -337,6 +337,36 @@ impl Primary {
     /// Statistics since start.
     pub fn stats(&self) -> ReplicationStats {
         lock(&self.shared.stats).clone()
+    }
+
+    /// Makes exactly `backups` the ones whose acknowledgement releases output (the control
+    /// plane's record); other attached backups are followed but not waited for.
+    pub fn set_required(&self, backups: BTreeSet<BackupId>) {
+        let now = self.shared.now();
+        if let Some(held) = lock(&self.shared.replication).set_required(backups, now) {
+            self.shared.publish_held(held);
+        }
+    }
+
+    /// With no required backup, lets output leave until `until` (`None` revokes the lease).
+    pub fn set_lease(&self, until: Option<Instant>) {
+        let shared = &self.shared;
+        let until = until.map(|until| Nanos(until.saturating_duration_since(shared.clock).as_nanos() as u64));
+        let now = shared.now();
+        if let Some(held) = lock(&shared.replication).set_lease(until, now) {
+            shared.publish_held(held);
+        }
+    }
+
+    /// The backups whose connection is up, with the last checkpoint each acknowledged.
+    pub fn connected_backups(&self) -> Vec<(BackupId, Option<CheckpointId>)> {
+        let links = lock(&self.shared.links);
+        let replication = lock(&self.shared.replication);
+        links
+            .iter()
+            .filter(|link| link.alive.load(Ordering::Relaxed))
+            .map(|link| (link.id, replication.acked(link.id)))
+            .collect()
     }
 
     /// Backups currently following.

@@ -5,7 +5,7 @@
 //! which checkpoint every backup holds — the point up to which replies may be released.
 
 use crate::{CheckpointId, CommitPolicy, Nanos, Term};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
 
 /// Identifies one backup connection of a primary.
@@ -142,6 +142,12 @@ pub struct Replication {
     first: CheckpointId,
     open: CheckpointId,
     backups: BTreeMap<BackupId, BackupProgress>,
+    /// When set, exactly these backups must hold a checkpoint (the control plane's record),
+    /// instead of any `required_backups` of them.
+    required_set: Option<BTreeSet<BackupId>>,
+    /// With an empty required set: output may leave until this time (the control plane's
+    /// lease); without one, an unprotected primary releases nothing.
+    lease_until: Option<Nanos>,
     held: Option<CheckpointId>,
     held_log: VecDeque<(CheckpointId, Nanos)>,
     epoch_started: Nanos,
@@ -164,6 +170,8 @@ impl Replication {
             first,
             open: first,
             backups: BTreeMap::new(),
+            required_set: None,
+            lease_until: None,
             held: None,
             held_log: VecDeque::new(),
             epoch_started: now,
@@ -218,6 +226,21 @@ impl Replication {
         self.backups.insert(id, BackupProgress { first: None, acked: None });
     }
 
+    /// Makes exactly `backups` the ones whose acknowledgement releases output, as the control
+    /// plane recorded them; other links (spares catching up) are followed but not waited for.
+    /// An empty set releases output only under a lease ([`Replication::set_lease`]).
+    pub fn set_required(&mut self, backups: BTreeSet<BackupId>, now: Nanos) -> Option<CheckpointId> {
+        self.required_set = Some(backups);
+        self.advance_held(now)
+    }
+
+    /// With an empty required set, output may leave until `until` (`None`: revoked). Returns
+    /// the new held checkpoint if the lease releases checkpoints already cut.
+    pub fn set_lease(&mut self, until: Option<Nanos>, now: Nanos) -> Option<CheckpointId> {
+        self.lease_until = until;
+        self.advance_held(now)
+    }
+
     /// Forgets a backup whose connection failed. Returns the new held checkpoint if forgetting
     /// the slowest backup lets it advance.
     pub fn backup_lost(&mut self, id: BackupId, now: Nanos) -> Option<CheckpointId> {
@@ -247,8 +270,10 @@ impl Replication {
                 full_image_for.push(*id);
             }
         }
-        if self.required_backups == 0 {
+        if self.required_set.is_none() && self.required_backups == 0 {
             self.set_held(checkpoint, now);
+        } else {
+            self.advance_held(now);
         }
         Cut { checkpoint, full_image_for }
     }
@@ -280,10 +305,22 @@ impl Replication {
     }
 
     fn advance_held(&mut self, now: Nanos) -> Option<CheckpointId> {
-        if self.backups.len() < self.required_backups || self.backups.is_empty() {
-            return None;
-        }
-        let all_hold = self.backups.values().map(|b| b.acked).min().flatten()?;
+        let all_hold = match &self.required_set {
+            Some(set) if set.is_empty() => {
+                // Unprotected: what was cut may leave while the lease lasts.
+                if self.lease_until.is_none_or(|until| now >= until) {
+                    return None;
+                }
+                self.last_closed()?
+            }
+            Some(set) => set.iter().map(|id| self.backups.get(id).and_then(|b| b.acked)).min().flatten()?,
+            None => {
+                if self.backups.len() < self.required_backups || self.backups.is_empty() {
+                    return None;
+                }
+                self.backups.values().map(|b| b.acked).min().flatten()?
+            }
+        };
         if self.held.is_some_and(|held| held >= all_hold) {
             return None;
         }
@@ -321,6 +358,36 @@ mod tests {
     use super::*;
 
     const EPOCH: CommitPolicy = CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 };
+
+    #[test]
+    fn a_required_set_waits_for_its_members_only_and_a_lost_member_stalls_output() {
+        let mut r = Replication::new(Term(1), EPOCH, 0, CheckpointId(1), Nanos(0));
+        r.add_backup(BackupId(1));
+        r.add_backup(BackupId(2));
+        assert_eq!(r.set_required([BackupId(1)].into(), Nanos(0)), None);
+        let first = r.cut(Nanos(1)).checkpoint;
+        assert_eq!(r.held(), None, "a required set never releases at the cut");
+        r.on_ack(BackupId(2), first, Nanos(2)).unwrap();
+        assert_eq!(r.held(), None, "the spare's ack does not count");
+        assert_eq!(r.on_ack(BackupId(1), first, Nanos(3)).unwrap(), Some(first));
+        let second = r.cut(Nanos(4)).checkpoint;
+        assert_eq!(r.backup_lost(BackupId(1), Nanos(5)), None);
+        r.on_ack(BackupId(2), second, Nanos(6)).unwrap();
+        assert_eq!(r.held(), Some(first), "losing a required backup stalls output until the set changes");
+    }
+
+    #[test]
+    fn an_unprotected_primary_releases_only_under_its_lease() {
+        let mut r = Replication::new(Term(2), EPOCH, 0, CheckpointId(1), Nanos(0));
+        r.set_required(BTreeSet::new(), Nanos(0));
+        let first = r.cut(Nanos(1)).checkpoint;
+        assert_eq!(r.held(), None, "no lease, no output");
+        assert_eq!(r.set_lease(Some(Nanos(100)), Nanos(2)), Some(first));
+        let second = r.cut(Nanos(50)).checkpoint;
+        assert_eq!(r.held(), Some(second));
+        r.cut(Nanos(100));
+        assert_eq!(r.held(), Some(second), "an expired lease releases nothing");
+    }
 
     #[test]
     fn held_waits_for_every_backup_and_never_regresses() {

@@ -18,7 +18,7 @@
 use crate::Workload;
 use nonstop_proto::PAGE_SIZE;
 use nonstop_proto::primary::Ticket;
-use nonstop_region::{Mirror, TxError};
+use nonstop_region::{Mirror, Transaction, TxError};
 use rand::Rng;
 use rand::rngs::SmallRng;
 use zerocopy::little_endian::{I64, U32, U64};
@@ -49,7 +49,8 @@ pub struct HistoryRecord {
     branch: U32,
     delta: I64,
     sequence: U64,
-    filler: [u8; 18],
+    tag: [u8; 16],
+    filler: [u8; 2],
 }
 
 #[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -110,7 +111,13 @@ impl DebitCredit {
         HEADS_AT + worker as u64 * 64
     }
 
-    fn from_image(image: &[u8]) -> Result<DebitCredit, String> {
+    /// The balance of `account` in `image`, if the image holds this database and the account.
+    pub fn balance_in(&self, image: &[u8], account: u64) -> Option<i64> {
+        let at = self.account_at(account) as usize;
+        (account < self.accounts()).then(|| Row::read_from_prefix(image.get(at..)?).ok().map(|r| r.0.balance.get()))?
+    }
+
+    pub(crate) fn from_image(image: &[u8]) -> Result<DebitCredit, String> {
         let header = Header::read_from_prefix(image).map_err(|_| "image shorter than the header".to_string())?.0;
         if header.magic.get() != MAGIC {
             return Err("no Debit-Credit database in this image (bad magic)".into());
@@ -131,19 +138,42 @@ impl DebitCredit {
         Ok(shape)
     }
 
-    fn transfer(&self, mirror: &Mirror, worker: usize, rng: &mut SmallRng) -> Result<Ticket, TxError> {
+    /// A TPC-B transaction's inputs drawn at random: a teller, its branch, and an account of
+    /// that branch (85%) or of any branch (15%).
+    pub fn random_transfer(&self, rng: &mut SmallRng) -> Transfer {
         let teller = rng.random_range(0..self.tellers());
         let branch = teller / TELLERS_PER_BRANCH;
         let account_branch =
             if self.branches > 1 && rng.random_ratio(15, 100) { rng.random_range(0..self.branches) } else { branch };
         let account = account_branch * self.accounts_per_branch + rng.random_range(0..self.accounts_per_branch);
-        let delta: i64 = rng.random_range(-99_999..=99_999);
-        let tx = mirror.begin();
+        Transfer { account, teller, delta: rng.random_range(-99_999..=99_999), tag: [0; 16] }
+    }
+
+    /// Accounts in the database.
+    pub fn account_count(&self) -> u64 {
+        self.accounts()
+    }
+
+    /// Tellers in the database.
+    pub fn teller_count(&self) -> u64 {
+        self.tellers()
+    }
+
+    /// Runs `transfer` inside `tx` on worker `worker`'s history segment and returns the
+    /// account's new balance. The caller commits.
+    pub fn transfer_in(&self, tx: &Transaction<'_>, worker: usize, transfer: &Transfer) -> Result<i64, TxError> {
+        let Transfer { account, teller, delta, tag } = *transfer;
+        let branch = teller / TELLERS_PER_BRANCH;
         // As in Vista, only the bytes that change are declared: the three balances.
+        let mut account_balance = 0;
         for at in [self.account_at(account), self.teller_at(teller), self.branch_at(branch)] {
             let balance = tx.write::<I64>(at)?;
             *balance = I64::new(balance.get() + delta);
+            if at == self.account_at(account) {
+                account_balance = balance.get();
+            }
         }
+        let worker = worker % self.workers;
         let head = tx.write::<U64>(Self::head_at(worker))?;
         let sequence = head.get();
         *head = U64::new(sequence + 1);
@@ -154,10 +184,31 @@ impl DebitCredit {
             branch: U32::new(branch as u32),
             delta: I64::new(delta),
             sequence: U64::new(sequence),
-            filler: [0; 18],
+            tag,
+            filler: [0; 2],
         };
+        Ok(account_balance)
+    }
+
+    fn transfer(&self, mirror: &Mirror, worker: usize, rng: &mut SmallRng) -> Result<Ticket, TxError> {
+        let transfer = self.random_transfer(rng);
+        let tx = mirror.begin();
+        self.transfer_in(&tx, worker, &transfer)?;
         Ok(tx.commit())
     }
+}
+
+/// The inputs of one Debit-Credit transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// The account.
+    pub account: u64,
+    /// The teller (its branch follows).
+    pub teller: u64,
+    /// The amount in cents, added to all three balances.
+    pub delta: i64,
+    /// Sixteen bytes kept in the history record (a service stores the request id there).
+    pub tag: [u8; 16],
 }
 
 fn balance(image: &[u8], at: u64) -> i64 {

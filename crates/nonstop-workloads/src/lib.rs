@@ -4,6 +4,7 @@
 //! its consistency check can run on any image — the primary's region or a backup's — without
 //! being told the configuration.
 
+pub mod bank;
 pub mod debit_credit;
 pub mod order_entry;
 
@@ -27,6 +28,7 @@ pub trait Workload: Send + Sync {
 pub fn check(name: &str, image: &[u8]) -> Result<String, String> {
     match name {
         debit_credit::NAME => debit_credit::check(image),
+        bank::NAME => bank::check(image),
         order_entry::NAME => order_entry::check(image),
         other => Err(format!("unknown workload {other:?}: expected {} or {}", debit_credit::NAME, order_entry::NAME)),
     }

@@ -1,0 +1,282 @@
+//! Failure detection and the decisions only the control-plane leader takes: which backup to
+//! promote when a primary is gone, and where leadership should live.
+//!
+//! Every node agent reports to every other one at the heartbeat interval: it is alive, and for
+//! each service the role it plays and the checkpoint it holds. The [`Coordinator`] on the leader
+//! turns those reports and the committed [`ClusterState`] into [`Decision`]s. It is sans I/O:
+//! reports, disconnects and the current time go in; decisions come out.
+//!
+//! Detection never decides safety: a promotion is a committed term change, and a primary can
+//! release a reply only once every backup of its term holds it, so a wrong suspicion costs a
+//! needless failover, never a lost or doubled update. It decides speed, so it uses two signals:
+//! * a closed control connection: the peer's agent process is gone (killed, crashed). Its
+//!   regions lived in that process, so there is nothing to wait for: suspect at once;
+//! * silence longer than the failure timeout: a paused process, a cut link, a dead host.
+
+use crate::cluster::{ClusterState, Command, NodeId, PromotionReason};
+use nonstop_proto::{CheckpointId, Nanos, Term};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The role a node plays in one service, as it reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Serves the service and releases its output.
+    Primary,
+    /// Holds a copy, checkpoint by checkpoint.
+    Backup,
+    /// Being brought up to date (re-protection); not yet a backup.
+    Joining,
+    /// Holds nothing for the service.
+    Spare,
+}
+
+/// What a node says about one service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// The service.
+    pub service: String,
+    /// The node's role.
+    pub role: Role,
+    /// The term the node follows or leads.
+    pub term: Term,
+    /// The newest checkpoint the node holds completely (backup) or has released (primary).
+    pub held: Option<CheckpointId>,
+}
+
+/// A node's heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Per service.
+    pub services: Vec<ServiceReport>,
+}
+
+/// What the leader should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Propose this command.
+    Propose(Command),
+    /// Hand Raft leadership to this node.
+    TransferLeader(NodeId),
+}
+
+#[derive(Debug)]
+struct Peer {
+    last_heard: Option<Nanos>,
+    connected: bool,
+    report: Report,
+}
+
+/// The leader's view of every node's liveness and holdings.
+#[derive(Debug)]
+pub struct Coordinator {
+    me: NodeId,
+    timeout_ns: u64,
+    peers: BTreeMap<NodeId, Peer>,
+    /// Promotions proposed and not yet seen applied: (service) -> (from term, when).
+    proposed: BTreeMap<String, (Term, Nanos)>,
+    transfer_asked: Option<Nanos>,
+    witnesses: Vec<NodeId>,
+}
+
+impl Coordinator {
+    /// A coordinator on node `me`, suspecting a node silent for `timeout_ns`. Witnesses vote
+    /// but hold no region, so they can hold leadership but never a service.
+    pub fn new(me: NodeId, voters: &[NodeId], witnesses: &[NodeId], timeout_ns: u64) -> Coordinator {
+        let peers = voters
+            .iter()
+            .filter(|v| **v != me)
+            .map(|v| (*v, Peer { last_heard: None, connected: false, report: Report::default() }))
+            .collect();
+        Coordinator {
+            me,
+            timeout_ns,
+            peers,
+            proposed: BTreeMap::new(),
+            transfer_asked: None,
+            witnesses: witnesses.to_vec(),
+        }
+    }
+
+    /// `node` reported at `now`.
+    pub fn on_report(&mut self, node: NodeId, report: Report, now: Nanos) {
+        if let Some(peer) = self.peers.get_mut(&node) {
+            peer.last_heard = Some(now);
+            peer.connected = true;
+            peer.report = report;
+        }
+    }
+
+    /// The control connection to `node` closed: its agent process is gone.
+    pub fn on_disconnect(&mut self, node: NodeId) {
+        if let Some(peer) = self.peers.get_mut(&node) {
+            peer.connected = false;
+        }
+    }
+
+    /// Whether `node` is believed alive at `now`.
+    pub fn alive(&self, node: NodeId, now: Nanos) -> bool {
+        if node == self.me {
+            return true;
+        }
+        self.peers.get(&node).is_some_and(|peer| {
+            peer.connected && peer.last_heard.is_some_and(|heard| now.0.saturating_sub(heard.0) <= self.timeout_ns)
+        })
+    }
+
+    /// What `node` last reported about `service`.
+    pub fn report(&self, node: NodeId, service: &str) -> Option<&ServiceReport> {
+        self.peers.get(&node)?.report.services.iter().find(|s| s.service == service)
+    }
+
+    /// Decisions for the leader at `now`. `own` is this node's own report (the leader does not
+    /// hear itself).
+    pub fn decide(&mut self, state: &ClusterState, own: &Report, now: Nanos) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        self.proposed.retain(|service, (term, at)| {
+            state.service(service).is_some_and(|r| r.term == *term) && now.0.saturating_sub(at.0) < self.timeout_ns
+        });
+        for (name, record) in state.services() {
+            if self.alive(record.primary, now) || self.proposed.contains_key(name) {
+                continue;
+            }
+            let held_by = |node: NodeId| -> Option<CheckpointId> {
+                let report = if node == self.me {
+                    own.services.iter().find(|s| s.service == name)
+                } else {
+                    self.report(node, name)
+                }?;
+                (report.role == Role::Backup && report.term == record.term).then_some(report.held).flatten()
+            };
+            // The newest fully held checkpoint wins (seed 001's checkpoint timestamp); the
+            // lowest id breaks ties, so every leader would choose alike.
+            let best = record
+                .backups
+                .iter()
+                .filter(|b| self.alive(**b, now))
+                .filter_map(|b| held_by(*b).map(|held| (held, *b)))
+                .max_by_key(|(held, node)| (*held, std::cmp::Reverse(*node)));
+            if let Some((checkpoint, node)) = best {
+                tracing::info!(service = name, from = %record.primary, to = %node, %checkpoint, "promoting");
+                self.proposed.insert(name.to_string(), (record.term, now));
+                decisions.push(Decision::Propose(Command::Promote {
+                    service: name.to_string(),
+                    from_term: record.term,
+                    node,
+                    checkpoint,
+                    reason: PromotionReason::Failover,
+                }));
+            }
+        }
+        if let Some(to) = self.leadership_target(state, now) {
+            decisions.push(Decision::TransferLeader(to));
+        }
+        decisions
+    }
+
+    /// Keeps leadership away from primaries, so that one crash never costs both a primary and
+    /// the leader that must promote its backup (a new election would add its timeout).
+    fn leadership_target(&mut self, state: &ClusterState, now: Nanos) -> Option<NodeId> {
+        let primaries = |node: NodeId| state.services().filter(|(_, r)| r.primary == node).count();
+        if primaries(self.me) == 0 {
+            return None;
+        }
+        if self.transfer_asked.is_some_and(|at| now.0.saturating_sub(at.0) < self.timeout_ns) {
+            return None;
+        }
+        // Prefer a witness, then the node leading the fewest services.
+        let target = self
+            .peers
+            .keys()
+            .filter(|p| self.alive(**p, now))
+            .min_by_key(|p| (!self.witnesses.contains(p), primaries(**p), **p))
+            .copied()?;
+        if primaries(target) >= primaries(self.me) {
+            return None;
+        }
+        self.transfer_asked = Some(now);
+        Some(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn state() -> ClusterState {
+        let mut state = ClusterState::default();
+        let commands = [
+            Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 2 },
+            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2) },
+            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(3) },
+        ];
+        for (i, command) in commands.into_iter().enumerate() {
+            state.apply(i as u64 + 1, command).outcome.unwrap();
+        }
+        state
+    }
+
+    fn backup_report(held: u64) -> Report {
+        Report {
+            services: vec![ServiceReport {
+                service: "bank".into(),
+                role: Role::Backup,
+                term: Term(1),
+                held: Some(CheckpointId(held)),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_killed_primary_is_replaced_by_the_backup_holding_the_newest_checkpoint() {
+        // Node 3 leads; node 1 is the primary, node 2 a backup; node 3 holds more.
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        c.on_report(NodeId(1), Report::default(), Nanos(0));
+        c.on_report(NodeId(2), backup_report(7), Nanos(0));
+        assert!(c.decide(&state(), &backup_report(9), Nanos(MS)).is_empty(), "all alive");
+        c.on_disconnect(NodeId(1));
+        let decisions = c.decide(&state(), &backup_report(9), Nanos(2 * MS));
+        assert!(matches!(
+            &decisions[..],
+            [Decision::Propose(Command::Promote { node: NodeId(3), checkpoint: CheckpointId(9), .. })]
+        ));
+        assert!(c.decide(&state(), &backup_report(9), Nanos(3 * MS)).is_empty(), "proposed once per timeout");
+    }
+
+    #[test]
+    fn silence_past_the_timeout_is_a_failure_and_a_dead_backup_is_not_promoted() {
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        c.on_report(NodeId(1), Report::default(), Nanos(0));
+        c.on_report(NodeId(2), backup_report(12), Nanos(0));
+        assert!(c.decide(&state(), &backup_report(9), Nanos(50 * MS)).is_empty());
+        // Node 2 went silent too, despite its newer checkpoint: node 3 is promoted.
+        let decisions = c.decide(&state(), &backup_report(9), Nanos(51 * MS));
+        assert!(matches!(&decisions[..], [Decision::Propose(Command::Promote { node: NodeId(3), .. })]));
+    }
+
+    #[test]
+    fn no_backup_of_the_current_term_means_no_promotion() {
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let stale = Report {
+            services: vec![ServiceReport {
+                service: "bank".into(),
+                role: Role::Backup,
+                term: Term(0),
+                held: Some(CheckpointId(99)),
+            }],
+        };
+        c.on_report(NodeId(2), stale.clone(), Nanos(0));
+        assert!(c.decide(&state(), &stale, Nanos(MS)).is_empty());
+    }
+
+    #[test]
+    fn leadership_moves_off_a_primary() {
+        let mut c = Coordinator::new(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        c.on_report(NodeId(2), backup_report(1), Nanos(0));
+        c.on_report(NodeId(3), backup_report(1), Nanos(0));
+        assert_eq!(c.decide(&state(), &Report::default(), Nanos(MS)), vec![Decision::TransferLeader(NodeId(2))]);
+        assert!(c.decide(&state(), &Report::default(), Nanos(2 * MS)).is_empty(), "asked once per timeout");
+    }
+}
