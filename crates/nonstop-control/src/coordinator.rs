@@ -137,7 +137,12 @@ impl Coordinator {
             state.service(service).is_some_and(|r| r.term == *term) && now.0.saturating_sub(at.0) < self.timeout_ns
         });
         for (name, record) in state.services() {
-            if self.alive(record.primary, now) || self.proposed.contains_key(name) {
+            // A primary whose agent restarted is alive but holds no region: it reports itself a
+            // spare in the current term.
+            let restarted = self
+                .report(record.primary, name)
+                .is_some_and(|r| r.term == record.term && matches!(r.role, Role::Spare | Role::Joining));
+            if (self.alive(record.primary, now) && !restarted) || self.proposed.contains_key(name) {
                 continue;
             }
             let held_by = |node: NodeId| -> Option<CheckpointId> {

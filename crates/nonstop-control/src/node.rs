@@ -57,6 +57,13 @@ pub enum ControlError {
     Raft(#[from] raft::Error),
 }
 
+impl ControlError {
+    /// A proposal Raft dropped (no leader known, leadership changing): the proposer retries.
+    pub fn is_dropped_proposal(&self) -> bool {
+        matches!(self, ControlError::Raft(raft::Error::ProposalDropped))
+    }
+}
+
 /// What one [`ControlNode::poll`] produced.
 #[derive(Debug, Default)]
 pub struct ControlOutput {

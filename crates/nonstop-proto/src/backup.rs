@@ -238,7 +238,7 @@ impl Backup {
         match frame.kind {
             FrameKind::Attach => return self.on_attach(&frame).map(Some),
             FrameKind::Ping => return Ok(Some(BackupOutput::Pong(frame.payload))),
-            FrameKind::Ack | FrameKind::Refuse | FrameKind::VerifyReply | FrameKind::Pong => {
+            FrameKind::Ack | FrameKind::Refuse | FrameKind::VerifyReply | FrameKind::Pong | FrameKind::Control => {
                 return Err(BackupError::UnexpectedKind(frame.kind));
             }
             FrameKind::Runs | FrameKind::Close | FrameKind::VerifyRequest => {}

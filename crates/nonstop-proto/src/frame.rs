@@ -55,6 +55,8 @@ pub enum FrameKind {
     Ping = 8,
     /// Either way: the echo of a ping.
     Pong = 9,
+    /// Between node agents: a control-plane message (Raft, heartbeat report).
+    Control = 10,
 }
 
 impl FrameKind {
@@ -70,6 +72,7 @@ impl FrameKind {
             7 => VerifyReply,
             8 => Ping,
             9 => Pong,
+            10 => Control,
             _ => return None,
         })
     }

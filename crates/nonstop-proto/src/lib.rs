@@ -18,9 +18,11 @@
 //! * [`backup`]: the backup's state machine: stage a checkpoint's runs, apply them only when its
 //!   closing marker arrives intact, acknowledge.
 //! * [`control`]: the small control messages (attach, verify) encoded with postcard.
+//! * [`client`]: the client protocol: requests, answers and redirects.
 
 pub mod auth;
 pub mod backup;
+pub mod client;
 pub mod control;
 pub mod diff;
 pub mod frame;
@@ -33,7 +35,7 @@ use serde::{Deserialize, Serialize};
 pub const PAGE_SIZE: usize = 4096;
 
 /// The number of a primary's reign. Every frame carries it; a backup refuses older terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Term(pub u64);
 
 /// The number of a checkpoint: a consistent cut of the region, the unit of replication.

@@ -96,6 +96,15 @@ impl Mirror {
         }
     }
 
+    /// Wraps a region that already holds an image — a promoted backup's, the checkpoint it
+    /// resumes from — so that a whole image sent to a new backup covers all of it. Costs one
+    /// bit per page, nothing proportional to the bytes.
+    pub fn resume(region: Region, protocol: Option<UpdateProtocol>, first: CheckpointId) -> Mirror {
+        let mirror = Mirror::new(region, protocol, first);
+        mirror.touched.mark_all(mirror.region.pages());
+        mirror
+    }
+
     /// Begins a transaction. It holds off checkpoint cuts until it commits or aborts, so a
     /// thread must not begin a second transaction while it holds one.
     pub fn begin(&self) -> Transaction<'_> {

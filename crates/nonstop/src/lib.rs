@@ -29,9 +29,13 @@
 
 pub mod bench;
 pub mod chart;
+pub mod cluster;
+pub mod demo;
+pub mod load;
 pub mod local;
 
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};
+pub use nonstop_node::client::{Client, ClientError, TransferDone};
 pub use nonstop_proto::auth::ClusterKey;
 pub use nonstop_proto::primary::Ticket;
 pub use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};

@@ -20,11 +20,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a primary and a backup on loopback with Debit-Credit, then verify the backup.
+    /// Run a 3-node cluster on 127.0.0.1-3 under client load, kill its primary twice, and
+    /// count lost and doubled acknowledged updates.
     Demo {
-        /// How long to run the workload.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        duration: Duration,
+        /// Client threads.
+        #[arg(long, default_value_t = 8)]
+        clients: u64,
+    },
+    /// Run one node of a cluster: its share of the control plane and its services' roles.
+    Node {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: std::path::PathBuf,
     },
     /// Serve a region as a backup.
     Backup(BackupArgs),
@@ -156,6 +163,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     match Cli::parse().command {
+        Command::Node { config } => node(&config),
         Command::Backup(args) => backup(args),
         Command::Bench { target } => match target {
             BenchTarget::DebitCredit(args) => run_bench(WorkloadKind::DebitCredit, &args),
@@ -163,8 +171,21 @@ fn main() -> anyhow::Result<()> {
             BenchTarget::Net(args) => bench_net(args),
             BenchTarget::Matrix(args) => bench_matrix(args),
         },
-        Command::Demo { duration } => demo(duration),
+        Command::Demo { clients } => demo(clients),
     }
+}
+
+fn node(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = nonstop_node::config::NodeConfig::load(path)?;
+    let key_text = std::fs::read_to_string(&config.key_file)
+        .with_context(|| format!("reading the cluster key {}", config.key_file.display()))?;
+    let key = ClusterKey::from_hex(key_text.trim())
+        .with_context(|| format!("the cluster key in {}", config.key_file.display()))?;
+    let stop = AtomicBool::new(false);
+    println!("{} {}", nonstop_node::READY, config.me.id);
+    std::io::stdout().flush()?;
+    nonstop_node::run_node(config, key, &stop)?;
+    Ok(())
 }
 
 fn run_bench(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<()> {
@@ -310,25 +331,46 @@ fn bench_net(args: NetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(duration: Duration) -> anyhow::Result<()> {
-    println!("nonstop demo: a primary (this process) and a backup process on 127.0.0.2");
-    println!("Debit-Credit, AU protocol, a checkpoint every 1 ms, replies held until the backup holds them.\n");
-    let config = BenchConfig {
-        workload: WorkloadKind::DebitCredit,
-        backups: 1,
-        protocol: UpdateProtocol::Au,
-        policy: CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 },
-        threads: 1,
-        duration,
-        compare: false,
-        rounds: 1,
-        branches: 10,
-        warehouses: 1,
-        region_base: DEFAULT_REGION_BASE,
-    };
-    let report = bench::run(&config, &std::env::current_exe()?)?;
-    print_report(&report, false)?;
-    println!("\nThe backup's image equals the primary's at the last checkpoint, byte for byte,");
-    println!("and passes TPC-B's consistency check. (Failover arrives with the next milestone.)");
+fn demo(clients: u64) -> anyhow::Result<()> {
+    println!("nonstop demo: the bank service (Debit-Credit, exactly-once requests) on 3 node processes,");
+    println!("AU protocol, a checkpoint every 1 ms, answers held until the backup holds them.\n");
+    let spec = nonstop::cluster::ClusterSpec::default();
+    let report = nonstop::demo::run(&std::env::current_exe()?, &spec, clients, 2, &mut std::io::stdout())?;
+    let verdict = &report.verdict;
+    let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3));
+    println!("| failover | killed | promoted | term | detected ms | promoted ms | first ack ms | re-protected ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, f) in report.failovers.iter().enumerate() {
+        println!(
+            "| {} | node {} | node {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            f.killed,
+            f.promoted,
+            f.term,
+            ms(f.detected),
+            ms(f.promoted_at),
+            ms(f.first_ack),
+            ms(f.protected)
+        );
+    }
+    println!();
+    match &verdict.check {
+        Some(Ok(summary)) => println!("consistency check: {summary}"),
+        Some(Err(violation)) => println!("consistency check FAILED: {violation}"),
+        None => println!("consistency check: not run"),
+    }
+    println!(
+        "acknowledged transfers: {}, lost: {}, applied twice: {} (in flight at stop: {}); {:.1} s in all",
+        verdict.acknowledged,
+        verdict.acked_lost,
+        verdict.applied_twice,
+        verdict.in_flight,
+        report.elapsed.as_secs_f64()
+    );
+    if verdict.acked_lost > 0 || verdict.applied_twice > 0 || !matches!(verdict.check, Some(Ok(_))) {
+        bail!(
+            "the demo found lost or doubled updates; keep the cluster with NONSTOP_KEEP_CLUSTER=1 and read the node logs"
+        );
+    }
     Ok(())
 }

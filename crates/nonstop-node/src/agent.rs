@@ -1,0 +1,324 @@
+//! The node agent's control loop: one thread that owns the node's Raft instance, its
+//! coordinator and its services' hosts.
+//!
+//! Every heartbeat interval it ticks Raft and sends its report to every peer. Between ticks it
+//! steps what peers sent. After each event it persists and sends what Raft produced, lets the
+//! leader's coordinator decide (create configured services, promote a backup of a failed
+//! primary, move leadership off primaries), and reconciles every service with the committed
+//! record. Everything that blocks (attaching a backup, serving clients, replication) runs on
+//! other threads.
+
+use crate::NodeId;
+use crate::config::Checked;
+use crate::peers::{Body, PeerEvent, Peers};
+use crate::service::{ServiceHost, Serving};
+use nonstop_control::cluster::Command;
+use nonstop_control::coordinator::{Coordinator, Decision, Report};
+use nonstop_control::log::FileLog;
+use nonstop_control::{ControlConfig, ControlError, ControlNode};
+use nonstop_proto::Nanos;
+use nonstop_proto::auth::ClusterKey;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use thiserror::Error;
+
+/// Why a node cannot run.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The control plane failed (its log, most likely).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A socket could not be opened.
+    #[error("{what} on {addr}: {source}; is another node using the address?")]
+    Listen {
+        /// What was being opened.
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What `nonstop status` shows of a node.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: u64,
+    /// The control-plane leader it knows.
+    pub leader: Option<u64>,
+    /// The Raft term.
+    pub raft_term: u64,
+    /// Per service: the record and this node's report.
+    pub services: Vec<ServiceStatus>,
+    /// Peers believed alive.
+    pub alive: Vec<u64>,
+}
+
+/// One service in [`NodeStatus`].
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServiceStatus {
+    /// The service.
+    pub name: String,
+    /// The record's term.
+    pub term: u64,
+    /// The record's primary.
+    pub primary: u64,
+    /// The record's backups.
+    pub backups: Vec<u64>,
+    /// This node's role.
+    pub role: String,
+    /// This node's held (backup) or released (primary) checkpoint.
+    pub held: Option<u64>,
+    /// Failovers so far.
+    pub failovers: u64,
+    /// The last promotion: (from, to, term, checkpoint, reason).
+    pub last_promotion: Option<(u64, u64, u64, u64, String)>,
+    /// Every backup's held checkpoint, as reported to this node.
+    pub backup_held: Vec<(u64, Option<u64>)>,
+}
+
+/// A running node agent.
+pub struct Agent {
+    config: Checked,
+    control: ControlNode,
+    coordinator: Coordinator,
+    peers: Peers,
+    events: mpsc::Receiver<PeerEvent>,
+    hosts: Vec<ServiceHost>,
+    clock: Instant,
+    status: Arc<RwLock<NodeStatus>>,
+    last_create: Option<Instant>,
+}
+
+impl Agent {
+    /// Opens the node's Raft log and sockets.
+    pub fn start(config: Checked, key: ClusterKey) -> Result<Agent, NodeError> {
+        let voters: Vec<NodeId> = config.members.iter().map(|m| m.id).collect();
+        let witnesses: Vec<NodeId> = config.members.iter().filter(|m| m.witness).map(|m| m.id).collect();
+        let ticks_per_timeout = (config.timeout.as_millis() / config.heartbeat.as_millis().max(1)) as usize;
+        let control_config = ControlConfig {
+            id: config.me.id,
+            voters: voters.clone(),
+            election_ticks: ticks_per_timeout.max(5),
+            heartbeat_ticks: 2,
+        };
+        let log = FileLog::open(&config.data_dir.join("raft.log")).map_err(ControlError::from)?;
+        let control = ControlNode::new(control_config, Box::new(log))?;
+        let coordinator = Coordinator::new(config.me.id, &voters, &witnesses, config.timeout.as_nanos() as u64);
+        let (events_tx, events) = mpsc::channel();
+        let peer_addrs: Vec<_> =
+            config.members.iter().filter(|m| m.id != config.me.id).map(|m| (m.id, m.control)).collect();
+        let peers =
+            Peers::start(config.me.id, config.me.control, &peer_addrs, key.clone(), events_tx, config.heartbeat)
+                .map_err(|source| NodeError::Listen { what: "control plane", addr: config.me.control, source })?;
+        let hosts = config.services.iter().map(|spec| ServiceHost::new(spec.clone(), &config, key.clone())).collect();
+        Ok(Agent {
+            config,
+            control,
+            coordinator,
+            peers,
+            events,
+            hosts,
+            clock: Instant::now(),
+            status: Arc::new(RwLock::new(NodeStatus::default())),
+            last_create: None,
+        })
+    }
+
+    /// What client threads use, per service.
+    pub fn serving(&self) -> BTreeMap<String, Arc<Serving>> {
+        self.hosts.iter().map(|h| (h.name().to_string(), h.serving())).collect()
+    }
+
+    /// The status snapshot, refreshed every heartbeat.
+    pub fn status(&self) -> Arc<RwLock<NodeStatus>> {
+        self.status.clone()
+    }
+
+    fn now(&self) -> Nanos {
+        Nanos(self.clock.elapsed().as_nanos() as u64)
+    }
+
+    fn report(&self) -> Report {
+        let state = self.control.state();
+        Report { services: self.hosts.iter().map(|h| h.report(state.service(h.name()))).collect() }
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(mut self, stop: &AtomicBool) -> Result<(), NodeError> {
+        let mut next_tick = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next_tick {
+                self.control.tick();
+                self.peers.broadcast(&Body::Report(self.report()));
+                self.publish_status();
+                next_tick += self.config.heartbeat;
+                if next_tick < now {
+                    next_tick = now + self.config.heartbeat;
+                }
+            }
+            match self.events.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(event) => {
+                    self.on_event(event);
+                    while let Ok(event) = self.events.try_recv() {
+                        self.on_event(event);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Message { from, body: Body::Raft(bytes) } => {
+                match self.control.step(&bytes) {
+                    // A proposal forwarded while leadership changes: the proposer retries.
+                    Err(error) if !error.is_dropped_proposal() => {
+                        tracing::warn!(peer = from.0, %error, "raft message refused");
+                    }
+                    _ => {}
+                }
+            }
+            PeerEvent::Message { from, body: Body::Report(report) } => {
+                let now = self.now();
+                self.coordinator.on_report(from, report, now);
+            }
+            PeerEvent::Down(node) => {
+                tracing::info!(node = node.0, "peer connection closed");
+                self.coordinator.on_disconnect(node);
+            }
+        }
+    }
+
+    /// One round: Raft output, leader decisions, service reconciliation.
+    fn step(&mut self) -> Result<(), NodeError> {
+        self.flush()?;
+        let now = Instant::now();
+        let mut proposals = Vec::new();
+        if self.control.is_leader() {
+            let state = self.control.state();
+            let missing: Vec<_> = self.config.services.iter().filter(|s| state.service(&s.name).is_none()).collect();
+            if !missing.is_empty() && self.last_create.is_none_or(|at| now.duration_since(at) >= self.config.timeout) {
+                self.last_create = Some(now);
+                for spec in missing {
+                    proposals.push(Command::CreateService {
+                        service: spec.name.clone(),
+                        primary: spec.primary,
+                        backups_wanted: spec.backups,
+                    });
+                }
+            }
+            let own = self.report();
+            let nanos = self.now();
+            for decision in self.coordinator.decide(self.control.state(), &own, nanos) {
+                match decision {
+                    Decision::Propose(command) => proposals.push(command),
+                    Decision::TransferLeader(to) => {
+                        tracing::info!(to = to.0, "moving control-plane leadership off a primary");
+                        self.control.transfer_leader(to);
+                    }
+                }
+            }
+        }
+        let nanos = self.now();
+        let coordinator = &self.coordinator;
+        let alive = |node: NodeId| coordinator.alive(node, nanos);
+        for host in &mut self.hosts {
+            let record = self.control.state().service(host.name()).cloned();
+            let needs = host.reconcile(record.as_ref(), &self.config, &alive, now);
+            proposals.extend(needs.proposals);
+        }
+        for command in proposals {
+            if let Err(error) = self.control.propose(&command) {
+                tracing::debug!(%error, ?command, "proposal not accepted (no leader yet?)");
+            }
+        }
+        self.flush()
+    }
+
+    /// Persists and sends what Raft produced and handles applied commands.
+    fn flush(&mut self) -> Result<(), NodeError> {
+        let output = self.control.poll()?;
+        for (to, bytes) in output.messages {
+            self.peers.send(to, Body::Raft(bytes));
+        }
+        for applied in output.applied {
+            if let (Command::GrantLease { service, term, node }, Ok(())) = (&applied.command, &applied.outcome)
+                && *node == self.config.me.id
+                && let Some(host) = self.hosts.iter_mut().find(|h| h.name() == service)
+            {
+                host.on_lease_granted(*term, self.config.lease);
+            }
+            if let Command::Promote { service, node, from_term, .. } = &applied.command
+                && applied.outcome.is_ok()
+            {
+                tracing::info!(
+                    service,
+                    node = node.0,
+                    term = from_term.0 + 1,
+                    index = applied.index,
+                    "promotion committed"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let state = self.control.state();
+        let now = self.now();
+        let services = self
+            .hosts
+            .iter()
+            .map(|host| {
+                let record = state.service(host.name());
+                let report = host.report(record);
+                let backup_held = record
+                    .map(|r| {
+                        r.backups
+                            .iter()
+                            .map(|b| {
+                                let held = if *b == self.config.me.id {
+                                    report.held
+                                } else {
+                                    self.coordinator.report(*b, host.name()).and_then(|r| r.held)
+                                };
+                                (b.0, held.map(|h| h.0))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ServiceStatus {
+                    name: host.name().to_string(),
+                    term: record.map_or(0, |r| r.term.0),
+                    primary: record.map_or(0, |r| r.primary.0),
+                    backups: record.map(|r| r.backups.iter().map(|b| b.0).collect()).unwrap_or_default(),
+                    role: format!("{:?}", report.role).to_lowercase(),
+                    held: report.held.map(|h| h.0),
+                    failovers: record.map_or(0, |r| r.failovers),
+                    last_promotion: record.and_then(|r| r.last_promotion).map(|p| {
+                        (p.from.0, p.to.0, p.term.0, p.checkpoint.0, format!("{:?}", p.reason).to_lowercase())
+                    }),
+                    backup_held,
+                }
+            })
+            .collect();
+        let status = NodeStatus {
+            node: self.config.me.id.0,
+            leader: self.control.leader().map(|l| l.0),
+            raft_term: self.control.raft_term(),
+            services,
+            alive: self.config.members.iter().filter(|m| self.coordinator.alive(m.id, now)).map(|m| m.id.0).collect(),
+        };
+        *self.status.write().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+}

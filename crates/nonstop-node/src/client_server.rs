@@ -1,0 +1,131 @@
+//! The client port: one thread per connection, each request executed by the service's primary
+//! and answered only once every backup holds its effect (output commit).
+
+use crate::agent::NodeStatus;
+use crate::service::Serving;
+use nonstop_proto::client::{ClientMemory, ClientReply, ClientRequest, read_message, write_message};
+use nonstop_workloads::bank::{BankError, Executed, TransferRequest};
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How long an answer may wait for the backups before the client is told to retry.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the client port answers from.
+pub struct Answering {
+    /// Per service.
+    pub services: BTreeMap<String, Arc<Serving>>,
+    /// The node's status.
+    pub status: Arc<RwLock<NodeStatus>>,
+}
+
+/// Serves clients on `listener` until the process ends.
+pub fn serve(listener: TcpListener, answering: Arc<Answering>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let answering = answering.clone();
+        let _ = std::thread::Builder::new().name("nonstop-client".into()).spawn(move || {
+            if let Err(error) = serve_one(stream, &answering) {
+                tracing::debug!(%error, "client connection ended");
+            }
+        });
+    }
+}
+
+fn serve_one(stream: TcpStream, answering: &Answering) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = BufWriter::new(stream);
+    let mut worker = None;
+    loop {
+        let request: ClientRequest = match read_message(&mut reader) {
+            Ok(request) => request,
+            Err(nonstop_proto::client::ClientProtocolError::Io(_)) => return Ok(()),
+            Err(error) => {
+                let reply = ClientReply::Rejected { reason: error.to_string() };
+                let _ = write_message(&mut writer, &reply);
+                let _ = writer.flush();
+                return Ok(());
+            }
+        };
+        let reply = match request {
+            ClientRequest::Status => {
+                let status = answering.status.read().unwrap_or_else(|p| p.into_inner()).clone();
+                ClientReply::Status { json: serde_json::to_string(&status).expect("status serializes") }
+            }
+            request => answer(request, &answering.services, &mut worker),
+        };
+        write_message(&mut writer, &reply).map_err(std::io::Error::other)?;
+        writer.flush()?;
+    }
+}
+
+fn redirect(serving: &Serving) -> ClientReply {
+    let (primary, term) = serving.redirect();
+    ClientReply::Redirect { primary: primary.map(|p| p.to_string()), term: term.0 }
+}
+
+fn answer(
+    request: ClientRequest,
+    services: &BTreeMap<String, Arc<Serving>>,
+    worker: &mut Option<usize>,
+) -> ClientReply {
+    let service = match &request {
+        ClientRequest::Transfer { service, .. }
+        | ClientRequest::Locate { service }
+        | ClientRequest::Audit { service, .. } => service,
+        ClientRequest::Status => unreachable!("answered by the caller"),
+    };
+    let Some(serving) = services.get(service) else {
+        return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
+    };
+    let Some(active) = serving.active() else { return redirect(serving) };
+    match request {
+        ClientRequest::Locate { .. } | ClientRequest::Status => redirect(serving),
+        ClientRequest::Transfer { client, request, account, teller, delta, .. } => {
+            let worker = *worker.get_or_insert_with(|| active.worker());
+            let transfer = TransferRequest { client, request, account, teller, delta };
+            let (executed, ticket) = match active.bank.execute(&active.mirror, worker, &transfer) {
+                Ok(done) => done,
+                Err(error @ (BankError::BadRequest(_) | BankError::OutOfOrder { .. } | BankError::TableFull)) => {
+                    return ClientReply::Rejected { reason: error.to_string() };
+                }
+                Err(error) => return ClientReply::Unavailable { reason: error.to_string() },
+            };
+            if let Err(error) = active.primary.wait_held(ticket, HOLD_TIMEOUT) {
+                return ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") };
+            }
+            if active.deposed.load(std::sync::atomic::Ordering::SeqCst) {
+                return redirect(serving);
+            }
+            let term = active.term.0;
+            match executed {
+                Executed::Applied { balance } => ClientReply::Done { request, balance, duplicate: false, term },
+                Executed::Duplicate { balance } => ClientReply::Done { request, balance, duplicate: true, term },
+                Executed::Stale { last } => ClientReply::Stale { request, last },
+            }
+        }
+        ClientRequest::Audit { clients, accounts, .. } => {
+            let (check, clients, balances) = active.mirror.quiesced(|image, _| {
+                let check = nonstop_workloads::bank::check(image);
+                let clients = clients
+                    .iter()
+                    .map(|&c| {
+                        let memory = active.bank.client(image, c).map(|slot| ClientMemory {
+                            request: slot.request.get(),
+                            applied: slot.applied.get(),
+                            balance: slot.balance.get(),
+                        });
+                        (c, memory)
+                    })
+                    .collect();
+                let balances = accounts.iter().map(|&a| (a, active.bank.balance(image, a))).collect();
+                (check, clients, balances)
+            });
+            ClientReply::Audit { check, clients, balances, term: active.term.0 }
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! A node's TOML configuration, checked before anything starts.
+//!
+//! ```toml
+//! [node]
+//! id = 1
+//! control = "127.0.0.1:7001"      # Raft and heartbeats between agents
+//! client = "127.0.0.1:7101"       # the client protocol
+//! replication = "127.0.0.1:7201"  # service i replicates on this port + i
+//! data_dir = "/var/lib/nonstop/node1"
+//! key_file = "/etc/nonstop/cluster.key"
+//!
+//! [[peers]]
+//! id = 2
+//! control = "127.0.0.2:7001"
+//! client = "127.0.0.2:7101"
+//! replication = "127.0.0.2:7201"
+//!
+//! [heartbeat]
+//! interval_ms = 10
+//! timeout_ms = 200
+//!
+//! [[services]]
+//! name = "bank"
+//! primary = 1
+//! backups = 1
+//! region_base = "0x200000000000"
+//! region_size_mib = 256
+//! ```
+//!
+//! Every node of a cluster lists the same services; each error names the field and the fix.
+
+use crate::NodeId;
+use nonstop_proto::{CommitPolicy, UpdateProtocol};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a configuration cannot run.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a node config (toml names the field and line).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's description.
+        message: String,
+    },
+    /// A value is wrong.
+    #[error("config field `{field}`: {problem}; {fix}")]
+    Invalid {
+        /// The field, as `section.key` or `services[0].key`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), problem: problem.into(), fix: fix.into() }
+}
+
+/// A node's whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node.
+    pub node: NodeSection,
+    /// The other nodes of the cluster.
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+    /// Failure detection.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSection,
+    /// The services the cluster runs.
+    #[serde(default)]
+    pub services: Vec<ServiceSection>,
+}
+
+/// `[node]`: this node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's number (1, 2, …), unique in the cluster.
+    pub id: u64,
+    /// Address for Raft and heartbeats.
+    pub control: SocketAddr,
+    /// Address for clients.
+    pub client: SocketAddr,
+    /// Replication address of the first service; service `i` uses this port + `i`.
+    pub replication: SocketAddr,
+    /// Where the node keeps its Raft log.
+    pub data_dir: PathBuf,
+    /// The cluster key file (64 hex digits), the same on every node.
+    pub key_file: PathBuf,
+    /// A witness votes in the control plane but holds no region.
+    #[serde(default)]
+    pub witness: bool,
+}
+
+/// `[[peers]]`: another node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Its number.
+    pub id: u64,
+    /// Its Raft and heartbeat address.
+    pub control: SocketAddr,
+    /// Its client address.
+    pub client: SocketAddr,
+    /// Its first replication address.
+    pub replication: SocketAddr,
+    /// Whether it is a witness.
+    #[serde(default)]
+    pub witness: bool,
+}
+
+/// `[heartbeat]`: failure detection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// Milliseconds between heartbeats (and Raft ticks).
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Milliseconds of silence after which a node counts as failed. A node whose agent process
+    /// dies is detected at once, by its closed connections; this covers pauses and partitions.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Milliseconds a primary without backups may keep releasing output per lease.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    10
+}
+fn default_timeout_ms() -> u64 {
+    200
+}
+fn default_lease_ms() -> u64 {
+    1000
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        HeartbeatSection {
+            interval_ms: default_interval_ms(),
+            timeout_ms: default_timeout_ms(),
+            lease_ms: default_lease_ms(),
+        }
+    }
+}
+
+/// `[[services]]`: one service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Its name, as clients address it.
+    pub name: String,
+    /// What it runs: `bank` (Debit-Credit behind the client protocol, exactly once).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// The node that is primary of the first term.
+    pub primary: u64,
+    /// Backups wanted.
+    #[serde(default = "default_backups")]
+    pub backups: u8,
+    /// The region's virtual address, the same on every node (e.g. "0x200000000000").
+    pub region_base: String,
+    /// The region's size in MiB.
+    pub region_size_mib: u64,
+    /// `au` or `du`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Microseconds between checkpoints (epoch policy); 0 for sync (a checkpoint per commit).
+    #[serde(default = "default_interval_us")]
+    pub checkpoint_interval_us: u64,
+    /// Debit-Credit branches (100,000 accounts each).
+    #[serde(default = "default_branches")]
+    pub branches: u64,
+}
+
+fn default_kind() -> String {
+    "bank".into()
+}
+fn default_backups() -> u8 {
+    1
+}
+fn default_protocol() -> String {
+    "au".into()
+}
+fn default_interval_us() -> u64 {
+    1000
+}
+fn default_branches() -> u64 {
+    1
+}
+
+/// A node of the cluster, this one or a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its number.
+    pub id: NodeId,
+    /// Raft and heartbeats.
+    pub control: SocketAddr,
+    /// Clients.
+    pub client: SocketAddr,
+    /// First replication address.
+    pub replication: SocketAddr,
+    /// Votes only.
+    pub witness: bool,
+}
+
+/// A service, checked.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Its name.
+    pub name: String,
+    /// Its index in the config: its replication port offset.
+    pub index: u16,
+    /// First primary.
+    pub primary: NodeId,
+    /// Backups wanted.
+    pub backups: u8,
+    /// Region address.
+    pub region_base: usize,
+    /// Region length in bytes.
+    pub region_len: usize,
+    /// Update protocol.
+    pub protocol: UpdateProtocol,
+    /// Commit policy.
+    pub policy: CommitPolicy,
+    /// Debit-Credit branches.
+    pub branches: u64,
+}
+
+/// A configuration, checked: what the agent runs on.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// This node.
+    pub me: Member,
+    /// Every node, this one included, by id.
+    pub members: Vec<Member>,
+    /// Raft log directory.
+    pub data_dir: PathBuf,
+    /// Cluster key file.
+    pub key_file: PathBuf,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Failure timeout.
+    pub timeout: Duration,
+    /// Lease length.
+    pub lease: Duration,
+    /// Services.
+    pub services: Vec<ServiceSpec>,
+}
+
+impl Checked {
+    /// The member `id`.
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Where `node` serves replication of `service`.
+    pub fn replication_addr(&self, node: NodeId, service: &ServiceSpec) -> Option<SocketAddr> {
+        let mut addr = self.member(node)?.replication;
+        addr.set_port(addr.port().checked_add(service.index)?);
+        Some(addr)
+    }
+}
+
+impl NodeConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        NodeConfig::parse(&text, path)?.check()
+    }
+
+    /// Parses TOML text (`path` only names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Checks every value; the first problem found is returned.
+    pub fn check(self) -> Result<Checked, ConfigError> {
+        let me = Member {
+            id: NodeId(self.node.id),
+            control: self.node.control,
+            client: self.node.client,
+            replication: self.node.replication,
+            witness: self.node.witness,
+        };
+        let mut members = vec![me.clone()];
+        for peer in &self.peers {
+            members.push(Member {
+                id: NodeId(peer.id),
+                control: peer.control,
+                client: peer.client,
+                replication: peer.replication,
+                witness: peer.witness,
+            });
+        }
+        for (i, member) in members.iter().enumerate() {
+            let field = if i == 0 { "node.id".to_string() } else { format!("peers[{}].id", i - 1) };
+            if member.id.0 == 0 {
+                return Err(invalid(field, "0 is reserved", "number nodes from 1"));
+            }
+            if members[..i].iter().any(|m| m.id == member.id) {
+                return Err(invalid(field, format!("{} appears twice", member.id), "give every node its own id"));
+            }
+        }
+        members.sort_by_key(|m| m.id);
+        let holders = members.iter().filter(|m| !m.witness).count();
+        let hb = &self.heartbeat;
+        if hb.interval_ms == 0 {
+            return Err(invalid("heartbeat.interval_ms", "is 0", "use at least 1 (10 is the default)"));
+        }
+        if hb.timeout_ms < 3 * hb.interval_ms {
+            return Err(invalid(
+                "heartbeat.timeout_ms",
+                format!("{} ms is under three heartbeats of {} ms", hb.timeout_ms, hb.interval_ms),
+                "make it at least 3 x interval_ms, or a late heartbeat causes a needless failover",
+            ));
+        }
+        if hb.lease_ms < hb.timeout_ms {
+            return Err(invalid("heartbeat.lease_ms", "is shorter than timeout_ms", "make it at least timeout_ms"));
+        }
+        let mut services = Vec::new();
+        for (index, service) in self.services.iter().enumerate() {
+            let field = |key: &str| format!("services[{index}].{key}");
+            if service.name.is_empty() || self.services[..index].iter().any(|s| s.name == service.name) {
+                return Err(invalid(field("name"), "is empty or used twice", "give every service its own name"));
+            }
+            if service.kind != "bank" {
+                return Err(invalid(
+                    field("kind"),
+                    format!("{:?} is not a service kind", service.kind),
+                    "use \"bank\"",
+                ));
+            }
+            let primary = NodeId(service.primary);
+            match members.iter().find(|m| m.id == primary) {
+                None => {
+                    return Err(invalid(
+                        field("primary"),
+                        format!("{primary} is not in the cluster"),
+                        "name a node from [node] or [[peers]]",
+                    ));
+                }
+                Some(m) if m.witness => {
+                    return Err(invalid(
+                        field("primary"),
+                        format!("{primary} is a witness"),
+                        "name a node that holds regions",
+                    ));
+                }
+                Some(_) => {}
+            }
+            if service.backups as usize >= holders {
+                return Err(invalid(
+                    field("backups"),
+                    format!(
+                        "{} backups need {} nodes that hold regions, the cluster has {holders}",
+                        service.backups,
+                        service.backups as usize + 1
+                    ),
+                    "add nodes or lower backups",
+                ));
+            }
+            let digits = service.region_base.trim_start_matches("0x").replace('_', "");
+            let base = usize::from_str_radix(&digits, 16).map_err(|_| {
+                invalid(
+                    field("region_base"),
+                    format!("{:?} is not a hex address", service.region_base),
+                    "write it like \"0x200000000000\"",
+                )
+            })?;
+            if base == 0 || base % (2 << 20) != 0 {
+                return Err(invalid(
+                    field("region_base"),
+                    format!("{base:#x} is not 2 MiB aligned"),
+                    "use a multiple of 0x200000",
+                ));
+            }
+            let region_len = service
+                .region_size_mib
+                .checked_mul(1 << 20)
+                .filter(|len| *len > 0 && *len <= nonstop_region::MAX_REGION_LEN as u64)
+                .ok_or_else(|| {
+                    invalid(
+                        field("region_size_mib"),
+                        format!("{} MiB", service.region_size_mib),
+                        format!("use 1 to {} MiB", nonstop_region::MAX_REGION_LEN >> 20),
+                    )
+                })? as usize;
+            let needed = nonstop_workloads::bank::Bank::new(service.branches.max(1), 8).region_len();
+            if service.branches == 0 || needed > region_len {
+                return Err(invalid(
+                    field("region_size_mib"),
+                    format!("{} branches need {} MiB", service.branches, needed.div_ceil(1 << 20)),
+                    "raise region_size_mib or lower branches",
+                ));
+            }
+            let protocol = match service.protocol.as_str() {
+                "au" => UpdateProtocol::Au,
+                "du" => UpdateProtocol::Du,
+                other => return Err(invalid(field("protocol"), format!("{other:?}"), "use \"au\" or \"du\"")),
+            };
+            let policy = match service.checkpoint_interval_us {
+                0 => CommitPolicy::Sync,
+                interval_us => CommitPolicy::Epoch { interval_us, max_commits: 0 },
+            };
+            services.push(ServiceSpec {
+                name: service.name.clone(),
+                index: index as u16,
+                primary,
+                backups: service.backups,
+                region_base: base,
+                region_len,
+                protocol,
+                policy,
+                branches: service.branches,
+            });
+        }
+        Ok(Checked {
+            me,
+            members,
+            data_dir: self.node.data_dir,
+            key_file: self.node.key_file,
+            heartbeat: Duration::from_millis(hb.interval_ms),
+            timeout: Duration::from_millis(hb.timeout_ms),
+            lease: Duration::from_millis(hb.lease_ms),
+            services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [node]
+        id = 1
+        control = "127.0.0.1:7001"
+        client = "127.0.0.1:7101"
+        replication = "127.0.0.1:7201"
+        data_dir = "/tmp/n1"
+        key_file = "/tmp/key"
+
+        [[peers]]
+        id = 2
+        control = "127.0.0.2:7001"
+        client = "127.0.0.2:7101"
+        replication = "127.0.0.2:7201"
+
+        [[services]]
+        name = "bank"
+        primary = 1
+        region_base = "0x200000000000"
+        region_size_mib = 128
+    "#;
+
+    fn check(text: &str) -> Result<Checked, ConfigError> {
+        NodeConfig::parse(text, Path::new("test.toml"))?.check()
+    }
+
+    #[test]
+    fn a_good_config_checks() {
+        let checked = check(GOOD).unwrap();
+        assert_eq!(checked.members.len(), 2);
+        assert_eq!(checked.services[0].region_base, 0x2000_0000_0000);
+        let addr = checked.replication_addr(NodeId(2), &checked.services[0]).unwrap();
+        assert_eq!(addr.to_string(), "127.0.0.2:7201");
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let cases = [
+            (GOOD.replace("id = 2", "id = 1"), "peers[0].id"),
+            (GOOD.replace("primary = 1", "primary = 9"), "services[0].primary"),
+            (GOOD.replace("0x200000000000", "0x200000000001"), "services[0].region_base"),
+            (GOOD.replace("region_size_mib = 128", "region_size_mib = 1"), "services[0].region_size_mib"),
+            (GOOD.replace("region_size_mib = 128", "region_size_mib = 128\nbackups = 2"), "services[0].backups"),
+            (format!("{GOOD}\n[heartbeat]\ninterval_ms = 10\ntimeout_ms = 20"), "heartbeat.timeout_ms"),
+            (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"redis\""), "services[0].kind"),
+        ];
+        for (text, field) in cases {
+            let error = check(&text).unwrap_err().to_string();
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        let unknown = check(&GOOD.replace("id = 1", "id = 1\nidd = 3")).unwrap_err().to_string();
+        assert!(unknown.contains("idd"), "{unknown}");
+    }
+}

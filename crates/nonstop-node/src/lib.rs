@@ -1,0 +1,49 @@
+//! The nonstop node agent (`nonstop node --config FILE`) and the client.
+//!
+//! An agent runs one node: its share of the Raft control plane, and for every configured
+//! service the role the control plane gives it — primary, backup, or spare waiting to be
+//! re-protected into a backup. It fails services over when their primary dies, brings spares up
+//! to date, and serves the client protocol, redirecting clients to the primary.
+//!
+//! * [`config`]: the TOML configuration and its checks.
+//! * [`peers`]: authenticated agent-to-agent transport (Raft and heartbeats).
+//! * [`agent`]: the control loop.
+//! * [`service`]: one service's roles on this node and the moves between them.
+//! * [`client_server`]: the client port.
+//! * [`client`]: the Rust client that follows redirects and retries exactly once.
+
+pub mod agent;
+pub mod client;
+pub mod client_server;
+pub mod config;
+pub mod peers;
+pub mod service;
+
+pub use nonstop_control::NodeId;
+
+use agent::{Agent, NodeError};
+use config::Checked;
+use nonstop_proto::auth::ClusterKey;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// The line a node prints on stdout once it serves (for scripts and `nonstop demo`).
+pub const READY: &str = "node ready";
+
+/// Runs a node until `stop` is set: control plane, services and the client port.
+pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool) -> Result<(), NodeError> {
+    let client_addr = config.me.client;
+    let listener = std::net::TcpListener::bind(client_addr).map_err(|source| NodeError::Listen {
+        what: "client port",
+        addr: client_addr,
+        source,
+    })?;
+    let agent = Agent::start(config, key)?;
+    let answering = Arc::new(client_server::Answering { services: agent.serving(), status: agent.status() });
+    std::thread::Builder::new()
+        .name("nonstop-clients".into())
+        .spawn(move || client_server::serve(listener, answering))
+        .expect("spawn client listener");
+    tracing::info!(%client_addr, "{READY}");
+    agent.run(stop)
+}

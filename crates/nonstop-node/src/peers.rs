@@ -1,0 +1,182 @@
+//! Agent-to-agent transport: Raft messages and heartbeat reports over authenticated
+//! connections (the same handshake and MAC'd frames as replication).
+//!
+//! Each node dials every peer and keeps one outgoing connection per peer, fed from a bounded
+//! queue (a message that finds the queue full is dropped: Raft retransmits and heartbeats
+//! repeat). Incoming connections are read on their own threads and turned into [`PeerEvent`]s.
+//! A connection that closes is reported as [`PeerEvent::Down`]: the peer's agent process, and
+//! with it every region it held, is gone.
+
+use crate::NodeId;
+use nonstop_control::coordinator::Report;
+use nonstop_net::conn::{self, ConnError, FrameSender};
+use nonstop_proto::auth::ClusterKey;
+use nonstop_proto::frame::FrameKind;
+use nonstop_proto::{CheckpointId, Term};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::time::Duration;
+
+/// Messages queued per peer before new ones are dropped.
+const OUTBOX: usize = 1024;
+
+/// What agents tell each other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Body {
+    /// A Raft message (protobuf bytes, for [`nonstop_control::ControlNode::step`]).
+    Raft(Vec<u8>),
+    /// A heartbeat with the sender's roles and holdings.
+    Report(Report),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    from: NodeId,
+    body: Body,
+}
+
+/// Something a peer did.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A message arrived.
+    Message {
+        /// The sender.
+        from: NodeId,
+        /// What it said.
+        body: Body,
+    },
+    /// A connection from the peer closed.
+    Down(NodeId),
+}
+
+/// The outgoing side: one queue per peer.
+#[derive(Debug)]
+pub struct Peers {
+    me: NodeId,
+    outboxes: BTreeMap<NodeId, SyncSender<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Peers {
+    /// Listens on `listen` and dials every peer in `peers`; events go to `events`.
+    pub fn start(
+        me: NodeId,
+        listen: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+        key: ClusterKey,
+        events: Sender<PeerEvent>,
+        redial: Duration,
+    ) -> std::io::Result<Peers> {
+        let listener = TcpListener::bind(listen)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (key, events, stop) = (key.clone(), events.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("nonstop-peers-accept".into())
+                .spawn(move || accept_loop(listener, key, events, stop))?;
+        }
+        let mut outboxes = BTreeMap::new();
+        for &(id, addr) in peers {
+            let (tx, rx) = mpsc::sync_channel(OUTBOX);
+            outboxes.insert(id, tx);
+            let (key, stop) = (key.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("nonstop-peer-{}", id.0))
+                .spawn(move || dial_loop(addr, key, rx, stop, redial))?;
+        }
+        Ok(Peers { me, outboxes, stop })
+    }
+
+    /// Queues `body` for `to`; drops it if the queue is full.
+    pub fn send(&self, to: NodeId, body: Body) {
+        let Some(outbox) = self.outboxes.get(&to) else { return };
+        let bytes = postcard::to_stdvec(&Wire { from: self.me, body }).expect("wire messages serialize");
+        match outbox.try_send(bytes) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => tracing::debug!(peer = to.0, "peer queue full; message dropped"),
+        }
+    }
+
+    /// Queues `body` for every peer.
+    pub fn broadcast(&self, body: &Body) {
+        for to in self.outboxes.keys() {
+            self.send(*to, body.clone());
+        }
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop(listener: TcpListener, key: ClusterKey, events: Sender<PeerEvent>, stop: Arc<AtomicBool>) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        let (key, events) = (key.clone(), events.clone());
+        let _ = std::thread::Builder::new().name("nonstop-peer-in".into()).spawn(move || {
+            let mut from = None;
+            let result = (|| -> Result<(), ConnError> {
+                let (_sender, mut receiver) = conn::accept(stream, &key)?;
+                loop {
+                    let frame = receiver.recv()?;
+                    if frame.kind != FrameKind::Control {
+                        continue;
+                    }
+                    match postcard::from_bytes::<Wire>(&frame.payload) {
+                        Ok(wire) => {
+                            from = Some(wire.from);
+                            if events.send(PeerEvent::Message { from: wire.from, body: wire.body }).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "undecodable control message dropped"),
+                    }
+                }
+            })();
+            if let Err(error) = result {
+                tracing::debug!(?from, %error, "peer connection ended");
+            }
+            if let Some(from) = from {
+                let _ = events.send(PeerEvent::Down(from));
+            }
+        });
+    }
+}
+
+fn dial_loop(addr: SocketAddr, key: ClusterKey, outbox: Receiver<Vec<u8>>, stop: Arc<AtomicBool>, redial: Duration) {
+    let mut sender: Option<FrameSender> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let bytes = match outbox.recv_timeout(Duration::from_millis(100)) {
+            Ok(bytes) => bytes,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if sender.is_none() {
+            match conn::connect(addr, &key) {
+                Ok((s, _receiver)) => sender = Some(s),
+                Err(error) => {
+                    tracing::trace!(%addr, %error, "peer unreachable");
+                    // Drain what queued meanwhile: stale Raft messages and heartbeats are useless.
+                    std::thread::sleep(redial);
+                    while outbox.try_recv().is_ok() {}
+                    continue;
+                }
+            }
+        }
+        if let Some(s) = sender.as_mut()
+            && s.send(FrameKind::Control, Term(0), CheckpointId(0), &bytes).is_err()
+        {
+            sender = None;
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! One service on one node: the role the node plays in it and the moves between roles.
+//!
+//! The control plane's record says who is primary and who are backups; [`ServiceHost::reconcile`]
+//! brings the node in line with it:
+//!
+//! * **standby** (a backup, or a spare waiting to become one): a [`BackupServer`] on the
+//!   service's replication address follows whichever primary attaches;
+//! * **promotion** (the record names this node primary of a new term): the backup server stops,
+//!   the image — exactly the last checkpoint it held — becomes the primary's region in place, and
+//!   the node serves from it at once. Nothing is copied, so resuming costs nothing proportional to
+//!   the region;
+//! * **primary**: keeps the set of backups whose acknowledgements release output equal to the
+//!   record's, asks for a lease while it has none, asks to drop a backup whose link died, and
+//!   re-protects: attaches a spare with a whole image, waits until the spare holds everything
+//!   already released, then asks to add it;
+//! * **deposed** (the record names another primary): stops releasing at once, gives the region
+//!   up, and comes back as a spare.
+
+use crate::NodeId;
+use crate::config::{Checked, ServiceSpec};
+use nonstop_control::ServiceRecord;
+use nonstop_control::cluster::Command;
+use nonstop_control::coordinator::{Role, ServiceReport};
+use nonstop_net::backup::{BackupControl, BackupServer};
+use nonstop_net::primary::{Primary, PrimaryConfig};
+use nonstop_proto::auth::ClusterKey;
+use nonstop_proto::primary::BackupId;
+use nonstop_proto::{CheckpointId, Term};
+use nonstop_region::{Mirror, Region};
+use nonstop_workloads::bank::Bank;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long attaching a spare (sending it the whole image) may take.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A primary serving a service: what client threads use.
+pub struct Active {
+    /// The term it serves in.
+    pub term: Term,
+    /// The region.
+    pub mirror: Arc<Mirror>,
+    /// Its replicator.
+    pub primary: Primary,
+    /// The service logic.
+    pub bank: Bank,
+    /// Set when the node is deposed: nothing more is released.
+    pub deposed: AtomicBool,
+    next_worker: AtomicUsize,
+}
+
+impl Active {
+    /// A worker number for a new client connection (its history segment).
+    pub fn worker(&self) -> usize {
+        self.next_worker.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What client threads see of a service.
+#[derive(Default)]
+pub struct Serving {
+    active: RwLock<Option<Arc<Active>>>,
+    primary_client: RwLock<(Option<SocketAddr>, Term)>,
+}
+
+impl Serving {
+    /// The primary, if this node is it.
+    pub fn active(&self) -> Option<Arc<Active>> {
+        self.active.read().unwrap_or_else(|p| p.into_inner()).clone().filter(|a| !a.deposed.load(Ordering::SeqCst))
+    }
+
+    /// Where clients should go instead, and the term known.
+    pub fn redirect(&self) -> (Option<SocketAddr>, Term) {
+        *self.primary_client.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Standby {
+    control: BackupControl,
+    thread: JoinHandle<BackupServer>,
+}
+
+struct Attaching {
+    node: NodeId,
+    thread: JoinHandle<Result<BackupId, String>>,
+}
+
+struct PrimaryRole {
+    active: Arc<Active>,
+    /// Backups attached by this primary, by node.
+    attached: BTreeMap<NodeId, BackupId>,
+    attaching: Option<Attaching>,
+    /// Attached and required, waiting until they hold everything released before AddBackup.
+    joining: BTreeSet<NodeId>,
+    /// When a lease was last asked for, and the oldest ask not yet granted.
+    lease_asked: Option<Instant>,
+    lease_until: Option<Instant>,
+    required_version: Option<(u64, BTreeSet<NodeId>)>,
+    /// When each required backup was first seen disconnected.
+    lost_since: BTreeMap<NodeId, Instant>,
+    last_proposal: BTreeMap<String, Instant>,
+    attach_failures: BTreeMap<NodeId, Instant>,
+}
+
+enum LocalRole {
+    /// Holds nothing (a witness, a deposed primary whose region is not free yet).
+    Idle,
+    Standby(Standby),
+    Primary(Box<PrimaryRole>),
+}
+
+/// A service on this node.
+pub struct ServiceHost {
+    spec: ServiceSpec,
+    bank: Bank,
+    key: ClusterKey,
+    me: NodeId,
+    witness: bool,
+    listen: SocketAddr,
+    role: LocalRole,
+    serving: Arc<Serving>,
+    retired: Vec<Weak<Active>>,
+    /// Promotion events for the timeline: (term, when the node started serving).
+    pub promoted_at: Option<(Term, Instant)>,
+}
+
+/// What the agent should do for a service.
+#[derive(Debug, Default)]
+pub struct Needs {
+    /// Commands to propose.
+    pub proposals: Vec<Command>,
+}
+
+impl ServiceHost {
+    /// A host for `spec` on this node, idle until the first reconcile.
+    pub fn new(spec: ServiceSpec, config: &Checked, key: ClusterKey) -> ServiceHost {
+        let listen = config.replication_addr(config.me.id, &spec).expect("checked config has every member");
+        ServiceHost {
+            bank: Bank::new(spec.branches, 8),
+            spec,
+            key,
+            me: config.me.id,
+            witness: config.me.witness,
+            listen,
+            role: LocalRole::Idle,
+            serving: Arc::new(Serving::default()),
+            retired: Vec::new(),
+            promoted_at: None,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// What client threads use.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.serving.clone()
+    }
+
+    /// This node's heartbeat report for the service.
+    pub fn report(&self, record: Option<&ServiceRecord>) -> ServiceReport {
+        let term_known = record.map_or(Term(0), |r| r.term);
+        let (role, term, held) = match &self.role {
+            LocalRole::Idle => (Role::Spare, term_known, None),
+            LocalRole::Standby(standby) => match standby.control.held() {
+                Some((term, checkpoint)) => {
+                    let backup = record.is_some_and(|r| r.backups.contains(&self.me) && r.term == term);
+                    (if backup { Role::Backup } else { Role::Joining }, term, Some(checkpoint))
+                }
+                None => (Role::Spare, term_known, None),
+            },
+            LocalRole::Primary(primary) => (Role::Primary, primary.active.term, primary.active.primary.held()),
+        };
+        ServiceReport { service: self.spec.name.clone(), role, term, held }
+    }
+
+    /// A lease the control plane granted (our `GrantLease` for `term` was applied).
+    pub fn on_lease_granted(&mut self, term: Term, lease: Duration) {
+        if let LocalRole::Primary(primary) = &mut self.role
+            && primary.active.term == term
+            && let Some(asked) = primary.lease_asked.take()
+        {
+            // Timed from when it was asked, before the grant existed: the holder's lease ends
+            // no later than any wait the control plane times from the grant.
+            let until = asked + lease;
+            primary.lease_until = Some(until);
+            primary.active.primary.set_lease(Some(until));
+        }
+    }
+
+    /// Brings the node in line with `record` (absent: the service is not created yet).
+    /// `alive` says which nodes are believed up; `client_of` maps a node to its client address.
+    pub fn reconcile(
+        &mut self,
+        record: Option<&ServiceRecord>,
+        config: &Checked,
+        alive: &dyn Fn(NodeId) -> bool,
+        now: Instant,
+    ) -> Needs {
+        let mut needs = Needs::default();
+        self.retired.retain(|weak| weak.strong_count() > 0);
+        if let Some(record) = record {
+            let client = config.member(record.primary).map(|m| m.client);
+            *self.serving.primary_client.write().unwrap_or_else(|p| p.into_inner()) = (client, record.term);
+        }
+        if self.witness {
+            return needs;
+        }
+        let Some(record) = record else {
+            self.ensure_standby();
+            return needs;
+        };
+        let wants_primary = record.primary == self.me;
+        match &mut self.role {
+            LocalRole::Primary(primary) if !wants_primary || primary.active.term != record.term => {
+                self.depose(record);
+                self.ensure_standby();
+            }
+            LocalRole::Primary(_) => self.primary_duties(record, config, alive, now, &mut needs),
+            LocalRole::Standby(_) if wants_primary => self.promote(record, now, &mut needs),
+            LocalRole::Idle if wants_primary => self.start_fresh(record, now, &mut needs),
+            LocalRole::Standby(_) => {}
+            LocalRole::Idle => self.ensure_standby(),
+        }
+        needs
+    }
+
+    fn ensure_standby(&mut self) {
+        if !matches!(self.role, LocalRole::Idle) || !self.retired.is_empty() {
+            return;
+        }
+        let region = match Region::map(self.spec.region_base, self.spec.region_len) {
+            Ok(region) => region,
+            Err(error) => {
+                tracing::warn!(service = self.spec.name, %error, "cannot map the region for a standby yet");
+                return;
+            }
+        };
+        let check: nonstop_net::backup::ConsistencyCheck = Arc::new(nonstop_workloads::check);
+        let server = match BackupServer::bind(self.listen, self.key.clone(), region, Some(check)) {
+            Ok(server) => server,
+            Err(error) => {
+                tracing::warn!(service = self.spec.name, addr = %self.listen, %error, "cannot listen for a primary yet");
+                return;
+            }
+        };
+        let control = server.control();
+        let thread = std::thread::Builder::new()
+            .name(format!("nonstop-backup-{}", self.spec.name))
+            .spawn(move || {
+                let mut server = server;
+                server.serve(&AtomicBool::new(false));
+                server
+            })
+            .expect("spawn backup server");
+        tracing::info!(service = self.spec.name, addr = %self.listen, "standing by as a backup");
+        self.role = LocalRole::Standby(Standby { control, thread });
+    }
+
+    fn start_fresh(&mut self, record: &ServiceRecord, now: Instant, needs: &mut Needs) {
+        if record.last_promotion.is_some() || record.version > 1 || !self.retired.is_empty() {
+            // The service has history elsewhere: this node lost its region (it restarted) and
+            // must not serve an empty one. The leader sees it report no region and fails over.
+            return;
+        }
+        let region = match Region::map(self.spec.region_base, self.spec.region_len) {
+            Ok(region) => region,
+            Err(error) => {
+                tracing::warn!(service = self.spec.name, %error, "cannot map the region");
+                return;
+            }
+        };
+        let mirror = Arc::new(Mirror::new(region, Some(self.spec.protocol), CheckpointId(1)));
+        self.bank.load(&mirror);
+        tracing::info!(service = self.spec.name, term = record.term.0, "primary of a new service");
+        self.become_primary(mirror, record.term, now, needs);
+    }
+
+    fn promote(&mut self, record: &ServiceRecord, now: Instant, needs: &mut Needs) {
+        let LocalRole::Standby(standby) = std::mem::replace(&mut self.role, LocalRole::Idle) else { unreachable!() };
+        standby.control.stop();
+        let server = standby.thread.join().expect("backup server thread panicked");
+        let (region, backup) = server.into_parts();
+        let Some((held_term, held)) = backup.held_with_term() else {
+            // Never followed a primary: the configured first primary of a new service, which
+            // stood by until the record existed.
+            drop(region);
+            self.start_fresh(record, now, needs);
+            return;
+        };
+        let mirror = Arc::new(Mirror::resume(region, Some(self.spec.protocol), held.next()));
+        tracing::info!(
+            service = self.spec.name,
+            term = record.term.0,
+            from_term = held_term.0,
+            checkpoint = held.0,
+            "promoted: resuming from the last checkpoint held"
+        );
+        self.become_primary(mirror, record.term, now, needs);
+    }
+
+    fn become_primary(&mut self, mirror: Arc<Mirror>, term: Term, now: Instant, needs: &mut Needs) {
+        let primary = Primary::start(
+            mirror.clone(),
+            PrimaryConfig { term, policy: self.spec.policy, required_backups: 0, key: self.key.clone() },
+        );
+        // Until the record names backups, output waits for a lease.
+        primary.set_required(BTreeSet::new());
+        let active = Arc::new(Active {
+            term,
+            mirror,
+            primary,
+            bank: self.bank,
+            deposed: AtomicBool::new(false),
+            next_worker: AtomicUsize::new(0),
+        });
+        *self.serving.active.write().unwrap_or_else(|p| p.into_inner()) = Some(active.clone());
+        self.promoted_at = Some((term, now));
+        let mut role = PrimaryRole {
+            active,
+            attached: BTreeMap::new(),
+            attaching: None,
+            joining: BTreeSet::new(),
+            lease_asked: None,
+            lease_until: None,
+            required_version: None,
+            lost_since: BTreeMap::new(),
+            last_proposal: BTreeMap::new(),
+            attach_failures: BTreeMap::new(),
+        };
+        role.lease_asked = Some(now);
+        needs.proposals.push(Command::GrantLease { service: self.spec.name.clone(), term, node: self.me });
+        self.role = LocalRole::Primary(Box::new(role));
+    }
+
+    fn depose(&mut self, record: &ServiceRecord) {
+        let LocalRole::Primary(primary) = std::mem::replace(&mut self.role, LocalRole::Idle) else { return };
+        primary.active.deposed.store(true, Ordering::SeqCst);
+        primary.active.primary.set_lease(None);
+        *self.serving.active.write().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::warn!(
+            service = self.spec.name,
+            term = primary.active.term.0,
+            new_term = record.term.0,
+            new_primary = record.primary.0,
+            "deposed: releasing nothing more, giving the region up"
+        );
+        self.retired.push(Arc::downgrade(&primary.active));
+        if let Some(attaching) = primary.attaching {
+            // The attach thread holds the active primary; it ends on its own.
+            drop(attaching);
+        }
+    }
+
+    fn primary_duties(
+        &mut self,
+        record: &ServiceRecord,
+        config: &Checked,
+        alive: &dyn Fn(NodeId) -> bool,
+        now: Instant,
+        needs: &mut Needs,
+    ) {
+        let LocalRole::Primary(role) = &mut self.role else { return };
+        let name = self.spec.name.clone();
+        let term = record.term;
+        let primary = &role.active.primary;
+        let connected: BTreeMap<BackupId, Option<CheckpointId>> = primary.connected_backups().into_iter().collect();
+        // 1. Finished attaches become joining backups: required at once, so that output cannot
+        //    run ahead of them, and added to the record once they hold everything released.
+        if role.attaching.as_ref().is_some_and(|a| a.thread.is_finished()) {
+            let attaching = role.attaching.take().expect("checked above");
+            match attaching.thread.join().expect("attach thread panicked") {
+                Ok(id) => {
+                    tracing::info!(service = name, node = attaching.node.0, "spare attached; joining");
+                    role.attached.insert(attaching.node, id);
+                    role.joining.insert(attaching.node);
+                    role.required_version = None;
+                }
+                Err(error) => {
+                    tracing::warn!(service = name, node = attaching.node.0, %error, "attaching a spare failed");
+                    role.attach_failures.insert(attaching.node, now);
+                }
+            }
+        }
+        role.joining.retain(|node| !record.backups.contains(node));
+        // 2. The required set: the record's backups and the joining ones.
+        let required_nodes: BTreeSet<NodeId> = record.backups.iter().chain(role.joining.iter()).copied().collect();
+        if role.required_version.as_ref() != Some(&(record.version, required_nodes.clone())) {
+            let ids = required_nodes
+                .iter()
+                .map(|node| role.attached.get(node).copied().unwrap_or(BackupId(u32::MAX - node.0 as u32)))
+                .collect();
+            primary.set_required(ids);
+            role.required_version = Some((record.version, required_nodes.clone()));
+        }
+        let mut propose = |key: String, command: Command, every: Duration| {
+            if role.last_proposal.get(&key).is_none_or(|at| now.duration_since(*at) >= every) {
+                role.last_proposal.insert(key, now);
+                needs.proposals.push(command);
+            }
+        };
+        let retry = config.timeout;
+        // 3. Joining backups that hold everything released are added to the record.
+        let held = primary.held();
+        for node in &role.joining {
+            let Some(id) = role.attached.get(node) else { continue };
+            let acked = connected.get(id).copied().flatten();
+            if acked.is_some() && acked >= held {
+                let command = Command::AddBackup { service: name.clone(), term, node: *node };
+                propose(format!("add-{}", node.0), command, retry);
+            }
+        }
+        // 4. A backup whose link is down past the timeout is dropped from the record.
+        for node in &record.backups {
+            let up = role.attached.get(node).is_some_and(|id| connected.contains_key(id));
+            if up {
+                role.lost_since.remove(node);
+                continue;
+            }
+            let since = *role.lost_since.entry(*node).or_insert(now);
+            if now.duration_since(since) >= config.timeout {
+                let command = Command::DropBackup { service: name.clone(), term, node: *node };
+                propose(format!("drop-{}", node.0), command, retry);
+            }
+        }
+        for node in role.joining.clone() {
+            if !role.attached.get(&node).is_some_and(|id| connected.contains_key(id)) {
+                role.joining.remove(&node);
+                role.required_version = None;
+            }
+        }
+        // 5. Without backups, keep a lease.
+        if record.backups.is_empty() {
+            let expiring = role.lease_until.is_none_or(|until| until <= now + config.lease / 2);
+            if expiring && role.lease_asked.is_none_or(|asked| now.duration_since(asked) >= config.lease / 4) {
+                role.lease_asked.get_or_insert(now);
+                needs.proposals.push(Command::GrantLease { service: name.clone(), term, node: self.me });
+            }
+        }
+        // 6. Re-protection: attach a spare while fewer backups than wanted.
+        let have = record.backups.len() + role.joining.len() + role.attaching.is_some() as usize;
+        if have < record.backups_wanted as usize && role.attaching.is_none() {
+            let spare = config.members.iter().find(|m| {
+                !m.witness
+                    && m.id != self.me
+                    && !record.backups.contains(&m.id)
+                    && !role.joining.contains(&m.id)
+                    && alive(m.id)
+                    && role.attach_failures.get(&m.id).is_none_or(|at| now.duration_since(*at) >= retry)
+            });
+            if let Some(spare) = spare {
+                let addr = config.replication_addr(spare.id, &self.spec).expect("member has an address");
+                let active = role.active.clone();
+                let node = spare.id;
+                tracing::info!(service = name, node = node.0, %addr, "re-protecting: attaching a spare");
+                let thread = std::thread::Builder::new()
+                    .name(format!("nonstop-attach-{}", node.0))
+                    .spawn(move || active.primary.attach_backup(addr, ATTACH_TIMEOUT).map_err(|e| e.to_string()))
+                    .expect("spawn attach thread");
+                role.attaching = Some(Attaching { node, thread });
+            }
+        }
+    }
+}
+
+/// Guards a value with a mutex that ignores poisoning (a panicked client thread must not stop
+/// the agent).
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

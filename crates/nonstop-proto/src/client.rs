@@ -1,0 +1,178 @@
+//! The client protocol: how applications talk to a service's primary.
+//!
+//! Each message is a 4-byte little-endian length and a postcard-encoded [`ClientRequest`] or
+//! [`ClientReply`], at most [`MAX_CLIENT_MESSAGE`] bytes. A node that is not the service's
+//! primary answers [`ClientReply::Redirect`]; a client retries the same request number until it
+//! gets an answer, and the service answers a retry from what it remembers in the region.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::io::{Read, Write};
+use thiserror::Error;
+
+/// The longest message accepted.
+pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// A Debit-Credit transfer on the bank service.
+    Transfer {
+        /// The service.
+        service: String,
+        /// The client's id (not 0).
+        client: u64,
+        /// The request's number: 1, 2, 3, … per client; a retry repeats it.
+        request: u64,
+        /// The account.
+        account: u64,
+        /// The teller.
+        teller: u64,
+        /// The amount in cents.
+        delta: i64,
+    },
+    /// Where is the primary of `service`?
+    Locate {
+        /// The service.
+        service: String,
+    },
+    /// The node's view of the cluster (for `nonstop status`).
+    Status,
+    /// Run the service's consistency check and report what it remembers of `clients` and the
+    /// balances of `accounts` (the primary answers, between checkpoints).
+    Audit {
+        /// The service.
+        service: String,
+        /// Clients to report.
+        clients: Vec<u64>,
+        /// Accounts to report.
+        accounts: Vec<u64>,
+    },
+}
+
+/// What the service remembers of a client: its last request, how many it applied, the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientMemory {
+    /// The last request number applied.
+    pub request: u64,
+    /// Requests applied in all.
+    pub applied: u64,
+    /// The last answer.
+    pub balance: i64,
+}
+
+/// A service's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// The request is applied and its effect is held by every backup.
+    Done {
+        /// The request number answered.
+        request: u64,
+        /// The account's balance after the transfer.
+        balance: i64,
+        /// True if this answers a retry of a request applied before.
+        duplicate: bool,
+        /// The primary's term.
+        term: u64,
+    },
+    /// The client already got the answer to a later request.
+    Stale {
+        /// The request number received.
+        request: u64,
+        /// The last request applied.
+        last: u64,
+    },
+    /// This node is not the primary; try `primary` (its client address), if known.
+    Redirect {
+        /// The primary's client address.
+        primary: Option<String>,
+        /// The term this node knows.
+        term: u64,
+    },
+    /// The service cannot answer now (no primary yet, a failover in progress); retry.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The request is wrong and retrying will not help.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// The answer to [`ClientRequest::Status`]: the node's status as JSON.
+    Status {
+        /// JSON text.
+        json: String,
+    },
+    /// The answer to [`ClientRequest::Audit`].
+    Audit {
+        /// The consistency check's verdict.
+        check: Result<String, String>,
+        /// Per client asked: what the service remembers (`None`: nothing applied).
+        clients: Vec<(u64, Option<ClientMemory>)>,
+        /// Per account asked: its balance.
+        balances: Vec<(u64, Option<i64>)>,
+        /// The primary's term.
+        term: u64,
+    },
+}
+
+/// A client message that could not be read or written.
+#[derive(Debug, Error)]
+pub enum ClientProtocolError {
+    /// The connection failed or closed.
+    #[error("client connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The length prefix exceeds [`MAX_CLIENT_MESSAGE`].
+    #[error("client message of {0} bytes exceeds the {MAX_CLIENT_MESSAGE}-byte limit")]
+    TooLong(usize),
+    /// The message did not decode.
+    #[error("undecodable client message: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Writes one message.
+pub fn write_message<T: Serialize>(writer: &mut impl Write, message: &T) -> Result<(), ClientProtocolError> {
+    let payload = postcard::to_stdvec(message)?;
+    if payload.len() > MAX_CLIENT_MESSAGE {
+        return Err(ClientProtocolError::TooLong(payload.len()));
+    }
+    let mut bytes = Vec::with_capacity(4 + payload.len());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    writer.write_all(&bytes)?;
+    Ok(())
+}
+
+/// Reads one message.
+pub fn read_message<T: DeserializeOwned>(reader: &mut impl Read) -> Result<T, ClientProtocolError> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_CLIENT_MESSAGE {
+        return Err(ClientProtocolError::TooLong(len));
+    }
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload)?;
+    Ok(postcard::from_bytes(&payload)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_bad_ones_are_refused() {
+        let request =
+            ClientRequest::Transfer { service: "bank".into(), client: 1, request: 2, account: 3, teller: 4, delta: -5 };
+        let mut bytes = Vec::new();
+        write_message(&mut bytes, &request).unwrap();
+        assert_eq!(read_message::<ClientRequest>(&mut bytes.as_slice()).unwrap(), request);
+        let mut long = (MAX_CLIENT_MESSAGE as u32 + 1).to_le_bytes().to_vec();
+        long.extend_from_slice(&[0; 16]);
+        assert!(matches!(read_message::<ClientRequest>(&mut long.as_slice()), Err(ClientProtocolError::TooLong(_))));
+        let mut garbage = 3u32.to_le_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(read_message::<ClientRequest>(&mut garbage.as_slice()).is_err());
+        assert!(read_message::<ClientRequest>(&mut &bytes[..bytes.len() - 1]).is_err(), "a cut message");
+    }
+}

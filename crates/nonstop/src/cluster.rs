@@ -1,0 +1,230 @@
+//! A local cluster: node agents as child processes on loopback addresses, each with its own
+//! config, Raft log and log file. `nonstop demo`, `nonstop chaos kill` and the failover tests
+//! run on it.
+
+use crate::local::KeyFile;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shape of a local cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Nodes (3 by default), on `ip_prefix.1`, `ip_prefix.2`, …
+    pub nodes: u8,
+    /// The first three octets of the nodes' loopback addresses, e.g. "127.0.0".
+    pub ip_prefix: String,
+    /// Backups of the bank service.
+    pub backups: u8,
+    /// The region's address.
+    pub region_base: usize,
+    /// The region's size in MiB.
+    pub region_size_mib: u64,
+    /// Debit-Credit branches.
+    pub branches: u64,
+    /// Microseconds between checkpoints (0: sync).
+    pub checkpoint_interval_us: u64,
+    /// Heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Failure timeout.
+    pub timeout_ms: u64,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            nodes: 3,
+            ip_prefix: "127.0.0".into(),
+            backups: 1,
+            region_base: crate::DEFAULT_REGION_BASE,
+            region_size_mib: 128,
+            branches: 1,
+            checkpoint_interval_us: 1000,
+            heartbeat_ms: 10,
+            timeout_ms: 200,
+        }
+    }
+}
+
+/// The bank service's name in local clusters.
+pub const SERVICE: &str = "bank";
+
+/// One node of a local cluster.
+#[derive(Debug)]
+pub struct LocalNode {
+    /// Its id.
+    pub id: u64,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its client address.
+    pub client: SocketAddr,
+    /// Its log file (stderr of the agent).
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    /// Whether the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// A local cluster; every node is killed and the directory removed on drop.
+#[derive(Debug)]
+pub struct LocalCluster {
+    exe: PathBuf,
+    dir: PathBuf,
+    _key: KeyFile,
+    /// The nodes, by id - 1.
+    pub nodes: Vec<LocalNode>,
+}
+
+impl LocalCluster {
+    /// Writes the configs of a cluster shaped like `spec` (nothing starts yet).
+    pub fn create(exe: &Path, spec: &ClusterSpec) -> std::io::Result<LocalCluster> {
+        let key = KeyFile::generate()?;
+        let mut tag = [0u8; 4];
+        getrandom::fill(&mut tag).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let tag = u32::from_le_bytes(tag);
+        let dir = std::env::temp_dir().join(format!("nonstop-cluster-{}-{tag:08x}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let addr = |id: u8, port: u16| -> SocketAddr {
+            format!("{}.{id}:{port}", spec.ip_prefix).parse().expect("valid loopback address")
+        };
+        let member = |id: u8| {
+            format!(
+                "id = {id}\ncontrol = \"{}\"\nclient = \"{}\"\nreplication = \"{}\"\n",
+                addr(id, 7001),
+                addr(id, 7101),
+                addr(id, 7201)
+            )
+        };
+        let mut nodes = Vec::new();
+        for id in 1..=spec.nodes {
+            let mut text = format!(
+                "[node]\n{}data_dir = \"{}\"\nkey_file = \"{}\"\n\n",
+                member(id),
+                dir.join(format!("node{id}")).display(),
+                key.path.display()
+            );
+            for peer in (1..=spec.nodes).filter(|p| *p != id) {
+                text += &format!("[[peers]]\n{}\n", member(peer));
+            }
+            text += &format!("[heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\n\n", spec.heartbeat_ms, spec.timeout_ms);
+            text += &format!(
+                "[[services]]\nname = \"{SERVICE}\"\nprimary = 1\nbackups = {}\nregion_base = \"{:#x}\"\nregion_size_mib = {}\nbranches = {}\ncheckpoint_interval_us = {}\n",
+                spec.backups, spec.region_base, spec.region_size_mib, spec.branches, spec.checkpoint_interval_us
+            );
+            let config = dir.join(format!("node{id}.toml"));
+            std::fs::write(&config, text)?;
+            nodes.push(LocalNode {
+                id: id as u64,
+                config,
+                client: addr(id, 7101),
+                log: dir.join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        Ok(LocalCluster { exe: exe.to_path_buf(), dir, _key: key, nodes })
+    }
+
+    /// The nodes' client addresses.
+    pub fn client_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.client).collect()
+    }
+
+    /// Where configs, logs and Raft logs live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts node `id` and waits until its agent runs.
+    pub fn start(&mut self, id: u64) -> std::io::Result<()> {
+        let exe = self.exe.clone();
+        let node = &mut self.nodes[id as usize - 1];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let mut child = Command::new(exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config)
+            .env("RUST_LOG", std::env::var("NONSTOP_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        if !line.starts_with(nonstop_node::READY) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other(format!("node {id} did not start; see {}", node.log.display())));
+        }
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts every node.
+    pub fn start_all(&mut self) -> std::io::Result<()> {
+        for id in 1..=self.nodes.len() as u64 {
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs node `id`; returns when the process is gone.
+    pub fn kill(&mut self, id: u64) -> std::io::Result<()> {
+        if let Some(mut child) = self.nodes[id as usize - 1].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until some node answers as primary of the bank; returns its id.
+    pub fn wait_primary(&self, timeout: Duration) -> Option<u64> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            for node in &self.nodes {
+                if let Ok(reply) = locate(node.client)
+                    && let nonstop_proto::client::ClientReply::Redirect { primary: Some(primary), .. } = reply
+                    && let Some(owner) = self.nodes.iter().find(|n| n.client.to_string() == primary)
+                    && locate(owner.client).is_ok()
+                {
+                    return Some(owner.id);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+fn locate(addr: SocketAddr) -> std::io::Result<nonstop_proto::client::ClientReply> {
+    use nonstop_proto::client::{ClientRequest, read_message, write_message};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    write_message(&mut stream, &ClientRequest::Locate { service: SERVICE.into() }).map_err(std::io::Error::other)?;
+    read_message(&mut stream).map_err(std::io::Error::other)
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::env::var_os("NONSTOP_KEEP_CLUSTER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

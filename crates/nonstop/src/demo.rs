@@ -1,0 +1,167 @@
+//! `nonstop demo`: three node processes on 127.0.0.1-3 running the bank service under client
+//! load; the primary is SIGKILLed, the failover's timeline is shown, the killed node returns and
+//! is re-protected into a backup, the new primary is killed too, and the run ends with the
+//! consistency check and the count of lost and doubled acknowledged updates.
+
+use crate::cluster::{ClusterSpec, LocalCluster, SERVICE};
+use crate::load::{self, Load, Verdict};
+use nonstop_node::agent::NodeStatus;
+use nonstop_node::client::node_status;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One failover as the demo saw it; times from the kill.
+#[derive(Clone, Debug)]
+pub struct FailoverTimeline {
+    /// The killed primary.
+    pub killed: u64,
+    /// The promoted node.
+    pub promoted: u64,
+    /// The new term.
+    pub term: u64,
+    /// A survivor's control plane saw the primary gone.
+    pub detected: Option<Duration>,
+    /// A survivor saw the promotion committed.
+    pub promoted_at: Option<Duration>,
+    /// The first answer from the new primary.
+    pub first_ack: Option<Duration>,
+    /// The killed node back as a backup holding the new primary's checkpoints.
+    pub protected: Option<Duration>,
+    /// Answers per second in the second before the kill and in the second after.
+    pub rate_before: f64,
+    /// Answers per second in the second after the kill.
+    pub rate_after: f64,
+}
+
+/// What the demo measured.
+#[derive(Clone, Debug)]
+pub struct DemoReport {
+    /// The failovers.
+    pub failovers: Vec<FailoverTimeline>,
+    /// The final audit.
+    pub verdict: Verdict,
+    /// The whole run.
+    pub elapsed: Duration,
+}
+
+fn status_of(cluster: &LocalCluster, id: u64) -> Option<NodeStatus> {
+    node_status(cluster.nodes[id as usize - 1].client, Duration::from_millis(200)).ok()
+}
+
+fn bank(status: &NodeStatus) -> Option<&nonstop_node::agent::ServiceStatus> {
+    status.services.iter().find(|s| s.name == SERVICE)
+}
+
+/// Waits until some node's status satisfies `done`; returns the time it did.
+fn wait_status(
+    cluster: &LocalCluster,
+    nodes: &[u64],
+    timeout: Duration,
+    mut done: impl FnMut(&NodeStatus) -> bool,
+) -> Option<Instant> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        for &id in nodes {
+            if let Some(status) = status_of(cluster, id)
+                && done(&status)
+            {
+                return Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    None
+}
+
+/// The primary and term of the bank, as the node that knows the newest term says.
+fn current_primary(cluster: &LocalCluster, nodes: &[u64]) -> (u64, u64) {
+    nodes
+        .iter()
+        .filter_map(|id| status_of(cluster, *id))
+        .filter_map(|s| bank(&s).map(|b| (b.term, b.primary)))
+        .max()
+        .map_or((0, 0), |(term, primary)| (primary, term))
+}
+
+fn protected(status: &NodeStatus, wanted: usize) -> bool {
+    bank(status).is_some_and(|s| s.role == "primary" && s.backups.len() >= wanted)
+}
+
+/// Runs the demo on a cluster shaped like `spec` with `clients` client threads, killing the
+/// primary `kills` times; prints as it goes.
+pub fn run(
+    exe: &Path,
+    spec: &ClusterSpec,
+    clients: u64,
+    kills: u32,
+    out: &mut impl Write,
+) -> anyhow::Result<DemoReport> {
+    let started = Instant::now();
+    let mut cluster = LocalCluster::create(exe, spec)?;
+    writeln!(
+        out,
+        "starting {} nodes on {}.1-{} (configs and logs in {})",
+        spec.nodes,
+        spec.ip_prefix,
+        spec.nodes,
+        cluster.dir().display()
+    )?;
+    cluster.start_all()?;
+    let all: Vec<u64> = (1..=spec.nodes as u64).collect();
+    wait_status(&cluster, &all, Duration::from_secs(20), |s| protected(s, spec.backups as usize))
+        .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected within 20 s"))?;
+    let (mut primary, _) = current_primary(&cluster, &all);
+    writeln!(out, "bank service up: primary node {primary}, protected by {} backup(s)", spec.backups)?;
+    let load = Load::start(cluster.client_addrs(), clients, 1);
+    writeln!(out, "{clients} clients sending transfers, each answered only once its backup holds it\n")?;
+    let mut failovers = Vec::new();
+    for round in 1..=kills {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (current, term_before) = current_primary(&cluster, &all);
+        primary = current;
+        let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
+        let killed_at = Instant::now();
+        cluster.kill(primary)?;
+        writeln!(out, "failover {round}: SIGKILL primary node {primary}")?;
+        let detected = wait_status(&cluster, &survivors, Duration::from_secs(5), |s| !s.alive.contains(&primary));
+        let promoted = wait_status(&cluster, &survivors, Duration::from_secs(10), |s| {
+            bank(s).is_some_and(|b| b.term > term_before && b.primary != primary)
+        });
+        let new = current_primary(&cluster, &survivors);
+        let mut first_ack = None;
+        let waited = Instant::now();
+        while first_ack.is_none() && waited.elapsed() < Duration::from_secs(10) {
+            first_ack = load.first_ack_after(killed_at, term_before);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(killed_at));
+        let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3));
+        writeln!(out, "  detected by the control plane   +{}", ms(since(detected)))?;
+        writeln!(out, "  node {} promoted (term {})       +{}", new.0, new.1, ms(since(promoted)))?;
+        writeln!(out, "  first acknowledged commit       +{}", ms(since(first_ack.map(|a| a.at))))?;
+        // The killed node returns empty-handed and is brought up to date as a backup.
+        cluster.start(primary)?;
+        let back = wait_status(&cluster, &survivors, Duration::from_secs(30), |s| protected(s, spec.backups as usize));
+        writeln!(out, "  node {primary} restarted, re-protected as a backup +{}", ms(since(back)))?;
+        let second = Duration::from_secs(1);
+        let before: u64 = load.rate(killed_at - second, killed_at, second).iter().sum();
+        let after: u64 = load.rate(killed_at, killed_at + second, second).iter().sum();
+        writeln!(out, "  answers/s: {before} in the second before the kill, {after} in the second after\n")?;
+        failovers.push(FailoverTimeline {
+            killed: primary,
+            promoted: new.0,
+            term: new.1,
+            detected: since(detected),
+            promoted_at: since(promoted),
+            first_ack: since(first_ack.map(|a| a.at)),
+            protected: since(back),
+            rate_before: before as f64,
+            rate_after: after as f64,
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let histories = load.stop();
+    let verdict = load::audit(cluster.client_addrs(), &histories)?;
+    Ok(DemoReport { failovers, verdict, elapsed: started.elapsed() })
+}

@@ -1,0 +1,23 @@
+//! Failover end to end: three node processes on 127.0.1.1-3, clients retrying through two
+//! SIGKILLs of the primary; every acknowledged transfer survives exactly once.
+
+use nonstop::cluster::ClusterSpec;
+
+#[test]
+fn killing_the_primary_twice_loses_and_doubles_nothing() {
+    let spec = ClusterSpec { ip_prefix: "127.0.1".into(), region_size_mib: 32, ..ClusterSpec::default() };
+    let mut out = Vec::new();
+    let report = nonstop::demo::run(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec, 4, 2, &mut out)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", String::from_utf8_lossy(&out)));
+    let text = String::from_utf8_lossy(&out);
+    let verdict = &report.verdict;
+    assert!(matches!(verdict.check, Some(Ok(_))), "{:?}\n{text}", verdict.check);
+    assert_eq!((verdict.acked_lost, verdict.applied_twice), (0, 0), "{text}");
+    assert!(verdict.acknowledged > 100, "the clients made progress: {verdict:?}\n{text}");
+    assert_eq!(report.failovers.len(), 2);
+    for failover in &report.failovers {
+        assert_ne!(failover.killed, failover.promoted, "{text}");
+        assert!(failover.first_ack.is_some(), "the new primary answered: {text}");
+        assert!(failover.protected.is_some(), "the killed node came back as a backup: {text}");
+    }
+}
