@@ -26,8 +26,9 @@ pub struct BackupServer {
 }
 
 /// Watches and stops a [`BackupServer`] serving on another thread.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BackupControl {
+    listening: SocketAddr,
     stop: Arc<AtomicBool>,
     session: Arc<Mutex<Option<TcpStream>>>,
     held: Arc<Mutex<Option<(Term, CheckpointId)>>>,
@@ -48,6 +49,8 @@ impl BackupControl {
         if let Some(stream) = self.session.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+        // Wake a server blocked in accept: it sees the flag and returns.
+        let _ = TcpStream::connect_timeout(&self.listening, Duration::from_millis(100));
     }
 
     fn publish(&self, backup: &Backup) {
@@ -71,7 +74,13 @@ impl BackupServer {
     ) -> std::io::Result<BackupServer> {
         let listener = TcpListener::bind(addr)?;
         let backup = Backup::new(region.base() as u64, region.len() as u64);
-        Ok(BackupServer { listener, key, region, backup, check, control: BackupControl::default() })
+        let control = BackupControl {
+            listening: listener.local_addr()?,
+            stop: Arc::default(),
+            session: Arc::default(),
+            held: Arc::default(),
+        };
+        Ok(BackupServer { listener, key, region, backup, check, control })
     }
 
     /// A handle to watch and stop the server from another thread.
@@ -101,14 +110,12 @@ impl BackupServer {
         self.region.as_slice()
     }
 
-    /// Serves primaries until `stop` or [`BackupControl::stop`] is set (checked between
-    /// connections and every 20 ms).
-    pub fn serve(&mut self, stop: &AtomicBool) {
-        self.listener.set_nonblocking(true).expect("listener can be made non-blocking");
-        while !stop.load(Ordering::Relaxed) && !self.control.stop.load(Ordering::SeqCst) {
+    /// Serves primaries, one at a time, until [`BackupControl::stop`].
+    pub fn serve(&mut self) {
+        while !self.control.stop.load(Ordering::SeqCst) {
             match self.listener.accept() {
+                Ok(_) if self.control.stop.load(Ordering::SeqCst) => break,
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nonblocking(false);
                     let _ = stream.set_nodelay(true);
                     *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = stream.try_clone().ok();
                     // A stop between the accept and the line above must still end the session.
@@ -123,9 +130,6 @@ impl BackupServer {
                     self.backup.on_disconnect(&mut self.region);
                     *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     self.control.publish(&self.backup);
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");

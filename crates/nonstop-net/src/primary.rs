@@ -100,7 +100,29 @@ struct Link {
     sender: FrameSender,
     alive: Arc<AtomicBool>,
     progress: LinkProgress,
+    /// The backup holds a pre-copied image that its first checkpoint completes.
+    precopied: bool,
     reader: Option<JoinHandle<()>>,
+}
+
+/// Pages copied per pre-copy batch (transactions are held off while a batch is copied).
+const PRECOPY_BATCH_PAGES: usize = 64;
+/// Pre-copy ends once at most this many pages wait to be copied again.
+const PRECOPY_FINAL_PAGES: usize = 256;
+/// Pre-copy ends after this many rounds, converged or not.
+const PRECOPY_MAX_ROUNDS: u32 = 8;
+
+/// How bringing a backup up to date went.
+#[derive(Clone, Debug, Default)]
+pub struct PreCopyReport {
+    /// Pre-copy rounds.
+    pub rounds: u32,
+    /// Pages copied in all rounds.
+    pub pages: u64,
+    /// Time until the last round was sent.
+    pub precopy: Duration,
+    /// Time until the backup held its first checkpoint.
+    pub total: Duration,
 }
 
 struct Shared {
@@ -121,6 +143,8 @@ struct Shared {
     next_backup: AtomicU32,
     /// Used under the link lock only.
     coalescer: Mutex<Coalescer>,
+    /// Held while a backup is pre-copied.
+    precopy: Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,6 +185,7 @@ impl Primary {
             stop: AtomicBool::new(false),
             next_backup: AtomicU32::new(1),
             coalescer: Mutex::new(Coalescer::default()),
+            precopy: Mutex::new(()),
         });
         let replicator = matches!(shared.config.policy, CommitPolicy::Epoch { .. }).then(|| {
             let shared = shared.clone();
@@ -183,9 +208,22 @@ impl Primary {
         &self.shared.mirror
     }
 
-    /// Connects a backup, sends it the whole image and returns once it holds it.
+    /// Connects a backup and brings it up to date while transactions keep running (iterative
+    /// pre-copy: the pages ever written, then the pages written meanwhile, round after round),
+    /// then joins it to the checkpoint stream: the next checkpoint carries the pages written
+    /// since the last round, which complete its image. Returns once it holds that checkpoint.
     pub fn attach_backup(&self, addr: SocketAddr, timeout: Duration) -> Result<BackupId, PrimaryError> {
+        Ok(self.attach_backup_measured(addr, timeout)?.0)
+    }
+
+    /// [`Primary::attach_backup`], also reporting how the pre-copy went.
+    pub fn attach_backup_measured(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(BackupId, PreCopyReport), PrimaryError> {
         let shared = &self.shared;
+        let started = Instant::now();
         let (mut sender, receiver) = conn::connect(addr, &shared.config.key)?;
         let attach = Attach {
             region_base: shared.mirror.base() as u64,
@@ -202,18 +240,67 @@ impl Primary {
                 .spawn(move || shared.read_backup(id, receiver, alive))
                 .expect("spawn ack reader")
         };
+        // One pre-copy at a time: the mirror keeps one set of pages to copy again.
+        let _precopy = lock(&shared.precopy);
+        let mut report = PreCopyReport::default();
+        shared.mirror.precopy_begin();
+        let rounds = (|| -> Result<(), ConnError> {
+            let term = shared.config.term;
+            // An empty first frame: the backup zeroes its image, so zero pages need not travel.
+            sender.send(FrameKind::PreCopy, term, CheckpointId(0), &[])?;
+            let mut last = usize::MAX;
+            loop {
+                let first = report.rounds == 0;
+                let pages = shared.mirror.precopy_round(first, PRECOPY_BATCH_PAGES, |runs| {
+                    let payloads = runs.into_payloads();
+                    let frames = payloads.iter().map(|p| (FrameKind::PreCopy, term, CheckpointId(0), p.as_slice()));
+                    sender.send_batch(frames)
+                })?;
+                report.rounds += 1;
+                report.pages += pages as u64;
+                let pending = shared.mirror.precopy_pending();
+                // Stop when what is left is small, when it stops shrinking (the write rate
+                // matches the copy rate), or after enough rounds.
+                if pending <= PRECOPY_FINAL_PAGES || pending >= last || report.rounds >= PRECOPY_MAX_ROUNDS {
+                    return Ok(());
+                }
+                last = pending;
+            }
+        })();
+        if let Err(error) = rounds {
+            shared.mirror.precopy_abort();
+            sender.shutdown();
+            return Err(error.into());
+        }
+        report.precopy = started.elapsed();
         let first = {
             let mut links = lock(&shared.links);
             lock(&shared.replication).add_backup(id);
-            links.push(Link { id, sender, alive, progress: LinkProgress::new(), reader: Some(reader) });
+            links.push(Link {
+                id,
+                sender,
+                alive,
+                progress: LinkProgress::new(),
+                precopied: true,
+                reader: Some(reader),
+            });
             shared.cut_and_send(&mut links)
         };
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(acked) = lock(&shared.replication).acked(id) {
                 if acked >= first {
-                    tracing::info!(backup = id.0, %addr, checkpoint = first.0, "backup attached and holds the image");
-                    return Ok(id);
+                    report.total = started.elapsed();
+                    tracing::info!(
+                        backup = id.0,
+                        %addr,
+                        checkpoint = first.0,
+                        rounds = report.rounds,
+                        pages = report.pages,
+                        ms = report.total.as_millis() as u64,
+                        "backup attached and holds the image"
+                    );
+                    return Ok((id, report));
                 }
             } else if !lock(&shared.links).iter().any(|l| l.id == id && l.alive.load(Ordering::Relaxed)) {
                 let reason = self.refusal(id).unwrap_or_else(|| "connection closed".into());
@@ -465,9 +552,11 @@ impl Shared {
 
     /// Cuts the open checkpoint and sends it to every backup; returns its number.
     fn cut_and_send(&self, links: &mut Vec<Link>) -> CheckpointId {
-        let full = lock(&self.replication).attaching();
+        let attaching = lock(&self.replication).attaching();
+        let precopied = attaching && links.iter().any(|l| l.precopied);
+        let full = attaching && links.iter().any(|l| !l.precopied && !l.progress.wants_stream());
         let started = Instant::now();
-        let content = self.mirror.cut(full);
+        let content = self.mirror.cut_finishing_precopy(full, precopied);
         let cut_ns = started.elapsed().as_nanos() as u64;
         let cut = lock(&self.replication).cut(self.now());
         assert_eq!(cut.checkpoint, content.checkpoint, "mirror and replication cut in lockstep");
@@ -476,13 +565,17 @@ impl Shared {
         let changes = changes.into_payloads();
         let image_bytes = content.full_image.as_ref().map_or(0, |image| image.run_bytes());
         let image = content.full_image.map(|image| image.into_payloads());
+        let delta_bytes = content.precopy_delta.as_ref().map_or(0, |delta| delta.run_bytes());
+        let delta = content.precopy_delta.map(|delta| delta.into_payloads());
         for link in links.iter_mut() {
-            let whole = cut.full_image_for.contains(&link.id);
-            let (payloads, bytes) = match (&image, whole) {
-                (Some(image), true) => (image, image_bytes),
-                _ => (&changes, change_bytes),
+            let first = cut.full_image_for.contains(&link.id);
+            let (payloads, bytes, full, precopied) = match (first, link.precopied, &image, &delta) {
+                (true, true, _, Some(delta)) => (delta, delta_bytes, false, true),
+                (true, false, Some(image), _) => (image, image_bytes, true, false),
+                _ => (&changes, change_bytes, false, false),
             };
-            let close = control::encode(&link.progress.close(payloads.len(), bytes, whole));
+            link.precopied &= !first;
+            let close = control::encode(&link.progress.close_first(payloads.len(), bytes, full, precopied));
             let (term, checkpoint) = (self.config.term, cut.checkpoint);
             let frames = payloads
                 .iter()

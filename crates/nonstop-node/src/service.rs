@@ -98,6 +98,7 @@ struct PrimaryRole {
     joining: BTreeSet<NodeId>,
     /// When a lease was last asked for, and the oldest ask not yet granted.
     lease_asked: Option<Instant>,
+    last_lease_ask: Option<Instant>,
     lease_until: Option<Instant>,
     required_version: Option<(u64, BTreeSet<NodeId>)>,
     /// When each required backup was first seen disconnected.
@@ -255,7 +256,7 @@ impl ServiceHost {
             .name(format!("nonstop-backup-{}", self.spec.name))
             .spawn(move || {
                 let mut server = server;
-                server.serve(&AtomicBool::new(false));
+                server.serve();
                 server
             })
             .expect("spawn backup server");
@@ -328,6 +329,7 @@ impl ServiceHost {
             attaching: None,
             joining: BTreeSet::new(),
             lease_asked: None,
+            last_lease_ask: Some(now),
             lease_until: None,
             required_version: None,
             lost_since: BTreeMap::new(),
@@ -435,10 +437,14 @@ impl ServiceHost {
                 role.required_version = None;
             }
         }
-        // 5. Without backups, keep a lease.
+        // 5. Without backups, keep a lease. Until one is granted, ask again every other
+        //    heartbeat: a proposal is lost when leadership moves (as it does off a new primary).
         if record.backups.is_empty() {
+            let valid = role.lease_until.is_some_and(|until| until > now);
             let expiring = role.lease_until.is_none_or(|until| until <= now + config.lease / 2);
-            if expiring && role.lease_asked.is_none_or(|asked| now.duration_since(asked) >= config.lease / 4) {
+            let again = if valid { config.lease / 4 } else { config.heartbeat * 2 };
+            if expiring && role.last_lease_ask.is_none_or(|asked| now.duration_since(asked) >= again) {
+                role.last_lease_ask = Some(now);
                 role.lease_asked.get_or_insert(now);
                 needs.proposals.push(Command::GrantLease { service: name.clone(), term, node: self.me });
             }

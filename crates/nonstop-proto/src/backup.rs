@@ -82,6 +82,10 @@ pub enum BackupError {
     /// The first checkpoint after Attach was not a whole image.
     #[error("first checkpoint after attach ({0}) is not a whole image")]
     FirstNotFull(CheckpointId),
+    /// A pre-copy frame after the session's first checkpoint, or a checkpoint that claims to
+    /// complete a pre-copy that never came.
+    #[error("{0}: pre-copy frames only come before the first checkpoint of a session, which then completes them")]
+    UnexpectedPreCopy(CheckpointId),
     /// A whole image where changes were expected.
     #[error(
         "{0} claims to be a whole image, but this session already holds one: only the first checkpoint after attach is"
@@ -157,6 +161,9 @@ pub struct Backup {
     /// within a term, so a newer primary's whole image may carry any number.
     held_term: Option<Term>,
     expect_full: bool,
+    /// Pre-copy runs were written into the image in this session: it is no checkpoint until
+    /// the first checkpoint completes it.
+    precopied: bool,
     eager_after: usize,
     open: Option<Open>,
     /// Reused undo buffer, so that steady streaming allocates nothing.
@@ -173,6 +180,7 @@ impl Backup {
             held: None,
             held_term: None,
             expect_full: true,
+            precopied: false,
             eager_after: EAGER_AFTER,
             open: None,
             spare_undo: Vec::new(),
@@ -241,7 +249,7 @@ impl Backup {
             FrameKind::Ack | FrameKind::Refuse | FrameKind::VerifyReply | FrameKind::Pong | FrameKind::Control => {
                 return Err(BackupError::UnexpectedKind(frame.kind));
             }
-            FrameKind::Runs | FrameKind::Close | FrameKind::VerifyRequest => {}
+            FrameKind::Runs | FrameKind::Close | FrameKind::VerifyRequest | FrameKind::PreCopy => {}
         }
         let current = self.term.ok_or(BackupError::NotAttached(frame.kind))?;
         if frame.term < current {
@@ -251,6 +259,22 @@ impl Backup {
             return Err(BackupError::UnattachedTerm { current, got: frame.term });
         }
         match frame.kind {
+            FrameKind::PreCopy => {
+                if !self.expect_full || self.open.is_some() {
+                    return Err(BackupError::UnexpectedPreCopy(frame.checkpoint));
+                }
+                validate_runs(&frame.payload, self.region_len)?;
+                // A pre-copy starts from zero, like a whole image, so the primary need not send
+                // pages that are zero; the image stops being a checkpoint here.
+                if !self.precopied {
+                    image.clear();
+                }
+                self.held = None;
+                self.held_term = None;
+                self.precopied = true;
+                apply_validated_runs(&frame.payload, image.bytes_mut());
+                Ok(None)
+            }
             FrameKind::Runs => {
                 let bytes = validate_runs(&frame.payload, self.region_len)?;
                 let (whole, eager_after) = (self.expect_full, self.eager_after);
@@ -276,7 +300,10 @@ impl Backup {
             FrameKind::Close => {
                 let close: Close = control::decode("close", &frame.payload)?;
                 self.open_for(frame.checkpoint)?;
-                if self.expect_full != close.full {
+                if close.precopied && !(self.expect_full && self.precopied && !close.full) {
+                    return Err(BackupError::UnexpectedPreCopy(frame.checkpoint));
+                }
+                if self.expect_full != (close.full || close.precopied) {
                     return Err(if self.expect_full {
                         BackupError::FirstNotFull(frame.checkpoint)
                     } else {
@@ -337,6 +364,7 @@ impl Backup {
         }
         self.term = Some(frame.term);
         self.expect_full = true;
+        self.precopied = false;
         debug_assert!(self.open.is_none(), "an attach arrives on a new session");
         Ok(BackupOutput::Attached(frame.term))
     }

@@ -24,6 +24,9 @@ pub struct Close {
     pub run_bytes: u64,
     /// The checkpoint is a whole image: everything not in it is zero.
     pub full: bool,
+    /// The checkpoint completes a pre-copied image: its runs are the pages written since the
+    /// last pre-copy round, and the image plus them is the checkpoint.
+    pub precopied: bool,
 }
 
 /// Backup to primary, the payload of an `Ack`: how the backup fared with the checkpoint.
@@ -94,7 +97,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_trailing_bytes() {
-        let close = Close { runs_frames: 3, run_bytes: 4096, full: true };
+        let close = Close { runs_frames: 3, run_bytes: 4096, full: true, precopied: false };
         let mut bytes = encode(&close);
         assert_eq!(decode::<Close>("close", &bytes).unwrap(), close);
         bytes.push(0);

@@ -57,6 +57,9 @@ pub enum FrameKind {
     Pong = 9,
     /// Between node agents: a control-plane message (Raft, heartbeat report).
     Control = 10,
+    /// Primary to an attaching backup: runs of a pre-copy round, written straight into the
+    /// image while the primary keeps serving; the first checkpoint then completes it.
+    PreCopy = 11,
 }
 
 impl FrameKind {
@@ -73,6 +76,7 @@ impl FrameKind {
             8 => Ping,
             9 => Pong,
             10 => Control,
+            11 => PreCopy,
             _ => return None,
         })
     }

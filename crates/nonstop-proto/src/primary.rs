@@ -114,16 +114,23 @@ impl LinkProgress {
     /// The close of the open checkpoint after `frames` more runs frames of `bytes` bytes
     /// (`full`: a whole image); resets the counts for the next checkpoint.
     pub fn close(&mut self, frames: usize, bytes: u64, full: bool) -> crate::control::Close {
-        let close = if full {
-            crate::control::Close { runs_frames: frames as u32, run_bytes: bytes, full }
+        self.close_first(frames, bytes, full, false)
+    }
+
+    /// Like [`LinkProgress::close`]; `precopied`: the checkpoint completes a pre-copied image
+    /// (its runs are the pages written since the last pre-copy round).
+    pub fn close_first(&mut self, frames: usize, bytes: u64, full: bool, precopied: bool) -> crate::control::Close {
+        let close = if full || precopied {
+            crate::control::Close { runs_frames: frames as u32, run_bytes: bytes, full, precopied }
         } else {
             crate::control::Close {
                 runs_frames: self.streamed_frames + frames as u32,
                 run_bytes: self.streamed_bytes + bytes,
                 full,
+                precopied,
             }
         };
-        self.awaiting_image &= !full;
+        self.awaiting_image &= !(full || precopied);
         self.streamed_frames = 0;
         self.streamed_bytes = 0;
         close

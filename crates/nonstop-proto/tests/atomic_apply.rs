@@ -52,3 +52,98 @@ fn stream_cut_at_every_byte_leaves_a_whole_checkpoint() {
         assert!(image == **want, "cut at byte {cut}: image is not exactly checkpoint {held:?}");
     }
 }
+
+/// A pre-copy round sent while the "primary" changes pages, then the first checkpoint carrying
+/// the pages written since: cut anywhere, the image is either no checkpoint at all (held
+/// nothing) or exactly the checkpoint.
+#[test]
+fn a_precopied_image_is_a_checkpoint_only_once_its_first_checkpoint_completes_it() {
+    let (first, second, third) = images();
+    let mut writer = FrameWriter::new(key());
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(2), LEN as u64, &mut wire);
+    // Round 1 copied `first`; meanwhile pages 0, 3 and 5 changed (to `second`): the closing
+    // checkpoint carries those pages whole.
+    for payload in full_image(&first).into_payloads() {
+        writer.encode(nonstop_proto::frame::FrameKind::PreCopy, Term(2), CheckpointId(0), &payload, &mut wire);
+    }
+    let mut delta = nonstop_proto::runs::RunsBuilder::new();
+    for page in [0, 3, 5] {
+        delta.push((page * PAGE_SIZE) as u64, &second[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
+    }
+    let run_bytes = delta.run_bytes();
+    let payloads = delta.into_payloads();
+    for payload in &payloads {
+        writer.encode(nonstop_proto::frame::FrameKind::Runs, Term(2), CheckpointId(40), payload, &mut wire);
+    }
+    let close =
+        nonstop_proto::control::Close { runs_frames: payloads.len() as u32, run_bytes, full: false, precopied: true };
+    writer.encode(
+        nonstop_proto::frame::FrameKind::Close,
+        Term(2),
+        CheckpointId(40),
+        &nonstop_proto::control::encode(&close),
+        &mut wire,
+    );
+    checkpoint(&mut writer, Term(2), CheckpointId(41), diff(&second, &third), false, &mut wire);
+
+    for cut in 0..=wire.len() {
+        let mut backup = Backup::new(BASE, LEN as u64).with_eager_after(0);
+        let mut image = vec![0u8; LEN];
+        let mut reader = FrameReader::new(key());
+        reader.push(&wire[..cut]);
+        while let Some(frame) = reader.next_frame().unwrap() {
+            backup.on_frame(frame, &mut image).unwrap();
+        }
+        backup.on_disconnect(&mut image);
+        match backup.held().map(|c| c.0) {
+            None => {}
+            Some(40) => assert!(image == second, "cut at byte {cut}: not exactly checkpoint 40"),
+            Some(41) => assert!(image == third, "cut at byte {cut}: not exactly checkpoint 41"),
+            other => panic!("cut at byte {cut}: holds {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn precopy_is_refused_once_a_checkpoint_is_held_and_a_false_precopied_close_is_refused() {
+    let (first, _, _) = images();
+    let mut writer = FrameWriter::new(key());
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(1), LEN as u64, &mut wire);
+    checkpoint(&mut writer, Term(1), CheckpointId(1), full_image(&first), true, &mut wire);
+    let payload = full_image(&first).into_payloads().remove(0);
+    writer.encode(nonstop_proto::frame::FrameKind::PreCopy, Term(1), CheckpointId(0), &payload, &mut wire);
+    let mut backup = Backup::new(BASE, LEN as u64);
+    let mut image = vec![0u8; LEN];
+    let mut reader = FrameReader::new(key());
+    reader.push(&wire);
+    let mut results = Vec::new();
+    while let Some(frame) = reader.next_frame().unwrap() {
+        results.push(backup.on_frame(frame, &mut image));
+    }
+    assert!(results.last().unwrap().is_err(), "pre-copy after the first checkpoint");
+    assert_eq!(backup.held(), Some(CheckpointId(1)));
+
+    // A first checkpoint that claims to complete a pre-copy that never came.
+    let mut writer = FrameWriter::new(key());
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(1), LEN as u64, &mut wire);
+    let close = nonstop_proto::control::Close { runs_frames: 0, run_bytes: 0, full: false, precopied: true };
+    writer.encode(
+        nonstop_proto::frame::FrameKind::Close,
+        Term(1),
+        CheckpointId(1),
+        &nonstop_proto::control::encode(&close),
+        &mut wire,
+    );
+    let mut backup = Backup::new(BASE, LEN as u64);
+    let mut reader = FrameReader::new(key());
+    reader.push(&wire);
+    let mut last = None;
+    while let Some(frame) = reader.next_frame().unwrap() {
+        last = Some(backup.on_frame(frame, &mut image));
+    }
+    assert!(last.unwrap().is_err());
+    assert_eq!(backup.held(), None);
+}

@@ -123,7 +123,7 @@ fn flipped_bit_fails_the_crc_and_forged_frame_fails_the_mac() {
 fn incomplete_or_out_of_order_checkpoints_are_refused() {
     let (mut backup, mut image, mut writer, mut reader) = attached();
     let mut wire = Vec::new();
-    let close = Close { runs_frames: 2, run_bytes: 5, full: false };
+    let close = Close { runs_frames: 2, run_bytes: 5, full: false, precopied: false };
     writer.encode(FrameKind::Runs, Term(2), CheckpointId(2), &runs_at(0, b"hello").into_payloads()[0], &mut wire);
     writer.encode(FrameKind::Close, Term(2), CheckpointId(2), &control::encode(&close), &mut wire);
     assert!(refused(&wire, &mut backup, &mut image, &mut reader).contains("announces 2 frames"));

@@ -222,6 +222,27 @@ impl TouchedPages {
         }
     }
 
+    /// The marked pages, clearing them (a page marked again meanwhile is reported next time).
+    pub(crate) fn take(&self) -> Vec<usize> {
+        let mut pages = Vec::new();
+        for (index, word) in self.words.iter().enumerate() {
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                pages.push(index * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+        pages
+    }
+
+    /// How many pages are marked.
+    pub(crate) fn count(&self) -> usize {
+        self.words.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as usize).sum()
+    }
+
     pub(crate) fn pages(&self) -> impl Iterator<Item = usize> + '_ {
         self.words.iter().enumerate().flat_map(|(index, word)| {
             let mut bits = word.load(Ordering::Relaxed);

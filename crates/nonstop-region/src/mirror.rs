@@ -6,7 +6,7 @@ use crate::mapping::Region;
 use crate::transaction::Transaction;
 use nonstop_proto::runs::RunsBuilder;
 use nonstop_proto::{CheckpointId, PAGE_SIZE, UpdateProtocol};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::thread::Thread;
 
@@ -16,6 +16,11 @@ pub const STREAM_CHUNK: usize = 256 << 10;
 /// AU: commits wait while this many bytes are waiting to be shipped, so that a backup that
 /// cannot keep up slows the primary down instead of growing its memory without bound.
 pub const STREAM_LIMIT: usize = 32 << 20;
+
+/// Whether a page holds only zeros (word by word: the compiler vectorises it).
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(8).all(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")) == 0)
+}
 
 /// A value alone on its cache line.
 #[derive(Debug)]
@@ -40,6 +45,9 @@ pub struct CheckpointContent {
     pub full_image: Option<RunsBuilder>,
     /// Twin blocks written during the checkpoint (DU; see [`crate::TWIN_BLOCK`]).
     pub dirty_blocks: usize,
+    /// If a pre-copy was being finished: every page written since its last round, whole, as of
+    /// this checkpoint. A pre-copied image plus these is the checkpoint.
+    pub precopy_delta: Option<RunsBuilder>,
 }
 
 /// A region whose writes go through transactions, and which can be cut into checkpoints.
@@ -75,6 +83,9 @@ pub struct Mirror {
     next_token: CacheLine<AtomicU64>,
     stream_waker: OnceLock<Thread>,
     commit_wake: AtomicU64,
+    /// While a pre-copy runs: pages declared for writing since its last round.
+    recopy: TouchedPages,
+    precopy_on: AtomicBool,
 }
 
 impl Mirror {
@@ -93,6 +104,8 @@ impl Mirror {
             next_token: CacheLine(AtomicU64::new(1)),
             stream_waker: OnceLock::new(),
             commit_wake: AtomicU64::new(0),
+            recopy: TouchedPages::new(pages),
+            precopy_on: AtomicBool::new(false),
         }
     }
 
@@ -184,19 +197,83 @@ impl Mirror {
     /// and opens the next. DU, and any cut with a whole image, first waits for running
     /// transactions to finish and holds new ones off; an AU cut only closes the stream.
     pub fn cut(&self, full_image: bool) -> CheckpointContent {
-        let _exclusive = (full_image || self.capture.cut_needs_gate())
+        self.cut_finishing_precopy(full_image, false)
+    }
+
+    /// Like [`Mirror::cut`]; with `finish_precopy`, also ends the running pre-copy and returns
+    /// the pages written since its last round ([`CheckpointContent::precopy_delta`]).
+    pub fn cut_finishing_precopy(&self, full_image: bool, finish_precopy: bool) -> CheckpointContent {
+        let _exclusive = (full_image || finish_precopy || self.capture.cut_needs_gate())
             .then(|| self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
         let (checkpoint, changes, dirty_blocks) = self.capture.cut(self.region.as_ptr(), &self.open.0);
-        let full_image = full_image.then(|| {
-            let mut image = RunsBuilder::new();
-            let bytes = self.region.as_slice();
-            for page in self.touched.pages() {
-                image.push((page * PAGE_SIZE) as u64, &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
-            }
-            image
+        let full_image = full_image.then(|| self.copy_pages(self.touched.pages()));
+        let precopy_delta = finish_precopy.then(|| {
+            self.precopy_on.store(false, Ordering::Relaxed);
+            self.copy_pages(self.recopy.take())
         });
         self.commits.store(0, Ordering::Relaxed);
-        CheckpointContent { checkpoint, changes, full_image, dirty_blocks }
+        CheckpointContent { checkpoint, changes, full_image, dirty_blocks, precopy_delta }
+    }
+
+    /// Whole pages as runs. The caller holds the gate exclusively.
+    fn copy_pages(&self, pages: impl IntoIterator<Item = usize>) -> RunsBuilder {
+        let mut runs = RunsBuilder::new();
+        let bytes = self.region.as_slice();
+        for page in pages {
+            runs.push((page * PAGE_SIZE) as u64, &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
+        }
+        runs
+    }
+
+    /// Starts a pre-copy: from now on, every page declared for writing is remembered until a
+    /// round copies it. Only one pre-copy runs at a time.
+    pub fn precopy_begin(&self) {
+        // Under the gate, so that every transaction that declares a write after this sees the
+        // flag: none is between its declare and its commit now.
+        let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.recopy.take();
+        self.precopy_on.store(true, Ordering::Relaxed);
+    }
+
+    /// Copies one pre-copy round while transactions keep running: the first round every page
+    /// ever written that is not zero (the backup starts a pre-copy from a zeroed image), later
+    /// rounds the pages written since the round before. Pages are copied `batch` at a time,
+    /// each batch with transactions held off (so no page is copied half written), and handed
+    /// to `sink`. Returns the pages copied.
+    pub fn precopy_round<E>(
+        &self,
+        first: bool,
+        batch: usize,
+        mut sink: impl FnMut(RunsBuilder) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let pages: Vec<usize> = if first {
+            self.recopy.take();
+            self.touched.pages().collect()
+        } else {
+            self.recopy.take()
+        };
+        let mut sent = 0;
+        for chunk in pages.chunks(batch.max(1)) {
+            let runs = {
+                let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let bytes = self.region.as_slice();
+                let page = |p: usize| &bytes[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
+                self.copy_pages(chunk.iter().copied().filter(|p| !first || !is_zero(page(*p))))
+            };
+            sent += runs.run_bytes() as usize / PAGE_SIZE;
+            sink(runs)?;
+        }
+        Ok(sent)
+    }
+
+    /// Pages written since the last pre-copy round.
+    pub fn precopy_pending(&self) -> usize {
+        self.recopy.count()
+    }
+
+    /// Abandons a pre-copy (the backup went away).
+    pub fn precopy_abort(&self) {
+        self.precopy_on.store(false, Ordering::Relaxed);
     }
 
     /// Runs `f` on the region with every transaction held off, with the last checkpoint cut
@@ -219,6 +296,9 @@ impl Mirror {
         let first = offset as usize / PAGE_SIZE;
         let last = (offset + len - 1) as usize / PAGE_SIZE;
         self.touched.mark(first, last);
+        if self.precopy_on.load(Ordering::Relaxed) {
+            self.recopy.mark(first, last);
+        }
         self.capture.before_write(self.region.as_ptr(), offset, len);
     }
 

@@ -189,3 +189,82 @@ fn au_backpressure_leaves_the_gate_to_a_whole_image_cut() {
     writer.join().unwrap();
     replicator.join().unwrap();
 }
+
+/// Writers race pre-copy rounds; whatever a round copied half way through their writes, the
+/// pre-copied image plus the final delta is exactly the region at the finishing cut.
+fn precopy_against_writers(base: usize, protocol: UpdateProtocol) {
+    let mirror = mirror(base, Some(protocol));
+    let stop = AtomicBool::new(false);
+    let mut image = vec![0u8; LEN];
+    let copy_into = |image: &mut Vec<u8>, runs: nonstop_proto::runs::RunsBuilder| {
+        for payload in runs.payloads() {
+            for run in parse_runs(payload, LEN as u64).unwrap() {
+                image[run.offset as usize..][..run.bytes.len()].copy_from_slice(run.bytes);
+            }
+        }
+    };
+    let mut written = 0u64;
+    let progress = std::sync::atomic::AtomicU64::new(0);
+    let wait_for = |commits: u64| {
+        while progress.load(Ordering::Relaxed) < commits {
+            std::hint::spin_loop();
+        }
+    };
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..2u64)
+            .map(|worker| {
+                let (mirror, stop, progress) = (&mirror, &stop, &progress);
+                scope.spawn(move || {
+                    let mut rng = SmallRng::seed_from_u64(worker);
+                    let mut commits = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let slot = rng.random_range(0..(LEN as u64 / 8));
+                        let tx = mirror.begin();
+                        match tx.write::<u64>(slot * 8) {
+                            Ok(value) => {
+                                *value = value.wrapping_add(rng.random::<u64>() | 1);
+                                tx.commit();
+                                commits += 1;
+                                progress.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(TxError::Conflict { .. }) => tx.abort(),
+                            Err(other) => panic!("{other}"),
+                        }
+                    }
+                    commits
+                })
+            })
+            .collect();
+        wait_for(2000);
+        mirror.precopy_begin();
+        for round in 0..4u64 {
+            wait_for(2000 * (round + 2));
+            mirror
+                .precopy_round(round == 0, 8, |runs| {
+                    copy_into(&mut image, runs);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        written = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    });
+    assert!(written > 0, "the writers raced the rounds");
+    let content = mirror.cut_finishing_precopy(false, true);
+    copy_into(&mut image, content.precopy_delta.expect("finishing a pre-copy yields its delta"));
+    mirror.quiesced(|region, _| {
+        for page in 0..LEN / 4096 {
+            assert!(image[page * 4096..][..4096] == region[page * 4096..][..4096], "page {page} lost a write");
+        }
+    });
+}
+
+#[test]
+fn precopy_rounds_race_writers_and_lose_no_write_au() {
+    precopy_against_writers(0x2460_0000_0000, UpdateProtocol::Au);
+}
+
+#[test]
+fn precopy_rounds_race_writers_and_lose_no_write_du() {
+    precopy_against_writers(0x2470_0000_0000, UpdateProtocol::Du);
+}

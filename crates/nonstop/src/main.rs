@@ -208,7 +208,7 @@ fn backup(args: BackupArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     println!("{LISTENING}{}", server.local_addr());
     std::io::stdout().flush()?;
-    server.serve(&AtomicBool::new(false));
+    server.serve();
     Ok(())
 }
 

@@ -53,6 +53,6 @@ pub fn checkpoint(
     for payload in &payloads {
         writer.encode(FrameKind::Runs, term, id, payload, out);
     }
-    let close = Close { runs_frames: payloads.len() as u32, run_bytes, full };
+    let close = Close { runs_frames: payloads.len() as u32, run_bytes, full, precopied: false };
     writer.encode(FrameKind::Close, term, id, &control::encode(&close), out);
 }
