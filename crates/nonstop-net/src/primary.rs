@@ -145,6 +145,32 @@ struct Shared {
     coalescer: Mutex<Coalescer>,
     /// Held while a backup is pre-copied.
     precopy: Mutex<()>,
+    /// Bytes of the last checkpoints, for backups' lag.
+    recent: Mutex<RecentCheckpoints>,
+}
+
+/// Checkpoints remembered for lag reports.
+const RECENT_CHECKPOINTS: usize = 4096;
+
+#[derive(Default)]
+struct RecentCheckpoints {
+    /// (checkpoint, region bytes it changed)
+    checkpoints: std::collections::VecDeque<(CheckpointId, u64)>,
+    /// AU bytes streamed into the open checkpoint so far.
+    streamed: u64,
+}
+
+/// How far a backup is behind the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupLag {
+    /// The backup.
+    pub backup: BackupId,
+    /// The last checkpoint it acknowledged.
+    pub acked: Option<CheckpointId>,
+    /// Checkpoints cut but not yet acknowledged by it.
+    pub checkpoints: u64,
+    /// Region bytes of those checkpoints (as far as remembered).
+    pub bytes: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,6 +212,7 @@ impl Primary {
             next_backup: AtomicU32::new(1),
             coalescer: Mutex::new(Coalescer::default()),
             precopy: Mutex::new(()),
+            recent: Mutex::new(RecentCheckpoints::default()),
         });
         let replicator = matches!(shared.config.policy, CommitPolicy::Epoch { .. }).then(|| {
             let shared = shared.clone();
@@ -430,7 +457,10 @@ impl Primary {
     /// plane's record); other attached backups are followed but not waited for.
     pub fn set_required(&self, backups: BTreeSet<BackupId>) {
         let now = self.shared.now();
-        if let Some(held) = lock(&self.shared.replication).set_required(backups, now) {
+        // Bound first: an `if let` would hold the replication lock into `publish_held`, which
+        // takes the held lock — the reverse of a waiter's order.
+        let advanced = lock(&self.shared.replication).set_required(backups, now);
+        if let Some(held) = advanced {
             self.shared.publish_held(held);
         }
     }
@@ -440,7 +470,8 @@ impl Primary {
         let shared = &self.shared;
         let until = until.map(|until| Nanos(until.saturating_duration_since(shared.clock).as_nanos() as u64));
         let now = shared.now();
-        if let Some(held) = lock(&shared.replication).set_lease(until, now) {
+        let advanced = lock(&shared.replication).set_lease(until, now);
+        if let Some(held) = advanced {
             shared.publish_held(held);
         }
     }
@@ -453,6 +484,28 @@ impl Primary {
             .iter()
             .filter(|link| link.alive.load(Ordering::Relaxed))
             .map(|link| (link.id, replication.acked(link.id)))
+            .collect()
+    }
+
+    /// How far each connected backup is behind.
+    pub fn backup_lag(&self) -> Vec<BackupLag> {
+        // Lock order: links, then replication, then recent (as in a cut); never hold `recent`
+        // while taking the others.
+        let connected = self.connected_backups();
+        let closed = lock(&self.shared.replication).last_closed();
+        let recent = lock(&self.shared.recent);
+        connected
+            .into_iter()
+            .map(|(backup, acked)| {
+                let behind = |c: &CheckpointId| acked.is_none_or(|a| *c > a);
+                let checkpoints = match (closed, acked) {
+                    (Some(closed), Some(acked)) => closed.0.saturating_sub(acked.0),
+                    (Some(_), None) => recent.checkpoints.iter().filter(|(c, _)| behind(c)).count() as u64,
+                    (None, _) => 0,
+                };
+                let bytes = recent.checkpoints.iter().filter(|(c, _)| behind(c)).map(|(_, b)| b).sum();
+                BackupLag { backup, acked, checkpoints, bytes }
+            })
             .collect()
     }
 
@@ -537,6 +590,7 @@ impl Shared {
             }
         }
         lock(&self.stats).change_bytes += run_bytes;
+        lock(&self.recent).streamed += run_bytes;
         self.prune(links);
     }
 
@@ -590,6 +644,12 @@ impl Shared {
             let mut stats = lock(&self.stats);
             stats.checkpoints += 1;
             stats.change_bytes += change_bytes;
+            let mut recent = lock(&self.recent);
+            let bytes = std::mem::take(&mut recent.streamed) + change_bytes;
+            if recent.checkpoints.len() == RECENT_CHECKPOINTS {
+                recent.checkpoints.pop_front();
+            }
+            recent.checkpoints.push_back((cut.checkpoint, bytes));
             stats.dirty_blocks += content.dirty_blocks as u64;
             let _ = stats.cut_ns.record(cut_ns.max(1));
         }
@@ -604,7 +664,8 @@ impl Shared {
                 return true;
             }
             link.sender.shutdown();
-            if let Some(held) = lock(&self.replication).backup_lost(link.id, now) {
+            let advanced = lock(&self.replication).backup_lost(link.id, now);
+            if let Some(held) = advanced {
                 self.publish_held(held);
             }
             false
@@ -663,7 +724,8 @@ impl Shared {
             lock(&self.verify_replies).insert(id, Err(reason));
             self.verify_changed.notify_all();
         }
-        if let Some(held) = lock(&self.replication).backup_lost(id, self.now()) {
+        let advanced = lock(&self.replication).backup_lost(id, self.now());
+        if let Some(held) = advanced {
             self.publish_held(held);
         }
         let _guard = lock(&self.held_lock);

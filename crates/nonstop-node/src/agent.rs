@@ -79,6 +79,9 @@ pub struct ServiceStatus {
     pub last_promotion: Option<(u64, u64, u64, u64, String)>,
     /// Every backup's held checkpoint, as reported to this node.
     pub backup_held: Vec<(u64, Option<u64>)>,
+    /// On the primary: per attached backup, (node, acknowledged checkpoint, checkpoints
+    /// behind, bytes behind).
+    pub lag: Vec<(u64, Option<u64>, u64, u64)>,
 }
 
 /// A running node agent.
@@ -92,6 +95,8 @@ pub struct Agent {
     clock: Instant,
     status: Arc<RwLock<NodeStatus>>,
     last_create: Option<Instant>,
+    /// The newest connection each peer's messages came on.
+    connections: BTreeMap<NodeId, u64>,
 }
 
 impl Agent {
@@ -126,6 +131,7 @@ impl Agent {
             clock: Instant::now(),
             status: Arc::new(RwLock::new(NodeStatus::default())),
             last_create: None,
+            connections: BTreeMap::new(),
         })
     }
 
@@ -178,8 +184,12 @@ impl Agent {
     }
 
     fn on_event(&mut self, event: PeerEvent) {
+        if let PeerEvent::Message { from, connection, .. } = &event {
+            let newest = self.connections.entry(*from).or_default();
+            *newest = (*newest).max(*connection);
+        }
         match event {
-            PeerEvent::Message { from, body: Body::Raft(bytes) } => {
+            PeerEvent::Message { from, body: Body::Raft(bytes), .. } => {
                 match self.control.step(&bytes) {
                     // A proposal forwarded while leadership changes: the proposer retries.
                     Err(error) if !error.is_dropped_proposal() => {
@@ -188,13 +198,15 @@ impl Agent {
                     _ => {}
                 }
             }
-            PeerEvent::Message { from, body: Body::Report(report) } => {
+            PeerEvent::Message { from, body: Body::Report(report), .. } => {
                 let now = self.now();
                 self.coordinator.on_report(from, report, now);
             }
-            PeerEvent::Down(node) => {
-                tracing::info!(node = node.0, "peer connection closed");
-                self.coordinator.on_disconnect(node);
+            PeerEvent::Down { from, connection } => {
+                if self.connections.get(&from).is_none_or(|newest| *newest <= connection) {
+                    tracing::info!(node = from.0, "peer connection closed");
+                    self.coordinator.on_disconnect(from);
+                }
             }
         }
     }
@@ -309,6 +321,11 @@ impl Agent {
                         (p.from.0, p.to.0, p.term.0, p.checkpoint.0, format!("{:?}", p.reason).to_lowercase())
                     }),
                     backup_held,
+                    lag: host
+                        .backup_lag()
+                        .into_iter()
+                        .map(|(node, lag)| (node.0, lag.acked.map(|a| a.0), lag.checkpoints, lag.bytes))
+                        .collect(),
                 }
             })
             .collect();

@@ -46,11 +46,19 @@ pub enum PeerEvent {
     Message {
         /// The sender.
         from: NodeId,
+        /// The connection it came on (numbered in accept order).
+        connection: u64,
         /// What it said.
         body: Body,
     },
-    /// A connection from the peer closed.
-    Down(NodeId),
+    /// A connection from the peer closed. It counts only if it is the peer's newest: a peer
+    /// that redialled closes its old connection while alive.
+    Down {
+        /// The peer.
+        from: NodeId,
+        /// The connection that closed.
+        connection: u64,
+    },
 }
 
 /// The outgoing side: one queue per peer.
@@ -116,11 +124,14 @@ impl Drop for Peers {
 }
 
 fn accept_loop(listener: TcpListener, key: ClusterKey, events: Sender<PeerEvent>, stop: Arc<AtomicBool>) {
+    let mut accepted = 0u64;
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         let Ok(stream) = stream else { continue };
+        accepted += 1;
+        let connection = accepted;
         let _ = stream.set_nodelay(true);
         let (key, events) = (key.clone(), events.clone());
         let _ = std::thread::Builder::new().name("nonstop-peer-in".into()).spawn(move || {
@@ -135,7 +146,8 @@ fn accept_loop(listener: TcpListener, key: ClusterKey, events: Sender<PeerEvent>
                     match postcard::from_bytes::<Wire>(&frame.payload) {
                         Ok(wire) => {
                             from = Some(wire.from);
-                            if events.send(PeerEvent::Message { from: wire.from, body: wire.body }).is_err() {
+                            let event = PeerEvent::Message { from: wire.from, connection, body: wire.body };
+                            if events.send(event).is_err() {
                                 return Ok(());
                             }
                         }
@@ -147,7 +159,7 @@ fn accept_loop(listener: TcpListener, key: ClusterKey, events: Sender<PeerEvent>
                 tracing::debug!(?from, %error, "peer connection ended");
             }
             if let Some(from) = from {
-                let _ = events.send(PeerEvent::Down(from));
+                let _ = events.send(PeerEvent::Down { from, connection });
             }
         });
     }

@@ -181,6 +181,16 @@ impl ServiceHost {
         ServiceReport { service: self.spec.name.clone(), role, term, held }
     }
 
+    /// As primary: how far each attached backup is behind, by node.
+    pub fn backup_lag(&self) -> Vec<(NodeId, nonstop_net::primary::BackupLag)> {
+        let LocalRole::Primary(role) = &self.role else { return Vec::new() };
+        let lags = role.active.primary.backup_lag();
+        role.attached
+            .iter()
+            .filter_map(|(node, id)| lags.iter().find(|lag| lag.backup == *id).map(|lag| (*node, *lag)))
+            .collect()
+    }
+
     /// A lease the control plane granted (our `GrantLease` for `term` was applied).
     pub fn on_lease_granted(&mut self, term: Term, lease: Duration) {
         if let LocalRole::Primary(primary) = &mut self.role

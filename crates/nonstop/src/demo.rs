@@ -181,7 +181,10 @@ pub fn run(
             recovered,
         });
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let nodes: Vec<(u64, std::net::SocketAddr)> = cluster.nodes.iter().map(|n| (n.id, n.client)).collect();
+    writeln!(out, "nonstop status (under load):")?;
+    write!(out, "{}", crate::status::render(&crate::status::collect(&nodes)))?;
+    writeln!(out)?;
     let histories = load.stop();
     let verdict = load::audit(cluster.client_addrs(), &histories)?;
     Ok(DemoReport { failovers, verdict, elapsed: started.elapsed() })

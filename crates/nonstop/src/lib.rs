@@ -33,6 +33,7 @@ pub mod cluster;
 pub mod demo;
 pub mod load;
 pub mod local;
+pub mod status;
 
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};
 pub use nonstop_node::client::{Client, ClientError, TransferDone};

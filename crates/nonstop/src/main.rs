@@ -33,6 +33,18 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Show every node's role, term and lag, and the last failover.
+    Status {
+        /// A node's config: the cluster's nodes are read from it.
+        #[arg(long, conflicts_with = "node")]
+        config: Option<std::path::PathBuf>,
+        /// A node's client address (repeat for each node).
+        #[arg(long)]
+        node: Vec<SocketAddr>,
+        /// Print the nodes' statuses as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a region as a backup.
     Backup(BackupArgs),
     /// Measure replication.
@@ -164,6 +176,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Node { config } => node(&config),
+        Command::Status { config, node, json } => status(config.as_deref(), &node, json),
         Command::Backup(args) => backup(args),
         Command::Bench { target } => match target {
             BenchTarget::DebitCredit(args) => run_bench(WorkloadKind::DebitCredit, &args),
@@ -185,6 +198,27 @@ fn node(path: &std::path::Path) -> anyhow::Result<()> {
     println!("{} {}", nonstop_node::READY, config.me.id);
     std::io::stdout().flush()?;
     nonstop_node::run_node(config, key, &stop)?;
+    Ok(())
+}
+
+fn status(config: Option<&std::path::Path>, nodes: &[SocketAddr], json: bool) -> anyhow::Result<()> {
+    let nodes: Vec<(u64, SocketAddr)> = match config {
+        Some(path) => {
+            nonstop_node::config::NodeConfig::load(path)?.members.iter().map(|m| (m.id.0, m.client)).collect()
+        }
+        None if !nodes.is_empty() => nodes.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect(),
+        None => bail!("name the cluster: --config NODE.toml, or --node ADDR for each node's client address"),
+    };
+    let statuses = nonstop::status::collect(&nodes);
+    if json {
+        let value: Vec<_> = statuses
+            .iter()
+            .map(|(id, addr, status)| serde_json::json!({ "node": id, "client": addr.to_string(), "status": status }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", nonstop::status::render(&statuses));
+    }
     Ok(())
 }
 

@@ -1,0 +1,68 @@
+//! `nonstop status`: every node's view, merged into one table per service, in the spirit of
+//! `patronictl list`.
+
+use nonstop_node::agent::NodeStatus;
+use nonstop_node::client::node_status;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Each node's status (`None`: it did not answer).
+pub fn collect(nodes: &[(u64, SocketAddr)]) -> Vec<(u64, SocketAddr, Option<NodeStatus>)> {
+    nodes.iter().map(|&(id, addr)| (id, addr, node_status(addr, Duration::from_millis(500)).ok())).collect()
+}
+
+/// Renders the statuses as text tables.
+pub fn render(statuses: &[(u64, SocketAddr, Option<NodeStatus>)]) -> String {
+    let mut out = String::new();
+    // The node that knows the newest Raft term speaks for the cluster.
+    let Some(newest) = statuses.iter().filter_map(|(_, _, s)| s.as_ref()).max_by_key(|s| s.raft_term) else {
+        return "no node answered: is the cluster running, and are these its client addresses?\n".into();
+    };
+    let leader = newest.leader.map_or("none".to_string(), |l| format!("node {l}"));
+    let _ = writeln!(
+        out,
+        "cluster of {} nodes; control-plane leader: {leader} (raft term {})",
+        statuses.len(),
+        newest.raft_term
+    );
+    for service in &newest.services {
+        let _ = writeln!(
+            out,
+            "\nservice {}: term {}, primary node {}, backups {:?}, failovers {}",
+            service.name, service.term, service.primary, service.backups, service.failovers
+        );
+        let lag = statuses
+            .iter()
+            .filter_map(|(_, _, s)| s.as_ref())
+            .filter(|s| s.node == service.primary)
+            .flat_map(|s| s.services.iter().filter(|x| x.name == service.name).flat_map(|x| x.lag.clone()))
+            .collect::<Vec<_>>();
+        let _ = writeln!(out, "| node | client | up | role | term | held | lag (checkpoints) | lag (bytes) |");
+        let _ = writeln!(out, "|---:|---|---|---|---:|---:|---:|---:|");
+        for (id, addr, status) in statuses {
+            let mine = status.as_ref().and_then(|s| s.services.iter().find(|x| x.name == service.name));
+            let (role, held) = match mine {
+                Some(mine) => (mine.role.clone(), mine.held.map_or("-".into(), |h| h.to_string())),
+                None => ("-".into(), "-".into()),
+            };
+            let (lag_checkpoints, lag_bytes) = lag
+                .iter()
+                .find(|(node, ..)| node == id)
+                .map_or(("".into(), "".into()), |(_, _, c, b)| (c.to_string(), b.to_string()));
+            let _ = writeln!(
+                out,
+                "| {id} | {addr} | {} | {role} | {} | {held} | {lag_checkpoints} | {lag_bytes} |",
+                if status.is_some() { "yes" } else { "no" },
+                mine.map_or("-".into(), |m| m.term.to_string()),
+            );
+        }
+        if let Some((from, to, term, checkpoint, reason)) = &service.last_promotion {
+            let _ = writeln!(
+                out,
+                "last {reason}: node {from} -> node {to}, term {term}, resumed from checkpoint {checkpoint}"
+            );
+        }
+    }
+    out
+}
