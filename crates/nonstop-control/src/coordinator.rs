@@ -65,6 +65,8 @@ struct Peer {
     last_heard: Option<Nanos>,
     connected: bool,
     report: Report,
+    /// Per service: since when the peer has reported holding no region for it, in a row.
+    empty_since: BTreeMap<String, Nanos>,
 }
 
 /// The leader's view of every node's liveness and holdings.
@@ -86,7 +88,17 @@ impl Coordinator {
         let peers = voters
             .iter()
             .filter(|v| **v != me)
-            .map(|v| (*v, Peer { last_heard: None, connected: false, report: Report::default() }))
+            .map(|v| {
+                (
+                    *v,
+                    Peer {
+                        last_heard: None,
+                        connected: false,
+                        report: Report::default(),
+                        empty_since: BTreeMap::new(),
+                    },
+                )
+            })
             .collect();
         Coordinator {
             me,
@@ -103,6 +115,13 @@ impl Coordinator {
         if let Some(peer) = self.peers.get_mut(&node) {
             peer.last_heard = Some(now);
             peer.connected = true;
+            for service in &report.services {
+                if matches!(service.role, Role::Spare | Role::Joining) {
+                    peer.empty_since.entry(service.service.clone()).or_insert(now);
+                } else {
+                    peer.empty_since.remove(&service.service);
+                }
+            }
             peer.report = report;
         }
     }
@@ -137,11 +156,15 @@ impl Coordinator {
             state.service(service).is_some_and(|r| r.term == *term) && now.0.saturating_sub(at.0) < self.timeout_ns
         });
         for (name, record) in state.services() {
-            // A primary whose agent restarted is alive but holds no region: it reports itself a
-            // spare in the current term.
-            let restarted = self
-                .report(record.primary, name)
-                .is_some_and(|r| r.term == record.term && matches!(r.role, Role::Spare | Role::Joining));
+            // A primary whose agent restarted is alive but holds no region: it keeps reporting
+            // itself a spare in the current term. (One such report may be stale, sent just
+            // before it started serving, so it must last a failure timeout.)
+            let restarted = self.report(record.primary, name).is_some_and(|r| r.term == record.term)
+                && self
+                    .peers
+                    .get(&record.primary)
+                    .and_then(|p| p.empty_since.get(name))
+                    .is_some_and(|since| now.0.saturating_sub(since.0) >= self.timeout_ns);
             if (self.alive(record.primary, now) && !restarted) || self.proposed.contains_key(name) {
                 continue;
             }
@@ -179,24 +202,21 @@ impl Coordinator {
         decisions
     }
 
-    /// Keeps leadership away from primaries, so that one crash never costs both a primary and
-    /// the leader that must promote its backup (a new election would add its timeout).
+    /// Keeps leadership on the node with the least to lose: a witness, else a spare, else a
+    /// backup, never a primary if it can help it. A crash of a primary then never also costs
+    /// the leader that must promote its backup, and a promoted backup's first proposals (its
+    /// lease) do not meet a leadership transfer.
     fn leadership_target(&mut self, state: &ClusterState, now: Nanos) -> Option<NodeId> {
-        let primaries = |node: NodeId| state.services().filter(|(_, r)| r.primary == node).count();
-        if primaries(self.me) == 0 {
-            return None;
-        }
+        let rank = |node: NodeId| {
+            let primaries = state.services().filter(|(_, r)| r.primary == node).count();
+            let backups = state.services().filter(|(_, r)| r.backups.contains(&node)).count();
+            (primaries, backups, !self.witnesses.contains(&node))
+        };
         if self.transfer_asked.is_some_and(|at| now.0.saturating_sub(at.0) < self.timeout_ns) {
             return None;
         }
-        // Prefer a witness, then the node leading the fewest services.
-        let target = self
-            .peers
-            .keys()
-            .filter(|p| self.alive(**p, now))
-            .min_by_key(|p| (!self.witnesses.contains(p), primaries(**p), **p))
-            .copied()?;
-        if primaries(target) >= primaries(self.me) {
+        let target = self.peers.keys().filter(|p| self.alive(**p, now)).min_by_key(|p| (rank(**p), **p)).copied()?;
+        if rank(target) >= rank(self.me) {
             return None;
         }
         self.transfer_asked = Some(now);
@@ -262,6 +282,21 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_that_keeps_reporting_no_region_is_replaced_but_one_stale_report_is_not_enough() {
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let empty = Report {
+            services: vec![ServiceReport { service: "bank".into(), role: Role::Spare, term: Term(1), held: None }],
+        };
+        c.on_report(NodeId(2), backup_report(4), Nanos(0));
+        c.on_report(NodeId(1), empty.clone(), Nanos(0));
+        assert!(c.decide(&state(), &backup_report(4), Nanos(MS)).is_empty(), "one report is not a restart");
+        c.on_report(NodeId(2), backup_report(4), Nanos(49 * MS));
+        c.on_report(NodeId(1), empty, Nanos(50 * MS));
+        let decisions = c.decide(&state(), &backup_report(4), Nanos(50 * MS));
+        assert!(matches!(&decisions[..], [Decision::Propose(Command::Promote { .. })]), "{decisions:?}");
+    }
+
+    #[test]
     fn no_backup_of_the_current_term_means_no_promotion() {
         let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
         let stale = Report {
@@ -277,11 +312,24 @@ mod tests {
     }
 
     #[test]
-    fn leadership_moves_off_a_primary() {
+    fn leadership_moves_off_a_primary_to_the_node_with_the_least_role() {
+        let mut state = state();
+        let drop = Command::DropBackup { service: "bank".into(), term: Term(1), node: NodeId(3) };
+        state.apply(10, drop).outcome.unwrap();
         let mut c = Coordinator::new(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
         c.on_report(NodeId(2), backup_report(1), Nanos(0));
-        c.on_report(NodeId(3), backup_report(1), Nanos(0));
-        assert_eq!(c.decide(&state(), &Report::default(), Nanos(MS)), vec![Decision::TransferLeader(NodeId(2))]);
-        assert!(c.decide(&state(), &Report::default(), Nanos(2 * MS)).is_empty(), "asked once per timeout");
+        c.on_report(NodeId(3), Report::default(), Nanos(0));
+        // Node 3 holds no role, node 2 is a backup: the spare gets leadership.
+        assert_eq!(c.decide(&state, &Report::default(), Nanos(MS)), vec![Decision::TransferLeader(NodeId(3))]);
+        assert!(c.decide(&state, &Report::default(), Nanos(2 * MS)).is_empty(), "asked once per timeout");
+        // A backup leading with a spare alive hands over too; a spare leading stays.
+        let mut backup = Coordinator::new(NodeId(2), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        backup.on_report(NodeId(1), Report::default(), Nanos(0));
+        backup.on_report(NodeId(3), Report::default(), Nanos(0));
+        assert_eq!(backup.decide(&state, &backup_report(1), Nanos(MS)), vec![Decision::TransferLeader(NodeId(3))]);
+        let mut spare = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        spare.on_report(NodeId(1), Report::default(), Nanos(0));
+        spare.on_report(NodeId(2), backup_report(1), Nanos(0));
+        assert!(spare.decide(&state, &Report::default(), Nanos(MS)).is_empty());
     }
 }

@@ -9,6 +9,7 @@
 //! other threads.
 
 use crate::NodeId;
+use crate::client_server::SwitchoverRequest;
 use crate::config::Checked;
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::{ServiceHost, Serving};
@@ -154,8 +155,8 @@ impl Agent {
         Report { services: self.hosts.iter().map(|h| h.report(state.service(h.name()))).collect() }
     }
 
-    /// Runs until `stop` is set.
-    pub fn run(mut self, stop: &AtomicBool) -> Result<(), NodeError> {
+    /// Runs until `stop` is set; operators' switchover requests arrive on `switchovers`.
+    pub fn run(mut self, stop: &AtomicBool, switchovers: mpsc::Receiver<SwitchoverRequest>) -> Result<(), NodeError> {
         let mut next_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -177,6 +178,16 @@ impl Agent {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok(request) = switchovers.try_recv() {
+                let record = self.control.state().service(&request.service).cloned();
+                match self.hosts.iter_mut().find(|h| h.name() == request.service) {
+                    Some(host) => host.begin_switchover(record.as_ref(), request, Instant::now()),
+                    None => {
+                        let reason = format!("no service {:?}", request.service);
+                        let _ = request.reply.send(nonstop_proto::client::ClientReply::Rejected { reason });
+                    }
+                }
             }
             self.step()?;
         }

@@ -53,6 +53,23 @@ pub struct TransferDone {
     pub attempts: u32,
 }
 
+/// A finished switchover.
+#[derive(Clone, Copy, Debug)]
+pub struct Switched {
+    /// The old primary.
+    pub from: u64,
+    /// The new primary.
+    pub to: u64,
+    /// The new term.
+    pub term: u64,
+    /// The last checkpoint of the old term.
+    pub checkpoint: u64,
+    /// From the request until new requests were refused and the last checkpoint cut.
+    pub drained: Duration,
+    /// From the request until the promotion was committed.
+    pub committed: Duration,
+}
+
 /// What [`Client::audit`] returns.
 #[derive(Clone, Debug)]
 pub struct Audit {
@@ -140,6 +157,23 @@ impl Client {
                     self.next_request,
                     last + 1
                 ),
+            }),
+            _ => unreachable!("call returns only accepted replies"),
+        }
+    }
+
+    /// Moves the primary role to `to`, one of the service's backups, without losing anything.
+    pub fn switchover(&mut self, to: u64) -> Result<Switched, ClientError> {
+        let request = ClientRequest::Switchover { service: self.service.clone(), to };
+        let mut attempts = 0;
+        match self.call(&request, &mut attempts, |reply| matches!(reply, ClientReply::SwitchedOver { .. }))? {
+            ClientReply::SwitchedOver { from, to, term, checkpoint, drained_us, committed_us } => Ok(Switched {
+                from,
+                to,
+                term,
+                checkpoint,
+                drained: Duration::from_micros(drained_us),
+                committed: Duration::from_micros(committed_us),
             }),
             _ => unreachable!("call returns only accepted replies"),
         }

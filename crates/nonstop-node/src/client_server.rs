@@ -8,7 +8,7 @@ use nonstop_workloads::bank::{BankError, Executed, TransferRequest};
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::Duration;
 
 /// How long an answer may wait for the backups before the client is told to retry.
@@ -20,7 +20,23 @@ pub struct Answering {
     pub services: BTreeMap<String, Arc<Serving>>,
     /// The node's status.
     pub status: Arc<RwLock<NodeStatus>>,
+    /// Where switchover requests go (the agent's loop).
+    pub switchovers: Mutex<mpsc::Sender<SwitchoverRequest>>,
 }
+
+/// A switchover asked by an operator, for the agent's loop.
+#[derive(Debug)]
+pub struct SwitchoverRequest {
+    /// The service.
+    pub service: String,
+    /// The backup to promote.
+    pub to: crate::NodeId,
+    /// Where the answer goes.
+    pub reply: mpsc::Sender<ClientReply>,
+}
+
+/// How long a switchover may take before the operator is told it failed.
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves clients on `listener` until the process ends.
 pub fn serve(listener: TcpListener, answering: Arc<Answering>) {
@@ -56,11 +72,29 @@ fn serve_one(stream: TcpStream, answering: &Answering) -> std::io::Result<()> {
                 let status = answering.status.read().unwrap_or_else(|p| p.into_inner()).clone();
                 ClientReply::Status { json: serde_json::to_string(&status).expect("status serializes") }
             }
+            ClientRequest::Switchover { service, to } => switchover(answering, service, to),
             request => answer(request, &answering.services, &mut worker),
         };
         write_message(&mut writer, &reply).map_err(std::io::Error::other)?;
         writer.flush()?;
     }
+}
+
+fn switchover(answering: &Answering, service: String, to: u64) -> ClientReply {
+    let Some(serving) = answering.services.get(&service) else {
+        return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
+    };
+    if serving.active().is_none() {
+        return redirect(serving);
+    }
+    let (reply, answer) = mpsc::channel();
+    let request = SwitchoverRequest { service, to: crate::NodeId(to), reply };
+    if answering.switchovers.lock().unwrap_or_else(|p| p.into_inner()).send(request).is_err() {
+        return ClientReply::Unavailable { reason: "the node is shutting down".into() };
+    }
+    answer
+        .recv_timeout(SWITCHOVER_TIMEOUT)
+        .unwrap_or_else(|_| ClientReply::Unavailable { reason: "the switchover did not finish in time".into() })
 }
 
 fn redirect(serving: &Serving) -> ClientReply {
@@ -77,15 +111,18 @@ fn answer(
         ClientRequest::Transfer { service, .. }
         | ClientRequest::Locate { service }
         | ClientRequest::Audit { service, .. } => service,
-        ClientRequest::Status => unreachable!("answered by the caller"),
+        ClientRequest::Status | ClientRequest::Switchover { .. } => unreachable!("answered by the caller"),
     };
     let Some(serving) = services.get(service) else {
         return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
     };
     let Some(active) = serving.active() else { return redirect(serving) };
     match request {
-        ClientRequest::Locate { .. } | ClientRequest::Status => redirect(serving),
+        ClientRequest::Locate { .. } | ClientRequest::Status | ClientRequest::Switchover { .. } => redirect(serving),
         ClientRequest::Transfer { client, request, account, teller, delta, .. } => {
+            if active.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                return ClientReply::Unavailable { reason: "switchover in progress; retry".into() };
+            }
             let worker = *worker.get_or_insert_with(|| active.worker());
             let transfer = TransferRequest { client, request, account, teller, delta };
             let (executed, ticket) = match active.bank.execute(&active.mirror, worker, &transfer) {

@@ -39,11 +39,16 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool) -> Result<(
         source,
     })?;
     let agent = Agent::start(config, key)?;
-    let answering = Arc::new(client_server::Answering { services: agent.serving(), status: agent.status() });
+    let (switchovers, switchover_requests) = std::sync::mpsc::channel();
+    let answering = Arc::new(client_server::Answering {
+        services: agent.serving(),
+        status: agent.status(),
+        switchovers: std::sync::Mutex::new(switchovers),
+    });
     std::thread::Builder::new()
         .name("nonstop-clients".into())
         .spawn(move || client_server::serve(listener, answering))
         .expect("spawn client listener");
     tracing::info!(%client_addr, "{READY}");
-    agent.run(stop)
+    agent.run(stop, switchover_requests)
 }

@@ -17,6 +17,7 @@
 //!   up, and comes back as a spare.
 
 use crate::NodeId;
+use crate::client_server::SwitchoverRequest;
 use crate::config::{Checked, ServiceSpec};
 use nonstop_control::ServiceRecord;
 use nonstop_control::cluster::Command;
@@ -24,6 +25,7 @@ use nonstop_control::coordinator::{Role, ServiceReport};
 use nonstop_net::backup::{BackupControl, BackupServer};
 use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
+use nonstop_proto::client::ClientReply;
 use nonstop_proto::primary::BackupId;
 use nonstop_proto::{CheckpointId, Term};
 use nonstop_region::{Mirror, Region};
@@ -50,6 +52,9 @@ pub struct Active {
     pub bank: Bank,
     /// Set when the node is deposed: nothing more is released.
     pub deposed: AtomicBool,
+    /// Set during a switchover: new requests are refused (clients retry and follow the
+    /// redirect once the new primary serves).
+    pub draining: AtomicBool,
     next_worker: AtomicUsize,
 }
 
@@ -89,8 +94,21 @@ struct Attaching {
     thread: JoinHandle<Result<BackupId, String>>,
 }
 
+/// A switchover under way on the primary.
+struct Switchover {
+    to: NodeId,
+    started: Instant,
+    /// The last checkpoint of this term, cut once new requests were refused.
+    last: Option<(CheckpointId, Instant)>,
+    reply: std::sync::mpsc::Sender<ClientReply>,
+}
+
+/// How long a switchover may wait for the target to hold the last checkpoint.
+const SWITCHOVER_LIMIT: Duration = Duration::from_secs(5);
+
 struct PrimaryRole {
     active: Arc<Active>,
+    switchover: Option<Switchover>,
     /// Backups attached by this primary, by node.
     attached: BTreeMap<NodeId, BackupId>,
     attaching: Option<Attaching>,
@@ -329,12 +347,14 @@ impl ServiceHost {
             primary,
             bank: self.bank,
             deposed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             next_worker: AtomicUsize::new(0),
         });
         *self.serving.active.write().unwrap_or_else(|p| p.into_inner()) = Some(active.clone());
         self.promoted_at = Some((term, now));
         let mut role = PrimaryRole {
             active,
+            switchover: None,
             attached: BTreeMap::new(),
             attaching: None,
             joining: BTreeSet::new(),
@@ -351,8 +371,49 @@ impl ServiceHost {
         self.role = LocalRole::Primary(Box::new(role));
     }
 
+    /// Starts moving the primary role to `request.to`: refuse new requests, cut the last
+    /// checkpoint of this term, and once the target holds it, propose its promotion.
+    pub fn begin_switchover(&mut self, record: Option<&ServiceRecord>, request: SwitchoverRequest, now: Instant) {
+        let reject = |reason: String| {
+            let _ = request.reply.send(ClientReply::Rejected { reason });
+        };
+        let LocalRole::Primary(role) = &mut self.role else {
+            return reject("this node is not the primary any more; retry".into());
+        };
+        let Some(record) = record.filter(|r| r.primary == self.me && r.term == role.active.term) else {
+            return reject("this node's term is ending; retry".into());
+        };
+        if !record.backups.contains(&request.to) {
+            return reject(format!(
+                "{} is not a backup of {} (backups: {:?}): only a backup holds the state",
+                request.to, self.spec.name, record.backups
+            ));
+        }
+        if role.switchover.is_some() {
+            return reject("a switchover is already under way".into());
+        }
+        tracing::info!(service = self.spec.name, to = request.to.0, "switchover: refusing new requests");
+        role.active.draining.store(true, Ordering::SeqCst);
+        role.switchover = Some(Switchover { to: request.to, started: now, last: None, reply: request.reply });
+    }
+
     fn depose(&mut self, record: &ServiceRecord) {
-        let LocalRole::Primary(primary) = std::mem::replace(&mut self.role, LocalRole::Idle) else { return };
+        let LocalRole::Primary(mut primary) = std::mem::replace(&mut self.role, LocalRole::Idle) else { return };
+        if let Some(switchover) = primary.switchover.take() {
+            let promotion = record.last_promotion.filter(|p| p.to == switchover.to && p.from == self.me);
+            let reply = match (promotion, switchover.last) {
+                (Some(promotion), Some((last, drained))) => ClientReply::SwitchedOver {
+                    from: self.me.0,
+                    to: promotion.to.0,
+                    term: promotion.term.0,
+                    checkpoint: last.0,
+                    drained_us: drained.duration_since(switchover.started).as_micros() as u64,
+                    committed_us: switchover.started.elapsed().as_micros() as u64,
+                },
+                _ => ClientReply::Unavailable { reason: format!("another change of primary came first: {record:?}") },
+            };
+            let _ = switchover.reply.send(reply);
+        }
         primary.active.deposed.store(true, Ordering::SeqCst);
         primary.active.primary.set_lease(None);
         *self.serving.active.write().unwrap_or_else(|p| p.into_inner()) = None;
@@ -410,6 +471,40 @@ impl ServiceHost {
                 .collect();
             primary.set_required(ids);
             role.required_version = Some((record.version, required_nodes.clone()));
+        }
+        // 0. A switchover: cut the last checkpoint once running transactions finished, then
+        //    promote the target when it holds it.
+        if let Some(switchover) = &mut role.switchover {
+            if switchover.last.is_none() {
+                // Requests are refused from now on; wait out the transactions already running.
+                role.active.mirror.quiesced(|_, _| ());
+                switchover.last = Some((primary.checkpoint_now(), now));
+            }
+            let (last, _) = switchover.last.expect("set above");
+            if now.duration_since(switchover.started) > SWITCHOVER_LIMIT {
+                tracing::warn!(
+                    service = name,
+                    to = switchover.to.0,
+                    "switchover abandoned: the target never held the last checkpoint"
+                );
+                role.active.draining.store(false, Ordering::SeqCst);
+                let reason = format!("{} did not hold the last checkpoint within {SWITCHOVER_LIMIT:?}", switchover.to);
+                let _ = switchover.reply.send(ClientReply::Unavailable { reason });
+                role.switchover = None;
+            } else if primary.held().is_some_and(|held| held >= last) {
+                let command = Command::Promote {
+                    service: name.clone(),
+                    from_term: term,
+                    node: switchover.to,
+                    checkpoint: last,
+                    reason: nonstop_control::PromotionReason::Switchover,
+                };
+                if role.last_proposal.get("switchover").is_none_or(|at| now.duration_since(*at) >= config.heartbeat * 5)
+                {
+                    role.last_proposal.insert("switchover".into(), now);
+                    needs.proposals.push(command);
+                }
+            }
         }
         let mut propose = |key: String, command: Command, every: Duration| {
             if role.last_proposal.get(&key).is_none_or(|at| now.duration_since(*at) >= every) {

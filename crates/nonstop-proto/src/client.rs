@@ -37,6 +37,14 @@ pub enum ClientRequest {
     },
     /// The node's view of the cluster (for `nonstop status`).
     Status,
+    /// Move the primary role of `service` to `to`, one of its backups, without losing anything
+    /// (`nonstop switchover`). Answered by the primary once the move is committed.
+    Switchover {
+        /// The service.
+        service: String,
+        /// The backup to promote.
+        to: u64,
+    },
     /// Run the service's consistency check and report what it remembers of `clients` and the
     /// balances of `accounts` (the primary answers, between checkpoints).
     Audit {
@@ -97,6 +105,22 @@ pub enum ClientReply {
     Rejected {
         /// Why.
         reason: String,
+    },
+    /// The answer to [`ClientRequest::Switchover`]: the move is committed.
+    SwitchedOver {
+        /// The old primary.
+        from: u64,
+        /// The new primary.
+        to: u64,
+        /// The new term.
+        term: u64,
+        /// The last checkpoint of the old term, held by the new primary.
+        checkpoint: u64,
+        /// Microseconds from the request until new transactions were refused and the last
+        /// checkpoint was cut.
+        drained_us: u64,
+        /// Microseconds from the request until the promotion was committed.
+        committed_us: u64,
     },
     /// The answer to [`ClientRequest::Status`]: the node's status as JSON.
     Status {

@@ -36,11 +36,31 @@ pub struct FailoverTimeline {
     pub recovered: Option<Duration>,
 }
 
+/// A switchover as the demo saw it.
+#[derive(Clone, Debug)]
+pub struct SwitchoverTimeline {
+    /// The old primary.
+    pub from: u64,
+    /// The new primary.
+    pub to: u64,
+    /// The new term.
+    pub term: u64,
+    /// From the request until the promotion was committed (as the old primary measured).
+    pub committed: Duration,
+    /// The first answer from the new primary, from the request.
+    pub first_ack: Option<Duration>,
+    /// The longest time without any answer to the clients around the switchover: the
+    /// downtime they saw.
+    pub downtime: Duration,
+}
+
 /// What the demo measured.
 #[derive(Clone, Debug)]
 pub struct DemoReport {
     /// The failovers.
     pub failovers: Vec<FailoverTimeline>,
+    /// The switchover, if one was run.
+    pub switchover: Option<SwitchoverTimeline>,
     /// The final audit.
     pub verdict: Verdict,
     /// The whole run.
@@ -91,12 +111,14 @@ fn protected(status: &NodeStatus, wanted: usize) -> bool {
 }
 
 /// Runs the demo on a cluster shaped like `spec` with `clients` client threads, killing the
-/// primary `kills` times; prints as it goes.
+/// primary `kills` times, then (with `switchover`) moving the role to the backup; prints as it
+/// goes.
 pub fn run(
     exe: &Path,
     spec: &ClusterSpec,
     clients: u64,
     kills: u32,
+    switchover: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
@@ -181,11 +203,55 @@ pub fn run(
             recovered,
         });
     }
+    let switchover = if switchover { Some(run_switchover(&cluster, &all, &load, out)?) } else { None };
     let nodes: Vec<(u64, std::net::SocketAddr)> = cluster.nodes.iter().map(|n| (n.id, n.client)).collect();
     writeln!(out, "nonstop status (under load):")?;
     write!(out, "{}", crate::status::render(&crate::status::collect(&nodes)))?;
     writeln!(out)?;
     let histories = load.stop();
     let verdict = load::audit(cluster.client_addrs(), &histories)?;
-    Ok(DemoReport { failovers, verdict, elapsed: started.elapsed() })
+    Ok(DemoReport { failovers, switchover, verdict, elapsed: started.elapsed() })
+}
+
+/// Moves the primary role to the backup and measures what the clients saw.
+fn run_switchover(
+    cluster: &LocalCluster,
+    all: &[u64],
+    load: &Load,
+    out: &mut impl Write,
+) -> anyhow::Result<SwitchoverTimeline> {
+    std::thread::sleep(Duration::from_millis(500));
+    let (primary, term) = current_primary(cluster, all);
+    let backup = status_of(cluster, primary)
+        .as_ref()
+        .and_then(bank)
+        .and_then(|b| b.backups.first().copied())
+        .ok_or_else(|| anyhow::anyhow!("the primary has no backup to switch over to"))?;
+    writeln!(out, "switchover: moving the primary role from node {primary} to node {backup}")?;
+    let mut operator = nonstop_node::client::Client::new(cluster.client_addrs(), SERVICE, u64::MAX);
+    let asked = Instant::now();
+    let done = operator.switchover(backup)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let first_ack = load.first_ack_after(asked, term).map(|a| a.at.duration_since(asked));
+    let downtime = load.longest_gap(asked, asked + Duration::from_millis(400));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    writeln!(
+        out,
+        "  last checkpoint of term {term}: {} (cut {:.1} ms after the request)",
+        done.checkpoint,
+        ms(done.drained)
+    )?;
+    writeln!(out, "  node {} promoted (term {})      +{:.1} ms", done.to, done.term, ms(done.committed))?;
+    if let Some(first) = first_ack {
+        writeln!(out, "  first acknowledged commit       +{:.1} ms", ms(first))?;
+    }
+    writeln!(out, "  longest time without an answer: {:.1} ms\n", ms(downtime))?;
+    Ok(SwitchoverTimeline {
+        from: done.from,
+        to: done.to,
+        term: done.term,
+        committed: done.committed,
+        first_ack,
+        downtime,
+    })
 }

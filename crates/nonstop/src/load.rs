@@ -87,6 +87,26 @@ impl Load {
         acks.iter().filter(|a| a.at > after && a.term > term).min_by_key(|a| a.at).copied()
     }
 
+    /// The longest time without any answer between `from` and `to`.
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut times: Vec<Instant> = self
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| a.at)
+            .filter(|at| *at >= from && *at <= to)
+            .collect();
+        times.sort();
+        let mut previous = from;
+        let mut longest = Duration::ZERO;
+        for at in times.into_iter().chain(std::iter::once(to)) {
+            longest = longest.max(at.saturating_duration_since(previous));
+            previous = at;
+        }
+        longest
+    }
+
     /// Answers per `bucket` between `from` and `to`.
     pub fn rate(&self, from: Instant, to: Instant, bucket: Duration) -> Vec<u64> {
         let buckets = (to.saturating_duration_since(from).as_nanos() / bucket.as_nanos().max(1)) as usize;

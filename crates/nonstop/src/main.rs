@@ -45,6 +45,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move a service's primary role to one of its backups without losing anything.
+    Switchover {
+        /// The service.
+        service: String,
+        /// The backup node to promote.
+        #[arg(long)]
+        to: u64,
+        /// A node's config: the cluster's nodes are read from it.
+        #[arg(long, conflicts_with = "node")]
+        config: Option<std::path::PathBuf>,
+        /// A node's client address (repeat for each node).
+        #[arg(long)]
+        node: Vec<SocketAddr>,
+    },
     /// Serve a region as a backup.
     Backup(BackupArgs),
     /// Measure replication.
@@ -177,6 +191,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Node { config } => node(&config),
         Command::Status { config, node, json } => status(config.as_deref(), &node, json),
+        Command::Switchover { service, to, config, node } => switchover(&service, to, config.as_deref(), &node),
         Command::Backup(args) => backup(args),
         Command::Bench { target } => match target {
             BenchTarget::DebitCredit(args) => run_bench(WorkloadKind::DebitCredit, &args),
@@ -201,14 +216,35 @@ fn node(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(config: Option<&std::path::Path>, nodes: &[SocketAddr], json: bool) -> anyhow::Result<()> {
-    let nodes: Vec<(u64, SocketAddr)> = match config {
+/// The cluster's nodes (id, client address), from a node's config or from addresses.
+fn cluster_nodes(config: Option<&std::path::Path>, nodes: &[SocketAddr]) -> anyhow::Result<Vec<(u64, SocketAddr)>> {
+    Ok(match config {
         Some(path) => {
             nonstop_node::config::NodeConfig::load(path)?.members.iter().map(|m| (m.id.0, m.client)).collect()
         }
         None if !nodes.is_empty() => nodes.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect(),
         None => bail!("name the cluster: --config NODE.toml, or --node ADDR for each node's client address"),
-    };
+    })
+}
+
+fn switchover(service: &str, to: u64, config: Option<&std::path::Path>, nodes: &[SocketAddr]) -> anyhow::Result<()> {
+    let nodes = cluster_nodes(config, nodes)?;
+    let mut client = nonstop::Client::new(nodes.iter().map(|(_, a)| *a).collect(), service, u64::MAX);
+    let done = client.switchover(to)?;
+    println!(
+        "{service}: primary moved from node {} to node {} (term {}), from checkpoint {}; new requests refused for {:.1} ms before the last checkpoint, promotion committed after {:.1} ms",
+        done.from,
+        done.to,
+        done.term,
+        done.checkpoint,
+        done.drained.as_secs_f64() * 1e3,
+        done.committed.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn status(config: Option<&std::path::Path>, nodes: &[SocketAddr], json: bool) -> anyhow::Result<()> {
+    let nodes = cluster_nodes(config, nodes)?;
     let statuses = nonstop::status::collect(&nodes);
     if json {
         let value: Vec<_> = statuses
@@ -369,7 +405,7 @@ fn demo(clients: u64) -> anyhow::Result<()> {
     println!("nonstop demo: the bank service (Debit-Credit, exactly-once requests) on 3 node processes,");
     println!("AU protocol, a checkpoint every 1 ms, answers held until the backup holds them.\n");
     let spec = nonstop::cluster::ClusterSpec::default();
-    let report = nonstop::demo::run(&std::env::current_exe()?, &spec, clients, 2, &mut std::io::stdout())?;
+    let report = nonstop::demo::run(&std::env::current_exe()?, &spec, clients, 2, true, &mut std::io::stdout())?;
     let verdict = &report.verdict;
     let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3));
     println!("| failover | killed | promoted | term | detected ms | promoted ms | first ack ms | re-protected ms |");
@@ -385,6 +421,16 @@ fn demo(clients: u64) -> anyhow::Result<()> {
             ms(f.promoted_at),
             ms(f.first_ack),
             ms(f.protected)
+        );
+    }
+    if let Some(s) = &report.switchover {
+        println!(
+            "\nswitchover node {} -> node {} (term {}): committed in {:.1} ms, longest time without an answer {:.1} ms",
+            s.from,
+            s.to,
+            s.term,
+            s.committed.as_secs_f64() * 1e3,
+            s.downtime.as_secs_f64() * 1e3
         );
     }
     println!();

@@ -4,10 +4,10 @@
 use nonstop::cluster::ClusterSpec;
 
 #[test]
-fn killing_the_primary_twice_loses_and_doubles_nothing() {
+fn killing_the_primary_twice_and_a_switchover_lose_and_double_nothing() {
     let spec = ClusterSpec { ip_prefix: "127.0.1".into(), region_size_mib: 32, ..ClusterSpec::default() };
     let mut out = Vec::new();
-    let report = nonstop::demo::run(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec, 4, 2, &mut out)
+    let report = nonstop::demo::run(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec, 4, 2, true, &mut out)
         .unwrap_or_else(|e| panic!("{e:#}\n{}", String::from_utf8_lossy(&out)));
     let text = String::from_utf8_lossy(&out);
     let verdict = &report.verdict;
@@ -15,6 +15,9 @@ fn killing_the_primary_twice_loses_and_doubles_nothing() {
     assert_eq!((verdict.acked_lost, verdict.applied_twice), (0, 0), "{text}");
     assert!(verdict.acknowledged > 100, "the clients made progress: {verdict:?}\n{text}");
     assert_eq!(report.failovers.len(), 2);
+    let switchover = report.switchover.as_ref().expect("the switchover ran");
+    assert_ne!(switchover.from, switchover.to);
+    assert!(switchover.first_ack.is_some(), "the new primary answered after the switchover: {text}");
     for failover in &report.failovers {
         assert_ne!(failover.killed, failover.promoted, "{text}");
         assert!(failover.first_ack.is_some(), "the new primary answered: {text}");
