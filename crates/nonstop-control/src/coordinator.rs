@@ -63,7 +63,8 @@ pub enum Decision {
 #[derive(Debug)]
 struct Peer {
     last_heard: Option<Nanos>,
-    connected: bool,
+    /// Its connection closed and nothing was heard since: its process is gone.
+    closed: bool,
     report: Report,
     /// Per service: since when the peer has reported holding no region for it, in a row.
     empty_since: BTreeMap<String, Nanos>,
@@ -79,6 +80,7 @@ pub struct Coordinator {
     proposed: BTreeMap<String, (Term, Nanos)>,
     transfer_asked: Option<Nanos>,
     witnesses: Vec<NodeId>,
+    watching_since: Nanos,
 }
 
 impl Coordinator {
@@ -89,15 +91,7 @@ impl Coordinator {
             .iter()
             .filter(|v| **v != me)
             .map(|v| {
-                (
-                    *v,
-                    Peer {
-                        last_heard: None,
-                        connected: false,
-                        report: Report::default(),
-                        empty_since: BTreeMap::new(),
-                    },
-                )
+                (*v, Peer { last_heard: None, closed: false, report: Report::default(), empty_since: BTreeMap::new() })
             })
             .collect();
         Coordinator {
@@ -107,6 +101,7 @@ impl Coordinator {
             proposed: BTreeMap::new(),
             transfer_asked: None,
             witnesses: witnesses.to_vec(),
+            watching_since: Nanos(0),
         }
     }
 
@@ -114,7 +109,7 @@ impl Coordinator {
     pub fn on_report(&mut self, node: NodeId, report: Report, now: Nanos) {
         if let Some(peer) = self.peers.get_mut(&node) {
             peer.last_heard = Some(now);
-            peer.connected = true;
+            peer.closed = false;
             for service in &report.services {
                 if matches!(service.role, Role::Spare | Role::Joining) {
                     peer.empty_since.entry(service.service.clone()).or_insert(now);
@@ -129,17 +124,26 @@ impl Coordinator {
     /// The control connection to `node` closed: its agent process is gone.
     pub fn on_disconnect(&mut self, node: NodeId) {
         if let Some(peer) = self.peers.get_mut(&node) {
-            peer.connected = false;
+            peer.closed = true;
         }
     }
 
-    /// Whether `node` is believed alive at `now`.
+    /// This node became the leader at `now`: silence is counted from here for nodes it has not
+    /// heard from yet, so a new leader does not take "not heard yet" for "dead".
+    pub fn on_leadership(&mut self, now: Nanos) {
+        self.watching_since = now;
+    }
+
+    /// Whether `node` is believed alive at `now`: its connection did not close, and it was
+    /// heard within the failure timeout (counted from when this node started watching, for a
+    /// node not heard since).
     pub fn alive(&self, node: NodeId, now: Nanos) -> bool {
         if node == self.me {
             return true;
         }
         self.peers.get(&node).is_some_and(|peer| {
-            peer.connected && peer.last_heard.is_some_and(|heard| now.0.saturating_sub(heard.0) <= self.timeout_ns)
+            let since = peer.last_heard.map_or(self.watching_since, |heard| heard.max(self.watching_since));
+            !peer.closed && now.0.saturating_sub(since.0) <= self.timeout_ns
         })
     }
 
@@ -294,6 +298,20 @@ mod tests {
         c.on_report(NodeId(1), empty, Nanos(50 * MS));
         let decisions = c.decide(&state(), &backup_report(4), Nanos(50 * MS));
         assert!(matches!(&decisions[..], [Decision::Propose(Command::Promote { .. })]), "{decisions:?}");
+    }
+
+    #[test]
+    fn a_new_leader_does_not_take_not_heard_yet_for_dead() {
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        c.on_leadership(Nanos(1000 * MS));
+        c.on_report(NodeId(2), backup_report(4), Nanos(1000 * MS));
+        assert!(
+            c.decide(&state(), &backup_report(4), Nanos(1040 * MS)).is_empty(),
+            "the primary may not have dialled yet"
+        );
+        c.on_report(NodeId(2), backup_report(4), Nanos(1050 * MS));
+        let decisions = c.decide(&state(), &backup_report(4), Nanos(1051 * MS));
+        assert!(matches!(&decisions[..], [Decision::Propose(Command::Promote { .. })]), "silent for a whole timeout");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! link lock, which is what keeps every backup's frames of checkpoint `n` before its close.
 
 use crate::conn::{self, ConnError, FrameReceiver, FrameSender};
+use crate::fault;
 use hdrhistogram::Histogram;
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::control::{self, AckInfo, Attach, Refusal, VerifyReply, VerifyRequest};
@@ -631,11 +632,29 @@ impl Shared {
             link.precopied &= !first;
             let close = control::encode(&link.progress.close_first(payloads.len(), bytes, full, precopied));
             let (term, checkpoint) = (self.config.term, cut.checkpoint);
-            let frames = payloads
-                .iter()
-                .map(|payload| (FrameKind::Runs, term, checkpoint, payload.as_slice()))
-                .chain(std::iter::once((FrameKind::Close, term, checkpoint, close.as_slice())));
-            if let Err(error) = link.sender.send_batch(frames) {
+            let runs = payloads.iter().map(|payload| (FrameKind::Runs, term, checkpoint, payload.as_slice()));
+            let closing = std::iter::once((FrameKind::Close, term, checkpoint, close.as_slice()));
+            let sent = if fault::armed() {
+                // Split so that a fault point can land between the frames of a checkpoint.
+                let mut runs = runs;
+                let first = runs.next();
+                let none_yet = first.is_none();
+                link.sender
+                    .send_batch(first)
+                    .and_then(|()| {
+                        if !none_yet {
+                            fault::reached(fault::FaultPoint::AfterSomeRuns);
+                        }
+                        link.sender.send_batch(runs)
+                    })
+                    .and_then(|()| {
+                        fault::reached(fault::FaultPoint::BeforeClose);
+                        link.sender.send_batch(closing)
+                    })
+            } else {
+                link.sender.send_batch(runs.chain(closing))
+            };
+            if let Err(error) = sent {
                 tracing::warn!(backup = link.id.0, %error, "send failed");
                 link.alive.store(false, Ordering::Relaxed);
             }
@@ -688,6 +707,7 @@ impl Shared {
             };
             match frame.kind {
                 FrameKind::Ack => {
+                    fault::reached(fault::FaultPoint::AckArrived);
                     let info: AckInfo = match control::decode("ack", &frame.payload) {
                         Ok(info) => info,
                         Err(error) => break Err(error.to_string()),

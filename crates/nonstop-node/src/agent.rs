@@ -98,6 +98,7 @@ pub struct Agent {
     last_create: Option<Instant>,
     /// The newest connection each peer's messages came on.
     connections: BTreeMap<NodeId, u64>,
+    was_leader: bool,
 }
 
 impl Agent {
@@ -133,6 +134,7 @@ impl Agent {
             status: Arc::new(RwLock::new(NodeStatus::default())),
             last_create: None,
             connections: BTreeMap::new(),
+            was_leader: false,
         })
     }
 
@@ -227,7 +229,13 @@ impl Agent {
         self.flush()?;
         let now = Instant::now();
         let mut proposals = Vec::new();
-        if self.control.is_leader() {
+        let leader = self.control.is_leader();
+        if leader && !self.was_leader {
+            let nanos = self.now();
+            self.coordinator.on_leadership(nanos);
+        }
+        self.was_leader = leader;
+        if leader {
             let state = self.control.state();
             let missing: Vec<_> = self.config.services.iter().filter(|s| state.service(&s.name).is_none()).collect();
             if !missing.is_empty() && self.last_create.is_none_or(|at| now.duration_since(at) >= self.config.timeout) {

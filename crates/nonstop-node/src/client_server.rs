@@ -73,6 +73,13 @@ fn serve_one(stream: TcpStream, answering: &Answering) -> std::io::Result<()> {
                 ClientReply::Status { json: serde_json::to_string(&status).expect("status serializes") }
             }
             ClientRequest::Switchover { service, to } => switchover(answering, service, to),
+            ClientRequest::ArmFault { point, countdown } => match nonstop_net::fault::FaultPoint::from_name(&point) {
+                None => ClientReply::Rejected { reason: format!("no fault point {point:?}") },
+                Some(point) => match nonstop_net::fault::arm(point, countdown) {
+                    Ok(()) => ClientReply::Armed,
+                    Err(reason) => ClientReply::Rejected { reason: reason.into() },
+                },
+            },
             request => answer(request, &answering.services, &mut worker),
         };
         write_message(&mut writer, &reply).map_err(std::io::Error::other)?;
@@ -111,14 +118,19 @@ fn answer(
         ClientRequest::Transfer { service, .. }
         | ClientRequest::Locate { service }
         | ClientRequest::Audit { service, .. } => service,
-        ClientRequest::Status | ClientRequest::Switchover { .. } => unreachable!("answered by the caller"),
+        ClientRequest::Status | ClientRequest::Switchover { .. } | ClientRequest::ArmFault { .. } => {
+            unreachable!("answered by the caller")
+        }
     };
     let Some(serving) = services.get(service) else {
         return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
     };
     let Some(active) = serving.active() else { return redirect(serving) };
     match request {
-        ClientRequest::Locate { .. } | ClientRequest::Status | ClientRequest::Switchover { .. } => redirect(serving),
+        ClientRequest::Locate { .. }
+        | ClientRequest::Status
+        | ClientRequest::Switchover { .. }
+        | ClientRequest::ArmFault { .. } => redirect(serving),
         ClientRequest::Transfer { client, request, account, teller, delta, .. } => {
             if active.draining.load(std::sync::atomic::Ordering::SeqCst) {
                 return ClientReply::Unavailable { reason: "switchover in progress; retry".into() };

@@ -37,6 +37,14 @@ pub enum ClientRequest {
     },
     /// The node's view of the cluster (for `nonstop status`).
     Status,
+    /// Testing only (nodes started with `NONSTOP_ALLOW_FAULTS=1`): kill this node when it
+    /// reaches the fault point `point` for the `countdown`-th time.
+    ArmFault {
+        /// The fault point's name.
+        point: String,
+        /// Which time it is reached.
+        countdown: u32,
+    },
     /// Move the primary role of `service` to `to`, one of its backups, without losing anything
     /// (`nonstop switchover`). Answered by the primary once the move is committed.
     Switchover {
@@ -106,6 +114,8 @@ pub enum ClientReply {
         /// Why.
         reason: String,
     },
+    /// The answer to [`ClientRequest::ArmFault`]: armed.
+    Armed,
     /// The answer to [`ClientRequest::Switchover`]: the move is committed.
     SwitchedOver {
         /// The old primary.

@@ -3,6 +3,8 @@
 //! run on it.
 
 use crate::local::KeyFile;
+use nonstop_node::agent::{NodeStatus, ServiceStatus};
+use nonstop_node::client::node_status;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,8 @@ pub struct ClusterSpec {
     pub heartbeat_ms: u64,
     /// Failure timeout.
     pub timeout_ms: u64,
+    /// Start nodes with fault points enabled (`NONSTOP_ALLOW_FAULTS=1`), for chaos runs.
+    pub allow_faults: bool,
 }
 
 impl Default for ClusterSpec {
@@ -44,12 +48,23 @@ impl Default for ClusterSpec {
             checkpoint_interval_us: 1000,
             heartbeat_ms: 10,
             timeout_ms: 200,
+            allow_faults: false,
         }
     }
 }
 
 /// The bank service's name in local clusters.
 pub const SERVICE: &str = "bank";
+
+/// The bank's entry in a node's status.
+pub fn bank(status: &NodeStatus) -> Option<&ServiceStatus> {
+    status.services.iter().find(|s| s.name == SERVICE)
+}
+
+/// Whether `status` is the bank's primary's, with at least `wanted` backups recorded.
+pub fn protected(status: &NodeStatus, wanted: usize) -> bool {
+    bank(status).is_some_and(|s| s.role == "primary" && s.backups.len() >= wanted)
+}
 
 /// One node of a local cluster.
 #[derive(Debug)]
@@ -81,6 +96,7 @@ impl LocalNode {
 #[derive(Debug)]
 pub struct LocalCluster {
     exe: PathBuf,
+    allow_faults: bool,
     dir: PathBuf,
     _key: KeyFile,
     /// The nodes, by id - 1.
@@ -133,7 +149,7 @@ impl LocalCluster {
                 child: None,
             });
         }
-        Ok(LocalCluster { exe: exe.to_path_buf(), dir, _key: key, nodes })
+        Ok(LocalCluster { exe: exe.to_path_buf(), allow_faults: spec.allow_faults, dir, _key: key, nodes })
     }
 
     /// The nodes' client addresses.
@@ -149,6 +165,7 @@ impl LocalCluster {
     /// Starts node `id` and waits until its agent runs.
     pub fn start(&mut self, id: u64) -> std::io::Result<()> {
         let exe = self.exe.clone();
+        let allow_faults = self.allow_faults;
         let node = &mut self.nodes[id as usize - 1];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
         let mut child = Command::new(exe)
@@ -156,6 +173,7 @@ impl LocalCluster {
             .arg("--config")
             .arg(&node.config)
             .env("RUST_LOG", std::env::var("NONSTOP_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NONSTOP_ALLOW_FAULTS", if allow_faults { "1" } else { "0" })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -186,6 +204,71 @@ impl LocalCluster {
             child.wait()?;
         }
         Ok(())
+    }
+
+    /// Node `id`'s status, if it answers.
+    pub fn status(&self, id: u64) -> Option<NodeStatus> {
+        node_status(self.nodes[id as usize - 1].client, Duration::from_millis(200)).ok()
+    }
+
+    /// Waits until some node of `nodes` reports a status satisfying `done`; returns when.
+    pub fn wait_status(
+        &self,
+        nodes: &[u64],
+        timeout: Duration,
+        mut done: impl FnMut(&NodeStatus) -> bool,
+    ) -> Option<Instant> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            for &id in nodes {
+                if let Some(status) = self.status(id)
+                    && done(&status)
+                {
+                    return Some(Instant::now());
+                }
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        None
+    }
+
+    /// The bank's primary and term, as the node that knows the newest term says.
+    pub fn current_primary(&self, nodes: &[u64]) -> (u64, u64) {
+        nodes
+            .iter()
+            .filter_map(|id| self.status(*id))
+            .filter_map(|s| bank(&s).map(|b| (b.term, b.primary)))
+            .max()
+            .map_or((0, 0), |(term, primary)| (primary, term))
+    }
+
+    /// Waits until node `id`'s process exits; returns when it was seen gone.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<Instant> {
+        let started = Instant::now();
+        let node = &mut self.nodes[id as usize - 1];
+        while started.elapsed() < timeout {
+            let child = node.child.as_mut()?;
+            if let Ok(Some(_)) = child.try_wait() {
+                node.child = None;
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        None
+    }
+
+    /// Arms a fault point on node `id` (the cluster must allow faults).
+    pub fn arm_fault(&self, id: u64, point: &str, countdown: u32) -> std::io::Result<()> {
+        use nonstop_proto::client::{ClientReply, ClientRequest, read_message, write_message};
+        let addr = self.nodes[id as usize - 1].client;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let request = ClientRequest::ArmFault { point: point.into(), countdown };
+        write_message(&mut stream, &request).map_err(std::io::Error::other)?;
+        match read_message(&mut stream).map_err(std::io::Error::other)? {
+            ClientReply::Armed => Ok(()),
+            other => Err(std::io::Error::other(format!("node {id} did not arm {point}: {other:?}"))),
+        }
     }
 
     /// Waits until some node answers as primary of the bank; returns its id.

@@ -3,10 +3,8 @@
 //! is re-protected into a backup, the new primary is killed too, and the run ends with the
 //! consistency check and the count of lost and doubled acknowledged updates.
 
-use crate::cluster::{ClusterSpec, LocalCluster, SERVICE};
+use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, bank, protected};
 use crate::load::{self, Load, Verdict};
-use nonstop_node::agent::NodeStatus;
-use nonstop_node::client::node_status;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -67,49 +65,6 @@ pub struct DemoReport {
     pub elapsed: Duration,
 }
 
-fn status_of(cluster: &LocalCluster, id: u64) -> Option<NodeStatus> {
-    node_status(cluster.nodes[id as usize - 1].client, Duration::from_millis(200)).ok()
-}
-
-fn bank(status: &NodeStatus) -> Option<&nonstop_node::agent::ServiceStatus> {
-    status.services.iter().find(|s| s.name == SERVICE)
-}
-
-/// Waits until some node's status satisfies `done`; returns the time it did.
-fn wait_status(
-    cluster: &LocalCluster,
-    nodes: &[u64],
-    timeout: Duration,
-    mut done: impl FnMut(&NodeStatus) -> bool,
-) -> Option<Instant> {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        for &id in nodes {
-            if let Some(status) = status_of(cluster, id)
-                && done(&status)
-            {
-                return Some(Instant::now());
-            }
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    None
-}
-
-/// The primary and term of the bank, as the node that knows the newest term says.
-fn current_primary(cluster: &LocalCluster, nodes: &[u64]) -> (u64, u64) {
-    nodes
-        .iter()
-        .filter_map(|id| status_of(cluster, *id))
-        .filter_map(|s| bank(&s).map(|b| (b.term, b.primary)))
-        .max()
-        .map_or((0, 0), |(term, primary)| (primary, term))
-}
-
-fn protected(status: &NodeStatus, wanted: usize) -> bool {
-    bank(status).is_some_and(|s| s.role == "primary" && s.backups.len() >= wanted)
-}
-
 /// Runs the demo on a cluster shaped like `spec` with `clients` client threads, killing the
 /// primary `kills` times, then (with `switchover`) moving the role to the backup; prints as it
 /// goes.
@@ -133,26 +88,27 @@ pub fn run(
     )?;
     cluster.start_all()?;
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
-    wait_status(&cluster, &all, Duration::from_secs(20), |s| protected(s, spec.backups as usize))
+    cluster
+        .wait_status(&all, Duration::from_secs(20), |s| protected(s, spec.backups as usize))
         .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected within 20 s"))?;
-    let (mut primary, _) = current_primary(&cluster, &all);
+    let (mut primary, _) = cluster.current_primary(&all);
     writeln!(out, "bank service up: primary node {primary}, protected by {} backup(s)", spec.backups)?;
     let load = Load::start(cluster.client_addrs(), clients, 1);
     writeln!(out, "{clients} clients sending transfers, each answered only once its backup holds it\n")?;
     let mut failovers = Vec::new();
     for round in 1..=kills {
         std::thread::sleep(Duration::from_millis(1000));
-        let (current, term_before) = current_primary(&cluster, &all);
+        let (current, term_before) = cluster.current_primary(&all);
         primary = current;
         let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
         let killed_at = Instant::now();
         cluster.kill(primary)?;
         writeln!(out, "failover {round}: SIGKILL primary node {primary}")?;
-        let detected = wait_status(&cluster, &survivors, Duration::from_secs(5), |s| !s.alive.contains(&primary));
-        let promoted = wait_status(&cluster, &survivors, Duration::from_secs(10), |s| {
+        let detected = cluster.wait_status(&survivors, Duration::from_secs(5), |s| !s.alive.contains(&primary));
+        let promoted = cluster.wait_status(&survivors, Duration::from_secs(10), |s| {
             bank(s).is_some_and(|b| b.term > term_before && b.primary != primary)
         });
-        let new = current_primary(&cluster, &survivors);
+        let new = cluster.current_primary(&survivors);
         let mut first_ack = None;
         let waited = Instant::now();
         while first_ack.is_none() && waited.elapsed() < Duration::from_secs(10) {
@@ -166,7 +122,7 @@ pub fn run(
         writeln!(out, "  first acknowledged commit       +{}", ms(since(first_ack.map(|a| a.at))))?;
         // The killed node returns empty-handed: a spare for the next re-protection.
         let mut backups = Vec::new();
-        let back = wait_status(&cluster, &survivors, Duration::from_secs(30), |s| {
+        let back = cluster.wait_status(&survivors, Duration::from_secs(30), |s| {
             backups = bank(s).map(|b| b.backups.clone()).unwrap_or_default();
             protected(s, spec.backups as usize)
         });
@@ -221,8 +177,9 @@ fn run_switchover(
     out: &mut impl Write,
 ) -> anyhow::Result<SwitchoverTimeline> {
     std::thread::sleep(Duration::from_millis(500));
-    let (primary, term) = current_primary(cluster, all);
-    let backup = status_of(cluster, primary)
+    let (primary, term) = cluster.current_primary(all);
+    let backup = cluster
+        .status(primary)
         .as_ref()
         .and_then(bank)
         .and_then(|b| b.backups.first().copied())

@@ -28,6 +28,7 @@
 //! ```
 
 pub mod bench;
+pub mod chaos;
 pub mod chart;
 pub mod cluster;
 pub mod demo;

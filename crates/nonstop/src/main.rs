@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         node: Vec<SocketAddr>,
     },
+    /// Fault tests on a local cluster.
+    Chaos {
+        #[command(subcommand)]
+        kind: ChaosKind,
+    },
     /// Serve a region as a backup.
     Backup(BackupArgs),
     /// Measure replication.
@@ -66,6 +71,32 @@ enum Command {
         #[command(subcommand)]
         target: BenchTarget,
     },
+}
+
+#[derive(Subcommand)]
+enum ChaosKind {
+    /// SIGKILL the primary under load, trial after trial, at random moments and at fault
+    /// points inside a checkpoint; report failover times and lost or doubled updates.
+    Kill(ChaosKillArgs),
+}
+
+#[derive(Args)]
+struct ChaosKillArgs {
+    /// Trials.
+    #[arg(long, default_value_t = 200)]
+    trials: u32,
+    /// Seed of the random choices (printed, so a run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Client threads.
+    #[arg(long, default_value_t = 8)]
+    clients: u64,
+    /// Share of trials killed at a fault point inside a checkpoint.
+    #[arg(long, default_value_t = 0.3)]
+    fault_share: f64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -191,6 +222,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Node { config } => node(&config),
         Command::Status { config, node, json } => status(config.as_deref(), &node, json),
+        Command::Chaos { kind: ChaosKind::Kill(args) } => chaos_kill(args),
         Command::Switchover { service, to, config, node } => switchover(&service, to, config.as_deref(), &node),
         Command::Backup(args) => backup(args),
         Command::Bench { target } => match target {
@@ -213,6 +245,61 @@ fn node(path: &std::path::Path) -> anyhow::Result<()> {
     println!("{} {}", nonstop_node::READY, config.me.id);
     std::io::stdout().flush()?;
     nonstop_node::run_node(config, key, &stop)?;
+    Ok(())
+}
+
+fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.fault_share) {
+        bail!("--fault-share must be between 0 and 1");
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        let mut bytes = [0u8; 8];
+        let _ = getrandom::fill(&mut bytes);
+        u64::from_le_bytes(bytes)
+    });
+    let config = nonstop::chaos::ChaosConfig {
+        trials: args.trials,
+        seed,
+        clients: args.clients,
+        fault_share: args.fault_share,
+        spec: nonstop::cluster::ClusterSpec { ip_prefix: "127.0.2".into(), ..Default::default() },
+    };
+    let progress = indicatif::ProgressBar::new(args.trials as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}").expect("valid template"),
+    );
+    let report = nonstop::chaos::run_kill(&std::env::current_exe()?, &config, |trial| {
+        progress.inc(1);
+        progress.set_message(format!(
+            "last: {} {}",
+            trial.fault,
+            trial.failover_ms.map_or("no failover".into(), |ms| format!("{ms:.1} ms"))
+        ));
+    })?;
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("chaos kill: {} trials (seed {})", report.trials, report.seed);
+        let f = &report.failover_ms;
+        println!(
+            "failover (kill to first acknowledged commit): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            f.p50, f.p99, f.max
+        );
+        for (kind, (count, m)) in &report.by_fault {
+            println!("  {kind:>16}: {count:>4} trials, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", m.p50, m.p99, m.max);
+        }
+        println!(
+            "acknowledged {}, lost {}, applied twice {}, false failovers {}, trials without failover {}",
+            report.acknowledged, report.acked_lost, report.applied_twice, report.false_failovers, report.no_failover
+        );
+        match &report.check {
+            Ok(summary) => println!("consistency check: {summary}"),
+            Err(violation) => println!("consistency check FAILED: {violation}"),
+        }
+    }
+    if report.acked_lost > 0 || report.applied_twice > 0 || report.check.is_err() {
+        bail!("lost or doubled updates: repeat with --seed {seed}");
+    }
     Ok(())
 }
 

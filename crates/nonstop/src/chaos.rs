@@ -1,0 +1,182 @@
+//! `nonstop chaos kill`: trial after trial, kill the bank's primary under client load — at a
+//! random moment, or at a fault point inside a checkpoint — and measure the failover; at the
+//! end, audit every client's history against the service's state.
+
+use crate::cluster::{ClusterSpec, LocalCluster, protected};
+use crate::load::{self, Load};
+use hdrhistogram::Histogram;
+use nonstop_net::fault::FaultPoint;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How a chaos run is shaped.
+#[derive(Clone, Debug)]
+pub struct ChaosConfig {
+    /// Trials.
+    pub trials: u32,
+    /// Seed of the random choices (moments, fault points).
+    pub seed: u64,
+    /// Client threads.
+    pub clients: u64,
+    /// Share of trials killed at a fault point inside a checkpoint instead of at a random moment.
+    pub fault_share: f64,
+    /// The cluster.
+    pub spec: ClusterSpec,
+}
+
+/// One trial.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trial {
+    /// How the primary died: `random-moment` or a fault point's name.
+    pub fault: String,
+    /// The killed primary.
+    pub killed: u64,
+    /// Kill to the first answer from the new primary, in ms (`None`: none within 10 s).
+    pub failover_ms: Option<f64>,
+    /// Terms that began during the trial (1 expected; more are false failovers).
+    pub terms: u64,
+}
+
+/// Percentiles in ms.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Millis {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Worst.
+    pub max: f64,
+}
+
+/// What a chaos run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChaosReport {
+    /// Trials run.
+    pub trials: u32,
+    /// The seed.
+    pub seed: u64,
+    /// Kill to first acknowledged commit on the new primary.
+    pub failover_ms: Millis,
+    /// Per kind of kill.
+    pub by_fault: BTreeMap<String, (u32, Millis)>,
+    /// Acknowledged updates missing at the end.
+    pub acked_lost: u64,
+    /// Updates applied more than once.
+    pub applied_twice: u64,
+    /// Promotions beyond one per kill.
+    pub false_failovers: u64,
+    /// Trials in which no new primary answered within 10 s.
+    pub no_failover: u32,
+    /// Requests answered in all.
+    pub acknowledged: u64,
+    /// The service's consistency check at the end.
+    pub check: Result<String, String>,
+    /// Every trial.
+    pub trial_log: Vec<Trial>,
+}
+
+fn millis(values: &[f64]) -> Millis {
+    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
+    for value in values {
+        let _ = histogram.record((value * 1000.0).max(1.0) as u64);
+    }
+    if values.is_empty() {
+        return Millis::default();
+    }
+    let at = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Millis { p50: at(0.5), p99: at(0.99), max: histogram.max() as f64 / 1000.0 }
+}
+
+/// Runs the trials; `progress` is called after each.
+pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Trial)) -> anyhow::Result<ChaosReport> {
+    let spec = ClusterSpec { allow_faults: true, ..config.spec.clone() };
+    let mut cluster = LocalCluster::create(exe, &spec)?;
+    cluster.start_all()?;
+    let all: Vec<u64> = (1..=spec.nodes as u64).collect();
+    let wanted = spec.backups as usize;
+    cluster
+        .wait_status(&all, Duration::from_secs(20), |s| protected(s, wanted))
+        .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", cluster.dir().display()))?;
+    let load = Load::start(cluster.client_addrs(), config.clients, 1);
+    let mut rng = SmallRng::seed_from_u64(config.seed);
+    let mut trials = Vec::new();
+    let (_, mut term) = cluster.current_primary(&all);
+    let mut false_failovers = 0;
+    for _ in 0..config.trials {
+        // Protected again, with every node up, before the next kill.
+        cluster.wait_status(&all, Duration::from_secs(30), |s| protected(s, wanted));
+        let (primary, term_now) = cluster.current_primary(&all);
+        false_failovers += term_now.saturating_sub(term);
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..200)));
+        let fault = if rng.random_bool(config.fault_share) {
+            Some(FaultPoint::ALL[rng.random_range(0..FaultPoint::ALL.len())])
+        } else {
+            None
+        };
+        let killed_at = match fault {
+            None => {
+                let at = Instant::now();
+                cluster.kill(primary)?;
+                at
+            }
+            Some(point) => {
+                cluster.arm_fault(primary, point.name(), rng.random_range(1..4))?;
+                match cluster.wait_exit(primary, Duration::from_secs(2)) {
+                    Some(at) => at,
+                    None => {
+                        // The point was not reached (an idle moment): kill from outside.
+                        let at = Instant::now();
+                        cluster.kill(primary)?;
+                        at
+                    }
+                }
+            }
+        };
+        let mut first = None;
+        while first.is_none() && killed_at.elapsed() < Duration::from_secs(10) {
+            first = load.first_ack_after(killed_at, term_now);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Statuses refresh every heartbeat: wait until one shows the new term before reading it.
+        let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
+        cluster.wait_status(&survivors, Duration::from_secs(2), |s| {
+            crate::cluster::bank(s).is_some_and(|b| b.term > term_now && b.primary != primary)
+        });
+        let (_, term_after) = cluster.current_primary(&survivors);
+        let trial = Trial {
+            fault: fault.map_or("random-moment".into(), |p| p.name().into()),
+            killed: primary,
+            failover_ms: first.map(|a| a.at.duration_since(killed_at).as_secs_f64() * 1e3),
+            terms: term_after.saturating_sub(term_now),
+        };
+        false_failovers += trial.terms.saturating_sub(1);
+        term = term_after;
+        cluster.start(primary)?;
+        progress(&trial);
+        trials.push(trial);
+    }
+    let histories = load.stop();
+    let verdict = load::audit(cluster.client_addrs(), &histories)?;
+    let times: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
+    let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for trial in &trials {
+        by_fault.entry(trial.fault.clone()).or_default().extend(trial.failover_ms);
+    }
+    Ok(ChaosReport {
+        trials: config.trials,
+        seed: config.seed,
+        failover_ms: millis(&times),
+        by_fault: by_fault.into_iter().map(|(k, v)| (k, (v.len() as u32, millis(&v)))).collect(),
+        acked_lost: verdict.acked_lost,
+        applied_twice: verdict.applied_twice,
+        false_failovers,
+        no_failover: trials.iter().filter(|t| t.failover_ms.is_none()).count() as u32,
+        acknowledged: verdict.acknowledged,
+        check: verdict.check.unwrap_or_else(|| Err("not run".into())),
+        trial_log: trials,
+    })
+}

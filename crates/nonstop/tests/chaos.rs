@@ -1,0 +1,22 @@
+//! `nonstop chaos kill` in small: kills at random moments and at every fault point inside a
+//! checkpoint, with nothing lost, nothing applied twice and no needless failover.
+
+use nonstop::chaos::{ChaosConfig, run_kill};
+use nonstop::cluster::ClusterSpec;
+
+#[test]
+fn kills_inside_checkpoints_lose_and_double_nothing() {
+    let config = ChaosConfig {
+        trials: 16,
+        seed: 11,
+        clients: 4,
+        fault_share: 0.6,
+        spec: ClusterSpec { ip_prefix: "127.0.3".into(), region_size_mib: 32, ..ClusterSpec::default() },
+    };
+    let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
+    assert!(report.check.is_ok(), "{:?}", report.check);
+    assert_eq!((report.acked_lost, report.applied_twice), (0, 0), "{report:?}");
+    assert_eq!(report.no_failover, 0, "every kill was followed by a new primary answering: {report:?}");
+    assert_eq!(report.false_failovers, 0, "{report:?}");
+    assert!(report.by_fault.len() >= 3, "fault points were exercised: {:?}", report.by_fault.keys());
+}
