@@ -76,12 +76,21 @@ pub struct ServiceRecord {
     pub last_promotion: Option<Promotion>,
     /// How many failovers (not switchovers) the service has had.
     pub failovers: u64,
+    /// A primary was granted a lease, so output may have been released: the service's state
+    /// exists somewhere and must never be started afresh.
+    pub started: bool,
 }
 
 impl ServiceRecord {
-    /// True if the primary runs without any backup and so needs a lease to release output.
+    /// True if the primary runs without any backup.
     pub fn unprotected(&self) -> bool {
         self.backups.is_empty()
+    }
+
+    /// True if the configured first primary may start the service from an empty region: no
+    /// output can have left yet.
+    pub fn may_start_empty(&self) -> bool {
+        !self.started && self.last_promotion.is_none()
     }
 
     /// Whether `node` has a role (primary or backup) in the service.
@@ -117,7 +126,9 @@ pub enum Command {
         reason: PromotionReason,
     },
     /// The primary of `term` starts to require `node`'s acknowledgements: `node` caught up by
-    /// re-protection and now holds every released checkpoint.
+    /// re-protection and now holds every released checkpoint. Applies only to the record at
+    /// `version`: a primary that stops waiting for `node` first moves the version on (with a
+    /// [`Command::Barrier`]), so an old proposal can never add a node it no longer waits for.
     AddBackup {
         /// The service.
         service: String,
@@ -125,6 +136,15 @@ pub enum Command {
         term: Term,
         /// The new backup.
         node: NodeId,
+        /// The record's version the primary saw.
+        version: u64,
+    },
+    /// Moves the record's version on, invalidating `AddBackup` proposals still in flight.
+    Barrier {
+        /// The service.
+        service: String,
+        /// The primary's term.
+        term: Term,
     },
     /// The primary of `term` stops requiring `node`'s acknowledgements (the backup was lost).
     /// Until this is applied the primary waits for `node`, so the control plane can still
@@ -137,8 +157,10 @@ pub enum Command {
         /// The backup to drop.
         node: NodeId,
     },
-    /// The primary of `term` asks to keep serving without backups for a while. The lease's
-    /// time is measured by the nodes' own clocks, not here; the log only orders it.
+    /// The primary of `term` asks to release output for a while longer (a lease). The lease's
+    /// time is measured by the holder's clock from when it asked, not here; the log only orders
+    /// it. `request` names the ask, so that a grant replayed from the log after a restart is
+    /// never taken for a new one.
     GrantLease {
         /// The service.
         service: String,
@@ -146,6 +168,11 @@ pub enum Command {
         term: Term,
         /// The primary.
         node: NodeId,
+        /// The ask this answers (unique per process incarnation).
+        request: u64,
+        /// The primary starts the service from an empty region: refused once output may have
+        /// left, so a node whose log is behind can never serve an empty region.
+        fresh: bool,
     },
 }
 
@@ -156,6 +183,7 @@ impl Command {
             Command::CreateService { service, .. }
             | Command::Promote { service, .. }
             | Command::AddBackup { service, .. }
+            | Command::Barrier { service, .. }
             | Command::DropBackup { service, .. }
             | Command::GrantLease { service, .. } => service,
         }
@@ -180,6 +208,19 @@ pub enum Rejection {
         proposed: Term,
         /// The service's term.
         current: Term,
+    },
+    /// A primary asked to start the service empty, but it started before.
+    #[error("{0}: the service started before; its state lives on another node")]
+    AlreadyStarted(String),
+    /// An `AddBackup` proposed against a record that has changed since.
+    #[error("{service}: the command is for version {proposed} of the record, which is at {current}")]
+    StaleVersion {
+        /// The service.
+        service: String,
+        /// The version in the command.
+        proposed: u64,
+        /// The record's.
+        current: u64,
     },
     /// The node does not have the role the command needs.
     #[error("{service}: {node} is not {role}")]
@@ -235,7 +276,7 @@ impl ClusterState {
     /// let mut state = ClusterState::default();
     /// let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 };
     /// state.apply(1, create).outcome.unwrap();
-    /// let add = Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2) };
+    /// let add = Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2), version: 1 };
     /// state.apply(2, add).outcome.unwrap();
     /// let promote = |node| Command::Promote {
     ///     service: "bank".into(), from_term: Term(1), node, checkpoint: CheckpointId(9),
@@ -266,6 +307,7 @@ impl ClusterState {
                 version: 1,
                 last_promotion: None,
                 failovers: 0,
+                started: false,
             };
             self.services.insert(service.clone(), record);
             return Ok(());
@@ -305,26 +347,40 @@ impl ClusterState {
                     record.failovers += 1;
                 }
             }
-            Command::AddBackup { term, node, .. } => {
+            Command::AddBackup { term, node, version, .. } => {
                 term_of(*term)?;
+                if *version != record.version {
+                    return Err(Rejection::StaleVersion {
+                        service: name.to_string(),
+                        proposed: *version,
+                        current: record.version,
+                    });
+                }
                 if *node == record.primary || record.backups.contains(node) {
                     return Err(wrong_role(*node, "a spare"));
                 }
                 record.backups.push(*node);
             }
+            Command::Barrier { term, .. } => term_of(*term)?,
             Command::DropBackup { term, node, .. } => {
                 term_of(*term)?;
                 let position = record.backups.iter().position(|b| b == node).ok_or(wrong_role(*node, "a backup"))?;
                 record.backups.remove(position);
             }
-            Command::GrantLease { term, node, .. } => {
+            Command::GrantLease { term, node, fresh, .. } => {
                 term_of(*term)?;
                 if *node != record.primary {
                     return Err(wrong_role(*node, "the primary"));
                 }
-                // Nothing to record: the lease runs on the holder's clock, and its grant is
-                // this entry's place in the log.
-                return Ok(());
+                if *fresh && record.started {
+                    return Err(Rejection::AlreadyStarted(name.to_string()));
+                }
+                // The lease runs on the holder's clock and its grant is this entry's place in the
+                // log; the record only remembers that output may have left.
+                if record.started {
+                    return Ok(());
+                }
+                record.started = true;
             }
         }
         record.version += 1;
@@ -351,7 +407,8 @@ mod tests {
         let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 2 };
         state.apply(1, create).outcome.unwrap();
         for node in [2, 3] {
-            let add = Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(node) };
+            let add =
+                Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(node), version: node - 1 };
             state.apply(1 + node, add).outcome.unwrap();
         }
         state
@@ -402,13 +459,45 @@ mod tests {
         state.apply(10, promote(1, 2)).outcome.unwrap();
         let before = state.service("bank").cloned();
         for command in [
-            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(1) },
+            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(1), version: 3 },
             Command::DropBackup { service: "bank".into(), term: Term(1), node: NodeId(3) },
-            Command::GrantLease { service: "bank".into(), term: Term(1), node: NodeId(1) },
+            Command::GrantLease { service: "bank".into(), term: Term(1), node: NodeId(1), request: 1, fresh: false },
         ] {
             assert!(matches!(state.apply(11, command).outcome, Err(Rejection::StaleTerm { .. })));
         }
         assert_eq!(state.service("bank").cloned(), before);
+    }
+
+    #[test]
+    fn an_empty_start_is_refused_once_the_service_started() {
+        let mut state = ClusterState::default();
+        let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 };
+        state.apply(1, create).outcome.unwrap();
+        let lease = |request, fresh| Command::GrantLease {
+            service: "bank".into(),
+            term: Term(1),
+            node: NodeId(1),
+            request,
+            fresh,
+        };
+        assert!(state.service("bank").unwrap().may_start_empty());
+        state.apply(2, lease(1, true)).outcome.unwrap();
+        assert!(!state.service("bank").unwrap().may_start_empty());
+        // The same node, restarted with a log that is behind, asks to start empty again.
+        assert!(matches!(state.apply(3, lease(2, true)).outcome, Err(Rejection::AlreadyStarted(_))));
+        state.apply(4, lease(3, false)).outcome.unwrap();
+    }
+
+    #[test]
+    fn an_add_proposed_against_an_older_record_is_refused() {
+        let mut state = ClusterState::default();
+        let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 };
+        state.apply(1, create).outcome.unwrap();
+        let add = Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2), version: 1 };
+        // The primary gave up waiting for node 2 and moved the version on first.
+        state.apply(2, Command::Barrier { service: "bank".into(), term: Term(1) }).outcome.unwrap();
+        assert!(matches!(state.apply(3, add).outcome, Err(Rejection::StaleVersion { .. })));
+        assert!(state.service("bank").unwrap().backups.is_empty());
     }
 
     #[test]

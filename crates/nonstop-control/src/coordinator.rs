@@ -81,12 +81,15 @@ pub struct Coordinator {
     transfer_asked: Option<Nanos>,
     witnesses: Vec<NodeId>,
     watching_since: Nanos,
+    lease_ns: u64,
+    /// Per service: the term and local time of the last lease grant this node applied.
+    last_grant: BTreeMap<String, (Term, Nanos)>,
 }
 
 impl Coordinator {
     /// A coordinator on node `me`, suspecting a node silent for `timeout_ns`. Witnesses vote
     /// but hold no region, so they can hold leadership but never a service.
-    pub fn new(me: NodeId, voters: &[NodeId], witnesses: &[NodeId], timeout_ns: u64) -> Coordinator {
+    pub fn new(me: NodeId, voters: &[NodeId], witnesses: &[NodeId], timeout_ns: u64, lease_ns: u64) -> Coordinator {
         let peers = voters
             .iter()
             .filter(|v| **v != me)
@@ -102,6 +105,8 @@ impl Coordinator {
             transfer_asked: None,
             witnesses: witnesses.to_vec(),
             watching_since: Nanos(0),
+            lease_ns,
+            last_grant: BTreeMap::new(),
         }
     }
 
@@ -126,6 +131,12 @@ impl Coordinator {
         if let Some(peer) = self.peers.get_mut(&node) {
             peer.closed = true;
         }
+    }
+
+    /// A `GrantLease` for `service` in `term` was applied here at `now`. The holder counts its
+    /// lease from before the grant existed, so it ends before `now + lease`.
+    pub fn on_lease_granted(&mut self, service: &str, term: Term, now: Nanos) {
+        self.last_grant.insert(service.to_string(), (term, now));
     }
 
     /// This node became the leader at `now`: silence is counted from here for nodes it has not
@@ -170,6 +181,18 @@ impl Coordinator {
                     .and_then(|p| p.empty_since.get(name))
                     .is_some_and(|since| now.0.saturating_sub(since.0) >= self.timeout_ns);
             if (self.alive(record.primary, now) && !restarted) || self.proposed.contains_key(name) {
+                continue;
+            }
+            // A primary that is only silent (paused, cut off) may still hold a lease and release
+            // output until it ends; one whose process is gone (its connection closed, or it came
+            // back without its region) cannot. Margin: a tenth of the lease for clock drift.
+            let gone = restarted || self.peers.get(&record.primary).is_some_and(|p| p.closed);
+            let lease_end = self
+                .last_grant
+                .get(name)
+                .filter(|(term, _)| *term == record.term)
+                .map(|(_, at)| at.0 + self.lease_ns + self.lease_ns / 10);
+            if !gone && lease_end.is_some_and(|end| now.0 < end) {
                 continue;
             }
             let held_by = |node: NodeId| -> Option<CheckpointId> {
@@ -238,8 +261,8 @@ mod tests {
         let mut state = ClusterState::default();
         let commands = [
             Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 2 },
-            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2) },
-            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(3) },
+            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2), version: 1 },
+            Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(3), version: 2 },
         ];
         for (i, command) in commands.into_iter().enumerate() {
             state.apply(i as u64 + 1, command).outcome.unwrap();
@@ -261,7 +284,7 @@ mod tests {
     #[test]
     fn a_killed_primary_is_replaced_by_the_backup_holding_the_newest_checkpoint() {
         // Node 3 leads; node 1 is the primary, node 2 a backup; node 3 holds more.
-        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
         c.on_report(NodeId(1), Report::default(), Nanos(0));
         c.on_report(NodeId(2), backup_report(7), Nanos(0));
         assert!(c.decide(&state(), &backup_report(9), Nanos(MS)).is_empty(), "all alive");
@@ -276,7 +299,7 @@ mod tests {
 
     #[test]
     fn silence_past_the_timeout_is_a_failure_and_a_dead_backup_is_not_promoted() {
-        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
         c.on_report(NodeId(1), Report::default(), Nanos(0));
         c.on_report(NodeId(2), backup_report(12), Nanos(0));
         assert!(c.decide(&state(), &backup_report(9), Nanos(50 * MS)).is_empty());
@@ -287,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_primary_that_keeps_reporting_no_region_is_replaced_but_one_stale_report_is_not_enough() {
-        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
         let empty = Report {
             services: vec![ServiceReport { service: "bank".into(), role: Role::Spare, term: Term(1), held: None }],
         };
@@ -302,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_does_not_take_not_heard_yet_for_dead() {
-        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
         c.on_leadership(Nanos(1000 * MS));
         c.on_report(NodeId(2), backup_report(4), Nanos(1000 * MS));
         assert!(
@@ -315,8 +338,20 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_primary_is_replaced_only_once_its_lease_ran_out() {
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
+        c.on_report(NodeId(1), Report::default(), Nanos(0));
+        c.on_lease_granted("bank", Term(1), Nanos(10 * MS));
+        c.on_report(NodeId(2), backup_report(4), Nanos(100 * MS));
+        assert!(c.decide(&state(), &backup_report(4), Nanos(100 * MS)).is_empty(), "silent, but its lease may run");
+        c.on_report(NodeId(2), backup_report(4), Nanos(120 * MS));
+        let decisions = c.decide(&state(), &backup_report(4), Nanos(121 * MS));
+        assert!(matches!(&decisions[..], [Decision::Propose(Command::Promote { .. })]), "{decisions:?}");
+    }
+
+    #[test]
     fn no_backup_of_the_current_term_means_no_promotion() {
-        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
         let stale = Report {
             services: vec![ServiceReport {
                 service: "bank".into(),
@@ -334,18 +369,18 @@ mod tests {
         let mut state = state();
         let drop = Command::DropBackup { service: "bank".into(), term: Term(1), node: NodeId(3) };
         state.apply(10, drop).outcome.unwrap();
-        let mut c = Coordinator::new(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let mut c = Coordinator::new(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
         c.on_report(NodeId(2), backup_report(1), Nanos(0));
         c.on_report(NodeId(3), Report::default(), Nanos(0));
         // Node 3 holds no role, node 2 is a backup: the spare gets leadership.
         assert_eq!(c.decide(&state, &Report::default(), Nanos(MS)), vec![Decision::TransferLeader(NodeId(3))]);
         assert!(c.decide(&state, &Report::default(), Nanos(2 * MS)).is_empty(), "asked once per timeout");
         // A backup leading with a spare alive hands over too; a spare leading stays.
-        let mut backup = Coordinator::new(NodeId(2), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let mut backup = Coordinator::new(NodeId(2), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
         backup.on_report(NodeId(1), Report::default(), Nanos(0));
         backup.on_report(NodeId(3), Report::default(), Nanos(0));
         assert_eq!(backup.decide(&state, &backup_report(1), Nanos(MS)), vec![Decision::TransferLeader(NodeId(3))]);
-        let mut spare = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS);
+        let mut spare = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
         spare.on_report(NodeId(1), Report::default(), Nanos(0));
         spare.on_report(NodeId(2), backup_report(1), Nanos(0));
         assert!(spare.decide(&state, &Report::default(), Nanos(MS)).is_empty());

@@ -9,6 +9,7 @@
 //! * [`cluster`]: the replicated state and its commands, with the safety rules.
 //! * [`coordinator`]: failure detection and the leader's decisions (whom to promote, where
 //!   leadership lives).
+//! * [`lease`]: the holder's side of a lease (asks, grants, expiry).
 //! * [`node`]: one node's Raft instance, sans I/O: ticks and messages in, messages and applied
 //!   commands out.
 //! * [`log`]: the durable Raft log (a checksummed file, or memory for the simulator).
@@ -17,6 +18,7 @@
 
 pub mod cluster;
 pub mod coordinator;
+pub mod lease;
 pub mod log;
 pub mod node;
 

@@ -27,13 +27,16 @@ pub struct ControlConfig {
     pub election_ticks: usize,
     /// Ticks between the leader's heartbeats.
     pub heartbeat_ticks: usize,
+    /// Randomise election timeouts (raft-rs draws them from its own unseeded generator). A
+    /// deterministic simulator turns this off and breaks symmetry with its own seeded timing.
+    pub election_jitter: bool,
 }
 
 impl ControlConfig {
     /// A configuration with raft-rs's customary ratio: elections after 10 ticks, heartbeats
     /// every 2.
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> ControlConfig {
-        ControlConfig { id, voters, election_ticks: 10, heartbeat_ticks: 2 }
+        ControlConfig { id, voters, election_ticks: 10, heartbeat_ticks: 2, election_jitter: true }
     }
 }
 
@@ -121,6 +124,12 @@ impl ControlNode {
             // not disrupt a healthy leader when it returns.
             check_quorum: true,
             pre_vote: true,
+            min_election_tick: config.election_ticks,
+            max_election_tick: if config.election_jitter {
+                2 * config.election_ticks
+            } else {
+                config.election_ticks + 1
+            },
             ..Default::default()
         };
         raft_config.validate()?;
@@ -233,7 +242,14 @@ impl ControlNode {
         self.collect(ready.take_persisted_messages(), &mut output);
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.raw.store().wl().mut_hard_state().set_commit(commit);
+            let hard_state = {
+                let store = self.raw.store().clone();
+                let mut core = store.wl();
+                core.mut_hard_state().set_commit(commit);
+                core.hard_state().clone()
+            };
+            // Remembered, so that a restart replays what it knew committed.
+            self.log.append(&[hard_record(&hard_state)])?;
         }
         self.collect(light.take_messages(), &mut output);
         self.apply(light.take_committed_entries(), &mut output)?;

@@ -114,7 +114,12 @@ fn create() -> Command {
 }
 
 fn add(node: u64) -> Command {
-    Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(node) }
+    Command::AddBackup {
+        service: "bank".into(),
+        term: Term(1),
+        node: NodeId(node),
+        version: if node == 3 { 2 } else { 1 },
+    }
 }
 
 fn promote(node: u64) -> Command {

@@ -112,10 +112,17 @@ impl Agent {
             voters: voters.clone(),
             election_ticks: ticks_per_timeout.max(5),
             heartbeat_ticks: 2,
+            election_jitter: true,
         };
         let log = FileLog::open(&config.data_dir.join("raft.log")).map_err(ControlError::from)?;
         let control = ControlNode::new(control_config, Box::new(log))?;
-        let coordinator = Coordinator::new(config.me.id, &voters, &witnesses, config.timeout.as_nanos() as u64);
+        let coordinator = Coordinator::new(
+            config.me.id,
+            &voters,
+            &witnesses,
+            config.timeout.as_nanos() as u64,
+            config.lease.as_nanos() as u64,
+        );
         let (events_tx, events) = mpsc::channel();
         let peer_addrs: Vec<_> =
             config.members.iter().filter(|m| m.id != config.me.id).map(|m| (m.id, m.control)).collect();
@@ -283,11 +290,16 @@ impl Agent {
             self.peers.send(to, Body::Raft(bytes));
         }
         for applied in output.applied {
-            if let (Command::GrantLease { service, term, node }, Ok(())) = (&applied.command, &applied.outcome)
-                && *node == self.config.me.id
-                && let Some(host) = self.hosts.iter_mut().find(|h| h.name() == service)
+            if let (Command::GrantLease { service, term, node, request, .. }, Ok(())) =
+                (&applied.command, &applied.outcome)
             {
-                host.on_lease_granted(*term, self.config.lease);
+                let now = self.now();
+                self.coordinator.on_lease_granted(service, *term, now);
+                if *node == self.config.me.id
+                    && let Some(host) = self.hosts.iter_mut().find(|h| h.name() == service)
+                {
+                    host.on_lease_granted(*term, *request, self.config.lease);
+                }
             }
             if let Command::Promote { service, node, from_term, .. } = &applied.command
                 && applied.outcome.is_ok()

@@ -138,7 +138,9 @@ pub struct HeartbeatSection {
     /// dies is detected at once, by its closed connections; this covers pauses and partitions.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Milliseconds a primary without backups may keep releasing output per lease.
+    /// Milliseconds a primary may keep releasing output per lease grant. A primary that is
+    /// silent (paused, cut off) is replaced only once its lease ran out, so this bounds how
+    /// long such a failover takes; a primary whose process died is replaced at once.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
 }
@@ -150,7 +152,7 @@ fn default_timeout_ms() -> u64 {
     200
 }
 fn default_lease_ms() -> u64 {
-    1000
+    400
 }
 
 impl Default for HeartbeatSection {

@@ -22,12 +22,13 @@ use crate::config::{Checked, ServiceSpec};
 use nonstop_control::ServiceRecord;
 use nonstop_control::cluster::Command;
 use nonstop_control::coordinator::{Role, ServiceReport};
+use nonstop_control::lease::LeaseKeeper;
 use nonstop_net::backup::{BackupControl, BackupServer};
 use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::client::ClientReply;
 use nonstop_proto::primary::BackupId;
-use nonstop_proto::{CheckpointId, Term};
+use nonstop_proto::{CheckpointId, Nanos, Term};
 use nonstop_region::{Mirror, Region};
 use nonstop_workloads::bank::Bank;
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,11 +114,12 @@ struct PrimaryRole {
     attached: BTreeMap<NodeId, BackupId>,
     attaching: Option<Attaching>,
     /// Attached and required, waiting until they hold everything released before AddBackup.
-    joining: BTreeSet<NodeId>,
-    /// When a lease was last asked for, and the oldest ask not yet granted.
-    lease_asked: Option<Instant>,
-    last_lease_ask: Option<Instant>,
-    lease_until: Option<Instant>,
+    /// Joining nodes and the newest record version an `AddBackup` for them was proposed at.
+    joining: BTreeMap<NodeId, Option<u64>>,
+    /// Asks and grants of the lease output needs.
+    lease: LeaseKeeper,
+    /// This primary started the service from an empty region (its asks say so).
+    fresh: bool,
     required_version: Option<(u64, BTreeSet<NodeId>)>,
     /// When each required backup was first seen disconnected.
     lost_since: BTreeMap<NodeId, Instant>,
@@ -143,6 +145,10 @@ pub struct ServiceHost {
     role: LocalRole,
     serving: Arc<Serving>,
     retired: Vec<Weak<Active>>,
+    /// Origin of the lease clock.
+    clock: Instant,
+    /// Random per process: request numbers of lease asks never repeat across restarts.
+    incarnation: u64,
     /// Promotion events for the timeline: (term, when the node started serving).
     pub promoted_at: Option<(Term, Instant)>,
 }
@@ -168,6 +174,12 @@ impl ServiceHost {
             role: LocalRole::Idle,
             serving: Arc::new(Serving::default()),
             retired: Vec::new(),
+            clock: Instant::now(),
+            incarnation: {
+                let mut bytes = [0u8; 8];
+                let _ = getrandom::fill(&mut bytes);
+                u64::from_le_bytes(bytes) >> 24
+            },
             promoted_at: None,
         }
     }
@@ -209,18 +221,20 @@ impl ServiceHost {
             .collect()
     }
 
-    /// A lease the control plane granted (our `GrantLease` for `term` was applied).
-    pub fn on_lease_granted(&mut self, term: Term, lease: Duration) {
+    /// A `GrantLease` for this node in `term` was applied, answering ask `request`.
+    pub fn on_lease_granted(&mut self, term: Term, request: u64, lease: Duration) {
         if let LocalRole::Primary(primary) = &mut self.role
             && primary.active.term == term
-            && let Some(asked) = primary.lease_asked.take()
+            && let Some(until) = primary.lease.granted(request, lease.as_nanos() as u64)
         {
             // Timed from when it was asked, before the grant existed: the holder's lease ends
             // no later than any wait the control plane times from the grant.
-            let until = asked + lease;
-            primary.lease_until = Some(until);
-            primary.active.primary.set_lease(Some(until));
+            primary.active.primary.set_lease(Some(self.clock + Duration::from_nanos(until.0)));
         }
+    }
+
+    fn nanos(&self, at: Instant) -> Nanos {
+        Nanos(at.saturating_duration_since(self.clock).as_nanos() as u64)
     }
 
     /// Brings the node in line with `record` (absent: the service is not created yet).
@@ -293,7 +307,7 @@ impl ServiceHost {
     }
 
     fn start_fresh(&mut self, record: &ServiceRecord, now: Instant, needs: &mut Needs) {
-        if record.last_promotion.is_some() || record.version > 1 || !self.retired.is_empty() {
+        if !record.may_start_empty() || !self.retired.is_empty() {
             // The service has history elsewhere: this node lost its region (it restarted) and
             // must not serve an empty one. The leader sees it report no region and fails over.
             return;
@@ -308,7 +322,7 @@ impl ServiceHost {
         let mirror = Arc::new(Mirror::new(region, Some(self.spec.protocol), CheckpointId(1)));
         self.bank.load(&mirror);
         tracing::info!(service = self.spec.name, term = record.term.0, "primary of a new service");
-        self.become_primary(mirror, record.term, now, needs);
+        self.become_primary(mirror, record.term, true, now, needs);
     }
 
     fn promote(&mut self, record: &ServiceRecord, now: Instant, needs: &mut Needs) {
@@ -331,15 +345,15 @@ impl ServiceHost {
             checkpoint = held.0,
             "promoted: resuming from the last checkpoint held"
         );
-        self.become_primary(mirror, record.term, now, needs);
+        self.become_primary(mirror, record.term, false, now, needs);
     }
 
-    fn become_primary(&mut self, mirror: Arc<Mirror>, term: Term, now: Instant, needs: &mut Needs) {
+    fn become_primary(&mut self, mirror: Arc<Mirror>, term: Term, fresh: bool, now: Instant, needs: &mut Needs) {
         let primary = Primary::start(
             mirror.clone(),
             PrimaryConfig { term, policy: self.spec.policy, required_backups: 0, key: self.key.clone() },
         );
-        // Until the record names backups, output waits for a lease.
+        // Output waits for a lease, and for the record's backups once it names some.
         primary.set_required(BTreeSet::new());
         let active = Arc::new(Active {
             term,
@@ -357,17 +371,17 @@ impl ServiceHost {
             switchover: None,
             attached: BTreeMap::new(),
             attaching: None,
-            joining: BTreeSet::new(),
-            lease_asked: None,
-            last_lease_ask: Some(now),
-            lease_until: None,
+            joining: BTreeMap::new(),
+            lease: LeaseKeeper::new(self.incarnation),
+            fresh,
             required_version: None,
             lost_since: BTreeMap::new(),
             last_proposal: BTreeMap::new(),
             attach_failures: BTreeMap::new(),
         };
-        role.lease_asked = Some(now);
-        needs.proposals.push(Command::GrantLease { service: self.spec.name.clone(), term, node: self.me });
+        let request = role.lease.ask(self.nanos(now));
+        let service = self.spec.name.clone();
+        needs.proposals.push(Command::GrantLease { service, term, node: self.me, request, fresh });
         self.role = LocalRole::Primary(Box::new(role));
     }
 
@@ -452,7 +466,7 @@ impl ServiceHost {
                 Ok(id) => {
                     tracing::info!(service = name, node = attaching.node.0, "spare attached; joining");
                     role.attached.insert(attaching.node, id);
-                    role.joining.insert(attaching.node);
+                    role.joining.insert(attaching.node, None);
                     role.required_version = None;
                 }
                 Err(error) => {
@@ -461,9 +475,9 @@ impl ServiceHost {
                 }
             }
         }
-        role.joining.retain(|node| !record.backups.contains(node));
+        role.joining.retain(|node, _| !record.backups.contains(node));
         // 2. The required set: the record's backups and the joining ones.
-        let required_nodes: BTreeSet<NodeId> = record.backups.iter().chain(role.joining.iter()).copied().collect();
+        let required_nodes: BTreeSet<NodeId> = record.backups.iter().chain(role.joining.keys()).copied().collect();
         if role.required_version.as_ref() != Some(&(record.version, required_nodes.clone())) {
             let ids = required_nodes
                 .iter()
@@ -510,18 +524,29 @@ impl ServiceHost {
             if role.last_proposal.get(&key).is_none_or(|at| now.duration_since(*at) >= every) {
                 role.last_proposal.insert(key, now);
                 needs.proposals.push(command);
+                true
+            } else {
+                false
             }
         };
         let retry = config.timeout;
         // 3. Joining backups that hold everything released are added to the record.
         let held = primary.held();
-        for node in &role.joining {
+        let mut adding = Vec::new();
+        for node in role.joining.keys() {
             let Some(id) = role.attached.get(node) else { continue };
             let acked = connected.get(id).copied().flatten();
             if acked.is_some() && acked >= held {
-                let command = Command::AddBackup { service: name.clone(), term, node: *node };
-                propose(format!("add-{}", node.0), command, retry);
+                let version = record.version;
+                let command = Command::AddBackup { service: name.clone(), term, node: *node, version };
+                if propose(format!("add-{}", node.0), command, retry) {
+                    adding.push((*node, version));
+                }
             }
+        }
+        for (node, version) in adding {
+            let proposed = role.joining.entry(node).or_insert(None);
+            *proposed = Some(proposed.map_or(version, |p| p.max(version)));
         }
         // 4. A backup whose link is down past the timeout is dropped from the record.
         for node in &record.backups {
@@ -536,23 +561,31 @@ impl ServiceHost {
                 propose(format!("drop-{}", node.0), command, retry);
             }
         }
-        for node in role.joining.clone() {
-            if !role.attached.get(&node).is_some_and(|id| connected.contains_key(id)) {
+        // A joining node whose link died stops being waited for only once no AddBackup for it
+        // can still apply: never proposed, or proposed at a version the record has passed.
+        // Otherwise move the version on with a barrier and keep waiting until it applied.
+        let mut barrier = false;
+        for (node, proposed) in role.joining.clone() {
+            if role.attached.get(&node).is_some_and(|id| connected.contains_key(id)) {
+                continue;
+            }
+            if proposed.is_none_or(|version| record.version > version) {
                 role.joining.remove(&node);
                 role.required_version = None;
+            } else {
+                barrier = true;
             }
         }
-        // 5. Without backups, keep a lease. Until one is granted, ask again every other
-        //    heartbeat: a proposal is lost when leadership moves (as it does off a new primary).
-        if record.backups.is_empty() {
-            let valid = role.lease_until.is_some_and(|until| until > now);
-            let expiring = role.lease_until.is_none_or(|until| until <= now + config.lease / 2);
-            let again = if valid { config.lease / 4 } else { config.heartbeat * 2 };
-            if expiring && role.last_lease_ask.is_none_or(|asked| now.duration_since(asked) >= again) {
-                role.last_lease_ask = Some(now);
-                role.lease_asked.get_or_insert(now);
-                needs.proposals.push(Command::GrantLease { service: name.clone(), term, node: self.me });
-            }
+        if barrier {
+            propose("barrier".into(), Command::Barrier { service: name.clone(), term }, retry);
+        }
+        // 5. Keep a lease: output leaves only while it lasts. Until one is granted, ask again
+        //    every other heartbeat: a proposal is lost when leadership moves.
+        let at = Nanos(now.saturating_duration_since(self.clock).as_nanos() as u64);
+        if role.lease.should_ask(at, config.lease.as_nanos() as u64, (config.heartbeat * 2).as_nanos() as u64) {
+            let request = role.lease.ask(at);
+            let fresh = role.fresh;
+            needs.proposals.push(Command::GrantLease { service: name.clone(), term, node: self.me, request, fresh });
         }
         // 6. Re-protection: attach a spare while fewer backups than wanted.
         let have = record.backups.len() + role.joining.len() + role.attaching.is_some() as usize;
@@ -561,7 +594,7 @@ impl ServiceHost {
                 !m.witness
                     && m.id != self.me
                     && !record.backups.contains(&m.id)
-                    && !role.joining.contains(&m.id)
+                    && !role.joining.contains_key(&m.id)
                     && alive(m.id)
                     && role.attach_failures.get(&m.id).is_none_or(|at| now.duration_since(*at) >= retry)
             });

@@ -235,7 +235,8 @@ impl Replication {
 
     /// Makes exactly `backups` the ones whose acknowledgement releases output, as the control
     /// plane recorded them; other links (spares catching up) are followed but not waited for.
-    /// An empty set releases output only under a lease ([`Replication::set_lease`]).
+    /// From then on output also needs a lease ([`Replication::set_lease`]); an empty set
+    /// releases what is cut while the lease lasts.
     pub fn set_required(&mut self, backups: BTreeSet<BackupId>, now: Nanos) -> Option<CheckpointId> {
         self.required_set = Some(backups);
         self.advance_held(now)
@@ -313,14 +314,20 @@ impl Replication {
 
     fn advance_held(&mut self, now: Nanos) -> Option<CheckpointId> {
         let all_hold = match &self.required_set {
-            Some(set) if set.is_empty() => {
-                // Unprotected: what was cut may leave while the lease lasts.
+            Some(set) => {
+                // Under a control plane, output leaves only while the lease lasts: a primary
+                // that was paused or cut off past it may already be deposed, and must not
+                // release even what its backups acknowledged before.
                 if self.lease_until.is_none_or(|until| now >= until) {
                     return None;
                 }
-                self.last_closed()?
+                if set.is_empty() {
+                    // Unprotected: what was cut may leave.
+                    self.last_closed()?
+                } else {
+                    set.iter().map(|id| self.backups.get(id).and_then(|b| b.acked)).min().flatten()?
+                }
             }
-            Some(set) => set.iter().map(|id| self.backups.get(id).and_then(|b| b.acked)).min().flatten()?,
             None => {
                 if self.backups.len() < self.required_backups || self.backups.is_empty() {
                     return None;
@@ -369,6 +376,7 @@ mod tests {
     #[test]
     fn a_required_set_waits_for_its_members_only_and_a_lost_member_stalls_output() {
         let mut r = Replication::new(Term(1), EPOCH, 0, CheckpointId(1), Nanos(0));
+        r.set_lease(Some(Nanos(1_000)), Nanos(0));
         r.add_backup(BackupId(1));
         r.add_backup(BackupId(2));
         assert_eq!(r.set_required([BackupId(1)].into(), Nanos(0)), None);
@@ -381,6 +389,21 @@ mod tests {
         assert_eq!(r.backup_lost(BackupId(1), Nanos(5)), None);
         r.on_ack(BackupId(2), second, Nanos(6)).unwrap();
         assert_eq!(r.held(), Some(first), "losing a required backup stalls output until the set changes");
+    }
+
+    #[test]
+    fn acknowledgements_release_nothing_once_the_lease_ran_out() {
+        let mut r = Replication::new(Term(1), EPOCH, 0, CheckpointId(1), Nanos(0));
+        r.set_lease(Some(Nanos(100)), Nanos(0));
+        r.add_backup(BackupId(1));
+        r.set_required([BackupId(1)].into(), Nanos(0));
+        let first = r.cut(Nanos(1)).checkpoint;
+        assert_eq!(r.on_ack(BackupId(1), first, Nanos(2)).unwrap(), Some(first));
+        let second = r.cut(Nanos(3)).checkpoint;
+        // A pause: the acknowledgement is processed after the lease ended.
+        assert_eq!(r.on_ack(BackupId(1), second, Nanos(150)).unwrap(), None);
+        assert_eq!(r.held(), Some(first));
+        assert_eq!(r.set_lease(Some(Nanos(400)), Nanos(160)), Some(second), "a new lease releases it");
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!
 //! The same seed always produces the same run; a failure names its seed and step.
 
+pub mod cluster;
+
 use nonstop_proto::auth::{ClusterKey, Initiator, Responder};
 use nonstop_proto::backup::{Backup, BackupOutput};
 use nonstop_proto::control::{self, AckInfo, Attach};

@@ -26,6 +26,9 @@ pub struct ChaosConfig {
     pub fault_share: f64,
     /// The cluster.
     pub spec: ClusterSpec,
+    /// Before the trials: run the load this long without faults and count failovers (there
+    /// should be none: every one would be a false failover).
+    pub quiet: Duration,
 }
 
 /// One trial.
@@ -67,8 +70,12 @@ pub struct ChaosReport {
     pub acked_lost: u64,
     /// Updates applied more than once.
     pub applied_twice: u64,
-    /// Promotions beyond one per kill.
+    /// Promotions beyond one per kill, and any during the quiet period.
     pub false_failovers: u64,
+    /// Promotions during the quiet period (part of `false_failovers`).
+    pub quiet_failovers: u64,
+    /// Length of the quiet period in seconds.
+    pub quiet_s: f64,
     /// Trials in which no new primary answered within 10 s.
     pub no_failover: u32,
     /// Requests answered in all.
@@ -104,8 +111,15 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     let load = Load::start(cluster.client_addrs(), config.clients, 1);
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
+    let (_, quiet_start) = cluster.current_primary(&all);
+    let quiet_until = Instant::now() + config.quiet;
+    while Instant::now() < quiet_until {
+        std::thread::sleep(Duration::from_millis(100).min(quiet_until.saturating_duration_since(Instant::now())));
+        progress(&Trial { fault: "quiet".into(), killed: 0, failover_ms: None, terms: 0 });
+    }
     let (_, mut term) = cluster.current_primary(&all);
-    let mut false_failovers = 0;
+    let quiet_failovers = term.saturating_sub(quiet_start);
+    let mut false_failovers = quiet_failovers;
     for _ in 0..config.trials {
         // Protected again, with every node up, before the next kill.
         cluster.wait_status(&all, Duration::from_secs(30), |s| protected(s, wanted));
@@ -174,6 +188,8 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         acked_lost: verdict.acked_lost,
         applied_twice: verdict.applied_twice,
         false_failovers,
+        quiet_failovers,
+        quiet_s: config.quiet.as_secs_f64(),
         no_failover: trials.iter().filter(|t| t.failover_ms.is_none()).count() as u32,
         acknowledged: verdict.acknowledged,
         check: verdict.check.unwrap_or_else(|| Err("not run".into())),

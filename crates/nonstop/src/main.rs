@@ -94,6 +94,9 @@ struct ChaosKillArgs {
     /// Share of trials killed at a fault point inside a checkpoint.
     #[arg(long, default_value_t = 0.3)]
     fault_share: f64,
+    /// Before the trials, run the load this long without faults: any failover then is false.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    quiet: Duration,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -263,11 +266,17 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         clients: args.clients,
         fault_share: args.fault_share,
         spec: nonstop::cluster::ClusterSpec { ip_prefix: "127.0.2".into(), ..Default::default() },
+        quiet: args.quiet,
     };
     let progress = indicatif::ProgressBar::new(args.trials as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}").expect("valid template"),
     );
     let report = nonstop::chaos::run_kill(&std::env::current_exe()?, &config, |trial| {
+        if trial.fault == "quiet" {
+            progress.set_message("quiet period: load, no faults");
+            progress.tick();
+            return;
+        }
         progress.inc(1);
         progress.set_message(format!(
             "last: {} {}",
@@ -289,8 +298,14 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
             println!("  {kind:>16}: {count:>4} trials, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", m.p50, m.p99, m.max);
         }
         println!(
-            "acknowledged {}, lost {}, applied twice {}, false failovers {}, trials without failover {}",
-            report.acknowledged, report.acked_lost, report.applied_twice, report.false_failovers, report.no_failover
+            "acknowledged {}, lost {}, applied twice {}, false failovers {} ({} in {:.0} s of load without faults), trials without failover {}",
+            report.acknowledged,
+            report.acked_lost,
+            report.applied_twice,
+            report.false_failovers,
+            report.quiet_failovers,
+            report.quiet_s,
+            report.no_failover
         );
         match &report.check {
             Ok(summary) => println!("consistency check: {summary}"),

@@ -12,6 +12,7 @@ fn kills_inside_checkpoints_lose_and_double_nothing() {
         clients: 4,
         fault_share: 0.6,
         spec: ClusterSpec { ip_prefix: "127.0.3".into(), region_size_mib: 32, ..ClusterSpec::default() },
+        quiet: std::time::Duration::from_secs(1),
     };
     let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.is_ok(), "{:?}", report.check);
