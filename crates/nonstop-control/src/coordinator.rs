@@ -82,6 +82,9 @@ pub struct Coordinator {
     witnesses: Vec<NodeId>,
     watching_since: Nanos,
     lease_ns: u64,
+    /// Measurement only: keep leadership *on* primaries, to time the failover that must first
+    /// elect a new leader.
+    leader_on_primary: bool,
     /// Per service: the term and local time of the last lease grant this node applied.
     last_grant: BTreeMap<String, (Term, Nanos)>,
 }
@@ -106,6 +109,7 @@ impl Coordinator {
             witnesses: witnesses.to_vec(),
             watching_since: Nanos(0),
             lease_ns,
+            leader_on_primary: false,
             last_grant: BTreeMap::new(),
         }
     }
@@ -131,6 +135,12 @@ impl Coordinator {
         if let Some(peer) = self.peers.get_mut(&node) {
             peer.closed = true;
         }
+    }
+
+    /// Measurement only: place leadership on primaries instead of away from them, so that a
+    /// primary's crash also costs a Raft election (`nonstop chaos kill --leader-on-primary`).
+    pub fn set_leader_on_primary(&mut self, on: bool) {
+        self.leader_on_primary = on;
     }
 
     /// A `GrantLease` for `service` in `term` was applied here at `now`. The holder counts its
@@ -234,9 +244,11 @@ impl Coordinator {
     /// the leader that must promote its backup, and a promoted backup's first proposals (its
     /// lease) do not meet a leadership transfer.
     fn leadership_target(&mut self, state: &ClusterState, now: Nanos) -> Option<NodeId> {
+        let flip = self.leader_on_primary;
         let rank = |node: NodeId| {
             let primaries = state.services().filter(|(_, r)| r.primary == node).count();
             let backups = state.services().filter(|(_, r)| r.backups.contains(&node)).count();
+            let primaries = if flip { usize::MAX - primaries } else { primaries };
             (primaries, backups, !self.witnesses.contains(&node))
         };
         if self.transfer_asked.is_some_and(|at| now.0.saturating_sub(at.0) < self.timeout_ns) {

@@ -189,6 +189,17 @@ impl ControlNode {
         Ok(self.raw.campaign()?)
     }
 
+    /// The leader's process is gone (its connection closed): stand for election at once rather
+    /// than after the election timeout. The vote requests carry raft-rs's transfer context, so
+    /// voters that heard the dead leader recently still answer them; Raft's rules (one vote per
+    /// term, only up-to-date logs win) are untouched, so this changes speed, not safety. Only one
+    /// survivor should call this, or the candidates split the vote.
+    pub fn campaign_after_leader_loss(&mut self) {
+        if !self.is_leader() {
+            self.raw.raft.campaign(raft::CAMPAIGN_TRANSFER);
+        }
+    }
+
     /// The current leader, if this node knows one.
     pub fn leader(&self) -> Option<NodeId> {
         match self.raw.raft.leader_id {

@@ -615,6 +615,9 @@ impl Shared {
         let cut_ns = started.elapsed().as_nanos() as u64;
         let cut = lock(&self.replication).cut(self.now());
         assert_eq!(cut.checkpoint, content.checkpoint, "mirror and replication cut in lockstep");
+        if let Some(held) = cut.held {
+            self.publish_held(held);
+        }
         let changes = self.combine(content.changes);
         let change_bytes = changes.run_bytes();
         let changes = changes.into_payloads();

@@ -123,6 +123,11 @@ impl Agent {
             config.timeout.as_nanos() as u64,
             config.lease.as_nanos() as u64,
         );
+        let mut coordinator = coordinator;
+        if std::env::var_os("NONSTOP_LEADER_ON_PRIMARY").is_some_and(|v| v == "1") {
+            tracing::warn!("measurement mode: control-plane leadership kept on primaries");
+            coordinator.set_leader_on_primary(true);
+        }
         let (events_tx, events) = mpsc::channel();
         let peer_addrs: Vec<_> =
             config.members.iter().filter(|m| m.id != config.me.id).map(|m| (m.id, m.control)).collect();
@@ -226,6 +231,19 @@ impl Agent {
                 if self.connections.get(&from).is_none_or(|newest| *newest <= connection) {
                     tracing::info!(node = from.0, "peer connection closed");
                     self.coordinator.on_disconnect(from);
+                    // The leader died: the lowest-numbered survivor stands at once.
+                    let now = self.now();
+                    let first_survivor = self
+                        .config
+                        .members
+                        .iter()
+                        .map(|m| m.id)
+                        .filter(|id| *id != from && self.coordinator.alive(*id, now))
+                        .min();
+                    if self.control.leader() == Some(from) && first_survivor == Some(self.config.me.id) {
+                        tracing::info!(leader = from.0, "the control-plane leader is gone: standing for election now");
+                        self.control.campaign_after_leader_loss();
+                    }
                 }
             }
         }
@@ -290,6 +308,11 @@ impl Agent {
             self.peers.send(to, Body::Raft(bytes));
         }
         for applied in output.applied {
+            if let (Command::GrantLease { node, .. }, Err(rejection)) = (&applied.command, &applied.outcome)
+                && *node == self.config.me.id
+            {
+                tracing::debug!(%rejection, "lease refused");
+            }
             if let (Command::GrantLease { service, term, node, request, .. }, Ok(())) =
                 (&applied.command, &applied.outcome)
             {

@@ -229,6 +229,7 @@ impl ServiceHost {
         {
             // Timed from when it was asked, before the grant existed: the holder's lease ends
             // no later than any wait the control plane times from the grant.
+            tracing::debug!(service = self.spec.name, request, until_ms = until.0 / 1_000_000, "lease granted");
             primary.active.primary.set_lease(Some(self.clock + Duration::from_nanos(until.0)));
         }
     }
@@ -584,6 +585,7 @@ impl ServiceHost {
         let at = Nanos(now.saturating_duration_since(self.clock).as_nanos() as u64);
         if role.lease.should_ask(at, config.lease.as_nanos() as u64, (config.heartbeat * 2).as_nanos() as u64) {
             let request = role.lease.ask(at);
+            tracing::debug!(service = name, request, at_ms = at.0 / 1_000_000, "asking for a lease");
             let fresh = role.fresh;
             needs.proposals.push(Command::GrantLease { service: name.clone(), term, node: self.me, request, fresh });
         }

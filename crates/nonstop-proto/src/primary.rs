@@ -62,6 +62,9 @@ pub struct Cut {
     pub checkpoint: CheckpointId,
     /// Backups that must receive the whole image at this checkpoint instead of its changes.
     pub full_image_for: Vec<BackupId>,
+    /// The held checkpoint, if cutting advanced it (no backups required, or a lease that
+    /// releases what is cut): the driver must publish it like an acknowledgement's.
+    pub held: Option<CheckpointId>,
 }
 
 /// What one backup connection has been sent of the open checkpoint.
@@ -278,12 +281,13 @@ impl Replication {
                 full_image_for.push(*id);
             }
         }
-        if self.required_set.is_none() && self.required_backups == 0 {
+        let held = if self.required_set.is_none() && self.required_backups == 0 {
             self.set_held(checkpoint, now);
+            Some(checkpoint)
         } else {
-            self.advance_held(now);
-        }
-        Cut { checkpoint, full_image_for }
+            self.advance_held(now)
+        };
+        Cut { checkpoint, full_image_for, held }
     }
 
     /// A backup says it holds `checkpoint`. Returns the new held checkpoint if it advanced.
@@ -413,7 +417,9 @@ mod tests {
         let first = r.cut(Nanos(1)).checkpoint;
         assert_eq!(r.held(), None, "no lease, no output");
         assert_eq!(r.set_lease(Some(Nanos(100)), Nanos(2)), Some(first));
-        let second = r.cut(Nanos(50)).checkpoint;
+        let cut = r.cut(Nanos(50));
+        assert_eq!(cut.held, Some(cut.checkpoint), "the cut says held moved, for the driver to publish");
+        let second = cut.checkpoint;
         assert_eq!(r.held(), Some(second));
         r.cut(Nanos(100));
         assert_eq!(r.held(), Some(second), "an expired lease releases nothing");

@@ -2,7 +2,7 @@
 //! random moment, or at a fault point inside a checkpoint — and measure the failover; at the
 //! end, audit every client's history against the service's state.
 
-use crate::cluster::{ClusterSpec, LocalCluster, protected};
+use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, protected};
 use crate::load::{self, Load};
 use hdrhistogram::Histogram;
 use nonstop_net::fault::FaultPoint;
@@ -108,7 +108,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     cluster
         .wait_status(&all, Duration::from_secs(20), |s| protected(s, wanted))
         .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", cluster.dir().display()))?;
-    let load = Load::start(cluster.client_addrs(), config.clients, 1);
+    let load = Load::start(cluster.client_addrs(), SERVICE, config.clients, 1);
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
     let (_, quiet_start) = cluster.current_primary(&all);
@@ -174,7 +174,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         trials.push(trial);
     }
     let histories = load.stop();
-    let verdict = load::audit(cluster.client_addrs(), &histories)?;
+    let verdict = load::audit(cluster.client_addrs(), SERVICE, &histories)?;
     let times: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
     let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for trial in &trials {

@@ -34,6 +34,10 @@ pub struct ClusterSpec {
     pub timeout_ms: u64,
     /// Start nodes with fault points enabled (`NONSTOP_ALLOW_FAULTS=1`), for chaos runs.
     pub allow_faults: bool,
+    /// Extra voting nodes that hold no region, numbered after the others.
+    pub witnesses: u8,
+    /// The services as (name, first primary); each gets its own region and replication port.
+    pub services: Vec<(String, u64)>,
 }
 
 impl Default for ClusterSpec {
@@ -49,6 +53,8 @@ impl Default for ClusterSpec {
             heartbeat_ms: 10,
             timeout_ms: 200,
             allow_faults: false,
+            witnesses: 0,
+            services: vec![(SERVICE.to_string(), 1)],
         }
     }
 }
@@ -58,12 +64,22 @@ pub const SERVICE: &str = "bank";
 
 /// The bank's entry in a node's status.
 pub fn bank(status: &NodeStatus) -> Option<&ServiceStatus> {
-    status.services.iter().find(|s| s.name == SERVICE)
+    service(status, SERVICE)
+}
+
+/// `name`'s entry in a node's status.
+pub fn service<'a>(status: &'a NodeStatus, name: &str) -> Option<&'a ServiceStatus> {
+    status.services.iter().find(|s| s.name == name)
 }
 
 /// Whether `status` is the bank's primary's, with at least `wanted` backups recorded.
 pub fn protected(status: &NodeStatus, wanted: usize) -> bool {
-    bank(status).is_some_and(|s| s.role == "primary" && s.backups.len() >= wanted)
+    protected_service(status, SERVICE, wanted)
+}
+
+/// Whether `status` is `name`'s primary's, with at least `wanted` backups recorded.
+pub fn protected_service(status: &NodeStatus, name: &str, wanted: usize) -> bool {
+    service(status, name).is_some_and(|s| s.role == "primary" && s.backups.len() >= wanted)
 }
 
 /// One node of a local cluster.
@@ -115,30 +131,36 @@ impl LocalCluster {
         let addr = |id: u8, port: u16| -> SocketAddr {
             format!("{}.{id}:{port}", spec.ip_prefix).parse().expect("valid loopback address")
         };
+        let all = spec.nodes + spec.witnesses;
         let member = |id: u8| {
             format!(
-                "id = {id}\ncontrol = \"{}\"\nclient = \"{}\"\nreplication = \"{}\"\n",
+                "id = {id}\ncontrol = \"{}\"\nclient = \"{}\"\nreplication = \"{}\"\nwitness = {}\n",
                 addr(id, 7001),
                 addr(id, 7101),
-                addr(id, 7201)
+                addr(id, 7201),
+                id > spec.nodes
             )
         };
         let mut nodes = Vec::new();
-        for id in 1..=spec.nodes {
+        for id in 1..=all {
             let mut text = format!(
                 "[node]\n{}data_dir = \"{}\"\nkey_file = \"{}\"\n\n",
                 member(id),
                 dir.join(format!("node{id}")).display(),
                 key.path.display()
             );
-            for peer in (1..=spec.nodes).filter(|p| *p != id) {
+            for peer in (1..=all).filter(|p| *p != id) {
                 text += &format!("[[peers]]\n{}\n", member(peer));
             }
             text += &format!("[heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\n\n", spec.heartbeat_ms, spec.timeout_ms);
-            text += &format!(
-                "[[services]]\nname = \"{SERVICE}\"\nprimary = 1\nbackups = {}\nregion_base = \"{:#x}\"\nregion_size_mib = {}\nbranches = {}\ncheckpoint_interval_us = {}\n",
-                spec.backups, spec.region_base, spec.region_size_mib, spec.branches, spec.checkpoint_interval_us
-            );
+            for (index, (name, primary)) in spec.services.iter().enumerate() {
+                // Regions 64 GiB apart: every service has its own fixed address.
+                let base = spec.region_base + index * (64 << 30);
+                text += &format!(
+                    "[[services]]\nname = \"{name}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\nbranches = {}\ncheckpoint_interval_us = {}\n\n",
+                    spec.backups, spec.region_size_mib, spec.branches, spec.checkpoint_interval_us
+                );
+            }
             let config = dir.join(format!("node{id}.toml"));
             std::fs::write(&config, text)?;
             nodes.push(LocalNode {
@@ -234,10 +256,15 @@ impl LocalCluster {
 
     /// The bank's primary and term, as the node that knows the newest term says.
     pub fn current_primary(&self, nodes: &[u64]) -> (u64, u64) {
+        self.primary_of(SERVICE, nodes)
+    }
+
+    /// `name`'s primary and term, as the node that knows the newest term says.
+    pub fn primary_of(&self, name: &str, nodes: &[u64]) -> (u64, u64) {
         nodes
             .iter()
             .filter_map(|id| self.status(*id))
-            .filter_map(|s| bank(&s).map(|b| (b.term, b.primary)))
+            .filter_map(|s| service(&s, name).map(|b| (b.term, b.primary)))
             .max()
             .map_or((0, 0), |(term, primary)| (primary, term))
     }
@@ -270,32 +297,6 @@ impl LocalCluster {
             other => Err(std::io::Error::other(format!("node {id} did not arm {point}: {other:?}"))),
         }
     }
-
-    /// Waits until some node answers as primary of the bank; returns its id.
-    pub fn wait_primary(&self, timeout: Duration) -> Option<u64> {
-        let started = Instant::now();
-        while started.elapsed() < timeout {
-            for node in &self.nodes {
-                if let Ok(reply) = locate(node.client)
-                    && let nonstop_proto::client::ClientReply::Redirect { primary: Some(primary), .. } = reply
-                    && let Some(owner) = self.nodes.iter().find(|n| n.client.to_string() == primary)
-                    && locate(owner.client).is_ok()
-                {
-                    return Some(owner.id);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-}
-
-fn locate(addr: SocketAddr) -> std::io::Result<nonstop_proto::client::ClientReply> {
-    use nonstop_proto::client::{ClientRequest, read_message, write_message};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    write_message(&mut stream, &ClientRequest::Locate { service: SERVICE.into() }).map_err(std::io::Error::other)?;
-    read_message(&mut stream).map_err(std::io::Error::other)
 }
 
 impl Drop for LocalCluster {

@@ -7,7 +7,6 @@
 //! and `R` must be at least the last request the client had answered. Anything else is an
 //! acknowledged update lost or an update applied twice.
 
-use crate::cluster::SERVICE;
 use nonstop_node::client::{Client, ClientError};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,17 +58,18 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts `clients` clients (ids `first_client..`) against the nodes at `nodes`.
-    pub fn start(nodes: Vec<SocketAddr>, clients: u64, first_client: u64) -> Load {
+    /// Starts `clients` clients (ids `first_client..`) of `service` against the nodes at `nodes`.
+    pub fn start(nodes: Vec<SocketAddr>, service: &str, clients: u64, first_client: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(Mutex::new(Vec::new()));
         let answered = Arc::new(AtomicU64::new(0));
         let threads = (first_client..first_client + clients)
             .map(|client| {
                 let (nodes, stop, acks, answered) = (nodes.clone(), stop.clone(), acks.clone(), answered.clone());
+                let service = service.to_string();
                 std::thread::Builder::new()
                     .name(format!("client-{client}"))
-                    .spawn(move || run_client(nodes, client, &stop, &acks, &answered))
+                    .spawn(move || run_client(nodes, &service, client, &stop, &acks, &answered))
                     .expect("spawn client thread")
             })
             .collect();
@@ -131,13 +131,14 @@ impl Load {
 
 fn run_client(
     nodes: Vec<SocketAddr>,
+    service: &str,
     client: u64,
     stop: &AtomicBool,
     acks: &Mutex<Vec<Ack>>,
     answered: &AtomicU64,
 ) -> ClientHistory {
     let mut history = ClientHistory { client, last_acked: 0, duplicates_answered: 0, failures: Vec::new() };
-    let mut connection = Client::new(nodes, SERVICE, client);
+    let mut connection = Client::new(nodes, service, client);
     let account = client - 1;
     while !stop.load(Ordering::Relaxed) {
         let request = connection.next_request();
@@ -177,11 +178,11 @@ pub struct Verdict {
     pub acknowledged: u64,
 }
 
-/// Audits the service against the clients' histories.
-pub fn audit(nodes: Vec<SocketAddr>, histories: &[ClientHistory]) -> Result<Verdict, ClientError> {
+/// Audits `service` against its clients' histories.
+pub fn audit(nodes: Vec<SocketAddr>, service: &str, histories: &[ClientHistory]) -> Result<Verdict, ClientError> {
     let clients: Vec<u64> = histories.iter().map(|h| h.client).collect();
     let accounts: Vec<u64> = clients.iter().map(|c| c - 1).collect();
-    let mut auditor = Client::new(nodes, SERVICE, u64::MAX);
+    let mut auditor = Client::new(nodes, service, u64::MAX);
     let audit = auditor.audit(clients, accounts)?;
     let mut verdict = Verdict { check: Some(audit.check), ..Verdict::default() };
     for (history, ((_, memory), (_, balance))) in histories.iter().zip(audit.clients.iter().zip(&audit.balances)) {

@@ -94,6 +94,10 @@ struct ChaosKillArgs {
     /// Share of trials killed at a fault point inside a checkpoint.
     #[arg(long, default_value_t = 0.3)]
     fault_share: f64,
+    /// Measurement: keep the control-plane leader on the primary, so that every kill also
+    /// needs a Raft election (the failover time when both die together).
+    #[arg(long)]
+    leader_on_primary: bool,
     /// Before the trials, run the load this long without faults: any failover then is false.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     quiet: Duration,
@@ -254,6 +258,10 @@ fn node(path: &std::path::Path) -> anyhow::Result<()> {
 fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fault_share) {
         bail!("--fault-share must be between 0 and 1");
+    }
+    if args.leader_on_primary {
+        // SAFETY: set before any thread of this process starts; the node processes inherit it.
+        unsafe { std::env::set_var("NONSTOP_LEADER_ON_PRIMARY", "1") };
     }
     let seed = args.seed.unwrap_or_else(|| {
         let mut bytes = [0u8; 8];
