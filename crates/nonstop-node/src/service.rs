@@ -275,17 +275,19 @@ impl ServiceHost {
         needs
     }
 
+    /// Maps the service's region; `None` (logged) while the address is still taken, e.g. by a
+    /// deposed primary's region that client threads have not let go of yet.
+    fn map_region(&self) -> Option<Region> {
+        Region::map(self.spec.region_base, self.spec.region_len)
+            .inspect_err(|error| tracing::warn!(service = self.spec.name, %error, "cannot map the region yet"))
+            .ok()
+    }
+
     fn ensure_standby(&mut self) {
         if !matches!(self.role, LocalRole::Idle) || !self.retired.is_empty() {
             return;
         }
-        let region = match Region::map(self.spec.region_base, self.spec.region_len) {
-            Ok(region) => region,
-            Err(error) => {
-                tracing::warn!(service = self.spec.name, %error, "cannot map the region for a standby yet");
-                return;
-            }
-        };
+        let Some(region) = self.map_region() else { return };
         let check: nonstop_net::backup::ConsistencyCheck = Arc::new(nonstop_workloads::check);
         let server = match BackupServer::bind(self.listen, self.key.clone(), region, Some(check)) {
             Ok(server) => server,
@@ -313,13 +315,7 @@ impl ServiceHost {
             // must not serve an empty one. The leader sees it report no region and fails over.
             return;
         }
-        let region = match Region::map(self.spec.region_base, self.spec.region_len) {
-            Ok(region) => region,
-            Err(error) => {
-                tracing::warn!(service = self.spec.name, %error, "cannot map the region");
-                return;
-            }
-        };
+        let Some(region) = self.map_region() else { return };
         let mirror = Arc::new(Mirror::new(region, Some(self.spec.protocol), CheckpointId(1)));
         self.bank.load(&mirror);
         tracing::info!(service = self.spec.name, term = record.term.0, "primary of a new service");
