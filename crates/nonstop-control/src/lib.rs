@@ -12,6 +12,7 @@
 //! * [`lease`]: the holder's side of a lease (asks, grants, expiry).
 //! * [`node`]: one node's Raft instance, sans I/O: ticks and messages in, messages and applied
 //!   commands out.
+//! * [`storage`]: the in-memory Raft log, compacted behind snapshots of the cluster state.
 //! * [`log`]: the durable Raft log (a checksummed file, or memory for the simulator).
 //!
 //! [raft-rs]: https://github.com/tikv/raft-rs
@@ -21,6 +22,7 @@ pub mod coordinator;
 pub mod lease;
 pub mod log;
 pub mod node;
+pub mod storage;
 
 pub use cluster::{ClusterState, Command, NodeId, PromotionReason, ServiceRecord};
 pub use node::{ControlConfig, ControlError, ControlNode, ControlOutput};

@@ -41,6 +41,17 @@ pub struct StoredEntry {
 pub enum Record {
     /// Entries appended from `entries[0].index` on, replacing any entries from that index.
     Entries(Vec<StoredEntry>),
+    /// Everything up to `index` is compacted into this snapshot of the cluster state.
+    Snapshot {
+        /// Last index it covers.
+        index: u64,
+        /// Term of that entry.
+        term: u64,
+        /// Voters at that point.
+        voters: Vec<u64>,
+        /// The cluster state, postcard-encoded.
+        data: Vec<u8>,
+    },
     /// The node's hard state.
     HardState {
         /// Raft term.
@@ -84,6 +95,9 @@ pub trait RaftLog: Send {
     fn load(&mut self) -> Result<Vec<Record>, LogError>;
     /// Appends records; they must survive a crash once this returns.
     fn append(&mut self, records: &[Record]) -> Result<(), LogError>;
+    /// Replaces the whole log by `records` (after a compaction), atomically: a crash leaves
+    /// either the old log or the new one.
+    fn rewrite(&mut self, records: &[Record]) -> Result<(), LogError>;
 }
 
 /// A log in memory. Clones share the records: keep one clone as the node's "disk" and hand
@@ -100,6 +114,11 @@ impl RaftLog for MemoryLog {
 
     fn append(&mut self, records: &[Record]) -> Result<(), LogError> {
         self.records.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(records);
+        Ok(())
+    }
+
+    fn rewrite(&mut self, records: &[Record]) -> Result<(), LogError> {
+        *self.records.lock().unwrap_or_else(|p| p.into_inner()) = records.to_vec();
         Ok(())
     }
 }
@@ -155,6 +174,27 @@ impl RaftLog for FileLog {
         }
         self.file.write_all(&bytes).map_err(|e| self.io(e))?;
         self.file.sync_data().map_err(|e| self.io(e))
+    }
+
+    fn rewrite(&mut self, records: &[Record]) -> Result<(), LogError> {
+        let mut bytes = Vec::new();
+        for record in records {
+            encode_record(record, &mut bytes);
+        }
+        let temporary = self.path.with_extension("rewrite");
+        let io = |source| LogError::Io { path: temporary.clone(), source };
+        {
+            let mut file = File::create(&temporary).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&temporary, &self.path).map_err(|e| self.io(e))?;
+        if let Some(parent) = self.path.parent() {
+            // The rename itself must be durable before the old entries are relied on as gone.
+            File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| self.io(e))?;
+        }
+        self.file = OpenOptions::new().read(true).append(true).open(&self.path).map_err(|e| self.io(e))?;
+        Ok(())
     }
 }
 
@@ -240,6 +280,18 @@ mod tests {
                 assert_ne!(records, sample(), "bit {bit} flipped undetected");
             }
         }
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.log");
+        let mut log = FileLog::open(&path).unwrap();
+        log.append(&sample()).unwrap();
+        let snapshot = Record::Snapshot { index: 9, term: 2, voters: vec![1, 2, 3], data: vec![1, 2] };
+        log.rewrite(std::slice::from_ref(&snapshot)).unwrap();
+        log.append(&sample()[..1]).unwrap();
+        assert_eq!(FileLog::open(&path).unwrap().load().unwrap(), vec![snapshot, sample()[0].clone()]);
     }
 
     #[test]

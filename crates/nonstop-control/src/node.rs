@@ -9,9 +9,9 @@
 
 use crate::cluster::{Applied, ClusterState, Command, NodeId, decode_command, encode_command};
 use crate::log::{LogError, RaftLog, Record, StoredEntry};
+use crate::storage::ControlStorage;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType};
-use raft::storage::MemStorage;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
 use thiserror::Error;
 
@@ -30,13 +30,15 @@ pub struct ControlConfig {
     /// Randomise election timeouts (raft-rs draws them from its own unseeded generator). A
     /// deterministic simulator turns this off and breaks symmetry with its own seeded timing.
     pub election_jitter: bool,
+    /// Applied entries after which the log is compacted behind a snapshot of the state.
+    pub compact_every: u64,
 }
 
 impl ControlConfig {
     /// A configuration with raft-rs's customary ratio: elections after 10 ticks, heartbeats
     /// every 2.
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> ControlConfig {
-        ControlConfig { id, voters, election_ticks: 10, heartbeat_ticks: 2, election_jitter: true }
+        ControlConfig { id, voters, election_ticks: 10, heartbeat_ticks: 2, election_jitter: true, compact_every: 1024 }
     }
 }
 
@@ -80,7 +82,9 @@ pub struct ControlOutput {
 pub struct ControlNode {
     id: NodeId,
     voters: Vec<NodeId>,
-    raw: RawNode<MemStorage>,
+    raw: RawNode<ControlStorage>,
+    storage: ControlStorage,
+    compact_every: u64,
     log: Box<dyn RaftLog>,
     state: ClusterState,
 }
@@ -113,11 +117,12 @@ impl ControlNode {
         let mut voters = config.voters.clone();
         voters.sort();
         voters.dedup();
-        let conf_state = ConfState::from((voters.iter().map(|v| v.0).collect::<Vec<_>>(), vec![]));
-        let storage = MemStorage::new_with_conf_state(conf_state);
-        replay(&storage, log.load()?)?;
+        let storage = ControlStorage::new(voters.iter().map(|v| v.0).collect());
+        let state = replay(&storage, log.load()?)?;
         let raft_config = raft::Config {
             id: config.id.0,
+            // Entries up to the snapshot are in `state` already.
+            applied: storage.snapshot_index(),
             election_tick: config.election_ticks,
             heartbeat_tick: config.heartbeat_ticks,
             // A leader that cannot reach a majority steps down, and a node that was cut off does
@@ -134,8 +139,9 @@ impl ControlNode {
         };
         raft_config.validate()?;
         let logger = slog::Logger::root(TracingDrain { node: config.id.0 }, slog::o!());
-        let raw = RawNode::new(&raft_config, storage, &logger)?;
-        Ok(ControlNode { id: config.id, voters, raw, log, state: ClusterState::default() })
+        let raw = RawNode::new(&raft_config, storage.clone(), &logger)?;
+        let compact_every = config.compact_every.max(1);
+        Ok(ControlNode { id: config.id, voters, raw, storage, compact_every, log, state })
     }
 
     /// This node.
@@ -162,9 +168,10 @@ impl ControlNode {
         if !self.voters.contains(&NodeId(message.from)) {
             return Err(ControlError::BadMessage(format!("from node {}, which is not a voter", message.from)));
         }
-        if matches!(message.get_msg_type(), MessageType::MsgSnapshot) {
-            // Logs are never compacted, so a snapshot can only come from a confused peer.
-            return Err(ControlError::BadMessage("unexpected snapshot".into()));
+        if matches!(message.get_msg_type(), MessageType::MsgSnapshot)
+            && postcard::from_bytes::<ClusterState>(&message.get_snapshot().data).is_err()
+        {
+            return Err(ControlError::BadMessage("a snapshot whose data is not a cluster state".into()));
         }
         match self.raw.step(message) {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
@@ -232,6 +239,14 @@ impl ControlNode {
         }
         let mut ready = self.raw.ready();
         self.collect(ready.take_messages(), &mut output);
+        if *ready.snapshot() != Snapshot::default() {
+            // A leader sent the state in place of entries compacted away.
+            let snapshot = ready.snapshot().clone();
+            self.state = postcard::from_bytes(&snapshot.data)
+                .map_err(|e| ControlError::CorruptLog(format!("snapshot data: {e}")))?;
+            self.storage.apply_snapshot(snapshot);
+            self.rewrite_log()?;
+        }
         self.apply(ready.take_committed_entries(), &mut output)?;
         let mut records = Vec::new();
         if !ready.entries().is_empty() {
@@ -242,30 +257,54 @@ impl ControlNode {
         }
         // Durable before anything that depends on it (votes, append responses) leaves.
         self.log.append(&records)?;
-        {
-            let store = self.raw.store().clone();
-            let mut core = store.wl();
-            core.append(ready.entries())?;
-            if let Some(hard_state) = ready.hs() {
-                core.set_hardstate(hard_state.clone());
-            }
+        self.storage.append(ready.entries()).map_err(ControlError::CorruptLog)?;
+        if let Some(hard_state) = ready.hs() {
+            self.storage.set_hard_state(hard_state.clone());
         }
         self.collect(ready.take_persisted_messages(), &mut output);
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            let hard_state = {
-                let store = self.raw.store().clone();
-                let mut core = store.wl();
-                core.mut_hard_state().set_commit(commit);
-                core.hard_state().clone()
-            };
+            let hard_state = self.storage.set_commit(commit);
             // Remembered, so that a restart replays what it knew committed.
             self.log.append(&[hard_record(&hard_state)])?;
         }
         self.collect(light.take_messages(), &mut output);
         self.apply(light.take_committed_entries(), &mut output)?;
         self.raw.advance_apply();
+        self.maybe_compact()?;
         Ok(output)
+    }
+
+    /// Compacts the log behind a snapshot of the state once enough entries were applied, and
+    /// rewrites the durable log to match: memory and disk stay bounded however long it runs.
+    fn maybe_compact(&mut self) -> Result<(), ControlError> {
+        let applied = self.state.applied_index().min(self.raw.raft.raft_log.applied);
+        if applied < self.storage.snapshot_index() + self.compact_every {
+            return Ok(());
+        }
+        let data = postcard::to_stdvec(&self.state).expect("the cluster state serializes");
+        if self.storage.compact(applied, data).is_some() {
+            self.rewrite_log()?;
+        }
+        Ok(())
+    }
+
+    fn rewrite_log(&mut self) -> Result<(), ControlError> {
+        let (snapshot, hard_state, entries) = self.storage.contents();
+        let metadata = snapshot.get_metadata();
+        let mut records = vec![
+            Record::Snapshot {
+                index: metadata.index,
+                term: metadata.term,
+                voters: metadata.get_conf_state().voters.clone(),
+                data: snapshot.data.to_vec(),
+            },
+            hard_record(&hard_state),
+        ];
+        if !entries.is_empty() {
+            records.push(Record::Entries(entries.iter().map(stored).collect()));
+        }
+        Ok(self.log.rewrite(&records)?)
     }
 
     fn collect(&self, messages: Vec<Message>, output: &mut ControlOutput) {
@@ -311,25 +350,27 @@ fn hard_record(hard_state: &HardState) -> Record {
     Record::HardState { term: hard_state.term, vote: hard_state.vote, commit: hard_state.commit }
 }
 
-/// Rebuilds the in-memory Raft storage from the durable records.
-fn replay(storage: &MemStorage, records: Vec<Record>) -> Result<(), ControlError> {
-    let mut core = storage.wl();
-    // MemStorage panics on a gap, so the records are checked before they reach it.
-    let mut last_index = 0;
+/// Rebuilds the in-memory Raft storage from the durable records; returns the cluster state of
+/// the last snapshot (entries after it are applied again by Raft).
+fn replay(storage: &ControlStorage, records: Vec<Record>) -> Result<ClusterState, ControlError> {
+    let mut state = ClusterState::default();
     for record in records {
         match record {
+            Record::Snapshot { index, term, voters, data } => {
+                state = postcard::from_bytes(&data)
+                    .map_err(|e| ControlError::CorruptLog(format!("snapshot at index {index}: {e}")))?;
+                let mut snapshot = Snapshot { data: data.into(), ..Default::default() };
+                let metadata = snapshot.mut_metadata();
+                metadata.index = index;
+                metadata.term = term;
+                metadata.set_conf_state(ConfState::from((voters, vec![])));
+                storage.apply_snapshot(snapshot);
+            }
             Record::Entries(stored) => {
-                let Some(first) = stored.first() else { continue };
-                let contiguous = stored.iter().enumerate().all(|(i, e)| e.index == first.index + i as u64);
-                if first.index == 0 || first.index > last_index + 1 || !contiguous {
-                    return Err(ControlError::CorruptLog(format!(
-                        "entries jump from index {last_index} to {}; this is not a log Raft wrote",
-                        first.index
-                    )));
-                }
-                last_index = first.index + stored.len() as u64 - 1;
+                let snapshot_index = storage.snapshot_index();
                 let entries = stored
                     .into_iter()
+                    .filter(|s| s.index > snapshot_index)
                     .map(|s| {
                         let kind = <EntryType as protobuf::ProtobufEnum>::from_i32(s.kind)
                             .ok_or_else(|| ControlError::CorruptLog(format!("entry type {} is unknown", s.kind)))?;
@@ -344,14 +385,14 @@ fn replay(storage: &MemStorage, records: Vec<Record>) -> Result<(), ControlError
                         Ok(entry)
                     })
                     .collect::<Result<Vec<Entry>, ControlError>>()?;
-                core.append(&entries)?;
+                storage.append(&entries).map_err(ControlError::CorruptLog)?;
             }
             Record::HardState { term, vote, commit } => {
-                core.set_hardstate(HardState { term, vote, commit, ..Default::default() });
+                storage.set_hard_state(HardState { term, vote, commit, ..Default::default() });
             }
         }
     }
-    Ok(())
+    Ok(state)
 }
 
 /// Forwards raft-rs's slog records to `tracing` at debug level.

@@ -13,6 +13,7 @@ struct Net {
     queue: VecDeque<(u64, u64, Vec<u8>)>,
     cut: BTreeSet<(u64, u64)>,
     applied: BTreeMap<u64, Vec<Applied>>,
+    compact_every: u64,
 }
 
 fn voters() -> Vec<NodeId> {
@@ -21,12 +22,17 @@ fn voters() -> Vec<NodeId> {
 
 impl Net {
     fn new() -> Net {
+        Net::with_compaction(1024)
+    }
+
+    fn with_compaction(compact_every: u64) -> Net {
         let mut net = Net {
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
             applied: BTreeMap::new(),
+            compact_every,
         };
         for id in 1..=3 {
             net.disks.insert(id, MemoryLog::default());
@@ -37,7 +43,8 @@ impl Net {
 
     fn start(&mut self, id: u64) {
         let log: Box<dyn RaftLog> = Box::new(self.disks[&id].clone());
-        let node = ControlNode::new(ControlConfig::new(NodeId(id), voters()), log).unwrap();
+        let config = ControlConfig { compact_every: self.compact_every, ..ControlConfig::new(NodeId(id), voters()) };
+        let node = ControlNode::new(config, log).unwrap();
         self.nodes.insert(id, Some(node));
         self.applied.insert(id, Vec::new());
     }
@@ -237,4 +244,37 @@ fn bad_messages_are_refused_without_effect() {
     let node = net.node(1);
     assert!(node.step(b"not protobuf \xff\xff\xff").is_err());
     assert!(node.step(&[]).is_err(), "an empty message is addressed to node 0");
+}
+
+#[test]
+fn a_node_far_behind_catches_up_from_a_snapshot_and_logs_stay_bounded() {
+    let mut net = Net::with_compaction(16);
+    net.run(40);
+    let leader = net.leader().unwrap();
+    net.propose(leader, &create());
+    net.run(3);
+    let behind = (1..=3).find(|&id| id != leader).unwrap();
+    net.crash(behind);
+    for request in 0..200 {
+        let lease =
+            Command::GrantLease { service: "bank".into(), term: Term(1), node: NodeId(1), request, fresh: false };
+        net.propose(leader, &lease);
+        net.run(1);
+    }
+    let version = net.node(leader).state().service("bank").unwrap().version;
+    net.propose(leader, &Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2), version });
+    net.run(3);
+    // The leader compacted its log: far fewer records than commands.
+    let records = net.disks[&leader].clone().load().unwrap().len();
+    assert!(records < 100, "the durable log was compacted: {records} records");
+    net.start(behind);
+    net.run(40);
+    let expected = net.node(leader).state().clone();
+    assert_eq!(net.node(behind).state(), &expected, "caught up through the snapshot");
+    assert_eq!(expected.service("bank").unwrap().backups, vec![NodeId(2)]);
+    // And it restarts from its own compacted log.
+    net.crash(behind);
+    net.start(behind);
+    net.run(40);
+    assert_eq!(net.node(behind).state().service("bank"), expected.service("bank"));
 }

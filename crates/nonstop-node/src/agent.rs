@@ -113,6 +113,7 @@ impl Agent {
             election_ticks: ticks_per_timeout.max(5),
             heartbeat_ticks: 2,
             election_jitter: true,
+            compact_every: 1024,
         };
         let log = FileLog::open(&config.data_dir.join("raft.log")).map_err(ControlError::from)?;
         let control = ControlNode::new(control_config, Box::new(log))?;

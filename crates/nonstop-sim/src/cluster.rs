@@ -179,6 +179,7 @@ impl Sim {
             election_ticks: (TIMEOUT_MS / TICK_MS) as usize,
             heartbeat_ticks: 2,
             election_jitter: false,
+            compact_every: 64,
         };
         let control = ControlNode::new(config, Box::new(self.disks[&id].clone())).expect("valid config");
         let coordinator = Coordinator::new(NodeId(id), &voters(), &[], TIMEOUT_MS * MS, LEASE_MS * MS);

@@ -1,0 +1,218 @@
+//! The Raft log in memory, with compaction behind a snapshot of the cluster state.
+//!
+//! raft-rs's `MemStorage` keeps every entry and its snapshots carry no data, so a log that
+//! grows with every lease grant would grow forever. [`ControlStorage`] keeps the entries after
+//! the last snapshot only; the snapshot carries the [`ClusterState`](crate::ClusterState) at its
+//! index (a few hundred bytes), which is what a lagging follower receives instead of the
+//! entries compacted away.
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+#[derive(Default)]
+struct Inner {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// The last snapshot: index, term, configuration and the cluster state as data.
+    snapshot: Snapshot,
+    /// Entries after the snapshot's index, contiguous.
+    entries: Vec<Entry>,
+}
+
+impl Inner {
+    fn snapshot_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
+
+    fn last_index(&self) -> u64 {
+        self.snapshot_index() + self.entries.len() as u64
+    }
+}
+
+/// Shared handle to the node's in-memory Raft log (cloned into the `RawNode`).
+#[derive(Clone, Default)]
+pub struct ControlStorage {
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl ControlStorage {
+    /// An empty log with the voters `voters`.
+    pub fn new(voters: Vec<u64>) -> ControlStorage {
+        let storage = ControlStorage::default();
+        storage.write().conf_state = ConfState::from((voters.clone(), vec![]));
+        storage.write().snapshot.mut_metadata().set_conf_state(ConfState::from((voters, vec![])));
+        storage
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends entries, replacing any from the first one's index on.
+    pub fn append(&self, entries: &[Entry]) -> Result<(), String> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        let mut inner = self.write();
+        let (snapshot_index, last) = (inner.snapshot_index(), inner.last_index());
+        if first.index <= snapshot_index || first.index > last + 1 {
+            return Err(format!("entries from index {} do not follow the log ({snapshot_index}, {last}]", first.index));
+        }
+        if entries.windows(2).any(|pair| pair[1].index != pair[0].index + 1) {
+            return Err("entries are not contiguous".into());
+        }
+        let keep = (first.index - snapshot_index - 1) as usize;
+        inner.entries.truncate(keep);
+        inner.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    /// Sets the hard state.
+    pub fn set_hard_state(&self, hard_state: HardState) {
+        self.write().hard_state = hard_state;
+    }
+
+    /// Raises the commit index.
+    pub fn set_commit(&self, commit: u64) -> HardState {
+        let mut inner = self.write();
+        inner.hard_state.commit = inner.hard_state.commit.max(commit);
+        inner.hard_state.clone()
+    }
+
+    /// Replaces the log by `snapshot` (a leader's, or this node's own at restart).
+    pub fn apply_snapshot(&self, snapshot: Snapshot) {
+        let mut inner = self.write();
+        let metadata = snapshot.get_metadata();
+        inner.hard_state.commit = inner.hard_state.commit.max(metadata.index);
+        inner.hard_state.term = inner.hard_state.term.max(metadata.term);
+        inner.conf_state = metadata.get_conf_state().clone();
+        // Entries after the snapshot that agree with it could be kept; a snapshot only comes
+        // when they are missing, so none are.
+        inner.entries.clear();
+        inner.snapshot = snapshot;
+    }
+
+    /// Drops the entries up to `index` (applied), keeping `data` (the cluster state at `index`)
+    /// as the snapshot that stands for them. Returns the snapshot.
+    pub fn compact(&self, index: u64, data: Vec<u8>) -> Option<Snapshot> {
+        let mut inner = self.write();
+        let snapshot_index = inner.snapshot_index();
+        if index <= snapshot_index || index > inner.last_index() {
+            return None;
+        }
+        let term = inner.entries[(index - snapshot_index - 1) as usize].term;
+        let mut snapshot = Snapshot { data: data.into(), ..Default::default() };
+        let metadata = snapshot.mut_metadata();
+        metadata.index = index;
+        metadata.term = term;
+        metadata.set_conf_state(inner.conf_state.clone());
+        inner.entries.drain(..(index - snapshot_index) as usize);
+        inner.snapshot = snapshot.clone();
+        Some(snapshot)
+    }
+
+    /// The entries after the snapshot and the hard state, for rewriting the durable log.
+    pub fn contents(&self) -> (Snapshot, HardState, Vec<Entry>) {
+        let inner = self.read();
+        (inner.snapshot.clone(), inner.hard_state.clone(), inner.entries.clone())
+    }
+
+    /// Index of the last snapshot.
+    pub fn snapshot_index(&self) -> u64 {
+        self.read().snapshot_index()
+    }
+}
+
+impl raft::Storage for ControlStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let inner = self.read();
+        Ok(RaftState { hard_state: inner.hard_state.clone(), conf_state: inner.conf_state.clone() })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let inner = self.read();
+        let snapshot_index = inner.snapshot_index();
+        if low <= snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > inner.last_index() + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let from = (low - snapshot_index - 1) as usize;
+        let to = (high - snapshot_index - 1) as usize;
+        let mut entries = inner.entries[from..to].to_vec();
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let inner = self.read();
+        let snapshot_index = inner.snapshot_index();
+        if index == snapshot_index {
+            return Ok(inner.snapshot.get_metadata().term);
+        }
+        if index < snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        inner
+            .entries
+            .get((index - snapshot_index - 1) as usize)
+            .map(|entry| entry.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read().snapshot_index() + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read().last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let inner = self.read();
+        if inner.snapshot_index() >= request_index {
+            Ok(inner.snapshot.clone())
+        } else {
+            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, ..Default::default() }
+    }
+
+    #[test]
+    fn compaction_keeps_terms_at_the_boundary_and_refuses_gaps() {
+        let storage = ControlStorage::new(vec![1, 2, 3]);
+        storage.append(&[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]).unwrap();
+        assert!(storage.append(&[entry(7, 2)]).is_err(), "a gap is refused");
+        let snapshot = storage.compact(3, b"state".to_vec()).unwrap();
+        assert_eq!((snapshot.get_metadata().index, snapshot.get_metadata().term), (3, 2));
+        assert_eq!(storage.first_index().unwrap(), 4);
+        assert_eq!(storage.term(3).unwrap(), 2, "the term before the first entry stays known");
+        assert!(storage.term(2).is_err());
+        assert!(storage.entries(3, 5, None, GetEntriesContext::empty(false)).is_err());
+        assert_eq!(storage.entries(4, 5, None, GetEntriesContext::empty(false)).unwrap().len(), 1);
+        assert_eq!(&storage.snapshot(3, 2).unwrap().data[..], b"state");
+        // Overwriting the tail after a compaction.
+        storage.append(&[entry(4, 3), entry(5, 3)]).unwrap();
+        assert_eq!(storage.last_index().unwrap(), 5);
+        assert_eq!(storage.term(4).unwrap(), 3);
+    }
+}
