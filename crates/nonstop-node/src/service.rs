@@ -227,6 +227,8 @@ impl ServiceHost {
             && primary.active.term == term
             && let Some(until) = primary.lease.granted(request, lease.as_nanos() as u64)
         {
+            // Started: later asks must not claim an empty start (they would be refused).
+            primary.fresh = false;
             // Timed from when it was asked, before the grant existed: the holder's lease ends
             // no later than any wait the control plane times from the grant.
             tracing::debug!(service = self.spec.name, request, until_ms = until.0 / 1_000_000, "lease granted");

@@ -503,6 +503,7 @@ impl Sim {
                         && p.term == *term
                         && let Some(until) = p.lease.granted(*request, LEASE_MS * MS)
                     {
+                        p.fresh = false;
                         p.replication.set_lease(Some(until), Nanos(now * MS));
                     }
                 }

@@ -19,8 +19,10 @@ fn failover_keeps_every_safety_property_across_seeds() {
     }
     eprintln!("{total:?}");
     // The simulation must exercise what it claims to.
-    assert!(total.promotions > seeds / 2, "{total:?}");
-    assert!(total.released > 100 * seeds, "{total:?}");
+    assert!(total.promotions > seeds / 3, "{total:?}");
+    // Liveness, coarsely: the service keeps releasing between faults (a primary that cannot
+    // renew its lease releases a third of this).
+    assert!(total.released > 1500 * seeds, "{total:?}");
     assert!(total.crashes > seeds / 2 && total.partitions > seeds / 2 && total.pauses > seeds / 2, "{total:?}");
 }
 
