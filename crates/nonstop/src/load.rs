@@ -83,8 +83,17 @@ impl Load {
 
     /// The first answer after `after` from a term above `term`.
     pub fn first_ack_after(&self, after: Instant, term: u64) -> Option<Ack> {
+        // Acks are appended in about the order they arrived: scan back from the newest and stop
+        // well before `after`, so that a long run does not hold the clients' lock for a scan of
+        // millions.
+        let margin = Duration::from_millis(100);
         let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        acks.iter().filter(|a| a.at > after && a.term > term).min_by_key(|a| a.at).copied()
+        acks.iter()
+            .rev()
+            .take_while(|a| a.at + margin > after)
+            .filter(|a| a.at > after && a.term > term)
+            .min_by_key(|a| a.at)
+            .copied()
     }
 
     /// The longest time without any answer between `from` and `to`.
