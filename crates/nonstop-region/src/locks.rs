@@ -4,7 +4,7 @@
 //! table of owner words. A transaction takes the stripes of its lines as it declares ranges and
 //! keeps them until it commits or aborts (strict two-phase locking), so no two transactions
 //! ever touch the same bytes at once. Waiting is bounded: a transaction that cannot get a stripe
-//! within [`SPIN_LIMIT`] attempts gets [`Conflict`] and must abort and retry, which also breaks
+//! within a bounded number of attempts (`SPIN_LIMIT`) gets [`Conflict`] and must abort and retry, which also breaks
 //! deadlocks.
 
 use std::sync::atomic::{AtomicU64, Ordering};

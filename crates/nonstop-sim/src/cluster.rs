@@ -1,5 +1,5 @@
 //! A deterministic simulation of failover: three nodes, each running the real control plane
-//! ([`ControlNode`] on raft-rs, [`Coordinator`], the [`ClusterState`] rules) and the real
+//! ([`ControlNode`] on raft-rs, [`Coordinator`], the `ClusterState` rules) and the real
 //! output-commit bookkeeping ([`Replication`] with a required set and leases), under crashes
 //! with restarts, partitions, pauses longer than the failure timeout, and lost, delayed and
 //! reordered control messages — all from one seed, in virtual time (one step = 1 ms).

@@ -11,7 +11,9 @@
 //! * when the held checkpoint advances (replies are released), every backup the primary counts
 //!   really holds it;
 //! * when the primary crashes, a surviving backup holds every released checkpoint, unless every
-//!   backup that held it crashed too (issue 3's lease covers that case).
+//!   backup that held it crashed too (a double failure).
+//!
+//! [`cluster`] simulates failover on top: three nodes with the real control plane.
 //!
 //! The same seed always produces the same run; a failure names its seed and step.
 
