@@ -108,6 +108,9 @@ pub struct NodeSection {
     /// A witness votes in the control plane but holds no region.
     #[serde(default)]
     pub witness: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none if absent.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[[peers]]`: another node.
@@ -265,6 +268,8 @@ pub struct Checked {
     pub timeout: Duration,
     /// Lease length.
     pub lease: Duration,
+    /// Prometheus metrics address.
+    pub metrics: Option<SocketAddr>,
     /// Services.
     pub services: Vec<ServiceSpec>,
 }
@@ -445,6 +450,7 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(hb.interval_ms),
             timeout: Duration::from_millis(hb.timeout_ms),
             lease: Duration::from_millis(hb.lease_ms),
+            metrics: self.node.metrics,
             services,
         })
     }

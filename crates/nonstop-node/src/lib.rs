@@ -10,12 +10,14 @@
 //! * [`agent`]: the control loop.
 //! * [`service`]: one service's roles on this node and the moves between them.
 //! * [`client_server`]: the client port.
+//! * [`metrics`]: Prometheus metrics from the node's status.
 //! * [`client`]: the Rust client that follows redirects and retries exactly once.
 
 pub mod agent;
 pub mod client;
 pub mod client_server;
 pub mod config;
+pub mod metrics;
 pub mod peers;
 pub mod service;
 
@@ -38,7 +40,11 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool) -> Result<(
         addr: client_addr,
         source,
     })?;
+    let metrics = config.metrics;
     let agent = Agent::start(config, key)?;
+    if let Some(addr) = metrics {
+        metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
+    }
     let (switchovers, switchover_requests) = std::sync::mpsc::channel();
     let answering = Arc::new(client_server::Answering {
         services: agent.serving(),

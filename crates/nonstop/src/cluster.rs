@@ -93,6 +93,8 @@ pub struct LocalNode {
     pub client: SocketAddr,
     /// Its log file (stderr of the agent).
     pub log: PathBuf,
+    /// Its Prometheus metrics address.
+    pub metrics: SocketAddr,
     child: Option<Child>,
 }
 
@@ -141,11 +143,16 @@ impl LocalCluster {
                 id > spec.nodes
             )
         };
+        let own = |id: u8| {
+            let mut text = member(id);
+            text += &format!("metrics = \"{}\"\n", addr(id, 9101));
+            text
+        };
         let mut nodes = Vec::new();
         for id in 1..=all {
             let mut text = format!(
                 "[node]\n{}data_dir = \"{}\"\nkey_file = \"{}\"\n\n",
-                member(id),
+                own(id),
                 dir.join(format!("node{id}")).display(),
                 key.path.display()
             );
@@ -168,6 +175,7 @@ impl LocalCluster {
                 config,
                 client: addr(id, 7101),
                 log: dir.join(format!("node{id}.log")),
+                metrics: addr(id, 9101),
                 child: None,
             });
         }

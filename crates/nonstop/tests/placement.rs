@@ -70,6 +70,13 @@ fn successive_failures_are_survived_until_one_holder_is_left() {
         wait_protected(&cluster, &last, name, 0);
     }
     std::thread::sleep(Duration::from_millis(300));
+    // The last holder's metrics say so too.
+    let metrics = scrape(cluster.nodes[last[0] as usize - 1].metrics);
+    for name in SERVICES {
+        let line = format!("nonstop_service_role{{node=\"{}\",service=\"{name}\",role=\"primary\"}} 1", last[0]);
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+    assert!(metrics.contains("nonstop_service_failovers_total"));
     for (name, load) in SERVICES.iter().zip(loads) {
         let answered = load.answered();
         let histories = load.stop();
@@ -78,4 +85,14 @@ fn successive_failures_are_survived_until_one_holder_is_left() {
         assert_eq!((verdict.acked_lost, verdict.applied_twice), (0, 0), "{name}: {verdict:?}");
         assert!(answered > 50, "{name} made progress: {answered}");
     }
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
