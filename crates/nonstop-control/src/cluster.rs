@@ -82,20 +82,10 @@ pub struct ServiceRecord {
 }
 
 impl ServiceRecord {
-    /// True if the primary runs without any backup.
-    pub fn unprotected(&self) -> bool {
-        self.backups.is_empty()
-    }
-
     /// True if the configured first primary may start the service from an empty region: no
     /// output can have left yet.
     pub fn may_start_empty(&self) -> bool {
         !self.started && self.last_promotion.is_none()
-    }
-
-    /// Whether `node` has a role (primary or backup) in the service.
-    pub fn involves(&self, node: NodeId) -> bool {
-        self.primary == node || self.backups.contains(&node)
     }
 }
 

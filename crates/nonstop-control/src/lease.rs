@@ -20,8 +20,8 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// A keeper whose request numbers start from `incarnation` (random per process, so that no
-    /// two incarnations share one).
+    /// A keeper for one process incarnation: `incarnation` is random per process, and its low
+    /// 40 bits prefix every request number, so that no two incarnations share one.
     pub fn new(incarnation: u64) -> LeaseKeeper {
         LeaseKeeper { incarnation: incarnation << 24, next: 0, asks: BTreeMap::new(), until: None, last_ask: None }
     }

@@ -392,6 +392,15 @@ fn replay(storage: &ControlStorage, records: Vec<Record>) -> Result<ClusterState
             }
         }
     }
+    // raft-rs panics on a commit index past the log; say what is wrong instead.
+    let (_, hard_state, _) = storage.contents();
+    let last = raft::Storage::last_index(storage)?;
+    if hard_state.commit > last {
+        return Err(ControlError::CorruptLog(format!(
+            "the hard state says index {} is committed, but the log ends at {last}",
+            hard_state.commit
+        )));
+    }
     Ok(state)
 }
 

@@ -278,3 +278,12 @@ fn a_node_far_behind_catches_up_from_a_snapshot_and_logs_stay_bounded() {
     net.run(40);
     assert_eq!(net.node(behind).state().service("bank"), expected.service("bank"));
 }
+
+#[test]
+fn a_log_whose_commit_runs_past_its_entries_is_refused() {
+    use nonstop_control::log::Record;
+    let mut log = MemoryLog::default();
+    log.append(&[Record::HardState { term: 1, vote: 1, commit: 5 }]).unwrap();
+    let error = ControlNode::new(ControlConfig::new(NodeId(1), voters()), Box::new(log)).unwrap_err();
+    assert!(error.to_string().contains("committed"), "{error}");
+}

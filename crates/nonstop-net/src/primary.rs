@@ -113,17 +113,12 @@ const PRECOPY_FINAL_PAGES: usize = 256;
 /// Pre-copy ends after this many rounds, converged or not.
 const PRECOPY_MAX_ROUNDS: u32 = 8;
 
-/// How bringing a backup up to date went.
-#[derive(Clone, Debug, Default)]
-pub struct PreCopyReport {
-    /// Pre-copy rounds.
-    pub rounds: u32,
-    /// Pages copied in all rounds.
-    pub pages: u64,
-    /// Time until the last round was sent.
-    pub precopy: Duration,
-    /// Time until the backup held its first checkpoint.
-    pub total: Duration,
+/// How bringing a backup up to date went, for the log.
+#[derive(Default)]
+struct PreCopyReport {
+    rounds: u32,
+    pages: u64,
+    total: Duration,
 }
 
 struct Shared {
@@ -241,15 +236,6 @@ impl Primary {
     /// then joins it to the checkpoint stream: the next checkpoint carries the pages written
     /// since the last round, which complete its image. Returns once it holds that checkpoint.
     pub fn attach_backup(&self, addr: SocketAddr, timeout: Duration) -> Result<BackupId, PrimaryError> {
-        Ok(self.attach_backup_measured(addr, timeout)?.0)
-    }
-
-    /// [`Primary::attach_backup`], also reporting how the pre-copy went.
-    pub fn attach_backup_measured(
-        &self,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<(BackupId, PreCopyReport), PrimaryError> {
         let shared = &self.shared;
         let started = Instant::now();
         let (mut sender, receiver) = conn::connect(addr, &shared.config.key)?;
@@ -300,7 +286,6 @@ impl Primary {
             sender.shutdown();
             return Err(error.into());
         }
-        report.precopy = started.elapsed();
         let first = {
             let mut links = lock(&shared.links);
             lock(&shared.replication).add_backup(id);
@@ -328,7 +313,7 @@ impl Primary {
                         ms = report.total.as_millis() as u64,
                         "backup attached and holds the image"
                     );
-                    return Ok((id, report));
+                    return Ok(id);
                 }
             } else if !lock(&shared.links).iter().any(|l| l.id == id && l.alive.load(Ordering::Relaxed)) {
                 let reason = self.refusal(id).unwrap_or_else(|| "connection closed".into());

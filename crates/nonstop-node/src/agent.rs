@@ -13,7 +13,7 @@ use crate::client_server::SwitchoverRequest;
 use crate::config::Checked;
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::{ServiceHost, Serving};
-use nonstop_control::cluster::Command;
+use nonstop_control::cluster::{Command, Promotion};
 use nonstop_control::coordinator::{Coordinator, Decision, Report};
 use nonstop_control::log::FileLog;
 use nonstop_control::{ControlConfig, ControlError, ControlNode};
@@ -76,13 +76,23 @@ pub struct ServiceStatus {
     pub held: Option<u64>,
     /// Failovers so far.
     pub failovers: u64,
-    /// The last promotion: (from, to, term, checkpoint, reason).
-    pub last_promotion: Option<(u64, u64, u64, u64, String)>,
-    /// Every backup's held checkpoint, as reported to this node.
-    pub backup_held: Vec<(u64, Option<u64>)>,
-    /// On the primary: per attached backup, (node, acknowledged checkpoint, checkpoints
-    /// behind, bytes behind).
-    pub lag: Vec<(u64, Option<u64>, u64, u64)>,
+    /// The last change of primary.
+    pub last_promotion: Option<Promotion>,
+    /// On the primary: how far each attached backup is behind.
+    pub lag: Vec<BackupLagStatus>,
+}
+
+/// How far one backup is behind its primary, in [`ServiceStatus`].
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct BackupLagStatus {
+    /// The backup node.
+    pub backup: u64,
+    /// The last checkpoint it acknowledged.
+    pub acked: Option<u64>,
+    /// Checkpoints cut but not acknowledged.
+    pub checkpoints: u64,
+    /// Region bytes of those checkpoints.
+    pub bytes: u64,
 }
 
 /// A running node agent.
@@ -349,21 +359,6 @@ impl Agent {
             .map(|host| {
                 let record = state.service(host.name());
                 let report = host.report(record);
-                let backup_held = record
-                    .map(|r| {
-                        r.backups
-                            .iter()
-                            .map(|b| {
-                                let held = if *b == self.config.me.id {
-                                    report.held
-                                } else {
-                                    self.coordinator.report(*b, host.name()).and_then(|r| r.held)
-                                };
-                                (b.0, held.map(|h| h.0))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 ServiceStatus {
                     name: host.name().to_string(),
                     term: record.map_or(0, |r| r.term.0),
@@ -372,14 +367,16 @@ impl Agent {
                     role: format!("{:?}", report.role).to_lowercase(),
                     held: report.held.map(|h| h.0),
                     failovers: record.map_or(0, |r| r.failovers),
-                    last_promotion: record.and_then(|r| r.last_promotion).map(|p| {
-                        (p.from.0, p.to.0, p.term.0, p.checkpoint.0, format!("{:?}", p.reason).to_lowercase())
-                    }),
-                    backup_held,
+                    last_promotion: record.and_then(|r| r.last_promotion),
                     lag: host
                         .backup_lag()
                         .into_iter()
-                        .map(|(node, lag)| (node.0, lag.acked.map(|a| a.0), lag.checkpoints, lag.bytes))
+                        .map(|(node, lag)| BackupLagStatus {
+                            backup: node.0,
+                            acked: lag.acked.map(|a| a.0),
+                            checkpoints: lag.checkpoints,
+                            bytes: lag.bytes,
+                        })
                         .collect(),
                 }
             })

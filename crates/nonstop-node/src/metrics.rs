@@ -8,9 +8,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// A backup's lag as the status carries it: (node, acknowledged, checkpoints, bytes).
-type Lag = (u64, Option<u64>, u64, u64);
-
 /// Escapes a label value (backslash, double quote, newline).
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -87,19 +84,24 @@ pub fn render(status: &NodeStatus) -> String {
             .map(|s| (format!(",service=\"{}\",role=\"{}\"", label(&s.name), label(&s.role)), 1.0))
             .collect(),
     );
-    let lag = |pick: fn(&Lag) -> u64| {
+    let lag = |pick: fn(&crate::agent::BackupLagStatus) -> u64| {
         status
             .services
             .iter()
             .flat_map(|s| {
                 s.lag.iter().map(move |entry| {
-                    (format!(",service=\"{}\",backup=\"{}\"", label(&s.name), entry.0), pick(entry) as f64)
+                    (format!(",service=\"{}\",backup=\"{}\"", label(&s.name), entry.backup), pick(entry) as f64)
                 })
             })
             .collect::<Vec<_>>()
     };
-    metric("nonstop_backup_lag_checkpoints", "gauge", "Checkpoints a backup has not acknowledged.", lag(|e| e.2));
-    metric("nonstop_backup_lag_bytes", "gauge", "Region bytes of those checkpoints.", lag(|e| e.3));
+    metric(
+        "nonstop_backup_lag_checkpoints",
+        "gauge",
+        "Checkpoints a backup has not acknowledged.",
+        lag(|e| e.checkpoints),
+    );
+    metric("nonstop_backup_lag_bytes", "gauge", "Region bytes of those checkpoints.", lag(|e| e.bytes));
     out
 }
 

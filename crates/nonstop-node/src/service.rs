@@ -149,8 +149,6 @@ pub struct ServiceHost {
     clock: Instant,
     /// Random per process: request numbers of lease asks never repeat across restarts.
     incarnation: u64,
-    /// Promotion events for the timeline: (term, when the node started serving).
-    pub promoted_at: Option<(Term, Instant)>,
 }
 
 /// What the agent should do for a service.
@@ -178,9 +176,8 @@ impl ServiceHost {
             incarnation: {
                 let mut bytes = [0u8; 8];
                 let _ = getrandom::fill(&mut bytes);
-                u64::from_le_bytes(bytes) >> 24
+                u64::from_le_bytes(bytes)
             },
-            promoted_at: None,
         }
     }
 
@@ -364,7 +361,6 @@ impl ServiceHost {
             next_worker: AtomicUsize::new(0),
         });
         *self.serving.active.write().unwrap_or_else(|p| p.into_inner()) = Some(active.clone());
-        self.promoted_at = Some((term, now));
         let mut role = PrimaryRole {
             active,
             switchover: None,

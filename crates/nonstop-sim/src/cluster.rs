@@ -60,6 +60,18 @@ pub struct ClusterStats {
     pub lost_with_every_holder: u64,
 }
 
+impl std::ops::AddAssign for ClusterStats {
+    fn add_assign(&mut self, other: ClusterStats) {
+        self.promotions += other.promotions;
+        self.released += other.released;
+        self.crashes += other.crashes;
+        self.partitions += other.partitions;
+        self.pauses += other.pauses;
+        self.reprotections += other.reprotections;
+        self.lost_with_every_holder += other.lost_with_every_holder;
+    }
+}
+
 enum Msg {
     Raft(Vec<u8>),
     Report(Report),
@@ -191,7 +203,7 @@ impl Sim {
             tick_phase,
             was_leader: false,
             last_create: None,
-            incarnation: self.rng.random::<u64>() >> 24,
+            incarnation: self.rng.random::<u64>(),
         };
         self.nodes.insert(id, Some(node));
     }

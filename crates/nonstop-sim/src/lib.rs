@@ -67,6 +67,18 @@ pub struct SimStats {
     pub primary_crashes: u64,
 }
 
+impl std::ops::AddAssign for SimStats {
+    fn add_assign(&mut self, other: SimStats) {
+        self.checkpoints += other.checkpoints;
+        self.applied += other.applied;
+        self.releases += other.releases;
+        self.resets += other.resets;
+        self.frame_faults += other.frame_faults;
+        self.backup_crashes += other.backup_crashes;
+        self.primary_crashes += other.primary_crashes;
+    }
+}
+
 struct Link {
     id: BackupId,
     progress: LinkProgress,

@@ -8,14 +8,7 @@ fn failover_keeps_every_safety_property_across_seeds() {
     let mut total = ClusterStats::default();
     let seeds: u64 = std::env::var("NONSTOP_SIM_CLUSTER_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
     for seed in 0..seeds {
-        let stats = run_cluster_seed(seed, 3000).unwrap_or_else(|violation| panic!("{violation}"));
-        total.promotions += stats.promotions;
-        total.released += stats.released;
-        total.crashes += stats.crashes;
-        total.partitions += stats.partitions;
-        total.pauses += stats.pauses;
-        total.reprotections += stats.reprotections;
-        total.lost_with_every_holder += stats.lost_with_every_holder;
+        total += run_cluster_seed(seed, 3000).unwrap_or_else(|violation| panic!("{violation}"));
     }
     eprintln!("{total:?}");
     // The simulation must exercise what it claims to.

@@ -150,11 +150,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
                 }
             }
         };
-        let mut first = None;
-        while first.is_none() && killed_at.elapsed() < Duration::from_secs(10) {
-            first = load.first_ack_after(killed_at, term_now);
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        let first = load.wait_first_ack_after(killed_at, term_now, Duration::from_secs(10));
         // Statuses refresh every heartbeat: wait until one shows the new term before reading it.
         let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
         cluster.wait_status(&survivors, Duration::from_secs(2), |s| {

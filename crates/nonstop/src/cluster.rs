@@ -99,11 +99,6 @@ pub struct LocalNode {
 }
 
 impl LocalNode {
-    /// Whether the process runs.
-    pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
     /// The process id, if running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

@@ -109,12 +109,7 @@ pub fn run(
             bank(s).is_some_and(|b| b.term > term_before && b.primary != primary)
         });
         let new = cluster.current_primary(&survivors);
-        let mut first_ack = None;
-        let waited = Instant::now();
-        while first_ack.is_none() && waited.elapsed() < Duration::from_secs(10) {
-            first_ack = load.first_ack_after(killed_at, term_before);
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let first_ack = load.wait_first_ack_after(killed_at, term_before, Duration::from_secs(10));
         let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(killed_at));
         let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3));
         writeln!(out, "  detected by the control plane   +{}", ms(since(detected)))?;

@@ -32,8 +32,6 @@ pub struct Ack {
     pub at: Instant,
     /// The primary's term.
     pub term: u64,
-    /// The answer was for a retry of a request applied before.
-    pub duplicate: bool,
 }
 
 /// What one client saw.
@@ -96,6 +94,18 @@ impl Load {
             .copied()
     }
 
+    /// Waits up to `timeout` (from `after`) for the first answer after `after` from a term above
+    /// `term`: the end of a failover as the clients see it.
+    pub fn wait_first_ack_after(&self, after: Instant, term: u64, timeout: Duration) -> Option<Ack> {
+        loop {
+            let first = self.first_ack_after(after, term);
+            if first.is_some() || after.elapsed() >= timeout {
+                return first;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     /// The longest time without any answer between `from` and `to`.
     pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
         let mut times: Vec<Instant> = self
@@ -156,11 +166,7 @@ fn run_client(
                 history.last_acked = done.request;
                 history.duplicates_answered += done.duplicate as u64;
                 answered.fetch_add(1, Ordering::Relaxed);
-                acks.lock().unwrap_or_else(|p| p.into_inner()).push(Ack {
-                    at: Instant::now(),
-                    term: done.term,
-                    duplicate: done.duplicate,
-                });
+                acks.lock().unwrap_or_else(|p| p.into_inner()).push(Ack { at: Instant::now(), term: done.term });
             }
             Err(error @ ClientError::Rejected { .. }) => {
                 history.failures.push(error.to_string());

@@ -48,8 +48,8 @@ pub fn render(statuses: &[(u64, SocketAddr, Option<NodeStatus>)]) -> String {
             };
             let (lag_checkpoints, lag_bytes) = lag
                 .iter()
-                .find(|(node, ..)| node == id)
-                .map_or(("".into(), "".into()), |(_, _, c, b)| (c.to_string(), b.to_string()));
+                .find(|lag| lag.backup == *id)
+                .map_or(("".into(), "".into()), |lag| (lag.checkpoints.to_string(), lag.bytes.to_string()));
             let _ = writeln!(
                 out,
                 "| {id} | {addr} | {} | {role} | {} | {held} | {lag_checkpoints} | {lag_bytes} |",
@@ -57,11 +57,9 @@ pub fn render(statuses: &[(u64, SocketAddr, Option<NodeStatus>)]) -> String {
                 mine.map_or("-".into(), |m| m.term.to_string()),
             );
         }
-        if let Some((from, to, term, checkpoint, reason)) = &service.last_promotion {
-            let _ = writeln!(
-                out,
-                "last {reason}: node {from} -> node {to}, term {term}, resumed from checkpoint {checkpoint}"
-            );
+        if let Some(p) = &service.last_promotion {
+            let reason = format!("{:?}", p.reason).to_lowercase();
+            let _ = writeln!(out, "last {reason}: {} -> {}, {}, resumed from {}", p.from, p.to, p.term, p.checkpoint);
         }
     }
     out
