@@ -168,10 +168,19 @@ impl ControlNode {
         if !self.voters.contains(&NodeId(message.from)) {
             return Err(ControlError::BadMessage(format!("from node {}, which is not a voter", message.from)));
         }
-        if matches!(message.get_msg_type(), MessageType::MsgSnapshot)
-            && postcard::from_bytes::<ClusterState>(&message.get_snapshot().data).is_err()
-        {
-            return Err(ControlError::BadMessage("a snapshot whose data is not a cluster state".into()));
+        if matches!(message.get_msg_type(), MessageType::MsgSnapshot) {
+            let snapshot = message.get_snapshot();
+            if postcard::from_bytes::<ClusterState>(&snapshot.data).is_err() {
+                return Err(ControlError::BadMessage("a snapshot whose data is not a cluster state".into()));
+            }
+            // Membership is static: a snapshot must not change who votes.
+            let mut voters = snapshot.get_metadata().get_conf_state().voters.clone();
+            voters.sort_unstable();
+            if voters != self.voters.iter().map(|v| v.0).collect::<Vec<_>>()
+                || !snapshot.get_metadata().get_conf_state().learners.is_empty()
+            {
+                return Err(ControlError::BadMessage(format!("a snapshot with voters {voters:?}, not this cluster's")));
+            }
         }
         match self.raw.step(message) {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
@@ -420,5 +429,34 @@ impl slog::Drain for TracingDrain {
             tracing::trace!(node = self.node, "raft: {}", record.msg());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::MemoryLog;
+
+    fn snapshot_message(voters: Vec<u64>, data: Vec<u8>) -> Vec<u8> {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgSnapshot);
+        message.from = 2;
+        message.to = 1;
+        let snapshot = message.mut_snapshot();
+        snapshot.data = data.into();
+        snapshot.mut_metadata().index = 10;
+        snapshot.mut_metadata().set_conf_state(ConfState::from((voters, vec![])));
+        message.write_to_bytes().unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_that_changes_membership_or_is_not_a_state_is_refused() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let mut node = ControlNode::new(ControlConfig::new(NodeId(1), voters), Box::new(MemoryLog::default())).unwrap();
+        let state = postcard::to_stdvec(&ClusterState::default()).unwrap();
+        assert!(node.step(&snapshot_message(vec![1, 2], state.clone())).is_err(), "a voter dropped");
+        assert!(node.step(&snapshot_message(vec![1, 2, 3, 4], state)).is_err(), "a voter added");
+        assert!(node.step(&snapshot_message(vec![1, 2, 3], vec![0xff; 3])).is_err(), "garbage data");
+        assert_eq!(node.state(), &ClusterState::default());
     }
 }
