@@ -51,6 +51,21 @@ pub struct TransferDone {
     pub term: u64,
     /// Attempts it took (1 without a failure).
     pub attempts: u32,
+    /// The node that answered (its client address).
+    pub answered_by: SocketAddr,
+}
+
+/// A read's answer: what the service remembered, held by every backup when it was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadDone {
+    /// What the service remembers of the client (`None`: nothing applied).
+    pub memory: Option<ClientMemory>,
+    /// The account's balance.
+    pub balance: Option<i64>,
+    /// The primary's term.
+    pub term: u64,
+    /// The node that answered (its client address).
+    pub answered_by: SocketAddr,
 }
 
 /// A finished switchover.
@@ -148,7 +163,7 @@ impl Client {
         match reply {
             ClientReply::Done { request, balance, duplicate, term } => {
                 self.next_request += 1;
-                Ok(TransferDone { request, balance, duplicate, term, attempts })
+                Ok(TransferDone { request, balance, duplicate, term, attempts, answered_by: self.answered_by() })
             }
             ClientReply::Stale { last, .. } => Err(ClientError::Rejected {
                 service: self.service.clone(),
@@ -160,6 +175,24 @@ impl Client {
             }),
             _ => unreachable!("call returns only accepted replies"),
         }
+    }
+
+    /// Reads what the service remembers of `client` and the balance of `account`; the answer
+    /// is held by every backup, so no failover can take it back.
+    pub fn read(&mut self, client: u64, account: u64) -> Result<ReadDone, ClientError> {
+        let request = ClientRequest::Read { service: self.service.clone(), client, account };
+        let mut attempts = 0;
+        match self.call(&request, &mut attempts, |reply| matches!(reply, ClientReply::Read { .. }))? {
+            ClientReply::Read { memory, balance, term } => {
+                Ok(ReadDone { memory, balance, term, answered_by: self.answered_by() })
+            }
+            _ => unreachable!("call returns only accepted replies"),
+        }
+    }
+
+    /// The node whose answer `call` accepted last (the connection stays open after it).
+    fn answered_by(&self) -> SocketAddr {
+        self.connection.as_ref().expect("an accepted answer came over a connection").addr
     }
 
     /// Moves the primary role to `to`, one of the service's backups, without losing anything.

@@ -1,13 +1,16 @@
 //! The client port: one thread per connection, each request executed by the service's primary
-//! and answered only once every backup holds its effect (output commit).
+//! and answered only once every backup holds its effect — or, for a read, the state it saw
+//! (output commit).
 
 use crate::agent::NodeStatus;
-use crate::service::Serving;
+use crate::service::{Active, Serving};
 use nonstop_proto::client::{ClientMemory, ClientReply, ClientRequest, read_message, write_message};
+use nonstop_proto::primary::Ticket;
 use nonstop_workloads::bank::{BankError, Executed, TransferRequest};
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::Duration;
 
@@ -117,6 +120,7 @@ fn answer(
     let service = match &request {
         ClientRequest::Transfer { service, .. }
         | ClientRequest::Locate { service }
+        | ClientRequest::Read { service, .. }
         | ClientRequest::Audit { service, .. } => service,
         ClientRequest::Status | ClientRequest::Switchover { .. } | ClientRequest::ArmFault { .. } => {
             unreachable!("answered by the caller")
@@ -126,13 +130,13 @@ fn answer(
         return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
     };
     let Some(active) = serving.active() else { return redirect(serving) };
-    match request {
+    let answered = match request {
         ClientRequest::Locate { .. }
         | ClientRequest::Status
         | ClientRequest::Switchover { .. }
-        | ClientRequest::ArmFault { .. } => redirect(serving),
+        | ClientRequest::ArmFault { .. } => return redirect(serving),
         ClientRequest::Transfer { client, request, account, teller, delta, .. } => {
-            if active.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            if active.draining.load(Ordering::SeqCst) {
                 return ClientReply::Unavailable { reason: "switchover in progress; retry".into() };
             }
             let worker = *worker.get_or_insert_with(|| active.worker());
@@ -144,37 +148,52 @@ fn answer(
                 }
                 Err(error) => return ClientReply::Unavailable { reason: error.to_string() },
             };
-            if let Err(error) = active.primary.wait_held(ticket, HOLD_TIMEOUT) {
-                return ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") };
-            }
-            if active.deposed.load(std::sync::atomic::Ordering::SeqCst) {
-                return redirect(serving);
-            }
             let term = active.term.0;
-            match executed {
+            let reply = match executed {
                 Executed::Applied { balance } => ClientReply::Done { request, balance, duplicate: false, term },
                 Executed::Duplicate { balance } => ClientReply::Done { request, balance, duplicate: true, term },
                 Executed::Stale { last } => ClientReply::Stale { request, last },
-            }
+            };
+            (reply, ticket)
         }
-        ClientRequest::Audit { clients, accounts, .. } => {
-            let (check, clients, balances) = active.mirror.quiesced(|image, _| {
-                let check = nonstop_workloads::bank::check(image);
-                let clients = clients
-                    .iter()
-                    .map(|&c| {
-                        let memory = active.bank.client(image, c).map(|slot| ClientMemory {
-                            request: slot.request.get(),
-                            applied: slot.applied.get(),
-                            balance: slot.balance.get(),
-                        });
-                        (c, memory)
-                    })
-                    .collect();
-                let balances = accounts.iter().map(|&a| (a, active.bank.balance(image, a))).collect();
-                (check, clients, balances)
-            });
-            ClientReply::Audit { check, clients, balances, term: active.term.0 }
-        }
+        ClientRequest::Read { client, account, .. } => read(&active, |image| ClientReply::Read {
+            memory: memory_of(&active, image, client),
+            balance: active.bank.balance(image, account),
+            term: active.term.0,
+        }),
+        ClientRequest::Audit { clients, accounts, .. } => read(&active, |image| ClientReply::Audit {
+            check: nonstop_workloads::bank::check(image),
+            clients: clients.iter().map(|&c| (c, memory_of(&active, image, c))).collect(),
+            balances: accounts.iter().map(|&a| (a, active.bank.balance(image, a))).collect(),
+            term: active.term.0,
+        }),
+    };
+    release(serving, &active, answered)
+}
+
+/// Reads the region with every transaction held off; the ticket is a checkpoint cut after the
+/// read, so releasing the answer under it means the backups hold everything the read saw.
+fn read(active: &Active, read: impl FnOnce(&[u8]) -> ClientReply) -> (ClientReply, Ticket) {
+    let reply = active.mirror.quiesced(|image, _| read(image));
+    (reply, Ticket { checkpoint: active.primary.checkpoint_now() })
+}
+
+/// Output commit: the reply leaves only once every backup holds `ticket`'s checkpoint, and
+/// never from a deposed primary.
+fn release(serving: &Serving, active: &Active, (reply, ticket): (ClientReply, Ticket)) -> ClientReply {
+    if let Err(error) = active.primary.wait_held(ticket, HOLD_TIMEOUT) {
+        return ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") };
     }
+    if active.deposed.load(Ordering::SeqCst) {
+        return redirect(serving);
+    }
+    reply
+}
+
+fn memory_of(active: &Active, image: &[u8], client: u64) -> Option<ClientMemory> {
+    active.bank.client(image, client).map(|slot| ClientMemory {
+        request: slot.request.get(),
+        applied: slot.applied.get(),
+        balance: slot.balance.get(),
+    })
 }

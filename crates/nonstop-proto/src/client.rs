@@ -53,6 +53,17 @@ pub enum ClientRequest {
         /// The backup to promote.
         to: u64,
     },
+    /// Read what the service remembers of `client` and the balance of `account`. Answered only
+    /// once every backup holds the state read, so a failover can never take back what a read
+    /// saw.
+    Read {
+        /// The service.
+        service: String,
+        /// The client whose memory is read.
+        client: u64,
+        /// The account whose balance is read.
+        account: u64,
+    },
     /// Run the service's consistency check and report what it remembers of `clients` and the
     /// balances of `accounts` (the primary answers, between checkpoints).
     Audit {
@@ -136,6 +147,15 @@ pub enum ClientReply {
     Status {
         /// JSON text.
         json: String,
+    },
+    /// The answer to [`ClientRequest::Read`].
+    Read {
+        /// What the service remembers of the client (`None`: nothing applied).
+        memory: Option<ClientMemory>,
+        /// The account's balance.
+        balance: Option<i64>,
+        /// The primary's term.
+        term: u64,
     },
     /// The answer to [`ClientRequest::Audit`].
     Audit {

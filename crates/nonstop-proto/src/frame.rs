@@ -63,7 +63,8 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
-    fn from_u8(value: u8) -> Option<FrameKind> {
+    /// The kind a header's kind byte names, if any.
+    pub fn from_u8(value: u8) -> Option<FrameKind> {
         use FrameKind::*;
         Some(match value {
             1 => Attach,

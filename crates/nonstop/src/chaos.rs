@@ -3,6 +3,7 @@
 //! end, audit every client's history against the service's state.
 
 use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, protected};
+use crate::history::CheckReport;
 use crate::load::{self, Load};
 use hdrhistogram::Histogram;
 use nonstop_net::fault::FaultPoint;
@@ -82,6 +83,8 @@ pub struct ChaosReport {
     pub acknowledged: u64,
     /// The service's consistency check at the end.
     pub check: Result<String, String>,
+    /// The history checker's report (all its violation kinds, with examples).
+    pub history: CheckReport,
     /// Every trial.
     pub trial_log: Vec<Trial>,
 }
@@ -108,7 +111,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     cluster
         .wait_status(&all, Duration::from_secs(20), |s| protected(s, wanted))
         .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", cluster.dir().display()))?;
-    let load = Load::start(cluster.client_addrs(), SERVICE, config.clients, 1);
+    let load = Load::start_with_readers(cluster.client_addrs(), SERVICE, config.clients, 1, 2, |_| {});
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
     let (_, quiet_start) = cluster.current_primary(&all);
@@ -169,8 +172,8 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         progress(&trial);
         trials.push(trial);
     }
-    let histories = load.stop();
-    let verdict = load::audit(cluster.client_addrs(), SERVICE, &histories)?;
+    let history = load.stop();
+    let verdict = load::audit(cluster.client_addrs(), SERVICE, &history)?;
     let times: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
     let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for trial in &trials {
@@ -181,14 +184,15 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         seed: config.seed,
         failover_ms: millis(&times),
         by_fault: by_fault.into_iter().map(|(k, v)| (k, (v.len() as u32, millis(&v)))).collect(),
-        acked_lost: verdict.acked_lost,
-        applied_twice: verdict.applied_twice,
+        acked_lost: verdict.report.violations.acked_lost,
+        applied_twice: verdict.report.violations.applied_twice,
         false_failovers,
         quiet_failovers,
         quiet_s: config.quiet.as_secs_f64(),
         no_failover: trials.iter().filter(|t| t.failover_ms.is_none()).count() as u32,
         acknowledged: verdict.acknowledged,
-        check: verdict.check.unwrap_or_else(|| Err("not run".into())),
+        check: verdict.check,
+        history: verdict.report,
         trial_log: trials,
     })
 }

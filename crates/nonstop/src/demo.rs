@@ -93,7 +93,7 @@ pub fn run(
         .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected within 20 s"))?;
     let (mut primary, _) = cluster.current_primary(&all);
     writeln!(out, "bank service up: primary node {primary}, protected by {} backup(s)", spec.backups)?;
-    let load = Load::start(cluster.client_addrs(), SERVICE, clients, 1);
+    let load = Load::start_with_readers(cluster.client_addrs(), SERVICE, clients, 1, 2, |_| {});
     writeln!(out, "{clients} clients sending transfers, each answered only once its backup holds it\n")?;
     let mut failovers = Vec::new();
     for round in 1..=kills {
@@ -159,8 +159,8 @@ pub fn run(
     writeln!(out, "nonstop status (under load):")?;
     write!(out, "{}", crate::status::render(&crate::status::collect(&nodes)))?;
     writeln!(out)?;
-    let histories = load.stop();
-    let verdict = load::audit(cluster.client_addrs(), SERVICE, &histories)?;
+    let history = load.stop();
+    let verdict = load::audit(cluster.client_addrs(), SERVICE, &history)?;
     Ok(DemoReport { failovers, switchover, verdict, elapsed: started.elapsed() })
 }
 

@@ -32,6 +32,7 @@ pub mod chaos;
 pub mod chart;
 pub mod cluster;
 pub mod demo;
+pub mod history;
 pub mod load;
 pub mod local;
 pub mod status;

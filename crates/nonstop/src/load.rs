@@ -1,5 +1,5 @@
-//! Client load on the bank service, with the history needed to count lost and doubled
-//! acknowledged updates.
+//! Client load on the bank service, recording the history of every operation for the checker
+//! ([`crate::history`]).
 //!
 //! Client `c` owns account `c - 1` and sends transfers numbered 1, 2, 3, … whose amounts follow
 //! from `(c, number)` ([`delta_of`]). So whatever the service remembers of a client — its last
@@ -7,7 +7,10 @@
 //! and `R` must be at least the last request the client had answered. Anything else is an
 //! acknowledged update lost or an update applied twice.
 
+use crate::history::{self, CheckReport, FinalState, Op, Operation, Outcome};
 use nonstop_node::client::{Client, ClientError};
+use nonstop_proto::client::ClientMemory;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,44 +37,87 @@ pub struct Ack {
     pub term: u64,
 }
 
-/// What one client saw.
-#[derive(Clone, Debug)]
-pub struct ClientHistory {
-    /// The client.
-    pub client: u64,
-    /// The last request answered.
-    pub last_acked: u64,
-    /// Answers that were retries of requests applied before.
-    pub duplicates_answered: u64,
-    /// Requests that got no answer at all.
-    pub failures: Vec<String>,
-}
-
-/// Client threads issuing transfers back to back until stopped.
+/// Client threads issuing transfers back to back until stopped, and reader threads reading
+/// their state; every operation goes into the history.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<ClientHistory>>,
+    threads: Vec<JoinHandle<Vec<Operation>>>,
     acks: Arc<Mutex<Vec<Ack>>>,
     answered: Arc<AtomicU64>,
+}
+
+/// What the client threads share.
+struct Shared {
+    nodes: Vec<SocketAddr>,
+    service: String,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    answered: Arc<AtomicU64>,
+}
+
+impl Shared {
+    fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_micros() as u64
+    }
 }
 
 impl Load {
     /// Starts `clients` clients (ids `first_client..`) of `service` against the nodes at `nodes`.
     pub fn start(nodes: Vec<SocketAddr>, service: &str, clients: u64, first_client: u64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let answered = Arc::new(AtomicU64::new(0));
-        let threads = (first_client..first_client + clients)
+        Load::start_with_readers(nodes, service, clients, first_client, 0, |_| {})
+    }
+
+    /// As [`Load::start`], plus `readers` threads that read random clients' state, one read
+    /// every few milliseconds each; every thread first runs `setup` (e.g. to enter a network
+    /// namespace).
+    pub fn start_with_readers(
+        nodes: Vec<SocketAddr>,
+        service: &str,
+        clients: u64,
+        first_client: u64,
+        readers: u64,
+        setup: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Load {
+        let shared = Arc::new(Shared {
+            nodes,
+            service: service.to_string(),
+            start: Instant::now(),
+            stop: Arc::new(AtomicBool::new(false)),
+            acks: Arc::new(Mutex::new(Vec::new())),
+            answered: Arc::new(AtomicU64::new(0)),
+        });
+        let setup = Arc::new(setup);
+        let client_ids = first_client..first_client + clients;
+        let mut threads: Vec<JoinHandle<Vec<Operation>>> = client_ids
+            .clone()
             .map(|client| {
-                let (nodes, stop, acks, answered) = (nodes.clone(), stop.clone(), acks.clone(), answered.clone());
-                let service = service.to_string();
+                let (shared, setup) = (shared.clone(), setup.clone());
+                let name = format!("client-{client}");
                 std::thread::Builder::new()
-                    .name(format!("client-{client}"))
-                    .spawn(move || run_client(nodes, &service, client, &stop, &acks, &answered))
+                    .name(name.clone())
+                    .spawn(move || {
+                        setup(&name);
+                        run_client(&shared, client)
+                    })
                     .expect("spawn client thread")
             })
             .collect();
-        Load { stop, threads, acks, answered }
+        for reader in 0..readers {
+            let (shared, setup) = (shared.clone(), setup.clone());
+            let (process, clients) = (first_client + clients + reader, client_ids.clone());
+            let name = format!("reader-{reader}");
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || {
+                        setup(&name);
+                        run_reader(&shared, process, clients)
+                    })
+                    .expect("spawn reader thread"),
+            );
+        }
+        Load { stop: shared.stop.clone(), threads, acks: shared.acks.clone(), answered: shared.answered.clone() }
     }
 
     /// Requests answered so far.
@@ -141,84 +187,131 @@ impl Load {
         counts
     }
 
-    /// Stops the clients (each finishes its request in flight) and returns their histories.
-    pub fn stop(self) -> Vec<ClientHistory> {
+    /// Stops the clients and readers (each finishes its operation in flight) and returns the
+    /// history of every operation.
+    pub fn stop(self) -> Vec<Operation> {
         self.stop.store(true, Ordering::SeqCst);
-        self.threads.into_iter().map(|t| t.join().expect("client thread panicked")).collect()
+        self.threads.into_iter().flat_map(|t| t.join().expect("client thread panicked")).collect()
     }
 }
 
-fn run_client(
-    nodes: Vec<SocketAddr>,
-    service: &str,
-    client: u64,
-    stop: &AtomicBool,
-    acks: &Mutex<Vec<Ack>>,
-    answered: &AtomicU64,
-) -> ClientHistory {
-    let mut history = ClientHistory { client, last_acked: 0, duplicates_answered: 0, failures: Vec::new() };
-    let mut connection = Client::new(nodes, service, client);
+fn run_client(shared: &Shared, client: u64) -> Vec<Operation> {
+    let mut history = Vec::new();
+    let mut connection = Client::new(shared.nodes.clone(), &shared.service, client);
     let account = client - 1;
-    while !stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         let request = connection.next_request();
-        match connection.transfer(account, client % 10, delta_of(client, request)) {
+        let delta = delta_of(client, request);
+        let invoked = Instant::now();
+        let result = connection.transfer(account, client % 10, delta);
+        let completed = Instant::now();
+        let outcome = match result {
             Ok(done) => {
-                history.last_acked = done.request;
-                history.duplicates_answered += done.duplicate as u64;
-                answered.fetch_add(1, Ordering::Relaxed);
-                acks.lock().unwrap_or_else(|p| p.into_inner()).push(Ack { at: Instant::now(), term: done.term });
+                shared.answered.fetch_add(1, Ordering::Relaxed);
+                shared.acks.lock().unwrap_or_else(|p| p.into_inner()).push(Ack { at: completed, term: done.term });
+                Outcome::Ok { term: done.term, node: done.answered_by, request: done.request, balance: done.balance }
             }
-            Err(error @ ClientError::Rejected { .. }) => {
-                history.failures.push(error.to_string());
-                break;
-            }
-            Err(error) => history.failures.push(error.to_string()),
+            Err(ClientError::Rejected { reason, .. }) => Outcome::Fail { reason },
+            Err(error) => Outcome::Unknown { reason: error.to_string() },
+        };
+        let refused = matches!(outcome, Outcome::Fail { .. });
+        history.push(Operation {
+            process: client,
+            client,
+            op: Op::Transfer { request, delta },
+            invoked_us: shared.micros(invoked),
+            completed_us: shared.micros(completed),
+            outcome,
+        });
+        if refused {
+            break;
         }
     }
     history
 }
 
+/// How long a reader waits between reads.
+const READ_EVERY: Duration = Duration::from_millis(5);
+
+fn run_reader(shared: &Shared, process: u64, clients: std::ops::Range<u64>) -> Vec<Operation> {
+    let mut history = Vec::new();
+    let mut connection = Client::new(shared.nodes.clone(), &shared.service, process);
+    let mut next = process;
+    while !shared.stop.load(Ordering::Relaxed) && !clients.is_empty() {
+        // Walk the clients in a stride so that every reader covers all of them.
+        next = next.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let client = clients.start + (next >> 33) % (clients.end - clients.start);
+        let invoked = Instant::now();
+        let result = connection.read(client, client - 1);
+        let completed = Instant::now();
+        let outcome = match result {
+            Ok(read) => {
+                let memory = read.memory.unwrap_or(ClientMemory { request: 0, applied: 0, balance: 0 });
+                Outcome::Ok {
+                    term: read.term,
+                    node: read.answered_by,
+                    request: memory.request,
+                    balance: read.balance.unwrap_or(0),
+                }
+            }
+            Err(ClientError::Rejected { reason, .. }) => Outcome::Fail { reason },
+            Err(error) => Outcome::Unknown { reason: error.to_string() },
+        };
+        history.push(Operation {
+            process,
+            client,
+            op: Op::Read,
+            invoked_us: shared.micros(invoked),
+            completed_us: shared.micros(completed),
+            outcome,
+        });
+        std::thread::sleep(READ_EVERY);
+    }
+    history
+}
+
 /// What the final audit found.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Verdict {
     /// The service's consistency check.
-    pub check: Option<Result<String, String>>,
-    /// Acknowledged updates missing from the final state.
-    pub acked_lost: u64,
-    /// Updates applied more than once.
-    pub applied_twice: u64,
-    /// Clients whose last request was applied but not answered (in flight when stopped).
-    pub in_flight: u64,
-    /// Requests answered.
+    pub check: Result<String, String>,
+    /// The history checker's report.
+    pub report: CheckReport,
+    /// Transfers acknowledged.
     pub acknowledged: u64,
 }
 
-/// Audits `service` against its clients' histories.
-pub fn audit(nodes: Vec<SocketAddr>, service: &str, histories: &[ClientHistory]) -> Result<Verdict, ClientError> {
-    let clients: Vec<u64> = histories.iter().map(|h| h.client).collect();
+impl Verdict {
+    /// Whether everything holds: the consistency check and every property of the history.
+    pub fn clean(&self) -> bool {
+        self.check.is_ok() && self.report.violations.total() == 0
+    }
+}
+
+/// Reads the service's final state of every client in `history` and checks the history against
+/// it.
+pub fn audit(nodes: Vec<SocketAddr>, service: &str, history: &[Operation]) -> Result<Verdict, ClientError> {
+    let clients: Vec<u64> = history
+        .iter()
+        .filter(|o| matches!(o.op, Op::Transfer { .. }))
+        .map(|o| o.client)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let accounts: Vec<u64> = clients.iter().map(|c| c - 1).collect();
     let mut auditor = Client::new(nodes, service, u64::MAX);
     let audit = auditor.audit(clients, accounts)?;
-    let mut verdict = Verdict { check: Some(audit.check), ..Verdict::default() };
-    for (history, ((_, memory), (_, balance))) in histories.iter().zip(audit.clients.iter().zip(&audit.balances)) {
-        verdict.acknowledged += history.last_acked;
-        let (request, applied) = memory.map_or((0, 0), |m| (m.request, m.applied));
-        if request < history.last_acked {
-            verdict.acked_lost += history.last_acked - request;
-        }
-        if applied > request {
-            verdict.applied_twice += applied - request;
-        }
-        if request > history.last_acked {
-            verdict.in_flight += 1;
-        }
-        // The balance is the sum of the amounts of exactly the requests 1..=request: a request
-        // applied twice (or half applied) shows here even if the counters agree.
-        if balance.unwrap_or(0) != expected_balance(history.client, request) && applied <= request {
-            verdict.applied_twice += 1;
-        }
-    }
-    Ok(verdict)
+    let finals: BTreeMap<u64, FinalState> = audit
+        .clients
+        .iter()
+        .zip(&audit.balances)
+        .map(|((client, memory), (_, balance))| {
+            let (request, applied) = memory.map_or((0, 0), |m| (m.request, m.applied));
+            (*client, FinalState { request, applied, balance: balance.unwrap_or(0) })
+        })
+        .collect();
+    let report = history::check(history, &finals);
+    Ok(Verdict { check: audit.check, acknowledged: report.operations.transfers_ok, report })
 }
 
 #[cfg(test)]

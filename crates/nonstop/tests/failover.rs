@@ -11,9 +11,9 @@ fn killing_the_primary_twice_and_a_switchover_lose_and_double_nothing() {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", String::from_utf8_lossy(&out)));
     let text = String::from_utf8_lossy(&out);
     let verdict = &report.verdict;
-    assert!(matches!(verdict.check, Some(Ok(_))), "{:?}\n{text}", verdict.check);
-    assert_eq!((verdict.acked_lost, verdict.applied_twice), (0, 0), "{text}");
+    assert!(verdict.clean(), "{:?}\n{}\n{text}", verdict.check, verdict.report.summary());
     assert!(verdict.acknowledged > 100, "the clients made progress: {verdict:?}\n{text}");
+    assert!(verdict.report.operations.reads_ok > 20, "the readers made progress: {verdict:?}");
     assert_eq!(report.failovers.len(), 2);
     let switchover = report.switchover.as_ref().expect("the switchover ran");
     assert_ne!(switchover.from, switchover.to);
