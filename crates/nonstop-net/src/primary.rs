@@ -143,6 +143,8 @@ struct Shared {
     precopy: Mutex<()>,
     /// Bytes of the last checkpoints, for backups' lag.
     recent: Mutex<RecentCheckpoints>,
+    /// A backup silent this long (ns) while it owes an acknowledgement is dropped (0: never).
+    silence_limit_ns: AtomicU64,
 }
 
 /// Checkpoints remembered for lag reports.
@@ -209,6 +211,7 @@ impl Primary {
             coalescer: Mutex::new(Coalescer::default()),
             precopy: Mutex::new(()),
             recent: Mutex::new(RecentCheckpoints::default()),
+            silence_limit_ns: AtomicU64::new(0),
         });
         let replicator = matches!(shared.config.policy, CommitPolicy::Epoch { .. }).then(|| {
             let shared = shared.clone();
@@ -333,6 +336,14 @@ impl Primary {
     /// Whether the reply of `ticket` may leave: every required backup holds its checkpoint.
     pub fn is_held(&self, ticket: Ticket) -> bool {
         self.shared.held.load(Ordering::Acquire) > ticket.checkpoint.0
+    }
+
+    /// Drops a backup's link once it owes an acknowledgement and has been silent for `limit`
+    /// (`None`: never). A backup cut off by the network can keep its TCP connection open for
+    /// minutes; without a limit the primary would wait on it, releasing nothing, as long.
+    pub fn set_silence_limit(&self, limit: Option<Duration>) {
+        let nanos = limit.map_or(0, |l| (l.as_nanos() as u64).max(1));
+        self.shared.silence_limit_ns.store(nanos, Ordering::Relaxed);
     }
 
     /// The highest checkpoint every required backup holds.
@@ -538,8 +549,31 @@ impl Shared {
         Nanos(self.clock.elapsed().as_nanos() as u64)
     }
 
+    /// Ends the links of backups silent past the limit while they owe an acknowledgement.
+    fn drop_silent(&self) {
+        let limit = self.silence_limit_ns.load(Ordering::Relaxed);
+        if limit == 0 {
+            return;
+        }
+        let silent = lock(&self.replication).silent_backups(self.now(), Duration::from_nanos(limit));
+        if silent.is_empty() {
+            return;
+        }
+        let mut links = lock(&self.links);
+        for link in links.iter().filter(|l| silent.contains(&l.id)) {
+            tracing::warn!(
+                backup = link.id.0,
+                limit_ms = limit / 1_000_000,
+                "backup silent past the limit: dropping its link"
+            );
+            link.alive.store(false, Ordering::Relaxed);
+        }
+        self.prune(&mut links);
+    }
+
     fn run_epochs(&self) {
         while !self.stop.load(Ordering::Relaxed) {
+            self.drop_silent();
             let now = self.now();
             let (due, deadline) = {
                 let replication = lock(&self.replication);

@@ -115,7 +115,9 @@ pub struct Client {
     connection: Option<Connection>,
     /// How long one request is retried before giving up.
     pub deadline: Duration,
-    /// How long one attempt waits for an answer before trying another node.
+    /// How long one attempt waits for an answer before trying another node (a little under
+    /// the default failure timeout plus lease: a paused or cut-off primary is left about when
+    /// the cluster replaces it).
     pub attempt_timeout: Duration,
 }
 
@@ -137,7 +139,7 @@ impl Client {
             preferred: None,
             connection: None,
             deadline: Duration::from_secs(30),
-            attempt_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_millis(500),
         }
     }
 

@@ -142,6 +142,9 @@ pub struct ServiceHost {
     me: NodeId,
     witness: bool,
     listen: SocketAddr,
+    /// The failure timeout: a backup silent this long while it owes an acknowledgement is
+    /// dropped, as a silent node is.
+    timeout: Duration,
     role: LocalRole,
     serving: Arc<Serving>,
     retired: Vec<Weak<Active>>,
@@ -169,6 +172,7 @@ impl ServiceHost {
             me: config.me.id,
             witness: config.me.witness,
             listen,
+            timeout: config.timeout,
             role: LocalRole::Idle,
             serving: Arc::new(Serving::default()),
             retired: Vec::new(),
@@ -351,6 +355,7 @@ impl ServiceHost {
         );
         // Output waits for a lease, and for the record's backups once it names some.
         primary.set_required(BTreeSet::new());
+        primary.set_silence_limit(Some(self.timeout));
         let active = Arc::new(Active {
             term,
             mirror,

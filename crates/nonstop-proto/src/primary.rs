@@ -6,6 +6,7 @@
 
 use crate::{CheckpointId, CommitPolicy, Nanos, Term};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 use thiserror::Error;
 
 /// Identifies one backup connection of a primary.
@@ -53,6 +54,9 @@ struct BackupProgress {
     /// The checkpoint whose whole image this backup receives first; `None` until the next cut.
     first: Option<CheckpointId>,
     acked: Option<CheckpointId>,
+    /// Since when the backup owes an acknowledgement and has not made progress (`None`: it
+    /// owes nothing).
+    waiting_since: Option<Nanos>,
 }
 
 /// A checkpoint just cut by [`Replication::cut`].
@@ -233,7 +237,7 @@ impl Replication {
 
     /// Registers a new backup; it receives a whole image at the next cut.
     pub fn add_backup(&mut self, id: BackupId) {
-        self.backups.insert(id, BackupProgress { first: None, acked: None });
+        self.backups.insert(id, BackupProgress { first: None, acked: None, waiting_since: None });
     }
 
     /// Makes exactly `backups` the ones whose acknowledgement releases output, as the control
@@ -280,6 +284,8 @@ impl Replication {
                 progress.first = Some(checkpoint);
                 full_image_for.push(*id);
             }
+            // A backup that owed nothing owes this checkpoint from now on.
+            progress.waiting_since.get_or_insert(now);
         }
         let held = if self.required_set.is_none() && self.required_backups == 0 {
             self.set_held(checkpoint, now);
@@ -313,7 +319,20 @@ impl Replication {
             return Err(AckError::OutOfOrder { backup: id, acked: checkpoint.0, expected: expected.0 });
         }
         progress.acked = Some(checkpoint);
+        progress.waiting_since = (checkpoint < closed.expect("checked above")).then_some(now);
         Ok(self.advance_held(now))
+    }
+
+    /// Backups that owe an acknowledgement and made no progress for `limit`: their link is as
+    /// good as dead (a cut-off backup's TCP connection can stay open for minutes), and a
+    /// primary that waits on them releases nothing.
+    pub fn silent_backups(&self, now: Nanos, limit: Duration) -> Vec<BackupId> {
+        let limit = limit.as_nanos() as u64;
+        self.backups
+            .iter()
+            .filter(|(_, b)| b.waiting_since.is_some_and(|since| now.0.saturating_sub(since.0) >= limit))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn advance_held(&mut self, now: Nanos) -> Option<CheckpointId> {
@@ -393,6 +412,22 @@ mod tests {
         assert_eq!(r.backup_lost(BackupId(1), Nanos(5)), None);
         r.on_ack(BackupId(2), second, Nanos(6)).unwrap();
         assert_eq!(r.held(), Some(first), "losing a required backup stalls output until the set changes");
+    }
+
+    #[test]
+    fn a_backup_is_silent_only_while_it_owes_an_ack_and_makes_no_progress() {
+        let limit = Duration::from_nanos(100);
+        let mut r = Replication::new(Term(1), EPOCH, 1, CheckpointId(1), Nanos(0));
+        r.add_backup(BackupId(1));
+        assert!(r.silent_backups(Nanos(10_000), limit).is_empty(), "owing nothing, an idle backup is fine");
+        let first = r.cut(Nanos(10_000)).checkpoint;
+        assert!(r.silent_backups(Nanos(10_099), limit).is_empty(), "the clock starts at the cut, not at the last ack");
+        let second = r.cut(Nanos(10_050)).checkpoint;
+        r.on_ack(BackupId(1), first, Nanos(10_090)).unwrap();
+        assert!(r.silent_backups(Nanos(10_150), limit).is_empty(), "an ack is progress");
+        assert_eq!(r.silent_backups(Nanos(10_190), limit), vec![BackupId(1)], "still owing, silent past the limit");
+        r.on_ack(BackupId(1), second, Nanos(10_200)).unwrap();
+        assert!(r.silent_backups(Nanos(99_999), limit).is_empty(), "caught up: owes nothing");
     }
 
     #[test]

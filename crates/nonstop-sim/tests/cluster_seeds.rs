@@ -5,11 +5,27 @@ use nonstop_sim::cluster::{ClusterStats, run_cluster_seed};
 
 #[test]
 fn failover_keeps_every_safety_property_across_seeds() {
+    let seeds: u64 = std::env::var("NONSTOP_SIM_CLUSTER_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let mut total = ClusterStats::default();
-    let seeds: u64 = std::env::var("NONSTOP_SIM_CLUSTER_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
-    for seed in 0..seeds {
-        total += run_cluster_seed(seed, 3000).unwrap_or_else(|violation| panic!("{violation}"));
-    }
+    std::thread::scope(|scope| {
+        let shares: Vec<_> = (0..workers)
+            .map(|worker| {
+                scope.spawn(move || {
+                    let mut share = ClusterStats::default();
+                    for seed in (worker..seeds).step_by(workers as usize) {
+                        share += run_cluster_seed(seed, 3000).unwrap_or_else(|violation| {
+                            panic!("{violation}\nreproduce: nonstop sim --kind failover --seed {seed} --trace")
+                        });
+                    }
+                    share
+                })
+            })
+            .collect();
+        for share in shares {
+            total += share.join().expect("a seed failed");
+        }
+    });
     eprintln!("{total:?}");
     // The simulation must exercise what it claims to.
     assert!(total.promotions > seeds / 3, "{total:?}");

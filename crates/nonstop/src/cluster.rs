@@ -38,6 +38,9 @@ pub struct ClusterSpec {
     pub witnesses: u8,
     /// The services as (name, first primary); each gets its own region and replication port.
     pub services: Vec<(String, u64)>,
+    /// Run each node in a network namespace of its own (these, by id - 1; see
+    /// [`crate::netns`]) and reach its peers through fault proxies on `127.0.0.<peer>`.
+    pub namespaces: Option<Vec<String>>,
 }
 
 impl Default for ClusterSpec {
@@ -55,6 +58,7 @@ impl Default for ClusterSpec {
             allow_faults: false,
             witnesses: 0,
             services: vec![(SERVICE.to_string(), 1)],
+            namespaces: None,
         }
     }
 }
@@ -110,6 +114,7 @@ impl LocalNode {
 pub struct LocalCluster {
     exe: PathBuf,
     allow_faults: bool,
+    namespaces: Option<Vec<String>>,
     dir: PathBuf,
     _key: KeyFile,
     /// The nodes, by id - 1.
@@ -129,17 +134,25 @@ impl LocalCluster {
             format!("{}.{id}:{port}", spec.ip_prefix).parse().expect("valid loopback address")
         };
         let all = spec.nodes + spec.witnesses;
-        let member = |id: u8| {
+        // In namespaces, a node reaches its peers' control and replication ports through its
+        // own fault proxies, one loopback address per peer.
+        let via_proxy = |id: u8, port: u16| -> SocketAddr {
+            match spec.namespaces {
+                Some(_) => SocketAddr::from(([127, 0, 0, id], port)),
+                None => addr(id, port),
+            }
+        };
+        let member = |id: u8, reach: &dyn Fn(u8, u16) -> SocketAddr| {
             format!(
                 "id = {id}\ncontrol = \"{}\"\nclient = \"{}\"\nreplication = \"{}\"\nwitness = {}\n",
-                addr(id, 7001),
+                reach(id, 7001),
                 addr(id, 7101),
-                addr(id, 7201),
+                reach(id, 7201),
                 id > spec.nodes
             )
         };
         let own = |id: u8| {
-            let mut text = member(id);
+            let mut text = member(id, &addr);
             text += &format!("metrics = \"{}\"\n", addr(id, 9101));
             text
         };
@@ -152,7 +165,7 @@ impl LocalCluster {
                 key.path.display()
             );
             for peer in (1..=all).filter(|p| *p != id) {
-                text += &format!("[[peers]]\n{}\n", member(peer));
+                text += &format!("[[peers]]\n{}\n", member(peer, &via_proxy));
             }
             text += &format!("[heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\n\n", spec.heartbeat_ms, spec.timeout_ms);
             for (index, (name, primary)) in spec.services.iter().enumerate() {
@@ -174,7 +187,14 @@ impl LocalCluster {
                 child: None,
             });
         }
-        Ok(LocalCluster { exe: exe.to_path_buf(), allow_faults: spec.allow_faults, dir, _key: key, nodes })
+        Ok(LocalCluster {
+            exe: exe.to_path_buf(),
+            allow_faults: spec.allow_faults,
+            namespaces: spec.namespaces.clone(),
+            dir,
+            _key: key,
+            nodes,
+        })
     }
 
     /// The nodes' client addresses.
@@ -189,11 +209,19 @@ impl LocalCluster {
 
     /// Starts node `id` and waits until its agent runs.
     pub fn start(&mut self, id: u64) -> std::io::Result<()> {
-        let exe = self.exe.clone();
         let allow_faults = self.allow_faults;
+        // `ip netns exec` execs the node in place: the child's pid is the node's.
+        let mut command = match &self.namespaces {
+            Some(namespaces) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &namespaces[id as usize - 1]]).arg(&self.exe);
+                command
+            }
+            None => Command::new(&self.exe),
+        };
         let node = &mut self.nodes[id as usize - 1];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let mut child = Command::new(exe)
+        let mut child = command
             .arg("node")
             .arg("--config")
             .arg(&node.config)
@@ -228,6 +256,16 @@ impl LocalCluster {
             child.kill()?;
             child.wait()?;
         }
+        Ok(())
+    }
+
+    /// Sends `signal` to node `id`'s process (SIGSTOP and SIGCONT to pause and wake it).
+    pub fn signal(&self, id: u64, signal: rustix::process::Signal) -> std::io::Result<()> {
+        let pid = self.nodes[id as usize - 1]
+            .pid()
+            .ok_or_else(|| std::io::Error::other(format!("node {id} is not running")))?;
+        let pid = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| std::io::Error::other("pid 0"))?;
+        rustix::process::kill_process(pid, signal)?;
         Ok(())
     }
 

@@ -32,9 +32,11 @@ pub mod chaos;
 pub mod chart;
 pub mod cluster;
 pub mod demo;
+pub mod fault_proxy;
 pub mod history;
 pub mod load;
 pub mod local;
+pub mod netns;
 pub mod status;
 
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};

@@ -62,10 +62,14 @@ enum Command {
     /// Run the deterministic simulations: many seeds, or one seed again (exits non-zero on a
     /// safety violation and prints the command that reproduces it).
     Sim(SimArgs),
-    /// Fault tests on a local cluster.
+    /// Fault tests: `chaos kill` on loopback, or `chaos --netns KIND` with hosts of their own
+    /// (network namespaces; needs root).
+    #[command(args_conflicts_with_subcommands = true)]
     Chaos {
         #[command(subcommand)]
-        kind: ChaosKind,
+        kind: Option<ChaosKind>,
+        #[command(flatten)]
+        netns: ChaosNetnsArgs,
     },
     /// Serve a region as a backup.
     Backup(BackupArgs),
@@ -111,6 +115,48 @@ enum ChaosKind {
     /// SIGKILL the primary under load, trial after trial, at random moments and at fault
     /// points inside a checkpoint; report failover times and lost or doubled updates.
     Kill(ChaosKillArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum NetnsKind {
+    /// SIGKILL of the primary, a backup or the control-plane leader.
+    Kill,
+    /// SIGSTOP of the primary past the failure timeout, then SIGCONT.
+    Pause,
+    /// The primary cut from its backups, from everyone, one way, or from the majority.
+    Partition,
+    /// Loss, delay, jitter and re-segmentation on the replication links.
+    Lossy,
+    /// A random sequence of all of them, sometimes two at once.
+    Mixed,
+}
+
+#[derive(Args)]
+struct ChaosNetnsArgs {
+    /// Run the cluster in network namespaces and inject this kind of fault.
+    #[arg(long, value_enum)]
+    netns: Option<NetnsKind>,
+    /// Trials.
+    #[arg(long, default_value_t = 100)]
+    trials: u32,
+    /// Seed of the random choices (printed, so a run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Client threads issuing transfers.
+    #[arg(long, default_value_t = 8)]
+    clients: u64,
+    /// Reader threads.
+    #[arg(long, default_value_t = 2)]
+    readers: u64,
+    /// How long pauses, partitions and lossy periods last (more than timeout + lease).
+    #[arg(long, default_value = "800ms", value_parser = humantime::parse_duration)]
+    fault_length: Duration,
+    /// Before the trials, run the load this long without faults: any failover then is false.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    quiet: Duration,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -266,7 +312,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Node { config } => node(&config),
         Command::Status { config, node, json } => status(config.as_deref(), &node, json),
-        Command::Chaos { kind: ChaosKind::Kill(args) } => chaos_kill(args),
+        Command::Chaos { kind: Some(ChaosKind::Kill(args)), .. } => chaos_kill(args),
+        Command::Chaos { kind: None, netns } => chaos_netns(netns),
         Command::Sim(args) => sim(args),
         Command::Switchover { service, to, config, node } => switchover(&service, to, config.as_deref(), &node),
         Command::Backup(args) => backup(args),
@@ -363,6 +410,77 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
+    use nonstop::chaos::netns::{FaultKind, NetnsConfig};
+    let Some(kind) = args.netns else {
+        bail!(
+            "say which faults: `nonstop chaos --netns kill|pause|partition|lossy|mixed`, or `nonstop chaos kill` on loopback"
+        );
+    };
+    nonstop::netns::available()?;
+    let kind = match kind {
+        NetnsKind::Kill => FaultKind::Kill,
+        NetnsKind::Pause => FaultKind::Pause,
+        NetnsKind::Partition => FaultKind::Partition,
+        NetnsKind::Lossy => FaultKind::Lossy,
+        NetnsKind::Mixed => FaultKind::Mixed,
+    };
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let config = NetnsConfig {
+        kind,
+        trials: args.trials,
+        seed,
+        clients: args.clients,
+        readers: args.readers,
+        spec: nonstop::cluster::ClusterSpec::default(),
+        fault_length: args.fault_length,
+        quiet: args.quiet,
+    };
+    let progress = indicatif::ProgressBar::new(args.trials as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}").expect("valid template"),
+    );
+    let report = nonstop::chaos::netns::run(&std::env::current_exe()?, &config, |trial| {
+        progress.inc(1);
+        progress.set_message(format!(
+            "last: {} -> {}",
+            trial.fault,
+            trial.failover_ms.map_or("no failover".into(), |ms| format!("failover {ms:.1} ms"))
+        ));
+    })?;
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("chaos --netns {:?}: {} trials (seed {seed})", report.kind, report.trials);
+        for (fault, (count, m)) in &report.longest_gap_ms {
+            let failover =
+                report.failover_ms.get(fault).filter(|(n, _)| *n > 0).map_or("no failover".into(), |(n, f)| {
+                    format!("{n} failovers: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", f.p50, f.p99, f.max)
+                });
+            println!(
+                "  {fault:>32}: {count:>4} trials; longest gap p50 {:.1} ms, max {:.1} ms; {failover}",
+                m.p50, m.max
+            );
+        }
+        println!("unrecovered trials {}, quiet-period failovers {}", report.unrecovered, report.quiet_failovers);
+        match &report.check {
+            Ok(summary) => println!("consistency check: {summary}"),
+            Err(violation) => println!("consistency check FAILED: {violation}"),
+        }
+        print!("{}", report.history.summary());
+    }
+    if report.violations > 0 || report.check.is_err() {
+        bail!("{} violations: repeat with --seed {seed}", report.violations);
+    }
+    Ok(())
+}
+
 fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fault_share) {
         bail!("--fault-share must be between 0 and 1");
@@ -371,11 +489,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         // SAFETY: set before any thread of this process starts; the node processes inherit it.
         unsafe { std::env::set_var("NONSTOP_LEADER_ON_PRIMARY", "1") };
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        let mut bytes = [0u8; 8];
-        let _ = getrandom::fill(&mut bytes);
-        u64::from_le_bytes(bytes)
-    });
+    let seed = args.seed.unwrap_or_else(random_seed);
     let config = nonstop::chaos::ChaosConfig {
         trials: args.trials,
         seed,

@@ -2,10 +2,10 @@
 //! random moment, or at a fault point inside a checkpoint — and measure the failover; at the
 //! end, audit every client's history against the service's state.
 
+use super::{Millis, millis};
 use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, protected};
 use crate::history::CheckReport;
 use crate::load::{self, Load};
-use hdrhistogram::Histogram;
 use nonstop_net::fault::FaultPoint;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -45,17 +45,6 @@ pub struct Trial {
     pub terms: u64,
 }
 
-/// Percentiles in ms.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Millis {
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Worst.
-    pub max: f64,
-}
-
 /// What a chaos run found.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChaosReport {
@@ -87,18 +76,6 @@ pub struct ChaosReport {
     pub history: CheckReport,
     /// Every trial.
     pub trial_log: Vec<Trial>,
-}
-
-fn millis(values: &[f64]) -> Millis {
-    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
-    for value in values {
-        let _ = histogram.record((value * 1000.0).max(1.0) as u64);
-    }
-    if values.is_empty() {
-        return Millis::default();
-    }
-    let at = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    Millis { p50: at(0.5), p99: at(0.99), max: histogram.max() as f64 / 1000.0 }
 }
 
 /// Runs the trials; `progress` is called after each.

@@ -1,0 +1,416 @@
+//! `nonstop chaos --netns KIND`: a cluster whose nodes and clients have hosts of their own
+//! ([`crate::netns`]), every peer link through a fault proxy ([`crate::fault_proxy`]); trial
+//! after trial one fault — a kill, a pause longer than the failure timeout, a partition, a lossy
+//! and slow network — under client load, then healing and waiting for the service to be
+//! protected again. At the end the history checker ([`crate::history`]) judges every operation.
+
+use super::{Millis, millis};
+use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, bank, protected};
+use crate::fault_proxy::{FaultProxy, LinkFaults};
+use crate::history::{CheckReport, Violations};
+use crate::load::{self, Load};
+use crate::netns::Testbed;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rustix::process::Signal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Which faults a run injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// SIGKILL of the primary, of a backup or of the control-plane leader.
+    Kill,
+    /// SIGSTOP of the primary for longer than the failure timeout, then SIGCONT.
+    Pause,
+    /// The primary cut from its backups, from everyone, one way, or from the control-plane
+    /// majority.
+    Partition,
+    /// Packet loss, delay, jitter and re-segmentation on the replication links.
+    Lossy,
+    /// A random sequence of all of the above, sometimes two at once.
+    Mixed,
+}
+
+/// One fault as injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    KillPrimary,
+    KillBackup,
+    KillLeader,
+    PausePrimary,
+    PrimaryFromBackups,
+    PrimaryIsolated,
+    PrimaryOneWay,
+    MajorityFromPrimary,
+    Lossy,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::KillPrimary => "kill-primary",
+            Fault::KillBackup => "kill-backup",
+            Fault::KillLeader => "kill-leader",
+            Fault::PausePrimary => "pause-primary",
+            Fault::PrimaryFromBackups => "partition-primary-from-backups",
+            Fault::PrimaryIsolated => "partition-primary-isolated",
+            Fault::PrimaryOneWay => "partition-primary-one-way",
+            Fault::MajorityFromPrimary => "partition-majority-from-primary",
+            Fault::Lossy => "lossy",
+        }
+    }
+
+    fn of(kind: FaultKind) -> &'static [Fault] {
+        const KILL: &[Fault] = &[Fault::KillPrimary, Fault::KillBackup, Fault::KillLeader];
+        const PARTITION: &[Fault] =
+            &[Fault::PrimaryFromBackups, Fault::PrimaryIsolated, Fault::PrimaryOneWay, Fault::MajorityFromPrimary];
+        const ALL: &[Fault] = &[
+            Fault::KillPrimary,
+            Fault::KillBackup,
+            Fault::KillLeader,
+            Fault::PausePrimary,
+            Fault::PrimaryFromBackups,
+            Fault::PrimaryIsolated,
+            Fault::PrimaryOneWay,
+            Fault::MajorityFromPrimary,
+            Fault::Lossy,
+        ];
+        match kind {
+            FaultKind::Kill => KILL,
+            FaultKind::Pause => &[Fault::PausePrimary],
+            FaultKind::Partition => PARTITION,
+            FaultKind::Lossy => &[Fault::Lossy],
+            FaultKind::Mixed => ALL,
+        }
+    }
+}
+
+/// How a run is shaped.
+#[derive(Clone, Debug)]
+pub struct NetnsConfig {
+    /// The faults.
+    pub kind: FaultKind,
+    /// Trials.
+    pub trials: u32,
+    /// Seed of every random choice (faults, moments, durations, proxy jitter).
+    pub seed: u64,
+    /// Client threads issuing transfers.
+    pub clients: u64,
+    /// Reader threads.
+    pub readers: u64,
+    /// The cluster (its addresses and namespaces are set by the run).
+    pub spec: ClusterSpec,
+    /// Faults last this long (pauses, partitions, lossy periods): more than the failure
+    /// timeout plus the lease, so that the cluster must act.
+    pub fault_length: Duration,
+    /// Before the trials: run the load this long without faults (any failover is false).
+    pub quiet: Duration,
+}
+
+/// One trial.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetnsTrial {
+    /// The fault's name.
+    pub fault: String,
+    /// The node it hit.
+    pub target: u64,
+    /// The primary when it was injected.
+    pub primary: u64,
+    /// The control-plane leader when it was injected.
+    pub leader: u64,
+    /// Faults injected at once (mixed runs sometimes add a lossy network to another fault).
+    pub with_lossy: bool,
+    /// Injection to the first answer from a newer term (`None`: no failover).
+    pub failover_ms: Option<f64>,
+    /// The longest time without any answer from injection until healed and protected.
+    pub longest_gap_ms: f64,
+    /// Terms that began during the trial.
+    pub terms: u64,
+    /// Whether the service was protected again with every node up within the limit.
+    pub recovered: bool,
+    /// When it was not: every node's status then, for the diagnosis.
+    pub stuck: Vec<nonstop_node::agent::NodeStatus>,
+}
+
+/// What a run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetnsReport {
+    /// The faults.
+    pub kind: FaultKind,
+    /// Trials run.
+    pub trials: u32,
+    /// The seed.
+    pub seed: u64,
+    /// Every violation the history checker found (the sum of the kinds below).
+    pub violations: u64,
+    /// Violations by kind.
+    #[serde(flatten)]
+    pub by_kind: Violations,
+    /// The service's consistency check at the end.
+    pub check: Result<String, String>,
+    /// Injection to the first answer from a newer term, per fault, for trials with a failover.
+    pub failover_ms: BTreeMap<String, (u32, Millis)>,
+    /// The longest time without answers per trial, per fault.
+    pub longest_gap_ms: BTreeMap<String, (u32, Millis)>,
+    /// Trials per fault that ended with a failover.
+    pub failovers: BTreeMap<String, u32>,
+    /// Failovers during the quiet period (all false).
+    pub quiet_failovers: u64,
+    /// Trials after which the service was not protected again within the limit.
+    pub unrecovered: u32,
+    /// Transfers answered.
+    pub acknowledged: u64,
+    /// Bits flipped and bytes carried by the fault proxies.
+    pub proxy_bytes: u64,
+    /// The history checker's report (with examples of any violation).
+    pub history: CheckReport,
+    /// Every trial.
+    pub trial_log: Vec<NetnsTrial>,
+}
+
+/// The nodes' peer ports: control, then one replication port per service.
+fn peer_ports(services: usize) -> Vec<u16> {
+    std::iter::once(7001).chain((0..services as u16).map(|s| 7201 + s)).collect()
+}
+
+/// Proxies in every node's namespace, one per peer and peer port.
+struct Proxies {
+    replication: Vec<FaultProxy>,
+    _control: Vec<FaultProxy>,
+}
+
+impl Proxies {
+    fn start(testbed: &Testbed, services: usize, seed: u64) -> anyhow::Result<Proxies> {
+        let mut proxies = Proxies { replication: Vec::new(), _control: Vec::new() };
+        let nodes = testbed.nodes() as u64;
+        for node in 1..=nodes {
+            for peer in (1..=nodes).filter(|p| *p != node) {
+                for port in peer_ports(services) {
+                    let listen = SocketAddr::from(([127, 0, 0, peer as u8], port));
+                    let upstream = SocketAddr::from((Testbed::node_ip(peer), port));
+                    let namespace = testbed.node_namespace(node);
+                    let seed = seed ^ (node << 32) ^ (peer << 16) ^ port as u64;
+                    let proxy = FaultProxy::start(listen, upstream, seed, move || {
+                        Testbed::enter(&namespace).expect("the testbed's namespace exists");
+                    })?;
+                    match port {
+                        7001 => proxies._control.push(proxy),
+                        _ => proxies.replication.push(proxy),
+                    }
+                }
+            }
+        }
+        Ok(proxies)
+    }
+
+    fn set_replication(&self, faults: LinkFaults) {
+        for proxy in &self.replication {
+            proxy.set(faults);
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.replication
+            .iter()
+            .chain(&self._control)
+            .map(|p| p.counters().bytes.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// How long the service may take to be protected again after a fault is healed.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs the trials; `progress` is called after each.
+pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTrial)) -> anyhow::Result<NetnsReport> {
+    let testbed = Testbed::create(config.spec.nodes + config.spec.witnesses)?;
+    let all_nodes = (config.spec.nodes + config.spec.witnesses) as u64;
+    let namespaces: Vec<String> = (1..=all_nodes).map(|id| testbed.node_namespace(id)).collect();
+    let spec = ClusterSpec {
+        ip_prefix: "10.77.0".into(),
+        namespaces: Some(namespaces),
+        allow_faults: false,
+        ..config.spec.clone()
+    };
+    // This thread talks to the nodes as a client does: from the clients' host.
+    Testbed::enter(&testbed.client_namespace())?;
+    let proxies = Proxies::start(&testbed, spec.services.len(), config.seed)?;
+    let mut cluster = LocalCluster::create(exe, &spec)?;
+    cluster.start_all()?;
+    let all: Vec<u64> = (1..=spec.nodes as u64).collect();
+    let wanted = spec.backups as usize;
+    cluster
+        .wait_status(&all, Duration::from_secs(30), |s| protected(s, wanted))
+        .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", cluster.dir().display()))?;
+    let client_namespace = testbed.client_namespace();
+    let load =
+        Load::start_with_readers(cluster.client_addrs(), SERVICE, config.clients, 1, config.readers, move |_| {
+            Testbed::enter(&client_namespace).expect("the clients' namespace exists");
+        });
+    let (_, quiet_start) = cluster.current_primary(&all);
+    std::thread::sleep(config.quiet);
+    let (_, quiet_end) = cluster.current_primary(&all);
+    let mut rng = SmallRng::seed_from_u64(config.seed);
+    let mut trials = Vec::new();
+    for _ in 0..config.trials {
+        let faults = Fault::of(config.kind);
+        let fault = faults[rng.random_range(0..faults.len())];
+        let with_lossy = config.kind == FaultKind::Mixed && fault != Fault::Lossy && rng.random_bool(0.2);
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..300)));
+        let trial = run_trial(&mut cluster, &testbed, &proxies, config, &load, &mut rng, fault, with_lossy)?;
+        progress(&trial);
+        trials.push(trial);
+    }
+    let history = load.stop();
+    let verdict = load::audit(cluster.client_addrs(), SERVICE, &history)?;
+    let grouped = |value: fn(&NetnsTrial) -> Option<f64>| {
+        let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for trial in &trials {
+            by_fault.entry(trial.fault.clone()).or_default().extend(value(trial));
+        }
+        by_fault.into_iter().map(|(k, v)| (k, (v.len() as u32, millis(&v)))).collect::<BTreeMap<_, _>>()
+    };
+    let failover_ms = grouped(|t| t.failover_ms);
+    let longest_gap_ms = grouped(|t| Some(t.longest_gap_ms));
+    Ok(NetnsReport {
+        kind: config.kind,
+        trials: config.trials,
+        seed: config.seed,
+        violations: verdict.report.violations.total(),
+        by_kind: verdict.report.violations,
+        check: verdict.check,
+        failovers: failover_ms.iter().map(|(k, (n, _))| (k.clone(), *n)).collect(),
+        failover_ms,
+        longest_gap_ms,
+        quiet_failovers: quiet_end.saturating_sub(quiet_start),
+        unrecovered: trials.iter().filter(|t| !t.recovered).count() as u32,
+        acknowledged: verdict.acknowledged,
+        proxy_bytes: proxies.bytes(),
+        history: verdict.report,
+        trial_log: trials,
+    })
+}
+
+/// The lossy network of a lossy trial: loss on every node's replication ports, and delay,
+/// jitter and re-segmentation in every replication proxy.
+fn make_lossy(testbed: &Testbed, proxies: &Proxies, spec: &ClusterSpec, rng: &mut SmallRng) -> anyhow::Result<()> {
+    let percent = [1, 2, 5, 10][rng.random_range(0..4)];
+    let last_port = 7200 + spec.services.len() as u16;
+    for id in 1..=spec.nodes as u64 {
+        testbed.lose(id, percent, (7201, last_port))?;
+    }
+    proxies.set_replication(LinkFaults {
+        delay: Duration::from_micros(rng.random_range(500..5000)),
+        jitter: Duration::from_micros(rng.random_range(0..5000)),
+        resegment: true,
+        bit_flip: 0.0,
+    });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_trial(
+    cluster: &mut LocalCluster,
+    testbed: &Testbed,
+    proxies: &Proxies,
+    config: &NetnsConfig,
+    load: &Load,
+    rng: &mut SmallRng,
+    fault: Fault,
+    with_lossy: bool,
+) -> anyhow::Result<NetnsTrial> {
+    let spec = &config.spec;
+    let all: Vec<u64> = (1..=spec.nodes as u64).collect();
+    let (primary, term) = cluster.current_primary(&all);
+    let status = cluster.status(primary);
+    let backups: Vec<u64> = status.as_ref().and_then(bank).map(|b| b.backups.clone()).unwrap_or_default();
+    let leader = status.as_ref().and_then(|s| s.leader).unwrap_or(primary);
+    let others: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
+    let target = match fault {
+        Fault::KillBackup => backups.first().copied().unwrap_or(others[0]),
+        Fault::KillLeader => leader,
+        _ => primary,
+    };
+    let fault_length = config.fault_length + Duration::from_millis(rng.random_range(0..200));
+    if with_lossy {
+        make_lossy(testbed, proxies, spec, rng)?;
+    }
+    let injected = Instant::now();
+    let mut killed = false;
+    match fault {
+        Fault::KillPrimary | Fault::KillBackup | Fault::KillLeader => {
+            cluster.kill(target)?;
+            killed = true;
+        }
+        Fault::PausePrimary => cluster.signal(target, Signal::STOP)?,
+        Fault::PrimaryFromBackups => {
+            for backup in &backups {
+                testbed.cut(primary, *backup)?;
+            }
+        }
+        Fault::PrimaryIsolated => {
+            for other in &others {
+                testbed.cut(primary, *other)?;
+            }
+            testbed.cut_one_way(primary, Testbed::client_ip())?;
+        }
+        Fault::PrimaryOneWay => {
+            for other in &others {
+                testbed.cut_one_way(primary, Testbed::node_ip(*other))?;
+            }
+        }
+        Fault::MajorityFromPrimary => {
+            for other in &others {
+                testbed.cut(primary, *other)?;
+            }
+        }
+        Fault::Lossy => make_lossy(testbed, proxies, spec, rng)?,
+    }
+    // A killed node stays down until a new primary answered (or the fault's length passed);
+    // every other fault lasts its length.
+    if killed {
+        load.wait_first_ack_after(injected, term, fault_length);
+    } else {
+        std::thread::sleep(fault_length.saturating_sub(injected.elapsed()));
+    }
+    if fault == Fault::PausePrimary {
+        cluster.signal(target, Signal::CONT)?;
+    }
+    testbed.heal()?;
+    proxies.set_replication(LinkFaults::default());
+    if killed {
+        cluster.start(target)?;
+    }
+    let recovered_at = cluster.wait_status(&all, RECOVERY_LIMIT, |s| {
+        protected(s, spec.backups as usize) && all.iter().all(|id| s.alive.contains(id) || *id == s.node)
+    });
+    let end = recovered_at.unwrap_or_else(Instant::now);
+    // The clients may still be finding the primary: the trial ends at their first answer after
+    // the service was healed and protected (or after the failover, if one happened).
+    let (_, term_after) = cluster.current_primary(&all);
+    let first = match term_after > term {
+        true => load.wait_first_ack_after(injected, term, RECOVERY_LIMIT),
+        false => None,
+    };
+    let resumed = load.wait_first_ack_after(end, 0, RECOVERY_LIMIT).map_or(end, |a| a.at.max(end));
+    Ok(NetnsTrial {
+        fault: fault.name().into(),
+        target,
+        primary,
+        leader,
+        with_lossy,
+        failover_ms: first.map(|a| a.at.duration_since(injected).as_secs_f64() * 1e3),
+        longest_gap_ms: load.longest_gap(injected, resumed).as_secs_f64() * 1e3,
+        terms: term_after.saturating_sub(term),
+        recovered: recovered_at.is_some(),
+        stuck: match recovered_at {
+            Some(_) => Vec::new(),
+            None => all.iter().filter_map(|id| cluster.status(*id)).collect(),
+        },
+    })
+}
