@@ -410,6 +410,15 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Advances a trials progress bar and shows how the last trial went.
+fn trial_done(progress: &indicatif::ProgressBar, fault: &str, failover_ms: Option<f64>) {
+    progress.inc(1);
+    progress.set_message(format!(
+        "last: {fault} {}",
+        failover_ms.map_or("no failover".into(), |ms| format!("failover {ms:.1} ms"))
+    ));
+}
+
 fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
@@ -446,12 +455,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}").expect("valid template"),
     );
     let report = nonstop::chaos::netns::run(&std::env::current_exe()?, &config, |trial| {
-        progress.inc(1);
-        progress.set_message(format!(
-            "last: {} -> {}",
-            trial.fault,
-            trial.failover_ms.map_or("no failover".into(), |ms| format!("failover {ms:.1} ms"))
-        ));
+        trial_done(&progress, &trial.fault, trial.failover_ms);
     })?;
     progress.finish_and_clear();
     if args.json {
@@ -507,12 +511,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
             progress.tick();
             return;
         }
-        progress.inc(1);
-        progress.set_message(format!(
-            "last: {} {}",
-            trial.fault,
-            trial.failover_ms.map_or("no failover".into(), |ms| format!("{ms:.1} ms"))
-        ));
+        trial_done(&progress, &trial.fault, trial.failover_ms);
     })?;
     progress.finish_and_clear();
     if args.json {
