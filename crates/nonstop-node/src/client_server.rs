@@ -144,7 +144,12 @@ fn answer(
             let (executed, ticket) = match active.bank.execute(&active.mirror, worker, &transfer) {
                 Ok(done) => done,
                 Err(error @ (BankError::BadRequest(_) | BankError::OutOfOrder { .. } | BankError::TableFull)) => {
-                    return ClientReply::Rejected { reason: error.to_string() };
+                    // A refusal is an answer too: it leaves only from a primary that still holds
+                    // its lease and whose backups hold what it decided on. A deposed primary
+                    // that lacks the client's latest requests must not refuse it for good.
+                    let refusal = ClientReply::Rejected { reason: error.to_string() };
+                    let ticket = Ticket { checkpoint: active.primary.checkpoint_now() };
+                    return release(serving, &active, (refusal, ticket));
                 }
                 Err(error) => return ClientReply::Unavailable { reason: error.to_string() },
             };

@@ -169,6 +169,8 @@ pub struct NetnsReport {
     pub proxy_bytes: u64,
     /// The history checker's report (with examples of any violation).
     pub history: CheckReport,
+    /// Why operations were refused (a refused transfer client stops), first few distinct.
+    pub refusals: Vec<String>,
     /// Every trial.
     pub trial_log: Vec<NetnsTrial>,
 }
@@ -267,6 +269,15 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         trials.push(trial);
     }
     let history = load.stop();
+    let mut refusals: Vec<String> = Vec::new();
+    for op in &history {
+        if let crate::history::Outcome::Fail { reason } = &op.outcome
+            && refusals.len() < 5
+            && !refusals.contains(reason)
+        {
+            refusals.push(reason.clone());
+        }
+    }
     let verdict = load::audit(cluster.client_addrs(), SERVICE, &history)?;
     let grouped = |value: fn(&NetnsTrial) -> Option<f64>| {
         let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -292,6 +303,7 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         acknowledged: verdict.acknowledged,
         proxy_bytes: proxies.bytes(),
         history: verdict.report,
+        refusals,
         trial_log: trials,
     })
 }
