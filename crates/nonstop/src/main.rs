@@ -410,6 +410,13 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A progress bar counting `trials`.
+fn trials_bar(trials: u32) -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(trials as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}").expect("valid template"),
+    )
+}
+
 /// Advances a trials progress bar and shows how the last trial went.
 fn trial_done(progress: &indicatif::ProgressBar, fault: &str, failover_ms: Option<f64>) {
     progress.inc(1);
@@ -451,9 +458,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         fault_length: args.fault_length,
         quiet: args.quiet,
     };
-    let progress = indicatif::ProgressBar::new(args.trials as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}").expect("valid template"),
-    );
+    let progress = trials_bar(args.trials);
     let report = nonstop::chaos::netns::run(&std::env::current_exe()?, &config, |trial| {
         trial_done(&progress, &trial.fault, trial.failover_ms);
     })?;
@@ -502,9 +507,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         spec: nonstop::cluster::ClusterSpec { ip_prefix: "127.0.2".into(), ..Default::default() },
         quiet: args.quiet,
     };
-    let progress = indicatif::ProgressBar::new(args.trials as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}").expect("valid template"),
-    );
+    let progress = trials_bar(args.trials);
     let report = nonstop::chaos::run_kill(&std::env::current_exe()?, &config, |trial| {
         if trial.fault == "quiet" {
             progress.set_message("quiet period: load, no faults");

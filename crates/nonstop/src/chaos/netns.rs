@@ -183,12 +183,12 @@ fn peer_ports(services: usize) -> Vec<u16> {
 /// Proxies in every node's namespace, one per peer and peer port.
 struct Proxies {
     replication: Vec<FaultProxy>,
-    _control: Vec<FaultProxy>,
+    control: Vec<FaultProxy>,
 }
 
 impl Proxies {
     fn start(testbed: &Testbed, services: usize, seed: u64) -> anyhow::Result<Proxies> {
-        let mut proxies = Proxies { replication: Vec::new(), _control: Vec::new() };
+        let mut proxies = Proxies { replication: Vec::new(), control: Vec::new() };
         let nodes = testbed.nodes() as u64;
         for node in 1..=nodes {
             for peer in (1..=nodes).filter(|p| *p != node) {
@@ -201,7 +201,7 @@ impl Proxies {
                         Testbed::enter(&namespace).expect("the testbed's namespace exists");
                     })?;
                     match port {
-                        7001 => proxies._control.push(proxy),
+                        7001 => proxies.control.push(proxy),
                         _ => proxies.replication.push(proxy),
                     }
                 }
@@ -219,7 +219,7 @@ impl Proxies {
     fn bytes(&self) -> u64 {
         self.replication
             .iter()
-            .chain(&self._control)
+            .chain(&self.control)
             .map(|p| p.counters().bytes.load(std::sync::atomic::Ordering::Relaxed))
             .sum()
     }
