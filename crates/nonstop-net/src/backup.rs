@@ -1,9 +1,11 @@
 //! The backup's server: accept an authenticated primary, apply its checkpoints, acknowledge.
 
 use crate::conn::{self, ConnError, FrameSender};
-use nonstop_proto::backup::{Backup, BackupOutput};
+use crate::detections::DETECTIONS;
+use nonstop_proto::backup::{Backup, BackupError, BackupOutput};
 use nonstop_proto::control::{self, AckInfo, Refusal, VerifyReply};
 use nonstop_proto::frame::FrameKind;
+use nonstop_proto::integrity::{SCRUB_LINES_PER_TICK, SCRUB_TICK};
 use nonstop_proto::{CheckpointId, Term};
 use nonstop_region::Region;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -89,8 +91,8 @@ impl BackupServer {
     }
 
     /// The region and the backup state, once serving has stopped: the image is exactly the
-    /// checkpoint [`Backup::held_with_term`] names. A promoted backup resumes from it in place,
-    /// at no cost proportional to its size.
+    /// checkpoint [`Backup::held_with_term`] names, sealed line by line ([`Backup::into_seals`]).
+    /// A promoted backup resumes from it in place, at no cost proportional to its size.
     pub fn into_parts(self) -> (Region, Backup) {
         (self.region, self.backup)
     }
@@ -143,7 +145,21 @@ impl BackupServer {
     /// is read.
     pub fn serve_one(&mut self, stream: std::net::TcpStream) -> Result<(), ConnError> {
         let (mut sender, mut receiver) = conn::accept(stream, &self.key)?;
+        let mut last_scrub = Instant::now();
         loop {
+            // Between frames, so that the image is never checked while a frame is half
+            // applied; a session streams checkpoints, so frames come often enough.
+            if last_scrub.elapsed() >= SCRUB_TICK {
+                last_scrub = Instant::now();
+                if let Err(error @ BackupError::Corrupt(_)) = self.backup.scrub(&mut self.region, SCRUB_LINES_PER_TICK)
+                {
+                    DETECTIONS.image_corrupted();
+                    tracing::error!(peer = sender.peer(), %error, "image forgotten: asking the primary for a whole image");
+                    self.control.publish(&self.backup);
+                    refuse(&mut sender, self.backup.term(), &error.to_string());
+                    return Ok(());
+                }
+            }
             let frame = match receiver.recv() {
                 Ok(frame) => frame,
                 Err(ConnError::Closed { .. }) => return Ok(()),
@@ -187,6 +203,9 @@ impl BackupServer {
                     sender.send(FrameKind::Pong, self.term(), CheckpointId(0), &payload)?;
                 }
                 Err(error) => {
+                    if matches!(error, BackupError::Corrupt(_)) {
+                        DETECTIONS.image_corrupted();
+                    }
                     tracing::warn!(peer = sender.peer(), %error, "refusing primary");
                     refuse(&mut sender, self.backup.term(), &error.to_string());
                     return Ok(());

@@ -1,5 +1,6 @@
 //! An authenticated replication connection over TCP.
 
+use crate::detections::DETECTIONS;
 use nonstop_proto::auth::MAC_LEN;
 use nonstop_proto::auth::{
     AuthError, CLIENT_FINISH_LEN, CLIENT_HELLO_LEN, ClusterKey, Initiator, Responder, SERVER_HELLO_LEN, SessionKeys,
@@ -50,6 +51,12 @@ pub enum ConnError {
         /// The peer.
         peer: String,
     },
+}
+
+/// A handshake failed: counted, since a changed byte fails it as surely as a wrong key.
+fn auth_refused(peer: &str, source: AuthError) -> ConnError {
+    DETECTIONS.handshake_refused();
+    ConnError::Auth { peer: peer.to_string(), source }
 }
 
 impl ConnError {
@@ -115,8 +122,7 @@ pub fn connect(addr: SocketAddr, key: &ClusterKey) -> Result<(FrameSender, Frame
     stream.write_all(&hello).map_err(io_error(&peer))?;
     let mut answer = [0u8; SERVER_HELLO_LEN];
     stream.read_exact(&mut answer).map_err(io_error(&peer))?;
-    let (finish, keys) =
-        initiator.on_server_hello(&answer).map_err(|source| ConnError::Auth { peer: peer.clone(), source })?;
+    let (finish, keys) = initiator.on_server_hello(&answer).map_err(|source| auth_refused(&peer, source))?;
     stream.write_all(&finish).map_err(io_error(&peer))?;
     halves(stream, keys, peer)
 }
@@ -129,12 +135,12 @@ pub fn accept(mut stream: TcpStream, key: &ClusterKey) -> Result<(FrameSender, F
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io_error(&peer))?;
     let mut hello = [0u8; CLIENT_HELLO_LEN];
     stream.read_exact(&mut hello).map_err(io_error(&peer))?;
-    let (responder, answer) = Responder::on_client_hello(key.clone(), nonce(), &hello)
-        .map_err(|source| ConnError::Auth { peer: peer.clone(), source })?;
+    let (responder, answer) =
+        Responder::on_client_hello(key.clone(), nonce(), &hello).map_err(|source| auth_refused(&peer, source))?;
     stream.write_all(&answer).map_err(io_error(&peer))?;
     let mut finish = [0u8; CLIENT_FINISH_LEN];
     stream.read_exact(&mut finish).map_err(io_error(&peer))?;
-    let keys = responder.on_client_finish(&finish).map_err(|source| ConnError::Auth { peer: peer.clone(), source })?;
+    let keys = responder.on_client_finish(&finish).map_err(|source| auth_refused(&peer, source))?;
     halves(stream, keys, peer)
 }
 
@@ -196,9 +202,10 @@ impl FrameReceiver {
     /// Waits for the next valid frame.
     pub fn recv(&mut self) -> Result<Frame, ConnError> {
         loop {
-            if let Some(frame) =
-                self.reader.next_frame().map_err(|source| ConnError::Frame { peer: self.peer.clone(), source })?
-            {
+            if let Some(frame) = self.reader.next_frame().map_err(|source| {
+                DETECTIONS.frame_refused();
+                ConnError::Frame { peer: self.peer.clone(), source }
+            })? {
                 return Ok(frame);
             }
             let n = self.stream.read(self.reader.read_chunk()).map_err(io_error(&self.peer))?;

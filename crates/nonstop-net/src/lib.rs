@@ -3,11 +3,13 @@
 //! * [`conn`]: authenticated connections (handshake, MACed frames).
 //! * [`primary`]: the primary's replicator ([`Primary`]).
 //! * [`backup`]: the backup's server ([`BackupServer`]).
+//! * [`detections`]: what the integrity checks caught (frames, handshakes, corrupted images).
 //! * [`fault`]: fault points that kill the process inside a checkpoint, for chaos tests.
 //! * [`rtt`]: the raw round trip of the same transport, for comparison.
 
 pub mod backup;
 pub mod conn;
+pub mod detections;
 pub mod fault;
 pub mod primary;
 pub mod rtt;

@@ -57,6 +57,9 @@ pub struct NodeStatus {
     pub services: Vec<ServiceStatus>,
     /// Peers believed alive.
     pub alive: Vec<u64>,
+    /// What the node's integrity checks caught since it started.
+    #[serde(default)]
+    pub detections: nonstop_net::detections::DetectionCounts,
 }
 
 /// One service in [`NodeStatus`].
@@ -387,6 +390,7 @@ impl Agent {
             raft_term: self.control.raft_term(),
             services,
             alive: self.config.members.iter().filter(|m| self.coordinator.alive(m.id, now)).map(|m| m.id.0).collect(),
+            detections: nonstop_net::detections::DETECTIONS.snapshot(),
         };
         *self.status.write().unwrap_or_else(|p| p.into_inner()) = status;
     }

@@ -161,11 +161,15 @@ fn answer(
             };
             (reply, ticket)
         }
-        ClientRequest::Read { client, account, .. } => read(&active, |image| ClientReply::Read {
-            memory: memory_of(&active, image, client),
-            balance: active.bank.balance(image, account),
-            term: active.term.0,
-        }),
+        ClientRequest::Read { client, account, .. } => {
+            // A read-only transaction: it locks and checks just the two lines it reads. The
+            // ticket is a checkpoint cut after it, which holds everything it saw.
+            let reply = match active.bank.read(&active.mirror, client, account) {
+                Ok((slot, balance)) => ClientReply::Read { memory: slot.map(memory), balance, term: active.term.0 },
+                Err(error) => ClientReply::Rejected { reason: error.to_string() },
+            };
+            (reply, Ticket { checkpoint: active.primary.checkpoint_now() })
+        }
         ClientRequest::Audit { clients, accounts, .. } => read(&active, |image| ClientReply::Audit {
             check: nonstop_workloads::bank::check(image),
             clients: clients.iter().map(|&c| (c, memory_of(&active, image, c))).collect(),
@@ -176,10 +180,11 @@ fn answer(
     release(serving, &active, answered)
 }
 
-/// Reads the region with every transaction held off; the ticket is a checkpoint cut after the
-/// read, so releasing the answer under it means the backups hold everything the read saw.
+/// Reads the region with every transaction held off, after checking every line of it against
+/// its seal; the ticket is a checkpoint cut after the read, so releasing the answer under it
+/// means the backups hold everything the read saw.
 fn read(active: &Active, read: impl FnOnce(&[u8]) -> ClientReply) -> (ClientReply, Ticket) {
-    let reply = active.mirror.quiesced(|image, _| read(image));
+    let reply = active.mirror.quiesced_checked(|image, _| read(image));
     (reply, Ticket { checkpoint: active.primary.checkpoint_now() })
 }
 
@@ -196,9 +201,9 @@ fn release(serving: &Serving, active: &Active, (reply, ticket): (ClientReply, Ti
 }
 
 fn memory_of(active: &Active, image: &[u8], client: u64) -> Option<ClientMemory> {
-    active.bank.client(image, client).map(|slot| ClientMemory {
-        request: slot.request.get(),
-        applied: slot.applied.get(),
-        balance: slot.balance.get(),
-    })
+    active.bank.client(image, client).map(memory)
+}
+
+fn memory(slot: nonstop_workloads::bank::ClientSlot) -> ClientMemory {
+    ClientMemory { request: slot.request.get(), applied: slot.applied.get(), balance: slot.balance.get() }
 }

@@ -10,6 +10,7 @@
 //! * [`agent`]: the control loop.
 //! * [`service`]: one service's roles on this node and the moves between them.
 //! * [`client_server`]: the client port.
+//! * [`integrity`]: scrubbing the primary's region, and stopping the node if it is corrupt.
 //! * [`metrics`]: Prometheus metrics from the node's status.
 //! * [`client`]: the Rust client that follows redirects and retries exactly once.
 
@@ -17,10 +18,12 @@ pub mod agent;
 pub mod client;
 pub mod client_server;
 pub mod config;
+pub mod integrity;
 pub mod metrics;
 pub mod peers;
 pub mod service;
 
+pub use integrity::{EXIT_CORRUPT_MEMORY, fail_stop};
 pub use nonstop_control::NodeId;
 
 use agent::{Agent, NodeError};

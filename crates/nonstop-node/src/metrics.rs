@@ -102,6 +102,25 @@ pub fn render(status: &NodeStatus) -> String {
         lag(|e| e.checkpoints),
     );
     metric("nonstop_backup_lag_bytes", "gauge", "Region bytes of those checkpoints.", lag(|e| e.bytes));
+    let detections = status.detections;
+    metric(
+        "nonstop_frames_refused_total",
+        "counter",
+        "Frames refused by a failed check (CRC, MAC, sequence, header); each closed its connection.",
+        vec![(String::new(), detections.frames_refused as f64)],
+    );
+    metric(
+        "nonstop_handshakes_refused_total",
+        "counter",
+        "Handshakes refused (wrong cluster key, or bytes changed on the way).",
+        vec![(String::new(), detections.handshakes_refused as f64)],
+    );
+    metric(
+        "nonstop_image_corruptions_total",
+        "counter",
+        "Times this node's backup image was found corrupted in memory and was forgotten.",
+        vec![(String::new(), detections.image_corruptions as f64)],
+    );
     out
 }
 

@@ -337,7 +337,7 @@ impl ServiceHost {
             self.start_fresh(record, now, needs);
             return;
         };
-        let mirror = Arc::new(Mirror::resume(region, Some(self.spec.protocol), held.next()));
+        let mirror = Arc::new(Mirror::resume(region, Some(self.spec.protocol), held.next(), backup.into_seals()));
         tracing::info!(
             service = self.spec.name,
             term = record.term.0,
@@ -349,6 +349,8 @@ impl ServiceHost {
     }
 
     fn become_primary(&mut self, mirror: Arc<Mirror>, term: Term, fresh: bool, now: Instant, needs: &mut Needs) {
+        mirror.set_corruption_handler(crate::fail_stop);
+        crate::integrity::start_scrubber(&self.spec.name, &mirror);
         let primary = Primary::start(
             mirror.clone(),
             PrimaryConfig { term, policy: self.spec.policy, required_backups: 0, key: self.key.clone() },

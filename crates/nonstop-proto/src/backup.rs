@@ -9,10 +9,18 @@
 //! the undo log is played back, newest first: the image is exactly checkpoint `n - 1` again. A
 //! whole image (the first checkpoint after an attach) replaces the image, so it is always
 //! staged. Either way, once a session ends, the image is byte for byte one checkpoint.
+//!
+//! Every byte written to the image (runs, undo, a clear) is sealed at once in a table of line
+//! checksums ([`crate::integrity`]); [`Backup::scrub`] checks the image against it a slice at a
+//! time. A line that changed without being written — memory corrupted behind the program's
+//! back — makes the backup forget its image: it holds no checkpoint, so it can be neither
+//! promoted nor counted as a copy, and the next attach sends it a whole image. The seals go
+//! with the image when the backup is promoted ([`Backup::into_seals`]).
 
 use crate::control::{self, Attach, Close, ControlError, VerifyRequest};
 use crate::frame::{Frame, FrameKind};
-use crate::runs::{RunsError, apply_validated_runs, apply_validated_runs_with_undo, undo_runs, validate_runs};
+use crate::integrity::{CorruptLine, LineChecksums, Scrubber};
+use crate::runs::{RunsError, apply_validated_runs, apply_validated_runs_with_undo, runs, undo_runs, validate_runs};
 use crate::{CheckpointId, PAGE_SIZE, Term};
 use thiserror::Error;
 
@@ -116,6 +124,10 @@ pub enum BackupError {
     /// A control payload failed to decode.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The image changed in memory where no checkpoint wrote: it is forgotten, and the next
+    /// primary to attach sends a whole image.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptLine),
 }
 
 /// What the driver must do after a frame was accepted.
@@ -168,6 +180,24 @@ pub struct Backup {
     open: Option<Open>,
     /// Reused undo buffer, so that steady streaming allocates nothing.
     spare_undo: Vec<u8>,
+    /// A checksum per line of the image, sealed whenever this backup writes it.
+    seals: LineChecksums,
+    scrubber: Scrubber,
+}
+
+/// Checks the lines a runs payload is about to write: a run covers part of a line, and sealing
+/// the line after it is written would otherwise seal in a corrupted byte beside the run.
+fn check_runs(seals: &LineChecksums, payload: &[u8], image: &[u8]) -> Result<(), CorruptLine> {
+    runs(payload, image.len() as u64)
+        .map_while(Result::ok)
+        .try_for_each(|run| seals.check_range(image, run.offset as usize, run.bytes.len()))
+}
+
+/// Seals the ranges a runs payload (or an undo log, which has the same layout) just wrote.
+fn seal_runs(seals: &LineChecksums, payload: &[u8], image: &[u8]) {
+    for run in runs(payload, image.len() as u64).map_while(Result::ok) {
+        seals.seal_range(image, run.offset as usize, run.bytes.len());
+    }
 }
 
 impl Backup {
@@ -184,7 +214,41 @@ impl Backup {
             eager_after: EAGER_AFTER,
             open: None,
             spare_undo: Vec::new(),
+            seals: LineChecksums::zeroed(region_len as usize),
+            scrubber: Scrubber::new(),
         }
+    }
+
+    /// The image's line seals.
+    pub fn seals(&self) -> &LineChecksums {
+        &self.seals
+    }
+
+    /// The line seals, for the primary this backup's image becomes ([`Backup::held`] says
+    /// which checkpoint they describe, once the session has ended).
+    pub fn into_seals(self) -> LineChecksums {
+        self.seals
+    }
+
+    /// Checks the next `lines` lines of the image against their seals. A mismatch means the
+    /// image was corrupted in memory: the backup forgets it (it holds no checkpoint, so it is
+    /// never promoted nor counted as a copy) and the error says so; the driver must end the
+    /// session, so that the primary attaches again and sends a whole image.
+    pub fn scrub<I: Image + ?Sized>(&mut self, image: &mut I, lines: usize) -> Result<(), BackupError> {
+        let result = self.scrubber.step(&self.seals, image.bytes_mut(), lines);
+        result.map_err(|corruption| self.forget_image(corruption))
+    }
+
+    /// Full scrub passes over the image so far.
+    pub fn scrub_passes(&self) -> u64 {
+        self.scrubber.passes()
+    }
+
+    fn forget_image(&mut self, corruption: CorruptLine) -> BackupError {
+        self.held = None;
+        self.held_term = None;
+        self.expect_full = true;
+        BackupError::Corrupt(corruption)
     }
 
     /// The checkpoint the image holds.
@@ -220,6 +284,7 @@ impl Backup {
     pub fn on_disconnect<I: Image + ?Sized>(&mut self, image: &mut I) {
         if let Some(mut open) = self.open.take() {
             undo_runs(&open.undo, image.bytes_mut());
+            seal_runs(&self.seals, &open.undo, image.bytes_mut());
             open.undo.clear();
             self.spare_undo = open.undo;
         }
@@ -268,17 +333,20 @@ impl Backup {
                 // pages that are zero; the image stops being a checkpoint here.
                 if !self.precopied {
                     image.clear();
+                    self.seals.reset();
                 }
                 self.held = None;
                 self.held_term = None;
                 self.precopied = true;
                 apply_validated_runs(&frame.payload, image.bytes_mut());
+                seal_runs(&self.seals, &frame.payload, image.bytes_mut());
                 Ok(None)
             }
             FrameKind::Runs => {
                 let bytes = validate_runs(&frame.payload, self.region_len)?;
                 let (whole, eager_after) = (self.expect_full, self.eager_after);
-                let open = self.open_for(frame.checkpoint)?;
+                self.open_for(frame.checkpoint)?;
+                let (seals, open) = (&self.seals, self.open.as_mut().expect("opened above"));
                 open.frames += 1;
                 open.run_bytes += bytes;
                 if whole || (!open.eager && open.staged_bytes + frame.payload.len() <= eager_after) {
@@ -287,14 +355,20 @@ impl Backup {
                     return Ok(None);
                 }
                 let image = image.bytes_mut();
+                let checked = open.staged.iter().chain([&frame.payload]).try_for_each(|p| check_runs(seals, p, image));
+                if let Err(corruption) = checked {
+                    return Err(self.forget_image(corruption));
+                }
                 if !open.eager {
                     for payload in open.staged.drain(..) {
                         apply_validated_runs_with_undo(&payload, image, &mut open.undo);
+                        seal_runs(seals, &payload, image);
                     }
                     open.staged_bytes = 0;
                     open.eager = true;
                 }
                 apply_validated_runs_with_undo(&frame.payload, image, &mut open.undo);
+                seal_runs(seals, &frame.payload, image);
                 Ok(None)
             }
             FrameKind::Close => {
@@ -320,13 +394,21 @@ impl Backup {
                         staged_bytes: open.run_bytes,
                     });
                 }
+                if !close.full
+                    && let Err(corruption) =
+                        open.staged.iter().try_for_each(|payload| check_runs(&self.seals, payload, image.bytes_mut()))
+                {
+                    return Err(self.forget_image(corruption));
+                }
                 let mut open = self.open.take().expect("opened above");
                 if close.full {
                     image.clear();
+                    self.seals.reset();
                 }
                 let bytes = image.bytes_mut();
                 for payload in &open.staged {
                     apply_validated_runs(payload, bytes);
+                    seal_runs(&self.seals, payload, bytes);
                 }
                 open.undo.clear();
                 self.spare_undo = open.undo;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use nonstop_proto::backup::{Backup, BackupOutput};
+use nonstop_proto::backup::{Backup, BackupError, BackupOutput};
 use nonstop_proto::frame::{FrameReader, FrameWriter};
 use nonstop_proto::{CheckpointId, PAGE_SIZE, Term};
 
@@ -50,7 +50,46 @@ fn stream_cut_at_every_byte_leaves_a_whole_checkpoint() {
         assert_eq!(held, acked, "cut at byte {cut}: held what it acknowledged");
         let (_, want) = expected.iter().find(|(id, _)| *id == held).unwrap();
         assert!(image == **want, "cut at byte {cut}: image is not exactly checkpoint {held:?}");
+        assert_eq!(backup.seals().check_range(&image, 0, LEN), Ok(()), "cut at byte {cut}: a write left unsealed");
     }
+}
+
+/// A bit that flips in the image's memory is found by the scrubber; the backup forgets the
+/// image (it holds nothing, so it cannot be promoted) and a new attach makes it whole again.
+#[test]
+fn a_corrupted_image_is_forgotten_and_resent_whole() {
+    let (first, second, _) = images();
+    let mut writer = FrameWriter::new(key());
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(1), LEN as u64, &mut wire);
+    checkpoint(&mut writer, Term(1), CheckpointId(1), full_image(&first), true, &mut wire);
+    let mut backup = Backup::new(BASE, LEN as u64);
+    let mut image = vec![0u8; LEN];
+    let mut reader = FrameReader::new(key());
+    reader.push(&wire);
+    while let Some(frame) = reader.next_frame().unwrap() {
+        backup.on_frame(frame, &mut image).unwrap();
+    }
+    assert_eq!(backup.held(), Some(CheckpointId(1)));
+    let lines = LEN / nonstop_proto::integrity::LINE;
+    backup.scrub(&mut image, lines).unwrap();
+
+    image[3 * PAGE_SIZE + 17] ^= 0x10;
+    let error = backup.scrub(&mut image, lines).unwrap_err();
+    assert!(matches!(error, BackupError::Corrupt(c) if c.offset == (3 * PAGE_SIZE) as u64), "{error}");
+    assert_eq!(backup.held(), None, "a corrupted image is no checkpoint");
+    backup.on_disconnect(&mut image);
+
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(2), LEN as u64, &mut wire);
+    checkpoint(&mut writer, Term(2), CheckpointId(7), full_image(&second), true, &mut wire);
+    reader.push(&wire);
+    while let Some(frame) = reader.next_frame().unwrap() {
+        backup.on_frame(frame, &mut image).unwrap();
+    }
+    assert_eq!(backup.held(), Some(CheckpointId(7)));
+    assert!(image == second);
+    backup.scrub(&mut image, lines).unwrap();
 }
 
 /// A pre-copy round sent while the "primary" changes pages, then the first checkpoint carrying
@@ -102,6 +141,7 @@ fn a_precopied_image_is_a_checkpoint_only_once_its_first_checkpoint_completes_it
             Some(41) => assert!(image == third, "cut at byte {cut}: not exactly checkpoint 41"),
             other => panic!("cut at byte {cut}: holds {other:?}"),
         }
+        assert_eq!(backup.seals().check_range(&image, 0, LEN), Ok(()), "cut at byte {cut}: a write left unsealed");
     }
 }
 
@@ -146,4 +186,40 @@ fn precopy_is_refused_once_a_checkpoint_is_held_and_a_false_precopied_close_is_r
     }
     assert!(last.unwrap().is_err());
     assert_eq!(backup.held(), None);
+}
+
+/// A checkpoint whose runs cover part of a corrupted line is refused, staged or eager: sealing
+/// the line after writing the run would otherwise seal the corrupted byte beside it.
+#[test]
+fn a_run_into_a_corrupted_line_is_refused() {
+    let (first, second, _) = images();
+    for eager_after in [0, usize::MAX] {
+        let mut writer = FrameWriter::new(key());
+        let mut wire = Vec::new();
+        attach(&mut writer, Term(1), LEN as u64, &mut wire);
+        checkpoint(&mut writer, Term(1), CheckpointId(1), full_image(&first), true, &mut wire);
+        let mut backup = Backup::new(BASE, LEN as u64).with_eager_after(eager_after);
+        let mut image = vec![0u8; LEN];
+        let mut reader = FrameReader::new(key());
+        reader.push(&wire);
+        while let Some(frame) = reader.next_frame().unwrap() {
+            backup.on_frame(frame, &mut image).unwrap();
+        }
+        image[130] ^= 1; // the line of bytes 128..192; checkpoint 2 writes 150..160
+        let mut wire = Vec::new();
+        checkpoint(&mut writer, Term(1), CheckpointId(2), diff(&first, &second), false, &mut wire);
+        reader.push(&wire);
+        let mut outcome = Ok(None);
+        while let Some(frame) = reader.next_frame().unwrap() {
+            outcome = backup.on_frame(frame, &mut image);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        assert!(
+            matches!(outcome, Err(BackupError::Corrupt(c)) if c.offset == 128),
+            "eager_after {eager_after}: {outcome:?}"
+        );
+        assert_eq!(backup.held(), None, "eager_after {eager_after}: a corrupted image is no checkpoint");
+    }
 }

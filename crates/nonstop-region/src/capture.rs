@@ -13,8 +13,9 @@ use nonstop_proto::{CheckpointId, UpdateProtocol, diff::diff_range};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-/// DU twins are kept per block of this many bytes (a multiple of 64, dividing the page size).
-pub const TWIN_BLOCK: usize = 64;
+/// DU twins are kept per block of this many bytes: one sealed line, so that a dirty block's
+/// seal is checked before it is diffed.
+pub const TWIN_BLOCK: usize = nonstop_proto::integrity::LINE;
 
 type Block = [u8; TWIN_BLOCK];
 
@@ -158,7 +159,14 @@ impl Capture {
 
     /// Closes the open checkpoint: returns its number, its changes and the number of dirty
     /// pages, and opens the next. DU and unreplicated cuts must hold the checkpoint gate.
-    pub(crate) fn cut(&self, region: *const u8, open: &AtomicU64) -> (CheckpointId, RunsBuilder, usize) {
+    /// `check_block` checks a dirty block's seal before it is diffed (it does not return if
+    /// the block is corrupt), so corruption is never shipped as a change.
+    pub(crate) fn cut(
+        &self,
+        region: *const u8,
+        open: &AtomicU64,
+        check_block: &dyn Fn(u64),
+    ) -> (CheckpointId, RunsBuilder, usize) {
         match self {
             Capture::Unreplicated => (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), RunsBuilder::new(), 0),
             Capture::Au(au) => {
@@ -173,6 +181,7 @@ impl Capture {
                 let blocks = twins.dirty.len();
                 for (block, twin) in twins.dirty.drain(..) {
                     let offset = block as usize * TWIN_BLOCK;
+                    check_block(offset as u64);
                     // SAFETY: inside the region; the checkpoint gate excludes writers.
                     let current = unsafe { std::slice::from_raw_parts(region.add(offset), TWIN_BLOCK) };
                     diff_range(offset as u64, &twin, current, &mut runs);

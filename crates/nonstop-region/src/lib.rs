@@ -16,5 +16,5 @@ mod mirror;
 mod transaction;
 
 pub use mapping::{DEFAULT_REGION_BASE, MAX_REGION_LEN, Region, RegionError};
-pub use mirror::{CheckpointContent, Mirror, STREAM_CHUNK, STREAM_LIMIT};
+pub use mirror::{CheckpointContent, CorruptionHandler, Mirror, STREAM_CHUNK, STREAM_LIMIT};
 pub use transaction::{Transaction, TxError};

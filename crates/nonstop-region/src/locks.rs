@@ -9,8 +9,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Bytes covered by one lock line.
-pub const LINE: u64 = 64;
+/// Bytes covered by one lock line: the line of [`nonstop_proto::integrity`], so that whoever may
+/// write a line is also the only one who may seal it.
+pub const LINE: u64 = nonstop_proto::integrity::LINE as u64;
 const STRIPE_BITS: u32 = 16;
 const STRIPES: usize = 1 << STRIPE_BITS;
 /// Attempts (with a pause, then a yield) before giving up on a stripe.
@@ -71,6 +72,18 @@ impl RangeLocks {
                 }
             }
         }
+    }
+
+    /// Takes the stripe of one line for `token` if it is free right now; never waits. The
+    /// scrubber uses it to look at a line no transaction holds, and skips the line otherwise.
+    pub(crate) fn try_line(&self, token: u64, line: u64) -> bool {
+        self.owners[stripe_of(line) as usize].compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    /// Frees the stripe of one line taken with [`RangeLocks::try_line`].
+    pub(crate) fn release_line(&self, token: u64, line: u64) {
+        let previous = self.owners[stripe_of(line) as usize].swap(0, Ordering::Release);
+        debug_assert_eq!(previous, token);
     }
 
     /// Frees every stripe in `held`.

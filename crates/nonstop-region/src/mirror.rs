@@ -1,13 +1,14 @@
 //! The mirrored region of a primary: transactions in, checkpoints out.
 
-use crate::capture::{Capture, TouchedPages};
+use crate::capture::{Capture, TWIN_BLOCK, TouchedPages};
 use crate::locks::RangeLocks;
 use crate::mapping::Region;
 use crate::transaction::Transaction;
+use nonstop_proto::integrity::{CorruptLine, LINE, LineChecksums, Scrubber};
 use nonstop_proto::runs::RunsBuilder;
 use nonstop_proto::{CheckpointId, PAGE_SIZE, UpdateProtocol};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::thread::Thread;
 
 /// AU ships its stream once this many bytes are waiting, without waiting for the cut.
@@ -86,12 +87,42 @@ pub struct Mirror {
     /// While a pre-copy runs: pages declared for writing since its last round.
     recopy: TouchedPages,
     precopy_on: AtomicBool,
+    /// A CRC32C per line: checked before a transaction touches a line, sealed at commit.
+    seals: LineChecksums,
+    scrubber: Mutex<Scrubber>,
+    on_corruption: OnceLock<CorruptionHandler>,
 }
+
+/// What a [`Mirror`] does when a line no longer matches its seal. It must not return: the
+/// region is no longer the state the transactions made, so nothing more may be served,
+/// replicated or acknowledged from it. The default panics; a node installs one that logs and
+/// exits the process, so that a backup holding a verified image takes over (fail-stop).
+pub type CorruptionHandler = fn(CorruptLine) -> !;
+
+fn panic_on_corruption(corruption: CorruptLine) -> ! {
+    panic!("{corruption}")
+}
+
+/// Transactions never get this token: the scrubber's, for the lines it looks at.
+const SCRUB_TOKEN: u64 = u64::MAX;
 
 impl Mirror {
     /// Wraps `region`, recording changes for `protocol` (`None`: unreplicated, no capture);
     /// commits join checkpoint `first` until the first cut.
+    ///
+    /// The region must hold only zeros (a freshly mapped one): its line seals start as those
+    /// of zeros, at no cost for lines never written.
     pub fn new(region: Region, protocol: Option<UpdateProtocol>, first: CheckpointId) -> Mirror {
+        let seals = LineChecksums::zeroed(region.len());
+        Mirror::with_seals(region, protocol, first, seals)
+    }
+
+    fn with_seals(
+        region: Region,
+        protocol: Option<UpdateProtocol>,
+        first: CheckpointId,
+        seals: LineChecksums,
+    ) -> Mirror {
         let pages = region.pages();
         Mirror {
             capture: Capture::new(protocol, region.len()),
@@ -106,14 +137,24 @@ impl Mirror {
             commit_wake: AtomicU64::new(0),
             recopy: TouchedPages::new(pages),
             precopy_on: AtomicBool::new(false),
+            seals,
+            scrubber: Mutex::new(Scrubber::new()),
+            on_corruption: OnceLock::new(),
         }
     }
 
     /// Wraps a region that already holds an image — a promoted backup's, the checkpoint it
-    /// resumes from — so that a whole image sent to a new backup covers all of it. Costs one
-    /// bit per page, nothing proportional to the bytes.
-    pub fn resume(region: Region, protocol: Option<UpdateProtocol>, first: CheckpointId) -> Mirror {
-        let mirror = Mirror::new(region, protocol, first);
+    /// resumes from — so that a whole image sent to a new backup covers all of it. `seals` are
+    /// the backup's seals of that image, so every line keeps being checked across the
+    /// promotion. Costs one bit per page, nothing proportional to the bytes.
+    pub fn resume(
+        region: Region,
+        protocol: Option<UpdateProtocol>,
+        first: CheckpointId,
+        seals: LineChecksums,
+    ) -> Mirror {
+        assert_eq!(seals.lines(), region.len().div_ceil(LINE), "seals of a region of another size");
+        let mirror = Mirror::with_seals(region, protocol, first, seals);
         mirror.touched.mark_all(mirror.region.pages());
         mirror
     }
@@ -205,7 +246,8 @@ impl Mirror {
     pub fn cut_finishing_precopy(&self, full_image: bool, finish_precopy: bool) -> CheckpointContent {
         let _exclusive = (full_image || finish_precopy || self.capture.cut_needs_gate())
             .then(|| self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        let (checkpoint, changes, dirty_blocks) = self.capture.cut(self.region.as_ptr(), &self.open.0);
+        let (checkpoint, changes, dirty_blocks) =
+            self.capture.cut(self.region.as_ptr(), &self.open.0, &|offset| self.check_lines(offset, TWIN_BLOCK as u64));
         let full_image = full_image.then(|| self.copy_pages(self.touched.pages()));
         let precopy_delta = finish_precopy.then(|| {
             self.precopy_on.store(false, Ordering::Relaxed);
@@ -220,6 +262,7 @@ impl Mirror {
         let mut runs = RunsBuilder::new();
         let bytes = self.region.as_slice();
         for page in pages {
+            self.check_lines((page * PAGE_SIZE) as u64, PAGE_SIZE as u64);
             runs.push((page * PAGE_SIZE) as u64, &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
         }
         runs
@@ -284,12 +327,73 @@ impl Mirror {
         f(self.region.as_slice(), open.0.checked_sub(1).map(CheckpointId))
     }
 
+    /// Like [`Mirror::quiesced`], after checking every line against its seal (the corruption
+    /// handler runs if one does not match): for whole-region reads that answer clients.
+    pub fn quiesced_checked<R>(&self, f: impl FnOnce(&[u8], Option<CheckpointId>) -> R) -> R {
+        self.quiesced(|image, last| {
+            self.check_lines(0, image.len() as u64);
+            f(image, last)
+        })
+    }
+
     pub(crate) fn region(&self) -> &Region {
         &self.region
     }
 
     pub(crate) fn locks(&self) -> &RangeLocks {
         &self.locks
+    }
+
+    /// Installs what to do when corruption is found (once; later calls are ignored).
+    pub fn set_corruption_handler(&self, handler: CorruptionHandler) {
+        let _ = self.on_corruption.set(handler);
+    }
+
+    /// Checks the lines of `[offset, offset + len)` against their seals; on a mismatch, the
+    /// corruption handler runs and does not return. The caller must hold the lines (their
+    /// range locks, or every transaction held off).
+    pub(crate) fn check_lines(&self, offset: u64, len: u64) {
+        if let Err(corruption) = self.seals.check_range(self.region.as_slice(), offset as usize, len as usize) {
+            self.corrupted(corruption);
+        }
+    }
+
+    /// Seals the lines of the ranges a committing transaction wrote (it still holds them).
+    pub(crate) fn seal(&self, ranges: &[(u64, u32)]) {
+        for &(offset, len) in ranges {
+            self.seals.seal_range(self.region.as_slice(), offset as usize, len as usize);
+        }
+    }
+
+    fn corrupted(&self, corruption: CorruptLine) -> ! {
+        tracing::error!(%corruption, "region line corrupted in memory");
+        (self.on_corruption.get().copied().unwrap_or(panic_on_corruption))(corruption)
+    }
+
+    /// Checks the next `lines` lines against their seals, skipping any a transaction holds
+    /// (it checked them when it took them, and seals them when it commits). Called a slice at
+    /// a time by a background thread, it finds corruption in data no transaction touches.
+    /// Returns how many lines were checked.
+    pub fn scrub(&self, lines: usize) -> usize {
+        let slice = self.scrubber.lock().unwrap_or_else(|p| p.into_inner()).next_slice(self.len(), lines);
+        let mut checked = 0;
+        for line in slice.start / LINE..slice.end.div_ceil(LINE) {
+            if !self.locks.try_line(SCRUB_TOKEN, line as u64) {
+                continue;
+            }
+            let result = self.seals.check_range(self.region.as_slice(), line * LINE, LINE);
+            self.locks.release_line(SCRUB_TOKEN, line as u64);
+            if let Err(corruption) = result {
+                self.corrupted(corruption);
+            }
+            checked += 1;
+        }
+        checked
+    }
+
+    /// Full scrub passes completed.
+    pub fn scrub_passes(&self) -> u64 {
+        self.scrubber.lock().unwrap_or_else(|p| p.into_inner()).passes()
     }
 
     pub(crate) fn before_write(&self, offset: u64, len: u64) {

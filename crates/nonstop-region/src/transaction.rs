@@ -5,8 +5,13 @@
 //! returns a typed `&mut` to the bytes. Writing to the region any other way is impossible from
 //! safe code, so a forgotten declaration cannot happen. [`Transaction::commit`] makes the writes
 //! part of the open checkpoint; dropping or [`Transaction::abort`]ing restores the undo images.
+//!
+//! Every line a transaction reads or writes is checked against its seal
+//! ([`nonstop_proto::integrity`]) once it holds the line's lock, and the lines it wrote are
+//! sealed at commit, still under the lock: a byte corrupted in memory is never read, written
+//! around, or shipped as a change.
 
-use crate::locks::Conflict;
+use crate::locks::{Conflict, LINE};
 use crate::mirror::Mirror;
 use nonstop_proto::primary::Ticket;
 use std::cell::RefCell;
@@ -83,7 +88,11 @@ impl<'m> Transaction<'m> {
         Transaction { mirror, _gate: gate, token, state: RefCell::new(state), finished: false }
     }
 
-    fn check(&self, offset: u64, len: u64, align: usize) -> Result<(), TxError> {
+    /// Checks a range asked for, and returns the part of it whose line seals must be checked:
+    /// a line this transaction already wrote part of holds its uncommitted bytes, which it
+    /// seals at commit. Ranges never overlap, so only the range's first and last lines can be
+    /// shared with one declared before.
+    fn check(&self, offset: u64, len: u64, align: usize) -> Result<std::ops::Range<u64>, TxError> {
         let region_len = self.mirror.len() as u64;
         if len == 0 || offset.checked_add(len).is_none_or(|end| end > region_len) {
             return Err(TxError::OutOfRegion { offset, len, region_len });
@@ -92,10 +101,19 @@ impl<'m> Transaction<'m> {
             return Err(TxError::Misaligned { offset, align });
         }
         let state = self.state.borrow();
-        if state.declared.iter().any(|&(o, l)| offset < o + l as u64 && o < offset + len) {
-            return Err(TxError::Overlap { offset, len });
+        let (first_line, last_line) = (offset / LINE, (offset + len - 1) / LINE);
+        let (mut first_shared, mut last_shared) = (false, false);
+        for &(o, l) in &state.declared {
+            if offset < o + l as u64 && o < offset + len {
+                return Err(TxError::Overlap { offset, len });
+            }
+            let lines = o / LINE..=(o + l as u64 - 1) / LINE;
+            first_shared |= lines.contains(&first_line);
+            last_shared |= lines.contains(&last_line);
         }
-        Ok(())
+        let start = if first_shared { (first_line + 1) * LINE } else { first_line * LINE };
+        let end = if last_shared { last_line * LINE } else { (last_line + 1) * LINE };
+        Ok(start..end.max(start))
     }
 
     fn lock(&self, offset: u64, len: u64) -> Result<(), TxError> {
@@ -124,8 +142,9 @@ impl<'m> Transaction<'m> {
 
     #[allow(clippy::mut_from_ref)]
     fn declare(&self, offset: u64, len: u64, align: usize) -> Result<&mut [u8], TxError> {
-        self.check(offset, len, align)?;
+        let sealed = self.check(offset, len, align)?;
         self.lock(offset, len)?;
+        self.mirror.check_lines(sealed.start, sealed.end - sealed.start);
         self.mirror.before_write(offset, len);
         // SAFETY: the range is inside the region (checked), locked against every other
         // transaction (range locks), and disjoint from every other range this transaction
@@ -153,8 +172,9 @@ impl<'m> Transaction<'m> {
     /// reference [`Transaction::write`] returned.
     pub fn read<T: FromBytes + KnownLayout + Immutable>(&self, offset: u64) -> Result<T, TxError> {
         let len = std::mem::size_of::<T>() as u64;
-        self.check(offset, len, 1)?;
+        let sealed = self.check(offset, len, 1)?;
         self.lock(offset, len)?;
+        self.mirror.check_lines(sealed.start, sealed.end - sealed.start);
         // SAFETY: inside the region and locked: no transaction writes these bytes meanwhile.
         let bytes =
             unsafe { std::slice::from_raw_parts(self.mirror.region().as_ptr().add(offset as usize), len as usize) };
@@ -164,8 +184,9 @@ impl<'m> Transaction<'m> {
     /// Reads `out.len()` bytes at `offset`.
     pub fn read_bytes(&self, offset: u64, out: &mut [u8]) -> Result<(), TxError> {
         let len = out.len() as u64;
-        self.check(offset, len, 1)?;
+        let sealed = self.check(offset, len, 1)?;
         self.lock(offset, len)?;
+        self.mirror.check_lines(sealed.start, sealed.end - sealed.start);
         // SAFETY: as in `read`.
         let bytes =
             unsafe { std::slice::from_raw_parts(self.mirror.region().as_ptr().add(offset as usize), len as usize) };
@@ -176,6 +197,8 @@ impl<'m> Transaction<'m> {
     /// Commits: the writes become part of the open checkpoint. The returned ticket says which;
     /// a reply caused by this transaction may leave once every backup holds it.
     pub fn commit(mut self) -> Ticket {
+        // Sealed while still locked: no one sees the lines between the writes and the seals.
+        self.mirror.seal(&self.state.borrow().declared);
         let checkpoint = self.mirror.on_commit(&self.state.borrow().declared);
         self.finished = true;
         Ticket { checkpoint }

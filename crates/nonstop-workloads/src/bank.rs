@@ -209,6 +209,36 @@ impl Bank {
         Ok((executed, tx.commit()))
     }
 
+    /// Reads `client`'s slot and `account`'s balance in one read-only transaction, so that
+    /// both are as of one moment and every line read is checked against its seal. Retries on
+    /// a lock conflict.
+    pub fn read(
+        &self,
+        mirror: &Mirror,
+        client: u64,
+        account: u64,
+    ) -> Result<(Option<ClientSlot>, Option<i64>), TxError> {
+        loop {
+            let tx = mirror.begin();
+            let attempt = (|| {
+                let mut found = None;
+                for probe in 0..PROBES {
+                    let slot: ClientSlot = tx.read(self.slot_at(Self::home(client) + probe))?;
+                    if slot.client.get() == client || slot.client.get() == 0 {
+                        found = (slot.client.get() == client).then_some(slot);
+                        break;
+                    }
+                }
+                Ok((found, self.db.balance_tx(&tx, account)?))
+            })();
+            tx.abort();
+            match attempt {
+                Err(TxError::Conflict { .. }) => std::thread::yield_now(),
+                other => return other,
+            }
+        }
+    }
+
     /// The slot of `client` in `image`, if the client ever had a request applied.
     pub fn client(&self, image: &[u8], client: u64) -> Option<ClientSlot> {
         (0..PROBES).find_map(|probe| {

@@ -117,6 +117,15 @@ impl DebitCredit {
         (account < self.accounts()).then(|| Row::read_from_prefix(image.get(at..)?).ok().map(|r| r.0.balance.get()))?
     }
 
+    /// The balance of `account` read inside `tx` (its line is checked and locked); `None` if
+    /// there is no such account.
+    pub fn balance_tx(&self, tx: &Transaction<'_>, account: u64) -> Result<Option<i64>, TxError> {
+        if account >= self.accounts() {
+            return Ok(None);
+        }
+        Ok(Some(tx.read::<I64>(self.account_at(account))?.get()))
+    }
+
     pub(crate) fn from_image(image: &[u8]) -> Result<DebitCredit, String> {
         let header = Header::read_from_prefix(image).map_err(|_| "image shorter than the header".to_string())?.0;
         if header.magic.get() != MAGIC {

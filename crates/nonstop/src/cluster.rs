@@ -310,6 +310,14 @@ impl LocalCluster {
             .map_or((0, 0), |(term, primary)| (primary, term))
     }
 
+    /// How node `id`'s process ended, if it has (it is then no longer counted as running).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[id as usize - 1];
+        let status = node.child.as_mut()?.try_wait().ok()??;
+        node.child = None;
+        Some(status)
+    }
+
     /// Waits until node `id`'s process exits; returns when it was seen gone.
     pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<Instant> {
         let started = Instant::now();

@@ -129,6 +129,8 @@ enum NetnsKind {
     Lossy,
     /// A random sequence of all of them, sometimes two at once.
     Mixed,
+    /// Error injection: bits flipped on the wire, in the primary's region, in a backup's image.
+    Bitflip,
 }
 
 #[derive(Args)]
@@ -436,7 +438,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
     use nonstop::chaos::netns::{FaultKind, NetnsConfig};
     let Some(kind) = args.netns else {
         bail!(
-            "say which faults: `nonstop chaos --netns kill|pause|partition|lossy|mixed`, or `nonstop chaos kill` on loopback"
+            "say which faults: `nonstop chaos --netns kill|pause|partition|lossy|mixed|bitflip`, or `nonstop chaos kill` on loopback"
         );
     };
     nonstop::netns::available()?;
@@ -446,6 +448,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         NetnsKind::Partition => FaultKind::Partition,
         NetnsKind::Lossy => FaultKind::Lossy,
         NetnsKind::Mixed => FaultKind::Mixed,
+        NetnsKind::Bitflip => FaultKind::Bitflip,
     };
     let seed = args.seed.unwrap_or_else(random_seed);
     let config = NetnsConfig {
@@ -478,6 +481,17 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
             );
         }
         println!("unrecovered trials {}, quiet-period failovers {}", report.unrecovered, report.quiet_failovers);
+        if !report.error_injection.is_empty() {
+            println!(
+                "| site | injected | activated | detected | manifested | catastrophic |\n|---|---:|---:|---:|---:|---:|"
+            );
+            for (site, c) in &report.error_injection {
+                println!(
+                    "| {site} | {} | {} | {} | {} | {} |",
+                    c.injected, c.activated, c.detected, c.manifested, c.catastrophic
+                );
+            }
+        }
         match &report.check {
             Ok(summary) => println!("consistency check: {summary}"),
             Err(violation) => println!("consistency check FAILED: {violation}"),
@@ -486,6 +500,10 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
     }
     if report.violations > 0 || report.check.is_err() {
         bail!("{} violations: repeat with --seed {seed}", report.violations);
+    }
+    let manifested: u64 = report.error_injection.get("total").map_or(0, |t| t.manifested);
+    if manifested > 0 {
+        bail!("{manifested} injected errors manifested (wrong answers or crashes): repeat with --seed {seed}");
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Fault tests on a running cluster: `nonstop chaos kill` (processes on loopback) and
-//! `nonstop chaos --netns KIND` (hosts of their own, with network faults).
+//! `nonstop chaos --netns KIND` (hosts of their own, with network faults, and error injection
+//! with `--netns bitflip`).
 
+pub mod inject;
 mod kill;
 pub mod netns;
 

@@ -4,12 +4,15 @@
 //! and slow network — under client load, then healing and waiting for the service to be
 //! protected again. At the end the history checker ([`crate::history`]) judges every operation.
 
+use super::inject::{Injection, InjectionCounts, Site, flip_memory, tally, with_history};
 use super::{Millis, millis};
 use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, bank, protected};
 use crate::fault_proxy::{FaultProxy, LinkFaults};
 use crate::history::{CheckReport, Violations};
 use crate::load::{self, Load};
 use crate::netns::Testbed;
+use nonstop_net::detections::DetectionCounts;
+use nonstop_node::EXIT_CORRUPT_MEMORY;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rustix::process::Signal;
@@ -34,6 +37,9 @@ pub enum FaultKind {
     Lossy,
     /// A random sequence of all of the above, sometimes two at once.
     Mixed,
+    /// Error injection: bits flipped in frames on the replication links, in the primary's
+    /// region and in a backup's image ([`super::inject`]).
+    Bitflip,
 }
 
 /// One fault as injected.
@@ -48,6 +54,9 @@ enum Fault {
     PrimaryOneWay,
     MajorityFromPrimary,
     Lossy,
+    FlipWire,
+    FlipPrimaryMemory,
+    FlipBackupMemory,
 }
 
 impl Fault {
@@ -62,6 +71,9 @@ impl Fault {
             Fault::PrimaryOneWay => "partition-primary-one-way",
             Fault::MajorityFromPrimary => "partition-majority-from-primary",
             Fault::Lossy => "lossy",
+            Fault::FlipWire => "bitflip-wire",
+            Fault::FlipPrimaryMemory => "bitflip-primary-memory",
+            Fault::FlipBackupMemory => "bitflip-backup-memory",
         }
     }
 
@@ -86,6 +98,7 @@ impl Fault {
             FaultKind::Partition => PARTITION,
             FaultKind::Lossy => &[Fault::Lossy],
             FaultKind::Mixed => ALL,
+            FaultKind::Bitflip => &[Fault::FlipWire, Fault::FlipPrimaryMemory, Fault::FlipBackupMemory],
         }
     }
 }
@@ -135,6 +148,9 @@ pub struct NetnsTrial {
     pub recovered: bool,
     /// When it was not: every node's status then, for the diagnosis.
     pub stuck: Vec<nonstop_node::agent::NodeStatus>,
+    /// Error-injection trials: what the flips did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injection: Option<Injection>,
 }
 
 /// What a run found.
@@ -169,6 +185,10 @@ pub struct NetnsReport {
     pub proxy_bytes: u64,
     /// The history checker's report (with examples of any violation).
     pub history: CheckReport,
+    /// Error injection (`bitflip` runs): seed 003's counts per site, and a `total` row that adds
+    /// what the history checker found.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_injection: BTreeMap<String, InjectionCounts>,
     /// Why operations were refused (a refused transfer client stops), first few distinct.
     pub refusals: Vec<String>,
     /// Every trial.
@@ -214,6 +234,10 @@ impl Proxies {
         for proxy in &self.replication {
             proxy.set(faults);
         }
+    }
+
+    fn bit_flips(&self) -> u64 {
+        self.replication.iter().map(|p| p.counters().bit_flips.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     fn bytes(&self) -> u64 {
@@ -286,6 +310,11 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         }
         by_fault.into_iter().map(|(k, v)| (k, (v.len() as u32, millis(&v)))).collect::<BTreeMap<_, _>>()
     };
+    let injections: Vec<Injection> = trials.iter().filter_map(|t| t.injection).collect();
+    let error_injection = match injections.is_empty() {
+        true => BTreeMap::new(),
+        false => with_history(tally(&injections), &verdict.report.violations, verdict.check.is_err()),
+    };
     let failover_ms = grouped(|t| t.failover_ms);
     let longest_gap_ms = grouped(|t| Some(t.longest_gap_ms));
     Ok(NetnsReport {
@@ -303,6 +332,7 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         acknowledged: verdict.acknowledged,
         proxy_bytes: proxies.bytes(),
         history: verdict.report,
+        error_injection,
         refusals,
         trial_log: trials,
     })
@@ -344,7 +374,7 @@ fn run_trial(
     let leader = status.as_ref().and_then(|s| s.leader).unwrap_or(primary);
     let others: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
     let target = match fault {
-        Fault::KillBackup => backups.first().copied().unwrap_or(others[0]),
+        Fault::KillBackup | Fault::FlipBackupMemory => backups.first().copied().unwrap_or(others[0]),
         Fault::KillLeader => leader,
         _ => primary,
     };
@@ -352,9 +382,24 @@ fn run_trial(
     if with_lossy {
         make_lossy(testbed, proxies, spec, rng)?;
     }
+    let detections_before = detections(cluster, &all);
+    let flips_before = proxies.bit_flips();
+    let mut injection = None;
     let injected = Instant::now();
     let mut killed = false;
     match fault {
+        Fault::FlipWire => {
+            proxies.set_replication(LinkFaults { bit_flip: WIRE_FLIP_CHANCE, ..LinkFaults::default() });
+            injection =
+                Some(Injection { site: Site::Wire, injected: 0, detected: 0, crashed: 0, detected_after_ms: None });
+        }
+        Fault::FlipPrimaryMemory | Fault::FlipBackupMemory => {
+            let site = if fault == Fault::FlipPrimaryMemory { Site::PrimaryMemory } else { Site::BackupMemory };
+            let flipped = flip_in_region(cluster, spec, target, rng)?;
+            let watched = watch_flip(cluster, target, site, &detections_before, injected);
+            killed = watched.exited;
+            injection = Some(Injection { site, injected: u64::from(flipped), ..watched.injection });
+        }
         Fault::KillPrimary | Fault::KillBackup | Fault::KillLeader => {
             cluster.kill(target)?;
             killed = true;
@@ -387,6 +432,8 @@ fn run_trial(
     // every other fault lasts its length.
     if killed {
         load.wait_first_ack_after(injected, term, fault_length);
+    } else if matches!(fault, Fault::FlipPrimaryMemory | Fault::FlipBackupMemory) {
+        // The flip was watched until found; nothing to heal.
     } else {
         std::thread::sleep(fault_length.saturating_sub(injected.elapsed()));
     }
@@ -402,6 +449,12 @@ fn run_trial(
         protected(s, spec.backups as usize) && all.iter().all(|id| s.alive.contains(id) || *id == s.node)
     });
     let end = recovered_at.unwrap_or_else(Instant::now);
+    if let Some(injection) = injection.as_mut().filter(|i| i.site == Site::Wire) {
+        injection.injected = proxies.bit_flips() - flips_before;
+        let now = detections(cluster, &all);
+        let caught = now.iter().zip(&detections_before).map(|(now, then)| now.since(then));
+        injection.detected = caught.map(|d| d.frames_refused + d.handshakes_refused).sum();
+    }
     // The clients may still be finding the primary: the trial ends at their first answer after
     // the service was healed and protected (or after the failover, if one happened).
     let (_, term_after) = cluster.current_primary(&all);
@@ -424,5 +477,73 @@ fn run_trial(
             Some(_) => Vec::new(),
             None => all.iter().filter_map(|id| cluster.status(*id)).collect(),
         },
+        injection,
     })
+}
+
+/// Chance that a replication proxy flips a bit in a chunk it forwards, in wire trials: a few
+/// flips per trial under full load.
+const WIRE_FLIP_CHANCE: f64 = 0.0005;
+
+/// How long a flipped bit in memory may stay unnoticed before the trial calls it latent: more
+/// than one scrub pass over the region (25 MiB/s).
+const DETECTION_LIMIT: Duration = Duration::from_secs(10);
+
+/// Every node's detection counters (zero for a node that does not answer).
+fn detections(cluster: &LocalCluster, nodes: &[u64]) -> Vec<DetectionCounts> {
+    nodes.iter().map(|id| cluster.status(*id).map(|s| s.detections).unwrap_or_default()).collect()
+}
+
+/// Flips one random bit of the bank's data in node `target`'s region; false if the node had
+/// no process to flip in.
+fn flip_in_region(cluster: &LocalCluster, spec: &ClusterSpec, target: u64, rng: &mut SmallRng) -> anyhow::Result<bool> {
+    let Some(pid) = cluster.nodes[target as usize - 1].pid() else { return Ok(false) };
+    // Flips land where the service's data lives (accounts, tellers, branches, history, client
+    // slots): flips in never-written space are found by the scrubber alone, and are easy.
+    let used = nonstop_workloads::bank::Bank::new(spec.branches.max(1), 8).region_len() as u64;
+    let address = spec.region_base as u64 + rng.random_range(0..used);
+    let bit = rng.random_range(0..8u8);
+    flip_memory(pid, address, bit).map_err(|e| anyhow::anyhow!("flipping a bit in node {target} (pid {pid}): {e}"))?;
+    Ok(true)
+}
+
+/// What became of a flip in a node's memory.
+struct Watched {
+    injection: Injection,
+    /// The node's process ended (it must be started again).
+    exited: bool,
+}
+
+/// Watches node `target` until the flip there is detected — the node stops with
+/// [`EXIT_CORRUPT_MEMORY`] (primary) or counts a corrupted image (backup) — or it dies some
+/// other way (a crash: manifested), or [`DETECTION_LIMIT`] passes (latent).
+fn watch_flip(
+    cluster: &mut LocalCluster,
+    target: u64,
+    site: Site,
+    before: &[DetectionCounts],
+    flipped: Instant,
+) -> Watched {
+    let mut injection = Injection { site, injected: 0, detected: 0, crashed: 0, detected_after_ms: None };
+    let after_ms = || Some(flipped.elapsed().as_secs_f64() * 1e3);
+    while flipped.elapsed() < DETECTION_LIMIT {
+        if let Some(status) = cluster.exited(target) {
+            if status.code() == Some(EXIT_CORRUPT_MEMORY) {
+                injection.detected = 1;
+                injection.detected_after_ms = after_ms();
+            } else {
+                injection.crashed = 1;
+            }
+            return Watched { injection, exited: true };
+        }
+        let corrupted = |counts: &DetectionCounts| counts.image_corruptions;
+        let now = cluster.status(target).map(|s| s.detections).unwrap_or_default();
+        if corrupted(&now.since(&before[target as usize - 1])) > 0 {
+            injection.detected = 1;
+            injection.detected_after_ms = after_ms();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Watched { injection, exited: false }
 }

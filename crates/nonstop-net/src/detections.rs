@@ -1,0 +1,91 @@
+//! What this process's integrity checks caught since it started: frames refused by their CRC
+//! or MAC, handshakes refused, and backup images found corrupted in memory by the scrubber.
+//!
+//! A primary that finds its own region corrupted does not count it: it stops (see
+//! `nonstop_region::CorruptionHandler`), and its exit status says why. The error-injection
+//! harness reads these counts through the node's status to tell a detected error from a silent
+//! one; the metrics endpoint exports them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The counters, process-wide: every connection and backup server of the process adds to them.
+#[derive(Debug)]
+pub struct Detections {
+    frames_refused: AtomicU64,
+    handshakes_refused: AtomicU64,
+    image_corruptions: AtomicU64,
+}
+
+/// The process's counters.
+pub static DETECTIONS: Detections = Detections {
+    frames_refused: AtomicU64::new(0),
+    handshakes_refused: AtomicU64::new(0),
+    image_corruptions: AtomicU64::new(0),
+};
+
+/// A snapshot of [`DETECTIONS`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DetectionCounts {
+    /// Frames refused because a check failed (CRC, MAC, sequence, header): the connection was
+    /// closed and nothing of the frame was used.
+    pub frames_refused: u64,
+    /// Handshakes refused (the peer could not prove it holds the cluster key, or bytes changed).
+    pub handshakes_refused: u64,
+    /// Times a backup's scrubber found its image corrupted and forgot it.
+    pub image_corruptions: u64,
+}
+
+impl DetectionCounts {
+    /// Everything detected.
+    pub fn total(&self) -> u64 {
+        self.frames_refused + self.handshakes_refused + self.image_corruptions
+    }
+
+    /// What was detected between `earlier` and this snapshot (counters of a restarted process
+    /// start again from zero, so a smaller value counts from zero).
+    pub fn since(&self, earlier: &DetectionCounts) -> DetectionCounts {
+        let delta = |now: u64, then: u64| if now >= then { now - then } else { now };
+        DetectionCounts {
+            frames_refused: delta(self.frames_refused, earlier.frames_refused),
+            handshakes_refused: delta(self.handshakes_refused, earlier.handshakes_refused),
+            image_corruptions: delta(self.image_corruptions, earlier.image_corruptions),
+        }
+    }
+}
+
+impl Detections {
+    /// The counts now.
+    pub fn snapshot(&self) -> DetectionCounts {
+        DetectionCounts {
+            frames_refused: self.frames_refused.load(Ordering::Relaxed),
+            handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
+            image_corruptions: self.image_corruptions.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn frame_refused(&self) {
+        self.frames_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_refused(&self) {
+        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn image_corrupted(&self) {
+        self.image_corruptions.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_survives_a_restart() {
+        let before = DetectionCounts { frames_refused: 5, handshakes_refused: 1, image_corruptions: 0 };
+        let after = DetectionCounts { frames_refused: 7, handshakes_refused: 0, image_corruptions: 1 };
+        let delta = after.since(&before);
+        assert_eq!(delta, DetectionCounts { frames_refused: 2, handshakes_refused: 0, image_corruptions: 1 });
+        assert_eq!(delta.total(), 3);
+    }
+}

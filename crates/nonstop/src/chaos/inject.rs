@@ -1,0 +1,169 @@
+//! Error injection in the manner of seed 003's dependability evaluation: flip bits where a real
+//! fault would — in frames on the wire, in the primary's region, in a backup's image — and count
+//! what became of each error.
+//!
+//! * **injected**: bits flipped (by a fault proxy on a replication link, or written into a
+//!   node's memory through `/proc/<pid>/mem`, bypassing every API, as a failing DIMM would).
+//! * **activated**: errors something consumed: a check that caught it, or a client or node that
+//!   it reached. An error never activated was discarded unread (a flip in bytes of a connection
+//!   already refused, or in an image replaced by a whole one) or was still latent when the trial
+//!   gave up waiting.
+//! * **detected**: caught by a check: a frame's CRC or MAC, a handshake, a backup image's line
+//!   seals (the backup forgets the image and is sent a whole one), the primary's line seals
+//!   (the node stops with [`nonstop_node::EXIT_CORRUPT_MEMORY`] and a backup takes over).
+//! * **manifested**: a wrong answer or a crash: a node that died any other way, or a history
+//!   violation other than lost or doubled updates.
+//! * **catastrophic**: acknowledged data lost or corrupted: updates lost or applied twice, or
+//!   the final consistency check failing.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+
+/// Where a bit is flipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Site {
+    /// A frame between primary and backup (either direction), through the fault proxy.
+    Wire,
+    /// The primary's region, in its memory.
+    PrimaryMemory,
+    /// A backup's image, in its memory.
+    BackupMemory,
+}
+
+impl Site {
+    /// The site's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Site::Wire => "wire",
+            Site::PrimaryMemory => "primary-memory",
+            Site::BackupMemory => "backup-memory",
+        }
+    }
+}
+
+/// Seed 003's counts for one site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InjectionCounts {
+    /// Bits flipped.
+    pub injected: u64,
+    /// Errors something consumed (detected, or manifested undetected).
+    pub activated: u64,
+    /// Errors a check caught.
+    pub detected: u64,
+    /// Wrong answers or crashes.
+    pub manifested: u64,
+    /// Acknowledged data lost or corrupted.
+    pub catastrophic: u64,
+}
+
+/// What one trial's injection did, as the harness saw it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Injection {
+    /// Where.
+    pub site: Site,
+    /// Bits flipped.
+    pub injected: u64,
+    /// Errors caught by a check.
+    pub detected: u64,
+    /// Nodes that died other than by the fail-stop of a detection.
+    pub crashed: u64,
+    /// Milliseconds from the flip to its detection (memory sites).
+    pub detected_after_ms: Option<f64>,
+}
+
+/// Adds up the trials' injections per site. Wrong answers and lost updates are judged by the
+/// history checker over the whole run and cannot be pinned on one trial: [`with_history`] adds
+/// them as a `total` row.
+pub fn tally(injections: &[Injection]) -> BTreeMap<Site, InjectionCounts> {
+    let mut sites: BTreeMap<Site, InjectionCounts> = BTreeMap::new();
+    for injection in injections {
+        let counts = sites.entry(injection.site).or_default();
+        counts.injected += injection.injected;
+        counts.detected += injection.detected.min(injection.injected);
+        counts.manifested += injection.crashed;
+        counts.activated += injection.detected.min(injection.injected) + injection.crashed;
+    }
+    sites
+}
+
+/// The per-site rows plus a `total` row that also counts what the history checker and the final
+/// consistency check found: violations other than lost or doubled updates are manifested, lost
+/// or doubled updates and a failed check are catastrophic.
+pub fn with_history(
+    sites: BTreeMap<Site, InjectionCounts>,
+    violations: &crate::history::Violations,
+    check_failed: bool,
+) -> BTreeMap<String, InjectionCounts> {
+    let mut total = InjectionCounts::default();
+    for counts in sites.values() {
+        total.injected += counts.injected;
+        total.activated += counts.activated;
+        total.detected += counts.detected;
+        total.manifested += counts.manifested;
+    }
+    let catastrophic = violations.acked_lost + violations.applied_twice + u64::from(check_failed);
+    let wrong = violations.total() - violations.acked_lost - violations.applied_twice;
+    total.manifested += wrong + catastrophic;
+    total.activated += wrong + catastrophic;
+    total.catastrophic = catastrophic;
+    let mut rows: BTreeMap<String, InjectionCounts> =
+        sites.into_iter().map(|(site, counts)| (site.name().to_string(), counts)).collect();
+    rows.insert("total".into(), total);
+    rows
+}
+
+/// Flips bit `bit` of the byte at virtual address `address` in process `pid`'s memory, through
+/// `/proc/<pid>/mem` (root, or the process's owner with ptrace rights). Returns the byte as it
+/// was and as it is now.
+pub fn flip_memory(pid: u32, address: u64, bit: u8) -> std::io::Result<(u8, u8)> {
+    let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem"))?;
+    let mut byte = [0u8; 1];
+    mem.read_exact_at(&mut byte, address)?;
+    let before = byte[0];
+    byte[0] ^= 1 << (bit % 8);
+    mem.write_all_at(&byte, address)?;
+    Ok((before, byte[0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flip_through_proc_mem_lands_in_this_process() {
+        let value = Box::new(0b1010_0000u8);
+        let address = &*value as *const u8 as u64;
+        let (before, after) = flip_memory(std::process::id(), address, 0).expect("this process's memory is writable");
+        assert_eq!((before, after), (0b1010_0000, 0b1010_0001));
+        // SAFETY: reading a byte we own, written behind the compiler's back: volatile.
+        assert_eq!(unsafe { std::ptr::read_volatile(&*value) }, 0b1010_0001);
+    }
+
+    #[test]
+    fn tally_counts_detections_and_crashes() {
+        let trial = |site, injected, detected, crashed| Injection {
+            site,
+            injected,
+            detected,
+            crashed,
+            detected_after_ms: None,
+        };
+        let sites = tally(&[
+            trial(Site::Wire, 3, 2, 0),
+            trial(Site::Wire, 1, 5, 0), // more refusals than flips: one flip can end several frames
+            trial(Site::PrimaryMemory, 1, 1, 0),
+            trial(Site::BackupMemory, 1, 0, 1),
+        ]);
+        assert_eq!(
+            sites[&Site::Wire],
+            InjectionCounts { injected: 4, activated: 3, detected: 3, ..Default::default() }
+        );
+        assert_eq!(sites[&Site::PrimaryMemory].detected, 1);
+        assert_eq!(
+            sites[&Site::BackupMemory],
+            InjectionCounts { injected: 1, activated: 1, manifested: 1, ..Default::default() }
+        );
+    }
+}
