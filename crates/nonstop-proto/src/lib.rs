@@ -17,7 +17,7 @@
 //!   acknowledged, which checkpoint every backup holds (the output-commit point).
 //! * [`backup`]: the backup's state machine: stage a checkpoint's runs, apply them only when its
 //!   closing marker arrives intact, acknowledge.
-//! * [`integrity`]: a CRC32C per 64-byte line of the region, kept by primary and backups alike,
+//! * [`integrity`]: a checksum per 64-byte line of the region, kept by primary and backups alike,
 //!   so that memory corrupted behind the program's back is never served, replicated or promoted.
 //! * [`control`]: the small control messages (attach, verify) encoded with postcard.
 //! * [`client`]: the client protocol: requests, answers and redirects.

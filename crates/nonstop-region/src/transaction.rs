@@ -198,7 +198,10 @@ impl<'m> Transaction<'m> {
     /// a reply caused by this transaction may leave once every backup holds it.
     pub fn commit(mut self) -> Ticket {
         // Sealed while still locked: no one sees the lines between the writes and the seals.
-        self.mirror.seal(&self.state.borrow().declared);
+        // The undo images say what each range held, so the seals move by the change alone.
+        for (offset, old) in undo_records(&self.state.borrow().undo) {
+            self.mirror.reseal(offset, old);
+        }
         let checkpoint = self.mirror.on_commit(&self.state.borrow().declared);
         self.finished = true;
         Ticket { checkpoint }
@@ -211,26 +214,32 @@ impl<'m> Transaction<'m> {
 
     fn roll_back(&self) {
         let state = self.state.borrow();
-        let mut records = Vec::new();
-        let mut at = 0;
-        while at < state.undo.len() {
-            let offset = u64::from_le_bytes(state.undo[at..at + 8].try_into().expect("8 bytes"));
-            let len = u32::from_le_bytes(state.undo[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
-            records.push((offset, at + 12, len));
-            at += 12 + len;
-        }
+        let records: Vec<(u64, &[u8])> = undo_records(&state.undo).collect();
         // Newest first, so that overlapping images (never produced today) would still unwind.
-        for (offset, from, len) in records.into_iter().rev() {
+        for (offset, old) in records.into_iter().rev() {
             // SAFETY: the range was declared by this transaction and is still locked by it.
             unsafe {
                 std::ptr::copy_nonoverlapping(
-                    state.undo[from..].as_ptr(),
+                    old.as_ptr(),
                     self.mirror.region().as_ptr().add(offset as usize),
-                    len,
+                    old.len(),
                 );
             }
         }
     }
+}
+
+/// The undo records of a transaction, oldest first: each range's offset and old bytes.
+fn undo_records(undo: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let header = undo.get(at..at + 12)?;
+        let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+        let old = &undo[at + 12..at + 12 + len];
+        at += 12 + len;
+        Some((offset, old))
+    })
 }
 
 impl Drop for Transaction<'_> {

@@ -64,6 +64,9 @@ pub struct BenchConfig {
     pub warehouses: u64,
     /// Virtual address of the region in the primary and every backup.
     pub region_base: usize,
+    /// Check and seal every line the primary's transactions touch (as nodes always do);
+    /// `false` measures what that costs.
+    pub seals: bool,
 }
 
 /// Percentiles in microseconds.
@@ -341,7 +344,11 @@ fn run_round(
 ) -> anyhow::Result<Round> {
     let region = Region::map(config.region_base, len).context("mapping the primary's region")?;
     let replicated = !backups.is_empty();
-    let mirror = Arc::new(Mirror::new(region, replicated.then_some(config.protocol), CheckpointId(1)));
+    let protocol = replicated.then_some(config.protocol);
+    let mirror = Arc::new(match config.seals {
+        true => Mirror::new(region, protocol, CheckpointId(1)),
+        false => Mirror::unsealed(region, protocol, CheckpointId(1)),
+    });
     workload.load(&mirror);
     let primary = replicated.then(|| {
         Primary::start(

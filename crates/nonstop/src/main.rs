@@ -156,6 +156,13 @@ struct ChaosNetnsArgs {
     /// Before the trials, run the load this long without faults: any failover then is false.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     quiet: Duration,
+    /// Soak: instead of --trials, inject a fault every --fault-every for this long, sampling
+    /// every node's memory, file descriptors and threads.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    soak: Option<Duration>,
+    /// The spacing of faults in a soak.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    fault_every: Duration,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -268,6 +275,10 @@ struct WorkloadArgs {
     /// Virtual address of the region (hexadecimal), the same in the primary and the backups.
     #[arg(long, default_value_t = format!("{DEFAULT_REGION_BASE:#x}"))]
     region_base: String,
+    /// Run the primary without line seals (no memory-corruption checks), to measure what
+    /// they cost; nodes always seal.
+    #[arg(long)]
+    no_seals: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -460,8 +471,14 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         spec: nonstop::cluster::ClusterSpec::default(),
         fault_length: args.fault_length,
         quiet: args.quiet,
+        soak: args.soak,
+        fault_every: args.fault_every,
     };
-    let progress = trials_bar(args.trials);
+    let expected_trials = match args.soak {
+        Some(length) => (length.as_secs_f64() / args.fault_every.as_secs_f64().max(1.0)).ceil() as u32,
+        None => args.trials,
+    };
+    let progress = trials_bar(expected_trials);
     let report = nonstop::chaos::netns::run(&std::env::current_exe()?, &config, |trial| {
         trial_done(&progress, &trial.fault, trial.failover_ms);
     })?;
@@ -480,7 +497,37 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
                 m.p50, m.max
             );
         }
-        println!("unrecovered trials {}, quiet-period failovers {}", report.unrecovered, report.quiet_failovers);
+        println!(
+            "unrecovered trials {}, quiet-period failovers {}, false failovers {}",
+            report.unrecovered, report.quiet_failovers, report.false_failovers
+        );
+        if let Some(soak) = &report.soak {
+            println!("soak: {} s, {} samples", soak.duration_s, soak.samples);
+            println!(
+                "| node | pid | watched | rss first -> last (max) | fds first -> last (max) | threads first -> last (max) |"
+            );
+            println!("|---:|---:|---:|---|---|---|");
+            for p in &soak.processes {
+                println!(
+                    "| {} | {} | {} s | {} -> {} KiB ({}) | {} -> {} ({}) | {} -> {} ({}) |",
+                    p.node,
+                    p.pid,
+                    p.watched_s,
+                    p.first.rss_kib,
+                    p.last.rss_kib,
+                    p.max_rss_kib,
+                    p.first.fds,
+                    p.last.fds,
+                    p.max_fds,
+                    p.first.threads,
+                    p.last.threads,
+                    p.max_threads
+                );
+            }
+            for growing in &soak.growing {
+                println!("GROWING: {growing}");
+            }
+        }
         if !report.error_injection.is_empty() {
             println!(
                 "| site | injected | activated | detected | manifested | catastrophic |\n|---|---:|---:|---:|---:|---:|"
@@ -500,6 +547,12 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
     }
     if report.violations > 0 || report.check.is_err() {
         bail!("{} violations: repeat with --seed {seed}", report.violations);
+    }
+    if report.false_failovers > 0 {
+        bail!("{} false failovers: repeat with --seed {seed}", report.false_failovers);
+    }
+    if let Some(growing) = report.soak.as_ref().filter(|s| !s.growing.is_empty()).map(|s| s.growing.join("; ")) {
+        bail!("node processes grew during the soak: {growing}");
     }
     let manifested: u64 = report.error_injection.get("total").map_or(0, |t| t.manifested);
     if manifested > 0 {
@@ -660,6 +713,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
         branches: args.branches.max(1),
         warehouses: args.warehouses.max(1),
         region_base: parse_address(&args.region_base)?,
+        seals: !args.no_seals,
     })
 }
 
@@ -715,6 +769,7 @@ fn bench_matrix(args: MatrixArgs) -> anyhow::Result<()> {
         branches: 10,
         warehouses: 1,
         region_base: DEFAULT_REGION_BASE,
+        seals: true,
     };
     let matrix =
         bench::matrix(&base, &[WorkloadKind::DebitCredit, WorkloadKind::OrderEntry], &std::env::current_exe()?)?;

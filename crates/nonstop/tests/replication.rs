@@ -26,6 +26,7 @@ fn config(region_base: usize, backups: usize, protocol: UpdateProtocol, policy: 
         branches: 2,
         warehouses: 1,
         region_base,
+        seals: true,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod inject;
 mod kill;
 pub mod netns;
+pub mod soak;
 
 pub use kill::{ChaosConfig, ChaosReport, Trial, run_kill};
 

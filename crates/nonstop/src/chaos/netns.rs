@@ -5,6 +5,7 @@
 //! protected again. At the end the history checker ([`crate::history`]) judges every operation.
 
 use super::inject::{Injection, InjectionCounts, Site, flip_memory, tally, with_history};
+use super::soak::{SoakReport, SoakSampler};
 use super::{Millis, millis};
 use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, bank, protected};
 use crate::fault_proxy::{FaultProxy, LinkFaults};
@@ -77,6 +78,25 @@ impl Fault {
         }
     }
 
+    /// Whether this fault may rightly end in a failover: it stops the primary, or cuts it off
+    /// from the control-plane majority (`primary_leads`: the leader is the primary, so killing
+    /// the leader kills the primary).
+    fn may_fail_over(self, primary_leads: bool) -> bool {
+        match self {
+            Fault::KillPrimary
+            | Fault::PausePrimary
+            | Fault::PrimaryIsolated
+            | Fault::PrimaryOneWay
+            | Fault::MajorityFromPrimary
+            // A backup that leads the control plane, cut from the primary, rightly fails it
+            // over.
+            | Fault::PrimaryFromBackups
+            | Fault::FlipPrimaryMemory => true,
+            Fault::KillLeader => primary_leads,
+            Fault::KillBackup | Fault::Lossy | Fault::FlipWire | Fault::FlipBackupMemory => false,
+        }
+    }
+
     fn of(kind: FaultKind) -> &'static [Fault] {
         const KILL: &[Fault] = &[Fault::KillPrimary, Fault::KillBackup, Fault::KillLeader];
         const PARTITION: &[Fault] =
@@ -123,6 +143,11 @@ pub struct NetnsConfig {
     pub fault_length: Duration,
     /// Before the trials: run the load this long without faults (any failover is false).
     pub quiet: Duration,
+    /// Soak: instead of `trials`, inject a fault every `fault_every` for this long, sampling
+    /// every node process's memory, descriptors and threads ([`super::soak`]).
+    pub soak: Option<Duration>,
+    /// The spacing of faults in a soak.
+    pub fault_every: Duration,
 }
 
 /// One trial.
@@ -146,6 +171,13 @@ pub struct NetnsTrial {
     pub terms: u64,
     /// Whether the service was protected again with every node up within the limit.
     pub recovered: bool,
+    /// A failover happened though the fault did not call for one (see
+    /// [`NetnsReport::false_failovers`]).
+    pub false_failover: bool,
+    /// Failovers between the previous trial's end and this one's injection (all false).
+    pub failovers_before: u64,
+    /// The service's term when the fault was injected.
+    pub term_at_injection: u64,
     /// When it was not: every node's status then, for the diagnosis.
     pub stuck: Vec<nonstop_node::agent::NodeStatus>,
     /// Error-injection trials: what the flips did.
@@ -177,6 +209,11 @@ pub struct NetnsReport {
     pub failovers: BTreeMap<String, u32>,
     /// Failovers during the quiet period (all false).
     pub quiet_failovers: u64,
+    /// Failovers no fault called for: during the quiet period, between trials, or in a trial
+    /// whose fault left the primary reachable by the control-plane majority (a backup or a
+    /// non-primary leader killed, a lossy replication network, a flip on the wire or in a
+    /// backup's image).
+    pub false_failovers: u64,
     /// Trials after which the service was not protected again within the limit.
     pub unrecovered: u32,
     /// Transfers answered.
@@ -191,6 +228,9 @@ pub struct NetnsReport {
     pub error_injection: BTreeMap<String, InjectionCounts>,
     /// Why operations were refused (a refused transfer client stops), first few distinct.
     pub refusals: Vec<String>,
+    /// Soak runs: every node process's memory, descriptors and threads over the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakReport>,
     /// Every trial.
     pub trial_log: Vec<NetnsTrial>,
 }
@@ -283,12 +323,37 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
     let (_, quiet_end) = cluster.current_primary(&all);
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
-    for _ in 0..config.trials {
+    let mut sampler = config.soak.map(|_| SoakSampler::new(Duration::from_secs(30)));
+    let soak_started = Instant::now();
+    let mut last_term = quiet_end;
+    let mut next_fault = Instant::now();
+    loop {
+        let done = match config.soak {
+            Some(length) => soak_started.elapsed() >= length,
+            None => trials.len() as u32 >= config.trials,
+        };
+        if done {
+            break;
+        }
         let faults = Fault::of(config.kind);
         let fault = faults[rng.random_range(0..faults.len())];
         let with_lossy = config.kind == FaultKind::Mixed && fault != Fault::Lossy && rng.random_bool(0.2);
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..300)));
-        let trial = run_trial(&mut cluster, &testbed, &proxies, config, &load, &mut rng, fault, with_lossy)?;
+        next_fault = next_fault.max(Instant::now() + Duration::from_millis(rng.random_range(50..300)));
+        // A soak samples the node processes every second while it waits for the next fault.
+        while Instant::now() < next_fault {
+            if let Some(sampler) = sampler.as_mut() {
+                sampler.sample(&node_processes(&cluster));
+            }
+            std::thread::sleep(next_fault.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
+        }
+        next_fault = Instant::now() + config.fault_every;
+        let mut trial = run_trial(&mut cluster, &testbed, &proxies, config, &load, &mut rng, fault, with_lossy)?;
+        let (_, term_now) = cluster.current_primary(&all);
+        trial.failovers_before = trial.term_at_injection.saturating_sub(last_term);
+        last_term = term_now;
+        if let Some(sampler) = sampler.as_mut() {
+            sampler.sample(&node_processes(&cluster));
+        }
         progress(&trial);
         trials.push(trial);
     }
@@ -328,6 +393,9 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         failover_ms,
         longest_gap_ms,
         quiet_failovers: quiet_end.saturating_sub(quiet_start),
+        false_failovers: quiet_end.saturating_sub(quiet_start)
+            + trials.iter().map(|t| t.failovers_before + u64::from(t.false_failover)).sum::<u64>(),
+        soak: sampler.map(|s| s.report()),
         unrecovered: trials.iter().filter(|t| !t.recovered).count() as u32,
         acknowledged: verdict.acknowledged,
         proxy_bytes: proxies.bytes(),
@@ -473,12 +541,20 @@ fn run_trial(
         longest_gap_ms: load.longest_gap(injected, resumed).as_secs_f64() * 1e3,
         terms: term_after.saturating_sub(term),
         recovered: recovered_at.is_some(),
+        false_failover: term_after > term && !fault.may_fail_over(primary == leader),
+        failovers_before: 0,
+        term_at_injection: term,
         stuck: match recovered_at {
             Some(_) => Vec::new(),
             None => all.iter().filter_map(|id| cluster.status(*id)).collect(),
         },
         injection,
     })
+}
+
+/// Every running node process, by node.
+fn node_processes(cluster: &LocalCluster) -> Vec<(u64, u32)> {
+    cluster.nodes.iter().filter_map(|node| node.pid().map(|pid| (node.id, pid))).collect()
 }
 
 /// Chance that a replication proxy flips a bit in a chunk it forwards, in wire trials: a few
