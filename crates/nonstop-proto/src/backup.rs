@@ -234,7 +234,14 @@ impl Backup {
     /// image was corrupted in memory: the backup forgets it (it holds no checkpoint, so it is
     /// never promoted nor counted as a copy) and the error says so; the driver must end the
     /// session, so that the primary attaches again and sends a whole image.
+    ///
+    /// An image that holds no checkpoint is not scrubbed: it is about to be replaced whole
+    /// (a forgotten image would otherwise be found corrupt again before its replacement
+    /// arrived, and refuse every new session).
     pub fn scrub<I: Image + ?Sized>(&mut self, image: &mut I, lines: usize) -> Result<(), BackupError> {
+        if self.held.is_none() {
+            return Ok(());
+        }
         let result = self.scrubber.step(&self.seals, image.bytes_mut(), lines);
         result.map_err(|corruption| self.forget_image(corruption))
     }

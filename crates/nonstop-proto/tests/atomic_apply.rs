@@ -9,6 +9,30 @@ use nonstop_proto::{CheckpointId, PAGE_SIZE, Term};
 
 const LEN: usize = 8 * PAGE_SIZE;
 
+/// A backup (applying on arrival past `eager_after` bytes) that holds checkpoint 1 = `image`,
+/// with the writer and reader of its session, for tests that go on from there.
+fn holding(image: &[u8], eager_after: usize) -> (FrameWriter, FrameReader, Backup, Vec<u8>) {
+    let mut writer = FrameWriter::new(key());
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(1), LEN as u64, &mut wire);
+    checkpoint(&mut writer, Term(1), CheckpointId(1), full_image(image), true, &mut wire);
+    let mut backup = Backup::new(BASE, LEN as u64).with_eager_after(eager_after);
+    let mut held = vec![0u8; LEN];
+    let mut reader = FrameReader::new(key());
+    feed(&mut backup, &mut held, &mut reader, &wire).unwrap();
+    assert_eq!(backup.held(), Some(CheckpointId(1)));
+    (writer, reader, backup, held)
+}
+
+/// Pushes `wire` into `reader` and hands the backup every whole frame, stopping at a refusal.
+fn feed(backup: &mut Backup, image: &mut Vec<u8>, reader: &mut FrameReader, wire: &[u8]) -> Result<(), BackupError> {
+    reader.push(wire);
+    while let Some(frame) = reader.next_frame().unwrap() {
+        backup.on_frame(frame, image)?;
+    }
+    Ok(())
+}
+
 fn images() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let mut first = vec![0u8; LEN];
     first[100..200].fill(1);
@@ -59,18 +83,7 @@ fn stream_cut_at_every_byte_leaves_a_whole_checkpoint() {
 #[test]
 fn a_corrupted_image_is_forgotten_and_resent_whole() {
     let (first, second, _) = images();
-    let mut writer = FrameWriter::new(key());
-    let mut wire = Vec::new();
-    attach(&mut writer, Term(1), LEN as u64, &mut wire);
-    checkpoint(&mut writer, Term(1), CheckpointId(1), full_image(&first), true, &mut wire);
-    let mut backup = Backup::new(BASE, LEN as u64);
-    let mut image = vec![0u8; LEN];
-    let mut reader = FrameReader::new(key());
-    reader.push(&wire);
-    while let Some(frame) = reader.next_frame().unwrap() {
-        backup.on_frame(frame, &mut image).unwrap();
-    }
-    assert_eq!(backup.held(), Some(CheckpointId(1)));
+    let (mut writer, mut reader, mut backup, mut image) = holding(&first, usize::MAX);
     let lines = LEN / nonstop_proto::integrity::LINE;
     backup.scrub(&mut image, lines).unwrap();
 
@@ -79,14 +92,12 @@ fn a_corrupted_image_is_forgotten_and_resent_whole() {
     assert!(matches!(error, BackupError::Corrupt(c) if c.offset == (3 * PAGE_SIZE) as u64), "{error}");
     assert_eq!(backup.held(), None, "a corrupted image is no checkpoint");
     backup.on_disconnect(&mut image);
+    backup.scrub(&mut image, lines).expect("an image holding no checkpoint waits to be replaced, unscrubbed");
 
     let mut wire = Vec::new();
     attach(&mut writer, Term(2), LEN as u64, &mut wire);
     checkpoint(&mut writer, Term(2), CheckpointId(7), full_image(&second), true, &mut wire);
-    reader.push(&wire);
-    while let Some(frame) = reader.next_frame().unwrap() {
-        backup.on_frame(frame, &mut image).unwrap();
-    }
+    feed(&mut backup, &mut image, &mut reader, &wire).unwrap();
     assert_eq!(backup.held(), Some(CheckpointId(7)));
     assert!(image == second);
     backup.scrub(&mut image, lines).unwrap();
@@ -130,10 +141,7 @@ fn a_precopied_image_is_a_checkpoint_only_once_its_first_checkpoint_completes_it
         let mut backup = Backup::new(BASE, LEN as u64).with_eager_after(0);
         let mut image = vec![0u8; LEN];
         let mut reader = FrameReader::new(key());
-        reader.push(&wire[..cut]);
-        while let Some(frame) = reader.next_frame().unwrap() {
-            backup.on_frame(frame, &mut image).unwrap();
-        }
+        feed(&mut backup, &mut image, &mut reader, &wire[..cut]).unwrap();
         backup.on_disconnect(&mut image);
         match backup.held().map(|c| c.0) {
             None => {}
@@ -194,28 +202,11 @@ fn precopy_is_refused_once_a_checkpoint_is_held_and_a_false_precopied_close_is_r
 fn a_run_into_a_corrupted_line_is_refused() {
     let (first, second, _) = images();
     for eager_after in [0, usize::MAX] {
-        let mut writer = FrameWriter::new(key());
-        let mut wire = Vec::new();
-        attach(&mut writer, Term(1), LEN as u64, &mut wire);
-        checkpoint(&mut writer, Term(1), CheckpointId(1), full_image(&first), true, &mut wire);
-        let mut backup = Backup::new(BASE, LEN as u64).with_eager_after(eager_after);
-        let mut image = vec![0u8; LEN];
-        let mut reader = FrameReader::new(key());
-        reader.push(&wire);
-        while let Some(frame) = reader.next_frame().unwrap() {
-            backup.on_frame(frame, &mut image).unwrap();
-        }
+        let (mut writer, mut reader, mut backup, mut image) = holding(&first, eager_after);
         image[130] ^= 1; // the line of bytes 128..192; checkpoint 2 writes 150..160
         let mut wire = Vec::new();
         checkpoint(&mut writer, Term(1), CheckpointId(2), diff(&first, &second), false, &mut wire);
-        reader.push(&wire);
-        let mut outcome = Ok(None);
-        while let Some(frame) = reader.next_frame().unwrap() {
-            outcome = backup.on_frame(frame, &mut image);
-            if outcome.is_err() {
-                break;
-            }
-        }
+        let outcome = feed(&mut backup, &mut image, &mut reader, &wire);
         assert!(
             matches!(outcome, Err(BackupError::Corrupt(c)) if c.offset == 128),
             "eager_after {eager_after}: {outcome:?}"

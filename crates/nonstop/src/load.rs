@@ -25,7 +25,33 @@ pub fn delta_of(client: u64, request: u64) -> i64 {
 
 /// The balance client `client`'s account holds after its requests `1..=last`.
 pub fn expected_balance(client: u64, last: u64) -> i64 {
-    (1..=last).map(|request| delta_of(client, request)).sum()
+    ExpectedBalances::new(client).after(last)
+}
+
+/// One client's expected balances, each request's computed once: checking a history asks for
+/// every request number, and summing from 1 each time would be quadratic.
+#[derive(Clone, Debug)]
+pub struct ExpectedBalances {
+    client: u64,
+    /// `after[k]`: the balance after requests `1..=k`.
+    after: Vec<i64>,
+}
+
+impl ExpectedBalances {
+    /// No request applied yet.
+    pub fn new(client: u64) -> ExpectedBalances {
+        ExpectedBalances { client, after: vec![0] }
+    }
+
+    /// The balance after requests `1..=last`.
+    pub fn after(&mut self, last: u64) -> i64 {
+        while (self.after.len() as u64) <= last {
+            let next = self.after.len() as u64;
+            let balance = self.after[next as usize - 1] + delta_of(self.client, next);
+            self.after.push(balance);
+        }
+        self.after[last as usize]
+    }
 }
 
 /// One answered request.

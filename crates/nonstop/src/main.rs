@@ -163,6 +163,9 @@ struct ChaosNetnsArgs {
     /// The spacing of faults in a soak.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     fault_every: Duration,
+    /// Where a soak draws every node's resident memory over time (SVG).
+    #[arg(long, default_value = "target/chaos/soak-rss.svg")]
+    soak_chart: std::path::PathBuf,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -483,6 +486,14 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         trial_done(&progress, &trial.fault, trial.failover_ms);
     })?;
     progress.finish_and_clear();
+    if let Some(soak) = &report.soak {
+        if let Some(dir) = args.soak_chart.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let title = format!("{} s soak, {:?} faults every {:?}", soak.duration_s, report.kind, args.fault_every);
+        std::fs::write(&args.soak_chart, soak.rss_chart(&title))?;
+        eprintln!("resident memory chart: {}", args.soak_chart.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

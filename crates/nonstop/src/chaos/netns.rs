@@ -384,7 +384,7 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
     let longest_gap_ms = grouped(|t| Some(t.longest_gap_ms));
     Ok(NetnsReport {
         kind: config.kind,
-        trials: config.trials,
+        trials: trials.len() as u32,
         seed: config.seed,
         violations: verdict.report.violations.total(),
         by_kind: verdict.report.violations,

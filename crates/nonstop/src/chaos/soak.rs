@@ -63,9 +63,11 @@ pub struct SoakReport {
     pub samples: u64,
     /// Per process, in the order first seen.
     pub processes: Vec<ProcessSummary>,
-    /// Processes watched for at least [`SoakSampler::LONG`] whose resident memory grew by more
-    /// than a tenth, or whose descriptors or threads grew at all, between their first and
-    /// last samples (both taken with load running).
+    /// Every sample, per process in the same order (for charts and a closer look).
+    pub series: Vec<Vec<ProcessSample>>,
+    /// Processes watched for at least [`SoakSampler::LONG`] whose peak resident memory in the
+    /// second half of their watched life exceeds the first half's by more than a tenth, or
+    /// whose peak descriptors or threads exceed it at all (see `growth`).
     pub growing: Vec<String>,
 }
 
@@ -123,24 +125,59 @@ impl SoakSampler {
                 max_threads: series.iter().map(|s| s.threads).max().unwrap_or(0),
             };
             if last.at_s - baseline.at_s >= Self::LONG.as_secs() {
-                let mut grew = Vec::new();
-                if last.rss_kib > baseline.rss_kib + baseline.rss_kib / 10 {
-                    grew.push(format!("rss {} -> {} KiB", baseline.rss_kib, last.rss_kib));
-                }
-                if last.fds > baseline.fds {
-                    grew.push(format!("fds {} -> {}", baseline.fds, last.fds));
-                }
-                if last.threads > baseline.threads {
-                    grew.push(format!("threads {} -> {}", baseline.threads, last.threads));
-                }
+                let watched: Vec<&ProcessSample> = series.iter().filter(|s| s.at_s >= baseline.at_s).collect();
+                let grew = growth(&watched);
                 if !grew.is_empty() {
                     report.growing.push(format!("node {} (pid {}): {}", key.0, key.1, grew.join(", ")));
                 }
             }
             report.processes.push(summary);
+            report.series.push(series.clone());
         }
         report
     }
+}
+
+impl SoakReport {
+    /// Resident memory of every process watched at least a minute, over the soak, as SVG.
+    pub fn rss_chart(&self, title: &str) -> String {
+        let lines: Vec<(String, Vec<(f64, f64)>)> = self
+            .processes
+            .iter()
+            .zip(&self.series)
+            .filter(|(process, _)| process.watched_s >= 60)
+            .map(|(process, series)| {
+                let points = series.iter().map(|s| (s.at_s as f64, s.rss_kib as f64 / 1024.0)).collect();
+                (format!("node {} (pid {})", process.node, process.pid), points)
+            })
+            .collect();
+        crate::chart::lines(title, "seconds", "resident memory (MiB)", &lines)
+    }
+}
+
+/// What grew between the first and the second half of a process's watched life. Peaks, not
+/// single samples, are compared: a node's figures move with its role (a primary has more
+/// connections and threads than a backup, and its allocator keeps what a burst needed), so a
+/// leak shows as the second half's peak above the first half's, not as a difference between
+/// two moments that may find the node in different roles.
+fn growth(samples: &[&ProcessSample]) -> Vec<String> {
+    let (first, second) = samples.split_at(samples.len() / 2);
+    let peak =
+        |half: &[&ProcessSample], figure: fn(&ProcessSample) -> u64| half.iter().map(|s| figure(s)).max().unwrap_or(0);
+    let mut grew = Vec::new();
+    let (rss_before, rss_after) = (peak(first, |s| s.rss_kib), peak(second, |s| s.rss_kib));
+    if rss_after > rss_before + rss_before / 10 {
+        grew.push(format!("peak rss {rss_before} -> {rss_after} KiB"));
+    }
+    let (fds_before, fds_after) = (peak(first, |s| s.fds), peak(second, |s| s.fds));
+    if fds_after > fds_before {
+        grew.push(format!("peak fds {fds_before} -> {fds_after}"));
+    }
+    let (threads_before, threads_after) = (peak(first, |s| s.threads), peak(second, |s| s.threads));
+    if threads_after > threads_before {
+        grew.push(format!("peak threads {threads_before} -> {threads_after}"));
+    }
+    grew
 }
 
 #[cfg(test)]
@@ -158,12 +195,17 @@ mod tests {
     fn growth_is_flagged_only_for_long_watched_processes() {
         let mut sampler = SoakSampler::new(Duration::ZERO);
         let sample = |at_s, rss_kib, fds| ProcessSample { at_s, rss_kib, threads: 10, fds };
-        sampler.series.insert((1, 10), vec![sample(0, 1000, 20), sample(200, 1050, 20)]);
-        sampler.series.insert((2, 20), vec![sample(0, 1000, 20), sample(200, 2000, 25)]);
+        // Steady, with a role change (more fds) in each half: not growth.
+        let steady = vec![sample(0, 1000, 20), sample(50, 1050, 37), sample(100, 1000, 20), sample(200, 1040, 37)];
+        sampler.series.insert((1, 10), steady);
+        // A leak: the second half peaks above the first.
+        let leaking = vec![sample(0, 1000, 20), sample(50, 1100, 20), sample(150, 1500, 22), sample(200, 2000, 25)];
+        sampler.series.insert((2, 20), leaking);
+        // Watched too briefly to judge.
         sampler.series.insert((3, 30), vec![sample(0, 1000, 20), sample(10, 2000, 25)]);
         sampler.order = vec![(1, 10), (2, 20), (3, 30)];
         let report = sampler.report();
-        assert_eq!(report.growing, vec!["node 2 (pid 20): rss 1000 -> 2000 KiB, fds 20 -> 25".to_string()]);
+        assert_eq!(report.growing, vec!["node 2 (pid 20): peak rss 1100 -> 2000 KiB, peak fds 20 -> 25".to_string()]);
         assert_eq!(report.processes.len(), 3);
     }
 }
