@@ -146,7 +146,8 @@ pub struct NetnsConfig {
     /// Soak: instead of `trials`, inject a fault every `fault_every` for this long, sampling
     /// every node process's memory, descriptors and threads ([`super::soak`]).
     pub soak: Option<Duration>,
-    /// The spacing of faults in a soak.
+    /// The spacing of faults in a soak (trial runs ignore it: each fault follows the last
+    /// one's recovery after a short random pause).
     pub fault_every: Duration,
 }
 
@@ -346,7 +347,9 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
             }
             std::thread::sleep(next_fault.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
         }
-        next_fault = Instant::now() + config.fault_every;
+        if config.soak.is_some() {
+            next_fault = Instant::now() + config.fault_every;
+        }
         let mut trial = run_trial(&mut cluster, &testbed, &proxies, config, &load, &mut rng, fault, with_lossy)?;
         let (_, term_now) = cluster.current_primary(&all);
         trial.failovers_before = trial.term_at_injection.saturating_sub(last_term);
