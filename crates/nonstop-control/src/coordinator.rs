@@ -51,6 +51,9 @@ pub struct Report {
     pub services: Vec<ServiceReport>,
 }
 
+/// Leadership moves only to a node heard without a gap for this many failure timeouts.
+const STEADY_TIMEOUTS: u64 = 10;
+
 /// What the leader should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -63,6 +66,8 @@ pub enum Decision {
 #[derive(Debug)]
 struct Peer {
     last_heard: Option<Nanos>,
+    /// Heard without a silence longer than the failure timeout since then.
+    heard_since: Option<Nanos>,
     /// Its connection closed and nothing was heard since: its process is gone.
     closed: bool,
     report: Report,
@@ -97,7 +102,16 @@ impl Coordinator {
             .iter()
             .filter(|v| **v != me)
             .map(|v| {
-                (*v, Peer { last_heard: None, closed: false, report: Report::default(), empty_since: BTreeMap::new() })
+                (
+                    *v,
+                    Peer {
+                        last_heard: None,
+                        heard_since: None,
+                        closed: false,
+                        report: Report::default(),
+                        empty_since: BTreeMap::new(),
+                    },
+                )
             })
             .collect();
         Coordinator {
@@ -116,7 +130,12 @@ impl Coordinator {
 
     /// `node` reported at `now`.
     pub fn on_report(&mut self, node: NodeId, report: Report, now: Nanos) {
+        let timeout = self.timeout_ns;
         if let Some(peer) = self.peers.get_mut(&node) {
+            let silent = peer.closed || peer.last_heard.is_none_or(|heard| now.0.saturating_sub(heard.0) > timeout);
+            if silent {
+                peer.heard_since = Some(now);
+            }
             peer.last_heard = Some(now);
             peer.closed = false;
             for service in &report.services {
@@ -254,7 +273,21 @@ impl Coordinator {
         if self.transfer_asked.is_some_and(|at| now.0.saturating_sub(at.0) < self.timeout_ns) {
             return None;
         }
-        let target = self.peers.keys().filter(|p| self.alive(**p, now)).min_by_key(|p| (rank(**p), **p)).copied()?;
+        // Only to a node heard steadily for a while: one just back from a partition may still
+        // be missing heartbeats that TCP is retransmitting, and as leader it would take the
+        // silence of the nodes it cannot hear yet for death and fail a live primary over.
+        let steady = |node: &NodeId| {
+            self.peers
+                .get(node)
+                .and_then(|p| p.heard_since)
+                .is_some_and(|since| now.0.saturating_sub(since.0) >= STEADY_TIMEOUTS * self.timeout_ns)
+        };
+        let target = self
+            .peers
+            .keys()
+            .filter(|p| self.alive(**p, now) && steady(p))
+            .min_by_key(|p| (rank(**p), **p))
+            .copied()?;
         if rank(target) >= rank(self.me) {
             return None;
         }
@@ -376,25 +409,56 @@ mod tests {
         assert!(c.decide(&state(), &stale, Nanos(MS)).is_empty());
     }
 
+    /// Every node in `reports` reports every 10 ms from `from` to `to` (inclusive).
+    fn steady_reports(c: &mut Coordinator, reports: &[(u64, Report)], from: u64, to: u64) {
+        for at in (from..=to).step_by(10) {
+            for (node, report) in reports {
+                c.on_report(NodeId(*node), report.clone(), Nanos(at * MS));
+            }
+        }
+    }
+
     #[test]
     fn leadership_moves_off_a_primary_to_the_node_with_the_least_role() {
         let mut state = state();
         let drop = Command::DropBackup { service: "bank".into(), term: Term(1), node: NodeId(3) };
         state.apply(10, drop).outcome.unwrap();
+        let steady = STEADY_TIMEOUTS * 50;
         let mut c = Coordinator::new(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
-        c.on_report(NodeId(2), backup_report(1), Nanos(0));
-        c.on_report(NodeId(3), Report::default(), Nanos(0));
+        steady_reports(&mut c, &[(2, backup_report(1)), (3, Report::default())], 0, steady);
         // Node 3 holds no role, node 2 is a backup: the spare gets leadership.
-        assert_eq!(c.decide(&state, &Report::default(), Nanos(MS)), vec![Decision::TransferLeader(NodeId(3))]);
-        assert!(c.decide(&state, &Report::default(), Nanos(2 * MS)).is_empty(), "asked once per timeout");
+        let at = Nanos(steady * MS + MS);
+        assert_eq!(c.decide(&state, &Report::default(), at), vec![Decision::TransferLeader(NodeId(3))]);
+        assert!(c.decide(&state, &Report::default(), Nanos(at.0 + MS)).is_empty(), "asked once per timeout");
         // A backup leading with a spare alive hands over too; a spare leading stays.
         let mut backup = Coordinator::new(NodeId(2), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
-        backup.on_report(NodeId(1), Report::default(), Nanos(0));
-        backup.on_report(NodeId(3), Report::default(), Nanos(0));
-        assert_eq!(backup.decide(&state, &backup_report(1), Nanos(MS)), vec![Decision::TransferLeader(NodeId(3))]);
+        steady_reports(&mut backup, &[(1, Report::default()), (3, Report::default())], 0, steady);
+        assert_eq!(backup.decide(&state, &backup_report(1), at), vec![Decision::TransferLeader(NodeId(3))]);
         let mut spare = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
-        spare.on_report(NodeId(1), Report::default(), Nanos(0));
-        spare.on_report(NodeId(2), backup_report(1), Nanos(0));
-        assert!(spare.decide(&state, &Report::default(), Nanos(MS)).is_empty());
+        steady_reports(&mut spare, &[(1, Report::default()), (2, backup_report(1))], 0, steady);
+        assert!(spare.decide(&state, &Report::default(), at).is_empty());
+    }
+
+    /// A node back from a partition is alive at once, but leadership goes to it only once it
+    /// has been heard steadily: as leader it could not yet hear the nodes whose heartbeats TCP
+    /// is still retransmitting, and would fail a live primary over.
+    #[test]
+    fn leadership_waits_for_a_node_back_from_silence_to_be_heard_steadily() {
+        let mut state = state();
+        let drop = Command::DropBackup { service: "bank".into(), term: Term(1), node: NodeId(3) };
+        state.apply(10, drop).outcome.unwrap();
+        let mut c = Coordinator::new(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
+        steady_reports(&mut c, &[(2, backup_report(1)), (3, Report::default())], 0, 1000);
+        // Node 3 falls silent for a second (a partition), then is heard again.
+        steady_reports(&mut c, &[(2, backup_report(1))], 1010, 2000);
+        steady_reports(&mut c, &[(2, backup_report(1)), (3, Report::default())], 2010, 2100);
+        assert!(c.alive(NodeId(3), Nanos(2100 * MS)));
+        // Meanwhile the steady backup is the best target.
+        let decided = c.decide(&state, &Report::default(), Nanos(2101 * MS));
+        assert_eq!(decided, vec![Decision::TransferLeader(NodeId(2))], "node 3 is not steady yet");
+        let steady_at = 2010 + STEADY_TIMEOUTS * 50;
+        steady_reports(&mut c, &[(2, backup_report(1)), (3, Report::default())], 2110, steady_at);
+        let decided = c.decide(&state, &Report::default(), Nanos(steady_at * MS + MS));
+        assert_eq!(decided, vec![Decision::TransferLeader(NodeId(3))]);
     }
 }
