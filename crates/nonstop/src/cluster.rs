@@ -310,6 +310,15 @@ impl LocalCluster {
             .map_or((0, 0), |(term, primary)| (primary, term))
     }
 
+    /// Waits until every node sees the bank service protected by `wanted` backups; the error
+    /// points at the nodes' logs.
+    pub fn wait_protected(&self, wanted: usize, timeout: Duration) -> anyhow::Result<()> {
+        let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
+        self.wait_status(&all, timeout, |s| protected(s, wanted))
+            .map(|_| ())
+            .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", self.dir().display()))
+    }
+
     /// How node `id`'s process ended, if it has (it is then no longer counted as running).
     pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let node = &mut self.nodes[id as usize - 1];

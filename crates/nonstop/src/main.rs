@@ -117,27 +117,11 @@ enum ChaosKind {
     Kill(ChaosKillArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum NetnsKind {
-    /// SIGKILL of the primary, a backup or the control-plane leader.
-    Kill,
-    /// SIGSTOP of the primary past the failure timeout, then SIGCONT.
-    Pause,
-    /// The primary cut from its backups, from everyone, one way, or from the majority.
-    Partition,
-    /// Loss, delay, jitter and re-segmentation on the replication links.
-    Lossy,
-    /// A random sequence of all of them, sometimes two at once.
-    Mixed,
-    /// Error injection: bits flipped on the wire, in the primary's region, in a backup's image.
-    Bitflip,
-}
-
 #[derive(Args)]
 struct ChaosNetnsArgs {
     /// Run the cluster in network namespaces and inject this kind of fault.
     #[arg(long, value_enum)]
-    netns: Option<NetnsKind>,
+    netns: Option<nonstop::chaos::netns::FaultKind>,
     /// Trials.
     #[arg(long, default_value_t = 100)]
     trials: u32,
@@ -449,21 +433,13 @@ fn random_seed() -> u64 {
 }
 
 fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
-    use nonstop::chaos::netns::{FaultKind, NetnsConfig};
+    use nonstop::chaos::netns::NetnsConfig;
     let Some(kind) = args.netns else {
         bail!(
             "say which faults: `nonstop chaos --netns kill|pause|partition|lossy|mixed|bitflip`, or `nonstop chaos kill` on loopback"
         );
     };
     nonstop::netns::available()?;
-    let kind = match kind {
-        NetnsKind::Kill => FaultKind::Kill,
-        NetnsKind::Pause => FaultKind::Pause,
-        NetnsKind::Partition => FaultKind::Partition,
-        NetnsKind::Lossy => FaultKind::Lossy,
-        NetnsKind::Mixed => FaultKind::Mixed,
-        NetnsKind::Bitflip => FaultKind::Bitflip,
-    };
     let seed = args.seed.unwrap_or_else(random_seed);
     let config = NetnsConfig {
         kind,

@@ -84,10 +84,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     let mut cluster = LocalCluster::create(exe, &spec)?;
     cluster.start_all()?;
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
-    let wanted = spec.backups as usize;
-    cluster
-        .wait_status(&all, Duration::from_secs(20), |s| protected(s, wanted))
-        .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", cluster.dir().display()))?;
+    cluster.wait_protected(spec.backups as usize, Duration::from_secs(20))?;
     let load = Load::start_with_readers(cluster.client_addrs(), SERVICE, config.clients, 1, 2, |_| {});
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
@@ -102,7 +99,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     let mut false_failovers = quiet_failovers;
     for _ in 0..config.trials {
         // Protected again, with every node up, before the next kill.
-        cluster.wait_status(&all, Duration::from_secs(30), |s| protected(s, wanted));
+        cluster.wait_status(&all, Duration::from_secs(30), |s| protected(s, spec.backups as usize));
         let (primary, term_now) = cluster.current_primary(&all);
         false_failovers += term_now.saturating_sub(term);
         std::thread::sleep(Duration::from_millis(rng.random_range(20..200)));

@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Which faults a run injects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Which faults a run injects (also the values of `nonstop chaos --netns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
     /// SIGKILL of the primary, of a backup or of the control-plane leader.
@@ -39,7 +39,7 @@ pub enum FaultKind {
     /// A random sequence of all of the above, sometimes two at once.
     Mixed,
     /// Error injection: bits flipped in frames on the replication links, in the primary's
-    /// region and in a backup's image ([`super::inject`]).
+    /// region and in a backup's image, counted as seed 003 does.
     Bitflip,
 }
 
@@ -310,10 +310,7 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
     let mut cluster = LocalCluster::create(exe, &spec)?;
     cluster.start_all()?;
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
-    let wanted = spec.backups as usize;
-    cluster
-        .wait_status(&all, Duration::from_secs(30), |s| protected(s, wanted))
-        .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", cluster.dir().display()))?;
+    cluster.wait_protected(spec.backups as usize, Duration::from_secs(30))?;
     let client_namespace = testbed.client_namespace();
     let load =
         Load::start_with_readers(cluster.client_addrs(), SERVICE, config.clients, 1, config.readers, move |_| {
