@@ -42,7 +42,7 @@ pub struct ProcessSummary {
     pub pid: u32,
     /// Seconds it was watched.
     pub watched_s: u64,
-    /// Its first sample after warm-up, its last one, and the largest value of each figure.
+    /// Its first sample after warm-up (its baseline).
     pub first: ProcessSample,
     /// The last sample.
     pub last: ProcessSample,
