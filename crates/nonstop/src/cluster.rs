@@ -7,6 +7,7 @@ use nonstop_node::agent::{NodeStatus, ServiceStatus};
 use nonstop_node::client::node_status;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -343,16 +344,46 @@ impl LocalCluster {
     }
 
     /// Arms a fault point on node `id` (the cluster must allow faults).
-    pub fn arm_fault(&self, id: u64, point: &str, countdown: u32) -> std::io::Result<()> {
+    ///
+    /// With a short countdown the point can fire before the node has written its answer: the
+    /// connection then closes unanswered. That counts as armed when the node has died of the
+    /// SIGKILL a fault point sends itself; any other silence is an error that says how the
+    /// node ended, if it did.
+    pub fn arm_fault(&mut self, id: u64, point: &str, countdown: u32) -> std::io::Result<()> {
         use nonstop_proto::client::{ClientReply, ClientRequest, read_message, write_message};
         let addr = self.nodes[id as usize - 1].client;
         let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         stream.set_read_timeout(Some(Duration::from_secs(1)))?;
         let request = ClientRequest::ArmFault { point: point.into(), countdown };
         write_message(&mut stream, &request).map_err(std::io::Error::other)?;
-        match read_message(&mut stream).map_err(std::io::Error::other)? {
-            ClientReply::Armed => Ok(()),
-            other => Err(std::io::Error::other(format!("node {id} did not arm {point}: {other:?}"))),
+        match read_message(&mut stream) {
+            Ok(ClientReply::Armed) => Ok(()),
+            Ok(other) => Err(std::io::Error::other(format!("node {id} did not arm {point}: {other:?}"))),
+            Err(problem) => match self.exit_status_within(id, Duration::from_secs(1)) {
+                Some(status) if status.signal() == Some(rustix::process::Signal::KILL.as_raw()) => Ok(()),
+                ended => Err(std::io::Error::other(format!(
+                    "node {id} did not answer the arming of {point} ({problem}); its process {}; see {}",
+                    ended.map_or("is still running".to_string(), |s| format!("ended with {s}")),
+                    self.dir.display()
+                ))),
+            },
+        }
+    }
+
+    /// Node `id`'s exit status if its process ends within `timeout`. Unlike
+    /// [`LocalCluster::exited`] this leaves the node counted as running, so [`LocalCluster::wait_exit`]
+    /// still sees it end (the standard library keeps a reaped child's status).
+    fn exit_status_within(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        let child = self.nodes[id as usize - 1].child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if started.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
