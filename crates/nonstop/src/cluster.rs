@@ -77,14 +77,34 @@ pub fn service<'a>(status: &'a NodeStatus, name: &str) -> Option<&'a ServiceStat
     status.services.iter().find(|s| s.name == name)
 }
 
-/// Whether `status` is the bank's primary's, with at least `wanted` backups recorded.
-pub fn protected(status: &NodeStatus, wanted: usize) -> bool {
-    protected_service(status, SERVICE, wanted)
+/// `name`'s entry from the status that knows the newest term.
+pub fn newest_record<'a>(statuses: &'a [NodeStatus], name: &str) -> Option<&'a ServiceStatus> {
+    statuses.iter().filter_map(|s| service(s, name)).max_by_key(|s| s.term)
 }
 
-/// Whether `status` is `name`'s primary's, with at least `wanted` backups recorded.
-pub fn protected_service(status: &NodeStatus, name: &str, wanted: usize) -> bool {
-    service(status, name).is_some_and(|s| s.role == "primary" && s.backups.len() >= wanted)
+/// Whether the bank is protected by at least `wanted` backups, judged from `statuses`
+/// together ([`protected_service`]).
+pub fn protected(statuses: &[NodeStatus], wanted: usize) -> bool {
+    protected_service(statuses, SERVICE, wanted)
+}
+
+/// Whether `name` is protected by at least `wanted` backups, judged from several nodes'
+/// statuses together: the node that the newest known term names primary must itself say it
+/// is that term's primary with `wanted` backups recorded, each of those backups must say it
+/// backs that term, and the primary must have each one attached and acknowledging. One view
+/// alone can be stale: a deposed primary keeps reporting "primary, one backup" until it learns
+/// the term that replaced it, and a record keeps a backup whose link just died until the
+/// primary's `DropBackup` commits.
+pub fn protected_service(statuses: &[NodeStatus], name: &str, wanted: usize) -> bool {
+    let entry = |node: u64| statuses.iter().find(|s| s.node == node).and_then(|s| service(s, name));
+    let Some(newest) = newest_record(statuses, name) else { return false };
+    let holds = |node: u64, role: &str| entry(node).is_some_and(|s| s.term == newest.term && s.role == role);
+    let attached = |backup: u64| {
+        entry(newest.primary).is_some_and(|p| p.lag.iter().any(|lag| lag.backup == backup && lag.acked.is_some()))
+    };
+    holds(newest.primary, "primary")
+        && newest.backups.len() >= wanted
+        && newest.backups.iter().all(|backup| holds(*backup, "backup") && attached(*backup))
 }
 
 /// One node of a local cluster.
@@ -296,6 +316,25 @@ impl LocalCluster {
         None
     }
 
+    /// Waits until every node of `nodes` answers with a status and the statuses together
+    /// satisfy `done`; returns when.
+    pub fn wait_statuses(
+        &self,
+        nodes: &[u64],
+        timeout: Duration,
+        mut done: impl FnMut(&[NodeStatus]) -> bool,
+    ) -> Option<Instant> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            let statuses: Vec<NodeStatus> = nodes.iter().filter_map(|id| self.status(*id)).collect();
+            if statuses.len() == nodes.len() && done(&statuses) {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    }
+
     /// The bank's primary and term, as the node that knows the newest term says.
     pub fn current_primary(&self, nodes: &[u64]) -> (u64, u64) {
         self.primary_of(SERVICE, nodes)
@@ -315,7 +354,7 @@ impl LocalCluster {
     /// points at the nodes' logs.
     pub fn wait_protected(&self, wanted: usize, timeout: Duration) -> anyhow::Result<()> {
         let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
-        self.wait_status(&all, timeout, |s| protected(s, wanted))
+        self.wait_statuses(&all, timeout, |s| protected(s, wanted))
             .map(|_| ())
             .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", self.dir().display()))
     }

@@ -3,7 +3,7 @@
 //! is re-protected into a backup, the new primary is killed too, and the run ends with the
 //! consistency check and the count of lost and doubled acknowledged updates.
 
-use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, bank, protected};
+use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, bank, newest_record, protected};
 use crate::load::{self, Load, Verdict};
 use std::io::Write;
 use std::path::Path;
@@ -88,9 +88,7 @@ pub fn run(
     )?;
     cluster.start_all()?;
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
-    cluster
-        .wait_status(&all, Duration::from_secs(20), |s| protected(s, spec.backups as usize))
-        .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected within 20 s"))?;
+    cluster.wait_protected(spec.backups as usize, Duration::from_secs(20))?;
     let (mut primary, _) = cluster.current_primary(&all);
     writeln!(out, "bank service up: primary node {primary}, protected by {} backup(s)", spec.backups)?;
     let load = Load::start_with_readers(cluster.client_addrs(), SERVICE, clients, 1, 2, |_| {});
@@ -117,8 +115,8 @@ pub fn run(
         writeln!(out, "  first acknowledged commit       +{}", ms(since(first_ack.map(|a| a.at))))?;
         // The killed node returns empty-handed: a spare for the next re-protection.
         let mut backups = Vec::new();
-        let back = cluster.wait_status(&survivors, Duration::from_secs(30), |s| {
-            backups = bank(s).map(|b| b.backups.clone()).unwrap_or_default();
+        let back = cluster.wait_statuses(&survivors, Duration::from_secs(30), |s| {
+            backups = newest_record(s, SERVICE).map(|b| b.backups.clone()).unwrap_or_default();
             protected(s, spec.backups as usize)
         });
         writeln!(out, "  protected again, backed up by node(s) {backups:?} +{}", ms(since(back)))?;

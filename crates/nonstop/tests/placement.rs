@@ -3,7 +3,7 @@
 //! primaries (N-1); successive failures are survived until one holding node is left, the
 //! witnesses keeping the control plane's majority. Nothing acknowledged is lost or doubled.
 
-use nonstop::cluster::{ClusterSpec, LocalCluster, protected_service, service};
+use nonstop::cluster::{ClusterSpec, LocalCluster, newest_record, protected_service, service};
 use nonstop::load::{self, Load};
 use std::time::Duration;
 
@@ -12,9 +12,9 @@ const SERVICES: [&str; 2] = ["bank", "ledger"];
 /// Waits until `name`'s primary, among `nodes`, has `backups` backups, all among `nodes`.
 fn wait_protected(cluster: &LocalCluster, nodes: &[u64], name: &str, backups: usize) {
     cluster
-        .wait_status(nodes, Duration::from_secs(30), |s| {
+        .wait_statuses(nodes, Duration::from_secs(30), |s| {
             protected_service(s, name, backups)
-                && service(s, name).is_some_and(|b| b.backups.iter().all(|n| nodes.contains(n)))
+                && newest_record(s, name).is_some_and(|b| b.backups.iter().all(|n| nodes.contains(n)))
         })
         .unwrap_or_else(|| panic!("{name} not protected by {backups} backup(s); logs in {}", cluster.dir().display()));
 }

@@ -99,7 +99,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     let mut false_failovers = quiet_failovers;
     for _ in 0..config.trials {
         // Protected again, with every node up, before the next kill.
-        cluster.wait_status(&all, Duration::from_secs(30), |s| protected(s, spec.backups as usize));
+        cluster.wait_statuses(&all, Duration::from_secs(30), |s| protected(s, spec.backups as usize));
         let (primary, term_now) = cluster.current_primary(&all);
         false_failovers += term_now.saturating_sub(term);
         std::thread::sleep(Duration::from_millis(rng.random_range(20..200)));

@@ -513,8 +513,9 @@ fn run_trial(
     if killed {
         cluster.start(target)?;
     }
-    let recovered_at = cluster.wait_status(&all, RECOVERY_LIMIT, |s| {
-        protected(s, spec.backups as usize) && all.iter().all(|id| s.alive.contains(id) || *id == s.node)
+    let recovered_at = cluster.wait_statuses(&all, RECOVERY_LIMIT, |statuses| {
+        protected(statuses, spec.backups as usize)
+            && statuses.iter().all(|s| all.iter().all(|id| s.alive.contains(id) || *id == s.node))
     });
     let end = recovered_at.unwrap_or_else(Instant::now);
     if let Some(injection) = injection.as_mut().filter(|i| i.site == Site::Wire) {
