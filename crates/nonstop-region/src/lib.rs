@@ -13,6 +13,7 @@ pub use capture::TWIN_BLOCK;
 pub mod locks;
 mod mapping;
 mod mirror;
+pub mod tracking;
 mod transaction;
 
 pub use mapping::{DEFAULT_REGION_BASE, MAX_REGION_LEN, Region, RegionError};

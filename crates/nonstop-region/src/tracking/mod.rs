@@ -1,0 +1,175 @@
+//! Write tracking without declared ranges: the kernel reports which pages were written.
+//!
+//! Transparent mode lets a service write its region like ordinary memory — a `HashMap` in
+//! it, say — instead of declaring every range. A [`WriteTracker`] finds the pages written
+//! since its last [`WriteTracker::collect`] and protects them again, with one of two kernel
+//! mechanisms chosen at run time ([`TrackingMode`]):
+//!
+//! * [`TrackingMode::Uffd`]: userfaultfd asynchronous write-protect with `PAGEMAP_SCAN`
+//!   (Linux >= 6.7). A first write to a page costs one minor fault resolved in the kernel;
+//!   a collection is one system call per 512 written ranges.
+//! * [`TrackingMode::Mprotect`]: read-only pages and a SIGSEGV handler, on any Linux. A first
+//!   write costs a signal delivery and an `mprotect` call.
+//!
+//! Either way a page written while a collection runs is reported by this collection or the
+//! next, never neither, and a caller that reads the reported pages after `collect` returns
+//! sees every write made before they were protected again.
+//!
+//! What is not caught: writes by the kernel on the process's behalf (`read(2)` into the
+//! region, say). Under userfaultfd they are not reported; under `mprotect` they fail with
+//! `EFAULT`. Read into a buffer outside the region and copy it in.
+
+mod mprotect;
+mod uffd;
+
+use thiserror::Error;
+
+/// How writes to a region are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TrackingMode {
+    /// userfaultfd asynchronous write-protect and `PAGEMAP_SCAN` (Linux >= 6.7).
+    Uffd,
+    /// `mprotect` and a SIGSEGV handler (any Linux).
+    Mprotect,
+}
+
+impl TrackingMode {
+    /// Every mode, best first.
+    pub const ALL: [TrackingMode; 2] = [TrackingMode::Uffd, TrackingMode::Mprotect];
+
+    /// The mode's name in configs, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrackingMode::Uffd => "uffd",
+            TrackingMode::Mprotect => "mprotect",
+        }
+    }
+}
+
+impl std::fmt::Display for TrackingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TrackingMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<TrackingMode, String> {
+        TrackingMode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == name)
+            .ok_or_else(|| format!("unknown write tracking {name:?}: use uffd or mprotect"))
+    }
+}
+
+/// Write tracking could not start or collect.
+#[derive(Debug, Error)]
+pub enum TrackingError {
+    /// A userfaultfd step failed: the kernel is older than 6.7, or userfaultfd is disabled.
+    #[error(
+        "userfaultfd write tracking is unavailable here ({step} failed: {errno}); it needs Linux >= 6.7 with CONFIG_USERFAULTFD and CONFIG_PTE_MARKER_UFFD_WP: use tracking = \"mprotect\" instead"
+    )]
+    Uffd {
+        /// What was being done.
+        step: &'static str,
+        /// The kernel's answer.
+        errno: rustix::io::Errno,
+    },
+    /// `/proc/self/pagemap` could not be opened.
+    #[error("cannot open /proc/self/pagemap for userfaultfd write tracking ({0}): is /proc mounted?")]
+    Pagemap(#[source] std::io::Error),
+    /// `mprotect` on the region failed.
+    #[error("mprotect write tracking failed to protect the region: {errno}")]
+    Mprotect {
+        /// The kernel's answer.
+        errno: rustix::io::Errno,
+    },
+    /// The SIGSEGV handler could not be installed.
+    #[error("installing the SIGSEGV handler for mprotect write tracking failed: {errno}")]
+    SignalHandler {
+        /// The kernel's answer.
+        errno: rustix::io::Errno,
+    },
+    /// Too many regions are tracked by `mprotect` in this process.
+    #[error("at most {limit} regions can be tracked with mprotect in one process: drop a tracker first")]
+    TooManyRegions {
+        /// The limit.
+        limit: usize,
+    },
+    /// Neither mode works here.
+    #[error("no write tracking works on this machine: userfaultfd: {uffd}; mprotect: {mprotect}")]
+    NoneAvailable {
+        /// Why userfaultfd failed.
+        uffd: Box<TrackingError>,
+        /// Why mprotect failed.
+        mprotect: Box<TrackingError>,
+    },
+}
+
+enum Tracker {
+    Uffd(uffd::UffdTracker),
+    Mprotect(mprotect::MprotectTracker),
+}
+
+/// Finds the pages of one region written since the last collection.
+///
+/// ```
+/// use nonstop_region::Region;
+/// use nonstop_region::tracking::WriteTracker;
+/// let mut region = Region::map(0x2300_0000_0000, 1 << 20).unwrap();
+/// let mut tracker = WriteTracker::start(&region, None).unwrap();
+/// region.as_mut_slice()[3 * 4096 + 7] = 1;
+/// let mut pages = Vec::new();
+/// tracker.collect(&mut pages).unwrap();
+/// assert_eq!(pages, [3]);
+/// ```
+pub struct WriteTracker {
+    mode: TrackingMode,
+    tracker: Tracker,
+}
+
+impl WriteTracker {
+    /// Starts tracking `region` with `mode`, or with the best mode that works here if `None`.
+    /// Every page counts as clean from now on. Drop the tracker before the region.
+    pub fn start(region: &crate::Region, mode: Option<TrackingMode>) -> Result<WriteTracker, TrackingError> {
+        let (base, len) = (region.base(), region.len());
+        let start = |mode| -> Result<WriteTracker, TrackingError> {
+            let tracker = match mode {
+                TrackingMode::Uffd => Tracker::Uffd(uffd::UffdTracker::start(base, len)?),
+                TrackingMode::Mprotect => Tracker::Mprotect(mprotect::MprotectTracker::start(base, len)?),
+            };
+            Ok(WriteTracker { mode, tracker })
+        };
+        match mode {
+            Some(mode) => start(mode),
+            None => start(TrackingMode::Uffd).or_else(|uffd| {
+                tracing::info!(%uffd, "userfaultfd write tracking unavailable; falling back to mprotect");
+                start(TrackingMode::Mprotect).map_err(|mprotect| TrackingError::NoneAvailable {
+                    uffd: Box::new(uffd),
+                    mprotect: Box::new(mprotect),
+                })
+            }),
+        }
+    }
+
+    /// The mode in use.
+    pub fn mode(&self) -> TrackingMode {
+        self.mode
+    }
+
+    /// Appends the pages written since the last collection (indexes from the region's base,
+    /// ascending) and protects them again.
+    pub fn collect(&mut self, pages: &mut Vec<usize>) -> Result<(), TrackingError> {
+        match &mut self.tracker {
+            Tracker::Uffd(tracker) => tracker.collect(pages),
+            Tracker::Mprotect(tracker) => tracker.collect(pages),
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTracker").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
