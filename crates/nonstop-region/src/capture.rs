@@ -7,7 +7,15 @@
 //!   not for the whole page: an 8-byte balance update copies one 64-byte line, not 4 KiB.
 //! * AU appends each committed range to a stream the replicator ships as it grows; the cut
 //!   only closes it.
+//! * Tracked (transparent mode) is DU without declarations: the kernel reports written pages
+//!   ([`crate::tracking`]), too late to copy a twin before the first write, so a shadow copy
+//!   of the region stands in for every twin: each dirty page is diffed against its shadow
+//!   page, which then takes the page's new content. The shadow costs as much memory as the
+//!   pages ever written.
 
+use crate::mapping::Region;
+use crate::tracking::{TrackingError, TrackingMode, WriteTracker};
+use nonstop_proto::PAGE_SIZE;
 use nonstop_proto::runs::RunsBuilder;
 use nonstop_proto::{CheckpointId, UpdateProtocol, diff::diff_range};
 use std::sync::Mutex;
@@ -50,12 +58,22 @@ pub(crate) struct AuCapture {
     pending: AtomicUsize,
 }
 
+#[derive(Debug)]
+pub(crate) struct TrackedCapture {
+    tracker: Mutex<WriteTracker>,
+    /// The region as of the last cut, in a mapping of its own (at any address).
+    shadow: Region,
+    /// Pages the tracker reported since the last cut.
+    dirty: TouchedPages,
+}
+
 /// What a protocol records between cuts.
 #[derive(Debug)]
 pub(crate) enum Capture {
     Unreplicated,
     Du(DuCapture),
     Au(AuCapture),
+    Tracked(TrackedCapture),
 }
 
 impl Capture {
@@ -72,10 +90,47 @@ impl Capture {
         }
     }
 
+    /// Transparent mode: writes to `region` are found by `mode` (the best available if
+    /// `None`). The region must hold only zeros, as the shadow starts out.
+    pub(crate) fn tracked(region: &Region, mode: Option<TrackingMode>) -> Result<Capture, TrackingError> {
+        let shadow = Region::map_anywhere(region.len()).map_err(|error| TrackingError::Shadow(Box::new(error)))?;
+        // Huge pages would make the kernel report (and the cut diff) 2 MiB per first write.
+        region.no_huge_pages();
+        let tracker = WriteTracker::start(region, mode)?;
+        tracing::info!(mode = %tracker.mode(), "transparent mode: writes found by the kernel");
+        Ok(Capture::Tracked(TrackedCapture {
+            tracker: Mutex::new(tracker),
+            shadow,
+            dirty: TouchedPages::new(region.pages()),
+        }))
+    }
+
+    /// The write tracking in use, in transparent mode.
+    pub(crate) fn tracking(&self) -> Option<TrackingMode> {
+        match self {
+            Capture::Tracked(tracked) => Some(tracked.tracker.lock().expect("tracker lock").mode()),
+            _ => None,
+        }
+    }
+
+    /// Transparent mode: asks the kernel which pages were written since the last harvest,
+    /// remembers them for the cut and hands each to `mark`. Other modes learn of writes as
+    /// they are declared and do nothing here.
+    pub(crate) fn harvest(&self, mut mark: impl FnMut(usize)) -> Result<(), TrackingError> {
+        let Capture::Tracked(tracked) = self else { return Ok(()) };
+        let mut pages = Vec::new();
+        tracked.tracker.lock().expect("tracker lock").collect(&mut pages)?;
+        for page in pages {
+            tracked.dirty.mark(page, page);
+            mark(page);
+        }
+        Ok(())
+    }
+
     pub(crate) fn protocol(&self) -> Option<UpdateProtocol> {
         match self {
             Capture::Unreplicated => None,
-            Capture::Du(_) => Some(UpdateProtocol::Du),
+            Capture::Du(_) | Capture::Tracked(_) => Some(UpdateProtocol::Du),
             Capture::Au(_) => Some(UpdateProtocol::Au),
         }
     }
@@ -83,7 +138,10 @@ impl Capture {
     /// Called when a transaction declares a write to `[offset, offset + len)` of `region`,
     /// before any byte changes.
     pub(crate) fn before_write(&self, region: *const u8, offset: u64, len: u64) {
-        let Capture::Du(du) = self else { return };
+        let Capture::Du(du) = self else {
+            debug_assert!(!matches!(self, Capture::Tracked(_)), "declared writes in transparent mode");
+            return;
+        };
         let first = offset as usize / TWIN_BLOCK;
         let last = (offset + len - 1) as usize / TWIN_BLOCK;
         for block in first..=last {
@@ -154,6 +212,7 @@ impl Capture {
     /// Whether a cut needs transactions held off. AU does not: its stream holds copies made at
     /// commit, so closing it under the stream lock is already a cut between transactions.
     pub(crate) fn cut_needs_gate(&self) -> bool {
+        // Tracked cuts need it too: they diff pages writers could be changing.
         !matches!(self, Capture::Au(_))
     }
 
@@ -188,6 +247,28 @@ impl Capture {
                     du.block_state[block as usize].store(CLEAN, Ordering::Relaxed);
                 }
                 (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), runs, blocks)
+            }
+            Capture::Tracked(tracked) => {
+                // The caller harvested under the gate just before: `dirty` holds every page
+                // written in this checkpoint.
+                let mut runs = RunsBuilder::new();
+                let pages = tracked.dirty.take();
+                let shadow = tracked.shadow.as_ptr();
+                for &page in &pages {
+                    let offset = page * PAGE_SIZE;
+                    // SAFETY: both mappings are `PAGE_SIZE`-aligned and as long as the region;
+                    // the gate excludes writers to the region, and only cuts touch the shadow
+                    // (under the gate too).
+                    let (old, current) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(shadow.add(offset), PAGE_SIZE),
+                            std::slice::from_raw_parts(region.add(offset), PAGE_SIZE),
+                        )
+                    };
+                    diff_range(offset as u64, old, current, &mut runs);
+                    old.copy_from_slice(current);
+                }
+                (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), runs, pages.len())
             }
         }
     }

@@ -123,6 +123,33 @@ impl Region {
         }
     }
 
+    /// Maps `len` bytes of zeroes wherever the kernel likes: private memory that is never
+    /// mirrored (a transparent-mode shadow), so its address does not matter.
+    pub(crate) fn map_anywhere(len: usize) -> Result<Region, RegionError> {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || len > MAX_REGION_LEN {
+            return Err(RegionError::InvalidSize { len });
+        }
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks replaces nothing.
+        let mapped = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        };
+        match mapped {
+            Ok(ptr) => Ok(Region { base: ptr.cast(), len }),
+            Err(errno) => Err(RegionError::Map { base: 0, len, source: errno.into() }),
+        }
+    }
+
+    /// Asks for 4 KiB pages only (transparent mode tracks writes per page).
+    pub(crate) fn no_huge_pages(&self) {
+        // SAFETY: the range is our mapping; the advice changes no content.
+        let _ = unsafe { rustix::mm::madvise(self.base.cast(), self.len, Advice::LinuxNoHugepage) };
+    }
+
     /// The virtual address of the first byte.
     pub fn base(&self) -> usize {
         self.base as usize

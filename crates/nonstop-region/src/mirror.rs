@@ -3,8 +3,10 @@
 use crate::capture::{Capture, TWIN_BLOCK, TouchedPages};
 use crate::locks::RangeLocks;
 use crate::mapping::Region;
+use crate::tracking::{TrackingError, TrackingMode};
 use crate::transaction::Transaction;
 use nonstop_proto::integrity::{CorruptLine, LINE, LineChecksums, Scrubber};
+use nonstop_proto::primary::Ticket;
 use nonstop_proto::runs::RunsBuilder;
 use nonstop_proto::{CheckpointId, PAGE_SIZE, UpdateProtocol};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,7 +46,8 @@ pub struct CheckpointContent {
     pub changes: RunsBuilder,
     /// The whole image at this checkpoint, if asked for (a backup is attaching).
     pub full_image: Option<RunsBuilder>,
-    /// Twin blocks written during the checkpoint (DU; see [`crate::TWIN_BLOCK`]).
+    /// Twin blocks written during the checkpoint (DU; see [`crate::TWIN_BLOCK`]), or pages in
+    /// transparent mode.
     pub dirty_blocks: usize,
     /// If a pre-copy was being finished: every page written since its last round, whole, as of
     /// this checkpoint. A pre-copied image plus these is the checkpoint.
@@ -91,6 +94,10 @@ pub struct Mirror {
     seals: Option<LineChecksums>,
     scrubber: Mutex<Scrubber>,
     on_corruption: OnceLock<CorruptionHandler>,
+    /// Transparent mode: one [`Mirror::update`] at a time.
+    writer: Mutex<()>,
+    /// Written through [`Mirror::update`], never through transactions.
+    transparent: bool,
 }
 
 /// What a [`Mirror`] does when a line no longer matches its seal. It must not return: the
@@ -125,15 +132,51 @@ impl Mirror {
         Mirror::with_seals(region, protocol, first, None)
     }
 
+    /// Transparent mode: the region is written as ordinary memory through [`Mirror::update`],
+    /// and the kernel finds the written pages with `tracking` (the best mode available if
+    /// `None`; [`Mirror::tracking`] says which). Checkpoints are DU diffs against a shadow
+    /// copy. There are no line seals: undeclared writes cannot keep them.
+    ///
+    /// The region must hold only zeros (a freshly mapped one).
+    ///
+    /// ```
+    /// use nonstop_region::{Mirror, Region};
+    /// use nonstop_proto::CheckpointId;
+    /// let mirror = Mirror::tracked(Region::map(0x2300_1000_0000, 1 << 20).unwrap(), None, CheckpointId(1)).unwrap();
+    /// let ((), ticket) = mirror.update(|image| image[4096..4104].copy_from_slice(&42u64.to_ne_bytes()));
+    /// let cut = mirror.cut(false);
+    /// assert_eq!(ticket.checkpoint, cut.checkpoint);
+    /// assert_eq!(cut.changes.run_bytes(), 8, "the changed word is shipped, not the page");
+    /// ```
+    pub fn tracked(
+        region: Region,
+        tracking: Option<TrackingMode>,
+        first: CheckpointId,
+    ) -> Result<Mirror, TrackingError> {
+        let capture = Capture::tracked(&region, tracking)?;
+        Ok(Mirror { transparent: true, ..Mirror::with_capture(region, capture, first, None) })
+    }
+
+    /// Transparent mode without replication or tracking: [`Mirror::update`] on a region no
+    /// one mirrors (the baseline that transparent mode's cost is measured against).
+    pub fn transparent_unreplicated(region: Region, first: CheckpointId) -> Mirror {
+        Mirror { transparent: true, ..Mirror::with_capture(region, Capture::Unreplicated, first, None) }
+    }
+
     fn with_seals(
         region: Region,
         protocol: Option<UpdateProtocol>,
         first: CheckpointId,
         seals: Option<LineChecksums>,
     ) -> Mirror {
+        let capture = Capture::new(protocol, region.len());
+        Mirror::with_capture(region, capture, first, seals)
+    }
+
+    fn with_capture(region: Region, capture: Capture, first: CheckpointId, seals: Option<LineChecksums>) -> Mirror {
         let pages = region.pages();
         Mirror {
-            capture: Capture::new(protocol, region.len()),
+            capture,
             touched: TouchedPages::new(pages),
             region,
             gate: RwLock::new(()),
@@ -148,6 +191,8 @@ impl Mirror {
             seals,
             scrubber: Mutex::new(Scrubber::new()),
             on_corruption: OnceLock::new(),
+            writer: Mutex::new(()),
+            transparent: false,
         }
     }
 
@@ -167,9 +212,67 @@ impl Mirror {
         mirror
     }
 
+    /// The write tracking in use, in transparent mode ([`Mirror::tracked`]).
+    pub fn tracking(&self) -> Option<TrackingMode> {
+        self.capture.tracking()
+    }
+
+    /// Transparent mode: runs `f` with the whole region writable as
+    /// ordinary memory, and returns its result with the ticket of the checkpoint its writes
+    /// join. Updates run one at a time and hold off cuts while they run, so a checkpoint always
+    /// falls between two updates.
+    ///
+    /// # Panics
+    ///
+    /// On a mirror for declared writes (not made by [`Mirror::tracked`] or
+    /// [`Mirror::transparent_unreplicated`]): its checkpoints would miss these writes, and its
+    /// transactions could be writing the same bytes. Use [`Mirror::begin`] there.
+    pub fn update<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> (R, Ticket) {
+        assert!(
+            self.transparent,
+            "Mirror::update needs transparent mode (Mirror::tracked): this mirror's checkpoints see declared writes only"
+        );
+        let _gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // SAFETY: the writer lock makes this the only update; `begin` refuses transactions on
+        // a transparent mirror, and cuts and quiesced reads wait for the
+        // gate this holds shared.
+        let image = unsafe { std::slice::from_raw_parts_mut(self.region.as_ptr(), self.region.len()) };
+        let result = f(image);
+        let checkpoint = CheckpointId(self.open.load(Ordering::Acquire));
+        let commits = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if commits == self.commit_wake.load(Ordering::Relaxed)
+            && let Some(waker) = self.stream_waker.get()
+        {
+            waker.unpark();
+        }
+        (result, Ticket { checkpoint })
+    }
+
+    /// Transparent mode: takes the pages the kernel saw written into the capture, the pages
+    /// ever written and the pre-copy's set. A tracker that stops working leaves no way to
+    /// know what changed, so nothing more may be checkpointed: that is a fail-stop.
+    fn harvest(&self) {
+        let precopy = self.precopy_on.load(Ordering::Relaxed);
+        let harvested = self.capture.harvest(|page| {
+            self.touched.mark(page, page);
+            if precopy {
+                self.recopy.mark(page, page);
+            }
+        });
+        if let Err(error) = harvested {
+            panic!("transparent mode lost track of writes, so the region can no longer be checkpointed: {error}");
+        }
+    }
+
     /// Begins a transaction. It holds off checkpoint cuts until it commits or aborts, so a
     /// thread must not begin a second transaction while it holds one.
+    ///
+    /// # Panics
+    ///
+    /// In transparent mode ([`Mirror::tracked`]), where [`Mirror::update`] owns the region.
     pub fn begin(&self) -> Transaction<'_> {
+        assert!(!self.transparent, "Mirror::begin on a transparent-mode mirror: write through Mirror::update instead");
         self.wait_for_stream_room();
         let gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
@@ -254,6 +357,7 @@ impl Mirror {
     pub fn cut_finishing_precopy(&self, full_image: bool, finish_precopy: bool) -> CheckpointContent {
         let _exclusive = (full_image || finish_precopy || self.capture.cut_needs_gate())
             .then(|| self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        self.harvest();
         let (checkpoint, changes, dirty_blocks) =
             self.capture.cut(self.region.as_ptr(), &self.open.0, &|offset| self.check_lines(offset, TWIN_BLOCK as u64));
         let full_image = full_image.then(|| self.copy_pages(self.touched.pages()));
@@ -282,6 +386,7 @@ impl Mirror {
         // Under the gate, so that every transaction that declares a write after this sees the
         // flag: none is between its declare and its commit now.
         let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.harvest();
         self.recopy.take();
         self.precopy_on.store(true, Ordering::Relaxed);
     }
@@ -297,6 +402,7 @@ impl Mirror {
         batch: usize,
         mut sink: impl FnMut(RunsBuilder) -> Result<(), E>,
     ) -> Result<usize, E> {
+        self.harvest();
         let pages: Vec<usize> = if first {
             self.recopy.take();
             self.touched.pages().collect()

@@ -97,6 +97,9 @@ pub enum TrackingError {
         /// The limit.
         limit: usize,
     },
+    /// The shadow copy transparent mode diffs against could not be mapped.
+    #[error("mapping the shadow copy of the region for transparent mode failed: {0}")]
+    Shadow(#[source] Box<crate::RegionError>),
     /// Neither mode works here.
     #[error("no write tracking works on this machine: userfaultfd: {uffd}; mprotect: {mprotect}")]
     NoneAvailable {

@@ -1,0 +1,155 @@
+//! Transparent mode: a region written as ordinary memory, checkpointed by the pages the kernel
+//! saw written. Every test runs with both write-tracking modes.
+
+use nonstop_proto::runs::parse_runs;
+use nonstop_proto::{CheckpointId, PAGE_SIZE};
+use nonstop_region::tracking::TrackingMode;
+use nonstop_region::{Mirror, Region};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+const LEN: usize = 1 << 20;
+
+/// A tracked mirror at a base of its own; `None` (with a message) where the kernel lacks the
+/// mode, except that `NONSTOP_REQUIRE_UFFD=1` makes a missing userfaultfd a failure.
+fn tracked(mode: TrackingMode) -> Option<Mirror> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 0x2500_0000_0000 + NEXT.fetch_add(1, Ordering::Relaxed) * (1 << 32);
+    match Mirror::tracked(Region::map(base, LEN).unwrap(), Some(mode), CheckpointId(1)) {
+        Ok(mirror) => Some(mirror),
+        Err(error) if mode == TrackingMode::Uffd && std::env::var_os("NONSTOP_REQUIRE_UFFD").is_none() => {
+            eprintln!("SKIPPED for uffd: {error}");
+            None
+        }
+        Err(error) => panic!("{mode}: {error}"),
+    }
+}
+
+fn apply(image: &mut [u8], runs: &nonstop_proto::runs::RunsBuilder) {
+    for payload in runs.payloads() {
+        for run in parse_runs(payload, image.len() as u64).unwrap() {
+            image[run.offset as usize..][..run.bytes.len()].copy_from_slice(run.bytes);
+        }
+    }
+}
+
+fn same_as_primary(mirror: &Mirror, image: &[u8]) -> bool {
+    mirror.quiesced(|region, _| region == image)
+}
+
+/// Random writes of 1 to 6000 bytes (so some span pages), some of them writing what is
+/// already there (a write the kernel sees that changes nothing).
+fn scribble(image: &mut [u8], rng: &mut SmallRng) {
+    let len = rng.random_range(1..6000);
+    let at = rng.random_range(0..LEN - len);
+    if rng.random_bool(0.1) {
+        let same = image[at..at + len].to_vec();
+        image[at..at + len].copy_from_slice(&same);
+    } else {
+        rng.fill(&mut image[at..at + len]);
+    }
+}
+
+#[test]
+fn checkpoints_rebuild_the_primary_image_from_diffs_alone() {
+    for mode in TrackingMode::ALL {
+        let Some(mirror) = tracked(mode) else { continue };
+        assert_eq!(mirror.tracking(), Some(mode));
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut backup = vec![0u8; LEN];
+        for round in 0..50 {
+            let mut tickets = Vec::new();
+            for _ in 0..rng.random_range(0..20) {
+                tickets.push(mirror.update(|image| scribble(image, &mut rng)).1);
+            }
+            let cut = mirror.cut(false);
+            assert!(tickets.iter().all(|t| t.checkpoint == cut.checkpoint), "{mode}: tickets name the cut");
+            assert!(cut.changes.run_bytes() as usize <= cut.dirty_blocks * PAGE_SIZE, "{mode}: diffs, not pages");
+            apply(&mut backup, &cut.changes);
+            assert!(same_as_primary(&mirror, &backup), "{mode}: round {round}");
+        }
+    }
+}
+
+#[test]
+fn a_whole_image_covers_every_page_ever_written() {
+    for mode in TrackingMode::ALL {
+        let Some(mirror) = tracked(mode) else { continue };
+        let mut rng = SmallRng::seed_from_u64(8);
+        for _ in 0..5 {
+            for _ in 0..30 {
+                mirror.update(|image| scribble(image, &mut rng));
+            }
+            mirror.cut(false);
+        }
+        mirror.update(|image| scribble(image, &mut rng));
+        let cut = mirror.cut(true);
+        let mut fresh = vec![0u8; LEN];
+        apply(&mut fresh, cut.full_image.as_ref().expect("asked for"));
+        assert!(same_as_primary(&mirror, &fresh), "{mode}");
+    }
+}
+
+/// Pre-copy rounds race updates from two threads; the copied pages plus the finishing delta
+/// must be the image.
+#[test]
+fn precopy_rounds_race_updates_and_lose_no_write() {
+    for mode in TrackingMode::ALL {
+        let Some(mirror) = tracked(mode) else { continue };
+        let stop = AtomicBool::new(false);
+        let updates = AtomicUsize::new(0);
+        let mut copy = vec![0u8; LEN];
+        let mut recopied = 0;
+        std::thread::scope(|scope| {
+            for seed in 0..2u64 {
+                let (mirror, stop, updates) = (&mirror, &stop, &updates);
+                scope.spawn(move || {
+                    let mut rng = SmallRng::seed_from_u64(seed);
+                    while !stop.load(Ordering::Relaxed) {
+                        mirror.update(|image| scribble(image, &mut rng));
+                        updates.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            while updates.load(Ordering::Relaxed) < 200 {
+                std::hint::spin_loop();
+            }
+            mirror.precopy_begin();
+            for round in 0..4 {
+                let target = updates.load(Ordering::Relaxed) + 100;
+                while updates.load(Ordering::Relaxed) < target {
+                    std::hint::spin_loop();
+                }
+                let copied = mirror
+                    .precopy_round(round == 0, 8, |runs| {
+                        apply(&mut copy, &runs);
+                        Ok::<(), ()>(())
+                    })
+                    .unwrap();
+                if round > 0 {
+                    recopied += copied;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(recopied > 0, "{mode}: later rounds copy the pages written since the round before");
+        let content = mirror.cut_finishing_precopy(false, true);
+        apply(&mut copy, &content.precopy_delta.expect("finishing a pre-copy yields its delta"));
+        assert!(same_as_primary(&mirror, &copy), "{mode}: a page lost a write");
+    }
+}
+
+#[test]
+#[should_panic(expected = "write through Mirror::update")]
+fn transactions_are_refused_in_transparent_mode() {
+    let mirror = tracked(TrackingMode::Mprotect).unwrap();
+    let _ = mirror.begin();
+}
+
+#[test]
+#[should_panic(expected = "needs transparent mode")]
+fn updates_are_refused_on_a_mirror_of_declared_writes() {
+    let mirror = Mirror::new(Region::map(0x2600_0000_0000, LEN).unwrap(), None, CheckpointId(1));
+    mirror.update(|image| image[0] = 1);
+}
