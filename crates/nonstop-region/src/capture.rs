@@ -91,9 +91,20 @@ impl Capture {
     }
 
     /// Transparent mode: writes to `region` are found by `mode` (the best available if
-    /// `None`). The region must hold only zeros, as the shadow starts out.
-    pub(crate) fn tracked(region: &Region, mode: Option<TrackingMode>) -> Result<Capture, TrackingError> {
-        let shadow = Region::map_anywhere(region.len()).map_err(|error| TrackingError::Shadow(Box::new(error)))?;
+    /// `None`). The shadow starts as a copy of the region (nothing to copy while it is zeros);
+    /// `written` is told each page that is not zeros.
+    pub(crate) fn tracked(
+        region: &Region,
+        mode: Option<TrackingMode>,
+        mut written: impl FnMut(usize),
+    ) -> Result<Capture, TrackingError> {
+        let mut shadow = Region::map_anywhere(region.len()).map_err(|error| TrackingError::Shadow(Box::new(error)))?;
+        for (page, bytes) in region.as_slice().chunks_exact(PAGE_SIZE).enumerate() {
+            if bytes.iter().any(|b| *b != 0) {
+                shadow.as_mut_slice()[page * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(bytes);
+                written(page);
+            }
+        }
         // Huge pages would make the kernel report (and the cut diff) 2 MiB per first write.
         region.no_huge_pages();
         let tracker = WriteTracker::start(region, mode)?;

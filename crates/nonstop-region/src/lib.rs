@@ -9,6 +9,7 @@
 //! [`nonstop_proto::backup::Backup`].
 
 mod capture;
+pub mod heap;
 pub use capture::TWIN_BLOCK;
 pub mod locks;
 mod mapping;

@@ -137,7 +137,8 @@ impl Mirror {
     /// `None`; [`Mirror::tracking`] says which). Checkpoints are DU diffs against a shadow
     /// copy. There are no line seals: undeclared writes cannot keep them.
     ///
-    /// The region must hold only zeros (a freshly mapped one).
+    /// The region holds zeros (a freshly mapped one) or the image a promoted backup resumes
+    /// from; a whole image sent to a new backup covers all of it.
     ///
     /// ```
     /// use nonstop_region::{Mirror, Region};
@@ -153,8 +154,9 @@ impl Mirror {
         tracking: Option<TrackingMode>,
         first: CheckpointId,
     ) -> Result<Mirror, TrackingError> {
-        let capture = Capture::tracked(&region, tracking)?;
-        Ok(Mirror { transparent: true, ..Mirror::with_capture(region, capture, first, None) })
+        let touched = TouchedPages::new(region.pages());
+        let capture = Capture::tracked(&region, tracking, |page| touched.mark(page, page))?;
+        Ok(Mirror { transparent: true, touched, ..Mirror::with_capture(region, capture, first, None) })
     }
 
     /// Transparent mode without replication or tracking: [`Mirror::update`] on a region no

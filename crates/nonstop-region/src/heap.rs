@@ -1,0 +1,280 @@
+//! Ordinary Rust collections in the region: an allocator that lives inside it, and a typed
+//! root to find the service's state again after a promotion.
+//!
+//! In transparent mode ([`crate::Mirror::tracked`]) a service keeps its state as plain Rust
+//! values in the region — a [`RegionHashMap`], a [`RegionVec`], structs of them — and writes
+//! them normally inside [`crate::Mirror::update`]. The allocator's own state (a `talc`
+//! allocator) sits in the region's first bytes with the root's address, so a backup's image
+//! holds it too: after a promotion the new primary opens the same heap, finds the same root,
+//! and every pointer in it is valid because the region is mapped at the same address.
+//!
+//! ```
+//! use nonstop_region::heap::{Heap, RegionHashMap};
+//! use nonstop_region::{Mirror, Region};
+//! use nonstop_proto::CheckpointId;
+//! let mirror = Mirror::tracked(Region::map(0x2300_2000_0000, 4 << 20).unwrap(), None, CheckpointId(1)).unwrap();
+//! mirror.update(|image| {
+//!     let mut heap = Heap::open(image).unwrap();
+//!     let alloc = heap.allocator();
+//!     let counts = heap.root(|| RegionHashMap::<u64, u64>::with_hasher_in(Default::default(), alloc)).unwrap();
+//!     *counts.entry(7).or_insert(0) += 1;
+//! });
+//! ```
+//!
+//! # What may live in the region
+//!
+//! Only values whose every pointer points into the region, and whose meaning does not depend
+//! on the process that made them:
+//!
+//! * collections must allocate with [`RegionAlloc`]: a `std` `Vec`, `String` or `Box` puts
+//!   its buffer on the process heap, which no backup has ([`stray_pointers`] finds them);
+//! * hash maps need a fixed-seed hasher ([`FixedState`]): a randomly seeded one hashes the
+//!   same key differently after a promotion, and lookups miss;
+//! * no file descriptors, thread handles, `Arc`s, references to statics or to the stack —
+//!   none of them survives into another process;
+//! * every node must run the same build: the root is checked by type name, size and alignment.
+
+use allocator_api2::alloc::{AllocError, Allocator, Layout};
+use std::ptr::NonNull;
+use talc::{ErrOnOom, Span, Talc, Talck};
+use thiserror::Error;
+
+/// The fixed-seed hasher that region hash maps must use: every node hashes alike.
+pub type FixedState = foldhash::fast::FixedState;
+
+/// A hash map in the region.
+pub type RegionHashMap<K, V> = hashbrown::HashMap<K, V, FixedState, RegionAlloc>;
+
+/// A hash set in the region.
+pub type RegionHashSet<T> = hashbrown::HashSet<T, FixedState, RegionAlloc>;
+
+/// A vector in the region.
+pub type RegionVec<T> = allocator_api2::vec::Vec<T, RegionAlloc>;
+
+/// A box in the region.
+pub type RegionBox<T> = allocator_api2::boxed::Box<T, RegionAlloc>;
+
+/// "NSHEAP" and the layout version: a region formatted by another layout is refused.
+const MAGIC: u64 = u64::from_le_bytes(*b"NSHEAP01");
+
+type Allocator_ = Talck<spin::Mutex<()>, ErrOnOom>;
+
+/// The region's first bytes in transparent mode.
+#[repr(C)]
+struct Header {
+    magic: u64,
+    /// Identifies the root's type (name, size, alignment); zero until a root exists.
+    root_fingerprint: u64,
+    /// The root's address, in the region.
+    root: usize,
+    /// The region's length when formatted: a heap is opened only in a region as long.
+    len: usize,
+    allocator: Allocator_,
+}
+
+/// Heap space starts here, after the header, aligned for any value.
+const ARENA_START: usize = size_of::<Header>().next_multiple_of(64);
+
+/// The region's heap could not be opened or its root not found.
+#[derive(Debug, Error)]
+pub enum HeapError {
+    /// The region holds something else (not zeros, not a heap).
+    #[error(
+        "the region holds neither zeros nor a nonstop heap (magic {found:#018x}): a transparent-mode service needs a region of its own"
+    )]
+    NotAHeap {
+        /// The first eight bytes found.
+        found: u64,
+    },
+    /// The heap was formatted in a region of another length.
+    #[error("the heap was made in a region of {made} bytes, this one has {now}: every node needs the same region size")]
+    LengthChanged {
+        /// Its length when formatted.
+        made: usize,
+        /// This region's length.
+        now: usize,
+    },
+    /// The region is too small for the heap's header and any allocation.
+    #[error("a region of {len} bytes is too small for a heap: give it at least 64 KiB")]
+    TooSmall {
+        /// The region's length.
+        len: usize,
+    },
+    /// The region is not where a region is mapped (page-aligned).
+    #[error("the heap must start at the region's base address (page-aligned), not {address:#x}")]
+    Misaligned {
+        /// The address given.
+        address: usize,
+    },
+    /// The root exists with another type.
+    #[error(
+        "the region's root was made as another type than {asked} (or by another build): every node of a service must run the same build"
+    )]
+    RootType {
+        /// The type asked for.
+        asked: &'static str,
+    },
+}
+
+/// The heap in a region, opened for one update.
+pub struct Heap<'a> {
+    header: &'a mut Header,
+}
+
+impl<'a> Heap<'a> {
+    /// Opens the heap in `image`, the whole region as [`crate::Mirror::update`] hands it over;
+    /// a region of zeros is formatted first.
+    pub fn open(image: &'a mut [u8]) -> Result<Heap<'a>, HeapError> {
+        let address = image.as_ptr() as usize;
+        if !address.is_multiple_of(nonstop_proto::PAGE_SIZE) {
+            return Err(HeapError::Misaligned { address });
+        }
+        if image.len() < ARENA_START + (64 << 10) {
+            return Err(HeapError::TooSmall { len: image.len() });
+        }
+        let magic = u64::from_ne_bytes(image[..8].try_into().expect("8 bytes"));
+        let len = image.len();
+        let base = image.as_mut_ptr();
+        if magic == 0 {
+            if image[..ARENA_START].iter().any(|b| *b != 0) {
+                return Err(HeapError::NotAHeap { found: magic });
+            }
+            let mut talc = Talc::new(ErrOnOom);
+            // SAFETY: the arena is the rest of the region, which this update owns, and no
+            // other heap claims it; it does not contain the null address.
+            unsafe { talc.claim(Span::from_base_size(base.add(ARENA_START), len - ARENA_START)) }
+                .map_err(|()| HeapError::TooSmall { len })?;
+            let header = Header { magic: MAGIC, root_fingerprint: 0, root: 0, len, allocator: talc.lock() };
+            // SAFETY: the header fits before the arena, the base is page-aligned, and the
+            // bytes were zeros (no value is overwritten).
+            unsafe { base.cast::<Header>().write(header) };
+        } else if magic != MAGIC {
+            return Err(HeapError::NotAHeap { found: magic });
+        }
+        // SAFETY: a formatted header (just written, or found with our magic and made by this
+        // build, as the root's fingerprint checks) at the page-aligned base; `image`'s
+        // exclusive borrow covers it for 'a.
+        let header = unsafe { &mut *base.cast::<Header>() };
+        if header.len != len {
+            return Err(HeapError::LengthChanged { made: header.len, now: len });
+        }
+        Ok(Heap { header })
+    }
+
+    /// The allocator for values in this region.
+    pub fn allocator(&self) -> RegionAlloc {
+        RegionAlloc { allocator: NonNull::from(&self.header.allocator) }
+    }
+
+    /// The region's root: found where an earlier update (here, or on the primary this node
+    /// took over from) left it, or made by `init` on first use.
+    pub fn root<T: 'static>(&mut self, init: impl FnOnce() -> T) -> Result<&'a mut T, HeapError> {
+        let fingerprint = fingerprint::<T>();
+        if self.header.root == 0 {
+            let boxed = RegionBox::new_in(init(), self.allocator());
+            let (pointer, _) = RegionBox::into_raw_with_allocator(boxed);
+            self.header.root = pointer as usize;
+            self.header.root_fingerprint = fingerprint;
+        } else if self.header.root_fingerprint != fingerprint {
+            return Err(HeapError::RootType { asked: std::any::type_name::<T>() });
+        }
+        // SAFETY: the root was made as a `T` (same fingerprint) in this region, which the
+        // update borrows exclusively for 'a; `&mut self` hands it out once per borrow.
+        Ok(unsafe { &mut *(self.header.root as *mut T) })
+    }
+}
+
+/// Type name, size and alignment, hashed: a root read back as another type is refused.
+fn fingerprint<T>() -> u64 {
+    let name = std::any::type_name::<T>();
+    let mut hash = 0xcbf2_9ce4_8422_2325u64; // FNV-1a: stable across builds and processes
+    for byte in name.bytes().chain(size_of::<T>().to_le_bytes()).chain(align_of::<T>().to_le_bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash | 1
+}
+
+/// Allocates in the region's heap; collections in the region must use it.
+///
+/// It holds the address of the allocator in the region's header, which is the same on every
+/// node, so a collection that stores it stays valid after a promotion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionAlloc {
+    allocator: NonNull<Allocator_>,
+}
+
+// SAFETY: the allocator behind the pointer locks itself (a spin lock in the region).
+unsafe impl Send for RegionAlloc {}
+// SAFETY: as above.
+unsafe impl Sync for RegionAlloc {}
+
+// SAFETY: every call forwards to talc's `Allocator` for the region's allocator, which lives
+// as long as the region mapping that every value using it lives in.
+unsafe impl Allocator for RegionAlloc {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: the allocator sits in the region's header while the region is mapped.
+        unsafe { self.allocator.as_ref() }.allocate(layout)
+    }
+
+    unsafe fn deallocate(&self, pointer: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.allocator.as_ref().deallocate(pointer, layout) }
+    }
+
+    unsafe fn grow(&self, pointer: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.allocator.as_ref().grow(pointer, old, new) }
+    }
+
+    unsafe fn shrink(&self, pointer: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.allocator.as_ref().shrink(pointer, old, new) }
+    }
+}
+
+/// A word in the region that looks like a pointer out of it, into this process's own memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StrayPointer {
+    /// Where the word is, from the region's base.
+    pub offset: usize,
+    /// Its value: an address in this process's heap, stacks or other private memory.
+    pub points_to: usize,
+}
+
+/// Finds words in `image` (the region) that hold an address of this process's heap, stacks or
+/// anonymous memory outside the region: the usual sign of a `std` collection or a reference
+/// stored in the region, which no backup could follow. A heuristic for tests and debugging —
+/// a value that happens to look like such an address is reported too — and a scan of every
+/// word, so not for a hot path. At most `limit` are returned.
+pub fn stray_pointers(image: &[u8], limit: usize) -> std::io::Result<Vec<StrayPointer>> {
+    let region = image.as_ptr() as usize..image.as_ptr() as usize + image.len();
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let private: Vec<std::ops::Range<usize>> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, permissions) = (fields.next()?, fields.next()?);
+            let path = fields.nth(3).unwrap_or("");
+            let (start, end) = range.split_once('-')?;
+            let range = usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?;
+            let private =
+                permissions.starts_with("rw") && (path.is_empty() || path == "[heap]" || path.starts_with("[stack"));
+            let outside = range.end <= region.start || range.start >= region.end;
+            (private && outside).then_some(range)
+        })
+        .collect();
+    let mut found = Vec::new();
+    for (index, word) in image.chunks_exact(8).enumerate() {
+        let value = usize::from_ne_bytes(word.try_into().expect("8 bytes"));
+        if value == 0 || region.contains(&value) {
+            continue;
+        }
+        if private.iter().any(|range| range.contains(&value)) {
+            found.push(StrayPointer { offset: index * 8, points_to: value });
+            if found.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}

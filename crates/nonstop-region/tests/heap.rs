@@ -1,0 +1,151 @@
+//! Ordinary collections in the region: built on a transparent-mode primary, rebuilt on a
+//! "backup" from checkpoint diffs alone, and used again after a promotion at the same address.
+
+use nonstop_proto::CheckpointId;
+use nonstop_proto::runs::parse_runs;
+use nonstop_region::heap::{FixedState, Heap, HeapError, RegionAlloc, RegionHashMap, RegionVec, stray_pointers};
+use nonstop_region::tracking::TrackingMode;
+use nonstop_region::{Mirror, Region};
+use std::collections::BTreeMap;
+
+const LEN: usize = 8 << 20;
+
+/// A service's state as plain Rust values.
+struct Accounts {
+    balances: RegionHashMap<u64, i64>,
+    history: RegionVec<(u64, i64)>,
+    names: RegionHashMap<u64, RegionVec<u8>>,
+}
+
+impl Accounts {
+    fn new(alloc: RegionAlloc) -> Accounts {
+        Accounts {
+            balances: RegionHashMap::with_hasher_in(FixedState::default(), alloc),
+            history: RegionVec::new_in(alloc),
+            names: RegionHashMap::with_hasher_in(FixedState::default(), alloc),
+        }
+    }
+
+    fn transfer(&mut self, alloc: RegionAlloc, account: u64, delta: i64) {
+        *self.balances.entry(account).or_insert(0) += delta;
+        self.history.push((account, delta));
+        if !self.names.contains_key(&account) {
+            let mut name = RegionVec::new_in(alloc);
+            name.extend_from_slice(format!("account-{account}").as_bytes());
+            self.names.insert(account, name);
+        }
+    }
+}
+
+fn apply(image: &mut [u8], runs: &nonstop_proto::runs::RunsBuilder) {
+    for payload in runs.payloads() {
+        for run in parse_runs(payload, image.len() as u64).unwrap() {
+            image[run.offset as usize..][..run.bytes.len()].copy_from_slice(run.bytes);
+        }
+    }
+}
+
+fn with_accounts<R>(mirror: &Mirror, f: impl FnOnce(&mut Accounts, RegionAlloc) -> R) -> R {
+    mirror
+        .update(|image| {
+            let mut heap = Heap::open(image).unwrap();
+            let alloc = heap.allocator();
+            f(heap.root(|| Accounts::new(alloc)).unwrap(), alloc)
+        })
+        .0
+}
+
+#[test]
+fn collections_are_rebuilt_by_a_backup_and_used_after_a_promotion() {
+    for (index, mode) in TrackingMode::ALL.into_iter().enumerate() {
+        let base = 0x2700_0000_0000 + index * (1 << 32);
+        let primary = match Mirror::tracked(Region::map(base, LEN).unwrap(), Some(mode), CheckpointId(1)) {
+            Ok(mirror) => mirror,
+            Err(error) if mode == TrackingMode::Uffd && std::env::var_os("NONSTOP_REQUIRE_UFFD").is_none() => {
+                eprintln!("SKIPPED for uffd: {error}");
+                continue;
+            }
+            Err(error) => panic!("{error}"),
+        };
+        let mut expected: BTreeMap<u64, i64> = BTreeMap::new();
+        let mut backup = vec![0u8; LEN];
+        let mut state = 1u64;
+        for round in 0..40 {
+            for _ in 0..200 {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let (account, delta) = ((state >> 33) % 5000, (state >> 20) as i64 % 1000 - 500);
+                *expected.entry(account).or_insert(0) += delta;
+                with_accounts(&primary, |accounts, alloc| accounts.transfer(alloc, account, delta));
+            }
+            if round % 10 == 9 {
+                // Deletes free memory that later inserts reuse.
+                let gone: Vec<u64> = expected.keys().copied().filter(|a| a % 7 == round as u64 % 7).collect();
+                with_accounts(&primary, |accounts, _| gone.iter().for_each(|a| drop(accounts.names.remove(a))));
+            }
+            apply(&mut backup, &primary.cut(false).changes);
+        }
+        let strays = primary.quiesced(|image, _| stray_pointers(image, 10)).unwrap();
+        assert!(strays.is_empty(), "{mode}: region values point out of the region: {strays:?}");
+        drop(primary);
+
+        // Promotion: the backup's image at the same address, and the service carries on.
+        let mut region = Region::map(base, LEN).unwrap();
+        region.as_mut_slice().copy_from_slice(&backup);
+        let promoted = Mirror::tracked(region, Some(mode), CheckpointId(100)).unwrap();
+        with_accounts(&promoted, |accounts, alloc| {
+            let found: BTreeMap<u64, i64> = accounts.balances.iter().map(|(a, b)| (*a, *b)).collect();
+            assert_eq!(found, expected, "{mode}: balances after promotion");
+            assert_eq!(accounts.history.len(), 8000, "{mode}");
+            // Names were removed at rounds 9, 19, 29 and 39: accounts = 2, 5, 1, 4 (mod 7).
+            for account in expected.keys().filter(|a| [0, 3, 6].contains(&(*a % 7))) {
+                let name = accounts.names.get(account).map(|n| n.as_slice());
+                assert_eq!(name, Some(format!("account-{account}").as_bytes()), "{mode}");
+            }
+            for account in 0..100 {
+                accounts.transfer(alloc, 10_000 + account, 1);
+            }
+            assert_eq!(accounts.names.get(&10_042).map(|n| n.as_slice()), Some(&b"account-10042"[..]));
+        });
+    }
+}
+
+#[test]
+fn a_root_of_another_type_is_refused() {
+    let mirror = Mirror::transparent_unreplicated(Region::map(0x2800_0000_0000, LEN).unwrap(), CheckpointId(1));
+    mirror.update(|image| {
+        let mut heap = Heap::open(image).unwrap();
+        *heap.root(|| 5u64).unwrap() += 1;
+    });
+    let refused = mirror.update(|image| Heap::open(image).unwrap().root(|| 5u32).map(|_| ()).unwrap_err()).0;
+    assert!(matches!(refused, HeapError::RootType { asked: "u32" }), "{refused}");
+    let found = mirror.update(|image| *Heap::open(image).unwrap().root(|| 0u64).unwrap()).0;
+    assert_eq!(found, 6);
+}
+
+#[test]
+fn a_region_holding_something_else_is_not_taken_for_a_heap() {
+    let mirror = Mirror::transparent_unreplicated(Region::map(0x2900_0000_0000, LEN).unwrap(), CheckpointId(1));
+    mirror.update(|image| image[0] = 0x42);
+    let refused = mirror.update(|image| Heap::open(image).map(|_| ()).unwrap_err()).0;
+    assert!(matches!(refused, HeapError::NotAHeap { .. }), "{refused}");
+    assert!(refused.to_string().contains("region of its own"));
+}
+
+/// The common mistake: a `std` collection in the region keeps its buffer on the process heap.
+#[test]
+fn a_std_vec_in_the_region_is_found_as_a_stray_pointer() {
+    struct Mistake {
+        log: Vec<u64>,
+    }
+    let mirror = Mirror::transparent_unreplicated(Region::map(0x2a00_0000_0000, LEN).unwrap(), CheckpointId(1));
+    mirror.update(|image| {
+        let mut heap = Heap::open(image).unwrap();
+        heap.root(|| Mistake { log: Vec::new() }).unwrap().log.extend(0..1000);
+    });
+    let strays = mirror.quiesced(|image, _| stray_pointers(image, 10)).unwrap();
+    assert_eq!(strays.len(), 1, "the Vec's buffer pointer: {strays:?}");
+    // Leave the process heap as it was: the root is never dropped otherwise.
+    mirror.update(|image| {
+        std::mem::take(&mut Heap::open(image).unwrap().root(|| Mistake { log: Vec::new() }).unwrap().log)
+    });
+}
