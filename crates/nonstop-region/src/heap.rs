@@ -245,7 +245,8 @@ pub struct StrayPointer {
 /// anonymous memory outside the region: the usual sign of a `std` collection or a reference
 /// stored in the region, which no backup could follow. A heuristic for tests and debugging —
 /// a value that happens to look like such an address is reported too — and a scan of every
-/// word, so not for a hot path. At most `limit` are returned.
+/// word, so not for a hot path. The heap's own header is not looked at. At most `limit` are
+/// returned.
 pub fn stray_pointers(image: &[u8], limit: usize) -> std::io::Result<Vec<StrayPointer>> {
     let region = image.as_ptr() as usize..image.as_ptr() as usize + image.len();
     let maps = std::fs::read_to_string("/proc/self/maps")?;
@@ -263,8 +264,13 @@ pub fn stray_pointers(image: &[u8], limit: usize) -> std::io::Result<Vec<StrayPo
             (private && outside).then_some(range)
         })
         .collect();
+    // The heap's header holds the allocator's bitmaps, which can look like anything.
+    let skip = match image.get(..8).map(|m| u64::from_ne_bytes(m.try_into().expect("8 bytes"))) {
+        Some(MAGIC) => ARENA_START / 8,
+        _ => 0,
+    };
     let mut found = Vec::new();
-    for (index, word) in image.chunks_exact(8).enumerate() {
+    for (index, word) in image.chunks_exact(8).enumerate().skip(skip) {
         let value = usize::from_ne_bytes(word.try_into().expect("8 bytes"));
         if value == 0 || region.contains(&value) {
             continue;

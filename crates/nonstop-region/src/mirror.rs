@@ -214,6 +214,12 @@ impl Mirror {
         mirror
     }
 
+    /// Whether the region is written through [`Mirror::update`] (transparent mode) rather
+    /// than transactions.
+    pub fn is_transparent(&self) -> bool {
+        self.transparent
+    }
+
     /// The write tracking in use, in transparent mode ([`Mirror::tracked`]).
     pub fn tracking(&self) -> Option<TrackingMode> {
         self.capture.tracking()

@@ -60,6 +60,28 @@ pub enum TxError {
     },
 }
 
+/// Checks a range asked for: inside a region of `region_len` bytes at `base`, aligned to
+/// `align` there, and disjoint from every range in `declared` (whose references are out).
+pub(crate) fn check_range(
+    base: usize,
+    region_len: u64,
+    declared: &[(u64, u32)],
+    offset: u64,
+    len: u64,
+    align: usize,
+) -> Result<(), TxError> {
+    if len == 0 || offset.checked_add(len).is_none_or(|end| end > region_len) {
+        return Err(TxError::OutOfRegion { offset, len, region_len });
+    }
+    if !(base as u64 + offset).is_multiple_of(align as u64) {
+        return Err(TxError::Misaligned { offset, align });
+    }
+    if declared.iter().any(|&(o, l)| offset < o + u64::from(l) && o < offset + len) {
+        return Err(TxError::Overlap { offset, len });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default)]
 struct TxState {
     stripes: Vec<u32>,
@@ -93,20 +115,11 @@ impl<'m> Transaction<'m> {
     /// seals at commit. Ranges never overlap, so only the range's first and last lines can be
     /// shared with one declared before.
     fn check(&self, offset: u64, len: u64, align: usize) -> Result<std::ops::Range<u64>, TxError> {
-        let region_len = self.mirror.len() as u64;
-        if len == 0 || offset.checked_add(len).is_none_or(|end| end > region_len) {
-            return Err(TxError::OutOfRegion { offset, len, region_len });
-        }
-        if !(self.mirror.base() as u64 + offset).is_multiple_of(align as u64) {
-            return Err(TxError::Misaligned { offset, align });
-        }
         let state = self.state.borrow();
+        check_range(self.mirror.base(), self.mirror.len() as u64, &state.declared, offset, len, align)?;
         let (first_line, last_line) = (offset / LINE, (offset + len - 1) / LINE);
         let (mut first_shared, mut last_shared) = (false, false);
         for &(o, l) in &state.declared {
-            if offset < o + l as u64 && o < offset + len {
-                return Err(TxError::Overlap { offset, len });
-            }
             let lines = o / LINE..=(o + l as u64 - 1) / LINE;
             first_shared |= lines.contains(&first_line);
             last_shared |= lines.contains(&last_line);
@@ -252,5 +265,15 @@ impl Drop for Transaction<'_> {
         state.declared.clear();
         state.undo.clear();
         SPARE_STATE.with(|spare| *spare.borrow_mut() = Some(state));
+    }
+}
+
+impl crate::RegionWrite for Transaction<'_> {
+    fn write<T: FromBytes + IntoBytes + KnownLayout + Immutable>(&self, offset: u64) -> Result<&mut T, TxError> {
+        Transaction::write(self, offset)
+    }
+
+    fn read<T: FromBytes + KnownLayout + Immutable>(&self, offset: u64) -> Result<T, TxError> {
+        Transaction::read(self, offset)
     }
 }

@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nonstop_net::{Primary, PrimaryConfig, ReplicationStats};
 use nonstop_proto::primary::Ticket;
 use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
+use nonstop_region::tracking::TrackingMode;
 use nonstop_region::{Mirror, Region};
 use nonstop_workloads::Workload;
 use nonstop_workloads::debit_credit::DebitCredit;
@@ -67,6 +68,10 @@ pub struct BenchConfig {
     /// Check and seal every line the primary's transactions touch (as nodes always do);
     /// `false` measures what that costs.
     pub seals: bool,
+    /// How writes are found: `None` declares them (transactions); a mode runs the same
+    /// transactions in transparent mode, where the kernel finds the written pages (DU only;
+    /// the unreplicated baseline then writes the region plainly, without tracking).
+    pub tracking: Option<TrackingMode>,
 }
 
 /// Percentiles in microseconds.
@@ -98,6 +103,8 @@ pub struct BenchReport {
     pub protocol: String,
     /// "sync" or "epoch".
     pub policy: String,
+    /// How writes were found: "declared", "uffd" or "mprotect".
+    pub tracking: String,
     /// Epoch interval in milliseconds (null under sync).
     pub interval_ms: Option<f64>,
     /// Worker threads.
@@ -165,6 +172,14 @@ pub fn region_len(workload: &dyn Workload) -> usize {
 pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
     if config.threads == 0 {
         bail!("--threads must be at least 1");
+    }
+    if let Some(mode) = config.tracking {
+        if config.protocol != UpdateProtocol::Du {
+            bail!("--tracking {mode} ships DU diffs of the pages the kernel saw written: use --protocol du");
+        }
+        if config.workload != WorkloadKind::DebitCredit {
+            bail!("--tracking {mode}: only debit-credit runs in transparent mode so far; use --tracking declared");
+        }
     }
     let workload = workload(config);
     let len = region_len(workload.as_ref());
@@ -260,6 +275,7 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
             CommitPolicy::Sync => "sync".into(),
             CommitPolicy::Epoch { .. } => "epoch".into(),
         },
+        tracking: config.tracking.map_or("declared", TrackingMode::name).into(),
         interval_ms: match config.policy {
             CommitPolicy::Sync => None,
             CommitPolicy::Epoch { interval_us, .. } => Some(interval_us as f64 / 1000.0),
@@ -345,9 +361,11 @@ fn run_round(
     let region = Region::map(config.region_base, len).context("mapping the primary's region")?;
     let replicated = !backups.is_empty();
     let protocol = replicated.then_some(config.protocol);
-    let mirror = Arc::new(match config.seals {
-        true => Mirror::new(region, protocol, CheckpointId(1)),
-        false => Mirror::unsealed(region, protocol, CheckpointId(1)),
+    let mirror = Arc::new(match (config.tracking, replicated, config.seals) {
+        (Some(mode), true, _) => Mirror::tracked(region, Some(mode), CheckpointId(1))?,
+        (Some(_), false, _) => Mirror::transparent_unreplicated(region, CheckpointId(1)),
+        (None, _, true) => Mirror::new(region, protocol, CheckpointId(1)),
+        (None, _, false) => Mirror::unsealed(region, protocol, CheckpointId(1)),
     });
     workload.load(&mirror);
     let primary = replicated.then(|| {

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nonstop::bench::{self, BenchConfig, BenchReport, WorkloadKind};
 use nonstop::local::{KeyFile, LISTENING, LocalBackup};
 use nonstop::{BackupServer, ClusterKey, CommitPolicy, DEFAULT_REGION_BASE, Region, UpdateProtocol};
+use nonstop_region::tracking::TrackingMode;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -216,6 +217,14 @@ enum Protocol {
     Au,
 }
 
+/// `--tracking`: declared ranges, or a kernel write-tracking mode.
+#[derive(Clone, Copy, ValueEnum)]
+enum Tracking {
+    Declared,
+    Uffd,
+    Mprotect,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Policy {
     Sync,
@@ -266,6 +275,11 @@ struct WorkloadArgs {
     /// they cost; nodes always seal.
     #[arg(long)]
     no_seals: bool,
+    /// How the primary finds its writes: declared ranges (transactions), or the same
+    /// transactions in transparent mode with the kernel finding the written pages (uffd:
+    /// userfaultfd write-protect, Linux >= 6.7; mprotect: SIGSEGV on first write).
+    #[arg(long, value_enum, default_value_t = Tracking::Declared)]
+    tracking: Tracking,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -701,6 +715,11 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
         warehouses: args.warehouses.max(1),
         region_base: parse_address(&args.region_base)?,
         seals: !args.no_seals,
+        tracking: match args.tracking {
+            Tracking::Declared => None,
+            Tracking::Uffd => Some(TrackingMode::Uffd),
+            Tracking::Mprotect => Some(TrackingMode::Mprotect),
+        },
     })
 }
 
@@ -757,6 +776,7 @@ fn bench_matrix(args: MatrixArgs) -> anyhow::Result<()> {
         warehouses: 1,
         region_base: DEFAULT_REGION_BASE,
         seals: true,
+        tracking: None,
     };
     let matrix =
         bench::matrix(&base, &[WorkloadKind::DebitCredit, WorkloadKind::OrderEntry], &std::env::current_exe()?)?;

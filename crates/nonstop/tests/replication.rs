@@ -5,6 +5,7 @@ use nonstop::local::{KeyFile, LocalBackup};
 use nonstop::{ClusterKey, CommitPolicy, UpdateProtocol};
 use nonstop_net::conn::{self, ConnError};
 use nonstop_proto::auth::{AuthError, CLIENT_HELLO_LEN, Initiator};
+use nonstop_region::tracking::TrackingMode;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +28,7 @@ fn config(region_base: usize, backups: usize, protocol: UpdateProtocol, policy: 
         warehouses: 1,
         region_base,
         seals: true,
+        tracking: None,
     }
 }
 
@@ -54,6 +56,32 @@ fn order_entry_backups_pass_the_tpcc_conditions() {
     let report = bench::run(&config, exe()).unwrap();
     assert!(report.backup_verified, "{report:?}");
     assert!(report.check.contains("order-entry consistent"), "{report:?}");
+}
+
+/// Transparent mode end to end: the same Debit-Credit transactions written plainly, the pages
+/// found by each kernel tracking mode, shipped as DU diffs to a backup process that must hold
+/// the primary's image and a consistent database.
+#[test]
+fn transparent_mode_backups_hold_the_primary_image_with_each_tracking_mode() {
+    for (index, mode) in TrackingMode::ALL.into_iter().enumerate() {
+        let mut config = config(
+            0x2b00_0000_0000 + index * (1 << 36),
+            1,
+            UpdateProtocol::Du,
+            CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 },
+        );
+        config.tracking = Some(mode);
+        config.threads = 1;
+        let report = bench::run(&config, exe()).unwrap();
+        assert_eq!(report.tracking, mode.name());
+        assert!(report.backup_verified, "{report:?}");
+        assert!(report.check.contains("debit-credit consistent"), "{report:?}");
+        assert!(report.checkpoints_per_s > 10.0, "{report:?}");
+    }
+    let mut au = config(0x2b00_0000_0000, 1, UpdateProtocol::Au, CommitPolicy::Sync);
+    au.tracking = Some(TrackingMode::Mprotect);
+    let refused = bench::run(&au, exe()).unwrap_err().to_string();
+    assert!(refused.contains("--protocol du"), "{refused}");
 }
 
 #[test]
