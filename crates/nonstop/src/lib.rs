@@ -38,6 +38,7 @@ pub mod load;
 pub mod local;
 pub mod netns;
 pub mod status;
+pub mod tracking_bench;
 
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};
 pub use nonstop_node::client::{Client, ClientError, TransferDone};

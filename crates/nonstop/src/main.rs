@@ -209,6 +209,26 @@ enum BenchTarget {
     /// The overhead table: both workloads x DU/AU x sync, 1 ms, 10 ms, 100 ms, 2 s, each
     /// against no replication; writes Markdown, JSON and an SVG chart.
     Matrix(MatrixArgs),
+    /// What finding writes costs per mode (plain, declared, uffd, mprotect): a first write to
+    /// a page, and a checkpoint cut against pages written (1 to --pages); writes Markdown,
+    /// JSON and an SVG chart.
+    Tracking(TrackingArgs),
+}
+
+#[derive(Args)]
+struct TrackingArgs {
+    /// Pages in the region: the largest checkpoint measured writes this many.
+    #[arg(long, default_value_t = 100_000)]
+    pages: usize,
+    /// Cuts timed per point (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Directory for tracking.md, tracking.json and tracking.svg.
+    #[arg(long, default_value = "target/bench")]
+    out: std::path::PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -336,6 +356,7 @@ fn main() -> anyhow::Result<()> {
             BenchTarget::OrderEntry(args) => run_bench(WorkloadKind::OrderEntry, &args),
             BenchTarget::Net(args) => bench_net(args),
             BenchTarget::Matrix(args) => bench_matrix(args),
+            BenchTarget::Tracking(args) => bench_tracking(args),
         },
         Command::Demo { clients } => demo(clients),
     }
@@ -787,6 +808,27 @@ fn bench_matrix(args: MatrixArgs) -> anyhow::Result<()> {
     std::fs::write(args.out.join("overhead.svg"), matrix.svg())?;
     println!("{markdown}");
     println!("written: {0}/matrix.md, {0}/matrix.json, {0}/overhead.svg", args.out.display());
+    Ok(())
+}
+
+fn bench_tracking(args: TrackingArgs) -> anyhow::Result<()> {
+    use nonstop::tracking_bench::{self, TrackingBenchConfig};
+    if args.pages == 0 {
+        bail!("--pages must be at least 1");
+    }
+    let config = TrackingBenchConfig { pages: args.pages, repeats: args.repeats, region_base: DEFAULT_REGION_BASE };
+    let report = tracking_bench::run(&config, |step| eprintln!("tracking bench: {step}"))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let markdown = report.markdown();
+    std::fs::write(args.out.join("tracking.md"), &markdown)?;
+    std::fs::write(args.out.join("tracking.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(args.out.join("tracking.svg"), report.svg())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{markdown}");
+        println!("written: {0}/tracking.md, {0}/tracking.json, {0}/tracking.svg", args.out.display());
+    }
     Ok(())
 }
 

@@ -34,3 +34,36 @@ fn a_bad_node_config_is_refused_with_the_field_and_the_fix() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--config"));
 }
+
+#[test]
+fn bench_tracking_measures_every_mode_and_draws_the_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nonstop(&[
+        "bench",
+        "tracking",
+        "--pages",
+        "1000",
+        "--repeats",
+        "1",
+        "--json",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let modes: Vec<&str> =
+        report["modes"].as_array().unwrap().iter().map(|m| m["tracking"].as_str().unwrap()).collect();
+    if std::env::var_os("NONSTOP_REQUIRE_UFFD").is_some() || modes.contains(&"uffd") {
+        assert_eq!(modes, ["plain", "declared", "uffd", "mprotect"]);
+    } else {
+        eprintln!("SKIPPED for uffd: this kernel lacks userfaultfd write-protect (Linux >= 6.7)");
+        assert_eq!(modes, ["plain", "declared", "mprotect"]);
+    }
+    for mode in report["modes"].as_array().unwrap() {
+        let pages: Vec<u64> =
+            mode["cuts"].as_array().unwrap().iter().map(|c| c["dirty_pages"].as_u64().unwrap()).collect();
+        assert_eq!(pages, [1, 10, 100, 1000], "{mode}");
+        assert!(mode["first_write_ns"].as_f64().unwrap() > 0.0, "{mode}");
+    }
+    assert!(std::fs::read_to_string(dir.path().join("tracking.svg")).unwrap().starts_with("<svg"));
+}
