@@ -75,6 +75,9 @@ pub struct ServiceStatus {
     pub backups: Vec<u64>,
     /// This node's role.
     pub role: String,
+    /// How the primary finds what was written: "declared", "uffd" or "mprotect".
+    #[serde(default)]
+    pub tracking: String,
     /// This node's held (backup) or released (primary) checkpoint.
     pub held: Option<u64>,
     /// Failovers so far.
@@ -368,6 +371,7 @@ impl Agent {
                     primary: record.map_or(0, |r| r.primary.0),
                     backups: record.map(|r| r.backups.iter().map(|b| b.0).collect()).unwrap_or_default(),
                     role: format!("{:?}", report.role).to_lowercase(),
+                    tracking: host.tracking().into(),
                     held: report.held.map(|h| h.0),
                     failovers: record.map_or(0, |r| r.failovers),
                     last_promotion: record.and_then(|r| r.last_promotion),

@@ -31,6 +31,7 @@
 
 use crate::NodeId;
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
+use nonstop_region::tracking::TrackingMode;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -189,6 +190,11 @@ pub struct ServiceSection {
     /// `au` or `du`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
+    /// How the primary finds what was written: `declared` (transactions declare each range)
+    /// or transparent mode, where the kernel finds the written pages: `uffd` (Linux >= 6.7)
+    /// or `mprotect`. Transparent mode ships DU diffs: set `protocol = "du"` with it.
+    #[serde(default = "default_tracking")]
+    pub tracking: String,
     /// Microseconds between checkpoints (epoch policy); 0 for sync (a checkpoint per commit).
     #[serde(default = "default_interval_us")]
     pub checkpoint_interval_us: u64,
@@ -202,6 +208,9 @@ fn default_kind() -> String {
 }
 fn default_backups() -> u8 {
     1
+}
+fn default_tracking() -> String {
+    "declared".into()
 }
 fn default_protocol() -> String {
     "au".into()
@@ -245,6 +254,8 @@ pub struct ServiceSpec {
     pub region_len: usize,
     /// Update protocol.
     pub protocol: UpdateProtocol,
+    /// Transparent mode's write tracking; `None`: declared writes.
+    pub tracking: Option<TrackingMode>,
     /// Commit policy.
     pub policy: CommitPolicy,
     /// Debit-Credit branches.
@@ -426,6 +437,25 @@ impl NodeConfig {
                 "du" => UpdateProtocol::Du,
                 other => return Err(invalid(field("protocol"), format!("{other:?}"), "use \"au\" or \"du\"")),
             };
+            let tracking = match service.tracking.as_str() {
+                "declared" => None,
+                name => {
+                    let mode: TrackingMode = name.parse().map_err(|_| {
+                        invalid(field("tracking"), format!("{name:?}"), "use \"declared\", \"uffd\" or \"mprotect\"")
+                    })?;
+                    if protocol != UpdateProtocol::Du {
+                        return Err(invalid(
+                            field("tracking"),
+                            format!("{name:?} with protocol {:?}", service.protocol),
+                            "transparent mode ships DU diffs: set protocol = \"du\"",
+                        ));
+                    }
+                    if let Err(error) = nonstop_region::tracking::probe(mode) {
+                        return Err(invalid(field("tracking"), format!("{name:?}"), error.to_string()));
+                    }
+                    Some(mode)
+                }
+            };
             let policy = match service.checkpoint_interval_us {
                 0 => CommitPolicy::Sync,
                 interval_us => CommitPolicy::Epoch { interval_us, max_commits: 0 },
@@ -438,6 +468,7 @@ impl NodeConfig {
                 region_base: base,
                 region_len,
                 protocol,
+                tracking,
                 policy,
                 branches: service.branches,
             });
@@ -505,11 +536,17 @@ mod tests {
             (GOOD.replace("region_size_mib = 128", "region_size_mib = 128\nbackups = 2"), "services[0].backups"),
             (format!("{GOOD}\n[heartbeat]\ninterval_ms = 10\ntimeout_ms = 20"), "heartbeat.timeout_ms"),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"redis\""), "services[0].kind"),
+            (GOOD.replace("name = \"bank\"", "name = \"bank\"\ntracking = \"soft-dirty\""), "services[0].tracking"),
+            // Transparent mode ships DU diffs; the default protocol is AU.
+            (GOOD.replace("name = \"bank\"", "name = \"bank\"\ntracking = \"mprotect\""), "services[0].tracking"),
         ];
         for (text, field) in cases {
             let error = check(&text).unwrap_err().to_string();
             assert!(error.contains(field), "{field}: {error}");
         }
+        let transparent =
+            GOOD.replace("name = \"bank\"", "name = \"bank\"\nprotocol = \"du\"\ntracking = \"mprotect\"");
+        assert_eq!(check(&transparent).unwrap().services[0].tracking, Some(TrackingMode::Mprotect));
         let unknown = check(&GOOD.replace("id = 1", "id = 1\nidd = 3")).unwrap_err().to_string();
         assert!(unknown.contains("idd"), "{unknown}");
     }

@@ -75,6 +75,16 @@ pub fn render(status: &NodeStatus) -> String {
         per_service(&|s| Some(s.failovers as f64)),
     );
     metric(
+        "nonstop_service_tracking",
+        "gauge",
+        "1 for the way the service's writes are found: declared, uffd or mprotect.",
+        status
+            .services
+            .iter()
+            .map(|s| (format!(",service=\"{}\",tracking=\"{}\"", label(&s.name), label(&s.tracking)), 1.0))
+            .collect(),
+    );
+    metric(
         "nonstop_service_role",
         "gauge",
         "1 for the role this node plays in the service.",

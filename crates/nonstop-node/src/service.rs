@@ -27,6 +27,7 @@ use nonstop_net::backup::{BackupControl, BackupServer};
 use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::client::ClientReply;
+use nonstop_proto::integrity::LineChecksums;
 use nonstop_proto::primary::BackupId;
 use nonstop_proto::{CheckpointId, Nanos, Term};
 use nonstop_region::{Mirror, Region};
@@ -190,6 +191,11 @@ impl ServiceHost {
         &self.spec.name
     }
 
+    /// How the primary finds what was written: "declared", "uffd" or "mprotect".
+    pub fn tracking(&self) -> &'static str {
+        self.spec.tracking.map_or("declared", |mode| mode.name())
+    }
+
     /// What client threads use.
     pub fn serving(&self) -> Arc<Serving> {
         self.serving.clone()
@@ -319,10 +325,31 @@ impl ServiceHost {
             return;
         }
         let Some(region) = self.map_region() else { return };
-        let mirror = Arc::new(Mirror::new(region, Some(self.spec.protocol), CheckpointId(1)));
+        let Some(mirror) = self.mirror(region, CheckpointId(1), None) else { return };
         self.bank.load(&mirror);
         tracing::info!(service = self.spec.name, term = record.term.0, "primary of a new service");
         self.become_primary(mirror, record.term, true, now, needs);
+    }
+
+    /// The primary's mirror of `region` (holding a promoted backup's image when `seals` are
+    /// its seals): declared writes, line-sealed; or transparent mode, where the kernel finds
+    /// the writes and there are no seals to carry over. `None` if write tracking failed,
+    /// which the configuration check makes unlikely: this node then serves nothing, and the
+    /// control plane fails over when it keeps reporting no region.
+    fn mirror(&self, region: Region, first: CheckpointId, seals: Option<LineChecksums>) -> Option<Arc<Mirror>> {
+        let protocol = Some(self.spec.protocol);
+        let mirror = match (self.spec.tracking, seals) {
+            (None, None) => Mirror::new(region, protocol, first),
+            (None, Some(seals)) => Mirror::resume(region, protocol, first, seals),
+            (Some(mode), _) => match Mirror::tracked(region, Some(mode), first) {
+                Ok(mirror) => mirror,
+                Err(error) => {
+                    tracing::error!(service = self.spec.name, %error, "transparent mode cannot start: serving nothing");
+                    return None;
+                }
+            },
+        };
+        Some(Arc::new(mirror))
     }
 
     fn promote(&mut self, record: &ServiceRecord, now: Instant, needs: &mut Needs) {
@@ -337,7 +364,7 @@ impl ServiceHost {
             self.start_fresh(record, now, needs);
             return;
         };
-        let mirror = Arc::new(Mirror::resume(region, Some(self.spec.protocol), held.next(), backup.into_seals()));
+        let Some(mirror) = self.mirror(region, held.next(), Some(backup.into_seals())) else { return };
         tracing::info!(
             service = self.spec.name,
             term = record.term.0,

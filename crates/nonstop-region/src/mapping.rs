@@ -144,6 +144,29 @@ impl Region {
         }
     }
 
+    /// The pages the kernel holds in memory or swap (from `/proc/self/pagemap`); the others
+    /// read as zeros.
+    pub(crate) fn populated_pages(&self) -> std::io::Result<Vec<usize>> {
+        use std::os::unix::fs::FileExt;
+        const PRESENT: u64 = 1 << 63;
+        const SWAPPED: u64 = 1 << 62;
+        let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+        let first = (self.base as usize / PAGE_SIZE) as u64;
+        let mut populated = Vec::new();
+        let mut entries = vec![0u8; 8 * 4096];
+        for chunk_start in (0..self.pages()).step_by(4096) {
+            let count = (self.pages() - chunk_start).min(4096);
+            let bytes = &mut entries[..count * 8];
+            pagemap.read_exact_at(bytes, (first + chunk_start as u64) * 8)?;
+            for (index, entry) in bytes.chunks_exact(8).enumerate() {
+                if u64::from_ne_bytes(entry.try_into().expect("8 bytes")) & (PRESENT | SWAPPED) != 0 {
+                    populated.push(chunk_start + index);
+                }
+            }
+        }
+        Ok(populated)
+    }
+
     /// Asks for 4 KiB pages only (transparent mode tracks writes per page).
     pub(crate) fn no_huge_pages(&self) {
         // SAFETY: the range is our mapping; the advice changes no content.

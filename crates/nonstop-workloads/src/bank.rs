@@ -13,7 +13,7 @@
 use crate::debit_credit::{self, DebitCredit, Transfer};
 use nonstop_proto::PAGE_SIZE;
 use nonstop_proto::primary::Ticket;
-use nonstop_region::{Mirror, Transaction, TxError};
+use nonstop_region::{Mirror, RegionWrite, TxError, Update};
 use thiserror::Error;
 use zerocopy::little_endian::{I64, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -136,7 +136,7 @@ impl Bank {
     }
 
     /// Finds (or claims) the client's slot inside `tx`.
-    fn slot(&self, tx: &Transaction<'_>, client: u64) -> Result<(u64, ClientSlot), BankError> {
+    fn slot(&self, tx: &impl RegionWrite, client: u64) -> Result<(u64, ClientSlot), BankError> {
         for probe in 0..PROBES {
             let at = self.slot_at(Self::home(client) + probe);
             let slot: ClientSlot = tx.read(at)?;
@@ -181,32 +181,49 @@ impl Bank {
         worker: usize,
         request: &TransferRequest,
     ) -> Result<(Executed, Ticket), BankError> {
+        if mirror.is_transparent() {
+            // No undo in transparent mode: every refusal is decided before the first write.
+            let (executed, ticket) = mirror.update(|image| self.execute_in(&Update::new(image), worker, request));
+            return executed.map(|executed| (executed, ticket));
+        }
         let tx = mirror.begin();
-        let (at, slot) = self.slot(&tx, request.client)?;
-        let last = if slot.client.get() == 0 { 0 } else { slot.request.get() };
-        let executed = if request.request == last {
-            // A retry: answer as the first time. The ticket below (the open checkpoint) is no
-            // older than the one that applied it, so the answer still waits for the backups.
-            Executed::Duplicate { balance: slot.balance.get() }
-        } else if request.request < last {
-            Executed::Stale { last }
-        } else if request.request > last + 1 {
-            return Err(BankError::OutOfOrder { expected: last + 1, got: request.request });
-        } else {
-            let mut tag = [0u8; 16];
-            tag[..8].copy_from_slice(&request.client.to_le_bytes());
-            tag[8..].copy_from_slice(&request.request.to_le_bytes());
-            let transfer = Transfer { account: request.account, teller: request.teller, delta: request.delta, tag };
-            let balance = self.db.transfer_in(&tx, worker, &transfer)?;
-            *tx.write::<ClientSlot>(at)? = ClientSlot {
-                client: U64::new(request.client),
-                request: U64::new(request.request),
-                applied: U64::new(slot.applied.get() + 1),
-                balance: I64::new(balance),
-            };
-            Executed::Applied { balance }
-        };
+        let executed = self.execute_in(&tx, worker, request)?;
         Ok((executed, tx.commit()))
+    }
+
+    /// The request's effect through `tx`: a refusal (decided before anything is written), an
+    /// answer from the client's slot, or the transfer and the slot that remembers it.
+    fn execute_in(
+        &self,
+        tx: &impl RegionWrite,
+        worker: usize,
+        request: &TransferRequest,
+    ) -> Result<Executed, BankError> {
+        let (at, slot) = self.slot(tx, request.client)?;
+        let last = if slot.client.get() == 0 { 0 } else { slot.request.get() };
+        if request.request == last {
+            // A retry: answer as the first time. The ticket (the open checkpoint) is no older
+            // than the one that applied it, so the answer still waits for the backups.
+            return Ok(Executed::Duplicate { balance: slot.balance.get() });
+        }
+        if request.request < last {
+            return Ok(Executed::Stale { last });
+        }
+        if request.request > last + 1 {
+            return Err(BankError::OutOfOrder { expected: last + 1, got: request.request });
+        }
+        let mut tag = [0u8; 16];
+        tag[..8].copy_from_slice(&request.client.to_le_bytes());
+        tag[8..].copy_from_slice(&request.request.to_le_bytes());
+        let transfer = Transfer { account: request.account, teller: request.teller, delta: request.delta, tag };
+        let balance = self.db.transfer_in(tx, worker, &transfer)?;
+        *tx.write::<ClientSlot>(at)? = ClientSlot {
+            client: U64::new(request.client),
+            request: U64::new(request.request),
+            applied: U64::new(slot.applied.get() + 1),
+            balance: I64::new(balance),
+        };
+        Ok(Executed::Applied { balance })
     }
 
     /// Reads `client`'s slot and `account`'s balance in one read-only transaction, so that
@@ -218,25 +235,35 @@ impl Bank {
         client: u64,
         account: u64,
     ) -> Result<(Option<ClientSlot>, Option<i64>), TxError> {
+        if mirror.is_transparent() {
+            return mirror.update(|image| self.read_in(&Update::new(image), client, account)).0;
+        }
         loop {
             let tx = mirror.begin();
-            let attempt = (|| {
-                let mut found = None;
-                for probe in 0..PROBES {
-                    let slot: ClientSlot = tx.read(self.slot_at(Self::home(client) + probe))?;
-                    if slot.client.get() == client || slot.client.get() == 0 {
-                        found = (slot.client.get() == client).then_some(slot);
-                        break;
-                    }
-                }
-                Ok((found, self.db.balance_tx(&tx, account)?))
-            })();
+            let attempt = self.read_in(&tx, client, account);
             tx.abort();
             match attempt {
                 Err(TxError::Conflict { .. }) => std::thread::yield_now(),
                 other => return other,
             }
         }
+    }
+
+    fn read_in(
+        &self,
+        tx: &impl RegionWrite,
+        client: u64,
+        account: u64,
+    ) -> Result<(Option<ClientSlot>, Option<i64>), TxError> {
+        let mut found = None;
+        for probe in 0..PROBES {
+            let slot: ClientSlot = tx.read(self.slot_at(Self::home(client) + probe))?;
+            if slot.client.get() == client || slot.client.get() == 0 {
+                found = (slot.client.get() == client).then_some(slot);
+                break;
+            }
+        }
+        Ok((found, self.db.balance_tx(tx, account)?))
     }
 
     /// The slot of `client` in `image`, if the client ever had a request applied.

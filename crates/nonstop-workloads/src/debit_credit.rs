@@ -18,7 +18,7 @@
 use crate::Workload;
 use nonstop_proto::PAGE_SIZE;
 use nonstop_proto::primary::Ticket;
-use nonstop_region::{Mirror, RegionWrite, Transaction, TxError, Update};
+use nonstop_region::{Mirror, RegionWrite, TxError, Update};
 use rand::Rng;
 use rand::rngs::SmallRng;
 use zerocopy::little_endian::{I64, U32, U64};
@@ -119,7 +119,7 @@ impl DebitCredit {
 
     /// The balance of `account` read inside `tx` (its line is checked and locked); `None` if
     /// there is no such account.
-    pub fn balance_tx(&self, tx: &Transaction<'_>, account: u64) -> Result<Option<i64>, TxError> {
+    pub fn balance_tx(&self, tx: &impl RegionWrite, account: u64) -> Result<Option<i64>, TxError> {
         if account >= self.accounts() {
             return Ok(None);
         }

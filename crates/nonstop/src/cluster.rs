@@ -5,6 +5,7 @@
 use crate::local::KeyFile;
 use nonstop_node::agent::{NodeStatus, ServiceStatus};
 use nonstop_node::client::node_status;
+use nonstop_region::tracking::TrackingMode;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -29,6 +30,8 @@ pub struct ClusterSpec {
     pub branches: u64,
     /// Microseconds between checkpoints (0: sync).
     pub checkpoint_interval_us: u64,
+    /// Transparent mode for the services (DU, writes found by the kernel); `None`: declared.
+    pub tracking: Option<TrackingMode>,
     /// Heartbeat interval.
     pub heartbeat_ms: u64,
     /// Failure timeout.
@@ -54,6 +57,7 @@ impl Default for ClusterSpec {
             region_size_mib: 128,
             branches: 1,
             checkpoint_interval_us: 1000,
+            tracking: None,
             heartbeat_ms: 10,
             timeout_ms: 200,
             allow_faults: false,
@@ -189,11 +193,14 @@ impl LocalCluster {
                 text += &format!("[[peers]]\n{}\n", member(peer, &via_proxy));
             }
             text += &format!("[heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\n\n", spec.heartbeat_ms, spec.timeout_ms);
+            // Transparent mode ships DU diffs.
+            let tracking =
+                spec.tracking.map_or(String::new(), |mode| format!("protocol = \"du\"\ntracking = \"{mode}\"\n"));
             for (index, (name, primary)) in spec.services.iter().enumerate() {
                 // Regions 64 GiB apart: every service has its own fixed address.
                 let base = spec.region_base + index * (64 << 30);
                 text += &format!(
-                    "[[services]]\nname = \"{name}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\nbranches = {}\ncheckpoint_interval_us = {}\n\n",
+                    "[[services]]\nname = \"{name}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\nbranches = {}\ncheckpoint_interval_us = {}\n{tracking}\n",
                     spec.backups, spec.region_size_mib, spec.branches, spec.checkpoint_interval_us
                 );
             }

@@ -177,6 +177,10 @@ struct ChaosKillArgs {
     /// Before the trials, run the load this long without faults: any failover then is false.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     quiet: Duration,
+    /// How the bank's primary finds its writes: declared ranges, or transparent mode with the
+    /// kernel finding the written pages (uffd or mprotect; DU).
+    #[arg(long, value_enum, default_value_t = Tracking::Declared)]
+    tracking: Tracking,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -243,6 +247,17 @@ enum Tracking {
     Declared,
     Uffd,
     Mprotect,
+}
+
+impl Tracking {
+    /// The kernel mode, or `None` for declared writes.
+    fn mode(self) -> Option<TrackingMode> {
+        match self {
+            Tracking::Declared => None,
+            Tracking::Uffd => Some(TrackingMode::Uffd),
+            Tracking::Mprotect => Some(TrackingMode::Mprotect),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -597,7 +612,11 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         seed,
         clients: args.clients,
         fault_share: args.fault_share,
-        spec: nonstop::cluster::ClusterSpec { ip_prefix: "127.0.2".into(), ..Default::default() },
+        spec: nonstop::cluster::ClusterSpec {
+            ip_prefix: "127.0.2".into(),
+            tracking: args.tracking.mode(),
+            ..Default::default()
+        },
         quiet: args.quiet,
     };
     let progress = trials_bar(args.trials);
@@ -736,11 +755,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
         warehouses: args.warehouses.max(1),
         region_base: parse_address(&args.region_base)?,
         seals: !args.no_seals,
-        tracking: match args.tracking {
-            Tracking::Declared => None,
-            Tracking::Uffd => Some(TrackingMode::Uffd),
-            Tracking::Mprotect => Some(TrackingMode::Mprotect),
-        },
+        tracking: args.tracking.mode(),
     })
 }
 

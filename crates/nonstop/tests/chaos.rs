@@ -21,3 +21,36 @@ fn kills_inside_checkpoints_lose_and_double_nothing() {
     assert_eq!(report.false_failovers, 0, "{report:?}");
     assert!(report.by_fault.len() >= 3, "fault points were exercised: {:?}", report.by_fault.keys());
 }
+
+/// The bank in transparent mode — its transactions written plainly, the pages found by the
+/// kernel, shipped as DU diffs — survives the same kills with nothing lost or doubled.
+#[test]
+fn a_transparent_mode_service_loses_and_doubles_nothing_under_kills() {
+    use nonstop_region::tracking::{TrackingMode, probe};
+    let mode = match probe(TrackingMode::Uffd) {
+        Ok(()) => TrackingMode::Uffd,
+        Err(error) if std::env::var_os("NONSTOP_REQUIRE_UFFD").is_none() => {
+            eprintln!("SKIPPED for uffd, using mprotect: {error}");
+            TrackingMode::Mprotect
+        }
+        Err(error) => panic!("{error}"),
+    };
+    let config = ChaosConfig {
+        trials: 10,
+        seed: 12,
+        clients: 4,
+        fault_share: 0.5,
+        spec: ClusterSpec {
+            ip_prefix: "127.0.4".into(),
+            region_size_mib: 32,
+            tracking: Some(mode),
+            ..ClusterSpec::default()
+        },
+        quiet: std::time::Duration::from_secs(1),
+    };
+    let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
+    assert!(report.check.is_ok(), "{:?}", report.check);
+    assert_eq!((report.acked_lost, report.applied_twice), (0, 0), "{report:?}");
+    assert_eq!(report.no_failover, 0, "{report:?}");
+    assert!(report.acknowledged > 1000, "the load ran: {report:?}");
+}

@@ -110,6 +110,14 @@ pub enum TrackingError {
     },
 }
 
+/// Whether `mode` works here, tried on a scratch page: for checking a configuration before
+/// anything depends on it.
+pub fn probe(mode: TrackingMode) -> Result<(), TrackingError> {
+    let scratch = crate::Region::map_anywhere(nonstop_proto::PAGE_SIZE)
+        .map_err(|error| TrackingError::Shadow(Box::new(error)))?;
+    WriteTracker::start(&scratch, Some(mode)).map(drop)
+}
+
 enum Tracker {
     Uffd(uffd::UffdTracker),
     Mprotect(mprotect::MprotectTracker),
