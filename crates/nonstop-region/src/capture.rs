@@ -343,6 +343,12 @@ impl TouchedPages {
         pages
     }
 
+    /// The words, for a signal handler that marks pages through a raw pointer (it must not
+    /// outlive `self`).
+    pub(crate) fn words_ptr(&self) -> *const AtomicU64 {
+        self.words.as_ptr()
+    }
+
     /// How many pages are marked.
     pub(crate) fn count(&self) -> usize {
         self.words.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as usize).sum()

@@ -17,6 +17,7 @@
 //! (the standard library's stack-overflow reporter), or to the default action.
 
 use super::TrackingError;
+use crate::capture::TouchedPages;
 use nonstop_proto::PAGE_SIZE;
 use rustix::mm::MprotectFlags;
 use std::ffi::{c_int, c_void};
@@ -48,14 +49,15 @@ pub(super) struct MprotectTracker {
     slot: usize,
     base: usize,
     len: usize,
-    bitmap: Box<[AtomicU64]>,
+    /// One bit per page, set by the handler (through the slot's raw pointer to its words).
+    bitmap: TouchedPages,
 }
 
 impl MprotectTracker {
     pub(super) fn start(base: usize, len: usize) -> Result<MprotectTracker, TrackingError> {
         install_handler()?;
         let pages = len / PAGE_SIZE;
-        let bitmap: Box<[AtomicU64]> = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        let bitmap = TouchedPages::new(pages);
         let _registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         let slot = SLOTS_IN_USE
             .iter()
@@ -63,7 +65,7 @@ impl MprotectTracker {
             .ok_or(TrackingError::TooManyRegions { limit: SLOTS })?;
         let entry = &SLOTS_IN_USE[slot];
         entry.len.store(len, Ordering::SeqCst);
-        entry.bitmap.store(bitmap.as_ptr().cast_mut(), Ordering::SeqCst);
+        entry.bitmap.store(bitmap.words_ptr().cast_mut(), Ordering::SeqCst);
         entry.base.store(base, Ordering::SeqCst);
         let tracker = MprotectTracker { slot, base, len, bitmap };
         // SAFETY: the range is the caller's region mapping; making it read-only changes no
@@ -75,16 +77,8 @@ impl MprotectTracker {
 
     pub(super) fn collect(&mut self, pages: &mut Vec<usize>) -> Result<(), TrackingError> {
         let first_new = pages.len();
-        for (index, word) in self.bitmap.iter().enumerate() {
-            if word.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let mut bits = word.swap(0, Ordering::SeqCst);
-            while bits != 0 {
-                pages.push(index * 64 + bits.trailing_zeros() as usize);
-                bits &= bits - 1;
-            }
-        }
+        // Bits cleared before the pages are protected again: see the module docs.
+        pages.extend(self.bitmap.take());
         // Protect again in runs of neighbouring pages: one system call per run.
         let mut run_start = first_new;
         for at in first_new..pages.len() {
