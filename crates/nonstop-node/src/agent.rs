@@ -69,6 +69,9 @@ pub struct ServiceStatus {
     pub name: String,
     /// The record's term.
     pub term: u64,
+    /// The record's version: it moves on with every change of the record within a term.
+    #[serde(default)]
+    pub version: u64,
     /// The record's primary.
     pub primary: u64,
     /// The record's backups.
@@ -368,6 +371,7 @@ impl Agent {
                 ServiceStatus {
                     name: host.name().to_string(),
                     term: record.map_or(0, |r| r.term.0),
+                    version: record.map_or(0, |r| r.version),
                     primary: record.map_or(0, |r| r.primary.0),
                     backups: record.map(|r| r.backups.iter().map(|b| b.0).collect()).unwrap_or_default(),
                     role: format!("{:?}", report.role).to_lowercase(),

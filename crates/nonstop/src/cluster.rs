@@ -81,9 +81,9 @@ pub fn service<'a>(status: &'a NodeStatus, name: &str) -> Option<&'a ServiceStat
     status.services.iter().find(|s| s.name == name)
 }
 
-/// `name`'s entry from the status that knows the newest term.
+/// `name`'s entry from the status that knows the newest record (term, then version within it).
 pub fn newest_record<'a>(statuses: &'a [NodeStatus], name: &str) -> Option<&'a ServiceStatus> {
-    statuses.iter().filter_map(|s| service(s, name)).max_by_key(|s| s.term)
+    statuses.iter().filter_map(|s| service(s, name)).max_by_key(|s| (s.term, s.version))
 }
 
 /// Whether the bank is protected by at least `wanted` backups, judged from `statuses`

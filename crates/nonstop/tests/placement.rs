@@ -3,7 +3,7 @@
 //! primaries (N-1); successive failures are survived until one holding node is left, the
 //! witnesses keeping the control plane's majority. Nothing acknowledged is lost or doubled.
 
-use nonstop::cluster::{ClusterSpec, LocalCluster, newest_record, protected_service, service};
+use nonstop::cluster::{ClusterSpec, LocalCluster, newest_record, protected_service};
 use nonstop::load::{self, Load};
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ fn successive_failures_are_survived_until_one_holder_is_left() {
     }
     let statuses: Vec<_> = survivors.iter().filter_map(|id| cluster.status(*id)).collect();
     let backups: Vec<Vec<u64>> =
-        SERVICES.iter().map(|name| statuses.iter().find_map(|s| service(s, name)).unwrap().backups.clone()).collect();
+        SERVICES.iter().map(|name| newest_record(&statuses, name).unwrap().backups.clone()).collect();
     let (bank_now, _) = cluster.primary_of("bank", &survivors);
     let (ledger_now, _) = cluster.primary_of("ledger", &survivors);
     assert!(
