@@ -60,6 +60,7 @@ pub(crate) struct AuCapture {
 
 #[derive(Debug)]
 pub(crate) struct TrackedCapture {
+    mode: TrackingMode,
     tracker: Mutex<WriteTracker>,
     /// The region as of the last cut, in a mapping of its own (at any address).
     shadow: Region,
@@ -92,38 +93,37 @@ impl Capture {
 
     /// Transparent mode: writes to `region` are found by `mode` (the best available if
     /// `None`). The shadow starts as a copy of the region (nothing to copy while it is zeros);
-    /// `written` is told each page that is not zeros.
-    pub(crate) fn tracked(
-        region: &Region,
-        mode: Option<TrackingMode>,
-        mut written: impl FnMut(usize),
-    ) -> Result<Capture, TrackingError> {
+    /// also returns the pages that are not zeros.
+    pub(crate) fn tracked(region: &Region, mode: Option<TrackingMode>) -> Result<(Capture, Vec<usize>), TrackingError> {
         let mut shadow = Region::map_anywhere(region.len()).map_err(|error| TrackingError::Shadow(Box::new(error)))?;
         // Only pages the kernel holds can hold anything but zeros; reading the others would
         // fault each one in (a promotion would pay ~1 us per page of the whole region).
-        let pages = region.populated_pages().unwrap_or_else(|_| (0..region.pages()).collect());
-        for page in pages {
+        let mut written = region.populated_pages().unwrap_or_else(|_| (0..region.pages()).collect());
+        written.retain(|&page| {
             let bytes = &region.as_slice()[page * PAGE_SIZE..][..PAGE_SIZE];
-            if bytes.iter().any(|b| *b != 0) {
+            let nonzero = bytes.iter().any(|b| *b != 0);
+            if nonzero {
                 shadow.as_mut_slice()[page * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(bytes);
-                written(page);
             }
-        }
+            nonzero
+        });
         // Huge pages would make the kernel report (and the cut diff) 2 MiB per first write.
         region.no_huge_pages();
         let tracker = WriteTracker::start(region, mode)?;
         tracing::info!(mode = %tracker.mode(), "transparent mode: writes found by the kernel");
-        Ok(Capture::Tracked(TrackedCapture {
+        let capture = Capture::Tracked(TrackedCapture {
+            mode: tracker.mode(),
             tracker: Mutex::new(tracker),
             shadow,
             dirty: TouchedPages::new(region.pages()),
-        }))
+        });
+        Ok((capture, written))
     }
 
     /// The write tracking in use, in transparent mode.
     pub(crate) fn tracking(&self) -> Option<TrackingMode> {
         match self {
-            Capture::Tracked(tracked) => Some(tracked.tracker.lock().expect("tracker lock").mode()),
+            Capture::Tracked(tracked) => Some(tracked.mode),
             _ => None,
         }
     }

@@ -106,6 +106,12 @@ pub enum HeapError {
         /// The address given.
         address: usize,
     },
+    /// The header's root address does not name a place in the heap (a damaged image).
+    #[error("the heap's root address {root:#x} lies outside its arena or is misaligned: the region's image is damaged")]
+    RootOutside {
+        /// The address found.
+        root: usize,
+    },
     /// The root exists with another type.
     #[error(
         "the region's root was made as another type than {asked} (or by another build): every node of a service must run the same build"
@@ -177,6 +183,15 @@ impl<'a> Heap<'a> {
             self.header.root_fingerprint = fingerprint;
         } else if self.header.root_fingerprint != fingerprint {
             return Err(HeapError::RootType { asked: std::any::type_name::<T>() });
+        } else {
+            // The header came from another node's image: the root must lie in the arena.
+            let base = &raw const *self.header as usize;
+            let arena = base + ARENA_START..base + self.header.len;
+            let root = self.header.root;
+            let fits = root.checked_add(size_of::<T>()).is_some_and(|end| arena.contains(&root) && end <= arena.end);
+            if !fits || !root.is_multiple_of(align_of::<T>()) {
+                return Err(HeapError::RootOutside { root });
+            }
         }
         // SAFETY: the root was made as a `T` (same fingerprint) in this region, which the
         // update borrows exclusively for 'a; `&mut self` hands it out once per borrow.

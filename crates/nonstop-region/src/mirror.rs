@@ -154,9 +154,12 @@ impl Mirror {
         tracking: Option<TrackingMode>,
         first: CheckpointId,
     ) -> Result<Mirror, TrackingError> {
-        let touched = TouchedPages::new(region.pages());
-        let capture = Capture::tracked(&region, tracking, |page| touched.mark(page, page))?;
-        Ok(Mirror { transparent: true, touched, ..Mirror::with_capture(region, capture, first, None) })
+        let (capture, written) = Capture::tracked(&region, tracking)?;
+        let mirror = Mirror { transparent: true, ..Mirror::with_capture(region, capture, first, None) };
+        for page in written {
+            mirror.touched.mark(page, page);
+        }
+        Ok(mirror)
     }
 
     /// Transparent mode without replication or tracking: [`Mirror::update`] on a region no

@@ -149,3 +149,16 @@ fn a_std_vec_in_the_region_is_found_as_a_stray_pointer() {
         std::mem::take(&mut Heap::open(image).unwrap().root(|| Mistake { log: Vec::new() }).unwrap().log)
     });
 }
+
+/// A header from a damaged image never hands out a reference outside the heap.
+#[test]
+fn a_root_address_outside_the_arena_is_refused() {
+    let mirror = Mirror::transparent_unreplicated(Region::map(0x2c00_0000_0000, LEN).unwrap(), CheckpointId(1));
+    mirror.update(|image| {
+        *Heap::open(image).unwrap().root(|| 5u64).unwrap() += 1;
+        // The root's address is the header's third word.
+        image[16..24].copy_from_slice(&(0x2c00_0000_0000usize + LEN).to_ne_bytes());
+    });
+    let refused = mirror.update(|image| Heap::open(image).unwrap().root(|| 0u64).map(|_| ()).unwrap_err()).0;
+    assert!(matches!(refused, HeapError::RootOutside { .. }), "{refused}");
+}

@@ -376,17 +376,10 @@ impl LocalCluster {
 
     /// Waits until node `id`'s process exits; returns when it was seen gone.
     pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<Instant> {
-        let started = Instant::now();
-        let node = &mut self.nodes[id as usize - 1];
-        while started.elapsed() < timeout {
-            let child = node.child.as_mut()?;
-            if let Ok(Some(_)) = child.try_wait() {
-                node.child = None;
-                return Some(Instant::now());
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        None
+        self.exit_status_within(id, timeout)?;
+        let seen = Instant::now();
+        self.nodes[id as usize - 1].child = None;
+        Some(seen)
     }
 
     /// Arms a fault point on node `id` (the cluster must allow faults).
@@ -429,7 +422,7 @@ impl LocalCluster {
             if started.elapsed() >= timeout {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 }
