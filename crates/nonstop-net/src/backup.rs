@@ -68,14 +68,19 @@ impl std::fmt::Debug for BackupServer {
 
 impl BackupServer {
     /// Listens on `addr` for primaries of `region`.
+    ///
+    /// The image is made resident at once ([`Region::populate`]): applying a checkpoint
+    /// never waits for page faults, and a node without the memory says so here.
     pub fn bind(
         addr: SocketAddr,
         key: nonstop_proto::auth::ClusterKey,
-        region: Region,
+        mut region: Region,
         check: Option<ConsistencyCheck>,
     ) -> std::io::Result<BackupServer> {
         let listener = TcpListener::bind(addr)?;
         let backup = Backup::new(region.base() as u64, region.len() as u64);
+        nonstop_region::advise_huge_pages(backup.seals().table());
+        region.populate().map_err(|error| std::io::Error::new(std::io::ErrorKind::OutOfMemory, error))?;
         let control = BackupControl {
             listening: listener.local_addr()?,
             stop: Arc::default(),
@@ -171,6 +176,7 @@ impl BackupServer {
             let started = Instant::now();
             let output = self.backup.on_frame(frame, &mut self.region);
             let elapsed = started.elapsed();
+
             match output {
                 Ok(None) => {}
                 Ok(Some(BackupOutput::Attached(term))) => {

@@ -187,10 +187,20 @@ pub struct Backup {
 
 /// Checks the lines a runs payload is about to write: a run covers part of a line, and sealing
 /// the line after it is written would otherwise seal in a corrupted byte beside the run.
+///
+/// Runs land at random offsets (an account here, a history record there), so each check would
+/// wait for its line and its seal to come from memory in turn; loading a few runs ahead keeps
+/// several such loads in flight at once.
 fn check_runs(seals: &LineChecksums, payload: &[u8], image: &[u8]) -> Result<(), CorruptLine> {
-    runs(payload, image.len() as u64)
-        .map_while(Result::ok)
-        .try_for_each(|run| seals.check_range(image, run.offset as usize, run.bytes.len()))
+    const AHEAD: usize = 8;
+    let mut lead = runs(payload, image.len() as u64).map_while(Result::ok);
+    lead.by_ref().take(AHEAD).for_each(|run| seals.prefetch(image, run.offset as usize));
+    runs(payload, image.len() as u64).map_while(Result::ok).try_for_each(|run| {
+        if let Some(next) = lead.next() {
+            seals.prefetch(image, next.offset as usize);
+        }
+        seals.check_range(image, run.offset as usize, run.bytes.len())
+    })
 }
 
 /// Seals the ranges a runs payload (or an undo log, which has the same layout) just wrote.

@@ -129,6 +129,12 @@ impl LineChecksums {
         sums
     }
 
+    /// The table's memory, for the OS layer to advise (it is read at random, one entry per
+    /// line a transaction or a run touches, so it wants huge pages as much as the region).
+    pub fn table(&self) -> &[AtomicU32] {
+        &self.sums
+    }
+
     /// How many lines the table covers.
     pub fn lines(&self) -> usize {
         self.sums.len()
@@ -197,6 +203,26 @@ impl LineChecksums {
             }
             word_at += 4;
         }
+    }
+
+    /// Starts loading the line of `image` at `offset` and its seal into the cache, for a
+    /// check or a write soon after: a backup applies runs at random offsets, and a load that
+    /// is already on its way when the check reaches it overlaps with the ones before it
+    /// instead of waiting its turn. An offset outside the image is ignored.
+    #[inline]
+    pub fn prefetch(&self, image: &[u8], offset: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(byte), Some(seal)) = (image.get(offset), self.sums.get(offset / LINE)) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            // SAFETY: a prefetch is a hint that never faults; both addresses lie in live
+            // allocations anyway.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>((byte as *const u8).cast());
+                _mm_prefetch::<_MM_HINT_T0>((seal as *const AtomicU32).cast());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (image, offset);
     }
 
     /// Checks the lines overlapping `[offset, offset + len)` against their seals. The caller

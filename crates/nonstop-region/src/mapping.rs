@@ -47,6 +47,16 @@ pub enum RegionError {
         /// The end of the range.
         end: usize,
     },
+    /// The kernel could not give the region memory to hold every page.
+    #[error(
+        "cannot hold the region's {len} bytes in memory ({source}): a backup keeps its whole image resident; free memory on this node or give the service a smaller region"
+    )]
+    Populate {
+        /// The region's length.
+        len: usize,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
     /// The kernel refused the mapping for another reason.
     #[error("mapping the region at {base:#x} ({len} bytes) failed: {source}")]
     Map {
@@ -167,6 +177,31 @@ impl Region {
         Ok(populated)
     }
 
+    /// Makes every page resident now, keeping its content (`MADV_POPULATE_WRITE`, Linux >= 5.14;
+    /// on older kernels each page is touched in turn).
+    ///
+    /// A backup does this with its image: the primary does not send pages that are zero, so
+    /// without it the first run to land on each such page would wait for the kernel to
+    /// allocate and zero it, inside a checkpoint's apply, while output waits for the
+    /// acknowledgement — and a node short of memory would fail there, mid-checkpoint, instead
+    /// of here with a clear error.
+    pub fn populate(&mut self) -> Result<(), RegionError> {
+        // SAFETY: the range is our own mapping; populating changes no content.
+        match unsafe { rustix::mm::madvise(self.base.cast(), self.len, Advice::LinuxPopulateWrite) } {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::INVAL) => {
+                // A kernel without MADV_POPULATE_WRITE: write each page's first byte back to
+                // itself (`&mut self` excludes every other access, so nothing changes).
+                for page in self.as_mut_slice().chunks_exact_mut(PAGE_SIZE) {
+                    // SAFETY: a valid, exclusively borrowed byte; volatile so the write stays.
+                    unsafe { std::ptr::write_volatile(&mut page[0], std::ptr::read_volatile(&page[0])) };
+                }
+                Ok(())
+            }
+            Err(errno) => Err(RegionError::Populate { len: self.len, source: errno.into() }),
+        }
+    }
+
     /// Asks for 4 KiB pages only (transparent mode tracks writes per page).
     pub(crate) fn no_huge_pages(&self) {
         // SAFETY: the range is our mapping; the advice changes no content.
@@ -222,6 +257,23 @@ impl Region {
     }
 }
 
+/// Asks for transparent huge pages under a large table read at random (a region's line seals):
+/// with 4 KiB pages every access to a cold entry also misses the TLB, and under a hypervisor a
+/// TLB miss walks two sets of page tables. Only the 2 MiB-aligned part of the table can get huge
+/// pages; a table smaller than that, or a kernel without THP, is left as it is. Call it before
+/// the table is first written, so the kernel allocates huge pages at the first fault instead of
+/// collapsing small ones later.
+pub fn advise_huge_pages<T>(table: &[T]) {
+    const HUGE: usize = 2 << 20;
+    let start = (table.as_ptr() as usize).next_multiple_of(HUGE);
+    let end = (table.as_ptr() as usize + std::mem::size_of_val(table)) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: the range lies inside the table's own allocation; the advice changes no
+        // content, only the page size that backs it.
+        let _ = unsafe { rustix::mm::madvise(start as *mut _, end - start, Advice::LinuxHugepage) };
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: we own the mapping and nothing borrows it any more.
@@ -233,8 +285,11 @@ impl nonstop_proto::backup::Image for Region {
     fn bytes_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
     }
+    /// Zeroes in place rather than giving the memory back ([`Region::zero`]): a backup keeps
+    /// its image resident ([`Region::populate`]), so that no checkpoint it applies later waits
+    /// for the kernel to find and zero a page.
     fn clear(&mut self) {
-        self.zero();
+        self.as_mut_slice().fill(0);
     }
 }
 
@@ -252,6 +307,20 @@ mod tests {
         ));
         assert!(matches!(Region::map(DEFAULT_REGION_BASE + 1, 4096), Err(RegionError::InvalidAddress { .. })));
         assert!(matches!(Region::map(USER_SPACE_END, 4096), Err(RegionError::InvalidAddress { .. })));
+    }
+
+    #[test]
+    fn a_populated_region_keeps_its_bytes_holds_every_page_and_clears_in_place() {
+        use nonstop_proto::backup::Image;
+        let mut region = Region::map(0x2300_0000_0000, 64 * PAGE_SIZE).unwrap();
+        region.as_mut_slice()[5 * PAGE_SIZE + 3] = 9;
+        assert_eq!(region.populated_pages().unwrap(), vec![5], "only the page written is resident");
+        region.populate().unwrap();
+        assert_eq!(region.populated_pages().unwrap(), (0..64).collect::<Vec<_>>());
+        assert_eq!(region.as_slice()[5 * PAGE_SIZE + 3], 9, "populating changes no byte");
+        region.clear();
+        assert!(region.as_slice().iter().all(|b| *b == 0));
+        assert_eq!(region.populated_pages().unwrap().len(), 64, "a backup's clear keeps the memory");
     }
 
     #[test]

@@ -180,6 +180,9 @@ impl Mirror {
 
     fn with_capture(region: Region, capture: Capture, first: CheckpointId, seals: Option<LineChecksums>) -> Mirror {
         let pages = region.pages();
+        if let Some(seals) = &seals {
+            crate::mapping::advise_huge_pages(seals.table());
+        }
         Mirror {
             capture,
             touched: TouchedPages::new(pages),
