@@ -58,31 +58,37 @@ fn order_entry_backups_pass_the_tpcc_conditions() {
     assert!(report.check.contains("order-entry consistent"), "{report:?}");
 }
 
-/// Transparent mode end to end: the same Debit-Credit transactions written plainly, the pages
-/// found by each kernel tracking mode, shipped as DU diffs to a backup process that must hold
-/// the primary's image and a consistent database.
+/// Transparent mode end to end: the same Debit-Credit and Order-Entry transactions written
+/// plainly, the pages found by each kernel tracking mode, shipped as DU diffs to a backup
+/// process that must hold the primary's image and a consistent database.
 #[test]
 fn transparent_mode_backups_hold_the_primary_image_with_each_tracking_mode() {
     for (index, mode) in TrackingMode::ALL.into_iter().enumerate() {
-        let mut config = config(
-            0x2b00_0000_0000 + index * (1 << 36),
-            1,
-            UpdateProtocol::Du,
-            CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 },
-        );
-        config.tracking = Some(mode);
-        config.threads = 1;
-        let report = match bench::run(&config, exe()) {
-            Err(error) if mode == TrackingMode::Uffd && std::env::var_os("NONSTOP_REQUIRE_UFFD").is_none() => {
-                eprintln!("SKIPPED for uffd: {error:#}");
-                continue;
-            }
-            result => result.unwrap(),
-        };
-        assert_eq!(report.tracking, mode.name());
-        assert!(report.backup_verified, "{report:?}");
-        assert!(report.check.contains("debit-credit consistent"), "{report:?}");
-        assert!(report.checkpoints_per_s > 10.0, "{report:?}");
+        for (offset, workload, consistent) in [
+            (0, WorkloadKind::DebitCredit, "debit-credit consistent"),
+            (1 << 35, WorkloadKind::OrderEntry, "order-entry consistent"),
+        ] {
+            let mut config = config(
+                0x2b00_0000_0000 + index * (1 << 36) + offset,
+                1,
+                UpdateProtocol::Du,
+                CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 },
+            );
+            config.workload = workload;
+            config.tracking = Some(mode);
+            config.threads = 1;
+            let report = match bench::run(&config, exe()) {
+                Err(error) if mode == TrackingMode::Uffd && std::env::var_os("NONSTOP_REQUIRE_UFFD").is_none() => {
+                    eprintln!("SKIPPED for uffd: {error:#}");
+                    continue;
+                }
+                result => result.unwrap(),
+            };
+            assert_eq!(report.tracking, mode.name());
+            assert!(report.backup_verified, "{report:?}");
+            assert!(report.check.contains(consistent), "{report:?}");
+            assert!(report.checkpoints_per_s > 10.0, "{report:?}");
+        }
     }
     let mut au = config(0x2b00_0000_0000, 1, UpdateProtocol::Au, CommitPolicy::Sync);
     au.tracking = Some(TrackingMode::Mprotect);
