@@ -176,7 +176,6 @@ impl BackupServer {
             let started = Instant::now();
             let output = self.backup.on_frame(frame, &mut self.region);
             let elapsed = started.elapsed();
-
             match output {
                 Ok(None) => {}
                 Ok(Some(BackupOutput::Attached(term))) => {
