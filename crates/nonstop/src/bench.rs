@@ -72,6 +72,10 @@ pub struct BenchConfig {
     /// transactions in transparent mode, where the kernel finds the written pages (DU only;
     /// the unreplicated baseline then writes the region plainly, without tracking).
     pub tracking: Option<TrackingMode>,
+    /// With `compare` and a tracking mode: also run the same transactions with declared
+    /// writes, replicated alike, in alternation with the other two, and report what the
+    /// tracking mode costs against them (`cost_vs_declared`), measured side by side.
+    pub against_declared: bool,
 }
 
 /// Percentiles in microseconds.
@@ -138,6 +142,25 @@ pub struct BenchReport {
     pub rounds: Option<usize>,
     /// Each round's replicated/unreplicated ratio (with `--compare`).
     pub round_ratios: Vec<f64>,
+    /// Replicated transactions per second with declared writes, in the same run (with
+    /// `--against-declared`).
+    pub declared_tx_per_s: Option<f64>,
+    /// Declared over tracked throughput: how many times the declared path's cost per
+    /// transaction the tracking mode pays (with `--against-declared`).
+    pub cost_vs_declared: Option<f64>,
+    /// Each round's declared/tracked throughput (with `--against-declared`).
+    pub round_costs_vs_declared: Vec<f64>,
+}
+
+/// What one round of a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arm {
+    /// No backups (with a tracking mode: plain writes, nothing tracked).
+    Unreplicated,
+    /// The configuration asked for.
+    Replicated,
+    /// The configuration asked for with declared writes instead of its tracking mode.
+    Declared,
 }
 
 struct Round {
@@ -187,51 +210,73 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
         .context("starting backup processes")?;
     let addrs: Vec<SocketAddr> = backups.iter().map(|b| b.addr).collect();
 
-    let plan: Vec<bool> = if config.compare {
+    if config.against_declared && (!config.compare || config.tracking.is_none()) {
+        bail!(
+            "--against-declared compares a tracking mode with declared writes: give --compare and --tracking uffd|mprotect"
+        );
+    }
+    let plan: Vec<Arm> = if config.compare {
         if config.backups == 0 {
             bail!("--compare measures replication against none: give --backups 1 or more");
         }
-        (0..config.rounds.max(1) * 2).map(|i| i % 2 == 1).collect()
+        let round: &[Arm] = if config.against_declared {
+            &[Arm::Unreplicated, Arm::Replicated, Arm::Declared]
+        } else {
+            &[Arm::Unreplicated, Arm::Replicated]
+        };
+        round.iter().copied().cycle().take(config.rounds.max(1) * round.len()).collect()
+    } else if config.backups > 0 {
+        vec![Arm::Replicated]
     } else {
-        vec![config.backups > 0]
+        vec![Arm::Unreplicated]
     };
+    let declared = BenchConfig { tracking: None, ..config.clone() };
     let progress = ProgressBar::new((plan.len() as u64) * config.duration.as_millis() as u64);
     progress.set_style(
         ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {elapsed}/{duration}").expect("valid template"),
     );
-    let mut baseline = Vec::new();
-    let mut replicated = Vec::new();
-    for (index, &with_backups) in plan.iter().enumerate() {
-        progress.set_message(format!(
-            "round {}/{}: {}",
-            index + 1,
-            plan.len(),
-            if with_backups { "replicated" } else { "unreplicated" }
-        ));
+    let (mut baseline, mut replicated, mut with_declared) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, &arm) in plan.iter().enumerate() {
+        let name = match arm {
+            Arm::Unreplicated => "unreplicated",
+            Arm::Replicated => "replicated",
+            Arm::Declared => "replicated, declared writes",
+        };
+        progress.set_message(format!("round {}/{}: {name}", index + 1, plan.len()));
         let round = run_round(
-            config,
+            if arm == Arm::Declared { &declared } else { config },
             workload.clone(),
             len,
-            if with_backups { &addrs } else { &[] },
+            if arm == Arm::Unreplicated { &[] } else { &addrs },
             &key.key,
             Term(index as u64 + 1), // every round is a new primary of the service: a new term
             &progress,
         )?;
         if progress.is_hidden() {
             // No terminal to draw a bar on (CI, a pipe): a plain line per round instead.
-            eprintln!(
-                "round {}/{} {}: {:.0} tx/s",
-                index + 1,
-                plan.len(),
-                if with_backups { "replicated" } else { "unreplicated" },
-                rate(std::slice::from_ref(&round))
-            );
+            eprintln!("round {}/{} {name}: {:.0} tx/s", index + 1, plan.len(), rate(std::slice::from_ref(&round)));
         }
-        if with_backups { replicated.push(round) } else { baseline.push(round) }
+        match arm {
+            Arm::Unreplicated => baseline.push(round),
+            Arm::Replicated => replicated.push(round),
+            Arm::Declared => with_declared.push(round),
+        }
     }
     progress.finish_and_clear();
     drop(backups);
-    Ok(report(config, workload.name(), &baseline, &replicated))
+    let mut report = report(config, workload.name(), &baseline, &replicated);
+    // Every declared round is verified like the others; the report's verdict covers them too.
+    report.backup_verified &= with_declared.iter().all(|r| r.verdict.is_some());
+    if !with_declared.is_empty() {
+        report.declared_tx_per_s = Some(rate(&with_declared));
+        report.cost_vs_declared = Some(rate(&with_declared) / rate(&replicated));
+        report.round_costs_vs_declared = with_declared
+            .iter()
+            .zip(&replicated)
+            .map(|(d, t)| rate(std::slice::from_ref(d)) / rate(std::slice::from_ref(t)))
+            .collect();
+    }
+    Ok(report)
 }
 
 fn rate(rounds: &[Round]) -> f64 {
@@ -300,6 +345,9 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
         } else {
             Vec::new()
         },
+        declared_tx_per_s: None,
+        cost_vs_declared: None,
+        round_costs_vs_declared: Vec::new(),
     }
 }
 

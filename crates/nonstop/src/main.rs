@@ -315,6 +315,11 @@ struct WorkloadArgs {
     /// userfaultfd write-protect, Linux >= 6.7; mprotect: SIGSEGV on first write).
     #[arg(long, value_enum, default_value_t = Tracking::Declared)]
     tracking: Tracking,
+    /// With --compare and --tracking uffd|mprotect: also run the same transactions with
+    /// declared writes, replicated alike, in alternation with the other rounds, and print what
+    /// the tracking mode costs against them (JSON: cost_vs_declared, declared_tx_per_s).
+    #[arg(long)]
+    against_declared: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -756,6 +761,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
         region_base: parse_address(&args.region_base)?,
         seals: !args.no_seals,
         tracking: args.tracking.mode(),
+        against_declared: args.against_declared,
     })
 }
 
@@ -776,6 +782,14 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
                 ratio,
                 (1.0 - ratio) * 100.0,
                 report.round_ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
+            );
+        }
+        if let (Some(declared), Some(cost)) = (report.declared_tx_per_s, report.cost_vs_declared) {
+            println!("  declared writes     {:>12.0} tx/s (replicated alike, same run)", declared);
+            println!(
+                "  cost vs declared    {:>12.3}x (per round {:?})",
+                cost,
+                report.round_costs_vs_declared.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
             );
         }
         println!(
@@ -813,6 +827,7 @@ fn bench_matrix(args: MatrixArgs) -> anyhow::Result<()> {
         region_base: DEFAULT_REGION_BASE,
         seals: true,
         tracking: None,
+        against_declared: false,
     };
     let matrix =
         bench::matrix(&base, &[WorkloadKind::DebitCredit, WorkloadKind::OrderEntry], &std::env::current_exe()?)?;

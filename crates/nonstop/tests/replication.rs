@@ -29,6 +29,7 @@ fn config(region_base: usize, backups: usize, protocol: UpdateProtocol, policy: 
         region_base,
         seals: true,
         tracking: None,
+        against_declared: false,
     }
 }
 
@@ -117,6 +118,27 @@ fn compare_reports_a_ratio() {
     assert_eq!(report.rounds, Some(1));
     assert!(report.ratio.is_some_and(|r| r > 0.0), "{report:?}");
     assert_eq!(report.round_ratios.len(), 1);
+}
+
+#[test]
+fn a_tracking_mode_is_compared_with_declared_writes_in_the_same_run() {
+    let mut config =
+        config(0x2c00_0000_0000, 1, UpdateProtocol::Du, CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 });
+    config.compare = true;
+    config.rounds = 2;
+    config.threads = 1;
+    config.duration = Duration::from_millis(300);
+    config.tracking = Some(TrackingMode::Mprotect);
+    config.against_declared = true;
+    let report = bench::run(&config, exe()).unwrap();
+    assert!(report.backup_verified, "{report:?}");
+    assert_eq!(report.round_costs_vs_declared.len(), 2, "{report:?}");
+    let (declared, cost) = (report.declared_tx_per_s.unwrap(), report.cost_vs_declared.unwrap());
+    assert!((cost - declared / report.tx_per_s).abs() < 1e-9 * cost, "{report:?}");
+    // Without a tracking mode there is nothing to set against declared writes.
+    config.tracking = None;
+    let refused = bench::run(&config, exe()).unwrap_err().to_string();
+    assert!(refused.contains("--tracking"), "{refused}");
 }
 
 #[test]
