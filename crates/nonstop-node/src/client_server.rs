@@ -141,7 +141,7 @@ fn answer(
             }
             let worker = *worker.get_or_insert_with(|| active.worker());
             let transfer = TransferRequest { client, request, account, teller, delta };
-            let (executed, ticket) = match active.bank.execute(&active.mirror, worker, &transfer) {
+            let (executed, ticket) = match active.app.execute(&active.mirror, worker, &transfer) {
                 Ok(done) => done,
                 Err(error @ (BankError::BadRequest(_) | BankError::OutOfOrder { .. } | BankError::TableFull)) => {
                     // A refusal is an answer too: it leaves only from a primary that still holds
@@ -164,16 +164,16 @@ fn answer(
         ClientRequest::Read { client, account, .. } => {
             // A read-only transaction: it locks and checks just the two lines it reads. The
             // ticket is a checkpoint cut after it, which holds everything it saw.
-            let reply = match active.bank.read(&active.mirror, client, account) {
+            let reply = match active.app.read(&active.mirror, client, account) {
                 Ok((slot, balance)) => ClientReply::Read { memory: slot.map(memory), balance, term: active.term.0 },
                 Err(error) => ClientReply::Rejected { reason: error.to_string() },
             };
             (reply, Ticket { checkpoint: active.primary.checkpoint_now() })
         }
         ClientRequest::Audit { clients, accounts, .. } => read(&active, |image| ClientReply::Audit {
-            check: nonstop_workloads::bank::check(image),
+            check: active.app.check(image),
             clients: clients.iter().map(|&c| (c, memory_of(&active, image, c))).collect(),
-            balances: accounts.iter().map(|&a| (a, active.bank.balance(image, a))).collect(),
+            balances: accounts.iter().map(|&a| (a, active.app.balance(image, a))).collect(),
             term: active.term.0,
         }),
     };
@@ -201,7 +201,7 @@ fn release(serving: &Serving, active: &Active, (reply, ticket): (ClientReply, Ti
 }
 
 fn memory_of(active: &Active, image: &[u8], client: u64) -> Option<ClientMemory> {
-    active.bank.client(image, client).map(memory)
+    active.app.client(image, client).map(memory)
 }
 
 fn memory(slot: nonstop_workloads::bank::ClientSlot) -> ClientMemory {

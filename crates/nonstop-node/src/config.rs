@@ -32,6 +32,7 @@
 use crate::NodeId;
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
+use nonstop_workloads::app::{App, KINDS};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -175,7 +176,9 @@ impl Default for HeartbeatSection {
 pub struct ServiceSection {
     /// Its name, as clients address it.
     pub name: String,
-    /// What it runs: `bank` (Debit-Credit behind the client protocol, exactly once).
+    /// What it runs: `bank` (Debit-Credit behind the client protocol, exactly once, at fixed
+    /// offsets) or `ledger` (the same requests over ordinary collections in the region;
+    /// transparent mode only: give `tracking = "uffd"` or `"mprotect"`).
     #[serde(default = "default_kind")]
     pub kind: String,
     /// The node that is primary of the first term.
@@ -260,6 +263,8 @@ pub struct ServiceSpec {
     pub policy: CommitPolicy,
     /// Debit-Credit branches.
     pub branches: u64,
+    /// What the service runs (its `kind`).
+    pub app: App,
 }
 
 /// A configuration, checked: what the agent runs on.
@@ -362,13 +367,13 @@ impl NodeConfig {
             if service.name.is_empty() || self.services[..index].iter().any(|s| s.name == service.name) {
                 return Err(invalid(field("name"), "is empty or used twice", "give every service its own name"));
             }
-            if service.kind != "bank" {
-                return Err(invalid(
+            let app = App::named(&service.kind, service.branches.max(1), 8).ok_or_else(|| {
+                invalid(
                     field("kind"),
                     format!("{:?} is not a service kind", service.kind),
-                    "use \"bank\"",
-                ));
-            }
+                    format!("use one of {}", KINDS.map(|kind| format!("{kind:?}")).join(", ")),
+                )
+            })?;
             let primary = NodeId(service.primary);
             match members.iter().find(|m| m.id == primary) {
                 None => {
@@ -424,7 +429,7 @@ impl NodeConfig {
                         format!("use 1 to {} MiB", nonstop_region::MAX_REGION_LEN >> 20),
                     )
                 })? as usize;
-            let needed = nonstop_workloads::bank::Bank::new(service.branches.max(1), 8).region_len();
+            let needed = app.region_len();
             if service.branches == 0 || needed > region_len {
                 return Err(invalid(
                     field("region_size_mib"),
@@ -456,6 +461,13 @@ impl NodeConfig {
                     Some(mode)
                 }
             };
+            if app.needs_transparent() && tracking.is_none() {
+                return Err(invalid(
+                    field("tracking"),
+                    format!("\"declared\" for kind {:?}", service.kind),
+                    "the ledger keeps plain collections whose writes the kernel finds: set tracking = \"uffd\" or \"mprotect\" (and protocol = \"du\")",
+                ));
+            }
             let policy = match service.checkpoint_interval_us {
                 0 => CommitPolicy::Sync,
                 interval_us => CommitPolicy::Epoch { interval_us, max_commits: 0 },
@@ -471,6 +483,7 @@ impl NodeConfig {
                 tracking,
                 policy,
                 branches: service.branches,
+                app,
             });
         }
         Ok(Checked {
@@ -536,6 +549,8 @@ mod tests {
             (GOOD.replace("region_size_mib = 128", "region_size_mib = 128\nbackups = 2"), "services[0].backups"),
             (format!("{GOOD}\n[heartbeat]\ninterval_ms = 10\ntimeout_ms = 20"), "heartbeat.timeout_ms"),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"redis\""), "services[0].kind"),
+            // The ledger's plain collections need the kernel to find their writes.
+            (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"ledger\""), "services[0].tracking"),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\ntracking = \"soft-dirty\""), "services[0].tracking"),
             // Transparent mode ships DU diffs; the default protocol is AU.
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\ntracking = \"mprotect\""), "services[0].tracking"),

@@ -31,7 +31,7 @@ use nonstop_proto::integrity::LineChecksums;
 use nonstop_proto::primary::BackupId;
 use nonstop_proto::{CheckpointId, Nanos, Term};
 use nonstop_region::{Mirror, Region};
-use nonstop_workloads::bank::Bank;
+use nonstop_workloads::app::App;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,7 +51,7 @@ pub struct Active {
     /// Its replicator.
     pub primary: Primary,
     /// The service logic.
-    pub bank: Bank,
+    pub app: App,
     /// Set when the node is deposed: nothing more is released.
     pub deposed: AtomicBool,
     /// Set during a switchover: new requests are refused (clients retry and follow the
@@ -138,7 +138,7 @@ enum LocalRole {
 /// A service on this node.
 pub struct ServiceHost {
     spec: ServiceSpec,
-    bank: Bank,
+    app: App,
     key: ClusterKey,
     me: NodeId,
     witness: bool,
@@ -167,7 +167,7 @@ impl ServiceHost {
     pub fn new(spec: ServiceSpec, config: &Checked, key: ClusterKey) -> ServiceHost {
         let listen = config.replication_addr(config.me.id, &spec).expect("checked config has every member");
         ServiceHost {
-            bank: Bank::new(spec.branches, 8),
+            app: spec.app,
             spec,
             key,
             me: config.me.id,
@@ -326,7 +326,11 @@ impl ServiceHost {
         }
         let Some(region) = self.map_region() else { return };
         let Some(mirror) = self.mirror(region, CheckpointId(1), None) else { return };
-        self.bank.load(&mirror);
+        if let Err(error) = self.app.load(&mirror) {
+            // The checked config makes this a bug (the mode or the size), not an input.
+            tracing::error!(service = self.spec.name, %error, "cannot create the service's state");
+            return;
+        }
         tracing::info!(service = self.spec.name, term = record.term.0, "primary of a new service");
         self.become_primary(mirror, record.term, true, now, needs);
     }
@@ -389,7 +393,7 @@ impl ServiceHost {
             term,
             mirror,
             primary,
-            bank: self.bank,
+            app: self.app,
             deposed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             next_worker: AtomicUsize::new(0),

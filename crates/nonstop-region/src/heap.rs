@@ -175,28 +175,64 @@ impl<'a> Heap<'a> {
     /// The region's root: found where an earlier update (here, or on the primary this node
     /// took over from) left it, or made by `init` on first use.
     pub fn root<T: 'static>(&mut self, init: impl FnOnce() -> T) -> Result<&'a mut T, HeapError> {
-        let fingerprint = fingerprint::<T>();
         if self.header.root == 0 {
             let boxed = RegionBox::new_in(init(), self.allocator());
             let (pointer, _) = RegionBox::into_raw_with_allocator(boxed);
             self.header.root = pointer as usize;
-            self.header.root_fingerprint = fingerprint;
-        } else if self.header.root_fingerprint != fingerprint {
-            return Err(HeapError::RootType { asked: std::any::type_name::<T>() });
+            self.header.root_fingerprint = fingerprint::<T>();
         } else {
-            // The header came from another node's image: the root must lie in the arena.
-            let base = &raw const *self.header as usize;
-            let arena = base + ARENA_START..base + self.header.len;
-            let root = self.header.root;
-            let fits = root.checked_add(size_of::<T>()).is_some_and(|end| arena.contains(&root) && end <= arena.end);
-            if !fits || !root.is_multiple_of(align_of::<T>()) {
-                return Err(HeapError::RootOutside { root });
-            }
+            existing_root::<T>(self.header)?;
         }
         // SAFETY: the root was made as a `T` (same fingerprint) in this region, which the
         // update borrows exclusively for 'a; `&mut self` hands it out once per borrow.
         Ok(unsafe { &mut *(self.header.root as *mut T) })
     }
+
+    /// The root of a heap in `image` (a quiesced primary's region, or a backup's image at the
+    /// same address), read-only: for checks and audits that only look. `None` if the region
+    /// holds zeros or a heap without a root yet.
+    pub fn root_in<T: 'static>(image: &'a [u8]) -> Result<Option<&'a T>, HeapError> {
+        let address = image.as_ptr() as usize;
+        if !address.is_multiple_of(nonstop_proto::PAGE_SIZE) {
+            return Err(HeapError::Misaligned { address });
+        }
+        if image.len() < ARENA_START {
+            return Err(HeapError::TooSmall { len: image.len() });
+        }
+        match u64::from_ne_bytes(image[..8].try_into().expect("8 bytes")) {
+            0 => return Ok(None),
+            MAGIC => {}
+            found => return Err(HeapError::NotAHeap { found }),
+        }
+        // SAFETY: a header with our magic at the page-aligned base, shared for 'a.
+        let header = unsafe { &*image.as_ptr().cast::<Header>() };
+        if header.len != image.len() {
+            return Err(HeapError::LengthChanged { made: header.len, now: image.len() });
+        }
+        if header.root == 0 {
+            return Ok(None);
+        }
+        existing_root::<T>(header)?;
+        // SAFETY: made as a `T` (same fingerprint) inside the arena of this image, which is
+        // borrowed shared for 'a.
+        Ok(Some(unsafe { &*(header.root as *const T) }))
+    }
+}
+
+/// Checks that the root a header names is a `T` lying inside its arena: the header may come
+/// from another node's image.
+fn existing_root<T: 'static>(header: &Header) -> Result<(), HeapError> {
+    if header.root_fingerprint != fingerprint::<T>() {
+        return Err(HeapError::RootType { asked: std::any::type_name::<T>() });
+    }
+    let base = header as *const Header as usize;
+    let arena = base + ARENA_START..base + header.len;
+    let root = header.root;
+    let fits = root.checked_add(size_of::<T>()).is_some_and(|end| arena.contains(&root) && end <= arena.end);
+    if !fits || !root.is_multiple_of(align_of::<T>()) {
+        return Err(HeapError::RootOutside { root });
+    }
+    Ok(())
 }
 
 /// Type name, size and alignment, hashed: a root read back as another type is refused.

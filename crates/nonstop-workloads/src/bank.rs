@@ -54,6 +54,49 @@ pub struct TransferRequest {
     pub delta: i64,
 }
 
+impl TransferRequest {
+    /// Refuses a request that names no client or request number, or an account or teller
+    /// outside `accounts` / `tellers`.
+    pub fn check(&self, accounts: u64, tellers: u64) -> Result<(), BankError> {
+        if self.client == 0 || self.request == 0 {
+            return Err(BankError::BadRequest("client and request numbers start at 1".into()));
+        }
+        if self.account >= accounts || self.teller >= tellers {
+            return Err(BankError::BadRequest(format!(
+                "account {} / teller {} out of range ({accounts} accounts, {tellers} tellers)",
+                self.account, self.teller
+            )));
+        }
+        Ok(())
+    }
+
+    /// The client's slot once this request is applied, answered with `balance`; `previous`
+    /// is its slot before (a free slot for a new client).
+    pub fn applied(&self, previous: &ClientSlot, balance: i64) -> ClientSlot {
+        ClientSlot {
+            client: U64::new(self.client),
+            request: U64::new(self.request),
+            applied: U64::new(previous.applied.get() + 1),
+            balance: I64::new(balance),
+        }
+    }
+
+    /// What the service already did about this request, from the client's slot (`None`: a
+    /// client never seen): `Some` answer for a retry or a stale request, `None` if it is the
+    /// next one and must be applied, an error if it skips numbers.
+    pub fn answered(&self, slot: Option<&ClientSlot>) -> Result<Option<Executed>, BankError> {
+        let last = slot.map_or(0, |slot| slot.request.get());
+        match slot {
+            // A retry: answer as the first time. The ticket (the open checkpoint) is no older
+            // than the one that applied it, so the answer still waits for the backups.
+            Some(slot) if self.request == last => Ok(Some(Executed::Duplicate { balance: slot.balance.get() })),
+            _ if self.request < last => Ok(Some(Executed::Stale { last })),
+            _ if self.request > last + 1 => Err(BankError::OutOfOrder { expected: last + 1, got: self.request }),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// What became of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Executed {
@@ -94,6 +137,9 @@ pub enum BankError {
     /// The region does not hold a bank.
     #[error(transparent)]
     Transaction(#[from] TxError),
+    /// The region does not hold a ledger ([`crate::ledger`]) this node can serve.
+    #[error("the region holds no ledger to serve: {0}")]
+    NoLedger(String),
 }
 
 /// The bank service over a Debit-Credit database.
@@ -155,18 +201,7 @@ impl Bank {
         worker: usize,
         request: &TransferRequest,
     ) -> Result<(Executed, Ticket), BankError> {
-        if request.client == 0 || request.request == 0 {
-            return Err(BankError::BadRequest("client and request numbers start at 1".into()));
-        }
-        if request.account >= self.db.account_count() || request.teller >= self.db.teller_count() {
-            return Err(BankError::BadRequest(format!(
-                "account {} / teller {} out of range ({} accounts, {} tellers)",
-                request.account,
-                request.teller,
-                self.db.account_count(),
-                self.db.teller_count()
-            )));
-        }
+        request.check(self.db.account_count(), self.db.teller_count())?;
         loop {
             match self.try_execute(mirror, worker, request) {
                 Err(BankError::Transaction(TxError::Conflict { .. })) => std::thread::yield_now(),
@@ -200,29 +235,15 @@ impl Bank {
         request: &TransferRequest,
     ) -> Result<Executed, BankError> {
         let (at, slot) = self.slot(tx, request.client)?;
-        let last = if slot.client.get() == 0 { 0 } else { slot.request.get() };
-        if request.request == last {
-            // A retry: answer as the first time. The ticket (the open checkpoint) is no older
-            // than the one that applied it, so the answer still waits for the backups.
-            return Ok(Executed::Duplicate { balance: slot.balance.get() });
-        }
-        if request.request < last {
-            return Ok(Executed::Stale { last });
-        }
-        if request.request > last + 1 {
-            return Err(BankError::OutOfOrder { expected: last + 1, got: request.request });
+        if let Some(answered) = request.answered((slot.client.get() != 0).then_some(&slot))? {
+            return Ok(answered);
         }
         let mut tag = [0u8; 16];
         tag[..8].copy_from_slice(&request.client.to_le_bytes());
         tag[8..].copy_from_slice(&request.request.to_le_bytes());
         let transfer = Transfer { account: request.account, teller: request.teller, delta: request.delta, tag };
         let balance = self.db.transfer_in(tx, worker, &transfer)?;
-        *tx.write::<ClientSlot>(at)? = ClientSlot {
-            client: U64::new(request.client),
-            request: U64::new(request.request),
-            applied: U64::new(slot.applied.get() + 1),
-            balance: I64::new(balance),
-        };
+        *tx.write::<ClientSlot>(at)? = request.applied(&slot, balance);
         Ok(Executed::Applied { balance })
     }
 

@@ -4,8 +4,10 @@
 //! its consistency check can run on any image — the primary's region or a backup's — without
 //! being told the configuration.
 
+pub mod app;
 pub mod bank;
 pub mod debit_credit;
+pub mod ledger;
 pub mod order_entry;
 
 use nonstop_proto::primary::Ticket;
@@ -30,6 +32,13 @@ pub fn check(name: &str, image: &[u8]) -> Result<String, String> {
         debit_credit::NAME => debit_credit::check(image),
         bank::NAME => bank::check(image),
         order_entry::NAME => order_entry::check(image),
-        other => Err(format!("unknown workload {other:?}: expected {} or {}", debit_credit::NAME, order_entry::NAME)),
+        ledger::NAME => ledger::check(image),
+        other => Err(format!(
+            "unknown workload {other:?}: expected {}, {}, {} or {}",
+            debit_credit::NAME,
+            order_entry::NAME,
+            bank::NAME,
+            ledger::NAME
+        )),
     }
 }

@@ -32,6 +32,9 @@ pub struct ClusterSpec {
     pub checkpoint_interval_us: u64,
     /// Transparent mode for the services (DU, writes found by the kernel); `None`: declared.
     pub tracking: Option<TrackingMode>,
+    /// What the services run: `bank`, or `ledger` (ordinary collections in the region; needs
+    /// `tracking`).
+    pub kind: &'static str,
     /// Heartbeat interval.
     pub heartbeat_ms: u64,
     /// Failure timeout.
@@ -58,6 +61,7 @@ impl Default for ClusterSpec {
             branches: 1,
             checkpoint_interval_us: 1000,
             tracking: None,
+            kind: nonstop_workloads::bank::NAME,
             heartbeat_ms: 10,
             timeout_ms: 200,
             allow_faults: false,
@@ -200,8 +204,8 @@ impl LocalCluster {
                 // Regions 64 GiB apart: every service has its own fixed address.
                 let base = spec.region_base + index * (64 << 30);
                 text += &format!(
-                    "[[services]]\nname = \"{name}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\nbranches = {}\ncheckpoint_interval_us = {}\n{tracking}\n",
-                    spec.backups, spec.region_size_mib, spec.branches, spec.checkpoint_interval_us
+                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\nbranches = {}\ncheckpoint_interval_us = {}\n{tracking}\n",
+                    spec.kind, spec.backups, spec.region_size_mib, spec.branches, spec.checkpoint_interval_us
                 );
             }
             let config = dir.join(format!("node{id}.toml"));

@@ -181,9 +181,29 @@ struct ChaosKillArgs {
     /// kernel finding the written pages (uffd or mprotect; DU).
     #[arg(long, value_enum, default_value_t = Tracking::Declared)]
     tracking: Tracking,
+    /// What the service runs: `bank` (Debit-Credit at fixed offsets) or `ledger` (the same
+    /// requests over ordinary Rust collections in the region; needs --tracking uffd|mprotect).
+    #[arg(long, value_enum, default_value_t = Kind::Bank)]
+    kind: Kind,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// `--kind`: the service's application.
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Bank,
+    Ledger,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Bank => nonstop_workloads::bank::NAME,
+            Kind::Ledger => nonstop_workloads::ledger::NAME,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -611,6 +631,9 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         // SAFETY: set before any thread of this process starts; the node processes inherit it.
         unsafe { std::env::set_var("NONSTOP_LEADER_ON_PRIMARY", "1") };
     }
+    if matches!(args.kind, Kind::Ledger) && matches!(args.tracking, Tracking::Declared) {
+        bail!("--kind ledger keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect");
+    }
     let seed = args.seed.unwrap_or_else(random_seed);
     let config = nonstop::chaos::ChaosConfig {
         trials: args.trials,
@@ -620,6 +643,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         spec: nonstop::cluster::ClusterSpec {
             ip_prefix: "127.0.2".into(),
             tracking: args.tracking.mode(),
+            kind: args.kind.name(),
             ..Default::default()
         },
         quiet: args.quiet,
