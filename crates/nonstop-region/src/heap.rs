@@ -27,7 +27,9 @@
 //! on the process that made them:
 //!
 //! * collections must allocate with [`RegionAlloc`]: a `std` `Vec`, `String` or `Box` puts
-//!   its buffer on the process heap, which no backup has ([`stray_pointers`] finds them);
+//!   its buffer on the process heap, which no backup has ([`stray_pointers`] finds them).
+//!   Use [`RegionVec`], [`RegionBox`], [`RegionHashMap`] / [`RegionHashSet`], and
+//!   [`RegionOrderedMap`] where a `BTreeMap` would do; a string is a `RegionVec<u8>` of UTF-8;
 //! * hash maps need a fixed-seed hasher ([`FixedState`]): a randomly seeded one hashes the
 //!   same key differently after a promotion, and lookups miss;
 //! * no file descriptors, thread handles, `Arc`s, references to statics or to the stack —
@@ -53,6 +55,18 @@ pub type RegionVec<T> = allocator_api2::vec::Vec<T, RegionAlloc>;
 
 /// A box in the region.
 pub type RegionBox<T> = allocator_api2::boxed::Box<T, RegionAlloc>;
+
+/// An ordered map in the region: what a `BTreeMap` is for (iteration in key order, ranges,
+/// first and last). `std`'s `BTreeMap` takes no allocator on stable Rust, so this is `blart`'s
+/// adaptive radix tree, which has `BTreeMap`'s methods. Keys order by their bytes: give
+/// integers as big-endian byte arrays ([`ordered_key`]); `insert` takes fixed-size keys, and
+/// byte strings of any length go through `try_insert` (no key may be a prefix of another).
+pub type RegionOrderedMap<K, V> = blart::TreeMap<K, V, { blart::map::DEFAULT_PREFIX_LEN }, RegionAlloc>;
+
+/// `n` as a key of a [`RegionOrderedMap`] that orders as the numbers do.
+pub fn ordered_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
 
 /// "NSHEAP" and the layout version: a region formatted by another layout is refused.
 const MAGIC: u64 = u64::from_le_bytes(*b"NSHEAP01");

@@ -3,7 +3,9 @@
 
 use nonstop_proto::CheckpointId;
 use nonstop_proto::runs::parse_runs;
-use nonstop_region::heap::{FixedState, Heap, HeapError, RegionAlloc, RegionHashMap, RegionVec, stray_pointers};
+use nonstop_region::heap::{
+    FixedState, Heap, HeapError, RegionAlloc, RegionHashMap, RegionOrderedMap, RegionVec, ordered_key, stray_pointers,
+};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_region::{Mirror, Region};
 use std::collections::BTreeMap;
@@ -15,6 +17,8 @@ struct Accounts {
     balances: RegionHashMap<u64, i64>,
     history: RegionVec<(u64, i64)>,
     names: RegionHashMap<u64, RegionVec<u8>>,
+    /// The same balances in account order (where a `BTreeMap` would be).
+    ordered: RegionOrderedMap<[u8; 8], i64>,
 }
 
 impl Accounts {
@@ -23,11 +27,14 @@ impl Accounts {
             balances: RegionHashMap::with_hasher_in(FixedState::default(), alloc),
             history: RegionVec::new_in(alloc),
             names: RegionHashMap::with_hasher_in(FixedState::default(), alloc),
+            ordered: RegionOrderedMap::new_in(alloc),
         }
     }
 
     fn transfer(&mut self, alloc: RegionAlloc, account: u64, delta: i64) {
         *self.balances.entry(account).or_insert(0) += delta;
+        let balance = self.balances[&account];
+        self.ordered.insert(ordered_key(account), balance);
         self.history.push((account, delta));
         if !self.names.contains_key(&account) {
             let mut name = RegionVec::new_in(alloc);
@@ -68,6 +75,8 @@ fn collections_are_rebuilt_by_a_backup_and_used_after_a_promotion() {
             Err(error) => panic!("{error}"),
         };
         let mut expected: BTreeMap<u64, i64> = BTreeMap::new();
+        // The ordered map drops zero balances at every tenth round.
+        let mut expected_ordered: BTreeMap<u64, i64> = BTreeMap::new();
         let mut backup = vec![0u8; LEN];
         let mut state = 1u64;
         for round in 0..40 {
@@ -75,10 +84,20 @@ fn collections_are_rebuilt_by_a_backup_and_used_after_a_promotion() {
                 state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let (account, delta) = ((state >> 33) % 5000, (state >> 20) as i64 % 1000 - 500);
                 *expected.entry(account).or_insert(0) += delta;
+                expected_ordered.insert(account, expected[&account]);
                 with_accounts(&primary, |accounts, alloc| accounts.transfer(alloc, account, delta));
             }
             if round % 10 == 9 {
-                // Deletes free memory that later inserts reuse.
+                // Deletes free memory that later inserts reuse (the ordered map's nodes too:
+                // a balance of exactly zero leaves it).
+                with_accounts(&primary, |accounts, _| {
+                    let zero: Vec<[u8; 8]> =
+                        accounts.ordered.iter().filter(|(_, b)| **b == 0).map(|(k, _)| *k).collect();
+                    for key in &zero {
+                        accounts.ordered.remove(key);
+                    }
+                });
+                expected_ordered.retain(|_, balance| *balance != 0);
                 let gone: Vec<u64> = expected.keys().copied().filter(|a| a % 7 == round as u64 % 7).collect();
                 with_accounts(&primary, |accounts, _| gone.iter().for_each(|a| drop(accounts.names.remove(a))));
             }
@@ -95,6 +114,20 @@ fn collections_are_rebuilt_by_a_backup_and_used_after_a_promotion() {
         with_accounts(&promoted, |accounts, alloc| {
             let found: BTreeMap<u64, i64> = accounts.balances.iter().map(|(a, b)| (*a, *b)).collect();
             assert_eq!(found, expected, "{mode}: balances after promotion");
+            let in_order: Vec<(u64, i64)> =
+                accounts.ordered.iter().map(|(key, balance)| (u64::from_be_bytes(*key), *balance)).collect();
+            let want: Vec<(u64, i64)> = expected_ordered.iter().map(|(a, b)| (*a, *b)).collect();
+            assert_eq!(in_order, want, "{mode}: in key order");
+            let some: Vec<u64> = accounts
+                .ordered
+                .range(ordered_key(1000)..ordered_key(1100))
+                .map(|(key, _)| u64::from_be_bytes(*key))
+                .collect();
+            assert_eq!(
+                some,
+                expected_ordered.range(1000..1100).map(|(a, _)| *a).collect::<Vec<_>>(),
+                "{mode}: a range"
+            );
             assert_eq!(accounts.history.len(), 8000, "{mode}");
             // Names were removed at rounds 9, 19, 29 and 39: accounts = 2, 5, 1, 4 (mod 7).
             for account in expected.keys().filter(|a| [0, 3, 6].contains(&(*a % 7))) {
