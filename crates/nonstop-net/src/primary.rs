@@ -618,7 +618,9 @@ impl Shared {
     /// are diffs of distinct pages and never repeat, so they go as they are.
     fn combine(&self, runs: RunsBuilder) -> RunsBuilder {
         if self.mirror.protocol() == Some(UpdateProtocol::Au) && !runs.is_empty() {
-            lock(&self.coalescer).coalesce(&runs)
+            let combined = lock(&self.coalescer).coalesce(&runs);
+            self.mirror.recycle_stream(runs);
+            combined
         } else {
             runs
         }

@@ -194,12 +194,33 @@ pub struct RunsBuilder {
     payloads: Vec<Vec<u8>>,
     run_bytes: u64,
     payload_bytes: u64,
+    /// Emptied buffers to fill before allocating new ones.
+    spares: Vec<Vec<u8>>,
 }
 
 impl RunsBuilder {
     /// An empty builder.
     pub fn new() -> RunsBuilder {
         RunsBuilder::default()
+    }
+
+    /// An empty builder that fills `spares` (buffers handed back by [`RunsBuilder::into_spares`])
+    /// before it allocates. An AU stream is written by the committing thread at a few hundred
+    /// bytes per transaction: a fresh allocation per chunk would have it wait for the kernel to
+    /// find and zero pages, where a recycled buffer is still mapped and likely still cached.
+    pub fn with_spares(spares: Vec<Vec<u8>>) -> RunsBuilder {
+        RunsBuilder { spares, ..RunsBuilder::default() }
+    }
+
+    /// The payload buffers (and the spares not used), emptied, for a later
+    /// [`RunsBuilder::with_spares`].
+    pub fn into_spares(self) -> Vec<Vec<u8>> {
+        let mut buffers = self.spares;
+        buffers.extend(self.payloads.into_iter().map(|mut payload| {
+            payload.clear();
+            payload
+        }));
+        buffers
     }
 
     /// Adds `bytes` to be placed at `offset`. Empty runs are ignored.
@@ -232,8 +253,10 @@ impl RunsBuilder {
             let room = match self.payloads.last() {
                 Some(last) if MAX_PAYLOAD - last.len() > RUN_HEADER_LEN => MAX_PAYLOAD - last.len() - RUN_HEADER_LEN,
                 _ => {
-                    self.payloads
-                        .push(Vec::with_capacity((bytes.len() + RUN_HEADER_LEN).clamp(INITIAL_PAYLOAD, MAX_PAYLOAD)));
+                    let capacity = (bytes.len() + RUN_HEADER_LEN).clamp(INITIAL_PAYLOAD, MAX_PAYLOAD);
+                    let mut payload = self.spares.pop().unwrap_or_default();
+                    payload.reserve(capacity);
+                    self.payloads.push(payload);
                     MAX_PAYLOAD - RUN_HEADER_LEN
                 }
             };
@@ -435,5 +458,19 @@ mod tests {
         let mut empty = Vec::new();
         empty.extend_from_slice(&[0u8; RUN_HEADER_LEN]);
         assert_eq!(parse_runs(&empty, 10), Err(RunsError::Empty { at: 0 }));
+    }
+
+    #[test]
+    fn a_builder_fills_recycled_buffers_before_allocating() {
+        let mut first = RunsBuilder::new();
+        first.push(0, &[1; 100]);
+        let spares = first.into_spares();
+        assert!(spares.len() == 1 && spares[0].is_empty() && spares[0].capacity() >= INITIAL_PAYLOAD);
+        let recycled = spares[0].as_ptr();
+        let mut second = RunsBuilder::with_spares(spares);
+        second.push(8, &[2; 10]);
+        assert_eq!(second.payloads()[0].as_ptr(), recycled, "the spare, not a new allocation");
+        let runs = parse_runs(&second.payloads()[0], 64).unwrap();
+        assert_eq!((runs.len(), runs[0].offset, runs[0].bytes), (1, 8, &[2u8; 10][..]), "nothing of the old stream");
     }
 }

@@ -64,7 +64,12 @@ pub(crate) struct DuCapture {
 pub(crate) struct AuCapture {
     stream: Mutex<RunsBuilder>,
     pending: AtomicUsize,
+    /// Stream buffers the replicator is done with, for the next stream to fill.
+    spares: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Stream buffers kept for reuse at most (each up to a frame's payload).
+const SPARE_BUFFERS: usize = 16;
 
 #[derive(Debug)]
 pub(crate) struct TrackedCapture {
@@ -93,9 +98,11 @@ impl Capture {
                 block_state: zeroed_states(region_len.div_ceil(TWIN_BLOCK)),
                 twins: Mutex::new(Twins::default()),
             }),
-            Some(UpdateProtocol::Au) => {
-                Capture::Au(AuCapture { stream: Mutex::new(RunsBuilder::new()), pending: AtomicUsize::new(0) })
-            }
+            Some(UpdateProtocol::Au) => Capture::Au(AuCapture {
+                stream: Mutex::new(RunsBuilder::new()),
+                pending: AtomicUsize::new(0),
+                spares: Mutex::new(Vec::new()),
+            }),
         }
     }
 
@@ -217,11 +224,22 @@ impl Capture {
     pub(crate) fn take_stream(&self, open: &AtomicU64) -> (CheckpointId, RunsBuilder) {
         match self {
             Capture::Au(au) => {
+                let next = au.next_stream();
                 let mut stream = au.stream.lock().expect("stream lock");
                 au.pending.store(0, Ordering::Relaxed);
-                (CheckpointId(open.load(Ordering::Acquire)), std::mem::take(&mut *stream))
+                (CheckpointId(open.load(Ordering::Acquire)), std::mem::replace(&mut *stream, next))
             }
             _ => (CheckpointId(open.load(Ordering::Acquire)), RunsBuilder::new()),
+        }
+    }
+
+    /// AU: takes back the buffers of a stream the replicator has read, so that the next
+    /// streams fill them instead of fresh memory. Other protocols drop them.
+    pub(crate) fn recycle(&self, runs: RunsBuilder) {
+        if let Capture::Au(au) = self {
+            let mut spares = au.spares.lock().expect("spares lock");
+            let room = SPARE_BUFFERS.saturating_sub(spares.len());
+            spares.extend(runs.into_spares().into_iter().take(room));
         }
     }
 
@@ -252,10 +270,11 @@ impl Capture {
         match self {
             Capture::Unreplicated => (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), RunsBuilder::new(), 0),
             Capture::Au(au) => {
+                let next = au.next_stream();
                 let mut stream = au.stream.lock().expect("stream lock");
                 au.pending.store(0, Ordering::Relaxed);
                 let checkpoint = CheckpointId(open.fetch_add(1, Ordering::AcqRel));
-                (checkpoint, std::mem::take(&mut *stream), 0)
+                (checkpoint, std::mem::replace(&mut *stream, next), 0)
             }
             Capture::Du(du) => {
                 let mut runs = RunsBuilder::new();
@@ -294,6 +313,14 @@ impl Capture {
                 (CheckpointId(open.fetch_add(1, Ordering::AcqRel)), runs, pages.len())
             }
         }
+    }
+}
+
+impl AuCapture {
+    /// An empty stream over the spare buffers (taken before the stream lock, so that a
+    /// committing transaction never waits on the spares' lock).
+    fn next_stream(&self) -> RunsBuilder {
+        RunsBuilder::with_spares(std::mem::take(&mut *self.spares.lock().expect("spares lock")))
     }
 }
 

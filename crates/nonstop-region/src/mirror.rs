@@ -348,6 +348,13 @@ impl Mirror {
         self.commit_wake.store(commits, Ordering::Relaxed);
     }
 
+    /// AU: gives back the buffers of `runs` (taken by [`Mirror::take_stream`] or a cut) once
+    /// they are shipped or copied, for later streams to reuse; committing transactions then
+    /// write into memory already mapped instead of faulting in fresh pages.
+    pub fn recycle_stream(&self, runs: RunsBuilder) {
+        self.capture.recycle(runs);
+    }
+
     /// AU: bytes committed but not yet taken by [`Mirror::take_stream`] or a cut.
     pub fn stream_pending(&self) -> usize {
         self.capture.stream_pending()
