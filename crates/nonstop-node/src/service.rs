@@ -153,7 +153,12 @@ pub struct ServiceHost {
     clock: Instant,
     /// Random per process: request numbers of lease asks never repeat across restarts.
     incarnation: u64,
+    /// After the node lacked the memory to hold the region, when to try standing by again.
+    standby_retry_at: Option<Instant>,
 }
+
+/// How long a node that could not make a backup's region resident waits before trying again.
+const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
 /// What the agent should do for a service.
 #[derive(Debug, Default)]
@@ -183,6 +188,7 @@ impl ServiceHost {
                 let _ = getrandom::fill(&mut bytes);
                 u64::from_le_bytes(bytes)
             },
+            standby_retry_at: None,
         }
     }
 
@@ -266,20 +272,20 @@ impl ServiceHost {
             return needs;
         }
         let Some(record) = record else {
-            self.ensure_standby();
+            self.ensure_standby(now);
             return needs;
         };
         let wants_primary = record.primary == self.me;
         match &mut self.role {
             LocalRole::Primary(primary) if !wants_primary || primary.active.term != record.term => {
                 self.depose(record);
-                self.ensure_standby();
+                self.ensure_standby(now);
             }
             LocalRole::Primary(_) => self.primary_duties(record, config, alive, now, &mut needs),
             LocalRole::Standby(_) if wants_primary => self.promote(record, now, &mut needs),
             LocalRole::Idle if wants_primary => self.start_fresh(record, now, &mut needs),
             LocalRole::Standby(_) => {}
-            LocalRole::Idle => self.ensure_standby(),
+            LocalRole::Idle => self.ensure_standby(now),
         }
         needs
     }
@@ -292,19 +298,29 @@ impl ServiceHost {
             .ok()
     }
 
-    fn ensure_standby(&mut self) {
-        if !matches!(self.role, LocalRole::Idle) || !self.retired.is_empty() {
+    fn ensure_standby(&mut self, now: Instant) {
+        if !matches!(self.role, LocalRole::Idle)
+            || !self.retired.is_empty()
+            || self.standby_retry_at.is_some_and(|at| now < at)
+        {
             return;
         }
         let Some(region) = self.map_region() else { return };
         let check: nonstop_net::backup::ConsistencyCheck = Arc::new(nonstop_workloads::check);
         let server = match BackupServer::bind(self.listen, self.key.clone(), region, Some(check)) {
             Ok(server) => server,
+            Err(error) if error.kind() == std::io::ErrorKind::OutOfMemory => {
+                // Making a region resident is not free: try again in a while, not every tick.
+                tracing::error!(service = self.spec.name, %error, "cannot stand by as a backup");
+                self.standby_retry_at = Some(now + STANDBY_RETRY);
+                return;
+            }
             Err(error) => {
                 tracing::warn!(service = self.spec.name, addr = %self.listen, %error, "cannot listen for a primary yet");
                 return;
             }
         };
+        self.standby_retry_at = None;
         let control = server.control();
         let thread = std::thread::Builder::new()
             .name(format!("nonstop-backup-{}", self.spec.name))
