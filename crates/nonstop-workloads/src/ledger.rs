@@ -210,7 +210,9 @@ fn state_in(image: &[u8]) -> Result<&State, String> {
 
 /// The ledger's consistency check: accounts, tellers and branches sum to the same total (every
 /// transfer moved all three), every client's last request number equals the number of its
-/// requests applied, and those add up to the transfers applied.
+/// requests applied, those add up to the transfers applied, and the history ring agrees: as
+/// many entries as transfers (up to its size), none beyond its client's last request, and the
+/// newest the last request of its client.
 pub fn check(image: &[u8]) -> Result<String, String> {
     let state = state_in(image)?;
     let (accounts, tellers, branches): (i64, i64, i64) =
@@ -231,6 +233,29 @@ pub fn check(image: &[u8]) -> Result<String, String> {
     }
     if applied != state.transfers {
         return Err(format!("{applied} requests applied to clients, {} transfers in the ledger", state.transfers));
+    }
+    // The history ring holds the newest transfers: each one a client's request no later than
+    // its last, and the very newest the last of its client.
+    if state.history.len() as u64 != state.transfers.min(HISTORY as u64) {
+        return Err(format!("{} history entries after {} transfers", state.history.len(), state.transfers));
+    }
+    for entry in &state.history {
+        if state.clients.get(&entry.client).is_none_or(|slot| entry.request > slot.request.get()) {
+            return Err(format!(
+                "history names request {} of client {}, which it never applied",
+                entry.request, entry.client
+            ));
+        }
+    }
+    if let Some(newest) = state.transfers.checked_sub(1).map(|n| state.history[(n % HISTORY as u64) as usize])
+        && state.clients[&newest.client].request.get() != newest.request
+    {
+        return Err(format!(
+            "the newest transfer is request {} of client {}, whose last applied request is {}",
+            newest.request,
+            newest.client,
+            state.clients[&newest.client].request.get()
+        ));
     }
     Ok(format!(
         "ledger consistent: {} transfers, total balance {accounts} over {} accounts; {} clients, each request applied once",
@@ -309,5 +334,12 @@ mod tests {
             state.transfers += 1;
         });
         mirror.quiesced(|image, _| assert!(check(image).unwrap_err().contains("transfers in the ledger")));
+        // A history that disagrees with what the clients were answered.
+        mirror.update(|image| {
+            let state = Heap::open(image).unwrap().root(|| -> State { unreachable!() }).unwrap();
+            state.transfers -= 1;
+            state.history[0].request = 2;
+        });
+        mirror.quiesced(|image, _| assert!(check(image).unwrap_err().contains("never applied")));
     }
 }
