@@ -80,7 +80,13 @@ impl BackupServer {
         let listener = TcpListener::bind(addr)?;
         let backup = Backup::new(region.base() as u64, region.len() as u64);
         nonstop_region::advise_huge_pages(backup.seals().table());
-        region.populate().map_err(|error| std::io::Error::new(std::io::ErrorKind::OutOfMemory, error))?;
+        region.populate().map_err(|error| {
+            let kind = match &error {
+                nonstop_region::RegionError::Populate { source, .. } => source.kind(),
+                _ => std::io::ErrorKind::Other,
+            };
+            std::io::Error::new(kind, error)
+        })?;
         let control = BackupControl {
             listening: listener.local_addr()?,
             stop: Arc::default(),

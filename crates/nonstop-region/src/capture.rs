@@ -40,14 +40,6 @@ fn zeroed_states(len: usize) -> Box<[AtomicU8]> {
     unsafe { Box::<[AtomicU8]>::new_zeroed_slice(len).assume_init() }
 }
 
-/// Whether a page holds only zeros. A backup keeps its whole image resident, so a promotion
-/// to transparent mode reads every page: this goes word by word without an early exit, which
-/// the compiler turns into wide loads at memory speed (a byte loop with `any` does not).
-fn is_zero_page(page: &[u8]) -> bool {
-    page.chunks_exact(8).fold(0u64, |any, word| any | u64::from_ne_bytes(word.try_into().expect("8 bytes"))) == 0
-        && page.chunks_exact(8).remainder().iter().all(|b| *b == 0)
-}
-
 /// Twins of the blocks written since the last cut; the vector keeps its capacity across cuts.
 #[derive(Debug, Default)]
 struct Twins {
@@ -116,7 +108,7 @@ impl Capture {
         let mut written = region.populated_pages().unwrap_or_else(|_| (0..region.pages()).collect());
         written.retain(|&page| {
             let bytes = &region.as_slice()[page * PAGE_SIZE..][..PAGE_SIZE];
-            let nonzero = !is_zero_page(bytes);
+            let nonzero = !crate::mirror::is_zero(bytes);
             if nonzero {
                 shadow.as_mut_slice()[page * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(bytes);
             }

@@ -202,10 +202,52 @@ fn no_ledger(error: HeapError) -> BankError {
 
 /// The state in an image mapped at the region's address (a quiesced primary's region, or a
 /// backup's image): its pointers are only valid there.
+///
+/// The root's place and type are checked by the heap; the vectors' extents and the state's
+/// shape are checked here before anything is read through them, so that a damaged image gets
+/// an error, not a read outside it. (The hash map's table is trusted as a promotion trusts it:
+/// hashbrown does not show where it lies.)
 fn state_in(image: &[u8]) -> Result<&State, String> {
-    Heap::root_in::<State>(image)
+    let state = Heap::root_in::<State>(image)
         .map_err(|error| error.to_string())?
-        .ok_or_else(|| "no ledger in this region yet".into())
+        .ok_or_else(|| "no ledger in this region yet".to_string())?;
+    state.within(image)?;
+    Ok(state)
+}
+
+impl State {
+    fn within(&self, image: &[u8]) -> Result<(), String> {
+        fn inside<T>(name: &str, values: &RegionVec<T>, image: &[u8]) -> Result<(), String> {
+            let region = image.as_ptr_range();
+            let (start, capacity) = (values.as_ptr() as usize, values.capacity());
+            let end = capacity.checked_mul(size_of::<T>()).and_then(|bytes| start.checked_add(bytes));
+            let fits =
+                capacity == 0 || end.is_some_and(|end| start >= region.start as usize && end <= region.end as usize);
+            if !fits || values.len() > capacity {
+                return Err(format!("the ledger's {name} lie outside the region: the image is damaged"));
+            }
+            Ok(())
+        }
+        inside("accounts", &self.accounts, image)?;
+        inside("tellers", &self.tellers, image)?;
+        inside("branches", &self.branches, image)?;
+        inside("history", &self.history, image)?;
+        let branches = self.branches.len() as u64;
+        if self.accounts.len() as u64 != branches * ACCOUNTS_PER_BRANCH
+            || self.tellers.len() as u64 != branches * TELLERS_PER_BRANCH
+            || self.history.len() > HISTORY
+            || self.clients.len() > MAX_CLIENTS
+        {
+            return Err(format!(
+                "implausible ledger shape: {} accounts, {} tellers, {branches} branches, {} history entries, {} clients",
+                self.accounts.len(),
+                self.tellers.len(),
+                self.history.len(),
+                self.clients.len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The ledger's consistency check: accounts, tellers and branches sum to the same total (every
@@ -341,5 +383,25 @@ mod tests {
             state.history[0].request = 2;
         });
         mirror.quiesced(|image, _| assert!(check(image).unwrap_err().contains("never applied")));
+    }
+
+    #[test]
+    fn a_damaged_state_is_refused_before_it_is_read_through() {
+        let ledger = Ledger::new(1);
+        let mirror = mirror(&ledger, 0x3a00_0000_0000);
+        let with_accounts = |len: usize| {
+            mirror.update(|image| {
+                let state = Heap::open(image).unwrap().root(|| -> State { unreachable!() }).unwrap();
+                // SAFETY (test): the length is put back before anything reads past the data.
+                unsafe { state.accounts.set_len(len) };
+            })
+        };
+        with_accounts(usize::MAX / 8);
+        mirror.quiesced(|image, _| {
+            assert!(check(image).unwrap_err().contains("outside the region"));
+            assert_eq!(ledger.balance(image, 5), None, "an audit reads nothing through it either");
+        });
+        with_accounts(ACCOUNTS_PER_BRANCH as usize);
+        mirror.quiesced(|image, _| assert!(check(image).is_ok()));
     }
 }
