@@ -150,6 +150,64 @@ pub struct BenchReport {
     pub cost_vs_declared: Option<f64>,
     /// Each round's declared/tracked throughput (with `--against-declared`).
     pub round_costs_vs_declared: Vec<f64>,
+    /// Width of a [`RoundTimeline`] window, milliseconds.
+    pub timeline_step_ms: f64,
+    /// Every round's throughput over time, in the order the rounds ran: where a ratio moves
+    /// from run to run, this shows whether whole rounds or moments within them moved.
+    pub timelines: Vec<RoundTimeline>,
+}
+
+/// One round's transactions per second, window by window.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundTimeline {
+    /// "unreplicated", "replicated" or "declared" (the replicated configuration with
+    /// declared writes, with `--against-declared`).
+    pub configuration: String,
+    /// The round's place in the run, from 1.
+    pub round: usize,
+    /// Transactions per second in each [`BenchReport::timeline_step_ms`] window (a last
+    /// window shorter than half a step is left out).
+    pub tx_per_s: Vec<f64>,
+}
+
+/// The window of a round's timeline.
+const TIMELINE_STEP: Duration = Duration::from_millis(100);
+
+impl BenchReport {
+    /// The timelines as a line chart (SVG), rounds end to end on one time axis: one line per
+    /// configuration, broken between its rounds.
+    pub fn timeline_svg(&self) -> String {
+        let step_s = self.timeline_step_ms / 1000.0;
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        let mut at = 0.0;
+        for timeline in &self.timelines {
+            let index = match series.iter().position(|(name, _)| *name == timeline.configuration) {
+                Some(index) => index,
+                None => {
+                    series.push((timeline.configuration.clone(), Vec::new()));
+                    series.len() - 1
+                }
+            };
+            let points = &mut series[index].1;
+            if !points.is_empty() {
+                points.push((at, f64::NAN));
+            }
+            for (window, rate) in timeline.tx_per_s.iter().enumerate() {
+                points.push((at + (window as f64 + 0.5) * step_s, rate / 1e6));
+            }
+            at += timeline.tx_per_s.len() as f64 * step_s;
+        }
+        let title = format!(
+            "{}, {} {} {}, {} backup(s): throughput every {} ms, rounds end to end",
+            self.workload,
+            self.protocol,
+            self.policy,
+            self.interval_ms.map_or(String::new(), |ms| format!("{ms} ms")),
+            self.backups,
+            self.timeline_step_ms
+        );
+        crate::chart::lines(&title, "seconds of measurement", "M transactions/s", &series)
+    }
 }
 
 /// What one round of a run measures.
@@ -163,9 +221,21 @@ enum Arm {
     Declared,
 }
 
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Unreplicated => "unreplicated",
+            Arm::Replicated => "replicated",
+            Arm::Declared => "declared",
+        }
+    }
+}
+
 struct Round {
     transactions: u64,
     elapsed: Duration,
+    /// Transactions committed in each [`TIMELINE_STEP`] of the round.
+    timeline: Vec<u64>,
     latency_ns: Histogram<u64>,
     stats: Option<ReplicationStats>,
     verdict: Option<String>,
@@ -236,12 +306,9 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
         ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {elapsed}/{duration}").expect("valid template"),
     );
     let (mut baseline, mut replicated, mut with_declared) = (Vec::new(), Vec::new(), Vec::new());
+    let mut timelines = Vec::new();
     for (index, &arm) in plan.iter().enumerate() {
-        let name = match arm {
-            Arm::Unreplicated => "unreplicated",
-            Arm::Replicated => "replicated",
-            Arm::Declared => "replicated, declared writes",
-        };
+        let name = arm.name();
         progress.set_message(format!("round {}/{}: {name}", index + 1, plan.len()));
         let round = run_round(
             if arm == Arm::Declared { &declared } else { config },
@@ -256,6 +323,11 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
             // No terminal to draw a bar on (CI, a pipe): a plain line per round instead.
             eprintln!("round {}/{} {name}: {:.0} tx/s", index + 1, plan.len(), rate(std::slice::from_ref(&round)));
         }
+        timelines.push(RoundTimeline {
+            configuration: name.to_string(),
+            round: index + 1,
+            tx_per_s: window_rates(&round.timeline, round.elapsed),
+        });
         match arm {
             Arm::Unreplicated => baseline.push(round),
             Arm::Replicated => replicated.push(round),
@@ -265,6 +337,7 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
     progress.finish_and_clear();
     drop(backups);
     let mut report = report(config, workload.name(), &baseline, &replicated);
+    report.timelines = timelines;
     // Every declared round is verified like the others; the report's verdict covers them too.
     report.backup_verified &= with_declared.iter().all(|r| r.verdict.is_some());
     if !with_declared.is_empty() {
@@ -277,6 +350,19 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
             .collect();
     }
     Ok(report)
+}
+
+/// Transactions per second in each window of a round that lasted `elapsed`.
+fn window_rates(counts: &[u64], elapsed: Duration) -> Vec<f64> {
+    let step = TIMELINE_STEP.as_secs_f64();
+    counts
+        .iter()
+        .enumerate()
+        .filter_map(|(window, &count)| {
+            let width = (elapsed.as_secs_f64() - window as f64 * step).min(step);
+            (width >= step / 2.0).then(|| count as f64 / width)
+        })
+        .collect()
 }
 
 fn rate(rounds: &[Round]) -> f64 {
@@ -348,6 +434,8 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
         declared_tx_per_s: None,
         cost_vs_declared: None,
         round_costs_vs_declared: Vec::new(),
+        timeline_step_ms: TIMELINE_STEP.as_secs_f64() * 1000.0,
+        timelines: Vec::new(),
     }
 }
 
@@ -403,7 +491,15 @@ fn run_round(
     term: Term,
     progress: &ProgressBar,
 ) -> anyhow::Result<Round> {
-    let region = Region::map(config.region_base, len).context("mapping the primary's region")?;
+    let mut region = Region::map(config.region_base, len).context("mapping the primary's region")?;
+    if config.tracking.is_none() {
+        // Resident before the clock starts, as a backup's image is: otherwise the round's first
+        // ~100-200 ms go to the kernel finding and zeroing the pages its transactions touch
+        // first (a fresh region every round), a warm-up that falls on either configuration at
+        // random and spreads the round ratios. Tracked regions stay as mapped: their 4 KiB
+        // pages are set up by the tracking mode.
+        region.populate().context("making the primary's region resident")?;
+    }
     let replicated = !backups.is_empty();
     let protocol = replicated.then_some(config.protocol);
     let mirror = Arc::new(match (config.tracking, replicated, config.seals) {
@@ -428,16 +524,17 @@ fn run_round(
     let stop = AtomicBool::new(false);
     let transactions = AtomicU64::new(0);
     let started = Instant::now();
-    let latency_ns = std::thread::scope(|scope| -> anyhow::Result<Histogram<u64>> {
+    let (latency_ns, timeline) = std::thread::scope(|scope| -> anyhow::Result<(Histogram<u64>, Vec<u64>)> {
         let workers: Vec<_> = (0..config.threads)
             .map(|worker| {
                 let (mirror, workload, primary, stop, transactions) =
                     (&mirror, &workload, &primary, &stop, &transactions);
-                scope.spawn(move || -> anyhow::Result<Histogram<u64>> {
+                scope.spawn(move || -> anyhow::Result<(Histogram<u64>, Vec<u64>)> {
                     let mut rng = SmallRng::seed_from_u64(worker as u64 + 1);
                     let mut latency = Histogram::<u64>::new(3).expect("valid precision");
                     let mut pending = PendingReplies { queue: VecDeque::new(), last: None };
-                    let mut done = 0u64;
+                    let (mut done, mut counted) = (0u64, 0u64);
+                    let mut timeline: Vec<u64> = Vec::new();
                     let mut stamp = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..64 {
@@ -458,6 +555,14 @@ fn run_round(
                         if let Some(primary) = primary {
                             pending.drain(primary, &mut latency);
                         }
+                        // The stamp is at most STAMP_EVERY transactions old: no clock read here.
+                        let window =
+                            (stamp.saturating_duration_since(started).as_nanos() / TIMELINE_STEP.as_nanos()) as usize;
+                        if timeline.len() <= window {
+                            timeline.resize(window + 1, 0);
+                        }
+                        timeline[window] += done - counted;
+                        counted = done;
                     }
                     transactions.fetch_add(done, Ordering::Relaxed);
                     if let Some(primary) = primary
@@ -466,7 +571,7 @@ fn run_round(
                         primary.wait_held(Ticket { checkpoint: last }, WAIT)?;
                         pending.drain(primary, &mut latency);
                     }
-                    Ok(latency)
+                    Ok((latency, timeline))
                 })
             })
             .collect();
@@ -477,14 +582,26 @@ fn run_round(
         }
         stop.store(true, Ordering::Relaxed);
         let mut merged = Histogram::<u64>::new(3).expect("valid precision");
+        let mut timeline: Vec<u64> = Vec::new();
         for worker in workers {
-            merged.add(worker.join().expect("worker thread panicked")?).expect("same precision");
+            let (latency, counts) = worker.join().expect("worker thread panicked")?;
+            merged.add(latency).expect("same precision");
+            if timeline.len() < counts.len() {
+                timeline.resize(counts.len(), 0);
+            }
+            timeline.iter_mut().zip(counts).for_each(|(total, count)| *total += count);
         }
-        Ok(merged)
+        Ok((merged, timeline))
     })?;
     let elapsed = started.elapsed();
-    let mut round =
-        Round { transactions: transactions.load(Ordering::Relaxed), elapsed, latency_ns, stats: None, verdict: None };
+    let mut round = Round {
+        transactions: transactions.load(Ordering::Relaxed),
+        elapsed,
+        timeline,
+        latency_ns,
+        stats: None,
+        verdict: None,
+    };
     if let Some(primary) = primary {
         let mut stats = primary.stats();
         if let Some(before) = stats_before {

@@ -13,6 +13,15 @@ pub struct Series {
 
 const PALETTE: [&str; 6] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
 
+/// An axis value with as many decimals as its tick step needs (0.5 steps show "1.5", not "2").
+fn tick_label(value: f64, step: f64) -> String {
+    let decimals = (0..3).find(|&d| {
+        let scaled = step * 10f64.powi(d);
+        (scaled - scaled.round()).abs() < 1e-6 * scaled.max(1.0)
+    });
+    format!("{value:.*}", decimals.unwrap_or(3) as usize)
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -58,11 +67,12 @@ impl Frame {
             let value = self.top_value * tick as f64 / 5.0;
             let _ = writeln!(
                 svg,
-                r##"<line x1="{}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{value:.0}</text>"##,
+                r##"<line x1="{}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
                 self.left,
                 self.left + self.plot_w,
                 self.left - 6.0,
                 self.y(value) + 4.0,
+                tick_label(value, self.top_value / 5.0),
                 y = self.y(value)
             );
         }
@@ -138,9 +148,10 @@ pub fn grouped_bars(title: &str, y_label: &str, categories: &[String], series: &
     frame.close(svg, series.iter().map(|s| s.name.clone()))
 }
 
-/// A line chart: each series a polyline of `(x, y)` points, both axes linear from 0.
+/// A line chart: each series a polyline of `(x, y)` points, both axes linear from 0. A point
+/// whose `y` is not finite (NaN) breaks its series' line there, e.g. between rounds.
 pub fn lines(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let points = || series.iter().flat_map(|(_, points)| points.iter());
+    let points = || series.iter().flat_map(|(_, points)| points.iter().filter(|(_, y)| y.is_finite()));
     let frame = Frame::new(nice_ceiling(points().fold(1.0, |a, &(_, y)| a.max(y))));
     let x_top = nice_ceiling(points().fold(1.0, |a, &(x, _)| a.max(x)));
     let x = |value: f64| frame.left + frame.plot_w * value / x_top;
@@ -149,9 +160,10 @@ pub fn lines(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(
         let value = x_top * tick as f64 / 5.0;
         let _ = writeln!(
             svg,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{value:.0}</text>"#,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
             x(value),
-            frame.top + frame.plot_h + 18.0
+            frame.top + frame.plot_h + 18.0,
+            tick_label(value, x_top / 5.0)
         );
     }
     let _ = writeln!(
@@ -162,14 +174,20 @@ pub fn lines(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(
         escape(x_label)
     );
     for (s, (name, points)) in series.iter().enumerate() {
-        let path: Vec<String> = points.iter().map(|&(px, py)| format!("{:.1},{:.1}", x(px), frame.y(py))).collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"><title>{}</title></polyline>"#,
-            PALETTE[s % PALETTE.len()],
-            path.join(" "),
-            escape(name)
-        );
+        // An empty series still gets its (empty) polyline, so every series is in the chart.
+        let mut pieces = points.split(|(_, y)| !y.is_finite()).filter(|piece| !piece.is_empty()).peekable();
+        let empty: &[(f64, f64)] = &[];
+        let pieces: Vec<&[(f64, f64)]> = if pieces.peek().is_none() { vec![empty] } else { pieces.collect() };
+        for piece in pieces {
+            let path: Vec<String> = piece.iter().map(|&(px, py)| format!("{:.1},{:.1}", x(px), frame.y(py))).collect();
+            let _ = writeln!(
+                svg,
+                r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"><title>{}</title></polyline>"#,
+                PALETTE[s % PALETTE.len()],
+                path.join(" "),
+                escape(name)
+            );
+        }
     }
     frame.close(svg, series.iter().map(|(name, _)| name.clone()))
 }
@@ -200,6 +218,10 @@ mod tests {
         assert_eq!(svg.matches("<rect x=").count(), 2, "one bar and one legend swatch");
         assert!(svg.contains("a &lt; b") && svg.contains("s&amp;t"));
         assert_eq!(nice_ceiling(37.0), 50.0);
+        assert_eq!(
+            (tick_label(1.5, 0.5), tick_label(40.0, 10.0), tick_label(0.75, 0.25)),
+            ("1.5".into(), "40".into(), "0.75".into())
+        );
     }
 
     #[test]
@@ -208,5 +230,13 @@ mod tests {
             lines("rss", "s", "MiB", &[("node 1".into(), vec![(0.0, 20.0), (60.0, 24.0)]), ("node 2".into(), vec![])]);
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("node 1") && svg.ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn a_nan_point_breaks_a_line_and_is_not_drawn() {
+        let points = vec![(0.0, 1.0), (1.0, 2.0), (1.5, f64::NAN), (2.0, 3.0), (3.0, 1.0)];
+        let svg = lines("rounds", "s", "tx/s", &[("replicated".into(), points)]);
+        assert_eq!(svg.matches("<polyline").count(), 2, "two rounds, two pieces");
+        assert!(!svg.contains("NaN"));
     }
 }

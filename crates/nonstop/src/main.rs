@@ -340,6 +340,10 @@ struct WorkloadArgs {
     /// the tracking mode costs against them (JSON: cost_vs_declared, declared_tx_per_s).
     #[arg(long)]
     against_declared: bool,
+    /// Also draw every round's throughput over time (100 ms windows, rounds end to end) as an
+    /// SVG chart at this path; the JSON carries the same figures (timelines).
+    #[arg(long, value_name = "SVG")]
+    timeline: Option<std::path::PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -735,6 +739,10 @@ fn status(config: Option<&std::path::Path>, nodes: &[SocketAddr], json: bool) ->
 
 fn run_bench(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<()> {
     let report = bench::run(&bench_config(workload, args)?, &std::env::current_exe()?)?;
+    if let Some(path) = &args.timeline {
+        std::fs::write(path, report.timeline_svg()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("timeline chart written to {}", path.display());
+    }
     print_report(&report, args.json)
 }
 

@@ -118,6 +118,16 @@ fn compare_reports_a_ratio() {
     assert_eq!(report.rounds, Some(1));
     assert!(report.ratio.is_some_and(|r| r > 0.0), "{report:?}");
     assert_eq!(report.round_ratios.len(), 1);
+    // Every round's throughput over time, in the order the rounds ran.
+    let rounds: Vec<(&str, usize)> = report.timelines.iter().map(|t| (t.configuration.as_str(), t.round)).collect();
+    assert_eq!(rounds, [("unreplicated", 1), ("replicated", 2)], "{report:?}");
+    for timeline in &report.timelines {
+        assert!((2..=4).contains(&timeline.tx_per_s.len()), "300 ms in 100 ms windows: {timeline:?}");
+        assert!(timeline.tx_per_s.iter().all(|rate| rate.is_finite() && *rate >= 0.0), "{timeline:?}");
+        assert!(timeline.tx_per_s.iter().any(|rate| *rate > 0.0), "{timeline:?}");
+    }
+    let svg = report.timeline_svg();
+    assert_eq!(svg.matches("<polyline").count(), 2, "a line per configuration, one round each: {svg}");
 }
 
 #[test]
