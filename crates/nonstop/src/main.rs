@@ -183,27 +183,12 @@ struct ChaosKillArgs {
     tracking: Tracking,
     /// What the service runs: `bank` (Debit-Credit at fixed offsets) or `ledger` (the same
     /// requests over ordinary Rust collections in the region; needs --tracking uffd|mprotect).
-    #[arg(long, value_enum, default_value_t = Kind::Bank)]
-    kind: Kind,
+    #[arg(long, default_value = nonstop_workloads::bank::NAME,
+          value_parser = clap::builder::PossibleValuesParser::new(nonstop_workloads::app::KINDS))]
+    kind: String,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-/// `--kind`: the service's application.
-#[derive(Clone, Copy, ValueEnum)]
-enum Kind {
-    Bank,
-    Ledger,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Bank => nonstop_workloads::bank::NAME,
-            Kind::Ledger => nonstop_workloads::ledger::NAME,
-        }
-    }
 }
 
 #[derive(Args)]
@@ -635,7 +620,9 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         // SAFETY: set before any thread of this process starts; the node processes inherit it.
         unsafe { std::env::set_var("NONSTOP_LEADER_ON_PRIMARY", "1") };
     }
-    if matches!(args.kind, Kind::Ledger) && matches!(args.tracking, Tracking::Declared) {
+    // The node's own kinds, so that the CLI offers whatever a configuration may name.
+    let kind = nonstop_workloads::app::KINDS.into_iter().find(|kind| *kind == args.kind).expect("clap checked --kind");
+    if kind == nonstop_workloads::ledger::NAME && matches!(args.tracking, Tracking::Declared) {
         bail!("--kind ledger keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect");
     }
     let seed = args.seed.unwrap_or_else(random_seed);
@@ -647,7 +634,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         spec: nonstop::cluster::ClusterSpec {
             ip_prefix: "127.0.2".into(),
             tracking: args.tracking.mode(),
-            kind: args.kind.name(),
+            kind,
             ..Default::default()
         },
         quiet: args.quiet,

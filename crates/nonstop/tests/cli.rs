@@ -36,6 +36,18 @@ fn a_bad_node_config_is_refused_with_the_field_and_the_fix() {
 }
 
 #[test]
+fn chaos_kill_offers_the_node_service_kinds_and_refuses_a_ledger_without_tracking() {
+    let unknown = nonstop(&["chaos", "kill", "--kind", "vault"]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("bank") && stderr.contains("ledger"), "{stderr}");
+    let declared = nonstop(&["chaos", "kill", "--kind", "ledger", "--trials", "1"]);
+    assert!(!declared.status.success());
+    let stderr = String::from_utf8_lossy(&declared.stderr);
+    assert!(stderr.contains("--tracking uffd or mprotect"), "{stderr}");
+}
+
+#[test]
 fn bench_tracking_measures_every_mode_and_draws_the_chart() {
     let dir = tempfile::tempdir().unwrap();
     let out = nonstop(&[
