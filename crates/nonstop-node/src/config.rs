@@ -32,7 +32,7 @@
 use crate::NodeId;
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
-use nonstop_workloads::app::{App, KINDS};
+use nonstop_workloads::app::{App, KINDS, SERVICE_WORKERS};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -367,7 +367,7 @@ impl NodeConfig {
             if service.name.is_empty() || self.services[..index].iter().any(|s| s.name == service.name) {
                 return Err(invalid(field("name"), "is empty or used twice", "give every service its own name"));
             }
-            let app = App::named(&service.kind, service.branches.max(1), 8).ok_or_else(|| {
+            let app = App::named(&service.kind, service.branches.max(1), SERVICE_WORKERS).ok_or_else(|| {
                 invalid(
                     field("kind"),
                     format!("{:?} is not a service kind", service.kind),

@@ -20,6 +20,11 @@ pub enum App {
 /// The kinds a configuration may name.
 pub const KINDS: [&str; 2] = [bank::NAME, ledger::NAME];
 
+/// Worker slots a node's bank is laid out with: client connections take them in turn, and each
+/// slot appends to a history segment of its own, so up to this many connections commit without
+/// sharing a history row. Part of the region's layout: every node of a service must agree.
+pub const SERVICE_WORKERS: usize = 8;
+
 impl App {
     /// The application `kind` names, over `branches` Debit-Credit branches served by up to
     /// `workers` threads; `None` for an unknown kind.
