@@ -153,12 +153,13 @@ pub struct ServiceHost {
     clock: Instant,
     /// Random per process: request numbers of lease asks never repeat across restarts.
     incarnation: u64,
-    /// After the node lacked the memory to hold the region, when to try standing by again.
-    standby_retry_at: Option<Instant>,
+    /// After the node lacked the memory to make the region resident, when to try again.
+    resident_retry_at: Option<Instant>,
 }
 
-/// How long a node that could not make a backup's region resident waits before trying again.
-const STANDBY_RETRY: Duration = Duration::from_secs(1);
+/// How long a node that could not make a region resident (a backup's, or a new service's
+/// primary's) waits before trying again.
+const RESIDENT_RETRY: Duration = Duration::from_secs(1);
 
 /// What the agent should do for a service.
 #[derive(Debug, Default)]
@@ -188,7 +189,7 @@ impl ServiceHost {
                 let _ = getrandom::fill(&mut bytes);
                 u64::from_le_bytes(bytes)
             },
-            standby_retry_at: None,
+            resident_retry_at: None,
         }
     }
 
@@ -301,7 +302,7 @@ impl ServiceHost {
     fn ensure_standby(&mut self, now: Instant) {
         if !matches!(self.role, LocalRole::Idle)
             || !self.retired.is_empty()
-            || self.standby_retry_at.is_some_and(|at| now < at)
+            || self.resident_retry_at.is_some_and(|at| now < at)
         {
             return;
         }
@@ -312,7 +313,7 @@ impl ServiceHost {
             Err(error) if error.kind() == std::io::ErrorKind::OutOfMemory => {
                 // Making a region resident is not free: try again in a while, not every tick.
                 tracing::error!(service = self.spec.name, %error, "cannot stand by as a backup");
-                self.standby_retry_at = Some(now + STANDBY_RETRY);
+                self.resident_retry_at = Some(now + RESIDENT_RETRY);
                 return;
             }
             Err(error) => {
@@ -320,7 +321,7 @@ impl ServiceHost {
                 return;
             }
         };
-        self.standby_retry_at = None;
+        self.resident_retry_at = None;
         let control = server.control();
         let thread = std::thread::Builder::new()
             .name(format!("nonstop-backup-{}", self.spec.name))
@@ -340,7 +341,21 @@ impl ServiceHost {
             // must not serve an empty one. The leader sees it report no region and fails over.
             return;
         }
-        let Some(region) = self.map_region() else { return };
+        if self.resident_retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let Some(mut region) = self.map_region() else { return };
+        if self.spec.tracking.is_none() {
+            // Resident from the start, as a backup's image is: no transaction waits for the
+            // kernel to find and zero a page, and a node short of memory says so here, not
+            // while serving. (Transparent mode sets its 4 KiB pages up itself.)
+            if let Err(error) = region.populate() {
+                tracing::error!(service = self.spec.name, %error, "cannot start the service's primary");
+                self.resident_retry_at = Some(now + RESIDENT_RETRY);
+                return;
+            }
+        }
+        self.resident_retry_at = None;
         let Some(mirror) = self.mirror(region, CheckpointId(1), None) else { return };
         if let Err(error) = self.app.load(&mirror) {
             // The checked config makes this a bug (the mode or the size), not an input.
