@@ -26,8 +26,8 @@ use nonstop_control::lease::LeaseKeeper;
 use nonstop_net::backup::{BackupControl, BackupServer};
 use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
+use nonstop_proto::backup::Backup;
 use nonstop_proto::client::ClientReply;
-use nonstop_proto::integrity::LineChecksums;
 use nonstop_proto::primary::BackupId;
 use nonstop_proto::{CheckpointId, Nanos, Term};
 use nonstop_region::{Mirror, Region};
@@ -366,23 +366,28 @@ impl ServiceHost {
         self.become_primary(mirror, record.term, true, now, needs);
     }
 
-    /// The primary's mirror of `region` (holding a promoted backup's image when `seals` are
-    /// its seals): declared writes, line-sealed; or transparent mode, where the kernel finds
-    /// the writes and there are no seals to carry over. `None` if write tracking failed,
+    /// The primary's mirror of `region` (holding the image of `promoted`, the backup that held
+    /// it, if any): declared writes, line-sealed (the backup's seals carry over); or
+    /// transparent mode, where the kernel finds the writes, there are no seals, and only the
+    /// pages the backup wrote are read to set up the shadow. `None` if write tracking failed,
     /// which the configuration check makes unlikely: this node then serves nothing, and the
     /// control plane fails over when it keeps reporting no region.
-    fn mirror(&self, region: Region, first: CheckpointId, seals: Option<LineChecksums>) -> Option<Arc<Mirror>> {
+    fn mirror(&self, region: Region, first: CheckpointId, promoted: Option<Backup>) -> Option<Arc<Mirror>> {
         let protocol = Some(self.spec.protocol);
-        let mirror = match (self.spec.tracking, seals) {
-            (None, None) => Mirror::new(region, protocol, first),
-            (None, Some(seals)) => Mirror::resume(region, protocol, first, seals),
-            (Some(mode), _) => match Mirror::tracked(region, Some(mode), first) {
-                Ok(mirror) => mirror,
-                Err(error) => {
-                    tracing::error!(service = self.spec.name, %error, "transparent mode cannot start: serving nothing");
-                    return None;
-                }
-            },
+        let tracked = match (self.spec.tracking, promoted) {
+            (None, None) => Ok(Mirror::new(region, protocol, first)),
+            (None, Some(backup)) => Ok(Mirror::resume(region, protocol, first, backup.into_seals())),
+            (Some(mode), None) => Mirror::tracked(region, Some(mode), first),
+            (Some(mode), Some(backup)) => {
+                Mirror::tracked_resume(region, Some(mode), first, backup.written_pages().pages())
+            }
+        };
+        let mirror = match tracked {
+            Ok(mirror) => mirror,
+            Err(error) => {
+                tracing::error!(service = self.spec.name, %error, "transparent mode cannot start: serving nothing");
+                return None;
+            }
         };
         Some(Arc::new(mirror))
     }
@@ -399,7 +404,7 @@ impl ServiceHost {
             self.start_fresh(record, now, needs);
             return;
         };
-        let Some(mirror) = self.mirror(region, held.next(), Some(backup.into_seals())) else { return };
+        let Some(mirror) = self.mirror(region, held.next(), Some(backup)) else { return };
         tracing::info!(
             service = self.spec.name,
             term = record.term.0,

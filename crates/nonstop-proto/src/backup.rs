@@ -21,6 +21,7 @@ use crate::control::{self, Attach, Close, ControlError, VerifyRequest};
 use crate::frame::{Frame, FrameKind};
 use crate::integrity::{CorruptLine, LineChecksums, Scrubber};
 use crate::runs::{RunsError, apply_validated_runs, apply_validated_runs_with_undo, runs, undo_runs, validate_runs};
+use crate::written::WrittenPages;
 use crate::{CheckpointId, PAGE_SIZE, Term};
 use thiserror::Error;
 
@@ -182,6 +183,8 @@ pub struct Backup {
     spare_undo: Vec<u8>,
     /// A checksum per line of the image, sealed whenever this backup writes it.
     seals: LineChecksums,
+    /// The pages written since the image was last cleared (every other page is zero).
+    written: WrittenPages,
     scrubber: Scrubber,
 }
 
@@ -203,10 +206,12 @@ fn check_runs(seals: &LineChecksums, payload: &[u8], image: &[u8]) -> Result<(),
     })
 }
 
-/// Seals the ranges a runs payload (or an undo log, which has the same layout) just wrote.
-fn seal_runs(seals: &LineChecksums, payload: &[u8], image: &[u8]) {
+/// Seals the ranges a runs payload (or an undo log, which has the same layout) just wrote, and
+/// notes their pages as written.
+fn seal_runs(seals: &LineChecksums, written: &mut WrittenPages, payload: &[u8], image: &[u8]) {
     for run in runs(payload, image.len() as u64).map_while(Result::ok) {
         seals.seal_range(image, run.offset as usize, run.bytes.len());
+        written.mark(run.offset, run.bytes.len());
     }
 }
 
@@ -225,6 +230,7 @@ impl Backup {
             open: None,
             spare_undo: Vec::new(),
             seals: LineChecksums::zeroed(region_len as usize),
+            written: WrittenPages::new(region_len as usize),
             scrubber: Scrubber::new(),
         }
     }
@@ -238,6 +244,12 @@ impl Backup {
     /// which checkpoint they describe, once the session has ended).
     pub fn into_seals(self) -> LineChecksums {
         self.seals
+    }
+
+    /// The pages this backup has written since its image was last cleared: every other page of
+    /// the image is zero (so a promotion need not read it).
+    pub fn written_pages(&self) -> &WrittenPages {
+        &self.written
     }
 
     /// Checks the next `lines` lines of the image against their seals. A mismatch means the
@@ -301,7 +313,7 @@ impl Backup {
     pub fn on_disconnect<I: Image + ?Sized>(&mut self, image: &mut I) {
         if let Some(mut open) = self.open.take() {
             undo_runs(&open.undo, image.bytes_mut());
-            seal_runs(&self.seals, &open.undo, image.bytes_mut());
+            seal_runs(&self.seals, &mut self.written, &open.undo, image.bytes_mut());
             open.undo.clear();
             self.spare_undo = open.undo;
         }
@@ -351,19 +363,21 @@ impl Backup {
                 if !self.precopied {
                     image.clear();
                     self.seals.reset();
+                    self.written.reset();
                 }
                 self.held = None;
                 self.held_term = None;
                 self.precopied = true;
                 apply_validated_runs(&frame.payload, image.bytes_mut());
-                seal_runs(&self.seals, &frame.payload, image.bytes_mut());
+                seal_runs(&self.seals, &mut self.written, &frame.payload, image.bytes_mut());
                 Ok(None)
             }
             FrameKind::Runs => {
                 let bytes = validate_runs(&frame.payload, self.region_len)?;
                 let (whole, eager_after) = (self.expect_full, self.eager_after);
                 self.open_for(frame.checkpoint)?;
-                let (seals, open) = (&self.seals, self.open.as_mut().expect("opened above"));
+                let (seals, written, open) =
+                    (&self.seals, &mut self.written, self.open.as_mut().expect("opened above"));
                 open.frames += 1;
                 open.run_bytes += bytes;
                 if whole || (!open.eager && open.staged_bytes + frame.payload.len() <= eager_after) {
@@ -379,13 +393,13 @@ impl Backup {
                 if !open.eager {
                     for payload in open.staged.drain(..) {
                         apply_validated_runs_with_undo(&payload, image, &mut open.undo);
-                        seal_runs(seals, &payload, image);
+                        seal_runs(seals, written, &payload, image);
                     }
                     open.staged_bytes = 0;
                     open.eager = true;
                 }
                 apply_validated_runs_with_undo(&frame.payload, image, &mut open.undo);
-                seal_runs(seals, &frame.payload, image);
+                seal_runs(seals, written, &frame.payload, image);
                 Ok(None)
             }
             FrameKind::Close => {
@@ -421,11 +435,12 @@ impl Backup {
                 if close.full {
                     image.clear();
                     self.seals.reset();
+                    self.written.reset();
                 }
                 let bytes = image.bytes_mut();
                 for payload in &open.staged {
                     apply_validated_runs(payload, bytes);
-                    seal_runs(&self.seals, payload, bytes);
+                    seal_runs(&self.seals, &mut self.written, payload, bytes);
                 }
                 open.undo.clear();
                 self.spare_undo = open.undo;

@@ -31,6 +31,7 @@ pub mod frame;
 pub mod integrity;
 pub mod primary;
 pub mod runs;
+pub mod written;
 
 use serde::{Deserialize, Serialize};
 

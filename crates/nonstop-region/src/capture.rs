@@ -100,12 +100,21 @@ impl Capture {
 
     /// Transparent mode: writes to `region` are found by `mode` (the best available if
     /// `None`). The shadow starts as a copy of the region (nothing to copy while it is zeros);
-    /// also returns the pages that are not zeros.
-    pub(crate) fn tracked(region: &Region, mode: Option<TrackingMode>) -> Result<(Capture, Vec<usize>), TrackingError> {
+    /// also returns the pages that are not zeros. `written`, if known, names every page that
+    /// may hold anything but zeros (a promoted backup's record); otherwise the pages the
+    /// kernel holds are read.
+    pub(crate) fn tracked(
+        region: &Region,
+        mode: Option<TrackingMode>,
+        written: Option<Vec<usize>>,
+    ) -> Result<(Capture, Vec<usize>), TrackingError> {
         let mut shadow = Region::map_anywhere(region.len()).map_err(|error| TrackingError::Shadow(Box::new(error)))?;
         // Only pages the kernel holds can hold anything but zeros; reading the others would
-        // fault each one in (a promotion would pay ~1 us per page of the whole region).
-        let mut written = region.populated_pages().unwrap_or_else(|_| (0..region.pages()).collect());
+        // fault each one in (a promotion would pay ~1 us per page of the whole region). A
+        // backup keeps its whole image resident, so its own record is narrower still.
+        let mut written =
+            written.unwrap_or_else(|| region.populated_pages().unwrap_or_else(|_| (0..region.pages()).collect()));
+        written.retain(|&page| page < region.pages());
         written.retain(|&page| {
             let bytes = &region.as_slice()[page * PAGE_SIZE..][..PAGE_SIZE];
             let nonzero = !crate::mirror::is_zero(bytes);

@@ -157,7 +157,30 @@ impl Mirror {
         tracking: Option<TrackingMode>,
         first: CheckpointId,
     ) -> Result<Mirror, TrackingError> {
-        let (capture, written) = Capture::tracked(&region, tracking)?;
+        Mirror::tracked_with(region, tracking, first, None)
+    }
+
+    /// Transparent mode over a promoted backup's image: like [`Mirror::tracked`], but only the
+    /// `written` pages are read to set up the shadow — the backup's record of the pages its
+    /// checkpoints wrote ([`nonstop_proto::backup::Backup::written_pages`]); every other page
+    /// must be zero. A backup keeps its whole image resident, so without the record a
+    /// promotion would read every page of the region (~0.1 s per GiB) while clients wait.
+    pub fn tracked_resume(
+        region: Region,
+        tracking: Option<TrackingMode>,
+        first: CheckpointId,
+        written: impl IntoIterator<Item = usize>,
+    ) -> Result<Mirror, TrackingError> {
+        Mirror::tracked_with(region, tracking, first, Some(written.into_iter().collect()))
+    }
+
+    fn tracked_with(
+        region: Region,
+        tracking: Option<TrackingMode>,
+        first: CheckpointId,
+        written: Option<Vec<usize>>,
+    ) -> Result<Mirror, TrackingError> {
+        let (capture, written) = Capture::tracked(&region, tracking, written)?;
         let mirror = Mirror { transparent: true, ..Mirror::with_capture(region, capture, first, None) };
         for page in written {
             mirror.touched.mark(page, page);

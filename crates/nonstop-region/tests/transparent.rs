@@ -91,6 +91,43 @@ fn a_whole_image_covers_every_page_ever_written() {
     }
 }
 
+/// A promoted backup's image, resumed with the backup's record of the pages it wrote: the
+/// shadow holds those pages, so the next checkpoint ships only what changed after the
+/// promotion, and a whole image for a new backup still covers every page.
+#[test]
+fn a_promoted_image_is_resumed_from_the_pages_its_backup_wrote() {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    for mode in TrackingMode::ALL {
+        let base = 0x2580_0000_0000 + NEXT.fetch_add(1, Ordering::Relaxed) * (1 << 32);
+        let mut region = Region::map(base, LEN).unwrap();
+        // A backup's image is resident and zeroed in place: every page is populated, so the
+        // kernel alone cannot tell which pages hold anything.
+        region.populate().unwrap();
+        let mut written = nonstop_proto::written::WrittenPages::new(LEN);
+        for (page, byte) in [(3usize, 0xa5u8), (70, 0x5a)] {
+            region.as_mut_slice()[page * PAGE_SIZE..][..PAGE_SIZE].fill(byte);
+            written.mark((page * PAGE_SIZE) as u64, PAGE_SIZE);
+        }
+        let mirror = match Mirror::tracked_resume(region, Some(mode), CheckpointId(9), written.pages()) {
+            Ok(mirror) => mirror,
+            Err(error) if mode == TrackingMode::Uffd && std::env::var_os("NONSTOP_REQUIRE_UFFD").is_none() => {
+                eprintln!("SKIPPED for uffd: {error}");
+                continue;
+            }
+            Err(error) => panic!("{mode}: {error}"),
+        };
+        mirror.update(|image| image[3 * PAGE_SIZE + 17] = 0);
+        let cut = mirror.cut(false);
+        assert_eq!(cut.checkpoint, CheckpointId(9), "{mode}");
+        // Diffs go by 8-byte words: had page 3 not been in the shadow, its 4 KiB would ship.
+        assert_eq!(cut.changes.run_bytes(), 8, "{mode}: page 3 was in the shadow, only the changed word ships");
+        let whole = mirror.cut(true);
+        let mut fresh = vec![0u8; LEN];
+        apply(&mut fresh, whole.full_image.as_ref().expect("asked for"));
+        assert!(same_as_primary(&mirror, &fresh), "{mode}: the whole image covers the backup's pages");
+    }
+}
+
 /// Pre-copy rounds race updates from two threads; the copied pages plus the finishing delta
 /// must be the image.
 #[test]

@@ -437,6 +437,19 @@ impl Sim {
                     "backup {index} image differs from checkpoint {held} at byte {first}: a mix of checkpoints"
                 )));
             }
+            // A promotion into transparent mode reads only the pages the backup says it wrote.
+            let mut written = vec![false; image.len().div_ceil(nonstop_proto::PAGE_SIZE)];
+            backup.backup.written_pages().pages().for_each(|page| written[page] = true);
+            const ZERO_PAGE: [u8; nonstop_proto::PAGE_SIZE] = [0; nonstop_proto::PAGE_SIZE];
+            let unrecorded = image
+                .chunks(nonstop_proto::PAGE_SIZE)
+                .enumerate()
+                .find(|(page, bytes)| !written[*page] && *bytes != &ZERO_PAGE[..bytes.len()]);
+            if let Some((page, _)) = unrecorded {
+                return Err(self.violation(format!(
+                    "backup {index} page {page} holds data its record of written pages leaves out"
+                )));
+            }
         }
         Ok(())
     }
