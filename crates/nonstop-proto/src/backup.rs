@@ -20,7 +20,7 @@
 use crate::control::{self, Attach, Close, ControlError, VerifyRequest};
 use crate::frame::{Frame, FrameKind};
 use crate::integrity::{CorruptLine, LineChecksums, Scrubber};
-use crate::runs::{RunsError, apply_validated_runs, apply_validated_runs_with_undo, runs, undo_runs, validate_runs};
+use crate::runs::{RunsError, apply_validated_runs_checked, runs, undo_runs, validate_runs};
 use crate::written::WrittenPages;
 use crate::{CheckpointId, PAGE_SIZE, Term};
 use thiserror::Error;
@@ -188,22 +188,42 @@ pub struct Backup {
     scrubber: Scrubber,
 }
 
-/// Checks the lines a runs payload is about to write: a run covers part of a line, and sealing
-/// the line after it is written would otherwise seal in a corrupted byte beside the run.
+/// Applies a validated runs payload, each run in one go: with `check`, its lines are checked
+/// against their seals first (a run covers part of a line, and sealing the line after it is
+/// written would otherwise seal in a corrupted byte beside the run); then it is written (its
+/// old bytes appended to `undo` first, if given), sealed, and its pages noted as written. A
+/// corrupt line stops the apply there, earlier runs written: the caller forgets the image.
 ///
-/// Runs land at random offsets (an account here, a history record there), so each check would
-/// wait for its line and its seal to come from memory in turn; loading a few runs ahead keeps
-/// several such loads in flight at once.
-fn check_runs(seals: &LineChecksums, payload: &[u8], image: &[u8]) -> Result<(), CorruptLine> {
+/// Runs land at random offsets (an account here, a history record there), so each run would
+/// wait for its line and its seal to come from memory in turn; loading them eight runs ahead
+/// keeps several such loads in flight at once, and doing all three steps while the line is in
+/// cache reads it from memory once.
+fn apply_sealed(
+    seals: &LineChecksums,
+    written: &mut WrittenPages,
+    payload: &[u8],
+    image: &mut [u8],
+    undo: Option<&mut Vec<u8>>,
+    check: bool,
+) -> Result<(), CorruptLine> {
     const AHEAD: usize = 8;
     let mut lead = runs(payload, image.len() as u64).map_while(Result::ok);
     lead.by_ref().take(AHEAD).for_each(|run| seals.prefetch(image, run.offset as usize));
-    runs(payload, image.len() as u64).map_while(Result::ok).try_for_each(|run| {
-        if let Some(next) = lead.next() {
-            seals.prefetch(image, next.offset as usize);
-        }
-        seals.check_range(image, run.offset as usize, run.bytes.len())
-    })
+    apply_validated_runs_checked(
+        payload,
+        image,
+        undo,
+        |image, offset, len| {
+            if let Some(next) = lead.next() {
+                seals.prefetch(image, next.offset as usize);
+            }
+            if check { seals.check_range(image, offset, len) } else { Ok(()) }
+        },
+        |image, offset, len| {
+            seals.seal_range(image, offset, len);
+            written.mark(offset as u64, len);
+        },
+    )
 }
 
 /// Seals the ranges a runs payload (or an undo log, which has the same layout) just wrote, and
@@ -368,8 +388,9 @@ impl Backup {
                 self.held = None;
                 self.held_term = None;
                 self.precopied = true;
-                apply_validated_runs(&frame.payload, image.bytes_mut());
-                seal_runs(&self.seals, &mut self.written, &frame.payload, image.bytes_mut());
+                let (seals, written) = (&self.seals, &mut self.written);
+                apply_sealed(seals, written, &frame.payload, image.bytes_mut(), None, false)
+                    .expect("no check, no error");
                 Ok(None)
             }
             FrameKind::Runs => {
@@ -385,22 +406,19 @@ impl Backup {
                     open.staged.push(frame.payload);
                     return Ok(None);
                 }
+                // Applied with undo from here on: a cut stream plays the undo log back.
                 let image = image.bytes_mut();
-                let checked = open.staged.iter().chain([&frame.payload]).try_for_each(|p| check_runs(seals, p, image));
-                if let Err(corruption) = checked {
-                    return Err(self.forget_image(corruption));
+                let staged = if open.eager { Vec::new() } else { std::mem::take(&mut open.staged) };
+                open.staged_bytes = 0;
+                open.eager = true;
+                let applied = staged
+                    .iter()
+                    .chain([&frame.payload])
+                    .try_for_each(|payload| apply_sealed(seals, written, payload, image, Some(&mut open.undo), true));
+                match applied {
+                    Ok(()) => Ok(None),
+                    Err(corruption) => Err(self.forget_image(corruption)),
                 }
-                if !open.eager {
-                    for payload in open.staged.drain(..) {
-                        apply_validated_runs_with_undo(&payload, image, &mut open.undo);
-                        seal_runs(seals, written, &payload, image);
-                    }
-                    open.staged_bytes = 0;
-                    open.eager = true;
-                }
-                apply_validated_runs_with_undo(&frame.payload, image, &mut open.undo);
-                seal_runs(seals, written, &frame.payload, image);
-                Ok(None)
             }
             FrameKind::Close => {
                 let close: Close = control::decode("close", &frame.payload)?;
@@ -425,25 +443,23 @@ impl Backup {
                         staged_bytes: open.run_bytes,
                     });
                 }
-                if !close.full
-                    && let Err(corruption) =
-                        open.staged.iter().try_for_each(|payload| check_runs(&self.seals, payload, image.bytes_mut()))
-                {
-                    return Err(self.forget_image(corruption));
-                }
                 let mut open = self.open.take().expect("opened above");
                 if close.full {
                     image.clear();
                     self.seals.reset();
                     self.written.reset();
                 }
-                let bytes = image.bytes_mut();
-                for payload in &open.staged {
-                    apply_validated_runs(payload, bytes);
-                    seal_runs(&self.seals, &mut self.written, payload, bytes);
-                }
+                // A whole image lands on zeros just sealed as such: nothing to check.
+                let (seals, written, bytes) = (&self.seals, &mut self.written, image.bytes_mut());
+                let applied = open
+                    .staged
+                    .iter()
+                    .try_for_each(|payload| apply_sealed(seals, written, payload, bytes, None, !close.full));
                 open.undo.clear();
                 self.spare_undo = open.undo;
+                if let Err(corruption) = applied {
+                    return Err(self.forget_image(corruption));
+                }
                 self.held = Some(frame.checkpoint);
                 self.held_term = Some(frame.term);
                 self.expect_full = false;

@@ -127,44 +127,58 @@ pub fn validate_runs(payload: &[u8], region_len: u64) -> Result<u64, RunsError> 
 /// eight-byte run without a `memcpy` call; indexing stays checked, so a payload that was not
 /// validated panics instead of writing out of bounds.
 pub fn apply_validated_runs(payload: &[u8], image: &mut [u8]) {
-    let mut at = 0;
-    while at < payload.len() {
-        let (offset, len) = decode_header(&payload[at..]);
-        let offset = offset as usize;
-        let bytes = &payload[at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len];
-        if len == 8 {
-            let word: [u8; 8] = bytes.try_into().expect("8 bytes");
-            image[offset..offset + 8].copy_from_slice(&word);
-        } else {
-            image[offset..offset + len].copy_from_slice(bytes);
-        }
-        at += RUN_HEADER_LEN + len;
-    }
+    let no_check = |_: &[u8], _: usize, _: usize| Ok::<(), std::convert::Infallible>(());
+    let Ok(()) = apply_validated_runs_checked(payload, image, None, no_check, |_, _, _| {});
 }
 
 /// Applies a validated payload like [`apply_validated_runs`], first appending to `undo` a run
 /// of the old bytes for every run applied; [`undo_runs`] plays them back.
 pub fn apply_validated_runs_with_undo(payload: &[u8], image: &mut [u8], undo: &mut Vec<u8>) {
+    let no_check = |_: &[u8], _: usize, _: usize| Ok::<(), std::convert::Infallible>(());
+    let Ok(()) = apply_validated_runs_checked(payload, image, Some(undo), no_check, |_, _, _| {});
+}
+
+/// Applies a validated payload run by run: `before(image, offset, len)` sees each run's range
+/// before it is written (an error stops the apply there, earlier runs written), `after` once it
+/// is; with `undo`, a run of the old bytes is appended there first for every run written.
+///
+/// One pass for what a backup does to each run — check the lines against their seals, write,
+/// seal again — so each line is read from memory once and is still in cache for the rest.
+pub fn apply_validated_runs_checked<E>(
+    payload: &[u8],
+    image: &mut [u8],
+    mut undo: Option<&mut Vec<u8>>,
+    mut before: impl FnMut(&[u8], usize, usize) -> Result<(), E>,
+    mut after: impl FnMut(&[u8], usize, usize),
+) -> Result<(), E> {
     let mut at = 0;
     while at < payload.len() {
         let header: [u8; RUN_HEADER_LEN] = payload[at..at + RUN_HEADER_LEN].try_into().expect("8 bytes");
         let (offset, len) = decode_header(&header);
         let offset = offset as usize;
         let bytes = &payload[at + RUN_HEADER_LEN..at + RUN_HEADER_LEN + len];
+        before(image, offset, len)?;
         let target = &mut image[offset..offset + len];
-        if let (Ok(new), Ok(old)) = (<[u8; 8]>::try_from(bytes), <[u8; 8]>::try_from(&*target)) {
-            let mut record = [0u8; RUN_HEADER_LEN + 8];
-            record[..RUN_HEADER_LEN].copy_from_slice(&header);
-            record[RUN_HEADER_LEN..].copy_from_slice(&old);
-            undo.extend_from_slice(&record);
-            target.copy_from_slice(&new);
-        } else {
-            undo.extend_from_slice(&header);
-            undo.extend_from_slice(target);
-            target.copy_from_slice(bytes);
+        match (<[u8; 8]>::try_from(bytes), undo.as_deref_mut()) {
+            (Ok(new), None) => target.copy_from_slice(&new),
+            (Ok(new), Some(undo)) => {
+                let mut record = [0u8; RUN_HEADER_LEN + 8];
+                record[..RUN_HEADER_LEN].copy_from_slice(&header);
+                record[RUN_HEADER_LEN..].copy_from_slice(target);
+                undo.extend_from_slice(&record);
+                target.copy_from_slice(&new);
+            }
+            (Err(_), None) => target.copy_from_slice(bytes),
+            (Err(_), Some(undo)) => {
+                undo.extend_from_slice(&header);
+                undo.extend_from_slice(target);
+                target.copy_from_slice(bytes);
+            }
         }
+        after(image, offset, len);
         at += RUN_HEADER_LEN + len;
     }
+    Ok(())
 }
 
 /// Plays back undo records written by [`apply_validated_runs_with_undo`], newest first, so
