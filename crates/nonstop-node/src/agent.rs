@@ -83,6 +83,9 @@ pub struct ServiceStatus {
     pub tracking: String,
     /// This node's held (backup) or released (primary) checkpoint.
     pub held: Option<u64>,
+    /// Bytes of region this node holds for the service (0: none).
+    #[serde(default)]
+    pub region_bytes: u64,
     /// Failovers so far.
     pub failovers: u64,
     /// The last change of primary.
@@ -377,6 +380,7 @@ impl Agent {
                     role: format!("{:?}", report.role).to_lowercase(),
                     tracking: host.tracking().into(),
                     held: report.held.map(|h| h.0),
+                    region_bytes: host.region_bytes(),
                     failovers: record.map_or(0, |r| r.failovers),
                     last_promotion: record.and_then(|r| r.last_promotion),
                     lag: host

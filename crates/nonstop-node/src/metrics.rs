@@ -69,6 +69,12 @@ pub fn render(status: &NodeStatus) -> String {
         per_service(&|s| s.held.map(|h| h as f64)),
     );
     metric(
+        "nonstop_service_region_bytes",
+        "gauge",
+        "Bytes of region the node holds for the service: a standby's image or the primary's region (resident in full except a transparent-mode primary's).",
+        per_service(&|s| Some(s.region_bytes as f64)),
+    );
+    metric(
         "nonstop_service_failovers_total",
         "counter",
         "Failovers of the service (switchovers excluded).",

@@ -203,6 +203,16 @@ impl ServiceHost {
         self.spec.tracking.map_or("declared", |mode| mode.name())
     }
 
+    /// Bytes of region this node holds for the service: its image while it stands by (a
+    /// backup or a spare ready to be one), its region as primary, 0 when it holds none. A
+    /// standby's image and a declared-writes primary's region are resident in full.
+    pub fn region_bytes(&self) -> u64 {
+        match self.role {
+            LocalRole::Idle => 0,
+            LocalRole::Standby(_) | LocalRole::Primary(_) => self.spec.region_len as u64,
+        }
+    }
+
     /// What client threads use.
     pub fn serving(&self) -> Arc<Serving> {
         self.serving.clone()

@@ -77,6 +77,12 @@ fn successive_failures_are_survived_until_one_holder_is_left() {
         assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
     }
     assert!(metrics.contains("nonstop_service_failovers_total"));
+    for name in SERVICES {
+        // The primary of both holds both regions (the promoted images, resident in full).
+        let prefix = format!("nonstop_service_region_bytes{{node=\"{}\",service=\"{name}\"}} ", last[0]);
+        let bytes: Option<f64> = metrics.lines().find_map(|line| line.strip_prefix(&prefix)?.parse().ok());
+        assert!(bytes.is_some_and(|bytes| bytes >= 1048576.0), "{prefix}... missing or empty in:\n{metrics}");
+    }
     for (name, load) in SERVICES.iter().zip(loads) {
         let answered = load.answered();
         let history = load.stop();
