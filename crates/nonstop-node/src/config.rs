@@ -261,9 +261,7 @@ pub struct ServiceSpec {
     pub tracking: Option<TrackingMode>,
     /// Commit policy.
     pub policy: CommitPolicy,
-    /// Debit-Credit branches.
-    pub branches: u64,
-    /// What the service runs (its `kind`).
+    /// What the service runs (its `kind`, over its branches).
     pub app: App,
 }
 
@@ -482,7 +480,6 @@ impl NodeConfig {
                 protocol,
                 tracking,
                 policy,
-                branches: service.branches,
                 app,
             });
         }

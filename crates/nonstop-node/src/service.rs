@@ -138,7 +138,6 @@ enum LocalRole {
 /// A service on this node.
 pub struct ServiceHost {
     spec: ServiceSpec,
-    app: App,
     key: ClusterKey,
     me: NodeId,
     witness: bool,
@@ -173,7 +172,6 @@ impl ServiceHost {
     pub fn new(spec: ServiceSpec, config: &Checked, key: ClusterKey) -> ServiceHost {
         let listen = config.replication_addr(config.me.id, &spec).expect("checked config has every member");
         ServiceHost {
-            app: spec.app,
             spec,
             key,
             me: config.me.id,
@@ -367,7 +365,7 @@ impl ServiceHost {
         }
         self.resident_retry_at = None;
         let Some(mirror) = self.mirror(region, CheckpointId(1), None) else { return };
-        if let Err(error) = self.app.load(&mirror) {
+        if let Err(error) = self.spec.app.load(&mirror) {
             // The checked config makes this a bug (the mode or the size), not an input.
             tracing::error!(service = self.spec.name, %error, "cannot create the service's state");
             return;
@@ -439,7 +437,7 @@ impl ServiceHost {
             term,
             mirror,
             primary,
-            app: self.app,
+            app: self.spec.app,
             deposed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             next_worker: AtomicUsize::new(0),

@@ -121,29 +121,23 @@ pub fn validate_runs(payload: &[u8], region_len: u64) -> Result<u64, RunsError> 
     runs(payload, region_len).try_fold(0u64, |bytes, run| Ok(bytes + run?.bytes.len() as u64))
 }
 
-/// Applies a payload that [`validate_runs`] accepted for a region of `image.len()` bytes.
-///
-/// This is the backup's inner loop, so it reads run headers directly and copies the common
-/// eight-byte run without a `memcpy` call; indexing stays checked, so a payload that was not
-/// validated panics instead of writing out of bounds.
+/// Applies a payload that [`validate_runs`] accepted for a region of `image.len()` bytes:
+/// [`apply_validated_runs_checked`] with nothing to check, undo or note.
 pub fn apply_validated_runs(payload: &[u8], image: &mut [u8]) {
     let no_check = |_: &[u8], _: usize, _: usize| Ok::<(), std::convert::Infallible>(());
     let Ok(()) = apply_validated_runs_checked(payload, image, None, no_check, |_, _, _| {});
 }
 
-/// Applies a validated payload like [`apply_validated_runs`], first appending to `undo` a run
-/// of the old bytes for every run applied; [`undo_runs`] plays them back.
-pub fn apply_validated_runs_with_undo(payload: &[u8], image: &mut [u8], undo: &mut Vec<u8>) {
-    let no_check = |_: &[u8], _: usize, _: usize| Ok::<(), std::convert::Infallible>(());
-    let Ok(()) = apply_validated_runs_checked(payload, image, Some(undo), no_check, |_, _, _| {});
-}
-
-/// Applies a validated payload run by run: `before(image, offset, len)` sees each run's range
-/// before it is written (an error stops the apply there, earlier runs written), `after` once it
-/// is; with `undo`, a run of the old bytes is appended there first for every run written.
+/// Applies a payload that [`validate_runs`] accepted for a region of `image.len()` bytes, run
+/// by run: `before(image, offset, len)` sees each run's range before it is written (an error
+/// stops the apply there, earlier runs written), `after` once it is; with `undo`, a run of the
+/// old bytes is appended there first for every run written ([`undo_runs`] plays them back).
 ///
-/// One pass for what a backup does to each run — check the lines against their seals, write,
-/// seal again — so each line is read from memory once and is still in cache for the rest.
+/// This is the backup's inner loop: one pass for what it does to each run — check the lines
+/// against their seals, write, seal again — so each line is read from memory once and is still
+/// in cache for the rest. It reads run headers directly and copies the common eight-byte run
+/// without a `memcpy` call; indexing stays checked, so a payload that was not validated panics
+/// instead of writing out of bounds.
 pub fn apply_validated_runs_checked<E>(
     payload: &[u8],
     image: &mut [u8],
@@ -181,7 +175,7 @@ pub fn apply_validated_runs_checked<E>(
     Ok(())
 }
 
-/// Plays back undo records written by [`apply_validated_runs_with_undo`], newest first, so
+/// Plays back undo records written by [`apply_validated_runs_checked`], newest first, so
 /// that overlapping runs unwind to the oldest bytes.
 pub fn undo_runs(undo: &[u8], image: &mut [u8]) {
     let mut starts = Vec::new();
@@ -429,13 +423,65 @@ mod tests {
             }
             let mut image = initial.clone();
             let mut undo = Vec::new();
+            let (mut seen, mut done) = (Vec::new(), Vec::new());
             for payload in runs.payloads() {
                 prop_assert!(validate_runs(payload, 512).is_ok());
-                apply_validated_runs_with_undo(payload, &mut image, &mut undo);
+                let applied = apply_validated_runs_checked(
+                    payload,
+                    &mut image,
+                    Some(&mut undo),
+                    |_, offset, len| {
+                        seen.push((offset, len));
+                        Ok::<(), ()>(())
+                    },
+                    |_, offset, len| done.push((offset, len)),
+                );
+                prop_assert!(applied.is_ok());
             }
             prop_assert_eq!(&image, &expected, "applied like apply_validated_runs");
+            let ranges: Vec<(usize, usize)> = runs
+                .payloads()
+                .iter()
+                .flat_map(|payload| parse_runs(payload, 512).unwrap())
+                .map(|run| (run.offset as usize, run.bytes.len()))
+                .collect();
+            prop_assert_eq!(&seen, &ranges, "before sees every run, in order");
+            prop_assert_eq!(&done, &ranges, "after sees every run, in order");
             undo_runs(&undo, &mut image);
             prop_assert_eq!(image, initial, "undo restores every byte, overlaps included");
+        }
+
+        #[test]
+        fn a_refused_run_stops_the_apply_before_it_and_undo_still_restores(
+            initial in proptest::collection::vec(any::<u8>(), 512),
+            edits in proptest::collection::vec((0usize..500, proptest::collection::vec(any::<u8>(), 1..12)), 1..30),
+            stop in 0usize..30,
+        ) {
+            let mut runs = RunsBuilder::new();
+            for (at, bytes) in &edits {
+                runs.push(*at as u64, &bytes[..bytes.len().min(512 - at)]);
+            }
+            let payload = &runs.payloads()[0];
+            let parsed = parse_runs(payload, 512).unwrap();
+            let mut expected = initial.clone();
+            for run in parsed.iter().take(stop) {
+                expected[run.offset as usize..][..run.bytes.len()].copy_from_slice(run.bytes);
+            }
+            let (mut image, mut undo, mut seen) = (initial.clone(), Vec::new(), 0);
+            let applied = apply_validated_runs_checked(
+                payload,
+                &mut image,
+                Some(&mut undo),
+                |_, _, _| {
+                    seen += 1;
+                    if seen > stop { Err(seen - 1) } else { Ok(()) }
+                },
+                |_, _, _| {},
+            );
+            prop_assert_eq!(applied, if stop < parsed.len() { Err(stop) } else { Ok(()) });
+            prop_assert_eq!(&image, &expected, "the runs before the refused one, none after");
+            undo_runs(&undo, &mut image);
+            prop_assert_eq!(image, initial);
         }
     }
 

@@ -4,7 +4,6 @@
 //! of every page of a region that a backup keeps resident (~0.1 s per GiB).
 
 use crate::PAGE_SIZE;
-use crate::runs::runs;
 
 /// One bit per page of an image.
 ///
@@ -12,37 +11,34 @@ use crate::runs::runs;
 /// use nonstop_proto::written::WrittenPages;
 /// let mut written = WrittenPages::new(4 * 4096);
 /// written.mark(4090, 10); // crosses into the second page
-/// assert_eq!(written.pages().collect::<Vec<_>>(), [0, 1]);
+/// written.mark(3 * 4096, 1 << 20); // runs past the image: pages beyond it are ignored
+/// assert_eq!(written.pages().collect::<Vec<_>>(), [0, 1, 3]);
 /// written.reset();
 /// assert_eq!(written.pages().count(), 0);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WrittenPages {
     words: Vec<u64>,
+    /// Pages in the image (the last word may have bits beyond it).
+    pages: usize,
 }
 
 impl WrittenPages {
     /// No page written, for an image of `image_len` bytes.
     pub fn new(image_len: usize) -> WrittenPages {
-        WrittenPages { words: vec![0; image_len.div_ceil(PAGE_SIZE).div_ceil(64)] }
+        let pages = image_len.div_ceil(PAGE_SIZE);
+        WrittenPages { words: vec![0; pages.div_ceil(64)], pages }
     }
 
-    /// Notes the pages of `len` bytes at `offset` as written (ranges beyond the image are
+    /// Notes the pages of `len` bytes at `offset` as written (pages beyond the image are
     /// ignored: the caller applies validated runs only).
     pub fn mark(&mut self, offset: u64, len: usize) {
-        if len == 0 {
+        if len == 0 || self.pages == 0 {
             return;
         }
         let (first, last) = (offset as usize / PAGE_SIZE, (offset as usize + len - 1) / PAGE_SIZE);
-        for page in first..=last.min(self.words.len() * 64 - 1) {
+        for page in first..=last.min(self.pages - 1) {
             self.words[page / 64] |= 1 << (page % 64);
-        }
-    }
-
-    /// Notes the pages a runs payload (or an undo log, which has the same layout) wrote.
-    pub fn mark_runs(&mut self, payload: &[u8], image_len: u64) {
-        for run in runs(payload, image_len).map_while(Result::ok) {
-            self.mark(run.offset, run.bytes.len());
         }
     }
 
@@ -54,7 +50,8 @@ impl WrittenPages {
     /// The pages written, in order.
     pub fn pages(&self) -> impl Iterator<Item = usize> + '_ {
         self.words.iter().enumerate().flat_map(|(index, &word)| {
-            (0..64).filter(move |bit| word & (1 << bit) != 0).map(move |bit| index * 64 + bit)
+            std::iter::successors((word != 0).then_some(word), |rest| Some(rest & (rest - 1)).filter(|r| *r != 0))
+                .map(move |bits| index * 64 + bits.trailing_zeros() as usize)
         })
     }
 }

@@ -114,8 +114,10 @@ impl Capture {
         // backup keeps its whole image resident, so its own record is narrower still.
         let mut written =
             written.unwrap_or_else(|| region.populated_pages().unwrap_or_else(|_| (0..region.pages()).collect()));
-        written.retain(|&page| page < region.pages());
         written.retain(|&page| {
+            if page >= region.pages() {
+                return false; // a record for a longer image: nothing of it lies here
+            }
             let bytes = &region.as_slice()[page * PAGE_SIZE..][..PAGE_SIZE];
             let nonzero = !crate::mirror::is_zero(bytes);
             if nonzero {
