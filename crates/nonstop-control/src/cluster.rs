@@ -12,7 +12,14 @@
 //!   never both be promoted from the same reign;
 //! * only a node listed as a backup can be promoted: the primary needed that node's
 //!   acknowledgement for every reply it released, so the promoted node holds every released
-//!   checkpoint;
+//!   checkpoint; or, while the term has released nothing (fewer than `min_backups` backups ever
+//!   held its checkpoints), a holder the promotion kept from an earlier term ([`CatchingUp`]),
+//!   whose image holds everything released before the term began;
+//! * a promotion keeps every other backup as such a holder of the new term, so that a service
+//!   with k backups still has k - 1 copies after its primary died, and the next primary brings
+//!   them to its checkpoint instead of copying its whole region to spares;
+//! * output needs `min_backups` backups in the record ([`ServiceRecord::protected`]): a primary
+//!   with fewer holds its replies, so that a term with catching-up holders released nothing;
 //! * the set of backups changes only through committed commands, proposed by the primary of the
 //!   current term, so a primary never stops waiting for a backup the control plane could still
 //!   promote.
@@ -68,17 +75,41 @@ pub struct ServiceRecord {
     /// The nodes whose acknowledgement the primary needs before it releases output. Only these
     /// can be promoted.
     pub backups: Vec<NodeId>,
+    /// Holders of an image of an earlier term that this term's primary brings to its own
+    /// checkpoint: they become backups (through [`Command::AddBackup`]) once they hold it.
+    /// Promotable while the term has released nothing; cleared once it may have (the record
+    /// reached `min_backups` backups), when they are spares like any other.
+    pub catching_up: Vec<CatchingUp>,
     /// How many backups the service should have; re-protection adds spares up to this.
     pub backups_wanted: u8,
-    /// Bumps on every change to this record.
+    /// Output leaves only while at least this many backups are in the record (and all of them
+    /// hold it). `backups_wanted - 1` by default: k backups survive k failures.
+    pub min_backups: u8,
+    /// Bumps on every change to this record but a lease's (which changes no role).
     pub version: u64,
     /// The last change of primary, if any.
     pub last_promotion: Option<Promotion>,
     /// How many failovers (not switchovers) the service has had.
     pub failovers: u64,
-    /// A primary was granted a lease, so output may have been released: the service's state
+    /// A primary was granted a lease while the record named its minimum of backups (or the
+    /// record reached that minimum), so output may have been released: the service's state
     /// exists somewhere and must never be started afresh.
     pub started: bool,
+    /// A lease was granted in this term: with the minimum of backups in the record, output
+    /// may leave.
+    pub leased: bool,
+}
+
+/// A node a promotion kept as a holder of the new term: its image is a checkpoint of
+/// `image_term` (or of a later term, once the current primary rebased it), which holds every
+/// reply released before the current term began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchingUp {
+    /// The holder.
+    pub node: NodeId,
+    /// The term of the image it held when it was kept: an image of an older term (sent by a
+    /// deposed primary to a restarted node) may lack released replies and is never promoted.
+    pub image_term: Term,
 }
 
 impl ServiceRecord {
@@ -86,6 +117,33 @@ impl ServiceRecord {
     /// output can have left yet.
     pub fn may_start_empty(&self) -> bool {
         !self.started && self.last_promotion.is_none()
+    }
+
+    /// Whether the primary may release output: the record names at least `min_backups`
+    /// backups. Below that (a lost backup, a promotion) replies are held, not released with
+    /// fewer copies than configured.
+    pub fn protected(&self) -> bool {
+        self.backups.len() >= self.min_backups as usize
+    }
+
+    /// Whether `node`, reporting an image of `held_term`, may be promoted: a backup holding a
+    /// checkpoint of this term, or a catching-up holder whose image is of its kept term or
+    /// newer.
+    pub fn promotable(&self, node: NodeId, held_term: Term) -> bool {
+        if self.backups.contains(&node) {
+            return held_term == self.term;
+        }
+        self.catching_up.iter().any(|c| c.node == node && held_term >= c.image_term)
+    }
+
+    /// Whether `node` holds a copy the record counts: a backup or a catching-up holder.
+    pub fn holds(&self, node: NodeId) -> bool {
+        self.backups.contains(&node) || self.catching_up.iter().any(|c| c.node == node)
+    }
+
+    /// Fewer backups than wanted: the degraded window after a failover or a lost backup.
+    pub fn degraded(&self) -> bool {
+        self.backups.len() < self.backups_wanted as usize
     }
 }
 
@@ -101,8 +159,11 @@ pub enum Command {
         primary: NodeId,
         /// Backups wanted.
         backups_wanted: u8,
+        /// Backups the record must name for output to leave (at most `backups_wanted`).
+        min_backups: u8,
     },
-    /// Ends `from_term` and makes `node`, a backup of it, the primary of the next term.
+    /// Ends `from_term` and makes `node`, a backup of it (or a catching-up holder while the
+    /// term released nothing), the primary of the next term.
     Promote {
         /// The service.
         service: String,
@@ -116,7 +177,7 @@ pub enum Command {
         reason: PromotionReason,
     },
     /// The primary of `term` starts to require `node`'s acknowledgements: `node` caught up by
-    /// re-protection and now holds every released checkpoint. Applies only to the record at
+    /// re-protection (a spare, or a catching-up holder) and now holds every released checkpoint. Applies only to the record at
     /// `version`: a primary that stops waiting for `node` first moves the version on (with a
     /// [`Command::Barrier`]), so an old proposal can never add a node it no longer waits for.
     AddBackup {
@@ -136,9 +197,9 @@ pub enum Command {
         /// The primary's term.
         term: Term,
     },
-    /// The primary of `term` stops requiring `node`'s acknowledgements (the backup was lost).
-    /// Until this is applied the primary waits for `node`, so the control plane can still
-    /// promote `node` without losing anything.
+    /// The primary of `term` stops requiring `node`'s acknowledgements (the backup was lost),
+    /// or gives up on a catching-up holder that is gone. Until this is applied the primary
+    /// waits for `node`, so the control plane can still promote `node` without losing anything.
     DropBackup {
         /// The service.
         service: String,
@@ -264,7 +325,8 @@ impl ClusterState {
     /// use nonstop_control::cluster::{ClusterState, Command, NodeId, PromotionReason};
     /// use nonstop_proto::{CheckpointId, Term};
     /// let mut state = ClusterState::default();
-    /// let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 };
+    /// let create =
+    ///     Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1, min_backups: 0 };
     /// state.apply(1, create).outcome.unwrap();
     /// let add = Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2), version: 1 };
     /// state.apply(2, add).outcome.unwrap();
@@ -285,7 +347,7 @@ impl ClusterState {
 
     fn apply_inner(&mut self, index: u64, command: &Command) -> Result<(), Rejection> {
         let name = command.service();
-        if let Command::CreateService { service, primary, backups_wanted } = command {
+        if let Command::CreateService { service, primary, backups_wanted, min_backups } = command {
             if self.services.contains_key(service) {
                 return Err(Rejection::ServiceExists(service.clone()));
             }
@@ -293,11 +355,14 @@ impl ClusterState {
                 term: Term(1),
                 primary: *primary,
                 backups: Vec::new(),
+                catching_up: Vec::new(),
                 backups_wanted: *backups_wanted,
+                min_backups: (*min_backups).min(*backups_wanted),
                 version: 1,
                 last_promotion: None,
                 failovers: 0,
                 started: false,
+                leased: false,
             };
             self.services.insert(service.clone(), record);
             return Ok(());
@@ -316,7 +381,7 @@ impl ClusterState {
             Command::CreateService { .. } => unreachable!("handled above"),
             Command::Promote { from_term, node, checkpoint, reason, .. } => {
                 term_of(*from_term)?;
-                if !record.backups.contains(node) {
+                if !record.holds(*node) {
                     return Err(wrong_role(*node, "a backup"));
                 }
                 let promotion = Promotion {
@@ -327,9 +392,26 @@ impl ClusterState {
                     reason: *reason,
                     index,
                 };
-                // The other backups hold images of the ended term that may run ahead of the
-                // promoted node's: they come back through re-protection, not as they are.
+                // Every other holder stays one: the backups of the ended term hold everything it
+                // released, and the catching-up holders (there are some only while the ended
+                // term released nothing) everything released before it. The new primary brings
+                // each to its own checkpoint; until one holds it, it counts for nothing but a
+                // promotion while the new term has released nothing. Without a minimum of
+                // backups the new primary may release alone at once, so nothing is kept.
+                let ended = record.term;
+                let mut kept: Vec<CatchingUp> = record
+                    .backups
+                    .iter()
+                    .map(|b| CatchingUp { node: *b, image_term: ended })
+                    .chain(record.catching_up.iter().copied())
+                    .filter(|c| c.node != *node)
+                    .collect();
+                if record.min_backups == 0 {
+                    kept.clear();
+                }
                 record.backups.clear();
+                record.catching_up = kept;
+                record.leased = false;
                 record.term = promotion.term;
                 record.primary = *node;
                 record.last_promotion = Some(promotion);
@@ -350,12 +432,22 @@ impl ClusterState {
                     return Err(wrong_role(*node, "a spare"));
                 }
                 record.backups.push(*node);
+                record.catching_up.retain(|c| c.node != *node);
+                if record.protected() {
+                    // From here the term may release output the holders' images lack, and once
+                    // leased too, the service's state exists: it is never started empty again.
+                    record.catching_up.clear();
+                    record.started |= record.leased;
+                }
             }
             Command::Barrier { term, .. } => term_of(*term)?,
             Command::DropBackup { term, node, .. } => {
                 term_of(*term)?;
-                let position = record.backups.iter().position(|b| b == node).ok_or(wrong_role(*node, "a backup"))?;
-                record.backups.remove(position);
+                if !record.holds(*node) {
+                    return Err(wrong_role(*node, "a backup"));
+                }
+                record.backups.retain(|b| b != node);
+                record.catching_up.retain(|c| c.node != *node);
             }
             Command::GrantLease { term, node, fresh, .. } => {
                 term_of(*term)?;
@@ -366,11 +458,13 @@ impl ClusterState {
                     return Err(Rejection::AlreadyStarted(name.to_string()));
                 }
                 // The lease runs on the holder's clock and its grant is this entry's place in the
-                // log; the record only remembers that output may have left.
-                if record.started {
-                    return Ok(());
-                }
-                record.started = true;
+                // log; the record only remembers that output may have left, which needs the
+                // minimum of backups too (until then a restarted first primary may start over).
+                // The version is left alone: it orders changes of the backups, and a grant
+                // landing between a primary's AddBackup and its commit must not refuse it.
+                record.leased = true;
+                record.started |= record.protected();
+                return Ok(());
             }
         }
         record.version += 1;
@@ -394,7 +488,8 @@ mod tests {
 
     fn bank() -> ClusterState {
         let mut state = ClusterState::default();
-        let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 2 };
+        let create =
+            Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 2, min_backups: 1 };
         state.apply(1, create).outcome.unwrap();
         for node in [2, 3] {
             let add =
@@ -420,8 +515,69 @@ mod tests {
         state.apply(10, promote(1, 3)).outcome.unwrap();
         let record = state.service("bank").unwrap();
         assert_eq!((record.term, record.primary, record.failovers), (Term(2), NodeId(3), 1));
-        assert!(record.backups.is_empty(), "the others come back through re-protection");
+        assert!(record.backups.is_empty(), "the others must first hold the new primary's checkpoint");
+        assert_eq!(record.catching_up, vec![CatchingUp { node: NodeId(2), image_term: Term(1) }]);
+        assert!(!record.protected(), "with min_backups = 1 the new primary holds its replies");
         assert_eq!(record.last_promotion.unwrap().from, NodeId(1));
+    }
+
+    /// Two failures one after another: the second promotion takes the holder the first one
+    /// kept, as long as the term it ends released nothing.
+    #[test]
+    fn a_kept_holder_is_promoted_while_the_new_term_released_nothing() {
+        let mut state = bank();
+        state.apply(10, promote(1, 3)).outcome.unwrap();
+        let record = state.service("bank").unwrap();
+        assert!(record.promotable(NodeId(2), Term(1)));
+        assert!(!record.promotable(NodeId(2), Term(0)), "an image older than the one kept may lack replies");
+        assert!(!record.promotable(NodeId(1), Term(1)), "the dead primary holds nothing the record counts");
+        state.apply(11, promote(2, 2)).outcome.unwrap();
+        let record = state.service("bank").unwrap();
+        assert_eq!((record.term, record.primary), (Term(3), NodeId(2)));
+        assert!(record.catching_up.is_empty() && record.backups.is_empty());
+    }
+
+    #[test]
+    fn once_the_term_may_release_the_kept_holders_are_spares() {
+        let mut state = ClusterState::default();
+        let create =
+            Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 3, min_backups: 2 };
+        state.apply(1, create).outcome.unwrap();
+        for (i, node) in [2, 3, 4].into_iter().enumerate() {
+            let add =
+                Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(node), version: 1 + i as u64 };
+            state.apply(2 + i as u64, add).outcome.unwrap();
+        }
+        state.apply(10, promote(1, 2)).outcome.unwrap();
+        let add =
+            |node, version| Command::AddBackup { service: "bank".into(), term: Term(2), node: NodeId(node), version };
+        state.apply(11, add(3, 5)).outcome.unwrap();
+        let record = state.service("bank").unwrap();
+        assert_eq!(record.catching_up, vec![CatchingUp { node: NodeId(4), image_term: Term(1) }], "one of two");
+        assert!(record.promotable(NodeId(4), Term(1)) && record.promotable(NodeId(3), Term(2)));
+        assert!(!record.promotable(NodeId(3), Term(1)), "a backup of this term must hold this term's checkpoint");
+        state.apply(12, add(4, 6)).outcome.unwrap();
+        let record = state.service("bank").unwrap();
+        assert!(record.protected() && record.catching_up.is_empty());
+        state
+            .apply(13, Command::DropBackup { service: "bank".into(), term: Term(2), node: NodeId(4) })
+            .outcome
+            .unwrap();
+        let record = state.service("bank").unwrap();
+        assert!(!record.protected(), "below the minimum again: replies are held");
+        assert!(!record.promotable(NodeId(4), Term(2)), "dropped");
+    }
+
+    #[test]
+    fn without_a_minimum_a_promotion_keeps_no_holder() {
+        let mut state = bank();
+        let record = state.services.get_mut("bank").unwrap();
+        record.min_backups = 0;
+        state.apply(10, promote(1, 3)).outcome.unwrap();
+        let record = state.service("bank").unwrap();
+        assert!(record.catching_up.is_empty(), "the new primary may release alone at once");
+        assert!(record.protected());
+        assert!(state.apply(11, promote(2, 2)).outcome.is_err());
     }
 
     #[test]
@@ -461,7 +617,8 @@ mod tests {
     #[test]
     fn an_empty_start_is_refused_once_the_service_started() {
         let mut state = ClusterState::default();
-        let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 };
+        let create =
+            Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1, min_backups: 0 };
         state.apply(1, create).outcome.unwrap();
         let lease = |request, fresh| Command::GrantLease {
             service: "bank".into(),
@@ -481,7 +638,8 @@ mod tests {
     #[test]
     fn an_add_proposed_against_an_older_record_is_refused() {
         let mut state = ClusterState::default();
-        let create = Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 };
+        let create =
+            Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1, min_backups: 0 };
         state.apply(1, create).outcome.unwrap();
         let add = Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2), version: 1 };
         // The primary gave up waiting for node 2 and moved the version on first.

@@ -92,6 +92,8 @@ pub struct Coordinator {
     leader_on_primary: bool,
     /// Per service: the term and local time of the last lease grant this node applied.
     last_grant: BTreeMap<String, (Term, Nanos)>,
+    /// Per service: since when this node has reported holding no region for it, in a row.
+    own_empty_since: BTreeMap<String, Nanos>,
 }
 
 impl Coordinator {
@@ -125,6 +127,7 @@ impl Coordinator {
             lease_ns,
             leader_on_primary: false,
             last_grant: BTreeMap::new(),
+            own_empty_since: BTreeMap::new(),
         }
     }
 
@@ -196,6 +199,15 @@ impl Coordinator {
     /// hear itself).
     pub fn decide(&mut self, state: &ClusterState, own: &Report, now: Nanos) -> Vec<Decision> {
         let mut decisions = Vec::new();
+        // The leader may be the primary that restarted without its region: it watches its own
+        // report as it watches its peers'.
+        for service in &own.services {
+            if matches!(service.role, Role::Spare | Role::Joining) {
+                self.own_empty_since.entry(service.service.clone()).or_insert(now);
+            } else {
+                self.own_empty_since.remove(&service.service);
+            }
+        }
         self.proposed.retain(|service, (term, at)| {
             state.service(service).is_some_and(|r| r.term == *term) && now.0.saturating_sub(at.0) < self.timeout_ns
         });
@@ -203,12 +215,16 @@ impl Coordinator {
             // A primary whose agent restarted is alive but holds no region: it keeps reporting
             // itself a spare in the current term. (One such report may be stale, sent just
             // before it started serving, so it must last a failure timeout.)
-            let restarted = self.report(record.primary, name).is_some_and(|r| r.term == record.term)
-                && self
-                    .peers
-                    .get(&record.primary)
-                    .and_then(|p| p.empty_since.get(name))
-                    .is_some_and(|since| now.0.saturating_sub(since.0) >= self.timeout_ns);
+            let (report, empty_since) = if record.primary == self.me {
+                (own.services.iter().find(|s| s.service == name), self.own_empty_since.get(name))
+            } else {
+                (
+                    self.report(record.primary, name),
+                    self.peers.get(&record.primary).and_then(|p| p.empty_since.get(name)),
+                )
+            };
+            let restarted = report.is_some_and(|r| r.term == record.term)
+                && empty_since.is_some_and(|since| now.0.saturating_sub(since.0) >= self.timeout_ns);
             if (self.alive(record.primary, now) && !restarted) || self.proposed.contains_key(name) {
                 continue;
             }
@@ -224,22 +240,27 @@ impl Coordinator {
             if !gone && lease_end.is_some_and(|end| now.0 < end) {
                 continue;
             }
-            let held_by = |node: NodeId| -> Option<CheckpointId> {
+            // What a candidate holds, if the record lets it be promoted with it: a backup a
+            // checkpoint of this term, a catching-up holder an image no older than it was kept
+            // with (a standby being rebased still reports its old image: it is one).
+            let held_by = |node: NodeId| -> Option<(Term, CheckpointId)> {
                 let report = if node == self.me {
                     own.services.iter().find(|s| s.service == name)
                 } else {
                     self.report(node, name)
                 }?;
-                (report.role == Role::Backup && report.term == record.term).then_some(report.held).flatten()
+                let standby = matches!(report.role, Role::Backup | Role::Joining);
+                let held = report.held.filter(|_| standby && record.promotable(node, report.term))?;
+                Some((report.term, held))
             };
+            let candidates = record.backups.iter().copied().chain(record.catching_up.iter().map(|c| c.node));
             // The newest fully held checkpoint wins (seed 001's checkpoint timestamp); the
             // lowest id breaks ties, so every leader would choose alike.
-            let best = record
-                .backups
-                .iter()
-                .filter(|b| self.alive(**b, now))
-                .filter_map(|b| held_by(*b).map(|held| (held, *b)))
-                .max_by_key(|(held, node)| (*held, std::cmp::Reverse(*node)));
+            let best = candidates
+                .filter(|b| self.alive(*b, now))
+                .filter_map(|b| held_by(b).map(|held| (held, b)))
+                .max_by_key(|(held, node)| (*held, std::cmp::Reverse(*node)))
+                .map(|((_, checkpoint), node)| (checkpoint, node));
             if let Some((checkpoint, node)) = best {
                 tracing::info!(service = name, from = %record.primary, to = %node, %checkpoint, "promoting");
                 self.proposed.insert(name.to_string(), (record.term, now));
@@ -305,7 +326,7 @@ mod tests {
     fn state() -> ClusterState {
         let mut state = ClusterState::default();
         let commands = [
-            Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 2 },
+            Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 2, min_backups: 1 },
             Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(2), version: 1 },
             Command::AddBackup { service: "bank".into(), term: Term(1), node: NodeId(3), version: 2 },
         ];
@@ -366,6 +387,22 @@ mod tests {
         c.on_report(NodeId(1), empty, Nanos(50 * MS));
         let decisions = c.decide(&state(), &backup_report(4), Nanos(50 * MS));
         assert!(matches!(&decisions[..], [Decision::Propose(Command::Promote { .. })]), "{decisions:?}");
+    }
+
+    #[test]
+    fn a_leader_that_is_the_restarted_primary_fails_itself_over() {
+        let mut c = Coordinator::new(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
+        let empty = Report {
+            services: vec![ServiceReport { service: "bank".into(), role: Role::Spare, term: Term(1), held: None }],
+        };
+        c.on_report(NodeId(2), backup_report(4), Nanos(0));
+        assert!(c.decide(&state(), &empty, Nanos(MS)).is_empty(), "one report is not a restart");
+        c.on_report(NodeId(2), backup_report(4), Nanos(50 * MS));
+        let decisions = c.decide(&state(), &empty, Nanos(51 * MS));
+        assert!(
+            matches!(&decisions[..], [Decision::Propose(Command::Promote { node: NodeId(2), .. })]),
+            "{decisions:?}"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! * [`coordinator`]: failure detection and the leader's decisions (whom to promote, where
 //!   leadership lives).
 //! * [`lease`]: the holder's side of a lease (asks, grants, expiry).
+//! * [`role`]: the role one node plays in one service (standby, promotion, primary duties with
+//!   re-protection, deposition), as a pure state machine the agent and the simulator both drive.
 //! * [`node`]: one node's Raft instance, sans I/O: ticks and messages in, messages and applied
 //!   commands out.
 //! * [`storage`]: the in-memory Raft log, compacted behind snapshots of the cluster state.
@@ -22,7 +24,8 @@ pub mod coordinator;
 pub mod lease;
 pub mod log;
 pub mod node;
+pub mod role;
 pub mod storage;
 
 pub use cluster::{ClusterState, Command, NodeId, PromotionReason, ServiceRecord};
-pub use node::{ControlConfig, ControlError, ControlNode, ControlOutput};
+pub use node::{ControlConfig, ControlError, ControlNode, ControlOutput, ElectionJitter};

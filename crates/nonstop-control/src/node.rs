@@ -13,6 +13,8 @@ use crate::storage::ControlStorage;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
 /// How a control node runs.
@@ -27,18 +29,31 @@ pub struct ControlConfig {
     pub election_ticks: usize,
     /// Ticks between the leader's heartbeats.
     pub heartbeat_ticks: usize,
-    /// Randomise election timeouts (raft-rs draws them from its own unseeded generator). A
-    /// deterministic simulator turns this off and breaks symmetry with its own seeded timing.
-    pub election_jitter: bool,
+    /// How election timeouts are randomised.
+    pub election_jitter: ElectionJitter,
     /// Applied entries after which the log is compacted behind a snapshot of the state.
     pub compact_every: u64,
+}
+
+/// How a node draws its election timeout, so that two followers rarely stand at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElectionJitter {
+    /// Always `election_ticks`: symmetry is broken by other means (tests).
+    Off,
+    /// Between `election_ticks` and twice that, drawn by a generator seeded with this value,
+    /// redrawn whenever raft-rs resets its election clock. A node seeds it at random; the
+    /// simulator seeds it from its own seed, so a run is reproducible and elections still
+    /// behave as in production. (raft-rs draws from its own unseeded generator; its draw is
+    /// overwritten before any tick reads it.)
+    Seeded(u64),
 }
 
 impl ControlConfig {
     /// A configuration with raft-rs's customary ratio: elections after 10 ticks, heartbeats
     /// every 2.
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> ControlConfig {
-        ControlConfig { id, voters, election_ticks: 10, heartbeat_ticks: 2, election_jitter: true, compact_every: 1024 }
+        let election_jitter = ElectionJitter::Seeded(0x6e6f_6e73_746f_7021 ^ id.0);
+        ControlConfig { id, voters, election_ticks: 10, heartbeat_ticks: 2, election_jitter, compact_every: 1024 }
     }
 }
 
@@ -87,6 +102,8 @@ pub struct ControlNode {
     compact_every: u64,
     log: Box<dyn RaftLog>,
     state: ClusterState,
+    /// The seeded generator of election timeouts and `election_ticks`, if jittered.
+    jitter: Option<(SmallRng, usize)>,
 }
 
 impl std::fmt::Debug for ControlNode {
@@ -130,10 +147,9 @@ impl ControlNode {
             check_quorum: true,
             pre_vote: true,
             min_election_tick: config.election_ticks,
-            max_election_tick: if config.election_jitter {
-                2 * config.election_ticks
-            } else {
-                config.election_ticks + 1
+            max_election_tick: match config.election_jitter {
+                ElectionJitter::Seeded(_) => 2 * config.election_ticks,
+                ElectionJitter::Off => config.election_ticks + 1,
             },
             ..Default::default()
         };
@@ -141,7 +157,13 @@ impl ControlNode {
         let logger = slog::Logger::root(TracingDrain { node: config.id.0 }, slog::o!());
         let raw = RawNode::new(&raft_config, storage.clone(), &logger)?;
         let compact_every = config.compact_every.max(1);
-        Ok(ControlNode { id: config.id, voters, raw, storage, compact_every, log, state })
+        let jitter = match config.election_jitter {
+            ElectionJitter::Seeded(seed) => Some((SmallRng::seed_from_u64(seed), config.election_ticks)),
+            ElectionJitter::Off => None,
+        };
+        let mut node = ControlNode { id: config.id, voters, raw, storage, compact_every, log, state, jitter };
+        node.redraw_election_timeout();
+        Ok(node)
     }
 
     /// This node.
@@ -157,6 +179,18 @@ impl ControlNode {
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.redraw_election_timeout();
+    }
+
+    /// After raft-rs reset its election clock (it counts from 0 again), draws the timeout from
+    /// the seeded generator instead of raft-rs's own.
+    fn redraw_election_timeout(&mut self) {
+        if let Some((rng, ticks)) = &mut self.jitter
+            && self.raw.raft.election_elapsed == 0
+        {
+            let timeout = rng.random_range(*ticks..2 * *ticks);
+            self.raw.raft.set_randomized_election_timeout(timeout);
+        }
     }
 
     /// Hands the node a message a peer sent.
@@ -182,7 +216,9 @@ impl ControlNode {
                 return Err(ControlError::BadMessage(format!("a snapshot with voters {voters:?}, not this cluster's")));
             }
         }
-        match self.raw.step(message) {
+        let stepped = self.raw.step(message);
+        self.redraw_election_timeout();
+        match stepped {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
             Err(error) => Err(error.into()),
         }
@@ -198,11 +234,14 @@ impl ControlNode {
     /// primaries, so that one crash never takes both).
     pub fn transfer_leader(&mut self, to: NodeId) {
         self.raw.transfer_leader(to.0);
+        self.redraw_election_timeout();
     }
 
     /// Stands for election now.
     pub fn campaign(&mut self) -> Result<(), ControlError> {
-        Ok(self.raw.campaign()?)
+        let campaigned = self.raw.campaign();
+        self.redraw_election_timeout();
+        Ok(campaigned?)
     }
 
     /// The leader's process is gone (its connection closed): stand for election at once rather
@@ -213,6 +252,7 @@ impl ControlNode {
     pub fn campaign_after_leader_loss(&mut self) {
         if !self.is_leader() {
             self.raw.raft.campaign(raft::CAMPAIGN_TRANSFER);
+            self.redraw_election_timeout();
         }
     }
 

@@ -117,7 +117,7 @@ impl Net {
 }
 
 fn create() -> Command {
-    Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1 }
+    Command::CreateService { service: "bank".into(), primary: NodeId(1), backups_wanted: 1, min_backups: 0 }
 }
 
 fn add(node: u64) -> Command {

@@ -13,7 +13,9 @@ use hdrhistogram::Histogram;
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::control::{self, AckInfo, Attach, Refusal, VerifyReply, VerifyRequest};
 use nonstop_proto::frame::FrameKind;
-use nonstop_proto::primary::{BackupId, LinkProgress, Replication, Ticket};
+use nonstop_proto::primary::{
+    AttachPayload, BackupId, LinkProgress, PRECOPY_BATCH_PAGES, PreCopyRounds, Protection, Replication, Ticket,
+};
 use nonstop_proto::runs::{Coalescer, RunsBuilder};
 use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term, UpdateProtocol};
 use nonstop_region::{Mirror, STREAM_CHUNK};
@@ -106,19 +108,11 @@ struct Link {
     reader: Option<JoinHandle<()>>,
 }
 
-/// Pages copied per pre-copy batch (transactions are held off while a batch is copied).
-const PRECOPY_BATCH_PAGES: usize = 64;
-/// Pre-copy ends once at most this many pages wait to be copied again.
-const PRECOPY_FINAL_PAGES: usize = 256;
-/// Pre-copy ends after this many rounds, converged or not.
-const PRECOPY_MAX_ROUNDS: u32 = 8;
-
 /// How bringing a backup up to date went, for the log.
 #[derive(Default)]
 struct PreCopyReport {
     rounds: u32,
     pages: u64,
-    total: Duration,
 }
 
 struct Shared {
@@ -239,6 +233,19 @@ impl Primary {
     /// then joins it to the checkpoint stream: the next checkpoint carries the pages written
     /// since the last round, which complete its image. Returns once it holds that checkpoint.
     pub fn attach_backup(&self, addr: SocketAddr, timeout: Duration) -> Result<BackupId, PrimaryError> {
+        self.attach_backup_with(addr, AttachPayload::PreCopy, timeout)
+    }
+
+    /// Like [`Primary::attach_backup`], choosing how the backup is brought up to date: with
+    /// [`AttachPayload::Rebase`] no pre-copy runs, and the next checkpoint carries the whole
+    /// image, which the backup applies at its close or not at all, so its old image stays a
+    /// checkpoint until then (transactions wait while the image is copied).
+    pub fn attach_backup_with(
+        &self,
+        addr: SocketAddr,
+        payload: AttachPayload,
+        timeout: Duration,
+    ) -> Result<BackupId, PrimaryError> {
         let shared = &self.shared;
         let started = Instant::now();
         let (mut sender, receiver) = conn::connect(addr, &shared.config.key)?;
@@ -257,38 +264,10 @@ impl Primary {
                 .spawn(move || shared.read_backup(id, receiver, alive))
                 .expect("spawn ack reader")
         };
-        // One pre-copy at a time: the mirror keeps one set of pages to copy again.
-        let _precopy = lock(&shared.precopy);
-        let mut report = PreCopyReport::default();
-        shared.mirror.precopy_begin();
-        let rounds = (|| -> Result<(), ConnError> {
-            let term = shared.config.term;
-            // An empty first frame: the backup zeroes its image, so zero pages need not travel.
-            sender.send(FrameKind::PreCopy, term, CheckpointId(0), &[])?;
-            let mut last = usize::MAX;
-            loop {
-                let first = report.rounds == 0;
-                let pages = shared.mirror.precopy_round(first, PRECOPY_BATCH_PAGES, |runs| {
-                    let payloads = runs.into_payloads();
-                    let frames = payloads.iter().map(|p| (FrameKind::PreCopy, term, CheckpointId(0), p.as_slice()));
-                    sender.send_batch(frames)
-                })?;
-                report.rounds += 1;
-                report.pages += pages as u64;
-                let pending = shared.mirror.precopy_pending();
-                // Stop when what is left is small, when it stops shrinking (the write rate
-                // matches the copy rate), or after enough rounds.
-                if pending <= PRECOPY_FINAL_PAGES || pending >= last || report.rounds >= PRECOPY_MAX_ROUNDS {
-                    return Ok(());
-                }
-                last = pending;
-            }
-        })();
-        if let Err(error) = rounds {
-            shared.mirror.precopy_abort();
-            sender.shutdown();
-            return Err(error.into());
-        }
+        let report = match payload {
+            AttachPayload::PreCopy => self.precopy(&mut sender)?,
+            AttachPayload::Rebase => PreCopyReport::default(),
+        };
         let first = {
             let mut links = lock(&shared.links);
             lock(&shared.replication).add_backup(id);
@@ -297,7 +276,7 @@ impl Primary {
                 sender,
                 alive,
                 progress: LinkProgress::new(),
-                precopied: true,
+                precopied: payload == AttachPayload::PreCopy,
                 reader: Some(reader),
             });
             shared.cut_and_send(&mut links)
@@ -306,14 +285,14 @@ impl Primary {
         loop {
             if let Some(acked) = lock(&shared.replication).acked(id) {
                 if acked >= first {
-                    report.total = started.elapsed();
                     tracing::info!(
                         backup = id.0,
                         %addr,
+                        ?payload,
                         checkpoint = first.0,
                         rounds = report.rounds,
                         pages = report.pages,
-                        ms = report.total.as_millis() as u64,
+                        ms = started.elapsed().as_millis() as u64,
                         "backup attached and holds the image"
                     );
                     return Ok(id);
@@ -327,6 +306,41 @@ impl Primary {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
+    }
+
+    /// Iterative pre-copy of the pages ever written to a newly connected backup.
+    fn precopy(&self, sender: &mut FrameSender) -> Result<PreCopyReport, PrimaryError> {
+        let shared = &self.shared;
+        // One pre-copy at a time: the mirror keeps one set of pages to copy again.
+        let _precopy = lock(&shared.precopy);
+        let mut report = PreCopyReport::default();
+        shared.mirror.precopy_begin();
+        let rounds = (|| -> Result<(), ConnError> {
+            let term = shared.config.term;
+            // An empty first frame: the backup zeroes its image, so zero pages need not travel.
+            sender.send(FrameKind::PreCopy, term, CheckpointId(0), &[])?;
+            let mut rounds = PreCopyRounds::default();
+            loop {
+                let first = rounds.rounds() == 0;
+                let pages = shared.mirror.precopy_round(first, PRECOPY_BATCH_PAGES, |runs| {
+                    let payloads = runs.into_payloads();
+                    let frames = payloads.iter().map(|p| (FrameKind::PreCopy, term, CheckpointId(0), p.as_slice()));
+                    sender.send_batch(frames)
+                })?;
+                report.pages += pages as u64;
+                let another = rounds.another_round(shared.mirror.precopy_pending());
+                report.rounds = rounds.rounds();
+                if !another {
+                    return Ok(());
+                }
+            }
+        })();
+        if let Err(error) = rounds {
+            shared.mirror.precopy_abort();
+            sender.shutdown();
+            return Err(error.into());
+        }
+        Ok(report)
     }
 
     fn refusal(&self, id: BackupId) -> Option<String> {
@@ -453,10 +467,16 @@ impl Primary {
     /// Makes exactly `backups` the ones whose acknowledgement releases output (the control
     /// plane's record); other attached backups are followed but not waited for.
     pub fn set_required(&self, backups: BTreeSet<BackupId>) {
+        self.set_required_with(backups, Protection::Enough);
+    }
+
+    /// Like [`Primary::set_required`], with whether the record names enough backups for
+    /// output to leave at all ([`Protection::TooFew`] holds every reply).
+    pub fn set_required_with(&self, backups: BTreeSet<BackupId>, protection: Protection) {
         let now = self.shared.now();
         // Bound first: an `if let` would hold the replication lock into `publish_held`, which
         // takes the held lock — the reverse of a waiter's order.
-        let advanced = lock(&self.shared.replication).set_required(backups, now);
+        let advanced = lock(&self.shared.replication).set_required_with(backups, protection, now);
         if let Some(held) = advanced {
             self.shared.publish_held(held);
         }

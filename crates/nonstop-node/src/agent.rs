@@ -16,14 +16,14 @@ use crate::service::{ServiceHost, Serving};
 use nonstop_control::cluster::{Command, Promotion};
 use nonstop_control::coordinator::{Coordinator, Decision, Report};
 use nonstop_control::log::FileLog;
-use nonstop_control::{ControlConfig, ControlError, ControlNode};
+use nonstop_control::{ControlConfig, ControlError, ControlNode, ElectionJitter};
 use nonstop_proto::Nanos;
 use nonstop_proto::auth::ClusterKey;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Why a node cannot run.
@@ -76,6 +76,24 @@ pub struct ServiceStatus {
     pub primary: u64,
     /// The record's backups.
     pub backups: Vec<u64>,
+    /// Holders a promotion kept, being brought to the new primary's checkpoint.
+    #[serde(default)]
+    pub catching_up: Vec<u64>,
+    /// Backups wanted.
+    #[serde(default)]
+    pub backups_wanted: u8,
+    /// Output needs this many backups in the record.
+    #[serde(default)]
+    pub min_backups: u8,
+    /// Fewer backups than wanted: the degraded window after a failover or a lost backup.
+    #[serde(default)]
+    pub degraded: bool,
+    /// Fewer backups than `min_backups`: the primary holds its replies.
+    #[serde(default)]
+    pub holding_output: bool,
+    /// Seconds this node served the service as primary while it was degraded.
+    #[serde(default)]
+    pub unprotected_seconds: f64,
     /// This node's role.
     pub role: String,
     /// How the primary finds what was written: "declared", "uffd" or "mprotect".
@@ -121,6 +139,9 @@ pub struct Agent {
     /// The newest connection each peer's messages came on.
     connections: BTreeMap<NodeId, u64>,
     was_leader: bool,
+    /// Per service: time served as primary with fewer backups than wanted.
+    unprotected: BTreeMap<String, Duration>,
+    last_status: Instant,
 }
 
 impl Agent {
@@ -134,7 +155,11 @@ impl Agent {
             voters: voters.clone(),
             election_ticks: ticks_per_timeout.max(5),
             heartbeat_ticks: 2,
-            election_jitter: true,
+            election_jitter: ElectionJitter::Seeded({
+                let mut seed = [0u8; 8];
+                let _ = getrandom::fill(&mut seed);
+                u64::from_le_bytes(seed)
+            }),
             compact_every: 1024,
         };
         let log = FileLog::open(&config.data_dir.join("raft.log")).map_err(ControlError::from)?;
@@ -147,7 +172,7 @@ impl Agent {
             config.lease.as_nanos() as u64,
         );
         let mut coordinator = coordinator;
-        if std::env::var_os("NONSTOP_LEADER_ON_PRIMARY").is_some_and(|v| v == "1") {
+        if config.leader_on_primary {
             tracing::warn!("measurement mode: control-plane leadership kept on primaries");
             coordinator.set_leader_on_primary(true);
         }
@@ -170,6 +195,8 @@ impl Agent {
             last_create: None,
             connections: BTreeMap::new(),
             was_leader: false,
+            unprotected: BTreeMap::new(),
+            last_status: Instant::now(),
         })
     }
 
@@ -293,6 +320,7 @@ impl Agent {
                         service: spec.name.clone(),
                         primary: spec.primary,
                         backups_wanted: spec.backups,
+                        min_backups: spec.min_backups,
                     });
                 }
             }
@@ -344,7 +372,7 @@ impl Agent {
                 if *node == self.config.me.id
                     && let Some(host) = self.hosts.iter_mut().find(|h| h.name() == service)
                 {
-                    host.on_lease_granted(*term, *request, self.config.lease);
+                    host.on_lease_granted(*term, *request);
                 }
             }
             if let Command::Promote { service, node, from_term, .. } = &applied.command
@@ -362,8 +390,14 @@ impl Agent {
         Ok(())
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        let since = std::mem::replace(&mut self.last_status, Instant::now()).elapsed();
         let state = self.control.state();
+        for host in &self.hosts {
+            if state.service(host.name()).is_some_and(|r| r.degraded() && host.serves(r.term)) {
+                *self.unprotected.entry(host.name().to_string()).or_default() += since;
+            }
+        }
         let now = self.now();
         let services = self
             .hosts
@@ -377,6 +411,12 @@ impl Agent {
                     version: record.map_or(0, |r| r.version),
                     primary: record.map_or(0, |r| r.primary.0),
                     backups: record.map(|r| r.backups.iter().map(|b| b.0).collect()).unwrap_or_default(),
+                    catching_up: record.map(|r| r.catching_up.iter().map(|c| c.node.0).collect()).unwrap_or_default(),
+                    backups_wanted: record.map_or(0, |r| r.backups_wanted),
+                    min_backups: record.map_or(0, |r| r.min_backups),
+                    degraded: record.is_some_and(|r| r.degraded()),
+                    holding_output: record.is_some_and(|r| !r.protected()),
+                    unprotected_seconds: self.unprotected.get(host.name()).map_or(0.0, |d| d.as_secs_f64()),
                     role: format!("{:?}", report.role).to_lowercase(),
                     tracking: host.tracking().into(),
                     held: report.held.map(|h| h.0),

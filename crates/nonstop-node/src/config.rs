@@ -23,6 +23,7 @@
 //! name = "bank"
 //! primary = 1
 //! backups = 1
+//! min_backups = 0                 # output needs this many backups (default backups - 1)
 //! region_base = "0x200000000000"
 //! region_size_mib = 256
 //! ```
@@ -113,6 +114,11 @@ pub struct NodeSection {
     /// Where to serve Prometheus metrics (`GET /metrics`); none if absent.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Measurement only: keep the control-plane leader on primaries (instead of away from
+    /// them), so that a primary's death also costs an election (`chaos kill
+    /// --leader-on-primary`).
+    #[serde(default)]
+    pub leader_on_primary: bool,
 }
 
 /// `[[peers]]`: another node.
@@ -186,6 +192,11 @@ pub struct ServiceSection {
     /// Backups wanted.
     #[serde(default = "default_backups")]
     pub backups: u8,
+    /// Output is released only while at least this many backups hold it (and every backup in
+    /// the record does): `0..=backups`, default `backups - 1`, so that k backups survive any k
+    /// failures. Below it (after a failover, or while a lost backup is replaced) the primary
+    /// holds its replies; with `min_backups = backups` it never releases with fewer copies.
+    pub min_backups: Option<u8>,
     /// The region's virtual address, the same on every node (e.g. "0x200000000000").
     pub region_base: String,
     /// The region's size in MiB.
@@ -251,6 +262,8 @@ pub struct ServiceSpec {
     pub primary: NodeId,
     /// Backups wanted.
     pub backups: u8,
+    /// Backups the record must name for output to leave.
+    pub min_backups: u8,
     /// Region address.
     pub region_base: usize,
     /// Region length in bytes.
@@ -284,6 +297,8 @@ pub struct Checked {
     pub lease: Duration,
     /// Prometheus metrics address.
     pub metrics: Option<SocketAddr>,
+    /// Measurement only: control-plane leadership kept on primaries.
+    pub leader_on_primary: bool,
     /// Services.
     pub services: Vec<ServiceSpec>,
 }
@@ -401,6 +416,19 @@ impl NodeConfig {
                     "add nodes or lower backups",
                 ));
             }
+            let min_backups = service.min_backups.unwrap_or(service.backups.saturating_sub(1));
+            if min_backups > service.backups {
+                return Err(invalid(
+                    field("min_backups"),
+                    format!("{min_backups} is more than the {} backups configured", service.backups),
+                    format!(
+                        "use 0..={} (the default, {}, survives {} failures)",
+                        service.backups,
+                        service.backups.saturating_sub(1),
+                        service.backups
+                    ),
+                ));
+            }
             let digits = service.region_base.trim_start_matches("0x").replace('_', "");
             let base = usize::from_str_radix(&digits, 16).map_err(|_| {
                 invalid(
@@ -475,6 +503,7 @@ impl NodeConfig {
                 index: index as u16,
                 primary,
                 backups: service.backups,
+                min_backups,
                 region_base: base,
                 region_len,
                 protocol,
@@ -492,6 +521,7 @@ impl NodeConfig {
             timeout: Duration::from_millis(hb.timeout_ms),
             lease: Duration::from_millis(hb.lease_ms),
             metrics: self.node.metrics,
+            leader_on_primary: self.node.leader_on_primary,
             services,
         })
     }
@@ -534,6 +564,9 @@ mod tests {
         assert_eq!(checked.services[0].region_base, 0x2000_0000_0000);
         let addr = checked.replication_addr(NodeId(2), &checked.services[0]).unwrap();
         assert_eq!(addr.to_string(), "127.0.0.2:7201");
+        assert_eq!(checked.services[0].min_backups, 0, "one backup: a failover may run degraded");
+        let strict = check(&GOOD.replace("region_size_mib = 128", "region_size_mib = 128\nmin_backups = 1")).unwrap();
+        assert_eq!(strict.services[0].min_backups, 1);
     }
 
     #[test]
@@ -544,6 +577,10 @@ mod tests {
             (GOOD.replace("0x200000000000", "0x200000000001"), "services[0].region_base"),
             (GOOD.replace("region_size_mib = 128", "region_size_mib = 1"), "services[0].region_size_mib"),
             (GOOD.replace("region_size_mib = 128", "region_size_mib = 128\nbackups = 2"), "services[0].backups"),
+            (
+                GOOD.replace("region_size_mib = 128", "region_size_mib = 128\nmin_backups = 2"),
+                "services[0].min_backups",
+            ),
             (format!("{GOOD}\n[heartbeat]\ninterval_ms = 10\ntimeout_ms = 20"), "heartbeat.timeout_ms"),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"redis\""), "services[0].kind"),
             // The ledger's plain collections need the kernel to find their writes.

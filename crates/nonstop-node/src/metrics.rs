@@ -63,6 +63,30 @@ pub fn render(status: &NodeStatus) -> String {
         per_service(&|s| Some(s.backups.len() as f64)),
     );
     metric(
+        "nonstop_service_catching_up",
+        "gauge",
+        "Holders a promotion kept that the new primary is bringing to its checkpoint.",
+        per_service(&|s| Some(s.catching_up.len() as f64)),
+    );
+    metric(
+        "nonstop_service_degraded",
+        "gauge",
+        "1 while the record names fewer backups than the service wants (after a failover or a lost backup).",
+        per_service(&|s| Some(f64::from(u8::from(s.degraded)))),
+    );
+    metric(
+        "nonstop_service_holding_output",
+        "gauge",
+        "1 while the record names fewer backups than min_backups: the primary holds its replies.",
+        per_service(&|s| Some(f64::from(u8::from(s.holding_output)))),
+    );
+    metric(
+        "nonstop_service_unprotected_seconds_total",
+        "counter",
+        "Seconds this node served the service as primary with fewer backups than wanted.",
+        per_service(&|s| Some(s.unprotected_seconds)),
+    );
+    metric(
         "nonstop_service_held_checkpoint",
         "gauge",
         "The checkpoint this node holds (backup) or has released (primary).",

@@ -144,6 +144,73 @@ impl LinkProgress {
     }
 }
 
+/// How a primary brings a newly attached backup to its checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AttachPayload {
+    /// A spare: pages are copied while transactions run (iterative pre-copy), then a
+    /// checkpoint completes them. The backup's image stops being a checkpoint at the first
+    /// round, which costs nothing when it held no copy anyone counts on.
+    #[default]
+    PreCopy,
+    /// A holder whose image must stay a checkpoint until the new one is whole (after a
+    /// promotion it may be the last copy of released replies): the first checkpoint carries
+    /// the whole image, which the backup stages and applies at its close, or not at all.
+    Rebase,
+}
+
+/// Pages copied per pre-copy batch (transactions are held off while a batch is copied).
+pub const PRECOPY_BATCH_PAGES: usize = 64;
+
+/// The decisions of an iterative pre-copy: after each round, whether to copy again the pages
+/// written meanwhile or to let the next checkpoint complete the image.
+///
+/// ```
+/// use nonstop_proto::primary::PreCopyRounds;
+/// let mut rounds = PreCopyRounds::default();
+/// assert!(rounds.another_round(10_000), "much left, shrinking");
+/// assert!(rounds.another_round(3_000));
+/// assert!(!rounds.another_round(3_000), "no longer shrinking: the write rate matches the copy rate");
+/// assert!(!PreCopyRounds::default().another_round(100), "little left: the checkpoint carries it");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PreCopyRounds {
+    rounds: u32,
+    last_pending: Option<usize>,
+}
+
+impl PreCopyRounds {
+    /// Pre-copy ends once at most this many pages wait to be copied again.
+    pub const FINAL_PAGES: usize = 256;
+    /// Pre-copy ends after this many rounds, converged or not.
+    pub const MAX_ROUNDS: u32 = 8;
+
+    /// A round just ended with `pending` pages written since it began: whether to run another.
+    /// Stop when what is left is small, when it stops shrinking, or after enough rounds.
+    pub fn another_round(&mut self, pending: usize) -> bool {
+        self.rounds += 1;
+        let shrinking = self.last_pending.is_none_or(|last| pending < last);
+        self.last_pending = Some(pending);
+        pending > Self::FINAL_PAGES && shrinking && self.rounds < Self::MAX_ROUNDS
+    }
+
+    /// Rounds run so far.
+    pub fn rounds(&self) -> u32 {
+        self.rounds
+    }
+}
+
+/// Whether the control plane's record lets output leave at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protection {
+    /// The record names at least the service's minimum of backups: output leaves once every
+    /// required backup holds it.
+    #[default]
+    Enough,
+    /// The record names fewer backups than the service's minimum (after a failover or a lost
+    /// backup): replies are held, whatever the backups acknowledge, until enough are back.
+    TooFew,
+}
+
 /// How many recent held-advances are remembered for [`Replication::held_at`].
 const HELD_LOG_LIMIT: usize = 1 << 16;
 
@@ -159,6 +226,8 @@ pub struct Replication {
     /// When set, exactly these backups must hold a checkpoint (the control plane's record),
     /// instead of any `required_backups` of them.
     required_set: Option<BTreeSet<BackupId>>,
+    /// Whether the record names enough backups for output to leave.
+    protection: Protection,
     /// With an empty required set: output may leave until this time (the control plane's
     /// lease); without one, an unprotected primary releases nothing.
     lease_until: Option<Nanos>,
@@ -185,6 +254,7 @@ impl Replication {
             open: first,
             backups: BTreeMap::new(),
             required_set: None,
+            protection: Protection::Enough,
             lease_until: None,
             held: None,
             held_log: VecDeque::new(),
@@ -245,7 +315,19 @@ impl Replication {
     /// From then on output also needs a lease ([`Replication::set_lease`]); an empty set
     /// releases what is cut while the lease lasts.
     pub fn set_required(&mut self, backups: BTreeSet<BackupId>, now: Nanos) -> Option<CheckpointId> {
+        self.set_required_with(backups, Protection::Enough, now)
+    }
+
+    /// Like [`Replication::set_required`], with whether the record names enough backups for
+    /// output to leave at all: with [`Protection::TooFew`] nothing more is released.
+    pub fn set_required_with(
+        &mut self,
+        backups: BTreeSet<BackupId>,
+        protection: Protection,
+        now: Nanos,
+    ) -> Option<CheckpointId> {
         self.required_set = Some(backups);
+        self.protection = protection;
         self.advance_held(now)
     }
 
@@ -325,11 +407,14 @@ impl Replication {
 
     /// Backups that owe an acknowledgement and made no progress for `limit`: their link is as
     /// good as dead (a cut-off backup's TCP connection can stay open for minutes), and a
-    /// primary that waits on them releases nothing.
+    /// primary that waits on them releases nothing. A backup still receiving its first, whole
+    /// image is not silent: the image may take longer than the limit to cross (the attach has
+    /// a deadline of its own).
     pub fn silent_backups(&self, now: Nanos, limit: Duration) -> Vec<BackupId> {
         let limit = limit.as_nanos() as u64;
         self.backups
             .iter()
+            .filter(|(_, b)| b.acked.is_some())
             .filter(|(_, b)| b.waiting_since.is_some_and(|since| now.0.saturating_sub(since.0) >= limit))
             .map(|(id, _)| *id)
             .collect()
@@ -341,7 +426,7 @@ impl Replication {
                 // Under a control plane, output leaves only while the lease lasts: a primary
                 // that was paused or cut off past it may already be deposed, and must not
                 // release even what its backups acknowledged before.
-                if self.lease_until.is_none_or(|until| now >= until) {
+                if self.lease_until.is_none_or(|until| now >= until) || self.protection == Protection::TooFew {
                     return None;
                 }
                 if set.is_empty() {
@@ -412,6 +497,19 @@ mod tests {
         assert_eq!(r.backup_lost(BackupId(1), Nanos(5)), None);
         r.on_ack(BackupId(2), second, Nanos(6)).unwrap();
         assert_eq!(r.held(), Some(first), "losing a required backup stalls output until the set changes");
+    }
+
+    #[test]
+    fn too_few_backups_in_the_record_hold_output_whatever_is_acknowledged() {
+        let mut r = Replication::new(Term(2), EPOCH, 0, CheckpointId(1), Nanos(0));
+        r.set_lease(Some(Nanos(1_000)), Nanos(0));
+        r.add_backup(BackupId(1));
+        r.set_required_with([BackupId(1)].into(), Protection::TooFew, Nanos(0));
+        let first = r.cut(Nanos(1)).checkpoint;
+        assert_eq!(r.on_ack(BackupId(1), first, Nanos(2)).unwrap(), None, "the joining backup holds it, alone");
+        assert_eq!(r.set_required_with(BTreeSet::new(), Protection::TooFew, Nanos(3)), None, "nor alone");
+        let released = r.set_required_with([BackupId(1)].into(), Protection::Enough, Nanos(4));
+        assert_eq!(released, Some(first), "the record names it now");
     }
 
     #[test]

@@ -348,13 +348,6 @@ impl TouchedPages {
         TouchedPages { words: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect() }
     }
 
-    /// Every page counts as written: an image adopted from elsewhere (a promoted backup's).
-    pub(crate) fn mark_all(&self, pages: usize) {
-        if pages > 0 {
-            self.mark(0, pages - 1);
-        }
-    }
-
     pub(crate) fn mark(&self, first_page: usize, last_page: usize) {
         for page in first_page..=last_page {
             let bit = 1u64 << (page % 64);

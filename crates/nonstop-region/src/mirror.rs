@@ -231,18 +231,23 @@ impl Mirror {
     }
 
     /// Wraps a region that already holds an image — a promoted backup's, the checkpoint it
-    /// resumes from — so that a whole image sent to a new backup covers all of it. `seals` are
-    /// the backup's seals of that image, so every line keeps being checked across the
-    /// promotion. Costs one bit per page, nothing proportional to the bytes.
+    /// resumes from — so that a whole image or a pre-copy sent to a new backup covers all of
+    /// it. `seals` are the backup's seals of that image, so every line keeps being checked
+    /// across the promotion; `written` are the pages the backup ever wrote (every other page is
+    /// zero, and a new backup starts from zeros), so re-protection copies what the service
+    /// uses, not the whole region. Costs one bit per page, nothing proportional to the bytes.
     pub fn resume(
         region: Region,
         protocol: Option<UpdateProtocol>,
         first: CheckpointId,
         seals: LineChecksums,
+        written: impl IntoIterator<Item = usize>,
     ) -> Mirror {
         assert_eq!(seals.lines(), region.len().div_ceil(LINE), "seals of a region of another size");
         let mirror = Mirror::with_seals(region, protocol, first, Some(seals));
-        mirror.touched.mark_all(mirror.region.pages());
+        for page in written {
+            mirror.touched.mark(page, page);
+        }
         mirror
     }
 

@@ -22,6 +22,10 @@ pub struct ClusterSpec {
     pub ip_prefix: String,
     /// Backups of the bank service.
     pub backups: u8,
+    /// Its `min_backups` (`None`: the node's default, `backups - 1`).
+    pub min_backups: Option<u8>,
+    /// Measurement only: nodes keep the control-plane leader on primaries.
+    pub leader_on_primary: bool,
     /// The region's address.
     pub region_base: usize,
     /// The region's size in MiB.
@@ -56,6 +60,8 @@ impl Default for ClusterSpec {
             nodes: 3,
             ip_prefix: "127.0.0".into(),
             backups: 1,
+            min_backups: None,
+            leader_on_primary: false,
             region_base: crate::DEFAULT_REGION_BASE,
             region_size_mib: 128,
             branches: 1,
@@ -183,6 +189,9 @@ impl LocalCluster {
         let own = |id: u8| {
             let mut text = member(id, &addr);
             text += &format!("metrics = \"{}\"\n", addr(id, 9101));
+            if spec.leader_on_primary {
+                text += "leader_on_primary = true\n";
+            }
             text
         };
         let mut nodes = Vec::new();
@@ -198,8 +207,11 @@ impl LocalCluster {
             }
             text += &format!("[heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\n\n", spec.heartbeat_ms, spec.timeout_ms);
             // Transparent mode ships DU diffs.
-            let tracking =
+            let mut tracking =
                 spec.tracking.map_or(String::new(), |mode| format!("protocol = \"du\"\ntracking = \"{mode}\"\n"));
+            if let Some(min_backups) = spec.min_backups {
+                tracking += &format!("min_backups = {min_backups}\n");
+            }
             for (index, (name, primary)) in spec.services.iter().enumerate() {
                 // Regions 64 GiB apart: every service has its own fixed address.
                 let base = spec.region_base + index * (64 << 30);

@@ -186,6 +186,17 @@ struct ChaosKillArgs {
     #[arg(long, default_value = nonstop_workloads::bank::NAME,
           value_parser = clap::builder::PossibleValuesParser::new(nonstop_workloads::app::KINDS))]
     kind: String,
+    /// Backups of the service (k): the cluster has k + 1 nodes that hold regions, and two
+    /// witnesses when k >= 2, so that the control plane keeps a majority through two deaths.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
+    backups: u8,
+    /// Output needs this many backups in the record (default backups - 1).
+    #[arg(long)]
+    min_backups: Option<u8>,
+    /// Kill the promoted primary too, this many ms after the first kill; 0: at a random
+    /// moment of its re-protection (once it serves, within 40 ms).
+    #[arg(long)]
+    double_within: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -413,22 +424,18 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
         SimKind::Replication => "replication",
         SimKind::Failover => "failover",
     };
-    let run = |seed: u64| -> Result<String, String> {
+    let run = |seed: u64, trace: bool| -> Result<String, String> {
         match args.kind {
             SimKind::Replication => {
                 nonstop_sim::run_seed(seed, steps as usize).map(|s| format!("{s:?}")).map_err(|v| v.to_string())
             }
-            SimKind::Failover => {
-                nonstop_sim::cluster::run_cluster_seed(seed, steps).map(|s| format!("{s:?}")).map_err(|v| v.to_string())
-            }
+            SimKind::Failover => nonstop_sim::cluster::run_cluster(seed, steps, trace)
+                .map(|s| format!("{s:?}"))
+                .map_err(|v| v.to_string()),
         }
     };
     if let Some(seed) = args.seed {
-        if args.trace {
-            // SAFETY: set before any other thread of this process starts.
-            unsafe { std::env::set_var("NONSTOP_SIM_TRACE", "1") };
-        }
-        return match run(seed) {
+        return match run(seed, args.trace) {
             Ok(stats) => {
                 println!("{kind} seed {seed}, {steps} steps: ok, {stats}");
                 Ok(())
@@ -451,7 +458,7 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
                     if seed >= end || failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                         return;
                     }
-                    if let Err(violation) = run(seed) {
+                    if let Err(violation) = run(seed, false) {
                         let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
                         if first.as_ref().is_none_or(|(s, _)| seed < *s) {
                             *first = Some((seed, violation));
@@ -616,16 +623,29 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fault_share) {
         bail!("--fault-share must be between 0 and 1");
     }
-    if args.leader_on_primary {
-        // SAFETY: set before any thread of this process starts; the node processes inherit it.
-        unsafe { std::env::set_var("NONSTOP_LEADER_ON_PRIMARY", "1") };
-    }
     // The node's own kinds, so that the CLI offers whatever a configuration may name.
     let kind = nonstop_workloads::app::KINDS.into_iter().find(|kind| *kind == args.kind).expect("clap checked --kind");
     if kind == nonstop_workloads::ledger::NAME && matches!(args.tracking, Tracking::Declared) {
         bail!("--kind ledger keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect");
     }
+    if args.min_backups.is_some_and(|m| m > args.backups) {
+        bail!(
+            "--min-backups {} is more than --backups {}: use 0..={}",
+            args.min_backups.unwrap_or(0),
+            args.backups,
+            args.backups
+        );
+    }
+    if args.double_within.is_some() && args.backups < 2 {
+        bail!(
+            "--double-within kills two nodes in a row: give --backups 2 or more, or one backup has nothing left to promote"
+        );
+    }
     let seed = args.seed.unwrap_or_else(random_seed);
+    let double = args.double_within.map(|ms| match ms {
+        0 => nonstop::chaos::DoubleKill::InsideReprotection,
+        ms => nonstop::chaos::DoubleKill::After(Duration::from_millis(ms)),
+    });
     let config = nonstop::chaos::ChaosConfig {
         trials: args.trials,
         seed,
@@ -635,9 +655,15 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
             ip_prefix: "127.0.2".into(),
             tracking: args.tracking.mode(),
             kind,
+            nodes: args.backups + 1,
+            backups: args.backups,
+            min_backups: args.min_backups,
+            witnesses: if args.backups >= 2 { 2 } else { 0 },
+            leader_on_primary: args.leader_on_primary,
             ..Default::default()
         },
         quiet: args.quiet,
+        double,
     };
     let progress = trials_bar(args.trials);
     let report = nonstop::chaos::run_kill(&std::env::current_exe()?, &config, |trial| {
@@ -652,12 +678,21 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("chaos kill: {} trials (seed {})", report.trials, report.seed);
+        println!(
+            "chaos kill: {} trials (seed {}), {} backups, min_backups {}",
+            report.trials, report.seed, report.backups, report.min_backups
+        );
         let f = &report.failover_ms;
         println!(
             "failover (kill to first acknowledged commit): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             f.p50, f.p99, f.max
         );
+        if let Some(f) = &report.second_failover_ms {
+            println!(
+                "second kill (the promoted primary) to first acknowledged commit: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                f.p50, f.p99, f.max
+            );
+        }
         for (kind, (count, m)) in &report.by_fault {
             println!("  {kind:>16}: {count:>4} trials, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", m.p50, m.p99, m.max);
         }

@@ -32,6 +32,17 @@ pub fn render(statuses: &[(u64, SocketAddr, Option<NodeStatus>)]) -> String {
             "\nservice {}: term {}, primary node {}, backups {:?}, failovers {}",
             service.name, service.term, service.primary, service.backups, service.failovers
         );
+        if service.degraded {
+            let output = if service.holding_output { "replies held" } else { "serving with fewer copies" };
+            let _ = writeln!(
+                out,
+                "DEGRADED: {} of {} backups, catching up {:?}; {output} (min_backups {})",
+                service.backups.len(),
+                service.backups_wanted,
+                service.catching_up,
+                service.min_backups
+            );
+        }
         let lag = statuses
             .iter()
             .filter_map(|(_, _, s)| s.as_ref())

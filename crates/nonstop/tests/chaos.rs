@@ -1,7 +1,7 @@
 //! `nonstop chaos kill` in small: kills at random moments and at every fault point inside a
 //! checkpoint, with nothing lost, nothing applied twice and no needless failover.
 
-use nonstop::chaos::{ChaosConfig, run_kill};
+use nonstop::chaos::{ChaosConfig, DoubleKill, run_kill};
 use nonstop::cluster::ClusterSpec;
 
 #[test]
@@ -13,6 +13,7 @@ fn kills_inside_checkpoints_lose_and_double_nothing() {
         fault_share: 0.6,
         spec: ClusterSpec { ip_prefix: "127.0.3".into(), region_size_mib: 32, ..ClusterSpec::default() },
         quiet: std::time::Duration::from_secs(1),
+        double: None,
     };
     let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.is_ok(), "{:?}", report.check);
@@ -51,6 +52,7 @@ fn transparent_mode_services_lose_and_double_nothing_under_kills() {
                 ..ClusterSpec::default()
             },
             quiet: std::time::Duration::from_secs(1),
+            double: None,
         };
         let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
         assert!(report.check.as_ref().is_ok_and(|summary| summary.contains(consistent)), "{kind}: {:?}", report.check);
@@ -58,4 +60,34 @@ fn transparent_mode_services_lose_and_double_nothing_under_kills() {
         assert_eq!(report.no_failover, 0, "{kind}: {report:?}");
         assert!(report.acknowledged > 1000, "{kind}: the load ran: {report:?}");
     }
+}
+
+/// Two backups: the primary killed, then the promoted node killed inside its re-protection
+/// (while it rebases the holder its promotion kept). The kept holder is promoted in turn and
+/// nothing acknowledged is lost.
+#[test]
+fn two_backups_survive_two_kills_in_a_row() {
+    let config = ChaosConfig {
+        trials: 6,
+        seed: 13,
+        clients: 4,
+        fault_share: 0.0,
+        spec: ClusterSpec {
+            ip_prefix: "127.0.5".into(),
+            region_size_mib: 32,
+            nodes: 3,
+            backups: 2,
+            witnesses: 2,
+            ..ClusterSpec::default()
+        },
+        quiet: std::time::Duration::ZERO,
+        double: Some(DoubleKill::InsideReprotection),
+    };
+    let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
+    assert!(report.check.is_ok(), "{:?}", report.check);
+    assert_eq!((report.acked_lost, report.applied_twice), (0, 0), "{report:?}");
+    assert_eq!(report.no_failover, 0, "both kills were followed by a primary answering: {report:?}");
+    let seconds = report.trial_log.iter().filter(|t| t.second_killed.is_some()).count();
+    assert_eq!(seconds, 6, "every trial killed the promoted node too: {:?}", report.trial_log);
+    assert_eq!(report.min_backups, 1);
 }

@@ -1,6 +1,7 @@
 //! `nonstop chaos kill`: trial after trial, kill the bank's primary under client load — at a
-//! random moment, or at a fault point inside a checkpoint — and measure the failover; at the
-//! end, audit every client's history against the service's state.
+//! random moment, or at a fault point inside a checkpoint — and measure the failover; with a
+//! second kill, the promoted primary dies too, inside its promotion or its re-protection; at
+//! the end, audit every client's history against the service's state.
 
 use super::{Millis, millis};
 use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, protected};
@@ -30,7 +31,24 @@ pub struct ChaosConfig {
     /// Before the trials: run the load this long without faults and count failovers (there
     /// should be none: every one would be a false failover).
     pub quiet: Duration,
+    /// Kill the promoted primary too: this long after the first kill, or, with
+    /// [`DoubleKill::InsideReprotection`], at a random moment of its first re-protection.
+    pub double: Option<DoubleKill>,
 }
+
+/// When the second kill of a trial comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoubleKill {
+    /// This long after the first kill (the promoted node may not be primary yet: then it dies
+    /// inside its promotion).
+    After(Duration),
+    /// Once a survivor reports itself primary of the new term, at a random moment within
+    /// [`REPROTECTION_WINDOW`]: while it rebases the holder its promotion kept.
+    InsideReprotection,
+}
+
+/// How long after a promotion a second kill counts as inside the re-protection.
+pub const REPROTECTION_WINDOW: Duration = Duration::from_millis(40);
 
 /// One trial.
 #[derive(Clone, Debug, Serialize)]
@@ -41,8 +59,15 @@ pub struct Trial {
     pub killed: u64,
     /// Kill to the first answer from the new primary, in ms (`None`: none within 10 s).
     pub failover_ms: Option<f64>,
-    /// Terms that began during the trial (1 expected; more are false failovers).
+    /// Terms that began during the trial (1 expected, 2 with a second kill; more are false
+    /// failovers).
     pub terms: u64,
+    /// With a second kill: the promoted node killed, and when after the first kill (ms).
+    pub second_killed: Option<u64>,
+    /// Milliseconds from the first kill to the second.
+    pub second_kill_after_ms: Option<f64>,
+    /// Second kill to the first answer from the primary after it, in ms.
+    pub second_failover_ms: Option<f64>,
 }
 
 /// What a chaos run found.
@@ -54,6 +79,12 @@ pub struct ChaosReport {
     pub seed: u64,
     /// Kill to first acknowledged commit on the new primary.
     pub failover_ms: Millis,
+    /// Backups of the service.
+    pub backups: u8,
+    /// Its `min_backups`.
+    pub min_backups: u8,
+    /// With a second kill per trial: second kill to first acknowledged commit after it.
+    pub second_failover_ms: Option<Millis>,
     /// Per kind of kill.
     pub by_fault: BTreeMap<String, (u32, Millis)>,
     /// Acknowledged updates missing at the end.
@@ -92,7 +123,16 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     let quiet_until = Instant::now() + config.quiet;
     while Instant::now() < quiet_until {
         std::thread::sleep(Duration::from_millis(100).min(quiet_until.saturating_duration_since(Instant::now())));
-        progress(&Trial { fault: "quiet".into(), killed: 0, failover_ms: None, terms: 0 });
+        let quiet = Trial {
+            fault: "quiet".into(),
+            killed: 0,
+            failover_ms: None,
+            terms: 0,
+            second_killed: None,
+            second_kill_after_ms: None,
+            second_failover_ms: None,
+        };
+        progress(&quiet);
     }
     let (_, mut term) = cluster.current_primary(&all);
     let quiet_failovers = term.saturating_sub(quiet_start);
@@ -127,28 +167,73 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
                 }
             }
         };
-        let first = load.wait_first_ack_after(killed_at, term_now, Duration::from_secs(10));
-        // Statuses refresh every heartbeat: wait until one shows the new term before reading it.
         let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
-        cluster.wait_status(&survivors, Duration::from_secs(2), |s| {
-            crate::cluster::bank(s).is_some_and(|b| b.term > term_now && b.primary != primary)
+        let second = config.double.and_then(|double| {
+            let promoted_status = |s: &nonstop_node::agent::NodeStatus| {
+                crate::cluster::bank(s).is_some_and(|b| b.term > term_now && b.primary == s.node && b.role == "primary")
+            };
+            let at = match double {
+                DoubleKill::After(after) => {
+                    std::thread::sleep(after.saturating_sub(killed_at.elapsed()));
+                    Instant::now()
+                }
+                DoubleKill::InsideReprotection => {
+                    let seen = cluster.wait_status(&survivors, Duration::from_secs(10), promoted_status)?;
+                    let delay = Duration::from_micros(rng.random_range(0..REPROTECTION_WINDOW.as_micros() as u64));
+                    std::thread::sleep(delay.saturating_sub(seen.elapsed()));
+                    Instant::now()
+                }
+            };
+            // Whoever the record names primary now: the promoted node, or (killed inside its
+            // promotion) the node being promoted.
+            let (next, next_term) = cluster.current_primary(&survivors);
+            let victim = if next_term > term_now { next } else { return None };
+            cluster.kill(victim).ok()?;
+            // As a supervisor would, start the first victim again at once: with fewer than
+            // min_backups holders left, the last one holds its replies until a restarted node
+            // is brought up to date from it.
+            cluster.start(primary).ok()?;
+            Some((victim, at, next_term))
         });
-        let (_, term_after) = cluster.current_primary(&survivors);
+        let first = load.wait_first_ack_after(killed_at, term_now, Duration::from_secs(10));
+        let (second_killed, second_kill_after_ms, second_failover_ms) = match second {
+            Some((victim, at, victim_term)) => {
+                let after = load.wait_first_ack_after(at, victim_term, Duration::from_secs(10));
+                let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1e3;
+                (Some(victim), Some(ms(killed_at, at)), after.map(|a| ms(at, a.at)))
+            }
+            None => (None, None, None),
+        };
+        let alive: Vec<u64> = survivors.iter().copied().filter(|id| Some(*id) != second_killed).collect();
+        // Statuses refresh every heartbeat: wait until one shows the new term before reading it.
+        let killed = [Some(primary), second_killed];
+        cluster.wait_status(&alive, Duration::from_secs(2), |s| {
+            crate::cluster::bank(s).is_some_and(|b| b.term > term_now && !killed.contains(&Some(b.primary)))
+        });
+        let (_, term_after) = cluster.current_primary(&alive);
         let trial = Trial {
             fault: fault.map_or("random-moment".into(), |p| p.name().into()),
             killed: primary,
             failover_ms: first.map(|a| a.at.duration_since(killed_at).as_secs_f64() * 1e3),
             terms: term_after.saturating_sub(term_now),
+            second_killed,
+            second_kill_after_ms,
+            second_failover_ms,
         };
-        false_failovers += trial.terms.saturating_sub(1);
+        let expected_terms = 1 + u64::from(second_killed.is_some());
+        false_failovers += trial.terms.saturating_sub(expected_terms);
         term = term_after;
-        cluster.start(primary)?;
+        match second_killed {
+            Some(victim) => cluster.start(victim)?,
+            None => cluster.start(primary)?,
+        }
         progress(&trial);
         trials.push(trial);
     }
     let history = load.stop();
     let verdict = load::audit(cluster.client_addrs(), SERVICE, &history)?;
     let times: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
+    let second_times: Vec<f64> = trials.iter().filter_map(|t| t.second_failover_ms).collect();
     let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for trial in &trials {
         by_fault.entry(trial.fault.clone()).or_default().extend(trial.failover_ms);
@@ -157,13 +242,19 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         trials: config.trials,
         seed: config.seed,
         failover_ms: millis(&times),
+        backups: spec.backups,
+        min_backups: spec.min_backups.unwrap_or(spec.backups.saturating_sub(1)),
+        second_failover_ms: config.double.map(|_| millis(&second_times)),
         by_fault: by_fault.into_iter().map(|(k, v)| (k, (v.len() as u32, millis(&v)))).collect(),
         acked_lost: verdict.report.violations.acked_lost,
         applied_twice: verdict.report.violations.applied_twice,
         false_failovers,
         quiet_failovers,
         quiet_s: config.quiet.as_secs_f64(),
-        no_failover: trials.iter().filter(|t| t.failover_ms.is_none()).count() as u32,
+        no_failover: trials
+            .iter()
+            .filter(|t| t.failover_ms.is_none() || (t.second_killed.is_some() && t.second_failover_ms.is_none()))
+            .count() as u32,
         acknowledged: verdict.acknowledged,
         check: verdict.check,
         history: verdict.report,

@@ -7,7 +7,7 @@ mod kill;
 pub mod netns;
 pub mod soak;
 
-pub use kill::{ChaosConfig, ChaosReport, Trial, run_kill};
+pub use kill::{ChaosConfig, ChaosReport, DoubleKill, Trial, run_kill};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
