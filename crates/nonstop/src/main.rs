@@ -186,8 +186,9 @@ struct ChaosKillArgs {
     #[arg(long, default_value = nonstop_workloads::bank::NAME,
           value_parser = clap::builder::PossibleValuesParser::new(nonstop_workloads::app::KINDS))]
     kind: String,
-    /// Backups of the service (k): the cluster has k + 1 nodes that hold regions, and two
-    /// witnesses when k >= 2, so that the control plane keeps a majority through two deaths.
+    /// Backups of the service (k): the cluster has k + 1 nodes that hold regions (three at
+    /// least), and two witnesses when k >= 2, so that the control plane keeps a majority
+    /// through two deaths.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
     backups: u8,
     /// Output needs this many backups in the record (default backups - 1).
@@ -655,7 +656,8 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
             ip_prefix: "127.0.2".into(),
             tracking: args.tracking.mode(),
             kind,
-            nodes: args.backups + 1,
+            // Three nodes at least, so that the control plane outlives one death.
+            nodes: (args.backups + 1).max(3),
             backups: args.backups,
             min_backups: args.min_backups,
             witnesses: if args.backups >= 2 { 2 } else { 0 },
