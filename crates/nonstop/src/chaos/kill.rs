@@ -168,6 +168,12 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
             }
         };
         let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
+        // With min_backups = backups the promoted node holds its replies until the killed one
+        // is back and brought up to date: start it again at once, as a supervisor would.
+        let strict = spec.min_backups.is_some_and(|m| m >= spec.backups);
+        if strict && config.double.is_none() {
+            cluster.start(primary)?;
+        }
         let second = config.double.and_then(|double| {
             let promoted_status = |s: &nonstop_node::agent::NodeStatus| {
                 crate::cluster::bank(s).is_some_and(|b| b.term > term_now && b.primary == s.node && b.role == "primary")
@@ -225,7 +231,8 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         term = term_after;
         match second_killed {
             Some(victim) => cluster.start(victim)?,
-            None => cluster.start(primary)?,
+            None if !strict => cluster.start(primary)?,
+            None => {}
         }
         progress(&trial);
         trials.push(trial);
