@@ -1,7 +1,7 @@
 //! Fault points for `nonstop chaos kill`: places inside a checkpoint where an armed process
 //! kills itself with SIGKILL, as abruptly as an external kill, but at an exact moment.
 //!
-//! Arming is refused unless the process was started with `NONSTOP_ALLOW_FAULTS=1`, so a
+//! Arming is refused unless the node's config enables it ([`FaultPoints::enabled`]), so a
 //! production node can never be told to die over the network.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -37,38 +37,78 @@ impl FaultPoint {
     }
 }
 
-static ARMED: AtomicU32 = AtomicU32::new(0);
-static COUNTDOWN: AtomicU32 = AtomicU32::new(0);
-
-/// Whether this process accepts fault points.
-pub fn allowed() -> bool {
-    std::env::var_os("NONSTOP_ALLOW_FAULTS").is_some_and(|v| v == "1")
+/// One node's fault points: off unless its config enables them (`[node] fault_points =
+/// true`), so that a production node can never be told to die over the network. Each node
+/// process holds its own; the primaries it starts check it on their hot paths.
+#[derive(Debug, Default)]
+pub struct FaultPoints {
+    enabled: bool,
+    armed: AtomicU32,
+    countdown: AtomicU32,
 }
 
-/// Arms `point`: the `countdown`-th time it is reached, the process dies.
-pub fn arm(point: FaultPoint, countdown: u32) -> Result<(), &'static str> {
-    if !allowed() {
-        return Err("fault points are off: start the node with NONSTOP_ALLOW_FAULTS=1");
+impl FaultPoints {
+    /// Fault points that refuse to be armed.
+    pub fn disabled() -> FaultPoints {
+        FaultPoints::default()
     }
-    COUNTDOWN.store(countdown.max(1), Ordering::SeqCst);
-    ARMED.store(point as u32, Ordering::SeqCst);
-    Ok(())
-}
 
-/// True if any point is armed (so hot paths can take their slow, splittable branch).
-#[inline]
-pub fn armed() -> bool {
-    ARMED.load(Ordering::Relaxed) != 0
-}
+    /// Fault points that may be armed (chaos runs).
+    pub fn enabled() -> FaultPoints {
+        FaultPoints { enabled: true, ..FaultPoints::default() }
+    }
 
-/// Reached `point`: dies here if it is armed and its countdown runs out.
-#[inline]
-pub fn reached(point: FaultPoint) {
-    if ARMED.load(Ordering::Relaxed) == point as u32 && COUNTDOWN.fetch_sub(1, Ordering::SeqCst) == 1 {
-        tracing::warn!(point = point.name(), "fault point reached: killing this process");
-        // SAFETY: kill(2) with our own pid and SIGKILL has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
+    /// Whether arming is allowed.
+    pub fn allowed(&self) -> bool {
+        self.enabled
+    }
+
+    /// Arms `point`: the `countdown`-th time it is reached, the process dies.
+    pub fn arm(&self, point: FaultPoint, countdown: u32) -> Result<(), &'static str> {
+        if !self.enabled {
+            return Err(
+                "fault points are off: set fault_points = true in the node's [node] section (test clusters only)",
+            );
         }
+        self.countdown.store(countdown.max(1), Ordering::SeqCst);
+        self.armed.store(point as u32, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// True if any point is armed (so hot paths can take their slow, splittable branch).
+    #[inline]
+    pub fn armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed) != 0
+    }
+
+    /// Reached `point`: dies here if it is armed and its countdown runs out.
+    #[inline]
+    pub fn reached(&self, point: FaultPoint) {
+        if self.armed.load(Ordering::Relaxed) == point as u32 && self.countdown.fetch_sub(1, Ordering::SeqCst) == 1 {
+            tracing::warn!(point = point.name(), "fault point reached: killing this process");
+            // SAFETY: kill(2) with our own pid and SIGKILL has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_points_are_armed_only_where_the_config_enables_them() {
+        let off = FaultPoints::disabled();
+        assert!(off.arm(FaultPoint::BeforeClose, 1).unwrap_err().contains("fault_points = true"));
+        assert!(!off.armed());
+        let on = FaultPoints::enabled();
+        on.arm(FaultPoint::BeforeClose, 3).unwrap();
+        assert!(on.armed() && !off.armed(), "each node has its own");
+        on.reached(FaultPoint::AckArrived);
+        on.reached(FaultPoint::BeforeClose);
+        on.reached(FaultPoint::BeforeClose);
+        assert_eq!(on.countdown.load(Ordering::SeqCst), 1, "the third reach would kill");
     }
 }

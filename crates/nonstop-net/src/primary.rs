@@ -139,6 +139,8 @@ struct Shared {
     recent: Mutex<RecentCheckpoints>,
     /// A backup silent this long (ns) while it owes an acknowledgement is dropped (0: never).
     silence_limit_ns: AtomicU64,
+    /// The node's fault points, if it has any.
+    faults: std::sync::OnceLock<Arc<fault::FaultPoints>>,
 }
 
 /// Checkpoints remembered for lag reports.
@@ -206,6 +208,7 @@ impl Primary {
             precopy: Mutex::new(()),
             recent: Mutex::new(RecentCheckpoints::default()),
             silence_limit_ns: AtomicU64::new(0),
+            faults: std::sync::OnceLock::new(),
         });
         let replicator = matches!(shared.config.policy, CommitPolicy::Epoch { .. }).then(|| {
             let shared = shared.clone();
@@ -221,6 +224,11 @@ impl Primary {
             }
         }
         Primary { shared, replicator }
+    }
+
+    /// Checks `faults` inside checkpoints from now on (`nonstop chaos kill`); set once.
+    pub fn set_fault_points(&self, faults: Arc<fault::FaultPoints>) {
+        let _ = self.shared.faults.set(faults);
     }
 
     /// The mirror being replicated.
@@ -678,7 +686,7 @@ impl Shared {
             let (term, checkpoint) = (self.config.term, cut.checkpoint);
             let runs = payloads.iter().map(|payload| (FrameKind::Runs, term, checkpoint, payload.as_slice()));
             let closing = std::iter::once((FrameKind::Close, term, checkpoint, close.as_slice()));
-            let sent = if fault::armed() {
+            let sent = if let Some(faults) = self.faults.get().filter(|f| f.armed()) {
                 // Split so that a fault point can land between the frames of a checkpoint.
                 let mut runs = runs;
                 let first = runs.next();
@@ -687,12 +695,12 @@ impl Shared {
                     .send_batch(first)
                     .and_then(|()| {
                         if !none_yet {
-                            fault::reached(fault::FaultPoint::AfterSomeRuns);
+                            faults.reached(fault::FaultPoint::AfterSomeRuns);
                         }
                         link.sender.send_batch(runs)
                     })
                     .and_then(|()| {
-                        fault::reached(fault::FaultPoint::BeforeClose);
+                        faults.reached(fault::FaultPoint::BeforeClose);
                         link.sender.send_batch(closing)
                     })
             } else {
@@ -751,7 +759,9 @@ impl Shared {
             };
             match frame.kind {
                 FrameKind::Ack => {
-                    fault::reached(fault::FaultPoint::AckArrived);
+                    if let Some(faults) = self.faults.get() {
+                        faults.reached(fault::FaultPoint::AckArrived);
+                    }
                     let info: AckInfo = match control::decode("ack", &frame.payload) {
                         Ok(info) => info,
                         Err(error) => break Err(error.to_string()),

@@ -146,7 +146,11 @@ pub struct Agent {
 
 impl Agent {
     /// Opens the node's Raft log and sockets.
-    pub fn start(config: Checked, key: ClusterKey) -> Result<Agent, NodeError> {
+    pub fn start(
+        config: Checked,
+        key: ClusterKey,
+        faults: Arc<nonstop_net::fault::FaultPoints>,
+    ) -> Result<Agent, NodeError> {
         let voters: Vec<NodeId> = config.members.iter().map(|m| m.id).collect();
         let witnesses: Vec<NodeId> = config.members.iter().filter(|m| m.witness).map(|m| m.id).collect();
         let ticks_per_timeout = (config.timeout.as_millis() / config.heartbeat.as_millis().max(1)) as usize;
@@ -182,7 +186,11 @@ impl Agent {
         let peers =
             Peers::start(config.me.id, config.me.control, &peer_addrs, key.clone(), events_tx, config.heartbeat)
                 .map_err(|source| NodeError::Listen { what: "control plane", addr: config.me.control, source })?;
-        let hosts = config.services.iter().map(|spec| ServiceHost::new(spec.clone(), &config, key.clone())).collect();
+        let hosts = config
+            .services
+            .iter()
+            .map(|spec| ServiceHost::new(spec.clone(), &config, key.clone(), faults.clone()))
+            .collect();
         Ok(Agent {
             config,
             control,

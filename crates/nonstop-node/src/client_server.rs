@@ -25,6 +25,8 @@ pub struct Answering {
     pub status: Arc<RwLock<NodeStatus>>,
     /// Where switchover requests go (the agent's loop).
     pub switchovers: Mutex<mpsc::Sender<SwitchoverRequest>>,
+    /// The node's fault points (refusing to be armed unless its config enables them).
+    pub faults: Arc<nonstop_net::fault::FaultPoints>,
 }
 
 /// A switchover asked by an operator, for the agent's loop.
@@ -78,7 +80,7 @@ fn serve_one(stream: TcpStream, answering: &Answering) -> std::io::Result<()> {
             ClientRequest::Switchover { service, to } => switchover(answering, service, to),
             ClientRequest::ArmFault { point, countdown } => match nonstop_net::fault::FaultPoint::from_name(&point) {
                 None => ClientReply::Rejected { reason: format!("no fault point {point:?}") },
-                Some(point) => match nonstop_net::fault::arm(point, countdown) {
+                Some(point) => match answering.faults.arm(point, countdown) {
                     Ok(()) => ClientReply::Armed,
                     Err(reason) => ClientReply::Rejected { reason: reason.into() },
                 },

@@ -119,6 +119,10 @@ pub struct NodeSection {
     /// --leader-on-primary`).
     #[serde(default)]
     pub leader_on_primary: bool,
+    /// Testing only: the node accepts fault points armed over its client port (`nonstop chaos
+    /// kill` kills it at exact moments inside a checkpoint). Never on a production node.
+    #[serde(default)]
+    pub fault_points: bool,
 }
 
 /// `[[peers]]`: another node.
@@ -299,6 +303,8 @@ pub struct Checked {
     pub metrics: Option<SocketAddr>,
     /// Measurement only: control-plane leadership kept on primaries.
     pub leader_on_primary: bool,
+    /// Testing only: fault points may be armed.
+    pub fault_points: bool,
     /// Services.
     pub services: Vec<ServiceSpec>,
 }
@@ -522,6 +528,7 @@ impl NodeConfig {
             lease: Duration::from_millis(hb.lease_ms),
             metrics: self.node.metrics,
             leader_on_primary: self.node.leader_on_primary,
+            fault_points: self.node.fault_points,
             services,
         })
     }

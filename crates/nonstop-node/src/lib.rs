@@ -44,7 +44,11 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool) -> Result<(
         source,
     })?;
     let metrics = config.metrics;
-    let agent = Agent::start(config, key)?;
+    let faults = Arc::new(match config.fault_points {
+        true => nonstop_net::fault::FaultPoints::enabled(),
+        false => nonstop_net::fault::FaultPoints::disabled(),
+    });
+    let agent = Agent::start(config, key, faults.clone())?;
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
     }
@@ -53,6 +57,7 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool) -> Result<(
         services: agent.serving(),
         status: agent.status(),
         switchovers: std::sync::Mutex::new(switchovers),
+        faults,
     });
     std::thread::Builder::new()
         .name("nonstop-clients".into())

@@ -21,6 +21,7 @@ use nonstop_control::cluster::Command;
 use nonstop_control::coordinator::ServiceReport;
 use nonstop_control::role::{Action, Observed, Protection, RoleConfig, ServeFrom, ServiceRole};
 use nonstop_net::backup::{BackupControl, BackupServer};
+use nonstop_net::fault::FaultPoints;
 use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::backup::Backup;
@@ -136,6 +137,8 @@ pub struct ServiceHost {
     retired: Vec<Weak<Active>>,
     /// Origin of the role machine's clock (leases are timed on it).
     clock: Instant,
+    /// The node's fault points, handed to every primary it starts.
+    faults: Arc<FaultPoints>,
 }
 
 /// What the agent should do for a service.
@@ -152,7 +155,7 @@ struct Failed {
 
 impl ServiceHost {
     /// A host for `spec` on this node, idle until the first reconcile.
-    pub fn new(spec: ServiceSpec, config: &Checked, key: ClusterKey) -> ServiceHost {
+    pub fn new(spec: ServiceSpec, config: &Checked, key: ClusterKey, faults: Arc<FaultPoints>) -> ServiceHost {
         let listen = config.replication_addr(config.me.id, &spec).expect("checked config has every member");
         let role = ServiceRole::new(RoleConfig {
             service: spec.name.clone(),
@@ -179,6 +182,7 @@ impl ServiceHost {
             serving: Arc::new(Serving::default()),
             retired: Vec::new(),
             clock: Instant::now(),
+            faults,
         }
     }
 
@@ -519,6 +523,7 @@ impl ServiceHost {
         // Output waits for a lease, and for the record's backups once it names some.
         primary.set_required(BTreeSet::new());
         primary.set_silence_limit(Some(self.timeout));
+        primary.set_fault_points(self.faults.clone());
         let active = Arc::new(Active {
             term,
             mirror,

@@ -37,7 +37,7 @@ pub enum ClientRequest {
     },
     /// The node's view of the cluster (for `nonstop status`).
     Status,
-    /// Testing only (nodes started with `NONSTOP_ALLOW_FAULTS=1`): kill this node when it
+    /// Testing only (nodes whose config sets `fault_points = true`): kill this node when it
     /// reaches the fault point `point` for the `countdown`-th time.
     ArmFault {
         /// The fault point's name.

@@ -43,7 +43,7 @@ pub struct ClusterSpec {
     pub heartbeat_ms: u64,
     /// Failure timeout.
     pub timeout_ms: u64,
-    /// Start nodes with fault points enabled (`NONSTOP_ALLOW_FAULTS=1`), for chaos runs.
+    /// Start nodes with fault points enabled (`fault_points = true` in `[node]`), for chaos runs.
     pub allow_faults: bool,
     /// Extra voting nodes that hold no region, numbered after the others.
     pub witnesses: u8,
@@ -148,7 +148,6 @@ impl LocalNode {
 #[derive(Debug)]
 pub struct LocalCluster {
     exe: PathBuf,
-    allow_faults: bool,
     namespaces: Option<Vec<String>>,
     dir: PathBuf,
     _key: KeyFile,
@@ -192,6 +191,9 @@ impl LocalCluster {
             if spec.leader_on_primary {
                 text += "leader_on_primary = true\n";
             }
+            if spec.allow_faults {
+                text += "fault_points = true\n";
+            }
             text
         };
         let mut nodes = Vec::new();
@@ -231,14 +233,7 @@ impl LocalCluster {
                 child: None,
             });
         }
-        Ok(LocalCluster {
-            exe: exe.to_path_buf(),
-            allow_faults: spec.allow_faults,
-            namespaces: spec.namespaces.clone(),
-            dir,
-            _key: key,
-            nodes,
-        })
+        Ok(LocalCluster { exe: exe.to_path_buf(), namespaces: spec.namespaces.clone(), dir, _key: key, nodes })
     }
 
     /// The nodes' client addresses.
@@ -253,7 +248,6 @@ impl LocalCluster {
 
     /// Starts node `id` and waits until its agent runs.
     pub fn start(&mut self, id: u64) -> std::io::Result<()> {
-        let allow_faults = self.allow_faults;
         // `ip netns exec` execs the node in place: the child's pid is the node's.
         let mut command = match &self.namespaces {
             Some(namespaces) => {
@@ -270,7 +264,6 @@ impl LocalCluster {
             .arg("--config")
             .arg(&node.config)
             .env("RUST_LOG", std::env::var("NONSTOP_NODE_LOG").unwrap_or_else(|_| "info".into()))
-            .env("NONSTOP_ALLOW_FAULTS", if allow_faults { "1" } else { "0" })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
