@@ -175,6 +175,8 @@ impl Coordinator {
     /// heard from yet, so a new leader does not take "not heard yet" for "dead".
     pub fn on_leadership(&mut self, now: Nanos) {
         self.watching_since = now;
+        // What this node reported while it last led may be long gone.
+        self.own_empty_since.clear();
     }
 
     /// Whether `node` is believed alive at `now`: its connection did not close, and it was
