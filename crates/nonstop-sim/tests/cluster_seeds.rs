@@ -2,7 +2,7 @@
 //! output commit under crashes, double failures, partitions, pauses and switchovers, for
 //! services with one backup and with two (`min_backups` 1 and 2).
 
-use nonstop_sim::cluster::{ClusterStats, run_cluster_seed};
+use nonstop_sim::cluster::{ClusterStats, run_cluster, run_cluster_seed};
 
 #[test]
 fn failover_keeps_every_safety_property_across_seeds() {
@@ -51,10 +51,11 @@ fn a_cluster_seed_reproduces_exactly() {
 }
 
 /// `NONSTOP_SIM_SEED=S NONSTOP_SIM_TRACE=1 cargo test -p nonstop-sim --test cluster_seeds one_seed`
-/// replays one seed with a trace of its events.
+/// replays one seed with a trace of its events (as `nonstop sim --seed S --trace` does).
 #[test]
 fn one_seed() {
     if let Some(seed) = std::env::var("NONSTOP_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        run_cluster_seed(seed, 3000).unwrap_or_else(|violation| panic!("{violation}"));
+        let trace = std::env::var_os("NONSTOP_SIM_TRACE").is_some();
+        run_cluster(seed, 3000, trace).unwrap_or_else(|violation| panic!("{violation}"));
     }
 }
