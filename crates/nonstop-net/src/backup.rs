@@ -1,7 +1,7 @@
 //! The backup's server: accept an authenticated primary, apply its checkpoints, acknowledge.
 
 use crate::conn::{self, ConnError, FrameSender};
-use crate::detections::DETECTIONS;
+use crate::detections::Detections;
 use nonstop_proto::backup::{Backup, BackupError, BackupOutput};
 use nonstop_proto::control::{self, AckInfo, Refusal, VerifyReply};
 use nonstop_proto::frame::FrameKind;
@@ -25,6 +25,7 @@ pub struct BackupServer {
     backup: Backup,
     check: Option<ConsistencyCheck>,
     control: BackupControl,
+    detections: Arc<Detections>,
 }
 
 /// Watches and stops a [`BackupServer`] serving on another thread.
@@ -93,7 +94,13 @@ impl BackupServer {
             session: Arc::default(),
             held: Arc::default(),
         };
-        Ok(BackupServer { listener, key, region, backup, check, control })
+        Ok(BackupServer { listener, key, region, backup, check, control, detections: Arc::default() })
+    }
+
+    /// Counts what its checks catch in `detections` (the node's) instead of counters of its own.
+    pub fn with_detections(mut self, detections: Arc<Detections>) -> BackupServer {
+        self.detections = detections;
+        self
     }
 
     /// A handle to watch and stop the server from another thread.
@@ -155,7 +162,7 @@ impl BackupServer {
     /// Serves one connection until it ends. Authentication failures end it before any frame
     /// is read.
     pub fn serve_one(&mut self, stream: std::net::TcpStream) -> Result<(), ConnError> {
-        let (mut sender, mut receiver) = conn::accept(stream, &self.key)?;
+        let (mut sender, mut receiver) = conn::accept(stream, &self.key, &self.detections)?;
         let mut last_scrub = Instant::now();
         loop {
             // Between frames, so that the image is never checked while a frame is half
@@ -164,7 +171,7 @@ impl BackupServer {
                 last_scrub = Instant::now();
                 if let Err(error @ BackupError::Corrupt(_)) = self.backup.scrub(&mut self.region, SCRUB_LINES_PER_TICK)
                 {
-                    DETECTIONS.image_corrupted();
+                    self.detections.image_corrupted();
                     tracing::error!(peer = sender.peer(), %error, "image forgotten: asking the primary for a whole image");
                     self.control.publish(&self.backup);
                     refuse(&mut sender, self.backup.term(), &error.to_string());
@@ -215,7 +222,7 @@ impl BackupServer {
                 }
                 Err(error) => {
                     if matches!(error, BackupError::Corrupt(_)) {
-                        DETECTIONS.image_corrupted();
+                        self.detections.image_corrupted();
                     }
                     tracing::warn!(peer = sender.peer(), %error, "refusing primary");
                     refuse(&mut sender, self.backup.term(), &error.to_string());

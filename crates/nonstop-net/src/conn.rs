@@ -1,6 +1,6 @@
 //! An authenticated replication connection over TCP.
 
-use crate::detections::DETECTIONS;
+use crate::detections::Detections;
 use nonstop_proto::auth::MAC_LEN;
 use nonstop_proto::auth::{
     AuthError, CLIENT_FINISH_LEN, CLIENT_HELLO_LEN, ClusterKey, Initiator, Responder, SERVER_HELLO_LEN, SessionKeys,
@@ -9,6 +9,7 @@ use nonstop_proto::frame::{Frame, FrameError, FrameKind, FrameReader, FrameWrite
 use nonstop_proto::{CheckpointId, Term};
 use std::io::{IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -54,8 +55,8 @@ pub enum ConnError {
 }
 
 /// A handshake failed: counted, since a changed byte fails it as surely as a wrong key.
-fn auth_refused(peer: &str, source: AuthError) -> ConnError {
-    DETECTIONS.handshake_refused();
+fn auth_refused(detections: &Detections, peer: &str, source: AuthError) -> ConnError {
+    detections.handshake_refused();
     ConnError::Auth { peer: peer.to_string(), source }
 }
 
@@ -94,13 +95,19 @@ pub struct FrameReceiver {
     stream: TcpStream,
     reader: FrameReader,
     peer: String,
+    detections: Arc<Detections>,
 }
 
 fn io_error(peer: &str) -> impl Fn(std::io::Error) -> ConnError + '_ {
     move |source| ConnError::Io { peer: peer.to_string(), source }
 }
 
-fn halves(stream: TcpStream, keys: SessionKeys, peer: String) -> Result<(FrameSender, FrameReceiver), ConnError> {
+fn halves(
+    stream: TcpStream,
+    keys: SessionKeys,
+    peer: String,
+    detections: &Arc<Detections>,
+) -> Result<(FrameSender, FrameReceiver), ConnError> {
     stream.set_read_timeout(None).map_err(io_error(&peer))?;
     // A peer that stops reading must not stall its sender forever (the replicator holds the
     // link lock while it sends): the write fails, and the connection is dropped.
@@ -108,12 +115,17 @@ fn halves(stream: TcpStream, keys: SessionKeys, peer: String) -> Result<(FrameSe
     let read_half = stream.try_clone().map_err(io_error(&peer))?;
     Ok((
         FrameSender { stream, writer: FrameWriter::new(keys.send), peer: peer.clone() },
-        FrameReceiver { stream: read_half, reader: FrameReader::new(keys.recv), peer },
+        FrameReceiver { stream: read_half, reader: FrameReader::new(keys.recv), peer, detections: detections.clone() },
     ))
 }
 
-/// Connects to `addr` and authenticates as the initiator.
-pub fn connect(addr: SocketAddr, key: &ClusterKey) -> Result<(FrameSender, FrameReceiver), ConnError> {
+/// Connects to `addr` and authenticates as the initiator; refusals, of the handshake and of
+/// frames later, are counted in `detections`.
+pub fn connect(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    detections: &Arc<Detections>,
+) -> Result<(FrameSender, FrameReceiver), ConnError> {
     let peer = addr.to_string();
     let mut stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT).map_err(io_error(&peer))?;
     stream.set_nodelay(true).map_err(io_error(&peer))?;
@@ -122,26 +134,31 @@ pub fn connect(addr: SocketAddr, key: &ClusterKey) -> Result<(FrameSender, Frame
     stream.write_all(&hello).map_err(io_error(&peer))?;
     let mut answer = [0u8; SERVER_HELLO_LEN];
     stream.read_exact(&mut answer).map_err(io_error(&peer))?;
-    let (finish, keys) = initiator.on_server_hello(&answer).map_err(|source| auth_refused(&peer, source))?;
+    let (finish, keys) =
+        initiator.on_server_hello(&answer).map_err(|source| auth_refused(detections, &peer, source))?;
     stream.write_all(&finish).map_err(io_error(&peer))?;
-    halves(stream, keys, peer)
+    halves(stream, keys, peer, detections)
 }
 
 /// Authenticates an accepted connection as the responder. Nothing is read past the handshake
-/// unless the peer proved it holds `key`.
-pub fn accept(mut stream: TcpStream, key: &ClusterKey) -> Result<(FrameSender, FrameReceiver), ConnError> {
+/// unless the peer proved it holds `key`; refusals are counted in `detections`.
+pub fn accept(
+    mut stream: TcpStream,
+    key: &ClusterKey,
+    detections: &Arc<Detections>,
+) -> Result<(FrameSender, FrameReceiver), ConnError> {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
     stream.set_nodelay(true).map_err(io_error(&peer))?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io_error(&peer))?;
     let mut hello = [0u8; CLIENT_HELLO_LEN];
     stream.read_exact(&mut hello).map_err(io_error(&peer))?;
-    let (responder, answer) =
-        Responder::on_client_hello(key.clone(), nonce(), &hello).map_err(|source| auth_refused(&peer, source))?;
+    let (responder, answer) = Responder::on_client_hello(key.clone(), nonce(), &hello)
+        .map_err(|source| auth_refused(detections, &peer, source))?;
     stream.write_all(&answer).map_err(io_error(&peer))?;
     let mut finish = [0u8; CLIENT_FINISH_LEN];
     stream.read_exact(&mut finish).map_err(io_error(&peer))?;
-    let keys = responder.on_client_finish(&finish).map_err(|source| auth_refused(&peer, source))?;
-    halves(stream, keys, peer)
+    let keys = responder.on_client_finish(&finish).map_err(|source| auth_refused(detections, &peer, source))?;
+    halves(stream, keys, peer, detections)
 }
 
 impl FrameSender {
@@ -203,7 +220,7 @@ impl FrameReceiver {
     pub fn recv(&mut self) -> Result<Frame, ConnError> {
         loop {
             if let Some(frame) = self.reader.next_frame().map_err(|source| {
-                DETECTIONS.frame_refused();
+                self.detections.frame_refused();
                 ConnError::Frame { peer: self.peer.clone(), source }
             })? {
                 return Ok(frame);

@@ -1,5 +1,5 @@
-//! What this process's integrity checks caught since it started: frames refused by their CRC
-//! or MAC, handshakes refused, and backup images found corrupted in memory by the scrubber.
+//! What a node's integrity checks caught since it started: frames refused by their CRC or MAC,
+//! handshakes refused, and backup images found corrupted in memory by the scrubber.
 //!
 //! A primary that finds its own region corrupted does not count it: it stops (see
 //! `nonstop_region::CorruptionHandler`), and its exit status says why. The error-injection
@@ -8,22 +8,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The counters, process-wide: every connection and backup server of the process adds to them.
-#[derive(Debug)]
+/// The counters of one node: every connection and backup server it runs adds to them (each
+/// is handed the node's instance; nothing is process-wide).
+#[derive(Debug, Default)]
 pub struct Detections {
     frames_refused: AtomicU64,
     handshakes_refused: AtomicU64,
     image_corruptions: AtomicU64,
 }
 
-/// The process's counters.
-pub static DETECTIONS: Detections = Detections {
-    frames_refused: AtomicU64::new(0),
-    handshakes_refused: AtomicU64::new(0),
-    image_corruptions: AtomicU64::new(0),
-};
-
-/// A snapshot of [`DETECTIONS`].
+/// A snapshot of a node's [`Detections`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DetectionCounts {
     /// Frames refused because a check failed (CRC, MAC, sequence, header): the connection was

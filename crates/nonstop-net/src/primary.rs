@@ -8,6 +8,7 @@
 //! link lock, which is what keeps every backup's frames of checkpoint `n` before its close.
 
 use crate::conn::{self, ConnError, FrameReceiver, FrameSender};
+use crate::detections::Detections;
 use crate::fault;
 use hdrhistogram::Histogram;
 use nonstop_proto::auth::ClusterKey;
@@ -141,6 +142,8 @@ struct Shared {
     silence_limit_ns: AtomicU64,
     /// The node's fault points, if it has any.
     faults: std::sync::OnceLock<Arc<fault::FaultPoints>>,
+    /// Where refused handshakes and frames of its backup links are counted.
+    detections: std::sync::OnceLock<Arc<Detections>>,
 }
 
 /// Checkpoints remembered for lag reports.
@@ -209,6 +212,7 @@ impl Primary {
             recent: Mutex::new(RecentCheckpoints::default()),
             silence_limit_ns: AtomicU64::new(0),
             faults: std::sync::OnceLock::new(),
+            detections: std::sync::OnceLock::new(),
         });
         let replicator = matches!(shared.config.policy, CommitPolicy::Epoch { .. }).then(|| {
             let shared = shared.clone();
@@ -229,6 +233,12 @@ impl Primary {
     /// Checks `faults` inside checkpoints from now on (`nonstop chaos kill`); set once.
     pub fn set_fault_points(&self, faults: Arc<fault::FaultPoints>) {
         let _ = self.shared.faults.set(faults);
+    }
+
+    /// Counts refusals on its backup links in `detections` (the node's); set once, before
+    /// the first attach (until then a counter of its own is used).
+    pub fn set_detections(&self, detections: Arc<Detections>) {
+        let _ = self.shared.detections.set(detections);
     }
 
     /// The mirror being replicated.
@@ -256,7 +266,8 @@ impl Primary {
     ) -> Result<BackupId, PrimaryError> {
         let shared = &self.shared;
         let started = Instant::now();
-        let (mut sender, receiver) = conn::connect(addr, &shared.config.key)?;
+        let detections = shared.detections.get_or_init(Arc::default);
+        let (mut sender, receiver) = conn::connect(addr, &shared.config.key, detections)?;
         let attach = Attach {
             region_base: shared.mirror.base() as u64,
             region_len: shared.mirror.len() as u64,

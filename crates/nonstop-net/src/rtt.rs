@@ -16,7 +16,7 @@ pub fn measure(
     count: usize,
     payload_len: usize,
 ) -> Result<Histogram<u64>, ConnError> {
-    let (mut sender, mut receiver) = conn::connect(addr, key)?;
+    let (mut sender, mut receiver) = conn::connect(addr, key, &Default::default())?;
     let payload = vec![0x5au8; payload_len];
     let mut histogram = Histogram::new(3).expect("valid precision");
     for _ in 0..count {

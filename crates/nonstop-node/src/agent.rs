@@ -142,15 +142,12 @@ pub struct Agent {
     /// Per service: time served as primary with fewer backups than wanted.
     unprotected: BTreeMap<String, Duration>,
     last_status: Instant,
+    instruments: crate::Instruments,
 }
 
 impl Agent {
     /// Opens the node's Raft log and sockets.
-    pub fn start(
-        config: Checked,
-        key: ClusterKey,
-        faults: Arc<nonstop_net::fault::FaultPoints>,
-    ) -> Result<Agent, NodeError> {
+    pub fn start(config: Checked, key: ClusterKey, instruments: crate::Instruments) -> Result<Agent, NodeError> {
         let voters: Vec<NodeId> = config.members.iter().map(|m| m.id).collect();
         let witnesses: Vec<NodeId> = config.members.iter().filter(|m| m.witness).map(|m| m.id).collect();
         let ticks_per_timeout = (config.timeout.as_millis() / config.heartbeat.as_millis().max(1)) as usize;
@@ -183,13 +180,20 @@ impl Agent {
         let (events_tx, events) = mpsc::channel();
         let peer_addrs: Vec<_> =
             config.members.iter().filter(|m| m.id != config.me.id).map(|m| (m.id, m.control)).collect();
-        let peers =
-            Peers::start(config.me.id, config.me.control, &peer_addrs, key.clone(), events_tx, config.heartbeat)
-                .map_err(|source| NodeError::Listen { what: "control plane", addr: config.me.control, source })?;
+        let peers = Peers::start(
+            config.me.id,
+            config.me.control,
+            &peer_addrs,
+            key.clone(),
+            events_tx,
+            config.heartbeat,
+            instruments.detections.clone(),
+        )
+        .map_err(|source| NodeError::Listen { what: "control plane", addr: config.me.control, source })?;
         let hosts = config
             .services
             .iter()
-            .map(|spec| ServiceHost::new(spec.clone(), &config, key.clone(), faults.clone()))
+            .map(|spec| ServiceHost::new(spec.clone(), &config, key.clone(), instruments.clone()))
             .collect();
         Ok(Agent {
             config,
@@ -205,6 +209,7 @@ impl Agent {
             was_leader: false,
             unprotected: BTreeMap::new(),
             last_status: Instant::now(),
+            instruments,
         })
     }
 
@@ -450,7 +455,7 @@ impl Agent {
             raft_term: self.control.raft_term(),
             services,
             alive: self.config.members.iter().filter(|m| self.coordinator.alive(m.id, now)).map(|m| m.id.0).collect(),
-            detections: nonstop_net::detections::DETECTIONS.snapshot(),
+            detections: self.instruments.detections.snapshot(),
         };
         *self.status.write().unwrap_or_else(|p| p.into_inner()) = status;
     }

@@ -32,6 +32,16 @@ use nonstop_proto::auth::ClusterKey;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+/// What one node counts and may be told to do for testing, shared by everything it runs (and
+/// nothing process-wide, so that nodes in one process stay apart).
+#[derive(Clone, Debug, Default)]
+pub struct Instruments {
+    /// Its fault points (armed only where the config enables them).
+    pub faults: Arc<nonstop_net::fault::FaultPoints>,
+    /// What its integrity checks caught.
+    pub detections: Arc<nonstop_net::detections::Detections>,
+}
+
 /// The line a node prints on stdout once it serves (for scripts and `nonstop demo`).
 pub const READY: &str = "node ready";
 
@@ -44,11 +54,15 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool) -> Result<(
         source,
     })?;
     let metrics = config.metrics;
-    let faults = Arc::new(match config.fault_points {
-        true => nonstop_net::fault::FaultPoints::enabled(),
-        false => nonstop_net::fault::FaultPoints::disabled(),
-    });
-    let agent = Agent::start(config, key, faults.clone())?;
+    let instruments = Instruments {
+        faults: Arc::new(match config.fault_points {
+            true => nonstop_net::fault::FaultPoints::enabled(),
+            false => nonstop_net::fault::FaultPoints::disabled(),
+        }),
+        detections: Arc::default(),
+    };
+    let faults = instruments.faults.clone();
+    let agent = Agent::start(config, key, instruments)?;
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
     }

@@ -10,6 +10,7 @@
 use crate::NodeId;
 use nonstop_control::coordinator::Report;
 use nonstop_net::conn::{self, ConnError, FrameSender};
+use nonstop_net::detections::Detections;
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::frame::FrameKind;
 use nonstop_proto::{CheckpointId, Term};
@@ -78,23 +79,24 @@ impl Peers {
         key: ClusterKey,
         events: Sender<PeerEvent>,
         redial: Duration,
+        detections: Arc<Detections>,
     ) -> std::io::Result<Peers> {
         let listener = TcpListener::bind(listen)?;
         let stop = Arc::new(AtomicBool::new(false));
         {
-            let (key, events, stop) = (key.clone(), events.clone(), stop.clone());
+            let (key, events, stop, detections) = (key.clone(), events.clone(), stop.clone(), detections.clone());
             std::thread::Builder::new()
                 .name("nonstop-peers-accept".into())
-                .spawn(move || accept_loop(listener, key, events, stop))?;
+                .spawn(move || accept_loop(listener, key, events, stop, detections))?;
         }
         let mut outboxes = BTreeMap::new();
         for &(id, addr) in peers {
             let (tx, rx) = mpsc::sync_channel(OUTBOX);
             outboxes.insert(id, tx);
-            let (key, stop) = (key.clone(), stop.clone());
+            let (key, stop, detections) = (key.clone(), stop.clone(), detections.clone());
             std::thread::Builder::new()
                 .name(format!("nonstop-peer-{}", id.0))
-                .spawn(move || dial_loop(addr, key, rx, stop, redial))?;
+                .spawn(move || dial_loop(addr, key, rx, stop, redial, detections))?;
         }
         Ok(Peers { me, outboxes, stop })
     }
@@ -123,7 +125,13 @@ impl Drop for Peers {
     }
 }
 
-fn accept_loop(listener: TcpListener, key: ClusterKey, events: Sender<PeerEvent>, stop: Arc<AtomicBool>) {
+fn accept_loop(
+    listener: TcpListener,
+    key: ClusterKey,
+    events: Sender<PeerEvent>,
+    stop: Arc<AtomicBool>,
+    detections: Arc<Detections>,
+) {
     let mut accepted = 0u64;
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -133,11 +141,11 @@ fn accept_loop(listener: TcpListener, key: ClusterKey, events: Sender<PeerEvent>
         accepted += 1;
         let connection = accepted;
         let _ = stream.set_nodelay(true);
-        let (key, events) = (key.clone(), events.clone());
+        let (key, events, detections) = (key.clone(), events.clone(), detections.clone());
         let _ = std::thread::Builder::new().name("nonstop-peer-in".into()).spawn(move || {
             let mut from = None;
             let result = (|| -> Result<(), ConnError> {
-                let (_sender, mut receiver) = conn::accept(stream, &key)?;
+                let (_sender, mut receiver) = conn::accept(stream, &key, &detections)?;
                 loop {
                     let frame = receiver.recv()?;
                     if frame.kind != FrameKind::Control {
@@ -165,7 +173,14 @@ fn accept_loop(listener: TcpListener, key: ClusterKey, events: Sender<PeerEvent>
     }
 }
 
-fn dial_loop(addr: SocketAddr, key: ClusterKey, outbox: Receiver<Vec<u8>>, stop: Arc<AtomicBool>, redial: Duration) {
+fn dial_loop(
+    addr: SocketAddr,
+    key: ClusterKey,
+    outbox: Receiver<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+    redial: Duration,
+    detections: Arc<Detections>,
+) {
     let mut sender: Option<FrameSender> = None;
     while !stop.load(Ordering::SeqCst) {
         let bytes = match outbox.recv_timeout(Duration::from_millis(100)) {
@@ -174,7 +189,7 @@ fn dial_loop(addr: SocketAddr, key: ClusterKey, outbox: Receiver<Vec<u8>>, stop:
             Err(RecvTimeoutError::Disconnected) => return,
         };
         if sender.is_none() {
-            match conn::connect(addr, &key) {
+            match conn::connect(addr, &key, &detections) {
                 Ok((s, _receiver)) => sender = Some(s),
                 Err(error) => {
                     tracing::trace!(%addr, %error, "peer unreachable");

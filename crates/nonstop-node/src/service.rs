@@ -13,15 +13,14 @@
 //!   pre-copy (a spare) or by a whole image applied atomically (a holder a promotion kept);
 //! * **depose**: release nothing more, give the region up.
 
-use crate::NodeId;
 use crate::client_server::SwitchoverRequest;
 use crate::config::{Checked, ServiceSpec};
+use crate::{Instruments, NodeId};
 use nonstop_control::ServiceRecord;
 use nonstop_control::cluster::Command;
 use nonstop_control::coordinator::ServiceReport;
 use nonstop_control::role::{Action, Observed, Protection, RoleConfig, ServeFrom, ServiceRole};
 use nonstop_net::backup::{BackupControl, BackupServer};
-use nonstop_net::fault::FaultPoints;
 use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::backup::Backup;
@@ -137,8 +136,8 @@ pub struct ServiceHost {
     retired: Vec<Weak<Active>>,
     /// Origin of the role machine's clock (leases are timed on it).
     clock: Instant,
-    /// The node's fault points, handed to every primary it starts.
-    faults: Arc<FaultPoints>,
+    /// The node's fault points and detection counters, handed to everything it starts.
+    instruments: Instruments,
 }
 
 /// What the agent should do for a service.
@@ -155,7 +154,7 @@ struct Failed {
 
 impl ServiceHost {
     /// A host for `spec` on this node, idle until the first reconcile.
-    pub fn new(spec: ServiceSpec, config: &Checked, key: ClusterKey, faults: Arc<FaultPoints>) -> ServiceHost {
+    pub fn new(spec: ServiceSpec, config: &Checked, key: ClusterKey, instruments: Instruments) -> ServiceHost {
         let listen = config.replication_addr(config.me.id, &spec).expect("checked config has every member");
         let role = ServiceRole::new(RoleConfig {
             service: spec.name.clone(),
@@ -182,7 +181,7 @@ impl ServiceHost {
             serving: Arc::new(Serving::default()),
             retired: Vec::new(),
             clock: Instant::now(),
-            faults,
+            instruments,
         }
     }
 
@@ -408,7 +407,7 @@ impl ServiceHost {
         let region = self.map_region()?;
         let check: nonstop_net::backup::ConsistencyCheck = Arc::new(nonstop_workloads::check);
         let server = match BackupServer::bind(self.listen, self.key.clone(), region, Some(check)) {
-            Ok(server) => server,
+            Ok(server) => server.with_detections(self.instruments.detections.clone()),
             Err(error) if error.kind() == std::io::ErrorKind::OutOfMemory => {
                 // Making a region resident is not free: try again in a while, not every tick.
                 tracing::error!(service = self.spec.name, %error, "cannot stand by as a backup");
@@ -523,7 +522,8 @@ impl ServiceHost {
         // Output waits for a lease, and for the record's backups once it names some.
         primary.set_required(BTreeSet::new());
         primary.set_silence_limit(Some(self.timeout));
-        primary.set_fault_points(self.faults.clone());
+        primary.set_fault_points(self.instruments.faults.clone());
+        primary.set_detections(self.instruments.detections.clone());
         let active = Arc::new(Active {
             term,
             mirror,

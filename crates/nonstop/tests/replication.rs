@@ -158,10 +158,13 @@ fn a_peer_without_the_cluster_key_is_refused() {
 
     // A primary with the wrong key cannot authenticate the backup and gives up.
     let wrong = ClusterKey::from_bytes([0xee; 32]);
-    match conn::connect(backup.addr, &wrong) {
+    let (ours, others) = (std::sync::Arc::default(), std::sync::Arc::default());
+    match conn::connect(backup.addr, &wrong, &ours) {
         Err(ConnError::Auth { source: AuthError::BadProof, .. }) => {}
         other => panic!("expected a failed proof, got {other:?}"),
     }
+    let counted = |d: &std::sync::Arc<nonstop_net::detections::Detections>| d.snapshot().handshakes_refused;
+    assert_eq!((counted(&ours), counted(&others)), (1, 0), "counted where it was refused, nowhere else");
 
     // A peer that pushes on with a forged proof and a frame is cut off before any frame is read.
     let mut stream = std::net::TcpStream::connect(backup.addr).unwrap();
@@ -178,7 +181,7 @@ fn a_peer_without_the_cluster_key_is_refused() {
     assert!(rest.is_empty(), "the backup said something to an unauthenticated peer");
 
     // The backup still serves the real primary, with an untouched (empty) image.
-    let (mut sender, mut receiver) = conn::connect(backup.addr, &key.key).unwrap();
+    let (mut sender, mut receiver) = conn::connect(backup.addr, &key.key, &Default::default()).unwrap();
     let request = nonstop_proto::control::encode(&nonstop_proto::control::VerifyRequest { len: 1 << 20, check: None });
     sender
         .send(
