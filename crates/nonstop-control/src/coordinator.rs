@@ -141,13 +141,7 @@ impl Coordinator {
             }
             peer.last_heard = Some(now);
             peer.closed = false;
-            for service in &report.services {
-                if matches!(service.role, Role::Spare | Role::Joining) {
-                    peer.empty_since.entry(service.service.clone()).or_insert(now);
-                } else {
-                    peer.empty_since.remove(&service.service);
-                }
-            }
+            note_empty(&mut peer.empty_since, &report, now);
             peer.report = report;
         }
     }
@@ -203,13 +197,7 @@ impl Coordinator {
         let mut decisions = Vec::new();
         // The leader may be the primary that restarted without its region: it watches its own
         // report as it watches its peers'.
-        for service in &own.services {
-            if matches!(service.role, Role::Spare | Role::Joining) {
-                self.own_empty_since.entry(service.service.clone()).or_insert(now);
-            } else {
-                self.own_empty_since.remove(&service.service);
-            }
-        }
+        note_empty(&mut self.own_empty_since, own, now);
         self.proposed.retain(|service, (term, at)| {
             state.service(service).is_some_and(|r| r.term == *term) && now.0.saturating_sub(at.0) < self.timeout_ns
         });
@@ -316,6 +304,17 @@ impl Coordinator {
         }
         self.transfer_asked = Some(now);
         Some(target)
+    }
+}
+
+/// Per service, since when `report`'s node has reported holding no region for it, in a row.
+fn note_empty(empty_since: &mut BTreeMap<String, Nanos>, report: &Report, now: Nanos) {
+    for service in &report.services {
+        if matches!(service.role, Role::Spare | Role::Joining) {
+            empty_since.entry(service.service.clone()).or_insert(now);
+        } else {
+            empty_since.remove(&service.service);
+        }
     }
 }
 

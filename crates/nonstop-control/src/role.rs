@@ -128,7 +128,8 @@ pub struct Observed<'a> {
     pub standby_held: Option<(Term, CheckpointId)>,
     /// As primary: the checkpoint released (held by every required backup).
     pub primary_held: Option<CheckpointId>,
-    /// As primary: attached nodes whose link is up, with the last checkpoint each acknowledged.
+    /// As primary: the nodes whose attach finished and whose link is still up, with the last
+    /// checkpoint each acknowledged.
     pub links: &'a BTreeMap<NodeId, Option<CheckpointId>>,
 }
 
@@ -169,16 +170,23 @@ enum Proposal {
 struct Switchover {
     to: NodeId,
     started: Nanos,
-    /// The last checkpoint of this term, once cut; `None` while the cut is asked for.
-    last: Option<CheckpointId>,
-    cut_asked: bool,
+    step: SwitchoverStep,
+}
+
+/// Where a switchover is: the last checkpoint of the term is asked for, then cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SwitchoverStep {
+    /// Asked for, not yet told to the driver.
+    CutDue,
+    /// [`Action::CutLast`] went out; waiting for [`ServiceRole::on_last_checkpoint`].
+    CutAsked,
+    /// Cut: promote the target once it holds this checkpoint.
+    Cut(CheckpointId),
 }
 
 #[derive(Debug)]
 struct Duties {
     term: Term,
-    /// Nodes attached by this primary (their link may have died since).
-    attached: BTreeSet<NodeId>,
     attaching: Option<NodeId>,
     /// Attached and required, waiting until they hold everything released before AddBackup,
     /// with the newest record version an `AddBackup` for them was proposed at.
@@ -231,20 +239,6 @@ impl ServiceRole {
         }
     }
 
-    /// Whether the node stands by as a backup.
-    pub fn standing_by(&self) -> bool {
-        matches!(self.state, State::Standby)
-    }
-
-    /// The nodes this primary has attached (their links may have died since).
-    pub fn attached(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let duties = match &self.state {
-            State::Primary(duties) => Some(duties),
-            _ => None,
-        };
-        duties.into_iter().flat_map(|d| d.attached.iter().copied())
-    }
-
     /// This node's heartbeat report.
     pub fn report(&self, record: Option<&ServiceRecord>, observed: &Observed) -> ServiceReport {
         let term_known = record.map_or(Term(0), |r| r.term);
@@ -288,16 +282,16 @@ impl ServiceRole {
             }
             State::Primary(_) => self.primary_duties(record, observed, &mut actions),
             State::Standby if wants_primary => match observed.standby_held {
-                Some(_) => self.serve(record.term, ServeFrom::Image, false, now, &mut actions),
+                Some(_) => self.serve(record.term, ServeFrom::Image, now, &mut actions),
                 // Never followed a primary: the configured first primary of a new service. One
                 // that restarted (the service has history) must not serve an empty region; it
                 // reports no region and the leader fails over.
-                None if record.may_start_empty() => self.serve(record.term, ServeFrom::Empty, true, now, &mut actions),
+                None if record.may_start_empty() => self.serve(record.term, ServeFrom::Empty, now, &mut actions),
                 None => {}
             },
             State::Idle { retry_at } if wants_primary && record.may_start_empty() => {
                 if observed.region_free && retry_at.is_none_or(|at| now >= at) {
-                    self.serve(record.term, ServeFrom::Empty, true, now, &mut actions);
+                    self.serve(record.term, ServeFrom::Empty, now, &mut actions);
                 }
             }
             State::Standby => {}
@@ -322,7 +316,6 @@ impl ServiceRole {
         }
         duties.attaching = None;
         if ok {
-            duties.attached.insert(node);
             duties.joining.insert(node, None);
             duties.required = None;
         } else {
@@ -365,7 +358,7 @@ impl ServiceRole {
         if duties.switchover.is_some() {
             return Err(SwitchoverRefusal::UnderWay);
         }
-        duties.switchover = Some(Switchover { to, started: now, last: None, cut_asked: false });
+        duties.switchover = Some(Switchover { to, started: now, step: SwitchoverStep::CutDue });
         Ok(())
     }
 
@@ -374,7 +367,7 @@ impl ServiceRole {
         if let State::Primary(duties) = &mut self.state
             && let Some(switchover) = &mut duties.switchover
         {
-            switchover.last = Some(checkpoint);
+            switchover.step = SwitchoverStep::Cut(checkpoint);
         }
     }
 
@@ -388,15 +381,15 @@ impl ServiceRole {
         }
     }
 
-    fn serve(&mut self, term: Term, from: ServeFrom, fresh: bool, now: Nanos, actions: &mut Vec<Action>) {
+    fn serve(&mut self, term: Term, from: ServeFrom, now: Nanos, actions: &mut Vec<Action>) {
         actions.push(Action::Serve { term, from });
+        let fresh = from == ServeFrom::Empty;
         let mut lease = LeaseKeeper::new(self.config.incarnation);
         let request = lease.ask(now);
         let service = self.config.service.clone();
         actions.push(Action::Propose(Command::GrantLease { service, term, node: self.config.me, request, fresh }));
         self.state = State::Primary(Box::new(Duties {
             term,
-            attached: BTreeSet::new(),
             attaching: None,
             joining: BTreeMap::new(),
             lease,
@@ -413,7 +406,8 @@ impl ServiceRole {
         let State::Primary(duties) = &mut self.state else { return };
         let config = &self.config;
         let (now, links, name, term) = (observed.now, observed.links, config.service.as_str(), record.term);
-        let up = |node: &NodeId| duties.attached.contains(node) && links.contains_key(node);
+        // The driver's links are those of finished attaches, and only while they are up.
+        let up = |node: &NodeId| links.contains_key(node);
         duties.joining.retain(|node, _| !record.backups.contains(node));
         // A joining node whose link died stops being waited for only once no AddBackup for it
         // can still apply: never proposed, or proposed at a version the record has passed.
@@ -452,15 +446,15 @@ impl ServiceRole {
         let retry = config.timeout_ns;
         // A switchover: cut the last checkpoint, then promote the target once it holds it.
         if let Some(switchover) = &mut duties.switchover {
-            if !switchover.cut_asked {
-                switchover.cut_asked = true;
+            if switchover.step == SwitchoverStep::CutDue {
+                switchover.step = SwitchoverStep::CutAsked;
                 actions.push(Action::CutLast);
             } else if now.0.saturating_sub(switchover.started.0) > config.switchover_limit_ns {
                 let limit_ms = config.switchover_limit_ns / 1_000_000;
                 let reason = format!("{} did not hold the last checkpoint within {limit_ms} ms", switchover.to);
                 actions.push(Action::SwitchoverAbandoned { reason });
                 duties.switchover = None;
-            } else if let Some(last) = switchover.last
+            } else if let SwitchoverStep::Cut(last) = switchover.step
                 && observed.primary_held.is_some_and(|held| held >= last)
             {
                 let command = Command::Promote {

@@ -520,6 +520,7 @@ mod tests {
         assert!(r.silent_backups(Nanos(10_000), limit).is_empty(), "owing nothing, an idle backup is fine");
         let first = r.cut(Nanos(10_000)).checkpoint;
         assert!(r.silent_backups(Nanos(10_099), limit).is_empty(), "the clock starts at the cut, not at the last ack");
+        assert!(r.silent_backups(Nanos(10_500), limit).is_empty(), "its first, whole image may take longer than that");
         let second = r.cut(Nanos(10_050)).checkpoint;
         r.on_ack(BackupId(1), first, Nanos(10_090)).unwrap();
         assert!(r.silent_backups(Nanos(10_150), limit).is_empty(), "an ack is progress");

@@ -108,7 +108,7 @@ pub struct ClusterStats {
     pub pauses: u64,
     /// Switchovers asked for.
     pub switchovers: u64,
-    /// Attaches by pre-copy (spares) and by rebase (kept holders).
+    /// Attaches of spares by pre-copy.
     pub precopies: u64,
     /// Attaches that rebased a kept holder.
     pub rebases: u64,
@@ -175,13 +175,28 @@ struct Link {
     id: BackupId,
     up: bool,
     acked: Option<CheckpointId>,
+    stage: LinkStage,
+}
+
+/// How far an attach has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkStage {
+    /// Pre-copy rounds run until then (ms); nothing of the checkpoint stream goes out.
+    PreCopying { until: u64 },
+    /// Registered with the replication state machine: the next checkpoint completes the image.
+    Following,
     /// The first checkpoint was acknowledged: the attach finished.
-    attached: bool,
-    /// Pre-copy rounds run until then (ms); from then on the link follows the checkpoints,
-    /// the first of which completes its image.
-    ready_at: u64,
-    /// Registered with the replication state machine (once pre-copy is over).
-    following: bool,
+    Attached,
+}
+
+impl Link {
+    fn following(&self) -> bool {
+        matches!(self.stage, LinkStage::Following | LinkStage::Attached)
+    }
+
+    fn attached(&self) -> bool {
+        self.stage == LinkStage::Attached
+    }
 }
 
 /// A primary's data plane.
@@ -485,7 +500,7 @@ impl Sim {
         };
         // Each backup holds a checkpoint of the term and its link to the primary is up.
         let held = |node: &NodeId| {
-            let linked = serving.links.values().any(|l| l.node == node.0 && l.up && l.attached);
+            let linked = serving.links.values().any(|l| l.node == node.0 && l.up && l.attached());
             let holds = matches!(data(*node), Some(Data::Standby(Standby { held: Some((term, _, _)), .. })) if *term == record.term);
             linked && holds
         };
@@ -596,8 +611,8 @@ impl Sim {
                 {
                     l.acked = Some(checkpoint);
                     let _ = serving.replication.on_ack(l.id, checkpoint, Nanos(now * MS));
-                    if !l.attached {
-                        l.attached = true;
+                    if !l.attached() {
+                        l.stage = LinkStage::Attached;
                         let attached = l.node;
                         node.role.on_attached(NodeId(attached), true, Nanos(now * MS));
                     }
@@ -611,10 +626,10 @@ impl Sim {
                         && l.up
                     {
                         l.up = false;
-                        if l.following {
+                        if l.following() {
                             serving.replication.backup_lost(l.id, Nanos(now * MS));
                         }
-                        if !l.attached {
+                        if !l.attached() {
                             node.role.on_attached(NodeId(l.node), false, Nanos(now * MS));
                         }
                     }
@@ -641,7 +656,7 @@ impl Sim {
                 standby_held: None,
                 primary_held: p.replication.held(),
                 // The newest attached link per node, as the agent keeps one per node.
-                links: p.links.values().filter(|l| l.up && l.attached).map(|l| (NodeId(l.node), l.acked)).collect(),
+                links: p.links.values().filter(|l| l.up && l.attached()).map(|l| (NodeId(l.node), l.acked)).collect(),
             },
         }
     }
@@ -803,9 +818,7 @@ impl Sim {
                     id: backup,
                     up: true,
                     acked: None,
-                    attached: false,
-                    ready_at,
-                    following: false,
+                    stage: LinkStage::PreCopying { until: ready_at },
                 };
                 serving.links.insert(link, link_state);
                 sends.push((target.0, Msg::Attach { term: serving.term, link, payload }, true));
@@ -820,7 +833,7 @@ impl Sim {
                 let ids = nodes
                     .iter()
                     .map(|n| {
-                        let newest = serving.links.values().rfind(|l| l.node == n.0 && l.up && l.attached);
+                        let newest = serving.links.values().rfind(|l| l.node == n.0 && l.up && l.attached());
                         newest.map_or(BackupId(u32::MAX - n.0 as u32), |l| l.id)
                     })
                     .collect();
@@ -852,15 +865,18 @@ impl Sim {
     /// Cuts a checkpoint and sends it on every link.
     fn cut(serving: &mut Serving, now: Nanos, sends: &mut Vec<(u64, Msg, bool)>) -> CheckpointId {
         for link in serving.links.values_mut() {
-            if link.up && !link.following && now.0 >= link.ready_at * MS {
+            if let LinkStage::PreCopying { until } = link.stage
+                && link.up
+                && now.0 >= until * MS
+            {
                 serving.replication.add_backup(link.id);
-                link.following = true;
+                link.stage = LinkStage::Following;
             }
         }
         let cut = serving.replication.cut(now);
         serving.cuts.insert(cut.checkpoint, serving.txs.len());
         for (link_id, link) in &serving.links {
-            if link.up && link.following {
+            if link.up && link.following() {
                 let msg = Msg::Checkpoint {
                     term: serving.term,
                     link: *link_id,
