@@ -194,6 +194,10 @@ impl BackupServer {
                 Ok(Some(BackupOutput::Attached(term))) => {
                     tracing::info!(peer = sender.peer(), term = term.0, "primary attached");
                 }
+                Ok(Some(BackupOutput::Holding(holding))) => {
+                    tracing::info!(peer = sender.peer(), term = self.term().0, held = ?holding.held, "primary attached to rebase this image");
+                    sender.send(FrameKind::Holding, self.term(), CheckpointId(0), &control::encode(&holding))?;
+                }
                 Ok(Some(BackupOutput::Ack(checkpoint))) => {
                     self.control.publish(&self.backup);
                     let info = AckInfo { apply_ns: elapsed.as_nanos() as u64 };

@@ -12,14 +12,17 @@ use crate::detections::Detections;
 use crate::fault;
 use hdrhistogram::Histogram;
 use nonstop_proto::auth::ClusterKey;
-use nonstop_proto::control::{self, AckInfo, Attach, Refusal, VerifyReply, VerifyRequest};
+use nonstop_proto::control::{
+    self, AckInfo, Attach, CloseKind, Holding, ImageState, Refusal, VerifyReply, VerifyRequest,
+};
 use nonstop_proto::frame::FrameKind;
+use nonstop_proto::history::ImageHistory;
 use nonstop_proto::primary::{
     AttachPayload, BackupId, LinkProgress, PRECOPY_BATCH_PAGES, PreCopyRounds, Protection, Replication, Ticket,
 };
 use nonstop_proto::runs::{Coalescer, RunsBuilder};
 use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term, UpdateProtocol};
-use nonstop_region::{Mirror, STREAM_CHUNK};
+use nonstop_region::{FirstImages, Mirror, STREAM_CHUNK};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -104,9 +107,26 @@ struct Link {
     sender: FrameSender,
     alive: Arc<AtomicBool>,
     progress: LinkProgress,
-    /// The backup holds a pre-copied image that its first checkpoint completes.
-    precopied: bool,
+    /// What its first checkpoint carries, until that is sent.
+    first: Option<FirstCheckpoint>,
     reader: Option<JoinHandle<()>>,
+}
+
+/// What a newly attached backup's first checkpoint carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FirstCheckpoint {
+    /// The whole image: the backup holds nothing this primary can build on.
+    Whole,
+    /// The pages written since the last pre-copy round, which complete the pre-copied image.
+    CompletePreCopy,
+    /// The pages in which the backup's image, `from`, can differ from this checkpoint: `pages`
+    /// and every page written since the mirror resumed.
+    Rebase {
+        /// What the backup holds.
+        from: ImageState,
+        /// Pages its image may differ in from the one the mirror resumed from.
+        pages: Vec<u32>,
+    },
 }
 
 /// How bringing a backup up to date went, for the log.
@@ -144,6 +164,11 @@ struct Shared {
     faults: std::sync::OnceLock<Arc<fault::FaultPoints>>,
     /// Where refused handshakes and frames of its backup links are counted.
     detections: std::sync::OnceLock<Arc<Detections>>,
+    /// The history of the image the mirror resumed from, if it resumed a promoted backup's:
+    /// holders of an older image are rebased with the pages that differ.
+    resumed: Option<ImageHistory>,
+    /// Attaching backups' answers to a rebase's attach.
+    holdings: Mutex<HashMap<BackupId, Holding>>,
 }
 
 /// Checkpoints remembered for lag reports.
@@ -189,6 +214,19 @@ impl std::fmt::Debug for Primary {
 impl Primary {
     /// Starts replicating `mirror`, whose open checkpoint must be the first to cut.
     pub fn start(mirror: Arc<Mirror>, config: PrimaryConfig) -> Primary {
+        Primary::start_with(mirror, config, None)
+    }
+
+    /// Like [`Primary::start`], for a mirror that resumed a promoted backup's image: `history`
+    /// is that backup's ([`nonstop_proto::backup::Backup::history`]), whose current state is
+    /// the image resumed from. A holder attached with [`AttachPayload::Rebase`] is then sent
+    /// the pages that differ from what it holds instead of the whole image, when the two
+    /// histories meet.
+    pub fn start_resumed(mirror: Arc<Mirror>, config: PrimaryConfig, history: ImageHistory) -> Primary {
+        Primary::start_with(mirror, config, Some(history).filter(|h| h.current().is_some()))
+    }
+
+    fn start_with(mirror: Arc<Mirror>, config: PrimaryConfig, resumed: Option<ImageHistory>) -> Primary {
         let clock = Instant::now();
         let replication =
             Replication::new(config.term, config.policy, config.required_backups, mirror.open_checkpoint(), Nanos(0));
@@ -213,6 +251,8 @@ impl Primary {
             silence_limit_ns: AtomicU64::new(0),
             faults: std::sync::OnceLock::new(),
             detections: std::sync::OnceLock::new(),
+            resumed,
+            holdings: Mutex::new(HashMap::new()),
         });
         let replicator = matches!(shared.config.policy, CommitPolicy::Epoch { .. }).then(|| {
             let shared = shared.clone();
@@ -255,9 +295,11 @@ impl Primary {
     }
 
     /// Like [`Primary::attach_backup`], choosing how the backup is brought up to date: with
-    /// [`AttachPayload::Rebase`] no pre-copy runs, and the next checkpoint carries the whole
-    /// image, which the backup applies at its close or not at all, so its old image stays a
-    /// checkpoint until then (transactions wait while the image is copied).
+    /// [`AttachPayload::Rebase`] no pre-copy runs; the primary asks what the backup holds, and
+    /// the next checkpoint carries the pages that differ (or, if the two images share no
+    /// remembered state, the whole image), which the backup applies at its close or not at
+    /// all, so its old image stays a checkpoint until then (transactions wait while the pages
+    /// are copied).
     pub fn attach_backup_with(
         &self,
         addr: SocketAddr,
@@ -268,10 +310,13 @@ impl Primary {
         let started = Instant::now();
         let detections = shared.detections.get_or_init(Arc::default);
         let (mut sender, receiver) = conn::connect(addr, &shared.config.key, detections)?;
+        let resumed = shared.resumed.as_ref().and_then(ImageHistory::current);
+        let rebase = resumed.filter(|_| payload == AttachPayload::Rebase);
         let attach = Attach {
             region_base: shared.mirror.base() as u64,
             region_len: shared.mirror.len() as u64,
             page_size: PAGE_SIZE as u32,
+            rebase,
         };
         sender.send(FrameKind::Attach, shared.config.term, CheckpointId(0), &control::encode(&attach))?;
         let id = BackupId(shared.next_backup.fetch_add(1, Ordering::Relaxed));
@@ -283,9 +328,19 @@ impl Primary {
                 .spawn(move || shared.read_backup(id, receiver, alive))
                 .expect("spawn ack reader")
         };
-        let report = match payload {
-            AttachPayload::PreCopy => self.precopy(&mut sender)?,
-            AttachPayload::Rebase => PreCopyReport::default(),
+        let deadline = Instant::now() + timeout;
+        let (report, first) = match (payload, rebase) {
+            (AttachPayload::PreCopy, _) => (self.precopy(&mut sender)?, FirstCheckpoint::CompletePreCopy),
+            (AttachPayload::Rebase, None) => (PreCopyReport::default(), FirstCheckpoint::Whole),
+            (AttachPayload::Rebase, Some(_)) => {
+                let first = self.rebase_basis(id, &alive, timeout).inspect_err(|_| sender.shutdown())?;
+                (PreCopyReport::default(), first)
+            }
+        };
+        let kind = match &first {
+            FirstCheckpoint::Whole => "whole image",
+            FirstCheckpoint::CompletePreCopy => "pre-copy",
+            FirstCheckpoint::Rebase { .. } => "pages that differ",
         };
         let first = {
             let mut links = lock(&shared.links);
@@ -295,12 +350,11 @@ impl Primary {
                 sender,
                 alive,
                 progress: LinkProgress::new(),
-                precopied: payload == AttachPayload::PreCopy,
+                first: Some(first),
                 reader: Some(reader),
             });
             shared.cut_and_send(&mut links)
         };
-        let deadline = Instant::now() + timeout;
         loop {
             if let Some(acked) = lock(&shared.replication).acked(id) {
                 if acked >= first {
@@ -308,6 +362,7 @@ impl Primary {
                         backup = id.0,
                         %addr,
                         ?payload,
+                        sent = kind,
                         checkpoint = first.0,
                         rounds = report.rounds,
                         pages = report.pages,
@@ -324,6 +379,51 @@ impl Primary {
                 return Err(PrimaryError::Timeout(timeout));
             }
             std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Waits for a rebased backup's [`Holding`] and decides what its first checkpoint carries.
+    fn rebase_basis(
+        &self,
+        id: BackupId,
+        alive: &AtomicBool,
+        timeout: Duration,
+    ) -> Result<FirstCheckpoint, PrimaryError> {
+        let shared = &self.shared;
+        // The answer is one round trip away: a holder silent past the silence limit (paused,
+        // cut off) is given up like a backup that owes an acknowledgement, so that it does not
+        // hold the re-protection of the others off for the whole attach timeout.
+        let limit = Duration::from_nanos(shared.silence_limit_ns.load(Ordering::Relaxed));
+        let timeout = if limit.is_zero() { timeout } else { timeout.min(limit) };
+        let deadline = Instant::now() + timeout;
+        let history = shared.resumed.as_ref().expect("a rebase is only asked for by a resumed mirror");
+        let holding = loop {
+            if let Some(holding) = lock(&shared.holdings).remove(&id) {
+                break holding;
+            }
+            if !alive.load(Ordering::Relaxed) {
+                let reason = self.refusal(id).unwrap_or_else(|| "connection closed".into());
+                return Err(PrimaryError::Refused { peer: format!("backup {}", id.0), reason });
+            }
+            if Instant::now() > deadline {
+                return Err(PrimaryError::Timeout(timeout));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        let pages = shared.mirror.len().div_ceil(PAGE_SIZE);
+        let cut = lock(&shared.replication)
+            .last_closed()
+            .map(|checkpoint| ImageState { term: shared.config.term, checkpoint });
+        match history.rebase_pages(&holding, cut, pages) {
+            Ok(Some(pages)) => {
+                let from = holding.held.expect("pages are only known for an image held");
+                Ok(FirstCheckpoint::Rebase { from, pages })
+            }
+            Ok(None) => {
+                tracing::info!(backup = id.0, held = ?holding.held, "holder shares no remembered state: sending the whole image");
+                Ok(FirstCheckpoint::Whole)
+            }
+            Err(error) => Err(PrimaryError::Refused { peer: format!("backup {}", id.0), reason: error.to_string() }),
         }
     }
 
@@ -667,11 +767,19 @@ impl Shared {
 
     /// Cuts the open checkpoint and sends it to every backup; returns its number.
     fn cut_and_send(&self, links: &mut Vec<Link>) -> CheckpointId {
-        let attaching = lock(&self.replication).attaching();
-        let precopied = attaching && links.iter().any(|l| l.precopied);
-        let full = attaching && links.iter().any(|l| !l.precopied && !l.progress.wants_stream());
+        // Every link with a first checkpoint to send joined under this lock, so the
+        // replication's cut names it in `full_image_for`.
+        let firsts = || links.iter().filter_map(|l| l.first.as_ref());
+        let whole = firsts().any(|f| *f == FirstCheckpoint::Whole);
+        let finish_precopy = firsts().any(|f| *f == FirstCheckpoint::CompletePreCopy);
+        let rebases: Vec<Vec<u32>> = firsts()
+            .filter_map(|first| match first {
+                FirstCheckpoint::Rebase { pages, .. } => Some(pages.clone()),
+                _ => None,
+            })
+            .collect();
         let started = Instant::now();
-        let content = self.mirror.cut_finishing_precopy(full, precopied);
+        let content = self.mirror.cut_with(FirstImages { whole, finish_precopy, rebases: &rebases });
         let cut_ns = started.elapsed().as_nanos() as u64;
         let cut = lock(&self.replication).cut(self.now());
         assert_eq!(cut.checkpoint, content.checkpoint, "mirror and replication cut in lockstep");
@@ -685,15 +793,28 @@ impl Shared {
         let image = content.full_image.map(|image| image.into_payloads());
         let delta_bytes = content.precopy_delta.as_ref().map_or(0, |delta| delta.run_bytes());
         let delta = content.precopy_delta.map(|delta| delta.into_payloads());
+        let rebased: Vec<(u64, Vec<Vec<u8>>)> =
+            content.rebases.into_iter().map(|runs| (runs.run_bytes(), runs.into_payloads())).collect();
+        let mut next_rebase = rebased.iter();
         for link in links.iter_mut() {
-            let first = cut.full_image_for.contains(&link.id);
-            let (payloads, bytes, full, precopied) = match (first, link.precopied, &image, &delta) {
-                (true, true, _, Some(delta)) => (delta, delta_bytes, false, true),
-                (true, false, Some(image), _) => (image, image_bytes, true, false),
-                _ => (&changes, change_bytes, false, false),
+            let first = link.first.take();
+            debug_assert!(first.is_none() || cut.full_image_for.contains(&link.id), "joined under the link lock");
+            let (payloads, bytes, kind) = match (first, &image, &delta) {
+                (Some(FirstCheckpoint::CompletePreCopy), _, Some(delta)) => (delta, delta_bytes, CloseKind::PreCopied),
+                (Some(FirstCheckpoint::Whole), Some(image), _) => (image, image_bytes, CloseKind::Whole),
+                (Some(FirstCheckpoint::Rebase { from, .. }), _, _) => {
+                    let (bytes, payloads) = next_rebase.next().expect("one rebase cut per rebased link");
+                    tracing::info!(
+                        backup = link.id.0,
+                        pages = bytes / PAGE_SIZE as u64,
+                        "rebasing a holder with the pages that differ"
+                    );
+                    (payloads, *bytes, CloseKind::Rebased { from })
+                }
+                (Some(first), _, _) => unreachable!("the cut was asked for {first:?}"),
+                (None, _, _) => (&changes, change_bytes, CloseKind::Changes),
             };
-            link.precopied &= !first;
-            let close = control::encode(&link.progress.close_first(payloads.len(), bytes, full, precopied));
+            let close = control::encode(&link.progress.close(payloads.len(), bytes, kind));
             let (term, checkpoint) = (self.config.term, cut.checkpoint);
             let runs = payloads.iter().map(|payload| (FrameKind::Runs, term, checkpoint, payload.as_slice()));
             let closing = std::iter::once((FrameKind::Close, term, checkpoint, close.as_slice()));
@@ -798,10 +919,17 @@ impl Shared {
                     break Err(reason);
                 }
                 FrameKind::Pong => {}
+                FrameKind::Holding => match control::decode::<Holding>("holding", &frame.payload) {
+                    Ok(holding) => {
+                        lock(&self.holdings).insert(id, holding);
+                    }
+                    Err(error) => break Err(error.to_string()),
+                },
                 other => break Err(format!("unexpected {other:?} frame from a backup")),
             }
         };
         alive.store(false, Ordering::Relaxed);
+        lock(&self.holdings).remove(&id);
         if let Err(reason) = outcome {
             if !self.stop.load(Ordering::Relaxed) {
                 tracing::warn!(backup = id.0, %reason, "backup connection ended");

@@ -25,6 +25,7 @@ use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::backup::Backup;
 use nonstop_proto::client::ClientReply;
+use nonstop_proto::history::ImageHistory;
 use nonstop_proto::primary::BackupId;
 use nonstop_proto::{CheckpointId, Nanos, Term};
 use nonstop_region::{Mirror, Region};
@@ -462,7 +463,7 @@ impl ServiceHost {
             return Err(Failed { backoff: true });
         }
         tracing::info!(service = self.spec.name, term = term.0, "primary of a new service");
-        self.become_primary(mirror, term);
+        self.become_primary(mirror, term, None);
         Ok(())
     }
 
@@ -500,6 +501,7 @@ impl ServiceHost {
             // The image was forgotten (found corrupt) between the tick and the stop.
             return Err(Failed { backoff: false });
         };
+        let history = backup.history().clone();
         let mirror = self.mirror(region, held.next(), Some(backup))?;
         tracing::info!(
             service = self.spec.name,
@@ -508,17 +510,20 @@ impl ServiceHost {
             checkpoint = held.0,
             "promoted: resuming from the last checkpoint held"
         );
-        self.become_primary(mirror, term);
+        self.become_primary(mirror, term, Some(history));
         Ok(())
     }
 
-    fn become_primary(&mut self, mirror: Arc<Mirror>, term: Term) {
+    /// Serves `mirror` in `term`; `resumed` is the history of the promoted backup's image the
+    /// mirror resumed from, with which the other holders are rebased.
+    fn become_primary(&mut self, mirror: Arc<Mirror>, term: Term, resumed: Option<ImageHistory>) {
         mirror.set_corruption_handler(crate::fail_stop);
         crate::integrity::start_scrubber(&self.spec.name, &mirror);
-        let primary = Primary::start(
-            mirror.clone(),
-            PrimaryConfig { term, policy: self.spec.policy, required_backups: 0, key: self.key.clone() },
-        );
+        let config = PrimaryConfig { term, policy: self.spec.policy, required_backups: 0, key: self.key.clone() };
+        let primary = match resumed {
+            Some(history) => Primary::start_resumed(mirror.clone(), config, history),
+            None => Primary::start(mirror.clone(), config),
+        };
         // Output waits for a lease, and for the record's backups once it names some.
         primary.set_required(BTreeSet::new());
         primary.set_silence_limit(Some(self.timeout));

@@ -8,7 +8,13 @@
 //! cut first — the primary killed after any byte, a frame refused — staged runs are dropped and
 //! the undo log is played back, newest first: the image is exactly checkpoint `n - 1` again. A
 //! whole image (the first checkpoint after an attach) replaces the image, so it is always
-//! staged. Either way, once a session ends, the image is byte for byte one checkpoint.
+//! staged; so is a rebase, the first checkpoint of a primary that asked what this backup
+//! holds ([`Holding`]) and sends only the pages that differ from it. Either way, once a
+//! session ends, the image is byte for byte one checkpoint.
+//!
+//! The backup remembers the checkpoints it applied and the pages each wrote
+//! ([`ImageHistory`]): it answers a rebase with the pages it wrote past the state the new
+//! primary resumed from, and a promoted backup hands its history to the primary it becomes.
 //!
 //! Every byte written to the image (runs, undo, a clear) is sealed at once in a table of line
 //! checksums ([`crate::integrity`]); [`Backup::scrub`] checks the image against it a slice at a
@@ -17,11 +23,12 @@
 //! promoted nor counted as a copy, and the next attach sends it a whole image. The seals go
 //! with the image when the backup is promoted ([`Backup::into_seals`]).
 
-use crate::control::{self, Attach, Close, ControlError, VerifyRequest};
+use crate::control::{self, Attach, Close, CloseKind, ControlError, Holding, ImageState, VerifyRequest};
 use crate::frame::{Frame, FrameKind};
+use crate::history::ImageHistory;
 use crate::integrity::{CorruptLine, LineChecksums, Scrubber};
 use crate::runs::{RunsError, apply_validated_runs_checked, runs, undo_runs, validate_runs};
-use crate::written::WrittenPages;
+use crate::written::{CheckpointPages, WrittenPages};
 use crate::{CheckpointId, PAGE_SIZE, Term};
 use thiserror::Error;
 
@@ -95,6 +102,18 @@ pub enum BackupError {
     /// complete a pre-copy that never came.
     #[error("{0}: pre-copy frames only come before the first checkpoint of a session, which then completes them")]
     UnexpectedPreCopy(CheckpointId),
+    /// A rebase from a state other than the one the image holds.
+    #[error(
+        "{checkpoint} rebases from {from:?}, but this image holds {held:?}: a rebase must start from the image held"
+    )]
+    RebaseFromElsewhere {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// The state the primary rebases from.
+        from: ImageState,
+        /// The state held.
+        held: Option<ImageState>,
+    },
     /// A whole image where changes were expected.
     #[error(
         "{0} claims to be a whole image, but this session already holds one: only the first checkpoint after attach is"
@@ -136,6 +155,9 @@ pub enum BackupError {
 pub enum BackupOutput {
     /// A primary attached; it will send a whole image next.
     Attached(Term),
+    /// A primary attached and asks what the image holds, to rebase it: send this answer as a
+    /// `Holding` frame.
+    Holding(Holding),
     /// Send `Ack` for this checkpoint: the image now holds it.
     Ack(CheckpointId),
     /// Answer with a digest of the image (and the workload check).
@@ -183,9 +205,35 @@ pub struct Backup {
     spare_undo: Vec<u8>,
     /// A checksum per line of the image, sealed whenever this backup writes it.
     seals: LineChecksums,
-    /// The pages written since the image was last cleared (every other page is zero).
-    written: WrittenPages,
+    written: Written,
+    /// The checkpoints applied, with the pages each wrote.
+    history: ImageHistory,
     scrubber: Scrubber,
+}
+
+/// What the backup notes of every byte it writes.
+#[derive(Clone, Debug)]
+struct Written {
+    /// The pages written since the image was last cleared (every other page is zero).
+    ever: WrittenPages,
+    /// The pages the open checkpoint wrote, for the history.
+    checkpoint: CheckpointPages,
+}
+
+impl Written {
+    fn new(image_len: usize) -> Written {
+        Written { ever: WrittenPages::new(image_len), checkpoint: CheckpointPages::new(image_len) }
+    }
+
+    fn mark(&mut self, offset: u64, len: usize) {
+        self.ever.mark(offset, len);
+        self.checkpoint.mark(offset, len);
+    }
+
+    fn reset(&mut self) {
+        self.ever.reset();
+        self.checkpoint.take();
+    }
 }
 
 /// Applies a validated runs payload, each run in one go: with `check`, its lines are checked
@@ -200,7 +248,7 @@ pub struct Backup {
 /// cache reads it from memory once.
 fn apply_sealed(
     seals: &LineChecksums,
-    written: &mut WrittenPages,
+    written: &mut Written,
     payload: &[u8],
     image: &mut [u8],
     undo: Option<&mut Vec<u8>>,
@@ -228,7 +276,7 @@ fn apply_sealed(
 
 /// Seals the ranges a runs payload (or an undo log, which has the same layout) just wrote, and
 /// notes their pages as written.
-fn seal_runs(seals: &LineChecksums, written: &mut WrittenPages, payload: &[u8], image: &[u8]) {
+fn seal_runs(seals: &LineChecksums, written: &mut Written, payload: &[u8], image: &[u8]) {
     for run in runs(payload, image.len() as u64).map_while(Result::ok) {
         seals.seal_range(image, run.offset as usize, run.bytes.len());
         written.mark(run.offset, run.bytes.len());
@@ -250,7 +298,8 @@ impl Backup {
             open: None,
             spare_undo: Vec::new(),
             seals: LineChecksums::zeroed(region_len as usize),
-            written: WrittenPages::new(region_len as usize),
+            written: Written::new(region_len as usize),
+            history: ImageHistory::new(),
             scrubber: Scrubber::new(),
         }
     }
@@ -269,7 +318,13 @@ impl Backup {
     /// The pages this backup has written since its image was last cleared: every other page of
     /// the image is zero (so a promotion need not read it).
     pub fn written_pages(&self) -> &WrittenPages {
-        &self.written
+        &self.written.ever
+    }
+
+    /// The checkpoints the image went through, ending at the one held: a promoted backup's
+    /// primary rebases the other holders with it.
+    pub fn history(&self) -> &ImageHistory {
+        &self.history
     }
 
     /// Checks the next `lines` lines of the image against their seals. A mismatch means the
@@ -296,6 +351,7 @@ impl Backup {
     fn forget_image(&mut self, corruption: CorruptLine) -> BackupError {
         self.held = None;
         self.held_term = None;
+        self.history.forget();
         self.expect_full = true;
         BackupError::Corrupt(corruption)
     }
@@ -309,6 +365,10 @@ impl Backup {
     /// find the most up-to-date image.
     pub fn held_with_term(&self) -> Option<(Term, CheckpointId)> {
         self.held_term.zip(self.held)
+    }
+
+    fn held_state(&self) -> Option<ImageState> {
+        self.held_with_term().map(|(term, checkpoint)| ImageState { term, checkpoint })
     }
 
     /// The term of the primary followed.
@@ -337,6 +397,8 @@ impl Backup {
             open.undo.clear();
             self.spare_undo = open.undo;
         }
+        // The pages an unfinished checkpoint wrote are back as they were.
+        self.written.checkpoint.take();
     }
 
     /// Handles one authenticated frame from the primary.
@@ -360,7 +422,12 @@ impl Backup {
         match frame.kind {
             FrameKind::Attach => return self.on_attach(&frame).map(Some),
             FrameKind::Ping => return Ok(Some(BackupOutput::Pong(frame.payload))),
-            FrameKind::Ack | FrameKind::Refuse | FrameKind::VerifyReply | FrameKind::Pong | FrameKind::Control => {
+            FrameKind::Ack
+            | FrameKind::Refuse
+            | FrameKind::VerifyReply
+            | FrameKind::Pong
+            | FrameKind::Control
+            | FrameKind::Holding => {
                 return Err(BackupError::UnexpectedKind(frame.kind));
             }
             FrameKind::Runs | FrameKind::Close | FrameKind::VerifyRequest | FrameKind::PreCopy => {}
@@ -387,6 +454,7 @@ impl Backup {
                 }
                 self.held = None;
                 self.held_term = None;
+                self.history.forget();
                 self.precopied = true;
                 let (seals, written) = (&self.seals, &mut self.written);
                 apply_sealed(seals, written, &frame.payload, image.bytes_mut(), None, false)
@@ -423,15 +491,17 @@ impl Backup {
             FrameKind::Close => {
                 let close: Close = control::decode("close", &frame.payload)?;
                 self.open_for(frame.checkpoint)?;
-                if close.precopied && !(self.expect_full && self.precopied && !close.full) {
-                    return Err(BackupError::UnexpectedPreCopy(frame.checkpoint));
-                }
-                if self.expect_full != (close.full || close.precopied) {
-                    return Err(if self.expect_full {
-                        BackupError::FirstNotFull(frame.checkpoint)
-                    } else {
-                        BackupError::UnexpectedFull(frame.checkpoint)
-                    });
+                let checkpoint = frame.checkpoint;
+                match close.kind {
+                    CloseKind::Changes if self.expect_full => return Err(BackupError::FirstNotFull(checkpoint)),
+                    kind if kind.is_first() && !self.expect_full => {
+                        return Err(BackupError::UnexpectedFull(checkpoint));
+                    }
+                    CloseKind::PreCopied if !self.precopied => return Err(BackupError::UnexpectedPreCopy(checkpoint)),
+                    CloseKind::Rebased { from } if self.held_state() != Some(from) => {
+                        return Err(BackupError::RebaseFromElsewhere { checkpoint, from, held: self.held_state() });
+                    }
+                    _ => {}
                 }
                 let open = self.open.as_ref().expect("opened above");
                 if close.runs_frames != open.frames || close.run_bytes != open.run_bytes {
@@ -444,7 +514,8 @@ impl Backup {
                     });
                 }
                 let mut open = self.open.take().expect("opened above");
-                if close.full {
+                let whole = close.kind == CloseKind::Whole;
+                if whole {
                     image.clear();
                     self.seals.reset();
                     self.written.reset();
@@ -454,16 +525,22 @@ impl Backup {
                 let applied = open
                     .staged
                     .iter()
-                    .try_for_each(|payload| apply_sealed(seals, written, payload, bytes, None, !close.full));
+                    .try_for_each(|payload| apply_sealed(seals, written, payload, bytes, None, !whole));
                 open.undo.clear();
                 self.spare_undo = open.undo;
                 if let Err(corruption) = applied {
                     return Err(self.forget_image(corruption));
                 }
-                self.held = Some(frame.checkpoint);
+                self.held = Some(checkpoint);
                 self.held_term = Some(frame.term);
                 self.expect_full = false;
-                Ok(Some(BackupOutput::Ack(frame.checkpoint)))
+                let state = ImageState { term: frame.term, checkpoint };
+                let pages = self.written.checkpoint.take();
+                match close.kind {
+                    CloseKind::Whole | CloseKind::PreCopied => self.history.restart(state),
+                    CloseKind::Changes | CloseKind::Rebased { .. } => self.history.step(state, pages),
+                }
+                Ok(Some(BackupOutput::Ack(checkpoint)))
             }
             FrameKind::VerifyRequest => {
                 let request: VerifyRequest = control::decode("verify request", &frame.payload)?;
@@ -496,7 +573,13 @@ impl Backup {
         self.expect_full = true;
         self.precopied = false;
         debug_assert!(self.open.is_none(), "an attach arrives on a new session");
-        Ok(BackupOutput::Attached(frame.term))
+        Ok(match attach.rebase {
+            None => BackupOutput::Attached(frame.term),
+            Some(resumed) => BackupOutput::Holding(Holding {
+                held: self.held_state(),
+                written_since_resumed: self.history.pages_since(resumed).filter(|p| p.len() <= Holding::MAX_PAGES),
+            }),
+        })
     }
 
     fn open_for(&mut self, checkpoint: CheckpointId) -> Result<&mut Open, BackupError> {

@@ -1,7 +1,19 @@
 //! Control messages: the small, rarely sent frame payloads, encoded with postcard.
 
+use crate::{CheckpointId, Term};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use thiserror::Error;
+
+/// One checkpoint as some backup held it: checkpoint numbers are ordered within a term, and
+/// one primary cuts each `(term, checkpoint)` once, so two images that name the same one are
+/// byte for byte the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ImageState {
+    /// The term of the primary that cut it.
+    pub term: Term,
+    /// Its number in that term.
+    pub checkpoint: CheckpointId,
+}
 
 /// Primary to backup, first frame of a session: the region the primary mirrors. The backup
 /// refuses a primary whose region differs from its own.
@@ -13,6 +25,56 @@ pub struct Attach {
     pub region_len: u64,
     /// Page size in bytes.
     pub page_size: u32,
+    /// A rebase: the primary resumed from this image (it was promoted from a backup) and asks
+    /// what the backup holds, so that the first checkpoint carries only the pages that
+    /// differ. The backup answers with [`Holding`] and keeps its image until that checkpoint
+    /// closes.
+    pub rebase: Option<ImageState>,
+}
+
+/// Backup to primary, the answer to an [`Attach`] that asks for a rebase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    /// What the image holds (`None`: nothing the primary can build on).
+    pub held: Option<ImageState>,
+    /// The pages this backup wrote after the state the primary resumed from, if its image
+    /// descends from it (it applied checkpoints the new primary never received): the primary
+    /// sends them back as it has them. `None` if the backup did not pass through that state or
+    /// no longer remembers.
+    pub written_since_resumed: Option<Vec<u32>>,
+}
+
+impl Holding {
+    /// Pages a holding names at most, so that it fits one frame ([`crate::frame::MAX_PAYLOAD`],
+    /// at five bytes a page number at worst); a holder that wrote more sends `None` and gets
+    /// a whole image, which costs about as much.
+    pub const MAX_PAGES: usize = 1 << 17;
+}
+
+/// What a closed checkpoint is relative to the image the backup held before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloseKind {
+    /// The changes since the previous checkpoint of this session.
+    Changes,
+    /// A whole image: everything not in it is zero.
+    Whole,
+    /// Completes a pre-copied image: the runs are the pages written since the last pre-copy
+    /// round, and the image plus them is the checkpoint.
+    PreCopied,
+    /// A rebase: the runs are whole pages, every page in which the primary's image at this
+    /// checkpoint differs from `from`, the state the backup said it holds.
+    Rebased {
+        /// The state the backup held, which the runs turn into this checkpoint.
+        from: ImageState,
+    },
+}
+
+impl CloseKind {
+    /// Whether this checkpoint can only be the first of a session (it replaces or rebases
+    /// the image instead of following the previous checkpoint of the session).
+    pub fn is_first(self) -> bool {
+        !matches!(self, CloseKind::Changes)
+    }
 }
 
 /// Primary to backup: checkpoint `n` (the frame header's checkpoint) is complete.
@@ -22,11 +84,8 @@ pub struct Close {
     pub runs_frames: u32,
     /// How many region bytes those frames carried.
     pub run_bytes: u64,
-    /// The checkpoint is a whole image: everything not in it is zero.
-    pub full: bool,
-    /// The checkpoint completes a pre-copied image: its runs are the pages written since the
-    /// last pre-copy round, and the image plus them is the checkpoint.
-    pub precopied: bool,
+    /// What the checkpoint is relative to the image before it.
+    pub kind: CloseKind,
 }
 
 /// Backup to primary, the payload of an `Ack`: how the backup fared with the checkpoint.
@@ -97,7 +156,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_trailing_bytes() {
-        let close = Close { runs_frames: 3, run_bytes: 4096, full: true, precopied: false };
+        let close = Close { runs_frames: 3, run_bytes: 4096, kind: CloseKind::Whole };
         let mut bytes = encode(&close);
         assert_eq!(decode::<Close>("close", &bytes).unwrap(), close);
         bytes.push(0);

@@ -60,6 +60,9 @@ pub enum FrameKind {
     /// Primary to an attaching backup: runs of a pre-copy round, written straight into the
     /// image while the primary keeps serving; the first checkpoint then completes it.
     PreCopy = 11,
+    /// Backup to primary: what the image holds, answering an attach that asks for a rebase
+    /// ([`crate::control::Holding`]).
+    Holding = 12,
 }
 
 impl FrameKind {
@@ -78,6 +81,7 @@ impl FrameKind {
             9 => Pong,
             10 => Control,
             11 => PreCopy,
+            12 => Holding,
             _ => return None,
         })
     }

@@ -19,6 +19,8 @@
 //!   closing marker arrives intact, acknowledge.
 //! * [`integrity`]: a checksum per 64-byte line of the region, kept by primary and backups alike,
 //!   so that memory corrupted behind the program's back is never served, replicated or promoted.
+//! * [`history`]: the checkpoints a backup's image went through, with the pages each wrote,
+//!   so that after a promotion another holder is rebased with the pages that differ.
 //! * [`control`]: the small control messages (attach, verify) encoded with postcard.
 //! * [`client`]: the client protocol: requests, answers and redirects.
 
@@ -28,6 +30,7 @@ pub mod client;
 pub mod control;
 pub mod diff;
 pub mod frame;
+pub mod history;
 pub mod integrity;
 pub mod primary;
 pub mod runs;

@@ -4,6 +4,7 @@
 //! the next checkpoint is due under the [`CommitPolicy`], which backups need a whole image, and
 //! which checkpoint every backup holds — the point up to which replies may be released.
 
+use crate::control::{Close, CloseKind};
 use crate::{CheckpointId, CommitPolicy, Nanos, Term};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -79,12 +80,13 @@ pub struct Cut {
 ///
 /// ```
 /// use nonstop_proto::primary::LinkProgress;
+/// use nonstop_proto::control::CloseKind;
 /// let mut link = LinkProgress::new();
 /// assert!(!link.wants_stream());
-/// let close = link.close(1, 4096, true);
-/// assert!(close.full && link.wants_stream());
+/// let close = link.close(1, 4096, CloseKind::Whole);
+/// assert!(close.kind == CloseKind::Whole && link.wants_stream());
 /// link.streamed(2, 100);
-/// let close = link.close(1, 10, false);
+/// let close = link.close(1, 10, CloseKind::Changes);
 /// assert_eq!((close.runs_frames, close.run_bytes), (3, 110));
 /// ```
 #[derive(Clone, Debug)]
@@ -118,26 +120,16 @@ impl LinkProgress {
         self.streamed_bytes += bytes;
     }
 
-    /// The close of the open checkpoint after `frames` more runs frames of `bytes` bytes
-    /// (`full`: a whole image); resets the counts for the next checkpoint.
-    pub fn close(&mut self, frames: usize, bytes: u64, full: bool) -> crate::control::Close {
-        self.close_first(frames, bytes, full, false)
-    }
-
-    /// Like [`LinkProgress::close`]; `precopied`: the checkpoint completes a pre-copied image
-    /// (its runs are the pages written since the last pre-copy round).
-    pub fn close_first(&mut self, frames: usize, bytes: u64, full: bool, precopied: bool) -> crate::control::Close {
-        let close = if full || precopied {
-            crate::control::Close { runs_frames: frames as u32, run_bytes: bytes, full, precopied }
+    /// The close of the open checkpoint after `frames` more runs frames of `bytes` bytes; a
+    /// first checkpoint (a whole image, a completed pre-copy, a rebase) counts only those, and
+    /// opens the stream to this backup. Resets the counts for the next checkpoint.
+    pub fn close(&mut self, frames: usize, bytes: u64, kind: CloseKind) -> Close {
+        let close = if kind.is_first() {
+            Close { runs_frames: frames as u32, run_bytes: bytes, kind }
         } else {
-            crate::control::Close {
-                runs_frames: self.streamed_frames + frames as u32,
-                run_bytes: self.streamed_bytes + bytes,
-                full,
-                precopied,
-            }
+            Close { runs_frames: self.streamed_frames + frames as u32, run_bytes: self.streamed_bytes + bytes, kind }
         };
-        self.awaiting_image &= !(full || precopied);
+        self.awaiting_image &= !kind.is_first();
         self.streamed_frames = 0;
         self.streamed_bytes = 0;
         close
@@ -153,8 +145,10 @@ pub enum AttachPayload {
     #[default]
     PreCopy,
     /// A holder whose image must stay a checkpoint until the new one is whole (after a
-    /// promotion it may be the last copy of released replies): the first checkpoint carries
-    /// the whole image, which the backup stages and applies at its close, or not at all.
+    /// promotion it may be the last copy of released replies): the primary asks what it holds,
+    /// and the first checkpoint carries the pages in which the two images can differ
+    /// ([`crate::history::ImageHistory::rebase_pages`]), or the whole image if that is not
+    /// known; the backup stages them and applies them at the close, or not at all.
     Rebase,
 }
 

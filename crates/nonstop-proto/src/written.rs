@@ -42,6 +42,14 @@ impl WrittenPages {
         }
     }
 
+    /// Notes one page; returns whether it was not noted before.
+    fn mark_page(&mut self, page: usize) -> bool {
+        let (word, bit) = (&mut self.words[page / 64], 1u64 << (page % 64));
+        let new = *word & bit == 0;
+        *word |= bit;
+        new
+    }
+
     /// Forgets every page: the image was cleared to zeros.
     pub fn reset(&mut self) {
         self.words.fill(0);
@@ -53,5 +61,51 @@ impl WrittenPages {
             std::iter::successors((word != 0).then_some(word), |rest| Some(rest & (rest - 1)).filter(|r| *r != 0))
                 .map(move |bits| index * 64 + bits.trailing_zeros() as usize)
         })
+    }
+}
+
+/// The pages one checkpoint writes, each once, in the order first written: a bit per page to
+/// note it, and the list, so that ending a checkpoint costs the pages it wrote rather than a
+/// scan of the whole image's bits.
+///
+/// ```
+/// use nonstop_proto::written::CheckpointPages;
+/// let mut pages = CheckpointPages::new(8 * 4096);
+/// pages.mark(5 * 4096, 4097);
+/// pages.mark(5 * 4096 + 10, 1);
+/// assert_eq!(pages.take(), [5, 6]);
+/// assert!(pages.take().is_empty());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointPages {
+    noted: WrittenPages,
+    list: Vec<u32>,
+}
+
+impl CheckpointPages {
+    /// None yet, for an image of `image_len` bytes.
+    pub fn new(image_len: usize) -> CheckpointPages {
+        CheckpointPages { noted: WrittenPages::new(image_len), list: Vec::new() }
+    }
+
+    /// Notes the pages of `len` bytes at `offset` (pages beyond the image are ignored).
+    pub fn mark(&mut self, offset: u64, len: usize) {
+        if len == 0 || self.noted.pages == 0 {
+            return;
+        }
+        let (first, last) = (offset as usize / PAGE_SIZE, (offset as usize + len - 1) / PAGE_SIZE);
+        for page in first..=last.min(self.noted.pages - 1) {
+            if self.noted.mark_page(page) {
+                self.list.push(page as u32);
+            }
+        }
+    }
+
+    /// The pages noted since the last take, and none noted from now on.
+    pub fn take(&mut self) -> Vec<u32> {
+        for &page in &self.list {
+            self.noted.words[page as usize / 64] &= !(1 << (page % 64));
+        }
+        std::mem::take(&mut self.list)
     }
 }

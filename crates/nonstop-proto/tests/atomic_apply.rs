@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use nonstop_proto::backup::{Backup, BackupError, BackupOutput};
+use nonstop_proto::control::{CloseKind, ImageState};
 use nonstop_proto::frame::{FrameReader, FrameWriter};
 use nonstop_proto::{CheckpointId, PAGE_SIZE, Term};
 
@@ -126,8 +127,11 @@ fn a_precopied_image_is_a_checkpoint_only_once_its_first_checkpoint_completes_it
     for payload in &payloads {
         writer.encode(nonstop_proto::frame::FrameKind::Runs, Term(2), CheckpointId(40), payload, &mut wire);
     }
-    let close =
-        nonstop_proto::control::Close { runs_frames: payloads.len() as u32, run_bytes, full: false, precopied: true };
+    let close = nonstop_proto::control::Close {
+        runs_frames: payloads.len() as u32,
+        run_bytes,
+        kind: nonstop_proto::control::CloseKind::PreCopied,
+    };
     writer.encode(
         nonstop_proto::frame::FrameKind::Close,
         Term(2),
@@ -177,7 +181,11 @@ fn precopy_is_refused_once_a_checkpoint_is_held_and_a_false_precopied_close_is_r
     let mut writer = FrameWriter::new(key());
     let mut wire = Vec::new();
     attach(&mut writer, Term(1), LEN as u64, &mut wire);
-    let close = nonstop_proto::control::Close { runs_frames: 0, run_bytes: 0, full: false, precopied: true };
+    let close = nonstop_proto::control::Close {
+        runs_frames: 0,
+        run_bytes: 0,
+        kind: nonstop_proto::control::CloseKind::PreCopied,
+    };
     writer.encode(
         nonstop_proto::frame::FrameKind::Close,
         Term(1),
@@ -213,4 +221,85 @@ fn a_run_into_a_corrupted_line_is_refused() {
         );
         assert_eq!(backup.held(), None, "eager_after {eager_after}: a corrupted image is no checkpoint");
     }
+}
+
+/// A holder of term 1's checkpoint 2 is rebased by the primary of term 2 with only the pages
+/// that differ, then follows it: cut anywhere, the image is exactly the old checkpoint (the
+/// rebase is applied at its close or not at all) or one of the new term's.
+#[test]
+fn a_rebase_cut_at_every_byte_leaves_the_old_checkpoint_or_the_new() {
+    let (first, second, _) = images();
+    let mut rebased = second.clone();
+    rebased[2 * PAGE_SIZE..2 * PAGE_SIZE + 64].fill(8);
+    rebased[5 * PAGE_SIZE..6 * PAGE_SIZE].fill(0);
+    let mut next = rebased.clone();
+    next[6 * PAGE_SIZE + 1] = 1;
+    let old = ImageState { term: Term(1), checkpoint: CheckpointId(2) };
+    let mut writer = FrameWriter::new(key());
+    let mut wire = Vec::new();
+    attach_to_rebase(&mut writer, Term(2), LEN as u64, Some(old), &mut wire);
+    // Pages 2 and 5 changed; page 3 is sent too (the holder's history names it), unchanged.
+    let kind = CloseKind::Rebased { from: old };
+    checkpoint_as(&mut writer, Term(2), CheckpointId(3), pages_of(&rebased, [2, 3, 5]), kind, &mut wire);
+    checkpoint(&mut writer, Term(2), CheckpointId(4), diff(&rebased, &next), false, &mut wire);
+
+    for (cut, eager_after) in (0..=wire.len()).flat_map(|cut| [(cut, 0), (cut, usize::MAX)]) {
+        let (mut old_writer, mut old_reader, mut backup, mut image) = holding(&first, eager_after);
+        let mut follow = Vec::new();
+        checkpoint(&mut old_writer, Term(1), CheckpointId(2), diff(&first, &second), false, &mut follow);
+        feed(&mut backup, &mut image, &mut old_reader, &follow).unwrap();
+        assert_eq!(backup.held_with_term(), Some((Term(1), CheckpointId(2))));
+        backup.on_disconnect(&mut image);
+
+        let mut reader = FrameReader::new(key());
+        reader.push(&wire[..cut]);
+        while let Some(frame) = reader.next_frame().unwrap() {
+            if let Some(BackupOutput::Holding(holding)) = backup.on_frame(frame, &mut image).unwrap() {
+                assert_eq!(holding.held, Some(old));
+                assert_eq!(holding.written_since_resumed, Some(vec![]), "it holds the resumed state itself");
+            }
+        }
+        backup.on_disconnect(&mut image);
+        let want = match backup.held_with_term() {
+            Some((Term(1), CheckpointId(2))) => &second,
+            Some((Term(2), CheckpointId(3))) => &rebased,
+            Some((Term(2), CheckpointId(4))) => &next,
+            other => panic!("cut at byte {cut}: holds {other:?}"),
+        };
+        assert!(image == *want, "cut at byte {cut}: not exactly {:?}", backup.held_with_term());
+        assert_eq!(backup.seals().check_range(&image, 0, LEN), Ok(()), "cut at byte {cut}: a write left unsealed");
+    }
+}
+
+/// A holder that applied checkpoints the new primary never received names the pages it wrote
+/// since the state the new primary resumed from, so that they can be put back.
+#[test]
+fn a_holder_ahead_of_the_new_primary_names_the_pages_it_wrote_since() {
+    let (first, second, third) = images();
+    let mut writer = FrameWriter::new(key());
+    let mut wire = Vec::new();
+    attach(&mut writer, Term(1), LEN as u64, &mut wire);
+    checkpoint(&mut writer, Term(1), CheckpointId(1), full_image(&first), true, &mut wire);
+    checkpoint(&mut writer, Term(1), CheckpointId(2), diff(&first, &second), false, &mut wire);
+    checkpoint(&mut writer, Term(1), CheckpointId(3), diff(&second, &third), false, &mut wire);
+    let mut backup = Backup::new(BASE, LEN as u64);
+    let mut image = vec![0u8; LEN];
+    feed(&mut backup, &mut image, &mut FrameReader::new(key()), &wire).unwrap();
+    backup.on_disconnect(&mut image);
+
+    let resumed = ImageState { term: Term(1), checkpoint: CheckpointId(1) };
+    let mut writer = FrameWriter::new(key());
+    let mut wire = Vec::new();
+    attach_to_rebase(&mut writer, Term(2), LEN as u64, Some(resumed), &mut wire);
+    let mut reader = FrameReader::new(key());
+    reader.push(&wire);
+    let frame = reader.next_frame().unwrap().unwrap();
+    let Some(BackupOutput::Holding(holding)) = backup.on_frame(frame, &mut image).unwrap() else {
+        panic!("an attach asking to rebase is answered");
+    };
+    assert_eq!(holding.held, Some(ImageState { term: Term(1), checkpoint: CheckpointId(3) }));
+    // Checkpoint 2 wrote pages 0, 3 and 5; checkpoint 3 wrote page 7.
+    let mut pages = holding.written_since_resumed.expect("it passed through checkpoint 1");
+    pages.sort_unstable();
+    assert_eq!(pages, [0, 3, 5, 7]);
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use nonstop_proto::backup::{Backup, BackupError};
-use nonstop_proto::control::{self, Close};
+use nonstop_proto::control::{self, Close, CloseKind, ImageState};
 use nonstop_proto::frame::{FrameError, FrameKind, FrameReader, FrameWriter, HEADER_LEN};
 use nonstop_proto::runs::{RUN_HEADER_LEN, RunsBuilder, RunsError};
 use nonstop_proto::{CheckpointId, PAGE_SIZE, Term};
@@ -123,7 +123,7 @@ fn flipped_bit_fails_the_crc_and_forged_frame_fails_the_mac() {
 fn incomplete_or_out_of_order_checkpoints_are_refused() {
     let (mut backup, mut image, mut writer, mut reader) = attached();
     let mut wire = Vec::new();
-    let close = Close { runs_frames: 2, run_bytes: 5, full: false, precopied: false };
+    let close = Close { runs_frames: 2, run_bytes: 5, kind: CloseKind::Changes };
     writer.encode(FrameKind::Runs, Term(2), CheckpointId(2), &runs_at(0, b"hello").into_payloads()[0], &mut wire);
     writer.encode(FrameKind::Close, Term(2), CheckpointId(2), &control::encode(&close), &mut wire);
     assert!(refused(&wire, &mut backup, &mut image, &mut reader).contains("announces 2 frames"));
@@ -172,4 +172,41 @@ fn whole_image_numbering_is_ordered_within_a_term_only() {
     }
     assert_eq!(backup.held_with_term(), Some((Term(3), CheckpointId(1))));
     assert_eq!(image, new);
+}
+
+#[test]
+fn a_rebase_from_a_state_not_held_is_refused() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    let resumed = ImageState { term: Term(2), checkpoint: CheckpointId(5) };
+    attach_to_rebase(&mut writer, Term(3), LEN, Some(resumed), &mut wire);
+    let mut target = image.clone();
+    target[PAGE_SIZE..2 * PAGE_SIZE].fill(9);
+    // The primary claims the backup holds checkpoint 5; it holds 1.
+    let kind = CloseKind::Rebased { from: resumed };
+    checkpoint_as(&mut writer, Term(3), CheckpointId(6), pages_of(&target, [1]), kind, &mut wire);
+    let error = refused(&wire, &mut backup, &mut image, &mut reader);
+    assert!(error.contains("rebases from"), "{error}");
+}
+
+#[test]
+fn a_rebase_after_the_first_checkpoint_of_a_session_is_refused() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    let held = ImageState { term: Term(2), checkpoint: CheckpointId(1) };
+    let target = image.clone();
+    let kind = CloseKind::Rebased { from: held };
+    checkpoint_as(&mut writer, Term(2), CheckpointId(2), pages_of(&target, [0]), kind, &mut wire);
+    let error = refused(&wire, &mut backup, &mut image, &mut reader);
+    assert!(error.contains("whole image"), "{error}");
+}
+
+#[test]
+fn a_holding_frame_from_a_primary_is_refused() {
+    let (mut backup, mut image, mut writer, mut reader) = attached();
+    let mut wire = Vec::new();
+    let holding = control::Holding { held: None, written_since_resumed: None };
+    writer.encode(FrameKind::Holding, Term(2), CheckpointId(0), &control::encode(&holding), &mut wire);
+    let error = refused(&wire, &mut backup, &mut image, &mut reader);
+    assert!(error.contains("unexpected Holding"), "{error}");
 }

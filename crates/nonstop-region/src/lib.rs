@@ -19,6 +19,6 @@ mod transaction;
 mod update;
 
 pub use mapping::{DEFAULT_REGION_BASE, MAX_REGION_LEN, Region, RegionError, advise_huge_pages};
-pub use mirror::{CheckpointContent, CorruptionHandler, Mirror, STREAM_CHUNK, STREAM_LIMIT};
+pub use mirror::{CheckpointContent, CorruptionHandler, FirstImages, Mirror, STREAM_CHUNK, STREAM_LIMIT};
 pub use transaction::{Transaction, TxError};
 pub use update::{RegionWrite, Update};

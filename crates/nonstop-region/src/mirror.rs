@@ -28,6 +28,14 @@ pub(crate) fn is_zero(page: &[u8]) -> bool {
         && page.chunks_exact(8).remainder().iter().all(|b| *b == 0)
 }
 
+/// The pages of two sorted lists, in order, each once.
+fn union(named: &[u32], since: &[usize]) -> Vec<usize> {
+    let mut pages: Vec<usize> = named.iter().map(|&page| page as usize).chain(since.iter().copied()).collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages
+}
+
 /// A value alone on its cache line.
 #[derive(Debug)]
 #[repr(align(64))]
@@ -55,6 +63,21 @@ pub struct CheckpointContent {
     /// If a pre-copy was being finished: every page written since its last round, whole, as of
     /// this checkpoint. A pre-copied image plus these is the checkpoint.
     pub precopy_delta: Option<RunsBuilder>,
+    /// For each rebase asked for ([`FirstImages::rebases`], in that order): the pages it names
+    /// and every page written since the mirror resumed, whole, as of this checkpoint.
+    pub rebases: Vec<RunsBuilder>,
+}
+
+/// What a cut must produce besides the checkpoint's changes, for backups being attached.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FirstImages<'a> {
+    /// The whole image, for a backup that starts from nothing.
+    pub whole: bool,
+    /// End the running pre-copy: the pages written since its last round.
+    pub finish_precopy: bool,
+    /// Rebases of holders: for each, the pages (sorted) in which its image may differ from the
+    /// one this mirror resumed from ([`nonstop_proto::history::ImageHistory::rebase_pages`]).
+    pub rebases: &'a [Vec<u32>],
 }
 
 /// A region whose writes go through transactions, and which can be cut into checkpoints.
@@ -92,6 +115,10 @@ pub struct Mirror {
     commit_wake: AtomicU64,
     /// While a pre-copy runs: pages declared for writing since its last round.
     recopy: TouchedPages,
+    /// A mirror that resumed a promoted backup's image: the pages declared for writing since,
+    /// in which a rebased holder's image may differ (a mirror that started from zeros uses
+    /// `touched`).
+    since_resume: Option<TouchedPages>,
     precopy_on: AtomicBool,
     /// A seal per line: checked before a transaction touches a line, sealed at commit.
     seals: Option<LineChecksums>,
@@ -180,8 +207,12 @@ impl Mirror {
         first: CheckpointId,
         written: Option<Vec<usize>>,
     ) -> Result<Mirror, TrackingError> {
+        let resumed = written.is_some();
         let (capture, written) = Capture::tracked(&region, tracking, written)?;
-        let mirror = Mirror { transparent: true, ..Mirror::with_capture(region, capture, first, None) };
+        let mut mirror = Mirror { transparent: true, ..Mirror::with_capture(region, capture, first, None) };
+        if resumed {
+            mirror.since_resume = Some(TouchedPages::new(mirror.region.pages()));
+        }
         for page in written {
             mirror.touched.mark(page, page);
         }
@@ -221,6 +252,7 @@ impl Mirror {
             stream_waker: OnceLock::new(),
             commit_wake: AtomicU64::new(0),
             recopy: TouchedPages::new(pages),
+            since_resume: None,
             precopy_on: AtomicBool::new(false),
             seals,
             scrubber: Mutex::new(Scrubber::new()),
@@ -244,7 +276,8 @@ impl Mirror {
         written: impl IntoIterator<Item = usize>,
     ) -> Mirror {
         assert_eq!(seals.lines(), region.len().div_ceil(LINE), "seals of a region of another size");
-        let mirror = Mirror::with_seals(region, protocol, first, Some(seals));
+        let mut mirror = Mirror::with_seals(region, protocol, first, Some(seals));
+        mirror.since_resume = Some(TouchedPages::new(mirror.region.pages()));
         for page in written {
             mirror.touched.mark(page, page);
         }
@@ -301,6 +334,9 @@ impl Mirror {
         let precopy = self.precopy_on.load(Ordering::Relaxed);
         let harvested = self.capture.harvest(|page| {
             self.touched.mark(page, page);
+            if let Some(since_resume) = &self.since_resume {
+                since_resume.mark(page, page);
+            }
             if precopy {
                 self.recopy.mark(page, page);
             }
@@ -401,24 +437,32 @@ impl Mirror {
     /// and opens the next. DU, and any cut with a whole image, first waits for running
     /// transactions to finish and holds new ones off; an AU cut only closes the stream.
     pub fn cut(&self, full_image: bool) -> CheckpointContent {
-        self.cut_finishing_precopy(full_image, false)
+        self.cut_with(FirstImages { whole: full_image, ..FirstImages::default() })
     }
 
-    /// Like [`Mirror::cut`]; with `finish_precopy`, also ends the running pre-copy and returns
-    /// the pages written since its last round ([`CheckpointContent::precopy_delta`]).
-    pub fn cut_finishing_precopy(&self, full_image: bool, finish_precopy: bool) -> CheckpointContent {
-        let _exclusive = (full_image || finish_precopy || self.capture.cut_needs_gate())
+    /// Like [`Mirror::cut`], producing what `first` asks for backups being attached: a whole
+    /// image, the end of the running pre-copy ([`CheckpointContent::precopy_delta`]), rebases
+    /// ([`CheckpointContent::rebases`]).
+    pub fn cut_with(&self, first: FirstImages<'_>) -> CheckpointContent {
+        let copies = first.whole || first.finish_precopy || !first.rebases.is_empty();
+        let _exclusive = (copies || self.capture.cut_needs_gate())
             .then(|| self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
         self.harvest();
         let (checkpoint, changes, dirty_blocks) =
             self.capture.cut(self.region.as_ptr(), &self.open.0, &|offset| self.check_lines(offset, TWIN_BLOCK as u64));
-        let full_image = full_image.then(|| self.copy_pages(self.touched.pages()));
-        let precopy_delta = finish_precopy.then(|| {
+        let full_image = first.whole.then(|| self.copy_pages(self.touched.pages()));
+        let precopy_delta = first.finish_precopy.then(|| {
             self.precopy_on.store(false, Ordering::Relaxed);
             self.copy_pages(self.recopy.take())
         });
+        let rebases = if first.rebases.is_empty() {
+            Vec::new()
+        } else {
+            let since: Vec<usize> = self.since_resume.as_ref().unwrap_or(&self.touched).pages().collect();
+            first.rebases.iter().map(|named| self.copy_pages(union(named, &since))).collect()
+        };
         self.commits.store(0, Ordering::Relaxed);
-        CheckpointContent { checkpoint, changes, full_image, dirty_blocks, precopy_delta }
+        CheckpointContent { checkpoint, changes, full_image, dirty_blocks, precopy_delta, rebases }
     }
 
     /// Whole pages as runs. The caller holds the gate exclusively.
@@ -571,6 +615,9 @@ impl Mirror {
         let first = offset as usize / PAGE_SIZE;
         let last = (offset + len - 1) as usize / PAGE_SIZE;
         self.touched.mark(first, last);
+        if let Some(since_resume) = &self.since_resume {
+            since_resume.mark(first, last);
+        }
         if self.precopy_on.load(Ordering::Relaxed) {
             self.recopy.mark(first, last);
         }

@@ -2,7 +2,7 @@
 
 use nonstop_proto::runs::parse_runs;
 use nonstop_proto::{CheckpointId, UpdateProtocol};
-use nonstop_region::{CheckpointContent, Mirror, Region, TxError};
+use nonstop_region::{CheckpointContent, FirstImages, Mirror, Region, TxError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -250,7 +250,7 @@ fn precopy_against_writers(base: usize, protocol: UpdateProtocol) {
         written = writers.into_iter().map(|w| w.join().unwrap()).sum();
     });
     assert!(written > 0, "the writers raced the rounds");
-    let content = mirror.cut_finishing_precopy(false, true);
+    let content = mirror.cut_with(FirstImages { finish_precopy: true, ..FirstImages::default() });
     copy_into(&mut image, content.precopy_delta.expect("finishing a pre-copy yields its delta"));
     mirror.quiesced(|region, _| {
         for page in 0..LEN / 4096 {
@@ -267,4 +267,87 @@ fn precopy_rounds_race_writers_and_lose_no_write_au() {
 #[test]
 fn precopy_rounds_race_writers_and_lose_no_write_du() {
     precopy_against_writers(0x2470_0000_0000, UpdateProtocol::Du);
+}
+
+/// A promoted backup's mirror rebases another holder while writers run: the holder's image (the
+/// one resumed from) plus the rebase is exactly the region at that cut, so the checkpoints
+/// after it apply on top. A transaction that declared a page before the cut and commits after
+/// it lands in the next checkpoint's changes, not in a hole between the two.
+fn rebase_against_writers(base: usize, protocol: UpdateProtocol) {
+    let region = Region::map(base, LEN).unwrap();
+    let seals = nonstop_proto::integrity::LineChecksums::zeroed(LEN);
+    let mirror = Mirror::resume(region, Some(protocol), CheckpointId(10), seals, []);
+    let stop = AtomicBool::new(false);
+    let mut holder = vec![0u8; LEN];
+    let apply = |image: &mut Vec<u8>, runs: &nonstop_proto::runs::RunsBuilder| {
+        for payload in runs.payloads() {
+            for run in parse_runs(payload, LEN as u64).unwrap() {
+                image[run.offset as usize..][..run.bytes.len()].copy_from_slice(run.bytes);
+            }
+        }
+    };
+    let progress = std::sync::atomic::AtomicU64::new(0);
+    let wait_for = |commits: u64| {
+        while progress.load(Ordering::Relaxed) < commits {
+            std::hint::spin_loop();
+        }
+    };
+    let rebase = std::thread::scope(|scope| {
+        for worker in 0..2u64 {
+            let (mirror, stop, progress) = (&mirror, &stop, &progress);
+            scope.spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(worker);
+                while !stop.load(Ordering::Relaxed) {
+                    let slot = rng.random_range(0..(LEN as u64 / 8));
+                    let tx = mirror.begin();
+                    match tx.write::<u64>(slot * 8) {
+                        Ok(value) => {
+                            *value = value.wrapping_add(rng.random::<u64>() | 1);
+                            tx.commit();
+                            progress.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(TxError::Conflict { .. }) => tx.abort(),
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            });
+        }
+        wait_for(5000);
+        // A page the holder may differ in besides those written since the resume.
+        let named = [vec![3u32]];
+        let content = mirror.cut_with(FirstImages { rebases: &named, ..FirstImages::default() });
+        apply(&mut holder, &content.rebases[0]);
+        wait_for(progress.load(Ordering::Relaxed) + 5000);
+        stop.store(true, Ordering::Relaxed);
+        content
+    });
+    assert_eq!(rebase.rebases.len(), 1);
+    let covers = |page: u64| {
+        rebase.rebases[0].payloads().iter().any(|p| {
+            parse_runs(p, LEN as u64)
+                .unwrap()
+                .iter()
+                .any(|run| (run.offset..run.offset + run.bytes.len() as u64).contains(&(page * 4096)))
+        })
+    };
+    assert!(covers(3), "the named page is sent");
+    let pages = rebase.rebases[0].run_bytes() / 4096;
+    assert!(pages > 10 && pages <= LEN as u64 / 4096, "the pages written since the resume, each once: {pages}");
+    let content = mirror.cut(false);
+    apply(&mut holder, &content.changes);
+    mirror.quiesced(|region, last| {
+        assert_eq!(last, Some(content.checkpoint));
+        let differs = (0..LEN / 4096).find(|page| holder[page * 4096..][..4096] != region[page * 4096..][..4096]);
+        assert_eq!(differs, None, "the rebased holder plus the next checkpoint is the region");
+    });
+}
+
+#[test]
+fn rebase_races_writers_and_lands_on_the_checkpoint_au() {
+    rebase_against_writers(0x2480_0000_0000, UpdateProtocol::Au);
+}
+
+#[test]
+fn rebase_races_writers_and_lands_on_the_checkpoint_du() {
+    rebase_against_writers(0x2490_0000_0000, UpdateProtocol::Du);
 }

@@ -4,7 +4,7 @@
 use nonstop_proto::runs::parse_runs;
 use nonstop_proto::{CheckpointId, PAGE_SIZE};
 use nonstop_region::tracking::TrackingMode;
-use nonstop_region::{Mirror, Region};
+use nonstop_region::{FirstImages, Mirror, Region};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -171,7 +171,7 @@ fn precopy_rounds_race_updates_and_lose_no_write() {
             stop.store(true, Ordering::Relaxed);
         });
         assert!(recopied > 0, "{mode}: later rounds copy the pages written since the round before");
-        let content = mirror.cut_finishing_precopy(false, true);
+        let content = mirror.cut_with(FirstImages { finish_precopy: true, ..FirstImages::default() });
         apply(&mut copy, &content.precopy_delta.expect("finishing a pre-copy yields its delta"));
         assert!(same_as_primary(&mirror, &copy), "{mode}: a page lost a write");
     }

@@ -13,6 +13,12 @@
 //! * when the primary crashes, a surviving backup holds every released checkpoint, unless every
 //!   backup that held it crashed too (a double failure).
 //!
+//! With two backups, a primary crash may also promote the backup holding the newest
+//! checkpoint: its image and its history become the primary's of a new term, and the other
+//! backup is rebased onto it the way the TCP driver does (attach asking what it holds, the
+//! pages that differ, staged and applied at the close), through the same faults; the image
+//! checks then compare against the new term's checkpoints.
+//!
 //! [`cluster`] simulates failover on top: three nodes with the real control plane.
 //!
 //! The same seed always produces the same run; a failure names its seed and step.
@@ -21,15 +27,17 @@ pub mod cluster;
 
 use nonstop_proto::auth::{ClusterKey, Initiator, Responder};
 use nonstop_proto::backup::{Backup, BackupOutput};
-use nonstop_proto::control::{self, AckInfo, Attach};
+use nonstop_proto::control::{self, AckInfo, Attach, CloseKind, Holding, ImageState};
 use nonstop_proto::diff::diff_page;
 use nonstop_proto::frame::{FrameKind, FrameReader, FrameWriter};
+use nonstop_proto::history::ImageHistory;
 use nonstop_proto::primary::{BackupId, LinkProgress, Replication};
 use nonstop_proto::runs::{Coalescer, RunsBuilder};
+use nonstop_proto::written::WrittenPages;
 use nonstop_proto::{CheckpointId, CommitPolicy, Nanos, PAGE_SIZE, Term, UpdateProtocol};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use thiserror::Error;
 
 const BASE: u64 = 0x2000_0000_0000;
@@ -65,6 +73,12 @@ pub struct SimStats {
     pub backup_crashes: u64,
     /// Runs that ended with a primary crash.
     pub primary_crashes: u64,
+    /// Primary crashes after which a backup was promoted and the run went on.
+    pub promotions: u64,
+    /// Rebases that sent the pages that differ.
+    pub diff_rebases: u64,
+    /// Rebases that had to send the whole image.
+    pub whole_rebases: u64,
 }
 
 impl std::ops::AddAssign for SimStats {
@@ -76,11 +90,28 @@ impl std::ops::AddAssign for SimStats {
         self.frame_faults += other.frame_faults;
         self.backup_crashes += other.backup_crashes;
         self.primary_crashes += other.primary_crashes;
+        self.promotions += other.promotions;
+        self.diff_rebases += other.diff_rebases;
+        self.whole_rebases += other.whole_rebases;
     }
+}
+
+/// What a link's first checkpoint carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum First {
+    /// Asked what the backup holds; not joined to the stream until the answer arrives.
+    AwaitingHolding,
+    Whole,
+    Rebase {
+        from: ImageState,
+        pages: Vec<u32>,
+    },
 }
 
 struct Link {
     id: BackupId,
+    /// Until its first checkpoint is sent.
+    first: Option<First>,
     progress: LinkProgress,
     to_backup: VecDeque<Vec<u8>>,
     to_primary: VecDeque<Vec<u8>>,
@@ -107,9 +138,14 @@ struct Sim {
     /// The backups' staging threshold: runs are applied on arrival past it.
     eager_after: usize,
     key: ClusterKey,
+    term: Term,
     region: Vec<u8>,
-    /// The image at every checkpoint cut; index = checkpoint number (0: empty region).
-    snapshots: Vec<Vec<u8>>,
+    /// The image at every checkpoint cut, by term and number.
+    snapshots: BTreeMap<ImageState, Vec<u8>>,
+    /// The image at the last cut (or the one resumed from): what DU diffs against.
+    previous: Vec<u8>,
+    /// After a promotion: the promoted backup's history and the pages written since.
+    resumed: Option<(ImageHistory, WrittenPages)>,
     stream: RunsBuilder,
     coalescer: Coalescer,
     replication: Replication,
@@ -184,8 +220,11 @@ impl Sim {
             protocol,
             eager_after,
             key: ClusterKey::from_bytes(key),
+            term: Term(1),
             region: vec![0; LEN],
-            snapshots: vec![vec![0; LEN]],
+            snapshots: BTreeMap::new(),
+            previous: vec![0; LEN],
+            resumed: None,
             stream: RunsBuilder::new(),
             coalescer: Coalescer::default(),
             replication,
@@ -209,8 +248,10 @@ impl Sim {
         let backup_keys = responder.on_client_finish(&finish).expect("same key");
         let id = BackupId(self.next_id);
         self.next_id += 1;
+        let rebase = self.resumed.as_ref().and_then(|(history, _)| history.current());
         let mut link = Link {
             id,
+            first: Some(if rebase.is_some() { First::AwaitingHolding } else { First::Whole }),
             progress: LinkProgress::new(),
             to_backup: VecDeque::new(),
             to_primary: VecDeque::new(),
@@ -219,11 +260,14 @@ impl Sim {
             backup_writer: FrameWriter::new(backup_keys.send),
             backup_reader: FrameReader::new(backup_keys.recv),
         };
-        let attach = Attach { region_base: BASE, region_len: LEN as u64, page_size: PAGE_SIZE as u32 };
+        let attach = Attach { region_base: BASE, region_len: LEN as u64, page_size: PAGE_SIZE as u32, rebase };
         let mut wire = Vec::new();
-        link.primary_writer.encode(FrameKind::Attach, Term(1), CheckpointId(0), &control::encode(&attach), &mut wire);
+        link.primary_writer.encode(FrameKind::Attach, self.term, CheckpointId(0), &control::encode(&attach), &mut wire);
         link.to_backup.extend(frames(wire));
-        self.replication.add_backup(id);
+        // A rebased backup joins once its answer is in, as the TCP driver's does.
+        if rebase.is_none() {
+            self.replication.add_backup(id);
+        }
         self.backups[index].link = Some(link);
     }
 
@@ -244,11 +288,12 @@ impl Sim {
         self.stats.releases += 1;
         for (index, backup) in self.backups.iter_mut().enumerate() {
             let counted = backup.link.as_ref().is_some_and(|l| self.replication.acked(l.id).is_some());
-            if counted && backup.backup.held().is_none_or(|h| h < held) {
+            let holds = backup.backup.held_with_term().is_some_and(|(term, h)| term == self.term && h >= held);
+            if counted && !holds {
                 return Err(Violation {
                     seed: self.seed,
                     step: self.step,
-                    what: format!("released {held} but backup {index} holds {:?}", backup.backup.held()),
+                    what: format!("released {held} but backup {index} holds {:?}", backup.backup.held_with_term()),
                 });
             }
             backup.crashed = false;
@@ -263,6 +308,9 @@ impl Sim {
             let offset = self.rng.random_range(0..LEN - len);
             let value: u8 = self.rng.random();
             self.region[offset..offset + len].fill(value);
+            if let Some((_, since)) = &mut self.resumed {
+                since.mark(offset as u64, len);
+            }
             if self.protocol == UpdateProtocol::Au {
                 self.stream.push(offset as u64, &self.region[offset..offset + len]);
             }
@@ -287,7 +335,7 @@ impl Sim {
             }
             let mut wire = Vec::new();
             for payload in &payloads {
-                link.primary_writer.encode(FrameKind::Runs, Term(1), checkpoint, payload, &mut wire);
+                link.primary_writer.encode(FrameKind::Runs, self.term, checkpoint, payload, &mut wire);
             }
             link.progress.streamed(payloads.len(), bytes);
             link.to_backup.extend(frames(wire));
@@ -296,7 +344,6 @@ impl Sim {
 
     fn cut(&mut self) {
         self.stats.checkpoints += 1;
-        let previous = self.snapshots.last().expect("snapshot 0").clone();
         let changes = match self.protocol {
             UpdateProtocol::Au => {
                 let runs = std::mem::take(&mut self.stream);
@@ -306,30 +353,56 @@ impl Sim {
                 let mut runs = RunsBuilder::new();
                 for page in 0..PAGES {
                     let range = page * PAGE_SIZE..(page + 1) * PAGE_SIZE;
-                    diff_page(range.start as u64, &previous[range.clone()], &self.region[range], &mut runs);
+                    diff_page(range.start as u64, &self.previous[range.clone()], &self.region[range], &mut runs);
                 }
                 runs
             }
         };
-        let mut image = RunsBuilder::new();
-        for page in 0..PAGES {
-            image.push((page * PAGE_SIZE) as u64, &self.region[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
-        }
+        let pages = |pages: &mut dyn Iterator<Item = usize>| {
+            let mut runs = RunsBuilder::new();
+            for page in pages {
+                runs.push((page * PAGE_SIZE) as u64, &self.region[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
+            }
+            (runs.run_bytes(), runs.into_payloads())
+        };
+        let (image_bytes, image) = pages(&mut (0..PAGES));
         let cut = self.replication.cut(self.now);
-        assert_eq!(cut.checkpoint.0 as usize, self.snapshots.len());
-        self.snapshots.push(self.region.clone());
-        let (change_bytes, image_bytes) = (changes.run_bytes(), image.run_bytes());
-        let (changes, image) = (changes.into_payloads(), image.into_payloads());
+        let state = ImageState { term: self.term, checkpoint: cut.checkpoint };
+        if self.snapshots.insert(state, self.region.clone()).is_some() {
+            panic!("{state:?} cut twice");
+        }
+        self.previous.clone_from(&self.region);
+        let change_bytes = changes.run_bytes();
+        let changes = changes.into_payloads();
+        let since: Vec<usize> = self.resumed.as_ref().map_or(Vec::new(), |(_, since)| since.pages().collect());
+        let term = self.term;
         for backup in &mut self.backups {
             let Some(link) = &mut backup.link else { continue };
-            let whole = cut.full_image_for.contains(&link.id);
-            let (payloads, bytes) = if whole { (&image, image_bytes) } else { (&changes, change_bytes) };
+            if link.first == Some(First::AwaitingHolding) {
+                continue;
+            }
+            let first = link.first.take();
+            assert_eq!(first.is_some(), cut.full_image_for.contains(&link.id), "joined links get a first image");
+            let rebased;
+            let (payloads, bytes, kind) = match first {
+                None => (&changes, change_bytes, CloseKind::Changes),
+                Some(First::Whole) => (&image, image_bytes, CloseKind::Whole),
+                Some(First::Rebase { from, pages: named }) => {
+                    let mut union: Vec<usize> =
+                        named.iter().map(|&p| p as usize).chain(since.iter().copied()).collect();
+                    union.sort_unstable();
+                    union.dedup();
+                    rebased = pages(&mut union.into_iter());
+                    (&rebased.1, rebased.0, CloseKind::Rebased { from })
+                }
+                Some(First::AwaitingHolding) => unreachable!("skipped above"),
+            };
             let mut wire = Vec::new();
             for payload in payloads {
-                link.primary_writer.encode(FrameKind::Runs, Term(1), cut.checkpoint, payload, &mut wire);
+                link.primary_writer.encode(FrameKind::Runs, term, cut.checkpoint, payload, &mut wire);
             }
-            let close = link.progress.close(payloads.len(), bytes, whole);
-            link.primary_writer.encode(FrameKind::Close, Term(1), cut.checkpoint, &control::encode(&close), &mut wire);
+            let close = link.progress.close(payloads.len(), bytes, kind);
+            link.primary_writer.encode(FrameKind::Close, term, cut.checkpoint, &control::encode(&close), &mut wire);
             link.to_backup.extend(frames(wire));
         }
     }
@@ -378,7 +451,19 @@ impl Sim {
                 self.stats.applied += 1;
                 let mut wire = Vec::new();
                 let info = control::encode(&AckInfo { apply_ns: 1 });
-                link.backup_writer.encode(FrameKind::Ack, Term(1), checkpoint, &info, &mut wire);
+                link.backup_writer.encode(FrameKind::Ack, self.term, checkpoint, &info, &mut wire);
+                link.to_primary.push_back(wire);
+                Ok(())
+            }
+            Ok(Some(BackupOutput::Holding(holding))) => {
+                let mut wire = Vec::new();
+                link.backup_writer.encode(
+                    FrameKind::Holding,
+                    self.term,
+                    CheckpointId(0),
+                    &control::encode(&holding),
+                    &mut wire,
+                );
                 link.to_primary.push_back(wire);
                 Ok(())
             }
@@ -399,6 +484,30 @@ impl Sim {
             Received::Undecodable => return Err(self.violation("a whole ack did not decode".into())),
         };
         let id = link.id;
+        if frame.kind == FrameKind::Holding {
+            let Ok(holding) = control::decode::<Holding>("holding", &frame.payload) else {
+                return Err(self.violation("a correct backup's holding did not decode".into()));
+            };
+            if link.first != Some(First::AwaitingHolding) {
+                return Err(self.violation("a holding the primary did not ask for".into()));
+            }
+            let (history, _) = self.resumed.as_ref().expect("only a resumed primary asks");
+            let cut = self.replication.last_closed().map(|checkpoint| ImageState { term: self.term, checkpoint });
+            let first = match history.rebase_pages(&holding, cut, PAGES) {
+                Ok(Some(pages)) => {
+                    self.stats.diff_rebases += 1;
+                    First::Rebase { from: holding.held.expect("pages only for an image held"), pages }
+                }
+                Ok(None) => {
+                    self.stats.whole_rebases += 1;
+                    First::Whole
+                }
+                Err(error) => return Err(self.violation(format!("a correct backup's holding was refused: {error}"))),
+            };
+            link.first = Some(first);
+            self.replication.add_backup(id);
+            return Ok(());
+        }
         match self.replication.on_ack(id, frame.checkpoint, self.now) {
             Ok(Some(held)) => self.released(held),
             Ok(None) => Ok(()),
@@ -416,14 +525,77 @@ impl Sim {
         Ok(())
     }
 
+    /// The primary crashed: the backup holding the newest checkpoint becomes the primary of
+    /// the next term, resuming from its image and history, and the other is attached to be
+    /// rebased. Returns false if no backup holds anything to resume from.
+    fn promote(&mut self) -> Result<bool, Violation> {
+        for index in 0..self.backups.len() {
+            if let Some(link) = self.backups[index].link.take() {
+                let sim_backup = &mut self.backups[index];
+                sim_backup.backup.on_disconnect(&mut sim_backup.image);
+                drop(link);
+            }
+        }
+        // Usually the newest image, as the coordinator picks; sometimes any image that holds
+        // every released checkpoint (a coordinator working from a stale report), so that the
+        // other holder is ahead of the new primary and its own pages must be put back.
+        let released = self.replication.held();
+        let candidates: Vec<usize> = (0..self.backups.len())
+            .filter(|&i| {
+                self.backups[i]
+                    .backup
+                    .held_with_term()
+                    .is_some_and(|(term, held)| released.is_none_or(|released| term == self.term && held >= released))
+            })
+            .collect();
+        let held = |i: usize| self.backups[i].backup.held_with_term();
+        let best = if self.rng.random_bool(0.7) {
+            candidates.iter().copied().max_by_key(|&i| held(i))
+        } else {
+            candidates.get(self.rng.random_range(0..candidates.len().max(1))).copied()
+        };
+        let Some(best) = best else { return Ok(false) };
+        let promoted = self.backups.remove(best);
+        let (term, held) = promoted.backup.held_with_term().expect("filtered above");
+        self.stats.promotions += 1;
+        self.term = Term(term.0 + 1);
+        self.region = promoted.image;
+        self.previous.clone_from(&self.region);
+        self.stream = RunsBuilder::new();
+        let history = promoted.backup.history().clone();
+        if history.current() != Some(ImageState { term, checkpoint: held }) {
+            return Err(self.violation(format!("promoted backup's history ends at {:?}", history.current())));
+        }
+        self.resumed = Some((history, WrittenPages::new(LEN)));
+        self.replication = Replication::new(
+            self.term,
+            CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 },
+            self.backups.len(),
+            held.next(),
+            self.now,
+        );
+        for backup in &mut self.backups {
+            backup.crashed = false;
+        }
+        for index in 0..self.backups.len() {
+            self.connect(index);
+        }
+        Ok(true)
+    }
+
     /// Every backup's image, with the open checkpoint undone as a cut stream would, is exactly
     /// the checkpoint it holds.
     fn check_images(&self) -> Result<(), Violation> {
+        let zeros = vec![0; LEN];
         for (index, backup) in self.backups.iter().enumerate() {
-            let held = backup.backup.held().map_or(0, |c| c.0 as usize);
-            let expected = self.snapshots.get(held).ok_or_else(|| {
-                self.violation(format!("backup {index} holds checkpoint {held}, which was never cut"))
-            })?;
+            let held = backup.backup.held_with_term().map(|(term, checkpoint)| ImageState { term, checkpoint });
+            let expected = match held {
+                None => &zeros,
+                Some(state) => self
+                    .snapshots
+                    .get(&state)
+                    .ok_or_else(|| self.violation(format!("backup {index} holds {state:?}, which was never cut")))?,
+            };
             let image = if backup.backup.checkpoint_open() {
                 let (mut machine, mut image) = (backup.backup.clone(), backup.image.clone());
                 machine.on_disconnect(&mut image);
@@ -434,7 +606,7 @@ impl Sim {
             if *image != *expected {
                 let first = image.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(0);
                 return Err(self.violation(format!(
-                    "backup {index} image differs from checkpoint {held} at byte {first}: a mix of checkpoints"
+                    "backup {index} image differs from {held:?} at byte {first}: a mix of checkpoints"
                 )));
             }
             // A promotion into transparent mode reads only the pages the backup says it wrote.
@@ -458,7 +630,13 @@ impl Sim {
         let Some(released) = self.replication.held() else {
             return Ok(());
         };
-        let best = self.backups.iter().filter_map(|b| b.backup.held()).max();
+        let best = self
+            .backups
+            .iter()
+            .filter_map(|b| b.backup.held_with_term())
+            .filter(|(term, _)| *term == self.term)
+            .map(|(_, held)| held)
+            .max();
         let all_crashed = self.backups.iter().all(|b| b.crashed);
         if best.is_none_or(|best| best < released) && !all_crashed {
             return Err(self.violation(format!(
@@ -473,12 +651,19 @@ impl Sim {
             self.connect(index);
         }
         let crash_primary_at = self.rng.random_bool(0.5).then(|| self.rng.random_range(1..steps));
+        let promote = self.backups.len() == 2 && self.rng.random_bool(0.7);
+        let mut crash_primary_at = crash_primary_at;
         for step in 0..steps {
             self.step = step;
             self.now = Nanos(self.now.0 + self.rng.random_range(1..200_000));
             if crash_primary_at == Some(step) {
                 self.stats.primary_crashes += 1;
-                return self.check_primary_crash().map(|()| self.stats);
+                self.check_primary_crash()?;
+                if !(promote && self.term == Term(1) && self.promote()?) {
+                    return Ok(self.stats);
+                }
+                // The new primary may crash too, later in the run.
+                crash_primary_at = self.rng.random_bool(0.5).then(|| self.rng.random_range(step..steps));
             }
             let index = self.rng.random_range(0..self.backups.len());
             match self.rng.random_range(0..100) {

@@ -83,7 +83,8 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum SimKind {
-    /// Replication: frames lost, duplicated, reordered, cut; backups and primaries crash.
+    /// Replication: frames lost, duplicated, reordered, cut; backups and primaries crash, and a
+    /// backup promoted after a crash rebases the other.
     Replication,
     /// Failover: three nodes with the Raft control plane; crashes, partitions, pauses.
     Failover,

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use nonstop_proto::auth::MacKey;
-use nonstop_proto::control::{self, Attach, Close};
+use nonstop_proto::control::{self, Attach, Close, CloseKind, ImageState};
 use nonstop_proto::diff::diff_page;
 use nonstop_proto::frame::{FrameKind, FrameWriter};
 use nonstop_proto::runs::RunsBuilder;
@@ -15,8 +15,22 @@ pub fn key() -> MacKey {
 }
 
 pub fn attach(writer: &mut FrameWriter, term: Term, len: u64, out: &mut Vec<u8>) {
-    let attach = Attach { region_base: BASE, region_len: len, page_size: PAGE_SIZE as u32 };
+    attach_to_rebase(writer, term, len, None, out);
+}
+
+/// An attach of a primary that resumed from `rebase` and asks what the backup holds.
+pub fn attach_to_rebase(writer: &mut FrameWriter, term: Term, len: u64, rebase: Option<ImageState>, out: &mut Vec<u8>) {
+    let attach = Attach { region_base: BASE, region_len: len, page_size: PAGE_SIZE as u32, rebase };
     writer.encode(FrameKind::Attach, term, CheckpointId(0), &control::encode(&attach), out);
+}
+
+/// The pages `pages` of `image`, whole (what a rebase sends).
+pub fn pages_of(image: &[u8], pages: impl IntoIterator<Item = usize>) -> RunsBuilder {
+    let mut runs = RunsBuilder::new();
+    for page in pages {
+        runs.push((page * PAGE_SIZE) as u64, &image[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]);
+    }
+    runs
 }
 
 /// Runs for a whole image of `image`: every non-zero page.
@@ -48,11 +62,24 @@ pub fn checkpoint(
     full: bool,
     out: &mut Vec<u8>,
 ) {
+    let kind = if full { CloseKind::Whole } else { CloseKind::Changes };
+    checkpoint_as(writer, term, id, runs, kind, out);
+}
+
+/// Encodes a checkpoint closed as `kind`.
+pub fn checkpoint_as(
+    writer: &mut FrameWriter,
+    term: Term,
+    id: CheckpointId,
+    runs: RunsBuilder,
+    kind: CloseKind,
+    out: &mut Vec<u8>,
+) {
     let run_bytes = runs.run_bytes();
     let payloads = runs.into_payloads();
     for payload in &payloads {
         writer.encode(FrameKind::Runs, term, id, payload, out);
     }
-    let close = Close { runs_frames: payloads.len() as u32, run_bytes, full, precopied: false };
+    let close = Close { runs_frames: payloads.len() as u32, run_bytes, kind };
     writer.encode(FrameKind::Close, term, id, &control::encode(&close), out);
 }
