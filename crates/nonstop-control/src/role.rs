@@ -198,8 +198,26 @@ struct Duties {
     /// When each required backup was first seen without a link (or a catching-up holder dead).
     lost_since: BTreeMap<NodeId, Nanos>,
     last_proposal: BTreeMap<Proposal, Nanos>,
-    attach_failures: BTreeMap<NodeId, Nanos>,
+    attach_failures: BTreeMap<NodeId, AttachFailures>,
     switchover: Option<Switchover>,
+}
+
+/// Failed attaches to one node since its last good one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AttachFailures {
+    last: Nanos,
+    count: u32,
+}
+
+impl AttachFailures {
+    /// When the next attach may be tried: a heartbeat after the first failure, doubling up to
+    /// the failure timeout. A node that restarts is reported up (its agent heartbeats) some
+    /// milliseconds before it listens for a primary; retrying only after a whole timeout would
+    /// keep a strict service waiting that long for a copy that is nearly ready.
+    fn retry_at(&self, heartbeat_ns: u64, timeout_ns: u64) -> Nanos {
+        let wait = heartbeat_ns.saturating_mul(1 << (self.count - 1).min(20)).min(timeout_ns);
+        Nanos(self.last.0.saturating_add(wait))
+    }
 }
 
 #[derive(Debug)]
@@ -318,8 +336,10 @@ impl ServiceRole {
         if ok {
             duties.joining.insert(node, None);
             duties.required = None;
+            duties.attach_failures.remove(&node);
         } else {
-            duties.attach_failures.insert(node, now);
+            let failures = duties.attach_failures.entry(node).or_insert(AttachFailures { last: now, count: 0 });
+            *failures = AttachFailures { last: now, count: failures.count + 1 };
         }
     }
 
@@ -524,7 +544,10 @@ impl ServiceRole {
                 && !record.backups.contains(node)
                 && !duties.joining.contains_key(node)
                 && (observed.alive)(*node)
-                && duties.attach_failures.get(node).is_none_or(|at| now.0.saturating_sub(at.0) >= retry)
+                && duties
+                    .attach_failures
+                    .get(node)
+                    .is_none_or(|failures| now >= failures.retry_at(config.heartbeat_ns, retry))
         };
         let kept = record.catching_up.iter().map(|c| c.node).find(|n| eligible(n));
         let next = match kept {
@@ -635,6 +658,38 @@ mod tests {
         let add =
             Command::AddBackup { service: "bank".into(), term: Term(2), node: NodeId(3), version: record.version };
         assert!(actions.contains(&Action::Propose(add)), "and it is added: {actions:?}");
+    }
+
+    #[test]
+    fn a_failed_attach_is_tried_again_a_heartbeat_later_then_less_and_less_often() {
+        let record = promoted();
+        let mut node2 = role(2);
+        tick(&mut node2, &record, None, 0);
+        tick(&mut node2, &record, Some((Term(1), CheckpointId(9))), 1);
+        // Node 1 (the spare) is down: only node 3, the kept holder, is tried.
+        let links = BTreeMap::new();
+        let attaches = |node2: &mut ServiceRole, at: u64| {
+            let observed = Observed {
+                now: Nanos(at * MS),
+                record: Some(&record),
+                alive: &|node| node != NodeId(1),
+                region_free: true,
+                standby_held: None,
+                primary_held: None,
+                links: &links,
+            };
+            node2.tick(&observed).iter().any(|a| matches!(a, Action::Attach { node: NodeId(3), .. }))
+        };
+        assert!(attaches(&mut node2, 2));
+        // Refused (node 3 is up but not listening yet): tried again 10 ms after, then 20 ms
+        // after the next failure, then 40, ..., never more than the failure timeout apart.
+        let mut failed_at = 3;
+        for wait in [10, 20, 40, 80, 160, 200, 200] {
+            node2.on_attached(NodeId(3), false, Nanos(failed_at * MS));
+            assert!(!attaches(&mut node2, failed_at + wait - 1), "not before {wait} ms");
+            assert!(attaches(&mut node2, failed_at + wait), "after {wait} ms");
+            failed_at += wait + 1;
+        }
     }
 
     #[test]
