@@ -244,7 +244,7 @@ impl Coordinator {
                 Some((report.term, held))
             };
             let candidates = record.backups.iter().copied().chain(record.catching_up.iter().map(|c| c.node));
-            // The newest fully held checkpoint wins (seed 001's checkpoint timestamp); the
+            // The newest fully held checkpoint wins (FineFRC's checkpoint timestamp); the
             // lowest id breaks ties, so every leader would choose alike.
             let best = candidates
                 .filter(|b| self.alive(*b, now))

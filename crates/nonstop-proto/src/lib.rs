@@ -68,7 +68,7 @@ impl std::fmt::Display for Term {
     }
 }
 
-/// How changes travel from the primary to its backups (seed 000).
+/// How changes travel from the primary to its backups (Zhou et al., ICS 1999).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpdateProtocol {
     /// Deliberate update: at a checkpoint, diff each dirty page against its twin and send the

@@ -1,8 +1,8 @@
 //! Checkpoint capture: what each update protocol records while transactions run, and what it
 //! hands over when a checkpoint is cut.
 //!
-//! * DU keeps twins (seed 001): at the first write to a page in a checkpoint, the page's old
-//!   content is saved, and at the cut each dirty page is diffed against its twin. Since writes
+//! * DU keeps twins (Christodoulopoulou et al., PPoPP 2006): at the first write to a page in a
+//!   checkpoint, the page's old content is saved, and at the cut each dirty page is diffed against its twin. Since writes
 //!   are declared, the twin is kept per [`TWIN_BLOCK`]-byte block of the page that is written,
 //!   not for the whole page: an 8-byte balance update copies one 64-byte line, not 4 KiB.
 //! * AU appends each committed range to a stream the replicator ships as it grows; the cut

@@ -1,4 +1,4 @@
-//! Debit-Credit: the TPC-B shape as Vista ran it (seed 001).
+//! Debit-Credit: the TPC-B shape as Vista ran it (Christodoulopoulou et al., PPoPP 2006).
 //!
 //! Branches, tellers and accounts of 100 bytes each; every transaction moves a random amount
 //! through a random teller, that teller's branch and an account (85% of the branch, 15% of any

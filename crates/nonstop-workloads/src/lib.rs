@@ -1,4 +1,4 @@
-//! Workloads that run on a [`Mirror`]: the in-memory transaction benchmarks of seed 001.
+//! Workloads that run on a [`Mirror`]: the in-memory transaction benchmarks of Christodoulopoulou et al., PPoPP 2006.
 //!
 //! Each workload lays its tables out in the region behind a header that records its shape, so
 //! its consistency check can run on any image — the primary's region or a backup's — without

@@ -1,4 +1,4 @@
-//! Order-Entry: the TPC-C shape as Vista ran it (seed 001).
+//! Order-Entry: the TPC-C shape as Vista ran it (Christodoulopoulou et al., PPoPP 2006).
 //!
 //! A wholesale supplier with warehouses, ten districts each, customers, items and stock; the
 //! five transactions in TPC-C's standard mix — new-order 45%, payment 43%, order-status 4%,

@@ -1,6 +1,7 @@
-//! `nonstop bench`: the failure-free cost of replication on the seed benchmarks.
+//! `nonstop bench`: the failure-free cost of replication on the in-memory transaction
+//! benchmarks of Christodoulopoulou et al. (PPoPP 2006).
 //!
-//! Transactions are issued back to back in-process, as fast as possible (seed 001). Under the
+//! Transactions are issued back to back in-process, as fast as possible, as there. Under the
 //! sync policy each worker waits for its commit's checkpoint to be held before the next
 //! transaction; under epochs it does not — its replies do, and the commit-to-held latency of
 //! every transaction is recorded from the moment the backups held its checkpoint. After every

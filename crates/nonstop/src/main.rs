@@ -222,9 +222,9 @@ struct BackupArgs {
 
 #[derive(Subcommand)]
 enum BenchTarget {
-    /// Debit-Credit (TPC-B shape, seed 001).
+    /// Debit-Credit (TPC-B shape, Christodoulopoulou et al., PPoPP 2006).
     DebitCredit(WorkloadArgs),
-    /// Order-Entry (TPC-C shape and mix, seed 001).
+    /// Order-Entry (TPC-C shape and mix, Christodoulopoulou et al., PPoPP 2006).
     OrderEntry(WorkloadArgs),
     /// Raw round trip of the replication transport.
     Net(NetArgs),

@@ -1,4 +1,4 @@
-//! Error injection in the manner of seed 003's dependability evaluation: flip bits where a real
+//! Error injection in the manner of Iyer's dependability evaluation (replication lectures): flip bits where a real
 //! fault would — in frames on the wire, in the primary's region, in a backup's image — and count
 //! what became of each error.
 //!

@@ -39,7 +39,7 @@ pub enum FaultKind {
     /// A random sequence of all of the above, sometimes two at once.
     Mixed,
     /// Error injection: bits flipped in frames on the replication links, in the primary's
-    /// region and in a backup's image, counted as seed 003 does.
+    /// region and in a backup's image, counted as Iyer's replication lectures count them.
     Bitflip,
 }
 
@@ -223,7 +223,7 @@ pub struct NetnsReport {
     pub proxy_bytes: u64,
     /// The history checker's report (with examples of any violation).
     pub history: CheckReport,
-    /// Error injection (`bitflip` runs): seed 003's counts per site, and a `total` row that adds
+    /// Error injection (`bitflip` runs): Iyer's counts per site, and a `total` row that adds
     /// what the history checker found.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub error_injection: BTreeMap<String, InjectionCounts>,
