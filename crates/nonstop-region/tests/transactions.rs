@@ -190,6 +190,28 @@ fn au_backpressure_leaves_the_gate_to_a_whole_image_cut() {
     replicator.join().unwrap();
 }
 
+/// Adds to random words of the region until `stop`, counting commits in `progress` (conflicts
+/// are aborted and retried elsewhere); returns the commits.
+fn random_writes(mirror: &Mirror, worker: u64, stop: &AtomicBool, progress: &std::sync::atomic::AtomicU64) -> u64 {
+    let mut rng = SmallRng::seed_from_u64(worker);
+    let mut commits = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let slot = rng.random_range(0..(LEN as u64 / 8));
+        let tx = mirror.begin();
+        match tx.write::<u64>(slot * 8) {
+            Ok(value) => {
+                *value = value.wrapping_add(rng.random::<u64>() | 1);
+                tx.commit();
+                commits += 1;
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TxError::Conflict { .. }) => tx.abort(),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    commits
+}
+
 /// Writers race pre-copy rounds; whatever a round copied half way through their writes, the
 /// pre-copied image plus the final delta is exactly the region at the finishing cut.
 fn precopy_against_writers(base: usize, protocol: UpdateProtocol) {
@@ -214,25 +236,7 @@ fn precopy_against_writers(base: usize, protocol: UpdateProtocol) {
         let writers: Vec<_> = (0..2u64)
             .map(|worker| {
                 let (mirror, stop, progress) = (&mirror, &stop, &progress);
-                scope.spawn(move || {
-                    let mut rng = SmallRng::seed_from_u64(worker);
-                    let mut commits = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let slot = rng.random_range(0..(LEN as u64 / 8));
-                        let tx = mirror.begin();
-                        match tx.write::<u64>(slot * 8) {
-                            Ok(value) => {
-                                *value = value.wrapping_add(rng.random::<u64>() | 1);
-                                tx.commit();
-                                commits += 1;
-                                progress.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(TxError::Conflict { .. }) => tx.abort(),
-                            Err(other) => panic!("{other}"),
-                        }
-                    }
-                    commits
-                })
+                scope.spawn(move || random_writes(mirror, worker, stop, progress))
             })
             .collect();
         wait_for(2000);
@@ -295,22 +299,7 @@ fn rebase_against_writers(base: usize, protocol: UpdateProtocol) {
     let rebase = std::thread::scope(|scope| {
         for worker in 0..2u64 {
             let (mirror, stop, progress) = (&mirror, &stop, &progress);
-            scope.spawn(move || {
-                let mut rng = SmallRng::seed_from_u64(worker);
-                while !stop.load(Ordering::Relaxed) {
-                    let slot = rng.random_range(0..(LEN as u64 / 8));
-                    let tx = mirror.begin();
-                    match tx.write::<u64>(slot * 8) {
-                        Ok(value) => {
-                            *value = value.wrapping_add(rng.random::<u64>() | 1);
-                            tx.commit();
-                            progress.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(TxError::Conflict { .. }) => tx.abort(),
-                        Err(other) => panic!("{other}"),
-                    }
-                }
-            });
+            scope.spawn(move || random_writes(mirror, worker, stop, progress));
         }
         wait_for(5000);
         // A page the holder may differ in besides those written since the resume.
