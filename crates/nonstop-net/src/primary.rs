@@ -328,7 +328,6 @@ impl Primary {
                 .spawn(move || shared.read_backup(id, receiver, alive))
                 .expect("spawn ack reader")
         };
-        let deadline = Instant::now() + timeout;
         let (report, first) = match (payload, rebase) {
             (AttachPayload::PreCopy, _) => (self.precopy(&mut sender)?, FirstCheckpoint::CompletePreCopy),
             (AttachPayload::Rebase, None) => (PreCopyReport::default(), FirstCheckpoint::Whole),
@@ -337,10 +336,11 @@ impl Primary {
                 (PreCopyReport::default(), first)
             }
         };
-        let kind = match &first {
-            FirstCheckpoint::Whole => "whole image",
-            FirstCheckpoint::CompletePreCopy => "pre-copy",
-            FirstCheckpoint::Rebase { .. } => "pages that differ",
+        let (kind, timeout) = match &first {
+            FirstCheckpoint::Whole => ("whole image", timeout),
+            FirstCheckpoint::CompletePreCopy => ("pre-copy", timeout),
+            // A few pages: acknowledged within a round trip and a cut, or the holder is stuck.
+            FirstCheckpoint::Rebase { .. } => ("pages that differ", self.answer_timeout(timeout)),
         };
         let first = {
             let mut links = lock(&shared.links);
@@ -355,6 +355,7 @@ impl Primary {
             });
             shared.cut_and_send(&mut links)
         };
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(acked) = lock(&shared.replication).acked(id) {
                 if acked >= first {
@@ -376,10 +377,25 @@ impl Primary {
                 return Err(PrimaryError::Refused { peer: addr.to_string(), reason });
             }
             if Instant::now() > deadline {
+                // End the session: a backup that never acknowledged must not linger as a
+                // follower, nor keep its server from the next attach.
+                let mut links = lock(&shared.links);
+                links.iter().filter(|l| l.id == id).for_each(|l| l.alive.store(false, Ordering::Relaxed));
+                shared.prune(&mut links);
                 return Err(PrimaryError::Timeout(timeout));
             }
             std::thread::sleep(Duration::from_micros(200));
         }
+    }
+
+    /// How long to wait for something a backup answers within a round trip (its `Holding`, the
+    /// acknowledgement of a rebase of a few pages): `timeout`, cut to the silence limit if one
+    /// is set. A holder paused or cut off is then given up like a backup that owes an
+    /// acknowledgement, so that it does not hold the re-protection of the others off for the
+    /// whole attach timeout.
+    fn answer_timeout(&self, timeout: Duration) -> Duration {
+        let limit = Duration::from_nanos(self.shared.silence_limit_ns.load(Ordering::Relaxed));
+        if limit.is_zero() { timeout } else { timeout.min(limit) }
     }
 
     /// Waits for a rebased backup's [`Holding`] and decides what its first checkpoint carries.
@@ -390,11 +406,7 @@ impl Primary {
         timeout: Duration,
     ) -> Result<FirstCheckpoint, PrimaryError> {
         let shared = &self.shared;
-        // The answer is one round trip away: a holder silent past the silence limit (paused,
-        // cut off) is given up like a backup that owes an acknowledgement, so that it does not
-        // hold the re-protection of the others off for the whole attach timeout.
-        let limit = Duration::from_nanos(shared.silence_limit_ns.load(Ordering::Relaxed));
-        let timeout = if limit.is_zero() { timeout } else { timeout.min(limit) };
+        let timeout = self.answer_timeout(timeout);
         let deadline = Instant::now() + timeout;
         let history = shared.resumed.as_ref().expect("a rebase is only asked for by a resumed mirror");
         let holding = loop {
