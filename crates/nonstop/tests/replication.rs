@@ -122,7 +122,9 @@ fn compare_reports_a_ratio() {
     let rounds: Vec<(&str, usize)> = report.timelines.iter().map(|t| (t.configuration.as_str(), t.round)).collect();
     assert_eq!(rounds, [("unreplicated", 1), ("replicated", 2)], "{report:?}");
     for timeline in &report.timelines {
-        assert!((2..=4).contains(&timeline.tx_per_s.len()), "300 ms in 100 ms windows: {timeline:?}");
+        // 300 ms in 100 ms windows, or more if the round overran it (a stall on a busy
+        // machine makes the last transactions finish late; the count is not the point here).
+        assert!(timeline.tx_per_s.len() >= 2, "300 ms in 100 ms windows: {timeline:?}");
         assert!(timeline.tx_per_s.iter().all(|rate| rate.is_finite() && *rate >= 0.0), "{timeline:?}");
         assert!(timeline.tx_per_s.iter().any(|rate| *rate > 0.0), "{timeline:?}");
     }
