@@ -1,15 +1,17 @@
 //! The backup's server: accept an authenticated primary, apply its checkpoints, acknowledge.
 
-use crate::conn::{self, ConnError, FrameSender};
+use crate::admission::{Admission, HandshakeLimits, serve_handshakes};
+use crate::conn::{ConnError, FrameReceiver, FrameSender};
 use crate::detections::Detections;
 use nonstop_proto::backup::{Backup, BackupError, BackupOutput};
 use nonstop_proto::control::{self, AckInfo, Refusal, VerifyReply};
-use nonstop_proto::frame::FrameKind;
+use nonstop_proto::frame::{Frame, FrameKind};
 use nonstop_proto::integrity::{SCRUB_LINES_PER_TICK, SCRUB_TICK};
 use nonstop_proto::{CheckpointId, Term};
 use nonstop_region::Region;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,14 @@ use std::time::{Duration, Instant};
 pub type ConsistencyCheck = Arc<dyn Fn(&str, &[u8]) -> Result<String, String> + Send + Sync>;
 
 /// Serves one region as a backup, for one primary at a time.
+///
+/// Connections are authenticated concurrently, each on a thread of its own within the
+/// handshake limits ([`crate::admission`]); a primary that holds the key is served once the
+/// session before it ends, however many other connections are open.
 pub struct BackupServer {
-    listener: TcpListener,
+    listener: Option<TcpListener>,
+    listening: SocketAddr,
+    limits: HandshakeLimits,
     key: nonstop_proto::auth::ClusterKey,
     region: Region,
     backup: Backup,
@@ -35,6 +43,18 @@ pub struct BackupControl {
     stop: Arc<AtomicBool>,
     session: Arc<Mutex<Option<TcpStream>>>,
     held: Arc<Mutex<Option<(Term, CheckpointId)>>>,
+    /// Wakes a serving loop waiting for the next primary.
+    wake: Arc<Mutex<Option<Sender<Arrival>>>>,
+    /// The term of the primary whose session runs, if one does.
+    following: Arc<Mutex<Option<Term>>>,
+}
+
+/// What the serving loop waits for.
+enum Arrival {
+    /// A primary passed its handshake: its connection's halves, its first frame and address.
+    Session(Box<(FrameSender, FrameReceiver, Frame, SocketAddr)>),
+    /// [`BackupControl::stop`] was called.
+    Stop,
 }
 
 impl BackupControl {
@@ -52,8 +72,54 @@ impl BackupControl {
         if let Some(stream) = self.session.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
-        // Wake a server blocked in accept: it sees the flag and returns.
+        if let Some(wake) = self.wake.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = wake.send(Arrival::Stop);
+        }
+        // Wake the acceptor blocked in accept: it sees the flag and returns.
         let _ = TcpStream::connect_timeout(&self.listening, Duration::from_millis(100));
+    }
+
+    /// Decides, on its handshake thread, what becomes of a primary that passed its handshake:
+    /// its first frame is read (within `deadline`); one from a term older than the session in
+    /// progress is refused at once (a deposed primary must not wait for its turn), and one from
+    /// that term or newer ends the session in progress (its primary was replaced, or reconnects
+    /// over a connection the backup has not seen die) and is served next.
+    fn admit_session(
+        &self,
+        mut sender: FrameSender,
+        mut receiver: FrameReceiver,
+        peer: SocketAddr,
+        deadline: Duration,
+        arrived: &Sender<Arrival>,
+    ) {
+        let first = match receiver.recv_by(Instant::now() + deadline) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::info!(%peer, %error, "primary sent no first frame in time");
+                return;
+            }
+        };
+        let following = *self.following.lock().unwrap_or_else(|p| p.into_inner());
+        match following {
+            Some(current) if first.term < current => {
+                let reason = format!(
+                    "this backup follows {current}, and {} is older: a deposed primary is fenced off",
+                    first.term
+                );
+                tracing::info!(%peer, %reason, "refusing primary");
+                refuse(&mut sender, Some(current), &reason);
+                return;
+            }
+            Some(current) => {
+                tracing::info!(%peer, term = first.term.0, following = current.0, "a primary of this term or newer: ending the session in progress");
+                if let Some(stream) = self.session.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            None => {}
+        }
+        // The server may be gone (promoted): the connection is then closed.
+        let _ = arrived.send(Arrival::Session(Box::new((sender, receiver, first, peer))));
     }
 
     fn publish(&self, backup: &Backup) {
@@ -88,13 +154,32 @@ impl BackupServer {
             };
             std::io::Error::new(kind, error)
         })?;
+        let listening = listener.local_addr()?;
         let control = BackupControl {
-            listening: listener.local_addr()?,
+            listening,
             stop: Arc::default(),
             session: Arc::default(),
             held: Arc::default(),
+            wake: Arc::default(),
+            following: Arc::default(),
         };
-        Ok(BackupServer { listener, key, region, backup, check, control, detections: Arc::default() })
+        Ok(BackupServer {
+            listener: Some(listener),
+            listening,
+            limits: HandshakeLimits::default(),
+            key,
+            region,
+            backup,
+            check,
+            control,
+            detections: Arc::default(),
+        })
+    }
+
+    /// Authenticates connections within `limits` instead of the defaults.
+    pub fn with_handshake_limits(mut self, limits: HandshakeLimits) -> BackupServer {
+        self.limits = limits;
+        self
     }
 
     /// Counts what its checks catch in `detections` (the node's) instead of counters of its own.
@@ -117,7 +202,7 @@ impl BackupServer {
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listening
     }
 
     /// The checkpoint the image holds.
@@ -130,39 +215,59 @@ impl BackupServer {
         self.region.as_slice()
     }
 
-    /// Serves primaries, one at a time, until [`BackupControl::stop`].
+    /// Serves primaries, one at a time, until [`BackupControl::stop`] (once only: the port is
+    /// closed when it returns).
     pub fn serve(&mut self) {
-        while !self.control.stop.load(Ordering::SeqCst) {
-            match self.listener.accept() {
-                Ok(_) if self.control.stop.load(Ordering::SeqCst) => break,
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = stream.try_clone().ok();
-                    // A stop between the accept and the line above must still end the session.
-                    if self.control.stop.load(Ordering::SeqCst) {
-                        let _ = stream.shutdown(std::net::Shutdown::Both);
-                    }
-                    match self.serve_one(stream) {
-                        Ok(()) => tracing::info!(%peer, "primary disconnected"),
-                        Err(error) if error.is_disconnect() => tracing::info!(%peer, %error, "primary went away"),
-                        Err(error) => tracing::warn!(%peer, %error, "primary session ended"),
-                    }
-                    self.backup.on_disconnect(&mut self.region);
-                    *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    self.control.publish(&self.backup);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+        let Some(listener) = self.listener.take() else { return };
+        let (arrived, sessions) = std::sync::mpsc::channel::<Arrival>();
+        *self.control.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(arrived.clone());
+        let admission = Admission::new(self.limits, self.detections.clone());
+        let (key, stop, control, deadline) =
+            (self.key.clone(), self.control.stop.clone(), self.control.clone(), self.limits.deadline);
+        let acceptor = std::thread::Builder::new().name("nonstop-backup-accept".into()).spawn(move || {
+            serve_handshakes(&listener, &admission, &key, &stop, move |sender, receiver, peer| {
+                control.admit_session(sender, receiver, peer, deadline, &arrived);
+            });
+        });
+        let acceptor = match acceptor {
+            Ok(acceptor) => acceptor,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the backup's acceptor");
+                return;
             }
+        };
+        // A stop before the wake was installed is seen by the flag.
+        while !self.control.stop.load(Ordering::SeqCst) {
+            let Ok(Arrival::Session(session)) = sessions.recv() else { break };
+            let (sender, receiver, first, peer) = *session;
+            *self.control.following.lock().unwrap_or_else(|p| p.into_inner()) = Some(first.term);
+            *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = sender.stream_handle().ok();
+            // A stop between the receive and the line above must still end the session.
+            if self.control.stop.load(Ordering::SeqCst) {
+                sender.shutdown();
+            }
+            match self.serve_session(sender, receiver, Some(first)) {
+                Ok(()) => tracing::info!(%peer, "primary disconnected"),
+                Err(error) if error.is_disconnect() => tracing::info!(%peer, %error, "primary went away"),
+                Err(error) => tracing::warn!(%peer, %error, "primary session ended"),
+            }
+            self.backup.on_disconnect(&mut self.region);
+            *self.control.following.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.control.publish(&self.backup);
         }
+        *self.control.wake.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = acceptor.join();
     }
 
-    /// Serves one connection until it ends. Authentication failures end it before any frame
-    /// is read.
-    pub fn serve_one(&mut self, stream: std::net::TcpStream) -> Result<(), ConnError> {
-        let (mut sender, mut receiver) = conn::accept(stream, &self.key, &self.detections)?;
+    /// Serves one authenticated primary until its session ends, starting with `first` if its
+    /// first frame was already read.
+    pub fn serve_session(
+        &mut self,
+        mut sender: FrameSender,
+        mut receiver: FrameReceiver,
+        mut first: Option<Frame>,
+    ) -> Result<(), ConnError> {
         let mut last_scrub = Instant::now();
         loop {
             // Between frames, so that the image is never checked while a frame is half
@@ -178,7 +283,7 @@ impl BackupServer {
                     return Ok(());
                 }
             }
-            let frame = match receiver.recv() {
+            let frame = match first.take().map_or_else(|| receiver.recv(), Ok) {
                 Ok(frame) => frame,
                 Err(ConnError::Closed { .. }) => return Ok(()),
                 Err(error) => {

@@ -10,11 +10,12 @@ use nonstop_proto::{CheckpointId, Term};
 use std::io::{IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// How long a handshake may take before the peer is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a handshake may take before the peer is dropped (the whole handshake, not each
+/// read; a listening port sets its own, [`crate::admission::HandshakeLimits`]).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a send may block on a peer that does not read before the connection is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +74,39 @@ impl ConnError {
             _ => false,
         }
     }
+}
+
+/// Fills `buf` by `deadline`: each read waits only for what is left of the time, so a peer
+/// that sends a byte now and then cannot stretch the handshake.
+fn read_exact_by(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    detections: &Detections,
+    peer: &str,
+) -> Result<(), ConnError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timed_out = || {
+            detections.handshake_timed_out();
+            ConnError::Io { peer: peer.to_string(), source: std::io::ErrorKind::TimedOut.into() }
+        };
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        stream.set_read_timeout(Some(left)).map_err(io_error(peer))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(ConnError::Closed { peer: peer.to_string() }),
+            Ok(n) => filled += n,
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(timed_out());
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(io_error(peer)(error)),
+        }
+    }
+    Ok(())
 }
 
 fn nonce() -> [u8; 32] {
@@ -141,22 +175,33 @@ pub fn connect(
 }
 
 /// Authenticates an accepted connection as the responder. Nothing is read past the handshake
-/// unless the peer proved it holds `key`; refusals are counted in `detections`.
+/// unless the peer proved it holds `key`; refusals are counted in `detections`. The whole
+/// handshake must be done within [`HANDSHAKE_TIMEOUT`].
 pub fn accept(
-    mut stream: TcpStream,
+    stream: TcpStream,
     key: &ClusterKey,
     detections: &Arc<Detections>,
 ) -> Result<(FrameSender, FrameReceiver), ConnError> {
+    accept_within(stream, key, detections, Instant::now() + HANDSHAKE_TIMEOUT)
+}
+
+/// Like [`accept`], with the whole handshake due by `deadline` however slowly its bytes come.
+pub fn accept_within(
+    mut stream: TcpStream,
+    key: &ClusterKey,
+    detections: &Arc<Detections>,
+    deadline: Instant,
+) -> Result<(FrameSender, FrameReceiver), ConnError> {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
     stream.set_nodelay(true).map_err(io_error(&peer))?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io_error(&peer))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io_error(&peer))?;
     let mut hello = [0u8; CLIENT_HELLO_LEN];
-    stream.read_exact(&mut hello).map_err(io_error(&peer))?;
+    read_exact_by(&mut stream, &mut hello, deadline, detections, &peer)?;
     let (responder, answer) = Responder::on_client_hello(key.clone(), nonce(), &hello)
         .map_err(|source| auth_refused(detections, &peer, source))?;
     stream.write_all(&answer).map_err(io_error(&peer))?;
     let mut finish = [0u8; CLIENT_FINISH_LEN];
-    stream.read_exact(&mut finish).map_err(io_error(&peer))?;
+    read_exact_by(&mut stream, &mut finish, deadline, detections, &peer)?;
     let keys = responder.on_client_finish(&finish).map_err(|source| auth_refused(detections, &peer, source))?;
     halves(stream, keys, peer, detections)
 }
@@ -204,6 +249,11 @@ impl FrameSender {
         self.send_batch([(kind, term, checkpoint, payload)])
     }
 
+    /// Another handle on the connection, to shut it down from elsewhere.
+    pub fn stream_handle(&self) -> std::io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
     /// Closes both directions (wakes the receiving half).
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
@@ -216,6 +266,15 @@ impl FrameSender {
 }
 
 impl FrameReceiver {
+    /// Waits for the next valid frame until `deadline`.
+    pub fn recv_by(&mut self, deadline: Instant) -> Result<Frame, ConnError> {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        self.stream.set_read_timeout(Some(left)).map_err(io_error(&self.peer))?;
+        let frame = self.recv();
+        self.stream.set_read_timeout(None).map_err(io_error(&self.peer))?;
+        frame
+    }
+
     /// Waits for the next valid frame.
     pub fn recv(&mut self) -> Result<Frame, ConnError> {
         loop {

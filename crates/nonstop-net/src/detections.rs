@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Detections {
     frames_refused: AtomicU64,
     handshakes_refused: AtomicU64,
+    handshakes_timed_out: AtomicU64,
+    handshakes_crowded_out: AtomicU64,
     image_corruptions: AtomicU64,
 }
 
@@ -27,6 +29,13 @@ pub struct DetectionCounts {
     pub handshakes_refused: u64,
     /// Times a backup's scrubber found its image corrupted and forgot it.
     pub image_corruptions: u64,
+    /// Handshakes not finished within their deadline (an idle or trickling connection). Not an
+    /// integrity detection: counted apart from the others, out of [`DetectionCounts::total`].
+    #[serde(default)]
+    pub handshakes_timed_out: u64,
+    /// Pending handshakes closed to keep a port's bounds (the oldest of a source, or of all).
+    #[serde(default)]
+    pub handshakes_crowded_out: u64,
 }
 
 impl DetectionCounts {
@@ -43,6 +52,8 @@ impl DetectionCounts {
             frames_refused: delta(self.frames_refused, earlier.frames_refused),
             handshakes_refused: delta(self.handshakes_refused, earlier.handshakes_refused),
             image_corruptions: delta(self.image_corruptions, earlier.image_corruptions),
+            handshakes_timed_out: delta(self.handshakes_timed_out, earlier.handshakes_timed_out),
+            handshakes_crowded_out: delta(self.handshakes_crowded_out, earlier.handshakes_crowded_out),
         }
     }
 }
@@ -54,6 +65,8 @@ impl Detections {
             frames_refused: self.frames_refused.load(Ordering::Relaxed),
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
             image_corruptions: self.image_corruptions.load(Ordering::Relaxed),
+            handshakes_timed_out: self.handshakes_timed_out.load(Ordering::Relaxed),
+            handshakes_crowded_out: self.handshakes_crowded_out.load(Ordering::Relaxed),
         }
     }
 
@@ -63,6 +76,14 @@ impl Detections {
 
     pub(crate) fn handshake_refused(&self) {
         self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_timed_out(&self) {
+        self.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_crowded_out(&self) {
+        self.handshakes_crowded_out.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn image_corrupted(&self) {
@@ -76,10 +97,10 @@ mod tests {
 
     #[test]
     fn since_survives_a_restart() {
-        let before = DetectionCounts { frames_refused: 5, handshakes_refused: 1, image_corruptions: 0 };
-        let after = DetectionCounts { frames_refused: 7, handshakes_refused: 0, image_corruptions: 1 };
+        let before = DetectionCounts { frames_refused: 5, handshakes_refused: 1, ..DetectionCounts::default() };
+        let after = DetectionCounts { frames_refused: 7, image_corruptions: 1, ..DetectionCounts::default() };
         let delta = after.since(&before);
-        assert_eq!(delta, DetectionCounts { frames_refused: 2, handshakes_refused: 0, image_corruptions: 1 });
+        assert_eq!(delta, DetectionCounts { frames_refused: 2, image_corruptions: 1, ..DetectionCounts::default() });
         assert_eq!(delta.total(), 3);
     }
 }

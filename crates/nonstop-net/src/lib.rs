@@ -1,12 +1,15 @@
 //! nonstop's thin TCP drivers around the protocol state machines of `nonstop-proto`.
 //!
 //! * [`conn`]: authenticated connections (handshake, MACed frames).
+//! * [`admission`]: the door of a listening port: concurrent handshakes, one deadline each,
+//!   bounded in total and per source address.
 //! * [`primary`]: the primary's replicator ([`Primary`]).
 //! * [`backup`]: the backup's server ([`BackupServer`]).
 //! * [`detections`]: what the integrity checks caught (frames, handshakes, corrupted images).
 //! * [`fault`]: fault points that kill the process inside a checkpoint, for chaos tests.
 //! * [`rtt`]: the raw round trip of the same transport, for comparison.
 
+pub mod admission;
 pub mod backup;
 pub mod conn;
 pub mod detections;

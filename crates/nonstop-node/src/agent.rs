@@ -187,7 +187,7 @@ impl Agent {
             key.clone(),
             events_tx,
             config.heartbeat,
-            instruments.detections.clone(),
+            nonstop_net::admission::Admission::new(config.handshake, instruments.detections.clone()),
         )
         .map_err(|source| NodeError::Listen { what: "control plane", addr: config.me.control, source })?;
         let hosts = config

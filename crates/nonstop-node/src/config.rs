@@ -19,6 +19,8 @@
 //! interval_ms = 10
 //! timeout_ms = 200
 //!
+//! # in [node]: handshake_timeout_ms = 2000  # a connecting peer's whole handshake
+//!
 //! [[services]]
 //! name = "bank"
 //! primary = 1
@@ -31,6 +33,7 @@
 //! Every node of a cluster lists the same services; each error names the field and the fix.
 
 use crate::NodeId;
+use nonstop_net::admission::HandshakeLimits;
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_workloads::app::{App, KINDS, SERVICE_WORKERS};
@@ -123,6 +126,14 @@ pub struct NodeSection {
     /// kill` kills it at exact moments inside a checkpoint). Never on a production node.
     #[serde(default)]
     pub fault_points: bool,
+    /// How long a peer connecting to the control or replication port has to finish its whole
+    /// handshake (proving it holds the cluster key), however slowly its bytes come.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    HandshakeLimits::default().deadline.as_millis() as u64
 }
 
 /// `[[peers]]`: another node.
@@ -305,6 +316,8 @@ pub struct Checked {
     pub leader_on_primary: bool,
     /// Testing only: fault points may be armed.
     pub fault_points: bool,
+    /// Bounds on the handshakes of the control and replication ports.
+    pub handshake: HandshakeLimits,
     /// Services.
     pub services: Vec<ServiceSpec>,
 }
@@ -375,6 +388,13 @@ impl NodeConfig {
                 "heartbeat.timeout_ms",
                 format!("{} ms is under three heartbeats of {} ms", hb.timeout_ms, hb.interval_ms),
                 "make it at least 3 x interval_ms, or a late heartbeat causes a needless failover",
+            ));
+        }
+        if !(10..=60_000).contains(&self.node.handshake_timeout_ms) {
+            return Err(invalid(
+                "node.handshake_timeout_ms",
+                format!("{} ms is outside 10..=60000", self.node.handshake_timeout_ms),
+                "a peer on the network finishes its handshake in a round trip; 2000 (the default) leaves room for a slow one",
             ));
         }
         if hb.lease_ms < hb.timeout_ms {
@@ -529,6 +549,10 @@ impl NodeConfig {
             metrics: self.node.metrics,
             leader_on_primary: self.node.leader_on_primary,
             fault_points: self.node.fault_points,
+            handshake: HandshakeLimits {
+                deadline: Duration::from_millis(self.node.handshake_timeout_ms),
+                ..HandshakeLimits::default()
+            },
             services,
         })
     }
@@ -589,6 +613,10 @@ mod tests {
                 "services[0].min_backups",
             ),
             (format!("{GOOD}\n[heartbeat]\ninterval_ms = 10\ntimeout_ms = 20"), "heartbeat.timeout_ms"),
+            (
+                GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nhandshake_timeout_ms = 0"),
+                "node.handshake_timeout_ms",
+            ),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"redis\""), "services[0].kind"),
             // The ledger's plain collections need the kernel to find their writes.
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"ledger\""), "services[0].tracking"),

@@ -152,8 +152,15 @@ pub fn render(status: &NodeStatus) -> String {
     metric(
         "nonstop_handshakes_refused_total",
         "counter",
-        "Handshakes refused (wrong cluster key, or bytes changed on the way).",
-        vec![(String::new(), detections.handshakes_refused as f64)],
+        "Handshakes on the control and replication ports that did not end in a session, by reason: \
+         authentication (wrong cluster key, or bytes changed on the way), timed_out (not finished \
+         within node.handshake_timeout_ms), crowded_out (closed, the oldest pending, to keep the \
+         port's bounds).",
+        vec![
+            (",reason=\"authentication\"".to_string(), detections.handshakes_refused as f64),
+            (",reason=\"timed_out\"".to_string(), detections.handshakes_timed_out as f64),
+            (",reason=\"crowded_out\"".to_string(), detections.handshakes_crowded_out as f64),
+        ],
     );
     metric(
         "nonstop_image_corruptions_total",

@@ -9,6 +9,7 @@
 
 use crate::NodeId;
 use nonstop_control::coordinator::Report;
+use nonstop_net::admission::{Admission, serve_handshakes};
 use nonstop_net::conn::{self, ConnError, FrameSender};
 use nonstop_net::detections::Detections;
 use nonstop_proto::auth::ClusterKey;
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -71,7 +72,8 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Listens on `listen` and dials every peer in `peers`; events go to `events`.
+    /// Listens on `listen`, admitting connections through `admission` (whose counters the
+    /// dialling side uses too), and dials every peer in `peers`; events go to `events`.
     pub fn start(
         me: NodeId,
         listen: SocketAddr,
@@ -79,15 +81,16 @@ impl Peers {
         key: ClusterKey,
         events: Sender<PeerEvent>,
         redial: Duration,
-        detections: Arc<Detections>,
+        admission: Arc<Admission>,
     ) -> std::io::Result<Peers> {
         let listener = TcpListener::bind(listen)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let detections = admission.detections().clone();
         {
-            let (key, events, stop, detections) = (key.clone(), events.clone(), stop.clone(), detections.clone());
+            let (key, events, stop) = (key.clone(), events.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("nonstop-peers-accept".into())
-                .spawn(move || accept_loop(listener, key, events, stop, detections))?;
+                .spawn(move || accept_loop(listener, key, events, stop, admission))?;
         }
         let mut outboxes = BTreeMap::new();
         for &(id, addr) in peers {
@@ -130,47 +133,37 @@ fn accept_loop(
     key: ClusterKey,
     events: Sender<PeerEvent>,
     stop: Arc<AtomicBool>,
-    detections: Arc<Detections>,
+    admission: Arc<Admission>,
 ) {
-    let mut accepted = 0u64;
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        accepted += 1;
-        let connection = accepted;
-        let _ = stream.set_nodelay(true);
-        let (key, events, detections) = (key.clone(), events.clone(), detections.clone());
-        let _ = std::thread::Builder::new().name("nonstop-peer-in".into()).spawn(move || {
-            let mut from = None;
-            let result = (|| -> Result<(), ConnError> {
-                let (_sender, mut receiver) = conn::accept(stream, &key, &detections)?;
-                loop {
-                    let frame = receiver.recv()?;
-                    if frame.kind != FrameKind::Control {
-                        continue;
-                    }
-                    match postcard::from_bytes::<Wire>(&frame.payload) {
-                        Ok(wire) => {
-                            from = Some(wire.from);
-                            let event = PeerEvent::Message { from: wire.from, connection, body: wire.body };
-                            if events.send(event).is_err() {
-                                return Ok(());
-                            }
-                        }
-                        Err(error) => tracing::warn!(%error, "undecodable control message dropped"),
-                    }
+    let accepted = Arc::new(AtomicU64::new(0));
+    serve_handshakes(&listener, &admission, &key, &stop, move |_sender, mut receiver, _peer| {
+        let connection = accepted.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut from = None;
+        let result = (|| -> Result<(), ConnError> {
+            loop {
+                let frame = receiver.recv()?;
+                if frame.kind != FrameKind::Control {
+                    continue;
                 }
-            })();
-            if let Err(error) = result {
-                tracing::debug!(?from, %error, "peer connection ended");
+                match postcard::from_bytes::<Wire>(&frame.payload) {
+                    Ok(wire) => {
+                        from = Some(wire.from);
+                        let event = PeerEvent::Message { from: wire.from, connection, body: wire.body };
+                        if events.send(event).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "undecodable control message dropped"),
+                }
             }
-            if let Some(from) = from {
-                let _ = events.send(PeerEvent::Down { from, connection });
-            }
-        });
-    }
+        })();
+        if let Err(error) = result {
+            tracing::debug!(?from, %error, "peer connection ended");
+        }
+        if let Some(from) = from {
+            let _ = events.send(PeerEvent::Down { from, connection });
+        }
+    });
 }
 
 fn dial_loop(

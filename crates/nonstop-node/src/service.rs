@@ -20,6 +20,7 @@ use nonstop_control::ServiceRecord;
 use nonstop_control::cluster::Command;
 use nonstop_control::coordinator::ServiceReport;
 use nonstop_control::role::{Action, Observed, Protection, RoleConfig, ServeFrom, ServiceRole};
+use nonstop_net::admission::HandshakeLimits;
 use nonstop_net::backup::{BackupControl, BackupServer};
 use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
@@ -131,6 +132,8 @@ pub struct ServiceHost {
     /// The failure timeout: a backup silent this long while it owes an acknowledgement is
     /// dropped, as a silent node is.
     timeout: Duration,
+    /// Bounds on the handshakes of its replication port while it stands by.
+    handshake: HandshakeLimits,
     role: ServiceRole,
     resources: Resources,
     serving: Arc<Serving>,
@@ -177,6 +180,7 @@ impl ServiceHost {
             key,
             listen,
             timeout: config.timeout,
+            handshake: config.handshake,
             role,
             resources: Resources::Nothing,
             serving: Arc::new(Serving::default()),
@@ -408,7 +412,9 @@ impl ServiceHost {
         let region = self.map_region()?;
         let check: nonstop_net::backup::ConsistencyCheck = Arc::new(nonstop_workloads::check);
         let server = match BackupServer::bind(self.listen, self.key.clone(), region, Some(check)) {
-            Ok(server) => server.with_detections(self.instruments.detections.clone()),
+            Ok(server) => {
+                server.with_detections(self.instruments.detections.clone()).with_handshake_limits(self.handshake)
+            }
             Err(error) if error.kind() == std::io::ErrorKind::OutOfMemory => {
                 // Making a region resident is not free: try again in a while, not every tick.
                 tracing::error!(service = self.spec.name, %error, "cannot stand by as a backup");
