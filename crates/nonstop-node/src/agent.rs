@@ -42,6 +42,9 @@ pub enum NodeError {
         /// The error.
         source: std::io::Error,
     },
+    /// The config does not fit this machine.
+    #[error(transparent)]
+    Refused(#[from] crate::preflight::Refusal),
 }
 
 /// What `nonstop status` shows of a node.

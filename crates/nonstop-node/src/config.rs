@@ -538,6 +538,27 @@ impl NodeConfig {
                 app,
             });
         }
+        let mut by_base: Vec<&ServiceSpec> = services.iter().collect();
+        by_base.sort_by_key(|s| s.region_base);
+        for pair in by_base.windows(2) {
+            let (low, high) = (pair[0], pair[1]);
+            if low.region_base + low.region_len > high.region_base {
+                return Err(invalid(
+                    format!("services[{}].region_base", high.index),
+                    format!(
+                        "{:#x} lies inside service {:?}'s region ({:#x}, {} MiB)",
+                        high.region_base,
+                        low.name,
+                        low.region_base,
+                        low.region_len >> 20
+                    ),
+                    format!(
+                        "give each service its own range: {:#x} or above is free of it",
+                        (low.region_base + low.region_len).next_multiple_of(2 << 20)
+                    ),
+                ));
+            }
+        }
         Ok(Checked {
             me,
             members,
@@ -616,6 +637,13 @@ mod tests {
             (
                 GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nhandshake_timeout_ms = 0"),
                 "node.handshake_timeout_ms",
+            ),
+            // A second service whose region starts inside the first's.
+            (
+                format!(
+                    "{GOOD}\n[[services]]\nname = \"ledger2\"\nprimary = 1\nregion_base = \"0x200004000000\"\nregion_size_mib = 128\n"
+                ),
+                "services[1].region_base",
             ),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"redis\""), "services[0].kind"),
             // The ledger's plain collections need the kernel to find their writes.

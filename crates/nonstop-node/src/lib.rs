@@ -6,6 +6,7 @@
 //! to date, and serves the client protocol, redirecting clients to the primary.
 //!
 //! * [`config`]: the TOML configuration and its checks.
+//! * [`preflight`]: the checks of a config against the machine (ports, addresses, memory).
 //! * [`peers`]: authenticated agent-to-agent transport (Raft and heartbeats).
 //! * [`agent`]: the control loop.
 //! * [`service`]: one service's roles on this node and the moves between them.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod integrity;
 pub mod metrics;
 pub mod peers;
+pub mod preflight;
 pub mod service;
 
 pub use integrity::{EXIT_CORRUPT_MEMORY, fail_stop};
@@ -45,8 +47,11 @@ pub struct Instruments {
 /// The line a node prints on stdout once it serves (for scripts and `nonstop demo`).
 pub const READY: &str = "node ready";
 
-/// Runs a node until `stop` is set: control plane, services and the client port.
-pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool) -> Result<(), NodeError> {
+/// Runs a node until `stop` is set: control plane, services and the client port. `ready` is
+/// called once every port is bound and the config is known to fit the machine
+/// ([`preflight`]); a config it cannot serve is an error before that.
+pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl FnOnce()) -> Result<(), NodeError> {
+    preflight::check(&config, preflight::available_memory())?;
     let client_addr = config.me.client;
     let listener = std::net::TcpListener::bind(client_addr).map_err(|source| NodeError::Listen {
         what: "client port",
@@ -78,5 +83,6 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool) -> Result<(
         .spawn(move || client_server::serve(listener, answering))
         .expect("spawn client listener");
     tracing::info!(%client_addr, "{READY}");
+    ready();
     agent.run(stop, switchover_requests)
 }

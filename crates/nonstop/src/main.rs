@@ -376,8 +376,19 @@ struct NetArgs {
     json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    // A user's mistake is one line, whatever RUST_BACKTRACE says: anyhow's report would append
+    // the backtrace it captured. A bug (a panic) still prints its backtrace.
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     // Simulated nodes step down, lose quorum and refuse stale terms on purpose: their warnings
     // are the simulation working, not news.
     let default = if matches!(cli.command, Command::Sim(_)) { "warn,nonstop_control=error" } else { "warn" };
@@ -406,14 +417,27 @@ fn main() -> anyhow::Result<()> {
 
 fn node(path: &std::path::Path) -> anyhow::Result<()> {
     let config = nonstop_node::config::NodeConfig::load(path)?;
-    let key_text = std::fs::read_to_string(&config.key_file)
-        .with_context(|| format!("reading the cluster key {}", config.key_file.display()))?;
-    let key = ClusterKey::from_hex(key_text.trim())
-        .with_context(|| format!("the cluster key in {}", config.key_file.display()))?;
+    let key_file = &config.key_file;
+    let key_text = std::fs::read_to_string(key_file).map_err(|error| {
+        anyhow::anyhow!(
+            "node.key_file = {:?}: cannot read it ({error}); write the cluster key there, 64 hex digits and the same file on every node (for example `openssl rand -hex 32 > {}`)",
+            key_file.display().to_string(),
+            key_file.display()
+        )
+    })?;
+    let key = ClusterKey::from_hex(key_text.trim()).map_err(|error| {
+        anyhow::anyhow!(
+            "node.key_file = {:?}: {error}; the file must hold the cluster key, 64 hex digits (for example `openssl rand -hex 32 > {}`)",
+            key_file.display().to_string(),
+            key_file.display()
+        )
+    })?;
     let stop = AtomicBool::new(false);
-    println!("{} {}", nonstop_node::READY, config.me.id);
-    std::io::stdout().flush()?;
-    nonstop_node::run_node(config, key, &stop)?;
+    let id = config.me.id;
+    nonstop_node::run_node(config, key, &stop, || {
+        println!("{} {id}", nonstop_node::READY);
+        let _ = std::io::stdout().flush();
+    })?;
     Ok(())
 }
 

@@ -79,3 +79,47 @@ fn bench_tracking_measures_every_mode_and_draws_the_chart() {
     }
     assert!(std::fs::read_to_string(dir.path().join("tracking.svg")).unwrap().starts_with("<svg"));
 }
+
+/// A node that cannot serve its config says so in one line, naming the field and the fix, even
+/// with backtraces asked for, and never says it is ready.
+#[test]
+fn a_node_refuses_a_missing_key_file_or_a_taken_port_in_one_line_before_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let key = dir.path().join("cluster.key");
+    let write = |name: &str, key_file: &std::path::Path, replication: std::net::SocketAddr| {
+        let path = dir.path().join(name);
+        let text = format!(
+            "[node]\nid = 1\ncontrol = \"{}\"\nclient = \"{}\"\nreplication = \"{replication}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n\n[[peers]]\nid = 2\ncontrol = \"127.0.0.2:7001\"\nclient = \"127.0.0.2:7101\"\nreplication = \"127.0.0.2:7201\"\n\n[[services]]\nname = \"bank\"\nprimary = 1\nregion_base = \"0x2d4000000000\"\nregion_size_mib = 64\n",
+            free(),
+            free(),
+            dir.path().join("data").display(),
+            key_file.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |config: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_nonstop"))
+            .args(["node", "--config", config.to_str().unwrap()])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    let missing = run(&write("missing.toml", &key, free()));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(stderr.contains("node.key_file") && stderr.contains("openssl rand -hex 32"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line, no backtrace: {stderr}");
+
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let started = std::time::Instant::now();
+    let port = run(&write("port.toml", &key, taken.local_addr().unwrap()));
+    let stderr = String::from_utf8_lossy(&port.stderr);
+    assert!(!port.status.success());
+    assert!(stderr.contains("node.replication") && stderr.contains("pick another replication port"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&port.stdout).contains("node ready"), "refused before ready");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused at once, not retried");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+}
