@@ -124,6 +124,15 @@ enum Resources {
     Primary(Box<PrimaryResources>),
 }
 
+/// What a service waits for before it can stand by or start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// Its region's address is still mapped (a deposed primary's region not let go yet).
+    Region,
+    /// Its replication port cannot be bound yet.
+    Port,
+}
+
 /// A service on this node: the driver of its [`ServiceRole`].
 pub struct ServiceHost {
     spec: ServiceSpec,
@@ -134,6 +143,8 @@ pub struct ServiceHost {
     timeout: Duration,
     /// Bounds on the handshakes of its replication port while it stands by.
     handshake: HandshakeLimits,
+    /// What standing by or starting waits for, once logged: retried every tick, told once.
+    waiting: Option<Waiting>,
     role: ServiceRole,
     resources: Resources,
     serving: Arc<Serving>,
@@ -181,6 +192,7 @@ impl ServiceHost {
             listen,
             timeout: config.timeout,
             handshake: config.handshake,
+            waiting: None,
             role,
             resources: Resources::Nothing,
             serving: Arc::new(Serving::default()),
@@ -400,12 +412,23 @@ impl ServiceHost {
         Ok(())
     }
 
-    /// Maps the service's region; `None` (logged) while the address is still taken, e.g. by a
-    /// deposed primary's region that client threads have not let go of yet.
-    fn map_region(&self) -> Result<Region, Failed> {
-        Region::map(self.spec.region_base, self.spec.region_len)
-            .inspect_err(|error| tracing::warn!(service = self.spec.name, %error, "cannot map the region yet"))
-            .map_err(|_| Failed { backoff: false })
+    /// Maps the service's region; fails while the address is still taken, e.g. by a deposed
+    /// primary's region that client threads have not let go of yet (logged when that starts).
+    fn map_region(&mut self) -> Result<Region, Failed> {
+        match Region::map(self.spec.region_base, self.spec.region_len) {
+            Ok(region) => {
+                if self.waiting == Some(Waiting::Region) {
+                    self.waiting = None;
+                }
+                Ok(region)
+            }
+            Err(error) => {
+                if self.waiting.replace(Waiting::Region) != Some(Waiting::Region) {
+                    tracing::warn!(service = self.spec.name, %error, "cannot map the region yet; retrying");
+                }
+                Err(Failed { backoff: false })
+            }
+        }
     }
 
     fn stand_by(&mut self) -> Result<(), Failed> {
@@ -421,10 +444,13 @@ impl ServiceHost {
                 return Err(Failed { backoff: true });
             }
             Err(error) => {
-                tracing::warn!(service = self.spec.name, addr = %self.listen, %error, "cannot listen for a primary yet");
+                if self.waiting.replace(Waiting::Port) != Some(Waiting::Port) {
+                    tracing::warn!(service = self.spec.name, addr = %self.listen, %error, "cannot listen for a primary yet; retrying");
+                }
                 return Err(Failed { backoff: false });
             }
         };
+        self.waiting = None;
         let control = server.control();
         let thread = std::thread::Builder::new()
             .name(format!("nonstop-backup-{}", self.spec.name))
