@@ -158,6 +158,21 @@ impl ImageHistory {
     }
 }
 
+/// The pages a rebase's first checkpoint carries: those [`ImageHistory::rebase_pages`] named
+/// and every page written since the primary resumed, in order, each once. The mirror and the
+/// simulator's model primary both build the rebase from this.
+///
+/// ```
+/// assert_eq!(nonstop_proto::history::rebase_union(&[5, 2], &[2, 9]), [2, 5, 9]);
+/// ```
+pub fn rebase_union(named: &[u32], written_since_resume: &[usize]) -> Vec<usize> {
+    let mut pages: Vec<usize> =
+        named.iter().map(|&page| page as usize).chain(written_since_resume.iter().copied()).collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ use crate::locks::RangeLocks;
 use crate::mapping::Region;
 use crate::tracking::{TrackingError, TrackingMode};
 use crate::transaction::Transaction;
+use nonstop_proto::history::rebase_union;
 use nonstop_proto::integrity::{CorruptLine, LINE, LineChecksums, Scrubber};
 use nonstop_proto::primary::Ticket;
 use nonstop_proto::runs::RunsBuilder;
@@ -26,14 +27,6 @@ pub const STREAM_LIMIT: usize = 32 << 20;
 pub(crate) fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(8).fold(0u64, |any, word| any | u64::from_ne_bytes(word.try_into().expect("8 bytes"))) == 0
         && page.chunks_exact(8).remainder().iter().all(|b| *b == 0)
-}
-
-/// The pages of two sorted lists, in order, each once.
-fn union(named: &[u32], since: &[usize]) -> Vec<usize> {
-    let mut pages: Vec<usize> = named.iter().map(|&page| page as usize).chain(since.iter().copied()).collect();
-    pages.sort_unstable();
-    pages.dedup();
-    pages
 }
 
 /// A value alone on its cache line.
@@ -459,7 +452,7 @@ impl Mirror {
             Vec::new()
         } else {
             let since: Vec<usize> = self.since_resume.as_ref().unwrap_or(&self.touched).pages().collect();
-            first.rebases.iter().map(|named| self.copy_pages(union(named, &since))).collect()
+            first.rebases.iter().map(|named| self.copy_pages(rebase_union(named, &since))).collect()
         };
         self.commits.store(0, Ordering::Relaxed);
         CheckpointContent { checkpoint, changes, full_image, dirty_blocks, precopy_delta, rebases }

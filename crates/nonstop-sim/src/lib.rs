@@ -388,10 +388,7 @@ impl Sim {
                 None => (&changes, change_bytes, CloseKind::Changes),
                 Some(First::Whole) => (&image, image_bytes, CloseKind::Whole),
                 Some(First::Rebase { from, pages: named }) => {
-                    let mut union: Vec<usize> =
-                        named.iter().map(|&p| p as usize).chain(since.iter().copied()).collect();
-                    union.sort_unstable();
-                    union.dedup();
+                    let union = nonstop_proto::history::rebase_union(&named, &since);
                     rebased = pages(&mut union.into_iter());
                     (&rebased.1, rebased.0, CloseKind::Rebased { from })
                 }
