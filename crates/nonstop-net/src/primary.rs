@@ -147,6 +147,8 @@ struct Shared {
     held_lock: Mutex<()>,
     held_changed: Condvar,
     waiters: AtomicUsize,
+    /// Told whenever a hold may have ended (see [`Primary::set_hold_listener`]).
+    hold_listener: std::sync::OnceLock<HoldListener>,
     verify_replies: Mutex<HashMap<BackupId, Result<VerifyReply, String>>>,
     verify_changed: Condvar,
     stats: Mutex<ReplicationStats>,
@@ -199,6 +201,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Where one reply stands in output commit ([`Primary::hold_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldState {
+    /// Every required backup holds its checkpoint: it may leave.
+    Held,
+    /// Its checkpoint is on its way to the backups.
+    Pending,
+    /// Fewer backups than required are connected: it is held until one is attached.
+    Unprotected {
+        /// Backups connected.
+        connected: usize,
+        /// Backups required.
+        required: usize,
+    },
+}
+
+/// What [`Primary::set_hold_listener`] calls.
+pub type HoldListener = Box<dyn Fn() + Send + Sync>;
+
 /// A primary replicating one [`Mirror`].
 pub struct Primary {
     shared: Arc<Shared>,
@@ -240,6 +261,7 @@ impl Primary {
             held_lock: Mutex::new(()),
             held_changed: Condvar::new(),
             waiters: AtomicUsize::new(0),
+            hold_listener: std::sync::OnceLock::new(),
             verify_replies: Mutex::new(HashMap::new()),
             verify_changed: Condvar::new(),
             stats: Mutex::new(ReplicationStats::new()),
@@ -501,6 +523,40 @@ impl Primary {
         lock(&self.shared.replication).held_at(checkpoint).map(|at| self.shared.clock + Duration::from_nanos(at.0))
     }
 
+    /// Starts what `ticket` waits for: under the sync policy this cuts and sends its
+    /// checkpoint (unless a later cut already holds it); under epochs the replicator does.
+    pub fn request_held(&self, ticket: Ticket) {
+        let shared = &self.shared;
+        if shared.config.policy == CommitPolicy::Sync && !self.is_held(ticket) {
+            let mut links = lock(&shared.links);
+            let closed = lock(&shared.replication).last_closed();
+            if closed.is_none_or(|closed| closed < ticket.checkpoint) {
+                shared.cut_and_send(&mut links);
+            }
+        }
+    }
+
+    /// Where the reply of `ticket` stands now, without waiting.
+    pub fn hold_state(&self, ticket: Ticket) -> HoldState {
+        if self.is_held(ticket) {
+            return HoldState::Held;
+        }
+        let connected = lock(&self.shared.replication).backup_count();
+        let required = self.shared.config.required_backups;
+        if connected < required {
+            return HoldState::Unprotected { connected, required };
+        }
+        HoldState::Pending
+    }
+
+    /// Calls `listener` whenever a [`Primary::hold_state`] may have changed (a checkpoint became
+    /// held, a backup was lost), from the thread that changed it: it must only wake someone.
+    /// Set once; this is how an asynchronous server waits for output commit without a thread
+    /// per reply.
+    pub fn set_hold_listener(&self, listener: HoldListener) {
+        let _ = self.shared.hold_listener.set(listener);
+    }
+
     /// Waits until the reply of `ticket` may leave. Under the sync policy this cuts and sends
     /// the checkpoint itself (one round trip); under epochs it waits for the replicator.
     pub fn wait_held(&self, ticket: Ticket, timeout: Duration) -> Result<(), PrimaryError> {
@@ -508,13 +564,7 @@ impl Primary {
         if self.is_held(ticket) {
             return Ok(());
         }
-        if shared.config.policy == CommitPolicy::Sync {
-            let mut links = lock(&shared.links);
-            let closed = lock(&shared.replication).last_closed();
-            if closed.is_none_or(|closed| closed < ticket.checkpoint) {
-                shared.cut_and_send(&mut links);
-            }
-        }
+        self.request_held(ticket);
         let started = Instant::now();
         while started.elapsed() < SPIN_BEFORE_SLEEP {
             if self.is_held(ticket) {
@@ -525,12 +575,12 @@ impl Primary {
         shared.waiters.fetch_add(1, Ordering::SeqCst);
         let mut guard = lock(&shared.held_lock);
         let result = loop {
-            if self.is_held(ticket) {
-                break Ok(());
-            }
-            let connected = lock(&shared.replication).backup_count();
-            if connected < shared.config.required_backups {
-                break Err(PrimaryError::Unprotected { connected, required: shared.config.required_backups });
+            match self.hold_state(ticket) {
+                HoldState::Held => break Ok(()),
+                HoldState::Unprotected { connected, required } => {
+                    break Err(PrimaryError::Unprotected { connected, required });
+                }
+                HoldState::Pending => {}
             }
             let waited = started.elapsed();
             if waited >= timeout {
@@ -889,9 +939,17 @@ impl Shared {
 
     fn publish_held(&self, held: CheckpointId) {
         self.held.fetch_max(held.0 + 1, Ordering::AcqRel);
+        self.hold_changed();
+    }
+
+    /// Wakes whoever waits on a hold: blocked [`Primary::wait_held`] callers and the listener.
+    fn hold_changed(&self) {
         if self.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = lock(&self.held_lock);
             self.held_changed.notify_all();
+        }
+        if let Some(listener) = self.hold_listener.get() {
+            listener();
         }
     }
 
@@ -953,7 +1011,7 @@ impl Shared {
         if let Some(held) = advanced {
             self.publish_held(held);
         }
-        let _guard = lock(&self.held_lock);
-        self.held_changed.notify_all();
+        // Even if nothing became held, a waiter may now be unprotected.
+        self.hold_changed();
     }
 }

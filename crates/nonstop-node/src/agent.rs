@@ -63,6 +63,9 @@ pub struct NodeStatus {
     /// What the node's integrity checks caught since it started.
     #[serde(default)]
     pub detections: nonstop_net::detections::DetectionCounts,
+    /// The client port's connections.
+    #[serde(default)]
+    pub clients: crate::client_server::ClientPortStatus,
 }
 
 /// One service in [`NodeStatus`].
@@ -459,6 +462,7 @@ impl Agent {
             services,
             alive: self.config.members.iter().filter(|m| self.coordinator.alive(m.id, now)).map(|m| m.id.0).collect(),
             detections: self.instruments.detections.snapshot(),
+            clients: self.instruments.clients.snapshot(),
         };
         *self.status.write().unwrap_or_else(|p| p.into_inner()) = status;
     }

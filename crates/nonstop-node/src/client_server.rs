@@ -1,21 +1,99 @@
-//! The client port: one thread per connection, each request executed by the service's primary
-//! and answered only once every backup holds its effect — or, for a read, the state it saw
-//! (output commit).
+//! The client port: many connections on a few threads, each with bounded resources.
+//!
+//! Connections are tokio tasks, not threads: an idle connection costs a task and its socket,
+//! nothing more (no buffer while it waits for a message). A request is executed on a small pool
+//! of blocking threads (a transaction may wait for region locks or cut a checkpoint), and its
+//! reply then waits for output commit — the backups holding what it decided — without a thread:
+//! the primary wakes the waiting tasks whenever a checkpoint becomes held ([`Active::hold_changed`]).
+//!
+//! What a connection may cost is bounded by [`ClientLimits`]: a connection that sends nothing
+//! for `idle` is closed; one that started a message must finish it within `message` (however
+//! slowly its bytes come) and read its reply as fast; beyond `max_connections` a new connection
+//! is told why and closed.
 
 use crate::agent::NodeStatus;
 use crate::service::{Active, Serving};
-use nonstop_proto::client::{ClientMemory, ClientReply, ClientRequest, read_message, write_message};
+use nonstop_net::primary::HoldState;
+use nonstop_proto::client::{
+    ClientMemory, ClientProtocolError, ClientReply, ClientRequest, LENGTH_PREFIX, decode_payload, encode_message,
+    payload_len,
+};
 use nonstop_proto::primary::Ticket;
 use nonstop_workloads::bank::{BankError, Executed, TransferRequest};
+use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout, timeout_at};
 
 /// How long an answer may wait for the backups before the client is told to retry.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a waiting reply looks at its hold even if nothing woke it (a safety net: every
+/// change that can end a hold also wakes it).
+const HOLD_RECHECK: Duration = Duration::from_millis(50);
+
+/// Threads that execute requests: enough to keep the service's workers busy while some wait
+/// for region locks; more would only contend.
+const EXECUTORS: usize = 32;
+
+/// Threads that serve the connections' I/O.
+const IO_THREADS: usize = 2;
+
+/// What one client connection may cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A connection that sends no byte of a new message for this long is closed.
+    pub idle: Duration,
+    /// A message must arrive whole this long after its first byte, and a reply be read as fast.
+    pub message: Duration,
+    /// Connections open at once; one more is answered that the node is full, and closed.
+    pub max_connections: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits { idle: Duration::from_secs(30), message: Duration::from_secs(5), max_connections: 10_000 }
+    }
+}
+
+/// What the client port counts, for status and metrics.
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    open: AtomicU64,
+    refused_full: AtomicU64,
+    closed_idle: AtomicU64,
+    closed_slow: AtomicU64,
+}
+
+/// A snapshot of [`ClientCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClientPortStatus {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections refused because `max_clients` were open.
+    pub refused_full: u64,
+    /// Connections closed after sending nothing for the idle timeout.
+    pub closed_idle: u64,
+    /// Connections closed for not finishing a message, or not reading a reply, in time.
+    pub closed_slow: u64,
+}
+
+impl ClientCounters {
+    /// What was counted so far.
+    pub fn snapshot(&self) -> ClientPortStatus {
+        ClientPortStatus {
+            open: self.open.load(Ordering::Relaxed),
+            refused_full: self.refused_full.load(Ordering::Relaxed),
+            closed_idle: self.closed_idle.load(Ordering::Relaxed),
+            closed_slow: self.closed_slow.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// What the client port answers from.
 pub struct Answering {
@@ -27,6 +105,10 @@ pub struct Answering {
     pub switchovers: Mutex<mpsc::Sender<SwitchoverRequest>>,
     /// The node's fault points (refusing to be armed unless its config enables them).
     pub faults: Arc<nonstop_net::fault::FaultPoints>,
+    /// What the port counts.
+    pub counters: Arc<ClientCounters>,
+    /// Its bounds.
+    pub limits: ClientLimits,
 }
 
 /// A switchover asked by an operator, for the agent's loop.
@@ -43,70 +125,241 @@ pub struct SwitchoverRequest {
 /// How long a switchover may take before the operator is told it failed.
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves clients on `listener` until the process ends.
-pub fn serve(listener: TcpListener, answering: Arc<Answering>) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let answering = answering.clone();
-        let _ = std::thread::Builder::new().name("nonstop-client".into()).spawn(move || {
-            if let Err(error) = serve_one(stream, &answering) {
-                tracing::debug!(%error, "client connection ended");
+/// Connections the kernel queues before the port accepts them. Connections arrive in bursts
+/// (a client pool starting, every client reconnecting after a failover) while the port's
+/// threads share two cores with the service: std's 128 overflows within milliseconds, and
+/// each connection that overflows waits a second for its SYN to be sent again. The kernel caps
+/// this at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: i32 = 4096;
+
+/// Binds the client port (before anything else starts, so that a taken port is an error at
+/// once).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The running client port; dropping it closes every connection.
+pub struct ClientPort {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ClientPort {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Serves clients on `listener` until the returned port is dropped.
+pub fn start(listener: std::net::TcpListener, answering: Arc<Answering>) -> std::io::Result<ClientPort> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(IO_THREADS)
+        .max_blocking_threads(EXECUTORS)
+        .thread_name("nonstop-clients")
+        .enable_io()
+        .enable_time()
+        .build()?;
+    listener.set_nonblocking(true)?;
+    let listener = {
+        let _entered = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
+    runtime.spawn(accept_loop(listener, answering));
+    Ok(ClientPort { runtime: Some(runtime) })
+}
+
+/// Why the port could not accept, logged once per change rather than per attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accepting {
+    Fine,
+    Failing(std::io::ErrorKind),
+}
+
+async fn accept_loop(listener: TcpListener, answering: Arc<Answering>) {
+    let slots = Arc::new(Semaphore::new(answering.limits.max_connections));
+    let full = refusal(answering.limits.max_connections);
+    let mut accepting = Accepting::Fine;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors or memory: the connections already open go on; wait for
+                // some to close rather than spinning.
+                let now = Accepting::Failing(error.kind());
+                if accepting != now {
+                    tracing::warn!(%error, "the client port cannot accept connections; retrying");
+                    accepting = now;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
+        };
+        if accepting != Accepting::Fine {
+            tracing::info!("the client port accepts connections again");
+            accepting = Accepting::Fine;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // The send buffer of a fresh connection is empty: the refusal fits without waiting.
+            let _ = stream.try_write(&full);
+            answering.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "client connection refused: max_clients reached");
+            continue;
+        };
+        let answering = answering.clone();
+        tokio::spawn(async move {
+            answering.counters.open.fetch_add(1, Ordering::Relaxed);
+            match serve_connection(stream, &answering).await {
+                Ok(()) => {}
+                Err(Ended::Idle) => {
+                    answering.counters.closed_idle.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Ended::Slow) => {
+                    answering.counters.closed_slow.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Ended::Io(error)) => tracing::debug!(%peer, %error, "client connection ended"),
+            }
+            answering.counters.open.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
         });
     }
 }
 
-fn serve_one(stream: TcpStream, answering: &Answering) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = BufWriter::new(stream);
-    let mut worker = None;
-    loop {
-        let request: ClientRequest = match read_message(&mut reader) {
-            Ok(request) => request,
-            Err(nonstop_proto::client::ClientProtocolError::Io(_)) => return Ok(()),
-            Err(error) => {
-                let reply = ClientReply::Rejected { reason: error.to_string() };
-                let _ = write_message(&mut writer, &reply);
-                let _ = writer.flush();
-                return Ok(());
-            }
-        };
-        let reply = match request {
-            ClientRequest::Status => {
-                let status = answering.status.read().unwrap_or_else(|p| p.into_inner()).clone();
-                ClientReply::Status { json: serde_json::to_string(&status).expect("status serializes") }
-            }
-            ClientRequest::Switchover { service, to } => switchover(answering, service, to),
-            ClientRequest::ArmFault { point, countdown } => match nonstop_net::fault::FaultPoint::from_name(&point) {
-                None => ClientReply::Rejected { reason: format!("no fault point {point:?}") },
-                Some(point) => match answering.faults.arm(point, countdown) {
-                    Ok(()) => ClientReply::Armed,
-                    Err(reason) => ClientReply::Rejected { reason: reason.into() },
-                },
-            },
-            request => answer(request, &answering.services, &mut worker),
-        };
-        write_message(&mut writer, &reply).map_err(std::io::Error::other)?;
-        writer.flush()?;
+fn refusal(max: usize) -> Vec<u8> {
+    let reply = ClientReply::Unavailable {
+        reason: format!(
+            "this node already serves {max} client connections (its max_clients): retry later, or raise node.max_clients"
+        ),
+    };
+    encode_message(&reply).expect("a refusal encodes")
+}
+
+/// Why a connection was closed by the node.
+enum Ended {
+    Idle,
+    Slow,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Ended {
+    fn from(error: std::io::Error) -> Ended {
+        Ended::Io(error)
     }
 }
 
-fn switchover(answering: &Answering, service: String, to: u64) -> ClientReply {
-    let Some(serving) = answering.services.get(&service) else {
+async fn serve_connection(mut stream: TcpStream, answering: &Answering) -> Result<(), Ended> {
+    stream.set_nodelay(true)?;
+    let limits = answering.limits;
+    let mut worker = None;
+    loop {
+        // Waiting for a message costs no buffer: peek for its first byte.
+        match timeout(limits.idle, stream.peek(&mut [0u8; 1])).await {
+            Err(_) => return Err(Ended::Idle),
+            Ok(Ok(0)) => return Ok(()),
+            Ok(read) => read.map(drop)?,
+        }
+        let due = Instant::now() + limits.message;
+        let request = match timeout_at(due, read_request(&mut stream)).await {
+            Err(_) => return Err(Ended::Slow),
+            Ok(Ok(request)) => request,
+            Ok(Err(ClientProtocolError::Io(error))) => return Err(Ended::Io(error)),
+            Ok(Err(error)) => {
+                // A message this node cannot read: say why, then close (what follows it in the
+                // stream cannot be framed).
+                let reply = ClientReply::Rejected { reason: error.to_string() };
+                let _ = timeout(limits.message, write_reply(&mut stream, &reply)).await;
+                return Ok(());
+            }
+        };
+        let reply = answer(request, answering, &mut worker).await;
+        match timeout(limits.message, write_reply(&mut stream, &reply)).await {
+            Err(_) => return Err(Ended::Slow),
+            Ok(written) => written?,
+        }
+    }
+}
+
+async fn read_request(stream: &mut TcpStream) -> Result<ClientRequest, ClientProtocolError> {
+    let mut prefix = [0u8; LENGTH_PREFIX];
+    stream.read_exact(&mut prefix).await?;
+    let mut payload = vec![0u8; payload_len(prefix)?];
+    stream.read_exact(&mut payload).await?;
+    decode_payload(&payload)
+}
+
+async fn write_reply(stream: &mut TcpStream, reply: &ClientReply) -> std::io::Result<()> {
+    let bytes = encode_message(reply).map_err(std::io::Error::other)?;
+    stream.write_all(&bytes).await
+}
+
+/// Runs `work` on an executor thread.
+async fn execute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ClientReply> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ClientReply::Unavailable { reason: format!("the request's executor failed: {error}") })
+}
+
+async fn answer(request: ClientRequest, answering: &Answering, worker: &mut Option<usize>) -> ClientReply {
+    let service = match &request {
+        ClientRequest::Status => {
+            let status = answering.status.read().unwrap_or_else(|p| p.into_inner()).clone();
+            return ClientReply::Status { json: serde_json::to_string(&status).expect("status serializes") };
+        }
+        ClientRequest::ArmFault { point, countdown } => {
+            return match nonstop_net::fault::FaultPoint::from_name(point) {
+                None => ClientReply::Rejected { reason: format!("no fault point {point:?}") },
+                Some(point) => match answering.faults.arm(point, *countdown) {
+                    Ok(()) => ClientReply::Armed,
+                    Err(reason) => ClientReply::Rejected { reason: reason.into() },
+                },
+            };
+        }
+        ClientRequest::Transfer { service, .. }
+        | ClientRequest::Locate { service }
+        | ClientRequest::Read { service, .. }
+        | ClientRequest::Audit { service, .. }
+        | ClientRequest::Switchover { service, .. } => service,
+    };
+    let Some(serving) = answering.services.get(service) else {
         return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
     };
-    if serving.active().is_none() {
-        return redirect(serving);
+    let Some(active) = serving.active() else { return redirect(serving) };
+    if let ClientRequest::Switchover { service, to } = request {
+        let (reply, answer) = mpsc::channel();
+        let request = SwitchoverRequest { service, to: crate::NodeId(to), reply };
+        if answering.switchovers.lock().unwrap_or_else(|p| p.into_inner()).send(request).is_err() {
+            return ClientReply::Unavailable { reason: "the node is shutting down".into() };
+        }
+        return execute(move || {
+            answer
+                .recv_timeout(SWITCHOVER_TIMEOUT)
+                .unwrap_or_else(|_| ClientReply::Unavailable { reason: "the switchover did not finish in time".into() })
+        })
+        .await
+        .unwrap_or_else(|refused| refused);
     }
-    let (reply, answer) = mpsc::channel();
-    let request = SwitchoverRequest { service, to: crate::NodeId(to), reply };
-    if answering.switchovers.lock().unwrap_or_else(|p| p.into_inner()).send(request).is_err() {
-        return ClientReply::Unavailable { reason: "the node is shutting down".into() };
+    let worker_now = *worker.get_or_insert_with(|| active.worker());
+    let executed = {
+        let active = active.clone();
+        execute(move || {
+            let decided = decide(request, &active, worker_now);
+            if let Decided::Held(_, ticket) = &decided {
+                active.primary.request_held(*ticket);
+            }
+            decided
+        })
+        .await
+    };
+    match executed {
+        Err(refused) => refused,
+        Ok(Decided::Now(reply)) => reply,
+        Ok(Decided::Redirect) => redirect(serving),
+        Ok(Decided::Held(reply, ticket)) => release(serving, &active, reply, ticket).await,
     }
-    answer
-        .recv_timeout(SWITCHOVER_TIMEOUT)
-        .unwrap_or_else(|_| ClientReply::Unavailable { reason: "the switchover did not finish in time".into() })
 }
 
 fn redirect(serving: &Serving) -> ClientReply {
@@ -114,34 +367,27 @@ fn redirect(serving: &Serving) -> ClientReply {
     ClientReply::Redirect { primary: primary.map(|p| p.to_string()), term: term.0 }
 }
 
-fn answer(
-    request: ClientRequest,
-    services: &BTreeMap<String, Arc<Serving>>,
-    worker: &mut Option<usize>,
-) -> ClientReply {
-    let service = match &request {
-        ClientRequest::Transfer { service, .. }
-        | ClientRequest::Locate { service }
-        | ClientRequest::Read { service, .. }
-        | ClientRequest::Audit { service, .. } => service,
-        ClientRequest::Status | ClientRequest::Switchover { .. } | ClientRequest::ArmFault { .. } => {
-            unreachable!("answered by the caller")
-        }
-    };
-    let Some(serving) = services.get(service) else {
-        return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
-    };
-    let Some(active) = serving.active() else { return redirect(serving) };
-    let answered = match request {
+/// What executing a request decided.
+enum Decided {
+    /// An answer that may leave at once (it promises nothing the backups must hold).
+    Now(ClientReply),
+    /// Not the primary (any more): the client is sent where it is.
+    Redirect,
+    /// An answer that may leave once every backup holds the ticket's checkpoint.
+    Held(ClientReply, Ticket),
+}
+
+/// Executes a service request on the primary (on an executor thread: it may wait for locks).
+fn decide(request: ClientRequest, active: &Active, worker: usize) -> Decided {
+    match request {
         ClientRequest::Locate { .. }
         | ClientRequest::Status
         | ClientRequest::Switchover { .. }
-        | ClientRequest::ArmFault { .. } => return redirect(serving),
+        | ClientRequest::ArmFault { .. } => Decided::Redirect,
         ClientRequest::Transfer { client, request, account, teller, delta, .. } => {
             if active.draining.load(Ordering::SeqCst) {
-                return ClientReply::Unavailable { reason: "switchover in progress; retry".into() };
+                return Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() });
             }
-            let worker = *worker.get_or_insert_with(|| active.worker());
             let transfer = TransferRequest { client, request, account, teller, delta };
             let (executed, ticket) = match active.app.execute(&active.mirror, worker, &transfer) {
                 Ok(done) => done,
@@ -150,10 +396,9 @@ fn answer(
                     // its lease and whose backups hold what it decided on. A deposed primary
                     // that lacks the client's latest requests must not refuse it for good.
                     let refusal = ClientReply::Rejected { reason: error.to_string() };
-                    let ticket = Ticket { checkpoint: active.primary.checkpoint_now() };
-                    return release(serving, &active, (refusal, ticket));
+                    return Decided::Held(refusal, Ticket { checkpoint: active.primary.checkpoint_now() });
                 }
-                Err(error) => return ClientReply::Unavailable { reason: error.to_string() },
+                Err(error) => return Decided::Now(ClientReply::Unavailable { reason: error.to_string() }),
             };
             let term = active.term.0;
             let reply = match executed {
@@ -161,7 +406,7 @@ fn answer(
                 Executed::Duplicate { balance } => ClientReply::Done { request, balance, duplicate: true, term },
                 Executed::Stale { last } => ClientReply::Stale { request, last },
             };
-            (reply, ticket)
+            Decided::Held(reply, ticket)
         }
         ClientRequest::Read { client, account, .. } => {
             // A read-only transaction: it locks and checks just the two lines it reads. The
@@ -170,40 +415,53 @@ fn answer(
                 Ok((slot, balance)) => ClientReply::Read { memory: slot.map(memory), balance, term: active.term.0 },
                 Err(error) => ClientReply::Rejected { reason: error.to_string() },
             };
-            (reply, Ticket { checkpoint: active.primary.checkpoint_now() })
+            Decided::Held(reply, Ticket { checkpoint: active.primary.checkpoint_now() })
         }
-        ClientRequest::Audit { clients, accounts, .. } => read(&active, |image| ClientReply::Audit {
-            check: active.app.check(image),
-            clients: clients.iter().map(|&c| (c, memory_of(&active, image, c))).collect(),
-            balances: accounts.iter().map(|&a| (a, active.app.balance(image, a))).collect(),
-            term: active.term.0,
-        }),
-    };
-    release(serving, &active, answered)
-}
-
-/// Reads the region with every transaction held off, after checking every line of it against
-/// its seal; the ticket is a checkpoint cut after the read, so releasing the answer under it
-/// means the backups hold everything the read saw.
-fn read(active: &Active, read: impl FnOnce(&[u8]) -> ClientReply) -> (ClientReply, Ticket) {
-    let reply = active.mirror.quiesced_checked(|image, _| read(image));
-    (reply, Ticket { checkpoint: active.primary.checkpoint_now() })
+        ClientRequest::Audit { clients, accounts, .. } => {
+            // The region is read with every transaction held off, after every line of it is
+            // checked against its seal; the ticket is a checkpoint cut after the read.
+            let reply = active.mirror.quiesced_checked(|image, _| ClientReply::Audit {
+                check: active.app.check(image),
+                clients: clients.iter().map(|&c| (c, active.app.client(image, c).map(memory))).collect(),
+                balances: accounts.iter().map(|&a| (a, active.app.balance(image, a))).collect(),
+                term: active.term.0,
+            });
+            Decided::Held(reply, Ticket { checkpoint: active.primary.checkpoint_now() })
+        }
+    }
 }
 
 /// Output commit: the reply leaves only once every backup holds `ticket`'s checkpoint, and
-/// never from a deposed primary.
-fn release(serving: &Serving, active: &Active, (reply, ticket): (ClientReply, Ticket)) -> ClientReply {
-    if let Err(error) = active.primary.wait_held(ticket, HOLD_TIMEOUT) {
-        return ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") };
+/// never from a deposed primary. The wait holds no thread.
+async fn release(serving: &Serving, active: &Active, reply: ClientReply, ticket: Ticket) -> ClientReply {
+    let due = Instant::now() + HOLD_TIMEOUT;
+    loop {
+        // Registered before the state is read, so a change between the two still wakes it.
+        let woken = active.hold_changed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if active.deposed.load(Ordering::SeqCst) {
+            return redirect(serving);
+        }
+        match active.primary.hold_state(ticket) {
+            HoldState::Held => break,
+            HoldState::Unprotected { connected, required } => {
+                let error = nonstop_net::primary::PrimaryError::Unprotected { connected, required };
+                return ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") };
+            }
+            HoldState::Pending => {}
+        }
+        let now = Instant::now();
+        if now >= due {
+            let error = nonstop_net::primary::PrimaryError::Timeout(HOLD_TIMEOUT);
+            return ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") };
+        }
+        let _ = timeout_at(due.min(now + HOLD_RECHECK), woken).await;
     }
     if active.deposed.load(Ordering::SeqCst) {
         return redirect(serving);
     }
     reply
-}
-
-fn memory_of(active: &Active, image: &[u8], client: u64) -> Option<ClientMemory> {
-    active.app.client(image, client).map(memory)
 }
 
 fn memory(slot: nonstop_workloads::bank::ClientSlot) -> ClientMemory {

@@ -20,6 +20,8 @@
 //! timeout_ms = 200
 //!
 //! # in [node]: handshake_timeout_ms = 2000  # a connecting peer's whole handshake
+//! #            max_clients = 10000          # client connections open at once
+//! #            client_idle_timeout_ms = 30000, client_message_timeout_ms = 5000
 //!
 //! [[services]]
 //! name = "bank"
@@ -33,6 +35,7 @@
 //! Every node of a cluster lists the same services; each error names the field and the fix.
 
 use crate::NodeId;
+use crate::client_server::ClientLimits;
 use nonstop_net::admission::HandshakeLimits;
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
@@ -73,6 +76,9 @@ pub enum ConfigError {
         fix: String,
     },
 }
+
+/// The most client connections a node may be configured for.
+pub const MAX_CLIENTS: usize = 1_000_000;
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), problem: problem.into(), fix: fix.into() }
@@ -130,6 +136,28 @@ pub struct NodeSection {
     /// handshake (proving it holds the cluster key), however slowly its bytes come.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Client connections open at once; one more is told the node is full and closed.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// A client connection that sends nothing for this long is closed.
+    #[serde(default = "default_client_idle_timeout_ms")]
+    pub client_idle_timeout_ms: u64,
+    /// A client's message must arrive whole this long after its first byte (and its reply be
+    /// read as fast), or the connection is closed.
+    #[serde(default = "default_client_message_timeout_ms")]
+    pub client_message_timeout_ms: u64,
+}
+
+fn default_max_clients() -> usize {
+    ClientLimits::default().max_connections
+}
+
+fn default_client_idle_timeout_ms() -> u64 {
+    ClientLimits::default().idle.as_millis() as u64
+}
+
+fn default_client_message_timeout_ms() -> u64 {
+    ClientLimits::default().message.as_millis() as u64
 }
 
 fn default_handshake_timeout_ms() -> u64 {
@@ -318,6 +346,8 @@ pub struct Checked {
     pub fault_points: bool,
     /// Bounds on the handshakes of the control and replication ports.
     pub handshake: HandshakeLimits,
+    /// Bounds on client connections.
+    pub clients: ClientLimits,
     /// Services.
     pub services: Vec<ServiceSpec>,
 }
@@ -395,6 +425,27 @@ impl NodeConfig {
                 "node.handshake_timeout_ms",
                 format!("{} ms is outside 10..=60000", self.node.handshake_timeout_ms),
                 "a peer on the network finishes its handshake in a round trip; 2000 (the default) leaves room for a slow one",
+            ));
+        }
+        if !(1..=MAX_CLIENTS).contains(&self.node.max_clients) {
+            return Err(invalid(
+                "node.max_clients",
+                format!("{} is outside 1..={MAX_CLIENTS}", self.node.max_clients),
+                "each connection needs a file descriptor; 10000 (the default) suits most nodes",
+            ));
+        }
+        if !(100..=86_400_000).contains(&self.node.client_idle_timeout_ms) {
+            return Err(invalid(
+                "node.client_idle_timeout_ms",
+                format!("{} ms is outside 100..=86400000", self.node.client_idle_timeout_ms),
+                "clients that keep a connection open between requests need minutes at most; 30000 is the default",
+            ));
+        }
+        if !(10..=600_000).contains(&self.node.client_message_timeout_ms) {
+            return Err(invalid(
+                "node.client_message_timeout_ms",
+                format!("{} ms is outside 10..=600000", self.node.client_message_timeout_ms),
+                "a message of at most 64 KiB arrives in milliseconds; 5000 (the default) leaves room for a slow network",
             ));
         }
         if hb.lease_ms < hb.timeout_ms {
@@ -573,6 +624,11 @@ impl NodeConfig {
             handshake: HandshakeLimits {
                 deadline: Duration::from_millis(self.node.handshake_timeout_ms),
                 ..HandshakeLimits::default()
+            },
+            clients: ClientLimits {
+                idle: Duration::from_millis(self.node.client_idle_timeout_ms),
+                message: Duration::from_millis(self.node.client_message_timeout_ms),
+                max_connections: self.node.max_clients,
             },
             services,
         })

@@ -42,6 +42,8 @@ pub struct Instruments {
     pub faults: Arc<nonstop_net::fault::FaultPoints>,
     /// What its integrity checks caught.
     pub detections: Arc<nonstop_net::detections::Detections>,
+    /// What its client port counts.
+    pub clients: Arc<client_server::ClientCounters>,
 }
 
 /// The line a node prints on stdout once it serves (for scripts and `nonstop demo`).
@@ -52,8 +54,9 @@ pub const READY: &str = "node ready";
 /// ([`preflight`]); a config it cannot serve is an error before that.
 pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl FnOnce()) -> Result<(), NodeError> {
     preflight::check(&config, preflight::available_memory())?;
+    preflight::raise_descriptor_limit(&config)?;
     let client_addr = config.me.client;
-    let listener = std::net::TcpListener::bind(client_addr).map_err(|source| NodeError::Listen {
+    let listener = client_server::bind(client_addr).map_err(|source| NodeError::Listen {
         what: "client port",
         addr: client_addr,
         source,
@@ -65,8 +68,11 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl
             false => nonstop_net::fault::FaultPoints::disabled(),
         }),
         detections: Arc::default(),
+        clients: Arc::default(),
     };
     let faults = instruments.faults.clone();
+    let counters = instruments.clients.clone();
+    let limits = config.clients;
     let agent = Agent::start(config, key, instruments)?;
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
@@ -77,11 +83,14 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl
         status: agent.status(),
         switchovers: std::sync::Mutex::new(switchovers),
         faults,
+        counters,
+        limits,
     });
-    std::thread::Builder::new()
-        .name("nonstop-clients".into())
-        .spawn(move || client_server::serve(listener, answering))
-        .expect("spawn client listener");
+    let _client_port = client_server::start(listener, answering).map_err(|source| NodeError::Listen {
+        what: "client port",
+        addr: client_addr,
+        source,
+    })?;
     tracing::info!(%client_addr, "{READY}");
     ready();
     agent.run(stop, switchover_requests)

@@ -168,6 +168,25 @@ pub fn render(status: &NodeStatus) -> String {
         "Times this node's backup image was found corrupted in memory and was forgotten.",
         vec![(String::new(), detections.image_corruptions as f64)],
     );
+    let clients = &status.clients;
+    metric(
+        "nonstop_client_connections",
+        "gauge",
+        "Client connections open now (at most node.max_clients).",
+        vec![(String::new(), clients.open as f64)],
+    );
+    metric(
+        "nonstop_client_connections_closed_total",
+        "counter",
+        "Client connections the node closed or refused, by reason: full (node.max_clients were \
+         open), idle (nothing sent for node.client_idle_timeout_ms), slow (a message not finished, \
+         or a reply not read, within node.client_message_timeout_ms).",
+        vec![
+            (",reason=\"full\"".to_string(), clients.refused_full as f64),
+            (",reason=\"idle\"".to_string(), clients.closed_idle as f64),
+            (",reason=\"slow\"".to_string(), clients.closed_slow as f64),
+        ],
+    );
     out
 }
 

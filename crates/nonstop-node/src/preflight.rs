@@ -37,6 +37,46 @@ fn parse_available(meminfo: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Descriptors a node needs besides its client connections: peers, backups, the Raft log,
+/// listeners and a margin.
+const DESCRIPTORS_BESIDES_CLIENTS: u64 = 256;
+
+/// Raises this process's open-file limit to what `max_clients` connections need, as far as
+/// the hard limit allows (as Redis does for `maxclients`), and refuses if that is not enough.
+pub fn raise_descriptor_limit(config: &Checked) -> Result<(), Refusal> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let needed = config.clients.max_connections as u64 + DESCRIPTORS_BESIDES_CLIENTS;
+    let limit = getrlimit(Resource::Nofile);
+    let (current, hard) = (limit.current.unwrap_or(u64::MAX), limit.maximum.unwrap_or(u64::MAX));
+    if current >= needed {
+        return Ok(());
+    }
+    let raised = rustix::process::Rlimit { current: Some(needed.min(hard)), maximum: limit.maximum };
+    let now = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => needed.min(hard),
+        Err(_) => current,
+    };
+    check_descriptors(config.clients.max_connections, now)
+}
+
+fn check_descriptors(max_clients: usize, limit: u64) -> Result<(), Refusal> {
+    let needed = max_clients as u64 + DESCRIPTORS_BESIDES_CLIENTS;
+    if limit >= needed {
+        return Ok(());
+    }
+    Err(Refusal {
+        field: "node.max_clients".into(),
+        value: max_clients.to_string(),
+        problem: format!(
+            "the process may open {limit} files and cannot raise it, but that many connections need {needed}"
+        ),
+        fix: format!(
+            "lower node.max_clients to {}, or raise the open-file limit (`ulimit -n {needed}`, or LimitNOFILE={needed} in the systemd unit)",
+            limit.saturating_sub(DESCRIPTORS_BESIDES_CLIENTS)
+        ),
+    })
+}
+
 /// Checks `config` against this machine; `available` is the memory the regions may use
 /// ([`available_memory`]; `None` skips that check).
 pub fn check(config: &Checked, available: Option<u64>) -> Result<(), Refusal> {
@@ -110,6 +150,14 @@ mod tests {
 
     fn service(base: &str, mib: u64) -> String {
         format!("\n[[services]]\nname = \"bank\"\nprimary = 1\nregion_base = \"{base}\"\nregion_size_mib = {mib}\n")
+    }
+
+    #[test]
+    fn too_few_descriptors_for_max_clients_is_refused_with_a_figure() {
+        assert_eq!(check_descriptors(10_000, 20_000), Ok(()));
+        let refusal = check_descriptors(10_000, 1024).unwrap_err();
+        assert_eq!(refusal.field, "node.max_clients");
+        assert!(refusal.fix.contains("768") && refusal.fix.contains("ulimit -n 10256"), "{refusal}");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct Active {
     /// Set during a switchover: new requests are refused (clients retry and follow the
     /// redirect once the new primary serves).
     pub draining: AtomicBool,
+    /// Woken whenever a reply's hold may have ended (a checkpoint became held, a backup was
+    /// lost, the node was deposed): the client port waits on it instead of a thread per reply.
+    pub hold_changed: Arc<tokio::sync::Notify>,
     next_worker: AtomicUsize,
 }
 
@@ -561,6 +564,11 @@ impl ServiceHost {
         primary.set_silence_limit(Some(self.timeout));
         primary.set_fault_points(self.instruments.faults.clone());
         primary.set_detections(self.instruments.detections.clone());
+        let hold_changed = Arc::new(tokio::sync::Notify::new());
+        {
+            let hold_changed = hold_changed.clone();
+            primary.set_hold_listener(Box::new(move || hold_changed.notify_waiters()));
+        }
         let active = Arc::new(Active {
             term,
             mirror,
@@ -568,6 +576,7 @@ impl ServiceHost {
             app: self.spec.app,
             deposed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            hold_changed,
             next_worker: AtomicUsize::new(0),
         });
         *self.serving.active.write().unwrap_or_else(|p| p.into_inner()) = Some(active.clone());
@@ -615,6 +624,7 @@ impl ServiceHost {
             let _ = switchover.reply.send(reply);
         }
         serving.active.deposed.store(true, Ordering::SeqCst);
+        serving.active.hold_changed.notify_waiters();
         serving.active.primary.set_lease(None);
         *self.serving.active.write().unwrap_or_else(|p| p.into_inner()) = None;
         tracing::warn!(

@@ -184,30 +184,48 @@ pub enum ClientProtocolError {
     Decode(#[from] postcard::Error),
 }
 
+/// Bytes in a message's length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Encodes one message, length prefix first.
+pub fn encode_message<T: Serialize>(message: &T) -> Result<Vec<u8>, ClientProtocolError> {
+    let mut bytes = postcard::to_extend(message, vec![0u8; LENGTH_PREFIX])?;
+    let len = bytes.len() - LENGTH_PREFIX;
+    if len > MAX_CLIENT_MESSAGE {
+        return Err(ClientProtocolError::TooLong(len));
+    }
+    bytes[..LENGTH_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(bytes)
+}
+
+/// The payload length a length prefix announces, refused past [`MAX_CLIENT_MESSAGE`] before
+/// anything is allocated for it.
+pub fn payload_len(prefix: [u8; LENGTH_PREFIX]) -> Result<usize, ClientProtocolError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_CLIENT_MESSAGE {
+        return Err(ClientProtocolError::TooLong(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a payload read after its length prefix.
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ClientProtocolError> {
+    Ok(postcard::from_bytes(payload)?)
+}
+
 /// Writes one message.
 pub fn write_message<T: Serialize>(writer: &mut impl Write, message: &T) -> Result<(), ClientProtocolError> {
-    let payload = postcard::to_stdvec(message)?;
-    if payload.len() > MAX_CLIENT_MESSAGE {
-        return Err(ClientProtocolError::TooLong(payload.len()));
-    }
-    let mut bytes = Vec::with_capacity(4 + payload.len());
-    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&payload);
-    writer.write_all(&bytes)?;
+    writer.write_all(&encode_message(message)?)?;
     Ok(())
 }
 
 /// Reads one message.
 pub fn read_message<T: DeserializeOwned>(reader: &mut impl Read) -> Result<T, ClientProtocolError> {
-    let mut len = [0u8; 4];
-    reader.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_CLIENT_MESSAGE {
-        return Err(ClientProtocolError::TooLong(len));
-    }
-    let mut payload = vec![0u8; len];
+    let mut prefix = [0u8; LENGTH_PREFIX];
+    reader.read_exact(&mut prefix)?;
+    let mut payload = vec![0u8; payload_len(prefix)?];
     reader.read_exact(&mut payload)?;
-    Ok(postcard::from_bytes(&payload)?)
+    decode_payload(&payload)
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub struct ClusterSpec {
     /// Run each node in a network namespace of its own (these, by id - 1; see
     /// [`crate::netns`]) and reach its peers through fault proxies on `127.0.0.<peer>`.
     pub namespaces: Option<Vec<String>>,
+    /// Each node's `max_clients` (`None`: the node's default).
+    pub max_clients: Option<usize>,
 }
 
 impl Default for ClusterSpec {
@@ -74,6 +76,7 @@ impl Default for ClusterSpec {
             witnesses: 0,
             services: vec![(SERVICE.to_string(), 1)],
             namespaces: None,
+            max_clients: None,
         }
     }
 }
@@ -193,6 +196,9 @@ impl LocalCluster {
             }
             if spec.allow_faults {
                 text += "fault_points = true\n";
+            }
+            if let Some(max) = spec.max_clients {
+                text += &format!("max_clients = {max}\n");
             }
             text
         };

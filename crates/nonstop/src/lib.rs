@@ -30,6 +30,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod chart;
+pub mod clients_bench;
 pub mod cluster;
 pub mod demo;
 pub mod fault_proxy;

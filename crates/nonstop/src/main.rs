@@ -235,6 +235,22 @@ enum BenchTarget {
     /// a page, and a checkpoint cut against pages written (1 to --pages); writes Markdown,
     /// JSON and an SVG chart.
     Tracking(TrackingArgs),
+    /// What open idle client connections cost a primary: its threads, memory and answer
+    /// latency with none and with --connections open.
+    Clients(ClientsArgs),
+}
+
+#[derive(Args)]
+struct ClientsArgs {
+    /// Idle connections to open to the primary.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Transfers timed with and without them.
+    #[arg(long, default_value_t = 500)]
+    requests: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -410,9 +426,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             BenchTarget::Net(args) => bench_net(args),
             BenchTarget::Matrix(args) => bench_matrix(args),
             BenchTarget::Tracking(args) => bench_tracking(args),
+            BenchTarget::Clients(args) => bench_clients(args),
         },
         Command::Demo { clients } => demo(clients),
     }
+}
+
+fn bench_clients(args: ClientsArgs) -> anyhow::Result<()> {
+    let config = nonstop::clients_bench::ClientsBenchConfig {
+        connections: args.connections,
+        requests: args.requests.max(1),
+        spec: nonstop::cluster::ClusterSpec { region_size_mib: 64, ..Default::default() },
+    };
+    let report = nonstop::clients_bench::run(&std::env::current_exe()?, &config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let phase = |p: &nonstop::clients_bench::Phase| {
+            format!(
+                "{:>6} connections: {:>4} threads, {:>7.1} MiB resident, transfers p50 {:.2} ms, p99 {:.2} ms",
+                p.connections, p.threads, p.rss_mib, p.p50_ms, p.p99_ms
+            )
+        };
+        println!("{}\n{}", phase(&report.before), phase(&report.with_connections));
+        println!(
+            "{} threads added, {:.1} KiB resident per connection, {} refused, opened in {:.1} s",
+            report.threads_added, report.rss_per_connection_kib, report.refused, report.open_s
+        );
+    }
+    Ok(())
 }
 
 fn node(path: &std::path::Path) -> anyhow::Result<()> {
