@@ -160,14 +160,27 @@ pub fn connect(
     key: &ClusterKey,
     detections: &Arc<Detections>,
 ) -> Result<(FrameSender, FrameReceiver), ConnError> {
+    connect_by(addr, key, detections, Instant::now() + HANDSHAKE_TIMEOUT)
+}
+
+/// Like [`connect`], with the connection and the whole handshake due by `deadline` (a paused
+/// node accepts the connection in its kernel and then never answers).
+pub fn connect_by(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    detections: &Arc<Detections>,
+    deadline: Instant,
+) -> Result<(FrameSender, FrameReceiver), ConnError> {
     let peer = addr.to_string();
-    let mut stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT).map_err(io_error(&peer))?;
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let mut stream = TcpStream::connect_timeout(&addr, left()).map_err(io_error(&peer))?;
     stream.set_nodelay(true).map_err(io_error(&peer))?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io_error(&peer))?;
+    stream.set_write_timeout(Some(left())).map_err(io_error(&peer))?;
     let (initiator, hello) = Initiator::start(key.clone(), nonce());
     stream.write_all(&hello).map_err(io_error(&peer))?;
     let mut answer = [0u8; SERVER_HELLO_LEN];
-    stream.read_exact(&mut answer).map_err(io_error(&peer))?;
+    // Handshakes timed out are counted where they are served, not where they are dialled.
+    read_exact_by(&mut stream, &mut answer, deadline, &Detections::default(), &peer)?;
     let (finish, keys) =
         initiator.on_server_hello(&answer).map_err(|source| auth_refused(detections, &peer, source))?;
     stream.write_all(&finish).map_err(io_error(&peer))?;

@@ -9,7 +9,6 @@
 //! other threads.
 
 use crate::NodeId;
-use crate::client_server::SwitchoverRequest;
 use crate::config::Checked;
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::{ServiceHost, Serving};
@@ -17,8 +16,10 @@ use nonstop_control::cluster::{Command, Promotion};
 use nonstop_control::coordinator::{Coordinator, Decision, Report};
 use nonstop_control::log::FileLog;
 use nonstop_control::{ControlConfig, ControlError, ControlNode, ElectionJitter};
+use nonstop_net::fault::FaultPoint;
 use nonstop_proto::Nanos;
 use nonstop_proto::auth::ClusterKey;
+use nonstop_proto::operator::{OperatorReply, OperatorRequest};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -131,6 +132,17 @@ pub struct BackupLagStatus {
     pub bytes: u64,
 }
 
+/// A switchover asked by an operator, handed to the service's driver.
+#[derive(Debug)]
+pub struct SwitchoverRequest {
+    /// The service.
+    pub service: String,
+    /// The backup to promote.
+    pub to: NodeId,
+    /// Where the answer goes.
+    pub reply: mpsc::Sender<OperatorReply>,
+}
+
 /// A running node agent.
 pub struct Agent {
     config: Checked,
@@ -238,8 +250,8 @@ impl Agent {
         Report { services: self.hosts.iter().map(|h| h.report(state.service(h.name()))).collect() }
     }
 
-    /// Runs until `stop` is set; operators' switchover requests arrive on `switchovers`.
-    pub fn run(mut self, stop: &AtomicBool, switchovers: mpsc::Receiver<SwitchoverRequest>) -> Result<(), NodeError> {
+    /// Runs until `stop` is set.
+    pub fn run(mut self, stop: &AtomicBool) -> Result<(), NodeError> {
         let mut next_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -262,19 +274,47 @@ impl Agent {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            while let Ok(request) = switchovers.try_recv() {
-                let record = self.control.state().service(&request.service).cloned();
-                match self.hosts.iter_mut().find(|h| h.name() == request.service) {
-                    Some(host) => host.begin_switchover(record.as_ref(), request, Instant::now()),
-                    None => {
-                        let reason = format!("no service {:?}", request.service);
-                        let _ = request.reply.send(nonstop_proto::client::ClientReply::Rejected { reason });
-                    }
-                }
-            }
             self.step()?;
         }
         Ok(())
+    }
+
+    /// Answers an operator (the connection proved it holds the cluster key).
+    fn on_operator(&mut self, request: OperatorRequest, reply: mpsc::Sender<OperatorReply>) {
+        let answer = match request {
+            OperatorRequest::Status => {
+                let status = self.status.read().unwrap_or_else(|p| p.into_inner()).clone();
+                OperatorReply::Status { json: serde_json::to_string(&status).expect("status serializes") }
+            }
+            OperatorRequest::ArmFault { point, countdown } => match FaultPoint::from_name(&point) {
+                None => OperatorReply::Rejected { reason: format!("no fault point {point:?}") },
+                Some(point) => match self.instruments.faults.arm(point, countdown) {
+                    Ok(()) => OperatorReply::Armed,
+                    Err(reason) => OperatorReply::Rejected { reason: reason.into() },
+                },
+            },
+            OperatorRequest::Switchover { service, to } => {
+                let record = self.control.state().service(&service).cloned();
+                let Some(host) = self.hosts.iter_mut().find(|h| h.name() == service) else {
+                    let _ = reply.send(OperatorReply::Rejected { reason: format!("no service {service:?}") });
+                    return;
+                };
+                if let Some(record) = &record
+                    && record.primary != self.config.me.id
+                {
+                    let _ = reply.send(OperatorReply::NotPrimary { primary: Some(record.primary.0) });
+                    return;
+                }
+                // The driver answers once the move is committed or abandoned.
+                host.begin_switchover(
+                    record.as_ref(),
+                    SwitchoverRequest { service, to: NodeId(to), reply },
+                    Instant::now(),
+                );
+                return;
+            }
+        };
+        let _ = reply.send(answer);
     }
 
     fn on_event(&mut self, event: PeerEvent) {
@@ -283,6 +323,7 @@ impl Agent {
             *newest = (*newest).max(*connection);
         }
         match event {
+            PeerEvent::Operator { request, reply } => self.on_operator(request, reply),
             PeerEvent::Message { from, body: Body::Raft(bytes), .. } => {
                 match self.control.step(&bytes) {
                     // A proposal forwarded while leadership changes: the proposer retries.

@@ -68,23 +68,6 @@ pub struct ReadDone {
     pub answered_by: SocketAddr,
 }
 
-/// A finished switchover.
-#[derive(Clone, Copy, Debug)]
-pub struct Switched {
-    /// The old primary.
-    pub from: u64,
-    /// The new primary.
-    pub to: u64,
-    /// The new term.
-    pub term: u64,
-    /// The last checkpoint of the old term.
-    pub checkpoint: u64,
-    /// From the request until new requests were refused and the last checkpoint cut.
-    pub drained: Duration,
-    /// From the request until the promotion was committed.
-    pub committed: Duration,
-}
-
 /// What [`Client::audit`] returns.
 #[derive(Clone, Debug)]
 pub struct Audit {
@@ -197,23 +180,6 @@ impl Client {
         self.connection.as_ref().expect("an accepted answer came over a connection").addr
     }
 
-    /// Moves the primary role to `to`, one of the service's backups, without losing anything.
-    pub fn switchover(&mut self, to: u64) -> Result<Switched, ClientError> {
-        let request = ClientRequest::Switchover { service: self.service.clone(), to };
-        let mut attempts = 0;
-        match self.call(&request, &mut attempts, |reply| matches!(reply, ClientReply::SwitchedOver { .. }))? {
-            ClientReply::SwitchedOver { from, to, term, checkpoint, drained_us, committed_us } => Ok(Switched {
-                from,
-                to,
-                term,
-                checkpoint,
-                drained: Duration::from_micros(drained_us),
-                committed: Duration::from_micros(committed_us),
-            }),
-            _ => unreachable!("call returns only accepted replies"),
-        }
-    }
-
     /// Asks the primary for the service's consistency check and what it remembers of `clients`
     /// and the balances of `accounts`.
     pub fn audit(&mut self, clients: Vec<u64>, accounts: Vec<u64>) -> Result<Audit, ClientError> {
@@ -283,17 +249,5 @@ impl Client {
         write_message(&mut connection.writer, request).map_err(std::io::Error::other)?;
         connection.writer.flush()?;
         read_message(&mut connection.reader).map_err(std::io::Error::other)
-    }
-}
-
-/// Asks the node at `addr` for its status (what `nonstop status` shows).
-pub fn node_status(addr: SocketAddr, timeout: Duration) -> std::io::Result<crate::agent::NodeStatus> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_nodelay(true)?;
-    write_message(&mut stream, &ClientRequest::Status).map_err(std::io::Error::other)?;
-    match read_message(&mut stream).map_err(std::io::Error::other)? {
-        ClientReply::Status { json } => serde_json::from_str(&json).map_err(std::io::Error::other),
-        other => Err(std::io::Error::other(format!("unexpected answer to a status request: {other:?}"))),
     }
 }

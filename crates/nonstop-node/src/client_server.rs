@@ -11,7 +11,6 @@
 //! slowly its bytes come) and read its reply as fast; beyond `max_connections` a new connection
 //! is told why and closed.
 
-use crate::agent::NodeStatus;
 use crate::service::{Active, Serving};
 use nonstop_net::primary::HoldState;
 use nonstop_proto::client::{
@@ -22,8 +21,8 @@ use nonstop_proto::primary::Ticket;
 use nonstop_workloads::bank::{BankError, Executed, TransferRequest};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -99,31 +98,11 @@ impl ClientCounters {
 pub struct Answering {
     /// Per service.
     pub services: BTreeMap<String, Arc<Serving>>,
-    /// The node's status.
-    pub status: Arc<RwLock<NodeStatus>>,
-    /// Where switchover requests go (the agent's loop).
-    pub switchovers: Mutex<mpsc::Sender<SwitchoverRequest>>,
-    /// The node's fault points (refusing to be armed unless its config enables them).
-    pub faults: Arc<nonstop_net::fault::FaultPoints>,
     /// What the port counts.
     pub counters: Arc<ClientCounters>,
     /// Its bounds.
     pub limits: ClientLimits,
 }
-
-/// A switchover asked by an operator, for the agent's loop.
-#[derive(Debug)]
-pub struct SwitchoverRequest {
-    /// The service.
-    pub service: String,
-    /// The backup to promote.
-    pub to: crate::NodeId,
-    /// Where the answer goes.
-    pub reply: mpsc::Sender<ClientReply>,
-}
-
-/// How long a switchover may take before the operator is told it failed.
-const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections the kernel queues before the port accepts them. Connections arrive in bursts
 /// (a client pool starting, every client reconnecting after a failover) while the port's
@@ -305,43 +284,15 @@ async fn execute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
 
 async fn answer(request: ClientRequest, answering: &Answering, worker: &mut Option<usize>) -> ClientReply {
     let service = match &request {
-        ClientRequest::Status => {
-            let status = answering.status.read().unwrap_or_else(|p| p.into_inner()).clone();
-            return ClientReply::Status { json: serde_json::to_string(&status).expect("status serializes") };
-        }
-        ClientRequest::ArmFault { point, countdown } => {
-            return match nonstop_net::fault::FaultPoint::from_name(point) {
-                None => ClientReply::Rejected { reason: format!("no fault point {point:?}") },
-                Some(point) => match answering.faults.arm(point, *countdown) {
-                    Ok(()) => ClientReply::Armed,
-                    Err(reason) => ClientReply::Rejected { reason: reason.into() },
-                },
-            };
-        }
         ClientRequest::Transfer { service, .. }
         | ClientRequest::Locate { service }
         | ClientRequest::Read { service, .. }
-        | ClientRequest::Audit { service, .. }
-        | ClientRequest::Switchover { service, .. } => service,
+        | ClientRequest::Audit { service, .. } => service,
     };
     let Some(serving) = answering.services.get(service) else {
         return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
     };
     let Some(active) = serving.active() else { return redirect(serving) };
-    if let ClientRequest::Switchover { service, to } = request {
-        let (reply, answer) = mpsc::channel();
-        let request = SwitchoverRequest { service, to: crate::NodeId(to), reply };
-        if answering.switchovers.lock().unwrap_or_else(|p| p.into_inner()).send(request).is_err() {
-            return ClientReply::Unavailable { reason: "the node is shutting down".into() };
-        }
-        return execute(move || {
-            answer
-                .recv_timeout(SWITCHOVER_TIMEOUT)
-                .unwrap_or_else(|_| ClientReply::Unavailable { reason: "the switchover did not finish in time".into() })
-        })
-        .await
-        .unwrap_or_else(|refused| refused);
-    }
     let worker_now = *worker.get_or_insert_with(|| active.worker());
     let executed = {
         let active = active.clone();
@@ -380,10 +331,7 @@ enum Decided {
 /// Executes a service request on the primary (on an executor thread: it may wait for locks).
 fn decide(request: ClientRequest, active: &Active, worker: usize) -> Decided {
     match request {
-        ClientRequest::Locate { .. }
-        | ClientRequest::Status
-        | ClientRequest::Switchover { .. }
-        | ClientRequest::ArmFault { .. } => Decided::Redirect,
+        ClientRequest::Locate { .. } => Decided::Redirect,
         ClientRequest::Transfer { client, request, account, teller, delta, .. } => {
             if active.draining.load(Ordering::SeqCst) {
                 return Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() });

@@ -77,6 +77,27 @@ pub enum ConfigError {
     },
 }
 
+/// Reads the cluster key from `path` (the config's `node.key_file`); each error names the
+/// field and how to write a key.
+pub fn read_key_file(path: &Path) -> Result<nonstop_proto::auth::ClusterKey, ConfigError> {
+    let field = "node.key_file";
+    let example = format!("for example `openssl rand -hex 32 > {}`", path.display());
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        invalid(
+            field,
+            format!("{:?} cannot be read ({error})", path.display().to_string()),
+            format!("write the cluster key there, 64 hex digits and the same file on every node ({example})"),
+        )
+    })?;
+    nonstop_proto::auth::ClusterKey::from_hex(text.trim()).map_err(|error| {
+        invalid(
+            field,
+            format!("{:?}: {error}", path.display().to_string()),
+            format!("the file must hold the cluster key, 64 hex digits ({example})"),
+        )
+    })
+}
+
 /// The most client connections a node may be configured for.
 pub const MAX_CLIENTS: usize = 1_000_000;
 

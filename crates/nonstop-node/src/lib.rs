@@ -14,6 +14,8 @@
 //! * [`integrity`]: scrubbing the primary's region, and stopping the node if it is corrupt.
 //! * [`metrics`]: Prometheus metrics from the node's status.
 //! * [`client`]: the Rust client that follows redirects and retries exactly once.
+//! * [`operator`]: the operator's requests (status, switchover, fault arming), authenticated
+//!   with the cluster key on the control port.
 
 pub mod agent;
 pub mod client;
@@ -21,6 +23,7 @@ pub mod client_server;
 pub mod config;
 pub mod integrity;
 pub mod metrics;
+pub mod operator;
 pub mod peers;
 pub mod preflight;
 pub mod service;
@@ -70,22 +73,13 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl
         detections: Arc::default(),
         clients: Arc::default(),
     };
-    let faults = instruments.faults.clone();
     let counters = instruments.clients.clone();
     let limits = config.clients;
     let agent = Agent::start(config, key, instruments)?;
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
     }
-    let (switchovers, switchover_requests) = std::sync::mpsc::channel();
-    let answering = Arc::new(client_server::Answering {
-        services: agent.serving(),
-        status: agent.status(),
-        switchovers: std::sync::Mutex::new(switchovers),
-        faults,
-        counters,
-        limits,
-    });
+    let answering = Arc::new(client_server::Answering { services: agent.serving(), counters, limits });
     let _client_port = client_server::start(listener, answering).map_err(|source| NodeError::Listen {
         what: "client port",
         addr: client_addr,
@@ -93,5 +87,5 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl
     })?;
     tracing::info!(%client_addr, "{READY}");
     ready();
-    agent.run(stop, switchover_requests)
+    agent.run(stop)
 }

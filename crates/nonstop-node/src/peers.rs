@@ -6,6 +6,10 @@
 //! repeat). Incoming connections are read on their own threads and turned into [`PeerEvent`]s.
 //! A connection that closes is reported as [`PeerEvent::Down`]: the peer's agent process, and
 //! with it every region it held, is gone.
+//!
+//! An operator (`nonstop status`, `nonstop switchover`) connects the same way, with the same
+//! key, and speaks [`FrameKind::Operator`] frames instead: each request becomes a
+//! [`PeerEvent::Operator`] for the agent, and its answer goes back on that connection.
 
 use crate::NodeId;
 use nonstop_control::coordinator::Report;
@@ -14,6 +18,7 @@ use nonstop_net::conn::{self, ConnError, FrameSender};
 use nonstop_net::detections::Detections;
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::frame::FrameKind;
+use nonstop_proto::operator::{self, OperatorReply, OperatorRequest};
 use nonstop_proto::{CheckpointId, Term};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,6 +57,14 @@ pub enum PeerEvent {
         connection: u64,
         /// What it said.
         body: Body,
+    },
+    /// An operator's request, from a connection that proved it holds the cluster key; the
+    /// answer goes to `reply`.
+    Operator {
+        /// What the operator asks.
+        request: OperatorRequest,
+        /// Where the answer goes.
+        reply: Sender<OperatorReply>,
     },
     /// A connection from the peer closed. It counts only if it is the peer's newest: a peer
     /// that redialled closes its old connection while alive.
@@ -136,12 +149,23 @@ fn accept_loop(
     admission: Arc<Admission>,
 ) {
     let accepted = Arc::new(AtomicU64::new(0));
-    serve_handshakes(&listener, &admission, &key, &stop, move |_sender, mut receiver, _peer| {
+    serve_handshakes(&listener, &admission, &key, &stop, move |sender, mut receiver, peer| {
+        let first = match receiver.recv() {
+            Ok(frame) => frame,
+            Err(error) => return tracing::debug!(%peer, %error, "connection ended before its first frame"),
+        };
+        if first.kind == FrameKind::Operator {
+            return serve_operator(sender, receiver, first, &events, peer);
+        }
         let connection = accepted.fetch_add(1, Ordering::Relaxed) + 1;
         let mut from = None;
+        let mut next = Some(first);
         let result = (|| -> Result<(), ConnError> {
             loop {
-                let frame = receiver.recv()?;
+                let frame = match next.take() {
+                    Some(frame) => frame,
+                    None => receiver.recv()?,
+                };
                 if frame.kind != FrameKind::Control {
                     continue;
                 }
@@ -164,6 +188,43 @@ fn accept_loop(
             let _ = events.send(PeerEvent::Down { from, connection });
         }
     });
+}
+
+/// How long an operator's request may wait for the agent (a switchover takes up to 10 s).
+const OPERATOR_ANSWER: Duration = Duration::from_secs(15);
+
+/// Serves one operator connection: one request at a time, each answered by the agent.
+fn serve_operator(
+    mut sender: FrameSender,
+    mut receiver: conn::FrameReceiver,
+    first: nonstop_proto::frame::Frame,
+    events: &Sender<PeerEvent>,
+    peer: SocketAddr,
+) {
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take().map_or_else(|| receiver.recv(), Ok) {
+            Ok(frame) => frame,
+            Err(error) => return tracing::debug!(%peer, %error, "operator connection ended"),
+        };
+        let answer = match (frame.kind, operator::decode::<OperatorRequest>(&frame.payload)) {
+            (FrameKind::Operator, Ok(request)) => {
+                tracing::info!(%peer, ?request, "operator request");
+                let (reply, answer) = mpsc::channel();
+                if events.send(PeerEvent::Operator { request, reply }).is_err() {
+                    return;
+                }
+                answer
+                    .recv_timeout(OPERATOR_ANSWER)
+                    .unwrap_or_else(|_| OperatorReply::Unavailable { reason: "the node did not answer in time".into() })
+            }
+            (FrameKind::Operator, Err(error)) => OperatorReply::Rejected { reason: error.to_string() },
+            (kind, _) => OperatorReply::Rejected { reason: format!("a {kind:?} frame on an operator connection") },
+        };
+        if let Err(error) = sender.send(FrameKind::Operator, Term(0), CheckpointId(0), &operator::encode(&answer)) {
+            return tracing::debug!(%peer, %error, "operator connection ended");
+        }
+    }
 }
 
 fn dial_loop(

@@ -13,7 +13,7 @@
 //!   pre-copy (a spare) or by a whole image applied atomically (a holder a promotion kept);
 //! * **depose**: release nothing more, give the region up.
 
-use crate::client_server::SwitchoverRequest;
+use crate::agent::SwitchoverRequest;
 use crate::config::{Checked, ServiceSpec};
 use crate::{Instruments, NodeId};
 use nonstop_control::ServiceRecord;
@@ -25,8 +25,8 @@ use nonstop_net::backup::{BackupControl, BackupServer};
 use nonstop_net::primary::{Primary, PrimaryConfig};
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::backup::Backup;
-use nonstop_proto::client::ClientReply;
 use nonstop_proto::history::ImageHistory;
+use nonstop_proto::operator::OperatorReply;
 use nonstop_proto::primary::BackupId;
 use nonstop_proto::{CheckpointId, Nanos, Term};
 use nonstop_region::{Mirror, Region};
@@ -104,7 +104,7 @@ struct SwitchoverReply {
     started: Instant,
     /// The last checkpoint of this term and when it was cut.
     last: Option<(CheckpointId, Instant)>,
-    reply: std::sync::mpsc::Sender<ClientReply>,
+    reply: std::sync::mpsc::Sender<OperatorReply>,
 }
 
 /// How long a switchover may wait for the target to hold the last checkpoint.
@@ -408,7 +408,7 @@ impl ServiceHost {
                 tracing::warn!(service = self.spec.name, %reason, "switchover abandoned");
                 serving.active.draining.store(false, Ordering::SeqCst);
                 if let Some(switchover) = serving.switchover.take() {
-                    let _ = switchover.reply.send(ClientReply::Unavailable { reason });
+                    let _ = switchover.reply.send(OperatorReply::Unavailable { reason });
                 }
             }
         }
@@ -593,7 +593,7 @@ impl ServiceHost {
     pub fn begin_switchover(&mut self, record: Option<&ServiceRecord>, request: SwitchoverRequest, now: Instant) {
         let at = self.nanos(now);
         if let Err(refusal) = self.role.begin_switchover(record, request.to, at) {
-            let _ = request.reply.send(ClientReply::Rejected { reason: refusal.to_string() });
+            let _ = request.reply.send(OperatorReply::Rejected { reason: refusal.to_string() });
             return;
         }
         let Resources::Primary(serving) = &mut self.resources else { unreachable!("the role serves") };
@@ -609,7 +609,7 @@ impl ServiceHost {
         if let Some(switchover) = serving.switchover.take() {
             let me = self.role.config().me;
             let reply = match switchover.last {
-                Some((last, drained)) if new_primary == switchover.to => ClientReply::SwitchedOver {
+                Some((last, drained)) if new_primary == switchover.to => OperatorReply::SwitchedOver {
                     from: me.0,
                     to: new_primary.0,
                     term: term.0,
@@ -617,7 +617,7 @@ impl ServiceHost {
                     drained_us: drained.duration_since(switchover.started).as_micros() as u64,
                     committed_us: switchover.started.elapsed().as_micros() as u64,
                 },
-                _ => ClientReply::Unavailable {
+                _ => OperatorReply::Unavailable {
                     reason: format!("another change of primary came first: {new_primary} in {term}"),
                 },
             };

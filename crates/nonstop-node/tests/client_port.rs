@@ -2,73 +2,14 @@
 //! attacker in each test is a socket that sends nothing, sends a message a byte at a time, or
 //! opens connections by the hundred; the node must close or refuse it and keep answering.
 
+mod common;
+
+use common::node;
 use nonstop_node::client::Client;
-use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::client::{ClientReply, ClientRequest, read_message, write_message};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// One node of a one-node cluster, run in this process until dropped.
-struct Node {
-    client: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    dir: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port(ip: &str) -> SocketAddr {
-    TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap()
-}
-
-/// Starts a node whose `[node]` section also has `limits` (TOML lines), serving one bank.
-fn node(name: &str, region_base: u64, limits: &str) -> Node {
-    let mut tag = [0u8; 4];
-    getrandom::fill(&mut tag).unwrap();
-    let dir = std::env::temp_dir().join(format!("nonstop-client-port-{name}-{}", u32::from_le_bytes(tag)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = ClusterKey::from_bytes([3; 32]);
-    std::fs::write(dir.join("key"), key.to_hex()).unwrap();
-    let ip = "127.0.0.1";
-    let (control, client, replication) = (free_port(ip), free_port(ip), free_port(ip));
-    let text = format!(
-        "[node]\nid = 1\ncontrol = \"{control}\"\nclient = \"{client}\"\nreplication = \"{replication}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n{limits}\n\n[[services]]\nname = \"bank\"\nprimary = 1\nbackups = 0\nregion_base = \"{region_base:#x}\"\nregion_size_mib = 32\nbranches = 1\n",
-        dir.join("data").display(),
-        dir.join("key").display()
-    );
-    let path = dir.join("node.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = nonstop_node::config::NodeConfig::load(&path).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let result = nonstop_node::run_node(config, key, &stop, move || ready_tx.send(()).unwrap());
-            result.expect("the node runs");
-        })
-    };
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("the node says ready");
-    let node = Node { client, stop, thread: Some(thread), dir };
-    // Wait until the bank serves: a transfer answered.
-    let mut bank = Client::new(vec![client], "bank", 1);
-    bank.deadline = Duration::from_secs(20);
-    bank.transfer(1, 1, 1).expect("the bank serves");
-    node
-}
 
 /// Whether the node closed `stream` within `within` (reads until EOF or reset; a reply
 /// read on the way is returned).

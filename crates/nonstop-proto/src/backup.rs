@@ -427,7 +427,8 @@ impl Backup {
             | FrameKind::VerifyReply
             | FrameKind::Pong
             | FrameKind::Control
-            | FrameKind::Holding => {
+            | FrameKind::Holding
+            | FrameKind::Operator => {
                 return Err(BackupError::UnexpectedKind(frame.kind));
             }
             FrameKind::Runs | FrameKind::Close | FrameKind::VerifyRequest | FrameKind::PreCopy => {}

@@ -4,6 +4,10 @@
 //! [`ClientReply`], at most [`MAX_CLIENT_MESSAGE`] bytes. A node that is not the service's
 //! primary answers [`ClientReply::Redirect`]; a client retries the same request number until it
 //! gets an answer, and the service answers a retry from what it remembers in the region.
+//!
+//! The client port carries only service requests and [`ClientRequest::Locate`]: whatever
+//! changes or inspects the cluster is an operator's, and travels authenticated on the control
+//! port ([`crate::operator`]).
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io::{Read, Write};
@@ -34,24 +38,6 @@ pub enum ClientRequest {
     Locate {
         /// The service.
         service: String,
-    },
-    /// The node's view of the cluster (for `nonstop status`).
-    Status,
-    /// Testing only (nodes whose config sets `fault_points = true`): kill this node when it
-    /// reaches the fault point `point` for the `countdown`-th time.
-    ArmFault {
-        /// The fault point's name.
-        point: String,
-        /// Which time it is reached.
-        countdown: u32,
-    },
-    /// Move the primary role of `service` to `to`, one of its backups, without losing anything
-    /// (`nonstop switchover`). Answered by the primary once the move is committed.
-    Switchover {
-        /// The service.
-        service: String,
-        /// The backup to promote.
-        to: u64,
     },
     /// Read what the service remembers of `client` and the balance of `account`. Answered only
     /// once every backup holds the state read, so a failover can never take back what a read
@@ -124,29 +110,6 @@ pub enum ClientReply {
     Rejected {
         /// Why.
         reason: String,
-    },
-    /// The answer to [`ClientRequest::ArmFault`]: armed.
-    Armed,
-    /// The answer to [`ClientRequest::Switchover`]: the move is committed.
-    SwitchedOver {
-        /// The old primary.
-        from: u64,
-        /// The new primary.
-        to: u64,
-        /// The new term.
-        term: u64,
-        /// The last checkpoint of the old term, held by the new primary.
-        checkpoint: u64,
-        /// Microseconds from the request until new transactions were refused and the last
-        /// checkpoint was cut.
-        drained_us: u64,
-        /// Microseconds from the request until the promotion was committed.
-        committed_us: u64,
-    },
-    /// The answer to [`ClientRequest::Status`]: the node's status as JSON.
-    Status {
-        /// JSON text.
-        json: String,
     },
     /// The answer to [`ClientRequest::Read`].
     Read {

@@ -63,6 +63,9 @@ pub enum FrameKind {
     /// Backup to primary: what the image holds, answering an attach that asks for a rebase
     /// ([`crate::control::Holding`]).
     Holding = 12,
+    /// Operator to node and back, on the control port: a request or its reply
+    /// ([`crate::operator`]).
+    Operator = 13,
 }
 
 impl FrameKind {
@@ -82,6 +85,7 @@ impl FrameKind {
             10 => Control,
             11 => PreCopy,
             12 => Holding,
+            13 => Operator,
             _ => return None,
         })
     }

@@ -23,6 +23,8 @@
 //!   so that after a promotion another holder is rebased with the pages that differ.
 //! * [`control`]: the small control messages (attach, verify) encoded with postcard.
 //! * [`client`]: the client protocol: requests, answers and redirects.
+//! * [`operator`]: the operator protocol (status, switchover, fault arming), which travels
+//!   only on authenticated control-port connections.
 
 pub mod auth;
 pub mod backup;
@@ -32,6 +34,7 @@ pub mod diff;
 pub mod frame;
 pub mod history;
 pub mod integrity;
+pub mod operator;
 pub mod primary;
 pub mod runs;
 pub mod written;

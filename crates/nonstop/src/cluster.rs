@@ -4,7 +4,7 @@
 
 use crate::local::KeyFile;
 use nonstop_node::agent::{NodeStatus, ServiceStatus};
-use nonstop_node::client::node_status;
+use nonstop_node::operator::{self, Operator, OperatorError};
 use nonstop_region::tracking::TrackingMode;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -133,6 +133,8 @@ pub struct LocalNode {
     pub config: PathBuf,
     /// Its client address.
     pub client: SocketAddr,
+    /// Its control address (where operators connect).
+    pub control: SocketAddr,
     /// Its log file (stderr of the agent).
     pub log: PathBuf,
     /// Its Prometheus metrics address.
@@ -153,7 +155,7 @@ pub struct LocalCluster {
     exe: PathBuf,
     namespaces: Option<Vec<String>>,
     dir: PathBuf,
-    _key: KeyFile,
+    key: KeyFile,
     /// The nodes, by id - 1.
     pub nodes: Vec<LocalNode>,
 }
@@ -234,12 +236,13 @@ impl LocalCluster {
                 id: id as u64,
                 config,
                 client: addr(id, 7101),
+                control: addr(id, 7001),
                 log: dir.join(format!("node{id}.log")),
                 metrics: addr(id, 9101),
                 child: None,
             });
         }
-        Ok(LocalCluster { exe: exe.to_path_buf(), namespaces: spec.namespaces.clone(), dir, _key: key, nodes })
+        Ok(LocalCluster { exe: exe.to_path_buf(), namespaces: spec.namespaces.clone(), dir, key, nodes })
     }
 
     /// The nodes' client addresses.
@@ -314,7 +317,12 @@ impl LocalCluster {
 
     /// Node `id`'s status, if it answers.
     pub fn status(&self, id: u64) -> Option<NodeStatus> {
-        node_status(self.nodes[id as usize - 1].client, Duration::from_millis(200)).ok()
+        operator::status(self.nodes[id as usize - 1].control, &self.key.key, Duration::from_millis(200)).ok()
+    }
+
+    /// An operator of this cluster (it holds the cluster's key).
+    pub fn operator(&self) -> Operator {
+        Operator::new(self.nodes.iter().map(|n| (n.id, n.control)).collect(), self.key.key.clone())
     }
 
     /// Waits until some node of `nodes` reports a status satisfying `done`; returns when.
@@ -404,15 +412,12 @@ impl LocalCluster {
     /// SIGKILL a fault point sends itself; any other silence is an error that says how the
     /// node ended, if it did.
     pub fn arm_fault(&mut self, id: u64, point: &str, countdown: u32) -> std::io::Result<()> {
-        use nonstop_proto::client::{ClientReply, ClientRequest, read_message, write_message};
-        let addr = self.nodes[id as usize - 1].client;
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let request = ClientRequest::ArmFault { point: point.into(), countdown };
-        write_message(&mut stream, &request).map_err(std::io::Error::other)?;
-        match read_message(&mut stream) {
-            Ok(ClientReply::Armed) => Ok(()),
-            Ok(other) => Err(std::io::Error::other(format!("node {id} did not arm {point}: {other:?}"))),
+        let addr = self.nodes[id as usize - 1].control;
+        match operator::arm_fault(addr, &self.key.key, point, countdown) {
+            Ok(()) => Ok(()),
+            Err(refused @ (OperatorError::Rejected(_) | OperatorError::Unexpected(_))) => {
+                Err(std::io::Error::other(format!("node {id} did not arm {point}: {refused}")))
+            }
             Err(problem) => match self.exit_status_within(id, Duration::from_secs(1)) {
                 Some(status) if status.signal() == Some(rustix::process::Signal::KILL.as_raw()) => Ok(()),
                 ended => Err(std::io::Error::other(format!(

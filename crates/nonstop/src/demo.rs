@@ -153,9 +153,8 @@ pub fn run(
         });
     }
     let switchover = if switchover { Some(run_switchover(&cluster, &all, &load, out)?) } else { None };
-    let nodes: Vec<(u64, std::net::SocketAddr)> = cluster.nodes.iter().map(|n| (n.id, n.client)).collect();
     writeln!(out, "nonstop status (under load):")?;
-    write!(out, "{}", crate::status::render(&crate::status::collect(&nodes)))?;
+    write!(out, "{}", crate::status::render(&cluster.operator().statuses(Duration::from_millis(500))))?;
     writeln!(out)?;
     let history = load.stop();
     let verdict = load::audit(cluster.client_addrs(), SERVICE, &history)?;
@@ -178,9 +177,8 @@ fn run_switchover(
         .and_then(|b| b.backups.first().copied())
         .ok_or_else(|| anyhow::anyhow!("the primary has no backup to switch over to"))?;
     writeln!(out, "switchover: moving the primary role from node {primary} to node {backup}")?;
-    let mut operator = nonstop_node::client::Client::new(cluster.client_addrs(), SERVICE, u64::MAX);
     let asked = Instant::now();
-    let done = operator.switchover(backup)?;
+    let done = cluster.operator().switchover(SERVICE, backup)?;
     std::thread::sleep(Duration::from_millis(500));
     let first_ack = load.first_ack_after(asked, term).map(|a| a.at.duration_since(asked));
     let downtime = load.longest_gap(asked, asked + Duration::from_millis(400));

@@ -36,12 +36,8 @@ enum Command {
     },
     /// Show every node's role, term and lag, and the last failover.
     Status {
-        /// A node's config: the cluster's nodes are read from it.
-        #[arg(long, conflicts_with = "node")]
-        config: Option<std::path::PathBuf>,
-        /// A node's client address (repeat for each node).
-        #[arg(long)]
-        node: Vec<SocketAddr>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Print the nodes' statuses as JSON.
         #[arg(long)]
         json: bool,
@@ -53,12 +49,8 @@ enum Command {
         /// The backup node to promote.
         #[arg(long)]
         to: u64,
-        /// A node's config: the cluster's nodes are read from it.
-        #[arg(long, conflicts_with = "node")]
-        config: Option<std::path::PathBuf>,
-        /// A node's client address (repeat for each node).
-        #[arg(long)]
-        node: Vec<SocketAddr>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Run the deterministic simulations: many seeds, or one seed again (exits non-zero on a
     /// safety violation and prints the command that reproduces it).
@@ -240,6 +232,21 @@ enum BenchTarget {
     Clients(ClientsArgs),
 }
 
+/// Which cluster an operator command talks to (with the cluster key: operator requests are
+/// authenticated on the nodes' control ports).
+#[derive(Args)]
+struct ClusterArgs {
+    /// A node's config: the cluster's nodes and key file are read from it.
+    #[arg(long, conflicts_with = "node")]
+    config: Option<std::path::PathBuf>,
+    /// A node's control address (repeat for each node); needs --key-file.
+    #[arg(long)]
+    node: Vec<SocketAddr>,
+    /// The cluster key file, with --node.
+    #[arg(long, requires = "node")]
+    key_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Args)]
 struct ClientsArgs {
     /// Idle connections to open to the primary.
@@ -414,11 +421,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Node { config } => node(&config),
-        Command::Status { config, node, json } => status(config.as_deref(), &node, json),
+        Command::Status { cluster, json } => status(&cluster, json),
         Command::Chaos { kind: Some(ChaosKind::Kill(args)), .. } => chaos_kill(args),
         Command::Chaos { kind: None, netns } => chaos_netns(netns),
         Command::Sim(args) => sim(args),
-        Command::Switchover { service, to, config, node } => switchover(&service, to, config.as_deref(), &node),
+        Command::Switchover { service, to, cluster } => switchover(&service, to, &cluster),
         Command::Backup(args) => backup(args),
         Command::Bench { target } => match target {
             BenchTarget::DebitCredit(args) => run_bench(WorkloadKind::DebitCredit, &args),
@@ -459,21 +466,7 @@ fn bench_clients(args: ClientsArgs) -> anyhow::Result<()> {
 
 fn node(path: &std::path::Path) -> anyhow::Result<()> {
     let config = nonstop_node::config::NodeConfig::load(path)?;
-    let key_file = &config.key_file;
-    let key_text = std::fs::read_to_string(key_file).map_err(|error| {
-        anyhow::anyhow!(
-            "node.key_file = {:?}: cannot read it ({error}); write the cluster key there, 64 hex digits and the same file on every node (for example `openssl rand -hex 32 > {}`)",
-            key_file.display().to_string(),
-            key_file.display()
-        )
-    })?;
-    let key = ClusterKey::from_hex(key_text.trim()).map_err(|error| {
-        anyhow::anyhow!(
-            "node.key_file = {:?}: {error}; the file must hold the cluster key, 64 hex digits (for example `openssl rand -hex 32 > {}`)",
-            key_file.display().to_string(),
-            key_file.display()
-        )
-    })?;
+    let key = nonstop_node::config::read_key_file(&config.key_file)?;
     let stop = AtomicBool::new(false);
     let id = config.me.id;
     nonstop_node::run_node(config, key, &stop, || {
@@ -786,21 +779,29 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cluster's nodes (id, client address), from a node's config or from addresses.
-fn cluster_nodes(config: Option<&std::path::Path>, nodes: &[SocketAddr]) -> anyhow::Result<Vec<(u64, SocketAddr)>> {
-    Ok(match config {
+/// An operator of the cluster: its nodes' control addresses and the cluster key, from a
+/// node's config, or from `--node` addresses and `--key-file`.
+fn operator_of(args: &ClusterArgs) -> anyhow::Result<nonstop_node::operator::Operator> {
+    let (nodes, key_file) = match &args.config {
         Some(path) => {
-            nonstop_node::config::NodeConfig::load(path)?.members.iter().map(|m| (m.id.0, m.client)).collect()
+            let config = nonstop_node::config::NodeConfig::load(path)?;
+            (config.members.iter().map(|m| (m.id.0, m.control)).collect(), config.key_file)
         }
-        None if !nodes.is_empty() => nodes.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect(),
-        None => bail!("name the cluster: --config NODE.toml, or --node ADDR for each node's client address"),
-    })
+        None if !args.node.is_empty() => {
+            let Some(key_file) = &args.key_file else {
+                bail!("--node needs --key-file: operator requests prove they hold the cluster key")
+            };
+            (args.node.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect(), key_file.clone())
+        }
+        None => bail!(
+            "name the cluster: --config NODE.toml, or --node ADDR for each node's control address with --key-file"
+        ),
+    };
+    Ok(nonstop_node::operator::Operator::new(nodes, nonstop_node::config::read_key_file(&key_file)?))
 }
 
-fn switchover(service: &str, to: u64, config: Option<&std::path::Path>, nodes: &[SocketAddr]) -> anyhow::Result<()> {
-    let nodes = cluster_nodes(config, nodes)?;
-    let mut client = nonstop::Client::new(nodes.iter().map(|(_, a)| *a).collect(), service, u64::MAX);
-    let done = client.switchover(to)?;
+fn switchover(service: &str, to: u64, cluster: &ClusterArgs) -> anyhow::Result<()> {
+    let done = operator_of(cluster)?.switchover(service, to)?;
     println!(
         "{service}: primary moved from node {} to node {} (term {}), from checkpoint {}; new requests refused for {:.1} ms before the last checkpoint, promotion committed after {:.1} ms",
         done.from,
@@ -813,13 +814,12 @@ fn switchover(service: &str, to: u64, config: Option<&std::path::Path>, nodes: &
     Ok(())
 }
 
-fn status(config: Option<&std::path::Path>, nodes: &[SocketAddr], json: bool) -> anyhow::Result<()> {
-    let nodes = cluster_nodes(config, nodes)?;
-    let statuses = nonstop::status::collect(&nodes);
+fn status(cluster: &ClusterArgs, json: bool) -> anyhow::Result<()> {
+    let statuses = operator_of(cluster)?.statuses(Duration::from_millis(500));
     if json {
         let value: Vec<_> = statuses
             .iter()
-            .map(|(id, addr, status)| serde_json::json!({ "node": id, "client": addr.to_string(), "status": status }))
+            .map(|(id, addr, status)| serde_json::json!({ "node": id, "control": addr.to_string(), "status": status }))
             .collect();
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {

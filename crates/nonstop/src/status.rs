@@ -2,22 +2,16 @@
 //! `patronictl list`.
 
 use nonstop_node::agent::NodeStatus;
-use nonstop_node::client::node_status;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
-
-/// Each node's status (`None`: it did not answer).
-pub fn collect(nodes: &[(u64, SocketAddr)]) -> Vec<(u64, SocketAddr, Option<NodeStatus>)> {
-    nodes.iter().map(|&(id, addr)| (id, addr, node_status(addr, Duration::from_millis(500)).ok())).collect()
-}
 
 /// Renders the statuses as text tables.
 pub fn render(statuses: &[(u64, SocketAddr, Option<NodeStatus>)]) -> String {
     let mut out = String::new();
     // The node that knows the newest Raft term speaks for the cluster.
     let Some(newest) = statuses.iter().filter_map(|(_, _, s)| s.as_ref()).max_by_key(|s| s.raft_term) else {
-        return "no node answered: is the cluster running, and are these its client addresses?\n".into();
+        return "no node answered: is the cluster running, and are these its control addresses, and is this its key?\n"
+            .into();
     };
     let leader = newest.leader.map_or("none".to_string(), |l| format!("node {l}"));
     let _ = writeln!(

@@ -33,6 +33,11 @@ fn a_bad_node_config_is_refused_with_the_field_and_the_fix() {
     let missing = nonstop(&["status"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--config"));
+    // Operator commands prove they hold the cluster key: addresses alone are not enough.
+    let keyless = nonstop(&["switchover", "bank", "--to", "2", "--node", "127.0.0.1:7001"]);
+    assert!(!keyless.status.success());
+    let stderr = String::from_utf8_lossy(&keyless.stderr);
+    assert!(stderr.contains("--key-file") && stderr.trim().lines().count() == 1, "{stderr}");
 }
 
 #[test]
