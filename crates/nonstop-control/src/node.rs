@@ -202,6 +202,21 @@ impl ControlNode {
         if !self.voters.contains(&NodeId(message.from)) {
             return Err(ControlError::BadMessage(format!("from node {}, which is not a voter", message.from)));
         }
+        check_wire_message(&message)?;
+        if message.get_msg_type() == MessageType::MsgTransferLeader && self.raw.raft.state != StateRole::Leader {
+            // Only a leader acts on it; raft-rs would forward it again with its term set, which
+            // stops the process.
+            return Err(ControlError::BadMessage("a leadership transfer sent to a node that does not lead".into()));
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last {
+            // A leader commits a follower only up to what it matched there; past this log's
+            // end raft-rs stops the process.
+            return Err(ControlError::BadMessage(format!(
+                "a heartbeat committing index {}, past this log's end at {last}",
+                message.commit
+            )));
+        }
         if matches!(message.get_msg_type(), MessageType::MsgSnapshot) {
             let snapshot = message.get_snapshot();
             if postcard::from_bytes::<ClusterState>(&snapshot.data).is_err() {
@@ -401,6 +416,75 @@ fn hard_record(hard_state: &HardState) -> Record {
 
 /// Rebuilds the in-memory Raft storage from the durable records; returns the cluster state of
 /// the last snapshot (entries after it are applied again by Raft).
+/// Refuses what no peer's Raft sends over the network. raft-rs trusts its peers and stops the
+/// process on some messages it could never have sent (a vote with no term, a local tick), so
+/// they are refused here, before it sees them.
+fn check_wire_message(message: &Message) -> Result<(), ControlError> {
+    use MessageType::*;
+    let kind = message.get_msg_type();
+    let needs_term = match kind {
+        // Forwarded to the leader as it was proposed, with no term.
+        MsgPropose => false,
+        MsgAppend
+        | MsgAppendResponse
+        | MsgRequestVote
+        | MsgRequestVoteResponse
+        | MsgRequestPreVote
+        | MsgRequestPreVoteResponse
+        | MsgSnapshot
+        | MsgHeartbeat
+        | MsgHeartbeatResponse
+        | MsgTransferLeader
+        | MsgTimeoutNow => true,
+        // Raised inside a node and never sent, or (read index) never used by this control plane.
+        MsgHup | MsgBeat | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum | MsgReadIndex | MsgReadIndexResp => {
+            return Err(ControlError::BadMessage(format!("a {kind:?}, which this control plane never sends")));
+        }
+    };
+    if needs_term != (message.term != 0) {
+        let has = if message.term == 0 { "no term" } else { "a term" };
+        return Err(ControlError::BadMessage(format!("a {kind:?} with {has}")));
+    }
+    if kind == MsgPropose {
+        // A follower forwards what was proposed to it: commands, not yet placed in the log.
+        // Membership is static, so a configuration change is never proposed.
+        let entries = message.get_entries();
+        if entries.is_empty()
+            || entries.iter().any(|e| e.index != 0 || e.term != 0 || e.get_entry_type() != EntryType::EntryNormal)
+        {
+            return Err(ControlError::BadMessage("a proposal that is not a list of new commands".into()));
+        }
+    }
+    if kind == MsgAppend {
+        // A leader appends the entries that follow `index` in its own log, whose terms never
+        // decrease, start at or after `log_term` (and at 1) and never pass the leader's term;
+        // membership is static, so none changes the configuration.
+        // Only the empty log's index 0 has term 0 (raft-rs reads any index past the log as
+        // term 0, so a term-0 claim about a later index would match anything).
+        if (message.index == 0) != (message.log_term == 0) {
+            return Err(ControlError::BadMessage(format!(
+                "an append after index {} of term {}",
+                message.index, message.log_term
+            )));
+        }
+        let mut previous = (message.index, message.log_term);
+        for entry in message.get_entries() {
+            if entry.index != previous.0 + 1
+                || entry.term < previous.1.max(1)
+                || entry.term > message.term
+                || entry.get_entry_type() != EntryType::EntryNormal
+            {
+                return Err(ControlError::BadMessage(format!(
+                    "an append whose entry {} (term {}) does not follow index {} (term {}) in term {}",
+                    entry.index, entry.term, previous.0, previous.1, message.term
+                )));
+            }
+            previous = (entry.index, entry.term);
+        }
+    }
+    Ok(())
+}
+
 fn replay(storage: &ControlStorage, records: Vec<Record>) -> Result<ClusterState, ControlError> {
     let mut state = ClusterState::default();
     for record in records {
@@ -482,6 +566,7 @@ mod tests {
         message.set_msg_type(MessageType::MsgSnapshot);
         message.from = 2;
         message.to = 1;
+        message.term = 2;
         let snapshot = message.mut_snapshot();
         snapshot.data = data.into();
         snapshot.mut_metadata().index = 10;
@@ -498,5 +583,62 @@ mod tests {
         assert!(node.step(&snapshot_message(vec![1, 2, 3, 4], state)).is_err(), "a voter added");
         assert!(node.step(&snapshot_message(vec![1, 2, 3], vec![0xff; 3])).is_err(), "garbage data");
         assert_eq!(node.state(), &ClusterState::default());
+    }
+
+    fn message(kind: MessageType, term: u64, edit: impl FnOnce(&mut Message)) -> Vec<u8> {
+        let mut message = Message::default();
+        message.set_msg_type(kind);
+        message.from = 2;
+        message.to = 1;
+        message.term = term;
+        edit(&mut message);
+        message.write_to_bytes().unwrap()
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: vec![1].into(), ..Default::default() }
+    }
+
+    /// Each of these once stopped the process inside raft-rs (found by the `raft_message` fuzz
+    /// target); each must be refused, and the node go on as before.
+    #[test]
+    fn messages_no_peer_sends_are_refused_before_raft_sees_them() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let mut node = ControlNode::new(ControlConfig::new(NodeId(1), voters), Box::new(MemoryLog::default())).unwrap();
+        let refused = [
+            ("a vote with no term", message(MessageType::MsgRequestVote, 0, |_| {})),
+            ("a heartbeat past the log", message(MessageType::MsgHeartbeat, 2, |m| m.commit = 11)),
+            ("an append after a term-0 index", message(MessageType::MsgAppend, 2, |m| (m.index, m.commit) = (8, 8))),
+            (
+                "an entry of term 0",
+                message(MessageType::MsgAppend, 3, |m| {
+                    m.commit = 10;
+                    m.entries = vec![entry(1, 0)].into();
+                }),
+            ),
+            (
+                "an entry past the leader's term",
+                message(MessageType::MsgAppend, 3, |m| m.entries = vec![entry(1, 4)].into()),
+            ),
+            ("a gap in the entries", message(MessageType::MsgAppend, 3, |m| m.entries = vec![entry(2, 3)].into())),
+            ("an empty proposal", message(MessageType::MsgPropose, 0, |_| {})),
+            ("a proposal with a term", message(MessageType::MsgPropose, 2, |m| m.entries = vec![entry(0, 0)].into())),
+            ("a transfer to a follower", message(MessageType::MsgTransferLeader, 2, |_| {})),
+            ("a read index", message(MessageType::MsgReadIndex, 2, |_| {})),
+            ("a local tick", message(MessageType::MsgHup, 0, |_| {})),
+        ];
+        for (what, bytes) in refused {
+            assert!(matches!(node.step(&bytes), Err(ControlError::BadMessage(_))), "{what} was not refused");
+            node.tick();
+            node.poll().unwrap();
+        }
+        // What a leader does send still goes in: its first append.
+        let first = message(MessageType::MsgAppend, 3, |m| {
+            m.entries = vec![entry(1, 3)].into();
+            m.commit = 1;
+        });
+        node.step(&first).unwrap();
+        node.poll().unwrap();
+        assert_eq!(node.raw.raft.raft_log.last_index(), 1);
     }
 }
