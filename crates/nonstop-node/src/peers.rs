@@ -46,6 +46,12 @@ struct Wire {
     body: Body,
 }
 
+/// Decodes what a peer sent in one control frame: who it says it is and what it says. (The
+/// cluster key proves the sender belongs to the cluster, not which node it is.)
+pub fn decode_peer_message(payload: &[u8]) -> Result<(NodeId, Body), postcard::Error> {
+    postcard::from_bytes::<Wire>(payload).map(|wire| (wire.from, wire.body))
+}
+
 /// Something a peer did.
 #[derive(Debug)]
 pub enum PeerEvent {
@@ -169,10 +175,10 @@ fn accept_loop(
                 if frame.kind != FrameKind::Control {
                     continue;
                 }
-                match postcard::from_bytes::<Wire>(&frame.payload) {
-                    Ok(wire) => {
-                        from = Some(wire.from);
-                        let event = PeerEvent::Message { from: wire.from, connection, body: wire.body };
+                match decode_peer_message(&frame.payload) {
+                    Ok((sender, body)) => {
+                        from = Some(sender);
+                        let event = PeerEvent::Message { from: sender, connection, body };
                         if events.send(event).is_err() {
                             return Ok(());
                         }
