@@ -3,10 +3,11 @@
 
 use crate::agent::NodeStatus;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(value: &str) -> String {
@@ -190,28 +191,63 @@ pub fn render(status: &NodeStatus) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `listener` until the process ends.
+/// Scrapes served at once; more connections are closed unanswered.
+const MAX_SCRAPES: usize = 8;
+
+/// A scrape's whole request must arrive within this, however slowly its bytes come.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The longest request read (a Prometheus scrape's is a few hundred bytes).
+const MAX_REQUEST: usize = 8 << 10;
+
+/// Serves `GET /metrics` on `listener` until the process ends. Anyone who reaches the address
+/// may connect, so a connection costs a thread for at most [`REQUEST_DEADLINE`], and at most
+/// [`MAX_SCRAPES`] at once.
 pub fn serve(listener: TcpListener, status: Arc<RwLock<NodeStatus>>) {
+    let serving = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let status = status.clone();
-        let _ = std::thread::Builder::new().name("nonstop-metrics".into()).spawn(move || {
+        let Ok(stream) = stream else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        if serving.fetch_add(1, Ordering::SeqCst) >= MAX_SCRAPES {
+            serving.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let (status, done) = (status.clone(), serving.clone());
+        let spawned = std::thread::Builder::new().name("nonstop-metrics".into()).spawn(move || {
             let _ = answer(stream, &status);
+            done.fetch_sub(1, Ordering::SeqCst);
         });
+        if spawned.is_err() {
+            serving.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
-fn answer(stream: TcpStream, status: &RwLock<NodeStatus>) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Read the headers off; the request has no body we care about.
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
-        header.clear();
+/// Reads a request's head (up to the blank line) by `deadline`, at most [`MAX_REQUEST`] bytes.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || head.len() >= MAX_REQUEST {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
     }
-    let mut stream = stream;
+    Ok(head)
+}
+
+fn answer(mut stream: TcpStream, status: &RwLock<NodeStatus>) -> std::io::Result<()> {
+    let head = read_head(&mut stream, Instant::now() + REQUEST_DEADLINE)?;
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let request_line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default());
     if request_line.starts_with("GET /metrics ") {
         let body = render(&status.read().unwrap_or_else(|p| p.into_inner()));
         write!(
@@ -231,4 +267,35 @@ pub fn start(addr: SocketAddr, status: Arc<RwLock<NodeStatus>>) -> std::io::Resu
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("nonstop-metrics-accept".into()).spawn(move || serve(listener, status))?;
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(addr: SocketAddr) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    #[test]
+    fn slow_scrapers_are_cut_off_and_bounded_in_number() {
+        let status = Arc::new(RwLock::new(NodeStatus { node: 4, ..Default::default() }));
+        let addr = start("127.0.0.1:0".parse().unwrap(), status).unwrap();
+        assert!(get(addr).unwrap().contains("nonstop_raft_term{node=\"4\"}"));
+        // Trickling scrapers, one byte every 300 ms, as many as the bound allows and more.
+        let mut slow: Vec<TcpStream> = (0..MAX_SCRAPES + 4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let started = Instant::now();
+        let mut cut_off = 0;
+        while started.elapsed() < Duration::from_secs(6) && cut_off < slow.len() {
+            std::thread::sleep(Duration::from_millis(300));
+            cut_off = slow.iter_mut().map(|s| s.write_all(b"G").is_err()).filter(|failed| *failed).count();
+        }
+        assert_eq!(cut_off, slow.len(), "every trickling scraper is closed within the deadline");
+        assert!(get(addr).unwrap().contains("200 OK"), "the endpoint serves again");
+    }
 }
