@@ -129,6 +129,7 @@ pub fn serve_handshakes<F>(
 ) where
     F: Fn(FrameSender, FrameReceiver, SocketAddr) + Clone + Send + 'static,
 {
+    let mut failing = crate::told::Told::default();
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -137,11 +138,16 @@ pub fn serve_handshakes<F>(
             Ok(stream) => stream,
             Err(error) => {
                 // Out of descriptors, most likely: wait for some to close rather than spin.
-                tracing::warn!(%error, "accept failed");
+                if failing.now(error.kind()) {
+                    tracing::warn!(%error, "cannot accept connections; retrying");
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
+        if failing.cleared() {
+            tracing::info!("accepting connections again");
+        }
         let Ok(peer) = stream.peer_addr() else { continue };
         let Ok(handle) = stream.try_clone() else { continue };
         let admitted = admission.admit(peer.ip(), handle);

@@ -8,6 +8,7 @@
 //! * [`detections`]: what the integrity checks caught (frames, handshakes, corrupted images).
 //! * [`fault`]: fault points that kill the process inside a checkpoint, for chaos tests.
 //! * [`rtt`]: the raw round trip of the same transport, for comparison.
+//! * [`told`]: conditions retried often and logged once per change.
 
 pub mod admission;
 pub mod backup;
@@ -16,6 +17,7 @@ pub mod detections;
 pub mod fault;
 pub mod primary;
 pub mod rtt;
+pub mod told;
 
 pub use backup::{BackupServer, ConsistencyCheck};
 pub use primary::{Primary, PrimaryConfig, PrimaryError, ReplicationStats};

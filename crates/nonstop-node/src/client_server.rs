@@ -152,35 +152,26 @@ pub fn start(listener: std::net::TcpListener, answering: Arc<Answering>) -> std:
     Ok(ClientPort { runtime: Some(runtime) })
 }
 
-/// Why the port could not accept, logged once per change rather than per attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Accepting {
-    Fine,
-    Failing(std::io::ErrorKind),
-}
-
 async fn accept_loop(listener: TcpListener, answering: Arc<Answering>) {
     let slots = Arc::new(Semaphore::new(answering.limits.max_connections));
     let full = refusal(answering.limits.max_connections);
-    let mut accepting = Accepting::Fine;
+    // Why the port cannot accept, logged once per change rather than per attempt.
+    let mut failing = nonstop_net::told::Told::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors or memory: the connections already open go on; wait for
                 // some to close rather than spinning.
-                let now = Accepting::Failing(error.kind());
-                if accepting != now {
+                if failing.now(error.kind()) {
                     tracing::warn!(%error, "the client port cannot accept connections; retrying");
-                    accepting = now;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if accepting != Accepting::Fine {
+        if failing.cleared() {
             tracing::info!("the client port accepts connections again");
-            accepting = Accepting::Fine;
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // The send buffer of a fresh connection is empty: the refusal fits without waiting.

@@ -28,6 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::time::Duration;
 
+/// The longest wait between redials of an unreachable peer, in redial intervals (heartbeats):
+/// a restarted peer is dialled again within 16 heartbeats (160 ms at the default 10 ms).
+const MAX_REDIAL_BACKOFF: u32 = 16;
+
 /// Messages queued per peer before new ones are dropped.
 const OUTBOX: usize = 1024;
 
@@ -242,6 +246,10 @@ fn dial_loop(
     detections: Arc<Detections>,
 ) {
     let mut sender: Option<FrameSender> = None;
+    // Redials back off from `redial` to `MAX_REDIAL_BACKOFF` times it while the peer stays
+    // unreachable, and its being unreachable is logged once.
+    let mut backoff = redial;
+    let mut unreachable = nonstop_net::told::Told::default();
     while !stop.load(Ordering::SeqCst) {
         let bytes = match outbox.recv_timeout(Duration::from_millis(100)) {
             Ok(bytes) => bytes,
@@ -250,11 +258,20 @@ fn dial_loop(
         };
         if sender.is_none() {
             match conn::connect(addr, &key, &detections) {
-                Ok((s, _receiver)) => sender = Some(s),
+                Ok((s, _receiver)) => {
+                    if unreachable.cleared() {
+                        tracing::info!(%addr, "peer reachable again");
+                    }
+                    backoff = redial;
+                    sender = Some(s);
+                }
                 Err(error) => {
-                    tracing::trace!(%addr, %error, "peer unreachable");
+                    if unreachable.now(()) {
+                        tracing::info!(%addr, %error, "peer unreachable; redialling with backoff");
+                    }
                     // Drain what queued meanwhile: stale Raft messages and heartbeats are useless.
-                    std::thread::sleep(redial);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(redial * MAX_REDIAL_BACKOFF);
                     while outbox.try_recv().is_ok() {}
                     continue;
                 }

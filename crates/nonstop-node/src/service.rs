@@ -23,6 +23,7 @@ use nonstop_control::role::{Action, Observed, Protection, RoleConfig, ServeFrom,
 use nonstop_net::admission::HandshakeLimits;
 use nonstop_net::backup::{BackupControl, BackupServer};
 use nonstop_net::primary::{Primary, PrimaryConfig};
+use nonstop_net::told::Told;
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::backup::Backup;
 use nonstop_proto::history::ImageHistory;
@@ -147,7 +148,9 @@ pub struct ServiceHost {
     /// Bounds on the handshakes of its replication port while it stands by.
     handshake: HandshakeLimits,
     /// What standing by or starting waits for, once logged: retried every tick, told once.
-    waiting: Option<Waiting>,
+    waiting: Told<Waiting>,
+    /// Why attaching backups fails, once logged: the role retries with backoff, told once.
+    attach_failing: Told<(NodeId, String)>,
     role: ServiceRole,
     resources: Resources,
     serving: Arc<Serving>,
@@ -195,7 +198,8 @@ impl ServiceHost {
             listen,
             timeout: config.timeout,
             handshake: config.handshake,
-            waiting: None,
+            waiting: Told::default(),
+            attach_failing: Told::default(),
             role,
             resources: Resources::Nothing,
             serving: Arc::new(Serving::default()),
@@ -337,12 +341,17 @@ impl ServiceHost {
         let attaching = primary.attaching.take().expect("checked above");
         let ok = match attaching.thread.join().expect("attach thread panicked") {
             Ok(id) => {
+                self.attach_failing.cleared();
                 tracing::info!(service = self.spec.name, node = attaching.node.0, "backup attached; joining");
                 primary.attached.insert(attaching.node, id);
                 true
             }
             Err(error) => {
-                tracing::warn!(service = self.spec.name, node = attaching.node.0, %error, "attaching a backup failed");
+                if self.attach_failing.now((attaching.node, error.clone())) {
+                    tracing::warn!(service = self.spec.name, node = attaching.node.0, %error, "attaching a backup failed; retrying with backoff");
+                } else {
+                    tracing::debug!(service = self.spec.name, node = attaching.node.0, %error, "attaching a backup failed again");
+                }
                 false
             }
         };
@@ -420,13 +429,13 @@ impl ServiceHost {
     fn map_region(&mut self) -> Result<Region, Failed> {
         match Region::map(self.spec.region_base, self.spec.region_len) {
             Ok(region) => {
-                if self.waiting == Some(Waiting::Region) {
-                    self.waiting = None;
+                if self.waiting.is(&Waiting::Region) {
+                    self.waiting.cleared();
                 }
                 Ok(region)
             }
             Err(error) => {
-                if self.waiting.replace(Waiting::Region) != Some(Waiting::Region) {
+                if self.waiting.now(Waiting::Region) {
                     tracing::warn!(service = self.spec.name, %error, "cannot map the region yet; retrying");
                 }
                 Err(Failed { backoff: false })
@@ -447,13 +456,13 @@ impl ServiceHost {
                 return Err(Failed { backoff: true });
             }
             Err(error) => {
-                if self.waiting.replace(Waiting::Port) != Some(Waiting::Port) {
+                if self.waiting.now(Waiting::Port) {
                     tracing::warn!(service = self.spec.name, addr = %self.listen, %error, "cannot listen for a primary yet; retrying");
                 }
                 return Err(Failed { backoff: false });
             }
         };
-        self.waiting = None;
+        self.waiting.cleared();
         let control = server.control();
         let thread = std::thread::Builder::new()
             .name(format!("nonstop-backup-{}", self.spec.name))
