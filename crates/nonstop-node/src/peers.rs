@@ -203,6 +203,9 @@ fn accept_loop(
 /// How long an operator's request may wait for the agent (a switchover takes up to 10 s).
 const OPERATOR_ANSWER: Duration = Duration::from_secs(15);
 
+/// How long an operator connection may stay open between requests.
+const OPERATOR_IDLE: Duration = Duration::from_secs(30);
+
 /// Serves one operator connection: one request at a time, each answered by the agent.
 fn serve_operator(
     mut sender: FrameSender,
@@ -213,7 +216,7 @@ fn serve_operator(
 ) {
     let mut next = Some(first);
     loop {
-        let frame = match next.take().map_or_else(|| receiver.recv(), Ok) {
+        let frame = match next.take().map_or_else(|| receiver.recv_by(std::time::Instant::now() + OPERATOR_IDLE), Ok) {
             Ok(frame) => frame,
             Err(error) => return tracing::debug!(%peer, %error, "operator connection ended"),
         };
