@@ -141,10 +141,20 @@ impl BackupServer {
     pub fn bind(
         addr: SocketAddr,
         key: nonstop_proto::auth::ClusterKey,
+        region: Region,
+        check: Option<ConsistencyCheck>,
+    ) -> std::io::Result<BackupServer> {
+        BackupServer::with_listener(TcpListener::bind(addr)?, key, region, check)
+    }
+
+    /// Like [`BackupServer::bind`], on a listener bound already (a node binds its ports once,
+    /// before it says it is ready, and serves a backup on that port whenever its role is one).
+    pub fn with_listener(
+        listener: TcpListener,
+        key: nonstop_proto::auth::ClusterKey,
         mut region: Region,
         check: Option<ConsistencyCheck>,
     ) -> std::io::Result<BackupServer> {
-        let listener = TcpListener::bind(addr)?;
         let backup = Backup::new(region.base() as u64, region.len() as u64);
         nonstop_region::advise_huge_pages(backup.seals().table());
         region.populate().map_err(|error| {

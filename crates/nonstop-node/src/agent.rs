@@ -165,7 +165,13 @@ pub struct Agent {
 
 impl Agent {
     /// Opens the node's Raft log and sockets.
-    pub fn start(config: Checked, key: ClusterKey, instruments: crate::Instruments) -> Result<Agent, NodeError> {
+    /// `ports` are its replication ports, bound by [`crate::preflight::check`].
+    pub fn start(
+        config: Checked,
+        key: ClusterKey,
+        instruments: crate::Instruments,
+        ports: crate::preflight::ReplicationPorts,
+    ) -> Result<Agent, NodeError> {
         let voters: Vec<NodeId> = config.members.iter().map(|m| m.id).collect();
         let witnesses: Vec<NodeId> = config.members.iter().filter(|m| m.witness).map(|m| m.id).collect();
         let ticks_per_timeout = (config.timeout.as_millis() / config.heartbeat.as_millis().max(1)) as usize;
@@ -208,10 +214,11 @@ impl Agent {
             nonstop_net::admission::Admission::new(config.handshake, instruments.detections.clone()),
         )
         .map_err(|source| NodeError::Listen { what: "control plane", addr: config.me.control, source })?;
+        let mut ports = ports.0.into_iter();
         let hosts = config
             .services
             .iter()
-            .map(|spec| ServiceHost::new(spec.clone(), &config, key.clone(), instruments.clone()))
+            .map(|spec| ServiceHost::new(spec.clone(), &config, key.clone(), instruments.clone(), ports.next()))
             .collect();
         Ok(Agent {
             config,

@@ -56,7 +56,7 @@ pub const READY: &str = "node ready";
 /// called once every port is bound and the config is known to fit the machine
 /// ([`preflight`]); a config it cannot serve is an error before that.
 pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl FnOnce()) -> Result<(), NodeError> {
-    preflight::check(&config, preflight::available_memory())?;
+    let replication_ports = preflight::check(&config, preflight::available_memory())?;
     preflight::raise_descriptor_limit(&config)?;
     let client_addr = config.me.client;
     let listener = client_server::bind(client_addr).map_err(|source| NodeError::Listen {
@@ -75,7 +75,7 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl
     };
     let counters = instruments.clients.clone();
     let limits = config.clients;
-    let agent = Agent::start(config, key, instruments)?;
+    let agent = Agent::start(config, key, instruments, replication_ports)?;
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
     }

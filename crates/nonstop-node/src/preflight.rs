@@ -1,5 +1,5 @@
 //! What a node checks against the machine before it says it is ready: that every replication
-//! port it will listen on is free, that every region it will map fits where the config puts it
+//! port it will listen on can be bound (it is, then, and kept for the node's life), that every region it will map fits where the config puts it
 //! (inside user space, clear of what the process already maps), and that the machine has the
 //! memory the regions need. The config file can be right and the machine still unable to serve
 //! it; either way the node refuses at once, naming the field, the value and the fix, instead of
@@ -77,15 +77,21 @@ fn check_descriptors(max_clients: usize, limit: u64) -> Result<(), Refusal> {
     })
 }
 
-/// Checks `config` against this machine; `available` is the memory the regions may use
-/// ([`available_memory`]; `None` skips that check).
-pub fn check(config: &Checked, available: Option<u64>) -> Result<(), Refusal> {
+/// The replication ports of a node, bound before it says it is ready and kept for its life,
+/// by service index (empty for a witness).
+#[derive(Debug, Default)]
+pub struct ReplicationPorts(pub Vec<TcpListener>);
+
+/// Checks `config` against this machine and binds its replication ports; `available` is the
+/// memory the regions may use ([`available_memory`]; `None` skips that check).
+pub fn check(config: &Checked, available: Option<u64>) -> Result<ReplicationPorts, Refusal> {
     if config.me.witness {
         // A witness holds no region and serves no replication port.
-        return Ok(());
+        return Ok(ReplicationPorts::default());
     }
+    let mut ports = ReplicationPorts::default();
     for service in &config.services {
-        check_port(config, service)?;
+        ports.0.push(bind_port(config, service)?);
         check_region(service)?;
     }
     if let Some(available) = available {
@@ -104,17 +110,17 @@ pub fn check(config: &Checked, available: Option<u64>) -> Result<(), Refusal> {
             });
         }
     }
-    Ok(())
+    Ok(ports)
 }
 
-fn check_port(config: &Checked, service: &ServiceSpec) -> Result<(), Refusal> {
+fn bind_port(config: &Checked, service: &ServiceSpec) -> Result<TcpListener, Refusal> {
     let addr = config.replication_addr(config.me.id, service).ok_or_else(|| Refusal {
         field: "node.replication".into(),
         value: config.me.replication.to_string(),
         problem: format!("service {} (index {}) would need a port past 65535", service.name, service.index),
         fix: "pick a lower replication port: service i uses that port + i".into(),
     })?;
-    TcpListener::bind(addr).map(drop).map_err(|error| Refusal {
+    TcpListener::bind(addr).map_err(|error| Refusal {
         field: "node.replication".into(),
         value: config.me.replication.to_string(),
         problem: format!("service {} replicates on {addr}, which cannot be bound ({error})", service.name),
@@ -164,7 +170,11 @@ mod tests {
     fn a_config_that_fits_passes() {
         let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let config = config(&free.to_string(), &service("0x2d0000000000", 64));
-        assert_eq!(check(&config, Some(1 << 30)), Ok(()));
+        let ports = check(&config, Some(1 << 30)).unwrap();
+        // The port is the node's from now on: nothing else can take it before it serves.
+        assert_eq!(ports.0.len(), 1);
+        assert_eq!(ports.0[0].local_addr().unwrap(), free);
+        assert!(TcpListener::bind(free).is_err());
     }
 
     #[test]

@@ -142,6 +142,8 @@ pub struct ServiceHost {
     spec: ServiceSpec,
     key: ClusterKey,
     listen: SocketAddr,
+    /// The replication port, kept bound for the node's life and served by each backup it runs.
+    port: Option<std::net::TcpListener>,
     /// The failure timeout: a backup silent this long while it owes an acknowledgement is
     /// dropped, as a silent node is.
     timeout: Duration,
@@ -175,7 +177,15 @@ struct Failed {
 
 impl ServiceHost {
     /// A host for `spec` on this node, idle until the first reconcile.
-    pub fn new(spec: ServiceSpec, config: &Checked, key: ClusterKey, instruments: Instruments) -> ServiceHost {
+    /// `port` is its replication port, bound before the node said it was ready (`None`: it
+    /// is bound when the service first stands by).
+    pub fn new(
+        spec: ServiceSpec,
+        config: &Checked,
+        key: ClusterKey,
+        instruments: Instruments,
+        port: Option<std::net::TcpListener>,
+    ) -> ServiceHost {
         let listen = config.replication_addr(config.me.id, &spec).expect("checked config has every member");
         let role = ServiceRole::new(RoleConfig {
             service: spec.name.clone(),
@@ -196,6 +206,7 @@ impl ServiceHost {
             spec,
             key,
             listen,
+            port,
             timeout: config.timeout,
             handshake: config.handshake,
             waiting: Told::default(),
@@ -446,7 +457,12 @@ impl ServiceHost {
     fn stand_by(&mut self) -> Result<(), Failed> {
         let region = self.map_region()?;
         let check: nonstop_net::backup::ConsistencyCheck = Arc::new(nonstop_workloads::check);
-        let server = match BackupServer::bind(self.listen, self.key.clone(), region, Some(check)) {
+        let listener = match &self.port {
+            Some(port) => port.try_clone(),
+            None => std::net::TcpListener::bind(self.listen),
+        };
+        let server = match listener.and_then(|l| BackupServer::with_listener(l, self.key.clone(), region, Some(check)))
+        {
             Ok(server) => {
                 server.with_detections(self.instruments.detections.clone()).with_handshake_limits(self.handshake)
             }
