@@ -77,6 +77,21 @@ pub enum ConfigError {
     },
 }
 
+/// Refuses `value` of `field` outside `range` (in `unit`), with `fix`.
+fn within(
+    field: &str,
+    value: usize,
+    range: std::ops::RangeInclusive<usize>,
+    unit: &str,
+    fix: &str,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+    Err(invalid(field, format!("{value}{unit} is outside {}..={}", range.start(), range.end()), fix))
+}
+
 /// Reads the cluster key from `path` (the config's `node.key_file`); each error names the
 /// field and how to write a key.
 pub fn read_key_file(path: &Path) -> Result<nonstop_proto::auth::ClusterKey, ConfigError> {
@@ -441,34 +456,35 @@ impl NodeConfig {
                 "make it at least 3 x interval_ms, or a late heartbeat causes a needless failover",
             ));
         }
-        if !(10..=60_000).contains(&self.node.handshake_timeout_ms) {
-            return Err(invalid(
-                "node.handshake_timeout_ms",
-                format!("{} ms is outside 10..=60000", self.node.handshake_timeout_ms),
-                "a peer on the network finishes its handshake in a round trip; 2000 (the default) leaves room for a slow one",
-            ));
-        }
-        if !(1..=MAX_CLIENTS).contains(&self.node.max_clients) {
-            return Err(invalid(
-                "node.max_clients",
-                format!("{} is outside 1..={MAX_CLIENTS}", self.node.max_clients),
-                "each connection needs a file descriptor; 10000 (the default) suits most nodes",
-            ));
-        }
-        if !(100..=86_400_000).contains(&self.node.client_idle_timeout_ms) {
-            return Err(invalid(
-                "node.client_idle_timeout_ms",
-                format!("{} ms is outside 100..=86400000", self.node.client_idle_timeout_ms),
-                "clients that keep a connection open between requests need minutes at most; 30000 is the default",
-            ));
-        }
-        if !(10..=600_000).contains(&self.node.client_message_timeout_ms) {
-            return Err(invalid(
-                "node.client_message_timeout_ms",
-                format!("{} ms is outside 10..=600000", self.node.client_message_timeout_ms),
-                "a message of at most 64 KiB arrives in milliseconds; 5000 (the default) leaves room for a slow network",
-            ));
-        }
+        let node = &self.node;
+        within(
+            "node.handshake_timeout_ms",
+            node.handshake_timeout_ms as usize,
+            10..=60_000,
+            "ms",
+            "a peer on the network finishes its handshake in a round trip; 2000 (the default) leaves room for a slow one",
+        )?;
+        within(
+            "node.max_clients",
+            node.max_clients,
+            1..=MAX_CLIENTS,
+            "",
+            "each connection needs a file descriptor; 10000 (the default) suits most nodes",
+        )?;
+        within(
+            "node.client_idle_timeout_ms",
+            node.client_idle_timeout_ms as usize,
+            100..=86_400_000,
+            "ms",
+            "clients that keep a connection open between requests need minutes at most; 30000 is the default",
+        )?;
+        within(
+            "node.client_message_timeout_ms",
+            node.client_message_timeout_ms as usize,
+            10..=600_000,
+            "ms",
+            "a message of at most 64 KiB arrives in milliseconds; 5000 (the default) leaves room for a slow network",
+        )?;
         if hb.lease_ms < hb.timeout_ms {
             return Err(invalid("heartbeat.lease_ms", "is shorter than timeout_ms", "make it at least timeout_ms"));
         }
@@ -714,6 +730,15 @@ mod tests {
             (
                 GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nhandshake_timeout_ms = 0"),
                 "node.handshake_timeout_ms",
+            ),
+            (GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nmax_clients = 0"), "node.max_clients"),
+            (
+                GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nclient_idle_timeout_ms = 5"),
+                "node.client_idle_timeout_ms",
+            ),
+            (
+                GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nclient_message_timeout_ms = 0"),
+                "node.client_message_timeout_ms",
             ),
             // A second service whose region starts inside the first's.
             (
