@@ -38,6 +38,16 @@ fn message(bytes: &[u8]) -> Message {
         })
         .collect::<Vec<_>>()
         .into();
+    if message.get_msg_type() == MessageType::MsgSnapshot {
+        // A snapshot that passes the node's own checks (this cluster's voters, a cluster state
+        // as data), so that what raft-rs does with its metadata is fuzzed.
+        let snapshot = message.mut_snapshot();
+        snapshot.data = postcard::to_stdvec(&nonstop_control::ClusterState::default()).expect("encodes").into();
+        let metadata = snapshot.mut_metadata();
+        metadata.index = byte(10) % 16;
+        metadata.term = byte(11) % 8;
+        metadata.set_conf_state(raft::eraftpb::ConfState::from((vec![1, 2, 3], vec![])));
+    }
     message
 }
 

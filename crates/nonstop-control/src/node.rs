@@ -445,6 +445,16 @@ fn check_wire_message(message: &Message) -> Result<(), ControlError> {
         let has = if message.term == 0 { "no term" } else { "a term" };
         return Err(ControlError::BadMessage(format!("a {kind:?} with {has}")));
     }
+    if kind == MsgSnapshot {
+        // A snapshot covers at least the first entry, of a term no later than its sender's.
+        let metadata = message.get_snapshot().get_metadata();
+        if metadata.index == 0 || metadata.term == 0 || metadata.term > message.term {
+            return Err(ControlError::BadMessage(format!(
+                "a snapshot up to index {} of term {} in term {}",
+                metadata.index, metadata.term, message.term
+            )));
+        }
+    }
     if kind == MsgPropose {
         // A follower forwards what was proposed to it: commands, not yet placed in the log.
         // Membership is static, so a configuration change is never proposed.
@@ -570,6 +580,7 @@ mod tests {
         let snapshot = message.mut_snapshot();
         snapshot.data = data.into();
         snapshot.mut_metadata().index = 10;
+        snapshot.mut_metadata().term = 1;
         snapshot.mut_metadata().set_conf_state(ConfState::from((voters, vec![])));
         message.write_to_bytes().unwrap()
     }
@@ -626,6 +637,14 @@ mod tests {
             ("a transfer to a follower", message(MessageType::MsgTransferLeader, 2, |_| {})),
             ("a read index", message(MessageType::MsgReadIndex, 2, |_| {})),
             ("a local tick", message(MessageType::MsgHup, 0, |_| {})),
+            (
+                "a snapshot of index 0",
+                message(MessageType::MsgSnapshot, 2, |m| {
+                    let snapshot = m.mut_snapshot();
+                    snapshot.data = postcard::to_stdvec(&ClusterState::default()).unwrap().into();
+                    snapshot.mut_metadata().set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+                }),
+            ),
         ];
         for (what, bytes) in refused {
             assert!(matches!(node.step(&bytes), Err(ControlError::BadMessage(_))), "{what} was not refused");
