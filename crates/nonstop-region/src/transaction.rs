@@ -70,7 +70,8 @@ pub(crate) fn check_range(
     len: u64,
     align: usize,
 ) -> Result<(), TxError> {
-    if len == 0 || offset.checked_add(len).is_none_or(|end| end > region_len) {
+    // One range is at most 4 GiB: its length is recorded in 32 bits.
+    if len == 0 || len > u64::from(u32::MAX) || offset.checked_add(len).is_none_or(|end| end > region_len) {
         return Err(TxError::OutOfRegion { offset, len, region_len });
     }
     if !(base as u64 + offset).is_multiple_of(align as u64) {
@@ -275,5 +276,13 @@ impl crate::RegionWrite for Transaction<'_> {
 
     fn read<T: FromBytes + KnownLayout + Immutable>(&self, offset: u64) -> Result<T, TxError> {
         Transaction::read(self, offset)
+    }
+
+    fn write_bytes(&self, offset: u64, len: usize) -> Result<&mut [u8], TxError> {
+        Transaction::write_bytes(self, offset, len)
+    }
+
+    fn read_bytes(&self, offset: u64, out: &mut [u8]) -> Result<(), TxError> {
+        Transaction::read_bytes(self, offset, out)
     }
 }

@@ -19,6 +19,13 @@ pub trait RegionWrite {
     /// A copy of the `T` at `offset` (ranges handed out for writing are read through their
     /// reference).
     fn read<T: FromBytes + KnownLayout + Immutable>(&self, offset: u64) -> Result<T, TxError>;
+
+    /// `[offset, offset + len)` as bytes to write, under the same rules as [`RegionWrite::write`].
+    #[allow(clippy::mut_from_ref)] // Each call hands out a distinct, non-overlapping range.
+    fn write_bytes(&self, offset: u64, len: usize) -> Result<&mut [u8], TxError>;
+
+    /// Copies `out.len()` bytes from `offset` into `out`.
+    fn read_bytes(&self, offset: u64, out: &mut [u8]) -> Result<(), TxError>;
 }
 
 /// Writes to the region inside [`crate::Mirror::update`], by offset, with the bounds,
@@ -71,5 +78,19 @@ impl RegionWrite for Update<'_> {
         // SAFETY: inside the image, and no reference handed out for writing covers it.
         let bytes = unsafe { std::slice::from_raw_parts(at, len as usize) };
         Ok(T::read_from_bytes(bytes).expect("length is size_of::<T>()"))
+    }
+
+    fn write_bytes(&self, offset: u64, len: usize) -> Result<&mut [u8], TxError> {
+        let at = self.range(offset, len as u64, 1)?;
+        self.handed_out.borrow_mut().push((offset, len as u32));
+        // SAFETY: as in `write`: inside the image, disjoint from every range handed out.
+        Ok(unsafe { std::slice::from_raw_parts_mut(at, len) })
+    }
+
+    fn read_bytes(&self, offset: u64, out: &mut [u8]) -> Result<(), TxError> {
+        let at = self.range(offset, out.len() as u64, 1)?;
+        // SAFETY: as in `read`.
+        out.copy_from_slice(unsafe { std::slice::from_raw_parts(at, out.len()) });
+        Ok(())
     }
 }
