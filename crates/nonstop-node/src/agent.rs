@@ -46,6 +46,9 @@ pub enum NodeError {
     /// The config does not fit this machine.
     #[error(transparent)]
     Refused(#[from] crate::preflight::Refusal),
+    /// The config names a service this binary cannot build.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// What `nonstop status` shows of a node.
@@ -164,10 +167,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Opens the node's Raft log and sockets.
+    /// Opens the node's Raft log and sockets. `services` are the config's services, built
+    /// by [`Checked::services`].
     /// `ports` are its replication ports, bound by [`crate::preflight::check`].
     pub fn start(
         config: Checked,
+        services: &std::collections::BTreeMap<String, nonstop_service::Hosted>,
         key: ClusterKey,
         instruments: crate::Instruments,
         ports: crate::preflight::ReplicationPorts,
@@ -218,7 +223,10 @@ impl Agent {
         let hosts = config
             .services
             .iter()
-            .map(|spec| ServiceHost::new(spec.clone(), &config, key.clone(), instruments.clone(), ports.next()))
+            .map(|spec| {
+                let hosted = services[&spec.name].clone();
+                ServiceHost::new(spec.clone(), hosted, &config, key.clone(), instruments.clone(), ports.next())
+            })
             .collect();
         Ok(Agent {
             config,

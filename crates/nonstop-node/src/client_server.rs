@@ -14,11 +14,10 @@
 use crate::service::{Active, Serving};
 use nonstop_net::primary::HoldState;
 use nonstop_proto::client::{
-    ClientMemory, ClientProtocolError, ClientReply, ClientRequest, LENGTH_PREFIX, decode_payload, encode_message,
-    payload_len,
+    ClientProtocolError, ClientReply, ClientRequest, LENGTH_PREFIX, decode_payload, encode_message, payload_len,
 };
 use nonstop_proto::primary::Ticket;
-use nonstop_workloads::bank::{BankError, Executed, TransferRequest};
+use nonstop_service::{CallError, Caller, Executed};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -224,7 +223,7 @@ impl From<std::io::Error> for Ended {
 async fn serve_connection(mut stream: TcpStream, answering: &Answering) -> Result<(), Ended> {
     stream.set_nodelay(true)?;
     let limits = answering.limits;
-    let mut worker = None;
+    let mut lane = None;
     loop {
         // Waiting for a message costs no buffer: peek for its first byte.
         match timeout(limits.idle, stream.peek(&mut [0u8; 1])).await {
@@ -245,7 +244,7 @@ async fn serve_connection(mut stream: TcpStream, answering: &Answering) -> Resul
                 return Ok(());
             }
         };
-        let reply = answer(request, answering, &mut worker).await;
+        let reply = answer(request, answering, &mut lane).await;
         match timeout(limits.message, write_reply(&mut stream, &reply)).await {
             Err(_) => return Err(Ended::Slow),
             Ok(written) => written?,
@@ -273,22 +272,17 @@ async fn execute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
         .map_err(|error| ClientReply::Unavailable { reason: format!("the request's executor failed: {error}") })
 }
 
-async fn answer(request: ClientRequest, answering: &Answering, worker: &mut Option<usize>) -> ClientReply {
-    let service = match &request {
-        ClientRequest::Transfer { service, .. }
-        | ClientRequest::Locate { service }
-        | ClientRequest::Read { service, .. }
-        | ClientRequest::Audit { service, .. } => service,
-    };
+async fn answer(request: ClientRequest, answering: &Answering, lane: &mut Option<usize>) -> ClientReply {
+    let service = request.service();
     let Some(serving) = answering.services.get(service) else {
         return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
     };
     let Some(active) = serving.active() else { return redirect(serving) };
-    let worker_now = *worker.get_or_insert_with(|| active.worker());
+    let lane = *lane.get_or_insert_with(|| active.lane());
     let executed = {
         let active = active.clone();
         execute(move || {
-            let decided = decide(request, &active, worker_now);
+            let decided = decide(request, &active, lane);
             if let Decided::Held(_, ticket) = &decided {
                 active.primary.request_held(*ticket);
             }
@@ -320,52 +314,47 @@ enum Decided {
 }
 
 /// Executes a service request on the primary (on an executor thread: it may wait for locks).
-fn decide(request: ClientRequest, active: &Active, worker: usize) -> Decided {
+fn decide(request: ClientRequest, active: &Active, lane: usize) -> Decided {
+    let term = active.term.0;
+    // An answer about the state leaves only from a primary that still holds its lease and
+    // whose backups hold what it decided on; the ticket of a read is a checkpoint cut after it.
+    let after_read = || Ticket { checkpoint: active.primary.checkpoint_now() };
     match request {
         ClientRequest::Locate { .. } => Decided::Redirect,
-        ClientRequest::Transfer { client, request, account, teller, delta, .. } => {
+        ClientRequest::Call { client, request, body, .. } => {
             if active.draining.load(Ordering::SeqCst) {
                 return Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() });
             }
-            let transfer = TransferRequest { client, request, account, teller, delta };
-            let (executed, ticket) = match active.app.execute(&active.mirror, worker, &transfer) {
-                Ok(done) => done,
-                Err(error @ (BankError::BadRequest(_) | BankError::OutOfOrder { .. } | BankError::TableFull)) => {
-                    // A refusal is an answer too: it leaves only from a primary that still holds
-                    // its lease and whose backups hold what it decided on. A deposed primary
-                    // that lacks the client's latest requests must not refuse it for good.
-                    let refusal = ClientReply::Rejected { reason: error.to_string() };
-                    return Decided::Held(refusal, Ticket { checkpoint: active.primary.checkpoint_now() });
+            match active.service.execute(&active.mirror, Caller { client, request, lane }, &body) {
+                Ok((Executed::Applied(body), ticket)) => {
+                    Decided::Held(ClientReply::Done { request, body, duplicate: false, term }, ticket)
                 }
-                Err(error) => return Decided::Now(ClientReply::Unavailable { reason: error.to_string() }),
-            };
-            let term = active.term.0;
-            let reply = match executed {
-                Executed::Applied { balance } => ClientReply::Done { request, balance, duplicate: false, term },
-                Executed::Duplicate { balance } => ClientReply::Done { request, balance, duplicate: true, term },
-                Executed::Stale { last } => ClientReply::Stale { request, last },
-            };
-            Decided::Held(reply, ticket)
+                Ok((Executed::Duplicate(body), ticket)) => {
+                    Decided::Held(ClientReply::Done { request, body, duplicate: true, term }, ticket)
+                }
+                Ok((Executed::Stale { last }, ticket)) => Decided::Held(ClientReply::Stale { request, last }, ticket),
+                Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
+                // A refusal is an answer too: a deposed primary that lacks the client's latest
+                // requests must not refuse it for good.
+                Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read()),
+            }
         }
-        ClientRequest::Read { client, account, .. } => {
-            // A read-only transaction: it locks and checks just the two lines it reads. The
-            // ticket is a checkpoint cut after it, which holds everything it saw.
-            let reply = match active.app.read(&active.mirror, client, account) {
-                Ok((slot, balance)) => ClientReply::Read { memory: slot.map(memory), balance, term: active.term.0 },
-                Err(error) => ClientReply::Rejected { reason: error.to_string() },
+        ClientRequest::Query { body, .. } => {
+            let reply = match active.service.query(&active.mirror, &body) {
+                Ok(body) => ClientReply::Answer { body, term },
+                Err(CallError::Failed(reason)) => return Decided::Now(ClientReply::Unavailable { reason }),
+                Err(refusal) => ClientReply::Rejected { reason: refusal.to_string() },
             };
-            Decided::Held(reply, Ticket { checkpoint: active.primary.checkpoint_now() })
+            Decided::Held(reply, after_read())
         }
-        ClientRequest::Audit { clients, accounts, .. } => {
+        ClientRequest::Audit { clients, query, .. } => {
             // The region is read with every transaction held off, after every line of it is
-            // checked against its seal; the ticket is a checkpoint cut after the read.
-            let reply = active.mirror.quiesced_checked(|image, _| ClientReply::Audit {
-                check: active.app.check(image),
-                clients: clients.iter().map(|&c| (c, active.app.client(image, c).map(memory))).collect(),
-                balances: accounts.iter().map(|&a| (a, active.app.balance(image, a))).collect(),
-                term: active.term.0,
-            });
-            Decided::Held(reply, Ticket { checkpoint: active.primary.checkpoint_now() })
+            // checked against its seal.
+            let report =
+                active.mirror.quiesced_checked(|image, _| active.service.audit(image, &clients, query.as_deref()));
+            let reply =
+                ClientReply::Audit { check: report.check, clients: report.clients, answer: report.answer, term };
+            Decided::Held(reply, after_read())
         }
     }
 }
@@ -401,8 +390,4 @@ async fn release(serving: &Serving, active: &Active, reply: ClientReply, ticket:
         return redirect(serving);
     }
     reply
-}
-
-fn memory(slot: nonstop_workloads::bank::ClientSlot) -> ClientMemory {
-    ClientMemory { request: slot.request.get(), applied: slot.applied.get(), balance: slot.balance.get() }
 }

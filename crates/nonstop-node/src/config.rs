@@ -39,8 +39,9 @@ use crate::client_server::ClientLimits;
 use nonstop_net::admission::HandshakeLimits;
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
-use nonstop_workloads::app::{App, KINDS, SERVICE_WORKERS};
+use nonstop_service::{Hosted, Registry, Settings};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -261,9 +262,10 @@ impl Default for HeartbeatSection {
 pub struct ServiceSection {
     /// Its name, as clients address it.
     pub name: String,
-    /// What it runs: `bank` (Debit-Credit behind the client protocol, exactly once, at fixed
-    /// offsets) or `ledger` (the same requests over ordinary collections in the region;
-    /// transparent mode only: give `tracking = "uffd"` or `"mprotect"`).
+    /// What it runs: a kind the node binary registered. `nonstop node` knows `bank`
+    /// (Debit-Credit at fixed offsets, exactly once) and `ledger` (the same requests over
+    /// ordinary collections in the region; transparent mode only: give `tracking = "uffd"` or
+    /// `"mprotect"`); a binary of your own registers its own kinds.
     #[serde(default = "default_kind")]
     pub kind: String,
     /// The node that is primary of the first term.
@@ -291,9 +293,10 @@ pub struct ServiceSection {
     /// Microseconds between checkpoints (epoch policy); 0 for sync (a checkpoint per commit).
     #[serde(default = "default_interval_us")]
     pub checkpoint_interval_us: u64,
-    /// Debit-Credit branches (100,000 accounts each).
-    #[serde(default = "default_branches")]
-    pub branches: u64,
+    /// `[services.settings]`: the service's own settings, as its kind defines them (`bank` and
+    /// `ledger`: `branches`, Debit-Credit branches of 100,000 accounts, default 1).
+    #[serde(default)]
+    pub settings: toml::Table,
 }
 
 fn default_kind() -> String {
@@ -310,9 +313,6 @@ fn default_protocol() -> String {
 }
 fn default_interval_us() -> u64 {
     1000
-}
-fn default_branches() -> u64 {
-    1
 }
 
 /// A node of the cluster, this one or a peer.
@@ -353,8 +353,10 @@ pub struct ServiceSpec {
     pub tracking: Option<TrackingMode>,
     /// Commit policy.
     pub policy: CommitPolicy,
-    /// What the service runs (its `kind`, over its branches).
-    pub app: App,
+    /// What the service runs: a kind of the node binary's registry.
+    pub kind: String,
+    /// The service's own settings, for its kind.
+    pub settings: Settings,
 }
 
 /// A configuration, checked: what the agent runs on.
@@ -399,6 +401,53 @@ impl Checked {
         let mut addr = self.member(node)?.replication;
         addr.set_port(addr.port().checked_add(service.index)?);
         Some(addr)
+    }
+}
+
+impl Checked {
+    /// Builds every service of the config from `registry`, before anything starts: a kind the
+    /// binary does not know, settings its kind refuses, a region too small for it, or
+    /// collections without transparent mode are refused with the field and the fix.
+    pub fn services(&self, registry: &Registry) -> Result<BTreeMap<String, Hosted>, ConfigError> {
+        let mut services = BTreeMap::new();
+        for spec in &self.services {
+            let field = |key: &str| format!("services[{}].{key}", spec.index);
+            let hosted = registry.make(&spec.kind, &spec.settings).map_err(|error| match error {
+                nonstop_service::RegistryError::Unknown { kind, known } => invalid(
+                    field("kind"),
+                    format!("{kind:?} is not a service kind of this node binary"),
+                    format!("use one of {known}, or run a node binary that registers {kind:?}"),
+                ),
+                nonstop_service::RegistryError::Settings { reason, .. } => {
+                    invalid(field("settings"), reason, format!("fix [services.settings] of kind {:?}", spec.kind))
+                }
+            })?;
+            let needed = hosted.region_len();
+            if needed > spec.region_len {
+                return Err(invalid(
+                    field("region_size_mib"),
+                    format!(
+                        "{} MiB, but kind {:?} with these settings needs {} MiB (its state and the client table)",
+                        spec.region_len >> 20,
+                        spec.kind,
+                        needed.div_ceil(1 << 20)
+                    ),
+                    format!(
+                        "set region_size_mib = {} or more, or shrink the service's settings",
+                        needed.div_ceil(1 << 20)
+                    ),
+                ));
+            }
+            if hosted.needs_transparent() && spec.tracking.is_none() {
+                return Err(invalid(
+                    field("tracking"),
+                    format!("\"declared\" for kind {:?}", spec.kind),
+                    "this kind keeps plain collections whose writes the kernel finds: set tracking = \"uffd\" or \"mprotect\" (and protocol = \"du\")",
+                ));
+            }
+            services.insert(spec.name.clone(), hosted);
+        }
+        Ok(services)
     }
 }
 
@@ -494,13 +543,9 @@ impl NodeConfig {
             if service.name.is_empty() || self.services[..index].iter().any(|s| s.name == service.name) {
                 return Err(invalid(field("name"), "is empty or used twice", "give every service its own name"));
             }
-            let app = App::named(&service.kind, service.branches.max(1), SERVICE_WORKERS).ok_or_else(|| {
-                invalid(
-                    field("kind"),
-                    format!("{:?} is not a service kind", service.kind),
-                    format!("use one of {}", KINDS.map(|kind| format!("{kind:?}")).join(", ")),
-                )
-            })?;
+            if service.kind.is_empty() {
+                return Err(invalid(field("kind"), "is empty", "name the service's kind, e.g. \"bank\""));
+            }
             let primary = NodeId(service.primary);
             match members.iter().find(|m| m.id == primary) {
                 None => {
@@ -569,14 +614,6 @@ impl NodeConfig {
                         format!("use 1 to {} MiB", nonstop_region::MAX_REGION_LEN >> 20),
                     )
                 })? as usize;
-            let needed = app.region_len();
-            if service.branches == 0 || needed > region_len {
-                return Err(invalid(
-                    field("region_size_mib"),
-                    format!("{} branches need {} MiB", service.branches, needed.div_ceil(1 << 20)),
-                    "raise region_size_mib or lower branches",
-                ));
-            }
             let protocol = match service.protocol.as_str() {
                 "au" => UpdateProtocol::Au,
                 "du" => UpdateProtocol::Du,
@@ -601,13 +638,6 @@ impl NodeConfig {
                     Some(mode)
                 }
             };
-            if app.needs_transparent() && tracking.is_none() {
-                return Err(invalid(
-                    field("tracking"),
-                    format!("\"declared\" for kind {:?}", service.kind),
-                    "the ledger keeps plain collections whose writes the kernel finds: set tracking = \"uffd\" or \"mprotect\" (and protocol = \"du\")",
-                ));
-            }
             let policy = match service.checkpoint_interval_us {
                 0 => CommitPolicy::Sync,
                 interval_us => CommitPolicy::Epoch { interval_us, max_commits: 0 },
@@ -623,7 +653,8 @@ impl NodeConfig {
                 protocol,
                 tracking,
                 policy,
-                app,
+                kind: service.kind.clone(),
+                settings: Settings::new(service.settings.clone()),
             });
         }
         let mut by_base: Vec<&ServiceSpec> = services.iter().collect();
@@ -699,7 +730,11 @@ mod tests {
     "#;
 
     fn check(text: &str) -> Result<Checked, ConfigError> {
-        NodeConfig::parse(text, Path::new("test.toml"))?.check()
+        let checked = NodeConfig::parse(text, Path::new("test.toml"))?.check()?;
+        let mut registry = Registry::new();
+        nonstop_workloads::register_builtins(&mut registry);
+        checked.services(&registry)?;
+        Ok(checked)
     }
 
     #[test]
@@ -748,6 +783,8 @@ mod tests {
                 "services[1].region_base",
             ),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"redis\""), "services[0].kind"),
+            (format!("{GOOD}\n[services.settings]\nbranchs = 2\n"), "services[0].settings"),
+            (format!("{GOOD}\n[services.settings]\nbranches = 20\n"), "services[0].region_size_mib"),
             // The ledger's plain collections need the kernel to find their writes.
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"ledger\""), "services[0].tracking"),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\ntracking = \"soft-dirty\""), "services[0].tracking"),

@@ -1,4 +1,5 @@
-//! The nonstop node agent (`nonstop node --config FILE`) and the client.
+//! The nonstop node agent: `nonstop node --config FILE`, or any binary of a user's that fills a
+//! [`nonstop_service::Registry`] with its service kinds and calls [`run_node`].
 //!
 //! An agent runs one node: its share of the Raft control plane, and for every configured
 //! service the role the control plane gives it — primary, backup, or spare waiting to be
@@ -13,12 +14,10 @@
 //! * [`client_server`]: the client port.
 //! * [`integrity`]: scrubbing the primary's region, and stopping the node if it is corrupt.
 //! * [`metrics`]: Prometheus metrics from the node's status.
-//! * [`client`]: the Rust client that follows redirects and retries exactly once.
 //! * [`operator`]: the operator's requests (status, switchover, fault arming), authenticated
 //!   with the cluster key on the control port.
 
 pub mod agent;
-pub mod client;
 pub mod client_server;
 pub mod config;
 pub mod integrity;
@@ -52,10 +51,36 @@ pub struct Instruments {
 /// The line a node prints on stdout once it serves (for scripts and `nonstop demo`).
 pub const READY: &str = "node ready";
 
-/// Runs a node until `stop` is set: control plane, services and the client port. `ready` is
-/// called once every port is bound and the config is known to fit the machine
-/// ([`preflight`]); a config it cannot serve is an error before that.
-pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl FnOnce()) -> Result<(), NodeError> {
+/// Runs the node the config file at `path` describes until `stop` is set, with the service
+/// kinds of `registry`, and prints [`READY`] and the node's id on stdout once it serves (what
+/// `nonstop demo` and the test harnesses wait for).
+pub fn run_config_file(
+    path: &std::path::Path,
+    registry: &nonstop_service::Registry,
+    stop: &AtomicBool,
+) -> Result<(), NodeError> {
+    let config = config::NodeConfig::load(path)?;
+    let key = config::read_key_file(&config.key_file)?;
+    let id = config.me.id;
+    run_node(config, registry, key, stop, || {
+        use std::io::Write;
+        println!("{READY} {id}");
+        let _ = std::io::stdout().flush();
+    })
+}
+
+/// Runs a node until `stop` is set: control plane, services and the client port. The config's
+/// services are built from `registry` (its kinds); `ready` is called once every service is
+/// built, every port is bound and the config is known to fit the machine ([`preflight`]); a
+/// config it cannot serve is an error before that.
+pub fn run_node(
+    config: Checked,
+    registry: &nonstop_service::Registry,
+    key: ClusterKey,
+    stop: &AtomicBool,
+    ready: impl FnOnce(),
+) -> Result<(), NodeError> {
+    let services = config.services(registry)?;
     let replication_ports = preflight::check(&config, preflight::available_memory())?;
     preflight::raise_descriptor_limit(&config)?;
     let client_addr = config.me.client;
@@ -75,7 +100,7 @@ pub fn run_node(config: Checked, key: ClusterKey, stop: &AtomicBool, ready: impl
     };
     let counters = instruments.clients.clone();
     let limits = config.clients;
-    let agent = Agent::start(config, key, instruments, replication_ports)?;
+    let agent = Agent::start(config, &services, key, instruments, replication_ports)?;
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
     }

@@ -31,7 +31,7 @@ use nonstop_proto::operator::OperatorReply;
 use nonstop_proto::primary::BackupId;
 use nonstop_proto::{CheckpointId, Nanos, Term};
 use nonstop_region::{Mirror, Region};
-use nonstop_workloads::app::App;
+use nonstop_service::Hosted;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,7 +51,7 @@ pub struct Active {
     /// Its replicator.
     pub primary: Primary,
     /// The service logic.
-    pub app: App,
+    pub service: Hosted,
     /// Set when the node is deposed: nothing more is released.
     pub deposed: AtomicBool,
     /// Set during a switchover: new requests are refused (clients retry and follow the
@@ -64,8 +64,8 @@ pub struct Active {
 }
 
 impl Active {
-    /// A worker number for a new client connection (its history segment).
-    pub fn worker(&self) -> usize {
+    /// A lane number for a new client connection ([`nonstop_service::Caller::lane`]).
+    pub fn lane(&self) -> usize {
         self.next_worker.fetch_add(1, Ordering::Relaxed)
     }
 }
@@ -140,6 +140,8 @@ enum Waiting {
 /// A service on this node: the driver of its [`ServiceRole`].
 pub struct ServiceHost {
     spec: ServiceSpec,
+    /// What it runs.
+    hosted: Hosted,
     key: ClusterKey,
     listen: SocketAddr,
     /// The replication port, kept bound for the node's life and served by each backup it runs.
@@ -181,6 +183,7 @@ impl ServiceHost {
     /// is bound when the service first stands by).
     pub fn new(
         spec: ServiceSpec,
+        hosted: Hosted,
         config: &Checked,
         key: ClusterKey,
         instruments: Instruments,
@@ -204,6 +207,7 @@ impl ServiceHost {
         });
         ServiceHost {
             spec,
+            hosted,
             key,
             listen,
             port,
@@ -456,7 +460,11 @@ impl ServiceHost {
 
     fn stand_by(&mut self) -> Result<(), Failed> {
         let region = self.map_region()?;
-        let check: nonstop_net::backup::ConsistencyCheck = Arc::new(nonstop_workloads::check);
+        let check: nonstop_net::backup::ConsistencyCheck = {
+            // The service's own check and the platform's, whatever name the request gives.
+            let hosted = self.hosted.clone();
+            Arc::new(move |_, image| hosted.check(image))
+        };
         let listener = match &self.port {
             Some(port) => port.try_clone(),
             None => std::net::TcpListener::bind(self.listen),
@@ -517,7 +525,7 @@ impl ServiceHost {
             }
         }
         let mirror = self.mirror(region, CheckpointId(1), None)?;
-        if let Err(error) = self.spec.app.load(&mirror) {
+        if let Err(error) = self.hosted.init(&mirror) {
             // The checked config makes this a bug (the mode or the size), not an input.
             tracing::error!(service = self.spec.name, %error, "cannot create the service's state");
             return Err(Failed { backoff: true });
@@ -598,7 +606,7 @@ impl ServiceHost {
             term,
             mirror,
             primary,
-            app: self.spec.app,
+            service: self.hosted.clone(),
             deposed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             hold_changed,

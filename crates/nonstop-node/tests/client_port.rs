@@ -5,8 +5,8 @@
 mod common;
 
 use common::node;
-use nonstop_node::client::Client;
 use nonstop_proto::client::{ClientReply, ClientRequest, read_message, write_message};
+use nonstop_workloads::bank::BankClient;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -66,7 +66,7 @@ fn idle_and_half_sent_connections_are_closed_and_the_node_keeps_answering() {
         assert!(matches!(reply, ClientReply::Redirect { .. }), "{reply:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut bank = Client::new(vec![node.client], "bank", 2);
+    let mut bank = BankClient::new(vec![node.client], "bank", 2);
     bank.transfer(2, 1, 5).expect("the node still serves");
 }
 
@@ -86,7 +86,7 @@ fn beyond_max_clients_a_connection_is_told_why_and_closed() {
     }
     drop(held);
     // Slots come back when connections close.
-    let mut bank = Client::new(vec![node.client], "bank", 3);
+    let mut bank = BankClient::new(vec![node.client], "bank", 3);
     bank.transfer(3, 1, 1).expect("a slot is free again");
 }
 
@@ -105,7 +105,7 @@ fn many_idle_and_half_sent_connections_cost_no_thread_each() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let during = threads();
-    let mut bank = Client::new(vec![node.client], "bank", 4);
+    let mut bank = BankClient::new(vec![node.client], "bank", 4);
     bank.transfer(4, 1, 1).expect("the node answers while they are open");
     assert!(during < before + 16, "{before} threads before, {during} with 600 connections open");
 }
@@ -122,6 +122,6 @@ fn an_oversized_or_undecodable_message_is_refused_and_the_connection_closed() {
             other => panic!("expected a rejection, got {other:?}"),
         }
     }
-    let mut bank = Client::new(vec![node.client], "bank", 5);
+    let mut bank = BankClient::new(vec![node.client], "bank", 5);
     bank.transfer(5, 1, 1).expect("the node still serves");
 }

@@ -16,61 +16,69 @@ use thiserror::Error;
 /// The longest message accepted.
 pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
 
-/// A client's request.
+/// A client's request. Requests and replies of a service are its own bytes (what the
+/// service's types encode to); the platform numbers calls and answers retries, and never needs
+/// to know a service's verbs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// A Debit-Credit transfer on the bank service.
-    Transfer {
+    /// Applies a request to `service`, exactly once.
+    Call {
         /// The service.
         service: String,
-        /// The client's id (not 0).
+        /// The client's id (not 0, unique among the service's clients).
         client: u64,
-        /// The request's number: 1, 2, 3, … per client; a retry repeats it.
+        /// The request's number: 1, 2, 3, … per client and service; a retry repeats it.
         request: u64,
-        /// The account.
-        account: u64,
-        /// The teller.
-        teller: u64,
-        /// The amount in cents.
-        delta: i64,
+        /// The service's request, as it encodes it.
+        body: Vec<u8>,
+    },
+    /// Asks `service` a read-only question. Answered only once every backup holds the state
+    /// read, so a failover can never take back what a query saw.
+    Query {
+        /// The service.
+        service: String,
+        /// The service's question, as it encodes it.
+        body: Vec<u8>,
     },
     /// Where is the primary of `service`?
     Locate {
         /// The service.
         service: String,
     },
-    /// Read what the service remembers of `client` and the balance of `account`. Answered only
-    /// once every backup holds the state read, so a failover can never take back what a read
-    /// saw.
-    Read {
-        /// The service.
-        service: String,
-        /// The client whose memory is read.
-        client: u64,
-        /// The account whose balance is read.
-        account: u64,
-    },
-    /// Run the service's consistency check and report what it remembers of `clients` and the
-    /// balances of `accounts` (the primary answers, between checkpoints).
+    /// Runs the service's consistency check and the platform's (every request applied once),
+    /// reports what the platform remembers of `clients`, and answers `query` from the same
+    /// state, all between two checkpoints.
     Audit {
         /// The service.
         service: String,
         /// Clients to report.
         clients: Vec<u64>,
-        /// Accounts to report.
-        accounts: Vec<u64>,
+        /// A question answered from the audited state.
+        query: Option<Vec<u8>>,
     },
 }
 
-/// What the service remembers of a client: its last request, how many it applied, the answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+impl ClientRequest {
+    /// The service it is for.
+    pub fn service(&self) -> &str {
+        match self {
+            ClientRequest::Call { service, .. }
+            | ClientRequest::Query { service, .. }
+            | ClientRequest::Locate { service }
+            | ClientRequest::Audit { service, .. } => service,
+        }
+    }
+}
+
+/// What the platform remembers of a client: its last request, how many it applied, the answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientMemory {
     /// The last request number applied.
     pub request: u64,
-    /// Requests applied in all.
+    /// Requests applied in all: equal to `request` unless one was lost or applied twice.
     pub applied: u64,
-    /// The last answer.
-    pub balance: i64,
+    /// The reply to the last request, as sent (`None`: too long to keep).
+    pub reply: Option<Vec<u8>>,
 }
 
 /// A service's answer.
@@ -80,8 +88,8 @@ pub enum ClientReply {
     Done {
         /// The request number answered.
         request: u64,
-        /// The account's balance after the transfer.
-        balance: i64,
+        /// The service's reply, as it encodes it.
+        body: Vec<u8>,
         /// True if this answers a retry of a request applied before.
         duplicate: bool,
         /// The primary's term.
@@ -93,6 +101,13 @@ pub enum ClientReply {
         request: u64,
         /// The last request applied.
         last: u64,
+    },
+    /// The answer to [`ClientRequest::Query`].
+    Answer {
+        /// The service's answer, as it encodes it.
+        body: Vec<u8>,
+        /// The primary's term.
+        term: u64,
     },
     /// This node is not the primary; try `primary` (its client address), if known.
     Redirect {
@@ -111,23 +126,14 @@ pub enum ClientReply {
         /// Why.
         reason: String,
     },
-    /// The answer to [`ClientRequest::Read`].
-    Read {
-        /// What the service remembers of the client (`None`: nothing applied).
-        memory: Option<ClientMemory>,
-        /// The account's balance.
-        balance: Option<i64>,
-        /// The primary's term.
-        term: u64,
-    },
     /// The answer to [`ClientRequest::Audit`].
     Audit {
-        /// The consistency check's verdict.
+        /// The consistency checks' verdict.
         check: Result<String, String>,
-        /// Per client asked: what the service remembers (`None`: nothing applied).
+        /// Per client asked: what the platform remembers (`None`: nothing applied).
         clients: Vec<(u64, Option<ClientMemory>)>,
-        /// Per account asked: its balance.
-        balances: Vec<(u64, Option<i64>)>,
+        /// The answer to the audit's query, if it asked one.
+        answer: Option<Result<Vec<u8>, String>>,
         /// The primary's term.
         term: u64,
     },
@@ -197,8 +203,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_bad_ones_are_refused() {
-        let request =
-            ClientRequest::Transfer { service: "bank".into(), client: 1, request: 2, account: 3, teller: 4, delta: -5 };
+        let request = ClientRequest::Call { service: "bank".into(), client: 1, request: 2, body: vec![3, 4, 5] };
         let mut bytes = Vec::new();
         write_message(&mut bytes, &request).unwrap();
         assert_eq!(read_message::<ClientRequest>(&mut bytes.as_slice()).unwrap(), request);

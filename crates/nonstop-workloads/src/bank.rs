@@ -1,51 +1,28 @@
-//! Debit-Credit as a network service that answers every request exactly once.
+//! `bank`: Debit-Credit as a nonstop service, written at fixed offsets through declared
+//! transactions (or, in transparent mode, plain writes at the same offsets).
 //!
-//! A client numbers its requests 1, 2, 3, … and sends one at a time, retrying the same number
-//! until it gets an answer — across failovers too. The service keeps, in the region beside the
-//! Debit-Credit tables, one slot per client: the last request number applied, how many requests
-//! were applied, and the answer. The slot is written in the same transaction as the transfer, so
-//! a checkpoint holds both or neither: after a failover the new primary answers a retry from the
-//! slot instead of applying it again.
-//!
-//! Layout: the Debit-Credit database from offset 0 (its history records carry the client and
-//! request numbers), then, page aligned, [`SLOTS`] slots of 32 bytes.
+//! A transfer moves an amount into an account through a teller and answers the account's new
+//! balance. The platform makes it exactly-once: each client's requests are numbered, and the
+//! client table beside the database remembers the last one and its answer in the same
+//! checkpoint. The history records carry the client and request numbers that asked for them.
 
 use crate::debit_credit::{self, DebitCredit, Transfer};
-use nonstop_proto::PAGE_SIZE;
-use nonstop_proto::primary::Ticket;
-use nonstop_region::{Mirror, RegionWrite, TxError, Update};
-use thiserror::Error;
-use zerocopy::little_endian::{I64, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use nonstop_client::{Client, ClientError};
+use nonstop_service::{ClientMemory, Image, Service, ServiceError, Settings, Store, View, Writes};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
-/// The service's name.
+/// The service's kind.
 pub const NAME: &str = "bank";
-/// Client slots in the request table.
-pub const SLOTS: u64 = 8192;
-/// Slots probed for a client before the table counts as full.
-const PROBES: u64 = 32;
 
-/// What the service remembers of one client.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-pub struct ClientSlot {
-    /// The client's id (0: free slot).
-    pub client: U64,
-    /// The last request number applied.
-    pub request: U64,
-    /// Requests applied in all: equals `request` unless one was lost or applied twice.
-    pub applied: U64,
-    /// The answer to the last request (the account's balance after it).
-    pub balance: I64,
-}
+/// Worker lanes the bank is laid out with: client connections take them in turn, and each
+/// lane appends to a history segment of its own, so up to this many connections commit without
+/// sharing a history row. Part of the region's layout: every node of a service must agree.
+pub const LANES: usize = 8;
 
-/// One transfer request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A transfer: `delta` cents into `account`, through `teller`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferRequest {
-    /// The client (not 0).
-    pub client: u64,
-    /// The request's number: 1 for the client's first, then one more each time.
-    pub request: u64,
     /// The account.
     pub account: u64,
     /// The teller.
@@ -54,92 +31,75 @@ pub struct TransferRequest {
     pub delta: i64,
 }
 
-impl TransferRequest {
-    /// Refuses a request that names no client or request number, or an account or teller
-    /// outside `accounts` / `tellers`.
-    pub fn check(&self, accounts: u64, tellers: u64) -> Result<(), BankError> {
-        if self.client == 0 || self.request == 0 {
-            return Err(BankError::BadRequest("client and request numbers start at 1".into()));
-        }
-        if self.account >= accounts || self.teller >= tellers {
-            return Err(BankError::BadRequest(format!(
-                "account {} / teller {} out of range ({accounts} accounts, {tellers} tellers)",
-                self.account, self.teller
-            )));
-        }
-        Ok(())
-    }
+/// A read-only question to the bank.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BankQuery {
+    /// What the platform remembers of `client`, and the balance of `account`, at one moment.
+    Read {
+        /// The client.
+        client: u64,
+        /// The account.
+        account: u64,
+    },
+    /// The balances of `accounts`.
+    Balances(Vec<u64>),
+}
 
-    /// The client's slot once this request is applied, answered with `balance`; `previous`
-    /// is its slot before (a free slot for a new client).
-    pub fn applied(&self, previous: &ClientSlot, balance: i64) -> ClientSlot {
-        ClientSlot {
-            client: U64::new(self.client),
-            request: U64::new(self.request),
-            applied: U64::new(previous.applied.get() + 1),
-            balance: I64::new(balance),
-        }
-    }
+/// The bank's answer to a [`BankQuery`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BankAnswer {
+    /// For [`BankQuery::Read`].
+    Read {
+        /// What the platform remembers of the client (`None`: nothing applied).
+        memory: Option<Remembered>,
+        /// The account's balance (`None`: no such account).
+        balance: Option<i64>,
+    },
+    /// For [`BankQuery::Balances`], in the order asked.
+    Balances(Vec<Option<i64>>),
+}
 
-    /// What the service already did about this request, from the client's slot (`None`: a
-    /// client never seen): `Some` answer for a retry or a stale request, `None` if it is the
-    /// next one and must be applied, an error if it skips numbers.
-    pub fn answered(&self, slot: Option<&ClientSlot>) -> Result<Option<Executed>, BankError> {
-        let last = slot.map_or(0, |slot| slot.request.get());
-        match slot {
-            // A retry: answer as the first time. The ticket (the open checkpoint) is no older
-            // than the one that applied it, so the answer still waits for the backups.
-            Some(slot) if self.request == last => Ok(Some(Executed::Duplicate { balance: slot.balance.get() })),
-            _ if self.request < last => Ok(Some(Executed::Stale { last })),
-            _ if self.request > last + 1 => Err(BankError::OutOfOrder { expected: last + 1, got: self.request }),
-            _ => Ok(None),
-        }
+/// What the platform remembers of a bank client, its last reply decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remembered {
+    /// The last request number applied.
+    pub request: u64,
+    /// Requests applied in all.
+    pub applied: u64,
+    /// The balance answered to the last request.
+    pub balance: i64,
+}
+
+impl Remembered {
+    pub(crate) fn of(memory: &ClientMemory) -> Remembered {
+        let balance = memory.reply.as_deref().and_then(|reply| postcard::from_bytes(reply).ok()).unwrap_or(0);
+        Remembered { request: memory.request, applied: memory.applied, balance }
     }
 }
 
-/// What became of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Executed {
-    /// Applied now; the account's new balance.
-    Applied {
-        /// Balance after the transfer.
-        balance: i64,
-    },
-    /// Applied before (a retry); the answer it got then.
-    Duplicate {
-        /// Balance after the transfer, as answered the first time.
-        balance: i64,
-    },
-    /// Older than the last request applied: the client already had its answer.
-    Stale {
-        /// The last request applied for the client.
-        last: u64,
-    },
+/// The bank's settings (`[services.settings]`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BankSettings {
+    /// Debit-Credit branches (100,000 accounts and 10 tellers each).
+    pub branches: u64,
 }
 
-/// Why a request was not executed.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum BankError {
-    /// The request names something that does not exist.
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// No slot left for a new client.
-    #[error("the request table is full ({SLOTS} clients): reuse client ids")]
-    TableFull,
-    /// The request skips numbers: the client must send request `expected` first.
-    #[error("request {got} skips ahead: the service expects request {expected} of this client")]
-    OutOfOrder {
-        /// The next number the service accepts.
-        expected: u64,
-        /// The number received.
-        got: u64,
-    },
-    /// The region does not hold a bank.
-    #[error(transparent)]
-    Transaction(#[from] TxError),
-    /// The region does not hold a ledger ([`crate::ledger`]) this node can serve.
-    #[error("the region holds no ledger to serve: {0}")]
-    NoLedger(String),
+impl Default for BankSettings {
+    fn default() -> Self {
+        BankSettings { branches: 1 }
+    }
+}
+
+impl BankSettings {
+    /// The settings of a service's config, checked.
+    pub fn from(settings: &Settings) -> Result<BankSettings, String> {
+        let parsed: BankSettings = settings.parse()?;
+        if !(1..=1 << 16).contains(&parsed.branches) {
+            return Err(format!("branches = {} is out of range: use 1 to 65536", parsed.branches));
+        }
+        Ok(parsed)
+    }
 }
 
 /// The bank service over a Debit-Credit database.
@@ -149,234 +109,245 @@ pub struct Bank {
 }
 
 impl Bank {
-    /// A bank of `branches` TPC-B branches, served by up to `workers` threads.
-    pub fn new(branches: u64, workers: usize) -> Bank {
-        Bank { db: DebitCredit::new(branches, workers) }
+    /// A bank of `branches` TPC-B branches.
+    pub fn new(branches: u64) -> Bank {
+        Bank { db: DebitCredit::new(branches, LANES) }
     }
 
     /// The database shape.
     pub fn database(&self) -> &DebitCredit {
         &self.db
     }
+}
 
-    fn table_at(&self) -> u64 {
-        (crate::Workload::used_len(&self.db) as u64).next_multiple_of(PAGE_SIZE as u64)
+impl Service for Bank {
+    type Request = TransferRequest;
+    type Reply = i64;
+    type Query = BankQuery;
+    type Answer = BankAnswer;
+    const WRITES: Writes = Writes::AtOffsets;
+
+    fn state_len(&self) -> usize {
+        crate::Workload::used_len(&self.db)
     }
 
-    /// Bytes of region the service needs.
-    pub fn region_len(&self) -> usize {
-        (self.table_at() + SLOTS * size_of::<ClientSlot>() as u64) as usize
+    fn init(&self, store: &mut Store<'_>) -> Result<(), ServiceError> {
+        // Rows start at a zero balance, which an empty region already is.
+        Ok(self.db.write_header(&store.writer())?)
     }
 
-    /// Creates the database in an empty mirror.
-    pub fn load(&self, mirror: &Mirror) {
-        crate::Workload::load(&self.db, mirror);
-    }
-
-    fn slot_at(&self, index: u64) -> u64 {
-        self.table_at() + (index % SLOTS) * size_of::<ClientSlot>() as u64
-    }
-
-    fn home(client: u64) -> u64 {
-        client.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
-    }
-
-    /// Finds (or claims) the client's slot inside `tx`.
-    fn slot(&self, tx: &impl RegionWrite, client: u64) -> Result<(u64, ClientSlot), BankError> {
-        for probe in 0..PROBES {
-            let at = self.slot_at(Self::home(client) + probe);
-            let slot: ClientSlot = tx.read(at)?;
-            if slot.client.get() == client || slot.client.get() == 0 {
-                return Ok((at, slot));
-            }
+    fn execute(&self, store: &mut Store<'_>, request: &TransferRequest) -> Result<i64, ServiceError> {
+        let (accounts, tellers) = (self.db.account_count(), self.db.teller_count());
+        if request.account >= accounts || request.teller >= tellers {
+            return Err(ServiceError::refused(format!(
+                "account {} / teller {} out of range ({accounts} accounts, {tellers} tellers)",
+                request.account, request.teller
+            )));
         }
-        Err(BankError::TableFull)
-    }
-
-    /// Executes `request` once: applies it, or answers it from the client's slot if it was
-    /// applied before. Returns the outcome and the ticket its answer must wait for.
-    pub fn execute(
-        &self,
-        mirror: &Mirror,
-        worker: usize,
-        request: &TransferRequest,
-    ) -> Result<(Executed, Ticket), BankError> {
-        request.check(self.db.account_count(), self.db.teller_count())?;
-        loop {
-            match self.try_execute(mirror, worker, request) {
-                Err(BankError::Transaction(TxError::Conflict { .. })) => std::thread::yield_now(),
-                other => return other,
-            }
-        }
-    }
-
-    fn try_execute(
-        &self,
-        mirror: &Mirror,
-        worker: usize,
-        request: &TransferRequest,
-    ) -> Result<(Executed, Ticket), BankError> {
-        if mirror.is_transparent() {
-            // No undo in transparent mode: every refusal is decided before the first write.
-            let (executed, ticket) = mirror.update(|image| self.execute_in(&Update::new(image), worker, request));
-            return executed.map(|executed| (executed, ticket));
-        }
-        let tx = mirror.begin();
-        let executed = self.execute_in(&tx, worker, request)?;
-        Ok((executed, tx.commit()))
-    }
-
-    /// The request's effect through `tx`: a refusal (decided before anything is written), an
-    /// answer from the client's slot, or the transfer and the slot that remembers it.
-    fn execute_in(
-        &self,
-        tx: &impl RegionWrite,
-        worker: usize,
-        request: &TransferRequest,
-    ) -> Result<Executed, BankError> {
-        let (at, slot) = self.slot(tx, request.client)?;
-        if let Some(answered) = request.answered((slot.client.get() != 0).then_some(&slot))? {
-            return Ok(answered);
-        }
+        let caller = store.caller();
         let mut tag = [0u8; 16];
-        tag[..8].copy_from_slice(&request.client.to_le_bytes());
-        tag[8..].copy_from_slice(&request.request.to_le_bytes());
+        tag[..8].copy_from_slice(&caller.client.to_le_bytes());
+        tag[8..].copy_from_slice(&caller.request.to_le_bytes());
         let transfer = Transfer { account: request.account, teller: request.teller, delta: request.delta, tag };
-        let balance = self.db.transfer_in(tx, worker, &transfer)?;
-        *tx.write::<ClientSlot>(at)? = request.applied(&slot, balance);
-        Ok(Executed::Applied { balance })
+        Ok(self.db.transfer_in(&store.writer(), caller.lane, &transfer)?)
     }
 
-    /// Reads `client`'s slot and `account`'s balance in one read-only transaction, so that
-    /// both are as of one moment and every line read is checked against its seal. Retries on
-    /// a lock conflict.
-    pub fn read(
-        &self,
-        mirror: &Mirror,
-        client: u64,
-        account: u64,
-    ) -> Result<(Option<ClientSlot>, Option<i64>), TxError> {
-        if mirror.is_transparent() {
-            return mirror.update(|image| self.read_in(&Update::new(image), client, account)).0;
-        }
-        loop {
-            let tx = mirror.begin();
-            let attempt = self.read_in(&tx, client, account);
-            tx.abort();
-            match attempt {
-                Err(TxError::Conflict { .. }) => std::thread::yield_now(),
-                other => return other,
+    fn query(&self, view: &View<'_>, query: &BankQuery) -> Result<BankAnswer, ServiceError> {
+        let balance = |account: u64| -> Result<Option<i64>, ServiceError> {
+            if account >= self.db.account_count() {
+                return Ok(None);
             }
-        }
-    }
-
-    fn read_in(
-        &self,
-        tx: &impl RegionWrite,
-        client: u64,
-        account: u64,
-    ) -> Result<(Option<ClientSlot>, Option<i64>), TxError> {
-        let mut found = None;
-        for probe in 0..PROBES {
-            let slot: ClientSlot = tx.read(self.slot_at(Self::home(client) + probe))?;
-            if slot.client.get() == client || slot.client.get() == 0 {
-                found = (slot.client.get() == client).then_some(slot);
-                break;
+            Ok(Some(view.read::<zerocopy::little_endian::I64>(self.db.account_at(account))?.get()))
+        };
+        Ok(match query {
+            BankQuery::Read { client, account } => BankAnswer::Read {
+                memory: view.client(*client)?.as_ref().map(Remembered::of),
+                balance: balance(*account)?,
+            },
+            BankQuery::Balances(accounts) => {
+                BankAnswer::Balances(accounts.iter().map(|&account| balance(account)).collect::<Result<_, _>>()?)
             }
-        }
-        Ok((found, self.db.balance_tx(tx, account)?))
-    }
-
-    /// The slot of `client` in `image`, if the client ever had a request applied.
-    pub fn client(&self, image: &[u8], client: u64) -> Option<ClientSlot> {
-        (0..PROBES).find_map(|probe| {
-            let at = self.slot_at(Self::home(client) + probe) as usize;
-            let slot = ClientSlot::read_from_prefix(image.get(at..)?).ok()?.0;
-            (slot.client.get() == client).then_some(slot)
         })
     }
 
-    /// The balance of `account` in `image`.
-    pub fn balance(&self, image: &[u8], account: u64) -> Option<i64> {
-        self.db.balance_in(image, account)
+    fn check(&self, image: &Image<'_>) -> Result<String, String> {
+        let shape = DebitCredit::from_image(image.state())?;
+        if (shape.branches, shape.workers) != (self.db.branches, self.db.workers) {
+            return Err(format!(
+                "the region holds a bank of {} branches and {} lanes, this node is configured for {} and {}",
+                shape.branches, shape.workers, self.db.branches, self.db.workers
+            ));
+        }
+        debit_credit::check(image.state())
     }
 }
 
-/// The bank's consistency check: Debit-Credit's TPC-B conditions, and every client slot's
-/// applied count equal to its last request number (none lost, none applied twice).
-pub fn check(image: &[u8]) -> Result<String, String> {
-    let summary = debit_credit::check(image)?;
-    let db = DebitCredit::from_image(image)?;
-    let bank = Bank { db };
-    let table = bank.table_at() as usize;
-    let mut clients = 0;
-    for index in 0..SLOTS as usize {
-        let at = table + index * size_of::<ClientSlot>();
-        let Some(Ok((slot, _))) = image.get(at..).map(ClientSlot::read_from_prefix) else {
-            return Err("image too short for the request table".into());
-        };
-        if slot.client.get() == 0 {
-            continue;
-        }
-        clients += 1;
-        if slot.applied.get() != slot.request.get() {
-            return Err(format!(
-                "client {}: last request {} but {} applied",
-                slot.client.get(),
-                slot.request.get(),
-                slot.applied.get()
-            ));
+/// A transfer's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferDone {
+    /// The request's number.
+    pub request: u64,
+    /// The account's balance after it.
+    pub balance: i64,
+    /// The service had applied it before (this answers a retry).
+    pub duplicate: bool,
+    /// The primary's term.
+    pub term: u64,
+    /// Attempts it took (1 without a failure).
+    pub attempts: u32,
+    /// The node that answered (its client address).
+    pub answered_by: SocketAddr,
+}
+
+/// A read's answer: held by every backup when it was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadDone {
+    /// What the platform remembers of the client (`None`: nothing applied).
+    pub memory: Option<Remembered>,
+    /// The account's balance.
+    pub balance: Option<i64>,
+    /// The primary's term.
+    pub term: u64,
+    /// The node that answered (its client address).
+    pub answered_by: SocketAddr,
+}
+
+/// What [`BankClient::audit`] returns.
+#[derive(Clone, Debug)]
+pub struct BankAudit {
+    /// The platform's check and the bank's (TPC-B's conditions).
+    pub check: Result<String, String>,
+    /// What the platform remembers per client asked.
+    pub clients: Vec<(u64, Option<Remembered>)>,
+    /// Balances per account asked.
+    pub balances: Vec<(u64, Option<i64>)>,
+    /// The primary's term.
+    pub term: u64,
+}
+
+/// A typed client of a bank service: [`Client`] with the bank's requests.
+pub struct BankClient {
+    client: Client,
+    service: String,
+}
+
+impl BankClient {
+    /// Client `id` of the bank service `service` on the nodes whose client addresses are `nodes`.
+    pub fn new(nodes: Vec<SocketAddr>, service: &str, id: u64) -> BankClient {
+        BankClient { client: Client::new(nodes, id), service: service.to_string() }
+    }
+
+    /// The generic client underneath (its deadlines, its id).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// The number the next transfer will carry.
+    pub fn next_request(&self) -> u64 {
+        self.client.next_request(&self.service)
+    }
+
+    /// Moves `delta` cents into `account` through `teller`, exactly once.
+    pub fn transfer(&mut self, account: u64, teller: u64, delta: i64) -> Result<TransferDone, ClientError> {
+        let done = self.client.call_answered::<_, i64>(&self.service, &TransferRequest { account, teller, delta })?;
+        Ok(TransferDone {
+            request: done.request,
+            balance: done.reply,
+            duplicate: done.duplicate,
+            term: done.term,
+            attempts: done.attempts,
+            answered_by: done.answered_by,
+        })
+    }
+
+    /// What the platform remembers of `client` and the balance of `account`, as of one moment
+    /// that every backup holds.
+    pub fn read(&mut self, client: u64, account: u64) -> Result<ReadDone, ClientError> {
+        let answered =
+            self.client.query_answered::<_, BankAnswer>(&self.service, &BankQuery::Read { client, account })?;
+        match answered.reply {
+            BankAnswer::Read { memory, balance } => {
+                Ok(ReadDone { memory, balance, term: answered.term, answered_by: answered.answered_by })
+            }
+            other => Err(self.unexpected(&other)),
         }
     }
-    Ok(format!("{summary}; {clients} clients, each request applied once"))
+
+    /// The consistency checks, what the platform remembers of `clients` and the balances of
+    /// `accounts`, all from one state between two checkpoints.
+    pub fn audit(&mut self, clients: Vec<u64>, accounts: Vec<u64>) -> Result<BankAudit, ClientError> {
+        let query = postcard::to_allocvec(&BankQuery::Balances(accounts.clone())).expect("a query encodes");
+        let audit = self.client.audit(&self.service, clients, Some(query))?;
+        let balances = match audit.answer {
+            Some(Ok(bytes)) => match postcard::from_bytes::<BankAnswer>(&bytes) {
+                Ok(BankAnswer::Balances(balances)) if balances.len() == accounts.len() => balances,
+                other => return Err(self.unexpected(&other)),
+            },
+            Some(Err(reason)) => return Err(ClientError::Rejected { service: self.service.clone(), reason }),
+            None => return Err(self.unexpected(&"no answer")),
+        };
+        Ok(BankAudit {
+            check: audit.check,
+            clients: audit
+                .clients
+                .iter()
+                .map(|(client, memory)| (*client, memory.as_ref().map(Remembered::of)))
+                .collect(),
+            balances: accounts.into_iter().zip(balances).collect(),
+            term: audit.term,
+        })
+    }
+
+    fn unexpected(&self, answer: &dyn std::fmt::Debug) -> ClientError {
+        ClientError::Types { service: self.service.clone(), what: format!("unexpected answer {answer:?}") }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use nonstop_proto::CheckpointId;
-    use nonstop_region::Region;
+    use nonstop_region::{Mirror, Region};
+    use nonstop_service::{CallError, Caller, Executed, Hosted};
 
-    fn mirror(bank: &Bank, base: usize) -> Mirror {
-        let region = Region::map(base, bank.region_len().next_multiple_of(PAGE_SIZE)).unwrap();
-        let mirror = Mirror::new(region, None, CheckpointId(1));
-        bank.load(&mirror);
-        mirror
+    fn run(hosted: &Hosted, mirror: &Mirror, client: u64, request: u64, transfer: TransferRequest) -> Executed {
+        let body = postcard::to_allocvec(&transfer).unwrap();
+        hosted.execute(mirror, Caller { client, request, lane: request as usize }, &body).unwrap().0
     }
 
     #[test]
-    fn a_retry_is_answered_not_applied_again() {
-        let bank = Bank { db: DebitCredit { branches: 1, accounts_per_branch: 1000, workers: 2 } };
-        let mirror = mirror(&bank, 0x3400_0000_0000);
-        let request = TransferRequest { client: 7, request: 1, account: 3, teller: 1, delta: 500 };
-        assert_eq!(bank.execute(&mirror, 0, &request).unwrap().0, Executed::Applied { balance: 500 });
-        assert_eq!(bank.execute(&mirror, 1, &request).unwrap().0, Executed::Duplicate { balance: 500 });
-        let second = TransferRequest { request: 2, delta: -200, ..request };
-        assert_eq!(bank.execute(&mirror, 0, &second).unwrap().0, Executed::Applied { balance: 300 });
-        assert_eq!(bank.execute(&mirror, 0, &request).unwrap().0, Executed::Stale { last: 2 });
-        let skip = TransferRequest { request: 4, ..request };
-        assert_eq!(bank.execute(&mirror, 0, &skip).unwrap_err(), BankError::OutOfOrder { expected: 3, got: 4 });
-        let image = mirror.quiesced(|image, _| image.to_vec());
-        let image = image.as_slice();
-        let slot = bank.client(image, 7).unwrap();
-        assert_eq!((slot.request.get(), slot.applied.get(), slot.balance.get()), (2, 2, 300));
-        assert_eq!(bank.balance(image, 3), Some(300));
-        check(image).unwrap();
+    fn a_transfer_is_applied_once_and_the_checks_hold() {
+        let hosted = Hosted::new(NAME, Bank::new(1));
+        let mirror = Mirror::new(Region::map(0x3400_0000_0000, hosted.region_len()).unwrap(), None, CheckpointId(1));
+        hosted.init(&mirror).unwrap();
+        let transfer = TransferRequest { account: 3, teller: 1, delta: 500 };
+        let balance = |executed| match executed {
+            Executed::Applied(reply) | Executed::Duplicate(reply) => postcard::from_bytes::<i64>(&reply).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(balance(run(&hosted, &mirror, 7, 1, transfer)), 500);
+        assert!(matches!(run(&hosted, &mirror, 7, 1, transfer), Executed::Duplicate(_)));
+        assert_eq!(balance(run(&hosted, &mirror, 7, 2, TransferRequest { delta: -200, ..transfer })), 300);
+        let out_of_range = postcard::to_allocvec(&TransferRequest { account: 100_000, ..transfer }).unwrap();
+        let refused = hosted.execute(&mirror, Caller { client: 7, request: 3, lane: 0 }, &out_of_range);
+        assert!(matches!(refused, Err(CallError::Refused(reason)) if reason.contains("out of range")));
+        let query = postcard::to_allocvec(&BankQuery::Read { client: 7, account: 3 }).unwrap();
+        let answer: BankAnswer = postcard::from_bytes(&hosted.query(&mirror, &query).unwrap()).unwrap();
+        let memory = Some(Remembered { request: 2, applied: 2, balance: 300 });
+        assert_eq!(answer, BankAnswer::Read { memory, balance: Some(300) });
+        let summary = mirror.quiesced(|image, _| hosted.check(image)).unwrap();
+        assert!(summary.contains("1 clients, each request applied once"), "{summary}");
+        let other = Hosted::new(NAME, Bank::new(2));
+        let mismatch = mirror.quiesced(|image, _| other.check(image)).unwrap_err();
+        assert!(mismatch.contains("shorter than the service"), "{mismatch}");
     }
 
     #[test]
-    fn bad_requests_change_nothing() {
-        let bank = Bank { db: DebitCredit { branches: 1, accounts_per_branch: 1000, workers: 1 } };
-        let mirror = mirror(&bank, 0x3500_0000_0000);
-        let before = mirror.quiesced(|image, _| image.to_vec());
-        for request in [
-            TransferRequest { client: 0, request: 1, account: 0, teller: 0, delta: 1 },
-            TransferRequest { client: 1, request: 0, account: 0, teller: 0, delta: 1 },
-            TransferRequest { client: 1, request: 1, account: 1000, teller: 0, delta: 1 },
-            TransferRequest { client: 1, request: 1, account: 0, teller: 10, delta: 1 },
-        ] {
-            assert!(matches!(bank.execute(&mirror, 0, &request), Err(BankError::BadRequest(_))));
-        }
-        assert!(mirror.quiesced(|image, _| image == before.as_slice()));
+    fn settings_are_checked() {
+        let parse = |text: &str| BankSettings::from(&Settings::new(text.parse().unwrap()));
+        assert_eq!(parse("").unwrap().branches, 1);
+        assert_eq!(parse("branches = 4").unwrap().branches, 4);
+        assert!(parse("branches = 0").unwrap_err().contains("out of range"));
+        assert!(parse("branchs = 4").unwrap_err().contains("unknown field"));
     }
 }

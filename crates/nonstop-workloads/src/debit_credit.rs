@@ -95,7 +95,7 @@ impl DebitCredit {
     fn teller_at(&self, teller: u64) -> u64 {
         self.branch_at(self.branches) + teller * ROW
     }
-    fn account_at(&self, account: u64) -> u64 {
+    pub(crate) fn account_at(&self, account: u64) -> u64 {
         self.teller_at(self.tellers()) + account * ROW
     }
     fn history_at(&self) -> u64 {
@@ -210,7 +210,7 @@ impl DebitCredit {
         Ok(tx.commit())
     }
 
-    fn write_header(&self, tx: &impl RegionWrite) -> Result<(), TxError> {
+    pub(crate) fn write_header(&self, tx: &impl RegionWrite) -> Result<(), TxError> {
         *tx.write::<Header>(0)? = Header {
             magic: U64::new(MAGIC),
             branches: U64::new(self.branches),

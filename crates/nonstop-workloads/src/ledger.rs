@@ -1,28 +1,25 @@
-//! The bank service written as ordinary Rust: its state is plain collections in the region
-//! (transparent mode), found again through the heap's root after a promotion.
+//! `ledger`: the bank service written as ordinary Rust. Its state is plain collections in the
+//! region (transparent mode), found again through the heap's root after a promotion.
 //!
 //! It answers the same requests as [`crate::bank`] — transfers that are applied exactly once,
 //! reads, audits — so the same clients, failover tests and history checker run against it.
 //! Where the bank lays Debit-Credit out at fixed offsets and declares every range it writes,
-//! the ledger keeps `Vec`s of balances, a `HashMap` of what it answered each client and a
-//! ring of history entries, and simply assigns to them inside [`Mirror::update`]; the kernel
-//! finds the pages written ([`nonstop_region::tracking`]) and every pointer stays valid on a
-//! backup because the region sits at the same address there.
+//! the ledger keeps `Vec`s of balances and a ring of history entries, and simply assigns to
+//! them; the kernel finds the pages written ([`nonstop_region::tracking`]) and every pointer
+//! stays valid on a backup because the region sits at the same address there.
 //!
-//! There is no undo in transparent mode, so every refusal (bad request, out of order, table
-//! full, heap full) is decided before the first write.
+//! There is no undo in transparent mode, so every refusal (a bad request, a damaged state) is
+//! decided before the first write.
 
-use crate::bank::{BankError, ClientSlot, Executed, TransferRequest};
-use nonstop_proto::primary::Ticket;
-use nonstop_region::Mirror;
-use nonstop_region::heap::{FixedState, Heap, HeapError, RegionAlloc, RegionHashMap, RegionVec};
+use crate::bank::{BankAnswer, BankQuery, BankSettings, Remembered, TransferRequest};
+use nonstop_region::heap::{RegionAlloc, RegionVec};
+use nonstop_service::{ClientRecord, Image, Service, ServiceError, Store, View, Writes};
+use std::collections::BTreeMap;
 
-/// The service's name.
+/// The service's kind.
 pub const NAME: &str = "ledger";
 const TELLERS_PER_BRANCH: u64 = 10;
 const ACCOUNTS_PER_BRANCH: u64 = 100_000;
-/// Clients the ledger remembers at most (as many as the bank's request table).
-pub const MAX_CLIENTS: usize = crate::bank::SLOTS as usize;
 /// Transfers kept in the history ring.
 const HISTORY: usize = 1 << 16;
 
@@ -45,9 +42,6 @@ pub struct State {
     accounts: RegionVec<i64>,
     tellers: RegionVec<i64>,
     branches: RegionVec<i64>,
-    /// What the ledger last answered each client (the request number, how many were applied,
-    /// the balance it answered).
-    clients: RegionHashMap<u64, ClientSlot>,
     /// The newest transfers, oldest overwritten first.
     history: RegionVec<Entry>,
     /// Transfers applied in all.
@@ -65,7 +59,6 @@ impl State {
             accounts: zeros(branches * ACCOUNTS_PER_BRANCH),
             tellers: zeros(branches * TELLERS_PER_BRANCH),
             branches: zeros(branches),
-            clients: RegionHashMap::with_capacity_and_hasher_in(MAX_CLIENTS, FixedState::default(), alloc),
             history: RegionVec::with_capacity_in(HISTORY, alloc),
             transfers: 0,
         }
@@ -84,6 +77,11 @@ impl Ledger {
         Ledger { branches: branches.max(1) }
     }
 
+    /// A ledger as its settings (the bank's) describe it.
+    pub fn from_settings(settings: &BankSettings) -> Ledger {
+        Ledger::new(settings.branches)
+    }
+
     /// Accounts in the ledger.
     pub fn account_count(&self) -> u64 {
         self.branches * ACCOUNTS_PER_BRANCH
@@ -94,110 +92,86 @@ impl Ledger {
         self.branches * TELLERS_PER_BRANCH
     }
 
-    /// Bytes of region the service needs: its collections at full size, twice over for the
-    /// allocator's slack, in whole MiB.
-    pub fn region_len(&self) -> usize {
-        let balances = (self.account_count() + self.teller_count() + self.branches) as usize * size_of::<i64>();
-        let clients = MAX_CLIENTS * 2 * (size_of::<(u64, ClientSlot)>() + 1);
-        let history = HISTORY * size_of::<Entry>();
-        (2 * (balances + clients + history)).next_multiple_of(1 << 20)
-    }
-
-    /// Creates the ledger in an empty transparent mirror (or finds it in a resumed one).
-    pub fn load(&self, mirror: &Mirror) -> Result<(), BankError> {
-        self.update(mirror, |_| Ok(())).map(|(done, _)| done)
-    }
-
-    /// Runs `work` on the state inside one update of `mirror`.
-    fn update<R>(
-        &self,
-        mirror: &Mirror,
-        work: impl FnOnce(&mut State) -> Result<R, BankError>,
-    ) -> Result<(R, Ticket), BankError> {
-        if !mirror.is_transparent() {
-            return Err(BankError::NoLedger(
-                "the ledger runs in transparent mode: set tracking = \"uffd\" or \"mprotect\"".into(),
-            ));
-        }
+    /// The state in `store`, created on first use, and checked to be this ledger's shape.
+    fn state<'a>(&self, store: &'a mut Store<'_>) -> Result<&'a mut State, ServiceError> {
+        let mut heap = store.heap()?;
+        let alloc = heap.allocator();
         let branches = self.branches;
-        let (result, ticket) = mirror.update(|image| {
-            let mut heap = Heap::open(image).map_err(no_ledger)?;
-            let alloc = heap.allocator();
-            let state = heap.root(|| State::new(branches, alloc)).map_err(no_ledger)?;
-            if state.branches.len() as u64 != branches {
-                return Err(BankError::NoLedger(format!(
-                    "the region holds a ledger of {} branches, this node is configured for {branches}",
-                    state.branches.len()
-                )));
-            }
-            work(state)
-        });
-        result.map(|result| (result, ticket))
-    }
-
-    /// Applies `request` once: a retry of the last request is answered as the first time, an
-    /// older one is stale, and one that skips numbers is refused.
-    pub fn execute(&self, mirror: &Mirror, request: &TransferRequest) -> Result<(Executed, Ticket), BankError> {
-        request.check(self.account_count(), self.teller_count())?;
-        self.update(mirror, |state| {
-            let slot = state.clients.get(&request.client).copied();
-            if let Some(answered) = request.answered(slot.as_ref())? {
-                return Ok(answered);
-            }
-            if slot.is_none() && state.clients.len() >= MAX_CLIENTS {
-                return Err(BankError::TableFull);
-            }
-            // Every refusal is behind us: from here on the update only writes.
-            let account = &mut state.accounts[request.account as usize];
-            *account += request.delta;
-            let balance = *account;
-            state.tellers[request.teller as usize] += request.delta;
-            state.branches[(request.teller / TELLERS_PER_BRANCH) as usize] += request.delta;
-            let entry = Entry {
-                client: request.client,
-                request: request.request,
-                account: request.account,
-                delta: request.delta,
-            };
-            let at = (state.transfers % HISTORY as u64) as usize;
-            if at < state.history.len() {
-                state.history[at] = entry;
-            } else {
-                state.history.push(entry); // within the capacity reserved at creation
-            }
-            state.transfers += 1;
-            state.clients.insert(request.client, request.applied(&slot.unwrap_or_default(), balance));
-            Ok(Executed::Applied { balance })
-        })
-    }
-
-    /// What the ledger remembers of `client` and the balance of `account` (`None` if out of
-    /// range), read in one update that writes nothing.
-    pub fn read(
-        &self,
-        mirror: &Mirror,
-        client: u64,
-        account: u64,
-    ) -> Result<(Option<ClientSlot>, Option<i64>), BankError> {
-        self.update(mirror, |state| {
-            Ok((state.clients.get(&client).copied(), state.accounts.get(account as usize).copied()))
-        })
-        .map(|(read, _)| read)
-    }
-
-    /// What the ledger in `image` remembers of `client`.
-    pub fn client(&self, image: &[u8], client: u64) -> Option<ClientSlot> {
-        state_in(image).ok()?.clients.get(&client).copied()
-    }
-
-    /// The balance of `account` in `image`.
-    pub fn balance(&self, image: &[u8], account: u64) -> Option<i64> {
-        state_in(image).ok()?.accounts.get(account as usize).copied()
+        let state = heap.root(|| State::new(branches, alloc))?;
+        if state.branches.len() as u64 != branches {
+            return Err(ServiceError::Broken(format!(
+                "the region holds a ledger of {} branches, this node is configured for {branches}",
+                state.branches.len()
+            )));
+        }
+        Ok(state)
     }
 }
 
-fn no_ledger(error: HeapError) -> BankError {
-    BankError::NoLedger(error.to_string())
+impl Service for Ledger {
+    type Request = TransferRequest;
+    type Reply = i64;
+    type Query = BankQuery;
+    type Answer = BankAnswer;
+    const WRITES: Writes = Writes::Collections;
+
+    /// Its collections at full size, twice over for the allocator's slack, in whole MiB.
+    fn state_len(&self) -> usize {
+        let balances = (self.account_count() + self.teller_count() + self.branches) as usize * size_of::<i64>();
+        let history = HISTORY * size_of::<Entry>();
+        (2 * (balances + history)).next_multiple_of(1 << 20)
+    }
+
+    fn init(&self, store: &mut Store<'_>) -> Result<(), ServiceError> {
+        self.state(store).map(drop)
+    }
+
+    fn execute(&self, store: &mut Store<'_>, request: &TransferRequest) -> Result<i64, ServiceError> {
+        if request.account >= self.account_count() || request.teller >= self.teller_count() {
+            return Err(ServiceError::refused(format!(
+                "account {} / teller {} out of range ({} accounts, {} tellers)",
+                request.account,
+                request.teller,
+                self.account_count(),
+                self.teller_count()
+            )));
+        }
+        let caller = store.caller();
+        let state = self.state(store)?;
+        // Every refusal is behind us: from here on the request only writes.
+        let account = &mut state.accounts[request.account as usize];
+        *account += request.delta;
+        let balance = *account;
+        state.tellers[request.teller as usize] += request.delta;
+        state.branches[(request.teller / TELLERS_PER_BRANCH) as usize] += request.delta;
+        let entry =
+            Entry { client: caller.client, request: caller.request, account: request.account, delta: request.delta };
+        let at = (state.transfers % HISTORY as u64) as usize;
+        if at < state.history.len() {
+            state.history[at] = entry;
+        } else {
+            state.history.push(entry); // within the capacity reserved at creation
+        }
+        state.transfers += 1;
+        Ok(balance)
+    }
+
+    fn query(&self, view: &View<'_>, query: &BankQuery) -> Result<BankAnswer, ServiceError> {
+        let state = state_in(view.image().ok_or(ServiceError::NeedsTransparent)?).map_err(ServiceError::Broken)?;
+        Ok(match query {
+            BankQuery::Read { client, account } => BankAnswer::Read {
+                memory: view.client(*client)?.as_ref().map(Remembered::of),
+                balance: state.accounts.get(*account as usize).copied(),
+            },
+            BankQuery::Balances(accounts) => BankAnswer::Balances(
+                accounts.iter().map(|&account| state.accounts.get(account as usize).copied()).collect(),
+            ),
+        })
+    }
+
+    fn check(&self, image: &Image<'_>) -> Result<String, String> {
+        check(image.state(), image.clients())
+    }
 }
 
 /// The state in an image mapped at the region's address (a quiesced primary's region, or a
@@ -208,7 +182,7 @@ fn no_ledger(error: HeapError) -> BankError {
 /// an error, not a read outside it. (The hash map's table is trusted as a promotion trusts it:
 /// hashbrown does not show where it lies.)
 fn state_in(image: &[u8]) -> Result<&State, String> {
-    let state = Heap::root_in::<State>(image)
+    let state = nonstop_region::heap::Heap::root_in::<State>(image)
         .map_err(|error| error.to_string())?
         .ok_or_else(|| "no ledger in this region yet".to_string())?;
     state.within(image)?;
@@ -236,14 +210,12 @@ impl State {
         if self.accounts.len() as u64 != branches * ACCOUNTS_PER_BRANCH
             || self.tellers.len() as u64 != branches * TELLERS_PER_BRANCH
             || self.history.len() > HISTORY
-            || self.clients.len() > MAX_CLIENTS
         {
             return Err(format!(
-                "implausible ledger shape: {} accounts, {} tellers, {branches} branches, {} history entries, {} clients",
+                "implausible ledger shape: {} accounts, {} tellers, {branches} branches, {} history entries",
                 self.accounts.len(),
                 self.tellers.len(),
-                self.history.len(),
-                self.clients.len()
+                self.history.len()
             ));
         }
         Ok(())
@@ -251,28 +223,18 @@ impl State {
 }
 
 /// The ledger's consistency check: accounts, tellers and branches sum to the same total (every
-/// transfer moved all three), every client's last request number equals the number of its
-/// requests applied, those add up to the transfers applied, and the history ring agrees: as
-/// many entries as transfers (up to its size), none beyond its client's last request, and the
-/// newest the last request of its client.
-pub fn check(image: &[u8]) -> Result<String, String> {
-    let state = state_in(image)?;
+/// transfer moved all three), the requests the platform applied add up to the transfers, and
+/// the history ring agrees: as many entries as transfers (up to its size), none beyond its
+/// client's last request, and the newest the last request of its client.
+pub fn check(state: &[u8], clients: impl Iterator<Item = ClientRecord>) -> Result<String, String> {
+    let state = state_in(state)?;
     let (accounts, tellers, branches): (i64, i64, i64) =
         (state.accounts.iter().sum(), state.tellers.iter().sum(), state.branches.iter().sum());
     if accounts != tellers || tellers != branches {
         return Err(format!("balances disagree: accounts {accounts}, tellers {tellers}, branches {branches}"));
     }
-    let mut applied = 0;
-    for (client, slot) in &state.clients {
-        if slot.applied.get() != slot.request.get() || slot.client.get() != *client {
-            return Err(format!(
-                "client {client}: last request {} but {} applied",
-                slot.request.get(),
-                slot.applied.get()
-            ));
-        }
-        applied += slot.applied.get();
-    }
+    let last: BTreeMap<u64, u64> = clients.map(|record| (record.client, record.request)).collect();
+    let applied: u64 = last.values().sum();
     if applied != state.transfers {
         return Err(format!("{applied} requests applied to clients, {} transfers in the ledger", state.transfers));
     }
@@ -282,7 +244,7 @@ pub fn check(image: &[u8]) -> Result<String, String> {
         return Err(format!("{} history entries after {} transfers", state.history.len(), state.transfers));
     }
     for entry in &state.history {
-        if state.clients.get(&entry.client).is_none_or(|slot| entry.request > slot.request.get()) {
+        if last.get(&entry.client).is_none_or(|&request| entry.request > request) {
             return Err(format!(
                 "history names request {} of client {}, which it never applied",
                 entry.request, entry.client
@@ -290,20 +252,17 @@ pub fn check(image: &[u8]) -> Result<String, String> {
         }
     }
     if let Some(newest) = state.transfers.checked_sub(1).map(|n| state.history[(n % HISTORY as u64) as usize])
-        && state.clients[&newest.client].request.get() != newest.request
+        && last[&newest.client] != newest.request
     {
         return Err(format!(
             "the newest transfer is request {} of client {}, whose last applied request is {}",
-            newest.request,
-            newest.client,
-            state.clients[&newest.client].request.get()
+            newest.request, newest.client, last[&newest.client]
         ));
     }
     Ok(format!(
-        "ledger consistent: {} transfers, total balance {accounts} over {} accounts; {} clients, each request applied once",
+        "ledger consistent: {} transfers, total balance {accounts} over {} accounts",
         state.transfers,
-        state.accounts.len(),
-        state.clients.len()
+        state.accounts.len()
     ))
 }
 
@@ -311,97 +270,105 @@ pub fn check(image: &[u8]) -> Result<String, String> {
 mod tests {
     use super::*;
     use nonstop_proto::CheckpointId;
-    use nonstop_region::Region;
+    use nonstop_region::heap::Heap;
+    use nonstop_region::{Mirror, Region};
+    use nonstop_service::{CallError, Caller, Executed, Hosted};
 
-    fn mirror(ledger: &Ledger, base: usize) -> Mirror {
-        let mirror = Mirror::transparent_unreplicated(Region::map(base, ledger.region_len()).unwrap(), CheckpointId(1));
-        ledger.load(&mirror).unwrap();
-        mirror
+    fn hosted(base: usize) -> (Hosted, Mirror) {
+        let hosted = Hosted::new(NAME, Ledger::new(1));
+        let mirror = Mirror::transparent_unreplicated(Region::map(base, hosted.region_len()).unwrap(), CheckpointId(1));
+        hosted.init(&mirror).unwrap();
+        (hosted, mirror)
+    }
+
+    fn run(
+        hosted: &Hosted,
+        mirror: &Mirror,
+        client: u64,
+        request: u64,
+        t: TransferRequest,
+    ) -> Result<Executed, CallError> {
+        let body = postcard::to_allocvec(&t).unwrap();
+        hosted.execute(mirror, Caller { client, request, lane: 0 }, &body).map(|(executed, _)| executed)
+    }
+
+    fn balance(executed: Executed) -> i64 {
+        match executed {
+            Executed::Applied(reply) | Executed::Duplicate(reply) => postcard::from_bytes(&reply).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The ledger's state inside one update, for a test that damages it on purpose.
+    fn damage(mirror: &Mirror, hosted: &Hosted, f: impl FnOnce(&mut State)) {
+        let _ = hosted;
+        mirror.update(|image| {
+            f(Heap::open(&mut image[..Ledger::new(1).state_len()])
+                .unwrap()
+                .root(|| -> State { unreachable!() })
+                .unwrap())
+        });
     }
 
     #[test]
     fn a_retry_is_answered_not_applied_again_and_the_check_holds() {
-        let ledger = Ledger::new(1);
-        let mirror = mirror(&ledger, 0x3600_0000_0000);
-        let request = TransferRequest { client: 7, request: 1, account: 3, teller: 1, delta: 500 };
-        assert_eq!(ledger.execute(&mirror, &request).unwrap().0, Executed::Applied { balance: 500 });
-        assert_eq!(ledger.execute(&mirror, &request).unwrap().0, Executed::Duplicate { balance: 500 });
-        let second = TransferRequest { request: 2, delta: -200, ..request };
-        assert_eq!(ledger.execute(&mirror, &second).unwrap().0, Executed::Applied { balance: 300 });
-        assert_eq!(ledger.execute(&mirror, &request).unwrap().0, Executed::Stale { last: 2 });
-        let skip = TransferRequest { request: 4, ..request };
-        assert_eq!(ledger.execute(&mirror, &skip).unwrap_err(), BankError::OutOfOrder { expected: 3, got: 4 });
+        let (hosted, mirror) = hosted(0x3600_0000_0000);
+        let transfer = TransferRequest { account: 3, teller: 1, delta: 500 };
+        assert_eq!(balance(run(&hosted, &mirror, 7, 1, transfer).unwrap()), 500);
+        assert!(matches!(run(&hosted, &mirror, 7, 1, transfer).unwrap(), Executed::Duplicate(_)));
+        assert_eq!(balance(run(&hosted, &mirror, 7, 2, TransferRequest { delta: -200, ..transfer }).unwrap()), 300);
+        assert_eq!(run(&hosted, &mirror, 7, 1, transfer).unwrap(), Executed::Stale { last: 2 });
         for client in 8..1000 {
-            let request = TransferRequest { client, request: 1, account: client * 13, teller: client % 10, delta: 1 };
-            ledger.execute(&mirror, &request).unwrap();
+            let transfer = TransferRequest { account: client * 13, teller: client % 10, delta: 1 };
+            run(&hosted, &mirror, client, 1, transfer).unwrap();
         }
-        let (slot, balance) = ledger.read(&mirror, 7, 3).unwrap();
-        assert_eq!((slot.unwrap().request.get(), balance), (2, Some(300)));
-        mirror.quiesced(|image, _| {
-            let slot = ledger.client(image, 7).unwrap();
-            assert_eq!((slot.request.get(), slot.applied.get(), slot.balance.get()), (2, 2, 300));
-            assert_eq!(ledger.balance(image, 3), Some(300));
-            let summary = check(image).unwrap();
-            assert!(summary.contains("994 transfers"), "{summary}");
-        });
+        let query = postcard::to_allocvec(&BankQuery::Read { client: 7, account: 3 }).unwrap();
+        let answer: BankAnswer = postcard::from_bytes(&hosted.query(&mirror, &query).unwrap()).unwrap();
+        let memory = Some(Remembered { request: 2, applied: 2, balance: 300 });
+        assert_eq!(answer, BankAnswer::Read { memory, balance: Some(300) });
+        let summary = mirror.quiesced(|image, _| hosted.check(image)).unwrap();
+        assert!(summary.contains("994 transfers") && summary.contains("993 clients"), "{summary}");
     }
 
     #[test]
     fn bad_requests_change_nothing_and_a_declared_mirror_is_refused() {
-        let ledger = Ledger::new(1);
-        let mirror = mirror(&ledger, 0x3700_0000_0000);
+        let (hosted, mirror) = hosted(0x3700_0000_0000);
         let before = mirror.quiesced(|image, _| image.to_vec());
-        for request in [
-            TransferRequest { client: 0, request: 1, account: 0, teller: 0, delta: 1 },
-            TransferRequest { client: 1, request: 0, account: 0, teller: 0, delta: 1 },
-            TransferRequest { client: 1, request: 1, account: ACCOUNTS_PER_BRANCH, teller: 0, delta: 1 },
-            TransferRequest { client: 1, request: 1, account: 0, teller: 10, delta: 1 },
+        for transfer in [
+            TransferRequest { account: ACCOUNTS_PER_BRANCH, teller: 0, delta: 1 },
+            TransferRequest { account: 0, teller: 10, delta: 1 },
         ] {
-            assert!(matches!(ledger.execute(&mirror, &request), Err(BankError::BadRequest(_))));
+            assert!(matches!(run(&hosted, &mirror, 1, 1, transfer), Err(CallError::Refused(_))));
         }
         assert!(mirror.quiesced(|image, _| image == before.as_slice()));
-        let declared = Mirror::new(Region::map(0x3800_0000_0000, ledger.region_len()).unwrap(), None, CheckpointId(1));
-        assert!(matches!(ledger.load(&declared), Err(BankError::NoLedger(reason)) if reason.contains("transparent")));
+        let declared = Mirror::new(Region::map(0x3800_0000_0000, hosted.region_len()).unwrap(), None, CheckpointId(1));
+        assert!(hosted.init(&declared).unwrap_err().to_string().contains("transparent"));
     }
 
     #[test]
     fn a_broken_invariant_is_found() {
-        let ledger = Ledger::new(1);
-        let mirror = mirror(&ledger, 0x3900_0000_0000);
-        let request = TransferRequest { client: 5, request: 1, account: 9, teller: 2, delta: 40 };
-        ledger.execute(&mirror, &request).unwrap();
-        // A transfer applied twice behind the ledger's back, as a lost checkpoint would show.
-        mirror.update(|image| {
-            let state = Heap::open(image).unwrap().root(|| -> State { unreachable!() }).unwrap();
-            state.transfers += 1;
-        });
-        mirror.quiesced(|image, _| assert!(check(image).unwrap_err().contains("transfers in the ledger")));
+        let (hosted, mirror) = hosted(0x3900_0000_0000);
+        run(&hosted, &mirror, 5, 1, TransferRequest { account: 9, teller: 2, delta: 40 }).unwrap();
+        // A transfer applied twice behind the platform's back, as a lost checkpoint would show.
+        damage(&mirror, &hosted, |state| state.transfers += 1);
+        mirror.quiesced(|image, _| assert!(hosted.check(image).unwrap_err().contains("transfers in the ledger")));
         // A history that disagrees with what the clients were answered.
-        mirror.update(|image| {
-            let state = Heap::open(image).unwrap().root(|| -> State { unreachable!() }).unwrap();
+        damage(&mirror, &hosted, |state| {
             state.transfers -= 1;
             state.history[0].request = 2;
         });
-        mirror.quiesced(|image, _| assert!(check(image).unwrap_err().contains("never applied")));
+        mirror.quiesced(|image, _| assert!(hosted.check(image).unwrap_err().contains("never applied")));
     }
 
     #[test]
     fn a_damaged_state_is_refused_before_it_is_read_through() {
-        let ledger = Ledger::new(1);
-        let mirror = mirror(&ledger, 0x3a00_0000_0000);
-        let with_accounts = |len: usize| {
-            mirror.update(|image| {
-                let state = Heap::open(image).unwrap().root(|| -> State { unreachable!() }).unwrap();
-                // SAFETY (test): the length is put back before anything reads past the data.
-                unsafe { state.accounts.set_len(len) };
-            })
-        };
-        with_accounts(usize::MAX / 8);
-        mirror.quiesced(|image, _| {
-            assert!(check(image).unwrap_err().contains("outside the region"));
-            assert_eq!(ledger.balance(image, 5), None, "an audit reads nothing through it either");
-        });
-        with_accounts(ACCOUNTS_PER_BRANCH as usize);
-        mirror.quiesced(|image, _| assert!(check(image).is_ok()));
+        let (hosted, mirror) = hosted(0x3a00_0000_0000);
+        // SAFETY (test): the length is put back before anything reads past the data.
+        damage(&mirror, &hosted, |state| unsafe { state.accounts.set_len(usize::MAX / 8) });
+        mirror.quiesced(|image, _| assert!(hosted.check(image).unwrap_err().contains("outside the region")));
+        let query = postcard::to_allocvec(&BankQuery::Balances(vec![5])).unwrap();
+        assert!(hosted.query(&mirror, &query).unwrap_err().to_string().contains("outside the region"));
+        damage(&mirror, &hosted, |state| unsafe { state.accounts.set_len(ACCOUNTS_PER_BRANCH as usize) });
+        mirror.quiesced(|image, _| assert!(hosted.check(image).is_ok()));
     }
 }

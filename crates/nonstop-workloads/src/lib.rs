@@ -1,10 +1,14 @@
-//! Workloads that run on a [`Mirror`]: the in-memory transaction benchmarks of Christodoulopoulou et al., PPoPP 2006.
+//! Workloads that run on a [`Mirror`]: the in-memory transaction benchmarks of Christodoulopoulou et al., PPoPP 2006,
+//! and nonstop's built-in services on them.
 //!
-//! Each workload lays its tables out in the region behind a header that records its shape, so
-//! its consistency check can run on any image — the primary's region or a backup's — without
-//! being told the configuration.
+//! * [`debit_credit`] and [`order_entry`]: the benchmarks, driven directly on a mirror. Each
+//!   lays its tables out behind a header that records its shape, so its consistency check can
+//!   run on any image — the primary's region or a backup's — without being told the
+//!   configuration.
+//! * [`bank`] and [`ledger`]: Debit-Credit as services of the platform
+//!   ([`nonstop_service::Service`]), like any third party's; [`register_builtins`] adds them
+//!   to a node's registry.
 
-pub mod app;
 pub mod bank;
 pub mod debit_credit;
 pub mod ledger;
@@ -26,19 +30,19 @@ pub trait Workload: Send + Sync {
     fn run_one(&self, mirror: &Mirror, worker: usize, rng: &mut SmallRng) -> Ticket;
 }
 
-/// Runs the consistency check of the workload named `name` on `image`.
+/// Runs the consistency check of the benchmark named `name` on `image`.
 pub fn check(name: &str, image: &[u8]) -> Result<String, String> {
     match name {
         debit_credit::NAME => debit_credit::check(image),
-        bank::NAME => bank::check(image),
         order_entry::NAME => order_entry::check(image),
-        ledger::NAME => ledger::check(image),
-        other => Err(format!(
-            "unknown workload {other:?}: expected {}, {}, {} or {}",
-            debit_credit::NAME,
-            order_entry::NAME,
-            bank::NAME,
-            ledger::NAME
-        )),
+        other => Err(format!("unknown workload {other:?}: expected {} or {}", debit_credit::NAME, order_entry::NAME)),
     }
+}
+
+/// Registers nonstop's built-in services: `bank` and `ledger` (both configured by
+/// `branches`, default 1).
+pub fn register_builtins(registry: &mut nonstop_service::Registry) -> &mut nonstop_service::Registry {
+    registry
+        .register(bank::NAME, |settings| Ok(bank::Bank::new(bank::BankSettings::from(settings)?.branches)))
+        .register(ledger::NAME, |settings| Ok(ledger::Ledger::from_settings(&bank::BankSettings::from(settings)?)))
 }

@@ -62,7 +62,7 @@ fn proc_status(pid: u32, field: &str) -> anyhow::Result<u64> {
 }
 
 fn phase(cluster: &LocalCluster, pid: u32, connections: usize, requests: usize, client: u64) -> anyhow::Result<Phase> {
-    let mut bank = crate::Client::new(cluster.client_addrs(), SERVICE, client);
+    let mut bank = nonstop_workloads::bank::BankClient::new(cluster.client_addrs(), SERVICE, client);
     let mut latency = Histogram::<u64>::new(3).expect("valid histogram");
     for i in 0..requests {
         let started = Instant::now();

@@ -38,7 +38,7 @@ pub struct ClusterSpec {
     pub tracking: Option<TrackingMode>,
     /// What the services run: `bank`, or `ledger` (ordinary collections in the region; needs
     /// `tracking`).
-    pub kind: &'static str,
+    pub kind: String,
     /// Heartbeat interval.
     pub heartbeat_ms: u64,
     /// Failure timeout.
@@ -56,6 +56,15 @@ pub struct ClusterSpec {
     pub max_clients: Option<usize>,
 }
 
+impl ClusterSpec {
+    /// The services' settings, as the config gives them.
+    pub fn settings(&self) -> nonstop_service::Settings {
+        let mut table = toml::Table::new();
+        table.insert("branches".into(), toml::Value::Integer(self.branches as i64));
+        nonstop_service::Settings::new(table)
+    }
+}
+
 impl Default for ClusterSpec {
     fn default() -> Self {
         ClusterSpec {
@@ -69,7 +78,7 @@ impl Default for ClusterSpec {
             branches: 1,
             checkpoint_interval_us: 1000,
             tracking: None,
-            kind: nonstop_workloads::bank::NAME,
+            kind: nonstop_workloads::bank::NAME.to_string(),
             heartbeat_ms: 10,
             timeout_ms: 200,
             allow_faults: false,
@@ -226,8 +235,8 @@ impl LocalCluster {
                 // Regions 64 GiB apart: every service has its own fixed address.
                 let base = spec.region_base + index * (64 << 30);
                 text += &format!(
-                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\nbranches = {}\ncheckpoint_interval_us = {}\n{tracking}\n",
-                    spec.kind, spec.backups, spec.region_size_mib, spec.branches, spec.checkpoint_interval_us
+                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\ncheckpoint_interval_us = {}\n{tracking}[services.settings]\nbranches = {}\n\n",
+                    spec.kind, spec.backups, spec.region_size_mib, spec.checkpoint_interval_us, spec.branches
                 );
             }
             let config = dir.join(format!("node{id}.toml"));

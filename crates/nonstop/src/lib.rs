@@ -41,10 +41,24 @@ pub mod netns;
 pub mod status;
 pub mod tracking_bench;
 
+pub use nonstop_client::{Answered, Client, ClientError};
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};
-pub use nonstop_node::client::{Client, ClientError, TransferDone};
 pub use nonstop_proto::auth::ClusterKey;
 pub use nonstop_proto::primary::Ticket;
 pub use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
-pub use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region, RegionError, Transaction, TxError};
+pub use nonstop_region::heap;
+pub use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region, RegionError, RegionWrite, Transaction, TxError};
+pub use nonstop_service::{
+    CallError, Caller, ClientMemory, Executed, Hosted, Image, Registry, Service, ServiceError, Settings, Store, View,
+    Writer, Writes,
+};
 pub use nonstop_workloads as workloads;
+pub use nonstop_workloads::bank::TransferDone;
+
+/// The service kinds `nonstop node` runs: `bank` and `ledger`. A node binary of your own starts
+/// from an empty [`Registry`] (or this one) and registers its kinds.
+pub fn builtins() -> Registry {
+    let mut registry = Registry::new();
+    nonstop_workloads::register_builtins(&mut registry);
+    registry
+}

@@ -8,8 +8,8 @@
 //! acknowledged update lost or an update applied twice.
 
 use crate::history::{self, CheckReport, FinalState, Op, Operation, Outcome};
-use nonstop_node::client::{Client, ClientError};
-use nonstop_proto::client::ClientMemory;
+use nonstop_client::ClientError;
+use nonstop_workloads::bank::{BankClient, Remembered};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -223,7 +223,7 @@ impl Load {
 
 fn run_client(shared: &Shared, client: u64) -> Vec<Operation> {
     let mut history = Vec::new();
-    let mut connection = Client::new(shared.nodes.clone(), &shared.service, client);
+    let mut connection = BankClient::new(shared.nodes.clone(), &shared.service, client);
     let account = client - 1;
     while !shared.stop.load(Ordering::Relaxed) {
         let request = connection.next_request();
@@ -261,7 +261,7 @@ const READ_EVERY: Duration = Duration::from_millis(5);
 
 fn run_reader(shared: &Shared, process: u64, clients: std::ops::Range<u64>) -> Vec<Operation> {
     let mut history = Vec::new();
-    let mut connection = Client::new(shared.nodes.clone(), &shared.service, process);
+    let mut connection = BankClient::new(shared.nodes.clone(), &shared.service, process);
     let mut next = process;
     while !shared.stop.load(Ordering::Relaxed) && !clients.is_empty() {
         // Walk the clients in a stride so that every reader covers all of them.
@@ -272,7 +272,7 @@ fn run_reader(shared: &Shared, process: u64, clients: std::ops::Range<u64>) -> V
         let completed = Instant::now();
         let outcome = match result {
             Ok(read) => {
-                let memory = read.memory.unwrap_or(ClientMemory { request: 0, applied: 0, balance: 0 });
+                let memory = read.memory.unwrap_or(Remembered { request: 0, applied: 0, balance: 0 });
                 Outcome::Ok {
                     term: read.term,
                     node: read.answered_by,
@@ -325,7 +325,7 @@ pub fn audit(nodes: Vec<SocketAddr>, service: &str, history: &[Operation]) -> Re
         .into_iter()
         .collect();
     let accounts: Vec<u64> = clients.iter().map(|c| c - 1).collect();
-    let mut auditor = Client::new(nodes, service, u64::MAX);
+    let mut auditor = BankClient::new(nodes, service, u64::MAX);
     let audit = auditor.audit(clients, accounts)?;
     let finals: BTreeMap<u64, FinalState> = audit
         .clients

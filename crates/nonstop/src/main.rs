@@ -176,8 +176,7 @@ struct ChaosKillArgs {
     tracking: Tracking,
     /// What the service runs: `bank` (Debit-Credit at fixed offsets) or `ledger` (the same
     /// requests over ordinary Rust collections in the region; needs --tracking uffd|mprotect).
-    #[arg(long, default_value = nonstop_workloads::bank::NAME,
-          value_parser = clap::builder::PossibleValuesParser::new(nonstop_workloads::app::KINDS))]
+    #[arg(long, default_value = nonstop_workloads::bank::NAME)]
     kind: String,
     /// Backups of the service (k): the cluster has k + 1 nodes that hold regions (three at
     /// least), and two witnesses when k >= 2, so that the control plane keeps a majority
@@ -465,15 +464,7 @@ fn bench_clients(args: ClientsArgs) -> anyhow::Result<()> {
 }
 
 fn node(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = nonstop_node::config::NodeConfig::load(path)?;
-    let key = nonstop_node::config::read_key_file(&config.key_file)?;
-    let stop = AtomicBool::new(false);
-    let id = config.me.id;
-    nonstop_node::run_node(config, key, &stop, || {
-        println!("{} {id}", nonstop_node::READY);
-        let _ = std::io::stdout().flush();
-    })?;
-    Ok(())
+    Ok(nonstop_node::run_config_file(path, &nonstop::builtins(), &AtomicBool::new(false))?)
 }
 
 fn sim(args: SimArgs) -> anyhow::Result<()> {
@@ -685,10 +676,16 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         bail!("--fault-share must be between 0 and 1");
     }
     // The node's own kinds, so that the CLI offers whatever a configuration may name.
-    let kind = nonstop_workloads::app::KINDS.into_iter().find(|kind| *kind == args.kind).expect("clap checked --kind");
-    if kind == nonstop_workloads::ledger::NAME && matches!(args.tracking, Tracking::Declared) {
-        bail!("--kind ledger keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect");
+    let service = nonstop::builtins()
+        .make(&args.kind, &nonstop::Settings::default())
+        .map_err(|error| anyhow::anyhow!("--kind {error}"))?;
+    if service.needs_transparent() && matches!(args.tracking, Tracking::Declared) {
+        bail!(
+            "--kind {} keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect",
+            args.kind
+        );
     }
+    let kind = args.kind.clone();
     if args.min_backups.is_some_and(|m| m > args.backups) {
         bail!(
             "--min-backups {} is more than --backups {}: use 0..={}",

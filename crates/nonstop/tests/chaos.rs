@@ -48,7 +48,7 @@ fn transparent_mode_services_lose_and_double_nothing_under_kills() {
                 ip_prefix: "127.0.4".into(),
                 region_size_mib: 32,
                 tracking: Some(mode),
-                kind,
+                kind: kind.to_string(),
                 ..ClusterSpec::default()
             },
             quiet: std::time::Duration::from_secs(1),

@@ -3,8 +3,8 @@
 // Each test file uses what it needs of this.
 #![allow(dead_code)]
 
-use nonstop_node::client::Client;
 use nonstop_proto::auth::ClusterKey;
+use nonstop_workloads::bank::BankClient;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub fn node(name: &str, region_base: u64, limits: &str) -> Node {
     let ip = "127.0.0.1";
     let (control, client, replication) = (free_port(ip), free_port(ip), free_port(ip));
     let text = format!(
-        "[node]\nid = 1\ncontrol = \"{control}\"\nclient = \"{client}\"\nreplication = \"{replication}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n{limits}\n\n[[services]]\nname = \"bank\"\nprimary = 1\nbackups = 0\nregion_base = \"{region_base:#x}\"\nregion_size_mib = 32\nbranches = 1\n",
+        "[node]\nid = 1\ncontrol = \"{control}\"\nclient = \"{client}\"\nreplication = \"{replication}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n{limits}\n\n[[services]]\nname = \"bank\"\nprimary = 1\nbackups = 0\nregion_base = \"{region_base:#x}\"\nregion_size_mib = 32\n",
         dir.join("data").display(),
         dir.join("key").display()
     );
@@ -61,15 +61,17 @@ pub fn node(name: &str, region_base: u64, limits: &str) -> Node {
     let thread = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let result = nonstop_node::run_node(config, key, &stop, move || ready_tx.send(()).unwrap());
+            let mut registry = nonstop_service::Registry::new();
+            nonstop_workloads::register_builtins(&mut registry);
+            let result = nonstop_node::run_node(config, &registry, key, &stop, move || ready_tx.send(()).unwrap());
             result.expect("the node runs");
         })
     };
     ready_rx.recv_timeout(Duration::from_secs(10)).expect("the node says ready");
     let node = Node { client, control, key: ClusterKey::from_bytes([3; 32]), stop, thread: Some(thread), dir };
     // Wait until the bank serves: a transfer answered.
-    let mut bank = Client::new(vec![client], "bank", 1);
-    bank.deadline = Duration::from_secs(20);
+    let mut bank = BankClient::new(vec![client], "bank", 1);
+    bank.client().deadline = Duration::from_secs(20);
     bank.transfer(1, 1, 1).expect("the bank serves");
     node
 }

@@ -577,10 +577,7 @@ fn flip_in_region(cluster: &LocalCluster, spec: &ClusterSpec, target: u64, rng: 
     let Some(pid) = cluster.nodes[target as usize - 1].pid() else { return Ok(false) };
     // Flips land where the service's data lives (accounts, tellers, branches, history, client
     // slots): flips in never-written space are found by the scrubber alone, and are easy.
-    let app =
-        nonstop_workloads::app::App::named(spec.kind, spec.branches.max(1), nonstop_workloads::app::SERVICE_WORKERS)
-            .ok_or_else(|| anyhow::anyhow!("{:?} is not a service kind", spec.kind))?;
-    let used = app.region_len() as u64;
+    let used = crate::builtins().make(&spec.kind, &spec.settings())?.region_len() as u64;
     let address = spec.region_base as u64 + rng.random_range(0..used);
     let bit = rng.random_range(0..8u8);
     flip_memory(pid, address, bit).map_err(|e| anyhow::anyhow!("flipping a bit in node {target} (pid {pid}): {e}"))?;

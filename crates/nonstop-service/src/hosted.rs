@@ -1,0 +1,413 @@
+//! A service as a node runs it: requests and replies as bytes, exactly once.
+//!
+//! [`Hosted`] wraps any [`Service`] behind one object-safe interface, so the node, its client
+//! port and its backups' checks never know which service they run. It owns the part of the
+//! platform a service never sees: decoding requests, the client table, retries answered from
+//! it, and the transaction (or transparent-mode update) that holds the service's writes and the
+//! table's together.
+//!
+//! Region layout: the service's state from offset 0 (`state_len` bytes), then, page aligned,
+//! the client table.
+
+use crate::service::{Service, ServiceError, Writes};
+use crate::store::{Caller, Image, Store, View, Writer};
+use crate::table::{ClientTable, Lookup};
+use nonstop_proto::PAGE_SIZE;
+use nonstop_proto::client::ClientMemory;
+use nonstop_proto::primary::Ticket;
+use nonstop_region::{Mirror, TxError};
+use std::fmt;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// What became of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Executed {
+    /// Applied now; the service's reply.
+    Applied(Vec<u8>),
+    /// Applied before (a retry); the reply it got then.
+    Duplicate(Vec<u8>),
+    /// Older than the last request applied: the client already had its answer.
+    Stale {
+        /// The last request applied for the client.
+        last: u64,
+    },
+}
+
+/// Why a request was not applied. Every variant but [`CallError::Failed`] is an answer: it
+/// says something about the state, so it leaves only once the backups hold that state.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum CallError {
+    /// The request could not be read, or names no client or request number.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The service refused it; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The request skips numbers.
+    #[error("request {got} skips ahead: the service expects request {expected} of this client")]
+    Skips {
+        /// The next number the service accepts.
+        expected: u64,
+        /// The number received.
+        got: u64,
+    },
+    /// No slot left for a new client.
+    #[error("the client table is full ({slots} clients): reuse client ids, or raise the service's MAX_CLIENTS")]
+    Full {
+        /// Clients the table keeps.
+        slots: usize,
+    },
+    /// A retry of a request whose reply was too long to keep: it was applied, and cannot be
+    /// answered again.
+    #[error(
+        "request {request} was applied, but its reply was longer than the {room} bytes the service keeps per client, so it cannot be sent again: raise the service's MAX_REPLY"
+    )]
+    NotRemembered {
+        /// The request.
+        request: u64,
+        /// The room kept per client.
+        room: usize,
+    },
+    /// The service or its region failed (a bug, or a region that does not hold this service).
+    #[error("the service failed: {0}")]
+    Failed(String),
+}
+
+impl CallError {
+    fn from_service(error: ServiceError) -> CallError {
+        match error {
+            ServiceError::Refused(reason) => CallError::Refused(reason),
+            other => CallError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// What an audit found, between two checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditReport {
+    /// The platform's check and the service's.
+    pub check: Result<String, String>,
+    /// What the platform remembers of each client asked.
+    pub clients: Vec<(u64, Option<ClientMemory>)>,
+    /// The answer to the audit's query, if it asked one.
+    pub answer: Option<Result<Vec<u8>, String>>,
+}
+
+/// What the node calls: [`Service`] with its types erased.
+trait Run: Send + Sync {
+    fn needs_transparent(&self) -> bool;
+    fn init(&self, mirror: &Mirror) -> Result<(), CallError>;
+    fn execute(&self, mirror: &Mirror, caller: Caller, body: &[u8]) -> Result<(Executed, Ticket), CallError>;
+    fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError>;
+    fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError>;
+    fn check(&self, image: &[u8]) -> Result<String, String>;
+}
+
+/// A service ready to run on a node: a cheap handle, shared by the client port, the primary
+/// and the backups' checks.
+#[derive(Clone)]
+pub struct Hosted {
+    kind: String,
+    layout: Layout,
+    run: Arc<dyn Run>,
+}
+
+impl fmt::Debug for Hosted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hosted").field("kind", &self.kind).field("layout", &self.layout).finish()
+    }
+}
+
+/// Where the state and the client table lie in the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    state_len: usize,
+    table_at: usize,
+    table: ClientTable,
+}
+
+impl Layout {
+    fn region_len(&self) -> usize {
+        self.table_at + self.table.len()
+    }
+
+    /// The state and the table in a whole image (`None` if the image is too short).
+    fn split<'a>(&self, image: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+        let state = image.get(..self.state_len)?;
+        let table = image.get(self.table_at..self.region_len())?;
+        Some((state, table))
+    }
+
+    fn split_mut<'a>(&self, image: &'a mut [u8]) -> Result<(&'a mut [u8], &'a mut [u8]), CallError> {
+        if image.len() < self.region_len() {
+            return Err(CallError::Failed(format!(
+                "the region has {} bytes, the service needs {}",
+                image.len(),
+                self.region_len()
+            )));
+        }
+        let (state, rest) = image.split_at_mut(self.table_at);
+        Ok((&mut state[..self.state_len], &mut rest[..self.table.len()]))
+    }
+}
+
+impl Hosted {
+    /// `service`, hosted as kind `kind`.
+    pub fn new<S: Service>(kind: &str, service: S) -> Hosted {
+        let state_len = service.state_len();
+        let layout = Layout {
+            state_len,
+            table_at: state_len.next_multiple_of(PAGE_SIZE),
+            table: ClientTable::new(S::MAX_CLIENTS, S::MAX_REPLY),
+        };
+        Hosted { kind: kind.to_string(), layout, run: Arc::new(Host { service, layout }) }
+    }
+
+    /// Its kind, as the registry knows it.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// Bytes of region it needs: its state and the platform's client table.
+    pub fn region_len(&self) -> usize {
+        self.layout.region_len()
+    }
+
+    /// Whether it needs transparent mode (it keeps collections on the region's heap).
+    pub fn needs_transparent(&self) -> bool {
+        self.run.needs_transparent()
+    }
+
+    /// Creates its state and an empty client table in an empty region.
+    pub fn init(&self, mirror: &Mirror) -> Result<(), CallError> {
+        self.run.init(mirror)
+    }
+
+    /// Applies request `caller.request` of `caller.client` once: a retry is answered from the
+    /// client table, an older request is stale, one that skips numbers is refused. Returns the
+    /// outcome and the ticket its answer must wait for. Lock conflicts are retried here.
+    pub fn execute(&self, mirror: &Mirror, caller: Caller, body: &[u8]) -> Result<(Executed, Ticket), CallError> {
+        if caller.client == 0 || caller.request == 0 {
+            return Err(CallError::BadRequest("client and request numbers start at 1".into()));
+        }
+        self.run.execute(mirror, caller, body)
+    }
+
+    /// Answers a read-only question from the primary's region (the caller then cuts a
+    /// checkpoint and releases the answer once the backups hold it).
+    pub fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.run.query(mirror, body)
+    }
+
+    /// The platform's check of the client table and the service's own, on a whole image.
+    pub fn check(&self, image: &[u8]) -> Result<String, String> {
+        self.run.check(image)
+    }
+
+    /// Audits a quiesced whole image: both checks, what the platform remembers of `clients`,
+    /// and `query` answered from the same state.
+    pub fn audit(&self, image: &[u8], clients: &[u64], query: Option<&[u8]>) -> AuditReport {
+        let table = self.layout.split(image).map(|(_, table)| table).unwrap_or_default();
+        AuditReport {
+            check: self.run.check(image),
+            clients: clients.iter().map(|&client| (client, self.layout.table.memory(table, client))).collect(),
+            answer: query.map(|query| self.run.query_image(image, query).map_err(|error| error.to_string())),
+        }
+    }
+}
+
+struct Host<S> {
+    service: S,
+    layout: Layout,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, CallError> {
+    postcard::from_bytes(body).map_err(|error| CallError::BadRequest(format!("the {what} does not decode: {error}")))
+}
+
+fn encode<T: serde::Serialize>(reply: &T) -> Result<Vec<u8>, CallError> {
+    postcard::to_allocvec(reply).map_err(|error| CallError::Failed(format!("the reply does not encode: {error}")))
+}
+
+impl<S: Service> Host<S> {
+    /// One attempt of a request with declared writes: refusals and conflicts abort the
+    /// transaction, so nothing of them stays.
+    fn execute_declared(
+        &self,
+        mirror: &Mirror,
+        caller: Caller,
+        request: &S::Request,
+    ) -> Result<(Executed, Ticket), Attempt> {
+        let Layout { state_len, table_at, table } = self.layout;
+        let tx = mirror.begin();
+        let slots = Writer::declared(&tx, table_at, table.len());
+        let (at, previous) = match table.lookup(&slots, caller.client, caller.request)? {
+            Lookup::Next { at, previous } => (at, previous),
+            other => {
+                // A read of the table only: the commit gives the ticket of the open
+                // checkpoint, no older than the one that applied what it read.
+                let answered = answered(other, caller, table.reply_room());
+                return answered.map(|executed| (executed, tx.commit())).map_err(Attempt::Error);
+            }
+        };
+        let mut store = Store::declared(&tx, state_len, caller);
+        let reply = match self.service.execute(&mut store, request) {
+            Ok(reply) => encode(&reply).map_err(Attempt::Error)?,
+            Err(ServiceError::Region(TxError::Conflict { .. })) => return Err(Attempt::Conflict),
+            Err(error) => return Err(Attempt::Error(CallError::from_service(error))),
+        };
+        if reply.len() > table.reply_room() {
+            return Err(Attempt::Error(CallError::Failed(format!(
+                "a reply of {} bytes is longer than the service's MAX_REPLY ({}); nothing was applied",
+                reply.len(),
+                table.reply_room()
+            ))));
+        }
+        table.record(&slots, at, &previous, caller.client, caller.request, &reply)?;
+        Ok((Executed::Applied(reply), tx.commit()))
+    }
+
+    /// A request in transparent mode: one update, with every refusal decided before the
+    /// service's first write (its contract) and the table's.
+    fn execute_transparent(
+        &self,
+        mirror: &Mirror,
+        caller: Caller,
+        request: &S::Request,
+    ) -> Result<(Executed, Ticket), CallError> {
+        let (result, ticket) = mirror.update(|image| {
+            let (state, slots) = self.layout.split_mut(image)?;
+            let table = self.layout.table;
+            let slots = Writer::transparent(slots);
+            let (at, previous) = match table.lookup(&slots, caller.client, caller.request).map_err(failed)? {
+                Lookup::Next { at, previous } => (at, previous),
+                other => return answered(other, caller, table.reply_room()),
+            };
+            let mut store = Store::transparent(state, caller);
+            let reply = self.service.execute(&mut store, request).map_err(CallError::from_service)?;
+            // The service may have written already: the request counts as applied whatever
+            // its reply's length (one too long is sent once, not kept for a retry).
+            let reply = postcard::to_allocvec(&reply).unwrap_or_default();
+            table.record(&slots, at, &previous, caller.client, caller.request, &reply).map_err(failed)?;
+            Ok(Executed::Applied(reply))
+        });
+        result.map(|executed| (executed, ticket))
+    }
+}
+
+/// How one attempt at a request with declared writes ended, if not applied.
+enum Attempt {
+    /// A lock was held by another transaction: try again.
+    Conflict,
+    Error(CallError),
+}
+
+impl From<TxError> for Attempt {
+    fn from(error: TxError) -> Attempt {
+        match error {
+            TxError::Conflict { .. } => Attempt::Conflict,
+            other => Attempt::Error(failed(other)),
+        }
+    }
+}
+
+fn failed(error: impl fmt::Display) -> CallError {
+    CallError::Failed(error.to_string())
+}
+
+/// The answer the table gives for a request it has seen, or a refusal.
+fn answered(lookup: Lookup, caller: Caller, room: usize) -> Result<Executed, CallError> {
+    match lookup {
+        Lookup::Retry(Some(reply)) => Ok(Executed::Duplicate(reply)),
+        Lookup::Retry(None) => Err(CallError::NotRemembered { request: caller.request, room }),
+        Lookup::Stale { last } => Ok(Executed::Stale { last }),
+        Lookup::Skips { expected } => Err(CallError::Skips { expected, got: caller.request }),
+        Lookup::Full { slots } => Err(CallError::Full { slots }),
+        Lookup::Next { .. } => unreachable!("the next request is applied, not answered"),
+    }
+}
+
+impl<S: Service> Run for Host<S> {
+    fn needs_transparent(&self) -> bool {
+        S::WRITES == Writes::Collections
+    }
+
+    fn init(&self, mirror: &Mirror) -> Result<(), CallError> {
+        let Layout { state_len, table_at, table } = self.layout;
+        let caller = Caller::default();
+        if mirror.is_transparent() {
+            return mirror
+                .update(|image| {
+                    let (state, slots) = self.layout.split_mut(image)?;
+                    self.service.init(&mut Store::transparent(state, caller)).map_err(CallError::from_service)?;
+                    table.format(&Writer::transparent(slots)).map_err(failed)
+                })
+                .0;
+        }
+        if self.needs_transparent() {
+            return Err(CallError::Failed(ServiceError::NeedsTransparent.to_string()));
+        }
+        let tx = mirror.begin();
+        self.service.init(&mut Store::declared(&tx, state_len, caller)).map_err(CallError::from_service)?;
+        table.format(&Writer::declared(&tx, table_at, table.len())).map_err(failed)?;
+        tx.commit();
+        Ok(())
+    }
+
+    fn execute(&self, mirror: &Mirror, caller: Caller, body: &[u8]) -> Result<(Executed, Ticket), CallError> {
+        let request: S::Request = decode("request", body)?;
+        if mirror.is_transparent() {
+            return self.execute_transparent(mirror, caller, &request);
+        }
+        loop {
+            match self.execute_declared(mirror, caller, &request) {
+                Err(Attempt::Conflict) => std::thread::yield_now(),
+                Err(Attempt::Error(error)) => return Err(error),
+                Ok(done) => return Ok(done),
+            }
+        }
+    }
+
+    fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        let query: S::Query = decode("query", body)?;
+        if mirror.is_transparent() {
+            // An update that writes nothing: it runs between two others, so it sees one state.
+            return mirror
+                .update(|image| {
+                    let (state, slots) = self.layout.split_mut(image)?;
+                    let view = View::bytes(state, slots, self.layout.table);
+                    self.service.query(&view, &query).map_err(CallError::from_service)
+                })
+                .0
+                .and_then(|answer| encode(&answer));
+        }
+        let Layout { state_len, table_at, table } = self.layout;
+        loop {
+            let tx = mirror.begin();
+            let attempt = self.service.query(&View::declared(&tx, state_len, table_at, table), &query);
+            tx.abort();
+            match attempt {
+                Err(ServiceError::Region(TxError::Conflict { .. })) => std::thread::yield_now(),
+                Err(error) => return Err(CallError::from_service(error)),
+                Ok(answer) => return encode(&answer),
+            }
+        }
+    }
+
+    fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError> {
+        let query: S::Query = decode("query", body)?;
+        let (state, slots) = self.layout.split(image).ok_or_else(|| failed("the image is shorter than the service"))?;
+        let answer = self.service.query(&View::bytes(state, slots, self.layout.table), &query);
+        encode(&answer.map_err(CallError::from_service)?)
+    }
+
+    fn check(&self, image: &[u8]) -> Result<String, String> {
+        let (state, slots) = self.layout.split(image).ok_or_else(|| {
+            format!("an image of {} bytes is shorter than the service's {}", image.len(), self.layout.region_len())
+        })?;
+        let clients = self.layout.table.check(slots)?;
+        let own = self.service.check(&Image::new(state, self.layout.table, slots))?;
+        Ok(format!("{own}; {clients}"))
+    }
+}

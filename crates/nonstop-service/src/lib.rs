@@ -1,0 +1,23 @@
+//! The service interface of nonstop: what a service implements to run under a node, and the
+//! exactly-once request handling the platform gives it.
+//!
+//! * [`Service`]: the trait a team implements in its own crate: its region size, how it
+//!   creates its state, executes a request, answers a query and checks an image.
+//! * [`Store`], [`View`], [`Image`]: what a service sees of the region for one request, one
+//!   query, one check.
+//! * [`Hosted`]: a service as the node runs it (bytes in, bytes out, exactly once), with the
+//!   platform's [`table`] of clients beside the service's state in the same checkpoint.
+//! * [`Registry`]: the kinds a node binary can run, built from each service's settings.
+
+mod hosted;
+mod registry;
+mod service;
+mod store;
+pub mod table;
+
+pub use hosted::{AuditReport, CallError, Executed, Hosted};
+pub use nonstop_proto::client::ClientMemory;
+pub use registry::{Registry, RegistryError, Settings};
+pub use service::{Service, ServiceError, Writes};
+pub use store::{Caller, Image, Store, View, Writer};
+pub use table::ClientRecord;
