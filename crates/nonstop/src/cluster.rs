@@ -30,8 +30,9 @@ pub struct ClusterSpec {
     pub region_base: usize,
     /// The region's size in MiB.
     pub region_size_mib: u64,
-    /// Debit-Credit branches.
-    pub branches: u64,
+    /// The services' `[services.settings]`, as their kind reads them (empty: its defaults; the
+    /// built-in `bank` and `ledger` take `branches`).
+    pub settings: toml::Table,
     /// Microseconds between checkpoints (0: sync).
     pub checkpoint_interval_us: u64,
     /// Transparent mode for the services (DU, writes found by the kernel); `None`: declared.
@@ -59,9 +60,7 @@ pub struct ClusterSpec {
 impl ClusterSpec {
     /// The services' settings, as the config gives them.
     pub fn settings(&self) -> nonstop_service::Settings {
-        let mut table = toml::Table::new();
-        table.insert("branches".into(), toml::Value::Integer(self.branches as i64));
-        nonstop_service::Settings::new(table)
+        nonstop_service::Settings::new(self.settings.clone())
     }
 }
 
@@ -75,7 +74,7 @@ impl Default for ClusterSpec {
             leader_on_primary: false,
             region_base: crate::DEFAULT_REGION_BASE,
             region_size_mib: 128,
-            branches: 1,
+            settings: toml::Table::new(),
             checkpoint_interval_us: 1000,
             tracking: None,
             kind: nonstop_workloads::bank::NAME.to_string(),
@@ -231,12 +230,13 @@ impl LocalCluster {
             if let Some(min_backups) = spec.min_backups {
                 tracking += &format!("min_backups = {min_backups}\n");
             }
+            let settings = toml::to_string(&spec.settings).map_err(std::io::Error::other)?;
             for (index, (name, primary)) in spec.services.iter().enumerate() {
                 // Regions 64 GiB apart: every service has its own fixed address.
                 let base = spec.region_base + index * (64 << 30);
                 text += &format!(
-                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\ncheckpoint_interval_us = {}\n{tracking}[services.settings]\nbranches = {}\n\n",
-                    spec.kind, spec.backups, spec.region_size_mib, spec.checkpoint_interval_us, spec.branches
+                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\ncheckpoint_interval_us = {}\n{tracking}[services.settings]\n{settings}\n",
+                    spec.kind, spec.backups, spec.region_size_mib, spec.checkpoint_interval_us
                 );
             }
             let config = dir.join(format!("node{id}.toml"));
@@ -392,10 +392,15 @@ impl LocalCluster {
     /// Waits until every node sees the bank service protected by `wanted` backups; the error
     /// points at the nodes' logs.
     pub fn wait_protected(&self, wanted: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_service_protected(SERVICE, wanted, timeout)
+    }
+
+    /// Waits until every node sees service `name` protected by `wanted` backups.
+    pub fn wait_service_protected(&self, name: &str, wanted: usize, timeout: Duration) -> anyhow::Result<()> {
         let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
-        self.wait_statuses(&all, timeout, |s| protected(s, wanted))
+        self.wait_statuses(&all, timeout, |s| protected_service(s, name, wanted))
             .map(|_| ())
-            .ok_or_else(|| anyhow::anyhow!("the bank service did not become protected; see {}", self.dir().display()))
+            .ok_or_else(|| anyhow::anyhow!("the {name} service did not become protected; see {}", self.dir().display()))
     }
 
     /// How node `id`'s process ended, if it has (it is then no longer counted as running).

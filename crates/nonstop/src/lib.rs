@@ -38,6 +38,7 @@ pub mod history;
 pub mod load;
 pub mod local;
 pub mod netns;
+pub mod node;
 pub mod status;
 pub mod tracking_bench;
 

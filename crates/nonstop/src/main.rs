@@ -413,11 +413,11 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Simulated nodes step down, lose quorum and refuse stale terms on purpose: their warnings
     // are the simulation working, not news.
-    let default = if matches!(cli.command, Command::Sim(_)) { "warn,nonstop_control=error" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
-        .init();
+    nonstop::node::init_logs(if matches!(cli.command, Command::Sim(_)) {
+        "warn,nonstop_control=error"
+    } else {
+        "warn"
+    });
     match cli.command {
         Command::Node { config } => node(&config),
         Command::Status { cluster, json } => status(&cluster, json),

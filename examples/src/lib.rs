@@ -1,0 +1,10 @@
+//! Services written against nonstop's public API only, as a newcomer would write theirs.
+//! Each has a node binary in `bin/` (`cargo build --release --examples`).
+//!
+//! * [`sessions`]: a session store on declared transactions.
+
+// The examples are read whole in the README: their fields are named for what they hold, and
+// documented where a name is not enough.
+#![allow(missing_docs)]
+
+pub mod sessions;
