@@ -222,7 +222,13 @@ fn serve_operator(
         };
         let answer = match (frame.kind, operator::decode::<OperatorRequest>(&frame.payload)) {
             (FrameKind::Operator, Ok(request)) => {
-                tracing::info!(%peer, ?request, "operator request");
+                // A status is read every few milliseconds by tools that wait for a state;
+                // what changes the cluster is worth a line each.
+                if matches!(request, OperatorRequest::Status) {
+                    tracing::debug!(%peer, "operator request: status");
+                } else {
+                    tracing::info!(%peer, ?request, "operator request");
+                }
                 let (reply, answer) = mpsc::channel();
                 if events.send(PeerEvent::Operator { request, reply }).is_err() {
                     return;
