@@ -2,9 +2,12 @@
 //! Each has a node binary in `bin/` (`cargo build --release --examples`).
 //!
 //! * [`sessions`]: a session store on declared transactions.
+//! * [`orderbook`]: a price-time priority matching engine on ordinary collections in the
+//!   region (transparent mode).
 
 // The examples are read whole in the README: their fields are named for what they hold, and
 // documented where a name is not enough.
 #![allow(missing_docs)]
 
+pub mod orderbook;
 pub mod sessions;

@@ -47,8 +47,8 @@ pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, Pr
 pub use nonstop_proto::auth::ClusterKey;
 pub use nonstop_proto::primary::Ticket;
 pub use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
-pub use nonstop_region::heap;
 pub use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region, RegionError, RegionWrite, Transaction, TxError};
+pub use nonstop_region::{heap, tracking};
 pub use nonstop_service::{
     CallError, Caller, ClientMemory, Executed, Hosted, Image, Registry, Service, ServiceError, Settings, Store, View,
     Writer, Writes,

@@ -1,0 +1,261 @@
+//! `orderbook`: a price-time priority matching engine, in transparent mode.
+//!
+//! The book is ordinary Rust on the region's heap: two ordered maps of resting orders (best
+//! price first, then oldest first) and a hash map of every resting order. A request assigns to
+//! them; the kernel finds the pages written. Nothing can be undone in transparent mode, so every
+//! refusal is decided before the first write.
+
+use nonstop::heap::{FixedState, RegionAlloc, RegionHashMap, RegionOrderedMap};
+use nonstop::{Image, Service, ServiceError, Settings, Store, View, Writes};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum OrderRequest {
+    /// Buys (sells) up to `quantity` at `price` or better; the rest rests in the book.
+    Limit { side: Side, price: u64, quantity: u64 },
+    /// Buys (sells) up to `quantity` at any price; what the book cannot fill is cancelled.
+    Market { side: Side, quantity: u64 },
+    /// Takes what rests of order `id` out of the book.
+    Cancel { id: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderReply {
+    /// `filled` at a total `cost` (price x quantity), `resting` left in the book.
+    Placed { id: u64, filled: u64, cost: u64, resting: u64 },
+    /// `quantity` was resting, and is cancelled.
+    Cancelled { id: u64, quantity: u64 },
+}
+
+/// The best `levels` prices of each side, with the quantity resting at each.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Depth {
+    pub bids: Vec<(u64, u64)>,
+    pub asks: Vec<(u64, u64)>,
+}
+
+/// A resting order. Its place in the book is `key`: price (inverted for bids, so that the
+/// best price sorts first on both sides), then the order's id (older first).
+#[derive(Clone, Copy, Debug)]
+struct Resting {
+    side: Side,
+    key: [u8; 16],
+    placed: u64,
+    filled: u64,
+}
+
+struct Book {
+    bids: RegionOrderedMap<[u8; 16], u64>,
+    asks: RegionOrderedMap<[u8; 16], u64>,
+    orders: RegionHashMap<u64, Resting>,
+    next_id: u64,
+    /// Quantities over every order ever placed: placed = resting + filled + cancelled.
+    placed: u64,
+    filled: u64,
+    cancelled: u64,
+}
+
+fn key(side: Side, price: u64, id: u64) -> [u8; 16] {
+    let price = if side == Side::Buy { u64::MAX - price } else { price };
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&price.to_be_bytes());
+    key[8..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn price_of(side: Side, key: &[u8; 16]) -> u64 {
+    let price = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+    if side == Side::Buy { u64::MAX - price } else { price }
+}
+
+impl Book {
+    fn side(&mut self, side: Side) -> &mut RegionOrderedMap<[u8; 16], u64> {
+        if side == Side::Buy { &mut self.bids } else { &mut self.asks }
+    }
+
+    /// Fills up to `quantity` against the other side at `limit` or better; returns (filled, cost).
+    fn take(&mut self, side: Side, mut quantity: u64, limit: Option<u64>) -> (u64, u64) {
+        let (maker_side, mut filled, mut cost) = (if side == Side::Buy { Side::Sell } else { Side::Buy }, 0, 0);
+        while quantity > 0 {
+            let Some((key, id)) = self.side(maker_side).first_key_value().map(|(k, v)| (*k, *v)) else { break };
+            let price = price_of(maker_side, &key);
+            if limit.is_some_and(|limit| if side == Side::Buy { price > limit } else { price < limit }) {
+                break;
+            }
+            let maker = self.orders.get_mut(&id).expect("every resting order is indexed");
+            let traded = quantity.min(maker.placed - maker.filled);
+            maker.filled += traded;
+            if maker.filled == maker.placed {
+                self.orders.remove(&id);
+                self.side(maker_side).remove(&key);
+            }
+            (quantity, filled, cost) = (quantity - traded, filled + traded, cost + traded * price);
+        }
+        self.filled += 2 * filled; // the taker's and the makers'
+        (filled, cost)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct BookSettings {
+    max_orders: u64,
+}
+
+impl Default for BookSettings {
+    fn default() -> Self {
+        BookSettings { max_orders: 100_000 }
+    }
+}
+
+/// The matching engine of one instrument: at most `max_orders` orders rest at once.
+pub struct OrderBook {
+    max_orders: u64,
+}
+
+impl OrderBook {
+    pub fn from_settings(settings: &Settings) -> Result<OrderBook, String> {
+        let BookSettings { max_orders } = settings.parse()?;
+        let ok = (1..=10_000_000).contains(&max_orders);
+        ok.then_some(OrderBook { max_orders }).ok_or(format!("max_orders = {max_orders}: use 1 to 10,000,000"))
+    }
+
+    fn book<'a>(&self, store: &'a mut Store<'_>) -> Result<&'a mut Book, ServiceError> {
+        let mut heap = store.heap()?;
+        let alloc: RegionAlloc = heap.allocator();
+        let capacity = self.max_orders as usize;
+        Ok(heap.root(|| Book {
+            bids: RegionOrderedMap::new_in(alloc),
+            asks: RegionOrderedMap::new_in(alloc),
+            orders: RegionHashMap::with_capacity_and_hasher_in(capacity, FixedState::default(), alloc),
+            next_id: 1,
+            placed: 0,
+            filled: 0,
+            cancelled: 0,
+        })?)
+    }
+}
+
+impl Service for OrderBook {
+    type Request = OrderRequest;
+    type Reply = OrderReply;
+    type Query = u32;
+    type Answer = Depth;
+    const WRITES: Writes = Writes::Collections;
+
+    /// The index reserved whole, and room for the maps' nodes: 512 bytes an order in all.
+    fn state_len(&self) -> usize {
+        (self.max_orders as usize * 512 + (1 << 20)).next_multiple_of(1 << 20)
+    }
+
+    fn init(&self, store: &mut Store<'_>) -> Result<(), ServiceError> {
+        self.book(store).map(drop)
+    }
+
+    fn execute(&self, store: &mut Store<'_>, request: &OrderRequest) -> Result<OrderReply, ServiceError> {
+        let max_orders = self.max_orders;
+        let book = self.book(store)?;
+        let (side, quantity, limit) = match *request {
+            OrderRequest::Cancel { id } => {
+                let order = book.orders.remove(&id).ok_or_else(|| ServiceError::refused(format!("no order {id}")))?;
+                book.side(order.side).remove(&order.key);
+                book.cancelled += order.placed - order.filled;
+                return Ok(OrderReply::Cancelled { id, quantity: order.placed - order.filled });
+            }
+            OrderRequest::Limit { side, price, quantity } => (side, quantity, Some(price)),
+            OrderRequest::Market { side, quantity } => (side, quantity, None),
+        };
+        if quantity == 0 || limit == Some(0) || quantity > 1 << 40 || limit.is_some_and(|p| p > 1 << 40) {
+            return Err(ServiceError::refused("quantities and prices are 1 to 2^40"));
+        }
+        if limit.is_some() && book.orders.len() as u64 >= max_orders {
+            return Err(ServiceError::refused(format!("the book holds {max_orders} orders, its max_orders")));
+        }
+        // Every refusal is behind us: from here on the request only writes.
+        let id = book.next_id;
+        book.next_id += 1;
+        book.placed += quantity;
+        let (filled, cost) = book.take(side, quantity, limit);
+        let resting = quantity - filled;
+        match limit {
+            Some(price) if resting > 0 => {
+                let key = key(side, price, id);
+                book.side(side).insert(key, id);
+                book.orders.insert(id, Resting { side, key, placed: quantity, filled });
+            }
+            _ => book.cancelled += resting,
+        }
+        Ok(OrderReply::Placed { id, filled, cost, resting: if limit.is_some() { resting } else { 0 } })
+    }
+
+    fn query(&self, view: &View<'_>, levels: &u32) -> Result<Depth, ServiceError> {
+        let Some(book) = view.root::<Book>()? else { return Ok(Depth::default()) };
+        let depth = |side: Side, map: &RegionOrderedMap<[u8; 16], u64>| {
+            let mut levels_seen: Vec<(u64, u64)> = Vec::new();
+            for (key, id) in map.iter() {
+                let (price, order) = (price_of(side, key), &book.orders[id]);
+                let same = levels_seen.last().is_some_and(|(last, _)| *last == price);
+                if !same && levels_seen.len() == *levels as usize {
+                    break;
+                }
+                if !same {
+                    levels_seen.push((price, 0));
+                }
+                levels_seen.last_mut().expect("pushed above").1 += order.placed - order.filled;
+            }
+            levels_seen
+        };
+        Ok(Depth { bids: depth(Side::Buy, &book.bids), asks: depth(Side::Sell, &book.asks) })
+    }
+
+    /// Every order's quantity is conserved, each resting order is in its side's book once, the
+    /// book is not crossed, and over all orders placed = resting + filled + cancelled.
+    fn check(&self, image: &Image<'_>) -> Result<String, String> {
+        let book = nonstop::heap::Heap::root_in::<Book>(image.state()).map_err(|e| e.to_string())?;
+        let Some(book) = book else { return Ok("no book yet".into()) };
+        let mut resting = 0;
+        for (id, order) in book.orders.iter() {
+            let in_book = if order.side == Side::Buy { book.bids.get(&order.key) } else { book.asks.get(&order.key) };
+            if order.filled >= order.placed || in_book != Some(id) {
+                return Err(format!(
+                    "order {id}: {} of {} filled, in its book as {in_book:?}",
+                    order.filled, order.placed
+                ));
+            }
+            resting += order.placed - order.filled;
+        }
+        if book.bids.len() + book.asks.len() != book.orders.len() {
+            return Err(format!(
+                "{} + {} orders in the books, {} indexed",
+                book.bids.len(),
+                book.asks.len(),
+                book.orders.len()
+            ));
+        }
+        if book.placed != resting + book.filled + book.cancelled {
+            return Err(format!(
+                "placed {} != resting {resting} + filled {} + cancelled {}",
+                book.placed, book.filled, book.cancelled
+            ));
+        }
+        let best =
+            |side: Side, map: &RegionOrderedMap<[u8; 16], u64>| map.first_key_value().map(|(k, _)| price_of(side, k));
+        if let (Some(bid), Some(ask)) = (best(Side::Buy, &book.bids), best(Side::Sell, &book.asks))
+            && bid >= ask
+        {
+            return Err(format!("the book is crossed: bid {bid} >= ask {ask}"));
+        }
+        Ok(format!(
+            "{} orders resting ({resting} lots), {} placed, {} filled",
+            book.orders.len(),
+            book.placed,
+            book.filled
+        ))
+    }
+}

@@ -1,0 +1,103 @@
+//! The example node binaries in real three-node clusters: a client works through two kill -9
+//! of the primary, and every answer is the one a failure-free run gives (none lost, none
+//! applied twice).
+
+use nonstop::Client;
+use nonstop::cluster::{ClusterSpec, LocalCluster};
+use nonstop::tracking::TrackingMode;
+use nonstop_examples::orderbook::{OrderReply, OrderRequest};
+use nonstop_examples::sessions::{Session, SessionRequest};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Reference, example};
+
+/// Starts a cluster of `spec` running service `name`, runs `work` on a thread while the
+/// primary is killed twice (and restarted as a spare), and returns what `work` returned with
+/// the final term.
+fn through_two_kills<T: Send + 'static>(
+    spec: ClusterSpec,
+    work: impl FnOnce(Client) -> T + Send + 'static,
+) -> (T, u64, LocalCluster) {
+    let name = spec.services[0].0.clone();
+    let mut cluster = LocalCluster::create(&example(&spec.kind), &spec).unwrap();
+    cluster.start_all().unwrap();
+    cluster.wait_service_protected(&name, 1, Duration::from_secs(30)).unwrap();
+    let client = Client::new(cluster.client_addrs(), 1);
+    let working = std::thread::spawn(move || work(client));
+    let all = [1, 2, 3];
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(600));
+        let (primary, _) = cluster.primary_of(&name, &all);
+        cluster.kill(primary).unwrap();
+        cluster.start(primary).unwrap();
+        cluster.wait_service_protected(&name, 1, Duration::from_secs(30)).unwrap();
+    }
+    let done = working.join().unwrap();
+    let (_, term) = cluster.primary_of(&name, &all);
+    assert!(term >= 3, "two failovers happened: term {term}");
+    (done, term, cluster)
+}
+
+fn spec(kind: &str, settings: &str, tracking: Option<TrackingMode>) -> ClusterSpec {
+    ClusterSpec {
+        kind: kind.into(),
+        settings: settings.parse().unwrap(),
+        region_size_mib: 16,
+        tracking,
+        services: vec![(kind.into(), 1)],
+        ..ClusterSpec::default()
+    }
+}
+
+#[test]
+fn a_session_counter_counts_through_kills_of_its_primary_exactly_once() {
+    let spec = ClusterSpec { ip_prefix: "127.0.6".into(), ..spec("sessions", "slots = 1024", None) };
+    let ((mut client, count), _, _cluster) = through_two_kills(spec, |mut client| {
+        let open = SessionRequest::Open { id: "s".into(), data: b"hello".to_vec(), now_ms: 1, ttl_ms: 1 << 40 };
+        client.call::<_, i64>("sessions", &open).unwrap();
+        let (started, mut count) = (Instant::now(), 0);
+        while started.elapsed() < Duration::from_secs(3) {
+            let add = SessionRequest::Add { id: "s".into(), delta: 1, now_ms: 2 };
+            let answered = client.call_answered::<_, i64>("sessions", &add).unwrap();
+            count += 1;
+            assert_eq!(answered.reply, count, "request {} answered out of sequence", answered.request);
+        }
+        (client, count)
+    });
+    assert!(count > 100, "the client made progress: {count}");
+    let session: Option<Session> = client.query("sessions", &("s".to_string(), 3u64)).unwrap();
+    assert_eq!(session.map(|s| (s.data, s.counter)), Some((b"hello".to_vec(), count)));
+    let audit = client.audit("sessions", vec![1], None).unwrap();
+    let summary = audit.check.unwrap();
+    assert!(summary.contains("1 clients, each request applied once"), "{summary}");
+    let memory = audit.clients[0].1.as_ref().map(|m| (m.request, m.applied));
+    assert_eq!(memory, Some((count as u64 + 1, count as u64 + 1)));
+}
+
+#[test]
+fn an_order_book_matches_through_kills_of_its_primary_as_without_them() {
+    // Transparent mode: mprotect finds the writes on any kernel.
+    let spec = ClusterSpec {
+        ip_prefix: "127.0.7".into(),
+        ..spec("orderbook", "max_orders = 10000", Some(TrackingMode::Mprotect))
+    };
+    let ((mut client, orders), _, _cluster) = through_two_kills(spec, |mut client| {
+        let (started, mut reference, mut orders) = (Instant::now(), Reference::default(), 0);
+        while started.elapsed() < Duration::from_secs(3) {
+            let request: OrderRequest = reference.random_order();
+            let expected = reference.apply(&request);
+            match (client.call::<_, OrderReply>("orderbook", &request), expected) {
+                (Ok(reply), Some(expected)) => assert_eq!(reply, expected, "{request:?}"),
+                (Err(nonstop::ClientError::Rejected { .. }), None) => {}
+                (got, expected) => panic!("{request:?}: {got:?}, expected {expected:?}"),
+            }
+            orders += 1;
+        }
+        (client, orders)
+    });
+    assert!(orders > 100, "the client made progress: {orders}");
+    let audit = client.audit("orderbook", vec![1], None).unwrap();
+    let summary = audit.check.unwrap();
+    assert!(summary.contains("1 clients, each request applied once"), "{summary}");
+}
