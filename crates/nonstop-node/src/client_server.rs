@@ -12,13 +12,13 @@
 //! is told why and closed.
 
 use crate::service::{Active, Serving};
+use crate::status::ClientPortStatus;
 use nonstop_net::primary::HoldState;
 use nonstop_proto::client::{
     ClientProtocolError, ClientReply, ClientRequest, LENGTH_PREFIX, decode_payload, encode_message, payload_len,
 };
 use nonstop_proto::primary::Ticket;
 use nonstop_service::{CallError, Caller, Executed};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,19 +66,6 @@ pub struct ClientCounters {
     refused_full: AtomicU64,
     closed_idle: AtomicU64,
     closed_slow: AtomicU64,
-}
-
-/// A snapshot of [`ClientCounters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ClientPortStatus {
-    /// Connections open now.
-    pub open: u64,
-    /// Connections refused because `max_clients` were open.
-    pub refused_full: u64,
-    /// Connections closed after sending nothing for the idle timeout.
-    pub closed_idle: u64,
-    /// Connections closed for not finishing a message, or not reading a reply, in time.
-    pub closed_slow: u64,
 }
 
 impl ClientCounters {

@@ -11,6 +11,7 @@
 //! * [`peers`]: authenticated agent-to-agent transport (Raft and heartbeats).
 //! * [`agent`]: the control loop.
 //! * [`service`]: one service's roles on this node and the moves between them.
+//! * [`status`]: what a node reports of itself (status, metrics).
 //! * [`client_server`]: the client port.
 //! * [`integrity`]: scrubbing the primary's region, and stopping the node if it is corrupt.
 //! * [`metrics`]: Prometheus metrics from the node's status.
@@ -26,6 +27,7 @@ pub mod operator;
 pub mod peers;
 pub mod preflight;
 pub mod service;
+pub mod status;
 
 pub use integrity::{EXIT_CORRUPT_MEMORY, fail_stop};
 pub use nonstop_control::NodeId;

@@ -1,7 +1,7 @@
 //! Prometheus metrics: the node's status in the text exposition format, served on
 //! `GET /metrics` at the address `[node] metrics` names.
 
-use crate::agent::NodeStatus;
+use crate::status::NodeStatus;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,7 +17,7 @@ fn label(value: &str) -> String {
 /// The status as Prometheus text.
 ///
 /// ```
-/// use nonstop_node::agent::NodeStatus;
+/// use nonstop_node::status::NodeStatus;
 /// let text = nonstop_node::metrics::render(&NodeStatus { node: 2, raft_term: 5, ..Default::default() });
 /// assert!(text.contains("nonstop_raft_term{node=\"2\"} 5"));
 /// ```
@@ -48,7 +48,7 @@ pub fn render(status: &NodeStatus) -> String {
         "1 if this node believes the peer alive.",
         status.alive.iter().map(|peer| (format!(",peer=\"{peer}\""), 1.0)).collect(),
     );
-    let per_service = |f: &dyn Fn(&crate::agent::ServiceStatus) -> Option<f64>| {
+    let per_service = |f: &dyn Fn(&crate::status::ServiceStatus) -> Option<f64>| {
         status
             .services
             .iter()
@@ -125,7 +125,7 @@ pub fn render(status: &NodeStatus) -> String {
             .map(|s| (format!(",service=\"{}\",role=\"{}\"", label(&s.name), label(&s.role)), 1.0))
             .collect(),
     );
-    let lag = |pick: fn(&crate::agent::BackupLagStatus) -> u64| {
+    let lag = |pick: fn(&crate::status::BackupLagStatus) -> u64| {
         status
             .services
             .iter()

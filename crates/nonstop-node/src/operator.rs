@@ -12,7 +12,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::agent::NodeStatus;
+use crate::status::NodeStatus;
 use nonstop_net::conn::{self, ConnError};
 use nonstop_net::detections::Detections;
 use nonstop_proto::auth::ClusterKey;

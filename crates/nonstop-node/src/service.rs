@@ -13,7 +13,6 @@
 //!   pre-copy (a spare) or by a whole image applied atomically (a holder a promotion kept);
 //! * **depose**: release nothing more, give the region up.
 
-use crate::agent::SwitchoverRequest;
 use crate::config::{Checked, ServiceSpec};
 use crate::{Instruments, NodeId};
 use nonstop_control::ServiceRecord;
@@ -41,6 +40,17 @@ use std::time::{Duration, Instant};
 
 /// How long attaching a spare (sending it the whole image) may take.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A switchover asked by an operator, handed to the service's driver.
+#[derive(Debug)]
+pub struct SwitchoverRequest {
+    /// The service.
+    pub service: String,
+    /// The backup to promote.
+    pub to: NodeId,
+    /// Where the answer goes.
+    pub reply: std::sync::mpsc::Sender<OperatorReply>,
+}
 
 /// A primary serving a service: what client threads use.
 pub struct Active {

@@ -3,8 +3,8 @@
 //! run on it.
 
 use crate::local::KeyFile;
-use nonstop_node::agent::{NodeStatus, ServiceStatus};
 use nonstop_node::operator::{self, Operator, OperatorError};
+use nonstop_node::status::{NodeStatus, ServiceStatus};
 use nonstop_region::tracking::TrackingMode;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! `nonstop status`: every node's view, merged into one table per service, in the spirit of
 //! `patronictl list`.
 
-use nonstop_node::agent::NodeStatus;
+use nonstop_node::status::NodeStatus;
 use std::fmt::Write;
 use std::net::SocketAddr;
 

@@ -175,7 +175,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
             cluster.start(primary)?;
         }
         let second = config.double.and_then(|double| {
-            let promoted_status = |s: &nonstop_node::agent::NodeStatus| {
+            let promoted_status = |s: &nonstop_node::status::NodeStatus| {
                 crate::cluster::bank(s).is_some_and(|b| b.term > term_now && b.primary == s.node && b.role == "primary")
             };
             let at = match double {

@@ -180,7 +180,7 @@ pub struct NetnsTrial {
     /// The service's term when the fault was injected.
     pub term_at_injection: u64,
     /// When it was not: every node's status then, for the diagnosis.
-    pub stuck: Vec<nonstop_node::agent::NodeStatus>,
+    pub stuck: Vec<nonstop_node::status::NodeStatus>,
     /// Error-injection trials: what the flips did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub injection: Option<Injection>,

@@ -1,0 +1,101 @@
+//! What a node reports of itself: `nonstop status`, the metrics endpoint and the test bed read
+//! these, over the authenticated operator port.
+
+use nonstop_control::cluster::Promotion;
+
+/// What `nonstop status` shows of a node.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: u64,
+    /// The control-plane leader it knows.
+    pub leader: Option<u64>,
+    /// The Raft term.
+    pub raft_term: u64,
+    /// Per service: the record and this node's report.
+    pub services: Vec<ServiceStatus>,
+    /// Peers believed alive.
+    pub alive: Vec<u64>,
+    /// What the node's integrity checks caught since it started.
+    #[serde(default)]
+    pub detections: nonstop_net::detections::DetectionCounts,
+    /// The client port's connections.
+    #[serde(default)]
+    pub clients: ClientPortStatus,
+}
+
+/// One service in [`NodeStatus`].
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServiceStatus {
+    /// The service.
+    pub name: String,
+    /// The record's term.
+    pub term: u64,
+    /// The record's version: it moves on with every change of the record within a term.
+    #[serde(default)]
+    pub version: u64,
+    /// The record's primary.
+    pub primary: u64,
+    /// The record's backups.
+    pub backups: Vec<u64>,
+    /// Holders a promotion kept, being brought to the new primary's checkpoint.
+    #[serde(default)]
+    pub catching_up: Vec<u64>,
+    /// Backups wanted.
+    #[serde(default)]
+    pub backups_wanted: u8,
+    /// Output needs this many backups in the record.
+    #[serde(default)]
+    pub min_backups: u8,
+    /// Fewer backups than wanted: the degraded window after a failover or a lost backup.
+    #[serde(default)]
+    pub degraded: bool,
+    /// Fewer backups than `min_backups`: the primary holds its replies.
+    #[serde(default)]
+    pub holding_output: bool,
+    /// Seconds this node served the service as primary while it was degraded.
+    #[serde(default)]
+    pub unprotected_seconds: f64,
+    /// This node's role.
+    pub role: String,
+    /// How the primary finds what was written: "declared", "uffd" or "mprotect".
+    #[serde(default)]
+    pub tracking: String,
+    /// This node's held (backup) or released (primary) checkpoint.
+    pub held: Option<u64>,
+    /// Bytes of region this node holds for the service (0: none).
+    #[serde(default)]
+    pub region_bytes: u64,
+    /// Failovers so far.
+    pub failovers: u64,
+    /// The last change of primary.
+    pub last_promotion: Option<Promotion>,
+    /// On the primary: how far each attached backup is behind.
+    pub lag: Vec<BackupLagStatus>,
+}
+
+/// How far one backup is behind its primary, in [`ServiceStatus`].
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct BackupLagStatus {
+    /// The backup node.
+    pub backup: u64,
+    /// The last checkpoint it acknowledged.
+    pub acked: Option<u64>,
+    /// Checkpoints cut but not acknowledged.
+    pub checkpoints: u64,
+    /// Region bytes of those checkpoints.
+    pub bytes: u64,
+}
+
+/// What the client port counts ([`crate::client_server::ClientCounters`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientPortStatus {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections refused because `max_clients` were open.
+    pub refused_full: u64,
+    /// Connections closed after sending nothing for the idle timeout.
+    pub closed_idle: u64,
+    /// Connections closed for not finishing a message, or not reading a reply, in time.
+    pub closed_slow: u64,
+}
