@@ -182,6 +182,126 @@ impl Service for Bank {
     }
 }
 
+/// Debit-Credit driven through the bank service in-process, as a node's client port drives
+/// it (request encoded, the client table consulted and written, the reply encoded), for
+/// measuring what the service path costs against [`Bank::database`]'s transactions called
+/// directly. Worker `w` is client `w + 1`.
+pub struct BankThroughService {
+    bank: Bank,
+    hosted: nonstop_service::Hosted,
+    next: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl BankThroughService {
+    /// The bank of `branches` branches, for up to `workers` worker threads.
+    pub fn new(branches: u64, workers: usize) -> BankThroughService {
+        let bank = Bank::new(branches);
+        let next = (0..workers).map(|_| std::sync::atomic::AtomicU64::new(1)).collect();
+        BankThroughService { bank, hosted: nonstop_service::Hosted::new(NAME, bank), next }
+    }
+
+    /// The same exactly-once transactions written by hand: each transfer and its client's
+    /// record (last request, applied count, balance) in one transaction, at fixed offsets,
+    /// with no request or reply encoded and no table to search: what a bank that kept its own
+    /// client table cost, and the floor of what the service path can cost.
+    pub fn direct(&self) -> BankByHand {
+        BankByHand { db: self.bank.db, records_at: self.hosted.region_len() as u64 }
+    }
+}
+
+/// Workers [`BankByHand`] keeps records for.
+const MAX_WORKERS: usize = 256;
+
+/// See [`BankThroughService::direct`].
+#[derive(Clone, Copy, Debug)]
+pub struct BankByHand {
+    db: DebitCredit,
+    records_at: u64,
+}
+
+impl crate::Workload for BankByHand {
+    fn name(&self) -> &'static str {
+        debit_credit::NAME
+    }
+
+    fn used_len(&self) -> usize {
+        (self.records_at + (MAX_WORKERS * 64) as u64) as usize
+    }
+
+    fn load(&self, mirror: &nonstop_region::Mirror) {
+        crate::Workload::load(&self.db, mirror);
+    }
+
+    fn run_one(
+        &self,
+        mirror: &nonstop_region::Mirror,
+        worker: usize,
+        rng: &mut rand::rngs::SmallRng,
+    ) -> nonstop_proto::primary::Ticket {
+        use zerocopy::little_endian::U64;
+        let mut transfer = self.db.random_transfer(rng);
+        let at = self.records_at + (worker % MAX_WORKERS) as u64 * 64;
+        loop {
+            let tx = mirror.begin();
+            let attempt = (|| -> Result<(), nonstop_region::TxError> {
+                let [client, request, applied, _]: [U64; 4] = tx.read(at)?;
+                transfer.tag[..8].copy_from_slice(&client.get().to_le_bytes());
+                transfer.tag[8..].copy_from_slice(&request.get().to_le_bytes());
+                let balance = self.db.transfer_in(&tx, worker, &transfer)?;
+                let record = tx.write::<[U64; 4]>(at)?;
+                *record = [
+                    U64::new(worker as u64 + 1),
+                    U64::new(request.get() + 1),
+                    U64::new(applied.get() + 1),
+                    U64::new(balance as u64),
+                ];
+                Ok(())
+            })();
+            match attempt {
+                Ok(()) => return tx.commit(),
+                Err(nonstop_region::TxError::Conflict { .. }) => std::thread::yield_now(),
+                Err(other) => panic!("Debit-Credit layout bug: {other}"),
+            }
+        }
+    }
+}
+
+impl crate::Workload for BankThroughService {
+    /// The database's: the bank's state is a Debit-Credit database at offset 0, so a backup
+    /// checks it with Debit-Credit's check.
+    fn name(&self) -> &'static str {
+        debit_credit::NAME
+    }
+
+    fn used_len(&self) -> usize {
+        self.hosted.region_len() + MAX_WORKERS * 64
+    }
+
+    fn load(&self, mirror: &nonstop_region::Mirror) {
+        for next in &self.next {
+            next.store(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.hosted.init(mirror).expect("a fresh region holds a bank");
+    }
+
+    fn run_one(
+        &self,
+        mirror: &nonstop_region::Mirror,
+        worker: usize,
+        rng: &mut rand::rngs::SmallRng,
+    ) -> nonstop_proto::primary::Ticket {
+        let transfer = self.bank.db.random_transfer(rng);
+        let request = TransferRequest { account: transfer.account, teller: transfer.teller, delta: transfer.delta };
+        let body = postcard::to_allocvec(&request).expect("a transfer encodes");
+        let number = self.next[worker].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let caller = nonstop_service::Caller { client: worker as u64 + 1, request: number, lane: worker };
+        match self.hosted.execute(mirror, caller, &body) {
+            Ok((_, ticket)) => ticket,
+            Err(error) => panic!("the bank refused a Debit-Credit transfer: {error}"),
+        }
+    }
+}
+
 /// A transfer's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferDone {

@@ -18,6 +18,7 @@ use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol}
 use nonstop_region::tracking::TrackingMode;
 use nonstop_region::{Mirror, Region};
 use nonstop_workloads::Workload;
+use nonstop_workloads::bank::BankThroughService;
 use nonstop_workloads::debit_credit::DebitCredit;
 use nonstop_workloads::order_entry::OrderEntry;
 use rand::SeedableRng;
@@ -77,6 +78,11 @@ pub struct BenchConfig {
     /// writes, replicated alike, in alternation with the other two, and report what the
     /// tracking mode costs against them (`cost_vs_declared`), measured side by side.
     pub against_declared: bool,
+    /// With `compare` (Debit-Credit, replicated): alternate the transactions called directly
+    /// with the same transactions through the bank service as a node runs it (request encoded,
+    /// client table, reply encoded), and report what the service path costs
+    /// (`service_vs_direct`).
+    pub through_service: bool,
 }
 
 /// Percentiles in microseconds.
@@ -151,6 +157,14 @@ pub struct BenchReport {
     pub cost_vs_declared: Option<f64>,
     /// Each round's declared/tracked throughput (with `--against-declared`).
     pub round_costs_vs_declared: Vec<f64>,
+    /// Replicated transactions per second through the bank service, in the same run (with
+    /// `--through-service`; `tx_per_s` is then the same transactions called directly).
+    pub service_tx_per_s: Option<f64>,
+    /// Through the service over called directly (with `--through-service`): 1.0 means the
+    /// service path costs nothing.
+    pub service_vs_direct: Option<f64>,
+    /// Each round's service/direct throughput (with `--through-service`).
+    pub round_service_vs_direct: Vec<f64>,
     /// Width of a [`RoundTimeline`] window, milliseconds.
     pub timeline_step_ms: f64,
     /// Every round's throughput over time, in the order the rounds ran: where a ratio moves
@@ -220,6 +234,8 @@ enum Arm {
     Replicated,
     /// The configuration asked for with declared writes instead of its tracking mode.
     Declared,
+    /// The configuration asked for, its transactions through the bank service.
+    Service,
 }
 
 impl Arm {
@@ -228,6 +244,7 @@ impl Arm {
             Arm::Unreplicated => "unreplicated",
             Arm::Replicated => "replicated",
             Arm::Declared => "declared",
+            Arm::Service => "service",
         }
     }
 }
@@ -272,8 +289,19 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
     {
         bail!("--tracking {mode} ships DU diffs of the pages the kernel saw written: use --protocol du");
     }
-    let workload = workload(config);
-    let len = region_len(workload.as_ref());
+    if config.through_service
+        && (!config.compare || config.backups == 0 || config.workload != WorkloadKind::DebitCredit)
+    {
+        bail!(
+            "--through-service compares replicated Debit-Credit with and without the service: give --compare and --backups 1 or more"
+        );
+    }
+    let service = config.through_service.then(|| Arc::new(BankThroughService::new(config.branches, config.threads)));
+    let workload: Arc<dyn Workload> = match &service {
+        Some(service) => Arc::new(service.direct()),
+        None => workload(config),
+    };
+    let len = service.as_ref().map_or(region_len(workload.as_ref()), |s| region_len(s.as_ref()));
     let key = KeyFile::generate().context("writing a temporary cluster key")?;
     let backups: Vec<LocalBackup> = (0..config.backups)
         .map(|i| LocalBackup::spawn(exe, &format!("127.0.0.{}", i + 2), config.region_base, len, &key.path))
@@ -290,7 +318,9 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
         if config.backups == 0 {
             bail!("--compare measures replication against none: give --backups 1 or more");
         }
-        let round: &[Arm] = if config.against_declared {
+        let round: &[Arm] = if config.through_service {
+            &[Arm::Replicated, Arm::Service]
+        } else if config.against_declared {
             &[Arm::Unreplicated, Arm::Replicated, Arm::Declared]
         } else {
             &[Arm::Unreplicated, Arm::Replicated]
@@ -306,14 +336,18 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
     progress.set_style(
         ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {elapsed}/{duration}").expect("valid template"),
     );
-    let (mut baseline, mut replicated, mut with_declared) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut baseline, mut replicated, mut with_declared, mut serviced) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut timelines = Vec::new();
     for (index, &arm) in plan.iter().enumerate() {
         let name = arm.name();
         progress.set_message(format!("round {}/{}: {name}", index + 1, plan.len()));
         let round = run_round(
             if arm == Arm::Declared { &declared } else { config },
-            workload.clone(),
+            match (&service, arm) {
+                (Some(service), Arm::Service) => service.clone(),
+                _ => workload.clone(),
+            },
             len,
             if arm == Arm::Unreplicated { &[] } else { &addrs },
             &key.key,
@@ -333,6 +367,7 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
             Arm::Unreplicated => baseline.push(round),
             Arm::Replicated => replicated.push(round),
             Arm::Declared => with_declared.push(round),
+            Arm::Service => serviced.push(round),
         }
     }
     progress.finish_and_clear();
@@ -340,7 +375,16 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
     let mut report = report(config, workload.name(), &baseline, &replicated);
     report.timelines = timelines;
     // Every declared round is verified like the others; the report's verdict covers them too.
-    report.backup_verified &= with_declared.iter().all(|r| r.verdict.is_some());
+    report.backup_verified &= with_declared.iter().chain(&serviced).all(|r| r.verdict.is_some());
+    if !serviced.is_empty() {
+        report.service_tx_per_s = Some(rate(&serviced));
+        report.service_vs_direct = Some(rate(&serviced) / rate(&replicated));
+        report.round_service_vs_direct = serviced
+            .iter()
+            .zip(&replicated)
+            .map(|(s, d)| rate(std::slice::from_ref(s)) / rate(std::slice::from_ref(d)))
+            .collect();
+    }
     if !with_declared.is_empty() {
         report.declared_tx_per_s = Some(rate(&with_declared));
         report.cost_vs_declared = Some(rate(&with_declared) / rate(&replicated));
@@ -435,6 +479,9 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
         declared_tx_per_s: None,
         cost_vs_declared: None,
         round_costs_vs_declared: Vec::new(),
+        service_tx_per_s: None,
+        service_vs_direct: None,
+        round_service_vs_direct: Vec::new(),
         timeline_step_ms: TIMELINE_STEP.as_secs_f64() * 1000.0,
         timelines: Vec::new(),
     }

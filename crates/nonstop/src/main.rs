@@ -360,6 +360,11 @@ struct WorkloadArgs {
     /// the tracking mode costs against them (JSON: cost_vs_declared, declared_tx_per_s).
     #[arg(long)]
     against_declared: bool,
+    /// With --compare (Debit-Credit, --backups 1 or more): alternate the transactions called
+    /// directly with the same transactions through the bank service as a node runs it, and
+    /// print what the service path costs (JSON: service_vs_direct, service_tx_per_s).
+    #[arg(long)]
+    through_service: bool,
     /// Also draw every round's throughput over time (100 ms windows, rounds end to end) as an
     /// SVG chart at this path; the JSON carries the same figures (timelines).
     #[arg(long, value_name = "SVG")]
@@ -882,6 +887,7 @@ fn bench_config(workload: WorkloadKind, args: &WorkloadArgs) -> anyhow::Result<B
         seals: !args.no_seals,
         tracking: args.tracking.mode(),
         against_declared: args.against_declared,
+        through_service: args.through_service,
     })
 }
 
@@ -910,6 +916,14 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
                 "  cost vs declared    {:>12.3}x (per round {:?})",
                 cost,
                 report.round_costs_vs_declared.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
+            );
+        }
+        if let (Some(service), Some(ratio)) = (report.service_tx_per_s, report.service_vs_direct) {
+            println!("  through the service {:>12.0} tx/s (replicated alike, same run)", service);
+            println!(
+                "  service vs direct   {:>12.3}  (per round {:?})",
+                ratio,
+                report.round_service_vs_direct.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
             );
         }
         println!(
@@ -948,6 +962,7 @@ fn bench_matrix(args: MatrixArgs) -> anyhow::Result<()> {
         seals: true,
         tracking: None,
         against_declared: false,
+        through_service: false,
     };
     let matrix =
         bench::matrix(&base, &[WorkloadKind::DebitCredit, WorkloadKind::OrderEntry], &std::env::current_exe()?)?;

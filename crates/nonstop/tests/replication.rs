@@ -30,6 +30,7 @@ fn config(region_base: usize, backups: usize, protocol: UpdateProtocol, policy: 
         seals: true,
         tracking: None,
         against_declared: false,
+        through_service: false,
     }
 }
 
@@ -47,6 +48,25 @@ fn two_backups_hold_the_primary_image_under_every_protocol_and_policy() {
         assert!(report.check.contains("debit-credit consistent"), "{report:?}");
         assert!(report.tx_per_s > 0.0 && report.checkpoints_per_s > 0.0, "{report:?}");
     }
+}
+
+/// The bank service's path, side by side with the same transactions written by hand: both
+/// arms replicated and verified on the backup, and a ratio reported.
+#[test]
+fn the_service_path_is_measured_against_the_same_transactions_by_hand() {
+    let mut config =
+        config(0x2d00_0000_0000, 1, UpdateProtocol::Au, CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 });
+    config.compare = true;
+    config.rounds = 2;
+    config.duration = Duration::from_millis(300);
+    config.through_service = true;
+    let report = bench::run(&config, exe()).unwrap();
+    assert!(report.backup_verified, "{report:?}");
+    assert!(report.check.contains("debit-credit consistent"), "{report:?}");
+    assert!(report.service_vs_direct.is_some_and(|ratio| ratio > 0.0), "{report:?}");
+    assert_eq!(report.round_service_vs_direct.len(), 2);
+    config.backups = 0;
+    assert!(bench::run(&config, exe()).unwrap_err().to_string().contains("--through-service"));
 }
 
 #[test]
