@@ -214,6 +214,17 @@ impl Service for OrderBook {
         Ok(Depth { bids: depth(Side::Buy, &book.bids), asks: depth(Side::Sell, &book.asks) })
     }
 
+    /// Limit orders around 100 that often cross, some market orders, and cancels of recent ids.
+    fn sample(&self, _client: u64, draw: u64) -> Option<OrderRequest> {
+        let side = if draw & 1 == 0 { Side::Buy } else { Side::Sell };
+        let quantity = 1 + (draw >> 8) % 20;
+        Some(match (draw >> 1) % 10 {
+            0 => OrderRequest::Cancel { id: 1 + (draw >> 16) % 1000 },
+            1 => OrderRequest::Market { side, quantity },
+            _ => OrderRequest::Limit { side, price: 95 + (draw >> 32) % 10, quantity },
+        })
+    }
+
     /// Every order's quantity is conserved, each resting order is in its side's book once, the
     /// book is not crossed, and over all orders placed = resting + filled + cancelled.
     fn check(&self, image: &Image<'_>) -> Result<String, String> {

@@ -163,6 +163,16 @@ impl Service for Sessions {
         }))
     }
 
+    /// Client `c` keeps session `c{c}`: mostly adds, now and then opened anew (which also
+    /// brings it back after a refusal).
+    fn sample(&self, client: u64, draw: u64) -> Option<SessionRequest> {
+        let id = format!("c{client}");
+        Some(match draw % 16 {
+            0 => SessionRequest::Open { id, data: draw.to_le_bytes().to_vec(), now_ms: 1, ttl_ms: 1 << 40 },
+            _ => SessionRequest::Add { id, delta: (draw >> 8) as i64 % 100, now_ms: 2 },
+        })
+    }
+
     /// Every used slot is well formed and lies on its id's probe path: no never-used slot
     /// between the id's home and it, or a lookup would stop before reaching it.
     fn check(&self, image: &Image<'_>) -> Result<String, String> {

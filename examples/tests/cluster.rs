@@ -101,3 +101,32 @@ fn an_order_book_matches_through_kills_of_its_primary_as_without_them() {
     let summary = audit.check.unwrap();
     assert!(summary.contains("1 clients, each request applied once"), "{summary}");
 }
+
+/// The chaos harness on a third party's binary: its kind's sampled requests as the load, kills
+/// at random moments and inside checkpoints, judged from the platform's client table.
+#[test]
+fn chaos_kill_on_the_order_book_binary_loses_and_doubles_nothing() {
+    let config = nonstop::chaos::ChaosConfig {
+        trials: 6,
+        seed: 11,
+        clients: 4,
+        fault_share: 0.3,
+        spec: ClusterSpec {
+            ip_prefix: "127.0.8".into(),
+            allow_faults: true,
+            ..spec("orderbook", "max_orders = 10000", Some(TrackingMode::Mprotect))
+        },
+        quiet: Duration::from_millis(300),
+        double: None,
+        sampled: true,
+    };
+    let report = nonstop::chaos::run_kill(&example("orderbook"), &config, |_| {}).unwrap();
+    assert_eq!((report.acked_lost, report.applied_twice), (0, 0), "{:?}", report.history);
+    assert!(
+        report.check.as_ref().is_ok_and(|summary| summary.contains("each request applied once")),
+        "{:?}",
+        report.check
+    );
+    assert!(report.acknowledged > 100, "{report:?}");
+    assert_eq!(report.no_failover, 0, "{:?}", report.trial_log);
+}

@@ -102,6 +102,7 @@ trait Run: Send + Sync {
     fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError>;
     fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError>;
     fn check(&self, image: &[u8]) -> Result<String, String>;
+    fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>>;
 }
 
 /// A service ready to run on a node: a cheap handle, shared by the client port, the primary
@@ -198,6 +199,11 @@ impl Hosted {
     /// checkpoint and releases the answer once the backups hold it).
     pub fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError> {
         self.run.query(mirror, body)
+    }
+
+    /// A request for load tests, encoded ([`Service::sample`]).
+    pub fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>> {
+        self.run.sample(client, draw)
     }
 
     /// The platform's check of the client table and the service's own, on a whole image.
@@ -400,6 +406,10 @@ impl<S: Service> Run for Host<S> {
         let (state, slots) = self.layout.split(image).ok_or_else(|| failed("the image is shorter than the service"))?;
         let answer = self.service.query(&View::bytes(state, slots, self.layout.table), &query);
         encode(&answer.map_err(CallError::from_service)?)
+    }
+
+    fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>> {
+        self.service.sample(client, draw).and_then(|request| postcard::to_allocvec(&request).ok())
     }
 
     fn check(&self, image: &[u8]) -> Result<String, String> {

@@ -108,6 +108,15 @@ pub trait Service: Send + Sync + 'static {
     /// Answers a read-only question. Its answer leaves once the backups hold the state it read.
     fn query(&self, view: &View<'_>, query: &Self::Query) -> Result<Self::Answer, ServiceError>;
 
+    /// A request for load tests (`nonstop chaos kill --node-binary`): what client `client`
+    /// might ask next, from a random `draw`. `None` (the default): the service offers no load,
+    /// and its fault tests need a load of their own. A sample may be refused (a cancel of an
+    /// order long filled); the load goes on with the next draw.
+    fn sample(&self, client: u64, draw: u64) -> Option<Self::Request> {
+        let _ = (client, draw);
+        None
+    }
+
     /// The service's consistency check on an image (the primary's region between checkpoints,
     /// or a backup's): `Ok(summary)` or `Err(violation)`. It may also compare its state with
     /// what the platform remembers of its clients ([`Image::clients`]).

@@ -170,6 +170,13 @@ impl Service for Bank {
         })
     }
 
+    /// A transfer of up to +-999.99 into a random account through a random teller.
+    fn sample(&self, _client: u64, draw: u64) -> Option<TransferRequest> {
+        let (accounts, tellers) = (self.db.account_count(), self.db.teller_count());
+        let delta = (draw >> 44) as i64 % 100_000 - 49_999;
+        Some(TransferRequest { account: draw % accounts, teller: (draw >> 32) % tellers, delta })
+    }
+
     fn check(&self, image: &Image<'_>) -> Result<String, String> {
         let shape = DebitCredit::from_image(image.state())?;
         if (shape.branches, shape.workers) != (self.db.branches, self.db.workers) {

@@ -169,6 +169,16 @@ impl Service for Ledger {
         })
     }
 
+    /// A transfer of up to +-499.99 into a random account through a random teller.
+    fn sample(&self, _client: u64, draw: u64) -> Option<TransferRequest> {
+        let delta = (draw >> 44) as i64 % 100_000 - 49_999;
+        Some(TransferRequest {
+            account: draw % self.account_count(),
+            teller: (draw >> 32) % self.teller_count(),
+            delta,
+        })
+    }
+
     fn check(&self, image: &Image<'_>) -> Result<String, String> {
         check(image.state(), image.clients())
     }

@@ -259,6 +259,11 @@ impl LocalCluster {
         self.nodes.iter().map(|n| n.client).collect()
     }
 
+    /// The node binary its nodes run.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
     /// Where configs, logs and Raft logs live.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -126,8 +126,8 @@ pub fn run(
         // after, once those 2 s have passed.
         let bucket = Duration::from_millis(100);
         std::thread::sleep((killed_at + 2 * Duration::from_secs(1)).saturating_duration_since(Instant::now()));
-        let before: u64 = load.rate(killed_at - Duration::from_secs(1), killed_at, bucket).iter().sum();
-        let after = load.rate(killed_at, killed_at + 2 * Duration::from_secs(1), bucket);
+        let before: u64 = load.acks().rate(killed_at - Duration::from_secs(1), killed_at, bucket).iter().sum();
+        let after = load.acks().rate(killed_at, killed_at + 2 * Duration::from_secs(1), bucket);
         let normal = before / 10;
         let recovered = after
             .iter()
@@ -180,8 +180,8 @@ fn run_switchover(
     let asked = Instant::now();
     let done = cluster.operator().switchover(SERVICE, backup)?;
     std::thread::sleep(Duration::from_millis(500));
-    let first_ack = load.first_ack_after(asked, term).map(|a| a.at.duration_since(asked));
-    let downtime = load.longest_gap(asked, asked + Duration::from_millis(400));
+    let first_ack = load.acks().first_ack_after(asked, term).map(|a| a.at.duration_since(asked));
+    let downtime = load.acks().longest_gap(asked, asked + Duration::from_millis(400));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     writeln!(
         out,

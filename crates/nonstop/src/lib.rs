@@ -39,6 +39,7 @@ pub mod load;
 pub mod local;
 pub mod netns;
 pub mod node;
+pub mod sampled;
 pub mod status;
 pub mod tracking_bench;
 

@@ -63,12 +63,86 @@ pub struct Ack {
     pub term: u64,
 }
 
+/// Every answer's arrival and term, in about the order they arrived: what failover times are
+/// read from.
+#[derive(Debug, Default)]
+pub struct AckLog(Mutex<Vec<Ack>>);
+
+impl AckLog {
+    /// Records an answer.
+    pub fn push(&self, ack: Ack) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(ack);
+    }
+
+    /// The first answer after `after` from a term above `term`.
+    pub fn first_ack_after(&self, after: Instant, term: u64) -> Option<Ack> {
+        // Acks are appended in about the order they arrived: scan back from the newest and stop
+        // well before `after`, so that a long run does not hold the clients' lock for a scan of
+        // millions.
+        let margin = Duration::from_millis(100);
+        let acks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        acks.iter()
+            .rev()
+            .take_while(|a| a.at + margin > after)
+            .filter(|a| a.at > after && a.term > term)
+            .min_by_key(|a| a.at)
+            .copied()
+    }
+
+    /// Waits up to `timeout` (from `after`) for the first answer after `after` from a term above
+    /// `term`: the end of a failover as the clients see it.
+    pub fn wait_first_ack_after(&self, after: Instant, term: u64, timeout: Duration) -> Option<Ack> {
+        loop {
+            let first = self.first_ack_after(after, term);
+            if first.is_some() || after.elapsed() >= timeout {
+                return first;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// The longest time without any answer between `from` and `to`.
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut times: Vec<Instant> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| a.at)
+            .filter(|at| *at >= from && *at <= to)
+            .collect();
+        times.sort();
+        let mut previous = from;
+        let mut longest = Duration::ZERO;
+        for at in times.into_iter().chain(std::iter::once(to)) {
+            longest = longest.max(at.saturating_duration_since(previous));
+            previous = at;
+        }
+        longest
+    }
+
+    /// Answers per `bucket` between `from` and `to`.
+    pub fn rate(&self, from: Instant, to: Instant, bucket: Duration) -> Vec<u64> {
+        let buckets = (to.saturating_duration_since(from).as_nanos() / bucket.as_nanos().max(1)) as usize;
+        let mut counts = vec![0u64; buckets];
+        for ack in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if ack.at >= from && ack.at < to {
+                let index = (ack.at.duration_since(from).as_nanos() / bucket.as_nanos()) as usize;
+                if let Some(count) = counts.get_mut(index) {
+                    *count += 1;
+                }
+            }
+        }
+        counts
+    }
+}
+
 /// Client threads issuing transfers back to back until stopped, and reader threads reading
 /// their state; every operation goes into the history.
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Vec<Operation>>>,
-    acks: Arc<Mutex<Vec<Ack>>>,
+    acks: Arc<AckLog>,
     answered: Arc<AtomicU64>,
 }
 
@@ -78,7 +152,7 @@ struct Shared {
     service: String,
     start: Instant,
     stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<Ack>>>,
+    acks: Arc<AckLog>,
     answered: Arc<AtomicU64>,
 }
 
@@ -110,7 +184,7 @@ impl Load {
             service: service.to_string(),
             start: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
-            acks: Arc::new(Mutex::new(Vec::new())),
+            acks: Arc::default(),
             answered: Arc::new(AtomicU64::new(0)),
         });
         let setup = Arc::new(setup);
@@ -151,66 +225,14 @@ impl Load {
         self.answered.load(Ordering::Relaxed)
     }
 
-    /// The first answer after `after` from a term above `term`.
-    pub fn first_ack_after(&self, after: Instant, term: u64) -> Option<Ack> {
-        // Acks are appended in about the order they arrived: scan back from the newest and stop
-        // well before `after`, so that a long run does not hold the clients' lock for a scan of
-        // millions.
-        let margin = Duration::from_millis(100);
-        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        acks.iter()
-            .rev()
-            .take_while(|a| a.at + margin > after)
-            .filter(|a| a.at > after && a.term > term)
-            .min_by_key(|a| a.at)
-            .copied()
+    /// The answers so far, with when they arrived.
+    pub fn acks(&self) -> &AckLog {
+        &self.acks
     }
 
-    /// Waits up to `timeout` (from `after`) for the first answer after `after` from a term above
-    /// `term`: the end of a failover as the clients see it.
+    /// See [`AckLog::wait_first_ack_after`].
     pub fn wait_first_ack_after(&self, after: Instant, term: u64, timeout: Duration) -> Option<Ack> {
-        loop {
-            let first = self.first_ack_after(after, term);
-            if first.is_some() || after.elapsed() >= timeout {
-                return first;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
-    /// The longest time without any answer between `from` and `to`.
-    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
-        let mut times: Vec<Instant> = self
-            .acks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|a| a.at)
-            .filter(|at| *at >= from && *at <= to)
-            .collect();
-        times.sort();
-        let mut previous = from;
-        let mut longest = Duration::ZERO;
-        for at in times.into_iter().chain(std::iter::once(to)) {
-            longest = longest.max(at.saturating_duration_since(previous));
-            previous = at;
-        }
-        longest
-    }
-
-    /// Answers per `bucket` between `from` and `to`.
-    pub fn rate(&self, from: Instant, to: Instant, bucket: Duration) -> Vec<u64> {
-        let buckets = (to.saturating_duration_since(from).as_nanos() / bucket.as_nanos().max(1)) as usize;
-        let mut counts = vec![0u64; buckets];
-        for ack in self.acks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if ack.at >= from && ack.at < to {
-                let index = (ack.at.duration_since(from).as_nanos() / bucket.as_nanos()) as usize;
-                if let Some(count) = counts.get_mut(index) {
-                    *count += 1;
-                }
-            }
-        }
-        counts
+        self.acks.wait_first_ack_after(after, term, timeout)
     }
 
     /// Stops the clients and readers (each finishes its operation in flight) and returns the
@@ -234,7 +256,7 @@ fn run_client(shared: &Shared, client: u64) -> Vec<Operation> {
         let outcome = match result {
             Ok(done) => {
                 shared.answered.fetch_add(1, Ordering::Relaxed);
-                shared.acks.lock().unwrap_or_else(|p| p.into_inner()).push(Ack { at: completed, term: done.term });
+                shared.acks.push(Ack { at: completed, term: done.term });
                 Outcome::Ok { term: done.term, node: done.answered_by, request: done.request, balance: done.balance }
             }
             Err(ClientError::Rejected { reason, .. }) => Outcome::Fail { reason },

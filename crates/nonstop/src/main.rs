@@ -34,6 +34,9 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Load a service of a cluster with the requests its kind samples until stdin closes, one
+    /// line per answer on stdout (what `chaos kill --node-binary` runs in the node binary).
+    Load(nonstop::sampled::LoadArgs),
     /// Show every node's role, term and lag, and the last failover.
     Status {
         #[command(flatten)]
@@ -154,6 +157,13 @@ struct ChaosKillArgs {
     /// Trials.
     #[arg(long, default_value_t = 200)]
     trials: u32,
+    /// Run the cluster of this node binary (one built on `nonstop::node::main`, e.g.
+    /// target/release/examples/orderbook) with --kind one of its kinds, loaded with the requests
+    /// that kind samples; lost and doubled requests are judged from the platform's client
+    /// table and the service's own check. Without it, `nonstop node` runs the bank under its
+    /// own clients and history checker.
+    #[arg(long, value_name = "PATH")]
+    node_binary: Option<std::path::PathBuf>,
     /// Seed of the random choices (printed, so a run can be repeated).
     #[arg(long)]
     seed: Option<u64>,
@@ -425,6 +435,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Node { config } => node(&config),
+        Command::Load(args) => nonstop::sampled::run(&args, &nonstop::builtins()),
         Command::Status { cluster, json } => status(&cluster, json),
         Command::Chaos { kind: Some(ChaosKind::Kill(args)), .. } => chaos_kill(args),
         Command::Chaos { kind: None, netns } => chaos_netns(netns),
@@ -680,11 +691,18 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fault_share) {
         bail!("--fault-share must be between 0 and 1");
     }
-    // The node's own kinds, so that the CLI offers whatever a configuration may name.
-    let service = nonstop::builtins()
-        .make(&args.kind, &nonstop::Settings::default())
-        .map_err(|error| anyhow::anyhow!("--kind {error}"))?;
-    if service.needs_transparent() && matches!(args.tracking, Tracking::Declared) {
+    // The node's own kinds, so that the CLI offers whatever a configuration may name; a node
+    // binary of someone else's refuses a kind it lacks when its nodes start.
+    let needs_transparent = match &args.node_binary {
+        Some(_) => false,
+        None => {
+            let service = nonstop::builtins()
+                .make(&args.kind, &nonstop::Settings::default())
+                .map_err(|error| anyhow::anyhow!("--kind {error}"))?;
+            service.needs_transparent()
+        }
+    };
+    if needs_transparent && matches!(args.tracking, Tracking::Declared) {
         bail!(
             "--kind {} keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect",
             args.kind
@@ -717,6 +735,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         spec: nonstop::cluster::ClusterSpec {
             ip_prefix: "127.0.2".into(),
             tracking: args.tracking.mode(),
+            services: vec![(if args.node_binary.is_some() { kind.clone() } else { "bank".into() }, 1)],
             kind,
             // Three nodes at least, so that the control plane outlives one death.
             nodes: (args.backups + 1).max(3),
@@ -728,9 +747,22 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         },
         quiet: args.quiet,
         double,
+        sampled: args.node_binary.is_some(),
+    };
+    let exe = match &args.node_binary {
+        Some(path) => {
+            if !path.is_file() {
+                bail!(
+                    "--node-binary {}: no such file; build it first (cargo build --release --examples)",
+                    path.display()
+                );
+            }
+            path.clone()
+        }
+        None => std::env::current_exe()?,
     };
     let progress = trials_bar(args.trials);
-    let report = nonstop::chaos::run_kill(&std::env::current_exe()?, &config, |trial| {
+    let report = nonstop::chaos::run_kill(&exe, &config, |trial| {
         if trial.fault == "quiet" {
             progress.set_message("quiet period: load, no faults");
             progress.tick();

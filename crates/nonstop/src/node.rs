@@ -19,7 +19,9 @@
 //! ```
 //!
 //! The binary takes the same `node --config FILE` arguments as `nonstop node`, so `nonstop
-//! status`, `nonstop switchover` and the test bed work with it unchanged.
+//! status`, `nonstop switchover` and the test bed work with it unchanged; its `load`
+//! subcommand drives a service with the requests its kind samples, for `nonstop chaos kill
+//! --node-binary`.
 
 use crate::Registry;
 use std::path::PathBuf;
@@ -44,6 +46,9 @@ enum NodeCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Load a service of the cluster with the requests its kind samples, until stdin closes
+    /// (what `nonstop chaos kill --node-binary` runs; see [`crate::sampled`]).
+    Load(crate::sampled::LoadArgs),
 }
 
 /// Sends logs to stderr, filtered by `RUST_LOG` (else `default`).
@@ -60,11 +65,16 @@ pub fn init_logs(default: &str) {
 pub fn main(registry: Registry) -> ExitCode {
     let cli = <NodeCli as clap::Parser>::parse();
     init_logs("warn");
-    let NodeCommand::Node { config } = cli.command;
-    match run_config_file(&config, &registry, &AtomicBool::new(false)) {
+    let result = match cli.command {
+        NodeCommand::Node { config } => {
+            run_config_file(&config, &registry, &AtomicBool::new(false)).map_err(anyhow::Error::from)
+        }
+        NodeCommand::Load(args) => crate::sampled::run(&args, &registry),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -14,6 +14,7 @@ fn kills_inside_checkpoints_lose_and_double_nothing() {
         spec: ClusterSpec { ip_prefix: "127.0.3".into(), region_size_mib: 32, ..ClusterSpec::default() },
         quiet: std::time::Duration::from_secs(1),
         double: None,
+        sampled: false,
     };
     let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.is_ok(), "{:?}", report.check);
@@ -53,6 +54,7 @@ fn transparent_mode_services_lose_and_double_nothing_under_kills() {
             },
             quiet: std::time::Duration::from_secs(1),
             double: None,
+            sampled: false,
         };
         let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
         assert!(report.check.as_ref().is_ok_and(|summary| summary.contains(consistent)), "{kind}: {:?}", report.check);
@@ -82,6 +84,7 @@ fn two_backups_survive_two_kills_in_a_row() {
         },
         quiet: std::time::Duration::ZERO,
         double: Some(DoubleKill::InsideReprotection),
+        sampled: false,
     };
     let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.is_ok(), "{:?}", report.check);

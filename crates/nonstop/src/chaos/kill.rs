@@ -4,9 +4,10 @@
 //! the end, audit every client's history against the service's state.
 
 use super::{Millis, millis};
-use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, protected};
+use crate::cluster::{ClusterSpec, LocalCluster, protected_service, service as service_of};
 use crate::history::CheckReport;
 use crate::load::{self, Load};
+use crate::sampled::SampledLoad;
 use nonstop_net::fault::FaultPoint;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -34,6 +35,41 @@ pub struct ChaosConfig {
     /// Kill the promoted primary too: this long after the first kill, or, with
     /// [`DoubleKill::InsideReprotection`], at a random moment of its first re-protection.
     pub double: Option<DoubleKill>,
+    /// Load the service with the requests its kind samples, run by the cluster's own binary
+    /// ([`crate::sampled`]), and judge from the platform's client table; else run the bank's
+    /// clients and history checker.
+    pub sampled: bool,
+}
+
+/// The clients of a run.
+enum Traffic {
+    Bank(Load),
+    Sampled(SampledLoad),
+}
+
+impl Traffic {
+    fn wait_first_ack_after(&self, after: Instant, term: u64, timeout: Duration) -> Option<crate::load::Ack> {
+        match self {
+            Traffic::Bank(load) => load.wait_first_ack_after(after, term, timeout),
+            Traffic::Sampled(load) => load.wait_first_ack_after(after, term, timeout),
+        }
+    }
+
+    /// Stops the clients and audits the service: its check, and the history's verdict.
+    fn finish(self, cluster: &LocalCluster, service: &str) -> anyhow::Result<(Result<String, String>, CheckReport)> {
+        Ok(match self {
+            Traffic::Bank(load) => {
+                let history = load.stop();
+                let verdict = load::audit(cluster.client_addrs(), service, &history)?;
+                (verdict.check, verdict.report)
+            }
+            Traffic::Sampled(load) => {
+                let history = load.stop()?;
+                let verdict = crate::sampled::judge(cluster.client_addrs(), service, &history)?;
+                (verdict.check, verdict.report)
+            }
+        })
+    }
 }
 
 /// When the second kill of a trial comes.
@@ -115,11 +151,18 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     let mut cluster = LocalCluster::create(exe, &spec)?;
     cluster.start_all()?;
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
-    cluster.wait_protected(spec.backups as usize, Duration::from_secs(20))?;
-    let load = Load::start_with_readers(cluster.client_addrs(), SERVICE, config.clients, 1, 2, |_| {});
+    let name = spec.services[0].0.clone();
+    cluster.wait_service_protected(&name, spec.backups as usize, Duration::from_secs(20))?;
+    let load = match config.sampled {
+        false => Traffic::Bank(Load::start_with_readers(cluster.client_addrs(), &name, config.clients, 1, 2, |_| {})),
+        true => {
+            let node_config = &cluster.nodes[0].config;
+            Traffic::Sampled(SampledLoad::start(cluster.exe(), node_config, &name, config.clients, config.seed)?)
+        }
+    };
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
-    let (_, quiet_start) = cluster.current_primary(&all);
+    let (_, quiet_start) = cluster.primary_of(&name, &all);
     let quiet_until = Instant::now() + config.quiet;
     while Instant::now() < quiet_until {
         std::thread::sleep(Duration::from_millis(100).min(quiet_until.saturating_duration_since(Instant::now())));
@@ -134,13 +177,13 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         };
         progress(&quiet);
     }
-    let (_, mut term) = cluster.current_primary(&all);
+    let (_, mut term) = cluster.primary_of(&name, &all);
     let quiet_failovers = term.saturating_sub(quiet_start);
     let mut false_failovers = quiet_failovers;
     for _ in 0..config.trials {
         // Protected again, with every node up, before the next kill.
-        cluster.wait_statuses(&all, Duration::from_secs(30), |s| protected(s, spec.backups as usize));
-        let (primary, term_now) = cluster.current_primary(&all);
+        cluster.wait_statuses(&all, Duration::from_secs(30), |s| protected_service(s, &name, spec.backups as usize));
+        let (primary, term_now) = cluster.primary_of(&name, &all);
         false_failovers += term_now.saturating_sub(term);
         std::thread::sleep(Duration::from_millis(rng.random_range(20..200)));
         let fault = if rng.random_bool(config.fault_share) {
@@ -176,7 +219,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         }
         let second = config.double.and_then(|double| {
             let promoted_status = |s: &nonstop_node::status::NodeStatus| {
-                crate::cluster::bank(s).is_some_and(|b| b.term > term_now && b.primary == s.node && b.role == "primary")
+                service_of(s, &name).is_some_and(|b| b.term > term_now && b.primary == s.node && b.role == "primary")
             };
             let at = match double {
                 DoubleKill::After(after) => {
@@ -192,7 +235,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
             };
             // Whoever the record names primary now: the promoted node, or (killed inside its
             // promotion) the node being promoted.
-            let (next, next_term) = cluster.current_primary(&survivors);
+            let (next, next_term) = cluster.primary_of(&name, &survivors);
             let victim = if next_term > term_now { next } else { return None };
             cluster.kill(victim).ok()?;
             // As a supervisor would, start the first victim again at once: with fewer than
@@ -214,9 +257,9 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         // Statuses refresh every heartbeat: wait until one shows the new term before reading it.
         let killed = [Some(primary), second_killed];
         cluster.wait_status(&alive, Duration::from_secs(2), |s| {
-            crate::cluster::bank(s).is_some_and(|b| b.term > term_now && !killed.contains(&Some(b.primary)))
+            service_of(s, &name).is_some_and(|b| b.term > term_now && !killed.contains(&Some(b.primary)))
         });
-        let (_, term_after) = cluster.current_primary(&alive);
+        let (_, term_after) = cluster.primary_of(&name, &alive);
         let trial = Trial {
             fault: fault.map_or("random-moment".into(), |p| p.name().into()),
             killed: primary,
@@ -237,8 +280,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         progress(&trial);
         trials.push(trial);
     }
-    let history = load.stop();
-    let verdict = load::audit(cluster.client_addrs(), SERVICE, &history)?;
+    let (check, history) = load.finish(&cluster, &name)?;
     let times: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
     let second_times: Vec<f64> = trials.iter().filter_map(|t| t.second_failover_ms).collect();
     let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -253,8 +295,8 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         min_backups: spec.min_backups.unwrap_or(spec.backups.saturating_sub(1)),
         second_failover_ms: config.double.map(|_| millis(&second_times)),
         by_fault: by_fault.into_iter().map(|(k, v)| (k, (v.len() as u32, millis(&v)))).collect(),
-        acked_lost: verdict.report.violations.acked_lost,
-        applied_twice: verdict.report.violations.applied_twice,
+        acked_lost: history.violations.acked_lost,
+        applied_twice: history.violations.applied_twice,
         false_failovers,
         quiet_failovers,
         quiet_s: config.quiet.as_secs_f64(),
@@ -262,9 +304,9 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
             .iter()
             .filter(|t| t.failover_ms.is_none() || (t.second_killed.is_some() && t.second_failover_ms.is_none()))
             .count() as u32,
-        acknowledged: verdict.acknowledged,
-        check: verdict.check,
-        history: verdict.report,
+        acknowledged: history.operations.transfers_ok,
+        check,
+        history,
         trial_log: trials,
     })
 }

@@ -539,7 +539,7 @@ fn run_trial(
         leader,
         with_lossy,
         failover_ms: first.map(|a| a.at.duration_since(injected).as_secs_f64() * 1e3),
-        longest_gap_ms: load.longest_gap(injected, resumed).as_secs_f64() * 1e3,
+        longest_gap_ms: load.acks().longest_gap(injected, resumed).as_secs_f64() * 1e3,
         terms: term_after.saturating_sub(term),
         recovered: recovered_at.is_some(),
         false_failover: term_after > term && !fault.may_fail_over(primary == leader),
