@@ -214,7 +214,8 @@ impl Service for OrderBook {
         Ok(Depth { bids: depth(Side::Buy, &book.bids), asks: depth(Side::Sell, &book.asks) })
     }
 
-    /// Limit orders around 100 that often cross, some market orders, and cancels of recent ids.
+    /// Limit orders around 100 that often cross, some market orders, and cancels of the first
+    /// thousand ids (refused once those are filled or gone).
     fn sample(&self, _client: u64, draw: u64) -> Option<OrderRequest> {
         let side = if draw & 1 == 0 { Side::Buy } else { Side::Sell };
         let quantity = 1 + (draw >> 8) % 20;

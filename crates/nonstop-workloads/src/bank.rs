@@ -170,7 +170,7 @@ impl Service for Bank {
         })
     }
 
-    /// A transfer of up to +-999.99 into a random account through a random teller.
+    /// A transfer of up to 500.00 either way into a random account through a random teller.
     fn sample(&self, _client: u64, draw: u64) -> Option<TransferRequest> {
         let (accounts, tellers) = (self.db.account_count(), self.db.teller_count());
         let delta = (draw >> 44) as i64 % 100_000 - 49_999;

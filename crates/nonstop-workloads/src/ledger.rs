@@ -169,7 +169,7 @@ impl Service for Ledger {
         })
     }
 
-    /// A transfer of up to +-499.99 into a random account through a random teller.
+    /// A transfer of up to 500.00 either way into a random account through a random teller.
     fn sample(&self, _client: u64, draw: u64) -> Option<TransferRequest> {
         let delta = (draw >> 44) as i64 % 100_000 - 49_999;
         Some(TransferRequest {
