@@ -5,7 +5,7 @@
 //! own binary registers its own) and the node builds each service from its `[services.settings]`.
 
 use crate::hosted::Hosted;
-use crate::service::Service;
+use crate::service::{Service, Writes};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +35,12 @@ impl Settings {
 
 type Factory = Box<dyn Fn(&Settings) -> Result<Hosted, String> + Send + Sync>;
 
+/// A registered kind: how its services are built, and how they write the region.
+struct Kind {
+    make: Factory,
+    writes: Writes,
+}
+
 /// The kinds of service a node binary can run.
 ///
 /// ```
@@ -56,7 +62,7 @@ type Factory = Box<dyn Fn(&Settings) -> Result<Hosted, String> + Send + Sync>;
 /// ```
 #[derive(Default)]
 pub struct Registry {
-    kinds: BTreeMap<String, Factory>,
+    kinds: BTreeMap<String, Kind>,
 }
 
 impl fmt::Debug for Registry {
@@ -99,8 +105,15 @@ impl Registry {
         make: impl Fn(&Settings) -> Result<S, String> + Send + Sync + 'static,
     ) -> &mut Registry {
         let name = kind.to_string();
-        self.kinds.insert(kind.to_string(), Box::new(move |settings| Ok(Hosted::new(&name, make(settings)?))));
+        let make: Factory = Box::new(move |settings| Ok(Hosted::new(&name, make(settings)?)));
+        self.kinds.insert(kind.to_string(), Kind { make, writes: S::WRITES });
         self
+    }
+
+    /// How services of `kind` write the region (`None`: no such kind): a kind that keeps
+    /// [`Writes::Collections`] needs transparent mode.
+    pub fn writes(&self, kind: &str) -> Option<Writes> {
+        self.kinds.get(kind).map(|kind| kind.writes)
     }
 
     /// The kinds registered.
@@ -110,10 +123,10 @@ impl Registry {
 
     /// Builds a service of `kind` from `settings`.
     pub fn make(&self, kind: &str, settings: &Settings) -> Result<Hosted, RegistryError> {
-        let make = self.kinds.get(kind).ok_or_else(|| RegistryError::Unknown {
+        let known = self.kinds.get(kind).ok_or_else(|| RegistryError::Unknown {
             kind: kind.to_string(),
             known: self.kinds().map(|kind| format!("{kind:?}")).collect::<Vec<_>>().join(", "),
         })?;
-        make(settings).map_err(|reason| RegistryError::Settings { kind: kind.to_string(), reason })
+        (known.make)(settings).map_err(|reason| RegistryError::Settings { kind: kind.to_string(), reason })
     }
 }

@@ -37,6 +37,8 @@ enum Command {
     /// Load a service of a cluster with the requests its kind samples until stdin closes, one
     /// line per answer on stdout (what `chaos kill --node-binary` runs in the node binary).
     Load(nonstop::sampled::LoadArgs),
+    /// List the service kinds this binary runs and how each writes the region.
+    Kinds,
     /// Show every node's role, term and lag, and the last failover.
     Status {
         #[command(flatten)]
@@ -180,12 +182,13 @@ struct ChaosKillArgs {
     /// Before the trials, run the load this long without faults: any failover then is false.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     quiet: Duration,
-    /// How the bank's primary finds its writes: declared ranges, or transparent mode with the
-    /// kernel finding the written pages (uffd or mprotect; DU).
-    #[arg(long, value_enum, default_value_t = Tracking::Declared)]
-    tracking: Tracking,
+    /// How the primary finds its writes: declared ranges, or transparent mode with the kernel
+    /// finding the written pages (uffd or mprotect; DU). Default: declared, or for a kind that
+    /// keeps collections (ledger, orderbook), uffd where the kernel has it, else mprotect.
+    #[arg(long, value_enum)]
+    tracking: Option<Tracking>,
     /// What the service runs: `bank` (Debit-Credit at fixed offsets) or `ledger` (the same
-    /// requests over ordinary Rust collections in the region; needs --tracking uffd|mprotect).
+    /// requests over ordinary Rust collections in the region), or a kind of --node-binary.
     #[arg(long, default_value = nonstop_workloads::bank::NAME)]
     kind: String,
     /// Backups of the service (k): the cluster has k + 1 nodes that hold regions (three at
@@ -436,6 +439,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node { config } => node(&config),
         Command::Load(args) => nonstop::sampled::run(&args, &nonstop::builtins()),
+        Command::Kinds => {
+            print!("{}", nonstop::node::kinds(&nonstop::builtins()));
+            Ok(())
+        }
         Command::Status { cluster, json } => status(&cluster, json),
         Command::Chaos { kind: Some(ChaosKind::Kill(args)), .. } => chaos_kill(args),
         Command::Chaos { kind: None, netns } => chaos_netns(netns),
@@ -691,23 +698,38 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fault_share) {
         bail!("--fault-share must be between 0 and 1");
     }
-    // The node's own kinds, so that the CLI offers whatever a configuration may name; a node
-    // binary of someone else's refuses a kind it lacks when its nodes start.
-    let needs_transparent = match &args.node_binary {
-        Some(_) => false,
-        None => {
-            let service = nonstop::builtins()
-                .make(&args.kind, &nonstop::Settings::default())
-                .map_err(|error| anyhow::anyhow!("--kind {error}"))?;
-            service.needs_transparent()
-        }
+    if let Some(path) = args.node_binary.as_ref().filter(|path| !path.is_file()) {
+        bail!("--node-binary {}: no such file; build it first (cargo build --release --examples)", path.display());
+    }
+    // The kinds of the binary that runs the nodes: how the kind writes decides the tracking.
+    let writes = match &args.node_binary {
+        Some(path) => nonstop::node::kind_writes(path, &args.kind).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} does not run kind {:?}: `{} kinds` lists those it does",
+                path.display(),
+                args.kind,
+                path.display()
+            )
+        })?,
+        None => nonstop::builtins().writes(&args.kind).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--kind {:?}: nonstop runs \"bank\" and \"ledger\"; give --node-binary for others",
+                args.kind
+            )
+        })?,
     };
-    if needs_transparent && matches!(args.tracking, Tracking::Declared) {
-        bail!(
+    let tracking = match (args.tracking, writes) {
+        (Some(Tracking::Declared), nonstop::Writes::Collections) => bail!(
             "--kind {} keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect",
             args.kind
-        );
-    }
+        ),
+        (Some(tracking), _) => tracking.mode(),
+        (None, nonstop::Writes::AtOffsets) => None,
+        (None, nonstop::Writes::Collections) => Some(match nonstop::tracking::probe(TrackingMode::Uffd) {
+            Ok(()) => TrackingMode::Uffd,
+            Err(_) => TrackingMode::Mprotect,
+        }),
+    };
     let kind = args.kind.clone();
     if args.min_backups.is_some_and(|m| m > args.backups) {
         bail!(
@@ -734,7 +756,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         fault_share: args.fault_share,
         spec: nonstop::cluster::ClusterSpec {
             ip_prefix: "127.0.2".into(),
-            tracking: args.tracking.mode(),
+            tracking,
             services: vec![(if args.node_binary.is_some() { kind.clone() } else { "bank".into() }, 1)],
             kind,
             // Three nodes at least, so that the control plane outlives one death.
@@ -750,15 +772,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         sampled: args.node_binary.is_some(),
     };
     let exe = match &args.node_binary {
-        Some(path) => {
-            if !path.is_file() {
-                bail!(
-                    "--node-binary {}: no such file; build it first (cargo build --release --examples)",
-                    path.display()
-                );
-            }
-            path.clone()
-        }
+        Some(path) => path.clone(),
         None => std::env::current_exe()?,
     };
     let progress = trials_bar(args.trials);

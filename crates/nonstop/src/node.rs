@@ -49,6 +49,34 @@ enum NodeCommand {
     /// Load a service of the cluster with the requests its kind samples, until stdin closes
     /// (what `nonstop chaos kill --node-binary` runs; see [`crate::sampled`]).
     Load(crate::sampled::LoadArgs),
+    /// List the service kinds this binary runs, one per line: the kind and how it writes the
+    /// region (`offsets`, or `collections`: transparent mode only).
+    Kinds,
+}
+
+/// The `kinds` subcommand's lines.
+pub fn kinds(registry: &Registry) -> String {
+    registry
+        .kinds()
+        .map(|kind| {
+            let writes = match registry.writes(kind) {
+                Some(crate::Writes::Collections) => "collections",
+                _ => "offsets",
+            };
+            format!("{kind} {writes}\n")
+        })
+        .collect()
+}
+
+/// How a kind of the node binary at `exe` writes the region, as its `kinds` subcommand says
+/// (`None`: the binary does not know the kind, or has no `kinds` subcommand).
+pub fn kind_writes(exe: &std::path::Path, kind: &str) -> Option<crate::Writes> {
+    let output = std::process::Command::new(exe).arg("kinds").output().ok()?;
+    String::from_utf8_lossy(&output.stdout).lines().find_map(|line| match line.split_once(' ') {
+        Some((name, "collections")) if name == kind => Some(crate::Writes::Collections),
+        Some((name, "offsets")) if name == kind => Some(crate::Writes::AtOffsets),
+        _ => None,
+    })
 }
 
 /// Sends logs to stderr, filtered by `RUST_LOG` (else `default`).
@@ -70,6 +98,10 @@ pub fn main(registry: Registry) -> ExitCode {
             run_config_file(&config, &registry, &AtomicBool::new(false)).map_err(anyhow::Error::from)
         }
         NodeCommand::Load(args) => crate::sampled::run(&args, &registry),
+        NodeCommand::Kinds => {
+            print!("{}", kinds(&registry));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
