@@ -379,20 +379,12 @@ pub fn run(config: &BenchConfig, exe: &Path) -> anyhow::Result<BenchReport> {
     if !serviced.is_empty() {
         report.service_tx_per_s = Some(rate(&serviced));
         report.service_vs_direct = Some(rate(&serviced) / rate(&replicated));
-        report.round_service_vs_direct = serviced
-            .iter()
-            .zip(&replicated)
-            .map(|(s, d)| rate(std::slice::from_ref(s)) / rate(std::slice::from_ref(d)))
-            .collect();
+        report.round_service_vs_direct = round_ratios(&serviced, &replicated);
     }
     if !with_declared.is_empty() {
         report.declared_tx_per_s = Some(rate(&with_declared));
         report.cost_vs_declared = Some(rate(&with_declared) / rate(&replicated));
-        report.round_costs_vs_declared = with_declared
-            .iter()
-            .zip(&replicated)
-            .map(|(d, t)| rate(std::slice::from_ref(d)) / rate(std::slice::from_ref(t)))
-            .collect();
+        report.round_costs_vs_declared = round_ratios(&with_declared, &replicated);
     }
     Ok(report)
 }
@@ -408,6 +400,11 @@ fn window_rates(counts: &[u64], elapsed: Duration) -> Vec<f64> {
             (width >= step / 2.0).then(|| count as f64 / width)
         })
         .collect()
+}
+
+/// Each round of `over`'s rate divided by the round of `under` it alternated with.
+fn round_ratios(over: &[Round], under: &[Round]) -> Vec<f64> {
+    over.iter().zip(under).map(|(o, u)| rate(std::slice::from_ref(o)) / rate(std::slice::from_ref(u))).collect()
 }
 
 fn rate(rounds: &[Round]) -> f64 {
@@ -467,15 +464,7 @@ fn report(config: &BenchConfig, name: &str, baseline: &[Round], replicated: &[Ro
         baseline_tx_per_s: compare.then(|| rate(baseline)),
         ratio: compare.then(|| rate(replicated) / rate(baseline)),
         rounds: compare.then_some(replicated.len()),
-        round_ratios: if compare {
-            baseline
-                .iter()
-                .zip(replicated)
-                .map(|(b, r)| rate(std::slice::from_ref(r)) / rate(std::slice::from_ref(b)))
-                .collect()
-        } else {
-            Vec::new()
-        },
+        round_ratios: if compare { round_ratios(replicated, baseline) } else { Vec::new() },
         declared_tx_per_s: None,
         cost_vs_declared: None,
         round_costs_vs_declared: Vec::new(),
