@@ -15,19 +15,24 @@
 //! println!("order {}", placed.id);
 //! ```
 //!
-//! A `Client` is one caller with one id: give each thread of a pool its own (with its own id),
-//! or keep them in a pool of your own. Its calls block; from async code, run them with
-//! `tokio::task::spawn_blocking`.
+//! A `Client` is one caller with one id and blocking calls: give each thread of a pool its own
+//! (with its own id). [`AsyncClient`] (feature `tokio`) is the same for async code: its calls
+//! are futures, and it holds no thread while it waits.
 
-use nonstop_proto::client::{
-    ClientMemory, ClientProtocolError, ClientReply, ClientRequest, read_message, write_message,
-};
+mod blocking;
+mod route;
+#[cfg(feature = "tokio")]
+mod tokio_client;
+
+pub use blocking::Client;
+#[cfg(feature = "tokio")]
+pub use tokio_client::AsyncClient;
+
+use nonstop_proto::client::{ClientMemory, ClientReply, ClientRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 use thiserror::Error;
 
 /// Why a call got no answer.
@@ -93,281 +98,63 @@ pub struct Audit {
     pub term: u64,
 }
 
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+/// How long one call is retried before giving up, by default.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long one attempt waits for an answer before trying another node, by default (a little
+/// under the default failure timeout plus lease: a paused or cut-off primary is left about
+/// when the cluster replaces it).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Which replies answer `request` (others are retried or refused).
+fn answers(request: &ClientRequest, reply: &ClientReply) -> bool {
+    matches!(
+        (request, reply),
+        (ClientRequest::Call { .. }, ClientReply::Done { .. } | ClientReply::Stale { .. })
+            | (ClientRequest::Query { .. }, ClientReply::Answer { .. })
+            | (ClientRequest::Audit { .. }, ClientReply::Audit { .. })
+    )
 }
 
-/// Consecutive attempts without an answer before the client starts to wait longer between
-/// them: a failover takes a few, a partition or a cluster without a primary many.
-const PATIENT_ATTEMPTS: u32 = 8;
-/// The longest wait between two attempts.
-const LONGEST_PAUSE: Duration = Duration::from_millis(16);
-
-/// A client of a cluster's services.
-pub struct Client {
-    nodes: Vec<SocketAddr>,
-    id: u64,
-    /// The number of the next request, per service.
-    next_requests: BTreeMap<String, u64>,
-    target: usize,
-    /// Where each service's primary was last found.
-    primaries: BTreeMap<String, SocketAddr>,
-    /// One connection per node, kept open across redirects: a client that reconnected on
-    /// every redirect would leave a socket in TIME_WAIT each time, and during a long partition
-    /// run out of local ports.
-    connections: BTreeMap<SocketAddr, Connection>,
-    /// The node that gave the last accepted answer.
-    last_answered: Option<SocketAddr>,
-    /// How long one call is retried before giving up.
-    pub deadline: Duration,
-    /// How long one attempt waits for an answer before trying another node (a little under
-    /// the default failure timeout plus lease: a paused or cut-off primary is left about when
-    /// the cluster replaces it).
-    pub attempt_timeout: Duration,
-}
-
-impl Client {
-    /// A client `id` (not 0, unique among the clients of the services it calls) of a cluster
-    /// whose nodes' client addresses are `nodes`. Its first request to each service is number 1.
-    pub fn new(nodes: Vec<SocketAddr>, id: u64) -> Client {
-        Client {
-            nodes,
-            id,
-            next_requests: BTreeMap::new(),
-            target: 0,
-            primaries: BTreeMap::new(),
-            connections: BTreeMap::new(),
-            last_answered: None,
-            deadline: Duration::from_secs(30),
-            attempt_timeout: Duration::from_millis(500),
+/// The answer to call `number` of `service`, from the reply that answered it.
+fn call_answer(
+    service: &str,
+    number: u64,
+    reply: ClientReply,
+    attempts: u32,
+    answered_by: SocketAddr,
+) -> Result<Answered<Vec<u8>>, ClientError> {
+    match reply {
+        ClientReply::Done { request, body, duplicate, term } => {
+            Ok(Answered { reply: body, request, duplicate, term, attempts, answered_by })
         }
-    }
-
-    /// Continues with request number `next_request` for `service` (after a restart: one more
-    /// than the last request the service answered).
-    pub fn resume(&mut self, service: &str, next_request: u64) {
-        self.next_requests.insert(service.to_string(), next_request.max(1));
-    }
-
-    /// The client's id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The number the next request to `service` will carry.
-    pub fn next_request(&self, service: &str) -> u64 {
-        self.next_requests.get(service).copied().unwrap_or(1)
-    }
-
-    /// Applies `request` to `service` exactly once and returns its reply.
-    pub fn call<Req: Serialize, Rep: DeserializeOwned>(
-        &mut self,
-        service: &str,
-        request: &Req,
-    ) -> Result<Rep, ClientError> {
-        self.call_answered(service, request).map(|answered| answered.reply)
-    }
-
-    /// [`Client::call`], with how the answer came.
-    pub fn call_answered<Req: Serialize, Rep: DeserializeOwned>(
-        &mut self,
-        service: &str,
-        request: &Req,
-    ) -> Result<Answered<Rep>, ClientError> {
-        let body = encode(service, request)?;
-        let answered = self.call_bytes(service, body)?;
-        decode_answered(service, answered)
-    }
-
-    /// Applies a request the caller encoded itself, exactly once.
-    pub fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
-        let number = self.next_request(service);
-        let request = ClientRequest::Call { service: service.to_string(), client: self.id, request: number, body };
-        let mut attempts = 0;
-        let reply = self.exchange(&request, &mut attempts, |reply| {
-            matches!(reply, ClientReply::Done { .. } | ClientReply::Stale { .. })
-        })?;
-        match reply {
-            ClientReply::Done { request, body, duplicate, term } => {
-                self.next_requests.insert(service.to_string(), number + 1);
-                Ok(Answered { reply: body, request, duplicate, term, attempts, answered_by: self.answered_by() })
-            }
-            ClientReply::Stale { last, .. } => Err(ClientError::Rejected {
-                service: service.to_string(),
-                reason: format!(
-                    "request {number} is older than the last applied ({last}): resume the client with {}",
-                    last + 1
-                ),
-            }),
-            _ => unreachable!("exchange returns only accepted replies"),
-        }
-    }
-
-    /// Asks `service` a read-only question. The answer is held by every backup when it is
-    /// returned, so no failover can take back what it saw.
-    pub fn query<Q: Serialize, A: DeserializeOwned>(&mut self, service: &str, query: &Q) -> Result<A, ClientError> {
-        self.query_answered(service, query).map(|answered| answered.reply)
-    }
-
-    /// [`Client::query`], with how the answer came.
-    pub fn query_answered<Q: Serialize, A: DeserializeOwned>(
-        &mut self,
-        service: &str,
-        query: &Q,
-    ) -> Result<Answered<A>, ClientError> {
-        let body = encode(service, query)?;
-        let answered = self.query_bytes(service, body)?;
-        decode_answered(service, answered)
-    }
-
-    /// A query the caller encoded itself.
-    pub fn query_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
-        let request = ClientRequest::Query { service: service.to_string(), body };
-        let mut attempts = 0;
-        match self.exchange(&request, &mut attempts, |reply| matches!(reply, ClientReply::Answer { .. }))? {
-            ClientReply::Answer { body, term } => Ok(Answered {
-                reply: body,
-                request: 0,
-                duplicate: false,
-                term,
-                attempts,
-                answered_by: self.answered_by(),
-            }),
-            _ => unreachable!("exchange returns only accepted replies"),
-        }
-    }
-
-    /// Asks the primary for the platform's and the service's consistency checks, what the
-    /// platform remembers of `clients`, and `query` (encoded) answered from the same state.
-    pub fn audit(&mut self, service: &str, clients: Vec<u64>, query: Option<Vec<u8>>) -> Result<Audit, ClientError> {
-        let request = ClientRequest::Audit { service: service.to_string(), clients, query };
-        let mut attempts = 0;
-        match self.exchange(&request, &mut attempts, |reply| matches!(reply, ClientReply::Audit { .. }))? {
-            ClientReply::Audit { check, clients, answer, term } => Ok(Audit { check, clients, answer, term }),
-            _ => unreachable!("exchange returns only accepted replies"),
-        }
-    }
-
-    /// The node whose answer `exchange` accepted last.
-    fn answered_by(&self) -> SocketAddr {
-        self.last_answered.expect("an accepted answer came from a node")
-    }
-
-    fn exchange(
-        &mut self,
-        request: &ClientRequest,
-        attempts: &mut u32,
-        accept: impl Fn(&ClientReply) -> bool,
-    ) -> Result<ClientReply, ClientError> {
-        let service = request.service().to_string();
-        let started = Instant::now();
-        let mut last = String::from("no attempt yet");
-        while started.elapsed() < self.deadline {
-            *attempts += 1;
-            // Quick retries while a failover settles; slower ones once it takes long.
-            let pause = Duration::from_millis(1 << (*attempts / PATIENT_ATTEMPTS).min(4)).min(LONGEST_PAUSE);
-            let addr = self.target_of(&service)?;
-            match self.attempt(addr, request) {
-                Ok(reply) if accept(&reply) => {
-                    self.last_answered = Some(addr);
-                    return Ok(reply);
-                }
-                Ok(ClientReply::Redirect { primary, .. }) => {
-                    let primary: Option<SocketAddr> = primary.and_then(|p| p.parse().ok());
-                    last = format!("redirected to {primary:?}");
-                    match primary {
-                        Some(primary) if primary != addr => {
-                            self.primaries.insert(service.clone(), primary);
-                            if *attempts >= PATIENT_ATTEMPTS {
-                                // Nodes that name each other while their views settle.
-                                std::thread::sleep(pause);
-                            }
-                        }
-                        // It names itself (its view is older than its role) or nobody: ask
-                        // another node.
-                        _ => {
-                            self.primaries.remove(&service);
-                            self.next_node();
-                            std::thread::sleep(pause);
-                        }
-                    }
-                }
-                Ok(ClientReply::Rejected { reason }) => return Err(ClientError::Rejected { service, reason }),
-                Ok(other) => {
-                    last = format!("{other:?}");
-                    std::thread::sleep(pause);
-                }
-                Err(error) => {
-                    last = format!("{addr}: {error}");
-                    self.connections.remove(&addr);
-                    self.primaries.remove(&service);
-                    self.next_node();
-                    std::thread::sleep(pause);
-                }
-            }
-        }
-        Err(ClientError::Timeout { service, waited: started.elapsed(), last })
-    }
-
-    fn next_node(&mut self) {
-        self.target = (self.target + 1) % self.nodes.len().max(1);
-    }
-
-    /// Where to send a request for `service`: its primary if known, else the next node.
-    fn target_of(&self, service: &str) -> Result<SocketAddr, ClientError> {
-        match self.primaries.get(service) {
-            Some(primary) => Ok(*primary),
-            None => {
-                self.nodes.get(self.target % self.nodes.len().max(1)).copied().ok_or_else(|| ClientError::Rejected {
-                    service: service.to_string(),
-                    reason: "the client was given no node addresses".into(),
-                })
-            }
-        }
-    }
-
-    /// Sends `request` to `addr` and reads the reply. A kept connection the node has closed
-    /// meanwhile (its idle timeout) fails at once; the request is then sent again on a new one
-    /// (safe: a request carries its number, and a retry is answered, not applied again).
-    fn attempt(&mut self, addr: SocketAddr, request: &ClientRequest) -> std::io::Result<ClientReply> {
-        if self.connections.contains_key(&addr) {
-            match self.exchange_on(addr, request) {
-                Err(error) if closed(&error) => {
-                    self.connections.remove(&addr);
-                }
-                other => return other,
-            }
-        }
-        self.exchange_on(addr, request)
-    }
-
-    fn exchange_on(&mut self, addr: SocketAddr, request: &ClientRequest) -> std::io::Result<ClientReply> {
-        if !self.connections.contains_key(&addr) {
-            let stream = TcpStream::connect_timeout(&addr, self.attempt_timeout)?;
-            stream.set_nodelay(true)?;
-            stream.set_read_timeout(Some(self.attempt_timeout))?;
-            let connection = Connection { reader: BufReader::new(stream.try_clone()?), writer: BufWriter::new(stream) };
-            self.connections.insert(addr, connection);
-        }
-        let connection = self.connections.get_mut(&addr).expect("connected above");
-        write_message(&mut connection.writer, request).map_err(io_error)?;
-        connection.writer.flush()?;
-        read_message(&mut connection.reader).map_err(io_error)
+        ClientReply::Stale { last, .. } => Err(ClientError::Rejected {
+            service: service.to_string(),
+            reason: format!(
+                "request {number} is older than the last applied ({last}): resume the client with {}",
+                last + 1
+            ),
+        }),
+        other => unreachable!("not an answer to a call: {other:?}"),
     }
 }
 
-fn io_error(error: ClientProtocolError) -> std::io::Error {
-    match error {
-        ClientProtocolError::Io(error) => error,
-        other => std::io::Error::other(other),
+/// The answer to a query, from the reply that answered it.
+fn query_answer(reply: ClientReply, attempts: u32, answered_by: SocketAddr) -> Answered<Vec<u8>> {
+    match reply {
+        ClientReply::Answer { body, term } => {
+            Answered { reply: body, request: 0, duplicate: false, term, attempts, answered_by }
+        }
+        other => unreachable!("not an answer to a query: {other:?}"),
     }
 }
 
-/// Whether `error` says the peer had closed the connection (rather than being slow or gone).
-fn closed(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-    matches!(error.kind(), BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof)
+/// The audit, from the reply that answered it.
+fn audit_answer(reply: ClientReply) -> Audit {
+    match reply {
+        ClientReply::Audit { check, clients, answer, term } => Audit { check, clients, answer, term },
+        other => unreachable!("not an answer to an audit: {other:?}"),
+    }
 }
 
 fn encode<T: Serialize>(service: &str, value: &T) -> Result<Vec<u8>, ClientError> {
@@ -393,4 +180,12 @@ fn decode_answered<T: DeserializeOwned>(
         attempts: answered.attempts,
         answered_by: answered.answered_by,
     })
+}
+
+/// The I/O error inside a protocol error (a message too long or undecodable is an error too).
+fn io_error(error: nonstop_proto::client::ClientProtocolError) -> std::io::Error {
+    match error {
+        nonstop_proto::client::ClientProtocolError::Io(error) => error,
+        other => std::io::Error::other(other),
+    }
 }

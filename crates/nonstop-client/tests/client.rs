@@ -146,3 +146,26 @@ fn no_node_answering_ends_in_a_timeout_naming_the_problem() {
     let mut nobody = Client::new(Vec::new(), 9);
     assert!(nobody.call::<_, u64>("svc", &1u64).unwrap_err().to_string().contains("no node addresses"));
 }
+
+/// The async client follows the same redirects on kept connections and replaces a connection
+/// the node closed, like the blocking one: one routing logic serves both.
+#[cfg(feature = "tokio")]
+#[test]
+fn the_async_client_follows_redirects_and_replaces_closed_connections() {
+    use nonstop_client::AsyncClient;
+    let primary = fake_node_with(Box::new(done), true);
+    let primary_addr = primary.addr;
+    let other =
+        fake_node(Box::new(move |_| Some(ClientReply::Redirect { primary: Some(primary_addr.to_string()), term: 1 })));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = AsyncClient::new(vec![other.addr, primary.addr], 4);
+        for expected in 1..=3u64 {
+            let echoed: u64 = client.call("svc", &expected).await.unwrap();
+            assert_eq!(echoed, expected);
+        }
+        assert_eq!(client.next_request("svc"), 4);
+    });
+    assert_eq!(other.accepted.load(Ordering::SeqCst), 1, "redirected once, then the primary is known");
+    assert_eq!(primary.accepted.load(Ordering::SeqCst), 3, "a new connection after each one the node closed");
+}

@@ -43,7 +43,7 @@ pub mod sampled;
 pub mod status;
 pub mod tracking_bench;
 
-pub use nonstop_client::{Answered, Client, ClientError};
+pub use nonstop_client::{Answered, AsyncClient, Client, ClientError};
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};
 pub use nonstop_proto::auth::ClusterKey;
 pub use nonstop_proto::primary::Ticket;

@@ -1,0 +1,173 @@
+//! The blocking client.
+
+use crate::route::{Call, Router, Step, closed};
+use crate::{
+    Answered, Audit, ClientError, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, answers, audit_answer, call_answer,
+    decode_answered, encode, io_error, query_answer,
+};
+use nonstop_proto::client::{ClientReply, ClientRequest, read_message, write_message};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+}
+
+/// A client of a cluster's services, with blocking calls.
+pub struct Client {
+    id: u64,
+    /// The number of the next request, per service.
+    next_requests: BTreeMap<String, u64>,
+    router: Router,
+    /// One connection per node, kept open across redirects: a client that reconnected on
+    /// every redirect would leave a socket in TIME_WAIT each time, and during a long partition
+    /// run out of local ports.
+    connections: BTreeMap<SocketAddr, Connection>,
+    /// How long one call is retried before giving up.
+    pub deadline: Duration,
+    /// How long one attempt waits for an answer before trying another node.
+    pub attempt_timeout: Duration,
+}
+
+impl Client {
+    /// A client `id` (not 0, unique among the clients of the services it calls) of a cluster
+    /// whose nodes' client addresses are `nodes`. Its first request to each service is number 1.
+    pub fn new(nodes: Vec<SocketAddr>, id: u64) -> Client {
+        Client {
+            id,
+            next_requests: BTreeMap::new(),
+            router: Router::new(nodes),
+            connections: BTreeMap::new(),
+            deadline: DEFAULT_DEADLINE,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+        }
+    }
+
+    /// Continues with request number `next_request` for `service` (after a restart: one more
+    /// than the last request the service answered).
+    pub fn resume(&mut self, service: &str, next_request: u64) {
+        self.next_requests.insert(service.to_string(), next_request.max(1));
+    }
+
+    /// The client's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The number the next request to `service` will carry.
+    pub fn next_request(&self, service: &str) -> u64 {
+        self.next_requests.get(service).copied().unwrap_or(1)
+    }
+
+    /// Applies `request` to `service` exactly once and returns its reply.
+    pub fn call<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        service: &str,
+        request: &Req,
+    ) -> Result<Rep, ClientError> {
+        self.call_answered(service, request).map(|answered| answered.reply)
+    }
+
+    /// [`Client::call`], with how the answer came.
+    pub fn call_answered<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        service: &str,
+        request: &Req,
+    ) -> Result<Answered<Rep>, ClientError> {
+        let body = encode(service, request)?;
+        decode_answered(service, self.call_bytes(service, body)?)
+    }
+
+    /// Applies a request the caller encoded itself, exactly once.
+    pub fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
+        let number = self.next_request(service);
+        let request = ClientRequest::Call { service: service.to_string(), client: self.id, request: number, body };
+        let (reply, attempts, by) = self.exchange(&request)?;
+        let answered = call_answer(service, number, reply, attempts, by)?;
+        self.next_requests.insert(service.to_string(), number + 1);
+        Ok(answered)
+    }
+
+    /// Asks `service` a read-only question. The answer is held by every backup when it is
+    /// returned, so no failover can take back what it saw.
+    pub fn query<Q: Serialize, A: DeserializeOwned>(&mut self, service: &str, query: &Q) -> Result<A, ClientError> {
+        self.query_answered(service, query).map(|answered| answered.reply)
+    }
+
+    /// [`Client::query`], with how the answer came.
+    pub fn query_answered<Q: Serialize, A: DeserializeOwned>(
+        &mut self,
+        service: &str,
+        query: &Q,
+    ) -> Result<Answered<A>, ClientError> {
+        let body = encode(service, query)?;
+        decode_answered(service, self.query_bytes(service, body)?)
+    }
+
+    /// A query the caller encoded itself.
+    pub fn query_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
+        let (reply, attempts, by) = self.exchange(&ClientRequest::Query { service: service.to_string(), body })?;
+        Ok(query_answer(reply, attempts, by))
+    }
+
+    /// Asks the primary for the platform's and the service's consistency checks, what the
+    /// platform remembers of `clients`, and `query` (encoded) answered from the same state.
+    pub fn audit(&mut self, service: &str, clients: Vec<u64>, query: Option<Vec<u8>>) -> Result<Audit, ClientError> {
+        let (reply, _, _) = self.exchange(&ClientRequest::Audit { service: service.to_string(), clients, query })?;
+        Ok(audit_answer(reply))
+    }
+
+    /// Sends `request` until a reply answers it: the reply, the attempts and the node.
+    fn exchange(&mut self, request: &ClientRequest) -> Result<(ClientReply, u32, SocketAddr), ClientError> {
+        let mut call = Call::new(request.service());
+        let started = Instant::now();
+        while started.elapsed() < self.deadline {
+            call.attempts += 1;
+            let addr = self.router.target(&call)?;
+            let outcome = self.attempt(addr, request);
+            if outcome.is_err() {
+                self.connections.remove(&addr);
+            }
+            match self.router.step(&mut call, addr, outcome, |reply| answers(request, reply)) {
+                Step::Answer(reply) => return Ok((reply, call.attempts, addr)),
+                Step::Retry(pause) => std::thread::sleep(pause),
+                Step::Fail(error) => return Err(error),
+            }
+        }
+        Err(call.timed_out(started.elapsed()))
+    }
+
+    /// Sends `request` to `addr` and reads the reply. A kept connection the node has closed
+    /// meanwhile (its idle timeout) fails at once; the request is then sent again on a new one
+    /// (safe: a request carries its number, and a retry is answered, not applied again).
+    fn attempt(&mut self, addr: SocketAddr, request: &ClientRequest) -> std::io::Result<ClientReply> {
+        if self.connections.contains_key(&addr) {
+            match self.exchange_on(addr, request) {
+                Err(error) if closed(&error) => {
+                    self.connections.remove(&addr);
+                }
+                other => return other,
+            }
+        }
+        self.exchange_on(addr, request)
+    }
+
+    fn exchange_on(&mut self, addr: SocketAddr, request: &ClientRequest) -> std::io::Result<ClientReply> {
+        if !self.connections.contains_key(&addr) {
+            let stream = TcpStream::connect_timeout(&addr, self.attempt_timeout)?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(self.attempt_timeout))?;
+            let connection = Connection { reader: BufReader::new(stream.try_clone()?), writer: BufWriter::new(stream) };
+            self.connections.insert(addr, connection);
+        }
+        let connection = self.connections.get_mut(&addr).expect("connected above");
+        write_message(&mut connection.writer, request).map_err(io_error)?;
+        connection.writer.flush()?;
+        read_message(&mut connection.reader).map_err(io_error)
+    }
+}

@@ -1,0 +1,176 @@
+//! The async client, for tokio: the blocking client's calls as futures.
+
+use crate::route::{Call, Router, Step, closed};
+use crate::{
+    Answered, Audit, ClientError, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, answers, audit_answer, call_answer,
+    decode_answered, encode, io_error, query_answer,
+};
+use nonstop_proto::client::{ClientReply, ClientRequest, LENGTH_PREFIX, decode_payload, encode_message, payload_len};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+/// A client of a cluster's services, for async code: what [`crate::Client`] is, with calls
+/// that are futures. One `AsyncClient` makes one call at a time (`&mut self`); run many
+/// clients, each with its own id, for calls at once.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), nonstop_client::ClientError> {
+/// let nodes = vec!["127.0.0.1:7101".parse().unwrap()];
+/// let mut client = nonstop_client::AsyncClient::new(nodes, 7);
+/// let balance: i64 = client.call("bank", &(3u64, 1u64, 100i64)).await?;
+/// # Ok(()) }
+/// ```
+pub struct AsyncClient {
+    id: u64,
+    next_requests: BTreeMap<String, u64>,
+    router: Router,
+    /// One connection per node, kept open across redirects (see [`crate::Client`]).
+    connections: BTreeMap<SocketAddr, TcpStream>,
+    /// How long one call is retried before giving up.
+    pub deadline: Duration,
+    /// How long one attempt waits for an answer before trying another node.
+    pub attempt_timeout: Duration,
+}
+
+impl AsyncClient {
+    /// A client `id` (not 0, unique among the clients of the services it calls) of a cluster
+    /// whose nodes' client addresses are `nodes`.
+    pub fn new(nodes: Vec<SocketAddr>, id: u64) -> AsyncClient {
+        AsyncClient {
+            id,
+            next_requests: BTreeMap::new(),
+            router: Router::new(nodes),
+            connections: BTreeMap::new(),
+            deadline: DEFAULT_DEADLINE,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+        }
+    }
+
+    /// Continues with request number `next_request` for `service`.
+    pub fn resume(&mut self, service: &str, next_request: u64) {
+        self.next_requests.insert(service.to_string(), next_request.max(1));
+    }
+
+    /// The number the next request to `service` will carry.
+    pub fn next_request(&self, service: &str) -> u64 {
+        self.next_requests.get(service).copied().unwrap_or(1)
+    }
+
+    /// Applies `request` to `service` exactly once and returns its reply.
+    pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        service: &str,
+        request: &Req,
+    ) -> Result<Rep, ClientError> {
+        self.call_answered(service, request).await.map(|answered| answered.reply)
+    }
+
+    /// [`AsyncClient::call`], with how the answer came.
+    pub async fn call_answered<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        service: &str,
+        request: &Req,
+    ) -> Result<Answered<Rep>, ClientError> {
+        let body = encode(service, request)?;
+        decode_answered(service, self.call_bytes(service, body).await?)
+    }
+
+    /// Applies a request the caller encoded itself, exactly once.
+    pub async fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
+        let number = self.next_request(service);
+        let request = ClientRequest::Call { service: service.to_string(), client: self.id, request: number, body };
+        let (reply, attempts, by) = self.exchange(&request).await?;
+        let answered = call_answer(service, number, reply, attempts, by)?;
+        self.next_requests.insert(service.to_string(), number + 1);
+        Ok(answered)
+    }
+
+    /// Asks `service` a read-only question; the answer is held by every backup.
+    pub async fn query<Q: Serialize, A: DeserializeOwned>(
+        &mut self,
+        service: &str,
+        query: &Q,
+    ) -> Result<A, ClientError> {
+        let body = encode(service, query)?;
+        let (reply, attempts, by) = self.exchange(&ClientRequest::Query { service: service.to_string(), body }).await?;
+        decode_answered(service, query_answer(reply, attempts, by)).map(|answered| answered.reply)
+    }
+
+    /// The platform's and the service's checks, what the platform remembers of `clients`, and
+    /// `query` answered from the same state.
+    pub async fn audit(
+        &mut self,
+        service: &str,
+        clients: Vec<u64>,
+        query: Option<Vec<u8>>,
+    ) -> Result<Audit, ClientError> {
+        let request = ClientRequest::Audit { service: service.to_string(), clients, query };
+        let (reply, _, _) = self.exchange(&request).await?;
+        Ok(audit_answer(reply))
+    }
+
+    async fn exchange(&mut self, request: &ClientRequest) -> Result<(ClientReply, u32, SocketAddr), ClientError> {
+        let mut call = Call::new(request.service());
+        let started = Instant::now();
+        let bytes = encode_message(request).map_err(|error| ClientError::Types {
+            service: request.service().to_string(),
+            what: format!("the request does not fit a message: {error}"),
+        })?;
+        while started.elapsed() < self.deadline {
+            call.attempts += 1;
+            let addr = self.router.target(&call)?;
+            let outcome = self.attempt(addr, &bytes).await;
+            if outcome.is_err() {
+                self.connections.remove(&addr);
+            }
+            match self.router.step(&mut call, addr, outcome, |reply| answers(request, reply)) {
+                Step::Answer(reply) => return Ok((reply, call.attempts, addr)),
+                Step::Retry(pause) => tokio::time::sleep(pause).await,
+                Step::Fail(error) => return Err(error),
+            }
+        }
+        Err(call.timed_out(started.elapsed()))
+    }
+
+    /// Sends `bytes` to `addr` and reads the reply, on a new connection once more if a kept one
+    /// was closed by the node meanwhile (as the blocking client does).
+    async fn attempt(&mut self, addr: SocketAddr, bytes: &[u8]) -> std::io::Result<ClientReply> {
+        if self.connections.contains_key(&addr) {
+            match self.exchange_on(addr, bytes).await {
+                Err(error) if closed(&error) => {
+                    self.connections.remove(&addr);
+                }
+                other => return other,
+            }
+        }
+        self.exchange_on(addr, bytes).await
+    }
+
+    async fn exchange_on(&mut self, addr: SocketAddr, bytes: &[u8]) -> std::io::Result<ClientReply> {
+        let limit = self.attempt_timeout;
+        let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {limit:?}"));
+        let stream = match self.connections.entry(addr) {
+            std::collections::btree_map::Entry::Occupied(kept) => kept.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let stream = timeout(limit, TcpStream::connect(addr)).await.map_err(|_| timed_out())??;
+                stream.set_nodelay(true)?;
+                slot.insert(stream)
+            }
+        };
+        let exchange = async {
+            stream.write_all(bytes).await?;
+            let mut prefix = [0u8; LENGTH_PREFIX];
+            stream.read_exact(&mut prefix).await?;
+            let mut payload = vec![0u8; payload_len(prefix).map_err(io_error)?];
+            stream.read_exact(&mut payload).await?;
+            decode_payload(&payload).map_err(io_error)
+        };
+        timeout(limit, exchange).await.map_err(|_| timed_out())?
+    }
+}
