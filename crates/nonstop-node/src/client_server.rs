@@ -88,6 +88,30 @@ pub struct Answering {
     pub counters: Arc<ClientCounters>,
     /// Its bounds.
     pub limits: ClientLimits,
+    /// When the last audit began.
+    pub audits: AuditSpacing,
+}
+
+/// Audits this close together are refused: an audit holds every transaction of its service off
+/// while it checks the whole region, and the client port is open to anyone, so back-to-back
+/// audits would stop the service. One in this long costs it a few percent at most.
+pub const AUDIT_SPACING: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When the port last began an audit.
+#[derive(Debug, Default)]
+pub struct AuditSpacing(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl AuditSpacing {
+    /// Whether an audit may begin now (and if so, counts it as begun).
+    fn admit(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < AUDIT_SPACING) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 /// Connections the kernel queues before the port accepts them. Connections arrive in bursts
@@ -265,6 +289,11 @@ async fn answer(request: ClientRequest, answering: &Answering, lane: &mut Option
         return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
     };
     let Some(active) = serving.active() else { return redirect(serving) };
+    if matches!(request, ClientRequest::Audit { .. }) && !answering.audits.admit() {
+        return ClientReply::Unavailable {
+            reason: format!("an audit began less than {AUDIT_SPACING:?} ago on this node; retry"),
+        };
+    }
     let lane = *lane.get_or_insert_with(|| active.lane());
     let executed = {
         let active = active.clone();

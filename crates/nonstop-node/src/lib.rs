@@ -106,7 +106,8 @@ pub fn run_node(
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
     }
-    let answering = Arc::new(client_server::Answering { services: agent.serving(), counters, limits });
+    let answering =
+        Arc::new(client_server::Answering { services: agent.serving(), counters, limits, audits: Default::default() });
     let _client_port = client_server::start(listener, answering).map_err(|source| NodeError::Listen {
         what: "client port",
         addr: client_addr,

@@ -125,3 +125,31 @@ fn an_oversized_or_undecodable_message_is_refused_and_the_connection_closed() {
     let mut bank = BankClient::new(vec![node.client], "bank", 5);
     bank.transfer(5, 1, 1).expect("the node still serves");
 }
+
+/// An audit holds the service's transactions off while it checks the whole region, and anyone
+/// may ask for one: back-to-back audits are refused, and the service goes on answering.
+#[test]
+fn audits_back_to_back_are_refused() {
+    let node = node("audits", 0x2e5000000000, "");
+    let mut auditor = TcpStream::connect(node.client).unwrap();
+    let audit = ClientRequest::Audit { service: "bank".into(), clients: vec![1], query: None };
+    let mut refused = 0;
+    let mut answered = 0;
+    for _ in 0..20 {
+        write_message(&mut auditor, &audit).unwrap();
+        match read_message::<ClientReply>(&mut auditor).unwrap() {
+            ClientReply::Audit { check, .. } => {
+                assert!(check.is_ok(), "{check:?}");
+                answered += 1;
+            }
+            ClientReply::Unavailable { reason } => {
+                assert!(reason.contains("audit began"), "{reason}");
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(answered >= 1 && refused >= 10, "{answered} answered, {refused} refused");
+    let mut bank = BankClient::new(vec![node.client], "bank", 6);
+    bank.transfer(6, 1, 1).expect("the node still serves");
+}
