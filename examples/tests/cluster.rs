@@ -130,3 +130,36 @@ fn chaos_kill_on_the_order_book_binary_loses_and_doubles_nothing() {
     assert!(report.acknowledged > 100, "{report:?}");
     assert_eq!(report.no_failover, 0, "{:?}", report.trial_log);
 }
+
+/// The same binary on hosts of their own (network namespaces): kills, pauses, partitions and
+/// lossy links, judged from the platform's client table. Needs root, `ip` and `nft`; without
+/// them it says why and passes, unless NONSTOP_REQUIRE_NETNS=1 (CI as root) requires it.
+#[test]
+fn chaos_netns_on_the_order_book_binary_violates_nothing() {
+    if let Err(why) = nonstop::netns::available() {
+        assert!(std::env::var_os("NONSTOP_REQUIRE_NETNS").is_none(), "network-namespace tests are required: {why}");
+        eprintln!("SKIPPED chaos_netns_on_the_order_book_binary_violates_nothing: {why}");
+        return;
+    }
+    let config = nonstop::chaos::netns::NetnsConfig {
+        kind: nonstop::chaos::netns::FaultKind::Mixed,
+        trials: 6,
+        seed: 5,
+        clients: 4,
+        readers: 0,
+        spec: spec("orderbook", "max_orders = 10000", Some(TrackingMode::Mprotect)),
+        fault_length: Duration::from_millis(800),
+        quiet: Duration::from_millis(300),
+        soak: None,
+        fault_every: Duration::ZERO,
+        sampled: true,
+    };
+    let report = nonstop::chaos::netns::run(&example("orderbook"), &config, |_| {}).unwrap();
+    assert_eq!(report.violations, 0, "{}", report.history.summary());
+    assert!(
+        report.check.as_ref().is_ok_and(|summary| summary.contains("each request applied once")),
+        "{:?}",
+        report.check
+    );
+    assert!(report.history.operations.transfers_ok > 100, "{:?}", report.history.operations);
+}

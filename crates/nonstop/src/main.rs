@@ -149,16 +149,16 @@ struct ChaosNetnsArgs {
     /// Where a soak draws every node's resident memory over time (SVG).
     #[arg(long, default_value = "target/chaos/soak-rss.svg")]
     soak_chart: std::path::PathBuf,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }
 
+/// The service a fault test runs, and the binary that runs it.
 #[derive(Args)]
-struct ChaosKillArgs {
-    /// Trials.
-    #[arg(long, default_value_t = 200)]
-    trials: u32,
+struct ServiceArgs {
     /// Run the cluster of this node binary (one built on `nonstop::node::main`, e.g.
     /// target/release/examples/orderbook) with --kind one of its kinds, loaded with the requests
     /// that kind samples; lost and doubled requests are judged from the platform's client
@@ -166,6 +166,93 @@ struct ChaosKillArgs {
     /// own clients and history checker.
     #[arg(long, value_name = "PATH")]
     node_binary: Option<std::path::PathBuf>,
+    /// What the service runs: `bank` (Debit-Credit at fixed offsets) or `ledger` (the same
+    /// requests over ordinary Rust collections in the region), or a kind of --node-binary.
+    #[arg(long, default_value = nonstop_workloads::bank::NAME)]
+    kind: String,
+    /// How the primary finds its writes: declared ranges, or transparent mode with the kernel
+    /// finding the written pages (uffd or mprotect; DU). Default: declared, or for a kind that
+    /// keeps collections (ledger, orderbook), uffd where the kernel has it, else mprotect.
+    #[arg(long, value_enum)]
+    tracking: Option<Tracking>,
+}
+
+/// A [`ServiceArgs`] checked: the binary, the kind, the tracking mode.
+struct ServiceUnderTest {
+    exe: std::path::PathBuf,
+    kind: String,
+    tracking: Option<TrackingMode>,
+    /// Loaded with its kind's samples (a binary of someone else's), not the bank's clients.
+    sampled: bool,
+}
+
+impl ServiceArgs {
+    fn resolve(&self) -> anyhow::Result<ServiceUnderTest> {
+        if let Some(path) = self.node_binary.as_ref().filter(|path| !path.is_file()) {
+            bail!("--node-binary {}: no such file; build it first (cargo build --release --examples)", path.display());
+        }
+        // The kinds of the binary that runs the nodes: how the kind writes decides the tracking.
+        let writes = match &self.node_binary {
+            Some(path) => nonstop::node::kind_writes(path, &self.kind).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} does not run kind {:?}: `{} kinds` lists those it does",
+                    path.display(),
+                    self.kind,
+                    path.display()
+                )
+            })?,
+            None => nonstop::builtins().writes(&self.kind).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--kind {:?}: nonstop runs \"bank\" and \"ledger\"; give --node-binary for others",
+                    self.kind
+                )
+            })?,
+        };
+        let tracking = match (self.tracking, writes) {
+            (Some(Tracking::Declared), nonstop::Writes::Collections) => bail!(
+                "--kind {} keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect",
+                self.kind
+            ),
+            (Some(tracking), _) => tracking.mode(),
+            (None, nonstop::Writes::AtOffsets) => None,
+            (None, nonstop::Writes::Collections) => Some(match nonstop::tracking::probe(TrackingMode::Uffd) {
+                Ok(()) => TrackingMode::Uffd,
+                Err(_) => TrackingMode::Mprotect,
+            }),
+        };
+        Ok(ServiceUnderTest {
+            exe: match &self.node_binary {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()?,
+            },
+            kind: self.kind.clone(),
+            tracking,
+            sampled: self.node_binary.is_some(),
+        })
+    }
+}
+
+impl ServiceUnderTest {
+    /// The test cluster's shape for this service: its kind, tracking, and one service named
+    /// after the kind (the bank's clients address "bank").
+    fn spec(&self, base: nonstop::cluster::ClusterSpec) -> nonstop::cluster::ClusterSpec {
+        let name = if self.sampled { self.kind.clone() } else { nonstop::cluster::SERVICE.to_string() };
+        nonstop::cluster::ClusterSpec {
+            kind: self.kind.clone(),
+            tracking: self.tracking,
+            services: vec![(name, 1)],
+            ..base
+        }
+    }
+}
+
+#[derive(Args)]
+struct ChaosKillArgs {
+    /// Trials.
+    #[arg(long, default_value_t = 200)]
+    trials: u32,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Seed of the random choices (printed, so a run can be repeated).
     #[arg(long)]
     seed: Option<u64>,
@@ -182,15 +269,6 @@ struct ChaosKillArgs {
     /// Before the trials, run the load this long without faults: any failover then is false.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     quiet: Duration,
-    /// How the primary finds its writes: declared ranges, or transparent mode with the kernel
-    /// finding the written pages (uffd or mprotect; DU). Default: declared, or for a kind that
-    /// keeps collections (ledger, orderbook), uffd where the kernel has it, else mprotect.
-    #[arg(long, value_enum)]
-    tracking: Option<Tracking>,
-    /// What the service runs: `bank` (Debit-Credit at fixed offsets) or `ledger` (the same
-    /// requests over ordinary Rust collections in the region), or a kind of --node-binary.
-    #[arg(long, default_value = nonstop_workloads::bank::NAME)]
-    kind: String,
     /// Backups of the service (k): the cluster has k + 1 nodes that hold regions (three at
     /// least), and two witnesses when k >= 2, so that the control plane keeps a majority
     /// through two deaths.
@@ -586,6 +664,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         );
     };
     nonstop::netns::available()?;
+    let service = args.service.resolve()?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let config = NetnsConfig {
         kind,
@@ -593,18 +672,19 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         seed,
         clients: args.clients,
         readers: args.readers,
-        spec: nonstop::cluster::ClusterSpec::default(),
+        spec: service.spec(nonstop::cluster::ClusterSpec::default()),
         fault_length: args.fault_length,
         quiet: args.quiet,
         soak: args.soak,
         fault_every: args.fault_every,
+        sampled: service.sampled,
     };
     let expected_trials = match args.soak {
         Some(length) => (length.as_secs_f64() / args.fault_every.as_secs_f64().max(1.0)).ceil() as u32,
         None => args.trials,
     };
     let progress = trials_bar(expected_trials);
-    let report = nonstop::chaos::netns::run(&std::env::current_exe()?, &config, |trial| {
+    let report = nonstop::chaos::netns::run(&service.exe, &config, |trial| {
         trial_done(&progress, &trial.fault, trial.failover_ms);
     })?;
     progress.finish_and_clear();
@@ -698,39 +778,8 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fault_share) {
         bail!("--fault-share must be between 0 and 1");
     }
-    if let Some(path) = args.node_binary.as_ref().filter(|path| !path.is_file()) {
-        bail!("--node-binary {}: no such file; build it first (cargo build --release --examples)", path.display());
-    }
-    // The kinds of the binary that runs the nodes: how the kind writes decides the tracking.
-    let writes = match &args.node_binary {
-        Some(path) => nonstop::node::kind_writes(path, &args.kind).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} does not run kind {:?}: `{} kinds` lists those it does",
-                path.display(),
-                args.kind,
-                path.display()
-            )
-        })?,
-        None => nonstop::builtins().writes(&args.kind).ok_or_else(|| {
-            anyhow::anyhow!(
-                "--kind {:?}: nonstop runs \"bank\" and \"ledger\"; give --node-binary for others",
-                args.kind
-            )
-        })?,
-    };
-    let tracking = match (args.tracking, writes) {
-        (Some(Tracking::Declared), nonstop::Writes::Collections) => bail!(
-            "--kind {} keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect",
-            args.kind
-        ),
-        (Some(tracking), _) => tracking.mode(),
-        (None, nonstop::Writes::AtOffsets) => None,
-        (None, nonstop::Writes::Collections) => Some(match nonstop::tracking::probe(TrackingMode::Uffd) {
-            Ok(()) => TrackingMode::Uffd,
-            Err(_) => TrackingMode::Mprotect,
-        }),
-    };
-    let kind = args.kind.clone();
+    let service = args.service.resolve()?;
+
     if args.min_backups.is_some_and(|m| m > args.backups) {
         bail!(
             "--min-backups {} is more than --backups {}: use 0..={}",
@@ -754,11 +803,8 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         seed,
         clients: args.clients,
         fault_share: args.fault_share,
-        spec: nonstop::cluster::ClusterSpec {
+        spec: service.spec(nonstop::cluster::ClusterSpec {
             ip_prefix: "127.0.2".into(),
-            tracking,
-            services: vec![(if args.node_binary.is_some() { kind.clone() } else { "bank".into() }, 1)],
-            kind,
             // Three nodes at least, so that the control plane outlives one death.
             nodes: (args.backups + 1).max(3),
             backups: args.backups,
@@ -766,15 +812,12 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
             witnesses: if args.backups >= 2 { 2 } else { 0 },
             leader_on_primary: args.leader_on_primary,
             ..Default::default()
-        },
+        }),
         quiet: args.quiet,
         double,
-        sampled: args.node_binary.is_some(),
+        sampled: service.sampled,
     };
-    let exe = match &args.node_binary {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?,
-    };
+    let exe = service.exe.clone();
     let progress = trials_bar(args.trials);
     let report = nonstop::chaos::run_kill(&exe, &config, |trial| {
         if trial.fault == "quiet" {

@@ -34,7 +34,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What the `load` subcommand is told.
 #[derive(Clone, Debug, clap::Args)]
@@ -143,9 +143,9 @@ impl SampledLoad {
         Ok(SampledLoad { child, stdin, reader: Some(reader), acks })
     }
 
-    /// See [`AckLog::wait_first_ack_after`].
-    pub fn wait_first_ack_after(&self, after: Instant, term: u64, timeout: Duration) -> Option<Ack> {
-        self.acks.wait_first_ack_after(after, term, timeout)
+    /// Every answer so far, with when it arrived.
+    pub fn acks(&self) -> &AckLog {
+        &self.acks
     }
 
     /// Stops the load (each client finishes its call in flight) and returns what it saw.

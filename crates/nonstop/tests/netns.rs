@@ -31,6 +31,7 @@ fn chaos(test: &str, kind: FaultKind, trials: u32, seed: u64) -> Option<NetnsRep
         quiet: Duration::from_millis(500),
         soak: None,
         fault_every: Duration::ZERO,
+        sampled: false,
     };
     let report = run(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.is_ok(), "{:?}", report.check);

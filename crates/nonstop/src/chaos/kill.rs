@@ -3,11 +3,10 @@
 //! second kill, the promoted primary dies too, inside its promotion or its re-protection; at
 //! the end, audit every client's history against the service's state.
 
+use super::Traffic;
 use super::{Millis, millis};
 use crate::cluster::{ClusterSpec, LocalCluster, protected_service, service as service_of};
 use crate::history::CheckReport;
-use crate::load::{self, Load};
-use crate::sampled::SampledLoad;
 use nonstop_net::fault::FaultPoint;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -39,37 +38,6 @@ pub struct ChaosConfig {
     /// ([`crate::sampled`]), and judge from the platform's client table; else run the bank's
     /// clients and history checker.
     pub sampled: bool,
-}
-
-/// The clients of a run.
-enum Traffic {
-    Bank(Load),
-    Sampled(SampledLoad),
-}
-
-impl Traffic {
-    fn wait_first_ack_after(&self, after: Instant, term: u64, timeout: Duration) -> Option<crate::load::Ack> {
-        match self {
-            Traffic::Bank(load) => load.wait_first_ack_after(after, term, timeout),
-            Traffic::Sampled(load) => load.wait_first_ack_after(after, term, timeout),
-        }
-    }
-
-    /// Stops the clients and audits the service: its check, and the history's verdict.
-    fn finish(self, cluster: &LocalCluster, service: &str) -> anyhow::Result<(Result<String, String>, CheckReport)> {
-        Ok(match self {
-            Traffic::Bank(load) => {
-                let history = load.stop();
-                let verdict = load::audit(cluster.client_addrs(), service, &history)?;
-                (verdict.check, verdict.report)
-            }
-            Traffic::Sampled(load) => {
-                let history = load.stop()?;
-                let verdict = crate::sampled::judge(cluster.client_addrs(), service, &history)?;
-                (verdict.check, verdict.report)
-            }
-        })
-    }
 }
 
 /// When the second kill of a trial comes.
@@ -153,13 +121,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
     let name = spec.services[0].0.clone();
     cluster.wait_service_protected(&name, spec.backups as usize, Duration::from_secs(20))?;
-    let load = match config.sampled {
-        false => Traffic::Bank(Load::start_with_readers(cluster.client_addrs(), &name, config.clients, 1, 2, |_| {})),
-        true => {
-            let node_config = &cluster.nodes[0].config;
-            Traffic::Sampled(SampledLoad::start(cluster.exe(), node_config, &name, config.clients, config.seed)?)
-        }
-    };
+    let load = Traffic::start(&cluster, &name, config.clients, 2, config.sampled, config.seed, |_| {})?;
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
     let (_, quiet_start) = cluster.primary_of(&name, &all);
@@ -280,7 +242,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         progress(&trial);
         trials.push(trial);
     }
-    let (check, history) = load.finish(&cluster, &name)?;
+    let super::Finished { check, history, .. } = load.finish(&cluster, &name)?;
     let times: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
     let second_times: Vec<f64> = trials.iter().filter_map(|t| t.second_failover_ms).collect();
     let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();

@@ -9,8 +9,91 @@ pub mod soak;
 
 pub use kill::{ChaosConfig, ChaosReport, DoubleKill, Trial, run_kill};
 
+use crate::cluster::LocalCluster;
+use crate::history::CheckReport;
+use crate::load::{self, Ack, AckLog, Load};
+use crate::sampled::SampledLoad;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// The clients of a fault test: the bank's own (transfers and reads, checked by the history
+/// checker), or the requests a kind samples, run by the cluster's binary ([`crate::sampled`]).
+pub(crate) enum Traffic {
+    Bank(Load),
+    Sampled(SampledLoad),
+}
+
+impl Traffic {
+    /// Starts `clients` clients of service `name` (and, for the bank, `readers` readers); every
+    /// thread of the bank's first runs `setup`, and a sampled load's process starts from the
+    /// calling thread's network namespace.
+    pub(crate) fn start(
+        cluster: &LocalCluster,
+        name: &str,
+        clients: u64,
+        readers: u64,
+        sampled: bool,
+        seed: u64,
+        setup: impl Fn(&str) + Send + Sync + 'static,
+    ) -> anyhow::Result<Traffic> {
+        Ok(match sampled {
+            false => Traffic::Bank(Load::start_with_readers(cluster.client_addrs(), name, clients, 1, readers, setup)),
+            true => {
+                let config = &cluster.nodes[0].config;
+                Traffic::Sampled(SampledLoad::start(cluster.exe(), config, name, clients, seed)?)
+            }
+        })
+    }
+
+    /// Every answer so far, with when it arrived.
+    pub(crate) fn acks(&self) -> &AckLog {
+        match self {
+            Traffic::Bank(load) => load.acks(),
+            Traffic::Sampled(load) => load.acks(),
+        }
+    }
+
+    /// See [`AckLog::wait_first_ack_after`].
+    pub(crate) fn wait_first_ack_after(&self, after: Instant, term: u64, timeout: Duration) -> Option<Ack> {
+        self.acks().wait_first_ack_after(after, term, timeout)
+    }
+
+    /// Stops the clients and audits the service: its checks, and the history's verdict.
+    pub(crate) fn finish(self, cluster: &LocalCluster, name: &str) -> anyhow::Result<Finished> {
+        Ok(match self {
+            Traffic::Bank(load) => {
+                let history = load.stop();
+                let mut refusals: Vec<String> = Vec::new();
+                for op in &history {
+                    if let crate::history::Outcome::Fail { reason } = &op.outcome
+                        && refusals.len() < 5
+                        && !refusals.contains(reason)
+                    {
+                        refusals.push(reason.clone());
+                    }
+                }
+                let verdict = load::audit(cluster.client_addrs(), name, &history)?;
+                Finished { check: verdict.check, history: verdict.report, refusals }
+            }
+            Traffic::Sampled(load) => {
+                let history = load.stop()?;
+                let verdict = crate::sampled::judge(cluster.client_addrs(), name, &history)?;
+                Finished { check: verdict.check, history: verdict.report, refusals: Vec::new() }
+            }
+        })
+    }
+}
+
+/// What the clients of a fault test found at the end.
+pub(crate) struct Finished {
+    /// The platform's and the service's checks.
+    pub(crate) check: Result<String, String>,
+    /// The history's verdict.
+    pub(crate) history: CheckReport,
+    /// Up to five different reasons the service refused a request (the bank's clients only).
+    pub(crate) refusals: Vec<String>,
+}
 
 /// Percentiles in ms.
 #[derive(Clone, Debug, Default, Serialize)]

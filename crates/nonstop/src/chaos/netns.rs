@@ -4,13 +4,13 @@
 //! and slow network — under client load, then healing and waiting for the service to be
 //! protected again. At the end the history checker ([`crate::history`]) judges every operation.
 
+use super::Traffic;
 use super::inject::{Injection, InjectionCounts, Site, flip_memory, tally, with_history};
 use super::soak::{SoakReport, SoakSampler};
 use super::{Millis, millis};
-use crate::cluster::{ClusterSpec, LocalCluster, SERVICE, bank, protected};
+use crate::cluster::{ClusterSpec, LocalCluster, protected_service, service as service_of};
 use crate::fault_proxy::{FaultProxy, LinkFaults};
 use crate::history::{CheckReport, Violations};
-use crate::load::{self, Load};
 use crate::netns::Testbed;
 use nonstop_net::detections::DetectionCounts;
 use nonstop_node::EXIT_CORRUPT_MEMORY;
@@ -149,6 +149,10 @@ pub struct NetnsConfig {
     /// The spacing of faults in a soak (trial runs ignore it: each fault follows the last
     /// one's recovery after a short random pause).
     pub fault_every: Duration,
+    /// Load the service with the requests its kind samples, run by the cluster's own binary
+    /// ([`crate::sampled`]), judged from the platform's client table; else the bank's clients
+    /// and readers under the history checker.
+    pub sampled: bool,
 }
 
 /// One trial.
@@ -310,15 +314,17 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
     let mut cluster = LocalCluster::create(exe, &spec)?;
     cluster.start_all()?;
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
-    cluster.wait_protected(spec.backups as usize, Duration::from_secs(30))?;
+    let name = spec.services[0].0.clone();
+    cluster.wait_service_protected(&name, spec.backups as usize, Duration::from_secs(30))?;
     let client_namespace = testbed.client_namespace();
+    // A sampled load's process starts from this thread, in the clients' namespace.
     let load =
-        Load::start_with_readers(cluster.client_addrs(), SERVICE, config.clients, 1, config.readers, move |_| {
+        Traffic::start(&cluster, &name, config.clients, config.readers, config.sampled, config.seed, move |_| {
             Testbed::enter(&client_namespace).expect("the clients' namespace exists");
-        });
-    let (_, quiet_start) = cluster.current_primary(&all);
+        })?;
+    let (_, quiet_start) = cluster.primary_of(&name, &all);
     std::thread::sleep(config.quiet);
-    let (_, quiet_end) = cluster.current_primary(&all);
+    let (_, quiet_end) = cluster.primary_of(&name, &all);
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
     let mut sampler = config.soak.map(|_| SoakSampler::new(Duration::from_secs(30)));
@@ -347,8 +353,8 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         if config.soak.is_some() {
             next_fault = Instant::now() + config.fault_every;
         }
-        let mut trial = run_trial(&mut cluster, &testbed, &proxies, config, &load, &mut rng, fault, with_lossy)?;
-        let (_, term_now) = cluster.current_primary(&all);
+        let mut trial = run_trial(&mut cluster, &testbed, &proxies, config, &name, &load, &mut rng, fault, with_lossy)?;
+        let (_, term_now) = cluster.primary_of(&name, &all);
         trial.failovers_before = trial.term_at_injection.saturating_sub(last_term);
         last_term = term_now;
         if let Some(sampler) = sampler.as_mut() {
@@ -357,17 +363,7 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         progress(&trial);
         trials.push(trial);
     }
-    let history = load.stop();
-    let mut refusals: Vec<String> = Vec::new();
-    for op in &history {
-        if let crate::history::Outcome::Fail { reason } = &op.outcome
-            && refusals.len() < 5
-            && !refusals.contains(reason)
-        {
-            refusals.push(reason.clone());
-        }
-    }
-    let verdict = load::audit(cluster.client_addrs(), SERVICE, &history)?;
+    let super::Finished { check, history, refusals } = load.finish(&cluster, &name)?;
     let grouped = |value: fn(&NetnsTrial) -> Option<f64>| {
         let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for trial in &trials {
@@ -378,7 +374,7 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
     let injections: Vec<Injection> = trials.iter().filter_map(|t| t.injection).collect();
     let error_injection = match injections.is_empty() {
         true => BTreeMap::new(),
-        false => with_history(tally(&injections), &verdict.report.violations, verdict.check.is_err()),
+        false => with_history(tally(&injections), &history.violations, check.is_err()),
     };
     let failover_ms = grouped(|t| t.failover_ms);
     let longest_gap_ms = grouped(|t| Some(t.longest_gap_ms));
@@ -386,9 +382,9 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         kind: config.kind,
         trials: trials.len() as u32,
         seed: config.seed,
-        violations: verdict.report.violations.total(),
-        by_kind: verdict.report.violations,
-        check: verdict.check,
+        violations: history.violations.total(),
+        by_kind: history.violations,
+        check,
         failovers: failover_ms.iter().map(|(k, (n, _))| (k.clone(), *n)).collect(),
         failover_ms,
         longest_gap_ms,
@@ -397,9 +393,9 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
             + trials.iter().map(|t| t.failovers_before + u64::from(t.false_failover)).sum::<u64>(),
         soak: sampler.map(|s| s.report()),
         unrecovered: trials.iter().filter(|t| !t.recovered).count() as u32,
-        acknowledged: verdict.acknowledged,
+        acknowledged: history.operations.transfers_ok,
         proxy_bytes: proxies.bytes(),
-        history: verdict.report,
+        history,
         error_injection,
         refusals,
         trial_log: trials,
@@ -429,16 +425,18 @@ fn run_trial(
     testbed: &Testbed,
     proxies: &Proxies,
     config: &NetnsConfig,
-    load: &Load,
+    name: &str,
+    load: &Traffic,
     rng: &mut SmallRng,
     fault: Fault,
     with_lossy: bool,
 ) -> anyhow::Result<NetnsTrial> {
     let spec = &config.spec;
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
-    let (primary, term) = cluster.current_primary(&all);
+    let (primary, term) = cluster.primary_of(name, &all);
     let status = cluster.status(primary);
-    let backups: Vec<u64> = status.as_ref().and_then(bank).map(|b| b.backups.clone()).unwrap_or_default();
+    let backups: Vec<u64> =
+        status.as_ref().and_then(|s| service_of(s, name)).map(|b| b.backups.clone()).unwrap_or_default();
     let leader = status.as_ref().and_then(|s| s.leader).unwrap_or(primary);
     let others: Vec<u64> = all.iter().copied().filter(|id| *id != primary).collect();
     let target = match fault {
@@ -514,7 +512,7 @@ fn run_trial(
         cluster.start(target)?;
     }
     let recovered_at = cluster.wait_statuses(&all, RECOVERY_LIMIT, |statuses| {
-        protected(statuses, spec.backups as usize)
+        protected_service(statuses, name, spec.backups as usize)
             && statuses.iter().all(|s| all.iter().all(|id| s.alive.contains(id) || *id == s.node))
     });
     let end = recovered_at.unwrap_or_else(Instant::now);
@@ -526,7 +524,7 @@ fn run_trial(
     }
     // The clients may still be finding the primary: the trial ends at their first answer after
     // the service was healed and protected (or after the failover, if one happened).
-    let (_, term_after) = cluster.current_primary(&all);
+    let (_, term_after) = cluster.primary_of(name, &all);
     let first = match term_after > term {
         true => load.wait_first_ack_after(injected, term, RECOVERY_LIMIT),
         false => None,
@@ -577,7 +575,10 @@ fn flip_in_region(cluster: &LocalCluster, spec: &ClusterSpec, target: u64, rng: 
     let Some(pid) = cluster.nodes[target as usize - 1].pid() else { return Ok(false) };
     // Flips land where the service's data lives (accounts, tellers, branches, history, client
     // slots): flips in never-written space are found by the scrubber alone, and are easy.
-    let used = crate::builtins().make(&spec.kind, &spec.settings())?.region_len() as u64;
+    // A kind of another binary: anywhere in its region.
+    let used = crate::builtins()
+        .make(&spec.kind, &spec.settings())
+        .map_or(spec.region_size_mib << 20, |service| service.region_len() as u64);
     let address = spec.region_base as u64 + rng.random_range(0..used);
     let bit = rng.random_range(0..8u8);
     flip_memory(pid, address, bit).map_err(|e| anyhow::anyhow!("flipping a bit in node {target} (pid {pid}): {e}"))?;
