@@ -2,7 +2,7 @@
 
 use crate::route::{Call, Router, Step, closed};
 use crate::{
-    Answered, Audit, ClientError, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, answers, audit_answer, call_answer,
+    Answered, Audit, ClientError, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, Numbering, answers, audit_answer,
     decode_answered, encode, io_error, query_answer,
 };
 use nonstop_proto::client::{ClientReply, ClientRequest, read_message, write_message};
@@ -20,9 +20,7 @@ struct Connection {
 
 /// A client of a cluster's services, with blocking calls.
 pub struct Client {
-    id: u64,
-    /// The number of the next request, per service.
-    next_requests: BTreeMap<String, u64>,
+    numbering: Numbering,
     router: Router,
     /// One connection per node, kept open across redirects: a client that reconnected on
     /// every redirect would leave a socket in TIME_WAIT each time, and during a long partition
@@ -39,8 +37,7 @@ impl Client {
     /// whose nodes' client addresses are `nodes`. Its first request to each service is number 1.
     pub fn new(nodes: Vec<SocketAddr>, id: u64) -> Client {
         Client {
-            id,
-            next_requests: BTreeMap::new(),
+            numbering: Numbering::new(id),
             router: Router::new(nodes),
             connections: BTreeMap::new(),
             deadline: DEFAULT_DEADLINE,
@@ -51,17 +48,17 @@ impl Client {
     /// Continues with request number `next_request` for `service` (after a restart: one more
     /// than the last request the service answered).
     pub fn resume(&mut self, service: &str, next_request: u64) {
-        self.next_requests.insert(service.to_string(), next_request.max(1));
+        self.numbering.resume(service, next_request);
     }
 
     /// The client's id.
     pub fn id(&self) -> u64 {
-        self.id
+        self.numbering.id
     }
 
     /// The number the next request to `service` will carry.
     pub fn next_request(&self, service: &str) -> u64 {
-        self.next_requests.get(service).copied().unwrap_or(1)
+        self.numbering.next_request(service)
     }
 
     /// Applies `request` to `service` exactly once and returns its reply.
@@ -85,12 +82,9 @@ impl Client {
 
     /// Applies a request the caller encoded itself, exactly once.
     pub fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
-        let number = self.next_request(service);
-        let request = ClientRequest::Call { service: service.to_string(), client: self.id, request: number, body };
+        let (number, request) = self.numbering.call(service, body);
         let (reply, attempts, by) = self.exchange(&request)?;
-        let answered = call_answer(service, number, reply, attempts, by)?;
-        self.next_requests.insert(service.to_string(), number + 1);
-        Ok(answered)
+        self.numbering.answered(service, number, reply, attempts, by)
     }
 
     /// Asks `service` a read-only question. The answer is held by every backup when it is

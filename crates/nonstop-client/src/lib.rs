@@ -116,6 +116,49 @@ fn answers(request: &ClientRequest, reply: &ClientReply) -> bool {
     )
 }
 
+/// A client's identity and request numbers, one counter per service: what both clients number
+/// their calls with.
+#[derive(Debug)]
+struct Numbering {
+    id: u64,
+    next: std::collections::BTreeMap<String, u64>,
+}
+
+impl Numbering {
+    fn new(id: u64) -> Numbering {
+        Numbering { id, next: std::collections::BTreeMap::new() }
+    }
+
+    fn resume(&mut self, service: &str, next_request: u64) {
+        self.next.insert(service.to_string(), next_request.max(1));
+    }
+
+    fn next_request(&self, service: &str) -> u64 {
+        self.next.get(service).copied().unwrap_or(1)
+    }
+
+    /// The next call of `service` with `body`, and its number.
+    fn call(&self, service: &str, body: Vec<u8>) -> (u64, ClientRequest) {
+        let number = self.next_request(service);
+        (number, ClientRequest::Call { service: service.to_string(), client: self.id, request: number, body })
+    }
+
+    /// The answer to call `number` of `service`; the next call takes the next number once it
+    /// is answered (a refusal leaves the number to be used again).
+    fn answered(
+        &mut self,
+        service: &str,
+        number: u64,
+        reply: ClientReply,
+        attempts: u32,
+        answered_by: SocketAddr,
+    ) -> Result<Answered<Vec<u8>>, ClientError> {
+        let answered = call_answer(service, number, reply, attempts, answered_by)?;
+        self.next.insert(service.to_string(), number + 1);
+        Ok(answered)
+    }
+}
+
 /// The answer to call `number` of `service`, from the reply that answered it.
 fn call_answer(
     service: &str,

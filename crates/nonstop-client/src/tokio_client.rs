@@ -2,7 +2,7 @@
 
 use crate::route::{Call, Router, Step, closed};
 use crate::{
-    Answered, Audit, ClientError, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, answers, audit_answer, call_answer,
+    Answered, Audit, ClientError, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, Numbering, answers, audit_answer,
     decode_answered, encode, io_error, query_answer,
 };
 use nonstop_proto::client::{ClientReply, ClientRequest, LENGTH_PREFIX, decode_payload, encode_message, payload_len};
@@ -27,8 +27,7 @@ use tokio::time::{Instant, timeout};
 /// # Ok(()) }
 /// ```
 pub struct AsyncClient {
-    id: u64,
-    next_requests: BTreeMap<String, u64>,
+    numbering: Numbering,
     router: Router,
     /// One connection per node, kept open across redirects (see [`crate::Client`]).
     connections: BTreeMap<SocketAddr, TcpStream>,
@@ -43,8 +42,7 @@ impl AsyncClient {
     /// whose nodes' client addresses are `nodes`.
     pub fn new(nodes: Vec<SocketAddr>, id: u64) -> AsyncClient {
         AsyncClient {
-            id,
-            next_requests: BTreeMap::new(),
+            numbering: Numbering::new(id),
             router: Router::new(nodes),
             connections: BTreeMap::new(),
             deadline: DEFAULT_DEADLINE,
@@ -54,12 +52,12 @@ impl AsyncClient {
 
     /// Continues with request number `next_request` for `service`.
     pub fn resume(&mut self, service: &str, next_request: u64) {
-        self.next_requests.insert(service.to_string(), next_request.max(1));
+        self.numbering.resume(service, next_request);
     }
 
     /// The number the next request to `service` will carry.
     pub fn next_request(&self, service: &str) -> u64 {
-        self.next_requests.get(service).copied().unwrap_or(1)
+        self.numbering.next_request(service)
     }
 
     /// Applies `request` to `service` exactly once and returns its reply.
@@ -83,12 +81,9 @@ impl AsyncClient {
 
     /// Applies a request the caller encoded itself, exactly once.
     pub async fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
-        let number = self.next_request(service);
-        let request = ClientRequest::Call { service: service.to_string(), client: self.id, request: number, body };
+        let (number, request) = self.numbering.call(service, body);
         let (reply, attempts, by) = self.exchange(&request).await?;
-        let answered = call_answer(service, number, reply, attempts, by)?;
-        self.next_requests.insert(service.to_string(), number + 1);
-        Ok(answered)
+        self.numbering.answered(service, number, reply, attempts, by)
     }
 
     /// Asks `service` a read-only question; the answer is held by every backup.
