@@ -270,7 +270,7 @@ impl<S: Service> Host<S> {
                 table.reply_room()
             ))));
         }
-        table.record(&slots, at, &previous, caller.client, caller.request, &reply)?;
+        table.record(&slots, at, &previous, caller.client, caller.request, Some(&reply))?;
         Ok((Executed::Applied(reply), tx.commit()))
     }
 
@@ -293,9 +293,12 @@ impl<S: Service> Host<S> {
             let mut store = Store::transparent(state, caller);
             let reply = self.service.execute(&mut store, request).map_err(CallError::from_service)?;
             // The service may have written already: the request counts as applied whatever
-            // its reply's length (one too long is sent once, not kept for a retry).
-            let reply = postcard::to_allocvec(&reply).unwrap_or_default();
-            table.record(&slots, at, &previous, caller.client, caller.request, &reply).map_err(failed)?;
+            // becomes of its reply (one too long is sent once, not kept for a retry; one that
+            // does not encode is recorded as not kept, and the call fails).
+            let encoded = encode(&reply);
+            let kept = encoded.as_deref().ok();
+            table.record(&slots, at, &previous, caller.client, caller.request, kept).map_err(failed)?;
+            let reply = encoded?;
             Ok(Executed::Applied(reply))
         });
         result.map(|executed| (executed, ticket))

@@ -170,7 +170,7 @@ impl ClientTable {
     }
 
     /// Records request `request` of `client` as applied, answered with `reply` (kept if it
-    /// fits), in the slot [`Lookup::Next`] found.
+    /// fits; `None`: there is no reply to keep), in the slot [`Lookup::Next`] found.
     pub(crate) fn record(
         &self,
         table: &impl RegionWrite,
@@ -178,9 +178,11 @@ impl ClientTable {
         previous: &SlotHead,
         client: u64,
         request: u64,
-        reply: &[u8],
+        reply: Option<&[u8]>,
     ) -> Result<(), TxError> {
-        let kept = reply.len() <= self.reply_room;
+        let reply = reply.filter(|reply| reply.len() <= self.reply_room);
+        let kept = reply.is_some();
+        let reply = reply.unwrap_or_default();
         let head = SlotHead {
             client: U64::new(client),
             request: U64::new(request),
