@@ -3,10 +3,10 @@
 //! applied twice).
 
 use nonstop::Client;
-use nonstop::cluster::{ClusterSpec, LocalCluster};
 use nonstop::tracking::TrackingMode;
 use nonstop_examples::orderbook::{OrderReply, OrderRequest};
 use nonstop_examples::sessions::{Session, SessionRequest};
+use nonstop_testbed::cluster::{ClusterSpec, LocalCluster};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -106,7 +106,7 @@ fn an_order_book_matches_through_kills_of_its_primary_as_without_them() {
 /// at random moments and inside checkpoints, judged from the platform's client table.
 #[test]
 fn chaos_kill_on_the_order_book_binary_loses_and_doubles_nothing() {
-    let config = nonstop::chaos::ChaosConfig {
+    let config = nonstop_testbed::chaos::ChaosConfig {
         trials: 6,
         seed: 11,
         clients: 4,
@@ -120,7 +120,7 @@ fn chaos_kill_on_the_order_book_binary_loses_and_doubles_nothing() {
         double: None,
         sampled: true,
     };
-    let report = nonstop::chaos::run_kill(&example("orderbook"), &config, |_| {}).unwrap();
+    let report = nonstop_testbed::chaos::run_kill(&example("orderbook"), &config, |_| {}).unwrap();
     assert_eq!((report.acked_lost, report.applied_twice), (0, 0), "{:?}", report.history);
     assert!(
         report.check.as_ref().is_ok_and(|summary| summary.contains("each request applied once")),
@@ -136,13 +136,13 @@ fn chaos_kill_on_the_order_book_binary_loses_and_doubles_nothing() {
 /// them it says why and passes, unless NONSTOP_REQUIRE_NETNS=1 (CI as root) requires it.
 #[test]
 fn chaos_netns_on_the_order_book_binary_violates_nothing() {
-    if let Err(why) = nonstop::netns::available() {
+    if let Err(why) = nonstop_testbed::netns::available() {
         assert!(std::env::var_os("NONSTOP_REQUIRE_NETNS").is_none(), "network-namespace tests are required: {why}");
         eprintln!("SKIPPED chaos_netns_on_the_order_book_binary_violates_nothing: {why}");
         return;
     }
-    let config = nonstop::chaos::netns::NetnsConfig {
-        kind: nonstop::chaos::netns::FaultKind::Mixed,
+    let config = nonstop_testbed::chaos::netns::NetnsConfig {
+        kind: nonstop_testbed::chaos::netns::FaultKind::Mixed,
         trials: 6,
         seed: 5,
         clients: 4,
@@ -154,7 +154,7 @@ fn chaos_netns_on_the_order_book_binary_violates_nothing() {
         fault_every: Duration::ZERO,
         sampled: true,
     };
-    let report = nonstop::chaos::netns::run(&example("orderbook"), &config, |_| {}).unwrap();
+    let report = nonstop_testbed::chaos::netns::run(&example("orderbook"), &config, |_| {}).unwrap();
     assert_eq!(report.violations, 0, "{}", report.history.summary());
     assert!(
         report.check.as_ref().is_ok_and(|summary| summary.contains("each request applied once")),

@@ -27,21 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod bench;
-pub mod chaos;
-pub mod chart;
-pub mod clients_bench;
-pub mod cluster;
-pub mod demo;
-pub mod fault_proxy;
-pub mod history;
-pub mod load;
-pub mod local;
-pub mod netns;
 pub mod node;
-pub mod sampled;
-pub mod status;
-pub mod tracking_bench;
 
 pub use nonstop_client::{Answered, AsyncClient, Client, ClientError};
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};

@@ -5,11 +5,11 @@
 //! declaring each range, DU twins), `uffd` and `mprotect` (transparent mode). Every run is in
 //! this process, without backups: it measures the primary's side alone.
 
-use crate::chart;
 use anyhow::Context;
 use nonstop_proto::{CheckpointId, PAGE_SIZE, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_region::{Mirror, Region, RegionWrite, Update};
+use nonstop_testbed::chart;
 use serde::Serialize;
 use std::time::Instant;
 

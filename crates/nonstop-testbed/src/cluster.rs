@@ -72,7 +72,7 @@ impl Default for ClusterSpec {
             backups: 1,
             min_backups: None,
             leader_on_primary: false,
-            region_base: crate::DEFAULT_REGION_BASE,
+            region_base: nonstop_region::DEFAULT_REGION_BASE,
             region_size_mib: 128,
             settings: toml::Table::new(),
             checkpoint_interval_us: 1000,

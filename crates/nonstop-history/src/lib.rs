@@ -4,7 +4,7 @@
 //! service's final state.
 //!
 //! The bank makes the checks exact. Client `c` owns account `c - 1` and numbers its transfers
-//! 1, 2, 3, …; their amounts follow from `(c, number)` ([`crate::load::delta_of`]). So a state
+//! 1, 2, 3, …; their amounts follow from `(c, number)` ([`crate::delta_of`]). So a state
 //! that remembers request `R` for `c` must show exactly the balance of requests `1..=R`, and the
 //! answer to request `r` must be that of `1..=r`. The checker reports:
 //!
@@ -19,7 +19,9 @@
 //!   two nodes answering in one term, or an older term answering a request invoked after a newer
 //!   term had already answered.
 
-use crate::load::ExpectedBalances;
+mod amounts;
+
+pub use amounts::{ExpectedBalances, delta_of, expected_balance};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -441,7 +443,7 @@ fn check_split_brain(checker: &mut Checker<'_>, sorted: &[&Operation]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::expected_balance;
+    use crate::expected_balance;
 
     fn node(n: u8) -> SocketAddr {
         SocketAddr::from(([10, 77, 0, n], 7101))
@@ -451,7 +453,7 @@ mod tests {
         Operation {
             process: client,
             client,
-            op: Op::Transfer { request, delta: crate::load::delta_of(client, request) },
+            op: Op::Transfer { request, delta: crate::delta_of(client, request) },
             invoked_us: at,
             completed_us: at + 10,
             outcome: Outcome::Ok { term, node: node(from), request, balance: expected_balance(client, request) },
@@ -484,7 +486,7 @@ mod tests {
         for request in 1..=transfers {
             // Built here, not with the helpers: they sum the balance from request 1 each time.
             let outcome = Outcome::Ok { term: 1, node: node(1), request, balance: balances.after(request) };
-            let op = Op::Transfer { request, delta: crate::load::delta_of(1, request) };
+            let op = Op::Transfer { request, delta: crate::delta_of(1, request) };
             let at = request * 100;
             let (invoked_us, completed_us) = (at, at + 10);
             ops.push(Operation { process: 1, client: 1, op, invoked_us, completed_us, outcome: outcome.clone() });
@@ -526,7 +528,7 @@ mod tests {
         doubled.get_mut(&1).unwrap().applied = 11;
         assert_eq!(check(&history(10), &doubled).violations.applied_twice, 1);
         let mut off = finals(1, 10);
-        off.get_mut(&1).unwrap().balance += crate::load::delta_of(1, 7);
+        off.get_mut(&1).unwrap().balance += crate::delta_of(1, 7);
         assert_eq!(check(&history(10), &off).violations.applied_twice, 1);
     }
 

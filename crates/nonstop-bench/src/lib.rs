@@ -8,7 +8,9 @@
 //! replicated round the backups' images are compared with the primary's and checked with the
 //! workload's consistency check.
 
-use crate::local::{KeyFile, LocalBackup};
+pub mod clients;
+pub mod tracking;
+
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,6 +19,7 @@ use nonstop_proto::primary::Ticket;
 use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_region::{Mirror, Region};
+use nonstop_testbed::local::{KeyFile, LocalBackup};
 use nonstop_workloads::Workload;
 use nonstop_workloads::bank::BankThroughService;
 use nonstop_workloads::debit_credit::DebitCredit;
@@ -221,7 +224,7 @@ impl BenchReport {
             self.backups,
             self.timeline_step_ms
         );
-        crate::chart::lines(&title, "seconds of measurement", "M transactions/s", &series)
+        nonstop_testbed::chart::lines(&title, "seconds of measurement", "M transactions/s", &series)
     }
 }
 
@@ -792,15 +795,15 @@ impl Matrix {
     /// The overhead table as a grouped bar chart (SVG).
     pub fn svg(&self) -> String {
         let categories: Vec<String> = table_policies().into_iter().map(|(label, _)| label).collect();
-        let series: Vec<crate::chart::Series> = self
+        let series: Vec<nonstop_testbed::chart::Series> = self
             .rows()
             .into_iter()
-            .map(|(workload, protocol, cells)| crate::chart::Series {
+            .map(|(workload, protocol, cells)| nonstop_testbed::chart::Series {
                 name: format!("{workload} {protocol}"),
                 values: cells.iter().map(|c| c.and_then(|r| r.ratio).map(|ratio| (1.0 - ratio) * 100.0)).collect(),
             })
             .collect();
-        crate::chart::grouped_bars(
+        nonstop_testbed::chart::grouped_bars(
             "Replication overhead against no replication (1 backup)",
             "overhead % (1 - ratio)",
             &categories,

@@ -25,6 +25,10 @@
 
 use crate::Registry;
 use std::path::PathBuf;
+
+mod load;
+
+pub use load::{LoadArgs, LoadLine, NotALoadLine, run as run_load};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
@@ -47,8 +51,8 @@ enum NodeCommand {
         config: PathBuf,
     },
     /// Load a service of the cluster with the requests its kind samples, until stdin closes
-    /// (what `nonstop chaos kill --node-binary` runs; see [`crate::sampled`]).
-    Load(crate::sampled::LoadArgs),
+    /// (what `nonstop chaos kill --node-binary` runs; see [`LoadLine`]).
+    Load(LoadArgs),
     /// List the service kinds this binary runs, one per line: the kind and how it writes the
     /// region (`offsets`, or `collections`: transparent mode only).
     Kinds,
@@ -97,7 +101,7 @@ pub fn main(registry: Registry) -> ExitCode {
         NodeCommand::Node { config } => {
             run_config_file(&config, &registry, &AtomicBool::new(false)).map_err(anyhow::Error::from)
         }
-        NodeCommand::Load(args) => crate::sampled::run(&args, &registry),
+        NodeCommand::Load(args) => load::run(&args, &registry),
         NodeCommand::Kinds => {
             print!("{}", kinds(&registry));
             Ok(())

@@ -1,8 +1,8 @@
 //! `nonstop chaos kill` in small: kills at random moments and at every fault point inside a
 //! checkpoint, with nothing lost, nothing applied twice and no needless failover.
 
-use nonstop::chaos::{ChaosConfig, DoubleKill, run_kill};
-use nonstop::cluster::ClusterSpec;
+use nonstop_testbed::chaos::{ChaosConfig, DoubleKill, run_kill};
+use nonstop_testbed::cluster::ClusterSpec;
 
 #[test]
 fn kills_inside_checkpoints_lose_and_double_nothing() {

@@ -576,7 +576,7 @@ fn flip_in_region(cluster: &LocalCluster, spec: &ClusterSpec, target: u64, rng: 
     // Flips land where the service's data lives (accounts, tellers, branches, history, client
     // slots): flips in never-written space are found by the scrubber alone, and are easy.
     // A kind of another binary: anywhere in its region.
-    let used = crate::builtins()
+    let used = nonstop::builtins()
         .make(&spec.kind, &spec.settings())
         .map_or(spec.region_size_mib << 20, |service| service.region_len() as u64);
     let address = spec.region_base as u64 + rng.random_range(0..used);

@@ -4,8 +4,8 @@
 //! Needs root, `ip` and `nft`: elsewhere it says why and skips, unless
 //! `NONSTOP_REQUIRE_NETNS=1` (CI as root) makes a missing prerequisite a failure.
 
-use nonstop::chaos::netns::{FaultKind, NetnsConfig, NetnsReport, run};
-use nonstop::cluster::ClusterSpec;
+use nonstop_testbed::chaos::netns::{FaultKind, NetnsConfig, NetnsReport, run};
+use nonstop_testbed::cluster::ClusterSpec;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ static ONE_CLUSTER: Mutex<()> = Mutex::new(());
 
 /// Runs `kind` for `trials` trials, or says why it cannot and returns `None`.
 fn chaos(test: &str, kind: FaultKind, trials: u32, seed: u64) -> Option<NetnsReport> {
-    if let Err(why) = nonstop::netns::available() {
+    if let Err(why) = nonstop_testbed::netns::available() {
         assert!(std::env::var_os("NONSTOP_REQUIRE_NETNS").is_none(), "network-namespace tests are required: {why}");
         eprintln!("SKIPPED {test}: {why}");
         return None;

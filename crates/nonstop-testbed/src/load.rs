@@ -1,5 +1,5 @@
 //! Client load on the bank service, recording the history of every operation for the checker
-//! ([`crate::history`]).
+//! ([`nonstop_history`]).
 //!
 //! Client `c` owns account `c - 1` and sends transfers numbered 1, 2, 3, … whose amounts follow
 //! from `(c, number)` ([`delta_of`]). So whatever the service remembers of a client — its last
@@ -7,8 +7,8 @@
 //! and `R` must be at least the last request the client had answered. Anything else is an
 //! acknowledged update lost or an update applied twice.
 
-use crate::history::{self, CheckReport, FinalState, Op, Operation, Outcome};
 use nonstop_client::ClientError;
+use nonstop_history::{self as history, CheckReport, FinalState, Op, Operation, Outcome, delta_of};
 use nonstop_workloads::bank::{BankClient, Remembered};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -16,43 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// The amount of request `request` of client `client`, in cents (never 0).
-pub fn delta_of(client: u64, request: u64) -> i64 {
-    let mixed = (client.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ request.wrapping_mul(0xD6E8_FEB8_6659_FD93)) >> 40;
-    (mixed % 2000) as i64 - 999 + if mixed % 2000 == 999 { 1 } else { 0 }
-}
-
-/// The balance client `client`'s account holds after its requests `1..=last`.
-pub fn expected_balance(client: u64, last: u64) -> i64 {
-    ExpectedBalances::new(client).after(last)
-}
-
-/// One client's expected balances, each request's computed once: checking a history asks for
-/// every request number, and summing from 1 each time would be quadratic.
-#[derive(Clone, Debug)]
-pub struct ExpectedBalances {
-    client: u64,
-    /// `after[k]`: the balance after requests `1..=k`.
-    after: Vec<i64>,
-}
-
-impl ExpectedBalances {
-    /// No request applied yet.
-    pub fn new(client: u64) -> ExpectedBalances {
-        ExpectedBalances { client, after: vec![0] }
-    }
-
-    /// The balance after requests `1..=last`.
-    pub fn after(&mut self, last: u64) -> i64 {
-        while (self.after.len() as u64) <= last {
-            let next = self.after.len() as u64;
-            let balance = self.after[next as usize - 1] + delta_of(self.client, next);
-            self.after.push(balance);
-        }
-        self.after[last as usize]
-    }
-}
 
 /// One answered request.
 #[derive(Clone, Copy, Debug)]
@@ -360,20 +323,4 @@ pub fn audit(nodes: Vec<SocketAddr>, service: &str, history: &[Operation]) -> Re
         .collect();
     let report = history::check(history, &finals);
     Ok(Verdict { check: audit.check, acknowledged: report.operations.transfers_ok, report })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn amounts_are_never_zero_and_sum_as_expected() {
-        for client in 1..50 {
-            for request in 1..200 {
-                let delta = delta_of(client, request);
-                assert!(delta != 0 && (-999..=1000).contains(&delta));
-            }
-        }
-        assert_eq!(expected_balance(3, 2), delta_of(3, 1) + delta_of(3, 2));
-    }
 }

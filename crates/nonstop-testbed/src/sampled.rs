@@ -1,108 +1,25 @@
-//! Load on any service, for fault tests: requests drawn by the service's own
-//! [`Service::sample`](crate::Service::sample), and a verdict from the platform's client table.
-//!
-//! The harness does not know a third party's request types, so the load runs inside the node
-//! binary, which does: `BINARY load --config node.toml --service NAME` (every node binary built
-//! on [`crate::node::main`] has it, and so has `nonstop`). It prints one line per answer on
-//! stdout and stops when its stdin closes:
-//!
-//! ```text
-//! ack CLIENT REQUEST TERM      a request answered (applied now, or a retry answered)
-//! refused CLIENT REQUEST       the service refused it (nothing applied; the number is used again)
-//! unknown CLIENT REQUEST       no answer before the client's deadline
-//! last CLIENT REQUEST          at the end: the client's last acknowledged request
-//! ```
+//! Fault tests on any service: a node binary's `load` subcommand (requests drawn by the
+//! service's own `Service::sample`, printing one [`LoadLine`] per answer) run as a child
+//! process and read as it goes, and a verdict from the platform's client table alone.
 //!
 //! Judging needs nothing of the service: every acknowledged request number of a client must be
 //! at most the last one the client table remembers (else an acknowledged request was lost), and
 //! the table's count of requests applied must equal that number (else one was applied twice),
 //! besides the platform's and the service's own checks.
 
-use crate::Registry;
 use crate::history::{CheckReport, Counts, Violations};
 use crate::load::{Ack, AckLog};
 use anyhow::{Context, bail};
-use nonstop_client::{Client, ClientError};
-use nonstop_proto::client::ClientMemory;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use nonstop::node::LoadLine;
+use nonstop::{Client, ClientError, ClientMemory};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-
-/// What the `load` subcommand is told.
-#[derive(Clone, Debug, clap::Args)]
-pub struct LoadArgs {
-    /// A node's config: the cluster's client addresses and the service's kind and settings.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// The service to load.
-    #[arg(long)]
-    pub service: String,
-    /// Client threads.
-    #[arg(long, default_value_t = 4)]
-    pub clients: u64,
-    /// The first client's id.
-    #[arg(long, default_value_t = 1)]
-    pub first_client: u64,
-    /// Seed of the requests drawn.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-}
-
-/// Runs the load `args` describes until stdin closes (the `load` subcommand of a node binary).
-pub fn run(args: &LoadArgs, registry: &Registry) -> anyhow::Result<()> {
-    let config = nonstop_node::config::NodeConfig::load(&args.config)?;
-    let services = config.services(registry)?;
-    let Some(hosted) = services.get(&args.service) else {
-        bail!("the config at {} has no service {:?}", args.config.display(), args.service)
-    };
-    if hosted.sample(args.first_client, 0).is_none() {
-        bail!("kind {:?} draws no sample requests (Service::sample): it needs a load of its own", hosted.kind());
-    }
-    let nodes: Vec<SocketAddr> = config.members.iter().filter(|m| !m.witness).map(|m| m.client).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let out = Arc::new(Mutex::new(std::io::stdout()));
-    let clients: Vec<JoinHandle<()>> = (args.first_client..args.first_client + args.clients)
-        .map(|id| {
-            let (hosted, nodes, stop, out, service) =
-                (hosted.clone(), nodes.clone(), stop.clone(), out.clone(), args.service.clone());
-            let seed = args.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            std::thread::spawn(move || {
-                let mut rng = SmallRng::seed_from_u64(seed);
-                let mut client = Client::new(nodes, id);
-                let mut last = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let request = client.next_request(&service);
-                    let body = hosted.sample(id, rng.random()).expect("checked above");
-                    let line = match client.call_bytes(&service, body) {
-                        Ok(answer) => {
-                            last = answer.request;
-                            format!("ack {id} {} {}", answer.request, answer.term)
-                        }
-                        Err(ClientError::Rejected { .. }) => format!("refused {id} {request}"),
-                        Err(_) => format!("unknown {id} {request}"),
-                    };
-                    let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "{line}");
-                }
-                let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "last {id} {last}");
-            })
-        })
-        .collect();
-    // The harness closes stdin to stop the load.
-    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.join();
-    }
-    Ok(())
-}
 
 /// What a sampled load saw, client by client.
 #[derive(Clone, Debug, Default)]
@@ -172,19 +89,18 @@ impl Drop for SampledLoad {
 fn read_lines(lines: impl BufRead, acks: &AckLog) -> SampledHistory {
     let mut history = SampledHistory::default();
     for line in lines.lines().map_while(Result::ok) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let number = |at: usize| words.get(at).and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
-        match words.first().copied() {
-            Some("ack") => {
-                acks.push(Ack { at: Instant::now(), term: number(3) });
+        match line.parse::<LoadLine>() {
+            Ok(LoadLine::Ack { term, .. }) => {
+                acks.push(Ack { at: Instant::now(), term });
                 history.counts.transfers_ok += 1;
             }
-            Some("refused") => history.counts.failed += 1,
-            Some("unknown") => history.counts.unknown += 1,
-            Some("last") => {
-                history.last_acked.insert(number(1), number(2));
+            Ok(LoadLine::Refused { .. }) => history.counts.failed += 1,
+            Ok(LoadLine::Unknown { .. }) => history.counts.unknown += 1,
+            Ok(LoadLine::Last { client, request }) => {
+                history.last_acked.insert(client, request);
             }
-            _ => {}
+            // The binary's own prints (a user's node binary may print what it likes).
+            Err(_) => {}
         }
     }
     history

@@ -3,8 +3,8 @@
 //! primaries (N-1); successive failures are survived until one holding node is left, the
 //! witnesses keeping the control plane's majority. Nothing acknowledged is lost or doubled.
 
-use nonstop::cluster::{ClusterSpec, LocalCluster, newest_record, protected_service};
-use nonstop::load::{self, Load};
+use nonstop_testbed::cluster::{ClusterSpec, LocalCluster, newest_record, protected_service};
+use nonstop_testbed::load::{self, Load};
 use std::time::Duration;
 
 const SERVICES: [&str; 2] = ["bank", "ledger"];

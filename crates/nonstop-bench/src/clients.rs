@@ -3,9 +3,9 @@
 //! with no extra connection, then with `connections` idle ones open (connected, sending
 //! nothing: the cheapest way to hold a connection-per-thread server's threads).
 
-use crate::cluster::{ClusterSpec, LocalCluster, SERVICE};
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use nonstop_testbed::cluster::{ClusterSpec, LocalCluster, SERVICE};
 use serde::Serialize;
 use std::net::TcpStream;
 use std::path::Path;

@@ -1,11 +1,11 @@
 //! End to end: backups as real processes on their own loopback addresses.
 
-use nonstop::bench::{self, BenchConfig, WorkloadKind};
-use nonstop::local::{KeyFile, LocalBackup};
 use nonstop::{ClusterKey, CommitPolicy, UpdateProtocol};
+use nonstop_bench::{self as bench, BenchConfig, WorkloadKind};
 use nonstop_net::conn::{self, ConnError};
 use nonstop_proto::auth::{AuthError, CLIENT_HELLO_LEN, Initiator};
 use nonstop_region::tracking::TrackingMode;
+use nonstop_testbed::local::{KeyFile, LocalBackup};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;

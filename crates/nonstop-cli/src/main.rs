@@ -2,10 +2,10 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nonstop::bench::{self, BenchConfig, BenchReport, WorkloadKind};
-use nonstop::local::{KeyFile, LISTENING, LocalBackup};
 use nonstop::{BackupServer, ClusterKey, CommitPolicy, DEFAULT_REGION_BASE, Region, UpdateProtocol};
+use nonstop_bench::{self as bench, BenchConfig, BenchReport, WorkloadKind};
 use nonstop_region::tracking::TrackingMode;
+use nonstop_testbed::local::{KeyFile, LISTENING, LocalBackup};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ enum Command {
     },
     /// Load a service of a cluster with the requests its kind samples until stdin closes, one
     /// line per answer on stdout (what `chaos kill --node-binary` runs in the node binary).
-    Load(nonstop::sampled::LoadArgs),
+    Load(nonstop::node::LoadArgs),
     /// List the service kinds this binary runs and how each writes the region.
     Kinds,
     /// Show every node's role, term and lag, and the last failover.
@@ -120,7 +120,7 @@ enum ChaosKind {
 struct ChaosNetnsArgs {
     /// Run the cluster in network namespaces and inject this kind of fault.
     #[arg(long, value_enum)]
-    netns: Option<nonstop::chaos::netns::FaultKind>,
+    netns: Option<nonstop_testbed::chaos::netns::FaultKind>,
     /// Trials.
     #[arg(long, default_value_t = 100)]
     trials: u32,
@@ -235,9 +235,9 @@ impl ServiceArgs {
 impl ServiceUnderTest {
     /// The test cluster's shape for this service: its kind, tracking, and one service named
     /// after the kind (the bank's clients address "bank").
-    fn spec(&self, base: nonstop::cluster::ClusterSpec) -> nonstop::cluster::ClusterSpec {
-        let name = if self.sampled { self.kind.clone() } else { nonstop::cluster::SERVICE.to_string() };
-        nonstop::cluster::ClusterSpec {
+    fn spec(&self, base: nonstop_testbed::cluster::ClusterSpec) -> nonstop_testbed::cluster::ClusterSpec {
+        let name = if self.sampled { self.kind.clone() } else { nonstop_testbed::cluster::SERVICE.to_string() };
+        nonstop_testbed::cluster::ClusterSpec {
             kind: self.kind.clone(),
             tracking: self.tracking,
             services: vec![(name, 1)],
@@ -516,7 +516,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Node { config } => node(&config),
-        Command::Load(args) => nonstop::sampled::run(&args, &nonstop::builtins()),
+        Command::Load(args) => nonstop::node::run_load(&args, &nonstop::builtins()),
         Command::Kinds => {
             print!("{}", nonstop::node::kinds(&nonstop::builtins()));
             Ok(())
@@ -540,16 +540,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn bench_clients(args: ClientsArgs) -> anyhow::Result<()> {
-    let config = nonstop::clients_bench::ClientsBenchConfig {
+    let config = nonstop_bench::clients::ClientsBenchConfig {
         connections: args.connections,
         requests: args.requests.max(1),
-        spec: nonstop::cluster::ClusterSpec { region_size_mib: 64, ..Default::default() },
+        spec: nonstop_testbed::cluster::ClusterSpec { region_size_mib: 64, ..Default::default() },
     };
-    let report = nonstop::clients_bench::run(&std::env::current_exe()?, &config)?;
+    let report = nonstop_bench::clients::run(&std::env::current_exe()?, &config)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let phase = |p: &nonstop::clients_bench::Phase| {
+        let phase = |p: &nonstop_bench::clients::Phase| {
             format!(
                 "{:>6} connections: {:>4} threads, {:>7.1} MiB resident, transfers p50 {:.2} ms, p99 {:.2} ms",
                 p.connections, p.threads, p.rss_mib, p.p50_ms, p.p99_ms
@@ -657,13 +657,13 @@ fn random_seed() -> u64 {
 }
 
 fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
-    use nonstop::chaos::netns::NetnsConfig;
+    use nonstop_testbed::chaos::netns::NetnsConfig;
     let Some(kind) = args.netns else {
         bail!(
             "say which faults: `nonstop chaos --netns kill|pause|partition|lossy|mixed|bitflip`, or `nonstop chaos kill` on loopback"
         );
     };
-    nonstop::netns::available()?;
+    nonstop_testbed::netns::available()?;
     let service = args.service.resolve()?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let config = NetnsConfig {
@@ -672,7 +672,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         seed,
         clients: args.clients,
         readers: args.readers,
-        spec: service.spec(nonstop::cluster::ClusterSpec::default()),
+        spec: service.spec(nonstop_testbed::cluster::ClusterSpec::default()),
         fault_length: args.fault_length,
         quiet: args.quiet,
         soak: args.soak,
@@ -684,7 +684,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
         None => args.trials,
     };
     let progress = trials_bar(expected_trials);
-    let report = nonstop::chaos::netns::run(&service.exe, &config, |trial| {
+    let report = nonstop_testbed::chaos::netns::run(&service.exe, &config, |trial| {
         trial_done(&progress, &trial.fault, trial.failover_ms);
     })?;
     progress.finish_and_clear();
@@ -795,15 +795,15 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     }
     let seed = args.seed.unwrap_or_else(random_seed);
     let double = args.double_within.map(|ms| match ms {
-        0 => nonstop::chaos::DoubleKill::InsideReprotection,
-        ms => nonstop::chaos::DoubleKill::After(Duration::from_millis(ms)),
+        0 => nonstop_testbed::chaos::DoubleKill::InsideReprotection,
+        ms => nonstop_testbed::chaos::DoubleKill::After(Duration::from_millis(ms)),
     });
-    let config = nonstop::chaos::ChaosConfig {
+    let config = nonstop_testbed::chaos::ChaosConfig {
         trials: args.trials,
         seed,
         clients: args.clients,
         fault_share: args.fault_share,
-        spec: service.spec(nonstop::cluster::ClusterSpec {
+        spec: service.spec(nonstop_testbed::cluster::ClusterSpec {
             ip_prefix: "127.0.2".into(),
             // Three nodes at least, so that the control plane outlives one death.
             nodes: (args.backups + 1).max(3),
@@ -819,7 +819,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     };
     let exe = service.exe.clone();
     let progress = trials_bar(args.trials);
-    let report = nonstop::chaos::run_kill(&exe, &config, |trial| {
+    let report = nonstop_testbed::chaos::run_kill(&exe, &config, |trial| {
         if trial.fault == "quiet" {
             progress.set_message("quiet period: load, no faults");
             progress.tick();
@@ -914,7 +914,7 @@ fn status(cluster: &ClusterArgs, json: bool) -> anyhow::Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print!("{}", nonstop::status::render(&statuses));
+        print!("{}", nonstop_testbed::status::render(&statuses));
     }
     Ok(())
 }
@@ -1066,7 +1066,7 @@ fn bench_matrix(args: MatrixArgs) -> anyhow::Result<()> {
 }
 
 fn bench_tracking(args: TrackingArgs) -> anyhow::Result<()> {
-    use nonstop::tracking_bench::{self, TrackingBenchConfig};
+    use nonstop_bench::tracking::{self as tracking_bench, TrackingBenchConfig};
     if args.pages == 0 {
         bail!("--pages must be at least 1");
     }
@@ -1114,8 +1114,9 @@ fn bench_net(args: NetArgs) -> anyhow::Result<()> {
 fn demo(clients: u64) -> anyhow::Result<()> {
     println!("nonstop demo: the bank service (Debit-Credit, exactly-once requests) on 3 node processes,");
     println!("AU protocol, a checkpoint every 1 ms, answers held until the backup holds them.\n");
-    let spec = nonstop::cluster::ClusterSpec::default();
-    let report = nonstop::demo::run(&std::env::current_exe()?, &spec, clients, 2, true, &mut std::io::stdout())?;
+    let spec = nonstop_testbed::cluster::ClusterSpec::default();
+    let report =
+        nonstop_testbed::demo::run(&std::env::current_exe()?, &spec, clients, 2, true, &mut std::io::stdout())?;
     let verdict = &report.verdict;
     let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3));
     println!("| failover | killed | promoted | term | detected ms | promoted ms | first ack ms | re-protected ms |");
