@@ -232,8 +232,11 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, 
     postcard::from_bytes(body).map_err(|error| CallError::BadRequest(format!("the {what} does not decode: {error}")))
 }
 
-fn encode<T: serde::Serialize>(reply: &T) -> Result<Vec<u8>, CallError> {
-    postcard::to_allocvec(reply).map_err(|error| CallError::Failed(format!("the reply does not encode: {error}")))
+/// Encodes `reply` into one allocation of `room` bytes (the client table's reply room), where
+/// growing a vector byte by byte would reallocate on the way.
+fn encode<T: serde::Serialize>(reply: &T, room: usize) -> Result<Vec<u8>, CallError> {
+    postcard::to_extend(reply, Vec::with_capacity(room))
+        .map_err(|error| CallError::Failed(format!("the reply does not encode: {error}")))
 }
 
 impl<S: Service> Host<S> {
@@ -259,7 +262,7 @@ impl<S: Service> Host<S> {
         };
         let mut store = Store::declared(&tx, state_len, caller);
         let reply = match self.service.execute(&mut store, request) {
-            Ok(reply) => encode(&reply).map_err(Attempt::Error)?,
+            Ok(reply) => encode(&reply, table.reply_room()).map_err(Attempt::Error)?,
             Err(ServiceError::Region(TxError::Conflict { .. })) => return Err(Attempt::Conflict),
             Err(error) => return Err(Attempt::Error(CallError::from_service(error))),
         };
@@ -295,7 +298,7 @@ impl<S: Service> Host<S> {
             // The service may have written already: the request counts as applied whatever
             // becomes of its reply (one too long is sent once, not kept for a retry; one that
             // does not encode is recorded as not kept, and the call fails).
-            let encoded = encode(&reply);
+            let encoded = encode(&reply, table.reply_room());
             let kept = encoded.as_deref().ok();
             table.record(&slots, at, &previous, caller.client, caller.request, kept).map_err(failed)?;
             let reply = encoded?;
@@ -389,7 +392,7 @@ impl<S: Service> Run for Host<S> {
                     self.service.query(&view, &query).map_err(CallError::from_service)
                 })
                 .0
-                .and_then(|answer| encode(&answer));
+                .and_then(|answer| encode(&answer, self.layout.table.reply_room()));
         }
         let Layout { state_len, table_at, table } = self.layout;
         loop {
@@ -399,7 +402,7 @@ impl<S: Service> Run for Host<S> {
             match attempt {
                 Err(ServiceError::Region(TxError::Conflict { .. })) => std::thread::yield_now(),
                 Err(error) => return Err(CallError::from_service(error)),
-                Ok(answer) => return encode(&answer),
+                Ok(answer) => return encode(&answer, table.reply_room()),
             }
         }
     }
@@ -408,7 +411,7 @@ impl<S: Service> Run for Host<S> {
         let query: S::Query = decode("query", body)?;
         let (state, slots) = self.layout.split(image).ok_or_else(|| failed("the image is shorter than the service"))?;
         let answer = self.service.query(&View::bytes(state, slots, self.layout.table), &query);
-        encode(&answer.map_err(CallError::from_service)?)
+        encode(&answer.map_err(CallError::from_service)?, self.layout.table.reply_room())
     }
 
     fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>> {
