@@ -166,8 +166,9 @@ struct ServiceArgs {
     /// own clients and history checker.
     #[arg(long, value_name = "PATH")]
     node_binary: Option<std::path::PathBuf>,
-    /// What the service runs: `bank` (Debit-Credit at fixed offsets) or `ledger` (the same
-    /// requests over ordinary Rust collections in the region), or a kind of --node-binary.
+    /// What the service runs: `bank` (Debit-Credit at fixed offsets), `ledger` (the same
+    /// requests over ordinary Rust collections in the region), `order-entry` (TPC-C's five
+    /// transactions, loaded with its sampled mix), or a kind of --node-binary.
     #[arg(long, default_value = nonstop_workloads::bank::NAME)]
     kind: String,
     /// How the primary finds its writes: declared ranges, or transparent mode with the kernel
@@ -202,9 +203,11 @@ impl ServiceArgs {
                 )
             })?,
             None => nonstop::builtins().writes(&self.kind).ok_or_else(|| {
+                let kinds: Vec<String> = nonstop::builtins().kinds().map(|kind| format!("{kind:?}")).collect();
                 anyhow::anyhow!(
-                    "--kind {:?}: nonstop runs \"bank\" and \"ledger\"; give --node-binary for others",
-                    self.kind
+                    "--kind {:?}: nonstop runs {}; give --node-binary for others",
+                    self.kind,
+                    kinds.join(", ")
                 )
             })?,
         };
@@ -227,7 +230,10 @@ impl ServiceArgs {
             },
             kind: self.kind.clone(),
             tracking,
-            sampled: self.node_binary.is_some(),
+            // The bank's clients and history checker speak the bank's requests, which the
+            // ledger takes too; every other kind is loaded with its own samples.
+            sampled: self.node_binary.is_some()
+                || ![nonstop_workloads::bank::NAME, nonstop_workloads::ledger::NAME].contains(&self.kind.as_str()),
         })
     }
 }

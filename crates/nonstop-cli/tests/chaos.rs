@@ -94,3 +94,31 @@ fn two_backups_survive_two_kills_in_a_row() {
     assert_eq!(seconds, 6, "every trial killed the promoted node too: {:?}", report.trial_log);
     assert_eq!(report.min_backups, 1);
 }
+
+/// Order-Entry through the node: TPC-C's five transactions as requests drawn by the service's
+/// own sampler, judged from the platform's client table and TPC-C's conditions 1-4.
+#[test]
+fn order_entry_through_the_node_loses_and_doubles_nothing_under_kills() {
+    let kind = nonstop_workloads::order_entry::NAME;
+    let config = ChaosConfig {
+        trials: 6,
+        seed: 14,
+        clients: 4,
+        fault_share: 0.5,
+        spec: ClusterSpec {
+            ip_prefix: "127.0.9".into(),
+            region_size_mib: 64,
+            kind: kind.to_string(),
+            services: vec![(kind.to_string(), 1)],
+            ..ClusterSpec::default()
+        },
+        quiet: std::time::Duration::ZERO,
+        double: None,
+        sampled: true,
+    };
+    let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
+    assert!(report.check.as_ref().is_ok_and(|summary| summary.contains("TPC-C conditions 1-4")), "{:?}", report.check);
+    assert_eq!((report.acked_lost, report.applied_twice), (0, 0), "{report:?}");
+    assert_eq!(report.no_failover, 0, "{report:?}");
+    assert!(report.acknowledged > 100, "the load ran: {report:?}");
+}

@@ -45,14 +45,14 @@ fn chaos_kill_offers_the_node_service_kinds_and_refuses_a_ledger_with_declared_w
     let unknown = nonstop(&["chaos", "kill", "--kind", "vault"]);
     assert!(!unknown.status.success());
     let stderr = String::from_utf8_lossy(&unknown.stderr);
-    assert!(stderr.contains("bank") && stderr.contains("ledger") && stderr.contains("--node-binary"), "{stderr}");
+    assert!(stderr.contains("bank") && stderr.contains("order-entry") && stderr.contains("--node-binary"), "{stderr}");
     let declared = nonstop(&["chaos", "kill", "--kind", "ledger", "--tracking", "declared", "--trials", "1"]);
     assert!(!declared.status.success());
     let stderr = String::from_utf8_lossy(&declared.stderr);
     assert!(stderr.contains("--tracking uffd or mprotect"), "{stderr}");
     // A node binary is asked which kinds it runs before anything starts.
     let kinds = nonstop(&["kinds"]);
-    assert_eq!(String::from_utf8_lossy(&kinds.stdout), "bank offsets\nledger collections\n");
+    assert_eq!(String::from_utf8_lossy(&kinds.stdout), "bank offsets\nledger collections\norder-entry offsets\n");
     let exe = env!("CARGO_BIN_EXE_nonstop");
     let foreign = nonstop(&["chaos", "kill", "--node-binary", exe, "--kind", "orderbook", "--trials", "1"]);
     let stderr = String::from_utf8_lossy(&foreign.stderr);

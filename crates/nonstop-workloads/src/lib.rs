@@ -6,8 +6,9 @@
 //!   run on any image — the primary's region or a backup's — without being told the
 //!   configuration.
 //! * [`bank`] and [`ledger`]: Debit-Credit as services of the platform
-//!   ([`nonstop_service::Service`]), like any third party's; [`register_builtins`] adds them
-//!   to a node's registry.
+//!   ([`nonstop_service::Service`]), like any third party's, and
+//!   [`order_entry::service`]: Order-Entry's five transactions as requests;
+//!   [`register_builtins`] adds the three to a node's registry.
 
 pub mod bank;
 pub mod debit_credit;
@@ -40,9 +41,10 @@ pub fn check(name: &str, image: &[u8]) -> Result<String, String> {
 }
 
 /// Registers nonstop's built-in services: `bank` and `ledger` (both configured by
-/// `branches`, default 1).
+/// `branches`, default 1) and `order-entry` (configured by `warehouses`, default 1).
 pub fn register_builtins(registry: &mut nonstop_service::Registry) -> &mut nonstop_service::Registry {
     registry
         .register(bank::NAME, |settings| Ok(bank::Bank::new(bank::BankSettings::from(settings)?.branches)))
-        .register(ledger::NAME, |settings| Ok(ledger::Ledger::from_settings(&bank::BankSettings::from(settings)?)))
+        .register(ledger::NAME, |settings| Ok(ledger::Ledger::from_settings(&bank::BankSettings::from(settings)?)));
+    order_entry::service::register(registry)
 }

@@ -43,7 +43,7 @@ pub use nonstop_service::{
 pub use nonstop_workloads as workloads;
 pub use nonstop_workloads::bank::TransferDone;
 
-/// The service kinds `nonstop node` runs: `bank` and `ledger`. A node binary of your own starts
+/// The service kinds `nonstop node` runs: `bank`, `ledger` and `order-entry`. A node binary of your own starts
 /// from an empty [`Registry`] (or this one) and registers its kinds.
 pub fn builtins() -> Registry {
     let mut registry = Registry::new();
