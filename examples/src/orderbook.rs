@@ -5,7 +5,7 @@
 //! them; the kernel finds the pages written. Nothing can be undone in transparent mode, so every
 //! refusal is decided before the first write.
 
-use nonstop::heap::{FixedState, RegionAlloc, RegionHashMap, RegionOrderedMap};
+use nonstop::heap::{FixedState, RegionHashMap, RegionOrderedMap};
 use nonstop::{Image, Service, ServiceError, Settings, Store, View, Writes};
 use serde::{Deserialize, Serialize};
 
@@ -40,60 +40,54 @@ pub struct Depth {
     pub asks: Vec<(u64, u64)>,
 }
 
-/// A resting order. Its place in the book is `key`: price (inverted for bids, so that the
-/// best price sorts first on both sides), then the order's id (older first).
-#[derive(Clone, Copy, Debug)]
+/// A resting order and its place in its side's map: price (inverted for bids, so that the best
+/// price sorts first on both sides), then id (older first), big-endian.
+#[derive(Clone, Copy)]
 struct Resting {
     side: Side,
     key: [u8; 16],
-    placed: u64,
-    filled: u64,
+    left: u64,
 }
 
+type Queue = RegionOrderedMap<[u8; 16], u64>;
+
 struct Book {
-    bids: RegionOrderedMap<[u8; 16], u64>,
-    asks: RegionOrderedMap<[u8; 16], u64>,
+    sides: [Queue; 2],
     orders: RegionHashMap<u64, Resting>,
     next_id: u64,
-    /// Quantities over every order ever placed: placed = resting + filled + cancelled.
+    /// Lots over every order ever placed: placed = resting + filled + cancelled.
     placed: u64,
     filled: u64,
     cancelled: u64,
 }
 
 fn key(side: Side, price: u64, id: u64) -> [u8; 16] {
-    let price = if side == Side::Buy { u64::MAX - price } else { price };
-    let mut key = [0; 16];
-    key[..8].copy_from_slice(&price.to_be_bytes());
-    key[8..].copy_from_slice(&id.to_be_bytes());
-    key
+    let ordered = if side == Side::Buy { !price } else { price };
+    (((ordered as u128) << 64) | id as u128).to_be_bytes()
 }
 
 fn price_of(side: Side, key: &[u8; 16]) -> u64 {
-    let price = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
-    if side == Side::Buy { u64::MAX - price } else { price }
+    let ordered = (u128::from_be_bytes(*key) >> 64) as u64;
+    if side == Side::Buy { !ordered } else { ordered }
 }
 
 impl Book {
-    fn side(&mut self, side: Side) -> &mut RegionOrderedMap<[u8; 16], u64> {
-        if side == Side::Buy { &mut self.bids } else { &mut self.asks }
-    }
-
     /// Fills up to `quantity` against the other side at `limit` or better; returns (filled, cost).
     fn take(&mut self, side: Side, mut quantity: u64, limit: Option<u64>) -> (u64, u64) {
-        let (maker_side, mut filled, mut cost) = (if side == Side::Buy { Side::Sell } else { Side::Buy }, 0, 0);
-        while quantity > 0 {
-            let Some((key, id)) = self.side(maker_side).first_key_value().map(|(k, v)| (*k, *v)) else { break };
+        let maker_side = if side == Side::Buy { Side::Sell } else { Side::Buy };
+        let (mut filled, mut cost) = (0, 0);
+        while let Some((key, id)) = self.sides[maker_side as usize].first_key_value().map(|(k, v)| (*k, *v)) {
             let price = price_of(maker_side, &key);
-            if limit.is_some_and(|limit| if side == Side::Buy { price > limit } else { price < limit }) {
+            if quantity == 0 || limit.is_some_and(|limit| if side == Side::Buy { price > limit } else { price < limit })
+            {
                 break;
             }
             let maker = self.orders.get_mut(&id).expect("every resting order is indexed");
-            let traded = quantity.min(maker.placed - maker.filled);
-            maker.filled += traded;
-            if maker.filled == maker.placed {
+            let traded = quantity.min(maker.left);
+            maker.left -= traded;
+            if maker.left == 0 {
                 self.orders.remove(&id);
-                self.side(maker_side).remove(&key);
+                self.sides[maker_side as usize].remove(&key);
             }
             (quantity, filled, cost) = (quantity - traded, filled + traded, cost + traded * price);
         }
@@ -102,37 +96,27 @@ impl Book {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct BookSettings {
-    max_orders: u64,
-}
-
-impl Default for BookSettings {
-    fn default() -> Self {
-        BookSettings { max_orders: 100_000 }
-    }
-}
-
 /// The matching engine of one instrument: at most `max_orders` orders rest at once.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrderBook {
     max_orders: u64,
 }
 
 impl OrderBook {
+    /// `[services.settings] max_orders = N`.
     pub fn from_settings(settings: &Settings) -> Result<OrderBook, String> {
-        let BookSettings { max_orders } = settings.parse()?;
-        let ok = (1..=10_000_000).contains(&max_orders);
-        ok.then_some(OrderBook { max_orders }).ok_or(format!("max_orders = {max_orders}: use 1 to 10,000,000"))
+        let book: OrderBook = settings.parse()?;
+        let ok = (1..=10_000_000).contains(&book.max_orders);
+        ok.then_some(book).ok_or("max_orders: use 1 to 10,000,000".into())
     }
 
     fn book<'a>(&self, store: &'a mut Store<'_>) -> Result<&'a mut Book, ServiceError> {
         let mut heap = store.heap()?;
-        let alloc: RegionAlloc = heap.allocator();
-        let capacity = self.max_orders as usize;
+        let (alloc, capacity) = (heap.allocator(), self.max_orders as usize);
+        // Built only the first time: an allocation in the region is a write, even one dropped.
         Ok(heap.root(|| Book {
-            bids: RegionOrderedMap::new_in(alloc),
-            asks: RegionOrderedMap::new_in(alloc),
+            sides: [RegionOrderedMap::new_in(alloc), RegionOrderedMap::new_in(alloc)],
             orders: RegionHashMap::with_capacity_and_hasher_in(capacity, FixedState::default(), alloc),
             next_id: 1,
             placed: 0,
@@ -164,9 +148,9 @@ impl Service for OrderBook {
         let (side, quantity, limit) = match *request {
             OrderRequest::Cancel { id } => {
                 let order = book.orders.remove(&id).ok_or_else(|| ServiceError::refused(format!("no order {id}")))?;
-                book.side(order.side).remove(&order.key);
-                book.cancelled += order.placed - order.filled;
-                return Ok(OrderReply::Cancelled { id, quantity: order.placed - order.filled });
+                book.sides[order.side as usize].remove(&order.key);
+                book.cancelled += order.left;
+                return Ok(OrderReply::Cancelled { id, quantity: order.left });
             }
             OrderRequest::Limit { side, price, quantity } => (side, quantity, Some(price)),
             OrderRequest::Market { side, quantity } => (side, quantity, None),
@@ -182,36 +166,34 @@ impl Service for OrderBook {
         book.next_id += 1;
         book.placed += quantity;
         let (filled, cost) = book.take(side, quantity, limit);
-        let resting = quantity - filled;
+        let left = quantity - filled;
         match limit {
-            Some(price) if resting > 0 => {
+            Some(price) if left > 0 => {
                 let key = key(side, price, id);
-                book.side(side).insert(key, id);
-                book.orders.insert(id, Resting { side, key, placed: quantity, filled });
+                book.sides[side as usize].insert(key, id);
+                book.orders.insert(id, Resting { side, key, left });
             }
-            _ => book.cancelled += resting,
+            _ => book.cancelled += left,
         }
-        Ok(OrderReply::Placed { id, filled, cost, resting: if limit.is_some() { resting } else { 0 } })
+        Ok(OrderReply::Placed { id, filled, cost, resting: if limit.is_some() { left } else { 0 } })
     }
 
     fn query(&self, view: &View<'_>, levels: &u32) -> Result<Depth, ServiceError> {
         let Some(book) = view.root::<Book>()? else { return Ok(Depth::default()) };
-        let depth = |side: Side, map: &RegionOrderedMap<[u8; 16], u64>| {
-            let mut levels_seen: Vec<(u64, u64)> = Vec::new();
-            for (key, id) in map.iter() {
-                let (price, order) = (price_of(side, key), &book.orders[id]);
-                let same = levels_seen.last().is_some_and(|(last, _)| *last == price);
-                if !same && levels_seen.len() == *levels as usize {
-                    break;
+        let depth = |side: Side| {
+            let mut depth: Vec<(u64, u64)> = Vec::new();
+            for (key, id) in book.sides[side as usize].iter() {
+                let (price, left) = (price_of(side, key), book.orders[id].left);
+                let full = depth.len() == *levels as usize;
+                match depth.last_mut() {
+                    Some((last, lots)) if *last == price => *lots += left,
+                    _ if full => break,
+                    _ => depth.push((price, left)),
                 }
-                if !same {
-                    levels_seen.push((price, 0));
-                }
-                levels_seen.last_mut().expect("pushed above").1 += order.placed - order.filled;
             }
-            levels_seen
+            depth
         };
-        Ok(Depth { bids: depth(Side::Buy, &book.bids), asks: depth(Side::Sell, &book.asks) })
+        Ok(Depth { bids: depth(Side::Buy), asks: depth(Side::Sell) })
     }
 
     /// Limit orders around 100 that often cross, some market orders, and cancels of the first
@@ -226,48 +208,33 @@ impl Service for OrderBook {
         })
     }
 
-    /// Every order's quantity is conserved, each resting order is in its side's book once, the
-    /// book is not crossed, and over all orders placed = resting + filled + cancelled.
+    /// Each resting order is in its side's map once, and only there; the book is not crossed;
+    /// over all orders, placed = resting + filled + cancelled.
     fn check(&self, image: &Image<'_>) -> Result<String, String> {
         let book = nonstop::heap::Heap::root_in::<Book>(image.state()).map_err(|e| e.to_string())?;
         let Some(book) = book else { return Ok("no book yet".into()) };
         let mut resting = 0;
         for (id, order) in book.orders.iter() {
-            let in_book = if order.side == Side::Buy { book.bids.get(&order.key) } else { book.asks.get(&order.key) };
-            if order.filled >= order.placed || in_book != Some(id) {
-                return Err(format!(
-                    "order {id}: {} of {} filled, in its book as {in_book:?}",
-                    order.filled, order.placed
-                ));
+            let in_book = book.sides[order.side as usize].get(&order.key);
+            if order.left == 0 || in_book != Some(id) {
+                return Err(format!("order {id}: {} left, in its book as {in_book:?}", order.left));
             }
-            resting += order.placed - order.filled;
+            resting += order.left;
         }
-        if book.bids.len() + book.asks.len() != book.orders.len() {
-            return Err(format!(
-                "{} + {} orders in the books, {} indexed",
-                book.bids.len(),
-                book.asks.len(),
-                book.orders.len()
-            ));
+        let [bids, asks] = &book.sides;
+        if bids.len() + asks.len() != book.orders.len() {
+            return Err(format!("{} + {} orders in the books, {} indexed", bids.len(), asks.len(), book.orders.len()));
         }
-        if book.placed != resting + book.filled + book.cancelled {
-            return Err(format!(
-                "placed {} != resting {resting} + filled {} + cancelled {}",
-                book.placed, book.filled, book.cancelled
-            ));
+        let (placed, filled, cancelled) = (book.placed, book.filled, book.cancelled);
+        if placed != resting + filled + cancelled {
+            return Err(format!("placed {placed} != resting {resting} + filled {filled} + cancelled {cancelled}"));
         }
-        let best =
-            |side: Side, map: &RegionOrderedMap<[u8; 16], u64>| map.first_key_value().map(|(k, _)| price_of(side, k));
-        if let (Some(bid), Some(ask)) = (best(Side::Buy, &book.bids), best(Side::Sell, &book.asks))
+        let best = |side: Side| book.sides[side as usize].first_key_value().map(|(key, _)| price_of(side, key));
+        if let (Some(bid), Some(ask)) = (best(Side::Buy), best(Side::Sell))
             && bid >= ask
         {
             return Err(format!("the book is crossed: bid {bid} >= ask {ask}"));
         }
-        Ok(format!(
-            "{} orders resting ({resting} lots), {} placed, {} filled",
-            book.orders.len(),
-            book.placed,
-            book.filled
-        ))
+        Ok(format!("{} orders resting ({resting} lots), {placed} placed, {filled} filled", book.orders.len()))
     }
 }
