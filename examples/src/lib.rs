@@ -5,7 +5,7 @@
 //! * [`orderbook`]: a price-time priority matching engine on ordinary collections in the
 //!   region (transparent mode).
 
-// The examples are read whole in the README: their fields are named for what they hold, and
+// The examples are read whole in examples/README.md: their fields are named for what they hold, and
 // documented where a name is not enough.
 #![allow(missing_docs)]
 
