@@ -281,7 +281,9 @@ impl LocalCluster {
             None => Command::new(&self.exe),
         };
         let node = &mut self.nodes[id as usize - 1];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).map_err(|error| {
+            std::io::Error::new(error.kind(), format!("opening node {id}'s log {}: {error}", node.log.display()))
+        })?;
         let mut child = command
             .arg("node")
             .arg("--config")
@@ -290,7 +292,8 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
-            .spawn()?;
+            .spawn()
+            .map_err(|error| std::io::Error::new(error.kind(), format!("starting {}: {error}", self.exe.display())))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
         if !line.starts_with(nonstop_node::READY) {
@@ -403,9 +406,31 @@ impl LocalCluster {
     /// Waits until every node sees service `name` protected by `wanted` backups.
     pub fn wait_service_protected(&self, name: &str, wanted: usize, timeout: Duration) -> anyhow::Result<()> {
         let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
-        self.wait_statuses(&all, timeout, |s| protected_service(s, name, wanted))
-            .map(|_| ())
-            .ok_or_else(|| anyhow::anyhow!("the {name} service did not become protected; see {}", self.dir().display()))
+        self.wait_statuses(&all, timeout, |s| protected_service(s, name, wanted)).map(|_| ()).ok_or_else(|| {
+            anyhow::anyhow!("the {name} service did not become protected; the nodes:\n{}", self.post_mortem(20))
+        })
+    }
+
+    /// What each node says of itself now, and the last `lines` lines of its log: for an error
+    /// that must be understood from a CI run's output alone, where the cluster's directory is
+    /// gone (`NONSTOP_KEEP_CLUSTER=1` keeps it).
+    pub fn post_mortem(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let running = if node.child.is_some() { "running" } else { "not running" };
+            let status = match self.status(node.id) {
+                Some(status) => format!("{status:?}"),
+                None => "no status answer".into(),
+            };
+            out.push_str(&format!("--- node {} ({running}): {status}\n", node.id));
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// How node `id`'s process ended, if it has (it is then no longer counted as running).

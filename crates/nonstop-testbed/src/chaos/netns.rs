@@ -363,7 +363,14 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
         progress(&trial);
         trials.push(trial);
     }
-    let super::Finished { check, history, refusals } = load.finish(&cluster, &name)?;
+    let super::Finished { check, history, refusals } = load.finish(&cluster, &name).map_err(|error| {
+        let unrecovered: Vec<&NetnsTrial> = trials.iter().filter(|t| !t.recovered).collect();
+        error.context(format!(
+            "the final audit after {} trials failed; trials not recovered: {unrecovered:?}; the nodes:\n{}",
+            trials.len(),
+            cluster.post_mortem(30)
+        ))
+    })?;
     let grouped = |value: fn(&NetnsTrial) -> Option<f64>| {
         let mut by_fault: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for trial in &trials {
