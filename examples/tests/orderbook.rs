@@ -25,7 +25,7 @@ impl Engine {
 
     fn call(&mut self, request: &OrderRequest) -> Result<OrderReply, CallError> {
         let caller = Caller { client: 1, request: self.next, lane: 0 };
-        match self.hosted.execute(&self.mirror, caller, &postcard::to_allocvec(request).unwrap())?.0 {
+        match self.hosted.execute(&self.mirror, caller, 0, &postcard::to_allocvec(request).unwrap())?.0 {
             Executed::Applied(reply) => {
                 self.next += 1;
                 Ok(postcard::from_bytes(&reply).unwrap())

@@ -21,7 +21,7 @@ impl Store {
     fn call(&mut self, request: SessionRequest) -> Result<i64, CallError> {
         let caller = Caller { client: 1, request: self.next, lane: 0 };
         let body = postcard::to_allocvec(&request).unwrap();
-        match self.hosted.execute(&self.mirror, caller, &body)?.0 {
+        match self.hosted.execute(&self.mirror, caller, 0, &body)?.0 {
             Executed::Applied(reply) => {
                 self.next += 1;
                 Ok(postcard::from_bytes(&reply).unwrap())

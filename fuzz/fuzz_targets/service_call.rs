@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         // slots: next requests, retries, stale and skipping ones.
         0 => {
             let caller = Caller { client: u64::from(*client % 16), request: u64::from(*request % 8), lane: 0 };
-            let _ = hosted.execute(mirror, caller, body);
+            let _ = hosted.execute(mirror, caller, 0, body);
         }
         1 => {
             let _ = hosted.query(mirror, body);

@@ -298,7 +298,7 @@ async fn answer(request: ClientRequest, answering: &Answering, lane: &mut Option
     let executed = {
         let active = active.clone();
         execute(move || {
-            let decided = decide(request, &active, lane);
+            let decided = decide(request, &active, lane, wall_clock_ms());
             if let Decided::Held(_, ticket) = &decided {
                 active.primary.request_held(*ticket);
             }
@@ -329,8 +329,15 @@ enum Decided {
     Held(ClientReply, Ticket),
 }
 
-/// Executes a service request on the primary (on an executor thread: it may wait for locks).
-fn decide(request: ClientRequest, active: &Active, lane: usize) -> Decided {
+/// The primary's clock in milliseconds since the Unix epoch: when a client table records a
+/// client's last request (a clock before 1970 reads as 0).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Executes a service request on the primary (on an executor thread: it may wait for locks) at
+/// `now_ms` on its clock.
+fn decide(request: ClientRequest, active: &Active, lane: usize, now_ms: u64) -> Decided {
     let term = active.term.0;
     // An answer about the state leaves only from a primary that still holds its lease and
     // whose backups hold what it decided on; the ticket of a read is a checkpoint cut after it.
@@ -341,7 +348,7 @@ fn decide(request: ClientRequest, active: &Active, lane: usize) -> Decided {
             if active.draining.load(Ordering::SeqCst) {
                 return Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() });
             }
-            match active.service.execute(&active.mirror, Caller { client, request, lane }, &body) {
+            match active.service.execute(&active.mirror, Caller { client, request, lane }, now_ms, &body) {
                 Ok((Executed::Applied(body), ticket)) => {
                     Decided::Held(ClientReply::Done { request, body, duplicate: false, term }, ticket)
                 }

@@ -52,11 +52,16 @@ pub enum CallError {
         /// The number received.
         got: u64,
     },
-    /// No slot left for a new client.
-    #[error("the client table is full ({slots} clients): reuse client ids, or raise the service's MAX_CLIENTS")]
+    /// No slot left for a new client: every slot it may take holds a client active within the
+    /// table's expiry.
+    #[error(
+        "the client table is full ({slots} clients, each active within the last {expiry_ms} ms): reuse client ids, or raise the service's MAX_CLIENTS"
+    )]
     Full {
         /// Clients the table keeps.
         slots: usize,
+        /// How long a client must be idle to give up its slot.
+        expiry_ms: u64,
     },
     /// A retry of a request whose reply was too long to keep: it was applied, and cannot be
     /// answered again.
@@ -98,7 +103,13 @@ pub struct AuditReport {
 trait Run: Send + Sync {
     fn needs_transparent(&self) -> bool;
     fn init(&self, mirror: &Mirror) -> Result<(), CallError>;
-    fn execute(&self, mirror: &Mirror, caller: Caller, body: &[u8]) -> Result<(Executed, Ticket), CallError>;
+    fn execute(
+        &self,
+        mirror: &Mirror,
+        caller: Caller,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Result<(Executed, Ticket), CallError>;
     fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError>;
     fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError>;
     fn check(&self, image: &[u8]) -> Result<String, String>;
@@ -160,7 +171,7 @@ impl Hosted {
         let layout = Layout {
             state_len,
             table_at: state_len.next_multiple_of(PAGE_SIZE),
-            table: ClientTable::new(S::MAX_CLIENTS, S::MAX_REPLY),
+            table: ClientTable::new(S::MAX_CLIENTS, S::MAX_REPLY, S::CLIENT_EXPIRY_MS),
         };
         Hosted { kind: kind.to_string(), layout, run: Arc::new(Host { service, layout }) }
     }
@@ -188,11 +199,21 @@ impl Hosted {
     /// Applies request `caller.request` of `caller.client` once: a retry is answered from the
     /// client table, an older request is stale, one that skips numbers is refused. Returns the
     /// outcome and the ticket its answer must wait for. Lock conflicts are retried here.
-    pub fn execute(&self, mirror: &Mirror, caller: Caller, body: &[u8]) -> Result<(Executed, Ticket), CallError> {
+    ///
+    /// `now_ms` is the primary's clock (milliseconds since the Unix epoch): the table records
+    /// when each client last had a request applied, so that a full table can give the slot of a
+    /// client idle for [`Service::CLIENT_EXPIRY_MS`] to a new one. The service never sees it.
+    pub fn execute(
+        &self,
+        mirror: &Mirror,
+        caller: Caller,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Result<(Executed, Ticket), CallError> {
         if caller.client == 0 || caller.request == 0 {
             return Err(CallError::BadRequest("client and request numbers start at 1".into()));
         }
-        self.run.execute(mirror, caller, body)
+        self.run.execute(mirror, caller, now_ms, body)
     }
 
     /// Answers a read-only question from the primary's region (the caller then cuts a
@@ -246,12 +267,13 @@ impl<S: Service> Host<S> {
         &self,
         mirror: &Mirror,
         caller: Caller,
+        now_ms: u64,
         request: &S::Request,
     ) -> Result<(Executed, Ticket), Attempt> {
         let Layout { state_len, table_at, table } = self.layout;
         let tx = mirror.begin();
         let slots = Writer::declared(&tx, table_at, table.len());
-        let (at, previous) = match table.lookup(&slots, caller.client, caller.request)? {
+        let (at, previous) = match table.lookup(&slots, caller.client, caller.request, now_ms)? {
             Lookup::Next { at, previous } => (at, previous),
             other => {
                 // A read of the table only: the commit gives the ticket of the open
@@ -273,7 +295,7 @@ impl<S: Service> Host<S> {
                 table.reply_room()
             ))));
         }
-        table.record(&slots, at, &previous, caller.client, caller.request, Some(&reply))?;
+        table.record(&slots, at, &previous, caller.client, caller.request, now_ms, Some(&reply))?;
         Ok((Executed::Applied(reply), tx.commit()))
     }
 
@@ -283,13 +305,14 @@ impl<S: Service> Host<S> {
         &self,
         mirror: &Mirror,
         caller: Caller,
+        now_ms: u64,
         request: &S::Request,
     ) -> Result<(Executed, Ticket), CallError> {
         let (result, ticket) = mirror.update(|image| {
             let (state, slots) = self.layout.split_mut(image)?;
             let table = self.layout.table;
             let slots = Writer::transparent(slots);
-            let (at, previous) = match table.lookup(&slots, caller.client, caller.request).map_err(failed)? {
+            let (at, previous) = match table.lookup(&slots, caller.client, caller.request, now_ms).map_err(failed)? {
                 Lookup::Next { at, previous } => (at, previous),
                 other => return answered(other, caller, table.reply_room()),
             };
@@ -300,7 +323,7 @@ impl<S: Service> Host<S> {
             // does not encode is recorded as not kept, and the call fails).
             let encoded = encode(&reply, table.reply_room());
             let kept = encoded.as_deref().ok();
-            table.record(&slots, at, &previous, caller.client, caller.request, kept).map_err(failed)?;
+            table.record(&slots, at, &previous, caller.client, caller.request, now_ms, kept).map_err(failed)?;
             let reply = encoded?;
             Ok(Executed::Applied(reply))
         });
@@ -335,7 +358,7 @@ fn answered(lookup: Lookup, caller: Caller, room: usize) -> Result<Executed, Cal
         Lookup::Retry(None) => Err(CallError::NotRemembered { request: caller.request, room }),
         Lookup::Stale { last } => Ok(Executed::Stale { last }),
         Lookup::Skips { expected } => Err(CallError::Skips { expected, got: caller.request }),
-        Lookup::Full { slots } => Err(CallError::Full { slots }),
+        Lookup::Full { slots, expiry_ms } => Err(CallError::Full { slots, expiry_ms }),
         Lookup::Next { .. } => unreachable!("the next request is applied, not answered"),
     }
 }
@@ -367,13 +390,19 @@ impl<S: Service> Run for Host<S> {
         Ok(())
     }
 
-    fn execute(&self, mirror: &Mirror, caller: Caller, body: &[u8]) -> Result<(Executed, Ticket), CallError> {
+    fn execute(
+        &self,
+        mirror: &Mirror,
+        caller: Caller,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Result<(Executed, Ticket), CallError> {
         let request: S::Request = decode("request", body)?;
         if mirror.is_transparent() {
-            return self.execute_transparent(mirror, caller, &request);
+            return self.execute_transparent(mirror, caller, now_ms, &request);
         }
         loop {
-            match self.execute_declared(mirror, caller, &request) {
+            match self.execute_declared(mirror, caller, now_ms, &request) {
                 Err(Attempt::Conflict) => std::thread::yield_now(),
                 Err(Attempt::Error(error)) => return Err(error),
                 Ok(done) => return Ok(done),

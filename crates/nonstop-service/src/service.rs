@@ -86,6 +86,11 @@ pub trait Service: Send + Sync + 'static {
     /// Clients the platform remembers at once (its client table's slots).
     const MAX_CLIENTS: usize = 8192;
 
+    /// How long a client must have been idle (no request applied) before its slot may go to a
+    /// new client when the table is full, in milliseconds. Far longer than any client retries a
+    /// request: an expired client's later requests are refused, never applied again.
+    const CLIENT_EXPIRY_MS: u64 = 60 * 60 * 1000;
+
     /// Bytes of region its state needs, from offset 0 of its part of the region.
     fn state_len(&self) -> usize;
 

@@ -11,6 +11,12 @@
 //! `slots` slots, each a [`SlotHead`] and room for the reply, in whole cache lines so that two
 //! clients never share a line (and a lock stripe) with declared writes. A client's slot is
 //! found by linear probing from a hash of its id.
+//!
+//! A full table does not refuse new clients for ever: when a new client finds no free slot
+//! among its probes, it takes the slot of the one idle longest, if that one has been idle for
+//! the table's expiry (an hour by default). An expired client that comes back is a stranger:
+//! its next request skips numbers and is refused, so nothing is applied twice. Idle time is
+//! the primary's clock at each request applied, passed in like every other input.
 
 use nonstop_proto::PAGE_SIZE;
 use nonstop_proto::client::ClientMemory;
@@ -18,7 +24,7 @@ use nonstop_region::{RegionWrite, TxError};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"nsclient");
+const MAGIC: u64 = u64::from_le_bytes(*b"nsclien2");
 const HEADER: usize = 64;
 const LINE: usize = 64;
 /// Slots probed for a client before the table counts as full.
@@ -32,7 +38,8 @@ struct Header {
     magic: U64,
     slots: U64,
     reply_room: U64,
-    reserved: [u8; 40],
+    expiry_ms: U64,
+    reserved: [u8; 32],
 }
 
 /// What the table keeps of one client, before its reply's bytes.
@@ -42,6 +49,8 @@ pub struct SlotHead {
     client: U64,
     request: U64,
     applied: U64,
+    /// The primary's clock (ms) when its last request was applied.
+    applied_at_ms: U64,
     reply_len: U32,
     reserved: U32,
 }
@@ -63,6 +72,7 @@ pub struct ClientTable {
     slots: u64,
     reply_room: usize,
     stride: usize,
+    expiry_ms: u64,
 }
 
 /// What the table says about a request before it is executed.
@@ -77,18 +87,21 @@ pub(crate) enum Lookup {
     Stale { last: u64 },
     /// It skips numbers: the service expects `expected` first.
     Skips { expected: u64 },
-    /// A new client and no free slot.
+    /// A new client and no free slot, none of its probes idle long enough to expire.
     Full {
         /// Clients the table keeps.
         slots: usize,
+        /// How long a client must be idle to give up its slot.
+        expiry_ms: u64,
     },
 }
 
 impl ClientTable {
-    /// A table of `slots` clients, each with room for a reply of `reply_room` bytes.
-    pub fn new(slots: usize, reply_room: usize) -> ClientTable {
+    /// A table of `slots` clients, each with room for a reply of `reply_room` bytes, whose
+    /// clients idle for `expiry_ms` may give up their slots to new ones.
+    pub fn new(slots: usize, reply_room: usize, expiry_ms: u64) -> ClientTable {
         let stride = (size_of::<SlotHead>() + reply_room).next_multiple_of(LINE);
-        ClientTable { slots: slots.max(1) as u64, reply_room, stride }
+        ClientTable { slots: slots.max(1) as u64, reply_room, stride, expiry_ms }
     }
 
     /// Bytes it takes, in whole pages.
@@ -125,14 +138,23 @@ impl ClientTable {
             magic: U64::new(MAGIC),
             slots: U64::new(self.slots),
             reply_room: U64::new(self.reply_room as u64),
-            reserved: [0; 40],
+            expiry_ms: U64::new(self.expiry_ms),
+            reserved: [0; 32],
         };
         Ok(())
     }
 
-    /// What the table says of request `request` of `client` (both checked non-zero by the caller).
-    pub(crate) fn lookup(&self, table: &impl RegionWrite, client: u64, request: u64) -> Result<Lookup, TxError> {
-        let mut free = None;
+    /// What the table says of request `request` of `client` (both checked non-zero by the
+    /// caller) at `now_ms` on the primary's clock.
+    pub(crate) fn lookup(
+        &self,
+        table: &impl RegionWrite,
+        client: u64,
+        request: u64,
+        now_ms: u64,
+    ) -> Result<Lookup, TxError> {
+        // The slot a new client takes: the first free one, else the one idle longest.
+        let mut taken: Option<(u64, SlotHead)> = None;
         for probe in 0..PROBES {
             let at = self.slot_at(Self::home(client) + probe);
             let head: SlotHead = table.read(at)?;
@@ -146,14 +168,24 @@ impl ClientTable {
                 });
             }
             if head.client.get() == 0 {
-                free = Some((at, head));
+                taken = Some((at, SlotHead::default()));
                 break;
             }
+            if taken.is_none_or(|(_, oldest)| head.applied_at_ms.get() < oldest.applied_at_ms.get()) {
+                taken = Some((at, head));
+            }
         }
-        Ok(match free {
-            None => Lookup::Full { slots: self.slots as usize },
+        let expired = |head: &SlotHead| {
+            head.client.get() == 0 || now_ms.saturating_sub(head.applied_at_ms.get()) >= self.expiry_ms
+        };
+        Ok(match taken {
+            Some((_, head)) if !expired(&head) => {
+                Lookup::Full { slots: self.slots as usize, expiry_ms: self.expiry_ms }
+            }
+            None => Lookup::Full { slots: self.slots as usize, expiry_ms: self.expiry_ms },
             Some(_) if request > 1 => Lookup::Skips { expected: 1 },
-            Some((at, previous)) => Lookup::Next { at, previous },
+            // A new client's count starts afresh, whoever held the slot before.
+            Some((at, _)) => Lookup::Next { at, previous: SlotHead::default() },
         })
     }
 
@@ -169,8 +201,9 @@ impl ClientTable {
         Ok(Some(reply))
     }
 
-    /// Records request `request` of `client` as applied, answered with `reply` (kept if it
-    /// fits; `None`: there is no reply to keep), in the slot [`Lookup::Next`] found.
+    /// Records request `request` of `client` as applied at `now_ms`, answered with `reply`
+    /// (kept if it fits; `None`: there is no reply to keep), in the slot [`Lookup::Next`] found.
+    #[allow(clippy::too_many_arguments)] // One call site per way of writing; a struct would only rename them.
     pub(crate) fn record(
         &self,
         table: &impl RegionWrite,
@@ -178,6 +211,7 @@ impl ClientTable {
         previous: &SlotHead,
         client: u64,
         request: u64,
+        now_ms: u64,
         reply: Option<&[u8]>,
     ) -> Result<(), TxError> {
         let reply = reply.filter(|reply| reply.len() <= self.reply_room);
@@ -187,6 +221,7 @@ impl ClientTable {
             client: U64::new(client),
             request: U64::new(request),
             applied: U64::new(previous.applied.get() + 1),
+            applied_at_ms: U64::new(now_ms),
             reply_len: U32::new(if kept { reply.len() as u32 } else { NOT_REMEMBERED }),
             reserved: U32::new(0),
         };
@@ -255,13 +290,11 @@ impl ClientTable {
         if header.magic.get() != MAGIC {
             return Err("no client table in this region (bad magic): was the service ever started?".into());
         }
-        if (header.slots.get(), header.reply_room.get()) != (self.slots, self.reply_room as u64) {
+        let shape = (header.slots.get(), header.reply_room.get(), header.expiry_ms.get());
+        if shape != (self.slots, self.reply_room as u64, self.expiry_ms) {
             return Err(format!(
-                "the client table has {} slots of {} reply bytes, this node expects {} of {}: every node of a service must run the same build and config",
-                header.slots.get(),
-                header.reply_room.get(),
-                self.slots,
-                self.reply_room
+                "the client table has {} slots of {} reply bytes expiring after {} ms, this node expects {} of {} after {} ms: every node of a service must run the same build and config",
+                shape.0, shape.1, shape.2, self.slots, self.reply_room, self.expiry_ms
             ));
         }
         if bytes.len() < self.len() {

@@ -102,7 +102,7 @@ fn declared_requests_are_applied_once_and_refusals_change_nothing() {
     let mirror = Mirror::new(Region::map(0x4100_0000_0000, hosted.region_len()).unwrap(), None, CheckpointId(1));
     hosted.init(&mirror).unwrap();
     let add = body(&Op::Add { counter: 3, by: 5 });
-    let run = |client, request, body: &[u8]| hosted.execute(&mirror, caller(client, request), body);
+    let run = |client, request, body: &[u8]| hosted.execute(&mirror, caller(client, request), 0, body);
 
     assert_eq!(value(run(9, 1, &add).unwrap().0), (false, Reply::Value(5)));
     assert_eq!(value(run(9, 1, &add).unwrap().0), (true, Reply::Value(5)), "a retry is answered, not applied");
@@ -149,9 +149,9 @@ fn concurrent_clients_on_shared_counters_are_each_applied_once() {
             scope.spawn(move || {
                 for request in 1..=300u64 {
                     let add = body(&Op::Add { counter: request % 2, by: 1 });
-                    hosted.execute(mirror, caller(client, request), &add).unwrap();
+                    hosted.execute(mirror, caller(client, request), 0, &add).unwrap();
                     if request % 7 == 0 {
-                        let (duplicate, _) = value(hosted.execute(mirror, caller(client, request), &add).unwrap().0);
+                        let (duplicate, _) = value(hosted.execute(mirror, caller(client, request), 0, &add).unwrap().0);
                         assert!(duplicate);
                     }
                 }
@@ -163,24 +163,40 @@ fn concurrent_clients_on_shared_counters_are_each_applied_once() {
 }
 
 #[test]
-fn a_full_client_table_refuses_new_clients_only() {
+fn a_full_client_table_refuses_new_clients_until_one_has_been_idle_for_its_expiry() {
     let hosted = Hosted::new("counters", Counters);
     let mirror = Mirror::new(Region::map(0x4300_0000_0000, hosted.region_len()).unwrap(), None, CheckpointId(1));
     hosted.init(&mirror).unwrap();
     let add = body(&Op::Add { counter: 0, by: 1 });
-    let mut refused = 0;
+    let expiry = Counters::CLIENT_EXPIRY_MS;
+    let mut admitted = Vec::new();
     for client in 1..=100 {
-        match hosted.execute(&mirror, caller(client, 1), &add) {
-            Ok(_) => {}
-            Err(CallError::Full { slots }) => {
-                assert_eq!(slots, Counters::MAX_CLIENTS);
-                refused += 1;
+        match hosted.execute(&mirror, caller(client, 1), 1_000 + client, &add) {
+            Ok(_) => admitted.push(client),
+            Err(CallError::Full { slots, expiry_ms }) => {
+                assert_eq!((slots, expiry_ms), (Counters::MAX_CLIENTS, expiry))
             }
             Err(other) => panic!("{other}"),
         }
     }
-    assert_eq!(refused, 100 - Counters::MAX_CLIENTS);
-    assert!(hosted.execute(&mirror, caller(1, 2), &add).is_ok(), "a known client goes on");
+    assert_eq!(admitted.len(), Counters::MAX_CLIENTS);
+    assert!(hosted.execute(&mirror, caller(1, 2), 1_000, &add).is_ok(), "a known client goes on");
+    // Just short of the expiry, every slot is still someone's.
+    let refused = hosted.execute(&mirror, caller(500, 1), 1_001 + expiry, &add);
+    assert!(matches!(refused, Err(CallError::Full { .. })), "{refused:?}");
+    // Past it, a new client takes the slot of the one idle longest among its probes.
+    let now = 1_000 + 100 + expiry;
+    assert!(hosted.execute(&mirror, caller(500, 1), now, &add).is_ok());
+    let remembered = mirror.quiesced(|image, _| hosted.audit(image, &admitted, None)).clients;
+    let displaced: Vec<u64> =
+        remembered.iter().filter(|(_, memory)| memory.is_none()).map(|(client, _)| *client).collect();
+    assert_eq!(displaced.len(), 1, "one client gave up its slot: {remembered:?}");
+    // The displaced client is a stranger now: its next request skips numbers and is refused,
+    // not applied, and the table still holds every request applied once.
+    let back = hosted.execute(&mirror, caller(displaced[0], 2), now, &add);
+    assert!(matches!(back, Err(CallError::Skips { expected: 1, got: 2 })), "{back:?}");
+    let summary = mirror.quiesced(|image, _| hosted.check(image)).unwrap();
+    assert!(summary.contains("each request applied once"), "{summary}");
 }
 
 #[test]
@@ -188,7 +204,7 @@ fn a_damaged_client_table_fails_the_check() {
     let hosted = Hosted::new("counters", Counters);
     let mirror = Mirror::new(Region::map(0x4400_0000_0000, hosted.region_len()).unwrap(), None, CheckpointId(1));
     hosted.init(&mirror).unwrap();
-    hosted.execute(&mirror, caller(5, 1), &body(&Op::Add { counter: 1, by: 2 })).unwrap();
+    hosted.execute(&mirror, caller(5, 1), 0, &body(&Op::Add { counter: 1, by: 2 })).unwrap();
     let mut image = image(&mirror);
     assert!(hosted.check(&image).is_ok());
     // The slot's `applied` count one higher: a request applied twice.
@@ -260,7 +276,7 @@ fn transparent_requests_are_applied_once_and_refusals_change_nothing() {
     let mirror =
         Mirror::transparent_unreplicated(Region::map(0x4600_0000_0000, hosted.region_len()).unwrap(), CheckpointId(1));
     hosted.init(&mirror).unwrap();
-    let run = |client, request, value: u64| hosted.execute(&mirror, caller(client, request), &body(&value));
+    let run = |client, request, value: u64| hosted.execute(&mirror, caller(client, request), 0, &body(&value));
     assert_eq!(run(1, 1, 10).unwrap().0, Executed::Applied(body(&1usize)));
     assert_eq!(run(2, 1, 20).unwrap().0, Executed::Applied(body(&2usize)));
     assert_eq!(run(1, 1, 10).unwrap().0, Executed::Duplicate(body(&1usize)));

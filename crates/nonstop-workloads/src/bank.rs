@@ -302,7 +302,7 @@ impl crate::Workload for BankThroughService {
         let body = postcard::to_allocvec(&request).expect("a transfer encodes");
         let number = self.next[worker].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let caller = nonstop_service::Caller { client: worker as u64 + 1, request: number, lane: worker };
-        match self.hosted.execute(mirror, caller, &body) {
+        match self.hosted.execute(mirror, caller, 0, &body) {
             Ok((_, ticket)) => ticket,
             Err(error) => panic!("the bank refused a Debit-Credit transfer: {error}"),
         }
@@ -439,7 +439,7 @@ mod tests {
 
     fn run(hosted: &Hosted, mirror: &Mirror, client: u64, request: u64, transfer: TransferRequest) -> Executed {
         let body = postcard::to_allocvec(&transfer).unwrap();
-        hosted.execute(mirror, Caller { client, request, lane: request as usize }, &body).unwrap().0
+        hosted.execute(mirror, Caller { client, request, lane: request as usize }, 0, &body).unwrap().0
     }
 
     #[test]
@@ -456,7 +456,7 @@ mod tests {
         assert!(matches!(run(&hosted, &mirror, 7, 1, transfer), Executed::Duplicate(_)));
         assert_eq!(balance(run(&hosted, &mirror, 7, 2, TransferRequest { delta: -200, ..transfer })), 300);
         let out_of_range = postcard::to_allocvec(&TransferRequest { account: 100_000, ..transfer }).unwrap();
-        let refused = hosted.execute(&mirror, Caller { client: 7, request: 3, lane: 0 }, &out_of_range);
+        let refused = hosted.execute(&mirror, Caller { client: 7, request: 3, lane: 0 }, 0, &out_of_range);
         assert!(matches!(refused, Err(CallError::Refused(reason)) if reason.contains("out of range")));
         let query = postcard::to_allocvec(&BankQuery::Read { client: 7, account: 3 }).unwrap();
         let answer: BankAnswer = postcard::from_bytes(&hosted.query(&mirror, &query).unwrap()).unwrap();

@@ -299,7 +299,7 @@ mod tests {
         t: TransferRequest,
     ) -> Result<Executed, CallError> {
         let body = postcard::to_allocvec(&t).unwrap();
-        hosted.execute(mirror, Caller { client, request, lane: 0 }, &body).map(|(executed, _)| executed)
+        hosted.execute(mirror, Caller { client, request, lane: 0 }, 0, &body).map(|(executed, _)| executed)
     }
 
     fn balance(executed: Executed) -> i64 {

@@ -20,7 +20,7 @@ fn hosted_on(base: usize) -> (Hosted, Mirror) {
 }
 
 fn call(hosted: &Hosted, mirror: &Mirror, client: u64, request: u64, body: &[u8]) -> Result<Executed, CallError> {
-    hosted.execute(mirror, Caller { client, request, lane: client as usize }, body).map(|(executed, _)| executed)
+    hosted.execute(mirror, Caller { client, request, lane: client as usize }, 0, body).map(|(executed, _)| executed)
 }
 
 #[test]
