@@ -1,0 +1,12 @@
+//! nonstop's Redis-compatible service (`kind = "kv"`), for clients that speak RESP unchanged.
+//!
+//! Built in layers, each pure and tested on its own before the next uses it:
+//!
+//! * [`resp`]: the wire protocol. Requests (multibulk and inline, pipelined, cut anywhere) are
+//!   decoded incrementally under Redis's limits with Redis's protocol errors; replies are
+//!   encoded for RESP2 or RESP3, as the connection's `HELLO` chose.
+//!
+//! The commands, the service on nonstop's `Service` trait and the server that puts them on a
+//! port come next (docs/kv.md will list what is supported).
+
+pub mod resp;
