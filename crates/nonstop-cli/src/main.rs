@@ -944,7 +944,7 @@ fn backup(args: BackupArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading the cluster key file {}", args.key_file.display()))?;
     let key = ClusterKey::from_hex(&key_text).with_context(|| format!("in {}", args.key_file.display()))?;
     let region = Region::map(parse_address(&args.region_base)?, args.region_size)?;
-    let check: nonstop::ConsistencyCheck = Arc::new(nonstop::workloads::check);
+    let check: nonstop::ConsistencyCheck = Arc::new(nonstop_workloads::check);
     let mut server = BackupServer::bind(args.listen, key, region, Some(check))
         .with_context(|| format!("listening on {}", args.listen))?;
     println!("{LISTENING}{}", server.local_addr());

@@ -40,8 +40,6 @@ pub use nonstop_service::{
     CallError, Caller, ClientMemory, Executed, Hosted, Image, Registry, Service, ServiceError, Settings, Store, View,
     Writer, Writes,
 };
-pub use nonstop_workloads as workloads;
-pub use nonstop_workloads::bank::TransferDone;
 
 /// The service kinds `nonstop node` runs: `bank`, `ledger` and `order-entry`. A node binary of your own starts
 /// from an empty [`Registry`] (or this one) and registers its kinds.
