@@ -5,8 +5,11 @@
 //! * [`resp`]: the wire protocol. Requests (multibulk and inline, pipelined, cut anywhere) are
 //!   decoded incrementally under Redis's limits with Redis's protocol errors; replies are
 //!   encoded for RESP2 or RESP3, as the connection's `HELLO` chose.
+//! * [`command`]: requests read as commands (today the string and key commands), every
+//!   argument checked with Redis's error replies, relative times made absolute.
 //!
-//! The commands, the service on nonstop's `Service` trait and the server that puts them on a
+//! The other commands, the service on nonstop's `Service` trait and the server that puts them on a
 //! port come next (docs/kv.md will list what is supported).
 
+pub mod command;
 pub mod resp;

@@ -268,7 +268,7 @@ fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
 
 /// A decimal number as Redis's `string2ll` reads it: an optional `-`, digits, no `+`, no
 /// leading zeros, no spaces, within `i64`.
-fn number(text: &[u8]) -> Option<i64> {
+pub(crate) fn number(text: &[u8]) -> Option<i64> {
     let digits = text.strip_prefix(b"-").unwrap_or(text);
     let well_formed = !digits.is_empty()
         && digits.iter().all(u8::is_ascii_digit)

@@ -1,0 +1,495 @@
+//! Requests read as commands: the name, the arity and every argument checked as Redis checks
+//! them, with Redis's error replies, before anything is looked up or written.
+//!
+//! Times become absolute here. A client says `EX 10`; the command says "expires at
+//! `now_ms + 10,000`", with `now_ms` the receiving node's clock. Only absolute times reach the
+//! region, so a key's expiry means the same on a promoted backup as on the primary that set it,
+//! and the service itself never reads a clock.
+//!
+//! ```
+//! use nonstop_kv::command::{Command, Expiry, parse};
+//!
+//! let request = vec![b"set".to_vec(), b"k".to_vec(), b"v".to_vec(), b"EX".to_vec(), b"10".to_vec()];
+//! let Command::Set { expiry, .. } = parse(&request, 1_000).unwrap() else { panic!() };
+//! assert_eq!(expiry, Expiry::At(11_000));
+//! ```
+
+use crate::resp::{Reply, number};
+
+/// A key or a value, as bytes.
+pub type Bytes = Vec<u8>;
+
+/// What `SET` (and `GETEX`) do with the key's time to live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// The key no longer expires (`SET` without an option, `GETEX PERSIST`).
+    Clear,
+    /// The key keeps the expiry it had (`SET ... KEEPTTL`, `GETEX` without an option).
+    Keep,
+    /// The key expires at this time, in milliseconds since the Unix epoch.
+    At(u64),
+}
+
+/// `SET`'s condition on the key's existence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existence {
+    /// `NX`: only if the key does not exist.
+    Absent,
+    /// `XX`: only if it exists.
+    Present,
+}
+
+/// `EXPIRE`'s condition on the key's current expiry (Redis 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireCondition {
+    /// `NX`: only if the key has no expiry.
+    NoExpiry,
+    /// `XX`: only if it has one.
+    HasExpiry,
+    /// `GT`: only if the new one is later (no expiry counts as infinitely late).
+    Later,
+    /// `LT`: only if the new one is earlier (a key without one is set).
+    Earlier,
+    /// `XX LT`: only if it has one and the new one is earlier. (`XX GT` is `GT`: a key without
+    /// an expiry is never set by `GT`.)
+    HasEarlier,
+}
+
+/// A string or key command, its arguments checked.
+// Each field is the argument of that name in Redis's documentation of the command.
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// `GET key`.
+    Get { key: Bytes },
+    /// `SET`, `SETNX`, `SETEX`, `PSETEX`, `GETSET`: set the value, on a condition, and answer
+    /// as `reply` says.
+    Set { key: Bytes, value: Bytes, condition: Option<Existence>, expiry: Expiry, reply: SetReply },
+    /// `GETDEL key`.
+    GetDel { key: Bytes },
+    /// `GETEX key [EX|PX|EXAT|PXAT|PERSIST]`.
+    GetEx { key: Bytes, expiry: Expiry },
+    /// `MGET key...`.
+    MGet { keys: Vec<Bytes> },
+    /// `MSET` (or `MSETNX`, only if none of the keys exists).
+    MSet { pairs: Vec<(Bytes, Bytes)>, only_new: bool },
+    /// `INCR`, `DECR`, `INCRBY`, `DECRBY`.
+    IncrBy { key: Bytes, by: i64 },
+    /// `INCRBYFLOAT key increment`.
+    IncrByFloat { key: Bytes, by: f64 },
+    /// `APPEND key value`.
+    Append { key: Bytes, value: Bytes },
+    /// `STRLEN key`.
+    StrLen { key: Bytes },
+    /// `GETRANGE key start end` (inclusive, negative from the end).
+    GetRange { key: Bytes, start: i64, end: i64 },
+    /// `SETRANGE key offset value`.
+    SetRange { key: Bytes, offset: usize, value: Bytes },
+    /// `DEL` and `UNLINK`.
+    Del { keys: Vec<Bytes> },
+    /// `EXISTS key...` (a key named twice counts twice).
+    Exists { keys: Vec<Bytes> },
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT`: an expiry at or before now deletes the key.
+    Expire { key: Bytes, at: u64, condition: Option<ExpireCondition> },
+    /// `TTL` (seconds) and `PTTL` (milliseconds): -2 without the key, -1 without an expiry.
+    Ttl { key: Bytes, millis: bool },
+    /// `PERSIST key`.
+    Persist { key: Bytes },
+    /// `TYPE key`.
+    Type { key: Bytes },
+}
+
+/// What a `SET`-like command answers when it sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetReply {
+    /// `+OK`, or the null bulk string if the condition failed (`SET`, `SETEX`, `PSETEX`).
+    Ok,
+    /// 1, or 0 if the condition failed (`SETNX`).
+    Flag,
+    /// The old value (`GETSET`, and `SET ... GET`).
+    Old,
+}
+
+/// The longest string Redis stores (`proto-max-bulk-len`).
+pub const MAX_STRING: usize = 512 << 20;
+
+/// Reads `request` as a command at `now_ms` on the receiving node's clock, or answers the
+/// error Redis answers.
+pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
+    let Some((name, args)) = request.split_first() else { return Err(Reply::error("ERR empty command")) };
+    let lower = name.to_ascii_lowercase();
+    let name = String::from_utf8_lossy(&lower).into_owned();
+    let Some(&(_, arity)) = ARITY.iter().find(|(known, _)| known.as_bytes() == lower.as_slice()) else {
+        return Err(unknown_command(request));
+    };
+    let given = request.len() as i32;
+    if (arity > 0 && given != arity) || (arity < 0 && given < -arity) {
+        return Err(Reply::error(format!("ERR wrong number of arguments for '{name}' command")));
+    }
+    let key = || args[0].clone();
+    Ok(match name.as_str() {
+        "get" => Command::Get { key: key() },
+        "set" => set(&name, args, now_ms)?,
+        "setnx" => Command::Set {
+            key: key(),
+            value: args[1].clone(),
+            condition: Some(Existence::Absent),
+            expiry: Expiry::Clear,
+            reply: SetReply::Flag,
+        },
+        "setex" | "psetex" => {
+            let unit = if name == "setex" { Unit::Seconds } else { Unit::Millis };
+            let at = expire_at(&name, &args[1], unit, Some(now_ms))?;
+            Command::Set {
+                key: key(),
+                value: args[2].clone(),
+                condition: None,
+                expiry: Expiry::At(at),
+                reply: SetReply::Ok,
+            }
+        }
+        "getset" => Command::Set {
+            key: key(),
+            value: args[1].clone(),
+            condition: None,
+            expiry: Expiry::Clear,
+            reply: SetReply::Old,
+        },
+        "getdel" => Command::GetDel { key: key() },
+        "getex" => getex(&name, args, now_ms)?,
+        "mget" => Command::MGet { keys: args.to_vec() },
+        "mset" | "msetnx" => {
+            if args.len() % 2 != 0 {
+                return Err(Reply::error(format!("ERR wrong number of arguments for '{name}' command")));
+            }
+            let pairs = args.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
+            Command::MSet { pairs, only_new: name == "msetnx" }
+        }
+        "incr" => Command::IncrBy { key: key(), by: 1 },
+        "decr" => Command::IncrBy { key: key(), by: -1 },
+        "incrby" => Command::IncrBy { key: key(), by: integer(&args[1])? },
+        "decrby" => {
+            let by = integer(&args[1])?;
+            let by = by.checked_neg().ok_or_else(|| Reply::error("ERR decrement would overflow"))?;
+            Command::IncrBy { key: key(), by }
+        }
+        "incrbyfloat" => Command::IncrByFloat { key: key(), by: float(&args[1])? },
+        "append" => Command::Append { key: key(), value: args[1].clone() },
+        "strlen" => Command::StrLen { key: key() },
+        "getrange" | "substr" => Command::GetRange { key: key(), start: integer(&args[1])?, end: integer(&args[2])? },
+        "setrange" => {
+            let offset = integer(&args[1])?;
+            let offset = usize::try_from(offset).map_err(|_| Reply::error("ERR offset is out of range"))?;
+            // Setting nothing never grows the string, wherever the offset (Redis checks the same).
+            if !args[2].is_empty() && offset.saturating_add(args[2].len()) > MAX_STRING {
+                return Err(Reply::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)"));
+            }
+            Command::SetRange { key: key(), offset, value: args[2].clone() }
+        }
+        "del" | "unlink" => Command::Del { keys: args.to_vec() },
+        "exists" => Command::Exists { keys: args.to_vec() },
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            let unit = if name.starts_with('p') { Unit::Millis } else { Unit::Seconds };
+            let relative = (!name.ends_with("at")).then_some(now_ms);
+            let at = expire_at_any(&name, &args[1], unit, relative)?;
+            Command::Expire { key: key(), at, condition: expire_condition(&args[2..])? }
+        }
+        "ttl" | "pttl" => Command::Ttl { key: key(), millis: name == "pttl" },
+        "persist" => Command::Persist { key: key() },
+        "type" => Command::Type { key: key() },
+        other => unreachable!("{other} is in the arity table but not parsed"),
+    })
+}
+
+/// Each command's arity as Redis's command table gives it: the count of the request's words,
+/// name included; negative, a minimum.
+const ARITY: &[(&str, i32)] = &[
+    ("get", 2),
+    ("set", -3),
+    ("setnx", 3),
+    ("setex", 4),
+    ("psetex", 4),
+    ("getset", 3),
+    ("getdel", 2),
+    ("getex", -2),
+    ("mget", -2),
+    ("mset", -3),
+    ("msetnx", -3),
+    ("incr", 2),
+    ("decr", 2),
+    ("incrby", 3),
+    ("decrby", 3),
+    ("incrbyfloat", 3),
+    ("append", 3),
+    ("strlen", 2),
+    ("getrange", 4),
+    ("substr", 4),
+    ("setrange", 4),
+    ("del", -2),
+    ("unlink", -2),
+    ("exists", -2),
+    ("expire", -3),
+    ("pexpire", -3),
+    ("expireat", -3),
+    ("pexpireat", -3),
+    ("ttl", 2),
+    ("pttl", 2),
+    ("persist", 2),
+    ("type", 2),
+];
+
+/// Redis's reply to a command it does not know: the name and the first arguments, quoted.
+fn unknown_command(request: &[Bytes]) -> Reply {
+    let shown = |bytes: &[u8]| String::from_utf8_lossy(&bytes[..bytes.len().min(128)]).into_owned();
+    let mut args = String::new();
+    for arg in &request[1..] {
+        if args.len() >= 128 {
+            break;
+        }
+        args.push_str(&format!("'{}' ", shown(arg)));
+    }
+    Reply::error(format!("ERR unknown command '{}', with args beginning with: {args}", shown(&request[0])))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Seconds,
+    Millis,
+}
+
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`, options in any order; an
+/// option may be given again (the last value counts), two different expiry options may not.
+fn set(name: &str, args: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
+    let (mut condition, mut get, mut expiry) = (None, false, Expiry::Clear);
+    let mut expiry_option: Option<Bytes> = None;
+    let mut at = 2;
+    while at < args.len() {
+        let option = args[at].to_ascii_uppercase();
+        let has_next = at + 1 < args.len();
+        let other_expiry = expiry_option.as_ref().is_some_and(|given| *given != option);
+        match option.as_slice() {
+            b"NX" if condition != Some(Existence::Present) => condition = Some(Existence::Absent),
+            b"XX" if condition != Some(Existence::Absent) => condition = Some(Existence::Present),
+            b"GET" => get = true,
+            b"KEEPTTL" if !other_expiry => expiry = Expiry::Keep,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if !other_expiry && has_next => {
+                let unit = if option.starts_with(b"P") { Unit::Millis } else { Unit::Seconds };
+                let relative = (!option.ends_with(b"AT")).then_some(now_ms);
+                at += 1;
+                expiry = Expiry::At(expire_at(name, &args[at], unit, relative)?);
+            }
+            _ => return Err(Reply::error("ERR syntax error")),
+        }
+        if matches!(option.as_slice(), b"KEEPTTL" | b"EX" | b"PX" | b"EXAT" | b"PXAT") {
+            expiry_option = Some(option);
+        }
+        at += 1;
+    }
+    let reply = if get { SetReply::Old } else { SetReply::Ok };
+    Ok(Command::Set { key: args[0].clone(), value: args[1].clone(), condition, expiry, reply })
+}
+
+/// `GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]`.
+fn getex(name: &str, args: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
+    let expiry = match &args[1..] {
+        [] => Expiry::Keep,
+        [option] if option.eq_ignore_ascii_case(b"PERSIST") => Expiry::Clear,
+        [option, value] => {
+            let option = option.to_ascii_uppercase();
+            let unit = match option.as_slice() {
+                b"EX" | b"EXAT" => Unit::Seconds,
+                b"PX" | b"PXAT" => Unit::Millis,
+                _ => return Err(Reply::error("ERR syntax error")),
+            };
+            let relative = (!option.ends_with(b"AT")).then_some(now_ms);
+            Expiry::At(expire_at(name, value, unit, relative)?)
+        }
+        _ => return Err(Reply::error("ERR syntax error")),
+    };
+    Ok(Command::GetEx { key: args[0].clone(), expiry })
+}
+
+/// An expiry of `SET`, `SETEX` or `GETEX` as an absolute time: it must be a positive integer,
+/// and fit in milliseconds once made absolute (`relative` to now, or not).
+fn expire_at(name: &str, text: &[u8], unit: Unit, relative: Option<u64>) -> Result<u64, Reply> {
+    let value = integer(text)?;
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
+    if value <= 0 {
+        return Err(invalid());
+    }
+    let millis = if unit == Unit::Seconds { value.checked_mul(1000) } else { Some(value) };
+    let at = millis.and_then(|ms| ms.checked_add(relative.unwrap_or(0) as i64)).ok_or_else(invalid)?;
+    Ok(at as u64)
+}
+
+/// An expiry of the `EXPIRE` family: any integer (one at or before now deletes the key), made
+/// absolute; Redis refuses only what overflows.
+fn expire_at_any(name: &str, text: &[u8], unit: Unit, relative: Option<u64>) -> Result<u64, Reply> {
+    let value = integer(text)?;
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
+    let millis = if unit == Unit::Seconds { value.checked_mul(1000) } else { Some(value) }.ok_or_else(invalid)?;
+    let at = millis.checked_add(relative.unwrap_or(0) as i64).ok_or_else(invalid)?;
+    Ok(at.max(0) as u64)
+}
+
+/// `EXPIRE`'s `NX`, `XX`, `GT`, `LT`: `NX` alone, or `XX` with `GT` or `LT`, never `GT` with
+/// `LT`; an option given twice counts once.
+fn expire_condition(options: &[Bytes]) -> Result<Option<ExpireCondition>, Reply> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for option in options {
+        match option.to_ascii_uppercase().as_slice() {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"GT" => gt = true,
+            b"LT" => lt = true,
+            _ => return Err(Reply::error(format!("ERR Unsupported option {}", String::from_utf8_lossy(option)))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Reply::error("ERR NX and XX, GT or LT options at the same time are not compatible"));
+    }
+    if gt && lt {
+        return Err(Reply::error("ERR GT and LT options at the same time are not compatible"));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => Some(ExpireCondition::NoExpiry),
+        (_, _, true, _) => Some(ExpireCondition::Later),
+        (_, true, _, true) => Some(ExpireCondition::HasEarlier),
+        (_, false, _, true) => Some(ExpireCondition::Earlier),
+        (_, true, ..) => Some(ExpireCondition::HasExpiry),
+        _ => None,
+    })
+}
+
+/// An integer argument, as Redis reads one.
+pub fn integer(text: &[u8]) -> Result<i64, Reply> {
+    number(text).ok_or_else(|| Reply::error("ERR value is not an integer or out of range"))
+}
+
+/// A float argument, as Redis reads one: no spaces, no NaN; `inf` and `-inf` are read.
+pub fn float(text: &[u8]) -> Result<f64, Reply> {
+    let invalid = || Reply::error("ERR value is not a valid float");
+    let text = std::str::from_utf8(text).map_err(|_| invalid())?;
+    if text.is_empty() || text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+        return Err(invalid());
+    }
+    let value: f64 = text.parse().map_err(|_| invalid())?;
+    if value.is_nan() {
+        return Err(invalid());
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Vec<Bytes> {
+        text.split(' ').map(|word| word.as_bytes().to_vec()).collect()
+    }
+
+    fn parsed(text: &str) -> Result<Command, Reply> {
+        parse(&request(text), 1_000_000)
+    }
+
+    fn error(text: &str) -> String {
+        match parsed(text) {
+            Err(Reply::Error(message)) => message,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    fn set_of(text: &str) -> (Option<Existence>, Expiry, SetReply) {
+        match parsed(text).unwrap() {
+            Command::Set { condition, expiry, reply, .. } => (condition, expiry, reply),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_options_combine_as_redis_allows() {
+        assert_eq!(set_of("SET k v"), (None, Expiry::Clear, SetReply::Ok));
+        assert_eq!(set_of("set k v nx get ex 10"), (Some(Existence::Absent), Expiry::At(1_010_000), SetReply::Old));
+        assert_eq!(set_of("SET k v XX PX 5"), (Some(Existence::Present), Expiry::At(1_000_005), SetReply::Ok));
+        assert_eq!(set_of("SET k v EXAT 2000"), (None, Expiry::At(2_000_000), SetReply::Ok));
+        assert_eq!(set_of("SET k v PXAT 7"), (None, Expiry::At(7), SetReply::Ok));
+        assert_eq!(set_of("SET k v KEEPTTL"), (None, Expiry::Keep, SetReply::Ok));
+        assert_eq!(set_of("SET k v EX 1 nx EX 2 NX"), (Some(Existence::Absent), Expiry::At(1_002_000), SetReply::Ok));
+        assert_eq!(set_of("SETNX k v"), (Some(Existence::Absent), Expiry::Clear, SetReply::Flag));
+        assert_eq!(set_of("SETEX k 3 v"), (None, Expiry::At(1_003_000), SetReply::Ok));
+        assert_eq!(set_of("PSETEX k 3 v"), (None, Expiry::At(1_000_003), SetReply::Ok));
+        assert_eq!(set_of("GETSET k v"), (None, Expiry::Clear, SetReply::Old));
+        for bad in ["SET k v NX XX", "SET k v EX 1 PX 1", "SET k v KEEPTTL EX 1", "SET k v EX", "SET k v FOO"] {
+            assert_eq!(error(bad), "ERR syntax error", "{bad}");
+        }
+        assert_eq!(error("SET k v EX 0"), "ERR invalid expire time in 'set' command");
+        assert_eq!(error("SET k v PX -1"), "ERR invalid expire time in 'set' command");
+        assert_eq!(error("SET k v EX 9223372036854775"), "ERR invalid expire time in 'set' command");
+        assert_eq!(error("SETEX k 0 v"), "ERR invalid expire time in 'setex' command");
+        assert_eq!(error("SET k v EX ten"), "ERR value is not an integer or out of range");
+    }
+
+    #[test]
+    fn arity_and_unknown_commands_answer_as_redis_does() {
+        assert_eq!(error("GET"), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(error("get a b"), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(error("MSET a b c"), "ERR wrong number of arguments for 'mset' command");
+        assert_eq!(error("FOO a b"), "ERR unknown command 'FOO', with args beginning with: 'a' 'b' ");
+        assert_eq!(parse(&[], 0), Err(Reply::error("ERR empty command")));
+    }
+
+    #[test]
+    fn numbers_and_ranges_are_checked() {
+        assert_eq!(parsed("INCRBY k -5"), Ok(Command::IncrBy { key: b"k".to_vec(), by: -5 }));
+        assert_eq!(parsed("DECRBY k 5"), Ok(Command::IncrBy { key: b"k".to_vec(), by: -5 }));
+        assert_eq!(error("DECRBY k -9223372036854775808"), "ERR decrement would overflow");
+        assert_eq!(error("INCRBY k 1.5"), "ERR value is not an integer or out of range");
+        assert_eq!(parsed("INCRBYFLOAT k -1.5e2"), Ok(Command::IncrByFloat { key: b"k".to_vec(), by: -150.0 }));
+        for bad in ["nan", "abc", " 1", "1 ", ""] {
+            let request = vec![b"INCRBYFLOAT".to_vec(), b"k".to_vec(), bad.as_bytes().to_vec()];
+            let refused = parse(&request, 0);
+            assert!(
+                matches!(&refused, Err(Reply::Error(e)) if e == "ERR value is not a valid float"),
+                "{bad:?}: {refused:?}"
+            );
+        }
+        assert_eq!(error("SETRANGE k -1 v"), "ERR offset is out of range");
+        assert_eq!(error("SETRANGE k 536870912 v"), "ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+        let nothing = vec![b"SETRANGE".to_vec(), b"k".to_vec(), b"99999999999".to_vec(), Vec::new()];
+        assert_eq!(
+            parse(&nothing, 0),
+            Ok(Command::SetRange { key: b"k".to_vec(), offset: 99_999_999_999, value: vec![] })
+        );
+        assert_eq!(parsed("GETRANGE k 0 -1"), Ok(Command::GetRange { key: b"k".to_vec(), start: 0, end: -1 }));
+    }
+
+    #[test]
+    fn expire_times_become_absolute_and_conditions_are_checked() {
+        let expire = |text: &str| match parsed(text).unwrap() {
+            Command::Expire { at, condition, .. } => (at, condition),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(expire("EXPIRE k 10"), (1_010_000, None));
+        assert_eq!(expire("PEXPIRE k 10 GT"), (1_000_010, Some(ExpireCondition::Later)));
+        assert_eq!(expire("EXPIREAT k 5 NX"), (5_000, Some(ExpireCondition::NoExpiry)));
+        assert_eq!(expire("PEXPIREAT k 5 xx lt"), (5, Some(ExpireCondition::HasEarlier)));
+        assert_eq!(expire("EXPIRE k 5 XX GT XX"), (1_005_000, Some(ExpireCondition::Later)));
+        assert_eq!(expire("EXPIRE k 5 LT"), (1_005_000, Some(ExpireCondition::Earlier)));
+        assert_eq!(expire("EXPIRE k 5 xx"), (1_005_000, Some(ExpireCondition::HasExpiry)));
+        assert_eq!(expire("EXPIRE k -10"), (990_000, None), "in the past: the key is deleted");
+        assert_eq!(error("EXPIRE k 10 NX XX"), "ERR NX and XX, GT or LT options at the same time are not compatible");
+        assert_eq!(error("EXPIRE k 10 GT LT"), "ERR GT and LT options at the same time are not compatible");
+        assert_eq!(error("EXPIRE k 10 FOO"), "ERR Unsupported option FOO");
+        assert_eq!(error("EXPIRE k 9223372036854775807"), "ERR invalid expire time in 'expire' command");
+        assert_eq!(error("PEXPIRE k 9223372036854775807"), "ERR invalid expire time in 'pexpire' command");
+        let getex = |text: &str| match parsed(text).unwrap() {
+            Command::GetEx { expiry, .. } => expiry,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(getex("GETEX k"), Expiry::Keep);
+        assert_eq!(getex("GETEX k PERSIST"), Expiry::Clear);
+        assert_eq!(getex("GETEX k EX 2"), Expiry::At(1_002_000));
+        assert_eq!(error("GETEX k EX"), "ERR syntax error");
+        assert_eq!(error("GETEX k EX 0"), "ERR invalid expire time in 'getex' command");
+    }
+}
