@@ -1,0 +1,562 @@
+//! The keys and their values, and the string and key commands on them, as Redis runs them.
+//!
+//! A [`Keyspace`] is ordinary Rust collections over an allocator of the caller's choice: the
+//! region's heap allocator when the `kv` service keeps it in a mirrored region (so a backup
+//! holds the same keyspace at the same address), the global one in tests. Every command is
+//! given the time it was received; a key whose expiry is at or before that time is gone for
+//! it, whether or not its memory has been reclaimed yet.
+//!
+//! Nothing here can be undone, since transparent mode keeps no undo: a command decides every
+//! refusal (a wrong type, an overflow, a full region) before its first change. Memory is
+//! reserved with `try_reserve` first, so a full region answers Redis's `-OOM` and changes
+//! nothing, as Redis does with `maxmemory-policy noeviction`.
+//!
+//! ```
+//! use allocator_api2::alloc::Global;
+//! use nonstop_kv::command::parse;
+//! use nonstop_kv::keyspace::Keyspace;
+//! use nonstop_kv::resp::Reply;
+//!
+//! let mut keys = Keyspace::new_in(Global);
+//! let run = |keys: &mut Keyspace<Global>, words: &[&str], now_ms| {
+//!     let request: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+//!     keys.execute(&parse(&request, now_ms).unwrap(), now_ms)
+//! };
+//! assert_eq!(run(&mut keys, &["SET", "k", "1", "PX", "100"], 0), Reply::ok());
+//! assert_eq!(run(&mut keys, &["INCR", "k"], 50), Reply::Integer(2));
+//! assert_eq!(run(&mut keys, &["GET", "k"], 100), Reply::Null); // expired
+//! ```
+
+use crate::command::{Command, Existence, ExpireCondition, Expiry, MAX_STRING, SetReply};
+use crate::resp::{Reply, format_double, number};
+use allocator_api2::alloc::Allocator;
+use allocator_api2::vec::Vec as AllocVec;
+use foldhash::fast::FixedState;
+use std::hash::{Hash, Hasher};
+
+/// A key or a string value, in the keyspace's allocator.
+pub type Bytes<A> = AllocVec<u8, A>;
+
+/// What Redis answers a command on a key of another type.
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+/// What Redis answers a write when memory is full (`maxmemory-policy noeviction`).
+pub const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
+/// A value of a key.
+#[derive(Debug)]
+pub enum Value<A: Allocator> {
+    /// A string (integers and floats are strings that read as numbers).
+    String(Bytes<A>),
+}
+
+/// A key's value and when it expires.
+#[derive(Debug)]
+pub struct Entry<A: Allocator> {
+    value: Value<A>,
+    /// Milliseconds since the Unix epoch; `None`: never.
+    expires_at_ms: Option<u64>,
+}
+
+/// A key looked up by bytes, without building a key in the allocator.
+struct KeyRef<'a>(&'a [u8]);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As a key hashes: the slice it derefs to.
+        self.0.hash(state)
+    }
+}
+
+impl<A: Allocator> hashbrown::Equivalent<Bytes<A>> for KeyRef<'_> {
+    fn equivalent(&self, key: &Bytes<A>) -> bool {
+        self.0 == key.as_slice()
+    }
+}
+
+/// The keyspace of one database.
+#[derive(Debug)]
+pub struct Keyspace<A: Allocator + Clone> {
+    keys: hashbrown::HashMap<Bytes<A>, Entry<A>, FixedState, A>,
+    alloc: A,
+}
+
+/// Why a command changed nothing: the error it answers.
+type Refused = Reply;
+
+impl<A: Allocator + Clone> Keyspace<A> {
+    /// An empty keyspace whose memory comes from `alloc`.
+    pub fn new_in(alloc: A) -> Keyspace<A> {
+        Keyspace { keys: hashbrown::HashMap::with_hasher_in(FixedState::default(), alloc.clone()), alloc }
+    }
+
+    /// Keys held, expired ones not yet reclaimed included (as Redis's `DBSIZE` counts).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key's entry, if it exists at `now_ms`.
+    fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry<A>> {
+        self.keys.get(&KeyRef(key)).filter(|entry| entry.expires_at_ms.is_none_or(|at| at > now_ms))
+    }
+
+    /// The key's string at `now_ms`: `Ok(None)` if it does not exist, WRONGTYPE if it is not a
+    /// string.
+    fn string(&self, key: &[u8], now_ms: u64) -> Result<Option<&[u8]>, Refused> {
+        match self.live(key, now_ms) {
+            None => Ok(None),
+            Some(Entry { value: Value::String(bytes), .. }) => Ok(Some(bytes.as_slice())),
+        }
+    }
+
+    /// Reclaims the key if it expired at or before `now_ms`, so a write finds it absent.
+    fn reclaim(&mut self, key: &[u8], now_ms: u64) {
+        if self.keys.get(&KeyRef(key)).is_some_and(|entry| entry.expires_at_ms.is_some_and(|at| at <= now_ms)) {
+            self.keys.remove(&KeyRef(key));
+        }
+    }
+
+    /// A copy of `bytes` in the keyspace's allocator, or `-OOM`.
+    fn bytes(&self, bytes: &[u8]) -> Result<Bytes<A>, Refused> {
+        let mut copy = AllocVec::new_in(self.alloc.clone());
+        copy.try_reserve_exact(bytes.len()).map_err(|_| Reply::error(OOM))?;
+        copy.extend_from_slice(bytes);
+        Ok(copy)
+    }
+
+    /// Sets `key` to `value`, keeping `expires_at_ms`; every allocation made before the map
+    /// changes.
+    fn store(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Result<(), Refused> {
+        let value = self.bytes(value)?;
+        self.put(key, Value::String(value), expires_at_ms)
+    }
+
+    fn put(&mut self, key: &[u8], value: Value<A>, expires_at_ms: Option<u64>) -> Result<(), Refused> {
+        if let Some(entry) = self.keys.get_mut(&KeyRef(key)) {
+            *entry = Entry { value, expires_at_ms };
+            return Ok(());
+        }
+        let key = self.bytes(key)?;
+        self.keys.try_reserve(1).map_err(|_| Reply::error(OOM))?;
+        self.keys.insert(key, Entry { value, expires_at_ms });
+        Ok(())
+    }
+
+    /// Answers a command that only reads, or `None` if `command` writes. Queries use this: it
+    /// needs only `&self`, and an expired key is absent without being reclaimed.
+    pub fn read(&self, command: &Command, now_ms: u64) -> Option<Reply> {
+        Some(match command {
+            Command::Get { key } => answer(self.string(key, now_ms).map(bulk_or_null)),
+            Command::MGet { keys } => Reply::Array(
+                keys.iter()
+                    .map(|key| self.string(key, now_ms).ok().flatten().map_or(Reply::Null, Reply::bulk))
+                    .collect(),
+            ),
+            Command::StrLen { key } => {
+                answer(self.string(key, now_ms).map(|s| Reply::Integer(s.map_or(0, |s| s.len() as i64))))
+            }
+            Command::GetRange { key, start, end } => answer(
+                self.string(key, now_ms).map(|s| Reply::bulk(range(s.unwrap_or_default(), *start, *end).to_vec())),
+            ),
+            Command::Exists { keys } => {
+                Reply::Integer(keys.iter().filter(|key| self.live(key, now_ms).is_some()).count() as i64)
+            }
+            Command::Ttl { key, millis } => Reply::Integer(match self.live(key, now_ms) {
+                None => -2,
+                Some(Entry { expires_at_ms: None, .. }) => -1,
+                Some(Entry { expires_at_ms: Some(at), .. }) => {
+                    let left = (at - now_ms) as i64;
+                    if *millis { left } else { (left + 500) / 1000 }
+                }
+            }),
+            Command::Type { key } => Reply::Simple(
+                match self.live(key, now_ms) {
+                    None => "none",
+                    Some(Entry { value: Value::String(_), .. }) => "string",
+                }
+                .into(),
+            ),
+            _ => return None,
+        })
+    }
+
+    /// Runs `command`, received at `now_ms`, and answers it as Redis does.
+    pub fn execute(&mut self, command: &Command, now_ms: u64) -> Reply {
+        if let Some(reply) = self.read(command, now_ms) {
+            return reply;
+        }
+        answer(self.write(command, now_ms))
+    }
+
+    fn write(&mut self, command: &Command, now_ms: u64) -> Result<Reply, Refused> {
+        match command {
+            Command::Set { key, value, condition, expiry, reply } => {
+                self.reclaim(key, now_ms);
+                let old = self.live(key, now_ms);
+                let old_value = match (reply, old) {
+                    (SetReply::Old, Some(Entry { value: Value::String(bytes), .. })) => Some(bytes.to_vec()),
+                    _ => None,
+                };
+                let exists = old.is_some();
+                let allowed = match condition {
+                    None => true,
+                    Some(Existence::Absent) => !exists,
+                    Some(Existence::Present) => exists,
+                };
+                if allowed {
+                    let expires = match expiry {
+                        Expiry::Clear => None,
+                        Expiry::Keep => old.and_then(|entry| entry.expires_at_ms),
+                        Expiry::At(at) => Some(*at),
+                    };
+                    if expires.is_some_and(|at| at <= now_ms) {
+                        // Set and expired at once: Redis deletes it.
+                        self.keys.remove(&KeyRef(key));
+                    } else {
+                        self.store(key, value, expires)?;
+                    }
+                }
+                Ok(match (reply, allowed) {
+                    (SetReply::Ok, true) => Reply::ok(),
+                    (SetReply::Ok, false) => Reply::Null,
+                    (SetReply::Flag, allowed) => Reply::Integer(i64::from(allowed)),
+                    (SetReply::Old, _) => old_value.map_or(Reply::Null, Reply::bulk),
+                })
+            }
+            Command::GetDel { key } => {
+                let value = self.string(key, now_ms)?.map(<[u8]>::to_vec);
+                self.keys.remove(&KeyRef(key));
+                Ok(value.map_or(Reply::Null, Reply::bulk))
+            }
+            Command::GetEx { key, expiry } => {
+                let Some(value) = self.string(key, now_ms)?.map(<[u8]>::to_vec) else { return Ok(Reply::Null) };
+                match expiry {
+                    Expiry::Keep => {}
+                    Expiry::At(at) if *at <= now_ms => {
+                        self.keys.remove(&KeyRef(key));
+                    }
+                    expiry => {
+                        let entry = self.keys.get_mut(&KeyRef(key)).expect("live above");
+                        entry.expires_at_ms = if let Expiry::At(at) = expiry { Some(*at) } else { None };
+                    }
+                }
+                Ok(Reply::bulk(value))
+            }
+            Command::MSet { pairs, only_new } => {
+                if *only_new && pairs.iter().any(|(key, _)| self.live(key, now_ms).is_some()) {
+                    return Ok(Reply::Integer(0));
+                }
+                // Every value and key allocated, and the map grown, before the first change.
+                let mut staged = Vec::with_capacity(pairs.len());
+                for (key, value) in pairs {
+                    staged.push((key, self.bytes(value)?));
+                }
+                let new_keys = pairs.iter().filter(|(key, _)| !self.keys.contains_key(&KeyRef(key))).count();
+                self.keys.try_reserve(new_keys).map_err(|_| Reply::error(OOM))?;
+                let mut new_key_bytes = Vec::with_capacity(new_keys);
+                for (key, _) in pairs.iter().filter(|(key, _)| !self.keys.contains_key(&KeyRef(key))) {
+                    new_key_bytes.push(self.bytes(key)?);
+                }
+                let mut new_key_bytes = new_key_bytes.into_iter();
+                for (key, value) in staged {
+                    match self.keys.get_mut(&KeyRef(key)) {
+                        Some(entry) => *entry = Entry { value: Value::String(value), expires_at_ms: None },
+                        None => {
+                            let key = new_key_bytes.next().expect("one staged per new key");
+                            self.keys.insert(key, Entry { value: Value::String(value), expires_at_ms: None });
+                        }
+                    }
+                }
+                Ok(if *only_new { Reply::Integer(1) } else { Reply::ok() })
+            }
+            Command::IncrBy { key, by } => {
+                let current = match self.string(key, now_ms)? {
+                    None => 0,
+                    Some(text) => {
+                        number(text).ok_or_else(|| Reply::error("ERR value is not an integer or out of range"))?
+                    }
+                };
+                let next = current
+                    .checked_add(*by)
+                    .ok_or_else(|| Reply::error("ERR increment or decrement would overflow"))?;
+                self.overwrite_keeping_ttl(key, next.to_string().as_bytes(), now_ms)?;
+                Ok(Reply::Integer(next))
+            }
+            Command::IncrByFloat { key, by } => {
+                let current = match self.string(key, now_ms)? {
+                    None => 0.0,
+                    Some(text) => crate::command::float(text)?,
+                };
+                let next = current + by;
+                if !next.is_finite() {
+                    return Err(Reply::error("ERR increment would produce NaN or Infinity"));
+                }
+                let text = format_double(next);
+                self.overwrite_keeping_ttl(key, text.as_bytes(), now_ms)?;
+                Ok(Reply::bulk(text))
+            }
+            Command::Append { key, value } => {
+                let old = self.string(key, now_ms)?.unwrap_or_default();
+                if old.len() + value.len() > MAX_STRING {
+                    return Err(Reply::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)"));
+                }
+                let mut joined = AllocVec::new_in(self.alloc.clone());
+                joined.try_reserve_exact(old.len() + value.len()).map_err(|_| Reply::error(OOM))?;
+                joined.extend_from_slice(old);
+                joined.extend_from_slice(value);
+                let len = joined.len();
+                self.replace_keeping_ttl(key, joined, now_ms)?;
+                Ok(Reply::Integer(len as i64))
+            }
+            Command::SetRange { key, offset, value } => {
+                let old = self.string(key, now_ms)?;
+                if value.is_empty() {
+                    return Ok(Reply::Integer(old.map_or(0, |s| s.len() as i64)));
+                }
+                let old = old.unwrap_or_default();
+                let len = old.len().max(offset + value.len());
+                let mut grown = AllocVec::new_in(self.alloc.clone());
+                grown.try_reserve_exact(len).map_err(|_| Reply::error(OOM))?;
+                grown.extend_from_slice(old);
+                grown.resize(len, 0);
+                grown[*offset..offset + value.len()].copy_from_slice(value);
+                self.replace_keeping_ttl(key, grown, now_ms)?;
+                Ok(Reply::Integer(len as i64))
+            }
+            Command::Del { keys } => {
+                let mut removed = 0;
+                for key in keys {
+                    self.reclaim(key, now_ms);
+                    removed += i64::from(self.keys.remove(&KeyRef(key)).is_some());
+                }
+                Ok(Reply::Integer(removed))
+            }
+            Command::Expire { key, at, condition } => {
+                let Some(entry) = self.live(key, now_ms) else { return Ok(Reply::Integer(0)) };
+                let current = entry.expires_at_ms;
+                let allowed = match condition {
+                    None => true,
+                    Some(ExpireCondition::NoExpiry) => current.is_none(),
+                    Some(ExpireCondition::HasExpiry) => current.is_some(),
+                    Some(ExpireCondition::Later) => current.is_some_and(|current| *at > current),
+                    Some(ExpireCondition::Earlier) => current.is_none_or(|current| *at < current),
+                    Some(ExpireCondition::HasEarlier) => current.is_some_and(|current| *at < current),
+                };
+                if !allowed {
+                    return Ok(Reply::Integer(0));
+                }
+                if *at <= now_ms {
+                    self.keys.remove(&KeyRef(key));
+                } else {
+                    self.keys.get_mut(&KeyRef(key)).expect("live above").expires_at_ms = Some(*at);
+                }
+                Ok(Reply::Integer(1))
+            }
+            Command::Persist { key } => {
+                let Some(entry) = self.live(key, now_ms) else { return Ok(Reply::Integer(0)) };
+                if entry.expires_at_ms.is_none() {
+                    return Ok(Reply::Integer(0));
+                }
+                self.keys.get_mut(&KeyRef(key)).expect("live above").expires_at_ms = None;
+                Ok(Reply::Integer(1))
+            }
+            read => unreachable!("{read:?} is answered by read()"),
+        }
+    }
+
+    /// Sets `key`'s string to a copy of `value`, keeping its expiry (what INCR and friends do).
+    fn overwrite_keeping_ttl(&mut self, key: &[u8], value: &[u8], now_ms: u64) -> Result<(), Refused> {
+        let value = self.bytes(value)?;
+        self.replace_keeping_ttl(key, value, now_ms)
+    }
+
+    fn replace_keeping_ttl(&mut self, key: &[u8], value: Bytes<A>, now_ms: u64) -> Result<(), Refused> {
+        let expires = self.live(key, now_ms).and_then(|entry| entry.expires_at_ms);
+        self.reclaim(key, now_ms);
+        self.put(key, Value::String(value), expires)
+    }
+}
+
+/// A command's outcome as its reply: the error it refused with, or what it answered.
+fn answer(outcome: Result<Reply, Refused>) -> Reply {
+    outcome.unwrap_or_else(|refused| refused)
+}
+
+fn bulk_or_null(value: Option<&[u8]>) -> Reply {
+    value.map_or(Reply::Null, Reply::bulk)
+}
+
+/// `GETRANGE`'s bytes: `start` and `end` inclusive, negative counting from the end, clamped.
+fn range(value: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = value.len() as i64;
+    if len == 0 || (start < 0 && end < 0 && start > end) {
+        return &[];
+    }
+    let start = if start < 0 { (len + start).max(0) } else { start };
+    let end = if end < 0 { (len + end).max(0) } else { end.min(len - 1) };
+    if start > end { &[] } else { &value[start as usize..=end as usize] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::parse;
+    use allocator_api2::alloc::{AllocError, Global, Layout};
+    use std::cell::Cell;
+    use std::ptr::NonNull;
+    use std::rc::Rc;
+
+    fn run<A: Allocator + Clone>(keys: &mut Keyspace<A>, text: &str, now_ms: u64) -> Reply {
+        let request: Vec<Vec<u8>> = text.split(' ').map(|w| w.as_bytes().to_vec()).collect();
+        match parse(&request, now_ms) {
+            Ok(command) => keys.execute(&command, now_ms),
+            Err(refused) => refused,
+        }
+    }
+
+    fn bulk(text: &str) -> Reply {
+        Reply::bulk(text)
+    }
+
+    #[test]
+    fn set_get_and_the_set_family_answer_as_redis() {
+        let mut keys = Keyspace::new_in(Global);
+        assert_eq!(run(&mut keys, "GET k", 0), Reply::Null);
+        assert_eq!(run(&mut keys, "SET k v", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "SET k w NX", 0), Reply::Null);
+        assert_eq!(run(&mut keys, "SET k w XX GET", 0), bulk("v"));
+        assert_eq!(run(&mut keys, "SET other w XX", 0), Reply::Null);
+        assert_eq!(run(&mut keys, "SETNX k x", 0), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "SETNX fresh x", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "GETSET k z", 0), bulk("w"));
+        assert_eq!(run(&mut keys, "GETDEL k", 0), bulk("z"));
+        assert_eq!(run(&mut keys, "GETDEL k", 0), Reply::Null);
+        assert_eq!(run(&mut keys, "MSET a 1 b 2", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "MSETNX b 3 c 4", 0), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "MGET a b c", 0), Reply::Array(vec![bulk("1"), bulk("2"), Reply::Null]));
+        assert_eq!(run(&mut keys, "MSETNX c 3 d 4", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "EXISTS a a nope c", 0), Reply::Integer(3));
+        assert_eq!(run(&mut keys, "DEL a nope b", 0), Reply::Integer(2));
+        assert_eq!(run(&mut keys, "TYPE c", 0), Reply::Simple("string".into()));
+        assert_eq!(run(&mut keys, "TYPE a", 0), Reply::Simple("none".into()));
+    }
+
+    #[test]
+    fn counters_and_string_edits_answer_as_redis() {
+        let mut keys = Keyspace::new_in(Global);
+        assert_eq!(run(&mut keys, "INCR n", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "INCRBY n 41", 0), Reply::Integer(42));
+        assert_eq!(run(&mut keys, "DECRBY n 50", 0), Reply::Integer(-8));
+        assert_eq!(run(&mut keys, "SET n 9223372036854775807", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "INCR n", 0), Reply::error("ERR increment or decrement would overflow"));
+        assert_eq!(run(&mut keys, "GET n", 0), bulk("9223372036854775807"), "an overflow changes nothing");
+        assert_eq!(run(&mut keys, "SET s hello", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "INCR s", 0), Reply::error("ERR value is not an integer or out of range"));
+        assert_eq!(run(&mut keys, "SET f 10.5", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "INCRBYFLOAT f 0.1", 0), bulk("10.6"));
+        assert_eq!(run(&mut keys, "INCRBYFLOAT f -5e3", 0), bulk("-4989.4"));
+        assert_eq!(run(&mut keys, "INCRBYFLOAT s 1", 0), Reply::error("ERR value is not a valid float"));
+        assert_eq!(run(&mut keys, "SET f 1e308", 0), Reply::ok());
+        assert_eq!(
+            run(&mut keys, "INCRBYFLOAT f 1e308", 0),
+            Reply::error("ERR increment would produce NaN or Infinity")
+        );
+        assert_eq!(run(&mut keys, "APPEND s _world", 0), Reply::Integer(11));
+        assert_eq!(run(&mut keys, "STRLEN s", 0), Reply::Integer(11));
+        assert_eq!(run(&mut keys, "GETRANGE s 0 4", 0), bulk("hello"));
+        assert_eq!(run(&mut keys, "GETRANGE s -5 -1", 0), bulk("world"));
+        assert_eq!(run(&mut keys, "GETRANGE s -1 -5", 0), bulk(""));
+        assert_eq!(run(&mut keys, "GETRANGE s 5 100", 0), bulk("_world"));
+        assert_eq!(run(&mut keys, "GETRANGE nope 0 -1", 0), bulk(""));
+        assert_eq!(run(&mut keys, "SETRANGE s 6 W", 0), Reply::Integer(11));
+        assert_eq!(run(&mut keys, "GET s", 0), bulk("hello_World"));
+        assert_eq!(run(&mut keys, "SETRANGE pad 3 x", 0), Reply::Integer(4));
+        assert_eq!(run(&mut keys, "GET pad", 0), Reply::bulk(b"\0\0\0x".to_vec()));
+        assert_eq!(run(&mut keys, "APPEND new abc", 0), Reply::Integer(3));
+    }
+
+    #[test]
+    fn expiry_is_absolute_and_kept_or_cleared_as_redis_does() {
+        let mut keys = Keyspace::new_in(Global);
+        assert_eq!(run(&mut keys, "SET k v EX 10", 1_000), Reply::ok());
+        assert_eq!(run(&mut keys, "TTL k", 1_000), Reply::Integer(10));
+        assert_eq!(run(&mut keys, "PTTL k", 5_600), Reply::Integer(5_400));
+        assert_eq!(run(&mut keys, "TTL k", 5_600), Reply::Integer(5), "rounded as Redis rounds");
+        assert_eq!(run(&mut keys, "INCR n", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "TTL n", 0), Reply::Integer(-1));
+        assert_eq!(run(&mut keys, "TTL nope", 0), Reply::Integer(-2));
+        // INCR and APPEND keep a TTL; SET clears it unless KEEPTTL.
+        assert_eq!(run(&mut keys, "APPEND k w", 2_000), Reply::Integer(2));
+        assert_eq!(run(&mut keys, "PTTL k", 2_000), Reply::Integer(9_000));
+        assert_eq!(run(&mut keys, "SET k v KEEPTTL", 2_000), Reply::ok());
+        assert_eq!(run(&mut keys, "PTTL k", 2_000), Reply::Integer(9_000));
+        assert_eq!(run(&mut keys, "GET k", 11_000), Reply::Null, "expired at 11,000");
+        assert_eq!(run(&mut keys, "SET k v2 XX", 11_000), Reply::Null, "an expired key does not exist");
+        assert_eq!(run(&mut keys, "SET k v3", 11_000), Reply::ok());
+        assert_eq!(run(&mut keys, "TTL k", 11_000), Reply::Integer(-1));
+        // The EXPIRE family's conditions.
+        assert_eq!(run(&mut keys, "EXPIRE k 100 XX", 11_000), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "EXPIRE k 100 NX", 11_000), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "EXPIRE k 50 GT", 11_000), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "EXPIRE k 50 LT", 11_000), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "PERSIST k", 11_000), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "PERSIST k", 11_000), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "EXPIRE k 50 XX LT", 11_000), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "EXPIRE k 50 GT", 11_000), Reply::Integer(0), "GT never sets a key without expiry");
+        assert_eq!(run(&mut keys, "EXPIRE k -1", 11_000), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "EXISTS k", 11_000), Reply::Integer(0), "a past expiry deletes");
+        // GETEX sets or clears the expiry as it reads.
+        assert_eq!(run(&mut keys, "SET g v", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "GETEX g PX 100", 0), bulk("v"));
+        assert_eq!(run(&mut keys, "PTTL g", 0), Reply::Integer(100));
+        assert_eq!(run(&mut keys, "GETEX g PERSIST", 0), bulk("v"));
+        assert_eq!(run(&mut keys, "PTTL g", 0), Reply::Integer(-1));
+        assert_eq!(run(&mut keys, "SET p v PXAT 5", 10), Reply::ok());
+        assert_eq!(run(&mut keys, "EXISTS p", 10), Reply::Integer(0), "set already expired");
+    }
+
+    /// The global allocator until its budget of bytes is spent, then nothing.
+    #[derive(Clone)]
+    struct Budget(Rc<Cell<usize>>);
+
+    // SAFETY: every allocation is the global allocator's, handed back to it unchanged.
+    unsafe impl Allocator for Budget {
+        fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+            let left = self.0.get();
+            if layout.size() > left {
+                return Err(AllocError);
+            }
+            self.0.set(left - layout.size());
+            Global.allocate(layout)
+        }
+
+        unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+            self.0.set(self.0.get() + layout.size());
+            // SAFETY: `ptr` came from `Global.allocate` with this layout (above).
+            unsafe { Global.deallocate(ptr, layout) }
+        }
+    }
+
+    #[test]
+    fn a_full_memory_answers_oom_and_changes_nothing() {
+        let budget = Rc::new(Cell::new(4096));
+        let mut keys = Keyspace::new_in(Budget(budget.clone()));
+        assert_eq!(run(&mut keys, "SET a 1", 0), Reply::ok());
+        let big = "x".repeat(8192);
+        for command in
+            [format!("SET b {big}"), format!("APPEND a {big}"), format!("MSET c 1 d {big}"), "SETRANGE a 9000 x".into()]
+        {
+            assert_eq!(run(&mut keys, &command, 0), Reply::error(OOM), "{command}");
+            assert_eq!(
+                run(&mut keys, "MGET a b c d", 0),
+                Reply::Array(vec![bulk("1"), Reply::Null, Reply::Null, Reply::Null])
+            );
+        }
+        budget.set(1 << 20);
+        assert_eq!(run(&mut keys, &format!("SET b {big}"), 0), Reply::ok(), "once there is room again");
+    }
+}
