@@ -15,12 +15,13 @@
 //! ```
 
 use crate::resp::{Reply, number};
+use serde::{Deserialize, Serialize};
 
 /// A key or a value, as bytes.
 pub type Bytes = Vec<u8>;
 
 /// What `SET` (and `GETEX`) do with the key's time to live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expiry {
     /// The key no longer expires (`SET` without an option, `GETEX PERSIST`).
     Clear,
@@ -31,7 +32,7 @@ pub enum Expiry {
 }
 
 /// `SET`'s condition on the key's existence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Existence {
     /// `NX`: only if the key does not exist.
     Absent,
@@ -40,7 +41,7 @@ pub enum Existence {
 }
 
 /// `EXPIRE`'s condition on the key's current expiry (Redis 7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExpireCondition {
     /// `NX`: only if the key has no expiry.
     NoExpiry,
@@ -58,7 +59,7 @@ pub enum ExpireCondition {
 /// A string or key command, its arguments checked.
 // Each field is the argument of that name in Redis's documentation of the command.
 #[allow(missing_docs)]
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// `GET key`.
     Get { key: Bytes },
@@ -100,7 +101,7 @@ pub enum Command {
 }
 
 /// What a `SET`-like command answers when it sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetReply {
     /// `+OK`, or the null bulk string if the condition failed (`SET`, `SETEX`, `PSETEX`).
     Ok,

@@ -10,10 +10,14 @@
 //! * [`keyspace`]: the keys and their values over an allocator of the caller's (the region's
 //!   heap, in the service), and the commands run on them as Redis runs them: expiry at the
 //!   request's time, every refusal (a full region included) before the first change.
+//! * [`service`]: the keyspace as the `kv` service on nonstop's `Service` trait, on the
+//!   region's heap: writes as calls (each reply held until the backups hold it), reads as
+//!   queries.
 //!
-//! The other commands, the service on nonstop's `Service` trait and the server that puts them on a
-//! port come next (docs/kv.md will list what is supported).
+//! The other data types and commands, and the server that puts the service on a Redis port,
+//! come next (docs/kv.md will list what is supported).
 
 pub mod command;
 pub mod keyspace;
 pub mod resp;
+pub mod service;

@@ -31,6 +31,7 @@
 //! assert_eq!(out, b"$-1\r\n_\r\n");
 //! ```
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// One request: the command's name and its arguments, as the client sent them.
@@ -383,7 +384,7 @@ pub enum Protocol {
 }
 
 /// A reply, in the types of RESP3; [`Reply::encode`] spells it for either protocol.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// `+OK`: a status (its line ends become spaces).
     Simple(String),

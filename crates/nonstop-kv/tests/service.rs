@@ -1,0 +1,49 @@
+//! The `kv` service hosted as a node hosts it: commands as calls and queries, retries answered
+//! from the platform's client table, and the state found again through the region's heap.
+
+use nonstop_kv::command::parse;
+use nonstop_kv::resp::Reply;
+use nonstop_kv::service::{Kv, KvRequest, NAME};
+use nonstop_proto::CheckpointId;
+use nonstop_region::{Mirror, Region};
+use nonstop_service::{CallError, Caller, Executed, Hosted};
+
+fn request(now_ms: u64, commands: &[&str]) -> Vec<u8> {
+    let commands = commands
+        .iter()
+        .map(|text| parse(&text.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>(), now_ms).unwrap())
+        .collect();
+    postcard::to_allocvec(&KvRequest { now_ms, commands }).unwrap()
+}
+
+fn replies(executed: Executed) -> (bool, Vec<Reply>) {
+    match executed {
+        Executed::Applied(bytes) => (false, postcard::from_bytes(&bytes).unwrap()),
+        Executed::Duplicate(bytes) => (true, postcard::from_bytes(&bytes).unwrap()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn commands_run_once_through_the_platform_and_reads_are_queries() {
+    let hosted = Hosted::new(NAME, Kv::new(4));
+    let region = Region::map(0x5a00_0000_0000, hosted.region_len()).unwrap();
+    let mirror = Mirror::transparent_unreplicated(region, CheckpointId(1));
+    hosted.init(&mirror).unwrap();
+    let call = |request: u64, body: &[u8]| {
+        hosted.execute(&mirror, Caller { client: 7, request, lane: 0 }, 0, body).map(|(executed, _)| replies(executed))
+    };
+    let incr = request(1_000, &["INCR n", "SET k v PX 100"]);
+    assert_eq!(call(1, &incr).unwrap(), (false, vec![Reply::Integer(1), Reply::ok()]));
+    assert_eq!(call(1, &incr).unwrap(), (true, vec![Reply::Integer(1), Reply::ok()]), "a retry is answered, not run");
+    assert_eq!(call(2, &request(1_050, &["INCRBY n 9"])).unwrap(), (false, vec![Reply::Integer(10)]));
+    let read = |now_ms, commands: &[&str]| -> Vec<Reply> {
+        postcard::from_bytes(&hosted.query(&mirror, &request(now_ms, commands)).unwrap()).unwrap()
+    };
+    assert_eq!(read(1_050, &["GET n", "GET k", "TTL k"]), vec![Reply::bulk("10"), Reply::bulk("v"), Reply::Integer(0)]);
+    assert_eq!(read(1_100, &["GET k", "EXISTS k n"]), vec![Reply::Null, Reply::Integer(1)], "k expired at 1,100");
+    let refused = hosted.query(&mirror, &request(0, &["INCR n"]));
+    assert!(matches!(&refused, Err(CallError::Refused(reason)) if reason.contains("writes")), "{refused:?}");
+    let check = mirror.quiesced(|image, _| hosted.check(image)).unwrap();
+    assert!(check.contains("2 keys") && check.contains("each request applied once"), "{check}");
+}
