@@ -100,6 +100,23 @@ pub enum Command {
     Type { key: Bytes },
 }
 
+impl Command {
+    /// Whether it may change the keyspace: such a command runs as a call, whose reply waits
+    /// until the backups hold what it did; the others run as queries.
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self,
+            Command::Get { .. }
+                | Command::MGet { .. }
+                | Command::StrLen { .. }
+                | Command::GetRange { .. }
+                | Command::Exists { .. }
+                | Command::Ttl { .. }
+                | Command::Type { .. }
+        )
+    }
+}
+
 /// What a `SET`-like command answers when it sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetReply {

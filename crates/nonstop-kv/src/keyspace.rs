@@ -146,9 +146,13 @@ impl<A: Allocator + Clone> Keyspace<A> {
         Ok(())
     }
 
-    /// Answers a command that only reads, or `None` if `command` writes. Queries use this: it
-    /// needs only `&self`, and an expired key is absent without being reclaimed.
+    /// Answers a command that only reads, or `None` if `command` writes
+    /// ([`Command::writes`]). Queries use this: it needs only `&self`, and an expired key is
+    /// absent without being reclaimed.
     pub fn read(&self, command: &Command, now_ms: u64) -> Option<Reply> {
+        if command.writes() {
+            return None;
+        }
         Some(match command {
             Command::Get { key } => answer(self.string(key, now_ms).map(bulk_or_null)),
             Command::MGet { keys } => Reply::Array(
@@ -180,16 +184,16 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 }
                 .into(),
             ),
-            _ => return None,
+            writes => unreachable!("{writes:?} writes"),
         })
     }
 
     /// Runs `command`, received at `now_ms`, and answers it as Redis does.
     pub fn execute(&mut self, command: &Command, now_ms: u64) -> Reply {
-        if let Some(reply) = self.read(command, now_ms) {
-            return reply;
+        match command.writes() {
+            false => self.read(command, now_ms).expect("a command that does not write is read"),
+            true => answer(self.write(command, now_ms)),
         }
-        answer(self.write(command, now_ms))
     }
 
     fn write(&mut self, command: &Command, now_ms: u64) -> Result<Reply, Refused> {

@@ -13,11 +13,15 @@
 //! * [`service`]: the keyspace as the `kv` service on nonstop's `Service` trait, on the
 //!   region's heap: writes as calls (each reply held until the backups hold it), reads as
 //!   queries.
+//! * [`session`]: one Redis connection as a state machine: connection commands (`PING`,
+//!   `HELLO`, `CLIENT`, `MULTI`/`EXEC`, ...) answered, data commands turned into the service's
+//!   calls and queries.
 //!
-//! The other data types and commands, and the server that puts the service on a Redis port,
-//! come next (docs/kv.md will list what is supported).
+//! The other data types and commands, and the driver that puts sessions on a Redis port of the
+//! node, come next (docs/kv.md will list what is supported).
 
 pub mod command;
 pub mod keyspace;
 pub mod resp;
 pub mod service;
+pub mod session;
