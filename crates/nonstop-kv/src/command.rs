@@ -56,7 +56,7 @@ pub enum ExpireCondition {
     HasEarlier,
 }
 
-/// A string or key command, its arguments checked.
+/// A string, key or hash command, its arguments checked.
 // Each field is the argument of that name in Redis's documentation of the command.
 #[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,6 +98,39 @@ pub enum Command {
     Persist { key: Bytes },
     /// `TYPE key`.
     Type { key: Bytes },
+    /// `HSET key field value...` (and the deprecated `HMSET`, which answers `+OK`).
+    HSet { key: Bytes, pairs: Vec<(Bytes, Bytes)>, answer_ok: bool },
+    /// `HSETNX key field value`.
+    HSetNx { key: Bytes, field: Bytes, value: Bytes },
+    /// `HGET key field`.
+    HGet { key: Bytes, field: Bytes },
+    /// `HMGET key field...`.
+    HMGet { key: Bytes, fields: Vec<Bytes> },
+    /// `HGETALL`, `HKEYS`, `HVALS`: the pairs, the fields or the values.
+    HGetAll { key: Bytes, part: HashPart },
+    /// `HDEL key field...`: the key goes with its last field.
+    HDel { key: Bytes, fields: Vec<Bytes> },
+    /// `HEXISTS key field`.
+    HExists { key: Bytes, field: Bytes },
+    /// `HLEN key`.
+    HLen { key: Bytes },
+    /// `HSTRLEN key field`.
+    HStrLen { key: Bytes, field: Bytes },
+    /// `HINCRBY key field increment`.
+    HIncrBy { key: Bytes, field: Bytes, by: i64 },
+    /// `HINCRBYFLOAT key field increment`.
+    HIncrByFloat { key: Bytes, field: Bytes, by: f64 },
+}
+
+/// What `HGETALL` and its kin answer of each field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HashPart {
+    /// `HGETALL`: field and value (a map in RESP3).
+    Pairs,
+    /// `HKEYS`.
+    Fields,
+    /// `HVALS`.
+    Values,
 }
 
 impl Command {
@@ -113,6 +146,12 @@ impl Command {
                 | Command::Exists { .. }
                 | Command::Ttl { .. }
                 | Command::Type { .. }
+                | Command::HGet { .. }
+                | Command::HMGet { .. }
+                | Command::HGetAll { .. }
+                | Command::HExists { .. }
+                | Command::HLen { .. }
+                | Command::HStrLen { .. }
         )
     }
 }
@@ -215,6 +254,25 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
         "ttl" | "pttl" => Command::Ttl { key: key(), millis: name == "pttl" },
         "persist" => Command::Persist { key: key() },
         "type" => Command::Type { key: key() },
+        "hset" | "hmset" => {
+            if args.len() % 2 != 1 {
+                return Err(Reply::error(format!("ERR wrong number of arguments for '{name}' command")));
+            }
+            let pairs = args[1..].chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
+            Command::HSet { key: key(), pairs, answer_ok: name == "hmset" }
+        }
+        "hsetnx" => Command::HSetNx { key: key(), field: args[1].clone(), value: args[2].clone() },
+        "hget" => Command::HGet { key: key(), field: args[1].clone() },
+        "hmget" => Command::HMGet { key: key(), fields: args[1..].to_vec() },
+        "hgetall" => Command::HGetAll { key: key(), part: HashPart::Pairs },
+        "hkeys" => Command::HGetAll { key: key(), part: HashPart::Fields },
+        "hvals" => Command::HGetAll { key: key(), part: HashPart::Values },
+        "hdel" => Command::HDel { key: key(), fields: args[1..].to_vec() },
+        "hexists" => Command::HExists { key: key(), field: args[1].clone() },
+        "hlen" => Command::HLen { key: key() },
+        "hstrlen" => Command::HStrLen { key: key(), field: args[1].clone() },
+        "hincrby" => Command::HIncrBy { key: key(), field: args[1].clone(), by: integer(&args[2])? },
+        "hincrbyfloat" => Command::HIncrByFloat { key: key(), field: args[1].clone(), by: float(&args[2])? },
         other => unreachable!("{other} is in the arity table but not parsed"),
     })
 }
@@ -254,6 +312,20 @@ const ARITY: &[(&str, i32)] = &[
     ("pttl", 2),
     ("persist", 2),
     ("type", 2),
+    ("hset", -4),
+    ("hmset", -4),
+    ("hsetnx", 4),
+    ("hget", 3),
+    ("hmget", -3),
+    ("hgetall", 2),
+    ("hkeys", 2),
+    ("hvals", 2),
+    ("hdel", -3),
+    ("hexists", 3),
+    ("hlen", 2),
+    ("hstrlen", 3),
+    ("hincrby", 4),
+    ("hincrbyfloat", 4),
 ];
 
 /// Redis's reply to a command it does not know: the name and the first arguments, quoted.

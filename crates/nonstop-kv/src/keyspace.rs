@@ -27,7 +27,7 @@
 //! assert_eq!(run(&mut keys, &["GET", "k"], 100), Reply::Null); // expired
 //! ```
 
-use crate::command::{Command, Existence, ExpireCondition, Expiry, MAX_STRING, SetReply};
+use crate::command::{Command, Existence, ExpireCondition, Expiry, HashPart, MAX_STRING, SetReply};
 use crate::resp::{Reply, format_double, number};
 use allocator_api2::alloc::Allocator;
 use allocator_api2::vec::Vec as AllocVec;
@@ -42,11 +42,16 @@ pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong
 /// What Redis answers a write when memory is full (`maxmemory-policy noeviction`).
 pub const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
+/// A hash's fields and their values.
+pub type Fields<A> = hashbrown::HashMap<Bytes<A>, Bytes<A>, FixedState, A>;
+
 /// A value of a key.
 #[derive(Debug)]
 pub enum Value<A: Allocator> {
     /// A string (integers and floats are strings that read as numbers).
     String(Bytes<A>),
+    /// A hash: fields and their string values; never empty (the key goes with its last field).
+    Hash(Fields<A>),
 }
 
 /// A key's value and when it expires.
@@ -110,7 +115,62 @@ impl<A: Allocator + Clone> Keyspace<A> {
         match self.live(key, now_ms) {
             None => Ok(None),
             Some(Entry { value: Value::String(bytes), .. }) => Ok(Some(bytes.as_slice())),
+            Some(_) => Err(Reply::error(WRONGTYPE)),
         }
+    }
+
+    /// The key's hash at `now_ms`: `Ok(None)` if it does not exist, WRONGTYPE if it is not a
+    /// hash.
+    fn hash(&self, key: &[u8], now_ms: u64) -> Result<Option<&Fields<A>>, Refused> {
+        match self.live(key, now_ms) {
+            None => Ok(None),
+            Some(Entry { value: Value::Hash(fields), .. }) => Ok(Some(fields)),
+            Some(_) => Err(Reply::error(WRONGTYPE)),
+        }
+    }
+
+    /// Sets `pairs` of the key's hash (made if absent) and answers how many fields are new.
+    /// Every allocation comes before the first change, so a full allocator changes nothing.
+    fn set_fields(&mut self, key: &[u8], pairs: &[(&[u8], &[u8])], now_ms: u64) -> Result<usize, Refused> {
+        self.hash(key, now_ms)?;
+        self.reclaim(key, now_ms);
+        let existing = self.hash(key, now_ms)?;
+        let mut new_fields = std::collections::HashSet::new();
+        let mut staged = Vec::with_capacity(pairs.len());
+        for &(field, value) in pairs {
+            let is_new = existing.is_none_or(|fields| !fields.contains_key(&KeyRef(field))) && new_fields.insert(field);
+            let field_bytes = if is_new { Some(self.bytes(field)?) } else { None };
+            staged.push((field, field_bytes, self.bytes(value)?));
+        }
+        let made = match existing {
+            Some(_) => None,
+            None => Some((self.bytes(key)?, Fields::with_hasher_in(FixedState::default(), self.alloc.clone()))),
+        };
+        if made.is_some() {
+            self.keys.try_reserve(1).map_err(|_| Reply::error(OOM))?;
+        }
+        let (stored, mut fresh) = made.map_or((None, None), |(stored, fields)| (Some(stored), Some(fields)));
+        let fields = match fresh.as_mut() {
+            Some(fields) => fields,
+            None => match &mut self.keys.get_mut(&KeyRef(key)).expect("a hash, checked above").value {
+                Value::Hash(fields) => fields,
+                Value::String(_) => unreachable!("checked a hash above"),
+            },
+        };
+        fields.try_reserve(new_fields.len()).map_err(|_| Reply::error(OOM))?;
+        // From here on nothing allocates, and nothing is refused.
+        for (field, field_bytes, value) in staged {
+            match field_bytes {
+                Some(field_bytes) => {
+                    fields.insert(field_bytes, value);
+                }
+                None => *fields.get_mut(&KeyRef(field)).expect("present or staged before") = value,
+            }
+        }
+        if let (Some(stored), Some(fields)) = (stored, fresh) {
+            self.keys.insert(stored, Entry { value: Value::Hash(fields), expires_at_ms: None });
+        }
+        Ok(new_fields.len())
     }
 
     /// Reclaims the key if it expired at or before `now_ms`, so a write finds it absent.
@@ -181,8 +241,41 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 match self.live(key, now_ms) {
                     None => "none",
                     Some(Entry { value: Value::String(_), .. }) => "string",
+                    Some(Entry { value: Value::Hash(_), .. }) => "hash",
                 }
                 .into(),
+            ),
+            Command::HGet { key, field } => answer(
+                self.hash(key, now_ms).map(|h| bulk_or_null(h.and_then(|h| h.get(&KeyRef(field))).map(|v| &v[..]))),
+            ),
+            Command::HMGet { key, fields } => answer(self.hash(key, now_ms).map(|h| {
+                Reply::Array(
+                    fields
+                        .iter()
+                        .map(|field| bulk_or_null(h.and_then(|h| h.get(&KeyRef(field))).map(|v| &v[..])))
+                        .collect(),
+                )
+            })),
+            Command::HGetAll { key, part } => answer(self.hash(key, now_ms).map(|h| {
+                let pairs = h.into_iter().flatten();
+                match part {
+                    HashPart::Pairs => {
+                        Reply::Map(pairs.map(|(f, v)| (Reply::bulk(f.to_vec()), Reply::bulk(v.to_vec()))).collect())
+                    }
+                    HashPart::Fields => Reply::Array(pairs.map(|(f, _)| Reply::bulk(f.to_vec())).collect()),
+                    HashPart::Values => Reply::Array(pairs.map(|(_, v)| Reply::bulk(v.to_vec())).collect()),
+                }
+            })),
+            Command::HExists { key, field } => answer(
+                self.hash(key, now_ms)
+                    .map(|h| Reply::Integer(i64::from(h.is_some_and(|h| h.contains_key(&KeyRef(field)))))),
+            ),
+            Command::HLen { key } => {
+                answer(self.hash(key, now_ms).map(|h| Reply::Integer(h.map_or(0, |h| h.len() as i64))))
+            }
+            Command::HStrLen { key, field } => answer(
+                self.hash(key, now_ms)
+                    .map(|h| Reply::Integer(h.and_then(|h| h.get(&KeyRef(field))).map_or(0, |v| v.len() as i64))),
             ),
             writes => unreachable!("{writes:?} writes"),
         })
@@ -203,6 +296,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 let old = self.live(key, now_ms);
                 let old_value = match (reply, old) {
                     (SetReply::Old, Some(Entry { value: Value::String(bytes), .. })) => Some(bytes.to_vec()),
+                    (SetReply::Old, Some(_)) => return Err(Reply::error(WRONGTYPE)),
                     _ => None,
                 };
                 let exists = old.is_some();
@@ -368,6 +462,57 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 self.keys.get_mut(&KeyRef(key)).expect("live above").expires_at_ms = None;
                 Ok(Reply::Integer(1))
             }
+            Command::HSet { key, pairs, answer_ok } => {
+                let pairs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(f, v)| (&f[..], &v[..])).collect();
+                let new = self.set_fields(key, &pairs, now_ms)?;
+                Ok(if *answer_ok { Reply::ok() } else { Reply::Integer(new as i64) })
+            }
+            Command::HSetNx { key, field, value } => {
+                if self.hash(key, now_ms)?.is_some_and(|h| h.contains_key(&KeyRef(field))) {
+                    return Ok(Reply::Integer(0));
+                }
+                self.set_fields(key, &[(field, value)], now_ms)?;
+                Ok(Reply::Integer(1))
+            }
+            Command::HIncrBy { key, field, by } => {
+                let current = match self.hash(key, now_ms)?.and_then(|h| h.get(&KeyRef(field))) {
+                    None => 0,
+                    Some(text) => number(text).ok_or_else(|| Reply::error("ERR hash value is not an integer"))?,
+                };
+                let next = current
+                    .checked_add(*by)
+                    .ok_or_else(|| Reply::error("ERR increment or decrement would overflow"))?;
+                self.set_fields(key, &[(field, next.to_string().as_bytes())], now_ms)?;
+                Ok(Reply::Integer(next))
+            }
+            Command::HIncrByFloat { key, field, by } => {
+                let current = match self.hash(key, now_ms)?.and_then(|h| h.get(&KeyRef(field))) {
+                    None => 0.0,
+                    Some(text) => {
+                        crate::command::float(text).map_err(|_| Reply::error("ERR hash value is not a float"))?
+                    }
+                };
+                let next = current + by;
+                if !next.is_finite() {
+                    return Err(Reply::error("ERR increment would produce NaN or Infinity"));
+                }
+                let text = format_double(next);
+                self.set_fields(key, &[(field, text.as_bytes())], now_ms)?;
+                Ok(Reply::bulk(text))
+            }
+            Command::HDel { key, fields } => {
+                if self.hash(key, now_ms)?.is_none() {
+                    return Ok(Reply::Integer(0));
+                }
+                let Some(Entry { value: Value::Hash(hash), .. }) = self.keys.get_mut(&KeyRef(key)) else {
+                    unreachable!("a live hash, checked above")
+                };
+                let removed = fields.iter().filter(|field| hash.remove(&KeyRef(field)).is_some()).count();
+                if hash.is_empty() {
+                    self.keys.remove(&KeyRef(key));
+                }
+                Ok(Reply::Integer(removed as i64))
+            }
             read => unreachable!("{read:?} is answered by read()"),
         }
     }
@@ -521,6 +666,61 @@ mod tests {
         assert_eq!(run(&mut keys, "PTTL g", 0), Reply::Integer(-1));
         assert_eq!(run(&mut keys, "SET p v PXAT 5", 10), Reply::ok());
         assert_eq!(run(&mut keys, "EXISTS p", 10), Reply::Integer(0), "set already expired");
+    }
+
+    #[test]
+    fn hashes_answer_as_redis_and_types_do_not_mix() {
+        let mut keys = Keyspace::new_in(Global);
+        assert_eq!(run(&mut keys, "HSET h a 1 b 2 a 3", 0), Reply::Integer(2), "a field named twice is new once");
+        assert_eq!(run(&mut keys, "HGET h a", 0), bulk("3"));
+        assert_eq!(run(&mut keys, "HSET h b 4 c 5", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "HMSET h d 6", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "HMGET h a nope d", 0), Reply::Array(vec![bulk("3"), Reply::Null, bulk("6")]));
+        assert_eq!(run(&mut keys, "HLEN h", 0), Reply::Integer(4));
+        assert_eq!(run(&mut keys, "HSETNX h a 9", 0), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "HSETNX h e 9", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "HEXISTS h e", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "HSTRLEN h e", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "HINCRBY h a 10", 0), Reply::Integer(13));
+        assert_eq!(run(&mut keys, "HINCRBY h new -2", 0), Reply::Integer(-2));
+        assert_eq!(run(&mut keys, "HINCRBYFLOAT h f 1.5", 0), bulk("1.5"));
+        assert_eq!(run(&mut keys, "HSET h s x", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "HINCRBY h s 1", 0), Reply::error("ERR hash value is not an integer"));
+        assert_eq!(run(&mut keys, "HINCRBYFLOAT h s 1", 0), Reply::error("ERR hash value is not a float"));
+        let Reply::Map(pairs) = run(&mut keys, "HGETALL h", 0) else { panic!("a map") };
+        assert_eq!(pairs.len(), 8);
+        assert!(pairs.contains(&(bulk("a"), bulk("13"))));
+        let Reply::Array(fields) = run(&mut keys, "HKEYS h", 0) else { panic!("an array") };
+        assert_eq!(fields.len(), 8);
+        assert_eq!(run(&mut keys, "HGETALL nope", 0), Reply::Map(vec![]));
+        assert_eq!(run(&mut keys, "TYPE h", 0), Reply::Simple("hash".into()));
+        // Types do not mix: a string command on a hash, and a hash command on a string.
+        let wrongtype = Reply::error(WRONGTYPE);
+        assert_eq!(run(&mut keys, "GET h", 0), wrongtype);
+        assert_eq!(run(&mut keys, "INCR h", 0), wrongtype);
+        assert_eq!(run(&mut keys, "APPEND h x", 0), wrongtype);
+        assert_eq!(run(&mut keys, "SET h v GET", 0), wrongtype);
+        assert_eq!(run(&mut keys, "MGET h", 0), Reply::Array(vec![Reply::Null]), "MGET answers nil for other types");
+        assert_eq!(run(&mut keys, "SET s v", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "HSET s a 1", 0), wrongtype);
+        assert_eq!(run(&mut keys, "HGET s a", 0), wrongtype);
+        assert_eq!(run(&mut keys, "HDEL s a", 0), wrongtype);
+        // SET replaces a hash outright; HDEL of the last field removes the key.
+        assert_eq!(run(&mut keys, "SET h v", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "GET h", 0), bulk("v"));
+        assert_eq!(run(&mut keys, "HSET g a 1 b 2", 0), Reply::Integer(2));
+        assert_eq!(run(&mut keys, "HDEL g a nope", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "HDEL g b", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "EXISTS g", 0), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "HSET g", 0), Reply::error("ERR wrong number of arguments for 'hset' command"));
+        assert_eq!(run(&mut keys, "HSET g a 1 b", 0), Reply::error("ERR wrong number of arguments for 'hset' command"));
+        // An expiring hash expires whole.
+        assert_eq!(run(&mut keys, "HSET t a 1", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "PEXPIRE t 10", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "HGET t a", 10), Reply::Null);
+        assert_eq!(run(&mut keys, "HSET t b 2", 10), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "HLEN t", 10), Reply::Integer(1), "the expired fields are gone");
+        assert_eq!(run(&mut keys, "TTL t", 10), Reply::Integer(-1));
     }
 
     /// The global allocator until its budget of bytes is spent, then nothing.

@@ -5,7 +5,7 @@
 //! * [`resp`]: the wire protocol. Requests (multibulk and inline, pipelined, cut anywhere) are
 //!   decoded incrementally under Redis's limits with Redis's protocol errors; replies are
 //!   encoded for RESP2 or RESP3, as the connection's `HELLO` chose.
-//! * [`command`]: requests read as commands (today the string and key commands), every
+//! * [`command`]: requests read as commands (today the string, key and hash commands), every
 //!   argument checked with Redis's error replies, relative times made absolute.
 //! * [`keyspace`]: the keys and their values over an allocator of the caller's (the region's
 //!   heap, in the service), and the commands run on them as Redis runs them: expiry at the
