@@ -234,7 +234,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 Some(Entry { expires_at_ms: None, .. }) => -1,
                 Some(Entry { expires_at_ms: Some(at), .. }) => {
                     let left = (at - now_ms) as i64;
-                    if *millis { left } else { (left + 500) / 1000 }
+                    if *millis { left } else { left.saturating_add(500) / 1000 }
                 }
             }),
             Command::Type { key } => Reply::Simple(
@@ -545,8 +545,8 @@ fn range(value: &[u8], start: i64, end: i64) -> &[u8] {
     if len == 0 || (start < 0 && end < 0 && start > end) {
         return &[];
     }
-    let start = if start < 0 { (len + start).max(0) } else { start };
-    let end = if end < 0 { (len + end).max(0) } else { end.min(len - 1) };
+    let start = if start < 0 { len.saturating_add(start).max(0) } else { start };
+    let end = if end < 0 { len.saturating_add(end).max(0) } else { end.min(len - 1) };
     if start > end { &[] } else { &value[start as usize..=end as usize] }
 }
 
@@ -621,6 +621,7 @@ mod tests {
         assert_eq!(run(&mut keys, "GETRANGE s -1 -5", 0), bulk(""));
         assert_eq!(run(&mut keys, "GETRANGE s 5 100", 0), bulk("_world"));
         assert_eq!(run(&mut keys, "GETRANGE nope 0 -1", 0), bulk(""));
+        assert_eq!(run(&mut keys, "GETRANGE s -9223372036854775808 9223372036854775807", 0), bulk("hello_world"));
         assert_eq!(run(&mut keys, "SETRANGE s 6 W", 0), Reply::Integer(11));
         assert_eq!(run(&mut keys, "GET s", 0), bulk("hello_World"));
         assert_eq!(run(&mut keys, "SETRANGE pad 3 x", 0), Reply::Integer(4));
@@ -638,6 +639,13 @@ mod tests {
         assert_eq!(run(&mut keys, "INCR n", 0), Reply::Integer(1));
         assert_eq!(run(&mut keys, "TTL n", 0), Reply::Integer(-1));
         assert_eq!(run(&mut keys, "TTL nope", 0), Reply::Integer(-2));
+        assert_eq!(run(&mut keys, "PEXPIREAT far 1", 0), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "SET far v PXAT 9223372036854775807", 0), Reply::ok());
+        assert_eq!(
+            run(&mut keys, "TTL far", 0),
+            Reply::Integer(9_223_372_036_854_775),
+            "no overflow near the end of time"
+        );
         // INCR and APPEND keep a TTL; SET clears it unless KEEPTTL.
         assert_eq!(run(&mut keys, "APPEND k w", 2_000), Reply::Integer(2));
         assert_eq!(run(&mut keys, "PTTL k", 2_000), Reply::Integer(9_000));
