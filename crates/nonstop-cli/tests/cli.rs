@@ -52,7 +52,10 @@ fn chaos_kill_offers_the_node_service_kinds_and_refuses_a_ledger_with_declared_w
     assert!(stderr.contains("--tracking uffd or mprotect"), "{stderr}");
     // A node binary is asked which kinds it runs before anything starts.
     let kinds = nonstop(&["kinds"]);
-    assert_eq!(String::from_utf8_lossy(&kinds.stdout), "bank offsets\nledger collections\norder-entry offsets\n");
+    assert_eq!(
+        String::from_utf8_lossy(&kinds.stdout),
+        "bank offsets\nkv collections\nledger collections\norder-entry offsets\n"
+    );
     let exe = env!("CARGO_BIN_EXE_nonstop");
     let foreign = nonstop(&["chaos", "kill", "--node-binary", exe, "--kind", "orderbook", "--trials", "1"]);
     let stderr = String::from_utf8_lossy(&foreign.stderr);

@@ -17,8 +17,8 @@
 //!   `HELLO`, `CLIENT`, `MULTI`/`EXEC`, ...) answered, data commands turned into the service's
 //!   calls and queries.
 //!
-//! The other data types and commands, and the driver that puts sessions on a Redis port of the
-//! node, come next (docs/kv.md will list what is supported).
+//! The node's Redis port (`nonstop-node`'s `redis_port`) drives sessions; docs/kv.md lists what
+//! is supported and what is not yet.
 
 pub mod command;
 pub mod keyspace;

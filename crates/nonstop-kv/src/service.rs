@@ -74,11 +74,13 @@ impl Service for Kv {
     type Query = KvRequest;
     type Answer = Vec<Reply>;
     const WRITES: Writes = Writes::Collections;
-    /// Replies longer than this (a large `GET` in a retried request) are sent once and not
-    /// kept: a Redis client does not retry through the platform's numbers.
-    const MAX_REPLY: usize = 4096;
-    /// Every Redis connection is a client of the platform.
-    const MAX_CLIENTS: usize = 65_536;
+    /// Replies longer than this (a large `GET`) are sent once and not kept: a Redis
+    /// connection never retries through the platform's numbers, so the room only serves
+    /// nonstop's own client. Kept small, since the table holds it for every client.
+    const MAX_REPLY: usize = 512;
+    /// Every Redis connection is a client of the platform (a node takes 10,000 connections
+    /// by default); idle ones give up their slots after an hour. 16,384 slots of 576 bytes.
+    const MAX_CLIENTS: usize = 16_384;
 
     fn state_len(&self) -> usize {
         self.memory

@@ -66,9 +66,16 @@ pub struct ClientCounters {
     refused_full: AtomicU64,
     closed_idle: AtomicU64,
     closed_slow: AtomicU64,
+    /// Connections accepted in all: the next one's number (Redis's `CLIENT ID`).
+    accepted: AtomicU64,
 }
 
 impl ClientCounters {
+    /// Numbers a new connection: 1, 2, 3, … over the node's run.
+    pub(crate) fn number_connection(&self) -> u64 {
+        self.accepted.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// What was counted so far.
     pub fn snapshot(&self) -> ClientPortStatus {
         ClientPortStatus {
@@ -144,8 +151,22 @@ impl Drop for ClientPort {
     }
 }
 
-/// Serves clients on `listener` until the returned port is dropped.
-pub fn start(listener: std::net::TcpListener, answering: Arc<Answering>) -> std::io::Result<ClientPort> {
+/// What a listening port speaks.
+#[derive(Clone, Debug)]
+enum Speaks {
+    /// nonstop's client protocol, for every service.
+    Nonstop,
+    /// RESP, for one service of kind `kv` ([`crate::redis_port`]).
+    Redis(Arc<str>),
+}
+
+/// Serves clients on `listener`, and Redis clients of service `redis.1` on `redis.0` if given,
+/// until the returned port is dropped. Both share the connection limit and its counters.
+pub fn start(
+    listener: std::net::TcpListener,
+    redis: Option<(std::net::TcpListener, String)>,
+    answering: Arc<Answering>,
+) -> std::io::Result<ClientPort> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(IO_THREADS)
         .max_blocking_threads(EXECUTORS)
@@ -153,18 +174,26 @@ pub fn start(listener: std::net::TcpListener, answering: Arc<Answering>) -> std:
         .enable_io()
         .enable_time()
         .build()?;
-    listener.set_nonblocking(true)?;
-    let listener = {
-        let _entered = runtime.enter();
-        TcpListener::from_std(listener)?
-    };
-    runtime.spawn(accept_loop(listener, answering));
+    let slots = Arc::new(Semaphore::new(answering.limits.max_connections));
+    let ports = std::iter::once((listener, Speaks::Nonstop))
+        .chain(redis.map(|(listener, service)| (listener, Speaks::Redis(service.into()))));
+    for (listener, speaks) in ports {
+        listener.set_nonblocking(true)?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(listener)?
+        };
+        runtime.spawn(accept_loop(listener, answering.clone(), slots.clone(), speaks));
+    }
     Ok(ClientPort { runtime: Some(runtime) })
 }
 
-async fn accept_loop(listener: TcpListener, answering: Arc<Answering>) {
-    let slots = Arc::new(Semaphore::new(answering.limits.max_connections));
-    let full = refusal(answering.limits.max_connections);
+async fn accept_loop(listener: TcpListener, answering: Arc<Answering>, slots: Arc<Semaphore>, speaks: Speaks) {
+    let full = match &speaks {
+        Speaks::Nonstop => refusal(answering.limits.max_connections),
+        // What Redis answers past its maxclients.
+        Speaks::Redis(_) => b"-ERR max number of clients reached\r\n".to_vec(),
+    };
     // Why the port cannot accept, logged once per change rather than per attempt.
     let mut failing = nonstop_net::told::Told::default();
     loop {
@@ -190,10 +219,14 @@ async fn accept_loop(listener: TcpListener, answering: Arc<Answering>) {
             tracing::debug!(%peer, "client connection refused: max_clients reached");
             continue;
         };
-        let answering = answering.clone();
+        let (answering, speaks) = (answering.clone(), speaks.clone());
         tokio::spawn(async move {
             answering.counters.open.fetch_add(1, Ordering::Relaxed);
-            match serve_connection(stream, &answering).await {
+            let served = match &speaks {
+                Speaks::Nonstop => serve_connection(stream, &answering).await,
+                Speaks::Redis(service) => crate::redis_port::serve(stream, &answering, service).await,
+            };
+            match served {
                 Ok(()) => {}
                 Err(Ended::Idle) => {
                     answering.counters.closed_idle.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +252,7 @@ fn refusal(max: usize) -> Vec<u8> {
 }
 
 /// Why a connection was closed by the node.
-enum Ended {
+pub(crate) enum Ended {
     Idle,
     Slow,
     Io(std::io::Error),
@@ -283,7 +316,9 @@ async fn execute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
         .map_err(|error| ClientReply::Unavailable { reason: format!("the request's executor failed: {error}") })
 }
 
-async fn answer(request: ClientRequest, answering: &Answering, lane: &mut Option<usize>) -> ClientReply {
+/// Answers one request of any client, as the client port does: executed on an executor
+/// thread, and held until the backups hold what it answers about.
+pub(crate) async fn answer(request: ClientRequest, answering: &Answering, lane: &mut Option<usize>) -> ClientReply {
     let service = request.service();
     let Some(serving) = answering.services.get(service) else {
         return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
@@ -331,7 +366,7 @@ enum Decided {
 
 /// The primary's clock in milliseconds since the Unix epoch: when a client table records a
 /// client's last request (a clock before 1970 reads as 0).
-fn wall_clock_ms() -> u64 {
+pub(crate) fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 

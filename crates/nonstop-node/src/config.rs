@@ -160,6 +160,11 @@ pub struct NodeSection {
     /// Where to serve Prometheus metrics (`GET /metrics`); none if absent.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Where to serve the cluster's `kv` service to Redis clients (RESP2/RESP3); none if
+    /// absent. Needs exactly one service of kind `kv`. A node that is not its primary answers
+    /// `-READONLY`, as a Redis replica does, so clients find the primary again.
+    #[serde(default)]
+    pub redis: Option<SocketAddr>,
     /// Measurement only: keep the control-plane leader on primaries (instead of away from
     /// them), so that a primary's death also costs an election (`chaos kill
     /// --leader-on-primary`).
@@ -263,9 +268,10 @@ pub struct ServiceSection {
     /// Its name, as clients address it.
     pub name: String,
     /// What it runs: a kind the node binary registered. `nonstop node` knows `bank`
-    /// (Debit-Credit at fixed offsets, exactly once) and `ledger` (the same requests over
+    /// (Debit-Credit at fixed offsets, exactly once), `ledger` (the same requests over
     /// ordinary collections in the region; transparent mode only: give `tracking = "uffd"` or
-    /// `"mprotect"`); a binary of your own registers its own kinds.
+    /// `"mprotect"`), `order-entry` (TPC-C's transactions) and `kv` (Redis's commands, for
+    /// `node.redis`; transparent mode only); a binary of your own registers its own kinds.
     #[serde(default = "default_kind")]
     pub kind: String,
     /// The node that is primary of the first term.
@@ -359,6 +365,18 @@ pub struct ServiceSpec {
     pub settings: Settings,
 }
 
+/// The kind a Redis port serves.
+pub const KV_KIND: &str = "kv";
+
+/// Where a node serves Redis clients, and which service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisPort {
+    /// The address to listen on.
+    pub addr: SocketAddr,
+    /// The service of kind `kv` it serves.
+    pub service: String,
+}
+
 /// A configuration, checked: what the agent runs on.
 #[derive(Clone, Debug)]
 pub struct Checked {
@@ -378,6 +396,8 @@ pub struct Checked {
     pub lease: Duration,
     /// Prometheus metrics address.
     pub metrics: Option<SocketAddr>,
+    /// The Redis port, and the `kv` service it serves.
+    pub redis: Option<RedisPort>,
     /// Measurement only: control-plane leadership kept on primaries.
     pub leader_on_primary: bool,
     /// Testing only: fault points may be armed.
@@ -678,6 +698,36 @@ impl NodeConfig {
                 ));
             }
         }
+        let redis = match self.node.redis {
+            None => None,
+            Some(addr) => {
+                let kv: Vec<&ServiceSpec> = services.iter().filter(|s| s.kind == KV_KIND).collect();
+                match kv.as_slice() {
+                    _ if me.witness => {
+                        return Err(invalid(
+                            "node.redis",
+                            "is set on a witness",
+                            "serve Redis from nodes that hold regions",
+                        ));
+                    }
+                    [service] => Some(RedisPort { addr, service: service.name.clone() }),
+                    [] => {
+                        return Err(invalid(
+                            "node.redis",
+                            "is set but no service has kind \"kv\"",
+                            "add a [[services]] of kind = \"kv\", or remove node.redis",
+                        ));
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "node.redis",
+                            "is set and several services have kind \"kv\"",
+                            "a Redis port serves one keyspace: keep one kv service per cluster",
+                        ));
+                    }
+                }
+            }
+        };
         Ok(Checked {
             me,
             members,
@@ -687,6 +737,7 @@ impl NodeConfig {
             timeout: Duration::from_millis(hb.timeout_ms),
             lease: Duration::from_millis(hb.lease_ms),
             metrics: self.node.metrics,
+            redis,
             leader_on_primary: self.node.leader_on_primary,
             fault_points: self.node.fault_points,
             handshake: HandshakeLimits {
@@ -750,6 +801,21 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_port_serves_the_one_kv_service() {
+        let kv = GOOD
+            .replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis = \"127.0.0.1:6379\"")
+            .replace("name = \"bank\"", "name = \"cache\"\nkind = \"kv\"");
+        let checked = NodeConfig::parse(&kv, Path::new("test.toml")).unwrap().check().unwrap();
+        let port = checked.redis.expect("a Redis port");
+        assert_eq!((port.addr.to_string(), port.service.as_str()), ("127.0.0.1:6379".into(), "cache"));
+        let two = format!(
+            "{kv}\n[[services]]\nname = \"other\"\nkind = \"kv\"\nprimary = 1\nregion_base = \"0x300000000000\"\nregion_size_mib = 128\n"
+        );
+        let refused = NodeConfig::parse(&two, Path::new("test.toml")).unwrap().check().unwrap_err().to_string();
+        assert!(refused.contains("node.redis") && refused.contains("several"), "{refused}");
+    }
+
+    #[test]
     fn every_error_names_its_field() {
         let cases = [
             (GOOD.replace("id = 2", "id = 1"), "peers[0].id"),
@@ -785,6 +851,11 @@ mod tests {
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"redis\""), "services[0].kind"),
             (format!("{GOOD}\n[services.settings]\nbranchs = 2\n"), "services[0].settings"),
             (format!("{GOOD}\n[services.settings]\nbranches = 20\n"), "services[0].region_size_mib"),
+            // A Redis port needs one kv service to serve.
+            (
+                GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis = \"127.0.0.1:6379\""),
+                "node.redis",
+            ),
             // The ledger's plain collections need the kernel to find their writes.
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"ledger\""), "services[0].tracking"),
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\ntracking = \"soft-dirty\""), "services[0].tracking"),

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod operator;
 pub mod peers;
 pub mod preflight;
+mod redis_port;
 pub mod service;
 pub mod status;
 
@@ -71,7 +72,8 @@ pub fn run_config_file(
     })
 }
 
-/// Runs a node until `stop` is set: control plane, services and the client port. The config's
+/// Runs a node until `stop` is set: control plane, services, the client port and, if the config
+/// asks, the Redis port. The config's
 /// services are built from `registry` (its kinds); `ready` is called once every service is
 /// built, every port is bound and the config is known to fit the machine ([`preflight`]); a
 /// config it cannot serve is an error before that.
@@ -91,6 +93,17 @@ pub fn run_node(
         addr: client_addr,
         source,
     })?;
+    let redis = match &config.redis {
+        None => None,
+        Some(port) => {
+            let bound = client_server::bind(port.addr).map_err(|source| NodeError::Listen {
+                what: "Redis port",
+                addr: port.addr,
+                source,
+            })?;
+            Some((bound, port.service.clone()))
+        }
+    };
     let metrics = config.metrics;
     let instruments = Instruments {
         faults: Arc::new(match config.fault_points {
@@ -108,7 +121,7 @@ pub fn run_node(
     }
     let answering =
         Arc::new(client_server::Answering { services: agent.serving(), counters, limits, audits: Default::default() });
-    let _client_port = client_server::start(listener, answering).map_err(|source| NodeError::Listen {
+    let _client_port = client_server::start(listener, redis, answering).map_err(|source| NodeError::Listen {
         what: "client port",
         addr: client_addr,
         source,

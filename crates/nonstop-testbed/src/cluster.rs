@@ -55,6 +55,9 @@ pub struct ClusterSpec {
     pub namespaces: Option<Vec<String>>,
     /// Each node's `max_clients` (`None`: the node's default).
     pub max_clients: Option<usize>,
+    /// Give each node a Redis port (`node.redis`, port 6379 of its address), for a `kv`
+    /// service.
+    pub redis: bool,
 }
 
 impl ClusterSpec {
@@ -85,6 +88,7 @@ impl Default for ClusterSpec {
             services: vec![(SERVICE.to_string(), 1)],
             namespaces: None,
             max_clients: None,
+            redis: false,
         }
     }
 }
@@ -147,6 +151,8 @@ pub struct LocalNode {
     pub log: PathBuf,
     /// Its Prometheus metrics address.
     pub metrics: SocketAddr,
+    /// Its Redis port, if the spec asked for one.
+    pub redis: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -210,6 +216,9 @@ impl LocalCluster {
             if let Some(max) = spec.max_clients {
                 text += &format!("max_clients = {max}\n");
             }
+            if spec.redis {
+                text += &format!("redis = \"{}\"\n", addr(id, 6379));
+            }
             text
         };
         let mut nodes = Vec::new();
@@ -248,6 +257,7 @@ impl LocalCluster {
                 control: addr(id, 7001),
                 log: dir.join(format!("node{id}.log")),
                 metrics: addr(id, 9101),
+                redis: spec.redis.then(|| addr(id, 6379)),
                 child: None,
             });
         }

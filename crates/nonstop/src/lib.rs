@@ -41,10 +41,12 @@ pub use nonstop_service::{
     Writer, Writes,
 };
 
-/// The service kinds `nonstop node` runs: `bank`, `ledger` and `order-entry`. A node binary of your own starts
+/// The service kinds `nonstop node` runs: `bank`, `ledger`, `order-entry` and `kv` (Redis's
+/// commands, served on a node's `redis` port). A node binary of your own starts
 /// from an empty [`Registry`] (or this one) and registers its kinds.
 pub fn builtins() -> Registry {
     let mut registry = Registry::new();
     nonstop_workloads::register_builtins(&mut registry);
+    nonstop_kv::service::register(&mut registry);
     registry
 }

@@ -1,0 +1,142 @@
+//! The Redis port: the `kv` service for Redis clients, one [`Session`] per connection.
+//!
+//! Requests are read as they arrive, pipelined, and answered in order. A data command goes to
+//! the service exactly as a request of nonstop's own client does ([`answer`]): a write's reply
+//! leaves once the backups hold it, and a node that is not the primary answers `-READONLY`,
+//! as a Redis replica does, so that clients look for the primary again.
+//!
+//! Each connection is a client of the platform, with a random id and its requests numbered
+//! from 1. A call that gets no answer (the primary changed, or the backups did not confirm in
+//! time) may or may not have been applied, as with Redis: the client gets an error, and the
+//! connection takes a new id so that its next request is not mistaken for a retry.
+
+use crate::client_server::{Answering, Ended, answer, wall_clock_ms};
+use nonstop_kv::resp::{Decoder, Limits, Reply};
+use nonstop_kv::session::{Action, Session};
+use nonstop_proto::client::{ClientReply, ClientRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// What a client reading from a node that is not the primary is told.
+const READONLY: &str = "READONLY You can't write against a read only replica.";
+
+/// A platform client id for a connection: random, so that two nodes or two runs never share
+/// one.
+fn client_id() -> u64 {
+    loop {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_ok() {
+            let id = u64::from_le_bytes(bytes);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+}
+
+/// The platform identity a connection's calls use.
+struct Calls {
+    client: u64,
+    next: u64,
+}
+
+impl Calls {
+    fn new() -> Calls {
+        Calls { client: client_id(), next: 1 }
+    }
+}
+
+/// Serves one Redis connection until it closes, quits, or sends what cannot be read.
+pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, service: &str) -> Result<(), Ended> {
+    stream.set_nodelay(true)?;
+    let limits = answering.limits;
+    let mut decoder = Decoder::new(Limits::default());
+    let mut session = Session::new(answering.counters.number_connection());
+    let mut calls = Calls::new();
+    let mut lane = None;
+    let mut input = vec![0u8; 16 * 1024];
+    let mut output = Vec::new();
+    loop {
+        // Every whole request buffered is answered before the replies are written together.
+        loop {
+            match decoder.next_request() {
+                Ok(Some(request)) => {
+                    let (reply, close) = match session.handle(&request, wall_clock_ms()) {
+                        Action::Reply(reply) => (reply, false),
+                        Action::Close(reply) => (reply, true),
+                        Action::Run { request, writes } => {
+                            let replies = run(answering, service, &mut calls, &mut lane, &request, writes).await;
+                            (session.replied(replies), false)
+                        }
+                    };
+                    reply.encode(session.protocol(), &mut output);
+                    if close {
+                        let _ = timeout(limits.message, stream.write_all(&output)).await;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // The stream cannot be read past this: say why, then close, as Redis does.
+                    error.reply().encode(session.protocol(), &mut output);
+                    let _ = timeout(limits.message, stream.write_all(&output)).await;
+                    return Ok(());
+                }
+            }
+        }
+        if !output.is_empty() {
+            match timeout(limits.message, stream.write_all(&output)).await {
+                Err(_) => return Err(Ended::Slow),
+                Ok(written) => written?,
+            }
+            output.clear();
+        }
+        let read = match timeout(limits.idle, stream.read(&mut input)).await {
+            Err(_) => return Err(Ended::Idle),
+            Ok(read) => read?,
+        };
+        if read == 0 {
+            return Ok(());
+        }
+        decoder.push(&input[..read]);
+    }
+}
+
+/// Runs a session's request on the service: a call if it may write, else a query.
+async fn run(
+    answering: &Answering,
+    service: &str,
+    calls: &mut Calls,
+    lane: &mut Option<usize>,
+    request: &nonstop_kv::service::KvRequest,
+    writes: bool,
+) -> Result<Vec<Reply>, Reply> {
+    let body = postcard::to_allocvec(request).map_err(|error| Reply::error(format!("ERR {error}")))?;
+    let asked = match writes {
+        true => ClientRequest::Call { service: service.to_string(), client: calls.client, request: calls.next, body },
+        false => ClientRequest::Query { service: service.to_string(), body },
+    };
+    let reply = answer(asked, answering, lane).await;
+    let body = match reply {
+        ClientReply::Done { body, .. } => {
+            calls.next += 1;
+            body
+        }
+        ClientReply::Answer { body, .. } => body,
+        other => {
+            if writes {
+                // Applied or not, this number is spent: start afresh.
+                *calls = Calls::new();
+            }
+            return Err(match other {
+                ClientReply::Redirect { .. } => Reply::error(READONLY),
+                ClientReply::Unavailable { reason } => Reply::error(format!("TRYAGAIN {reason}")),
+                ClientReply::Rejected { reason } => Reply::error(format!("ERR {reason}")),
+                other => Reply::error(format!("ERR unexpected answer from the service: {other:?}")),
+            });
+        }
+    };
+    postcard::from_bytes(&body)
+        .map_err(|error| Reply::error(format!("ERR the service's reply does not decode: {error}")))
+}
