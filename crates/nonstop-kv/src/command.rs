@@ -56,7 +56,7 @@ pub enum ExpireCondition {
     HasEarlier,
 }
 
-/// A string, key or hash command, its arguments checked.
+/// A string, key, hash or keyspace command, its arguments checked.
 // Each field is the argument of that name in Redis's documentation of the command.
 #[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,6 +120,14 @@ pub enum Command {
     HIncrBy { key: Bytes, field: Bytes, by: i64 },
     /// `HINCRBYFLOAT key field increment`.
     HIncrByFloat { key: Bytes, field: Bytes, by: f64 },
+    /// `DBSIZE`.
+    DbSize,
+    /// `KEYS pattern` (Redis's glob: `*`, `?`, `[...]`, `\`).
+    Keys { pattern: Bytes },
+    /// `FLUSHDB` and `FLUSHALL` (`ASYNC` and `SYNC` alike: at once).
+    Flush,
+    /// `RENAME key newkey` (or `RENAMENX`, only if `newkey` does not exist).
+    Rename { key: Bytes, to: Bytes, only_new: bool },
 }
 
 /// What `HGETALL` and its kin answer of each field.
@@ -152,6 +160,8 @@ impl Command {
                 | Command::HExists { .. }
                 | Command::HLen { .. }
                 | Command::HStrLen { .. }
+                | Command::DbSize
+                | Command::Keys { .. }
         )
     }
 }
@@ -273,6 +283,14 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
         "hstrlen" => Command::HStrLen { key: key(), field: args[1].clone() },
         "hincrby" => Command::HIncrBy { key: key(), field: args[1].clone(), by: integer(&args[2])? },
         "hincrbyfloat" => Command::HIncrByFloat { key: key(), field: args[1].clone(), by: float(&args[2])? },
+        "dbsize" => Command::DbSize,
+        "keys" => Command::Keys { pattern: key() },
+        "flushdb" | "flushall" => match args {
+            [] => Command::Flush,
+            [mode] if mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC") => Command::Flush,
+            _ => return Err(Reply::error("ERR syntax error")),
+        },
+        "rename" | "renamenx" => Command::Rename { key: key(), to: args[1].clone(), only_new: name == "renamenx" },
         other => unreachable!("{other} is in the arity table but not parsed"),
     })
 }
@@ -326,6 +344,12 @@ const ARITY: &[(&str, i32)] = &[
     ("hstrlen", 3),
     ("hincrby", 4),
     ("hincrbyfloat", 4),
+    ("dbsize", 1),
+    ("keys", 2),
+    ("flushdb", -1),
+    ("flushall", -1),
+    ("rename", 3),
+    ("renamenx", 3),
 ];
 
 /// Redis's reply to a command it does not know: the name and the first arguments, quoted.

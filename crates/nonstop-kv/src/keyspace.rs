@@ -277,6 +277,16 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 self.hash(key, now_ms)
                     .map(|h| Reply::Integer(h.and_then(|h| h.get(&KeyRef(field))).map_or(0, |v| v.len() as i64))),
             ),
+            Command::DbSize => Reply::Integer(self.keys.len() as i64),
+            Command::Keys { pattern } => Reply::Array(
+                self.keys
+                    .iter()
+                    .filter(|(key, entry)| {
+                        entry.expires_at_ms.is_none_or(|at| at > now_ms) && glob_matches(pattern, key)
+                    })
+                    .map(|(key, _)| Reply::bulk(key.to_vec()))
+                    .collect(),
+            ),
             writes => unreachable!("{writes:?} writes"),
         })
     }
@@ -513,6 +523,38 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 }
                 Ok(Reply::Integer(removed as i64))
             }
+            Command::Flush => {
+                self.keys.clear();
+                Ok(Reply::ok())
+            }
+            Command::Rename { key, to, only_new } => {
+                if self.live(key, now_ms).is_none() {
+                    return Err(Reply::error("ERR no such key"));
+                }
+                if *only_new && self.live(to, now_ms).is_some() {
+                    return Ok(Reply::Integer(0));
+                }
+                if key != to {
+                    self.reclaim(to, now_ms);
+                    // The new name's bytes, and room for it, before anything moves.
+                    let stored = match self.keys.contains_key(&KeyRef(to)) {
+                        true => None,
+                        false => {
+                            let stored = self.bytes(to)?;
+                            self.keys.try_reserve(1).map_err(|_| Reply::error(OOM))?;
+                            Some(stored)
+                        }
+                    };
+                    let (_, entry) = self.keys.remove_entry(&KeyRef(key)).expect("live above");
+                    match stored {
+                        Some(stored) => {
+                            self.keys.insert(stored, entry);
+                        }
+                        None => *self.keys.get_mut(&KeyRef(to)).expect("present above") = entry,
+                    }
+                }
+                Ok(if *only_new { Reply::Integer(1) } else { Reply::ok() })
+            }
             read => unreachable!("{read:?} is answered by read()"),
         }
     }
@@ -537,6 +579,76 @@ fn answer(outcome: Result<Reply, Refused>) -> Reply {
 
 fn bulk_or_null(value: Option<&[u8]>) -> Reply {
     value.map_or(Reply::Null, Reply::bulk)
+}
+
+/// Whether `text` matches Redis's glob `pattern`: `*` any run, `?` any byte, `[abc]`, `[^a]`
+/// and `[a-z]` classes, `\\` escaping the next byte. Matched with one backtracking point (the
+/// last `*`), so a pattern of many stars costs at most pattern x text steps, where a recursive
+/// matcher's time explodes (Redis fixed the same in 7.0.9, CVE-2022-36021).
+fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+    glob(pattern, text).0
+}
+
+/// [`glob_matches`], and the steps it took.
+fn glob(pattern: &[u8], text: &[u8]) -> (bool, usize) {
+    let (mut p, mut t, mut steps) = (0, 0, 0);
+    // Where to resume after the last `*`: the pattern after it, and the text it has eaten to.
+    let mut resume: Option<(usize, usize)> = None;
+    while t < text.len() {
+        steps += 1;
+        if pattern.get(p) == Some(&b'*') {
+            p += 1;
+            resume = Some((p, t));
+            continue;
+        }
+        if let Some(next) = one(pattern, p, text[t]) {
+            p = next;
+            t += 1;
+            continue;
+        }
+        match resume {
+            Some((after_star, eaten)) => {
+                p = after_star;
+                t = eaten + 1;
+                resume = Some((after_star, eaten + 1));
+            }
+            None => return (false, steps),
+        }
+    }
+    (pattern[p.min(pattern.len())..].iter().all(|&b| b == b'*'), steps)
+}
+
+/// Matches `byte` against the one-byte token of `pattern` at `p` (a literal, `?`, a class or an
+/// escape); the index after the token if it matches.
+fn one(pattern: &[u8], p: usize, byte: u8) -> Option<usize> {
+    match *pattern.get(p)? {
+        b'?' => Some(p + 1),
+        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == byte).then_some(p + 2),
+        b'[' => {
+            let mut at = p + 1;
+            let negated = pattern.get(at) == Some(&b'^');
+            if negated {
+                at += 1;
+            }
+            let mut matched = false;
+            while at < pattern.len() && pattern[at] != b']' {
+                if pattern[at] == b'\\' && at + 1 < pattern.len() {
+                    matched |= pattern[at + 1] == byte;
+                    at += 2;
+                } else if at + 2 < pattern.len() && pattern[at + 1] == b'-' && pattern[at + 2] != b']' {
+                    let (low, high) = (pattern[at].min(pattern[at + 2]), pattern[at].max(pattern[at + 2]));
+                    matched |= (low..=high).contains(&byte);
+                    at += 3;
+                } else {
+                    matched |= pattern[at] == byte;
+                    at += 1;
+                }
+            }
+            // An unclosed class runs to the pattern's end, as in Redis.
+            (matched != negated).then_some((at + 1).min(pattern.len()))
+        }
+        literal => (literal == byte).then_some(p + 1),
+    }
 }
 
 /// `GETRANGE`'s bytes: `start` and `end` inclusive, negative counting from the end, clamped.
@@ -729,6 +841,58 @@ mod tests {
         assert_eq!(run(&mut keys, "HSET t b 2", 10), Reply::Integer(1));
         assert_eq!(run(&mut keys, "HLEN t", 10), Reply::Integer(1), "the expired fields are gone");
         assert_eq!(run(&mut keys, "TTL t", 10), Reply::Integer(-1));
+    }
+
+    #[test]
+    fn keyspace_commands_answer_as_redis() {
+        let mut keys = Keyspace::new_in(Global);
+        assert_eq!(run(&mut keys, "MSET user:1 a user:2 b other c", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "DBSIZE", 0), Reply::Integer(3));
+        let Reply::Array(mut found) = run(&mut keys, "KEYS user:*", 0) else { panic!("an array") };
+        found.sort_by_key(|reply| format!("{reply:?}"));
+        assert_eq!(found, vec![bulk("user:1"), bulk("user:2")]);
+        assert_eq!(run(&mut keys, "RENAME nope x", 0), Reply::error("ERR no such key"));
+        assert_eq!(run(&mut keys, "RENAMENX user:1 user:2", 0), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "RENAME user:1 user:2", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "MGET user:1 user:2", 0), Reply::Array(vec![Reply::Null, bulk("a")]));
+        assert_eq!(run(&mut keys, "RENAMENX user:2 fresh", 0), Reply::Integer(1));
+        assert_eq!(run(&mut keys, "RENAME fresh fresh", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "FLUSHDB ASYNC", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "DBSIZE", 0), Reply::Integer(0));
+        assert_eq!(run(&mut keys, "FLUSHALL BOTH", 0), Reply::error("ERR syntax error"));
+    }
+
+    #[test]
+    fn globs_match_as_redis_matches_them() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "", true),
+            ("h?llo", "hello", true),
+            ("h?llo", "hllo", false),
+            ("h*llo", "heeeello", true),
+            ("h[ae]llo", "hallo", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-b]llo", "hbllo", true),
+            ("h[b-a]llo", "hallo", true),
+            ("h\\*llo", "h*llo", true),
+            ("h\\*llo", "hello", false),
+            ("user:*:name", "user:42:name", true),
+            ("[abc", "a", true),
+            ("a*", "a", true),
+            ("*a", "ba", true),
+            ("**b**", "aab", true),
+            ("*?", "", false),
+        ];
+        for (pattern, text, matches) in cases {
+            assert_eq!(glob_matches(pattern.as_bytes(), text.as_bytes()), *matches, "{pattern} on {text}");
+        }
+        // Many stars against a long key that almost matches: steps bounded by pattern x text,
+        // where a recursive matcher's would explode.
+        let (pattern, text) = ("*a".repeat(30) + "b", "a".repeat(5000));
+        let (matched, steps) = glob(pattern.as_bytes(), text.as_bytes());
+        assert!(!matched);
+        assert!(steps <= (pattern.len() + 1) * (text.len() + 1), "{steps} steps");
     }
 
     /// The global allocator until its budget of bytes is spent, then nothing.
