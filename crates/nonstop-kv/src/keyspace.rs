@@ -132,7 +132,6 @@ impl<A: Allocator + Clone> Keyspace<A> {
     /// Sets `pairs` of the key's hash (made if absent) and answers how many fields are new.
     /// Every allocation comes before the first change, so a full allocator changes nothing.
     fn set_fields(&mut self, key: &[u8], pairs: &[(&[u8], &[u8])], now_ms: u64) -> Result<usize, Refused> {
-        self.hash(key, now_ms)?;
         self.reclaim(key, now_ms);
         let existing = self.hash(key, now_ms)?;
         let mut new_fields = std::collections::HashSet::new();

@@ -21,19 +21,9 @@ use tokio::time::timeout;
 /// What a client reading from a node that is not the primary is told.
 const READONLY: &str = "READONLY You can't write against a read only replica.";
 
-/// A platform client id for a connection: random, so that two nodes or two runs never share
-/// one.
-fn client_id() -> u64 {
-    loop {
-        let mut bytes = [0u8; 8];
-        if getrandom::fill(&mut bytes).is_ok() {
-            let id = u64::from_le_bytes(bytes);
-            if id != 0 {
-                return id;
-            }
-        }
-    }
-}
+/// Replies waiting to be written are sent once they reach this much, so a client that
+/// pipelines many large reads without reading costs at most this and one reply.
+const OUTPUT_FLUSH: usize = 64 * 1024;
 
 /// The platform identity a connection's calls use.
 struct Calls {
@@ -42,8 +32,13 @@ struct Calls {
 }
 
 impl Calls {
-    fn new() -> Calls {
-        Calls { client: client_id(), next: 1 }
+    /// A fresh identity: a random client id, so that two nodes or two runs never share one.
+    fn new() -> std::io::Result<Calls> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|error| std::io::Error::other(error.to_string()))?;
+        // 0 is no client; the odds are 2^-64, but a refusal would be a mystery.
+        let client = u64::from_le_bytes(bytes).max(1);
+        Ok(Calls { client, next: 1 })
     }
 }
 
@@ -53,7 +48,7 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, service:
     let limits = answering.limits;
     let mut decoder = Decoder::new(Limits::default());
     let mut session = Session::new(answering.counters.number_connection());
-    let mut calls = Calls::new();
+    let mut calls = Calls::new()?;
     let mut lane = None;
     let mut input = vec![0u8; 16 * 1024];
     let mut output = Vec::new();
@@ -66,7 +61,7 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, service:
                         Action::Reply(reply) => (reply, false),
                         Action::Close(reply) => (reply, true),
                         Action::Run { request, writes } => {
-                            let replies = run(answering, service, &mut calls, &mut lane, &request, writes).await;
+                            let replies = run(answering, service, &mut calls, &mut lane, &request, writes).await?;
                             (session.replied(replies), false)
                         }
                     };
@@ -74,6 +69,9 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, service:
                     if close {
                         let _ = timeout(limits.message, stream.write_all(&output)).await;
                         return Ok(());
+                    }
+                    if output.len() >= OUTPUT_FLUSH {
+                        flush(&mut stream, &mut output, limits.message).await?;
                     }
                 }
                 Ok(None) => break,
@@ -85,13 +83,7 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, service:
                 }
             }
         }
-        if !output.is_empty() {
-            match timeout(limits.message, stream.write_all(&output)).await {
-                Err(_) => return Err(Ended::Slow),
-                Ok(written) => written?,
-            }
-            output.clear();
-        }
+        flush(&mut stream, &mut output, limits.message).await?;
         let read = match timeout(limits.idle, stream.read(&mut input)).await {
             Err(_) => return Err(Ended::Idle),
             Ok(read) => read?,
@@ -103,6 +95,19 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, service:
     }
 }
 
+/// Writes the replies waiting in `output`, within `deadline`.
+async fn flush(stream: &mut TcpStream, output: &mut Vec<u8>, deadline: std::time::Duration) -> Result<(), Ended> {
+    if output.is_empty() {
+        return Ok(());
+    }
+    match timeout(deadline, stream.write_all(output)).await {
+        Err(_) => return Err(Ended::Slow),
+        Ok(written) => written?,
+    }
+    output.clear();
+    Ok(())
+}
+
 /// Runs a session's request on the service: a call if it may write, else a query.
 async fn run(
     answering: &Answering,
@@ -111,8 +116,11 @@ async fn run(
     lane: &mut Option<usize>,
     request: &nonstop_kv::service::KvRequest,
     writes: bool,
-) -> Result<Vec<Reply>, Reply> {
-    let body = postcard::to_allocvec(request).map_err(|error| Reply::error(format!("ERR {error}")))?;
+) -> Result<Result<Vec<Reply>, Reply>, Ended> {
+    let body = match postcard::to_allocvec(request) {
+        Ok(body) => body,
+        Err(error) => return Ok(Err(Reply::error(format!("ERR {error}")))),
+    };
     let asked = match writes {
         true => ClientRequest::Call { service: service.to_string(), client: calls.client, request: calls.next, body },
         false => ClientRequest::Query { service: service.to_string(), body },
@@ -126,17 +134,18 @@ async fn run(
         ClientReply::Answer { body, .. } => body,
         other => {
             if writes {
-                // Applied or not, this number is spent: start afresh.
-                *calls = Calls::new();
+                // Applied or not, this number is spent: start afresh (or end the connection,
+                // which cannot go on without an identity).
+                *calls = Calls::new()?;
             }
-            return Err(match other {
+            return Ok(Err(match other {
                 ClientReply::Redirect { .. } => Reply::error(READONLY),
                 ClientReply::Unavailable { reason } => Reply::error(format!("TRYAGAIN {reason}")),
                 ClientReply::Rejected { reason } => Reply::error(format!("ERR {reason}")),
                 other => Reply::error(format!("ERR unexpected answer from the service: {other:?}")),
-            });
+            }));
         }
     };
-    postcard::from_bytes(&body)
-        .map_err(|error| Reply::error(format!("ERR the service's reply does not decode: {error}")))
+    Ok(postcard::from_bytes(&body)
+        .map_err(|error| Reply::error(format!("ERR the service's reply does not decode: {error}"))))
 }
