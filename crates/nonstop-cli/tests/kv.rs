@@ -29,17 +29,22 @@ fn inline(commands: &[&str]) -> Vec<u8> {
     commands.iter().flat_map(|command| format!("{command}\r\n").into_bytes()).collect()
 }
 
-#[test]
-fn redis_clients_use_the_kv_service_through_the_primary() {
-    let tracking = match probe(TrackingMode::Uffd) {
+/// Transparent mode's best write tracking here.
+fn tracking() -> TrackingMode {
+    match probe(TrackingMode::Uffd) {
         Ok(()) => TrackingMode::Uffd,
         Err(_) => TrackingMode::Mprotect,
-    };
+    }
+}
+
+/// A running cluster of three nodes on `ip_prefix`.1-3 with a protected `kv` service, each
+/// node with a Redis port and a sentinel port.
+fn kv_cluster(ip_prefix: &str) -> LocalCluster {
     let spec = ClusterSpec {
-        ip_prefix: "127.0.10".into(),
+        ip_prefix: ip_prefix.into(),
         region_size_mib: 32,
         kind: "kv".into(),
-        tracking: Some(tracking),
+        tracking: Some(tracking()),
         services: vec![("kv".into(), 1)],
         redis: true,
         settings: toml::from_str("memory_mib = 8").unwrap(),
@@ -48,6 +53,12 @@ fn redis_clients_use_the_kv_service_through_the_primary() {
     let mut cluster = LocalCluster::create(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec).unwrap();
     cluster.start_all().unwrap();
     cluster.wait_service_protected("kv", 1, Duration::from_secs(30)).unwrap();
+    cluster
+}
+
+#[test]
+fn redis_clients_use_the_kv_service_through_the_primary() {
+    let cluster = kv_cluster("127.0.10");
     let primary = cluster.nodes[0].redis.expect("a Redis port");
     let backup = cluster.nodes[1].redis.expect("a Redis port");
 
@@ -78,4 +89,105 @@ fn redis_clients_use_the_kv_service_through_the_primary() {
     // Bad RESP: Redis's protocol error, then the connection closes.
     let got = exchange(primary, b"*1\r\nfoo\r\n", |got| got.ends_with(b"\r\n"));
     assert_eq!(String::from_utf8_lossy(&got), "-ERR Protocol error: expected '$', got 'f'\r\n");
+}
+
+/// A client configured with the cluster's sentinels, as it would be with Redis Sentinel: the
+/// `redis` crate's `SentinelClient` finds the primary, writes, and after the primary is killed
+/// finds the new one, where every acknowledged write is; a subscriber hears `+switch-master`.
+#[test]
+fn sentinel_clients_follow_the_primary_through_a_failover() {
+    use redis::sentinel::{SentinelClient, SentinelServerType};
+    let mut cluster = kv_cluster("127.0.11");
+    let sentinels: Vec<String> =
+        cluster.nodes.iter().map(|node| format!("redis://{}", node.sentinel.expect("a sentinel port"))).collect();
+    let primary_redis = cluster.nodes[0].redis.unwrap();
+
+    // Any sentinel names the primary, in every form clients ask.
+    let mut asked = redis::Client::open(sentinels[2].as_str()).unwrap().get_connection().unwrap();
+    let addr: (String, u16) =
+        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("kv").query(&mut asked).unwrap();
+    assert_eq!(addr, (primary_redis.ip().to_string(), primary_redis.port()));
+    let replicas: Vec<std::collections::HashMap<String, String>> =
+        redis::cmd("SENTINEL").arg("replicas").arg("kv").query(&mut asked).unwrap();
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+
+    let mut client = SentinelClient::build(sentinels.clone(), "kv".into(), None, SentinelServerType::Master).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    for i in 0..100 {
+        let () = redis::cmd("SET").arg(format!("k{i}")).arg(i).query(&mut connection).unwrap();
+    }
+
+    let mut subscriber = redis::Client::open(sentinels[1].as_str()).unwrap().get_connection().unwrap();
+    subscriber.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe("+switch-master").unwrap();
+
+    cluster.kill(1).unwrap();
+    let due = Instant::now() + Duration::from_secs(20);
+    let mut connection = loop {
+        // Every failed attempt asks the sentinels again, as a client's retry would.
+        let written = client.get_connection().and_then(|mut connection| {
+            redis::cmd("SET").arg("after").arg("failover").query::<()>(&mut connection).map(|()| connection)
+        });
+        match written {
+            Ok(connection) => break connection,
+            Err(error) if Instant::now() < due => {
+                let _ = error;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("no primary found within 20 s: {error}\n{}", cluster.post_mortem(20)),
+        }
+    };
+    for i in 0..100 {
+        let value: Option<i64> = redis::cmd("GET").arg(format!("k{i}")).query(&mut connection).unwrap();
+        assert_eq!(value, Some(i), "acknowledged write k{i} lost");
+    }
+    let message = pubsub.get_message().expect("+switch-master within 10 s");
+    assert_eq!(message.get_channel_name(), "+switch-master");
+    let payload: String = message.get_payload().unwrap();
+    let words: Vec<&str> = payload.split(' ').collect();
+    assert_eq!(words[..3], ["kv", "127.0.11.1", "6379"], "{payload}");
+    assert!(words[3] == "127.0.11.2" || words[3] == "127.0.11.3", "{payload}");
+}
+
+/// Whether redis-py is here; without it the test says so and skips, unless
+/// `NONSTOP_REQUIRE_REDIS_CLIENTS=1` (CI) makes its absence a failure.
+fn redis_py() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import redis.sentinel"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        let why = "python3 with redis-py is missing (pip install redis)";
+        assert!(std::env::var_os("NONSTOP_REQUIRE_REDIS_CLIENTS").is_none(), "redis client tests are required: {why}");
+        eprintln!("skipped: {why}");
+    }
+    found
+}
+
+/// redis-py's `Sentinel`, unchanged, through a kill -9 of the primary.
+#[test]
+fn redis_py_sentinel_clients_lose_nothing_in_a_failover() {
+    use std::io::BufRead;
+    if !redis_py() {
+        return;
+    }
+    let mut cluster = kv_cluster("127.0.12");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/redis_py_sentinel.py");
+    let mut python = std::process::Command::new("python3")
+        .arg(script)
+        .args(cluster.nodes.iter().map(|node| node.sentinel.unwrap().to_string()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(python.stdout.take().unwrap()).lines();
+    let mut line = || said.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(line(), "written");
+    cluster.kill(1).unwrap();
+    writeln!(python.stdin.as_mut().unwrap(), "killed").unwrap();
+    let last = line();
+    let status = python.wait().unwrap();
+    assert!(status.success() && last.starts_with("ok "), "redis-py: {status}, {last:?}\n{}", cluster.post_mortem(20));
+    eprintln!("redis-py: {last}");
 }

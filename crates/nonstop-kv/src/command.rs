@@ -191,7 +191,7 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
     };
     let given = request.len() as i32;
     if (arity > 0 && given != arity) || (arity < 0 && given < -arity) {
-        return Err(Reply::error(format!("ERR wrong number of arguments for '{name}' command")));
+        return Err(crate::connection::arity(&name));
     }
     let key = || args[0].clone();
     Ok(match name.as_str() {
@@ -227,7 +227,7 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
         "mget" => Command::MGet { keys: args.to_vec() },
         "mset" | "msetnx" => {
             if args.len() % 2 != 0 {
-                return Err(Reply::error(format!("ERR wrong number of arguments for '{name}' command")));
+                return Err(crate::connection::arity(&name));
             }
             let pairs = args.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
             Command::MSet { pairs, only_new: name == "msetnx" }
@@ -266,7 +266,7 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
         "type" => Command::Type { key: key() },
         "hset" | "hmset" => {
             if args.len() % 2 != 1 {
-                return Err(Reply::error(format!("ERR wrong number of arguments for '{name}' command")));
+                return Err(crate::connection::arity(&name));
             }
             let pairs = args[1..].chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
             Command::HSet { key: key(), pairs, answer_ok: name == "hmset" }
@@ -353,7 +353,7 @@ const ARITY: &[(&str, i32)] = &[
 ];
 
 /// Redis's reply to a command it does not know: the name and the first arguments, quoted.
-fn unknown_command(request: &[Bytes]) -> Reply {
+pub(crate) fn unknown_command(request: &[Bytes]) -> Reply {
     let shown = |bytes: &[u8]| String::from_utf8_lossy(&bytes[..bytes.len().min(128)]).into_owned();
     let mut args = String::new();
     for arg in &request[1..] {

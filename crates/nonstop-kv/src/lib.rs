@@ -15,13 +15,20 @@
 //!   queries.
 //! * [`session`]: one Redis connection as a state machine: connection commands (`PING`,
 //!   `HELLO`, `CLIENT`, `MULTI`/`EXEC`, ...) answered, data commands turned into the service's
-//!   calls and queries.
+//!   calls and queries. [`connection`] holds what every connection answers by itself.
+//! * [`topology`] and [`sentinel`]: where the service runs, as the node reports it from the
+//!   control plane's record (`ROLE` on the data port), and Redis Sentinel's discovery commands
+//!   on the sentinel port, so that clients configured with Sentinels find the primary.
 //!
-//! The node's Redis port (`nonstop-node`'s `redis_port`) drives sessions; docs/kv.md lists what
-//! is supported and what is not yet.
+//! The node's Redis and sentinel ports (`nonstop-node`'s `redis_port` and `sentinel_port`) drive
+//! them; docs/kv.md lists what is supported and what is not yet.
 
 pub mod command;
+pub mod connection;
+mod glob;
 pub mod keyspace;
 pub mod resp;
+pub mod sentinel;
 pub mod service;
 pub mod session;
+pub mod topology;

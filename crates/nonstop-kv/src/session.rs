@@ -9,21 +9,34 @@
 //!
 //! ```
 //! use nonstop_kv::resp::Reply;
-//! use nonstop_kv::session::{Action, Session};
+//! use nonstop_kv::session::{Action, Context, Session};
+//! use nonstop_kv::topology::{Serves, Topology};
 //!
+//! let topology = Topology { name: "kv".into(), epoch: 1, primary: None, replicas: vec![], sentinels: vec![] };
+//! let context = Context { now_ms: 0, serves: Serves::Primary, topology: &topology };
 //! let mut session = Session::new(1);
 //! let words = |text: &str| text.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
-//! assert_eq!(session.handle(&words("PING"), 0), Action::Reply(Reply::Simple("PONG".into())));
-//! let Action::Run { writes: true, .. } = session.handle(&words("SET k v"), 0) else { panic!() };
+//! assert_eq!(session.handle(&words("PING"), &context), Action::Reply(Reply::Simple("PONG".into())));
+//! let Action::Run { writes: true, .. } = session.handle(&words("SET k v"), &context) else { panic!() };
 //! ```
 
 use crate::command::{Command, parse};
+use crate::connection::{Connection, Mode};
 use crate::resp::{Protocol, Reply, Request};
 use crate::service::KvRequest;
+use crate::topology::{Serves, Topology};
 
-/// The Redis version whose commands and replies this service follows; clients decide which
-/// features to use from it (`HELLO`, `INFO`).
-pub const REDIS_VERSION: &str = "7.2.0";
+/// What a request arrives into.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// The receiving node's clock, in milliseconds since the Unix epoch: relative expiries
+    /// are made absolute from it.
+    pub now_ms: u64,
+    /// What the node is for the service now.
+    pub serves: Serves,
+    /// Where the service runs (`ROLE`).
+    pub topology: &'a Topology,
+}
 
 /// What the driver does next for a connection.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,9 +87,7 @@ enum Awaiting {
 /// One connection.
 #[derive(Debug)]
 pub struct Session {
-    id: u64,
-    protocol: Protocol,
-    name: Option<Vec<u8>>,
+    connection: Connection,
     transaction: Option<Transaction>,
     awaiting: Awaiting,
 }
@@ -84,22 +95,23 @@ pub struct Session {
 impl Session {
     /// A new connection with id `id` (`CLIENT ID`), speaking RESP2 until `HELLO 3`.
     pub fn new(id: u64) -> Session {
-        Session { id, protocol: Protocol::Resp2, name: None, transaction: None, awaiting: Awaiting::Nothing }
+        Session { connection: Connection::new(id, Mode::Standalone), transaction: None, awaiting: Awaiting::Nothing }
     }
 
     /// The protocol replies are encoded in.
     pub fn protocol(&self) -> Protocol {
-        self.protocol
+        self.connection.protocol()
     }
 
-    /// What to do with `request`, received at `now_ms`. While a [`Action::Run`] is out, the
+    /// What to do with `request`, received in `context`. While a [`Action::Run`] is out, the
     /// driver waits for its replies before handing in the next request (replies leave in order).
-    pub fn handle(&mut self, request: &Request, now_ms: u64) -> Action {
+    pub fn handle(&mut self, request: &Request, context: &Context<'_>) -> Action {
+        let now_ms = context.now_ms;
         let name = request.first().map(|name| name.to_ascii_uppercase()).unwrap_or_default();
         let args = request.get(1..).unwrap_or_default();
         let control = matches!(name.as_slice(), b"EXEC" | b"DISCARD" | b"MULTI" | b"QUIT" | b"RESET" | b"WATCH");
         if self.transaction.is_some() && !control {
-            return Action::Reply(self.queue(request, &name, args, now_ms));
+            return Action::Reply(self.queue(request, &name, args, context));
         }
         match name.as_slice() {
             b"MULTI" if self.transaction.is_some() => Action::Reply(Reply::error("ERR MULTI calls can not be nested")),
@@ -132,8 +144,8 @@ impl Session {
                 Some(_) => Action::Reply(Reply::ok()),
             },
             b"QUIT" => Action::Close(Reply::ok()),
-            _ => match self.connection_command(&name, args) {
-                Some(action) => action,
+            _ => match self.connection_command(&name, args, context) {
+                Some(reply) => Action::Reply(reply),
                 None => match parse(request, now_ms) {
                     Ok(command) => {
                         self.awaiting = Awaiting::Single;
@@ -148,11 +160,11 @@ impl Session {
 
     /// Queues a command of an open transaction: `+QUEUED`, or the error that will discard the
     /// transaction at `EXEC`.
-    fn queue(&mut self, request: &Request, name: &[u8], args: &[Vec<u8>], now_ms: u64) -> Reply {
-        let (slot, command) = match self.connection_command(name, args) {
-            Some(Action::Reply(reply)) if !is_error(&reply) => (Slot::Known(reply), None),
-            Some(Action::Reply(error)) => return self.refuse_transaction(error),
-            Some(_) | None => match parse(request, now_ms) {
+    fn queue(&mut self, request: &Request, name: &[u8], args: &[Vec<u8>], context: &Context<'_>) -> Reply {
+        let (slot, command) = match self.connection_command(name, args, context) {
+            Some(reply) if !is_error(&reply) => (Slot::Known(reply), None),
+            Some(error) => return self.refuse_transaction(error),
+            None => match parse(request, context.now_ms) {
                 Ok(command) => (Slot::FromService, Some(command)),
                 Err(error) => return self.refuse_transaction(error),
             },
@@ -196,97 +208,52 @@ impl Session {
     }
 
     /// Answers a connection command, or `None` if `name` is not one.
-    fn connection_command(&mut self, name: &[u8], args: &[Vec<u8>]) -> Option<Action> {
-        let arity = |name: &str| Reply::error(format!("ERR wrong number of arguments for '{name}' command"));
-        Some(Action::Reply(match name {
-            b"PING" => match args {
-                [] => Reply::Simple("PONG".into()),
-                [message] => Reply::bulk(message.clone()),
-                _ => arity("ping"),
-            },
-            b"ECHO" => match args {
-                [message] => Reply::bulk(message.clone()),
-                _ => arity("echo"),
-            },
-            b"SELECT" => match args {
-                [index] if index.as_slice() == b"0" => Reply::ok(),
-                [index] if crate::command::integer(index).is_err() => {
-                    Reply::error("ERR value is not an integer or out of range")
-                }
-                [_] => Reply::error("ERR DB index is out of range"),
-                _ => arity("select"),
-            },
-            b"HELLO" => return Some(self.hello(args)),
-            b"CLIENT" => self.client(args),
-            _ => return None,
-        }))
-    }
-
-    /// `HELLO [protover [SETNAME name]]`: switches the protocol and answers who we are.
-    fn hello(&mut self, args: &[Vec<u8>]) -> Action {
-        let mut protocol = self.protocol;
-        let mut name = None;
-        if let Some((version, options)) = args.split_first() {
-            protocol = match crate::command::integer(version) {
-                Ok(2) => Protocol::Resp2,
-                Ok(3) => Protocol::Resp3,
-                Ok(_) => return Action::Reply(Reply::error("NOPROTO unsupported protocol version")),
-                Err(_) => return Action::Reply(Reply::error("ERR Protocol version is not an integer or out of range")),
-            };
-            let mut at = 0;
-            while at < options.len() {
-                match (options[at].to_ascii_uppercase().as_slice(), options.get(at + 1)) {
-                    (b"SETNAME", Some(value)) => name = Some(value.clone()),
-                    (b"AUTH", Some(_)) => {
-                        return Action::Reply(Reply::error(
-                            "WRONGPASS invalid username-password pair or user is disabled.",
-                        ));
-                    }
-                    (option, _) => {
-                        return Action::Reply(Reply::error(format!(
-                            "ERR Syntax error in HELLO option '{}'",
-                            String::from_utf8_lossy(option)
-                        )));
-                    }
-                }
-                at += 2;
-            }
+    fn connection_command(&mut self, name: &[u8], args: &[Vec<u8>], context: &Context<'_>) -> Option<Reply> {
+        if name == b"ROLE" {
+            return Some(match args {
+                [] => role(context),
+                _ => crate::connection::arity("role"),
+            });
         }
-        self.protocol = protocol;
-        if name.is_some() {
-            self.name = name;
-        }
-        let text = |value: &str| Reply::bulk(value.as_bytes().to_vec());
-        Action::Reply(Reply::Map(vec![
-            (text("server"), text("redis")),
-            (text("version"), text(REDIS_VERSION)),
-            (text("proto"), Reply::Integer(if protocol == Protocol::Resp3 { 3 } else { 2 })),
-            (text("id"), Reply::Integer(self.id as i64)),
-            (text("mode"), text("standalone")),
-            (text("role"), text("master")),
-            (text("modules"), Reply::Array(Vec::new())),
-        ]))
-    }
-
-    /// `CLIENT ID | GETNAME | SETNAME name`.
-    fn client(&mut self, args: &[Vec<u8>]) -> Reply {
-        let Some((sub, rest)) = args.split_first() else {
-            return Reply::error("ERR wrong number of arguments for 'client' command");
+        let hello_role = match context.serves {
+            Serves::Primary => "master",
+            Serves::Replica => "replica",
         };
-        match (sub.to_ascii_uppercase().as_slice(), rest) {
-            (b"ID", []) => Reply::Integer(self.id as i64),
-            (b"GETNAME", []) => self.name.clone().map_or(Reply::Null, Reply::bulk),
-            (b"SETNAME", [name]) if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) => {
-                Reply::error("ERR Client names cannot contain spaces, newlines or special characters.")
-            }
-            (b"SETNAME", [name]) => {
-                self.name = (!name.is_empty()).then(|| name.clone());
-                Reply::ok()
-            }
-            (sub, _) => Reply::error(format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
-                String::from_utf8_lossy(sub)
-            )),
+        self.connection.command(name, args, hello_role)
+    }
+}
+
+/// `ROLE`, as a Redis primary or replica answers it. Replication offsets are Redis's; nonstop
+/// has checkpoints instead, and a backup holds every write a client was answered, so both
+/// report 0.
+fn role(context: &Context<'_>) -> Reply {
+    let text = |value: &str| Reply::bulk(value.as_bytes().to_vec());
+    let topology = context.topology;
+    match context.serves {
+        Serves::Primary => Reply::Array(vec![
+            text("master"),
+            Reply::Integer(0),
+            Reply::Array(
+                topology
+                    .replicas
+                    .iter()
+                    .map(|replica| {
+                        Reply::Array(vec![
+                            text(&replica.addr.ip().to_string()),
+                            text(&replica.addr.port().to_string()),
+                            text("0"),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ]),
+        Serves::Replica => {
+            let (host, port, state) = match &topology.primary {
+                Some(primary) if !primary.down => (primary.addr.ip().to_string(), primary.addr.port(), "connected"),
+                Some(primary) => (primary.addr.ip().to_string(), primary.addr.port(), "connect"),
+                None => ("?".into(), 0, "connect"),
+            };
+            Reply::Array(vec![text("slave"), text(&host), Reply::Integer(port.into()), text(state), Reply::Integer(0)])
         }
     }
 }
@@ -303,12 +270,19 @@ fn is_error(reply: &Reply) -> bool {
 mod tests {
     use super::*;
 
+    static NOWHERE: Topology =
+        Topology { name: String::new(), epoch: 0, primary: None, replicas: Vec::new(), sentinels: Vec::new() };
+
+    fn at(now_ms: u64) -> Context<'static> {
+        Context { now_ms, serves: Serves::Primary, topology: &NOWHERE }
+    }
+
     fn words(text: &str) -> Request {
         text.split(' ').map(|w| w.as_bytes().to_vec()).collect()
     }
 
     fn reply(session: &mut Session, text: &str) -> Reply {
-        match session.handle(&words(text), 0) {
+        match session.handle(&words(text), &at(0)) {
             Action::Reply(reply) => reply,
             other => panic!("{text}: {other:?}"),
         }
@@ -326,7 +300,7 @@ mod tests {
         assert_eq!(reply(&mut session, "CLIENT GETNAME"), Reply::Null);
         assert_eq!(reply(&mut session, "CLIENT SETNAME app"), Reply::ok());
         assert_eq!(reply(&mut session, "CLIENT GETNAME"), Reply::bulk("app"));
-        assert_eq!(session.handle(&words("QUIT"), 0), Action::Close(Reply::ok()));
+        assert_eq!(session.handle(&words("QUIT"), &at(0)), Action::Close(Reply::ok()));
         assert_eq!(reply(&mut session, "GET"), Reply::error("ERR wrong number of arguments for 'get' command"));
     }
 
@@ -335,7 +309,7 @@ mod tests {
         let mut session = Session::new(1);
         let Reply::Map(fields) = reply(&mut session, "HELLO 3 SETNAME me") else { panic!("a map") };
         assert!(fields.contains(&(Reply::bulk("proto"), Reply::Integer(3))));
-        assert!(fields.contains(&(Reply::bulk("version"), Reply::bulk(REDIS_VERSION))));
+        assert!(fields.contains(&(Reply::bulk("version"), Reply::bulk(crate::connection::REDIS_VERSION))));
         assert_eq!(session.protocol(), Protocol::Resp3);
         assert_eq!(reply(&mut session, "CLIENT GETNAME"), Reply::bulk("me"));
         assert_eq!(reply(&mut session, "HELLO 4"), Reply::error("NOPROTO unsupported protocol version"));
@@ -347,11 +321,11 @@ mod tests {
     #[test]
     fn data_commands_run_as_calls_or_queries() {
         let mut session = Session::new(1);
-        let Action::Run { request, writes } = session.handle(&words("SET k v"), 7) else { panic!() };
+        let Action::Run { request, writes } = session.handle(&words("SET k v"), &at(7)) else { panic!() };
         assert!(writes);
         assert_eq!(request.now_ms, 7);
         assert_eq!(session.replied(Ok(vec![Reply::ok()])), Reply::ok());
-        let Action::Run { writes, .. } = session.handle(&words("GET k"), 7) else { panic!() };
+        let Action::Run { writes, .. } = session.handle(&words("GET k"), &at(7)) else { panic!() };
         assert!(!writes);
         let unavailable = Reply::error("READONLY You can't write against a read only replica.");
         assert_eq!(session.replied(Err(unavailable.clone())), unavailable);
@@ -367,7 +341,7 @@ mod tests {
         assert_eq!(reply(&mut session, "INCR n"), queued());
         assert_eq!(reply(&mut session, "PING"), queued());
         assert_eq!(reply(&mut session, "GET n"), queued());
-        let Action::Run { request, writes } = session.handle(&words("EXEC"), 9) else { panic!() };
+        let Action::Run { request, writes } = session.handle(&words("EXEC"), &at(9)) else { panic!() };
         assert!(writes);
         assert_eq!(request.commands.len(), 2);
         let exec = session.replied(Ok(vec![Reply::Integer(1), Reply::bulk("1")]));
@@ -384,6 +358,43 @@ mod tests {
         assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
         assert_eq!(reply(&mut session, "INCR n"), queued());
         assert_eq!(reply(&mut session, "DISCARD"), Reply::ok());
-        assert!(matches!(session.handle(&words("GET n"), 0), Action::Run { writes: false, .. }));
+        assert!(matches!(session.handle(&words("GET n"), &at(0)), Action::Run { writes: false, .. }));
+    }
+
+    #[test]
+    fn role_reports_the_topology() {
+        let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let topology = Topology {
+            name: "kv".into(),
+            epoch: 3,
+            primary: Some(crate::topology::Instance { node: 1, addr: addr(6379), down: false }),
+            replicas: vec![crate::topology::Instance { node: 2, addr: addr(6380), down: false }],
+            sentinels: Vec::new(),
+        };
+        let mut session = Session::new(1);
+        let mut role =
+            |serves| match session.handle(&words("ROLE"), &Context { now_ms: 0, serves, topology: &topology }) {
+                Action::Reply(reply) => reply,
+                other => panic!("{other:?}"),
+            };
+        let text = |value: &str| Reply::bulk(value);
+        assert_eq!(
+            role(Serves::Primary),
+            Reply::Array(vec![
+                text("master"),
+                Reply::Integer(0),
+                Reply::Array(vec![Reply::Array(vec![text("127.0.0.1"), text("6380"), text("0")])]),
+            ])
+        );
+        assert_eq!(
+            role(Serves::Replica),
+            Reply::Array(vec![
+                text("slave"),
+                text("127.0.0.1"),
+                Reply::Integer(6379),
+                text("connected"),
+                Reply::Integer(0)
+            ])
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! slowly its bytes come) and read its reply as fast; beyond `max_connections` a new connection
 //! is told why and closed.
 
+use crate::redis_port::RedisService;
 use crate::service::{Active, Serving};
 use crate::status::ClientPortStatus;
 use nonstop_net::primary::HoldState;
@@ -157,14 +158,26 @@ enum Speaks {
     /// nonstop's client protocol, for every service.
     Nonstop,
     /// RESP, for one service of kind `kv` ([`crate::redis_port`]).
-    Redis(Arc<str>),
+    Redis(Arc<RedisService>),
+    /// Redis Sentinel's discovery commands for that service ([`crate::sentinel_port`]).
+    Sentinel(Arc<RedisService>),
 }
 
-/// Serves clients on `listener`, and Redis clients of service `redis.1` on `redis.0` if given,
-/// until the returned port is dropped. Both share the connection limit and its counters.
+/// A node's ports for Redis clients, bound.
+pub struct RedisPorts {
+    /// The Redis port.
+    pub redis: std::net::TcpListener,
+    /// The sentinel port, if the node has one.
+    pub sentinel: Option<std::net::TcpListener>,
+    /// The service they serve.
+    pub service: RedisService,
+}
+
+/// Serves clients on `listener`, and Redis clients on `redis`'s ports if given, until the
+/// returned port is dropped. All share the connection limit and its counters.
 pub fn start(
     listener: std::net::TcpListener,
-    redis: Option<(std::net::TcpListener, String)>,
+    redis: Option<RedisPorts>,
     answering: Arc<Answering>,
 ) -> std::io::Result<ClientPort> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -175,8 +188,12 @@ pub fn start(
         .enable_time()
         .build()?;
     let slots = Arc::new(Semaphore::new(answering.limits.max_connections));
-    let ports = std::iter::once((listener, Speaks::Nonstop))
-        .chain(redis.map(|(listener, service)| (listener, Speaks::Redis(service.into()))));
+    let mut ports = vec![(listener, Speaks::Nonstop)];
+    if let Some(RedisPorts { redis, sentinel, service }) = redis {
+        let service = Arc::new(service);
+        ports.push((redis, Speaks::Redis(service.clone())));
+        ports.extend(sentinel.map(|sentinel| (sentinel, Speaks::Sentinel(service))));
+    }
     for (listener, speaks) in ports {
         listener.set_nonblocking(true)?;
         let listener = {
@@ -192,7 +209,7 @@ async fn accept_loop(listener: TcpListener, answering: Arc<Answering>, slots: Ar
     let full = match &speaks {
         Speaks::Nonstop => refusal(answering.limits.max_connections),
         // What Redis answers past its maxclients.
-        Speaks::Redis(_) => b"-ERR max number of clients reached\r\n".to_vec(),
+        Speaks::Redis(_) | Speaks::Sentinel(_) => b"-ERR max number of clients reached\r\n".to_vec(),
     };
     // Why the port cannot accept, logged once per change rather than per attempt.
     let mut failing = nonstop_net::told::Told::default();
@@ -225,6 +242,7 @@ async fn accept_loop(listener: TcpListener, answering: Arc<Answering>, slots: Ar
             let served = match &speaks {
                 Speaks::Nonstop => serve_connection(stream, &answering).await,
                 Speaks::Redis(service) => crate::redis_port::serve(stream, &answering, service).await,
+                Speaks::Sentinel(service) => crate::sentinel_port::serve(stream, &answering, service).await,
             };
             match served {
                 Ok(()) => {}

@@ -165,6 +165,12 @@ pub struct NodeSection {
     /// `-READONLY`, as a Redis replica does, so clients find the primary again.
     #[serde(default)]
     pub redis: Option<SocketAddr>,
+    /// Where to answer Redis Sentinel's discovery commands for the `kv` service (`SENTINEL
+    /// get-master-addr-by-name`, `SENTINEL masters`, `+switch-master`, ...), so that clients
+    /// configured with Sentinels find the primary's Redis port; none if absent. Needs
+    /// `node.redis`, and every peer that holds regions to name its `redis` address.
+    #[serde(default)]
+    pub sentinel: Option<SocketAddr>,
     /// Measurement only: keep the control-plane leader on primaries (instead of away from
     /// them), so that a primary's death also costs an election (`chaos kill
     /// --leader-on-primary`).
@@ -221,6 +227,12 @@ pub struct PeerSection {
     /// Whether it is a witness.
     #[serde(default)]
     pub witness: bool,
+    /// Its Redis port (its `node.redis`), where sentinels send clients when it is the primary.
+    #[serde(default)]
+    pub redis: Option<SocketAddr>,
+    /// Its sentinel port (its `node.sentinel`), listed by `SENTINEL sentinels`.
+    #[serde(default)]
+    pub sentinel: Option<SocketAddr>,
 }
 
 /// `[heartbeat]`: failure detection.
@@ -334,6 +346,10 @@ pub struct Member {
     pub replication: SocketAddr,
     /// Votes only.
     pub witness: bool,
+    /// Its Redis port, if it has one.
+    pub redis: Option<SocketAddr>,
+    /// Its sentinel port, if it has one.
+    pub sentinel: Option<SocketAddr>,
 }
 
 /// A service, checked.
@@ -398,6 +414,8 @@ pub struct Checked {
     pub metrics: Option<SocketAddr>,
     /// The Redis port, and the `kv` service it serves.
     pub redis: Option<RedisPort>,
+    /// The sentinel port, for the Redis port's service.
+    pub sentinel: Option<SocketAddr>,
     /// Measurement only: control-plane leadership kept on primaries.
     pub leader_on_primary: bool,
     /// Testing only: fault points may be armed.
@@ -492,6 +510,8 @@ impl NodeConfig {
             client: self.node.client,
             replication: self.node.replication,
             witness: self.node.witness,
+            redis: self.node.redis,
+            sentinel: self.node.sentinel,
         };
         let mut members = vec![me.clone()];
         for peer in &self.peers {
@@ -501,6 +521,8 @@ impl NodeConfig {
                 client: peer.client,
                 replication: peer.replication,
                 witness: peer.witness,
+                redis: peer.redis,
+                sentinel: peer.sentinel,
             });
         }
         for (i, member) in members.iter().enumerate() {
@@ -728,6 +750,22 @@ impl NodeConfig {
                 }
             }
         };
+        if let Some(sentinel) = self.node.sentinel {
+            if redis.is_none() {
+                return Err(invalid(
+                    "node.sentinel",
+                    format!("{sentinel} is set without node.redis"),
+                    "a sentinel sends clients to Redis ports: set node.redis too",
+                ));
+            }
+            if let Some(peer) = members.iter().find(|m| !m.witness && m.redis.is_none()) {
+                return Err(invalid(
+                    format!("peers (node {})", peer.id),
+                    "has no redis address, so sentinels could not send clients to it once it is the primary",
+                    "give every peer that holds regions `redis = \"ADDR\"`, its node.redis",
+                ));
+            }
+        }
         Ok(Checked {
             me,
             members,
@@ -738,6 +776,7 @@ impl NodeConfig {
             lease: Duration::from_millis(hb.lease_ms),
             metrics: self.node.metrics,
             redis,
+            sentinel: self.node.sentinel,
             leader_on_primary: self.node.leader_on_primary,
             fault_points: self.node.fault_points,
             handshake: HandshakeLimits {
@@ -813,6 +852,28 @@ mod tests {
         );
         let refused = NodeConfig::parse(&two, Path::new("test.toml")).unwrap().check().unwrap_err().to_string();
         assert!(refused.contains("node.redis") && refused.contains("several"), "{refused}");
+    }
+
+    #[test]
+    fn a_sentinel_port_needs_every_redis_port() {
+        let kv = GOOD
+            .replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis = \"127.0.0.1:6379\"")
+            .replace("name = \"bank\"", "name = \"cache\"\nkind = \"kv\"");
+        let with_sentinel =
+            kv.replace("redis = \"127.0.0.1:6379\"", "redis = \"127.0.0.1:6379\"\nsentinel = \"127.0.0.1:26379\"");
+        let refused =
+            NodeConfig::parse(&with_sentinel, Path::new("test.toml")).unwrap().check().unwrap_err().to_string();
+        assert!(refused.contains("node 2") && refused.contains("redis"), "{refused}");
+        let peers_known = with_sentinel.replace(
+            "replication = \"127.0.0.2:7201\"",
+            "replication = \"127.0.0.2:7201\"\nredis = \"127.0.0.2:6379\"\nsentinel = \"127.0.0.2:26379\"",
+        );
+        let checked = NodeConfig::parse(&peers_known, Path::new("test.toml")).unwrap().check().unwrap();
+        assert_eq!(checked.sentinel.map(|addr| addr.port()), Some(26379));
+        assert_eq!(checked.member(NodeId(2)).and_then(|m| m.sentinel).map(|addr| addr.port()), Some(26379));
+        let alone = GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nsentinel = \"127.0.0.1:26379\"");
+        let refused = NodeConfig::parse(&alone, Path::new("test.toml")).unwrap().check().unwrap_err().to_string();
+        assert!(refused.contains("node.sentinel"), "{refused}");
     }
 
     #[test]

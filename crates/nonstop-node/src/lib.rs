@@ -26,7 +26,8 @@ pub mod metrics;
 pub mod operator;
 pub mod peers;
 pub mod preflight;
-mod redis_port;
+pub mod redis_port;
+mod sentinel_port;
 pub mod service;
 pub mod status;
 
@@ -96,12 +97,17 @@ pub fn run_node(
     let redis = match &config.redis {
         None => None,
         Some(port) => {
-            let bound = client_server::bind(port.addr).map_err(|source| NodeError::Listen {
-                what: "Redis port",
-                addr: port.addr,
-                source,
-            })?;
-            Some((bound, port.service.clone()))
+            let bind =
+                |what, addr| client_server::bind(addr).map_err(|source| NodeError::Listen { what, addr, source });
+            Some(client_server::RedisPorts {
+                redis: bind("Redis port", port.addr)?,
+                sentinel: config.sentinel.map(|addr| bind("sentinel port", addr)).transpose()?,
+                service: redis_port::RedisService {
+                    service: port.service.clone(),
+                    node: config.me.id,
+                    members: config.members.clone(),
+                },
+            })
         }
     };
     let metrics = config.metrics;

@@ -10,13 +10,90 @@
 //! time) may or may not have been applied, as with Redis: the client gets an error, and the
 //! connection takes a new id so that its next request is not mistaken for a retry.
 
+use crate::NodeId;
 use crate::client_server::{Answering, Ended, answer, wall_clock_ms};
+use crate::config::Member;
+use crate::service::{Placement, Serving};
 use nonstop_kv::resp::{Decoder, Limits, Reply};
-use nonstop_kv::session::{Action, Session};
+use nonstop_kv::session::{Action, Context, Session};
+use nonstop_kv::topology::{Instance, Serves, Topology};
 use nonstop_proto::client::{ClientReply, ClientRequest};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::timeout;
+
+/// The `kv` service as the Redis and sentinel ports serve it.
+#[derive(Debug)]
+pub struct RedisService {
+    /// The service's name: Sentinel's master name.
+    pub service: String,
+    /// This node.
+    pub node: NodeId,
+    /// Every node, with its Redis and sentinel ports.
+    pub members: Vec<Member>,
+}
+
+impl RedisService {
+    /// Where the service runs, in Redis's terms: the record's nodes as their Redis ports.
+    pub(crate) fn topology(&self, placement: &Placement) -> Topology {
+        let instance = |node: NodeId, addr: Option<SocketAddr>| {
+            addr.map(|addr| Instance { node: node.0, addr, down: placement.down.contains(&node) })
+        };
+        let redis = |node: NodeId| instance(node, self.members.iter().find(|m| m.id == node)?.redis);
+        Topology {
+            name: self.service.clone(),
+            epoch: placement.term.0,
+            primary: placement.primary.and_then(redis),
+            replicas: placement.backups.iter().filter_map(|node| redis(*node)).collect(),
+            sentinels: self.members.iter().filter_map(|m| instance(m.id, m.sentinel)).collect(),
+        }
+    }
+
+    /// The serving of the service on this node (the config checked that it runs here).
+    pub(crate) fn serving<'a>(&self, answering: &'a Answering) -> std::io::Result<&'a Arc<Serving>> {
+        answering
+            .services
+            .get(&self.service)
+            .ok_or_else(|| std::io::Error::other(format!("service {:?} does not run on this node", self.service)))
+    }
+}
+
+/// A connection's view of the topology, brought up to date when the record changes.
+pub(crate) struct Watched {
+    placement: watch::Receiver<Placement>,
+    seen: Placement,
+    /// The topology as last seen.
+    pub topology: Topology,
+}
+
+impl Watched {
+    pub(crate) fn new(serving: &Serving, redis: &RedisService) -> Watched {
+        let placement = serving.placement();
+        let seen = placement.borrow().clone();
+        let topology = redis.topology(&seen);
+        Watched { placement, seen, topology }
+    }
+
+    /// The topology it was before, if the record changed since it was last seen.
+    pub(crate) fn refresh(&mut self, redis: &RedisService) -> Option<Topology> {
+        if *self.placement.borrow() == self.seen {
+            return None;
+        }
+        self.seen = self.placement.borrow().clone();
+        Some(std::mem::replace(&mut self.topology, redis.topology(&self.seen)))
+    }
+
+    /// Waits until the record changes (for ever once the node stops); [`Watched::refresh`]
+    /// then sees the change.
+    pub(crate) async fn changed(&mut self) {
+        if self.placement.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// What a client reading from a node that is not the primary is told.
 const READONLY: &str = "READONLY You can't write against a read only replica.";
@@ -43,8 +120,11 @@ impl Calls {
 }
 
 /// Serves one Redis connection until it closes, quits, or sends what cannot be read.
-pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, service: &str) -> Result<(), Ended> {
+pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
     stream.set_nodelay(true)?;
+    let service = redis.service.as_str();
+    let serving = redis.serving(answering)?;
+    let mut watched = Watched::new(serving, redis);
     let limits = answering.limits;
     let mut decoder = Decoder::new(Limits::default());
     let mut session = Session::new(answering.counters.number_connection());
@@ -57,7 +137,10 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, service:
         loop {
             match decoder.next_request() {
                 Ok(Some(request)) => {
-                    let (reply, close) = match session.handle(&request, wall_clock_ms()) {
+                    watched.refresh(redis);
+                    let serves = if serving.active().is_some() { Serves::Primary } else { Serves::Replica };
+                    let context = Context { now_ms: wall_clock_ms(), serves, topology: &watched.topology };
+                    let (reply, close) = match session.handle(&request, &context) {
                         Action::Reply(reply) => (reply, false),
                         Action::Close(reply) => (reply, true),
                         Action::Run { request, writes } => {

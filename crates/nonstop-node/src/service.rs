@@ -81,10 +81,35 @@ impl Active {
 }
 
 /// What client threads see of a service.
-#[derive(Default)]
 pub struct Serving {
     active: RwLock<Option<Arc<Active>>>,
     primary_client: RwLock<(Option<SocketAddr>, Term)>,
+    placement: tokio::sync::watch::Sender<Placement>,
+}
+
+impl Default for Serving {
+    fn default() -> Serving {
+        Serving {
+            active: RwLock::default(),
+            primary_client: RwLock::default(),
+            placement: tokio::sync::watch::Sender::new(Placement::default()),
+        }
+    }
+}
+
+/// The control plane's record of a service as the ports that send clients to its primary see
+/// it (the Redis port's `ROLE`, the sentinel port), with what this node's failure detector
+/// believes of its nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The record's term.
+    pub term: Term,
+    /// The record's primary; `None` until the service's record exists.
+    pub primary: Option<NodeId>,
+    /// The record's backups.
+    pub backups: Vec<NodeId>,
+    /// Which of them this node believes down.
+    pub down: Vec<NodeId>,
 }
 
 impl Serving {
@@ -96,6 +121,11 @@ impl Serving {
     /// Where clients should go instead, and the term known.
     pub fn redirect(&self) -> (Option<SocketAddr>, Term) {
         *self.primary_client.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The service's placement now, and every change of it from here on.
+    pub fn placement(&self) -> tokio::sync::watch::Receiver<Placement> {
+        self.placement.subscribe()
     }
 }
 
@@ -331,6 +361,20 @@ impl ServiceHost {
         if let Some(record) = record {
             let client = config.member(record.primary).map(|m| m.client);
             *self.serving.primary_client.write().unwrap_or_else(|p| p.into_inner()) = (client, record.term);
+            let placement = Placement {
+                term: record.term,
+                primary: Some(record.primary),
+                backups: record.backups.clone(),
+                down: std::iter::once(record.primary)
+                    .chain(record.backups.iter().copied())
+                    .filter(|n| !alive(*n))
+                    .collect(),
+            };
+            self.serving.placement.send_if_modified(|known| {
+                let changed = *known != placement;
+                *known = placement;
+                changed
+            });
         }
         self.finish_attach(now);
         let links = match &self.resources {

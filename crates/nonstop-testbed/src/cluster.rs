@@ -55,8 +55,8 @@ pub struct ClusterSpec {
     pub namespaces: Option<Vec<String>>,
     /// Each node's `max_clients` (`None`: the node's default).
     pub max_clients: Option<usize>,
-    /// Give each node a Redis port (`node.redis`, port 6379 of its address), for a `kv`
-    /// service.
+    /// Give each node that holds regions a Redis port (`node.redis`, port 6379 of its
+    /// address) and a sentinel port (`node.sentinel`, port 26379), for a `kv` service.
     pub redis: bool,
 }
 
@@ -153,6 +153,8 @@ pub struct LocalNode {
     pub metrics: SocketAddr,
     /// Its Redis port, if the spec asked for one.
     pub redis: Option<SocketAddr>,
+    /// Its sentinel port, with the Redis port.
+    pub sentinel: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -204,6 +206,11 @@ impl LocalCluster {
                 id > spec.nodes
             )
         };
+        // Clients reach Redis and sentinel ports directly, never through a fault proxy.
+        let redis_ports = |id: u8| match spec.redis && id <= spec.nodes {
+            true => format!("redis = \"{}\"\nsentinel = \"{}\"\n", addr(id, 6379), addr(id, 26379)),
+            false => String::new(),
+        };
         let own = |id: u8| {
             let mut text = member(id, &addr);
             text += &format!("metrics = \"{}\"\n", addr(id, 9101));
@@ -216,10 +223,7 @@ impl LocalCluster {
             if let Some(max) = spec.max_clients {
                 text += &format!("max_clients = {max}\n");
             }
-            if spec.redis {
-                text += &format!("redis = \"{}\"\n", addr(id, 6379));
-            }
-            text
+            text + &redis_ports(id)
         };
         let mut nodes = Vec::new();
         for id in 1..=all {
@@ -230,7 +234,7 @@ impl LocalCluster {
                 key.path.display()
             );
             for peer in (1..=all).filter(|p| *p != id) {
-                text += &format!("[[peers]]\n{}\n", member(peer, &via_proxy));
+                text += &format!("[[peers]]\n{}{}\n", member(peer, &via_proxy), redis_ports(peer));
             }
             text += &format!("[heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\n\n", spec.heartbeat_ms, spec.timeout_ms);
             // Transparent mode ships DU diffs.
@@ -257,7 +261,8 @@ impl LocalCluster {
                 control: addr(id, 7001),
                 log: dir.join(format!("node{id}.log")),
                 metrics: addr(id, 9101),
-                redis: spec.redis.then(|| addr(id, 6379)),
+                redis: (spec.redis && id <= spec.nodes).then(|| addr(id, 6379)),
+                sentinel: (spec.redis && id <= spec.nodes).then(|| addr(id, 26379)),
                 child: None,
             });
         }

@@ -1,0 +1,77 @@
+//! The sentinel port: Redis Sentinel's discovery commands for the `kv` service, one
+//! [`Sentinel`] per connection, answered from the control plane's record as this node knows
+//! it. A subscribed connection is sent `+switch-master` as soon as the record names a new
+//! primary.
+
+use crate::client_server::{Answering, Ended};
+use crate::redis_port::{RedisService, Watched};
+use nonstop_kv::resp::{Decoder, Limits};
+use nonstop_kv::sentinel::Sentinel;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Serves one sentinel connection until it closes, quits, or sends what cannot be read.
+pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
+    stream.set_nodelay(true)?;
+    let limits = answering.limits;
+    let mut watched = Watched::new(redis.serving(answering)?, redis);
+    let mut sentinel = Sentinel::new(answering.counters.number_connection(), redis.node.0);
+    // Sentinel requests are short: a small limit keeps what one connection may buffer small.
+    let mut decoder = Decoder::new(Limits { max_bulk_len: 64 << 10, max_arguments: 1024, max_request_bytes: 1 << 20 });
+    let mut input = vec![0u8; 4096];
+    let mut output = Vec::new();
+    loop {
+        if let Some(before) = watched.refresh(redis) {
+            for message in sentinel.switched(&before, &watched.topology) {
+                message.encode(sentinel.protocol(), &mut output);
+            }
+        }
+        loop {
+            match decoder.next_request() {
+                Ok(Some(request)) => {
+                    let answer = sentinel.handle(&request, &watched.topology);
+                    for reply in &answer.replies {
+                        reply.encode(sentinel.protocol(), &mut output);
+                    }
+                    if answer.close {
+                        let _ = timeout(limits.message, stream.write_all(&output)).await;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    error.reply().encode(sentinel.protocol(), &mut output);
+                    let _ = timeout(limits.message, stream.write_all(&output)).await;
+                    return Ok(());
+                }
+            }
+        }
+        if !output.is_empty() {
+            match timeout(limits.message, stream.write_all(&output)).await {
+                Err(_) => return Err(Ended::Slow),
+                Ok(written) => written?,
+            }
+            output.clear();
+        }
+        // A subscriber waits for messages as long as it likes, as with Redis; any other
+        // connection is closed after the port's idle time.
+        let idle = if sentinel.subscribed() { None } else { Some(limits.idle) };
+        let read = tokio::select! {
+            read = stream.read(&mut input) => read?,
+            () = watched.changed(), if sentinel.subscribed() => continue,
+            () = sleep_or_never(idle) => return Err(Ended::Idle),
+        };
+        if read == 0 {
+            return Ok(());
+        }
+        decoder.push(&input[..read]);
+    }
+}
+
+async fn sleep_or_never(duration: Option<std::time::Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
