@@ -35,7 +35,7 @@ impl Engine {
     }
 
     fn depth(&self, levels: u32) -> Depth {
-        postcard::from_bytes(&self.hosted.query(&self.mirror, &postcard::to_allocvec(&levels).unwrap()).unwrap())
+        postcard::from_bytes(&self.hosted.query(&self.mirror, &postcard::to_allocvec(&levels).unwrap()).unwrap().0)
             .unwrap()
     }
 

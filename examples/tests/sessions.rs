@@ -32,7 +32,7 @@ impl Store {
 
     fn get(&self, id: &str, now_ms: u64) -> Option<Session> {
         let body = postcard::to_allocvec(&(id.to_string(), now_ms)).unwrap();
-        postcard::from_bytes(&self.hosted.query(&self.mirror, &body).unwrap()).unwrap()
+        postcard::from_bytes(&self.hosted.query(&self.mirror, &body).unwrap().0).unwrap()
     }
 
     fn check(&self) -> String {

@@ -38,7 +38,7 @@ fn commands_run_once_through_the_platform_and_reads_are_queries() {
     assert_eq!(call(1, &incr).unwrap(), (true, vec![Reply::Integer(1), Reply::ok()]), "a retry is answered, not run");
     assert_eq!(call(2, &request(1_050, &["INCRBY n 9"])).unwrap(), (false, vec![Reply::Integer(10)]));
     let read = |now_ms, commands: &[&str]| -> Vec<Reply> {
-        postcard::from_bytes(&hosted.query(&mirror, &request(now_ms, commands)).unwrap()).unwrap()
+        postcard::from_bytes(&hosted.query(&mirror, &request(now_ms, commands)).unwrap().0).unwrap()
     };
     assert_eq!(read(1_050, &["GET n", "GET k", "TTL k"]), vec![Reply::bulk("10"), Reply::bulk("v"), Reply::Integer(0)]);
     assert_eq!(read(1_100, &["GET k", "EXISTS k n"]), vec![Reply::Null, Reply::Integer(1)], "k expired at 1,100");

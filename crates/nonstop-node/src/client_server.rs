@@ -415,14 +415,11 @@ fn decide(request: ClientRequest, active: &Active, lane: usize, now_ms: u64) -> 
                 Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read()),
             }
         }
-        ClientRequest::Query { body, .. } => {
-            let reply = match active.service.query(&active.mirror, &body) {
-                Ok(body) => ClientReply::Answer { body, term },
-                Err(CallError::Failed(reason)) => return Decided::Now(ClientReply::Unavailable { reason }),
-                Err(refusal) => ClientReply::Rejected { reason: refusal.to_string() },
-            };
-            Decided::Held(reply, after_read())
-        }
+        ClientRequest::Query { body, .. } => match active.service.query(&active.mirror, &body) {
+            Ok((body, ticket)) => Decided::Held(ClientReply::Answer { body, term }, ticket),
+            Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
+            Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read()),
+        },
         ClientRequest::Audit { clients, query, .. } => {
             // The region is read with every transaction held off, after every line of it is
             // checked against its seal.

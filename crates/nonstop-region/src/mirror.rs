@@ -103,6 +103,9 @@ pub struct Mirror {
     // the others by every transaction; sharing a line would make each transaction miss.
     open: CacheLine<AtomicU64>,
     commits: CacheLine<AtomicU64>,
+    /// Transparent mode: the checkpoint the last update ran in (the first open one before any
+    /// update), so that a read can wait for no later checkpoint than the writes it saw.
+    last_written: AtomicU64,
     next_token: CacheLine<AtomicU64>,
     stream_waker: OnceLock<Thread>,
     commit_wake: AtomicU64,
@@ -241,6 +244,7 @@ impl Mirror {
             locks: RangeLocks::new(),
             open: CacheLine(AtomicU64::new(first.0)),
             commits: CacheLine(AtomicU64::new(0)),
+            last_written: AtomicU64::new(first.0),
             next_token: CacheLine(AtomicU64::new(1)),
             stream_waker: OnceLock::new(),
             commit_wake: AtomicU64::new(0),
@@ -311,6 +315,7 @@ impl Mirror {
         let image = unsafe { std::slice::from_raw_parts_mut(self.region.as_ptr(), self.region.len()) };
         let result = f(image);
         let checkpoint = CheckpointId(self.open.load(Ordering::Acquire));
+        self.last_written.fetch_max(checkpoint.0, Ordering::Relaxed);
         let commits = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
         if commits == self.commit_wake.load(Ordering::Relaxed)
             && let Some(waker) = self.stream_waker.get()
@@ -318,6 +323,25 @@ impl Mirror {
             waker.unpark();
         }
         (result, Ticket { checkpoint })
+    }
+
+    /// Transparent mode: reads the region between two updates, so `f` sees one state. Returns
+    /// `f`'s result and the ticket an answer drawn from it waits for: the checkpoint the last
+    /// update ran in. Once nothing has been written since a cut, that checkpoint is cut and
+    /// may already be held, so a read among reads is answered without waiting for another cut.
+    ///
+    /// # Panics
+    ///
+    /// On a mirror for declared writes, as [`Mirror::update`].
+    pub fn read<R>(&self, f: impl FnOnce(&[u8]) -> R) -> (R, Ticket) {
+        assert!(self.transparent, "Mirror::read needs transparent mode (Mirror::tracked)");
+        let _gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // SAFETY: the writer lock keeps every update out while `f` reads, and cuts and
+        // quiesced reads only read the region.
+        let image = unsafe { std::slice::from_raw_parts(self.region.as_ptr(), self.region.len()) };
+        let result = f(image);
+        (result, Ticket { checkpoint: CheckpointId(self.last_written.load(Ordering::Relaxed)) })
     }
 
     /// Transparent mode: takes the pages the kernel saw written into the capture, the pages

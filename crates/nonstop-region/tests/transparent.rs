@@ -73,6 +73,27 @@ fn checkpoints_rebuild_the_primary_image_from_diffs_alone() {
 }
 
 #[test]
+fn a_read_waits_for_the_checkpoint_of_the_last_write_and_no_later() {
+    for mode in TrackingMode::ALL {
+        let Some(mirror) = tracked(mode) else { continue };
+        // Before any write: the first open checkpoint, as if the region's start were a write.
+        let (byte, ticket) = mirror.read(|image| image[0]);
+        assert_eq!((byte, ticket.checkpoint), (0, CheckpointId(1)));
+        let written = mirror.update(|image| image[0] = 7).1;
+        let (byte, ticket) = mirror.read(|image| image[0]);
+        assert_eq!((byte, ticket), (7, written), "{mode}: a read after a write waits for its checkpoint");
+        // Reads among reads wait for nothing newer than the last write, cuts or not.
+        let cut = mirror.cut(false);
+        assert_eq!(cut.checkpoint, written.checkpoint);
+        mirror.cut(false);
+        assert_eq!(mirror.read(|_| ()).1, written, "{mode}: no write since: the same, older checkpoint");
+        let later = mirror.update(|image| image[1] = 1).1;
+        assert!(later.checkpoint > written.checkpoint);
+        assert_eq!(mirror.read(|_| ()).1, later, "{mode}");
+    }
+}
+
+#[test]
 fn a_whole_image_covers_every_page_ever_written() {
     for mode in TrackingMode::ALL {
         let Some(mirror) = tracked(mode) else { continue };

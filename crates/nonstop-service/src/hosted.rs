@@ -110,7 +110,7 @@ trait Run: Send + Sync {
         now_ms: u64,
         body: &[u8],
     ) -> Result<(Executed, Ticket), CallError>;
-    fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError>;
+    fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<(Vec<u8>, Ticket), CallError>;
     fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError>;
     fn check(&self, image: &[u8]) -> Result<String, String>;
     fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>>;
@@ -216,9 +216,9 @@ impl Hosted {
         self.run.execute(mirror, caller, now_ms, body)
     }
 
-    /// Answers a read-only question from the primary's region (the caller then cuts a
-    /// checkpoint and releases the answer once the backups hold it).
-    pub fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError> {
+    /// Answers a read-only question from the primary's region, with the ticket its answer must
+    /// wait for: the open checkpoint, which holds (or follows) every write the answer saw.
+    pub fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<(Vec<u8>, Ticket), CallError> {
         self.run.query(mirror, body)
     }
 
@@ -410,28 +410,35 @@ impl<S: Service> Run for Host<S> {
         }
     }
 
-    fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<Vec<u8>, CallError> {
+    fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<(Vec<u8>, Ticket), CallError> {
         let query: S::Query = decode("query", body)?;
         if mirror.is_transparent() {
-            // An update that writes nothing: it runs between two others, so it sees one state.
-            return mirror
-                .update(|image| {
-                    let (state, slots) = self.layout.split_mut(image)?;
-                    let view = View::bytes(state, slots, self.layout.table);
-                    self.service.query(&view, &query).map_err(CallError::from_service)
-                })
-                .0
-                .and_then(|answer| encode(&answer, self.layout.table.reply_room()));
+            // Between two updates, so it sees one state; its ticket is the checkpoint of the
+            // last update, which a read among reads finds held already.
+            let (answer, ticket) = mirror.read(|image| {
+                let (state, slots) =
+                    self.layout.split(image).ok_or_else(|| failed("the region is shorter than the service"))?;
+                let view = View::bytes(state, slots, self.layout.table);
+                self.service.query(&view, &query).map_err(CallError::from_service)
+            });
+            return Ok((encode(&answer?, self.layout.table.reply_room())?, ticket));
         }
         let Layout { state_len, table_at, table } = self.layout;
         loop {
             let tx = mirror.begin();
             let attempt = self.service.query(&View::declared(&tx, state_len, table_at, table), &query);
-            tx.abort();
             match attempt {
-                Err(ServiceError::Region(TxError::Conflict { .. })) => std::thread::yield_now(),
-                Err(error) => return Err(CallError::from_service(error)),
-                Ok(answer) => return encode(&answer, table.reply_room()),
+                Err(ServiceError::Region(TxError::Conflict { .. })) => {
+                    tx.abort();
+                    std::thread::yield_now();
+                }
+                Err(error) => {
+                    tx.abort();
+                    return Err(CallError::from_service(error));
+                }
+                // A transaction that wrote nothing: its commit changes nothing and gives the
+                // ticket of the open checkpoint, no older than the one that applied what it read.
+                Ok(answer) => return Ok((encode(&answer, table.reply_room())?, tx.commit())),
             }
         }
     }

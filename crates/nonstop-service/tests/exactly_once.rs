@@ -126,7 +126,7 @@ fn declared_requests_are_applied_once_and_refusals_change_nothing() {
     // The refused number is still the next one.
     assert_eq!(value(run(9, 3, &add).unwrap().0), (false, Reply::Value(15)));
 
-    let answer: (u64, Option<u64>) = postcard::from_bytes(&hosted.query(&mirror, &body(&9u64)).unwrap()).unwrap();
+    let answer: (u64, Option<u64>) = postcard::from_bytes(&hosted.query(&mirror, &body(&9u64)).unwrap().0).unwrap();
     assert_eq!(answer, (15, Some(3)));
     let audit = mirror.quiesced(|image, _| hosted.audit(image, &[9, 10], Some(&body(&10u64))));
     let summary = audit.check.unwrap();
@@ -284,7 +284,7 @@ fn transparent_requests_are_applied_once_and_refusals_change_nothing() {
     assert!(matches!(run(1, 2, 0), Err(CallError::Refused(_))));
     assert!(matches!(run(1, 5, 1), Err(CallError::Skips { expected: 2, got: 5 })));
     assert!(image(&mirror) == before, "a refusal changes nothing");
-    let values: Vec<u64> = postcard::from_bytes(&hosted.query(&mirror, &body(&())).unwrap()).unwrap();
+    let values: Vec<u64> = postcard::from_bytes(&hosted.query(&mirror, &body(&())).unwrap().0).unwrap();
     assert_eq!(values, [10, 20]);
     let summary = mirror.quiesced(|image, _| hosted.check(image)).unwrap();
     assert!(summary.contains("2 entries; 2 clients, each request applied once"), "{summary}");

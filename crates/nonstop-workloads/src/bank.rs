@@ -459,7 +459,7 @@ mod tests {
         let refused = hosted.execute(&mirror, Caller { client: 7, request: 3, lane: 0 }, 0, &out_of_range);
         assert!(matches!(refused, Err(CallError::Refused(reason)) if reason.contains("out of range")));
         let query = postcard::to_allocvec(&BankQuery::Read { client: 7, account: 3 }).unwrap();
-        let answer: BankAnswer = postcard::from_bytes(&hosted.query(&mirror, &query).unwrap()).unwrap();
+        let answer: BankAnswer = postcard::from_bytes(&hosted.query(&mirror, &query).unwrap().0).unwrap();
         let memory = Some(Remembered { request: 2, applied: 2, balance: 300 });
         assert_eq!(answer, BankAnswer::Read { memory, balance: Some(300) });
         let summary = mirror.quiesced(|image, _| hosted.check(image)).unwrap();

@@ -333,7 +333,7 @@ mod tests {
             run(&hosted, &mirror, client, 1, transfer).unwrap();
         }
         let query = postcard::to_allocvec(&BankQuery::Read { client: 7, account: 3 }).unwrap();
-        let answer: BankAnswer = postcard::from_bytes(&hosted.query(&mirror, &query).unwrap()).unwrap();
+        let answer: BankAnswer = postcard::from_bytes(&hosted.query(&mirror, &query).unwrap().0).unwrap();
         let memory = Some(Remembered { request: 2, applied: 2, balance: 300 });
         assert_eq!(answer, BankAnswer::Read { memory, balance: Some(300) });
         let summary = mirror.quiesced(|image, _| hosted.check(image)).unwrap();

@@ -70,7 +70,7 @@ fn the_mix_through_the_service_is_applied_once_and_keeps_tpcc_conditions() {
     let same = mirror.quiesced(|image, _| direct_mirror.quiesced(|other, _| image[..state_len] == other[..state_len]));
     assert!(same, "the service's state differs from the same requests run directly");
     let answer = hosted.query(&mirror, &postcard::to_allocvec(&DistrictQuery { warehouse: 0, district: 3 }).unwrap());
-    let district: DistrictState = postcard::from_bytes(&answer.unwrap()).unwrap();
+    let district: DistrictState = postcard::from_bytes(&answer.unwrap().0).unwrap();
     assert!(district.next_order > 1 && district.next_delivery <= district.next_order, "{district:?}");
 }
 
