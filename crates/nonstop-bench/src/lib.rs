@@ -10,6 +10,7 @@
 
 pub mod clients;
 pub mod tracking;
+pub mod versus_redis;
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;

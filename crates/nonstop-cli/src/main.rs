@@ -326,6 +326,32 @@ enum BenchTarget {
     /// What open idle client connections cost a primary: its threads, memory and answer
     /// latency with none and with --connections open.
     Clients(ClientsArgs),
+    /// The kv service against Redis, side by side in one run: Redis standalone
+    /// (redis-benchmark), Redis with a replica and WAIT 1 0 after every SET, and nonstop-kv with
+    /// one backup (redis-benchmark on its Redis port). Needs redis-server and redis-benchmark.
+    Redis(RedisArgs),
+}
+
+#[derive(Args)]
+struct RedisArgs {
+    /// Connections of every load (redis-benchmark -c).
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Requests per load and round (redis-benchmark -n).
+    #[arg(long, default_value_t = 100_000)]
+    requests: usize,
+    /// Bytes per value (redis-benchmark -d).
+    #[arg(long, default_value_t = 3)]
+    value_size: usize,
+    /// Keys drawn from (redis-benchmark -r).
+    #[arg(long, default_value_t = 100_000)]
+    keyspace: u64,
+    /// Rounds, each running every load; the median round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Which cluster an operator command talks to (with the cluster key: operator requests are
@@ -540,6 +566,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             BenchTarget::Matrix(args) => bench_matrix(args),
             BenchTarget::Tracking(args) => bench_tracking(args),
             BenchTarget::Clients(args) => bench_clients(args),
+            BenchTarget::Redis(args) => bench_redis(args),
         },
         Command::Demo { clients } => demo(clients),
     }
@@ -567,6 +594,51 @@ fn bench_clients(args: ClientsArgs) -> anyhow::Result<()> {
             report.threads_added, report.rss_per_connection_kib, report.refused, report.open_s
         );
     }
+    Ok(())
+}
+
+fn bench_redis(args: RedisArgs) -> anyhow::Result<()> {
+    use nonstop_bench::versus_redis::{RedisBenchConfig, run};
+    if args.clients == 0 || args.requests == 0 || args.rounds == 0 || args.keyspace == 0 {
+        anyhow::bail!("--clients, --requests, --rounds and --keyspace must be at least 1");
+    }
+    let config = RedisBenchConfig {
+        clients: args.clients,
+        requests: args.requests,
+        value_size: args.value_size,
+        keyspace: args.keyspace,
+        rounds: args.rounds,
+        ..RedisBenchConfig::default()
+    };
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = run(&std::env::current_exe()?, &config, &|step| progress.set_message(step.to_string()))?;
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}; {} connections, {}-byte values, {} requests a load, median of {} rounds",
+        report.redis_version, report.clients, report.value_size, report.requests, report.rounds
+    );
+    let row = |name: &str, per_s: f64, p50: f64, p99: f64| {
+        println!("{name:<34} {per_s:>10.0}/s   p50 {p50:>6.3} ms   p99 {p99:>6.3} ms")
+    };
+    row("Redis SET", report.redis_set_per_s, report.redis_set_p50_ms, report.redis_set_p99_ms);
+    row("Redis GET", report.redis_get_per_s, report.redis_get_p50_ms, report.redis_get_p99_ms);
+    row(
+        "Redis + replica, SET + WAIT 1 0",
+        report.redis_wait_set_per_s,
+        report.redis_wait_set_p50_ms,
+        report.redis_wait_set_p99_ms,
+    );
+    row("nonstop-kv + backup, SET", report.nonstop_set_per_s, report.nonstop_set_p50_ms, report.nonstop_set_p99_ms);
+    row("nonstop-kv + backup, GET", report.nonstop_get_per_s, report.nonstop_get_p50_ms, report.nonstop_get_p99_ms);
+    println!(
+        "nonstop SET / Redis SET {:.2}, / Redis SET+WAIT {:.2}; nonstop GET / Redis GET {:.2}",
+        report.ratio_set_vs_redis, report.ratio_set_vs_redis_wait, report.ratio_get_vs_redis
+    );
     Ok(())
 }
 
