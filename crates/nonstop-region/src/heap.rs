@@ -38,6 +38,7 @@
 
 use allocator_api2::alloc::{AllocError, Allocator, Layout};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use talc::{ErrOnOom, Span, Talc, Talck};
 use thiserror::Error;
 
@@ -69,9 +70,31 @@ pub fn ordered_key(n: u64) -> [u8; 8] {
 }
 
 /// "NSHEAP" and the layout version: a region formatted by another layout is refused.
-const MAGIC: u64 = u64::from_le_bytes(*b"NSHEAP01");
+const MAGIC: u64 = u64::from_le_bytes(*b"NSHEAP02");
 
 type Allocator_ = Talck<spin::Mutex<()>, ErrOnOom>;
+
+/// The region's allocator and what it has handed out, kept in the region's header. The counts
+/// are atomics beside the allocator's own lock so that a reader (`INFO memory`, between two
+/// updates) reads them without taking a lock, which would write to the region.
+struct Accounted {
+    allocator: Allocator_,
+    allocated_bytes: AtomicUsize,
+    allocations: AtomicUsize,
+    arena_bytes: usize,
+}
+
+/// What a region's heap holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapUsage {
+    /// Bytes of the live allocations (as their layouts ask; the allocator's own headers and
+    /// alignment padding are not counted).
+    pub allocated_bytes: usize,
+    /// Live allocations.
+    pub allocations: usize,
+    /// Bytes of the arena, the most that can be allocated.
+    pub arena_bytes: usize,
+}
 
 /// The region's first bytes in transparent mode.
 #[repr(C)]
@@ -83,7 +106,7 @@ struct Header {
     root: usize,
     /// The region's length when formatted: a heap is opened only in a region as long.
     len: usize,
-    allocator: Allocator_,
+    allocator: Accounted,
 }
 
 /// Heap space starts here, after the header, aligned for any value.
@@ -164,7 +187,13 @@ impl<'a> Heap<'a> {
             // other heap claims it; it does not contain the null address.
             unsafe { talc.claim(Span::from_base_size(base.add(ARENA_START), len - ARENA_START)) }
                 .map_err(|()| HeapError::TooSmall { len })?;
-            let header = Header { magic: MAGIC, root_fingerprint: 0, root: 0, len, allocator: talc.lock() };
+            let allocator = Accounted {
+                allocator: talc.lock(),
+                allocated_bytes: AtomicUsize::new(0),
+                allocations: AtomicUsize::new(0),
+                arena_bytes: len - ARENA_START,
+            };
+            let header = Header { magic: MAGIC, root_fingerprint: 0, root: 0, len, allocator };
             // SAFETY: the header fits before the arena, the base is page-aligned, and the
             // bytes were zeros (no value is overwritten).
             unsafe { base.cast::<Header>().write(header) };
@@ -265,7 +294,28 @@ fn fingerprint<T>() -> u64 {
 /// node, so a collection that stores it stays valid after a promotion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionAlloc {
-    allocator: NonNull<Allocator_>,
+    allocator: NonNull<Accounted>,
+}
+
+impl RegionAlloc {
+    /// What the heap holds now. Reads two counters and writes nothing, so it may be called
+    /// from a read of the region.
+    pub fn usage(&self) -> HeapUsage {
+        // SAFETY: the allocator sits in the region's header while the region is mapped.
+        let accounted = unsafe { self.allocator.as_ref() };
+        HeapUsage {
+            allocated_bytes: accounted.allocated_bytes.load(Ordering::Relaxed),
+            allocations: accounted.allocations.load(Ordering::Relaxed),
+            arena_bytes: accounted.arena_bytes,
+        }
+    }
+
+    fn counted(&self, grown: isize, allocations: isize) {
+        // SAFETY: as in `usage`.
+        let accounted = unsafe { self.allocator.as_ref() };
+        accounted.allocated_bytes.fetch_add(grown as usize, Ordering::Relaxed);
+        accounted.allocations.fetch_add(allocations as usize, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: the allocator behind the pointer locks itself (a spin lock in the region).
@@ -278,22 +328,29 @@ unsafe impl Sync for RegionAlloc {}
 unsafe impl Allocator for RegionAlloc {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the allocator sits in the region's header while the region is mapped.
-        unsafe { self.allocator.as_ref() }.allocate(layout)
+        let allocated = unsafe { &self.allocator.as_ref().allocator }.allocate(layout)?;
+        self.counted(layout.size() as isize, 1);
+        Ok(allocated)
     }
 
     unsafe fn deallocate(&self, pointer: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { self.allocator.as_ref().deallocate(pointer, layout) }
+        unsafe { self.allocator.as_ref().allocator.deallocate(pointer, layout) }
+        self.counted(-(layout.size() as isize), -1);
     }
 
     unsafe fn grow(&self, pointer: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { self.allocator.as_ref().grow(pointer, old, new) }
+        let grown = unsafe { self.allocator.as_ref().allocator.grow(pointer, old, new) }?;
+        self.counted(new.size() as isize - old.size() as isize, 0);
+        Ok(grown)
     }
 
     unsafe fn shrink(&self, pointer: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { self.allocator.as_ref().shrink(pointer, old, new) }
+        let shrunk = unsafe { self.allocator.as_ref().allocator.shrink(pointer, old, new) }?;
+        self.counted(new.size() as isize - old.size() as isize, 0);
+        Ok(shrunk)
     }
 }
 

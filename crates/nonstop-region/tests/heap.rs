@@ -156,6 +156,39 @@ fn a_root_of_another_type_is_refused() {
 }
 
 #[test]
+fn the_heap_counts_what_it_holds() {
+    let mirror = Mirror::transparent_unreplicated(Region::map(0x2a00_0000_0000, LEN).unwrap(), CheckpointId(1));
+    let usage = |mirror: &Mirror| {
+        mirror
+            .read(|image| {
+                let root = Heap::root_in::<RegionVec<u64>>(image).unwrap().unwrap();
+                root.allocator().usage()
+            })
+            .0
+    };
+    mirror.update(|image| {
+        let mut heap = Heap::open(image).unwrap();
+        let alloc = heap.allocator();
+        let values = heap.root(|| RegionVec::<u64>::new_in(alloc)).unwrap();
+        values.extend_from_slice(&[1, 2, 3]);
+    });
+    let first = usage(&mirror);
+    assert_eq!(first.allocations, 2, "the root and the vector's buffer");
+    assert!(first.allocated_bytes >= 3 * 8 && first.arena_bytes > LEN / 2, "{first:?}");
+    mirror.update(|image| {
+        Heap::open(image).unwrap().root::<RegionVec<u64>>(|| unreachable!()).unwrap().reserve_exact(1000)
+    });
+    let grown = usage(&mirror);
+    assert!(grown.allocated_bytes >= first.allocated_bytes + 997 * 8, "{grown:?}");
+    mirror.update(|image| {
+        let mut heap = Heap::open(image).unwrap();
+        let alloc = heap.allocator();
+        *heap.root::<RegionVec<u64>>(|| unreachable!()).unwrap() = RegionVec::new_in(alloc);
+    });
+    assert_eq!(usage(&mirror).allocations, 1, "the buffer freed");
+}
+
+#[test]
 fn a_region_holding_something_else_is_not_taken_for_a_heap() {
     let mirror = Mirror::transparent_unreplicated(Region::map(0x2900_0000_0000, LEN).unwrap(), CheckpointId(1));
     mirror.update(|image| image[0] = 0x42);
