@@ -81,6 +81,15 @@ fn redis_clients_use_the_kv_service_through_the_primary() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("%7\r\n") && text.ends_with(tail), "HELLO 3, then RESP3: {text}");
 
+    // INFO's figures come from the keyspace and the region's heap; a backup reports itself a
+    // replica of the primary.
+    let got = exchange(primary, &inline(&["INFO keyspace", "INFO memory"]), |got| got.ends_with(b"noeviction\r\n\r\n"));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("db0:keys=3,expires=0") && text.contains("used_memory:"), "{text}");
+    let got = exchange(backup, &inline(&["INFO replication"]), |got| got.ends_with(b"master_repl_offset:0\r\n\r\n"));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("role:slave") && text.contains(&format!("master_port:{}", primary.port())), "{text}");
+
     // A backup sends clients to look for the primary, for reads and writes alike.
     let readonly = "-READONLY You can't write against a read only replica.\r\n";
     let got = exchange(backup, &inline(&["SET k w", "GET k"]), |got| got.len() >= 2 * readonly.len());

@@ -122,6 +122,9 @@ pub enum Command {
     HIncrByFloat { key: Bytes, field: Bytes, by: f64 },
     /// `DBSIZE`.
     DbSize,
+    /// What `INFO` needs of the keyspace: `[keys, keys with an expiry, bytes allocated, bytes
+    /// of the arena]`. Made by the session for `INFO`, never read from a client's command.
+    Stats,
     /// `KEYS pattern` (Redis's glob: `*`, `?`, `[...]`, `\`).
     Keys { pattern: Bytes },
     /// `FLUSHDB` and `FLUSHALL` (`ASYNC` and `SYNC` alike: at once).
@@ -161,6 +164,7 @@ impl Command {
                 | Command::HLen { .. }
                 | Command::HStrLen { .. }
                 | Command::DbSize
+                | Command::Stats
                 | Command::Keys { .. }
         )
     }

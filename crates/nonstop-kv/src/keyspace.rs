@@ -100,6 +100,11 @@ impl<A: Allocator + Clone> Keyspace<A> {
         self.keys.len()
     }
 
+    /// The allocator its memory comes from.
+    pub fn allocator(&self) -> &A {
+        &self.alloc
+    }
+
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -278,6 +283,11 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     .map(|h| Reply::Integer(h.and_then(|h| h.get(&KeyRef(field))).map_or(0, |v| v.len() as i64))),
             ),
             Command::DbSize => Reply::Integer(self.keys.len() as i64),
+            // The memory figures are the allocator's, which the service adds.
+            Command::Stats => Reply::Array(vec![
+                Reply::Integer(self.keys.len() as i64),
+                Reply::Integer(self.keys.values().filter(|entry| entry.expires_at_ms.is_some()).count() as i64),
+            ]),
             Command::Keys { pattern } => Reply::Array(
                 self.keys
                     .iter()

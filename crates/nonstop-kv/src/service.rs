@@ -103,9 +103,14 @@ impl Service for Kv {
             .commands
             .iter()
             .map(|command| {
-                keyspace.read(command, request.now_ms).ok_or_else(|| {
+                let mut reply = keyspace.read(command, request.now_ms).ok_or_else(|| {
                     ServiceError::refused(format!("a query cannot run {command:?}: it writes; send it as a call"))
-                })
+                })?;
+                if let (Command::Stats, Reply::Array(figures)) = (command, &mut reply) {
+                    let usage = keyspace.allocator().usage();
+                    figures.extend([usage.allocated_bytes, usage.arena_bytes].map(|n| Reply::Integer(n as i64)));
+                }
+                Ok(reply)
             })
             .collect()
     }

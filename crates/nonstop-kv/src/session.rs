@@ -9,11 +9,12 @@
 //!
 //! ```
 //! use nonstop_kv::resp::Reply;
-//! use nonstop_kv::session::{Action, Context, Session};
+//! use nonstop_kv::session::{Action, Context, NodeFacts, Session};
 //! use nonstop_kv::topology::{Serves, Topology};
 //!
 //! let topology = Topology { name: "kv".into(), epoch: 1, primary: None, replicas: vec![], sentinels: vec![] };
-//! let context = Context { now_ms: 0, serves: Serves::Primary, topology: &topology };
+//! let node = NodeFacts::default();
+//! let context = Context { now_ms: 0, serves: Serves::Primary, topology: &topology, node: &node };
 //! let mut session = Session::new(1);
 //! let words = |text: &str| text.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
 //! assert_eq!(session.handle(&words("PING"), &context), Action::Reply(Reply::Simple("PONG".into())));
@@ -34,8 +35,25 @@ pub struct Context<'a> {
     pub now_ms: u64,
     /// What the node is for the service now.
     pub serves: Serves,
-    /// Where the service runs (`ROLE`).
+    /// Where the service runs (`ROLE`, `INFO replication`).
     pub topology: &'a Topology,
+    /// What `INFO` reports of the node.
+    pub node: &'a NodeFacts,
+}
+
+/// What `INFO` reports of the node that holds the connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The node's number.
+    pub node: u64,
+    /// The Redis port's TCP port.
+    pub port: u16,
+    /// When the node started, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// Client connections open on the node.
+    pub connected_clients: u64,
+    /// Client connections the node takes at once.
+    pub max_clients: u64,
 }
 
 /// What the driver does next for a connection.
@@ -82,6 +100,8 @@ enum Awaiting {
     Single,
     /// An `EXEC`: the transaction's replies as one array.
     Exec(Vec<Slot>),
+    /// An `INFO`: the keyspace's figures complete the text.
+    Info(Info),
 }
 
 /// One connection.
@@ -144,6 +164,16 @@ impl Session {
                 Some(_) => Action::Reply(Reply::ok()),
             },
             b"QUIT" => Action::Close(Reply::ok()),
+            b"INFO" => {
+                let info = Info::new(args, context);
+                match info.needs_keyspace() {
+                    true => {
+                        self.awaiting = Awaiting::Info(info);
+                        Action::Run { request: KvRequest { now_ms, commands: vec![Command::Stats] }, writes: false }
+                    }
+                    false => Action::Reply(info.reply(None)),
+                }
+            }
             _ => match self.connection_command(&name, args, context) {
                 Some(reply) => Action::Reply(reply),
                 None => match parse(request, now_ms) {
@@ -191,6 +221,7 @@ impl Session {
         };
         match awaiting {
             Awaiting::Nothing => Reply::error("ERR no command was running"),
+            Awaiting::Info(info) => info.reply(replies.into_iter().next()),
             Awaiting::Single => replies.into_iter().next().unwrap_or_else(|| Reply::error("ERR no reply")),
             Awaiting::Exec(slots) => {
                 let mut replies = replies.into_iter();
@@ -220,6 +251,119 @@ impl Session {
             Serves::Replica => "replica",
         };
         self.connection.command(name, args, hello_role)
+    }
+}
+
+/// An `INFO` request: the sections asked, and what the connection knew of the node when it
+/// was asked.
+#[derive(Debug)]
+struct Info {
+    sections: Vec<&'static str>,
+    serves: Serves,
+    topology: Topology,
+    node: NodeFacts,
+    now_ms: u64,
+}
+
+/// Redis's sections in Redis's order; those this service has.
+const SECTIONS: [&str; 5] = ["server", "clients", "memory", "replication", "keyspace"];
+
+impl Info {
+    fn new(args: &[Vec<u8>], context: &Context<'_>) -> Info {
+        let asked: Vec<String> = args.iter().map(|arg| String::from_utf8_lossy(arg).to_lowercase()).collect();
+        let all = asked.is_empty() || asked.iter().any(|a| matches!(a.as_str(), "all" | "default" | "everything"));
+        let sections = SECTIONS.into_iter().filter(|section| all || asked.iter().any(|a| a == section)).collect();
+        Info {
+            sections,
+            serves: context.serves,
+            topology: context.topology.clone(),
+            node: *context.node,
+            now_ms: context.now_ms,
+        }
+    }
+
+    fn needs_keyspace(&self) -> bool {
+        self.sections.iter().any(|section| matches!(*section, "memory" | "keyspace"))
+    }
+
+    /// The text, given the keyspace's figures (`[keys, expires, allocated, arena]`) if asked.
+    fn reply(&self, figures: Option<Reply>) -> Reply {
+        let figure = |at: usize| match &figures {
+            Some(Reply::Array(values)) => match values.get(at) {
+                Some(Reply::Integer(n)) => *n,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        let mut text = String::new();
+        for section in &self.sections {
+            if !text.is_empty() {
+                text.push_str("\r\n");
+            }
+            let lines: Vec<String> = match *section {
+                "server" => vec![
+                    format!("redis_version:{}", crate::connection::REDIS_VERSION),
+                    "redis_mode:standalone".into(),
+                    format!("run_id:{}", crate::topology::run_id(self.node.node)),
+                    format!("tcp_port:{}", self.node.port),
+                    format!("uptime_in_seconds:{}", self.now_ms.saturating_sub(self.node.started_ms) / 1000),
+                    "nonstop:1".into(),
+                ],
+                "clients" => {
+                    vec![
+                        format!("connected_clients:{}", self.node.connected_clients),
+                        format!("maxclients:{}", self.node.max_clients),
+                    ]
+                }
+                "memory" => vec![
+                    format!("used_memory:{}", figure(2)),
+                    format!("maxmemory:{}", figure(3)),
+                    "maxmemory_policy:noeviction".into(),
+                ],
+                "replication" => self.replication(),
+                "keyspace" if figure(0) > 0 => vec![format!("db0:keys={},expires={},avg_ttl=0", figure(0), figure(1))],
+                _ => Vec::new(),
+            };
+            let title = format!("{}{}", section[..1].to_uppercase(), &section[1..]);
+            text.push_str(&format!("# {title}\r\n"));
+            for line in lines {
+                text.push_str(&line);
+                text.push_str("\r\n");
+            }
+        }
+        Reply::Verbatim { format: *b"txt", text: text.into_bytes() }
+    }
+
+    /// Redis's replication section. The replication id is the control plane's term, which
+    /// changes with every promotion as Redis's does; offsets are Redis's and read 0.
+    fn replication(&self) -> Vec<String> {
+        let topology = &self.topology;
+        let mut lines = vec![format!("role:{}", self.serves.role_name())];
+        match self.serves {
+            Serves::Primary => {
+                lines.push(format!("connected_slaves:{}", topology.replicas.len()));
+                for (i, replica) in topology.replicas.iter().enumerate() {
+                    let state = if replica.down { "wait_bgsave" } else { "online" };
+                    lines.push(format!(
+                        "slave{i}:ip={},port={},state={state},offset=0,lag=0",
+                        replica.addr.ip(),
+                        replica.addr.port()
+                    ));
+                }
+            }
+            Serves::Replica => {
+                let (host, port, up) = topology
+                    .primary
+                    .as_ref()
+                    .map_or(("?".to_string(), 0, false), |p| (p.addr.ip().to_string(), p.addr.port(), !p.down));
+                lines.push(format!("master_host:{host}"));
+                lines.push(format!("master_port:{port}"));
+                lines.push(format!("master_link_status:{}", if up { "up" } else { "down" }));
+            }
+        }
+        lines.push(format!("master_replid:{}", crate::topology::run_id(topology.epoch)));
+        lines.push("master_repl_offset:0".into());
+        lines
     }
 }
 
@@ -273,8 +417,10 @@ mod tests {
     static NOWHERE: Topology =
         Topology { name: String::new(), epoch: 0, primary: None, replicas: Vec::new(), sentinels: Vec::new() };
 
+    static NODE: NodeFacts = NodeFacts { node: 1, port: 6379, started_ms: 0, connected_clients: 1, max_clients: 10 };
+
     fn at(now_ms: u64) -> Context<'static> {
-        Context { now_ms, serves: Serves::Primary, topology: &NOWHERE }
+        Context { now_ms, serves: Serves::Primary, topology: &NOWHERE, node: &NODE }
     }
 
     fn words(text: &str) -> Request {
@@ -372,11 +518,12 @@ mod tests {
             sentinels: Vec::new(),
         };
         let mut session = Session::new(1);
-        let mut role =
-            |serves| match session.handle(&words("ROLE"), &Context { now_ms: 0, serves, topology: &topology }) {
-                Action::Reply(reply) => reply,
-                other => panic!("{other:?}"),
-            };
+        let mut role = |serves| match session
+            .handle(&words("ROLE"), &Context { now_ms: 0, serves, topology: &topology, node: &NODE })
+        {
+            Action::Reply(reply) => reply,
+            other => panic!("{other:?}"),
+        };
         let text = |value: &str| Reply::bulk(value);
         assert_eq!(
             role(Serves::Primary),
@@ -396,5 +543,27 @@ mod tests {
                 Reply::Integer(0)
             ])
         );
+    }
+
+    #[test]
+    fn info_asks_the_keyspace_only_for_its_sections() {
+        let mut session = Session::new(1);
+        let Reply::Verbatim { text, .. } = reply(&mut session, "INFO server") else { panic!() };
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with("# Server\r\nredis_version:") && text.contains("tcp_port:6379"), "{text}");
+        let Reply::Verbatim { text, .. } = reply(&mut session, "INFO replication") else { panic!() };
+        assert!(String::from_utf8(text).unwrap().contains("role:master\r\nconnected_slaves:0"));
+        let Action::Run { request, writes: false } = session.handle(&words("INFO"), &at(0)) else { panic!() };
+        assert_eq!(request.commands, vec![Command::Stats]);
+        let figures = Reply::Array([3, 1, 4096, 1 << 20].map(Reply::Integer).to_vec());
+        let Reply::Verbatim { text, .. } = session.replied(Ok(vec![figures])) else { panic!() };
+        let text = String::from_utf8(text).unwrap();
+        for line in ["used_memory:4096", "maxmemory:1048576", "db0:keys=3,expires=1,avg_ttl=0", "# Clients"] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let order: Vec<usize> = ["# Server", "# Clients", "# Memory", "# Replication", "# Keyspace"]
+            .map(|t| text.find(t).unwrap())
+            .to_vec();
+        assert!(order.is_sorted(), "Redis's order: {text}");
     }
 }

@@ -106,6 +106,8 @@ pub fn run_node(
                     service: port.service.clone(),
                     node: config.me.id,
                     members: config.members.clone(),
+                    addr: port.addr,
+                    started_ms: client_server::wall_clock_ms(),
                 },
             })
         }

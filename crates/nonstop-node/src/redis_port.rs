@@ -15,7 +15,7 @@ use crate::client_server::{Answering, Ended, answer, wall_clock_ms};
 use crate::config::Member;
 use crate::service::{Placement, Serving};
 use nonstop_kv::resp::{Decoder, Limits, Reply};
-use nonstop_kv::session::{Action, Context, Session};
+use nonstop_kv::session::{Action, Context, NodeFacts, Session};
 use nonstop_kv::topology::{Instance, Serves, Topology};
 use nonstop_proto::client::{ClientReply, ClientRequest};
 use std::net::SocketAddr;
@@ -34,6 +34,10 @@ pub struct RedisService {
     pub node: NodeId,
     /// Every node, with its Redis and sentinel ports.
     pub members: Vec<Member>,
+    /// The Redis port's address.
+    pub addr: SocketAddr,
+    /// When the node started, in milliseconds since the Unix epoch (`INFO`'s uptime).
+    pub started_ms: u64,
 }
 
 impl RedisService {
@@ -139,7 +143,14 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &
                 Ok(Some(request)) => {
                     watched.refresh(redis);
                     let serves = if serving.active().is_some() { Serves::Primary } else { Serves::Replica };
-                    let context = Context { now_ms: wall_clock_ms(), serves, topology: &watched.topology };
+                    let node = NodeFacts {
+                        node: redis.node.0,
+                        port: redis.addr.port(),
+                        started_ms: redis.started_ms,
+                        connected_clients: answering.counters.snapshot().open,
+                        max_clients: answering.limits.max_connections as u64,
+                    };
+                    let context = Context { now_ms: wall_clock_ms(), serves, topology: &watched.topology, node: &node };
                     let (reply, close) = match session.handle(&request, &context) {
                         Action::Reply(reply) => (reply, false),
                         Action::Close(reply) => (reply, true),
