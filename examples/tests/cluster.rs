@@ -118,7 +118,7 @@ fn chaos_kill_on_the_order_book_binary_loses_and_doubles_nothing() {
         },
         quiet: Duration::from_millis(300),
         double: None,
-        sampled: true,
+        clients_kind: nonstop_testbed::chaos::Clients::Sampled,
     };
     let report = nonstop_testbed::chaos::run_kill(&example("orderbook"), &config, |_| {}).unwrap();
     assert_eq!((report.acked_lost, report.applied_twice), (0, 0), "{:?}", report.history);
@@ -152,7 +152,7 @@ fn chaos_netns_on_the_order_book_binary_violates_nothing() {
         quiet: Duration::from_millis(300),
         soak: None,
         fault_every: Duration::ZERO,
-        sampled: true,
+        clients_kind: nonstop_testbed::chaos::Clients::Sampled,
     };
     let report = nonstop_testbed::chaos::netns::run(&example("orderbook"), &config, |_| {}).unwrap();
     assert_eq!(report.violations, 0, "{}", report.history.summary());

@@ -1,7 +1,7 @@
 //! `nonstop chaos kill` in small: kills at random moments and at every fault point inside a
 //! checkpoint, with nothing lost, nothing applied twice and no needless failover.
 
-use nonstop_testbed::chaos::{ChaosConfig, DoubleKill, run_kill};
+use nonstop_testbed::chaos::{ChaosConfig, Clients, DoubleKill, run_kill};
 use nonstop_testbed::cluster::ClusterSpec;
 
 #[test]
@@ -14,7 +14,7 @@ fn kills_inside_checkpoints_lose_and_double_nothing() {
         spec: ClusterSpec { ip_prefix: "127.0.3".into(), region_size_mib: 32, ..ClusterSpec::default() },
         quiet: std::time::Duration::from_secs(1),
         double: None,
-        sampled: false,
+        clients_kind: Clients::Bank,
     };
     let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.is_ok(), "{:?}", report.check);
@@ -54,7 +54,7 @@ fn transparent_mode_services_lose_and_double_nothing_under_kills() {
             },
             quiet: std::time::Duration::from_secs(1),
             double: None,
-            sampled: false,
+            clients_kind: Clients::Bank,
         };
         let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
         assert!(report.check.as_ref().is_ok_and(|summary| summary.contains(consistent)), "{kind}: {:?}", report.check);
@@ -84,7 +84,7 @@ fn two_backups_survive_two_kills_in_a_row() {
         },
         quiet: std::time::Duration::ZERO,
         double: Some(DoubleKill::InsideReprotection),
-        sampled: false,
+        clients_kind: Clients::Bank,
     };
     let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.is_ok(), "{:?}", report.check);
@@ -114,11 +114,46 @@ fn order_entry_through_the_node_loses_and_doubles_nothing_under_kills() {
         },
         quiet: std::time::Duration::ZERO,
         double: None,
-        sampled: true,
+        clients_kind: Clients::Sampled,
     };
     let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.as_ref().is_ok_and(|summary| summary.contains("TPC-C conditions 1-4")), "{:?}", report.check);
     assert_eq!((report.acked_lost, report.applied_twice), (0, 0), "{report:?}");
     assert_eq!(report.no_failover, 0, "{report:?}");
     assert!(report.acknowledged > 100, "the load ran: {report:?}");
+}
+
+/// The Redis-compatible service under kills, through unchanged Redis clients that find the
+/// primary with the `redis` crate's Sentinel client: no acknowledged write lost, no stale read,
+/// no increment applied twice.
+#[test]
+fn redis_clients_lose_nothing_under_kills() {
+    let tracking = match nonstop_region::tracking::probe(nonstop_region::tracking::TrackingMode::Uffd) {
+        Ok(()) => nonstop_region::tracking::TrackingMode::Uffd,
+        Err(_) => nonstop_region::tracking::TrackingMode::Mprotect,
+    };
+    let config = ChaosConfig {
+        trials: 8,
+        seed: 15,
+        clients: 4,
+        fault_share: 0.5,
+        spec: ClusterSpec {
+            ip_prefix: "127.0.13".into(),
+            region_size_mib: 32,
+            kind: "kv".into(),
+            tracking: Some(tracking),
+            services: vec![("kv".into(), 1)],
+            redis: true,
+            settings: toml::from_str("memory_mib = 8").unwrap(),
+            ..ClusterSpec::default()
+        },
+        quiet: std::time::Duration::ZERO,
+        double: None,
+        clients_kind: Clients::Redis,
+    };
+    let report = run_kill(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
+    assert!(report.check.is_ok(), "{:?}", report.check);
+    assert_eq!(report.history.violations.total(), 0, "{:?}", report.history);
+    assert_eq!(report.no_failover, 0, "{report:?}");
+    assert!(report.acknowledged > 100 && report.history.operations.reads_ok > 0, "the load ran: {report:?}");
 }

@@ -4,6 +4,7 @@
 //! Needs root, `ip` and `nft`: elsewhere it says why and skips, unless
 //! `NONSTOP_REQUIRE_NETNS=1` (CI as root) makes a missing prerequisite a failure.
 
+use nonstop_testbed::chaos::Clients;
 use nonstop_testbed::chaos::netns::{FaultKind, NetnsConfig, NetnsReport, run};
 use nonstop_testbed::cluster::ClusterSpec;
 use std::sync::Mutex;
@@ -31,7 +32,7 @@ fn chaos(test: &str, kind: FaultKind, trials: u32, seed: u64) -> Option<NetnsRep
         quiet: Duration::from_millis(500),
         soak: None,
         fault_every: Duration::ZERO,
-        sampled: false,
+        clients_kind: Clients::Bank,
     };
     let report = run(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &config, |_| {}).unwrap();
     assert!(report.check.is_ok(), "{:?}", report.check);

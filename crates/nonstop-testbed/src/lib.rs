@@ -18,6 +18,7 @@ pub mod fault_proxy;
 pub mod load;
 pub mod local;
 pub mod netns;
+pub mod redis_load;
 pub mod sampled;
 pub mod status;
 

@@ -34,10 +34,8 @@ pub struct ChaosConfig {
     /// Kill the promoted primary too: this long after the first kill, or, with
     /// [`DoubleKill::InsideReprotection`], at a random moment of its first re-protection.
     pub double: Option<DoubleKill>,
-    /// Load the service with the requests its kind samples, run by the cluster's own binary
-    /// ([`crate::sampled`]), and judge from the platform's client table; else run the bank's
-    /// clients and history checker.
-    pub sampled: bool,
+    /// Who loads the service, and how its history is judged.
+    pub clients_kind: super::Clients,
 }
 
 /// When the second kill of a trial comes.
@@ -121,7 +119,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
     let all: Vec<u64> = (1..=spec.nodes as u64).collect();
     let name = spec.services[0].0.clone();
     cluster.wait_service_protected(&name, spec.backups as usize, Duration::from_secs(20))?;
-    let load = Traffic::start(&cluster, &name, config.clients, 2, config.sampled, config.seed, |_| {})?;
+    let load = Traffic::start(&cluster, &name, config.clients, 2, config.clients_kind, config.seed, |_| {})?;
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
     let (_, quiet_start) = cluster.primary_of(&name, &all);

@@ -12,16 +12,30 @@ pub use kill::{ChaosConfig, ChaosReport, DoubleKill, Trial, run_kill};
 use crate::cluster::LocalCluster;
 use crate::history::CheckReport;
 use crate::load::{self, Ack, AckLog, Load};
+use crate::redis_load::RedisLoad;
 use crate::sampled::SampledLoad;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
-/// The clients of a fault test: the bank's own (transfers and reads, checked by the history
-/// checker), or the requests a kind samples, run by the cluster's binary ([`crate::sampled`]).
+/// Who loads the service in a fault test, and how its history is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clients {
+    /// The bank's own clients (transfers and reads), judged by the history checker.
+    Bank,
+    /// The requests the kind samples, run by the cluster's binary ([`crate::sampled`]) and
+    /// judged from the platform's client table.
+    Sampled,
+    /// Unchanged Redis clients finding the primary through the sentinels
+    /// ([`crate::redis_load`]), judged from the keys they own (a `kv` service).
+    Redis,
+}
+
+/// The clients of a fault test, running.
 pub(crate) enum Traffic {
     Bank(Load),
     Sampled(SampledLoad),
+    Redis(RedisLoad),
 }
 
 impl Traffic {
@@ -33,15 +47,25 @@ impl Traffic {
         name: &str,
         clients: u64,
         readers: u64,
-        sampled: bool,
+        kind: Clients,
         seed: u64,
         setup: impl Fn(&str) + Send + Sync + 'static,
     ) -> anyhow::Result<Traffic> {
-        Ok(match sampled {
-            false => Traffic::Bank(Load::start_with_readers(cluster.client_addrs(), name, clients, 1, readers, setup)),
-            true => {
+        Ok(match kind {
+            Clients::Bank => {
+                Traffic::Bank(Load::start_with_readers(cluster.client_addrs(), name, clients, 1, readers, setup))
+            }
+            Clients::Sampled => {
                 let config = &cluster.nodes[0].config;
                 Traffic::Sampled(SampledLoad::start(cluster.exe(), config, name, clients, seed)?)
+            }
+            Clients::Redis => {
+                let sentinels: Vec<_> = cluster.nodes.iter().filter_map(|node| node.sentinel).collect();
+                anyhow::ensure!(
+                    !sentinels.is_empty(),
+                    "Redis clients need the cluster's sentinel ports (ClusterSpec::redis)"
+                );
+                Traffic::Redis(RedisLoad::start(sentinels, name, clients, seed)?)
             }
         })
     }
@@ -51,6 +75,7 @@ impl Traffic {
         match self {
             Traffic::Bank(load) => load.acks(),
             Traffic::Sampled(load) => load.acks(),
+            Traffic::Redis(load) => load.acks(),
         }
     }
 
@@ -80,6 +105,12 @@ impl Traffic {
                 let history = load.stop()?;
                 let verdict = crate::sampled::judge(cluster.client_addrs(), name, &history)?;
                 Finished { check: verdict.check, history: verdict.report, refusals: Vec::new() }
+            }
+            Traffic::Redis(load) => {
+                let history = load.stop()?;
+                // The platform's check and the service's, on the primary's quiesced region.
+                let audit = nonstop::Client::new(cluster.client_addrs(), u64::MAX).audit(name, Vec::new(), None)?;
+                Finished { check: audit.check, history, refusals: Vec::new() }
             }
         })
     }

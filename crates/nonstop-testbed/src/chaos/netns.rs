@@ -149,10 +149,8 @@ pub struct NetnsConfig {
     /// The spacing of faults in a soak (trial runs ignore it: each fault follows the last
     /// one's recovery after a short random pause).
     pub fault_every: Duration,
-    /// Load the service with the requests its kind samples, run by the cluster's own binary
-    /// ([`crate::sampled`]), judged from the platform's client table; else the bank's clients
-    /// and readers under the history checker.
-    pub sampled: bool,
+    /// Who loads the service, and how its history is judged.
+    pub clients_kind: super::Clients,
 }
 
 /// One trial.
@@ -319,7 +317,7 @@ pub fn run(exe: &Path, config: &NetnsConfig, mut progress: impl FnMut(&NetnsTria
     let client_namespace = testbed.client_namespace();
     // A sampled load's process starts from this thread, in the clients' namespace.
     let load =
-        Traffic::start(&cluster, &name, config.clients, config.readers, config.sampled, config.seed, move |_| {
+        Traffic::start(&cluster, &name, config.clients, config.readers, config.clients_kind, config.seed, move |_| {
             Testbed::enter(&client_namespace).expect("the clients' namespace exists");
         })?;
     let (_, quiet_start) = cluster.primary_of(&name, &all);
