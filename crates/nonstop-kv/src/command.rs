@@ -190,7 +190,7 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
     let Some((name, args)) = request.split_first() else { return Err(Reply::error("ERR empty command")) };
     let lower = name.to_ascii_lowercase();
     let name = String::from_utf8_lossy(&lower).into_owned();
-    let Some(&(_, arity)) = ARITY.iter().find(|(known, _)| known.as_bytes() == lower.as_slice()) else {
+    let Some(arity) = crate::commands::data(&lower).map(|spec| spec.arity) else {
         return Err(unknown_command(request));
     };
     let given = request.len() as i32;
@@ -295,66 +295,9 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
             _ => return Err(Reply::error("ERR syntax error")),
         },
         "rename" | "renamenx" => Command::Rename { key: key(), to: args[1].clone(), only_new: name == "renamenx" },
-        other => unreachable!("{other} is in the arity table but not parsed"),
+        other => unreachable!("{other} is in the command table but not parsed"),
     })
 }
-
-/// Each command's arity as Redis's command table gives it: the count of the request's words,
-/// name included; negative, a minimum.
-const ARITY: &[(&str, i32)] = &[
-    ("get", 2),
-    ("set", -3),
-    ("setnx", 3),
-    ("setex", 4),
-    ("psetex", 4),
-    ("getset", 3),
-    ("getdel", 2),
-    ("getex", -2),
-    ("mget", -2),
-    ("mset", -3),
-    ("msetnx", -3),
-    ("incr", 2),
-    ("decr", 2),
-    ("incrby", 3),
-    ("decrby", 3),
-    ("incrbyfloat", 3),
-    ("append", 3),
-    ("strlen", 2),
-    ("getrange", 4),
-    ("substr", 4),
-    ("setrange", 4),
-    ("del", -2),
-    ("unlink", -2),
-    ("exists", -2),
-    ("expire", -3),
-    ("pexpire", -3),
-    ("expireat", -3),
-    ("pexpireat", -3),
-    ("ttl", 2),
-    ("pttl", 2),
-    ("persist", 2),
-    ("type", 2),
-    ("hset", -4),
-    ("hmset", -4),
-    ("hsetnx", 4),
-    ("hget", 3),
-    ("hmget", -3),
-    ("hgetall", 2),
-    ("hkeys", 2),
-    ("hvals", 2),
-    ("hdel", -3),
-    ("hexists", 3),
-    ("hlen", 2),
-    ("hstrlen", 3),
-    ("hincrby", 4),
-    ("hincrbyfloat", 4),
-    ("dbsize", 1),
-    ("keys", 2),
-    ("flushdb", -1),
-    ("flushall", -1),
-    ("rename", 3),
-    ("renamenx", 3),
-];
 
 /// Redis's reply to a command it does not know: the name and the first arguments, quoted.
 pub(crate) fn unknown_command(request: &[Bytes]) -> Reply {

@@ -24,6 +24,7 @@
 //! them; docs/kv.md lists what is supported and what is not yet.
 
 pub mod command;
+pub mod commands;
 pub mod connection;
 mod glob;
 pub mod keyspace;

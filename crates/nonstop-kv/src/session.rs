@@ -240,11 +240,22 @@ impl Session {
 
     /// Answers a connection command, or `None` if `name` is not one.
     fn connection_command(&mut self, name: &[u8], args: &[Vec<u8>], context: &Context<'_>) -> Option<Reply> {
-        if name == b"ROLE" {
-            return Some(match args {
-                [] => role(context),
-                _ => crate::connection::arity("role"),
-            });
+        match (name, args) {
+            (b"ROLE", []) => return Some(role(context)),
+            (b"TIME", []) => {
+                let (seconds, micros) = (context.now_ms / 1000, context.now_ms % 1000 * 1000);
+                return Some(Reply::Array(vec![
+                    Reply::bulk(seconds.to_string().into_bytes()),
+                    Reply::bulk(micros.to_string().into_bytes()),
+                ]));
+            }
+            (b"WAIT", [replicas, timeout]) => return Some(wait(replicas, timeout, context)),
+            (b"CONFIG", _) => return Some(config(args, context.node)),
+            (b"COMMAND", _) => return Some(crate::commands::command(args)),
+            (b"ROLE" | b"TIME" | b"WAIT", _) => {
+                return Some(crate::connection::arity(&String::from_utf8_lossy(name).to_lowercase()));
+            }
+            _ => {}
         }
         let hello_role = match context.serves {
             Serves::Primary => "master",
@@ -364,6 +375,64 @@ impl Info {
         lines.push(format!("master_replid:{}", crate::topology::run_id(topology.epoch)));
         lines.push("master_repl_offset:0".into());
         lines
+    }
+}
+
+/// `WAIT numreplicas timeout`: how many replicas hold the connection's writes. Every write a
+/// nonstop primary answered is held by every backup in the record already (output commit), so
+/// the answer is the number of backups, at once.
+fn wait(replicas: &[u8], timeout: &[u8], context: &Context<'_>) -> Reply {
+    let (Ok(_), Ok(timeout)) = (crate::command::integer(replicas), crate::command::integer(timeout)) else {
+        return Reply::error("ERR value is not an integer or out of range");
+    };
+    if timeout < 0 {
+        return Reply::error("ERR timeout is negative");
+    }
+    match context.serves {
+        Serves::Primary => Reply::Integer(context.topology.replicas.len() as i64),
+        Serves::Replica => Reply::error(
+            "ERR WAIT cannot be used with replica instances. Please also note that since Redis 4.0 if a replica is configured to be writable (which is not the default) writes to replicas are just local and are not propagated.",
+        ),
+    }
+}
+
+/// `CONFIG GET pattern...` for what clients probe; nothing is set at run time (the cluster's
+/// config file decides).
+fn config(args: &[Vec<u8>], node: &NodeFacts) -> Reply {
+    let Some((sub, patterns)) = args.split_first() else { return crate::connection::arity("config") };
+    match sub.to_ascii_uppercase().as_slice() {
+        b"GET" if patterns.is_empty() => crate::connection::arity("config|get"),
+        b"GET" => {
+            let parameters = [
+                ("appendonly", "no".to_string()),
+                ("cluster-enabled", "no".into()),
+                ("databases", "1".into()),
+                ("maxclients", node.max_clients.to_string()),
+                ("maxmemory-policy", "noeviction".into()),
+                ("port", node.port.to_string()),
+                ("proto-max-bulk-len", crate::command::MAX_STRING.to_string()),
+                ("replica-read-only", "yes".into()),
+                ("save", String::new()),
+                ("slave-read-only", "yes".into()),
+            ];
+            Reply::Map(
+                parameters
+                    .into_iter()
+                    .filter(|(name, _)| {
+                        patterns.iter().any(|p| crate::glob::glob_matches(&p.to_ascii_lowercase(), name.as_bytes()))
+                    })
+                    .map(|(name, value)| (Reply::bulk(name), Reply::bulk(value.into_bytes())))
+                    .collect(),
+            )
+        }
+        b"RESETSTAT" => Reply::ok(),
+        b"SET" | b"REWRITE" => Reply::error(
+            "ERR CONFIG SET and CONFIG REWRITE are not supported: a nonstop node's config file decides, the same on every node",
+        ),
+        other => Reply::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(other)
+        )),
     }
 }
 
@@ -565,5 +634,20 @@ mod tests {
             .map(|t| text.find(t).unwrap())
             .to_vec();
         assert!(order.is_sorted(), "Redis's order: {text}");
+    }
+
+    #[test]
+    fn time_wait_config_and_command_are_answered_here() {
+        let mut session = Session::new(1);
+        let Action::Reply(time) = session.handle(&words("TIME"), &at(1_700_000_123_456)) else { panic!() };
+        assert_eq!(time, Reply::Array(vec![Reply::bulk("1700000123"), Reply::bulk("456000")]));
+        assert_eq!(reply(&mut session, "WAIT 1 0"), Reply::Integer(0), "no backups in this topology");
+        assert_eq!(reply(&mut session, "WAIT 1 -1"), Reply::error("ERR timeout is negative"));
+        let Reply::Map(found) = reply(&mut session, "CONFIG GET maxmemory* save") else { panic!() };
+        let names: Vec<Reply> = found.into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, [Reply::bulk("maxmemory-policy"), Reply::bulk("save")]);
+        let Reply::Error(refused) = reply(&mut session, "CONFIG SET save 1") else { panic!() };
+        assert!(refused.contains("config file"), "{refused}");
+        assert!(matches!(reply(&mut session, "COMMAND COUNT"), Reply::Integer(n) if n > 50));
     }
 }
