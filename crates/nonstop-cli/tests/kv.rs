@@ -40,7 +40,13 @@ fn tracking() -> TrackingMode {
 /// A running cluster of three nodes on `ip_prefix`.1-3 with a protected `kv` service, each
 /// node with a Redis port and a sentinel port.
 fn kv_cluster(ip_prefix: &str) -> LocalCluster {
+    kv_cluster_with(ip_prefix, None)
+}
+
+/// [`kv_cluster`], its ports asking for `password` if given.
+fn kv_cluster_with(ip_prefix: &str, password: Option<&str>) -> LocalCluster {
     let spec = ClusterSpec {
+        redis_password: password.map(str::to_string),
         ip_prefix: ip_prefix.into(),
         region_size_mib: 32,
         kind: "kv".into(),
@@ -199,4 +205,31 @@ fn redis_py_sentinel_clients_lose_nothing_in_a_failover() {
     let status = python.wait().unwrap();
     assert!(status.success() && last.starts_with("ok "), "redis-py: {status}, {last:?}\n{}", cluster.post_mortem(20));
     eprintln!("redis-py: {last}");
+}
+
+/// With a password configured, nothing runs before `AUTH`, on the Redis port and the sentinel
+/// port alike; clients that give it (the `redis` crate, directly and through the sentinels)
+/// work as before.
+#[test]
+fn a_password_guards_both_ports() {
+    use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+    let cluster = kv_cluster_with("127.0.14", Some("open sesame"));
+    let (primary, sentinel) = (cluster.nodes[0].redis.unwrap(), cluster.nodes[1].sentinel.unwrap());
+    let noauth = "-NOAUTH Authentication required.\r\n";
+    for port in [primary, sentinel] {
+        let got = exchange(port, &inline(&["GET k", "AUTH wrong"]), |got| got.ends_with(b"disabled.\r\n"));
+        let wrongpass = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+        assert_eq!(String::from_utf8_lossy(&got), format!("{noauth}{wrongpass}"), "{port}");
+    }
+
+    let mut direct =
+        redis::Client::open(format!("redis://:open%20sesame@{primary}")).unwrap().get_connection().unwrap();
+    let () = redis::cmd("SET").arg("k").arg("v").query(&mut direct).unwrap();
+    let sentinels: Vec<String> =
+        cluster.nodes.iter().map(|node| format!("redis://:open%20sesame@{}", node.sentinel.unwrap())).collect();
+    let through = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(redis::RedisConnectionInfo::default().set_password("open sesame"));
+    let mut client = SentinelClient::build(sentinels, "kv".into(), Some(through), SentinelServerType::Master).unwrap();
+    let value: String = redis::cmd("GET").arg("k").query(&mut client.get_connection().unwrap()).unwrap();
+    assert_eq!(value, "v");
 }

@@ -61,6 +61,12 @@ impl Sentinel {
         }
     }
 
+    /// The same connection, asked for `password` before any command.
+    pub fn requiring(mut self, password: Option<std::sync::Arc<[u8]>>) -> Sentinel {
+        self.connection = self.connection.requiring(password);
+        self
+    }
+
     /// The protocol replies are encoded in.
     pub fn protocol(&self) -> Protocol {
         self.connection.protocol()
@@ -75,6 +81,9 @@ impl Sentinel {
     pub fn handle(&mut self, request: &Request, topology: &Topology) -> Answer {
         let name = request.first().map(|name| name.to_ascii_uppercase()).unwrap_or_default();
         let args = request.get(1..).unwrap_or_default();
+        if let Some(reply) = self.connection.gate(&name, args) {
+            return Answer::one(reply);
+        }
         let pubsub = matches!(
             name.as_slice(),
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"PING" | b"QUIT" | b"RESET"
@@ -101,7 +110,7 @@ impl Sentinel {
             b"RESET" => {
                 self.channels.clear();
                 self.patterns.clear();
-                self.connection = Connection::new(self.connection.id(), Mode::Sentinel);
+                self.connection.reset();
                 Answer::one(Reply::Simple("RESET".into()))
             }
             b"ROLE" => Answer::one(match args {

@@ -118,6 +118,12 @@ impl Session {
         Session { connection: Connection::new(id, Mode::Standalone), transaction: None, awaiting: Awaiting::Nothing }
     }
 
+    /// The same session, asked for `password` before any command (Redis's `requirepass`).
+    pub fn requiring(mut self, password: Option<std::sync::Arc<[u8]>>) -> Session {
+        self.connection = self.connection.requiring(password);
+        self
+    }
+
     /// The protocol replies are encoded in.
     pub fn protocol(&self) -> Protocol {
         self.connection.protocol()
@@ -129,6 +135,9 @@ impl Session {
         let now_ms = context.now_ms;
         let name = request.first().map(|name| name.to_ascii_uppercase()).unwrap_or_default();
         let args = request.get(1..).unwrap_or_default();
+        if let Some(reply) = self.connection.gate(&name, args) {
+            return Action::Reply(reply);
+        }
         let control = matches!(name.as_slice(), b"EXEC" | b"DISCARD" | b"MULTI" | b"QUIT" | b"RESET" | b"WATCH");
         if self.transaction.is_some() && !control {
             return Action::Reply(self.queue(request, &name, args, context));

@@ -171,6 +171,11 @@ pub struct NodeSection {
     /// `node.redis`, and every peer that holds regions to name its `redis` address.
     #[serde(default)]
     pub sentinel: Option<SocketAddr>,
+    /// A file holding the password Redis clients must give (`AUTH password`, or `AUTH default
+    /// password`) before any command on the Redis and sentinel ports, as Redis's `requirepass`;
+    /// none if absent.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
     /// Measurement only: keep the control-plane leader on primaries (instead of away from
     /// them), so that a primary's death also costs an election (`chaos kill
     /// --leader-on-primary`).
@@ -391,6 +396,22 @@ pub struct RedisPort {
     pub addr: SocketAddr,
     /// The service of kind `kv` it serves.
     pub service: String,
+    /// The file of the password clients must give, if any.
+    pub password_file: Option<PathBuf>,
+}
+
+/// Reads the Redis clients' password from `path` (one line; the line end is not part of it).
+pub fn read_redis_password(path: &Path) -> Result<std::sync::Arc<[u8]>, ConfigError> {
+    let field = "node.redis_password_file";
+    let text = std::fs::read(path).map_err(|error| {
+        invalid(field, format!("{:?} cannot be read ({error})", path.display().to_string()), "write the password there")
+    })?;
+    let password = text.strip_suffix(b"\n").unwrap_or(&text);
+    let password = password.strip_suffix(b"\r").unwrap_or(password);
+    if password.is_empty() {
+        return Err(invalid(field, format!("{:?} is empty", path.display().to_string()), "write the password there"));
+    }
+    Ok(password.into())
 }
 
 /// A configuration, checked: what the agent runs on.
@@ -732,7 +753,11 @@ impl NodeConfig {
                             "serve Redis from nodes that hold regions",
                         ));
                     }
-                    [service] => Some(RedisPort { addr, service: service.name.clone() }),
+                    [service] => Some(RedisPort {
+                        addr,
+                        service: service.name.clone(),
+                        password_file: self.node.redis_password_file.clone(),
+                    }),
                     [] => {
                         return Err(invalid(
                             "node.redis",
@@ -750,6 +775,13 @@ impl NodeConfig {
                 }
             }
         };
+        if self.node.redis_password_file.is_some() && redis.is_none() {
+            return Err(invalid(
+                "node.redis_password_file",
+                "is set without node.redis",
+                "set node.redis too, or remove the password file",
+            ));
+        }
         if let Some(sentinel) = self.node.sentinel {
             if redis.is_none() {
                 return Err(invalid(
@@ -855,6 +887,19 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_password_is_one_line_and_not_empty() {
+        let dir = std::env::temp_dir().join(format!("nonstop-password-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(&*read_redis_password(&file).unwrap(), b"s3cret");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(read_redis_password(&file).unwrap_err().to_string().contains("empty"));
+        assert!(read_redis_password(&dir.join("none")).unwrap_err().to_string().contains("cannot be read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_sentinel_port_needs_every_redis_port() {
         let kv = GOOD
             .replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis = \"127.0.0.1:6379\"")
@@ -916,6 +961,10 @@ mod tests {
             (
                 GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis = \"127.0.0.1:6379\""),
                 "node.redis",
+            ),
+            (
+                GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis_password_file = \"/tmp/pw\""),
+                "node.redis_password_file",
             ),
             // The ledger's plain collections need the kernel to find their writes.
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"ledger\""), "services[0].tracking"),

@@ -108,6 +108,7 @@ pub fn run_node(
                     members: config.members.clone(),
                     addr: port.addr,
                     started_ms: client_server::wall_clock_ms(),
+                    password: port.password_file.as_deref().map(config::read_redis_password).transpose()?,
                 },
             })
         }

@@ -38,6 +38,8 @@ pub struct RedisService {
     pub addr: SocketAddr,
     /// When the node started, in milliseconds since the Unix epoch (`INFO`'s uptime).
     pub started_ms: u64,
+    /// The password clients must give first, if any.
+    pub password: Option<Arc<[u8]>>,
 }
 
 impl RedisService {
@@ -131,7 +133,7 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &
     let mut watched = Watched::new(serving, redis);
     let limits = answering.limits;
     let mut decoder = Decoder::new(Limits::default());
-    let mut session = Session::new(answering.counters.number_connection());
+    let mut session = Session::new(answering.counters.number_connection()).requiring(redis.password.clone());
     let mut calls = Calls::new()?;
     let mut lane = None;
     let mut input = vec![0u8; 16 * 1024];

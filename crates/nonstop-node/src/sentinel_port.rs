@@ -16,7 +16,8 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &
     stream.set_nodelay(true)?;
     let limits = answering.limits;
     let mut watched = Watched::new(redis.serving(answering)?, redis);
-    let mut sentinel = Sentinel::new(answering.counters.number_connection(), redis.node.0);
+    let mut sentinel =
+        Sentinel::new(answering.counters.number_connection(), redis.node.0).requiring(redis.password.clone());
     // Sentinel requests are short: a small limit keeps what one connection may buffer small.
     let mut decoder = Decoder::new(Limits { max_bulk_len: 64 << 10, max_arguments: 1024, max_request_bytes: 1 << 20 });
     let mut input = vec![0u8; 4096];

@@ -58,6 +58,8 @@ pub struct ClusterSpec {
     /// Give each node that holds regions a Redis port (`node.redis`, port 6379 of its
     /// address) and a sentinel port (`node.sentinel`, port 26379), for a `kv` service.
     pub redis: bool,
+    /// With `redis`: the password Redis clients must give (`node.redis_password_file`).
+    pub redis_password: Option<String>,
 }
 
 impl ClusterSpec {
@@ -89,6 +91,7 @@ impl Default for ClusterSpec {
             namespaces: None,
             max_clients: None,
             redis: false,
+            redis_password: None,
         }
     }
 }
@@ -211,6 +214,10 @@ impl LocalCluster {
             true => format!("redis = \"{}\"\nsentinel = \"{}\"\n", addr(id, 6379), addr(id, 26379)),
             false => String::new(),
         };
+        let password_file = dir.join("redis-password");
+        if let Some(password) = &spec.redis_password {
+            std::fs::write(&password_file, password)?;
+        }
         let own = |id: u8| {
             let mut text = member(id, &addr);
             text += &format!("metrics = \"{}\"\n", addr(id, 9101));
@@ -222,6 +229,9 @@ impl LocalCluster {
             }
             if let Some(max) = spec.max_clients {
                 text += &format!("max_clients = {max}\n");
+            }
+            if spec.redis && spec.redis_password.is_some() && id <= spec.nodes {
+                text += &format!("redis_password_file = \"{}\"\n", password_file.display());
             }
             text + &redis_ports(id)
         };
