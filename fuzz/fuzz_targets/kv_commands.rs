@@ -7,7 +7,8 @@ use allocator_api2::alloc::Global;
 use libfuzzer_sys::fuzz_target;
 use nonstop_kv::keyspace::Keyspace;
 use nonstop_kv::resp::{Decoder, Limits, Protocol};
-use nonstop_kv::session::{Action, Session};
+use nonstop_kv::session::{Action, Context, NodeFacts, Session};
+use nonstop_kv::topology::{Serves, Topology};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits { max_bulk_len: 1 << 12, max_arguments: 64, max_request_bytes: 1 << 14 };
@@ -18,9 +19,12 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     // Time moves with the requests, so expiries come due along the way.
     let mut now_ms = 1_000u64;
+    let topology = Topology { name: "kv".into(), epoch: 1, primary: None, replicas: vec![], sentinels: vec![] };
+    let node = NodeFacts::default();
     while let Ok(Some(request)) = decoder.next_request() {
         now_ms += 7;
-        let reply = match session.handle(&request, now_ms) {
+        let context = Context { now_ms, serves: Serves::Primary, topology: &topology, node: &node, draw: now_ms };
+        let reply = match session.handle(&request, &context) {
             Action::Reply(reply) | Action::Close(reply) => reply,
             Action::Run { request, writes } => {
                 assert_eq!(writes, request.commands.iter().any(|command| command.writes()));

@@ -131,6 +131,35 @@ pub enum Command {
     Flush,
     /// `RENAME key newkey` (or `RENAMENX`, only if `newkey` does not exist).
     Rename { key: Bytes, to: Bytes, only_new: bool },
+    /// `SADD key member...`.
+    SAdd { key: Bytes, members: Vec<Bytes> },
+    /// `SREM key member...`: the key goes with its last member.
+    SRem { key: Bytes, members: Vec<Bytes> },
+    /// `SMEMBERS key`.
+    SMembers { key: Bytes },
+    /// `SISMEMBER key member` (one answer), `SMISMEMBER key member...` (an array).
+    SIsMember { key: Bytes, members: Vec<Bytes>, many: bool },
+    /// `SCARD key`.
+    SCard { key: Bytes },
+    /// `SINTER`, `SUNION`, `SDIFF` of `keys`, answered, or stored in `store` (`SINTERSTORE
+    /// destination key...` and its kin).
+    SCombine { op: SetOp, keys: Vec<Bytes>, store: Option<Bytes> },
+    /// `SPOP key [count]`: members taken out at random, drawn from `seed`.
+    SPop { key: Bytes, count: Option<u64>, seed: u64 },
+    /// `SRANDMEMBER key [count]`: distinct members at random if `count` is positive, with
+    /// repetition if negative, drawn from `seed`.
+    SRandMember { key: Bytes, count: Option<i64>, seed: u64 },
+}
+
+/// How `SINTER`, `SUNION` and `SDIFF` combine sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetOp {
+    /// Members of every set.
+    Inter,
+    /// Members of any set.
+    Union,
+    /// Members of the first set and of no other.
+    Diff,
 }
 
 /// What `HGETALL` and its kin answer of each field.
@@ -166,7 +195,21 @@ impl Command {
                 | Command::DbSize
                 | Command::Stats
                 | Command::Keys { .. }
+                | Command::SMembers { .. }
+                | Command::SIsMember { .. }
+                | Command::SCard { .. }
+                | Command::SCombine { store: None, .. }
+                | Command::SRandMember { .. }
         )
+    }
+
+    /// The command with its random draws taken from `seed` (`SPOP`, `SRANDMEMBER`): the
+    /// service never draws by itself, so the request carries them.
+    pub fn seeded(mut self, seed: u64) -> Command {
+        if let Command::SPop { seed: drawn, .. } | Command::SRandMember { seed: drawn, .. } = &mut self {
+            *drawn = seed;
+        }
+        self
     }
 }
 
@@ -295,6 +338,36 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
             _ => return Err(Reply::error("ERR syntax error")),
         },
         "rename" | "renamenx" => Command::Rename { key: key(), to: args[1].clone(), only_new: name == "renamenx" },
+        "sadd" => Command::SAdd { key: key(), members: args[1..].to_vec() },
+        "srem" => Command::SRem { key: key(), members: args[1..].to_vec() },
+        "smembers" => Command::SMembers { key: key() },
+        "sismember" => Command::SIsMember { key: key(), members: args[1..].to_vec(), many: false },
+        "smismember" => Command::SIsMember { key: key(), members: args[1..].to_vec(), many: true },
+        "scard" => Command::SCard { key: key() },
+        "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore" | "sdiffstore" => {
+            let op = match &name[..4] {
+                "sint" => SetOp::Inter,
+                "suni" => SetOp::Union,
+                _ => SetOp::Diff,
+            };
+            match name.ends_with("store") {
+                true => Command::SCombine { op, keys: args[1..].to_vec(), store: Some(key()) },
+                false => Command::SCombine { op, keys: args.to_vec(), store: None },
+            }
+        }
+        "spop" => match args {
+            [_] => Command::SPop { key: key(), count: None, seed: 0 },
+            [_, count] => match integer(count) {
+                Ok(count) if count >= 0 => Command::SPop { key: key(), count: Some(count as u64), seed: 0 },
+                _ => return Err(Reply::error("ERR value is out of range, must be positive")),
+            },
+            _ => return Err(Reply::error("ERR syntax error")),
+        },
+        "srandmember" => match args {
+            [_] => Command::SRandMember { key: key(), count: None, seed: 0 },
+            [_, count] => Command::SRandMember { key: key(), count: Some(integer(count)?), seed: 0 },
+            _ => return Err(Reply::error("ERR syntax error")),
+        },
         other => unreachable!("{other} is in the command table but not parsed"),
     })
 }

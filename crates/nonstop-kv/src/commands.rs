@@ -113,6 +113,20 @@ const DATA: &[Spec] = &[
     Spec::new("flushall", -1, Write, (0, 0, 0)),
     Spec::new("rename", 3, Write, (1, 2, 1)),
     Spec::new("renamenx", 3, Write, (1, 2, 1)),
+    Spec::new("sadd", -3, Write, (1, 1, 1)),
+    Spec::new("srem", -3, Write, (1, 1, 1)),
+    Spec::new("smembers", 2, Read, (1, 1, 1)),
+    Spec::new("sismember", 3, Read, (1, 1, 1)),
+    Spec::new("smismember", -3, Read, (1, 1, 1)),
+    Spec::new("scard", 2, Read, (1, 1, 1)),
+    Spec::new("sinter", -2, Read, (1, -1, 1)),
+    Spec::new("sunion", -2, Read, (1, -1, 1)),
+    Spec::new("sdiff", -2, Read, (1, -1, 1)),
+    Spec::new("sinterstore", -3, Write, (1, -1, 1)),
+    Spec::new("sunionstore", -3, Write, (1, -1, 1)),
+    Spec::new("sdiffstore", -3, Write, (1, -1, 1)),
+    Spec::new("spop", -2, Write, (1, 1, 1)),
+    Spec::new("srandmember", -2, Read, (1, 1, 1)),
 ];
 
 /// The commands a connection answers itself.
@@ -192,6 +206,9 @@ mod tests {
                 "expire" | "pexpire" | "expireat" | "pexpireat" | "incrby" | "decrby" | "incrbyfloat" => &[b"k", b"10"],
                 "hincrby" | "hincrbyfloat" => &[b"k", b"f", b"1"],
                 "hget" | "hexists" | "hstrlen" | "hdel" | "hmget" => &[b"k", b"f"],
+                "sadd" | "srem" | "sismember" | "smismember" | "sinterstore" | "sunionstore" | "sdiffstore" => {
+                    &[b"k", b"m"]
+                }
                 "dbsize" | "flushdb" | "flushall" => &[],
                 _ => &[b"k"],
             };

@@ -35,6 +35,8 @@ use allocator_api2::vec::Vec as AllocVec;
 use foldhash::fast::FixedState;
 use std::hash::{Hash, Hasher};
 
+mod sets;
+
 /// A key or a string value, in the keyspace's allocator.
 pub type Bytes<A> = AllocVec<u8, A>;
 
@@ -46,6 +48,9 @@ pub const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 /// A hash's fields and their values.
 pub type Fields<A> = hashbrown::HashMap<Bytes<A>, Bytes<A>, FixedState, A>;
 
+/// A set's members.
+pub type Members<A> = hashbrown::HashSet<Bytes<A>, FixedState, A>;
+
 /// A value of a key.
 #[derive(Debug)]
 pub enum Value<A: Allocator> {
@@ -53,6 +58,8 @@ pub enum Value<A: Allocator> {
     String(Bytes<A>),
     /// A hash: fields and their string values; never empty (the key goes with its last field).
     Hash(Fields<A>),
+    /// A set of strings; never empty (the key goes with its last member).
+    Set(Members<A>),
 }
 
 /// A key's value and when it expires.
@@ -159,7 +166,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
             Some(fields) => fields,
             None => match &mut self.keys.get_mut(&KeyRef(key)).expect("a hash, checked above").value {
                 Value::Hash(fields) => fields,
-                Value::String(_) => unreachable!("checked a hash above"),
+                _ => unreachable!("checked a hash above"),
             },
         };
         fields.try_reserve(new_fields.len()).map_err(|_| Reply::error(OOM))?;
@@ -247,6 +254,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     None => "none",
                     Some(Entry { value: Value::String(_), .. }) => "string",
                     Some(Entry { value: Value::Hash(_), .. }) => "hash",
+                    Some(Entry { value: Value::Set(_), .. }) => "set",
                 }
                 .into(),
             ),
@@ -297,6 +305,11 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     .map(|(key, _)| Reply::bulk(key.to_vec()))
                     .collect(),
             ),
+            Command::SMembers { .. }
+            | Command::SIsMember { .. }
+            | Command::SCard { .. }
+            | Command::SCombine { store: None, .. }
+            | Command::SRandMember { .. } => answer(self.read_set(command, now_ms)),
             writes => unreachable!("{writes:?} writes"),
         })
     }
@@ -537,6 +550,9 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 self.keys.clear();
                 Ok(Reply::ok())
             }
+            Command::SAdd { .. } | Command::SRem { .. } | Command::SCombine { .. } | Command::SPop { .. } => {
+                self.write_set(command, now_ms)
+            }
             Command::Rename { key, to, only_new } => {
                 if self.live(key, now_ms).is_none() {
                     return Err(Reply::error("ERR no such key"));
@@ -603,7 +619,7 @@ fn range(value: &[u8], start: i64, end: i64) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::command::parse;
     use allocator_api2::alloc::{AllocError, Global, Layout};
@@ -611,7 +627,7 @@ mod tests {
     use std::ptr::NonNull;
     use std::rc::Rc;
 
-    fn run<A: Allocator + Clone>(keys: &mut Keyspace<A>, text: &str, now_ms: u64) -> Reply {
+    pub(super) fn run<A: Allocator + Clone>(keys: &mut Keyspace<A>, text: &str, now_ms: u64) -> Reply {
         let request: Vec<Vec<u8>> = text.split(' ').map(|w| w.as_bytes().to_vec()).collect();
         match parse(&request, now_ms) {
             Ok(command) => keys.execute(&command, now_ms),
@@ -831,7 +847,13 @@ mod tests {
         assert_eq!(run(&mut keys, "SET a 1", 0), Reply::ok());
         let big = "x".repeat(8192);
         for command in
-            [format!("SET b {big}"), format!("APPEND a {big}"), format!("MSET c 1 d {big}"), "SETRANGE a 9000 x".into()]
+            [
+                format!("SET b {big}"),
+                format!("APPEND a {big}"),
+                format!("MSET c 1 d {big}"),
+                "SETRANGE a 9000 x".into(),
+                format!("SADD c x {big}"),
+            ]
         {
             assert_eq!(run(&mut keys, &command, 0), Reply::error(OOM), "{command}");
             assert_eq!(

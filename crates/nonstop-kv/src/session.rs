@@ -14,7 +14,7 @@
 //!
 //! let topology = Topology { name: "kv".into(), epoch: 1, primary: None, replicas: vec![], sentinels: vec![] };
 //! let node = NodeFacts::default();
-//! let context = Context { now_ms: 0, serves: Serves::Primary, topology: &topology, node: &node };
+//! let context = Context { now_ms: 0, serves: Serves::Primary, topology: &topology, node: &node, draw: 0 };
 //! let mut session = Session::new(1);
 //! let words = |text: &str| text.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
 //! assert_eq!(session.handle(&words("PING"), &context), Action::Reply(Reply::Simple("PONG".into())));
@@ -39,6 +39,9 @@ pub struct Context<'a> {
     pub topology: &'a Topology,
     /// What `INFO` reports of the node.
     pub node: &'a NodeFacts,
+    /// A random number for the commands that choose at random (`SPOP`, `SRANDMEMBER`): the
+    /// service draws nothing by itself.
+    pub draw: u64,
 }
 
 /// What `INFO` reports of the node that holds the connection.
@@ -185,7 +188,7 @@ impl Session {
             }
             _ => match self.connection_command(&name, args, context) {
                 Some(reply) => Action::Reply(reply),
-                None => match parse(request, now_ms) {
+                None => match parse(request, now_ms).map(|command| command.seeded(context.draw)) {
                     Ok(command) => {
                         self.awaiting = Awaiting::Single;
                         let writes = command.writes();
@@ -203,7 +206,7 @@ impl Session {
         let (slot, command) = match self.connection_command(name, args, context) {
             Some(reply) if !is_error(&reply) => (Slot::Known(reply), None),
             Some(error) => return self.refuse_transaction(error),
-            None => match parse(request, context.now_ms) {
+            None => match parse(request, context.now_ms).map(|command| command.seeded(context.draw)) {
                 Ok(command) => (Slot::FromService, Some(command)),
                 Err(error) => return self.refuse_transaction(error),
             },
@@ -498,7 +501,7 @@ mod tests {
     static NODE: NodeFacts = NodeFacts { node: 1, port: 6379, started_ms: 0, connected_clients: 1, max_clients: 10 };
 
     fn at(now_ms: u64) -> Context<'static> {
-        Context { now_ms, serves: Serves::Primary, topology: &NOWHERE, node: &NODE }
+        Context { now_ms, serves: Serves::Primary, topology: &NOWHERE, node: &NODE, draw: now_ms }
     }
 
     fn words(text: &str) -> Request {
@@ -597,7 +600,7 @@ mod tests {
         };
         let mut session = Session::new(1);
         let mut role = |serves| match session
-            .handle(&words("ROLE"), &Context { now_ms: 0, serves, topology: &topology, node: &NODE })
+            .handle(&words("ROLE"), &Context { now_ms: 0, serves, topology: &topology, node: &NODE, draw: 0 })
         {
             Action::Reply(reply) => reply,
             other => panic!("{other:?}"),

@@ -18,6 +18,7 @@ use nonstop_kv::resp::{Decoder, Limits, Reply};
 use nonstop_kv::session::{Action, Context, NodeFacts, Session};
 use nonstop_kv::topology::{Instance, Serves, Topology};
 use nonstop_proto::client::{ClientReply, ClientRequest};
+use rand::{RngCore, SeedableRng};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,6 +135,12 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &
     let limits = answering.limits;
     let mut decoder = Decoder::new(Limits::default());
     let mut session = Session::new(answering.counters.number_connection()).requiring(redis.password.clone());
+    // The draws of SPOP and SRANDMEMBER, seeded once per connection.
+    let mut draws = {
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|error| std::io::Error::other(error.to_string()))?;
+        rand::rngs::SmallRng::seed_from_u64(u64::from_le_bytes(seed))
+    };
     let mut calls = Calls::new()?;
     let mut lane = None;
     let mut input = vec![0u8; 16 * 1024];
@@ -152,7 +159,13 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &
                         connected_clients: answering.counters.snapshot().open,
                         max_clients: answering.limits.max_connections as u64,
                     };
-                    let context = Context { now_ms: wall_clock_ms(), serves, topology: &watched.topology, node: &node };
+                    let context = Context {
+                        now_ms: wall_clock_ms(),
+                        serves,
+                        topology: &watched.topology,
+                        node: &node,
+                        draw: draws.next_u64(),
+                    };
                     let (reply, close) = match session.handle(&request, &context) {
                         Action::Reply(reply) => (reply, false),
                         Action::Close(reply) => (reply, true),
