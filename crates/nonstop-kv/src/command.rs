@@ -149,6 +149,35 @@ pub enum Command {
     /// `SRANDMEMBER key [count]`: distinct members at random if `count` is positive, with
     /// repetition if negative, drawn from `seed`.
     SRandMember { key: Bytes, count: Option<i64>, seed: u64 },
+    /// `LPUSH`, `RPUSH` (and `LPUSHX`, `RPUSHX`: only onto an existing list).
+    Push { key: Bytes, elements: Vec<Bytes>, end: End, only_existing: bool },
+    /// `LPOP`, `RPOP key [count]`.
+    Pop { key: Bytes, end: End, count: Option<u64> },
+    /// `LRANGE key start stop`.
+    LRange { key: Bytes, start: i64, stop: i64 },
+    /// `LLEN key`.
+    LLen { key: Bytes },
+    /// `LINDEX key index`.
+    LIndex { key: Bytes, index: i64 },
+    /// `LSET key index element`.
+    LSet { key: Bytes, index: i64, element: Bytes },
+    /// `LREM key count element`: from the head if `count` > 0, the tail if < 0, all if 0.
+    LRem { key: Bytes, count: i64, element: Bytes },
+    /// `LTRIM key start stop`.
+    LTrim { key: Bytes, start: i64, stop: i64 },
+    /// `LINSERT key BEFORE|AFTER pivot element`.
+    LInsert { key: Bytes, after: bool, pivot: Bytes, element: Bytes },
+    /// `LPOS key element [RANK rank] [COUNT count] [MAXLEN len]`.
+    LPos { key: Bytes, element: Bytes, rank: i64, count: Option<u64>, maxlen: u64 },
+}
+
+/// Which end of a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum End {
+    /// The head (`LPUSH`, `LPOP`).
+    Left,
+    /// The tail (`RPUSH`, `RPOP`).
+    Right,
 }
 
 /// How `SINTER`, `SUNION` and `SDIFF` combine sets.
@@ -200,6 +229,10 @@ impl Command {
                 | Command::SCard { .. }
                 | Command::SCombine { store: None, .. }
                 | Command::SRandMember { .. }
+                | Command::LRange { .. }
+                | Command::LLen { .. }
+                | Command::LIndex { .. }
+                | Command::LPos { .. }
         )
     }
 
@@ -363,6 +396,38 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
             },
             _ => return Err(Reply::error("ERR syntax error")),
         },
+        "lpush" | "rpush" | "lpushx" | "rpushx" => Command::Push {
+            key: key(),
+            elements: args[1..].to_vec(),
+            end: if name.starts_with('l') { End::Left } else { End::Right },
+            only_existing: name.ends_with('x'),
+        },
+        "lpop" | "rpop" => {
+            let end = if name.starts_with('l') { End::Left } else { End::Right };
+            match args {
+                [_] => Command::Pop { key: key(), end, count: None },
+                [_, count] => match integer(count) {
+                    Ok(count) if count >= 0 => Command::Pop { key: key(), end, count: Some(count as u64) },
+                    _ => return Err(Reply::error("ERR value is out of range, must be positive")),
+                },
+                _ => return Err(crate::connection::arity(&name)),
+            }
+        }
+        "lrange" => Command::LRange { key: key(), start: integer(&args[1])?, stop: integer(&args[2])? },
+        "llen" => Command::LLen { key: key() },
+        "lindex" => Command::LIndex { key: key(), index: integer(&args[1])? },
+        "lset" => Command::LSet { key: key(), index: integer(&args[1])?, element: args[2].clone() },
+        "lrem" => Command::LRem { key: key(), count: integer(&args[1])?, element: args[2].clone() },
+        "ltrim" => Command::LTrim { key: key(), start: integer(&args[1])?, stop: integer(&args[2])? },
+        "linsert" => {
+            let after = match args[1].to_ascii_uppercase().as_slice() {
+                b"BEFORE" => false,
+                b"AFTER" => true,
+                _ => return Err(Reply::error("ERR syntax error")),
+            };
+            Command::LInsert { key: key(), after, pivot: args[2].clone(), element: args[3].clone() }
+        }
+        "lpos" => lpos(args)?,
         "srandmember" => match args {
             [_] => Command::SRandMember { key: key(), count: None, seed: 0 },
             [_, count] => Command::SRandMember { key: key(), count: Some(integer(count)?), seed: 0 },
@@ -370,6 +435,34 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
         },
         other => unreachable!("{other} is in the command table but not parsed"),
     })
+}
+
+/// `LPOS key element [RANK rank] [COUNT count] [MAXLEN len]`, checked as Redis checks it.
+fn lpos(args: &[Bytes]) -> Result<Command, Reply> {
+    let (mut rank, mut count, mut maxlen) = (1, None, 0);
+    let mut options = args[2..].chunks(2);
+    for option in options.by_ref() {
+        let [name, value] = option else { return Err(Reply::error("ERR syntax error")) };
+        let value = integer(value)?;
+        match name.to_ascii_uppercase().as_slice() {
+            b"RANK" if value == 0 => {
+                return Err(Reply::error(
+                    "ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... or use negative to start from the end of the list",
+                ));
+            }
+            // Redis refuses the one rank whose magnitude does not fit.
+            b"RANK" if value == i64::MIN => {
+                return Err(Reply::error("ERR value is out of range, must be positive"));
+            }
+            b"RANK" => rank = value,
+            b"COUNT" if value < 0 => return Err(Reply::error("ERR COUNT can't be negative")),
+            b"COUNT" => count = Some(value as u64),
+            b"MAXLEN" if value < 0 => return Err(Reply::error("ERR MAXLEN can't be negative")),
+            b"MAXLEN" => maxlen = value as u64,
+            _ => return Err(Reply::error("ERR syntax error")),
+        }
+    }
+    Ok(Command::LPos { key: args[0].clone(), element: args[1].clone(), rank, count, maxlen })
 }
 
 /// Redis's reply to a command it does not know: the name and the first arguments, quoted.

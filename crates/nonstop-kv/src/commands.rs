@@ -127,6 +127,20 @@ const DATA: &[Spec] = &[
     Spec::new("sdiffstore", -3, Write, (1, -1, 1)),
     Spec::new("spop", -2, Write, (1, 1, 1)),
     Spec::new("srandmember", -2, Read, (1, 1, 1)),
+    Spec::new("lpush", -3, Write, (1, 1, 1)),
+    Spec::new("rpush", -3, Write, (1, 1, 1)),
+    Spec::new("lpushx", -3, Write, (1, 1, 1)),
+    Spec::new("rpushx", -3, Write, (1, 1, 1)),
+    Spec::new("lpop", -2, Write, (1, 1, 1)),
+    Spec::new("rpop", -2, Write, (1, 1, 1)),
+    Spec::new("lrange", 4, Read, (1, 1, 1)),
+    Spec::new("llen", 2, Read, (1, 1, 1)),
+    Spec::new("lindex", 3, Read, (1, 1, 1)),
+    Spec::new("lset", 4, Write, (1, 1, 1)),
+    Spec::new("lrem", 4, Write, (1, 1, 1)),
+    Spec::new("ltrim", 4, Write, (1, 1, 1)),
+    Spec::new("linsert", 5, Write, (1, 1, 1)),
+    Spec::new("lpos", -3, Read, (1, 1, 1)),
 ];
 
 /// The commands a connection answers itself.
@@ -202,7 +216,11 @@ mod tests {
                 }
                 "setex" | "psetex" => &[b"k", b"10", b"v"],
                 "hset" | "hmset" => &[b"k", b"f", b"v"],
-                "getrange" | "substr" | "setrange" => &[b"k", b"0", b"1"],
+                "getrange" | "substr" | "setrange" | "lrange" | "ltrim" => &[b"k", b"0", b"1"],
+                "lindex" => &[b"k", b"0"],
+                "lset" | "lrem" => &[b"k", b"0", b"v"],
+                "linsert" => &[b"k", b"BEFORE", b"p", b"v"],
+                "lpush" | "rpush" | "lpushx" | "rpushx" | "lpos" => &[b"k", b"v"],
                 "expire" | "pexpire" | "expireat" | "pexpireat" | "incrby" | "decrby" | "incrbyfloat" => &[b"k", b"10"],
                 "hincrby" | "hincrbyfloat" => &[b"k", b"f", b"1"],
                 "hget" | "hexists" | "hstrlen" | "hdel" | "hmget" => &[b"k", b"f"],

@@ -35,6 +35,7 @@ use allocator_api2::vec::Vec as AllocVec;
 use foldhash::fast::FixedState;
 use std::hash::{Hash, Hasher};
 
+mod lists;
 mod sets;
 
 /// A key or a string value, in the keyspace's allocator.
@@ -60,6 +61,8 @@ pub enum Value<A: Allocator> {
     Hash(Fields<A>),
     /// A set of strings; never empty (the key goes with its last member).
     Set(Members<A>),
+    /// A list of strings; never empty (the key goes with its last element).
+    List(lists::List<A>),
 }
 
 /// A key's value and when it expires.
@@ -255,6 +258,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     Some(Entry { value: Value::String(_), .. }) => "string",
                     Some(Entry { value: Value::Hash(_), .. }) => "hash",
                     Some(Entry { value: Value::Set(_), .. }) => "set",
+                    Some(Entry { value: Value::List(_), .. }) => "list",
                 }
                 .into(),
             ),
@@ -310,6 +314,9 @@ impl<A: Allocator + Clone> Keyspace<A> {
             | Command::SCard { .. }
             | Command::SCombine { store: None, .. }
             | Command::SRandMember { .. } => answer(self.read_set(command, now_ms)),
+            Command::LRange { .. } | Command::LLen { .. } | Command::LIndex { .. } | Command::LPos { .. } => {
+                answer(self.read_list(command, now_ms))
+            }
             writes => unreachable!("{writes:?} writes"),
         })
     }
@@ -553,6 +560,12 @@ impl<A: Allocator + Clone> Keyspace<A> {
             Command::SAdd { .. } | Command::SRem { .. } | Command::SCombine { .. } | Command::SPop { .. } => {
                 self.write_set(command, now_ms)
             }
+            Command::Push { .. }
+            | Command::Pop { .. }
+            | Command::LSet { .. }
+            | Command::LRem { .. }
+            | Command::LTrim { .. }
+            | Command::LInsert { .. } => self.write_list(command, now_ms),
             Command::Rename { key, to, only_new } => {
                 if self.live(key, now_ms).is_none() {
                     return Err(Reply::error("ERR no such key"));
@@ -846,15 +859,14 @@ pub(crate) mod tests {
         let mut keys = Keyspace::new_in(Budget(budget.clone()));
         assert_eq!(run(&mut keys, "SET a 1", 0), Reply::ok());
         let big = "x".repeat(8192);
-        for command in
-            [
-                format!("SET b {big}"),
-                format!("APPEND a {big}"),
-                format!("MSET c 1 d {big}"),
-                "SETRANGE a 9000 x".into(),
-                format!("SADD c x {big}"),
-            ]
-        {
+        for command in [
+            format!("SET b {big}"),
+            format!("APPEND a {big}"),
+            format!("MSET c 1 d {big}"),
+            "SETRANGE a 9000 x".into(),
+            format!("SADD c x {big}"),
+            format!("RPUSH c x {big}"),
+        ] {
             assert_eq!(run(&mut keys, &command, 0), Reply::error(OOM), "{command}");
             assert_eq!(
                 run(&mut keys, "MGET a b c d", 0),

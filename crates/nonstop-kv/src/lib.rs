@@ -26,6 +26,7 @@
 pub mod command;
 pub mod commands;
 pub mod connection;
+pub mod deque;
 mod glob;
 pub mod keyspace;
 pub mod resp;
