@@ -96,6 +96,15 @@ fn redis_clients_use_the_kv_service_through_the_primary() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("role:slave") && text.contains(&format!("master_port:{}", primary.port())), "{text}");
 
+    // Lists, sets and sorted sets, in RESP2.
+    let got = exchange(
+        primary,
+        &inline(&["RPUSH l x y", "LPOP l", "SADD s m m", "SCARD s", "ZADD z 2 b 1 a", "ZRANGE z 0 -1 WITHSCORES"]),
+        |got| got.ends_with(b"$1\r\n2\r\n"),
+    );
+    let expected = ":2\r\n$1\r\nx\r\n:1\r\n:1\r\n:2\r\n*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+
     // A backup sends clients to look for the primary, for reads and writes alike.
     let readonly = "-READONLY You can't write against a read only replica.\r\n";
     let got = exchange(backup, &inline(&["SET k w", "GET k"]), |got| got.len() >= 2 * readonly.len());

@@ -169,6 +169,94 @@ pub enum Command {
     LInsert { key: Bytes, after: bool, pivot: Bytes, element: Bytes },
     /// `LPOS key element [RANK rank] [COUNT count] [MAXLEN len]`.
     LPos { key: Bytes, element: Bytes, rank: i64, count: Option<u64>, maxlen: u64 },
+    /// `ZADD key [NX|XX] [GT|LT] [CH] [INCR] score member...`.
+    ZAdd { key: Bytes, options: ZAddOptions, pairs: Vec<(f64, Bytes)> },
+    /// `ZREM key member...`: the key goes with its last member.
+    ZRem { key: Bytes, members: Vec<Bytes> },
+    /// `ZSCORE key member` (one answer), `ZMSCORE key member...` (an array).
+    ZScore { key: Bytes, members: Vec<Bytes>, many: bool },
+    /// `ZINCRBY key increment member`.
+    ZIncrBy { key: Bytes, by: f64, member: Bytes },
+    /// `ZCARD key`.
+    ZCard { key: Bytes },
+    /// `ZCOUNT key min max`.
+    ZCount { key: Bytes, min: ScoreBound, max: ScoreBound },
+    /// `ZRANK`, `ZREVRANK key member [WITHSCORE]`.
+    ZRank { key: Bytes, member: Bytes, reverse: bool, with_score: bool },
+    /// `ZRANGE` and its older forms (`ZRANGEBYSCORE`, `ZREVRANGE`, ...).
+    ZRange { key: Bytes, by: ZRangeBy, reverse: bool, limit: Option<(i64, i64)>, with_scores: bool },
+    /// `ZPOPMIN`, `ZPOPMAX key [count]`.
+    ZPop { key: Bytes, max: bool, count: Option<u64> },
+}
+
+/// `ZADD`'s options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZAddOptions {
+    /// `NX` (only new members) or `XX` (only existing ones).
+    pub existence: Option<Existence>,
+    /// `GT` or `LT`: update an existing member only if its score rises (falls).
+    pub compare: Option<Direction>,
+    /// `CH`: answer how many members were added or changed, not only added.
+    pub changed: bool,
+    /// `INCR`: add to the one member's score and answer the new score.
+    pub increment: bool,
+}
+
+/// Which way `ZADD GT`/`LT` lets a score move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// `GT`: only up.
+    Up,
+    /// `LT`: only down.
+    Down,
+}
+
+/// One end of a score range: `-inf`, `+inf`, `1.5`, or `(1.5` (exclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreBound {
+    /// The score.
+    pub value: f64,
+    /// Whether the score itself is left out.
+    pub exclusive: bool,
+}
+
+/// One end of a member range for `BYLEX`: `-`, `+`, `[a` (inclusive) or `(a` (exclusive).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LexBound {
+    /// Before every member.
+    Least,
+    /// After every member.
+    Greatest,
+    /// From or to this member, itself included.
+    Inclusive(Bytes),
+    /// From or to this member, itself left out.
+    Exclusive(Bytes),
+}
+
+/// What `ZRANGE` ranges over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ZRangeBy {
+    /// Ranks, both ends included, negative from the end.
+    Rank {
+        /// The first rank.
+        start: i64,
+        /// The last rank.
+        stop: i64,
+    },
+    /// Scores.
+    Score {
+        /// The low end.
+        min: ScoreBound,
+        /// The high end.
+        max: ScoreBound,
+    },
+    /// Members, for a set whose scores are all equal.
+    Lex {
+        /// The low end.
+        min: LexBound,
+        /// The high end.
+        max: LexBound,
+    },
 }
 
 /// Which end of a list.
@@ -233,6 +321,11 @@ impl Command {
                 | Command::LLen { .. }
                 | Command::LIndex { .. }
                 | Command::LPos { .. }
+                | Command::ZScore { .. }
+                | Command::ZCard { .. }
+                | Command::ZCount { .. }
+                | Command::ZRank { .. }
+                | Command::ZRange { .. }
         )
     }
 
@@ -428,6 +521,34 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
             Command::LInsert { key: key(), after, pivot: args[2].clone(), element: args[3].clone() }
         }
         "lpos" => lpos(args)?,
+        "zadd" => zadd(args)?,
+        "zrem" => Command::ZRem { key: key(), members: args[1..].to_vec() },
+        "zscore" => Command::ZScore { key: key(), members: args[1..].to_vec(), many: false },
+        "zmscore" => Command::ZScore { key: key(), members: args[1..].to_vec(), many: true },
+        "zincrby" => Command::ZIncrBy { key: key(), by: float(&args[1])?, member: args[2].clone() },
+        "zcard" => Command::ZCard { key: key() },
+        "zcount" => Command::ZCount { key: key(), min: score_bound(&args[1])?, max: score_bound(&args[2])? },
+        "zrank" | "zrevrank" => {
+            let with_score = match &args[2..] {
+                [] => false,
+                [option] if option.eq_ignore_ascii_case(b"WITHSCORE") => true,
+                _ => return Err(Reply::error("ERR syntax error")),
+            };
+            Command::ZRank { key: key(), member: args[1].clone(), reverse: name == "zrevrank", with_score }
+        }
+        "zrange" | "zrangebyscore" | "zrevrangebyscore" | "zrevrange" | "zrangebylex" | "zrevrangebylex" => {
+            zrange(&name, args)?
+        }
+        "zpopmin" | "zpopmax" => match args {
+            [_] => Command::ZPop { key: key(), max: name == "zpopmax", count: None },
+            [_, count] => match integer(count) {
+                Ok(count) if count >= 0 => {
+                    Command::ZPop { key: key(), max: name == "zpopmax", count: Some(count as u64) }
+                }
+                _ => return Err(Reply::error("ERR value is out of range, must be positive")),
+            },
+            _ => return Err(Reply::error("ERR syntax error")),
+        },
         "srandmember" => match args {
             [_] => Command::SRandMember { key: key(), count: None, seed: 0 },
             [_, count] => Command::SRandMember { key: key(), count: Some(integer(count)?), seed: 0 },
@@ -435,6 +556,114 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
         },
         other => unreachable!("{other} is in the command table but not parsed"),
     })
+}
+
+/// A score as `ZADD` and `ZINCRBY` read it: any float but NaN, `inf` included.
+fn score(text: &[u8]) -> Result<f64, Reply> {
+    float(text).map(|value| if value == 0.0 { 0.0 } else { value })
+}
+
+/// `-inf`, `+inf`, `1.5` or `(1.5`.
+fn score_bound(text: &[u8]) -> Result<ScoreBound, Reply> {
+    let invalid = || Reply::error("ERR min or max is not a float");
+    let (text, exclusive) = match text.strip_prefix(b"(") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let value = float(text).map_err(|_| invalid())?;
+    Ok(ScoreBound { value, exclusive })
+}
+
+/// `-`, `+`, `[member` or `(member`.
+fn lex_bound(text: &[u8]) -> Result<LexBound, Reply> {
+    match text.split_first() {
+        Some((b'-', [])) => Ok(LexBound::Least),
+        Some((b'+', [])) => Ok(LexBound::Greatest),
+        Some((b'[', member)) => Ok(LexBound::Inclusive(member.to_vec())),
+        Some((b'(', member)) => Ok(LexBound::Exclusive(member.to_vec())),
+        _ => Err(Reply::error("ERR min or max not valid string range item")),
+    }
+}
+
+/// `ZADD key [NX|XX] [GT|LT] [CH] [INCR] score member...`, checked as Redis checks it.
+fn zadd(args: &[Bytes]) -> Result<Command, Reply> {
+    let mut options = ZAddOptions::default();
+    let mut at = 1;
+    while let Some(word) = args.get(at) {
+        match word.to_ascii_uppercase().as_slice() {
+            b"NX" => options.existence = Some(Existence::Absent),
+            b"XX" => options.existence = Some(Existence::Present),
+            b"GT" => options.compare = Some(Direction::Up),
+            b"LT" => options.compare = Some(Direction::Down),
+            b"CH" => options.changed = true,
+            b"INCR" => options.increment = true,
+            _ => break,
+        }
+        at += 1;
+    }
+    let rest = &args[at..];
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
+        return Err(Reply::error("ERR syntax error"));
+    }
+    // Two words of "GT LT" both set `compare`: Redis refuses them together too.
+    let both = |a: &[u8], b: &[u8]| {
+        args[1..at].iter().any(|w| w.eq_ignore_ascii_case(a)) && args[1..at].iter().any(|w| w.eq_ignore_ascii_case(b))
+    };
+    if both(b"NX", b"XX") {
+        return Err(Reply::error("ERR XX and NX options at the same time are not compatible"));
+    }
+    if both(b"GT", b"LT") || (options.existence == Some(Existence::Absent) && options.compare.is_some()) {
+        return Err(Reply::error("ERR GT, LT, and/or NX options at the same time are not compatible"));
+    }
+    if options.increment && rest.len() != 2 {
+        return Err(Reply::error("ERR INCR option supports a single increment-element pair"));
+    }
+    let pairs =
+        rest.chunks_exact(2).map(|pair| Ok((score(&pair[0])?, pair[1].clone()))).collect::<Result<_, Reply>>()?;
+    Ok(Command::ZAdd { key: args[0].clone(), options, pairs })
+}
+
+/// `ZRANGE` and its older forms, read into one command.
+fn zrange(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    let syntax = || Reply::error("ERR syntax error");
+    let (mut by_score, mut by_lex, mut reverse) =
+        (name.contains("byscore"), name.contains("bylex"), name.starts_with("zrev"));
+    let (mut limit, mut with_scores) = (None, false);
+    let mut at = 3;
+    while let Some(word) = args.get(at) {
+        match word.to_ascii_uppercase().as_slice() {
+            b"WITHSCORES" if !by_lex || name == "zrange" => with_scores = true,
+            b"BYSCORE" if name == "zrange" => by_score = true,
+            b"BYLEX" if name == "zrange" => by_lex = true,
+            b"REV" if name == "zrange" => reverse = true,
+            b"LIMIT" if name != "zrevrange" => {
+                let (Some(offset), Some(count)) = (args.get(at + 1), args.get(at + 2)) else { return Err(syntax()) };
+                limit = Some((integer(offset)?, integer(count)?));
+                at += 2;
+            }
+            _ => return Err(syntax()),
+        }
+        at += 1;
+    }
+    if by_score && by_lex {
+        return Err(syntax());
+    }
+    if limit.is_some() && !by_score && !by_lex {
+        return Err(Reply::error(
+            "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
+        ));
+    }
+    if with_scores && by_lex {
+        return Err(Reply::error("ERR syntax error, WITHSCORES not supported in combination with BYLEX"));
+    }
+    // Reversed score and member ranges are given from the high end.
+    let (low, high) = if reverse && (by_score || by_lex) { (&args[2], &args[1]) } else { (&args[1], &args[2]) };
+    let by = match (by_score, by_lex) {
+        (true, _) => ZRangeBy::Score { min: score_bound(low)?, max: score_bound(high)? },
+        (_, true) => ZRangeBy::Lex { min: lex_bound(low)?, max: lex_bound(high)? },
+        _ => ZRangeBy::Rank { start: integer(&args[1])?, stop: integer(&args[2])? },
+    };
+    Ok(Command::ZRange { key: args[0].clone(), by, reverse, limit, with_scores })
 }
 
 /// `LPOS key element [RANK rank] [COUNT count] [MAXLEN len]`, checked as Redis checks it.

@@ -37,6 +37,7 @@ use std::hash::{Hash, Hasher};
 
 mod lists;
 mod sets;
+mod zsets;
 
 /// A key or a string value, in the keyspace's allocator.
 pub type Bytes<A> = AllocVec<u8, A>;
@@ -63,6 +64,8 @@ pub enum Value<A: Allocator> {
     Set(Members<A>),
     /// A list of strings; never empty (the key goes with its last element).
     List(lists::List<A>),
+    /// Members ordered by score; never empty (the key goes with its last member).
+    SortedSet(zsets::SortedSet<A>),
 }
 
 /// A key's value and when it expires.
@@ -259,6 +262,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     Some(Entry { value: Value::Hash(_), .. }) => "hash",
                     Some(Entry { value: Value::Set(_), .. }) => "set",
                     Some(Entry { value: Value::List(_), .. }) => "list",
+                    Some(Entry { value: Value::SortedSet(_), .. }) => "zset",
                 }
                 .into(),
             ),
@@ -317,6 +321,11 @@ impl<A: Allocator + Clone> Keyspace<A> {
             Command::LRange { .. } | Command::LLen { .. } | Command::LIndex { .. } | Command::LPos { .. } => {
                 answer(self.read_list(command, now_ms))
             }
+            Command::ZScore { .. }
+            | Command::ZCard { .. }
+            | Command::ZCount { .. }
+            | Command::ZRank { .. }
+            | Command::ZRange { .. } => answer(self.read_zset(command, now_ms)),
             writes => unreachable!("{writes:?} writes"),
         })
     }
@@ -566,6 +575,9 @@ impl<A: Allocator + Clone> Keyspace<A> {
             | Command::LRem { .. }
             | Command::LTrim { .. }
             | Command::LInsert { .. } => self.write_list(command, now_ms),
+            Command::ZAdd { .. } | Command::ZIncrBy { .. } | Command::ZRem { .. } | Command::ZPop { .. } => {
+                self.write_zset(command, now_ms)
+            }
             Command::Rename { key, to, only_new } => {
                 if self.live(key, now_ms).is_none() {
                     return Err(Reply::error("ERR no such key"));

@@ -418,6 +418,9 @@ pub enum Reply {
     },
     /// An out-of-band message (pub/sub): an array in RESP2.
     Push(Vec<Reply>),
+    /// Members with their scores (`ZRANGE ... WITHSCORES`): a flat array of 2N elements in
+    /// RESP2, an array of two-element arrays in RESP3.
+    Pairs(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
@@ -460,6 +463,16 @@ impl Reply {
                 for (key, value) in pairs {
                     key.encode(protocol, out);
                     value.encode(protocol, out);
+                }
+            }
+            Reply::Pairs(pairs) => {
+                header(out, b'*', if resp3 { pairs.len() } else { 2 * pairs.len() } as i64);
+                for (first, second) in pairs {
+                    if resp3 {
+                        header(out, b'*', 2);
+                    }
+                    first.encode(protocol, out);
+                    second.encode(protocol, out);
                 }
             }
             Reply::Double(value) if resp3 => line_of(out, b',', &format_double(*value)),
@@ -655,6 +668,11 @@ mod tests {
             (Reply::Boolean(true), b":1\r\n", b"#t\r\n"),
             (Reply::Verbatim { format: *b"txt", text: b"hi".to_vec() }, b"$2\r\nhi\r\n", b"=6\r\ntxt:hi\r\n"),
             (Reply::Push(vec![Reply::bulk("m")]), b"*1\r\n$1\r\nm\r\n", b">1\r\n$1\r\nm\r\n"),
+            (
+                Reply::Pairs(vec![(Reply::bulk("m"), Reply::Double(2.0))]),
+                b"*2\r\n$1\r\nm\r\n$1\r\n2\r\n",
+                b"*1\r\n*2\r\n$1\r\nm\r\n,2\r\n",
+            ),
         ];
         for (reply, resp2, resp3) in cases {
             for (protocol, expected) in [(Protocol::Resp2, resp2), (Protocol::Resp3, resp3)] {

@@ -13,7 +13,7 @@ use allocator_api2::alloc::Allocator;
 pub type List<A> = Deque<Bytes<A>, A>;
 
 /// Redis's inclusive `start`/`stop` (negative from the end) as a range of `len` elements.
-fn span(start: i64, stop: i64, len: usize) -> std::ops::Range<usize> {
+pub(super) fn span(start: i64, stop: i64, len: usize) -> std::ops::Range<usize> {
     let len = len as i64;
     let start = if start < 0 { len.saturating_add(start).max(0) } else { start };
     let stop = if stop < 0 { len.saturating_add(stop) } else { stop.min(len - 1) };
