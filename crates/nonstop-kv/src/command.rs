@@ -187,6 +187,12 @@ pub enum Command {
     ZRange { key: Bytes, by: ZRangeBy, reverse: bool, limit: Option<(i64, i64)>, with_scores: bool },
     /// `ZPOPMIN`, `ZPOPMAX key [count]`.
     ZPop { key: Bytes, max: bool, count: Option<u64> },
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`, or with `key`, `HSCAN`, `SSCAN`,
+    /// `ZSCAN key cursor [MATCH pattern] [COUNT n]` (`HSCAN ... NOVALUES`): one page, all of
+    /// it (the next cursor is 0).
+    Scan { over: ScanOver, cursor: u64, pattern: Option<Bytes>, kind: Option<Bytes>, novalues: bool },
+    /// `RANDOMKEY`: a key drawn from `seed`.
+    RandomKey { seed: u64 },
 }
 
 /// `ZADD`'s options.
@@ -259,6 +265,19 @@ pub enum ZRangeBy {
     },
 }
 
+/// What a scan walks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScanOver {
+    /// The keys (`SCAN`).
+    Keys,
+    /// A hash's fields and values (`HSCAN key`).
+    Hash(Bytes),
+    /// A set's members (`SSCAN key`).
+    Set(Bytes),
+    /// A sorted set's members and scores (`ZSCAN key`).
+    SortedSet(Bytes),
+}
+
 /// Which end of a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum End {
@@ -326,13 +345,18 @@ impl Command {
                 | Command::ZCount { .. }
                 | Command::ZRank { .. }
                 | Command::ZRange { .. }
+                | Command::Scan { .. }
+                | Command::RandomKey { .. }
         )
     }
 
     /// The command with its random draws taken from `seed` (`SPOP`, `SRANDMEMBER`): the
     /// service never draws by itself, so the request carries them.
     pub fn seeded(mut self, seed: u64) -> Command {
-        if let Command::SPop { seed: drawn, .. } | Command::SRandMember { seed: drawn, .. } = &mut self {
+        if let Command::SPop { seed: drawn, .. }
+        | Command::SRandMember { seed: drawn, .. }
+        | Command::RandomKey { seed: drawn } = &mut self
+        {
             *drawn = seed;
         }
         self
@@ -521,6 +545,9 @@ pub fn parse(request: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
             Command::LInsert { key: key(), after, pivot: args[2].clone(), element: args[3].clone() }
         }
         "lpos" => lpos(args)?,
+        "scan" => scan(None, args)?,
+        "hscan" | "sscan" | "zscan" => scan(Some(&name), args)?,
+        "randomkey" => Command::RandomKey { seed: 0 },
         "zadd" => zadd(args)?,
         "zrem" => Command::ZRem { key: key(), members: args[1..].to_vec() },
         "zscore" => Command::ZScore { key: key(), members: args[1..].to_vec(), many: false },
@@ -664,6 +691,42 @@ fn zrange(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
         _ => ZRangeBy::Rank { start: integer(&args[1])?, stop: integer(&args[2])? },
     };
     Ok(Command::ZRange { key: args[0].clone(), by, reverse, limit, with_scores })
+}
+
+/// `SCAN cursor ...`, or `HSCAN`, `SSCAN`, `ZSCAN key cursor ...` (`collection` names which).
+fn scan(collection: Option<&str>, args: &[Bytes]) -> Result<Command, Reply> {
+    let (over, rest) = match collection {
+        Some("hscan") => (ScanOver::Hash(args[0].clone()), &args[1..]),
+        Some("sscan") => (ScanOver::Set(args[0].clone()), &args[1..]),
+        Some(_) => (ScanOver::SortedSet(args[0].clone()), &args[1..]),
+        None => (ScanOver::Keys, args),
+    };
+    let cursor = std::str::from_utf8(&rest[0])
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
+    let (mut pattern, mut kind, mut novalues) = (None, None, false);
+    let mut at = 1;
+    while let Some(option) = rest.get(at) {
+        let value = rest.get(at + 1);
+        match (option.to_ascii_uppercase().as_slice(), value) {
+            (b"MATCH", Some(value)) => pattern = Some(value.clone()),
+            (b"COUNT", Some(value)) => {
+                if integer(value)? < 1 {
+                    return Err(Reply::error("ERR syntax error"));
+                }
+            }
+            (b"TYPE", Some(value)) if collection.is_none() => kind = Some(value.to_ascii_lowercase()),
+            (b"NOVALUES", _) if collection == Some("hscan") => {
+                novalues = true;
+                at += 1;
+                continue;
+            }
+            _ => return Err(Reply::error("ERR syntax error")),
+        }
+        at += 2;
+    }
+    Ok(Command::Scan { over, cursor, pattern, kind, novalues })
 }
 
 /// `LPOS key element [RANK rank] [COUNT count] [MAXLEN len]`, checked as Redis checks it.

@@ -158,6 +158,11 @@ const DATA: &[Spec] = &[
     Spec::new("zrevrangebylex", -4, Read, (1, 1, 1)),
     Spec::new("zpopmin", -2, Write, (1, 1, 1)),
     Spec::new("zpopmax", -2, Write, (1, 1, 1)),
+    Spec::new("scan", -2, Read, (0, 0, 0)),
+    Spec::new("hscan", -3, Read, (1, 1, 1)),
+    Spec::new("sscan", -3, Read, (1, 1, 1)),
+    Spec::new("zscan", -3, Read, (1, 1, 1)),
+    Spec::new("randomkey", 1, Read, (0, 0, 0)),
 ];
 
 /// The commands a connection answers itself.
@@ -241,6 +246,8 @@ mod tests {
                 "zrem" | "zscore" | "zmscore" | "zrank" | "zrevrank" => &[b"k", b"m"],
                 "zcount" | "zrange" | "zrevrange" | "zrangebyscore" | "zrevrangebyscore" => &[b"k", b"0", b"1"],
                 "zrangebylex" | "zrevrangebylex" => &[b"k", b"-", b"+"],
+                "scan" => &[b"0"],
+                "hscan" | "sscan" | "zscan" => &[b"k", b"0"],
                 "lpush" | "rpush" | "lpushx" | "rpushx" | "lpos" => &[b"k", b"v"],
                 "expire" | "pexpire" | "expireat" | "pexpireat" | "incrby" | "decrby" | "incrbyfloat" => &[b"k", b"10"],
                 "hincrby" | "hincrbyfloat" => &[b"k", b"f", b"1"],
@@ -248,7 +255,7 @@ mod tests {
                 "sadd" | "srem" | "sismember" | "smismember" | "sinterstore" | "sunionstore" | "sdiffstore" => {
                     &[b"k", b"m"]
                 }
-                "dbsize" | "flushdb" | "flushall" => &[],
+                "dbsize" | "flushdb" | "flushall" | "randomkey" => &[],
                 _ => &[b"k"],
             };
             // The fewest words the command takes.

@@ -36,6 +36,7 @@ use foldhash::fast::FixedState;
 use std::hash::{Hash, Hasher};
 
 mod lists;
+mod scan;
 mod sets;
 mod zsets;
 
@@ -66,6 +67,19 @@ pub enum Value<A: Allocator> {
     List(lists::List<A>),
     /// Members ordered by score; never empty (the key goes with its last member).
     SortedSet(zsets::SortedSet<A>),
+}
+
+impl<A: Allocator> Value<A> {
+    /// Its type as `TYPE` names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::String(_) => "string",
+            Value::Hash(_) => "hash",
+            Value::Set(_) => "set",
+            Value::List(_) => "list",
+            Value::SortedSet(_) => "zset",
+        }
+    }
 }
 
 /// A key's value and when it expires.
@@ -255,17 +269,9 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     if *millis { left } else { left.saturating_add(500) / 1000 }
                 }
             }),
-            Command::Type { key } => Reply::Simple(
-                match self.live(key, now_ms) {
-                    None => "none",
-                    Some(Entry { value: Value::String(_), .. }) => "string",
-                    Some(Entry { value: Value::Hash(_), .. }) => "hash",
-                    Some(Entry { value: Value::Set(_), .. }) => "set",
-                    Some(Entry { value: Value::List(_), .. }) => "list",
-                    Some(Entry { value: Value::SortedSet(_), .. }) => "zset",
-                }
-                .into(),
-            ),
+            Command::Type { key } => {
+                Reply::Simple(self.live(key, now_ms).map_or("none", |entry| entry.value.type_name()).into())
+            }
             Command::HGet { key, field } => answer(
                 self.hash(key, now_ms).map(|h| bulk_or_null(h.and_then(|h| h.get(&KeyRef(field))).map(|v| &v[..]))),
             ),
@@ -321,6 +327,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
             Command::LRange { .. } | Command::LLen { .. } | Command::LIndex { .. } | Command::LPos { .. } => {
                 answer(self.read_list(command, now_ms))
             }
+            Command::Scan { .. } | Command::RandomKey { .. } => answer(self.scan(command, now_ms)),
             Command::ZScore { .. }
             | Command::ZCard { .. }
             | Command::ZCount { .. }

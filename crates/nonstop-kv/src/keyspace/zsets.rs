@@ -140,7 +140,7 @@ impl<A: Allocator + Clone> SortedSet<A> {
     }
 
     /// Members and scores in order, lowest first.
-    fn ascending(&self) -> impl DoubleEndedIterator<Item = (Vec<u8>, f64)> + '_ {
+    pub(super) fn ascending(&self) -> impl DoubleEndedIterator<Item = (Vec<u8>, f64)> + '_ {
         self.order.iter().map(|(key, ())| (member_of(&key.0), score_of(&key.0)))
     }
 
