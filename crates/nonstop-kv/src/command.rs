@@ -193,6 +193,12 @@ pub enum Command {
     Scan { over: ScanOver, cursor: u64, pattern: Option<Bytes>, kind: Option<Bytes>, novalues: bool },
     /// `RANDOMKEY`: a key drawn from `seed`.
     RandomKey { seed: u64 },
+    /// What `WATCH` remembers of `keys`: a digest of each one's type, value and expiry (0 if
+    /// absent). Made by the session, never read from a client's command.
+    Digest { keys: Vec<Bytes> },
+    /// `EXEC`'s guard for watched keys: `:1` if every key's digest is still `digests`, else
+    /// `:0` and the transaction runs no further. Made by the session.
+    Unchanged { keys: Vec<Bytes>, digests: Vec<u64> },
 }
 
 /// `ZADD`'s options.
@@ -347,6 +353,8 @@ impl Command {
                 | Command::ZRange { .. }
                 | Command::Scan { .. }
                 | Command::RandomKey { .. }
+                | Command::Digest { .. }
+                | Command::Unchanged { .. }
         )
     }
 

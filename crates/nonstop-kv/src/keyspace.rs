@@ -38,6 +38,7 @@ use std::hash::{Hash, Hasher};
 mod lists;
 mod scan;
 mod sets;
+mod watch;
 mod zsets;
 
 /// A key or a string value, in the keyspace's allocator.
@@ -328,6 +329,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 answer(self.read_list(command, now_ms))
             }
             Command::Scan { .. } | Command::RandomKey { .. } => answer(self.scan(command, now_ms)),
+            Command::Digest { .. } | Command::Unchanged { .. } => self.watch(command, now_ms),
             Command::ZScore { .. }
             | Command::ZCard { .. }
             | Command::ZCount { .. }

@@ -92,27 +92,23 @@ impl Service for Kv {
 
     fn execute(&self, store: &mut Store<'_>, request: &KvRequest) -> Result<Vec<Reply>, ServiceError> {
         let keyspace = self.keyspace(store)?;
-        Ok(request.commands.iter().map(|command| keyspace.execute(command, request.now_ms)).collect())
+        in_order(&request.commands, |command| Ok(keyspace.execute(command, request.now_ms)))
     }
 
     fn query(&self, view: &View<'_>, request: &KvRequest) -> Result<Vec<Reply>, ServiceError> {
         let Some(keyspace) = view.root::<Keyspace<RegionAlloc>>()? else {
             return Err(ServiceError::Broken("the keyspace was never made".into()));
         };
-        request
-            .commands
-            .iter()
-            .map(|command| {
-                let mut reply = keyspace.read(command, request.now_ms).ok_or_else(|| {
-                    ServiceError::refused(format!("a query cannot run {command:?}: it writes; send it as a call"))
-                })?;
-                if let (Command::Stats, Reply::Array(figures)) = (command, &mut reply) {
-                    let usage = keyspace.allocator().usage();
-                    figures.extend([usage.allocated_bytes, usage.arena_bytes].map(|n| Reply::Integer(n as i64)));
-                }
-                Ok(reply)
-            })
-            .collect()
+        in_order(&request.commands, |command| {
+            let mut reply = keyspace.read(command, request.now_ms).ok_or_else(|| {
+                ServiceError::refused(format!("a query cannot run {command:?}: it writes; send it as a call"))
+            })?;
+            if let (Command::Stats, Reply::Array(figures)) = (command, &mut reply) {
+                let usage = keyspace.allocator().usage();
+                figures.extend([usage.allocated_bytes, usage.arena_bytes].map(|n| Reply::Integer(n as i64)));
+            }
+            Ok(reply)
+        })
     }
 
     fn check(&self, image: &Image<'_>) -> Result<String, String> {
@@ -122,6 +118,24 @@ impl Service for Kv {
             Some(keyspace) => Ok(format!("{} keys", keyspace.len())),
         }
     }
+}
+
+/// Runs a request's commands in order, with nothing between them; a `WATCH` guard that finds
+/// a watched key changed stops the transaction before its first command.
+fn in_order(
+    commands: &[Command],
+    mut run: impl FnMut(&Command) -> Result<Reply, ServiceError>,
+) -> Result<Vec<Reply>, ServiceError> {
+    let mut replies = Vec::with_capacity(commands.len());
+    for command in commands {
+        let reply = run(command)?;
+        let stop = matches!(command, Command::Unchanged { .. }) && reply == Reply::Integer(0);
+        replies.push(reply);
+        if stop {
+            break;
+        }
+    }
+    Ok(replies)
 }
 
 /// Registers the service as kind [`NAME`].

@@ -101,8 +101,11 @@ enum Awaiting {
     Nothing,
     /// One command: its one reply.
     Single,
-    /// An `EXEC`: the transaction's replies as one array.
-    Exec(Vec<Slot>),
+    /// An `EXEC`: the transaction's replies as one array; `guarded`: the first reply is the
+    /// `WATCH` guard's, and `:0` means the transaction did not run.
+    Exec { slots: Vec<Slot>, guarded: bool },
+    /// A `WATCH`: the keys whose digests come back.
+    Watch(Vec<Vec<u8>>),
     /// An `INFO`: the keyspace's figures complete the text.
     Info(Info),
 }
@@ -113,12 +116,19 @@ pub struct Session {
     connection: Connection,
     transaction: Option<Transaction>,
     awaiting: Awaiting,
+    /// Keys under `WATCH`, with their digests when watched.
+    watched: Vec<(Vec<u8>, u64)>,
 }
 
 impl Session {
     /// A new connection with id `id` (`CLIENT ID`), speaking RESP2 until `HELLO 3`.
     pub fn new(id: u64) -> Session {
-        Session { connection: Connection::new(id, Mode::Standalone), transaction: None, awaiting: Awaiting::Nothing }
+        Session {
+            connection: Connection::new(id, Mode::Standalone),
+            transaction: None,
+            awaiting: Awaiting::Nothing,
+            watched: Vec::new(),
+        }
     }
 
     /// The same session, asked for `password` before any command (Redis's `requirepass`).
@@ -151,30 +161,54 @@ impl Session {
                 self.transaction = Some(Transaction::default());
                 Action::Reply(Reply::ok())
             }
-            b"EXEC" => match self.transaction.take() {
-                None => Action::Reply(Reply::error("ERR EXEC without MULTI")),
-                Some(Transaction { refused: true, .. }) => {
-                    Action::Reply(Reply::error("EXECABORT Transaction discarded because of previous errors."))
+            b"EXEC" => {
+                let watched = std::mem::take(&mut self.watched);
+                match self.transaction.take() {
+                    None => Action::Reply(Reply::error("ERR EXEC without MULTI")),
+                    Some(Transaction { refused: true, .. }) => {
+                        Action::Reply(Reply::error("EXECABORT Transaction discarded because of previous errors."))
+                    }
+                    Some(Transaction { commands, slots, .. }) if commands.is_empty() && watched.is_empty() => {
+                        Action::Reply(Reply::Array(
+                            slots
+                                .into_iter()
+                                .map(|slot| match slot {
+                                    Slot::Known(reply) => reply,
+                                    Slot::FromService => unreachable!("no command was queued"),
+                                })
+                                .collect(),
+                        ))
+                    }
+                    Some(Transaction { mut commands, slots, .. }) => {
+                        let guarded = !watched.is_empty();
+                        if guarded {
+                            let (keys, digests) = watched.into_iter().unzip();
+                            commands.insert(0, Command::Unchanged { keys, digests });
+                        }
+                        self.awaiting = Awaiting::Exec { slots, guarded };
+                        let writes = commands.iter().any(Command::writes);
+                        Action::Run { request: KvRequest { now_ms, commands }, writes }
+                    }
                 }
-                Some(Transaction { commands, slots, .. }) if commands.is_empty() => Action::Reply(Reply::Array(
-                    slots
-                        .into_iter()
-                        .map(|slot| match slot {
-                            Slot::Known(reply) => reply,
-                            Slot::FromService => unreachable!("no command was queued"),
-                        })
-                        .collect(),
-                )),
-                Some(Transaction { commands, slots, .. }) => {
-                    self.awaiting = Awaiting::Exec(slots);
-                    let writes = commands.iter().any(Command::writes);
-                    Action::Run { request: KvRequest { now_ms, commands }, writes }
+            }
+            b"DISCARD" => {
+                self.watched.clear();
+                match self.transaction.take() {
+                    None => Action::Reply(Reply::error("ERR DISCARD without MULTI")),
+                    Some(_) => Action::Reply(Reply::ok()),
                 }
-            },
-            b"DISCARD" => match self.transaction.take() {
-                None => Action::Reply(Reply::error("ERR DISCARD without MULTI")),
-                Some(_) => Action::Reply(Reply::ok()),
-            },
+            }
+            b"WATCH" if self.transaction.is_some() => {
+                Action::Reply(Reply::error("ERR WATCH inside MULTI is not allowed"))
+            }
+            b"WATCH" if args.is_empty() => Action::Reply(crate::connection::arity("watch")),
+            b"WATCH" => {
+                self.awaiting = Awaiting::Watch(args.to_vec());
+                Action::Run {
+                    request: KvRequest { now_ms, commands: vec![Command::Digest { keys: args.to_vec() }] },
+                    writes: false,
+                }
+            }
             b"QUIT" => Action::Close(Reply::ok()),
             b"INFO" => {
                 let info = Info::new(args, context);
@@ -235,8 +269,22 @@ impl Session {
             Awaiting::Nothing => Reply::error("ERR no command was running"),
             Awaiting::Info(info) => info.reply(replies.into_iter().next()),
             Awaiting::Single => replies.into_iter().next().unwrap_or_else(|| Reply::error("ERR no reply")),
-            Awaiting::Exec(slots) => {
+            Awaiting::Watch(keys) => match replies.into_iter().next() {
+                Some(Reply::Array(digests)) if digests.len() == keys.len() => {
+                    for (key, digest) in keys.into_iter().zip(digests) {
+                        let Reply::Integer(digest) = digest else { return Reply::error("ERR no digest") };
+                        self.watched.push((key, digest as u64));
+                    }
+                    Reply::ok()
+                }
+                _ => Reply::error("ERR no digest"),
+            },
+            Awaiting::Exec { slots, guarded } => {
                 let mut replies = replies.into_iter();
+                // A watched key changed: the transaction did not run, as Redis answers.
+                if guarded && replies.next() != Some(Reply::Integer(1)) {
+                    return Reply::NullArray;
+                }
                 Reply::Array(
                     slots
                         .into_iter()
@@ -264,6 +312,13 @@ impl Session {
             (b"WAIT", [replicas, timeout]) => return Some(wait(replicas, timeout, context)),
             (b"CONFIG", _) => return Some(config(args, context.node)),
             (b"COMMAND", _) => return Some(crate::commands::command(args)),
+            (b"UNWATCH", []) => {
+                // Inside MULTI it is queued, and so runs after EXEC's check: it changes nothing.
+                if self.transaction.is_none() {
+                    self.watched.clear();
+                }
+                return Some(Reply::ok());
+            }
             (b"ROLE" | b"TIME" | b"WAIT", _) => {
                 return Some(crate::connection::arity(&String::from_utf8_lossy(name).to_lowercase()));
             }
@@ -661,5 +716,38 @@ mod tests {
         let Reply::Error(refused) = reply(&mut session, "CONFIG SET save 1") else { panic!() };
         assert!(refused.contains("config file"), "{refused}");
         assert!(matches!(reply(&mut session, "COMMAND COUNT"), Reply::Integer(n) if n > 50));
+    }
+
+    #[test]
+    fn watch_guards_exec_with_the_keys_digests() {
+        let mut session = Session::new(1);
+        assert_eq!(reply(&mut session, "WATCH"), Reply::error("ERR wrong number of arguments for 'watch' command"));
+        let Action::Run { request, writes: false } = session.handle(&words("WATCH a b"), &at(0)) else { panic!() };
+        assert_eq!(request.commands, vec![Command::Digest { keys: vec![b"a".to_vec(), b"b".to_vec()] }]);
+        assert_eq!(session.replied(Ok(vec![Reply::Array(vec![Reply::Integer(0), Reply::Integer(7)])])), Reply::ok());
+        assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
+        assert_eq!(reply(&mut session, "WATCH c"), Reply::error("ERR WATCH inside MULTI is not allowed"));
+        assert_eq!(reply(&mut session, "INCR n"), queued());
+        let Action::Run { request, writes: true } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
+        let guard = Command::Unchanged { keys: vec![b"a".to_vec(), b"b".to_vec()], digests: vec![0, 7] };
+        assert_eq!(request.commands[0], guard);
+        // A watched key changed: the guard answers 0, the service runs nothing more.
+        assert_eq!(session.replied(Ok(vec![Reply::Integer(0)])), Reply::NullArray);
+        // EXEC unwatches: the next transaction runs unguarded.
+        assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
+        assert_eq!(reply(&mut session, "INCR n"), queued());
+        let Action::Run { request, .. } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
+        assert_eq!(request.commands.len(), 1);
+        assert_eq!(session.replied(Ok(vec![Reply::Integer(1)])), Reply::Array(vec![Reply::Integer(1)]));
+        // UNWATCH forgets; a guard that holds lets the replies through.
+        let Action::Run { .. } = session.handle(&words("WATCH a"), &at(0)) else { panic!() };
+        assert_eq!(session.replied(Ok(vec![Reply::Array(vec![Reply::Integer(3)])])), Reply::ok());
+        assert_eq!(reply(&mut session, "UNWATCH"), Reply::ok());
+        let Action::Run { .. } = session.handle(&words("WATCH a"), &at(0)) else { panic!() };
+        assert_eq!(session.replied(Ok(vec![Reply::Array(vec![Reply::Integer(3)])])), Reply::ok());
+        assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
+        let Action::Run { request, writes: false } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
+        assert_eq!(request.commands.len(), 1, "only the guard");
+        assert_eq!(session.replied(Ok(vec![Reply::Integer(1)])), Reply::Array(vec![]));
     }
 }

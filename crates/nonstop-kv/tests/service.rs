@@ -47,3 +47,31 @@ fn commands_run_once_through_the_platform_and_reads_are_queries() {
     let check = mirror.quiesced(|image, _| hosted.check(image)).unwrap();
     assert!(check.contains("2 keys") && check.contains("each request applied once"), "{check}");
 }
+
+/// A transaction guarded by `WATCH` runs only if the watched keys are as they were watched:
+/// the guard and the commands are one request, so nothing comes between them.
+#[test]
+fn a_watched_key_written_since_stops_the_transaction() {
+    use nonstop_kv::command::Command;
+    let hosted = Hosted::new(NAME, Kv::new(4));
+    let region = Region::map(0x5b00_0000_0000, hosted.region_len()).unwrap();
+    let mirror = Mirror::transparent_unreplicated(region, CheckpointId(1));
+    hosted.init(&mirror).unwrap();
+    let run = |request: u64, commands: Vec<Command>| {
+        let body = postcard::to_allocvec(&KvRequest { now_ms: 0, commands }).unwrap();
+        let (executed, _) = hosted.execute(&mirror, Caller { client: 9, request, lane: 0 }, 0, &body).unwrap();
+        replies(executed).1
+    };
+    let command = |text: &str| parse(&text.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>(), 0).unwrap();
+    let keys = vec![b"w".to_vec()];
+    assert_eq!(run(1, vec![command("SET w 1")]), vec![Reply::ok()]);
+    let Reply::Array(digests) = &run(2, vec![Command::Digest { keys: keys.clone() }])[0] else { panic!() };
+    let Reply::Integer(watched) = digests[0] else { panic!() };
+    let guard = |digest: i64| Command::Unchanged { keys: keys.clone(), digests: vec![digest as u64] };
+    // Unchanged: the transaction runs.
+    assert_eq!(run(3, vec![guard(watched), command("INCR n")]), vec![Reply::Integer(1), Reply::Integer(1)]);
+    assert_eq!(run(4, vec![command("SET w 2")]), vec![Reply::ok()]);
+    // Written since: the guard answers 0 and nothing after it runs.
+    assert_eq!(run(5, vec![guard(watched), command("INCR n")]), vec![Reply::Integer(0)]);
+    assert_eq!(run(6, vec![command("GET n")]), vec![Reply::bulk("1")]);
+}
