@@ -160,6 +160,9 @@ struct Shared {
     precopy: Mutex<()>,
     /// Bytes of the last checkpoints, for backups' lag.
     recent: Mutex<RecentCheckpoints>,
+    /// The connected backups as last read under the link lock: what
+    /// [`Primary::connected_backups`] answers while a cut holds that lock.
+    connected: Mutex<Vec<(BackupId, Option<CheckpointId>)>>,
     /// A backup silent this long (ns) while it owes an acknowledgement is dropped (0: never).
     silence_limit_ns: AtomicU64,
     /// The node's fault points, if it has any.
@@ -270,6 +273,7 @@ impl Primary {
             coalescer: Mutex::new(Coalescer::default()),
             precopy: Mutex::new(()),
             recent: Mutex::new(RecentCheckpoints::default()),
+            connected: Mutex::new(Vec::new()),
             silence_limit_ns: AtomicU64::new(0),
             faults: std::sync::OnceLock::new(),
             detections: std::sync::OnceLock::new(),
@@ -675,14 +679,25 @@ impl Primary {
     }
 
     /// The backups whose connection is up, with the last checkpoint each acknowledged.
+    ///
+    /// Never waits for a cut: a cut holds the link lock while it diffs and sends a checkpoint,
+    /// which for a large one takes long enough that a node's control loop, asking every
+    /// heartbeat, would miss its heartbeats and be declared dead. While the lock is held, the
+    /// last answer read under it is given again, as if it had been asked a moment earlier.
     pub fn connected_backups(&self) -> Vec<(BackupId, Option<CheckpointId>)> {
-        let links = lock(&self.shared.links);
+        let links = match self.shared.links.try_lock() {
+            Ok(links) => links,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return lock(&self.shared.connected).clone(),
+        };
         let replication = lock(&self.shared.replication);
-        links
+        let connected: Vec<_> = links
             .iter()
             .filter(|link| link.alive.load(Ordering::Relaxed))
             .map(|link| (link.id, replication.acked(link.id)))
-            .collect()
+            .collect();
+        lock(&self.shared.connected).clone_from(&connected);
+        connected
     }
 
     /// How far each connected backup is behind.
@@ -1013,5 +1028,44 @@ impl Shared {
         }
         // Even if nothing became held, a waiter may now be unprotected.
         self.hold_changed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nonstop_proto::auth::ClusterKey;
+    use nonstop_proto::{CommitPolicy, Term, UpdateProtocol};
+    use nonstop_region::Region;
+
+    /// A node's control loop asks for the connected backups every heartbeat; a cut that holds
+    /// the link lock for long (a large checkpoint being diffed and sent) must not hold it up,
+    /// or the node misses its heartbeats and its peers fail it over.
+    #[test]
+    fn the_connected_backups_are_answered_while_a_cut_holds_the_links() {
+        let region = Region::map(0x2f00_0000_0000, 1 << 20).unwrap();
+        let mirror = Arc::new(Mirror::new(region, Some(UpdateProtocol::Au), CheckpointId(1)));
+        let config = PrimaryConfig {
+            term: Term(1),
+            policy: CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 },
+            required_backups: 0,
+            key: ClusterKey::from_bytes([7; 32]),
+        };
+        let primary = Primary::start(mirror, config);
+        assert_eq!(primary.connected_backups(), Vec::new());
+        let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let shared = primary.shared.clone();
+        let cut = std::thread::spawn(move || {
+            let _links = lock(&shared.links);
+            held.0.send(()).unwrap();
+            let _ = release.1.recv_timeout(Duration::from_secs(10));
+        });
+        held.1.recv().unwrap();
+        let asked = Instant::now();
+        assert_eq!(primary.connected_backups(), Vec::new(), "the last answer read under the lock");
+        assert!(asked.elapsed() < Duration::from_secs(5), "answered without waiting for the cut");
+        release.0.send(()).unwrap();
+        cut.join().unwrap();
+        primary.shutdown();
     }
 }
