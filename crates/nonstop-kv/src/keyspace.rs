@@ -55,19 +55,24 @@ pub type Fields<A> = hashbrown::HashMap<Bytes<A>, Bytes<A>, FixedState, A>;
 /// A set's members.
 pub type Members<A> = hashbrown::HashSet<Bytes<A>, FixedState, A>;
 
+/// A collection of a key, boxed in the keyspace's allocator: every entry of the table is as
+/// large as its largest value, so collections (40 to 80 bytes each) live behind a pointer and
+/// an entry stays the size of a string.
+pub type Boxed<T, A> = allocator_api2::boxed::Box<T, A>;
+
 /// A value of a key.
 #[derive(Debug)]
 pub enum Value<A: Allocator> {
     /// A string (integers and floats are strings that read as numbers).
     String(Bytes<A>),
     /// A hash: fields and their string values; never empty (the key goes with its last field).
-    Hash(Fields<A>),
+    Hash(Boxed<Fields<A>, A>),
     /// A set of strings; never empty (the key goes with its last member).
-    Set(Members<A>),
+    Set(Boxed<Members<A>, A>),
     /// A list of strings; never empty (the key goes with its last element).
-    List(lists::List<A>),
+    List(Boxed<lists::List<A>, A>),
     /// Members ordered by score; never empty (the key goes with its last member).
-    SortedSet(zsets::SortedSet<A>),
+    SortedSet(Boxed<zsets::SortedSet<A>, A>),
 }
 
 impl<A: Allocator> Value<A> {
@@ -158,7 +163,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
     fn hash(&self, key: &[u8], now_ms: u64) -> Result<Option<&Fields<A>>, Refused> {
         match self.live(key, now_ms) {
             None => Ok(None),
-            Some(Entry { value: Value::Hash(fields), .. }) => Ok(Some(fields)),
+            Some(Entry { value: Value::Hash(fields), .. }) => Ok(Some(&**fields)),
             Some(_) => Err(Reply::error(WRONGTYPE)),
         }
     }
@@ -177,7 +182,10 @@ impl<A: Allocator + Clone> Keyspace<A> {
         }
         let made = match existing {
             Some(_) => None,
-            None => Some((self.bytes(key)?, Fields::with_hasher_in(FixedState::default(), self.alloc.clone()))),
+            None => {
+                let fields = Fields::with_hasher_in(FixedState::default(), self.alloc.clone());
+                Some((self.bytes(key)?, self.boxed(fields)?))
+            }
         };
         if made.is_some() {
             self.keys.try_reserve(1).map_err(|_| Reply::error(OOM))?;
@@ -211,6 +219,11 @@ impl<A: Allocator + Clone> Keyspace<A> {
         if self.keys.get(&KeyRef(key)).is_some_and(|entry| entry.expires_at_ms.is_some_and(|at| at <= now_ms)) {
             self.keys.remove(&KeyRef(key));
         }
+    }
+
+    /// `value` in a box of the keyspace's allocator, or `-OOM`.
+    fn boxed<T>(&self, value: T) -> Result<Boxed<T, A>, Refused> {
+        Boxed::try_new_in(value, self.alloc.clone()).map_err(|_| Reply::error(OOM))
     }
 
     /// A copy of `bytes` in the keyspace's allocator, or `-OOM`.
@@ -896,5 +909,18 @@ pub(crate) mod tests {
         }
         budget.set(1 << 20);
         assert_eq!(run(&mut keys, &format!("SET b {big}"), 0), Reply::ok(), "once there is room again");
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    use super::*;
+    use nonstop_region::heap::RegionAlloc;
+
+    /// Every key costs a table slot of a key and an entry: keep the entry to a string's size.
+    #[test]
+    fn an_entry_is_as_small_as_a_string_value() {
+        let (key, entry) = (size_of::<Bytes<RegionAlloc>>(), size_of::<Entry<RegionAlloc>>());
+        assert!(entry <= 56, "an entry takes {entry} bytes, a key {key}");
     }
 }

@@ -32,7 +32,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
     fn list(&self, key: &[u8], now_ms: u64) -> Result<Option<&List<A>>, Refused> {
         match self.live(key, now_ms) {
             None => Ok(None),
-            Some(Entry { value: Value::List(list), .. }) => Ok(Some(list)),
+            Some(Entry { value: Value::List(list), .. }) => Ok(Some(&**list)),
             Some(_) => Err(Reply::error(WRONGTYPE)),
         }
     }
@@ -112,7 +112,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 if let Some(mut list) = fresh {
                     push_all(&mut list, stored, *end);
                     let len = list.len();
-                    self.put(key, Value::List(list), None)?;
+                    self.put(key, Value::List(self.boxed(list)?), None)?;
                     return Ok(Reply::Integer(len as i64));
                 }
                 let list = self.list_mut(key);

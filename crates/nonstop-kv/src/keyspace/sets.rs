@@ -16,7 +16,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
     fn set(&self, key: &[u8], now_ms: u64) -> Result<Option<&Members<A>>, Refused> {
         match self.live(key, now_ms) {
             None => Ok(None),
-            Some(Entry { value: Value::Set(members), .. }) => Ok(Some(members)),
+            Some(Entry { value: Value::Set(members), .. }) => Ok(Some(&**members)),
             Some(_) => Err(Reply::error(WRONGTYPE)),
         }
     }
@@ -144,7 +144,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     0 => {
                         self.keys.remove(&KeyRef(destination));
                     }
-                    _ => self.put(destination, Value::Set(set), None)?,
+                    _ => self.put(destination, Value::Set(self.boxed(set)?), None)?,
                 }
                 Ok(Reply::Integer(count as i64))
             }
@@ -196,7 +196,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
         let mut set = Members::with_hasher_in(FixedState::default(), self.alloc.clone());
         set.try_reserve(stored.len()).map_err(|_| Reply::error(OOM))?;
         set.extend(stored);
-        self.put(key, Value::Set(set), None)
+        self.put(key, Value::Set(self.boxed(set)?), None)
     }
 }
 

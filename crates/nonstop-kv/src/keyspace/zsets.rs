@@ -196,7 +196,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
     fn zset(&self, key: &[u8], now_ms: u64) -> Result<Option<&SortedSet<A>>, Refused> {
         match self.live(key, now_ms) {
             None => Ok(None),
-            Some(Entry { value: Value::SortedSet(set), .. }) => Ok(Some(set)),
+            Some(Entry { value: Value::SortedSet(set), .. }) => Ok(Some(&**set)),
             Some(_) => Err(Reply::error(WRONGTYPE)),
         }
     }
@@ -374,7 +374,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
             }
         }
         if let Some(set) = fresh {
-            self.put(key, Value::SortedSet(set), None)?;
+            self.put(key, Value::SortedSet(self.boxed(set)?), None)?;
         }
         Ok(answer)
     }
