@@ -39,6 +39,8 @@ pub struct RedisBenchConfig {
     pub keyspace: u64,
     /// Rounds; the median is reported.
     pub rounds: usize,
+    /// Small keys loaded (after the rounds) to weigh memory per key; 0: not measured.
+    pub memory_keys: u64,
     /// Where the servers and the cluster listen (`PREFIX.1`, `.2`, ...).
     pub ip_prefix: String,
 }
@@ -51,6 +53,7 @@ impl Default for RedisBenchConfig {
             value_size: 3,
             keyspace: 100_000,
             rounds: 3,
+            memory_keys: 1_000_000,
             ip_prefix: "127.0.30".into(),
         }
     }
@@ -119,6 +122,66 @@ pub struct RedisBenchReport {
     /// Every round's figures, in order: `[redis_set, redis_get, redis_wait_set, nonstop_set,
     /// nonstop_get]`.
     pub by_round: Vec<[Measured; 5]>,
+    /// Keys loaded to weigh memory (`key:<12 digits>`, values of `value_size` bytes).
+    pub memory_keys: u64,
+    /// Redis's `used_memory` grown per key.
+    pub redis_bytes_per_key: f64,
+    /// Redis's resident memory (`used_memory_rss`) grown per key.
+    pub redis_rss_bytes_per_key: f64,
+    /// nonstop-kv's `used_memory` (the keyspace's allocations in the region, the allocator's
+    /// own headers not counted) grown per key.
+    pub nonstop_bytes_per_key: f64,
+    /// The nonstop primary's resident memory grown per key (the region's pages written,
+    /// whatever uses them).
+    pub nonstop_rss_bytes_per_key: f64,
+}
+
+/// `field` of an `INFO` text.
+fn info_field(info: &str, field: &str) -> anyhow::Result<f64> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} in INFO"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{field} is not a number"))
+}
+
+/// A process's resident memory in bytes.
+fn resident_bytes(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .context("no VmRSS")?;
+    Ok(kib * 1024.0)
+}
+
+/// Loads `keys` keys into the server at `addr` with `MSET`s of a thousand, and returns how
+/// much `used_memory` and resident memory (of `pid`, or Redis's `used_memory_rss`) grew per key.
+fn weigh(addr: SocketAddr, pid: Option<u32>, keys: u64, value_size: usize) -> anyhow::Result<(f64, f64)> {
+    let mut connection = redis::Client::open(format!("redis://{addr}"))?.get_connection()?;
+    let () = redis::cmd("FLUSHALL").query(&mut connection)?;
+    let measure = |connection: &mut redis::Connection| -> anyhow::Result<(f64, f64)> {
+        let info: String = redis::cmd("INFO").arg("memory").query(connection)?;
+        let rss = match pid {
+            Some(pid) => resident_bytes(pid)?,
+            None => info_field(&info, "used_memory_rss")?,
+        };
+        Ok((info_field(&info, "used_memory")?, rss))
+    };
+    let before = measure(&mut connection)?;
+    let value = "x".repeat(value_size);
+    for batch in (0..keys).collect::<Vec<_>>().chunks(1000) {
+        let mut mset = redis::cmd("MSET");
+        for key in batch {
+            mset.arg(format!("key:{key:012}")).arg(&value);
+        }
+        let () = mset.query(&mut connection)?;
+    }
+    let after = measure(&mut connection)?;
+    let per_key = |a: f64, b: f64| (b - a) / keys as f64;
+    Ok((per_key(before.0, after.0), per_key(before.1, after.1)))
 }
 
 /// Refuses, saying what to install, unless the Redis programs the bench runs are here.
@@ -321,6 +384,18 @@ pub fn run(exe: &Path, config: &RedisBenchConfig, progress: &dyn Fn(&str)) -> an
             redis_benchmark(nonstop, "get", config)?,
         ]);
     }
+    let ((redis_bytes, redis_rss), (nonstop_bytes, nonstop_rss)) = match config.memory_keys {
+        0 => ((0.0, 0.0), (0.0, 0.0)),
+        keys => {
+            progress(&format!("loading {keys} keys into each to weigh them"));
+            let primary_pid = cluster.nodes[0].pid().context("the nonstop primary runs")?;
+            (
+                weigh(standalone.addr, None, keys, config.value_size)?,
+                weigh(nonstop, Some(primary_pid), keys, config.value_size)
+                    .with_context(|| format!("loading nonstop-kv\n{}", cluster.post_mortem(15)))?,
+            )
+        }
+    };
     let column = |i: usize| median(by_round.iter().map(|round| round[i]));
     let (redis_set, redis_get, redis_wait, nonstop_set, nonstop_get) =
         (column(0), column(1), column(2), column(3), column(4));
@@ -350,6 +425,11 @@ pub fn run(exe: &Path, config: &RedisBenchConfig, progress: &dyn Fn(&str)) -> an
         ratio_set_vs_redis_wait: ratio(nonstop_set.per_s, redis_wait.per_s),
         ratio_get_vs_redis: ratio(nonstop_get.per_s, redis_get.per_s),
         by_round,
+        memory_keys: config.memory_keys,
+        redis_bytes_per_key: redis_bytes,
+        redis_rss_bytes_per_key: redis_rss,
+        nonstop_bytes_per_key: nonstop_bytes,
+        nonstop_rss_bytes_per_key: nonstop_rss,
     })
 }
 

@@ -365,6 +365,10 @@ struct RedisArgs {
     /// Rounds, each running every load; the median round is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Small keys loaded into Redis and into nonstop-kv after the rounds, to weigh memory per
+    /// key (0: skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_keys: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -624,6 +628,7 @@ fn bench_redis(args: RedisArgs) -> anyhow::Result<()> {
         value_size: args.value_size,
         keyspace: args.keyspace,
         rounds: args.rounds,
+        memory_keys: args.memory_keys,
         ..RedisBenchConfig::default()
     };
     let progress = indicatif::ProgressBar::new_spinner();
@@ -655,6 +660,16 @@ fn bench_redis(args: RedisArgs) -> anyhow::Result<()> {
         "nonstop SET / Redis SET {:.2}, / Redis SET+WAIT {:.2}; nonstop GET / Redis GET {:.2}",
         report.ratio_set_vs_redis, report.ratio_set_vs_redis_wait, report.ratio_get_vs_redis
     );
+    if report.memory_keys > 0 {
+        println!(
+            "memory per key ({} keys): Redis used_memory {:.0} B (resident {:.0} B), nonstop-kv used_memory {:.0} B (primary resident {:.0} B)",
+            report.memory_keys,
+            report.redis_bytes_per_key,
+            report.redis_rss_bytes_per_key,
+            report.nonstop_bytes_per_key,
+            report.nonstop_rss_bytes_per_key
+        );
+    }
     Ok(())
 }
 
