@@ -45,16 +45,23 @@ fn kv_cluster(ip_prefix: &str) -> LocalCluster {
 
 /// [`kv_cluster`], its ports asking for `password` if given.
 fn kv_cluster_with(ip_prefix: &str, password: Option<&str>) -> LocalCluster {
-    let spec = ClusterSpec {
-        redis_password: password.map(str::to_string),
+    kv_cluster_spec(ClusterSpec {
         ip_prefix: ip_prefix.into(),
+        redis_password: password.map(str::to_string),
+        ..ClusterSpec::default()
+    })
+}
+
+/// A running three-node `kv` cluster shaped by `base` (its address prefix, password, TLS).
+fn kv_cluster_spec(base: ClusterSpec) -> LocalCluster {
+    let spec = ClusterSpec {
         region_size_mib: 32,
         kind: "kv".into(),
         tracking: Some(tracking()),
         services: vec![("kv".into(), 1)],
         redis: true,
         settings: toml::from_str("memory_mib = 8").unwrap(),
-        ..ClusterSpec::default()
+        ..base
     };
     let mut cluster = LocalCluster::create(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec).unwrap();
     cluster.start_all().unwrap();
@@ -241,4 +248,69 @@ fn a_password_guards_both_ports() {
     let mut client = SentinelClient::build(sentinels, "kv".into(), Some(through), SentinelServerType::Master).unwrap();
     let value: String = redis::cmd("GET").arg("k").query(&mut client.get_connection().unwrap()).unwrap();
     assert_eq!(value, "v");
+}
+
+/// With TLS configured, both ports speak TLS only: a client that trusts the certificate talks
+/// RESP through it (a rustls client here, and redis-py with `ssl=True` where it is installed);
+/// plain RESP gets no answer.
+#[test]
+fn tls_guards_both_ports() {
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.15.1".into(), "127.0.15.2".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let cluster = kv_cluster_spec(ClusterSpec {
+        ip_prefix: "127.0.15".into(),
+        redis_tls: Some((cert.clone(), key)),
+        ..ClusterSpec::default()
+    });
+    let (primary, sentinel) = (cluster.nodes[0].redis.unwrap(), cluster.nodes[1].sentinel.unwrap());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let ask = |addr: SocketAddr, request: &[u8], expected: &[u8]| {
+        let name = rustls::pki_types::ServerName::try_from(addr.ip().to_string()).unwrap();
+        let connection = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let socket = TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, socket);
+        tls.write_all(request).unwrap();
+        let mut got = vec![0u8; expected.len()];
+        tls.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected), "{addr}");
+    };
+    ask(primary, b"SET k v\r\nGET k\r\n", b"+OK\r\n$1\r\nv\r\n");
+    let expected = format!("*2\r\n$10\r\n127.0.15.1\r\n$4\r\n{}\r\n", primary.port());
+    ask(sentinel, b"SENTINEL get-master-addr-by-name kv\r\n", expected.as_bytes());
+
+    // Plain RESP on a TLS port: no reply, the connection is closed.
+    let got = exchange(primary, b"PING\r\n", |got| !got.is_empty());
+    assert!(!got.starts_with(b"+PONG"), "plain text answered on a TLS port: {:?}", String::from_utf8_lossy(&got));
+
+    if redis_py() {
+        let script = format!(
+            "import redis; r = redis.Redis(host='{}', port={}, ssl=True, ssl_ca_certs='{}'); r.set('py', 'tls'); print(r.get('py').decode())",
+            primary.ip(),
+            primary.port(),
+            cert.display()
+        );
+        let output = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "tls",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -11,7 +11,7 @@
 //! slowly its bytes come) and read its reply as fast; beyond `max_connections` a new connection
 //! is told why and closed.
 
-use crate::redis_port::RedisService;
+use crate::redis_port::{Port, RedisService, serve_port};
 use crate::service::{Active, Serving};
 use crate::status::ClientPortStatus;
 use nonstop_net::primary::HoldState;
@@ -241,8 +241,8 @@ async fn accept_loop(listener: TcpListener, answering: Arc<Answering>, slots: Ar
             answering.counters.open.fetch_add(1, Ordering::Relaxed);
             let served = match &speaks {
                 Speaks::Nonstop => serve_connection(stream, &answering).await,
-                Speaks::Redis(service) => crate::redis_port::serve(stream, &answering, service).await,
-                Speaks::Sentinel(service) => crate::sentinel_port::serve(stream, &answering, service).await,
+                Speaks::Redis(service) => serve_port(stream, &answering, service, Port::Redis).await,
+                Speaks::Sentinel(service) => serve_port(stream, &answering, service, Port::Sentinel).await,
             };
             match served {
                 Ok(()) => {}

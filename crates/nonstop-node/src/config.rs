@@ -176,6 +176,13 @@ pub struct NodeSection {
     /// none if absent.
     #[serde(default)]
     pub redis_password_file: Option<PathBuf>,
+    /// The certificate chain (PEM) the Redis and sentinel ports present: with
+    /// `redis_tls_key`, both ports speak TLS only (as Redis's `tls-port`); none if absent.
+    #[serde(default)]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `redis_tls_cert`.
+    #[serde(default)]
+    pub redis_tls_key: Option<PathBuf>,
     /// Measurement only: keep the control-plane leader on primaries (instead of away from
     /// them), so that a primary's death also costs an election (`chaos kill
     /// --leader-on-primary`).
@@ -398,6 +405,49 @@ pub struct RedisPort {
     pub service: String,
     /// The file of the password clients must give, if any.
     pub password_file: Option<PathBuf>,
+    /// The certificate chain and key files, if the ports speak TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// The TLS configuration of the Redis and sentinel ports, from a certificate chain and its
+/// private key (PEM files).
+pub fn redis_tls(cert: &Path, key: &Path) -> Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>, ConfigError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let shown = |path: &Path| format!("{:?}", path.display().to_string());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).and_then(|certs| certs.collect::<Result<_, _>>()).map_err(|error| {
+            invalid("node.redis_tls_cert", format!("{}: {error}", shown(cert)), "give a PEM certificate chain")
+        })?;
+    if chain.is_empty() {
+        return Err(invalid(
+            "node.redis_tls_cert",
+            format!("{} holds no certificate", shown(cert)),
+            "give a PEM certificate chain",
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|error| {
+        invalid("node.redis_tls_key", format!("{}: {error}", shown(key)), "give the certificate's private key, PEM")
+    })?;
+    // ring, not aws-lc-rs: aws-lc-rs is a long C build (cmake, a C compiler) on every machine
+    // that builds a node; the price is no post-quantum key exchange, which rustls 0.23.48
+    // deprecates ring's provider for.
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| invalid("node.redis_tls_cert", error.to_string(), "use TLS 1.2 or 1.3"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|error| {
+            invalid(
+                "node.redis_tls_key",
+                format!("{}: {error}", shown(key)),
+                "give the private key of node.redis_tls_cert",
+            )
+        })?;
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Reads the Redis clients' password from `path` (one line; the line end is not part of it).
@@ -757,6 +807,17 @@ impl NodeConfig {
                         addr,
                         service: service.name.clone(),
                         password_file: self.node.redis_password_file.clone(),
+                        tls: match (&self.node.redis_tls_cert, &self.node.redis_tls_key) {
+                            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                            (None, None) => None,
+                            (Some(_), None) | (None, Some(_)) => {
+                                return Err(invalid(
+                                    "node.redis_tls_cert",
+                                    "is given without node.redis_tls_key, or the key without the certificate",
+                                    "give both files (PEM), or neither",
+                                ));
+                            }
+                        },
                     }),
                     [] => {
                         return Err(invalid(
@@ -775,6 +836,13 @@ impl NodeConfig {
                 }
             }
         };
+        if (self.node.redis_tls_cert.is_some() || self.node.redis_tls_key.is_some()) && redis.is_none() {
+            return Err(invalid(
+                "node.redis_tls_cert",
+                "is set without node.redis",
+                "set node.redis too, or remove the TLS files",
+            ));
+        }
         if self.node.redis_password_file.is_some() && redis.is_none() {
             return Err(invalid(
                 "node.redis_password_file",
@@ -900,6 +968,18 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_are_read_with_their_field_named() {
+        let missing = redis_tls(Path::new("/nonexistent/cert.pem"), Path::new("/nonexistent/key.pem"));
+        assert!(missing.unwrap_err().to_string().contains("node.redis_tls_cert"));
+        let dir = std::env::temp_dir().join(format!("nonstop-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(redis_tls(&empty, &empty).unwrap_err().to_string().contains("no certificate"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_sentinel_port_needs_every_redis_port() {
         let kv = GOOD
             .replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis = \"127.0.0.1:6379\"")
@@ -965,6 +1045,10 @@ mod tests {
             (
                 GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis_password_file = \"/tmp/pw\""),
                 "node.redis_password_file",
+            ),
+            (
+                GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis_tls_cert = \"/tmp/cert.pem\""),
+                "node.redis_tls_cert",
             ),
             // The ledger's plain collections need the kernel to find their writes.
             (GOOD.replace("name = \"bank\"", "name = \"bank\"\nkind = \"ledger\""), "services[0].tracking"),

@@ -27,7 +27,6 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 /// The `kv` service as the Redis and sentinel ports serve it.
-#[derive(Debug)]
 pub struct RedisService {
     /// The service's name: Sentinel's master name.
     pub service: String,
@@ -41,6 +40,60 @@ pub struct RedisService {
     pub started_ms: u64,
     /// The password clients must give first, if any.
     pub password: Option<Arc<[u8]>>,
+    /// TLS for both ports, if configured: they then speak nothing else.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for RedisService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisService")
+            .field("service", &self.service)
+            .field("node", &self.node)
+            .field("addr", &self.addr)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub(crate) trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
+
+/// Which of the two ports a connection came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Port {
+    /// The Redis port: the `kv` service's commands.
+    Redis,
+    /// The sentinel port: discovery.
+    Sentinel,
+}
+
+/// Serves one connection of `port`: over TLS if configured (the handshake within the time a
+/// message may take), then as the port speaks.
+pub(crate) async fn serve_port(
+    stream: TcpStream,
+    answering: &Answering,
+    redis: &RedisService,
+    port: Port,
+) -> Result<(), Ended> {
+    stream.set_nodelay(true)?;
+    let Some(acceptor) = &redis.tls else {
+        return serve_on(stream, answering, redis, port).await;
+    };
+    let secured = match timeout(answering.limits.message, acceptor.accept(stream)).await {
+        Err(_) => return Err(Ended::Slow),
+        Ok(secured) => secured?,
+    };
+    serve_on(secured, answering, redis, port).await
+}
+
+async fn serve_on<S: Stream>(stream: S, answering: &Answering, redis: &RedisService, port: Port) -> Result<(), Ended> {
+    match port {
+        Port::Redis => serve(stream, answering, redis).await,
+        Port::Sentinel => crate::sentinel_port::serve(stream, answering, redis).await,
+    }
 }
 
 impl RedisService {
@@ -127,8 +180,7 @@ impl Calls {
 }
 
 /// Serves one Redis connection until it closes, quits, or sends what cannot be read.
-pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
-    stream.set_nodelay(true)?;
+async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
     let service = redis.service.as_str();
     let serving = redis.serving(answering)?;
     let mut watched = Watched::new(serving, redis);
@@ -205,7 +257,11 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &
 }
 
 /// Writes the replies waiting in `output`, within `deadline`.
-async fn flush(stream: &mut TcpStream, output: &mut Vec<u8>, deadline: std::time::Duration) -> Result<(), Ended> {
+pub(crate) async fn flush<S: Stream>(
+    stream: &mut S,
+    output: &mut Vec<u8>,
+    deadline: std::time::Duration,
+) -> Result<(), Ended> {
     if output.is_empty() {
         return Ok(());
     }

@@ -4,16 +4,14 @@
 //! primary.
 
 use crate::client_server::{Answering, Ended};
-use crate::redis_port::{RedisService, Watched};
+use crate::redis_port::{RedisService, Stream, Watched, flush};
 use nonstop_kv::resp::{Decoder, Limits};
 use nonstop_kv::sentinel::Sentinel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// Serves one sentinel connection until it closes, quits, or sends what cannot be read.
-pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
-    stream.set_nodelay(true)?;
+pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
     let limits = answering.limits;
     let mut watched = Watched::new(redis.serving(answering)?, redis);
     let mut sentinel =
@@ -48,13 +46,7 @@ pub(crate) async fn serve(mut stream: TcpStream, answering: &Answering, redis: &
                 }
             }
         }
-        if !output.is_empty() {
-            match timeout(limits.message, stream.write_all(&output)).await {
-                Err(_) => return Err(Ended::Slow),
-                Ok(written) => written?,
-            }
-            output.clear();
-        }
+        flush(&mut stream, &mut output, limits.message).await?;
         // A subscriber waits for messages as long as it likes, as with Redis; any other
         // connection is closed after the port's idle time.
         let idle = if sentinel.subscribed() { None } else { Some(limits.idle) };

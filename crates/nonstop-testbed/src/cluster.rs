@@ -60,6 +60,9 @@ pub struct ClusterSpec {
     pub redis: bool,
     /// With `redis`: the password Redis clients must give (`node.redis_password_file`).
     pub redis_password: Option<String>,
+    /// With `redis`: the certificate chain and key files (PEM) of TLS on the Redis and
+    /// sentinel ports (`node.redis_tls_cert`, `node.redis_tls_key`).
+    pub redis_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ClusterSpec {
@@ -92,6 +95,7 @@ impl Default for ClusterSpec {
             max_clients: None,
             redis: false,
             redis_password: None,
+            redis_tls: None,
         }
     }
 }
@@ -232,6 +236,9 @@ impl LocalCluster {
             }
             if spec.redis && spec.redis_password.is_some() && id <= spec.nodes {
                 text += &format!("redis_password_file = \"{}\"\n", password_file.display());
+            }
+            if let (true, Some((cert, key))) = (spec.redis && id <= spec.nodes, &spec.redis_tls) {
+                text += &format!("redis_tls_cert = \"{}\"\nredis_tls_key = \"{}\"\n", cert.display(), key.display());
             }
             text + &redis_ports(id)
         };
