@@ -176,6 +176,11 @@ pub struct NodeSection {
     /// none if absent.
     #[serde(default)]
     pub redis_password_file: Option<PathBuf>,
+    /// A Redis or sentinel connection that sends nothing for this long is closed; 0 (the
+    /// default, as Redis's `timeout 0`) never closes one. Client libraries keep pools of idle
+    /// connections and expect them to stay open; `max_clients` bounds what they cost.
+    #[serde(default)]
+    pub redis_idle_timeout_ms: u64,
     /// The certificate chain (PEM) the Redis and sentinel ports present: with
     /// `redis_tls_key`, both ports speak TLS only (as Redis's `tls-port`); none if absent.
     #[serde(default)]
@@ -407,6 +412,8 @@ pub struct RedisPort {
     pub password_file: Option<PathBuf>,
     /// The certificate chain and key files, if the ports speak TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How long a connection may stay silent; `None`: for ever.
+    pub idle: Option<Duration>,
 }
 
 /// The TLS configuration of the Redis and sentinel ports, from a certificate chain and its
@@ -807,6 +814,8 @@ impl NodeConfig {
                         addr,
                         service: service.name.clone(),
                         password_file: self.node.redis_password_file.clone(),
+                        idle: (self.node.redis_idle_timeout_ms > 0)
+                            .then(|| Duration::from_millis(self.node.redis_idle_timeout_ms)),
                         tls: match (&self.node.redis_tls_cert, &self.node.redis_tls_key) {
                             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
                             (None, None) => None,
@@ -947,6 +956,11 @@ mod tests {
         let checked = NodeConfig::parse(&kv, Path::new("test.toml")).unwrap().check().unwrap();
         let port = checked.redis.expect("a Redis port");
         assert_eq!((port.addr.to_string(), port.service.as_str()), ("127.0.0.1:6379".into(), "cache"));
+        assert_eq!(port.idle, None, "idle Redis connections stay open, as with Redis's timeout 0");
+        let timed =
+            kv.replace("redis = \"127.0.0.1:6379\"", "redis = \"127.0.0.1:6379\"\nredis_idle_timeout_ms = 300000");
+        let checked = NodeConfig::parse(&timed, Path::new("test.toml")).unwrap().check().unwrap();
+        assert_eq!(checked.redis.unwrap().idle, Some(Duration::from_secs(300)));
         let two = format!(
             "{kv}\n[[services]]\nname = \"other\"\nkind = \"kv\"\nprimary = 1\nregion_base = \"0x300000000000\"\nregion_size_mib = 128\n"
         );

@@ -109,6 +109,7 @@ pub fn run_node(
                     addr: port.addr,
                     started_ms: client_server::wall_clock_ms(),
                     password: port.password_file.as_deref().map(config::read_redis_password).transpose()?,
+                    idle: port.idle,
                     tls: match &port.tls {
                         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(config::redis_tls(cert, key)?)),
                         None => None,

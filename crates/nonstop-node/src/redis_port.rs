@@ -42,6 +42,8 @@ pub struct RedisService {
     pub password: Option<Arc<[u8]>>,
     /// TLS for both ports, if configured: they then speak nothing else.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// How long a connection may stay silent before it is closed; `None`: for ever, as Redis.
+    pub idle: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for RedisService {
@@ -245,14 +247,22 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
             }
         }
         flush(&mut stream, &mut output, limits.message).await?;
-        let read = match timeout(limits.idle, stream.read(&mut input)).await {
-            Err(_) => return Err(Ended::Idle),
-            Ok(read) => read?,
+        let read = tokio::select! {
+            read = stream.read(&mut input) => read?,
+            () = sleep_or_never(redis.idle) => return Err(Ended::Idle),
         };
         if read == 0 {
             return Ok(());
         }
         decoder.push(&input[..read]);
+    }
+}
+
+/// Sleeps `duration`, or for ever if there is none.
+pub(crate) async fn sleep_or_never(duration: Option<std::time::Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
     }
 }
 

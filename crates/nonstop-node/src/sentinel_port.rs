@@ -4,7 +4,7 @@
 //! primary.
 
 use crate::client_server::{Answering, Ended};
-use crate::redis_port::{RedisService, Stream, Watched, flush};
+use crate::redis_port::{RedisService, Stream, Watched, flush, sleep_or_never};
 use nonstop_kv::resp::{Decoder, Limits};
 use nonstop_kv::sentinel::Sentinel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,8 +48,8 @@ pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis
         }
         flush(&mut stream, &mut output, limits.message).await?;
         // A subscriber waits for messages as long as it likes, as with Redis; any other
-        // connection is closed after the port's idle time.
-        let idle = if sentinel.subscribed() { None } else { Some(limits.idle) };
+        // connection is closed after the ports' idle time, if they have one.
+        let idle = if sentinel.subscribed() { None } else { redis.idle };
         let read = tokio::select! {
             read = stream.read(&mut input) => read?,
             () = watched.changed(), if sentinel.subscribed() => continue,
@@ -59,12 +59,5 @@ pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis
             return Ok(());
         }
         decoder.push(&input[..read]);
-    }
-}
-
-async fn sleep_or_never(duration: Option<std::time::Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
     }
 }
