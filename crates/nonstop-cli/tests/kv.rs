@@ -117,6 +117,15 @@ fn redis_clients_use_the_kv_service_through_the_primary() {
     let got = exchange(backup, &inline(&["SET k w", "GET k"]), |got| got.len() >= 2 * readonly.len());
     assert_eq!(String::from_utf8_lossy(&got), readonly.repeat(2));
 
+    // A request begun must arrive whole within the message deadline (5 s): a client that
+    // stops halfway is closed, though an idle one is not.
+    let mut stalled = TcpStream::connect(primary).unwrap();
+    stalled.write_all(b"*2\r\n$3\r\nGET\r\n").unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    assert_eq!(stalled.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed");
+    assert!(started.elapsed() < Duration::from_secs(15), "closed after {:?}", started.elapsed());
+
     // Bad RESP: Redis's protocol error, then the connection closes.
     let got = exchange(primary, b"*1\r\nfoo\r\n", |got| got.ends_with(b"\r\n"));
     assert_eq!(String::from_utf8_lossy(&got), "-ERR Protocol error: expected '$', got 'f'\r\n");

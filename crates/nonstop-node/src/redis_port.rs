@@ -199,6 +199,8 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
     let mut lane = None;
     let mut input = vec![0u8; 16 * 1024];
     let mut output = Vec::new();
+    // When the request now buffered in part began to arrive.
+    let mut begun: Option<tokio::time::Instant> = None;
     loop {
         // Every whole request buffered is answered before the replies are written together.
         loop {
@@ -247,15 +249,35 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
             }
         }
         flush(&mut stream, &mut output, limits.message).await?;
+        let (patience, why) = patience(&decoder, &mut begun, redis.idle, limits.message);
         let read = tokio::select! {
             read = stream.read(&mut input) => read?,
-            () = sleep_or_never(redis.idle) => return Err(Ended::Idle),
+            () = sleep_or_never(patience) => return Err(why),
         };
         if read == 0 {
             return Ok(());
         }
         decoder.push(&input[..read]);
     }
+}
+
+/// How long a connection may go on sending nothing, and why it is closed after that: between
+/// requests it may idle (`idle`; for ever if none); a request begun must arrive whole within
+/// `message` of its first bytes, however slowly they come. `begun` keeps when the request
+/// buffered in part began.
+pub(crate) fn patience(
+    decoder: &Decoder,
+    begun: &mut Option<tokio::time::Instant>,
+    idle: Option<std::time::Duration>,
+    message: std::time::Duration,
+) -> (Option<std::time::Duration>, Ended) {
+    if decoder.buffered() == 0 {
+        *begun = None;
+        return (idle, Ended::Idle);
+    }
+    let now = tokio::time::Instant::now();
+    let begun = *begun.get_or_insert(now);
+    (Some((begun + message).saturating_duration_since(now)), Ended::Slow)
 }
 
 /// Sleeps `duration`, or for ever if there is none.

@@ -4,7 +4,7 @@
 //! primary.
 
 use crate::client_server::{Answering, Ended};
-use crate::redis_port::{RedisService, Stream, Watched, flush, sleep_or_never};
+use crate::redis_port::{RedisService, Stream, Watched, flush, patience, sleep_or_never};
 use nonstop_kv::resp::{Decoder, Limits};
 use nonstop_kv::sentinel::Sentinel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +20,7 @@ pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis
     let mut decoder = Decoder::new(Limits { max_bulk_len: 64 << 10, max_arguments: 1024, max_request_bytes: 1 << 20 });
     let mut input = vec![0u8; 4096];
     let mut output = Vec::new();
+    let mut begun = None;
     loop {
         if let Some(before) = watched.refresh(redis) {
             for message in sentinel.switched(&before, &watched.topology) {
@@ -50,10 +51,11 @@ pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis
         // A subscriber waits for messages as long as it likes, as with Redis; any other
         // connection is closed after the ports' idle time, if they have one.
         let idle = if sentinel.subscribed() { None } else { redis.idle };
+        let (patience, why) = patience(&decoder, &mut begun, idle, limits.message);
         let read = tokio::select! {
             read = stream.read(&mut input) => read?,
             () = watched.changed(), if sentinel.subscribed() => continue,
-            () = sleep_or_never(idle) => return Err(Ended::Idle),
+            () = sleep_or_never(patience) => return Err(why),
         };
         if read == 0 {
             return Ok(());
