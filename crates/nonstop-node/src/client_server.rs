@@ -337,15 +337,62 @@ async fn execute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
 /// Answers one request of any client, as the client port does: executed on an executor
 /// thread, and held until the backups hold what it answers about.
 pub(crate) async fn answer(request: ClientRequest, answering: &Answering, lane: &mut Option<usize>) -> ClientReply {
+    match execute_request(request, answering, lane).await {
+        Answered::Now(reply) => reply,
+        Answered::Held(reply, hold) => hold.wait().await.map_or_else(|refusal| refusal, |()| reply),
+    }
+}
+
+/// A request's reply, and whether it must wait for the backups before it leaves.
+pub(crate) enum Answered {
+    /// It may leave now.
+    Now(ClientReply),
+    /// It may leave once the backups hold what it answers about ([`Hold::wait`]).
+    Held(ClientReply, Hold),
+}
+
+/// Output commit for one reply, or for a batch of them: the checkpoint they wait for.
+#[derive(Clone)]
+pub(crate) struct Hold {
+    serving: Arc<Serving>,
+    active: Arc<Active>,
+    ticket: Ticket,
+}
+
+impl Hold {
+    /// This hold and `later` as one, if the same primary gave both: the later ticket covers
+    /// the earlier (checkpoints are held in order). `None` if they come from two primaries.
+    pub(crate) fn merge(&self, later: &Hold) -> Option<Hold> {
+        Arc::ptr_eq(&self.active, &later.active).then(|| Hold {
+            ticket: Ticket { checkpoint: self.ticket.checkpoint.max(later.ticket.checkpoint) },
+            ..self.clone()
+        })
+    }
+
+    /// Waits, holding no thread, until every backup holds the ticket's checkpoint; the reply
+    /// that replaces those waiting if this primary was deposed, lost its backups, or they did
+    /// not confirm in time.
+    pub(crate) async fn wait(&self) -> Result<(), ClientReply> {
+        release(&self.serving, &self.active, self.ticket).await
+    }
+}
+
+/// Executes one request of any client, as the client port does, on an executor thread; the
+/// reply and, for an answer about the state, the hold it must wait for.
+pub(crate) async fn execute_request(
+    request: ClientRequest,
+    answering: &Answering,
+    lane: &mut Option<usize>,
+) -> Answered {
     let service = request.service();
     let Some(serving) = answering.services.get(service) else {
-        return ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") };
+        return Answered::Now(ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") });
     };
-    let Some(active) = serving.active() else { return redirect(serving) };
+    let Some(active) = serving.active() else { return Answered::Now(redirect(serving)) };
     if matches!(request, ClientRequest::Audit { .. }) && !answering.audits.admit() {
-        return ClientReply::Unavailable {
+        return Answered::Now(ClientReply::Unavailable {
             reason: format!("an audit began less than {AUDIT_SPACING:?} ago on this node; retry"),
-        };
+        });
     }
     let lane = *lane.get_or_insert_with(|| active.lane());
     let executed = {
@@ -360,10 +407,10 @@ pub(crate) async fn answer(request: ClientRequest, answering: &Answering, lane: 
         .await
     };
     match executed {
-        Err(refused) => refused,
-        Ok(Decided::Now(reply)) => reply,
-        Ok(Decided::Redirect) => redirect(serving),
-        Ok(Decided::Held(reply, ticket)) => release(serving, &active, reply, ticket).await,
+        Err(refused) => Answered::Now(refused),
+        Ok(Decided::Now(reply)) => Answered::Now(reply),
+        Ok(Decided::Redirect) => Answered::Now(redirect(serving)),
+        Ok(Decided::Held(reply, ticket)) => Answered::Held(reply, Hold { serving: serving.clone(), active, ticket }),
     }
 }
 
@@ -434,7 +481,7 @@ fn decide(request: ClientRequest, active: &Active, lane: usize, now_ms: u64) -> 
 
 /// Output commit: the reply leaves only once every backup holds `ticket`'s checkpoint, and
 /// never from a deposed primary. The wait holds no thread.
-async fn release(serving: &Serving, active: &Active, reply: ClientReply, ticket: Ticket) -> ClientReply {
+async fn release(serving: &Serving, active: &Active, ticket: Ticket) -> Result<(), ClientReply> {
     let due = Instant::now() + HOLD_TIMEOUT;
     loop {
         // Registered before the state is read, so a change between the two still wakes it.
@@ -442,25 +489,25 @@ async fn release(serving: &Serving, active: &Active, reply: ClientReply, ticket:
         tokio::pin!(woken);
         woken.as_mut().enable();
         if active.deposed.load(Ordering::SeqCst) {
-            return redirect(serving);
+            return Err(redirect(serving));
         }
         match active.primary.hold_state(ticket) {
             HoldState::Held => break,
             HoldState::Unprotected { connected, required } => {
                 let error = nonstop_net::primary::PrimaryError::Unprotected { connected, required };
-                return ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") };
+                return Err(ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") });
             }
             HoldState::Pending => {}
         }
         let now = Instant::now();
         if now >= due {
             let error = nonstop_net::primary::PrimaryError::Timeout(HOLD_TIMEOUT);
-            return ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") };
+            return Err(ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") });
         }
         let _ = timeout_at(due.min(now + HOLD_RECHECK), woken).await;
     }
     if active.deposed.load(Ordering::SeqCst) {
-        return redirect(serving);
+        return Err(redirect(serving));
     }
-    reply
+    Ok(())
 }

@@ -11,10 +11,10 @@
 //! connection takes a new id so that its next request is not mistaken for a retry.
 
 use crate::NodeId;
-use crate::client_server::{Answering, Ended, answer, wall_clock_ms};
+use crate::client_server::{Answered, Answering, Ended, Hold, execute_request, wall_clock_ms};
 use crate::config::Member;
 use crate::service::{Placement, Serving};
-use nonstop_kv::resp::{Decoder, Limits, Reply};
+use nonstop_kv::resp::{Decoder, Limits, Protocol, Reply};
 use nonstop_kv::session::{Action, Context, NodeFacts, Session};
 use nonstop_kv::topology::{Instance, Serves, Topology};
 use nonstop_proto::client::{ClientReply, ClientRequest};
@@ -202,8 +202,10 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
     // When the request now buffered in part began to arrive.
     let mut begun: Option<tokio::time::Instant> = None;
     loop {
-        // Every whole request buffered is answered before the replies are written together.
-        loop {
+        // Every whole request buffered is executed, in order, before any reply is written; the
+        // replies of a pipelined batch then wait for the backups once, for the last of them.
+        let mut batch = Batch::default();
+        let ending = loop {
             match decoder.next_request() {
                 Ok(Some(request)) => {
                     watched.refresh(redis);
@@ -222,31 +224,39 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                         node: &node,
                         draw: draws.next_u64(),
                     };
-                    let (reply, close) = match session.handle(&request, &context) {
-                        Action::Reply(reply) => (reply, false),
-                        Action::Close(reply) => (reply, true),
-                        Action::Run { request, writes } => {
-                            let replies = run(answering, service, &mut calls, &mut lane, &request, writes).await?;
-                            (session.replied(replies), false)
+                    // Encoded after the session saw the request: `HELLO 3` answers in RESP3.
+                    match session.handle(&request, &context) {
+                        Action::Reply(reply) => batch.now(&reply, session.protocol()),
+                        Action::Close(reply) => {
+                            batch.now(&reply, session.protocol());
+                            break Some(());
                         }
-                    };
-                    reply.encode(session.protocol(), &mut output);
-                    if close {
-                        let _ = timeout(limits.message, stream.write_all(&output)).await;
-                        return Ok(());
+                        Action::Run { request, writes } => {
+                            let ran = run(answering, service, &mut calls, &mut lane, &request, writes).await?;
+                            let reply = session.replied(ran.replies);
+                            batch.add(&reply, session.protocol(), ran.hold, writes);
+                        }
                     }
-                    if output.len() >= OUTPUT_FLUSH {
-                        flush(&mut stream, &mut output, limits.message).await?;
+                    if batch.bytes() >= OUTPUT_FLUSH {
+                        break None;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => break None,
                 Err(error) => {
                     // The stream cannot be read past this: say why, then close, as Redis does.
-                    error.reply().encode(session.protocol(), &mut output);
-                    let _ = timeout(limits.message, stream.write_all(&output)).await;
-                    return Ok(());
+                    batch.now(&error.reply(), session.protocol());
+                    break Some(());
                 }
             }
+        };
+        if batch.release().await {
+            // A write's reply could not be released: its number is spent, applied or not.
+            calls = Calls::new()?;
+        }
+        output.extend(batch.into_bytes());
+        if ending.is_some() {
+            let _ = timeout(limits.message, stream.write_all(&output)).await;
+            return Ok(());
         }
         flush(&mut stream, &mut output, limits.message).await?;
         let (patience, why) = patience(&decoder, &mut begun, redis.idle, limits.message);
@@ -305,7 +315,15 @@ pub(crate) async fn flush<S: Stream>(
     Ok(())
 }
 
-/// Runs a session's request on the service: a call if it may write, else a query.
+/// What a request run on the service gave: the replies (or the error that answers instead),
+/// and the hold they wait for before they may leave.
+struct Ran {
+    replies: Result<Vec<Reply>, Reply>,
+    hold: Option<Hold>,
+}
+
+/// Runs a session's request on the service: a call if it may write, else a query. Its reply
+/// is not released here: the batch waits for the backups once ([`Batch::release`]).
 async fn run(
     answering: &Answering,
     service: &str,
@@ -313,16 +331,19 @@ async fn run(
     lane: &mut Option<usize>,
     request: &nonstop_kv::service::KvRequest,
     writes: bool,
-) -> Result<Result<Vec<Reply>, Reply>, Ended> {
+) -> Result<Ran, Ended> {
     let body = match postcard::to_allocvec(request) {
         Ok(body) => body,
-        Err(error) => return Ok(Err(Reply::error(format!("ERR {error}")))),
+        Err(error) => return Ok(Ran { replies: Err(Reply::error(format!("ERR {error}"))), hold: None }),
     };
     let asked = match writes {
         true => ClientRequest::Call { service: service.to_string(), client: calls.client, request: calls.next, body },
         false => ClientRequest::Query { service: service.to_string(), body },
     };
-    let reply = answer(asked, answering, lane).await;
+    let (reply, hold) = match execute_request(asked, answering, lane).await {
+        Answered::Now(reply) => (reply, None),
+        Answered::Held(reply, hold) => (reply, Some(hold)),
+    };
     let body = match reply {
         ClientReply::Done { body, .. } => {
             calls.next += 1;
@@ -335,14 +356,81 @@ async fn run(
                 // which cannot go on without an identity).
                 *calls = Calls::new()?;
             }
-            return Ok(Err(match other {
-                ClientReply::Redirect { .. } => Reply::error(READONLY),
-                ClientReply::Unavailable { reason } => Reply::error(format!("TRYAGAIN {reason}")),
-                ClientReply::Rejected { reason } => Reply::error(format!("ERR {reason}")),
-                other => Reply::error(format!("ERR unexpected answer from the service: {other:?}")),
-            }));
+            return Ok(Ran { replies: Err(refusal(other)), hold });
         }
     };
-    Ok(postcard::from_bytes(&body)
-        .map_err(|error| Reply::error(format!("ERR the service's reply does not decode: {error}"))))
+    let replies = postcard::from_bytes(&body)
+        .map_err(|error| Reply::error(format!("ERR the service's reply does not decode: {error}")));
+    Ok(Ran { replies, hold })
+}
+
+/// What a Redis client is told instead of the reply it asked for.
+fn refusal(reply: ClientReply) -> Reply {
+    match reply {
+        ClientReply::Redirect { .. } => Reply::error(READONLY),
+        ClientReply::Unavailable { reason } => Reply::error(format!("TRYAGAIN {reason}")),
+        ClientReply::Rejected { reason } => Reply::error(format!("ERR {reason}")),
+        other => Reply::error(format!("ERR unexpected answer from the service: {other:?}")),
+    }
+}
+
+/// The replies of a pipelined batch, in order, and the holds they wait for.
+#[derive(Default)]
+struct Batch {
+    /// Each reply encoded, and whether it waits for the backups (and was a write).
+    replies: Vec<(Vec<u8>, Option<bool>)>,
+    holds: Vec<Hold>,
+    protocol: Option<Protocol>,
+}
+
+impl Batch {
+    /// A reply that may leave as soon as those before it.
+    fn now(&mut self, reply: &Reply, protocol: Protocol) {
+        self.add(reply, protocol, None, false);
+    }
+
+    /// A reply, waiting for `hold` if it has one.
+    fn add(&mut self, reply: &Reply, protocol: Protocol, hold: Option<Hold>, wrote: bool) {
+        let mut bytes = Vec::new();
+        reply.encode(protocol, &mut bytes);
+        self.protocol = Some(protocol);
+        self.replies.push((bytes, hold.as_ref().map(|_| wrote)));
+        let Some(hold) = hold else { return };
+        match self.holds.last().and_then(|last| last.merge(&hold)) {
+            Some(merged) => *self.holds.last_mut().expect("merged with the last") = merged,
+            None => self.holds.push(hold),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.replies.iter().map(|(bytes, _)| bytes.len()).sum()
+    }
+
+    /// Waits until the backups hold what every reply answers about. If they do not (this
+    /// node was deposed, lost its backups, or they did not confirm in time), every reply that
+    /// waited becomes that error; returns whether one of those was a write's.
+    async fn release(&mut self) -> bool {
+        let mut refused = None;
+        for hold in &self.holds {
+            if let Err(reply) = hold.wait().await {
+                refused = Some(refusal(reply));
+                break;
+            }
+        }
+        let Some(refused) = refused else { return false };
+        let protocol = self.protocol.unwrap_or(Protocol::Resp2);
+        let mut wrote = false;
+        for (bytes, waited) in &mut self.replies {
+            if let Some(was_write) = waited {
+                wrote |= *was_write;
+                bytes.clear();
+                refused.encode(protocol, bytes);
+            }
+        }
+        wrote
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.replies.into_iter().flat_map(|(bytes, _)| bytes).collect()
+    }
 }
