@@ -37,6 +37,9 @@ pub struct RedisBenchConfig {
     pub value_size: usize,
     /// Keys drawn from (`redis-benchmark -r`).
     pub keyspace: u64,
+    /// Requests each connection sends before it reads their replies (`redis-benchmark -P`;
+    /// the WAIT load sends that many SET+WAIT pairs).
+    pub pipeline: usize,
     /// Rounds; the median is reported.
     pub rounds: usize,
     /// Small keys loaded (after the rounds) to weigh memory per key; 0: not measured.
@@ -52,6 +55,7 @@ impl Default for RedisBenchConfig {
             requests: 100_000,
             value_size: 3,
             keyspace: 100_000,
+            pipeline: 1,
             rounds: 3,
             memory_keys: 1_000_000,
             ip_prefix: "127.0.30".into(),
@@ -250,7 +254,7 @@ fn redis_benchmark(addr: SocketAddr, test: &str, config: &RedisBenchConfig) -> a
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(["-c", &config.clients.to_string(), "-n", &config.requests.to_string()])
         .args(["-d", &config.value_size.to_string(), "-r", &config.keyspace.to_string()])
-        .args(["-t", test, "--csv"])
+        .args(["-t", test, "-P", &config.pipeline.to_string(), "--csv"])
         .output()
         .context("running redis-benchmark")?;
     let text = String::from_utf8_lossy(&output.stdout);

@@ -362,6 +362,10 @@ struct RedisArgs {
     /// Keys drawn from (redis-benchmark -r).
     #[arg(long, default_value_t = 100_000)]
     keyspace: u64,
+    /// Requests a connection sends before reading their replies (redis-benchmark -P; the WAIT
+    /// load pipelines that many SET+WAIT pairs).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
     /// Rounds, each running every load; the median round is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -619,14 +623,15 @@ fn bench_clients(args: ClientsArgs) -> anyhow::Result<()> {
 
 fn bench_redis(args: RedisArgs) -> anyhow::Result<()> {
     use nonstop_bench::versus_redis::{RedisBenchConfig, run};
-    if args.clients == 0 || args.requests == 0 || args.rounds == 0 || args.keyspace == 0 {
-        anyhow::bail!("--clients, --requests, --rounds and --keyspace must be at least 1");
+    if args.clients == 0 || args.requests == 0 || args.rounds == 0 || args.keyspace == 0 || args.pipeline == 0 {
+        anyhow::bail!("--clients, --requests, --rounds, --keyspace and --pipeline must be at least 1");
     }
     let config = RedisBenchConfig {
         clients: args.clients,
         requests: args.requests,
         value_size: args.value_size,
         keyspace: args.keyspace,
+        pipeline: args.pipeline,
         rounds: args.rounds,
         memory_keys: args.memory_keys,
         ..RedisBenchConfig::default()
