@@ -75,6 +75,30 @@ pub enum Value<A: Allocator> {
     SortedSet(Boxed<zsets::SortedSet<A>, A>),
 }
 
+/// A collection a key may hold, found in its value.
+trait Collection<A: Allocator>: Sized {
+    fn of(value: &Value<A>) -> Option<&Self>;
+    fn of_mut(value: &mut Value<A>) -> Option<&mut Self>;
+}
+
+macro_rules! collection {
+    ($type:ty, $variant:ident) => {
+        impl<A: Allocator> Collection<A> for $type {
+            fn of(value: &Value<A>) -> Option<&Self> {
+                if let Value::$variant(collection) = value { Some(collection) } else { None }
+            }
+            fn of_mut(value: &mut Value<A>) -> Option<&mut Self> {
+                if let Value::$variant(collection) = value { Some(collection) } else { None }
+            }
+        }
+    };
+}
+
+collection!(Fields<A>, Hash);
+collection!(Members<A>, Set);
+collection!(lists::List<A>, List);
+collection!(zsets::SortedSet<A>, SortedSet);
+
 impl<A: Allocator> Value<A> {
     /// Its type as `TYPE` names it.
     pub fn type_name(&self) -> &'static str {
@@ -161,11 +185,22 @@ impl<A: Allocator + Clone> Keyspace<A> {
     /// The key's hash at `now_ms`: `Ok(None)` if it does not exist, WRONGTYPE if it is not a
     /// hash.
     fn hash(&self, key: &[u8], now_ms: u64) -> Result<Option<&Fields<A>>, Refused> {
+        self.typed(key, now_ms)
+    }
+
+    /// The key's collection of type `T` at `now_ms`: `Ok(None)` if the key does not exist,
+    /// WRONGTYPE if it holds another type.
+    fn typed<T: Collection<A>>(&self, key: &[u8], now_ms: u64) -> Result<Option<&T>, Refused> {
         match self.live(key, now_ms) {
             None => Ok(None),
-            Some(Entry { value: Value::Hash(fields), .. }) => Ok(Some(&**fields)),
-            Some(_) => Err(Reply::error(WRONGTYPE)),
+            Some(entry) => T::of(&entry.value).map(Some).ok_or_else(|| Reply::error(WRONGTYPE)),
         }
+    }
+
+    /// The key's collection of type `T`, which the caller found live.
+    fn typed_mut<T: Collection<A>>(&mut self, key: &[u8]) -> &mut T {
+        let entry = self.keys.get_mut(&KeyRef(key)).expect("a live key, found by the caller");
+        T::of_mut(&mut entry.value).expect("a collection of this type, checked by the caller")
     }
 
     /// Sets `pairs` of the key's hash (made if absent) and answers how many fields are new.

@@ -3,7 +3,7 @@
 //! the keyspace's allocator. Every refusal comes before the first change; popping never
 //! allocates.
 
-use super::{Bytes, Entry, KeyRef, Keyspace, OOM, Refused, Value, WRONGTYPE};
+use super::{Bytes, KeyRef, Keyspace, OOM, Refused, Value};
 use crate::command::{Command, End};
 use crate::deque::Deque;
 use crate::resp::Reply;
@@ -30,19 +30,12 @@ impl<A: Allocator + Clone> Keyspace<A> {
     /// The key's list at `now_ms`: `Ok(None)` if it does not exist, WRONGTYPE if it is not a
     /// list.
     fn list(&self, key: &[u8], now_ms: u64) -> Result<Option<&List<A>>, Refused> {
-        match self.live(key, now_ms) {
-            None => Ok(None),
-            Some(Entry { value: Value::List(list), .. }) => Ok(Some(&**list)),
-            Some(_) => Err(Reply::error(WRONGTYPE)),
-        }
+        self.typed(key, now_ms)
     }
 
     /// The live list of `key`, which the caller found.
     fn list_mut(&mut self, key: &[u8]) -> &mut List<A> {
-        match self.keys.get_mut(&KeyRef(key)) {
-            Some(Entry { value: Value::List(list), .. }) => list,
-            _ => unreachable!("a live list, checked by the caller"),
-        }
+        self.typed_mut(key)
     }
 
     /// Removes `key` if its list is empty: a key goes with its last element.
@@ -205,6 +198,7 @@ fn push_all<A: Allocator + Clone>(list: &mut List<A>, elements: Vec<Bytes<A>>, e
 
 #[cfg(test)]
 mod tests {
+    use super::super::WRONGTYPE;
     use super::super::tests::run;
     use super::*;
     use allocator_api2::alloc::Global;

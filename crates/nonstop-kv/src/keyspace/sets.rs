@@ -3,7 +3,7 @@
 //! come from the seed the request carries; every refusal (a wrong type, a full region) comes
 //! before the first change.
 
-use super::{Entry, KeyRef, Keyspace, Members, OOM, Refused, Value, WRONGTYPE};
+use super::{KeyRef, Keyspace, Members, OOM, Refused, Value};
 use crate::command::{Command, SetOp};
 use crate::resp::Reply;
 use allocator_api2::alloc::Allocator;
@@ -14,11 +14,7 @@ use rand::{Rng, SeedableRng};
 impl<A: Allocator + Clone> Keyspace<A> {
     /// The key's set at `now_ms`: `Ok(None)` if it does not exist, WRONGTYPE if it is not a set.
     fn set(&self, key: &[u8], now_ms: u64) -> Result<Option<&Members<A>>, Refused> {
-        match self.live(key, now_ms) {
-            None => Ok(None),
-            Some(Entry { value: Value::Set(members), .. }) => Ok(Some(&**members)),
-            Some(_) => Err(Reply::error(WRONGTYPE)),
-        }
+        self.typed(key, now_ms)
     }
 
     /// The sets of `keys` (a missing key is an empty set), or WRONGTYPE if any is not a set.
@@ -174,10 +170,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
 
     /// The live set of `key`, which the caller found.
     fn set_mut(&mut self, key: &[u8]) -> &mut Members<A> {
-        match self.keys.get_mut(&KeyRef(key)) {
-            Some(Entry { value: Value::Set(set), .. }) => set,
-            _ => unreachable!("a live set, checked by the caller"),
-        }
+        self.typed_mut(key)
     }
 
     /// Adds `fresh` members (none of them in the set) to the key's set, made if absent; every
@@ -214,6 +207,7 @@ fn pick<'a>(mut members: Vec<&'a [u8]>, count: u64, rng: &mut SmallRng) -> Vec<&
 
 #[cfg(test)]
 mod tests {
+    use super::super::WRONGTYPE;
     use super::super::tests::run;
     use super::*;
     use allocator_api2::alloc::Global;

@@ -10,7 +10,7 @@
 //! no key is a prefix of another. Ranks are counted by walking the index (O(rank)), where
 //! Redis's skip list counts in O(log n).
 
-use super::{Bytes, Entry, KeyRef, Keyspace, OOM, Refused, Value, WRONGTYPE};
+use super::{Bytes, KeyRef, Keyspace, OOM, Refused, Value};
 use crate::command::{Command, Direction, Existence, LexBound, ScoreBound, ZAddOptions, ZRangeBy};
 use crate::resp::{Reply, format_double};
 use allocator_api2::alloc::{Allocator, Layout};
@@ -194,18 +194,11 @@ impl<A: Allocator + Clone> Keyspace<A> {
     /// The key's sorted set at `now_ms`: `Ok(None)` if it does not exist, WRONGTYPE if it is
     /// not one.
     fn zset(&self, key: &[u8], now_ms: u64) -> Result<Option<&SortedSet<A>>, Refused> {
-        match self.live(key, now_ms) {
-            None => Ok(None),
-            Some(Entry { value: Value::SortedSet(set), .. }) => Ok(Some(&**set)),
-            Some(_) => Err(Reply::error(WRONGTYPE)),
-        }
+        self.typed(key, now_ms)
     }
 
     fn zset_mut(&mut self, key: &[u8]) -> &mut SortedSet<A> {
-        match self.keys.get_mut(&KeyRef(key)) {
-            Some(Entry { value: Value::SortedSet(set), .. }) => set,
-            _ => unreachable!("a live sorted set, checked by the caller"),
-        }
+        self.typed_mut(key)
     }
 
     /// Whether the allocator has room for `inserts` index inserts: the tree allocates its
@@ -382,6 +375,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::WRONGTYPE;
     use super::super::tests::run;
     use super::*;
     use allocator_api2::alloc::Global;
