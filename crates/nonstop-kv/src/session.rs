@@ -210,6 +210,14 @@ impl Session {
                 }
             }
             b"QUIT" => Action::Close(Reply::ok()),
+            // Back to a fresh connection: no transaction, nothing watched, RESP2, no name, and
+            // the password asked again if the port has one.
+            b"RESET" => {
+                self.transaction = None;
+                self.watched.clear();
+                self.connection.reset();
+                Action::Reply(Reply::Simple("RESET".into()))
+            }
             b"INFO" => {
                 let info = Info::new(args, context);
                 match info.needs_keyspace() {
@@ -749,5 +757,16 @@ mod tests {
         let Action::Run { request, writes: false } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
         assert_eq!(request.commands.len(), 1, "only the guard");
         assert_eq!(session.replied(Ok(vec![Reply::Integer(1)])), Reply::Array(vec![]));
+    }
+
+    #[test]
+    fn reset_forgets_the_connections_state() {
+        let mut session = Session::new(1);
+        let Reply::Map(_) = reply(&mut session, "HELLO 3 SETNAME app") else { panic!() };
+        assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
+        assert_eq!(reply(&mut session, "RESET"), Reply::Simple("RESET".into()));
+        assert_eq!(session.protocol(), Protocol::Resp2);
+        assert_eq!(reply(&mut session, "CLIENT GETNAME"), Reply::Null);
+        assert_eq!(reply(&mut session, "EXEC"), Reply::error("ERR EXEC without MULTI"));
     }
 }
