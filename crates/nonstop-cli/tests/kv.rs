@@ -323,3 +323,42 @@ fn tls_guards_both_ports() {
         );
     }
 }
+
+/// Whether redis-cli is here; without it the test says so and skips, unless
+/// `NONSTOP_REQUIRE_REDIS_CLIENTS=1` (CI) makes its absence a failure.
+fn redis_cli() -> bool {
+    let found = std::process::Command::new("redis-cli").arg("-v").output().is_ok_and(|out| out.status.success());
+    if !found {
+        let why = "redis-cli is missing (Debian: apt-get install redis-tools)";
+        assert!(std::env::var_os("NONSTOP_REQUIRE_REDIS_CLIENTS").is_none(), "redis client tests are required: {why}");
+        eprintln!("skipped: {why}");
+    }
+    found
+}
+
+/// redis-cli, unchanged, against a sentinel port and the primary it names.
+#[test]
+fn redis_cli_finds_the_primary_and_uses_it() {
+    if !redis_cli() {
+        return;
+    }
+    let cluster = kv_cluster("127.0.16");
+    let cli = |addr: SocketAddr, args: &[&str]| -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let sentinel = cluster.nodes[2].sentinel.unwrap();
+    let named = cli(sentinel, &["SENTINEL", "get-master-addr-by-name", "kv"]);
+    let primary = cluster.nodes[0].redis.unwrap();
+    assert_eq!(named, format!("{}\n{}", primary.ip(), primary.port()));
+    assert_eq!(cli(primary, &["SET", "cli", "works"]), "OK");
+    assert_eq!(cli(primary, &["GET", "cli"]), "works");
+    assert_eq!(cli(primary, &["ROLE"]).lines().next(), Some("master"));
+    let backup = cluster.nodes[1].redis.unwrap();
+    assert!(cli(backup, &["SET", "cli", "no"]).starts_with("READONLY"), "a backup refuses writes");
+}
