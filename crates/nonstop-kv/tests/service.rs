@@ -75,3 +75,20 @@ fn a_watched_key_written_since_stops_the_transaction() {
     assert_eq!(run(5, vec![guard(watched), command("INCR n")]), vec![Reply::Integer(0)]);
     assert_eq!(run(6, vec![command("GET n")]), vec![Reply::bulk("1")]);
 }
+
+/// A Redis connection's writes are unnumbered: applied each time they are sent, with nothing
+/// kept in the client table.
+#[test]
+fn unnumbered_calls_apply_each_time_and_keep_nothing() {
+    let hosted = Hosted::new(NAME, Kv::new(4));
+    let region = Region::map(0x5c00_0000_0000, hosted.region_len()).unwrap();
+    let mirror = Mirror::transparent_unreplicated(region, CheckpointId(1));
+    hosted.init(&mirror).unwrap();
+    let incr = request(0, &["INCR n"]);
+    for expected in 1..=2 {
+        let (reply, _) = hosted.execute_unnumbered(&mirror, 0, 0, &incr).unwrap();
+        assert_eq!(postcard::from_bytes::<Vec<Reply>>(&reply).unwrap(), vec![Reply::Integer(expected)]);
+    }
+    let check = mirror.quiesced(|image, _| hosted.check(image)).unwrap();
+    assert!(check.contains("0 clients"), "nothing in the client table: {check}");
+}

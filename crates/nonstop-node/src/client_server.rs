@@ -337,10 +337,24 @@ async fn execute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
 /// Answers one request of any client, as the client port does: executed on an executor
 /// thread, and held until the backups hold what it answers about.
 pub(crate) async fn answer(request: ClientRequest, answering: &Answering, lane: &mut Option<usize>) -> ClientReply {
-    match execute_request(request, answering, lane).await {
+    match execute_request(Asked::Client(request), answering, lane).await {
         Answered::Now(reply) => reply,
         Answered::Held(reply, hold) => hold.wait().await.map_or_else(|refusal| refusal, |()| reply),
     }
+}
+
+/// What a port asks of a service.
+pub(crate) enum Asked {
+    /// A request of nonstop's client protocol.
+    Client(ClientRequest),
+    /// A call applied once, now, and not numbered: a Redis connection's write
+    /// ([`nonstop_service::Hosted::execute_unnumbered`]).
+    Unnumbered {
+        /// The service.
+        service: String,
+        /// The request, as the service decodes it.
+        body: Vec<u8>,
+    },
 }
 
 /// A request's reply, and whether it must wait for the backups before it leaves.
@@ -379,17 +393,16 @@ impl Hold {
 
 /// Executes one request of any client, as the client port does, on an executor thread; the
 /// reply and, for an answer about the state, the hold it must wait for.
-pub(crate) async fn execute_request(
-    request: ClientRequest,
-    answering: &Answering,
-    lane: &mut Option<usize>,
-) -> Answered {
-    let service = request.service();
+pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane: &mut Option<usize>) -> Answered {
+    let service = match &request {
+        Asked::Client(request) => request.service(),
+        Asked::Unnumbered { service, .. } => service.as_str(),
+    };
     let Some(serving) = answering.services.get(service) else {
         return Answered::Now(ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") });
     };
     let Some(active) = serving.active() else { return Answered::Now(redirect(serving)) };
-    if matches!(request, ClientRequest::Audit { .. }) && !answering.audits.admit() {
+    if matches!(request, Asked::Client(ClientRequest::Audit { .. })) && !answering.audits.admit() {
         return Answered::Now(ClientReply::Unavailable {
             reason: format!("an audit began less than {AUDIT_SPACING:?} ago on this node; retry"),
         });
@@ -437,11 +450,26 @@ pub(crate) fn wall_clock_ms() -> u64 {
 
 /// Executes a service request on the primary (on an executor thread: it may wait for locks) at
 /// `now_ms` on its clock.
-fn decide(request: ClientRequest, active: &Active, lane: usize, now_ms: u64) -> Decided {
+fn decide(request: Asked, active: &Active, lane: usize, now_ms: u64) -> Decided {
     let term = active.term.0;
     // An answer about the state leaves only from a primary that still holds its lease and
     // whose backups hold what it decided on; the ticket of a read is a checkpoint cut after it.
     let after_read = || Ticket { checkpoint: active.primary.checkpoint_now() };
+    let request = match request {
+        Asked::Client(request) => request,
+        Asked::Unnumbered { body, .. } => {
+            if active.draining.load(Ordering::SeqCst) {
+                return Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() });
+            }
+            return match active.service.execute_unnumbered(&active.mirror, lane, now_ms, &body) {
+                Ok((body, ticket)) => {
+                    Decided::Held(ClientReply::Done { request: 0, body, duplicate: false, term }, ticket)
+                }
+                Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
+                Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read()),
+            };
+        }
+    };
     match request {
         ClientRequest::Locate { .. } => Decided::Redirect,
         ClientRequest::Call { client, request, body, .. } => {

@@ -1,17 +1,19 @@
 //! The Redis port: the `kv` service for Redis clients, one [`Session`] per connection.
 //!
 //! Requests are read as they arrive, pipelined, and answered in order. A data command goes to
-//! the service exactly as a request of nonstop's own client does ([`answer`]): a write's reply
-//! leaves once the backups hold it, and a node that is not the primary answers `-READONLY`,
-//! as a Redis replica does, so that clients look for the primary again.
+//! the service through the same path as a request of nonstop's own client: a reply leaves once
+//! the backups hold what it answers about (a pipelined batch waits for them once), and a node
+//! that is not the primary answers `-READONLY`, as a Redis replica does, so that clients look
+//! for the primary again.
 //!
-//! Each connection is a client of the platform, with a random id and its requests numbered
-//! from 1. A call that gets no answer (the primary changed, or the backups did not confirm in
-//! time) may or may not have been applied, as with Redis: the client gets an error, and the
-//! connection takes a new id so that its next request is not mistaken for a retry.
+//! A write is an unnumbered call: a Redis connection sends each request once, and a client
+//! that reconnects is a new connection either way, so the platform's client table would have
+//! nothing to answer from. A call that gets no answer (the primary changed, or the backups did
+//! not confirm in time) may or may not have been applied, as with Redis: the client gets an
+//! error.
 
 use crate::NodeId;
-use crate::client_server::{Answered, Answering, Ended, Hold, execute_request, wall_clock_ms};
+use crate::client_server::{Answered, Answering, Asked, Ended, Hold, execute_request, wall_clock_ms};
 use crate::config::Member;
 use crate::service::{Placement, Serving};
 use nonstop_kv::resp::{Decoder, Limits, Protocol, Reply};
@@ -164,23 +166,6 @@ const READONLY: &str = "READONLY You can't write against a read only replica.";
 /// pipelines many large reads without reading costs at most this and one reply.
 const OUTPUT_FLUSH: usize = 64 * 1024;
 
-/// The platform identity a connection's calls use.
-struct Calls {
-    client: u64,
-    next: u64,
-}
-
-impl Calls {
-    /// A fresh identity: a random client id, so that two nodes or two runs never share one.
-    fn new() -> std::io::Result<Calls> {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|error| std::io::Error::other(error.to_string()))?;
-        // 0 is no client; the odds are 2^-64, but a refusal would be a mystery.
-        let client = u64::from_le_bytes(bytes).max(1);
-        Ok(Calls { client, next: 1 })
-    }
-}
-
 /// Serves one Redis connection until it closes, quits, or sends what cannot be read.
 async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
     let service = redis.service.as_str();
@@ -195,7 +180,6 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
         getrandom::fill(&mut seed).map_err(|error| std::io::Error::other(error.to_string()))?;
         rand::rngs::SmallRng::seed_from_u64(u64::from_le_bytes(seed))
     };
-    let mut calls = Calls::new()?;
     let mut lane = None;
     let mut input = vec![0u8; 16 * 1024];
     let mut output = Vec::new();
@@ -232,9 +216,9 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                             break Some(());
                         }
                         Action::Run { request, writes } => {
-                            let ran = run(answering, service, &mut calls, &mut lane, &request, writes).await?;
+                            let ran = run(answering, service, &mut lane, &request, writes).await;
                             let reply = session.replied(ran.replies);
-                            batch.add(&reply, session.protocol(), ran.hold, writes);
+                            batch.add(&reply, session.protocol(), ran.hold);
                         }
                     }
                     if batch.bytes() >= OUTPUT_FLUSH {
@@ -249,10 +233,7 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                 }
             }
         };
-        if batch.release().await {
-            // A write's reply could not be released: its number is spent, applied or not.
-            calls = Calls::new()?;
-        }
+        batch.release().await;
         output.extend(batch.into_bytes());
         if ending.is_some() {
             let _ = timeout(limits.message, stream.write_all(&output)).await;
@@ -322,46 +303,36 @@ struct Ran {
     hold: Option<Hold>,
 }
 
-/// Runs a session's request on the service: a call if it may write, else a query. Its reply
-/// is not released here: the batch waits for the backups once ([`Batch::release`]).
+/// Runs a session's request on the service: an unnumbered call if it may write (a Redis
+/// connection sends each request once, and a reconnect is a new client either way), else a
+/// query. Its reply is not released here: the batch waits for the backups once
+/// ([`Batch::release`]).
 async fn run(
     answering: &Answering,
     service: &str,
-    calls: &mut Calls,
     lane: &mut Option<usize>,
     request: &nonstop_kv::service::KvRequest,
     writes: bool,
-) -> Result<Ran, Ended> {
+) -> Ran {
     let body = match postcard::to_allocvec(request) {
         Ok(body) => body,
-        Err(error) => return Ok(Ran { replies: Err(Reply::error(format!("ERR {error}"))), hold: None }),
+        Err(error) => return Ran { replies: Err(Reply::error(format!("ERR {error}"))), hold: None },
     };
     let asked = match writes {
-        true => ClientRequest::Call { service: service.to_string(), client: calls.client, request: calls.next, body },
-        false => ClientRequest::Query { service: service.to_string(), body },
+        true => Asked::Unnumbered { service: service.to_string(), body },
+        false => Asked::Client(ClientRequest::Query { service: service.to_string(), body }),
     };
     let (reply, hold) = match execute_request(asked, answering, lane).await {
         Answered::Now(reply) => (reply, None),
         Answered::Held(reply, hold) => (reply, Some(hold)),
     };
     let body = match reply {
-        ClientReply::Done { body, .. } => {
-            calls.next += 1;
-            body
-        }
-        ClientReply::Answer { body, .. } => body,
-        other => {
-            if writes {
-                // Applied or not, this number is spent: start afresh (or end the connection,
-                // which cannot go on without an identity).
-                *calls = Calls::new()?;
-            }
-            return Ok(Ran { replies: Err(refusal(other)), hold });
-        }
+        ClientReply::Done { body, .. } | ClientReply::Answer { body, .. } => body,
+        other => return Ran { replies: Err(refusal(other)), hold },
     };
     let replies = postcard::from_bytes(&body)
         .map_err(|error| Reply::error(format!("ERR the service's reply does not decode: {error}")));
-    Ok(Ran { replies, hold })
+    Ran { replies, hold }
 }
 
 /// What a Redis client is told instead of the reply it asked for.
@@ -377,8 +348,8 @@ fn refusal(reply: ClientReply) -> Reply {
 /// The replies of a pipelined batch, in order, and the holds they wait for.
 #[derive(Default)]
 struct Batch {
-    /// Each reply encoded, and whether it waits for the backups (and was a write).
-    replies: Vec<(Vec<u8>, Option<bool>)>,
+    /// Each reply encoded, and whether it waits for the backups.
+    replies: Vec<(Vec<u8>, bool)>,
     holds: Vec<Hold>,
     protocol: Option<Protocol>,
 }
@@ -386,15 +357,15 @@ struct Batch {
 impl Batch {
     /// A reply that may leave as soon as those before it.
     fn now(&mut self, reply: &Reply, protocol: Protocol) {
-        self.add(reply, protocol, None, false);
+        self.add(reply, protocol, None);
     }
 
     /// A reply, waiting for `hold` if it has one.
-    fn add(&mut self, reply: &Reply, protocol: Protocol, hold: Option<Hold>, wrote: bool) {
+    fn add(&mut self, reply: &Reply, protocol: Protocol, hold: Option<Hold>) {
         let mut bytes = Vec::new();
         reply.encode(protocol, &mut bytes);
         self.protocol = Some(protocol);
-        self.replies.push((bytes, hold.as_ref().map(|_| wrote)));
+        self.replies.push((bytes, hold.is_some()));
         let Some(hold) = hold else { return };
         match self.holds.last().and_then(|last| last.merge(&hold)) {
             Some(merged) => *self.holds.last_mut().expect("merged with the last") = merged,
@@ -408,8 +379,9 @@ impl Batch {
 
     /// Waits until the backups hold what every reply answers about. If they do not (this
     /// node was deposed, lost its backups, or they did not confirm in time), every reply that
-    /// waited becomes that error; returns whether one of those was a write's.
-    async fn release(&mut self) -> bool {
+    /// waited becomes that error: a write among them may or may not have been applied, as
+    /// when Redis loses a connection.
+    async fn release(&mut self) {
         let mut refused = None;
         for hold in &self.holds {
             if let Err(reply) = hold.wait().await {
@@ -417,17 +389,14 @@ impl Batch {
                 break;
             }
         }
-        let Some(refused) = refused else { return false };
+        let Some(refused) = refused else { return };
         let protocol = self.protocol.unwrap_or(Protocol::Resp2);
-        let mut wrote = false;
         for (bytes, waited) in &mut self.replies {
-            if let Some(was_write) = waited {
-                wrote |= *was_write;
+            if *waited {
                 bytes.clear();
                 refused.encode(protocol, bytes);
             }
         }
-        wrote
     }
 
     fn into_bytes(self) -> Vec<u8> {

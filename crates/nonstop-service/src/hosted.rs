@@ -99,6 +99,15 @@ pub struct AuditReport {
     pub answer: Option<Result<Vec<u8>, String>>,
 }
 
+/// Whether a call goes through the platform's client table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Numbering {
+    /// Numbered by its client: applied once, a retry answered from the table.
+    Once,
+    /// Not numbered: applied now, nothing remembered ([`Hosted::execute_unnumbered`]).
+    Unnumbered,
+}
+
 /// What the node calls: [`Service`] with its types erased.
 trait Run: Send + Sync {
     fn needs_transparent(&self) -> bool;
@@ -109,6 +118,7 @@ trait Run: Send + Sync {
         caller: Caller,
         now_ms: u64,
         body: &[u8],
+        numbering: Numbering,
     ) -> Result<(Executed, Ticket), CallError>;
     fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<(Vec<u8>, Ticket), CallError>;
     fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError>;
@@ -213,7 +223,27 @@ impl Hosted {
         if caller.client == 0 || caller.request == 0 {
             return Err(CallError::BadRequest("client and request numbers start at 1".into()));
         }
-        self.run.execute(mirror, caller, now_ms, body)
+        self.run.execute(mirror, caller, now_ms, body, Numbering::Once)
+    }
+
+    /// Applies `body` now, once, without the client table: for a caller that never sends a
+    /// request again, so has nothing for the table to answer. A Redis connection is one: it
+    /// sends each request once, and a client that reconnects after a failover is a new
+    /// connection either way (exactly-once across reconnects needs [`Hosted::execute`] and a
+    /// client that keeps its numbers). The service sees client and request 0. Returns the
+    /// reply and the ticket it waits for.
+    pub fn execute_unnumbered(
+        &self,
+        mirror: &Mirror,
+        lane: usize,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, Ticket), CallError> {
+        let caller = Caller { client: 0, request: 0, lane };
+        match self.run.execute(mirror, caller, now_ms, body, Numbering::Unnumbered)? {
+            (Executed::Applied(reply), ticket) => Ok((reply, ticket)),
+            (other, _) => Err(CallError::Failed(format!("an unnumbered call was answered from the table: {other:?}"))),
+        }
     }
 
     /// Answers a read-only question from the primary's region, with the ticket its answer must
@@ -269,18 +299,22 @@ impl<S: Service> Host<S> {
         caller: Caller,
         now_ms: u64,
         request: &S::Request,
+        numbering: Numbering,
     ) -> Result<(Executed, Ticket), Attempt> {
         let Layout { state_len, table_at, table } = self.layout;
         let tx = mirror.begin();
         let slots = Writer::declared(&tx, table_at, table.len());
-        let (at, previous) = match table.lookup(&slots, caller.client, caller.request, now_ms)? {
-            Lookup::Next { at, previous } => (at, previous),
-            other => {
-                // A read of the table only: the commit gives the ticket of the open
-                // checkpoint, no older than the one that applied what it read.
-                let answered = answered(other, caller, table.reply_room());
-                return answered.map(|executed| (executed, tx.commit())).map_err(Attempt::Error);
-            }
+        let slot = match numbering {
+            Numbering::Unnumbered => None,
+            Numbering::Once => match table.lookup(&slots, caller.client, caller.request, now_ms)? {
+                Lookup::Next { at, previous } => Some((at, previous)),
+                other => {
+                    // A read of the table only: the commit gives the ticket of the open
+                    // checkpoint, no older than the one that applied what it read.
+                    let answered = answered(other, caller, table.reply_room());
+                    return answered.map(|executed| (executed, tx.commit())).map_err(Attempt::Error);
+                }
+            },
         };
         let mut store = Store::declared(&tx, state_len, caller);
         let reply = match self.service.execute(&mut store, request) {
@@ -288,14 +322,16 @@ impl<S: Service> Host<S> {
             Err(ServiceError::Region(TxError::Conflict { .. })) => return Err(Attempt::Conflict),
             Err(error) => return Err(Attempt::Error(CallError::from_service(error))),
         };
-        if reply.len() > table.reply_room() {
-            return Err(Attempt::Error(CallError::Failed(format!(
-                "a reply of {} bytes is longer than the service's MAX_REPLY ({}); nothing was applied",
-                reply.len(),
-                table.reply_room()
-            ))));
+        if let Some((at, previous)) = slot {
+            if reply.len() > table.reply_room() {
+                return Err(Attempt::Error(CallError::Failed(format!(
+                    "a reply of {} bytes is longer than the service's MAX_REPLY ({}); nothing was applied",
+                    reply.len(),
+                    table.reply_room()
+                ))));
+            }
+            table.record(&slots, at, &previous, caller.client, caller.request, now_ms, Some(&reply))?;
         }
-        table.record(&slots, at, &previous, caller.client, caller.request, now_ms, Some(&reply))?;
         Ok((Executed::Applied(reply), tx.commit()))
     }
 
@@ -307,14 +343,18 @@ impl<S: Service> Host<S> {
         caller: Caller,
         now_ms: u64,
         request: &S::Request,
+        numbering: Numbering,
     ) -> Result<(Executed, Ticket), CallError> {
         let (result, ticket) = mirror.update(|image| {
             let (state, slots) = self.layout.split_mut(image)?;
             let table = self.layout.table;
             let slots = Writer::transparent(slots);
-            let (at, previous) = match table.lookup(&slots, caller.client, caller.request, now_ms).map_err(failed)? {
-                Lookup::Next { at, previous } => (at, previous),
-                other => return answered(other, caller, table.reply_room()),
+            let slot = match numbering {
+                Numbering::Unnumbered => None,
+                Numbering::Once => match table.lookup(&slots, caller.client, caller.request, now_ms).map_err(failed)? {
+                    Lookup::Next { at, previous } => Some((at, previous)),
+                    other => return answered(other, caller, table.reply_room()),
+                },
             };
             let mut store = Store::transparent(state, caller);
             let reply = self.service.execute(&mut store, request).map_err(CallError::from_service)?;
@@ -322,8 +362,10 @@ impl<S: Service> Host<S> {
             // becomes of its reply (one too long is sent once, not kept for a retry; one that
             // does not encode is recorded as not kept, and the call fails).
             let encoded = encode(&reply, table.reply_room());
-            let kept = encoded.as_deref().ok();
-            table.record(&slots, at, &previous, caller.client, caller.request, now_ms, kept).map_err(failed)?;
+            if let Some((at, previous)) = slot {
+                let kept = encoded.as_deref().ok();
+                table.record(&slots, at, &previous, caller.client, caller.request, now_ms, kept).map_err(failed)?;
+            }
             let reply = encoded?;
             Ok(Executed::Applied(reply))
         });
@@ -396,13 +438,14 @@ impl<S: Service> Run for Host<S> {
         caller: Caller,
         now_ms: u64,
         body: &[u8],
+        numbering: Numbering,
     ) -> Result<(Executed, Ticket), CallError> {
         let request: S::Request = decode("request", body)?;
         if mirror.is_transparent() {
-            return self.execute_transparent(mirror, caller, now_ms, &request);
+            return self.execute_transparent(mirror, caller, now_ms, &request, numbering);
         }
         loop {
-            match self.execute_declared(mirror, caller, now_ms, &request) {
+            match self.execute_declared(mirror, caller, now_ms, &request, numbering) {
                 Err(Attempt::Conflict) => std::thread::yield_now(),
                 Err(Attempt::Error(error)) => return Err(error),
                 Ok(done) => return Ok(done),

@@ -13,7 +13,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Who sent the request being executed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Caller {
-    /// The client's id (0 while the state is created).
+    /// The client's id (0 while the state is created, and for an unnumbered call).
     pub client: u64,
     /// The request's number for that client.
     pub request: u64,
