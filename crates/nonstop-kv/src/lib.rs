@@ -5,8 +5,9 @@
 //! * [`resp`]: the wire protocol. Requests (multibulk and inline, pipelined, cut anywhere) are
 //!   decoded incrementally under Redis's limits with Redis's protocol errors; replies are
 //!   encoded for RESP2 or RESP3, as the connection's `HELLO` chose.
-//! * [`command`]: requests read as commands (today the string, key and hash commands), every
-//!   argument checked with Redis's error replies, relative times made absolute.
+//! * [`command`]: requests read as commands (strings, keys, hashes, lists, sets, sorted sets,
+//!   scans), every argument checked with Redis's error replies, relative times made absolute;
+//!   [`commands`] is the table of their names, arities and keys, as `COMMAND` reports it.
 //! * [`keyspace`]: the keys and their values over an allocator of the caller's (the region's
 //!   heap, in the service), and the commands run on them as Redis runs them: expiry at the
 //!   request's time, every refusal (a full region included) before the first change.
@@ -15,7 +16,8 @@
 //!   queries.
 //! * [`session`]: one Redis connection as a state machine: connection commands (`PING`,
 //!   `HELLO`, `CLIENT`, `MULTI`/`EXEC`, ...) answered, data commands turned into the service's
-//!   calls and queries. [`connection`] holds what every connection answers by itself.
+//!   calls and queries, `WATCH` guards sent inside `EXEC`'s request. [`connection`] holds what
+//!   every connection answers by itself (`AUTH` included); [`deque`] is the lists' ring buffer.
 //! * [`topology`] and [`sentinel`]: where the service runs, as the node reports it from the
 //!   control plane's record (`ROLE` on the data port), and Redis Sentinel's discovery commands
 //!   on the sentinel port, so that clients configured with Sentinels find the primary.
