@@ -116,8 +116,29 @@ impl<A: Allocator> Value<A> {
 #[derive(Debug)]
 pub struct Entry<A: Allocator> {
     value: Value<A>,
-    /// Milliseconds since the Unix epoch; `None`: never.
-    expires_at_ms: Option<u64>,
+    expires_at_ms: Deadline,
+}
+
+impl<A: Allocator> Entry<A> {
+    fn new(value: Value<A>, expires_at_ms: Option<u64>) -> Entry<A> {
+        Entry { value, expires_at_ms: Deadline::new(expires_at_ms) }
+    }
+}
+
+/// When a key expires, in milliseconds since the Unix epoch, in 8 bytes where an `Option<u64>`
+/// takes 16 in every slot of the table: 0 is never. A deadline at the epoch itself is kept as
+/// 1 ms after it, which is as far in the past for every request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deadline(u64);
+
+impl Deadline {
+    fn new(at: Option<u64>) -> Deadline {
+        Deadline(at.map_or(0, |at| at.max(1)))
+    }
+
+    fn get(self) -> Option<u64> {
+        (self.0 != 0).then_some(self.0)
+    }
 }
 
 /// A key looked up by bytes, without building a key in the allocator.
@@ -136,10 +157,20 @@ impl<A: Allocator> hashbrown::Equivalent<Bytes<A>> for KeyRef<'_> {
     }
 }
 
+impl<A: Allocator> hashbrown::Equivalent<Key<A>> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key<A>) -> bool {
+        self.0 == &key[..]
+    }
+}
+
+/// A key as the keyspace's table holds it: its bytes, boxed (a pointer and a length, 8 bytes
+/// less than a vector in every slot of the table).
+pub type Key<A> = Boxed<[u8], A>;
+
 /// The keyspace of one database.
 #[derive(Debug)]
 pub struct Keyspace<A: Allocator + Clone> {
-    keys: hashbrown::HashMap<Bytes<A>, Entry<A>, FixedState, A>,
+    keys: hashbrown::HashMap<Key<A>, Entry<A>, FixedState, A>,
     alloc: A,
 }
 
@@ -169,7 +200,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
 
     /// The key's entry, if it exists at `now_ms`.
     fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry<A>> {
-        self.keys.get(&KeyRef(key)).filter(|entry| entry.expires_at_ms.is_none_or(|at| at > now_ms))
+        self.keys.get(&KeyRef(key)).filter(|entry| entry.expires_at_ms.get().is_none_or(|at| at > now_ms))
     }
 
     /// The key's string at `now_ms`: `Ok(None)` if it does not exist, WRONGTYPE if it is not a
@@ -219,7 +250,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
             Some(_) => None,
             None => {
                 let fields = Fields::with_hasher_in(FixedState::default(), self.alloc.clone());
-                Some((self.bytes(key)?, self.boxed(fields)?))
+                Some((self.key(key)?, self.boxed(fields)?))
             }
         };
         if made.is_some() {
@@ -244,16 +275,22 @@ impl<A: Allocator + Clone> Keyspace<A> {
             }
         }
         if let (Some(stored), Some(fields)) = (stored, fresh) {
-            self.keys.insert(stored, Entry { value: Value::Hash(fields), expires_at_ms: None });
+            self.keys.insert(stored, Entry::new(Value::Hash(fields), None));
         }
         Ok(new_fields.len())
     }
 
     /// Reclaims the key if it expired at or before `now_ms`, so a write finds it absent.
     fn reclaim(&mut self, key: &[u8], now_ms: u64) {
-        if self.keys.get(&KeyRef(key)).is_some_and(|entry| entry.expires_at_ms.is_some_and(|at| at <= now_ms)) {
+        if self.keys.get(&KeyRef(key)).is_some_and(|entry| entry.expires_at_ms.get().is_some_and(|at| at <= now_ms)) {
             self.keys.remove(&KeyRef(key));
         }
+    }
+
+    /// `key` as the table holds it, in the keyspace's allocator, or `-OOM`.
+    fn key(&self, key: &[u8]) -> Result<Key<A>, Refused> {
+        // Exactly as long as the key, so boxing it moves nothing.
+        Ok(self.bytes(key)?.into_boxed_slice())
     }
 
     /// `value` in a box of the keyspace's allocator, or `-OOM`.
@@ -278,12 +315,12 @@ impl<A: Allocator + Clone> Keyspace<A> {
 
     fn put(&mut self, key: &[u8], value: Value<A>, expires_at_ms: Option<u64>) -> Result<(), Refused> {
         if let Some(entry) = self.keys.get_mut(&KeyRef(key)) {
-            *entry = Entry { value, expires_at_ms };
+            *entry = Entry::new(value, expires_at_ms);
             return Ok(());
         }
-        let key = self.bytes(key)?;
+        let key = self.key(key)?;
         self.keys.try_reserve(1).map_err(|_| Reply::error(OOM))?;
-        self.keys.insert(key, Entry { value, expires_at_ms });
+        self.keys.insert(key, Entry::new(value, expires_at_ms));
         Ok(())
     }
 
@@ -312,11 +349,13 @@ impl<A: Allocator + Clone> Keyspace<A> {
             }
             Command::Ttl { key, millis } => Reply::Integer(match self.live(key, now_ms) {
                 None => -2,
-                Some(Entry { expires_at_ms: None, .. }) => -1,
-                Some(Entry { expires_at_ms: Some(at), .. }) => {
-                    let left = (at - now_ms) as i64;
-                    if *millis { left } else { left.saturating_add(500) / 1000 }
-                }
+                Some(entry) => match entry.expires_at_ms.get() {
+                    None => -1,
+                    Some(at) => {
+                        let left = (at - now_ms) as i64;
+                        if *millis { left } else { left.saturating_add(500) / 1000 }
+                    }
+                },
             }),
             Command::Type { key } => {
                 Reply::Simple(self.live(key, now_ms).map_or("none", |entry| entry.value.type_name()).into())
@@ -357,13 +396,13 @@ impl<A: Allocator + Clone> Keyspace<A> {
             // The memory figures are the allocator's, which the service adds.
             Command::Stats => Reply::Array(vec![
                 Reply::Integer(self.keys.len() as i64),
-                Reply::Integer(self.keys.values().filter(|entry| entry.expires_at_ms.is_some()).count() as i64),
+                Reply::Integer(self.keys.values().filter(|entry| entry.expires_at_ms.get().is_some()).count() as i64),
             ]),
             Command::Keys { pattern } => Reply::Array(
                 self.keys
                     .iter()
                     .filter(|(key, entry)| {
-                        entry.expires_at_ms.is_none_or(|at| at > now_ms) && glob_matches(pattern, key)
+                        entry.expires_at_ms.get().is_none_or(|at| at > now_ms) && glob_matches(pattern, key)
                     })
                     .map(|(key, _)| Reply::bulk(key.to_vec()))
                     .collect(),
@@ -414,7 +453,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 if allowed {
                     let expires = match expiry {
                         Expiry::Clear => None,
-                        Expiry::Keep => old.and_then(|entry| entry.expires_at_ms),
+                        Expiry::Keep => old.and_then(|entry| entry.expires_at_ms.get()),
                         Expiry::At(at) => Some(*at),
                     };
                     if expires.is_some_and(|at| at <= now_ms) {
@@ -445,7 +484,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     }
                     expiry => {
                         let entry = self.keys.get_mut(&KeyRef(key)).expect("live above");
-                        entry.expires_at_ms = if let Expiry::At(at) = expiry { Some(*at) } else { None };
+                        entry.expires_at_ms = Deadline::new(if let Expiry::At(at) = expiry { Some(*at) } else { None });
                     }
                 }
                 Ok(Reply::bulk(value))
@@ -463,15 +502,15 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 self.keys.try_reserve(new_keys).map_err(|_| Reply::error(OOM))?;
                 let mut new_key_bytes = Vec::with_capacity(new_keys);
                 for (key, _) in pairs.iter().filter(|(key, _)| !self.keys.contains_key(&KeyRef(key))) {
-                    new_key_bytes.push(self.bytes(key)?);
+                    new_key_bytes.push(self.key(key)?);
                 }
                 let mut new_key_bytes = new_key_bytes.into_iter();
                 for (key, value) in staged {
                     match self.keys.get_mut(&KeyRef(key)) {
-                        Some(entry) => *entry = Entry { value: Value::String(value), expires_at_ms: None },
+                        Some(entry) => *entry = Entry::new(Value::String(value), None),
                         None => {
                             let key = new_key_bytes.next().expect("one staged per new key");
-                            self.keys.insert(key, Entry { value: Value::String(value), expires_at_ms: None });
+                            self.keys.insert(key, Entry::new(Value::String(value), None));
                         }
                     }
                 }
@@ -541,7 +580,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
             }
             Command::Expire { key, at, condition } => {
                 let Some(entry) = self.live(key, now_ms) else { return Ok(Reply::Integer(0)) };
-                let current = entry.expires_at_ms;
+                let current = entry.expires_at_ms.get();
                 let allowed = match condition {
                     None => true,
                     Some(ExpireCondition::NoExpiry) => current.is_none(),
@@ -556,16 +595,16 @@ impl<A: Allocator + Clone> Keyspace<A> {
                 if *at <= now_ms {
                     self.keys.remove(&KeyRef(key));
                 } else {
-                    self.keys.get_mut(&KeyRef(key)).expect("live above").expires_at_ms = Some(*at);
+                    self.keys.get_mut(&KeyRef(key)).expect("live above").expires_at_ms = Deadline::new(Some(*at));
                 }
                 Ok(Reply::Integer(1))
             }
             Command::Persist { key } => {
                 let Some(entry) = self.live(key, now_ms) else { return Ok(Reply::Integer(0)) };
-                if entry.expires_at_ms.is_none() {
+                if entry.expires_at_ms.get().is_none() {
                     return Ok(Reply::Integer(0));
                 }
-                self.keys.get_mut(&KeyRef(key)).expect("live above").expires_at_ms = None;
+                self.keys.get_mut(&KeyRef(key)).expect("live above").expires_at_ms = Deadline::new(None);
                 Ok(Reply::Integer(1))
             }
             Command::HSet { key, pairs, answer_ok } => {
@@ -648,7 +687,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
                     let stored = match self.keys.contains_key(&KeyRef(to)) {
                         true => None,
                         false => {
-                            let stored = self.bytes(to)?;
+                            let stored = self.key(to)?;
                             self.keys.try_reserve(1).map_err(|_| Reply::error(OOM))?;
                             Some(stored)
                         }
@@ -674,7 +713,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
     }
 
     fn replace_keeping_ttl(&mut self, key: &[u8], value: Bytes<A>, now_ms: u64) -> Result<(), Refused> {
-        let expires = self.live(key, now_ms).and_then(|entry| entry.expires_at_ms);
+        let expires = self.live(key, now_ms).and_then(|entry| entry.expires_at_ms.get());
         self.reclaim(key, now_ms);
         self.put(key, Value::String(value), expires)
     }
@@ -952,10 +991,11 @@ mod sizes {
     use super::*;
     use nonstop_region::heap::RegionAlloc;
 
-    /// Every key costs a table slot of a key and an entry: keep the entry to a string's size.
+    /// Every key costs a table slot of a key and an entry: keep the entry to a string's size
+    /// and the key to a pointer and a length (and the allocator's handle).
     #[test]
-    fn an_entry_is_as_small_as_a_string_value() {
-        let (key, entry) = (size_of::<Bytes<RegionAlloc>>(), size_of::<Entry<RegionAlloc>>());
-        assert!(entry <= 56, "an entry takes {entry} bytes, a key {key}");
+    fn a_table_slot_stays_small() {
+        let (key, entry) = (size_of::<Key<RegionAlloc>>(), size_of::<Entry<RegionAlloc>>());
+        assert!(entry <= 48 && key <= 24, "an entry takes {entry} bytes, a key {key}");
     }
 }

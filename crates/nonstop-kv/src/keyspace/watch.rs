@@ -29,7 +29,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
         let Some(Entry { value, expires_at_ms }) = self.live(key, now_ms) else { return 0 };
         let mut hasher = FixedState::with_seed(SEED).build_hasher();
         value.type_name().hash(&mut hasher);
-        expires_at_ms.hash(&mut hasher);
+        expires_at_ms.get().hash(&mut hasher);
         match value {
             Value::String(bytes) => bytes.as_slice().hash(&mut hasher),
             Value::Hash(fields) => {
