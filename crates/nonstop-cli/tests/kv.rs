@@ -190,19 +190,28 @@ fn sentinel_clients_follow_the_primary_through_a_failover() {
     assert!(words[3] == "127.0.11.2" || words[3] == "127.0.11.3", "{payload}");
 }
 
-/// Whether redis-py is here; without it the test says so and skips, unless
-/// `NONSTOP_REQUIRE_REDIS_CLIENTS=1` (CI) makes its absence a failure.
-fn redis_py() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import redis.sentinel"])
-        .status()
-        .is_ok_and(|status| status.success());
+/// Whether a Redis client program is here (`probe` runs and succeeds); without it the test
+/// says what to install and skips, unless `NONSTOP_REQUIRE_REDIS_CLIENTS=1` (CI) makes its
+/// absence a failure.
+fn client_present(probe: &[&str], missing: &str) -> bool {
+    let found =
+        std::process::Command::new(probe[0]).args(&probe[1..]).output().is_ok_and(|output| output.status.success());
     if !found {
-        let why = "python3 with redis-py is missing (pip install redis)";
-        assert!(std::env::var_os("NONSTOP_REQUIRE_REDIS_CLIENTS").is_none(), "redis client tests are required: {why}");
-        eprintln!("skipped: {why}");
+        assert!(
+            std::env::var_os("NONSTOP_REQUIRE_REDIS_CLIENTS").is_none(),
+            "redis client tests are required: {missing}"
+        );
+        eprintln!("skipped: {missing}");
     }
     found
+}
+
+fn redis_py() -> bool {
+    client_present(&["python3", "-c", "import redis.sentinel"], "python3 with redis-py is missing (pip install redis)")
+}
+
+fn redis_cli() -> bool {
+    client_present(&["redis-cli", "-v"], "redis-cli is missing (Debian: apt-get install redis-tools)")
 }
 
 /// redis-py's `Sentinel`, unchanged, through a kill -9 of the primary.
@@ -322,18 +331,6 @@ fn tls_guards_both_ports() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-}
-
-/// Whether redis-cli is here; without it the test says so and skips, unless
-/// `NONSTOP_REQUIRE_REDIS_CLIENTS=1` (CI) makes its absence a failure.
-fn redis_cli() -> bool {
-    let found = std::process::Command::new("redis-cli").arg("-v").output().is_ok_and(|out| out.status.success());
-    if !found {
-        let why = "redis-cli is missing (Debian: apt-get install redis-tools)";
-        assert!(std::env::var_os("NONSTOP_REQUIRE_REDIS_CLIENTS").is_none(), "redis client tests are required: {why}");
-        eprintln!("skipped: {why}");
-    }
-    found
 }
 
 /// redis-cli, unchanged, against a sentinel port and the primary it names.
