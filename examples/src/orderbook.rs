@@ -40,19 +40,24 @@ pub struct Depth {
     pub asks: Vec<(u64, u64)>,
 }
 
-/// A resting order and its place in its side's map: price (inverted for bids, so that the best
-/// price sorts first on both sides), then id (older first), big-endian.
+/// A resting order. Its key in its side's map orders the best price first on both sides (bids
+/// by inverted price), then the older id first, as big-endian bytes.
 #[derive(Clone, Copy)]
 struct Resting {
     side: Side,
-    key: [u8; 16],
+    price: u64,
     left: u64,
 }
 
-type Queue = RegionOrderedMap<[u8; 16], u64>;
+impl Resting {
+    fn key(&self, id: u64) -> [u8; 16] {
+        let ordered = if self.side == Side::Buy { !self.price } else { self.price };
+        (((ordered as u128) << 64) | id as u128).to_be_bytes()
+    }
+}
 
 struct Book {
-    sides: [Queue; 2],
+    sides: [RegionOrderedMap<[u8; 16], u64>; 2],
     orders: RegionHashMap<u64, Resting>,
     next_id: u64,
     /// Lots over every order ever placed: placed = resting + filled + cancelled.
@@ -61,33 +66,24 @@ struct Book {
     cancelled: u64,
 }
 
-fn key(side: Side, price: u64, id: u64) -> [u8; 16] {
-    let ordered = if side == Side::Buy { !price } else { price };
-    (((ordered as u128) << 64) | id as u128).to_be_bytes()
-}
-
-fn price_of(side: Side, key: &[u8; 16]) -> u64 {
-    let ordered = (u128::from_be_bytes(*key) >> 64) as u64;
-    if side == Side::Buy { !ordered } else { ordered }
-}
-
 impl Book {
     /// Fills up to `quantity` against the other side at `limit` or better; returns (filled, cost).
     fn take(&mut self, side: Side, mut quantity: u64, limit: Option<u64>) -> (u64, u64) {
-        let maker_side = if side == Side::Buy { Side::Sell } else { Side::Buy };
+        let makers = if side == Side::Buy { Side::Sell } else { Side::Buy } as usize;
         let (mut filled, mut cost) = (0, 0);
-        while let Some((key, id)) = self.sides[maker_side as usize].first_key_value().map(|(k, v)| (*k, *v)) {
-            let price = price_of(maker_side, &key);
-            if quantity == 0 || limit.is_some_and(|limit| if side == Side::Buy { price > limit } else { price < limit })
-            {
+        while quantity > 0
+            && let Some((&key, &id)) = self.sides[makers].first_key_value()
+        {
+            let maker = self.orders.get_mut(&id).expect("every resting order is indexed");
+            let price = maker.price;
+            if limit.is_some_and(|limit| if side == Side::Buy { price > limit } else { price < limit }) {
                 break;
             }
-            let maker = self.orders.get_mut(&id).expect("every resting order is indexed");
             let traded = quantity.min(maker.left);
             maker.left -= traded;
             if maker.left == 0 {
                 self.orders.remove(&id);
-                self.sides[maker_side as usize].remove(&key);
+                self.sides[makers].remove(&key);
             }
             (quantity, filled, cost) = (quantity - traded, filled + traded, cost + traded * price);
         }
@@ -148,7 +144,7 @@ impl Service for OrderBook {
         let (side, quantity, limit) = match *request {
             OrderRequest::Cancel { id } => {
                 let order = book.orders.remove(&id).ok_or_else(|| ServiceError::refused(format!("no order {id}")))?;
-                book.sides[order.side as usize].remove(&order.key);
+                book.sides[order.side as usize].remove(&order.key(id));
                 book.cancelled += order.left;
                 return Ok(OrderReply::Cancelled { id, quantity: order.left });
             }
@@ -169,9 +165,9 @@ impl Service for OrderBook {
         let left = quantity - filled;
         match limit {
             Some(price) if left > 0 => {
-                let key = key(side, price, id);
-                book.sides[side as usize].insert(key, id);
-                book.orders.insert(id, Resting { side, key, left });
+                let order = Resting { side, price, left };
+                book.sides[side as usize].insert(order.key(id), id);
+                book.orders.insert(id, order);
             }
             _ => book.cancelled += left,
         }
@@ -182,13 +178,12 @@ impl Service for OrderBook {
         let Some(book) = view.root::<Book>()? else { return Ok(Depth::default()) };
         let depth = |side: Side| {
             let mut depth: Vec<(u64, u64)> = Vec::new();
-            for (key, id) in book.sides[side as usize].iter() {
-                let (price, left) = (price_of(side, key), book.orders[id].left);
+            for order in book.sides[side as usize].values().map(|id| &book.orders[id]) {
                 let full = depth.len() == *levels as usize;
                 match depth.last_mut() {
-                    Some((last, lots)) if *last == price => *lots += left,
+                    Some((price, lots)) if *price == order.price => *lots += order.left,
                     _ if full => break,
-                    _ => depth.push((price, left)),
+                    _ => depth.push((order.price, order.left)),
                 }
             }
             depth
@@ -215,7 +210,7 @@ impl Service for OrderBook {
         let Some(book) = book else { return Ok("no book yet".into()) };
         let mut resting = 0;
         for (id, order) in book.orders.iter() {
-            let in_book = book.sides[order.side as usize].get(&order.key);
+            let in_book = book.sides[order.side as usize].get(&order.key(*id));
             if order.left == 0 || in_book != Some(id) {
                 return Err(format!("order {id}: {} left, in its book as {in_book:?}", order.left));
             }
@@ -229,7 +224,7 @@ impl Service for OrderBook {
         if placed != resting + filled + cancelled {
             return Err(format!("placed {placed} != resting {resting} + filled {filled} + cancelled {cancelled}"));
         }
-        let best = |side: Side| book.sides[side as usize].first_key_value().map(|(key, _)| price_of(side, key));
+        let best = |side: Side| book.sides[side as usize].first_key_value().map(|(_, id)| book.orders[id].price);
         if let (Some(bid), Some(ask)) = (best(Side::Buy), best(Side::Sell))
             && bid >= ask
         {
