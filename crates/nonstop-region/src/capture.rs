@@ -125,8 +125,6 @@ impl Capture {
             }
             nonzero
         });
-        // Huge pages would make the kernel report (and the cut diff) 2 MiB per first write.
-        region.no_huge_pages();
         let tracker = WriteTracker::start(region, mode)?;
         tracing::info!(mode = %tracker.mode(), "transparent mode: writes found by the kernel");
         let capture = Capture::Tracked(TrackedCapture {

@@ -6,8 +6,9 @@
 //! mechanisms chosen at run time ([`TrackingMode`]):
 //!
 //! * [`TrackingMode::Uffd`]: userfaultfd asynchronous write-protect with `PAGEMAP_SCAN`
-//!   (Linux >= 6.7). A first write to a page costs one minor fault resolved in the kernel;
-//!   a collection is one system call per 512 written ranges.
+//!   (Linux >= 6.7). The region is made resident when tracking starts. A first write to a
+//!   page costs one minor fault resolved in the kernel; a collection is one system call per
+//!   512 written ranges.
 //! * [`TrackingMode::Mprotect`]: read-only pages and a SIGSEGV handler, on any Linux. A first
 //!   write costs a signal delivery and an `mprotect` call.
 //!
@@ -73,6 +74,16 @@ pub enum TrackingError {
     Uffd {
         /// What was being done.
         step: &'static str,
+        /// The kernel's answer.
+        errno: rustix::io::Errno,
+    },
+    /// The region could not be made resident for userfaultfd write tracking.
+    #[error(
+        "making the region's {len} bytes resident for write tracking failed ({errno}): give the node more memory or the service a smaller region"
+    )]
+    Populate {
+        /// The region's length.
+        len: usize,
         /// The kernel's answer.
         errno: rustix::io::Errno,
     },
@@ -144,6 +155,8 @@ impl WriteTracker {
     /// Starts tracking `region` with `mode`, or with the best mode that works here if `None`.
     /// Every page counts as clean from now on. Drop the tracker before the region.
     pub fn start(region: &crate::Region, mode: Option<TrackingMode>) -> Result<WriteTracker, TrackingError> {
+        // Huge pages would make the kernel report (and a cut diff) 2 MiB per first write.
+        region.no_huge_pages();
         let (base, len) = (region.base(), region.len());
         let start = |mode| -> Result<WriteTracker, TrackingError> {
             let tracker = match mode {
@@ -182,5 +195,34 @@ impl WriteTracker {
 impl std::fmt::Debug for WriteTracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteTracker").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// How many of `region`'s pages are present in memory (a protected, never-touched page is
+    /// a marker: not present).
+    fn present_pages(region: &crate::Region) -> usize {
+        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let mut entries = vec![0u8; region.pages() * 8];
+        pagemap.read_exact_at(&mut entries, (region.base() / nonstop_proto::PAGE_SIZE * 8) as u64).unwrap();
+        let present = |entry: &[u8]| u64::from_ne_bytes(entry.try_into().unwrap()) & (1 << 63) != 0;
+        entries.chunks_exact(8).filter(|entry| present(entry)).count()
+    }
+
+    /// A never-touched page would be protected by a marker that every collection reads on the
+    /// kernel's slow path: userfaultfd tracking starts on a resident region.
+    #[test]
+    fn userfaultfd_tracking_makes_the_region_resident_first() {
+        let region = crate::Region::map_anywhere(256 * nonstop_proto::PAGE_SIZE).unwrap();
+        assert_eq!(present_pages(&region), 0, "a fresh mapping holds no page");
+        match WriteTracker::start(&region, Some(TrackingMode::Uffd)) {
+            Ok(_tracker) => assert_eq!(present_pages(&region), 256),
+            Err(error) if std::env::var_os("NONSTOP_REQUIRE_UFFD").is_none() => eprintln!("SKIPPED: {error}"),
+            Err(error) => panic!("uffd tracking: {error}"),
+        }
     }
 }

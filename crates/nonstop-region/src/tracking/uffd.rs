@@ -7,6 +7,12 @@
 //! page by page atomically, so a write racing with the scan either is reported now or faults
 //! afterwards and is reported next time. `UFFD_FEATURE_WP_UNPOPULATED` makes never-touched
 //! pages of the anonymous mapping protected too, so a first write to a page is caught.
+//!
+//! The region is made resident before it is protected. The kernel protects a never-touched
+//! page with a marker in its page table, and `PAGEMAP_SCAN` reads markers on a path twice as
+//! slow as present pages (512 MiB: ~270 us against ~140 us per scan, 2026-12-06): a fresh
+//! primary scanning at every cut paid a quarter of a core, mostly for its untouched pages. A
+//! backup keeps its image resident already, so a promoted one pays nothing more here.
 
 use super::TrackingError;
 use linux_raw_sys::general::{
@@ -63,6 +69,9 @@ impl UffdTracker {
                 errno: rustix::io::Errno::OPNOTSUPP,
             });
         }
+        // SAFETY: the range is the caller's mapping; populating changes no content.
+        unsafe { rustix::mm::madvise(base as *mut c_void, len, rustix::mm::Advice::LinuxPopulateWrite) }
+            .map_err(|errno| TrackingError::Populate { len, errno })?;
         let range = uffdio_range { start: base as u64, len: len as u64 };
         let mut register = uffdio_register { range, mode: u64::from(UFFDIO_REGISTER_MODE_WP), ioctls: 0 };
         // SAFETY: UFFDIO_REGISTER takes a `struct uffdio_register` naming our own mapping.
