@@ -122,6 +122,11 @@ pub struct Mirror {
     on_corruption: OnceLock<CorruptionHandler>,
     /// Transparent mode: one [`Mirror::update`] at a time.
     writer: Mutex<()>,
+    /// Transparent mode: an update began since the last cut asked the kernel for written
+    /// pages. Set before the update writes, cleared only by a cut holding the gate
+    /// exclusively; a cut that finds it clear skips the scan, whose cost grows with the
+    /// region's size, not with what was written.
+    updated_since_cut: AtomicBool,
     /// Written through [`Mirror::update`], never through transactions.
     transparent: bool,
 }
@@ -255,6 +260,7 @@ impl Mirror {
             scrubber: Mutex::new(Scrubber::new()),
             on_corruption: OnceLock::new(),
             writer: Mutex::new(()),
+            updated_since_cut: AtomicBool::new(false),
             transparent: false,
         }
     }
@@ -309,6 +315,8 @@ impl Mirror {
         );
         let _gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Before any write, so that even an update that panics halfway is harvested.
+        self.updated_since_cut.store(true, Ordering::Relaxed);
         // SAFETY: the writer lock makes this the only update; `begin` refuses transactions on
         // a transparent mirror, and cuts and quiesced reads wait for the
         // gate this holds shared.
@@ -464,7 +472,12 @@ impl Mirror {
         let copies = first.whole || first.finish_precopy || !first.rebases.is_empty();
         let _exclusive = (copies || self.capture.cut_needs_gate())
             .then(|| self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        self.harvest();
+        // A tracked cut holds the gate exclusively (`cut_needs_gate`), so no update runs now;
+        // with none since the last cut's harvest, nothing can have been written. (A pre-copy
+        // round harvests outside the gate and leaves the flag alone.)
+        if self.updated_since_cut.swap(false, Ordering::Relaxed) {
+            self.harvest();
+        }
         let (checkpoint, changes, dirty_blocks) =
             self.capture.cut(self.region.as_ptr(), &self.open.0, &|offset| self.check_lines(offset, TWIN_BLOCK as u64));
         let full_image = first.whole.then(|| self.copy_pages(self.touched.pages()));

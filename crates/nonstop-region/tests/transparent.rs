@@ -72,6 +72,27 @@ fn checkpoints_rebuild_the_primary_image_from_diffs_alone() {
     }
 }
 
+/// A cut with no update since the last one skips asking the kernel; an update that panics
+/// after writing must still count as one, or its bytes would reach no backup.
+#[test]
+fn an_update_that_panics_halfway_is_still_checkpointed() {
+    for mode in TrackingMode::ALL {
+        let Some(mirror) = tracked(mode) else { continue };
+        let mut backup = vec![0u8; LEN];
+        apply(&mut backup, &mirror.cut(false).changes);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            mirror.update(|image| {
+                image[3 * PAGE_SIZE + 5] = 9;
+                panic!("the service failed halfway");
+            })
+        }));
+        assert!(panicked.is_err());
+        apply(&mut backup, &mirror.cut(false).changes);
+        assert!(same_as_primary(&mirror, &backup), "{mode}: the half-done update's write is shipped");
+        assert_eq!(mirror.cut(false).changes.run_bytes(), 0, "{mode}: and only once");
+    }
+}
+
 #[test]
 fn a_read_waits_for_the_checkpoint_of_the_last_write_and_no_later() {
     for mode in TrackingMode::ALL {
