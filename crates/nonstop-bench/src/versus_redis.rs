@@ -44,6 +44,9 @@ pub struct RedisBenchConfig {
     pub rounds: usize,
     /// Small keys loaded (after the rounds) to weigh memory per key; 0: not measured.
     pub memory_keys: u64,
+    /// nonstop-kv's checkpoint interval (the service's `checkpoint_interval_us`): how long a
+    /// write's reply waits, at most, for the cut that ships it.
+    pub checkpoint_us: u64,
     /// Where the servers and the cluster listen (`PREFIX.1`, `.2`, ...).
     pub ip_prefix: String,
 }
@@ -57,6 +60,7 @@ impl Default for RedisBenchConfig {
             keyspace: 100_000,
             pipeline: 1,
             rounds: 3,
+            checkpoint_us: 500,
             memory_keys: 1_000_000,
             ip_prefix: "127.0.30".into(),
         }
@@ -87,6 +91,8 @@ pub struct RedisBenchReport {
     pub requests: usize,
     /// Rounds run.
     pub rounds: usize,
+    /// nonstop-kv's checkpoint interval, in microseconds.
+    pub checkpoint_us: u64,
     /// Redis standalone, SET.
     pub redis_set_per_s: f64,
     /// Its median latency, ms.
@@ -368,6 +374,7 @@ pub fn run(exe: &Path, config: &RedisBenchConfig, progress: &dyn Fn(&str)) -> an
         services: vec![("kv".into(), 1)],
         redis: true,
         settings: toml::from_str("memory_mib = 480")?,
+        checkpoint_interval_us: config.checkpoint_us,
         ..ClusterSpec::default()
     };
     let mut cluster = LocalCluster::create(exe, &spec)?;
@@ -410,6 +417,7 @@ pub fn run(exe: &Path, config: &RedisBenchConfig, progress: &dyn Fn(&str)) -> an
         value_size: config.value_size,
         requests: config.requests,
         rounds: config.rounds,
+        checkpoint_us: config.checkpoint_us,
         redis_set_per_s: redis_set.per_s,
         redis_set_p50_ms: redis_set.p50_ms,
         redis_set_p99_ms: redis_set.p99_ms,

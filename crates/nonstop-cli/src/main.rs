@@ -373,6 +373,10 @@ struct RedisArgs {
     /// key (0: skip).
     #[arg(long, default_value_t = 1_000_000)]
     memory_keys: u64,
+    /// nonstop-kv's checkpoint interval in microseconds (the service's checkpoint_interval_us):
+    /// the longest a write's reply waits for the cut that ships it.
+    #[arg(long, default_value_t = 500)]
+    checkpoint_us: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -626,6 +630,9 @@ fn bench_redis(args: RedisArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.requests == 0 || args.rounds == 0 || args.keyspace == 0 || args.pipeline == 0 {
         anyhow::bail!("--clients, --requests, --rounds, --keyspace and --pipeline must be at least 1");
     }
+    if !(100..=1_000_000).contains(&args.checkpoint_us) {
+        anyhow::bail!("--checkpoint-us {} is out of range: use 100 to 1000000", args.checkpoint_us);
+    }
     let config = RedisBenchConfig {
         clients: args.clients,
         requests: args.requests,
@@ -634,6 +641,7 @@ fn bench_redis(args: RedisArgs) -> anyhow::Result<()> {
         pipeline: args.pipeline,
         rounds: args.rounds,
         memory_keys: args.memory_keys,
+        checkpoint_us: args.checkpoint_us,
         ..RedisBenchConfig::default()
     };
     let progress = indicatif::ProgressBar::new_spinner();
@@ -645,8 +653,8 @@ fn bench_redis(args: RedisArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{}; {} connections, {}-byte values, {} requests a load, median of {} rounds",
-        report.redis_version, report.clients, report.value_size, report.requests, report.rounds
+        "{}; {} connections, {}-byte values, {} requests a load, median of {} rounds; nonstop checkpoints every {} us",
+        report.redis_version, report.clients, report.value_size, report.requests, report.rounds, report.checkpoint_us
     );
     let row = |name: &str, per_s: f64, p50: f64, p99: f64| {
         println!("{name:<34} {per_s:>10.0}/s   p50 {p50:>6.3} ms   p99 {p99:>6.3} ms")
