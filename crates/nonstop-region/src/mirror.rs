@@ -120,8 +120,8 @@ pub struct Mirror {
     seals: Option<LineChecksums>,
     scrubber: Mutex<Scrubber>,
     on_corruption: OnceLock<CorruptionHandler>,
-    /// Transparent mode: one [`Mirror::update`] at a time.
-    writer: Mutex<()>,
+    /// Transparent mode: one [`Mirror::update`] at a time, or any number of reads.
+    writer: RwLock<()>,
     /// Transparent mode: an update began since the last cut asked the kernel for written
     /// pages. Set before the update writes, cleared only by a cut holding the gate
     /// exclusively; a cut that finds it clear skips the scan, whose cost grows with the
@@ -259,7 +259,7 @@ impl Mirror {
             seals,
             scrubber: Mutex::new(Scrubber::new()),
             on_corruption: OnceLock::new(),
-            writer: Mutex::new(()),
+            writer: RwLock::new(()),
             updated_since_cut: AtomicBool::new(false),
             transparent: false,
         }
@@ -314,7 +314,7 @@ impl Mirror {
             "Mirror::update needs transparent mode (Mirror::tracked): this mirror's checkpoints see declared writes only"
         );
         let _gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = self.writer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Before any write, so that even an update that panics halfway is harvested.
         self.updated_since_cut.store(true, Ordering::Relaxed);
         // SAFETY: the writer lock makes this the only update; `begin` refuses transactions on
@@ -344,9 +344,28 @@ impl Mirror {
     pub fn read<R>(&self, f: impl FnOnce(&[u8]) -> R) -> (R, Ticket) {
         assert!(self.transparent, "Mirror::read needs transparent mode (Mirror::tracked)");
         let _gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // SAFETY: the writer lock keeps every update out while `f` reads, and cuts and
-        // quiesced reads only read the region.
+        let _writer = self.writer.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.read_between_updates(f)
+    }
+
+    /// [`Mirror::read`] if it need not wait: `None` while an update or a cut holds the region
+    /// (or waits for it), without blocking. For a caller that must not block (an I/O thread)
+    /// and has a thread to send the read to otherwise.
+    ///
+    /// # Panics
+    ///
+    /// On a mirror for declared writes, as [`Mirror::read`].
+    pub fn try_read<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<(R, Ticket)> {
+        assert!(self.transparent, "Mirror::try_read needs transparent mode (Mirror::tracked)");
+        let _gate = self.gate.try_read().ok()?;
+        let _writer = self.writer.try_read().ok()?;
+        Some(self.read_between_updates(f))
+    }
+
+    /// Runs a read; the caller holds the gate and the writer lock shared.
+    fn read_between_updates<R>(&self, f: impl FnOnce(&[u8]) -> R) -> (R, Ticket) {
+        // SAFETY: the caller's shared writer lock keeps every update out while `f` reads, and
+        // cuts, other reads and quiesced reads only read the region.
         let image = unsafe { std::slice::from_raw_parts(self.region.as_ptr(), self.region.len()) };
         let result = f(image);
         (result, Ticket { checkpoint: CheckpointId(self.last_written.load(Ordering::Relaxed)) })

@@ -93,6 +93,33 @@ fn an_update_that_panics_halfway_is_still_checkpointed() {
     }
 }
 
+/// A read that must not block is refused while an update holds the region, and answers like a
+/// read otherwise; reads do not exclude each other.
+#[test]
+fn a_read_that_must_not_wait_is_refused_while_an_update_runs() {
+    for mode in TrackingMode::ALL {
+        let Some(mirror) = tracked(mode) else { continue };
+        let written = mirror.update(|image| image[0] = 5).1;
+        assert_eq!(mirror.try_read(|image| image[0]), Some((5, written)), "{mode}");
+        let nested = mirror.read(|_| mirror.try_read(|image| image[0]));
+        assert_eq!(nested.0, Some((5, written)), "{mode}: reads share the region");
+        let (entered, leave) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                mirror.update(|image| {
+                    image[0] = 6;
+                    entered.wait();
+                    leave.wait();
+                })
+            });
+            entered.wait();
+            assert_eq!(mirror.try_read(|image| image[0]), None, "{mode}: an update runs");
+            leave.wait();
+        });
+        assert_eq!(mirror.try_read(|image| image[0]).map(|(byte, _)| byte), Some(6), "{mode}");
+    }
+}
+
 #[test]
 fn a_read_waits_for_the_checkpoint_of_the_last_write_and_no_later() {
     for mode in TrackingMode::ALL {
