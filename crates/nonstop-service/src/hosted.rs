@@ -121,6 +121,7 @@ trait Run: Send + Sync {
         numbering: Numbering,
     ) -> Result<(Executed, Ticket), CallError>;
     fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<(Vec<u8>, Ticket), CallError>;
+    fn try_query(&self, mirror: &Mirror, body: &[u8]) -> Option<Result<(Vec<u8>, Ticket), CallError>>;
     fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError>;
     fn check(&self, image: &[u8]) -> Result<String, String>;
     fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>>;
@@ -252,6 +253,14 @@ impl Hosted {
         self.run.query(mirror, body)
     }
 
+    /// [`Hosted::query`] if it can be answered without waiting: `None` if the region is being
+    /// updated or cut this instant, or is written by declared transactions (whose reads may
+    /// wait for locks). For a thread that must not block, with an executor to ask otherwise;
+    /// the query's own work is not bounded, so give it only queries known to be quick.
+    pub fn try_query(&self, mirror: &Mirror, body: &[u8]) -> Option<Result<(Vec<u8>, Ticket), CallError>> {
+        self.run.try_query(mirror, body)
+    }
+
     /// A request for load tests, encoded ([`Service::sample`]).
     pub fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>> {
         self.run.sample(client, draw)
@@ -291,6 +300,12 @@ fn encode<T: serde::Serialize>(reply: &T, room: usize) -> Result<Vec<u8>, CallEr
 }
 
 impl<S: Service> Host<S> {
+    /// The service's answer to `query` from a whole image of the region.
+    fn answer_image(&self, image: &[u8], query: &S::Query) -> Result<S::Answer, CallError> {
+        let (state, slots) = self.layout.split(image).ok_or_else(|| failed("the image is shorter than the service"))?;
+        self.service.query(&View::bytes(state, slots, self.layout.table), query).map_err(CallError::from_service)
+    }
+
     /// One attempt of a request with declared writes: refusals and conflicts abort the
     /// transaction, so nothing of them stays.
     fn execute_declared(
@@ -458,12 +473,7 @@ impl<S: Service> Run for Host<S> {
         if mirror.is_transparent() {
             // Between two updates, so it sees one state; its ticket is the checkpoint of the
             // last update, which a read among reads finds held already.
-            let (answer, ticket) = mirror.read(|image| {
-                let (state, slots) =
-                    self.layout.split(image).ok_or_else(|| failed("the region is shorter than the service"))?;
-                let view = View::bytes(state, slots, self.layout.table);
-                self.service.query(&view, &query).map_err(CallError::from_service)
-            });
+            let (answer, ticket) = mirror.read(|image| self.answer_image(image, &query));
             return Ok((encode(&answer?, self.layout.table.reply_room())?, ticket));
         }
         let Layout { state_len, table_at, table } = self.layout;
@@ -486,11 +496,21 @@ impl<S: Service> Run for Host<S> {
         }
     }
 
+    fn try_query(&self, mirror: &Mirror, body: &[u8]) -> Option<Result<(Vec<u8>, Ticket), CallError>> {
+        if !mirror.is_transparent() {
+            return None;
+        }
+        let query: S::Query = match decode("query", body) {
+            Ok(query) => query,
+            Err(error) => return Some(Err(error)),
+        };
+        let (answer, ticket) = mirror.try_read(|image| self.answer_image(image, &query))?;
+        Some(answer.and_then(|answer| Ok((encode(&answer, self.layout.table.reply_room())?, ticket))))
+    }
+
     fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError> {
         let query: S::Query = decode("query", body)?;
-        let (state, slots) = self.layout.split(image).ok_or_else(|| failed("the image is shorter than the service"))?;
-        let answer = self.service.query(&View::bytes(state, slots, self.layout.table), &query);
-        encode(&answer.map_err(CallError::from_service)?, self.layout.table.reply_room())
+        encode(&self.answer_image(image, &query)?, self.layout.table.reply_room())
     }
 
     fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>> {
