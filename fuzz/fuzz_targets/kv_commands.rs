@@ -26,8 +26,9 @@ fuzz_target!(|data: &[u8]| {
         let context = Context { now_ms, serves: Serves::Primary, topology: &topology, node: &node, draw: now_ms };
         let reply = match session.handle(&request, &context) {
             Action::Reply(reply) | Action::Close(reply) => reply,
-            Action::Run { request, writes } => {
-                assert_eq!(writes, request.commands.iter().any(|command| command.writes()));
+            Action::Run { request, cost } => {
+                let costliest = request.commands.iter().map(|command| command.cost()).max();
+                assert_eq!(cost, costliest.unwrap_or(nonstop_kv::command::Cost::QuickRead));
                 let replies = request
                     .commands
                     .iter()

@@ -315,47 +315,66 @@ pub enum HashPart {
     Values,
 }
 
+/// How a command (or a transaction, by its costliest command) is run, cheapest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cost {
+    /// Reads, in time that does not grow with the keyspace or a value: may be answered on
+    /// the thread that read the request.
+    QuickRead,
+    /// Reads, in time that may grow with the keyspace or a value (`KEYS`, `SMEMBERS`, ...).
+    Read,
+    /// May change the keyspace: a call, whose reply waits for the backups.
+    Write,
+}
+
 impl Command {
     /// Whether it may change the keyspace: such a command runs as a call, whose reply waits
     /// until the backups hold what it did; the others run as queries.
     pub fn writes(&self) -> bool {
-        !matches!(
-            self,
+        self.cost() == Cost::Write
+    }
+
+    /// How the command is run: a write, or a read that is quick or may take long.
+    pub fn cost(&self) -> Cost {
+        match self {
+            // Time independent of the size of the keyspace and of a key's value (MGET and
+            // HMGET: per key asked for), as Redis's `fast` flag says.
             Command::Get { .. }
-                | Command::MGet { .. }
-                | Command::StrLen { .. }
-                | Command::GetRange { .. }
-                | Command::Exists { .. }
-                | Command::Ttl { .. }
-                | Command::Type { .. }
-                | Command::HGet { .. }
-                | Command::HMGet { .. }
-                | Command::HGetAll { .. }
-                | Command::HExists { .. }
-                | Command::HLen { .. }
-                | Command::HStrLen { .. }
-                | Command::DbSize
-                | Command::Stats
-                | Command::Keys { .. }
-                | Command::SMembers { .. }
-                | Command::SIsMember { .. }
-                | Command::SCard { .. }
-                | Command::SCombine { store: None, .. }
-                | Command::SRandMember { .. }
-                | Command::LRange { .. }
-                | Command::LLen { .. }
-                | Command::LIndex { .. }
-                | Command::LPos { .. }
-                | Command::ZScore { .. }
-                | Command::ZCard { .. }
-                | Command::ZCount { .. }
-                | Command::ZRank { .. }
-                | Command::ZRange { .. }
-                | Command::Scan { .. }
-                | Command::RandomKey { .. }
-                | Command::Digest { .. }
-                | Command::Unchanged { .. }
-        )
+            | Command::MGet { .. }
+            | Command::StrLen { .. }
+            | Command::Exists { .. }
+            | Command::Ttl { .. }
+            | Command::Type { .. }
+            | Command::HGet { .. }
+            | Command::HMGet { .. }
+            | Command::HExists { .. }
+            | Command::HLen { .. }
+            | Command::HStrLen { .. }
+            | Command::DbSize
+            | Command::SIsMember { .. }
+            | Command::SCard { .. }
+            | Command::LLen { .. }
+            | Command::ZScore { .. }
+            | Command::ZCard { .. } => Cost::QuickRead,
+            Command::GetRange { .. }
+            | Command::HGetAll { .. }
+            | Command::Stats
+            | Command::Keys { .. }
+            | Command::SMembers { .. }
+            | Command::SCombine { store: None, .. }
+            | Command::SRandMember { .. }
+            | Command::LRange { .. }
+            | Command::LIndex { .. }
+            | Command::LPos { .. }
+            | Command::ZCount { .. }
+            | Command::ZRank { .. }
+            | Command::ZRange { .. }
+            | Command::Scan { .. }
+            | Command::RandomKey { .. }
+            | Command::Digest { .. }
+            | Command::Unchanged { .. } => Cost::Read,
+            _ => Cost::Write,
+        }
     }
 
     /// The command with its random draws taken from `seed` (`SPOP`, `SRANDMEMBER`): the

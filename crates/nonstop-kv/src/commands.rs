@@ -6,6 +6,8 @@ use crate::resp::Reply;
 /// Whether a command may change the keyspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Reads only, in time that does not grow with the keyspace or a value (Redis's `fast`).
+    QuickRead,
     /// Reads only: a query.
     Read,
     /// May write: a call.
@@ -36,7 +38,8 @@ impl Spec {
     /// tips, key specifications, subcommands.
     pub fn info(&self) -> Reply {
         let flags: &[&str] = match self.access {
-            Access::Read => &["readonly", "fast"],
+            Access::QuickRead => &["readonly", "fast"],
+            Access::Read => &["readonly"],
             Access::Write => &["write", "denyoom"],
             Access::Connection => &["fast", "loading", "stale"],
         };
@@ -57,11 +60,11 @@ impl Spec {
     }
 }
 
-use Access::{Connection, Read, Write};
+use Access::{Connection, QuickRead, Read, Write};
 
 /// Every command the keyspace runs.
 const DATA: &[Spec] = &[
-    Spec::new("get", 2, Read, (1, 1, 1)),
+    Spec::new("get", 2, QuickRead, (1, 1, 1)),
     Spec::new("set", -3, Write, (1, 1, 1)),
     Spec::new("setnx", 3, Write, (1, 1, 1)),
     Spec::new("setex", 4, Write, (1, 1, 1)),
@@ -69,7 +72,7 @@ const DATA: &[Spec] = &[
     Spec::new("getset", 3, Write, (1, 1, 1)),
     Spec::new("getdel", 2, Write, (1, 1, 1)),
     Spec::new("getex", -2, Write, (1, 1, 1)),
-    Spec::new("mget", -2, Read, (1, -1, 1)),
+    Spec::new("mget", -2, QuickRead, (1, -1, 1)),
     Spec::new("mset", -3, Write, (1, -1, 2)),
     Spec::new("msetnx", -3, Write, (1, -1, 2)),
     Spec::new("incr", 2, Write, (1, 1, 1)),
@@ -78,36 +81,36 @@ const DATA: &[Spec] = &[
     Spec::new("decrby", 3, Write, (1, 1, 1)),
     Spec::new("incrbyfloat", 3, Write, (1, 1, 1)),
     Spec::new("append", 3, Write, (1, 1, 1)),
-    Spec::new("strlen", 2, Read, (1, 1, 1)),
+    Spec::new("strlen", 2, QuickRead, (1, 1, 1)),
     Spec::new("getrange", 4, Read, (1, 1, 1)),
     Spec::new("substr", 4, Read, (1, 1, 1)),
     Spec::new("setrange", 4, Write, (1, 1, 1)),
     Spec::new("del", -2, Write, (1, -1, 1)),
     Spec::new("unlink", -2, Write, (1, -1, 1)),
-    Spec::new("exists", -2, Read, (1, -1, 1)),
+    Spec::new("exists", -2, QuickRead, (1, -1, 1)),
     Spec::new("expire", -3, Write, (1, 1, 1)),
     Spec::new("pexpire", -3, Write, (1, 1, 1)),
     Spec::new("expireat", -3, Write, (1, 1, 1)),
     Spec::new("pexpireat", -3, Write, (1, 1, 1)),
-    Spec::new("ttl", 2, Read, (1, 1, 1)),
-    Spec::new("pttl", 2, Read, (1, 1, 1)),
+    Spec::new("ttl", 2, QuickRead, (1, 1, 1)),
+    Spec::new("pttl", 2, QuickRead, (1, 1, 1)),
     Spec::new("persist", 2, Write, (1, 1, 1)),
-    Spec::new("type", 2, Read, (1, 1, 1)),
+    Spec::new("type", 2, QuickRead, (1, 1, 1)),
     Spec::new("hset", -4, Write, (1, 1, 1)),
     Spec::new("hmset", -4, Write, (1, 1, 1)),
     Spec::new("hsetnx", 4, Write, (1, 1, 1)),
-    Spec::new("hget", 3, Read, (1, 1, 1)),
-    Spec::new("hmget", -3, Read, (1, 1, 1)),
+    Spec::new("hget", 3, QuickRead, (1, 1, 1)),
+    Spec::new("hmget", -3, QuickRead, (1, 1, 1)),
     Spec::new("hgetall", 2, Read, (1, 1, 1)),
     Spec::new("hkeys", 2, Read, (1, 1, 1)),
     Spec::new("hvals", 2, Read, (1, 1, 1)),
     Spec::new("hdel", -3, Write, (1, 1, 1)),
-    Spec::new("hexists", 3, Read, (1, 1, 1)),
-    Spec::new("hlen", 2, Read, (1, 1, 1)),
-    Spec::new("hstrlen", 3, Read, (1, 1, 1)),
+    Spec::new("hexists", 3, QuickRead, (1, 1, 1)),
+    Spec::new("hlen", 2, QuickRead, (1, 1, 1)),
+    Spec::new("hstrlen", 3, QuickRead, (1, 1, 1)),
     Spec::new("hincrby", 4, Write, (1, 1, 1)),
     Spec::new("hincrbyfloat", 4, Write, (1, 1, 1)),
-    Spec::new("dbsize", 1, Read, (0, 0, 0)),
+    Spec::new("dbsize", 1, QuickRead, (0, 0, 0)),
     Spec::new("keys", 2, Read, (0, 0, 0)),
     Spec::new("flushdb", -1, Write, (0, 0, 0)),
     Spec::new("flushall", -1, Write, (0, 0, 0)),
@@ -116,9 +119,9 @@ const DATA: &[Spec] = &[
     Spec::new("sadd", -3, Write, (1, 1, 1)),
     Spec::new("srem", -3, Write, (1, 1, 1)),
     Spec::new("smembers", 2, Read, (1, 1, 1)),
-    Spec::new("sismember", 3, Read, (1, 1, 1)),
-    Spec::new("smismember", -3, Read, (1, 1, 1)),
-    Spec::new("scard", 2, Read, (1, 1, 1)),
+    Spec::new("sismember", 3, QuickRead, (1, 1, 1)),
+    Spec::new("smismember", -3, QuickRead, (1, 1, 1)),
+    Spec::new("scard", 2, QuickRead, (1, 1, 1)),
     Spec::new("sinter", -2, Read, (1, -1, 1)),
     Spec::new("sunion", -2, Read, (1, -1, 1)),
     Spec::new("sdiff", -2, Read, (1, -1, 1)),
@@ -134,7 +137,7 @@ const DATA: &[Spec] = &[
     Spec::new("lpop", -2, Write, (1, 1, 1)),
     Spec::new("rpop", -2, Write, (1, 1, 1)),
     Spec::new("lrange", 4, Read, (1, 1, 1)),
-    Spec::new("llen", 2, Read, (1, 1, 1)),
+    Spec::new("llen", 2, QuickRead, (1, 1, 1)),
     Spec::new("lindex", 3, Read, (1, 1, 1)),
     Spec::new("lset", 4, Write, (1, 1, 1)),
     Spec::new("lrem", 4, Write, (1, 1, 1)),
@@ -143,10 +146,10 @@ const DATA: &[Spec] = &[
     Spec::new("lpos", -3, Read, (1, 1, 1)),
     Spec::new("zadd", -4, Write, (1, 1, 1)),
     Spec::new("zrem", -3, Write, (1, 1, 1)),
-    Spec::new("zscore", 3, Read, (1, 1, 1)),
-    Spec::new("zmscore", -3, Read, (1, 1, 1)),
+    Spec::new("zscore", 3, QuickRead, (1, 1, 1)),
+    Spec::new("zmscore", -3, QuickRead, (1, 1, 1)),
     Spec::new("zincrby", 4, Write, (1, 1, 1)),
-    Spec::new("zcard", 2, Read, (1, 1, 1)),
+    Spec::new("zcard", 2, QuickRead, (1, 1, 1)),
     Spec::new("zcount", 4, Read, (1, 1, 1)),
     Spec::new("zrank", -3, Read, (1, 1, 1)),
     Spec::new("zrevrank", -3, Read, (1, 1, 1)),
@@ -224,7 +227,7 @@ pub fn command(args: &[Vec<u8>]) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::parse;
+    use crate::command::{Cost, parse};
 
     /// The table says whether a command writes, and so does the parsed command: they agree.
     #[test]
@@ -262,7 +265,13 @@ mod tests {
             let wanted = spec.arity.unsigned_abs() as usize - 1;
             request.extend(words.iter().cycle().take(wanted).map(|w| w.to_vec()));
             let command = parse(&request, 0).unwrap_or_else(|error| panic!("{}: {error:?}", spec.name));
-            assert_eq!(command.writes(), spec.access == Write, "{}", spec.name);
+            let cost = match spec.access {
+                QuickRead => Cost::QuickRead,
+                Read => Cost::Read,
+                Write => Cost::Write,
+                Connection => unreachable!("only data commands are parsed"),
+            };
+            assert_eq!(command.cost(), cost, "{}", spec.name);
         }
     }
 

@@ -8,6 +8,7 @@
 //! actions.
 //!
 //! ```
+//! use nonstop_kv::command::Cost;
 //! use nonstop_kv::resp::Reply;
 //! use nonstop_kv::session::{Action, Context, NodeFacts, Session};
 //! use nonstop_kv::topology::{Serves, Topology};
@@ -18,10 +19,10 @@
 //! let mut session = Session::new(1);
 //! let words = |text: &str| text.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
 //! assert_eq!(session.handle(&words("PING"), &context), Action::Reply(Reply::Simple("PONG".into())));
-//! let Action::Run { writes: true, .. } = session.handle(&words("SET k v"), &context) else { panic!() };
+//! let Action::Run { cost: Cost::Write, .. } = session.handle(&words("SET k v"), &context) else { panic!() };
 //! ```
 
-use crate::command::{Command, parse};
+use crate::command::{Command, Cost, parse};
 use crate::connection::{Connection, Mode};
 use crate::resp::{Protocol, Reply, Request};
 use crate::service::KvRequest;
@@ -66,13 +67,13 @@ pub enum Action {
     Reply(Reply),
     /// Send this reply, then close the connection (`QUIT`, a protocol error).
     Close(Reply),
-    /// Run `request` on the service (a call if `writes`, else a query) and hand its replies to
-    /// [`Session::replied`], which says what to send.
+    /// Run `request` on the service (a call if it may write, else a query) and hand its
+    /// replies to [`Session::replied`], which says what to send.
     Run {
         /// The commands, stamped with the time they were received.
         request: KvRequest,
-        /// Whether any of them may write.
-        writes: bool,
+        /// The costliest command's cost.
+        cost: Cost,
     },
 }
 
@@ -186,8 +187,8 @@ impl Session {
                             commands.insert(0, Command::Unchanged { keys, digests });
                         }
                         self.awaiting = Awaiting::Exec { slots, guarded };
-                        let writes = commands.iter().any(Command::writes);
-                        Action::Run { request: KvRequest { now_ms, commands }, writes }
+                        let cost = commands.iter().map(Command::cost).max().unwrap_or(Cost::QuickRead);
+                        Action::Run { request: KvRequest { now_ms, commands }, cost }
                     }
                 }
             }
@@ -206,7 +207,7 @@ impl Session {
                 self.awaiting = Awaiting::Watch(args.to_vec());
                 Action::Run {
                     request: KvRequest { now_ms, commands: vec![Command::Digest { keys: args.to_vec() }] },
-                    writes: false,
+                    cost: Cost::Read,
                 }
             }
             b"QUIT" => Action::Close(Reply::ok()),
@@ -223,7 +224,7 @@ impl Session {
                 match info.needs_keyspace() {
                     true => {
                         self.awaiting = Awaiting::Info(info);
-                        Action::Run { request: KvRequest { now_ms, commands: vec![Command::Stats] }, writes: false }
+                        Action::Run { request: KvRequest { now_ms, commands: vec![Command::Stats] }, cost: Cost::Read }
                     }
                     false => Action::Reply(info.reply(None)),
                 }
@@ -233,8 +234,8 @@ impl Session {
                 None => match parse(request, now_ms).map(|command| command.seeded(context.draw)) {
                     Ok(command) => {
                         self.awaiting = Awaiting::Single;
-                        let writes = command.writes();
-                        Action::Run { request: KvRequest { now_ms, commands: vec![command] }, writes }
+                        let cost = command.cost();
+                        Action::Run { request: KvRequest { now_ms, commands: vec![command] }, cost }
                     }
                     Err(error) => Action::Reply(error),
                 },
@@ -611,12 +612,12 @@ mod tests {
     #[test]
     fn data_commands_run_as_calls_or_queries() {
         let mut session = Session::new(1);
-        let Action::Run { request, writes } = session.handle(&words("SET k v"), &at(7)) else { panic!() };
-        assert!(writes);
+        let Action::Run { request, cost } = session.handle(&words("SET k v"), &at(7)) else { panic!() };
+        assert_eq!(cost, Cost::Write);
         assert_eq!(request.now_ms, 7);
         assert_eq!(session.replied(Ok(vec![Reply::ok()])), Reply::ok());
-        let Action::Run { writes, .. } = session.handle(&words("GET k"), &at(7)) else { panic!() };
-        assert!(!writes);
+        let Action::Run { cost, .. } = session.handle(&words("GET k"), &at(7)) else { panic!() };
+        assert_eq!(cost, Cost::QuickRead);
         let unavailable = Reply::error("READONLY You can't write against a read only replica.");
         assert_eq!(session.replied(Err(unavailable.clone())), unavailable);
     }
@@ -631,8 +632,8 @@ mod tests {
         assert_eq!(reply(&mut session, "INCR n"), queued());
         assert_eq!(reply(&mut session, "PING"), queued());
         assert_eq!(reply(&mut session, "GET n"), queued());
-        let Action::Run { request, writes } = session.handle(&words("EXEC"), &at(9)) else { panic!() };
-        assert!(writes);
+        let Action::Run { request, cost } = session.handle(&words("EXEC"), &at(9)) else { panic!() };
+        assert_eq!(cost, Cost::Write);
         assert_eq!(request.commands.len(), 2);
         let exec = session.replied(Ok(vec![Reply::Integer(1), Reply::bulk("1")]));
         assert_eq!(exec, Reply::Array(vec![Reply::Integer(1), Reply::Simple("PONG".into()), Reply::bulk("1")]));
@@ -648,7 +649,7 @@ mod tests {
         assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
         assert_eq!(reply(&mut session, "INCR n"), queued());
         assert_eq!(reply(&mut session, "DISCARD"), Reply::ok());
-        assert!(matches!(session.handle(&words("GET n"), &at(0)), Action::Run { writes: false, .. }));
+        assert!(matches!(session.handle(&words("GET n"), &at(0)), Action::Run { cost: Cost::QuickRead, .. }));
     }
 
     #[test]
@@ -697,7 +698,7 @@ mod tests {
         assert!(text.starts_with("# Server\r\nredis_version:") && text.contains("tcp_port:6379"), "{text}");
         let Reply::Verbatim { text, .. } = reply(&mut session, "INFO replication") else { panic!() };
         assert!(String::from_utf8(text).unwrap().contains("role:master\r\nconnected_slaves:0"));
-        let Action::Run { request, writes: false } = session.handle(&words("INFO"), &at(0)) else { panic!() };
+        let Action::Run { request, cost: Cost::Read } = session.handle(&words("INFO"), &at(0)) else { panic!() };
         assert_eq!(request.commands, vec![Command::Stats]);
         let figures = Reply::Array([3, 1, 4096, 1 << 20].map(Reply::Integer).to_vec());
         let Reply::Verbatim { text, .. } = session.replied(Ok(vec![figures])) else { panic!() };
@@ -730,13 +731,13 @@ mod tests {
     fn watch_guards_exec_with_the_keys_digests() {
         let mut session = Session::new(1);
         assert_eq!(reply(&mut session, "WATCH"), Reply::error("ERR wrong number of arguments for 'watch' command"));
-        let Action::Run { request, writes: false } = session.handle(&words("WATCH a b"), &at(0)) else { panic!() };
+        let Action::Run { request, cost: Cost::Read } = session.handle(&words("WATCH a b"), &at(0)) else { panic!() };
         assert_eq!(request.commands, vec![Command::Digest { keys: vec![b"a".to_vec(), b"b".to_vec()] }]);
         assert_eq!(session.replied(Ok(vec![Reply::Array(vec![Reply::Integer(0), Reply::Integer(7)])])), Reply::ok());
         assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
         assert_eq!(reply(&mut session, "WATCH c"), Reply::error("ERR WATCH inside MULTI is not allowed"));
         assert_eq!(reply(&mut session, "INCR n"), queued());
-        let Action::Run { request, writes: true } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
+        let Action::Run { request, cost: Cost::Write } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
         let guard = Command::Unchanged { keys: vec![b"a".to_vec(), b"b".to_vec()], digests: vec![0, 7] };
         assert_eq!(request.commands[0], guard);
         // A watched key changed: the guard answers 0, the service runs nothing more.
@@ -754,7 +755,7 @@ mod tests {
         let Action::Run { .. } = session.handle(&words("WATCH a"), &at(0)) else { panic!() };
         assert_eq!(session.replied(Ok(vec![Reply::Array(vec![Reply::Integer(3)])])), Reply::ok());
         assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
-        let Action::Run { request, writes: false } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
+        let Action::Run { request, cost: Cost::Read } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
         assert_eq!(request.commands.len(), 1, "only the guard");
         assert_eq!(session.replied(Ok(vec![Reply::Integer(1)])), Reply::Array(vec![]));
     }

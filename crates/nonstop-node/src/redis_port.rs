@@ -16,6 +16,7 @@ use crate::NodeId;
 use crate::client_server::{Answered, Answering, Asked, Ended, Hold, execute_request, wall_clock_ms};
 use crate::config::Member;
 use crate::service::{Placement, Serving};
+use nonstop_kv::command::Cost;
 use nonstop_kv::resp::{Decoder, Limits, Protocol, Reply};
 use nonstop_kv::session::{Action, Context, NodeFacts, Session};
 use nonstop_kv::topology::{Instance, Serves, Topology};
@@ -215,8 +216,8 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                             batch.now(&reply, session.protocol());
                             break Some(());
                         }
-                        Action::Run { request, writes } => {
-                            let ran = run(answering, service, &mut lane, &request, writes).await;
+                        Action::Run { request, cost } => {
+                            let ran = run(answering, service, &mut lane, &request, cost).await;
                             let reply = session.replied(ran.replies);
                             batch.add(&reply, session.protocol(), ran.hold);
                         }
@@ -305,22 +306,24 @@ struct Ran {
 
 /// Runs a session's request on the service: an unnumbered call if it may write (a Redis
 /// connection sends each request once, and a reconnect is a new client either way), else a
-/// query. Its reply is not released here: the batch waits for the backups once
-/// ([`Batch::release`]).
+/// query, answered on this I/O thread if it is quick and the region free. Its reply is not
+/// released here: the batch waits for the backups once ([`Batch::release`]).
 async fn run(
     answering: &Answering,
     service: &str,
     lane: &mut Option<usize>,
     request: &nonstop_kv::service::KvRequest,
-    writes: bool,
+    cost: Cost,
 ) -> Ran {
     let body = match postcard::to_allocvec(request) {
         Ok(body) => body,
         Err(error) => return Ran { replies: Err(Reply::error(format!("ERR {error}"))), hold: None },
     };
-    let asked = match writes {
-        true => Asked::Unnumbered { service: service.to_string(), body },
-        false => Asked::Client(ClientRequest::Query { service: service.to_string(), body }),
+    let service = service.to_string();
+    let asked = match cost {
+        Cost::Write => Asked::Unnumbered { service, body },
+        Cost::Read => Asked::Client(ClientRequest::Query { service, body }),
+        Cost::QuickRead => Asked::QuickQuery { service, body },
     };
     let (reply, hold) = match execute_request(asked, answering, lane).await {
         Answered::Now(reply) => (reply, None),
