@@ -315,11 +315,29 @@ impl Mirror {
         );
         let _gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let _writer = self.writer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.update_alone(f)
+    }
+
+    /// [`Mirror::update`] if it need not wait: `None` while another update, a read or a cut
+    /// holds the region (or waits for it), without blocking and without running `f`.
+    ///
+    /// # Panics
+    ///
+    /// On a mirror for declared writes, as [`Mirror::update`].
+    pub fn try_update<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> Option<(R, Ticket)> {
+        assert!(self.transparent, "Mirror::try_update needs transparent mode (Mirror::tracked)");
+        let _gate = self.gate.try_read().ok()?;
+        let _writer = self.writer.try_write().ok()?;
+        Some(self.update_alone(f))
+    }
+
+    /// Runs an update; the caller holds the gate shared and the writer lock exclusively.
+    fn update_alone<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> (R, Ticket) {
         // Before any write, so that even an update that panics halfway is harvested.
         self.updated_since_cut.store(true, Ordering::Relaxed);
-        // SAFETY: the writer lock makes this the only update; `begin` refuses transactions on
-        // a transparent mirror, and cuts and quiesced reads wait for the
-        // gate this holds shared.
+        // SAFETY: the caller's writer lock makes this the only update; `begin` refuses
+        // transactions on a transparent mirror, and cuts and quiesced reads wait for the gate
+        // the caller holds shared.
         let image = unsafe { std::slice::from_raw_parts_mut(self.region.as_ptr(), self.region.len()) };
         let result = f(image);
         let checkpoint = CheckpointId(self.open.load(Ordering::Acquire));

@@ -93,10 +93,10 @@ fn an_update_that_panics_halfway_is_still_checkpointed() {
     }
 }
 
-/// A read that must not block is refused while an update holds the region, and answers like a
-/// read otherwise; reads do not exclude each other.
+/// A read or an update that must not block is refused while the region is held against it,
+/// and is a read or an update otherwise; reads do not exclude each other.
 #[test]
-fn a_read_that_must_not_wait_is_refused_while_an_update_runs() {
+fn reads_and_updates_that_must_not_wait_are_refused_while_the_region_is_held() {
     for mode in TrackingMode::ALL {
         let Some(mirror) = tracked(mode) else { continue };
         let written = mirror.update(|image| image[0] = 5).1;
@@ -117,6 +117,16 @@ fn a_read_that_must_not_wait_is_refused_while_an_update_runs() {
             leave.wait();
         });
         assert_eq!(mirror.try_read(|image| image[0]).map(|(byte, _)| byte), Some(6), "{mode}");
+        // An update that must not wait is refused while a read holds the region, and runs
+        // nothing; otherwise it is an update.
+        let refused = mirror.read(|_| mirror.try_update(|image| image[0] = 7).is_none()).0;
+        assert!(refused, "{mode}: a read holds the region");
+        assert_eq!(mirror.read(|image| image[0]).0, 6, "{mode}: the refused update ran nothing");
+        let ((), ticket) = mirror.try_update(|image| image[0] = 8).expect("the region is free");
+        assert_eq!(mirror.read(|image| image[0]), (8, ticket), "{mode}");
+        let mut backup = vec![0u8; LEN];
+        apply(&mut backup, &mirror.cut(true).full_image.expect("asked for"));
+        assert!(same_as_primary(&mirror, &backup), "{mode}: its write is checkpointed");
     }
 }
 
