@@ -122,6 +122,13 @@ trait Run: Send + Sync {
     ) -> Result<(Executed, Ticket), CallError>;
     fn query(&self, mirror: &Mirror, body: &[u8]) -> Result<(Vec<u8>, Ticket), CallError>;
     fn try_query(&self, mirror: &Mirror, body: &[u8]) -> Option<Result<(Vec<u8>, Ticket), CallError>>;
+    fn try_execute_unnumbered(
+        &self,
+        mirror: &Mirror,
+        lane: usize,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Option<Result<(Executed, Ticket), CallError>>;
     fn query_image(&self, image: &[u8], body: &[u8]) -> Result<Vec<u8>, CallError>;
     fn check(&self, image: &[u8]) -> Result<String, String>;
     fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>>;
@@ -241,10 +248,21 @@ impl Hosted {
         body: &[u8],
     ) -> Result<(Vec<u8>, Ticket), CallError> {
         let caller = Caller { client: 0, request: 0, lane };
-        match self.run.execute(mirror, caller, now_ms, body, Numbering::Unnumbered)? {
-            (Executed::Applied(reply), ticket) => Ok((reply, ticket)),
-            (other, _) => Err(CallError::Failed(format!("an unnumbered call was answered from the table: {other:?}"))),
-        }
+        unnumbered_reply(self.run.execute(mirror, caller, now_ms, body, Numbering::Unnumbered))
+    }
+
+    /// [`Hosted::execute_unnumbered`] if it can run without waiting: `None` (and nothing
+    /// applied) if the region is being read, updated or cut this instant, or is written by
+    /// declared transactions. For a thread that must not block, with an executor to ask
+    /// otherwise; the request's own work is not bounded, so give it only quick requests.
+    pub fn try_execute_unnumbered(
+        &self,
+        mirror: &Mirror,
+        lane: usize,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Option<Result<(Vec<u8>, Ticket), CallError>> {
+        Some(unnumbered_reply(self.run.try_execute_unnumbered(mirror, lane, now_ms, body)?))
     }
 
     /// Answers a read-only question from the primary's region, with the ticket its answer must
@@ -280,6 +298,14 @@ impl Hosted {
             clients: clients.iter().map(|&client| (client, self.layout.table.memory(table, client))).collect(),
             answer: query.map(|query| self.run.query_image(image, query).map_err(|error| error.to_string())),
         }
+    }
+}
+
+/// An unnumbered call's reply: it is always applied, never answered from the table.
+fn unnumbered_reply(executed: Result<(Executed, Ticket), CallError>) -> Result<(Vec<u8>, Ticket), CallError> {
+    match executed? {
+        (Executed::Applied(reply), ticket) => Ok((reply, ticket)),
+        (other, _) => Err(CallError::Failed(format!("an unnumbered call was answered from the table: {other:?}"))),
     }
 }
 
@@ -360,31 +386,41 @@ impl<S: Service> Host<S> {
         request: &S::Request,
         numbering: Numbering,
     ) -> Result<(Executed, Ticket), CallError> {
-        let (result, ticket) = mirror.update(|image| {
-            let (state, slots) = self.layout.split_mut(image)?;
-            let table = self.layout.table;
-            let slots = Writer::transparent(slots);
-            let slot = match numbering {
-                Numbering::Unnumbered => None,
-                Numbering::Once => match table.lookup(&slots, caller.client, caller.request, now_ms).map_err(failed)? {
-                    Lookup::Next { at, previous } => Some((at, previous)),
-                    other => return answered(other, caller, table.reply_room()),
-                },
-            };
-            let mut store = Store::transparent(state, caller);
-            let reply = self.service.execute(&mut store, request).map_err(CallError::from_service)?;
-            // The service may have written already: the request counts as applied whatever
-            // becomes of its reply (one too long is sent once, not kept for a retry; one that
-            // does not encode is recorded as not kept, and the call fails).
-            let encoded = encode(&reply, table.reply_room());
-            if let Some((at, previous)) = slot {
-                let kept = encoded.as_deref().ok();
-                table.record(&slots, at, &previous, caller.client, caller.request, now_ms, kept).map_err(failed)?;
-            }
-            let reply = encoded?;
-            Ok(Executed::Applied(reply))
-        });
+        let (result, ticket) = mirror.update(|image| self.apply_transparent(image, caller, now_ms, request, numbering));
         result.map(|executed| (executed, ticket))
+    }
+
+    /// A request applied to a transparent-mode region the caller updates.
+    fn apply_transparent(
+        &self,
+        image: &mut [u8],
+        caller: Caller,
+        now_ms: u64,
+        request: &S::Request,
+        numbering: Numbering,
+    ) -> Result<Executed, CallError> {
+        let (state, slots) = self.layout.split_mut(image)?;
+        let table = self.layout.table;
+        let slots = Writer::transparent(slots);
+        let slot = match numbering {
+            Numbering::Unnumbered => None,
+            Numbering::Once => match table.lookup(&slots, caller.client, caller.request, now_ms).map_err(failed)? {
+                Lookup::Next { at, previous } => Some((at, previous)),
+                other => return answered(other, caller, table.reply_room()),
+            },
+        };
+        let mut store = Store::transparent(state, caller);
+        let reply = self.service.execute(&mut store, request).map_err(CallError::from_service)?;
+        // The service may have written already: the request counts as applied whatever
+        // becomes of its reply (one too long is sent once, not kept for a retry; one that
+        // does not encode is recorded as not kept, and the call fails).
+        let encoded = encode(&reply, table.reply_room());
+        if let Some((at, previous)) = slot {
+            let kept = encoded.as_deref().ok();
+            table.record(&slots, at, &previous, caller.client, caller.request, now_ms, kept).map_err(failed)?;
+        }
+        let reply = encoded?;
+        Ok(Executed::Applied(reply))
     }
 }
 
@@ -494,6 +530,26 @@ impl<S: Service> Run for Host<S> {
                 Ok(answer) => return Ok((encode(&answer, table.reply_room())?, tx.commit())),
             }
         }
+    }
+
+    fn try_execute_unnumbered(
+        &self,
+        mirror: &Mirror,
+        lane: usize,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Option<Result<(Executed, Ticket), CallError>> {
+        if !mirror.is_transparent() {
+            return None;
+        }
+        let request: S::Request = match decode("request", body) {
+            Ok(request) => request,
+            Err(error) => return Some(Err(error)),
+        };
+        let caller = Caller { client: 0, request: 0, lane };
+        let (result, ticket) = mirror
+            .try_update(|image| self.apply_transparent(image, caller, now_ms, &request, Numbering::Unnumbered))?;
+        Some(result.map(|executed| (executed, ticket)))
     }
 
     fn try_query(&self, mirror: &Mirror, body: &[u8]) -> Option<Result<(Vec<u8>, Ticket), CallError>> {
