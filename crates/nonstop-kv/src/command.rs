@@ -315,30 +315,57 @@ pub enum HashPart {
     Values,
 }
 
-/// How a command (or a transaction, by its costliest command) is run, cheapest first.
+/// Whether a command may change the keyspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Cost {
-    /// Reads, in time that does not grow with the keyspace or a value: may be answered on
-    /// the thread that read the request.
-    QuickRead,
-    /// Reads, in time that may grow with the keyspace or a value (`KEYS`, `SMEMBERS`, ...).
-    Read,
-    /// May change the keyspace: a call, whose reply waits for the backups.
-    Write,
+pub enum Effect {
+    /// Reads only: a query.
+    Reads,
+    /// May write: a call, whose reply waits until the backups hold what it did.
+    Writes,
+}
+
+/// How long a command may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Time {
+    /// In time bounded by the request's own size, whatever the keyspace's size or a stored
+    /// value's (a table that grows copies itself now and then: that is amortized over the
+    /// inserts that filled it). May run on the thread that read the request.
+    Quick,
+    /// In time that may grow with the keyspace or a stored value (`KEYS`, `SMEMBERS`, `DEL`
+    /// of a big hash, ...): runs on an executor thread.
+    Slow,
+}
+
+/// How a command, or a transaction of several, is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// Whether it may write.
+    pub effect: Effect,
+    /// Whether it is quick.
+    pub time: Time,
+}
+
+impl Cost {
+    /// A quick read: what an empty transaction costs.
+    pub const QUICK_READ: Cost = Cost { effect: Effect::Reads, time: Time::Quick };
+
+    /// The cost of running both: a write if either writes, slow if either is.
+    pub fn and(self, other: Cost) -> Cost {
+        Cost { effect: self.effect.max(other.effect), time: self.time.max(other.time) }
+    }
 }
 
 impl Command {
     /// Whether it may change the keyspace: such a command runs as a call, whose reply waits
     /// until the backups hold what it did; the others run as queries.
     pub fn writes(&self) -> bool {
-        self.cost() == Cost::Write
+        self.cost().effect == Effect::Writes
     }
 
-    /// How the command is run: a write, or a read that is quick or may take long.
+    /// How it is run: whether it may write, and whether it is quick.
     pub fn cost(&self) -> Cost {
-        match self {
-            // Time independent of the size of the keyspace and of a key's value (MGET and
-            // HMGET: per key asked for), as Redis's `fast` flag says.
+        let (effect, time) = match self {
+            // Per key or field asked for (MGET, HMGET), as Redis's `fast` flag says.
             Command::Get { .. }
             | Command::MGet { .. }
             | Command::StrLen { .. }
@@ -355,7 +382,7 @@ impl Command {
             | Command::SCard { .. }
             | Command::LLen { .. }
             | Command::ZScore { .. }
-            | Command::ZCard { .. } => Cost::QuickRead,
+            | Command::ZCard { .. } => (Effect::Reads, Time::Quick),
             Command::GetRange { .. }
             | Command::HGetAll { .. }
             | Command::Stats
@@ -372,9 +399,44 @@ impl Command {
             | Command::Scan { .. }
             | Command::RandomKey { .. }
             | Command::Digest { .. }
-            | Command::Unchanged { .. } => Cost::Read,
-            _ => Cost::Write,
-        }
+            | Command::Unchanged { .. } => (Effect::Reads, Time::Slow),
+            // Per element given or popped; a value replaced or removed is a string, whose
+            // memory is freed in one step.
+            Command::Set { .. }
+            | Command::GetDel { .. }
+            | Command::GetEx { .. }
+            | Command::MSet { .. }
+            | Command::IncrBy { .. }
+            | Command::IncrByFloat { .. }
+            | Command::Append { .. }
+            | Command::Expire { .. }
+            | Command::Persist { .. }
+            | Command::HSet { .. }
+            | Command::HSetNx { .. }
+            | Command::HDel { .. }
+            | Command::HIncrBy { .. }
+            | Command::HIncrByFloat { .. }
+            | Command::SAdd { .. }
+            | Command::SRem { .. }
+            | Command::Push { .. }
+            | Command::Pop { .. }
+            | Command::LSet { .. }
+            | Command::ZAdd { .. }
+            | Command::ZRem { .. }
+            | Command::ZIncrBy { .. }
+            | Command::ZPop { .. } => (Effect::Writes, Time::Quick),
+            // A value of any size dropped (DEL, a RENAME's target, FLUSHDB) or walked.
+            Command::SetRange { .. }
+            | Command::Del { .. }
+            | Command::Flush
+            | Command::Rename { .. }
+            | Command::SCombine { store: Some(_), .. }
+            | Command::SPop { .. }
+            | Command::LRem { .. }
+            | Command::LTrim { .. }
+            | Command::LInsert { .. } => (Effect::Writes, Time::Slow),
+        };
+        Cost { effect, time }
     }
 
     /// The command with its random draws taken from `seed` (`SPOP`, `SRANDMEMBER`): the

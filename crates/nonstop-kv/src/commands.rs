@@ -10,6 +10,8 @@ pub enum Access {
     QuickRead,
     /// Reads only: a query.
     Read,
+    /// May write, in time bounded by the request's own size ([`crate::command::Time::Quick`]).
+    QuickWrite,
     /// May write: a call.
     Write,
     /// Answered by the connection, never by the keyspace.
@@ -40,6 +42,7 @@ impl Spec {
         let flags: &[&str] = match self.access {
             Access::QuickRead => &["readonly", "fast"],
             Access::Read => &["readonly"],
+            Access::QuickWrite => &["write", "denyoom", "fast"],
             Access::Write => &["write", "denyoom"],
             Access::Connection => &["fast", "loading", "stale"],
         };
@@ -60,27 +63,27 @@ impl Spec {
     }
 }
 
-use Access::{Connection, QuickRead, Read, Write};
+use Access::{Connection, QuickRead, QuickWrite, Read, Write};
 
 /// Every command the keyspace runs.
 const DATA: &[Spec] = &[
     Spec::new("get", 2, QuickRead, (1, 1, 1)),
-    Spec::new("set", -3, Write, (1, 1, 1)),
-    Spec::new("setnx", 3, Write, (1, 1, 1)),
-    Spec::new("setex", 4, Write, (1, 1, 1)),
-    Spec::new("psetex", 4, Write, (1, 1, 1)),
-    Spec::new("getset", 3, Write, (1, 1, 1)),
-    Spec::new("getdel", 2, Write, (1, 1, 1)),
-    Spec::new("getex", -2, Write, (1, 1, 1)),
+    Spec::new("set", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("setnx", 3, QuickWrite, (1, 1, 1)),
+    Spec::new("setex", 4, QuickWrite, (1, 1, 1)),
+    Spec::new("psetex", 4, QuickWrite, (1, 1, 1)),
+    Spec::new("getset", 3, QuickWrite, (1, 1, 1)),
+    Spec::new("getdel", 2, QuickWrite, (1, 1, 1)),
+    Spec::new("getex", -2, QuickWrite, (1, 1, 1)),
     Spec::new("mget", -2, QuickRead, (1, -1, 1)),
-    Spec::new("mset", -3, Write, (1, -1, 2)),
-    Spec::new("msetnx", -3, Write, (1, -1, 2)),
-    Spec::new("incr", 2, Write, (1, 1, 1)),
-    Spec::new("decr", 2, Write, (1, 1, 1)),
-    Spec::new("incrby", 3, Write, (1, 1, 1)),
-    Spec::new("decrby", 3, Write, (1, 1, 1)),
-    Spec::new("incrbyfloat", 3, Write, (1, 1, 1)),
-    Spec::new("append", 3, Write, (1, 1, 1)),
+    Spec::new("mset", -3, QuickWrite, (1, -1, 2)),
+    Spec::new("msetnx", -3, QuickWrite, (1, -1, 2)),
+    Spec::new("incr", 2, QuickWrite, (1, 1, 1)),
+    Spec::new("decr", 2, QuickWrite, (1, 1, 1)),
+    Spec::new("incrby", 3, QuickWrite, (1, 1, 1)),
+    Spec::new("decrby", 3, QuickWrite, (1, 1, 1)),
+    Spec::new("incrbyfloat", 3, QuickWrite, (1, 1, 1)),
+    Spec::new("append", 3, QuickWrite, (1, 1, 1)),
     Spec::new("strlen", 2, QuickRead, (1, 1, 1)),
     Spec::new("getrange", 4, Read, (1, 1, 1)),
     Spec::new("substr", 4, Read, (1, 1, 1)),
@@ -88,36 +91,36 @@ const DATA: &[Spec] = &[
     Spec::new("del", -2, Write, (1, -1, 1)),
     Spec::new("unlink", -2, Write, (1, -1, 1)),
     Spec::new("exists", -2, QuickRead, (1, -1, 1)),
-    Spec::new("expire", -3, Write, (1, 1, 1)),
-    Spec::new("pexpire", -3, Write, (1, 1, 1)),
-    Spec::new("expireat", -3, Write, (1, 1, 1)),
-    Spec::new("pexpireat", -3, Write, (1, 1, 1)),
+    Spec::new("expire", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("pexpire", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("expireat", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("pexpireat", -3, QuickWrite, (1, 1, 1)),
     Spec::new("ttl", 2, QuickRead, (1, 1, 1)),
     Spec::new("pttl", 2, QuickRead, (1, 1, 1)),
-    Spec::new("persist", 2, Write, (1, 1, 1)),
+    Spec::new("persist", 2, QuickWrite, (1, 1, 1)),
     Spec::new("type", 2, QuickRead, (1, 1, 1)),
-    Spec::new("hset", -4, Write, (1, 1, 1)),
-    Spec::new("hmset", -4, Write, (1, 1, 1)),
-    Spec::new("hsetnx", 4, Write, (1, 1, 1)),
+    Spec::new("hset", -4, QuickWrite, (1, 1, 1)),
+    Spec::new("hmset", -4, QuickWrite, (1, 1, 1)),
+    Spec::new("hsetnx", 4, QuickWrite, (1, 1, 1)),
     Spec::new("hget", 3, QuickRead, (1, 1, 1)),
     Spec::new("hmget", -3, QuickRead, (1, 1, 1)),
     Spec::new("hgetall", 2, Read, (1, 1, 1)),
     Spec::new("hkeys", 2, Read, (1, 1, 1)),
     Spec::new("hvals", 2, Read, (1, 1, 1)),
-    Spec::new("hdel", -3, Write, (1, 1, 1)),
+    Spec::new("hdel", -3, QuickWrite, (1, 1, 1)),
     Spec::new("hexists", 3, QuickRead, (1, 1, 1)),
     Spec::new("hlen", 2, QuickRead, (1, 1, 1)),
     Spec::new("hstrlen", 3, QuickRead, (1, 1, 1)),
-    Spec::new("hincrby", 4, Write, (1, 1, 1)),
-    Spec::new("hincrbyfloat", 4, Write, (1, 1, 1)),
+    Spec::new("hincrby", 4, QuickWrite, (1, 1, 1)),
+    Spec::new("hincrbyfloat", 4, QuickWrite, (1, 1, 1)),
     Spec::new("dbsize", 1, QuickRead, (0, 0, 0)),
     Spec::new("keys", 2, Read, (0, 0, 0)),
     Spec::new("flushdb", -1, Write, (0, 0, 0)),
     Spec::new("flushall", -1, Write, (0, 0, 0)),
     Spec::new("rename", 3, Write, (1, 2, 1)),
     Spec::new("renamenx", 3, Write, (1, 2, 1)),
-    Spec::new("sadd", -3, Write, (1, 1, 1)),
-    Spec::new("srem", -3, Write, (1, 1, 1)),
+    Spec::new("sadd", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("srem", -3, QuickWrite, (1, 1, 1)),
     Spec::new("smembers", 2, Read, (1, 1, 1)),
     Spec::new("sismember", 3, QuickRead, (1, 1, 1)),
     Spec::new("smismember", -3, QuickRead, (1, 1, 1)),
@@ -130,25 +133,25 @@ const DATA: &[Spec] = &[
     Spec::new("sdiffstore", -3, Write, (1, -1, 1)),
     Spec::new("spop", -2, Write, (1, 1, 1)),
     Spec::new("srandmember", -2, Read, (1, 1, 1)),
-    Spec::new("lpush", -3, Write, (1, 1, 1)),
-    Spec::new("rpush", -3, Write, (1, 1, 1)),
-    Spec::new("lpushx", -3, Write, (1, 1, 1)),
-    Spec::new("rpushx", -3, Write, (1, 1, 1)),
-    Spec::new("lpop", -2, Write, (1, 1, 1)),
-    Spec::new("rpop", -2, Write, (1, 1, 1)),
+    Spec::new("lpush", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("rpush", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("lpushx", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("rpushx", -3, QuickWrite, (1, 1, 1)),
+    Spec::new("lpop", -2, QuickWrite, (1, 1, 1)),
+    Spec::new("rpop", -2, QuickWrite, (1, 1, 1)),
     Spec::new("lrange", 4, Read, (1, 1, 1)),
     Spec::new("llen", 2, QuickRead, (1, 1, 1)),
     Spec::new("lindex", 3, Read, (1, 1, 1)),
-    Spec::new("lset", 4, Write, (1, 1, 1)),
+    Spec::new("lset", 4, QuickWrite, (1, 1, 1)),
     Spec::new("lrem", 4, Write, (1, 1, 1)),
     Spec::new("ltrim", 4, Write, (1, 1, 1)),
     Spec::new("linsert", 5, Write, (1, 1, 1)),
     Spec::new("lpos", -3, Read, (1, 1, 1)),
-    Spec::new("zadd", -4, Write, (1, 1, 1)),
-    Spec::new("zrem", -3, Write, (1, 1, 1)),
+    Spec::new("zadd", -4, QuickWrite, (1, 1, 1)),
+    Spec::new("zrem", -3, QuickWrite, (1, 1, 1)),
     Spec::new("zscore", 3, QuickRead, (1, 1, 1)),
     Spec::new("zmscore", -3, QuickRead, (1, 1, 1)),
-    Spec::new("zincrby", 4, Write, (1, 1, 1)),
+    Spec::new("zincrby", 4, QuickWrite, (1, 1, 1)),
     Spec::new("zcard", 2, QuickRead, (1, 1, 1)),
     Spec::new("zcount", 4, Read, (1, 1, 1)),
     Spec::new("zrank", -3, Read, (1, 1, 1)),
@@ -159,8 +162,8 @@ const DATA: &[Spec] = &[
     Spec::new("zrevrange", -4, Read, (1, 1, 1)),
     Spec::new("zrangebylex", -4, Read, (1, 1, 1)),
     Spec::new("zrevrangebylex", -4, Read, (1, 1, 1)),
-    Spec::new("zpopmin", -2, Write, (1, 1, 1)),
-    Spec::new("zpopmax", -2, Write, (1, 1, 1)),
+    Spec::new("zpopmin", -2, QuickWrite, (1, 1, 1)),
+    Spec::new("zpopmax", -2, QuickWrite, (1, 1, 1)),
     Spec::new("scan", -2, Read, (0, 0, 0)),
     Spec::new("hscan", -3, Read, (1, 1, 1)),
     Spec::new("sscan", -3, Read, (1, 1, 1)),
@@ -227,7 +230,7 @@ pub fn command(args: &[Vec<u8>]) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Cost, parse};
+    use crate::command::{Cost, Effect, Time, parse};
 
     /// The table says whether a command writes, and so does the parsed command: they agree.
     #[test]
@@ -265,12 +268,14 @@ mod tests {
             let wanted = spec.arity.unsigned_abs() as usize - 1;
             request.extend(words.iter().cycle().take(wanted).map(|w| w.to_vec()));
             let command = parse(&request, 0).unwrap_or_else(|error| panic!("{}: {error:?}", spec.name));
-            let cost = match spec.access {
-                QuickRead => Cost::QuickRead,
-                Read => Cost::Read,
-                Write => Cost::Write,
+            let (effect, time) = match spec.access {
+                QuickRead => (Effect::Reads, Time::Quick),
+                Read => (Effect::Reads, Time::Slow),
+                QuickWrite => (Effect::Writes, Time::Quick),
+                Write => (Effect::Writes, Time::Slow),
                 Connection => unreachable!("only data commands are parsed"),
             };
+            let cost = Cost { effect, time };
             assert_eq!(command.cost(), cost, "{}", spec.name);
         }
     }

@@ -8,7 +8,7 @@
 //! actions.
 //!
 //! ```
-//! use nonstop_kv::command::Cost;
+//! use nonstop_kv::command::{Cost, Effect};
 //! use nonstop_kv::resp::Reply;
 //! use nonstop_kv::session::{Action, Context, NodeFacts, Session};
 //! use nonstop_kv::topology::{Serves, Topology};
@@ -19,7 +19,9 @@
 //! let mut session = Session::new(1);
 //! let words = |text: &str| text.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
 //! assert_eq!(session.handle(&words("PING"), &context), Action::Reply(Reply::Simple("PONG".into())));
-//! let Action::Run { cost: Cost::Write, .. } = session.handle(&words("SET k v"), &context) else { panic!() };
+//! let Action::Run { cost: Cost { effect: Effect::Writes, .. }, .. } = session.handle(&words("SET k v"), &context) else {
+//!     panic!()
+//! };
 //! ```
 
 use crate::command::{Command, Cost, parse};
@@ -75,6 +77,14 @@ pub enum Action {
         /// The costliest command's cost.
         cost: Cost,
     },
+}
+
+impl Action {
+    /// Run `request`, at the cost of its costliest commands.
+    fn run(request: KvRequest) -> Action {
+        let cost = request.commands.iter().map(Command::cost).fold(Cost::QUICK_READ, Cost::and);
+        Action::Run { request, cost }
+    }
 }
 
 /// A queued `MULTI` transaction.
@@ -187,8 +197,7 @@ impl Session {
                             commands.insert(0, Command::Unchanged { keys, digests });
                         }
                         self.awaiting = Awaiting::Exec { slots, guarded };
-                        let cost = commands.iter().map(Command::cost).max().unwrap_or(Cost::QuickRead);
-                        Action::Run { request: KvRequest { now_ms, commands }, cost }
+                        Action::run(KvRequest { now_ms, commands })
                     }
                 }
             }
@@ -205,10 +214,7 @@ impl Session {
             b"WATCH" if args.is_empty() => Action::Reply(crate::connection::arity("watch")),
             b"WATCH" => {
                 self.awaiting = Awaiting::Watch(args.to_vec());
-                Action::Run {
-                    request: KvRequest { now_ms, commands: vec![Command::Digest { keys: args.to_vec() }] },
-                    cost: Cost::Read,
-                }
+                Action::run(KvRequest { now_ms, commands: vec![Command::Digest { keys: args.to_vec() }] })
             }
             b"QUIT" => Action::Close(Reply::ok()),
             // Back to a fresh connection: no transaction, nothing watched, RESP2, no name, and
@@ -224,7 +230,7 @@ impl Session {
                 match info.needs_keyspace() {
                     true => {
                         self.awaiting = Awaiting::Info(info);
-                        Action::Run { request: KvRequest { now_ms, commands: vec![Command::Stats] }, cost: Cost::Read }
+                        Action::run(KvRequest { now_ms, commands: vec![Command::Stats] })
                     }
                     false => Action::Reply(info.reply(None)),
                 }
@@ -234,8 +240,7 @@ impl Session {
                 None => match parse(request, now_ms).map(|command| command.seeded(context.draw)) {
                     Ok(command) => {
                         self.awaiting = Awaiting::Single;
-                        let cost = command.cost();
-                        Action::Run { request: KvRequest { now_ms, commands: vec![command] }, cost }
+                        Action::run(KvRequest { now_ms, commands: vec![command] })
                     }
                     Err(error) => Action::Reply(error),
                 },
@@ -558,6 +563,7 @@ fn is_error(reply: &Reply) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{Effect, Time};
 
     static NOWHERE: Topology =
         Topology { name: String::new(), epoch: 0, primary: None, replicas: Vec::new(), sentinels: Vec::new() };
@@ -613,11 +619,11 @@ mod tests {
     fn data_commands_run_as_calls_or_queries() {
         let mut session = Session::new(1);
         let Action::Run { request, cost } = session.handle(&words("SET k v"), &at(7)) else { panic!() };
-        assert_eq!(cost, Cost::Write);
+        assert_eq!(cost, Cost { effect: Effect::Writes, time: Time::Quick });
         assert_eq!(request.now_ms, 7);
         assert_eq!(session.replied(Ok(vec![Reply::ok()])), Reply::ok());
         let Action::Run { cost, .. } = session.handle(&words("GET k"), &at(7)) else { panic!() };
-        assert_eq!(cost, Cost::QuickRead);
+        assert_eq!(cost, Cost::QUICK_READ);
         let unavailable = Reply::error("READONLY You can't write against a read only replica.");
         assert_eq!(session.replied(Err(unavailable.clone())), unavailable);
     }
@@ -633,7 +639,7 @@ mod tests {
         assert_eq!(reply(&mut session, "PING"), queued());
         assert_eq!(reply(&mut session, "GET n"), queued());
         let Action::Run { request, cost } = session.handle(&words("EXEC"), &at(9)) else { panic!() };
-        assert_eq!(cost, Cost::Write);
+        assert_eq!(cost, Cost { effect: Effect::Writes, time: Time::Quick });
         assert_eq!(request.commands.len(), 2);
         let exec = session.replied(Ok(vec![Reply::Integer(1), Reply::bulk("1")]));
         assert_eq!(exec, Reply::Array(vec![Reply::Integer(1), Reply::Simple("PONG".into()), Reply::bulk("1")]));
@@ -649,7 +655,7 @@ mod tests {
         assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
         assert_eq!(reply(&mut session, "INCR n"), queued());
         assert_eq!(reply(&mut session, "DISCARD"), Reply::ok());
-        assert!(matches!(session.handle(&words("GET n"), &at(0)), Action::Run { cost: Cost::QuickRead, .. }));
+        assert!(matches!(session.handle(&words("GET n"), &at(0)), Action::Run { cost: Cost::QUICK_READ, .. }));
     }
 
     #[test]
@@ -698,7 +704,11 @@ mod tests {
         assert!(text.starts_with("# Server\r\nredis_version:") && text.contains("tcp_port:6379"), "{text}");
         let Reply::Verbatim { text, .. } = reply(&mut session, "INFO replication") else { panic!() };
         assert!(String::from_utf8(text).unwrap().contains("role:master\r\nconnected_slaves:0"));
-        let Action::Run { request, cost: Cost::Read } = session.handle(&words("INFO"), &at(0)) else { panic!() };
+        let Action::Run { request, cost: Cost { effect: Effect::Reads, time: Time::Slow } } =
+            session.handle(&words("INFO"), &at(0))
+        else {
+            panic!()
+        };
         assert_eq!(request.commands, vec![Command::Stats]);
         let figures = Reply::Array([3, 1, 4096, 1 << 20].map(Reply::Integer).to_vec());
         let Reply::Verbatim { text, .. } = session.replied(Ok(vec![figures])) else { panic!() };
@@ -731,13 +741,20 @@ mod tests {
     fn watch_guards_exec_with_the_keys_digests() {
         let mut session = Session::new(1);
         assert_eq!(reply(&mut session, "WATCH"), Reply::error("ERR wrong number of arguments for 'watch' command"));
-        let Action::Run { request, cost: Cost::Read } = session.handle(&words("WATCH a b"), &at(0)) else { panic!() };
+        let Action::Run { request, cost: Cost { effect: Effect::Reads, time: Time::Slow } } =
+            session.handle(&words("WATCH a b"), &at(0))
+        else {
+            panic!()
+        };
         assert_eq!(request.commands, vec![Command::Digest { keys: vec![b"a".to_vec(), b"b".to_vec()] }]);
         assert_eq!(session.replied(Ok(vec![Reply::Array(vec![Reply::Integer(0), Reply::Integer(7)])])), Reply::ok());
         assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
         assert_eq!(reply(&mut session, "WATCH c"), Reply::error("ERR WATCH inside MULTI is not allowed"));
         assert_eq!(reply(&mut session, "INCR n"), queued());
-        let Action::Run { request, cost: Cost::Write } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
+        let Action::Run { request, cost: Cost { effect: Effect::Writes, .. } } = session.handle(&words("EXEC"), &at(0))
+        else {
+            panic!()
+        };
         let guard = Command::Unchanged { keys: vec![b"a".to_vec(), b"b".to_vec()], digests: vec![0, 7] };
         assert_eq!(request.commands[0], guard);
         // A watched key changed: the guard answers 0, the service runs nothing more.
@@ -755,7 +772,11 @@ mod tests {
         let Action::Run { .. } = session.handle(&words("WATCH a"), &at(0)) else { panic!() };
         assert_eq!(session.replied(Ok(vec![Reply::Array(vec![Reply::Integer(3)])])), Reply::ok());
         assert_eq!(reply(&mut session, "MULTI"), Reply::ok());
-        let Action::Run { request, cost: Cost::Read } = session.handle(&words("EXEC"), &at(0)) else { panic!() };
+        let Action::Run { request, cost: Cost { effect: Effect::Reads, time: Time::Slow } } =
+            session.handle(&words("EXEC"), &at(0))
+        else {
+            panic!()
+        };
         assert_eq!(request.commands.len(), 1, "only the guard");
         assert_eq!(session.replied(Ok(vec![Reply::Integer(1)])), Reply::Array(vec![]));
     }

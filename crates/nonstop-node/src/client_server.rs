@@ -354,16 +354,30 @@ pub(crate) enum Asked {
         service: String,
         /// The request, as the service decodes it.
         body: Vec<u8>,
+        /// Whether it may run on the I/O thread.
+        pace: Pace,
     },
-    /// A query the port knows to be quick (a Redis command Redis flags `fast`): answered on
-    /// the I/O thread that read it if the region is free this instant, which saves the hop
-    /// to an executor thread and back; else on an executor, as any query.
-    QuickQuery {
+    /// A query from a port that speaks another protocol than nonstop's (a Redis connection's
+    /// read).
+    Query {
         /// The service.
         service: String,
         /// The query, as the service decodes it.
         body: Vec<u8>,
+        /// Whether it may run on the I/O thread.
+        pace: Pace,
     },
+}
+
+/// How long a port expects a request to run, which decides the thread it runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// In time bounded by the request's own size (a Redis command such as `GET` or `SET`):
+    /// run on the I/O thread that read it if the region is free this instant, which saves the
+    /// hop to an executor thread and back; else on an executor.
+    Quick,
+    /// Possibly long (`KEYS`): always on an executor, so that no I/O thread stalls.
+    Slow,
 }
 
 /// A request's reply, and whether it must wait for the backups before it leaves.
@@ -405,7 +419,7 @@ impl Hold {
 pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane: &mut Option<usize>) -> Answered {
     let service = match &request {
         Asked::Client(request) => request.service(),
-        Asked::Unnumbered { service, .. } | Asked::QuickQuery { service, .. } => service.as_str(),
+        Asked::Unnumbered { service, .. } | Asked::Query { service, .. } => service.as_str(),
     };
     let Some(serving) = answering.services.get(service) else {
         return Answered::Now(ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") });
@@ -418,13 +432,18 @@ pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane:
     }
     let lane = *lane.get_or_insert_with(|| active.lane());
     let inline = match &request {
-        Asked::QuickQuery { body, .. } => active.service.try_query(&active.mirror, body).map(|answered| {
-            let decided = query_decided(answered, &active);
-            held(&decided, &active);
-            decided
-        }),
+        Asked::Query { body, pace: Pace::Quick, .. } => {
+            active.service.try_query(&active.mirror, body).map(|answered| query_decided(answered, &active))
+        }
+        Asked::Unnumbered { body, pace: Pace::Quick, .. } if !active.draining.load(Ordering::SeqCst) => active
+            .service
+            .try_execute_unnumbered(&active.mirror, lane, wall_clock_ms(), body)
+            .map(|executed| unnumbered_decided(executed, &active)),
         _ => None,
     };
+    if let Some(decided) = &inline {
+        held(decided, &active);
+    }
     let executed = match inline {
         Some(decided) => Ok(decided),
         None => {
@@ -482,18 +501,12 @@ fn decide(request: Asked, active: &Active, lane: usize, now_ms: u64) -> Decided 
     let after_read = || after_read(active);
     let request = match request {
         Asked::Client(request) => request,
-        Asked::QuickQuery { service, body } => ClientRequest::Query { service, body },
+        Asked::Query { service, body, .. } => ClientRequest::Query { service, body },
         Asked::Unnumbered { body, .. } => {
             if active.draining.load(Ordering::SeqCst) {
                 return Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() });
             }
-            return match active.service.execute_unnumbered(&active.mirror, lane, now_ms, &body) {
-                Ok((body, ticket)) => {
-                    Decided::Held(ClientReply::Done { request: 0, body, duplicate: false, term }, ticket)
-                }
-                Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
-                Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read()),
-            };
+            return unnumbered_decided(active.service.execute_unnumbered(&active.mirror, lane, now_ms, &body), active);
         }
     };
     match request {
@@ -534,6 +547,18 @@ fn decide(request: Asked, active: &Active, lane: usize, now_ms: u64) -> Decided 
 fn query_decided(answered: Result<(Vec<u8>, Ticket), CallError>, active: &Active) -> Decided {
     match answered {
         Ok((body, ticket)) => Decided::Held(ClientReply::Answer { body, term: active.term.0 }, ticket),
+        Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
+        Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read(active)),
+    }
+}
+
+/// What an unnumbered call's reply (or error) decides: a reply waits for the checkpoint of its
+/// writes, a refusal for one cut after it; a failure leaves at once.
+fn unnumbered_decided(executed: Result<(Vec<u8>, Ticket), CallError>, active: &Active) -> Decided {
+    match executed {
+        Ok((body, ticket)) => {
+            Decided::Held(ClientReply::Done { request: 0, body, duplicate: false, term: active.term.0 }, ticket)
+        }
         Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
         Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read(active)),
     }

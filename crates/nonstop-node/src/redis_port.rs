@@ -13,14 +13,14 @@
 //! error.
 
 use crate::NodeId;
-use crate::client_server::{Answered, Answering, Asked, Ended, Hold, execute_request, wall_clock_ms};
+use crate::client_server::{Answered, Answering, Asked, Ended, Hold, Pace, execute_request, wall_clock_ms};
 use crate::config::Member;
 use crate::service::{Placement, Serving};
-use nonstop_kv::command::Cost;
+use nonstop_kv::command::{Cost, Effect, Time};
 use nonstop_kv::resp::{Decoder, Limits, Protocol, Reply};
 use nonstop_kv::session::{Action, Context, NodeFacts, Session};
 use nonstop_kv::topology::{Instance, Serves, Topology};
-use nonstop_proto::client::{ClientReply, ClientRequest};
+use nonstop_proto::client::ClientReply;
 use rand::{RngCore, SeedableRng};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -320,10 +320,13 @@ async fn run(
         Err(error) => return Ran { replies: Err(Reply::error(format!("ERR {error}"))), hold: None },
     };
     let service = service.to_string();
-    let asked = match cost {
-        Cost::Write => Asked::Unnumbered { service, body },
-        Cost::Read => Asked::Client(ClientRequest::Query { service, body }),
-        Cost::QuickRead => Asked::QuickQuery { service, body },
+    let pace = match cost.time {
+        Time::Quick => Pace::Quick,
+        Time::Slow => Pace::Slow,
+    };
+    let asked = match cost.effect {
+        Effect::Writes => Asked::Unnumbered { service, body, pace },
+        Effect::Reads => Asked::Query { service, body, pace },
     };
     let (reply, hold) = match execute_request(asked, answering, lane).await {
         Answered::Now(reply) => (reply, None),
