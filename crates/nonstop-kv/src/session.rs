@@ -102,6 +102,8 @@ struct Transaction {
 enum Slot {
     Known(Reply),
     FromService,
+    /// An `INFO` whose text the keyspace's figures complete.
+    Info(Info),
 }
 
 /// What the service's replies answer when they come back.
@@ -180,15 +182,7 @@ impl Session {
                         Action::Reply(Reply::error("EXECABORT Transaction discarded because of previous errors."))
                     }
                     Some(Transaction { commands, slots, .. }) if commands.is_empty() && watched.is_empty() => {
-                        Action::Reply(Reply::Array(
-                            slots
-                                .into_iter()
-                                .map(|slot| match slot {
-                                    Slot::Known(reply) => reply,
-                                    Slot::FromService => unreachable!("no command was queued"),
-                                })
-                                .collect(),
-                        ))
+                        Action::Reply(exec_reply(slots, std::iter::empty()))
                     }
                     Some(Transaction { mut commands, slots, .. }) => {
                         let guarded = !watched.is_empty();
@@ -251,10 +245,13 @@ impl Session {
     /// Queues a command of an open transaction: `+QUEUED`, or the error that will discard the
     /// transaction at `EXEC`.
     fn queue(&mut self, request: &Request, name: &[u8], args: &[Vec<u8>], context: &Context<'_>) -> Reply {
-        let (slot, command) = match self.connection_command(name, args, context) {
-            Some(reply) if !is_error(&reply) => (Slot::Known(reply), None),
-            Some(error) => return self.refuse_transaction(error),
-            None => match parse(request, context.now_ms).map(|command| command.seeded(context.draw)) {
+        let info = (name == b"INFO").then(|| Info::new(args, context));
+        let (slot, command) = match (info, self.connection_command(name, args, context)) {
+            (Some(info), _) if info.needs_keyspace() => (Slot::Info(info), Some(Command::Stats)),
+            (Some(info), _) => (Slot::Known(info.reply(None)), None),
+            (None, Some(reply)) if !is_error(&reply) => (Slot::Known(reply), None),
+            (None, Some(error)) => return self.refuse_transaction(error),
+            (None, None) => match parse(request, context.now_ms).map(|command| command.seeded(context.draw)) {
                 Ok(command) => (Slot::FromService, Some(command)),
                 Err(error) => return self.refuse_transaction(error),
             },
@@ -299,15 +296,7 @@ impl Session {
                 if guarded && replies.next() != Some(Reply::Integer(1)) {
                     return Reply::NullArray;
                 }
-                Reply::Array(
-                    slots
-                        .into_iter()
-                        .map(|slot| match slot {
-                            Slot::Known(reply) => reply,
-                            Slot::FromService => replies.next().unwrap_or_else(|| Reply::error("ERR no reply")),
-                        })
-                        .collect(),
-                )
+                exec_reply(slots, replies)
             }
         }
     }
@@ -344,6 +333,22 @@ impl Session {
         };
         self.connection.command(name, args, hello_role)
     }
+}
+
+/// What `EXEC` answers: each queued command's reply, known at queueing or the next of the
+/// service's `replies`.
+fn exec_reply(slots: Vec<Slot>, mut replies: impl Iterator<Item = Reply>) -> Reply {
+    let mut next = || replies.next();
+    Reply::Array(
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Known(reply) => reply,
+                Slot::FromService => next().unwrap_or_else(|| Reply::error("ERR no reply")),
+                Slot::Info(info) => info.reply(next()),
+            })
+            .collect(),
+    )
 }
 
 /// An `INFO` request: the sections asked, and what the connection knew of the node when it
@@ -720,6 +725,31 @@ mod tests {
             .map(|t| text.find(t).unwrap())
             .to_vec();
         assert!(order.is_sorted(), "Redis's order: {text}");
+    }
+
+    #[test]
+    fn info_inside_a_transaction_answers_from_the_transaction_s_own_state() {
+        let mut session = Session::new(1);
+        for queued in ["MULTI", "SET k v", "INFO keyspace", "INFO server"] {
+            assert!(!is_error(&reply(&mut session, queued)), "{queued}");
+        }
+        let Action::Run { request, cost: Cost { effect: Effect::Writes, .. } } = session.handle(&words("EXEC"), &at(0))
+        else {
+            panic!()
+        };
+        assert!(matches!(request.commands.as_slice(), [Command::Set { .. }, Command::Stats]), "{request:?}");
+        let figures = Reply::Array([1, 0, 64, 1 << 20].map(Reply::Integer).to_vec());
+        let Reply::Array(replies) = session.replied(Ok(vec![Reply::ok(), figures])) else { panic!() };
+        let texts: Vec<String> = replies[1..]
+            .iter()
+            .map(|reply| match reply {
+                Reply::Verbatim { text, .. } => String::from_utf8(text.clone()).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(replies[0], Reply::ok());
+        assert!(texts[0].contains("db0:keys=1,expires=0"), "{}", texts[0]);
+        assert!(texts[1].starts_with("# Server"), "{}", texts[1]);
     }
 
     #[test]
