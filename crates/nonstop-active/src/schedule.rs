@@ -1,0 +1,349 @@
+//! Deterministic mutex scheduling for multithreaded replicas, as a pure state machine.
+//!
+//! The service's threads share state under mutexes. Each thread's own steps are deterministic
+//! (the same requests in the same order give the same steps), so if every replica grants every
+//! mutex to the same threads in the same order, every replica computes the same states. A
+//! [`Scheduler`] decides that order from what the threads ask for, never from when they ask:
+//! the driver reports each lock, unlock and exit, blocks the thread that asked, and lets a
+//! thread go on only when an [`Action::Run`] names it.
+//!
+//! Two algorithms so far, from the survey this project follows (Iyer, "Design of High
+//! Availability Systems and Networks: Replication"):
+//!
+//! * [`Algorithm::Npds`], non-preemptive (Transactional Drago's): one thread runs at a time
+//!   and hands the turn on, in thread order, only when it blocks on a held mutex or exits.
+//! * [`Algorithm::Pds1`], preemptive (Basile, Kalbarczyk and Iyer, "A Preemptive Deterministic
+//!   Scheduling Algorithm for Multithreaded Replicas", DSN 2003): all threads run at once, and
+//!   every lock suspends its thread until the next round. A round fires when no thread runs;
+//!   its requests are then all known, and they join each mutex's queue in thread order, so a
+//!   thread acquires at most one mutex per round and ties go to the lower thread id. Threads
+//!   queued behind a holder are served in that order as it unlocks, within or after the round.
+//!
+//! ```
+//! use nonstop_active::schedule::{Action, Algorithm, MutexId, Scheduler, ThreadId};
+//! let mut scheduler = Scheduler::new(Algorithm::Pds1, 2);
+//! let (t0, t1, m) = (ThreadId(0), ThreadId(1), MutexId(7));
+//! // Thread 1 asks first, but thread 0 is still running: no round yet.
+//! assert_eq!(scheduler.lock(t1, m).unwrap(), vec![]);
+//! // Now both are suspended: the round fires, and the tie goes to thread 0.
+//! assert_eq!(scheduler.lock(t0, m).unwrap(), vec![Action::Run { thread: t0, acquired: Some(m) }]);
+//! assert_eq!(scheduler.unlock(t0, m).unwrap(), vec![Action::Run { thread: t1, acquired: Some(m) }]);
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use thiserror::Error;
+
+/// A worker thread of a replica, numbered from 0: the same numbers on every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ThreadId(pub u16);
+
+/// A mutex of the service's shared state: the same numbers on every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MutexId(pub u32);
+
+/// How the order of acquisitions is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Non-preemptive: one thread at a time.
+    Npds,
+    /// Preemptive, in rounds of at most one acquisition per thread.
+    Pds1,
+}
+
+/// What the driver does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `thread` may run on; it now holds `acquired` if that names a mutex it asked for.
+    Run {
+        /// The thread.
+        thread: ThreadId,
+        /// The mutex it asked for and now holds, if it waited for one.
+        acquired: Option<MutexId>,
+    },
+}
+
+/// A thread reported something it cannot have done: a bug in the service or the driver.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ScheduleError {
+    /// No such thread.
+    #[error("thread {thread} does not exist: this scheduler has {threads} threads")]
+    UnknownThread {
+        /// The thread named.
+        thread: u16,
+        /// How many there are.
+        threads: usize,
+    },
+    /// Only a thread that was told to run may lock, unlock or exit.
+    #[error("thread {thread} is not running: it must wait for its Action::Run before it locks, unlocks or exits")]
+    NotRunning {
+        /// The thread.
+        thread: u16,
+    },
+    /// A thread unlocked a mutex it does not hold.
+    #[error("thread {thread} unlocks mutex {mutex}, which it does not hold")]
+    NotHeld {
+        /// The thread.
+        thread: u16,
+        /// The mutex.
+        mutex: u32,
+    },
+    /// A thread locked a mutex it holds (these mutexes are not recursive).
+    #[error("thread {thread} locks mutex {mutex}, which it holds already: it would wait for itself")]
+    HeldAlready {
+        /// The thread.
+        thread: u16,
+        /// The mutex.
+        mutex: u32,
+    },
+    /// A thread exited holding a mutex, which no other thread could then take.
+    #[error("thread {thread} exits holding mutex {mutex}: unlock it first")]
+    ExitHolding {
+        /// The thread.
+        thread: u16,
+        /// The mutex.
+        mutex: u32,
+    },
+}
+
+/// Where a thread is, as the scheduler sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Running (NPDS: holding the turn).
+    Running,
+    /// NPDS: may run, waiting for the turn; holding `acquired` once it runs, if that is a
+    /// mutex handed to it while it waited.
+    Ready { acquired: Option<MutexId> },
+    /// PDS: asked for `mutex`; waits for the next round to join its queue.
+    Asking(MutexId),
+    /// In `mutex`'s queue, waiting for the threads before it to unlock.
+    Queued(MutexId),
+    /// Gone.
+    Exited,
+}
+
+/// One mutex: who holds it, and who waits for it in order.
+#[derive(Debug, Default)]
+struct Mutex {
+    holder: Option<ThreadId>,
+    queue: VecDeque<ThreadId>,
+}
+
+/// The scheduler of one replica's threads. Pure: no threads, locks or clocks of its own.
+#[derive(Debug)]
+pub struct Scheduler {
+    algorithm: Algorithm,
+    steps: Vec<Step>,
+    mutexes: BTreeMap<MutexId, Mutex>,
+    rounds: u64,
+}
+
+impl Scheduler {
+    /// A scheduler of `threads` threads, which start as [`Scheduler::initially_running`] says.
+    pub fn new(algorithm: Algorithm, threads: u16) -> Scheduler {
+        let first = |index: u16| match algorithm {
+            Algorithm::Pds1 => Step::Running,
+            Algorithm::Npds if index == 0 => Step::Running,
+            Algorithm::Npds => Step::Ready { acquired: None },
+        };
+        Scheduler { algorithm, steps: (0..threads).map(first).collect(), mutexes: BTreeMap::new(), rounds: 0 }
+    }
+
+    /// The threads that may run from the start (every one under PDS; thread 0 under NPDS).
+    pub fn initially_running(&self) -> Vec<ThreadId> {
+        self.threads().filter(|thread| self.steps[thread.0 as usize] == Step::Running).collect()
+    }
+
+    /// Rounds fired so far (PDS).
+    pub fn rounds(&self) -> u64 {
+        self.rounds
+    }
+
+    /// `thread` asks for `mutex`; it waits until an [`Action::Run`] names it.
+    pub fn lock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        self.running(thread)?;
+        if self.mutexes.get(&mutex).and_then(|m| m.holder) == Some(thread) {
+            return Err(ScheduleError::HeldAlready { thread: thread.0, mutex: mutex.0 });
+        }
+        let mut actions = Vec::new();
+        match self.algorithm {
+            Algorithm::Npds => {
+                let entry = self.mutexes.entry(mutex).or_default();
+                if entry.holder.is_none() {
+                    entry.holder = Some(thread);
+                    actions.push(Action::Run { thread, acquired: Some(mutex) });
+                } else {
+                    entry.queue.push_back(thread);
+                    self.steps[thread.0 as usize] = Step::Queued(mutex);
+                    self.pass_turn(thread, &mut actions);
+                }
+            }
+            Algorithm::Pds1 => {
+                self.steps[thread.0 as usize] = Step::Asking(mutex);
+                self.fire_if_all_suspended(&mut actions);
+            }
+        }
+        Ok(actions)
+    }
+
+    /// `thread` releases `mutex`, which goes to the next thread in its queue.
+    pub fn unlock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        self.running(thread)?;
+        let not_held = ScheduleError::NotHeld { thread: thread.0, mutex: mutex.0 };
+        let entry = self.mutexes.get_mut(&mutex).ok_or_else(|| not_held.clone())?;
+        if entry.holder != Some(thread) {
+            return Err(not_held);
+        }
+        entry.holder = entry.queue.pop_front();
+        let mut actions = Vec::new();
+        if let Some(next) = entry.holder {
+            match self.algorithm {
+                // Runs when its turn comes.
+                Algorithm::Npds => self.steps[next.0 as usize] = Step::Ready { acquired: Some(mutex) },
+                Algorithm::Pds1 => {
+                    self.steps[next.0 as usize] = Step::Running;
+                    actions.push(Action::Run { thread: next, acquired: Some(mutex) });
+                }
+            }
+        }
+        if entry.queue.is_empty() && entry.holder.is_none() {
+            self.mutexes.remove(&mutex);
+        }
+        Ok(actions)
+    }
+
+    /// `thread` is done: it runs no more.
+    pub fn exit(&mut self, thread: ThreadId) -> Result<Vec<Action>, ScheduleError> {
+        self.running(thread)?;
+        if let Some((mutex, _)) = self.mutexes.iter().find(|(_, m)| m.holder == Some(thread)) {
+            return Err(ScheduleError::ExitHolding { thread: thread.0, mutex: mutex.0 });
+        }
+        self.steps[thread.0 as usize] = Step::Exited;
+        let mut actions = Vec::new();
+        match self.algorithm {
+            Algorithm::Npds => self.pass_turn(thread, &mut actions),
+            Algorithm::Pds1 => self.fire_if_all_suspended(&mut actions),
+        }
+        Ok(actions)
+    }
+
+    fn threads(&self) -> impl Iterator<Item = ThreadId> + use<> {
+        (0..self.steps.len() as u16).map(ThreadId)
+    }
+
+    fn running(&self, thread: ThreadId) -> Result<(), ScheduleError> {
+        match self.steps.get(thread.0 as usize) {
+            None => Err(ScheduleError::UnknownThread { thread: thread.0, threads: self.steps.len() }),
+            Some(Step::Running) => Ok(()),
+            Some(_) => Err(ScheduleError::NotRunning { thread: thread.0 }),
+        }
+    }
+
+    /// NPDS: the turn goes to the next ready thread after `from`, in thread order.
+    fn pass_turn(&mut self, from: ThreadId, actions: &mut Vec<Action>) {
+        let count = self.steps.len();
+        let next =
+            (1..=count).map(|offset| (from.0 as usize + offset) % count).find_map(|index| match self.steps[index] {
+                Step::Ready { acquired } => Some((index, acquired)),
+                _ => None,
+            });
+        if let Some((index, acquired)) = next {
+            self.steps[index] = Step::Running;
+            actions.push(Action::Run { thread: ThreadId(index as u16), acquired });
+        }
+    }
+
+    /// PDS: once no thread runs, a round fires: every thread asking joins its mutex's queue in
+    /// thread order, and each free mutex goes to the first in its queue.
+    fn fire_if_all_suspended(&mut self, actions: &mut Vec<Action>) {
+        if self.steps.contains(&Step::Running) {
+            return;
+        }
+        let asking: Vec<(ThreadId, MutexId)> = self
+            .threads()
+            .filter_map(|thread| match self.steps[thread.0 as usize] {
+                Step::Asking(mutex) => Some((thread, mutex)),
+                _ => None,
+            })
+            .collect();
+        if asking.is_empty() {
+            return;
+        }
+        self.rounds += 1;
+        for &(thread, mutex) in &asking {
+            self.mutexes.entry(mutex).or_default().queue.push_back(thread);
+            self.steps[thread.0 as usize] = Step::Queued(mutex);
+        }
+        for (_, mutex) in asking {
+            let entry = self.mutexes.get_mut(&mutex).expect("joined above");
+            if entry.holder.is_none()
+                && let Some(first) = entry.queue.pop_front()
+            {
+                entry.holder = Some(first);
+                self.steps[first.0 as usize] = Step::Running;
+                actions.push(Action::Run { thread: first, acquired: Some(mutex) });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_fires_only_when_every_thread_is_suspended_and_grants_in_thread_order() {
+        let mut s = Scheduler::new(Algorithm::Pds1, 3);
+        let (t0, t1, t2) = (ThreadId(0), ThreadId(1), ThreadId(2));
+        let (a, b) = (MutexId(1), MutexId(2));
+        assert_eq!(s.initially_running(), vec![t0, t1, t2]);
+        assert_eq!(s.lock(t2, a).unwrap(), vec![]);
+        assert_eq!(s.lock(t1, b).unwrap(), vec![]);
+        assert_eq!(s.rounds(), 0, "thread 0 still runs");
+        let granted = s.lock(t0, a).unwrap();
+        assert_eq!(
+            granted,
+            vec![Action::Run { thread: t0, acquired: Some(a) }, Action::Run { thread: t1, acquired: Some(b) }]
+        );
+        assert_eq!(s.rounds(), 1);
+        // Thread 0 asks again: suspended until the next round, which waits for thread 1.
+        assert_eq!(s.unlock(t0, a).unwrap(), vec![Action::Run { thread: t2, acquired: Some(a) }]);
+        assert_eq!(s.lock(t0, b).unwrap(), vec![]);
+        assert_eq!(s.unlock(t1, b).unwrap(), vec![]);
+        assert_eq!(s.exit(t1).unwrap(), vec![]);
+        assert_eq!(s.unlock(t2, a).unwrap(), vec![]);
+        assert_eq!(s.exit(t2).unwrap(), vec![Action::Run { thread: t0, acquired: Some(b) }]);
+        assert_eq!(s.rounds(), 2);
+    }
+
+    #[test]
+    fn npds_runs_one_thread_and_hands_the_turn_on_only_when_it_blocks() {
+        let mut s = Scheduler::new(Algorithm::Npds, 3);
+        let (t0, t1, t2, m) = (ThreadId(0), ThreadId(1), ThreadId(2), MutexId(5));
+        assert_eq!(s.initially_running(), vec![t0]);
+        assert_eq!(s.lock(t0, m).unwrap(), vec![Action::Run { thread: t0, acquired: Some(m) }]);
+        assert_eq!(s.exit(t1), Err(ScheduleError::NotRunning { thread: 1 }), "thread 1 has no turn");
+        assert_eq!(s.exit(t0), Err(ScheduleError::ExitHolding { thread: 0, mutex: 5 }));
+        assert_eq!(s.unlock(t0, m).unwrap(), vec![]);
+        assert_eq!(s.exit(t0).unwrap(), vec![Action::Run { thread: t1, acquired: None }]);
+        assert_eq!(s.lock(t1, m).unwrap(), vec![Action::Run { thread: t1, acquired: Some(m) }]);
+        // Thread 1 now blocks nothing; thread 2 gets the turn only when thread 1 exits.
+        assert_eq!(s.unlock(t1, m).unwrap(), vec![]);
+        assert_eq!(s.exit(t1).unwrap(), vec![Action::Run { thread: t2, acquired: None }]);
+    }
+
+    #[test]
+    fn mistakes_are_refused_and_change_nothing() {
+        for algorithm in [Algorithm::Npds, Algorithm::Pds1] {
+            let mut s = Scheduler::new(algorithm, 2);
+            let (t0, m) = (ThreadId(0), MutexId(1));
+            assert_eq!(s.lock(ThreadId(9), m), Err(ScheduleError::UnknownThread { thread: 9, threads: 2 }));
+            assert_eq!(s.unlock(t0, m), Err(ScheduleError::NotHeld { thread: 0, mutex: 1 }));
+            if algorithm == Algorithm::Npds {
+                s.lock(t0, m).unwrap();
+                assert_eq!(s.lock(t0, m), Err(ScheduleError::HeldAlready { thread: 0, mutex: 1 }));
+                assert_eq!(s.unlock(t0, m).unwrap(), vec![]);
+            }
+            assert_eq!(s.exit(t0).unwrap().len(), usize::from(algorithm == Algorithm::Npds));
+        }
+    }
+}

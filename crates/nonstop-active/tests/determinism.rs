@@ -1,0 +1,217 @@
+//! Two replicas whose threads run at different speeds must acquire every mutex in the same
+//! order and end in the same state. Each thread runs a fixed script (its share of the
+//! requests); a seeded "physical" schedule decides which runnable thread takes its next step,
+//! standing in for the timing of real threads on a replica. Over many seeds, a deterministic
+//! scheduler gives one acquisition order and one state; a plain first-come mutex does not,
+//! which shows the test can tell them apart.
+
+use nonstop_active::schedule::{Action, Algorithm, MutexId, ScheduleError, Scheduler, ThreadId};
+use proptest::prelude::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Compute(u32),
+    Lock(MutexId),
+    Unlock(MutexId),
+}
+
+/// A thread's script: critical sections on one or two mutexes (taken in increasing order, so
+/// the mutex graph has no cycle, as the papers assume), with computing before and inside.
+fn script(rng: &mut SmallRng, mutexes: u32, sections: usize) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for _ in 0..sections {
+        ops.push(Op::Compute(rng.random_range(0..5)));
+        let first = MutexId(rng.random_range(0..mutexes));
+        ops.push(Op::Lock(first));
+        ops.push(Op::Compute(rng.random_range(0..3)));
+        let nested =
+            (first.0 + 1 < mutexes && rng.random_bool(0.3)).then(|| MutexId(rng.random_range(first.0 + 1..mutexes)));
+        if let Some(second) = nested {
+            ops.push(Op::Lock(second));
+            ops.push(Op::Compute(rng.random_range(0..3)));
+            ops.push(Op::Unlock(second));
+        }
+        ops.push(Op::Unlock(first));
+    }
+    ops
+}
+
+/// What decides who gets a mutex: the deterministic scheduler, or the first-come baseline.
+trait Grants {
+    fn initially_running(&self) -> Vec<ThreadId>;
+    fn lock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError>;
+    fn unlock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError>;
+    fn exit(&mut self, thread: ThreadId) -> Result<Vec<Action>, ScheduleError>;
+}
+
+impl Grants for Scheduler {
+    fn initially_running(&self) -> Vec<ThreadId> {
+        Scheduler::initially_running(self)
+    }
+    fn lock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        Scheduler::lock(self, thread, mutex)
+    }
+    fn unlock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        Scheduler::unlock(self, thread, mutex)
+    }
+    fn exit(&mut self, thread: ThreadId) -> Result<Vec<Action>, ScheduleError> {
+        Scheduler::exit(self, thread)
+    }
+}
+
+/// An ordinary mutex: whoever asks first gets it (what a replica without a deterministic
+/// scheduler does).
+struct FirstCome {
+    threads: u16,
+    mutexes: BTreeMap<MutexId, (Option<ThreadId>, VecDeque<ThreadId>)>,
+}
+
+impl Grants for FirstCome {
+    fn initially_running(&self) -> Vec<ThreadId> {
+        (0..self.threads).map(ThreadId).collect()
+    }
+    fn lock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        let (holder, queue) = self.mutexes.entry(mutex).or_default();
+        if holder.is_none() {
+            *holder = Some(thread);
+            return Ok(vec![Action::Run { thread, acquired: Some(mutex) }]);
+        }
+        queue.push_back(thread);
+        Ok(vec![])
+    }
+    fn unlock(&mut self, _: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        let (holder, queue) = self.mutexes.get_mut(&mutex).expect("held");
+        *holder = queue.pop_front();
+        Ok(holder.iter().map(|&thread| Action::Run { thread, acquired: Some(mutex) }).collect())
+    }
+    fn exit(&mut self, _: ThreadId) -> Result<Vec<Action>, ScheduleError> {
+        Ok(vec![])
+    }
+}
+
+/// What a replica's run produced: each mutex's acquisitions in order, and the shared state.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    acquisitions: BTreeMap<MutexId, Vec<ThreadId>>,
+    state: BTreeMap<MutexId, u64>,
+}
+
+/// Runs the scripts under `grants`, the threads stepping in the order a `physical` seed draws.
+/// Checks mutual exclusion at every grant, and that every thread finishes (no lockout).
+fn run(grants: &mut dyn Grants, scripts: &[Vec<Op>], physical: u64) -> Outcome {
+    let mut rng = SmallRng::seed_from_u64(physical);
+    let count = scripts.len();
+    let mut next = vec![0usize; count];
+    let mut left = vec![0u32; count];
+    let mut runnable = vec![false; count];
+    let mut done = vec![false; count];
+    for thread in grants.initially_running() {
+        runnable[thread.0 as usize] = true;
+    }
+    let mut holders: BTreeMap<MutexId, ThreadId> = BTreeMap::new();
+    let mut outcome = Outcome { acquisitions: BTreeMap::new(), state: BTreeMap::new() };
+    let mut apply = |actions: Vec<Action>, runnable: &mut Vec<bool>, holders: &mut BTreeMap<MutexId, ThreadId>| {
+        for Action::Run { thread, acquired } in actions {
+            runnable[thread.0 as usize] = true;
+            if let Some(mutex) = acquired {
+                assert!(holders.insert(mutex, thread).is_none(), "two threads hold {mutex:?}");
+                outcome.acquisitions.entry(mutex).or_default().push(thread);
+                // The shared data the mutex protects: what it holds depends on who came in
+                // which order, as a service's state would.
+                let value = outcome.state.entry(mutex).or_insert(17);
+                *value = value.wrapping_mul(31).wrapping_add(u64::from(thread.0) + 1);
+            }
+        }
+    };
+    for _ in 0..1_000_000 {
+        let candidates: Vec<usize> = (0..count).filter(|&t| runnable[t] && !done[t]).collect();
+        if candidates.is_empty() {
+            assert!(done.iter().all(|d| *d), "threads left waiting for ever: {done:?}");
+            return outcome;
+        }
+        let index = candidates[rng.random_range(0..candidates.len())];
+        let thread = ThreadId(index as u16);
+        if left[index] > 0 {
+            left[index] -= 1;
+            continue;
+        }
+        let actions = match scripts[index].get(next[index]) {
+            None => {
+                done[index] = true;
+                grants.exit(thread).unwrap()
+            }
+            Some(&Op::Compute(steps)) => {
+                left[index] = steps;
+                vec![]
+            }
+            Some(&Op::Lock(mutex)) => {
+                runnable[index] = false;
+                grants.lock(thread, mutex).unwrap()
+            }
+            Some(&Op::Unlock(mutex)) => {
+                assert_eq!(holders.remove(&mutex), Some(thread));
+                grants.unlock(thread, mutex).unwrap()
+            }
+        };
+        next[index] += 1;
+        apply(actions, &mut runnable, &mut holders);
+    }
+    panic!("no end after a million steps");
+}
+
+fn scripts(seed: u64, threads: usize, mutexes: u32, sections: usize) -> Vec<Vec<Op>> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..threads).map(|_| script(&mut rng, mutexes, sections)).collect()
+}
+
+#[test]
+fn deterministic_schedulers_give_one_order_whatever_the_threads_timing() {
+    for algorithm in [Algorithm::Npds, Algorithm::Pds1] {
+        for workload in 0..20 {
+            let scripts = scripts(workload, 6, 4, 12);
+            let first = run(&mut Scheduler::new(algorithm, 6), &scripts, 0);
+            for physical in 1..30 {
+                let other = run(&mut Scheduler::new(algorithm, 6), &scripts, physical);
+                assert_eq!(first, other, "{algorithm:?}, workload {workload}, timing {physical}");
+            }
+        }
+    }
+}
+
+#[test]
+fn first_come_mutexes_diverge_so_the_test_can_tell() {
+    let scripts = scripts(3, 6, 4, 12);
+    let first_come = |physical| run(&mut FirstCome { threads: 6, mutexes: BTreeMap::new() }, &scripts, physical);
+    let first = first_come(0);
+    assert!((1..30).any(|physical| first_come(physical) != first), "first-come grants did not depend on timing");
+}
+
+#[test]
+fn pds1_lets_threads_run_at_once_where_npds_runs_one() {
+    // With many threads asking for different mutexes, a PDS round grants several at once.
+    let scripts = scripts(5, 8, 8, 10);
+    let mut pds = Scheduler::new(Algorithm::Pds1, 8);
+    run(&mut pds, &scripts, 1);
+    let acquisitions: usize = scripts.iter().flatten().filter(|op| matches!(op, Op::Lock(_))).count();
+    assert!(pds.rounds() < acquisitions as u64, "{} rounds for {acquisitions} acquisitions", pds.rounds());
+}
+
+proptest! {
+    #[test]
+    fn any_workload_and_any_two_timings_agree(
+        workload in any::<u64>(),
+        threads in 1usize..8,
+        mutexes in 1u32..6,
+        timings in (any::<u64>(), any::<u64>()),
+    ) {
+        for algorithm in [Algorithm::Npds, Algorithm::Pds1] {
+            let scripts = scripts(workload, threads, mutexes, 6);
+            let one = run(&mut Scheduler::new(algorithm, threads as u16), &scripts, timings.0);
+            let two = run(&mut Scheduler::new(algorithm, threads as u16), &scripts, timings.1);
+            prop_assert_eq!(one, two);
+        }
+    }
+}
