@@ -7,7 +7,7 @@
 //! the driver reports each lock, unlock and exit, blocks the thread that asked, and lets a
 //! thread go on only when an [`Action::Run`] names it.
 //!
-//! Two algorithms so far, from the survey this project follows (Iyer, "Design of High
+//! Three algorithms so far, from the survey this project follows (Iyer, "Design of High
 //! Availability Systems and Networks: Replication"):
 //!
 //! * [`Algorithm::Npds`], non-preemptive (Transactional Drago's): one thread runs at a time
@@ -18,6 +18,11 @@
 //!   its requests are then all known, and they join each mutex's queue in thread order, so a
 //!   thread acquires at most one mutex per round and ties go to the lower thread id. Threads
 //!   queued behind a holder are served in that order as it unlocks, within or after the round.
+//! * [`Algorithm::Lsa`], loose synchronization (Basile, Kalbarczyk and Iyer, "Loose
+//!   Synchronization of Multithreaded Replicas", SRDS 2002): the leader's threads take mutexes
+//!   first come, first served, and the leader ships each acquisition ([`Action::Ship`]); a
+//!   follower grants each mutex to the threads in the order shipped
+//!   ([`Scheduler::shipped`]), whatever order its own threads ask in.
 //!
 //! ```
 //! use nonstop_active::schedule::{Action, Algorithm, MutexId, Scheduler, ThreadId};
@@ -48,6 +53,18 @@ pub enum Algorithm {
     Npds,
     /// Preemptive, in rounds of at most one acquisition per thread.
     Pds1,
+    /// Loose synchronization: the leader's threads take mutexes as they come and the leader
+    /// ships each acquisition; a follower grants each mutex in the order shipped.
+    Lsa(Role),
+}
+
+/// A replica's part in [`Algorithm::Lsa`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Decides the order, and ships it ([`Action::Ship`]).
+    Leader,
+    /// Follows the order shipped ([`Scheduler::shipped`]).
+    Follower,
 }
 
 /// What the driver does next.
@@ -59,6 +76,14 @@ pub enum Action {
         thread: ThreadId,
         /// The mutex it asked for and now holds, if it waited for one.
         acquired: Option<MutexId>,
+    },
+    /// LSA leader: `thread` acquired `mutex`; send this to the followers, in this order, before
+    /// any reply that depends on it leaves.
+    Ship {
+        /// The mutex.
+        mutex: MutexId,
+        /// The thread that acquired it.
+        thread: ThreadId,
     },
 }
 
@@ -94,6 +119,12 @@ pub enum ScheduleError {
         thread: u16,
         /// The mutex.
         mutex: u32,
+    },
+    /// An LSA order was given to a scheduler that is not an LSA follower.
+    #[error("only an LSA follower takes a shipped order: this scheduler runs {algorithm:?}")]
+    NotAFollower {
+        /// The scheduler's algorithm.
+        algorithm: Algorithm,
     },
     /// A thread exited holding a mutex, which no other thread could then take.
     #[error("thread {thread} exits holding mutex {mutex}: unlock it first")]
@@ -141,7 +172,7 @@ impl Scheduler {
     /// A scheduler of `threads` threads, which start as [`Scheduler::initially_running`] says.
     pub fn new(algorithm: Algorithm, threads: u16) -> Scheduler {
         let first = |index: u16| match algorithm {
-            Algorithm::Pds1 => Step::Running,
+            Algorithm::Pds1 | Algorithm::Lsa(_) => Step::Running,
             Algorithm::Npds if index == 0 => Step::Running,
             Algorithm::Npds => Step::Ready { acquired: None },
         };
@@ -181,7 +212,36 @@ impl Scheduler {
                 self.steps[thread.0 as usize] = Step::Asking(mutex);
                 self.fire_if_all_suspended(&mut actions);
             }
+            Algorithm::Lsa(Role::Leader) => {
+                let entry = self.mutexes.entry(mutex).or_default();
+                if entry.holder.is_none() {
+                    entry.holder = Some(thread);
+                    actions.push(Action::Run { thread, acquired: Some(mutex) });
+                    actions.push(Action::Ship { mutex, thread });
+                } else {
+                    entry.queue.push_back(thread);
+                    self.steps[thread.0 as usize] = Step::Queued(mutex);
+                }
+            }
+            Algorithm::Lsa(Role::Follower) => {
+                self.steps[thread.0 as usize] = Step::Queued(mutex);
+                self.grant_as_shipped(mutex, &mut actions);
+            }
         }
+        Ok(actions)
+    }
+
+    /// LSA follower: the leader's next acquisition of `mutex` was by `thread`.
+    pub fn shipped(&mut self, mutex: MutexId, thread: ThreadId) -> Result<Vec<Action>, ScheduleError> {
+        if self.algorithm != Algorithm::Lsa(Role::Follower) {
+            return Err(ScheduleError::NotAFollower { algorithm: self.algorithm });
+        }
+        if thread.0 as usize >= self.steps.len() {
+            return Err(ScheduleError::UnknownThread { thread: thread.0, threads: self.steps.len() });
+        }
+        self.mutexes.entry(mutex).or_default().queue.push_back(thread);
+        let mut actions = Vec::new();
+        self.grant_as_shipped(mutex, &mut actions);
         Ok(actions)
     }
 
@@ -193,19 +253,29 @@ impl Scheduler {
         if entry.holder != Some(thread) {
             return Err(not_held);
         }
-        entry.holder = entry.queue.pop_front();
+        entry.holder = None;
         let mut actions = Vec::new();
-        if let Some(next) = entry.holder {
-            match self.algorithm {
-                // Runs when its turn comes.
-                Algorithm::Npds => self.steps[next.0 as usize] = Step::Ready { acquired: Some(mutex) },
-                Algorithm::Pds1 => {
-                    self.steps[next.0 as usize] = Step::Running;
-                    actions.push(Action::Run { thread: next, acquired: Some(mutex) });
+        match self.algorithm {
+            // The follower's queue is the order shipped, which may name a thread not asking yet.
+            Algorithm::Lsa(Role::Follower) => self.grant_as_shipped(mutex, &mut actions),
+            algorithm => {
+                entry.holder = entry.queue.pop_front();
+                if let Some(next) = entry.holder {
+                    match algorithm {
+                        // Runs when its turn comes.
+                        Algorithm::Npds => self.steps[next.0 as usize] = Step::Ready { acquired: Some(mutex) },
+                        _ => {
+                            self.steps[next.0 as usize] = Step::Running;
+                            actions.push(Action::Run { thread: next, acquired: Some(mutex) });
+                        }
+                    }
+                    if algorithm == Algorithm::Lsa(Role::Leader) {
+                        actions.push(Action::Ship { mutex, thread: next });
+                    }
                 }
             }
         }
-        if entry.queue.is_empty() && entry.holder.is_none() {
+        if self.mutexes.get(&mutex).is_some_and(|m| m.queue.is_empty() && m.holder.is_none()) {
             self.mutexes.remove(&mutex);
         }
         Ok(actions)
@@ -222,6 +292,7 @@ impl Scheduler {
         match self.algorithm {
             Algorithm::Npds => self.pass_turn(thread, &mut actions),
             Algorithm::Pds1 => self.fire_if_all_suspended(&mut actions),
+            Algorithm::Lsa(_) => {}
         }
         Ok(actions)
     }
@@ -249,6 +320,23 @@ impl Scheduler {
         if let Some((index, acquired)) = next {
             self.steps[index] = Step::Running;
             actions.push(Action::Run { thread: ThreadId(index as u16), acquired });
+        }
+    }
+
+    /// LSA follower: a free `mutex` goes to the next thread of the order shipped, once that
+    /// thread asks for it.
+    fn grant_as_shipped(&mut self, mutex: MutexId, actions: &mut Vec<Action>) {
+        let Some(entry) = self.mutexes.get_mut(&mutex) else { return };
+        if entry.holder.is_some() {
+            return;
+        }
+        if let Some(&next) = entry.queue.front()
+            && self.steps[next.0 as usize] == Step::Queued(mutex)
+        {
+            entry.queue.pop_front();
+            entry.holder = Some(next);
+            self.steps[next.0 as usize] = Step::Running;
+            actions.push(Action::Run { thread: next, acquired: Some(mutex) });
         }
     }
 
@@ -344,6 +432,31 @@ mod tests {
                 assert_eq!(s.unlock(t0, m).unwrap(), vec![]);
             }
             assert_eq!(s.exit(t0).unwrap().len(), usize::from(algorithm == Algorithm::Npds));
+            let not_a_follower = ScheduleError::NotAFollower { algorithm };
+            assert_eq!(s.shipped(m, t0), Err(not_a_follower));
         }
+        let mut follower = Scheduler::new(Algorithm::Lsa(Role::Follower), 2);
+        assert_eq!(
+            follower.shipped(MutexId(1), ThreadId(2)),
+            Err(ScheduleError::UnknownThread { thread: 2, threads: 2 })
+        );
+    }
+
+    #[test]
+    fn an_lsa_follower_waits_for_the_thread_the_leader_chose() {
+        let (t0, t1, m) = (ThreadId(0), ThreadId(1), MutexId(3));
+        let mut leader = Scheduler::new(Algorithm::Lsa(Role::Leader), 2);
+        // On the leader thread 1 came first.
+        let ship = |thread| Action::Ship { mutex: m, thread };
+        assert_eq!(leader.lock(t1, m).unwrap(), vec![Action::Run { thread: t1, acquired: Some(m) }, ship(t1)]);
+        assert_eq!(leader.lock(t0, m).unwrap(), vec![]);
+        assert_eq!(leader.unlock(t1, m).unwrap(), vec![Action::Run { thread: t0, acquired: Some(m) }, ship(t0)]);
+        // On the follower thread 0 asks first, but waits for thread 1's turn.
+        let mut follower = Scheduler::new(Algorithm::Lsa(Role::Follower), 2);
+        assert_eq!(follower.lock(t0, m).unwrap(), vec![]);
+        assert_eq!(follower.shipped(m, t1).unwrap(), vec![], "thread 1 has not asked yet");
+        assert_eq!(follower.shipped(m, t0).unwrap(), vec![]);
+        assert_eq!(follower.lock(t1, m).unwrap(), vec![Action::Run { thread: t1, acquired: Some(m) }]);
+        assert_eq!(follower.unlock(t1, m).unwrap(), vec![Action::Run { thread: t0, acquired: Some(m) }]);
     }
 }

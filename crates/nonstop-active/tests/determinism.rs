@@ -5,7 +5,7 @@
 //! scheduler gives one acquisition order and one state; a plain first-come mutex does not,
 //! which shows the test can tell them apart.
 
-use nonstop_active::schedule::{Action, Algorithm, MutexId, ScheduleError, Scheduler, ThreadId};
+use nonstop_active::schedule::{Action, Algorithm, MutexId, Role, ScheduleError, Scheduler, ThreadId};
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -45,6 +45,11 @@ trait Grants {
     fn lock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError>;
     fn unlock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError>;
     fn exit(&mut self, thread: ThreadId) -> Result<Vec<Action>, ScheduleError>;
+    /// Between two steps: what arrives from elsewhere (an LSA follower's shipped order).
+    /// `stalled`: no thread can run until something arrives.
+    fn tick(&mut self, _stalled: bool) -> Vec<Action> {
+        vec![]
+    }
 }
 
 impl Grants for Scheduler {
@@ -59,6 +64,37 @@ impl Grants for Scheduler {
     }
     fn exit(&mut self, thread: ThreadId) -> Result<Vec<Action>, ScheduleError> {
         Scheduler::exit(self, thread)
+    }
+}
+
+/// An LSA follower whose leader's order arrives a little at a time, as from the network.
+struct Following {
+    scheduler: Scheduler,
+    order: VecDeque<(MutexId, ThreadId)>,
+    rng: SmallRng,
+}
+
+impl Grants for Following {
+    fn initially_running(&self) -> Vec<ThreadId> {
+        self.scheduler.initially_running()
+    }
+    fn lock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        self.scheduler.lock(thread, mutex)
+    }
+    fn unlock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        self.scheduler.unlock(thread, mutex)
+    }
+    fn exit(&mut self, thread: ThreadId) -> Result<Vec<Action>, ScheduleError> {
+        self.scheduler.exit(thread)
+    }
+    fn tick(&mut self, stalled: bool) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while (stalled && actions.is_empty() || self.rng.random_bool(0.2))
+            && let Some((mutex, thread)) = self.order.pop_front()
+        {
+            actions.extend(self.scheduler.shipped(mutex, thread).unwrap());
+        }
+        actions
     }
 }
 
@@ -97,7 +133,20 @@ impl Grants for FirstCome {
 struct Outcome {
     acquisitions: BTreeMap<MutexId, Vec<ThreadId>>,
     state: BTreeMap<MutexId, u64>,
+    /// What an LSA leader shipped, in order (not compared: followers ship nothing).
+    shipped: Shipped,
 }
+
+#[derive(Debug, Default)]
+struct Shipped(Vec<(MutexId, ThreadId)>);
+
+impl PartialEq for Shipped {
+    fn eq(&self, _: &Shipped) -> bool {
+        true
+    }
+}
+
+impl Eq for Shipped {}
 
 /// Runs the scripts under `grants`, the threads stepping in the order a `physical` seed draws.
 /// Checks mutual exclusion at every grant, and that every thread finishes (no lockout).
@@ -112,9 +161,16 @@ fn run(grants: &mut dyn Grants, scripts: &[Vec<Op>], physical: u64) -> Outcome {
         runnable[thread.0 as usize] = true;
     }
     let mut holders: BTreeMap<MutexId, ThreadId> = BTreeMap::new();
-    let mut outcome = Outcome { acquisitions: BTreeMap::new(), state: BTreeMap::new() };
+    let mut outcome = Outcome { acquisitions: BTreeMap::new(), state: BTreeMap::new(), shipped: Shipped::default() };
     let mut apply = |actions: Vec<Action>, runnable: &mut Vec<bool>, holders: &mut BTreeMap<MutexId, ThreadId>| {
-        for Action::Run { thread, acquired } in actions {
+        for action in actions {
+            let (thread, acquired) = match action {
+                Action::Run { thread, acquired } => (thread, acquired),
+                Action::Ship { mutex, thread } => {
+                    outcome.shipped.0.push((mutex, thread));
+                    continue;
+                }
+            };
             runnable[thread.0 as usize] = true;
             if let Some(mutex) = acquired {
                 assert!(holders.insert(mutex, thread).is_none(), "two threads hold {mutex:?}");
@@ -127,6 +183,8 @@ fn run(grants: &mut dyn Grants, scripts: &[Vec<Op>], physical: u64) -> Outcome {
         }
     };
     for _ in 0..1_000_000 {
+        let stalled = (0..count).all(|t| !runnable[t] || done[t]);
+        apply(grants.tick(stalled), &mut runnable, &mut holders);
         let candidates: Vec<usize> = (0..count).filter(|&t| runnable[t] && !done[t]).collect();
         if candidates.is_empty() {
             assert!(done.iter().all(|d| *d), "threads left waiting for ever: {done:?}");
@@ -177,6 +235,27 @@ fn deterministic_schedulers_give_one_order_whatever_the_threads_timing() {
                 let other = run(&mut Scheduler::new(algorithm, 6), &scripts, physical);
                 assert_eq!(first, other, "{algorithm:?}, workload {workload}, timing {physical}");
             }
+        }
+    }
+}
+
+/// The leader's order is its threads' timing; every follower, whatever its own timing and
+/// however late the order reaches it, repeats it.
+#[test]
+fn lsa_followers_repeat_the_leader_s_order() {
+    for workload in 0..20 {
+        let scripts = scripts(workload, 6, 4, 12);
+        let leader = run(&mut Scheduler::new(Algorithm::Lsa(Role::Leader), 6), &scripts, 1000 + workload);
+        let acquisitions: usize = leader.acquisitions.values().map(Vec::len).sum();
+        assert_eq!(leader.shipped.0.len(), acquisitions, "the leader ships every acquisition");
+        for physical in 0..20 {
+            let mut follower = Following {
+                scheduler: Scheduler::new(Algorithm::Lsa(Role::Follower), 6),
+                order: leader.shipped.0.iter().copied().collect(),
+                rng: SmallRng::seed_from_u64(physical),
+            };
+            let followed = run(&mut follower, &scripts, physical);
+            assert_eq!(followed, leader, "workload {workload}, timing {physical}");
         }
     }
 }
