@@ -7,7 +7,7 @@
 //! the driver reports each lock, unlock and exit, blocks the thread that asked, and lets a
 //! thread go on only when an [`Action::Run`] names it.
 //!
-//! Three algorithms so far, from the survey this project follows (Iyer, "Design of High
+//! Four algorithms, from the survey this project follows (Iyer, "Design of High
 //! Availability Systems and Networks: Replication"):
 //!
 //! * [`Algorithm::Npds`], non-preemptive (Transactional Drago's): one thread runs at a time
@@ -18,6 +18,13 @@
 //!   its requests are then all known, and they join each mutex's queue in thread order, so a
 //!   thread acquires at most one mutex per round and ties go to the lower thread id. Threads
 //!   queued behind a holder are served in that order as it unlocks, within or after the round.
+//! * [`Algorithm::Pds2`]: PDS with up to two acquisitions per thread per round, the round cut
+//!   in two steps. A second request waits until no thread before it (in thread order) can
+//!   still ask for the same mutex in this step, then is granted at once if the mutex is free;
+//!   once no thread runs, the second requests still waiting join their queues in thread
+//!   order. This is our reading of the paper's rule ("avoid a suspension whenever the thread
+//!   would acquire the mutex first, whatever the other threads ask next"); its tests check
+//!   that it gives one order whatever the timing.
 //! * [`Algorithm::Lsa`], loose synchronization (Basile, Kalbarczyk and Iyer, "Loose
 //!   Synchronization of Multithreaded Replicas", SRDS 2002): the leader's threads take mutexes
 //!   first come, first served, and the leader ships each acquisition ([`Action::Ship`]); a
@@ -53,9 +60,23 @@ pub enum Algorithm {
     Npds,
     /// Preemptive, in rounds of at most one acquisition per thread.
     Pds1,
+    /// Preemptive, in rounds of at most two acquisitions per thread, the second taken at once
+    /// when the thread would be first to it whatever the others ask next.
+    Pds2,
     /// Loose synchronization: the leader's threads take mutexes as they come and the leader
     /// ships each acquisition; a follower grants each mutex in the order shipped.
     Lsa(Role),
+}
+
+impl Algorithm {
+    /// PDS: how many mutexes a thread may acquire per round.
+    fn per_round(self) -> Option<u8> {
+        match self {
+            Algorithm::Pds1 => Some(1),
+            Algorithm::Pds2 => Some(2),
+            Algorithm::Npds | Algorithm::Lsa(_) => None,
+        }
+    }
 }
 
 /// A replica's part in [`Algorithm::Lsa`].
@@ -146,6 +167,9 @@ enum Step {
     Ready { acquired: Option<MutexId> },
     /// PDS: asked for `mutex`; waits for the next round to join its queue.
     Asking(MutexId),
+    /// PDS-2: asked for `mutex` as its second of the round; waits until it is known that no
+    /// thread before it can still ask for the same mutex this round.
+    Deferred(MutexId),
     /// In `mutex`'s queue, waiting for the threads before it to unlock.
     Queued(MutexId),
     /// Gone.
@@ -164,6 +188,8 @@ struct Mutex {
 pub struct Scheduler {
     algorithm: Algorithm,
     steps: Vec<Step>,
+    /// PDS: mutexes each thread acquired in the current round.
+    used: Vec<u8>,
     mutexes: BTreeMap<MutexId, Mutex>,
     rounds: u64,
 }
@@ -172,11 +198,17 @@ impl Scheduler {
     /// A scheduler of `threads` threads, which start as [`Scheduler::initially_running`] says.
     pub fn new(algorithm: Algorithm, threads: u16) -> Scheduler {
         let first = |index: u16| match algorithm {
-            Algorithm::Pds1 | Algorithm::Lsa(_) => Step::Running,
+            Algorithm::Pds1 | Algorithm::Pds2 | Algorithm::Lsa(_) => Step::Running,
             Algorithm::Npds if index == 0 => Step::Running,
             Algorithm::Npds => Step::Ready { acquired: None },
         };
-        Scheduler { algorithm, steps: (0..threads).map(first).collect(), mutexes: BTreeMap::new(), rounds: 0 }
+        Scheduler {
+            algorithm,
+            steps: (0..threads).map(first).collect(),
+            used: vec![0; threads as usize],
+            mutexes: BTreeMap::new(),
+            rounds: 0,
+        }
     }
 
     /// The threads that may run from the start (every one under PDS; thread 0 under NPDS).
@@ -208,9 +240,13 @@ impl Scheduler {
                     self.pass_turn(thread, &mut actions);
                 }
             }
-            Algorithm::Pds1 => {
-                self.steps[thread.0 as usize] = Step::Asking(mutex);
-                self.fire_if_all_suspended(&mut actions);
+            Algorithm::Pds1 | Algorithm::Pds2 => {
+                let used = self.used[thread.0 as usize];
+                // A first acquisition waits for a round, where every first request is known;
+                // one past the budget waits for the next round.
+                let within = used > 0 && Some(used) < self.algorithm.per_round();
+                self.steps[thread.0 as usize] = if within { Step::Deferred(mutex) } else { Step::Asking(mutex) };
+                self.settle(&mut actions);
             }
             Algorithm::Lsa(Role::Leader) => {
                 let entry = self.mutexes.entry(mutex).or_default();
@@ -266,6 +302,7 @@ impl Scheduler {
                         Algorithm::Npds => self.steps[next.0 as usize] = Step::Ready { acquired: Some(mutex) },
                         _ => {
                             self.steps[next.0 as usize] = Step::Running;
+                            self.used[next.0 as usize] += 1;
                             actions.push(Action::Run { thread: next, acquired: Some(mutex) });
                         }
                     }
@@ -274,6 +311,10 @@ impl Scheduler {
                     }
                 }
             }
+        }
+        if self.algorithm.per_round().is_some() {
+            // A mutex freed with nobody queued may be what a deferred request waits for.
+            self.settle(&mut actions);
         }
         if self.mutexes.get(&mutex).is_some_and(|m| m.queue.is_empty() && m.holder.is_none()) {
             self.mutexes.remove(&mutex);
@@ -291,7 +332,7 @@ impl Scheduler {
         let mut actions = Vec::new();
         match self.algorithm {
             Algorithm::Npds => self.pass_turn(thread, &mut actions),
-            Algorithm::Pds1 => self.fire_if_all_suspended(&mut actions),
+            Algorithm::Pds1 | Algorithm::Pds2 => self.settle(&mut actions),
             Algorithm::Lsa(_) => {}
         }
         Ok(actions)
@@ -340,36 +381,85 @@ impl Scheduler {
         }
     }
 
-    /// PDS: once no thread runs, a round fires: every thread asking joins its mutex's queue in
-    /// thread order, and each free mutex goes to the first in its queue.
-    fn fire_if_all_suspended(&mut self, actions: &mut Vec<Action>) {
-        if self.steps.contains(&Step::Running) {
-            return;
+    /// PDS: grants every deferred second request that can be granted now whatever the threads'
+    /// timing; once no thread runs, resolves the deferred requests in thread order, and once
+    /// none is left, fires a round: every thread asking joins its mutex's queue in thread
+    /// order, and each free mutex goes to the first in its queue.
+    fn settle(&mut self, actions: &mut Vec<Action>) {
+        loop {
+            self.grant_early(actions);
+            if self.steps.contains(&Step::Running) {
+                return;
+            }
+            let deferred = self.asking(|step| matches!(step, Step::Deferred(_)));
+            if !deferred.is_empty() {
+                self.join(deferred, actions);
+                continue;
+            }
+            let asking = self.asking(|step| matches!(step, Step::Asking(_)));
+            if asking.is_empty() {
+                return;
+            }
+            self.rounds += 1;
+            self.used.fill(0);
+            self.join(asking, actions);
         }
-        let asking: Vec<(ThreadId, MutexId)> = self
-            .threads()
+    }
+
+    /// The threads in a waiting step, in thread order, with the mutex each asks for.
+    fn asking(&self, waiting: impl Fn(Step) -> bool) -> Vec<(ThreadId, MutexId)> {
+        self.threads()
             .filter_map(|thread| match self.steps[thread.0 as usize] {
-                Step::Asking(mutex) => Some((thread, mutex)),
+                step @ (Step::Asking(mutex) | Step::Deferred(mutex)) if waiting(step) => Some((thread, mutex)),
                 _ => None,
             })
-            .collect();
-        if asking.is_empty() {
-            return;
-        }
-        self.rounds += 1;
-        for &(thread, mutex) in &asking {
+            .collect()
+    }
+
+    /// `requests` join their mutexes' queues in order; each free mutex goes to its first.
+    fn join(&mut self, requests: Vec<(ThreadId, MutexId)>, actions: &mut Vec<Action>) {
+        for &(thread, mutex) in &requests {
             self.mutexes.entry(mutex).or_default().queue.push_back(thread);
             self.steps[thread.0 as usize] = Step::Queued(mutex);
         }
-        for (_, mutex) in asking {
+        for (_, mutex) in requests {
             let entry = self.mutexes.get_mut(&mutex).expect("joined above");
             if entry.holder.is_none()
                 && let Some(first) = entry.queue.pop_front()
             {
                 entry.holder = Some(first);
                 self.steps[first.0 as usize] = Step::Running;
+                self.used[first.0 as usize] += 1;
                 actions.push(Action::Run { thread: first, acquired: Some(mutex) });
             }
+        }
+    }
+
+    /// PDS-2: a deferred second request is granted at once if its mutex is free with nobody
+    /// queued, and no thread before it can still come first this round: none asked for the
+    /// same mutex, none runs with one acquisition (it may yet ask a second), none waits in a
+    /// queue for its first. Otherwise it waits for the step to resolve in thread order.
+    fn grant_early(&mut self, actions: &mut Vec<Action>) {
+        'again: loop {
+            for (thread, mutex) in self.asking(|step| matches!(step, Step::Deferred(_))) {
+                let free = self.mutexes.get(&mutex).is_none_or(|m| m.holder.is_none() && m.queue.is_empty());
+                let before = (0..thread.0).map(|t| (self.steps[t as usize], self.used[t as usize]));
+                let first = before.into_iter().all(|(step, used)| match step {
+                    Step::Deferred(asked) => asked != mutex,
+                    Step::Running => used != 1,
+                    Step::Queued(_) => used != 0,
+                    Step::Ready { .. } | Step::Asking(_) | Step::Exited => true,
+                });
+                if free && first {
+                    let entry = self.mutexes.entry(mutex).or_default();
+                    entry.holder = Some(thread);
+                    self.steps[thread.0 as usize] = Step::Running;
+                    self.used[thread.0 as usize] += 1;
+                    actions.push(Action::Run { thread, acquired: Some(mutex) });
+                    continue 'again;
+                }
+            }
+            return;
         }
     }
 }
@@ -401,6 +491,30 @@ mod tests {
         assert_eq!(s.unlock(t2, a).unwrap(), vec![]);
         assert_eq!(s.exit(t2).unwrap(), vec![Action::Run { thread: t0, acquired: Some(b) }]);
         assert_eq!(s.rounds(), 2);
+    }
+
+    #[test]
+    fn pds2_takes_a_second_mutex_at_once_only_when_no_thread_before_can_still_ask() {
+        let mut s = Scheduler::new(Algorithm::Pds2, 2);
+        let (t0, t1, a, b, c) = (ThreadId(0), ThreadId(1), MutexId(1), MutexId(2), MutexId(3));
+        s.lock(t0, a).unwrap();
+        let round = s.lock(t1, b).unwrap();
+        assert_eq!(round.len(), 2, "round 1 grants both first requests");
+        // Thread 1's second request: thread 0 runs with one mutex and may still ask for c.
+        assert_eq!(s.lock(t1, c).unwrap(), vec![], "thread 1 waits for thread 0's second request");
+        // Thread 0 asks for b, held by thread 1: both requests are known now. Thread 1 takes c
+        // (nobody before it asked for c), thread 0 queues behind thread 1 for b.
+        assert_eq!(s.lock(t0, b).unwrap(), vec![Action::Run { thread: t1, acquired: Some(c) }]);
+        assert_eq!(s.rounds(), 1, "both second acquisitions in the same round");
+        s.unlock(t1, c).unwrap();
+        assert_eq!(s.unlock(t1, b).unwrap(), vec![Action::Run { thread: t0, acquired: Some(b) }]);
+        // Thread 0, first of all threads, takes a free second mutex without waiting.
+        let mut s = Scheduler::new(Algorithm::Pds2, 2);
+        s.lock(t1, b).unwrap();
+        s.lock(t0, a).unwrap();
+        assert_eq!(s.lock(t0, c).unwrap(), vec![Action::Run { thread: t0, acquired: Some(c) }]);
+        // A third acquisition waits for the next round.
+        assert_eq!(s.lock(t0, MutexId(4)).unwrap(), vec![]);
     }
 
     #[test]

@@ -227,7 +227,7 @@ fn scripts(seed: u64, threads: usize, mutexes: u32, sections: usize) -> Vec<Vec<
 
 #[test]
 fn deterministic_schedulers_give_one_order_whatever_the_threads_timing() {
-    for algorithm in [Algorithm::Npds, Algorithm::Pds1] {
+    for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
         for workload in 0..20 {
             let scripts = scripts(workload, 6, 4, 12);
             let first = run(&mut Scheduler::new(algorithm, 6), &scripts, 0);
@@ -269,13 +269,19 @@ fn first_come_mutexes_diverge_so_the_test_can_tell() {
 }
 
 #[test]
-fn pds1_lets_threads_run_at_once_where_npds_runs_one() {
-    // With many threads asking for different mutexes, a PDS round grants several at once.
+fn pds_rounds_grant_several_mutexes_at_once_and_pds2_needs_fewer_rounds() {
+    // Many threads asking for different mutexes: a round grants several at once, and with a
+    // second acquisition allowed per round, fewer rounds are needed.
     let scripts = scripts(5, 8, 8, 10);
-    let mut pds = Scheduler::new(Algorithm::Pds1, 8);
-    run(&mut pds, &scripts, 1);
-    let acquisitions: usize = scripts.iter().flatten().filter(|op| matches!(op, Op::Lock(_))).count();
-    assert!(pds.rounds() < acquisitions as u64, "{} rounds for {acquisitions} acquisitions", pds.rounds());
+    let acquisitions = scripts.iter().flatten().filter(|op| matches!(op, Op::Lock(_))).count() as u64;
+    let rounds = |algorithm| {
+        let mut scheduler = Scheduler::new(algorithm, 8);
+        run(&mut scheduler, &scripts, 1);
+        scheduler.rounds()
+    };
+    let (pds1, pds2) = (rounds(Algorithm::Pds1), rounds(Algorithm::Pds2));
+    assert!(pds1 < acquisitions, "PDS-1: {pds1} rounds for {acquisitions} acquisitions");
+    assert!(pds2 < pds1, "PDS-2: {pds2} rounds, PDS-1: {pds1}");
 }
 
 proptest! {
@@ -286,7 +292,7 @@ proptest! {
         mutexes in 1u32..6,
         timings in (any::<u64>(), any::<u64>()),
     ) {
-        for algorithm in [Algorithm::Npds, Algorithm::Pds1] {
+        for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
             let scripts = scripts(workload, threads, mutexes, 6);
             let one = run(&mut Scheduler::new(algorithm, threads as u16), &scripts, timings.0);
             let two = run(&mut Scheduler::new(algorithm, threads as u16), &scripts, timings.1);
