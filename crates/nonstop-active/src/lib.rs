@@ -4,6 +4,8 @@
 //! What is here: the deterministic mutex schedulers that let a multithreaded service run
 //! actively replicated. Two replicas whose threads run at different speeds must still acquire
 //! every mutex in the same order, or their states drift apart; a [`schedule::Scheduler`]
-//! decides that order from the threads' requests alone, never from their timing.
+//! decides that order from the threads' requests alone, never from their timing, and
+//! [`sync`] drives real threads with it.
 
 pub mod schedule;
+pub mod sync;

@@ -7,37 +7,12 @@
 
 use nonstop_active::schedule::{Action, Algorithm, MutexId, Role, ScheduleError, Scheduler, ThreadId};
 use proptest::prelude::*;
+
+mod common;
+use common::{Op, scripts};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
-
-#[derive(Clone, Copy, Debug)]
-enum Op {
-    Compute(u32),
-    Lock(MutexId),
-    Unlock(MutexId),
-}
-
-/// A thread's script: critical sections on one or two mutexes (taken in increasing order, so
-/// the mutex graph has no cycle, as the papers assume), with computing before and inside.
-fn script(rng: &mut SmallRng, mutexes: u32, sections: usize) -> Vec<Op> {
-    let mut ops = Vec::new();
-    for _ in 0..sections {
-        ops.push(Op::Compute(rng.random_range(0..5)));
-        let first = MutexId(rng.random_range(0..mutexes));
-        ops.push(Op::Lock(first));
-        ops.push(Op::Compute(rng.random_range(0..3)));
-        let nested =
-            (first.0 + 1 < mutexes && rng.random_bool(0.3)).then(|| MutexId(rng.random_range(first.0 + 1..mutexes)));
-        if let Some(second) = nested {
-            ops.push(Op::Lock(second));
-            ops.push(Op::Compute(rng.random_range(0..3)));
-            ops.push(Op::Unlock(second));
-        }
-        ops.push(Op::Unlock(first));
-    }
-    ops
-}
 
 /// What decides who gets a mutex: the deterministic scheduler, or the first-come baseline.
 trait Grants {
@@ -218,11 +193,6 @@ fn run(grants: &mut dyn Grants, scripts: &[Vec<Op>], physical: u64) -> Outcome {
         apply(actions, &mut runnable, &mut holders);
     }
     panic!("no end after a million steps");
-}
-
-fn scripts(seed: u64, threads: usize, mutexes: u32, sections: usize) -> Vec<Vec<Op>> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    (0..threads).map(|_| script(&mut rng, mutexes, sections)).collect()
 }
 
 #[test]

@@ -1,0 +1,206 @@
+//! Mutexes for a replica's worker threads, granted in the order a [`Scheduler`] decides.
+//!
+//! The thin driver around the pure scheduler: real threads, a lock and a condition variable.
+//! Each worker thread holds a [`Worker`] and takes every shared value through
+//! [`Worker::lock`]; it blocks until the scheduler names it, so the threads of every replica
+//! enter each mutex in the same order whatever their speed.
+//!
+//! ```
+//! use nonstop_active::schedule::{Algorithm, MutexId, ThreadId};
+//! use nonstop_active::sync::{Mutex, Replica};
+//! let replica = Replica::new(Algorithm::Pds1, 2);
+//! let log = Mutex::new(MutexId(0), Vec::new());
+//! std::thread::scope(|scope| {
+//!     for id in 0..2 {
+//!         let (worker, log) = (replica.worker(ThreadId(id)), &log);
+//!         scope.spawn(move || {
+//!             worker.lock(log).unwrap().push(id);
+//!             worker.exit().unwrap();
+//!         });
+//!     }
+//! });
+//! // Both asked in the first round: the tie went to thread 0, on every run.
+//! assert_eq!(log.into_inner(), vec![0, 1]);
+//! ```
+
+use crate::schedule::{Action, Algorithm, MutexId, ScheduleError, Scheduler, ThreadId};
+use std::sync::{Arc, Condvar, MutexGuard};
+
+/// The scheduler of one replica's worker threads, shared by them.
+#[derive(Debug)]
+pub struct Replica {
+    shared: std::sync::Mutex<Shared>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct Shared {
+    scheduler: Scheduler,
+    /// Whether each thread may run (the scheduler said so and it has not asked again since).
+    runnable: Vec<bool>,
+    /// LSA leader: the acquisitions to ship, in order.
+    shipped: Vec<(MutexId, ThreadId)>,
+}
+
+impl Replica {
+    /// A replica of `threads` worker threads scheduled by `algorithm`.
+    pub fn new(algorithm: Algorithm, threads: u16) -> Arc<Replica> {
+        let scheduler = Scheduler::new(algorithm, threads);
+        let mut runnable = vec![false; threads as usize];
+        for thread in scheduler.initially_running() {
+            runnable[thread.0 as usize] = true;
+        }
+        let shared = Shared { scheduler, runnable, shipped: Vec::new() };
+        Arc::new(Replica { shared: std::sync::Mutex::new(shared), changed: Condvar::new() })
+    }
+
+    /// The handle worker thread `id` uses; give each thread its own, once.
+    pub fn worker(self: &Arc<Replica>, id: ThreadId) -> Worker {
+        Worker { replica: self.clone(), id }
+    }
+
+    /// LSA follower: the leader's next acquisition of `mutex` was by `thread`.
+    pub fn shipped(&self, mutex: MutexId, thread: ThreadId) -> Result<(), ScheduleError> {
+        let mut shared = self.lock_shared();
+        let actions = shared.scheduler.shipped(mutex, thread)?;
+        self.apply(&mut shared, actions);
+        Ok(())
+    }
+
+    /// LSA leader: the acquisitions made since the last call, in order, to ship.
+    pub fn take_shipped(&self) -> Vec<(MutexId, ThreadId)> {
+        std::mem::take(&mut self.lock_shared().shipped)
+    }
+
+    fn lock_shared(&self) -> MutexGuard<'_, Shared> {
+        // A thread that panicked while holding it left the scheduler between two calls, whole.
+        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn apply(&self, shared: &mut Shared, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Run { thread, .. } => shared.runnable[thread.0 as usize] = true,
+                Action::Ship { mutex, thread } => shared.shipped.push((mutex, thread)),
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Reports `event` of `id` to the scheduler once `id` may run. A lock suspends the thread
+    /// until the scheduler names it again; an unlock or an exit does not.
+    fn report(
+        &self,
+        id: ThreadId,
+        suspends: Suspends,
+        event: impl FnOnce(&mut Scheduler) -> Result<Vec<Action>, ScheduleError>,
+    ) -> Result<(), ScheduleError> {
+        let mut shared = self.wait_turn(self.lock_shared(), id);
+        if suspends == Suspends::UntilNamed {
+            shared.runnable[id.0 as usize] = false;
+        }
+        match event(&mut shared.scheduler) {
+            Ok(actions) => self.apply(&mut shared, actions),
+            Err(error) => {
+                shared.runnable[id.0 as usize] = true;
+                return Err(error);
+            }
+        }
+        drop(self.wait_turn(shared, id));
+        Ok(())
+    }
+
+    fn wait_turn<'a>(&'a self, mut shared: MutexGuard<'a, Shared>, id: ThreadId) -> MutexGuard<'a, Shared> {
+        while !shared.runnable[id.0 as usize] {
+            shared = self.changed.wait(shared).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        shared
+    }
+}
+
+/// Whether an event stops its thread until the scheduler names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Suspends {
+    /// A lock: the thread waits for its [`Action::Run`].
+    UntilNamed,
+    /// An unlock or an exit: the thread goes on.
+    No,
+}
+
+/// One worker thread's access to its replica's mutexes.
+#[derive(Debug)]
+pub struct Worker {
+    replica: Arc<Replica>,
+    id: ThreadId,
+}
+
+impl Worker {
+    /// The thread's id.
+    pub fn id(&self) -> ThreadId {
+        self.id
+    }
+
+    /// Takes `mutex` when the scheduler grants it to this thread; the guard releases it.
+    pub fn lock<'a, T>(&'a self, mutex: &'a Mutex<T>) -> Result<Guard<'a, T>, ScheduleError> {
+        self.replica.report(self.id, Suspends::UntilNamed, |scheduler| scheduler.lock(self.id, mutex.id))?;
+        // Uncontended: the scheduler grants a mutex to one thread at a time.
+        let value = mutex.value.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(Guard { worker: self, id: mutex.id, value: Some(value) })
+    }
+
+    /// This thread is done.
+    pub fn exit(self) -> Result<(), ScheduleError> {
+        self.replica.report(self.id, Suspends::No, |scheduler| scheduler.exit(self.id))
+    }
+}
+
+/// A value shared by a replica's worker threads, taken in the scheduler's order.
+#[derive(Debug)]
+pub struct Mutex<T> {
+    id: MutexId,
+    value: std::sync::Mutex<T>,
+}
+
+impl<T> Mutex<T> {
+    /// A mutex known to the scheduler as `id` (the same on every replica).
+    pub fn new(id: MutexId, value: T) -> Mutex<T> {
+        Mutex { id, value: std::sync::Mutex::new(value) }
+    }
+
+    /// The value, once no thread can take it any more.
+    pub fn into_inner(self) -> T {
+        self.value.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A taken [`Mutex`]: the value, until it is dropped.
+#[derive(Debug)]
+pub struct Guard<'a, T> {
+    worker: &'a Worker,
+    id: MutexId,
+    value: Option<std::sync::MutexGuard<'a, T>>,
+}
+
+impl<T> std::ops::Deref for Guard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.value.as_deref().expect("held until dropped")
+    }
+}
+
+impl<T> std::ops::DerefMut for Guard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.value.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    fn drop(&mut self) {
+        // The value first: the next thread the scheduler names takes it at once.
+        drop(self.value.take());
+        let (worker, id) = (self.worker, self.id);
+        // This thread holds the mutex, so the scheduler cannot refuse the unlock.
+        let unlocked = worker.replica.report(worker.id, Suspends::No, |scheduler| scheduler.unlock(worker.id, id));
+        debug_assert!(unlocked.is_ok(), "{unlocked:?}");
+    }
+}
