@@ -141,6 +141,12 @@ pub enum ScheduleError {
         /// The mutex.
         mutex: u32,
     },
+    /// A second handle was asked for a worker thread that has one.
+    #[error("worker thread {thread} has its handle already: give each thread its own id")]
+    WorkerTaken {
+        /// The thread.
+        thread: u16,
+    },
     /// An LSA order was given to a scheduler that is not an LSA follower.
     #[error("only an LSA follower takes a shipped order: this scheduler runs {algorithm:?}")]
     NotAFollower {
@@ -213,7 +219,23 @@ impl Scheduler {
 
     /// The threads that may run from the start (every one under PDS; thread 0 under NPDS).
     pub fn initially_running(&self) -> Vec<ThreadId> {
-        self.threads().filter(|thread| self.steps[thread.0 as usize] == Step::Running).collect()
+        self.threads().filter(|thread| self.may_run(*thread)).collect()
+    }
+
+    /// Whether `thread` may run now: it was told to ([`Action::Run`], or from the start) and
+    /// has not asked for a mutex since. False for a thread that does not exist.
+    pub fn may_run(&self, thread: ThreadId) -> bool {
+        self.steps.get(thread.0 as usize) == Some(&Step::Running)
+    }
+
+    /// Whether `thread` has exited.
+    pub fn exited(&self, thread: ThreadId) -> bool {
+        self.steps.get(thread.0 as usize) == Some(&Step::Exited)
+    }
+
+    /// How many threads it schedules.
+    pub fn threads_count(&self) -> usize {
+        self.steps.len()
     }
 
     /// Rounds fired so far (PDS).

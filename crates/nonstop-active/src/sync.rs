@@ -12,7 +12,7 @@
 //! let log = Mutex::new(MutexId(0), Vec::new());
 //! std::thread::scope(|scope| {
 //!     for id in 0..2 {
-//!         let (worker, log) = (replica.worker(ThreadId(id)), &log);
+//!         let (worker, log) = (replica.worker(ThreadId(id)).unwrap(), &log);
 //!         scope.spawn(move || {
 //!             worker.lock(log).unwrap().push(id);
 //!             worker.exit().unwrap();
@@ -36,8 +36,8 @@ pub struct Replica {
 #[derive(Debug)]
 struct Shared {
     scheduler: Scheduler,
-    /// Whether each thread may run (the scheduler said so and it has not asked again since).
-    runnable: Vec<bool>,
+    /// Which threads have their [`Worker`]: one each.
+    issued: Vec<bool>,
     /// LSA leader: the acquisitions to ship, in order.
     shipped: Vec<(MutexId, ThreadId)>,
 }
@@ -45,18 +45,27 @@ struct Shared {
 impl Replica {
     /// A replica of `threads` worker threads scheduled by `algorithm`.
     pub fn new(algorithm: Algorithm, threads: u16) -> Arc<Replica> {
-        let scheduler = Scheduler::new(algorithm, threads);
-        let mut runnable = vec![false; threads as usize];
-        for thread in scheduler.initially_running() {
-            runnable[thread.0 as usize] = true;
-        }
-        let shared = Shared { scheduler, runnable, shipped: Vec::new() };
+        let shared = Shared {
+            scheduler: Scheduler::new(algorithm, threads),
+            issued: vec![false; threads as usize],
+            shipped: Vec::new(),
+        };
         Arc::new(Replica { shared: std::sync::Mutex::new(shared), changed: Condvar::new() })
     }
 
-    /// The handle worker thread `id` uses; give each thread its own, once.
-    pub fn worker(self: &Arc<Replica>, id: ThreadId) -> Worker {
-        Worker { replica: self.clone(), id }
+    /// The handle worker thread `id` uses. Each id gets one: two threads acting as one would
+    /// both run where the scheduler lets one.
+    pub fn worker(self: &Arc<Replica>, id: ThreadId) -> Result<Worker, ScheduleError> {
+        let mut shared = self.lock_shared();
+        let threads = shared.scheduler.threads_count();
+        match shared.issued.get_mut(id.0 as usize) {
+            None => Err(ScheduleError::UnknownThread { thread: id.0, threads }),
+            Some(true) => Err(ScheduleError::WorkerTaken { thread: id.0 }),
+            Some(issued) => {
+                *issued = true;
+                Ok(Worker { replica: self.clone(), id })
+            }
+        }
     }
 
     /// LSA follower: the leader's next acquisition of `mutex` was by `thread`.
@@ -77,54 +86,41 @@ impl Replica {
         self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Keeps what is to be shipped, and wakes the waiting threads if one of them may now run.
     fn apply(&self, shared: &mut Shared, actions: Vec<Action>) {
+        let mut woken = false;
         for action in actions {
             match action {
-                Action::Run { thread, .. } => shared.runnable[thread.0 as usize] = true,
+                Action::Run { .. } => woken = true,
                 Action::Ship { mutex, thread } => shared.shipped.push((mutex, thread)),
             }
         }
-        self.changed.notify_all();
+        if woken {
+            self.changed.notify_all();
+        }
     }
 
-    /// Reports `event` of `id` to the scheduler once `id` may run. A lock suspends the thread
-    /// until the scheduler names it again; an unlock or an exit does not.
+    /// Reports `event` of `id` to the scheduler once `id` may run, then waits until it may run
+    /// again: at once after an unlock or an exit, once named after a lock.
     fn report(
         &self,
         id: ThreadId,
-        suspends: Suspends,
         event: impl FnOnce(&mut Scheduler) -> Result<Vec<Action>, ScheduleError>,
     ) -> Result<(), ScheduleError> {
         let mut shared = self.wait_turn(self.lock_shared(), id);
-        if suspends == Suspends::UntilNamed {
-            shared.runnable[id.0 as usize] = false;
-        }
-        match event(&mut shared.scheduler) {
-            Ok(actions) => self.apply(&mut shared, actions),
-            Err(error) => {
-                shared.runnable[id.0 as usize] = true;
-                return Err(error);
-            }
-        }
+        let actions = event(&mut shared.scheduler)?;
+        self.apply(&mut shared, actions);
         drop(self.wait_turn(shared, id));
         Ok(())
     }
 
+    /// Waits until the scheduler lets `id` run (a thread that exited is let go).
     fn wait_turn<'a>(&'a self, mut shared: MutexGuard<'a, Shared>, id: ThreadId) -> MutexGuard<'a, Shared> {
-        while !shared.runnable[id.0 as usize] {
+        while !shared.scheduler.may_run(id) && !shared.scheduler.exited(id) {
             shared = self.changed.wait(shared).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         shared
     }
-}
-
-/// Whether an event stops its thread until the scheduler names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Suspends {
-    /// A lock: the thread waits for its [`Action::Run`].
-    UntilNamed,
-    /// An unlock or an exit: the thread goes on.
-    No,
 }
 
 /// One worker thread's access to its replica's mutexes.
@@ -142,7 +138,7 @@ impl Worker {
 
     /// Takes `mutex` when the scheduler grants it to this thread; the guard releases it.
     pub fn lock<'a, T>(&'a self, mutex: &'a Mutex<T>) -> Result<Guard<'a, T>, ScheduleError> {
-        self.replica.report(self.id, Suspends::UntilNamed, |scheduler| scheduler.lock(self.id, mutex.id))?;
+        self.replica.report(self.id, |scheduler| scheduler.lock(self.id, mutex.id))?;
         // Uncontended: the scheduler grants a mutex to one thread at a time.
         let value = mutex.value.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(Guard { worker: self, id: mutex.id, value: Some(value) })
@@ -150,7 +146,7 @@ impl Worker {
 
     /// This thread is done.
     pub fn exit(self) -> Result<(), ScheduleError> {
-        self.replica.report(self.id, Suspends::No, |scheduler| scheduler.exit(self.id))
+        self.replica.report(self.id, |scheduler| scheduler.exit(self.id))
     }
 }
 
@@ -200,7 +196,7 @@ impl<T> Drop for Guard<'_, T> {
         drop(self.value.take());
         let (worker, id) = (self.worker, self.id);
         // This thread holds the mutex, so the scheduler cannot refuse the unlock.
-        let unlocked = worker.replica.report(worker.id, Suspends::No, |scheduler| scheduler.unlock(worker.id, id));
+        let unlocked = worker.replica.report(worker.id, |scheduler| scheduler.unlock(worker.id, id));
         debug_assert!(unlocked.is_ok(), "{unlocked:?}");
     }
 }

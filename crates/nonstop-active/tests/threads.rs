@@ -2,7 +2,7 @@
 //! with different, random thread timings must enter every mutex in the same order and leave
 //! the same shared state, as two replicas must.
 
-use nonstop_active::schedule::{Algorithm, MutexId, Role, ThreadId};
+use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError, ThreadId};
 use nonstop_active::sync::{Guard, Mutex, Replica};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -23,7 +23,7 @@ fn run(replica: &Arc<Replica>, scripts: &[Vec<Op>], timing: u64) -> Vec<Shared> 
     let mutexes: Vec<Mutex<Shared>> = (0..MUTEXES).map(|m| Mutex::new(MutexId(m), (Vec::new(), 17))).collect();
     std::thread::scope(|scope| {
         for (index, script) in scripts.iter().enumerate() {
-            let (worker, mutexes) = (replica.worker(ThreadId(index as u16)), &mutexes);
+            let (worker, mutexes) = (replica.worker(ThreadId(index as u16)).unwrap(), &mutexes);
             scope.spawn(move || {
                 let mut rng = SmallRng::seed_from_u64(timing * 1000 + index as u64);
                 let mut held: Vec<Guard<'_, Shared>> = Vec::new();
@@ -63,6 +63,14 @@ fn real_threads_enter_each_mutex_in_one_order_whatever_their_timing() {
             }
         }
     }
+}
+
+#[test]
+fn each_worker_id_is_handed_out_once_and_only_if_it_exists() {
+    let replica = Replica::new(Algorithm::Pds1, 2);
+    let _first = replica.worker(ThreadId(1)).unwrap();
+    assert_eq!(replica.worker(ThreadId(1)).err(), Some(ScheduleError::WorkerTaken { thread: 1 }));
+    assert_eq!(replica.worker(ThreadId(2)).err(), Some(ScheduleError::UnknownThread { thread: 2, threads: 2 }));
 }
 
 #[test]
