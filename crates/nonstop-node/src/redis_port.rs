@@ -183,7 +183,6 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
     };
     let mut lane = None;
     let mut input = vec![0u8; 16 * 1024];
-    let mut output = Vec::new();
     // When the request now buffered in part began to arrive.
     let mut begun: Option<tokio::time::Instant> = None;
     loop {
@@ -222,7 +221,7 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                             batch.add(&reply, session.protocol(), ran.hold);
                         }
                     }
-                    if batch.bytes() >= OUTPUT_FLUSH {
+                    if batch.len() >= OUTPUT_FLUSH {
                         break None;
                     }
                 }
@@ -234,8 +233,7 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                 }
             }
         };
-        batch.release().await;
-        output.extend(batch.into_bytes());
+        let mut output = batch.release().await;
         if ending.is_some() {
             let _ = timeout(limits.message, stream.write_all(&output)).await;
             return Ok(());
@@ -351,13 +349,15 @@ fn refusal(reply: ClientReply) -> Reply {
     }
 }
 
-/// The replies of a pipelined batch, in order, and the holds they wait for.
+/// The replies of a pipelined batch, encoded in order into one buffer, and the holds they wait
+/// for.
 #[derive(Default)]
 struct Batch {
-    /// Each reply encoded, and whether it waits for the backups.
-    replies: Vec<(Vec<u8>, bool)>,
+    bytes: Vec<u8>,
+    /// Where each reply that waits for the backups lies in `bytes`, and its protocol: if they
+    /// do not confirm, these are the replies that become the error instead.
+    waiting: Vec<(std::ops::Range<usize>, Protocol)>,
     holds: Vec<Hold>,
-    protocol: Option<Protocol>,
 }
 
 impl Batch {
@@ -368,26 +368,25 @@ impl Batch {
 
     /// A reply, waiting for `hold` if it has one.
     fn add(&mut self, reply: &Reply, protocol: Protocol, hold: Option<Hold>) {
-        let mut bytes = Vec::new();
-        reply.encode(protocol, &mut bytes);
-        self.protocol = Some(protocol);
-        self.replies.push((bytes, hold.is_some()));
+        let start = self.bytes.len();
+        reply.encode(protocol, &mut self.bytes);
         let Some(hold) = hold else { return };
+        self.waiting.push((start..self.bytes.len(), protocol));
         match self.holds.last().and_then(|last| last.merge(&hold)) {
             Some(merged) => *self.holds.last_mut().expect("merged with the last") = merged,
             None => self.holds.push(hold),
         }
     }
 
-    fn bytes(&self) -> usize {
-        self.replies.iter().map(|(bytes, _)| bytes.len()).sum()
+    fn len(&self) -> usize {
+        self.bytes.len()
     }
 
-    /// Waits until the backups hold what every reply answers about. If they do not (this
-    /// node was deposed, lost its backups, or they did not confirm in time), every reply that
-    /// waited becomes that error: a write among them may or may not have been applied, as
-    /// when Redis loses a connection.
-    async fn release(&mut self) {
+    /// Waits until the backups hold what every reply answers about, and gives the bytes to
+    /// send. If they do not (this node was deposed, lost its backups, or they did not confirm
+    /// in time), every reply that waited becomes that error: a write among them may or may not
+    /// have been applied, as when Redis loses a connection.
+    async fn release(self) -> Vec<u8> {
         let mut refused = None;
         for hold in &self.holds {
             if let Err(reply) = hold.wait().await {
@@ -395,17 +394,15 @@ impl Batch {
                 break;
             }
         }
-        let Some(refused) = refused else { return };
-        let protocol = self.protocol.unwrap_or(Protocol::Resp2);
-        for (bytes, waited) in &mut self.replies {
-            if *waited {
-                bytes.clear();
-                refused.encode(protocol, bytes);
-            }
+        let Some(refused) = refused else { return self.bytes };
+        let mut bytes = Vec::with_capacity(self.bytes.len());
+        let mut copied = 0;
+        for (range, protocol) in self.waiting {
+            bytes.extend_from_slice(&self.bytes[copied..range.start]);
+            refused.encode(protocol, &mut bytes);
+            copied = range.end;
         }
-    }
-
-    fn into_bytes(self) -> Vec<u8> {
-        self.replies.into_iter().flat_map(|(bytes, _)| bytes).collect()
+        bytes.extend_from_slice(&self.bytes[copied..]);
+        bytes
     }
 }
