@@ -414,8 +414,9 @@ impl Hold {
     }
 }
 
-/// Executes one request of any client, as the client port does, on an executor thread; the
-/// reply and, for an answer about the state, the hold it must wait for.
+/// Executes one request of any client, as the client port does: on an executor thread, or on
+/// this I/O thread for a quick request when the region is free; the reply and, for an answer
+/// about the state, the hold it must wait for.
 pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane: &mut Option<usize>) -> Answered {
     let service = match &request {
         Asked::Client(request) => request.service(),
@@ -496,15 +497,12 @@ pub(crate) fn wall_clock_ms() -> u64 {
 /// `now_ms` on its clock.
 fn decide(request: Asked, active: &Active, lane: usize, now_ms: u64) -> Decided {
     let term = active.term.0;
-    // An answer about the state leaves only from a primary that still holds its lease and
-    // whose backups hold what it decided on; the ticket of a read is a checkpoint cut after it.
-    let after_read = || after_read(active);
     let request = match request {
         Asked::Client(request) => request,
         Asked::Query { service, body, .. } => ClientRequest::Query { service, body },
         Asked::Unnumbered { body, .. } => {
-            if active.draining.load(Ordering::SeqCst) {
-                return Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() });
+            if let Some(refused) = refused_while_draining(active) {
+                return refused;
             }
             return unnumbered_decided(active.service.execute_unnumbered(&active.mirror, lane, now_ms, &body), active);
         }
@@ -512,22 +510,18 @@ fn decide(request: Asked, active: &Active, lane: usize, now_ms: u64) -> Decided 
     match request {
         ClientRequest::Locate { .. } => Decided::Redirect,
         ClientRequest::Call { client, request, body, .. } => {
-            if active.draining.load(Ordering::SeqCst) {
-                return Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() });
+            if let Some(refused) = refused_while_draining(active) {
+                return refused;
             }
-            match active.service.execute(&active.mirror, Caller { client, request, lane }, now_ms, &body) {
-                Ok((Executed::Applied(body), ticket)) => {
-                    Decided::Held(ClientReply::Done { request, body, duplicate: false, term }, ticket)
-                }
-                Ok((Executed::Duplicate(body), ticket)) => {
-                    Decided::Held(ClientReply::Done { request, body, duplicate: true, term }, ticket)
-                }
-                Ok((Executed::Stale { last }, ticket)) => Decided::Held(ClientReply::Stale { request, last }, ticket),
-                Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
-                // A refusal is an answer too: a deposed primary that lacks the client's latest
-                // requests must not refuse it for good.
-                Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read()),
-            }
+            let executed = active.service.execute(&active.mirror, Caller { client, request, lane }, now_ms, &body);
+            decided(
+                executed.map(|(executed, ticket)| match executed {
+                    Executed::Applied(body) => (ClientReply::Done { request, body, duplicate: false, term }, ticket),
+                    Executed::Duplicate(body) => (ClientReply::Done { request, body, duplicate: true, term }, ticket),
+                    Executed::Stale { last } => (ClientReply::Stale { request, last }, ticket),
+                }),
+                active,
+            )
         }
         ClientRequest::Query { body, .. } => query_decided(active.service.query(&active.mirror, &body), active),
         ClientRequest::Audit { clients, query, .. } => {
@@ -537,31 +531,42 @@ fn decide(request: Asked, active: &Active, lane: usize, now_ms: u64) -> Decided 
                 active.mirror.quiesced_checked(|image, _| active.service.audit(image, &clients, query.as_deref()));
             let reply =
                 ClientReply::Audit { check: report.check, clients: report.clients, answer: report.answer, term };
-            Decided::Held(reply, after_read())
+            Decided::Held(reply, after_read(active))
         }
     }
 }
 
-/// What a query's answer (or error) decides: an answer, or a refusal, waits for the checkpoint
-/// of what it read; a failure leaves at once.
+/// What a query's answer (or error) decides ([`decided`]).
 fn query_decided(answered: Result<(Vec<u8>, Ticket), CallError>, active: &Active) -> Decided {
-    match answered {
-        Ok((body, ticket)) => Decided::Held(ClientReply::Answer { body, term: active.term.0 }, ticket),
+    let term = active.term.0;
+    decided(answered.map(|(body, ticket)| (ClientReply::Answer { body, term }, ticket)), active)
+}
+
+/// What an unnumbered call's reply (or error) decides ([`decided`]).
+fn unnumbered_decided(executed: Result<(Vec<u8>, Ticket), CallError>, active: &Active) -> Decided {
+    let term = active.term.0;
+    let done = |body| ClientReply::Done { request: 0, body, duplicate: false, term };
+    decided(executed.map(|(body, ticket)| (done(body), ticket)), active)
+}
+
+/// An answer about the state leaves only from a primary that still holds its lease and whose
+/// backups hold what it was decided on: a reply waits for its ticket, and a refusal for a
+/// checkpoint cut after it (a refusal is an answer too: a deposed primary that lacks the
+/// client's latest requests must not refuse them for good). A failure leaves at once.
+fn decided(result: Result<(ClientReply, Ticket), CallError>, active: &Active) -> Decided {
+    match result {
+        Ok((reply, ticket)) => Decided::Held(reply, ticket),
         Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
         Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read(active)),
     }
 }
 
-/// What an unnumbered call's reply (or error) decides: a reply waits for the checkpoint of its
-/// writes, a refusal for one cut after it; a failure leaves at once.
-fn unnumbered_decided(executed: Result<(Vec<u8>, Ticket), CallError>, active: &Active) -> Decided {
-    match executed {
-        Ok((body, ticket)) => {
-            Decided::Held(ClientReply::Done { request: 0, body, duplicate: false, term: active.term.0 }, ticket)
-        }
-        Err(CallError::Failed(reason)) => Decided::Now(ClientReply::Unavailable { reason }),
-        Err(refusal) => Decided::Held(ClientReply::Rejected { reason: refusal.to_string() }, after_read(active)),
-    }
+/// A call refused because a switchover drains this primary: the client retries on the next.
+fn refused_while_draining(active: &Active) -> Option<Decided> {
+    active
+        .draining
+        .load(Ordering::SeqCst)
+        .then(|| Decided::Now(ClientReply::Unavailable { reason: "switchover in progress; retry".into() }))
 }
 
 /// The ticket of an answer about the state that no update gave: a checkpoint cut after it.
