@@ -85,6 +85,11 @@ unsafe impl Send for Region {}
 // SAFETY: see above.
 unsafe impl Sync for Region {}
 
+/// `/proc/self/pagemap`: the page is in memory.
+pub(crate) const PAGEMAP_PRESENT: u64 = 1 << 63;
+/// `/proc/self/pagemap`: the page is in swap.
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+
 impl Region {
     /// Maps `len` bytes of zeroes at exactly `base`.
     ///
@@ -157,9 +162,12 @@ impl Region {
     /// The pages the kernel holds in memory or swap (from `/proc/self/pagemap`); the others
     /// read as zeros.
     pub(crate) fn populated_pages(&self) -> std::io::Result<Vec<usize>> {
+        self.pages_marked(PAGEMAP_PRESENT | PAGEMAP_SWAPPED)
+    }
+
+    /// The pages whose `/proc/self/pagemap` entry has any of the bits of `mask`.
+    pub(crate) fn pages_marked(&self, mask: u64) -> std::io::Result<Vec<usize>> {
         use std::os::unix::fs::FileExt;
-        const PRESENT: u64 = 1 << 63;
-        const SWAPPED: u64 = 1 << 62;
         let pagemap = std::fs::File::open("/proc/self/pagemap")?;
         let first = (self.base as usize / PAGE_SIZE) as u64;
         let mut populated = Vec::new();
@@ -169,12 +177,19 @@ impl Region {
             let bytes = &mut entries[..count * 8];
             pagemap.read_exact_at(bytes, (first + chunk_start as u64) * 8)?;
             for (index, entry) in bytes.chunks_exact(8).enumerate() {
-                if u64::from_ne_bytes(entry.try_into().expect("8 bytes")) & (PRESENT | SWAPPED) != 0 {
+                if u64::from_ne_bytes(entry.try_into().expect("8 bytes")) & mask != 0 {
                     populated.push(chunk_start + index);
                 }
             }
         }
         Ok(populated)
+    }
+
+    /// Asks the kernel to make every page resident, keeping its content
+    /// (`MADV_POPULATE_WRITE`, Linux >= 5.14): `EINVAL` from an older kernel.
+    pub(crate) fn advise_populate(&self) -> rustix::io::Result<()> {
+        // SAFETY: the range is our own mapping; populating changes no content.
+        unsafe { rustix::mm::madvise(self.base.cast(), self.len, Advice::LinuxPopulateWrite) }
     }
 
     /// Makes every page resident now, keeping its content (`MADV_POPULATE_WRITE`, Linux >= 5.14;
@@ -186,8 +201,7 @@ impl Region {
     /// acknowledgement — and a node short of memory would fail there, mid-checkpoint, instead
     /// of here with a clear error.
     pub fn populate(&mut self) -> Result<(), RegionError> {
-        // SAFETY: the range is our own mapping; populating changes no content.
-        match unsafe { rustix::mm::madvise(self.base.cast(), self.len, Advice::LinuxPopulateWrite) } {
+        match self.advise_populate() {
             Ok(()) => Ok(()),
             Err(rustix::io::Errno::INVAL) => {
                 // A kernel without MADV_POPULATE_WRITE: write each page's first byte back to

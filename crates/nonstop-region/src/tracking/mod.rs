@@ -160,7 +160,11 @@ impl WriteTracker {
         let (base, len) = (region.base(), region.len());
         let start = |mode| -> Result<WriteTracker, TrackingError> {
             let tracker = match mode {
-                TrackingMode::Uffd => Tracker::Uffd(uffd::UffdTracker::start(base, len)?),
+                TrackingMode::Uffd => {
+                    // Resident first: see the uffd module on never-touched pages.
+                    region.advise_populate().map_err(|errno| TrackingError::Populate { len, errno })?;
+                    Tracker::Uffd(uffd::UffdTracker::start(base, len)?)
+                }
                 TrackingMode::Mprotect => Tracker::Mprotect(mprotect::MprotectTracker::start(base, len)?),
             };
             Ok(WriteTracker { mode, tracker })
@@ -201,16 +205,11 @@ impl std::fmt::Debug for WriteTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt;
 
     /// How many of `region`'s pages are present in memory (a protected, never-touched page is
     /// a marker: not present).
     fn present_pages(region: &crate::Region) -> usize {
-        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
-        let mut entries = vec![0u8; region.pages() * 8];
-        pagemap.read_exact_at(&mut entries, (region.base() / nonstop_proto::PAGE_SIZE * 8) as u64).unwrap();
-        let present = |entry: &[u8]| u64::from_ne_bytes(entry.try_into().unwrap()) & (1 << 63) != 0;
-        entries.chunks_exact(8).filter(|entry| present(entry)).count()
+        region.pages_marked(crate::mapping::PAGEMAP_PRESENT).unwrap().len()
     }
 
     /// A never-touched page would be protected by a marker that every collection reads on the

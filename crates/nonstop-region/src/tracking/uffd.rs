@@ -69,9 +69,6 @@ impl UffdTracker {
                 errno: rustix::io::Errno::OPNOTSUPP,
             });
         }
-        // SAFETY: the range is the caller's mapping; populating changes no content.
-        unsafe { rustix::mm::madvise(base as *mut c_void, len, rustix::mm::Advice::LinuxPopulateWrite) }
-            .map_err(|errno| TrackingError::Populate { len, errno })?;
         let range = uffdio_range { start: base as u64, len: len as u64 };
         let mut register = uffdio_register { range, mode: u64::from(UFFDIO_REGISTER_MODE_WP), ioctls: 0 };
         // SAFETY: UFFDIO_REGISTER takes a `struct uffdio_register` naming our own mapping.
