@@ -123,6 +123,11 @@ impl<A: Allocator> Entry<A> {
     fn new(value: Value<A>, expires_at_ms: Option<u64>) -> Entry<A> {
         Entry { value, expires_at_ms: Deadline::new(expires_at_ms) }
     }
+
+    /// Whether the key exists at `now_ms`: a key expires at its deadline, not after it.
+    fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.get().is_none_or(|at| at > now_ms)
+    }
 }
 
 /// When a key expires, in milliseconds since the Unix epoch, in 8 bytes where an `Option<u64>`
@@ -200,7 +205,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
 
     /// The key's entry, if it exists at `now_ms`.
     fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry<A>> {
-        self.keys.get(&KeyRef(key)).filter(|entry| entry.expires_at_ms.get().is_none_or(|at| at > now_ms))
+        self.keys.get(&KeyRef(key)).filter(|entry| entry.is_live(now_ms))
     }
 
     /// The key's string at `now_ms`: `Ok(None)` if it does not exist, WRONGTYPE if it is not a
@@ -282,7 +287,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
 
     /// Reclaims the key if it expired at or before `now_ms`, so a write finds it absent.
     fn reclaim(&mut self, key: &[u8], now_ms: u64) {
-        if self.keys.get(&KeyRef(key)).is_some_and(|entry| entry.expires_at_ms.get().is_some_and(|at| at <= now_ms)) {
+        if self.keys.get(&KeyRef(key)).is_some_and(|entry| !entry.is_live(now_ms)) {
             self.keys.remove(&KeyRef(key));
         }
     }
@@ -401,9 +406,7 @@ impl<A: Allocator + Clone> Keyspace<A> {
             Command::Keys { pattern } => Reply::Array(
                 self.keys
                     .iter()
-                    .filter(|(key, entry)| {
-                        entry.expires_at_ms.get().is_none_or(|at| at > now_ms) && glob_matches(pattern, key)
-                    })
+                    .filter(|(key, entry)| entry.is_live(now_ms) && glob_matches(pattern, key))
                     .map(|(key, _)| Reply::bulk(key.to_vec()))
                     .collect(),
             ),

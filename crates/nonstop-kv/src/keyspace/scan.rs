@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 
 impl<A: Allocator + Clone> Keyspace<A> {
     pub(super) fn scan(&self, command: &Command, now_ms: u64) -> Result<Reply, Refused> {
-        let live = |entry: &&Entry<A>| entry.expires_at_ms.get().is_none_or(|at| at > now_ms);
+        let live = |entry: &&Entry<A>| entry.is_live(now_ms);
         match command {
             Command::RandomKey { seed } => {
                 let count = self.keys.values().filter(live).count();
