@@ -103,6 +103,11 @@ fn line_sum(line: &[u8]) -> u32 {
 }
 
 #[inline]
+fn word_of(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+#[inline]
 fn full_line_sum(line: &[u8; LINE]) -> u32 {
     let mut sum = 0u32;
     for (word, weight) in line.chunks_exact(4).zip(WEIGHTS) {
@@ -175,33 +180,60 @@ impl LineChecksums {
     pub fn reseal(&self, image: &[u8], offset: usize, old: &[u8]) {
         let end = offset + old.len();
         let mut word_at = offset / 4 * 4;
-        while word_at < end {
-            let word = |bytes: &[u8], at: usize| {
-                let mut word = [0u8; 4];
-                let available = bytes.len().saturating_sub(at).min(4);
-                word[..available].copy_from_slice(&bytes[at..at + available]);
-                word
-            };
-            let new_word = word(image, word_at);
-            let old_word = if word_at >= offset && word_at + 4 <= end {
-                // The common case: a whole word of the write (aligned fields).
-                word(old, word_at - offset)
-            } else {
-                let mut mixed = new_word;
-                for (i, byte) in mixed.iter_mut().enumerate() {
-                    if (offset..end).contains(&(word_at + i)) {
-                        *byte = old[word_at + i - offset];
-                    }
-                }
-                mixed
-            };
-            let change = u32::from_le_bytes(new_word).wrapping_sub(u32::from_le_bytes(old_word));
-            if change != 0 {
-                let sum = &self.sums[word_at / LINE];
-                let weight = WEIGHTS[word_at % LINE / 4];
-                sum.store(sum.load(Ordering::Relaxed).wrapping_add(change.wrapping_mul(weight)), Ordering::Relaxed);
-            }
+        if word_at < offset || end - word_at < 4 {
+            self.reseal_partial_word(image, word_at, offset, old);
             word_at += 4;
+        }
+        // The whole words, read straight from both slices and summed per line: this runs for
+        // every range every transaction writes, so one seal update per line, not per word.
+        let whole_end = end / 4 * 4;
+        if word_at >= whole_end {
+            if word_at < end {
+                self.reseal_partial_word(image, word_at, offset, old);
+            }
+            return;
+        }
+        let new_words = image[word_at..whole_end].chunks_exact(4);
+        let old_words = old[word_at - offset..whole_end - offset].chunks_exact(4);
+        let mut line = word_at / LINE;
+        let mut line_change = 0u32;
+        for (at, (new_word, old_word)) in (word_at..).step_by(4).zip(new_words.zip(old_words)) {
+            if at / LINE != line {
+                self.add_to_seal(line, line_change);
+                (line, line_change) = (at / LINE, 0);
+            }
+            let change = word_of(new_word).wrapping_sub(word_of(old_word));
+            line_change = line_change.wrapping_add(change.wrapping_mul(WEIGHTS[at % LINE / 4]));
+        }
+        self.add_to_seal(line, line_change);
+        if whole_end < end {
+            self.reseal_partial_word(image, whole_end, offset, old);
+        }
+    }
+
+    /// [`LineChecksums::reseal`] for the word at `word_at`, which the write of `old.len()`
+    /// bytes at `offset` covers only in part (or which the image ends inside).
+    #[cold]
+    fn reseal_partial_word(&self, image: &[u8], word_at: usize, offset: usize, old: &[u8]) {
+        let end = offset + old.len();
+        let mut new_word = [0u8; 4];
+        let available = image.len().saturating_sub(word_at).min(4);
+        new_word[..available].copy_from_slice(&image[word_at..word_at + available]);
+        let mut old_word = new_word;
+        for (i, byte) in old_word.iter_mut().enumerate() {
+            if (offset..end).contains(&(word_at + i)) {
+                *byte = old[word_at + i - offset];
+            }
+        }
+        let change = u32::from_le_bytes(new_word).wrapping_sub(u32::from_le_bytes(old_word));
+        self.add_to_seal(word_at / LINE, change.wrapping_mul(WEIGHTS[word_at % LINE / 4]));
+    }
+
+    #[inline]
+    fn add_to_seal(&self, line: usize, change: u32) {
+        if change != 0 {
+            let sum = &self.sums[line];
+            sum.store(sum.load(Ordering::Relaxed).wrapping_add(change), Ordering::Relaxed);
         }
     }
 
