@@ -7,5 +7,6 @@
 //! decides that order from the threads' requests alone, never from their timing, and
 //! [`sync`] drives real threads with it.
 
+pub mod execute;
 pub mod schedule;
 pub mod sync;

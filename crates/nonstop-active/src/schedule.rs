@@ -153,6 +153,10 @@ pub enum ScheduleError {
         /// The scheduler's algorithm.
         algorithm: Algorithm,
     },
+    /// The replica was given up in the middle of a batch (an LSA follower whose leader is
+    /// gone): the thread must stop; its batch will not finish here.
+    #[error("this replica was abandoned in the middle of a batch: stop the thread, the batch will not finish here")]
+    Abandoned,
     /// A thread exited holding a mutex, which no other thread could then take.
     #[error("thread {thread} exits holding mutex {mutex}: unlock it first")]
     ExitHolding {

@@ -33,22 +33,54 @@ pub struct Replica {
     changed: Condvar,
 }
 
-#[derive(Debug)]
 struct Shared {
     scheduler: Scheduler,
     /// Which threads have their [`Worker`]: one each.
     issued: Vec<bool>,
-    /// LSA leader: the acquisitions to ship, in order.
-    shipped: Vec<(MutexId, ThreadId)>,
+    /// LSA leader: where each acquisition goes, in order.
+    shipping: Shipping,
+    /// Given up in the middle of a batch ([`Replica::abandon`]): no thread waits any more.
+    abandoned: bool,
+}
+
+/// LSA leader: what becomes of the acquisitions to ship.
+enum Shipping {
+    /// Kept until [`Replica::take_shipped`].
+    Kept(Vec<(MutexId, ThreadId)>),
+    /// Handed to a sink as they happen ([`Replica::shipping_to`]), under the replica's lock,
+    /// so in order.
+    To(Box<dyn FnMut(MutexId, ThreadId) + Send>),
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("scheduler", &self.scheduler).field("issued", &self.issued).finish()
+    }
 }
 
 impl Replica {
     /// A replica of `threads` worker threads scheduled by `algorithm`.
     pub fn new(algorithm: Algorithm, threads: u16) -> Arc<Replica> {
+        Replica::with_shipping(algorithm, threads, Shipping::Kept(Vec::new()))
+    }
+
+    /// An LSA leader (or any replica: only a leader ships) whose acquisitions go to `sink` as
+    /// they happen, in order, instead of waiting for [`Replica::take_shipped`]: for a driver
+    /// that streams them to the followers.
+    pub fn shipping_to(
+        algorithm: Algorithm,
+        threads: u16,
+        sink: impl FnMut(MutexId, ThreadId) + Send + 'static,
+    ) -> Arc<Replica> {
+        Replica::with_shipping(algorithm, threads, Shipping::To(Box::new(sink)))
+    }
+
+    fn with_shipping(algorithm: Algorithm, threads: u16, shipping: Shipping) -> Arc<Replica> {
         let shared = Shared {
             scheduler: Scheduler::new(algorithm, threads),
             issued: vec![false; threads as usize],
-            shipped: Vec::new(),
+            shipping,
+            abandoned: false,
         };
         Arc::new(Replica { shared: std::sync::Mutex::new(shared), changed: Condvar::new() })
     }
@@ -63,7 +95,7 @@ impl Replica {
             Some(true) => Err(ScheduleError::WorkerTaken { thread: id.0 }),
             Some(issued) => {
                 *issued = true;
-                Ok(Worker { replica: self.clone(), id })
+                Ok(Worker { scheduling: Scheduling::By(self.clone()), id })
             }
         }
     }
@@ -76,9 +108,21 @@ impl Replica {
         Ok(())
     }
 
-    /// LSA leader: the acquisitions made since the last call, in order, to ship.
+    /// LSA leader: the acquisitions made since the last call, in order, to ship (none if they
+    /// go to a sink).
     pub fn take_shipped(&self) -> Vec<(MutexId, ThreadId)> {
-        std::mem::take(&mut self.lock_shared().shipped)
+        match &mut self.lock_shared().shipping {
+            Shipping::Kept(kept) => std::mem::take(kept),
+            Shipping::To(_) => Vec::new(),
+        }
+    }
+
+    /// Gives the replica up: every thread waiting for its turn, and every later lock, unlock
+    /// or exit, gets [`ScheduleError::Abandoned`], so that its threads stop instead of waiting
+    /// for a turn that will not come (an LSA follower whose leader is gone).
+    pub fn abandon(&self) {
+        self.lock_shared().abandoned = true;
+        self.changed.notify_all();
     }
 
     fn lock_shared(&self) -> MutexGuard<'_, Shared> {
@@ -92,7 +136,10 @@ impl Replica {
         for action in actions {
             match action {
                 Action::Run { .. } => woken = true,
-                Action::Ship { mutex, thread } => shared.shipped.push((mutex, thread)),
+                Action::Ship { mutex, thread } => match &mut shared.shipping {
+                    Shipping::Kept(kept) => kept.push((mutex, thread)),
+                    Shipping::To(sink) => sink(mutex, thread),
+                },
             }
         }
         if woken {
@@ -108,15 +155,20 @@ impl Replica {
         event: impl FnOnce(&mut Scheduler) -> Result<Vec<Action>, ScheduleError>,
     ) -> Result<(), ScheduleError> {
         let mut shared = self.wait_turn(self.lock_shared(), id);
+        if shared.abandoned {
+            return Err(ScheduleError::Abandoned);
+        }
         let actions = event(&mut shared.scheduler)?;
         self.apply(&mut shared, actions);
-        drop(self.wait_turn(shared, id));
+        if self.wait_turn(shared, id).abandoned {
+            return Err(ScheduleError::Abandoned);
+        }
         Ok(())
     }
 
     /// Waits until the scheduler lets `id` run (a thread that exited is let go).
     fn wait_turn<'a>(&'a self, mut shared: MutexGuard<'a, Shared>, id: ThreadId) -> MutexGuard<'a, Shared> {
-        while !shared.scheduler.may_run(id) && !shared.scheduler.exited(id) {
+        while !shared.scheduler.may_run(id) && !shared.scheduler.exited(id) && !shared.abandoned {
             shared = self.changed.wait(shared).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         shared
@@ -126,11 +178,27 @@ impl Replica {
 /// One worker thread's access to its replica's mutexes.
 #[derive(Debug)]
 pub struct Worker {
-    replica: Arc<Replica>,
+    scheduling: Scheduling,
     id: ThreadId,
 }
 
+/// Who decides when a [`Worker`] takes a mutex.
+#[derive(Debug)]
+enum Scheduling {
+    /// Its replica's scheduler.
+    By(Arc<Replica>),
+    /// Nobody: first come, first served as the operating system wakes threads.
+    Unscheduled,
+}
+
 impl Worker {
+    /// A worker of a server that is not replicated: it takes each mutex as the operating
+    /// system lets it, with no scheduler and no determinism, so that the same service code
+    /// measures what deterministic scheduling costs against none.
+    pub fn unscheduled(id: ThreadId) -> Worker {
+        Worker { scheduling: Scheduling::Unscheduled, id }
+    }
+
     /// The thread's id.
     pub fn id(&self) -> ThreadId {
         self.id
@@ -138,7 +206,9 @@ impl Worker {
 
     /// Takes `mutex` when the scheduler grants it to this thread; the guard releases it.
     pub fn lock<'a, T>(&'a self, mutex: &'a Mutex<T>) -> Result<Guard<'a, T>, ScheduleError> {
-        self.replica.report(self.id, |scheduler| scheduler.lock(self.id, mutex.id))?;
+        if let Scheduling::By(replica) = &self.scheduling {
+            replica.report(self.id, |scheduler| scheduler.lock(self.id, mutex.id))?;
+        }
         // Uncontended: the scheduler grants a mutex to one thread at a time.
         let value = mutex.value.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(Guard { worker: self, id: mutex.id, value: Some(value) })
@@ -146,7 +216,10 @@ impl Worker {
 
     /// This thread is done.
     pub fn exit(self) -> Result<(), ScheduleError> {
-        self.replica.report(self.id, |scheduler| scheduler.exit(self.id))
+        match &self.scheduling {
+            Scheduling::By(replica) => replica.report(self.id, |scheduler| scheduler.exit(self.id)),
+            Scheduling::Unscheduled => Ok(()),
+        }
     }
 }
 
@@ -195,8 +268,10 @@ impl<T> Drop for Guard<'_, T> {
         // The value first: the next thread the scheduler names takes it at once.
         drop(self.value.take());
         let (worker, id) = (self.worker, self.id);
-        // This thread holds the mutex, so the scheduler cannot refuse the unlock.
-        let unlocked = worker.replica.report(worker.id, |scheduler| scheduler.unlock(worker.id, id));
-        debug_assert!(unlocked.is_ok(), "{unlocked:?}");
+        if let Scheduling::By(replica) = &worker.scheduling {
+            // This thread holds the mutex, so the scheduler cannot refuse the unlock.
+            let unlocked = replica.report(worker.id, |scheduler| scheduler.unlock(worker.id, id));
+            debug_assert!(unlocked.is_ok(), "{unlocked:?}");
+        }
     }
 }

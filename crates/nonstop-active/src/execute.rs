@@ -1,0 +1,235 @@
+//! A replica's worker threads executing the ordered requests, batch by batch.
+//!
+//! Every replica receives the same batches in the same order (the total order) and must give
+//! the same replies. Inside a batch, request `i` goes to worker thread `i mod threads`, and each
+//! thread handles its requests in batch order; the threads take shared state only through
+//! [`Worker::lock`], so the scheduler decides every acquisition. A batch ends when every thread
+//! has handled its requests, and the next starts with a fresh round of the scheduler.
+//!
+//! Why a batch runs to its end before the next starts: the preemptive schedulers fire a round
+//! when no thread runs, and a thread waiting for a request that has not arrived yet would count
+//! as stopped on one replica and not on another, so when a request becomes visible would depend
+//! on the network's timing. Batch boundaries are part of the order itself, so "the requests of
+//! this batch, and then no more until every thread is done" is the same on every replica.
+//!
+//! ```
+//! use nonstop_active::execute::{Acquisitions, Executor, Handler};
+//! use nonstop_active::schedule::{Algorithm, MutexId};
+//! use nonstop_active::sync::{Mutex, Worker};
+//! use std::sync::Arc;
+//!
+//! /// Appends each request's first byte to a shared log and answers the log's length.
+//! struct Log(Mutex<Vec<u8>>);
+//! impl Handler for Log {
+//!     fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8> {
+//!         let mut log = worker.lock(&self.0).expect("a lock of a running thread");
+//!         log.push(request[0]);
+//!         vec![log.len() as u8]
+//!     }
+//! }
+//!
+//! let log = Arc::new(Log(Mutex::new(MutexId(0), Vec::new())));
+//! let executor = Executor::new(Algorithm::Pds1, 2, log.clone());
+//! let replies = executor.execute(Arc::new(vec![vec![7], vec![8], vec![9]]), Acquisitions::Decided).unwrap();
+//! // Thread 0 handles requests 0 and 2, thread 1 request 1; the first round's tie goes to thread 0.
+//! assert_eq!(replies, vec![vec![1], vec![2], vec![3]]);
+//! ```
+
+use crate::schedule::{Algorithm, MutexId, ScheduleError, ThreadId};
+use crate::sync::{Replica, Worker};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+use thiserror::Error;
+
+/// A service that runs actively replicated: what one worker thread does with one request.
+///
+/// Deterministic by contract: the reply and every change must follow from the request and what
+/// the thread reads under the mutexes it takes through `worker` (no clocks, no randomness, no
+/// state outside those mutexes).
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `request` on `worker`'s thread and answers it.
+    fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8>;
+}
+
+/// An LSA leader's acquisition, as its followers receive it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shipped {
+    /// `thread` acquired `mutex`, the next acquisition of the batch.
+    Acquired(MutexId, ThreadId),
+    /// The batch is done: every acquisition of it was shipped.
+    BatchEnd,
+}
+
+/// Where a batch's order of acquisitions comes from.
+#[derive(Debug)]
+pub enum Acquisitions<'a> {
+    /// Decided by this replica's own scheduler (NPDS, PDS-1, PDS-2).
+    Decided,
+    /// LSA leader: decided here, each sent to every follower as it happens.
+    Lead(Vec<Sender<Shipped>>),
+    /// LSA follower: the leader's, received up to [`Shipped::BatchEnd`].
+    Follow(&'a Receiver<Shipped>),
+}
+
+/// Why a batch could not be executed.
+#[derive(Debug, Error)]
+pub enum ExecuteError {
+    /// A thread reported something impossible to its scheduler (a bug in the handler).
+    #[error("the scheduler refused a worker's step: {0}")]
+    Schedule(#[from] ScheduleError),
+    /// The handler panicked on a request.
+    #[error("the handler panicked on request {position} of the batch: {message}")]
+    Panicked {
+        /// The request's position in the batch.
+        position: usize,
+        /// What the panic said.
+        message: String,
+    },
+    /// An LSA follower lost its leader's stream in the middle of a batch.
+    #[error("the LSA leader's acquisitions stopped in the middle of a batch: the follower cannot go on alone")]
+    LeaderGone,
+    /// The executor's threads are gone.
+    #[error("the executor's worker threads are gone")]
+    Stopped,
+}
+
+/// One batch for one worker thread.
+struct Job {
+    worker: Worker,
+    batch: Arc<Vec<Vec<u8>>>,
+}
+
+/// What a worker thread did with its part of a batch: the replies, by position.
+type Done = Result<Vec<(usize, Vec<u8>)>, ExecuteError>;
+
+/// One replica's worker threads, executing batches with one scheduling algorithm.
+pub struct Executor {
+    algorithm: Algorithm,
+    jobs: Vec<Sender<Job>>,
+    done: Receiver<Done>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Executor {
+    /// `threads` worker threads running `handler`, scheduled by `algorithm`.
+    pub fn new<H: Handler>(algorithm: Algorithm, threads: u16, handler: Arc<H>) -> Executor {
+        let (done_to, done) = channel();
+        let (mut jobs, mut handles) = (Vec::new(), Vec::new());
+        for index in 0..threads {
+            let (job_to, job_from) = channel::<Job>();
+            let (handler, done_to) = (handler.clone(), done_to.clone());
+            let count = usize::from(threads);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("active-worker-{index}"))
+                    .spawn(move || {
+                        while let Ok(job) = job_from.recv() {
+                            if done_to.send(handle_part(handler.as_ref(), job, usize::from(index), count)).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .expect("spawning a worker thread"),
+            );
+            jobs.push(job_to);
+        }
+        Executor { algorithm, jobs, done, threads: handles }
+    }
+
+    /// Executes `batch` to its end and answers its replies in the batch's order.
+    pub fn execute(
+        &self,
+        batch: Arc<Vec<Vec<u8>>>,
+        acquisitions: Acquisitions<'_>,
+    ) -> Result<Vec<Vec<u8>>, ExecuteError> {
+        let threads = self.jobs.len() as u16;
+        let (replica, followers, leader) = match acquisitions {
+            Acquisitions::Lead(followers) => {
+                let sinks = followers.clone();
+                let replica = Replica::shipping_to(self.algorithm, threads, move |mutex, thread| {
+                    for sink in &sinks {
+                        // A follower that is gone no longer needs the order.
+                        let _ = sink.send(Shipped::Acquired(mutex, thread));
+                    }
+                });
+                (replica, followers, None)
+            }
+            Acquisitions::Decided => (Replica::new(self.algorithm, threads), Vec::new(), None),
+            Acquisitions::Follow(leader) => (Replica::new(self.algorithm, threads), Vec::new(), Some(leader)),
+        };
+        for (index, jobs) in self.jobs.iter().enumerate() {
+            let worker = replica.worker(ThreadId(index as u16))?;
+            jobs.send(Job { worker, batch: batch.clone() }).map_err(|_| ExecuteError::Stopped)?;
+        }
+        let mut failure = None;
+        if let Some(leader) = leader
+            && let Err(error) = follow(&replica, leader)
+        {
+            // Its threads would wait for grants that will not come: stop them.
+            replica.abandon();
+            failure = Some(error);
+        }
+        let mut replies = vec![Vec::new(); batch.len()];
+        for _ in 0..threads {
+            match self.done.recv().map_err(|_| ExecuteError::Stopped)? {
+                Ok(part) => part.into_iter().for_each(|(position, reply)| replies[position] = reply),
+                Err(error) => failure = Some(failure.unwrap_or(error)),
+            }
+        }
+        for follower in &followers {
+            let _ = follower.send(Shipped::BatchEnd);
+        }
+        failure.map_or(Ok(replies), Err)
+    }
+
+    /// The algorithm its threads are scheduled by.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.jobs.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An LSA follower's role in a batch: grant in the leader's order, up to its end.
+fn follow(replica: &Replica, leader: &Receiver<Shipped>) -> Result<(), ExecuteError> {
+    loop {
+        match leader.recv() {
+            Ok(Shipped::Acquired(mutex, thread)) => replica.shipped(mutex, thread)?,
+            Ok(Shipped::BatchEnd) => return Ok(()),
+            Err(_) => return Err(ExecuteError::LeaderGone),
+        }
+    }
+}
+
+/// Thread `index` of `count`: requests `index`, `index + count`, … of the batch, in order, then
+/// the thread's exit from the batch's scheduler.
+fn handle_part<H: Handler + ?Sized>(handler: &H, job: Job, index: usize, count: usize) -> Done {
+    let mut replies = Vec::new();
+    for position in (index..job.batch.len()).step_by(count) {
+        let request = &job.batch[position];
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&job.worker, request)));
+        match reply {
+            Ok(reply) => replies.push((position, reply)),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                // The thread still leaves the batch, so that the others can finish it.
+                let _ = job.worker.exit();
+                return Err(ExecuteError::Panicked { position, message });
+            }
+        }
+    }
+    job.worker.exit()?;
+    Ok(replies)
+}

@@ -1,0 +1,164 @@
+//! Replicas executing the same ordered batches on real threads, each with its own thread
+//! timings: every scheduler must give the same replies and leave the same state on all of them.
+
+use nonstop_active::execute::{Acquisitions, ExecuteError, Executor, Handler};
+use nonstop_active::schedule::{Algorithm, MutexId, Role};
+use nonstop_active::sync::{Mutex, Worker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+const THREADS: u16 = 4;
+const MUTEXES: u64 = 3;
+
+/// Each request names mutexes to enter in turn; each entry folds the request into the
+/// mutex's value, and the reply is what the request saw: the order of entries shows in both.
+/// The pauses between steps come from a per-replica seed, so replicas differ in timing only.
+struct Folder {
+    values: Vec<Mutex<u64>>,
+    timing: AtomicU64,
+}
+
+impl Folder {
+    fn new(timing_seed: u64) -> Arc<Folder> {
+        let values = (0..MUTEXES).map(|m| Mutex::new(MutexId(m as u32), 17)).collect();
+        Arc::new(Folder { values, timing: AtomicU64::new(timing_seed) })
+    }
+
+    fn pause(&self) {
+        let draw = self.timing.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_micros((draw >> 58) * 8));
+    }
+
+    fn state(&self, worker: &Worker) -> Vec<u64> {
+        self.values.iter().map(|value| *worker.lock(value).unwrap()).collect()
+    }
+}
+
+impl Handler for Folder {
+    fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8> {
+        if request == b"panic" {
+            panic!("asked to");
+        }
+        let mut seen = Vec::new();
+        for &mutex in request {
+            self.pause();
+            let mut value = worker.lock(&self.values[usize::from(mutex) % MUTEXES as usize]).unwrap();
+            *value = value.wrapping_mul(31).wrapping_add(u64::from(mutex) + request.len() as u64);
+            seen.extend_from_slice(&value.to_le_bytes());
+        }
+        seen
+    }
+}
+
+/// Batches of requests, each a few mutexes drawn from `seed`.
+fn batches(seed: u64, count: usize) -> Vec<Arc<Vec<Vec<u8>>>> {
+    let mut draw = seed;
+    let mut next = move || {
+        draw = draw.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        draw >> 33
+    };
+    (0..count)
+        .map(|_| {
+            let requests = 1 + next() as usize % 12;
+            Arc::new((0..requests).map(|_| (0..1 + next() % 4).map(|_| (next() % MUTEXES) as u8).collect()).collect())
+        })
+        .collect()
+}
+
+/// One replica's replies to every batch, and its final state.
+type Outcome = (Vec<Vec<Vec<u8>>>, Vec<u64>);
+
+/// Runs `batches` on three replicas at once (replica 0 leads under LSA) and answers each
+/// replica's replies and final state.
+fn run_three(algorithm: Algorithm, batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Outcome> {
+    let lsa = matches!(algorithm, Algorithm::Lsa(_));
+    let (to_followers, from_leader): (Vec<_>, Vec<_>) = (0..2).map(|_| channel()).unzip();
+    let mut from_leader = from_leader.into_iter();
+    let mut roles = vec![(if lsa { Algorithm::Lsa(Role::Leader) } else { algorithm }, None)];
+    for _ in 0..2 {
+        roles.push(if lsa { (Algorithm::Lsa(Role::Follower), from_leader.next()) } else { (algorithm, None) });
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = roles
+            .into_iter()
+            .enumerate()
+            .map(|(replica, (algorithm, leader))| {
+                // Only the leader holds the followers' streams, so that they end with it.
+                let to_followers = if replica == 0 { to_followers.clone() } else { Vec::new() };
+                scope.spawn(move || {
+                    let folder = Folder::new(timing * 10 + replica as u64);
+                    let executor = Executor::new(algorithm, THREADS, folder.clone());
+                    let mut replies = Vec::new();
+                    for batch in batches {
+                        let acquisitions = match (&leader, replica) {
+                            (Some(leader), _) => Acquisitions::Follow(leader),
+                            (None, 0) if lsa => Acquisitions::Lead(to_followers.clone()),
+                            _ => Acquisitions::Decided,
+                        };
+                        replies.push(executor.execute(batch.clone(), acquisitions).unwrap());
+                    }
+                    drop(executor);
+                    (replies, folder.state(&Worker::unscheduled(nonstop_active::schedule::ThreadId(0))))
+                })
+            })
+            .collect();
+        drop(to_followers);
+        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn replicas_with_different_timings_reply_alike_and_end_alike() {
+    for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2, Algorithm::Lsa(Role::Leader)] {
+        for seed in 0..4 {
+            let batches = batches(seed, 6);
+            let first = run_three(algorithm, &batches, seed);
+            assert!(first.iter().all(|result| result == &first[0]), "{algorithm:?} seed {seed}");
+            for timing in [seed + 100, seed + 200] {
+                let again = run_three(algorithm, &batches, timing);
+                // LSA's order is its leader's, whose timing differs between runs: its
+                // followers must agree with it; the others' order follows from the requests.
+                let expected = if matches!(algorithm, Algorithm::Lsa(_)) { &again[0] } else { &first[0] };
+                for (replica, result) in again.iter().enumerate() {
+                    assert_eq!(result, expected, "{algorithm:?} seed {seed} timing {timing}: replica {replica}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_of_fewer_requests_than_threads_and_an_empty_one_finish() {
+    for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
+        let executor = Executor::new(algorithm, THREADS, Folder::new(1));
+        assert_eq!(executor.execute(Arc::new(Vec::new()), Acquisitions::Decided).unwrap(), Vec::<Vec<u8>>::new());
+        let replies = executor.execute(Arc::new(vec![vec![0]]), Acquisitions::Decided).unwrap();
+        assert_eq!(replies.len(), 1);
+    }
+}
+
+#[test]
+fn a_handler_that_panics_fails_its_batch_and_the_next_batch_runs() {
+    for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
+        let executor = Executor::new(algorithm, THREADS, Folder::new(2));
+        let batch = Arc::new(vec![vec![0, 1], b"panic".to_vec(), vec![2], vec![1, 0]]);
+        match executor.execute(batch, Acquisitions::Decided) {
+            Err(ExecuteError::Panicked { position: 1, message }) => assert_eq!(message, "asked to"),
+            other => panic!("{algorithm:?}: {other:?}"),
+        }
+        assert_eq!(executor.execute(Arc::new(vec![vec![0], vec![1]]), Acquisitions::Decided).unwrap().len(), 2);
+    }
+}
+
+#[test]
+fn a_follower_whose_leader_is_gone_says_so() {
+    let executor = Executor::new(Algorithm::Lsa(Role::Follower), THREADS, Folder::new(3));
+    let (to_follower, from_leader) = channel();
+    drop(to_follower);
+    match executor.execute(Arc::new(vec![vec![0], vec![1]]), Acquisitions::Follow(&from_leader)) {
+        Err(ExecuteError::LeaderGone) => {}
+        other => panic!("{other:?}"),
+    }
+}
