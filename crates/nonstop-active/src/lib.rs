@@ -10,3 +10,4 @@
 pub mod execute;
 pub mod schedule;
 pub mod sync;
+pub mod vote;
