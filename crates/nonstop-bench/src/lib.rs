@@ -8,6 +8,7 @@
 //! replicated round the backups' images are compared with the primary's and checked with the
 //! workload's consistency check.
 
+pub mod active;
 pub mod clients;
 pub mod tracking;
 pub mod versus_redis;

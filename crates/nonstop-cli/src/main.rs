@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nonstop::{BackupServer, ClusterKey, CommitPolicy, DEFAULT_REGION_BASE, Region, UpdateProtocol};
+use nonstop_bench::active::ActiveBenchConfig;
 use nonstop_bench::{self as bench, BenchConfig, BenchReport, WorkloadKind};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_testbed::local::{KeyFile, LISTENING, LocalBackup};
@@ -346,6 +347,44 @@ enum BenchTarget {
     /// (redis-benchmark), Redis with a replica and WAIT 1 0 after every SET, and nonstop-kv with
     /// one backup (redis-benchmark on its Redis port). Needs redis-server and redis-benchmark.
     Redis(RedisArgs),
+    /// Active replication on the replication survey's synthetic server: unreplicated, then 2f+1
+    /// replicas voting by majority under each scheduler (npds, pds1, pds2, lsa), side by side
+    /// in one run. Replicas run in this process; the order is made here, not over a network.
+    Active(ActiveArgs),
+}
+
+#[derive(Args)]
+struct ActiveArgs {
+    /// Worker threads per replica.
+    #[arg(long, default_value_t = ActiveBenchConfig::default().workers)]
+    workers: u16,
+    /// Closed-loop clients.
+    #[arg(long, default_value_t = ActiveBenchConfig::default().clients)]
+    clients: usize,
+    /// Replicas of each replicated run (odd: 2f+1).
+    #[arg(long, default_value_t = ActiveBenchConfig::default().replicas)]
+    replicas: u16,
+    /// Mutex sections per request.
+    #[arg(long, default_value_t = ActiveBenchConfig::default().sections)]
+    sections: u32,
+    /// Mutexes over the shared data.
+    #[arg(long, default_value_t = ActiveBenchConfig::default().mutexes)]
+    mutexes: u32,
+    /// Computing inside each section, in microseconds.
+    #[arg(long, default_value_t = ActiveBenchConfig::default().compute_us)]
+    compute_us: u64,
+    /// Simulated I/O after each section, outside its mutex, in microseconds.
+    #[arg(long, default_value_t = ActiveBenchConfig::default().io_us)]
+    io_us: u64,
+    /// Each configuration's time per round [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Rounds, each running every configuration; the median round is reported.
+    #[arg(long, default_value_t = ActiveBenchConfig::default().rounds)]
+    rounds: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -595,6 +634,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             BenchTarget::Tracking(args) => bench_tracking(args),
             BenchTarget::Clients(args) => bench_clients(args),
             BenchTarget::Redis(args) => bench_redis(args),
+            BenchTarget::Active(args) => bench_active(args),
         },
         Command::Demo { clients } => demo(clients),
     }
@@ -621,6 +661,55 @@ fn bench_clients(args: ClientsArgs) -> anyhow::Result<()> {
             "{} threads added, {:.1} KiB resident per connection, {} refused, opened in {:.1} s",
             report.threads_added, report.rss_per_connection_kib, report.refused, report.open_s
         );
+    }
+    Ok(())
+}
+
+fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
+    let config = ActiveBenchConfig {
+        workers: args.workers,
+        clients: args.clients,
+        replicas: args.replicas,
+        sections: args.sections,
+        mutexes: args.mutexes,
+        compute_us: args.compute_us,
+        io_us: args.io_us,
+        duration: args.duration.unwrap_or(ActiveBenchConfig::default().duration),
+        rounds: args.rounds,
+    };
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = nonstop_bench::active::run(&config, &|step| progress.set_message(step.to_string()))
+        .map_err(anyhow::Error::msg)?;
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} workers, {} clients, {} replicas (majority); {} sections of {} us on {} mutexes, {} us I/O each; median of {} rounds",
+            config.workers,
+            config.clients,
+            config.replicas,
+            config.sections,
+            config.compute_us,
+            config.mutexes,
+            config.io_us,
+            config.rounds
+        );
+        for (name, run) in &report.runs {
+            println!(
+                "{name:<13} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms   dissenting {}   undecided {}   states equal {}",
+                run.per_s, run.p50_ms, run.p99_ms, run.dissenting, run.undecided, run.states_equal
+            );
+        }
+        println!(
+            "pds2 / npds {:.2}, lsa / npds {:.2}, best replicated / unreplicated {:.2}",
+            report.pds2_vs_npds, report.lsa_vs_npds, report.best_vs_unreplicated
+        );
+    }
+    let disagreed = report.runs.iter().any(|(_, run)| run.dissenting > 0 || run.undecided > 0 || !run.states_equal);
+    if disagreed {
+        anyhow::bail!("replicas disagreed: a scheduler let two replicas diverge (see the figures above)");
     }
     Ok(())
 }

@@ -144,3 +144,27 @@ fn a_node_refuses_a_missing_key_file_or_a_taken_port_in_one_line_before_ready() 
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused at once, not retried");
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
 }
+
+#[test]
+fn bench_active_reports_every_scheduler_and_refuses_an_even_group() {
+    let small = ["--workers", "3", "--clients", "4", "--io-us", "20", "--duration", "150ms", "--rounds", "1"];
+    let out = nonstop(&[&["bench", "active", "--json"][..], &small].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for field in [
+        "unreplicated_per_s",
+        "npds_per_s",
+        "pds1_per_s",
+        "pds2_per_s",
+        "lsa_per_s",
+        "pds2_vs_npds",
+        "lsa_vs_npds",
+        "best_vs_unreplicated",
+    ] {
+        assert!(report[field].as_f64().is_some_and(|value| value > 0.0), "{field}: {report}");
+    }
+    let even = nonstop(&[&["bench", "active", "--replicas", "2"][..], &small].concat());
+    assert!(!even.status.success());
+    let stderr = String::from_utf8_lossy(&even.stderr);
+    assert!(stderr.contains("odd number") && !stderr.contains("panicked"), "{stderr}");
+}

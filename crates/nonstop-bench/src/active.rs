@@ -1,0 +1,495 @@
+//! `nonstop bench active`: the replication survey's synthetic server, unreplicated and actively
+//! replicated under each deterministic scheduler, side by side in one run.
+//!
+//! The server (Basile, Kalbarczyk and Iyer, DSN 2003 and SRDS 2002, as the survey describes it):
+//! worker threads serve closed-loop clients; each request is a sequence of sections, each a
+//! mutex on shared data with some computing inside, then simulated I/O outside it. Replicated,
+//! the clients' requests are put in one order by a sequencer that closes a batch whenever the
+//! replicas are ready for one, every replica executes every batch, and each client votes on
+//! its replies by majority.
+//!
+//! What this measures and what it does not: the replicas run in this process and the order is
+//! made here, so the figures are the schedulers' cost and the voting's, not a network's. Every
+//! reply is voted on; any disagreement, and any difference between the replicas' final states,
+//! is reported.
+
+use hdrhistogram::Histogram;
+use nonstop_active::execute::{Acquisitions, Executor, Handler, Shipped};
+use nonstop_active::schedule::{Algorithm, MutexId, Role, ThreadId};
+use nonstop_active::sync::{Mutex, Worker};
+use nonstop_active::vote::{ReplicaId, ReplyMode, Verdict, Vote};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+/// The synthetic server's shape and the run's length.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveBenchConfig {
+    /// Worker threads per replica (the survey: 10).
+    pub workers: u16,
+    /// Closed-loop clients (the survey: 15).
+    pub clients: usize,
+    /// Replicas of each replicated run (2f+1).
+    pub replicas: u16,
+    /// Mutex sections per request.
+    pub sections: u32,
+    /// Mutexes over the shared data.
+    pub mutexes: u32,
+    /// Computing inside each section, in microseconds.
+    pub compute_us: u64,
+    /// Simulated I/O after each section, outside the mutex, in microseconds.
+    pub io_us: u64,
+    /// Each configuration's measured time per round.
+    pub duration: Duration,
+    /// Rounds, each running every configuration once; the median round is reported.
+    pub rounds: usize,
+}
+
+impl Default for ActiveBenchConfig {
+    fn default() -> Self {
+        ActiveBenchConfig {
+            workers: 10,
+            clients: 15,
+            replicas: 3,
+            sections: 4,
+            mutexes: 8,
+            compute_us: 20,
+            io_us: 200,
+            duration: Duration::from_secs(1),
+            rounds: 3,
+        }
+    }
+}
+
+/// One configuration's figures (its median round).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunFigures {
+    /// Answered requests per second.
+    pub per_s: f64,
+    /// Median request latency, as a client saw it.
+    pub p50_ms: f64,
+    /// 99th percentile request latency.
+    pub p99_ms: f64,
+    /// Requests answered.
+    pub answered: u64,
+    /// Replies that lost their vote (0 if every replica is deterministic).
+    pub dissenting: u64,
+    /// Requests no reply won (0 if every replica is deterministic).
+    pub undecided: u64,
+    /// Whether every replica ended with the same shared data (always for unreplicated).
+    pub states_equal: bool,
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveBenchReport {
+    /// What ran.
+    pub config: ActiveBenchConfig,
+    /// Unreplicated: the same server, its threads unscheduled.
+    pub unreplicated_per_s: f64,
+    /// Replicated, non-preemptive deterministic scheduling.
+    pub npds_per_s: f64,
+    /// Replicated, PDS with one acquisition per thread per round.
+    pub pds1_per_s: f64,
+    /// Replicated, PDS with two.
+    pub pds2_per_s: f64,
+    /// Replicated, loose synchronization (the leader's order shipped).
+    pub lsa_per_s: f64,
+    /// PDS-2 over NPDS (the survey: about 2).
+    pub pds2_vs_npds: f64,
+    /// LSA over NPDS (the survey: about 5).
+    pub lsa_vs_npds: f64,
+    /// The best replicated configuration over unreplicated.
+    pub best_vs_unreplicated: f64,
+    /// Every configuration's figures, by name.
+    pub runs: Vec<(String, RunFigures)>,
+    /// Each round's requests per second, by configuration.
+    pub rounds_per_s: Vec<(String, Vec<f64>)>,
+}
+
+/// The configurations, in the order every round runs them.
+const CONFIGURATIONS: [(&str, Option<Algorithm>); 5] = [
+    ("unreplicated", None),
+    ("npds", Some(Algorithm::Npds)),
+    ("pds1", Some(Algorithm::Pds1)),
+    ("pds2", Some(Algorithm::Pds2)),
+    ("lsa", Some(Algorithm::Lsa(Role::Leader))),
+];
+
+/// Runs every configuration `config.rounds` times, alternating, and reports the medians.
+/// `progress` hears what runs now.
+pub fn run(config: &ActiveBenchConfig, progress: &dyn Fn(&str)) -> Result<ActiveBenchReport, String> {
+    if config.workers == 0 || config.clients == 0 || config.sections == 0 || config.mutexes == 0 || config.rounds == 0 {
+        return Err("--workers, --clients, --sections, --mutexes and --rounds must be at least 1".into());
+    }
+    if config.replicas == 0 || config.replicas.is_multiple_of(2) {
+        return Err(format!("--replicas {} cannot vote by majority: use an odd number (2f+1)", config.replicas));
+    }
+    let mut rounds: Vec<Vec<RunFigures>> = vec![Vec::new(); CONFIGURATIONS.len()];
+    for round in 0..config.rounds {
+        for (index, (name, algorithm)) in CONFIGURATIONS.iter().enumerate() {
+            progress(&format!("round {}/{}: {name}", round + 1, config.rounds));
+            let figures = match algorithm {
+                None => run_unreplicated(config),
+                Some(algorithm) => run_replicated(config, *algorithm)?,
+            };
+            rounds[index].push(figures);
+        }
+    }
+    let runs: Vec<(String, RunFigures)> =
+        CONFIGURATIONS.iter().zip(&rounds).map(|((name, _), figures)| (name.to_string(), median(figures))).collect();
+    let per_s = |name: &str| runs.iter().find(|(n, _)| n == name).map_or(0.0, |(_, f)| f.per_s);
+    let best = ["npds", "pds1", "pds2", "lsa"].iter().map(|name| per_s(name)).fold(0.0, f64::max);
+    Ok(ActiveBenchReport {
+        config: config.clone(),
+        unreplicated_per_s: per_s("unreplicated"),
+        npds_per_s: per_s("npds"),
+        pds1_per_s: per_s("pds1"),
+        pds2_per_s: per_s("pds2"),
+        lsa_per_s: per_s("lsa"),
+        pds2_vs_npds: per_s("pds2") / per_s("npds"),
+        lsa_vs_npds: per_s("lsa") / per_s("npds"),
+        best_vs_unreplicated: best / per_s("unreplicated"),
+        rounds_per_s: CONFIGURATIONS
+            .iter()
+            .zip(&rounds)
+            .map(|((name, _), figures)| (name.to_string(), figures.iter().map(|f| f.per_s).collect()))
+            .collect(),
+        runs,
+    })
+}
+
+/// The round with the median throughput.
+fn median(figures: &[RunFigures]) -> RunFigures {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(|a, b| a.per_s.total_cmp(&b.per_s));
+    sorted[sorted.len() / 2].clone()
+}
+
+/// The survey's server: mutexes over shared counters; a request's sections, drawn from the
+/// request itself, fold it into the counters they enter. The reply is what the request saw, so
+/// it depends on the order of acquisitions as the state does.
+struct SyntheticServer {
+    data: Vec<Mutex<u64>>,
+    sections: u32,
+    compute: Duration,
+    io: Duration,
+}
+
+impl SyntheticServer {
+    fn new(config: &ActiveBenchConfig) -> Arc<SyntheticServer> {
+        Arc::new(SyntheticServer {
+            data: (0..config.mutexes).map(|m| Mutex::new(MutexId(m), 0)).collect(),
+            sections: config.sections,
+            compute: Duration::from_micros(config.compute_us),
+            io: Duration::from_micros(config.io_us),
+        })
+    }
+
+    fn state(&self) -> Vec<u64> {
+        let worker = Worker::unscheduled(ThreadId(0));
+        self.data.iter().map(|value| *worker.lock(value).expect("an unscheduled lock")).collect()
+    }
+}
+
+impl Handler for SyntheticServer {
+    fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8> {
+        let seed = u64::from_le_bytes(request.try_into().expect("the bench's requests are 8 bytes"));
+        let mut seen = 0u64;
+        for section in 0..self.sections {
+            let draw = mix(seed ^ u64::from(section).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mutex = &self.data[(draw % self.data.len() as u64) as usize];
+            {
+                let mut value = worker.lock(mutex).expect("a worker of a live batch may lock");
+                *value = mix(*value ^ seed);
+                seen ^= *value;
+                spin(self.compute);
+            }
+            if !self.io.is_zero() {
+                std::thread::sleep(self.io);
+            }
+        }
+        seen.to_le_bytes().to_vec()
+    }
+}
+
+/// SplitMix64's finalizer.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Computes for `time` (a busy loop: the section's CPU work).
+fn spin(time: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < time {
+        std::hint::spin_loop();
+    }
+}
+
+/// A client's request: who sent it, its number, and its bytes.
+struct Request {
+    client: usize,
+    number: u64,
+    body: Vec<u8>,
+}
+
+/// Each client's channel for its answers: the senders, then the receivers.
+type AnswerChannels = (Vec<Sender<Vec<u8>>>, Vec<Receiver<Vec<u8>>>);
+
+fn answer_channels(clients: usize) -> AnswerChannels {
+    (0..clients).map(|_| channel()).unzip()
+}
+
+/// What the clients measured.
+struct Load {
+    answered: u64,
+    latency: Histogram<u64>,
+    elapsed: Duration,
+}
+
+/// Runs `clients` closed-loop clients for `duration`, each sending through `send` and waiting
+/// on its own receiver for the answer.
+fn drive_clients(
+    config: &ActiveBenchConfig,
+    send: Sender<Request>,
+    answers: Vec<Receiver<Vec<u8>>>,
+    stop: &AtomicBool,
+) -> Load {
+    let start = Instant::now();
+    let loads: Vec<(u64, Histogram<u64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = answers
+            .into_iter()
+            .enumerate()
+            .map(|(client, answers)| {
+                let send = send.clone();
+                scope.spawn(move || {
+                    let mut latency = latency_histogram();
+                    let mut number = 0u64;
+                    while !stop.load(Ordering::Relaxed) && start.elapsed() < config.duration {
+                        number += 1;
+                        let body = mix((client as u64) << 40 ^ number).to_le_bytes().to_vec();
+                        let sent = Instant::now();
+                        if send.send(Request { client, number, body }).is_err() || answers.recv().is_err() {
+                            break;
+                        }
+                        latency.saturating_record(sent.elapsed().as_micros() as u64);
+                    }
+                    (latency.len(), latency)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().expect("a client thread")).collect()
+    });
+    let elapsed = start.elapsed();
+    let mut latency = latency_histogram();
+    let mut answered = 0;
+    for (count, histogram) in loads {
+        answered += count;
+        latency.add(&histogram).expect("histograms of one shape");
+    }
+    Load { answered, latency, elapsed }
+}
+
+/// Microseconds from 1 us to a minute, 3 significant figures (a histogram made with `new`
+/// tracks up to 2 until it resizes, and a saturating record does not resize it).
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn figures(load: &Load, dissenting: u64, undecided: u64, states_equal: bool) -> RunFigures {
+    RunFigures {
+        per_s: load.answered as f64 / load.elapsed.as_secs_f64(),
+        p50_ms: load.latency.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: load.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        answered: load.answered,
+        dissenting,
+        undecided,
+        states_equal,
+    }
+}
+
+/// The server alone: its worker threads take requests from one queue as they come free.
+fn run_unreplicated(config: &ActiveBenchConfig) -> RunFigures {
+    let server = SyntheticServer::new(config);
+    let (send, requests) = channel::<Request>();
+    let requests = std::sync::Mutex::new(requests);
+    let (answer_to, answers) = answer_channels(config.clients);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for index in 0..config.workers {
+            let (server, requests, answer_to) = (&server, &requests, &answer_to);
+            scope.spawn(move || {
+                let worker = Worker::unscheduled(ThreadId(index));
+                loop {
+                    let next = requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                    let Ok(request) = next else { return };
+                    let reply = server.handle(&worker, &request.body);
+                    let _ = answer_to[request.client].send(reply);
+                }
+            });
+        }
+        let load = drive_clients(config, send, answers, &stop);
+        figures(&load, 0, 0, true)
+    })
+}
+
+/// A batch of the order: the requests' bytes, and who asked each.
+struct Ordered {
+    bodies: Arc<Vec<Vec<u8>>>,
+    askers: Arc<Vec<(usize, u64)>>,
+}
+
+/// What a replica answered to one batch.
+struct Answered {
+    replica: ReplicaId,
+    askers: Arc<Vec<(usize, u64)>>,
+    replies: Vec<Vec<u8>>,
+}
+
+/// The server replicated `config.replicas` times under `algorithm` (replica 0 leads under LSA),
+/// with a sequencer, and a voter per request on the clients' side.
+fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm) -> Result<RunFigures, String> {
+    let lsa = matches!(algorithm, Algorithm::Lsa(_));
+    let replicas = config.replicas;
+    let servers: Vec<Arc<SyntheticServer>> = (0..replicas).map(|_| SyntheticServer::new(config)).collect();
+    let (send, requests) = channel::<Request>();
+    let (answer_to, answers) = answer_channels(config.clients);
+    let (to_replicas, batches): (Vec<Sender<Ordered>>, Vec<Receiver<Ordered>>) =
+        (0..replicas).map(|_| channel()).unzip();
+    let (to_followers, from_leader): (Vec<Sender<Shipped>>, Vec<Receiver<Shipped>>) =
+        (1..replicas).map(|_| channel()).unzip();
+    let (answered_to, answered) = channel::<Answered>();
+    let (ready_to, ready) = channel::<usize>();
+    let stop = AtomicBool::new(false);
+    let mut from_leader = from_leader.into_iter();
+    let outcome = std::thread::scope(|scope| {
+        // The sequencer: one batch of whatever is waiting, to every replica, in one order. It
+        // closes the next batch once a majority of the replicas finished the last one, so that
+        // what arrives meanwhile goes together (a batch runs to its end before the next).
+        scope.spawn(move || {
+            let quorum = usize::from(replicas) / 2 + 1;
+            let (mut closed, mut finished) = (0u64, vec![0u64; usize::from(replicas)]);
+            while let Ok(first) = requests.recv() {
+                while finished.iter().filter(|&&done| done >= closed).count() < quorum {
+                    let Ok(replica) = ready.recv() else { return };
+                    finished[replica] += 1;
+                }
+                let mut waiting = vec![first];
+                waiting.extend(requests.try_iter());
+                closed += 1;
+                let askers = Arc::new(waiting.iter().map(|r| (r.client, r.number)).collect::<Vec<_>>());
+                let bodies = Arc::new(waiting.into_iter().map(|r| r.body).collect::<Vec<_>>());
+                for replica in &to_replicas {
+                    let _ = replica.send(Ordered { bodies: bodies.clone(), askers: askers.clone() });
+                }
+            }
+        });
+        let mut executors = Vec::new();
+        for (index, batches) in batches.into_iter().enumerate() {
+            let (server, answered_to, ready_to) = (servers[index].clone(), answered_to.clone(), ready_to.clone());
+            let (role, leads, follows) = match (lsa, index) {
+                (false, _) => (algorithm, Vec::new(), None),
+                (true, 0) => (Algorithm::Lsa(Role::Leader), to_followers.clone(), None),
+                (true, _) => (Algorithm::Lsa(Role::Follower), Vec::new(), from_leader.next()),
+            };
+            executors.push(scope.spawn(move || -> Result<(), String> {
+                let executor = Executor::new(role, config.workers, server);
+                while let Ok(batch) = batches.recv() {
+                    let acquisitions = match &follows {
+                        Some(leader) => Acquisitions::Follow(leader),
+                        None if !leads.is_empty() => Acquisitions::Lead(leads.clone()),
+                        None => Acquisitions::Decided,
+                    };
+                    let replies = executor.execute(batch.bodies, acquisitions).map_err(|e| e.to_string())?;
+                    let answered = Answered { replica: ReplicaId(index as u16), askers: batch.askers, replies };
+                    if answered_to.send(answered).is_err() || ready_to.send(index).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            }));
+        }
+        drop((to_followers, answered_to, ready_to));
+        // The clients' voters, one per request (here in one thread: each is independent).
+        let voter = scope.spawn(move || -> Result<(u64, u64), String> {
+            let (mut votes, mut dissenting, mut undecided) = (HashMap::<(usize, u64), Vote>::new(), 0u64, 0u64);
+            for answered in answered {
+                for (asker, reply) in answered.askers.iter().zip(answered.replies) {
+                    let vote = match votes.entry(*asker) {
+                        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(entry) => entry
+                            .insert(Vote::new(ReplyMode::Majority, replicas, ReplicaId(0)).map_err(|e| e.to_string())?),
+                    };
+                    let before = vote.verdict();
+                    let after = vote.reply(answered.replica, reply).map_err(|e| e.to_string())?;
+                    if before == Verdict::Waiting && after == Verdict::Decided {
+                        let _ = answer_to[asker.0].send(vote.decided().unwrap_or_default().to_vec());
+                    }
+                    if before == Verdict::Waiting && after == Verdict::Undecidable {
+                        undecided += 1;
+                        // The client hears something, so that the run goes on; counted above.
+                        let _ = answer_to[asker.0].send(Vec::new());
+                    }
+                    if vote.complete() {
+                        dissenting += vote.dissenters().len() as u64;
+                        votes.remove(asker);
+                    }
+                }
+            }
+            Ok((dissenting, undecided))
+        });
+        let load = drive_clients(config, send, answers, &stop);
+        stop.store(true, Ordering::Relaxed);
+        for executor in executors {
+            executor.join().map_err(|_| "a replica's thread panicked".to_string())??;
+        }
+        let (dissenting, undecided) = voter.join().map_err(|_| "the voter panicked".to_string())??;
+        Ok::<_, String>((load, dissenting, undecided))
+    });
+    let (load, dissenting, undecided) = outcome?;
+    let states: Vec<Vec<u64>> = servers.iter().map(|server| server.state()).collect();
+    let states_equal = states.iter().all(|state| state == &states[0]);
+    Ok(figures(&load, dissenting, undecided, states_equal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> ActiveBenchConfig {
+        ActiveBenchConfig {
+            workers: 3,
+            clients: 4,
+            sections: 3,
+            mutexes: 2,
+            compute_us: 5,
+            io_us: 20,
+            duration: Duration::from_millis(150),
+            rounds: 1,
+            ..ActiveBenchConfig::default()
+        }
+    }
+
+    #[test]
+    fn every_configuration_answers_with_agreeing_replicas() {
+        let report = run(&small(), &|_| {}).unwrap();
+        assert_eq!(report.runs.len(), 5);
+        for (name, figures) in &report.runs {
+            assert!(figures.answered > 0, "{name}: {figures:?}");
+            assert_eq!((figures.dissenting, figures.undecided), (0, 0), "{name}: {figures:?}");
+            assert!(figures.states_equal, "{name}: {figures:?}");
+        }
+        assert!(report.pds2_vs_npds > 0.0 && report.best_vs_unreplicated > 0.0, "{report:?}");
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        assert!(run(&ActiveBenchConfig { replicas: 2, ..small() }, &|_| {}).is_err());
+        assert!(run(&ActiveBenchConfig { workers: 0, ..small() }, &|_| {}).is_err());
+    }
+}
