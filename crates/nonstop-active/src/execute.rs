@@ -79,10 +79,10 @@ pub enum ExecuteError {
     #[error("the scheduler refused a worker's step: {0}")]
     Schedule(#[from] ScheduleError),
     /// The handler panicked on a request.
-    #[error("the handler panicked on request {position} of the batch: {message}")]
+    #[error("the handler panicked on request {position} of the batch or stream: {message}")]
     Panicked {
-        /// The request's position in the batch.
-        position: usize,
+        /// The request's position in its batch (or, streamed, in the whole order).
+        position: u64,
         /// What the panic said.
         message: String,
     },
@@ -214,22 +214,32 @@ fn follow(replica: &Replica, leader: &Receiver<Shipped>) -> Result<(), ExecuteEr
 fn handle_part<H: Handler + ?Sized>(handler: &H, job: Job, index: usize, count: usize) -> Done {
     let mut replies = Vec::new();
     for position in (index..job.batch.len()).step_by(count) {
-        let request = &job.batch[position];
-        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&job.worker, request)));
-        match reply {
+        match handle_one(handler, &job.worker, &job.batch[position], position as u64) {
             Ok(reply) => replies.push((position, reply)),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+            Err(panicked) => {
                 // The thread still leaves the batch, so that the others can finish it.
                 let _ = job.worker.exit();
-                return Err(ExecuteError::Panicked { position, message });
+                return Err(panicked);
             }
         }
     }
     job.worker.exit()?;
     Ok(replies)
+}
+
+/// `handler`'s reply to `request` (number `position` of its batch or stream), a panic caught.
+pub(crate) fn handle_one<H: Handler + ?Sized>(
+    handler: &H,
+    worker: &Worker,
+    request: &[u8],
+    position: u64,
+) -> Result<Vec<u8>, ExecuteError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(worker, request))).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        ExecuteError::Panicked { position, message }
+    })
 }

@@ -9,5 +9,6 @@
 
 pub mod execute;
 pub mod schedule;
+pub mod stream;
 pub mod sync;
 pub mod vote;

@@ -232,6 +232,19 @@ impl Scheduler {
         self.steps.get(thread.0 as usize) == Some(&Step::Running)
     }
 
+    /// LSA follower: whether `thread` waits for a mutex its leader has not shipped to it (not in
+    /// that mutex's shipped order at all). Once the leader's order has ended, such a thread
+    /// will never run again. False for every other algorithm and step.
+    pub fn waits_unshipped(&self, thread: ThreadId) -> bool {
+        if self.algorithm != Algorithm::Lsa(Role::Follower) {
+            return false;
+        }
+        match self.steps.get(thread.0 as usize) {
+            Some(Step::Queued(mutex)) => !self.mutexes.get(mutex).is_some_and(|m| m.queue.contains(&thread)),
+            _ => false,
+        }
+    }
+
     /// Whether `thread` has exited.
     pub fn exited(&self, thread: ThreadId) -> bool {
         self.steps.get(thread.0 as usize) == Some(&Step::Exited)

@@ -39,7 +39,7 @@ struct Shared {
     issued: Vec<bool>,
     /// LSA leader: where each acquisition goes, in order.
     shipping: Shipping,
-    /// Given up in the middle of a batch ([`Replica::abandon`]): no thread waits any more.
+    /// Given up ([`Replica::abandon`]): no thread waits any more.
     abandoned: bool,
 }
 
@@ -50,6 +50,19 @@ enum Shipping {
     /// Handed to a sink as they happen ([`Replica::shipping_to`]), under the replica's lock,
     /// so in order.
     To(Box<dyn FnMut(MutexId, ThreadId) + Send>),
+}
+
+impl Shared {
+    /// Whether thread `id` may go on: the scheduler lets it run, or it has left.
+    fn may_go_on(&self, id: ThreadId) -> bool {
+        self.scheduler.may_run(id) || self.scheduler.exited(id)
+    }
+
+    /// Whether thread `id` waits for a grant that will never come: the replica was abandoned
+    /// and its order holds nothing for it.
+    fn stranded(&self, id: ThreadId) -> bool {
+        self.abandoned && self.scheduler.waits_unshipped(id)
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -117,9 +130,11 @@ impl Replica {
         }
     }
 
-    /// Gives the replica up: every thread waiting for its turn, and every later lock, unlock
-    /// or exit, gets [`ScheduleError::Abandoned`], so that its threads stop instead of waiting
-    /// for a turn that will not come (an LSA follower whose leader is gone).
+    /// Gives the replica up: no more grants will come from outside (an LSA follower whose
+    /// leader is gone). The grants already shipped are still given; a thread that waits, now
+    /// or later, for a mutex the order holds nothing more for gets [`ScheduleError::Abandoned`]
+    /// and must stop instead of waiting for ever. What such a replica holds afterwards is no
+    /// longer a replica's state: it must be re-integrated.
     pub fn abandon(&self) {
         self.lock_shared().abandoned = true;
         self.changed.notify_all();
@@ -155,12 +170,12 @@ impl Replica {
         event: impl FnOnce(&mut Scheduler) -> Result<Vec<Action>, ScheduleError>,
     ) -> Result<(), ScheduleError> {
         let mut shared = self.wait_turn(self.lock_shared(), id);
-        if shared.abandoned {
+        if !shared.may_go_on(id) {
             return Err(ScheduleError::Abandoned);
         }
         let actions = event(&mut shared.scheduler)?;
         self.apply(&mut shared, actions);
-        if self.wait_turn(shared, id).abandoned {
+        if !self.wait_turn(shared, id).may_go_on(id) {
             return Err(ScheduleError::Abandoned);
         }
         Ok(())
@@ -168,7 +183,7 @@ impl Replica {
 
     /// Waits until the scheduler lets `id` run (a thread that exited is let go).
     fn wait_turn<'a>(&'a self, mut shared: MutexGuard<'a, Shared>, id: ThreadId) -> MutexGuard<'a, Shared> {
-        while !shared.scheduler.may_run(id) && !shared.scheduler.exited(id) && !shared.abandoned {
+        while !shared.may_go_on(id) && !shared.stranded(id) {
             shared = self.changed.wait(shared).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         shared

@@ -162,3 +162,64 @@ fn a_follower_whose_leader_is_gone_says_so() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Runs `batches` through an LSA leader and two followers streaming (no batch ends), with
+/// pauses between submissions, and answers each replica's replies by number and final state.
+fn stream_three(batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<(Vec<Vec<u8>>, Vec<u64>)> {
+    use nonstop_active::stream::Stream;
+    let folders: Vec<Arc<Folder>> = (0..3).map(|replica| Folder::new(timing * 10 + replica)).collect();
+    let (to_followers, from_leader): (Vec<_>, Vec<_>) = (0..2).map(|_| channel()).unzip();
+    let (replies_to, replies): (Vec<_>, Vec<_>) = (0..3).map(|_| channel()).unzip();
+    let mut replies_to = replies_to.into_iter();
+    let mut streams = vec![Stream::leader(THREADS, folders[0].clone(), to_followers, replies_to.next().unwrap())];
+    for (folder, leader) in folders[1..].iter().zip(from_leader) {
+        streams.push(Stream::follower(THREADS, folder.clone(), leader, replies_to.next().unwrap()));
+    }
+    let total: usize = batches.iter().map(|batch| batch.len()).sum();
+    for (index, batch) in batches.iter().enumerate() {
+        for stream in &mut streams {
+            stream.submit(batch.iter().cloned());
+        }
+        std::thread::sleep(Duration::from_micros((timing * 37 + index as u64 * 101) % 300));
+    }
+    drop(streams);
+    replies
+        .into_iter()
+        .zip(&folders)
+        .map(|(replies, folder)| {
+            let mut numbered: Vec<(u64, Vec<u8>)> = replies.iter().map(|(n, reply)| (n, reply.unwrap())).collect();
+            assert_eq!(numbered.len(), total);
+            numbered.sort();
+            let state = folder.state(&Worker::unscheduled(nonstop_active::schedule::ThreadId(0)));
+            (numbered.into_iter().map(|(_, reply)| reply).collect(), state)
+        })
+        .collect()
+}
+
+#[test]
+fn streamed_lsa_followers_reply_as_their_leader_whatever_the_timing() {
+    for seed in 0..4 {
+        let batches = batches(seed, 8);
+        for timing in [seed, seed + 100, seed + 200] {
+            let results = stream_three(&batches, timing);
+            assert!(results.iter().all(|result| result == &results[0]), "seed {seed} timing {timing}");
+        }
+    }
+}
+
+#[test]
+fn a_streamed_follower_whose_leader_ends_early_stops_instead_of_waiting() {
+    use nonstop_active::stream::Stream;
+    let (to_follower, from_leader) = channel();
+    let (replies_to, replies) = channel();
+    let mut follower = Stream::follower(THREADS, Folder::new(5), from_leader, replies_to);
+    follower.submit([vec![0], vec![1], vec![2]]);
+    // The leader ships one grant and is gone.
+    to_follower.send((MutexId(0), nonstop_active::schedule::ThreadId(0))).unwrap();
+    drop(to_follower);
+    drop(follower);
+    let answered: Vec<_> = replies.iter().collect();
+    assert_eq!(answered.len(), 3);
+    assert!(answered.iter().any(|(_, reply)| reply.is_ok()), "{answered:?}");
+    assert!(answered.iter().any(|(_, reply)| reply.is_err()), "{answered:?}");
+}
