@@ -407,9 +407,12 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm) -> Result<Ru
                     };
                     let replies = executor.execute(batch.bodies, acquisitions).map_err(|e| e.to_string())?;
                     let answered = Answered { replica: ReplicaId(index as u16), askers: batch.askers, replies };
-                    if answered_to.send(answered).is_err() || ready_to.send(index).is_err() {
+                    if answered_to.send(answered).is_err() {
                         break;
                     }
+                    // The sequencer is gone once the clients are: the batches already ordered
+                    // still run, or this replica would end behind the others.
+                    let _ = ready_to.send(index);
                 }
                 Ok(())
             }));
