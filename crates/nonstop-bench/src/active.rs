@@ -23,8 +23,14 @@ use nonstop_active::schedule::{Algorithm, MutexId, Role, ThreadId};
 use nonstop_active::stream::Stream;
 use nonstop_active::sync::{Mutex, Worker};
 use nonstop_active::vote::{ReplicaId, ReplyMode, Verdict, Vote};
+use nonstop_net::{Primary, PrimaryConfig};
+use nonstop_proto::primary::Ticket;
+use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
+use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region};
+use nonstop_testbed::local::{KeyFile, LocalBackup};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -109,58 +115,89 @@ pub struct ActiveBenchReport {
     pub pds2_vs_npds: f64,
     /// LSA over NPDS (the survey: about 5).
     pub lsa_vs_npds: f64,
-    /// The best replicated configuration over unreplicated.
+    /// The best actively replicated configuration over unreplicated.
     pub best_vs_unreplicated: f64,
+    /// The same server passively replicated (one backup), if measured.
+    pub passive_per_s: Option<f64>,
+    /// Passive over unreplicated, if measured.
+    pub passive_vs_unreplicated: Option<f64>,
     /// Every configuration's figures, by name.
     pub runs: Vec<(String, RunFigures)>,
     /// Each round's requests per second, by configuration.
     pub rounds_per_s: Vec<(String, Vec<f64>)>,
 }
 
+/// How the server runs in one configuration.
+#[derive(Clone, Copy)]
+enum Replication {
+    /// Alone, its threads unscheduled.
+    None,
+    /// Actively, 2f+1 replicas under this scheduler (replica 0 leads under LSA).
+    Active(Algorithm),
+    /// Passively: one primary, one backup, checkpoints and output commit.
+    Passive,
+}
+
 /// The configurations, in the order every round runs them.
-const CONFIGURATIONS: [(&str, Option<Algorithm>); 5] = [
-    ("unreplicated", None),
-    ("npds", Some(Algorithm::Npds)),
-    ("pds1", Some(Algorithm::Pds1)),
-    ("pds2", Some(Algorithm::Pds2)),
-    ("lsa", Some(Algorithm::Lsa(Role::Leader))),
+const CONFIGURATIONS: [(&str, Replication); 6] = [
+    ("unreplicated", Replication::None),
+    ("npds", Replication::Active(Algorithm::Npds)),
+    ("pds1", Replication::Active(Algorithm::Pds1)),
+    ("pds2", Replication::Active(Algorithm::Pds2)),
+    ("lsa", Replication::Active(Algorithm::Lsa(Role::Leader))),
+    ("passive", Replication::Passive),
 ];
 
 /// Runs every configuration `config.rounds` times, alternating, and reports the medians.
-/// `progress` hears what runs now.
-pub fn run(config: &ActiveBenchConfig, progress: &dyn Fn(&str)) -> Result<ActiveBenchReport, String> {
+/// `backup_exe` is the `nonstop` binary that runs the passive configuration's backup (`None`:
+/// the passive configuration is left out). `progress` hears what runs now.
+pub fn run(
+    config: &ActiveBenchConfig,
+    backup_exe: Option<&Path>,
+    progress: &dyn Fn(&str),
+) -> Result<ActiveBenchReport, String> {
     if config.workers == 0 || config.clients == 0 || config.sections == 0 || config.mutexes == 0 || config.rounds == 0 {
         return Err("--workers, --clients, --sections, --mutexes and --rounds must be at least 1".into());
     }
     if config.replicas == 0 || config.replicas.is_multiple_of(2) {
         return Err(format!("--replicas {} cannot vote by majority: use an odd number (2f+1)", config.replicas));
     }
-    let mut rounds: Vec<Vec<RunFigures>> = vec![Vec::new(); CONFIGURATIONS.len()];
+    let configurations: Vec<(&str, Replication)> = CONFIGURATIONS
+        .iter()
+        .copied()
+        .filter(|(_, replication)| backup_exe.is_some() || !matches!(replication, Replication::Passive))
+        .collect();
+    let mut rounds: Vec<Vec<RunFigures>> = vec![Vec::new(); configurations.len()];
     for round in 0..config.rounds {
-        for (index, (name, algorithm)) in CONFIGURATIONS.iter().enumerate() {
+        for (index, (name, replication)) in configurations.iter().enumerate() {
             progress(&format!("round {}/{}: {name}", round + 1, config.rounds));
-            let figures = match algorithm {
-                None => run_unreplicated(config),
-                Some(algorithm) => run_replicated(config, *algorithm)?,
+            let figures = match (replication, backup_exe) {
+                (Replication::None, _) => run_unreplicated(config),
+                (Replication::Active(algorithm), _) => run_replicated(config, *algorithm)?,
+                (Replication::Passive, Some(exe)) => run_passive(config, exe)?,
+                (Replication::Passive, None) => continue,
             };
             rounds[index].push(figures);
         }
     }
     let runs: Vec<(String, RunFigures)> =
-        CONFIGURATIONS.iter().zip(&rounds).map(|((name, _), figures)| (name.to_string(), median(figures))).collect();
-    let per_s = |name: &str| runs.iter().find(|(n, _)| n == name).map_or(0.0, |(_, f)| f.per_s);
-    let best = ["npds", "pds1", "pds2", "lsa"].iter().map(|name| per_s(name)).fold(0.0, f64::max);
+        configurations.iter().zip(&rounds).map(|((name, _), figures)| (name.to_string(), median(figures))).collect();
+    let per_s = |name: &str| runs.iter().find(|(n, _)| n == name).map(|(_, f)| f.per_s);
+    let active = |name: &str| per_s(name).unwrap_or(0.0);
+    let best = ["npds", "pds1", "pds2", "lsa"].iter().map(|name| active(name)).fold(0.0, f64::max);
     Ok(ActiveBenchReport {
         config: config.clone(),
-        unreplicated_per_s: per_s("unreplicated"),
-        npds_per_s: per_s("npds"),
-        pds1_per_s: per_s("pds1"),
-        pds2_per_s: per_s("pds2"),
-        lsa_per_s: per_s("lsa"),
-        pds2_vs_npds: per_s("pds2") / per_s("npds"),
-        lsa_vs_npds: per_s("lsa") / per_s("npds"),
-        best_vs_unreplicated: best / per_s("unreplicated"),
-        rounds_per_s: CONFIGURATIONS
+        unreplicated_per_s: active("unreplicated"),
+        npds_per_s: active("npds"),
+        pds1_per_s: active("pds1"),
+        pds2_per_s: active("pds2"),
+        lsa_per_s: active("lsa"),
+        pds2_vs_npds: active("pds2") / active("npds"),
+        lsa_vs_npds: active("lsa") / active("npds"),
+        best_vs_unreplicated: best / active("unreplicated"),
+        passive_per_s: per_s("passive"),
+        passive_vs_unreplicated: per_s("passive").map(|passive| passive / active("unreplicated")),
+        rounds_per_s: configurations
             .iter()
             .zip(&rounds)
             .map(|((name, _), figures)| (name.to_string(), figures.iter().map(|f| f.per_s).collect()))
@@ -181,19 +218,13 @@ fn median(figures: &[RunFigures]) -> RunFigures {
 /// it depends on the order of acquisitions as the state does.
 struct SyntheticServer {
     data: Vec<Mutex<u64>>,
-    sections: u32,
-    compute: Duration,
-    io: Duration,
+    shape: Shape,
 }
 
 impl SyntheticServer {
     fn new(config: &ActiveBenchConfig) -> Arc<SyntheticServer> {
-        Arc::new(SyntheticServer {
-            data: (0..config.mutexes).map(|m| Mutex::new(MutexId(m), 0)).collect(),
-            sections: config.sections,
-            compute: Duration::from_micros(config.compute_us),
-            io: Duration::from_micros(config.io_us),
-        })
+        let data = (0..config.mutexes).map(|m| Mutex::new(MutexId(m), 0)).collect();
+        Arc::new(SyntheticServer { data, shape: Shape::of(config) })
     }
 
     fn state(&self) -> Vec<u64> {
@@ -204,17 +235,43 @@ impl SyntheticServer {
 
 impl Handler for SyntheticServer {
     fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8> {
+        self.shape
+            .serve(request, |mutex, fold| fold(&mut worker.lock(&self.data[mutex]).expect("a live worker may lock")))
+    }
+}
+
+/// What one request does, whoever keeps the shared data.
+struct Shape {
+    sections: u32,
+    mutexes: usize,
+    compute: Duration,
+    io: Duration,
+}
+
+impl Shape {
+    fn of(config: &ActiveBenchConfig) -> Shape {
+        Shape {
+            sections: config.sections,
+            mutexes: config.mutexes as usize,
+            compute: Duration::from_micros(config.compute_us),
+            io: Duration::from_micros(config.io_us),
+        }
+    }
+
+    /// Serves `request` (8 bytes, its seed): each section enters the mutex its draw names,
+    /// through `enter(mutex, fold)`, which runs `fold` on the value under it; each folds the seed
+    /// into the value and computes, then the section's I/O follows outside the mutex. Answers
+    /// what the request saw.
+    fn serve(&self, request: &[u8], mut enter: impl FnMut(usize, &mut dyn FnMut(&mut u64))) -> Vec<u8> {
         let seed = u64::from_le_bytes(request.try_into().expect("the bench's requests are 8 bytes"));
         let mut seen = 0u64;
         for section in 0..self.sections {
             let draw = mix(seed ^ u64::from(section).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mutex = &self.data[(draw % self.data.len() as u64) as usize];
-            {
-                let mut value = worker.lock(mutex).expect("a worker of a live batch may lock");
+            enter((draw % self.mutexes as u64) as usize, &mut |value: &mut u64| {
                 *value = mix(*value ^ seed);
                 seen ^= *value;
                 spin(self.compute);
-            }
+            });
             if !self.io.is_zero() {
                 std::thread::sleep(self.io);
             }
@@ -556,6 +613,101 @@ fn vote(heard: Receiver<Heard>, answer_to: &[Sender<Vec<u8>>], replicas: u16) ->
     Ok((dissenting, undecided))
 }
 
+/// How long the passive configuration waits for its backup to attach or hold a checkpoint.
+const BACKUP_WAIT: Duration = Duration::from_secs(10);
+
+/// The same server passively replicated, as a node runs a declared-mode service by default: its
+/// shared values in a mirrored region (one 64-byte line each) with one backup process, a
+/// checkpoint every millisecond (AU), each section a transaction under the section's mutex, and
+/// each reply released once the backup holds the checkpoint of the request's last write.
+fn run_passive(config: &ActiveBenchConfig, exe: &Path) -> Result<RunFigures, String> {
+    let shape = Shape::of(config);
+    let len = (shape.mutexes * LINE).next_multiple_of(PAGE_SIZE);
+    let key = KeyFile::generate().map_err(|e| format!("writing a temporary cluster key: {e}"))?;
+    let backup = LocalBackup::spawn(exe, "127.0.0.2", DEFAULT_REGION_BASE, len, &key.path)
+        .map_err(|e| format!("starting the passive configuration's backup: {e}"))?;
+    let mut region = Region::map(DEFAULT_REGION_BASE, len).map_err(|e| format!("mapping the primary's region: {e}"))?;
+    region.populate().map_err(|e| format!("making the primary's region resident: {e}"))?;
+    let mirror = Arc::new(Mirror::new(region, Some(UpdateProtocol::Au), CheckpointId(1)));
+    let policy = CommitPolicy::Epoch { interval_us: 1_000, max_commits: 0 };
+    let primary = Primary::start(
+        mirror.clone(),
+        PrimaryConfig { term: Term(1), policy, required_backups: 1, key: key.key.clone() },
+    );
+    primary.attach_backup(backup.addr, BACKUP_WAIT).map_err(|e| format!("attaching the backup: {e}"))?;
+    let mutexes: Vec<std::sync::Mutex<()>> = (0..shape.mutexes).map(|_| std::sync::Mutex::new(())).collect();
+    let (send, requests) = channel::<Request>();
+    let requests = std::sync::Mutex::new(requests);
+    let (answer_to, answers) = answer_channels(config.clients);
+    let (held_to, held) = channel::<(Ticket, usize, Vec<u8>)>();
+    let stop = AtomicBool::new(false);
+    let load = std::thread::scope(|scope| {
+        // Output commit: each reply leaves once the backup holds what it says.
+        let (primary, answer_to) = (&primary, &answer_to);
+        let releaser = scope.spawn(move || -> Result<(), String> {
+            for (ticket, client, reply) in held {
+                primary.wait_held(ticket, BACKUP_WAIT).map_err(|e| format!("waiting for the backup: {e}"))?;
+                let _ = answer_to[client].send(reply);
+            }
+            Ok(())
+        });
+        for _ in 0..config.workers {
+            let (shape, mirror, mutexes, requests, held_to) = (&shape, &mirror, &mutexes, &requests, held_to.clone());
+            scope.spawn(move || {
+                loop {
+                    let next = requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                    let Ok(request) = next else { return };
+                    let mut ticket = None;
+                    let reply = shape.serve(&request.body, |mutex, fold| {
+                        let _section = mutexes[mutex].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        ticket = Some(fold_in_region(mirror, (mutex * LINE) as u64, fold));
+                    });
+                    let ticket = ticket.expect("a request has a section at least");
+                    if held_to.send((ticket, request.client, reply)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(held_to);
+        let load = drive_clients(config, send, answers, &stop);
+        releaser.join().map_err(|_| "the releaser panicked".to_string())??;
+        Ok::<_, String>(load)
+    })?;
+    // The backup's image must be the primary's at the last checkpoint.
+    let last = primary.checkpoint_now();
+    primary
+        .wait_held(Ticket { checkpoint: last }, BACKUP_WAIT)
+        .map_err(|e| format!("waiting for the last checkpoint: {e}"))?;
+    crate::verify_images(&primary, len, None).map_err(|e| format!("the passive configuration's backup: {e:#}"))?;
+    primary.shutdown();
+    drop(backup);
+    Ok(figures(&load, 0, 0, true))
+}
+
+/// A cache line: one shared value of the passive server each.
+const LINE: usize = 64;
+
+/// Runs `fold` on the value at `offset` in one transaction and answers its ticket. The caller
+/// holds the value's mutex, so the transaction meets no other writer of it.
+fn fold_in_region(mirror: &Mirror, offset: u64, fold: &mut dyn FnMut(&mut u64)) -> Ticket {
+    loop {
+        let tx = mirror.begin();
+        let attempt = (|| -> Result<(), nonstop_region::TxError> {
+            let mut value = u64::from_le_bytes(tx.read::<[u8; 8]>(offset)?);
+            fold(&mut value);
+            *tx.write::<[u8; 8]>(offset)? = value.to_le_bytes();
+            Ok(())
+        })();
+        match attempt {
+            Ok(()) => return tx.commit(),
+            // Another value's line sharing a lock stripe: try again, as services do.
+            Err(nonstop_region::TxError::Conflict { .. }) => std::thread::yield_now(),
+            Err(other) => panic!("the passive server's layout is wrong: {other}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,8 +728,8 @@ mod tests {
 
     #[test]
     fn every_configuration_answers_with_agreeing_replicas() {
-        let report = run(&small(), &|_| {}).unwrap();
-        assert_eq!(report.runs.len(), 5);
+        let report = run(&small(), None, &|_| {}).unwrap();
+        assert_eq!(report.runs.len(), 5, "no backup binary: no passive run");
         for (name, figures) in &report.runs {
             assert!(figures.answered > 0, "{name}: {figures:?}");
             assert_eq!((figures.dissenting, figures.undecided), (0, 0), "{name}: {figures:?}");
@@ -588,7 +740,7 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_refused() {
-        assert!(run(&ActiveBenchConfig { replicas: 2, ..small() }, &|_| {}).is_err());
-        assert!(run(&ActiveBenchConfig { workers: 0, ..small() }, &|_| {}).is_err());
+        assert!(run(&ActiveBenchConfig { replicas: 2, ..small() }, None, &|_| {}).is_err());
+        assert!(run(&ActiveBenchConfig { workers: 0, ..small() }, None, &|_| {}).is_err());
     }
 }

@@ -655,11 +655,17 @@ fn run_round(
 /// Compares every backup's image with the primary's at the last checkpoint and runs the
 /// workload's consistency check on it; returns the check's summary.
 pub fn verify(primary: &Primary, workload: &dyn Workload) -> anyhow::Result<String> {
-    let used = workload.used_len();
+    Ok(verify_images(primary, workload.used_len(), Some(workload.name()))?.unwrap_or_default())
+}
+
+/// Compares the first `used` bytes of every backup's image with the primary's at the last
+/// checkpoint, and runs the consistency check named `check` on them if one is; returns the
+/// check's summary.
+pub(crate) fn verify_images(primary: &Primary, used: usize, check: Option<&str>) -> anyhow::Result<Option<String>> {
     let (digest, checkpoint) =
         primary.mirror().quiesced(|image, checkpoint| (*blake3::hash(&image[..used]).as_bytes(), checkpoint));
-    let replies = primary.verify_backups(used as u64, Some(workload.name()), WAIT)?;
-    let mut summary = String::new();
+    let replies = primary.verify_backups(used as u64, check, WAIT)?;
+    let mut summary = None;
     for (backup, reply) in replies {
         if reply.digest != digest {
             bail!(
@@ -669,10 +675,11 @@ pub fn verify(primary: &Primary, workload: &dyn Workload) -> anyhow::Result<Stri
                 reply.checkpoint
             );
         }
-        match reply.check {
-            Some(Ok(text)) => summary = text,
-            Some(Err(violation)) => bail!("backup {} image fails the consistency check: {violation}", backup.0),
-            None => bail!("backup {} did not run the consistency check", backup.0),
+        match (reply.check, check) {
+            (Some(Ok(text)), _) => summary = Some(text),
+            (Some(Err(violation)), _) => bail!("backup {} image fails the consistency check: {violation}", backup.0),
+            (None, Some(_)) => bail!("backup {} did not run the consistency check", backup.0),
+            (None, None) => {}
         }
     }
     Ok(summary)

@@ -348,8 +348,9 @@ enum BenchTarget {
     /// one backup (redis-benchmark on its Redis port). Needs redis-server and redis-benchmark.
     Redis(RedisArgs),
     /// Active replication on the replication survey's synthetic server: unreplicated, then 2f+1
-    /// replicas voting by majority under each scheduler (npds, pds1, pds2, lsa), side by side
-    /// in one run. Replicas run in this process; the order is made here, not over a network.
+    /// replicas voting by majority under each scheduler (npds, pds1, pds2, lsa), and passive
+    /// replication with one backup, side by side in one run. Active replicas run in this
+    /// process; the order is made here, not over a network.
     Active(ActiveArgs),
 }
 
@@ -679,7 +680,8 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
     };
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(std::time::Duration::from_millis(200));
-    let report = nonstop_bench::active::run(&config, &|step| progress.set_message(step.to_string()))
+    let exe = std::env::current_exe()?;
+    let report = nonstop_bench::active::run(&config, Some(&exe), &|step| progress.set_message(step.to_string()))
         .map_err(anyhow::Error::msg)?;
     progress.finish_and_clear();
     if args.json {
@@ -703,8 +705,11 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
             );
         }
         println!(
-            "pds2 / npds {:.2}, lsa / npds {:.2}, best replicated / unreplicated {:.2}",
-            report.pds2_vs_npds, report.lsa_vs_npds, report.best_vs_unreplicated
+            "pds2 / npds {:.2}, lsa / npds {:.2}, best active / unreplicated {:.2}, passive / unreplicated {:.2}",
+            report.pds2_vs_npds,
+            report.lsa_vs_npds,
+            report.best_vs_unreplicated,
+            report.passive_vs_unreplicated.unwrap_or(f64::NAN)
         );
     }
     let disagreed = report.runs.iter().any(|(_, run)| run.dissenting > 0 || run.undecided > 0 || !run.states_equal);

@@ -160,6 +160,8 @@ fn bench_active_reports_every_scheduler_and_refuses_an_even_group() {
         "pds2_vs_npds",
         "lsa_vs_npds",
         "best_vs_unreplicated",
+        "passive_per_s",
+        "passive_vs_unreplicated",
     ] {
         assert!(report[field].as_f64().is_some_and(|value| value > 0.0), "{field}: {report}");
     }
