@@ -14,17 +14,17 @@
 //!
 //! ```
 //! use nonstop_active::execute::{Acquisitions, Executor, Handler};
-//! use nonstop_active::schedule::{Algorithm, MutexId};
+//! use nonstop_active::schedule::{Algorithm, MutexId, ScheduleError};
 //! use nonstop_active::sync::{Mutex, Worker};
 //! use std::sync::Arc;
 //!
 //! /// Appends each request's first byte to a shared log and answers the log's length.
 //! struct Log(Mutex<Vec<u8>>);
 //! impl Handler for Log {
-//!     fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8> {
-//!         let mut log = worker.lock(&self.0).expect("a lock of a running thread");
+//!     fn handle(&self, worker: &Worker, request: &[u8]) -> Result<Vec<u8>, ScheduleError> {
+//!         let mut log = worker.lock(&self.0)?;
 //!         log.push(request[0]);
-//!         vec![log.len() as u8]
+//!         Ok(vec![log.len() as u8])
 //!     }
 //! }
 //!
@@ -48,8 +48,10 @@ use thiserror::Error;
 /// the thread reads under the mutexes it takes through `worker` (no clocks, no randomness, no
 /// state outside those mutexes).
 pub trait Handler: Send + Sync + 'static {
-    /// Handles `request` on `worker`'s thread and answers it.
-    fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8>;
+    /// Handles `request` on `worker`'s thread and answers it. A lock fails only when the
+    /// replica is stopping ([`ScheduleError::Stopped`]): return that error, and the request
+    /// answers it instead of a reply.
+    fn handle(&self, worker: &Worker, request: &[u8]) -> Result<Vec<u8>, ScheduleError>;
 }
 
 /// An LSA leader's acquisition, as its followers receive it.
@@ -167,7 +169,7 @@ impl Executor {
             && let Err(error) = follow(&replica, leader)
         {
             // Its threads would wait for grants that will not come: stop them.
-            replica.abandon();
+            replica.order_ended();
             failure = Some(error);
         }
         let mut replies = vec![Vec::new(); batch.len()];
@@ -234,12 +236,16 @@ pub(crate) fn handle_one<H: Handler + ?Sized>(
     request: &[u8],
     position: u64,
 ) -> Result<Vec<u8>, ExecuteError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(worker, request))).map_err(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        ExecuteError::Panicked { position, message }
-    })
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(worker, request)));
+    match handled {
+        Ok(reply) => Ok(reply?),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(ExecuteError::Panicked { position, message })
+        }
+    }
 }

@@ -153,10 +153,10 @@ pub enum ScheduleError {
         /// The scheduler's algorithm.
         algorithm: Algorithm,
     },
-    /// The replica was given up in the middle of a batch (an LSA follower whose leader is
-    /// gone): the thread must stop; its batch will not finish here.
-    #[error("this replica was abandoned in the middle of a batch: stop the thread, the batch will not finish here")]
-    Abandoned,
+    /// The replica is stopping (halted, or an LSA follower whose leader's order ended before
+    /// this thread's grant): the thread must stop; its request will not finish here.
+    #[error("this replica is stopping (halted, or its leader's order ended before this grant): stop the thread")]
+    Stopped,
     /// A thread exited holding a mutex, which no other thread could then take.
     #[error("thread {thread} exits holding mutex {mutex}: unlock it first")]
     ExitHolding {

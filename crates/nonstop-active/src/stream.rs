@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use nonstop_active::execute::Handler;
-//! use nonstop_active::schedule::MutexId;
+//! use nonstop_active::schedule::{MutexId, ScheduleError};
 //! use nonstop_active::stream::Stream;
 //! use nonstop_active::sync::{Mutex, Worker};
 //! use std::sync::Arc;
@@ -19,10 +19,10 @@
 //!
 //! struct Counter(Mutex<u64>);
 //! impl Handler for Counter {
-//!     fn handle(&self, worker: &Worker, _: &[u8]) -> Vec<u8> {
-//!         let mut count = worker.lock(&self.0).expect("a running thread's lock");
+//!     fn handle(&self, worker: &Worker, _: &[u8]) -> Result<Vec<u8>, ScheduleError> {
+//!         let mut count = worker.lock(&self.0)?;
 //!         *count += 1;
-//!         count.to_le_bytes().to_vec()
+//!         Ok(count.to_le_bytes().to_vec())
 //!     }
 //! }
 //!
@@ -44,7 +44,7 @@
 //! ```
 
 use crate::execute::{ExecuteError, Handler, handle_one};
-use crate::schedule::{Algorithm, MutexId, Role, ThreadId};
+use crate::schedule::{Algorithm, MutexId, Role, ScheduleError, ThreadId};
 use crate::sync::Replica;
 use std::ops::Range;
 use std::sync::Arc;
@@ -56,6 +56,7 @@ pub type Reply = (u64, Result<Vec<u8>, ExecuteError>);
 
 /// One LSA replica's worker threads, fed from the order as it comes.
 pub struct Stream {
+    replica: Arc<Replica>,
     queues: Vec<Sender<(u64, Vec<u8>)>>,
     next: u64,
     threads: Vec<JoinHandle<()>>,
@@ -79,9 +80,9 @@ impl Stream {
         Stream::start(&replica, threads, handler, replies)
     }
 
-    /// A follower: its threads take each mutex in the order `leader` shipped it. If the
-    /// leader's stream ends while a thread still waits for a grant, the replica is abandoned
-    /// and that thread's request answers [`ExecuteError::Schedule`].
+    /// A follower: its threads take each mutex in the order `leader` shipped it. When the
+    /// leader's stream ends, the grants it shipped are still given; a thread that waits for
+    /// one it did not ship stops, and its request answers [`ExecuteError::Schedule`].
     pub fn follower<H: Handler>(
         threads: u16,
         handler: Arc<H>,
@@ -101,7 +102,7 @@ impl Stream {
                         }
                     }
                     // No more grants will come: a thread still waiting for one must stop.
-                    replica.abandon();
+                    replica.order_ended();
                 })
                 .expect("spawning the follower's feeder");
         }
@@ -113,13 +114,17 @@ impl Stream {
         for index in 0..threads {
             let (queue, requests) = channel::<(u64, Vec<u8>)>();
             let worker = replica.worker(ThreadId(index)).expect("one worker per thread id");
-            let (handler, replies) = (handler.clone(), replies.clone());
+            let (handler, replies, replica) = (handler.clone(), replies.clone(), replica.clone());
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("active-lsa-{index}"))
                     .spawn(move || {
                         for (number, request) in requests {
-                            let reply = handle_one(handler.as_ref(), &worker, &request, number);
+                            let reply = if replica.halted() {
+                                Err(ExecuteError::Schedule(ScheduleError::Stopped))
+                            } else {
+                                handle_one(handler.as_ref(), &worker, &request, number)
+                            };
                             if replies.send((number, reply)).is_err() {
                                 break;
                             }
@@ -130,7 +135,13 @@ impl Stream {
             );
             queues.push(queue);
         }
-        Stream { queues, next: 0, threads: handles }
+        Stream { replica: replica.clone(), queues, next: 0, threads: handles }
+    }
+
+    /// Stops the replica now (it crashed, or was taken out): every thread stops at its next
+    /// wait for a mutex, and the requests not finished answer [`ExecuteError::Schedule`].
+    pub fn halt(self) {
+        self.replica.halt();
     }
 
     /// Appends `requests` to the stream, in order, and answers their numbers.

@@ -39,8 +39,20 @@ struct Shared {
     issued: Vec<bool>,
     /// LSA leader: where each acquisition goes, in order.
     shipping: Shipping,
-    /// Given up ([`Replica::abandon`]): no thread waits any more.
-    abandoned: bool,
+    /// Whether grants can still come.
+    standing: Standing,
+}
+
+/// Whether a replica's threads may still be granted what they wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Serving: every wait ends in a grant.
+    Serving,
+    /// An LSA follower whose leader's order ended ([`Replica::order_ended`]): the grants
+    /// shipped are still given, and a thread that waits for one not shipped stops.
+    OrderEnded,
+    /// Stopped ([`Replica::halt`]): every thread that waits stops.
+    Halted,
 }
 
 /// LSA leader: what becomes of the acquisitions to ship.
@@ -58,10 +70,13 @@ impl Shared {
         self.scheduler.may_run(id) || self.scheduler.exited(id)
     }
 
-    /// Whether thread `id` waits for a grant that will never come: the replica was abandoned
-    /// and its order holds nothing for it.
+    /// Whether thread `id` waits for a grant that will never come.
     fn stranded(&self, id: ThreadId) -> bool {
-        self.abandoned && self.scheduler.waits_unshipped(id)
+        match self.standing {
+            Standing::Serving => false,
+            Standing::OrderEnded => self.scheduler.waits_unshipped(id),
+            Standing::Halted => !self.may_go_on(id),
+        }
     }
 }
 
@@ -93,7 +108,7 @@ impl Replica {
             scheduler: Scheduler::new(algorithm, threads),
             issued: vec![false; threads as usize],
             shipping,
-            abandoned: false,
+            standing: Standing::Serving,
         };
         Arc::new(Replica { shared: std::sync::Mutex::new(shared), changed: Condvar::new() })
     }
@@ -130,13 +145,32 @@ impl Replica {
         }
     }
 
-    /// Gives the replica up: no more grants will come from outside (an LSA follower whose
-    /// leader is gone). The grants already shipped are still given; a thread that waits, now
-    /// or later, for a mutex the order holds nothing more for gets [`ScheduleError::Abandoned`]
-    /// and must stop instead of waiting for ever. What such a replica holds afterwards is no
-    /// longer a replica's state: it must be re-integrated.
-    pub fn abandon(&self) {
-        self.lock_shared().abandoned = true;
+    /// LSA follower: its leader's order has ended (the leader is gone), so no more grants will
+    /// come. The grants already shipped are still given; a thread that waits, now or later, for
+    /// a mutex the order holds nothing more for gets [`ScheduleError::Stopped`] and must stop
+    /// instead of waiting for ever. If one does, the replica's state is no longer a replica's:
+    /// it must be re-integrated.
+    pub fn order_ended(&self) {
+        self.stand(Standing::OrderEnded);
+    }
+
+    /// Stops the replica (it crashed, or was taken out): every thread that waits for a grant,
+    /// now or later, gets [`ScheduleError::Stopped`] at once.
+    pub fn halt(&self) {
+        self.stand(Standing::Halted);
+    }
+
+    /// Whether [`Replica::halt`] stopped it.
+    pub fn halted(&self) -> bool {
+        self.lock_shared().standing == Standing::Halted
+    }
+
+    fn stand(&self, standing: Standing) {
+        let mut shared = self.lock_shared();
+        if shared.standing != Standing::Halted {
+            shared.standing = standing;
+        }
+        drop(shared);
         self.changed.notify_all();
     }
 
@@ -171,12 +205,12 @@ impl Replica {
     ) -> Result<(), ScheduleError> {
         let mut shared = self.wait_turn(self.lock_shared(), id);
         if !shared.may_go_on(id) {
-            return Err(ScheduleError::Abandoned);
+            return Err(ScheduleError::Stopped);
         }
         let actions = event(&mut shared.scheduler)?;
         self.apply(&mut shared, actions);
         if !self.wait_turn(shared, id).may_go_on(id) {
-            return Err(ScheduleError::Abandoned);
+            return Err(ScheduleError::Stopped);
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! timings: every scheduler must give the same replies and leave the same state on all of them.
 
 use nonstop_active::execute::{Acquisitions, ExecuteError, Executor, Handler};
-use nonstop_active::schedule::{Algorithm, MutexId, Role};
+use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError};
 use nonstop_active::sync::{Mutex, Worker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,18 +37,18 @@ impl Folder {
 }
 
 impl Handler for Folder {
-    fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8> {
+    fn handle(&self, worker: &Worker, request: &[u8]) -> Result<Vec<u8>, ScheduleError> {
         if request == b"panic" {
             panic!("asked to");
         }
         let mut seen = Vec::new();
         for &mutex in request {
             self.pause();
-            let mut value = worker.lock(&self.values[usize::from(mutex) % MUTEXES as usize]).unwrap();
+            let mut value = worker.lock(&self.values[usize::from(mutex) % MUTEXES as usize])?;
             *value = value.wrapping_mul(31).wrapping_add(u64::from(mutex) + request.len() as u64);
             seen.extend_from_slice(&value.to_le_bytes());
         }
-        seen
+        Ok(seen)
     }
 }
 

@@ -19,7 +19,7 @@
 
 use hdrhistogram::Histogram;
 use nonstop_active::execute::{Acquisitions, Executor, Handler};
-use nonstop_active::schedule::{Algorithm, MutexId, Role, ThreadId};
+use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError, ThreadId};
 use nonstop_active::stream::Stream;
 use nonstop_active::sync::{Mutex, Worker};
 use nonstop_active::vote::{ReplicaId, ReplyMode, Verdict, Vote};
@@ -57,6 +57,59 @@ pub struct ActiveBenchConfig {
     pub duration: Duration,
     /// Rounds, each running every configuration once; the median round is reported.
     pub rounds: usize,
+    /// A fault injected into the last replica (a follower under LSA) halfway through each
+    /// actively replicated run (not the passive one: a passive primary's fault is a failover,
+    /// which `nonstop chaos kill` measures).
+    pub fault: Option<ReplicaFault>,
+}
+
+/// A fault of one replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaFault {
+    /// It stops for good: no more execution, no more replies (a crash, or a partition that
+    /// does not heal).
+    Kill,
+    /// It stops for `ms` milliseconds, then goes on and catches up (a pause, or a partition
+    /// that heals).
+    Pause {
+        /// How long.
+        ms: u64,
+    },
+}
+
+/// When and how the faulty replica fails.
+struct FaultPlan {
+    fault: ReplicaFault,
+    at: Instant,
+}
+
+/// Which replica a runner is, and the fault planned for it.
+struct Seat {
+    replica: ReplicaId,
+    fault: Option<FaultPlan>,
+}
+
+/// What the faulty replica does next.
+#[derive(PartialEq, Eq)]
+enum Fate {
+    /// Goes on.
+    Live,
+    /// Stops for good.
+    Killed,
+}
+
+/// Injects `plan`'s fault once its time has come: a kill is for good, a pause sleeps once.
+fn fate(plan: &mut Option<FaultPlan>) -> Fate {
+    match plan {
+        Some(FaultPlan { fault: ReplicaFault::Kill, at }) if Instant::now() >= *at => Fate::Killed,
+        Some(FaultPlan { fault: ReplicaFault::Pause { ms }, at }) if Instant::now() >= *at => {
+            std::thread::sleep(Duration::from_millis(*ms));
+            *plan = None;
+            Fate::Live
+        }
+        _ => Fate::Live,
+    }
 }
 
 impl Default for ActiveBenchConfig {
@@ -73,6 +126,7 @@ impl Default for ActiveBenchConfig {
             io_us: 200,
             duration: Duration::from_secs(1),
             rounds: 3,
+            fault: None,
         }
     }
 }
@@ -86,8 +140,13 @@ pub struct RunFigures {
     pub p50_ms: f64,
     /// 99th percentile request latency.
     pub p99_ms: f64,
+    /// The longest time during which no client got an answer: with `majority` and one replica
+    /// killed or paused, no longer than without a fault (the fault is masked, not failed over).
+    pub longest_gap_ms: f64,
     /// Requests answered.
     pub answered: u64,
+    /// With a fault: requests answered from the moment it was injected on.
+    pub answered_after_fault: Option<u64>,
     /// Replies that lost their vote (0 if every replica is deterministic).
     pub dissenting: u64,
     /// Requests no reply won (0 if every replica is deterministic).
@@ -229,14 +288,16 @@ impl SyntheticServer {
 
     fn state(&self) -> Vec<u64> {
         let worker = Worker::unscheduled(ThreadId(0));
-        self.data.iter().map(|value| *worker.lock(value).expect("an unscheduled lock")).collect()
+        self.data.iter().map(|value| worker.lock(value).map_or(0, |value| *value)).collect()
     }
 }
 
 impl Handler for SyntheticServer {
-    fn handle(&self, worker: &Worker, request: &[u8]) -> Vec<u8> {
-        self.shape
-            .serve(request, |mutex, fold| fold(&mut worker.lock(&self.data[mutex]).expect("a live worker may lock")))
+    fn handle(&self, worker: &Worker, request: &[u8]) -> Result<Vec<u8>, ScheduleError> {
+        self.shape.serve(request, |mutex, fold| {
+            fold(&mut *worker.lock(&self.data[mutex])?);
+            Ok(())
+        })
     }
 }
 
@@ -262,7 +323,11 @@ impl Shape {
     /// through `enter(mutex, fold)`, which runs `fold` on the value under it; each folds the seed
     /// into the value and computes, then the section's I/O follows outside the mutex. Answers
     /// what the request saw.
-    fn serve(&self, request: &[u8], mut enter: impl FnMut(usize, &mut dyn FnMut(&mut u64))) -> Vec<u8> {
+    fn serve<E>(
+        &self,
+        request: &[u8],
+        mut enter: impl FnMut(usize, &mut dyn FnMut(&mut u64)) -> Result<(), E>,
+    ) -> Result<Vec<u8>, E> {
         let seed = u64::from_le_bytes(request.try_into().expect("the bench's requests are 8 bytes"));
         let mut seen = 0u64;
         for section in 0..self.sections {
@@ -271,12 +336,12 @@ impl Shape {
                 *value = mix(*value ^ seed);
                 seen ^= *value;
                 spin(self.compute);
-            });
+            })?;
             if !self.io.is_zero() {
                 std::thread::sleep(self.io);
             }
         }
-        seen.to_le_bytes().to_vec()
+        Ok(seen.to_le_bytes().to_vec())
     }
 }
 
@@ -314,25 +379,30 @@ struct Load {
     answered: u64,
     latency: Histogram<u64>,
     elapsed: Duration,
+    /// The longest time no client got an answer.
+    longest_gap: Duration,
+    /// With a fault: answers from its injection on.
+    after_fault: Option<u64>,
 }
 
 /// Runs `clients` closed-loop clients for `duration`, each sending through `send` and waiting
-/// on its own receiver for the answer.
+/// on its own receiver for the answer; counts the answers from `fault_at` on, if given.
 fn drive_clients(
     config: &ActiveBenchConfig,
     send: Sender<Request>,
     answers: Vec<Receiver<Vec<u8>>>,
     stop: &AtomicBool,
+    fault_at: Option<Duration>,
 ) -> Load {
     let start = Instant::now();
-    let loads: Vec<(u64, Histogram<u64>)> = std::thread::scope(|scope| {
+    let loads: Vec<(Histogram<u64>, Vec<Duration>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = answers
             .into_iter()
             .enumerate()
             .map(|(client, answers)| {
                 let send = send.clone();
                 scope.spawn(move || {
-                    let mut latency = latency_histogram();
+                    let (mut latency, mut answered_at) = (latency_histogram(), Vec::new());
                     let mut number = 0u64;
                     while !stop.load(Ordering::Relaxed) && start.elapsed() < config.duration {
                         number += 1;
@@ -342,8 +412,9 @@ fn drive_clients(
                             break;
                         }
                         latency.saturating_record(sent.elapsed().as_micros() as u64);
+                        answered_at.push(start.elapsed());
                     }
-                    (latency.len(), latency)
+                    (latency, answered_at)
                 })
             })
             .collect();
@@ -351,12 +422,22 @@ fn drive_clients(
     });
     let elapsed = start.elapsed();
     let mut latency = latency_histogram();
-    let mut answered = 0;
-    for (count, histogram) in loads {
-        answered += count;
+    let mut answered_at = Vec::new();
+    for (histogram, times) in loads {
         latency.add(&histogram).expect("histograms of one shape");
+        answered_at.extend(times);
     }
-    Load { answered, latency, elapsed }
+    answered_at.sort();
+    // From the start to the first answer counts too: a run that stalls at once has a gap.
+    let longest_gap = std::iter::once(Duration::ZERO)
+        .chain(answered_at.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or(elapsed);
+    let after_fault = fault_at.map(|fault_at| answered_at.iter().filter(|&&at| at >= fault_at).count() as u64);
+    Load { answered: answered_at.len() as u64, latency, elapsed, longest_gap, after_fault }
 }
 
 /// Microseconds from 1 us to a minute, 3 significant figures (a histogram made with `new`
@@ -370,7 +451,9 @@ fn figures(load: &Load, dissenting: u64, undecided: u64, states_equal: bool) -> 
         per_s: load.answered as f64 / load.elapsed.as_secs_f64(),
         p50_ms: load.latency.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: load.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        longest_gap_ms: load.longest_gap.as_secs_f64() * 1000.0,
         answered: load.answered,
+        answered_after_fault: load.after_fault,
         dissenting,
         undecided,
         states_equal,
@@ -392,12 +475,13 @@ fn run_unreplicated(config: &ActiveBenchConfig) -> RunFigures {
                 loop {
                     let next = requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
                     let Ok(request) = next else { return };
-                    let reply = server.handle(&worker, &request.body);
+                    // Unscheduled locks never stop.
+                    let reply = server.handle(&worker, &request.body).unwrap_or_default();
                     let _ = answer_to[request.client].send(reply);
                 }
             });
         }
-        let load = drive_clients(config, send, answers, &stop);
+        let load = drive_clients(config, send, answers, &stop, None);
         figures(&load, 0, 0, true)
     })
 }
@@ -442,6 +526,7 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm) -> Result<Ru
     let (heard_to, heard) = channel::<Heard>();
     let (ready_to, ready) = channel::<usize>();
     let stop = AtomicBool::new(false);
+    let started = Instant::now();
     let outcome = std::thread::scope(|scope| {
         let sequencer_heard = heard_to.clone();
         scope.spawn(move || sequence(requests, &to_replicas, &sequencer_heard, feeding, &ready, replicas));
@@ -458,14 +543,19 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm) -> Result<Ru
                 (true, _) => (Vec::new(), from_leader.next()),
                 (false, _) => (Vec::new(), None),
             };
+            let fault = config
+                .fault
+                .filter(|_| index + 1 == usize::from(replicas))
+                .map(|fault| FaultPlan { fault, at: started + config.duration / 2 });
+            let seat = Seat { replica, fault };
             executors.push(scope.spawn(move || match feeding {
-                Feeding::Batches => run_batches(config, algorithm, server, batches, &heard_to, &ready_to, replica),
-                Feeding::Streamed => run_streamed(config, server, batches, heard_to, leads, follows, replica),
+                Feeding::Batches => run_batches(config, algorithm, server, batches, &heard_to, &ready_to, seat),
+                Feeding::Streamed => run_streamed(config, server, batches, heard_to, leads, follows, seat),
             }));
         }
         drop((heard_to, ready_to));
         let voter = scope.spawn(move || vote(heard, &answer_to, replicas));
-        let load = drive_clients(config, send, answers, &stop);
+        let load = drive_clients(config, send, answers, &stop, config.fault.map(|_| config.duration / 2));
         stop.store(true, Ordering::Relaxed);
         for executor in executors {
             executor.join().map_err(|_| "a replica's thread panicked".to_string())??;
@@ -474,7 +564,9 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm) -> Result<Ru
         Ok::<_, String>((load, dissenting, undecided))
     });
     let (load, dissenting, undecided) = outcome?;
-    let states: Vec<Vec<u64>> = servers.iter().map(|server| server.state()).collect();
+    // A killed replica stopped where it was; every other one must have ended alike.
+    let live = if config.fault == Some(ReplicaFault::Kill) { servers.len() - 1 } else { servers.len() };
+    let states: Vec<Vec<u64>> = servers[..live].iter().map(|server| server.state()).collect();
     let states_equal = states.iter().all(|state| state == &states[0]);
     Ok(figures(&load, dissenting, undecided, states_equal))
 }
@@ -520,10 +612,14 @@ fn run_batches(
     batches: Receiver<Ordered>,
     heard: &Sender<Heard>,
     ready: &Sender<usize>,
-    replica: ReplicaId,
+    seat: Seat,
 ) -> Result<(), String> {
+    let Seat { replica, mut fault } = seat;
     let executor = Executor::new(role, config.workers, server);
     for batch in batches {
+        if fate(&mut fault) == Fate::Killed {
+            return Ok(());
+        }
         let replies = executor.execute(batch.bodies, Acquisitions::Decided).map_err(|e| e.to_string())?;
         for (number, reply) in (batch.first..).zip(replies) {
             if heard.send(Heard::Replied { replica, number, reply: Ok(reply) }).is_err() {
@@ -545,16 +641,23 @@ fn run_streamed(
     heard: Sender<Heard>,
     leads: Vec<Sender<(MutexId, ThreadId)>>,
     follows: Option<Receiver<(MutexId, ThreadId)>>,
-    replica: ReplicaId,
+    seat: Seat,
 ) -> Result<(), String> {
+    let Seat { replica, mut fault } = seat;
     let (replies_to, replies) = channel();
+    let killed = AtomicBool::new(false);
     let mut stream = match follows {
         None => Stream::leader(config.workers, server, leads, replies_to),
         Some(leader) => Stream::follower(config.workers, server, leader, replies_to),
     };
     std::thread::scope(|scope| {
+        let killed = &killed;
         scope.spawn(move || {
             for (number, reply) in replies {
+                if killed.load(Ordering::Relaxed) {
+                    // A crashed replica answers nothing more.
+                    continue;
+                }
                 let reply = reply.map_err(|e| e.to_string());
                 if heard.send(Heard::Replied { replica, number, reply }).is_err() {
                     return;
@@ -562,6 +665,12 @@ fn run_streamed(
             }
         });
         for batch in batches {
+            if fate(&mut fault) == Fate::Killed {
+                // Crashed: it answers nothing more and its threads stop where they are.
+                killed.store(true, Ordering::Relaxed);
+                stream.halt();
+                return;
+            }
             let bodies = Arc::try_unwrap(batch.bodies).unwrap_or_else(|shared| (*shared).clone());
             stream.submit(bodies);
         }
@@ -610,6 +719,8 @@ fn vote(heard: Receiver<Heard>, answer_to: &[Sender<Vec<u8>>], replicas: u16) ->
             askers.remove(&number);
         }
     }
+    // Votes a killed replica never completed.
+    dissenting += votes.values().map(|vote| vote.dissenters().len() as u64).sum::<u64>();
     Ok((dissenting, undecided))
 }
 
@@ -658,10 +769,12 @@ fn run_passive(config: &ActiveBenchConfig, exe: &Path) -> Result<RunFigures, Str
                     let next = requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
                     let Ok(request) = next else { return };
                     let mut ticket = None;
-                    let reply = shape.serve(&request.body, |mutex, fold| {
+                    let served = shape.serve(&request.body, |mutex, fold| {
                         let _section = mutexes[mutex].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                         ticket = Some(fold_in_region(mirror, (mutex * LINE) as u64, fold));
+                        Ok::<_, std::convert::Infallible>(())
                     });
+                    let Ok(reply) = served;
                     let ticket = ticket.expect("a request has a section at least");
                     if held_to.send((ticket, request.client, reply)).is_err() {
                         return;
@@ -670,7 +783,7 @@ fn run_passive(config: &ActiveBenchConfig, exe: &Path) -> Result<RunFigures, Str
             });
         }
         drop(held_to);
-        let load = drive_clients(config, send, answers, &stop);
+        let load = drive_clients(config, send, answers, &stop, None);
         releaser.join().map_err(|_| "the releaser panicked".to_string())??;
         Ok::<_, String>(load)
     })?;
@@ -736,6 +849,22 @@ mod tests {
             assert!(figures.states_equal, "{name}: {figures:?}");
         }
         assert!(report.pds2_vs_npds > 0.0 && report.best_vs_unreplicated > 0.0, "{report:?}");
+    }
+
+    #[test]
+    fn a_killed_or_paused_replica_is_outvoted_without_a_stall() {
+        // The pause outlasts the run's second half, so that only the majority can answer then.
+        for fault in [ReplicaFault::Kill, ReplicaFault::Pause { ms: 200 }] {
+            let config = ActiveBenchConfig { fault: Some(fault), duration: Duration::from_millis(300), ..small() };
+            for algorithm in [Algorithm::Pds2, Algorithm::Lsa(Role::Leader)] {
+                let figures = run_replicated(&config, algorithm).unwrap();
+                assert!(figures.answered > 0, "{fault:?} {algorithm:?}: {figures:?}");
+                assert_eq!((figures.dissenting, figures.undecided), (0, 0), "{fault:?} {algorithm:?}: {figures:?}");
+                assert!(figures.states_equal, "{fault:?} {algorithm:?}: {figures:?}");
+                // Masked: the majority went on answering once the faulty replica was gone.
+                assert!(figures.answered_after_fault.is_some_and(|n| n > 0), "{fault:?} {algorithm:?}: {figures:?}");
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nonstop::{BackupServer, ClusterKey, CommitPolicy, DEFAULT_REGION_BASE, Region, UpdateProtocol};
-use nonstop_bench::active::ActiveBenchConfig;
+use nonstop_bench::active::{ActiveBenchConfig, ReplicaFault};
 use nonstop_bench::{self as bench, BenchConfig, BenchReport, WorkloadKind};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_testbed::local::{KeyFile, LISTENING, LocalBackup};
@@ -383,9 +383,23 @@ struct ActiveArgs {
     /// Rounds, each running every configuration; the median round is reported.
     #[arg(long, default_value_t = ActiveBenchConfig::default().rounds)]
     rounds: usize,
+    /// A fault of the last replica (a follower under LSA) halfway through each actively
+    /// replicated run: it stops for good (kill) or for --pause-ms (pause). Reported: the
+    /// longest time no client got an answer.
+    #[arg(long)]
+    fault: Option<FaultKind>,
+    /// How long --fault pause stops the replica, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pause_ms: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FaultKind {
+    Kill,
+    Pause,
 }
 
 #[derive(Args)]
@@ -677,6 +691,10 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
         io_us: args.io_us,
         duration: args.duration.unwrap_or(ActiveBenchConfig::default().duration),
         rounds: args.rounds,
+        fault: args.fault.map(|kind| match kind {
+            FaultKind::Kill => ReplicaFault::Kill,
+            FaultKind::Pause => ReplicaFault::Pause { ms: args.pause_ms },
+        }),
     };
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -700,8 +718,8 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
         );
         for (name, run) in &report.runs {
             println!(
-                "{name:<13} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms   dissenting {}   undecided {}   states equal {}",
-                run.per_s, run.p50_ms, run.p99_ms, run.dissenting, run.undecided, run.states_equal
+                "{name:<13} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms   longest gap {:>7.3} ms   dissenting {}   undecided {}   states equal {}",
+                run.per_s, run.p50_ms, run.p99_ms, run.longest_gap_ms, run.dissenting, run.undecided, run.states_equal
             );
         }
         println!(
