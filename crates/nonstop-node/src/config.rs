@@ -30,6 +30,7 @@
 //! min_backups = 0                 # output needs this many backups (default backups - 1)
 //! region_base = "0x200000000000"
 //! region_size_mib = 256
+//! checkpoint_interval_us = 1000   # 0 (a checkpoint per commit) or 10 to 2000000
 //! ```
 //!
 //! Every node of a cluster lists the same services; each error names the field and the fix.
@@ -325,7 +326,8 @@ pub struct ServiceSection {
     /// or `mprotect`. Transparent mode ships DU diffs: set `protocol = "du"` with it.
     #[serde(default = "default_tracking")]
     pub tracking: String,
-    /// Microseconds between checkpoints (epoch policy); 0 for sync (a checkpoint per commit).
+    /// Microseconds between checkpoints (epoch policy), 10 to 2,000,000; 0 for sync (a
+    /// checkpoint per commit).
     #[serde(default = "default_interval_us")]
     pub checkpoint_interval_us: u64,
     /// `[services.settings]`: the service's own settings, as its kind defines them (`bank` and
@@ -346,6 +348,13 @@ fn default_tracking() -> String {
 fn default_protocol() -> String {
     "au".into()
 }
+/// The shortest checkpoint interval a service may ask for, in microseconds: below it the cuts'
+/// own cost is all the primary does.
+const MIN_CHECKPOINT_INTERVAL_US: u64 = 10;
+/// The longest, in microseconds: every write's reply waits up to one interval, and the papers
+/// nonstop follows checkpoint at most every 2 s.
+const MAX_CHECKPOINT_INTERVAL_US: u64 = 2_000_000;
+
 fn default_interval_us() -> u64 {
     1000
 }
@@ -760,7 +769,18 @@ impl NodeConfig {
             };
             let policy = match service.checkpoint_interval_us {
                 0 => CommitPolicy::Sync,
-                interval_us => CommitPolicy::Epoch { interval_us, max_commits: 0 },
+                interval_us @ MIN_CHECKPOINT_INTERVAL_US..=MAX_CHECKPOINT_INTERVAL_US => {
+                    CommitPolicy::Epoch { interval_us, max_commits: 0 }
+                }
+                other => {
+                    return Err(invalid(
+                        field("checkpoint_interval_us"),
+                        format!("{other} us"),
+                        format!(
+                            "use 0 (a checkpoint per commit) or {MIN_CHECKPOINT_INTERVAL_US} to {MAX_CHECKPOINT_INTERVAL_US} (2 s, the longest interval of the papers nonstop follows); every write's reply waits up to one interval"
+                        ),
+                    ));
+                }
             };
             services.push(ServiceSpec {
                 name: service.name.clone(),
@@ -1026,6 +1046,14 @@ mod tests {
             (
                 GOOD.replace("region_size_mib = 128", "region_size_mib = 128\nmin_backups = 2"),
                 "services[0].min_backups",
+            ),
+            (
+                GOOD.replace("region_size_mib = 128", "region_size_mib = 128\ncheckpoint_interval_us = 5"),
+                "services[0].checkpoint_interval_us",
+            ),
+            (
+                GOOD.replace("region_size_mib = 128", "region_size_mib = 128\ncheckpoint_interval_us = 3600000000"),
+                "services[0].checkpoint_interval_us",
             ),
             (format!("{GOOD}\n[heartbeat]\ninterval_ms = 10\ntimeout_ms = 20"), "heartbeat.timeout_ms"),
             (
