@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nonstop::{BackupServer, ClusterKey, CommitPolicy, DEFAULT_REGION_BASE, Region, UpdateProtocol};
 use nonstop_bench::active::{ActiveBenchConfig, ReplicaFault};
+use nonstop_bench::versus_redis::RedisBenchConfig;
 use nonstop_bench::{self as bench, BenchConfig, BenchReport, WorkloadKind};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_testbed::local::{KeyFile, LISTENING, LocalBackup};
@@ -405,31 +406,31 @@ enum FaultKind {
 #[derive(Args)]
 struct RedisArgs {
     /// Connections of every load (redis-benchmark -c).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = RedisBenchConfig::default().clients)]
     clients: usize,
     /// Requests per load and round (redis-benchmark -n).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = RedisBenchConfig::default().requests)]
     requests: usize,
     /// Bytes per value (redis-benchmark -d).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = RedisBenchConfig::default().value_size)]
     value_size: usize,
     /// Keys drawn from (redis-benchmark -r).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = RedisBenchConfig::default().keyspace)]
     keyspace: u64,
     /// Requests a connection sends before reading their replies (redis-benchmark -P; the WAIT
     /// load pipelines that many SET+WAIT pairs).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = RedisBenchConfig::default().pipeline)]
     pipeline: usize,
     /// Rounds, each running every load; the median round is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = RedisBenchConfig::default().rounds)]
     rounds: usize,
     /// Small keys loaded into Redis and into nonstop-kv after the rounds, to weigh memory per
     /// key (0: skip).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = RedisBenchConfig::default().memory_keys)]
     memory_keys: u64,
     /// nonstop-kv's checkpoint interval in microseconds (the service's checkpoint_interval_us):
     /// the longest a write's reply waits for the cut that ships it.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = RedisBenchConfig::default().checkpoint_us)]
     checkpoint_us: u64,
     /// Print one JSON object.
     #[arg(long)]
@@ -738,7 +739,7 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
 }
 
 fn bench_redis(args: RedisArgs) -> anyhow::Result<()> {
-    use nonstop_bench::versus_redis::{RedisBenchConfig, run};
+    use nonstop_bench::versus_redis::run;
     if args.clients == 0 || args.requests == 0 || args.rounds == 0 || args.keyspace == 0 || args.pipeline == 0 {
         anyhow::bail!("--clients, --requests, --rounds, --keyspace and --pipeline must be at least 1");
     }
