@@ -93,7 +93,7 @@ pub enum ExecuteError {
     LeaderGone,
     /// The executor's threads are gone.
     #[error("the executor's worker threads are gone")]
-    Stopped,
+    ThreadsGone,
 }
 
 /// One batch for one worker thread.
@@ -114,8 +114,9 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// `threads` worker threads running `handler`, scheduled by `algorithm`.
+    /// `threads` worker threads (at least one) running `handler`, scheduled by `algorithm`.
     pub fn new<H: Handler>(algorithm: Algorithm, threads: u16, handler: Arc<H>) -> Executor {
+        let threads = threads.max(1);
         let (done_to, done) = channel();
         let (mut jobs, mut handles) = (Vec::new(), Vec::new());
         for index in 0..threads {
@@ -162,7 +163,7 @@ impl Executor {
         };
         for (index, jobs) in self.jobs.iter().enumerate() {
             let worker = replica.worker(ThreadId(index as u16))?;
-            jobs.send(Job { worker, batch: batch.clone() }).map_err(|_| ExecuteError::Stopped)?;
+            jobs.send(Job { worker, batch: batch.clone() }).map_err(|_| ExecuteError::ThreadsGone)?;
         }
         let mut failure = None;
         if let Some(leader) = leader
@@ -174,7 +175,7 @@ impl Executor {
         }
         let mut replies = vec![Vec::new(); batch.len()];
         for _ in 0..threads {
-            match self.done.recv().map_err(|_| ExecuteError::Stopped)? {
+            match self.done.recv().map_err(|_| ExecuteError::ThreadsGone)? {
                 Ok(part) => part.into_iter().for_each(|(position, reply)| replies[position] = reply),
                 Err(error) => failure = Some(failure.unwrap_or(error)),
             }

@@ -63,14 +63,16 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// The leader: its threads take mutexes first come, first served, and every acquisition
-    /// goes to each of `followers`, in order, as it happens. Replies go to `replies`.
+    /// The leader, with `threads` worker threads (at least one): they take mutexes first
+    /// come, first served, and every acquisition goes to each of `followers`, in order, as it
+    /// happens. Replies go to `replies`.
     pub fn leader<H: Handler>(
         threads: u16,
         handler: Arc<H>,
         followers: Vec<Sender<(MutexId, ThreadId)>>,
         replies: Sender<Reply>,
     ) -> Stream {
+        let threads = threads.max(1);
         let replica = Replica::shipping_to(Algorithm::Lsa(Role::Leader), threads, move |mutex, thread| {
             for follower in &followers {
                 // A follower that is gone no longer needs the order.
@@ -80,7 +82,8 @@ impl Stream {
         Stream::start(&replica, threads, handler, replies)
     }
 
-    /// A follower: its threads take each mutex in the order `leader` shipped it. When the
+    /// A follower, with as many worker threads as its leader (at least one): they take each
+    /// mutex in the order `leader` shipped it. When the
     /// leader's stream ends, the grants it shipped are still given; a thread that waits for
     /// one it did not ship stops, and its request answers [`ExecuteError::Schedule`].
     pub fn follower<H: Handler>(
@@ -89,6 +92,7 @@ impl Stream {
         leader: Receiver<(MutexId, ThreadId)>,
         replies: Sender<Reply>,
     ) -> Stream {
+        let threads = threads.max(1);
         let replica = Replica::new(Algorithm::Lsa(Role::Follower), threads);
         {
             // Not joined: it ends with the leader's stream, which may outlive this follower.
