@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
+mod common;
+
 const THREADS: u16 = 4;
 const MUTEXES: u64 = 3;
 
@@ -73,6 +75,11 @@ type Outcome = (Vec<Vec<Vec<u8>>>, Vec<u64>);
 /// Runs `batches` on three replicas at once (replica 0 leads under LSA) and answers each
 /// replica's replies and final state.
 fn run_three(algorithm: Algorithm, batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Outcome> {
+    let batches = batches.to_vec();
+    common::unless_deadlocked("three replicas", move || run_three_unguarded(algorithm, &batches, timing))
+}
+
+fn run_three_unguarded(algorithm: Algorithm, batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Outcome> {
     let lsa = matches!(algorithm, Algorithm::Lsa(_));
     let (to_followers, from_leader): (Vec<_>, Vec<_>) = (0..2).map(|_| channel()).unzip();
     let mut from_leader = from_leader.into_iter();
@@ -163,9 +170,17 @@ fn a_follower_whose_leader_is_gone_says_so() {
     }
 }
 
+/// One streamed replica's replies by request number, and its final state.
+type Streamed = (Vec<Vec<u8>>, Vec<u64>);
+
 /// Runs `batches` through an LSA leader and two followers streaming (no batch ends), with
 /// pauses between submissions, and answers each replica's replies by number and final state.
-fn stream_three(batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<(Vec<Vec<u8>>, Vec<u64>)> {
+fn stream_three(batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Streamed> {
+    let batches = batches.to_vec();
+    common::unless_deadlocked("three streamed replicas", move || stream_three_unguarded(&batches, timing))
+}
+
+fn stream_three_unguarded(batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Streamed> {
     use nonstop_active::stream::Stream;
     let folders: Vec<Arc<Folder>> = (0..3).map(|replica| Folder::new(timing * 10 + replica)).collect();
     let (to_followers, from_leader): (Vec<_>, Vec<_>) = (0..2).map(|_| channel()).unzip();

@@ -18,8 +18,14 @@ type Shared = (Vec<u16>, u64);
 const THREADS: u16 = 5;
 const MUTEXES: u32 = 3;
 
-/// Runs `scripts` on real threads of `replica`, each computing for random, seeded times.
+/// Runs `scripts` on real threads of `replica`, each computing for random, seeded times;
+/// fails if they deadlock.
 fn run(replica: &Arc<Replica>, scripts: &[Vec<Op>], timing: u64) -> Vec<Shared> {
+    let (replica, scripts) = (replica.clone(), scripts.to_vec());
+    common::unless_deadlocked("the replica's threads", move || run_unguarded(&replica, &scripts, timing))
+}
+
+fn run_unguarded(replica: &Arc<Replica>, scripts: &[Vec<Op>], timing: u64) -> Vec<Shared> {
     let mutexes: Vec<Mutex<Shared>> = (0..MUTEXES).map(|m| Mutex::new(MutexId(m), (Vec::new(), 17))).collect();
     std::thread::scope(|scope| {
         for (index, script) in scripts.iter().enumerate() {

@@ -40,3 +40,24 @@ pub fn scripts(seed: u64, threads: usize, mutexes: u32, sections: usize) -> Vec<
     let mut rng = SmallRng::seed_from_u64(seed);
     (0..threads).map(|_| script(&mut rng, mutexes, sections)).collect()
 }
+
+/// How long a test of real threads may take before it counts as deadlocked. Not a measure of
+/// speed: these tests finish in about a second; a scheduler that deadlocks its threads would
+/// otherwise hang the test suite instead of failing it.
+const DEADLOCK_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `body` on a thread of its own and answers what it returns; fails, naming `what`, if it
+/// has not returned after [`DEADLOCK_AFTER`] (its threads are left behind: the test has failed).
+pub fn unless_deadlocked<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(body());
+    });
+    match result.recv_timeout(DEADLOCK_AFTER) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish in {DEADLOCK_AFTER:?}: its threads are deadlocked")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked (see above)"),
+    }
+}
