@@ -472,16 +472,6 @@ impl ClusterState {
     }
 }
 
-/// Encodes a command for the Raft log.
-pub fn encode_command(command: &Command) -> Vec<u8> {
-    postcard::to_stdvec(command).expect("commands always serialize")
-}
-
-/// Decodes a command from the Raft log.
-pub fn decode_command(bytes: &[u8]) -> Result<Command, postcard::Error> {
-    postcard::from_bytes(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,8 +640,9 @@ mod tests {
 
     #[test]
     fn commands_round_trip_through_the_log_encoding() {
+        // The Raft group's encoding of commands (RaftNode::propose and apply).
         let command = promote(4, 2);
-        assert_eq!(decode_command(&encode_command(&command)).unwrap(), command);
-        assert!(decode_command(&[0xff, 0xff]).is_err());
+        assert_eq!(postcard::from_bytes::<Command>(&postcard::to_stdvec(&command).unwrap()).unwrap(), command);
+        assert!(postcard::from_bytes::<Command>(&[0xff, 0xff]).is_err());
     }
 }

@@ -28,4 +28,6 @@ pub mod role;
 pub mod storage;
 
 pub use cluster::{ClusterState, Command, NodeId, PromotionReason, ServiceRecord};
-pub use node::{ControlConfig, ControlError, ControlNode, ControlOutput, ElectionJitter};
+pub use node::{
+    ControlConfig, ControlError, ControlNode, ControlOutput, ElectionJitter, RaftNode, RaftOutput, Replicated,
+};

@@ -1,13 +1,14 @@
-//! One node's share of the control plane: a raft-rs [`RawNode`] with its durable log and the
-//! [`ClusterState`] it applies.
+//! One member of a Raft group: a raft-rs [`RawNode`] with its durable log and the state machine
+//! it applies ([`Replicated`]). The control plane is one such group, [`ControlNode`], applying
+//! [`ClusterState`]; an actively replicated service orders its requests with another.
 //!
-//! Like `RawNode` itself, [`ControlNode`] has no sockets, threads or clocks: the driver calls
-//! [`ControlNode::tick`] at a fixed interval, hands it the messages peers sent with
-//! [`ControlNode::step`], and after either calls [`ControlNode::poll`], which persists what must
-//! be durable, then returns the messages to send and the commands applied. The agent and the
+//! Like `RawNode` itself, [`RaftNode`] has no sockets, threads or clocks: the driver calls
+//! [`RaftNode::tick`] at a fixed interval, hands it the messages peers sent with
+//! [`RaftNode::step`], and after either calls [`RaftNode::poll`], which persists what must be
+//! durable, then returns the messages to send and the commands applied. The agent and the
 //! simulator drive the same code.
 
-use crate::cluster::{Applied, ClusterState, Command, NodeId, decode_command, encode_command};
+use crate::cluster::{Applied, ClusterState, Command, NodeId};
 use crate::log::{LogError, RaftLog, Record, StoredEntry};
 use crate::storage::ControlStorage;
 use protobuf::Message as _;
@@ -15,6 +16,8 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType
 use raft::{RawNode, StateRole};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 /// How a control node runs.
@@ -84,31 +87,74 @@ impl ControlError {
     }
 }
 
-/// What one [`ControlNode::poll`] produced.
-#[derive(Debug, Default)]
-pub struct ControlOutput {
-    /// Messages to send, already encoded, by destination.
-    pub messages: Vec<(NodeId, Vec<u8>)>,
-    /// Commands applied to the cluster state, in log order.
-    pub applied: Vec<Applied>,
+/// A state machine a Raft group replicates: every member applies the same committed commands,
+/// in log order, so every member holds the same state. The state is also the group's
+/// snapshot: a member that fell behind a compaction receives it whole.
+pub trait Replicated: Default + Serialize + DeserializeOwned {
+    /// What is proposed, and applied once committed.
+    type Command: Serialize + DeserializeOwned;
+    /// What applying one command produced, for the driver.
+    type Applied;
+    /// Applies `command`, committed at log index `index`.
+    fn apply(&mut self, index: u64, command: Self::Command) -> Self::Applied;
+    /// The log index of the last command applied (0: none yet).
+    fn applied_index(&self) -> u64;
 }
 
+impl Replicated for ClusterState {
+    type Command = Command;
+    type Applied = Applied;
+
+    fn apply(&mut self, index: u64, command: Command) -> Applied {
+        let applied = ClusterState::apply(self, index, command);
+        if let Err(rejection) = &applied.outcome {
+            tracing::debug!(index, %rejection, "command changed nothing");
+        }
+        applied
+    }
+
+    fn applied_index(&self) -> u64 {
+        ClusterState::applied_index(self)
+    }
+}
+
+/// What one [`RaftNode::poll`] produced.
+#[derive(Debug)]
+pub struct RaftOutput<A> {
+    /// Messages to send, already encoded, by destination.
+    pub messages: Vec<(NodeId, Vec<u8>)>,
+    /// Commands applied to the state, in log order.
+    pub applied: Vec<A>,
+}
+
+impl<A> Default for RaftOutput<A> {
+    fn default() -> Self {
+        RaftOutput { messages: Vec::new(), applied: Vec::new() }
+    }
+}
+
+/// What one [`ControlNode::poll`] produced.
+pub type ControlOutput = RaftOutput<Applied>;
+
 /// One node's control plane.
-pub struct ControlNode {
+pub type ControlNode = RaftNode<ClusterState>;
+
+/// One member of a Raft group applying `S`.
+pub struct RaftNode<S: Replicated> {
     id: NodeId,
     voters: Vec<NodeId>,
     raw: RawNode<ControlStorage>,
     storage: ControlStorage,
     compact_every: u64,
     log: Box<dyn RaftLog>,
-    state: ClusterState,
+    state: S,
     /// The seeded generator of election timeouts and `election_ticks`, if jittered.
     jitter: Option<(SmallRng, usize)>,
 }
 
-impl std::fmt::Debug for ControlNode {
+impl<S: Replicated> std::fmt::Debug for RaftNode<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlNode")
+        f.debug_struct("RaftNode")
             .field("id", &self.id)
             .field("role", &self.raw.raft.state)
             .field("term", &self.raw.raft.term)
@@ -118,10 +164,10 @@ impl std::fmt::Debug for ControlNode {
     }
 }
 
-impl ControlNode {
+impl<S: Replicated> RaftNode<S> {
     /// Starts a node from what `log` holds (nothing on first start). Every voter starts with
     /// the same static membership, so no bootstrap step is needed.
-    pub fn new(config: ControlConfig, mut log: Box<dyn RaftLog>) -> Result<ControlNode, ControlError> {
+    pub fn new(config: ControlConfig, mut log: Box<dyn RaftLog>) -> Result<RaftNode<S>, ControlError> {
         if config.id.0 == 0 {
             return Err(ControlError::Config("node id 0 is reserved: number nodes from 1".into()));
         }
@@ -161,7 +207,7 @@ impl ControlNode {
             ElectionJitter::Seeded(seed) => Some((SmallRng::seed_from_u64(seed), config.election_ticks)),
             ElectionJitter::Off => None,
         };
-        let mut node = ControlNode { id: config.id, voters, raw, storage, compact_every, log, state, jitter };
+        let mut node = RaftNode { id: config.id, voters, raw, storage, compact_every, log, state, jitter };
         node.redraw_election_timeout();
         Ok(node)
     }
@@ -219,8 +265,8 @@ impl ControlNode {
         }
         if matches!(message.get_msg_type(), MessageType::MsgSnapshot) {
             let snapshot = message.get_snapshot();
-            if postcard::from_bytes::<ClusterState>(&snapshot.data).is_err() {
-                return Err(ControlError::BadMessage("a snapshot whose data is not a cluster state".into()));
+            if postcard::from_bytes::<S>(&snapshot.data).is_err() {
+                return Err(ControlError::BadMessage("a snapshot whose data is not this group's state".into()));
             }
             // Membership is static: a snapshot must not change who votes.
             let mut voters = snapshot.get_metadata().get_conf_state().voters.clone();
@@ -241,8 +287,9 @@ impl ControlNode {
 
     /// Proposes a command. A follower forwards it to the leader; it may still be lost (the
     /// leader changes), so a proposer watches the applied commands and proposes again if needed.
-    pub fn propose(&mut self, command: &Command) -> Result<(), ControlError> {
-        Ok(self.raw.propose(vec![], encode_command(command))?)
+    pub fn propose(&mut self, command: &S::Command) -> Result<(), ControlError> {
+        let bytes = postcard::to_stdvec(command).expect("commands always serialize");
+        Ok(self.raw.propose(vec![], bytes)?)
     }
 
     /// Asks the leader to hand leadership to `to` (the agent keeps the leader apart from
@@ -289,15 +336,15 @@ impl ControlNode {
         self.raw.raft.term
     }
 
-    /// The cluster state as of the last applied command.
-    pub fn state(&self) -> &ClusterState {
+    /// The state as of the last applied command.
+    pub fn state(&self) -> &S {
         &self.state
     }
 
     /// Persists what Raft produced, applies what committed and returns the messages to send.
     /// Call after every tick, step or proposal.
-    pub fn poll(&mut self) -> Result<ControlOutput, ControlError> {
-        let mut output = ControlOutput::default();
+    pub fn poll(&mut self) -> Result<RaftOutput<S::Applied>, ControlError> {
+        let mut output = RaftOutput::default();
         if !self.raw.has_ready() {
             return Ok(output);
         }
@@ -346,7 +393,7 @@ impl ControlNode {
         if applied < self.storage.snapshot_index() + self.compact_every {
             return Ok(());
         }
-        let data = postcard::to_stdvec(&self.state).expect("the cluster state serializes");
+        let data = postcard::to_stdvec(&self.state).expect("the state serializes");
         if self.storage.compact(applied, data).is_some() {
             self.rewrite_log()?;
         }
@@ -371,27 +418,21 @@ impl ControlNode {
         Ok(self.log.rewrite(&records)?)
     }
 
-    fn collect(&self, messages: Vec<Message>, output: &mut ControlOutput) {
+    fn collect(&self, messages: Vec<Message>, output: &mut RaftOutput<S::Applied>) {
         for message in messages {
             let bytes = message.write_to_bytes().expect("raft messages always encode");
             output.messages.push((NodeId(message.to), bytes));
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>, output: &mut ControlOutput) -> Result<(), ControlError> {
+    fn apply(&mut self, entries: Vec<Entry>, output: &mut RaftOutput<S::Applied>) -> Result<(), ControlError> {
         for entry in entries {
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 // Empty entries are new leaders' no-ops; membership is static for now.
                 continue;
             }
-            match decode_command(&entry.data) {
-                Ok(command) => {
-                    let applied = self.state.apply(entry.index, command);
-                    if let Err(rejection) = &applied.outcome {
-                        tracing::debug!(node = self.id.0, index = entry.index, %rejection, "command changed nothing");
-                    }
-                    output.applied.push(applied);
-                }
+            match postcard::from_bytes::<S::Command>(&entry.data) {
+                Ok(command) => output.applied.push(self.state.apply(entry.index, command)),
                 // Every node skips the same undecodable entry, so the states stay equal.
                 Err(error) => tracing::error!(node = self.id.0, index = entry.index, %error, "undecodable command"),
             }
@@ -495,8 +536,8 @@ fn check_wire_message(message: &Message) -> Result<(), ControlError> {
     Ok(())
 }
 
-fn replay(storage: &ControlStorage, records: Vec<Record>) -> Result<ClusterState, ControlError> {
-    let mut state = ClusterState::default();
+fn replay<S: Replicated>(storage: &ControlStorage, records: Vec<Record>) -> Result<S, ControlError> {
+    let mut state = S::default();
     for record in records {
         match record {
             Record::Snapshot { index, term, voters, data } => {
