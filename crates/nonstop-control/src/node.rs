@@ -123,13 +123,18 @@ impl Replicated for ClusterState {
 pub struct RaftOutput<A> {
     /// Messages to send, already encoded, by destination.
     pub messages: Vec<(NodeId, Vec<u8>)>,
+    /// Set when the state was replaced by a leader's snapshot (this node had fallen behind
+    /// the leader's compacted log), to the last index the snapshot covers: the commands up to
+    /// it were never applied here one by one, and are not in `applied`. `applied` follows on
+    /// from it.
+    pub restored: Option<u64>,
     /// Commands applied to the state, in log order.
     pub applied: Vec<A>,
 }
 
 impl<A> Default for RaftOutput<A> {
     fn default() -> Self {
-        RaftOutput { messages: Vec::new(), applied: Vec::new() }
+        RaftOutput { messages: Vec::new(), restored: None, applied: Vec::new() }
     }
 }
 
@@ -357,6 +362,7 @@ impl<S: Replicated> RaftNode<S> {
                 .map_err(|e| ControlError::CorruptLog(format!("snapshot data: {e}")))?;
             self.storage.apply_snapshot(snapshot);
             self.rewrite_log()?;
+            output.restored = Some(self.state.applied_index());
         }
         self.apply(ready.take_committed_entries(), &mut output)?;
         let mut records = Vec::new();
