@@ -8,6 +8,7 @@
 //! [`sync`] drives real threads with it.
 
 pub mod execute;
+pub mod order;
 pub mod schedule;
 pub mod stream;
 pub mod sync;

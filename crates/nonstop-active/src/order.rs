@@ -1,0 +1,117 @@
+//! The total order of an actively replicated service's requests: what its Raft group (the
+//! replicas themselves, a [`nonstop_control::RaftNode`] of [`Order`]) agrees on, entry by entry.
+//!
+//! A client numbers its requests 1, 2, 3, … and sends one at a time, again after a timeout or
+//! to another replica until it has its replies; so the same request may be proposed twice, by
+//! two replicas or in two terms. Each log entry is a batch of requests, and applying it delivers
+//! each request whose number follows the last one delivered for its client: every replica
+//! delivers the same requests, in the same order, each once. A retry of a request delivered
+//! already, or a request that skips numbers, is delivered nothing.
+//!
+//! ```
+//! use nonstop_active::order::{Order, Request};
+//! use nonstop_control::Replicated;
+//! let mut order = Order::default();
+//! let request = |client, number| Request { client, number, body: vec![] };
+//! let first = order.apply(1, vec![request(7, 1), request(8, 1)]);
+//! assert_eq!((first.first, first.requests.len()), (0, 2));
+//! // A retry of client 7's request 1 comes in a later entry with its request 2.
+//! let second = order.apply(2, vec![request(7, 1), request(7, 2)]);
+//! assert_eq!((second.first, second.requests), (2, vec![request(7, 2)]));
+//! ```
+
+use nonstop_control::Replicated;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One client request, as proposed to the group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The client (each numbers its own requests).
+    pub client: u64,
+    /// The request's number: 1 for the client's first, then one more each time.
+    pub number: u64,
+    /// The service's bytes.
+    pub body: Vec<u8>,
+}
+
+/// What a replica delivers from one committed entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// The entry's log index.
+    pub index: u64,
+    /// The position in the whole order of the first request delivered here (the count of
+    /// requests delivered before it).
+    pub first: u64,
+    /// The entry's requests delivered for the first time, in order.
+    pub requests: Vec<Request>,
+}
+
+/// What the group has delivered, the state every replica holds alike.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// The last log index applied.
+    applied: u64,
+    /// Requests delivered in all.
+    delivered: u64,
+    /// Each client's last request number delivered.
+    last: BTreeMap<u64, u64>,
+}
+
+impl Order {
+    /// Requests delivered in all.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// The last request number delivered for `client` (0: none).
+    pub fn last_delivered(&self, client: u64) -> u64 {
+        self.last.get(&client).copied().unwrap_or(0)
+    }
+}
+
+impl Replicated for Order {
+    type Command = Vec<Request>;
+    type Applied = Delivered;
+
+    fn apply(&mut self, index: u64, batch: Vec<Request>) -> Delivered {
+        self.applied = index;
+        let first = self.delivered;
+        let mut requests = Vec::new();
+        for request in batch {
+            // Only a delivery is remembered: requests delivered nothing leave no trace.
+            if self.last_delivered(request.client).checked_add(1) == Some(request.number) {
+                self.last.insert(request.client, request.number);
+                self.delivered += 1;
+                requests.push(request);
+            }
+        }
+        Delivered { index, first, requests }
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(client: u64, number: u64) -> Request {
+        Request { client, number, body: vec![number as u8] }
+    }
+
+    #[test]
+    fn each_request_is_delivered_once_in_number_order() {
+        let mut order = Order::default();
+        let delivered = order.apply(1, vec![request(1, 1), request(1, 1), request(1, 3), request(1, 2)]);
+        assert_eq!(delivered.requests, vec![request(1, 1), request(1, 2)]);
+        assert_eq!((order.delivered(), order.last_delivered(1), order.applied_index()), (2, 2, 1));
+        // A zero number never follows anything, and leaves no trace.
+        assert!(order.apply(2, vec![request(2, 0)]).requests.is_empty());
+        assert_eq!(order.last_delivered(2), 0);
+        let later = order.apply(3, vec![request(1, 3), request(2, 1)]);
+        assert_eq!((later.first, later.requests), (2, vec![request(1, 3), request(2, 1)]));
+    }
+}
