@@ -155,6 +155,8 @@ pub struct RaftNode<S: Replicated> {
     state: S,
     /// The seeded generator of election timeouts and `election_ticks`, if jittered.
     jitter: Option<(SmallRng, usize)>,
+    /// Peers sent a snapshot by the current poll, to report as sent once it is done.
+    snapshots_sent: Vec<u64>,
 }
 
 impl<S: Replicated> std::fmt::Debug for RaftNode<S> {
@@ -212,7 +214,17 @@ impl<S: Replicated> RaftNode<S> {
             ElectionJitter::Seeded(seed) => Some((SmallRng::seed_from_u64(seed), config.election_ticks)),
             ElectionJitter::Off => None,
         };
-        let mut node = RaftNode { id: config.id, voters, raw, storage, compact_every, log, state, jitter };
+        let mut node = RaftNode {
+            id: config.id,
+            voters,
+            raw,
+            storage,
+            compact_every,
+            log,
+            state,
+            jitter,
+            snapshots_sent: Vec::new(),
+        };
         node.redraw_election_timeout();
         Ok(node)
     }
@@ -389,6 +401,14 @@ impl<S: Replicated> RaftNode<S> {
         self.apply(light.take_committed_entries(), &mut output)?;
         self.raw.advance_apply();
         self.maybe_compact()?;
+        // raft-rs pauses a follower it sent a snapshot until told how the sending went, and
+        // the transport cannot tell whether the peer got it: a lost snapshot would leave that
+        // follower behind for good. Reported as sent, the leader probes on from the snapshot's
+        // index; if it was lost, the follower refuses those entries and the leader sends the
+        // snapshot again.
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
         Ok(output)
     }
 
@@ -424,8 +444,11 @@ impl<S: Replicated> RaftNode<S> {
         Ok(self.log.rewrite(&records)?)
     }
 
-    fn collect(&self, messages: Vec<Message>, output: &mut RaftOutput<S::Applied>) {
+    fn collect(&mut self, messages: Vec<Message>, output: &mut RaftOutput<S::Applied>) {
         for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_sent.push(message.to);
+            }
             let bytes = message.write_to_bytes().expect("raft messages always encode");
             output.messages.push((NodeId(message.to), bytes));
         }
