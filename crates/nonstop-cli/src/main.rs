@@ -87,6 +87,9 @@ enum SimKind {
     Replication,
     /// Failover: three nodes with the Raft control plane; crashes, partitions, pauses.
     Failover,
+    /// Active replication's total order: three replicas in a Raft group of their own, clients
+    /// retrying; lost, duplicated and reordered messages, partitions, a crash.
+    Order,
 }
 
 #[derive(Args)]
@@ -807,10 +810,12 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     let steps = args.steps.unwrap_or(match args.kind {
         SimKind::Replication => 1500,
         SimKind::Failover => 3000,
+        SimKind::Order => 6000,
     });
     let kind = match args.kind {
         SimKind::Replication => "replication",
         SimKind::Failover => "failover",
+        SimKind::Order => "order",
     };
     let run = |seed: u64, trace: bool| -> Result<String, String> {
         match args.kind {
@@ -820,6 +825,9 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
             SimKind::Failover => nonstop_sim::cluster::run_cluster(seed, steps, trace)
                 .map(|s| format!("{s:?}"))
                 .map_err(|v| v.to_string()),
+            SimKind::Order => {
+                nonstop_sim::order::run_order(seed, steps).map(|s| format!("{s:?}")).map_err(|v| v.to_string())
+            }
         }
     };
     if let Some(seed) = args.seed {

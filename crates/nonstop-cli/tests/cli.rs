@@ -15,6 +15,9 @@ fn sim_runs_seed_ranges_and_single_seeds() {
     let one = nonstop(&["sim", "--kind", "replication", "--seed", "7"]);
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
     assert!(String::from_utf8_lossy(&one.stdout).contains("replication seed 7"));
+    let order = nonstop(&["sim", "--kind", "order", "--seeds", "3"]);
+    assert!(order.status.success(), "{}", String::from_utf8_lossy(&order.stderr));
+    assert!(String::from_utf8_lossy(&order.stdout).contains("order: seeds 0..3"));
 }
 
 #[test]

@@ -19,11 +19,13 @@
 //! pages that differ, staged and applied at the close), through the same faults; the image
 //! checks then compare against the new term's checkpoints.
 //!
-//! [`cluster`] simulates failover on top: three nodes with the real control plane.
+//! [`cluster`] simulates failover on top: three nodes with the real control plane. [`order`]
+//! simulates active replication's total order: three replicas in a Raft group of their own.
 //!
 //! The same seed always produces the same run; a failure names its seed and step.
 
 pub mod cluster;
+pub mod order;
 
 use nonstop_proto::auth::{ClusterKey, Initiator, Responder};
 use nonstop_proto::backup::{Backup, BackupOutput};

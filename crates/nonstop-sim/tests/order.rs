@@ -1,0 +1,26 @@
+//! Many seeds of the total-order simulation, with a check that faults were really injected.
+
+use nonstop_sim::order::{OrderStats, run_order};
+
+#[test]
+fn every_seed_keeps_one_order_and_delivers_every_request_once() {
+    let mut total = OrderStats::default();
+    for seed in 0..100 {
+        total += run_order(seed, 6000).unwrap_or_else(|violation| panic!("{violation}"));
+    }
+    println!("{total:?}");
+    // The simulation must exercise what it claims to.
+    assert!(total.delivered > 50_000, "{total:?}");
+    // Retries of requests delivered elsewhere, which the order must not deliver again.
+    assert!(total.retries_of_delivered > 100, "{total:?}");
+    assert!(total.lost > 10_000 && total.duplicated > 1_000, "{total:?}");
+    assert!(total.partitions > 300 && total.crashes > 50, "{total:?}");
+    assert!(total.leader_changes > 500, "{total:?}");
+    // Replicas that fell behind the compacted log and came back by a snapshot.
+    assert!(total.state_transfers > 20, "{total:?}");
+}
+
+#[test]
+fn an_order_seed_reproduces_exactly() {
+    assert_eq!(run_order(4242, 6000), run_order(4242, 6000));
+}
