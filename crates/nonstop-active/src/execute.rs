@@ -91,8 +91,8 @@ pub enum ExecuteError {
     /// An LSA follower lost its leader's stream in the middle of a batch.
     #[error("the LSA leader's acquisitions stopped in the middle of a batch: the follower cannot go on alone")]
     LeaderGone,
-    /// The executor's threads are gone.
-    #[error("the executor's worker threads are gone")]
+    /// The executor's threads are gone: it runs no batch any more; make a new one.
+    #[error("the executor's worker threads are gone: make a new executor")]
     ThreadsGone,
 }
 
@@ -111,6 +111,9 @@ pub struct Executor {
     jobs: Vec<Sender<Job>>,
     done: Receiver<Done>,
     threads: Vec<JoinHandle<()>>,
+    /// A thread was found gone: the batch in progress then was left half given out, and its
+    /// other threads' answers would be taken for a later batch's, so no batch runs any more.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Executor {
@@ -137,7 +140,7 @@ impl Executor {
             );
             jobs.push(job_to);
         }
-        Executor { algorithm, jobs, done, threads: handles }
+        Executor { algorithm, jobs, done, threads: handles, broken: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// Executes `batch` to its end and answers its replies in the batch's order.
@@ -146,6 +149,13 @@ impl Executor {
         batch: Arc<Vec<Vec<u8>>>,
         acquisitions: Acquisitions<'_>,
     ) -> Result<Vec<Vec<u8>>, ExecuteError> {
+        let gone = || {
+            self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+            ExecuteError::ThreadsGone
+        };
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ExecuteError::ThreadsGone);
+        }
         let threads = self.jobs.len() as u16;
         let (replica, followers, leader) = match acquisitions {
             Acquisitions::Lead(followers) => {
@@ -163,7 +173,7 @@ impl Executor {
         };
         for (index, jobs) in self.jobs.iter().enumerate() {
             let worker = replica.worker(ThreadId(index as u16))?;
-            jobs.send(Job { worker, batch: batch.clone() }).map_err(|_| ExecuteError::ThreadsGone)?;
+            jobs.send(Job { worker, batch: batch.clone() }).map_err(|_| gone())?;
         }
         let mut failure = None;
         if let Some(leader) = leader
@@ -175,7 +185,7 @@ impl Executor {
         }
         let mut replies = vec![Vec::new(); batch.len()];
         for _ in 0..threads {
-            match self.done.recv().map_err(|_| ExecuteError::ThreadsGone)? {
+            match self.done.recv().map_err(|_| gone())? {
                 Ok(part) => part.into_iter().for_each(|(position, reply)| replies[position] = reply),
                 Err(error) => failure = Some(failure.unwrap_or(error)),
             }
