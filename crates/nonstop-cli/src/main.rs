@@ -106,7 +106,8 @@ struct SimArgs {
     /// Run this one seed (with --trace, print its events).
     #[arg(long)]
     seed: Option<u64>,
-    /// Steps per seed (replication: events; failover: virtual milliseconds).
+    /// Steps per seed (replication: events; failover and order: virtual milliseconds, before
+    /// the quiet period that ends an order run).
     #[arg(long)]
     steps: Option<u64>,
     /// With --seed and --kind failover: print every event of the run.
