@@ -299,7 +299,13 @@ impl Sim {
             // It fell behind the leader's compacted log and took the order's state whole: in
             // active replication that is the moment of re-integration, when the service's state
             // is copied from a replica at the same point. Modelled by copying the requests.
-            let position = self.members[index].node.state().delivered() as usize;
+            // The snapshot's position: where the first entry applied after it starts (the state
+            // now also holds the entries applied in this same poll).
+            let position = output
+                .applied
+                .first()
+                .map_or(self.members[index].node.state().delivered(), |delivered| delivered.first)
+                as usize;
             let source = self.members.iter().map(|m| &m.delivered).find(|d| d.len() >= position).ok_or_else(|| {
                 self.violation(format!("replica {} restored {position} requests no replica delivered", index + 1))
             })?;
