@@ -126,7 +126,8 @@ pub struct RaftOutput<A> {
     /// Set when the state was replaced by a leader's snapshot (this node had fallen behind
     /// the leader's compacted log), to the last index the snapshot covers: the commands up to
     /// it were never applied here one by one, and are not in `applied`. `applied` follows on
-    /// from it.
+    /// from it, and the state the node holds after this poll includes `applied` too: where the
+    /// snapshot itself ends is where the first of `applied` starts.
     pub restored: Option<u64>,
     /// Commands applied to the state, in log order.
     pub applied: Vec<A>,
