@@ -11,9 +11,11 @@
 //! as stopped on one replica and not on another, so when a request becomes visible would depend
 //! on the network's timing. Batch boundaries are part of the order itself, so "the requests of
 //! this batch, and then no more until every thread is done" is the same on every replica.
+//! LSA needs no such barrier, and its replicas take the order as it comes
+//! ([`crate::stream::Stream`]).
 //!
 //! ```
-//! use nonstop_active::execute::{Acquisitions, Executor, Handler};
+//! use nonstop_active::execute::{Executor, Handler};
 //! use nonstop_active::schedule::{Algorithm, MutexId, ScheduleError};
 //! use nonstop_active::sync::{Mutex, Worker};
 //! use std::sync::Arc;
@@ -30,12 +32,12 @@
 //!
 //! let log = Arc::new(Log(Mutex::new(MutexId(0), Vec::new())));
 //! let executor = Executor::new(Algorithm::Pds1, 2, log.clone());
-//! let replies = executor.execute(Arc::new(vec![vec![7], vec![8], vec![9]]), Acquisitions::Decided).unwrap();
+//! let replies = executor.execute(Arc::new(vec![vec![7], vec![8], vec![9]])).unwrap();
 //! // Thread 0 handles requests 0 and 2, thread 1 request 1; the first round's tie goes to thread 0.
 //! assert_eq!(replies, vec![vec![1], vec![2], vec![3]]);
 //! ```
 
-use crate::schedule::{Algorithm, MutexId, ScheduleError, ThreadId};
+use crate::schedule::{Algorithm, ScheduleError, ThreadId};
 use crate::sync::{Replica, Worker};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -54,26 +56,6 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, worker: &Worker, request: &[u8]) -> Result<Vec<u8>, ScheduleError>;
 }
 
-/// An LSA leader's acquisition, as its followers receive it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shipped {
-    /// `thread` acquired `mutex`, the next acquisition of the batch.
-    Acquired(MutexId, ThreadId),
-    /// The batch is done: every acquisition of it was shipped.
-    BatchEnd,
-}
-
-/// Where a batch's order of acquisitions comes from.
-#[derive(Debug)]
-pub enum Acquisitions<'a> {
-    /// Decided by this replica's own scheduler (NPDS, PDS-1, PDS-2).
-    Decided,
-    /// LSA leader: decided here, each sent to every follower as it happens.
-    Lead(Vec<Sender<Shipped>>),
-    /// LSA follower: the leader's, received up to [`Shipped::BatchEnd`].
-    Follow(&'a Receiver<Shipped>),
-}
-
 /// Why a batch could not be executed.
 #[derive(Debug, Error)]
 pub enum ExecuteError {
@@ -88,9 +70,6 @@ pub enum ExecuteError {
         /// What the panic said.
         message: String,
     },
-    /// An LSA follower lost its leader's stream in the middle of a batch.
-    #[error("the LSA leader's acquisitions stopped in the middle of a batch: the follower cannot go on alone")]
-    LeaderGone,
     /// The executor's threads are gone: it runs no batch any more; make a new one.
     #[error("the executor's worker threads are gone: make a new executor")]
     ThreadsGone,
@@ -144,11 +123,7 @@ impl Executor {
     }
 
     /// Executes `batch` to its end and answers its replies in the batch's order.
-    pub fn execute(
-        &self,
-        batch: Arc<Vec<Vec<u8>>>,
-        acquisitions: Acquisitions<'_>,
-    ) -> Result<Vec<Vec<u8>>, ExecuteError> {
+    pub fn execute(&self, batch: Arc<Vec<Vec<u8>>>) -> Result<Vec<Vec<u8>>, ExecuteError> {
         let gone = || {
             self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
             ExecuteError::ThreadsGone
@@ -157,41 +132,18 @@ impl Executor {
             return Err(ExecuteError::ThreadsGone);
         }
         let threads = self.jobs.len() as u16;
-        let (replica, followers, leader) = match acquisitions {
-            Acquisitions::Lead(followers) => {
-                let sinks = followers.clone();
-                let replica = Replica::shipping_to(self.algorithm, threads, move |mutex, thread| {
-                    for sink in &sinks {
-                        // A follower that is gone no longer needs the order.
-                        let _ = sink.send(Shipped::Acquired(mutex, thread));
-                    }
-                });
-                (replica, followers, None)
-            }
-            Acquisitions::Decided => (Replica::new(self.algorithm, threads), Vec::new(), None),
-            Acquisitions::Follow(leader) => (Replica::new(self.algorithm, threads), Vec::new(), Some(leader)),
-        };
+        let replica = Replica::new(self.algorithm, threads);
         for (index, jobs) in self.jobs.iter().enumerate() {
             let worker = replica.worker(ThreadId(index as u16))?;
             jobs.send(Job { worker, batch: batch.clone() }).map_err(|_| gone())?;
         }
         let mut failure = None;
-        if let Some(leader) = leader
-            && let Err(error) = follow(&replica, leader)
-        {
-            // Its threads would wait for grants that will not come: stop them.
-            replica.order_ended();
-            failure = Some(error);
-        }
         let mut replies = vec![Vec::new(); batch.len()];
         for _ in 0..threads {
             match self.done.recv().map_err(|_| gone())? {
                 Ok(part) => part.into_iter().for_each(|(position, reply)| replies[position] = reply),
                 Err(error) => failure = Some(failure.unwrap_or(error)),
             }
-        }
-        for follower in &followers {
-            let _ = follower.send(Shipped::BatchEnd);
         }
         failure.map_or(Ok(replies), Err)
     }
@@ -207,17 +159,6 @@ impl Drop for Executor {
         self.jobs.clear();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
-        }
-    }
-}
-
-/// An LSA follower's role in a batch: grant in the leader's order, up to its end.
-fn follow(replica: &Replica, leader: &Receiver<Shipped>) -> Result<(), ExecuteError> {
-    loop {
-        match leader.recv() {
-            Ok(Shipped::Acquired(mutex, thread)) => replica.shipped(mutex, thread)?,
-            Ok(Shipped::BatchEnd) => return Ok(()),
-            Err(_) => return Err(ExecuteError::LeaderGone),
         }
     }
 }

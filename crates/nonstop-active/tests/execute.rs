@@ -1,8 +1,8 @@
 //! Replicas executing the same ordered batches on real threads, each with its own thread
 //! timings: every scheduler must give the same replies and leave the same state on all of them.
 
-use nonstop_active::execute::{Acquisitions, ExecuteError, Executor, Handler};
-use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError};
+use nonstop_active::execute::{ExecuteError, Executor, Handler};
+use nonstop_active::schedule::{Algorithm, MutexId, ScheduleError};
 use nonstop_active::sync::{Mutex, Worker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,64 +72,43 @@ fn batches(seed: u64, count: usize) -> Vec<Arc<Vec<Vec<u8>>>> {
 /// One replica's replies to every batch, and its final state.
 type Outcome = (Vec<Vec<Vec<u8>>>, Vec<u64>);
 
-/// Runs `batches` on three replicas at once (replica 0 leads under LSA) and answers each
-/// replica's replies and final state.
+/// Runs `batches` on three replicas of `algorithm` at once and answers each replica's replies
+/// and final state.
 fn run_three(algorithm: Algorithm, batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Outcome> {
     let batches = batches.to_vec();
     common::unless_deadlocked("three replicas", move || run_three_unguarded(algorithm, &batches, timing))
 }
 
 fn run_three_unguarded(algorithm: Algorithm, batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Outcome> {
-    let lsa = matches!(algorithm, Algorithm::Lsa(_));
-    let (to_followers, from_leader): (Vec<_>, Vec<_>) = (0..2).map(|_| channel()).unzip();
-    let mut from_leader = from_leader.into_iter();
-    let mut roles = vec![(if lsa { Algorithm::Lsa(Role::Leader) } else { algorithm }, None)];
-    for _ in 0..2 {
-        roles.push(if lsa { (Algorithm::Lsa(Role::Follower), from_leader.next()) } else { (algorithm, None) });
-    }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = roles
-            .into_iter()
-            .enumerate()
-            .map(|(replica, (algorithm, leader))| {
-                // Only the leader holds the followers' streams, so that they end with it.
-                let to_followers = if replica == 0 { to_followers.clone() } else { Vec::new() };
+        let handles: Vec<_> = (0..3u64)
+            .map(|replica| {
                 scope.spawn(move || {
-                    let folder = Folder::new(timing * 10 + replica as u64);
+                    let folder = Folder::new(timing * 10 + replica);
                     let executor = Executor::new(algorithm, THREADS, folder.clone());
-                    let mut replies = Vec::new();
-                    for batch in batches {
-                        let acquisitions = match (&leader, replica) {
-                            (Some(leader), _) => Acquisitions::Follow(leader),
-                            (None, 0) if lsa => Acquisitions::Lead(to_followers.clone()),
-                            _ => Acquisitions::Decided,
-                        };
-                        replies.push(executor.execute(batch.clone(), acquisitions).unwrap());
-                    }
+                    let replies: Vec<_> =
+                        batches.iter().map(|batch| executor.execute(batch.clone()).unwrap()).collect();
                     drop(executor);
                     (replies, folder.state(&Worker::unscheduled(nonstop_active::schedule::ThreadId(0))))
                 })
             })
             .collect();
-        drop(to_followers);
         handles.into_iter().map(|handle| handle.join().unwrap()).collect()
     })
 }
 
 #[test]
 fn replicas_with_different_timings_reply_alike_and_end_alike() {
-    for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2, Algorithm::Lsa(Role::Leader)] {
+    // LSA replicas take the order streamed: streamed_lsa_followers_reply_as_their_leader...
+    for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
         for seed in 0..4 {
             let batches = batches(seed, 6);
             let first = run_three(algorithm, &batches, seed);
             assert!(first.iter().all(|result| result == &first[0]), "{algorithm:?} seed {seed}");
             for timing in [seed + 100, seed + 200] {
                 let again = run_three(algorithm, &batches, timing);
-                // LSA's order is its leader's, whose timing differs between runs: its
-                // followers must agree with it; the others' order follows from the requests.
-                let expected = if matches!(algorithm, Algorithm::Lsa(_)) { &again[0] } else { &first[0] };
                 for (replica, result) in again.iter().enumerate() {
-                    assert_eq!(result, expected, "{algorithm:?} seed {seed} timing {timing}: replica {replica}");
+                    assert_eq!(result, &first[0], "{algorithm:?} seed {seed} timing {timing}: replica {replica}");
                 }
             }
         }
@@ -140,8 +119,8 @@ fn replicas_with_different_timings_reply_alike_and_end_alike() {
 fn a_batch_of_fewer_requests_than_threads_and_an_empty_one_finish() {
     for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
         let executor = Executor::new(algorithm, THREADS, Folder::new(1));
-        assert_eq!(executor.execute(Arc::new(Vec::new()), Acquisitions::Decided).unwrap(), Vec::<Vec<u8>>::new());
-        let replies = executor.execute(Arc::new(vec![vec![0]]), Acquisitions::Decided).unwrap();
+        assert_eq!(executor.execute(Arc::new(Vec::new())).unwrap(), Vec::<Vec<u8>>::new());
+        let replies = executor.execute(Arc::new(vec![vec![0]])).unwrap();
         assert_eq!(replies.len(), 1);
     }
 }
@@ -151,22 +130,11 @@ fn a_handler_that_panics_fails_its_batch_and_the_next_batch_runs() {
     for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
         let executor = Executor::new(algorithm, THREADS, Folder::new(2));
         let batch = Arc::new(vec![vec![0, 1], b"panic".to_vec(), vec![2], vec![1, 0]]);
-        match executor.execute(batch, Acquisitions::Decided) {
+        match executor.execute(batch) {
             Err(ExecuteError::Panicked { position: 1, message }) => assert_eq!(message, "asked to"),
             other => panic!("{algorithm:?}: {other:?}"),
         }
-        assert_eq!(executor.execute(Arc::new(vec![vec![0], vec![1]]), Acquisitions::Decided).unwrap().len(), 2);
-    }
-}
-
-#[test]
-fn a_follower_whose_leader_is_gone_says_so() {
-    let executor = Executor::new(Algorithm::Lsa(Role::Follower), THREADS, Folder::new(3));
-    let (to_follower, from_leader) = channel();
-    drop(to_follower);
-    match executor.execute(Arc::new(vec![vec![0], vec![1]]), Acquisitions::Follow(&from_leader)) {
-        Err(ExecuteError::LeaderGone) => {}
-        other => panic!("{other:?}"),
+        assert_eq!(executor.execute(Arc::new(vec![vec![0], vec![1]])).unwrap().len(), 2);
     }
 }
 

@@ -18,7 +18,7 @@
 //! its leader's order of acquisitions.
 
 use hdrhistogram::Histogram;
-use nonstop_active::execute::{Acquisitions, Executor, Handler};
+use nonstop_active::execute::{Executor, Handler};
 use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError, ThreadId};
 use nonstop_active::stream::Stream;
 use nonstop_active::sync::{Mutex, Worker};
@@ -620,7 +620,7 @@ fn run_batches(
         if fate(&mut fault) == Fate::Killed {
             return Ok(());
         }
-        let replies = executor.execute(batch.bodies, Acquisitions::Decided).map_err(|e| e.to_string())?;
+        let replies = executor.execute(batch.bodies).map_err(|e| e.to_string())?;
         for (number, reply) in (batch.first..).zip(replies) {
             if heard.send(Heard::Replied { replica, number, reply: Ok(reply) }).is_err() {
                 return Ok(());
