@@ -31,7 +31,7 @@
 //! }
 //!
 //! let log = Arc::new(Log(Mutex::new(MutexId(0), Vec::new())));
-//! let executor = Executor::new(Algorithm::Pds1, 2, log.clone());
+//! let executor = Executor::new(Algorithm::Pds1, 2, log.clone()).unwrap();
 //! let replies = executor.execute(Arc::new(vec![vec![7], vec![8], vec![9]])).unwrap();
 //! // Thread 0 handles requests 0 and 2, thread 1 request 1; the first round's tie goes to thread 0.
 //! assert_eq!(replies, vec![vec![1], vec![2], vec![3]]);
@@ -70,6 +70,10 @@ pub enum ExecuteError {
         /// What the panic said.
         message: String,
     },
+    /// LSA was asked of an executor of batches: its followers would wait for a leader's
+    /// order no batch carries.
+    #[error("LSA replicas take the order as it comes: use stream::Stream, not a batch executor")]
+    NotBatched,
     /// The executor's threads are gone: it runs no batch any more; make a new one.
     #[error("the executor's worker threads are gone: make a new executor")]
     ThreadsGone,
@@ -96,8 +100,12 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// `threads` worker threads (at least one) running `handler`, scheduled by `algorithm`.
-    pub fn new<H: Handler>(algorithm: Algorithm, threads: u16, handler: Arc<H>) -> Executor {
+    /// `threads` worker threads (at least one) running `handler`, scheduled by `algorithm`:
+    /// NPDS, PDS-1 or PDS-2 (an LSA replica takes the order through [`crate::stream::Stream`]).
+    pub fn new<H: Handler>(algorithm: Algorithm, threads: u16, handler: Arc<H>) -> Result<Executor, ExecuteError> {
+        if let Algorithm::Lsa(_) = algorithm {
+            return Err(ExecuteError::NotBatched);
+        }
         let threads = threads.max(1);
         let (done_to, done) = channel();
         let (mut jobs, mut handles) = (Vec::new(), Vec::new());
@@ -119,7 +127,7 @@ impl Executor {
             );
             jobs.push(job_to);
         }
-        Executor { algorithm, jobs, done, threads: handles, broken: std::sync::atomic::AtomicBool::new(false) }
+        Ok(Executor { algorithm, jobs, done, threads: handles, broken: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// Executes `batch` to its end and answers its replies in the batch's order.

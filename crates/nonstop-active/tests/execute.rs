@@ -2,7 +2,7 @@
 //! timings: every scheduler must give the same replies and leave the same state on all of them.
 
 use nonstop_active::execute::{ExecuteError, Executor, Handler};
-use nonstop_active::schedule::{Algorithm, MutexId, ScheduleError};
+use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError};
 use nonstop_active::sync::{Mutex, Worker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,7 +85,7 @@ fn run_three_unguarded(algorithm: Algorithm, batches: &[Arc<Vec<Vec<u8>>>], timi
             .map(|replica| {
                 scope.spawn(move || {
                     let folder = Folder::new(timing * 10 + replica);
-                    let executor = Executor::new(algorithm, THREADS, folder.clone());
+                    let executor = Executor::new(algorithm, THREADS, folder.clone()).unwrap();
                     let replies: Vec<_> =
                         batches.iter().map(|batch| executor.execute(batch.clone()).unwrap()).collect();
                     drop(executor);
@@ -118,7 +118,7 @@ fn replicas_with_different_timings_reply_alike_and_end_alike() {
 #[test]
 fn a_batch_of_fewer_requests_than_threads_and_an_empty_one_finish() {
     for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
-        let executor = Executor::new(algorithm, THREADS, Folder::new(1));
+        let executor = Executor::new(algorithm, THREADS, Folder::new(1)).unwrap();
         assert_eq!(executor.execute(Arc::new(Vec::new())).unwrap(), Vec::<Vec<u8>>::new());
         let replies = executor.execute(Arc::new(vec![vec![0]])).unwrap();
         assert_eq!(replies.len(), 1);
@@ -126,9 +126,16 @@ fn a_batch_of_fewer_requests_than_threads_and_an_empty_one_finish() {
 }
 
 #[test]
+fn lsa_is_refused_by_a_batch_executor_instead_of_waiting_for_ever() {
+    for role in [Role::Leader, Role::Follower] {
+        assert!(matches!(Executor::new(Algorithm::Lsa(role), THREADS, Folder::new(4)), Err(ExecuteError::NotBatched)));
+    }
+}
+
+#[test]
 fn a_handler_that_panics_fails_its_batch_and_the_next_batch_runs() {
     for algorithm in [Algorithm::Npds, Algorithm::Pds1, Algorithm::Pds2] {
-        let executor = Executor::new(algorithm, THREADS, Folder::new(2));
+        let executor = Executor::new(algorithm, THREADS, Folder::new(2)).unwrap();
         let batch = Arc::new(vec![vec![0, 1], b"panic".to_vec(), vec![2], vec![1, 0]]);
         match executor.execute(batch) {
             Err(ExecuteError::Panicked { position: 1, message }) => assert_eq!(message, "asked to"),

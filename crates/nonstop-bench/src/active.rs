@@ -615,7 +615,7 @@ fn run_batches(
     seat: Seat,
 ) -> Result<(), String> {
     let Seat { replica, mut fault } = seat;
-    let executor = Executor::new(role, config.workers, server);
+    let executor = Executor::new(role, config.workers, server).map_err(|e| e.to_string())?;
     for batch in batches {
         if fate(&mut fault) == Fate::Killed {
             return Ok(());
