@@ -8,16 +8,21 @@
 //! delivers the same requests, in the same order, each once. A retry of a request delivered
 //! already, or a request that skips numbers, is delivered nothing.
 //!
+//! Each entry also carries the proposer's clock, and the order's time is the latest clock any
+//! entry carried: replicas must not read their own clocks (a client table that expires idle
+//! clients would then expire different ones on different replicas), so they all read this.
+//!
 //! ```
-//! use nonstop_active::order::{Order, Request};
+//! use nonstop_active::order::{Batch, Order, Request};
 //! use nonstop_control::Replicated;
 //! let mut order = Order::default();
 //! let request = |client, number| Request { client, number, body: vec![] };
-//! let first = order.apply(1, vec![request(7, 1), request(8, 1)]);
-//! assert_eq!((first.first, first.requests.len()), (0, 2));
-//! // A retry of client 7's request 1 comes in a later entry with its request 2.
-//! let second = order.apply(2, vec![request(7, 1), request(7, 2)]);
-//! assert_eq!((second.first, second.requests), (2, vec![request(7, 2)]));
+//! let first = order.apply(1, Batch { time_ms: 1_000, requests: vec![request(7, 1), request(8, 1)] });
+//! assert_eq!((first.first, first.requests.len(), first.time_ms), (0, 2, 1_000));
+//! // A retry of client 7's request 1 comes in a later entry with its request 2, proposed by a
+//! // replica whose clock is behind: the order's time does not go back.
+//! let second = order.apply(2, Batch { time_ms: 990, requests: vec![request(7, 1), request(7, 2)] });
+//! assert_eq!((second.first, second.requests, second.time_ms), (2, vec![request(7, 2)], 1_000));
 //! ```
 
 use nonstop_control::Replicated;
@@ -35,6 +40,15 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+/// One log entry: requests in the order the proposer took them, and its clock.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The proposer's clock, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The requests.
+    pub requests: Vec<Request>,
+}
+
 /// What a replica delivers from one committed entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivered {
@@ -45,6 +59,9 @@ pub struct Delivered {
     pub first: u64,
     /// The entry's requests delivered for the first time, in order.
     pub requests: Vec<Request>,
+    /// The order's time once the entry is applied: the latest clock of any entry so far, what
+    /// every replica uses as "now" for these requests.
+    pub time_ms: u64,
 }
 
 /// What the group has delivered, the state every replica holds alike.
@@ -56,6 +73,8 @@ pub struct Order {
     delivered: u64,
     /// Each client's last request number delivered.
     last: BTreeMap<u64, u64>,
+    /// The latest clock of any entry applied.
+    time_ms: u64,
 }
 
 impl Order {
@@ -71,14 +90,15 @@ impl Order {
 }
 
 impl Replicated for Order {
-    type Command = Vec<Request>;
+    type Command = Batch;
     type Applied = Delivered;
 
-    fn apply(&mut self, index: u64, batch: Vec<Request>) -> Delivered {
+    fn apply(&mut self, index: u64, batch: Batch) -> Delivered {
         self.applied = index;
+        self.time_ms = self.time_ms.max(batch.time_ms);
         let first = self.delivered;
         let mut requests = Vec::new();
-        for request in batch {
+        for request in batch.requests {
             // Only a delivery is remembered: requests delivered nothing leave no trace.
             if self.last_delivered(request.client).checked_add(1) == Some(request.number) {
                 self.last.insert(request.client, request.number);
@@ -86,7 +106,7 @@ impl Replicated for Order {
                 requests.push(request);
             }
         }
-        Delivered { index, first, requests }
+        Delivered { index, first, requests, time_ms: self.time_ms }
     }
 
     fn applied_index(&self) -> u64 {
@@ -102,16 +122,20 @@ mod tests {
         Request { client, number, body: vec![number as u8] }
     }
 
+    fn batch(requests: Vec<Request>) -> Batch {
+        Batch { time_ms: 0, requests }
+    }
+
     #[test]
     fn each_request_is_delivered_once_in_number_order() {
         let mut order = Order::default();
-        let delivered = order.apply(1, vec![request(1, 1), request(1, 1), request(1, 3), request(1, 2)]);
+        let delivered = order.apply(1, batch(vec![request(1, 1), request(1, 1), request(1, 3), request(1, 2)]));
         assert_eq!(delivered.requests, vec![request(1, 1), request(1, 2)]);
         assert_eq!((order.delivered(), order.last_delivered(1), order.applied_index()), (2, 2, 1));
         // A zero number never follows anything, and leaves no trace.
-        assert!(order.apply(2, vec![request(2, 0)]).requests.is_empty());
+        assert!(order.apply(2, batch(vec![request(2, 0)])).requests.is_empty());
         assert_eq!(order.last_delivered(2), 0);
-        let later = order.apply(3, vec![request(1, 3), request(2, 1)]);
+        let later = order.apply(3, batch(vec![request(1, 3), request(2, 1)]));
         assert_eq!((later.first, later.requests), (2, vec![request(1, 3), request(2, 1)]));
     }
 }

@@ -11,7 +11,10 @@
 //! * **one order**: of any two replicas' delivered sequences, one is a prefix of the other
 //!   (a crashed replica's included);
 //! * **each request once, in its client's order**: a replica delivers request `n` of a client
-//!   only right after its request `n - 1`.
+//!   only right after its request `n - 1`;
+//! * **one time**: every replica executes each request at the same order time (the prefix
+//!   check compares it too), and a replica's order time never goes back, though the replicas
+//!   that propose have clocks up to 63 ms apart.
 //!
 //! A replica that falls behind the leader's compacted log receives the order's state whole
 //! (a Raft snapshot); that is when an active replica is re-integrated by copying a live
@@ -21,7 +24,7 @@
 //! a client sent has been delivered, and every live replica has delivered the same sequence.
 
 use crate::Violation;
-use nonstop_active::order::{Order, Request};
+use nonstop_active::order::{Batch, Order, Request};
 use nonstop_control::cluster::NodeId;
 use nonstop_control::log::MemoryLog;
 use nonstop_control::{ControlConfig, ElectionJitter, RaftNode};
@@ -84,8 +87,17 @@ struct Member {
     node: RaftNode<Order>,
     alive: bool,
     leader: Option<NodeId>,
-    /// (client, number) of every request delivered, in order.
-    delivered: Vec<(u64, u64)>,
+    /// (client, number, the order's time) of every request delivered, in order.
+    delivered: Vec<(u64, u64, u64)>,
+    /// How far its clock is ahead of the simulation's, in milliseconds: the proposers' clocks
+    /// disagree, and the order's time must still be one and never go back.
+    clock_skew_ms: u64,
+}
+
+impl Member {
+    fn has_delivered(&self, client: u64, number: u64) -> bool {
+        self.delivered.iter().any(|&(c, n, _)| (c, n) == (client, number))
+    }
 }
 
 struct InFlight {
@@ -145,7 +157,9 @@ impl Sim {
                 step: 0,
                 what: format!("replica {id} does not start: {e}"),
             })?;
-            members.push(Member { node, alive: true, leader: None, delivered: Vec::new() });
+            // Up to 63 ms (steps) apart: proposals reach the log out of their clocks' order.
+            let clock_skew_ms = seed.wrapping_add(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
+            members.push(Member { node, alive: true, leader: None, delivered: Vec::new(), clock_skew_ms });
         }
         let clients = (0..CLIENTS).map(|_| Client { done: 0, pending: None }).collect();
         Ok(Sim {
@@ -254,18 +268,20 @@ impl Sim {
             let number = pending.number;
             let live: Vec<usize> = (0..self.members.len()).filter(|&m| self.members[m].alive).collect();
             let member = live[self.rng.random_range(0..live.len())];
-            if self.members[member].delivered.contains(&(client, number)) {
+            if self.members[member].has_delivered(client, number) {
                 // A replica that executed it answers again from what it remembers.
                 self.answered(client, number);
                 continue;
             }
-            if self.members.iter().any(|m| m.delivered.contains(&(client, number))) {
+            if self.members.iter().any(|m| m.has_delivered(client, number)) {
                 // Delivered elsewhere, its reply lost: the order must not deliver it again.
                 self.stats.retries_of_delivered += 1;
             }
             let body = (client * 1_000_000 + number).to_le_bytes().to_vec();
             // With no leader known the proposal is dropped; the client proposes again later.
-            let _ = self.members[member].node.propose(&vec![Request { client, number, body }]);
+            let time_ms = self.step + self.members[member].clock_skew_ms;
+            let batch = Batch { time_ms, requests: vec![Request { client, number, body }] };
+            let _ = self.members[member].node.propose(&batch);
             self.stats.proposals += 1;
             if let Some(pending) = &mut self.clients[client as usize].pending {
                 pending.proposed_at = Some(self.step);
@@ -323,20 +339,28 @@ impl Sim {
                     delivered.first
                 )));
             }
+            let latest = self.members[index].delivered.last().map_or(0, |&(_, _, time)| time);
+            if delivered.time_ms < latest {
+                return Err(self.violation(format!(
+                    "replica {}'s order went back in time, from {latest} to {} ms",
+                    index + 1,
+                    delivered.time_ms
+                )));
+            }
             for request in delivered.requests {
                 let (client, number) = (request.client, request.number);
                 let last =
-                    self.members[index].delivered.iter().rev().find(|(c, _)| *c == client).map_or(0, |&(_, n)| n);
+                    self.members[index].delivered.iter().rev().find(|(c, ..)| *c == client).map_or(0, |&(_, n, _)| n);
                 if number != last + 1 {
                     return Err(self.violation(format!(
                         "replica {} delivers request {number} of client {client} after its request {last}",
                         index + 1
                     )));
                 }
-                if !self.members.iter().any(|m| m.delivered.contains(&(client, number))) {
+                if !self.members.iter().any(|m| m.has_delivered(client, number)) {
                     self.stats.delivered += 1;
                 }
-                self.members[index].delivered.push((client, number));
+                self.members[index].delivered.push((client, number, delivered.time_ms));
                 // The replica's reply reaches the client, or is lost on the way.
                 if self.rng.random_ratio(1, 2) {
                     self.answered(client, number);
