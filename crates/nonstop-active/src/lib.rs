@@ -12,4 +12,3 @@ pub mod order;
 pub mod schedule;
 pub mod stream;
 pub mod sync;
-pub mod vote;

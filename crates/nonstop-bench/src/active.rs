@@ -22,7 +22,7 @@ use nonstop_active::execute::{Executor, Handler};
 use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError, ThreadId};
 use nonstop_active::stream::Stream;
 use nonstop_active::sync::{Mutex, Worker};
-use nonstop_active::vote::{ReplicaId, ReplyMode, Verdict, Vote};
+use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use nonstop_net::{Primary, PrimaryConfig};
 use nonstop_proto::primary::Ticket;
 use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};

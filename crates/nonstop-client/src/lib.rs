@@ -23,6 +23,7 @@ mod blocking;
 mod route;
 #[cfg(feature = "tokio")]
 mod tokio_client;
+pub mod vote;
 
 pub use blocking::Client;
 #[cfg(feature = "tokio")]

@@ -81,6 +81,19 @@ pub struct ClientMemory {
     pub reply: Option<Vec<u8>>,
 }
 
+/// How a client decides on the replies of an actively replicated service's replicas to one
+/// request (the service's config chooses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyMode {
+    /// f+1 equal replies of 2f+1 replicas: a crashed or wrong replica is outvoted.
+    Majority,
+    /// Semi-active: the leader's reply; the followers execute and keep theirs unless the
+    /// leader fails.
+    LeaderOnly,
+    /// The first reply that arrives.
+    PassFirst,
+}
+
 /// A service's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientReply {

@@ -3,7 +3,7 @@
 //! single point of failure (each client votes on its own requests).
 //!
 //! ```
-//! use nonstop_active::vote::{ReplicaId, ReplyMode, Verdict, Vote};
+//! use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 //! let mut vote = Vote::new(ReplyMode::Majority, 3, ReplicaId(0)).unwrap();
 //! assert_eq!(vote.reply(ReplicaId(2), b"7".to_vec()).unwrap(), Verdict::Waiting);
 //! assert_eq!(vote.reply(ReplicaId(0), b"8".to_vec()).unwrap(), Verdict::Waiting);
@@ -13,23 +13,12 @@
 //! assert_eq!(vote.dissenters(), vec![ReplicaId(0)]);
 //! ```
 
+pub use nonstop_proto::client::ReplyMode;
 use thiserror::Error;
 
 /// A replica of an actively replicated service, numbered from 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReplicaId(pub u16);
-
-/// How a client decides on the replies to one request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplyMode {
-    /// f+1 equal replies of 2f+1 replicas: a crashed or wrong replica is outvoted.
-    Majority,
-    /// Semi-active: the leader's reply; the followers execute and keep theirs unless the
-    /// leader fails.
-    LeaderOnly,
-    /// The first reply that arrives.
-    PassFirst,
-}
 
 /// Where a vote stands after a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
