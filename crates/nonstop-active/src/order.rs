@@ -8,6 +8,10 @@
 //! delivers the same requests, in the same order, each once. A retry of a request delivered
 //! already, or a request that skips numbers, is delivered nothing.
 //!
+//! A request the service refused leaves its number to the client's next request (as in
+//! passive replication), which says how many were refused under it: so the next request is
+//! delivered under the same number, and a late copy of the refused one is not.
+//!
 //! Each entry also carries the proposer's clock, and the order's time is the latest clock any
 //! entry carried: replicas must not read their own clocks (a client table that expires idle
 //! clients would then expire different ones on different replicas), so they all read this.
@@ -16,7 +20,7 @@
 //! use nonstop_active::order::{Batch, Order, Request};
 //! use nonstop_control::Replicated;
 //! let mut order = Order::default();
-//! let request = |client, number| Request { client, number, body: vec![] };
+//! let request = |client, number| Request { client, number, refused: 0, body: vec![] };
 //! let first = order.apply(1, Batch { time_ms: 1_000, requests: vec![request(7, 1), request(8, 1)] });
 //! assert_eq!((first.first, first.requests.len(), first.time_ms), (0, 2, 1_000));
 //! // A retry of client 7's request 1 comes in a later entry with its request 2, proposed by a
@@ -36,6 +40,8 @@ pub struct Request {
     pub client: u64,
     /// The request's number: 1 for the client's first, then one more each time.
     pub number: u64,
+    /// How many requests under this number the service refused before it.
+    pub refused: u32,
     /// The service's bytes.
     pub body: Vec<u8>,
 }
@@ -71,8 +77,8 @@ pub struct Order {
     applied: u64,
     /// Requests delivered in all.
     delivered: u64,
-    /// Each client's last request number delivered.
-    last: BTreeMap<u64, u64>,
+    /// Each client's last request delivered: its number and refusals before it.
+    last: BTreeMap<u64, (u64, u32)>,
     /// The latest clock of any entry applied.
     time_ms: u64,
 }
@@ -85,7 +91,19 @@ impl Order {
 
     /// The last request number delivered for `client` (0: none).
     pub fn last_delivered(&self, client: u64) -> u64 {
-        self.last.get(&client).copied().unwrap_or(0)
+        self.last.get(&client).map_or(0, |last| last.0)
+    }
+
+    /// Whether `request` is its client's next: the number after the last one delivered, or
+    /// the last number again after more refusals (the client's next request after a refused
+    /// one).
+    fn follows(&self, request: &Request) -> bool {
+        let (number, refused) = self.last.get(&request.client).copied().unwrap_or((0, 0));
+        match request.number.checked_sub(number) {
+            Some(1) => true,
+            Some(0) => number > 0 && request.refused > refused,
+            _ => false,
+        }
     }
 }
 
@@ -100,8 +118,8 @@ impl Replicated for Order {
         let mut requests = Vec::new();
         for request in batch.requests {
             // Only a delivery is remembered: requests delivered nothing leave no trace.
-            if self.last_delivered(request.client).checked_add(1) == Some(request.number) {
-                self.last.insert(request.client, request.number);
+            if self.follows(&request) {
+                self.last.insert(request.client, (request.number, request.refused));
                 self.delivered += 1;
                 requests.push(request);
             }
@@ -119,7 +137,7 @@ mod tests {
     use super::*;
 
     fn request(client: u64, number: u64) -> Request {
-        Request { client, number, body: vec![number as u8] }
+        Request { client, number, refused: 0, body: vec![number as u8] }
     }
 
     fn batch(requests: Vec<Request>) -> Batch {
@@ -137,5 +155,25 @@ mod tests {
         assert_eq!(order.last_delivered(2), 0);
         let later = order.apply(3, batch(vec![request(1, 3), request(2, 1)]));
         assert_eq!((later.first, later.requests), (2, vec![request(1, 3), request(2, 1)]));
+    }
+
+    #[test]
+    fn a_number_whose_request_was_refused_is_delivered_again_once_per_refusal() {
+        let mut order = Order::default();
+        let refused = |number, refused| Request { refused, ..request(1, number) };
+        order.apply(1, batch(vec![request(1, 1)]));
+        // Request 1 was refused; the client's next request takes number 1 again, and a late
+        // copy of the refused one is not delivered after it.
+        let again = order.apply(2, batch(vec![refused(1, 1), request(1, 1), refused(1, 1)]));
+        assert_eq!(again.requests, vec![refused(1, 1)]);
+        let twice = order.apply(3, batch(vec![refused(1, 2), refused(1, 3), request(1, 2)]));
+        assert_eq!(twice.requests, vec![refused(1, 2), refused(1, 3), request(1, 2)]);
+        // A first request never counts as a repeat of number 0.
+        assert!(
+            order
+                .apply(4, batch(vec![refused(0, 1)].into_iter().map(|r| Request { client: 2, ..r }).collect()))
+                .requests
+                .is_empty()
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The blocking client.
 
+use crate::replicas::Group;
 use crate::route::{Call, Router, Step, closed};
 use crate::{
     Answered, Audit, ClientError, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, Numbering, answers, audit_answer,
@@ -26,6 +27,8 @@ pub struct Client {
     /// every redirect would leave a socket in TIME_WAIT each time, and during a long partition
     /// run out of local ports.
     connections: BTreeMap<SocketAddr, Connection>,
+    /// The actively replicated services called so far: their replicas, and a link to each.
+    groups: BTreeMap<String, Group>,
     /// How long one call is retried before giving up.
     pub deadline: Duration,
     /// How long one attempt waits for an answer before trying another node.
@@ -40,6 +43,7 @@ impl Client {
             numbering: Numbering::new(id),
             router: Router::new(nodes),
             connections: BTreeMap::new(),
+            groups: BTreeMap::new(),
             deadline: DEFAULT_DEADLINE,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
@@ -81,10 +85,37 @@ impl Client {
     }
 
     /// Applies a request the caller encoded itself, exactly once.
+    ///
+    /// Of an actively replicated service, the call goes to every replica and the client votes
+    /// on their replies as the service's replies mode says (the answer of a majority, the
+    /// leader's, or the first).
     pub fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
         let (number, request) = self.numbering.call(service, body);
-        let (reply, attempts, by) = self.exchange(&request)?;
-        self.numbering.answered(service, number, reply, attempts, by)
+        let started = Instant::now();
+        let voted = match self.groups.get_mut(service) {
+            Some(group) => group.call(service, number, &request, None, started, self.deadline),
+            None => {
+                let (reply, attempts, by) = match self.exchange(&request) {
+                    Ok(exchanged) => exchanged,
+                    Err(error) => return Err(self.numbering.failed(service, error)),
+                };
+                let ClientReply::Voted(first) = reply else {
+                    return self.numbering.answered(service, number, reply, attempts, by);
+                };
+                if self.groups.get(service).is_none_or(|group| !group.matches(&first)) {
+                    self.groups.insert(service.to_string(), Group::new(&first, self.attempt_timeout));
+                }
+                let group = self.groups.get_mut(service).expect("inserted above");
+                group.call(service, number, &request, Some(*first), started, self.deadline)
+            }
+        };
+        match voted {
+            Ok(answered) => {
+                self.numbering.voted(service, number);
+                Ok(answered)
+            }
+            Err(error) => Err(self.numbering.failed(service, error)),
+        }
     }
 
     /// Asks `service` a read-only question. The answer is held by every backup when it is

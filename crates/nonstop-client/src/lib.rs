@@ -20,6 +20,7 @@
 //! are futures, and it holds no thread while it waits.
 
 mod blocking;
+mod replicas;
 mod route;
 #[cfg(feature = "tokio")]
 mod tokio_client;
@@ -57,6 +58,17 @@ pub enum ClientError {
         service: String,
         /// Why.
         reason: String,
+    },
+    /// The replicas of an actively replicated service disagree so that no reply can win the
+    /// vote: the request's outcome is unknown. Report it: at least one replica is faulty.
+    #[error("{service}: the replicas' replies to request {request} disagree, and none wins the vote: {replies:?}")]
+    Undecided {
+        /// The service.
+        service: String,
+        /// The request's number.
+        request: u64,
+        /// Each replica's reply, as received.
+        replies: Vec<String>,
     },
     /// The request does not encode, or the answer does not decode as the type asked for: the
     /// client and the service disagree on the service's types.
@@ -111,7 +123,7 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 fn answers(request: &ClientRequest, reply: &ClientReply) -> bool {
     matches!(
         (request, reply),
-        (ClientRequest::Call { .. }, ClientReply::Done { .. } | ClientReply::Stale { .. })
+        (ClientRequest::Call { .. }, ClientReply::Done { .. } | ClientReply::Stale { .. } | ClientReply::Voted(_))
             | (ClientRequest::Query { .. }, ClientReply::Answer { .. })
             | (ClientRequest::Audit { .. }, ClientReply::Audit { .. })
     )
@@ -122,7 +134,8 @@ fn answers(request: &ClientRequest, reply: &ClientReply) -> bool {
 #[derive(Debug)]
 struct Numbering {
     id: u64,
-    next: std::collections::BTreeMap<String, u64>,
+    /// Per service: the next call's number, and how many calls under it were refused.
+    next: std::collections::BTreeMap<String, (u64, u32)>,
 }
 
 impl Numbering {
@@ -131,17 +144,38 @@ impl Numbering {
     }
 
     fn resume(&mut self, service: &str, next_request: u64) {
-        self.next.insert(service.to_string(), next_request.max(1));
+        self.next.insert(service.to_string(), (next_request.max(1), 0));
+    }
+
+    /// Call `number` of `service` is answered: the next call takes the next number.
+    fn voted(&mut self, service: &str, number: u64) {
+        self.next.insert(service.to_string(), (number + 1, 0));
+    }
+
+    /// The call under the next number was refused: the next call takes the number again.
+    fn refused(&mut self, service: &str) {
+        let next = self.next.entry(service.to_string()).or_insert((1, 0));
+        next.1 = next.1.saturating_add(1);
+    }
+
+    /// A call of `service` failed with `error`: a refusal leaves its number to the next call.
+    fn failed(&mut self, service: &str, error: ClientError) -> ClientError {
+        if matches!(error, ClientError::Rejected { .. }) {
+            self.refused(service);
+        }
+        error
     }
 
     fn next_request(&self, service: &str) -> u64 {
-        self.next.get(service).copied().unwrap_or(1)
+        self.next.get(service).map_or(1, |next| next.0)
     }
 
     /// The next call of `service` with `body`, and its number.
     fn call(&self, service: &str, body: Vec<u8>) -> (u64, ClientRequest) {
-        let number = self.next_request(service);
-        (number, ClientRequest::Call { service: service.to_string(), client: self.id, request: number, body })
+        let (number, refused) = self.next.get(service).copied().unwrap_or((1, 0));
+        let request =
+            ClientRequest::Call { service: service.to_string(), client: self.id, request: number, refused, body };
+        (number, request)
     }
 
     /// The answer to call `number` of `service`; the next call takes the next number once it
@@ -154,9 +188,12 @@ impl Numbering {
         attempts: u32,
         answered_by: SocketAddr,
     ) -> Result<Answered<Vec<u8>>, ClientError> {
-        let answered = call_answer(service, number, reply, attempts, answered_by)?;
-        self.next.insert(service.to_string(), number + 1);
-        Ok(answered)
+        let answered = call_answer(service, number, reply, attempts, answered_by);
+        match &answered {
+            Ok(_) => self.voted(service, number),
+            Err(_) => self.refused(service),
+        }
+        answered
     }
 }
 
@@ -172,6 +209,11 @@ fn call_answer(
         ClientReply::Done { request, body, duplicate, term } => {
             Ok(Answered { reply: body, request, duplicate, term, attempts, answered_by })
         }
+        ClientReply::Voted(_) => Err(ClientError::Rejected {
+            service: service.to_string(),
+            reason: "the service is actively replicated, and this client does not vote yet: use the blocking Client"
+                .into(),
+        }),
         ClientReply::Stale { last, .. } => Err(ClientError::Rejected {
             service: service.to_string(),
             reason: format!(

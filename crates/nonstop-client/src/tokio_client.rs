@@ -82,8 +82,10 @@ impl AsyncClient {
     /// Applies a request the caller encoded itself, exactly once.
     pub async fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
         let (number, request) = self.numbering.call(service, body);
-        let (reply, attempts, by) = self.exchange(&request).await?;
-        self.numbering.answered(service, number, reply, attempts, by)
+        match self.exchange(&request).await {
+            Ok((reply, attempts, by)) => self.numbering.answered(service, number, reply, attempts, by),
+            Err(error) => Err(self.numbering.failed(service, error)),
+        }
     }
 
     /// Asks `service` a read-only question; the answer is held by every backup.

@@ -11,6 +11,7 @@
 use crate::NodeId;
 use crate::config::Checked;
 use crate::peers::{Body, PeerEvent, Peers};
+use crate::replica::{Replica, ReplicaError, ReplicaHost};
 use crate::service::{ServiceHost, Serving, SwitchoverRequest};
 use crate::status::{BackupLagStatus, NodeStatus, ServiceStatus};
 use nonstop_control::cluster::Command;
@@ -50,6 +51,9 @@ pub enum NodeError {
     /// The config names a service this binary cannot build.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// An active service's replica cannot start.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
 }
 
 /// A running node agent.
@@ -60,6 +64,8 @@ pub struct Agent {
     peers: Peers,
     events: mpsc::Receiver<PeerEvent>,
     hosts: Vec<ServiceHost>,
+    /// This node's replicas of the active services.
+    replicas: Vec<ReplicaHost>,
     clock: Instant,
     status: Arc<RwLock<NodeStatus>>,
     last_create: Option<Instant>,
@@ -99,7 +105,7 @@ impl Agent {
             compact_every: 1024,
         };
         let log = FileLog::open(&config.data_dir.join("raft.log")).map_err(ControlError::from)?;
-        let control = ControlNode::new(control_config, Box::new(log))?;
+        let control = ControlNode::new(control_config.clone(), Box::new(log))?;
         let coordinator = Coordinator::new(
             config.me.id,
             &voters,
@@ -113,6 +119,30 @@ impl Agent {
             coordinator.set_leader_on_primary(true);
         }
         let (events_tx, events) = mpsc::channel();
+        let replicas = match config.me.witness {
+            true => Vec::new(),
+            false => config
+                .active
+                .iter()
+                .map(|spec| {
+                    let client_addrs = spec
+                        .replicas
+                        .iter()
+                        .map(|id| config.member(*id).map_or_else(String::new, |m| m.client.to_string()))
+                        .collect();
+                    let group = crate::replica::group_config(spec, config.me.id, &control_config);
+                    ReplicaHost::start(
+                        spec,
+                        services[&spec.name].clone(),
+                        config.me.id,
+                        client_addrs,
+                        group,
+                        events_tx.clone(),
+                        &config.data_dir,
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let peer_addrs: Vec<_> =
             config.members.iter().filter(|m| m.id != config.me.id).map(|m| (m.id, m.control)).collect();
         let peers = Peers::start(
@@ -141,6 +171,7 @@ impl Agent {
             peers,
             events,
             hosts,
+            replicas,
             clock: Instant::now(),
             status: Arc::new(RwLock::new(NodeStatus::default())),
             last_create: None,
@@ -155,6 +186,11 @@ impl Agent {
     /// What client threads use, per service.
     pub fn serving(&self) -> BTreeMap<String, Arc<Serving>> {
         self.hosts.iter().map(|h| (h.name().to_string(), h.serving())).collect()
+    }
+
+    /// What client threads use, per active service.
+    pub fn replicas(&self) -> BTreeMap<String, Arc<Replica>> {
+        self.replicas.iter().map(|r| (r.name().to_string(), r.replica())).collect()
     }
 
     /// The status snapshot, refreshed every heartbeat.
@@ -178,6 +214,9 @@ impl Agent {
             let now = Instant::now();
             if now >= next_tick {
                 self.control.tick();
+                for replica in &mut self.replicas {
+                    replica.tick();
+                }
                 self.peers.broadcast(&Body::Report(self.report()));
                 self.publish_status();
                 next_tick += self.config.heartbeat;
@@ -254,6 +293,13 @@ impl Agent {
                     _ => {}
                 }
             }
+            PeerEvent::Message { from, body: Body::Order { service, raft }, .. } => {
+                match self.replicas.iter_mut().find(|r| r.name() == service) {
+                    Some(replica) => replica.step(from, &raft),
+                    None => tracing::debug!(peer = from.0, service, "order message for no active service here"),
+                }
+            }
+            PeerEvent::Proposed => {}
             PeerEvent::Message { from, body: Body::Report(report), .. } => {
                 let now = self.now();
                 self.coordinator.on_report(from, report, now);
@@ -333,8 +379,13 @@ impl Agent {
         self.flush()
     }
 
-    /// Persists and sends what Raft produced and handles applied commands.
+    /// Persists and sends what Raft produced and handles applied commands; proposes what
+    /// calls left for the order groups and sends what they produced.
     fn flush(&mut self) -> Result<(), NodeError> {
+        for replica in &mut self.replicas {
+            replica.propose();
+            replica.poll(&self.peers)?;
+        }
         let output = self.control.poll()?;
         for (to, bytes) in output.messages {
             self.peers.send(to, Body::Raft(bytes));

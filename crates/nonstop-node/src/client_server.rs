@@ -90,8 +90,10 @@ impl ClientCounters {
 
 /// What the client port answers from.
 pub struct Answering {
-    /// Per service.
+    /// Per passively replicated service.
     pub services: BTreeMap<String, Arc<Serving>>,
+    /// Per actively replicated service: this node's replica.
+    pub replicas: BTreeMap<String, Arc<crate::replica::Replica>>,
     /// What the port counts.
     pub counters: Arc<ClientCounters>,
     /// Its bounds.
@@ -422,6 +424,18 @@ pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane:
         Asked::Client(request) => request.service(),
         Asked::Unnumbered { service, .. } | Asked::Query { service, .. } => service.as_str(),
     };
+    if let Some(replica) = answering.replicas.get(service) {
+        return Answered::Now(match request {
+            Asked::Client(ClientRequest::Call { client, request, refused, body, .. }) => {
+                replica.call(client, request, refused, body).await
+            }
+            _ => ClientReply::Rejected {
+                reason: format!(
+                    "{service} is actively replicated, and its replicas answer calls only so far: make the read a call"
+                ),
+            },
+        });
+    }
     let Some(serving) = answering.services.get(service) else {
         return Answered::Now(ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") });
     };

@@ -38,6 +38,7 @@
 use crate::NodeId;
 use crate::client_server::ClientLimits;
 use nonstop_net::admission::HandshakeLimits;
+use nonstop_proto::client::ReplyMode;
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_service::{Hosted, Registry, Settings};
@@ -304,11 +305,20 @@ pub struct ServiceSection {
     /// `node.redis`; transparent mode only); a binary of your own registers its own kinds.
     #[serde(default = "default_kind")]
     pub kind: String,
-    /// The node that is primary of the first term.
-    pub primary: u64,
-    /// Backups wanted.
-    #[serde(default = "default_backups")]
-    pub backups: u8,
+    /// `passive` (the default: a primary checkpoints its region to backups, and a backup takes
+    /// over when it fails) or `active` (every node that holds regions is a replica: each
+    /// executes the same requests in one order, and the client votes on their replies; the
+    /// cluster needs an odd number of them, 3 or more).
+    #[serde(default = "default_replication")]
+    pub replication: String,
+    /// Active replication only: how a client decides on the replicas' replies: `majority` (the
+    /// default: f+1 equal replies of 2f+1), `leader-only` (the order's leader replies, the
+    /// others execute and keep theirs) or `pass-first` (the first reply wins).
+    pub replies: Option<String>,
+    /// Passive replication: the node that is primary of the first term.
+    pub primary: Option<u64>,
+    /// Passive replication: backups wanted (default 1).
+    pub backups: Option<u8>,
     /// Output is released only while at least this many backups hold it (and every backup in
     /// the record does): `0..=backups`, default `backups - 1`, so that k backups survive any k
     /// failures. Below it (after a failover, or while a lost backup is replaced) the primary
@@ -341,6 +351,9 @@ fn default_kind() -> String {
 }
 fn default_backups() -> u8 {
     1
+}
+fn default_replication() -> String {
+    "passive".into()
 }
 fn default_tracking() -> String {
     "declared".into()
@@ -407,6 +420,28 @@ pub struct ServiceSpec {
     pub settings: Settings,
 }
 
+/// An actively replicated service, checked: every node that holds regions is one of its
+/// replicas.
+#[derive(Clone, Debug)]
+pub struct ActiveSpec {
+    /// Its name.
+    pub name: String,
+    /// Its index in the config.
+    pub index: u16,
+    /// Its replicas, by replica number (the nodes that hold regions, by id).
+    pub replicas: Vec<NodeId>,
+    /// How clients decide on the replicas' replies.
+    pub replies: ReplyMode,
+    /// Region address (the same on every replica, so their images compare byte for byte).
+    pub region_base: usize,
+    /// Region length in bytes.
+    pub region_len: usize,
+    /// What the service runs: a kind of the node binary's registry.
+    pub kind: String,
+    /// The service's own settings, for its kind.
+    pub settings: Settings,
+}
+
 /// The kind a Redis port serves.
 pub const KV_KIND: &str = "kv";
 
@@ -423,6 +458,88 @@ pub struct RedisPort {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How long a connection may stay silent; `None`: for ever.
     pub idle: Option<Duration>,
+}
+
+/// A service's region: its address and length, checked.
+fn region(service: &ServiceSection, index: usize) -> Result<(usize, usize), ConfigError> {
+    let field = |key: &str| format!("services[{index}].{key}");
+    let digits = service.region_base.trim_start_matches("0x").replace('_', "");
+    let base = usize::from_str_radix(&digits, 16).map_err(|_| {
+        invalid(
+            field("region_base"),
+            format!("{:?} is not a hex address", service.region_base),
+            "write it like \"0x200000000000\"",
+        )
+    })?;
+    if base == 0 || base % (2 << 20) != 0 {
+        return Err(invalid(
+            field("region_base"),
+            format!("{base:#x} is not 2 MiB aligned"),
+            "use a multiple of 0x200000",
+        ));
+    }
+    let region_len = service
+        .region_size_mib
+        .checked_mul(1 << 20)
+        .filter(|len| *len > 0 && *len <= nonstop_region::MAX_REGION_LEN as u64)
+        .ok_or_else(|| {
+            invalid(
+                field("region_size_mib"),
+                format!("{} MiB", service.region_size_mib),
+                format!("use 1 to {} MiB", nonstop_region::MAX_REGION_LEN >> 20),
+            )
+        })? as usize;
+    Ok((base, region_len))
+}
+
+/// An actively replicated service's section, checked: its replicas are every node that holds
+/// regions, which must be 2f+1 of them.
+fn active_spec(
+    service: &ServiceSection,
+    index: usize,
+    members: &[Member],
+    region_base: usize,
+    region_len: usize,
+) -> Result<ActiveSpec, ConfigError> {
+    let field = |key: &str| format!("services[{index}].{key}");
+    let passive_only = [
+        ("primary", service.primary.is_some()),
+        ("backups", service.backups.is_some()),
+        ("min_backups", service.min_backups.is_some()),
+    ];
+    for (key, given) in passive_only {
+        if given {
+            return Err(invalid(
+                field(key),
+                "is set on an actively replicated service",
+                "remove it: every node that holds regions is a replica, and none is primary",
+            ));
+        }
+    }
+    let replies = match service.replies.as_deref() {
+        None => ReplyMode::Majority,
+        Some(name) => ReplyMode::from_name(name).ok_or_else(|| {
+            invalid(field("replies"), format!("{name:?}"), "use \"majority\", \"leader-only\" or \"pass-first\"")
+        })?,
+    };
+    let replicas: Vec<NodeId> = members.iter().filter(|m| !m.witness).map(|m| m.id).collect();
+    if replicas.len() < 3 || replicas.len().is_multiple_of(2) {
+        return Err(invalid(
+            field("replication"),
+            format!("\"active\" with {} nodes that hold regions", replicas.len()),
+            "active replication masks f failures with 2f+1 replicas: run 3, 5 or 7 nodes that are not witnesses",
+        ));
+    }
+    Ok(ActiveSpec {
+        name: service.name.clone(),
+        index: index as u16,
+        replicas,
+        replies,
+        region_base,
+        region_len,
+        kind: service.kind.clone(),
+        settings: Settings::new(service.settings.clone()),
+    })
 }
 
 /// The TLS configuration of the Redis and sentinel ports, from a certificate chain and its
@@ -511,8 +628,10 @@ pub struct Checked {
     pub handshake: HandshakeLimits,
     /// Bounds on client connections.
     pub clients: ClientLimits,
-    /// Services.
+    /// Passively replicated services.
     pub services: Vec<ServiceSpec>,
+    /// Actively replicated services.
+    pub active: Vec<ActiveSpec>,
 }
 
 impl Checked {
@@ -536,44 +655,57 @@ impl Checked {
     pub fn services(&self, registry: &Registry) -> Result<BTreeMap<String, Hosted>, ConfigError> {
         let mut services = BTreeMap::new();
         for spec in &self.services {
-            let field = |key: &str| format!("services[{}].{key}", spec.index);
-            let hosted = registry.make(&spec.kind, &spec.settings).map_err(|error| match error {
-                nonstop_service::RegistryError::Unknown { kind, known } => invalid(
-                    field("kind"),
-                    format!("{kind:?} is not a service kind of this node binary"),
-                    format!("use one of {known}, or run a node binary that registers {kind:?}"),
-                ),
-                nonstop_service::RegistryError::Settings { reason, .. } => {
-                    invalid(field("settings"), reason, format!("fix [services.settings] of kind {:?}", spec.kind))
-                }
-            })?;
-            let needed = hosted.region_len();
-            if needed > spec.region_len {
-                return Err(invalid(
-                    field("region_size_mib"),
-                    format!(
-                        "{} MiB, but kind {:?} with these settings needs {} MiB (its state and the client table)",
-                        spec.region_len >> 20,
-                        spec.kind,
-                        needed.div_ceil(1 << 20)
-                    ),
-                    format!(
-                        "set region_size_mib = {} or more, or shrink the service's settings",
-                        needed.div_ceil(1 << 20)
-                    ),
-                ));
-            }
+            let hosted = build(registry, spec.index, &spec.kind, &spec.settings, spec.region_len)?;
             if hosted.needs_transparent() && spec.tracking.is_none() {
                 return Err(invalid(
-                    field("tracking"),
+                    format!("services[{}].tracking", spec.index),
                     format!("\"declared\" for kind {:?}", spec.kind),
                     "this kind keeps plain collections whose writes the kernel finds: set tracking = \"uffd\" or \"mprotect\" (and protocol = \"du\")",
                 ));
             }
             services.insert(spec.name.clone(), hosted);
         }
+        for spec in &self.active {
+            // An active replica's region is its own (nothing ships), so any kind runs as it is.
+            let hosted = build(registry, spec.index, &spec.kind, &spec.settings, spec.region_len)?;
+            services.insert(spec.name.clone(), hosted);
+        }
         Ok(services)
     }
+}
+
+/// Builds service `index` of kind `kind` from `registry`, and checks that it fits its region.
+fn build(
+    registry: &Registry,
+    index: u16,
+    kind: &str,
+    settings: &Settings,
+    region_len: usize,
+) -> Result<Hosted, ConfigError> {
+    let field = |key: &str| format!("services[{index}].{key}");
+    let hosted = registry.make(kind, settings).map_err(|error| match error {
+        nonstop_service::RegistryError::Unknown { kind, known } => invalid(
+            field("kind"),
+            format!("{kind:?} is not a service kind of this node binary"),
+            format!("use one of {known}, or run a node binary that registers {kind:?}"),
+        ),
+        nonstop_service::RegistryError::Settings { reason, .. } => {
+            invalid(field("settings"), reason, format!("fix [services.settings] of kind {kind:?}"))
+        }
+    })?;
+    let needed = hosted.region_len();
+    if needed > region_len {
+        return Err(invalid(
+            field("region_size_mib"),
+            format!(
+                "{} MiB, but kind {kind:?} with these settings needs {} MiB (its state and the client table)",
+                region_len >> 20,
+                needed.div_ceil(1 << 20)
+            ),
+            format!("set region_size_mib = {} or more, or shrink the service's settings", needed.div_ceil(1 << 20)),
+        ));
+    }
+    Ok(hosted)
 }
 
 impl NodeConfig {
@@ -667,6 +799,7 @@ impl NodeConfig {
             return Err(invalid("heartbeat.lease_ms", "is shorter than timeout_ms", "make it at least timeout_ms"));
         }
         let mut services = Vec::new();
+        let mut active = Vec::new();
         for (index, service) in self.services.iter().enumerate() {
             let field = |key: &str| format!("services[{index}].{key}");
             if service.name.is_empty() || self.services[..index].iter().any(|s| s.name == service.name) {
@@ -675,7 +808,29 @@ impl NodeConfig {
             if service.kind.is_empty() {
                 return Err(invalid(field("kind"), "is empty", "name the service's kind, e.g. \"bank\""));
             }
-            let primary = NodeId(service.primary);
+            let (region_base, region_len) = region(service, index)?;
+            if service.replication == "active" {
+                active.push(active_spec(service, index, &members, region_base, region_len)?);
+                continue;
+            }
+            if service.replication != "passive" {
+                return Err(invalid(
+                    field("replication"),
+                    format!("{:?}", service.replication),
+                    "use \"passive\" (checkpoints to backups) or \"active\" (replicas vote)",
+                ));
+            }
+            if service.replies.is_some() {
+                return Err(invalid(
+                    field("replies"),
+                    "is set on a passively replicated service, whose primary alone replies",
+                    "remove it, or set replication = \"active\"",
+                ));
+            }
+            let primary = NodeId(service.primary.ok_or_else(|| {
+                invalid(field("primary"), "is missing", "name the node that is primary of the first term")
+            })?);
+            let backups = service.backups.unwrap_or_else(default_backups);
             match members.iter().find(|m| m.id == primary) {
                 None => {
                     return Err(invalid(
@@ -693,56 +848,30 @@ impl NodeConfig {
                 }
                 Some(_) => {}
             }
-            if service.backups as usize >= holders {
+            if backups as usize >= holders {
                 return Err(invalid(
                     field("backups"),
                     format!(
                         "{} backups need {} nodes that hold regions, the cluster has {holders}",
-                        service.backups,
-                        service.backups as usize + 1
+                        backups,
+                        backups as usize + 1
                     ),
                     "add nodes or lower backups",
                 ));
             }
-            let min_backups = service.min_backups.unwrap_or(service.backups.saturating_sub(1));
-            if min_backups > service.backups {
+            let min_backups = service.min_backups.unwrap_or(backups.saturating_sub(1));
+            if min_backups > backups {
                 return Err(invalid(
                     field("min_backups"),
-                    format!("{min_backups} is more than the {} backups configured", service.backups),
+                    format!("{min_backups} is more than the {} backups configured", backups),
                     format!(
                         "use 0..={} (the default, {}, survives {} failures)",
-                        service.backups,
-                        service.backups.saturating_sub(1),
-                        service.backups
+                        backups,
+                        backups.saturating_sub(1),
+                        backups
                     ),
                 ));
             }
-            let digits = service.region_base.trim_start_matches("0x").replace('_', "");
-            let base = usize::from_str_radix(&digits, 16).map_err(|_| {
-                invalid(
-                    field("region_base"),
-                    format!("{:?} is not a hex address", service.region_base),
-                    "write it like \"0x200000000000\"",
-                )
-            })?;
-            if base == 0 || base % (2 << 20) != 0 {
-                return Err(invalid(
-                    field("region_base"),
-                    format!("{base:#x} is not 2 MiB aligned"),
-                    "use a multiple of 0x200000",
-                ));
-            }
-            let region_len = service
-                .region_size_mib
-                .checked_mul(1 << 20)
-                .filter(|len| *len > 0 && *len <= nonstop_region::MAX_REGION_LEN as u64)
-                .ok_or_else(|| {
-                    invalid(
-                        field("region_size_mib"),
-                        format!("{} MiB", service.region_size_mib),
-                        format!("use 1 to {} MiB", nonstop_region::MAX_REGION_LEN >> 20),
-                    )
-                })? as usize;
             let protocol = match service.protocol.as_str() {
                 "au" => UpdateProtocol::Au,
                 "du" => UpdateProtocol::Du,
@@ -786,9 +915,9 @@ impl NodeConfig {
                 name: service.name.clone(),
                 index: index as u16,
                 primary,
-                backups: service.backups,
+                backups,
                 min_backups,
-                region_base: base,
+                region_base,
                 region_len,
                 protocol,
                 tracking,
@@ -797,23 +926,25 @@ impl NodeConfig {
                 settings: Settings::new(service.settings.clone()),
             });
         }
-        let mut by_base: Vec<&ServiceSpec> = services.iter().collect();
-        by_base.sort_by_key(|s| s.region_base);
+        // (index, name, base, length) of every region, passive and active.
+        let mut by_base: Vec<(u16, &str, usize, usize)> = services
+            .iter()
+            .map(|s| (s.index, s.name.as_str(), s.region_base, s.region_len))
+            .chain(active.iter().map(|s: &ActiveSpec| (s.index, s.name.as_str(), s.region_base, s.region_len)))
+            .collect();
+        by_base.sort_by_key(|&(_, _, base, _)| base);
         for pair in by_base.windows(2) {
-            let (low, high) = (pair[0], pair[1]);
-            if low.region_base + low.region_len > high.region_base {
+            let ((_, low_name, low_base, low_len), (high_index, _, high_base, _)) = (pair[0], pair[1]);
+            if low_base + low_len > high_base {
                 return Err(invalid(
-                    format!("services[{}].region_base", high.index),
+                    format!("services[{high_index}].region_base"),
                     format!(
-                        "{:#x} lies inside service {:?}'s region ({:#x}, {} MiB)",
-                        high.region_base,
-                        low.name,
-                        low.region_base,
-                        low.region_len >> 20
+                        "{high_base:#x} lies inside service {low_name:?}'s region ({low_base:#x}, {} MiB)",
+                        low_len >> 20
                     ),
                     format!(
                         "give each service its own range: {:#x} or above is free of it",
-                        (low.region_base + low.region_len).next_multiple_of(2 << 20)
+                        (low_base + low_len).next_multiple_of(2 << 20)
                     ),
                 ));
             }
@@ -821,6 +952,13 @@ impl NodeConfig {
         let redis = match self.node.redis {
             None => None,
             Some(addr) => {
+                if let Some(service) = active.iter().find(|s| s.kind == KV_KIND) {
+                    return Err(invalid(
+                        format!("services[{}].replication", service.index),
+                        "\"active\" for the kv service a Redis port serves",
+                        "Redis clients expect one server to answer them: replicate kv passively (the default)",
+                    ));
+                }
                 let kv: Vec<&ServiceSpec> = services.iter().filter(|s| s.kind == KV_KIND).collect();
                 match kv.as_slice() {
                     _ if me.witness => {
@@ -918,6 +1056,7 @@ impl NodeConfig {
                 max_connections: self.node.max_clients,
             },
             services,
+            active,
         })
     }
 }
@@ -966,6 +1105,46 @@ mod tests {
         assert_eq!(checked.services[0].min_backups, 0, "one backup: a failover may run degraded");
         let strict = check(&GOOD.replace("region_size_mib = 128", "region_size_mib = 128\nmin_backups = 1")).unwrap();
         assert_eq!(strict.services[0].min_backups, 1);
+    }
+
+    #[test]
+    fn an_active_service_runs_on_every_node_that_holds_regions() {
+        let three = GOOD.replace(
+            "[[services]]",
+            "[[peers]]\nid = 3\ncontrol = \"127.0.0.3:7001\"\nclient = \"127.0.0.3:7101\"\nreplication = \"127.0.0.3:7201\"\n\n[[services]]",
+        );
+        let active = three.replace("primary = 1\n", "replication = \"active\"\n");
+        let checked = check(&active).unwrap();
+        assert!(checked.services.is_empty(), "no passive role for it");
+        let spec = &checked.active[0];
+        assert_eq!((spec.replicas.len(), spec.replies), (3, ReplyMode::Majority));
+        let semi =
+            check(&active.replace("replication = \"active\"", "replication = \"active\"\nreplies = \"leader-only\""));
+        assert_eq!(semi.unwrap().active[0].replies, ReplyMode::LeaderOnly);
+        let refused = |text: &str| check(text).unwrap_err().to_string();
+        let with_primary = refused(&three.replace("primary = 1\n", "primary = 1\nreplication = \"active\"\n"));
+        assert!(
+            with_primary.contains("services[0].primary") && with_primary.contains("none is primary"),
+            "{with_primary}"
+        );
+        let two = refused(&GOOD.replace("primary = 1\n", "replication = \"active\"\n"));
+        assert!(two.contains("services[0].replication") && two.contains("2f+1"), "{two}");
+        let witness = refused(&active.replace("id = 3\n", "id = 3\nwitness = true\n"));
+        assert!(witness.contains("2 nodes that hold regions"), "{witness}");
+        let mode =
+            refused(&active.replace("replication = \"active\"", "replication = \"active\"\nreplies = \"first\""));
+        assert!(mode.contains("services[0].replies") && mode.contains("pass-first"), "{mode}");
+        let passive_replies = refused(&GOOD.replace("primary = 1\n", "primary = 1\nreplies = \"majority\"\n"));
+        assert!(passive_replies.contains("services[0].replies"), "{passive_replies}");
+        let unknown = refused(&GOOD.replace("primary = 1\n", "primary = 1\nreplication = \"semi\"\n"));
+        assert!(unknown.contains("services[0].replication"), "{unknown}");
+        let no_primary = refused(&GOOD.replace("primary = 1\n", ""));
+        assert!(no_primary.contains("services[0].primary") && no_primary.contains("missing"), "{no_primary}");
+        let kv = active
+            .replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nredis = \"127.0.0.1:6379\"")
+            .replace("name = \"bank\"", "name = \"cache\"\nkind = \"kv\"");
+        let redis = refused(&kv);
+        assert!(redis.contains("services[0].replication") && redis.contains("Redis"), "{redis}");
     }
 
     #[test]

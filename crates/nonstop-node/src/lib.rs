@@ -11,6 +11,8 @@
 //! * [`peers`]: authenticated agent-to-agent transport (Raft and heartbeats).
 //! * [`agent`]: the control loop.
 //! * [`service`]: one service's roles on this node and the moves between them.
+//! * [`replica`]: an actively replicated service's replica on this node: its order group and
+//!   the executor of what the group delivers.
 //! * [`status`]: what a node reports of itself (status, metrics).
 //! * [`client_server`]: the client port.
 //! * [`integrity`]: scrubbing the primary's region, and stopping the node if it is corrupt.
@@ -27,6 +29,7 @@ pub mod operator;
 pub mod peers;
 pub mod preflight;
 pub mod redis_port;
+pub mod replica;
 mod sentinel_port;
 pub mod service;
 pub mod status;
@@ -133,8 +136,13 @@ pub fn run_node(
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
     }
-    let answering =
-        Arc::new(client_server::Answering { services: agent.serving(), counters, limits, audits: Default::default() });
+    let answering = Arc::new(client_server::Answering {
+        services: agent.serving(),
+        replicas: agent.replicas(),
+        counters,
+        limits,
+        audits: Default::default(),
+    });
     let _client_port = client_server::start(listener, redis, answering).map_err(|source| NodeError::Listen {
         what: "client port",
         addr: client_addr,

@@ -42,6 +42,14 @@ pub enum Body {
     Raft(Vec<u8>),
     /// A heartbeat with the sender's roles and holdings.
     Report(Report),
+    /// A message of an active service's order group (protobuf bytes, for that group's
+    /// [`nonstop_control::RaftNode::step`]).
+    Order {
+        /// The service.
+        service: String,
+        /// The Raft message.
+        raft: Vec<u8>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,6 +84,8 @@ pub enum PeerEvent {
         /// Where the answer goes.
         reply: Sender<OperatorReply>,
     },
+    /// A call left a request for an active service's order group to propose.
+    Proposed,
     /// A connection from the peer closed. It counts only if it is the peer's newest: a peer
     /// that redialled closes its old connection while alive.
     Down {

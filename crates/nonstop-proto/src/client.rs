@@ -29,6 +29,11 @@ pub enum ClientRequest {
         client: u64,
         /// The request's number: 1, 2, 3, … per client and service; a retry repeats it.
         request: u64,
+        /// How many requests under this number the service refused before: a refused request
+        /// leaves its number to the client's next request, and this tells that request from a
+        /// late copy of the refused one (an actively replicated service's order delivers each
+        /// (number, refused) once). A retry repeats it.
+        refused: u32,
         /// The service's request, as it encodes it.
         body: Vec<u8>,
     },
@@ -94,6 +99,25 @@ pub enum ReplyMode {
     PassFirst,
 }
 
+impl ReplyMode {
+    /// Every mode.
+    pub const ALL: [ReplyMode; 3] = [ReplyMode::Majority, ReplyMode::LeaderOnly, ReplyMode::PassFirst];
+
+    /// Its name in a config: `majority`, `leader-only` or `pass-first`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplyMode::Majority => "majority",
+            ReplyMode::LeaderOnly => "leader-only",
+            ReplyMode::PassFirst => "pass-first",
+        }
+    }
+
+    /// The mode named `name` ([`ReplyMode::name`]).
+    pub fn from_name(name: &str) -> Option<ReplyMode> {
+        ReplyMode::ALL.into_iter().find(|mode| mode.name() == name)
+    }
+}
+
 /// A service's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientReply {
@@ -139,6 +163,9 @@ pub enum ClientReply {
         /// Why.
         reason: String,
     },
+    /// One replica's answer to a call of an actively replicated service: a vote, which the
+    /// client counts with the other replicas' as `mode` says.
+    Voted(Box<Vote>),
     /// The answer to [`ClientRequest::Audit`].
     Audit {
         /// The consistency checks' verdict.
@@ -150,6 +177,27 @@ pub enum ClientReply {
         /// The primary's term.
         term: u64,
     },
+}
+
+/// One replica's reply to a call of an actively replicated service ([`ClientReply::Voted`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// The request number answered.
+    pub request: u64,
+    /// What executing it answered: the service's reply, or why the service refused it (every
+    /// correct replica refuses alike). This is what the client votes on.
+    pub outcome: Result<Vec<u8>, String>,
+    /// True if this answers a retry of a request the replica had executed before.
+    pub duplicate: bool,
+    /// The replica that answered, numbered from 0.
+    pub replica: u16,
+    /// The client addresses of the group's replicas, by replica number: where the client sends
+    /// the call to collect the other votes.
+    pub group: Vec<String>,
+    /// The group's leader as the replica knows it, if it knows one.
+    pub leader: Option<u16>,
+    /// How the client decides.
+    pub mode: ReplyMode,
 }
 
 /// A client message that could not be read or written.
@@ -216,7 +264,8 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_bad_ones_are_refused() {
-        let request = ClientRequest::Call { service: "bank".into(), client: 1, request: 2, body: vec![3, 4, 5] };
+        let request =
+            ClientRequest::Call { service: "bank".into(), client: 1, request: 2, refused: 0, body: vec![3, 4, 5] };
         let mut bytes = Vec::new();
         write_message(&mut bytes, &request).unwrap();
         assert_eq!(read_message::<ClientRequest>(&mut bytes.as_slice()).unwrap(), request);

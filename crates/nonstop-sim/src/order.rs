@@ -280,7 +280,7 @@ impl Sim {
             let body = (client * 1_000_000 + number).to_le_bytes().to_vec();
             // With no leader known the proposal is dropped; the client proposes again later.
             let time_ms = self.step + self.members[member].clock_skew_ms;
-            let batch = Batch { time_ms, requests: vec![Request { client, number, body }] };
+            let batch = Batch { time_ms, requests: vec![Request { client, number, refused: 0, body }] };
             let _ = self.members[member].node.propose(&batch);
             self.stats.proposals += 1;
             if let Some(pending) = &mut self.clients[client as usize].pending {

@@ -5,6 +5,7 @@
 use crate::local::KeyFile;
 use nonstop_node::operator::{self, Operator, OperatorError};
 use nonstop_node::status::{NodeStatus, ServiceStatus};
+use nonstop_proto::client::ReplyMode;
 use nonstop_region::tracking::TrackingMode;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -50,6 +51,9 @@ pub struct ClusterSpec {
     pub witnesses: u8,
     /// The services as (name, first primary); each gets its own region and replication port.
     pub services: Vec<(String, u64)>,
+    /// Replicate the services actively, every node that holds regions a replica, with these
+    /// replies (`replication = "active"`); `None`: passively, from the primaries named.
+    pub active: Option<ReplyMode>,
     /// Run each node in a network namespace of its own (these, by id - 1; see
     /// [`crate::netns`]) and reach its peers through fault proxies on `127.0.0.<peer>`.
     pub namespaces: Option<Vec<String>>,
@@ -91,6 +95,7 @@ impl Default for ClusterSpec {
             allow_faults: false,
             witnesses: 0,
             services: vec![(SERVICE.to_string(), 1)],
+            active: None,
             namespaces: None,
             max_clients: None,
             redis: false,
@@ -264,9 +269,13 @@ impl LocalCluster {
             for (index, (name, primary)) in spec.services.iter().enumerate() {
                 // Regions 64 GiB apart: every service has its own fixed address.
                 let base = spec.region_base + index * (64 << 30);
+                let replication = match spec.active {
+                    None => format!("primary = {primary}\nbackups = {}\n{tracking}", spec.backups),
+                    Some(mode) => format!("replication = \"active\"\nreplies = \"{}\"\n", mode.name()),
+                };
                 text += &format!(
-                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\nprimary = {primary}\nbackups = {}\nregion_base = \"{base:#x}\"\nregion_size_mib = {}\ncheckpoint_interval_us = {}\n{tracking}[services.settings]\n{settings}\n",
-                    spec.kind, spec.backups, spec.region_size_mib, spec.checkpoint_interval_us
+                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\n{replication}region_base = \"{base:#x}\"\nregion_size_mib = {}\ncheckpoint_interval_us = {}\n[services.settings]\n{settings}\n",
+                    spec.kind, spec.region_size_mib, spec.checkpoint_interval_us
                 );
             }
             let config = dir.join(format!("node{id}.toml"));

@@ -1,0 +1,86 @@
+//! Active replication end to end: three node processes, each a replica of the bank executing
+//! the same ordered transfers, and clients voting on the replies (majority); one replica is
+//! killed with SIGKILL and the calls go on, exactly once.
+
+use nonstop::{Client, ClientError};
+use nonstop_proto::client::ReplyMode;
+use nonstop_testbed::cluster::{ClusterSpec, LocalCluster};
+use nonstop_workloads::bank::TransferRequest;
+
+fn cluster(prefix: &str, replies: ReplyMode) -> LocalCluster {
+    let spec =
+        ClusterSpec { ip_prefix: prefix.into(), region_size_mib: 32, active: Some(replies), ..ClusterSpec::default() };
+    let mut cluster = LocalCluster::create(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec).unwrap();
+    cluster.start_all().unwrap();
+    cluster
+}
+
+/// Deposits 1 cent into `account` as `client`'s next request; the reply is the new balance.
+fn deposit(client: &mut Client, account: u64) -> Result<i64, ClientError> {
+    client.call("bank", &TransferRequest { account, teller: 0, delta: 1 })
+}
+
+#[test]
+fn a_majority_of_replicas_answers_each_call_once_through_a_replica_killed() {
+    let mut cluster = cluster("127.0.20", ReplyMode::Majority);
+    let mut first = Client::new(cluster.client_addrs(), 1);
+    let mut second = Client::new(cluster.client_addrs(), 2);
+    let mut expected = 0;
+    for round in 0..40 {
+        if round == 20 {
+            // Any replica, the order's leader included: the others elect a new one.
+            cluster.kill(1).unwrap();
+        }
+        for client in [&mut first, &mut second] {
+            let answered = client.call_answered::<_, i64>("bank", &TransferRequest { account: 7, teller: 0, delta: 1 });
+            let answered = answered.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            expected += 1;
+            // Each deposit applied once, in one order, on the replicas that voted.
+            assert_eq!(answered.reply, expected, "round {round}");
+            assert!(!answered.duplicate);
+        }
+    }
+    // A client that restarts and repeats its last request gets the answer it had.
+    let next = first.next_request("bank");
+    let mut restarted = Client::new(cluster.client_addrs(), 1);
+    restarted.resume("bank", next - 1);
+    let repeated =
+        restarted.call_answered::<_, i64>("bank", &TransferRequest { account: 7, teller: 0, delta: 1 }).unwrap();
+    assert!(repeated.duplicate, "answered as before: {repeated:?}");
+    assert_eq!(repeated.reply, expected - 1, "client 1's last deposit came before client 2's");
+    // A request the replicas refuse is refused by the vote, alike on every replica.
+    let refused = deposit(&mut first, u64::MAX).unwrap_err();
+    assert!(matches!(&refused, ClientError::Rejected { reason, .. } if reason.contains("out of range")), "{refused}");
+    // The refused request left its number to the next one, which the order delivers.
+    assert_eq!(first.next_request("bank"), next);
+    expected += 1;
+    assert_eq!(deposit(&mut first, 7).unwrap(), expected, "the call after a refusal is applied; the repeat was not");
+    assert_eq!(first.next_request("bank"), next + 1);
+}
+
+#[test]
+fn leader_only_and_pass_first_answer_with_one_reply() {
+    for (prefix, replies) in [("127.0.21", ReplyMode::LeaderOnly), ("127.0.22", ReplyMode::PassFirst)] {
+        let cluster = cluster(prefix, replies);
+        let mut client = Client::new(cluster.client_addrs(), 5);
+        for expected in 1..=10 {
+            assert_eq!(deposit(&mut client, 3).unwrap(), expected, "{replies:?}");
+        }
+    }
+}
+
+#[test]
+fn an_active_service_answers_queries_with_a_clear_refusal() {
+    let cluster = cluster("127.0.23", ReplyMode::Majority);
+    let mut client = Client::new(cluster.client_addrs(), 9);
+    let refused = client
+        .query::<_, nonstop_workloads::bank::BankAnswer>(
+            "bank",
+            &nonstop_workloads::bank::BankQuery::Read { client: 9, account: 1 },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Rejected { reason, .. } if reason.contains("make the read a call")),
+        "{refused}"
+    );
+}

@@ -1,0 +1,217 @@
+//! Calls of an actively replicated service from the blocking client: the call goes to every
+//! replica, and the client votes on their replies ([`crate::vote`]).
+//!
+//! Each replica gets a link: a thread of the client's that owns one connection to it, sends
+//! what the client asks and hands back what the replica replied. A replica that is paused or
+//! cut off holds up only its own link, so the vote is decided by the others as soon as they
+//! agree: the client sees no failover at all.
+
+use crate::vote::{ReplicaId, ReplyMode, Verdict, Vote};
+use crate::{Answered, ClientError, io_error};
+use nonstop_proto::client::{self, ClientReply, ClientRequest, read_message, write_message};
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// What a link hands back: the replica's number, the request number asked, and the reply (or
+/// why there is none).
+type Replied = (u16, u64, std::io::Result<ClientReply>);
+
+/// An active service's replicas, as its replicas described them.
+#[derive(Debug)]
+pub(crate) struct Group {
+    mode: ReplyMode,
+    /// Per replica, in replica order: the link to it (`None`: its address is unusable).
+    links: Vec<Option<Sender<(u64, ClientRequest)>>>,
+    addrs: Vec<Option<SocketAddr>>,
+    replies: Receiver<Replied>,
+    /// How long the client waits for a replica's vote before asking it again.
+    attempt_timeout: Duration,
+}
+
+impl Group {
+    /// The group a replica's vote describes, with a link per replica.
+    pub(crate) fn new(vote: &client::Vote, attempt_timeout: Duration) -> Group {
+        let (tx, replies) = mpsc::channel();
+        let addrs: Vec<Option<SocketAddr>> = vote.group.iter().map(|a| a.parse().ok()).collect();
+        let links = addrs
+            .iter()
+            .enumerate()
+            .map(|(number, addr)| {
+                let (addr, tx) = ((*addr)?, tx.clone());
+                let (requests, asked) = mpsc::channel();
+                std::thread::Builder::new()
+                    .name(format!("nonstop-replica-link-{number}"))
+                    .spawn(move || link(number as u16, addr, asked, tx, attempt_timeout))
+                    .ok()?;
+                Some(requests)
+            })
+            .collect();
+        Group { mode: vote.mode, links, addrs, replies, attempt_timeout }
+    }
+
+    /// Whether `vote` describes this group still.
+    pub(crate) fn matches(&self, vote: &client::Vote) -> bool {
+        vote.mode == self.mode
+            && vote.group.len() == self.addrs.len()
+            && vote.group.iter().zip(&self.addrs).all(|(a, b)| a.parse().ok() == *b)
+    }
+
+    /// Calls request `number` (`request`) on the replicas and votes on their replies, starting
+    /// from `first` if one replica answered already. Asks again every attempt timeout those
+    /// that have not voted, until `deadline` after `started`.
+    pub(crate) fn call(
+        &mut self,
+        service: &str,
+        number: u64,
+        request: &ClientRequest,
+        first: Option<client::Vote>,
+        started: Instant,
+        deadline: Duration,
+    ) -> Result<Answered<Vec<u8>>, ClientError> {
+        let replicas = self.links.len() as u16;
+        // Under leader-only the followers send the client to the leader, so the one reply
+        // that comes is the leader's: the first.
+        let mode = match self.mode {
+            ReplyMode::LeaderOnly => ReplyMode::PassFirst,
+            mode => mode,
+        };
+        let mut vote = Vote::new(mode, replicas, ReplicaId(0))
+            .map_err(|error| ClientError::Rejected { service: service.to_string(), reason: error.to_string() })?;
+        let mut votes: BTreeMap<u16, client::Vote> = BTreeMap::new();
+        let mut attempts = 0u32;
+        let mut last = String::from("no reply yet");
+        let mut verdict = first.and_then(|first| take(first, &mut vote, &mut votes));
+        let deadline = started + deadline;
+        let mut next_ask = Instant::now();
+        loop {
+            match verdict {
+                Some(Verdict::Decided) => return self.answer(service, &vote, &votes, number, attempts),
+                Some(Verdict::Undecidable) => {
+                    return Err(ClientError::Undecided {
+                        service: service.to_string(),
+                        request: number,
+                        replies: votes.values().map(|v| format!("replica {}: {:?}", v.replica, v.outcome)).collect(),
+                    });
+                }
+                Some(Verdict::Waiting) | None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout {
+                    service: service.to_string(),
+                    waited: started.elapsed(),
+                    last: format!("{} of {replicas} replicas voted; last problem: {last}", votes.len()),
+                });
+            }
+            if now >= next_ask {
+                attempts += 1;
+                for (replica, link) in self.links.iter().enumerate() {
+                    if let Some(link) = link
+                        && !votes.contains_key(&(replica as u16))
+                    {
+                        let _ = link.send((number, request.clone()));
+                    }
+                }
+                next_ask = now + self.attempt_timeout;
+            }
+            verdict = match self.replies.recv_timeout(next_ask.min(deadline).saturating_duration_since(now)) {
+                Ok((_, asked, _)) if asked != number => None,
+                Ok((_, _, Ok(ClientReply::Voted(replied)))) if replied.request == number => {
+                    take(*replied, &mut vote, &mut votes)
+                }
+                Ok((_, _, Ok(ClientReply::Rejected { reason }))) => {
+                    return Err(ClientError::Rejected { service: service.to_string(), reason });
+                }
+                Ok((replica, _, Ok(other))) => {
+                    last = format!("replica {replica}: {other:?}");
+                    None
+                }
+                Ok((replica, _, Err(error))) => {
+                    last = format!("replica {replica}: {error}");
+                    None
+                }
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(ClientError::Rejected {
+                        service: service.to_string(),
+                        reason: "every link to the replicas ended".into(),
+                    });
+                }
+            };
+        }
+    }
+
+    /// The decided vote's answer: the service's reply, or its refusal.
+    fn answer(
+        &self,
+        service: &str,
+        vote: &Vote,
+        votes: &BTreeMap<u16, client::Vote>,
+        number: u64,
+        attempts: u32,
+    ) -> Result<Answered<Vec<u8>>, ClientError> {
+        let decided = vote.decided().expect("decided");
+        let winner = votes
+            .values()
+            .find(|v| postcard::to_allocvec(&v.outcome).is_ok_and(|ballot| ballot == decided))
+            .expect("the decided reply is one replica's");
+        let reply =
+            winner.outcome.clone().map_err(|reason| ClientError::Rejected { service: service.to_string(), reason })?;
+        Ok(Answered {
+            reply,
+            request: number,
+            duplicate: votes.values().all(|v| v.duplicate),
+            term: 0,
+            attempts: attempts.max(1),
+            answered_by: self.addrs[usize::from(winner.replica)].expect("a replica that replied has an address"),
+        })
+    }
+}
+
+/// Counts `replied` in `vote` (a second reply of one replica, or one from outside the group,
+/// is not counted), and says where the vote stands.
+fn take(replied: client::Vote, vote: &mut Vote, votes: &mut BTreeMap<u16, client::Vote>) -> Option<Verdict> {
+    let ballot = postcard::to_allocvec(&replied.outcome).expect("outcomes encode");
+    let verdict = vote.reply(ReplicaId(replied.replica), ballot).ok()?;
+    votes.insert(replied.replica, replied);
+    Some(verdict)
+}
+
+/// One replica's link: sends each request asked (only the newest, if several queued while the
+/// replica was slow) and hands back the reply, reconnecting after an error.
+fn link(
+    replica: u16,
+    addr: SocketAddr,
+    asked: Receiver<(u64, ClientRequest)>,
+    replies: Sender<Replied>,
+    attempt_timeout: Duration,
+) {
+    let mut connection: Option<(BufReader<TcpStream>, BufWriter<TcpStream>)> = None;
+    while let Ok(mut next) = asked.recv() {
+        while let Ok(newer) = asked.try_recv() {
+            next = newer;
+        }
+        let (number, request) = next;
+        let reply = (|| {
+            if connection.is_none() {
+                let stream = TcpStream::connect_timeout(&addr, attempt_timeout)?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(attempt_timeout))?;
+                connection = Some((BufReader::new(stream.try_clone()?), BufWriter::new(stream)));
+            }
+            let (reader, writer) = connection.as_mut().expect("connected above");
+            write_message(writer, &request).map_err(io_error)?;
+            writer.flush()?;
+            read_message(reader).map_err(io_error)
+        })();
+        if reply.is_err() {
+            connection = None;
+        }
+        if replies.send((replica, number, reply)).is_err() {
+            return;
+        }
+    }
+}
