@@ -56,6 +56,17 @@ fn a_majority_of_replicas_answers_each_call_once_through_a_replica_killed() {
     expected += 1;
     assert_eq!(deposit(&mut first, 7).unwrap(), expected, "the call after a refusal is applied; the repeat was not");
     assert_eq!(first.next_request("bank"), next + 1);
+    // The two replicas left hold one state: the same client table and balance.
+    let audits: Vec<_> = cluster.client_addrs()[1..]
+        .iter()
+        .map(|addr| {
+            let audit = Client::new(vec![*addr], 10).audit("bank", vec![1, 2], None).unwrap();
+            assert!(audit.check.is_ok(), "{addr}: {:?}", audit.check);
+            audit.clients
+        })
+        .collect();
+    assert_eq!(audits[0], audits[1]);
+    assert_eq!(audits[0].iter().map(|(_, m)| m.as_ref().unwrap().applied).sum::<u64>(), expected as u64);
 }
 
 #[test]
@@ -70,17 +81,29 @@ fn leader_only_and_pass_first_answer_with_one_reply() {
 }
 
 #[test]
-fn an_active_service_answers_queries_with_a_clear_refusal() {
+fn queries_are_voted_and_every_replica_audits_to_the_same_state() {
+    use nonstop_workloads::bank::{BankAnswer, BankQuery};
     let cluster = cluster("127.0.23", ReplyMode::Majority);
     let mut client = Client::new(cluster.client_addrs(), 9);
-    let refused = client
-        .query::<_, nonstop_workloads::bank::BankAnswer>(
-            "bank",
-            &nonstop_workloads::bank::BankQuery::Read { client: 9, account: 1 },
-        )
-        .unwrap_err();
-    assert!(
-        matches!(&refused, ClientError::Rejected { reason, .. } if reason.contains("make the read a call")),
-        "{refused}"
-    );
+    for expected in 1..=5 {
+        assert_eq!(deposit(&mut client, 4).unwrap(), expected);
+        // A query sent after a call was answered sees it.
+        let read: BankAnswer = client.query("bank", &BankQuery::Read { client: 9, account: 4 }).unwrap();
+        let BankAnswer::Read { memory, balance } = read else { panic!("{read:?}") };
+        assert_eq!((balance, memory.map(|m| m.request)), (Some(expected), Some(expected as u64)));
+    }
+    let query = postcard::to_allocvec(&BankQuery::Balances(vec![4, 5])).unwrap();
+    let audits: Vec<_> = cluster
+        .client_addrs()
+        .into_iter()
+        .map(|addr| {
+            let mut one = Client::new(vec![addr], 10);
+            let audit = one.audit("bank", vec![9], Some(query.clone())).unwrap();
+            assert!(audit.check.is_ok(), "{addr}: {:?}", audit.check);
+            (audit.clients, audit.answer)
+        })
+        .collect();
+    // Every replica executed the same requests: the same client table, the same balances.
+    assert!(audits.windows(2).all(|pair| pair[0] == pair[1]), "{audits:?}");
+    assert_eq!(audits[0].0[0].1.as_ref().map(|m| m.applied), Some(5));
 }

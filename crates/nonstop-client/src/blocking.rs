@@ -92,9 +92,9 @@ impl Client {
     pub fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
         let (number, request) = self.numbering.call(service, body);
         let started = Instant::now();
-        let voted = match self.groups.get_mut(service) {
-            Some(group) => group.call(service, number, &request, None, started, self.deadline),
-            None => {
+        let voted = match self.groups.contains_key(service) {
+            true => self.vote(service, number, &request, None, started),
+            false => {
                 let (reply, attempts, by) = match self.exchange(&request) {
                     Ok(exchanged) => exchanged,
                     Err(error) => return Err(self.numbering.failed(service, error)),
@@ -102,11 +102,7 @@ impl Client {
                 let ClientReply::Voted(first) = reply else {
                     return self.numbering.answered(service, number, reply, attempts, by);
                 };
-                if self.groups.get(service).is_none_or(|group| !group.matches(&first)) {
-                    self.groups.insert(service.to_string(), Group::new(&first, self.attempt_timeout));
-                }
-                let group = self.groups.get_mut(service).expect("inserted above");
-                group.call(service, number, &request, Some(*first), started, self.deadline)
+                self.vote(service, number, &request, Some(*first), started)
             }
         };
         match voted {
@@ -116,6 +112,26 @@ impl Client {
             }
             Err(error) => Err(self.numbering.failed(service, error)),
         }
+    }
+
+    /// Asks an actively replicated service's replicas `request` (number `number`, 0 for a
+    /// query) and votes on their replies, from `first` if one replied already (whose group it
+    /// describes is the one asked).
+    fn vote(
+        &mut self,
+        service: &str,
+        number: u64,
+        request: &ClientRequest,
+        first: Option<nonstop_proto::client::Vote>,
+        started: Instant,
+    ) -> Result<Answered<Vec<u8>>, ClientError> {
+        if let Some(first) = &first
+            && self.groups.get(service).is_none_or(|group| !group.matches(first))
+        {
+            self.groups.insert(service.to_string(), Group::new(first, self.attempt_timeout));
+        }
+        let group = self.groups.get_mut(service).expect("a group is known once a replica voted");
+        group.call(service, number, request, first, started, self.deadline)
     }
 
     /// Asks `service` a read-only question. The answer is held by every backup when it is
@@ -135,9 +151,20 @@ impl Client {
     }
 
     /// A query the caller encoded itself.
+    ///
+    /// Of an actively replicated service, every replica answers from its state and the client
+    /// votes, as for a call.
     pub fn query_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
-        let (reply, attempts, by) = self.exchange(&ClientRequest::Query { service: service.to_string(), body })?;
-        Ok(query_answer(reply, attempts, by))
+        let request = ClientRequest::Query { service: service.to_string(), body };
+        let started = Instant::now();
+        if self.groups.contains_key(service) {
+            return self.vote(service, 0, &request, None, started);
+        }
+        let (reply, attempts, by) = self.exchange(&request)?;
+        match reply {
+            ClientReply::Voted(first) => self.vote(service, 0, &request, Some(*first), started),
+            reply => query_answer(service, reply, attempts, by),
+        }
     }
 
     /// Asks the primary for the platform's and the service's consistency checks, what the

@@ -124,7 +124,7 @@ fn answers(request: &ClientRequest, reply: &ClientReply) -> bool {
     matches!(
         (request, reply),
         (ClientRequest::Call { .. }, ClientReply::Done { .. } | ClientReply::Stale { .. } | ClientReply::Voted(_))
-            | (ClientRequest::Query { .. }, ClientReply::Answer { .. })
+            | (ClientRequest::Query { .. }, ClientReply::Answer { .. } | ClientReply::Voted(_))
             | (ClientRequest::Audit { .. }, ClientReply::Audit { .. })
     )
 }
@@ -209,11 +209,7 @@ fn call_answer(
         ClientReply::Done { request, body, duplicate, term } => {
             Ok(Answered { reply: body, request, duplicate, term, attempts, answered_by })
         }
-        ClientReply::Voted(_) => Err(ClientError::Rejected {
-            service: service.to_string(),
-            reason: "the service is actively replicated, and this client does not vote yet: use the blocking Client"
-                .into(),
-        }),
+        ClientReply::Voted(_) => Err(not_voting(service)),
         ClientReply::Stale { last, .. } => Err(ClientError::Rejected {
             service: service.to_string(),
             reason: format!(
@@ -226,12 +222,26 @@ fn call_answer(
 }
 
 /// The answer to a query, from the reply that answered it.
-fn query_answer(reply: ClientReply, attempts: u32, answered_by: SocketAddr) -> Answered<Vec<u8>> {
+fn query_answer(
+    service: &str,
+    reply: ClientReply,
+    attempts: u32,
+    answered_by: SocketAddr,
+) -> Result<Answered<Vec<u8>>, ClientError> {
     match reply {
         ClientReply::Answer { body, term } => {
-            Answered { reply: body, request: 0, duplicate: false, term, attempts, answered_by }
+            Ok(Answered { reply: body, request: 0, duplicate: false, term, attempts, answered_by })
         }
+        ClientReply::Voted(_) => Err(not_voting(service)),
         other => unreachable!("not an answer to a query: {other:?}"),
+    }
+}
+
+/// What a client that cannot vote says of a replica's vote.
+fn not_voting(service: &str) -> ClientError {
+    ClientError::Rejected {
+        service: service.to_string(),
+        reason: "the service is actively replicated, and this client does not vote yet: use the blocking Client".into(),
     }
 }
 

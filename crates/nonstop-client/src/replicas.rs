@@ -15,9 +15,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-/// What a link hands back: the replica's number, the request number asked, and the reply (or
-/// why there is none).
+/// What a link hands back: the replica's number, the ask it answers (see [`Group::asked`]), and
+/// the reply (or why there is none).
 type Replied = (u16, u64, std::io::Result<ClientReply>);
+
+/// How long a query waits before asking again when the replicas' answers disagree (they
+/// answered at different points of the order, around a write).
+const QUERY_REASK: Duration = Duration::from_millis(1);
 
 /// An active service's replicas, as its replicas described them.
 #[derive(Debug)]
@@ -29,6 +33,9 @@ pub(crate) struct Group {
     replies: Receiver<Replied>,
     /// How long the client waits for a replica's vote before asking it again.
     attempt_timeout: Duration,
+    /// Asks sent to the links so far: each ask is numbered, so that a late reply to an earlier
+    /// one (a query's, whose request number is always 0) is never counted in a later vote.
+    asked: u64,
 }
 
 impl Group {
@@ -49,7 +56,7 @@ impl Group {
                 Some(requests)
             })
             .collect();
-        Group { mode: vote.mode, links, addrs, replies, attempt_timeout }
+        Group { mode: vote.mode, links, addrs, replies, attempt_timeout, asked: 0 }
     }
 
     /// Whether `vote` describes this group still.
@@ -59,9 +66,17 @@ impl Group {
             && vote.group.iter().zip(&self.addrs).all(|(a, b)| a.parse().ok() == *b)
     }
 
-    /// Calls request `number` (`request`) on the replicas and votes on their replies, starting
-    /// from `first` if one replica answered already. Asks again every attempt timeout those
-    /// that have not voted, until `deadline` after `started`.
+    /// Calls request `number` (`request`; 0 and a [`ClientRequest::Query`] for a query) on the
+    /// replicas and votes on their replies, starting from `first` if one replica answered
+    /// already. Asks again every attempt timeout those that have not voted, until `deadline`
+    /// after `started`.
+    ///
+    /// Replicas execute a call at one point of the order, so replies that disagree so that
+    /// none can win mean a faulty replica: [`ClientError::Undecided`]. A query is answered by
+    /// each replica from its state as it stands, and around a write replicas may stand at
+    /// different points: the query is asked again until enough agree. Under `majority` the
+    /// answer agreed on reflects every call answered before the query was sent: f+1 replicas
+    /// executed that call and f+1 agree on the answer, so one replica at least did both.
     pub(crate) fn call(
         &mut self,
         service: &str,
@@ -83,12 +98,19 @@ impl Group {
         let mut votes: BTreeMap<u16, client::Vote> = BTreeMap::new();
         let mut attempts = 0u32;
         let mut last = String::from("no reply yet");
+        let query = matches!(request, ClientRequest::Query { .. });
         let mut verdict = first.and_then(|first| take(first, &mut vote, &mut votes));
         let deadline = started + deadline;
         let mut next_ask = Instant::now();
         loop {
             match verdict {
                 Some(Verdict::Decided) => return self.answer(service, &vote, &votes, number, attempts),
+                Some(Verdict::Undecidable) if query => {
+                    vote = Vote::new(mode, replicas, ReplicaId(0)).expect("accepted above");
+                    votes.clear();
+                    last = "the replicas' answers disagreed; asked again".into();
+                    next_ask = Instant::now() + QUERY_REASK;
+                }
                 Some(Verdict::Undecidable) => {
                     return Err(ClientError::Undecided {
                         service: service.to_string(),
@@ -108,17 +130,22 @@ impl Group {
             }
             if now >= next_ask {
                 attempts += 1;
+                self.asked += 1;
                 for (replica, link) in self.links.iter().enumerate() {
                     if let Some(link) = link
                         && !votes.contains_key(&(replica as u16))
                     {
-                        let _ = link.send((number, request.clone()));
+                        let _ = link.send((self.asked, request.clone()));
                     }
                 }
                 next_ask = now + self.attempt_timeout;
             }
+            // Replies to this call's asks count (a reply to an earlier ask of the same call is
+            // as good as one to the latest); for a query, only the latest ask's.
+            let first_ask = self.asked + 1 - u64::from(attempts.max(1));
+            let current = |ask: u64| if query { ask == self.asked } else { ask >= first_ask };
             verdict = match self.replies.recv_timeout(next_ask.min(deadline).saturating_duration_since(now)) {
-                Ok((_, asked, _)) if asked != number => None,
+                Ok((_, ask, _)) if !current(ask) => None,
                 Ok((_, _, Ok(ClientReply::Voted(replied)))) if replied.request == number => {
                     take(*replied, &mut vote, &mut votes)
                 }
@@ -181,7 +208,8 @@ fn take(replied: client::Vote, vote: &mut Vote, votes: &mut BTreeMap<u16, client
 }
 
 /// One replica's link: sends each request asked (only the newest, if several queued while the
-/// replica was slow) and hands back the reply, reconnecting after an error.
+/// replica was slow) and hands back the reply with the ask's number, reconnecting after an
+/// error.
 fn link(
     replica: u16,
     addr: SocketAddr,
@@ -194,7 +222,7 @@ fn link(
         while let Ok(newer) = asked.try_recv() {
             next = newer;
         }
-        let (number, request) = next;
+        let (ask, request) = next;
         let reply = (|| {
             if connection.is_none() {
                 let stream = TcpStream::connect_timeout(&addr, attempt_timeout)?;
@@ -210,7 +238,7 @@ fn link(
         if reply.is_err() {
             connection = None;
         }
-        if replies.send((replica, number, reply)).is_err() {
+        if replies.send((replica, ask, reply)).is_err() {
             return;
         }
     }

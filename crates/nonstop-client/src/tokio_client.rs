@@ -96,7 +96,7 @@ impl AsyncClient {
     ) -> Result<A, ClientError> {
         let body = encode(service, query)?;
         let (reply, attempts, by) = self.exchange(&ClientRequest::Query { service: service.to_string(), body }).await?;
-        decode_answered(service, query_answer(reply, attempts, by)).map(|answered| answered.reply)
+        decode_answered(service, query_answer(service, reply, attempts, by)?).map(|answered| answered.reply)
     }
 
     /// The platform's and the service's checks, what the platform remembers of `clients`, and

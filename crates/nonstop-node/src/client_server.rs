@@ -429,11 +429,18 @@ pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane:
             Asked::Client(ClientRequest::Call { client, request, refused, body, .. }) => {
                 replica.call(client, request, refused, body).await
             }
-            _ => ClientReply::Rejected {
-                reason: format!(
-                    "{service} is actively replicated, and its replicas answer calls only so far: make the read a call"
-                ),
+            Asked::Client(ClientRequest::Query { body, .. }) => replica.query(body).await,
+            Asked::Client(ClientRequest::Audit { clients, query, .. }) if answering.audits.admit() => {
+                replica.audit(clients, query).await
+            }
+            Asked::Client(ClientRequest::Audit { .. }) => ClientReply::Unavailable {
+                reason: format!("an audit began less than {AUDIT_SPACING:?} ago on this node; retry"),
             },
+            Asked::Client(ClientRequest::Locate { .. }) | Asked::Unnumbered { .. } | Asked::Query { .. } => {
+                ClientReply::Rejected {
+                    reason: format!("{service} is actively replicated: call its replicas with nonstop::Client"),
+                }
+            }
         });
     }
     let Some(serving) = answering.services.get(service) else {

@@ -12,8 +12,11 @@
 //! it once, and the platform's client table in the region would apply it once anyway). Under `leader-only` replies a follower sends the client to the
 //! group's leader, so that only the leader answers, until it fails.
 //!
-//! Not built yet (docs/active.md): queries (a query must be ordered too, or two replicas at
-//! different points of the order answer it differently), re-integration of a replica that fell
+//! A query is answered by each replica from its state as it stands, and voted on as a call is;
+//! replicas at different points of the order may disagree around a write, and the client asks
+//! again until enough agree. An audit looks at one replica's state, not a vote.
+//!
+//! Not built yet (docs/active.md): re-integration of a replica that fell
 //! behind the group's compacted log (it stops serving, and says so), membership changes, and
 //! multithreaded services under the deterministic schedulers.
 
@@ -372,15 +375,61 @@ impl Replica {
         };
         match tokio::time::timeout(EXECUTION_WAIT, waiting).await {
             Ok(Ok(vote)) => ClientReply::Voted(Box::new(vote)),
-            Ok(Err(_)) => match &lock(&self.calls).standing {
-                Standing::Stopped(reason) => {
-                    ClientReply::Unavailable { reason: format!("this replica stopped: {reason}") }
-                }
-                Standing::Serving => ClientReply::Unavailable { reason: "superseded by a later request; retry".into() },
-            },
+            Ok(Err(_)) => self
+                .stopped()
+                .unwrap_or_else(|| ClientReply::Unavailable { reason: "superseded by a later request; retry".into() }),
             Err(_) => ClientReply::Unavailable {
                 reason: format!("request {number} not executed within {EXECUTION_WAIT:?} (no order leader?); retry"),
             },
+        }
+    }
+
+    /// Answers a query from this replica's state as it stands (between two executions), as a
+    /// vote: the client asks every replica and takes the answer enough agree on.
+    pub async fn query(self: &Arc<Self>, body: Vec<u8>) -> ClientReply {
+        if self.mode == ReplyMode::LeaderOnly
+            && let Some(redirect) = self.redirect_to_leader()
+        {
+            return redirect;
+        }
+        if let Some(stopped) = self.stopped() {
+            return stopped;
+        }
+        let replica = self.clone();
+        match tokio::task::spawn_blocking(move || replica.service.query(&replica.mirror, &body)).await {
+            Ok(Ok((answer, _))) => ClientReply::Voted(Box::new(self.vote(0, Ok(answer), false))),
+            Ok(Err(CallError::Failed(reason))) => ClientReply::Unavailable { reason },
+            Ok(Err(refusal)) => ClientReply::Voted(Box::new(self.vote(0, Err(refusal.to_string()), false))),
+            Err(error) => ClientReply::Unavailable { reason: format!("the query's executor failed: {error}") },
+        }
+    }
+
+    /// Audits this replica's own state, with every execution held off: the platform's and the
+    /// service's checks, what the client table remembers of `clients`, and `query` answered
+    /// from the same state. Not a vote: an audit looks at one replica.
+    pub async fn audit(self: &Arc<Self>, clients: Vec<u64>, query: Option<Vec<u8>>) -> ClientReply {
+        if let Some(stopped) = self.stopped() {
+            return stopped;
+        }
+        let replica = self.clone();
+        let audited = tokio::task::spawn_blocking(move || {
+            replica.mirror.quiesced_checked(|image, _| replica.service.audit(image, &clients, query.as_deref()))
+        });
+        match audited.await {
+            Ok(report) => {
+                ClientReply::Audit { check: report.check, clients: report.clients, answer: report.answer, term: 0 }
+            }
+            Err(error) => ClientReply::Unavailable { reason: format!("the audit's executor failed: {error}") },
+        }
+    }
+
+    /// Why this replica does not answer, if it stopped.
+    fn stopped(&self) -> Option<ClientReply> {
+        match &lock(&self.calls).standing {
+            Standing::Stopped(reason) => {
+                Some(ClientReply::Unavailable { reason: format!("this replica stopped: {reason}") })
+            }
+            Standing::Serving => None,
         }
     }
 
