@@ -106,4 +106,32 @@ fn queries_are_voted_and_every_replica_audits_to_the_same_state() {
     // Every replica executed the same requests: the same client table, the same balances.
     assert!(audits.windows(2).all(|pair| pair[0] == pair[1]), "{audits:?}");
     assert_eq!(audits[0].0[0].1.as_ref().map(|m| m.applied), Some(5));
+    // Every node reports its replica: one order leader, five requests executed, serving.
+    let reported = cluster.wait_statuses(&[1, 2, 3], std::time::Duration::from_secs(5), |statuses| {
+        statuses.len() == 3
+            && statuses.iter().all(|status| {
+                status.replicas.iter().any(|r| r.name == "bank" && r.executed == 5 && r.stopped.is_none())
+            })
+            && statuses
+                .iter()
+                .filter_map(|s| s.replicas[0].order_leader)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 1
+    });
+    assert!(reported.is_some(), "every replica reports its state");
+    let statuses: Vec<_> = cluster.operator().statuses(std::time::Duration::from_secs(1));
+    let table = nonstop_testbed::status::render(&statuses);
+    assert!(table.contains("service bank: actively replicated") && table.contains("| serving |"), "{table}");
+    let metrics = scrape(cluster.nodes[0].metrics);
+    assert!(metrics.contains("nonstop_replica_executed_total{node=\"1\",service=\"bank\"} 5"), "{metrics}");
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }

@@ -473,6 +473,7 @@ impl Agent {
             leader: self.control.leader().map(|l| l.0),
             raft_term: self.control.raft_term(),
             services,
+            replicas: self.replicas.iter().map(ReplicaHost::status).collect(),
             alive: self.config.members.iter().filter(|m| self.coordinator.alive(m.id, now)).map(|m| m.id.0).collect(),
             detections: self.instruments.detections.snapshot(),
             clients: self.instruments.clients.snapshot(),

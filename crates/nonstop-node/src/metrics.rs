@@ -143,6 +143,27 @@ pub fn render(status: &NodeStatus) -> String {
         lag(|e| e.checkpoints),
     );
     metric("nonstop_backup_lag_bytes", "gauge", "Region bytes of those checkpoints.", lag(|e| e.bytes));
+    let per_replica = |f: &dyn Fn(&crate::status::ReplicaStatus) -> f64| {
+        status.replicas.iter().map(|r| (format!(",service=\"{}\"", label(&r.name)), f(r))).collect::<Vec<_>>()
+    };
+    metric(
+        "nonstop_replica_executed_total",
+        "counter",
+        "Requests this node's replica of an actively replicated service executed.",
+        per_replica(&|r| r.executed as f64),
+    );
+    metric(
+        "nonstop_replica_order_applied_index",
+        "gauge",
+        "The last log index of the service's order this node's replica applied.",
+        per_replica(&|r| r.applied_index as f64),
+    );
+    metric(
+        "nonstop_replica_serving",
+        "gauge",
+        "1 if this node's replica serves; 0 if it stopped (its status says why).",
+        per_replica(&|r| if r.stopped.is_none() { 1.0 } else { 0.0 }),
+    );
     let detections = status.detections;
     metric(
         "nonstop_frames_refused_total",

@@ -25,9 +25,10 @@ use crate::client_server::wall_clock_ms;
 use crate::config::ActiveSpec;
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::lock;
+use crate::status::ReplicaStatus;
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_control::log::MemoryLog;
-use nonstop_control::{ControlConfig, ControlError, ElectionJitter, RaftNode};
+use nonstop_control::{ControlConfig, ControlError, ElectionJitter, RaftNode, Replicated};
 use nonstop_proto::CheckpointId;
 use nonstop_proto::client::{ClientReply, ReplyMode, Vote};
 use nonstop_region::{Mirror, Region};
@@ -67,6 +68,8 @@ struct Calls {
     /// Requests to propose at the agent's next round, and their bytes.
     pending: Vec<Request>,
     pending_bytes: usize,
+    /// Requests executed in all.
+    executed_count: u64,
     /// Per client, the last request this replica executed and what it answered. It grows
     /// with every client ever served, as the order's own per-client map does (expiry through
     /// the order is not built yet).
@@ -199,6 +202,7 @@ impl ReplicaHost {
                 standing,
                 pending: Vec::new(),
                 pending_bytes: 0,
+                executed_count: 0,
                 executed: BTreeMap::new(),
                 waiting: BTreeMap::new(),
             }),
@@ -229,6 +233,24 @@ impl ReplicaHost {
     /// What client threads use.
     pub fn replica(&self) -> Arc<Replica> {
         self.replica.clone()
+    }
+
+    /// What `nonstop status` shows of the replica.
+    pub fn status(&self) -> ReplicaStatus {
+        let calls = lock(&self.replica.calls);
+        ReplicaStatus {
+            name: self.replica.name.clone(),
+            replica: self.replica.me,
+            order_leader: self.group.as_ref().and_then(|g| g.leader()).map(|id| id.0),
+            order_term: self.group.as_ref().map_or(0, |g| g.raft_term()),
+            applied_index: self.group.as_ref().map_or(0, |g| g.state().applied_index()),
+            delivered: self.group.as_ref().map_or(0, |g| g.state().delivered()),
+            executed: calls.executed_count,
+            stopped: match &calls.standing {
+                Standing::Serving => None,
+                Standing::Stopped(reason) => Some(reason.clone()),
+            },
+        }
     }
 
     /// One Raft tick of the group.
@@ -501,6 +523,7 @@ fn execute_order(replica: &Replica, delivered: Receiver<Delivered>) {
                 }
             }
             calls.executed.insert(request.client, Done { request: asked, outcome });
+            calls.executed_count += 1;
         }
     }
 }

@@ -12,8 +12,11 @@ pub struct NodeStatus {
     pub leader: Option<u64>,
     /// The Raft term.
     pub raft_term: u64,
-    /// Per service: the record and this node's report.
+    /// Per passively replicated service: the record and this node's report.
     pub services: Vec<ServiceStatus>,
+    /// Per actively replicated service: this node's replica.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
     /// Peers believed alive.
     pub alive: Vec<u64>,
     /// What the node's integrity checks caught since it started.
@@ -72,6 +75,27 @@ pub struct ServiceStatus {
     pub last_promotion: Option<Promotion>,
     /// On the primary: how far each attached backup is behind.
     pub lag: Vec<BackupLagStatus>,
+}
+
+/// This node's replica of an actively replicated service, in [`NodeStatus`].
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaStatus {
+    /// The service.
+    pub name: String,
+    /// The replica's number in the group.
+    pub replica: u16,
+    /// The order group's leader this replica knows (a node id).
+    pub order_leader: Option<u64>,
+    /// The group's Raft term.
+    pub order_term: u64,
+    /// The last log index of the order applied here.
+    pub applied_index: u64,
+    /// Requests the order delivered here.
+    pub delivered: u64,
+    /// Requests this replica executed.
+    pub executed: u64,
+    /// Why it stopped serving, if it did.
+    pub stopped: Option<String>,
 }
 
 /// How far one backup is behind its primary, in [`ServiceStatus`].

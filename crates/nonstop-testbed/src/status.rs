@@ -67,5 +67,35 @@ pub fn render(statuses: &[(u64, SocketAddr, Option<NodeStatus>)]) -> String {
             let _ = writeln!(out, "last {reason}: {} -> {}, {}, resumed from {}", p.from, p.to, p.term, p.checkpoint);
         }
     }
+    for replicated in &newest.replicas {
+        render_active(&mut out, statuses, &replicated.name);
+    }
     out
+}
+
+/// One actively replicated service: every replica's view of the order and what it executed.
+fn render_active(out: &mut String, statuses: &[(u64, SocketAddr, Option<NodeStatus>)], name: &str) {
+    let _ = writeln!(out, "\nservice {name}: actively replicated");
+    let _ = writeln!(
+        out,
+        "| node | client | up | replica | order leader | order term | applied index | delivered | executed | standing |"
+    );
+    let _ = writeln!(out, "|---:|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for (id, addr, status) in statuses {
+        let up = if status.is_some() { "yes" } else { "no" };
+        match status.as_ref().and_then(|s| s.replicas.iter().find(|r| r.name == name)) {
+            Some(r) => {
+                let leader = r.order_leader.map_or("none".into(), |l| l.to_string());
+                let standing = r.stopped.as_deref().map_or("serving".into(), |why| format!("stopped: {why}"));
+                let _ = writeln!(
+                    out,
+                    "| {id} | {addr} | {up} | {} | {leader} | {} | {} | {} | {} | {standing} |",
+                    r.replica, r.order_term, r.applied_index, r.delivered, r.executed
+                );
+            }
+            None => {
+                let _ = writeln!(out, "| {id} | {addr} | {up} | - | - | - | - | - | - | - |");
+            }
+        }
+    }
 }
