@@ -7,6 +7,7 @@
 //! decides that order from the threads' requests alone, never from their timing, and
 //! [`sync`] drives real threads with it.
 
+pub mod calls;
 pub mod execute;
 pub mod order;
 pub mod schedule;

@@ -26,6 +26,7 @@ use crate::config::ActiveSpec;
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::lock;
 use crate::status::ReplicaStatus;
+use nonstop_active::calls::{Asked, Calls};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_control::log::MemoryLog;
 use nonstop_control::{ControlConfig, ControlError, ElectionJitter, RaftNode, Replicated};
@@ -33,7 +34,6 @@ use nonstop_proto::CheckpointId;
 use nonstop_proto::client::{ClientReply, ReplyMode, Vote};
 use nonstop_region::{Mirror, Region};
 use nonstop_service::{CallError, Caller, Executed, Hosted};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -62,34 +62,11 @@ enum Standing {
     Stopped(String),
 }
 
-/// What client threads and the executor share of the replica's calls.
-struct Calls {
+/// What client threads and the executor share of the replica.
+struct Shared {
     standing: Standing,
-    /// Requests to propose at the agent's next round, and their bytes.
-    pending: Vec<Request>,
-    pending_bytes: usize,
-    /// Requests executed in all.
-    executed_count: u64,
-    /// Per client, the last request this replica executed and what it answered. It grows
-    /// with every client ever served, as the order's own per-client map does (expiry through
-    /// the order is not built yet).
-    executed: BTreeMap<u64, Done>,
-    /// Per client, the request a caller waits for, (number, refused before), and where its
-    /// vote goes (a client calls one request at a time: a later request replaces an earlier
-    /// one's waiters).
-    waiting: BTreeMap<u64, (RequestId, Vec<oneshot::Sender<Vote>>)>,
-}
-
-/// A client's request as the order tells it from the client's others: its number, and the
-/// refusals under that number before it.
-type RequestId = (u64, u32);
-
-/// A request a replica executed, and its outcome.
-struct Done {
-    /// Which it was.
-    request: RequestId,
-    /// The service's reply, or its refusal.
-    outcome: Result<Vec<u8>, String>,
+    /// Which calls wait, what to propose, what was executed.
+    calls: Calls<oneshot::Sender<Vote>>,
 }
 
 /// What client threads see of a replica.
@@ -104,7 +81,7 @@ pub struct Replica {
     mirror: Mirror,
     /// The group's leader as last polled ([`NO_LEADER`]: none known).
     leader: AtomicU16,
-    calls: Mutex<Calls>,
+    shared: Mutex<Shared>,
     /// Wakes the agent when the first request is pending.
     wake: Mutex<Sender<PeerEvent>>,
 }
@@ -198,14 +175,7 @@ impl ReplicaHost {
             service,
             mirror,
             leader: AtomicU16::new(NO_LEADER),
-            calls: Mutex::new(Calls {
-                standing,
-                pending: Vec::new(),
-                pending_bytes: 0,
-                executed_count: 0,
-                executed: BTreeMap::new(),
-                waiting: BTreeMap::new(),
-            }),
+            shared: Mutex::new(Shared { standing, calls: Calls::new(PENDING_BYTES) }),
             wake: Mutex::new(wake),
         });
         let (deliveries, delivered) = mpsc::channel();
@@ -237,7 +207,7 @@ impl ReplicaHost {
 
     /// What `nonstop status` shows of the replica.
     pub fn status(&self) -> ReplicaStatus {
-        let calls = lock(&self.replica.calls);
+        let shared = lock(&self.replica.shared);
         ReplicaStatus {
             name: self.replica.name.clone(),
             replica: self.replica.me,
@@ -245,8 +215,8 @@ impl ReplicaHost {
             order_term: self.group.as_ref().map_or(0, |g| g.raft_term()),
             applied_index: self.group.as_ref().map_or(0, |g| g.state().applied_index()),
             delivered: self.group.as_ref().map_or(0, |g| g.state().delivered()),
-            executed: calls.executed_count,
-            stopped: match &calls.standing {
+            executed: shared.calls.executed_count(),
+            stopped: match &shared.standing {
                 Standing::Serving => None,
                 Standing::Stopped(reason) => Some(reason.clone()),
             },
@@ -281,23 +251,7 @@ impl ReplicaHost {
             return;
         }
         loop {
-            let requests = {
-                let mut calls = lock(&self.replica.calls);
-                let mut bytes = 0;
-                let take = calls
-                    .pending
-                    .iter()
-                    .take_while(|r| {
-                        bytes += r.body.len();
-                        bytes <= BATCH_BYTES
-                    })
-                    .count()
-                    .max(1)
-                    .min(calls.pending.len());
-                let requests: Vec<Request> = calls.pending.drain(..take).collect();
-                calls.pending_bytes -= requests.iter().map(|r| r.body.len()).sum::<usize>();
-                requests
-            };
+            let requests = lock(&self.replica.shared).calls.take_proposals(BATCH_BYTES);
             if requests.is_empty() {
                 return;
             }
@@ -360,41 +314,25 @@ impl Replica {
         {
             return redirect;
         }
-        let asked = (number, refused);
-        let waiting = {
-            let mut calls = lock(&self.calls);
-            if let Standing::Stopped(reason) = &calls.standing {
+        let (tx, waiting) = oneshot::channel();
+        {
+            let mut shared = lock(&self.shared);
+            if let Standing::Stopped(reason) = &shared.standing {
                 return ClientReply::Unavailable { reason: format!("this replica stopped: {reason}") };
             }
-            match calls.executed.get(&client) {
-                // A retry: what it answered then.
-                Some(done) if done.request == asked => {
-                    return ClientReply::Voted(Box::new(self.vote(number, done.outcome.clone(), true)));
+            match shared.calls.ask(Request { client, number, refused, body }, tx) {
+                Asked::Answer { outcome, duplicate } => {
+                    return ClientReply::Voted(Box::new(self.vote(number, outcome, duplicate)));
                 }
-                Some(done) if done.request > asked => {
-                    let reason = format!("request {number} is older than the last executed ({})", done.request.0);
-                    return ClientReply::Voted(Box::new(self.vote(number, Err(reason), false)));
+                Asked::Backlogged => {
+                    return ClientReply::Unavailable { reason: "the replica's order is backed up; retry".into() };
                 }
-                _ => {}
-            }
-            if calls.pending_bytes + body.len() > PENDING_BYTES {
-                return ClientReply::Unavailable { reason: "the replica's order is backed up; retry".into() };
-            }
-            let (tx, rx) = oneshot::channel();
-            match calls.waiting.get_mut(&client) {
-                Some((waited, senders)) if *waited == asked => senders.push(tx),
-                _ => {
-                    calls.waiting.insert(client, (asked, vec![tx]));
+                Asked::Wait { wake: true } => {
+                    let _ = lock(&self.wake).send(PeerEvent::Proposed);
                 }
+                Asked::Wait { wake: false } => {}
             }
-            let first = calls.pending.is_empty();
-            calls.pending_bytes += body.len();
-            calls.pending.push(Request { client, number, refused, body });
-            if first {
-                let _ = lock(&self.wake).send(PeerEvent::Proposed);
-            }
-            rx
-        };
+        }
         match tokio::time::timeout(EXECUTION_WAIT, waiting).await {
             Ok(Ok(vote)) => ClientReply::Voted(Box::new(vote)),
             Ok(Err(_)) => self
@@ -447,7 +385,7 @@ impl Replica {
 
     /// Why this replica does not answer, if it stopped.
     fn stopped(&self) -> Option<ClientReply> {
-        match &lock(&self.calls).standing {
+        match &lock(&self.shared).standing {
             Standing::Stopped(reason) => {
                 Some(ClientReply::Unavailable { reason: format!("this replica stopped: {reason}") })
             }
@@ -478,9 +416,9 @@ impl Replica {
     /// Stops serving: its state no longer follows the order.
     fn stop(&self, reason: String) {
         tracing::error!(service = self.name, %reason, "replica stopped");
-        let mut calls = lock(&self.calls);
-        calls.standing = Standing::Stopped(reason);
-        calls.waiting.clear();
+        let mut shared = lock(&self.shared);
+        shared.standing = Standing::Stopped(reason);
+        shared.calls.drop_waiters();
     }
 
     /// Executes `request` at order time `time_ms`: the service's reply or refusal; `None` if
@@ -508,22 +446,17 @@ impl Replica {
 fn execute_order(replica: &Replica, delivered: Receiver<Delivered>) {
     for entry in delivered {
         for request in entry.requests {
-            if matches!(lock(&replica.calls).standing, Standing::Stopped(_)) {
+            if matches!(lock(&replica.shared).standing, Standing::Stopped(_)) {
                 return;
             }
             let Some(outcome) = replica.execute(&request, entry.time_ms) else { return };
-            let asked = (request.number, request.refused);
-            let mut calls = lock(&replica.calls);
-            if calls.waiting.get(&request.client).is_some_and(|(waited, _)| *waited == asked)
-                && let Some((_, senders)) = calls.waiting.remove(&request.client)
-            {
-                let vote = replica.vote(request.number, outcome.clone(), false);
-                for sender in senders {
-                    let _ = sender.send(vote.clone());
+            let waiters = lock(&replica.shared).calls.executed(&request, outcome.clone());
+            if !waiters.is_empty() {
+                let vote = replica.vote(request.number, outcome, false);
+                for waiter in waiters {
+                    let _ = waiter.send(vote.clone());
                 }
             }
-            calls.executed.insert(request.client, Done { request: asked, outcome });
-            calls.executed_count += 1;
         }
     }
 }

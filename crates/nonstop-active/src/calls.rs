@@ -1,0 +1,221 @@
+//! A replica's calls: which a replica answers at once, which wait for the order, and what it
+//! proposes. Pure: calls and executions in, answers and proposals out; the node's replica drives
+//! it with real connections, the order simulation with simulated clients.
+//!
+//! A client calls one request at a time and asks every replica, again after a timeout, until
+//! enough replicas answered. A replica that executed the request already answers with what it
+//! answered then; one that did not waits for the order to deliver it, and proposes it (the
+//! order delivers it once, whoever proposed it). A request is known by its client, its number,
+//! and how many requests under that number the service refused before ([`RequestId`]).
+//!
+//! ```
+//! use nonstop_active::calls::{Asked, Calls};
+//! use nonstop_active::order::Request;
+//! let mut calls: Calls<&str> = Calls::new(1 << 20);
+//! let request = Request { client: 7, number: 1, refused: 0, body: b"deposit".to_vec() };
+//! assert_eq!(calls.ask(request.clone(), "connection 1"), Asked::Wait { wake: true });
+//! assert_eq!(calls.take_proposals(usize::MAX), vec![request.clone()]);
+//! // The order delivered it and the replica executed it: the caller gets the outcome.
+//! let waiters = calls.executed(&request, Ok(b"balance 1".to_vec()));
+//! assert_eq!(waiters, vec!["connection 1"]);
+//! // A retry is answered at once, with the same outcome.
+//! let retried = calls.ask(request, "connection 2");
+//! assert_eq!(retried, Asked::Answer { outcome: Ok(b"balance 1".to_vec()), duplicate: true });
+//! ```
+
+use crate::order::Request;
+use std::collections::BTreeMap;
+
+/// A client's request as the order tells it from the client's others: its number, and the
+/// refusals under that number before it.
+pub type RequestId = (u64, u32);
+
+/// What executing a request answered: the service's reply, or its refusal.
+pub type Outcome = Result<Vec<u8>, String>;
+
+/// What becomes of a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// Answered now: the replica executed it already (a retry), or a later one of its client.
+    Answer {
+        /// What it answered.
+        outcome: Outcome,
+        /// True if it answers a retry of a request executed before.
+        duplicate: bool,
+    },
+    /// Wait for its execution; it is proposed. `wake`: the first proposal pending, so the
+    /// driver must see that proposals are pending.
+    Wait {
+        /// Whether the driver must be woken to propose.
+        wake: bool,
+    },
+    /// Too many bytes wait to be proposed already: the client asks again later.
+    Backlogged,
+}
+
+/// A request a replica executed, and its outcome.
+#[derive(Clone, Debug)]
+struct Done {
+    request: RequestId,
+    outcome: Outcome,
+}
+
+/// One replica's calls. `W` is what the driver answers a waiting call through (a channel to a
+/// connection; a client's number in a simulation).
+#[derive(Debug)]
+pub struct Calls<W> {
+    /// Requests to propose, and their bytes.
+    pending: Vec<Request>,
+    pending_bytes: usize,
+    /// The most request bytes that may wait to be proposed.
+    max_pending_bytes: usize,
+    /// Requests executed in all.
+    executed_count: u64,
+    /// Per client, the last request this replica executed and what it answered. It grows with
+    /// every client ever served, as the order's per-client map does (expiry through the order
+    /// is not built yet).
+    executed: BTreeMap<u64, Done>,
+    /// Per client, the request callers wait for and their waiters (a client calls one request
+    /// at a time: a later request replaces an earlier one's waiters).
+    waiting: BTreeMap<u64, (RequestId, Vec<W>)>,
+}
+
+impl<W> Calls<W> {
+    /// No calls yet; at most `max_pending_bytes` of request bodies wait to be proposed.
+    pub fn new(max_pending_bytes: usize) -> Calls<W> {
+        Calls {
+            pending: Vec::new(),
+            pending_bytes: 0,
+            max_pending_bytes,
+            executed_count: 0,
+            executed: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// A call of `request` arrives, answered through `waiter` if it must wait. Waiters of an
+    /// earlier request of the same client are dropped: their client has moved on.
+    pub fn ask(&mut self, request: Request, waiter: W) -> Asked {
+        let id = (request.number, request.refused);
+        match self.executed.get(&request.client) {
+            Some(done) if done.request == id => {
+                return Asked::Answer { outcome: done.outcome.clone(), duplicate: true };
+            }
+            Some(done) if done.request > id => {
+                let reason = format!("request {} is older than the last executed ({})", request.number, done.request.0);
+                return Asked::Answer { outcome: Err(reason), duplicate: false };
+            }
+            _ => {}
+        }
+        if self.pending_bytes + request.body.len() > self.max_pending_bytes {
+            return Asked::Backlogged;
+        }
+        match self.waiting.get_mut(&request.client) {
+            Some((waited, waiters)) if *waited == id => waiters.push(waiter),
+            _ => {
+                self.waiting.insert(request.client, (id, vec![waiter]));
+            }
+        }
+        let wake = self.pending.is_empty();
+        self.pending_bytes += request.body.len();
+        self.pending.push(request);
+        Asked::Wait { wake }
+    }
+
+    /// The pending requests to propose as one log entry: as many as fit in `max_bytes` of
+    /// bodies (one at least).
+    pub fn take_proposals(&mut self, max_bytes: usize) -> Vec<Request> {
+        let mut bytes = 0usize;
+        let take = self
+            .pending
+            .iter()
+            .take_while(|r| {
+                bytes = bytes.saturating_add(r.body.len());
+                bytes <= max_bytes
+            })
+            .count()
+            .clamp(self.pending.len().min(1), self.pending.len());
+        let taken: Vec<Request> = self.pending.drain(..take).collect();
+        self.pending_bytes -= taken.iter().map(|r| r.body.len()).sum::<usize>();
+        taken
+    }
+
+    /// The replica executed `request` (delivered by the order, in order) with `outcome`: the
+    /// waiters its vote goes to.
+    pub fn executed(&mut self, request: &Request, outcome: Outcome) -> Vec<W> {
+        let id = (request.number, request.refused);
+        self.executed_count += 1;
+        let waiters = match self.waiting.get(&request.client) {
+            Some((waited, _)) if *waited == id => self.waiting.remove(&request.client).map(|(_, w)| w),
+            _ => None,
+        };
+        self.executed.insert(request.client, Done { request: id, outcome });
+        waiters.unwrap_or_default()
+    }
+
+    /// Drops every waiter (the replica stopped): their callers are answered by the driver.
+    pub fn drop_waiters(&mut self) {
+        self.waiting.clear();
+    }
+
+    /// Requests executed in all.
+    pub fn executed_count(&self) -> u64 {
+        self.executed_count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(client: u64, number: u64, refused: u32, body: &[u8]) -> Request {
+        Request { client, number, refused, body: body.to_vec() }
+    }
+
+    #[test]
+    fn a_refused_request_and_the_next_under_its_number_are_told_apart() {
+        let mut calls: Calls<u8> = Calls::new(1 << 20);
+        let first = request(1, 1, 0, b"a");
+        assert_eq!(calls.ask(first.clone(), 1), Asked::Wait { wake: true });
+        assert_eq!(calls.executed(&first, Err("refused".into())), vec![1]);
+        // A retry of the refused request gets the refusal; the next request waits.
+        let retry = calls.ask(first.clone(), 2);
+        assert_eq!(retry, Asked::Answer { outcome: Err("refused".into()), duplicate: true });
+        let next = request(1, 1, 1, b"b");
+        assert_eq!(calls.take_proposals(usize::MAX), vec![first.clone()]);
+        assert_eq!(calls.ask(next.clone(), 3), Asked::Wait { wake: true });
+        assert_eq!(calls.executed(&next, Ok(b"ok".to_vec())), vec![3]);
+        // The refused one, asked late, is older than what was executed since.
+        assert!(
+            matches!(calls.ask(first, 4), Asked::Answer { outcome: Err(reason), duplicate: false } if reason.contains("older"))
+        );
+    }
+
+    #[test]
+    fn waiters_of_one_request_are_answered_together_and_a_later_request_replaces_them() {
+        let mut calls: Calls<u8> = Calls::new(1 << 20);
+        let one = request(1, 1, 0, b"x");
+        assert_eq!(calls.ask(one.clone(), 1), Asked::Wait { wake: true });
+        assert_eq!(calls.ask(one.clone(), 2), Asked::Wait { wake: false });
+        let two = request(1, 2, 0, b"y");
+        calls.ask(two.clone(), 3);
+        // Request 1 executes, but its waiters were replaced by request 2's.
+        assert!(calls.executed(&one, Ok(vec![])).is_empty());
+        assert_eq!(calls.executed(&two, Ok(vec![])), vec![3]);
+        assert_eq!(calls.executed_count(), 2);
+    }
+
+    #[test]
+    fn proposals_are_bounded_in_bytes_and_backlog_is_refused() {
+        let mut calls: Calls<u8> = Calls::new(10);
+        for client in 1..=3 {
+            assert!(matches!(calls.ask(request(client, 1, 0, &[0; 3]), 0), Asked::Wait { .. }));
+        }
+        assert_eq!(calls.ask(request(4, 1, 0, &[0; 3]), 0), Asked::Backlogged);
+        assert_eq!(calls.take_proposals(6).len(), 2);
+        // One at least, even if it alone is over the bound.
+        assert_eq!(calls.take_proposals(1).len(), 1);
+        assert!(calls.take_proposals(100).is_empty());
+        assert!(matches!(calls.ask(request(4, 1, 0, &[0; 9]), 0), Asked::Wait { wake: true }));
+    }
+}
