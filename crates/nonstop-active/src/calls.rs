@@ -93,6 +93,21 @@ impl<W> Calls<W> {
         }
     }
 
+    /// A replica re-integrated from another's state at a point of the order: it remembers what
+    /// that state's executions answered (`executed`, in order: each client's last counts), so
+    /// that it answers a client asking again for a request executed before the transfer, as
+    /// the others do; else, with a replica gone, no majority could ever form for it.
+    pub fn restored(
+        max_pending_bytes: usize,
+        executed: impl IntoIterator<Item = (u64, RequestId, Outcome)>,
+    ) -> Calls<W> {
+        let mut calls = Calls::new(max_pending_bytes);
+        for (client, request, outcome) in executed {
+            calls.executed.insert(client, Done { request, outcome });
+        }
+        calls
+    }
+
     /// A call of `request` arrives, answered through `waiter` if it must wait. Waiters of an
     /// earlier request of the same client are dropped: their client has moved on.
     pub fn ask(&mut self, request: Request, waiter: W) -> Asked {

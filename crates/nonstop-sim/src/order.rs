@@ -1,30 +1,38 @@
-//! A deterministic simulation of active replication's total order: three replicas running the
-//! real Raft group ([`RaftNode`] of [`Order`], the code a node drives), and clients that number
-//! their requests, propose each to any replica and propose it again, to another one, until a
-//! reply reaches them (half the replies are lost; a replica that delivered the request answers
-//! a retry itself) — under lost, duplicated, delayed and reordered messages, partitions that cut one
-//! replica off for a while, and one replica crashing for good (the group's log lives in memory,
-//! so a crashed replica comes back only as a new member, by re-integration). One step is 1 ms
-//! of virtual time; the same seed gives the same run.
+//! A deterministic simulation of active replication's calls: three replicas running the real
+//! Raft group of the order ([`RaftNode`] of [`Order`]) and the real call bookkeeping of a
+//! replica ([`Calls`]), the code a node drives, executing a small service (a vault whose
+//! withdrawals are refused when it runs short, so that replicas refuse requests and clients
+//! reuse their numbers); and clients that ask every replica, ask again after a timeout, and
+//! vote on the replies with the real voter ([`Vote`], majority) — under lost, duplicated,
+//! delayed and reordered messages, lost replies, partitions that cut one replica off for a
+//! while, and one replica crashing for good (the group's log lives in memory, so a crashed
+//! replica comes back only as a new member, by re-integration). One step is 1 ms of virtual
+//! time; the same seed gives the same run.
 //!
-//! After every step it checks what the order promises the replicas that execute it:
-//! * **one order**: of any two replicas' delivered sequences, one is a prefix of the other
-//!   (a crashed replica's included);
-//! * **each request once, in its client's order**: a replica delivers request `n` of a client
-//!   only right after its request `n - 1`;
+//! After every step it checks what active replication promises:
+//! * **one order, one execution**: of any two replicas' executed sequences, one is a prefix of
+//!   the other, outcomes included (a crashed replica's too);
+//! * **each request once, in its client's order**: a replica executes request `n` of a client
+//!   right after its request `n - 1`, or after a refused request under `n` itself;
 //! * **one time**: every replica executes each request at the same order time (the prefix
 //!   check compares it too), and a replica's order time never goes back, though the replicas
-//!   that propose have clocks up to 63 ms apart.
+//!   that propose have clocks up to 63 ms apart;
+//! * **answers are executions**: the outcome a client's vote decides is the one the replicas
+//!   executed for that request, and replicas never disagree so that no outcome wins.
 //!
 //! A replica that falls behind the leader's compacted log receives the order's state whole
 //! (a Raft snapshot); that is when an active replica is re-integrated by copying a live
-//! replica's state, and the simulation copies the requests delivered up to that point.
+//! replica's state, and the simulation copies the executions up to that point and what they
+//! answered (a replica that forgot them could never answer a client asking again for a request
+//! executed before the transfer, and with another replica gone no vote would decide).
 //!
-//! The run ends with a quiet period (no new faults, partitions healed): by its end every request
-//! a client sent has been delivered, and every live replica has delivered the same sequence.
+//! The run ends with a quiet period (no new faults, partitions healed): by its end every client
+//! has its answer, and every live replica has executed the same sequence.
 
 use crate::Violation;
+use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
 use nonstop_active::order::{Batch, Order, Request};
+use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use nonstop_control::cluster::NodeId;
 use nonstop_control::log::MemoryLog;
 use nonstop_control::{ControlConfig, ElectionJitter, RaftNode};
@@ -35,7 +43,7 @@ const MEMBERS: u64 = 3;
 const CLIENTS: u64 = 4;
 /// Steps between Raft ticks (10 ms, as nodes tick the control plane).
 const TICK_STEPS: u64 = 10;
-/// Steps a client waits for its request to be delivered before proposing it again.
+/// Steps a client waits for the replicas' votes before asking again those that did not vote.
 const RETRY_STEPS: u64 = 60;
 /// Entries applied between compactions of the group's log.
 const COMPACT_EVERY: u64 = 48;
@@ -47,12 +55,21 @@ const QUIET_STEPS: u64 = 3000;
 pub struct OrderStats {
     /// Requests delivered, counted once per request (at the first replica to deliver it).
     pub delivered: u64,
-    /// Proposals made by clients, retries included.
+    /// Requests proposed by replicas, again after a client asked again included.
     pub proposals: u64,
+    /// Calls decided by a client's vote.
+    pub decided: u64,
+    /// Of those, refusals (the client reused the number for its next request).
+    pub refusals: u64,
+    /// Calls a replica answered at once from what it executed before (a client that asked
+    /// again).
+    pub answered_from_memory: u64,
+    /// Replies lost on the way to their client.
+    pub replies_lost: u64,
     /// Forwarded proposals dropped by a replica that no longer led.
     pub dropped_proposals: u64,
-    /// Proposals of a request some replica had delivered already (answered by the order's
-    /// deduplication).
+    /// Calls asked of a replica that had not executed a request another replica had (it
+    /// proposes it again, and the order must not deliver it again).
     pub retries_of_delivered: u64,
     /// Messages lost, or cut by a partition or a crash.
     pub lost: u64,
@@ -72,6 +89,10 @@ impl std::ops::AddAssign for OrderStats {
     fn add_assign(&mut self, other: OrderStats) {
         self.delivered += other.delivered;
         self.proposals += other.proposals;
+        self.decided += other.decided;
+        self.refusals += other.refusals;
+        self.answered_from_memory += other.answered_from_memory;
+        self.replies_lost += other.replies_lost;
         self.dropped_proposals += other.dropped_proposals;
         self.retries_of_delivered += other.retries_of_delivered;
         self.lost += other.lost;
@@ -83,20 +104,52 @@ impl std::ops::AddAssign for OrderStats {
     }
 }
 
+/// One request a replica executed, as the checks compare them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Executed {
+    client: u64,
+    request: RequestId,
+    time_ms: u64,
+    outcome: Outcome,
+}
+
 struct Member {
     node: RaftNode<Order>,
     alive: bool,
     leader: Option<NodeId>,
-    /// (client, number, the order's time) of every request delivered, in order.
-    delivered: Vec<(u64, u64, u64)>,
+    /// Every request executed, in order.
+    executed: Vec<Executed>,
     /// How far its clock is ahead of the simulation's, in milliseconds: the proposers' clocks
     /// disagree, and the order's time must still be one and never go back.
     clock_skew_ms: u64,
+    /// Its calls, answered to the client numbered.
+    calls: Calls<u64>,
+    /// The service's state: the vault's balance.
+    vault: i64,
 }
 
 impl Member {
-    fn has_delivered(&self, client: u64, number: u64) -> bool {
-        self.delivered.iter().any(|&(c, n, _)| (c, n) == (client, number))
+    fn has_executed(&self, client: u64, request: RequestId) -> bool {
+        self.executed.iter().any(|e| (e.client, e.request) == (client, request))
+    }
+}
+
+/// The simulated service: deposits and withdrawals (`delta`, little endian) on one vault; a
+/// withdrawal larger than the balance is refused. The reply is the new balance.
+fn execute(vault: &mut i64, body: &[u8]) -> Outcome {
+    let delta = i64::from_le_bytes(body.try_into().map_err(|_| "a request is 8 bytes".to_string())?);
+    if *vault + delta < 0 {
+        return Err(format!("the vault holds {}, short of {}", *vault, -delta));
+    }
+    *vault += delta;
+    Ok(vault.to_le_bytes().to_vec())
+}
+
+/// An outcome as the voter compares it.
+fn ballot(outcome: &Outcome) -> Vec<u8> {
+    match outcome {
+        Ok(reply) => [&[0u8][..], reply].concat(),
+        Err(reason) => [&[1u8][..], reason.as_bytes()].concat(),
     }
 }
 
@@ -107,14 +160,42 @@ struct InFlight {
     bytes: Vec<u8>,
 }
 
-/// A client's request in progress: its number, and when it was last proposed.
+/// A replica's vote on its way to a client.
+struct Reply {
+    due: u64,
+    client: u64,
+    replica: u16,
+    request: RequestId,
+    outcome: Outcome,
+}
+
+/// A client's call in progress.
 struct Pending {
-    number: u64,
-    proposed_at: Option<u64>,
+    request: Request,
+    /// When it last asked the replicas.
+    asked_at: Option<u64>,
+    vote: Vote,
+    /// The replicas' outcomes, by replica.
+    outcomes: Vec<Option<Outcome>>,
+}
+
+impl Pending {
+    fn new(client: u64, number: u64, refused: u32, delta: i64) -> Pending {
+        Pending {
+            request: Request { client, number, refused, body: delta.to_le_bytes().to_vec() },
+            asked_at: None,
+            vote: Vote::new(ReplyMode::Majority, MEMBERS as u16, ReplicaId(0)).expect("3 replicas vote"),
+            outcomes: vec![None; MEMBERS as usize],
+        }
+    }
+
+    fn id(&self) -> RequestId {
+        (self.request.number, self.request.refused)
+    }
 }
 
 struct Client {
-    /// Its last request delivered (by any replica).
+    /// Its last request answered.
     done: u64,
     pending: Option<Pending>,
 }
@@ -125,6 +206,7 @@ struct Sim {
     step: u64,
     members: Vec<Member>,
     network: Vec<InFlight>,
+    replies: Vec<Reply>,
     clients: Vec<Client>,
     /// A replica cut off from the others, until a step.
     cut: Option<(u64, u64)>,
@@ -159,7 +241,15 @@ impl Sim {
             })?;
             // Up to 63 ms (steps) apart: proposals reach the log out of their clocks' order.
             let clock_skew_ms = seed.wrapping_add(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
-            members.push(Member { node, alive: true, leader: None, delivered: Vec::new(), clock_skew_ms });
+            members.push(Member {
+                node,
+                alive: true,
+                leader: None,
+                executed: Vec::new(),
+                clock_skew_ms,
+                calls: Calls::new(usize::MAX),
+                vault: 0,
+            });
         }
         let clients = (0..CLIENTS).map(|_| Client { done: 0, pending: None }).collect();
         Ok(Sim {
@@ -168,6 +258,7 @@ impl Sim {
             step: 0,
             members,
             network: Vec::new(),
+            replies: Vec::new(),
             clients,
             cut: None,
             stats: OrderStats::default(),
@@ -191,7 +282,9 @@ impl Sim {
             }
         }
         self.deliver_messages(faulty)?;
+        self.deliver_replies()?;
         self.run_clients(new_requests);
+        self.propose();
         for index in 0..self.members.len() {
             self.poll(index, faulty)?;
         }
@@ -254,42 +347,140 @@ impl Sim {
         Ok(())
     }
 
-    /// Clients start requests, and propose each (again) to a live replica until delivered.
+    /// Hands every reply due now to its client's vote.
+    fn deliver_replies(&mut self) -> Result<(), Violation> {
+        let step = self.step;
+        let (due, later): (Vec<Reply>, Vec<Reply>) =
+            std::mem::take(&mut self.replies).into_iter().partition(|r| r.due <= step);
+        self.replies = later;
+        for reply in due {
+            let Some(pending) = &mut self.clients[reply.client as usize].pending else { continue };
+            if pending.id() != reply.request {
+                continue;
+            }
+            match pending.vote.reply(ReplicaId(reply.replica), ballot(&reply.outcome)) {
+                Ok(Verdict::Waiting) => pending.outcomes[usize::from(reply.replica)] = Some(reply.outcome),
+                Ok(Verdict::Decided) => {
+                    pending.outcomes[usize::from(reply.replica)] = Some(reply.outcome);
+                    self.decided(reply.client)?;
+                }
+                Ok(Verdict::Undecidable) => {
+                    return Err(self.violation(format!(
+                        "the replicas' outcomes of request {:?} of client {} disagree so that none wins",
+                        reply.request, reply.client
+                    )));
+                }
+                // The same replica answering again (the client asked again): it must say the same.
+                Err(nonstop_client::vote::VoteError::Twice { differs: false, .. }) => {}
+                Err(error) => {
+                    return Err(self.violation(format!(
+                        "client {}'s vote on {:?} refused a reply: {error}",
+                        reply.client, reply.request
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `client`'s vote decided: the outcome must be the one the replicas executed; a refusal
+    /// leaves the number to the client's next request.
+    fn decided(&mut self, client: u64) -> Result<(), Violation> {
+        let pending = self.clients[client as usize].pending.take().expect("a call decided is pending");
+        let decided = pending.vote.decided().expect("decided");
+        let outcome =
+            pending.outcomes.iter().flatten().find(|o| ballot(o) == decided).cloned().expect("a replica's outcome won");
+        let executed =
+            self.members.iter().flat_map(|m| &m.executed).find(|e| (e.client, e.request) == (client, pending.id()));
+        if executed.is_none_or(|e| e.outcome != outcome) {
+            return Err(self.violation(format!(
+                "client {client} decided {outcome:?} for request {:?}, which the replicas executed as {:?}",
+                pending.id(),
+                executed.map(|e| &e.outcome)
+            )));
+        }
+        self.stats.decided += 1;
+        match outcome {
+            Ok(_) => self.clients[client as usize].done = pending.request.number,
+            Err(_) => {
+                self.stats.refusals += 1;
+                // Its next request, under the same number: a deposit, which is never refused.
+                let delta = self.rng.random_range(0..=3);
+                let next = Pending::new(client, pending.request.number, pending.request.refused + 1, delta);
+                self.clients[client as usize].pending = Some(next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Clients start requests, and ask every live replica (again, after a timeout, those that
+    /// did not vote) until their vote decides.
     fn run_clients(&mut self, new_requests: bool) {
         for client in 0..CLIENTS {
             let state = &mut self.clients[client as usize];
             if state.pending.is_none() && new_requests && self.rng.random_ratio(1, 15) {
-                state.pending = Some(Pending { number: state.done + 1, proposed_at: None });
+                let delta = self.rng.random_range(-6..=4);
+                state.pending = Some(Pending::new(client, state.done + 1, 0, delta));
             }
             let Some(pending) = &self.clients[client as usize].pending else { continue };
-            if pending.proposed_at.is_some_and(|at| self.step < at + RETRY_STEPS) {
+            if pending.asked_at.is_some_and(|at| self.step < at + RETRY_STEPS) {
                 continue;
             }
-            let number = pending.number;
-            let live: Vec<usize> = (0..self.members.len()).filter(|&m| self.members[m].alive).collect();
-            let member = live[self.rng.random_range(0..live.len())];
-            if self.members[member].has_delivered(client, number) {
-                // A replica that executed it answers again from what it remembers.
-                self.answered(client, number);
-                continue;
+            let (request, id) = (pending.request.clone(), pending.id());
+            let unvoted: Vec<usize> = (0..self.members.len()).filter(|&m| pending.outcomes[m].is_none()).collect();
+            for member in unvoted {
+                if !self.members[member].alive {
+                    continue;
+                }
+                if !self.members[member].has_executed(client, id)
+                    && self.members.iter().any(|m| m.has_executed(client, id))
+                {
+                    self.stats.retries_of_delivered += 1;
+                }
+                match self.members[member].calls.ask(request.clone(), client) {
+                    Asked::Answer { outcome, duplicate } => {
+                        self.stats.answered_from_memory += u64::from(duplicate);
+                        self.reply(client, member, id, outcome);
+                    }
+                    Asked::Wait { .. } | Asked::Backlogged => {}
+                }
             }
-            if self.members.iter().any(|m| m.has_delivered(client, number)) {
-                // Delivered elsewhere, its reply lost: the order must not deliver it again.
-                self.stats.retries_of_delivered += 1;
-            }
-            let body = (client * 1_000_000 + number).to_le_bytes().to_vec();
-            // With no leader known the proposal is dropped; the client proposes again later.
-            let time_ms = self.step + self.members[member].clock_skew_ms;
-            let batch = Batch { time_ms, requests: vec![Request { client, number, refused: 0, body }] };
-            let _ = self.members[member].node.propose(&batch);
-            self.stats.proposals += 1;
             if let Some(pending) = &mut self.clients[client as usize].pending {
-                pending.proposed_at = Some(self.step);
+                pending.asked_at = Some(self.step);
             }
         }
     }
 
-    /// Sends what replica `index` produced and records what it delivered.
+    /// Replicas that know a leader propose what their calls left pending (a replica with none
+    /// known keeps them, as a node does).
+    fn propose(&mut self) {
+        for member in 0..self.members.len() {
+            if !self.members[member].alive || self.members[member].node.leader().is_none() {
+                continue;
+            }
+            let requests = self.members[member].calls.take_proposals(usize::MAX);
+            if requests.is_empty() {
+                continue;
+            }
+            self.stats.proposals += requests.len() as u64;
+            let time_ms = self.step + self.members[member].clock_skew_ms;
+            // A proposal lost on the way (the leader changed) is proposed again when its client
+            // asks again.
+            let _ = self.members[member].node.propose(&Batch { time_ms, requests });
+        }
+    }
+
+    /// Replica `member`'s vote on `client`'s request `request`, on its way (or lost).
+    fn reply(&mut self, client: u64, member: usize, request: RequestId, outcome: Outcome) {
+        if self.rng.random_ratio(1, 3) {
+            self.stats.replies_lost += 1;
+            return;
+        }
+        let due = self.step + 1 + self.rng.random_range(0..4);
+        self.replies.push(Reply { due, client, replica: member as u16, request, outcome });
+    }
+
+    /// Sends what replica `index` produced, and executes what it delivered.
     fn poll(&mut self, index: usize, faulty: bool) -> Result<(), Violation> {
         if !self.members[index].alive {
             return Ok(());
@@ -314,7 +505,8 @@ impl Sim {
         if output.restored.is_some() {
             // It fell behind the leader's compacted log and took the order's state whole: in
             // active replication that is the moment of re-integration, when the service's state
-            // is copied from a replica at the same point. Modelled by copying the requests.
+            // is copied from a replica at the same point. Modelled by copying the executions,
+            // the vault, and what they answered (but not who waits: that is the replica's own).
             // The snapshot's position: where the first entry applied after it starts (the state
             // now also holds the entries applied in this same poll).
             let position = output
@@ -322,15 +514,24 @@ impl Sim {
                 .first()
                 .map_or(self.members[index].node.state().delivered(), |delivered| delivered.first)
                 as usize;
-            let source = self.members.iter().map(|m| &m.delivered).find(|d| d.len() >= position).ok_or_else(|| {
-                self.violation(format!("replica {} restored {position} requests no replica delivered", index + 1))
+            let source = self.members.iter().map(|m| &m.executed).find(|e| e.len() >= position).ok_or_else(|| {
+                self.violation(format!("replica {} restored {position} requests no replica executed", index + 1))
             })?;
             let transferred = source[..position].to_vec();
-            self.members[index].delivered = transferred;
+            let mut vault = 0;
+            for executed in &transferred {
+                if let Ok(reply) = &executed.outcome {
+                    vault = i64::from_le_bytes(reply.as_slice().try_into().expect("a balance"));
+                }
+            }
+            let remembered = transferred.iter().map(|e| (e.client, e.request, e.outcome.clone()));
+            let calls = Calls::restored(usize::MAX, remembered);
+            let member = &mut self.members[index];
+            (member.executed, member.vault, member.calls) = (transferred, vault, calls);
             self.stats.state_transfers += 1;
         }
         for delivered in output.applied {
-            let first = self.members[index].delivered.len() as u64;
+            let first = self.members[index].executed.len() as u64;
             if delivered.first != first {
                 return Err(self.violation(format!(
                     "replica {} delivers entry {} from position {}, after {first} requests",
@@ -339,7 +540,7 @@ impl Sim {
                     delivered.first
                 )));
             }
-            let latest = self.members[index].delivered.last().map_or(0, |&(_, _, time)| time);
+            let latest = self.members[index].executed.last().map_or(0, |e| e.time_ms);
             if delivered.time_ms < latest {
                 return Err(self.violation(format!(
                     "replica {}'s order went back in time, from {latest} to {} ms",
@@ -348,46 +549,46 @@ impl Sim {
                 )));
             }
             for request in delivered.requests {
-                let (client, number) = (request.client, request.number);
-                let last =
-                    self.members[index].delivered.iter().rev().find(|(c, ..)| *c == client).map_or(0, |&(_, n, _)| n);
-                if number != last + 1 {
+                let (client, id) = (request.client, (request.number, request.refused));
+                let last = self.members[index].executed.iter().rev().find(|e| e.client == client).map(|e| e.request);
+                let follows = match last {
+                    None => id.0 == 1,
+                    Some((number, refused)) => id.0 == number + 1 || (id.0 == number && id.1 > refused),
+                };
+                if !follows {
                     return Err(self.violation(format!(
-                        "replica {} delivers request {number} of client {client} after its request {last}",
+                        "replica {} delivers request {id:?} of client {client} after its request {last:?}",
                         index + 1
                     )));
                 }
-                if !self.members.iter().any(|m| m.has_delivered(client, number)) {
+                if !self.members.iter().any(|m| m.has_executed(client, id)) {
                     self.stats.delivered += 1;
                 }
-                self.members[index].delivered.push((client, number, delivered.time_ms));
-                // The replica's reply reaches the client, or is lost on the way.
-                if self.rng.random_ratio(1, 2) {
-                    self.answered(client, number);
+                let member = &mut self.members[index];
+                let outcome = execute(&mut member.vault, &request.body);
+                member.executed.push(Executed {
+                    client,
+                    request: id,
+                    time_ms: delivered.time_ms,
+                    outcome: outcome.clone(),
+                });
+                for waiter in member.calls.executed(&request, outcome.clone()) {
+                    self.reply(waiter, index, id, outcome.clone());
                 }
             }
         }
         Ok(())
     }
 
-    /// `client` has the reply to its request `number`.
-    fn answered(&mut self, client: u64, number: u64) {
-        let state = &mut self.clients[client as usize];
-        if state.pending.as_ref().is_some_and(|p| p.number == number) {
-            state.done = number;
-            state.pending = None;
-        }
-    }
-
     fn check_one_order(&self) -> Result<(), Violation> {
-        let longest = self.members.iter().map(|m| &m.delivered).max_by_key(|d| d.len()).expect("members");
+        let longest = self.members.iter().map(|m| &m.executed).max_by_key(|e| e.len()).expect("members");
         for (index, member) in self.members.iter().enumerate() {
-            if !longest.starts_with(&member.delivered) {
-                let at = member.delivered.iter().zip(longest).position(|(a, b)| a != b).unwrap_or(0);
+            if !longest.starts_with(&member.executed) {
+                let at = member.executed.iter().zip(longest).position(|(a, b)| a != b).unwrap_or(0);
                 return Err(self.violation(format!(
-                    "replica {} delivered {:?} at position {at} where another delivered {:?}",
+                    "replica {} executed {:?} at position {at} where another executed {:?}",
                     index + 1,
-                    member.delivered[at],
+                    member.executed[at],
                     longest[at]
                 )));
             }
@@ -397,18 +598,21 @@ impl Sim {
 
     fn finish(self) -> Result<OrderStats, Violation> {
         if let Some((client, state)) = self.clients.iter().enumerate().find(|(_, c)| c.pending.is_some()) {
-            let number = state.pending.as_ref().map_or(0, |p| p.number);
+            let id = state.pending.as_ref().map(Pending::id);
             return Err(self.violation(format!(
-                "after the quiet period, request {number} of client {client} is still not delivered"
+                "after the quiet period, request {id:?} of client {client} is still not answered"
             )));
         }
         let live: Vec<&Member> = self.members.iter().filter(|m| m.alive).collect();
-        if let Some(behind) = live.iter().position(|m| m.delivered.len() != live[0].delivered.len()) {
+        if let Some(behind) = live.iter().position(|m| m.executed.len() != live[0].executed.len()) {
             return Err(self.violation(format!(
-                "after the quiet period, live replicas delivered {} and {} requests",
-                live[0].delivered.len(),
-                live[behind].delivered.len()
+                "after the quiet period, live replicas executed {} and {} requests",
+                live[0].executed.len(),
+                live[behind].executed.len()
             )));
+        }
+        if let Some(other) = live.iter().find(|m| m.vault != live[0].vault) {
+            return Err(self.violation(format!("live replicas' vaults hold {} and {}", live[0].vault, other.vault)));
         }
         Ok(self.stats)
     }
