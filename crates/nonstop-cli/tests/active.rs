@@ -80,6 +80,26 @@ fn leader_only_and_pass_first_answer_with_one_reply() {
 }
 
 #[test]
+fn the_async_client_votes_too() {
+    use nonstop_workloads::bank::{BankAnswer, BankQuery};
+    let cluster = cluster("127.0.24", ReplyMode::Majority);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = nonstop::AsyncClient::new(cluster.client_addrs(), 6);
+        for expected in 1..=5i64 {
+            let request = TransferRequest { account: 2, teller: 0, delta: 1 };
+            assert_eq!(client.call::<_, i64>("bank", &request).await.unwrap(), expected);
+        }
+        let refused = client.call::<_, i64>("bank", &TransferRequest { account: u64::MAX, teller: 0, delta: 1 });
+        assert!(matches!(refused.await, Err(ClientError::Rejected { .. })));
+        let request = TransferRequest { account: 2, teller: 0, delta: 1 };
+        assert_eq!(client.call::<_, i64>("bank", &request).await.unwrap(), 6, "the number after a refusal");
+        let read: BankAnswer = client.query("bank", &BankQuery::Read { client: 6, account: 2 }).await.unwrap();
+        assert!(matches!(read, BankAnswer::Read { balance: Some(6), .. }), "{read:?}");
+    });
+}
+
+#[test]
 fn queries_are_voted_and_every_replica_audits_to_the_same_state() {
     use nonstop_workloads::bank::{BankAnswer, BankQuery};
     let cluster = cluster("127.0.23", ReplyMode::Majority);

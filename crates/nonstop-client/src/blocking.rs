@@ -125,13 +125,10 @@ impl Client {
         first: Option<nonstop_proto::client::Vote>,
         started: Instant,
     ) -> Result<Answered<Vec<u8>>, ClientError> {
-        if let Some(first) = &first
-            && self.groups.get(service).is_none_or(|group| !group.matches(first))
-        {
-            self.groups.insert(service.to_string(), Group::new(first, self.attempt_timeout));
-        }
-        let group = self.groups.get_mut(service).expect("a group is known once a replica voted");
-        group.call(service, number, request, first, started, self.deadline)
+        let mut group = Group::take(&mut self.groups, service, first.as_ref(), self.attempt_timeout);
+        let voted = group.call(service, number, request, first, started, self.deadline);
+        self.groups.insert(service.to_string(), group);
+        voted
     }
 
     /// Asks `service` a read-only question. The answer is held by every backup when it is
@@ -163,7 +160,7 @@ impl Client {
         let (reply, attempts, by) = self.exchange(&request)?;
         match reply {
             ClientReply::Voted(first) => self.vote(service, 0, &request, Some(*first), started),
-            reply => query_answer(service, reply, attempts, by),
+            reply => Ok(query_answer(reply, attempts, by)),
         }
     }
 

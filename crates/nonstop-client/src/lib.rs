@@ -209,7 +209,7 @@ fn call_answer(
         ClientReply::Done { request, body, duplicate, term } => {
             Ok(Answered { reply: body, request, duplicate, term, attempts, answered_by })
         }
-        ClientReply::Voted(_) => Err(not_voting(service)),
+        ClientReply::Voted(_) => unreachable!("a replica's vote is counted by its group"),
         ClientReply::Stale { last, .. } => Err(ClientError::Rejected {
             service: service.to_string(),
             reason: format!(
@@ -222,26 +222,13 @@ fn call_answer(
 }
 
 /// The answer to a query, from the reply that answered it.
-fn query_answer(
-    service: &str,
-    reply: ClientReply,
-    attempts: u32,
-    answered_by: SocketAddr,
-) -> Result<Answered<Vec<u8>>, ClientError> {
+fn query_answer(reply: ClientReply, attempts: u32, answered_by: SocketAddr) -> Answered<Vec<u8>> {
     match reply {
         ClientReply::Answer { body, term } => {
-            Ok(Answered { reply: body, request: 0, duplicate: false, term, attempts, answered_by })
+            Answered { reply: body, request: 0, duplicate: false, term, attempts, answered_by }
         }
-        ClientReply::Voted(_) => Err(not_voting(service)),
+        ClientReply::Voted(_) => unreachable!("a replica's vote is counted by its group"),
         other => unreachable!("not an answer to a query: {other:?}"),
-    }
-}
-
-/// What a client that cannot vote says of a replica's vote.
-fn not_voting(service: &str) -> ClientError {
-    ClientError::Rejected {
-        service: service.to_string(),
-        reason: "the service is actively replicated, and this client does not vote yet: use the blocking Client".into(),
     }
 }
 

@@ -59,8 +59,25 @@ impl Group {
         Group { mode: vote.mode, links, addrs, replies, attempt_timeout, asked: 0 }
     }
 
+    /// Takes `service`'s group out of `groups` for a call: the one known, or, if `first` (a
+    /// replica's vote) describes another or none is known, the one `first` describes. Put it
+    /// back after the call.
+    pub(crate) fn take(
+        groups: &mut BTreeMap<String, Group>,
+        service: &str,
+        first: Option<&client::Vote>,
+        attempt_timeout: Duration,
+    ) -> Group {
+        match (groups.remove(service), first) {
+            (Some(group), Some(first)) if !group.matches(first) => Group::new(first, attempt_timeout),
+            (Some(group), _) => group,
+            (None, Some(first)) => Group::new(first, attempt_timeout),
+            (None, None) => unreachable!("a group is known once a replica voted"),
+        }
+    }
+
     /// Whether `vote` describes this group still.
-    pub(crate) fn matches(&self, vote: &client::Vote) -> bool {
+    fn matches(&self, vote: &client::Vote) -> bool {
         vote.mode == self.mode
             && vote.group.len() == self.addrs.len()
             && vote.group.iter().zip(&self.addrs).all(|(a, b)| a.parse().ok() == *b)
@@ -129,6 +146,13 @@ impl Group {
                 });
             }
             if now >= next_ask {
+                if query && attempts > 0 {
+                    // A query's answers compare only within one ask: the replicas' states move
+                    // on, and answers that disagree may wait for a replica that is gone, so an
+                    // undecided query asks every replica afresh.
+                    vote = Vote::new(mode, replicas, ReplicaId(0)).expect("accepted above");
+                    votes.clear();
+                }
                 attempts += 1;
                 self.asked += 1;
                 for (replica, link) in self.links.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! The async client, for tokio: the blocking client's calls as futures.
 
+use crate::replicas::Group;
 use crate::route::{Call, Router, Step, closed};
 use crate::{
     Answered, Audit, ClientError, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, Numbering, answers, audit_answer,
@@ -19,6 +20,10 @@ use tokio::time::{Instant, timeout};
 /// that are futures. One `AsyncClient` makes one call at a time (`&mut self`); run many
 /// clients, each with its own id, for calls at once.
 ///
+/// Calls of an actively replicated service are voted on as [`crate::Client`] votes, with the
+/// same link threads to the replicas; a call then waits on tokio's blocking pool while the
+/// votes come.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), nonstop_client::ClientError> {
 /// let nodes = vec!["127.0.0.1:7101".parse().unwrap()];
@@ -31,6 +36,8 @@ pub struct AsyncClient {
     router: Router,
     /// One connection per node, kept open across redirects (see [`crate::Client`]).
     connections: BTreeMap<SocketAddr, TcpStream>,
+    /// The actively replicated services called so far: their replicas, and a link to each.
+    groups: BTreeMap<String, Group>,
     /// How long one call is retried before giving up.
     pub deadline: Duration,
     /// How long one attempt waits for an answer before trying another node.
@@ -45,6 +52,7 @@ impl AsyncClient {
             numbering: Numbering::new(id),
             router: Router::new(nodes),
             connections: BTreeMap::new(),
+            groups: BTreeMap::new(),
             deadline: DEFAULT_DEADLINE,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
@@ -82,10 +90,48 @@ impl AsyncClient {
     /// Applies a request the caller encoded itself, exactly once.
     pub async fn call_bytes(&mut self, service: &str, body: Vec<u8>) -> Result<Answered<Vec<u8>>, ClientError> {
         let (number, request) = self.numbering.call(service, body);
-        match self.exchange(&request).await {
-            Ok((reply, attempts, by)) => self.numbering.answered(service, number, reply, attempts, by),
+        let started = std::time::Instant::now();
+        let voted = match self.groups.contains_key(service) {
+            true => self.vote(service, number, request, None, started).await,
+            false => match self.exchange(&request).await {
+                Ok((ClientReply::Voted(first), _, _)) => {
+                    self.vote(service, number, request, Some(*first), started).await
+                }
+                Ok((reply, attempts, by)) => return self.numbering.answered(service, number, reply, attempts, by),
+                Err(error) => Err(error),
+            },
+        };
+        match voted {
+            Ok(answered) => {
+                self.numbering.voted(service, number);
+                Ok(answered)
+            }
             Err(error) => Err(self.numbering.failed(service, error)),
         }
+    }
+
+    /// Asks an actively replicated service's replicas `request` and votes on their replies
+    /// ([`Group::call`]), on the blocking pool.
+    async fn vote(
+        &mut self,
+        service: &str,
+        number: u64,
+        request: ClientRequest,
+        first: Option<nonstop_proto::client::Vote>,
+        started: std::time::Instant,
+    ) -> Result<Answered<Vec<u8>>, ClientError> {
+        let mut group = Group::take(&mut self.groups, service, first.as_ref(), self.attempt_timeout);
+        let (name, deadline) = (service.to_string(), self.deadline);
+        let voting = tokio::task::spawn_blocking(move || {
+            let voted = group.call(&name, number, &request, first, started, deadline);
+            (group, voted)
+        });
+        let (group, voted) = voting.await.map_err(|error| ClientError::Rejected {
+            service: service.to_string(),
+            reason: format!("the vote's thread failed: {error}"),
+        })?;
+        self.groups.insert(service.to_string(), group);
+        voted
     }
 
     /// Asks `service` a read-only question; the answer is held by every backup.
@@ -95,8 +141,16 @@ impl AsyncClient {
         query: &Q,
     ) -> Result<A, ClientError> {
         let body = encode(service, query)?;
-        let (reply, attempts, by) = self.exchange(&ClientRequest::Query { service: service.to_string(), body }).await?;
-        decode_answered(service, query_answer(service, reply, attempts, by)?).map(|answered| answered.reply)
+        let request = ClientRequest::Query { service: service.to_string(), body };
+        let started = std::time::Instant::now();
+        let answered = match self.groups.contains_key(service) {
+            true => self.vote(service, 0, request, None, started).await?,
+            false => match self.exchange(&request).await? {
+                (ClientReply::Voted(first), _, _) => self.vote(service, 0, request, Some(*first), started).await?,
+                (reply, attempts, by) => query_answer(reply, attempts, by),
+            },
+        };
+        decode_answered(service, answered).map(|answered| answered.reply)
     }
 
     /// The platform's and the service's checks, what the platform remembers of `clients`, and
