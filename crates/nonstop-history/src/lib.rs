@@ -17,7 +17,10 @@
 //!   failover took back;
 //! * **split_brain**: replies released for the same service by two nodes at overlapping times —
 //!   two nodes answering in one term, or an older term answering a request invoked after a newer
-//!   term had already answered.
+//!   term had already answered. This is passive replication's rule ([`Answers::OnePrimary`]);
+//!   an actively replicated service's answers are the votes of its replicas, all of which answer
+//!   in every term ([`Answers::Voted`]): replicas that went apart show as wrong answers, reads
+//!   taken back, or replicas whose states differ, which the caller compares.
 
 mod amounts;
 
@@ -266,9 +269,24 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// Who answers a service's clients, which decides what split brain is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answers {
+    /// One primary per term (passive replication): two nodes answering in a term is split brain.
+    OnePrimary,
+    /// Every replica, its answers voted on by the client (active replication): a reply's node is
+    /// the replica whose vote won, and any replica may win in any term.
+    Voted,
+}
+
 /// Checks `history` (every client's operations) against itself and against `finals`, what the
-/// service remembers of each client at the end.
+/// service remembers of each client at the end, for a service with one primary per term.
 pub fn check(history: &[Operation], finals: &BTreeMap<u64, FinalState>) -> CheckReport {
+    check_answers(history, finals, Answers::OnePrimary)
+}
+
+/// [`check`], for a service answered as `answers` says.
+pub fn check_answers(history: &[Operation], finals: &BTreeMap<u64, FinalState>, answers: Answers) -> CheckReport {
     let mut sorted: Vec<&Operation> = history.iter().collect();
     sorted.sort_by_key(|o| (o.invoked_us, o.process));
     let mut checker = Checker { by_client: BTreeMap::new(), report: CheckReport::default() };
@@ -286,7 +304,9 @@ pub fn check(history: &[Operation], finals: &BTreeMap<u64, FinalState>) -> Check
     for client in clients {
         check_client(&mut checker, client, finals.get(&client).copied().unwrap_or_default());
     }
-    check_split_brain(&mut checker, &sorted);
+    if answers == Answers::OnePrimary {
+        check_split_brain(&mut checker, &sorted);
+    }
     checker.report
 }
 
@@ -577,5 +597,18 @@ mod tests {
         ops.push(transfer(2, 1, 405, 1, 1));
         let report = check(&ops, &BTreeMap::from([(1, finals(1, 4)[&1]), (2, finals(2, 1)[&2])]));
         assert_eq!(report.violations.split_brain, 0, "{}", report.summary());
+    }
+
+    #[test]
+    fn voted_answers_of_several_replicas_in_one_term_are_no_split_brain_but_still_checked() {
+        let mut ops = history(4);
+        ops.push(transfer(2, 1, 150, 1, 2));
+        let both = BTreeMap::from([(1, finals(1, 4)[&1]), (2, finals(2, 1)[&2])]);
+        let report = check_answers(&ops, &both, Answers::Voted);
+        assert_eq!(report.violations.total(), 0, "{}", report.summary());
+        // A lost transfer is lost whoever answered.
+        let report =
+            check_answers(&ops, &BTreeMap::from([(1, finals(1, 3)[&1]), (2, finals(2, 1)[&2])]), Answers::Voted);
+        assert_eq!(report.violations.acked_lost, 1, "{}", report.summary());
     }
 }

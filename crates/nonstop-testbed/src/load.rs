@@ -302,6 +302,16 @@ impl Verdict {
 /// Reads the service's final state of every client in `history` and checks the history against
 /// it.
 pub fn audit(nodes: Vec<SocketAddr>, service: &str, history: &[Operation]) -> Result<Verdict, ClientError> {
+    audit_answers(nodes, service, history, history::Answers::OnePrimary)
+}
+
+/// [`audit`], for a service answered as `answers` says.
+pub fn audit_answers(
+    nodes: Vec<SocketAddr>,
+    service: &str,
+    history: &[Operation],
+    answers: history::Answers,
+) -> Result<Verdict, ClientError> {
     let clients: Vec<u64> = history
         .iter()
         .filter(|o| matches!(o.op, Op::Transfer { .. }))
@@ -321,6 +331,6 @@ pub fn audit(nodes: Vec<SocketAddr>, service: &str, history: &[Operation]) -> Re
             (*client, FinalState { request, applied, balance: balance.unwrap_or(0) })
         })
         .collect();
-    let report = history::check(history, &finals);
+    let report = history::check_answers(history, &finals, answers);
     Ok(Verdict { check: audit.check, acknowledged: report.operations.transfers_ok, report })
 }
