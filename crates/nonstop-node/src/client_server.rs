@@ -98,8 +98,8 @@ pub struct Answering {
     pub counters: Arc<ClientCounters>,
     /// Its bounds.
     pub limits: ClientLimits,
-    /// When the last audit began.
-    pub audits: AuditSpacing,
+    /// When the last audit began, and whether one runs.
+    pub audits: Arc<AuditSpacing>,
 }
 
 /// Audits this close together are refused: an audit holds every transaction of its service off
@@ -107,20 +107,45 @@ pub struct Answering {
 /// audits would stop the service. One in this long costs it a few percent at most.
 pub const AUDIT_SPACING: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// When the port last began an audit.
+/// When the port last began an audit, and whether one still runs: a node runs one audit at a
+/// time. A client that gives up on an audit (its attempt timed out) and asks again must not
+/// start a second one beside the first, or audits slower than the client's timeout pile up
+/// and none finishes.
 #[derive(Debug, Default)]
-pub struct AuditSpacing(std::sync::Mutex<Option<std::time::Instant>>);
+pub struct AuditSpacing(std::sync::Mutex<AuditState>);
+
+#[derive(Debug, Default)]
+struct AuditState {
+    last: Option<std::time::Instant>,
+    running: bool,
+}
+
+/// The right to run one audit, until dropped (move it into the thread that does the work).
+#[derive(Debug)]
+pub(crate) struct AuditSlot(Arc<AuditSpacing>);
+
+impl Drop for AuditSlot {
+    fn drop(&mut self) {
+        self.0.0.lock().unwrap_or_else(|p| p.into_inner()).running = false;
+    }
+}
 
 impl AuditSpacing {
-    /// Whether an audit may begin now (and if so, counts it as begun).
-    fn admit(&self) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    /// The slot of an audit that may begin now, if none runs and the last began long enough
+    /// ago; else the reply that says why not.
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<AuditSlot, ClientReply> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < AUDIT_SPACING) {
-            return false;
+        if state.running {
+            return Err(ClientReply::Unavailable { reason: "an audit runs on this node; retry".into() });
         }
-        *last = Some(now);
-        true
+        if state.last.is_some_and(|at| now.duration_since(at) < AUDIT_SPACING) {
+            return Err(ClientReply::Unavailable {
+                reason: format!("an audit began less than {AUDIT_SPACING:?} ago on this node; retry"),
+            });
+        }
+        (state.last, state.running) = (Some(now), true);
+        Ok(AuditSlot(self.clone()))
     }
 }
 
@@ -430,11 +455,9 @@ pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane:
                 replica.call(client, request, refused, body).await
             }
             Asked::Client(ClientRequest::Query { body, .. }) => replica.query(body).await,
-            Asked::Client(ClientRequest::Audit { clients, query, .. }) if answering.audits.admit() => {
-                replica.audit(clients, query).await
-            }
-            Asked::Client(ClientRequest::Audit { .. }) => ClientReply::Unavailable {
-                reason: format!("an audit began less than {AUDIT_SPACING:?} ago on this node; retry"),
+            Asked::Client(ClientRequest::Audit { clients, query, .. }) => match answering.audits.admit() {
+                Ok(slot) => replica.audit(clients, query, slot).await,
+                Err(refused) => refused,
             },
             Asked::Client(ClientRequest::Locate { .. }) | Asked::Unnumbered { .. } | Asked::Query { .. } => {
                 ClientReply::Rejected {
@@ -447,11 +470,13 @@ pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane:
         return Answered::Now(ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") });
     };
     let Some(active) = serving.active() else { return Answered::Now(redirect(serving)) };
-    if matches!(request, Asked::Client(ClientRequest::Audit { .. })) && !answering.audits.admit() {
-        return Answered::Now(ClientReply::Unavailable {
-            reason: format!("an audit began less than {AUDIT_SPACING:?} ago on this node; retry"),
-        });
-    }
+    let audit_slot = match &request {
+        Asked::Client(ClientRequest::Audit { .. }) => match answering.audits.admit() {
+            Ok(slot) => Some(slot),
+            Err(refused) => return Answered::Now(refused),
+        },
+        _ => None,
+    };
     let lane = *lane.get_or_insert_with(|| active.lane());
     let inline = match &request {
         Asked::Query { body, pace: Pace::Quick, .. } => {
@@ -473,6 +498,8 @@ pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane:
             execute(move || {
                 let decided = decide(request, &active, lane, wall_clock_ms());
                 held(&decided, &active);
+                // The audit is over once decided (its reply then waits like any other).
+                drop(audit_slot);
                 decided
             })
             .await
@@ -626,4 +653,22 @@ async fn release(serving: &Serving, active: &Active, ticket: Ticket) -> Result<(
         return Err(redirect(serving));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_audit_runs_at_a_time_and_audits_are_spaced() {
+        let audits = Arc::new(AuditSpacing::default());
+        let slot = audits.admit().expect("the first audit");
+        let running = audits.admit().expect_err("a second while the first runs");
+        assert!(matches!(&running, ClientReply::Unavailable { reason } if reason.contains("runs")), "{running:?}");
+        drop(slot);
+        let spaced = audits.admit().expect_err("one began just now");
+        assert!(matches!(&spaced, ClientReply::Unavailable { reason } if reason.contains("began")), "{spaced:?}");
+        std::thread::sleep(AUDIT_SPACING);
+        assert!(audits.admit().is_ok(), "the next, once the spacing passed and none runs");
+    }
 }

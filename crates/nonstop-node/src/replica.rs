@@ -21,7 +21,7 @@
 //! multithreaded services under the deterministic schedulers.
 
 use crate::NodeId;
-use crate::client_server::wall_clock_ms;
+use crate::client_server::{AuditSlot, wall_clock_ms};
 use crate::config::ActiveSpec;
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::lock;
@@ -367,13 +367,22 @@ impl Replica {
     /// Audits this replica's own state, with every execution held off: the platform's and the
     /// service's checks, what the client table remembers of `clients`, and `query` answered
     /// from the same state. Not a vote: an audit looks at one replica.
-    pub async fn audit(self: &Arc<Self>, clients: Vec<u64>, query: Option<Vec<u8>>) -> ClientReply {
+    /// `slot` is the node's right to run one audit, held until this one is done.
+    pub(crate) async fn audit(
+        self: &Arc<Self>,
+        clients: Vec<u64>,
+        query: Option<Vec<u8>>,
+        slot: AuditSlot,
+    ) -> ClientReply {
         if let Some(stopped) = self.stopped() {
             return stopped;
         }
         let replica = self.clone();
         let audited = tokio::task::spawn_blocking(move || {
-            replica.mirror.quiesced_checked(|image, _| replica.service.audit(image, &clients, query.as_deref()))
+            let report =
+                replica.mirror.quiesced_checked(|image, _| replica.service.audit(image, &clients, query.as_deref()));
+            drop(slot);
+            report
         });
         match audited.await {
             Ok(report) => {
