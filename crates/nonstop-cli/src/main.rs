@@ -279,6 +279,15 @@ struct ChaosKillArgs {
     /// Trials.
     #[arg(long, default_value_t = 200)]
     trials: u32,
+    /// `passive` (kill the primary, time the failover) or `active` (three replicas vote on
+    /// every reply; kill one, the order's leader or a follower, on a cluster of its own per
+    /// trial, and report the longest gap between answers: there is no failover).
+    #[arg(long, value_enum, default_value = "passive")]
+    replication: Replication,
+    /// With `--replication active`: how clients decide on the replicas' replies (`majority`,
+    /// `leader-only` or `pass-first`).
+    #[arg(long, default_value = "majority", value_parser = parse_replies)]
+    replies: nonstop_proto::client::ReplyMode,
     #[command(flatten)]
     service: ServiceArgs,
     /// Seed of the random choices (printed, so a run can be repeated).
@@ -489,6 +498,21 @@ struct TrackingArgs {
 enum Protocol {
     Du,
     Au,
+}
+
+/// `--replication`: how a fault test's service is replicated.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Replication {
+    /// A primary checkpoints to backups.
+    Passive,
+    /// Every replica executes the ordered requests; clients vote.
+    Active,
+}
+
+/// `--replies`: a reply mode by its config name.
+fn parse_replies(name: &str) -> Result<nonstop_proto::client::ReplyMode, String> {
+    nonstop_proto::client::ReplyMode::from_name(name)
+        .ok_or_else(|| format!("{name:?}: use majority, leader-only or pass-first"))
 }
 
 /// `--tracking`: declared ranges, or a kernel write-tracking mode.
@@ -1026,6 +1050,9 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
         bail!("--fault-share must be between 0 and 1");
     }
     let service = args.service.resolve()?;
+    if args.replication == Replication::Active {
+        return chaos_kill_active(&args, &service);
+    }
 
     if args.min_backups.is_some_and(|m| m > args.backups) {
         bail!(
@@ -1116,6 +1143,80 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     }
     if report.history.violations.total() > 0 || report.check.is_err() {
         bail!("the history broke a guarantee (lost, doubled, stale or wrong answers): repeat with --seed {seed}");
+    }
+    Ok(())
+}
+
+/// `chaos kill --replication active`: a replica killed per trial, on a cluster of its own.
+fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow::Result<()> {
+    if args.double_within.is_some() || args.backups != 1 || args.min_backups.is_some() || args.leader_on_primary {
+        bail!(
+            "--double-within, --backups, --min-backups and --leader-on-primary shape passive replication: an active service runs on three replicas, and one is killed per trial"
+        );
+    }
+    if service.clients == nonstop_testbed::chaos::Clients::Redis {
+        bail!("--kind kv is replicated passively (Redis clients expect one server): drop --replication active");
+    }
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let config = nonstop_testbed::chaos::ActiveChaosConfig {
+        trials: args.trials,
+        seed,
+        clients: args.clients,
+        spec: service.spec(nonstop_testbed::cluster::ClusterSpec {
+            ip_prefix: "127.0.2".into(),
+            // A region no larger than the bank needs: each trial audits both survivors' whole
+            // regions.
+            region_size_mib: 32,
+            active: Some(args.replies),
+            ..Default::default()
+        }),
+        clients_kind: service.clients,
+        after_kill: Duration::from_secs(1),
+    };
+    let progress = trials_bar(args.trials);
+    let report = nonstop_testbed::chaos::run_active_kill(&service.exe, &config, |trial| {
+        progress.inc(1);
+        let whom = if trial.killed_leader { "the order's leader" } else { "a follower" };
+        progress.set_message(format!("last: killed {whom}, longest gap {:.1} ms", trial.gap_ms));
+    })?;
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "chaos kill, active replication ({} replies): {} trials (seed {})",
+            report.replies, report.trials, seed
+        );
+        for (what, m) in [
+            ("every kill", &report.gap_ms),
+            ("the order's leader killed", &report.gap_leader_killed_ms),
+            ("a follower killed", &report.gap_follower_killed_ms),
+        ] {
+            println!(
+                "longest gap between answers, {what}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                m.p50, m.p99, m.max
+            );
+        }
+        println!(
+            "acknowledged {}, lost {}, applied twice {}, trials whose survivors disagree {}, trials without an answer after the kill {}",
+            report.acknowledged,
+            report.acked_lost,
+            report.applied_twice,
+            report.replicas_disagree,
+            report.no_answer_after_kill
+        );
+        match &report.check {
+            Ok(summary) => println!("consistency check: {summary}"),
+            Err(violation) => println!("consistency check FAILED: {violation}"),
+        }
+        if report.history.violations.total() > 0 {
+            print!("{}", report.history.summary());
+        }
+    }
+    if report.history.violations.total() > 0 || report.check.is_err() || report.replicas_disagree > 0 {
+        bail!(
+            "the history broke a guarantee (lost, doubled, wrong answers, replicas apart): repeat with --seed {seed}"
+        );
     }
     Ok(())
 }

@@ -155,3 +155,28 @@ fn scrape(addr: std::net::SocketAddr) -> String {
     stream.read_to_string(&mut text).unwrap();
     text
 }
+
+#[test]
+fn chaos_kill_of_a_replica_loses_and_doubles_nothing_and_keeps_answering() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
+        .args(["chaos", "kill", "--replication", "active", "--trials", "2", "--seed", "11", "--clients", "4", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["replies"], "majority");
+    assert_eq!(report["trial_log"].as_array().unwrap().len(), 2);
+    for field in ["acked_lost", "applied_twice", "replicas_disagree", "no_answer_after_kill"] {
+        assert_eq!(report[field], 0, "{field}: {report}");
+    }
+    assert!(report["acknowledged"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["gap_ms"]["max"].as_f64().unwrap() > 0.0, "{report}");
+    // A passive-only flag is refused with the reason.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
+        .args(["chaos", "kill", "--replication", "active", "--backups", "2"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("shape passive replication"));
+}

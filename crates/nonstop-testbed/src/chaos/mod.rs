@@ -2,11 +2,13 @@
 //! `nonstop chaos --netns KIND` (hosts of their own, with network faults, and error injection
 //! with `--netns bitflip`).
 
+mod active;
 pub mod inject;
 mod kill;
 pub mod netns;
 pub mod soak;
 
+pub use active::{ActiveChaosConfig, ActiveChaosReport, ActiveTrial, run_active_kill};
 pub use kill::{ChaosConfig, ChaosReport, DoubleKill, Trial, run_kill};
 
 use crate::cluster::LocalCluster;
@@ -114,6 +116,51 @@ impl Traffic {
             }
         })
     }
+}
+
+impl Traffic {
+    /// Stops the clients and audits each of `replicas` (client addresses of an actively
+    /// replicated service's replicas) on its own against the history.
+    pub(crate) fn finish_each(self, name: &str, replicas: &[std::net::SocketAddr]) -> anyhow::Result<Vec<Judged>> {
+        let remembered = |addr: std::net::SocketAddr, clients: Vec<u64>| {
+            nonstop::Client::new(vec![addr], u64::MAX).audit(name, clients, None).map(|audit| audit.clients)
+        };
+        let mut judged = Vec::new();
+        match self {
+            Traffic::Bank(load) => {
+                let history = load.stop();
+                let mut clients: Vec<u64> = history.iter().map(|o| o.client).collect();
+                clients.sort_unstable();
+                clients.dedup();
+                for addr in replicas {
+                    let verdict = load::audit_answers(vec![*addr], name, &history, crate::history::Answers::Voted)?;
+                    let remembered = remembered(*addr, clients.clone())?;
+                    judged.push(Judged { check: verdict.check, history: verdict.report, remembered });
+                }
+            }
+            Traffic::Sampled(load) => {
+                let history = load.stop()?;
+                let clients: Vec<u64> = history.last_acked.keys().copied().collect();
+                for addr in replicas {
+                    let verdict = crate::sampled::judge(vec![*addr], name, &history)?;
+                    let remembered = remembered(*addr, clients.clone())?;
+                    judged.push(Judged { check: verdict.check, history: verdict.report, remembered });
+                }
+            }
+            Traffic::Redis(_) => anyhow::bail!("Redis clients load a passively replicated kv service only"),
+        }
+        Ok(judged)
+    }
+}
+
+/// One replica's audit against the clients' history ([`Traffic::finish_each`]).
+pub(crate) struct Judged {
+    /// The platform's and the service's checks on the replica's state.
+    pub(crate) check: Result<String, String>,
+    /// The history's verdict against the replica's state.
+    pub(crate) history: CheckReport,
+    /// What the replica's client table remembers of the history's clients.
+    pub(crate) remembered: Vec<(u64, Option<nonstop_proto::client::ClientMemory>)>,
 }
 
 /// What the clients of a fault test found at the end.

@@ -1,0 +1,206 @@
+//! `nonstop chaos kill --replication active`: trial after trial, three node processes replicate
+//! a service actively under client load, and one replica (the order's leader or a follower, as
+//! the seed picks) is killed with SIGKILL. There is no failover to time: the clients' votes go
+//! on with the two replicas left, and what a trial measures is the longest gap between answers
+//! around the kill. Each surviving replica is then audited against the clients' history, and
+//! the survivors' client tables must be the same.
+//!
+//! Each trial runs a cluster of its own: a killed replica that restarts sits out of the order
+//! group until re-integration is built (docs/active.md), so a second kill in one cluster would
+//! leave one replica, short of a majority.
+
+use super::{Clients, Millis, Traffic, millis};
+use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::history::{CheckReport, Violations};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How an active chaos run is shaped.
+#[derive(Clone, Debug)]
+pub struct ActiveChaosConfig {
+    /// Trials, each on a cluster of its own.
+    pub trials: u32,
+    /// Seed of the random choices (the victim, the moment).
+    pub seed: u64,
+    /// Client threads.
+    pub clients: u64,
+    /// The cluster: `spec.active` says how replies are voted on.
+    pub spec: ClusterSpec,
+    /// Who loads the service, and how its history is judged.
+    pub clients_kind: Clients,
+    /// How long the load runs after the kill.
+    pub after_kill: Duration,
+}
+
+/// One trial.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveTrial {
+    /// The replica killed (a node id).
+    pub killed: u64,
+    /// Whether it led the order group when it died (the survivors then elect a new leader
+    /// before the order moves on).
+    pub killed_leader: bool,
+    /// The longest time without an answer from 100 ms before the kill to the end of the load.
+    pub gap_ms: f64,
+    /// Answers after the kill.
+    pub answered_after_kill: u64,
+    /// Answers in the trial.
+    pub acknowledged: u64,
+    /// Violations the history checker found, summed over the surviving replicas' audits.
+    pub violations: u64,
+    /// Whether the survivors' client tables differ.
+    pub replicas_disagree: bool,
+}
+
+/// What an active chaos run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveChaosReport {
+    /// Trials run.
+    pub trials: u32,
+    /// The seed.
+    pub seed: u64,
+    /// How replies were voted on: `majority`, `leader-only` or `pass-first`.
+    pub replies: String,
+    /// The longest gap between answers around each kill, over all trials.
+    pub gap_ms: Millis,
+    /// The same, over trials that killed the order's leader.
+    pub gap_leader_killed_ms: Millis,
+    /// The same, over trials that killed a follower.
+    pub gap_follower_killed_ms: Millis,
+    /// Trials in which no answer came after the kill.
+    pub no_answer_after_kill: u32,
+    /// Acknowledged updates missing from a surviving replica's state (summed over replicas and
+    /// trials).
+    pub acked_lost: u64,
+    /// Updates a surviving replica applied more than once.
+    pub applied_twice: u64,
+    /// Trials whose surviving replicas' client tables differ.
+    pub replicas_disagree: u32,
+    /// Requests answered in all.
+    pub acknowledged: u64,
+    /// The platform's and the service's checks: the first failure, or the last verdict.
+    pub check: Result<String, String>,
+    /// The history checker's report of the first trial with violations (else the last).
+    pub history: CheckReport,
+    /// Every trial.
+    pub trial_log: Vec<ActiveTrial>,
+}
+
+/// Runs the trials; `progress` is called after each.
+pub fn run_active_kill(
+    exe: &Path,
+    config: &ActiveChaosConfig,
+    mut progress: impl FnMut(&ActiveTrial),
+) -> anyhow::Result<ActiveChaosReport> {
+    let mode = config.spec.active.ok_or_else(|| anyhow::anyhow!("the cluster's services are not active"))?;
+    anyhow::ensure!(config.clients_kind != Clients::Redis, "an actively replicated service has no Redis port");
+    let mut rng = SmallRng::seed_from_u64(config.seed);
+    let mut trials = Vec::new();
+    let mut totals = Violations::default();
+    let mut check: Result<String, String> = Ok(String::new());
+    let mut history: Option<CheckReport> = None;
+    for trial in 0..config.trials {
+        let (outcome, report) = run_trial(exe, config, &mut rng, u64::from(trial))?;
+        totals.acked_lost += report.violations.acked_lost;
+        totals.applied_twice += report.violations.applied_twice;
+        if check.is_ok() {
+            check = outcome;
+        }
+        if history.as_ref().is_none_or(|kept| kept.violations.total() == 0) {
+            history = Some(report.report);
+        }
+        progress(&report.trial);
+        trials.push(report.trial);
+    }
+    let gaps =
+        |pick: fn(&ActiveTrial) -> bool| -> Vec<f64> { trials.iter().filter(|t| pick(t)).map(|t| t.gap_ms).collect() };
+    Ok(ActiveChaosReport {
+        trials: config.trials,
+        seed: config.seed,
+        replies: mode.name().into(),
+        gap_ms: millis(&gaps(|_| true)),
+        gap_leader_killed_ms: millis(&gaps(|t| t.killed_leader)),
+        gap_follower_killed_ms: millis(&gaps(|t| !t.killed_leader)),
+        no_answer_after_kill: trials.iter().filter(|t| t.answered_after_kill == 0).count() as u32,
+        acked_lost: totals.acked_lost,
+        applied_twice: totals.applied_twice,
+        replicas_disagree: trials.iter().filter(|t| t.replicas_disagree).count() as u32,
+        acknowledged: trials.iter().map(|t| t.acknowledged).sum(),
+        check,
+        history: history.unwrap_or_default(),
+        trial_log: trials,
+    })
+}
+
+/// One trial's findings.
+struct TrialReport {
+    trial: ActiveTrial,
+    violations: Violations,
+    report: CheckReport,
+}
+
+fn run_trial(
+    exe: &Path,
+    config: &ActiveChaosConfig,
+    rng: &mut SmallRng,
+    trial: u64,
+) -> anyhow::Result<(Result<String, String>, TrialReport)> {
+    let mut cluster = LocalCluster::create(exe, &config.spec)?;
+    cluster.start_all()?;
+    let all: Vec<u64> = (1..=config.spec.nodes as u64).collect();
+    let name = config.spec.services[0].0.clone();
+    // Every replica knows the order's leader before the load starts.
+    let mut leader = None;
+    cluster.wait_statuses(&all, Duration::from_secs(20), |statuses| {
+        leader = order_leader(statuses).filter(|_| statuses.len() == all.len());
+        leader.is_some()
+    });
+    let leader =
+        leader.ok_or_else(|| anyhow::anyhow!("trial {trial}: the order group elected no leader within 20 s"))?;
+    let load = Traffic::start(&cluster, &name, config.clients, 2, config.clients_kind, config.seed + trial, |_| {})?;
+    std::thread::sleep(Duration::from_millis(rng.random_range(200..400)));
+    let victim = all[rng.random_range(0..all.len())];
+    let killed_at = Instant::now();
+    cluster.kill(victim)?;
+    std::thread::sleep(config.after_kill);
+    let ended = Instant::now();
+    let gap = load.acks().longest_gap(killed_at - Duration::from_millis(100), ended);
+    let answered_after_kill = load.acks().rate(killed_at, ended, ended - killed_at).first().copied().unwrap_or(0);
+    let survivors: Vec<_> = cluster.nodes.iter().filter(|n| n.id != victim).map(|n| n.client).collect();
+    let judged = load.finish_each(&name, &survivors)?;
+    let acknowledged = judged.first().map_or(0, |j| j.history.operations.transfers_ok);
+    let mut violations = Violations::default();
+    for verdict in &judged {
+        violations.acked_lost += verdict.history.violations.acked_lost;
+        violations.applied_twice += verdict.history.violations.applied_twice;
+    }
+    let total: u64 = judged.iter().map(|j| j.history.violations.total()).sum();
+    let replicas_disagree = judged.windows(2).any(|pair| pair[0].remembered != pair[1].remembered);
+    let check = judged
+        .iter()
+        .map(|j| j.check.clone())
+        .find(Result::is_err)
+        .unwrap_or_else(|| judged.last().map_or(Ok(String::new()), |j| j.check.clone()));
+    let report = judged.iter().map(|j| j.history.clone()).find(|h| h.violations.total() > 0);
+    let report = report.or_else(|| judged.last().map(|j| j.history.clone())).unwrap_or_default();
+    let trial = ActiveTrial {
+        killed: victim,
+        killed_leader: victim == leader,
+        gap_ms: gap.as_secs_f64() * 1e3,
+        answered_after_kill,
+        acknowledged,
+        violations: total,
+        replicas_disagree,
+    };
+    Ok((check, TrialReport { trial, violations, report }))
+}
+
+/// The order group's leader, if every replica that reports one names the same node.
+fn order_leader(statuses: &[nonstop_node::status::NodeStatus]) -> Option<u64> {
+    let mut named = statuses.iter().flat_map(|s| s.replicas.first()).map(|r| r.order_leader);
+    let first = named.next()??;
+    named.all(|other| other == Some(first)).then_some(first)
+}
