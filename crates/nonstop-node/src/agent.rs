@@ -321,6 +321,10 @@ impl Agent {
                         tracing::info!(leader = from.0, "the control-plane leader is gone: standing for election now");
                         self.control.campaign_after_leader_loss();
                     }
+                    let coordinator = &self.coordinator;
+                    for replica in &mut self.replicas {
+                        replica.on_peer_down(from, |id| coordinator.alive(id, now));
+                    }
                 }
             }
         }

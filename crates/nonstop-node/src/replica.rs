@@ -243,6 +243,22 @@ impl ReplicaHost {
         }
     }
 
+    /// Peer `from`'s process is gone (its connection closed). If it led the order group, the
+    /// lowest-numbered live replica stands for election at once instead of after the election
+    /// timeout, as the control plane does: the order would otherwise stand still for 200-400 ms
+    /// (measured with `nonstop chaos kill --replication active`).
+    pub fn on_peer_down(&mut self, from: NodeId, alive: impl Fn(NodeId) -> bool) {
+        let Some(group) = &mut self.group else { return };
+        if group.leader() != Some(from) {
+            return;
+        }
+        let first_survivor = self.replicas.iter().copied().filter(|id| *id != from && alive(*id)).min();
+        if first_survivor == Some(group.id()) {
+            tracing::info!(service = self.replica.name, leader = from.0, "the order's leader is gone: standing now");
+            group.campaign_after_leader_loss();
+        }
+    }
+
     /// Proposes what calls left pending, as one entry (or more, if they exceed an entry's
     /// bytes). With no leader known they wait: a proposal now would be dropped.
     pub fn propose(&mut self) {
