@@ -23,6 +23,10 @@ type Replied = (u16, u64, std::io::Result<ClientReply>);
 /// answered at different points of the order, around a write).
 const QUERY_REASK: Duration = Duration::from_millis(1);
 
+/// The longest a call waits before asking again a replica that sent it elsewhere, could not
+/// answer yet, or could not be reached; the wait doubles from 1 ms up to this.
+const LONGEST_REASK: Duration = Duration::from_millis(16);
+
 /// An active service's replicas, as its replicas described them.
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -119,6 +123,11 @@ impl Group {
         let mut verdict = first.and_then(|first| take(first, &mut vote, &mut votes));
         let deadline = started + deadline;
         let mut next_ask = Instant::now();
+        // Per replica, when to ask it again sooner than the attempt timeout, and how often it
+        // failed to vote in a row: a follower under leader-only redirects until a new leader
+        // is elected, and a dead replica's link fails at once.
+        let mut reask: Vec<Option<Instant>> = vec![None; self.links.len()];
+        let mut failures = vec![0u32; self.links.len()];
         loop {
             match verdict {
                 Some(Verdict::Decided) => return self.answer(service, &vote, &votes, number, attempts),
@@ -163,12 +172,30 @@ impl Group {
                     }
                 }
                 next_ask = now + self.attempt_timeout;
+                reask.iter_mut().for_each(|at| *at = None);
             }
+            for (replica, at) in reask.iter_mut().enumerate() {
+                if let (Some(due), Some(link)) = (*at, &self.links[replica])
+                    && due <= now
+                    && !votes.contains_key(&(replica as u16))
+                {
+                    let _ = link.send((self.asked, request.clone()));
+                    *at = None;
+                }
+            }
+            let wake = reask.iter().flatten().copied().fold(next_ask.min(deadline), Instant::min);
             // Replies to this call's asks count (a reply to an earlier ask of the same call is
             // as good as one to the latest); for a query, only the latest ask's.
             let first_ask = self.asked + 1 - u64::from(attempts.max(1));
             let current = |ask: u64| if query { ask == self.asked } else { ask >= first_ask };
-            verdict = match self.replies.recv_timeout(next_ask.min(deadline).saturating_duration_since(now)) {
+            let mut retry_soon = |replica: u16| {
+                if !query && let Some(failed) = failures.get_mut(usize::from(replica)) {
+                    let pause = Duration::from_millis(1 << (*failed).min(4)).min(LONGEST_REASK);
+                    *failed += 1;
+                    reask[usize::from(replica)] = Some(Instant::now() + pause);
+                }
+            };
+            verdict = match self.replies.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok((_, ask, _)) if !current(ask) => None,
                 Ok((_, _, Ok(ClientReply::Voted(replied)))) if replied.request == number => {
                     take(*replied, &mut vote, &mut votes)
@@ -178,10 +205,12 @@ impl Group {
                 }
                 Ok((replica, _, Ok(other))) => {
                     last = format!("replica {replica}: {other:?}");
+                    retry_soon(replica);
                     None
                 }
                 Ok((replica, _, Err(error))) => {
                     last = format!("replica {replica}: {error}");
+                    retry_soon(replica);
                     None
                 }
                 Err(RecvTimeoutError::Timeout) => None,
