@@ -77,7 +77,7 @@ pub struct Calls<W> {
     executed: BTreeMap<u64, Done>,
     /// Per client, the request callers wait for and their waiters (a client calls one request
     /// at a time: a later request replaces an earlier one's waiters).
-    waiting: BTreeMap<u64, (RequestId, Vec<W>)>,
+    waiting: BTreeMap<u64, (Request, Vec<W>)>,
 }
 
 impl<W> Calls<W> {
@@ -126,9 +126,9 @@ impl<W> Calls<W> {
             return Asked::Backlogged;
         }
         match self.waiting.get_mut(&request.client) {
-            Some((waited, waiters)) if *waited == id => waiters.push(waiter),
+            Some((waited, waiters)) if id_of(waited) == id => waiters.push(waiter),
             _ => {
-                self.waiting.insert(request.client, (id, vec![waiter]));
+                self.waiting.insert(request.client, (request.clone(), vec![waiter]));
             }
         }
         let wake = self.pending.is_empty();
@@ -161,11 +161,25 @@ impl<W> Calls<W> {
         let id = (request.number, request.refused);
         self.executed_count += 1;
         let waiters = match self.waiting.get(&request.client) {
-            Some((waited, _)) if *waited == id => self.waiting.remove(&request.client).map(|(_, w)| w),
+            Some((waited, _)) if id_of(waited) == id => self.waiting.remove(&request.client).map(|(_, w)| w),
             _ => None,
         };
         self.executed.insert(request.client, Done { request: id, outcome });
         waiters.unwrap_or_default()
+    }
+
+    /// The order's leader changed: proposals made to the old one may be lost with it, so every
+    /// request a caller still waits for is proposed again (the order delivers it once). Without
+    /// this, a lost proposal waits for its client to ask again, an attempt timeout later.
+    /// Returns whether any is pending now.
+    pub fn propose_waiting_again(&mut self) -> bool {
+        for (request, _) in self.waiting.values() {
+            if !self.pending.iter().any(|p| p.client == request.client && id_of(p) == id_of(request)) {
+                self.pending_bytes += request.body.len();
+                self.pending.push(request.clone());
+            }
+        }
+        !self.pending.is_empty()
     }
 
     /// Drops every waiter (the replica stopped): their callers are answered by the driver.
@@ -177,6 +191,11 @@ impl<W> Calls<W> {
     pub fn executed_count(&self) -> u64 {
         self.executed_count
     }
+}
+
+/// Which request of its client `request` is.
+fn id_of(request: &Request) -> RequestId {
+    (request.number, request.refused)
 }
 
 #[cfg(test)]
@@ -218,6 +237,22 @@ mod tests {
         assert!(calls.executed(&one, Ok(vec![])).is_empty());
         assert_eq!(calls.executed(&two, Ok(vec![])), vec![3]);
         assert_eq!(calls.executed_count(), 2);
+    }
+
+    #[test]
+    fn waited_requests_are_proposed_again_for_a_new_leader() {
+        let mut calls: Calls<u8> = Calls::new(1 << 20);
+        let (one, two) = (request(1, 1, 0, b"x"), request(2, 4, 1, b"y"));
+        calls.ask(one.clone(), 1);
+        calls.ask(two.clone(), 2);
+        assert_eq!(calls.take_proposals(usize::MAX).len(), 2);
+        calls.executed(&one, Ok(vec![]));
+        // The leader changed: request 1 was executed, request 2 may have been lost.
+        assert!(calls.propose_waiting_again());
+        assert!(calls.propose_waiting_again(), "not twice in the pending list");
+        assert_eq!(calls.take_proposals(usize::MAX), vec![two.clone()]);
+        calls.executed(&two, Ok(vec![]));
+        assert!(!calls.propose_waiting_again(), "nothing waits any more");
     }
 
     #[test]

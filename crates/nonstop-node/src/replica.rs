@@ -287,7 +287,12 @@ impl ReplicaHost {
             peers.send(to, Body::Order { service: self.replica.name.clone(), raft });
         }
         let leader = group.leader().and_then(|id| self.replicas.iter().position(|r| *r == id));
-        self.replica.leader.store(leader.map_or(NO_LEADER, |n| n as u16), Ordering::Relaxed);
+        let leader = leader.map_or(NO_LEADER, |n| n as u16);
+        let changed = self.replica.leader.swap(leader, Ordering::Relaxed) != leader && leader != NO_LEADER;
+        if changed && lock(&self.replica.shared).calls.propose_waiting_again() {
+            // Proposed at the next round: the agent's loop is woken for it.
+            let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
+        }
         if output.restored.is_some() {
             self.replica.stop(
                 "it fell behind the order's compacted log, and re-integration by state transfer is not built yet"

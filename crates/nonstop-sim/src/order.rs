@@ -492,6 +492,8 @@ impl Sim {
         let leader = self.members[index].node.leader();
         if leader.is_some() && leader != self.members[index].leader {
             self.stats.leader_changes += 1;
+            // What it proposed to the old leader may be lost with it.
+            self.members[index].calls.propose_waiting_again();
         }
         self.members[index].leader = leader;
         for (to, bytes) in output.messages {
