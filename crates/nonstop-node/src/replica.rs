@@ -115,7 +115,15 @@ pub struct ReplicaHost {
     replicas: Vec<NodeId>,
     deliveries: Option<Sender<Delivered>>,
     executor: Option<JoinHandle<()>>,
+    /// After the order's leader died: ticks until this replica stands, unless a new leader is
+    /// known by then, and the dead leader.
+    standing_in: Option<(u32, NodeId)>,
 }
+
+/// Ticks between the surviving replicas' turns to stand after the order's leader died: the
+/// first may lose for a shorter log, and the next then stands without waiting out the
+/// election timeout.
+const STAND_TURN_TICKS: u32 = 3;
 
 impl ReplicaHost {
     /// Maps the replica's region, initialises the service in it, and starts its executor; the
@@ -192,6 +200,7 @@ impl ReplicaHost {
             replicas: spec.replicas.clone(),
             deliveries: Some(deliveries),
             executor: Some(executor),
+            standing_in: None,
         })
     }
 
@@ -225,8 +234,18 @@ impl ReplicaHost {
 
     /// One Raft tick of the group.
     pub fn tick(&mut self) {
-        if let Some(group) = &mut self.group {
-            group.tick();
+        let Some(group) = &mut self.group else { return };
+        group.tick();
+        match self.standing_in {
+            Some((0, dead)) => {
+                self.standing_in = None;
+                if group.leader().is_none_or(|leader| leader == dead) {
+                    tracing::info!(service = self.replica.name, "no new order leader yet: standing in turn");
+                    group.campaign_after_leader_loss();
+                }
+            }
+            Some((ticks, dead)) => self.standing_in = Some((ticks - 1, dead)),
+            None => {}
         }
     }
 
@@ -244,18 +263,28 @@ impl ReplicaHost {
     }
 
     /// Peer `from`'s process is gone (its connection closed). If it led the order group, the
-    /// lowest-numbered live replica stands for election at once instead of after the election
-    /// timeout, as the control plane does: the order would otherwise stand still for 200-400 ms
-    /// (measured with `nonstop chaos kill --replication active`).
+    /// live replicas stand for election in turn, lowest-numbered first and at once, instead of
+    /// after the election timeout, as the control plane does: the order would otherwise stand
+    /// still for 200-400 ms (measured with `nonstop chaos kill --replication active`). The next
+    /// in turn stands [`STAND_TURN_TICKS`] later if no leader is known by then (the first may
+    /// lose for a shorter log; Raft's rules decide, this changes only when they are asked).
     pub fn on_peer_down(&mut self, from: NodeId, alive: impl Fn(NodeId) -> bool) {
         let Some(group) = &mut self.group else { return };
         if group.leader() != Some(from) {
             return;
         }
-        let first_survivor = self.replicas.iter().copied().filter(|id| *id != from && alive(*id)).min();
-        if first_survivor == Some(group.id()) {
-            tracing::info!(service = self.replica.name, leader = from.0, "the order's leader is gone: standing now");
-            group.campaign_after_leader_loss();
+        let survivors: Vec<NodeId> = self.replicas.iter().copied().filter(|id| *id != from && alive(*id)).collect();
+        match survivors.iter().position(|id| *id == group.id()) {
+            Some(0) => {
+                tracing::info!(
+                    service = self.replica.name,
+                    leader = from.0,
+                    "the order's leader is gone: standing now"
+                );
+                group.campaign_after_leader_loss();
+            }
+            Some(turn) => self.standing_in = Some((turn as u32 * STAND_TURN_TICKS, from)),
+            None => {}
         }
     }
 
