@@ -1213,7 +1213,15 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
             print!("{}", report.history.summary());
         }
     }
-    if report.history.violations.total() > 0 || report.check.is_err() || report.replicas_disagree > 0 {
+    // Under leader-only and pass-first one replica answers a query, and it may not have executed
+    // a call another replica answered yet: stale reads are those modes' price, reported above
+    // and not a broken guarantee. Under majority they are one.
+    let violations = &report.history.violations;
+    let tolerated = match args.replies {
+        nonstop_proto::client::ReplyMode::Majority => 0,
+        _ => violations.stale_reads,
+    };
+    if violations.total() > tolerated || report.check.is_err() || report.replicas_disagree > 0 {
         bail!(
             "the history broke a guarantee (lost, doubled, wrong answers, replicas apart): repeat with --seed {seed}"
         );
