@@ -918,6 +918,18 @@ fn trial_done(progress: &indicatif::ProgressBar, fault: &str, failover_ms: Optio
     ));
 }
 
+/// Prints the consistency check's verdict and the history checker's report (`always`, or only
+/// when it found violations).
+fn print_verdict(check: &Result<String, String>, history: &nonstop_testbed::history::CheckReport, always: bool) {
+    match check {
+        Ok(summary) => println!("consistency check: {summary}"),
+        Err(violation) => println!("consistency check FAILED: {violation}"),
+    }
+    if always || history.violations.total() > 0 {
+        print!("{}", history.summary());
+    }
+}
+
 fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
@@ -1023,11 +1035,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        match &report.check {
-            Ok(summary) => println!("consistency check: {summary}"),
-            Err(violation) => println!("consistency check FAILED: {violation}"),
-        }
-        print!("{}", report.history.summary());
+        print_verdict(&report.check, &report.history, true);
     }
     if report.violations > 0 || report.check.is_err() {
         bail!("{} violations: repeat with --seed {seed}", report.violations);
@@ -1133,13 +1141,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
             report.quiet_s,
             report.no_failover
         );
-        match &report.check {
-            Ok(summary) => println!("consistency check: {summary}"),
-            Err(violation) => println!("consistency check FAILED: {violation}"),
-        }
-        if report.history.violations.total() > 0 {
-            print!("{}", report.history.summary());
-        }
+        print_verdict(&report.check, &report.history, false);
     }
     if report.history.violations.total() > 0 || report.check.is_err() {
         bail!("the history broke a guarantee (lost, doubled, stale or wrong answers): repeat with --seed {seed}");
@@ -1205,13 +1207,7 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
             report.replicas_disagree,
             report.no_answer_after_kill
         );
-        match &report.check {
-            Ok(summary) => println!("consistency check: {summary}"),
-            Err(violation) => println!("consistency check FAILED: {violation}"),
-        }
-        if report.history.violations.total() > 0 {
-            print!("{}", report.history.summary());
-        }
+        print_verdict(&report.check, &report.history, false);
     }
     // Under leader-only and pass-first one replica answers a query, and it may not have executed
     // a call another replica answered yet: stale reads are those modes' price, reported above
@@ -1504,11 +1500,7 @@ fn demo(clients: u64) -> anyhow::Result<()> {
         );
     }
     println!();
-    match &verdict.check {
-        Ok(summary) => println!("consistency check: {summary}"),
-        Err(violation) => println!("consistency check FAILED: {violation}"),
-    }
-    print!("{}", verdict.report.summary());
+    print_verdict(&verdict.check, &verdict.report, true);
     println!("{:.1} s in all", report.elapsed.as_secs_f64());
     if !verdict.clean() {
         bail!("the demo found a violation; keep the cluster with NONSTOP_KEEP_CLUSTER=1 and read the node logs");
