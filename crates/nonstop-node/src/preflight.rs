@@ -92,11 +92,16 @@ pub fn check(config: &Checked, available: Option<u64>) -> Result<ReplicationPort
     let mut ports = ReplicationPorts::default();
     for service in &config.services {
         ports.0.push(bind_port(config, service)?);
-        check_region(service)?;
+        check_region(service.index, service.region_base, service.region_len)?;
+    }
+    for replica in &config.active {
+        check_region(replica.index, replica.region_base, replica.region_len)?;
     }
     if let Some(available) = available {
-        // A backup keeps its whole region resident, so every region needs the memory.
-        let needed: u64 = config.services.iter().map(|s| s.region_len as u64).sum();
+        // A backup keeps its whole region resident, so every region needs the memory; an
+        // active service's replica holds one too.
+        let needed: u64 = config.services.iter().map(|s| s.region_len as u64).sum::<u64>()
+            + config.active.iter().map(|s| s.region_len as u64).sum::<u64>();
         if needed > available {
             let mib = |bytes: u64| bytes >> 20;
             return Err(Refusal {
@@ -128,12 +133,12 @@ fn bind_port(config: &Checked, service: &ServiceSpec) -> Result<TcpListener, Ref
     })
 }
 
-fn check_region(service: &ServiceSpec) -> Result<(), Refusal> {
+fn check_region(index: u16, region_base: usize, region_len: usize) -> Result<(), Refusal> {
     // Mapped and unmapped at once: reserving the range costs nothing (no page is touched).
-    Region::map(service.region_base, service.region_len).map(drop).map_err(|error| Refusal {
-        field: format!("services[{}].region_base", service.index),
-        value: format!("{:#x}", service.region_base),
-        problem: format!("the {} MiB region cannot be mapped there: {error}", service.region_len >> 20),
+    Region::map(region_base, region_len).map(drop).map_err(|error| Refusal {
+        field: format!("services[{index}].region_base"),
+        value: format!("{region_base:#x}"),
+        problem: format!("the {} MiB region cannot be mapped there: {error}", region_len >> 20),
         fix: format!(
             "pick a page-aligned address clear of the program and its libraries, such as the default {:#x} (give each service its own range)",
             nonstop_region::DEFAULT_REGION_BASE
@@ -206,6 +211,22 @@ mod tests {
         let refusal = check(&config, Some(1 << 30)).unwrap_err();
         assert_eq!(refusal.field, "services[].region_size_mib");
         assert!(refusal.value.contains("4096 MiB") && refusal.problem.contains("1024 MiB available"), "{refusal}");
+    }
+
+    #[test]
+    fn an_active_replicas_region_counts_and_must_map() {
+        let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let active = |base: &str, mib: u64| {
+            let third = "\n[[peers]]\nid = 3\ncontrol = \"127.0.0.3:7001\"\nclient = \"127.0.0.3:7101\"\nreplication = \"127.0.0.3:7201\"\n";
+            format!(
+                "{third}\n[[services]]\nname = \"bank\"\nreplication = \"active\"\nregion_base = \"{base}\"\nregion_size_mib = {mib}\n"
+            )
+        };
+        let big = check(&config(&free, &active("0x2d4000000000", 4096)), Some(1 << 30)).unwrap_err();
+        assert_eq!(big.field, "services[].region_size_mib", "{big}");
+        let past = check(&config(&free, &active("0x7fffc0000000", 2048)), None).unwrap_err();
+        assert_eq!(past.field, "services[0].region_base", "{past}");
+        assert!(check(&config(&free, &active("0x2d5000000000", 64)), Some(1 << 30)).is_ok());
     }
 
     #[test]
