@@ -69,6 +69,25 @@ fn a_majority_of_replicas_answers_each_call_once_through_a_replica_killed() {
 }
 
 #[test]
+fn a_restarted_replica_sits_out_and_the_others_go_on() {
+    let mut cluster = cluster("127.0.25", ReplyMode::Majority);
+    let mut client = Client::new(cluster.client_addrs(), 3);
+    assert_eq!(deposit(&mut client, 5).unwrap(), 1);
+    cluster.kill(2).unwrap();
+    cluster.start(2).unwrap();
+    // Its order log was in memory: it must not rejoin under its old id.
+    let sits_out = cluster.wait_statuses(&[2], std::time::Duration::from_secs(5), |statuses| {
+        statuses
+            .iter()
+            .any(|s| s.replicas.iter().any(|r| r.stopped.as_deref().is_some_and(|w| w.contains("restarted"))))
+    });
+    assert!(sits_out.is_some(), "the restarted replica reports that it sits out");
+    for expected in 2..=6 {
+        assert_eq!(deposit(&mut client, 5).unwrap(), expected);
+    }
+}
+
+#[test]
 fn leader_only_and_pass_first_answer_with_one_reply() {
     for (prefix, replies) in [("127.0.21", ReplyMode::LeaderOnly), ("127.0.22", ReplyMode::PassFirst)] {
         let cluster = cluster(prefix, replies);

@@ -118,6 +118,9 @@ pub struct ReplicaHost {
     /// After the order's leader died: ticks until this replica stands, unless a new leader is
     /// known by then, and the dead leader.
     standing_in: Option<(u32, NodeId)>,
+    /// Where its membership is marked, until it is: before its first message to the group
+    /// (from then on it may have voted or acknowledged, which a restart would forget).
+    unmarked: Option<std::path::PathBuf>,
 }
 
 /// Ticks between the surviving replicas' turns to stand after the order's leader died: the
@@ -132,8 +135,8 @@ impl ReplicaHost {
     /// The group's log lives in memory, so a node whose process restarted has forgotten what
     /// it acknowledged and voted for: rejoining under its old id could let the group lose a
     /// committed entry or elect two leaders in a term. It sits out instead (serving its
-    /// passive services), until re-integration as a new member is built; `data_dir` keeps the
-    /// mark of its first membership.
+    /// passive services), until re-integration as a new member is built. The mark of its
+    /// membership goes into `data_dir` before its first message to the group.
     pub fn start(
         spec: &ActiveSpec,
         service: Hosted,
@@ -159,11 +162,7 @@ impl ReplicaHost {
                 "node {} restarted and lost the replica's state and its order log; it sits out of the group, since re-integration as a new member is not built yet",
                 me.0
             )),
-            false => {
-                std::fs::write(&mark, b"")
-                    .map_err(|error| region_error(format!("cannot mark membership in {}: {error}", mark.display())))?;
-                Standing::Serving
-            }
+            false => Standing::Serving,
         };
         let group = match standing {
             Standing::Serving => Some(
@@ -201,6 +200,7 @@ impl ReplicaHost {
             deliveries: Some(deliveries),
             executor: Some(executor),
             standing_in: None,
+            unmarked: Some(mark),
         })
     }
 
@@ -312,6 +312,16 @@ impl ReplicaHost {
     pub fn poll(&mut self, peers: &Peers) -> Result<(), ControlError> {
         let Some(group) = &mut self.group else { return Ok(()) };
         let output = group.poll()?;
+        if !output.messages.is_empty()
+            && let Some(mark) = self.unmarked.take()
+            && let Err(error) = std::fs::write(&mark, b"")
+        {
+            // Unmarked, a restart could rejoin with what this replica votes now forgotten.
+            let reason = format!("cannot mark its membership in {}: {error}", mark.display());
+            self.replica.stop(reason);
+            self.group = None;
+            return Ok(());
+        }
         for (to, raft) in output.messages {
             peers.send(to, Body::Order { service: self.replica.name.clone(), raft });
         }
