@@ -125,7 +125,7 @@ impl Client {
         first: Option<nonstop_proto::client::Vote>,
         started: Instant,
     ) -> Result<Answered<Vec<u8>>, ClientError> {
-        let mut group = Group::take(&mut self.groups, service, first.as_ref(), self.attempt_timeout);
+        let mut group = Group::take(&mut self.groups, service, first.as_ref(), self.attempt_timeout)?;
         let voted = group.call(service, number, request, first, started, self.deadline);
         self.groups.insert(service.to_string(), group);
         voted

@@ -8,7 +8,7 @@
 
 use crate::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use crate::{Answered, ClientError, io_error};
-use nonstop_proto::client::{self, ClientReply, ClientRequest, read_message, write_message};
+use nonstop_proto::client::{self, ClientReply, ClientRequest, MAX_REPLICAS, read_message, write_message};
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -43,8 +43,18 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    /// The group a replica's vote describes, with a link per replica.
-    pub(crate) fn new(vote: &client::Vote, attempt_timeout: Duration) -> Group {
+    /// The group a replica's vote describes, with a link per replica; refused if the vote
+    /// names more than [`MAX_REPLICAS`] replicas (each would cost a thread) or none.
+    pub(crate) fn new(service: &str, vote: &client::Vote, attempt_timeout: Duration) -> Result<Group, ClientError> {
+        if vote.group.is_empty() || vote.group.len() > MAX_REPLICAS {
+            return Err(ClientError::Rejected {
+                service: service.to_string(),
+                reason: format!(
+                    "a replica described a group of {} replicas; an active service has 1 to {MAX_REPLICAS}",
+                    vote.group.len()
+                ),
+            });
+        }
         let (tx, replies) = mpsc::channel();
         let addrs: Vec<Option<SocketAddr>> = vote.group.iter().map(|a| a.parse().ok()).collect();
         let links = addrs
@@ -60,7 +70,7 @@ impl Group {
                 Some(requests)
             })
             .collect();
-        Group { mode: vote.mode, links, addrs, replies, attempt_timeout, asked: 0 }
+        Ok(Group { mode: vote.mode, links, addrs, replies, attempt_timeout, asked: 0 })
     }
 
     /// Takes `service`'s group out of `groups` for a call: the one known, or, if `first` (a
@@ -71,11 +81,11 @@ impl Group {
         service: &str,
         first: Option<&client::Vote>,
         attempt_timeout: Duration,
-    ) -> Group {
+    ) -> Result<Group, ClientError> {
         match (groups.remove(service), first) {
-            (Some(group), Some(first)) if !group.matches(first) => Group::new(first, attempt_timeout),
-            (Some(group), _) => group,
-            (None, Some(first)) => Group::new(first, attempt_timeout),
+            (Some(group), Some(first)) if !group.matches(first) => Group::new(service, first, attempt_timeout),
+            (Some(group), _) => Ok(group),
+            (None, Some(first)) => Group::new(service, first, attempt_timeout),
             (None, None) => unreachable!("a group is known once a replica voted"),
         }
     }
@@ -294,5 +304,32 @@ fn link(
         if replies.send((replica, ask, reply)).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote(group: usize) -> client::Vote {
+        client::Vote {
+            request: 1,
+            outcome: Ok(vec![]),
+            duplicate: false,
+            replica: 0,
+            group: (0..group).map(|n| format!("127.0.0.1:{}", 7000 + n)).collect(),
+            leader: None,
+            mode: ReplyMode::Majority,
+        }
+    }
+
+    #[test]
+    fn a_vote_naming_too_many_replicas_or_none_starts_no_links() {
+        for size in [0, MAX_REPLICAS + 1, 10_000] {
+            let refused = Group::new("svc", &vote(size), Duration::from_millis(10)).map(|_| ()).unwrap_err();
+            assert!(refused.to_string().contains(&format!("{size} replicas")), "{refused}");
+        }
+        let group = Group::new("svc", &vote(3), Duration::from_millis(10)).unwrap();
+        assert_eq!(group.links.iter().flatten().count(), 3);
     }
 }

@@ -120,7 +120,7 @@ impl AsyncClient {
         first: Option<nonstop_proto::client::Vote>,
         started: std::time::Instant,
     ) -> Result<Answered<Vec<u8>>, ClientError> {
-        let mut group = Group::take(&mut self.groups, service, first.as_ref(), self.attempt_timeout);
+        let mut group = Group::take(&mut self.groups, service, first.as_ref(), self.attempt_timeout)?;
         let (name, deadline) = (service.to_string(), self.deadline);
         let voting = tokio::task::spawn_blocking(move || {
             let voted = group.call(&name, number, &request, first, started, deadline);

@@ -38,7 +38,7 @@
 use crate::NodeId;
 use crate::client_server::ClientLimits;
 use nonstop_net::admission::HandshakeLimits;
-use nonstop_proto::client::ReplyMode;
+use nonstop_proto::client::{MAX_REPLICAS, ReplyMode};
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
 use nonstop_service::{Hosted, Registry, Settings};
@@ -523,7 +523,7 @@ fn active_spec(
         })?,
     };
     let replicas: Vec<NodeId> = members.iter().filter(|m| !m.witness).map(|m| m.id).collect();
-    if replicas.len() < 3 || replicas.len().is_multiple_of(2) {
+    if replicas.len() < 3 || replicas.len().is_multiple_of(2) || replicas.len() > MAX_REPLICAS {
         return Err(invalid(
             field("replication"),
             format!("\"active\" with {} nodes that hold regions", replicas.len()),

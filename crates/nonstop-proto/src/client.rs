@@ -179,6 +179,11 @@ pub enum ClientReply {
     },
 }
 
+/// The most replicas an actively replicated service has (2f+1 with f = 3): a config asks for
+/// no more, and a client refuses a vote that describes a larger group (it would start a link
+/// per replica named).
+pub const MAX_REPLICAS: usize = 7;
+
 /// One replica's reply to a call of an actively replicated service ([`ClientReply::Voted`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vote {
