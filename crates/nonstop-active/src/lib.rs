@@ -9,6 +9,7 @@
 
 pub mod calls;
 pub mod execute;
+pub mod feed;
 pub mod order;
 pub mod schedule;
 pub mod stream;
