@@ -22,16 +22,22 @@
 //!
 //! A replica that falls behind the leader's compacted log receives the order's state whole
 //! (a Raft snapshot); that is when an active replica is re-integrated by copying a live
-//! replica's state, and the simulation copies the executions up to that point and what they
+//! replica's state. The transfer takes a while (5-80 ms of the simulation), during which the
+//! order goes on and the replica answers no call; its [`Feed`] (the node's code) keeps the
+//! entries delivered meanwhile, and once a donor's state arrives, at the donor's own point of
+//! the order (at least the snapshot's, possibly past this replica's log), executes only what
+//! follows it. The simulation copies the donor's executions up to that point and what they
 //! answered (a replica that forgot them could never answer a client asking again for a request
-//! executed before the transfer, and with another replica gone no vote would decide).
+//! executed before the transfer, and with another replica gone no vote would decide). A donor
+//! cut off from the replica when the transfer is due makes it wait and ask again.
 //!
 //! The run ends with a quiet period (no new faults, partitions healed): by its end every client
 //! has its answer, and every live replica has executed the same sequence.
 
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
-use nonstop_active::order::{Batch, Order, Request};
+use nonstop_active::feed::Feed;
+use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use nonstop_control::cluster::NodeId;
 use nonstop_control::log::MemoryLog;
@@ -81,8 +87,14 @@ pub struct OrderStats {
     pub crashes: u64,
     /// Times a replica saw a new leader.
     pub leader_changes: u64,
-    /// Replicas brought up to date by the leader's snapshot of the order (re-integration).
+    /// Replicas brought up to date by a live replica's state (re-integration), after the
+    /// leader sent them a snapshot of the order.
     pub state_transfers: u64,
+    /// Of those, transfers whose donor had executed past the receiving replica's log (entries
+    /// still to come were skipped).
+    pub transfers_ahead: u64,
+    /// Entries kept while a transfer was awaited, then executed after it.
+    pub entries_kept_for_transfer: u64,
 }
 
 impl std::ops::AddAssign for OrderStats {
@@ -101,6 +113,8 @@ impl std::ops::AddAssign for OrderStats {
         self.crashes += other.crashes;
         self.leader_changes += other.leader_changes;
         self.state_transfers += other.state_transfers;
+        self.transfers_ahead += other.transfers_ahead;
+        self.entries_kept_for_transfer += other.entries_kept_for_transfer;
     }
 }
 
@@ -126,6 +140,10 @@ struct Member {
     calls: Calls<u64>,
     /// The service's state: the vault's balance.
     vault: i64,
+    /// What it executes of what the group delivers (the node's code).
+    feed: Feed,
+    /// While it awaits a state transfer: the step the transfer is due.
+    transfer_due: Option<u64>,
 }
 
 impl Member {
@@ -249,6 +267,8 @@ impl Sim {
                 clock_skew_ms,
                 calls: Calls::new(usize::MAX),
                 vault: 0,
+                feed: Feed::new(usize::MAX),
+                transfer_due: None,
             });
         }
         let clients = (0..CLIENTS).map(|_| Client { done: 0, pending: None }).collect();
@@ -282,6 +302,7 @@ impl Sim {
             }
         }
         self.deliver_messages(faulty)?;
+        self.transfer_states()?;
         self.deliver_replies()?;
         self.run_clients(new_requests);
         self.propose();
@@ -429,7 +450,8 @@ impl Sim {
             let (request, id) = (pending.request.clone(), pending.id());
             let unvoted: Vec<usize> = (0..self.members.len()).filter(|&m| pending.outcomes[m].is_none()).collect();
             for member in unvoted {
-                if !self.members[member].alive {
+                // A replica awaiting its state answers no call (a node says it is unavailable).
+                if !self.members[member].alive || !self.members[member].feed.is_following() {
                     continue;
                 }
                 if !self.members[member].has_executed(client, id)
@@ -507,32 +529,74 @@ impl Sim {
         if output.restored.is_some() {
             // It fell behind the leader's compacted log and took the order's state whole: in
             // active replication that is the moment of re-integration, when the service's state
-            // is copied from a replica at the same point. Modelled by copying the executions,
-            // the vault, and what they answered (but not who waits: that is the replica's own).
-            // The snapshot's position: where the first entry applied after it starts (the state
+            // is copied from a live replica; it arrives later ([`Sim::transfer_states`]). The
+            // snapshot's position: where the first entry applied after it starts (the state
             // now also holds the entries applied in this same poll).
-            let position = output
-                .applied
-                .first()
-                .map_or(self.members[index].node.state().delivered(), |delivered| delivered.first)
-                as usize;
-            let source = self.members.iter().map(|m| &m.executed).find(|e| e.len() >= position).ok_or_else(|| {
-                self.violation(format!("replica {} restored {position} requests no replica executed", index + 1))
-            })?;
-            let transferred = source[..position].to_vec();
-            let mut vault = 0;
-            for executed in &transferred {
-                if let Ok(reply) = &executed.outcome {
-                    vault = i64::from_le_bytes(reply.as_slice().try_into().expect("a balance"));
-                }
+            let member = &mut self.members[index];
+            let position = output.applied.first().map_or(member.node.state().delivered(), |delivered| delivered.first);
+            member.feed.restored(position);
+            member.transfer_due = Some(self.step + self.rng.random_range(5..80));
+            // Who waited is answered by no one now; their clients ask again.
+            member.calls.drop_waiters();
+        }
+        for delivered in output.applied {
+            let entries = match self.members[index].feed.delivered(delivered) {
+                Ok(entries) => entries,
+                Err(error) => return Err(self.violation(format!("replica {}'s feed: {error}", index + 1))),
+            };
+            if !self.members[index].feed.is_following() {
+                self.stats.entries_kept_for_transfer += 1;
             }
+            self.execute_entries(index, entries)?;
+        }
+        Ok(())
+    }
+
+    /// Replicas whose state transfer is due take a live replica's state: its executions up to
+    /// its own point of the order (at least the snapshot's), the vault, and what they answered
+    /// (but not who waits: that is the replica's own). With no donor reachable, or none far
+    /// enough yet, it asks again later.
+    fn transfer_states(&mut self) -> Result<(), Violation> {
+        for index in 0..self.members.len() {
+            let member = &self.members[index];
+            let (Some(due), Some(from)) = (member.transfer_due, member.feed.awaiting_from()) else { continue };
+            if !member.alive || due > self.step {
+                continue;
+            }
+            let donor = (0..self.members.len()).find(|&d| {
+                let donor = &self.members[d];
+                d != index
+                    && self.connected(d as u64, index as u64)
+                    && donor.feed.is_following()
+                    && donor.executed.len() as u64 >= from
+            });
+            let Some(donor) = donor else {
+                self.members[index].transfer_due = Some(self.step + 20);
+                continue;
+            };
+            let transferred = self.members[donor].executed.clone();
+            let position = transferred.len() as u64;
+            let vault = self.members[donor].vault;
             let remembered = transferred.iter().map(|e| (e.client, e.request, e.outcome.clone()));
             let calls = Calls::restored(usize::MAX, remembered);
             let member = &mut self.members[index];
-            (member.executed, member.vault, member.calls) = (transferred, vault, calls);
+            let log_end = member.node.state().delivered();
+            let entries = match member.feed.transferred(position) {
+                Ok(entries) => entries,
+                Err(error) => return Err(self.violation(format!("replica {}'s transfer: {error}", index + 1))),
+            };
+            (member.executed, member.vault, member.calls, member.transfer_due) = (transferred, vault, calls, None);
             self.stats.state_transfers += 1;
+            self.stats.transfers_ahead += u64::from(position > log_end);
+            self.execute_entries(index, entries)?;
         }
-        for delivered in output.applied {
+        Ok(())
+    }
+
+    /// Replica `index` executes `entries`, checking that each follows what it executed, in
+    /// time and in each client's numbers, and answers who waits.
+    fn execute_entries(&mut self, index: usize, entries: Vec<Delivered>) -> Result<(), Violation> {
+        for delivered in entries {
             let first = self.members[index].executed.len() as u64;
             if delivered.first != first {
                 return Err(self.violation(format!(
