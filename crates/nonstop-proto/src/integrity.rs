@@ -152,6 +152,17 @@ impl LineChecksums {
         }
     }
 
+    /// [`LineChecksums::reset`] through a shared reference, for a table others may read: the
+    /// caller holds off every writer of the image. Entries already zero are not written, so
+    /// table pages never touched stay unmapped.
+    pub fn clear(&self) {
+        for sum in self.sums.iter() {
+            if sum.load(Ordering::Relaxed) != 0 {
+                sum.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The lines overlapping `[offset, offset + len)`, as byte ranges clipped to the image.
     fn lines_of(image_len: usize, offset: usize, len: usize) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
         let first = offset / LINE;

@@ -262,11 +262,23 @@ impl Region {
     /// Sets every byte to zero and gives the memory back to the kernel (`MADV_DONTNEED` on a
     /// private anonymous mapping), in time independent of how much was written.
     pub fn zero(&mut self) {
+        // SAFETY: `&mut self` excludes every other access to the region.
+        unsafe { self.zero_unaliased() }
+    }
+
+    /// [`Region::zero`] through a shared reference.
+    ///
+    /// # Safety
+    ///
+    /// No reference into the region may be alive, and none may be made until this returns (the
+    /// caller's locks hold every reader and writer off).
+    pub(crate) unsafe fn zero_unaliased(&self) {
         // SAFETY: the range is our own mapping; MADV_DONTNEED on private anonymous memory makes
         // later reads return zeroes, which is what we want.
         let result = unsafe { rustix::mm::madvise(self.base.cast(), self.len, Advice::LinuxDontNeed) };
         if result.is_err() {
-            self.as_mut_slice().fill(0);
+            // SAFETY: the caller guarantees no other reference into the region is alive.
+            unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }.fill(0);
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::transaction::Transaction;
 use nonstop_proto::history::rebase_union;
 use nonstop_proto::integrity::{CorruptLine, LINE, LineChecksums, Scrubber};
 use nonstop_proto::primary::Ticket;
-use nonstop_proto::runs::RunsBuilder;
+use nonstop_proto::runs::{RunsBuilder, RunsError, runs, validate_runs};
 use nonstop_proto::{CheckpointId, PAGE_SIZE, UpdateProtocol};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -584,6 +584,67 @@ impl Mirror {
             sink(runs)?;
         }
         Ok(sent)
+    }
+
+    /// Copies every page that is not zero, `batch` pages at a time with everything held off,
+    /// to `sink`: the whole image, for a mirror that does not know which pages were written
+    /// (transparent mode without tracking). Costs a read of the whole region. Returns the pages
+    /// copied.
+    pub fn copy_image<E>(&self, batch: usize, mut sink: impl FnMut(RunsBuilder) -> Result<(), E>) -> Result<usize, E> {
+        let pages: Vec<usize> = (0..self.region.pages()).collect();
+        let mut sent = 0;
+        for chunk in pages.chunks(batch.max(1)) {
+            let runs = {
+                let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let bytes = self.region.as_slice();
+                let zero = |p: usize| is_zero(&bytes[p * PAGE_SIZE..((p + 1) * PAGE_SIZE).min(bytes.len())]);
+                self.copy_pages(chunk.iter().copied().filter(|p| !zero(*p)))
+            };
+            sent += runs.run_bytes() as usize / PAGE_SIZE;
+            sink(runs)?;
+        }
+        Ok(sent)
+    }
+
+    /// The first step of taking another replica's state (an actively replicated service's
+    /// replica re-integrated by state transfer): every byte becomes zero and every seal that
+    /// of a zero line, so that once the donor's pages are installed ([`Mirror::install_runs`])
+    /// the image is the donor's alone. Until the transfer ends the image is no state a service
+    /// made: the caller serves nothing from it and runs nothing in it meanwhile.
+    pub fn clear(&self) {
+        let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = self.writer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // SAFETY: with the gate and the writer lock held exclusively, no transaction, update,
+        // read, cut or scrub holds a reference into the region, and none can start.
+        unsafe { self.region.zero_unaliased() };
+        if let Some(seals) = &self.seals {
+            seals.clear();
+        }
+    }
+
+    /// Writes a payload of runs (a donor's pages, in state transfer) into the region, sealing
+    /// their lines and recording their pages as written. The payload is checked against the
+    /// region first: a bad one changes nothing. Returns the bytes written.
+    pub fn install_runs(&self, payload: &[u8]) -> Result<u64, RunsError> {
+        let region_len = self.region.len() as u64;
+        let bytes = validate_runs(payload, region_len)?;
+        let _exclusive = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = self.writer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for run in runs(payload, region_len) {
+            let run = run?;
+            let (offset, len) = (run.offset as usize, run.bytes.len());
+            {
+                // SAFETY: as in `clear`, nothing else holds a reference into the region; this
+                // one ends before the seals read it.
+                let image = unsafe { std::slice::from_raw_parts_mut(self.region.as_ptr(), self.region.len()) };
+                image[offset..offset + len].copy_from_slice(run.bytes);
+            }
+            self.touched.mark(offset / PAGE_SIZE, (offset + len - 1) / PAGE_SIZE);
+            if let Some(seals) = &self.seals {
+                seals.seal_range(self.region.as_slice(), offset, len);
+            }
+        }
+        Ok(bytes)
     }
 
     /// Pages written since the last pre-copy round.

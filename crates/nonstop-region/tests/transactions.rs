@@ -340,3 +340,62 @@ fn rebase_races_writers_and_lands_on_the_checkpoint_au() {
 fn rebase_races_writers_and_lands_on_the_checkpoint_du() {
     rebase_against_writers(0x2490_0000_0000, UpdateProtocol::Du);
 }
+
+/// State transfer between two replicas' mirrors: the donor's pages, pre-copied while it ran
+/// and completed by the pages written since, replace whatever the receiver held; the seals
+/// follow, and transactions go on there as on the donor.
+#[test]
+fn a_transferred_image_replaces_the_receivers_and_keeps_its_seals() {
+    let donor = mirror(0x24a0_0000_0000, None);
+    let receiver = mirror(0x24b0_0000_0000, None);
+    let write = |mirror: &Mirror, offset: u64, value: u64| {
+        let tx = mirror.begin();
+        *tx.write::<u64>(offset).unwrap() = value;
+        tx.commit();
+    };
+    for slot in 0..64u64 {
+        write(&donor, slot * 4096 + 8, slot + 1);
+    }
+    // The receiver executed things the donor never did (it went its own way before it fell
+    // behind): none of them may survive the transfer.
+    write(&receiver, 200 * 4096, 7);
+    write(&receiver, 3 * 4096 + 16, 9);
+    let mut payloads = Vec::new();
+    let mut keep = |runs: nonstop_proto::runs::RunsBuilder| {
+        payloads.extend(runs.into_payloads());
+        Ok::<_, ()>(())
+    };
+    donor.precopy_begin();
+    donor.precopy_round(true, 8, &mut keep).unwrap();
+    write(&donor, 5 * 4096 + 8, 1000);
+    write(&donor, 100 * 4096, 1001);
+    donor.precopy_round(false, 8, &mut keep).unwrap();
+    donor.precopy_abort();
+    receiver.clear();
+    for payload in &payloads {
+        receiver.install_runs(payload).unwrap();
+    }
+    let image = |mirror: &Mirror| mirror.quiesced_checked(|image, _| image.to_vec());
+    assert!(image(&donor) == image(&receiver), "the receiver holds the donor's image");
+    // A bad payload is refused whole and changes nothing.
+    let mut bad = payloads[0].clone();
+    bad.truncate(bad.len() - 1);
+    assert!(receiver.install_runs(&bad).is_err());
+    assert!(image(&donor) == image(&receiver));
+    // The receiver goes on: its seals are those of the donor's bytes (a stale seal would stop
+    // this transaction as corruption), and it can become a donor in turn.
+    write(&receiver, 5 * 4096 + 8, 2000);
+    write(&donor, 5 * 4096 + 8, 2000);
+    let mut copied = vec![0u8; LEN];
+    receiver
+        .copy_image(16, |runs| {
+            for payload in runs.payloads() {
+                for run in parse_runs(payload, LEN as u64).unwrap() {
+                    copied[run.offset as usize..][..run.bytes.len()].copy_from_slice(run.bytes);
+                }
+            }
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+    assert!(copied == image(&donor), "a whole copy of the receiver is the donor's image");
+}
