@@ -72,16 +72,10 @@ pub enum FeedError {
     /// A transferred state arrived while none was awaited.
     #[error("a transferred state arrived while the replica was following the order")]
     Unasked,
-    /// The entries waiting for a transfer outgrew their bound: the transfer takes too long for
-    /// the order's pace. The replica asks for a newer state.
-    #[error("{bytes} bytes of entries wait for a state transfer, over the bound of {max}")]
-    Overflow {
-        /// Bytes buffered.
-        bytes: usize,
-        /// The bound.
-        max: usize,
-    },
 }
+
+/// What a buffered request costs beyond its body, for the bound.
+const REQUEST_OVERHEAD: usize = 32;
 
 /// Where a replica's execution stands against the order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,8 +96,9 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// A replica executing from the start of the order; at most `max_buffered_bytes` of
-    /// requests wait for a state transfer.
+    /// A replica executing from the start of the order. At most `max_buffered_bytes` of
+    /// requests wait for a state transfer; past that they are dropped, and the state awaited
+    /// must cover them ([`Feed::awaiting_from`] moves on).
     pub fn new(max_buffered_bytes: usize) -> Feed {
         Feed { course: Course::Following { next: 0, transferred: 0 }, max_buffered_bytes }
     }
@@ -154,9 +149,12 @@ impl Feed {
                 if entry.first != expected {
                     return Err(FeedError::Gap { expected, got: entry.first });
                 }
-                *bytes += entry.requests.iter().map(|r| r.body.len() + 32).sum::<usize>();
+                *bytes += entry.requests.iter().map(|r| r.body.len() + REQUEST_OVERHEAD).sum::<usize>();
                 if *bytes > self.max_buffered_bytes {
-                    return Err(FeedError::Overflow { bytes: *bytes, max: self.max_buffered_bytes });
+                    // The transfer is slow for the order's pace: rather than keep more, the
+                    // replica asks for a state past these entries (one that covers them).
+                    self.course = Course::Awaiting { from: end, buffered: VecDeque::new(), bytes: 0 };
+                    return Ok(vec![]);
                 }
                 buffered.push_back(entry);
                 Ok(vec![])
@@ -252,10 +250,15 @@ mod tests {
     }
 
     #[test]
-    fn buffered_entries_are_bounded() {
+    fn entries_past_the_bound_are_dropped_and_the_state_must_cover_them() {
         let mut feed = Feed::new(100);
         feed.restored(0);
         feed.delivered(entry(0, 2)).unwrap();
-        assert!(matches!(feed.delivered(entry(2, 1)), Err(FeedError::Overflow { .. })));
+        assert_eq!(feed.awaiting_from(), Some(0));
+        feed.delivered(entry(2, 1)).unwrap();
+        assert_eq!(feed.awaiting_from(), Some(3), "a state from before the dropped entries is no use");
+        assert_eq!(feed.transferred(2), Err(FeedError::Behind { position: 2, from: 3 }));
+        feed.delivered(entry(3, 1)).unwrap();
+        assert_eq!(firsts(&feed.transferred(3).unwrap()), vec![3]);
     }
 }
