@@ -102,9 +102,7 @@ impl<W> Calls<W> {
         executed: impl IntoIterator<Item = (u64, RequestId, Outcome)>,
     ) -> Calls<W> {
         let mut calls = Calls::new(max_pending_bytes);
-        for (client, request, outcome) in executed {
-            calls.executed.insert(client, Done { request, outcome });
-        }
+        calls.restore(executed);
         calls
     }
 
@@ -190,6 +188,21 @@ impl<W> Calls<W> {
     /// Requests executed in all.
     pub fn executed_count(&self) -> u64 {
         self.executed_count
+    }
+
+    /// What this replica's executions answered each client last (what a state transfer
+    /// carries to a replica re-integrated from this one's state, for [`Calls::restored`]).
+    pub fn answered(&self) -> impl Iterator<Item = (u64, RequestId, &Outcome)> {
+        self.executed.iter().map(|(client, done)| (*client, done.request, &done.outcome))
+    }
+
+    /// This replica took another's state ([`Calls::restored`]): what it executed and who
+    /// waited are replaced (the callers ask again), requests still to propose are kept, and
+    /// the count of executions goes on.
+    pub fn restore(&mut self, executed: impl IntoIterator<Item = (u64, RequestId, Outcome)>) {
+        self.executed =
+            executed.into_iter().map(|(client, request, outcome)| (client, Done { request, outcome })).collect();
+        self.waiting.clear();
     }
 }
 

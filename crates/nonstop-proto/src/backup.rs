@@ -428,7 +428,8 @@ impl Backup {
             | FrameKind::Pong
             | FrameKind::Control
             | FrameKind::Holding
-            | FrameKind::Operator => {
+            | FrameKind::Operator
+            | FrameKind::Transfer => {
                 return Err(BackupError::UnexpectedKind(frame.kind));
             }
             FrameKind::Runs | FrameKind::Close | FrameKind::VerifyRequest | FrameKind::PreCopy => {}

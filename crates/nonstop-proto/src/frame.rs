@@ -39,7 +39,8 @@ pub const HEADER_LEN: usize = std::mem::size_of::<FrameHeader>();
 pub enum FrameKind {
     /// Primary to backup: the region this primary serves ([`crate::control::Attach`]).
     Attach = 1,
-    /// Primary to backup: runs of the checkpoint being built ([`crate::runs`]).
+    /// Primary to backup: runs of the checkpoint being built ([`crate::runs`]); or, in a state
+    /// transfer, pages of a donor replica's image ([`crate::transfer`]).
     Runs = 2,
     /// Primary to backup: the checkpoint is complete ([`crate::control::Close`]).
     Close = 3,
@@ -66,6 +67,9 @@ pub enum FrameKind {
     /// Operator to node and back, on the control port: a request or its reply
     /// ([`crate::operator`]).
     Operator = 13,
+    /// Between an active service's replicas, on the control port: a state transfer's request,
+    /// answers and end ([`crate::transfer`]); its pages travel in `Runs` frames.
+    Transfer = 14,
 }
 
 impl FrameKind {
@@ -86,6 +90,7 @@ impl FrameKind {
             11 => PreCopy,
             12 => Holding,
             13 => Operator,
+            14 => Transfer,
             _ => return None,
         })
     }

@@ -37,6 +37,7 @@ pub mod integrity;
 pub mod operator;
 pub mod primary;
 pub mod runs;
+pub mod transfer;
 pub mod written;
 
 use serde::{Deserialize, Serialize};

@@ -27,7 +27,7 @@
 //! entries delivered meanwhile, and once a donor's state arrives, at the donor's own point of
 //! the order (at least the snapshot's, possibly past this replica's log), executes only what
 //! follows it. The simulation copies the donor's executions up to that point and what they
-//! answered (a replica that forgot them could never answer a client asking again for a request
+//! answered, as the donor's call bookkeeping tells it (a replica that forgot them could never answer a client asking again for a request
 //! executed before the transfer, and with another replica gone no vote would decide). A donor
 //! cut off from the replica when the transfer is due makes it wait and ask again.
 //!
@@ -577,15 +577,19 @@ impl Sim {
             let transferred = self.members[donor].executed.clone();
             let position = transferred.len() as u64;
             let vault = self.members[donor].vault;
-            let remembered = transferred.iter().map(|e| (e.client, e.request, e.outcome.clone()));
-            let calls = Calls::restored(usize::MAX, remembered);
+            let remembered: Vec<_> = self.members[donor]
+                .calls
+                .answered()
+                .map(|(client, request, outcome)| (client, request, outcome.clone()))
+                .collect();
             let member = &mut self.members[index];
             let log_end = member.node.state().delivered();
             let entries = match member.feed.transferred(position) {
                 Ok(entries) => entries,
                 Err(error) => return Err(self.violation(format!("replica {}'s transfer: {error}", index + 1))),
             };
-            (member.executed, member.vault, member.calls, member.transfer_due) = (transferred, vault, calls, None);
+            member.calls.restore(remembered);
+            (member.executed, member.vault, member.transfer_due) = (transferred, vault, None);
             self.stats.state_transfers += 1;
             self.stats.transfers_ahead += u64::from(position > log_end);
             self.execute_entries(index, entries)?;
