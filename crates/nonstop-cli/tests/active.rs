@@ -3,6 +3,7 @@
 //! killed with SIGKILL and the calls go on, exactly once.
 
 use nonstop::{Client, ClientError};
+use nonstop_node::status::ReplicaStanding;
 use nonstop_proto::client::ReplyMode;
 use nonstop_testbed::cluster::{ClusterSpec, LocalCluster};
 use nonstop_workloads::bank::TransferRequest;
@@ -77,14 +78,82 @@ fn a_restarted_replica_sits_out_and_the_others_go_on() {
     cluster.start(2).unwrap();
     // Its order log was in memory: it must not rejoin under its old id.
     let sits_out = cluster.wait_statuses(&[2], std::time::Duration::from_secs(5), |statuses| {
-        statuses
-            .iter()
-            .any(|s| s.replicas.iter().any(|r| r.stopped.as_deref().is_some_and(|w| w.contains("restarted"))))
+        statuses.iter().any(|s| {
+            s.replicas
+                .iter()
+                .any(|r| matches!(&r.standing, ReplicaStanding::Stopped { reason } if reason.contains("restarted")))
+        })
     });
     assert!(sits_out.is_some(), "the restarted replica reports that it sits out");
     for expected in 2..=6 {
         assert_eq!(deposit(&mut client, 5).unwrap(), expected);
     }
+}
+
+/// A replica paused while the order moves past its compacted log comes back by taking a live
+/// replica's state, and is then a full replica: with another replica killed, the two left
+/// still answer every call, and hold one state.
+#[test]
+fn a_replica_that_fell_behind_the_compacted_log_takes_a_live_replicas_state() {
+    use rustix::process::Signal;
+    let spec = ClusterSpec {
+        ip_prefix: "127.0.26".into(),
+        region_size_mib: 32,
+        active: Some(ReplyMode::Majority),
+        order_log_entries: Some(16),
+        ..ClusterSpec::default()
+    };
+    let mut cluster = LocalCluster::create(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec).unwrap();
+    cluster.start_all().unwrap();
+    let mut clients: Vec<Client> = (1..=3).map(|id| Client::new(cluster.client_addrs(), id)).collect();
+    let mut expected = 0;
+    let deposit_round = |clients: &mut Vec<Client>, expected: &mut i64, round: usize| {
+        for client in clients.iter_mut() {
+            let balance = deposit(client, 8).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            *expected += 1;
+            assert_eq!(balance, *expected, "round {round}");
+        }
+    };
+    for round in 0..10 {
+        deposit_round(&mut clients, &mut expected, round);
+    }
+    cluster.signal(3, Signal::STOP).unwrap();
+    // Far more entries than the log keeps: node 3 misses compacted ones.
+    for round in 10..70 {
+        deposit_round(&mut clients, &mut expected, round);
+    }
+    cluster.signal(3, Signal::CONT).unwrap();
+    let caught_up = cluster.wait_statuses(&[3], std::time::Duration::from_secs(20), |statuses| {
+        statuses
+            .iter()
+            .any(|s| s.replicas.iter().any(|r| r.state_transfers >= 1 && r.standing == ReplicaStanding::Serving))
+    });
+    assert!(caught_up.is_some(), "node 3 took a state and serves:\n{}", cluster.post_mortem(40));
+    for round in 70..80 {
+        deposit_round(&mut clients, &mut expected, round);
+    }
+    // Node 3 counts now: without node 1, nodes 2 and 3 are the majority.
+    cluster.kill(1).unwrap();
+    for round in 80..90 {
+        deposit_round(&mut clients, &mut expected, round);
+    }
+    let audits: Vec<_> = cluster.client_addrs()[1..]
+        .iter()
+        .map(|addr| {
+            let audit = Client::new(vec![*addr], 10).audit("bank", vec![1, 2, 3], None).unwrap();
+            assert!(audit.check.is_ok(), "{addr}: {:?}", audit.check);
+            audit.clients
+        })
+        .collect();
+    assert_eq!(audits[0], audits[1], "the re-integrated replica holds the same state");
+    assert_eq!(audits[1].iter().map(|(_, m)| m.as_ref().unwrap().applied).sum::<u64>(), expected as u64);
+    // A client asking again for its last request is answered from what was transferred.
+    let next = clients[0].next_request("bank");
+    let mut restarted = Client::new(cluster.client_addrs(), 1);
+    restarted.resume("bank", next - 1);
+    let repeated =
+        restarted.call_answered::<_, i64>("bank", &TransferRequest { account: 8, teller: 0, delta: 1 }).unwrap();
+    assert!(repeated.duplicate, "answered as before: {repeated:?}");
 }
 
 #[test]
@@ -135,7 +204,10 @@ fn queries_are_voted_and_every_replica_audits_to_the_same_state() {
     let reported = cluster.wait_statuses(&[1, 2, 3], std::time::Duration::from_secs(5), |statuses| {
         statuses.len() == 3
             && statuses.iter().all(|status| {
-                status.replicas.iter().any(|r| r.name == "bank" && r.executed == 5 && r.stopped.is_none())
+                status
+                    .replicas
+                    .iter()
+                    .any(|r| r.name == "bank" && r.executed == 5 && r.standing == ReplicaStanding::Serving)
             })
             && statuses
                 .iter()

@@ -131,11 +131,20 @@ impl Agent {
                         .map(|id| config.member(*id).map_or_else(String::new, |m| m.client.to_string()))
                         .collect();
                     let group = crate::replica::group_config(spec, config.me.id, &control_config);
+                    let donors = crate::transfer::Donors {
+                        replicas: (spec.replicas.iter().enumerate())
+                            .filter(|(_, id)| **id != config.me.id)
+                            .filter_map(|(number, id)| config.member(*id).map(|m| (number as u16, m.control)))
+                            .collect(),
+                        key: key.clone(),
+                        detections: instruments.detections.clone(),
+                    };
                     ReplicaHost::start(
                         spec,
                         services[&spec.name].clone(),
                         config.me.id,
                         client_addrs,
+                        donors,
                         group,
                         events_tx.clone(),
                         &config.data_dir,
@@ -300,6 +309,9 @@ impl Agent {
                 }
             }
             PeerEvent::Proposed => {}
+            PeerEvent::TransferAsked { service, reply } => {
+                let _ = reply.send(self.replicas.iter().find(|r| r.name() == service).map(ReplicaHost::replica));
+            }
             PeerEvent::Message { from, body: Body::Report(report), .. } => {
                 let now = self.now();
                 self.coordinator.on_report(from, report, now);

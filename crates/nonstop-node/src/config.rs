@@ -315,6 +315,11 @@ pub struct ServiceSection {
     /// default: f+1 equal replies of 2f+1), `leader-only` (the order's leader replies, the
     /// others execute and keep theirs) or `pass-first` (the first reply wins).
     pub replies: Option<String>,
+    /// Active replication only: entries of the order the replicas keep in memory before they
+    /// compact them behind a snapshot (16 to 1,048,576; default 1,024). A replica that falls
+    /// further behind (paused, cut off) takes a live replica's state by state transfer instead
+    /// of the entries it missed.
+    pub order_log_entries: Option<u64>,
     /// Passive replication: the node that is primary of the first term.
     pub primary: Option<u64>,
     /// Passive replication: backups wanted (default 1).
@@ -432,6 +437,8 @@ pub struct ActiveSpec {
     pub replicas: Vec<NodeId>,
     /// How clients decide on the replicas' replies.
     pub replies: ReplyMode,
+    /// Order entries kept in memory before compaction.
+    pub order_log_entries: u64,
     /// Region address (the same on every replica, so their images compare byte for byte).
     pub region_base: usize,
     /// Region length in bytes.
@@ -492,6 +499,13 @@ fn region(service: &ServiceSection, index: usize) -> Result<(usize, usize), Conf
     Ok((base, region_len))
 }
 
+/// Order entries an active service's replicas keep in memory by default.
+const DEFAULT_ORDER_LOG_ENTRIES: u64 = 1024;
+
+/// The order entries a replica may keep: enough that compaction is not constant, few enough
+/// that memory stays bounded.
+const ORDER_LOG_ENTRIES: std::ops::RangeInclusive<u64> = 16..=1 << 20;
+
 /// An actively replicated service's section, checked: its replicas are every node that holds
 /// regions, which must be 2f+1 of them.
 fn active_spec(
@@ -522,6 +536,14 @@ fn active_spec(
             invalid(field("replies"), format!("{name:?}"), "use \"majority\", \"leader-only\" or \"pass-first\"")
         })?,
     };
+    let order_log_entries = service.order_log_entries.unwrap_or(DEFAULT_ORDER_LOG_ENTRIES);
+    if !ORDER_LOG_ENTRIES.contains(&order_log_entries) {
+        return Err(invalid(
+            field("order_log_entries"),
+            order_log_entries.to_string(),
+            format!("use {} to {} entries", ORDER_LOG_ENTRIES.start(), ORDER_LOG_ENTRIES.end()),
+        ));
+    }
     let replicas: Vec<NodeId> = members.iter().filter(|m| !m.witness).map(|m| m.id).collect();
     if replicas.len() < 3 || replicas.len().is_multiple_of(2) || replicas.len() > MAX_REPLICAS {
         return Err(invalid(
@@ -535,6 +557,7 @@ fn active_spec(
         index: index as u16,
         replicas,
         replies,
+        order_log_entries,
         region_base,
         region_len,
         kind: service.kind.clone(),
@@ -824,6 +847,13 @@ impl NodeConfig {
                 return Err(invalid(
                     field("replies"),
                     "is set on a passively replicated service, whose primary alone replies",
+                    "remove it, or set replication = \"active\"",
+                ));
+            }
+            if service.order_log_entries.is_some() {
+                return Err(invalid(
+                    field("order_log_entries"),
+                    "is set on a passively replicated service, which has no order of requests",
                     "remove it, or set replication = \"active\"",
                 ));
             }
@@ -1136,6 +1166,14 @@ mod tests {
         assert!(mode.contains("services[0].replies") && mode.contains("pass-first"), "{mode}");
         let passive_replies = refused(&GOOD.replace("primary = 1\n", "primary = 1\nreplies = \"majority\"\n"));
         assert!(passive_replies.contains("services[0].replies"), "{passive_replies}");
+        let passive_log = refused(&GOOD.replace("primary = 1\n", "primary = 1\norder_log_entries = 64\n"));
+        assert!(passive_log.contains("services[0].order_log_entries"), "{passive_log}");
+        let tiny_log =
+            refused(&active.replace("replication = \"active\"", "replication = \"active\"\norder_log_entries = 3"));
+        assert!(tiny_log.contains("order_log_entries") && tiny_log.contains("16 to"), "{tiny_log}");
+        let kept =
+            check(&active.replace("replication = \"active\"", "replication = \"active\"\norder_log_entries = 64"));
+        assert_eq!(kept.unwrap().active[0].order_log_entries, 64);
         let unknown = refused(&GOOD.replace("primary = 1\n", "primary = 1\nreplication = \"semi\"\n"));
         assert!(unknown.contains("services[0].replication"), "{unknown}");
         let no_primary = refused(&GOOD.replace("primary = 1\n", ""));

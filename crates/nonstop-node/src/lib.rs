@@ -13,6 +13,7 @@
 //! * [`service`]: one service's roles on this node and the moves between them.
 //! * [`replica`]: an actively replicated service's replica on this node: its order group and
 //!   the executor of what the group delivers.
+//! * [`transfer`]: state transfer between an active service's replicas, on the control port.
 //! * [`status`]: what a node reports of itself (status, metrics).
 //! * [`client_server`]: the client port.
 //! * [`integrity`]: scrubbing the primary's region, and stopping the node if it is corrupt.
@@ -33,6 +34,7 @@ pub mod replica;
 mod sentinel_port;
 pub mod service;
 pub mod status;
+pub mod transfer;
 
 pub use integrity::{EXIT_CORRUPT_MEMORY, fail_stop};
 pub use nonstop_control::NodeId;

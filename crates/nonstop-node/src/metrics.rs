@@ -161,8 +161,14 @@ pub fn render(status: &NodeStatus) -> String {
     metric(
         "nonstop_replica_serving",
         "gauge",
-        "1 if this node's replica serves; 0 if it stopped (its status says why).",
-        per_replica(&|r| if r.stopped.is_none() { 1.0 } else { 0.0 }),
+        "1 if this node's replica serves; 0 if it is taking another's state or stopped (its status says why).",
+        per_replica(&|r| if r.standing == crate::status::ReplicaStanding::Serving { 1.0 } else { 0.0 }),
+    );
+    metric(
+        "nonstop_replica_state_transfers_total",
+        "counter",
+        "States this node's replica took from another replica after falling behind the order's compacted log.",
+        per_replica(&|r| r.state_transfers as f64),
     );
     let detections = status.detections;
     metric(

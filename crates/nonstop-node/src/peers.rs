@@ -86,6 +86,14 @@ pub enum PeerEvent {
     },
     /// A call left a request for an active service's order group to propose.
     Proposed,
+    /// A peer asks for the state of this node's replica of `service` (a connection that proved
+    /// it holds the cluster key); the replica goes to `reply`, `None` if there is none.
+    TransferAsked {
+        /// The active service.
+        service: String,
+        /// Where the replica goes.
+        reply: Sender<Option<Arc<crate::replica::Replica>>>,
+    },
     /// A connection from the peer closed. It counts only if it is the peer's newest: a peer
     /// that redialled closes its old connection while alive.
     Down {
@@ -176,6 +184,9 @@ fn accept_loop(
         };
         if first.kind == FrameKind::Operator {
             return serve_operator(sender, receiver, first, &events, peer);
+        }
+        if first.kind == FrameKind::Transfer {
+            return crate::transfer::serve(sender, receiver, first, &events, peer);
         }
         let connection = accepted.fetch_add(1, Ordering::Relaxed) + 1;
         let mut from = None;

@@ -16,25 +16,37 @@
 //! replicas at different points of the order may disagree around a write, and the client asks
 //! again until enough agree. An audit looks at one replica's state, not a vote.
 //!
-//! Not built yet (docs/active.md): re-integration of a replica that fell
-//! behind the group's compacted log (it stops serving, and says so), membership changes, and
-//! multithreaded services under the deterministic schedulers.
+//! A replica that fell behind the group's compacted log (paused, cut off, slow) is sent the
+//! order's state instead of the entries it missed; its service state is then behind the
+//! order, and it takes a live replica's state by state transfer ([`crate::transfer`]): the
+//! donor copies its pages while it executes (the pre-copy rounds passive replication uses for
+//! a new backup), then, held between two entries of the order, the pages written since and
+//! what its executions answered each client last. The receiver keeps what the order delivers
+//! meanwhile ([`Feed`]) and executes on from the donor's point. It answers no call until then.
+//!
+//! Not built yet (docs/active.md): re-integration of a restarted node (a new member of the
+//! group: membership changes), and multithreaded services under the deterministic schedulers.
 
 use crate::NodeId;
 use crate::client_server::{AuditSlot, wall_clock_ms};
 use crate::config::ActiveSpec;
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::lock;
-use crate::status::ReplicaStatus;
+use crate::status::{ReplicaStanding, ReplicaStatus};
+use crate::transfer::{Donors, Received};
 use nonstop_active::calls::{Asked, Calls};
+use nonstop_active::feed::{Feed, FeedError};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_control::log::MemoryLog;
 use nonstop_control::{ControlConfig, ControlError, ElectionJitter, RaftNode, Replicated};
 use nonstop_proto::CheckpointId;
 use nonstop_proto::client::{ClientReply, ReplyMode, Vote};
+use nonstop_proto::frame::FrameKind;
+use nonstop_proto::runs::RunsBuilder;
+use nonstop_proto::transfer::{Answered, TransferMessage, answered_messages};
 use nonstop_region::{Mirror, Region};
 use nonstop_service::{CallError, Caller, Executed, Hosted};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -51,6 +63,26 @@ const BATCH_BYTES: usize = 512 << 10;
 /// Request bytes waiting to be proposed at most; calls beyond it are refused for now.
 const PENDING_BYTES: usize = 8 << 20;
 
+/// Request bytes a replica keeps while it awaits a state transfer; past that it asks for a
+/// later state instead ([`Feed`]).
+const KEPT_FOR_TRANSFER: usize = 64 << 20;
+
+/// Pages copied per batch of a state transfer (each batch holds the region briefly).
+const TRANSFER_BATCH_PAGES: usize = 64;
+
+/// Pre-copy rounds a donor runs at most before it holds execution for the rest.
+const PRECOPY_ROUNDS: usize = 5;
+
+/// A donor holds execution for the rest once fewer pages than this were written since the
+/// last pre-copy round.
+const PRECOPY_SETTLED_PAGES: usize = 256;
+
+/// How long a donor waits for its own execution to reach the receiver's point of the order.
+const DONOR_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// Pause before a replica asks for a state again after every donor failed.
+const TRANSFER_RETRY: Duration = Duration::from_millis(200);
+
 /// The value of [`Replica::leader`] when no leader is known.
 const NO_LEADER: u16 = u16::MAX;
 
@@ -58,6 +90,8 @@ const NO_LEADER: u16 = u16::MAX;
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Standing {
     Serving,
+    /// It fell behind the order's compacted log and awaits a live replica's state.
+    CatchingUp,
     /// It stopped, for the reason given (its state no longer follows the order).
     Stopped(String),
 }
@@ -67,6 +101,49 @@ struct Shared {
     standing: Standing,
     /// Which calls wait, what to propose, what was executed.
     calls: Calls<oneshot::Sender<Vote>>,
+    /// States taken from another replica.
+    transfers: u64,
+}
+
+/// What the executor thread is given to do, in order.
+enum Work {
+    /// Execute what the order delivered.
+    Delivered(Delivered),
+    /// The group replaced the order by a snapshot ending at this position: take a state.
+    Restored(u64),
+    /// A state transfer into this replica ended (the region holds the donor's pages).
+    Transferred(Received),
+    /// A state transfer into this replica failed with every donor; ask again.
+    TransferFailed(String),
+    /// A donor's last step: between two entries, once this replica executed up to the
+    /// position given at least, copy the rest of its state.
+    Finish { from: u64, reply: mpsc::Sender<Finished> },
+    /// The replica is shutting down.
+    Stop,
+}
+
+/// The rest of a donor's state, copied between two entries.
+enum Finished {
+    Ready {
+        payloads: Vec<Vec<u8>>,
+        pages: usize,
+        answered: Vec<Answered>,
+        position: u64,
+    },
+    /// It has executed only up to this position so far.
+    Behind(u64),
+    /// It does not follow the order itself.
+    NotServing(String),
+}
+
+/// Sends one frame of a state transfer to the receiver.
+pub(crate) type SendFrame<'a> = dyn FnMut(FrameKind, &[u8]) -> Result<(), String> + 'a;
+
+/// What one donation sent, for the log.
+pub(crate) struct Donated {
+    pub position: u64,
+    pub pages: usize,
+    pub final_pages: usize,
 }
 
 /// What client threads see of a replica.
@@ -84,6 +161,12 @@ pub struct Replica {
     shared: Mutex<Shared>,
     /// Wakes the agent when the first request is pending.
     wake: Mutex<Sender<PeerEvent>>,
+    /// The executor's work (the agent, donations and transfers post to it).
+    work: Mutex<Sender<Work>>,
+    /// Where it takes a state from.
+    donors: Donors,
+    /// Set while it sends its state to another replica (one at a time: one pre-copy).
+    donating: AtomicBool,
 }
 
 /// Why a replica cannot start.
@@ -113,7 +196,6 @@ pub struct ReplicaHost {
     /// Its membership of the order group; `None` if it sits out (see [`ReplicaHost::start`]).
     group: Option<RaftNode<Order>>,
     replicas: Vec<NodeId>,
-    deliveries: Option<Sender<Delivered>>,
     executor: Option<JoinHandle<()>>,
     /// After the order's leader died: ticks until this replica stands, unless a new leader is
     /// known by then, and the dead leader.
@@ -137,11 +219,13 @@ impl ReplicaHost {
     /// committed entry or elect two leaders in a term. It sits out instead (serving its
     /// passive services), until re-integration as a new member is built. The mark of its
     /// membership goes into `data_dir` before its first message to the group.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         spec: &ActiveSpec,
         service: Hosted,
         me: NodeId,
         client_addrs: Vec<String>,
+        donors: Donors,
         group_config: ControlConfig,
         wake: Sender<PeerEvent>,
         data_dir: &std::path::Path,
@@ -165,15 +249,16 @@ impl ReplicaHost {
             false => Standing::Serving,
         };
         let group = match standing {
-            Standing::Serving => Some(
-                RaftNode::new(group_config, Box::new(MemoryLog::default()))
-                    .map_err(|source| ReplicaError::Group { service: spec.name.clone(), source })?,
-            ),
             Standing::Stopped(ref reason) => {
                 tracing::error!(service = spec.name, %reason, "replica sits out");
                 None
             }
+            Standing::Serving | Standing::CatchingUp => Some(
+                RaftNode::new(group_config, Box::new(MemoryLog::default()))
+                    .map_err(|source| ReplicaError::Group { service: spec.name.clone(), source })?,
+            ),
         };
+        let (work, works) = mpsc::channel();
         let replica = Arc::new(Replica {
             name: spec.name.clone(),
             me: number as u16,
@@ -182,22 +267,23 @@ impl ReplicaHost {
             service,
             mirror,
             leader: AtomicU16::new(NO_LEADER),
-            shared: Mutex::new(Shared { standing, calls: Calls::new(PENDING_BYTES) }),
+            shared: Mutex::new(Shared { standing, calls: Calls::new(PENDING_BYTES), transfers: 0 }),
             wake: Mutex::new(wake),
+            work: Mutex::new(work),
+            donors,
+            donating: AtomicBool::new(false),
         });
-        let (deliveries, delivered) = mpsc::channel();
         let executor = {
             let replica = replica.clone();
             std::thread::Builder::new()
                 .name(format!("nonstop-replica-{}", spec.name))
-                .spawn(move || execute_order(&replica, delivered))
+                .spawn(move || Executor::new(replica).run(works))
                 .map_err(|error| region_error(format!("no executor thread: {error}")))?
         };
         Ok(ReplicaHost {
             replica,
             group,
             replicas: spec.replicas.clone(),
-            deliveries: Some(deliveries),
             executor: Some(executor),
             standing_in: None,
             unmarked: Some(mark),
@@ -225,10 +311,12 @@ impl ReplicaHost {
             applied_index: self.group.as_ref().map_or(0, |g| g.state().applied_index()),
             delivered: self.group.as_ref().map_or(0, |g| g.state().delivered()),
             executed: shared.calls.executed_count(),
-            stopped: match &shared.standing {
-                Standing::Serving => None,
-                Standing::Stopped(reason) => Some(reason.clone()),
+            standing: match &shared.standing {
+                Standing::Serving => ReplicaStanding::Serving,
+                Standing::CatchingUp => ReplicaStanding::CatchingUp,
+                Standing::Stopped(reason) => ReplicaStanding::Stopped { reason: reason.clone() },
             },
+            state_transfers: shared.transfers,
         }
     }
 
@@ -332,21 +420,21 @@ impl ReplicaHost {
             // Proposed at the next round: the agent's loop is woken for it.
             let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
         }
+        let work = lock(&self.replica.work);
         if output.restored.is_some() {
-            self.replica.stop(
-                "it fell behind the order's compacted log, and re-integration by state transfer is not built yet"
-                    .into(),
+            // Where the snapshot ends: where the first entry applied after it starts (the
+            // state now holds this poll's entries too).
+            let from = output.applied.first().map_or(group.state().delivered(), |delivered| delivered.first);
+            tracing::warn!(
+                service = self.replica.name,
+                from,
+                "behind the order's compacted log: taking a replica's state"
             );
-            self.deliveries = None;
+            let _ = work.send(Work::Restored(from));
         }
-        if let Some(deliveries) = &self.deliveries {
-            for delivered in output.applied {
-                if deliveries.send(delivered).is_err() {
-                    // The executor stopped; the replica says why.
-                    self.deliveries = None;
-                    break;
-                }
-            }
+        for delivered in output.applied {
+            // Gone only once the executor stopped; the replica says why.
+            let _ = work.send(Work::Delivered(delivered));
         }
         Ok(())
     }
@@ -354,7 +442,7 @@ impl ReplicaHost {
 
 impl Drop for ReplicaHost {
     fn drop(&mut self) {
-        self.deliveries = None;
+        let _ = lock(&self.replica.work).send(Work::Stop);
         if let Some(executor) = self.executor.take() {
             let _ = executor.join();
         }
@@ -377,8 +465,8 @@ impl Replica {
         let (tx, waiting) = oneshot::channel();
         {
             let mut shared = lock(&self.shared);
-            if let Standing::Stopped(reason) = &shared.standing {
-                return ClientReply::Unavailable { reason: format!("this replica stopped: {reason}") };
+            if let Some(unavailable) = unavailable(&shared.standing) {
+                return unavailable;
             }
             match shared.calls.ask(Request { client, number, refused, body }, tx) {
                 Asked::Answer { outcome, duplicate } => {
@@ -416,12 +504,28 @@ impl Replica {
             return stopped;
         }
         let replica = self.clone();
-        match tokio::task::spawn_blocking(move || replica.service.query(&replica.mirror, &body)).await {
-            Ok(Ok((answer, _))) => ClientReply::Voted(Box::new(self.vote(0, Ok(answer), false))),
-            Ok(Err(CallError::Failed(reason))) => ClientReply::Unavailable { reason },
-            Ok(Err(refusal)) => ClientReply::Voted(Box::new(self.vote(0, Err(refusal.to_string()), false))),
+        let answered =
+            tokio::task::spawn_blocking(move || replica.unchanged(|| replica.service.query(&replica.mirror, &body)));
+        match answered.await {
+            Ok(Some(Ok((answer, _)))) => ClientReply::Voted(Box::new(self.vote(0, Ok(answer), false))),
+            Ok(Some(Err(CallError::Failed(reason)))) => ClientReply::Unavailable { reason },
+            Ok(Some(Err(refusal))) => ClientReply::Voted(Box::new(self.vote(0, Err(refusal.to_string()), false))),
+            Ok(None) => self.stopped().unwrap_or_else(state_replaced),
             Err(error) => ClientReply::Unavailable { reason: format!("the query's executor failed: {error}") },
         }
+    }
+
+    /// `read`'s result, if this replica served with one state all along: not while it takes
+    /// another's state (its region is cleared and filled meanwhile), nor across such a
+    /// transfer.
+    fn unchanged<R>(&self, read: impl FnOnce() -> R) -> Option<R> {
+        let serving = || {
+            let shared = lock(&self.shared);
+            (shared.standing == Standing::Serving).then_some(shared.transfers)
+        };
+        let before = serving()?;
+        let result = read();
+        (serving() == Some(before)).then_some(result)
     }
 
     /// Audits this replica's own state, with every execution held off: the platform's and the
@@ -439,27 +543,24 @@ impl Replica {
         }
         let replica = self.clone();
         let audited = tokio::task::spawn_blocking(move || {
-            let report =
-                replica.mirror.quiesced_checked(|image, _| replica.service.audit(image, &clients, query.as_deref()));
+            let report = replica.unchanged(|| {
+                replica.mirror.quiesced_checked(|image, _| replica.service.audit(image, &clients, query.as_deref()))
+            });
             drop(slot);
             report
         });
         match audited.await {
-            Ok(report) => {
+            Ok(Some(report)) => {
                 ClientReply::Audit { check: report.check, clients: report.clients, answer: report.answer, term: 0 }
             }
+            Ok(None) => self.stopped().unwrap_or_else(state_replaced),
             Err(error) => ClientReply::Unavailable { reason: format!("the audit's executor failed: {error}") },
         }
     }
 
-    /// Why this replica does not answer, if it stopped.
+    /// Why this replica does not answer, if it does not.
     fn stopped(&self) -> Option<ClientReply> {
-        match &lock(&self.shared).standing {
-            Standing::Stopped(reason) => {
-                Some(ClientReply::Unavailable { reason: format!("this replica stopped: {reason}") })
-            }
-            Standing::Serving => None,
-        }
+        unavailable(&lock(&self.shared).standing)
     }
 
     /// This replica's vote on request `number`.
@@ -511,22 +612,258 @@ impl Replica {
     }
 }
 
-/// The executor: runs each delivered request in order, and sends its vote to whoever waits.
-fn execute_order(replica: &Replica, delivered: Receiver<Delivered>) {
-    for entry in delivered {
-        for request in entry.requests {
-            if matches!(lock(&replica.shared).standing, Standing::Stopped(_)) {
+/// What a client hears when a replica's state was replaced while it answered.
+fn state_replaced() -> ClientReply {
+    ClientReply::Unavailable { reason: "this replica took another's state while answering; ask again".into() }
+}
+
+/// What a client hears from a replica that does not serve, by its standing.
+fn unavailable(standing: &Standing) -> Option<ClientReply> {
+    match standing {
+        Standing::Serving => None,
+        Standing::CatchingUp => Some(ClientReply::Unavailable {
+            reason: "this replica is taking another's state (it fell behind the order); ask the others".into(),
+        }),
+        Standing::Stopped(reason) => {
+            Some(ClientReply::Unavailable { reason: format!("this replica stopped: {reason}") })
+        }
+    }
+}
+
+/// The executor thread: runs each delivered request in order and sends its vote to whoever
+/// waits; takes another replica's state when the order's snapshot replaced entries it missed,
+/// and copies the rest of its own for a donation, between two entries.
+struct Executor {
+    replica: Arc<Replica>,
+    feed: Feed,
+    /// A transfer into this replica runs (one at a time: it writes the region).
+    fetching: bool,
+}
+
+impl Executor {
+    fn new(replica: Arc<Replica>) -> Executor {
+        Executor { replica, feed: Feed::new(KEPT_FOR_TRANSFER), fetching: false }
+    }
+
+    fn run(mut self, works: Receiver<Work>) {
+        for work in works {
+            let going_on = match work {
+                Work::Delivered(delivered) => match self.feed.delivered(delivered) {
+                    Ok(entries) => entries.into_iter().all(|entry| self.execute_entry(entry)),
+                    Err(error) => self.stop(format!("its order feed broke: {error}")),
+                },
+                Work::Restored(from) => {
+                    self.feed.restored(from);
+                    let mut shared = lock(&self.replica.shared);
+                    if shared.standing == Standing::Serving {
+                        shared.standing = Standing::CatchingUp;
+                    }
+                    // Their calls are answered by the others; the callers ask again.
+                    shared.calls.drop_waiters();
+                    drop(shared);
+                    self.fetch(Duration::ZERO);
+                    true
+                }
+                Work::Transferred(received) => self.transferred(received),
+                Work::TransferFailed(reason) => {
+                    self.fetching = false;
+                    tracing::warn!(service = self.replica.name, %reason, "no state taken yet; asking again");
+                    self.fetch(TRANSFER_RETRY);
+                    true
+                }
+                Work::Finish { from, reply } => {
+                    let _ = reply.send(self.finish_donation(from));
+                    true
+                }
+                Work::Stop => false,
+            };
+            if !going_on {
                 return;
             }
-            let Some(outcome) = replica.execute(&request, entry.time_ms) else { return };
-            let waiters = lock(&replica.shared).calls.executed(&request, outcome.clone());
+        }
+    }
+
+    /// Executes one entry's requests at its order time; false once the replica stopped.
+    fn execute_entry(&self, entry: Delivered) -> bool {
+        for request in entry.requests {
+            if matches!(lock(&self.replica.shared).standing, Standing::Stopped(_)) {
+                return false;
+            }
+            let Some(outcome) = self.replica.execute(&request, entry.time_ms) else { return false };
+            let waiters = lock(&self.replica.shared).calls.executed(&request, outcome.clone());
             if !waiters.is_empty() {
-                let vote = replica.vote(request.number, outcome, false);
+                let vote = self.replica.vote(request.number, outcome, false);
                 for waiter in waiters {
                     let _ = waiter.send(vote.clone());
                 }
             }
         }
+        true
+    }
+
+    fn stop(&self, reason: String) -> bool {
+        self.replica.stop(reason);
+        false
+    }
+
+    /// Starts taking a state from another replica (after `pause`), unless a transfer runs: it
+    /// writes the region, so one at a time. Its end comes back as work.
+    fn fetch(&mut self, pause: Duration) {
+        let Some(from) = self.feed.awaiting_from() else { return };
+        if self.fetching {
+            return;
+        }
+        self.fetching = true;
+        let replica = self.replica.clone();
+        let spawned = std::thread::Builder::new().name(format!("nonstop-transfer-{}", replica.name)).spawn(move || {
+            std::thread::sleep(pause);
+            let leader = Some(replica.leader.load(Ordering::Relaxed)).filter(|l| *l != NO_LEADER && *l != replica.me);
+            let work = match crate::transfer::fetch(&replica, &replica.donors, leader, from) {
+                Ok(received) => Work::Transferred(received),
+                Err(reason) => Work::TransferFailed(reason),
+            };
+            let _ = lock(&replica.work).send(work);
+        });
+        if let Err(error) = spawned {
+            self.fetching = false;
+            self.replica.stop(format!("no thread to take a state with: {error}"));
+        }
+    }
+
+    /// A transfer into this replica ended: it executes on from the donor's point, or, if the
+    /// state is older than the order's latest snapshot here (another came meanwhile), asks
+    /// for a newer one.
+    fn transferred(&mut self, received: Received) -> bool {
+        self.fetching = false;
+        let rest = match self.feed.transferred(received.position) {
+            Ok(rest) => rest,
+            Err(FeedError::Behind { position, from }) => {
+                tracing::info!(service = self.replica.name, position, from, "a transferred state is already behind");
+                self.fetch(Duration::ZERO);
+                return true;
+            }
+            Err(error) => return self.stop(format!("a transferred state does not fit the order: {error}")),
+        };
+        {
+            let mut shared = lock(&self.replica.shared);
+            let answered = received.answered.into_iter().map(|a| (a.client, (a.number, a.refused), a.outcome));
+            shared.calls.restore(answered);
+            shared.transfers += 1;
+            if shared.standing == Standing::CatchingUp {
+                shared.standing = Standing::Serving;
+            }
+        }
+        tracing::info!(
+            service = self.replica.name,
+            position = received.position,
+            donor = received.donor,
+            kept = rest.len(),
+            "took a replica's state; serving again"
+        );
+        rest.into_iter().all(|entry| self.execute_entry(entry))
+    }
+
+    /// A donor's last step, between two entries: the pages written since the pre-copy's last
+    /// round (the whole image if the region's writes are not tracked), what its executions
+    /// answered each client last, and its point of the order.
+    fn finish_donation(&self, from: u64) -> Finished {
+        let position = match (self.feed.next(), &lock(&self.replica.shared).standing) {
+            (_, Standing::Stopped(reason)) => return Finished::NotServing(reason.clone()),
+            (None, _) => return Finished::NotServing("it is taking a state itself".into()),
+            (Some(next), _) if next < from => return Finished::Behind(next),
+            (Some(next), _) => next,
+        };
+        let mirror = &self.replica.mirror;
+        let mut payloads = Vec::new();
+        let mut keep = |runs: RunsBuilder| {
+            payloads.extend(runs.into_payloads());
+            Ok::<(), std::convert::Infallible>(())
+        };
+        let Ok(pages) = match mirror.is_transparent() {
+            true => mirror.copy_image(TRANSFER_BATCH_PAGES, &mut keep),
+            false => mirror.precopy_round(false, TRANSFER_BATCH_PAGES, &mut keep),
+        };
+        let answered = lock(&self.replica.shared)
+            .calls
+            .answered()
+            .map(|(client, (number, refused), outcome)| Answered { client, number, refused, outcome: outcome.clone() })
+            .collect();
+        Finished::Ready { payloads, pages, answered, position }
+    }
+}
+
+impl Replica {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The replica's region.
+    pub(crate) fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    /// Sends this replica's state at position `from` of the order or later through `send`
+    /// (frames of a state transfer): its pages while it keeps executing (pre-copy rounds, for
+    /// a region whose writes are declared), then, with execution held between two entries,
+    /// the pages written since, its clients' last answers, and its point of the order.
+    pub(crate) fn donate(&self, from: u64, send: &mut SendFrame<'_>) -> Result<Donated, String> {
+        if self.donating.swap(true, Ordering::AcqRel) {
+            return Err("this replica is sending its state to another already".into());
+        }
+        let _donating = Donation(self);
+        if let Some(ClientReply::Unavailable { reason }) = self.stopped() {
+            return Err(reason);
+        }
+        let mut pages = 0;
+        if !self.mirror.is_transparent() {
+            self.mirror.precopy_begin();
+            let mut send_runs = |runs: RunsBuilder| runs.payloads().iter().try_for_each(|p| send(FrameKind::Runs, p));
+            for round in 0..PRECOPY_ROUNDS {
+                pages += self.mirror.precopy_round(round == 0, TRANSFER_BATCH_PAGES, &mut send_runs)?;
+                if self.mirror.precopy_pending() < PRECOPY_SETTLED_PAGES {
+                    break;
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + DONOR_CATCH_UP;
+        let (payloads, final_pages, answered, position) = loop {
+            let (reply, finished) = mpsc::channel();
+            lock(&self.work).send(Work::Finish { from, reply }).map_err(|_| "the replica is shutting down")?;
+            match finished.recv_timeout(DONOR_CATCH_UP) {
+                Ok(Finished::Ready { payloads, pages, answered, position }) => {
+                    break (payloads, pages, answered, position);
+                }
+                Ok(Finished::NotServing(reason)) => return Err(reason),
+                Ok(Finished::Behind(next)) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(service = self.name, next, from, "donor behind the receiver's point; waiting");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(Finished::Behind(next)) => {
+                    return Err(format!("this replica executed only to position {next}, short of {from}"));
+                }
+                Err(_) => return Err("this replica's executor did not answer in time".into()),
+            }
+        };
+        for payload in &payloads {
+            send(FrameKind::Runs, payload)?;
+        }
+        for message in answered_messages(answered) {
+            send(FrameKind::Transfer, &nonstop_proto::transfer::encode(&message))?;
+        }
+        send(FrameKind::Transfer, &nonstop_proto::transfer::encode(&TransferMessage::Done { position }))?;
+        Ok(Donated { position, pages: pages + final_pages, final_pages })
+    }
+}
+
+/// A donation running: ends the pre-copy and frees the replica for the next one however the
+/// donation ends.
+struct Donation<'r>(&'r Replica);
+
+impl Drop for Donation<'_> {
+    fn drop(&mut self) {
+        self.0.mirror.precopy_abort();
+        self.0.donating.store(false, Ordering::Release);
     }
 }
 
@@ -540,6 +877,6 @@ pub fn group_config(spec: &ActiveSpec, me: NodeId, control: &ControlConfig) -> C
         election_ticks: control.election_ticks,
         heartbeat_ticks: control.heartbeat_ticks,
         election_jitter: ElectionJitter::Seeded(u64::from_le_bytes(seed)),
-        compact_every: 1024,
+        compact_every: spec.order_log_entries,
     }
 }

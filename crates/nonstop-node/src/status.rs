@@ -94,8 +94,36 @@ pub struct ReplicaStatus {
     pub delivered: u64,
     /// Requests this replica executed.
     pub executed: u64,
-    /// Why it stopped serving, if it did.
-    pub stopped: Option<String>,
+    /// Whether it serves.
+    pub standing: ReplicaStanding,
+    /// States it took from another replica, after falling behind the order's compacted log.
+    pub state_transfers: u64,
+}
+
+/// Whether a replica serves, in [`ReplicaStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaStanding {
+    /// It executes the order and answers calls.
+    #[default]
+    Serving,
+    /// It fell behind the order's compacted log and is taking another replica's state.
+    CatchingUp,
+    /// It stopped for good (until its node restarts), for this reason.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for ReplicaStanding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaStanding::Serving => f.write_str("serving"),
+            ReplicaStanding::CatchingUp => f.write_str("catching up (state transfer)"),
+            ReplicaStanding::Stopped { reason } => write!(f, "stopped: {reason}"),
+        }
+    }
 }
 
 /// How far one backup is behind its primary, in [`ServiceStatus`].

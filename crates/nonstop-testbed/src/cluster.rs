@@ -54,6 +54,9 @@ pub struct ClusterSpec {
     /// Replicate the services actively, every node that holds regions a replica, with these
     /// replies (`replication = "active"`); `None`: passively, from the primaries named.
     pub active: Option<ReplyMode>,
+    /// Active replication: the order entries replicas keep before compacting
+    /// (`order_log_entries`); `None`: the node's default.
+    pub order_log_entries: Option<u64>,
     /// Run each node in a network namespace of its own (these, by id - 1; see
     /// [`crate::netns`]) and reach its peers through fault proxies on `127.0.0.<peer>`.
     pub namespaces: Option<Vec<String>>,
@@ -96,6 +99,7 @@ impl Default for ClusterSpec {
             witnesses: 0,
             services: vec![(SERVICE.to_string(), 1)],
             active: None,
+            order_log_entries: None,
             namespaces: None,
             max_clients: None,
             redis: false,
@@ -271,7 +275,11 @@ impl LocalCluster {
                 let base = spec.region_base + index * (64 << 30);
                 let replication = match spec.active {
                     None => format!("primary = {primary}\nbackups = {}\n{tracking}", spec.backups),
-                    Some(mode) => format!("replication = \"active\"\nreplies = \"{}\"\n", mode.name()),
+                    Some(mode) => {
+                        let kept =
+                            spec.order_log_entries.map_or(String::new(), |n| format!("order_log_entries = {n}\n"));
+                        format!("replication = \"active\"\nreplies = \"{}\"\n{kept}", mode.name())
+                    }
                 };
                 text += &format!(
                     "[[services]]\nname = \"{name}\"\nkind = \"{}\"\n{replication}region_base = \"{base:#x}\"\nregion_size_mib = {}\ncheckpoint_interval_us = {}\n[services.settings]\n{settings}\n",

@@ -86,7 +86,7 @@ fn render_active(out: &mut String, statuses: &[(u64, SocketAddr, Option<NodeStat
         match status.as_ref().and_then(|s| s.replicas.iter().find(|r| r.name == name)) {
             Some(r) => {
                 let leader = r.order_leader.map_or("none".into(), |l| l.to_string());
-                let standing = r.stopped.as_deref().map_or("serving".into(), |why| format!("stopped: {why}"));
+                let standing = r.standing.to_string();
                 let _ = writeln!(
                     out,
                     "| {id} | {addr} | {up} | {} | {leader} | {} | {} | {} | {} | {standing} |",
