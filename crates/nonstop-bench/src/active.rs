@@ -63,20 +63,7 @@ pub struct ActiveBenchConfig {
     pub fault: Option<ReplicaFault>,
 }
 
-/// A fault of one replica.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplicaFault {
-    /// It stops for good: no more execution, no more replies (a crash, or a partition that
-    /// does not heal).
-    Kill,
-    /// It stops for `ms` milliseconds, then goes on and catches up (a pause, or a partition
-    /// that heals).
-    Pause {
-        /// How long.
-        ms: u64,
-    },
-}
+pub use nonstop_testbed::chaos::ReplicaFault;
 
 /// When and how the faulty replica fails.
 struct FaultPlan {

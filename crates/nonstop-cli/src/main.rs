@@ -3,10 +3,11 @@
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nonstop::{BackupServer, ClusterKey, CommitPolicy, DEFAULT_REGION_BASE, Region, UpdateProtocol};
-use nonstop_bench::active::{ActiveBenchConfig, ReplicaFault};
+use nonstop_bench::active::ActiveBenchConfig;
 use nonstop_bench::versus_redis::RedisBenchConfig;
 use nonstop_bench::{self as bench, BenchConfig, BenchReport, WorkloadKind};
 use nonstop_region::tracking::TrackingMode;
+use nonstop_testbed::chaos::ReplicaFault;
 use nonstop_testbed::local::{KeyFile, LISTENING, LocalBackup};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -119,7 +120,7 @@ struct SimArgs {
 enum ChaosKind {
     /// SIGKILL the primary under load, trial after trial, at random moments and at fault
     /// points inside a checkpoint; report failover times and lost or doubled updates.
-    Kill(ChaosKillArgs),
+    Kill(Box<ChaosKillArgs>),
 }
 
 #[derive(Args)]
@@ -288,6 +289,18 @@ struct ChaosKillArgs {
     /// `leader-only` or `pass-first`).
     #[arg(long, default_value = "majority", value_parser = parse_replies)]
     replies: nonstop_proto::client::ReplyMode,
+    /// With `--replication active`: what happens to the replica, `kill` (SIGKILL) or `pause`
+    /// (SIGSTOP for --pause-ms, then SIGCONT: it catches up, by state transfer if the order
+    /// compacted entries it missed). Passive pauses are `nonstop chaos --netns pause`.
+    #[arg(long, value_enum, default_value = "kill")]
+    fault: FaultKind,
+    /// How long `--fault pause` stops the replica, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pause_ms: u64,
+    /// With `--replication active`: order entries the replicas keep before compacting
+    /// (`order_log_entries`); a small log makes every pause end in a state transfer.
+    #[arg(long)]
+    order_log_entries: Option<u64>,
     #[command(flatten)]
     service: ServiceArgs,
     /// Seed of the random choices (printed, so a run can be repeated).
@@ -665,7 +678,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { cluster, json } => status(&cluster, json),
-        Command::Chaos { kind: Some(ChaosKind::Kill(args)), .. } => chaos_kill(args),
+        Command::Chaos { kind: Some(ChaosKind::Kill(args)), .. } => chaos_kill(*args),
         Command::Chaos { kind: None, netns } => chaos_netns(netns),
         Command::Sim(args) => sim(args),
         Command::Switchover { service, to, cluster } => switchover(&service, to, &cluster),
@@ -1061,6 +1074,11 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if args.replication == Replication::Active {
         return chaos_kill_active(&args, &service);
     }
+    if matches!(args.fault, FaultKind::Pause) || args.order_log_entries.is_some() {
+        bail!(
+            "--fault pause and --order-log-entries are for --replication active; a passive primary's pause is `nonstop chaos --netns pause`"
+        );
+    }
 
     if args.min_backups.is_some_and(|m| m > args.backups) {
         bail!(
@@ -1170,37 +1188,59 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
             // regions.
             region_size_mib: 32,
             active: Some(args.replies),
+            order_log_entries: args.order_log_entries,
             ..Default::default()
         }),
         clients_kind: service.clients,
+        fault: match args.fault {
+            FaultKind::Kill => ReplicaFault::Kill,
+            FaultKind::Pause => ReplicaFault::Pause { ms: args.pause_ms },
+        },
         after_kill: Duration::from_secs(1),
+    };
+    let (verb, noun) = match config.fault {
+        ReplicaFault::Kill => ("killed", "kill"),
+        ReplicaFault::Pause { .. } => ("paused", "pause"),
     };
     let progress = trials_bar(args.trials);
     let report = nonstop_testbed::chaos::run_active_kill(&service.exe, &config, |trial| {
         progress.inc(1);
         let whom = if trial.killed_leader { "the order's leader" } else { "a follower" };
-        progress.set_message(format!("last: killed {whom}, longest gap {:.1} ms", trial.gap_ms));
+        progress.set_message(format!("last: {verb} {whom}, longest gap {:.1} ms", trial.gap_ms));
     })?;
     progress.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "chaos kill, active replication ({} replies): {} trials (seed {})",
+            "chaos {noun}, active replication ({} replies): {} trials (seed {})",
             report.replies, report.trials, seed
         );
         for (what, m) in [
-            ("every kill", &report.gap_ms),
-            ("the order's leader killed", &report.gap_leader_killed_ms),
-            ("a follower killed", &report.gap_follower_killed_ms),
+            (format!("every {noun}"), &report.gap_ms),
+            (format!("the order's leader {verb}"), &report.gap_leader_killed_ms),
+            (format!("a follower {verb}"), &report.gap_follower_killed_ms),
         ] {
             println!(
                 "longest gap between answers, {what}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 m.p50, m.p99, m.max
             );
         }
+        if let ReplicaFault::Pause { ms } = config.fault {
+            println!(
+                "paused {ms} ms: {} of {} replicas took another's state (p50 {:.1} ms, max {:.1} ms); back at the others' position {:.1} ms after the resume (p50; max {:.1} ms); {} not back within 10 s; answers/s while catching up vs before: {:.2}",
+                report.reintegrated,
+                report.trials,
+                report.catch_up_ms.p50,
+                report.catch_up_ms.max,
+                report.back_ms.p50,
+                report.back_ms.max,
+                report.not_back,
+                report.catching_up_vs_before
+            );
+        }
         println!(
-            "acknowledged {}, lost {}, applied twice {}, trials whose survivors disagree {}, trials without an answer after the kill {}",
+            "acknowledged {}, lost {}, applied twice {}, trials whose replicas disagree {}, trials without an answer after the {noun} {}",
             report.acknowledged,
             report.acked_lost,
             report.applied_twice,
@@ -1217,6 +1257,9 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
         nonstop_proto::client::ReplyMode::Majority => 0,
         _ => violations.stale_reads,
     };
+    if report.not_back > 0 {
+        bail!("a paused replica did not serve again within 10 s: repeat with --seed {seed}");
+    }
     if violations.total() > tolerated || report.check.is_err() || report.replicas_disagree > 0 {
         bail!(
             "the history broke a guarantee (lost, doubled, wrong answers, replicas apart): repeat with --seed {seed}"

@@ -270,4 +270,34 @@ fn chaos_kill_of_a_replica_loses_and_doubles_nothing_and_keeps_answering() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("shape passive replication"));
+    // In the same test: both runs use the chaos command's addresses.
+    chaos_pause_of_a_replica_reintegrates_it_by_state_transfer();
+}
+
+fn chaos_pause_of_a_replica_reintegrates_it_by_state_transfer() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
+        .args(["chaos", "kill", "--replication", "active", "--fault", "pause", "--pause-ms", "300"])
+        .args(["--order-log-entries", "16", "--trials", "1", "--seed", "3", "--clients", "4", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["fault"]["pause"]["ms"], 300, "{report}");
+    // 300 ms of load is far more than 16 entries: the replica must take a state, and is
+    // audited with the others afterwards.
+    for (field, expected) in [("reintegrated", 1), ("not_back", 0), ("acked_lost", 0), ("applied_twice", 0)] {
+        assert_eq!(report[field], expected, "{field}: {report}");
+    }
+    assert_eq!(report["replicas_disagree"], 0, "{report}");
+    let trial = &report["trial_log"][0];
+    assert!(trial["state_transfers"].as_u64().unwrap() >= 1, "{trial}");
+    assert!(trial["catch_up_ms"].as_f64().is_some() && trial["back_ms"].as_f64().is_some(), "{trial}");
+    // Pauses are active replication's: a passive run refuses the flag.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
+        .args(["chaos", "kill", "--fault", "pause"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("chaos --netns pause"));
 }

@@ -103,6 +103,10 @@ struct Shared {
     calls: Calls<oneshot::Sender<Vote>>,
     /// States taken from another replica.
     transfers: u64,
+    /// How long the last catch-up took: from the order's snapshot to serving again.
+    last_catch_up: Option<Duration>,
+    /// The point of the order its state is at: requests delivered before it.
+    position: u64,
 }
 
 /// What the executor thread is given to do, in order.
@@ -267,7 +271,13 @@ impl ReplicaHost {
             service,
             mirror,
             leader: AtomicU16::new(NO_LEADER),
-            shared: Mutex::new(Shared { standing, calls: Calls::new(PENDING_BYTES), transfers: 0 }),
+            shared: Mutex::new(Shared {
+                standing,
+                calls: Calls::new(PENDING_BYTES),
+                transfers: 0,
+                last_catch_up: None,
+                position: 0,
+            }),
             wake: Mutex::new(wake),
             work: Mutex::new(work),
             donors,
@@ -317,6 +327,8 @@ impl ReplicaHost {
                 Standing::Stopped(reason) => ReplicaStanding::Stopped { reason: reason.clone() },
             },
             state_transfers: shared.transfers,
+            last_catch_up_ms: shared.last_catch_up.map(|d| d.as_secs_f64() * 1e3),
+            position: shared.position,
         }
     }
 
@@ -638,11 +650,13 @@ struct Executor {
     feed: Feed,
     /// A transfer into this replica runs (one at a time: it writes the region).
     fetching: bool,
+    /// While it catches up: when the order's snapshot came.
+    behind_since: Option<std::time::Instant>,
 }
 
 impl Executor {
     fn new(replica: Arc<Replica>) -> Executor {
-        Executor { replica, feed: Feed::new(KEPT_FOR_TRANSFER), fetching: false }
+        Executor { replica, feed: Feed::new(KEPT_FOR_TRANSFER), fetching: false, behind_since: None }
     }
 
     fn run(mut self, works: Receiver<Work>) {
@@ -654,6 +668,7 @@ impl Executor {
                 },
                 Work::Restored(from) => {
                     self.feed.restored(from);
+                    self.behind_since.get_or_insert_with(std::time::Instant::now);
                     let mut shared = lock(&self.replica.shared);
                     if shared.standing == Standing::Serving {
                         shared.standing = Standing::CatchingUp;
@@ -685,6 +700,7 @@ impl Executor {
 
     /// Executes one entry's requests at its order time; false once the replica stopped.
     fn execute_entry(&self, entry: Delivered) -> bool {
+        let end = entry.first + entry.requests.len() as u64;
         for request in entry.requests {
             if matches!(lock(&self.replica.shared).standing, Standing::Stopped(_)) {
                 return false;
@@ -698,6 +714,7 @@ impl Executor {
                 }
             }
         }
+        lock(&self.replica.shared).position = end;
         true
     }
 
@@ -749,6 +766,8 @@ impl Executor {
             let answered = received.answered.into_iter().map(|a| (a.client, (a.number, a.refused), a.outcome));
             shared.calls.restore(answered);
             shared.transfers += 1;
+            shared.last_catch_up = self.behind_since.take().map(|since| since.elapsed());
+            shared.position = received.position;
             if shared.standing == Standing::CatchingUp {
                 shared.standing = Standing::Serving;
             }

@@ -92,12 +92,16 @@ pub struct ReplicaStatus {
     pub applied_index: u64,
     /// Requests the order delivered here.
     pub delivered: u64,
-    /// Requests this replica executed.
+    /// Requests this replica executed itself (not those a transferred state covered).
     pub executed: u64,
+    /// The point of the order its state is at: requests delivered before it.
+    pub position: u64,
     /// Whether it serves.
     pub standing: ReplicaStanding,
     /// States it took from another replica, after falling behind the order's compacted log.
     pub state_transfers: u64,
+    /// How long the last of those took, from the order's snapshot to serving again.
+    pub last_catch_up_ms: Option<f64>,
 }
 
 /// Whether a replica serves, in [`ReplicaStatus`].

@@ -1,13 +1,16 @@
 //! `nonstop chaos kill --replication active`: trial after trial, three node processes replicate
 //! a service actively under client load, and one replica (the order's leader or a follower, as
-//! the seed picks) is killed with SIGKILL. There is no failover to time: the clients' votes go
-//! on with the two replicas left, and what a trial measures is the longest gap between answers
-//! around the kill. Each surviving replica is then audited against the clients' history, and
-//! the survivors' client tables must be the same.
+//! the seed picks) fails: killed with SIGKILL, or paused with SIGSTOP for a while and resumed.
+//! There is no failover to time: the clients' votes go on with the two replicas left, and what
+//! a trial measures is the longest gap between answers around the fault. A paused replica that
+//! fell behind the order's compacted log meanwhile must take a live replica's state and serve
+//! again: the trial measures how long that took and what the clients' throughput did around
+//! it. Each replica still running is then audited against the clients' history, and their
+//! client tables must be the same (a re-integrated replica's included).
 //!
 //! Each trial runs a cluster of its own: a killed replica that restarts sits out of the order
-//! group until re-integration is built (docs/active.md), so a second kill in one cluster would
-//! leave one replica, short of a majority.
+//! group until a restarted node can rejoin as a new member (docs/active.md), so a second kill in
+//! one cluster would leave one replica, short of a majority.
 
 use super::{Clients, Millis, Traffic, millis};
 use crate::cluster::{ClusterSpec, LocalCluster};
@@ -17,6 +20,21 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// A fault of one replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaFault {
+    /// It stops for good: no more execution, no more replies (a crash, or a partition that
+    /// does not heal).
+    Kill,
+    /// It stops for `ms` milliseconds, then goes on and catches up (a pause, or a partition
+    /// that heals).
+    Pause {
+        /// How long.
+        ms: u64,
+    },
+}
 
 /// How an active chaos run is shaped.
 #[derive(Clone, Debug)]
@@ -31,22 +49,38 @@ pub struct ActiveChaosConfig {
     pub spec: ClusterSpec,
     /// Who loads the service, and how its history is judged.
     pub clients_kind: Clients,
-    /// How long the load runs after the kill.
+    /// The fault.
+    pub fault: ReplicaFault,
+    /// How long the load runs after the fault (after the resume, for a pause).
     pub after_kill: Duration,
 }
 
 /// One trial.
 #[derive(Clone, Debug, Serialize)]
 pub struct ActiveTrial {
-    /// The replica killed (a node id).
+    /// The replica killed or paused (a node id).
     pub killed: u64,
-    /// Whether it led the order group when it died (the survivors then elect a new leader
+    /// Whether it led the order group when it failed (the others then elect a new leader
     /// before the order moves on).
     pub killed_leader: bool,
-    /// The longest time without an answer from 100 ms before the kill to the end of the load.
+    /// The longest time without an answer from 100 ms before the fault to the end of the load.
     pub gap_ms: f64,
-    /// Answers after the kill.
+    /// Answers after the fault began.
     pub answered_after_kill: u64,
+    /// A paused replica: the states it took from another replica after it resumed.
+    pub state_transfers: u64,
+    /// A paused replica that took a state: how long that took by its own clock, from the
+    /// order's snapshot to serving again.
+    pub catch_up_ms: Option<f64>,
+    /// A paused replica: from its resume until it served with the order's position the
+    /// others had reached at the resume (status polled every millisecond or so).
+    pub back_ms: Option<f64>,
+    /// Answers per second in the fault-free time before the fault.
+    pub answers_per_s_before: f64,
+    /// Answers per second while the replica was down (killed: the rest of the trial).
+    pub answers_per_s_during: f64,
+    /// A paused replica: answers per second from its resume until it was back.
+    pub answers_per_s_catching_up: Option<f64>,
     /// Answers in the trial.
     pub acknowledged: u64,
     /// Violations the history checker found, summed over the surviving replicas' audits.
@@ -64,14 +98,27 @@ pub struct ActiveChaosReport {
     pub seed: u64,
     /// How replies were voted on: `majority`, `leader-only` or `pass-first`.
     pub replies: String,
+    /// The fault of each trial.
+    pub fault: ReplicaFault,
     /// The longest gap between answers around each kill, over all trials.
     pub gap_ms: Millis,
     /// The same, over trials that killed the order's leader.
     pub gap_leader_killed_ms: Millis,
     /// The same, over trials that killed a follower.
     pub gap_follower_killed_ms: Millis,
-    /// Trials in which no answer came after the kill.
+    /// Trials in which no answer came after the fault began.
     pub no_answer_after_kill: u32,
+    /// Pauses: trials in which the paused replica took another's state.
+    pub reintegrated: u32,
+    /// Pauses: how long taking a state took, over those trials (the replica's clock).
+    pub catch_up_ms: Millis,
+    /// Pauses: from the resume until the replica was back at the others' position.
+    pub back_ms: Millis,
+    /// Pauses: answers per second while the replica caught up, over those before the fault
+    /// (the median over trials; 1.0 is no dip).
+    pub catching_up_vs_before: f64,
+    /// Pauses: trials in which the paused replica was not back within 10 s.
+    pub not_back: u32,
     /// Acknowledged updates missing from a surviving replica's state (summed over replicas and
     /// trials).
     pub acked_lost: u64,
@@ -121,10 +168,24 @@ pub fn run_active_kill(
         trials: config.trials,
         seed: config.seed,
         replies: mode.name().into(),
+        fault: config.fault,
         gap_ms: millis(&gaps(|_| true)),
         gap_leader_killed_ms: millis(&gaps(|t| t.killed_leader)),
         gap_follower_killed_ms: millis(&gaps(|t| !t.killed_leader)),
         no_answer_after_kill: trials.iter().filter(|t| t.answered_after_kill == 0).count() as u32,
+        reintegrated: trials.iter().filter(|t| t.state_transfers > 0).count() as u32,
+        catch_up_ms: millis(&trials.iter().filter_map(|t| t.catch_up_ms).collect::<Vec<_>>()),
+        back_ms: millis(&trials.iter().filter_map(|t| t.back_ms).collect::<Vec<_>>()),
+        catching_up_vs_before: median(
+            trials
+                .iter()
+                .filter_map(|t| t.answers_per_s_catching_up.map(|during| during / t.answers_per_s_before.max(1.0)))
+                .collect(),
+        ),
+        not_back: match config.fault {
+            ReplicaFault::Pause { .. } => trials.iter().filter(|t| t.back_ms.is_none()).count() as u32,
+            ReplicaFault::Kill => 0,
+        },
         acked_lost: totals.acked_lost,
         applied_twice: totals.applied_twice,
         replicas_disagree: trials.iter().filter(|t| t.replicas_disagree).count() as u32,
@@ -161,15 +222,55 @@ fn run_trial(
     let leader =
         leader.ok_or_else(|| anyhow::anyhow!("trial {trial}: the order group elected no leader within 20 s"))?;
     let load = Traffic::start(&cluster, &name, config.clients, 2, config.clients_kind, config.seed + trial, |_| {})?;
+    let started = Instant::now();
     std::thread::sleep(Duration::from_millis(rng.random_range(200..400)));
     let victim = all[rng.random_range(0..all.len())];
     let killed_at = Instant::now();
-    cluster.kill(victim)?;
+    let per_s = |from: Instant, to: Instant| {
+        let answers = load.acks().rate(from, to, to - from).first().copied().unwrap_or(0);
+        answers as f64 / (to - from).as_secs_f64().max(1e-6)
+    };
+    // Settled load only: the first 100 ms include the clients' connecting.
+    let answers_per_s_before = per_s(started + Duration::from_millis(100), killed_at);
+    let mut resumed = None;
+    match config.fault {
+        ReplicaFault::Kill => cluster.kill(victim)?,
+        ReplicaFault::Pause { ms } => {
+            cluster.signal(victim, rustix::process::Signal::STOP)?;
+            std::thread::sleep(Duration::from_millis(ms));
+            let others: Vec<u64> = all.iter().copied().filter(|id| *id != victim).collect();
+            let reached = (others.iter())
+                .filter_map(|id| cluster.status(*id))
+                .filter_map(|s| s.replicas.first().map(|r| r.position))
+                .max()
+                .unwrap_or(0);
+            cluster.signal(victim, rustix::process::Signal::CONT)?;
+            resumed = Some((Instant::now(), reached));
+        }
+    }
+    let back = resumed.and_then(|(at, reached)| {
+        let back = cluster.wait_statuses(&[victim], Duration::from_secs(10), |statuses| {
+            statuses[0]
+                .replicas
+                .first()
+                .is_some_and(|r| r.standing == nonstop_node::status::ReplicaStanding::Serving && r.position >= reached)
+        });
+        back.map(|back| (at, back))
+    });
     std::thread::sleep(config.after_kill);
     let ended = Instant::now();
     let gap = load.acks().longest_gap(killed_at - Duration::from_millis(100), ended);
     let answered_after_kill = load.acks().rate(killed_at, ended, ended - killed_at).first().copied().unwrap_or(0);
-    let survivors: Vec<_> = cluster.nodes.iter().filter(|n| n.id != victim).map(|n| n.client).collect();
+    let answers_per_s_during = per_s(killed_at, resumed.map_or(ended, |(at, _)| at));
+    // Over 50 ms at least, so that one answer more or less does not swing the rate.
+    let answers_per_s_catching_up =
+        back.map(|(resumed, back)| per_s(resumed, back.max(resumed + Duration::from_millis(50))));
+    let victim_status = cluster.status(victim).and_then(|s| s.replicas.first().cloned());
+    let still_running: Vec<_> = match config.fault {
+        ReplicaFault::Kill => cluster.nodes.iter().filter(|n| n.id != victim).map(|n| n.client).collect(),
+        ReplicaFault::Pause { .. } => cluster.nodes.iter().map(|n| n.client).collect(),
+    };
+    let survivors = still_running;
     let judged = load.finish_each(&name, &survivors)?;
     let acknowledged = judged.first().map_or(0, |j| j.history.operations.transfers_ok);
     let mut violations = Violations::default();
@@ -191,6 +292,12 @@ fn run_trial(
         killed_leader: victim == leader,
         gap_ms: gap.as_secs_f64() * 1e3,
         answered_after_kill,
+        state_transfers: victim_status.as_ref().map_or(0, |r| r.state_transfers),
+        catch_up_ms: victim_status.as_ref().and_then(|r| r.last_catch_up_ms),
+        back_ms: back.map(|(resumed, back)| (back - resumed).as_secs_f64() * 1e3),
+        answers_per_s_before,
+        answers_per_s_during,
+        answers_per_s_catching_up,
         acknowledged,
         violations: total,
         replicas_disagree,
@@ -203,4 +310,10 @@ fn order_leader(statuses: &[nonstop_node::status::NodeStatus]) -> Option<u64> {
     let mut named = statuses.iter().flat_map(|s| s.replicas.first()).map(|r| r.order_leader);
     let first = named.next()??;
     named.all(|other| other == Some(first)).then_some(first)
+}
+
+/// The median of `values` (0 if none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
