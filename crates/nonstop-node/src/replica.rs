@@ -886,15 +886,24 @@ impl Drop for Donation<'_> {
     }
 }
 
-/// The order group's Raft configuration for `spec` on node `me`: the control plane's timing.
+/// The fewest ticks an order group's follower waits for its leader before standing.
+const ORDER_ELECTION_TICKS_MIN: usize = 5;
+
+/// The order group's Raft configuration for `spec` on node `me`, timed from the control plane's.
 pub fn group_config(spec: &ActiveSpec, me: NodeId, control: &ControlConfig) -> ControlConfig {
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     ControlConfig {
         id: me,
         voters: spec.replicas.clone(),
-        election_ticks: control.election_ticks,
-        heartbeat_ticks: control.heartbeat_ticks,
+        // A leader that stops without closing its connections (paused, cut off) is noticed
+        // only when its heartbeats stop coming, and the order stands still until then. The
+        // control plane waits its whole failure timeout, because what it decides (promotions,
+        // fencing) is costly to undo; a new order leader costs nothing of the kind (every
+        // replica holds the state), so the group stands after a quarter of it, with the
+        // leader's heartbeat every tick: five heartbeats missed at least.
+        election_ticks: (control.election_ticks / 4).max(ORDER_ELECTION_TICKS_MIN),
+        heartbeat_ticks: 1,
         election_jitter: ElectionJitter::Seeded(u64::from_le_bytes(seed)),
         compact_every: spec.order_log_entries,
     }
