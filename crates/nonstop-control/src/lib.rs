@@ -29,5 +29,6 @@ pub mod storage;
 
 pub use cluster::{ClusterState, Command, NodeId, PromotionReason, ServiceRecord};
 pub use node::{
-    ControlConfig, ControlError, ControlNode, ControlOutput, ElectionJitter, RaftNode, RaftOutput, Replicated,
+    ControlConfig, ControlError, ControlNode, ControlOutput, ElectionJitter, MAX_DYNAMIC_MEMBERS, Members, Membership,
+    MembershipChange, RaftNode, RaftOutput, Replicated,
 };

@@ -12,7 +12,10 @@ use crate::cluster::{Applied, ClusterState, Command, NodeId};
 use crate::log::{LogError, RaftLog, Record, StoredEntry};
 use crate::storage::ControlStorage;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState,
+    Message, MessageType, Snapshot,
+};
 use raft::{RawNode, StateRole};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -36,7 +39,72 @@ pub struct ControlConfig {
     pub election_jitter: ElectionJitter,
     /// Applied entries after which the log is compacted behind a snapshot of the state.
     pub compact_every: u64,
+    /// Whether members change while the group runs.
+    pub membership: Membership,
 }
+
+/// Whether a group's members change while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// Every voter is named at start and never changes: the control plane, whose log is
+    /// durable and whose members are the config's nodes.
+    Static,
+    /// The leader adds and removes members by configuration changes ([`MembershipChange`]):
+    /// an active service's order group, whose log lives in memory, so that a member whose
+    /// process restarted comes back under a new id. With no voters named, a node joins a
+    /// running group and waits to be added. The log must live in memory: a durable log keeps
+    /// no learners.
+    Dynamic,
+}
+
+/// A change of a [`Membership::Dynamic`] group's members, proposed by its leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Adds a learner: it receives the log and votes in nothing, so adding it never costs the
+    /// group its quorum.
+    AddLearner(NodeId),
+    /// Makes learner `learner` a voter in place of voter `replacing` (or besides the others,
+    /// if `None`), in one joint configuration change that the leader then leaves by itself:
+    /// no moment has fewer voters than before.
+    Promote {
+        /// The learner.
+        learner: NodeId,
+        /// The voter it replaces.
+        replacing: Option<NodeId>,
+    },
+    /// Removes a learner or a voter.
+    Remove(NodeId),
+    /// Leaves a joint configuration whose leader changed before it left it.
+    LeaveJoint,
+}
+
+/// A group's members, as this node last applied them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    /// The voters (of the new configuration, while joint).
+    pub voters: Vec<NodeId>,
+    /// The voters of the old configuration while joint; empty otherwise.
+    pub outgoing: Vec<NodeId>,
+    /// The learners.
+    pub learners: Vec<NodeId>,
+}
+
+impl Members {
+    /// True while the group is between two configurations.
+    pub fn is_joint(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// Every member: voters (both sides while joint) and learners.
+    pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let outgoing = self.outgoing.iter().filter(|id| !self.voters.contains(id));
+        self.voters.iter().chain(outgoing).chain(&self.learners).copied()
+    }
+}
+
+/// Members a dynamic group may have at once, joint configurations included: a snapshot or a
+/// change naming more is refused.
+pub const MAX_DYNAMIC_MEMBERS: usize = 16;
 
 /// How a node draws its election timeout, so that two followers rarely stand at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +124,15 @@ impl ControlConfig {
     /// every 2.
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> ControlConfig {
         let election_jitter = ElectionJitter::Seeded(0x6e6f_6e73_746f_7021 ^ id.0);
-        ControlConfig { id, voters, election_ticks: 10, heartbeat_ticks: 2, election_jitter, compact_every: 1024 }
+        ControlConfig {
+            id,
+            voters,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            election_jitter,
+            compact_every: 1024,
+            membership: Membership::Static,
+        }
     }
 }
 
@@ -131,11 +207,13 @@ pub struct RaftOutput<A> {
     pub restored: Option<u64>,
     /// Commands applied to the state, in log order.
     pub applied: Vec<A>,
+    /// Set when a membership change was applied ([`RaftNode::members`] says the members now).
+    pub members_changed: bool,
 }
 
 impl<A> Default for RaftOutput<A> {
     fn default() -> Self {
-        RaftOutput { messages: Vec::new(), restored: None, applied: Vec::new() }
+        RaftOutput { messages: Vec::new(), restored: None, applied: Vec::new(), members_changed: false }
     }
 }
 
@@ -148,7 +226,10 @@ pub type ControlNode = RaftNode<ClusterState>;
 /// One member of a Raft group applying `S`.
 pub struct RaftNode<S: Replicated> {
     id: NodeId,
+    /// The voters: fixed under [`Membership::Static`]; under [`Membership::Dynamic`] the
+    /// incoming voters as last applied.
     voters: Vec<NodeId>,
+    membership: Membership,
     raw: RawNode<ControlStorage>,
     storage: ControlStorage,
     compact_every: u64,
@@ -179,7 +260,8 @@ impl<S: Replicated> RaftNode<S> {
         if config.id.0 == 0 {
             return Err(ControlError::Config("node id 0 is reserved: number nodes from 1".into()));
         }
-        if !config.voters.contains(&config.id) {
+        let joining = config.membership == Membership::Dynamic && config.voters.is_empty();
+        if !config.voters.contains(&config.id) && !joining {
             return Err(ControlError::Config(format!("{} is not among the voters {:?}", config.id, config.voters)));
         }
         if config.heartbeat_ticks == 0 || config.election_ticks <= config.heartbeat_ticks {
@@ -189,7 +271,13 @@ impl<S: Replicated> RaftNode<S> {
         voters.sort();
         voters.dedup();
         let storage = ControlStorage::new(voters.iter().map(|v| v.0).collect());
-        let state = replay(&storage, log.load()?)?;
+        let records = log.load()?;
+        if config.membership == Membership::Dynamic && !records.is_empty() {
+            return Err(ControlError::Config(
+                "a group whose members change keeps its log in memory, and this one found a log to replay".into(),
+            ));
+        }
+        let state = replay(&storage, records)?;
         let raft_config = raft::Config {
             id: config.id.0,
             // Entries up to the snapshot are in `state` already.
@@ -218,6 +306,7 @@ impl<S: Replicated> RaftNode<S> {
         let mut node = RaftNode {
             id: config.id,
             voters,
+            membership: config.membership,
             raw,
             storage,
             compact_every,
@@ -238,6 +327,55 @@ impl<S: Replicated> RaftNode<S> {
     /// The voters.
     pub fn voters(&self) -> &[NodeId] {
         &self.voters
+    }
+
+    /// The group's members, as this node last applied them.
+    pub fn members(&self) -> Members {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let ids = |ids: &[u64]| {
+            let mut ids: Vec<NodeId> = ids.iter().map(|id| NodeId(*id)).collect();
+            ids.sort();
+            ids
+        };
+        Members { voters: ids(&conf.voters), outgoing: ids(&conf.voters_outgoing), learners: ids(&conf.learners) }
+    }
+
+    /// True while a membership change is proposed and not yet applied here.
+    pub fn has_pending_membership_change(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// Proposes `change` (leader only, one at a time, [`Membership::Dynamic`] groups only).
+    pub fn propose_membership(&mut self, change: MembershipChange) -> Result<(), ControlError> {
+        if self.membership != Membership::Dynamic {
+            return Err(ControlError::Config("this group's members are fixed".into()));
+        }
+        if !self.is_leader() {
+            return Err(ControlError::Raft(raft::Error::ProposalDropped));
+        }
+        if self.has_pending_membership_change() {
+            return Err(ControlError::Config("another membership change is still pending".into()));
+        }
+        let single = |id: NodeId, kind: ConfChangeType| {
+            let mut change = ConfChangeSingle { node_id: id.0, ..Default::default() };
+            change.set_change_type(kind);
+            change
+        };
+        let mut conf_change = ConfChangeV2::default();
+        match change {
+            MembershipChange::AddLearner(id) => {
+                conf_change.changes = vec![single(id, ConfChangeType::AddLearnerNode)].into()
+            }
+            MembershipChange::Promote { learner, replacing } => {
+                let mut changes = vec![single(learner, ConfChangeType::AddNode)];
+                changes.extend(replacing.map(|old| single(old, ConfChangeType::RemoveNode)));
+                conf_change.changes = changes.into();
+                conf_change.set_transition(ConfChangeTransition::Implicit);
+            }
+            MembershipChange::Remove(id) => conf_change.changes = vec![single(id, ConfChangeType::RemoveNode)].into(),
+            MembershipChange::LeaveJoint => {}
+        }
+        Ok(self.raw.propose_conf_change(vec![], conf_change)?)
     }
 
     /// Advances the logical clock by one tick.
@@ -263,10 +401,17 @@ impl<S: Replicated> RaftNode<S> {
         if message.to != self.id.0 {
             return Err(ControlError::BadMessage(format!("addressed to node {}, this is {}", message.to, self.id)));
         }
-        if !self.voters.contains(&NodeId(message.from)) {
-            return Err(ControlError::BadMessage(format!("from node {}, which is not a voter", message.from)));
+        match self.membership {
+            Membership::Static if !self.voters.contains(&NodeId(message.from)) => {
+                return Err(ControlError::BadMessage(format!("from node {}, which is not a voter", message.from)));
+            }
+            // Members come and go; the driver checks who may speak for whom.
+            Membership::Dynamic if message.from == 0 || message.from == self.id.0 => {
+                return Err(ControlError::BadMessage(format!("from member {}", message.from)));
+            }
+            Membership::Static | Membership::Dynamic => {}
         }
-        check_wire_message(&message)?;
+        check_wire_message(&message, self.membership)?;
         if message.get_msg_type() == MessageType::MsgTransferLeader && self.raw.raft.state != StateRole::Leader {
             // Only a leader acts on it; raft-rs would forward it again with its term set, which
             // stops the process.
@@ -286,13 +431,20 @@ impl<S: Replicated> RaftNode<S> {
             if postcard::from_bytes::<S>(&snapshot.data).is_err() {
                 return Err(ControlError::BadMessage("a snapshot whose data is not this group's state".into()));
             }
-            // Membership is static: a snapshot must not change who votes.
-            let mut voters = snapshot.get_metadata().get_conf_state().voters.clone();
-            voters.sort_unstable();
-            if voters != self.voters.iter().map(|v| v.0).collect::<Vec<_>>()
-                || !snapshot.get_metadata().get_conf_state().learners.is_empty()
-            {
-                return Err(ControlError::BadMessage(format!("a snapshot with voters {voters:?}, not this cluster's")));
+            let conf = snapshot.get_metadata().get_conf_state();
+            match self.membership {
+                // Membership is static: a snapshot must not change who votes.
+                Membership::Static => {
+                    let mut voters = conf.voters.clone();
+                    voters.sort_unstable();
+                    if voters != self.voters.iter().map(|v| v.0).collect::<Vec<_>>() || !conf.learners.is_empty() {
+                        return Err(ControlError::BadMessage(format!(
+                            "a snapshot with voters {voters:?}, not this cluster's"
+                        )));
+                    }
+                }
+                // raft-rs stops the process on a configuration it cannot restore.
+                Membership::Dynamic => check_conf_state(conf)?,
             }
         }
         let stepped = self.raw.step(message);
@@ -457,8 +609,13 @@ impl<S: Replicated> RaftNode<S> {
 
     fn apply(&mut self, entries: Vec<Entry>, output: &mut RaftOutput<S::Applied>) -> Result<(), ControlError> {
         for entry in entries {
+            if entry.get_entry_type() == EntryType::EntryConfChangeV2 && self.membership == Membership::Dynamic {
+                self.apply_membership_change(&entry);
+                output.members_changed = true;
+                continue;
+            }
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-                // Empty entries are new leaders' no-ops; membership is static for now.
+                // Empty entries are new leaders' no-ops; a static group has no conf changes.
                 continue;
             }
             match postcard::from_bytes::<S::Command>(&entry.data) {
@@ -469,6 +626,57 @@ impl<S: Replicated> RaftNode<S> {
         }
         Ok(())
     }
+}
+
+impl<S: Replicated> RaftNode<S> {
+    /// Applies a committed membership change. One raft-rs refuses (it contradicts the members
+    /// as they are) is refused alike by every member, which applies the same entries.
+    fn apply_membership_change(&mut self, entry: &Entry) {
+        let change = match ConfChangeV2::parse_from_bytes(&entry.data) {
+            Ok(change) => change,
+            Err(error) => {
+                return tracing::error!(node = self.id.0, index = entry.index, %error, "undecodable membership change");
+            }
+        };
+        match self.raw.apply_conf_change(&change) {
+            Ok(conf) => {
+                self.storage.set_conf_state(conf.clone());
+                let mut voters: Vec<NodeId> = conf.voters.iter().map(|id| NodeId(*id)).collect();
+                voters.sort();
+                self.voters = voters;
+                tracing::info!(node = self.id.0, index = entry.index, ?conf, "membership changed");
+            }
+            Err(error) => tracing::warn!(node = self.id.0, index = entry.index, %error, "membership change refused"),
+        }
+    }
+}
+
+/// Checks that a dynamic group's configuration is one raft-rs can restore (it stops the
+/// process on one it cannot): every id non-zero and in one role, voters present, learners to
+/// come from the old voters only, and no more than [`MAX_DYNAMIC_MEMBERS`] members.
+fn check_conf_state(conf: &ConfState) -> Result<(), ControlError> {
+    use std::collections::BTreeSet;
+    let refuse = |why: &str| Err(ControlError::BadMessage(format!("a configuration {why}: {conf:?}")));
+    let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+    let (voters, outgoing, learners, next) =
+        (set(&conf.voters), set(&conf.voters_outgoing), set(&conf.learners), set(&conf.learners_next));
+    let lists = [&conf.voters, &conf.voters_outgoing, &conf.learners, &conf.learners_next];
+    if lists.iter().zip([&voters, &outgoing, &learners, &next]).any(|(list, set)| list.len() != set.len()) {
+        return refuse("naming a member twice");
+    }
+    if voters.is_empty() || voters.contains(&0) || outgoing.contains(&0) || learners.contains(&0) {
+        return refuse("without voters, or with member 0");
+    }
+    if !learners.is_disjoint(&voters) || !learners.is_disjoint(&outgoing) {
+        return refuse("with a learner that also votes");
+    }
+    if !next.is_subset(&outgoing) || !next.is_disjoint(&voters) {
+        return refuse("demoting a member that is not an old voter");
+    }
+    if voters.union(&outgoing).count() + learners.len() > MAX_DYNAMIC_MEMBERS {
+        return refuse("with too many members");
+    }
+    Ok(())
 }
 
 fn stored(entry: &Entry) -> StoredEntry {
@@ -490,7 +698,7 @@ fn hard_record(hard_state: &HardState) -> Record {
 /// Refuses what no peer's Raft sends over the network. raft-rs trusts its peers and stops the
 /// process on some messages it could never have sent (a vote with no term, a local tick), so
 /// they are refused here, before it sees them.
-fn check_wire_message(message: &Message) -> Result<(), ControlError> {
+fn check_wire_message(message: &Message, membership: Membership) -> Result<(), ControlError> {
     use MessageType::*;
     let kind = message.get_msg_type();
     let needs_term = match kind {
@@ -528,7 +736,7 @@ fn check_wire_message(message: &Message) -> Result<(), ControlError> {
     }
     if kind == MsgPropose {
         // A follower forwards what was proposed to it: commands, not yet placed in the log.
-        // Membership is static, so a configuration change is never proposed.
+        // Membership changes are proposed by a leader, never forwarded.
         let entries = message.get_entries();
         if entries.is_empty()
             || entries.iter().any(|e| e.index != 0 || e.term != 0 || e.get_entry_type() != EntryType::EntryNormal)
@@ -539,7 +747,7 @@ fn check_wire_message(message: &Message) -> Result<(), ControlError> {
     if kind == MsgAppend {
         // A leader appends the entries that follow `index` in its own log, whose terms never
         // decrease, start at or after `log_term` (and at 1) and never pass the leader's term;
-        // membership is static, so none changes the configuration.
+        // only a dynamic group's change its configuration, each naming a few members.
         // Only the empty log's index 0 has term 0 (raft-rs reads any index past the log as
         // term 0, so a term-0 claim about a later index would match anything).
         if (message.index == 0) != (message.log_term == 0) {
@@ -550,10 +758,18 @@ fn check_wire_message(message: &Message) -> Result<(), ControlError> {
         }
         let mut previous = (message.index, message.log_term);
         for entry in message.get_entries() {
+            let kind_allowed = match entry.get_entry_type() {
+                EntryType::EntryNormal => true,
+                EntryType::EntryConfChangeV2 if membership == Membership::Dynamic => {
+                    ConfChangeV2::parse_from_bytes(&entry.data)
+                        .is_ok_and(|change| change.changes.len() <= 2 && change.changes.iter().all(|c| c.node_id != 0))
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => false,
+            };
             if entry.index != previous.0 + 1
                 || entry.term < previous.1.max(1)
                 || entry.term > message.term
-                || entry.get_entry_type() != EntryType::EntryNormal
+                || !kind_allowed
             {
                 return Err(ControlError::BadMessage(format!(
                     "an append whose entry {} (term {}) does not follow index {} (term {}) in term {}",
@@ -665,6 +881,46 @@ mod tests {
         assert!(node.step(&snapshot_message(vec![1, 2, 3, 4], state)).is_err(), "a voter added");
         assert!(node.step(&snapshot_message(vec![1, 2, 3], vec![0xff; 3])).is_err(), "garbage data");
         assert_eq!(node.state(), &ClusterState::default());
+    }
+
+    #[test]
+    fn a_dynamic_group_refuses_configurations_raft_rs_cannot_restore() {
+        let config = ControlConfig { membership: Membership::Dynamic, ..ControlConfig::new(NodeId(1), vec![]) };
+        let mut node = ControlNode::new(config, Box::new(MemoryLog::default())).unwrap();
+        let state = postcard::to_stdvec(&ClusterState::default()).unwrap();
+        let with = |edit: fn(&mut ConfState)| {
+            let mut message = Message::parse_from_bytes(&snapshot_message(vec![2, 3], state.clone())).unwrap();
+            edit(message.mut_snapshot().mut_metadata().mut_conf_state());
+            message.write_to_bytes().unwrap()
+        };
+        let refused: [(&str, fn(&mut ConfState)); 5] = [
+            ("a learner that votes", |c| c.learners = vec![3]),
+            ("no voters", |c| c.voters = vec![]),
+            ("member 0", |c| c.learners = vec![0]),
+            ("a member twice", |c| c.voters = vec![2, 2]),
+            ("a demotion of a non-voter", |c| c.learners_next = vec![1]),
+        ];
+        for (what, edit) in refused {
+            assert!(matches!(node.step(&with(edit)), Err(ControlError::BadMessage(_))), "{what}");
+        }
+        // A joining node is sent the group's state once it was added as a learner.
+        node.step(&with(|c| c.learners = vec![1])).unwrap();
+        node.poll().unwrap();
+        assert_eq!(node.members().learners, vec![NodeId(1)]);
+        assert_eq!(node.members().voters, vec![NodeId(2), NodeId(3)]);
+    }
+
+    #[test]
+    fn a_static_group_takes_no_membership_change() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let mut node = ControlNode::new(ControlConfig::new(NodeId(1), voters), Box::new(MemoryLog::default())).unwrap();
+        let change = message(MessageType::MsgAppend, 3, |m| {
+            let mut entry = entry(1, 3);
+            entry.set_entry_type(EntryType::EntryConfChangeV2);
+            m.entries = vec![entry].into();
+        });
+        assert!(matches!(node.step(&change), Err(ControlError::BadMessage(_))));
+        assert!(node.propose_membership(MembershipChange::AddLearner(NodeId(4))).is_err());
     }
 
     fn message(kind: MessageType, term: u64, edit: impl FnOnce(&mut Message)) -> Vec<u8> {

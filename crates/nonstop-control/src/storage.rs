@@ -82,6 +82,11 @@ impl ControlStorage {
         inner.hard_state.clone()
     }
 
+    /// The members as a membership change made them; later snapshots record them.
+    pub fn set_conf_state(&self, conf_state: ConfState) {
+        self.write().conf_state = conf_state;
+    }
+
     /// Replaces the log by `snapshot` (a leader's, or this node's own at restart).
     pub fn apply_snapshot(&self, snapshot: Snapshot) {
         let mut inner = self.write();

@@ -906,5 +906,6 @@ pub fn group_config(spec: &ActiveSpec, me: NodeId, control: &ControlConfig) -> C
         heartbeat_ticks: 1,
         election_jitter: ElectionJitter::Seeded(u64::from_le_bytes(seed)),
         compact_every: spec.order_log_entries,
+        membership: nonstop_control::Membership::Static,
     }
 }

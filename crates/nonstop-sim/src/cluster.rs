@@ -299,6 +299,7 @@ impl Sim {
             // As in production: a random election timeout, here drawn from the seed.
             election_jitter: ElectionJitter::Seeded(self.rng.random()),
             compact_every: 64,
+            membership: nonstop_control::Membership::Static,
         };
         let control = ControlNode::new(config, Box::new(self.disks[&id].clone())).expect("valid config");
         let coordinator = Coordinator::new(NodeId(id), &voters, &witnesses, TIMEOUT_MS * MS, LEASE_MS * MS);
