@@ -10,6 +10,7 @@
 pub mod calls;
 pub mod execute;
 pub mod feed;
+pub mod membership;
 pub mod order;
 pub mod schedule;
 pub mod stream;
