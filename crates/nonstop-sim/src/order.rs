@@ -5,9 +5,13 @@
 //! reuse their numbers); and clients that ask every replica, ask again after a timeout, and
 //! vote on the replies with the real voter ([`Vote`], majority) — under lost, duplicated,
 //! delayed and reordered messages, lost replies, partitions that cut one replica off for a
-//! while, and one replica crashing for good (the group's log lives in memory, so a crashed
-//! replica comes back only as a new member, by re-integration). One step is 1 ms of virtual
-//! time; the same seed gives the same run.
+//! while, and replicas crashing and restarting (up to two crashes a run, one replica down at a
+//! time). The group's log lives in memory, so a restarted replica comes back as a new member
+//! under a new id (the node's code: [`membership::next_change`] decides, the group's Raft
+//! applies the configuration changes): it asks to join, is added as a learner, takes the log
+//! or a live replica's state, says it is ready, and is swapped in for its old incarnation in
+//! one joint configuration change. One step is 1 ms of virtual time; the same seed gives the
+//! same run.
 //!
 //! After every step it checks what active replication promises:
 //! * **one order, one execution**: of any two replicas' executed sequences, one is a prefix of
@@ -32,16 +36,18 @@
 //! cut off from the replica when the transfer is due makes it wait and ask again.
 //!
 //! The run ends with a quiet period (no new faults, partitions healed): by its end every client
-//! has its answer, and every live replica has executed the same sequence.
+//! has its answer, every live replica has executed the same sequence, and every live replica
+//! is a voter of one settled configuration of three.
 
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
 use nonstop_active::feed::Feed;
+use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use nonstop_control::cluster::NodeId;
 use nonstop_control::log::MemoryLog;
-use nonstop_control::{ControlConfig, ElectionJitter, RaftNode};
+use nonstop_control::{ControlConfig, ElectionJitter, Membership, RaftNode, Replicated};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -85,6 +91,12 @@ pub struct OrderStats {
     pub partitions: u64,
     /// Replicas crashed.
     pub crashes: u64,
+    /// Crashed replicas restarted as new members.
+    pub restarts: u64,
+    /// Restarted replicas swapped in for their old incarnation as voters.
+    pub rejoined: u64,
+    /// Membership changes applied (counted at the first replica to apply each).
+    pub membership_changes: u64,
     /// Times a replica saw a new leader.
     pub leader_changes: u64,
     /// Replicas brought up to date by a live replica's state (re-integration), after the
@@ -111,6 +123,9 @@ impl std::ops::AddAssign for OrderStats {
         self.duplicated += other.duplicated;
         self.partitions += other.partitions;
         self.crashes += other.crashes;
+        self.restarts += other.restarts;
+        self.rejoined += other.rejoined;
+        self.membership_changes += other.membership_changes;
         self.leader_changes += other.leader_changes;
         self.state_transfers += other.state_transfers;
         self.transfers_ahead += other.transfers_ahead;
@@ -130,6 +145,14 @@ struct Executed {
 struct Member {
     node: RaftNode<Order>,
     alive: bool,
+    /// While crashed: the step it restarts at.
+    restarts_at: Option<u64>,
+    /// Its process's incarnation (its member id names it).
+    incarnation: u32,
+    /// The joins this replica heard, the latest per node (acted on while it leads).
+    joins: std::collections::BTreeMap<u64, Join>,
+    /// A restarted replica: it has become a voter again.
+    rejoined: bool,
     leader: Option<NodeId>,
     /// Every request executed, in order.
     executed: Vec<Executed>,
@@ -147,6 +170,48 @@ struct Member {
 }
 
 impl Member {
+    /// Node `node`'s replica in its `incarnation`-th process: a founding voter with `voters`,
+    /// or, with none, a new member that asks to join the running group.
+    fn start(seed: u64, node: u64, incarnation: u32, voters: Vec<NodeId>) -> Result<Member, String> {
+        let id = member_id(node, incarnation);
+        let mut config = ControlConfig::new(id, voters);
+        config.election_jitter = ElectionJitter::Seeded(seed.wrapping_mul(31).wrapping_add(id.0));
+        // Compacted often, so that a replica cut off for a while falls behind the log and is
+        // brought back by a snapshot (re-integration) in many seeds.
+        config.compact_every = COMPACT_EVERY;
+        config.membership = Membership::Dynamic;
+        let node_raft = RaftNode::new(config, Box::new(MemoryLog::default()))
+            .map_err(|e| format!("replica {id} does not start: {e}"))?;
+        // Up to 63 ms (steps) apart: proposals reach the log out of their clocks' order.
+        let clock_skew_ms = seed.wrapping_add(node).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
+        Ok(Member {
+            node: node_raft,
+            alive: true,
+            restarts_at: None,
+            incarnation,
+            joins: std::collections::BTreeMap::new(),
+            rejoined: false,
+            leader: None,
+            executed: Vec::new(),
+            clock_skew_ms,
+            calls: Calls::new(usize::MAX),
+            vault: 0,
+            feed: Feed::new(usize::MAX),
+            transfer_due: None,
+        })
+    }
+
+    /// Whether it votes in the group, as it last applied the members.
+    fn is_voter(&self) -> bool {
+        self.node.members().voters.contains(&self.node.id())
+    }
+
+    /// Whether it follows the order (it received the log or a snapshot of it, and its state is
+    /// the order's at some point): what it tells the leader when it asks to join.
+    fn follows_order(&self) -> bool {
+        self.node.state().applied_index() > 0 && self.feed.is_following()
+    }
+
     fn has_executed(&self, client: u64, request: RequestId) -> bool {
         self.executed.iter().any(|e| (e.client, e.request) == (client, request))
     }
@@ -173,9 +238,24 @@ fn ballot(outcome: &Outcome) -> Vec<u8> {
 
 struct InFlight {
     due: u64,
-    from: u64,
-    to: u64,
-    bytes: Vec<u8>,
+    /// The sender's and the receiver's member ids (their replicas' indexes are their nodes'):
+    /// a message from or to an incarnation that is gone is lost, as its connection would be.
+    from: NodeId,
+    to: NodeId,
+    payload: Payload,
+}
+
+/// What travels between replicas.
+enum Payload {
+    /// A Raft message of the group.
+    Raft(Vec<u8>),
+    /// A replica's request to belong to the group.
+    Join(Join),
+}
+
+/// A replica's index among the members, from its member id.
+fn index_of(member: NodeId) -> usize {
+    node_of(member) as usize - 1
 }
 
 /// A replica's vote on its way to a client.
@@ -244,32 +324,14 @@ pub fn run_order(seed: u64, steps: u64) -> Result<OrderStats, Violation> {
 
 impl Sim {
     fn new(seed: u64) -> Result<Sim, Violation> {
-        let voters: Vec<NodeId> = (1..=MEMBERS).map(NodeId).collect();
+        let voters: Vec<NodeId> = (1..=MEMBERS).map(|node| member_id(node, 0)).collect();
         let mut members = Vec::new();
-        for id in 1..=MEMBERS {
-            let mut config = ControlConfig::new(NodeId(id), voters.clone());
-            config.election_jitter = ElectionJitter::Seeded(seed.wrapping_mul(31).wrapping_add(id));
-            // Compacted often, so that a replica cut off for a while falls behind the log and
-            // is brought back by a snapshot (re-integration) in many seeds.
-            config.compact_every = COMPACT_EVERY;
-            let node = RaftNode::new(config, Box::new(MemoryLog::default())).map_err(|e| Violation {
+        for node in 1..=MEMBERS {
+            members.push(Member::start(seed, node, 0, voters.clone()).map_err(|what| Violation {
                 seed,
                 step: 0,
-                what: format!("replica {id} does not start: {e}"),
-            })?;
-            // Up to 63 ms (steps) apart: proposals reach the log out of their clocks' order.
-            let clock_skew_ms = seed.wrapping_add(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
-            members.push(Member {
-                node,
-                alive: true,
-                leader: None,
-                executed: Vec::new(),
-                clock_skew_ms,
-                calls: Calls::new(usize::MAX),
-                vault: 0,
-                feed: Feed::new(usize::MAX),
-                transfer_due: None,
-            });
+                what,
+            })?);
         }
         let clients = (0..CLIENTS).map(|_| Client { done: 0, pending: None }).collect();
         Ok(Sim {
@@ -300,7 +362,10 @@ impl Sim {
             for member in self.members.iter_mut().filter(|m| m.alive) {
                 member.node.tick();
             }
+            self.ask_to_join();
         }
+        self.restart_crashed()?;
+        self.change_membership();
         self.deliver_messages(faulty)?;
         self.transfer_states()?;
         self.deliver_replies()?;
@@ -318,16 +383,77 @@ impl Sim {
             self.cut = Some((member, self.step + self.rng.random_range(100..600)));
             self.stats.partitions += 1;
         }
-        if self.stats.crashes == 0 && self.rng.random_ratio(1, 4000) {
+        // One replica down at a time, and only once the group is settled again: three voters.
+        let settled = self.members.iter().all(|m| m.alive && m.is_voter());
+        if settled && self.stats.crashes < 2 && self.rng.random_ratio(1, 3000) {
             let member = self.rng.random_range(0..MEMBERS) as usize;
             self.members[member].alive = false;
+            self.members[member].restarts_at = Some(self.step + self.rng.random_range(200..1500));
             self.stats.crashes += 1;
+        }
+    }
+
+    /// A crashed replica's node starts a new process: a new member that knows nothing and
+    /// asks to join.
+    fn restart_crashed(&mut self) -> Result<(), Violation> {
+        for index in 0..self.members.len() {
+            let member = &self.members[index];
+            if member.alive || member.restarts_at.is_none_or(|at| at > self.step) {
+                continue;
+            }
+            let incarnation = member.incarnation + 1;
+            let restarted = Member::start(self.seed, index as u64 + 1, incarnation, Vec::new())
+                .map_err(|what| self.violation(what))?;
+            self.members[index] = restarted;
+            self.stats.restarts += 1;
+        }
+        Ok(())
+    }
+
+    /// Every replica that is not a voter yet asks the others to let it join, saying whether
+    /// it follows the order yet; some of these are lost, as any message.
+    fn ask_to_join(&mut self) {
+        for index in 0..self.members.len() {
+            let member = &self.members[index];
+            if !member.alive || member.is_voter() {
+                continue;
+            }
+            let join = Join { member: member.node.id(), ready: member.follows_order() };
+            for to in 0..self.members.len() {
+                if to != index {
+                    let due = self.step + 1 + self.rng.random_range(0..4);
+                    let to = self.members[to].node.id();
+                    self.network.push(InFlight { due, from: join.member, to, payload: Payload::Join(join) });
+                }
+            }
+        }
+    }
+
+    /// A leader with no change pending proposes the next one the joins it heard call for.
+    fn change_membership(&mut self) {
+        let replicas: Vec<u64> = (1..=MEMBERS).collect();
+        for member in self.members.iter_mut().filter(|m| m.alive && m.node.is_leader()) {
+            if member.node.has_pending_membership_change() {
+                continue;
+            }
+            let joins: Vec<Join> = member.joins.values().copied().collect();
+            if let Some(change) = membership::next_change(&member.node.members(), &joins, &replicas) {
+                // Refused only if leadership moved on this very step; the next leader decides.
+                let _ = member.node.propose_membership(change);
+            }
         }
     }
 
     fn connected(&self, from: u64, to: u64) -> bool {
         let (a, b) = (&self.members[from as usize], &self.members[to as usize]);
         a.alive && b.alive && !self.cut.is_some_and(|(cut, _)| cut == from || cut == to)
+    }
+
+    /// Whether a message between these members arrives: both incarnations still running and
+    /// connected.
+    fn reaches(&self, from: NodeId, to: NodeId) -> bool {
+        let (a, b) = (index_of(from), index_of(to));
+        self.members[a].node.id() == from && self.members[b].node.id() == to && self.connected(a as u64, b as u64)
     }
 
     /// Hands every message due now to its replica, in an order of the seed's choosing.
@@ -343,12 +469,20 @@ impl Sim {
         }
         while !due.is_empty() {
             let message = due.swap_remove(self.rng.random_range(0..due.len()));
-            if !self.connected(message.from, message.to) || (faulty && self.rng.random_ratio(1, 30)) {
+            if !self.reaches(message.from, message.to) || (faulty && self.rng.random_ratio(1, 30)) {
                 self.stats.lost += 1;
                 continue;
             }
+            let to = index_of(message.to);
+            let bytes = match message.payload {
+                Payload::Join(join) => {
+                    self.members[to].joins.insert(node_of(join.member), join);
+                    continue;
+                }
+                Payload::Raft(bytes) => bytes,
+            };
             let step = self.step;
-            match self.members[message.to as usize].node.step(&message.bytes) {
+            match self.members[to].node.step(&bytes) {
                 // A proposal forwarded to a replica that no longer leads: the client proposes again.
                 Err(error) if error.is_dropped_proposal() => self.stats.dropped_proposals += 1,
                 Ok(()) => {}
@@ -356,11 +490,7 @@ impl Sim {
                     return Err(Violation {
                         seed: self.seed,
                         step: step as usize,
-                        what: format!(
-                            "replica {} refused a message of replica {}: {error}",
-                            message.to + 1,
-                            message.from + 1
-                        ),
+                        what: format!("replica {} refused a message of member {}: {error}", to + 1, message.from),
                     });
                 }
             }
@@ -518,12 +648,25 @@ impl Sim {
             self.members[index].calls.propose_waiting_again();
         }
         self.members[index].leader = leader;
+        if output.members_changed {
+            let members = self.members[index].node.members();
+            let first = self.members.iter().enumerate().all(|(other, m)| other == index || m.node.members() != members);
+            self.stats.membership_changes += u64::from(first);
+            let member = &mut self.members[index];
+            if member.incarnation > 0 && !member.rejoined && !members.is_joint() && member.is_voter() {
+                // Counted by the member itself, once it sees itself a voter of a settled
+                // configuration.
+                member.rejoined = true;
+                self.stats.rejoined += 1;
+            }
+        }
+        let from = self.members[index].node.id();
         for (to, bytes) in output.messages {
             let copies = if faulty && self.rng.random_ratio(1, 50) { 2 } else { 1 };
             self.stats.duplicated += copies - 1;
             for _ in 0..copies {
                 let due = self.step + 1 + self.rng.random_range(0..4);
-                self.network.push(InFlight { due, from: index as u64, to: to.0 - 1, bytes: bytes.clone() });
+                self.network.push(InFlight { due, from, to, payload: Payload::Raft(bytes.clone()) });
             }
         }
         if output.restored.is_some() {
@@ -674,6 +817,20 @@ impl Sim {
             )));
         }
         let live: Vec<&Member> = self.members.iter().filter(|m| m.alive).collect();
+        let Some(leader) = live.iter().find(|m| m.node.is_leader()) else {
+            return Err(self.violation("after the quiet period no replica leads the order".into()));
+        };
+        {
+            let members = leader.node.members();
+            let settled =
+                !members.is_joint() && members.learners.is_empty() && members.voters.len() == MEMBERS as usize;
+            if !settled || live.iter().any(|m| !members.voters.contains(&m.node.id())) {
+                return Err(self.violation(format!(
+                    "after the quiet period the members are {members:?}, live replicas {:?}",
+                    live.iter().map(|m| m.node.id()).collect::<Vec<_>>()
+                )));
+            }
+        }
         if let Some(behind) = live.iter().position(|m| m.executed.len() != live[0].executed.len()) {
             return Err(self.violation(format!(
                 "after the quiet period, live replicas executed {} and {} requests",

@@ -17,6 +17,9 @@ fn every_seed_keeps_one_order_and_answers_every_call_once() {
     assert!(total.retries_of_delivered > 100, "{total:?}");
     assert!(total.lost > 10_000 && total.duplicated > 1_000, "{total:?}");
     assert!(total.partitions > 300 && total.crashes > 50, "{total:?}");
+    // Every crashed replica came back as a new member and voted again by the end.
+    assert!(total.restarts == total.crashes && total.rejoined == total.restarts, "{total:?}");
+    assert!(total.membership_changes >= 3 * total.rejoined, "{total:?}");
     assert!(total.leader_changes > 500, "{total:?}");
     // Replicas that fell behind the compacted log and came back by a snapshot and a live
     // replica's state, some from a donor ahead of their own log, with entries kept meanwhile.
