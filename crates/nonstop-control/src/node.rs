@@ -211,7 +211,8 @@ pub struct RaftOutput<A> {
     pub restored: Option<u64>,
     /// Commands applied to the state, in log order.
     pub applied: Vec<A>,
-    /// Set when a membership change was applied ([`RaftNode::members`] says the members now).
+    /// Set when a membership change was applied, or a dynamic group's snapshot restored
+    /// ([`RaftNode::members`] says the members now).
     pub members_changed: bool,
 }
 
@@ -538,6 +539,8 @@ impl<S: Replicated> RaftNode<S> {
             self.storage.apply_snapshot(snapshot);
             self.rewrite_log()?;
             output.restored = Some(self.state.applied_index());
+            // A snapshot carries the members as of its index, changes this node missed included.
+            output.members_changed = self.membership == Membership::Dynamic;
         }
         self.apply(ready.take_committed_entries(), &mut output)?;
         let mut records = Vec::new();
