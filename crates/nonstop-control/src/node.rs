@@ -51,9 +51,11 @@ pub enum Membership {
     Static,
     /// The leader adds and removes members by configuration changes ([`MembershipChange`]):
     /// an active service's order group, whose log lives in memory, so that a member whose
-    /// process restarted comes back under a new id. With no voters named, a node joins a
-    /// running group and waits to be added. The log must live in memory: a durable log keeps
-    /// no learners.
+    /// process restarted comes back under a new id. `voters` are the group's founders, the
+    /// configuration at its start, on every member: a node not among them is a new member that
+    /// waits to be added, and applies the changes from the founders' configuration on if it is
+    /// given the log from its first entry (or takes the configuration of a snapshot). The log
+    /// must live in memory: a durable log keeps no learners.
     Dynamic,
 }
 
@@ -152,6 +154,13 @@ pub enum ControlError {
     /// A peer's message did not decode or was not for this node.
     #[error("bad control-plane message from the network: {0}")]
     BadMessage(String),
+    /// A dynamic group's message for another member: an earlier incarnation of this node's,
+    /// which the leader still counts until the new one replaces it. Not a fault.
+    #[error("a message for member {to}, not this one")]
+    ForAnotherMember {
+        /// The member it was for.
+        to: u64,
+    },
     /// The durable log decoded but does not make sense as a Raft log.
     #[error("raft log: {0}; move the node's raft log away and add the node back as a new member")]
     CorruptLog(String),
@@ -265,7 +274,10 @@ impl<S: Replicated> RaftNode<S> {
         if config.id.0 == 0 {
             return Err(ControlError::Config("node id 0 is reserved: number nodes from 1".into()));
         }
-        let joining = config.membership == Membership::Dynamic && config.voters.is_empty();
+        if config.voters.is_empty() {
+            return Err(ControlError::Config("a group needs its founding voters".into()));
+        }
+        let joining = config.membership == Membership::Dynamic;
         if !config.voters.contains(&config.id) && !joining {
             return Err(ControlError::Config(format!("{} is not among the voters {:?}", config.id, config.voters)));
         }
@@ -408,8 +420,23 @@ impl<S: Replicated> RaftNode<S> {
 
     /// Hands the node a message a peer sent.
     pub fn step(&mut self, bytes: &[u8]) -> Result<(), ControlError> {
+        self.step_from(bytes, |_| true)
+    }
+
+    /// [`RaftNode::step`], refusing a message whose sender `sender_ok` refuses: the driver
+    /// knows which peer sent it, and a peer speaks only for its own members.
+    pub fn step_from(&mut self, bytes: &[u8], sender_ok: impl FnOnce(NodeId) -> bool) -> Result<(), ControlError> {
         let message = Message::parse_from_bytes(bytes).map_err(|e| ControlError::BadMessage(e.to_string()))?;
+        if !sender_ok(NodeId(message.from)) {
+            return Err(ControlError::BadMessage(format!(
+                "from member {}, which that peer does not run",
+                message.from
+            )));
+        }
         if message.to != self.id.0 {
+            if self.membership == Membership::Dynamic {
+                return Err(ControlError::ForAnotherMember { to: message.to });
+            }
             return Err(ControlError::BadMessage(format!("addressed to node {}, this is {}", message.to, self.id)));
         }
         match self.membership {
@@ -898,7 +925,9 @@ mod tests {
 
     #[test]
     fn a_dynamic_group_refuses_configurations_raft_rs_cannot_restore() {
-        let config = ControlConfig { membership: Membership::Dynamic, ..ControlConfig::new(NodeId(1), vec![]) };
+        // Node 1 is a new member of a group founded by 2 and 3.
+        let founders = vec![NodeId(2), NodeId(3)];
+        let config = ControlConfig { membership: Membership::Dynamic, ..ControlConfig::new(NodeId(1), founders) };
         let mut node = ControlNode::new(config, Box::new(MemoryLog::default())).unwrap();
         let state = postcard::to_stdvec(&ClusterState::default()).unwrap();
         let with = |edit: fn(&mut ConfState)| {
@@ -906,7 +935,8 @@ mod tests {
             edit(message.mut_snapshot().mut_metadata().mut_conf_state());
             message.write_to_bytes().unwrap()
         };
-        let refused: [(&str, fn(&mut ConfState)); 5] = [
+        type Edit = fn(&mut ConfState);
+        let refused: [(&str, Edit); 5] = [
             ("a learner that votes", |c| c.learners = vec![3]),
             ("no voters", |c| c.voters = vec![]),
             ("member 0", |c| c.learners = vec![0]),

@@ -170,15 +170,16 @@ struct Member {
 }
 
 impl Member {
-    /// Node `node`'s replica in its `incarnation`-th process: a founding voter with `voters`,
-    /// or, with none, a new member that asks to join the running group.
-    fn start(seed: u64, node: u64, incarnation: u32, voters: Vec<NodeId>) -> Result<Member, String> {
+    /// Node `node`'s replica in its `incarnation`-th process, in a group founded by `founders`:
+    /// one of them, or a new member that asks to join the running group.
+    fn start(seed: u64, node: u64, incarnation: u32, founders: Vec<NodeId>) -> Result<Member, String> {
         let id = member_id(node, incarnation);
-        let mut config = ControlConfig::new(id, voters);
+        let mut config = ControlConfig::new(id, founders);
         config.election_jitter = ElectionJitter::Seeded(seed.wrapping_mul(31).wrapping_add(id.0));
         // Compacted often, so that a replica cut off for a while falls behind the log and is
-        // brought back by a snapshot (re-integration) in many seeds.
-        config.compact_every = COMPACT_EVERY;
+        // brought back by a snapshot (re-integration) in many seeds; in every fourth seed
+        // never, so that a restarted replica is given the whole log from its first entry.
+        config.compact_every = if seed.is_multiple_of(4) { u64::MAX } else { COMPACT_EVERY };
         config.membership = Membership::Dynamic;
         let node_raft = RaftNode::new(config, Box::new(MemoryLog::default()))
             .map_err(|e| format!("replica {id} does not start: {e}"))?;
@@ -402,7 +403,8 @@ impl Sim {
                 continue;
             }
             let incarnation = member.incarnation + 1;
-            let restarted = Member::start(self.seed, index as u64 + 1, incarnation, Vec::new())
+            let founders = (1..=MEMBERS).map(|node| member_id(node, 0)).collect();
+            let restarted = Member::start(self.seed, index as u64 + 1, incarnation, founders)
                 .map_err(|what| self.violation(what))?;
             self.members[index] = restarted;
             self.stats.restarts += 1;
@@ -824,10 +826,12 @@ impl Sim {
             let members = leader.node.members();
             let settled =
                 !members.is_joint() && members.learners.is_empty() && members.voters.len() == MEMBERS as usize;
-            if !settled || live.iter().any(|m| !members.voters.contains(&m.node.id())) {
+            // Every replica sees the same members, itself among the voters.
+            let apart = live.iter().any(|m| !members.voters.contains(&m.node.id()) || m.node.members() != members);
+            if !settled || apart {
                 return Err(self.violation(format!(
-                    "after the quiet period the members are {members:?}, live replicas {:?}",
-                    live.iter().map(|m| m.node.id()).collect::<Vec<_>>()
+                    "after the quiet period the leader's members are {members:?}, live replicas' {:?}",
+                    live.iter().map(|m| (m.node.id(), m.node.members())).collect::<Vec<_>>()
                 )));
             }
         }
