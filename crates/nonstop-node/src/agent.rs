@@ -309,6 +309,11 @@ impl Agent {
                     None => tracing::debug!(peer = from.0, service, "order message for no active service here"),
                 }
             }
+            PeerEvent::Message { from, body: Body::OrderJoin { service, join }, .. } => {
+                if let Some(replica) = self.replicas.iter_mut().find(|r| r.name() == service) {
+                    replica.on_join(from, join);
+                }
+            }
             PeerEvent::Proposed => {}
             PeerEvent::TransferAsked { service, reply } => {
                 let _ = reply.send(self.replicas.iter().find(|r| r.name() == service).map(ReplicaHost::replica));

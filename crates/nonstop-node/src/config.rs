@@ -772,6 +772,15 @@ impl NodeConfig {
             if member.id.0 == 0 {
                 return Err(invalid(field, "0 is reserved", "number nodes from 1"));
             }
+            if member.id.0 > nonstop_active::membership::MAX_NODE {
+                // An active service's order group names a node's process by its id and a count
+                // of its restarts, in one Raft id.
+                return Err(invalid(
+                    field,
+                    format!("{} is too large", member.id),
+                    format!("number nodes from 1 to {}", nonstop_active::membership::MAX_NODE),
+                ));
+            }
             if members[..i].iter().any(|m| m.id == member.id) {
                 return Err(invalid(field, format!("{} appears twice", member.id), "give every node its own id"));
             }

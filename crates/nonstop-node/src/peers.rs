@@ -50,6 +50,14 @@ pub enum Body {
         /// The Raft message.
         raft: Vec<u8>,
     },
+    /// A replica of an active service asks to belong to its order group (its node restarted:
+    /// it is a new member).
+    OrderJoin {
+        /// The service.
+        service: String,
+        /// Who asks, and whether it follows the order yet.
+        join: nonstop_active::membership::Join,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

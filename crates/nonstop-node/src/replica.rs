@@ -24,21 +24,26 @@
 //! what its executions answered each client last. The receiver keeps what the order delivers
 //! meanwhile ([`Feed`]) and executes on from the donor's point. It answers no call until then.
 //!
-//! Not built yet (docs/active.md): re-integration of a restarted node (a new member of the
-//! group: membership changes), and multithreaded services under the deterministic schedulers.
+//! A node whose process restarted has forgotten the group's log and its own votes, so its
+//! replica joins as a new member under a new id ([`nonstop_active::membership`]): added as a
+//! learner, given the log or another replica's state as above, then swapped in for its old
+//! incarnation in one joint configuration change that the order's leader proposes.
+//!
+//! Not built yet (docs/active.md): multithreaded services under the deterministic schedulers.
 
 use crate::NodeId;
 use crate::client_server::{AuditSlot, wall_clock_ms};
 use crate::config::ActiveSpec;
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::lock;
-use crate::status::{ReplicaStanding, ReplicaStatus};
+use crate::status::{OrderRole, ReplicaStanding, ReplicaStatus};
 use crate::transfer::{Donors, Received};
 use nonstop_active::calls::{Asked, Calls};
 use nonstop_active::feed::{Feed, FeedError};
+use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_control::log::MemoryLog;
-use nonstop_control::{ControlConfig, ControlError, ElectionJitter, RaftNode, Replicated};
+use nonstop_control::{ControlConfig, ControlError, ElectionJitter, Membership, RaftNode, Replicated};
 use nonstop_proto::CheckpointId;
 use nonstop_proto::client::{ClientReply, ReplyMode, Vote};
 use nonstop_proto::frame::FrameKind;
@@ -197,17 +202,26 @@ pub enum ReplicaError {
 /// The agent's side of a replica: the order group and the executor.
 pub struct ReplicaHost {
     replica: Arc<Replica>,
-    /// Its membership of the order group; `None` if it sits out (see [`ReplicaHost::start`]).
+    /// Its member of the order group; `None` once it stopped for good (its membership could
+    /// not be marked).
     group: Option<RaftNode<Order>>,
+    /// The nodes that hold the service's replicas, by replica number.
     replicas: Vec<NodeId>,
     executor: Option<JoinHandle<()>>,
     /// After the order's leader died: ticks until this replica stands, unless a new leader is
-    /// known by then, and the dead leader.
+    /// known by then, and the dead leader's node.
     standing_in: Option<(u32, NodeId)>,
-    /// Where its membership is marked, until it is: before its first message to the group
+    /// Where this incarnation is marked, until it is: before its first message to the group
     /// (from then on it may have voted or acknowledged, which a restart would forget).
-    unmarked: Option<std::path::PathBuf>,
+    unmarked: Option<(std::path::PathBuf, u32)>,
+    /// The joins this replica heard, the latest per node (acted on while it leads).
+    joins: std::collections::BTreeMap<u64, Join>,
+    /// Ticks until it asks to join again, while it is not a voter.
+    join_in: u32,
 }
+
+/// Ticks between a new member's requests to join (lost ones are asked again).
+const JOIN_EVERY_TICKS: u32 = 5;
 
 /// Ticks between the surviving replicas' turns to stand after the order's leader died: the
 /// first may lose for a shorter log, and the next then stands without waiting out the
@@ -220,9 +234,9 @@ impl ReplicaHost {
     ///
     /// The group's log lives in memory, so a node whose process restarted has forgotten what
     /// it acknowledged and voted for: rejoining under its old id could let the group lose a
-    /// committed entry or elect two leaders in a term. It sits out instead (serving its
-    /// passive services), until re-integration as a new member is built. The mark of its
-    /// membership goes into `data_dir` before its first message to the group.
+    /// committed entry or elect two leaders in a term. It joins as a new member instead, under
+    /// an id that names its process's incarnation ([`nonstop_active::membership`]); the
+    /// incarnation goes into `data_dir` before its first message to the group.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         spec: &ActiveSpec,
@@ -245,23 +259,25 @@ impl ReplicaHost {
         service.init(&mirror).map_err(|error| region_error(format!("the service does not initialise: {error}")))?;
         let number = spec.replicas.iter().position(|r| *r == me).expect("the config makes every holder a replica");
         let mark = data_dir.join(format!("active-{}.member", spec.name));
-        let standing = match mark.exists() {
-            true => Standing::Stopped(format!(
-                "node {} restarted and lost the replica's state and its order log; it sits out of the group, since re-integration as a new member is not built yet",
-                me.0
-            )),
-            false => Standing::Serving,
+        let incarnation = match std::fs::read_to_string(&mark) {
+            // A mark from before incarnations were counted is empty: incarnation 0.
+            Ok(last) => last.trim().parse::<u32>().unwrap_or(0).saturating_add(1),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(region_error(format!("cannot read {}: {error}", mark.display()))),
         };
-        let group = match standing {
-            Standing::Stopped(ref reason) => {
-                tracing::error!(service = spec.name, %reason, "replica sits out");
-                None
+        // A new incarnation knows nothing of the order: it serves once it follows it.
+        let standing = match incarnation {
+            0 => Standing::Serving,
+            _ => {
+                tracing::info!(service = spec.name, incarnation, "restarted: joining the order group as a new member");
+                Standing::CatchingUp
             }
-            Standing::Serving | Standing::CatchingUp => Some(
-                RaftNode::new(group_config, Box::new(MemoryLog::default()))
-                    .map_err(|source| ReplicaError::Group { service: spec.name.clone(), source })?,
-            ),
         };
+        // Every member starts from the founders' configuration, a new one too: given the log
+        // from its first entry, it applies the membership changes from there.
+        let group_config = ControlConfig { id: member_id(me.0, incarnation), ..group_config };
+        let group = RaftNode::new(group_config, Box::new(MemoryLog::default()))
+            .map_err(|source| ReplicaError::Group { service: spec.name.clone(), source })?;
         let (work, works) = mpsc::channel();
         let replica = Arc::new(Replica {
             name: spec.name.clone(),
@@ -292,11 +308,13 @@ impl ReplicaHost {
         };
         Ok(ReplicaHost {
             replica,
-            group,
+            group: Some(group),
             replicas: spec.replicas.clone(),
             executor: Some(executor),
             standing_in: None,
-            unmarked: Some(mark),
+            unmarked: Some((mark, incarnation)),
+            joins: std::collections::BTreeMap::new(),
+            join_in: 0,
         })
     }
 
@@ -316,7 +334,14 @@ impl ReplicaHost {
         ReplicaStatus {
             name: self.replica.name.clone(),
             replica: self.replica.me,
-            order_leader: self.group.as_ref().and_then(|g| g.leader()).map(|id| id.0),
+            order_leader: self.group.as_ref().and_then(|g| g.leader()).map(node_of),
+            member: self.group.as_ref().map_or(0, |g| g.id().0),
+            order_role: match &self.group {
+                None => OrderRole::Out,
+                Some(group) if group.members().voters.contains(&group.id()) => OrderRole::Voter,
+                Some(group) if group.members().learners.contains(&group.id()) => OrderRole::Learner,
+                Some(_) => OrderRole::Joining,
+            },
             order_term: self.group.as_ref().map_or(0, |g| g.raft_term()),
             applied_index: self.group.as_ref().map_or(0, |g| g.state().applied_index()),
             delivered: self.group.as_ref().map_or(0, |g| g.state().delivered()),
@@ -336,10 +361,11 @@ impl ReplicaHost {
     pub fn tick(&mut self) {
         let Some(group) = &mut self.group else { return };
         group.tick();
+        self.join_in = self.join_in.saturating_sub(1);
         match self.standing_in {
             Some((0, dead)) => {
                 self.standing_in = None;
-                if group.leader().is_none_or(|leader| leader == dead) {
+                if group.leader().is_none_or(|leader| node_of(leader) == dead.0) {
                     tracing::info!(service = self.replica.name, "no new order leader yet: standing in turn");
                     group.campaign_after_leader_loss();
                 }
@@ -349,17 +375,33 @@ impl ReplicaHost {
         }
     }
 
-    /// Steps a message of the group from a peer.
+    /// Steps a message of the group from a peer (which speaks for its own members only).
     pub fn step(&mut self, from: NodeId, bytes: &[u8]) {
         let Some(group) = &mut self.group else { return };
         if !self.replicas.contains(&from) {
             return tracing::warn!(service = self.replica.name, peer = from.0, "order message from a non-replica");
         }
-        if let Err(error) = group.step(bytes)
-            && !error.is_dropped_proposal()
-        {
-            tracing::warn!(service = self.replica.name, peer = from.0, %error, "order message refused");
+        match group.step_from(bytes, |member| node_of(member) == from.0) {
+            Ok(()) => {}
+            // For this node's earlier incarnation, which the group counts until this one
+            // replaces it.
+            Err(ControlError::ForAnotherMember { .. }) => {}
+            Err(error) if error.is_dropped_proposal() => {}
+            Err(error) => tracing::warn!(service = self.replica.name, peer = from.0, %error, "order message refused"),
         }
+    }
+
+    /// A peer's replica asks to belong to the group (it restarted, and is a new member).
+    pub fn on_join(&mut self, from: NodeId, join: Join) {
+        if node_of(join.member) != from.0 || !self.replicas.contains(&from) {
+            return tracing::warn!(
+                service = self.replica.name,
+                peer = from.0,
+                ?join,
+                "join refused: not that peer's replica"
+            );
+        }
+        self.joins.insert(from.0, join);
     }
 
     /// Peer `from`'s process is gone (its connection closed). If it led the order group, the
@@ -370,11 +412,11 @@ impl ReplicaHost {
     /// lose for a shorter log; Raft's rules decide, this changes only when they are asked).
     pub fn on_peer_down(&mut self, from: NodeId, alive: impl Fn(NodeId) -> bool) {
         let Some(group) = &mut self.group else { return };
-        if group.leader() != Some(from) {
+        if group.leader().map(node_of) != Some(from.0) {
             return;
         }
         let survivors: Vec<NodeId> = self.replicas.iter().copied().filter(|id| *id != from && alive(*id)).collect();
-        match survivors.iter().position(|id| *id == group.id()) {
+        match survivors.iter().position(|id| id.0 == node_of(group.id())) {
             Some(0) => {
                 tracing::info!(
                     service = self.replica.name,
@@ -408,24 +450,25 @@ impl ReplicaHost {
         }
     }
 
-    /// Sends what the group produced and hands what it delivered to the executor.
+    /// Sends what the group produced and hands what it delivered to the executor; asks to
+    /// join while this replica is not a voter, and, leading, changes the members as the joins
+    /// heard call for ([`membership::next_change`]).
     pub fn poll(&mut self, peers: &Peers) -> Result<(), ControlError> {
         let Some(group) = &mut self.group else { return Ok(()) };
         let output = group.poll()?;
-        if !output.messages.is_empty()
-            && let Some(mark) = self.unmarked.take()
-            && let Err(error) = std::fs::write(&mark, b"")
-        {
-            // Unmarked, a restart could rejoin with what this replica votes now forgotten.
-            let reason = format!("cannot mark its membership in {}: {error}", mark.display());
-            self.replica.stop(reason);
-            self.group = None;
+        if !output.messages.is_empty() && !self.mark() {
             return Ok(());
         }
+        let Some(group) = &mut self.group else { return Ok(()) };
         for (to, raft) in output.messages {
-            peers.send(to, Body::Order { service: self.replica.name.clone(), raft });
+            peers.send(NodeId(node_of(to)), Body::Order { service: self.replica.name.clone(), raft });
         }
-        let leader = group.leader().and_then(|id| self.replicas.iter().position(|r| *r == id));
+        if output.members_changed {
+            tracing::info!(service = self.replica.name, members = ?group.members(), "order group members");
+        }
+        self.change_members(peers);
+        let Some(group) = &mut self.group else { return Ok(()) };
+        let leader = group.leader().and_then(|id| self.replicas.iter().position(|r| r.0 == node_of(id)));
         let leader = leader.map_or(NO_LEADER, |n| n as u16);
         let changed = self.replica.leader.swap(leader, Ordering::Relaxed) != leader && leader != NO_LEADER;
         if changed && lock(&self.replica.shared).calls.propose_waiting_again() {
@@ -449,6 +492,56 @@ impl ReplicaHost {
             let _ = work.send(Work::Delivered(delivered));
         }
         Ok(())
+    }
+}
+
+impl ReplicaHost {
+    /// Marks this incarnation in the data directory before its first message to the group;
+    /// false (and the replica stopped) if it cannot.
+    fn mark(&mut self) -> bool {
+        let Some((mark, incarnation)) = self.unmarked.take() else { return true };
+        match std::fs::write(&mark, incarnation.to_string()) {
+            Ok(()) => true,
+            Err(error) => {
+                // Unmarked, a restart could rejoin with what this replica votes now forgotten.
+                self.replica.stop(format!("cannot mark its membership in {}: {error}", mark.display()));
+                self.group = None;
+                false
+            }
+        }
+    }
+
+    /// Asks to join while not a voter (every [`JOIN_EVERY_TICKS`] polls that follow a tick);
+    /// leading, proposes the membership change the joins heard call for.
+    fn change_members(&mut self, peers: &Peers) {
+        let Some(group) = &mut self.group else { return };
+        let members = group.members();
+        if !members.voters.contains(&group.id()) {
+            if self.join_in == 0 && self.mark() {
+                let ready =
+                    self.replica.serving() && self.group.as_ref().is_some_and(|g| g.state().applied_index() > 0);
+                let Some(group) = &self.group else { return };
+                let join = Join { member: group.id(), ready };
+                for node in self.replicas.iter().filter(|n| n.0 != node_of(join.member)) {
+                    peers.send(*node, Body::OrderJoin { service: self.replica.name.clone(), join });
+                }
+                self.join_in = JOIN_EVERY_TICKS;
+            }
+            return;
+        }
+        if !group.is_leader() || group.has_pending_membership_change() {
+            return;
+        }
+        let joins: Vec<Join> = self.joins.values().copied().collect();
+        let nodes: Vec<u64> = self.replicas.iter().map(|n| n.0).collect();
+        if let Some(change) = membership::next_change(&members, &joins, &nodes) {
+            match group.propose_membership(change) {
+                Ok(()) => {
+                    tracing::info!(service = self.replica.name, ?change, "order group membership change proposed")
+                }
+                Err(error) => tracing::debug!(service = self.replica.name, %error, "membership change not proposed"),
+            }
+        }
     }
 }
 
@@ -663,7 +756,18 @@ impl Executor {
         for work in works {
             let going_on = match work {
                 Work::Delivered(delivered) => match self.feed.delivered(delivered) {
-                    Ok(entries) => entries.into_iter().all(|entry| self.execute_entry(entry)),
+                    Ok(entries) => {
+                        let executed = !entries.is_empty();
+                        let going_on = entries.into_iter().all(|entry| self.execute_entry(entry));
+                        if executed && self.feed.is_following() {
+                            // A new member given the order from its start follows it now.
+                            let mut shared = lock(&self.replica.shared);
+                            if shared.standing == Standing::CatchingUp {
+                                shared.standing = Standing::Serving;
+                            }
+                        }
+                        going_on
+                    }
                     Err(error) => self.stop(format!("its order feed broke: {error}")),
                 },
                 Work::Restored(from) => {
@@ -822,6 +926,11 @@ impl Replica {
         &self.mirror
     }
 
+    /// True while it serves (follows the order and answers).
+    fn serving(&self) -> bool {
+        lock(&self.shared).standing == Standing::Serving
+    }
+
     /// Sends this replica's state at position `from` of the order or later through `send`
     /// (frames of a state transfer): its pages while it keeps executing (pre-copy rounds, for
     /// a region whose writes are declared), then, with execution held between two entries,
@@ -894,8 +1003,10 @@ pub fn group_config(spec: &ActiveSpec, me: NodeId, control: &ControlConfig) -> C
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     ControlConfig {
-        id: me,
-        voters: spec.replicas.clone(),
+        // The first incarnation's; a restarted node's replica joins under another
+        // ([`ReplicaHost::start`]).
+        id: member_id(me.0, 0),
+        voters: spec.replicas.iter().map(|node| member_id(node.0, 0)).collect(),
         // A leader that stops without closing its connections (paused, cut off) is noticed
         // only when its heartbeats stop coming, and the order stands still until then. The
         // control plane waits its whole failure timeout, because what it decides (promotions,
@@ -906,6 +1017,6 @@ pub fn group_config(spec: &ActiveSpec, me: NodeId, control: &ControlConfig) -> C
         heartbeat_ticks: 1,
         election_jitter: ElectionJitter::Seeded(u64::from_le_bytes(seed)),
         compact_every: spec.order_log_entries,
-        membership: nonstop_control::Membership::Static,
+        membership: Membership::Dynamic,
     }
 }

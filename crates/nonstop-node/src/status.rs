@@ -86,6 +86,11 @@ pub struct ReplicaStatus {
     pub replica: u16,
     /// The order group's leader this replica knows (a node id).
     pub order_leader: Option<u64>,
+    /// Its member id in the order group (its node id in the node's first process; a
+    /// restarted node's replica joins under a new one).
+    pub member: u64,
+    /// What it is in the order group.
+    pub order_role: OrderRole,
     /// The group's Raft term.
     pub order_term: u64,
     /// The last log index of the order applied here.
@@ -102,6 +107,21 @@ pub struct ReplicaStatus {
     pub state_transfers: u64,
     /// How long the last of those took, from the order's snapshot to serving again.
     pub last_catch_up_ms: Option<f64>,
+}
+
+/// What a replica is in its order group, in [`ReplicaStatus`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderRole {
+    /// It votes.
+    #[default]
+    Voter,
+    /// It receives the order and votes in nothing yet (a new member catching up).
+    Learner,
+    /// It asked to join and is not a member yet.
+    Joining,
+    /// It left the group for good (until its node restarts).
+    Out,
 }
 
 /// Whether a replica serves, in [`ReplicaStatus`].

@@ -78,23 +78,24 @@ fn render_active(out: &mut String, statuses: &[(u64, SocketAddr, Option<NodeStat
     let _ = writeln!(out, "\nservice {name}: actively replicated");
     let _ = writeln!(
         out,
-        "| node | client | up | replica | order leader | order term | applied index | delivered | executed | standing |"
+        "| node | client | up | replica | member | order leader | order term | applied index | position | executed | state transfers | standing |"
     );
-    let _ = writeln!(out, "|---:|---|---|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
     for (id, addr, status) in statuses {
         let up = if status.is_some() { "yes" } else { "no" };
         match status.as_ref().and_then(|s| s.replicas.iter().find(|r| r.name == name)) {
             Some(r) => {
                 let leader = r.order_leader.map_or("none".into(), |l| l.to_string());
                 let standing = r.standing.to_string();
+                let member = format!("{} ({:?})", r.member, r.order_role).to_lowercase();
                 let _ = writeln!(
                     out,
-                    "| {id} | {addr} | {up} | {} | {leader} | {} | {} | {} | {} | {standing} |",
-                    r.replica, r.order_term, r.applied_index, r.delivered, r.executed
+                    "| {id} | {addr} | {up} | {} | {member} | {leader} | {} | {} | {} | {} | {} | {standing} |",
+                    r.replica, r.order_term, r.applied_index, r.position, r.executed, r.state_transfers
                 );
             }
             None => {
-                let _ = writeln!(out, "| {id} | {addr} | {up} | - | - | - | - | - | - | - |");
+                let _ = writeln!(out, "| {id} | {addr} | {up} | - | - | - | - | - | - | - | - | - |");
             }
         }
     }

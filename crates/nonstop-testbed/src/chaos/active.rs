@@ -8,9 +8,8 @@
 //! it. Each replica still running is then audited against the clients' history, and their
 //! client tables must be the same (a re-integrated replica's included).
 //!
-//! Each trial runs a cluster of its own: a killed replica that restarts sits out of the order
-//! group until a restarted node can rejoin as a new member (docs/active.md), so a second kill in
-//! one cluster would leave one replica, short of a majority.
+//! Each trial runs a cluster of its own, so that every trial starts from three healthy
+//! replicas and no trial's measurement includes an earlier one's re-integration.
 
 use super::{Clients, Millis, Traffic, millis};
 use crate::cluster::{ClusterSpec, LocalCluster};
