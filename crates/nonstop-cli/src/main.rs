@@ -297,6 +297,11 @@ struct ChaosKillArgs {
     /// How long `--fault pause` stops the replica, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pause_ms: u64,
+    /// With `--replication active --fault kill`: start the killed node again this many ms
+    /// later; its replica rejoins the order group as a new member, and the trial measures how
+    /// long until it votes and serves at the others' position.
+    #[arg(long)]
+    restart_after_ms: Option<u64>,
     /// With `--replication active`: order entries the replicas keep before compacting
     /// (`order_log_entries`); a small log makes every pause end in a state transfer.
     #[arg(long)]
@@ -1074,9 +1079,9 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if args.replication == Replication::Active {
         return chaos_kill_active(&args, &service);
     }
-    if matches!(args.fault, FaultKind::Pause) || args.order_log_entries.is_some() {
+    if matches!(args.fault, FaultKind::Pause) || args.order_log_entries.is_some() || args.restart_after_ms.is_some() {
         bail!(
-            "--fault pause and --order-log-entries are for --replication active; a passive primary's pause is `nonstop chaos --netns pause`"
+            "--fault pause, --restart-after-ms and --order-log-entries are for --replication active; a passive primary's pause is `nonstop chaos --netns pause`"
         );
     }
 
@@ -1196,11 +1201,16 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
             FaultKind::Kill => ReplicaFault::Kill,
             FaultKind::Pause => ReplicaFault::Pause { ms: args.pause_ms },
         },
+        restart_after: args.restart_after_ms.map(Duration::from_millis),
         after_kill: Duration::from_secs(1),
     };
-    let (verb, noun) = match config.fault {
-        ReplicaFault::Kill => ("killed", "kill"),
-        ReplicaFault::Pause { .. } => ("paused", "pause"),
+    if config.restart_after.is_some() && config.fault != ReplicaFault::Kill {
+        bail!("--restart-after-ms restarts a killed replica: give --fault kill");
+    }
+    let (verb, noun) = match (config.fault, config.restart_after) {
+        (ReplicaFault::Kill, None) => ("killed", "kill"),
+        (ReplicaFault::Kill, Some(_)) => ("restarted", "restart"),
+        (ReplicaFault::Pause { .. }, _) => ("paused", "pause"),
     };
     let progress = trials_bar(args.trials);
     let report = nonstop_testbed::chaos::run_active_kill(&service.exe, &config, |trial| {
@@ -1226,9 +1236,14 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
                 m.p50, m.p99, m.max
             );
         }
-        if let ReplicaFault::Pause { ms } = config.fault {
+        let away = match (config.fault, config.restart_after) {
+            (ReplicaFault::Pause { ms }, _) => Some(format!("paused {ms} ms")),
+            (ReplicaFault::Kill, Some(after)) => Some(format!("restarted {} ms after the kill", after.as_millis())),
+            (ReplicaFault::Kill, None) => None,
+        };
+        if let Some(away) = away {
             println!(
-                "paused {ms} ms: {} of {} replicas took another's state (p50 {:.1} ms, max {:.1} ms); back at the others' position {:.1} ms after the resume (p50; max {:.1} ms); {} not back within 10 s; answers/s while catching up vs before: {:.2}",
+                "{away}: {} of {} replicas took another's state (p50 {:.1} ms, max {:.1} ms); back at the others' position {:.1} ms after their return (p50; max {:.1} ms); {} not back within 10 s; answers/s while catching up vs before: {:.2}",
                 report.reintegrated,
                 report.trials,
                 report.catch_up_ms.p50,
@@ -1258,7 +1273,7 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
         _ => violations.stale_reads,
     };
     if report.not_back > 0 {
-        bail!("a paused replica did not serve again within 10 s: repeat with --seed {seed}");
+        bail!("a {verb} replica did not serve again within 10 s: repeat with --seed {seed}");
     }
     if violations.total() > tolerated || report.check.is_err() || report.replicas_disagree > 0 {
         bail!(

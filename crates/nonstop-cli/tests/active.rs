@@ -306,6 +306,20 @@ fn chaos_pause_of_a_replica_reintegrates_it_by_state_transfer() {
     let trial = &report["trial_log"][0];
     assert!(trial["state_transfers"].as_u64().unwrap() >= 1, "{trial}");
     assert!(trial["catch_up_ms"].as_f64().is_some() && trial["back_ms"].as_f64().is_some(), "{trial}");
+    // A killed replica started again rejoins as a new member and is audited with the others.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
+        .args(["chaos", "kill", "--replication", "active", "--restart-after-ms", "100"])
+        .args(["--trials", "1", "--seed", "4", "--clients", "4", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["restart_after_ms"], 100, "{report}");
+    for (field, expected) in [("not_back", 0), ("acked_lost", 0), ("applied_twice", 0), ("replicas_disagree", 0)] {
+        assert_eq!(report[field], expected, "{field}: {report}");
+    }
+    assert!(report["trial_log"][0]["back_ms"].as_f64().is_some(), "{report}");
     // Pauses are active replication's: a passive run refuses the flag.
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
         .args(["chaos", "kill", "--fault", "pause"])

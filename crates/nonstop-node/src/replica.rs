@@ -221,7 +221,7 @@ pub struct ReplicaHost {
 }
 
 /// Ticks between a new member's requests to join (lost ones are asked again).
-const JOIN_EVERY_TICKS: u32 = 5;
+const JOIN_EVERY_TICKS: u32 = 1;
 
 /// Ticks between the surviving replicas' turns to stand after the order's leader died: the
 /// first may lose for a shorter log, and the next then stands without waiting out the

@@ -50,6 +50,10 @@ pub struct ActiveChaosConfig {
     pub clients_kind: Clients,
     /// The fault.
     pub fault: ReplicaFault,
+    /// With [`ReplicaFault::Kill`]: start the killed node again this long after the kill; its
+    /// replica rejoins the order group as a new member, and the trial measures how long that
+    /// takes as for a pause.
+    pub restart_after: Option<Duration>,
     /// How long the load runs after the fault (after the resume, for a pause).
     pub after_kill: Duration,
 }
@@ -66,19 +70,21 @@ pub struct ActiveTrial {
     pub gap_ms: f64,
     /// Answers after the fault began.
     pub answered_after_kill: u64,
-    /// A paused replica: the states it took from another replica after it resumed.
+    /// A paused or restarted replica: the states it took from another replica after it came
+    /// back.
     pub state_transfers: u64,
-    /// A paused replica that took a state: how long that took by its own clock, from the
-    /// order's snapshot to serving again.
+    /// A paused or restarted replica that took a state: how long that took by its own clock,
+    /// from the order's snapshot to serving again.
     pub catch_up_ms: Option<f64>,
-    /// A paused replica: from its resume until it served with the order's position the
-    /// others had reached at the resume (status polled every millisecond or so).
+    /// A paused or restarted replica: from its resume (or its process's start) until it served,
+    /// as a voter of the order group, with the order's position the others had reached then
+    /// (status polled every millisecond or so).
     pub back_ms: Option<f64>,
     /// Answers per second in the fault-free time before the fault.
     pub answers_per_s_before: f64,
     /// Answers per second while the replica was down (killed: the rest of the trial).
     pub answers_per_s_during: f64,
-    /// A paused replica: answers per second from its resume until it was back.
+    /// A paused or restarted replica: answers per second from its return until it was back.
     pub answers_per_s_catching_up: Option<f64>,
     /// Answers in the trial.
     pub acknowledged: u64,
@@ -99,6 +105,8 @@ pub struct ActiveChaosReport {
     pub replies: String,
     /// The fault of each trial.
     pub fault: ReplicaFault,
+    /// After a kill: how long until the node was started again, if it was.
+    pub restart_after_ms: Option<u64>,
     /// The longest gap between answers around each kill, over all trials.
     pub gap_ms: Millis,
     /// The same, over trials that killed the order's leader.
@@ -168,6 +176,7 @@ pub fn run_active_kill(
         seed: config.seed,
         replies: mode.name().into(),
         fault: config.fault,
+        restart_after_ms: config.restart_after.map(|d| d.as_millis() as u64),
         gap_ms: millis(&gaps(|_| true)),
         gap_leader_killed_ms: millis(&gaps(|t| t.killed_leader)),
         gap_follower_killed_ms: millis(&gaps(|t| !t.killed_leader)),
@@ -181,9 +190,9 @@ pub fn run_active_kill(
                 .filter_map(|t| t.answers_per_s_catching_up.map(|during| during / t.answers_per_s_before.max(1.0)))
                 .collect(),
         ),
-        not_back: match config.fault {
-            ReplicaFault::Pause { .. } => trials.iter().filter(|t| t.back_ms.is_none()).count() as u32,
-            ReplicaFault::Kill => 0,
+        not_back: match (config.fault, config.restart_after) {
+            (ReplicaFault::Kill, None) => 0,
+            _ => trials.iter().filter(|t| t.back_ms.is_none()).count() as u32,
         },
         acked_lost: totals.acked_lost,
         applied_twice: totals.applied_twice,
@@ -231,28 +240,43 @@ fn run_trial(
     };
     // Settled load only: the first 100 ms include the clients' connecting.
     let answers_per_s_before = per_s(started + Duration::from_millis(100), killed_at);
-    let mut resumed = None;
-    match config.fault {
-        ReplicaFault::Kill => cluster.kill(victim)?,
-        ReplicaFault::Pause { ms } => {
+    let others: Vec<u64> = all.iter().copied().filter(|id| *id != victim).collect();
+    // The point of the order the others reached: a replica that comes back is back once its
+    // state is there.
+    let reached = |cluster: &LocalCluster| {
+        (others.iter())
+            .filter_map(|id| cluster.status(*id))
+            .filter_map(|s| s.replicas.first().map(|r| r.position))
+            .max()
+            .unwrap_or(0)
+    };
+    let resumed = match (config.fault, config.restart_after) {
+        (ReplicaFault::Kill, None) => {
+            cluster.kill(victim)?;
+            None
+        }
+        (ReplicaFault::Kill, Some(after)) => {
+            cluster.kill(victim)?;
+            std::thread::sleep(after);
+            let reached = reached(&cluster);
+            cluster.start(victim)?;
+            Some((Instant::now(), reached))
+        }
+        (ReplicaFault::Pause { ms }, _) => {
             cluster.signal(victim, rustix::process::Signal::STOP)?;
             std::thread::sleep(Duration::from_millis(ms));
-            let others: Vec<u64> = all.iter().copied().filter(|id| *id != victim).collect();
-            let reached = (others.iter())
-                .filter_map(|id| cluster.status(*id))
-                .filter_map(|s| s.replicas.first().map(|r| r.position))
-                .max()
-                .unwrap_or(0);
+            let reached = reached(&cluster);
             cluster.signal(victim, rustix::process::Signal::CONT)?;
-            resumed = Some((Instant::now(), reached));
+            Some((Instant::now(), reached))
         }
-    }
+    };
     let back = resumed.and_then(|(at, reached)| {
         let back = cluster.wait_statuses(&[victim], Duration::from_secs(10), |statuses| {
-            statuses[0]
-                .replicas
-                .first()
-                .is_some_and(|r| r.standing == nonstop_node::status::ReplicaStanding::Serving && r.position >= reached)
+            statuses[0].replicas.first().is_some_and(|r| {
+                r.standing == nonstop_node::status::ReplicaStanding::Serving
+                    && r.order_role == nonstop_node::status::OrderRole::Voter
+                    && r.position >= reached
+            })
         });
         back.map(|back| (at, back))
     });
@@ -265,9 +289,9 @@ fn run_trial(
     let answers_per_s_catching_up =
         back.map(|(resumed, back)| per_s(resumed, back.max(resumed + Duration::from_millis(50))));
     let victim_status = cluster.status(victim).and_then(|s| s.replicas.first().cloned());
-    let still_running: Vec<_> = match config.fault {
-        ReplicaFault::Kill => cluster.nodes.iter().filter(|n| n.id != victim).map(|n| n.client).collect(),
-        ReplicaFault::Pause { .. } => cluster.nodes.iter().map(|n| n.client).collect(),
+    let still_running: Vec<_> = match resumed {
+        None => cluster.nodes.iter().filter(|n| n.id != victim).map(|n| n.client).collect(),
+        Some(_) => cluster.nodes.iter().map(|n| n.client).collect(),
     };
     let survivors = still_running;
     let judged = load.finish_each(&name, &survivors)?;
