@@ -112,11 +112,22 @@ pub enum PeerEvent {
     },
 }
 
+/// What a peer's dialer is given.
+#[derive(Debug)]
+enum Outgoing {
+    /// A message to send.
+    Frame(Vec<u8>),
+    /// The peer just connected to this node: it is up, so a redial need not wait out its
+    /// backoff (a restarted peer would otherwise hear nothing from this node for up to
+    /// [`MAX_REDIAL_BACKOFF`] times the redial interval).
+    Redial,
+}
+
 /// The outgoing side: one queue per peer.
 #[derive(Debug)]
 pub struct Peers {
     me: NodeId,
-    outboxes: BTreeMap<NodeId, SyncSender<Vec<u8>>>,
+    outboxes: BTreeMap<NodeId, SyncSender<Outgoing>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -135,12 +146,6 @@ impl Peers {
         let listener = TcpListener::bind(listen)?;
         let stop = Arc::new(AtomicBool::new(false));
         let detections = admission.detections().clone();
-        {
-            let (key, events, stop) = (key.clone(), events.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("nonstop-peers-accept".into())
-                .spawn(move || accept_loop(listener, key, events, stop, admission))?;
-        }
         let mut outboxes = BTreeMap::new();
         for &(id, addr) in peers {
             let (tx, rx) = mpsc::sync_channel(OUTBOX);
@@ -150,6 +155,12 @@ impl Peers {
                 .name(format!("nonstop-peer-{}", id.0))
                 .spawn(move || dial_loop(addr, key, rx, stop, redial, detections))?;
         }
+        {
+            let (key, events, stop, dialers) = (key.clone(), events.clone(), stop.clone(), outboxes.clone());
+            std::thread::Builder::new()
+                .name("nonstop-peers-accept".into())
+                .spawn(move || accept_loop(listener, key, events, stop, admission, dialers))?;
+        }
         Ok(Peers { me, outboxes, stop })
     }
 
@@ -157,7 +168,7 @@ impl Peers {
     pub fn send(&self, to: NodeId, body: Body) {
         let Some(outbox) = self.outboxes.get(&to) else { return };
         let bytes = postcard::to_stdvec(&Wire { from: self.me, body }).expect("wire messages serialize");
-        match outbox.try_send(bytes) {
+        match outbox.try_send(Outgoing::Frame(bytes)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => tracing::debug!(peer = to.0, "peer queue full; message dropped"),
         }
@@ -183,6 +194,7 @@ fn accept_loop(
     events: Sender<PeerEvent>,
     stop: Arc<AtomicBool>,
     admission: Arc<Admission>,
+    dialers: BTreeMap<NodeId, SyncSender<Outgoing>>,
 ) {
     let accepted = Arc::new(AtomicU64::new(0));
     serve_handshakes(&listener, &admission, &key, &stop, move |sender, mut receiver, peer| {
@@ -210,6 +222,12 @@ fn accept_loop(
                 }
                 match decode_peer_message(&frame.payload) {
                     Ok((sender, body)) => {
+                        if from.is_none()
+                            && let Some(dialer) = dialers.get(&sender)
+                        {
+                            // Full or gone: the dialer is busy sending, or stopping.
+                            let _ = dialer.try_send(Outgoing::Redial);
+                        }
                         from = Some(sender);
                         let event = PeerEvent::Message { from: sender, connection, body };
                         if events.send(event).is_err() {
@@ -278,7 +296,7 @@ fn serve_operator(
 fn dial_loop(
     addr: SocketAddr,
     key: ClusterKey,
-    outbox: Receiver<Vec<u8>>,
+    outbox: Receiver<Outgoing>,
     stop: Arc<AtomicBool>,
     redial: Duration,
     detections: Arc<Detections>,
@@ -290,7 +308,11 @@ fn dial_loop(
     let mut unreachable = nonstop_net::told::Told::default();
     while !stop.load(Ordering::SeqCst) {
         let bytes = match outbox.recv_timeout(Duration::from_millis(100)) {
-            Ok(bytes) => bytes,
+            Ok(Outgoing::Frame(bytes)) => bytes,
+            Ok(Outgoing::Redial) => {
+                backoff = redial;
+                continue;
+            }
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
@@ -307,10 +329,21 @@ fn dial_loop(
                     if unreachable.now(()) {
                         tracing::info!(%addr, %error, "peer unreachable; redialling with backoff");
                     }
-                    // Drain what queued meanwhile: stale Raft messages and heartbeats are useless.
-                    std::thread::sleep(backoff);
+                    // What queues meanwhile is dropped: stale Raft messages and heartbeats are
+                    // useless. The peer connecting here ends the wait.
+                    let until = std::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(redial * MAX_REDIAL_BACKOFF);
-                    while outbox.try_recv().is_ok() {}
+                    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                        match outbox.recv_timeout(left) {
+                            Ok(Outgoing::Frame(_)) => {}
+                            Ok(Outgoing::Redial) => {
+                                backoff = redial;
+                                break;
+                            }
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
                     continue;
                 }
             }
