@@ -269,7 +269,13 @@ impl ReplicaHost {
         let standing = match incarnation {
             0 => Standing::Serving,
             _ => {
-                tracing::info!(service = spec.name, incarnation, "restarted: joining the order group as a new member");
+                tracing::info!(
+                    service = spec.name,
+                    incarnation,
+                    mark = %mark.display(),
+                    "restarted: joining the order group as a new member (if every replica restarted, the group and \
+                     its state are gone: remove this mark on every node to found it anew)"
+                );
                 Standing::CatchingUp
             }
         };
