@@ -24,7 +24,7 @@
 //! ```
 
 use crate::order::Request;
-use std::collections::BTreeMap;
+use crate::recent::Recent;
 
 /// A client's request as the order tells it from the client's others: its number, and the
 /// refusals under that number before it.
@@ -32,6 +32,16 @@ pub type RequestId = (u64, u32);
 
 /// What executing a request answered: the service's reply, or its refusal.
 pub type Outcome = Result<Vec<u8>, String>;
+
+/// Clients whose last executed request a replica remembers.
+pub const REMEMBERED: usize = 1 << 16;
+
+/// Clients whose callers may wait at once.
+pub const WAITING: usize = 1 << 16;
+
+/// What a pending request costs beyond its body, for the bound on pending bytes (a request
+/// with an empty body is not free).
+const REQUEST_OVERHEAD: usize = 64;
 
 /// What becomes of a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,13 +81,15 @@ pub struct Calls<W> {
     max_pending_bytes: usize,
     /// Requests executed in all.
     executed_count: u64,
-    /// Per client, the last request this replica executed and what it answered. It grows with
-    /// every client ever served, as the order's per-client map does (expiry through the order
-    /// is not built yet).
-    executed: BTreeMap<u64, Done>,
+    /// Per client, the last request this replica executed and what it answered, for the
+    /// [`REMEMBERED`] clients executed for most recently (a forgotten client's retry is
+    /// proposed again, and the service's client table answers it as a duplicate).
+    executed: Recent<u64, Done, REMEMBERED>,
     /// Per client, the request callers wait for and their waiters (a client calls one request
-    /// at a time: a later request replaces an earlier one's waiters).
-    waiting: BTreeMap<u64, (Request, Vec<W>)>,
+    /// at a time: a later request replaces an earlier one's waiters), for the [`WAITING`]
+    /// clients that asked most recently (a client whose request never comes, a stale number
+    /// say, must not hold its place for ever).
+    waiting: Recent<u64, (Request, Vec<W>), WAITING>,
 }
 
 impl<W> Calls<W> {
@@ -88,8 +100,8 @@ impl<W> Calls<W> {
             pending_bytes: 0,
             max_pending_bytes,
             executed_count: 0,
-            executed: BTreeMap::new(),
-            waiting: BTreeMap::new(),
+            executed: Recent::new(),
+            waiting: Recent::new(),
         }
     }
 
@@ -120,7 +132,7 @@ impl<W> Calls<W> {
             }
             _ => {}
         }
-        if self.pending_bytes + request.body.len() > self.max_pending_bytes {
+        if self.pending_bytes + cost(&request) > self.max_pending_bytes {
             return Asked::Backlogged;
         }
         match self.waiting.get_mut(&request.client) {
@@ -130,7 +142,7 @@ impl<W> Calls<W> {
             }
         }
         let wake = self.pending.is_empty();
-        self.pending_bytes += request.body.len();
+        self.pending_bytes += cost(&request);
         self.pending.push(request);
         Asked::Wait { wake }
     }
@@ -149,7 +161,7 @@ impl<W> Calls<W> {
             .count()
             .clamp(self.pending.len().min(1), self.pending.len());
         let taken: Vec<Request> = self.pending.drain(..take).collect();
-        self.pending_bytes -= taken.iter().map(|r| r.body.len()).sum::<usize>();
+        self.pending_bytes -= taken.iter().map(cost).sum::<usize>();
         taken
     }
 
@@ -173,7 +185,7 @@ impl<W> Calls<W> {
     pub fn propose_waiting_again(&mut self) -> bool {
         for (request, _) in self.waiting.values() {
             if !self.pending.iter().any(|p| p.client == request.client && id_of(p) == id_of(request)) {
-                self.pending_bytes += request.body.len();
+                self.pending_bytes += cost(request);
                 self.pending.push(request.clone());
             }
         }
@@ -200,10 +212,17 @@ impl<W> Calls<W> {
     /// waited are replaced (the callers ask again), requests still to propose are kept, and
     /// the count of executions goes on.
     pub fn restore(&mut self, executed: impl IntoIterator<Item = (u64, RequestId, Outcome)>) {
-        self.executed =
-            executed.into_iter().map(|(client, request, outcome)| (client, Done { request, outcome })).collect();
+        self.executed.clear();
+        for (client, request, outcome) in executed {
+            self.executed.insert(client, Done { request, outcome });
+        }
         self.waiting.clear();
     }
+}
+
+/// What `request` counts for against the bound on pending bytes.
+fn cost(request: &Request) -> usize {
+    request.body.len() + REQUEST_OVERHEAD
 }
 
 /// Which request of its client `request` is.
@@ -217,6 +236,30 @@ mod tests {
 
     fn request(client: u64, number: u64, refused: u32, body: &[u8]) -> Request {
         Request { client, number, refused, body: body.to_vec() }
+    }
+
+    #[test]
+    fn client_ids_cost_bounded_memory() {
+        let mut calls: Calls<u64> = Calls::new(usize::MAX);
+        // Clients whose requests never come (a stale number): their places are bounded.
+        for client in 1..=WAITING as u64 + 5 {
+            assert!(matches!(calls.ask(request(client, 9, 0, b""), client), Asked::Wait { .. }));
+            calls.take_proposals(usize::MAX);
+        }
+        assert_eq!(calls.waiting.len(), WAITING);
+        // Answers remembered are bounded too, the oldest forgotten first.
+        for client in 1..=REMEMBERED as u64 + 5 {
+            calls.executed(&request(client, 1, 0, b""), Ok(vec![]));
+        }
+        assert_eq!(calls.executed.len(), REMEMBERED);
+        assert!(matches!(calls.ask(request(1, 1, 0, b""), 1), Asked::Wait { .. }), "client 1 was forgotten");
+        let last = REMEMBERED as u64 + 5;
+        assert!(matches!(calls.ask(request(last, 1, 0, b""), last), Asked::Answer { duplicate: true, .. }));
+        // A request with an empty body still counts against the pending bound.
+        let mut small: Calls<u64> = Calls::new(2 * REQUEST_OVERHEAD);
+        assert!(matches!(small.ask(request(1, 1, 0, b""), 1), Asked::Wait { .. }));
+        assert!(matches!(small.ask(request(2, 1, 0, b""), 2), Asked::Wait { .. }));
+        assert_eq!(small.ask(request(3, 1, 0, b""), 3), Asked::Backlogged);
     }
 
     #[test]
@@ -270,7 +313,7 @@ mod tests {
 
     #[test]
     fn proposals_are_bounded_in_bytes_and_backlog_is_refused() {
-        let mut calls: Calls<u8> = Calls::new(10);
+        let mut calls: Calls<u8> = Calls::new(3 * (REQUEST_OVERHEAD + 3) + 1);
         for client in 1..=3 {
             assert!(matches!(calls.ask(request(client, 1, 0, &[0; 3]), 0), Asked::Wait { .. }));
         }

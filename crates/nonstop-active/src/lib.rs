@@ -12,6 +12,7 @@ pub mod execute;
 pub mod feed;
 pub mod membership;
 pub mod order;
+pub mod recent;
 pub mod schedule;
 pub mod stream;
 pub mod sync;

@@ -29,9 +29,15 @@
 //! assert_eq!((second.first, second.requests, second.time_ms), (2, vec![request(7, 2)], 1_000));
 //! ```
 
+use crate::recent::Recent;
 use nonstop_control::Replicated;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+
+/// Clients whose last delivered request the order remembers. Past it the order forgets the
+/// one delivered to longest ago, so that no number of client ids grows the group's state
+/// without bound: a forgotten client's retry is delivered again, and the service's client
+/// table (in every replica's region, bounded by its own rules) answers it as a duplicate.
+pub const ORDER_CLIENTS: usize = 1 << 16;
 
 /// One client request, as proposed to the group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,8 +83,9 @@ pub struct Order {
     applied: u64,
     /// Requests delivered in all.
     delivered: u64,
-    /// Each client's last request delivered: its number and refusals before it.
-    last: BTreeMap<u64, (u64, u32)>,
+    /// Each client's last request delivered: its number and refusals before it; the
+    /// [`ORDER_CLIENTS`] clients delivered to most recently.
+    last: Recent<u64, (u64, u32), ORDER_CLIENTS>,
     /// The latest clock of any entry applied.
     time_ms: u64,
 }
@@ -155,6 +162,25 @@ mod tests {
         assert_eq!(order.last_delivered(2), 0);
         let later = order.apply(3, batch(vec![request(1, 3), request(2, 1)]));
         assert_eq!((later.first, later.requests), (2, vec![request(1, 3), request(2, 1)]));
+    }
+
+    #[test]
+    fn the_clients_remembered_are_bounded_and_the_forgotten_ones_go_first() {
+        let mut order = Order::default();
+        let clients = ORDER_CLIENTS as u64 + 10;
+        for client in 1..=clients {
+            order.apply(client, batch(vec![Request { client, ..request(0, 1) }]));
+        }
+        assert_eq!(order.last.len(), ORDER_CLIENTS, "client ids cost bounded memory");
+        // The first ten were forgotten: a retry of theirs is delivered again (the service's
+        // client table answers it as a duplicate); a remembered client's is not.
+        let again = order.apply(clients + 1, batch(vec![Request { client: 1, ..request(0, 1) }]));
+        assert_eq!(again.requests.len(), 1);
+        let remembered = order.apply(clients + 2, batch(vec![Request { client: clients, ..request(0, 1) }]));
+        assert!(remembered.requests.is_empty());
+        // The snapshot of a full order stays bounded and decodes to the same state.
+        let bytes = postcard::to_stdvec(&order).unwrap();
+        assert_eq!(postcard::from_bytes::<Order>(&bytes).unwrap(), order);
     }
 
     #[test]
