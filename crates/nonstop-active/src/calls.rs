@@ -33,8 +33,11 @@ pub type RequestId = (u64, u32);
 /// What executing a request answered: the service's reply, or its refusal.
 pub type Outcome = Result<Vec<u8>, String>;
 
-/// Clients whose last executed request a replica remembers.
-pub const REMEMBERED: usize = 1 << 16;
+/// Clients whose last executed request a replica remembers: as many as the order does, and
+/// forgotten in the same order (execution follows delivery), so that a replica forgets no
+/// client the order still remembers. (One the order remembers would not be delivered again, so
+/// a replica that forgot its answer could never answer its retry.)
+pub const REMEMBERED: usize = crate::order::ORDER_CLIENTS;
 
 /// Clients whose callers may wait at once.
 pub const WAITING: usize = 1 << 16;
@@ -82,8 +85,7 @@ pub struct Calls<W> {
     /// Requests executed in all.
     executed_count: u64,
     /// Per client, the last request this replica executed and what it answered, for the
-    /// [`REMEMBERED`] clients executed for most recently (a forgotten client's retry is
-    /// proposed again, and the service's client table answers it as a duplicate).
+    /// [`REMEMBERED`] clients executed for most recently.
     executed: Recent<u64, Done, REMEMBERED>,
     /// Per client, the request callers wait for and their waiters (a client calls one request
     /// at a time: a later request replaces an earlier one's waiters), for the [`WAITING`]
@@ -202,10 +204,11 @@ impl<W> Calls<W> {
         self.executed_count
     }
 
-    /// What this replica's executions answered each client last (what a state transfer
-    /// carries to a replica re-integrated from this one's state, for [`Calls::restored`]).
+    /// What this replica's executions answered each client last, oldest first (what a state
+    /// transfer carries to a replica re-integrated from this one's state, for
+    /// [`Calls::restored`], which keeps that order for what it forgets first).
     pub fn answered(&self) -> impl Iterator<Item = (u64, RequestId, &Outcome)> {
-        self.executed.iter().map(|(client, done)| (*client, done.request, &done.outcome))
+        self.executed.iter_by_age().map(|(client, done)| (*client, done.request, &done.outcome))
     }
 
     /// This replica took another's state ([`Calls::restored`]): what it executed and who

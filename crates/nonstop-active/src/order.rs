@@ -33,11 +33,20 @@ use crate::recent::Recent;
 use nonstop_control::Replicated;
 use serde::{Deserialize, Serialize};
 
-/// Clients whose last delivered request the order remembers. Past it the order forgets the
-/// one delivered to longest ago, so that no number of client ids grows the group's state
-/// without bound: a forgotten client's retry is delivered again, and the service's client
-/// table (in every replica's region, bounded by its own rules) answers it as a duplicate.
+/// Clients whose last delivered request the order remembers, so that no number of client ids
+/// grows the group's state without bound.
+///
+/// When it holds this many, a new client takes the place of the one delivered to longest ago
+/// if that one has been idle for [`CLIENT_EXPIRY_MS`] of order time; else the new client's
+/// requests are not delivered until one has (its calls time out, as with a full client table
+/// in passive replication). Forgetting a client that may still retry would be unsafe: a late
+/// copy of a request the service refused, delivered after the client reused the number, would
+/// be applied in its place.
 pub const ORDER_CLIENTS: usize = 1 << 16;
+
+/// How long a client must have had no request delivered before the order may forget it, in
+/// milliseconds of order time: far longer than a client retries one request.
+pub const CLIENT_EXPIRY_MS: u64 = 10 * 60 * 1000;
 
 /// One client request, as proposed to the group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,9 +92,11 @@ pub struct Order {
     applied: u64,
     /// Requests delivered in all.
     delivered: u64,
-    /// Each client's last request delivered: its number and refusals before it; the
-    /// [`ORDER_CLIENTS`] clients delivered to most recently.
-    last: Recent<u64, (u64, u32), ORDER_CLIENTS>,
+    /// Each client's last request delivered: its number, refusals before it and the order's
+    /// time then; at most [`ORDER_CLIENTS`] clients, those delivered to most recently.
+    last: Recent<u64, (u64, u32, u64), ORDER_CLIENTS>,
+    /// Requests not delivered because the order held [`ORDER_CLIENTS`] clients, none expired.
+    turned_away: u64,
     /// The latest clock of any entry applied.
     time_ms: u64,
 }
@@ -101,11 +112,25 @@ impl Order {
         self.last.get(&client).map_or(0, |last| last.0)
     }
 
+    /// Requests not delivered because the order held as many clients as it may, none idle
+    /// long enough to be forgotten.
+    pub fn turned_away(&self) -> u64 {
+        self.turned_away
+    }
+
+    /// Whether `client` is remembered, or may be: there is room, or the client delivered to
+    /// longest ago has expired.
+    fn has_room_for(&self, client: u64) -> bool {
+        self.last.get(&client).is_some()
+            || !self.last.is_full()
+            || self.last.oldest().is_some_and(|(_, (_, _, at))| self.time_ms.saturating_sub(*at) >= CLIENT_EXPIRY_MS)
+    }
+
     /// Whether `request` is its client's next: the number after the last one delivered, or
     /// the last number again after more refusals (the client's next request after a refused
     /// one).
     fn follows(&self, request: &Request) -> bool {
-        let (number, refused) = self.last.get(&request.client).copied().unwrap_or((0, 0));
+        let (number, refused, _) = self.last.get(&request.client).copied().unwrap_or((0, 0, 0));
         match request.number.checked_sub(number) {
             Some(1) => true,
             Some(0) => number > 0 && request.refused > refused,
@@ -125,11 +150,16 @@ impl Replicated for Order {
         let mut requests = Vec::new();
         for request in batch.requests {
             // Only a delivery is remembered: requests delivered nothing leave no trace.
-            if self.follows(&request) {
-                self.last.insert(request.client, (request.number, request.refused));
-                self.delivered += 1;
-                requests.push(request);
+            if !self.follows(&request) {
+                continue;
             }
+            if !self.has_room_for(request.client) {
+                self.turned_away += 1;
+                continue;
+            }
+            self.last.insert(request.client, (request.number, request.refused, self.time_ms));
+            self.delivered += 1;
+            requests.push(request);
         }
         Delivered { index, first, requests, time_ms: self.time_ms }
     }
@@ -165,19 +195,24 @@ mod tests {
     }
 
     #[test]
-    fn the_clients_remembered_are_bounded_and_the_forgotten_ones_go_first() {
+    fn the_clients_remembered_are_bounded_and_only_expired_ones_are_forgotten() {
         let mut order = Order::default();
-        let clients = ORDER_CLIENTS as u64 + 10;
-        for client in 1..=clients {
-            order.apply(client, batch(vec![Request { client, ..request(0, 1) }]));
+        let first = |client| batch(vec![Request { client, ..request(0, 1) }]);
+        let full = ORDER_CLIENTS as u64;
+        for client in 1..=full {
+            order.apply(client, first(client));
         }
+        // Full, and nobody idle long enough: a new client waits, and a client still remembered
+        // is served as before.
+        assert!(order.apply(full + 1, first(full + 1)).requests.is_empty());
+        assert_eq!((order.last.len(), order.turned_away()), (ORDER_CLIENTS, 1));
+        let next = order.apply(full + 2, batch(vec![Request { client: 5, ..request(0, 2) }]));
+        assert_eq!(next.requests.len(), 1);
+        // Once the oldest has been idle for the expiry, the new client takes its place.
+        let later = Batch { time_ms: CLIENT_EXPIRY_MS, requests: vec![Request { client: full + 1, ..request(0, 1) }] };
+        assert_eq!(order.apply(full + 3, later).requests.len(), 1);
         assert_eq!(order.last.len(), ORDER_CLIENTS, "client ids cost bounded memory");
-        // The first ten were forgotten: a retry of theirs is delivered again (the service's
-        // client table answers it as a duplicate); a remembered client's is not.
-        let again = order.apply(clients + 1, batch(vec![Request { client: 1, ..request(0, 1) }]));
-        assert_eq!(again.requests.len(), 1);
-        let remembered = order.apply(clients + 2, batch(vec![Request { client: clients, ..request(0, 1) }]));
-        assert!(remembered.requests.is_empty());
+        assert_eq!(order.last_delivered(1), 0, "client 1 was delivered to longest ago");
         // The snapshot of a full order stays bounded and decodes to the same state.
         let bytes = postcard::to_stdvec(&order).unwrap();
         assert_eq!(postcard::from_bytes::<Order>(&bytes).unwrap(), order);

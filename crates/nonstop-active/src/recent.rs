@@ -93,6 +93,22 @@ impl<K: Ord + Clone, V, const CAPACITY: usize> Recent<K, V, CAPACITY> {
         self.entries.values().map(|(_, value)| value)
     }
 
+    /// The entry written longest ago.
+    pub fn oldest(&self) -> Option<(&K, &V)> {
+        let (_, key) = self.by_stamp.first_key_value()?;
+        self.entries.get_key_value(key).map(|(key, (_, value))| (key, value))
+    }
+
+    /// True if writing a key it does not hold would forget another.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= CAPACITY.max(1)
+    }
+
+    /// The entries, oldest written first.
+    pub fn iter_by_age(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.by_stamp.values().filter_map(|key| self.entries.get_key_value(key).map(|(key, (_, value))| (key, value)))
+    }
+
     /// Writes `key`, making it the most recent; returns the entry forgotten to make room.
     pub fn insert(&mut self, key: K, value: V) -> Option<(K, V)> {
         self.stamp += 1;

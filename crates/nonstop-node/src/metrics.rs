@@ -165,6 +165,12 @@ pub fn render(status: &NodeStatus) -> String {
         per_replica(&|r| if r.standing == crate::status::ReplicaStanding::Serving { 1.0 } else { 0.0 }),
     );
     metric(
+        "nonstop_replica_order_turned_away_total",
+        "counter",
+        "Requests the order did not deliver because it remembered as many clients as it may (65,536), none idle for 10 minutes.",
+        per_replica(&|r| r.turned_away as f64),
+    );
+    metric(
         "nonstop_replica_state_transfers_total",
         "counter",
         "States this node's replica took from another replica after falling behind the order's compacted log.",

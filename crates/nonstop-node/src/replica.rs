@@ -351,6 +351,7 @@ impl ReplicaHost {
             order_term: self.group.as_ref().map_or(0, |g| g.raft_term()),
             applied_index: self.group.as_ref().map_or(0, |g| g.state().applied_index()),
             delivered: self.group.as_ref().map_or(0, |g| g.state().delivered()),
+            turned_away: self.group.as_ref().map_or(0, |g| g.state().turned_away()),
             executed: shared.calls.executed_count(),
             standing: match &shared.standing {
                 Standing::Serving => ReplicaStanding::Serving,

@@ -97,6 +97,9 @@ pub struct ReplicaStatus {
     pub applied_index: u64,
     /// Requests the order delivered here.
     pub delivered: u64,
+    /// Requests the order did not deliver because it remembered as many clients as it may,
+    /// none idle long enough to be forgotten.
+    pub turned_away: u64,
     /// Requests this replica executed itself (not those a transferred state covered).
     pub executed: u64,
     /// The point of the order its state is at: requests delivered before it.
