@@ -253,7 +253,14 @@ pub struct RaftNode<S: Replicated> {
     jitter: Option<(SmallRng, usize)>,
     /// Peers sent a snapshot by the current poll, to report as sent once it is done.
     snapshots_sent: Vec<u64>,
+    /// After the leader's process was seen to die: ticks until this node stands, unless a
+    /// leader other than the dead one is known by then, and the dead leader.
+    standing_in: Option<(u32, NodeId)>,
 }
+
+/// Ticks between the surviving voters' turns to stand after the leader died: the first may
+/// lose for a shorter log, and the next then stands without waiting out the election timeout.
+const STAND_TURN_TICKS: u32 = 3;
 
 impl<S: Replicated> std::fmt::Debug for RaftNode<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -337,6 +344,7 @@ impl<S: Replicated> RaftNode<S> {
             state,
             jitter,
             snapshots_sent: Vec::new(),
+            standing_in: None,
         };
         node.redraw_election_timeout();
         Ok(node)
@@ -405,6 +413,38 @@ impl<S: Replicated> RaftNode<S> {
     pub fn tick(&mut self) {
         self.raw.tick();
         self.redraw_election_timeout();
+        match self.standing_in {
+            Some((0, dead)) => {
+                self.standing_in = None;
+                if self.leader().is_none_or(|leader| leader == dead) {
+                    tracing::info!(node = self.id.0, "no new leader yet: standing in turn");
+                    self.campaign_after_leader_loss();
+                }
+            }
+            Some((ticks, dead)) => self.standing_in = Some((ticks - 1, dead)),
+            None => {}
+        }
+    }
+
+    /// The leader's process is gone (the driver saw its connection close): rather than every
+    /// survivor waiting out the election timeout, the voters still alive (`alive`) stand in
+    /// turn, lowest id first and at once, each next one [`STAND_TURN_TICKS`] later while no
+    /// other leader is known (the first may lose for a shorter log). Raft's rules decide every
+    /// election; this changes only when they are asked. Ignored unless `dead` leads.
+    pub fn on_leader_lost(&mut self, dead: NodeId, alive: impl Fn(NodeId) -> bool) {
+        if self.leader() != Some(dead) {
+            return;
+        }
+        let survivors: Vec<NodeId> =
+            self.members().voters.into_iter().filter(|id| *id != dead && (*id == self.id || alive(*id))).collect();
+        match survivors.iter().position(|id| *id == self.id) {
+            Some(0) => {
+                tracing::info!(node = self.id.0, leader = dead.0, "the leader is gone: standing now");
+                self.campaign_after_leader_loss();
+            }
+            Some(turn) => self.standing_in = Some((turn as u32 * STAND_TURN_TICKS, dead)),
+            None => {}
+        }
     }
 
     /// After raft-rs reset its election clock (it counts from 0 again), draws the timeout from
@@ -514,12 +554,12 @@ impl<S: Replicated> RaftNode<S> {
         Ok(campaigned?)
     }
 
-    /// The leader's process is gone (its connection closed): stand for election at once rather
-    /// than after the election timeout. The vote requests carry raft-rs's transfer context, so
-    /// voters that heard the dead leader recently still answer them; Raft's rules (one vote per
-    /// term, only up-to-date logs win) are untouched, so this changes speed, not safety. Only one
-    /// survivor should call this, or the candidates split the vote.
-    pub fn campaign_after_leader_loss(&mut self) {
+    /// Stands for election at once rather than after the election timeout
+    /// ([`RaftNode::on_leader_lost`] says who, and when). The vote requests carry raft-rs's
+    /// transfer context, so voters that heard the dead leader recently still answer them;
+    /// Raft's rules (one vote per term, only up-to-date logs win) are untouched, so this
+    /// changes speed, not safety.
+    fn campaign_after_leader_loss(&mut self) {
         if !self.is_leader() {
             self.raw.raft.campaign(raft::CAMPAIGN_TRANSFER);
             self.redraw_election_timeout();

@@ -326,20 +326,10 @@ impl Agent {
                 if self.connections.get(&from).is_none_or(|newest| *newest <= connection) {
                     tracing::info!(node = from.0, "peer connection closed");
                     self.coordinator.on_disconnect(from);
-                    // The leader died: the lowest-numbered survivor stands at once.
+                    // If it led, the survivors stand in turn instead of waiting out the timeout.
                     let now = self.now();
-                    let first_survivor = self
-                        .config
-                        .members
-                        .iter()
-                        .map(|m| m.id)
-                        .filter(|id| *id != from && self.coordinator.alive(*id, now))
-                        .min();
-                    if self.control.leader() == Some(from) && first_survivor == Some(self.config.me.id) {
-                        tracing::info!(leader = from.0, "the control-plane leader is gone: standing for election now");
-                        self.control.campaign_after_leader_loss();
-                    }
                     let coordinator = &self.coordinator;
+                    self.control.on_leader_lost(from, |id| coordinator.alive(id, now));
                     for replica in &mut self.replicas {
                         replica.on_peer_down(from, |id| coordinator.alive(id, now));
                     }

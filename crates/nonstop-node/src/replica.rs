@@ -208,9 +208,6 @@ pub struct ReplicaHost {
     /// The nodes that hold the service's replicas, by replica number.
     replicas: Vec<NodeId>,
     executor: Option<JoinHandle<()>>,
-    /// After the order's leader died: ticks until this replica stands, unless a new leader is
-    /// known by then, and the dead leader's node.
-    standing_in: Option<(u32, NodeId)>,
     /// Where this incarnation is marked, until it is: before its first message to the group
     /// (from then on it may have voted or acknowledged, which a restart would forget).
     unmarked: Option<(std::path::PathBuf, u32)>,
@@ -222,11 +219,6 @@ pub struct ReplicaHost {
 
 /// Ticks between a new member's requests to join (lost ones are asked again).
 const JOIN_EVERY_TICKS: u32 = 1;
-
-/// Ticks between the surviving replicas' turns to stand after the order's leader died: the
-/// first may lose for a shorter log, and the next then stands without waiting out the
-/// election timeout.
-const STAND_TURN_TICKS: u32 = 3;
 
 impl ReplicaHost {
     /// Maps the replica's region, initialises the service in it, and starts its executor; the
@@ -317,7 +309,6 @@ impl ReplicaHost {
             group: Some(group),
             replicas: spec.replicas.clone(),
             executor: Some(executor),
-            standing_in: None,
             unmarked: Some((mark, incarnation)),
             joins: std::collections::BTreeMap::new(),
             join_in: 0,
@@ -369,17 +360,6 @@ impl ReplicaHost {
         let Some(group) = &mut self.group else { return };
         group.tick();
         self.join_in = self.join_in.saturating_sub(1);
-        match self.standing_in {
-            Some((0, dead)) => {
-                self.standing_in = None;
-                if group.leader().is_none_or(|leader| node_of(leader) == dead.0) {
-                    tracing::info!(service = self.replica.name, "no new order leader yet: standing in turn");
-                    group.campaign_after_leader_loss();
-                }
-            }
-            Some((ticks, dead)) => self.standing_in = Some((ticks - 1, dead)),
-            None => {}
-        }
     }
 
     /// Steps a message of the group from a peer (which speaks for its own members only).
@@ -412,29 +392,13 @@ impl ReplicaHost {
     }
 
     /// Peer `from`'s process is gone (its connection closed). If it led the order group, the
-    /// live replicas stand for election in turn, lowest-numbered first and at once, instead of
-    /// after the election timeout, as the control plane does: the order would otherwise stand
-    /// still for 200-400 ms (measured with `nonstop chaos kill --replication active`). The next
-    /// in turn stands [`STAND_TURN_TICKS`] later if no leader is known by then (the first may
-    /// lose for a shorter log; Raft's rules decide, this changes only when they are asked).
+    /// live replicas stand in turn at once ([`RaftNode::on_leader_lost`], as the control plane
+    /// does) instead of after the election timeout: the order would otherwise stand still that
+    /// long (measured with `nonstop chaos kill --replication active`).
     pub fn on_peer_down(&mut self, from: NodeId, alive: impl Fn(NodeId) -> bool) {
         let Some(group) = &mut self.group else { return };
-        if group.leader().map(node_of) != Some(from.0) {
-            return;
-        }
-        let survivors: Vec<NodeId> = self.replicas.iter().copied().filter(|id| *id != from && alive(*id)).collect();
-        match survivors.iter().position(|id| id.0 == node_of(group.id())) {
-            Some(0) => {
-                tracing::info!(
-                    service = self.replica.name,
-                    leader = from.0,
-                    "the order's leader is gone: standing now"
-                );
-                group.campaign_after_leader_loss();
-            }
-            Some(turn) => self.standing_in = Some((turn as u32 * STAND_TURN_TICKS, from)),
-            None => {}
-        }
+        let Some(leader) = group.leader().filter(|leader| node_of(*leader) == from.0) else { return };
+        group.on_leader_lost(leader, |member| alive(NodeId(node_of(member))));
     }
 
     /// Proposes what calls left pending, as one entry (or more, if they exceed an entry's

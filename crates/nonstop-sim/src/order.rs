@@ -93,6 +93,9 @@ pub struct OrderStats {
     pub crashes: u64,
     /// Crashed replicas restarted as new members.
     pub restarts: u64,
+    /// Crashes of a replica some live replica knew as the order's leader (the others stand in
+    /// turn when they see its connection close).
+    pub leaders_crashed: u64,
     /// Restarted replicas swapped in for their old incarnation as voters.
     pub rejoined: u64,
     /// Membership changes applied (counted at the first replica to apply each).
@@ -124,6 +127,7 @@ impl std::ops::AddAssign for OrderStats {
         self.partitions += other.partitions;
         self.crashes += other.crashes;
         self.restarts += other.restarts;
+        self.leaders_crashed += other.leaders_crashed;
         self.rejoined += other.rejoined;
         self.membership_changes += other.membership_changes;
         self.leader_changes += other.leader_changes;
@@ -309,6 +313,9 @@ struct Sim {
     clients: Vec<Client>,
     /// A replica cut off from the others, until a step.
     cut: Option<(u64, u64)>,
+    /// Crashed members whose connections the others see close, at a step: the replicas then
+    /// stand for election in turn if it led ([`RaftNode::on_leader_lost`], the node's code).
+    closed: Vec<(u64, NodeId)>,
     stats: OrderStats,
 }
 
@@ -344,6 +351,7 @@ impl Sim {
             replies: Vec::new(),
             clients,
             cut: None,
+            closed: Vec::new(),
             stats: OrderStats::default(),
         })
     }
@@ -366,6 +374,7 @@ impl Sim {
             self.ask_to_join();
         }
         self.restart_crashed()?;
+        self.see_connections_close();
         self.change_membership();
         self.deliver_messages(faulty)?;
         self.transfer_states()?;
@@ -389,8 +398,27 @@ impl Sim {
         if settled && self.stats.crashes < 2 && self.rng.random_ratio(1, 3000) {
             let member = self.rng.random_range(0..MEMBERS) as usize;
             self.members[member].alive = false;
+            let seen_at = self.step + self.rng.random_range(1..4);
+            self.closed.push((seen_at, self.members[member].node.id()));
+            self.stats.leaders_crashed +=
+                u64::from(self.members.iter().any(|m| m.alive && m.leader == Some(self.members[member].node.id())));
             self.members[member].restarts_at = Some(self.step + self.rng.random_range(200..1500));
             self.stats.crashes += 1;
+        }
+    }
+
+    /// The live replicas see a crashed member's connection close; those that knew it as the
+    /// leader stand in turn.
+    fn see_connections_close(&mut self) {
+        let step = self.step;
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.closed).into_iter().partition(|(at, _)| *at <= step);
+        self.closed = later;
+        for (_, dead) in due {
+            let alive: Vec<NodeId> = self.members.iter().filter(|m| m.alive).map(|m| m.node.id()).collect();
+            for member in self.members.iter_mut().filter(|m| m.alive) {
+                member.node.on_leader_lost(dead, |id| alive.contains(&id));
+            }
         }
     }
 
