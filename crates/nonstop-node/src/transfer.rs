@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
+// A donor sends every answer it remembers; the receiver must take them all.
+const _: () = assert!(MAX_ANSWERED >= nonstop_active::calls::REMEMBERED);
+
 /// How long the agent may take to name the replica a transfer asks for.
 const AGENT_ANSWER: Duration = Duration::from_secs(5);
 

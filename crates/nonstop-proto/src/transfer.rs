@@ -22,8 +22,9 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Client answers one transfer carries at most (a replica remembers one per client).
-pub const MAX_ANSWERED: usize = 1 << 22;
+/// Client answers one transfer carries at most: as many as a replica remembers (one per
+/// client, `nonstop_active::calls::REMEMBERED`; the node checks the two agree).
+pub const MAX_ANSWERED: usize = 1 << 16;
 
 /// What one client's last executed request answered, on the donor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
