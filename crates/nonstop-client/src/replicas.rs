@@ -243,10 +243,11 @@ impl Group {
         number: u64,
         attempts: u32,
     ) -> Result<Answered<Vec<u8>>, ClientError> {
-        let decided = vote.decided().expect("decided");
+        // Every replica that replied and did not dissent gave the decided reply.
+        let dissenters = vote.dissenters();
         let winner = votes
             .values()
-            .find(|v| postcard::to_allocvec(&v.outcome).is_ok_and(|ballot| ballot == decided))
+            .find(|v| !dissenters.contains(&ReplicaId(v.replica)))
             .expect("the decided reply is one replica's");
         let reply =
             winner.outcome.clone().map_err(|reason| ClientError::Rejected { service: service.to_string(), reason })?;
