@@ -38,11 +38,15 @@ use serde::{Deserialize, Serialize};
 ///
 /// When it holds this many, a new client takes the place of the one delivered to longest ago
 /// if that one has been idle for [`CLIENT_EXPIRY_MS`] of order time; else the new client's
-/// requests are not delivered until one has (its calls time out, as with a full client table
-/// in passive replication). Forgetting a client that may still retry would be unsafe: a late
+/// requests are not delivered until one has: every replica refuses them alike
+/// ([`TURNED_AWAY`]), as a full client table does in passive replication. Forgetting a client that may still retry would be unsafe: a late
 /// copy of a request the service refused, delivered after the client reused the number, would
 /// be applied in its place.
 pub const ORDER_CLIENTS: usize = 1 << 16;
+
+/// Why a new client's request is refused while the order remembers as many clients as it may.
+pub const TURNED_AWAY: &str =
+    "the service remembers as many clients as it may, none idle long enough to be forgotten; call again later";
 
 /// How long a client must have had no request delivered before the order may forget it, in
 /// milliseconds of order time: far longer than a client retries one request.
@@ -80,6 +84,10 @@ pub struct Delivered {
     pub first: u64,
     /// The entry's requests delivered for the first time, in order.
     pub requests: Vec<Request>,
+    /// Requests that would have been delivered but for a new client finding the order full
+    /// ([`ORDER_CLIENTS`], none expired): every replica refuses them alike ([`TURNED_AWAY`]),
+    /// so that their callers hear why instead of waiting out their deadline.
+    pub turned_away: Vec<Request>,
     /// The order's time once the entry is applied: the latest clock of any entry so far, what
     /// every replica uses as "now" for these requests.
     pub time_ms: u64,
@@ -95,7 +103,8 @@ pub struct Order {
     /// Each client's last request delivered: its number, refusals before it and the order's
     /// time then; at most [`ORDER_CLIENTS`] clients, those delivered to most recently.
     last: Recent<u64, (u64, u32, u64), ORDER_CLIENTS>,
-    /// Requests not delivered because the order held [`ORDER_CLIENTS`] clients, none expired.
+    /// Requests of new clients refused because the order held [`ORDER_CLIENTS`] clients, none
+    /// expired.
     turned_away: u64,
     /// The latest clock of any entry applied.
     time_ms: u64,
@@ -112,8 +121,8 @@ impl Order {
         self.last.get(&client).map_or(0, |last| last.0)
     }
 
-    /// Requests not delivered because the order held as many clients as it may, none idle
-    /// long enough to be forgotten.
+    /// Requests of new clients refused because the order held as many clients as it may, none
+    /// idle long enough to be forgotten.
     pub fn turned_away(&self) -> u64 {
         self.turned_away
     }
@@ -148,6 +157,7 @@ impl Replicated for Order {
         self.time_ms = self.time_ms.max(batch.time_ms);
         let first = self.delivered;
         let mut requests = Vec::new();
+        let mut turned_away = Vec::new();
         for request in batch.requests {
             // Only a delivery is remembered: requests delivered nothing leave no trace.
             if !self.follows(&request) {
@@ -155,13 +165,14 @@ impl Replicated for Order {
             }
             if !self.has_room_for(request.client) {
                 self.turned_away += 1;
+                turned_away.push(request);
                 continue;
             }
             self.last.insert(request.client, (request.number, request.refused, self.time_ms));
             self.delivered += 1;
             requests.push(request);
         }
-        Delivered { index, first, requests, time_ms: self.time_ms }
+        Delivered { index, first, requests, turned_away, time_ms: self.time_ms }
     }
 
     fn applied_index(&self) -> u64 {
@@ -204,7 +215,9 @@ mod tests {
         }
         // Full, and nobody idle long enough: a new client waits, and a client still remembered
         // is served as before.
-        assert!(order.apply(full + 1, first(full + 1)).requests.is_empty());
+        let turned = order.apply(full + 1, first(full + 1));
+        assert!(turned.requests.is_empty());
+        assert_eq!(turned.turned_away, vec![Request { client: full + 1, ..request(0, 1) }], "refused, not dropped");
         assert_eq!((order.last.len(), order.turned_away()), (ORDER_CLIENTS, 1));
         let next = order.apply(full + 2, batch(vec![Request { client: 5, ..request(0, 2) }]));
         assert_eq!(next.requests.len(), 1);

@@ -167,7 +167,7 @@ pub fn render(status: &NodeStatus) -> String {
     metric(
         "nonstop_replica_order_turned_away_total",
         "counter",
-        "Requests the order did not deliver because it remembered as many clients as it may (65,536), none idle for 10 minutes.",
+        "Requests of new clients the order refused because it remembered as many clients as it may (65,536), none idle for 10 minutes.",
         per_replica(&|r| r.turned_away as f64),
     );
     metric(

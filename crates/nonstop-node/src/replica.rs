@@ -773,9 +773,20 @@ impl Executor {
         }
     }
 
-    /// Executes one entry's requests at its order time; false once the replica stopped.
+    /// Executes one entry's requests at its order time, and refuses those the order turned
+    /// away; false once the replica stopped.
     fn execute_entry(&self, entry: Delivered) -> bool {
         let end = entry.first + entry.requests.len() as u64;
+        for request in &entry.turned_away {
+            let refusal = Err(nonstop_active::order::TURNED_AWAY.to_string());
+            let waiters = lock(&self.replica.shared).calls.executed(request, refusal.clone());
+            if !waiters.is_empty() {
+                let vote = self.replica.vote(request.number, refusal, false);
+                for waiter in waiters {
+                    let _ = waiter.send(vote.clone());
+                }
+            }
+        }
         for request in entry.requests {
             if matches!(lock(&self.replica.shared).standing, Standing::Stopped(_)) {
                 return false;

@@ -97,8 +97,8 @@ pub struct ReplicaStatus {
     pub applied_index: u64,
     /// Requests the order delivered here.
     pub delivered: u64,
-    /// Requests the order did not deliver because it remembered as many clients as it may,
-    /// none idle long enough to be forgotten.
+    /// Requests of new clients the order refused because it remembered as many clients as it
+    /// may, none idle long enough to be forgotten.
     pub turned_away: u64,
     /// Requests this replica executed itself (not those a transferred state covered).
     pub executed: u64,

@@ -774,6 +774,10 @@ impl Sim {
     /// time and in each client's numbers, and answers who waits.
     fn execute_entries(&mut self, index: usize, entries: Vec<Delivered>) -> Result<(), Violation> {
         for delivered in entries {
+            if !delivered.turned_away.is_empty() {
+                // Four clients never fill the order's memory of clients.
+                return Err(self.violation(format!("the order turned away {:?}", delivered.turned_away)));
+            }
             let first = self.members[index].executed.len() as u64;
             if delivered.first != first {
                 return Err(self.violation(format!(
