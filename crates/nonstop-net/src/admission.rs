@@ -10,10 +10,10 @@
 
 use crate::conn::{self, ConnError, FrameReceiver, FrameSender};
 use crate::detections::Detections;
+use crate::stop::StopSignal;
 use nonstop_proto::auth::ClusterKey;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,24 +116,20 @@ impl Admission {
     }
 }
 
-/// Accepts connections on `listener` until `stop` is set (and a connection wakes the loop),
-/// authenticating each on a thread of its own within the admission's deadline and bounds; an
+/// Accepts connections on `listener` until `stop` is given, authenticating each on a thread of its own within the admission's deadline and bounds; an
 /// authenticated connection is handed to `deliver` on that thread (which may go on serving it
 /// there: it no longer counts as pending).
 pub fn serve_handshakes<F>(
     listener: &TcpListener,
     admission: &Arc<Admission>,
     key: &ClusterKey,
-    stop: &AtomicBool,
+    stop: &StopSignal,
     deliver: F,
 ) where
     F: Fn(FrameSender, FrameReceiver, SocketAddr) + Clone + Send + 'static,
 {
     let mut failing = crate::told::Told::default();
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
+    while let Some(stream) = stop.accept(listener) {
         let stream = match stream {
             Ok(stream) => stream,
             Err(error) => {

@@ -3,6 +3,7 @@
 use crate::admission::{Admission, HandshakeLimits, serve_handshakes};
 use crate::conn::{ConnError, FrameReceiver, FrameSender};
 use crate::detections::Detections;
+use crate::stop::StopSignal;
 use nonstop_proto::backup::{Backup, BackupError, BackupOutput};
 use nonstop_proto::control::{self, AckInfo, Refusal, VerifyReply};
 use nonstop_proto::frame::{Frame, FrameKind};
@@ -10,7 +11,6 @@ use nonstop_proto::integrity::{SCRUB_LINES_PER_TICK, SCRUB_TICK};
 use nonstop_proto::{CheckpointId, Term};
 use nonstop_region::Region;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,8 +39,7 @@ pub struct BackupServer {
 /// Watches and stops a [`BackupServer`] serving on another thread.
 #[derive(Clone, Debug)]
 pub struct BackupControl {
-    listening: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     session: Arc<Mutex<Option<TcpStream>>>,
     held: Arc<Mutex<Option<(Term, CheckpointId)>>>,
     /// Wakes a serving loop waiting for the next primary.
@@ -68,15 +67,13 @@ impl BackupControl {
     /// and makes [`BackupServer::serve`] return. Used to promote this backup: a deposed primary
     /// still connected is cut off at once.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
         if let Some(stream) = self.session.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         if let Some(wake) = self.wake.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = wake.send(Arrival::Stop);
         }
-        // Wake the acceptor blocked in accept: it sees the flag and returns.
-        let _ = TcpStream::connect_timeout(&self.listening, Duration::from_millis(100));
     }
 
     /// Decides, on its handshake thread, what becomes of a primary that passed its handshake:
@@ -166,8 +163,7 @@ impl BackupServer {
         })?;
         let listening = listener.local_addr()?;
         let control = BackupControl {
-            listening,
-            stop: Arc::default(),
+            stop: Arc::new(StopSignal::new()?),
             session: Arc::default(),
             held: Arc::default(),
             wake: Arc::default(),
@@ -247,13 +243,13 @@ impl BackupServer {
             }
         };
         // A stop before the wake was installed is seen by the flag.
-        while !self.control.stop.load(Ordering::SeqCst) {
+        while !self.control.stop.is_stopped() {
             let Ok(Arrival::Session(session)) = sessions.recv() else { break };
             let (sender, receiver, first, peer) = *session;
             *self.control.following.lock().unwrap_or_else(|p| p.into_inner()) = Some(first.term);
             *self.control.session.lock().unwrap_or_else(|p| p.into_inner()) = sender.stream_handle().ok();
             // A stop between the receive and the line above must still end the session.
-            if self.control.stop.load(Ordering::SeqCst) {
+            if self.control.stop.is_stopped() {
                 sender.shutdown();
             }
             match self.serve_session(sender, receiver, Some(first)) {

@@ -7,6 +7,7 @@
 //! * [`backup`]: the backup's server ([`BackupServer`]).
 //! * [`detections`]: what the integrity checks caught (frames, handshakes, corrupted images).
 //! * [`fault`]: fault points that kill the process inside a checkpoint, for chaos tests.
+//! * [`stop`]: a stop signal that wakes a thread waiting for connections.
 //! * [`rtt`]: the raw round trip of the same transport, for comparison.
 //! * [`told`]: conditions retried often and logged once per change.
 
@@ -17,6 +18,7 @@ pub mod detections;
 pub mod fault;
 pub mod primary;
 pub mod rtt;
+pub mod stop;
 pub mod told;
 
 pub use backup::{BackupServer, ConsistencyCheck};

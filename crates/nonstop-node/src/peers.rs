@@ -16,6 +16,7 @@ use nonstop_control::coordinator::Report;
 use nonstop_net::admission::{Admission, serve_handshakes};
 use nonstop_net::conn::{self, ConnError, FrameSender};
 use nonstop_net::detections::Detections;
+use nonstop_net::stop::StopSignal;
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::frame::FrameKind;
 use nonstop_proto::operator::{self, OperatorReply, OperatorRequest};
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -128,7 +129,7 @@ enum Outgoing {
 pub struct Peers {
     me: NodeId,
     outboxes: BTreeMap<NodeId, SyncSender<Outgoing>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
 }
 
 impl Peers {
@@ -144,7 +145,7 @@ impl Peers {
         admission: Arc<Admission>,
     ) -> std::io::Result<Peers> {
         let listener = TcpListener::bind(listen)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopSignal::new()?);
         let detections = admission.detections().clone();
         let mut outboxes = BTreeMap::new();
         for &(id, addr) in peers {
@@ -184,7 +185,7 @@ impl Peers {
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
     }
 }
 
@@ -192,7 +193,7 @@ fn accept_loop(
     listener: TcpListener,
     key: ClusterKey,
     events: Sender<PeerEvent>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     admission: Arc<Admission>,
     dialers: BTreeMap<NodeId, SyncSender<Outgoing>>,
 ) {
@@ -297,7 +298,7 @@ fn dial_loop(
     addr: SocketAddr,
     key: ClusterKey,
     outbox: Receiver<Outgoing>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     redial: Duration,
     detections: Arc<Detections>,
 ) {
@@ -306,7 +307,7 @@ fn dial_loop(
     // unreachable, and its being unreachable is logged once.
     let mut backoff = redial;
     let mut unreachable = nonstop_net::told::Told::default();
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.is_stopped() {
         let bytes = match outbox.recv_timeout(Duration::from_millis(100)) {
             Ok(Outgoing::Frame(bytes)) => bytes,
             Ok(Outgoing::Redial) => {
