@@ -23,6 +23,8 @@
 //!     requests: (0..requests).map(|n| Request { client: 1, number: first + n + 1, refused: 0, body: vec![] }).collect(),
 //!     turned_away: vec![],
 //!     time_ms: 0,
+//!     digests: vec![],
+//!     closes: None,
 //! };
 //! let mut feed = Feed::new(1 << 20);
 //! assert_eq!(feed.delivered(entry(0, 2)).unwrap().len(), 1);
@@ -197,7 +199,7 @@ mod tests {
     fn entry(first: u64, requests: u64) -> Delivered {
         let requests =
             (0..requests).map(|n| Request { client: 1, number: first + n + 1, refused: 0, body: vec![0; 8] }).collect();
-        Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: 0 }
+        Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: 0, digests: vec![], closes: None }
     }
 
     fn firsts(entries: &[Delivered]) -> Vec<u64> {

@@ -8,6 +8,7 @@
 //! [`sync`] drives real threads with it.
 
 pub mod calls;
+pub mod dissent;
 pub mod execute;
 pub mod feed;
 pub mod membership;

@@ -21,14 +21,15 @@
 //! use nonstop_control::Replicated;
 //! let mut order = Order::default();
 //! let request = |client, number| Request { client, number, refused: 0, body: vec![] };
-//! let first = order.apply(1, Batch { time_ms: 1_000, requests: vec![request(7, 1), request(8, 1)] });
+//! let first = order.apply(1, Batch { time_ms: 1_000, requests: vec![request(7, 1), request(8, 1)], digests: vec![] });
 //! assert_eq!((first.first, first.requests.len(), first.time_ms), (0, 2, 1_000));
 //! // A retry of client 7's request 1 comes in a later entry with its request 2, proposed by a
 //! // replica whose clock is behind: the order's time does not go back.
-//! let second = order.apply(2, Batch { time_ms: 990, requests: vec![request(7, 1), request(7, 2)] });
+//! let second = order.apply(2, Batch { time_ms: 990, requests: vec![request(7, 1), request(7, 2)], digests: vec![] });
 //! assert_eq!((second.first, second.requests, second.time_ms), (2, vec![request(7, 2)], 1_000));
 //! ```
 
+use crate::dissent::Digest;
 use crate::recent::Recent;
 use nonstop_control::Replicated;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,13 @@ pub const TURNED_AWAY: &str =
 /// milliseconds of order time: far longer than a client retries one request.
 pub const CLIENT_EXPIRY_MS: u64 = 10 * 60 * 1000;
 
+/// Milliseconds of order time after which the order closes a window of outcomes that holds a
+/// request (at the end of the first entry applied once they have passed, whatever it carries:
+/// a stalled group's retries and digests still close the window its stall began in): each
+/// replica then digests the outcomes of the window and proposes the digest
+/// ([`crate::dissent`]).
+pub const WINDOW_MS: u64 = 10;
+
 /// One client request, as proposed to the group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -72,6 +80,8 @@ pub struct Batch {
     pub time_ms: u64,
     /// The requests.
     pub requests: Vec<Request>,
+    /// The proposer's digests of windows of outcomes it executed ([`crate::dissent`]).
+    pub digests: Vec<Digest>,
 }
 
 /// What a replica delivers from one committed entry.
@@ -91,6 +101,11 @@ pub struct Delivered {
     /// The order's time once the entry is applied: the latest clock of any entry so far, what
     /// every replica uses as "now" for these requests.
     pub time_ms: u64,
+    /// The entry's digests of outcomes, for every replica to compare ([`crate::dissent`]).
+    pub digests: Vec<Digest>,
+    /// The window of outcomes this entry closes, if it does: the window's requests are those
+    /// delivered since the last close, this entry's included.
+    pub closes: Option<u64>,
 }
 
 /// What the group has delivered, the state every replica holds alike.
@@ -108,6 +123,11 @@ pub struct Order {
     turned_away: u64,
     /// The latest clock of any entry applied.
     time_ms: u64,
+    /// The open window of outcomes: its number, the order's time when it opened, and the
+    /// requests delivered in it.
+    window: u64,
+    window_opened_ms: u64,
+    window_requests: u64,
 }
 
 impl Order {
@@ -172,7 +192,14 @@ impl Replicated for Order {
             self.delivered += 1;
             requests.push(request);
         }
-        Delivered { index, first, requests, turned_away, time_ms: self.time_ms }
+        self.window_requests += requests.len() as u64;
+        let closes = (self.window_requests > 0 && self.time_ms.saturating_sub(self.window_opened_ms) >= WINDOW_MS)
+            .then(|| {
+                let closed = self.window;
+                (self.window, self.window_opened_ms, self.window_requests) = (closed + 1, self.time_ms, 0);
+                closed
+            });
+        Delivered { index, first, requests, turned_away, time_ms: self.time_ms, digests: batch.digests, closes }
     }
 
     fn applied_index(&self) -> u64 {
@@ -189,7 +216,7 @@ mod tests {
     }
 
     fn batch(requests: Vec<Request>) -> Batch {
-        Batch { time_ms: 0, requests }
+        Batch { time_ms: 0, requests, digests: vec![] }
     }
 
     #[test]
@@ -203,6 +230,31 @@ mod tests {
         assert_eq!(order.last_delivered(2), 0);
         let later = order.apply(3, batch(vec![request(1, 3), request(2, 1)]));
         assert_eq!((later.first, later.requests), (2, vec![request(1, 3), request(2, 1)]));
+    }
+
+    #[test]
+    fn windows_of_outcomes_that_hold_requests_close_by_order_time() {
+        let mut order = Order::default();
+        let at = |time_ms, requests| Batch { time_ms, requests, digests: vec![] };
+        let mut closes = Vec::new();
+        for (index, (time_ms, requests)) in [
+            (100, vec![request(1, 1)]),
+            (105, vec![request(1, 2)]),
+            (111, vec![request(1, 3)]),
+            // Time passes with nothing delivered: no window closes until a request is.
+            (200, vec![]),
+            (201, vec![request(1, 3)]),
+            (202, vec![request(1, 4)]),
+            (203, vec![request(1, 5)]),
+            // An entry that delivers nothing (a retry, a digest) closes a window too.
+            (220, vec![request(1, 5)]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            closes.push(order.apply(index as u64 + 1, at(time_ms, requests)).closes);
+        }
+        assert_eq!(closes, vec![Some(0), None, Some(1), None, None, Some(2), None, Some(3)]);
     }
 
     #[test]
@@ -222,7 +274,11 @@ mod tests {
         let next = order.apply(full + 2, batch(vec![Request { client: 5, ..request(0, 2) }]));
         assert_eq!(next.requests.len(), 1);
         // Once the oldest has been idle for the expiry, the new client takes its place.
-        let later = Batch { time_ms: CLIENT_EXPIRY_MS, requests: vec![Request { client: full + 1, ..request(0, 1) }] };
+        let later = Batch {
+            time_ms: CLIENT_EXPIRY_MS,
+            requests: vec![Request { client: full + 1, ..request(0, 1) }],
+            digests: vec![],
+        };
         assert_eq!(order.apply(full + 3, later).requests.len(), 1);
         assert_eq!(order.last.len(), ORDER_CLIENTS, "client ids cost bounded memory");
         assert_eq!(order.last_delivered(1), 0, "client 1 was delivered to longest ago");

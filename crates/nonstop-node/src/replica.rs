@@ -415,7 +415,7 @@ impl ReplicaHost {
             }
             // A proposal lost on the way (the leader changed) is proposed again when its
             // client asks again.
-            if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests }) {
+            if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests, digests: vec![] }) {
                 tracing::debug!(service = self.replica.name, %error, "proposal not accepted");
             }
         }

@@ -648,7 +648,7 @@ impl Sim {
             let time_ms = self.step + self.members[member].clock_skew_ms;
             // A proposal lost on the way (the leader changed) is proposed again when its client
             // asks again.
-            let _ = self.members[member].node.propose(&Batch { time_ms, requests });
+            let _ = self.members[member].node.propose(&Batch { time_ms, requests, digests: vec![] });
         }
     }
 

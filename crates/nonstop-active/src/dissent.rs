@@ -1,0 +1,462 @@
+//! How a replica finds that its own outcomes disagree with the group's, so that it takes
+//! itself out of the vote and is re-integrated from a live replica's state, and how a
+//! re-integrated replica proves its new state before it answers again.
+//!
+//! A client's voter masks a wrong reply, but a replica whose state went wrong (a flipped bit,
+//! a bug that struck one process) would go on answering wrongly, and one more fault anywhere
+//! would leave no majority. So the replicas compare what they executed, through the order
+//! itself: the order cuts itself into windows ([`crate::order::Delivered::closes`], every
+//! [`crate::order::WINDOW_MS`] of order time), each replica digests the outcomes of every
+//! window it executed whole ([`Outcomes`]) and proposes the digest in the order ([`Digest`]).
+//! Every replica sees every digest in the same place of the order, and a [`Judge`] compares
+//! them with its own: when a majority of the group (f + 1 of 2f + 1 replicas) agree on a
+//! window's digest and a replica's differs, that replica dissents. A replica that finds itself
+//! dissenting stops answering and takes a live replica's state, as one that fell behind the
+//! log does ([`crate::feed::Feed::restored`]); the others report it.
+//!
+//! A state transfer could copy a wrong state that has not shown yet: the copy would then agree
+//! with its donor, and two wrong replicas outvote the right one. So a replica that took a state
+//! is on probation ([`Judge::probation`]): it answers nothing and proposes no digest until its
+//! digest of a whole window equals that of a replica other than its donor ([`Finding::Cleared`]).
+//! If they differ ([`Finding::Refuted`]), its donor and the other replica disagree and one
+//! replica of three cannot tell which is right: it stays out, and says so. That is two faults
+//! at once (a replica wrong and one behind), more than 2f + 1 replicas mask; the group then
+//! stalls rather than answer wrongly. If no replica outside its donor's lineage digests
+//! anything for [`PROBATION_MS`] (it is down, or took the same donor's state), the replica is
+//! cleared unproven ([`Judge::clear_unproven`]): nobody is left for a copied wrong state to
+//! outvote, and staying out would stall the group.
+//!
+//! The digest covers outcomes (the bytes a client's voter compares), not the whole state: a
+//! wrong state is found once it shows in an answer, as a voter would find it.
+//!
+//! This is bookkeeping only, pure and deterministic; the node and the simulator drive it.
+//!
+//! ```
+//! use nonstop_active::dissent::{Digest, Finding, Judge, Outcomes};
+//! use nonstop_control::NodeId;
+//! let mut digests = Vec::new();
+//! for replica in 1..=3u64 {
+//!     let mut outcomes = Outcomes::new();
+//!     outcomes.executed(b"7");
+//!     // Replica 3 answered the window's second request wrongly.
+//!     outcomes.executed(if replica == 3 { b"41" } else { b"42" });
+//!     let (window, hash) = outcomes.closed(0).expect("window 0 was executed whole");
+//!     digests.push(Digest { member: NodeId(replica), window, hash });
+//! }
+//! let mut judge = Judge::new(NodeId(3), &[1, 2, 3]);
+//! assert!(judge.mine(digests[2].window, digests[2].hash).is_none());
+//! assert!(judge.seen(&digests[0]).is_none(), "one replica against another proves nothing");
+//! let Some(Finding::Dissent(found)) = judge.seen(&digests[1]) else { panic!("two agree against it") };
+//! assert_eq!((found.dissenter, found.window, found.me), (NodeId(3), 0, true));
+//! ```
+
+use crate::membership::node_of;
+use nonstop_control::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A window's digest of outcomes, 128 bits of BLAKE3.
+pub type Hash = [u8; 16];
+
+/// How long a replica stays on probation with nothing to prove its state against before it is
+/// cleared unproven ([`Judge::clear_unproven`]), in milliseconds of the driver's clock. With a
+/// replica outside its donor's lineage serving, proof comes within a window or two (tens of
+/// milliseconds); none comes when there is none (another replica took the same donor's state,
+/// or is down), and then no majority answers, no request is delivered, no window closes, and
+/// staying out would stall the group for good.
+pub const PROBATION_MS: u64 = 500;
+
+/// Windows whose digests a [`Judge`] keeps: digests of older windows are dropped, and a digest
+/// that arrives that late is ignored.
+pub const KEPT_WINDOWS: usize = 64;
+
+/// One replica's digest of the outcomes of one window of the order, as proposed in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// The replica's member id.
+    pub member: NodeId,
+    /// The window's number in the order.
+    pub window: u64,
+    /// The digest.
+    pub hash: Hash,
+}
+
+/// Where a replica's digest of the open window stands.
+#[derive(Clone, Debug)]
+enum Digesting {
+    /// Not digesting: the replica's state is being replaced.
+    Off,
+    /// The replica's state was replaced inside the open window: digesting starts with the next.
+    FromNext,
+    /// Digesting the open window from its start: what it executed of it.
+    On { hasher: Box<blake3::Hasher>, requests: u64 },
+}
+
+/// A replica's digest of the outcomes it executes, window by window.
+#[derive(Clone, Debug)]
+pub struct Outcomes {
+    digesting: Digesting,
+}
+
+impl Default for Outcomes {
+    fn default() -> Self {
+        Outcomes::new()
+    }
+}
+
+impl Outcomes {
+    /// A replica that executes the order from its start.
+    pub fn new() -> Outcomes {
+        Outcomes { digesting: Digesting::On { hasher: Box::default(), requests: 0 } }
+    }
+
+    /// The replica's state is being replaced (it dissents, or fell behind the log): it
+    /// digests nothing until [`Outcomes::resume`].
+    pub fn suspend(&mut self) {
+        self.digesting = Digesting::Off;
+    }
+
+    /// The replica's state was replaced by another's, inside the open window: digesting
+    /// starts again with the next window.
+    pub fn resume(&mut self) {
+        self.digesting = Digesting::FromNext;
+    }
+
+    /// The next request of the open window was executed with `ballot` (the outcome's bytes, as
+    /// voters compare them).
+    pub fn executed(&mut self, ballot: &[u8]) {
+        if let Digesting::On { hasher, requests } = &mut self.digesting {
+            hasher.update(&(ballot.len() as u64).to_le_bytes());
+            hasher.update(ballot);
+            *requests += 1;
+        }
+    }
+
+    /// The order closed window `window` after the last request executed: its digest, if the
+    /// replica executed it whole and it held a request at least.
+    pub fn closed(&mut self, window: u64) -> Option<(u64, Hash)> {
+        let closed = std::mem::replace(&mut self.digesting, Digesting::On { hasher: Box::default(), requests: 0 });
+        match closed {
+            Digesting::Off => {
+                self.digesting = Digesting::Off;
+                None
+            }
+            Digesting::FromNext | Digesting::On { requests: 0, .. } => None,
+            Digesting::On { mut hasher, .. } => {
+                hasher.update(&window.to_le_bytes());
+                let mut hash = Hash::default();
+                hash.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+                Some((window, hash))
+            }
+        }
+    }
+}
+
+/// A replica found to dissent: a majority of the group agree on a window's digest, and its
+/// differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dissent {
+    /// The dissenting replica's member id.
+    pub dissenter: NodeId,
+    /// The window.
+    pub window: u64,
+    /// Whether it is the judging replica itself (which must then take a live replica's state).
+    pub me: bool,
+}
+
+/// What a [`Judge`] found in a window's digests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// A replica dissents from the majority.
+    Dissent(Dissent),
+    /// The judging replica, on probation, may answer and propose digests again: it digested
+    /// a window as a replica other than its donor did (`proof`), or it was cleared with
+    /// nobody to prove it against ([`Judge::clear_unproven`]; `proof` is `None`).
+    Cleared {
+        /// The window and the replica that proved it.
+        proof: Option<Proof>,
+    },
+    /// The judging replica, on probation, digested a window differently from a replica other
+    /// than its donor: its donor and that replica disagree, and it cannot tell which is right.
+    Refuted {
+        /// The window.
+        window: u64,
+        /// The replica it disagrees with.
+        against: NodeId,
+    },
+}
+
+/// What proved a re-integrated replica's state: a window it digested as `by` did, a replica
+/// outside its donor's lineage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proof {
+    /// The window.
+    pub window: u64,
+    /// The replica.
+    pub by: NodeId,
+}
+
+/// Compares one replica's digests with those the order carries from the others.
+#[derive(Clone, Debug)]
+pub struct Judge {
+    me: NodeId,
+    /// The nodes that hold replicas: only their digests count.
+    replicas: Vec<u64>,
+    windows: BTreeMap<u64, Window>,
+    probation: Option<Probation>,
+}
+
+/// A replica on probation: whose state it took, and whether that was refuted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Probation {
+    /// The node whose replica's state it took.
+    donor: u64,
+    /// A replica other than its donor digested a window differently: only such a replica's
+    /// agreement can clear it now.
+    refuted: bool,
+}
+
+/// What a [`Judge`] holds of one window.
+#[derive(Clone, Debug, Default)]
+struct Window {
+    /// The digest of each node's replica (its newest incarnation's), own included.
+    digests: BTreeMap<u64, (NodeId, Hash)>,
+    /// Whether something was found in it already.
+    found: bool,
+}
+
+impl Judge {
+    /// The judge of replica `me`, in a group of replicas on `replicas` (node ids).
+    pub fn new(me: NodeId, replicas: &[u64]) -> Judge {
+        Judge { me, replicas: replicas.to_vec(), windows: BTreeMap::new(), probation: None }
+    }
+
+    /// The replica took `donor`'s state: what it digested before no longer stands for it,
+    /// and until [`Finding::Cleared`] it must answer nothing and propose no digest.
+    pub fn probation(&mut self, donor: NodeId) {
+        let node = node_of(self.me);
+        for window in self.windows.values_mut() {
+            window.digests.remove(&node);
+        }
+        self.probation = Some(Probation { donor: node_of(donor), refuted: false });
+    }
+
+    /// Whether the replica's state is still to be proven ([`Judge::probation`]).
+    pub fn on_probation(&self) -> bool {
+        self.probation.is_some()
+    }
+
+    /// This replica digested `window` as `hash`.
+    pub fn mine(&mut self, window: u64, hash: Hash) -> Option<Finding> {
+        self.record(Digest { member: self.me, window, hash })
+    }
+
+    /// The order delivered `digest`, a replica's (this one's own too: it is then ignored, as
+    /// [`Judge::mine`] told it already).
+    pub fn seen(&mut self, digest: &Digest) -> Option<Finding> {
+        if digest.member == self.me {
+            return None;
+        }
+        self.record(*digest)
+    }
+
+    /// The replica has been on probation for [`PROBATION_MS`] with nothing to prove its state
+    /// against: it is cleared, unless a replica outside its donor's lineage refuted it (then
+    /// it stays out: its donor and that replica disagree, and it cannot tell which is right).
+    pub fn clear_unproven(&mut self) -> Option<Finding> {
+        match self.probation {
+            Some(Probation { refuted: false, .. }) => {
+                self.probation = None;
+                Some(Finding::Cleared { proof: None })
+            }
+            _ => None,
+        }
+    }
+
+    fn majority(&self) -> usize {
+        self.replicas.len() / 2 + 1
+    }
+
+    fn record(&mut self, digest: Digest) -> Option<Finding> {
+        let node = node_of(digest.member);
+        if !self.replicas.contains(&node) {
+            return None;
+        }
+        if self.windows.len() >= KEPT_WINDOWS && !self.windows.contains_key(&digest.window) {
+            let oldest = *self.windows.keys().next()?;
+            if digest.window < oldest {
+                return None;
+            }
+            self.windows.remove(&oldest);
+        }
+        let (majority, me, probation) = (self.majority(), node_of(self.me), self.probation);
+        let window = self.windows.entry(digest.window).or_default();
+        // A newer incarnation's digest replaces its node's older one; an older one's is late.
+        if window.digests.get(&node).is_some_and(|(held, _)| held.0 > digest.member.0) {
+            return None;
+        }
+        window.digests.insert(node, (digest.member, digest.hash));
+        if window.found {
+            return None;
+        }
+        if let Some(probation) = probation {
+            // A replica outside the donor's lineage digested the window: it proves or refutes.
+            let mine = window.digests.get(&me).map(|(_, hash)| *hash);
+            let other = window.digests.iter().find(|(n, _)| **n != me && **n != probation.donor);
+            if let (Some(mine), Some((_, (other, theirs)))) = (mine, other) {
+                window.found = true;
+                if *theirs == mine {
+                    self.probation = None;
+                    return Some(Finding::Cleared { proof: Some(Proof { window: digest.window, by: *other }) });
+                }
+                let against = *other;
+                self.probation = Some(Probation { refuted: true, ..probation });
+                return Some(Finding::Refuted { window: digest.window, against });
+            }
+            return None;
+        }
+        let digests = &window.digests;
+        let (_, agreed) =
+            digests.values().find(|(_, hash)| digests.values().filter(|(_, h)| h == hash).count() >= majority)?;
+        let (dissenter, _) = digests.values().find(|(_, hash)| hash != agreed)?;
+        window.found = true;
+        Some(Finding::Dissent(Dissent { dissenter: *dissenter, window: digest.window, me: *dissenter == self.me }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::member_id;
+
+    fn digest(ballots: &[&[u8]], window: u64) -> Option<Hash> {
+        let mut outcomes = Outcomes::new();
+        for ballot in ballots {
+            outcomes.executed(ballot);
+        }
+        outcomes.closed(window).map(|(_, hash)| hash)
+    }
+
+    fn of(node: u64, window: u64, hash: u8) -> Digest {
+        Digest { member: member_id(node, 0), window, hash: [hash; 16] }
+    }
+
+    #[test]
+    fn equal_outcomes_give_equal_digests_and_any_difference_shows() {
+        let ballots: Vec<&[u8]> = vec![b"a", b"b", b"c"];
+        assert_eq!(digest(&ballots, 4), digest(&ballots, 4));
+        assert_ne!(digest(&ballots, 4), digest(&[b"a", b"B", b"c"], 4));
+        assert_ne!(digest(&ballots, 4), digest(&ballots, 5), "the window is part of it");
+        // Where one ballot ends and the next starts is part of it.
+        assert_ne!(digest(&[b"ab", b"c"], 0), digest(&[b"a", b"bc"], 0));
+        assert_eq!(digest(&[], 0), None, "an empty window proves nothing");
+    }
+
+    #[test]
+    fn only_windows_executed_whole_are_digested() {
+        let mut outcomes = Outcomes::new();
+        outcomes.executed(b"x");
+        outcomes.suspend();
+        assert_eq!(outcomes.closed(0), None, "suspended");
+        outcomes.executed(b"x");
+        assert_eq!(outcomes.closed(1), None, "still suspended");
+        outcomes.resume();
+        outcomes.executed(b"y");
+        assert_eq!(outcomes.closed(2), None, "window 2 was half another replica's");
+        outcomes.executed(b"z");
+        assert_eq!(outcomes.closed(3).map(|(window, _)| window), Some(3));
+    }
+
+    #[test]
+    fn a_majority_against_a_replica_finds_it_whoever_judges_in_any_order() {
+        for judge_of in [1, 3] {
+            let mut judge = Judge::new(member_id(judge_of, 0), &[1, 2, 3]);
+            let mut found = Vec::new();
+            for digest in [of(3, 5, 2), of(1, 5, 1)] {
+                let node = node_of(digest.member);
+                found.extend(if node == judge_of { judge.mine(5, digest.hash) } else { judge.seen(&digest) });
+            }
+            assert!(found.is_empty(), "one against one");
+            found.extend(judge.seen(&of(2, 5, 1)));
+            found.extend(judge.seen(&of(2, 5, 1)));
+            let dissent = Dissent { dissenter: member_id(3, 0), window: 5, me: judge_of == 3 };
+            assert_eq!(found, vec![Finding::Dissent(dissent)]);
+        }
+    }
+
+    #[test]
+    fn no_majority_no_dissent_and_strangers_do_not_count() {
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert!(judge.mine(0, [1; 16]).is_none());
+        assert!(judge.seen(&of(2, 0, 2)).is_none());
+        assert!(judge.seen(&of(3, 0, 3)).is_none());
+        // A node outside the group, or a second digest of a node, adds no vote.
+        assert!(judge.seen(&of(9, 0, 2)).is_none());
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert!(judge.mine(0, [1; 16]).is_none());
+        assert!(judge.seen(&of(2, 0, 2)).is_none());
+        assert!(judge.seen(&of(2, 0, 2)).is_none());
+    }
+
+    #[test]
+    fn a_newer_incarnation_speaks_for_its_node() {
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert!(judge.mine(0, [1; 16]).is_none());
+        assert!(judge.seen(&Digest { member: member_id(3, 1), window: 0, hash: [1; 16] }).is_none());
+        // The old incarnation's late, different digest neither outvotes nor is reported.
+        assert!(judge.seen(&of(3, 0, 3)).is_none());
+        let found = judge.seen(&of(2, 0, 2));
+        assert_eq!(found, Some(Finding::Dissent(Dissent { dissenter: member_id(2, 0), window: 0, me: false })));
+    }
+
+    #[test]
+    fn a_state_taken_is_proven_only_against_a_replica_other_than_its_donor() {
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert!(judge.mine(0, [9; 16]).is_none());
+        judge.probation(member_id(2, 0));
+        assert!(judge.on_probation());
+        // Its old digests no longer count, and its donor's agreement proves nothing.
+        assert!(judge.seen(&of(2, 0, 1)).is_none());
+        assert!(judge.seen(&of(3, 0, 1)).is_none(), "no dissent of its own found on what it digested before");
+        assert!(judge.mine(1, [1; 16]).is_none());
+        assert!(judge.seen(&of(2, 1, 1)).is_none(), "the donor's digest proves nothing");
+        let proof = Proof { window: 1, by: member_id(3, 0) };
+        assert_eq!(judge.seen(&of(3, 1, 1)), Some(Finding::Cleared { proof: Some(proof) }));
+        assert!(!judge.on_probation());
+        // A state its donor and the third replica digest differently is refuted, and the
+        // replica stays on probation.
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        judge.probation(member_id(2, 0));
+        assert!(judge.seen(&of(3, 4, 3)).is_none());
+        assert!(judge.seen(&of(2, 4, 2)).is_none());
+        assert_eq!(judge.mine(4, [2; 16]), Some(Finding::Refuted { window: 4, against: member_id(3, 0) }));
+        assert!(judge.on_probation());
+        // Refuted once, it is not cleared unproven however long the third replica is silent.
+        assert!(judge.seen(&of(2, 5, 2)).is_none());
+        assert!(judge.mine(5, [2; 16]).is_none());
+        assert_eq!(judge.clear_unproven(), None);
+        assert!(judge.on_probation());
+    }
+
+    #[test]
+    fn with_nobody_outside_its_donors_lineage_a_state_is_cleared_unproven() {
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert_eq!(judge.clear_unproven(), None, "not on probation");
+        judge.probation(member_id(2, 0));
+        assert!(judge.seen(&of(2, 0, 2)).is_none());
+        assert!(judge.mine(0, [2; 16]).is_none());
+        assert_eq!(judge.clear_unproven(), Some(Finding::Cleared { proof: None }));
+        assert!(!judge.on_probation());
+    }
+
+    #[test]
+    fn memory_is_bounded_and_late_digests_are_ignored() {
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        for window in 0..(KEPT_WINDOWS as u64 * 3) {
+            assert!(judge.mine(window, [1; 16]).is_none());
+        }
+        assert_eq!(judge.windows.len(), KEPT_WINDOWS);
+        assert!(judge.seen(&of(2, 0, 2)).is_none());
+        assert_eq!(judge.windows.len(), KEPT_WINDOWS);
+    }
+}
