@@ -35,12 +35,22 @@
 //! executed before the transfer, and with another replica gone no vote would decide). A donor
 //! cut off from the replica when the transfer is due makes it wait and ask again.
 //!
+//! A replica's state may also be corrupted (its vault changed behind the order's back, as a
+//! flipped bit would; up to two a run, none while another fault is on): its outcomes are then
+//! wrong. The replicas digest their outcomes window by window and compare the digests through
+//! the order ([`nonstop_active::dissent`], the node's code); the corrupted replica must find
+//! itself dissenting, take a live replica's state, and prove it against a replica other than
+//! its donor before it answers again. The checks above then hold for outcomes of good states
+//! only (the order itself must hold for all), no client may decide a corrupted outcome, and by
+//! the end no live replica may hold a corrupted state.
+//!
 //! The run ends with a quiet period (no new faults, partitions healed): by its end every client
 //! has its answer, every live replica has executed the same sequence, and every live replica
 //! is a voter of one settled configuration of three.
 
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
+use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, PROBATION_MS};
 use nonstop_active::feed::Feed;
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
@@ -110,6 +120,21 @@ pub struct OrderStats {
     pub transfers_ahead: u64,
     /// Entries kept while a transfer was awaited, then executed after it.
     pub entries_kept_for_transfer: u64,
+    /// Replicas whose state was corrupted (the vault's balance changed behind the order's
+    /// back, as a flipped bit would).
+    pub corruptions: u64,
+    /// Digests of windows of outcomes proposed in the order.
+    pub digests_proposed: u64,
+    /// Replicas that found themselves dissenting and took a live replica's state.
+    pub dissents_found: u64,
+    /// Dissents reported by the other replicas (each replica that saw one counts it).
+    pub dissents_reported: u64,
+    /// Replicas whose taken state was proven against a replica other than its donor.
+    pub probations_cleared: u64,
+    /// Replicas cleared with no replica outside their donor's lineage to prove them against.
+    pub probations_cleared_unproven: u64,
+    /// Replicas whose taken state disagreed with a replica other than its donor.
+    pub probations_refuted: u64,
 }
 
 impl std::ops::AddAssign for OrderStats {
@@ -134,6 +159,13 @@ impl std::ops::AddAssign for OrderStats {
         self.state_transfers += other.state_transfers;
         self.transfers_ahead += other.transfers_ahead;
         self.entries_kept_for_transfer += other.entries_kept_for_transfer;
+        self.corruptions += other.corruptions;
+        self.digests_proposed += other.digests_proposed;
+        self.dissents_found += other.dissents_found;
+        self.dissents_reported += other.dissents_reported;
+        self.probations_cleared += other.probations_cleared;
+        self.probations_cleared_unproven += other.probations_cleared_unproven;
+        self.probations_refuted += other.probations_refuted;
     }
 }
 
@@ -144,6 +176,17 @@ struct Executed {
     request: RequestId,
     time_ms: u64,
     outcome: Outcome,
+    /// Executed on a corrupted state (the simulation's knowledge): its outcome may be wrong.
+    wrong: bool,
+}
+
+impl Executed {
+    /// The same place of the order: the same request at the same time, and the same outcome
+    /// unless either was executed on a corrupted state.
+    fn agrees(&self, other: &Executed) -> bool {
+        (self.client, self.request, self.time_ms) == (other.client, other.request, other.time_ms)
+            && (self.wrong || other.wrong || self.outcome == other.outcome)
+    }
 }
 
 struct Member {
@@ -171,6 +214,17 @@ struct Member {
     feed: Feed,
     /// While it awaits a state transfer: the step the transfer is due.
     transfer_due: Option<u64>,
+    /// Its digests of its outcomes, and its judge of everyone's (the node's code).
+    outcomes: Outcomes,
+    judge: Judge,
+    /// Digests to propose with its next batch.
+    digests: Vec<Digest>,
+    /// While on probation after taking a state: the step it is cleared unproven at.
+    probation_ends: Option<u64>,
+    /// The simulation's knowledge, for the checks only (the replica cannot know it): its
+    /// state was corrupted, or copied from a corrupted one, and it has not taken a good
+    /// state since. Its outcomes may be wrong; the order it executes may not.
+    corrupted: bool,
 }
 
 impl Member {
@@ -203,10 +257,21 @@ impl Member {
             vault: 0,
             feed: Feed::new(usize::MAX),
             transfer_due: None,
+            outcomes: Outcomes::new(),
+            judge: Judge::new(id, &(1..=MEMBERS).collect::<Vec<_>>()),
+            digests: Vec::new(),
+            probation_ends: None,
+            corrupted: false,
         })
     }
 
     /// Whether it votes in the group, as it last applied the members.
+    /// Whether it answers calls: its state follows the order and is proven (a node says it
+    /// is unavailable otherwise).
+    fn answers(&self) -> bool {
+        self.feed.is_following() && !self.judge.on_probation()
+    }
+
     fn is_voter(&self) -> bool {
         self.node.members().voters.contains(&self.node.id())
     }
@@ -376,8 +441,14 @@ impl Sim {
         self.restart_crashed()?;
         self.see_connections_close();
         self.change_membership();
-        self.deliver_messages(faulty)?;
+        // A corrupted replica is the one fault while nobody has found it: no message is lost
+        // then either (a replica that fell behind could take the corrupted state, and one
+        // replica of three cannot tell which of the other two is right; it stalls rather than
+        // answer wrongly, see `dissent`).
+        let lossy = faulty && !self.members.iter().any(|m| m.corrupted);
+        self.deliver_messages(lossy)?;
         self.transfer_states()?;
+        self.end_probations();
         self.deliver_replies()?;
         self.run_clients(new_requests);
         self.propose();
@@ -388,13 +459,27 @@ impl Sim {
     }
 
     fn inject_faults(&mut self) {
-        if self.cut.is_none() && self.rng.random_ratio(1, 1500) {
+        // One fault at a time: no partition while a replica's state is wrong and not found yet
+        // (a cut-off replica's digests would be missing from every vote, and one replica of
+        // three cannot tell which of the other two is right), and no corruption while cut.
+        let corrupted = self.members.iter().any(|m| m.corrupted);
+        if self.cut.is_none() && !corrupted && self.rng.random_ratio(1, 1500) {
             let member = self.rng.random_range(0..MEMBERS);
             self.cut = Some((member, self.step + self.rng.random_range(100..600)));
             self.stats.partitions += 1;
         }
-        // One replica down at a time, and only once the group is settled again: three voters.
-        let settled = self.members.iter().all(|m| m.alive && m.is_voter());
+        // One replica down or wrong at a time, and only once the group is settled again: three
+        // voters, each answering.
+        let settled = self.members.iter().all(|m| m.alive && m.is_voter() && m.answers() && !m.corrupted);
+        if settled && self.cut.is_none() && self.stats.corruptions < 2 && self.rng.random_ratio(1, 2500) {
+            // A flipped bit in one replica's state: every outcome it computes from now on is
+            // wrong, until it finds itself dissenting and takes a live replica's state.
+            let member = &mut self.members[self.rng.random_range(0..MEMBERS) as usize];
+            member.vault += self.rng.random_range(1..=9) * if self.rng.random_bool(0.5) { 1 } else { -1 };
+            member.corrupted = true;
+            self.stats.corruptions += 1;
+            return;
+        }
         if settled && self.stats.crashes < 2 && self.rng.random_ratio(1, 3000) {
             let member = self.rng.random_range(0..MEMBERS) as usize;
             self.members[member].alive = false;
@@ -487,7 +572,7 @@ impl Sim {
     }
 
     /// Hands every message due now to its replica, in an order of the seed's choosing.
-    fn deliver_messages(&mut self, faulty: bool) -> Result<(), Violation> {
+    fn deliver_messages(&mut self, lossy: bool) -> Result<(), Violation> {
         let mut due = Vec::new();
         let mut index = 0;
         while index < self.network.len() {
@@ -499,7 +584,7 @@ impl Sim {
         }
         while !due.is_empty() {
             let message = due.swap_remove(self.rng.random_range(0..due.len()));
-            if !self.reaches(message.from, message.to) || (faulty && self.rng.random_ratio(1, 30)) {
+            if !self.reaches(message.from, message.to) || (lossy && self.rng.random_ratio(1, 30)) {
                 self.stats.lost += 1;
                 continue;
             }
@@ -571,8 +656,11 @@ impl Sim {
         let decided = pending.vote.decided().expect("decided");
         let outcome =
             pending.outcomes.iter().flatten().find(|o| ballot(o) == decided).cloned().expect("a replica's outcome won");
-        let executed =
-            self.members.iter().flat_map(|m| &m.executed).find(|e| (e.client, e.request) == (client, pending.id()));
+        let executed = self
+            .members
+            .iter()
+            .flat_map(|m| &m.executed)
+            .find(|e| (e.client, e.request) == (client, pending.id()) && !e.wrong);
         if executed.is_none_or(|e| e.outcome != outcome) {
             return Err(self.violation(format!(
                 "client {client} decided {outcome:?} for request {:?}, which the replicas executed as {:?}",
@@ -610,8 +698,8 @@ impl Sim {
             let (request, id) = (pending.request.clone(), pending.id());
             let unvoted: Vec<usize> = (0..self.members.len()).filter(|&m| pending.outcomes[m].is_none()).collect();
             for member in unvoted {
-                // A replica awaiting its state answers no call (a node says it is unavailable).
-                if !self.members[member].alive || !self.members[member].feed.is_following() {
+                // A replica awaiting its state, or still to prove it, answers no call.
+                if !self.members[member].alive || !self.members[member].answers() {
                     continue;
                 }
                 if !self.members[member].has_executed(client, id)
@@ -641,14 +729,16 @@ impl Sim {
                 continue;
             }
             let requests = self.members[member].calls.take_proposals(usize::MAX);
-            if requests.is_empty() {
+            let digests = std::mem::take(&mut self.members[member].digests);
+            if requests.is_empty() && digests.is_empty() {
                 continue;
             }
             self.stats.proposals += requests.len() as u64;
+            self.stats.digests_proposed += digests.len() as u64;
             let time_ms = self.step + self.members[member].clock_skew_ms;
             // A proposal lost on the way (the leader changed) is proposed again when its client
-            // asks again.
-            let _ = self.members[member].node.propose(&Batch { time_ms, requests, digests: vec![] });
+            // asks again; a lost digest leaves its window undecided, and a later one decides.
+            let _ = self.members[member].node.propose(&Batch { time_ms, requests, digests });
         }
     }
 
@@ -708,11 +798,17 @@ impl Sim {
             let member = &mut self.members[index];
             let position = output.applied.first().map_or(member.node.state().delivered(), |delivered| delivered.first);
             member.feed.restored(position);
+            member.outcomes.suspend();
             member.transfer_due = Some(self.step + self.rng.random_range(5..80));
             // Who waited is answered by no one now; their clients ask again.
             member.calls.drop_waiters();
         }
         for delivered in output.applied {
+            let found: Vec<Finding> =
+                delivered.digests.iter().filter_map(|digest| self.members[index].judge.seen(digest)).collect();
+            for finding in found {
+                self.found(index, finding);
+            }
             let entries = match self.members[index].feed.delivered(delivered) {
                 Ok(entries) => entries,
                 Err(error) => return Err(self.violation(format!("replica {}'s feed: {error}", index + 1))),
@@ -749,7 +845,8 @@ impl Sim {
             };
             let transferred = self.members[donor].executed.clone();
             let position = transferred.len() as u64;
-            let vault = self.members[donor].vault;
+            let (vault, corrupted, donor_id) =
+                (self.members[donor].vault, self.members[donor].corrupted, self.members[donor].node.id());
             let remembered: Vec<_> = self.members[donor]
                 .calls
                 .answered()
@@ -763,6 +860,10 @@ impl Sim {
             };
             member.calls.restore(remembered);
             (member.executed, member.vault, member.transfer_due) = (transferred, vault, None);
+            member.corrupted = corrupted;
+            member.outcomes.resume();
+            member.judge.probation(donor_id);
+            member.probation_ends = Some(self.step + PROBATION_MS);
             self.stats.state_transfers += 1;
             self.stats.transfers_ahead += u64::from(position > log_end);
             self.execute_entries(index, entries)?;
@@ -770,9 +871,25 @@ impl Sim {
         Ok(())
     }
 
+    /// Replicas on probation for [`PROBATION_MS`] with nothing to prove their state against
+    /// are cleared unproven (unless refuted).
+    fn end_probations(&mut self) {
+        for index in 0..self.members.len() {
+            let member = &mut self.members[index];
+            if !member.alive || member.probation_ends.is_none_or(|at| at > self.step) {
+                continue;
+            }
+            member.probation_ends = None;
+            if let Some(finding) = member.judge.clear_unproven() {
+                self.found(index, finding);
+            }
+        }
+    }
+
     /// Replica `index` executes `entries`, checking that each follows what it executed, in
     /// time and in each client's numbers, and answers who waits.
     fn execute_entries(&mut self, index: usize, entries: Vec<Delivered>) -> Result<(), Violation> {
+        let mut found = Vec::new();
         for delivered in entries {
             if !delivered.turned_away.is_empty() {
                 // Four clients never fill the order's memory of clients.
@@ -818,20 +935,55 @@ impl Sim {
                     request: id,
                     time_ms: delivered.time_ms,
                     outcome: outcome.clone(),
+                    wrong: member.corrupted,
                 });
+                member.outcomes.executed(&ballot(&outcome));
                 for waiter in member.calls.executed(&request, outcome.clone()) {
                     self.reply(waiter, index, id, outcome.clone());
                 }
             }
+            let member = &mut self.members[index];
+            if let Some((window, hash)) = delivered.closes.and_then(|window| member.outcomes.closed(window)) {
+                // On probation its digest must not count: a wrong state copied would agree with
+                // its donor's.
+                if !member.judge.on_probation() {
+                    member.digests.push(Digest { member: member.node.id(), window, hash });
+                }
+                found.extend(member.judge.mine(window, hash));
+            }
+        }
+        for finding in found {
+            self.found(index, finding);
         }
         Ok(())
+    }
+
+    /// Replica `index`'s judge found `finding` (the node logs each and counts it). A replica
+    /// that finds itself dissenting stops answering and awaits a live replica's state from
+    /// where it stands, as one that fell behind the log does.
+    fn found(&mut self, index: usize, finding: Finding) {
+        match finding {
+            Finding::Cleared { proof: Some(_) } => self.stats.probations_cleared += 1,
+            Finding::Cleared { proof: None } => self.stats.probations_cleared_unproven += 1,
+            Finding::Refuted { .. } => self.stats.probations_refuted += 1,
+            Finding::Dissent(Dissent { me: false, .. }) => self.stats.dissents_reported += 1,
+            Finding::Dissent(Dissent { me: true, .. }) => {
+                let member = &mut self.members[index];
+                let Some(next) = member.feed.next() else { return };
+                member.feed.restored(next);
+                member.outcomes.suspend();
+                member.transfer_due = Some(self.step + self.rng.random_range(5..80));
+                member.calls.drop_waiters();
+                member.digests.clear();
+                self.stats.dissents_found += 1;
+            }
+        }
     }
 
     fn check_one_order(&self) -> Result<(), Violation> {
         let longest = self.members.iter().map(|m| &m.executed).max_by_key(|e| e.len()).expect("members");
         for (index, member) in self.members.iter().enumerate() {
-            if !longest.starts_with(&member.executed) {
-                let at = member.executed.iter().zip(longest).position(|(a, b)| a != b).unwrap_or(0);
+            if let Some(at) = member.executed.iter().zip(longest).position(|(a, b)| !a.agrees(b)) {
                 return Err(self.violation(format!(
                     "replica {} executed {:?} at position {at} where another executed {:?}",
                     index + 1,
@@ -872,6 +1024,12 @@ impl Sim {
                 "after the quiet period, live replicas executed {} and {} requests",
                 live[0].executed.len(),
                 live[behind].executed.len()
+            )));
+        }
+        if let Some(corrupted) = live.iter().find(|m| m.corrupted || m.executed.iter().any(|e| e.wrong)) {
+            return Err(self.violation(format!(
+                "after the quiet period replica {} still holds a corrupted state: nobody found it dissenting",
+                corrupted.node.id()
             )));
         }
         if let Some(other) = live.iter().find(|m| m.vault != live[0].vault) {
