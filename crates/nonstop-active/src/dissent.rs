@@ -37,9 +37,9 @@
 //! let mut digests = Vec::new();
 //! for replica in 1..=3u64 {
 //!     let mut outcomes = Outcomes::new();
-//!     outcomes.executed(b"7");
+//!     outcomes.executed(&Ok(b"7".to_vec()));
 //!     // Replica 3 answered the window's second request wrongly.
-//!     outcomes.executed(if replica == 3 { b"41" } else { b"42" });
+//!     outcomes.executed(&Ok(if replica == 3 { b"41" } else { b"42" }.to_vec()));
 //!     let (window, hash) = outcomes.closed(0).expect("window 0 was executed whole");
 //!     digests.push(Digest { member: NodeId(replica), window, hash });
 //! }
@@ -50,6 +50,7 @@
 //! assert_eq!((found.dissenter, found.window, found.me), (NodeId(3), 0, true));
 //! ```
 
+use crate::calls::Outcome;
 use crate::membership::node_of;
 use nonstop_control::NodeId;
 use serde::{Deserialize, Serialize};
@@ -122,12 +123,17 @@ impl Outcomes {
         self.digesting = Digesting::FromNext;
     }
 
-    /// The next request of the open window was executed with `ballot` (the outcome's bytes, as
-    /// voters compare them).
-    pub fn executed(&mut self, ballot: &[u8]) {
+    /// The next request of the open window was executed with `outcome` (what the replica
+    /// answers: the service's reply or its refusal).
+    pub fn executed(&mut self, outcome: &Outcome) {
         if let Digesting::On { hasher, requests } = &mut self.digesting {
-            hasher.update(&(ballot.len() as u64).to_le_bytes());
-            hasher.update(ballot);
+            let (tag, bytes) = match outcome {
+                Ok(reply) => (0u8, reply.as_slice()),
+                Err(refusal) => (1u8, refusal.as_bytes()),
+            };
+            hasher.update(&[tag]);
+            hasher.update(&(bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
             *requests += 1;
         }
     }
@@ -231,6 +237,11 @@ impl Judge {
         Judge { me, replicas: replicas.to_vec(), windows: BTreeMap::new(), probation: None }
     }
 
+    /// The judging replica's member id.
+    pub fn member(&self) -> NodeId {
+        self.me
+    }
+
     /// The replica took `donor`'s state: what it digested before no longer stands for it,
     /// and until [`Finding::Cleared`] it must answer nothing and propose no digest.
     pub fn probation(&mut self, donor: NodeId) {
@@ -332,7 +343,7 @@ mod tests {
     fn digest(ballots: &[&[u8]], window: u64) -> Option<Hash> {
         let mut outcomes = Outcomes::new();
         for ballot in ballots {
-            outcomes.executed(ballot);
+            outcomes.executed(&Ok(ballot.to_vec()));
         }
         outcomes.closed(window).map(|(_, hash)| hash)
     }
@@ -350,20 +361,27 @@ mod tests {
         // Where one ballot ends and the next starts is part of it.
         assert_ne!(digest(&[b"ab", b"c"], 0), digest(&[b"a", b"bc"], 0));
         assert_eq!(digest(&[], 0), None, "an empty window proves nothing");
+        let refused = |reason: &str| {
+            let mut outcomes = Outcomes::new();
+            outcomes.executed(&Err(reason.into()));
+            outcomes.closed(0).map(|(_, hash)| hash)
+        };
+        assert_ne!(refused("a"), digest(&[b"a"], 0), "a refusal is not a reply of the same bytes");
+        assert_ne!(refused("a"), refused("b"));
     }
 
     #[test]
     fn only_windows_executed_whole_are_digested() {
         let mut outcomes = Outcomes::new();
-        outcomes.executed(b"x");
+        outcomes.executed(&Ok(b"x".to_vec()));
         outcomes.suspend();
         assert_eq!(outcomes.closed(0), None, "suspended");
-        outcomes.executed(b"x");
+        outcomes.executed(&Ok(b"x".to_vec()));
         assert_eq!(outcomes.closed(1), None, "still suspended");
         outcomes.resume();
-        outcomes.executed(b"y");
+        outcomes.executed(&Ok(b"y".to_vec()));
         assert_eq!(outcomes.closed(2), None, "window 2 was half another replica's");
-        outcomes.executed(b"z");
+        outcomes.executed(&Ok(b"z".to_vec()));
         assert_eq!(outcomes.closed(3).map(|(window, _)| window), Some(3));
     }
 

@@ -169,6 +169,64 @@ fn a_replica_that_fell_behind_the_compacted_log_takes_a_live_replicas_state() {
     assert!(repeated.duplicate, "answered as before: {repeated:?}");
 }
 
+/// One replica answers a request wrongly (a fault point flips a bit of its reply, as a fault
+/// that struck only its process would): the clients' majority outvotes it, and the replicas'
+/// digests of their outcomes find it: it takes a live replica's state, proves it against the
+/// third replica, and counts again (with another replica killed, it and the third are the
+/// majority). The others report it.
+#[test]
+fn a_replica_that_answers_wrongly_is_found_by_the_others_and_takes_a_good_state() {
+    let spec = ClusterSpec {
+        ip_prefix: "127.0.27".into(),
+        region_size_mib: 32,
+        active: Some(ReplyMode::Majority),
+        allow_faults: true,
+        ..ClusterSpec::default()
+    };
+    let mut cluster = LocalCluster::create(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec).unwrap();
+    cluster.start_all().unwrap();
+    let mut client = Client::new(cluster.client_addrs(), 4);
+    let mut expected = 0;
+    for _ in 0..10 {
+        expected += 1;
+        assert_eq!(deposit(&mut client, 9).unwrap(), expected);
+    }
+    cluster.arm_fault(3, "replica-wrong-outcome", 3).unwrap();
+    let found = |statuses: &[nonstop_node::status::NodeStatus]| {
+        statuses.iter().flat_map(|s| &s.replicas).any(|r| {
+            r.replica == 2 && r.dissents_found >= 1 && r.state_transfers >= 1 && r.standing == ReplicaStanding::Serving
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        expected += 1;
+        assert_eq!(deposit(&mut client, 9).unwrap(), expected, "the majority's answer");
+        if cluster.wait_statuses(&[3], std::time::Duration::from_millis(1), found).is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 3 was never found:\n{}", cluster.post_mortem(60));
+    }
+    let reported = cluster.wait_statuses(&[1, 2], std::time::Duration::from_secs(5), |statuses| {
+        statuses.iter().flat_map(|s| &s.replicas).all(|r| r.dissents_reported >= 1 && r.dissents_found == 0)
+    });
+    assert!(reported.is_some(), "nodes 1 and 2 reported node 3:\n{}", cluster.post_mortem(40));
+    // Node 3 counts again: without node 1, nodes 2 and 3 are the majority.
+    cluster.kill(1).unwrap();
+    for _ in 0..10 {
+        expected += 1;
+        assert_eq!(deposit(&mut client, 9).unwrap(), expected, "nodes 2 and 3 agree");
+    }
+    let audits: Vec<_> = cluster.client_addrs()[1..]
+        .iter()
+        .map(|addr| {
+            let audit = Client::new(vec![*addr], 10).audit("bank", vec![4], None).unwrap();
+            assert!(audit.check.is_ok(), "{addr}: {:?}", audit.check);
+            audit.clients
+        })
+        .collect();
+    assert_eq!(audits[0], audits[1], "the re-integrated replica holds the same state");
+}
+
 #[test]
 fn leader_only_and_pass_first_answer_with_one_reply() {
     for (prefix, replies) in [("127.0.21", ReplyMode::LeaderOnly), ("127.0.22", ReplyMode::PassFirst)] {

@@ -1,5 +1,7 @@
-//! Fault points for `nonstop chaos kill`: places inside a checkpoint where an armed process
-//! kills itself with SIGKILL, as abruptly as an external kill, but at an exact moment.
+//! Fault points for chaos runs and tests: places inside a checkpoint where an armed process
+//! kills itself with SIGKILL, as abruptly as an external kill, but at an exact moment; and one
+//! where an active replica answers a request wrongly, as a fault that struck only its process
+//! would make it.
 //!
 //! Arming is refused unless the node's config enables it ([`FaultPoints::enabled`]), so a
 //! production node can never be told to die over the network.
@@ -16,11 +18,18 @@ pub enum FaultPoint {
     /// Primary: when a backup's acknowledgement arrives, before it is counted: the backup
     /// applied the checkpoint, the primary never learns it.
     AckArrived = 3,
+    /// Active replica: when it has executed a request, its outcome (what it answers, and
+    /// digests) is changed, a bit of the reply flipped; the process lives on.
+    ReplicaWrongOutcome = 4,
 }
 
 impl FaultPoint {
     /// Every fault point.
-    pub const ALL: [FaultPoint; 3] = [FaultPoint::AfterSomeRuns, FaultPoint::BeforeClose, FaultPoint::AckArrived];
+    pub const ALL: [FaultPoint; 4] =
+        [FaultPoint::AfterSomeRuns, FaultPoint::BeforeClose, FaultPoint::AckArrived, FaultPoint::ReplicaWrongOutcome];
+
+    /// The points that kill the process (inside a checkpoint of a passive service's primary).
+    pub const KILLS: [FaultPoint; 3] = [FaultPoint::AfterSomeRuns, FaultPoint::BeforeClose, FaultPoint::AckArrived];
 
     /// The point named `name` ([`FaultPoint::name`]).
     pub fn from_name(name: &str) -> Option<FaultPoint> {
@@ -33,6 +42,7 @@ impl FaultPoint {
             FaultPoint::AfterSomeRuns => "after-some-runs",
             FaultPoint::BeforeClose => "before-close",
             FaultPoint::AckArrived => "ack-arrived",
+            FaultPoint::ReplicaWrongOutcome => "replica-wrong-outcome",
         }
     }
 }
@@ -81,10 +91,19 @@ impl FaultPoints {
         self.armed.load(Ordering::Relaxed) != 0
     }
 
+    /// Reached `point`: true (once) if it is armed and its countdown runs out; the caller
+    /// injects the fault.
+    #[inline]
+    pub fn fires(&self, point: FaultPoint) -> bool {
+        self.armed.load(Ordering::Relaxed) == point as u32
+            && self.countdown.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.armed.compare_exchange(point as u32, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
     /// Reached `point`: dies here if it is armed and its countdown runs out.
     #[inline]
     pub fn reached(&self, point: FaultPoint) {
-        if self.armed.load(Ordering::Relaxed) == point as u32 && self.countdown.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.fires(point) {
             tracing::warn!(point = point.name(), "fault point reached: killing this process");
             // SAFETY: kill(2) with our own pid and SIGKILL has no memory-safety preconditions.
             unsafe {
@@ -110,5 +129,9 @@ mod tests {
         on.reached(FaultPoint::BeforeClose);
         on.reached(FaultPoint::BeforeClose);
         assert_eq!(on.countdown.load(Ordering::SeqCst), 1, "the third reach would kill");
+        on.arm(FaultPoint::ReplicaWrongOutcome, 2).unwrap();
+        assert!(!on.fires(FaultPoint::ReplicaWrongOutcome));
+        assert!(on.fires(FaultPoint::ReplicaWrongOutcome), "the second reach fires");
+        assert!(!on.fires(FaultPoint::ReplicaWrongOutcome) && !on.armed(), "once");
     }
 }

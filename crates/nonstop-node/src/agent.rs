@@ -149,6 +149,7 @@ impl Agent {
                         group,
                         events_tx.clone(),
                         &config.data_dir,
+                        instruments.faults.clone(),
                     )
                 })
                 .collect::<Result<_, _>>()?,

@@ -176,6 +176,18 @@ pub fn render(status: &NodeStatus) -> String {
         "States this node's replica took from another replica after falling behind the order's compacted log.",
         per_replica(&|r| r.state_transfers as f64),
     );
+    metric(
+        "nonstop_replica_dissents_found_total",
+        "counter",
+        "Times a majority of replicas' digests of their outcomes contradicted this node's replica (it then took a live replica's state).",
+        per_replica(&|r| r.dissents_found as f64),
+    );
+    metric(
+        "nonstop_replica_dissents_reported_total",
+        "counter",
+        "Times this node's replica saw a majority's digests of their outcomes contradict another replica's.",
+        per_replica(&|r| r.dissents_reported as f64),
+    );
     let detections = status.detections;
     metric(
         "nonstop_frames_refused_total",

@@ -24,6 +24,13 @@
 //! what its executions answered each client last. The receiver keeps what the order delivers
 //! meanwhile ([`Feed`]) and executes on from the donor's point. It answers no call until then.
 //!
+//! The replicas compare their outcomes through the order ([`nonstop_active::dissent`]): the
+//! order closes a window every few milliseconds, each replica proposes a digest of its
+//! outcomes in it, and a replica that a majority's digests contradict stops answering and takes
+//! a live replica's state as above. A replica that took a state proves it before it answers:
+//! its digest of a window must equal that of a replica other than its donor (a wrong state
+//! copied before anyone found it would otherwise outvote the right one).
+//!
 //! A node whose process restarted has forgotten the group's log and its own votes, so its
 //! replica joins as a new member under a new id ([`nonstop_active::membership`]): added as a
 //! learner, given the log or another replica's state as above, then swapped in for its old
@@ -39,11 +46,13 @@ use crate::service::lock;
 use crate::status::{OrderRole, ReplicaStanding, ReplicaStatus};
 use crate::transfer::{Donors, Received};
 use nonstop_active::calls::{Asked, Calls};
+use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, PROBATION_MS};
 use nonstop_active::feed::{Feed, FeedError};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_control::log::MemoryLog;
 use nonstop_control::{ControlConfig, ControlError, ElectionJitter, Membership, RaftNode, Replicated};
+use nonstop_net::fault::{FaultPoint, FaultPoints};
 use nonstop_proto::CheckpointId;
 use nonstop_proto::client::{ClientReply, ReplyMode, Vote};
 use nonstop_proto::frame::FrameKind;
@@ -88,6 +97,9 @@ const DONOR_CATCH_UP: Duration = Duration::from_secs(10);
 /// Pause before a replica asks for a state again after every donor failed.
 const TRANSFER_RETRY: Duration = Duration::from_millis(200);
 
+/// How often the executor looks at the clock while no work comes (a probation's end).
+const EXECUTOR_TICK: Duration = Duration::from_millis(50);
+
 /// The value of [`Replica::leader`] when no leader is known.
 const NO_LEADER: u16 = u16::MAX;
 
@@ -95,8 +107,16 @@ const NO_LEADER: u16 = u16::MAX;
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Standing {
     Serving,
-    /// It fell behind the order's compacted log and awaits a live replica's state.
+    /// It awaits a live replica's state: it fell behind the order's compacted log, or its
+    /// outcomes differed from the majority's.
     CatchingUp,
+    /// It took a state and proves it against a replica other than its donor.
+    Proving,
+    /// Its donor and this node's replica (`against`, a node id) digested a window differently:
+    /// with two of three disagreeing it cannot tell which is right, and stays out.
+    Refuted {
+        against: u64,
+    },
     /// It stopped, for the reason given (its state no longer follows the order).
     Stopped(String),
 }
@@ -112,6 +132,12 @@ struct Shared {
     last_catch_up: Option<Duration>,
     /// The point of the order its state is at: requests delivered before it.
     position: u64,
+    /// Its digests of windows of outcomes, to propose with the next entry.
+    digests: Vec<Digest>,
+    /// Times it found its own outcomes contradicted by a majority's.
+    dissents_found: u64,
+    /// Times it saw another replica's outcomes contradicted by a majority's.
+    dissents_reported: u64,
 }
 
 /// What the executor thread is given to do, in order.
@@ -176,6 +202,8 @@ pub struct Replica {
     donors: Donors,
     /// Set while it sends its state to another replica (one at a time: one pre-copy).
     donating: AtomicBool,
+    /// The node's fault points (tests: a wrong outcome, [`FaultPoint::ReplicaWrongOutcome`]).
+    faults: Arc<FaultPoints>,
 }
 
 /// Why a replica cannot start.
@@ -239,6 +267,7 @@ impl ReplicaHost {
         group_config: ControlConfig,
         wake: Sender<PeerEvent>,
         data_dir: &std::path::Path,
+        faults: Arc<FaultPoints>,
     ) -> Result<ReplicaHost, ReplicaError> {
         let region_error = |problem: String| ReplicaError::Region { service: spec.name.clone(), problem };
         let region = Region::map(spec.region_base, spec.region_len).map_err(|error| region_error(error.to_string()))?;
@@ -273,7 +302,8 @@ impl ReplicaHost {
         };
         // Every member starts from the founders' configuration, a new one too: given the log
         // from its first entry, it applies the membership changes from there.
-        let group_config = ControlConfig { id: member_id(me.0, incarnation), ..group_config };
+        let member = member_id(me.0, incarnation);
+        let group_config = ControlConfig { id: member, ..group_config };
         let group = RaftNode::new(group_config, Box::new(MemoryLog::default()))
             .map_err(|source| ReplicaError::Group { service: spec.name.clone(), source })?;
         let (work, works) = mpsc::channel();
@@ -291,17 +321,23 @@ impl ReplicaHost {
                 transfers: 0,
                 last_catch_up: None,
                 position: 0,
+                digests: Vec::new(),
+                dissents_found: 0,
+                dissents_reported: 0,
             }),
             wake: Mutex::new(wake),
             work: Mutex::new(work),
             donors,
             donating: AtomicBool::new(false),
+            faults,
         });
         let executor = {
             let replica = replica.clone();
+            let judge = Judge::new(member, &spec.replicas.iter().map(|n| n.0).collect::<Vec<_>>());
+            let replicas = spec.replicas.clone();
             std::thread::Builder::new()
                 .name(format!("nonstop-replica-{}", spec.name))
-                .spawn(move || Executor::new(replica).run(works))
+                .spawn(move || Executor::new(replica, judge, replicas).run(works))
                 .map_err(|error| region_error(format!("no executor thread: {error}")))?
         };
         Ok(ReplicaHost {
@@ -347,8 +383,12 @@ impl ReplicaHost {
             standing: match &shared.standing {
                 Standing::Serving => ReplicaStanding::Serving,
                 Standing::CatchingUp => ReplicaStanding::CatchingUp,
+                Standing::Proving => ReplicaStanding::Proving,
+                Standing::Refuted { against } => ReplicaStanding::Refuted { against: *against },
                 Standing::Stopped(reason) => ReplicaStanding::Stopped { reason: reason.clone() },
             },
+            dissents_found: shared.dissents_found,
+            dissents_reported: shared.dissents_reported,
             state_transfers: shared.transfers,
             last_catch_up_ms: shared.last_catch_up.map(|d| d.as_secs_f64() * 1e3),
             position: shared.position,
@@ -401,21 +441,26 @@ impl ReplicaHost {
         group.on_leader_lost(leader, |member| alive(NodeId(node_of(member))));
     }
 
-    /// Proposes what calls left pending, as one entry (or more, if they exceed an entry's
-    /// bytes). With no leader known they wait: a proposal now would be dropped.
+    /// Proposes what calls left pending and the replica's digests of its outcomes, as one entry
+    /// (or more, if they exceed an entry's bytes). With no leader known they wait: a proposal
+    /// now would be dropped.
     pub fn propose(&mut self) {
         let Some(group) = &mut self.group else { return };
         if group.leader().is_none() {
             return;
         }
         loop {
-            let requests = lock(&self.replica.shared).calls.take_proposals(BATCH_BYTES);
-            if requests.is_empty() {
+            let (requests, digests) = {
+                let mut shared = lock(&self.replica.shared);
+                (shared.calls.take_proposals(BATCH_BYTES), std::mem::take(&mut shared.digests))
+            };
+            if requests.is_empty() && digests.is_empty() {
                 return;
             }
             // A proposal lost on the way (the leader changed) is proposed again when its
-            // client asks again.
-            if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests, digests: vec![] }) {
+            // client asks again; a lost digest leaves its window undecided, and a later one
+            // decides.
+            if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests, digests }) {
                 tracing::debug!(service = self.replica.name, %error, "proposal not accepted");
             }
         }
@@ -698,7 +743,19 @@ fn unavailable(standing: &Standing) -> Option<ClientReply> {
     match standing {
         Standing::Serving => None,
         Standing::CatchingUp => Some(ClientReply::Unavailable {
-            reason: "this replica is taking another's state (it fell behind the order); ask the others".into(),
+            reason: "this replica is taking another's state (it fell behind the order, or its outcomes differed \
+                     from the majority's); ask the others"
+                .into(),
+        }),
+        Standing::Proving => Some(ClientReply::Unavailable {
+            reason: "this replica took another's state and is proving it against a third replica; ask the others"
+                .into(),
+        }),
+        Standing::Refuted { against } => Some(ClientReply::Unavailable {
+            reason: format!(
+                "the state this replica took disagrees with node {against}'s replica, and it cannot tell which is \
+                 right; it stays out (see the node's log)"
+            ),
         }),
         Standing::Stopped(reason) => {
             Some(ClientReply::Unavailable { reason: format!("this replica stopped: {reason}") })
@@ -712,46 +769,53 @@ fn unavailable(standing: &Standing) -> Option<ClientReply> {
 struct Executor {
     replica: Arc<Replica>,
     feed: Feed,
+    /// Its digests of its outcomes, and its judge of every replica's.
+    outcomes: Outcomes,
+    judge: Judge,
+    /// The nodes that hold the service's replicas, by replica number.
+    replicas: Vec<NodeId>,
     /// A transfer into this replica runs (one at a time: it writes the region).
     fetching: bool,
-    /// While it catches up: when the order's snapshot came.
+    /// While it catches up: when the order's snapshot came, or its dissent was found.
     behind_since: Option<std::time::Instant>,
+    /// While it proves a state it took: when it is cleared unproven.
+    probation_ends: Option<std::time::Instant>,
 }
 
 impl Executor {
-    fn new(replica: Arc<Replica>) -> Executor {
-        Executor { replica, feed: Feed::new(KEPT_FOR_TRANSFER), fetching: false, behind_since: None }
+    fn new(replica: Arc<Replica>, judge: Judge, replicas: Vec<NodeId>) -> Executor {
+        Executor {
+            replica,
+            feed: Feed::new(KEPT_FOR_TRANSFER),
+            outcomes: Outcomes::new(),
+            judge,
+            replicas,
+            fetching: false,
+            behind_since: None,
+            probation_ends: None,
+        }
     }
 
     fn run(mut self, works: Receiver<Work>) {
-        for work in works {
+        loop {
+            let work = match works.recv_timeout(EXECUTOR_TICK) {
+                Ok(work) => work,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.end_probation();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             let going_on = match work {
-                Work::Delivered(delivered) => match self.feed.delivered(delivered) {
-                    Ok(entries) => {
-                        let executed = !entries.is_empty();
-                        let going_on = entries.into_iter().all(|entry| self.execute_entry(entry));
-                        if executed && self.feed.is_following() {
-                            // A new member given the order from its start follows it now.
-                            let mut shared = lock(&self.replica.shared);
-                            if shared.standing == Standing::CatchingUp {
-                                shared.standing = Standing::Serving;
-                            }
-                        }
-                        going_on
+                Work::Delivered(delivered) => {
+                    let found: Vec<Finding> = delivered.digests.iter().filter_map(|d| self.judge.seen(d)).collect();
+                    for finding in found {
+                        self.found(finding);
                     }
-                    Err(error) => self.stop(format!("its order feed broke: {error}")),
-                },
+                    self.deliver(delivered)
+                }
                 Work::Restored(from) => {
-                    self.feed.restored(from);
-                    self.behind_since.get_or_insert_with(std::time::Instant::now);
-                    let mut shared = lock(&self.replica.shared);
-                    if shared.standing == Standing::Serving {
-                        shared.standing = Standing::CatchingUp;
-                    }
-                    // Their calls are answered by the others; the callers ask again.
-                    shared.calls.drop_waiters();
-                    drop(shared);
-                    self.fetch(Duration::ZERO);
+                    self.take_state(from);
                     true
                 }
                 Work::Transferred(received) => self.transferred(received),
@@ -767,15 +831,128 @@ impl Executor {
                 }
                 Work::Stop => false,
             };
+            self.end_probation();
             if !going_on {
                 return;
             }
         }
     }
 
+    /// Executes what the order delivered, as the feed hands it out; false once the replica
+    /// stopped.
+    fn deliver(&mut self, delivered: Delivered) -> bool {
+        match self.feed.delivered(delivered) {
+            Ok(entries) => {
+                let executed = !entries.is_empty();
+                let going_on = entries.into_iter().all(|entry| self.execute_entry(entry));
+                if executed && self.feed.is_following() {
+                    // A new member given the order from its start follows it now.
+                    let mut shared = lock(&self.replica.shared);
+                    if shared.standing == Standing::CatchingUp {
+                        shared.standing = Standing::Serving;
+                    }
+                }
+                going_on
+            }
+            Err(error) => self.stop(format!("its order feed broke: {error}")),
+        }
+    }
+
+    /// Its state must be replaced by a live replica's at position `from` of the order or later
+    /// (it fell behind the log, or its outcomes were contradicted): it answers nothing, and
+    /// asks for one.
+    fn take_state(&mut self, from: u64) {
+        self.feed.restored(from);
+        self.outcomes.suspend();
+        self.probation_ends = None;
+        self.behind_since.get_or_insert_with(std::time::Instant::now);
+        let mut shared = lock(&self.replica.shared);
+        if !matches!(shared.standing, Standing::Stopped(_)) {
+            shared.standing = Standing::CatchingUp;
+        }
+        // Their calls are answered by the others; the callers ask again.
+        shared.calls.drop_waiters();
+        shared.digests.clear();
+        drop(shared);
+        self.fetch(Duration::ZERO);
+    }
+
+    /// Acts on what its judge found in the replicas' digests.
+    fn found(&mut self, finding: Finding) {
+        let name = &self.replica.name;
+        match finding {
+            Finding::Dissent(Dissent { me: false, dissenter, window }) => {
+                lock(&self.replica.shared).dissents_reported += 1;
+                tracing::warn!(
+                    service = name,
+                    node = node_of(dissenter),
+                    window,
+                    "a replica's outcomes differ from the majority's: it takes a live replica's state"
+                );
+            }
+            Finding::Dissent(Dissent { me: true, window, .. }) => {
+                // Awaiting a state already: the one it takes replaces what was contradicted.
+                let Some(next) = self.feed.next() else { return };
+                lock(&self.replica.shared).dissents_found += 1;
+                tracing::error!(
+                    service = name,
+                    window,
+                    "this replica's outcomes differ from the majority's: its state is wrong; taking a live replica's"
+                );
+                self.take_state(next);
+            }
+            Finding::Cleared { proof } => {
+                self.probation_ends = None;
+                match proof {
+                    Some(proof) => tracing::info!(
+                        service = name,
+                        node = node_of(proof.by),
+                        window = proof.window,
+                        "the state taken is proven against a replica other than its donor; serving again"
+                    ),
+                    None => tracing::warn!(
+                        service = name,
+                        "no replica other than the donor digested anything to prove the state taken against; \
+                         serving again unproven"
+                    ),
+                }
+                let mut shared = lock(&self.replica.shared);
+                if matches!(shared.standing, Standing::Proving | Standing::Refuted { .. }) {
+                    shared.standing = Standing::Serving;
+                    shared.last_catch_up = self.behind_since.take().map(|since| since.elapsed());
+                }
+            }
+            Finding::Refuted { window, against } => {
+                tracing::error!(
+                    service = name,
+                    node = node_of(against),
+                    window,
+                    "the state taken disagrees with a replica other than its donor: one of them is wrong, and one \
+                     replica cannot tell which; staying out (two faults at once: restart the wrong one)"
+                );
+                let mut shared = lock(&self.replica.shared);
+                if shared.standing == Standing::Proving {
+                    shared.standing = Standing::Refuted { against: node_of(against) };
+                }
+            }
+        }
+    }
+
+    /// Clears a replica that proved nothing within [`PROBATION_MS`] (no replica outside its
+    /// donor's lineage digested anything), unless it was refuted.
+    fn end_probation(&mut self) {
+        if self.probation_ends.is_some_and(|at| std::time::Instant::now() >= at) {
+            self.probation_ends = None;
+            if let Some(finding) = self.judge.clear_unproven() {
+                self.found(finding);
+            }
+        }
+    }
+
     /// Executes one entry's requests at its order time, and refuses those the order turned
-    /// away; false once the replica stopped.
-    fn execute_entry(&self, entry: Delivered) -> bool {
+    /// away, digests its outcomes, and, if the entry closes a window, proposes its digest and
+    /// judges it; false once the replica stopped.
+    fn execute_entry(&mut self, entry: Delivered) -> bool {
         let end = entry.first + entry.requests.len() as u64;
         for request in &entry.turned_away {
             let refusal = Err(nonstop_active::order::TURNED_AWAY.to_string());
@@ -791,7 +968,19 @@ impl Executor {
             if matches!(lock(&self.replica.shared).standing, Standing::Stopped(_)) {
                 return false;
             }
-            let Some(outcome) = self.replica.execute(&request, entry.time_ms) else { return false };
+            let Some(mut outcome) = self.replica.execute(&request, entry.time_ms) else { return false };
+            if self.replica.faults.armed() && self.replica.faults.fires(FaultPoint::ReplicaWrongOutcome) {
+                tracing::warn!(
+                    service = self.replica.name,
+                    "fault point reached: this replica's outcome is made wrong"
+                );
+                match &mut outcome {
+                    Ok(reply) if !reply.is_empty() => reply[0] ^= 1,
+                    Ok(reply) => reply.push(1),
+                    Err(refusal) => refusal.push('!'),
+                }
+            }
+            self.outcomes.executed(&outcome);
             let waiters = lock(&self.replica.shared).calls.executed(&request, outcome.clone());
             if !waiters.is_empty() {
                 let vote = self.replica.vote(request.number, outcome, false);
@@ -801,6 +990,18 @@ impl Executor {
             }
         }
         lock(&self.replica.shared).position = end;
+        if let Some((window, hash)) = entry.closes.and_then(|window| self.outcomes.closed(window)) {
+            // On probation its digest must not count: a wrong state copied would agree with
+            // its donor's.
+            if !self.judge.on_probation() {
+                let member = self.judge.member();
+                lock(&self.replica.shared).digests.push(Digest { member, window, hash });
+                let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
+            }
+            if let Some(finding) = self.judge.mine(window, hash) {
+                self.found(finding);
+            }
+        }
         true
     }
 
@@ -847,23 +1048,28 @@ impl Executor {
             }
             Err(error) => return self.stop(format!("a transferred state does not fit the order: {error}")),
         };
+        let Some(donor) = self.replicas.get(usize::from(received.donor)).copied() else {
+            return self.stop(format!("a state came from replica {}, which is not in the group", received.donor));
+        };
+        self.outcomes.resume();
+        self.judge.probation(member_id(donor.0, 0));
+        self.probation_ends = Some(std::time::Instant::now() + Duration::from_millis(PROBATION_MS));
         {
             let mut shared = lock(&self.replica.shared);
             let answered = received.answered.into_iter().map(|a| (a.client, (a.number, a.refused), a.outcome));
             shared.calls.restore(answered);
             shared.transfers += 1;
-            shared.last_catch_up = self.behind_since.take().map(|since| since.elapsed());
             shared.position = received.position;
             if shared.standing == Standing::CatchingUp {
-                shared.standing = Standing::Serving;
+                shared.standing = Standing::Proving;
             }
         }
         tracing::info!(
             service = self.replica.name,
             position = received.position,
-            donor = received.donor,
+            donor = donor.0,
             kept = rest.len(),
-            "took a replica's state; serving again"
+            "took a replica's state; proving it against another replica before serving"
         );
         rest.into_iter().all(|entry| self.execute_entry(entry))
     }
@@ -875,6 +1081,10 @@ impl Executor {
         let position = match (self.feed.next(), &lock(&self.replica.shared).standing) {
             (_, Standing::Stopped(reason)) => return Finished::NotServing(reason.clone()),
             (None, _) => return Finished::NotServing("it is taking a state itself".into()),
+            // Its own state would spread before anyone could find it wrong.
+            (_, Standing::Proving | Standing::Refuted { .. }) => {
+                return Finished::NotServing("the state it took is not proven yet".into());
+            }
             (Some(next), _) if next < from => return Finished::Behind(next),
             (Some(next), _) => next,
         };

@@ -108,8 +108,14 @@ pub struct ReplicaStatus {
     pub standing: ReplicaStanding,
     /// States it took from another replica, after falling behind the order's compacted log.
     pub state_transfers: u64,
-    /// How long the last of those took, from the order's snapshot to serving again.
+    /// How long the last of those took, from the order's snapshot (or its dissent found) to
+    /// serving again, its state proven.
     pub last_catch_up_ms: Option<f64>,
+    /// Times a majority's digests of their outcomes contradicted this replica's own (it then
+    /// took a live replica's state).
+    pub dissents_found: u64,
+    /// Times it saw a majority's digests contradict another replica's.
+    pub dissents_reported: u64,
 }
 
 /// What a replica is in its order group, in [`ReplicaStatus`].
@@ -134,8 +140,18 @@ pub enum ReplicaStanding {
     /// It executes the order and answers calls.
     #[default]
     Serving,
-    /// It fell behind the order's compacted log and is taking another replica's state.
+    /// It is taking another replica's state: it fell behind the order's compacted log, or a
+    /// majority's digests of their outcomes contradicted its own.
     CatchingUp,
+    /// It took another replica's state and is proving it against a third replica's (it
+    /// answers once one of its windows of outcomes digests alike).
+    Proving,
+    /// The state it took disagrees with node `against`'s replica: its donor and that replica
+    /// disagree, and it cannot tell which is right (two faults at once). It stays out.
+    Refuted {
+        /// The node whose replica it disagrees with.
+        against: u64,
+    },
     /// It stopped for good (until its node restarts), for this reason.
     Stopped {
         /// Why.
@@ -148,6 +164,10 @@ impl std::fmt::Display for ReplicaStanding {
         match self {
             ReplicaStanding::Serving => f.write_str("serving"),
             ReplicaStanding::CatchingUp => f.write_str("catching up (state transfer)"),
+            ReplicaStanding::Proving => f.write_str("proving the state it took"),
+            ReplicaStanding::Refuted { against } => {
+                write!(f, "out: the state it took disagrees with node {against}'s replica")
+            }
             ReplicaStanding::Stopped { reason } => write!(f, "stopped: {reason}"),
         }
     }

@@ -937,7 +937,7 @@ impl Sim {
                     outcome: outcome.clone(),
                     wrong: member.corrupted,
                 });
-                member.outcomes.executed(&ballot(&outcome));
+                member.outcomes.executed(&outcome);
                 for waiter in member.calls.executed(&request, outcome.clone()) {
                     self.reply(waiter, index, id, outcome.clone());
                 }

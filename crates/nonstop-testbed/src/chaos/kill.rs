@@ -147,7 +147,7 @@ pub fn run_kill(exe: &Path, config: &ChaosConfig, mut progress: impl FnMut(&Tria
         false_failovers += term_now.saturating_sub(term);
         std::thread::sleep(Duration::from_millis(rng.random_range(20..200)));
         let fault = if rng.random_bool(config.fault_share) {
-            Some(FaultPoint::ALL[rng.random_range(0..FaultPoint::ALL.len())])
+            Some(FaultPoint::KILLS[rng.random_range(0..FaultPoint::KILLS.len())])
         } else {
             None
         };
