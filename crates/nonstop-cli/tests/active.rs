@@ -227,6 +227,68 @@ fn a_replica_that_answers_wrongly_is_found_by_the_others_and_takes_a_good_state(
     assert_eq!(audits[0], audits[1], "the re-integrated replica holds the same state");
 }
 
+/// A bit flipped in one replica's copy of an account, behind the transactions' back: the
+/// line's seal no longer matches, so the replica's node stops the moment it reads the account
+/// (as a passive primary's would), the other two answer, and the restarted node's replica
+/// rejoins with a live replica's state.
+#[test]
+fn a_replica_whose_memory_was_corrupted_stops_and_rejoins_with_a_good_state() {
+    use std::os::unix::fs::FileExt;
+    let mut cluster = cluster("127.0.28", ReplyMode::Majority);
+    let mut client = Client::new(cluster.client_addrs(), 5);
+    let mut expected = 0;
+    for _ in 0..10 {
+        expected += 1;
+        assert_eq!(deposit(&mut client, 9).unwrap(), expected);
+    }
+    // Node 3 may be a request behind the majority that answered.
+    let caught_up = cluster.wait_statuses(&[3], std::time::Duration::from_secs(10), |statuses| {
+        statuses.iter().flat_map(|s| &s.replicas).any(|r| r.position == expected as u64)
+    });
+    assert!(caught_up.is_some(), "node 3 executed every deposit:\n{}", cluster.post_mortem(40));
+    // The bank's state starts the region; the balance starts the account's row.
+    let bank = nonstop_workloads::bank::Bank::new(1);
+    let balance_at = nonstop_region::DEFAULT_REGION_BASE as u64 + bank.database().account_at(9);
+    let pid = cluster.nodes[2].pid().expect("node 3 runs");
+    let memory = match std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")) {
+        Ok(memory) => memory,
+        Err(error) => {
+            eprintln!("SKIPPED: cannot write node 3's memory through /proc ({error}); run as root");
+            return;
+        }
+    };
+    let mut balance = [0u8; 8];
+    memory.read_exact_at(&mut balance, balance_at).unwrap();
+    assert_eq!(i64::from_le_bytes(balance), expected, "the account's balance is where the layout says");
+    balance[0] ^= 1 << 4;
+    memory.write_all_at(&balance, balance_at).unwrap();
+    for _ in 0..10 {
+        expected += 1;
+        assert_eq!(deposit(&mut client, 9).unwrap(), expected, "nodes 1 and 2 answer");
+    }
+    assert!(cluster.wait_exit(3, std::time::Duration::from_secs(10)).is_some(), "node 3 stopped");
+    cluster.start(3).unwrap();
+    let rejoined = cluster.wait_statuses(&[3], std::time::Duration::from_secs(20), |statuses| {
+        statuses.iter().flat_map(|s| &s.replicas).any(|r| r.order_role == OrderRole::Voter && r.member != 3)
+    });
+    assert!(rejoined.is_some(), "node 3 rejoined:\n{}", cluster.post_mortem(40));
+    let serving = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let serves = |statuses: &[nonstop_node::status::NodeStatus]| {
+        statuses.iter().flat_map(|s| &s.replicas).any(|r| r.standing == ReplicaStanding::Serving)
+    };
+    while cluster.wait_statuses(&[3], std::time::Duration::from_millis(1), serves).is_none() {
+        expected += 1;
+        assert_eq!(deposit(&mut client, 9).unwrap(), expected);
+        assert!(std::time::Instant::now() < serving, "node 3 serves again:\n{}", cluster.post_mortem(40));
+    }
+    // Node 3 counts again, with the right state: without node 1, nodes 2 and 3 are the majority.
+    cluster.kill(1).unwrap();
+    for _ in 0..10 {
+        expected += 1;
+        assert_eq!(deposit(&mut client, 9).unwrap(), expected, "nodes 2 and 3 agree");
+    }
+}
+
 #[test]
 fn leader_only_and_pass_first_answer_with_one_reply() {
     for (prefix, replies) in [("127.0.21", ReplyMode::LeaderOnly), ("127.0.22", ReplyMode::PassFirst)] {

@@ -15,11 +15,13 @@ pub const EXIT_CORRUPT_MEMORY: i32 = 70;
 
 /// The node's [`nonstop_region::CorruptionHandler`]: log, then exit with
 /// [`EXIT_CORRUPT_MEMORY`]. Exiting ends every connection, so the control plane fails the
-/// node's services over and no client hears anything more from this copy.
+/// node's passive services over, the other replicas of its active services answer without
+/// it, and no client hears anything more from this copy.
 pub fn fail_stop(corruption: CorruptLine) -> ! {
     tracing::error!(
         %corruption,
-        "stopping this node: its copy of the region is corrupt; a backup holding a verified image takes over"
+        "stopping this node: its copy of a region is corrupt; a backup holding a verified image takes over, or \
+         the other replicas answer"
     );
     eprintln!("nonstop node: {corruption}: stopping (exit status {EXIT_CORRUPT_MEMORY})");
     std::process::exit(EXIT_CORRUPT_MEMORY)

@@ -277,6 +277,12 @@ impl ReplicaHost {
             true => Mirror::transparent_unreplicated(region, CheckpointId(1)),
             false => Mirror::new(region, None, CheckpointId(1)),
         };
+        // A line that no longer matches its seal is a copy gone wrong in memory: stop this
+        // process, as a passive primary does (the other replicas answer, and a restart rejoins
+        // as a new member with a live replica's state). Left to the default, the panic would
+        // end only the executor thread, and the replica would wait for ever while its status
+        // said it served.
+        mirror.set_corruption_handler(crate::fail_stop);
         service.init(&mirror).map_err(|error| region_error(format!("the service does not initialise: {error}")))?;
         let number = spec.replicas.iter().position(|r| *r == me).expect("the config makes every holder a replica");
         let mark = data_dir.join(format!("active-{}.member", spec.name));

@@ -95,7 +95,9 @@ impl DebitCredit {
     fn teller_at(&self, teller: u64) -> u64 {
         self.branch_at(self.branches) + teller * ROW
     }
-    pub(crate) fn account_at(&self, account: u64) -> u64 {
+    /// Where `account`'s row starts in the image (its balance is the row's first 8 bytes, little
+    /// endian): for tests that corrupt one replica's copy.
+    pub fn account_at(&self, account: u64) -> u64 {
         self.teller_at(self.tellers()) + account * ROW
     }
     fn history_at(&self) -> u64 {
