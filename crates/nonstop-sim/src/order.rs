@@ -277,9 +277,10 @@ impl Member {
     }
 
     /// Whether it follows the order (it received the log or a snapshot of it, and its state is
-    /// the order's at some point): what it tells the leader when it asks to join.
+    /// the order's at some point, proven if it took it from another replica): what it tells
+    /// the leader when it asks to join, as a node does once its replica serves.
     fn follows_order(&self) -> bool {
-        self.node.state().applied_index() > 0 && self.feed.is_following()
+        self.node.state().applied_index() > 0 && self.answers()
     }
 
     fn has_executed(&self, client: u64, request: RequestId) -> bool {
