@@ -208,6 +208,11 @@ pub fn run(
     if config.replicas == 0 || config.replicas.is_multiple_of(2) {
         return Err(format!("--replicas {} cannot vote by majority: use an odd number (2f+1)", config.replicas));
     }
+    if config.fault == Some(ReplicaFault::WrongOutcome) {
+        return Err("bench active injects kill or pause; a wrong outcome is found by the digests replicas on nodes \
+                    compare: nonstop chaos kill --replication active --fault wrong-outcome"
+            .into());
+    }
     let configurations: Vec<(&str, Replication)> = CONFIGURATIONS
         .iter()
         .copied()

@@ -289,9 +289,11 @@ struct ChaosKillArgs {
     /// `leader-only` or `pass-first`).
     #[arg(long, default_value = "majority", value_parser = parse_replies)]
     replies: nonstop_proto::client::ReplyMode,
-    /// With `--replication active`: what happens to the replica, `kill` (SIGKILL) or `pause`
+    /// With `--replication active`: what happens to the replica, `kill` (SIGKILL), `pause`
     /// (SIGSTOP for --pause-ms, then SIGCONT: it catches up, by state transfer if the order
-    /// compacted entries it missed). Passive pauses are `nonstop chaos --netns pause`.
+    /// compacted entries it missed) or `wrong-outcome` (one of its replies made wrong by a
+    /// fault point: the replicas' digests must find it, and it takes a live replica's state).
+    /// Passive pauses are `nonstop chaos --netns pause`.
     #[arg(long, value_enum, default_value = "kill")]
     fault: FaultKind,
     /// How long `--fault pause` stops the replica, in milliseconds.
@@ -432,6 +434,19 @@ struct ActiveArgs {
 enum FaultKind {
     Kill,
     Pause,
+    /// One reply of the replica made wrong (nodes only: `chaos kill --replication active`).
+    WrongOutcome,
+}
+
+impl FaultKind {
+    /// The fault, with `pause_ms` for a pause.
+    fn replica_fault(self, pause_ms: u64) -> ReplicaFault {
+        match self {
+            FaultKind::Kill => ReplicaFault::Kill,
+            FaultKind::Pause => ReplicaFault::Pause { ms: pause_ms },
+            FaultKind::WrongOutcome => ReplicaFault::WrongOutcome,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -738,10 +753,7 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
         io_us: args.io_us,
         duration: args.duration.unwrap_or(ActiveBenchConfig::default().duration),
         rounds: args.rounds,
-        fault: args.fault.map(|kind| match kind {
-            FaultKind::Kill => ReplicaFault::Kill,
-            FaultKind::Pause => ReplicaFault::Pause { ms: args.pause_ms },
-        }),
+        fault: args.fault.map(|kind| kind.replica_fault(args.pause_ms)),
     };
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -1194,13 +1206,12 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
             region_size_mib: 32,
             active: Some(args.replies),
             order_log_entries: args.order_log_entries,
+            // The wrong outcome is a fault point's.
+            allow_faults: matches!(args.fault, FaultKind::WrongOutcome),
             ..Default::default()
         }),
         clients_kind: service.clients,
-        fault: match args.fault {
-            FaultKind::Kill => ReplicaFault::Kill,
-            FaultKind::Pause => ReplicaFault::Pause { ms: args.pause_ms },
-        },
+        fault: args.fault.replica_fault(args.pause_ms),
         restart_after: args.restart_after_ms.map(Duration::from_millis),
         after_kill: Duration::from_secs(1),
     };
@@ -1211,6 +1222,7 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
         (ReplicaFault::Kill, None) => ("killed", "kill"),
         (ReplicaFault::Kill, Some(_)) => ("restarted", "restart"),
         (ReplicaFault::Pause { .. }, _) => ("paused", "pause"),
+        (ReplicaFault::WrongOutcome, _) => ("made wrong", "wrong outcome"),
     };
     let progress = trials_bar(args.trials);
     let report = nonstop_testbed::chaos::run_active_kill(&service.exe, &config, |trial| {
@@ -1239,6 +1251,10 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
         let away = match (config.fault, config.restart_after) {
             (ReplicaFault::Pause { ms }, _) => Some(format!("paused {ms} ms")),
             (ReplicaFault::Kill, Some(after)) => Some(format!("restarted {} ms after the kill", after.as_millis())),
+            (ReplicaFault::WrongOutcome, _) => Some(format!(
+                "answered one request wrongly ({} of {} found by the replicas' digests)",
+                report.dissents_found, report.trials
+            )),
             (ReplicaFault::Kill, None) => None,
         };
         if let Some(away) = away {

@@ -447,4 +447,19 @@ fn chaos_pause_of_a_replica_reintegrates_it_by_state_transfer() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("chaos --netns pause"));
+    // A replica made to answer wrongly is found by the replicas' digests, takes a state, and
+    // no client heard its wrong answer.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
+        .args(["chaos", "kill", "--replication", "active", "--fault", "wrong-outcome"])
+        .args(["--trials", "1", "--seed", "5", "--clients", "4", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["fault"], "wrong_outcome", "{report}");
+    for (field, expected) in [("dissents_found", 1), ("reintegrated", 1), ("not_back", 0), ("acked_lost", 0)] {
+        assert_eq!(report[field], expected, "{field}: {report}");
+    }
+    assert_eq!(report["history"]["violations"]["wrong_answers"], 0, "{report}");
 }

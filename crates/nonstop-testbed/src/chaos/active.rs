@@ -1,6 +1,8 @@
 //! `nonstop chaos kill --replication active`: trial after trial, three node processes replicate
 //! a service actively under client load, and one replica (the order's leader or a follower, as
-//! the seed picks) fails: killed with SIGKILL, or paused with SIGSTOP for a while and resumed.
+//! the seed picks) fails: killed with SIGKILL, paused with SIGSTOP for a while and resumed, or
+//! made to answer one request wrongly (a fault point), which the replicas' digests of their
+//! outcomes must find, the replica then taking a live replica's state.
 //! There is no failover to time: the clients' votes go on with the two replicas left, and what
 //! a trial measures is the longest gap between answers around the fault. A paused replica that
 //! fell behind the order's compacted log meanwhile must take a live replica's state and serve
@@ -33,6 +35,11 @@ pub enum ReplicaFault {
         /// How long.
         ms: u64,
     },
+    /// Its outcome of the next request it executes is made wrong (a bit of the reply flipped by
+    /// the `replica-wrong-outcome` fault point), and it lives on: the clients' majority outvotes
+    /// it, and the replicas' digests of their outcomes must find it (it then takes a live
+    /// replica's state and proves it, as a paused one does). The cluster must allow faults.
+    WrongOutcome,
 }
 
 /// How an active chaos run is shaped.
@@ -70,9 +77,11 @@ pub struct ActiveTrial {
     pub gap_ms: f64,
     /// Answers after the fault began.
     pub answered_after_kill: u64,
-    /// A paused or restarted replica: the states it took from another replica after it came
-    /// back.
+    /// A paused, restarted or wrong replica: the states it took from another replica after it
+    /// came back (or answered wrongly).
     pub state_transfers: u64,
+    /// Times the replica found its outcomes contradicted by a majority's.
+    pub dissents_found: u64,
     /// A paused or restarted replica that took a state: how long that took by its own clock,
     /// from the order's snapshot to serving again.
     pub catch_up_ms: Option<f64>,
@@ -117,6 +126,8 @@ pub struct ActiveChaosReport {
     pub no_answer_after_kill: u32,
     /// Pauses: trials in which the paused replica took another's state.
     pub reintegrated: u32,
+    /// Wrong outcomes: trials in which the replica found itself dissenting.
+    pub dissents_found: u32,
     /// Pauses: how long taking a state took, over those trials (the replica's clock).
     pub catch_up_ms: Millis,
     /// Pauses: from the resume until the replica was back at the others' position.
@@ -182,6 +193,7 @@ pub fn run_active_kill(
         gap_follower_killed_ms: millis(&gaps(|t| !t.killed_leader)),
         no_answer_after_kill: trials.iter().filter(|t| t.answered_after_kill == 0).count() as u32,
         reintegrated: trials.iter().filter(|t| t.state_transfers > 0).count() as u32,
+        dissents_found: trials.iter().filter(|t| t.dissents_found > 0).count() as u32,
         catch_up_ms: millis(&trials.iter().filter_map(|t| t.catch_up_ms).collect::<Vec<_>>()),
         back_ms: millis(&trials.iter().filter_map(|t| t.back_ms).collect::<Vec<_>>()),
         catching_up_vs_before: median(
@@ -269,11 +281,18 @@ fn run_trial(
             cluster.signal(victim, rustix::process::Signal::CONT)?;
             Some((Instant::now(), reached))
         }
+        (ReplicaFault::WrongOutcome, _) => {
+            cluster.arm_fault(victim, "replica-wrong-outcome", 1)?;
+            let reached = reached(&cluster);
+            Some((Instant::now(), reached))
+        }
     };
+    let found_wrong = |dissents: u64| config.fault != ReplicaFault::WrongOutcome || dissents > 0;
     let back = resumed.and_then(|(at, reached)| {
         let back = cluster.wait_statuses(&[victim], Duration::from_secs(10), |statuses| {
             statuses[0].replicas.first().is_some_and(|r| {
-                r.standing == nonstop_node::status::ReplicaStanding::Serving
+                found_wrong(r.dissents_found)
+                    && r.standing == nonstop_node::status::ReplicaStanding::Serving
                     && r.order_role == nonstop_node::status::OrderRole::Voter
                     && r.position >= reached
             })
@@ -316,6 +335,7 @@ fn run_trial(
         gap_ms: gap.as_secs_f64() * 1e3,
         answered_after_kill,
         state_transfers: victim_status.as_ref().map_or(0, |r| r.state_transfers),
+        dissents_found: victim_status.as_ref().map_or(0, |r| r.dissents_found),
         catch_up_ms: victim_status.as_ref().and_then(|r| r.last_catch_up_ms),
         back_ms: back.map(|(resumed, back)| (back - resumed).as_secs_f64() * 1e3),
         answers_per_s_before,
