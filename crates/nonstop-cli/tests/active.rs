@@ -16,6 +16,41 @@ fn cluster(prefix: &str, replies: ReplyMode) -> LocalCluster {
     cluster
 }
 
+/// Audits the bank on nodes 2 and 3 (node 1 was killed): each passes the platform's and the
+/// bank's checks, and both remember the same of `clients` (`what` says why they must); the
+/// applied requests they remember, summed over `clients`.
+fn audit_nodes_2_and_3(cluster: &LocalCluster, clients: Vec<u64>, what: &str) -> u64 {
+    let audits: Vec<_> = cluster.client_addrs()[1..]
+        .iter()
+        .map(|addr| {
+            let audit = Client::new(vec![*addr], 10).audit("bank", clients.clone(), None).unwrap();
+            assert!(audit.check.is_ok(), "{addr}: {:?}", audit.check);
+            audit.clients
+        })
+        .collect();
+    assert_eq!(audits[0], audits[1], "{what}");
+    audits[0].iter().map(|(_, memory)| memory.as_ref().map_or(0, |m| m.applied)).sum()
+}
+
+/// Kills node 1 and makes `rounds` more deposits into `account` (whose balance is `expected`):
+/// nodes 2 and 3 answer them as the majority (the replica that came back counts), and hold one
+/// state (`what` says why).
+fn without_node_1(
+    cluster: &mut LocalCluster,
+    client: &mut Client,
+    account: u64,
+    expected: &mut i64,
+    rounds: usize,
+    what: &str,
+) {
+    cluster.kill(1).unwrap();
+    for _ in 0..rounds {
+        *expected += 1;
+        assert_eq!(deposit(client, account).unwrap(), *expected, "nodes 2 and 3 are the majority");
+    }
+    audit_nodes_2_and_3(cluster, vec![client.id()], what);
+}
+
 /// Deposits 1 cent into `account` as `client`'s next request; the reply is the new balance.
 fn deposit(client: &mut Client, account: u64) -> Result<i64, ClientError> {
     client.call("bank", &TransferRequest { account, teller: 0, delta: 1 })
@@ -57,16 +92,8 @@ fn a_majority_of_replicas_answers_each_call_once_through_a_replica_killed() {
     assert_eq!(deposit(&mut first, 7).unwrap(), expected, "the call after a refusal is applied; the repeat was not");
     assert_eq!(first.next_request("bank"), next + 1);
     // The two replicas left hold one state: the same client table and balance.
-    let audits: Vec<_> = cluster.client_addrs()[1..]
-        .iter()
-        .map(|addr| {
-            let audit = Client::new(vec![*addr], 10).audit("bank", vec![1, 2], None).unwrap();
-            assert!(audit.check.is_ok(), "{addr}: {:?}", audit.check);
-            audit.clients
-        })
-        .collect();
-    assert_eq!(audits[0], audits[1]);
-    assert_eq!(audits[0].iter().map(|(_, m)| m.as_ref().unwrap().applied).sum::<u64>(), expected as u64);
+    let applied = audit_nodes_2_and_3(&cluster, vec![1, 2], "the two replicas left hold one state");
+    assert_eq!(applied, expected as u64);
 }
 
 /// A replica whose process restarted has forgotten the order group's log and its votes: it
@@ -94,16 +121,7 @@ fn a_restarted_replica_rejoins_as_a_new_member_and_counts_again() {
         expected += 1;
         assert_eq!(deposit(&mut client, 5).unwrap(), expected);
     }
-    cluster.kill(1).unwrap();
-    for _ in 0..5 {
-        expected += 1;
-        assert_eq!(deposit(&mut client, 5).unwrap(), expected, "nodes 2 and 3 are the majority");
-    }
-    let audits: Vec<_> = cluster.client_addrs()[1..]
-        .iter()
-        .map(|addr| Client::new(vec![*addr], 10).audit("bank", vec![3], None).unwrap().clients)
-        .collect();
-    assert_eq!(audits[0], audits[1], "the new member holds the same state");
+    without_node_1(&mut cluster, &mut client, 5, &mut expected, 5, "the new member holds the same state");
 }
 
 #[test]
@@ -150,16 +168,8 @@ fn a_replica_that_fell_behind_the_compacted_log_takes_a_live_replicas_state() {
     for round in 80..90 {
         deposit_round(&mut clients, &mut expected, round);
     }
-    let audits: Vec<_> = cluster.client_addrs()[1..]
-        .iter()
-        .map(|addr| {
-            let audit = Client::new(vec![*addr], 10).audit("bank", vec![1, 2, 3], None).unwrap();
-            assert!(audit.check.is_ok(), "{addr}: {:?}", audit.check);
-            audit.clients
-        })
-        .collect();
-    assert_eq!(audits[0], audits[1], "the re-integrated replica holds the same state");
-    assert_eq!(audits[1].iter().map(|(_, m)| m.as_ref().unwrap().applied).sum::<u64>(), expected as u64);
+    let applied = audit_nodes_2_and_3(&cluster, vec![1, 2, 3], "the re-integrated replica holds the same state");
+    assert_eq!(applied, expected as u64);
     // A client asking again for its last request is answered from what was transferred.
     let next = clients[0].next_request("bank");
     let mut restarted = Client::new(cluster.client_addrs(), 1);
@@ -211,20 +221,7 @@ fn a_replica_that_answers_wrongly_is_found_by_the_others_and_takes_a_good_state(
     });
     assert!(reported.is_some(), "nodes 1 and 2 reported node 3:\n{}", cluster.post_mortem(40));
     // Node 3 counts again: without node 1, nodes 2 and 3 are the majority.
-    cluster.kill(1).unwrap();
-    for _ in 0..10 {
-        expected += 1;
-        assert_eq!(deposit(&mut client, 9).unwrap(), expected, "nodes 2 and 3 agree");
-    }
-    let audits: Vec<_> = cluster.client_addrs()[1..]
-        .iter()
-        .map(|addr| {
-            let audit = Client::new(vec![*addr], 10).audit("bank", vec![4], None).unwrap();
-            assert!(audit.check.is_ok(), "{addr}: {:?}", audit.check);
-            audit.clients
-        })
-        .collect();
-    assert_eq!(audits[0], audits[1], "the re-integrated replica holds the same state");
+    without_node_1(&mut cluster, &mut client, 9, &mut expected, 10, "the re-integrated replica holds the same state");
 }
 
 /// A bit flipped in one replica's copy of an account, behind the transactions' back: the
@@ -282,11 +279,7 @@ fn a_replica_whose_memory_was_corrupted_stops_and_rejoins_with_a_good_state() {
         assert!(std::time::Instant::now() < serving, "node 3 serves again:\n{}", cluster.post_mortem(40));
     }
     // Node 3 counts again, with the right state: without node 1, nodes 2 and 3 are the majority.
-    cluster.kill(1).unwrap();
-    for _ in 0..10 {
-        expected += 1;
-        assert_eq!(deposit(&mut client, 9).unwrap(), expected, "nodes 2 and 3 agree");
-    }
+    without_node_1(&mut cluster, &mut client, 9, &mut expected, 10, "the rejoined replica holds the same state");
 }
 
 #[test]
