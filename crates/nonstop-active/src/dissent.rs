@@ -71,6 +71,19 @@ pub const PROBATION_MS: u64 = 500;
 /// that arrives that late is ignored.
 pub const KEPT_WINDOWS: usize = 64;
 
+/// Digests one entry of the order may carry ([`crate::order::Batch::digests`]): a replica
+/// that knew no leader for a while proposes only its newest ones ([`propose_later`]); the
+/// judges keep no older windows anyway.
+pub const MAX_DIGESTS: usize = KEPT_WINDOWS;
+
+/// Queues `digest` for the replica's next entry, keeping the newest [`MAX_DIGESTS`].
+pub fn propose_later(pending: &mut Vec<Digest>, digest: Digest) {
+    pending.push(digest);
+    if pending.len() > MAX_DIGESTS {
+        pending.drain(..pending.len() - MAX_DIGESTS);
+    }
+}
+
 /// One replica's digest of the outcomes of one window of the order, as proposed in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digest {
@@ -465,6 +478,16 @@ mod tests {
         assert!(judge.mine(0, [2; 16]).is_none());
         assert_eq!(judge.clear_unproven(), Some(Finding::Cleared { proof: None }));
         assert!(!judge.on_probation());
+    }
+
+    #[test]
+    fn a_replica_queues_its_newest_digests_only() {
+        let mut pending = Vec::new();
+        for window in 0..(MAX_DIGESTS as u64 + 5) {
+            propose_later(&mut pending, Digest { window, ..of(1, 0, 1) });
+        }
+        assert_eq!(pending.len(), MAX_DIGESTS);
+        assert_eq!(pending.first().map(|d| d.window), Some(5));
     }
 
     #[test]

@@ -29,9 +29,9 @@
 //! assert_eq!((second.first, second.requests, second.time_ms), (2, vec![request(7, 2)], 1_000));
 //! ```
 
-use crate::dissent::Digest;
+use crate::dissent::{Digest, MAX_DIGESTS};
 use crate::recent::Recent;
-use nonstop_control::Replicated;
+use nonstop_control::{NodeId, Replicated};
 use serde::{Deserialize, Serialize};
 
 /// Clients whose last delivered request the order remembers, so that no number of client ids
@@ -73,15 +73,19 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
-/// One log entry: requests in the order the proposer took them, and its clock.
+/// One log entry: requests in the order the proposer took them, its clock, and its digests.
+///
+/// The fields are encoded in this order, the digests before the requests, so that a leader
+/// checks a forwarded entry's digests without decoding its requests
+/// ([`Replicated::check_forwarded`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// The proposer's clock, milliseconds since the Unix epoch.
     pub time_ms: u64,
-    /// The requests.
-    pub requests: Vec<Request>,
     /// The proposer's digests of windows of outcomes it executed ([`crate::dissent`]).
     pub digests: Vec<Digest>,
+    /// The requests.
+    pub requests: Vec<Request>,
 }
 
 /// What a replica delivers from one committed entry.
@@ -205,6 +209,22 @@ impl Replicated for Order {
     fn applied_index(&self) -> u64 {
         self.applied
     }
+
+    /// A replica's forwarded entry carries its own digests only (another replica's would be
+    /// counted for that one by every [`crate::dissent::Judge`]), and not too many.
+    fn check_forwarded(encoded: &[u8], proposer: NodeId) -> Result<(), String> {
+        let ((_time_ms, digests), _) = postcard::take_from_bytes::<(u64, Vec<Digest>)>(encoded)
+            .map_err(|error| format!("not an entry of the order: {error}"))?;
+        if digests.len() > MAX_DIGESTS {
+            return Err(format!("{} digests in one entry, more than {MAX_DIGESTS}", digests.len()));
+        }
+        match digests.iter().find(|digest| digest.member != proposer) {
+            Some(forged) => {
+                Err(format!("a digest in the name of member {}, from member {}", forged.member.0, proposer.0))
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +250,21 @@ mod tests {
         assert_eq!(order.last_delivered(2), 0);
         let later = order.apply(3, batch(vec![request(1, 3), request(2, 1)]));
         assert_eq!((later.first, later.requests), (2, vec![request(1, 3), request(2, 1)]));
+    }
+
+    #[test]
+    fn a_forwarded_entry_carries_its_proposers_digests_only() {
+        let digest = |member| Digest { member: NodeId(member), window: 3, hash: [7; 16] };
+        let encoded = |digests: Vec<Digest>| {
+            postcard::to_stdvec(&Batch { time_ms: 5, digests, requests: vec![request(1, 1)] }).unwrap()
+        };
+        assert_eq!(Order::check_forwarded(&encoded(vec![digest(2)]), NodeId(2)), Ok(()));
+        assert_eq!(Order::check_forwarded(&encoded(vec![]), NodeId(2)), Ok(()));
+        let forged = Order::check_forwarded(&encoded(vec![digest(2), digest(3)]), NodeId(2)).unwrap_err();
+        assert!(forged.contains("in the name of member 3"), "{forged}");
+        let many = encoded(vec![digest(2); MAX_DIGESTS + 1]);
+        assert!(Order::check_forwarded(&many, NodeId(2)).unwrap_err().contains("digests in one entry"));
+        assert!(Order::check_forwarded(&[0xff; 3], NodeId(2)).unwrap_err().contains("not an entry"));
     }
 
     #[test]

@@ -188,6 +188,12 @@ pub trait Replicated: Default + Serialize + DeserializeOwned {
     fn apply(&mut self, index: u64, command: Self::Command) -> Self::Applied;
     /// The log index of the last command applied (0: none yet).
     fn applied_index(&self) -> u64;
+    /// Checks a command, as encoded, that member `proposer` forwarded to this member (its
+    /// leader, as it believes), before it may enter the log: a member speaks for itself only.
+    /// Anything is accepted unless the state machine says otherwise.
+    fn check_forwarded(_encoded: &[u8], _proposer: NodeId) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Replicated for ClusterState {
@@ -490,6 +496,12 @@ impl<S: Replicated> RaftNode<S> {
             Membership::Static | Membership::Dynamic => {}
         }
         check_wire_message(&message, self.membership)?;
+        if message.get_msg_type() == MessageType::MsgPropose {
+            for entry in message.get_entries() {
+                S::check_forwarded(&entry.data, NodeId(message.from))
+                    .map_err(|why| ControlError::BadMessage(format!("a forwarded proposal: {why}")))?;
+            }
+        }
         if message.get_msg_type() == MessageType::MsgTransferLeader && self.raw.raft.state != StateRole::Leader {
             // Only a leader acts on it; raft-rs would forward it again with its term set, which
             // stops the process.
@@ -1004,6 +1016,44 @@ mod tests {
         });
         assert!(matches!(node.step(&change), Err(ControlError::BadMessage(_))));
         assert!(node.propose_membership(MembershipChange::AddLearner(NodeId(4))).is_err());
+    }
+
+    /// A state machine whose members may forward only even commands.
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct EvenOnly(u64);
+
+    impl Replicated for EvenOnly {
+        type Command = u64;
+        type Applied = ();
+        fn apply(&mut self, index: u64, _: u64) {
+            self.0 = index;
+        }
+        fn applied_index(&self) -> u64 {
+            self.0
+        }
+        fn check_forwarded(encoded: &[u8], proposer: NodeId) -> Result<(), String> {
+            match postcard::from_bytes::<u64>(encoded) {
+                Ok(command) if command % 2 == 0 => Ok(()),
+                _ => Err(format!("member {} forwarded an odd or undecodable command", proposer.0)),
+            }
+        }
+    }
+
+    #[test]
+    fn forwarded_proposals_are_checked_by_the_state_machine() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let mut node =
+            RaftNode::<EvenOnly>::new(ControlConfig::new(NodeId(1), voters), Box::new(MemoryLog::default())).unwrap();
+        let proposal = |command: u64| {
+            message(MessageType::MsgPropose, 0, |m| {
+                let data = postcard::to_stdvec(&command).unwrap().into();
+                m.entries = vec![Entry { data, ..Default::default() }].into();
+            })
+        };
+        let refused = node.step(&proposal(3)).unwrap_err();
+        assert!(refused.to_string().contains("member 2 forwarded an odd"), "{refused}");
+        // An even one passes the check (and, with no leader known here, is dropped by Raft).
+        assert!(!matches!(node.step(&proposal(4)), Err(ControlError::BadMessage(_))));
     }
 
     fn message(kind: MessageType, term: u64, edit: impl FnOnce(&mut Message)) -> Vec<u8> {

@@ -46,7 +46,7 @@ use crate::service::lock;
 use crate::status::{OrderRole, ReplicaStanding, ReplicaStatus};
 use crate::transfer::{Donors, Received};
 use nonstop_active::calls::{Asked, Calls};
-use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, PROBATION_MS};
+use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, PROBATION_MS, propose_later};
 use nonstop_active::feed::{Feed, FeedError};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
@@ -1001,7 +1001,7 @@ impl Executor {
             // its donor's.
             if !self.judge.on_probation() {
                 let member = self.judge.member();
-                lock(&self.replica.shared).digests.push(Digest { member, window, hash });
+                propose_later(&mut lock(&self.replica.shared).digests, Digest { member, window, hash });
                 let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
             }
             if let Some(finding) = self.judge.mine(window, hash) {

@@ -50,7 +50,7 @@
 
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
-use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, PROBATION_MS};
+use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, PROBATION_MS, propose_later};
 use nonstop_active::feed::Feed;
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
@@ -948,7 +948,7 @@ impl Sim {
                 // On probation its digest must not count: a wrong state copied would agree with
                 // its donor's.
                 if !member.judge.on_probation() {
-                    member.digests.push(Digest { member: member.node.id(), window, hash });
+                    propose_later(&mut member.digests, Digest { member: member.node.id(), window, hash });
                 }
                 found.extend(member.judge.mine(window, hash));
             }
