@@ -112,8 +112,9 @@ enum Standing {
     CatchingUp,
     /// It took a state and proves it against a replica other than its donor.
     Proving,
-    /// Its donor and this node's replica (`against`, a node id) digested a window differently:
-    /// with two of three disagreeing it cannot tell which is right, and stays out.
+    /// The state it took and node `against`'s replica digested a window differently: its
+    /// donor and that replica disagree, one of three cannot tell which is right, and it stays
+    /// out.
     Refuted {
         against: u64,
     },
