@@ -711,14 +711,25 @@ impl Mirror {
     }
 
     /// Checks the next `lines` lines against their seals, skipping any a transaction holds
-    /// (it checked them when it took them, and seals them when it commits). Called a slice at
-    /// a time by a background thread, it finds corruption in data no transaction touches.
-    /// Returns how many lines were checked.
+    /// (it checked them when it took them, and seals them when it commits) and any met while
+    /// the gate is held exclusively (a cut, or a state transfer clearing and refilling the
+    /// image: bytes and seals change apart then). Called a slice at a time by a background
+    /// thread, it finds corruption in data no transaction touches. Returns how many lines were
+    /// checked.
     pub fn scrub(&self, lines: usize) -> usize {
+        /// Lines checked per hold of the gate: a cut waits at most this long for a scrub.
+        const LINES_PER_HOLD: usize = 64;
         let slice = self.scrubber.lock().unwrap_or_else(|p| p.into_inner()).next_slice(self.len(), lines);
         let mut checked = 0;
+        let mut gate = None;
         for line in slice.start / LINE..slice.end.div_ceil(LINE) {
-            if !self.locks.try_line(SCRUB_TOKEN, line as u64) {
+            if line % LINES_PER_HOLD == 0 {
+                gate = None;
+            }
+            if gate.is_none() {
+                gate = self.gate.try_read().ok();
+            }
+            if gate.is_none() || !self.locks.try_line(SCRUB_TOKEN, line as u64) {
                 continue;
             }
             let result = self
