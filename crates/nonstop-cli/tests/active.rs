@@ -282,6 +282,36 @@ fn a_replica_whose_memory_was_corrupted_stops_and_rejoins_with_a_good_state() {
     without_node_1(&mut cluster, &mut client, 9, &mut expected, 10, "the rejoined replica holds the same state");
 }
 
+/// A bit flipped in an account no request touches: no answer would ever show it, and the
+/// replica's scrubber finds it against the line's seal and stops the node; the others answer.
+#[test]
+fn a_corrupted_line_nobody_reads_is_found_by_the_replicas_scrubber() {
+    use std::os::unix::fs::FileExt;
+    let mut cluster = cluster("127.0.29", ReplyMode::Majority);
+    let mut client = Client::new(cluster.client_addrs(), 6);
+    let bank = nonstop_workloads::bank::Bank::new(1);
+    let untouched_at = nonstop_region::DEFAULT_REGION_BASE as u64 + bank.database().account_at(99_999);
+    let pid = cluster.nodes[2].pid().expect("node 3 runs");
+    let memory = match std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")) {
+        Ok(memory) => memory,
+        Err(error) => {
+            eprintln!("SKIPPED: cannot write node 3's memory through /proc ({error}); run as root");
+            return;
+        }
+    };
+    let mut byte = [0u8; 1];
+    memory.read_exact_at(&mut byte, untouched_at).unwrap();
+    byte[0] ^= 1;
+    memory.write_all_at(&byte, untouched_at).unwrap();
+    let stopped = cluster.wait_exit(3, std::time::Duration::from_secs(30));
+    assert!(stopped.is_some(), "node 3's scrubber found the line:\n{}", cluster.post_mortem(40));
+    let mut expected = 0;
+    for _ in 0..5 {
+        expected += 1;
+        assert_eq!(deposit(&mut client, 9).unwrap(), expected, "nodes 1 and 2 answer");
+    }
+}
+
 #[test]
 fn leader_only_and_pass_first_answer_with_one_reply() {
     for (prefix, replies) in [("127.0.21", ReplyMode::LeaderOnly), ("127.0.22", ReplyMode::PassFirst)] {

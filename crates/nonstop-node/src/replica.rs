@@ -191,7 +191,7 @@ pub struct Replica {
     group: Vec<String>,
     mode: ReplyMode,
     service: Hosted,
-    mirror: Mirror,
+    mirror: Arc<Mirror>,
     /// The group's leader as last polled ([`NO_LEADER`]: none known).
     leader: AtomicU16,
     shared: Mutex<Shared>,
@@ -285,6 +285,10 @@ impl ReplicaHost {
         // said it served.
         mirror.set_corruption_handler(crate::fail_stop);
         service.init(&mirror).map_err(|error| region_error(format!("the service does not initialise: {error}")))?;
+        // Lines nobody reads are checked in the background too: a wrong byte found there stops
+        // the node before any answer could show it (the digests find only what shows).
+        let mirror = Arc::new(mirror);
+        crate::integrity::start_scrubber(&spec.name, &mirror);
         let number = spec.replicas.iter().position(|r| *r == me).expect("the config makes every holder a replica");
         let mark = data_dir.join(format!("active-{}.member", spec.name));
         let incarnation = match std::fs::read_to_string(&mark) {
