@@ -51,6 +51,30 @@ fn without_node_1(
     audit_nodes_2_and_3(cluster, vec![client.id()], what);
 }
 
+/// Flips bit `bit` of node 3's copy of `account`'s balance (the bank of 1 branch starts the
+/// region, the balance starts the account's row) through `/proc/<pid>/mem`, behind its
+/// transactions' back; returns the balance as it was, or `None` (the test skips, and says so)
+/// where this process may not write node 3's memory.
+fn flip_node_3_balance(cluster: &LocalCluster, account: u64, bit: u8) -> Option<i64> {
+    use std::os::unix::fs::FileExt;
+    let bank = nonstop_workloads::bank::Bank::new(1);
+    let at = nonstop_region::DEFAULT_REGION_BASE as u64 + bank.database().account_at(account);
+    let pid = cluster.nodes[2].pid().expect("node 3 runs");
+    let memory = match std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")) {
+        Ok(memory) => memory,
+        Err(error) => {
+            eprintln!("SKIPPED: cannot write node 3's memory through /proc ({error}); run as root");
+            return None;
+        }
+    };
+    let mut balance = [0u8; 8];
+    memory.read_exact_at(&mut balance, at).unwrap();
+    let was = i64::from_le_bytes(balance);
+    balance[usize::from(bit / 8)] ^= 1 << (bit % 8);
+    memory.write_all_at(&balance, at).unwrap();
+    Some(was)
+}
+
 /// Deposits 1 cent into `account` as `client`'s next request; the reply is the new balance.
 fn deposit(client: &mut Client, account: u64) -> Result<i64, ClientError> {
     client.call("bank", &TransferRequest { account, teller: 0, delta: 1 })
@@ -230,7 +254,6 @@ fn a_replica_that_answers_wrongly_is_found_by_the_others_and_takes_a_good_state(
 /// rejoins with a live replica's state.
 #[test]
 fn a_replica_whose_memory_was_corrupted_stops_and_rejoins_with_a_good_state() {
-    use std::os::unix::fs::FileExt;
     let mut cluster = cluster("127.0.28", ReplyMode::Majority);
     let mut client = Client::new(cluster.client_addrs(), 5);
     let mut expected = 0;
@@ -243,22 +266,8 @@ fn a_replica_whose_memory_was_corrupted_stops_and_rejoins_with_a_good_state() {
         statuses.iter().flat_map(|s| &s.replicas).any(|r| r.position == expected as u64)
     });
     assert!(caught_up.is_some(), "node 3 executed every deposit:\n{}", cluster.post_mortem(40));
-    // The bank's state starts the region; the balance starts the account's row.
-    let bank = nonstop_workloads::bank::Bank::new(1);
-    let balance_at = nonstop_region::DEFAULT_REGION_BASE as u64 + bank.database().account_at(9);
-    let pid = cluster.nodes[2].pid().expect("node 3 runs");
-    let memory = match std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")) {
-        Ok(memory) => memory,
-        Err(error) => {
-            eprintln!("SKIPPED: cannot write node 3's memory through /proc ({error}); run as root");
-            return;
-        }
-    };
-    let mut balance = [0u8; 8];
-    memory.read_exact_at(&mut balance, balance_at).unwrap();
-    assert_eq!(i64::from_le_bytes(balance), expected, "the account's balance is where the layout says");
-    balance[0] ^= 1 << 4;
-    memory.write_all_at(&balance, balance_at).unwrap();
+    let Some(was) = flip_node_3_balance(&cluster, 9, 4) else { return };
+    assert_eq!(was, expected, "the account's balance is where the layout says");
     for _ in 0..10 {
         expected += 1;
         assert_eq!(deposit(&mut client, 9).unwrap(), expected, "nodes 1 and 2 answer");
@@ -286,23 +295,10 @@ fn a_replica_whose_memory_was_corrupted_stops_and_rejoins_with_a_good_state() {
 /// replica's scrubber finds it against the line's seal and stops the node; the others answer.
 #[test]
 fn a_corrupted_line_nobody_reads_is_found_by_the_replicas_scrubber() {
-    use std::os::unix::fs::FileExt;
     let mut cluster = cluster("127.0.29", ReplyMode::Majority);
     let mut client = Client::new(cluster.client_addrs(), 6);
-    let bank = nonstop_workloads::bank::Bank::new(1);
-    let untouched_at = nonstop_region::DEFAULT_REGION_BASE as u64 + bank.database().account_at(99_999);
-    let pid = cluster.nodes[2].pid().expect("node 3 runs");
-    let memory = match std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")) {
-        Ok(memory) => memory,
-        Err(error) => {
-            eprintln!("SKIPPED: cannot write node 3's memory through /proc ({error}); run as root");
-            return;
-        }
-    };
-    let mut byte = [0u8; 1];
-    memory.read_exact_at(&mut byte, untouched_at).unwrap();
-    byte[0] ^= 1;
-    memory.write_all_at(&byte, untouched_at).unwrap();
+    let Some(was) = flip_node_3_balance(&cluster, 99_999, 0) else { return };
+    assert_eq!(was, 0, "no request touched it");
     let stopped = cluster.wait_exit(3, std::time::Duration::from_secs(30));
     assert!(stopped.is_some(), "node 3's scrubber found the line:\n{}", cluster.post_mortem(40));
     let mut expected = 0;
