@@ -43,6 +43,12 @@ fn without_node_1(
     rounds: usize,
     what: &str,
 ) {
+    // A restarted replica counts once the group left the joint configuration that swapped it
+    // in: until then the old incarnation's majority is needed too.
+    let settled = cluster.wait_statuses(&[2, 3], std::time::Duration::from_secs(10), |statuses| {
+        statuses.iter().flat_map(|s| &s.replicas).all(|r| r.order_role == OrderRole::Voter && !r.order_joint)
+    });
+    assert!(settled.is_some(), "the order group settled:\n{}", cluster.post_mortem(40));
     cluster.kill(1).unwrap();
     for _ in 0..rounds {
         *expected += 1;

@@ -386,6 +386,7 @@ impl ReplicaHost {
                 Some(group) if group.members().learners.contains(&group.id()) => OrderRole::Learner,
                 Some(_) => OrderRole::Joining,
             },
+            order_joint: self.group.as_ref().is_some_and(|g| g.members().is_joint()),
             order_term: self.group.as_ref().map_or(0, |g| g.raft_term()),
             applied_index: self.group.as_ref().map_or(0, |g| g.state().applied_index()),
             delivered: self.group.as_ref().map_or(0, |g| g.state().delivered()),

@@ -91,6 +91,10 @@ pub struct ReplicaStatus {
     pub member: u64,
     /// What it is in the order group.
     pub order_role: OrderRole,
+    /// The order group is between two configurations (a restarted replica is being swapped in
+    /// for its old incarnation): until it leaves the joint one, both the old and the new
+    /// voters' majorities are needed, so the old incarnation still counts as a failed replica.
+    pub order_joint: bool,
     /// The group's Raft term.
     pub order_term: u64,
     /// The last log index of the order applied here.
