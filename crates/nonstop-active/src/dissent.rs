@@ -233,6 +233,9 @@ struct Probation {
     /// A replica other than its donor digested a window differently: only such a replica's
     /// agreement can clear it now.
     refuted: bool,
+    /// When it is cleared unproven if nothing proved or refuted it: [`PROBATION_MS`] after it
+    /// began, on the driver's clock.
+    ends_ms: u64,
 }
 
 /// What a [`Judge`] holds of one window.
@@ -257,12 +260,15 @@ impl Judge {
 
     /// The replica took `donor`'s state: what it digested before no longer stands for it,
     /// and until [`Finding::Cleared`] it must answer nothing and propose no digest.
-    pub fn probation(&mut self, donor: NodeId) {
+    /// `now_ms` is the driver's clock (any monotonic milliseconds), read again by
+    /// [`Judge::clear_unproven`].
+    pub fn probation(&mut self, donor: NodeId, now_ms: u64) {
         let node = node_of(self.me);
         for window in self.windows.values_mut() {
             window.digests.remove(&node);
         }
-        self.probation = Some(Probation { donor: node_of(donor), refuted: false });
+        let ends_ms = now_ms.saturating_add(PROBATION_MS);
+        self.probation = Some(Probation { donor: node_of(donor), refuted: false, ends_ms });
     }
 
     /// Whether the replica's state is still to be proven ([`Judge::probation`]).
@@ -287,9 +293,11 @@ impl Judge {
     /// The replica has been on probation for [`PROBATION_MS`] with nothing to prove its state
     /// against: it is cleared, unless a replica outside its donor's lineage refuted it (then
     /// it stays out: its donor and that replica disagree, and it cannot tell which is right).
-    pub fn clear_unproven(&mut self) -> Option<Finding> {
+    /// The driver calls it now and then with its clock; it clears the replica only once
+    /// [`PROBATION_MS`] have passed since [`Judge::probation`].
+    pub fn clear_unproven(&mut self, now_ms: u64) -> Option<Finding> {
         match self.probation {
-            Some(Probation { refuted: false, .. }) => {
+            Some(Probation { refuted: false, ends_ms, .. }) if now_ms >= ends_ms => {
                 self.probation = None;
                 Some(Finding::Cleared { proof: None })
             }
@@ -444,7 +452,7 @@ mod tests {
     fn a_state_taken_is_proven_only_against_a_replica_other_than_its_donor() {
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
         assert!(judge.mine(0, [9; 16]).is_none());
-        judge.probation(member_id(2, 0));
+        judge.probation(member_id(2, 0), 0);
         assert!(judge.on_probation());
         // Its old digests no longer count, and its donor's agreement proves nothing.
         assert!(judge.seen(&of(2, 0, 1)).is_none());
@@ -457,7 +465,7 @@ mod tests {
         // A state its donor and the third replica digest differently is refuted, and the
         // replica stays on probation.
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
-        judge.probation(member_id(2, 0));
+        judge.probation(member_id(2, 0), 0);
         assert!(judge.seen(&of(3, 4, 3)).is_none());
         assert!(judge.seen(&of(2, 4, 2)).is_none());
         assert_eq!(judge.mine(4, [2; 16]), Some(Finding::Refuted { window: 4, against: member_id(3, 0) }));
@@ -465,18 +473,19 @@ mod tests {
         // Refuted once, it is not cleared unproven however long the third replica is silent.
         assert!(judge.seen(&of(2, 5, 2)).is_none());
         assert!(judge.mine(5, [2; 16]).is_none());
-        assert_eq!(judge.clear_unproven(), None);
+        assert_eq!(judge.clear_unproven(PROBATION_MS), None);
         assert!(judge.on_probation());
     }
 
     #[test]
     fn with_nobody_outside_its_donors_lineage_a_state_is_cleared_unproven() {
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
-        assert_eq!(judge.clear_unproven(), None, "not on probation");
-        judge.probation(member_id(2, 0));
+        assert_eq!(judge.clear_unproven(PROBATION_MS), None, "not on probation");
+        judge.probation(member_id(2, 0), 0);
         assert!(judge.seen(&of(2, 0, 2)).is_none());
         assert!(judge.mine(0, [2; 16]).is_none());
-        assert_eq!(judge.clear_unproven(), Some(Finding::Cleared { proof: None }));
+        assert_eq!(judge.clear_unproven(PROBATION_MS - 1), None, "not yet");
+        assert_eq!(judge.clear_unproven(PROBATION_MS), Some(Finding::Cleared { proof: None }));
         assert!(!judge.on_probation());
     }
 

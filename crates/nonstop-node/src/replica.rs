@@ -46,7 +46,7 @@ use crate::service::lock;
 use crate::status::{OrderRole, ReplicaStanding, ReplicaStatus};
 use crate::transfer::{Donors, Received};
 use nonstop_active::calls::{Asked, Calls};
-use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, PROBATION_MS, propose_later};
+use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, propose_later};
 use nonstop_active::feed::{Feed, FeedError};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
@@ -790,8 +790,8 @@ struct Executor {
     fetching: bool,
     /// While it catches up: when the order's snapshot came, or its dissent was found.
     behind_since: Option<std::time::Instant>,
-    /// While it proves a state it took: when it is cleared unproven.
-    probation_ends: Option<std::time::Instant>,
+    /// The executor's clock for its judge (a probation's end): when it started.
+    started: std::time::Instant,
 }
 
 impl Executor {
@@ -804,7 +804,7 @@ impl Executor {
             replicas,
             fetching: false,
             behind_since: None,
-            probation_ends: None,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -850,6 +850,11 @@ impl Executor {
         }
     }
 
+    /// The executor's clock for its judge, in milliseconds.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// Executes what the order delivered, as the feed hands it out; false once the replica
     /// stopped.
     fn deliver(&mut self, delivered: Delivered) -> bool {
@@ -876,7 +881,6 @@ impl Executor {
     fn take_state(&mut self, from: u64) {
         self.feed.restored(from);
         self.outcomes.suspend();
-        self.probation_ends = None;
         self.behind_since.get_or_insert_with(std::time::Instant::now);
         let mut shared = lock(&self.replica.shared);
         if !matches!(shared.standing, Standing::Stopped(_)) {
@@ -914,7 +918,6 @@ impl Executor {
                 self.take_state(next);
             }
             Finding::Cleared { proof } => {
-                self.probation_ends = None;
                 match proof {
                     Some(proof) => tracing::info!(
                         service = name,
@@ -950,14 +953,11 @@ impl Executor {
         }
     }
 
-    /// Clears a replica that proved nothing within [`PROBATION_MS`] (no replica outside its
+    /// Clears a replica that proved nothing within [`nonstop_active::dissent::PROBATION_MS`] (no replica outside its
     /// donor's lineage digested anything), unless it was refuted.
     fn end_probation(&mut self) {
-        if self.probation_ends.is_some_and(|at| std::time::Instant::now() >= at) {
-            self.probation_ends = None;
-            if let Some(finding) = self.judge.clear_unproven() {
-                self.found(finding);
-            }
+        if let Some(finding) = self.judge.clear_unproven(self.now_ms()) {
+            self.found(finding);
         }
     }
 
@@ -1064,8 +1064,7 @@ impl Executor {
             return self.stop(format!("a state came from replica {}, which is not in the group", received.donor));
         };
         self.outcomes.resume();
-        self.judge.probation(member_id(donor.0, 0));
-        self.probation_ends = Some(std::time::Instant::now() + Duration::from_millis(PROBATION_MS));
+        self.judge.probation(member_id(donor.0, 0), self.now_ms());
         {
             let mut shared = lock(&self.replica.shared);
             let answered = received.answered.into_iter().map(|a| (a.client, (a.number, a.refused), a.outcome));

@@ -50,7 +50,7 @@
 
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
-use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, PROBATION_MS, propose_later};
+use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, propose_later};
 use nonstop_active::feed::Feed;
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
@@ -219,8 +219,6 @@ struct Member {
     judge: Judge,
     /// Digests to propose with its next batch.
     digests: Vec<Digest>,
-    /// While on probation after taking a state: the step it is cleared unproven at.
-    probation_ends: Option<u64>,
     /// The simulation's knowledge, for the checks only (the replica cannot know it): its
     /// state was corrupted, or copied from a corrupted one, and it has not taken a good
     /// state since. Its outcomes may be wrong; the order it executes may not.
@@ -260,7 +258,6 @@ impl Member {
             outcomes: Outcomes::new(),
             judge: Judge::new(id, &(1..=MEMBERS).collect::<Vec<_>>()),
             digests: Vec::new(),
-            probation_ends: None,
             corrupted: false,
         })
     }
@@ -863,8 +860,7 @@ impl Sim {
             (member.executed, member.vault, member.transfer_due) = (transferred, vault, None);
             member.corrupted = corrupted;
             member.outcomes.resume();
-            member.judge.probation(donor_id);
-            member.probation_ends = Some(self.step + PROBATION_MS);
+            member.judge.probation(donor_id, self.step);
             self.stats.state_transfers += 1;
             self.stats.transfers_ahead += u64::from(position > log_end);
             self.execute_entries(index, entries)?;
@@ -872,16 +868,16 @@ impl Sim {
         Ok(())
     }
 
-    /// Replicas on probation for [`PROBATION_MS`] with nothing to prove their state against
-    /// are cleared unproven (unless refuted).
+    /// Replicas on probation for [`nonstop_active::dissent::PROBATION_MS`] with nothing to
+    /// prove their state against are cleared unproven (unless refuted): the judge decides, on
+    /// the simulation's clock.
     fn end_probations(&mut self) {
         for index in 0..self.members.len() {
             let member = &mut self.members[index];
-            if !member.alive || member.probation_ends.is_none_or(|at| at > self.step) {
+            if !member.alive {
                 continue;
             }
-            member.probation_ends = None;
-            if let Some(finding) = member.judge.clear_unproven() {
+            if let Some(finding) = member.judge.clear_unproven(self.step) {
                 self.found(index, finding);
             }
         }
