@@ -225,14 +225,14 @@ pub struct Judge {
     probation: Option<Probation>,
 }
 
-/// A replica on probation: whose state it took, and whether that was refuted.
+/// A replica on probation: whose state it took, and who refuted it, if anyone did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Probation {
     /// The node whose replica's state it took.
     donor: u64,
-    /// A replica other than its donor digested a window differently: only such a replica's
-    /// agreement can clear it now.
-    refuted: bool,
+    /// The replica other than its donor that digested a window differently, if one did: only
+    /// such a replica's agreement can clear it then.
+    refuted: Option<NodeId>,
     /// When it is cleared unproven if nothing proved or refuted it: [`PROBATION_MS`] after it
     /// began, on the driver's clock.
     ends_ms: u64,
@@ -268,12 +268,17 @@ impl Judge {
             window.digests.remove(&node);
         }
         let ends_ms = now_ms.saturating_add(PROBATION_MS);
-        self.probation = Some(Probation { donor: node_of(donor), refuted: false, ends_ms });
+        self.probation = Some(Probation { donor: node_of(donor), refuted: None, ends_ms });
     }
 
     /// Whether the replica's state is still to be proven ([`Judge::probation`]).
     pub fn on_probation(&self) -> bool {
         self.probation.is_some()
+    }
+
+    /// The replica whose digest refuted the state taken, while on probation ([`Finding::Refuted`]).
+    pub fn refuted_by(&self) -> Option<NodeId> {
+        self.probation.and_then(|probation| probation.refuted)
     }
 
     /// This replica digested `window` as `hash`.
@@ -297,7 +302,7 @@ impl Judge {
     /// [`PROBATION_MS`] have passed since [`Judge::probation`].
     pub fn clear_unproven(&mut self, now_ms: u64) -> Option<Finding> {
         match self.probation {
-            Some(Probation { refuted: false, ends_ms, .. }) if now_ms >= ends_ms => {
+            Some(Probation { refuted: None, ends_ms, .. }) if now_ms >= ends_ms => {
                 self.probation = None;
                 Some(Finding::Cleared { proof: None })
             }
@@ -342,7 +347,7 @@ impl Judge {
                     return Some(Finding::Cleared { proof: Some(Proof { window: digest.window, by: *other }) });
                 }
                 let against = *other;
-                self.probation = Some(Probation { refuted: true, ..probation });
+                self.probation = Some(Probation { refuted: Some(against), ..probation });
                 return Some(Finding::Refuted { window: digest.window, against });
             }
             return None;

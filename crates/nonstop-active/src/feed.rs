@@ -82,7 +82,7 @@ const REQUEST_OVERHEAD: usize = 32;
 
 /// Where a replica's execution stands against the order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Course {
+enum Tracking {
     /// Executing every entry: the next starts at `next`. Entries that end at or before
     /// `transferred` were covered by a transferred state, and are skipped.
     Following { next: u64, transferred: u64 },
@@ -93,7 +93,7 @@ enum Course {
 /// One replica's feed of entries to its executor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Feed {
-    course: Course,
+    tracking: Tracking,
     /// The most request bytes buffered while awaiting a transfer.
     max_buffered_bytes: usize,
 }
@@ -103,27 +103,27 @@ impl Feed {
     /// requests wait for a state transfer; past that they are dropped, and the state awaited
     /// must cover them ([`Feed::awaiting_from`] moves on).
     pub fn new(max_buffered_bytes: usize) -> Feed {
-        Feed { course: Course::Following { next: 0, transferred: 0 }, max_buffered_bytes }
+        Feed { tracking: Tracking::Following { next: 0, transferred: 0 }, max_buffered_bytes }
     }
 
     /// True when the replica's state follows the order (not awaiting a transfer).
     pub fn is_following(&self) -> bool {
-        matches!(self.course, Course::Following { .. })
+        matches!(self.tracking, Tracking::Following { .. })
     }
 
     /// The position a transferred state must reach at least, while one is awaited.
     pub fn awaiting_from(&self) -> Option<u64> {
-        match self.course {
-            Course::Awaiting { from, .. } => Some(from),
-            Course::Following { .. } => None,
+        match self.tracking {
+            Tracking::Awaiting { from, .. } => Some(from),
+            Tracking::Following { .. } => None,
         }
     }
 
     /// The position of the next request to execute, once following.
     pub fn next(&self) -> Option<u64> {
-        match self.course {
-            Course::Following { next, .. } => Some(next),
-            Course::Awaiting { .. } => None,
+        match self.tracking {
+            Tracking::Following { next, .. } => Some(next),
+            Tracking::Awaiting { .. } => None,
         }
     }
 
@@ -131,23 +131,23 @@ impl Feed {
     /// replica's state must be transferred. Entries buffered for an earlier transfer are
     /// dropped (the snapshot covers them).
     pub fn restored(&mut self, from: u64) {
-        self.course = Course::Awaiting { from, buffered: VecDeque::new(), bytes: 0 };
+        self.tracking = Tracking::Awaiting { from, buffered: VecDeque::new(), bytes: 0 };
     }
 
     /// The group delivered `entry`: the entries to execute now (none while awaiting a
     /// transfer, or for an entry a transferred state covers).
     pub fn delivered(&mut self, entry: Delivered) -> Result<Vec<Delivered>, FeedError> {
         let end = entry.first + entry.requests.len() as u64;
-        match &mut self.course {
-            Course::Following { transferred, .. } if end <= *transferred && entry.first < *transferred => Ok(vec![]),
-            Course::Following { next, .. } => {
+        match &mut self.tracking {
+            Tracking::Following { transferred, .. } if end <= *transferred && entry.first < *transferred => Ok(vec![]),
+            Tracking::Following { next, .. } => {
                 if entry.first != *next {
                     return Err(FeedError::Gap { expected: *next, got: entry.first });
                 }
                 *next = end;
                 Ok(vec![entry])
             }
-            Course::Awaiting { from, buffered, bytes } => {
+            Tracking::Awaiting { from, buffered, bytes } => {
                 let expected = buffered.back().map_or(*from, |last| last.first + last.requests.len() as u64);
                 if entry.first != expected {
                     return Err(FeedError::Gap { expected, got: entry.first });
@@ -156,7 +156,7 @@ impl Feed {
                 if *bytes > self.max_buffered_bytes {
                     // The transfer is slow for the order's pace: rather than keep more, the
                     // replica asks for a state past these entries (one that covers them).
-                    self.course = Course::Awaiting { from: end, buffered: VecDeque::new(), bytes: 0 };
+                    self.tracking = Tracking::Awaiting { from: end, buffered: VecDeque::new(), bytes: 0 };
                     return Ok(vec![]);
                 }
                 buffered.push_back(entry);
@@ -169,7 +169,7 @@ impl Feed {
     /// entries after it, to execute now. Entries the state covers that the group has not
     /// delivered here yet are skipped when they come.
     pub fn transferred(&mut self, position: u64) -> Result<Vec<Delivered>, FeedError> {
-        let Course::Awaiting { from, buffered, .. } = &mut self.course else { return Err(FeedError::Unasked) };
+        let Tracking::Awaiting { from, buffered, .. } = &mut self.tracking else { return Err(FeedError::Unasked) };
         if position < *from {
             return Err(FeedError::Behind { position, from: *from });
         }
@@ -186,7 +186,7 @@ impl Feed {
             next = end;
             rest.push(entry);
         }
-        self.course = Course::Following { next, transferred: position };
+        self.tracking = Tracking::Following { next, transferred: position };
         Ok(rest)
     }
 }

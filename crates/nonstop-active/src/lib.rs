@@ -14,6 +14,8 @@
 //! * [`membership`]: how a restarted replica rejoins the group as a new member.
 //! * [`dissent`]: how replicas find one whose outcomes a majority contradicts, and how a
 //!   replica proves a state it took.
+//! * [`course`]: the three above acting in one sequence: what a replica executes, when it takes
+//!   a state, what it proposes of its outcomes, whether it may answer.
 //! * [`schedule`], [`sync`], [`execute`], [`stream`]: the deterministic mutex schedulers (NPDS,
 //!   PDS-1, PDS-2, LSA) that let a multithreaded service run actively replicated, and the
 //!   replica threads that run batches or a stream of requests under them. Two replicas whose
@@ -23,6 +25,7 @@
 //! * [`recent`]: a bounded map that forgets the entries used longest ago.
 
 pub mod calls;
+pub mod course;
 pub mod dissent;
 pub mod execute;
 pub mod feed;

@@ -1,0 +1,520 @@
+//! A replica's course through the order: what it executes, when it must take a live
+//! replica's state, what it proposes of its outcomes, and whether it may answer.
+//!
+//! A replica follows the order entry by entry ([`Feed`]), digests its outcomes window by
+//! window ([`Outcomes`]) and judges everyone's digests ([`Judge`]). Those three must act
+//! together, in one sequence: a replica found dissenting stops executing at once, stops
+//! digesting, forgets what it queued to propose and asks for a state from where it stands; a
+//! state that arrives resumes digesting from the next window and puts the replica on
+//! probation; a replica answers only while its state follows the order and is proven.
+//! [`Course`] is that sequence, pure: events and the driver's clock in, [`Event`]s out. The
+//! node's executor and the deterministic simulator (`nonstop sim --kind order`) drive this
+//! very code; each adds only what is its own (executing the service, sending, timers).
+//!
+//! A driver's loop:
+//!
+//! ```
+//! use nonstop_active::course::{Course, Event, Standing};
+//! use nonstop_active::order::{Delivered, Request};
+//! use nonstop_control::NodeId;
+//!
+//! let mut course = Course::founder(NodeId(1), &[1, 2, 3], 1 << 20);
+//! let request = Request { client: 7, number: 1, refused: 0, body: b"+1".to_vec() };
+//! let entry = Delivered {
+//!     index: 1,
+//!     first: 0,
+//!     requests: vec![request],
+//!     turned_away: vec![],
+//!     time_ms: 10,
+//!     digests: vec![],
+//!     closes: Some(0),
+//! };
+//! course.delivered(entry).unwrap();
+//! let mut proposed = Vec::new();
+//! while let Some(entry) = course.next_entry() {
+//!     for _request in &entry.requests {
+//!         // The driver executes the request on the service and answers who waits.
+//!         course.executed(&Ok(b"1".to_vec()));
+//!     }
+//!     course.entry_executed(entry.closes);
+//!     while let Some(event) = course.poll_event() {
+//!         if let Event::Propose(digest) = event {
+//!             proposed.push(digest);
+//!         }
+//!     }
+//! }
+//! assert_eq!(proposed.len(), 1, "window 0 closed: its digest goes into the order");
+//! assert_eq!(course.standing(), Standing::Serving);
+//! ```
+
+use crate::calls::Outcome;
+use crate::dissent::{Digest, Dissent, Finding, Judge, Outcomes, Proof};
+use crate::feed::{Feed, FeedError};
+use crate::order::Delivered;
+use nonstop_control::NodeId;
+use std::collections::VecDeque;
+
+/// Whether a replica may answer, as its course decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Its state follows the order and is its own or proven: it answers.
+    Serving,
+    /// It awaits a live replica's state (it fell behind the order's compacted log, or its
+    /// outcomes differed from the majority's), or, as a new member, has executed nothing yet.
+    CatchingUp,
+    /// It took a state and proves it against a replica other than its donor.
+    Proving,
+    /// The state it took and `against`'s replica digested a window differently: its donor and
+    /// that replica disagree, one replica of three cannot tell which is right, and it stays
+    /// out.
+    Refuted {
+        /// The replica it disagrees with.
+        against: NodeId,
+    },
+}
+
+/// Why a replica must take a live replica's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behind {
+    /// The order's log was compacted past it (it was given the order's snapshot), or a state
+    /// it took was already older than a newer snapshot.
+    Log,
+    /// A majority's digest of `window` contradicts its own: its state is wrong.
+    Dissented {
+        /// The window.
+        window: u64,
+    },
+}
+
+/// What the driver must do or report, in the order the course decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Take a live replica's state at position `from` of the order or later, then call
+    /// [`Course::transferred`]. Until then the replica executes and answers nothing: the calls
+    /// that wait on it will not be answered by it (drop them: their callers ask the others),
+    /// and digests it queued but has not proposed no longer stand (drop them).
+    NeedState {
+        /// The position the state must reach at least.
+        from: u64,
+        /// Why.
+        why: Behind,
+    },
+    /// Propose `digest` with the replica's next batch ([`crate::dissent::propose_later`]).
+    Propose(Digest),
+    /// Another replica dissents from the majority: report it (it takes a state itself).
+    Reported(Dissent),
+    /// The state taken is proven against a replica other than its donor (`proof`), or, with
+    /// nobody to prove it against for [`crate::dissent::PROBATION_MS`], cleared unproven
+    /// (`None`): the replica answers again.
+    Cleared {
+        /// What proved it.
+        proof: Option<Proof>,
+    },
+    /// The state taken disagrees with `against`'s replica over `window`: the replica stays out.
+    Refuted {
+        /// The window.
+        window: u64,
+        /// The replica it disagrees with.
+        against: NodeId,
+    },
+}
+
+/// How a transferred state was taken ([`Course::transferred`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// It is the replica's state now: install what its donor answered, and execute on.
+    Installed,
+    /// It is older than a snapshot that came meanwhile: a newer one is asked for
+    /// ([`Event::NeedState`]).
+    Stale {
+        /// The state's position.
+        position: u64,
+        /// Where the newer one must start at least.
+        from: u64,
+    },
+}
+
+/// Why a replica donates no state ([`Course::donation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoDonation {
+    /// It awaits a state itself.
+    #[error("it is taking a state itself")]
+    TakingState,
+    /// The state it took is not proven yet.
+    #[error("the state it took is not proven yet")]
+    Unproven,
+    /// It has not executed as far as the state asked for.
+    #[error("it stands at position {position}, behind the state asked for")]
+    Behind {
+        /// Where it stands.
+        position: u64,
+    },
+}
+
+/// One replica's course through the order (see the module's documentation).
+#[derive(Clone, Debug)]
+pub struct Course {
+    feed: Feed,
+    outcomes: Outcomes,
+    judge: Judge,
+    /// A new member that has executed nothing yet: its state is the service's initial one,
+    /// not the order's, until it executes from the order's start or takes a state.
+    fresh: bool,
+    /// Entries delivered and not executed yet, in order.
+    ready: VecDeque<Delivered>,
+    events: VecDeque<Event>,
+}
+
+impl Course {
+    /// Replica `me` (a member id) of a group on `replicas` (node ids) that founded the order:
+    /// its state is the order's from the start. At most `max_buffered_bytes` of requests wait
+    /// for a state transfer ([`Feed::new`]).
+    pub fn founder(me: NodeId, replicas: &[u64], max_buffered_bytes: usize) -> Course {
+        Course {
+            feed: Feed::new(max_buffered_bytes),
+            outcomes: Outcomes::new(),
+            judge: Judge::new(me, replicas),
+            fresh: false,
+            ready: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Replica `me` joining a running group as a new member: it answers nothing until it has
+    /// executed from the order's start or taken a live replica's state.
+    pub fn new_member(me: NodeId, replicas: &[u64], max_buffered_bytes: usize) -> Course {
+        Course { fresh: true, ..Course::founder(me, replicas, max_buffered_bytes) }
+    }
+
+    /// The replica's member id.
+    pub fn member(&self) -> NodeId {
+        self.judge.member()
+    }
+
+    /// Whether it may answer.
+    pub fn standing(&self) -> Standing {
+        if !self.feed.is_following() {
+            return Standing::CatchingUp;
+        }
+        if let Some(against) = self.judge.refuted_by() {
+            return Standing::Refuted { against };
+        }
+        if self.judge.on_probation() {
+            return Standing::Proving;
+        }
+        if self.fresh {
+            return Standing::CatchingUp;
+        }
+        Standing::Serving
+    }
+
+    /// The position of the next request it executes, once every entry handed out is executed
+    /// (`None` while it awaits a state): where a state it donates stands.
+    pub fn position(&self) -> Option<u64> {
+        self.feed.next()
+    }
+
+    /// Where a state it donates now would stand, if it may donate one that reaches `from`.
+    pub fn donation(&self, from: u64) -> Result<u64, NoDonation> {
+        let Some(position) = self.feed.next() else { return Err(NoDonation::TakingState) };
+        if self.judge.on_probation() {
+            // Its state would spread before anyone could find it wrong.
+            return Err(NoDonation::Unproven);
+        }
+        if position < from {
+            return Err(NoDonation::Behind { position });
+        }
+        Ok(position)
+    }
+
+    /// The position a state it awaits must reach at least.
+    pub fn awaiting_from(&self) -> Option<u64> {
+        self.feed.awaiting_from()
+    }
+
+    /// The order delivered `delivered`: its digests are judged, and its requests will be
+    /// handed out by [`Course::next_entry`] (unless the replica awaits a state). An error means
+    /// the replica's state no longer follows the order: stop it.
+    pub fn delivered(&mut self, delivered: Delivered) -> Result<(), FeedError> {
+        for digest in &delivered.digests {
+            if let Some(finding) = self.judge.seen(digest) {
+                self.found(finding);
+            }
+        }
+        let entries = self.feed.delivered(delivered)?;
+        self.ready.extend(entries);
+        Ok(())
+    }
+
+    /// The order's state was replaced by a snapshot ending at position `from` (the replica fell
+    /// behind the compacted log): its service state is behind, and it needs a live replica's.
+    pub fn restored(&mut self, from: u64) {
+        self.need_state(from, Behind::Log);
+    }
+
+    /// A live replica's state at `position` of the order (between two entries), from member
+    /// `donor`, was installed at `now_ms` on the driver's clock. If it is recent enough the
+    /// replica executes on from there, on probation until another replica than the donor
+    /// proves it; else a newer state is asked for. An error means it does not fit the order
+    /// (it ends inside an entry, or none was awaited): stop the replica.
+    pub fn transferred(&mut self, position: u64, donor: NodeId, now_ms: u64) -> Result<Taken, FeedError> {
+        let rest = match self.feed.transferred(position) {
+            Ok(rest) => rest,
+            Err(FeedError::Behind { position, from }) => {
+                self.need_state(from, Behind::Log);
+                return Ok(Taken::Stale { position, from });
+            }
+            Err(other) => return Err(other),
+        };
+        self.fresh = false;
+        self.outcomes.resume();
+        self.judge.probation(donor, now_ms);
+        self.ready.extend(rest);
+        Ok(Taken::Installed)
+    }
+
+    /// The driver's clock: a replica on probation with nothing to prove its state against for
+    /// [`crate::dissent::PROBATION_MS`] is cleared unproven.
+    pub fn tick(&mut self, now_ms: u64) {
+        if let Some(finding) = self.judge.clear_unproven(now_ms) {
+            self.found(finding);
+        }
+    }
+
+    /// The next entry to execute: execute its requests in order, pass each outcome to
+    /// [`Course::executed`], then call [`Course::entry_executed`]. `None` once none is left, or
+    /// the replica stopped following the order (what was handed out before stays executed).
+    pub fn next_entry(&mut self) -> Option<Delivered> {
+        self.ready.pop_front()
+    }
+
+    /// The entry being executed answered its next request with `outcome` (the service's reply
+    /// or refusal: what the replica answers).
+    pub fn executed(&mut self, outcome: &Outcome) {
+        self.outcomes.executed(outcome);
+    }
+
+    /// The entry handed out last is executed; `closes` is its [`Delivered::closes`]. If it
+    /// closes a window the replica executed whole, its digest is judged and, unless the
+    /// replica is on probation (a wrong state copied would agree with its donor's), proposed.
+    pub fn entry_executed(&mut self, closes: Option<u64>) {
+        self.fresh = false;
+        let Some((window, hash)) = closes.and_then(|window| self.outcomes.closed(window)) else { return };
+        if !self.judge.on_probation() {
+            self.events.push_back(Event::Propose(Digest { member: self.judge.member(), window, hash }));
+        }
+        if let Some(finding) = self.judge.mine(window, hash) {
+            self.found(finding);
+        }
+    }
+
+    /// What the driver must do or report next.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn found(&mut self, finding: Finding) {
+        let event = match finding {
+            Finding::Dissent(Dissent { me: true, window, .. }) => {
+                // Awaiting a state already: the one it takes replaces what was contradicted.
+                let Some(next) = self.feed.next() else { return };
+                return self.need_state(next, Behind::Dissented { window });
+            }
+            Finding::Dissent(dissent) => Event::Reported(dissent),
+            Finding::Cleared { proof } => Event::Cleared { proof },
+            Finding::Refuted { window, against } => Event::Refuted { window, against },
+        };
+        self.events.push_back(event);
+    }
+
+    /// Its state must be replaced from position `from` on: entries handed to it but not
+    /// executed are dropped (the state taken covers them: `from` is past them), its digest of
+    /// the open window is void, and the digests it queued no longer stand.
+    fn need_state(&mut self, from: u64, why: Behind) {
+        self.feed.restored(from);
+        self.outcomes.suspend();
+        self.ready.clear();
+        self.events.retain(|event| !matches!(event, Event::Propose(_)));
+        self.events.push_back(Event::NeedState { from, why });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::member_id;
+    use crate::order::Request;
+
+    const REPLICAS: [u64; 3] = [1, 2, 3];
+
+    fn entry(first: u64, requests: u64, closes: Option<u64>, digests: Vec<Digest>) -> Delivered {
+        let requests = (0..requests)
+            .map(|n| Request { client: 1, number: first + n + 1, refused: 0, body: vec![n as u8] })
+            .collect();
+        Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: first, digests, closes }
+    }
+
+    /// Executes what the course hands out, each request answering `answer`; returns the
+    /// positions executed and the events, in order.
+    fn run(course: &mut Course, answer: &[u8]) -> (Vec<u64>, Vec<Event>) {
+        let (mut executed, mut events) = (Vec::new(), Vec::new());
+        loop {
+            events.extend(std::iter::from_fn(|| course.poll_event()));
+            let Some(entry) = course.next_entry() else { break };
+            for request in &entry.requests {
+                // `entry` numbers each request by its position, from 1.
+                executed.push(request.number - 1);
+                course.executed(&Ok(answer.to_vec()));
+            }
+            course.entry_executed(entry.closes);
+        }
+        (executed, events)
+    }
+
+    /// The digest replica `node` proposes of window `window` after answering `answer` to each
+    /// of `requests` requests.
+    fn digest_of(node: u64, window: u64, requests: u64, answer: &[u8]) -> Digest {
+        let mut outcomes = Outcomes::new();
+        for _ in 0..requests {
+            outcomes.executed(&Ok(answer.to_vec()));
+        }
+        let (window, hash) = outcomes.closed(window).expect("a window with requests");
+        Digest { member: member_id(node, 0), window, hash }
+    }
+
+    #[test]
+    fn a_founder_serves_and_proposes_each_window_it_executed() {
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20);
+        course.delivered(entry(0, 2, None, vec![])).unwrap();
+        course.delivered(entry(2, 1, Some(0), vec![])).unwrap();
+        let (executed, events) = run(&mut course, b"ok");
+        assert_eq!(executed, vec![0, 1, 2]);
+        assert_eq!(events, vec![Event::Propose(digest_of(1, 0, 3, b"ok"))]);
+        assert_eq!(course.standing(), Standing::Serving);
+        assert_eq!(course.position(), Some(3));
+    }
+
+    #[test]
+    fn a_dissenter_stops_at_once_drops_its_proposals_and_asks_for_a_state_past_what_it_was_handed() {
+        let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
+        // Window 0 closes after the first entry; the two others' digests of it come with the
+        // second, which also closes window 1.
+        course.delivered(entry(0, 2, Some(0), vec![])).unwrap();
+        let (_, events) = run(&mut course, b"wrong");
+        assert!(matches!(events[..], [Event::Propose(_)]));
+        let majority = vec![digest_of(1, 0, 2, b"right"), digest_of(2, 0, 2, b"right")];
+        course.delivered(entry(2, 1, Some(1), majority)).unwrap();
+        // A third entry waits behind the second.
+        course.delivered(entry(3, 1, None, vec![])).unwrap();
+        let (executed, events) = run(&mut course, b"wrong");
+        assert!(executed.is_empty(), "a replica found wrong executes nothing more: {executed:?}");
+        // Found as the second entry came, before it was handed out: a state from there on.
+        assert_eq!(events, vec![Event::NeedState { from: 2, why: Behind::Dissented { window: 0 } }]);
+        assert_eq!(course.standing(), Standing::CatchingUp);
+        // Entries delivered meanwhile wait for the state; a state at 4 takes it on from there.
+        course.delivered(entry(4, 1, Some(2), vec![])).unwrap();
+        assert_eq!(run(&mut course, b"right").0, Vec::<u64>::new());
+        assert_eq!(course.transferred(4, member_id(1, 0), 100), Ok(Taken::Installed));
+        assert_eq!(course.standing(), Standing::Proving);
+        let (executed, events) = run(&mut course, b"right");
+        assert_eq!(executed, vec![4]);
+        assert!(events.is_empty(), "window 2 began before the state came: no digest, {events:?}");
+    }
+
+    #[test]
+    fn a_state_taken_is_proven_by_a_replica_other_than_its_donor() {
+        let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
+        course.restored(0);
+        assert_eq!(run(&mut course, b"x").1, vec![Event::NeedState { from: 0, why: Behind::Log }]);
+        assert_eq!(course.transferred(0, member_id(1, 0), 0), Ok(Taken::Installed));
+        // The state may have come inside window 0: digesting starts with window 1.
+        course.delivered(entry(0, 1, Some(0), vec![])).unwrap();
+        course.delivered(entry(1, 1, Some(1), vec![])).unwrap();
+        let (_, events) = run(&mut course, b"v");
+        assert!(events.is_empty(), "no digest proposed on probation: {events:?}");
+        // The donor's agreement proves nothing; the third replica's does.
+        course.delivered(entry(2, 0, None, vec![digest_of(1, 1, 1, b"v")])).unwrap();
+        assert_eq!(course.standing(), Standing::Proving);
+        course.delivered(entry(2, 0, None, vec![digest_of(2, 1, 1, b"v")])).unwrap();
+        let (_, events) = run(&mut course, b"v");
+        assert!(matches!(events[..], [Event::Cleared { proof: Some(Proof { window: 1, .. }) }]), "{events:?}");
+        assert_eq!(course.standing(), Standing::Serving);
+    }
+
+    #[test]
+    fn a_refuted_state_stays_out_and_the_clock_does_not_clear_it() {
+        let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
+        course.restored(0);
+        course.transferred(0, member_id(1, 0), 0).unwrap();
+        course.delivered(entry(0, 1, Some(0), vec![])).unwrap();
+        course.delivered(entry(1, 1, Some(1), vec![digest_of(2, 1, 1, b"other")])).unwrap();
+        let (_, events) = run(&mut course, b"mine");
+        let against = member_id(2, 0);
+        assert!(events.contains(&Event::Refuted { window: 1, against }), "{events:?}");
+        assert_eq!(course.standing(), Standing::Refuted { against });
+        course.tick(u64::MAX);
+        assert_eq!(course.poll_event(), None);
+        assert_eq!(course.standing(), Standing::Refuted { against });
+    }
+
+    #[test]
+    fn with_nobody_to_prove_it_against_the_clock_clears_a_state_taken() {
+        let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
+        course.restored(0);
+        course.transferred(0, member_id(1, 0), 1_000).unwrap();
+        course.tick(1_000 + crate::dissent::PROBATION_MS - 1);
+        assert_eq!(course.standing(), Standing::Proving);
+        course.tick(1_000 + crate::dissent::PROBATION_MS);
+        let events: Vec<Event> = std::iter::from_fn(|| course.poll_event()).collect();
+        assert!(events.ends_with(&[Event::Cleared { proof: None }]), "{events:?}");
+        assert_eq!(course.standing(), Standing::Serving);
+    }
+
+    #[test]
+    fn a_state_older_than_a_newer_snapshot_is_asked_for_again() {
+        let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
+        course.restored(5);
+        course.restored(9);
+        let _ = run(&mut course, b"");
+        assert_eq!(course.transferred(5, member_id(1, 0), 0), Ok(Taken::Stale { position: 5, from: 9 }));
+        assert_eq!(course.poll_event(), Some(Event::NeedState { from: 9, why: Behind::Log }));
+        assert_eq!(course.standing(), Standing::CatchingUp);
+        assert_eq!(course.transferred(9, member_id(1, 0), 0), Ok(Taken::Installed));
+    }
+
+    #[test]
+    fn only_a_replica_following_the_order_with_a_proven_state_donates() {
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20);
+        course.delivered(entry(0, 3, None, vec![])).unwrap();
+        let _ = run(&mut course, b"x");
+        assert_eq!(course.donation(3), Ok(3));
+        assert_eq!(course.donation(4), Err(NoDonation::Behind { position: 3 }));
+        course.restored(5);
+        assert_eq!(course.donation(0), Err(NoDonation::TakingState));
+        course.transferred(5, member_id(2, 0), 0).unwrap();
+        assert_eq!(course.donation(5), Err(NoDonation::Unproven));
+    }
+
+    #[test]
+    fn a_new_member_answers_only_once_it_executed_from_the_start() {
+        let mut course = Course::new_member(member_id(3, 1), &REPLICAS, 1 << 20);
+        assert_eq!(course.standing(), Standing::CatchingUp);
+        course.delivered(entry(0, 1, None, vec![])).unwrap();
+        assert_eq!(course.standing(), Standing::CatchingUp, "handed out, not executed");
+        let _ = run(&mut course, b"x");
+        assert_eq!(course.standing(), Standing::Serving);
+    }
+
+    #[test]
+    fn another_replicas_dissent_is_reported_and_changes_nothing_here() {
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20);
+        course.delivered(entry(0, 1, Some(0), vec![])).unwrap();
+        let _ = run(&mut course, b"right");
+        course.delivered(entry(1, 1, None, vec![digest_of(2, 0, 1, b"right"), digest_of(3, 0, 1, b"wrong")])).unwrap();
+        let (executed, events) = run(&mut course, b"right");
+        assert_eq!(executed, vec![1]);
+        let dissenter = member_id(3, 0);
+        assert_eq!(events, vec![Event::Reported(Dissent { dissenter, window: 0, me: false })]);
+        assert_eq!(course.standing(), Standing::Serving);
+    }
+}
