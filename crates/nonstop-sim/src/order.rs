@@ -50,8 +50,8 @@
 
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
-use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, propose_later};
-use nonstop_active::feed::Feed;
+use nonstop_active::course::{Behind, Course, Event, Standing, Taken};
+use nonstop_active::dissent::{Digest, Dissent, propose_later};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
@@ -62,6 +62,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const MEMBERS: u64 = 3;
+/// The nodes that hold the replicas.
+const REPLICA_NODES: [u64; MEMBERS as usize] = [1, 2, 3];
 const CLIENTS: u64 = 4;
 /// Steps between Raft ticks (10 ms, as nodes tick the control plane).
 const TICK_STEPS: u64 = 10;
@@ -210,13 +212,11 @@ struct Member {
     calls: Calls<u64>,
     /// The service's state: the vault's balance.
     vault: i64,
-    /// What it executes of what the group delivers (the node's code).
-    feed: Feed,
+    /// What it executes of what the group delivers, its digests of its outcomes, its judge of
+    /// everyone's, and whether it answers (the node's code).
+    course: Course,
     /// While it awaits a state transfer: the step the transfer is due.
     transfer_due: Option<u64>,
-    /// Its digests of its outcomes, and its judge of everyone's (the node's code).
-    outcomes: Outcomes,
-    judge: Judge,
     /// Digests to propose with its next batch.
     digests: Vec<Digest>,
     /// The simulation's knowledge, for the checks only (the replica cannot know it): its
@@ -253,10 +253,11 @@ impl Member {
             clock_skew_ms,
             calls: Calls::new(usize::MAX),
             vault: 0,
-            feed: Feed::new(usize::MAX),
+            course: match incarnation {
+                0 => Course::founder(id, &REPLICA_NODES, usize::MAX),
+                _ => Course::new_member(id, &REPLICA_NODES, usize::MAX),
+            },
             transfer_due: None,
-            outcomes: Outcomes::new(),
-            judge: Judge::new(id, &(1..=MEMBERS).collect::<Vec<_>>()),
             digests: Vec::new(),
             corrupted: false,
         })
@@ -266,7 +267,7 @@ impl Member {
     /// Whether it answers calls: its state follows the order and is proven (a node says it
     /// is unavailable otherwise).
     fn answers(&self) -> bool {
-        self.feed.is_following() && !self.judge.on_probation()
+        self.course.standing() == Standing::Serving
     }
 
     fn is_voter(&self) -> bool {
@@ -467,8 +468,12 @@ impl Sim {
             self.stats.partitions += 1;
         }
         // One replica down or wrong at a time, and only once the group is settled again: three
-        // voters, each answering.
-        let settled = self.members.iter().all(|m| m.alive && m.is_voter() && m.answers() && !m.corrupted);
+        // voters of a configuration that is not joint (a restarted replica counts itself
+        // rejoined only then), each answering.
+        let settled = self
+            .members
+            .iter()
+            .all(|m| m.alive && m.is_voter() && !m.node.members().is_joint() && m.answers() && !m.corrupted);
         if settled && self.cut.is_none() && self.stats.corruptions < 2 && self.rng.random_ratio(1, 2500) {
             // A flipped bit in one replica's state: every outcome it computes from now on is
             // wrong, until it finds itself dissenting and takes a live replica's state.
@@ -795,26 +800,17 @@ impl Sim {
             // now also holds the entries applied in this same poll).
             let member = &mut self.members[index];
             let position = output.applied.first().map_or(member.node.state().delivered(), |delivered| delivered.first);
-            member.feed.restored(position);
-            member.outcomes.suspend();
-            member.transfer_due = Some(self.step + self.rng.random_range(5..80));
-            // Who waited is answered by no one now; their clients ask again.
-            member.calls.drop_waiters();
+            member.course.restored(position);
+            self.advance(index)?;
         }
         for delivered in output.applied {
-            let found: Vec<Finding> =
-                delivered.digests.iter().filter_map(|digest| self.members[index].judge.seen(digest)).collect();
-            for finding in found {
-                self.found(index, finding);
+            if let Err(error) = self.members[index].course.delivered(delivered) {
+                return Err(self.violation(format!("replica {}'s feed: {error}", index + 1)));
             }
-            let entries = match self.members[index].feed.delivered(delivered) {
-                Ok(entries) => entries,
-                Err(error) => return Err(self.violation(format!("replica {}'s feed: {error}", index + 1))),
-            };
-            if !self.members[index].feed.is_following() {
+            if self.members[index].course.awaiting_from().is_some() {
                 self.stats.entries_kept_for_transfer += 1;
             }
-            self.execute_entries(index, entries)?;
+            self.advance(index)?;
         }
         Ok(())
     }
@@ -826,16 +822,13 @@ impl Sim {
     fn transfer_states(&mut self) -> Result<(), Violation> {
         for index in 0..self.members.len() {
             let member = &self.members[index];
-            let (Some(due), Some(from)) = (member.transfer_due, member.feed.awaiting_from()) else { continue };
+            let (Some(due), Some(from)) = (member.transfer_due, member.course.awaiting_from()) else { continue };
             if !member.alive || due > self.step {
                 continue;
             }
             let donor = (0..self.members.len()).find(|&d| {
                 let donor = &self.members[d];
-                d != index
-                    && self.connected(d as u64, index as u64)
-                    && donor.feed.is_following()
-                    && donor.executed.len() as u64 >= from
+                d != index && self.connected(d as u64, index as u64) && donor.course.donation(from).is_ok()
             });
             let Some(donor) = donor else {
                 self.members[index].transfer_due = Some(self.step + 20);
@@ -852,18 +845,22 @@ impl Sim {
                 .collect();
             let member = &mut self.members[index];
             let log_end = member.node.state().delivered();
-            let entries = match member.feed.transferred(position) {
-                Ok(entries) => entries,
+            member.transfer_due = None;
+            match member.course.transferred(position, donor_id, self.step) {
+                Ok(Taken::Installed) => {}
+                // A newer snapshot came meanwhile: the course asks for a newer state.
+                Ok(Taken::Stale { .. }) => {
+                    self.advance(index)?;
+                    continue;
+                }
                 Err(error) => return Err(self.violation(format!("replica {}'s transfer: {error}", index + 1))),
-            };
+            }
             member.calls.restore(remembered);
-            (member.executed, member.vault, member.transfer_due) = (transferred, vault, None);
+            (member.executed, member.vault) = (transferred, vault);
             member.corrupted = corrupted;
-            member.outcomes.resume();
-            member.judge.probation(donor_id, self.step);
             self.stats.state_transfers += 1;
             self.stats.transfers_ahead += u64::from(position > log_end);
-            self.execute_entries(index, entries)?;
+            self.advance(index)?;
         }
         Ok(())
     }
@@ -873,106 +870,101 @@ impl Sim {
     /// the simulation's clock.
     fn end_probations(&mut self) {
         for index in 0..self.members.len() {
-            let member = &mut self.members[index];
-            if !member.alive {
+            if !self.members[index].alive {
                 continue;
             }
-            if let Some(finding) = member.judge.clear_unproven(self.step) {
-                self.found(index, finding);
-            }
+            self.members[index].course.tick(self.step);
+            // Clearing a replica hands it nothing to execute.
+            self.react(index);
         }
     }
 
-    /// Replica `index` executes `entries`, checking that each follows what it executed, in
+    /// Replica `index` executes what its course hands out, and acts on what it decides.
+    fn advance(&mut self, index: usize) -> Result<(), Violation> {
+        loop {
+            self.react(index);
+            let Some(entry) = self.members[index].course.next_entry() else { return Ok(()) };
+            self.execute_entry(index, entry)?;
+        }
+    }
+
+    /// Replica `index` executes `delivered`, checking that it follows what it executed, in
     /// time and in each client's numbers, and answers who waits.
-    fn execute_entries(&mut self, index: usize, entries: Vec<Delivered>) -> Result<(), Violation> {
-        let mut found = Vec::new();
-        for delivered in entries {
-            if !delivered.turned_away.is_empty() {
-                // Four clients never fill the order's memory of clients.
-                return Err(self.violation(format!("the order turned away {:?}", delivered.turned_away)));
-            }
-            let first = self.members[index].executed.len() as u64;
-            if delivered.first != first {
+    fn execute_entry(&mut self, index: usize, delivered: Delivered) -> Result<(), Violation> {
+        if !delivered.turned_away.is_empty() {
+            // Four clients never fill the order's memory of clients.
+            return Err(self.violation(format!("the order turned away {:?}", delivered.turned_away)));
+        }
+        let first = self.members[index].executed.len() as u64;
+        if delivered.first != first {
+            return Err(self.violation(format!(
+                "replica {} delivers entry {} from position {}, after {first} requests",
+                index + 1,
+                delivered.index,
+                delivered.first
+            )));
+        }
+        let latest = self.members[index].executed.last().map_or(0, |e| e.time_ms);
+        if delivered.time_ms < latest {
+            return Err(self.violation(format!(
+                "replica {}'s order went back in time, from {latest} to {} ms",
+                index + 1,
+                delivered.time_ms
+            )));
+        }
+        for request in delivered.requests {
+            let (client, id) = (request.client, (request.number, request.refused));
+            let last = self.members[index].executed.iter().rev().find(|e| e.client == client).map(|e| e.request);
+            let follows = match last {
+                None => id.0 == 1,
+                Some((number, refused)) => id.0 == number + 1 || (id.0 == number && id.1 > refused),
+            };
+            if !follows {
                 return Err(self.violation(format!(
-                    "replica {} delivers entry {} from position {}, after {first} requests",
-                    index + 1,
-                    delivered.index,
-                    delivered.first
+                    "replica {} delivers request {id:?} of client {client} after its request {last:?}",
+                    index + 1
                 )));
             }
-            let latest = self.members[index].executed.last().map_or(0, |e| e.time_ms);
-            if delivered.time_ms < latest {
-                return Err(self.violation(format!(
-                    "replica {}'s order went back in time, from {latest} to {} ms",
-                    index + 1,
-                    delivered.time_ms
-                )));
-            }
-            for request in delivered.requests {
-                let (client, id) = (request.client, (request.number, request.refused));
-                let last = self.members[index].executed.iter().rev().find(|e| e.client == client).map(|e| e.request);
-                let follows = match last {
-                    None => id.0 == 1,
-                    Some((number, refused)) => id.0 == number + 1 || (id.0 == number && id.1 > refused),
-                };
-                if !follows {
-                    return Err(self.violation(format!(
-                        "replica {} delivers request {id:?} of client {client} after its request {last:?}",
-                        index + 1
-                    )));
-                }
-                if !self.members.iter().any(|m| m.has_executed(client, id)) {
-                    self.stats.delivered += 1;
-                }
-                let member = &mut self.members[index];
-                let outcome = execute(&mut member.vault, &request.body);
-                member.executed.push(Executed {
-                    client,
-                    request: id,
-                    time_ms: delivered.time_ms,
-                    outcome: outcome.clone(),
-                    wrong: member.corrupted,
-                });
-                member.outcomes.executed(&outcome);
-                for waiter in member.calls.executed(&request, outcome.clone()) {
-                    self.reply(waiter, index, id, outcome.clone());
-                }
+            if !self.members.iter().any(|m| m.has_executed(client, id)) {
+                self.stats.delivered += 1;
             }
             let member = &mut self.members[index];
-            if let Some((window, hash)) = delivered.closes.and_then(|window| member.outcomes.closed(window)) {
-                // On probation its digest must not count: a wrong state copied would agree with
-                // its donor's.
-                if !member.judge.on_probation() {
-                    propose_later(&mut member.digests, Digest { member: member.node.id(), window, hash });
-                }
-                found.extend(member.judge.mine(window, hash));
+            let outcome = execute(&mut member.vault, &request.body);
+            member.executed.push(Executed {
+                client,
+                request: id,
+                time_ms: delivered.time_ms,
+                outcome: outcome.clone(),
+                wrong: member.corrupted,
+            });
+            member.course.executed(&outcome);
+            for waiter in member.calls.executed(&request, outcome.clone()) {
+                self.reply(waiter, index, id, outcome.clone());
             }
         }
-        for finding in found {
-            self.found(index, finding);
-        }
+        self.members[index].course.entry_executed(delivered.closes);
         Ok(())
     }
 
-    /// Replica `index`'s judge found `finding` (the node logs each and counts it). A replica
-    /// that finds itself dissenting stops answering and awaits a live replica's state from
-    /// where it stands, as one that fell behind the log does.
-    fn found(&mut self, index: usize, finding: Finding) {
-        match finding {
-            Finding::Cleared { proof: Some(_) } => self.stats.probations_cleared += 1,
-            Finding::Cleared { proof: None } => self.stats.probations_cleared_unproven += 1,
-            Finding::Refuted { .. } => self.stats.probations_refuted += 1,
-            Finding::Dissent(Dissent { me: false, .. }) => self.stats.dissents_reported += 1,
-            Finding::Dissent(Dissent { me: true, .. }) => {
-                let member = &mut self.members[index];
-                let Some(next) = member.feed.next() else { return };
-                member.feed.restored(next);
-                member.outcomes.suspend();
-                member.transfer_due = Some(self.step + self.rng.random_range(5..80));
-                member.calls.drop_waiters();
-                member.digests.clear();
-                self.stats.dissents_found += 1;
+    /// Replica `index` acts on what its course decided (the node logs each and counts it): it
+    /// queues the digests to propose, and one that must take a live replica's state stops
+    /// answering who waits, drops the digests it queued and awaits the state.
+    fn react(&mut self, index: usize) {
+        while let Some(event) = self.members[index].course.poll_event() {
+            match event {
+                Event::Propose(digest) => propose_later(&mut self.members[index].digests, digest),
+                Event::NeedState { why, .. } => {
+                    self.stats.dissents_found += u64::from(matches!(why, Behind::Dissented { .. }));
+                    let due = self.step + self.rng.random_range(5..80);
+                    let member = &mut self.members[index];
+                    member.transfer_due = Some(due);
+                    member.calls.drop_waiters();
+                    member.digests.clear();
+                }
+                Event::Reported(Dissent { .. }) => self.stats.dissents_reported += 1,
+                Event::Cleared { proof: Some(_) } => self.stats.probations_cleared += 1,
+                Event::Cleared { proof: None } => self.stats.probations_cleared_unproven += 1,
+                Event::Refuted { .. } => self.stats.probations_refuted += 1,
             }
         }
     }
