@@ -46,8 +46,8 @@ use crate::service::lock;
 use crate::status::{OrderRole, ReplicaStanding, ReplicaStatus};
 use crate::transfer::{Donors, Received};
 use nonstop_active::calls::{Asked, Calls};
-use nonstop_active::dissent::{Digest, Dissent, Finding, Judge, Outcomes, propose_later};
-use nonstop_active::feed::{Feed, FeedError};
+use nonstop_active::course::{Behind, Course, Event, NoDonation, Standing as CourseStanding, Taken};
+use nonstop_active::dissent::{Digest, Dissent, propose_later};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_control::log::MemoryLog;
@@ -103,24 +103,16 @@ const EXECUTOR_TICK: Duration = Duration::from_millis(50);
 /// The value of [`Replica::leader`] when no leader is known.
 const NO_LEADER: u16 = u16::MAX;
 
-/// Whether a replica serves.
+/// Whether a replica serves: as its course decides, for client threads to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Standing {
-    Serving,
-    /// It awaits a live replica's state: it fell behind the order's compacted log, or its
-    /// outcomes differed from the majority's.
-    CatchingUp,
-    /// It took a state and proves it against a replica other than its donor.
-    Proving,
-    /// The state it took and node `against`'s replica digested a window differently: its
-    /// donor and that replica disagree, one of three cannot tell which is right, and it stays
-    /// out.
-    Refuted {
-        against: u64,
-    },
+    /// As its executor's [`Course`] decided last.
+    Course(CourseStanding),
     /// It stopped, for the reason given (its state no longer follows the order).
     Stopped(String),
 }
+
+const SERVING: Standing = Standing::Course(CourseStanding::Serving);
 
 /// What client threads and the executor share of the replica.
 struct Shared {
@@ -298,8 +290,10 @@ impl ReplicaHost {
             Err(error) => return Err(region_error(format!("cannot read {}: {error}", mark.display()))),
         };
         // A new incarnation knows nothing of the order: it serves once it follows it.
-        let standing = match incarnation {
-            0 => Standing::Serving,
+        let member = member_id(me.0, incarnation);
+        let nodes: Vec<u64> = spec.replicas.iter().map(|n| n.0).collect();
+        let course = match incarnation {
+            0 => Course::founder(member, &nodes, KEPT_FOR_TRANSFER),
             _ => {
                 tracing::info!(
                     service = spec.name,
@@ -308,12 +302,11 @@ impl ReplicaHost {
                     "restarted: joining the order group as a new member (if every replica restarted, the group and \
                      its state are gone: remove this mark on every node to found it anew)"
                 );
-                Standing::CatchingUp
+                Course::new_member(member, &nodes, KEPT_FOR_TRANSFER)
             }
         };
         // Every member starts from the founders' configuration, a new one too: given the log
         // from its first entry, it applies the membership changes from there.
-        let member = member_id(me.0, incarnation);
         let group_config = ControlConfig { id: member, ..group_config };
         let group = RaftNode::new(group_config, Box::new(MemoryLog::default()))
             .map_err(|source| ReplicaError::Group { service: spec.name.clone(), source })?;
@@ -327,7 +320,7 @@ impl ReplicaHost {
             mirror,
             leader: AtomicU16::new(NO_LEADER),
             shared: Mutex::new(Shared {
-                standing,
+                standing: Standing::Course(course.standing()),
                 calls: Calls::new(PENDING_BYTES),
                 transfers: 0,
                 last_catch_up: None,
@@ -344,11 +337,10 @@ impl ReplicaHost {
         });
         let executor = {
             let replica = replica.clone();
-            let judge = Judge::new(member, &spec.replicas.iter().map(|n| n.0).collect::<Vec<_>>());
             let replicas = spec.replicas.clone();
             std::thread::Builder::new()
                 .name(format!("nonstop-replica-{}", spec.name))
-                .spawn(move || Executor::new(replica, judge, replicas).run(works))
+                .spawn(move || Executor::new(replica, course, replicas).run(works))
                 .map_err(|error| region_error(format!("no executor thread: {error}")))?
         };
         Ok(ReplicaHost {
@@ -393,10 +385,12 @@ impl ReplicaHost {
             turned_away: self.group.as_ref().map_or(0, |g| g.state().turned_away()),
             executed: shared.calls.executed_count(),
             standing: match &shared.standing {
-                Standing::Serving => ReplicaStanding::Serving,
-                Standing::CatchingUp => ReplicaStanding::CatchingUp,
-                Standing::Proving => ReplicaStanding::Proving,
-                Standing::Refuted { against } => ReplicaStanding::Refuted { against: *against },
+                Standing::Course(CourseStanding::Serving) => ReplicaStanding::Serving,
+                Standing::Course(CourseStanding::CatchingUp) => ReplicaStanding::CatchingUp,
+                Standing::Course(CourseStanding::Proving) => ReplicaStanding::Proving,
+                Standing::Course(CourseStanding::Refuted { against }) => {
+                    ReplicaStanding::Refuted { against: node_of(*against) }
+                }
                 Standing::Stopped(reason) => ReplicaStanding::Stopped { reason: reason.clone() },
             },
             dissents_found: shared.dissents_found,
@@ -654,7 +648,7 @@ impl Replica {
     fn unchanged<R>(&self, read: impl FnOnce() -> R) -> Option<R> {
         let serving = || {
             let shared = lock(&self.shared);
-            (shared.standing == Standing::Serving).then_some(shared.transfers)
+            (shared.standing == SERVING).then_some(shared.transfers)
         };
         let before = serving()?;
         let result = read();
@@ -753,20 +747,21 @@ fn state_replaced() -> ClientReply {
 /// What a client hears from a replica that does not serve, by its standing.
 fn unavailable(standing: &Standing) -> Option<ClientReply> {
     match standing {
-        Standing::Serving => None,
-        Standing::CatchingUp => Some(ClientReply::Unavailable {
+        Standing::Course(CourseStanding::Serving) => None,
+        Standing::Course(CourseStanding::CatchingUp) => Some(ClientReply::Unavailable {
             reason: "this replica is taking another's state (it fell behind the order, or its outcomes differed \
                      from the majority's); ask the others"
                 .into(),
         }),
-        Standing::Proving => Some(ClientReply::Unavailable {
+        Standing::Course(CourseStanding::Proving) => Some(ClientReply::Unavailable {
             reason: "this replica took another's state and is proving it against a third replica; ask the others"
                 .into(),
         }),
-        Standing::Refuted { against } => Some(ClientReply::Unavailable {
+        Standing::Course(CourseStanding::Refuted { against }) => Some(ClientReply::Unavailable {
             reason: format!(
-                "the state this replica took disagrees with node {against}'s replica, and it cannot tell which is \
-                 right; it stays out (see the node's log)"
+                "the state this replica took disagrees with node {}'s replica, and it cannot tell which is right; it \
+                 stays out (see the node's log)",
+                node_of(*against)
             ),
         }),
         Standing::Stopped(reason) => {
@@ -775,195 +770,161 @@ fn unavailable(standing: &Standing) -> Option<ClientReply> {
     }
 }
 
-/// The executor thread: runs each delivered request in order and sends its vote to whoever
-/// waits; takes another replica's state when the order's snapshot replaced entries it missed,
-/// and copies the rest of its own for a donation, between two entries.
+/// The executor thread: runs what the replica's [`Course`] hands out, in order, sends each
+/// vote to whoever waits, and acts on what the course decides (takes another replica's state,
+/// proposes digests, reports); copies the rest of its own state for a donation, between two
+/// entries.
 struct Executor {
     replica: Arc<Replica>,
-    feed: Feed,
-    /// Its digests of its outcomes, and its judge of every replica's.
-    outcomes: Outcomes,
-    judge: Judge,
+    /// What it executes, when it takes a state, what it proposes, whether it answers: the
+    /// code the simulator drives too.
+    course: Course,
     /// The nodes that hold the service's replicas, by replica number.
     replicas: Vec<NodeId>,
     /// A transfer into this replica runs (one at a time: it writes the region).
     fetching: bool,
     /// While it catches up: when the order's snapshot came, or its dissent was found.
     behind_since: Option<std::time::Instant>,
-    /// The executor's clock for its judge (a probation's end): when it started.
+    /// The executor's clock for its course (a probation's end): when it started.
     started: std::time::Instant,
 }
 
 impl Executor {
-    fn new(replica: Arc<Replica>, judge: Judge, replicas: Vec<NodeId>) -> Executor {
-        Executor {
-            replica,
-            feed: Feed::new(KEPT_FOR_TRANSFER),
-            outcomes: Outcomes::new(),
-            judge,
-            replicas,
-            fetching: false,
-            behind_since: None,
-            started: std::time::Instant::now(),
-        }
+    fn new(replica: Arc<Replica>, course: Course, replicas: Vec<NodeId>) -> Executor {
+        Executor { replica, course, replicas, fetching: false, behind_since: None, started: std::time::Instant::now() }
     }
 
     fn run(mut self, works: Receiver<Work>) {
         loop {
             let work = match works.recv_timeout(EXECUTOR_TICK) {
-                Ok(work) => work,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.end_probation();
-                    continue;
-                }
+                Ok(work) => Some(work),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
             let going_on = match work {
-                Work::Delivered(delivered) => {
-                    let found: Vec<Finding> = delivered.digests.iter().filter_map(|d| self.judge.seen(d)).collect();
-                    for finding in found {
-                        self.found(finding);
-                    }
-                    self.deliver(delivered)
-                }
-                Work::Restored(from) => {
-                    self.take_state(from);
+                None => true,
+                Some(Work::Delivered(delivered)) => match self.course.delivered(delivered) {
+                    Ok(()) => true,
+                    Err(error) => self.stop(format!("its order feed broke: {error}")),
+                },
+                Some(Work::Restored(from)) => {
+                    self.course.restored(from);
                     true
                 }
-                Work::Transferred(received) => self.transferred(received),
-                Work::TransferFailed(reason) => {
+                Some(Work::Transferred(received)) => self.transferred(received),
+                Some(Work::TransferFailed(reason)) => {
                     self.fetching = false;
                     tracing::warn!(service = self.replica.name, %reason, "no state taken yet; asking again");
                     self.fetch(TRANSFER_RETRY);
                     true
                 }
-                Work::Finish { from, reply } => {
+                Some(Work::Finish { from, reply }) => {
                     let _ = reply.send(self.finish_donation(from));
                     true
                 }
-                Work::Stop => false,
+                Some(Work::Stop) => false,
             };
-            self.end_probation();
-            if !going_on {
+            let now_ms = self.now_ms();
+            self.course.tick(now_ms);
+            if !going_on || !self.advance() {
                 return;
             }
         }
     }
 
-    /// The executor's clock for its judge, in milliseconds.
+    /// The executor's clock for its course, in milliseconds.
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Executes what the order delivered, as the feed hands it out; false once the replica
-    /// stopped.
-    fn deliver(&mut self, delivered: Delivered) -> bool {
-        match self.feed.delivered(delivered) {
-            Ok(entries) => {
-                let executed = !entries.is_empty();
-                let going_on = entries.into_iter().all(|entry| self.execute_entry(entry));
-                if executed && self.feed.is_following() {
-                    // A new member given the order from its start follows it now.
-                    let mut shared = lock(&self.replica.shared);
-                    if shared.standing == Standing::CatchingUp {
-                        shared.standing = Standing::Serving;
-                    }
-                }
-                going_on
+    /// Executes what the course hands out and acts on what it decides, then tells client
+    /// threads where the replica stands; false once the replica stopped.
+    fn advance(&mut self) -> bool {
+        loop {
+            self.react();
+            let Some(entry) = self.course.next_entry() else { break };
+            if !self.execute_entry(entry) {
+                return false;
             }
-            Err(error) => self.stop(format!("its order feed broke: {error}")),
         }
-    }
-
-    /// Its state must be replaced by a live replica's at position `from` of the order or later
-    /// (it fell behind the log, or its outcomes were contradicted): it answers nothing, and
-    /// asks for one.
-    fn take_state(&mut self, from: u64) {
-        self.feed.restored(from);
-        self.outcomes.suspend();
-        self.behind_since.get_or_insert_with(std::time::Instant::now);
         let mut shared = lock(&self.replica.shared);
-        if !matches!(shared.standing, Standing::Stopped(_)) {
-            shared.standing = Standing::CatchingUp;
+        if matches!(shared.standing, Standing::Stopped(_)) {
+            return false;
         }
-        // Their calls are answered by the others; the callers ask again.
-        shared.calls.drop_waiters();
-        shared.digests.clear();
-        drop(shared);
-        self.fetch(Duration::ZERO);
+        shared.standing = Standing::Course(self.course.standing());
+        true
     }
 
-    /// Acts on what its judge found in the replicas' digests.
-    fn found(&mut self, finding: Finding) {
-        let name = &self.replica.name;
-        match finding {
-            Finding::Dissent(Dissent { me: false, dissenter, window }) => {
-                lock(&self.replica.shared).dissents_reported += 1;
-                tracing::warn!(
-                    service = name,
-                    node = node_of(dissenter),
-                    window,
-                    "a replica's outcomes differ from the majority's: it takes a live replica's state"
-                );
-            }
-            Finding::Dissent(Dissent { me: true, window, .. }) => {
-                // Awaiting a state already: the one it takes replaces what was contradicted.
-                let Some(next) = self.feed.next() else { return };
-                lock(&self.replica.shared).dissents_found += 1;
-                tracing::error!(
-                    service = name,
-                    window,
-                    "this replica's outcomes differ from the majority's: its state is wrong; taking a live replica's"
-                );
-                self.take_state(next);
-            }
-            Finding::Cleared { proof } => {
-                match proof {
-                    Some(proof) => tracing::info!(
-                        service = name,
-                        node = node_of(proof.by),
-                        window = proof.window,
-                        "the state taken is proven against a replica other than its donor; serving again"
-                    ),
-                    None => tracing::warn!(
-                        service = name,
-                        "no replica other than the donor digested anything to prove the state taken against; \
-                         serving again unproven"
-                    ),
+    /// Acts on what the course decided, in order.
+    fn react(&mut self) {
+        let replica = self.replica.clone();
+        let name = &replica.name;
+        while let Some(event) = self.course.poll_event() {
+            match event {
+                Event::Propose(digest) => {
+                    propose_later(&mut lock(&self.replica.shared).digests, digest);
+                    let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
                 }
-                let mut shared = lock(&self.replica.shared);
-                if matches!(shared.standing, Standing::Proving | Standing::Refuted { .. }) {
-                    shared.standing = Standing::Serving;
-                    shared.last_catch_up = self.behind_since.take().map(|since| since.elapsed());
+                Event::NeedState { from, why } => {
+                    self.behind_since.get_or_insert_with(std::time::Instant::now);
+                    let mut shared = lock(&self.replica.shared);
+                    if let Behind::Dissented { window } = why {
+                        shared.dissents_found += 1;
+                        tracing::error!(
+                            service = name,
+                            window,
+                            "this replica's outcomes differ from the majority's: its state is wrong; taking a live \
+                             replica's"
+                        );
+                    }
+                    if !matches!(shared.standing, Standing::Stopped(_)) {
+                        shared.standing = Standing::Course(self.course.standing());
+                    }
+                    // Their calls are answered by the others; the callers ask again.
+                    shared.calls.drop_waiters();
+                    shared.digests.clear();
+                    drop(shared);
+                    tracing::debug!(service = name, from, "asking for a live replica's state");
+                    self.fetch(Duration::ZERO);
                 }
-            }
-            Finding::Refuted { window, against } => {
-                tracing::error!(
+                Event::Reported(Dissent { dissenter, window, .. }) => {
+                    lock(&self.replica.shared).dissents_reported += 1;
+                    tracing::warn!(
+                        service = name,
+                        node = node_of(dissenter),
+                        window,
+                        "a replica's outcomes differ from the majority's: it takes a live replica's state"
+                    );
+                }
+                Event::Cleared { proof } => {
+                    match proof {
+                        Some(proof) => tracing::info!(
+                            service = name,
+                            node = node_of(proof.by),
+                            window = proof.window,
+                            "the state taken is proven against a replica other than its donor; serving again"
+                        ),
+                        None => tracing::warn!(
+                            service = name,
+                            "no replica other than the donor digested anything to prove the state taken against; \
+                             serving again unproven"
+                        ),
+                    }
+                    lock(&self.replica.shared).last_catch_up = self.behind_since.take().map(|since| since.elapsed());
+                }
+                Event::Refuted { window, against } => tracing::error!(
                     service = name,
                     node = node_of(against),
                     window,
                     "the state taken disagrees with a replica other than its donor: one of them is wrong, and one \
                      replica cannot tell which; staying out (two faults at once: restart the wrong one)"
-                );
-                let mut shared = lock(&self.replica.shared);
-                if shared.standing == Standing::Proving {
-                    shared.standing = Standing::Refuted { against: node_of(against) };
-                }
+                ),
             }
         }
     }
 
-    /// Clears a replica that proved nothing within [`nonstop_active::dissent::PROBATION_MS`] (no replica outside its
-    /// donor's lineage digested anything), unless it was refuted.
-    fn end_probation(&mut self) {
-        if let Some(finding) = self.judge.clear_unproven(self.now_ms()) {
-            self.found(finding);
-        }
-    }
-
     /// Executes one entry's requests at its order time, and refuses those the order turned
-    /// away, digests its outcomes, and, if the entry closes a window, proposes its digest and
-    /// judges it; false once the replica stopped.
+    /// away; false once the replica stopped.
     fn execute_entry(&mut self, entry: Delivered) -> bool {
         let end = entry.first + entry.requests.len() as u64;
         for request in &entry.turned_away {
@@ -992,7 +953,7 @@ impl Executor {
                     Err(refusal) => refusal.push('!'),
                 }
             }
-            self.outcomes.executed(&outcome);
+            self.course.executed(&outcome);
             let waiters = lock(&self.replica.shared).calls.executed(&request, outcome.clone());
             if !waiters.is_empty() {
                 let vote = self.replica.vote(request.number, outcome, false);
@@ -1002,18 +963,7 @@ impl Executor {
             }
         }
         lock(&self.replica.shared).position = end;
-        if let Some((window, hash)) = entry.closes.and_then(|window| self.outcomes.closed(window)) {
-            // On probation its digest must not count: a wrong state copied would agree with
-            // its donor's.
-            if !self.judge.on_probation() {
-                let member = self.judge.member();
-                propose_later(&mut lock(&self.replica.shared).digests, Digest { member, window, hash });
-                let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
-            }
-            if let Some(finding) = self.judge.mine(window, hash) {
-                self.found(finding);
-            }
-        }
+        self.course.entry_executed(entry.closes);
         true
     }
 
@@ -1025,7 +975,7 @@ impl Executor {
     /// Starts taking a state from another replica (after `pause`), unless a transfer runs: it
     /// writes the region, so one at a time. Its end comes back as work.
     fn fetch(&mut self, pause: Duration) {
-        let Some(from) = self.feed.awaiting_from() else { return };
+        let Some(from) = self.course.awaiting_from() else { return };
         if self.fetching {
             return;
         }
@@ -1046,58 +996,52 @@ impl Executor {
         }
     }
 
-    /// A transfer into this replica ended: it executes on from the donor's point, or, if the
-    /// state is older than the order's latest snapshot here (another came meanwhile), asks
-    /// for a newer one.
+    /// A transfer into this replica ended: it executes on from the donor's point, on probation,
+    /// or, if the state is older than the order's latest snapshot here (another came
+    /// meanwhile), asks for a newer one.
     fn transferred(&mut self, received: Received) -> bool {
         self.fetching = false;
-        let rest = match self.feed.transferred(received.position) {
-            Ok(rest) => rest,
-            Err(FeedError::Behind { position, from }) => {
-                tracing::info!(service = self.replica.name, position, from, "a transferred state is already behind");
-                self.fetch(Duration::ZERO);
-                return true;
-            }
-            Err(error) => return self.stop(format!("a transferred state does not fit the order: {error}")),
-        };
         let Some(donor) = self.replicas.get(usize::from(received.donor)).copied() else {
             return self.stop(format!("a state came from replica {}, which is not in the group", received.donor));
         };
-        self.outcomes.resume();
-        self.judge.probation(member_id(donor.0, 0), self.now_ms());
+        let now_ms = self.now_ms();
+        match self.course.transferred(received.position, member_id(donor.0, 0), now_ms) {
+            Ok(Taken::Installed) => {}
+            Ok(Taken::Stale { position, from }) => {
+                tracing::info!(service = self.replica.name, position, from, "a transferred state is already behind");
+                return true;
+            }
+            Err(error) => return self.stop(format!("a transferred state does not fit the order: {error}")),
+        }
         {
             let mut shared = lock(&self.replica.shared);
             let answered = received.answered.into_iter().map(|a| (a.client, (a.number, a.refused), a.outcome));
             shared.calls.restore(answered);
             shared.transfers += 1;
             shared.position = received.position;
-            if shared.standing == Standing::CatchingUp {
-                shared.standing = Standing::Proving;
-            }
         }
         tracing::info!(
             service = self.replica.name,
             position = received.position,
             donor = donor.0,
-            kept = rest.len(),
             "took a replica's state; proving it against another replica before serving"
         );
-        rest.into_iter().all(|entry| self.execute_entry(entry))
+        true
     }
 
     /// A donor's last step, between two entries: the pages written since the pre-copy's last
     /// round (the whole image if the region's writes are not tracked), what its executions
     /// answered each client last, and its point of the order.
     fn finish_donation(&self, from: u64) -> Finished {
-        let position = match (self.feed.next(), &lock(&self.replica.shared).standing) {
-            (_, Standing::Stopped(reason)) => return Finished::NotServing(reason.clone()),
-            (None, _) => return Finished::NotServing("it is taking a state itself".into()),
-            // Its own state would spread before anyone could find it wrong.
-            (_, Standing::Proving | Standing::Refuted { .. }) => {
-                return Finished::NotServing("the state it took is not proven yet".into());
+        if let Standing::Stopped(reason) = &lock(&self.replica.shared).standing {
+            return Finished::NotServing(reason.clone());
+        }
+        let position = match self.course.donation(from) {
+            Ok(position) => position,
+            Err(NoDonation::Behind { position }) => return Finished::Behind(position),
+            Err(refusal @ (NoDonation::TakingState | NoDonation::Unproven)) => {
+                return Finished::NotServing(refusal.to_string());
             }
-            (Some(next), _) if next < from => return Finished::Behind(next),
-            (Some(next), _) => next,
         };
         let mirror = &self.replica.mirror;
         let mut payloads = Vec::new();
@@ -1131,7 +1075,7 @@ impl Replica {
 
     /// True while it serves (follows the order and answers).
     fn serving(&self) -> bool {
-        lock(&self.shared).standing == Standing::Serving
+        lock(&self.shared).standing == SERVING
     }
 
     /// Sends this replica's state at position `from` of the order or later through `send`
