@@ -208,9 +208,9 @@ pub fn run(
     if config.replicas == 0 || config.replicas.is_multiple_of(2) {
         return Err(format!("--replicas {} cannot vote by majority: use an odd number (2f+1)", config.replicas));
     }
-    if config.fault == Some(ReplicaFault::WrongOutcome) {
-        return Err("bench active injects kill or pause; a wrong outcome is found by the digests replicas on nodes \
-                    compare: nonstop chaos kill --replication active --fault wrong-outcome"
+    if matches!(config.fault, Some(ReplicaFault::WrongOutcome | ReplicaFault::FlipMemory)) {
+        return Err("bench active injects kill or pause; wrong outcomes and flipped bits are found by the digests and \
+                    seals of replicas on nodes: nonstop chaos kill --replication active --fault wrong-outcome|flip-memory"
             .into());
     }
     let configurations: Vec<(&str, Replication)> = CONFIGURATIONS

@@ -291,9 +291,11 @@ struct ChaosKillArgs {
     replies: nonstop_proto::client::ReplyMode,
     /// With `--replication active`: what happens to the replica, `kill` (SIGKILL), `pause`
     /// (SIGSTOP for --pause-ms, then SIGCONT: it catches up, by state transfer if the order
-    /// compacted entries it missed) or `wrong-outcome` (one of its replies made wrong by a
-    /// fault point: the replicas' digests must find it, and it takes a live replica's state).
-    /// Passive pauses are `nonstop chaos --netns pause`.
+    /// compacted entries it missed), `wrong-outcome` (one of its replies made wrong by a
+    /// fault point: the replicas' digests must find it, and it takes a live replica's state) or
+    /// `flip-memory` (a bit of its region flipped in its memory: its seals or the digests must
+    /// find it; reported as injected, activated, detected, manifested and catastrophic errors).
+    /// Passive pauses are `nonstop chaos --netns pause`, passive bit flips `--netns bitflip`.
     #[arg(long, value_enum, default_value = "kill")]
     fault: FaultKind,
     /// How long `--fault pause` stops the replica, in milliseconds.
@@ -436,6 +438,9 @@ enum FaultKind {
     Pause,
     /// One reply of the replica made wrong (nodes only: `chaos kill --replication active`).
     WrongOutcome,
+    /// A random bit of the replica's region flipped in its memory (nodes only: `chaos kill
+    /// --replication active`).
+    FlipMemory,
 }
 
 impl FaultKind {
@@ -445,6 +450,7 @@ impl FaultKind {
             FaultKind::Kill => ReplicaFault::Kill,
             FaultKind::Pause => ReplicaFault::Pause { ms: pause_ms },
             FaultKind::WrongOutcome => ReplicaFault::WrongOutcome,
+            FaultKind::FlipMemory => ReplicaFault::FlipMemory,
         }
     }
 }
@@ -1054,17 +1060,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
                 println!("GROWING: {growing}");
             }
         }
-        if !report.error_injection.is_empty() {
-            println!(
-                "| site | injected | activated | detected | manifested | catastrophic |\n|---|---:|---:|---:|---:|---:|"
-            );
-            for (site, c) in &report.error_injection {
-                println!(
-                    "| {site} | {} | {} | {} | {} | {} |",
-                    c.injected, c.activated, c.detected, c.manifested, c.catastrophic
-                );
-            }
-        }
+        print_error_injection(&report.error_injection);
         print_verdict(&report.check, &report.history, true);
     }
     if report.violations > 0 || report.check.is_err() {
@@ -1083,6 +1079,20 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The survey's table of injected errors, per site (nothing without injections).
+fn print_error_injection(rows: &std::collections::BTreeMap<String, nonstop_testbed::chaos::inject::InjectionCounts>) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("| site | injected | activated | detected | manifested | catastrophic |\n|---|---:|---:|---:|---:|---:|");
+    for (site, c) in rows {
+        println!(
+            "| {site} | {} | {} | {} | {} | {} |",
+            c.injected, c.activated, c.detected, c.manifested, c.catastrophic
+        );
+    }
+}
+
 fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fault_share) {
         bail!("--fault-share must be between 0 and 1");
@@ -1091,9 +1101,9 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if args.replication == Replication::Active {
         return chaos_kill_active(&args, &service);
     }
-    if matches!(args.fault, FaultKind::Pause) || args.order_log_entries.is_some() || args.restart_after_ms.is_some() {
+    if !matches!(args.fault, FaultKind::Kill) || args.order_log_entries.is_some() || args.restart_after_ms.is_some() {
         bail!(
-            "--fault pause, --restart-after-ms and --order-log-entries are for --replication active; a passive primary's pause is `nonstop chaos --netns pause`"
+            "--fault pause|wrong-outcome|flip-memory, --restart-after-ms and --order-log-entries are for --replication active; a passive primary's pause is `nonstop chaos --netns pause`, its bit flips `nonstop chaos --netns bitflip`"
         );
     }
 
@@ -1223,6 +1233,7 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
         (ReplicaFault::Kill, Some(_)) => ("restarted", "restart"),
         (ReplicaFault::Pause { .. }, _) => ("paused", "pause"),
         (ReplicaFault::WrongOutcome, _) => ("made wrong", "wrong outcome"),
+        (ReplicaFault::FlipMemory, _) => ("given a flipped bit", "bit flip"),
     };
     let progress = trials_bar(args.trials);
     let report = nonstop_testbed::chaos::run_active_kill(&service.exe, &config, |trial| {
@@ -1255,6 +1266,11 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
                 "answered one request wrongly ({} of {} found by the replicas' digests)",
                 report.dissents_found, report.trials
             )),
+            (ReplicaFault::FlipMemory, _) => Some(format!(
+                "a bit flipped in its region ({} of {} found by the replicas' digests, the rest by the region's seals \
+                 or not at all: see the table; found {:.0} ms after the flip, p50, max {:.0} ms)",
+                report.dissents_found, report.trials, report.detected_after_ms.p50, report.detected_after_ms.max
+            )),
             (ReplicaFault::Kill, None) => None,
         };
         if let Some(away) = away {
@@ -1278,6 +1294,7 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
             report.replicas_disagree,
             report.no_answer_after_kill
         );
+        print_error_injection(&report.error_injection);
         print_verdict(&report.check, &report.history, false);
     }
     // Under leader-only and pass-first one replica answers a query, and it may not have executed
@@ -1295,6 +1312,11 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
         bail!(
             "the history broke a guarantee (lost, doubled, wrong answers, replicas apart): repeat with --seed {seed}"
         );
+    }
+    let crashed: u64 =
+        report.error_injection.iter().filter(|(site, _)| *site != "total").map(|(_, c)| c.manifested).sum();
+    if crashed > 0 {
+        bail!("{crashed} injected errors crashed a node instead of being detected: repeat with --seed {seed}");
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! a service actively under client load, and one replica (the order's leader or a follower, as
 //! the seed picks) fails: killed with SIGKILL, paused with SIGSTOP for a while and resumed, or
 //! made to answer one request wrongly (a fault point), which the replicas' digests of their
-//! outcomes must find, the replica then taking a live replica's state.
+//! outcomes must find, the replica then taking a live replica's state, or given a flipped bit
+//! in its region's memory, which its region's line seals or the digests must find. Flips and
+//! wrong answers are counted as the replication survey counts injected errors ([`super::inject`]).
 //! There is no failover to time: the clients' votes go on with the two replicas left, and what
 //! a trial measures is the longest gap between answers around the fault. A paused replica that
 //! fell behind the order's compacted log meanwhile must take a live replica's state and serve
@@ -13,12 +15,14 @@
 //! Each trial runs a cluster of its own, so that every trial starts from three healthy
 //! replicas and no trial's measurement includes an earlier one's re-integration.
 
+use super::inject::{Injection, InjectionCounts, Site, flip_in_region, tally, watch_flip, with_history};
 use super::{Clients, Millis, Traffic, millis};
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::history::{CheckReport, Violations};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,6 +44,12 @@ pub enum ReplicaFault {
     /// it, and the replicas' digests of their outcomes must find it (it then takes a live
     /// replica's state and proves it, as a paused one does). The cluster must allow faults.
     WrongOutcome,
+    /// A random bit of its region's used part flipped in its memory (through
+    /// `/proc/<pid>/mem`, behind every API, as a failing DIMM would): its region's line seals
+    /// (a transaction's reads, or the background scrubber) stop its node, which the trial starts
+    /// again to rejoin as a new member, or its digests of its outcomes find it dissenting and it
+    /// takes a live replica's state. The clients' votes mask it meanwhile.
+    FlipMemory,
 }
 
 /// How an active chaos run is shaped.
@@ -101,6 +111,9 @@ pub struct ActiveTrial {
     pub violations: u64,
     /// Whether the survivors' client tables differ.
     pub replicas_disagree: bool,
+    /// A flipped bit or a wrong outcome: what became of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injection: Option<Injection>,
 }
 
 /// What an active chaos run found.
@@ -150,6 +163,12 @@ pub struct ActiveChaosReport {
     pub check: Result<String, String>,
     /// The history checker's report of the first trial with violations (else the last).
     pub history: CheckReport,
+    /// Flipped bits and wrong outcomes, counted per site as the survey counts injected errors,
+    /// and a `total` row that adds what the history checker and the checks found.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_injection: BTreeMap<String, InjectionCounts>,
+    /// Flipped bits: from the flip to its detection, over the trials that detected it.
+    pub detected_after_ms: Millis,
     /// Every trial.
     pub trial_log: Vec<ActiveTrial>,
 }
@@ -169,8 +188,7 @@ pub fn run_active_kill(
     let mut history: Option<CheckReport> = None;
     for trial in 0..config.trials {
         let (outcome, report) = run_trial(exe, config, &mut rng, u64::from(trial))?;
-        totals.acked_lost += report.violations.acked_lost;
-        totals.applied_twice += report.violations.applied_twice;
+        totals += report.violations;
         if check.is_ok() {
             check = outcome;
         }
@@ -180,6 +198,11 @@ pub fn run_active_kill(
         progress(&report.trial);
         trials.push(report.trial);
     }
+    let injections: Vec<Injection> = trials.iter().filter_map(|t| t.injection).collect();
+    let error_injection = match injections.is_empty() {
+        true => BTreeMap::new(),
+        false => with_history(tally(&injections), &totals, check.is_err()),
+    };
     let gaps =
         |pick: fn(&ActiveTrial) -> bool| -> Vec<f64> { trials.iter().filter(|t| pick(t)).map(|t| t.gap_ms).collect() };
     Ok(ActiveChaosReport {
@@ -212,6 +235,8 @@ pub fn run_active_kill(
         acknowledged: trials.iter().map(|t| t.acknowledged).sum(),
         check,
         history: history.unwrap_or_default(),
+        error_injection,
+        detected_after_ms: millis(&injections.iter().filter_map(|i| i.detected_after_ms).collect::<Vec<_>>()),
         trial_log: trials,
     })
 }
@@ -262,6 +287,10 @@ fn run_trial(
             .max()
             .unwrap_or(0)
     };
+    let dissents = |cluster: &LocalCluster| {
+        cluster.status(victim).and_then(|s| s.replicas.first().map(|r| r.dissents_found)).unwrap_or(0)
+    };
+    let mut injection = None;
     let resumed = match (config.fault, config.restart_after) {
         (ReplicaFault::Kill, None) => {
             cluster.kill(victim)?;
@@ -286,6 +315,21 @@ fn run_trial(
             let reached = reached(&cluster);
             Some((Instant::now(), reached))
         }
+        (ReplicaFault::FlipMemory, _) => {
+            let before = dissents(&cluster);
+            let flipped_at = Instant::now();
+            let flipped = flip_in_region(&cluster, &config.spec, victim, rng)?;
+            let watched = watch_flip(&mut cluster, victim, Site::ReplicaMemory, flipped_at, |status| {
+                status.replicas.first().is_some_and(|r| r.dissents_found > before)
+            });
+            injection = Some(Injection { injected: u64::from(flipped), ..watched.injection });
+            let reached = reached(&cluster);
+            if watched.exited {
+                // Stopped by its seals (or crashed): started again, it rejoins as a new member.
+                cluster.start(victim)?;
+            }
+            Some((Instant::now(), reached))
+        }
     };
     let found_wrong = |dissents: u64| config.fault != ReplicaFault::WrongOutcome || dissents > 0;
     let back = resumed.and_then(|(at, reached)| {
@@ -299,6 +343,17 @@ fn run_trial(
         });
         back.map(|back| (at, back))
     });
+    if config.fault == ReplicaFault::WrongOutcome {
+        // Activated once executed: found if the replica's digests showed it dissenting.
+        let found = u64::from(dissents(&cluster) > 0);
+        injection = Some(Injection {
+            site: Site::ReplicaOutput,
+            injected: 1,
+            detected: found,
+            crashed: 0,
+            detected_after_ms: None,
+        });
+    }
     std::thread::sleep(config.after_kill);
     let ended = Instant::now();
     let gap = load.acks().longest_gap(killed_at - Duration::from_millis(100), ended);
@@ -317,10 +372,9 @@ fn run_trial(
     let acknowledged = judged.first().map_or(0, |j| j.history.operations.transfers_ok);
     let mut violations = Violations::default();
     for verdict in &judged {
-        violations.acked_lost += verdict.history.violations.acked_lost;
-        violations.applied_twice += verdict.history.violations.applied_twice;
+        violations += verdict.history.violations;
     }
-    let total: u64 = judged.iter().map(|j| j.history.violations.total()).sum();
+    let total = violations.total();
     let replicas_disagree = judged.windows(2).any(|pair| pair[0].remembered != pair[1].remembered);
     let check = judged
         .iter()
@@ -344,6 +398,7 @@ fn run_trial(
         acknowledged,
         violations: total,
         replicas_disagree,
+        injection,
     };
     Ok((check, TrialReport { trial, violations, report }))
 }

@@ -16,9 +16,15 @@
 //! * **catastrophic**: acknowledged data lost or corrupted: updates lost or applied twice, or
 //!   the final consistency check failing.
 
+use crate::cluster::{ClusterSpec, LocalCluster};
+use nonstop_node::EXIT_CORRUPT_MEMORY;
+use nonstop_node::status::NodeStatus;
+use rand::Rng;
+use rand::rngs::SmallRng;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
 
 /// Where a bit is flipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -30,6 +36,10 @@ pub enum Site {
     PrimaryMemory,
     /// A backup's image, in its memory.
     BackupMemory,
+    /// An active replica's region, in its memory.
+    ReplicaMemory,
+    /// An active replica's reply (the `replica-wrong-outcome` fault point).
+    ReplicaOutput,
 }
 
 impl Site {
@@ -39,11 +49,13 @@ impl Site {
             Site::Wire => "wire",
             Site::PrimaryMemory => "primary-memory",
             Site::BackupMemory => "backup-memory",
+            Site::ReplicaMemory => "replica-memory",
+            Site::ReplicaOutput => "replica-output",
         }
     }
 }
 
-/// Seed 003's counts for one site.
+/// Iyer's counts for one site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct InjectionCounts {
     /// Bits flipped.
@@ -112,6 +124,72 @@ pub fn with_history(
         sites.into_iter().map(|(site, counts)| (site.name().to_string(), counts)).collect();
     rows.insert("total".into(), total);
     rows
+}
+
+/// How long a flipped bit in memory may stay unnoticed before the trial calls it latent: more
+/// than one scrub pass over the region (25 MiB/s).
+pub const DETECTION_LIMIT: Duration = Duration::from_secs(10);
+
+/// Flips one random bit of the service's data in node `target`'s region; false if the node had
+/// no process to flip in.
+pub fn flip_in_region(
+    cluster: &LocalCluster,
+    spec: &ClusterSpec,
+    target: u64,
+    rng: &mut SmallRng,
+) -> anyhow::Result<bool> {
+    let Some(pid) = cluster.nodes[target as usize - 1].pid() else { return Ok(false) };
+    // Flips land where the service's data lives (accounts, tellers, branches, history, client
+    // slots): flips in never-written space are found by the scrubber alone, and are easy.
+    // A kind of another binary: anywhere in its region.
+    let used = nonstop::builtins()
+        .make(&spec.kind, &spec.settings())
+        .map_or(spec.region_size_mib << 20, |service| service.region_len() as u64);
+    let address = spec.region_base as u64 + rng.random_range(0..used);
+    let bit = rng.random_range(0..8u8);
+    flip_memory(pid, address, bit).map_err(|e| anyhow::anyhow!("flipping a bit in node {target} (pid {pid}): {e}"))?;
+    Ok(true)
+}
+
+/// What became of a flip in a node's memory.
+pub struct Watched {
+    /// What the harness saw of it (`injected` left 0: the caller knows whether it flipped).
+    pub injection: Injection,
+    /// The node's process ended (it must be started again).
+    pub exited: bool,
+}
+
+/// Watches node `target` until the flip there is detected — the node stops with
+/// [`EXIT_CORRUPT_MEMORY`] (its region's line seals found it), or its status shows `found` (a
+/// backup counting a corrupted image, a replica finding itself dissenting) — or it dies some
+/// other way (a crash: manifested), or [`DETECTION_LIMIT`] passes (latent).
+pub fn watch_flip(
+    cluster: &mut LocalCluster,
+    target: u64,
+    site: Site,
+    flipped: Instant,
+    found: impl Fn(&NodeStatus) -> bool,
+) -> Watched {
+    let mut injection = Injection { site, injected: 0, detected: 0, crashed: 0, detected_after_ms: None };
+    let after_ms = || Some(flipped.elapsed().as_secs_f64() * 1e3);
+    while flipped.elapsed() < DETECTION_LIMIT {
+        if let Some(status) = cluster.exited(target) {
+            if status.code() == Some(EXIT_CORRUPT_MEMORY) {
+                injection.detected = 1;
+                injection.detected_after_ms = after_ms();
+            } else {
+                injection.crashed = 1;
+            }
+            return Watched { injection, exited: true };
+        }
+        if cluster.status(target).is_some_and(|status| found(&status)) {
+            injection.detected = 1;
+            injection.detected_after_ms = after_ms();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Watched { injection, exited: false }
 }
 
 /// Flips bit `bit` of the byte at virtual address `address` in process `pid`'s memory, through

@@ -5,7 +5,7 @@
 //! protected again. At the end the history checker ([`crate::history`]) judges every operation.
 
 use super::Traffic;
-use super::inject::{Injection, InjectionCounts, Site, flip_memory, tally, with_history};
+use super::inject::{Injection, InjectionCounts, Site, flip_in_region, tally, watch_flip, with_history};
 use super::soak::{SoakReport, SoakSampler};
 use super::{Millis, millis};
 use crate::cluster::{ClusterSpec, LocalCluster, protected_service, service as service_of};
@@ -13,7 +13,6 @@ use crate::fault_proxy::{FaultProxy, LinkFaults};
 use crate::history::{CheckReport, Violations};
 use crate::netns::Testbed;
 use nonstop_net::detections::DetectionCounts;
-use nonstop_node::EXIT_CORRUPT_MEMORY;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rustix::process::Signal;
@@ -467,7 +466,10 @@ fn run_trial(
         Fault::FlipPrimaryMemory | Fault::FlipBackupMemory => {
             let site = if fault == Fault::FlipPrimaryMemory { Site::PrimaryMemory } else { Site::BackupMemory };
             let flipped = flip_in_region(cluster, spec, target, rng)?;
-            let watched = watch_flip(cluster, target, site, &detections_before, injected);
+            let before = detections_before[target as usize - 1];
+            let watched = watch_flip(cluster, target, site, injected, |status| {
+                status.detections.since(&before).image_corruptions > 0
+            });
             killed = watched.exited;
             injection = Some(Injection { site, injected: u64::from(flipped), ..watched.injection });
         }
@@ -565,68 +567,7 @@ fn node_processes(cluster: &LocalCluster) -> Vec<(u64, u32)> {
 /// flips per trial under full load.
 const WIRE_FLIP_CHANCE: f64 = 0.0005;
 
-/// How long a flipped bit in memory may stay unnoticed before the trial calls it latent: more
-/// than one scrub pass over the region (25 MiB/s).
-const DETECTION_LIMIT: Duration = Duration::from_secs(10);
-
 /// Every node's detection counters (zero for a node that does not answer).
 fn detections(cluster: &LocalCluster, nodes: &[u64]) -> Vec<DetectionCounts> {
     nodes.iter().map(|id| cluster.status(*id).map(|s| s.detections).unwrap_or_default()).collect()
-}
-
-/// Flips one random bit of the bank's data in node `target`'s region; false if the node had
-/// no process to flip in.
-fn flip_in_region(cluster: &LocalCluster, spec: &ClusterSpec, target: u64, rng: &mut SmallRng) -> anyhow::Result<bool> {
-    let Some(pid) = cluster.nodes[target as usize - 1].pid() else { return Ok(false) };
-    // Flips land where the service's data lives (accounts, tellers, branches, history, client
-    // slots): flips in never-written space are found by the scrubber alone, and are easy.
-    // A kind of another binary: anywhere in its region.
-    let used = nonstop::builtins()
-        .make(&spec.kind, &spec.settings())
-        .map_or(spec.region_size_mib << 20, |service| service.region_len() as u64);
-    let address = spec.region_base as u64 + rng.random_range(0..used);
-    let bit = rng.random_range(0..8u8);
-    flip_memory(pid, address, bit).map_err(|e| anyhow::anyhow!("flipping a bit in node {target} (pid {pid}): {e}"))?;
-    Ok(true)
-}
-
-/// What became of a flip in a node's memory.
-struct Watched {
-    injection: Injection,
-    /// The node's process ended (it must be started again).
-    exited: bool,
-}
-
-/// Watches node `target` until the flip there is detected — the node stops with
-/// [`EXIT_CORRUPT_MEMORY`] (primary) or counts a corrupted image (backup) — or it dies some
-/// other way (a crash: manifested), or [`DETECTION_LIMIT`] passes (latent).
-fn watch_flip(
-    cluster: &mut LocalCluster,
-    target: u64,
-    site: Site,
-    before: &[DetectionCounts],
-    flipped: Instant,
-) -> Watched {
-    let mut injection = Injection { site, injected: 0, detected: 0, crashed: 0, detected_after_ms: None };
-    let after_ms = || Some(flipped.elapsed().as_secs_f64() * 1e3);
-    while flipped.elapsed() < DETECTION_LIMIT {
-        if let Some(status) = cluster.exited(target) {
-            if status.code() == Some(EXIT_CORRUPT_MEMORY) {
-                injection.detected = 1;
-                injection.detected_after_ms = after_ms();
-            } else {
-                injection.crashed = 1;
-            }
-            return Watched { injection, exited: true };
-        }
-        let corrupted = |counts: &DetectionCounts| counts.image_corruptions;
-        let now = cluster.status(target).map(|s| s.detections).unwrap_or_default();
-        if corrupted(&now.since(&before[target as usize - 1])) > 0 {
-            injection.detected = 1;
-            injection.detected_after_ms = after_ms();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Watched { injection, exited: false }
 }
