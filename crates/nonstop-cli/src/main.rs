@@ -156,6 +156,14 @@ struct ChaosNetnsArgs {
     /// Where a soak draws every node's resident memory over time (SVG).
     #[arg(long, default_value = "target/chaos/soak-rss.svg")]
     soak_chart: std::path::PathBuf,
+    /// `active`: three replicas execute every request and clients vote on their replies; one
+    /// replica per trial is killed, paused or cut off for --fault-length, or given a flipped
+    /// bit in its memory or one of its outputs (`bitflip`), each trial on a cluster of its own.
+    #[arg(long, value_enum, default_value = "passive")]
+    replication: Replication,
+    /// With `--replication active`: how clients decide on the replicas' replies.
+    #[arg(long, default_value = "majority", value_parser = parse_replies)]
+    replies: nonstop_proto::client::ReplyMode,
     #[command(flatten)]
     service: ServiceArgs,
     /// Print one JSON object.
@@ -985,6 +993,9 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
     }
     nonstop_testbed::netns::available()?;
     let seed = args.seed.unwrap_or_else(random_seed);
+    if args.replication == Replication::Active {
+        return chaos_netns_active(&args, kind, &service, seed);
+    }
     let config = NetnsConfig {
         kind,
         trials: args.trials,
@@ -1091,6 +1102,47 @@ fn print_error_injection(rows: &std::collections::BTreeMap<String, nonstop_testb
             c.injected, c.activated, c.detected, c.manifested, c.catastrophic
         );
     }
+}
+
+/// `chaos --netns KIND --replication active`: one replica per trial, on hosts of their own.
+fn chaos_netns_active(
+    args: &ChaosNetnsArgs,
+    kind: nonstop_testbed::chaos::netns::FaultKind,
+    service: &ServiceUnderTest,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use nonstop_testbed::chaos::netns::FaultKind as Netns;
+    let ms = args.fault_length.as_millis() as u64;
+    let fault = match kind {
+        Netns::Kill => ReplicaFault::Kill,
+        Netns::Pause => ReplicaFault::Pause { ms },
+        Netns::Partition => ReplicaFault::Partition { ms },
+        Netns::Bitflip => ReplicaFault::Bitflip,
+        Netns::Lossy | Netns::Mixed => bail!(
+            "--netns lossy and mixed shape a passive primary's links; an active service takes kill, pause, partition and bitflip"
+        ),
+    };
+    if args.soak.is_some() || args.readers != 2 || !args.quiet.is_zero() {
+        bail!("--soak, --readers and --quiet shape passive runs: an active run is trials of one replica's fault");
+    }
+    let config = nonstop_testbed::chaos::ActiveChaosConfig {
+        trials: args.trials,
+        seed,
+        clients: args.clients,
+        spec: service.spec(nonstop_testbed::cluster::ClusterSpec {
+            region_size_mib: 32,
+            active: Some(args.replies),
+            // An output made wrong is a fault point's.
+            allow_faults: fault == ReplicaFault::Bitflip,
+            ..Default::default()
+        }),
+        clients_kind: service.clients,
+        fault,
+        restart_after: None,
+        after_kill: Duration::from_secs(1),
+        netns: true,
+    };
+    run_active_chaos(service, &config, args.json)
 }
 
 fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
@@ -1224,25 +1276,38 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
         fault: args.fault.replica_fault(args.pause_ms),
         restart_after: args.restart_after_ms.map(Duration::from_millis),
         after_kill: Duration::from_secs(1),
+        netns: false,
     };
     if config.restart_after.is_some() && config.fault != ReplicaFault::Kill {
         bail!("--restart-after-ms restarts a killed replica: give --fault kill");
     }
+    run_active_chaos(service, &config, args.json)
+}
+
+/// Runs an active chaos run, prints its report (JSON or text) and fails if a guarantee broke.
+fn run_active_chaos(
+    service: &ServiceUnderTest,
+    config: &nonstop_testbed::chaos::ActiveChaosConfig,
+    json: bool,
+) -> anyhow::Result<()> {
+    let seed = config.seed;
     let (verb, noun) = match (config.fault, config.restart_after) {
         (ReplicaFault::Kill, None) => ("killed", "kill"),
         (ReplicaFault::Kill, Some(_)) => ("restarted", "restart"),
         (ReplicaFault::Pause { .. }, _) => ("paused", "pause"),
         (ReplicaFault::WrongOutcome, _) => ("made wrong", "wrong outcome"),
         (ReplicaFault::FlipMemory, _) => ("given a flipped bit", "bit flip"),
+        (ReplicaFault::Partition { .. }, _) => ("cut off", "partition"),
+        (ReplicaFault::Bitflip, _) => ("given a flipped bit in memory or an output", "bit flip"),
     };
-    let progress = trials_bar(args.trials);
-    let report = nonstop_testbed::chaos::run_active_kill(&service.exe, &config, |trial| {
+    let progress = trials_bar(config.trials);
+    let report = nonstop_testbed::chaos::run_active_kill(&service.exe, config, |trial| {
         progress.inc(1);
         let whom = if trial.killed_leader { "the order's leader" } else { "a follower" };
         progress.set_message(format!("last: {verb} {whom}, longest gap {:.1} ms", trial.gap_ms));
     })?;
     progress.finish_and_clear();
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
@@ -1266,9 +1331,16 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
                 "answered one request wrongly ({} of {} found by the replicas' digests)",
                 report.dissents_found, report.trials
             )),
+            (ReplicaFault::Partition { ms }, _) => Some(format!("cut off from the other replicas for {ms} ms")),
             (ReplicaFault::FlipMemory, _) => Some(format!(
                 "a bit flipped in its region ({} of {} found by the replicas' digests, the rest by the region's seals \
                  or not at all: see the table; found {:.0} ms after the flip, p50, max {:.0} ms)",
+                report.dissents_found, report.trials, report.detected_after_ms.p50, report.detected_after_ms.max
+            )),
+            (ReplicaFault::Bitflip, _) => Some(format!(
+                "a bit flipped in its region (even trials) or one of its replies made wrong (odd trials): {} of {} \
+                 found by the replicas' digests, the rest by the region's seals or not at all (see the table); flips \
+                 in memory found {:.0} ms after the flip, p50, max {:.0} ms",
                 report.dissents_found, report.trials, report.detected_after_ms.p50, report.detected_after_ms.max
             )),
             (ReplicaFault::Kill, None) => None,
@@ -1301,7 +1373,7 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
     // a call another replica answered yet: stale reads are those modes' price, reported above
     // and not a broken guarantee. Under majority they are one.
     let violations = &report.history.violations;
-    let tolerated = match args.replies {
+    let tolerated = match config.spec.active.unwrap_or(nonstop_proto::client::ReplyMode::Majority) {
         nonstop_proto::client::ReplyMode::Majority => 0,
         _ => violations.stale_reads,
     };

@@ -67,3 +67,42 @@ fn flipped_bits_are_caught_before_they_are_served_or_promoted() {
         assert_eq!(counts.detected, counts.injected, "every flip in {site} is caught: {:?}", report.trial_log);
     }
 }
+
+/// `nonstop chaos --netns KIND --replication active`, as an operator runs it.
+fn active_chaos(kind: &str, trials: u32, seed: u64) -> serde_json::Value {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
+        .args(["chaos", "--netns", kind, "--replication", "active", "--clients", "4", "--json"])
+        .args(["--trials", &trials.to_string(), "--seed", &seed.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for field in ["acked_lost", "applied_twice", "replicas_disagree", "not_back", "no_answer_after_kill"] {
+        assert_eq!(report[field], 0, "{field}: {report}");
+    }
+    assert_eq!(report["history"]["violations"]["wrong_answers"], 0, "{report}");
+    report
+}
+
+#[test]
+fn an_active_replica_cut_off_or_given_flipped_bits_is_masked_and_comes_back() {
+    if let Err(why) = nonstop_testbed::netns::available() {
+        assert!(std::env::var_os("NONSTOP_REQUIRE_NETNS").is_none(), "network-namespace tests are required: {why}");
+        eprintln!("SKIPPED an_active_replica_cut_off_or_given_flipped_bits_is_masked_and_comes_back: {why}");
+        return;
+    }
+    // Cut off for 800 ms, far more than the order keeps: it comes back by a live replica's state.
+    let report = active_chaos("partition", 1, 3);
+    assert_eq!(report["fault"]["partition"]["ms"], 800, "{report}");
+    assert_eq!(report["reintegrated"], 1, "{report}");
+    // A bit of one replica's memory, then one of its replies: each found, none heard by a client.
+    let report = active_chaos("bitflip", 2, 3);
+    for site in ["replica-memory", "replica-output"] {
+        let row = &report["error_injection"][site];
+        assert_eq!((row["injected"].as_u64(), row["detected"].as_u64()), (Some(1), Some(1)), "{site}: {report}");
+    }
+    let total = &report["error_injection"]["total"];
+    assert_eq!((total["manifested"].as_u64(), total["catastrophic"].as_u64()), (Some(0), Some(0)), "{report}");
+}

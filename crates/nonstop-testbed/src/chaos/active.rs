@@ -13,12 +13,16 @@
 //! client tables must be the same (a re-integrated replica's included).
 //!
 //! Each trial runs a cluster of its own, so that every trial starts from three healthy
-//! replicas and no trial's measurement includes an earlier one's re-integration.
+//! replicas and no trial's measurement includes an earlier one's re-integration. With hosts of
+//! their own (`nonstop chaos --netns KIND --replication active`), every node and the clients
+//! run in network namespaces, peers talk through fault proxies, and a replica can also be cut
+//! off from the others (a partition) or given bit flips in memory and outputs in turn.
 
 use super::inject::{Injection, InjectionCounts, Site, flip_in_region, tally, watch_flip, with_history};
 use super::{Clients, Millis, Traffic, millis};
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::history::{CheckReport, Violations};
+use crate::netns::Testbed;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -50,6 +54,29 @@ pub enum ReplicaFault {
     /// again to rejoin as a new member, or its digests of its outcomes find it dissenting and it
     /// takes a live replica's state. The clients' votes mask it meanwhile.
     FlipMemory,
+    /// It is cut off from the other replicas, both ways, for `ms` milliseconds, then the
+    /// network heals and it catches up (hosts of their own only: `--netns partition`). Clients
+    /// still reach it; it executes nothing meanwhile, and their votes go on with the others.
+    Partition {
+        /// How long.
+        ms: u64,
+    },
+    /// Errors injected as the survey injects them (`--netns bitflip`): each trial in turn, a
+    /// bit flipped in the replica's memory ([`ReplicaFault::FlipMemory`]) or in one of its
+    /// outputs ([`ReplicaFault::WrongOutcome`]). The cluster must allow faults.
+    Bitflip,
+}
+
+impl ReplicaFault {
+    /// The fault trial `trial` injects: `self`, or for [`ReplicaFault::Bitflip`] the site of
+    /// the trial's turn.
+    fn for_trial(self, trial: u64) -> ReplicaFault {
+        match self {
+            ReplicaFault::Bitflip if trial.is_multiple_of(2) => ReplicaFault::FlipMemory,
+            ReplicaFault::Bitflip => ReplicaFault::WrongOutcome,
+            concrete => concrete,
+        }
+    }
 }
 
 /// How an active chaos run is shaped.
@@ -73,11 +100,15 @@ pub struct ActiveChaosConfig {
     pub restart_after: Option<Duration>,
     /// How long the load runs after the fault (after the resume, for a pause).
     pub after_kill: Duration,
+    /// Run every node and the clients on hosts of their own (network namespaces, root).
+    pub netns: bool,
 }
 
 /// One trial.
 #[derive(Clone, Debug, Serialize)]
 pub struct ActiveTrial {
+    /// The fault injected.
+    pub fault: ReplicaFault,
     /// The replica killed or paused (a node id).
     pub killed: u64,
     /// Whether it led the order group when it failed (the others then elect a new leader
@@ -181,13 +212,33 @@ pub fn run_active_kill(
 ) -> anyhow::Result<ActiveChaosReport> {
     let mode = config.spec.active.ok_or_else(|| anyhow::anyhow!("the cluster's services are not active"))?;
     anyhow::ensure!(config.clients_kind != Clients::Redis, "an actively replicated service has no Redis port");
+    anyhow::ensure!(
+        config.netns || !matches!(config.fault, ReplicaFault::Partition { .. }),
+        "a partition needs hosts of their own: nonstop chaos --netns partition --replication active"
+    );
+    // Hosts of their own: nodes and clients in network namespaces, peers through proxies.
+    let testbed = match config.netns {
+        true => Some(Testbed::create(config.spec.nodes)?),
+        false => None,
+    };
+    let mut spec = config.spec.clone();
+    let _proxies = match &testbed {
+        None => None,
+        Some(testbed) => {
+            spec.ip_prefix = "10.77.0".into();
+            spec.namespaces = Some((1..=u64::from(spec.nodes)).map(|id| testbed.node_namespace(id)).collect());
+            // This thread talks to the nodes as a client does: from the clients' host.
+            Testbed::enter(&testbed.client_namespace())?;
+            Some(super::netns::Proxies::start(testbed, spec.services.len(), config.seed)?)
+        }
+    };
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut trials = Vec::new();
     let mut totals = Violations::default();
     let mut check: Result<String, String> = Ok(String::new());
     let mut history: Option<CheckReport> = None;
     for trial in 0..config.trials {
-        let (outcome, report) = run_trial(exe, config, &mut rng, u64::from(trial))?;
+        let (outcome, report) = run_trial(exe, config, &spec, testbed.as_ref(), &mut rng, u64::from(trial))?;
         totals += report.violations;
         if check.is_ok() {
             check = outcome;
@@ -251,13 +302,16 @@ struct TrialReport {
 fn run_trial(
     exe: &Path,
     config: &ActiveChaosConfig,
+    spec: &ClusterSpec,
+    testbed: Option<&Testbed>,
     rng: &mut SmallRng,
     trial: u64,
 ) -> anyhow::Result<(Result<String, String>, TrialReport)> {
-    let mut cluster = LocalCluster::create(exe, &config.spec)?;
+    let fault = config.fault.for_trial(trial);
+    let mut cluster = LocalCluster::create(exe, spec)?;
     cluster.start_all()?;
-    let all: Vec<u64> = (1..=config.spec.nodes as u64).collect();
-    let name = config.spec.services[0].0.clone();
+    let all: Vec<u64> = (1..=spec.nodes as u64).collect();
+    let name = spec.services[0].0.clone();
     // Every replica knows the order's leader before the load starts.
     let mut leader = None;
     cluster.wait_statuses(&all, Duration::from_secs(20), |statuses| {
@@ -266,7 +320,13 @@ fn run_trial(
     });
     let leader =
         leader.ok_or_else(|| anyhow::anyhow!("trial {trial}: the order group elected no leader within 20 s"))?;
-    let load = Traffic::start(&cluster, &name, config.clients, 2, config.clients_kind, config.seed + trial, |_| {})?;
+    let client_namespace = testbed.map(Testbed::client_namespace);
+    let load =
+        Traffic::start(&cluster, &name, config.clients, 2, config.clients_kind, config.seed + trial, move |_| {
+            if let Some(namespace) = &client_namespace {
+                Testbed::enter(namespace).expect("the clients' namespace exists");
+            }
+        })?;
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(rng.random_range(200..400)));
     let victim = all[rng.random_range(0..all.len())];
@@ -291,7 +351,7 @@ fn run_trial(
         cluster.status(victim).and_then(|s| s.replicas.first().map(|r| r.dissents_found)).unwrap_or(0)
     };
     let mut injection = None;
-    let resumed = match (config.fault, config.restart_after) {
+    let resumed = match (fault, config.restart_after) {
         (ReplicaFault::Kill, None) => {
             cluster.kill(victim)?;
             None
@@ -318,7 +378,7 @@ fn run_trial(
         (ReplicaFault::FlipMemory, _) => {
             let before = dissents(&cluster);
             let flipped_at = Instant::now();
-            let flipped = flip_in_region(&cluster, &config.spec, victim, rng)?;
+            let flipped = flip_in_region(&cluster, spec, victim, rng)?;
             let watched = watch_flip(&mut cluster, victim, Site::ReplicaMemory, flipped_at, |status| {
                 status.replicas.first().is_some_and(|r| r.dissents_found > before)
             });
@@ -330,8 +390,19 @@ fn run_trial(
             }
             Some((Instant::now(), reached))
         }
+        (ReplicaFault::Partition { ms }, _) => {
+            let testbed = testbed.ok_or_else(|| anyhow::anyhow!("a partition needs hosts of their own (--netns)"))?;
+            for other in &others {
+                testbed.cut(victim, *other)?;
+            }
+            std::thread::sleep(Duration::from_millis(ms));
+            let reached = reached(&cluster);
+            testbed.heal()?;
+            Some((Instant::now(), reached))
+        }
+        (ReplicaFault::Bitflip, _) => unreachable!("a trial injects one concrete fault"),
     };
-    let found_wrong = |dissents: u64| config.fault != ReplicaFault::WrongOutcome || dissents > 0;
+    let found_wrong = |dissents: u64| fault != ReplicaFault::WrongOutcome || dissents > 0;
     let back = resumed.and_then(|(at, reached)| {
         let back = cluster.wait_statuses(&[victim], Duration::from_secs(10), |statuses| {
             statuses[0].replicas.first().is_some_and(|r| {
@@ -343,7 +414,7 @@ fn run_trial(
         });
         back.map(|back| (at, back))
     });
-    if config.fault == ReplicaFault::WrongOutcome {
+    if fault == ReplicaFault::WrongOutcome {
         // Activated once executed: found if the replica's digests showed it dissenting.
         let found = u64::from(dissents(&cluster) > 0);
         injection = Some(Injection {
@@ -384,6 +455,7 @@ fn run_trial(
     let report = judged.iter().map(|j| j.history.clone()).find(|h| h.violations.total() > 0);
     let report = report.or_else(|| judged.last().map(|j| j.history.clone())).unwrap_or_default();
     let trial = ActiveTrial {
+        fault,
         killed: victim,
         killed_leader: victim == leader,
         gap_ms: gap.as_secs_f64() * 1e3,

@@ -243,13 +243,13 @@ fn peer_ports(services: usize) -> Vec<u16> {
 }
 
 /// Proxies in every node's namespace, one per peer and peer port.
-struct Proxies {
+pub(super) struct Proxies {
     replication: Vec<FaultProxy>,
     control: Vec<FaultProxy>,
 }
 
 impl Proxies {
-    fn start(testbed: &Testbed, services: usize, seed: u64) -> anyhow::Result<Proxies> {
+    pub(super) fn start(testbed: &Testbed, services: usize, seed: u64) -> anyhow::Result<Proxies> {
         let mut proxies = Proxies { replication: Vec::new(), control: Vec::new() };
         let nodes = testbed.nodes() as u64;
         for node in 1..=nodes {
