@@ -226,11 +226,15 @@ impl ClientTable {
             reserved: U32::new(0),
         };
         // One range for the head and the reply: a declared range costs a lock, an undo image
-        // and a capture each, and most replies share the head's cache line.
+        // and a capture each, and most replies share the head's cache line. In whole 8-byte
+        // words (the slot's stride is whole lines): a range ending inside a word costs its
+        // line's seal a slower update at commit.
         let kept_len = if kept { reply.len() } else { 0 };
-        let slot = table.write_bytes(at, size_of::<SlotHead>() + kept_len)?;
+        let reply_end = size_of::<SlotHead>() + kept_len;
+        let slot = table.write_bytes(at, reply_end.next_multiple_of(8))?;
         slot[..size_of::<SlotHead>()].copy_from_slice(head.as_bytes());
-        slot[size_of::<SlotHead>()..].copy_from_slice(&reply[..kept_len]);
+        slot[size_of::<SlotHead>()..reply_end].copy_from_slice(&reply[..kept_len]);
+        slot[reply_end..].fill(0);
         Ok(())
     }
 
