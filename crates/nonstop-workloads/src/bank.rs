@@ -190,29 +190,93 @@ impl Service for Bank {
 }
 
 /// Debit-Credit driven through the bank service in-process, as a node's client port drives
-/// it (request encoded, the client table consulted and written, the reply encoded), for
-/// measuring what the service path costs against [`Bank::database`]'s transactions called
-/// directly. Worker `w` is client `w + 1`.
+/// it (the request handed over as bytes, the client table consulted and written, the reply
+/// encoded), for measuring what the service path costs against [`Bank::database`]'s
+/// transactions called directly ([`BankThroughService::direct`]). Worker `w` is client `w + 1`.
 pub struct BankThroughService {
     bank: Bank,
     hosted: nonstop_service::Hosted,
-    next: Vec<std::sync::atomic::AtomicU64>,
+    drawn: std::sync::Arc<Drawn>,
+    turns: Turns,
 }
 
 impl BankThroughService {
     /// The bank of `branches` branches, for up to `workers` worker threads.
     pub fn new(branches: u64, workers: usize) -> BankThroughService {
         let bank = Bank::new(branches);
-        let next = (0..workers).map(|_| std::sync::atomic::AtomicU64::new(1)).collect();
-        BankThroughService { bank, hosted: nonstop_service::Hosted::new(NAME, bank), next }
+        let drawn = std::sync::Arc::new(Drawn::new(&bank.db));
+        let hosted = nonstop_service::Hosted::new(NAME, bank);
+        BankThroughService { bank, hosted, drawn, turns: Turns::new(workers) }
     }
 
     /// The same exactly-once transactions written by hand: each transfer and its client's
     /// record (last request, applied count, balance) in one transaction, at fixed offsets,
     /// with no request or reply encoded and no table to search: what a bank that kept its own
-    /// client table cost, and the floor of what the service path can cost.
+    /// client table cost, and the floor of what the service path can cost. It takes the same
+    /// transfers in the same turns.
     pub fn direct(&self) -> BankByHand {
-        BankByHand { db: self.bank.db, records_at: self.hosted.region_len() as u64 }
+        let turns = std::sync::Arc::new(Turns::new(self.turns.next.len()));
+        BankByHand { db: self.bank.db, records_at: self.hosted.region_len() as u64, drawn: self.drawn.clone(), turns }
+    }
+}
+
+/// Transfers drawn once for the comparison, taken in turn by both arms: neither pays for
+/// drawing them, and the service's arm is handed each as the bytes a client encoded, as a
+/// node's client port is handed bytes off the wire (the client's encoding is not the service
+/// path's cost).
+struct Drawn {
+    transfers: Vec<Transfer>,
+    /// Each transfer's request, encoded: its length, then its bytes.
+    encoded: Vec<(usize, [u8; ENCODED_ROOM])>,
+}
+
+/// One arm's turns through the drawn transfers: per worker, the next request's number (1
+/// first).
+struct Turns {
+    next: Vec<std::sync::atomic::AtomicU64>,
+}
+
+/// Transfers drawn: more than a run's requests of one worker touch in a cache's worth.
+const DRAWN: usize = 1 << 16;
+
+/// Room for one encoded [`TransferRequest`] (three varints of at most 10 bytes).
+const ENCODED_ROOM: usize = 32;
+
+impl Drawn {
+    fn new(db: &DebitCredit) -> Drawn {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0xdeb1_7c4e);
+        let transfers: Vec<Transfer> = (0..DRAWN).map(|_| db.random_transfer(&mut rng)).collect();
+        let encoded = transfers
+            .iter()
+            .map(|t| {
+                let request = TransferRequest { account: t.account, teller: t.teller, delta: t.delta };
+                let mut bytes = [0u8; ENCODED_ROOM];
+                let len = postcard::to_slice(&request, &mut bytes).expect("a transfer fits 32 bytes").len();
+                (len, bytes)
+            })
+            .collect();
+        Drawn { transfers, encoded }
+    }
+}
+
+impl Turns {
+    fn new(workers: usize) -> Turns {
+        Turns { next: (0..workers.max(1)).map(|_| std::sync::atomic::AtomicU64::new(1)).collect() }
+    }
+
+    /// Every worker starts again from request 1.
+    fn reset(&self) {
+        for next in &self.next {
+            next.store(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Worker `worker`'s next request: its number and which drawn transfer it is.
+    fn take(&self, worker: usize) -> (u64, usize) {
+        let number = self.next[worker % self.next.len()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Workers start apart in the drawn transfers, so that they do not move the same rows.
+        (number, (number as usize).wrapping_add(worker.wrapping_mul(7919)) % DRAWN)
     }
 }
 
@@ -220,10 +284,12 @@ impl BankThroughService {
 const MAX_WORKERS: usize = 256;
 
 /// See [`BankThroughService::direct`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct BankByHand {
     db: DebitCredit,
     records_at: u64,
+    drawn: std::sync::Arc<Drawn>,
+    turns: std::sync::Arc<Turns>,
 }
 
 impl crate::Workload for BankByHand {
@@ -236,6 +302,7 @@ impl crate::Workload for BankByHand {
     }
 
     fn load(&self, mirror: &nonstop_region::Mirror) {
+        self.turns.reset();
         crate::Workload::load(&self.db, mirror);
     }
 
@@ -243,10 +310,11 @@ impl crate::Workload for BankByHand {
         &self,
         mirror: &nonstop_region::Mirror,
         worker: usize,
-        rng: &mut rand::rngs::SmallRng,
+        _rng: &mut rand::rngs::SmallRng,
     ) -> nonstop_proto::primary::Ticket {
         use zerocopy::little_endian::U64;
-        let mut transfer = self.db.random_transfer(rng);
+        let (_, drawn) = self.turns.take(worker);
+        let mut transfer = self.drawn.transfers[drawn];
         let at = self.records_at + (worker % MAX_WORKERS) as u64 * 64;
         loop {
             let tx = mirror.begin();
@@ -285,9 +353,7 @@ impl crate::Workload for BankThroughService {
     }
 
     fn load(&self, mirror: &nonstop_region::Mirror) {
-        for next in &self.next {
-            next.store(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.turns.reset();
         self.hosted.init(mirror).expect("a fresh region holds a bank");
     }
 
@@ -295,17 +361,12 @@ impl crate::Workload for BankThroughService {
         &self,
         mirror: &nonstop_region::Mirror,
         worker: usize,
-        rng: &mut rand::rngs::SmallRng,
+        _rng: &mut rand::rngs::SmallRng,
     ) -> nonstop_proto::primary::Ticket {
-        let transfer = self.bank.db.random_transfer(rng);
-        let request = TransferRequest { account: transfer.account, teller: transfer.teller, delta: transfer.delta };
-        // The bytes a node's client port would hand over from its read buffer: encoded on the
-        // stack, since the client's encoding is not the service path's cost.
-        let mut buffer = [0u8; 32];
-        let body = postcard::to_slice(&request, &mut buffer).expect("a transfer fits 32 bytes");
-        let number = self.next[worker].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (number, drawn) = self.turns.take(worker);
+        let (len, bytes) = &self.drawn.encoded[drawn];
         let caller = nonstop_service::Caller { client: worker as u64 + 1, request: number, lane: worker };
-        match self.hosted.execute(mirror, caller, 0, body) {
+        match self.hosted.execute(mirror, caller, 0, &bytes[..*len]) {
             Ok((_, ticket)) => ticket,
             Err(error) => panic!("the bank refused a Debit-Credit transfer: {error}"),
         }
