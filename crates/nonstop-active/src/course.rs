@@ -48,7 +48,7 @@
 //! ```
 
 use crate::calls::Outcome;
-use crate::dissent::{Digest, Dissent, Finding, Judge, Outcomes, Proof};
+use crate::dissent::{Digest, Dissent, Finding, Judge, Outcomes, StateVerdict};
 use crate::feed::{Feed, FeedError};
 use crate::order::Delivered;
 use nonstop_control::NodeId;
@@ -103,20 +103,9 @@ pub enum Event {
     Propose(Digest),
     /// Another replica dissents from the majority: report it (it takes a state itself).
     Reported(Dissent),
-    /// The state taken is proven against a replica other than its donor (`proof`), or, with
-    /// nobody to prove it against for [`crate::dissent::PROBATION_MS`], cleared unproven
-    /// (`None`): the replica answers again.
-    Cleared {
-        /// What proved it.
-        proof: Option<Proof>,
-    },
-    /// The state taken disagrees with `against`'s replica over `window`: the replica stays out.
-    Refuted {
-        /// The window.
-        window: u64,
-        /// The replica it disagrees with.
-        against: NodeId,
-    },
+    /// The verdict on the state taken: cleared (proven, or with nobody to prove it against
+    /// for [`crate::dissent::PROBATION_MS`]), the replica answers again; refuted, it stays out.
+    Probation(StateVerdict),
 }
 
 /// How a transferred state was taken ([`Course::transferred`]).
@@ -321,8 +310,7 @@ impl Course {
                 return self.need_state(next, Behind::Dissented { window });
             }
             Finding::Dissent(dissent) => Event::Reported(dissent),
-            Finding::Cleared { proof } => Event::Cleared { proof },
-            Finding::Refuted { window, against } => Event::Refuted { window, against },
+            Finding::Probation(verdict) => Event::Probation(verdict),
         };
         self.events.push_back(event);
     }
@@ -342,6 +330,7 @@ impl Course {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dissent::Proof;
     use crate::membership::member_id;
     use crate::order::Request;
 
@@ -437,7 +426,8 @@ mod tests {
         assert_eq!(course.standing(), Standing::Proving);
         course.delivered(entry(2, 0, None, vec![digest_of(2, 1, 1, b"v")])).unwrap();
         let (_, events) = run(&mut course, b"v");
-        assert!(matches!(events[..], [Event::Cleared { proof: Some(Proof { window: 1, .. }) }]), "{events:?}");
+        let cleared = Event::Probation(StateVerdict::Cleared { proof: Some(Proof { window: 1, by: member_id(2, 0) }) });
+        assert_eq!(events, vec![cleared]);
         assert_eq!(course.standing(), Standing::Serving);
     }
 
@@ -450,7 +440,7 @@ mod tests {
         course.delivered(entry(1, 1, Some(1), vec![digest_of(2, 1, 1, b"other")])).unwrap();
         let (_, events) = run(&mut course, b"mine");
         let against = member_id(2, 0);
-        assert!(events.contains(&Event::Refuted { window: 1, against }), "{events:?}");
+        assert!(events.contains(&Event::Probation(StateVerdict::Refuted { window: 1, against })), "{events:?}");
         assert_eq!(course.standing(), Standing::Refuted { against });
         course.tick(u64::MAX);
         assert_eq!(course.poll_event(), None);
@@ -466,7 +456,7 @@ mod tests {
         assert_eq!(course.standing(), Standing::Proving);
         course.tick(1_000 + crate::dissent::PROBATION_MS);
         let events: Vec<Event> = std::iter::from_fn(|| course.poll_event()).collect();
-        assert!(events.ends_with(&[Event::Cleared { proof: None }]), "{events:?}");
+        assert!(events.ends_with(&[Event::Probation(StateVerdict::Cleared { proof: None })]), "{events:?}");
         assert_eq!(course.standing(), Standing::Serving);
     }
 

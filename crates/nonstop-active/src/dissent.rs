@@ -17,8 +17,8 @@
 //! A state transfer could copy a wrong state that has not shown yet: the copy would then agree
 //! with its donor, and two wrong replicas outvote the right one. So a replica that took a state
 //! is on probation ([`Judge::probation`]): it answers nothing and proposes no digest until its
-//! digest of a whole window equals that of a replica other than its donor ([`Finding::Cleared`]).
-//! If they differ ([`Finding::Refuted`]), its donor and the other replica disagree and one
+//! digest of a whole window equals that of a replica other than its donor ([`StateVerdict::Cleared`]).
+//! If they differ ([`StateVerdict::Refuted`]), its donor and the other replica disagree and one
 //! replica of three cannot tell which is right: it stays out, and says so. That is two faults
 //! at once (a replica wrong and one behind), more than 2f + 1 replicas mask; the group then
 //! stalls rather than answer wrongly. If no replica outside its donor's lineage digests
@@ -188,15 +188,22 @@ pub struct Dissent {
 pub enum Finding {
     /// A replica dissents from the majority.
     Dissent(Dissent),
-    /// The judging replica, on probation, may answer and propose digests again: it digested
-    /// a window as a replica other than its donor did (`proof`), or it was cleared with
-    /// nobody to prove it against ([`Judge::clear_unproven`]; `proof` is `None`).
+    /// The judging replica is on probation, and this is the verdict on the state it took.
+    Probation(StateVerdict),
+}
+
+/// The verdict on a state a replica took ([`Judge::probation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateVerdict {
+    /// The replica may answer and propose digests again: it digested a window as a replica
+    /// other than its donor did (`proof`), or it was cleared with nobody to prove it against
+    /// ([`Judge::clear_unproven`]; `proof` is `None`).
     Cleared {
         /// The window and the replica that proved it.
         proof: Option<Proof>,
     },
-    /// The judging replica, on probation, digested a window differently from a replica other
-    /// than its donor: its donor and that replica disagree, and it cannot tell which is right.
+    /// The replica digested a window differently from a replica other than its donor: its
+    /// donor and that replica disagree, and it cannot tell which is right.
     Refuted {
         /// The window.
         window: u64,
@@ -259,7 +266,7 @@ impl Judge {
     }
 
     /// The replica took `donor`'s state: what it digested before no longer stands for it,
-    /// and until [`Finding::Cleared`] it must answer nothing and propose no digest.
+    /// and until [`StateVerdict::Cleared`] it must answer nothing and propose no digest.
     /// `now_ms` is the driver's clock (any monotonic milliseconds), read again by
     /// [`Judge::clear_unproven`].
     pub fn probation(&mut self, donor: NodeId, now_ms: u64) {
@@ -276,7 +283,7 @@ impl Judge {
         self.probation.is_some()
     }
 
-    /// The replica whose digest refuted the state taken, while on probation ([`Finding::Refuted`]).
+    /// The replica whose digest refuted the state taken, while on probation ([`StateVerdict::Refuted`]).
     pub fn refuted_by(&self) -> Option<NodeId> {
         self.probation.and_then(|probation| probation.refuted)
     }
@@ -304,7 +311,7 @@ impl Judge {
         match self.probation {
             Some(Probation { refuted: None, ends_ms, .. }) if now_ms >= ends_ms => {
                 self.probation = None;
-                Some(Finding::Cleared { proof: None })
+                Some(Finding::Probation(StateVerdict::Cleared { proof: None }))
             }
             _ => None,
         }
@@ -344,11 +351,13 @@ impl Judge {
                 window.found = true;
                 if *theirs == mine {
                     self.probation = None;
-                    return Some(Finding::Cleared { proof: Some(Proof { window: digest.window, by: *other }) });
+                    return Some(Finding::Probation(StateVerdict::Cleared {
+                        proof: Some(Proof { window: digest.window, by: *other }),
+                    }));
                 }
                 let against = *other;
                 self.probation = Some(Probation { refuted: Some(against), ..probation });
-                return Some(Finding::Refuted { window: digest.window, against });
+                return Some(Finding::Probation(StateVerdict::Refuted { window: digest.window, against }));
             }
             return None;
         }
@@ -465,7 +474,7 @@ mod tests {
         assert!(judge.mine(1, [1; 16]).is_none());
         assert!(judge.seen(&of(2, 1, 1)).is_none(), "the donor's digest proves nothing");
         let proof = Proof { window: 1, by: member_id(3, 0) };
-        assert_eq!(judge.seen(&of(3, 1, 1)), Some(Finding::Cleared { proof: Some(proof) }));
+        assert_eq!(judge.seen(&of(3, 1, 1)), Some(Finding::Probation(StateVerdict::Cleared { proof: Some(proof) })));
         assert!(!judge.on_probation());
         // A state its donor and the third replica digest differently is refuted, and the
         // replica stays on probation.
@@ -473,7 +482,10 @@ mod tests {
         judge.probation(member_id(2, 0), 0);
         assert!(judge.seen(&of(3, 4, 3)).is_none());
         assert!(judge.seen(&of(2, 4, 2)).is_none());
-        assert_eq!(judge.mine(4, [2; 16]), Some(Finding::Refuted { window: 4, against: member_id(3, 0) }));
+        assert_eq!(
+            judge.mine(4, [2; 16]),
+            Some(Finding::Probation(StateVerdict::Refuted { window: 4, against: member_id(3, 0) }))
+        );
         assert!(judge.on_probation());
         // Refuted once, it is not cleared unproven however long the third replica is silent.
         assert!(judge.seen(&of(2, 5, 2)).is_none());
@@ -490,7 +502,7 @@ mod tests {
         assert!(judge.seen(&of(2, 0, 2)).is_none());
         assert!(judge.mine(0, [2; 16]).is_none());
         assert_eq!(judge.clear_unproven(PROBATION_MS - 1), None, "not yet");
-        assert_eq!(judge.clear_unproven(PROBATION_MS), Some(Finding::Cleared { proof: None }));
+        assert_eq!(judge.clear_unproven(PROBATION_MS), Some(Finding::Probation(StateVerdict::Cleared { proof: None })));
         assert!(!judge.on_probation());
     }
 

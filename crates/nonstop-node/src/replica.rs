@@ -47,7 +47,7 @@ use crate::status::{OrderRole, ReplicaStanding, ReplicaStatus};
 use crate::transfer::{Donors, Received};
 use nonstop_active::calls::{Asked, Calls};
 use nonstop_active::course::{Behind, Course, Event, NoDonation, Standing as CourseStanding, Taken};
-use nonstop_active::dissent::{Digest, Dissent, propose_later};
+use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_control::log::MemoryLog;
@@ -896,7 +896,7 @@ impl Executor {
                         "a replica's outcomes differ from the majority's: it takes a live replica's state"
                     );
                 }
-                Event::Cleared { proof } => {
+                Event::Probation(StateVerdict::Cleared { proof }) => {
                     match proof {
                         Some(proof) => tracing::info!(
                             service = name,
@@ -912,7 +912,7 @@ impl Executor {
                     }
                     lock(&self.replica.shared).last_catch_up = self.behind_since.take().map(|since| since.elapsed());
                 }
-                Event::Refuted { window, against } => tracing::error!(
+                Event::Probation(StateVerdict::Refuted { window, against }) => tracing::error!(
                     service = name,
                     node = node_of(against),
                     window,

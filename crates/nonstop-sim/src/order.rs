@@ -51,7 +51,7 @@
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
 use nonstop_active::course::{Behind, Course, Event, Standing, Taken};
-use nonstop_active::dissent::{Digest, Dissent, propose_later};
+use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
@@ -962,9 +962,9 @@ impl Sim {
                     member.digests.clear();
                 }
                 Event::Reported(Dissent { .. }) => self.stats.dissents_reported += 1,
-                Event::Cleared { proof: Some(_) } => self.stats.probations_cleared += 1,
-                Event::Cleared { proof: None } => self.stats.probations_cleared_unproven += 1,
-                Event::Refuted { .. } => self.stats.probations_refuted += 1,
+                Event::Probation(StateVerdict::Cleared { proof: Some(_) }) => self.stats.probations_cleared += 1,
+                Event::Probation(StateVerdict::Cleared { proof: None }) => self.stats.probations_cleared_unproven += 1,
+                Event::Probation(StateVerdict::Refuted { .. }) => self.stats.probations_refuted += 1,
             }
         }
     }
