@@ -161,7 +161,7 @@ pub fn render(status: &NodeStatus) -> String {
     metric(
         "nonstop_replica_serving",
         "gauge",
-        "1 if this node's replica serves; 0 if it is taking another's state or stopped (its status says why).",
+        "1 if this node's replica serves; 0 if it is catching up, proving a state it took, refuted or stopped (its status says why).",
         per_replica(&|r| if r.standing == crate::status::ReplicaStanding::Serving { 1.0 } else { 0.0 }),
     );
     metric(

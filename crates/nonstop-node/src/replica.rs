@@ -112,6 +112,7 @@ enum Standing {
     Stopped(String),
 }
 
+/// The standing in which a replica answers.
 const SERVING: Standing = Standing::Course(CourseStanding::Serving);
 
 /// What client threads and the executor share of the replica.
@@ -749,8 +750,8 @@ fn unavailable(standing: &Standing) -> Option<ClientReply> {
     match standing {
         Standing::Course(CourseStanding::Serving) => None,
         Standing::Course(CourseStanding::CatchingUp) => Some(ClientReply::Unavailable {
-            reason: "this replica is taking another's state (it fell behind the order, or its outcomes differed \
-                     from the majority's); ask the others"
+            reason: "this replica is catching up with the order (it restarted, fell behind, or its outcomes \
+                     differed from the majority's, and takes a live replica's state); ask the others"
                 .into(),
         }),
         Standing::Course(CourseStanding::Proving) => Some(ClientReply::Unavailable {
