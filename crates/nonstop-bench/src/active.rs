@@ -16,6 +16,11 @@
 //! PDS and NPDS replicas take the order in batches, each run to its end
 //! ([`Executor`]); LSA replicas take it as it comes ([`Stream`]), since a follower needs only
 //! its leader's order of acquisitions.
+//!
+//! Errors can be injected as the survey injects them, per scheduler: a bit flipped in one
+//! replica's shared data, or in one of its replies, halfway through each run; the voters'
+//! findings are counted as injected, activated, detected, manifested and catastrophic errors
+//! ([`nonstop_testbed::chaos::inject`] defines them).
 
 use hdrhistogram::Histogram;
 use nonstop_active::execute::{Executor, Handler};
@@ -27,6 +32,7 @@ use nonstop_net::{Primary, PrimaryConfig};
 use nonstop_proto::primary::Ticket;
 use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
 use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region};
+use nonstop_testbed::chaos::inject::InjectionCounts;
 use nonstop_testbed::local::{KeyFile, LocalBackup};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -84,18 +90,37 @@ enum Fate {
     Live,
     /// Stops for good.
     Killed,
+    /// Goes on, its next reply made wrong (a bit flipped).
+    WrongReply,
 }
 
-/// Injects `plan`'s fault once its time has come: a kill is for good, a pause sleeps once.
-fn fate(plan: &mut Option<FaultPlan>) -> Fate {
-    match plan {
-        Some(FaultPlan { fault: ReplicaFault::Kill, at }) if Instant::now() >= *at => Fate::Killed,
-        Some(FaultPlan { fault: ReplicaFault::Pause { ms }, at }) if Instant::now() >= *at => {
-            std::thread::sleep(Duration::from_millis(*ms));
+/// Injects `plan`'s fault into `server` once its time has come: a kill is for good, a pause
+/// sleeps once, a flip in memory changes one bit of its shared data once, a wrong outcome
+/// flips a bit of its next reply.
+fn fate(plan: &mut Option<FaultPlan>, server: &SyntheticServer) -> Fate {
+    let Some(FaultPlan { fault, at }) = *plan else { return Fate::Live };
+    if Instant::now() < at {
+        return Fate::Live;
+    }
+    match fault {
+        ReplicaFault::Kill => return Fate::Killed,
+        ReplicaFault::Pause { ms } => std::thread::sleep(Duration::from_millis(ms)),
+        ReplicaFault::FlipMemory => server.flip_bit(),
+        ReplicaFault::WrongOutcome => {
             *plan = None;
-            Fate::Live
+            return Fate::WrongReply;
         }
-        _ => Fate::Live,
+        ReplicaFault::Partition { .. } | ReplicaFault::Bitflip => {}
+    }
+    *plan = None;
+    Fate::Live
+}
+
+/// Flips a bit of `reply` (a wrong outcome).
+fn make_wrong(reply: &mut Vec<u8>) {
+    match reply.first_mut() {
+        Some(byte) => *byte ^= 1,
+        None => reply.push(1),
     }
 }
 
@@ -138,8 +163,14 @@ pub struct RunFigures {
     pub dissenting: u64,
     /// Requests no reply won (0 if every replica is deterministic).
     pub undecided: u64,
-    /// Whether every replica ended with the same shared data (always for unreplicated).
+    /// Whether every replica ended with the same shared data (always for unreplicated); with
+    /// a bit flipped in the faulty replica's memory, every other replica.
     pub states_equal: bool,
+    /// Of the dissenting replies, the faulty replica's (a fault injected: the last replica).
+    pub faulty_dissenting: u64,
+    /// With an error injected (a flipped bit in memory or a reply): what became of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injection: Option<InjectionCounts>,
 }
 
 /// The whole run.
@@ -171,6 +202,10 @@ pub struct ActiveBenchReport {
     pub runs: Vec<(String, RunFigures)>,
     /// Each round's requests per second, by configuration.
     pub rounds_per_s: Vec<(String, Vec<f64>)>,
+    /// With an error injected: per actively replicated configuration, the injections of every
+    /// round added up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub error_injection: Vec<(String, InjectionCounts)>,
 }
 
 /// How the server runs in one configuration.
@@ -208,9 +243,9 @@ pub fn run(
     if config.replicas == 0 || config.replicas.is_multiple_of(2) {
         return Err(format!("--replicas {} cannot vote by majority: use an odd number (2f+1)", config.replicas));
     }
-    if matches!(config.fault, Some(ReplicaFault::WrongOutcome | ReplicaFault::FlipMemory)) {
-        return Err("bench active injects kill or pause; wrong outcomes and flipped bits are found by the digests and \
-                    seals of replicas on nodes: nonstop chaos kill --replication active --fault wrong-outcome|flip-memory"
+    if matches!(config.fault, Some(ReplicaFault::Partition { .. } | ReplicaFault::Bitflip)) {
+        return Err("bench active injects kill, pause, wrong-outcome or flip-memory; partitions need hosts of their \
+                    own: nonstop chaos --netns partition --replication active"
             .into());
     }
     let configurations: Vec<(&str, Replication)> = CONFIGURATIONS
@@ -253,7 +288,24 @@ pub fn run(
             .zip(&rounds)
             .map(|((name, _), figures)| (name.to_string(), figures.iter().map(|f| f.per_s).collect()))
             .collect(),
+        error_injection: configurations
+            .iter()
+            .zip(&rounds)
+            .filter(|(_, figures)| figures.iter().any(|f| f.injection.is_some()))
+            .map(|((name, _), figures)| (name.to_string(), added(figures.iter().filter_map(|f| f.injection))))
+            .collect(),
         runs,
+    })
+}
+
+/// Injection counts added up.
+fn added(counts: impl Iterator<Item = InjectionCounts>) -> InjectionCounts {
+    counts.fold(InjectionCounts::default(), |sum, c| InjectionCounts {
+        injected: sum.injected + c.injected,
+        activated: sum.activated + c.activated,
+        detected: sum.detected + c.detected,
+        manifested: sum.manifested + c.manifested,
+        catastrophic: sum.catastrophic + c.catastrophic,
     })
 }
 
@@ -281,6 +333,16 @@ impl SyntheticServer {
     fn state(&self) -> Vec<u64> {
         let worker = Worker::unscheduled(ThreadId(0));
         self.data.iter().map(|value| worker.lock(value).map_or(0, |value| *value)).collect()
+    }
+
+    /// Flips one bit of its shared data behind the scheduler's back, as a memory fault would
+    /// (the value's own lock keeps the write whole; which bit is the same every run).
+    fn flip_bit(&self) {
+        let draw = mix(0xB17F_11B5);
+        let worker = Worker::unscheduled(ThreadId(0));
+        if let Ok(mut value) = worker.lock(&self.data[(draw % self.data.len() as u64) as usize]) {
+            *value ^= 1 << (draw >> 58);
+        }
     }
 }
 
@@ -440,6 +502,8 @@ fn latency_histogram() -> Histogram<u64> {
 
 fn figures(load: &Load, dissenting: u64, undecided: u64, states_equal: bool) -> RunFigures {
     RunFigures {
+        faulty_dissenting: 0,
+        injection: None,
         per_s: load.answered as f64 / load.elapsed.as_secs_f64(),
         p50_ms: load.latency.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: load.latency.value_at_quantile(0.99) as f64 / 1000.0,
@@ -552,15 +616,39 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm) -> Result<Ru
         for executor in executors {
             executor.join().map_err(|_| "a replica's thread panicked".to_string())??;
         }
-        let (dissenting, undecided) = voter.join().map_err(|_| "the voter panicked".to_string())??;
-        Ok::<_, String>((load, dissenting, undecided))
+        let tally = voter.join().map_err(|_| "the voter panicked".to_string())??;
+        Ok::<_, String>((load, tally))
     });
-    let (load, dissenting, undecided) = outcome?;
-    // A killed replica stopped where it was; every other one must have ended alike.
-    let live = if config.fault == Some(ReplicaFault::Kill) { servers.len() - 1 } else { servers.len() };
-    let states: Vec<Vec<u64>> = servers[..live].iter().map(|server| server.state()).collect();
+    let (load, tally) = outcome?;
+    // A killed replica stopped where it was, and one given a flipped bit holds it; every other
+    // one must have ended alike.
+    let faulty = usize::from(replicas) - 1;
+    let good = match config.fault {
+        Some(ReplicaFault::Kill | ReplicaFault::FlipMemory) => faulty,
+        _ => servers.len(),
+    };
+    let states: Vec<Vec<u64>> = servers[..good].iter().map(|server| server.state()).collect();
     let states_equal = states.iter().all(|state| state == &states[0]);
-    Ok(figures(&load, dissenting, undecided, states_equal))
+    let dissenting = tally.dissents.iter().sum();
+    let faulty_dissenting = config.fault.map_or(0, |_| tally.dissents[faulty]);
+    let injection = match config.fault {
+        Some(ReplicaFault::FlipMemory | ReplicaFault::WrongOutcome) => {
+            // A good replica outvoted means a wrong answer decided.
+            let wrong_decided = dissenting - faulty_dissenting;
+            let detected = u64::from(faulty_dissenting > 0);
+            let manifested = u64::from(wrong_decided > 0 || tally.undecided > 0);
+            let catastrophic = u64::from(wrong_decided > 0 || !states_equal);
+            Some(InjectionCounts {
+                injected: 1,
+                activated: detected.max(manifested),
+                detected,
+                manifested,
+                catastrophic,
+            })
+        }
+        _ => None,
+    };
+    Ok(RunFigures { faulty_dissenting, injection, ..figures(&load, dissenting, tally.undecided, states_equal) })
 }
 
 /// The sequencer: each batch of whatever is waiting goes to every replica, in one order. Fed in
@@ -607,12 +695,16 @@ fn run_batches(
     seat: Seat,
 ) -> Result<(), String> {
     let Seat { replica, mut fault } = seat;
-    let executor = Executor::new(role, config.workers, server).map_err(|e| e.to_string())?;
+    let executor = Executor::new(role, config.workers, server.clone()).map_err(|e| e.to_string())?;
     for batch in batches {
-        if fate(&mut fault) == Fate::Killed {
+        let fate = fate(&mut fault, &server);
+        if fate == Fate::Killed {
             return Ok(());
         }
-        let replies = executor.execute(batch.bodies).map_err(|e| e.to_string())?;
+        let mut replies = executor.execute(batch.bodies).map_err(|e| e.to_string())?;
+        if let (Fate::WrongReply, Some(reply)) = (fate, replies.first_mut()) {
+            make_wrong(reply);
+        }
         for (number, reply) in (batch.first..).zip(replies) {
             if heard.send(Heard::Replied { replica, number, reply: Ok(reply) }).is_err() {
                 return Ok(());
@@ -637,31 +729,40 @@ fn run_streamed(
 ) -> Result<(), String> {
     let Seat { replica, mut fault } = seat;
     let (replies_to, replies) = channel();
-    let killed = AtomicBool::new(false);
+    let (killed, wrong_next) = (AtomicBool::new(false), AtomicBool::new(false));
     let mut stream = match follows {
-        None => Stream::leader(config.workers, server, leads, replies_to),
-        Some(leader) => Stream::follower(config.workers, server, leader, replies_to),
+        None => Stream::leader(config.workers, server.clone(), leads, replies_to),
+        Some(leader) => Stream::follower(config.workers, server.clone(), leader, replies_to),
     };
     std::thread::scope(|scope| {
-        let killed = &killed;
+        let (killed, wrong_next) = (&killed, &wrong_next);
         scope.spawn(move || {
             for (number, reply) in replies {
                 if killed.load(Ordering::Relaxed) {
                     // A crashed replica answers nothing more.
                     continue;
                 }
-                let reply = reply.map_err(|e| e.to_string());
+                let mut reply = reply.map_err(|e| e.to_string());
+                if let Ok(reply) = &mut reply
+                    && wrong_next.swap(false, Ordering::Relaxed)
+                {
+                    make_wrong(reply);
+                }
                 if heard.send(Heard::Replied { replica, number, reply }).is_err() {
                     return;
                 }
             }
         });
         for batch in batches {
-            if fate(&mut fault) == Fate::Killed {
-                // Crashed: it answers nothing more and its threads stop where they are.
-                killed.store(true, Ordering::Relaxed);
-                stream.halt();
-                return;
+            match fate(&mut fault, &server) {
+                Fate::Killed => {
+                    // Crashed: it answers nothing more and its threads stop where they are.
+                    killed.store(true, Ordering::Relaxed);
+                    stream.halt();
+                    return;
+                }
+                Fate::WrongReply => wrong_next.store(true, Ordering::Relaxed),
+                Fate::Live => {}
             }
             let bodies = Arc::try_unwrap(batch.bodies).unwrap_or_else(|shared| (*shared).clone());
             stream.submit(bodies);
@@ -672,11 +773,23 @@ fn run_streamed(
     Ok(())
 }
 
-/// The clients' voters, one per request (here in one thread: each is independent). Answers
-/// dissenting replies and undecided votes.
-fn vote(heard: Receiver<Heard>, answer_to: &[Sender<Vec<u8>>], replicas: u16) -> Result<(u64, u64), String> {
+/// What the voters found.
+struct Tally {
+    /// Replies that lost their vote, by replica.
+    dissents: Vec<u64>,
+    /// Votes no reply won.
+    undecided: u64,
+}
+
+/// The clients' voters, one per request (here in one thread: each is independent).
+fn vote(heard: Receiver<Heard>, answer_to: &[Sender<Vec<u8>>], replicas: u16) -> Result<Tally, String> {
     let (mut askers, mut votes) = (HashMap::<u64, (usize, u64)>::new(), HashMap::<u64, Vote>::new());
-    let (mut dissenting, mut undecided) = (0u64, 0u64);
+    let (mut dissents, mut undecided) = (vec![0u64; usize::from(replicas)], 0u64);
+    let mut count = |vote: &Vote| {
+        for dissenter in vote.dissenters() {
+            dissents[usize::from(dissenter.0)] += 1;
+        }
+    };
     for heard in heard {
         let (replica, number, reply) = match heard {
             Heard::Asked { first, askers: asked } => {
@@ -706,14 +819,14 @@ fn vote(heard: Receiver<Heard>, answer_to: &[Sender<Vec<u8>>], replicas: u16) ->
             _ => {}
         }
         if vote.complete() {
-            dissenting += vote.dissenters().len() as u64;
+            count(vote);
             votes.remove(&number);
             askers.remove(&number);
         }
     }
     // Votes a killed replica never completed.
-    dissenting += votes.values().map(|vote| vote.dissenters().len() as u64).sum::<u64>();
-    Ok((dissenting, undecided))
+    votes.values().for_each(&mut count);
+    Ok(Tally { dissents, undecided })
 }
 
 /// How long the passive configuration waits for its backup to attach or hold a checkpoint.
@@ -855,6 +968,23 @@ mod tests {
                 assert!(figures.states_equal, "{fault:?} {algorithm:?}: {figures:?}");
                 // Masked: the majority went on answering once the faulty replica was gone.
                 assert!(figures.answered_after_fault.is_some_and(|n| n > 0), "{fault:?} {algorithm:?}: {figures:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_in_one_replicas_memory_or_reply_is_outvoted_and_counted() {
+        for fault in [ReplicaFault::FlipMemory, ReplicaFault::WrongOutcome] {
+            let config = ActiveBenchConfig { fault: Some(fault), duration: Duration::from_millis(300), ..small() };
+            for algorithm in [Algorithm::Npds, Algorithm::Pds2, Algorithm::Lsa(Role::Leader)] {
+                let figures = run_replicated(&config, algorithm).unwrap();
+                let what = format!("{fault:?} {algorithm:?}: {figures:?}");
+                // Only the faulty replica's replies lost their votes: the others agreed, always.
+                assert!(figures.faulty_dissenting > 0, "{what}");
+                assert_eq!((figures.dissenting, figures.undecided), (figures.faulty_dissenting, 0), "{what}");
+                assert!(figures.states_equal, "{what}");
+                let expected = InjectionCounts { injected: 1, activated: 1, detected: 1, ..InjectionCounts::default() };
+                assert_eq!(figures.injection, Some(expected), "{what}");
             }
         }
     }

@@ -428,8 +428,10 @@ struct ActiveArgs {
     #[arg(long, default_value_t = ActiveBenchConfig::default().rounds)]
     rounds: usize,
     /// A fault of the last replica (a follower under LSA) halfway through each actively
-    /// replicated run: it stops for good (kill) or for --pause-ms (pause). Reported: the
-    /// longest time no client got an answer.
+    /// replicated run: it stops for good (kill) or for --pause-ms (pause), a bit of its shared
+    /// data flips (flip-memory) or a bit of its next reply (wrong-outcome). Reported: the longest
+    /// time no client got an answer, and for flips the survey's injected, activated, detected,
+    /// manifested and catastrophic counts per scheduler (one flip per run: give --rounds).
     #[arg(long)]
     fault: Option<FaultKind>,
     /// How long --fault pause stops the replica, in milliseconds.
@@ -444,10 +446,10 @@ struct ActiveArgs {
 enum FaultKind {
     Kill,
     Pause,
-    /// One reply of the replica made wrong (nodes only: `chaos kill --replication active`).
+    /// One reply of the replica made wrong (a bit flipped).
     WrongOutcome,
-    /// A random bit of the replica's region flipped in its memory (nodes only: `chaos kill
-    /// --replication active`).
+    /// A bit of the replica's state flipped in its memory (on nodes a random bit of its
+    /// region, in `bench active` one of the synthetic server's shared values).
     FlipMemory,
 }
 
@@ -802,8 +804,14 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
             report.best_vs_unreplicated,
             report.passive_vs_unreplicated.unwrap_or(f64::NAN)
         );
+        print_error_injection(&report.error_injection.iter().cloned().collect());
     }
-    let disagreed = report.runs.iter().any(|(_, run)| run.dissenting > 0 || run.undecided > 0 || !run.states_equal);
+    // The faulty replica's own wrong replies are what voting masks; any other disagreement is a
+    // scheduler's.
+    let disagreed = report
+        .runs
+        .iter()
+        .any(|(_, run)| run.dissenting > run.faulty_dissenting || run.undecided > 0 || !run.states_equal);
     if disagreed {
         anyhow::bail!("replicas disagreed: a scheduler let two replicas diverge (see the figures above)");
     }
