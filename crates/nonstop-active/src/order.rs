@@ -77,7 +77,7 @@ pub struct Request {
 ///
 /// The fields are encoded in this order, the digests before the requests, so that a leader
 /// checks a forwarded entry's digests without decoding its requests
-/// ([`Replicated::check_forwarded`]).
+/// ([`Replicated::check_proposal`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// The proposer's clock, milliseconds since the Unix epoch.
@@ -212,7 +212,7 @@ impl Replicated for Order {
 
     /// A replica's forwarded entry carries its own digests only (another replica's would be
     /// counted for that one by every [`crate::dissent::Judge`]), and not too many.
-    fn check_forwarded(encoded: &[u8], proposer: NodeId) -> Result<(), String> {
+    fn check_proposal(encoded: &[u8], proposer: NodeId) -> Result<(), String> {
         let ((_time_ms, digests), _) = postcard::take_from_bytes::<(u64, Vec<Digest>)>(encoded)
             .map_err(|error| format!("not an entry of the order: {error}"))?;
         if digests.len() > MAX_DIGESTS {
@@ -258,13 +258,13 @@ mod tests {
         let encoded = |digests: Vec<Digest>| {
             postcard::to_stdvec(&Batch { time_ms: 5, digests, requests: vec![request(1, 1)] }).unwrap()
         };
-        assert_eq!(Order::check_forwarded(&encoded(vec![digest(2)]), NodeId(2)), Ok(()));
-        assert_eq!(Order::check_forwarded(&encoded(vec![]), NodeId(2)), Ok(()));
-        let forged = Order::check_forwarded(&encoded(vec![digest(2), digest(3)]), NodeId(2)).unwrap_err();
+        assert_eq!(Order::check_proposal(&encoded(vec![digest(2)]), NodeId(2)), Ok(()));
+        assert_eq!(Order::check_proposal(&encoded(vec![]), NodeId(2)), Ok(()));
+        let forged = Order::check_proposal(&encoded(vec![digest(2), digest(3)]), NodeId(2)).unwrap_err();
         assert!(forged.contains("in the name of member 3"), "{forged}");
         let many = encoded(vec![digest(2); MAX_DIGESTS + 1]);
-        assert!(Order::check_forwarded(&many, NodeId(2)).unwrap_err().contains("digests in one entry"));
-        assert!(Order::check_forwarded(&[0xff; 3], NodeId(2)).unwrap_err().contains("not an entry"));
+        assert!(Order::check_proposal(&many, NodeId(2)).unwrap_err().contains("digests in one entry"));
+        assert!(Order::check_proposal(&[0xff; 3], NodeId(2)).unwrap_err().contains("not an entry"));
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub enum ControlError {
     /// A peer's message did not decode or was not for this node.
     #[error("bad control-plane message from the network: {0}")]
     BadMessage(String),
+    /// This member's own proposal breaks the state machine's rules (a bug in the driver).
+    #[error("a proposal of this member's own was refused: {0}")]
+    OwnProposalRefused(String),
     /// A dynamic group's message for another member: an earlier incarnation of this node's,
     /// which the leader still counts until the new one replaces it. Not a fault.
     #[error("a message for member {to}, not this one")]
@@ -188,10 +191,11 @@ pub trait Replicated: Default + Serialize + DeserializeOwned {
     fn apply(&mut self, index: u64, command: Self::Command) -> Self::Applied;
     /// The log index of the last command applied (0: none yet).
     fn applied_index(&self) -> u64;
-    /// Checks a command, as encoded, that member `proposer` forwarded to this member (its
-    /// leader, as it believes), before it may enter the log: a member speaks for itself only.
-    /// Anything is accepted unless the state machine says otherwise.
-    fn check_forwarded(_encoded: &[u8], _proposer: NodeId) -> Result<(), String> {
+    /// Checks a command, as encoded, that member `proposer` proposes, before it may enter the
+    /// log: one forwarded to this member (its leader, as it believes), or this member's own. A
+    /// member speaks for itself only. Anything is accepted unless the state machine says
+    /// otherwise.
+    fn check_proposal(_encoded: &[u8], _proposer: NodeId) -> Result<(), String> {
         Ok(())
     }
 }
@@ -498,7 +502,7 @@ impl<S: Replicated> RaftNode<S> {
         check_wire_message(&message, self.membership)?;
         if message.get_msg_type() == MessageType::MsgPropose {
             for entry in message.get_entries() {
-                S::check_forwarded(&entry.data, NodeId(message.from))
+                S::check_proposal(&entry.data, NodeId(message.from))
                     .map_err(|why| ControlError::BadMessage(format!("a forwarded proposal: {why}")))?;
             }
         }
@@ -549,6 +553,9 @@ impl<S: Replicated> RaftNode<S> {
     /// leader changes), so a proposer watches the applied commands and proposes again if needed.
     pub fn propose(&mut self, command: &S::Command) -> Result<(), ControlError> {
         let bytes = postcard::to_stdvec(command).expect("commands always serialize");
+        // The rule a leader applies to forwarded proposals holds for its own: a leader
+        // appends them unseen by any other check.
+        S::check_proposal(&bytes, self.id).map_err(ControlError::OwnProposalRefused)?;
         Ok(self.raw.propose(vec![], bytes)?)
     }
 
@@ -1031,7 +1038,7 @@ mod tests {
         fn applied_index(&self) -> u64 {
             self.0
         }
-        fn check_forwarded(encoded: &[u8], proposer: NodeId) -> Result<(), String> {
+        fn check_proposal(encoded: &[u8], proposer: NodeId) -> Result<(), String> {
             match postcard::from_bytes::<u64>(encoded) {
                 Ok(command) if command % 2 == 0 => Ok(()),
                 _ => Err(format!("member {} forwarded an odd or undecodable command", proposer.0)),
@@ -1040,7 +1047,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_proposals_are_checked_by_the_state_machine() {
+    fn proposals_forwarded_or_own_are_checked_by_the_state_machine() {
         let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
         let mut node =
             RaftNode::<EvenOnly>::new(ControlConfig::new(NodeId(1), voters), Box::new(MemoryLog::default())).unwrap();
@@ -1054,6 +1061,9 @@ mod tests {
         assert!(refused.to_string().contains("member 2 forwarded an odd"), "{refused}");
         // An even one passes the check (and, with no leader known here, is dropped by Raft).
         assert!(!matches!(node.step(&proposal(4)), Err(ControlError::BadMessage(_))));
+        // The member's own proposals follow the same rule, leader or not.
+        assert!(matches!(node.propose(&5), Err(ControlError::OwnProposalRefused(_))));
+        assert!(!matches!(node.propose(&6), Err(ControlError::OwnProposalRefused(_))));
     }
 
     fn message(kind: MessageType, term: u64, edit: impl FnOnce(&mut Message)) -> Vec<u8> {
