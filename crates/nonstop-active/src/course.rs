@@ -250,7 +250,10 @@ impl Course {
         let rest = match self.feed.transferred(position) {
             Ok(rest) => rest,
             Err(FeedError::Behind { position, from }) => {
-                self.need_state(from, Behind::Log);
+                // Still awaiting from `from`, with the entries delivered since kept: only ask
+                // again (restoring the feed would drop them, and the next entry would not
+                // follow).
+                self.events.push_back(Event::NeedState { from, why: Behind::Log });
                 return Ok(Taken::Stale { position, from });
             }
             Err(other) => return Err(other),
@@ -483,6 +486,20 @@ mod tests {
         assert_eq!(course.donation(0), Err(NoDonation::TakingState));
         course.transferred(5, member_id(2, 0), 0).unwrap();
         assert_eq!(course.donation(5), Err(NoDonation::Unproven));
+    }
+
+    #[test]
+    fn entries_kept_while_awaiting_survive_a_stale_state() {
+        let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
+        course.restored(5);
+        course.restored(9);
+        course.delivered(entry(9, 2, None, vec![])).unwrap();
+        let _ = run(&mut course, b"");
+        assert!(matches!(course.transferred(5, member_id(1, 0), 0), Ok(Taken::Stale { .. })));
+        // The entry after those kept still follows them, and a state at 9 executes both.
+        course.delivered(entry(11, 1, None, vec![])).unwrap();
+        assert_eq!(course.transferred(9, member_id(1, 0), 0), Ok(Taken::Installed));
+        assert_eq!(run(&mut course, b"x").0, vec![9, 10, 11]);
     }
 
     #[test]
