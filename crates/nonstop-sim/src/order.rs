@@ -71,6 +71,13 @@ const TICK_STEPS: u64 = 10;
 const RETRY_STEPS: u64 = 60;
 /// Entries applied between compactions of the group's log.
 const COMPACT_EVERY: u64 = 48;
+/// Request bytes a replica keeps while it awaits a state (a node keeps 64 MiB): small, so that
+/// in some transfers the entries delivered meanwhile outgrow it, the replica asks for a state
+/// past them, and the state on its way arrives stale.
+const KEPT_FOR_TRANSFER: usize = 80;
+/// Log entries a replica may lag the most advanced one and still count as settled for a new
+/// fault: well under [`COMPACT_EVERY`], past which it needs a live replica's state.
+const SETTLED_LAG: u64 = 16;
 /// The quiet period at the end of a run; clients start no request in its second half.
 const QUIET_STEPS: u64 = 3000;
 
@@ -120,6 +127,8 @@ pub struct OrderStats {
     /// Of those, transfers whose donor had executed past the receiving replica's log (entries
     /// still to come were skipped).
     pub transfers_ahead: u64,
+    /// States that arrived after a newer snapshot of the order had come (asked for again).
+    pub transfers_stale: u64,
     /// Entries kept while a transfer was awaited, then executed after it.
     pub entries_kept_for_transfer: u64,
     /// Replicas whose state was corrupted (the vault's balance changed behind the order's
@@ -160,6 +169,7 @@ impl std::ops::AddAssign for OrderStats {
         self.leader_changes += other.leader_changes;
         self.state_transfers += other.state_transfers;
         self.transfers_ahead += other.transfers_ahead;
+        self.transfers_stale += other.transfers_stale;
         self.entries_kept_for_transfer += other.entries_kept_for_transfer;
         self.corruptions += other.corruptions;
         self.digests_proposed += other.digests_proposed;
@@ -169,6 +179,21 @@ impl std::ops::AddAssign for OrderStats {
         self.probations_cleared_unproven += other.probations_cleared_unproven;
         self.probations_refuted += other.probations_refuted;
     }
+}
+
+/// Where a replica's taking of a live replica's state stands. One transfer at a time, as on a
+/// node: a newer snapshot that comes while a state is on its way makes that state stale when it
+/// arrives, and the replica asks again then.
+#[derive(Debug)]
+enum Taking {
+    /// Not taking one.
+    Idle,
+    /// It asks a donor at this step.
+    AskAt(u64),
+    /// It asked replica `donor` (member `donor_id`) for a state at position `from` or later;
+    /// the donor copies it, at its own point of the order then, and it arrives at step
+    /// `arrives`, as a node's donor finishes a transfer between two entries at its end.
+    InFlight { arrives: u64, donor: usize, donor_id: NodeId, from: u64 },
 }
 
 /// One request a replica executed, as the checks compare them.
@@ -215,8 +240,8 @@ struct Member {
     /// What it executes of what the group delivers, its digests of its outcomes, its judge of
     /// everyone's, and whether it answers (the node's code).
     course: Course,
-    /// While it awaits a state transfer: the step the transfer is due.
-    transfer_due: Option<u64>,
+    /// Where taking a live replica's state stands.
+    taking: Taking,
     /// Digests to propose with its next batch.
     digests: Vec<Digest>,
     /// The simulation's knowledge, for the checks only (the replica cannot know it): its
@@ -254,10 +279,10 @@ impl Member {
             calls: Calls::new(usize::MAX),
             vault: 0,
             course: match incarnation {
-                0 => Course::founder(id, &REPLICA_NODES, usize::MAX),
-                _ => Course::new_member(id, &REPLICA_NODES, usize::MAX),
+                0 => Course::founder(id, &REPLICA_NODES, KEPT_FOR_TRANSFER),
+                _ => Course::new_member(id, &REPLICA_NODES, KEPT_FOR_TRANSFER),
             },
-            transfer_due: None,
+            taking: Taking::Idle,
             digests: Vec::new(),
             corrupted: false,
         })
@@ -469,11 +494,18 @@ impl Sim {
         }
         // One replica down or wrong at a time, and only once the group is settled again: three
         // voters of a configuration that is not joint (a restarted replica counts itself
-        // rejoined only then), each answering.
-        let settled = self
-            .members
-            .iter()
-            .all(|m| m.alive && m.is_voter() && !m.node.members().is_joint() && m.answers() && !m.corrupted);
+        // rejoined only then), each answering, none far behind the others' log (one just
+        // reconnected after a partition still answers until the leader's snapshot tells it it
+        // fell behind; corrupting another then is two faults at once: seed 98).
+        let newest = self.members.iter().map(|m| m.node.state().applied_index()).max().unwrap_or(0);
+        let settled = self.members.iter().all(|m| {
+            m.alive
+                && m.is_voter()
+                && !m.node.members().is_joint()
+                && m.answers()
+                && !m.corrupted
+                && newest - m.node.state().applied_index() <= SETTLED_LAG
+        });
         if settled && self.cut.is_none() && self.stats.corruptions < 2 && self.rng.random_ratio(1, 2500) {
             // A flipped bit in one replica's state: every outcome it computes from now on is
             // wrong, until it finds itself dissenting and takes a live replica's state.
@@ -815,54 +847,76 @@ impl Sim {
         Ok(())
     }
 
-    /// Replicas whose state transfer is due take a live replica's state: its executions up to
-    /// its own point of the order (at least the snapshot's), the vault, and what they answered
-    /// (but not who waits: that is the replica's own). With no donor reachable, or none far
-    /// enough yet, it asks again later.
+    /// Replicas whose state transfer is due ask a live replica for its state, which arrives
+    /// 1-30 ms later: the donor's executions up to its own point of the order then (at least
+    /// the position asked for), the vault, and what they answered (but not who waits: that is
+    /// the replica's own). With no donor reachable, or none far enough yet, it asks again
+    /// later; a transfer whose donor died or fell behind on the way fails, and it asks again.
     fn transfer_states(&mut self) -> Result<(), Violation> {
         for index in 0..self.members.len() {
-            let member = &self.members[index];
-            let (Some(due), Some(from)) = (member.transfer_due, member.course.awaiting_from()) else { continue };
-            if !member.alive || due > self.step {
+            if !self.members[index].alive {
                 continue;
             }
-            let donor = (0..self.members.len()).find(|&d| {
-                let donor = &self.members[d];
-                d != index && self.connected(d as u64, index as u64) && donor.course.donation(from).is_ok()
-            });
-            let Some(donor) = donor else {
-                self.members[index].transfer_due = Some(self.step + 20);
-                continue;
-            };
-            let transferred = self.members[donor].executed.clone();
-            let position = transferred.len() as u64;
-            let (vault, corrupted, donor_id) =
-                (self.members[donor].vault, self.members[donor].corrupted, self.members[donor].node.id());
-            let remembered: Vec<_> = self.members[donor]
-                .calls
-                .answered()
-                .map(|(client, request, outcome)| (client, request, outcome.clone()))
-                .collect();
-            let member = &mut self.members[index];
-            let log_end = member.node.state().delivered();
-            member.transfer_due = None;
-            match member.course.transferred(position, donor_id, self.step) {
-                Ok(Taken::Installed) => {}
-                // A newer snapshot came meanwhile: the course asks for a newer state.
-                Ok(Taken::Stale { .. }) => {
-                    self.advance(index)?;
-                    continue;
+            match self.members[index].taking {
+                Taking::AskAt(due) if due <= self.step => self.ask_for_state(index),
+                Taking::InFlight { arrives, donor, donor_id, from } if arrives <= self.step => {
+                    self.members[index].taking = Taking::Idle;
+                    self.state_arrives(index, donor, donor_id, from)?;
                 }
-                Err(error) => return Err(self.violation(format!("replica {}'s transfer: {error}", index + 1))),
+                _ => {}
             }
-            member.calls.restore(remembered);
-            (member.executed, member.vault) = (transferred, vault);
-            member.corrupted = corrupted;
-            self.stats.state_transfers += 1;
-            self.stats.transfers_ahead += u64::from(position > log_end);
-            self.advance(index)?;
         }
         Ok(())
+    }
+
+    /// Replica `index` asks a connected donor that may donate for its state.
+    fn ask_for_state(&mut self, index: usize) {
+        let Some(from) = self.members[index].course.awaiting_from() else {
+            self.members[index].taking = Taking::Idle;
+            return;
+        };
+        let donor = (0..self.members.len()).find(|&d| {
+            d != index && self.connected(d as u64, index as u64) && self.members[d].course.donation(from).is_ok()
+        });
+        self.members[index].taking = match donor {
+            None => Taking::AskAt(self.step + 20),
+            Some(donor) => {
+                let (donor_id, arrives) = (self.members[donor].node.id(), self.step + self.rng.random_range(1..30));
+                Taking::InFlight { arrives, donor, donor_id, from }
+            }
+        };
+    }
+
+    /// Replica `donor` (member `donor_id`) finishes the transfer of its state at `from` or later
+    /// into replica `index`: installed, or stale (a newer snapshot came meanwhile: the course
+    /// asks again), or failed (the donor died, is cut off, or cannot donate now).
+    fn state_arrives(&mut self, index: usize, donor: usize, donor_id: NodeId, from: u64) -> Result<(), Violation> {
+        let giver = &self.members[donor];
+        let reachable = giver.alive && giver.node.id() == donor_id && self.connected(donor as u64, index as u64);
+        let Some(position) = giver.course.donation(from).ok().filter(|_| reachable) else {
+            self.members[index].taking = Taking::AskAt(self.step);
+            return Ok(());
+        };
+        let executed = giver.executed.clone();
+        debug_assert_eq!(executed.len() as u64, position, "a donor's position is what it executed");
+        let (vault, corrupted) = (giver.vault, giver.corrupted);
+        let answered: Vec<_> =
+            giver.calls.answered().map(|(client, request, outcome)| (client, request, outcome.clone())).collect();
+        let member = &mut self.members[index];
+        let log_end = member.node.state().delivered();
+        match member.course.transferred(position, donor_id, self.step) {
+            Ok(Taken::Installed) => {}
+            Ok(Taken::Stale { .. }) => {
+                self.stats.transfers_stale += 1;
+                return self.advance(index);
+            }
+            Err(error) => return Err(self.violation(format!("replica {}'s transfer: {error}", index + 1))),
+        }
+        member.calls.restore(answered);
+        (member.executed, member.vault, member.corrupted) = (executed, vault, corrupted);
+        self.stats.state_transfers += 1;
+        self.stats.transfers_ahead += u64::from(position > log_end);
+        self.advance(index)
     }
 
     /// Replicas on probation for [`nonstop_active::dissent::PROBATION_MS`] with nothing to
@@ -957,7 +1011,10 @@ impl Sim {
                     self.stats.dissents_found += u64::from(matches!(why, Behind::Dissented { .. }));
                     let due = self.step + self.rng.random_range(5..80);
                     let member = &mut self.members[index];
-                    member.transfer_due = Some(due);
+                    // One transfer at a time: one on its way is judged when it arrives.
+                    if matches!(member.taking, Taking::Idle) {
+                        member.taking = Taking::AskAt(due);
+                    }
                     member.calls.drop_waiters();
                     member.digests.clear();
                 }
@@ -987,8 +1044,24 @@ impl Sim {
     fn finish(self) -> Result<OrderStats, Violation> {
         if let Some((client, state)) = self.clients.iter().enumerate().find(|(_, c)| c.pending.is_some()) {
             let id = state.pending.as_ref().map(Pending::id);
+            let replicas: Vec<String> = self
+                .members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} alive {} {:?} taking {:?} awaiting {:?} executed {}",
+                        m.node.id().0,
+                        m.alive,
+                        m.course.standing(),
+                        m.taking,
+                        m.course.awaiting_from(),
+                        m.executed.len()
+                    )
+                })
+                .collect();
             return Err(self.violation(format!(
-                "after the quiet period, request {id:?} of client {client} is still not answered"
+                "after the quiet period, request {id:?} of client {client} is still not answered; replicas: {}",
+                replicas.join("; ")
             )));
         }
         let live: Vec<&Member> = self.members.iter().filter(|m| m.alive).collect();

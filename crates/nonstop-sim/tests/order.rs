@@ -27,6 +27,9 @@ fn every_seed_keeps_one_order_and_answers_every_call_once() {
     // replica's state, some from a donor ahead of their own log, with entries kept meanwhile.
     assert!(total.state_transfers > 200 && total.transfers_ahead > 40, "{total:?}");
     assert!(total.entries_kept_for_transfer > 2_000, "{total:?}");
+    // States that arrived after the replica had asked for a newer one (the entries it kept
+    // outgrew their bound): asked for again, the entries kept since intact.
+    assert!(total.transfers_stale > 0, "{total:?}");
     // Corrupted replicas found dissenting by their own digests and the others', re-integrated,
     // and every re-integrated state proven before it answered (some with nobody to prove it
     // against: the other replica was down, or had taken the same donor's state).
