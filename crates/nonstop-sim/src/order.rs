@@ -26,14 +26,18 @@
 //!
 //! A replica that falls behind the leader's compacted log receives the order's state whole
 //! (a Raft snapshot); that is when an active replica is re-integrated by copying a live
-//! replica's state. The transfer takes a while (5-80 ms of the simulation), during which the
-//! order goes on and the replica answers no call; its [`Feed`] (the node's code) keeps the
-//! entries delivered meanwhile, and once a donor's state arrives, at the donor's own point of
-//! the order (at least the snapshot's, possibly past this replica's log), executes only what
-//! follows it. The simulation copies the donor's executions up to that point and what they
-//! answered, as the donor's call bookkeeping tells it (a replica that forgot them could never answer a client asking again for a request
-//! executed before the transfer, and with another replica gone no vote would decide). A donor
-//! cut off from the replica when the transfer is due makes it wait and ask again.
+//! replica's state. The replica asks a donor 5-80 ms of the simulation later, and the state
+//! arrives 1-30 ms after that, one transfer at a time, as on a node; meanwhile the order goes on
+//! and the replica answers no call. Its [`Course`] (the node's code) keeps the entries
+//! delivered meanwhile, up to a small bound (past it the replica asks for a state beyond them,
+//! and the one on its way arrives stale and is asked for again), and once a donor's state
+//! arrives, at the donor's own point of the order when it arrives (at least the position asked
+//! for, possibly past this replica's log), executes only what follows it. The simulation copies
+//! the donor's executions up to that point and what they answered, as the donor's call
+//! bookkeeping tells it (a replica that forgot them could never answer a client asking again
+//! for a request executed before the transfer, and with another replica gone no vote would
+//! decide). A donor dead, cut off or unable to donate when the state is due makes the transfer
+//! fail, and the replica asks again.
 //!
 //! A replica's state may also be corrupted (its vault changed behind the order's back, as a
 //! flipped bit would; up to two a run, none while another fault is on): its outcomes are then
