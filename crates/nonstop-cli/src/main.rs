@@ -161,9 +161,10 @@ struct ChaosNetnsArgs {
     /// bit in its memory or one of its outputs (`bitflip`), each trial on a cluster of its own.
     #[arg(long, value_enum, default_value = "passive")]
     replication: Replication,
-    /// With `--replication active`: how clients decide on the replicas' replies.
-    #[arg(long, default_value = "majority", value_parser = parse_replies)]
-    replies: nonstop_proto::client::ReplyMode,
+    /// With `--replication active`: how clients decide on the replicas' replies (`majority`,
+    /// the default, `leader-only` or `pass-first`).
+    #[arg(long, value_parser = parse_replies)]
+    replies: Option<nonstop_proto::client::ReplyMode>,
     #[command(flatten)]
     service: ServiceArgs,
     /// Print one JSON object.
@@ -294,9 +295,9 @@ struct ChaosKillArgs {
     #[arg(long, value_enum, default_value = "passive")]
     replication: Replication,
     /// With `--replication active`: how clients decide on the replicas' replies (`majority`,
-    /// `leader-only` or `pass-first`).
-    #[arg(long, default_value = "majority", value_parser = parse_replies)]
-    replies: nonstop_proto::client::ReplyMode,
+    /// the default, `leader-only` or `pass-first`).
+    #[arg(long, value_parser = parse_replies)]
+    replies: Option<nonstop_proto::client::ReplyMode>,
     /// With `--replication active`: what happens to the replica, `kill` (SIGKILL), `pause`
     /// (SIGSTOP for --pause-ms, then SIGCONT: it catches up, by state transfer if the order
     /// compacted entries it missed), `wrong-outcome` (one of its replies made wrong by a
@@ -999,11 +1000,14 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
     if service.clients == nonstop_testbed::chaos::Clients::Redis {
         bail!("--kind kv is tested with Redis clients on loopback only so far: use `nonstop chaos kill --kind kv`");
     }
-    nonstop_testbed::netns::available()?;
     let seed = args.seed.unwrap_or_else(random_seed);
     if args.replication == Replication::Active {
         return chaos_netns_active(&args, kind, &service, seed);
     }
+    if args.replies.is_some() {
+        bail!("--replies decides on an active service's replies: give --replication active too");
+    }
+    nonstop_testbed::netns::available()?;
     let config = NetnsConfig {
         kind,
         trials: args.trials,
@@ -1133,13 +1137,14 @@ fn chaos_netns_active(
     if args.soak.is_some() || args.readers != 2 || !args.quiet.is_zero() {
         bail!("--soak, --readers and --quiet shape passive runs: an active run is trials of one replica's fault");
     }
+    nonstop_testbed::netns::available()?;
     let config = nonstop_testbed::chaos::ActiveChaosConfig {
         trials: args.trials,
         seed,
         clients: args.clients,
         spec: service.spec(nonstop_testbed::cluster::ClusterSpec {
             region_size_mib: 32,
-            active: Some(args.replies),
+            active: Some(args.replies.unwrap_or(nonstop_proto::client::ReplyMode::Majority)),
             // An output made wrong is a fault point's.
             allow_faults: fault == ReplicaFault::Bitflip,
             ..Default::default()
@@ -1161,9 +1166,13 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if args.replication == Replication::Active {
         return chaos_kill_active(&args, &service);
     }
-    if !matches!(args.fault, FaultKind::Kill) || args.order_log_entries.is_some() || args.restart_after_ms.is_some() {
+    if !matches!(args.fault, FaultKind::Kill)
+        || args.order_log_entries.is_some()
+        || args.restart_after_ms.is_some()
+        || args.replies.is_some()
+    {
         bail!(
-            "--fault pause|wrong-outcome|flip-memory, --restart-after-ms and --order-log-entries are for --replication active; a passive primary's pause is `nonstop chaos --netns pause`, its bit flips `nonstop chaos --netns bitflip`"
+            "--fault pause|wrong-outcome|flip-memory, --replies, --restart-after-ms and --order-log-entries are for --replication active; a passive primary's pause is `nonstop chaos --netns pause`, its bit flips `nonstop chaos --netns bitflip`"
         );
     }
 
@@ -1274,7 +1283,7 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
             // A region no larger than the bank needs: each trial audits both survivors' whole
             // regions.
             region_size_mib: 32,
-            active: Some(args.replies),
+            active: Some(args.replies.unwrap_or(nonstop_proto::client::ReplyMode::Majority)),
             order_log_entries: args.order_log_entries,
             // The wrong outcome is a fault point's.
             allow_faults: matches!(args.fault, FaultKind::WrongOutcome),

@@ -72,6 +72,24 @@ fn chaos_kill_offers_the_node_service_kinds_and_refuses_a_ledger_with_declared_w
 }
 
 #[test]
+fn flags_of_active_replication_are_refused_on_a_passive_run_with_the_fix() {
+    // Each in one line, before anything starts (no root needed: the refusal comes first).
+    for args in [
+        &["chaos", "kill", "--replies", "leader-only"][..],
+        &["chaos", "kill", "--fault", "flip-memory"],
+        &["chaos", "--netns", "partition", "--replies", "pass-first"],
+    ] {
+        let refused = nonstop(args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains("--replication active"), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+    let lossy = nonstop(&["chaos", "--netns", "lossy", "--replication", "active"]);
+    let stderr = String::from_utf8_lossy(&lossy.stderr);
+    assert!(!lossy.status.success() && stderr.contains("kill, pause, partition and bitflip"), "{stderr}");
+}
+
+#[test]
 fn bench_tracking_measures_every_mode_and_draws_the_chart() {
     let dir = tempfile::tempdir().unwrap();
     let out = nonstop(&[
