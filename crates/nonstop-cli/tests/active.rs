@@ -405,15 +405,24 @@ fn scrape(addr: std::net::SocketAddr) -> String {
     text
 }
 
+/// Runs `nonstop` with `args` (a chaos run with `--json`, in groups as they read best): its
+/// report, or what it printed if it failed.
+fn chaos(args: &[&[&str]]) -> Result<serde_json::Value, String> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop")).args(args.concat()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(serde_json::from_str(stdout.lines().last().unwrap()).unwrap())
+}
+
 #[test]
 fn chaos_kill_of_a_replica_loses_and_doubles_nothing_and_keeps_answering() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
-        .args(["chaos", "kill", "--replication", "active", "--trials", "2", "--seed", "11", "--clients", "4", "--json"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = chaos(&[
+        &["chaos", "kill", "--replication", "active"],
+        &["--trials", "2", "--seed", "11", "--clients", "4", "--json"],
+    ])
+    .unwrap_or_else(|failed| panic!("{failed}"));
     assert_eq!(report["replies"], "majority");
     assert_eq!(report["trial_log"].as_array().unwrap().len(), 2);
     for field in ["acked_lost", "applied_twice", "replicas_disagree", "no_answer_after_kill"] {
@@ -433,14 +442,11 @@ fn chaos_kill_of_a_replica_loses_and_doubles_nothing_and_keeps_answering() {
 }
 
 fn chaos_pause_of_a_replica_reintegrates_it_by_state_transfer() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
-        .args(["chaos", "kill", "--replication", "active", "--fault", "pause", "--pause-ms", "300"])
-        .args(["--order-log-entries", "16", "--trials", "1", "--seed", "3", "--clients", "4", "--json"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = chaos(&[
+        &["chaos", "kill", "--replication", "active", "--fault", "pause", "--pause-ms", "300"],
+        &["--order-log-entries", "16", "--trials", "1", "--seed", "3", "--clients", "4", "--json"],
+    ])
+    .unwrap_or_else(|failed| panic!("{failed}"));
     assert_eq!(report["fault"]["pause"]["ms"], 300, "{report}");
     // 300 ms of load is far more than 16 entries: the replica must take a state, and is
     // audited with the others afterwards.
@@ -452,14 +458,11 @@ fn chaos_pause_of_a_replica_reintegrates_it_by_state_transfer() {
     assert!(trial["state_transfers"].as_u64().unwrap() >= 1, "{trial}");
     assert!(trial["catch_up_ms"].as_f64().is_some() && trial["back_ms"].as_f64().is_some(), "{trial}");
     // A killed replica started again rejoins as a new member and is audited with the others.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
-        .args(["chaos", "kill", "--replication", "active", "--restart-after-ms", "100"])
-        .args(["--trials", "1", "--seed", "4", "--clients", "4", "--json"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = chaos(&[
+        &["chaos", "kill", "--replication", "active", "--restart-after-ms", "100"],
+        &["--trials", "1", "--seed", "4", "--clients", "4", "--json"],
+    ])
+    .unwrap_or_else(|failed| panic!("{failed}"));
     assert_eq!(report["restart_after_ms"], 100, "{report}");
     for (field, expected) in [("not_back", 0), ("acked_lost", 0), ("applied_twice", 0), ("replicas_disagree", 0)] {
         assert_eq!(report[field], expected, "{field}: {report}");
@@ -474,14 +477,11 @@ fn chaos_pause_of_a_replica_reintegrates_it_by_state_transfer() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("chaos --netns pause"));
     // A replica made to answer wrongly is found by the replicas' digests, takes a state, and
     // no client heard its wrong answer.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
-        .args(["chaos", "kill", "--replication", "active", "--fault", "wrong-outcome"])
-        .args(["--trials", "1", "--seed", "5", "--clients", "4", "--json"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = chaos(&[
+        &["chaos", "kill", "--replication", "active", "--fault", "wrong-outcome"],
+        &["--trials", "1", "--seed", "5", "--clients", "4", "--json"],
+    ])
+    .unwrap_or_else(|failed| panic!("{failed}"));
     assert_eq!(report["fault"], "wrong_outcome", "{report}");
     for (field, expected) in [("dissents_found", 1), ("reintegrated", 1), ("not_back", 0), ("acked_lost", 0)] {
         assert_eq!(report[field], expected, "{field}: {report}");
@@ -495,19 +495,17 @@ fn chaos_pause_of_a_replica_reintegrates_it_by_state_transfer() {
 /// Bits flipped in one replica's region are found by its seals (the node stops and rejoins) or
 /// by the digests, and no client hears a wrong answer meanwhile.
 fn chaos_bit_flips_in_a_replicas_memory_are_detected_and_masked() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nonstop"))
-        .args(["chaos", "kill", "--replication", "active", "--fault", "flip-memory"])
-        .args(["--trials", "2", "--seed", "6", "--clients", "4", "--json"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() && stderr.contains("/proc") {
-        eprintln!("SKIPPED: the chaos run cannot write a node's memory through /proc ({stderr}); run as root");
-        return;
-    }
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = match chaos(&[
+        &["chaos", "kill", "--replication", "active", "--fault", "flip-memory"],
+        &["--trials", "2", "--seed", "6", "--clients", "4", "--json"],
+    ]) {
+        Err(failed) if failed.contains("/proc") => {
+            return eprintln!(
+                "SKIPPED: the chaos run cannot write a node's memory through /proc ({failed}); run as root"
+            );
+        }
+        report => report.unwrap_or_else(|failed| panic!("{failed}")),
+    };
     assert_eq!(report["fault"], "flip_memory", "{report}");
     let memory = &report["error_injection"]["replica-memory"];
     let total = &report["error_injection"]["total"];
