@@ -224,19 +224,43 @@ pub enum ReplicaError {
 /// The agent's side of a replica: the order group and the executor.
 pub struct ReplicaHost {
     replica: Arc<Replica>,
-    /// Its member of the order group; `None` once it stopped for good (its membership could
-    /// not be marked).
-    group: Option<RaftNode<Order>>,
+    /// Its member of the order group, and whether its incarnation is marked yet.
+    seat: Seat,
     /// The nodes that hold the service's replicas, by replica number.
     replicas: Vec<NodeId>,
     executor: Option<JoinHandle<()>>,
-    /// Where this incarnation is marked, until it is: before its first message to the group
-    /// (from then on it may have voted or acknowledged, which a restart would forget).
-    unmarked: Option<(std::path::PathBuf, u32)>,
     /// The joins this replica heard, the latest per node (acted on while it leads).
     joins: std::collections::BTreeMap<u64, Join>,
     /// Ticks until it asks to join again, while it is not a voter.
     join_in: u32,
+}
+
+/// A replica's member of its order group.
+enum Seat {
+    /// Not marked yet in the data directory as incarnation `incarnation` (in `mark`): it must be
+    /// before its first message to the group, from which on it may have voted or acknowledged,
+    /// which a restart would forget.
+    Unmarked { group: RaftNode<Order>, mark: std::path::PathBuf, incarnation: u32 },
+    /// Marked: a restart joins as a newer incarnation.
+    Marked(RaftNode<Order>),
+    /// Stopped for good: its incarnation could not be marked.
+    Stopped,
+}
+
+impl Seat {
+    fn group(&self) -> Option<&RaftNode<Order>> {
+        match self {
+            Seat::Unmarked { group, .. } | Seat::Marked(group) => Some(group),
+            Seat::Stopped => None,
+        }
+    }
+
+    fn group_mut(&mut self) -> Option<&mut RaftNode<Order>> {
+        match self {
+            Seat::Unmarked { group, .. } | Seat::Marked(group) => Some(group),
+            Seat::Stopped => None,
+        }
+    }
 }
 
 /// Ticks between a new member's requests to join (lost ones are asked again).
@@ -346,10 +370,9 @@ impl ReplicaHost {
         };
         Ok(ReplicaHost {
             replica,
-            group: Some(group),
+            seat: Seat::Unmarked { group, mark, incarnation },
             replicas: spec.replicas.clone(),
             executor: Some(executor),
-            unmarked: Some((mark, incarnation)),
             joins: std::collections::BTreeMap::new(),
             join_in: 0,
         })
@@ -371,19 +394,19 @@ impl ReplicaHost {
         ReplicaStatus {
             name: self.replica.name.clone(),
             replica: self.replica.me,
-            order_leader: self.group.as_ref().and_then(|g| g.leader()).map(node_of),
-            member: self.group.as_ref().map_or(0, |g| g.id().0),
-            order_role: match &self.group {
+            order_leader: self.seat.group().and_then(|g| g.leader()).map(node_of),
+            member: self.seat.group().map_or(0, |g| g.id().0),
+            order_role: match self.seat.group() {
                 None => OrderRole::Out,
                 Some(group) if group.members().voters.contains(&group.id()) => OrderRole::Voter,
                 Some(group) if group.members().learners.contains(&group.id()) => OrderRole::Learner,
                 Some(_) => OrderRole::Joining,
             },
-            order_joint: self.group.as_ref().is_some_and(|g| g.members().is_joint()),
-            order_term: self.group.as_ref().map_or(0, |g| g.raft_term()),
-            applied_index: self.group.as_ref().map_or(0, |g| g.state().applied_index()),
-            delivered: self.group.as_ref().map_or(0, |g| g.state().delivered()),
-            turned_away: self.group.as_ref().map_or(0, |g| g.state().turned_away()),
+            order_joint: self.seat.group().is_some_and(|g| g.members().is_joint()),
+            order_term: self.seat.group().map_or(0, |g| g.raft_term()),
+            applied_index: self.seat.group().map_or(0, |g| g.state().applied_index()),
+            delivered: self.seat.group().map_or(0, |g| g.state().delivered()),
+            turned_away: self.seat.group().map_or(0, |g| g.state().turned_away()),
             executed: shared.calls.executed_count(),
             standing: match &shared.standing {
                 Standing::Course(CourseStanding::Serving) => ReplicaStanding::Serving,
@@ -404,14 +427,14 @@ impl ReplicaHost {
 
     /// One Raft tick of the group.
     pub fn tick(&mut self) {
-        let Some(group) = &mut self.group else { return };
+        let Some(group) = self.seat.group_mut() else { return };
         group.tick();
         self.join_in = self.join_in.saturating_sub(1);
     }
 
     /// Steps a message of the group from a peer (which speaks for its own members only).
     pub fn step(&mut self, from: NodeId, bytes: &[u8]) {
-        let Some(group) = &mut self.group else { return };
+        let Some(group) = self.seat.group_mut() else { return };
         if !self.replicas.contains(&from) {
             return tracing::warn!(service = self.replica.name, peer = from.0, "order message from a non-replica");
         }
@@ -443,7 +466,7 @@ impl ReplicaHost {
     /// does) instead of after the election timeout: the order would otherwise stand still that
     /// long (measured with `nonstop chaos kill --replication active`).
     pub fn on_peer_down(&mut self, from: NodeId, alive: impl Fn(NodeId) -> bool) {
-        let Some(group) = &mut self.group else { return };
+        let Some(group) = self.seat.group_mut() else { return };
         let Some(leader) = group.leader().filter(|leader| node_of(*leader) == from.0) else { return };
         group.on_leader_lost(leader, |member| alive(NodeId(node_of(member))));
     }
@@ -452,7 +475,7 @@ impl ReplicaHost {
     /// (or more, if they exceed an entry's bytes). With no leader known they wait: a proposal
     /// now would be dropped.
     pub fn propose(&mut self) {
-        let Some(group) = &mut self.group else { return };
+        let Some(group) = self.seat.group_mut() else { return };
         if group.leader().is_none() {
             return;
         }
@@ -477,12 +500,12 @@ impl ReplicaHost {
     /// join while this replica is not a voter, and, leading, changes the members as the joins
     /// heard call for ([`membership::next_change`]).
     pub fn poll(&mut self, peers: &Peers) -> Result<(), ControlError> {
-        let Some(group) = &mut self.group else { return Ok(()) };
+        let Some(group) = self.seat.group_mut() else { return Ok(()) };
         let output = group.poll()?;
         if !output.messages.is_empty() && !self.mark() {
             return Ok(());
         }
-        let Some(group) = &mut self.group else { return Ok(()) };
+        let Some(group) = self.seat.group_mut() else { return Ok(()) };
         for (to, raft) in output.messages {
             peers.send(NodeId(node_of(to)), Body::Order { service: self.replica.name.clone(), raft });
         }
@@ -490,7 +513,7 @@ impl ReplicaHost {
             tracing::info!(service = self.replica.name, members = ?group.members(), "order group members");
         }
         self.change_members(peers);
-        let Some(group) = &mut self.group else { return Ok(()) };
+        let Some(group) = self.seat.group_mut() else { return Ok(()) };
         let leader = group.leader().and_then(|id| self.replicas.iter().position(|r| r.0 == node_of(id)));
         let leader = leader.map_or(NO_LEADER, |n| n as u16);
         let changed = self.replica.leader.swap(leader, Ordering::Relaxed) != leader && leader != NO_LEADER;
@@ -522,13 +545,22 @@ impl ReplicaHost {
     /// Marks this incarnation in the data directory before its first message to the group;
     /// false (and the replica stopped) if it cannot.
     fn mark(&mut self) -> bool {
-        let Some((mark, incarnation)) = self.unmarked.take() else { return true };
+        let (group, mark, incarnation) = match std::mem::replace(&mut self.seat, Seat::Stopped) {
+            Seat::Unmarked { group, mark, incarnation } => (group, mark, incarnation),
+            marked @ Seat::Marked(_) => {
+                self.seat = marked;
+                return true;
+            }
+            Seat::Stopped => return false,
+        };
         match std::fs::write(&mark, incarnation.to_string()) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.seat = Seat::Marked(group);
+                true
+            }
             Err(error) => {
                 // Unmarked, a restart could rejoin with what this replica votes now forgotten.
                 self.replica.stop(format!("cannot mark its membership in {}: {error}", mark.display()));
-                self.group = None;
                 false
             }
         }
@@ -537,13 +569,13 @@ impl ReplicaHost {
     /// Asks to join while not a voter (every [`JOIN_EVERY_TICKS`] polls that follow a tick);
     /// leading, proposes the membership change the joins heard call for.
     fn change_members(&mut self, peers: &Peers) {
-        let Some(group) = &mut self.group else { return };
+        let Some(group) = self.seat.group_mut() else { return };
         let members = group.members();
         if !members.voters.contains(&group.id()) {
             if self.join_in == 0 && self.mark() {
                 let ready =
-                    self.replica.serving() && self.group.as_ref().is_some_and(|g| g.state().applied_index() > 0);
-                let Some(group) = &self.group else { return };
+                    self.replica.serving() && self.seat.group().is_some_and(|g| g.state().applied_index() > 0);
+                let Some(group) = self.seat.group() else { return };
                 let join = Join { member: group.id(), ready };
                 for node in self.replicas.iter().filter(|n| n.0 != node_of(join.member)) {
                     peers.send(*node, Body::OrderJoin { service: self.replica.name.clone(), join });
