@@ -573,8 +573,7 @@ impl ReplicaHost {
         let members = group.members();
         if !members.voters.contains(&group.id()) {
             if self.join_in == 0 && self.mark() {
-                let ready =
-                    self.replica.serving() && self.seat.group().is_some_and(|g| g.state().applied_index() > 0);
+                let ready = self.replica.serving() && self.seat.group().is_some_and(|g| g.state().applied_index() > 0);
                 let Some(group) = self.seat.group() else { return };
                 let join = Join { member: group.id(), ready };
                 for node in self.replicas.iter().filter(|n| n.0 != node_of(join.member)) {
