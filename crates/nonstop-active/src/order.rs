@@ -40,9 +40,9 @@ use serde::{Deserialize, Serialize};
 /// When it holds this many, a new client takes the place of the one delivered to longest ago
 /// if that one has been idle for [`CLIENT_EXPIRY_MS`] of order time; else the new client's
 /// requests are not delivered until one has: every replica refuses them alike
-/// ([`TURNED_AWAY`]), as a full client table does in passive replication. Forgetting a client that may still retry would be unsafe: a late
-/// copy of a request the service refused, delivered after the client reused the number, would
-/// be applied in its place.
+/// ([`TURNED_AWAY`]), as a full client table does in passive replication. Forgetting a client
+/// that may still retry would be unsafe: a late copy of a request the service refused,
+/// delivered after the client reused the number, would be applied in its place.
 pub const ORDER_CLIENTS: usize = 1 << 16;
 
 /// Why a new client's request is refused while the order remembers as many clients as it may.

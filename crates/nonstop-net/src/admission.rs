@@ -116,9 +116,10 @@ impl Admission {
     }
 }
 
-/// Accepts connections on `listener` until `stop` is given, authenticating each on a thread of its own within the admission's deadline and bounds; an
-/// authenticated connection is handed to `deliver` on that thread (which may go on serving it
-/// there: it no longer counts as pending).
+/// Accepts connections on `listener` until `stop` is given, authenticating each on a thread of
+/// its own within the admission's deadline and bounds; an authenticated connection is handed to
+/// `deliver` on that thread (which may go on serving it there: it no longer counts as
+/// pending).
 pub fn serve_handshakes<F>(
     listener: &TcpListener,
     admission: &Arc<Admission>,
