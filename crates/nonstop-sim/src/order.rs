@@ -138,6 +138,10 @@ pub struct OrderStats {
     /// Replicas whose state was corrupted (the vault's balance changed behind the order's
     /// back, as a flipped bit would).
     pub corruptions: u64,
+    /// States taken from a corrupted donor (copied before anyone found it).
+    pub corruptions_copied: u64,
+    /// Corrupted states replaced by a good one (each corruption and each copy must end so).
+    pub corruptions_replaced: u64,
     /// Digests of windows of outcomes proposed in the order.
     pub digests_proposed: u64,
     /// Replicas that found themselves dissenting and took a live replica's state.
@@ -178,6 +182,8 @@ impl std::ops::AddAssign for OrderStats {
         self.corruptions += other.corruptions;
         self.digests_proposed += other.digests_proposed;
         self.dissents_found += other.dissents_found;
+        self.corruptions_copied += other.corruptions_copied;
+        self.corruptions_replaced += other.corruptions_replaced;
         self.dissents_reported += other.dissents_reported;
         self.probations_cleared += other.probations_cleared;
         self.probations_cleared_unproven += other.probations_cleared_unproven;
@@ -917,6 +923,8 @@ impl Sim {
             Err(error) => return Err(self.violation(format!("replica {}'s transfer: {error}", index + 1))),
         }
         member.calls.restore(answered);
+        self.stats.corruptions_copied += u64::from(corrupted);
+        self.stats.corruptions_replaced += u64::from(member.corrupted && !corrupted);
         (member.executed, member.vault, member.corrupted) = (executed, vault, corrupted);
         self.stats.state_transfers += 1;
         self.stats.transfers_ahead += u64::from(position > log_end);

@@ -34,6 +34,9 @@ fn every_seed_keeps_one_order_and_answers_every_call_once() {
     // and every re-integrated state proven before it answered (some with nobody to prove it
     // against: the other replica was down, or had taken the same donor's state).
     assert!(total.corruptions > 80 && total.dissents_found > 80, "{total:?}");
+    // Every corrupted state, and every copy of one, ended replaced by a good state (a few took
+    // one because the order's snapshot came before their dissent showed).
+    assert_eq!(total.corruptions_replaced, total.corruptions + total.corruptions_copied, "{total:?}");
     assert!(total.dissents_reported > total.dissents_found && total.digests_proposed > 50_000, "{total:?}");
     assert!(total.probations_cleared > 300 && total.probations_cleared_unproven > 5, "{total:?}");
 }
