@@ -75,6 +75,8 @@ pub use nonstop_testbed::chaos::ReplicaFault;
 struct FaultPlan {
     fault: ReplicaFault,
     at: Instant,
+    /// Where a flip in memory lands: a draw of the round's, the same for every scheduler.
+    draw: u64,
 }
 
 /// Which replica a runner is, and the fault planned for it.
@@ -98,14 +100,14 @@ enum Fate {
 /// sleeps once, a flip in memory changes one bit of its shared data once, a wrong outcome
 /// flips a bit of its next reply.
 fn fate(plan: &mut Option<FaultPlan>, server: &SyntheticServer) -> Fate {
-    let Some(FaultPlan { fault, at }) = *plan else { return Fate::Live };
+    let Some(FaultPlan { fault, at, draw }) = *plan else { return Fate::Live };
     if Instant::now() < at {
         return Fate::Live;
     }
     match fault {
         ReplicaFault::Kill => return Fate::Killed,
         ReplicaFault::Pause { ms } => std::thread::sleep(Duration::from_millis(ms)),
-        ReplicaFault::FlipMemory => server.flip_bit(),
+        ReplicaFault::FlipMemory => server.flip_bit(draw),
         ReplicaFault::WrongOutcome => {
             *plan = None;
             return Fate::WrongReply;
@@ -259,7 +261,7 @@ pub fn run(
             progress(&format!("round {}/{}: {name}", round + 1, config.rounds));
             let figures = match (replication, backup_exe) {
                 (Replication::None, _) => run_unreplicated(config),
-                (Replication::Active(algorithm), _) => run_replicated(config, *algorithm)?,
+                (Replication::Active(algorithm), _) => run_replicated(config, *algorithm, round as u64)?,
                 (Replication::Passive, Some(exe)) => run_passive(config, exe)?,
                 (Replication::Passive, None) => continue,
             };
@@ -335,10 +337,9 @@ impl SyntheticServer {
         self.data.iter().map(|value| worker.lock(value).map_or(0, |value| *value)).collect()
     }
 
-    /// Flips one bit of its shared data behind the scheduler's back, as a memory fault would
-    /// (the value's own lock keeps the write whole; which bit is the same every run).
-    fn flip_bit(&self) {
-        let draw = mix(0xB17F_11B5);
+    /// Flips one bit of its shared data, which `draw` picks, behind the scheduler's back, as a
+    /// memory fault would (the value's own lock keeps the write whole).
+    fn flip_bit(&self, draw: u64) {
         let worker = Worker::unscheduled(ThreadId(0));
         if let Ok(mut value) = worker.lock(&self.data[(draw % self.data.len() as u64) as usize]) {
             *value ^= 1 << (draw >> 58);
@@ -569,8 +570,9 @@ enum Feeding {
 }
 
 /// The server replicated `config.replicas` times under `algorithm` (replica 0 leads under LSA,
-/// which streams), with a sequencer, and a voter per request on the clients' side.
-fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm) -> Result<RunFigures, String> {
+/// which streams), with a sequencer, and a voter per request on the clients' side; `round`
+/// picks where an injected flip lands.
+fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm, round: u64) -> Result<RunFigures, String> {
     let lsa = matches!(algorithm, Algorithm::Lsa(_));
     let feeding = if lsa { Feeding::Streamed } else { Feeding::Batches };
     let replicas = config.replicas;
@@ -599,10 +601,11 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm) -> Result<Ru
                 (true, _) => (Vec::new(), from_leader.next()),
                 (false, _) => (Vec::new(), None),
             };
-            let fault = config
-                .fault
-                .filter(|_| index + 1 == usize::from(replicas))
-                .map(|fault| FaultPlan { fault, at: started + config.duration / 2 });
+            let fault = config.fault.filter(|_| index + 1 == usize::from(replicas)).map(|fault| FaultPlan {
+                fault,
+                at: started + config.duration / 2,
+                draw: mix(0xB17F_11B5 ^ round),
+            });
             let seat = Seat { replica, fault };
             executors.push(scope.spawn(move || match feeding {
                 Feeding::Batches => run_batches(config, algorithm, server, batches, &heard_to, &ready_to, seat),
@@ -962,7 +965,7 @@ mod tests {
         for fault in [ReplicaFault::Kill, ReplicaFault::Pause { ms: 200 }] {
             let config = ActiveBenchConfig { fault: Some(fault), duration: Duration::from_millis(300), ..small() };
             for algorithm in [Algorithm::Pds2, Algorithm::Lsa(Role::Leader)] {
-                let figures = run_replicated(&config, algorithm).unwrap();
+                let figures = run_replicated(&config, algorithm, 0).unwrap();
                 assert!(figures.answered > 0, "{fault:?} {algorithm:?}: {figures:?}");
                 assert_eq!((figures.dissenting, figures.undecided), (0, 0), "{fault:?} {algorithm:?}: {figures:?}");
                 assert!(figures.states_equal, "{fault:?} {algorithm:?}: {figures:?}");
@@ -977,7 +980,7 @@ mod tests {
         for fault in [ReplicaFault::FlipMemory, ReplicaFault::WrongOutcome] {
             let config = ActiveBenchConfig { fault: Some(fault), duration: Duration::from_millis(300), ..small() };
             for algorithm in [Algorithm::Npds, Algorithm::Pds2, Algorithm::Lsa(Role::Leader)] {
-                let figures = run_replicated(&config, algorithm).unwrap();
+                let figures = run_replicated(&config, algorithm, 0).unwrap();
                 let what = format!("{fault:?} {algorithm:?}: {figures:?}");
                 // Only the faulty replica's replies lost their votes: the others agreed, always.
                 assert!(figures.faulty_dissenting > 0, "{what}");
