@@ -36,7 +36,7 @@
 //!         // The driver executes the request on the service and answers who waits.
 //!         course.executed(&Ok(b"1".to_vec()));
 //!     }
-//!     course.entry_executed(entry.closes);
+//!     course.entry_executed();
 //!     while let Some(event) = course.poll_event() {
 //!         if let Event::Propose(digest) = event {
 //!             proposed.push(digest);
@@ -140,6 +140,13 @@ pub enum NoDonation {
     },
 }
 
+/// An entry handed out to execute ([`Course::next_entry`]) and not reported executed yet.
+#[derive(Clone, Copy, Debug)]
+struct Executing {
+    /// Its [`Delivered::closes`].
+    closes: Option<u64>,
+}
+
 /// One replica's course through the order (see the module's documentation).
 #[derive(Clone, Debug)]
 pub struct Course {
@@ -151,6 +158,8 @@ pub struct Course {
     fresh: bool,
     /// Entries delivered and not executed yet, in order.
     ready: VecDeque<Delivered>,
+    /// The entry handed out last, while it executes: the window it closes, if it does.
+    executing: Option<Executing>,
     events: VecDeque<Event>,
 }
 
@@ -165,6 +174,7 @@ impl Course {
             judge: Judge::new(me, replicas),
             fresh: false,
             ready: VecDeque::new(),
+            executing: None,
             events: VecDeque::new(),
         }
     }
@@ -277,7 +287,10 @@ impl Course {
     /// [`Course::executed`], then call [`Course::entry_executed`]. `None` once none is left, or
     /// the replica stopped following the order (what was handed out before stays executed).
     pub fn next_entry(&mut self) -> Option<Delivered> {
-        self.ready.pop_front()
+        debug_assert!(self.executing.is_none(), "an entry handed out was not reported executed");
+        let entry = self.ready.pop_front()?;
+        self.executing = Some(Executing { closes: entry.closes });
+        Some(entry)
     }
 
     /// The entry being executed answered its next request with `outcome` (the service's reply
@@ -286,10 +299,14 @@ impl Course {
         self.outcomes.executed(outcome);
     }
 
-    /// The entry handed out last is executed; `closes` is its [`Delivered::closes`]. If it
-    /// closes a window the replica executed whole, its digest is judged and, unless the
-    /// replica is on probation (a wrong state copied would agree with its donor's), proposed.
-    pub fn entry_executed(&mut self, closes: Option<u64>) {
+    /// The entry handed out last is executed. If it closes a window the replica executed whole,
+    /// its digest is judged and, unless the replica is on probation (a wrong state copied would
+    /// agree with its donor's), proposed.
+    pub fn entry_executed(&mut self) {
+        let Some(Executing { closes }) = self.executing.take() else {
+            debug_assert!(false, "entry_executed without an entry handed out");
+            return;
+        };
         self.fresh = false;
         let Some((window, hash)) = closes.and_then(|window| self.outcomes.closed(window)) else { return };
         if !self.judge.on_probation() {
@@ -358,7 +375,7 @@ mod tests {
                 executed.push(request.number - 1);
                 course.executed(&Ok(answer.to_vec()));
             }
-            course.entry_executed(entry.closes);
+            course.entry_executed();
         }
         (executed, events)
     }

@@ -126,7 +126,7 @@ proptest! {
                     course.executed(&Ok(ANSWER.to_vec()));
                 }
                 executed_end = entry.first + entry.requests.len() as u64;
-                course.entry_executed(entry.closes);
+                course.entry_executed();
             }
             let standing = course.standing();
             if standing == Standing::Serving {

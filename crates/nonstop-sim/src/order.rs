@@ -1008,7 +1008,7 @@ impl Sim {
                 self.reply(waiter, index, id, outcome.clone());
             }
         }
-        self.members[index].course.entry_executed(delivered.closes);
+        self.members[index].course.entry_executed();
         Ok(())
     }
 
