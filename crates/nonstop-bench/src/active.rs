@@ -294,20 +294,9 @@ pub fn run(
             .iter()
             .zip(&rounds)
             .filter(|(_, figures)| figures.iter().any(|f| f.injection.is_some()))
-            .map(|((name, _), figures)| (name.to_string(), added(figures.iter().filter_map(|f| f.injection))))
+            .map(|((name, _), figures)| (name.to_string(), figures.iter().filter_map(|f| f.injection).sum()))
             .collect(),
         runs,
-    })
-}
-
-/// Injection counts added up.
-fn added(counts: impl Iterator<Item = InjectionCounts>) -> InjectionCounts {
-    counts.fold(InjectionCounts::default(), |sum, c| InjectionCounts {
-        injected: sum.injected + c.injected,
-        activated: sum.activated + c.activated,
-        detected: sum.detected + c.detected,
-        manifested: sum.manifested + c.manifested,
-        catastrophic: sum.catastrophic + c.catastrophic,
     })
 }
 

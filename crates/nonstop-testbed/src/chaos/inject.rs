@@ -70,6 +70,25 @@ pub struct InjectionCounts {
     pub catastrophic: u64,
 }
 
+impl std::ops::AddAssign for InjectionCounts {
+    fn add_assign(&mut self, other: InjectionCounts) {
+        self.injected += other.injected;
+        self.activated += other.activated;
+        self.detected += other.detected;
+        self.manifested += other.manifested;
+        self.catastrophic += other.catastrophic;
+    }
+}
+
+impl std::iter::Sum for InjectionCounts {
+    fn sum<I: Iterator<Item = InjectionCounts>>(counts: I) -> InjectionCounts {
+        counts.fold(InjectionCounts::default(), |mut sum, counts| {
+            sum += counts;
+            sum
+        })
+    }
+}
+
 /// What one trial's injection did, as the harness saw it.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Injection {
@@ -108,13 +127,7 @@ pub fn with_history(
     violations: &crate::history::Violations,
     check_failed: bool,
 ) -> BTreeMap<String, InjectionCounts> {
-    let mut total = InjectionCounts::default();
-    for counts in sites.values() {
-        total.injected += counts.injected;
-        total.activated += counts.activated;
-        total.detected += counts.detected;
-        total.manifested += counts.manifested;
-    }
+    let mut total: InjectionCounts = sites.values().copied().sum();
     let catastrophic = violations.acked_lost + violations.applied_twice + u64::from(check_failed);
     let wrong = violations.total() - violations.acked_lost - violations.applied_twice;
     total.manifested += wrong + catastrophic;
