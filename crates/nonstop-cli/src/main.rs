@@ -805,7 +805,7 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
             report.best_vs_unreplicated,
             report.passive_vs_unreplicated.unwrap_or(f64::NAN)
         );
-        print_error_injection(&report.error_injection.iter().cloned().collect());
+        print_error_injection(report.error_injection.iter().map(|(site, counts)| (site, counts)));
     }
     // The faulty replica's own wrong replies are what voting masks; any other disagreement is a
     // scheduler's.
@@ -1103,8 +1103,11 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
 }
 
 /// The survey's table of injected errors, per site (nothing without injections).
-fn print_error_injection(rows: &std::collections::BTreeMap<String, nonstop_testbed::chaos::inject::InjectionCounts>) {
-    if rows.is_empty() {
+fn print_error_injection<'a>(
+    rows: impl IntoIterator<Item = (&'a String, &'a nonstop_testbed::chaos::inject::InjectionCounts)>,
+) {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
         return;
     }
     println!("| site | injected | activated | detected | manifested | catastrophic |\n|---|---:|---:|---:|---:|---:|");
