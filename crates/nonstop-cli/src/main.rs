@@ -1321,7 +1321,7 @@ fn run_active_chaos(
         (ReplicaFault::Bitflip, _) => ("given a flipped bit in memory or an output", "bit flip"),
     };
     let progress = trials_bar(config.trials);
-    let report = nonstop_testbed::chaos::run_active_kill(&service.exe, config, |trial| {
+    let report = nonstop_testbed::chaos::run_active(&service.exe, config, |trial| {
         progress.inc(1);
         let whom = if trial.killed_leader { "the order's leader" } else { "a follower" };
         progress.set_message(format!("last: {verb} {whom}, longest gap {:.1} ms", trial.gap_ms));

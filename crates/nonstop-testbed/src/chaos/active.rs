@@ -204,8 +204,9 @@ pub struct ActiveChaosReport {
     pub trial_log: Vec<ActiveTrial>,
 }
 
-/// Runs the trials; `progress` is called after each.
-pub fn run_active_kill(
+/// Runs the trials, whatever the fault, on loopback or on hosts of their own
+/// ([`ActiveChaosConfig::netns`]); `progress` is called after each.
+pub fn run_active(
     exe: &Path,
     config: &ActiveChaosConfig,
     mut progress: impl FnMut(&ActiveTrial),

@@ -8,7 +8,7 @@ mod kill;
 pub mod netns;
 pub mod soak;
 
-pub use active::{ActiveChaosConfig, ActiveChaosReport, ActiveTrial, ReplicaFault, run_active_kill};
+pub use active::{ActiveChaosConfig, ActiveChaosReport, ActiveTrial, ReplicaFault, run_active};
 pub use kill::{ChaosConfig, ChaosReport, DoubleKill, Trial, run_kill};
 
 use crate::cluster::LocalCluster;
