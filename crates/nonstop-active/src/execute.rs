@@ -88,11 +88,13 @@ struct Job {
 /// What a worker thread did with its part of a batch: the replies, by position.
 type Done = Result<Vec<(usize, Vec<u8>)>, ExecuteError>;
 
-/// One replica's worker threads, executing batches with one scheduling algorithm.
+/// One replica's worker threads, executing batches with one scheduling algorithm. Shared
+/// between threads, it runs one batch at a time.
 pub struct Executor {
     algorithm: Algorithm,
     jobs: Vec<Sender<Job>>,
-    done: Receiver<Done>,
+    /// Held for a whole batch: a second caller's batch would take the first's answers.
+    done: std::sync::Mutex<Receiver<Done>>,
     threads: Vec<JoinHandle<()>>,
     /// A thread was found gone: the batch in progress then was left half given out, and its
     /// other threads' answers would be taken for a later batch's, so no batch runs any more.
@@ -127,7 +129,13 @@ impl Executor {
             );
             jobs.push(job_to);
         }
-        Ok(Executor { algorithm, jobs, done, threads: handles, broken: std::sync::atomic::AtomicBool::new(false) })
+        Ok(Executor {
+            algorithm,
+            jobs,
+            done: std::sync::Mutex::new(done),
+            threads: handles,
+            broken: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Executes `batch` to its end and answers its replies in the batch's order.
@@ -136,6 +144,7 @@ impl Executor {
             self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
             ExecuteError::ThreadsGone
         };
+        let done = self.done.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(ExecuteError::ThreadsGone);
         }
@@ -148,7 +157,7 @@ impl Executor {
         let mut failure = None;
         let mut replies = vec![Vec::new(); batch.len()];
         for _ in 0..threads {
-            match self.done.recv().map_err(|_| gone())? {
+            match done.recv().map_err(|_| gone())? {
                 Ok(part) => part.into_iter().for_each(|(position, reply)| replies[position] = reply),
                 Err(error) => failure = Some(failure.unwrap_or(error)),
             }
