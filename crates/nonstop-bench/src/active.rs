@@ -26,14 +26,17 @@ use hdrhistogram::Histogram;
 use nonstop_active::execute::{Executor, Handler};
 use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError, ThreadId};
 use nonstop_active::stream::Stream;
-use nonstop_active::sync::{Mutex, Worker};
+use nonstop_active::sync::Worker;
 use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use nonstop_net::{Primary, PrimaryConfig};
 use nonstop_proto::primary::Ticket;
 use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
 use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region};
+use nonstop_service::ThreadedService;
+use nonstop_service::threaded::HandleError;
 use nonstop_testbed::chaos::inject::InjectionCounts;
 use nonstop_testbed::local::{KeyFile, LocalBackup};
+use nonstop_workloads::survey::{Shape, SurveyServer, SurveySettings, mix};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -126,18 +129,29 @@ fn make_wrong(reply: &mut Vec<u8>) {
     }
 }
 
+impl ActiveBenchConfig {
+    /// The server's shape, as a node's `survey` service is configured.
+    fn settings(&self) -> SurveySettings {
+        SurveySettings {
+            sections: self.sections,
+            mutexes: self.mutexes,
+            compute_us: self.compute_us,
+            io_us: self.io_us,
+        }
+    }
+}
+
 impl Default for ActiveBenchConfig {
     fn default() -> Self {
+        let server = SurveySettings::default();
         ActiveBenchConfig {
             workers: 10,
             clients: 15,
             replicas: 3,
-            sections: 4,
-            mutexes: 8,
-            // Short accesses to shared data; the I/O (persistent storage in the survey's
-            // model) is most of a request's time.
-            compute_us: 5,
-            io_us: 200,
+            sections: server.sections,
+            mutexes: server.mutexes,
+            compute_us: server.compute_us,
+            io_us: server.io_us,
             duration: Duration::from_secs(1),
             rounds: 3,
             fault: None,
@@ -307,101 +321,37 @@ fn median(figures: &[RunFigures]) -> RunFigures {
     sorted[sorted.len() / 2].clone()
 }
 
-/// The survey's server: mutexes over shared counters; a request's sections, drawn from the
-/// request itself, fold it into the counters they enter. The reply is what the request saw, so
-/// it depends on the order of acquisitions as the state does.
-struct SyntheticServer {
-    data: Vec<Mutex<u64>>,
-    shape: Shape,
-}
+/// The survey's server ([`SurveyServer`], kind `survey` on nodes), its requests and replies as
+/// the bench's 8 little-endian bytes.
+struct SyntheticServer(SurveyServer);
 
 impl SyntheticServer {
     fn new(config: &ActiveBenchConfig) -> Arc<SyntheticServer> {
-        let data = (0..config.mutexes).map(|m| Mutex::new(MutexId(m), 0)).collect();
-        Arc::new(SyntheticServer { data, shape: Shape::of(config) })
+        Arc::new(SyntheticServer(SurveyServer::new(&config.settings())))
     }
 
     fn state(&self) -> Vec<u64> {
-        let worker = Worker::unscheduled(ThreadId(0));
-        self.data.iter().map(|value| worker.lock(value).map_or(0, |value| *value)).collect()
+        self.0.values()
     }
 
-    /// Flips one bit of its shared data, which `draw` picks, behind the scheduler's back, as a
-    /// memory fault would (the value's own lock keeps the write whole).
     fn flip_bit(&self, draw: u64) {
-        let worker = Worker::unscheduled(ThreadId(0));
-        if let Ok(mut value) = worker.lock(&self.data[(draw % self.data.len() as u64) as usize]) {
-            *value ^= 1 << (draw >> 58);
-        }
+        self.0.flip_bit(draw)
     }
 }
 
 impl Handler for SyntheticServer {
     fn handle(&self, worker: &Worker, request: &[u8]) -> Result<Vec<u8>, ScheduleError> {
-        self.shape.serve(request, |mutex, fold| {
-            fold(&mut *worker.lock(&self.data[mutex])?);
-            Ok(())
-        })
-    }
-}
-
-/// What one request does, whoever keeps the shared data.
-struct Shape {
-    sections: u32,
-    mutexes: usize,
-    compute: Duration,
-    io: Duration,
-}
-
-impl Shape {
-    fn of(config: &ActiveBenchConfig) -> Shape {
-        Shape {
-            sections: config.sections,
-            mutexes: config.mutexes as usize,
-            compute: Duration::from_micros(config.compute_us),
-            io: Duration::from_micros(config.io_us),
+        match self.0.handle(worker, &seed(request)) {
+            Ok(seen) => Ok(seen.to_le_bytes().to_vec()),
+            Err(HandleError::Stopped(stopped)) => Err(stopped),
+            Err(HandleError::Refused(reason)) => unreachable!("the survey's server refuses nothing: {reason}"),
         }
     }
-
-    /// Serves `request` (8 bytes, its seed): each section enters the mutex its draw names,
-    /// through `enter(mutex, fold)`, which runs `fold` on the value under it; each folds the seed
-    /// into the value and computes, then the section's I/O follows outside the mutex. Answers
-    /// what the request saw.
-    fn serve<E>(
-        &self,
-        request: &[u8],
-        mut enter: impl FnMut(usize, &mut dyn FnMut(&mut u64)) -> Result<(), E>,
-    ) -> Result<Vec<u8>, E> {
-        let seed = u64::from_le_bytes(request.try_into().expect("the bench's requests are 8 bytes"));
-        let mut seen = 0u64;
-        for section in 0..self.sections {
-            let draw = mix(seed ^ u64::from(section).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            enter((draw % self.mutexes as u64) as usize, &mut |value: &mut u64| {
-                *value = mix(*value ^ seed);
-                seen ^= *value;
-                spin(self.compute);
-            })?;
-            if !self.io.is_zero() {
-                std::thread::sleep(self.io);
-            }
-        }
-        Ok(seen.to_le_bytes().to_vec())
-    }
 }
 
-/// SplitMix64's finalizer.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Computes for `time` (a busy loop: the section's CPU work).
-fn spin(time: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < time {
-        std::hint::spin_loop();
-    }
+/// A request's seed: the bench's requests are its 8 bytes.
+fn seed(request: &[u8]) -> u64 {
+    u64::from_le_bytes(request.try_into().expect("the bench's requests are 8 bytes"))
 }
 
 /// A client's request: who sent it, its number, and its bytes.
@@ -829,8 +779,8 @@ const BACKUP_WAIT: Duration = Duration::from_secs(10);
 /// checkpoint every millisecond (AU), each section a transaction under the section's mutex, and
 /// each reply released once the backup holds the checkpoint of the request's last write.
 fn run_passive(config: &ActiveBenchConfig, exe: &Path) -> Result<RunFigures, String> {
-    let shape = Shape::of(config);
-    let len = (shape.mutexes * LINE).next_multiple_of(PAGE_SIZE);
+    let shape = Shape::of(&config.settings());
+    let len = (shape.mutexes() * LINE).next_multiple_of(PAGE_SIZE);
     let key = KeyFile::generate().map_err(|e| format!("writing a temporary cluster key: {e}"))?;
     let backup = LocalBackup::spawn(exe, "127.0.0.2", DEFAULT_REGION_BASE, len, &key.path)
         .map_err(|e| format!("starting the passive configuration's backup: {e}"))?;
@@ -843,7 +793,7 @@ fn run_passive(config: &ActiveBenchConfig, exe: &Path) -> Result<RunFigures, Str
         PrimaryConfig { term: Term(1), policy, required_backups: 1, key: key.key.clone() },
     );
     primary.attach_backup(backup.addr, BACKUP_WAIT).map_err(|e| format!("attaching the backup: {e}"))?;
-    let mutexes: Vec<std::sync::Mutex<()>> = (0..shape.mutexes).map(|_| std::sync::Mutex::new(())).collect();
+    let mutexes: Vec<std::sync::Mutex<()>> = (0..shape.mutexes()).map(|_| std::sync::Mutex::new(())).collect();
     let (send, requests) = channel::<Request>();
     let requests = std::sync::Mutex::new(requests);
     let (answer_to, answers) = answer_channels(config.clients);
@@ -866,12 +816,13 @@ fn run_passive(config: &ActiveBenchConfig, exe: &Path) -> Result<RunFigures, Str
                     let next = requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
                     let Ok(request) = next else { return };
                     let mut ticket = None;
-                    let served = shape.serve(&request.body, |mutex, fold| {
+                    let served = shape.serve(seed(&request.body), |mutex, fold| {
                         let _section = mutexes[mutex].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                         ticket = Some(fold_in_region(mirror, (mutex * LINE) as u64, fold));
                         Ok::<_, std::convert::Infallible>(())
                     });
-                    let Ok(reply) = served;
+                    let Ok(seen) = served;
+                    let reply = seen.to_le_bytes().to_vec();
                     let ticket = ticket.expect("a request has a section at least");
                     if held_to.send((ticket, request.client, reply)).is_err() {
                         return;

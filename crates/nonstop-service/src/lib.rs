@@ -7,6 +7,9 @@
 //!   query, one check.
 //! * [`Hosted`]: a service as the node runs it (bytes in, bytes out, exactly once), with the
 //!   platform's [`table`] of clients beside the service's state in the same checkpoint.
+//! * [`ThreadedService`]: a multithreaded service, whose worker threads share state under
+//!   nonstop's mutexes; it runs actively replicated, each replica's threads scheduled
+//!   deterministically ([`threaded`]), and [`HostedThreads`] is how a replica runs it.
 //! * [`Registry`]: the kinds a node binary can run, built from each service's settings.
 
 mod hosted;
@@ -14,6 +17,7 @@ mod registry;
 mod service;
 mod store;
 pub mod table;
+pub mod threaded;
 
 pub use hosted::{AuditReport, CallError, Executed, Hosted};
 pub use nonstop_proto::client::ClientMemory;
@@ -21,3 +25,4 @@ pub use registry::{Registry, RegistryError, Settings};
 pub use service::{Service, ServiceError, Writes};
 pub use store::{Caller, Image, Store, View, Writer};
 pub use table::ClientRecord;
+pub use threaded::{HostedThreads, ThreadedService};

@@ -9,11 +9,14 @@
 //!   ([`nonstop_service::Service`]), like any third party's, and
 //!   [`order_entry::service`]: Order-Entry's five transactions as requests;
 //!   [`register_builtins`] adds the three to a node's registry.
+//! * [`survey`]: the replication survey's synthetic server, a multithreaded service for active
+//!   replication.
 
 pub mod bank;
 pub mod debit_credit;
 pub mod ledger;
 pub mod order_entry;
+pub mod survey;
 
 use nonstop_proto::primary::Ticket;
 use nonstop_region::Mirror;
