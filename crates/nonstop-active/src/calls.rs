@@ -66,11 +66,18 @@ pub enum Asked {
     Backlogged,
 }
 
-/// A request a replica executed, and its outcome.
-#[derive(Clone, Debug)]
-struct Done {
-    request: RequestId,
-    outcome: Outcome,
+/// What a replica remembers of one client: its last executed request and what it answered,
+/// and how many of its requests were applied in all (the platform's client memory for a
+/// service that keeps none in a region: an audit compares the count with the client's last
+/// number, so a request lost or applied twice shows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    /// The last request executed.
+    pub request: RequestId,
+    /// What it answered.
+    pub outcome: Outcome,
+    /// Requests executed with a reply (not refused), this one included if it was.
+    pub applied: u64,
 }
 
 /// One replica's calls. `W` is what the driver answers a waiting call through (a channel to a
@@ -86,7 +93,7 @@ pub struct Calls<W> {
     executed_count: u64,
     /// Per client, the last request this replica executed and what it answered, for the
     /// [`REMEMBERED`] clients executed for most recently.
-    executed: Recent<u64, Done, REMEMBERED>,
+    executed: Recent<u64, Remembered, REMEMBERED>,
     /// Per client, the request callers wait for and their waiters (a client calls one request
     /// at a time: a later request replaces an earlier one's waiters), for the [`WAITING`]
     /// clients that asked most recently (a client whose request never comes, a stale number
@@ -111,10 +118,7 @@ impl<W> Calls<W> {
     /// that state's executions answered (`executed`, in order: each client's last counts), so
     /// that it answers a client asking again for a request executed before the transfer, as
     /// the others do; else, with a replica gone, no majority could ever form for it.
-    pub fn restored(
-        max_pending_bytes: usize,
-        executed: impl IntoIterator<Item = (u64, RequestId, Outcome)>,
-    ) -> Calls<W> {
+    pub fn restored(max_pending_bytes: usize, executed: impl IntoIterator<Item = (u64, Remembered)>) -> Calls<W> {
         let mut calls = Calls::new(max_pending_bytes);
         calls.restore(executed);
         calls
@@ -176,7 +180,9 @@ impl<W> Calls<W> {
             Some((waited, _)) if id_of(waited) == id => self.waiting.remove(&request.client).map(|(_, w)| w),
             _ => None,
         };
-        self.executed.insert(request.client, Done { request: id, outcome });
+        let before = self.executed.get(&request.client).map_or(0, |last| last.applied);
+        let applied = before + u64::from(outcome.is_ok());
+        self.executed.insert(request.client, Remembered { request: id, outcome, applied });
         waiters.unwrap_or_default()
     }
 
@@ -207,17 +213,23 @@ impl<W> Calls<W> {
     /// What this replica's executions answered each client last, oldest first (what a state
     /// transfer carries to a replica re-integrated from this one's state, for
     /// [`Calls::restored`], which keeps that order for what it forgets first).
-    pub fn answered(&self) -> impl Iterator<Item = (u64, RequestId, &Outcome)> {
-        self.executed.iter_by_age().map(|(client, done)| (*client, done.request, &done.outcome))
+    pub fn answered(&self) -> impl Iterator<Item = (u64, &Remembered)> {
+        self.executed.iter_by_age().map(|(client, remembered)| (*client, remembered))
+    }
+
+    /// What this replica remembers of `client` (`None`: nothing executed for it, or it was
+    /// forgotten).
+    pub fn remembered(&self, client: u64) -> Option<&Remembered> {
+        self.executed.get(&client)
     }
 
     /// This replica took another's state ([`Calls::restored`]): what it executed and who
     /// waited are replaced (the callers ask again), requests still to propose are kept, and
     /// the count of executions goes on.
-    pub fn restore(&mut self, executed: impl IntoIterator<Item = (u64, RequestId, Outcome)>) {
+    pub fn restore(&mut self, executed: impl IntoIterator<Item = (u64, Remembered)>) {
         self.executed.clear();
-        for (client, request, outcome) in executed {
-            self.executed.insert(client, Done { request, outcome });
+        for (client, remembered) in executed {
+            self.executed.insert(client, remembered);
         }
         self.waiting.clear();
     }
@@ -278,6 +290,8 @@ mod tests {
         assert_eq!(calls.take_proposals(usize::MAX), vec![first.clone()]);
         assert_eq!(calls.ask(next.clone(), 3), Asked::Wait { wake: true });
         assert_eq!(calls.executed(&next, Ok(b"ok".to_vec())), vec![3]);
+        // The refusal applied nothing; the request after it was applied.
+        assert_eq!(calls.remembered(1).map(|r| r.applied), Some(1));
         // The refused one, asked late, is older than what was executed since.
         assert!(
             matches!(calls.ask(first, 4), Asked::Answer { outcome: Err(reason), duplicate: false } if reason.contains("older"))

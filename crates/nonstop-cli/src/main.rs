@@ -199,6 +199,8 @@ struct ServiceUnderTest {
     exe: std::path::PathBuf,
     kind: String,
     tracking: Option<TrackingMode>,
+    /// Where the kind keeps its state (a multithreaded kind runs actively replicated only).
+    runs: nonstop::Runs,
     /// Who loads it: the bank's clients, its kind's samples, or Redis clients (kind kv).
     clients: nonstop_testbed::chaos::Clients,
 }
@@ -209,8 +211,8 @@ impl ServiceArgs {
             bail!("--node-binary {}: no such file; build it first (cargo build --release --examples)", path.display());
         }
         // The kinds of the binary that runs the nodes: how the kind writes decides the tracking.
-        let writes = match &self.node_binary {
-            Some(path) => nonstop::node::kind_writes(path, &self.kind).ok_or_else(|| {
+        let runs = match &self.node_binary {
+            Some(path) => nonstop::node::kind_runs(path, &self.kind).ok_or_else(|| {
                 anyhow::anyhow!(
                     "{} does not run kind {:?}: `{} kinds` lists those it does",
                     path.display(),
@@ -218,7 +220,7 @@ impl ServiceArgs {
                     path.display()
                 )
             })?,
-            None => nonstop::builtins().writes(&self.kind).ok_or_else(|| {
+            None => nonstop::builtins().runs(&self.kind).ok_or_else(|| {
                 let kinds: Vec<String> = nonstop::builtins().kinds().map(|kind| format!("{kind:?}")).collect();
                 anyhow::anyhow!(
                     "--kind {:?}: nonstop runs {}; give --node-binary for others",
@@ -227,17 +229,23 @@ impl ServiceArgs {
                 )
             })?,
         };
-        let tracking = match (self.tracking, writes) {
-            (Some(Tracking::Declared), nonstop::Writes::Collections) => bail!(
+        let tracking = match (self.tracking, runs) {
+            (Some(_), nonstop::Runs::OnThreads) => bail!(
+                "--kind {} keeps its state in its worker threads' mutexes, not in a region: drop --tracking",
+                self.kind
+            ),
+            (Some(Tracking::Declared), nonstop::Runs::InRegion(nonstop::Writes::Collections)) => bail!(
                 "--kind {} keeps plain collections whose writes the kernel finds: give --tracking uffd or mprotect",
                 self.kind
             ),
             (Some(tracking), _) => tracking.mode(),
-            (None, nonstop::Writes::AtOffsets) => None,
-            (None, nonstop::Writes::Collections) => Some(match nonstop::tracking::probe(TrackingMode::Uffd) {
-                Ok(()) => TrackingMode::Uffd,
-                Err(_) => TrackingMode::Mprotect,
-            }),
+            (None, nonstop::Runs::InRegion(nonstop::Writes::AtOffsets) | nonstop::Runs::OnThreads) => None,
+            (None, nonstop::Runs::InRegion(nonstop::Writes::Collections)) => {
+                Some(match nonstop::tracking::probe(TrackingMode::Uffd) {
+                    Ok(()) => TrackingMode::Uffd,
+                    Err(_) => TrackingMode::Mprotect,
+                })
+            }
         };
         Ok(ServiceUnderTest {
             exe: match &self.node_binary {
@@ -246,6 +254,7 @@ impl ServiceArgs {
             },
             kind: self.kind.clone(),
             tracking,
+            runs,
             clients: self.clients(),
         })
     }
@@ -266,6 +275,17 @@ impl ServiceArgs {
 }
 
 impl ServiceUnderTest {
+    /// Refuses a kind that cannot be passively replicated.
+    fn passive(&self) -> anyhow::Result<()> {
+        match self.runs {
+            nonstop::Runs::OnThreads => bail!(
+                "--kind {} keeps its state in its worker threads, which no backup can copy: give --replication active",
+                self.kind
+            ),
+            nonstop::Runs::InRegion(_) => Ok(()),
+        }
+    }
+
     /// The test cluster's shape for this service: its kind, tracking, and one service named
     /// after the kind (the bank's clients address "bank").
     fn spec(&self, base: nonstop_testbed::cluster::ClusterSpec) -> nonstop_testbed::cluster::ClusterSpec {
@@ -1007,6 +1027,7 @@ fn chaos_netns(args: ChaosNetnsArgs) -> anyhow::Result<()> {
     if args.replies.is_some() {
         bail!("--replies decides on an active service's replies: give --replication active too");
     }
+    service.passive()?;
     nonstop_testbed::netns::available()?;
     let config = NetnsConfig {
         kind,
@@ -1169,6 +1190,7 @@ fn chaos_kill(args: ChaosKillArgs) -> anyhow::Result<()> {
     if args.replication == Replication::Active {
         return chaos_kill_active(&args, &service);
     }
+    service.passive()?;
     if !matches!(args.fault, FaultKind::Kill)
         || args.order_log_entries.is_some()
         || args.restart_after_ms.is_some()

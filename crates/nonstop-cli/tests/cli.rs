@@ -57,7 +57,7 @@ fn chaos_kill_offers_the_node_service_kinds_and_refuses_a_ledger_with_declared_w
     let kinds = nonstop(&["kinds"]);
     assert_eq!(
         String::from_utf8_lossy(&kinds.stdout),
-        "bank offsets\nkv collections\nledger collections\norder-entry offsets\n"
+        "bank offsets\nkv collections\nledger collections\norder-entry offsets\nsurvey threads\n"
     );
     let exe = env!("CARGO_BIN_EXE_nonstop");
     let foreign = nonstop(&["chaos", "kill", "--node-binary", exe, "--kind", "orderbook", "--trials", "1"]);
@@ -78,6 +78,9 @@ fn flags_of_active_replication_are_refused_on_a_passive_run_with_the_fix() {
         &["chaos", "kill", "--replies", "leader-only"][..],
         &["chaos", "kill", "--fault", "flip-memory"],
         &["chaos", "--netns", "partition", "--replies", "pass-first"],
+        // A multithreaded kind keeps its state where no backup can copy it.
+        &["chaos", "kill", "--kind", "survey", "--trials", "1"],
+        &["chaos", "--netns", "kill", "--kind", "survey", "--trials", "1"],
     ] {
         let refused = nonstop(args);
         let stderr = String::from_utf8_lossy(&refused.stderr);

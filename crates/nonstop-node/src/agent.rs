@@ -84,7 +84,7 @@ impl Agent {
     /// `ports` are its replication ports, bound by [`crate::preflight::check`].
     pub fn start(
         config: Checked,
-        services: &std::collections::BTreeMap<String, nonstop_service::Hosted>,
+        services: &crate::config::Services,
         key: ClusterKey,
         instruments: crate::Instruments,
         ports: crate::preflight::ReplicationPorts,
@@ -142,7 +142,7 @@ impl Agent {
                     };
                     ReplicaHost::start(
                         spec,
-                        services[&spec.name].clone(),
+                        services.active[&spec.name].clone(),
                         config.me.id,
                         client_addrs,
                         donors,
@@ -171,7 +171,7 @@ impl Agent {
             .services
             .iter()
             .map(|spec| {
-                let hosted = services[&spec.name].clone();
+                let hosted = services.passive[&spec.name].clone();
                 ServiceHost::new(spec.clone(), hosted, &config, key.clone(), instruments.clone(), ports.next())
             })
             .collect();

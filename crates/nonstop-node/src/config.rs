@@ -41,7 +41,8 @@ use nonstop_net::admission::HandshakeLimits;
 use nonstop_proto::client::{MAX_REPLICAS, ReplyMode};
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
 use nonstop_region::tracking::TrackingMode;
-use nonstop_service::{Hosted, Registry, Settings};
+use nonstop_service::threaded::Scheduler;
+use nonstop_service::{Built, Hosted, HostedThreads, Registry, Settings};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -320,6 +321,14 @@ pub struct ServiceSection {
     /// further behind (paused, cut off) takes a live replica's state by state transfer instead
     /// of the entries it missed.
     pub order_log_entries: Option<u64>,
+    /// Active replication of a multithreaded kind only: how each replica's worker threads are
+    /// scheduled so that every replica takes the mutexes in the same order: `npds` (one thread
+    /// runs at a time), `pds1` or `pds2` (the default: rounds of at most one or two mutex
+    /// acquisitions per thread).
+    pub scheduler: Option<String>,
+    /// Active replication of a multithreaded kind only: worker threads per replica (1 to 256;
+    /// default 4).
+    pub threads: Option<u16>,
     /// Passive replication: the node that is primary of the first term.
     pub primary: Option<u64>,
     /// Passive replication: backups wanted (default 1).
@@ -447,6 +456,65 @@ pub struct ActiveSpec {
     pub kind: String,
     /// The service's own settings, for its kind.
     pub settings: Settings,
+    /// How a multithreaded kind's worker threads are scheduled, if the config says.
+    pub scheduler: Option<Scheduler>,
+    /// A multithreaded kind's worker threads per replica, if the config says.
+    pub threads: Option<u16>,
+}
+
+/// How a multithreaded kind's replica runs when the config does not say.
+pub const DEFAULT_SCHEDULER: Scheduler = Scheduler::Pds2;
+
+/// Worker threads per replica of a multithreaded kind when the config does not say.
+pub const DEFAULT_THREADS: u16 = 4;
+
+/// The most worker threads a replica of a multithreaded kind may run.
+const MAX_THREADS: u16 = 256;
+
+/// An actively replicated service, built.
+#[derive(Clone, Debug)]
+pub enum ActiveService {
+    /// Its state in the replica's region, one request at a time.
+    InRegion(Hosted),
+    /// Its state in the mutexes of `threads` worker threads, scheduled by `scheduler`.
+    OnThreads {
+        /// The service.
+        service: HostedThreads,
+        /// How its threads take the mutexes.
+        scheduler: Scheduler,
+        /// Worker threads per replica.
+        threads: u16,
+    },
+}
+
+/// The config's services, built.
+#[derive(Clone, Debug, Default)]
+pub struct Services {
+    /// The passively replicated ones, by name.
+    pub passive: BTreeMap<String, Hosted>,
+    /// The actively replicated ones, by name.
+    pub active: BTreeMap<String, ActiveService>,
+}
+
+impl Services {
+    /// A request of service `name` for load tests, encoded (`None`: no such service, or its
+    /// kind draws none).
+    pub fn sample(&self, name: &str, client: u64, draw: u64) -> Option<Vec<u8>> {
+        match (self.passive.get(name), self.active.get(name)) {
+            (Some(hosted), _) | (None, Some(ActiveService::InRegion(hosted))) => hosted.sample(client, draw),
+            (None, Some(ActiveService::OnThreads { service, .. })) => service.sample(client, draw),
+            (None, None) => None,
+        }
+    }
+
+    /// The kind of service `name`.
+    pub fn kind(&self, name: &str) -> Option<&str> {
+        match (self.passive.get(name), self.active.get(name)) {
+            (Some(hosted), _) | (None, Some(ActiveService::InRegion(hosted))) => Some(hosted.kind()),
+            (None, Some(ActiveService::OnThreads { service, .. })) => Some(service.kind()),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The kind a Redis port serves.
@@ -544,6 +612,26 @@ fn active_spec(
             format!("use {} to {} entries", ORDER_LOG_ENTRIES.start(), ORDER_LOG_ENTRIES.end()),
         ));
     }
+    let scheduler = match service.scheduler.as_deref() {
+        None => None,
+        Some("lsa") => {
+            return Err(invalid(
+                field("scheduler"),
+                "\"lsa\" is not built on nodes yet (its leader's acquisitions must ship to the followers; it runs in `nonstop bench active`)",
+                "use \"npds\", \"pds1\" or \"pds2\"",
+            ));
+        }
+        Some(name) => {
+            Some(Scheduler::from_name(name).ok_or_else(|| {
+                invalid(field("scheduler"), format!("{name:?}"), "use \"npds\", \"pds1\" or \"pds2\"")
+            })?)
+        }
+    };
+    if let Some(threads) = service.threads
+        && !(1..=MAX_THREADS).contains(&threads)
+    {
+        return Err(invalid(field("threads"), threads.to_string(), format!("use 1 to {MAX_THREADS} worker threads")));
+    }
     let replicas: Vec<NodeId> = members.iter().filter(|m| !m.witness).map(|m| m.id).collect();
     if replicas.len() < 3 || replicas.len().is_multiple_of(2) || replicas.len() > MAX_REPLICAS {
         return Err(invalid(
@@ -562,6 +650,8 @@ fn active_spec(
         region_len,
         kind: service.kind.clone(),
         settings: Settings::new(service.settings.clone()),
+        scheduler,
+        threads: service.threads,
     })
 }
 
@@ -673,12 +763,25 @@ impl Checked {
 
 impl Checked {
     /// Builds every service of the config from `registry`, before anything starts: a kind the
-    /// binary does not know, settings its kind refuses, a region too small for it, or
-    /// collections without transparent mode are refused with the field and the fix.
-    pub fn services(&self, registry: &Registry) -> Result<BTreeMap<String, Hosted>, ConfigError> {
-        let mut services = BTreeMap::new();
+    /// binary does not know, settings its kind refuses, a region too small for it,
+    /// collections without transparent mode, or a multithreaded kind passively replicated (or
+    /// a single-threaded one given threads) are refused with the field and the fix.
+    pub fn services(&self, registry: &Registry) -> Result<Services, ConfigError> {
+        let mut services = Services::default();
         for spec in &self.services {
-            let hosted = build(registry, spec.index, &spec.kind, &spec.settings, spec.region_len)?;
+            let hosted = match build(registry, spec.index, &spec.kind, &spec.settings, spec.region_len)? {
+                Built::InRegion(hosted) => hosted,
+                Built::OnThreads(_) => {
+                    return Err(invalid(
+                        format!("services[{}].replication", spec.index),
+                        format!(
+                            "\"passive\" for kind {:?}, whose worker threads keep its state outside the region",
+                            spec.kind
+                        ),
+                        "set replication = \"active\": a backup copies a region, and this kind keeps nothing there",
+                    ));
+                }
+            };
             if hosted.needs_transparent() && spec.tracking.is_none() {
                 return Err(invalid(
                     format!("services[{}].tracking", spec.index),
@@ -686,12 +789,31 @@ impl Checked {
                     "this kind keeps plain collections whose writes the kernel finds: set tracking = \"uffd\" or \"mprotect\" (and protocol = \"du\")",
                 ));
             }
-            services.insert(spec.name.clone(), hosted);
+            services.passive.insert(spec.name.clone(), hosted);
         }
         for spec in &self.active {
             // An active replica's region is its own (nothing ships), so any kind runs as it is.
-            let hosted = build(registry, spec.index, &spec.kind, &spec.settings, spec.region_len)?;
-            services.insert(spec.name.clone(), hosted);
+            let service = match build(registry, spec.index, &spec.kind, &spec.settings, spec.region_len)? {
+                Built::OnThreads(service) => ActiveService::OnThreads {
+                    service,
+                    scheduler: spec.scheduler.unwrap_or(DEFAULT_SCHEDULER),
+                    threads: spec.threads.unwrap_or(DEFAULT_THREADS),
+                },
+                Built::InRegion(hosted) => {
+                    if let Some(key) = [("scheduler", spec.scheduler.is_some()), ("threads", spec.threads.is_some())]
+                        .into_iter()
+                        .find_map(|(key, given)| given.then_some(key))
+                    {
+                        return Err(invalid(
+                            format!("services[{}].{key}", spec.index),
+                            format!("is set for kind {:?}, which runs one request at a time", spec.kind),
+                            "remove it: only a multithreaded kind has worker threads to schedule",
+                        ));
+                    }
+                    ActiveService::InRegion(hosted)
+                }
+            };
+            services.active.insert(spec.name.clone(), service);
         }
         Ok(services)
     }
@@ -704,9 +826,9 @@ fn build(
     kind: &str,
     settings: &Settings,
     region_len: usize,
-) -> Result<Hosted, ConfigError> {
+) -> Result<Built, ConfigError> {
     let field = |key: &str| format!("services[{index}].{key}");
-    let hosted = registry.make(kind, settings).map_err(|error| match error {
+    let built = registry.make(kind, settings).map_err(|error| match error {
         nonstop_service::RegistryError::Unknown { kind, known } => invalid(
             field("kind"),
             format!("{kind:?} is not a service kind of this node binary"),
@@ -716,7 +838,7 @@ fn build(
             invalid(field("settings"), reason, format!("fix [services.settings] of kind {kind:?}"))
         }
     })?;
-    let needed = hosted.region_len();
+    let needed = built.region_len();
     if needed > region_len {
         return Err(invalid(
             field("region_size_mib"),
@@ -728,7 +850,7 @@ fn build(
             format!("set region_size_mib = {} or more, or shrink the service's settings", needed.div_ceil(1 << 20)),
         ));
     }
-    Ok(hosted)
+    Ok(built)
 }
 
 impl NodeConfig {
@@ -865,6 +987,15 @@ impl NodeConfig {
                     "is set on a passively replicated service, which has no order of requests",
                     "remove it, or set replication = \"active\"",
                 ));
+            }
+            for (key, given) in [("scheduler", service.scheduler.is_some()), ("threads", service.threads.is_some())] {
+                if given {
+                    return Err(invalid(
+                        field(key),
+                        "is set on a passively replicated service, which runs one request at a time",
+                        "remove it, or set replication = \"active\" for a multithreaded kind",
+                    ));
+                }
             }
             let primary = NodeId(service.primary.ok_or_else(|| {
                 invalid(field("primary"), "is missing", "name the node that is primary of the first term")
@@ -1192,6 +1323,45 @@ mod tests {
             .replace("name = \"bank\"", "name = \"cache\"\nkind = \"kv\"");
         let redis = refused(&kv);
         assert!(redis.contains("services[0].replication") && redis.contains("Redis"), "{redis}");
+    }
+
+    #[test]
+    fn a_multithreaded_kind_runs_actively_with_a_scheduler_and_threads() {
+        let three = GOOD.replace(
+            "[[services]]",
+            "[[peers]]\nid = 3\ncontrol = \"127.0.0.3:7001\"\nclient = \"127.0.0.3:7101\"\nreplication = \"127.0.0.3:7201\"\n\n[[services]]",
+        );
+        let survey = three.replace("name = \"bank\"", "name = \"s\"\nkind = \"survey\"");
+        let active = survey.replace("primary = 1\n", "replication = \"active\"\n");
+        let registry = {
+            let mut registry = Registry::new();
+            nonstop_workloads::register_builtins(&mut registry);
+            registry
+        };
+        let built = |text: &str| NodeConfig::parse(text, Path::new("test.toml"))?.check()?.services(&registry);
+        let threads = |text: &str| match built(text).unwrap().active.remove("s") {
+            Some(ActiveService::OnThreads { scheduler, threads, .. }) => (scheduler, threads),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(threads(&active), (DEFAULT_SCHEDULER, DEFAULT_THREADS));
+        let chosen =
+            active.replace("replication = \"active\"", "replication = \"active\"\nscheduler = \"npds\"\nthreads = 10");
+        assert_eq!(threads(&chosen), (Scheduler::Npds, 10));
+        let refused = |text: &str| built(text).unwrap_err().to_string();
+        let passive = refused(&survey);
+        assert!(passive.contains("services[0].replication") && passive.contains("\"active\""), "{passive}");
+        let lsa = refused(&active.replace("replication = \"active\"", "replication = \"active\"\nscheduler = \"lsa\""));
+        assert!(lsa.contains("services[0].scheduler") && lsa.contains("not built on nodes"), "{lsa}");
+        let unknown =
+            refused(&active.replace("replication = \"active\"", "replication = \"active\"\nscheduler = \"pds3\""));
+        assert!(unknown.contains("services[0].scheduler") && unknown.contains("pds2"), "{unknown}");
+        let many = refused(&active.replace("replication = \"active\"", "replication = \"active\"\nthreads = 0"));
+        assert!(many.contains("services[0].threads") && many.contains("1 to 256"), "{many}");
+        let bank = three.replace("primary = 1\n", "replication = \"active\"\nthreads = 2\n");
+        let single = refused(&bank);
+        assert!(single.contains("services[0].threads") && single.contains("one request at a time"), "{single}");
+        let passive_threads = refused(&GOOD.replace("primary = 1\n", "primary = 1\nscheduler = \"pds1\"\n"));
+        assert!(passive_threads.contains("services[0].scheduler"), "{passive_threads}");
     }
 
     #[test]

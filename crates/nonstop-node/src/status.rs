@@ -120,6 +120,17 @@ pub struct ReplicaStatus {
     pub dissents_found: u64,
     /// Times it saw a majority's digests contradict another replica's.
     pub dissents_reported: u64,
+    /// A multithreaded service's worker threads (`None`: one request at a time, in a region).
+    pub workers: Option<WorkerThreads>,
+}
+
+/// A multithreaded service's worker threads on one replica, in [`ReplicaStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerThreads {
+    /// The scheduler that orders their mutex acquisitions (`npds`, `pds1`, `pds2`).
+    pub scheduler: String,
+    /// How many.
+    pub threads: u16,
 }
 
 /// What a replica is in its order group, in [`ReplicaStatus`].

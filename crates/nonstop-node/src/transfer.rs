@@ -10,7 +10,7 @@ use nonstop_net::conn::{self, FrameReceiver, FrameSender};
 use nonstop_net::detections::Detections;
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::frame::{Frame, FrameKind};
-use nonstop_proto::transfer::{self, Answered, MAX_ANSWERED, TransferMessage};
+use nonstop_proto::transfer::{self, Answered, MAX_ANSWERED, MAX_STATE_BYTES, TransferMessage};
 use nonstop_proto::{CheckpointId, Term};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,11 +90,13 @@ pub struct Donors {
 }
 
 /// A state a donor sent: its point of the order and its clients' last answers. Its pages are
-/// in the replica's region already.
+/// in the replica's region already; a multithreaded service's snapshot is here, to restore
+/// between two batches.
 #[derive(Debug)]
 pub(crate) struct Received {
     pub position: u64,
     pub answered: Vec<Answered>,
+    pub snapshot: Option<Vec<u8>>,
     /// The donor's number in the group.
     pub donor: u16,
 }
@@ -108,7 +110,7 @@ pub(crate) fn fetch(replica: &Replica, donors: &Donors, first: Option<u16>, from
     let mut failures = Vec::new();
     for (number, addr) in order {
         match fetch_from(replica, donors, addr, from) {
-            Ok((position, answered)) => return Ok(Received { position, answered, donor: number }),
+            Ok(taken) => return Ok(Received { donor: number, ..taken }),
             Err(error) => {
                 tracing::info!(service = replica.name(), donor = number, %error, "state transfer failed");
                 failures.push(format!("replica {number}: {error}"));
@@ -118,22 +120,25 @@ pub(crate) fn fetch(replica: &Replica, donors: &Donors, first: Option<u16>, from
     Err(if failures.is_empty() { "no other replica to take a state from".into() } else { failures.join("; ") })
 }
 
-fn fetch_from(replica: &Replica, donors: &Donors, addr: SocketAddr, from: u64) -> Result<(u64, Vec<Answered>), String> {
+/// One donor's state (`donor` left 0).
+fn fetch_from(replica: &Replica, donors: &Donors, addr: SocketAddr, from: u64) -> Result<Received, String> {
     let (mut sender, mut receiver) = conn::connect_by(addr, &donors.key, &donors.detections, Instant::now() + CONNECT)
         .map_err(|error| error.to_string())?;
     send(&mut sender, &TransferMessage::Ask { service: replica.name().to_string(), from })?;
     let deadline = Instant::now() + WHOLE_TRANSFER;
     let mut cleared = false;
     let mut answered = Vec::new();
+    let mut snapshot: Option<Vec<u8>> = None;
     loop {
         let frame = receiver.recv_by(deadline.min(Instant::now() + NEXT_FRAME)).map_err(|error| error.to_string())?;
         match frame.kind {
             FrameKind::Runs => {
+                let mirror = replica.mirror().ok_or("region pages for a service that keeps no region")?;
                 if !cleared {
-                    replica.mirror().clear();
+                    mirror.clear();
                     cleared = true;
                 }
-                replica.mirror().install_runs(&frame.payload).map_err(|error| error.to_string())?;
+                mirror.install_runs(&frame.payload).map_err(|error| error.to_string())?;
             }
             FrameKind::Transfer => match transfer::decode(&frame.payload).map_err(|error| error.to_string())? {
                 TransferMessage::Answered(more) => {
@@ -142,12 +147,22 @@ fn fetch_from(replica: &Replica, donors: &Donors, addr: SocketAddr, from: u64) -
                     }
                     answered.extend(more);
                 }
-                TransferMessage::Done { position } => {
-                    if !cleared {
-                        // An image of zeros: nothing was sent, nothing of this replica's may stay.
-                        replica.mirror().clear();
+                TransferMessage::State(piece) => {
+                    if replica.mirror().is_some() {
+                        return Err("a snapshot for a service that keeps its state in a region".into());
                     }
-                    return Ok((position, answered));
+                    let state = snapshot.get_or_insert_with(Vec::new);
+                    if state.len() + piece.len() > MAX_STATE_BYTES {
+                        return Err(format!("a snapshot of more than {MAX_STATE_BYTES} bytes"));
+                    }
+                    state.extend_from_slice(&piece);
+                }
+                TransferMessage::Done { position } => {
+                    if let Some(mirror) = replica.mirror().filter(|_| !cleared) {
+                        // An image of zeros: nothing was sent, nothing of this replica's may stay.
+                        mirror.clear();
+                    }
+                    return Ok(Received { position, answered, snapshot, donor: 0 });
                 }
                 TransferMessage::Refused { reason } => return Err(format!("refused: {reason}")),
                 TransferMessage::Ask { .. } => return Err("the donor asked for a transfer itself".into()),

@@ -9,6 +9,9 @@
 //! 1. [`FrameKind::Runs`](crate::frame::FrameKind::Runs) frames: pages of its image ([`crate::runs`]),
 //!    copied while it keeps executing (pre-copy rounds), then the pages written since the last
 //!    round, copied between two entries of the order with execution held;
+//!    A multithreaded service keeps its state in its threads' mutexes instead of a region:
+//!    [`TransferMessage::State`] frames carry its snapshot, taken between two batches, in
+//!    pieces;
 //! 2. [`TransferMessage::Answered`] frames: what its executions answered each client last, so
 //!    that the receiver answers a client asking again for a request executed before the
 //!    transfer as the others do;
@@ -17,7 +20,7 @@
 //!
 //! A [`TransferMessage::Refused`] may come instead at any point; the receiver asks another
 //! replica. Every message is checked: runs against the region's length, messages by kind and
-//! order, sizes by the frame limit and [`MAX_ANSWERED`].
+//! order, sizes by the frame limit, [`MAX_ANSWERED`] and [`MAX_STATE_BYTES`].
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -25,6 +28,10 @@ use thiserror::Error;
 /// Client answers one transfer carries at most: as many as a replica remembers (one per
 /// client, `nonstop_active::calls::REMEMBERED`; the node checks the two agree).
 pub const MAX_ANSWERED: usize = 1 << 16;
+
+/// The largest snapshot of a multithreaded service's state a receiver takes, in bytes: it
+/// holds the whole snapshot in memory before it restores it.
+pub const MAX_STATE_BYTES: usize = 1 << 30;
 
 /// What one client's last executed request answered, on the donor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +44,8 @@ pub struct Answered {
     pub refused: u32,
     /// The service's reply, or its refusal.
     pub outcome: Result<Vec<u8>, String>,
+    /// The client's requests applied in all (refusals not counted).
+    pub applied: u64,
 }
 
 /// One message of a state transfer, in a `Transfer` frame.
@@ -52,6 +61,8 @@ pub enum TransferMessage {
     },
     /// Donor to receiver: some of the clients' last answers.
     Answered(Vec<Answered>),
+    /// Donor to receiver: the next piece of a multithreaded service's snapshot.
+    State(Vec<u8>),
     /// Donor to receiver: the state sent is the one at `position` of the order.
     Done {
         /// Requests delivered before the state's point.
@@ -101,13 +112,24 @@ pub fn answered_messages(answered: Vec<Answered>) -> Vec<TransferMessage> {
     messages
 }
 
+/// Splits a multithreaded service's snapshot into messages that each fit a frame (one, empty,
+/// for an empty snapshot).
+pub fn state_messages(state: &[u8]) -> Vec<TransferMessage> {
+    // Leaves room for the message's own encoding around the piece.
+    const PIECE: usize = crate::frame::MAX_PAYLOAD - 64;
+    match state.is_empty() {
+        true => vec![TransferMessage::State(Vec::new())],
+        false => state.chunks(PIECE).map(|piece| TransferMessage::State(piece.to_vec())).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn answers_split_into_frames_and_decode() {
-        let big = |client| Answered { client, number: 1, refused: 0, outcome: Ok(vec![7; 300 << 10]) };
+        let big = |client| Answered { client, number: 1, refused: 0, outcome: Ok(vec![7; 300 << 10]), applied: 1 };
         let messages = answered_messages((1..=7).map(big).collect());
         assert_eq!(messages.len(), 3, "three 300 KiB answers per 1 MiB frame");
         let mut clients = Vec::new();
@@ -119,5 +141,19 @@ mod tests {
         }
         assert_eq!(clients, (1..=7).collect::<Vec<_>>());
         assert!(decode(&[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn a_state_splits_into_frames_and_joins_back() {
+        let state: Vec<u8> = (0..(5usize << 19)).map(|i| i as u8).collect();
+        let mut joined = Vec::new();
+        for message in state_messages(&state) {
+            let bytes = encode(&message);
+            assert!(bytes.len() <= crate::frame::MAX_PAYLOAD);
+            let TransferMessage::State(piece) = decode(&bytes).unwrap() else { panic!("a piece") };
+            joined.extend(piece);
+        }
+        assert_eq!(joined, state);
+        assert_eq!(state_messages(&[]), vec![TransferMessage::State(Vec::new())]);
     }
 }

@@ -9,7 +9,7 @@
 //!   platform's [`table`] of clients beside the service's state in the same checkpoint.
 //! * [`ThreadedService`]: a multithreaded service, whose worker threads share state under
 //!   nonstop's mutexes; it runs actively replicated, each replica's threads scheduled
-//!   deterministically ([`threaded`]), and [`HostedThreads`] is how a replica runs it.
+//!   deterministically ([`threaded`]), and [`HostedThreads`] is how the node runs it.
 //! * [`Registry`]: the kinds a node binary can run, built from each service's settings.
 
 mod hosted;
@@ -21,7 +21,7 @@ pub mod threaded;
 
 pub use hosted::{AuditReport, CallError, Executed, Hosted};
 pub use nonstop_proto::client::ClientMemory;
-pub use registry::{Registry, RegistryError, Settings};
+pub use registry::{Built, Registry, RegistryError, Runs, Settings};
 pub use service::{Service, ServiceError, Writes};
 pub use store::{Caller, Image, Store, View, Writer};
 pub use table::ClientRecord;

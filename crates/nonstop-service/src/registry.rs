@@ -6,6 +6,7 @@
 
 use crate::hosted::Hosted;
 use crate::service::{Service, Writes};
+use crate::threaded::{HostedThreads, ThreadedService};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,12 +34,57 @@ impl Settings {
     }
 }
 
-type Factory = Box<dyn Fn(&Settings) -> Result<Hosted, String> + Send + Sync>;
+type Factory = Box<dyn Fn(&Settings) -> Result<Built, String> + Send + Sync>;
 
-/// A registered kind: how its services are built, and how they write the region.
+/// A registered kind: how its services are built, and where they keep their state.
 struct Kind {
     make: Factory,
-    writes: Writes,
+    runs: Runs,
+}
+
+/// Where a kind's services keep their state, and so how they may be replicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// In the node's region, one request at a time ([`Service`]): passively or actively
+    /// replicated, written as given.
+    InRegion(Writes),
+    /// In mutexes shared by worker threads ([`ThreadedService`]): actively replicated only.
+    OnThreads,
+}
+
+/// A service built from its config: one of the two kinds of service a node runs.
+#[derive(Clone, Debug)]
+pub enum Built {
+    /// A [`Service`], its state in the region.
+    InRegion(Hosted),
+    /// A [`ThreadedService`], its state in its worker threads' mutexes.
+    OnThreads(HostedThreads),
+}
+
+impl Built {
+    /// Its kind, as the registry knows it.
+    pub fn kind(&self) -> &str {
+        match self {
+            Built::InRegion(hosted) => hosted.kind(),
+            Built::OnThreads(hosted) => hosted.kind(),
+        }
+    }
+
+    /// A request for load tests, encoded (`None`: the kind draws none).
+    pub fn sample(&self, client: u64, draw: u64) -> Option<Vec<u8>> {
+        match self {
+            Built::InRegion(hosted) => hosted.sample(client, draw),
+            Built::OnThreads(hosted) => hosted.sample(client, draw),
+        }
+    }
+
+    /// Bytes of region it needs (none for a service on threads).
+    pub fn region_len(&self) -> usize {
+        match self {
+            Built::InRegion(hosted) => hosted.region_len(),
+            Built::OnThreads(_) => 0,
+        }
+    }
 }
 
 /// The kinds of service a node binary can run.
@@ -105,15 +151,29 @@ impl Registry {
         make: impl Fn(&Settings) -> Result<S, String> + Send + Sync + 'static,
     ) -> &mut Registry {
         let name = kind.to_string();
-        let make: Factory = Box::new(move |settings| Ok(Hosted::new(&name, make(settings)?)));
-        self.kinds.insert(kind.to_string(), Kind { make, writes: S::WRITES });
+        let make: Factory = Box::new(move |settings| Ok(Built::InRegion(Hosted::new(&name, make(settings)?))));
+        self.kinds.insert(kind.to_string(), Kind { make, runs: Runs::InRegion(S::WRITES) });
         self
     }
 
-    /// How services of `kind` write the region (`None`: no such kind): a kind that keeps
-    /// [`Writes::Collections`] needs transparent mode.
-    pub fn writes(&self, kind: &str) -> Option<Writes> {
-        self.kinds.get(kind).map(|kind| kind.writes)
+    /// Registers multithreaded `kind`, built by `make` from its settings (replacing a kind of
+    /// that name). Its services run only with `replication = "active"`.
+    pub fn register_threaded<S: ThreadedService>(
+        &mut self,
+        kind: &str,
+        make: impl Fn(&Settings) -> Result<S, String> + Send + Sync + 'static,
+    ) -> &mut Registry {
+        let name = kind.to_string();
+        let make: Factory = Box::new(move |settings| Ok(Built::OnThreads(HostedThreads::new(&name, make(settings)?))));
+        self.kinds.insert(kind.to_string(), Kind { make, runs: Runs::OnThreads });
+        self
+    }
+
+    /// Where services of `kind` keep their state (`None`: no such kind): a kind that keeps
+    /// [`Writes::Collections`] needs transparent mode, one [`Runs::OnThreads`] active
+    /// replication.
+    pub fn runs(&self, kind: &str) -> Option<Runs> {
+        self.kinds.get(kind).map(|kind| kind.runs)
     }
 
     /// The kinds registered.
@@ -122,7 +182,7 @@ impl Registry {
     }
 
     /// Builds a service of `kind` from `settings`.
-    pub fn make(&self, kind: &str, settings: &Settings) -> Result<Hosted, RegistryError> {
+    pub fn make(&self, kind: &str, settings: &Settings) -> Result<Built, RegistryError> {
         let known = self.kinds.get(kind).ok_or_else(|| RegistryError::Unknown {
             kind: kind.to_string(),
             known: self.kinds().map(|kind| format!("{kind:?}")).collect::<Vec<_>>().join(", "),

@@ -911,7 +911,7 @@ impl Sim {
         debug_assert_eq!(executed.len() as u64, position, "a donor's position is what it executed");
         let (vault, corrupted) = (giver.vault, giver.corrupted);
         let answered: Vec<_> =
-            giver.calls.answered().map(|(client, request, outcome)| (client, request, outcome.clone())).collect();
+            giver.calls.answered().map(|(client, remembered)| (client, remembered.clone())).collect();
         let member = &mut self.members[index];
         let log_end = member.node.state().delivered();
         match member.course.transferred(position, donor_id, self.step) {

@@ -57,6 +57,9 @@ pub struct ClusterSpec {
     /// Active replication: the order entries replicas keep before compacting
     /// (`order_log_entries`); `None`: the node's default.
     pub order_log_entries: Option<u64>,
+    /// Active replication of a multithreaded kind: how its replicas' worker threads are
+    /// scheduled, and how many (`scheduler`, `threads`); `None`: the node's defaults.
+    pub threads: Option<(nonstop_service::threaded::Scheduler, u16)>,
     /// Run each node in a network namespace of its own (these, by id - 1; see
     /// [`crate::netns`]) and reach its peers through fault proxies on `127.0.0.<peer>`.
     pub namespaces: Option<Vec<String>>,
@@ -100,6 +103,7 @@ impl Default for ClusterSpec {
             services: vec![(SERVICE.to_string(), 1)],
             active: None,
             order_log_entries: None,
+            threads: None,
             namespaces: None,
             max_clients: None,
             redis: false,
@@ -276,8 +280,11 @@ impl LocalCluster {
                 let replication = match spec.active {
                     None => format!("primary = {primary}\nbackups = {}\n{tracking}", spec.backups),
                     Some(mode) => {
-                        let kept =
+                        let mut kept =
                             spec.order_log_entries.map_or(String::new(), |n| format!("order_log_entries = {n}\n"));
+                        if let Some((scheduler, threads)) = spec.threads {
+                            kept += &format!("scheduler = \"{}\"\nthreads = {threads}\n", scheduler.name());
+                        }
                         format!("replication = \"active\"\nreplies = \"{}\"\n{kept}", mode.name())
                     }
                 };

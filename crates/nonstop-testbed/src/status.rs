@@ -75,7 +75,22 @@ pub fn render(statuses: &[(u64, SocketAddr, Option<NodeStatus>)]) -> String {
 
 /// One actively replicated service: every replica's view of the order and what it executed.
 fn render_active(out: &mut String, statuses: &[(u64, SocketAddr, Option<NodeStatus>)], name: &str) {
-    let _ = writeln!(out, "\nservice {name}: actively replicated");
+    let workers = statuses
+        .iter()
+        .filter_map(|(_, _, status)| status.as_ref()?.replicas.iter().find(|r| r.name == name)?.workers.clone())
+        .next();
+    match workers {
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "\nservice {name}: actively replicated, {} worker threads under {}",
+                w.threads, w.scheduler
+            );
+        }
+        None => {
+            let _ = writeln!(out, "\nservice {name}: actively replicated");
+        }
+    }
     let _ = writeln!(
         out,
         "| node | client | up | replica | member | order leader | order term | applied index | position | executed | state transfers | standing |"

@@ -10,7 +10,7 @@
 //!   [`order_entry::service`]: Order-Entry's five transactions as requests;
 //!   [`register_builtins`] adds the three to a node's registry.
 //! * [`survey`]: the replication survey's synthetic server, a multithreaded service for active
-//!   replication.
+//!   replication (registered too).
 
 pub mod bank;
 pub mod debit_credit;
@@ -44,10 +44,15 @@ pub fn check(name: &str, image: &[u8]) -> Result<String, String> {
 }
 
 /// Registers nonstop's built-in services: `bank` and `ledger` (both configured by
-/// `branches`, default 1) and `order-entry` (configured by `warehouses`, default 1).
+/// `branches`, default 1), `order-entry` (configured by `warehouses`, default 1) and, for
+/// active replication, the multithreaded `survey` (configured by `sections`, `mutexes`,
+/// `compute_us`, `io_us`).
 pub fn register_builtins(registry: &mut nonstop_service::Registry) -> &mut nonstop_service::Registry {
     registry
         .register(bank::NAME, |settings| Ok(bank::Bank::new(bank::BankSettings::from(settings)?.branches)))
-        .register(ledger::NAME, |settings| Ok(ledger::Ledger::from_settings(&bank::BankSettings::from(settings)?)));
+        .register(ledger::NAME, |settings| Ok(ledger::Ledger::from_settings(&bank::BankSettings::from(settings)?)))
+        .register_threaded(survey::NAME, |settings| {
+            Ok(survey::SurveyServer::new(&survey::SurveySettings::from(settings)?))
+        });
     order_entry::service::register(registry)
 }

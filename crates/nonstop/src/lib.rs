@@ -37,9 +37,15 @@ pub use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProto
 pub use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region, RegionError, RegionWrite, Transaction, TxError};
 pub use nonstop_region::{heap, tracking};
 pub use nonstop_service::{
-    CallError, Caller, ClientMemory, Executed, Hosted, Image, Registry, Service, ServiceError, Settings, Store, View,
-    Writer, Writes,
+    Built, CallError, Caller, ClientMemory, Executed, Hosted, HostedThreads, Image, Registry, Runs, Service,
+    ServiceError, Settings, Store, ThreadedService, View, Writer, Writes,
 };
+
+/// What a multithreaded service's worker threads share state with ([`ThreadedService`]):
+/// mutexes taken in the order a deterministic scheduler decides, the same on every replica.
+pub mod sync {
+    pub use nonstop_service::threaded::{Guard, HandleError, Mutex, MutexId, ScheduleError, Scheduler, Worker};
+}
 
 /// The service kinds `nonstop node` runs: `bank`, `ledger`, `order-entry` and `kv` (Redis's
 /// commands, served on a node's `redis` port). A node binary of your own starts

@@ -126,19 +126,20 @@ pub struct LoadArgs {
 pub fn run(args: &LoadArgs, registry: &Registry) -> anyhow::Result<()> {
     let config = nonstop_node::config::NodeConfig::load(&args.config)?;
     let services = config.services(registry)?;
-    let Some(hosted) = services.get(&args.service) else {
+    let Some(kind) = services.kind(&args.service) else {
         bail!("the config at {} has no service {:?}", args.config.display(), args.service)
     };
-    if hosted.sample(args.first_client, 0).is_none() {
-        bail!("kind {:?} draws no sample requests (Service::sample): it needs a load of its own", hosted.kind());
+    if services.sample(&args.service, args.first_client, 0).is_none() {
+        bail!("kind {kind:?} draws no sample requests (Service::sample): it needs a load of its own");
     }
+    let services = Arc::new(services);
     let nodes: Vec<SocketAddr> = config.members.iter().filter(|m| !m.witness).map(|m| m.client).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let clients: Vec<JoinHandle<()>> = (args.first_client..args.first_client + args.clients)
         .map(|id| {
-            let (hosted, nodes, stop, out, service) =
-                (hosted.clone(), nodes.clone(), stop.clone(), out.clone(), args.service.clone());
+            let (services, nodes, stop, out, service) =
+                (services.clone(), nodes.clone(), stop.clone(), out.clone(), args.service.clone());
             let seed = args.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             std::thread::spawn(move || {
                 let mut rng = SmallRng::seed_from_u64(seed);
@@ -146,7 +147,7 @@ pub fn run(args: &LoadArgs, registry: &Registry) -> anyhow::Result<()> {
                 let mut last = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let request = client.next_request(&service);
-                    let body = hosted.sample(id, rng.random()).expect("checked above");
+                    let body = services.sample(&service, id, rng.random()).expect("checked above");
                     let line = match client.call_bytes(&service, body) {
                         Ok(answer) => {
                             last = answer.request;

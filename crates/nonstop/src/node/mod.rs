@@ -23,7 +23,7 @@
 //! subcommand drives a service with the requests its kind samples, for `nonstop chaos kill
 //! --node-binary`.
 
-use crate::Registry;
+use crate::{Registry, Runs};
 use std::path::PathBuf;
 
 mod load;
@@ -53,33 +53,34 @@ enum NodeCommand {
     /// Load a service of the cluster with the requests its kind samples, until stdin closes
     /// (what `nonstop chaos kill --node-binary` runs; see [`LoadLine`]).
     Load(LoadArgs),
-    /// List the service kinds this binary runs, one per line: the kind and how it writes the
-    /// region (`offsets`, or `collections`: transparent mode only).
+    /// List the service kinds this binary runs, one per line: the kind and where it keeps its
+    /// state (`offsets` or `collections` in the region, the latter in transparent mode only;
+    /// `threads`: in its worker threads' mutexes, active replication only).
     Kinds,
 }
 
 /// The `kinds` subcommand's lines.
 pub fn kinds(registry: &Registry) -> String {
-    registry
-        .kinds()
-        .map(|kind| {
-            let writes = match registry.writes(kind) {
-                Some(crate::Writes::Collections) => "collections",
-                _ => "offsets",
-            };
-            format!("{kind} {writes}\n")
-        })
-        .collect()
+    registry.kinds().filter_map(|kind| Some(format!("{kind} {}\n", runs_name(registry.runs(kind)?)))).collect()
 }
 
-/// How a kind of the node binary at `exe` writes the region, as its `kinds` subcommand says
+/// A kind's place for its state, as the `kinds` subcommand names it.
+fn runs_name(runs: Runs) -> &'static str {
+    match runs {
+        Runs::InRegion(crate::Writes::AtOffsets) => "offsets",
+        Runs::InRegion(crate::Writes::Collections) => "collections",
+        Runs::OnThreads => "threads",
+    }
+}
+
+/// Where a kind of the node binary at `exe` keeps its state, as its `kinds` subcommand says
 /// (`None`: the binary does not know the kind, or has no `kinds` subcommand).
-pub fn kind_writes(exe: &std::path::Path, kind: &str) -> Option<crate::Writes> {
+pub fn kind_runs(exe: &std::path::Path, kind: &str) -> Option<Runs> {
     let output = std::process::Command::new(exe).arg("kinds").output().ok()?;
-    String::from_utf8_lossy(&output.stdout).lines().find_map(|line| match line.split_once(' ') {
-        Some((name, "collections")) if name == kind => Some(crate::Writes::Collections),
-        Some((name, "offsets")) if name == kind => Some(crate::Writes::AtOffsets),
-        _ => None,
+    let known = [Runs::InRegion(crate::Writes::AtOffsets), Runs::InRegion(crate::Writes::Collections), Runs::OnThreads];
+    String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
+        let (name, runs) = line.split_once(' ')?;
+        known.into_iter().find(|known| name == kind && runs_name(*known) == runs)
     })
 }
 

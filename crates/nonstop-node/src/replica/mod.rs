@@ -36,16 +36,19 @@
 //! learner, given the log or another replica's state as above, then swapped in for its old
 //! incarnation in one joint configuration change that the order's leader proposes.
 //!
-//! Not built yet (docs/active.md): multithreaded services under the deterministic schedulers.
+//! A multithreaded service runs each entry's requests as one batch on its worker threads, under
+//! the deterministic scheduler its config names, and a state transfer copies its snapshot
+//! instead of region pages ([`machine`]).
 
 use crate::NodeId;
 use crate::client_server::{AuditSlot, wall_clock_ms};
-use crate::config::ActiveSpec;
+use crate::config::{ActiveService, ActiveSpec};
 use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::lock;
 use crate::status::{OrderRole, ReplicaStanding, ReplicaStatus};
 use crate::transfer::{Donors, Received};
-use nonstop_active::calls::{Asked, Calls};
+use machine::{Copied, Machine, TRANSFER_BATCH_PAGES};
+use nonstop_active::calls::{Asked, Calls, Remembered};
 use nonstop_active::course::{Behind, Course, Event, NoDonation, Standing as CourseStanding, Taken};
 use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
 use nonstop_active::membership::{self, Join, member_id, node_of};
@@ -53,19 +56,19 @@ use nonstop_active::order::{Batch, Delivered, Order, Request};
 use nonstop_control::log::MemoryLog;
 use nonstop_control::{ControlConfig, ControlError, ElectionJitter, Membership, RaftNode, Replicated};
 use nonstop_net::fault::{FaultPoint, FaultPoints};
-use nonstop_proto::CheckpointId;
 use nonstop_proto::client::{ClientReply, ReplyMode, Vote};
 use nonstop_proto::frame::FrameKind;
 use nonstop_proto::runs::RunsBuilder;
-use nonstop_proto::transfer::{Answered, TransferMessage, answered_messages};
-use nonstop_region::{Mirror, Region};
-use nonstop_service::{CallError, Caller, Executed, Hosted};
+use nonstop_proto::transfer::{Answered, TransferMessage, answered_messages, state_messages};
+use nonstop_service::CallError;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+mod machine;
 
 /// How long a call waits for its request to be executed before the replica answers
 /// `Unavailable` (the client then asks again, with the same number).
@@ -80,9 +83,6 @@ const PENDING_BYTES: usize = 8 << 20;
 /// Request bytes a replica keeps while it awaits a state transfer; past that it asks for a
 /// later state instead ([`Feed`]).
 const KEPT_FOR_TRANSFER: usize = 64 << 20;
-
-/// Pages copied per batch of a state transfer (each batch holds the region briefly).
-const TRANSFER_BATCH_PAGES: usize = 64;
 
 /// Pre-copy rounds a donor runs at most before it holds execution for the rest.
 const PRECOPY_ROUNDS: usize = 5;
@@ -154,8 +154,7 @@ enum Work {
 /// The rest of a donor's state, copied between two entries.
 enum Finished {
     Ready {
-        payloads: Vec<Vec<u8>>,
-        pages: usize,
+        copied: Copied,
         answered: Vec<Answered>,
         position: u64,
     },
@@ -183,8 +182,8 @@ pub struct Replica {
     /// The replicas' client addresses, by number.
     group: Vec<String>,
     mode: ReplyMode,
-    service: Hosted,
-    mirror: Arc<Mirror>,
+    /// What it executes on: its region, or its worker threads.
+    machine: Machine,
     /// The group's leader as last polled ([`NO_LEADER`]: none known).
     leader: AtomicU16,
     shared: Mutex<Shared>,
@@ -267,8 +266,9 @@ impl Seat {
 const JOIN_EVERY_TICKS: u32 = 1;
 
 impl ReplicaHost {
-    /// Maps the replica's region, initialises the service in it, and starts its executor; the
-    /// group's messages go out through the agent ([`ReplicaHost::poll`]).
+    /// Maps the replica's region and initialises the service in it (or starts the service's
+    /// worker threads), and starts its executor; the group's messages go out through the agent
+    /// ([`ReplicaHost::poll`]).
     ///
     /// The group's log lives in memory, so a node whose process restarted has forgotten what
     /// it acknowledged and voted for: rejoining under its old id could let the group lose a
@@ -278,7 +278,7 @@ impl ReplicaHost {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         spec: &ActiveSpec,
-        service: Hosted,
+        service: ActiveService,
         me: NodeId,
         client_addrs: Vec<String>,
         donors: Donors,
@@ -288,24 +288,7 @@ impl ReplicaHost {
         faults: Arc<FaultPoints>,
     ) -> Result<ReplicaHost, ReplicaError> {
         let region_error = |problem: String| ReplicaError::Region { service: spec.name.clone(), problem };
-        let region = Region::map(spec.region_base, spec.region_len).map_err(|error| region_error(error.to_string()))?;
-        // Nothing ships from a replica's region: it needs no write tracking, only the same
-        // execution as the others'.
-        let mirror = match service.needs_transparent() {
-            true => Mirror::transparent_unreplicated(region, CheckpointId(1)),
-            false => Mirror::new(region, None, CheckpointId(1)),
-        };
-        // A line that no longer matches its seal is a copy gone wrong in memory: stop this
-        // process, as a passive primary does (the other replicas answer, and a restart rejoins
-        // as a new member with a live replica's state). Left to the default, the panic would
-        // end only the executor thread, and the replica would wait for ever while its status
-        // said it served.
-        mirror.set_corruption_handler(crate::fail_stop);
-        service.init(&mirror).map_err(|error| region_error(format!("the service does not initialise: {error}")))?;
-        // Lines nobody reads are checked in the background too: a wrong byte found there stops
-        // the node before any answer could show it (the digests find only what shows).
-        let mirror = Arc::new(mirror);
-        crate::integrity::start_scrubber(&spec.name, &mirror);
+        let machine = Machine::start(&spec.name, service, spec.region_base, spec.region_len).map_err(region_error)?;
         let number = spec.replicas.iter().position(|r| *r == me).expect("the config makes every holder a replica");
         let mark = data_dir.join(format!("active-{}.member", spec.name));
         let incarnation = match std::fs::read_to_string(&mark) {
@@ -341,8 +324,7 @@ impl ReplicaHost {
             me: number as u16,
             group: client_addrs,
             mode: spec.replies,
-            service,
-            mirror,
+            machine,
             leader: AtomicU16::new(NO_LEADER),
             shared: Mutex::new(Shared {
                 standing: Standing::Course(course.standing()),
@@ -419,6 +401,7 @@ impl ReplicaHost {
             },
             dissents_found: shared.dissents_found,
             dissents_reported: shared.dissents_reported,
+            workers: self.replica.machine.workers(),
             state_transfers: shared.transfers,
             last_catch_up_ms: shared.last_catch_up.map(|d| d.as_secs_f64() * 1e3),
             position: shared.position,
@@ -663,10 +646,9 @@ impl Replica {
             return stopped;
         }
         let replica = self.clone();
-        let answered =
-            tokio::task::spawn_blocking(move || replica.unchanged(|| replica.service.query(&replica.mirror, &body)));
+        let answered = tokio::task::spawn_blocking(move || replica.unchanged(|| replica.machine.query(&body)));
         match answered.await {
-            Ok(Some(Ok((answer, _)))) => ClientReply::Voted(Box::new(self.vote(0, Ok(answer), false))),
+            Ok(Some(Ok(answer))) => ClientReply::Voted(Box::new(self.vote(0, Ok(answer), false))),
             Ok(Some(Err(CallError::Failed(reason)))) => ClientReply::Unavailable { reason },
             Ok(Some(Err(refusal))) => ClientReply::Voted(Box::new(self.vote(0, Err(refusal.to_string()), false))),
             Ok(None) => self.stopped().unwrap_or_else(state_replaced),
@@ -703,7 +685,9 @@ impl Replica {
         let replica = self.clone();
         let audited = tokio::task::spawn_blocking(move || {
             let report = replica.unchanged(|| {
-                replica.mirror.quiesced_checked(|image, _| replica.service.audit(image, &clients, query.as_deref()))
+                replica.machine.audit(&clients, query.as_deref(), |client| {
+                    lock(&replica.shared).calls.remembered(client).map(machine::client_memory)
+                })
             });
             drop(slot);
             report
@@ -748,26 +732,6 @@ impl Replica {
         let mut shared = lock(&self.shared);
         shared.standing = Standing::Stopped(reason);
         shared.calls.drop_waiters();
-    }
-
-    /// Executes `request` at order time `time_ms`: the service's reply or refusal; `None` if
-    /// the service failed (the replica has stopped).
-    fn execute(&self, request: &Request, time_ms: u64) -> Option<Result<Vec<u8>, String>> {
-        let caller = Caller { client: request.client, request: request.number, lane: 0 };
-        match self.service.execute(&self.mirror, caller, time_ms, &request.body) {
-            Ok((Executed::Applied(reply), _)) => Some(Ok(reply)),
-            // The order delivers each request once; the table would answer a second delivery.
-            Ok((Executed::Duplicate(reply), _)) => Some(Ok(reply)),
-            Ok((Executed::Stale { last }, _)) => {
-                Some(Err(format!("request {} is older than the last applied ({last})", request.number)))
-            }
-            Err(CallError::Failed(reason)) => {
-                self.stop(format!("the service failed: {reason}"));
-                None
-            }
-            // A refusal is an answer: every correct replica refuses alike.
-            Err(refusal) => Some(Err(refusal.to_string())),
-        }
     }
 }
 
@@ -969,11 +933,14 @@ impl Executor {
                 }
             }
         }
-        for request in entry.requests {
-            if matches!(lock(&self.replica.shared).standing, Standing::Stopped(_)) {
-                return false;
-            }
-            let Some(mut outcome) = self.replica.execute(&request, entry.time_ms) else { return false };
+        if matches!(lock(&self.replica.shared).standing, Standing::Stopped(_)) {
+            return false;
+        }
+        let outcomes = match self.replica.machine.execute(&entry.requests, entry.time_ms) {
+            Ok(outcomes) => outcomes,
+            Err(reason) => return self.stop(reason),
+        };
+        for (request, mut outcome) in entry.requests.into_iter().zip(outcomes) {
             if self.replica.faults.armed() && self.replica.faults.fires(FaultPoint::ReplicaWrongOutcome) {
                 tracing::warn!(
                     service = self.replica.name,
@@ -1045,9 +1012,15 @@ impl Executor {
             }
             Err(error) => return self.stop(format!("a transferred state does not fit the order: {error}")),
         }
+        if let Err(reason) = self.replica.machine.restore(received.snapshot.as_deref()) {
+            return self.stop(format!("the state taken does not restore: {reason}"));
+        }
         {
             let mut shared = lock(&self.replica.shared);
-            let answered = received.answered.into_iter().map(|a| (a.client, (a.number, a.refused), a.outcome));
+            let answered = received.answered.into_iter().map(|a| {
+                let remembered = Remembered { request: (a.number, a.refused), outcome: a.outcome, applied: a.applied };
+                (a.client, remembered)
+            });
             shared.calls.restore(answered);
             shared.transfers += 1;
             shared.position = received.position;
@@ -1062,8 +1035,8 @@ impl Executor {
     }
 
     /// A donor's last step, between two entries: the pages written since the pre-copy's last
-    /// round (the whole image if the region's writes are not tracked), what its executions
-    /// answered each client last, and its point of the order.
+    /// round (the whole image if the region's writes are not tracked) or the service's
+    /// snapshot, what its executions answered each client last, and its point of the order.
     fn finish_donation(&self, from: u64) -> Finished {
         if let Standing::Stopped(reason) = &lock(&self.replica.shared).standing {
             return Finished::NotServing(reason.clone());
@@ -1075,22 +1048,22 @@ impl Executor {
                 return Finished::NotServing(refusal.to_string());
             }
         };
-        let mirror = &self.replica.mirror;
-        let mut payloads = Vec::new();
-        let mut keep = |runs: RunsBuilder| {
-            payloads.extend(runs.into_payloads());
-            Ok::<(), std::convert::Infallible>(())
-        };
-        let Ok(pages) = match mirror.is_transparent() {
-            true => mirror.copy_image(TRANSFER_BATCH_PAGES, &mut keep),
-            false => mirror.precopy_round(false, TRANSFER_BATCH_PAGES, &mut keep),
+        let copied = match self.replica.machine.copy_rest() {
+            Ok(copied) => copied,
+            Err(reason) => return Finished::NotServing(format!("its state could not be copied: {reason}")),
         };
         let answered = lock(&self.replica.shared)
             .calls
             .answered()
-            .map(|(client, (number, refused), outcome)| Answered { client, number, refused, outcome: outcome.clone() })
+            .map(|(client, remembered)| Answered {
+                client,
+                number: remembered.request.0,
+                refused: remembered.request.1,
+                outcome: remembered.outcome.clone(),
+                applied: remembered.applied,
+            })
             .collect();
-        Finished::Ready { payloads, pages, answered, position }
+        Finished::Ready { copied, answered, position }
     }
 }
 
@@ -1100,9 +1073,9 @@ impl Replica {
         &self.name
     }
 
-    /// The replica's region.
-    pub(crate) fn mirror(&self) -> &Mirror {
-        &self.mirror
+    /// The replica's region, if its service keeps its state in one.
+    pub(crate) fn mirror(&self) -> Option<&nonstop_region::Mirror> {
+        self.machine.mirror()
     }
 
     /// True while it serves (follows the order and answers).
@@ -1123,24 +1096,22 @@ impl Replica {
             return Err(reason);
         }
         let mut pages = 0;
-        if !self.mirror.is_transparent() {
-            self.mirror.precopy_begin();
+        if let Some(mirror) = self.mirror().filter(|mirror| !mirror.is_transparent()) {
+            mirror.precopy_begin();
             let mut send_runs = |runs: RunsBuilder| runs.payloads().iter().try_for_each(|p| send(FrameKind::Runs, p));
             for round in 0..PRECOPY_ROUNDS {
-                pages += self.mirror.precopy_round(round == 0, TRANSFER_BATCH_PAGES, &mut send_runs)?;
-                if self.mirror.precopy_pending() < PRECOPY_SETTLED_PAGES {
+                pages += mirror.precopy_round(round == 0, TRANSFER_BATCH_PAGES, &mut send_runs)?;
+                if mirror.precopy_pending() < PRECOPY_SETTLED_PAGES {
                     break;
                 }
             }
         }
         let deadline = std::time::Instant::now() + DONOR_CATCH_UP;
-        let (payloads, final_pages, answered, position) = loop {
+        let (copied, answered, position) = loop {
             let (reply, finished) = mpsc::channel();
             lock(&self.work).send(Work::Finish { from, reply }).map_err(|_| "the replica is shutting down")?;
             match finished.recv_timeout(DONOR_CATCH_UP) {
-                Ok(Finished::Ready { payloads, pages, answered, position }) => {
-                    break (payloads, pages, answered, position);
-                }
+                Ok(Finished::Ready { copied, answered, position }) => break (copied, answered, position),
                 Ok(Finished::NotServing(reason)) => return Err(reason),
                 Ok(Finished::Behind(next)) if std::time::Instant::now() < deadline => {
                     tracing::debug!(service = self.name, next, from, "donor behind the receiver's point; waiting");
@@ -1152,9 +1123,20 @@ impl Replica {
                 Err(_) => return Err("this replica's executor did not answer in time".into()),
             }
         };
-        for payload in &payloads {
-            send(FrameKind::Runs, payload)?;
-        }
+        let final_pages = match copied {
+            Copied::Pages { payloads, pages } => {
+                for payload in &payloads {
+                    send(FrameKind::Runs, payload)?;
+                }
+                pages
+            }
+            Copied::Snapshot(snapshot) => {
+                for message in state_messages(&snapshot) {
+                    send(FrameKind::Transfer, &nonstop_proto::transfer::encode(&message))?;
+                }
+                0
+            }
+        };
         for message in answered_messages(answered) {
             send(FrameKind::Transfer, &nonstop_proto::transfer::encode(&message))?;
         }
@@ -1169,7 +1151,9 @@ struct Donation<'r>(&'r Replica);
 
 impl Drop for Donation<'_> {
     fn drop(&mut self) {
-        self.0.mirror.precopy_abort();
+        if let Some(mirror) = self.0.mirror() {
+            mirror.precopy_abort();
+        }
         self.0.donating.store(false, Ordering::Release);
     }
 }

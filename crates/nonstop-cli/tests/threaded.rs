@@ -1,0 +1,120 @@
+//! A multithreaded service actively replicated end to end, under each deterministic scheduler:
+//! three node processes each run the survey's synthetic server on four worker threads, its
+//! clients vote on every reply, and the replies depend on the order in which the threads took
+//! the mutexes. So every call decided by a majority, and every replica auditing to the same
+//! state, says the replicas' schedulers agreed, whatever their threads' timing. A replica
+//! paused past the order's compacted log takes a live replica's snapshot and counts again.
+
+use nonstop::Client;
+use nonstop::sync::Scheduler;
+use nonstop_node::status::ReplicaStanding;
+use nonstop_proto::client::ReplyMode;
+use nonstop_testbed::cluster::{ClusterSpec, LocalCluster};
+use nonstop_workloads::survey;
+use rustix::process::Signal;
+use std::time::Duration;
+
+/// Client threads calling at once, so that the order's entries hold several requests and the
+/// worker threads contend for the mutexes.
+const CLIENTS: u64 = 4;
+
+/// `rounds` calls by each of the clients at once; every one must be decided.
+fn load(cluster: &LocalCluster, rounds: u64, from: u64) {
+    std::thread::scope(|scope| {
+        for id in 1..=CLIENTS {
+            let addrs = cluster.client_addrs();
+            scope.spawn(move || {
+                let mut client = Client::new(addrs, id);
+                client.resume(survey::NAME, from + 1);
+                for round in from..from + rounds {
+                    let seed = survey::mix(id << 32 | round);
+                    client
+                        .call::<u64, u64>(survey::NAME, &seed)
+                        .unwrap_or_else(|error| panic!("client {id}, round {round}: {error}"));
+                }
+            });
+        }
+    });
+}
+
+/// Every replica in `nodes` audits to the same state, remembering each client's `calls`
+/// requests applied once each.
+fn audit(cluster: &LocalCluster, nodes: &[usize], calls: u64) {
+    // A majority decided the last calls; a replica may still be executing them.
+    let ids: Vec<u64> = nodes.iter().map(|node| *node as u64).collect();
+    let executed = cluster.wait_statuses(&ids, Duration::from_secs(10), |statuses| {
+        statuses.iter().flat_map(|s| &s.replicas).all(|r| r.position == CLIENTS * calls)
+    });
+    assert!(executed.is_some(), "replicas {nodes:?} executed every call:\n{}", cluster.post_mortem(40));
+    let clients: Vec<u64> = (1..=CLIENTS).collect();
+    let query = postcard::to_allocvec(&()).unwrap();
+    let audits: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let addr = cluster.client_addrs()[node - 1];
+            let audit = Client::new(vec![addr], 99).audit(survey::NAME, clients.clone(), Some(query.clone())).unwrap();
+            (audit.check, audit.clients, audit.answer)
+        })
+        .collect();
+    assert!(audits.windows(2).all(|pair| pair[0] == pair[1]), "replicas differ: {audits:#?}");
+    let (check, memory, _) = &audits[0];
+    assert!(check.is_ok(), "{check:?}");
+    for (client, memory) in memory {
+        let memory = memory.as_ref().unwrap_or_else(|| panic!("client {client} remembered"));
+        assert_eq!((memory.request, memory.applied), (calls, calls), "client {client}");
+    }
+}
+
+fn replicated_under(scheduler: Scheduler, prefix: &str) {
+    let table: toml::Table = toml::from_str("io_us = 100\ncompute_us = 2").unwrap();
+    let spec = ClusterSpec {
+        ip_prefix: prefix.into(),
+        region_size_mib: 4,
+        kind: survey::NAME.into(),
+        settings: table,
+        services: vec![(survey::NAME.into(), 1)],
+        active: Some(ReplyMode::Majority),
+        threads: Some((scheduler, 4)),
+        order_log_entries: Some(16),
+        ..ClusterSpec::default()
+    };
+    let mut cluster = LocalCluster::create(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec).unwrap();
+    cluster.start_all().unwrap();
+    load(&cluster, 10, 0);
+    audit(&cluster, &[1, 2, 3], 10);
+    let table = nonstop_testbed::status::render(&cluster.operator().statuses(Duration::from_secs(1)));
+    let shown = format!("actively replicated, 4 worker threads under {}", scheduler.name());
+    assert!(table.contains(&shown), "{table}");
+    // Paused while far more entries than the log keeps are ordered: node 3 must take a live
+    // replica's snapshot.
+    cluster.signal(3, Signal::STOP).unwrap();
+    load(&cluster, 40, 10);
+    cluster.signal(3, Signal::CONT).unwrap();
+    let caught_up = cluster.wait_statuses(&[3], Duration::from_secs(20), |statuses| {
+        statuses
+            .iter()
+            .flat_map(|s| &s.replicas)
+            .any(|r| r.state_transfers >= 1 && r.standing == ReplicaStanding::Serving)
+    });
+    assert!(caught_up.is_some(), "node 3 took a snapshot and serves:\n{}", cluster.post_mortem(40));
+    load(&cluster, 5, 50);
+    // Node 3 counts now: without node 1, nodes 2 and 3 are the majority.
+    cluster.kill(1).unwrap();
+    load(&cluster, 5, 55);
+    audit(&cluster, &[2, 3], 60);
+}
+
+#[test]
+fn npds_replicas_agree_and_a_paused_one_takes_a_snapshot() {
+    replicated_under(Scheduler::Npds, "127.0.31");
+}
+
+#[test]
+fn pds1_replicas_agree_and_a_paused_one_takes_a_snapshot() {
+    replicated_under(Scheduler::Pds1, "127.0.32");
+}
+
+#[test]
+fn pds2_replicas_agree_and_a_paused_one_takes_a_snapshot() {
+    replicated_under(Scheduler::Pds2, "127.0.33");
+}
