@@ -119,9 +119,15 @@ impl Traffic {
 }
 
 impl Traffic {
-    /// Stops the clients and audits each of `replicas` (client addresses of an actively
-    /// replicated service's replicas) on its own against the history.
-    pub(crate) fn finish_each(self, name: &str, replicas: &[std::net::SocketAddr]) -> anyhow::Result<Vec<Judged>> {
+    /// Stops the clients and, once `settled` returns (the replicas executed what the clients
+    /// were answered), audits each of `replicas` (client addresses of an actively replicated
+    /// service's replicas) on its own against the history.
+    pub(crate) fn finish_each(
+        self,
+        name: &str,
+        replicas: &[std::net::SocketAddr],
+        settled: impl FnOnce(),
+    ) -> anyhow::Result<Vec<Judged>> {
         let remembered = |addr: std::net::SocketAddr, clients: Vec<u64>| {
             nonstop::Client::new(vec![addr], u64::MAX).audit(name, clients, None).map(|audit| audit.clients)
         };
@@ -129,6 +135,7 @@ impl Traffic {
         match self {
             Traffic::Bank(load) => {
                 let history = load.stop();
+                settled();
                 let mut clients: Vec<u64> = history.iter().map(|o| o.client).collect();
                 clients.sort_unstable();
                 clients.dedup();
@@ -140,6 +147,7 @@ impl Traffic {
             }
             Traffic::Sampled(load) => {
                 let history = load.stop()?;
+                settled();
                 let clients: Vec<u64> = history.last_acked.keys().copied().collect();
                 for addr in replicas {
                     let verdict = crate::sampled::judge(vec![*addr], name, &history)?;
