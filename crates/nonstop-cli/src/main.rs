@@ -187,6 +187,14 @@ struct ServiceArgs {
     /// transactions, loaded with its sampled mix), or a kind of --node-binary.
     #[arg(long, default_value = nonstop_workloads::bank::NAME)]
     kind: String,
+    /// A multithreaded kind (`survey`, or a kind of --node-binary that `kinds` lists as
+    /// `threads`; active replication only): how each replica's worker threads are scheduled,
+    /// `npds`, `pds1` or `pds2` (default: the node's, pds2).
+    #[arg(long, value_parser = parse_scheduler)]
+    scheduler: Option<nonstop::sync::Scheduler>,
+    /// A multithreaded kind: worker threads per replica (default: the node's, 4).
+    #[arg(long)]
+    threads: Option<u16>,
     /// How the primary finds its writes: declared ranges, or transparent mode with the kernel
     /// finding the written pages (uffd or mprotect; DU). Default: declared, or for a kind that
     /// keeps collections (ledger, orderbook), uffd where the kernel has it, else mprotect.
@@ -201,6 +209,8 @@ struct ServiceUnderTest {
     tracking: Option<TrackingMode>,
     /// Where the kind keeps its state (a multithreaded kind runs actively replicated only).
     runs: nonstop::Runs,
+    /// A multithreaded kind's scheduler and worker threads.
+    threads: Option<(nonstop::sync::Scheduler, u16)>,
     /// Who loads it: the bank's clients, its kind's samples, or Redis clients (kind kv).
     clients: nonstop_testbed::chaos::Clients,
 }
@@ -247,7 +257,19 @@ impl ServiceArgs {
                 })
             }
         };
+        let threads = match runs {
+            nonstop::Runs::OnThreads => Some((
+                self.scheduler.unwrap_or(nonstop_node::config::DEFAULT_SCHEDULER),
+                self.threads.unwrap_or(nonstop_node::config::DEFAULT_THREADS),
+            )),
+            nonstop::Runs::InRegion(_) if self.scheduler.is_some() || self.threads.is_some() => bail!(
+                "--scheduler and --threads are for a multithreaded kind; --kind {} runs one request at a time",
+                self.kind
+            ),
+            nonstop::Runs::InRegion(_) => None,
+        };
         Ok(ServiceUnderTest {
+            threads,
             exe: match &self.node_binary {
                 Some(path) => path.clone(),
                 None => std::env::current_exe()?,
@@ -299,6 +321,7 @@ impl ServiceUnderTest {
             tracking: self.tracking,
             services: vec![(name, 1)],
             redis: self.clients == Clients::Redis,
+            threads: self.threads,
             ..base
         }
     }
@@ -577,6 +600,16 @@ enum Replication {
     Passive,
     /// Every replica executes the ordered requests; clients vote.
     Active,
+}
+
+/// `--scheduler`: a scheduler of multithreaded replicas by its config name.
+fn parse_scheduler(name: &str) -> Result<nonstop::sync::Scheduler, String> {
+    match name {
+        "lsa" => {
+            Err("lsa is not built on nodes yet (it runs in `nonstop bench active`): use npds, pds1 or pds2".into())
+        }
+        _ => nonstop::sync::Scheduler::from_name(name).ok_or_else(|| "use npds, pds1 or pds2".to_string()),
+    }
 }
 
 /// `--replies`: a reply mode by its config name.
@@ -1310,8 +1343,10 @@ fn chaos_kill_active(args: &ChaosKillArgs, service: &ServiceUnderTest) -> anyhow
             region_size_mib: 32,
             active: Some(args.replies.unwrap_or(nonstop_proto::client::ReplyMode::Majority)),
             order_log_entries: args.order_log_entries,
-            // The wrong outcome is a fault point's.
-            allow_faults: matches!(args.fault, FaultKind::WrongOutcome),
+            // The wrong outcome is a fault point's, and so is a flip in a multithreaded
+            // service's state (which lives outside the region).
+            allow_faults: matches!(args.fault, FaultKind::WrongOutcome)
+                || (matches!(args.fault, FaultKind::FlipMemory) && service.threads.is_some()),
             ..Default::default()
         }),
         clients_kind: service.clients,

@@ -87,6 +87,15 @@ fn flags_of_active_replication_are_refused_on_a_passive_run_with_the_fix() {
         assert!(!refused.status.success() && stderr.contains("--replication active"), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     }
+    // Worker threads belong to a multithreaded kind, and LSA does not run on nodes yet.
+    for (args, says) in [
+        (&["chaos", "kill", "--replication", "active", "--scheduler", "pds1"][..], "one request at a time"),
+        (&["chaos", "kill", "--replication", "active", "--kind", "survey", "--scheduler", "lsa"], "not built on nodes"),
+    ] {
+        let refused = nonstop(args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains(says), "{args:?}: {stderr}");
+    }
     let lossy = nonstop(&["chaos", "--netns", "lossy", "--replication", "active"]);
     let stderr = String::from_utf8_lossy(&lossy.stderr);
     assert!(!lossy.status.success() && stderr.contains("kill, pause, partition and bitflip"), "{stderr}");

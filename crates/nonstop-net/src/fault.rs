@@ -21,12 +21,21 @@ pub enum FaultPoint {
     /// Active replica: when it has executed a request, its outcome (what it answers, and
     /// digests) is changed, a bit of the reply flipped; the process lives on.
     ReplicaWrongOutcome = 4,
+    /// Active replica of a multithreaded service: before it executes the next entry of the
+    /// order, one bit of its service's state is flipped (behind its scheduler, as a fault of
+    /// its memory would); the process lives on.
+    ReplicaFlipState = 5,
 }
 
 impl FaultPoint {
     /// Every fault point.
-    pub const ALL: [FaultPoint; 4] =
-        [FaultPoint::AfterSomeRuns, FaultPoint::BeforeClose, FaultPoint::AckArrived, FaultPoint::ReplicaWrongOutcome];
+    pub const ALL: [FaultPoint; 5] = [
+        FaultPoint::AfterSomeRuns,
+        FaultPoint::BeforeClose,
+        FaultPoint::AckArrived,
+        FaultPoint::ReplicaWrongOutcome,
+        FaultPoint::ReplicaFlipState,
+    ];
 
     /// The points that kill the process (inside a checkpoint of a passive service's primary).
     pub const KILLS: [FaultPoint; 3] = [FaultPoint::AfterSomeRuns, FaultPoint::BeforeClose, FaultPoint::AckArrived];
@@ -43,6 +52,7 @@ impl FaultPoint {
             FaultPoint::BeforeClose => "before-close",
             FaultPoint::AckArrived => "ack-arrived",
             FaultPoint::ReplicaWrongOutcome => "replica-wrong-outcome",
+            FaultPoint::ReplicaFlipState => "replica-flip-state",
         }
     }
 }

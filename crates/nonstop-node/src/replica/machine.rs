@@ -199,6 +199,42 @@ impl Machine {
     }
 }
 
+/// Tries at most this many bits of a snapshot before a flip gives up: a bit of the encoding's
+/// framing (a length, a variant) makes a snapshot the service refuses, which no memory fault
+/// makes.
+const FLIP_TRIES: u64 = 64;
+
+impl Machine {
+    /// Fault injection (test clusters only): flips one random bit of a multithreaded service's
+    /// state behind its scheduler, as a fault of its memory would: through its snapshot, a bit
+    /// the service still takes back. The executor's thread calls it, so no batch runs. The bit
+    /// flipped, or why none was.
+    pub(super) fn flip_state(&self) -> Result<u64, String> {
+        use rand::{Rng, SeedableRng};
+        let Machine::OnThreads { service, .. } = self else {
+            return Err("the service keeps its state in a region: flip its memory instead".into());
+        };
+        let snapshot = service.snapshot()?;
+        let bits = snapshot.len() as u64 * 8;
+        if bits == 0 {
+            return Err("the service's state is empty".into());
+        }
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(u64::from_le_bytes(seed));
+        for _ in 0..FLIP_TRIES {
+            let bit = rng.random_range(0..bits);
+            let mut flipped = snapshot.clone();
+            flipped[(bit / 8) as usize] ^= 1 << (bit % 8);
+            if service.restore(&flipped).is_ok() {
+                return Ok(bit);
+            }
+        }
+        service.restore(&snapshot)?;
+        Err(format!("none of {FLIP_TRIES} bits tried gave a state the service takes"))
+    }
+}
+
 /// What a replica remembers of a client, as an audit reports it: the last request applied
 /// (a refused one was not), how many were applied, and the last one's reply.
 pub(super) fn client_memory(remembered: &nonstop_active::calls::Remembered) -> ClientMemory {

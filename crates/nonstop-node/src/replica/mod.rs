@@ -936,6 +936,19 @@ impl Executor {
         if matches!(lock(&self.replica.shared).standing, Standing::Stopped(_)) {
             return false;
         }
+        if self.replica.faults.armed()
+            && !entry.requests.is_empty()
+            && self.replica.faults.fires(FaultPoint::ReplicaFlipState)
+        {
+            match self.replica.machine.flip_state() {
+                Ok(bit) => {
+                    tracing::warn!(service = self.replica.name, bit, "fault point reached: a bit of the state flipped")
+                }
+                Err(reason) => {
+                    tracing::warn!(service = self.replica.name, %reason, "fault point reached: no bit flipped")
+                }
+            }
+        }
         let outcomes = match self.replica.machine.execute(&entry.requests, entry.time_ms) {
             Ok(outcomes) => outcomes,
             Err(reason) => return self.stop(reason),

@@ -52,7 +52,10 @@ pub enum ReplicaFault {
     /// `/proc/<pid>/mem`, behind every API, as a failing DIMM would): its region's line seals
     /// (a transaction's reads, or the background scrubber) stop its node, which the trial starts
     /// again to rejoin as a new member, or its digests of its outcomes find it dissenting and it
-    /// takes a live replica's state. The clients' votes mask it meanwhile.
+    /// takes a live replica's state. The clients' votes mask it meanwhile. A multithreaded
+    /// service keeps its state in its worker threads' mutexes instead: the replica flips a bit
+    /// of that state before its next entry (the `replica-flip-state` fault point), and only the
+    /// digests can find it.
     FlipMemory,
     /// It is cut off from the other replicas, both ways, for `ms` milliseconds, then the
     /// network heals and it catches up (hosts of their own only: `--netns partition`). Clients
@@ -382,7 +385,15 @@ fn run_trial(
         (ReplicaFault::FlipMemory, _) => {
             let before = dissents(&cluster);
             let flipped_at = Instant::now();
-            let flipped = flip_in_region(&cluster, spec, victim, rng)?;
+            let flipped = match spec.threads {
+                None => flip_in_region(&cluster, spec, victim, rng)?,
+                // A multithreaded service keeps its state in its threads' mutexes, not in the
+                // region: the replica flips a bit of it before its next entry.
+                Some(_) => {
+                    cluster.arm_fault(victim, "replica-flip-state", 1)?;
+                    true
+                }
+            };
             let watched = watch_flip(&mut cluster, victim, Site::ReplicaMemory, flipped_at, |status| {
                 status.replicas.first().is_some_and(|r| r.dissents_found > before)
             });
