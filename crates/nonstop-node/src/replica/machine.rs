@@ -181,7 +181,10 @@ impl Machine {
                 };
                 Ok(Copied::Pages { payloads, pages })
             }
-            Machine::OnThreads { service, .. } => service.snapshot().map(Copied::Snapshot),
+            Machine::OnThreads { service, workers, .. } => {
+                let _between_batches = workers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+                service.snapshot().map(Copied::Snapshot)
+            }
         }
     }
 
@@ -189,7 +192,11 @@ impl Machine {
     /// calls it, so no batch runs). A region's pages were installed as they came.
     pub(super) fn restore(&self, snapshot: Option<&[u8]>) -> Result<(), String> {
         match (self, snapshot) {
-            (Machine::OnThreads { service, .. }, Some(snapshot)) => service.restore(snapshot),
+            (Machine::OnThreads { service, workers, .. }, Some(snapshot)) => {
+                // Held to write: no query reads a state half restored.
+                let _alone = workers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                service.restore(snapshot)
+            }
             (Machine::OnThreads { .. }, None) => Err("the donor sent no snapshot of the service's state".into()),
             (Machine::InRegion { .. }, None) => Ok(()),
             (Machine::InRegion { .. }, Some(_)) => {
@@ -211,9 +218,10 @@ impl Machine {
     /// flipped, or why none was.
     pub(super) fn flip_state(&self) -> Result<u64, String> {
         use rand::{Rng, SeedableRng};
-        let Machine::OnThreads { service, .. } = self else {
+        let Machine::OnThreads { service, workers, .. } = self else {
             return Err("the service keeps its state in a region: flip its memory instead".into());
         };
+        let _alone = workers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let snapshot = service.snapshot()?;
         let bits = snapshot.len() as u64 * 8;
         if bits == 0 {
