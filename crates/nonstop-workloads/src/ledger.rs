@@ -370,15 +370,32 @@ mod tests {
         mirror.quiesced(|image, _| assert!(hosted.check(image).unwrap_err().contains("never applied")));
     }
 
+    /// Replaces, in the bytes of the accounts' vector itself (not through its API: a length past
+    /// its capacity is no state a vector may be put in), every word equal to `from` by `to`: its
+    /// length and capacity, as a fault of the region's memory would damage them.
+    fn damage_accounts_length(mirror: &Mirror, hosted: &Hosted, from: usize, to: usize) {
+        let mut vector = 0;
+        damage(mirror, hosted, |state| vector = std::ptr::from_ref(&state.accounts) as usize);
+        mirror.update(|image| {
+            let start = vector - image.as_ptr() as usize;
+            let bytes = &mut image[start..start + std::mem::size_of::<RegionVec<i64>>()];
+            for word in bytes.chunks_exact_mut(std::mem::size_of::<usize>()) {
+                if usize::from_ne_bytes(word.try_into().unwrap()) == from {
+                    word.copy_from_slice(&to.to_ne_bytes());
+                }
+            }
+        });
+    }
+
     #[test]
     fn a_damaged_state_is_refused_before_it_is_read_through() {
         let (hosted, mirror) = hosted(0x3a00_0000_0000);
-        // SAFETY (test): the length is put back before anything reads past the data.
-        damage(&mirror, &hosted, |state| unsafe { state.accounts.set_len(usize::MAX / 8) });
+        let accounts = ACCOUNTS_PER_BRANCH as usize;
+        damage_accounts_length(&mirror, &hosted, accounts, usize::MAX / 8);
         mirror.quiesced(|image, _| assert!(hosted.check(image).unwrap_err().contains("outside the region")));
         let query = postcard::to_allocvec(&BankQuery::Balances(vec![5])).unwrap();
         assert!(hosted.query(&mirror, &query).unwrap_err().to_string().contains("outside the region"));
-        damage(&mirror, &hosted, |state| unsafe { state.accounts.set_len(ACCOUNTS_PER_BRANCH as usize) });
+        damage_accounts_length(&mirror, &hosted, usize::MAX / 8, accounts);
         mirror.quiesced(|image, _| assert!(hosted.check(image).is_ok()));
     }
 }
