@@ -163,3 +163,34 @@ fn chaos_netns_on_the_order_book_binary_violates_nothing() {
     );
     assert!(report.history.operations.transfers_ok > 100, "{:?}", report.history.operations);
 }
+
+/// A third party's multithreaded service, actively replicated: its worker threads scheduled
+/// by PDS-1 on every replica, its kind's sampled requests as the load, one replica given a bit
+/// flipped in its threads' state per trial: the clients' votes mask it, the replicas' digests
+/// find it, the replica takes a live one's snapshot, and nothing is lost or applied twice.
+#[test]
+fn chaos_on_the_seats_binary_masks_a_flipped_replica() {
+    use nonstop_testbed::chaos::{ActiveChaosConfig, Clients, ReplicaFault};
+    let config = ActiveChaosConfig {
+        trials: 2,
+        seed: 7,
+        clients: 4,
+        spec: ClusterSpec {
+            ip_prefix: "127.0.34".into(),
+            active: Some(nonstop::ReplyMode::Majority),
+            threads: Some((nonstop::sync::Scheduler::Pds1, 4)),
+            allow_faults: true,
+            ..spec("seats", "shows = 4", None)
+        },
+        clients_kind: Clients::Sampled,
+        fault: ReplicaFault::FlipMemory,
+        restart_after: None,
+        after_kill: Duration::from_millis(300),
+        netns: false,
+    };
+    let report = nonstop_testbed::chaos::run_active(&example("seats"), &config, |_| {}).unwrap();
+    assert_eq!((report.acked_lost, report.applied_twice, report.replicas_disagree), (0, 0, 0), "{:?}", report.history);
+    assert_eq!((report.dissents_found, report.reintegrated, report.not_back), (2, 2, 0), "{:?}", report.trial_log);
+    assert!(report.check.as_ref().is_ok_and(|summary| summary.contains("seats sold in 4 shows")), "{:?}", report.check);
+    assert!(report.acknowledged > 100, "{report:?}");
+}

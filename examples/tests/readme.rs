@@ -8,6 +8,8 @@ fn the_readme_shows_each_example_as_it_is() {
         ("bin/sessions.rs", include_str!("../bin/sessions.rs")),
         ("src/orderbook.rs", include_str!("../src/orderbook.rs")),
         ("bin/orderbook.rs", include_str!("../bin/orderbook.rs")),
+        ("src/seats.rs", include_str!("../src/seats.rs")),
+        ("bin/seats.rs", include_str!("../bin/seats.rs")),
     ] {
         let shown = format!("```rust\n// examples/{path}\n{text}```\n");
         assert!(readme.contains(&shown), "README.md does not show examples/{path} as it is: copy it in again");

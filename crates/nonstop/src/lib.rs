@@ -32,6 +32,8 @@ pub mod node;
 pub use nonstop_client::{Answered, AsyncClient, Client, ClientError};
 pub use nonstop_net::{BackupServer, ConsistencyCheck, Primary, PrimaryConfig, PrimaryError, ReplicationStats};
 pub use nonstop_proto::auth::ClusterKey;
+/// How the clients of an actively replicated service decide on its replicas' replies.
+pub use nonstop_proto::client::ReplyMode;
 pub use nonstop_proto::primary::Ticket;
 pub use nonstop_proto::{CheckpointId, CommitPolicy, PAGE_SIZE, Term, UpdateProtocol};
 pub use nonstop_region::{DEFAULT_REGION_BASE, Mirror, Region, RegionError, RegionWrite, Transaction, TxError};
