@@ -76,7 +76,7 @@ pub struct Request {
 /// One log entry: requests in the order the proposer took them, its clock, and its digests.
 ///
 /// The fields are encoded in this order, the digests before the requests, so that a leader
-/// checks a forwarded entry's digests without decoding its requests
+/// checks an entry's digests (forwarded by a member, or its own) without decoding its requests
 /// ([`Replicated::check_proposal`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
@@ -210,8 +210,9 @@ impl Replicated for Order {
         self.applied
     }
 
-    /// A replica's forwarded entry carries its own digests only (another replica's would be
-    /// counted for that one by every [`crate::dissent::Judge`]), and not too many.
+    /// A replica's entry, forwarded to the leader or proposed by the leader itself, carries its
+    /// own digests only (another replica's would be counted for that one by every
+    /// [`crate::dissent::Judge`]), and not too many.
     fn check_proposal(encoded: &[u8], proposer: NodeId) -> Result<(), String> {
         let ((_time_ms, digests), _) = postcard::take_from_bytes::<(u64, Vec<Digest>)>(encoded)
             .map_err(|error| format!("not an entry of the order: {error}"))?;

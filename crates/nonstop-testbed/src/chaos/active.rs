@@ -1,4 +1,5 @@
-//! `nonstop chaos kill --replication active`: trial after trial, three node processes replicate
+//! `nonstop chaos kill --replication active` (and `nonstop chaos --netns … --replication
+//! active`): trial after trial, three node processes replicate
 //! a service actively under client load, and one replica (the order's leader or a follower, as
 //! the seed picks) fails: killed with SIGKILL, paused with SIGSTOP for a while and resumed, or
 //! made to answer one request wrongly (a fault point), which the replicas' digests of their
