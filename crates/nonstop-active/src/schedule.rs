@@ -29,7 +29,9 @@
 //!   Synchronization of Multithreaded Replicas", SRDS 2002): the leader's threads take mutexes
 //!   first come, first served, and the leader ships each acquisition ([`Action::Ship`]); a
 //!   follower grants each mutex to the threads in the order shipped
-//!   ([`Scheduler::shipped`]), whatever order its own threads ask in.
+//!   ([`Scheduler::shipped`]), whatever order its own threads ask in. When the leader dies, a
+//!   follower given all it shipped takes over ([`Scheduler::take_over`]): it gives the grants
+//!   shipped but not given yet first, then leads and ships.
 //!
 //! ```
 //! use nonstop_active::schedule::{Action, Algorithm, MutexId, Scheduler, ThreadId};
@@ -191,6 +193,10 @@ enum Step {
 struct Mutex {
     holder: Option<ThreadId>,
     queue: VecDeque<ThreadId>,
+    /// LSA leader that took over from a follower's place ([`Scheduler::take_over`]): the
+    /// grants its old leader shipped that were not given yet. They are given first, in that
+    /// order (every follower gives them too), and not shipped again.
+    owed: VecDeque<ThreadId>,
 }
 
 /// The scheduler of one replica's threads. Pure: no threads, locks or clocks of its own.
@@ -289,14 +295,14 @@ impl Scheduler {
             }
             Algorithm::Lsa(Role::Leader) => {
                 let entry = self.mutexes.entry(mutex).or_default();
-                if entry.holder.is_none() {
-                    entry.holder = Some(thread);
-                    actions.push(Action::Run { thread, acquired: Some(mutex) });
-                    actions.push(Action::Ship { mutex, thread });
-                } else {
+                // A grant owed to this thread comes in its turn; one owed to nobody is the
+                // leader's to give, first come, first served.
+                let owed = entry.owed.contains(&thread);
+                if !owed {
                     entry.queue.push_back(thread);
-                    self.steps[thread.0 as usize] = Step::Queued(mutex);
                 }
+                self.steps[thread.0 as usize] = Step::Queued(mutex);
+                self.grant_as_leader(mutex, &mut actions);
             }
             Algorithm::Lsa(Role::Follower) => {
                 self.steps[thread.0 as usize] = Step::Queued(mutex);
@@ -333,6 +339,7 @@ impl Scheduler {
         match self.algorithm {
             // The follower's queue is the order shipped, which may name a thread not asking yet.
             Algorithm::Lsa(Role::Follower) => self.grant_as_shipped(mutex, &mut actions),
+            Algorithm::Lsa(Role::Leader) => self.grant_as_leader(mutex, &mut actions),
             algorithm => {
                 entry.holder = entry.queue.pop_front();
                 if let Some(next) = entry.holder {
@@ -345,9 +352,6 @@ impl Scheduler {
                             actions.push(Action::Run { thread: next, acquired: Some(mutex) });
                         }
                     }
-                    if algorithm == Algorithm::Lsa(Role::Leader) {
-                        actions.push(Action::Ship { mutex, thread: next });
-                    }
                 }
             }
         }
@@ -355,8 +359,45 @@ impl Scheduler {
             // A mutex freed with nobody queued may be what a deferred request waits for.
             self.settle(&mut actions);
         }
-        if self.mutexes.get(&mutex).is_some_and(|m| m.queue.is_empty() && m.holder.is_none()) {
+        if self.mutexes.get(&mutex).is_some_and(|m| m.queue.is_empty() && m.owed.is_empty() && m.holder.is_none()) {
             self.mutexes.remove(&mutex);
+        }
+        Ok(actions)
+    }
+
+    /// LSA follower: its leader is gone and it leads from here, once it has been given every
+    /// grant the old leader shipped (the driver calls it after the last of them). Those not
+    /// given yet are still given first, in the order shipped, to the threads they name (every
+    /// other follower gives them too); then each free mutex goes to the threads that ask for it,
+    /// first come, first served, and every such grant is shipped ([`Action::Ship`]) to the
+    /// followers that remain. A thread waiting for a grant nobody shipped may run now.
+    pub fn take_over(&mut self) -> Result<Vec<Action>, ScheduleError> {
+        if self.algorithm != Algorithm::Lsa(Role::Follower) {
+            return Err(ScheduleError::NotAFollower { algorithm: self.algorithm });
+        }
+        self.algorithm = Algorithm::Lsa(Role::Leader);
+        for entry in self.mutexes.values_mut() {
+            entry.owed = std::mem::take(&mut entry.queue);
+        }
+        // Threads that wait for a grant nobody owes them queue in thread order: any order is
+        // the leader's to choose, and it ships the one it chose.
+        let waiting: Vec<(ThreadId, MutexId)> = self
+            .threads()
+            .filter_map(|thread| match self.steps[thread.0 as usize] {
+                Step::Queued(mutex) => Some((thread, mutex)),
+                _ => None,
+            })
+            .collect();
+        for (thread, mutex) in waiting {
+            let entry = self.mutexes.entry(mutex).or_default();
+            if !entry.owed.contains(&thread) {
+                entry.queue.push_back(thread);
+            }
+        }
+        let mut actions = Vec::new();
+        let mutexes: Vec<MutexId> = self.mutexes.keys().copied().collect();
+        for mutex in mutexes {
+            self.grant_as_leader(mutex, &mut actions);
         }
         Ok(actions)
     }
@@ -400,6 +441,32 @@ impl Scheduler {
         if let Some((index, acquired)) = next {
             self.steps[index] = Step::Running;
             actions.push(Action::Run { thread: ThreadId(index as u16), acquired });
+        }
+    }
+
+    /// LSA leader: a free `mutex` goes to the thread the next grant owed names, once it asks
+    /// (nobody else may take it before), or, with nothing owed, to the first thread waiting;
+    /// that grant is shipped.
+    fn grant_as_leader(&mut self, mutex: MutexId, actions: &mut Vec<Action>) {
+        let Some(entry) = self.mutexes.get_mut(&mutex) else { return };
+        if entry.holder.is_some() {
+            return;
+        }
+        let next = match entry.owed.front() {
+            Some(&owed) if self.steps[owed.0 as usize] == Step::Queued(mutex) => {
+                entry.owed.pop_front();
+                Some((owed, false))
+            }
+            Some(_) => None,
+            None => entry.queue.pop_front().map(|waiting| (waiting, true)),
+        };
+        if let Some((next, ship)) = next {
+            entry.holder = Some(next);
+            self.steps[next.0 as usize] = Step::Running;
+            actions.push(Action::Run { thread: next, acquired: Some(mutex) });
+            if ship {
+                actions.push(Action::Ship { mutex, thread: next });
+            }
         }
     }
 
@@ -593,6 +660,28 @@ mod tests {
             follower.shipped(MutexId(1), ThreadId(2)),
             Err(ScheduleError::UnknownThread { thread: 2, threads: 2 })
         );
+    }
+
+    #[test]
+    fn a_follower_taking_over_gives_what_was_shipped_first_and_ships_the_rest() {
+        let (t0, t1, t2, m, n) = (ThreadId(0), ThreadId(1), ThreadId(2), MutexId(1), MutexId(2));
+        let run = |thread, mutex| Action::Run { thread, acquired: Some(mutex) };
+        let ship = |thread, mutex| Action::Ship { mutex, thread };
+        let mut s = Scheduler::new(Algorithm::Lsa(Role::Follower), 3);
+        // The dead leader gave m to thread 1, then thread 0; only thread 0 asks so far. Thread 2
+        // waits for n, which the leader never granted anyone.
+        s.shipped(m, t1).unwrap();
+        s.shipped(m, t0).unwrap();
+        assert_eq!(s.lock(t0, m).unwrap(), vec![]);
+        assert_eq!(s.lock(t2, n).unwrap(), vec![]);
+        assert_eq!(s.take_over().unwrap(), vec![run(t2, n), ship(t2, n)], "n is the new leader's to give");
+        assert_eq!(s.take_over(), Err(ScheduleError::NotAFollower { algorithm: Algorithm::Lsa(Role::Leader) }));
+        // m still goes to thread 1, then thread 0, as every follower gives it, unshipped.
+        assert_eq!(s.lock(t1, m).unwrap(), vec![run(t1, m)]);
+        assert_eq!(s.unlock(t1, m).unwrap(), vec![run(t0, m)]);
+        // With nothing owed, m is first come, first served, and shipped.
+        assert_eq!(s.lock(t1, m).unwrap(), vec![]);
+        assert_eq!(s.unlock(t0, m).unwrap(), vec![run(t1, m), ship(t1, m)]);
     }
 
     #[test]

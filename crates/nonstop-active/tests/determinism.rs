@@ -230,6 +230,79 @@ fn lsa_followers_repeat_the_leader_s_order() {
     }
 }
 
+/// An LSA follower whose leader dies after shipping part of its order: once it was given all of
+/// that part, it takes over and ships from there.
+struct TakingOver {
+    following: Following,
+    led: bool,
+}
+
+impl Grants for TakingOver {
+    fn initially_running(&self) -> Vec<ThreadId> {
+        self.following.initially_running()
+    }
+    fn lock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        self.following.lock(thread, mutex)
+    }
+    fn unlock(&mut self, thread: ThreadId, mutex: MutexId) -> Result<Vec<Action>, ScheduleError> {
+        self.following.unlock(thread, mutex)
+    }
+    fn exit(&mut self, thread: ThreadId) -> Result<Vec<Action>, ScheduleError> {
+        self.following.exit(thread)
+    }
+    fn tick(&mut self, stalled: bool) -> Vec<Action> {
+        if self.led {
+            return vec![];
+        }
+        let mut actions = self.following.tick(stalled);
+        // The leader's death is noticed a while after its last grant arrived.
+        if self.following.order.is_empty() && (stalled || self.following.rng.random_bool(0.1)) {
+            self.led = true;
+            actions.extend(self.following.scheduler.take_over().unwrap());
+        }
+        actions
+    }
+}
+
+/// The leader dies part way: a follower takes over and ships from there, and another follower,
+/// given the dead leader's part and then the new leader's, ends with the new leader's order and
+/// state whatever the timings; both begin as the dead leader's order did.
+#[test]
+fn an_lsa_follower_that_takes_over_continues_one_order() {
+    for workload in 0..20 {
+        let scripts = scripts(workload, 6, 4, 12);
+        let leader = run(&mut Scheduler::new(Algorithm::Lsa(Role::Leader), 6), &scripts, 2000 + workload);
+        for physical in 0..20 {
+            let cut = (workload * 7 + physical * 3) as usize % (leader.shipped.0.len() + 1);
+            let shipped_before = &leader.shipped.0[..cut];
+            let mut successor = TakingOver {
+                following: Following {
+                    scheduler: Scheduler::new(Algorithm::Lsa(Role::Follower), 6),
+                    order: shipped_before.iter().copied().collect(),
+                    rng: SmallRng::seed_from_u64(physical),
+                },
+                led: false,
+            };
+            let took_over = run(&mut successor, &scripts, physical);
+            let mut follower = Following {
+                scheduler: Scheduler::new(Algorithm::Lsa(Role::Follower), 6),
+                order: shipped_before.iter().chain(&took_over.shipped.0).copied().collect(),
+                rng: SmallRng::seed_from_u64(physical + 100),
+            };
+            let followed = run(&mut follower, &scripts, physical + 100);
+            let at = format!("workload {workload}, cut {cut}, timing {physical}");
+            assert_eq!(followed, took_over, "{at}");
+            let acquired: usize = took_over.acquisitions.values().map(Vec::len).sum();
+            assert_eq!(cut + took_over.shipped.0.len(), acquired, "{at}: every grant but those owed is shipped");
+            for (mutex, threads) in &took_over.acquisitions {
+                let before: Vec<ThreadId> =
+                    shipped_before.iter().filter(|(m, _)| m == mutex).map(|(_, t)| *t).collect();
+                assert!(threads.starts_with(&before), "{at}: {mutex:?} began as the dead leader's order");
+            }
+        }
+    }
+}
+
 #[test]
 fn first_come_mutexes_diverge_so_the_test_can_tell() {
     let scripts = scripts(3, 6, 4, 12);
