@@ -54,6 +54,18 @@ use std::thread::JoinHandle;
 /// A request's number in the stream, and its reply (or why there is none).
 pub type Reply = (u64, Result<Vec<u8>, ExecuteError>);
 
+/// One acquisition of a leader's order: the mutex, and the thread that took it.
+pub type Grant = (MutexId, ThreadId);
+
+/// Whose order an LSA follower takes next ([`Stream::following`]).
+pub enum Leading {
+    /// A leader's: its grants, until its stream ends (it died, or stopped).
+    Follow(Receiver<Grant>),
+    /// Its own: once every grant before was given, it takes over ([`Replica::take_over`]) and
+    /// ships its acquisitions to these followers.
+    Lead(Vec<Sender<Grant>>),
+}
+
 /// One LSA replica's worker threads, fed from the order as it comes.
 pub struct Stream {
     replica: Arc<Replica>,
@@ -69,7 +81,7 @@ impl Stream {
     pub fn leader<H: Handler>(
         threads: u16,
         handler: Arc<H>,
-        followers: Vec<Sender<(MutexId, ThreadId)>>,
+        followers: Vec<Sender<Grant>>,
         replies: Sender<Reply>,
     ) -> Stream {
         let threads = threads.max(1);
@@ -89,20 +101,54 @@ impl Stream {
     pub fn follower<H: Handler>(
         threads: u16,
         handler: Arc<H>,
-        leader: Receiver<(MutexId, ThreadId)>,
+        leader: Receiver<Grant>,
+        replies: Sender<Reply>,
+    ) -> Stream {
+        let (leading, leaders) = channel();
+        let _ = leading.send(Leading::Follow(leader));
+        Stream::following(threads, handler, leaders, replies)
+    }
+
+    /// A follower that outlives its leader: it takes the grants of the leaders `leaders` names,
+    /// in turn, each until that leader's stream ends, or leads from the point `leaders` says so
+    /// ([`Leading::Lead`]: every grant before given first, as on every other follower). When
+    /// `leaders` ends with no leader named, a thread that waits for a grant nobody shipped
+    /// stops, as under [`Stream::follower`].
+    pub fn following<H: Handler>(
+        threads: u16,
+        handler: Arc<H>,
+        leaders: Receiver<Leading>,
         replies: Sender<Reply>,
     ) -> Stream {
         let threads = threads.max(1);
         let replica = Replica::new(Algorithm::Lsa(Role::Follower), threads);
         {
-            // Not joined: it ends with the leader's stream, which may outlive this follower.
+            // Not joined: it ends with its leaders' streams, which may outlive this follower.
             let replica = replica.clone();
             std::thread::Builder::new()
                 .name("active-lsa-feeder".into())
                 .spawn(move || {
-                    for (mutex, thread) in leader {
-                        if replica.shipped(mutex, thread).is_err() {
-                            break;
+                    for leading in leaders {
+                        match leading {
+                            Leading::Follow(grants) => {
+                                for (mutex, thread) in grants {
+                                    if replica.shipped(mutex, thread).is_err() {
+                                        return replica.order_ended();
+                                    }
+                                }
+                            }
+                            Leading::Lead(followers) => {
+                                let ship = move |mutex, thread| {
+                                    for follower in &followers {
+                                        // A follower that is gone no longer needs the order.
+                                        let _ = follower.send((mutex, thread));
+                                    }
+                                };
+                                if replica.take_over(ship).is_err() {
+                                    replica.order_ended();
+                                }
+                                return;
+                            }
                         }
                     }
                     // No more grants will come: a thread still waiting for one must stop.

@@ -136,6 +136,17 @@ impl Replica {
         Ok(())
     }
 
+    /// LSA follower whose leader died, once it has been given every grant that leader shipped:
+    /// it leads from here ([`Scheduler::take_over`]), its acquisitions going to `sink` as they
+    /// happen, in order. A thread that waited for a grant nobody shipped may now be granted.
+    pub fn take_over(&self, sink: impl FnMut(MutexId, ThreadId) + Send + 'static) -> Result<(), ScheduleError> {
+        let mut shared = self.lock_shared();
+        let actions = shared.scheduler.take_over()?;
+        shared.shipping = Shipping::To(Box::new(sink));
+        self.apply(&mut shared, actions);
+        Ok(())
+    }
+
     /// LSA leader: the acquisitions made since the last call, in order, to ship (none if they
     /// go to a sink).
     pub fn take_shipped(&self) -> Vec<(MutexId, ThreadId)> {
