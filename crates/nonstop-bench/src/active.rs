@@ -24,8 +24,8 @@
 
 use hdrhistogram::Histogram;
 use nonstop_active::execute::{Executor, Handler};
-use nonstop_active::schedule::{Algorithm, MutexId, Role, ScheduleError, ThreadId};
-use nonstop_active::stream::Stream;
+use nonstop_active::schedule::{Algorithm, Role, ScheduleError, ThreadId};
+use nonstop_active::stream::{Grant, Leading, Stream};
 use nonstop_active::sync::Worker;
 use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use nonstop_net::{Primary, PrimaryConfig};
@@ -66,10 +66,25 @@ pub struct ActiveBenchConfig {
     pub duration: Duration,
     /// Rounds, each running every configuration once; the median round is reported.
     pub rounds: usize,
-    /// A fault injected into the last replica (a follower under LSA) halfway through each
-    /// actively replicated run (not the passive one: a passive primary's fault is a failover,
-    /// which `nonstop chaos kill` measures).
+    /// A fault injected into one replica halfway through each actively replicated run (not
+    /// the passive one: a passive primary's fault is a failover, which `nonstop chaos kill`
+    /// measures).
     pub fault: Option<ReplicaFault>,
+    /// Which replica the fault strikes.
+    pub victim: Victim,
+}
+
+/// Which replica a fault strikes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Victim {
+    /// The last replica: a follower under LSA (under the other schedulers every replica is
+    /// alike).
+    #[default]
+    Follower,
+    /// The first replica: LSA's leader, whose death the next replica takes over from (it leads
+    /// from the last grant the dead leader shipped; the third follows it).
+    Leader,
 }
 
 pub use nonstop_testbed::chaos::ReplicaFault;
@@ -155,6 +170,7 @@ impl Default for ActiveBenchConfig {
             duration: Duration::from_secs(1),
             rounds: 3,
             fault: None,
+            victim: Victim::Follower,
         }
     }
 }
@@ -513,6 +529,10 @@ enum Feeding {
 /// picks where an injected flip lands.
 fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm, round: u64) -> Result<RunFigures, String> {
     let lsa = matches!(algorithm, Algorithm::Lsa(_));
+    let faulty = match config.victim {
+        Victim::Follower => usize::from(config.replicas) - 1,
+        Victim::Leader => 0,
+    };
     let feeding = if lsa { Feeding::Streamed } else { Feeding::Batches };
     let replicas = config.replicas;
     let servers: Vec<Arc<SyntheticServer>> = (0..replicas).map(|_| SyntheticServer::new(config)).collect();
@@ -529,18 +549,33 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm, round: u64) 
         scope.spawn(move || sequence(requests, &to_replicas, &sequencer_heard, feeding, &ready, replicas));
         // LSA: the leader's acquisitions go to each follower as they happen.
         let (to_followers, from_leader): (Vec<_>, Vec<_>) =
-            (1..replicas).filter(|_| lsa).map(|_| channel::<(MutexId, ThreadId)>()).unzip();
-        let (mut to_followers, mut from_leader) = (Some(to_followers), from_leader.into_iter());
+            (1..replicas).filter(|_| lsa).map(|_| channel::<Grant>()).unzip();
+        // Whose order each follower takes: the leader's, and after its death (the leader
+        // victim) the successor's, which the dying leader names (the harness stands in for
+        // the control plane).
+        let (leadings, following): (Vec<_>, Vec<_>) = from_leader
+            .into_iter()
+            .map(|grants| {
+                let (leading, following) = channel();
+                let _ = leading.send(Leading::Follow(grants));
+                (leading, following)
+            })
+            .unzip();
+        let (mut to_followers, mut leadings, mut following) =
+            (Some(to_followers), Some(leadings), following.into_iter());
         let mut executors = Vec::new();
         for (index, batches) in batches.into_iter().enumerate() {
             let (server, heard_to, ready_to) = (servers[index].clone(), heard_to.clone(), ready_to.clone());
             let replica = ReplicaId(index as u16);
-            let (leads, follows) = match (lsa, index) {
-                (true, 0) => (to_followers.take().unwrap_or_default(), None),
-                (true, _) => (Vec::new(), from_leader.next()),
-                (false, _) => (Vec::new(), None),
+            let role = match (lsa, index) {
+                (true, 0) => StreamRole::Leader {
+                    followers: to_followers.take().unwrap_or_default(),
+                    successors: leadings.take().unwrap_or_default(),
+                },
+                (true, _) => StreamRole::Follower(following.next().expect("a channel per follower")),
+                (false, _) => StreamRole::Leader { followers: Vec::new(), successors: Vec::new() },
             };
-            let fault = config.fault.filter(|_| index + 1 == usize::from(replicas)).map(|fault| FaultPlan {
+            let fault = config.fault.filter(|_| index == faulty).map(|fault| FaultPlan {
                 fault,
                 at: started + config.duration / 2,
                 draw: mix(0xB17F_11B5 ^ round),
@@ -548,7 +583,7 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm, round: u64) 
             let seat = Seat { replica, fault };
             executors.push(scope.spawn(move || match feeding {
                 Feeding::Batches => run_batches(config, algorithm, server, batches, &heard_to, &ready_to, seat),
-                Feeding::Streamed => run_streamed(config, server, batches, heard_to, leads, follows, seat),
+                Feeding::Streamed => run_streamed(config, server, batches, heard_to, role, seat),
             }));
         }
         drop((heard_to, ready_to));
@@ -564,12 +599,11 @@ fn run_replicated(config: &ActiveBenchConfig, algorithm: Algorithm, round: u64) 
     let (load, tally) = outcome?;
     // A killed replica stopped where it was, and one given a flipped bit holds it; every other
     // one must have ended alike.
-    let faulty = usize::from(replicas) - 1;
-    let good = match config.fault {
-        Some(ReplicaFault::Kill | ReplicaFault::FlipMemory) => faulty,
-        _ => servers.len(),
-    };
-    let states: Vec<Vec<u64>> = servers[..good].iter().map(|server| server.state()).collect();
+    let struck = matches!(config.fault, Some(ReplicaFault::Kill | ReplicaFault::FlipMemory));
+    let states: Vec<Vec<u64>> = (servers.iter().enumerate())
+        .filter(|(index, _)| !struck || *index != faulty)
+        .map(|(_, server)| server.state())
+        .collect();
     let states_equal = states.iter().all(|state| state == &states[0]);
     let dissenting = tally.dissents.iter().sum();
     let faulty_dissenting = config.fault.map_or(0, |_| tally.dissents[faulty]);
@@ -658,23 +692,44 @@ fn run_batches(
     Ok(())
 }
 
-/// One LSA replica fed as the order comes: the leader (`leads` its followers' streams) or a
-/// follower (`follows` its leader's).
+/// An LSA replica's part.
+enum StreamRole {
+    /// The leader: its acquisitions go to `followers`; if it dies, the first of `successors`
+    /// leads from there and the others follow that one.
+    Leader { followers: Vec<Sender<Grant>>, successors: Vec<Sender<Leading>> },
+    /// A follower, of the leaders this names in turn.
+    Follower(Receiver<Leading>),
+}
+
+/// The dead leader's successors: the first leads the others from the last grant it shipped.
+fn fail_over(successors: &[Sender<Leading>]) {
+    let Some((first, rest)) = successors.split_first() else { return };
+    let (to_rest, from_first): (Vec<_>, Vec<_>) = rest.iter().map(|_| channel::<Grant>()).unzip();
+    let _ = first.send(Leading::Lead(to_rest));
+    for (follower, grants) in rest.iter().zip(from_first) {
+        let _ = follower.send(Leading::Follow(grants));
+    }
+}
+
+/// One LSA replica fed as the order comes, as `role` says.
 fn run_streamed(
     config: &ActiveBenchConfig,
     server: Arc<SyntheticServer>,
     batches: Receiver<Ordered>,
     heard: Sender<Heard>,
-    leads: Vec<Sender<(MutexId, ThreadId)>>,
-    follows: Option<Receiver<(MutexId, ThreadId)>>,
+    role: StreamRole,
     seat: Seat,
 ) -> Result<(), String> {
     let Seat { replica, mut fault } = seat;
     let (replies_to, replies) = channel();
     let (killed, wrong_next) = (AtomicBool::new(false), AtomicBool::new(false));
-    let mut stream = match follows {
-        None => Stream::leader(config.workers, server.clone(), leads, replies_to),
-        Some(leader) => Stream::follower(config.workers, server.clone(), leader, replies_to),
+    let (mut stream, successors) = match role {
+        StreamRole::Leader { followers, successors } => {
+            (Stream::leader(config.workers, server.clone(), followers, replies_to), successors)
+        }
+        StreamRole::Follower(leaders) => {
+            (Stream::following(config.workers, server.clone(), leaders, replies_to), Vec::new())
+        }
     };
     std::thread::scope(|scope| {
         let (killed, wrong_next) = (&killed, &wrong_next);
@@ -698,9 +753,11 @@ fn run_streamed(
         for batch in batches {
             match fate(&mut fault, &server) {
                 Fate::Killed => {
-                    // Crashed: it answers nothing more and its threads stop where they are.
+                    // Crashed: it answers nothing more and its threads stop where they are;
+                    // once its order ended, a leader's successor leads from there.
                     killed.store(true, Ordering::Relaxed);
                     stream.halt();
+                    fail_over(&successors);
                     return;
                 }
                 Fate::WrongReply => wrong_next.store(true, Ordering::Relaxed),
@@ -912,6 +969,26 @@ mod tests {
                 // Masked: the majority went on answering once the faulty replica was gone.
                 assert!(figures.answered_after_fault.is_some_and(|n| n > 0), "{fault:?} {algorithm:?}: {figures:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_killed_lsa_leader_is_taken_over_from_and_the_clients_go_on() {
+        let config = ActiveBenchConfig {
+            fault: Some(ReplicaFault::Kill),
+            victim: Victim::Leader,
+            duration: Duration::from_millis(300),
+            ..small()
+        };
+        for algorithm in [Algorithm::Lsa(Role::Leader), Algorithm::Pds1] {
+            let figures = run_replicated(&config, algorithm, 0).unwrap();
+            let what = format!("{algorithm:?}: {figures:?}");
+            assert_eq!((figures.dissenting, figures.undecided), (0, 0), "{what}");
+            // The successor and the last follower ended alike.
+            assert!(figures.states_equal, "{what}");
+            // Without the takeover the followers' threads would have stopped at the leader's
+            // death, and no vote could have been decided after it.
+            assert!(figures.answered_after_fault.is_some_and(|n| n > 0), "{what}");
         }
     }
 

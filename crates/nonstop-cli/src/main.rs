@@ -471,19 +471,31 @@ struct ActiveArgs {
     /// Rounds, each running every configuration; the median round is reported.
     #[arg(long, default_value_t = ActiveBenchConfig::default().rounds)]
     rounds: usize,
-    /// A fault of the last replica (a follower under LSA) halfway through each actively
-    /// replicated run: it stops for good (kill) or for --pause-ms (pause), a bit of its shared
-    /// data flips (flip-memory) or a bit of its next reply (wrong-outcome). Reported: the longest
-    /// time no client got an answer, and for flips the survey's injected, activated, detected,
+    /// A fault of one replica (see --victim) halfway through each actively replicated run: it
+    /// stops for good (kill) or for --pause-ms (pause), a bit of its shared data flips
+    /// (flip-memory) or a bit of its next reply (wrong-outcome). Reported: the longest time no
+    /// client got an answer, and for flips the survey's injected, activated, detected,
     /// manifested and catastrophic counts per scheduler (one flip per run: give --rounds).
     #[arg(long)]
     fault: Option<FaultKind>,
     /// How long --fault pause stops the replica, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pause_ms: u64,
+    /// Which replica --fault strikes: `follower` (the last one) or `leader` (the first: LSA's
+    /// leader, which the next replica takes over from when it is killed; under the other
+    /// schedulers every replica is alike).
+    #[arg(long, value_enum, default_value = "follower")]
+    victim: BenchVictim,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// `--victim` of `bench active`.
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchVictim {
+    Follower,
+    Leader,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -824,6 +836,10 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
         duration: args.duration.unwrap_or(ActiveBenchConfig::default().duration),
         rounds: args.rounds,
         fault: args.fault.map(|kind| kind.replica_fault(args.pause_ms)),
+        victim: match args.victim {
+            BenchVictim::Follower => nonstop_bench::active::Victim::Follower,
+            BenchVictim::Leader => nonstop_bench::active::Victim::Leader,
+        },
     };
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(std::time::Duration::from_millis(200));
