@@ -338,10 +338,12 @@ pub struct ServiceSection {
     /// failures. Below it (after a failover, or while a lost backup is replaced) the primary
     /// holds its replies; with `min_backups = backups` it never releases with fewer copies.
     pub min_backups: Option<u8>,
-    /// The region's virtual address, the same on every node (e.g. "0x200000000000").
-    pub region_base: String,
-    /// The region's size in MiB.
-    pub region_size_mib: u64,
+    /// The region's virtual address, the same on every node (e.g. "0x200000000000"). Every
+    /// service has one but an actively replicated one of a multithreaded kind, which keeps its
+    /// state in its worker threads' mutexes.
+    pub region_base: Option<String>,
+    /// The region's size in MiB (with `region_base`).
+    pub region_size_mib: Option<u64>,
     /// `au` or `du`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
@@ -448,10 +450,9 @@ pub struct ActiveSpec {
     pub replies: ReplyMode,
     /// Order entries kept in memory before compaction.
     pub order_log_entries: u64,
-    /// Region address (the same on every replica, so their images compare byte for byte).
-    pub region_base: usize,
-    /// Region length in bytes.
-    pub region_len: usize,
+    /// Its region (the same address on every replica, so their images compare byte for
+    /// byte); `None` for a multithreaded kind, which keeps its state in its threads' mutexes.
+    pub region: Option<RegionPlace>,
     /// What the service runs: a kind of the node binary's registry.
     pub kind: String,
     /// The service's own settings, for its kind.
@@ -535,14 +536,37 @@ pub struct RedisPort {
     pub idle: Option<Duration>,
 }
 
-/// A service's region: its address and length, checked.
-fn region(service: &ServiceSection, index: usize) -> Result<(usize, usize), ConfigError> {
+/// Where a service's region lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionPlace {
+    /// Its address, the same on every node.
+    pub base: usize,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// A service's region: its address and length, checked; `None` if the config gives neither.
+fn region(service: &ServiceSection, index: usize) -> Result<Option<RegionPlace>, ConfigError> {
     let field = |key: &str| format!("services[{index}].{key}");
-    let digits = service.region_base.trim_start_matches("0x").replace('_', "");
+    let (region_base, region_size_mib) = match (&service.region_base, service.region_size_mib) {
+        (None, None) => return Ok(None),
+        (Some(base), Some(mib)) => (base, mib),
+        (Some(_), None) => {
+            return Err(invalid(field("region_size_mib"), "is missing", "give the region's size in MiB"));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                field("region_base"),
+                "is missing",
+                "give the region's address, like \"0x200000000000\"",
+            ));
+        }
+    };
+    let digits = region_base.trim_start_matches("0x").replace('_', "");
     let base = usize::from_str_radix(&digits, 16).map_err(|_| {
         invalid(
             field("region_base"),
-            format!("{:?} is not a hex address", service.region_base),
+            format!("{region_base:?} is not a hex address"),
             "write it like \"0x200000000000\"",
         )
     })?;
@@ -553,18 +577,17 @@ fn region(service: &ServiceSection, index: usize) -> Result<(usize, usize), Conf
             "use a multiple of 0x200000",
         ));
     }
-    let region_len = service
-        .region_size_mib
+    let region_len = region_size_mib
         .checked_mul(1 << 20)
         .filter(|len| *len > 0 && *len <= nonstop_region::MAX_REGION_LEN as u64)
         .ok_or_else(|| {
             invalid(
                 field("region_size_mib"),
-                format!("{} MiB", service.region_size_mib),
+                format!("{region_size_mib} MiB"),
                 format!("use 1 to {} MiB", nonstop_region::MAX_REGION_LEN >> 20),
             )
         })? as usize;
-    Ok((base, region_len))
+    Ok(Some(RegionPlace { base, len: region_len }))
 }
 
 /// Order entries an active service's replicas keep in memory by default.
@@ -580,8 +603,7 @@ fn active_spec(
     service: &ServiceSection,
     index: usize,
     members: &[Member],
-    region_base: usize,
-    region_len: usize,
+    region: Option<RegionPlace>,
 ) -> Result<ActiveSpec, ConfigError> {
     let field = |key: &str| format!("services[{index}].{key}");
     let passive_only = [
@@ -646,8 +668,7 @@ fn active_spec(
         replicas,
         replies,
         order_log_entries,
-        region_base,
-        region_len,
+        region,
         kind: service.kind.clone(),
         settings: Settings::new(service.settings.clone()),
         scheduler,
@@ -769,7 +790,7 @@ impl Checked {
     pub fn services(&self, registry: &Registry) -> Result<Services, ConfigError> {
         let mut services = Services::default();
         for spec in &self.services {
-            let hosted = match build(registry, spec.index, &spec.kind, &spec.settings, spec.region_len)? {
+            let hosted = match build(registry, spec.index, &spec.kind, &spec.settings, Some(spec.region_len))? {
                 Built::InRegion(hosted) => hosted,
                 Built::OnThreads(_) => {
                     return Err(invalid(
@@ -793,12 +814,33 @@ impl Checked {
         }
         for spec in &self.active {
             // An active replica's region is its own (nothing ships), so any kind runs as it is.
-            let service = match build(registry, spec.index, &spec.kind, &spec.settings, spec.region_len)? {
+            let field = |key: &str| format!("services[{}].{key}", spec.index);
+            let service = match build(registry, spec.index, &spec.kind, &spec.settings, spec.region.map(|r| r.len))? {
+                Built::OnThreads(_) if spec.region.is_some() => {
+                    return Err(invalid(
+                        field("region_base"),
+                        format!(
+                            "is set for kind {:?}, which keeps its state in its worker threads' mutexes",
+                            spec.kind
+                        ),
+                        "remove region_base and region_size_mib: this kind maps no region",
+                    ));
+                }
                 Built::OnThreads(service) => ActiveService::OnThreads {
                     service,
                     scheduler: spec.scheduler.unwrap_or(DEFAULT_SCHEDULER),
                     threads: spec.threads.unwrap_or(DEFAULT_THREADS),
                 },
+                Built::InRegion(_) if spec.region.is_none() => {
+                    return Err(invalid(
+                        field("region_base"),
+                        "is missing",
+                        format!(
+                            "give the region's address and size (region_base, region_size_mib): kind {:?} keeps its state there",
+                            spec.kind
+                        ),
+                    ));
+                }
                 Built::InRegion(hosted) => {
                     if let Some(key) = [("scheduler", spec.scheduler.is_some()), ("threads", spec.threads.is_some())]
                         .into_iter()
@@ -819,13 +861,14 @@ impl Checked {
     }
 }
 
-/// Builds service `index` of kind `kind` from `registry`, and checks that it fits its region.
+/// Builds service `index` of kind `kind` from `registry`, and checks that it fits its region
+/// (of `region_len` bytes, if it has one).
 fn build(
     registry: &Registry,
     index: u16,
     kind: &str,
     settings: &Settings,
-    region_len: usize,
+    region_len: Option<usize>,
 ) -> Result<Built, ConfigError> {
     let field = |key: &str| format!("services[{index}].{key}");
     let built = registry.make(kind, settings).map_err(|error| match error {
@@ -839,7 +882,9 @@ fn build(
         }
     })?;
     let needed = built.region_len();
-    if needed > region_len {
+    if let Some(region_len) = region_len
+        && needed > region_len
+    {
         return Err(invalid(
             field("region_size_mib"),
             format!(
@@ -962,11 +1007,18 @@ impl NodeConfig {
             if service.kind.is_empty() {
                 return Err(invalid(field("kind"), "is empty", "name the service's kind, e.g. \"bank\""));
             }
-            let (region_base, region_len) = region(service, index)?;
+            let region = region(service, index)?;
             if service.replication == "active" {
-                active.push(active_spec(service, index, &members, region_base, region_len)?);
+                active.push(active_spec(service, index, &members, region)?);
                 continue;
             }
+            let RegionPlace { base: region_base, len: region_len } = region.ok_or_else(|| {
+                invalid(
+                    field("region_base"),
+                    "is missing",
+                    "give the region's address and size (region_base, region_size_mib): a passive service's state lives there",
+                )
+            })?;
             if service.replication != "passive" {
                 return Err(invalid(
                     field("replication"),
@@ -1100,7 +1152,9 @@ impl NodeConfig {
         let mut by_base: Vec<(u16, &str, usize, usize)> = services
             .iter()
             .map(|s| (s.index, s.name.as_str(), s.region_base, s.region_len))
-            .chain(active.iter().map(|s: &ActiveSpec| (s.index, s.name.as_str(), s.region_base, s.region_len)))
+            .chain(active.iter().filter_map(|s: &ActiveSpec| {
+                s.region.map(|region| (s.index, s.name.as_str(), region.base, region.len))
+            }))
             .collect();
         by_base.sort_by_key(|&(_, _, base, _)| base);
         for pair in by_base.windows(2) {
@@ -1331,7 +1385,9 @@ mod tests {
             "[[services]]",
             "[[peers]]\nid = 3\ncontrol = \"127.0.0.3:7001\"\nclient = \"127.0.0.3:7101\"\nreplication = \"127.0.0.3:7201\"\n\n[[services]]",
         );
-        let survey = three.replace("name = \"bank\"", "name = \"s\"\nkind = \"survey\"");
+        let survey = three
+            .replace("name = \"bank\"", "name = \"s\"\nkind = \"survey\"")
+            .replace("region_base = \"0x200000000000\"\n        region_size_mib = 128\n", "");
         let active = survey.replace("primary = 1\n", "replication = \"active\"\n");
         let registry = {
             let mut registry = Registry::new();
@@ -1348,8 +1404,29 @@ mod tests {
             active.replace("replication = \"active\"", "replication = \"active\"\nscheduler = \"npds\"\nthreads = 10");
         assert_eq!(threads(&chosen), (Scheduler::Npds, 10));
         let refused = |text: &str| built(text).unwrap_err().to_string();
-        let passive = refused(&survey);
+        let passive = refused(
+            &survey.replace("primary = 1\n", "primary = 1\nregion_base = \"0x200000000000\"\nregion_size_mib = 8\n"),
+        );
         assert!(passive.contains("services[0].replication") && passive.contains("\"active\""), "{passive}");
+        let no_region = refused(&survey);
+        assert!(no_region.contains("services[0].region_base") && no_region.contains("is missing"), "{no_region}");
+        let with_region = refused(&active.replace(
+            "replication = \"active\"",
+            "replication = \"active\"\nregion_base = \"0x200000000000\"\nregion_size_mib = 8",
+        ));
+        assert!(
+            with_region.contains("services[0].region_base") && with_region.contains("maps no region"),
+            "{with_region}"
+        );
+        let half =
+            refused(&active.replace("replication = \"active\"", "replication = \"active\"\nregion_size_mib = 8"));
+        assert!(half.contains("services[0].region_base") && half.contains("is missing"), "{half}");
+        let bank_without_region = refused(
+            &three
+                .replace("primary = 1\n", "replication = \"active\"\n")
+                .replace("region_base = \"0x200000000000\"\n        region_size_mib = 128\n", ""),
+        );
+        assert!(bank_without_region.contains("keeps its state there"), "{bank_without_region}");
         let lsa = refused(&active.replace("replication = \"active\"", "replication = \"active\"\nscheduler = \"lsa\""));
         assert!(lsa.contains("services[0].scheduler") && lsa.contains("not built on nodes"), "{lsa}");
         let unknown =

@@ -95,13 +95,15 @@ pub fn check(config: &Checked, available: Option<u64>) -> Result<ReplicationPort
         check_region(service.index, service.region_base, service.region_len)?;
     }
     for replica in &config.active {
-        check_region(replica.index, replica.region_base, replica.region_len)?;
+        if let Some(region) = replica.region {
+            check_region(replica.index, region.base, region.len)?;
+        }
     }
     if let Some(available) = available {
         // A backup keeps its whole region resident, so every region needs the memory; an
         // active service's replica holds one too.
         let needed: u64 = config.services.iter().map(|s| s.region_len as u64).sum::<u64>()
-            + config.active.iter().map(|s| s.region_len as u64).sum::<u64>();
+            + config.active.iter().filter_map(|s| s.region).map(|region| region.len as u64).sum::<u64>();
         if needed > available {
             let mib = |bytes: u64| bytes >> 20;
             return Err(Refusal {

@@ -58,7 +58,8 @@ pub struct ClusterSpec {
     /// (`order_log_entries`); `None`: the node's default.
     pub order_log_entries: Option<u64>,
     /// Active replication of a multithreaded kind: how its replicas' worker threads are
-    /// scheduled, and how many (`scheduler`, `threads`); `None`: the node's defaults.
+    /// scheduled, and how many (`scheduler`, `threads`). Give it for such a kind (and only for
+    /// one): its services then get no region, which it has no use for.
     pub threads: Option<(nonstop_service::threaded::Scheduler, u16)>,
     /// Run each node in a network namespace of its own (these, by id - 1; see
     /// [`crate::netns`]) and reach its peers through fault proxies on `127.0.0.<peer>`.
@@ -288,9 +289,13 @@ impl LocalCluster {
                         format!("replication = \"active\"\nreplies = \"{}\"\n{kept}", mode.name())
                     }
                 };
+                let region = match spec.threads {
+                    Some(_) => String::new(),
+                    None => format!("region_base = \"{base:#x}\"\nregion_size_mib = {}\n", spec.region_size_mib),
+                };
                 text += &format!(
-                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\n{replication}region_base = \"{base:#x}\"\nregion_size_mib = {}\ncheckpoint_interval_us = {}\n[services.settings]\n{settings}\n",
-                    spec.kind, spec.region_size_mib, spec.checkpoint_interval_us
+                    "[[services]]\nname = \"{name}\"\nkind = \"{}\"\n{replication}{region}checkpoint_interval_us = {}\n[services.settings]\n{settings}\n",
+                    spec.kind, spec.checkpoint_interval_us
                 );
             }
             let config = dir.join(format!("node{id}.toml"));

@@ -6,7 +6,7 @@
 //! are executed, how a query and an audit read the state, and what a state transfer copies
 //! (the region's pages, or the service's snapshot).
 
-use crate::config::ActiveService;
+use crate::config::{ActiveService, RegionPlace};
 use crate::status::WorkerThreads;
 use nonstop_active::execute::Executor as Workers;
 use nonstop_active::order::Request;
@@ -39,17 +39,14 @@ pub(super) enum Copied {
 }
 
 impl Machine {
-    /// The replica's machine for `service`: its region mapped at `region_base` and the service
+    /// The replica's machine for `service`: its region mapped at `region` and the service
     /// initialised there, or its worker threads started.
-    pub(super) fn start(
-        name: &str,
-        service: ActiveService,
-        region_base: usize,
-        region_len: usize,
-    ) -> Result<Machine, String> {
+    pub(super) fn start(name: &str, service: ActiveService, region: Option<RegionPlace>) -> Result<Machine, String> {
         match service {
             ActiveService::InRegion(service) => {
-                let region = Region::map(region_base, region_len).map_err(|error| error.to_string())?;
+                // The config gives every service kept in a region its place.
+                let RegionPlace { base, len } = region.ok_or("the service has no region in the config")?;
+                let region = Region::map(base, len).map_err(|error| error.to_string())?;
                 // Nothing ships from a replica's region: it needs no write tracking, only the
                 // same execution as the others'.
                 let mirror = match service.needs_transparent() {

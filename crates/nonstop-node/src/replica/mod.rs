@@ -288,7 +288,7 @@ impl ReplicaHost {
         faults: Arc<FaultPoints>,
     ) -> Result<ReplicaHost, ReplicaError> {
         let region_error = |problem: String| ReplicaError::Region { service: spec.name.clone(), problem };
-        let machine = Machine::start(&spec.name, service, spec.region_base, spec.region_len).map_err(region_error)?;
+        let machine = Machine::start(&spec.name, service, spec.region).map_err(region_error)?;
         let number = spec.replicas.iter().position(|r| *r == me).expect("the config makes every holder a replica");
         let mark = data_dir.join(format!("active-{}.member", spec.name));
         let incarnation = match std::fs::read_to_string(&mark) {
