@@ -118,6 +118,8 @@ impl Machine {
                     }
                 })
                 .collect(),
+            // An entry of digests only: no thread needs waking.
+            Machine::OnThreads { .. } if requests.is_empty() => Ok(Vec::new()),
             Machine::OnThreads { service, workers, .. } => {
                 let workers = workers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let bodies = requests.iter().map(|request| request.body.clone()).collect();
