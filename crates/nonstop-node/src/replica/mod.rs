@@ -202,9 +202,10 @@ pub struct Replica {
 /// Why a replica cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
-    /// Its region cannot be mapped or initialised.
+    /// Its service cannot start: its region cannot be mapped or initialised, its worker
+    /// threads cannot start, or its membership mark cannot be read.
     #[error("active service {service}: {problem}")]
-    Region {
+    Start {
         /// The service.
         service: String,
         /// What failed.
@@ -287,15 +288,15 @@ impl ReplicaHost {
         data_dir: &std::path::Path,
         faults: Arc<FaultPoints>,
     ) -> Result<ReplicaHost, ReplicaError> {
-        let region_error = |problem: String| ReplicaError::Region { service: spec.name.clone(), problem };
-        let machine = Machine::start(&spec.name, service, spec.region).map_err(region_error)?;
+        let start_error = |problem: String| ReplicaError::Start { service: spec.name.clone(), problem };
+        let machine = Machine::start(&spec.name, service, spec.region).map_err(start_error)?;
         let number = spec.replicas.iter().position(|r| *r == me).expect("the config makes every holder a replica");
         let mark = data_dir.join(format!("active-{}.member", spec.name));
         let incarnation = match std::fs::read_to_string(&mark) {
             // A mark from before incarnations were counted is empty: incarnation 0.
             Ok(last) => last.trim().parse::<u32>().unwrap_or(0).saturating_add(1),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(error) => return Err(region_error(format!("cannot read {}: {error}", mark.display()))),
+            Err(error) => return Err(start_error(format!("cannot read {}: {error}", mark.display()))),
         };
         // A new incarnation knows nothing of the order: it serves once it follows it.
         let member = member_id(me.0, incarnation);
@@ -348,7 +349,7 @@ impl ReplicaHost {
             std::thread::Builder::new()
                 .name(format!("nonstop-replica-{}", spec.name))
                 .spawn(move || Executor::new(replica, course, replicas).run(works))
-                .map_err(|error| region_error(format!("no executor thread: {error}")))?
+                .map_err(|error| start_error(format!("no executor thread: {error}")))?
         };
         Ok(ReplicaHost {
             replica,
