@@ -616,12 +616,7 @@ enum Replication {
 
 /// `--scheduler`: a scheduler of multithreaded replicas by its config name.
 fn parse_scheduler(name: &str) -> Result<nonstop::sync::Scheduler, String> {
-    match name {
-        "lsa" => {
-            Err("lsa is not built on nodes yet (it runs in `nonstop bench active`): use npds, pds1 or pds2".into())
-        }
-        _ => nonstop::sync::Scheduler::from_name(name).ok_or_else(|| "use npds, pds1 or pds2".to_string()),
-    }
+    nonstop::sync::Scheduler::parse(name)
 }
 
 /// `--replies`: a reply mode by its config name.

@@ -636,18 +636,9 @@ fn active_spec(
     }
     let scheduler = match service.scheduler.as_deref() {
         None => None,
-        Some("lsa") => {
-            return Err(invalid(
-                field("scheduler"),
-                "\"lsa\" is not built on nodes yet (its leader's acquisitions must ship to the followers; it runs in `nonstop bench active`)",
-                "use \"npds\", \"pds1\" or \"pds2\"",
-            ));
-        }
-        Some(name) => {
-            Some(Scheduler::from_name(name).ok_or_else(|| {
-                invalid(field("scheduler"), format!("{name:?}"), "use \"npds\", \"pds1\" or \"pds2\"")
-            })?)
-        }
+        Some(name) => Some(Scheduler::parse(name).map_err(|problem| {
+            invalid(field("scheduler"), problem, "choose a scheduler multithreaded replicas run on nodes")
+        })?),
     };
     if let Some(threads) = service.threads
         && !(1..=MAX_THREADS).contains(&threads)

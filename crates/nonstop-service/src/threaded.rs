@@ -180,6 +180,18 @@ impl Scheduler {
         Scheduler::ALL.into_iter().find(|scheduler| scheduler.name() == name)
     }
 
+    /// The scheduler named `name`, or why there is none: what a config or a command line is
+    /// answered with (`lsa` is a scheduler nodes do not run yet, not a misspelling).
+    pub fn parse(name: &str) -> Result<Scheduler, String> {
+        match name {
+            "lsa" => Err("\"lsa\" is not built on nodes yet (its leader's acquisitions must ship to the followers; \
+                          it runs in `nonstop bench active`): use \"npds\", \"pds1\" or \"pds2\""
+                .into()),
+            _ => Scheduler::from_name(name)
+                .ok_or_else(|| format!("{name:?} is no scheduler: use \"npds\", \"pds1\" or \"pds2\"")),
+        }
+    }
+
     fn algorithm(self) -> Algorithm {
         match self {
             Scheduler::Npds => Algorithm::Npds,
@@ -416,5 +428,8 @@ mod tests {
             assert_eq!(Scheduler::from_name(scheduler.name()), Some(scheduler));
         }
         assert_eq!(Scheduler::from_name("lsa"), None);
+        assert!(Scheduler::parse("lsa").unwrap_err().contains("not built on nodes"));
+        assert!(Scheduler::parse("pds3").unwrap_err().contains("\"pds2\""));
+        assert_eq!(Scheduler::parse("pds1"), Ok(Scheduler::Pds1));
     }
 }
