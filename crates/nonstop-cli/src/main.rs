@@ -207,9 +207,8 @@ struct ServiceUnderTest {
     exe: std::path::PathBuf,
     kind: String,
     tracking: Option<TrackingMode>,
-    /// Where the kind keeps its state (a multithreaded kind runs actively replicated only).
-    runs: nonstop::Runs,
-    /// A multithreaded kind's scheduler and worker threads.
+    /// A multithreaded kind's scheduler and worker threads (`None`: the kind keeps its state in
+    /// a region).
     threads: Option<(nonstop::sync::Scheduler, u16)>,
     /// Who loads it: the bank's clients, its kind's samples, or Redis clients (kind kv).
     clients: nonstop_testbed::chaos::Clients,
@@ -276,7 +275,6 @@ impl ServiceArgs {
             },
             kind: self.kind.clone(),
             tracking,
-            runs,
             clients: self.clients(),
         })
     }
@@ -299,12 +297,12 @@ impl ServiceArgs {
 impl ServiceUnderTest {
     /// Refuses a kind that cannot be passively replicated.
     fn passive(&self) -> anyhow::Result<()> {
-        match self.runs {
-            nonstop::Runs::OnThreads => bail!(
+        match self.threads {
+            Some(_) => bail!(
                 "--kind {} keeps its state in its worker threads, which no backup can copy: give --replication active",
                 self.kind
             ),
-            nonstop::Runs::InRegion(_) => Ok(()),
+            None => Ok(()),
         }
     }
 
