@@ -28,6 +28,7 @@
 //!     time_ms: 10,
 //!     digests: vec![],
 //!     closes: Some(0),
+//!     leads: vec![],
 //! };
 //! course.delivered(entry).unwrap();
 //! let mut proposed = Vec::new();
@@ -360,7 +361,16 @@ mod tests {
         let requests = (0..requests)
             .map(|n| Request { client: 1, number: first + n + 1, refused: 0, body: vec![n as u8] })
             .collect();
-        Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: first, digests, closes }
+        Delivered {
+            index: first + 1,
+            first,
+            requests,
+            turned_away: vec![],
+            time_ms: first,
+            digests,
+            closes,
+            leads: vec![],
+        }
     }
 
     /// Executes what the course hands out, each request answering `answer`; returns the

@@ -25,6 +25,7 @@
 //!     time_ms: 0,
 //!     digests: vec![],
 //!     closes: None,
+//!     leads: vec![],
 //! };
 //! let mut feed = Feed::new(1 << 20);
 //! assert_eq!(feed.delivered(entry(0, 2)).unwrap().len(), 1);
@@ -199,7 +200,16 @@ mod tests {
     fn entry(first: u64, requests: u64) -> Delivered {
         let requests =
             (0..requests).map(|n| Request { client: 1, number: first + n + 1, refused: 0, body: vec![0; 8] }).collect();
-        Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: 0, digests: vec![], closes: None }
+        Delivered {
+            index: first + 1,
+            first,
+            requests,
+            turned_away: vec![],
+            time_ms: 0,
+            digests: vec![],
+            closes: None,
+            leads: vec![],
+        }
     }
 
     fn firsts(entries: &[Delivered]) -> Vec<u64> {

@@ -12,6 +12,15 @@
 //! passive replication), which says how many were refused under it: so the next request is
 //! delivered under the same number, and a late copy of the refused one is not.
 //!
+//! Under LSA (an order made with [`Order::loose`]) entries also carry who leads the mutex
+//! acquisitions and what the leader's threads took ([`Lead`]): one replica, the grant leader,
+//! executes each batch with its threads taking mutexes as they come and proposes what they
+//! took; every other replica takes them in that order. The order accepts a batch's
+//! acquisitions once, from the member that claimed the lead last, for the oldest batch not
+//! granted yet: so every replica follows the same acquisitions, and a leader deposed while its
+//! acquisitions were on their way sees them refused (its state then is not the order's, and it
+//! takes a live replica's).
+//!
 //! Each entry also carries the proposer's clock, and the order's time is the latest clock any
 //! entry carried: replicas must not read their own clocks (a client table that expires idle
 //! clients would then expire different ones on different replicas), so they all read this.
@@ -21,18 +30,20 @@
 //! use nonstop_control::Replicated;
 //! let mut order = Order::default();
 //! let request = |client, number| Request { client, number, refused: 0, body: vec![] };
-//! let first = order.apply(1, Batch { time_ms: 1_000, requests: vec![request(7, 1), request(8, 1)], digests: vec![] });
+//! let first = order.apply(1, Batch { time_ms: 1_000, requests: vec![request(7, 1), request(8, 1)], ..Batch::default() });
 //! assert_eq!((first.first, first.requests.len(), first.time_ms), (0, 2, 1_000));
 //! // A retry of client 7's request 1 comes in a later entry with its request 2, proposed by a
 //! // replica whose clock is behind: the order's time does not go back.
-//! let second = order.apply(2, Batch { time_ms: 990, requests: vec![request(7, 1), request(7, 2)], digests: vec![] });
+//! let second = order.apply(2, Batch { time_ms: 990, requests: vec![request(7, 1), request(7, 2)], ..Batch::default() });
 //! assert_eq!((second.first, second.requests, second.time_ms), (2, vec![request(7, 2)], 1_000));
 //! ```
 
 use crate::dissent::{Digest, MAX_DIGESTS};
 use crate::recent::Recent;
+use crate::schedule::Grant;
 use nonstop_control::{NodeId, Replicated};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 
 /// Clients whose last delivered request the order remembers, so that no number of client ids
 /// grows the group's state without bound.
@@ -60,6 +71,41 @@ pub const CLIENT_EXPIRY_MS: u64 = 10 * 60 * 1000;
 /// ([`crate::dissent`]).
 pub const WINDOW_MS: u64 = 10;
 
+/// Acquisitions one entry may carry in all ([`Lead::Grants`]); an entry with more is refused
+/// as a proposal.
+pub const MAX_GRANTS: usize = 1 << 18;
+
+/// An LSA group's word on the mutex acquisitions, carried by an entry (see the module's
+/// documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lead {
+    /// `member` leads the acquisitions of every batch not granted yet, from this entry on
+    /// (proposed by the replica of the group's leader).
+    Claim {
+        /// The new grant leader.
+        member: NodeId,
+    },
+    /// What `member`'s threads took, in order, executing the batch whose first request is at
+    /// position `batch` of the order.
+    Grants {
+        /// The grant leader that executed the batch.
+        member: NodeId,
+        /// The batch's first request's position.
+        batch: u64,
+        /// The acquisitions, in the order they were made.
+        acquisitions: Vec<Grant>,
+    },
+}
+
+impl Lead {
+    /// The member that proposed it.
+    pub fn member(&self) -> NodeId {
+        match self {
+            Lead::Claim { member } | Lead::Grants { member, .. } => *member,
+        }
+    }
+}
+
 /// One client request, as proposed to the group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -75,15 +121,17 @@ pub struct Request {
 
 /// One log entry: requests in the order the proposer took them, its clock, and its digests.
 ///
-/// The fields are encoded in this order, the digests before the requests, so that a leader
-/// checks an entry's digests (forwarded by a member, or its own) without decoding its requests
-/// ([`Replicated::check_proposal`]).
+/// The fields are encoded in this order, the digests and leads before the requests, so that a
+/// leader checks an entry's digests and leads (forwarded by a member, or its own) without
+/// decoding its requests ([`Replicated::check_proposal`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// The proposer's clock, milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// The proposer's digests of windows of outcomes it executed ([`crate::dissent`]).
     pub digests: Vec<Digest>,
+    /// The proposer's claim of the lead and its acquisitions (LSA only).
+    pub leads: Vec<Lead>,
     /// The requests.
     pub requests: Vec<Request>,
 }
@@ -110,6 +158,10 @@ pub struct Delivered {
     /// The window of outcomes this entry closes, if it does: the window's requests are those
     /// delivered since the last close, this entry's included.
     pub closes: Option<u64>,
+    /// The entry's leads the order accepted (LSA only): a claim of the lead, or the grant
+    /// leader's acquisitions for the oldest batch not granted before. Applied before the
+    /// entry's own requests, which form a batch granted later.
+    pub leads: Vec<Lead>,
 }
 
 /// What the group has delivered, the state every replica holds alike.
@@ -132,9 +184,61 @@ pub struct Order {
     window: u64,
     window_opened_ms: u64,
     window_requests: u64,
+    /// Under LSA: who leads the acquisitions, and which batches await them.
+    loose: Option<Loose>,
+}
+
+/// An LSA order's grant leader and the batches it has not granted yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Loose {
+    /// The member that claimed the lead last.
+    leader: Option<NodeId>,
+    /// The first positions of batches delivered whose acquisitions were not, oldest first: at
+    /// most one per client the order remembers, since a client waits for its reply (and so
+    /// for its batch's acquisitions) before its next request.
+    ungranted: VecDeque<u64>,
 }
 
 impl Order {
+    /// The order of a service whose replicas run under LSA: entries' acquisitions ([`Lead`])
+    /// are accepted, each batch's once, from its grant leader.
+    pub fn loose() -> Order {
+        Order { loose: Some(Loose::default()), ..Order::default() }
+    }
+
+    /// Whether it orders acquisitions too ([`Order::loose`]).
+    pub fn is_loose(&self) -> bool {
+        self.loose.is_some()
+    }
+
+    /// The member that claimed the lead of the acquisitions last (LSA only).
+    pub fn grant_leader(&self) -> Option<NodeId> {
+        self.loose.as_ref().and_then(|loose| loose.leader)
+    }
+
+    /// The leads of an entry that stand: every claim, and acquisitions from the grant leader
+    /// for the oldest batch not granted yet (a copy proposed again, or a deposed leader's, is
+    /// dropped). None unless the order is loose.
+    fn lead(&mut self, leads: Vec<Lead>) -> Vec<Lead> {
+        let Some(loose) = &mut self.loose else { return Vec::new() };
+        leads
+            .into_iter()
+            .filter(|lead| match lead {
+                Lead::Claim { member } => {
+                    loose.leader = Some(*member);
+                    true
+                }
+                Lead::Grants { member, batch, .. } => {
+                    let stands = loose.leader == Some(*member) && loose.ungranted.front() == Some(batch);
+                    if stands {
+                        loose.ungranted.pop_front();
+                    }
+                    stands
+                }
+            })
+            .collect()
+    }
+
     /// Requests delivered in all.
     pub fn delivered(&self) -> u64 {
         self.delivered
@@ -179,6 +283,7 @@ impl Replicated for Order {
     fn apply(&mut self, index: u64, batch: Batch) -> Delivered {
         self.applied = index;
         self.time_ms = self.time_ms.max(batch.time_ms);
+        let leads = self.lead(batch.leads);
         let first = self.delivered;
         let mut requests = Vec::new();
         let mut turned_away = Vec::new();
@@ -197,13 +302,16 @@ impl Replicated for Order {
             requests.push(request);
         }
         self.window_requests += requests.len() as u64;
+        if let Some(loose) = self.loose.as_mut().filter(|_| !requests.is_empty()) {
+            loose.ungranted.push_back(first);
+        }
         let closes = (self.window_requests > 0 && self.time_ms.saturating_sub(self.window_opened_ms) >= WINDOW_MS)
             .then(|| {
                 let closed = self.window;
                 (self.window, self.window_opened_ms, self.window_requests) = (closed + 1, self.time_ms, 0);
                 closed
             });
-        Delivered { index, first, requests, turned_away, time_ms: self.time_ms, digests: batch.digests, closes }
+        Delivered { index, first, requests, turned_away, time_ms: self.time_ms, digests: batch.digests, closes, leads }
     }
 
     fn applied_index(&self) -> u64 {
@@ -211,20 +319,32 @@ impl Replicated for Order {
     }
 
     /// A replica's entry, forwarded to the leader or proposed by the leader itself, carries its
-    /// own digests only (another replica's would be counted for that one by every
-    /// [`crate::dissent::Judge`]), and not too many.
+    /// own digests and leads only (another replica's digest would be counted for that one by
+    /// every [`crate::dissent::Judge`], another's claim would depose the grant leader), and not
+    /// too many.
     fn check_proposal(encoded: &[u8], proposer: NodeId) -> Result<(), String> {
-        let ((_time_ms, digests), _) = postcard::take_from_bytes::<(u64, Vec<Digest>)>(encoded)
+        let ((_time_ms, digests, leads), _) = postcard::take_from_bytes::<(u64, Vec<Digest>, Vec<Lead>)>(encoded)
             .map_err(|error| format!("not an entry of the order: {error}"))?;
         if digests.len() > MAX_DIGESTS {
             return Err(format!("{} digests in one entry, more than {MAX_DIGESTS}", digests.len()));
         }
-        match digests.iter().find(|digest| digest.member != proposer) {
-            Some(forged) => {
-                Err(format!("a digest in the name of member {}, from member {}", forged.member.0, proposer.0))
-            }
-            None => Ok(()),
+        if let Some(forged) = digests.iter().find(|digest| digest.member != proposer) {
+            return Err(format!("a digest in the name of member {}, from member {}", forged.member.0, proposer.0));
         }
+        if let Some(forged) = leads.iter().find(|lead| lead.member() != proposer) {
+            return Err(format!("a lead in the name of member {}, from member {}", forged.member().0, proposer.0));
+        }
+        let grants: usize = leads
+            .iter()
+            .map(|lead| match lead {
+                Lead::Grants { acquisitions, .. } => acquisitions.len(),
+                Lead::Claim { .. } => 0,
+            })
+            .sum();
+        if grants > MAX_GRANTS {
+            return Err(format!("{grants} acquisitions in one entry, more than {MAX_GRANTS}"));
+        }
+        Ok(())
     }
 }
 
@@ -237,7 +357,7 @@ mod tests {
     }
 
     fn batch(requests: Vec<Request>) -> Batch {
-        Batch { time_ms: 0, requests, digests: vec![] }
+        Batch { time_ms: 0, requests, ..Batch::default() }
     }
 
     #[test]
@@ -257,7 +377,7 @@ mod tests {
     fn a_forwarded_entry_carries_its_proposers_digests_only() {
         let digest = |member| Digest { member: NodeId(member), window: 3, hash: [7; 16] };
         let encoded = |digests: Vec<Digest>| {
-            postcard::to_stdvec(&Batch { time_ms: 5, digests, requests: vec![request(1, 1)] }).unwrap()
+            postcard::to_stdvec(&Batch { time_ms: 5, digests, requests: vec![request(1, 1)], leads: vec![] }).unwrap()
         };
         assert_eq!(Order::check_proposal(&encoded(vec![digest(2)]), NodeId(2)), Ok(()));
         assert_eq!(Order::check_proposal(&encoded(vec![]), NodeId(2)), Ok(()));
@@ -269,9 +389,61 @@ mod tests {
     }
 
     #[test]
+    fn each_batch_is_granted_once_by_the_member_that_claimed_the_lead_last() {
+        use crate::schedule::{MutexId, ThreadId};
+        let grants = |member, batch, thread| Lead::Grants {
+            member: NodeId(member),
+            batch,
+            acquisitions: vec![(MutexId(0), ThreadId(thread))],
+        };
+        let claim = |member| Lead::Claim { member: NodeId(member) };
+        let entry = |leads, requests| Batch { leads, requests, ..Batch::default() };
+        let mut order = Order::loose();
+        assert_eq!(order.apply(1, entry(vec![claim(1)], vec![request(1, 1), request(2, 1)])).leads, vec![claim(1)]);
+        assert_eq!(order.grant_leader(), Some(NodeId(1)));
+        // Not the grant leader's, not the oldest batch: dropped.
+        assert!(order.apply(2, entry(vec![grants(2, 0, 0), grants(1, 2, 0)], vec![])).leads.is_empty());
+        let granted = order.apply(3, entry(vec![grants(1, 0, 1), grants(1, 0, 0)], vec![request(1, 2)]));
+        assert_eq!(granted.leads, vec![grants(1, 0, 1)], "the first acquisitions for a batch stand, a copy does not");
+        // Batch 2 (client 1's request 2) awaits; a new leader claims before its old leader's
+        // acquisitions come, which then do not stand.
+        assert_eq!(order.apply(4, entry(vec![claim(2), grants(1, 2, 0)], vec![])).leads, vec![claim(2)]);
+        assert_eq!(order.apply(5, entry(vec![grants(2, 2, 1)], vec![])).leads, vec![grants(2, 2, 1)]);
+        // An entry that delivers no request is no batch to grant.
+        order.apply(6, entry(vec![], vec![request(1, 2)]));
+        assert!(order.apply(7, entry(vec![grants(2, 3, 0)], vec![])).leads.is_empty());
+        // The leads are part of the group's state, snapshots included.
+        let bytes = postcard::to_stdvec(&order).unwrap();
+        assert_eq!(postcard::from_bytes::<Order>(&bytes).unwrap(), order);
+        // An order that is not loose takes no leads.
+        let mut batches = Order::default();
+        assert!(batches.apply(1, entry(vec![claim(1)], vec![request(1, 1)])).leads.is_empty());
+        assert_eq!(batches.grant_leader(), None);
+    }
+
+    #[test]
+    fn a_forwarded_entry_carries_its_proposers_leads_only_and_not_too_many_acquisitions() {
+        use crate::schedule::{MutexId, ThreadId};
+        let encoded = |leads| postcard::to_stdvec(&Batch { leads, ..Batch::default() }).unwrap();
+        let grants = |member, count| Lead::Grants {
+            member: NodeId(member),
+            batch: 0,
+            acquisitions: vec![(MutexId(1), ThreadId(0)); count],
+        };
+        assert_eq!(
+            Order::check_proposal(&encoded(vec![Lead::Claim { member: NodeId(2) }, grants(2, 3)]), NodeId(2)),
+            Ok(())
+        );
+        let forged = Order::check_proposal(&encoded(vec![Lead::Claim { member: NodeId(3) }]), NodeId(2)).unwrap_err();
+        assert!(forged.contains("a lead in the name of member 3"), "{forged}");
+        let many = Order::check_proposal(&encoded(vec![grants(2, MAX_GRANTS), grants(2, 1)]), NodeId(2)).unwrap_err();
+        assert!(many.contains("acquisitions in one entry"), "{many}");
+    }
+
+    #[test]
     fn windows_of_outcomes_that_hold_requests_close_by_order_time() {
         let mut order = Order::default();
-        let at = |time_ms, requests| Batch { time_ms, requests, digests: vec![] };
+        let at = |time_ms, requests| Batch { time_ms, requests, ..Batch::default() };
         let mut closes = Vec::new();
         for (index, (time_ms, requests)) in [
             (100, vec![request(1, 1)]),
@@ -313,7 +485,7 @@ mod tests {
         let later = Batch {
             time_ms: CLIENT_EXPIRY_MS,
             requests: vec![Request { client: full + 1, ..request(0, 1) }],
-            digests: vec![],
+            ..Batch::default()
         };
         assert_eq!(order.apply(full + 3, later).requests.len(), 1);
         assert_eq!(order.last.len(), ORDER_CLIENTS, "client ids cost bounded memory");

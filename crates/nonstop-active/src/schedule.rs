@@ -48,12 +48,15 @@ use std::collections::{BTreeMap, VecDeque};
 use thiserror::Error;
 
 /// A worker thread of a replica, numbered from 0: the same numbers on every replica.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ThreadId(pub u16);
 
 /// A mutex of the service's shared state: the same numbers on every replica.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MutexId(pub u32);
+
+/// One acquisition of an LSA leader: the mutex, and the thread that took it.
+pub type Grant = (MutexId, ThreadId);
 
 /// How the order of acquisitions is decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

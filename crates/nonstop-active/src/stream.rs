@@ -44,7 +44,7 @@
 //! ```
 
 use crate::execute::{ExecuteError, Handler, handle_one};
-use crate::schedule::{Algorithm, MutexId, Role, ScheduleError, ThreadId};
+use crate::schedule::{Algorithm, Role, ScheduleError, ThreadId};
 use crate::sync::Replica;
 use std::ops::Range;
 use std::sync::Arc;
@@ -54,8 +54,7 @@ use std::thread::JoinHandle;
 /// A request's number in the stream, and its reply (or why there is none).
 pub type Reply = (u64, Result<Vec<u8>, ExecuteError>);
 
-/// One acquisition of a leader's order: the mutex, and the thread that took it.
-pub type Grant = (MutexId, ThreadId);
+pub use crate::schedule::Grant;
 
 /// Whose order an LSA follower takes next ([`Stream::following`]).
 pub enum Leading {

@@ -83,7 +83,7 @@ proptest! {
                     let requests = (0..requests)
                         .map(|n| Request { client: 1, number: first + n + 1, refused: 0, body: vec![] })
                         .collect();
-                    let entry = Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: now, digests, closes };
+                    let entry = Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: now, digests, closes, leads: vec![] };
                     course.delivered(entry).unwrap();
                     boundaries.push(delivered);
                 }

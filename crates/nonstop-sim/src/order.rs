@@ -783,7 +783,7 @@ impl Sim {
             let time_ms = self.step + self.members[member].clock_skew_ms;
             // A proposal lost on the way (the leader changed) is proposed again when its client
             // asks again; a lost digest leaves its window undecided, and a later one decides.
-            let _ = self.members[member].node.propose(&Batch { time_ms, requests, digests });
+            let _ = self.members[member].node.propose(&Batch { time_ms, requests, digests, leads: vec![] });
         }
     }
 

@@ -474,7 +474,7 @@ impl ReplicaHost {
             // A proposal lost on the way (the leader changed) is proposed again when its
             // client asks again; a lost digest leaves its window undecided, and a later one
             // decides.
-            if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests, digests }) {
+            if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests, digests, leads: vec![] }) {
                 tracing::debug!(service = self.replica.name, %error, "proposal not accepted");
             }
         }
