@@ -11,8 +11,10 @@
 //! as stopped on one replica and not on another, so when a request becomes visible would depend
 //! on the network's timing. Batch boundaries are part of the order itself, so "the requests of
 //! this batch, and then no more until every thread is done" is the same on every replica.
-//! LSA needs no such barrier, and its replicas take the order as it comes
-//! ([`crate::stream::Stream`]).
+//! LSA needs no such barrier in one process ([`crate::stream::Stream`] takes the order as it
+//! comes); across nodes an LSA executor runs batches too ([`Executor::execute_leading`],
+//! [`Executor::execute_following`]), so that every replica's state stands at the same points
+//! of the order between batches, where digests compare it and a state transfer copies it.
 //!
 //! ```
 //! use nonstop_active::execute::{Executor, Handler};
@@ -37,7 +39,7 @@
 //! assert_eq!(replies, vec![vec![1], vec![2], vec![3]]);
 //! ```
 
-use crate::schedule::{Algorithm, ScheduleError, ThreadId};
+use crate::schedule::{Algorithm, Grant, Role, ScheduleError, ThreadId};
 use crate::sync::{Replica, Worker};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -70,10 +72,20 @@ pub enum ExecuteError {
         /// What the panic said.
         message: String,
     },
-    /// LSA was asked of an executor of batches: its followers would wait for a leader's
-    /// order no batch carries.
-    #[error("LSA replicas take the order as it comes: use stream::Stream, not a batch executor")]
-    NotBatched,
+    /// A batch was asked of an executor with no scheduler of its own (LSA: its batches are led
+    /// or follow a leader's acquisitions), or a led or followed batch of one that has (NPDS,
+    /// PDS).
+    #[error(
+        "an LSA executor runs batches led or following a leader's acquisitions, the others by their scheduler: {0}"
+    )]
+    WrongPacing(&'static str),
+    /// An LSA follower's threads did not make the acquisitions its leader shipped: some waited
+    /// for grants that went to threads that never asked, or acquisitions were left over. Its
+    /// state or its leader's is not the order's.
+    #[error(
+        "the worker threads did not make the leader's acquisitions ({0}): this replica's state or its leader's differs"
+    )]
+    Unfollowed(String),
     /// The executor's threads are gone: it runs no batch any more; make a new one.
     #[error("the executor's worker threads are gone: make a new executor")]
     ThreadsGone,
@@ -103,11 +115,9 @@ pub struct Executor {
 
 impl Executor {
     /// `threads` worker threads (at least one) running `handler`, scheduled by `algorithm`:
-    /// NPDS, PDS-1 or PDS-2 (an LSA replica takes the order through [`crate::stream::Stream`]).
+    /// NPDS, PDS-1 or PDS-2 batch by batch ([`Executor::execute`]), or LSA, each batch led or
+    /// following a leader's acquisitions (whichever role `algorithm` names, the batch decides).
     pub fn new<H: Handler>(algorithm: Algorithm, threads: u16, handler: Arc<H>) -> Result<Executor, ExecuteError> {
-        if let Algorithm::Lsa(_) = algorithm {
-            return Err(ExecuteError::NotBatched);
-        }
         let threads = threads.max(1);
         let (done_to, done) = channel();
         let (mut jobs, mut handles) = (Vec::new(), Vec::new());
@@ -138,8 +148,70 @@ impl Executor {
         })
     }
 
-    /// Executes `batch` to its end and answers its replies in the batch's order.
+    /// Executes `batch` to its end under the executor's scheduler (NPDS, PDS-1, PDS-2) and
+    /// answers its replies in the batch's order.
     pub fn execute(&self, batch: Arc<Vec<Vec<u8>>>) -> Result<Vec<Vec<u8>>, ExecuteError> {
+        if let Algorithm::Lsa(_) = self.algorithm {
+            return Err(ExecuteError::WrongPacing("give an LSA batch its leader or its acquisitions"));
+        }
+        self.run(&Replica::new(self.algorithm, self.jobs.len() as u16), batch)
+    }
+
+    /// LSA: executes `batch` as its leader, the threads taking mutexes as they come, and
+    /// answers its replies and the acquisitions made, in order, for the followers.
+    pub fn execute_leading(&self, batch: Arc<Vec<Vec<u8>>>) -> Result<(Vec<Vec<u8>>, Vec<Grant>), ExecuteError> {
+        self.loose()?;
+        let replica = Replica::new(Algorithm::Lsa(Role::Leader), self.jobs.len() as u16);
+        let replies = self.run(&replica, batch)?;
+        Ok((replies, replica.take_shipped()))
+    }
+
+    /// LSA: executes `batch` as a follower of the leader that made `acquisitions` executing it.
+    /// [`ExecuteError::Unfollowed`] if this replica's threads do not make those acquisitions
+    /// (its state or the leader's is not the order's): the batch is then half executed.
+    pub fn execute_following(
+        &self,
+        batch: Arc<Vec<Vec<u8>>>,
+        acquisitions: &[Grant],
+    ) -> Result<Vec<Vec<u8>>, ExecuteError> {
+        self.loose()?;
+        let replica = Replica::new(Algorithm::Lsa(Role::Follower), self.jobs.len() as u16);
+        for &(mutex, thread) in acquisitions {
+            if usize::from(thread.0) >= self.jobs.len() {
+                return Err(ExecuteError::Unfollowed(format!(
+                    "an acquisition by thread {} of {}",
+                    thread.0,
+                    self.jobs.len()
+                )));
+            }
+            replica.shipped(mutex, thread)?;
+        }
+        // Every acquisition of the batch is known: a thread that waits for one not shipped, or
+        // behind one that will never be taken, must stop instead of waiting for ever.
+        replica.order_ended();
+        let replies = match self.run(&replica, batch) {
+            Err(ExecuteError::Schedule(ScheduleError::Stopped)) => {
+                return Err(ExecuteError::Unfollowed(
+                    "a thread waited for an acquisition the leader did not make".into(),
+                ));
+            }
+            other => other?,
+        };
+        match replica.grants_left() {
+            0 => Ok(replies),
+            left => Err(ExecuteError::Unfollowed(format!("{left} of the leader's acquisitions were not made here"))),
+        }
+    }
+
+    fn loose(&self) -> Result<(), ExecuteError> {
+        match self.algorithm {
+            Algorithm::Lsa(_) => Ok(()),
+            _ => Err(ExecuteError::WrongPacing("only an LSA executor's batches are led or followed")),
+        }
+    }
+
+    /// Runs `batch` to its end on the threads, scheduled by `replica`.
+    fn run(&self, replica: &Arc<Replica>, batch: Arc<Vec<Vec<u8>>>) -> Result<Vec<Vec<u8>>, ExecuteError> {
         let gone = || {
             self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
             ExecuteError::ThreadsGone
@@ -149,7 +221,6 @@ impl Executor {
             return Err(ExecuteError::ThreadsGone);
         }
         let threads = self.jobs.len() as u16;
-        let replica = Replica::new(self.algorithm, threads);
         for (index, jobs) in self.jobs.iter().enumerate() {
             let worker = replica.worker(ThreadId(index as u16))?;
             jobs.send(Job { worker, batch: batch.clone() }).map_err(|_| gone())?;

@@ -254,6 +254,27 @@ impl Scheduler {
         }
     }
 
+    /// LSA follower: whether no thread can go on whatever is shipped next to the threads that
+    /// wait: none runs, and at least one waits (every live thread waits for a mutex whose
+    /// next grant, if shipped, is a thread that never takes it). Once the leader's order has
+    /// ended, the threads that wait then will never run again: the leader's acquisitions are
+    /// not the ones this replica's threads make, so its state or the leader's differs from
+    /// the order's. False for every other algorithm.
+    pub fn stuck(&self) -> bool {
+        self.algorithm == Algorithm::Lsa(Role::Follower)
+            && self.steps.iter().all(|step| matches!(step, Step::Queued(_) | Step::Exited))
+            && self.steps.iter().any(|step| matches!(step, Step::Queued(_)))
+    }
+
+    /// LSA follower: acquisitions shipped and not granted yet. Once every thread has exited, any
+    /// left were made by the leader's threads and not by this replica's.
+    pub fn grants_left(&self) -> usize {
+        match self.algorithm {
+            Algorithm::Lsa(Role::Follower) => self.mutexes.values().map(|mutex| mutex.queue.len()).sum(),
+            _ => 0,
+        }
+    }
+
     /// Whether `thread` has exited.
     pub fn exited(&self, thread: ThreadId) -> bool {
         self.steps.get(thread.0 as usize) == Some(&Step::Exited)

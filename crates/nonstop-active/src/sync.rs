@@ -74,7 +74,7 @@ impl Shared {
     fn stranded(&self, id: ThreadId) -> bool {
         match self.standing {
             Standing::Serving => false,
-            Standing::OrderEnded => self.scheduler.waits_unshipped(id),
+            Standing::OrderEnded => self.scheduler.waits_unshipped(id) || self.scheduler.stuck(),
             Standing::Halted => !self.may_go_on(id),
         }
     }
@@ -145,6 +145,11 @@ impl Replica {
         shared.shipping = Shipping::To(Box::new(sink));
         self.apply(&mut shared, actions);
         Ok(())
+    }
+
+    /// LSA follower: acquisitions shipped and not granted yet ([`Scheduler::grants_left`]).
+    pub fn grants_left(&self) -> usize {
+        self.lock_shared().scheduler.grants_left()
     }
 
     /// LSA leader: the acquisitions made since the last call, in order, to ship (none if they
@@ -220,6 +225,10 @@ impl Replica {
         }
         let actions = event(&mut shared.scheduler)?;
         self.apply(&mut shared, actions);
+        if shared.standing == Standing::OrderEnded && shared.scheduler.stuck() {
+            // No grant will end any wait: every waiting thread must hear it, not only this one.
+            self.changed.notify_all();
+        }
         if !self.wait_turn(shared, id).may_go_on(id) {
             return Err(ScheduleError::Stopped);
         }

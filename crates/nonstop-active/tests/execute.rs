@@ -125,11 +125,86 @@ fn a_batch_of_fewer_requests_than_threads_and_an_empty_one_finish() {
     }
 }
 
+/// Runs `batches` on an LSA leader and two followers given its acquisitions, batch by batch,
+/// each with its own timing; answers each replica's replies and final state.
+fn lead_and_follow(batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Outcome> {
+    let batches = batches.to_vec();
+    common::unless_deadlocked("an LSA leader and followers", move || {
+        let folders: Vec<Arc<Folder>> = (0..3).map(|replica| Folder::new(timing * 10 + replica)).collect();
+        let executors: Vec<Executor> = folders
+            .iter()
+            .enumerate()
+            .map(|(index, folder)| {
+                let role = if index == 0 { Role::Leader } else { Role::Follower };
+                Executor::new(Algorithm::Lsa(role), THREADS, folder.clone()).unwrap()
+            })
+            .collect();
+        let mut replies = vec![Vec::new(); 3];
+        for batch in &batches {
+            let (led, acquisitions) = executors[0].execute_leading(batch.clone()).unwrap();
+            replies[0].push(led);
+            for (follower, executor) in executors.iter().enumerate().skip(1) {
+                replies[follower].push(executor.execute_following(batch.clone(), &acquisitions).unwrap());
+            }
+        }
+        drop(executors);
+        let unscheduled = Worker::unscheduled(nonstop_active::schedule::ThreadId(0));
+        replies.into_iter().zip(&folders).map(|(replies, folder)| (replies, folder.state(&unscheduled))).collect()
+    })
+}
+
 #[test]
-fn lsa_is_refused_by_a_batch_executor_instead_of_waiting_for_ever() {
-    for role in [Role::Leader, Role::Follower] {
-        assert!(matches!(Executor::new(Algorithm::Lsa(role), THREADS, Folder::new(4)), Err(ExecuteError::NotBatched)));
+fn lsa_followers_of_batches_reply_as_their_leader_whatever_the_timing() {
+    for seed in 0..4 {
+        let batches = batches(seed, 6);
+        for timing in [seed, seed + 100, seed + 200] {
+            let results = lead_and_follow(&batches, timing);
+            assert!(results.iter().all(|result| result == &results[0]), "seed {seed} timing {timing}");
+        }
     }
+}
+
+#[test]
+fn an_lsa_follower_given_acquisitions_its_threads_do_not_make_says_so_instead_of_waiting() {
+    use nonstop_active::schedule::ThreadId;
+    let follow = |batch: Vec<Vec<u8>>, acquisitions: Vec<(MutexId, ThreadId)>| {
+        common::unless_deadlocked("an LSA follower", move || {
+            let executor = Executor::new(Algorithm::Lsa(Role::Follower), 2, Folder::new(6)).unwrap();
+            let outcome = executor.execute_following(Arc::new(batch), &acquisitions);
+            // The executor still runs batches after one it could not follow.
+            assert_eq!(
+                executor.execute_following(Arc::new(vec![vec![2]]), &[(MutexId(2), ThreadId(0))]).unwrap().len(),
+                1
+            );
+            outcome.map_err(|error| error.to_string())
+        })
+    };
+    let (m, t) = (MutexId, ThreadId);
+    // Thread 0 takes mutex 0 then 1, thread 1 mutex 1 then 0.
+    let batch = vec![vec![0, 1], vec![1, 0]];
+    let made = vec![(m(0), t(0)), (m(1), t(1)), (m(1), t(0)), (m(0), t(1))];
+    assert!(follow(batch.clone(), made.clone()).is_ok());
+    // One acquisition missing: a thread waits for a grant never shipped.
+    let missing = follow(batch.clone(), made[..3].to_vec()).unwrap_err();
+    assert!(missing.contains("waited for an acquisition"), "{missing}");
+    // One too many: the leader's threads took a mutex these did not.
+    let extra = follow(batch.clone(), [made.clone(), vec![(m(2), t(1))]].concat()).unwrap_err();
+    assert!(extra.contains("1 of the leader's acquisitions were not made here"), "{extra}");
+    // Each thread waits behind the other: neither can go on.
+    let crossed = follow(batch.clone(), vec![(m(0), t(1)), (m(1), t(0)), (m(0), t(0)), (m(1), t(1))]).unwrap_err();
+    assert!(crossed.contains("waited for an acquisition"), "{crossed}");
+    // A thread the follower does not have.
+    let stranger = follow(batch, vec![(m(0), t(7))]).unwrap_err();
+    assert!(stranger.contains("thread 7 of 2"), "{stranger}");
+}
+
+#[test]
+fn a_batch_is_refused_an_executor_of_the_other_pacing() {
+    let lsa = Executor::new(Algorithm::Lsa(Role::Leader), THREADS, Folder::new(4)).unwrap();
+    assert!(matches!(lsa.execute(Arc::new(vec![vec![0]])), Err(ExecuteError::WrongPacing(_))));
+    let pds = Executor::new(Algorithm::Pds2, THREADS, Folder::new(4)).unwrap();
+    assert!(matches!(pds.execute_leading(Arc::new(vec![vec![0]])), Err(ExecuteError::WrongPacing(_))));
+    assert!(matches!(pds.execute_following(Arc::new(vec![vec![0]]), &[]), Err(ExecuteError::WrongPacing(_))));
 }
 
 #[test]
