@@ -287,7 +287,18 @@ impl<S: Replicated> std::fmt::Debug for RaftNode<S> {
 impl<S: Replicated> RaftNode<S> {
     /// Starts a node from what `log` holds (nothing on first start). Every voter starts with
     /// the same static membership, so no bootstrap step is needed.
-    pub fn new(config: ControlConfig, mut log: Box<dyn RaftLog>) -> Result<RaftNode<S>, ControlError> {
+    pub fn new(config: ControlConfig, log: Box<dyn RaftLog>) -> Result<RaftNode<S>, ControlError> {
+        RaftNode::starting_from(config, log, S::default())
+    }
+
+    /// [`RaftNode::new`] for a group whose state before its first entry is `initial` rather
+    /// than the default (every member must start from the same one: it is part of what they
+    /// agree on). A snapshot replaces it whole.
+    pub fn starting_from(
+        config: ControlConfig,
+        mut log: Box<dyn RaftLog>,
+        initial: S,
+    ) -> Result<RaftNode<S>, ControlError> {
         if config.id.0 == 0 {
             return Err(ControlError::Config("node id 0 is reserved: number nodes from 1".into()));
         }
@@ -311,7 +322,7 @@ impl<S: Replicated> RaftNode<S> {
                 "a group whose members change keeps its log in memory, and this one found a log to replay".into(),
             ));
         }
-        let state = replay(&storage, records)?;
+        let state = replay(&storage, records, initial)?;
         let raft_config = raft::Config {
             id: config.id.0,
             // Entries up to the snapshot are in `state` already.
@@ -881,8 +892,8 @@ fn check_wire_message(message: &Message, membership: Membership) -> Result<(), C
     Ok(())
 }
 
-fn replay<S: Replicated>(storage: &ControlStorage, records: Vec<Record>) -> Result<S, ControlError> {
-    let mut state = S::default();
+fn replay<S: Replicated>(storage: &ControlStorage, records: Vec<Record>, initial: S) -> Result<S, ControlError> {
+    let mut state = initial;
     for record in records {
         match record {
             Record::Snapshot { index, term, voters, data } => {
