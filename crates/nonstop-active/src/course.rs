@@ -7,6 +7,8 @@
 //! digesting, forgets what it queued to propose and asks for a state from where it stands; a
 //! state that arrives resumes digesting from the next window and puts the replica on
 //! probation; a replica answers only while its state follows the order and is proven.
+//! Under LSA it also decides how each batch's mutexes are taken: led, or following the grant
+//! leader's acquisitions once the order carries them ([`crate::loose`]).
 //! [`Course`] is that sequence, pure: events and the driver's clock in, [`Event`]s out. The
 //! node's executor and the deterministic simulator (`nonstop sim --kind order`) drive this
 //! very code; each adds only what is its own (executing the service, sending, timers).
@@ -29,11 +31,12 @@
 //!     digests: vec![],
 //!     closes: Some(0),
 //!     leads: vec![],
+//!     grant_leader: None,
 //! };
 //! course.delivered(entry).unwrap();
 //! let mut proposed = Vec::new();
-//! while let Some(entry) = course.next_entry() {
-//!     for _request in &entry.requests {
+//! while let Some(next) = course.next_entry() {
+//!     for _request in &next.entry.requests {
 //!         // The driver executes the request on the service and answers who waits.
 //!         course.executed(&Ok(b"1".to_vec()));
 //!     }
@@ -51,9 +54,17 @@
 use crate::calls::Outcome;
 use crate::dissent::{Digest, Dissent, Finding, Judge, Outcomes, StateVerdict};
 use crate::feed::{Feed, FeedError};
-use crate::order::Delivered;
+use crate::loose::{Heard, Loose};
+use crate::order::{Delivered, Lead};
+use crate::schedule::Grant;
 use nonstop_control::NodeId;
 use std::collections::VecDeque;
+
+pub use crate::loose::Acquisitions;
+
+/// How long an LSA leader waits for the order to grant a batch it led before it proposes the
+/// batch's acquisitions again (the proposal may have been lost as the group's leader changed).
+pub const LEAD_RETRY_MS: u64 = 200;
 
 /// Whether a replica may answer, as its course decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +96,18 @@ pub enum Behind {
         /// The window.
         window: u64,
     },
+    /// LSA: it led batch `batch` and the order will never grant it the acquisitions its
+    /// threads made (another member claimed the lead first): its state is not the order's.
+    Overruled {
+        /// The batch.
+        batch: u64,
+    },
+    /// LSA: its threads could not make the grant leader's acquisitions for batch `batch` (its
+    /// state or the leader's is wrong), and the batch is half executed.
+    Unfollowed {
+        /// The batch.
+        batch: u64,
+    },
 }
 
 /// What the driver must do or report, in the order the course decided it.
@@ -102,6 +125,14 @@ pub enum Event {
     },
     /// Propose `digest` with the replica's next batch ([`crate::dissent::propose_later`]).
     Propose(Digest),
+    /// LSA: propose `lead` (a led batch's acquisitions) with the replica's next batch.
+    ProposeLead(Lead),
+    /// LSA: the order granted batch `batch`, which this replica led, the acquisitions its
+    /// threads made: the replies it held for the batch may leave.
+    Granted {
+        /// The batch's first position.
+        batch: u64,
+    },
     /// Another replica dissents from the majority: report it (it takes a state itself).
     Reported(Dissent),
     /// The verdict on the state taken: cleared (proven, or with nobody to prove it against
@@ -133,6 +164,10 @@ pub enum NoDonation {
     /// The state it took is not proven yet.
     #[error("the state it took is not proven yet")]
     Unproven,
+    /// LSA: batches it led wait for the order's grant; no other replica may follow its state
+    /// yet.
+    #[error("batches it led wait for the order to grant them")]
+    Ungranted,
     /// It has not executed as far as the state asked for.
     #[error("it stands at position {position}, behind the state asked for")]
     Behind {
@@ -141,11 +176,23 @@ pub enum NoDonation {
     },
 }
 
+/// An entry to execute ([`Course::next_entry`]), and how its threads take mutexes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Next {
+    /// The entry.
+    pub entry: Delivered,
+    /// How its batch's mutexes are taken.
+    pub acquisitions: Acquisitions,
+}
+
 /// An entry handed out to execute ([`Course::next_entry`]) and not reported executed yet.
 #[derive(Clone, Copy, Debug)]
 struct Executing {
     /// Its [`Delivered::closes`].
     closes: Option<u64>,
+    /// Its first position, and whether this replica leads its acquisitions (LSA).
+    batch: u64,
+    leading: bool,
 }
 
 /// One replica's course through the order (see the module's documentation).
@@ -162,6 +209,10 @@ pub struct Course {
     /// The entry handed out last, while it executes: the window it closes, if it does.
     executing: Option<Executing>,
     events: VecDeque<Event>,
+    /// LSA: the acquisitions the order carries ([`Course::loose`]).
+    loose: Option<Loose>,
+    /// LSA: when it last proposed the acquisitions of batches it led that wait for a grant.
+    lead_proposed_ms: u64,
 }
 
 impl Course {
@@ -177,7 +228,21 @@ impl Course {
             ready: VecDeque::new(),
             executing: None,
             events: VecDeque::new(),
+            loose: None,
+            lead_proposed_ms: 0,
         }
+    }
+
+    /// The same course for a replica under LSA: each batch is led (as grant leader) or waits
+    /// for the grant leader's acquisitions in the order ([`crate::loose`]).
+    pub fn loose(self) -> Course {
+        Course { loose: Some(Loose::new(self.judge.member())), ..self }
+    }
+
+    /// LSA: the member that claimed the lead of the acquisitions last, as far as this replica
+    /// has heard (`None` before any claim, and for other schedulers).
+    pub fn grant_leader(&self) -> Option<NodeId> {
+        self.loose.as_ref().and_then(Loose::leader)
     }
 
     /// Replica `me` joining a running group as a new member: it answers nothing until it has
@@ -209,17 +274,23 @@ impl Course {
     }
 
     /// The position of the next request it executes, once every entry handed out is executed
-    /// (`None` while it awaits a state): where a state it donates stands.
+    /// (`None` while it awaits a state): where a state it donates stands. Entries waiting for
+    /// their acquisitions (LSA) are not executed yet: the state stands before them.
     pub fn position(&self) -> Option<u64> {
-        self.feed.next()
+        let next = self.feed.next()?;
+        Some(self.ready.front().map_or(next, |entry| entry.first))
     }
 
     /// Where a state it donates now would stand, if it may donate one that reaches `from`.
     pub fn donation(&self, from: u64) -> Result<u64, NoDonation> {
-        let Some(position) = self.feed.next() else { return Err(NoDonation::TakingState) };
+        let Some(position) = self.position() else { return Err(NoDonation::TakingState) };
         if self.judge.on_probation() {
             // Its state would spread before anyone could find it wrong.
             return Err(NoDonation::Unproven);
+        }
+        if self.loose.as_ref().is_some_and(Loose::awaits_grants) {
+            // Its state holds acquisitions the others may not follow yet.
+            return Err(NoDonation::Ungranted);
         }
         if position < from {
             return Err(NoDonation::Behind { position });
@@ -239,6 +310,20 @@ impl Course {
         for digest in &delivered.digests {
             if let Some(finding) = self.judge.seen(digest) {
                 self.found(finding);
+            }
+        }
+        let next = self.position().or(self.feed.awaiting_from()).unwrap_or(0);
+        if let Some(loose) = &mut self.loose {
+            for heard in loose.delivered(&delivered.leads, delivered.grant_leader, next) {
+                match heard {
+                    Heard::Granted { batch } => self.events.push_back(Event::Granted { batch }),
+                    Heard::Overruled { batch } => {
+                        // Past what it executed or was handed: its state is replaced whole.
+                        if let Some(from) = self.feed.next() {
+                            self.need_state(from, Behind::Overruled { batch });
+                        }
+                    }
+                }
             }
         }
         let entries = self.feed.delivered(delivered)?;
@@ -272,6 +357,10 @@ impl Course {
         self.fresh = false;
         self.outcomes.resume();
         self.judge.probation(donor, now_ms);
+        if let Some(loose) = &mut self.loose {
+            // Orphans are proposed on the clock from here.
+            let _ = loose.replaced(position);
+        }
         self.ready.extend(rest);
         Ok(Taken::Installed)
     }
@@ -282,16 +371,62 @@ impl Course {
         if let Some(finding) = self.judge.clear_unproven(now_ms) {
             self.found(finding);
         }
+        if let Some(loose) = &self.loose
+            && loose.awaits_grants()
+            && now_ms.saturating_sub(self.lead_proposed_ms) >= LEAD_RETRY_MS
+        {
+            self.lead_proposed_ms = now_ms;
+            self.events.extend(loose.ungranted().into_iter().map(Event::ProposeLead));
+        }
     }
 
-    /// The next entry to execute: execute its requests in order, pass each outcome to
-    /// [`Course::executed`], then call [`Course::entry_executed`]. `None` once none is left, or
-    /// the replica stopped following the order (what was handed out before stays executed).
-    pub fn next_entry(&mut self) -> Option<Delivered> {
+    /// The next entry to execute: execute its requests in order as [`Next::acquisitions`]
+    /// says, pass each outcome to [`Course::executed`] (and, leading, the acquisitions made to
+    /// [`Course::led`]), then call [`Course::entry_executed`]. `None` once none is left, the
+    /// replica stopped following the order (what was handed out before stays executed), or,
+    /// under LSA, the next batch waits for its acquisitions.
+    pub fn next_entry(&mut self) -> Option<Next> {
         debug_assert!(self.executing.is_none(), "an entry handed out was not reported executed");
+        let front = self.ready.front()?;
+        let acquisitions = match &mut self.loose {
+            Some(loose) if !front.requests.is_empty() => {
+                // A replica found wrong leads nothing: it awaits a state (and then has no
+                // entries), or stays out.
+                let may_lead = self.judge.refuted_by().is_none();
+                loose.acquisitions(front.first, may_lead)?
+            }
+            _ => Acquisitions::Scheduled,
+        };
         let entry = self.ready.pop_front()?;
-        self.executing = Some(Executing { closes: entry.closes });
-        Some(entry)
+        let leading = acquisitions == Acquisitions::Lead;
+        self.executing = Some(Executing { closes: entry.closes, batch: entry.first, leading });
+        Some(Next { entry, acquisitions })
+    }
+
+    /// LSA: the batch handed out to lead was executed, its threads taking `acquisitions`, in
+    /// order. Call before [`Course::entry_executed`]; its replies wait for
+    /// [`Event::Granted`].
+    pub fn led(&mut self, acquisitions: Vec<Grant>, now_ms: u64) {
+        let (Some(loose), Some(Executing { batch, leading: true, .. })) = (&mut self.loose, self.executing) else {
+            debug_assert!(false, "led without a batch handed out to lead");
+            return;
+        };
+        self.lead_proposed_ms = now_ms;
+        self.events.push_back(Event::ProposeLead(loose.led(batch, acquisitions)));
+    }
+
+    /// LSA: the batch handed out to follow could not be: its threads did not make the grant
+    /// leader's acquisitions, and it is half executed. The replica takes a live replica's
+    /// state ([`Event::NeedState`]).
+    pub fn unfollowed(&mut self) {
+        let Some(Executing { batch, .. }) = self.executing.take() else {
+            debug_assert!(false, "unfollowed without a batch handed out");
+            return;
+        };
+        // Everything handed out is past: the state must reach the entry after this one.
+        if let Some(from) = self.feed.next() {
+            self.need_state(from, Behind::Unfollowed { batch });
+        }
     }
 
     /// The entry being executed answered its next request with `outcome` (the service's reply
@@ -304,7 +439,7 @@ impl Course {
     /// its digest is judged and, unless the replica is on probation (a wrong state copied would
     /// agree with its donor's), proposed.
     pub fn entry_executed(&mut self) {
-        let Some(Executing { closes }) = self.executing.take() else {
+        let Some(Executing { closes, .. }) = self.executing.take() else {
             debug_assert!(false, "entry_executed without an entry handed out");
             return;
         };
@@ -343,8 +478,12 @@ impl Course {
         self.feed.restored(from);
         self.outcomes.suspend();
         self.ready.clear();
-        self.events.retain(|event| !matches!(event, Event::Propose(_)));
+        self.events.retain(|event| !matches!(event, Event::Propose(_) | Event::ProposeLead(_) | Event::Granted { .. }));
         self.events.push_back(Event::NeedState { from, why });
+        if let Some(loose) = &mut self.loose {
+            // The others wait for these to reach the state this replica must take.
+            self.events.extend(loose.replaced(from).into_iter().map(Event::ProposeLead));
+        }
     }
 }
 
@@ -370,6 +509,7 @@ mod tests {
             digests,
             closes,
             leads: vec![],
+            grant_leader: None,
         }
     }
 
@@ -379,7 +519,7 @@ mod tests {
         let (mut executed, mut events) = (Vec::new(), Vec::new());
         loop {
             events.extend(std::iter::from_fn(|| course.poll_event()));
-            let Some(entry) = course.next_entry() else { break };
+            let Some(Next { entry, .. }) = course.next_entry() else { break };
             for request in &entry.requests {
                 // `entry` numbers each request by its position, from 1.
                 executed.push(request.number - 1);
@@ -550,5 +690,142 @@ mod tests {
         let dissenter = member_id(3, 0);
         assert_eq!(events, vec![Event::Reported(Dissent { dissenter, window: 0, me: false })]);
         assert_eq!(course.standing(), Standing::Serving);
+    }
+
+    /// An entry of `requests` requests from position `first`, after which `leader` leads the
+    /// acquisitions, carrying `leads`.
+    fn loose_entry(first: u64, requests: u64, leads: Vec<Lead>, leader: u64) -> Delivered {
+        Delivered { leads, grant_leader: Some(member_id(leader, 0)), ..entry(first, requests, None, vec![]) }
+    }
+
+    fn grants(member: u64, batch: u64, thread: u16) -> Lead {
+        use crate::schedule::{MutexId, ThreadId};
+        Lead::Grants { member: member_id(member, 0), batch, acquisitions: vec![(MutexId(0), ThreadId(thread))] }
+    }
+
+    fn acquired(thread: u16) -> Vec<Grant> {
+        use crate::schedule::{MutexId, ThreadId};
+        vec![(MutexId(0), ThreadId(thread))]
+    }
+
+    fn events(course: &mut Course) -> Vec<Event> {
+        std::iter::from_fn(|| course.poll_event()).collect()
+    }
+
+    #[test]
+    fn an_lsa_follower_waits_for_its_batchs_acquisitions_and_its_state_stands_before_it() {
+        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
+        course.delivered(loose_entry(0, 2, vec![], 1)).unwrap();
+        assert_eq!(course.next_entry(), None, "another member leads, and the batch has no acquisitions yet");
+        // What it donates now stands before the waiting batch, which it has not executed.
+        assert_eq!((course.position(), course.donation(0)), (Some(0), Ok(0)));
+        assert_eq!(course.donation(1), Err(NoDonation::Behind { position: 0 }));
+        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 1)], 1)).unwrap();
+        let next = course.next_entry().expect("granted");
+        assert_eq!((next.entry.first, next.acquisitions), (0, Acquisitions::Follow(acquired(1))));
+        course.executed(&Ok(vec![]));
+        course.executed(&Ok(vec![]));
+        course.entry_executed();
+        // An entry without requests is no batch: nothing to wait for.
+        assert_eq!(course.next_entry().map(|next| next.acquisitions), Some(Acquisitions::Scheduled));
+        course.entry_executed();
+        assert_eq!(course.donation(2), Ok(2));
+    }
+
+    #[test]
+    fn an_lsa_leader_holds_its_batch_until_granted_and_is_overruled_by_a_new_leader() {
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose();
+        course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
+        let next = course.next_entry().unwrap();
+        assert_eq!(next.acquisitions, Acquisitions::Lead);
+        course.executed(&Ok(vec![]));
+        course.led(acquired(3), 10);
+        course.entry_executed();
+        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 0, 3))]);
+        assert_eq!(course.donation(0), Err(NoDonation::Ungranted), "its state holds acquisitions nobody follows yet");
+        // Not granted in time: proposed again.
+        course.tick(10 + LEAD_RETRY_MS);
+        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 0, 3))]);
+        course.delivered(loose_entry(1, 1, vec![grants(1, 0, 3)], 1)).unwrap();
+        assert_eq!(events(&mut course), vec![Event::Granted { batch: 0 }]);
+        assert_eq!(course.donation(1), Ok(1));
+        // It leads the next batch; member 2 claims the lead before its acquisitions are in.
+        assert_eq!(course.next_entry().unwrap().acquisitions, Acquisitions::Lead);
+        course.executed(&Ok(vec![]));
+        course.led(acquired(0), 20);
+        course.entry_executed();
+        let _ = events(&mut course);
+        course.delivered(loose_entry(2, 1, vec![Lead::Claim { member: member_id(2, 0) }], 2)).unwrap();
+        assert_eq!(events(&mut course), vec![Event::NeedState { from: 2, why: Behind::Overruled { batch: 1 } }]);
+        assert_eq!(course.next_entry(), None);
+    }
+
+    #[test]
+    fn an_lsa_leader_whose_acquisitions_lose_to_others_takes_a_state() {
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose();
+        course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
+        let _ = course.next_entry().unwrap();
+        course.executed(&Ok(vec![]));
+        course.led(acquired(3), 0);
+        course.entry_executed();
+        let _ = events(&mut course);
+        course.delivered(loose_entry(1, 0, vec![grants(1, 0, 2)], 1)).unwrap();
+        assert_eq!(events(&mut course), vec![Event::NeedState { from: 1, why: Behind::Overruled { batch: 0 } }]);
+    }
+
+    #[test]
+    fn an_lsa_replica_that_missed_a_claim_in_a_snapshot_learns_the_leader_from_the_order() {
+        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
+        course.delivered(loose_entry(0, 0, vec![Lead::Claim { member: member_id(2, 0) }], 2)).unwrap();
+        assert_eq!(course.grant_leader(), Some(member_id(2, 0)));
+        let _ = course.next_entry();
+        course.entry_executed();
+        // Member 3 claimed inside a snapshot this replica was given: no claim among the leads.
+        course.delivered(loose_entry(0, 1, vec![], 3)).unwrap();
+        assert_eq!(course.grant_leader(), Some(member_id(3, 0)));
+        assert_eq!(course.next_entry(), None, "it no longer leads");
+    }
+
+    #[test]
+    fn an_lsa_follower_that_cannot_follow_takes_a_state_past_the_batch() {
+        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
+        course.delivered(loose_entry(0, 2, vec![], 1)).unwrap();
+        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 1)], 1)).unwrap();
+        let _ = course.next_entry().unwrap();
+        course.unfollowed();
+        assert_eq!(events(&mut course), vec![Event::NeedState { from: 2, why: Behind::Unfollowed { batch: 0 } }]);
+        assert_eq!(course.standing(), Standing::CatchingUp);
+    }
+
+    #[test]
+    fn an_lsa_leader_that_must_take_a_state_still_proposes_what_it_led_while_it_leads() {
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose();
+        course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
+        course.delivered(loose_entry(1, 1, vec![], 1)).unwrap();
+        for thread in [3, 2] {
+            let _ = course.next_entry().unwrap();
+            course.executed(&Ok(vec![]));
+            course.led(acquired(thread), 0);
+            course.entry_executed();
+        }
+        let _ = events(&mut course);
+        // Found wrong (here: behind the log) with two batches led and not granted: the others
+        // need their acquisitions to reach position 2, where its state must come from.
+        course.restored(2);
+        assert_eq!(
+            events(&mut course),
+            vec![
+                Event::NeedState { from: 2, why: Behind::Log },
+                Event::ProposeLead(grants(1, 0, 3)),
+                Event::ProposeLead(grants(1, 1, 2)),
+            ]
+        );
+        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 3)], 1)).unwrap();
+        course.tick(LEAD_RETRY_MS);
+        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 1, 2))], "batch 0 was granted");
+        // Once another member leads, nothing of it is proposed any more.
+        course.delivered(loose_entry(2, 0, vec![], 2)).unwrap();
+        course.tick(2 * LEAD_RETRY_MS);
+        assert_eq!(events(&mut course), vec![]);
     }
 }

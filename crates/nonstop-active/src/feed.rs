@@ -26,6 +26,7 @@
 //!     digests: vec![],
 //!     closes: None,
 //!     leads: vec![],
+//!     grant_leader: None,
 //! };
 //! let mut feed = Feed::new(1 << 20);
 //! assert_eq!(feed.delivered(entry(0, 2)).unwrap().len(), 1);
@@ -209,6 +210,7 @@ mod tests {
             digests: vec![],
             closes: None,
             leads: vec![],
+            grant_leader: None,
         }
     }
 

@@ -16,6 +16,8 @@
 //!   replica proves a state it took.
 //! * [`course`]: the three above acting in one sequence: what a replica executes, when it takes
 //!   a state, what it proposes of its outcomes, whether it may answer.
+//! * [`loose`]: under LSA, which batches a replica leads and which follow the grant leader's
+//!   acquisitions the order carries.
 //! * [`schedule`], [`sync`], [`execute`], [`stream`]: the deterministic mutex schedulers (NPDS,
 //!   PDS-1, PDS-2, LSA) that let a multithreaded service run actively replicated, and the
 //!   replica threads that run batches or a stream of requests under them. Two replicas whose
@@ -29,6 +31,7 @@ pub mod course;
 pub mod dissent;
 pub mod execute;
 pub mod feed;
+pub mod loose;
 pub mod membership;
 pub mod order;
 pub mod recent;

@@ -162,6 +162,10 @@ pub struct Delivered {
     /// leader's acquisitions for the oldest batch not granted before. Applied before the
     /// entry's own requests, which form a batch granted later.
     pub leads: Vec<Lead>,
+    /// The member that claimed the lead of the acquisitions last, once the entry is applied
+    /// (LSA only): what a replica that missed the claim (it came inside a snapshot) learns it
+    /// from.
+    pub grant_leader: Option<NodeId>,
 }
 
 /// What the group has delivered, the state every replica holds alike.
@@ -311,7 +315,17 @@ impl Replicated for Order {
                 (self.window, self.window_opened_ms, self.window_requests) = (closed + 1, self.time_ms, 0);
                 closed
             });
-        Delivered { index, first, requests, turned_away, time_ms: self.time_ms, digests: batch.digests, closes, leads }
+        Delivered {
+            index,
+            first,
+            requests,
+            turned_away,
+            time_ms: self.time_ms,
+            digests: batch.digests,
+            closes,
+            leads,
+            grant_leader: self.grant_leader(),
+        }
     }
 
     fn applied_index(&self) -> u64 {

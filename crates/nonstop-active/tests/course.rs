@@ -83,7 +83,7 @@ proptest! {
                     let requests = (0..requests)
                         .map(|n| Request { client: 1, number: first + n + 1, refused: 0, body: vec![] })
                         .collect();
-                    let entry = Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: now, digests, closes, leads: vec![] };
+                    let entry = Delivered { index: first + 1, first, requests, turned_away: vec![], time_ms: now, digests, closes, leads: vec![], grant_leader: None };
                     course.delivered(entry).unwrap();
                     boundaries.push(delivered);
                 }
@@ -117,9 +117,11 @@ proptest! {
                         Event::Propose(_) => prop_assert!(!proving, "a digest proposed while the state taken is unproven"),
                         Event::Probation(StateVerdict::Cleared { .. }) => proving = false,
                         Event::Probation(StateVerdict::Refuted { .. }) | Event::Reported(_) => {}
+                        Event::ProposeLead(_) | Event::Granted { .. } => prop_assert!(false, "{event:?} of a course not loose"),
                     }
                 }
-                let Some(entry) = course.next_entry() else { break };
+                let Some(next) = course.next_entry() else { break };
+                let entry = next.entry;
                 prop_assert!(!awaiting, "an entry handed out while awaiting a state");
                 prop_assert_eq!(entry.first, executed_end, "handed out out of order");
                 for _ in &entry.requests {

@@ -87,10 +87,10 @@ fn flags_of_active_replication_are_refused_on_a_passive_run_with_the_fix() {
         assert!(!refused.status.success() && stderr.contains("--replication active"), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     }
-    // Worker threads belong to a multithreaded kind, and LSA does not run on nodes yet.
+    // Worker threads belong to a multithreaded kind, under a scheduler that exists.
     for (args, says) in [
         (&["chaos", "kill", "--replication", "active", "--scheduler", "pds1"][..], "one request at a time"),
-        (&["chaos", "kill", "--replication", "active", "--kind", "survey", "--scheduler", "lsa"], "not built on nodes"),
+        (&["chaos", "kill", "--replication", "active", "--kind", "survey", "--scheduler", "lsa2"], "\"lsa\""),
     ] {
         let refused = nonstop(args);
         let stderr = String::from_utf8_lossy(&refused.stderr);

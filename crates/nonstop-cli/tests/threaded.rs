@@ -119,6 +119,13 @@ fn pds2_replicas_agree_and_a_paused_one_takes_a_snapshot() {
     replicated_under(Scheduler::Pds2, "127.0.33");
 }
 
+/// Under LSA the node that leads the order group leads the acquisitions too; killing it
+/// (node 1 founds the group and leads it first) hands the lead to the next order leader.
+#[test]
+fn lsa_replicas_follow_their_leaders_acquisitions_and_a_paused_one_takes_a_snapshot() {
+    replicated_under(Scheduler::Lsa, "127.0.35");
+}
+
 /// A bit flipped in one replica's state (its threads' shared values, behind the scheduler) is
 /// masked by the clients' votes and found by the replicas' digests; the replica takes a live
 /// replica's snapshot, and nothing is lost or applied twice.

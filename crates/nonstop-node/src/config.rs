@@ -1418,8 +1418,6 @@ mod tests {
                 .replace("region_base = \"0x200000000000\"\n        region_size_mib = 128\n", ""),
         );
         assert!(bank_without_region.contains("keeps its state there"), "{bank_without_region}");
-        let lsa = refused(&active.replace("replication = \"active\"", "replication = \"active\"\nscheduler = \"lsa\""));
-        assert!(lsa.contains("services[0].scheduler") && lsa.contains("not built on nodes"), "{lsa}");
         let unknown =
             refused(&active.replace("replication = \"active\"", "replication = \"active\"\nscheduler = \"pds3\""));
         assert!(unknown.contains("services[0].scheduler") && unknown.contains("pds2"), "{unknown}");

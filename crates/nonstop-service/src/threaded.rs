@@ -61,7 +61,11 @@
 //! let hosted = nonstop_service::HostedThreads::new("counters", counters);
 //! let executor = hosted.executor(nonstop_service::threaded::Scheduler::Pds2, 2).unwrap();
 //! let request = |counter: u32, by: u64| postcard::to_stdvec(&(counter, by)).unwrap();
-//! let outcomes = hosted.execute(&executor, vec![request(1, 5), request(1, 2), request(9, 1)]).unwrap();
+//! let batch = vec![request(1, 5), request(1, 2), request(9, 1)];
+//! // The executor's own scheduler decides every acquisition (under LSA a batch is led, or
+//! // follows its leader's acquisitions).
+//! let scheduled = nonstop_service::threaded::Acquisitions::Scheduled;
+//! let outcomes = hosted.execute(&executor, batch, &scheduled).unwrap().outcomes;
 //! let value = |outcome: &Result<Vec<u8>, String>| postcard::from_bytes::<u64>(outcome.as_ref().unwrap()).unwrap();
 //! // Thread 0 asked for counter 1 in the first round with thread 1: the tie went to thread 0.
 //! assert_eq!((value(&outcomes[0]), value(&outcomes[1])), (5, 7));
@@ -69,8 +73,9 @@
 //! ```
 
 use crate::hosted::CallError;
+pub use nonstop_active::course::Acquisitions;
 use nonstop_active::execute::{ExecuteError, Executor, Handler};
-use nonstop_active::schedule::Algorithm;
+use nonstop_active::schedule::{Algorithm, Grant, Role};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -160,11 +165,14 @@ pub enum Scheduler {
     Pds1,
     /// Preemptive, rounds of at most two acquisitions per thread (`pds2`).
     Pds2,
+    /// Loose synchronization (`lsa`): one replica's threads take mutexes as they come, and
+    /// the others take them in that order, shipped through the order.
+    Lsa,
 }
 
 impl Scheduler {
     /// Every scheduler, by name.
-    pub const ALL: [Scheduler; 3] = [Scheduler::Npds, Scheduler::Pds1, Scheduler::Pds2];
+    pub const ALL: [Scheduler; 4] = [Scheduler::Npds, Scheduler::Pds1, Scheduler::Pds2, Scheduler::Lsa];
 
     /// Its name in a config.
     pub fn name(self) -> &'static str {
@@ -172,6 +180,7 @@ impl Scheduler {
             Scheduler::Npds => "npds",
             Scheduler::Pds1 => "pds1",
             Scheduler::Pds2 => "pds2",
+            Scheduler::Lsa => "lsa",
         }
     }
 
@@ -181,15 +190,16 @@ impl Scheduler {
     }
 
     /// The scheduler named `name`, or why there is none: what a config or a command line is
-    /// answered with (`lsa` is a scheduler nodes do not run yet, not a misspelling).
+    /// answered with.
     pub fn parse(name: &str) -> Result<Scheduler, String> {
-        match name {
-            "lsa" => Err("\"lsa\" is not built on nodes yet (its leader's acquisitions must ship to the followers; \
-                          it runs in `nonstop bench active`): use \"npds\", \"pds1\" or \"pds2\""
-                .into()),
-            _ => Scheduler::from_name(name)
-                .ok_or_else(|| format!("{name:?} is no scheduler: use \"npds\", \"pds1\" or \"pds2\"")),
-        }
+        Scheduler::from_name(name)
+            .ok_or_else(|| format!("{name:?} is no scheduler: use \"npds\", \"pds1\", \"pds2\" or \"lsa\""))
+    }
+
+    /// Whether each batch is led by one replica or follows its acquisitions (LSA), rather
+    /// than scheduled alike by every replica.
+    pub fn is_loose(self) -> bool {
+        self == Scheduler::Lsa
     }
 
     fn algorithm(self) -> Algorithm {
@@ -197,12 +207,23 @@ impl Scheduler {
             Scheduler::Npds => Algorithm::Npds,
             Scheduler::Pds1 => Algorithm::Pds1,
             Scheduler::Pds2 => Algorithm::Pds2,
+            // Each batch says whether it is led or followed.
+            Scheduler::Lsa => Algorithm::Lsa(Role::Leader),
         }
     }
 }
 
 /// What executing one request answered: the service's reply (encoded), or its refusal.
 pub type Outcome = Result<Vec<u8>, String>;
+
+/// What executing one batch gave ([`HostedThreads::execute`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ran {
+    /// Each request's outcome, in order.
+    pub outcomes: Vec<Outcome>,
+    /// LSA, leading: the acquisitions the threads made, in order, for the others to follow.
+    pub led: Option<Vec<Grant>>,
+}
 
 /// What the node calls: [`ThreadedService`] with its types erased.
 trait RunThreads: Send + Sync {
@@ -244,13 +265,28 @@ impl HostedThreads {
         self.run.executor(scheduler, threads)
     }
 
-    /// Executes `requests` (encoded) as one batch on `executor`'s threads, to its end: each
-    /// one's outcome, in order. A request that does not decode is refused alike on every
-    /// replica. An error means the replica's threads failed (a handler panicked): its state is
-    /// no longer a replica's.
-    pub fn execute(&self, executor: &Executor, requests: Vec<Vec<u8>>) -> Result<Vec<Outcome>, ExecuteError> {
-        let replies = executor.execute(Arc::new(requests))?;
-        Ok(replies.iter().map(|reply| decode_outcome(reply)).collect())
+    /// Executes `requests` (encoded) as one batch on `executor`'s threads, to its end, the
+    /// threads taking mutexes as `acquisitions` says: each one's outcome, in order, and, when
+    /// it led the batch (LSA), the acquisitions its threads made. A request that does not
+    /// decode is refused alike on every replica. An error means the replica's threads failed
+    /// (a handler panicked, or they could not follow the acquisitions given): its state is no
+    /// longer a replica's.
+    pub fn execute(
+        &self,
+        executor: &Executor,
+        requests: Vec<Vec<u8>>,
+        acquisitions: &Acquisitions,
+    ) -> Result<Ran, ExecuteError> {
+        let requests = Arc::new(requests);
+        let (replies, led) = match acquisitions {
+            Acquisitions::Scheduled => (executor.execute(requests)?, None),
+            Acquisitions::Lead => {
+                let (replies, made) = executor.execute_leading(requests)?;
+                (replies, Some(made))
+            }
+            Acquisitions::Follow(acquisitions) => (executor.execute_following(requests, acquisitions)?, None),
+        };
+        Ok(Ran { outcomes: replies.iter().map(|reply| decode_outcome(reply)).collect(), led })
     }
 
     /// Answers a read-only question (encoded) from the state as it stands.
@@ -400,7 +436,10 @@ mod tests {
     fn a_batch_runs_in_the_schedulers_order_refusals_and_bad_requests_answered() {
         let hosted = log();
         let executor = hosted.executor(Scheduler::Pds1, 3).unwrap();
-        let outcomes = hosted.execute(&executor, vec![encode(5), encode(0), encode(7), vec![0xff; 6]]).unwrap();
+        let outcomes = hosted
+            .execute(&executor, vec![encode(5), encode(0), encode(7), vec![0xff; 6]], &Acquisitions::Scheduled)
+            .unwrap()
+            .outcomes;
         let len = |outcome: &Outcome| postcard::from_bytes::<usize>(outcome.as_ref().unwrap()).unwrap();
         assert_eq!((len(&outcomes[0]), len(&outcomes[2])), (1, 2));
         assert_eq!(outcomes[1], Err("zero is not logged".to_string()));
@@ -414,7 +453,7 @@ mod tests {
     fn a_snapshot_restored_elsewhere_is_the_same_state_and_garbage_changes_nothing() {
         let (donor, receiver) = (log(), log());
         let executor = donor.executor(Scheduler::Npds, 2).unwrap();
-        donor.execute(&executor, vec![encode(3), encode(4), encode(9)]).unwrap();
+        donor.execute(&executor, vec![encode(3), encode(4), encode(9)], &Acquisitions::Scheduled).unwrap();
         let state = donor.snapshot().unwrap();
         receiver.restore(&state).unwrap();
         assert_eq!(receiver.snapshot().unwrap(), state);
@@ -427,9 +466,8 @@ mod tests {
         for scheduler in Scheduler::ALL {
             assert_eq!(Scheduler::from_name(scheduler.name()), Some(scheduler));
         }
-        assert_eq!(Scheduler::from_name("lsa"), None);
-        assert!(Scheduler::parse("lsa").unwrap_err().contains("not built on nodes"));
-        assert!(Scheduler::parse("pds3").unwrap_err().contains("\"pds2\""));
+        assert!(Scheduler::parse("pds3").unwrap_err().contains("\"lsa\""));
         assert_eq!(Scheduler::parse("pds1"), Ok(Scheduler::Pds1));
+        assert_eq!(Scheduler::parse("lsa").map(Scheduler::is_loose), Ok(true));
     }
 }

@@ -949,8 +949,8 @@ impl Sim {
     fn advance(&mut self, index: usize) -> Result<(), Violation> {
         loop {
             self.react(index);
-            let Some(entry) = self.members[index].course.next_entry() else { return Ok(()) };
-            self.execute_entry(index, entry)?;
+            let Some(next) = self.members[index].course.next_entry() else { return Ok(()) };
+            self.execute_entry(index, next.entry)?;
         }
     }
 
@@ -1031,6 +1031,8 @@ impl Sim {
                     member.digests.clear();
                 }
                 Event::Reported(Dissent { .. }) => self.stats.dissents_reported += 1,
+                // The simulated service runs on one thread: no batch is led.
+                Event::ProposeLead(_) | Event::Granted { .. } => {}
                 Event::Probation(StateVerdict::Cleared { proof: Some(_) }) => self.stats.probations_cleared += 1,
                 Event::Probation(StateVerdict::Cleared { proof: None }) => self.stats.probations_cleared_unproven += 1,
                 Event::Probation(StateVerdict::Refuted { .. }) => self.stats.probations_refuted += 1,

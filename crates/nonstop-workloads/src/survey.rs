@@ -218,7 +218,7 @@ impl ThreadedService for SurveyServer {
 mod tests {
     use super::*;
     use nonstop_service::HostedThreads;
-    use nonstop_service::threaded::Scheduler;
+    use nonstop_service::threaded::{Acquisitions, Scheduler};
 
     #[test]
     fn replicas_under_one_scheduler_agree_and_settings_are_checked() {
@@ -229,12 +229,19 @@ mod tests {
             let batches: Vec<Vec<Vec<u8>>> = (0..20u64)
                 .map(|b| (0..7u64).map(|r| postcard::to_stdvec(&mix(b * 7 + r)).unwrap()).collect())
                 .collect();
-            let mut outcomes = Vec::new();
-            for (threads, replica) in [3, 3].into_iter().zip(&replicas) {
-                let executor = replica.executor(scheduler, threads).unwrap();
-                outcomes.push(
-                    batches.iter().map(|batch| replica.execute(&executor, batch.clone()).unwrap()).collect::<Vec<_>>(),
-                );
+            let executors: Vec<_> = replicas.iter().map(|replica| replica.executor(scheduler, 3).unwrap()).collect();
+            let mut outcomes = [Vec::new(), Vec::new()];
+            for batch in &batches {
+                // Under LSA the first replica leads each batch and the second follows it.
+                let first = match scheduler.is_loose() {
+                    true => Acquisitions::Lead,
+                    false => Acquisitions::Scheduled,
+                };
+                let led = replicas[0].execute(&executors[0], batch.clone(), &first).unwrap();
+                let second = led.led.clone().map_or(Acquisitions::Scheduled, Acquisitions::Follow);
+                let followed = replicas[1].execute(&executors[1], batch.clone(), &second).unwrap();
+                outcomes[0].push(led.outcomes);
+                outcomes[1].push(followed.outcomes);
             }
             assert_eq!(outcomes[0], outcomes[1], "{scheduler:?}");
             assert_eq!(replicas[0].snapshot(), replicas[1].snapshot(), "{scheduler:?}");

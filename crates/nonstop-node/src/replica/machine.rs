@@ -8,13 +8,14 @@
 
 use crate::config::{ActiveService, RegionPlace};
 use crate::status::WorkerThreads;
-use nonstop_active::execute::Executor as Workers;
+use nonstop_active::course::Acquisitions;
+use nonstop_active::execute::{ExecuteError, Executor as Workers};
 use nonstop_active::order::Request;
 use nonstop_proto::CheckpointId;
 use nonstop_proto::client::ClientMemory;
 use nonstop_proto::runs::RunsBuilder;
 use nonstop_region::{Mirror, Region};
-use nonstop_service::threaded::{Outcome, Scheduler};
+use nonstop_service::threaded::{Ran, Scheduler};
 use nonstop_service::{AuditReport, CallError, Caller, Executed, Hosted, HostedThreads};
 use std::sync::{Arc, RwLock};
 
@@ -28,6 +29,15 @@ pub(super) enum Machine {
     /// In batches on worker threads, in their mutexes. The lock is held to write while a batch
     /// runs, so that a query, an audit or a snapshot reads the state between two batches.
     OnThreads { service: HostedThreads, scheduler: Scheduler, threads: u16, workers: RwLock<Workers> },
+}
+
+/// Why an entry could not be executed.
+pub(super) enum Failed {
+    /// LSA: the threads could not make the grant leader's acquisitions; the batch is half
+    /// executed, and the replica takes a live replica's state.
+    Unfollowed(String),
+    /// The service or its threads failed: the replica stops, for this reason.
+    Stop(String),
 }
 
 /// A donor's state, copied between two entries of the order.
@@ -96,10 +106,15 @@ impl Machine {
         }
     }
 
-    /// Executes one entry's `requests` at order time `time_ms`, in order: each one's reply or
-    /// refusal. An error: the service failed, and the replica's state no longer follows the
-    /// order.
-    pub(super) fn execute(&self, requests: &[Request], time_ms: u64) -> Result<Vec<Outcome>, String> {
+    /// Executes one entry's `requests` at order time `time_ms`, in order, the threads taking
+    /// mutexes as `acquisitions` says: each one's reply or refusal, and the acquisitions made
+    /// if it led the batch (LSA). An error: the replica's state no longer follows the order.
+    pub(super) fn execute(
+        &self,
+        requests: &[Request],
+        time_ms: u64,
+        acquisitions: &Acquisitions,
+    ) -> Result<Ran, Failed> {
         match self {
             Machine::InRegion { service, mirror } => requests
                 .iter()
@@ -112,18 +127,22 @@ impl Machine {
                         Ok((Executed::Stale { last }, _)) => {
                             Ok(Err(format!("request {} is older than the last applied ({last})", request.number)))
                         }
-                        Err(CallError::Failed(reason)) => Err(format!("the service failed: {reason}")),
+                        Err(CallError::Failed(reason)) => Err(Failed::Stop(format!("the service failed: {reason}"))),
                         // A refusal is an answer: every correct replica refuses alike.
                         Err(refusal) => Ok(Err(refusal.to_string())),
                     }
                 })
-                .collect(),
+                .collect::<Result<_, _>>()
+                .map(|outcomes| Ran { outcomes, led: None }),
             // An entry of digests only: no thread needs waking.
-            Machine::OnThreads { .. } if requests.is_empty() => Ok(Vec::new()),
+            Machine::OnThreads { .. } if requests.is_empty() => Ok(Ran { outcomes: Vec::new(), led: None }),
             Machine::OnThreads { service, workers, .. } => {
                 let workers = workers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let bodies = requests.iter().map(|request| request.body.clone()).collect();
-                service.execute(&workers, bodies).map_err(|error| format!("its worker threads failed: {error}"))
+                service.execute(&workers, bodies, acquisitions).map_err(|error| match error {
+                    ExecuteError::Unfollowed(reason) => Failed::Unfollowed(reason),
+                    other => Failed::Stop(format!("its worker threads failed: {other}")),
+                })
             }
         }
     }

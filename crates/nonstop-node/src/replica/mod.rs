@@ -47,12 +47,13 @@ use crate::peers::{Body, PeerEvent, Peers};
 use crate::service::lock;
 use crate::status::{OrderRole, ReplicaStanding, ReplicaStatus};
 use crate::transfer::{Donors, Received};
-use machine::{Copied, Machine, TRANSFER_BATCH_PAGES};
+use machine::{Copied, Failed, Machine, TRANSFER_BATCH_PAGES};
+use nonstop_active::calls::Outcome;
 use nonstop_active::calls::{Asked, Calls, Remembered};
-use nonstop_active::course::{Behind, Course, Event, NoDonation, Standing as CourseStanding, Taken};
+use nonstop_active::course::{Behind, Course, Event, Next, NoDonation, Standing as CourseStanding, Taken};
 use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
 use nonstop_active::membership::{self, Join, member_id, node_of};
-use nonstop_active::order::{Batch, Delivered, Order, Request};
+use nonstop_active::order::{Batch, Delivered, Lead, Order, Request};
 use nonstop_control::log::MemoryLog;
 use nonstop_control::{ControlConfig, ControlError, ElectionJitter, Membership, RaftNode, Replicated};
 use nonstop_net::fault::{FaultPoint, FaultPoints};
@@ -100,6 +101,10 @@ const TRANSFER_RETRY: Duration = Duration::from_millis(200);
 /// How often the executor looks at the clock while no work comes (a probation's end).
 const EXECUTOR_TICK: Duration = Duration::from_millis(50);
 
+/// How long a claim of the lead of the acquisitions may take to be applied before it is
+/// made again (LSA).
+const CLAIM_RETRY: Duration = Duration::from_millis(200);
+
 /// The value of [`Replica::leader`] when no leader is known.
 const NO_LEADER: u16 = u16::MAX;
 
@@ -128,6 +133,8 @@ struct Shared {
     position: u64,
     /// Its digests of windows of outcomes, to propose with the next entry.
     digests: Vec<Digest>,
+    /// LSA: acquisitions of batches it led, to propose with the next entry.
+    leads: Vec<Lead>,
     /// Times it found its own outcomes contradicted by a majority's.
     dissents_found: u64,
     /// Times it saw another replica's outcomes contradicted by a majority's.
@@ -233,6 +240,8 @@ pub struct ReplicaHost {
     joins: std::collections::BTreeMap<u64, Join>,
     /// Ticks until it asks to join again, while it is not a voter.
     join_in: u32,
+    /// LSA: when it last claimed the lead of the acquisitions, until the claim is applied.
+    last_claim: Option<std::time::Instant>,
 }
 
 /// A replica's member of its order group.
@@ -289,6 +298,9 @@ impl ReplicaHost {
         faults: Arc<FaultPoints>,
     ) -> Result<ReplicaHost, ReplicaError> {
         let start_error = |problem: String| ReplicaError::Start { service: spec.name.clone(), problem };
+        // Under LSA the order carries the grant leader's acquisitions, and each replica's course
+        // leads batches or follows them.
+        let loose = matches!(&service, ActiveService::OnThreads { scheduler, .. } if scheduler.is_loose());
         let machine = Machine::start(&spec.name, service, spec.region).map_err(start_error)?;
         let number = spec.replicas.iter().position(|r| *r == me).expect("the config makes every holder a replica");
         let mark = data_dir.join(format!("active-{}.member", spec.name));
@@ -314,10 +326,14 @@ impl ReplicaHost {
                 Course::new_member(member, &nodes, KEPT_FOR_TRANSFER)
             }
         };
+        let (course, order) = match loose {
+            true => (course.loose(), Order::loose()),
+            false => (course, Order::default()),
+        };
         // Every member starts from the founders' configuration, a new one too: given the log
         // from its first entry, it applies the membership changes from there.
         let group_config = ControlConfig { id: member, ..group_config };
-        let group = RaftNode::new(group_config, Box::new(MemoryLog::default()))
+        let group = RaftNode::starting_from(group_config, Box::new(MemoryLog::default()), order)
             .map_err(|source| ReplicaError::Group { service: spec.name.clone(), source })?;
         let (work, works) = mpsc::channel();
         let replica = Arc::new(Replica {
@@ -334,6 +350,7 @@ impl ReplicaHost {
                 last_catch_up: None,
                 position: 0,
                 digests: Vec::new(),
+                leads: Vec::new(),
                 dissents_found: 0,
                 dissents_reported: 0,
             }),
@@ -358,6 +375,7 @@ impl ReplicaHost {
             executor: Some(executor),
             joins: std::collections::BTreeMap::new(),
             join_in: 0,
+            last_claim: None,
         })
     }
 
@@ -463,21 +481,46 @@ impl ReplicaHost {
         if group.leader().is_none() {
             return;
         }
+        let mut claim = self.claim();
+        let Some(group) = self.seat.group_mut() else { return };
         loop {
-            let (requests, digests) = {
+            let (requests, digests, mut leads) = {
                 let mut shared = lock(&self.replica.shared);
-                (shared.calls.take_proposals(BATCH_BYTES), std::mem::take(&mut shared.digests))
+                let requests = shared.calls.take_proposals(BATCH_BYTES);
+                (requests, std::mem::take(&mut shared.digests), std::mem::take(&mut shared.leads))
             };
-            if requests.is_empty() && digests.is_empty() {
+            leads.extend(claim.take());
+            if requests.is_empty() && digests.is_empty() && leads.is_empty() {
                 return;
             }
             // A proposal lost on the way (the leader changed) is proposed again when its
             // client asks again; a lost digest leaves its window undecided, and a later one
-            // decides.
-            if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests, digests, leads: vec![] }) {
+            // decides; a led batch's acquisitions are proposed again until granted
+            // ([`nonstop_active::course::LEAD_RETRY_MS`]), a claim until applied.
+            if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests, digests, leads }) {
                 tracing::debug!(service = self.replica.name, %error, "proposal not accepted");
             }
         }
+    }
+
+    /// LSA: a claim of the lead of the acquisitions, if this replica's node leads the group, the
+    /// replica serves, and another member (or none) claimed it last: the group's leader is
+    /// where entries are proposed without a hop, so its replica leads the acquisitions too.
+    /// Claimed again after [`CLAIM_RETRY`] if not applied by then.
+    fn claim(&mut self) -> Option<Lead> {
+        let group = self.seat.group()?;
+        let order = group.state();
+        let me = group.id();
+        if !order.is_loose() || !group.is_leader() || order.grant_leader() == Some(me) {
+            self.last_claim = None;
+            return None;
+        }
+        if self.last_claim.is_some_and(|at| at.elapsed() < CLAIM_RETRY) || !self.replica.serving() {
+            return None;
+        }
+        self.last_claim = Some(std::time::Instant::now());
+        tracing::info!(service = self.replica.name, "leading the order group: claiming the lead of the acquisitions");
+        Some(Lead::Claim { member: me })
     }
 
     /// Sends what the group produced and hands what it delivered to the executor; asks to
@@ -784,11 +827,22 @@ struct Executor {
     behind_since: Option<std::time::Instant>,
     /// The executor's clock for its course (a probation's end): when it started.
     started: std::time::Instant,
+    /// LSA: the outcomes of batches it led, by batch, oldest first, held until the order grants
+    /// each batch the acquisitions its threads made ([`Event::Granted`]).
+    held: std::collections::VecDeque<(u64, Vec<(Request, Outcome)>)>,
 }
 
 impl Executor {
     fn new(replica: Arc<Replica>, course: Course, replicas: Vec<NodeId>) -> Executor {
-        Executor { replica, course, replicas, fetching: false, behind_since: None, started: std::time::Instant::now() }
+        Executor {
+            replica,
+            course,
+            replicas,
+            fetching: false,
+            behind_since: None,
+            started: std::time::Instant::now(),
+            held: std::collections::VecDeque::new(),
+        }
     }
 
     fn run(mut self, works: Receiver<Work>) {
@@ -839,8 +893,8 @@ impl Executor {
     fn advance(&mut self) -> bool {
         loop {
             self.react();
-            let Some(entry) = self.course.next_entry() else { break };
-            if !self.execute_entry(entry) {
+            let Some(next) = self.course.next_entry() else { break };
+            if !self.execute_entry(next) {
                 return false;
             }
         }
@@ -862,6 +916,22 @@ impl Executor {
                     propose_later(&mut lock(&self.replica.shared).digests, digest);
                     let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
                 }
+                Event::ProposeLead(lead) => {
+                    lock(&self.replica.shared).leads.push(lead);
+                    let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
+                }
+                Event::Granted { batch } => match self.held.pop_front() {
+                    Some((held, answers)) if held == batch => {
+                        for (request, outcome) in answers {
+                            self.answer(&request, outcome);
+                        }
+                    }
+                    other => {
+                        // The course grants its led batches in the order it led them.
+                        debug_assert!(false, "batch {batch} granted, {:?} held first", other.as_ref().map(|h| h.0));
+                        tracing::error!(service = name, batch, "a batch granted that this replica did not hold");
+                    }
+                },
                 Event::NeedState { from, why } => {
                     self.behind_since.get_or_insert_with(std::time::Instant::now);
                     let mut shared = lock(&self.replica.shared);
@@ -877,9 +947,12 @@ impl Executor {
                     if !matches!(shared.standing, Standing::Stopped(_)) {
                         shared.standing = Standing::Course(self.course.standing());
                     }
-                    // Their calls are answered by the others; the callers ask again.
+                    // Their calls are answered by the others; the callers ask again. What it
+                    // led and held is not the order's.
                     shared.calls.drop_waiters();
                     shared.digests.clear();
+                    shared.leads.clear();
+                    self.held.clear();
                     drop(shared);
                     tracing::debug!(service = name, from, "asking for a live replica's state");
                     self.fetch(Duration::ZERO);
@@ -920,19 +993,14 @@ impl Executor {
         }
     }
 
-    /// Executes one entry's requests at its order time, and refuses those the order turned
-    /// away; false once the replica stopped.
-    fn execute_entry(&mut self, entry: Delivered) -> bool {
+    /// Executes one entry's requests at its order time, the threads taking mutexes as the
+    /// course says, and refuses those the order turned away; false once the replica stopped.
+    /// Under LSA the outcomes of a batch it led wait for the order's grant.
+    fn execute_entry(&mut self, next: Next) -> bool {
+        let Next { entry, acquisitions } = next;
         let end = entry.first + entry.requests.len() as u64;
         for request in &entry.turned_away {
-            let refusal = Err(nonstop_active::order::TURNED_AWAY.to_string());
-            let waiters = lock(&self.replica.shared).calls.executed(request, refusal.clone());
-            if !waiters.is_empty() {
-                let vote = self.replica.vote(request.number, refusal, false);
-                for waiter in waiters {
-                    let _ = waiter.send(vote.clone());
-                }
-            }
+            self.answer(request, Err(nonstop_active::order::TURNED_AWAY.to_string()));
         }
         if matches!(lock(&self.replica.shared).standing, Standing::Stopped(_)) {
             return false;
@@ -950,11 +1018,22 @@ impl Executor {
                 }
             }
         }
-        let outcomes = match self.replica.machine.execute(&entry.requests, entry.time_ms) {
-            Ok(outcomes) => outcomes,
-            Err(reason) => return self.stop(reason),
+        let ran = match self.replica.machine.execute(&entry.requests, entry.time_ms, &acquisitions) {
+            Ok(ran) => ran,
+            Err(Failed::Unfollowed(reason)) => {
+                tracing::error!(
+                    service = self.replica.name,
+                    batch = entry.first,
+                    %reason,
+                    "could not follow the grant leader's acquisitions: taking a live replica's state"
+                );
+                self.course.unfollowed();
+                return true;
+            }
+            Err(Failed::Stop(reason)) => return self.stop(reason),
         };
-        for (request, mut outcome) in entry.requests.into_iter().zip(outcomes) {
+        let mut held = Vec::new();
+        for (request, mut outcome) in entry.requests.into_iter().zip(ran.outcomes) {
             if self.replica.faults.armed() && self.replica.faults.fires(FaultPoint::ReplicaWrongOutcome) {
                 tracing::warn!(
                     service = self.replica.name,
@@ -967,17 +1046,30 @@ impl Executor {
                 }
             }
             self.course.executed(&outcome);
-            let waiters = lock(&self.replica.shared).calls.executed(&request, outcome.clone());
-            if !waiters.is_empty() {
-                let vote = self.replica.vote(request.number, outcome, false);
-                for waiter in waiters {
-                    let _ = waiter.send(vote.clone());
-                }
+            match ran.led {
+                Some(_) => held.push((request, outcome)),
+                None => self.answer(&request, outcome),
             }
+        }
+        if let Some(made) = ran.led {
+            let now_ms = self.now_ms();
+            self.course.led(made, now_ms);
+            self.held.push_back((entry.first, held));
         }
         lock(&self.replica.shared).position = end;
         self.course.entry_executed();
         true
+    }
+
+    /// Records `request`'s outcome as executed and sends it to whoever waits for it.
+    fn answer(&self, request: &Request, outcome: Outcome) {
+        let waiters = lock(&self.replica.shared).calls.executed(request, outcome.clone());
+        if !waiters.is_empty() {
+            let vote = self.replica.vote(request.number, outcome, false);
+            for waiter in waiters {
+                let _ = waiter.send(vote.clone());
+            }
+        }
     }
 
     fn stop(&self, reason: String) -> bool {
@@ -1058,7 +1150,7 @@ impl Executor {
         let position = match self.course.donation(from) {
             Ok(position) => position,
             Err(NoDonation::Behind { position }) => return Finished::Behind(position),
-            Err(refusal @ (NoDonation::TakingState | NoDonation::Unproven)) => {
+            Err(refusal @ (NoDonation::TakingState | NoDonation::Unproven | NoDonation::Ungranted)) => {
                 return Finished::NotServing(refusal.to_string());
             }
         };
