@@ -236,7 +236,7 @@ impl Course {
     /// The same course for a replica under LSA: each batch is led (as grant leader) or waits
     /// for the grant leader's acquisitions in the order ([`crate::loose`]).
     pub fn loose(self) -> Course {
-        Course { loose: Some(Loose::new(self.judge.member())), ..self }
+        Course { loose: Some(Loose::new(self.judge.member(), self.judge.rank())), ..self }
     }
 
     /// LSA: the member that claimed the lead of the acquisitions last, as far as this replica
@@ -317,12 +317,7 @@ impl Course {
             for heard in loose.delivered(&delivered.leads, delivered.grant_leader, next) {
                 match heard {
                     Heard::Granted { batch } => self.events.push_back(Event::Granted { batch }),
-                    Heard::Overruled { batch } => {
-                        // Past what it executed or was handed: its state is replaced whole.
-                        if let Some(from) = self.feed.next() {
-                            self.need_state(from, Behind::Overruled { batch });
-                        }
-                    }
+                    Heard::Overruled { batch } => self.need_state_here(Behind::Overruled { batch }),
                 }
             }
         }
@@ -378,6 +373,13 @@ impl Course {
             self.lead_proposed_ms = now_ms;
             self.events.extend(loose.ungranted().into_iter().map(Event::ProposeLead));
         }
+        let serving = self.standing() == Standing::Serving;
+        let next_batch = self.ready.front().filter(|entry| !entry.requests.is_empty()).map(|entry| entry.first);
+        if let Some(loose) = &mut self.loose
+            && let Some(claim) = loose.claim_if_stalled(next_batch, serving, now_ms)
+        {
+            self.events.push_back(Event::ProposeLead(claim));
+        }
     }
 
     /// The next entry to execute: execute its requests in order as [`Next::acquisitions`]
@@ -423,10 +425,8 @@ impl Course {
             debug_assert!(false, "unfollowed without a batch handed out");
             return;
         };
-        // Everything handed out is past: the state must reach the entry after this one.
-        if let Some(from) = self.feed.next() {
-            self.need_state(from, Behind::Unfollowed { batch });
-        }
+        // The batch is half executed: the state must reach past it.
+        self.need_state_here(Behind::Unfollowed { batch });
     }
 
     /// The entry being executed answered its next request with `outcome` (the service's reply
@@ -462,13 +462,29 @@ impl Course {
         let event = match finding {
             Finding::Dissent(Dissent { me: true, window, .. }) => {
                 // Awaiting a state already: the one it takes replaces what was contradicted.
-                let Some(next) = self.feed.next() else { return };
-                return self.need_state(next, Behind::Dissented { window });
+                return self.need_state_here(Behind::Dissented { window });
             }
             Finding::Dissent(dissent) => Event::Reported(dissent),
             Finding::Probation(verdict) => Event::Probation(verdict),
         };
         self.events.push_back(event);
+    }
+
+    /// Its own state is wrong, or holds what the order will not take: it needs a live
+    /// replica's from where it stands ([`Course::position`]; nothing if it awaits one already).
+    /// The entries handed to it and not executed yet are kept to execute after a state that
+    /// stands before them: under LSA they may wait for acquisitions only this replica would
+    /// have led, and the others cannot go past them to donate a state that covers them.
+    fn need_state_here(&mut self, why: Behind) {
+        let Some(from) = self.position() else { return };
+        let waiting: Vec<Delivered> = self.ready.drain(..).collect();
+        self.need_state(from, why);
+        for entry in waiting {
+            // They follow `from` in order, as they followed each other; kept within the
+            // feed's bound like any entry delivered while it awaits.
+            let kept = self.feed.delivered(entry);
+            debug_assert!(kept.is_ok(), "{kept:?}");
+        }
     }
 
     /// Its state must be replaced from position `from` on: entries handed to it but not
@@ -827,5 +843,24 @@ mod tests {
         course.delivered(loose_entry(2, 0, vec![], 2)).unwrap();
         course.tick(2 * LEAD_RETRY_MS);
         assert_eq!(events(&mut course), vec![]);
+    }
+
+    #[test]
+    fn an_lsa_replica_whose_next_batch_waits_too_long_claims_the_lead_itself() {
+        use crate::loose::CLAIM_AFTER_MS;
+        // Member 2 is the second replica: it waits twice the first's patience.
+        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
+        course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
+        assert_eq!(course.next_entry(), None);
+        course.tick(1_000);
+        course.tick(1_000 + 2 * CLAIM_AFTER_MS - 1);
+        assert_eq!(events(&mut course), vec![]);
+        course.tick(1_000 + 2 * CLAIM_AFTER_MS);
+        assert_eq!(events(&mut course), vec![Event::ProposeLead(Lead::Claim { member: member_id(2, 0) })]);
+        course.tick(1_000 + 3 * CLAIM_AFTER_MS);
+        assert_eq!(events(&mut course), vec![], "claimed a moment ago");
+        // The claim applied: it leads the batch that waited.
+        course.delivered(loose_entry(1, 0, vec![Lead::Claim { member: member_id(2, 0) }], 2)).unwrap();
+        assert_eq!(course.next_entry().map(|next| next.acquisitions), Some(Acquisitions::Lead));
     }
 }

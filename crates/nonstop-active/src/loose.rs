@@ -6,7 +6,13 @@
 //! mutexes as they come, then proposes what they took; its replies wait until the order grants
 //! the batch those very acquisitions, because a leader deposed before that has executed
 //! something no other replica will follow. Every other replica waits for the batch's
-//! acquisitions in the order and takes them in that order. [`Loose`] is that bookkeeping,
+//! acquisitions in the order and takes them in that order.
+//!
+//! Who leads: the replica of the order group's leader claims the lead as soon as it serves
+//! (the node's driver decides that), and any replica that serves claims it when its next batch
+//! has waited for acquisitions for [`CLAIM_AFTER_MS`] (times its place among the replicas):
+//! the grant leader may be paused, cut off, or taking a state itself while the group's leader
+//! is elsewhere, or is that very replica. [`Loose`] is that bookkeeping,
 //! pure; [`crate::course::Course`] consults it for each entry it hands out.
 
 use crate::order::Lead;
@@ -40,10 +46,22 @@ pub(crate) enum Heard {
     Overruled { batch: u64 },
 }
 
+/// How long a replica that serves waits for a batch's acquisitions before it claims the lead
+/// itself, per place among the replicas (the first waits this long, the second twice as long,
+/// so that two rarely claim at once): the grant leader may be cut off, paused, or awaiting a
+/// state, while the group's leader (which claims at once) is elsewhere or is that replica.
+pub const CLAIM_AFTER_MS: u64 = 150;
+
 /// See the module's documentation.
 #[derive(Clone, Debug)]
 pub(crate) struct Loose {
     me: NodeId,
+    /// Its place among the replicas, for [`CLAIM_AFTER_MS`].
+    rank: u64,
+    /// The batch it waits for acquisitions for, and since when (driver's clock).
+    stalled: Option<(u64, u64)>,
+    /// When it last claimed the lead because a batch waited.
+    claimed_ms: Option<u64>,
     /// The member that claimed the lead last, as far as this replica has heard.
     leader: Option<NodeId>,
     /// Acquisitions the order granted batches this replica has not executed yet, by batch.
@@ -60,8 +78,44 @@ pub(crate) struct Loose {
 }
 
 impl Loose {
-    pub(crate) fn new(me: NodeId) -> Loose {
-        Loose { me, leader: None, granted: BTreeMap::new(), led: VecDeque::new(), orphaned: Vec::new() }
+    pub(crate) fn new(me: NodeId, rank: usize) -> Loose {
+        Loose {
+            me,
+            rank: rank as u64,
+            stalled: None,
+            claimed_ms: None,
+            leader: None,
+            granted: BTreeMap::new(),
+            led: VecDeque::new(),
+            orphaned: Vec::new(),
+        }
+    }
+
+    /// The driver's clock, with the batch this replica would execute next if it holds
+    /// requests (`None`: nothing waits) and whether it serves: a claim of the lead if the
+    /// batch has waited for its acquisitions for [`CLAIM_AFTER_MS`] times its place, and it
+    /// did not claim that long ago already.
+    pub(crate) fn claim_if_stalled(&mut self, next_batch: Option<u64>, serving: bool, now_ms: u64) -> Option<Lead> {
+        let waiting =
+            next_batch.filter(|batch| serving && self.leader != Some(self.me) && !self.granted.contains_key(batch));
+        let Some(batch) = waiting else {
+            self.stalled = None;
+            return None;
+        };
+        let since = match self.stalled {
+            Some((stalled, since)) if stalled == batch => since,
+            _ => {
+                self.stalled = Some((batch, now_ms));
+                now_ms
+            }
+        };
+        let patience = CLAIM_AFTER_MS * (1 + self.rank);
+        let due = now_ms.saturating_sub(since) >= patience
+            && self.claimed_ms.is_none_or(|claimed| now_ms.saturating_sub(claimed) >= patience);
+        due.then(|| {
+            self.claimed_ms = Some(now_ms);
+            Lead::Claim { member: self.me }
+        })
     }
 
     /// Takes in an entry's leads, in order, and the grant leader once it is applied; `next` is
