@@ -91,6 +91,9 @@ enum SimKind {
     /// Active replication's total order: three replicas in a Raft group of their own, clients
     /// retrying; lost, duplicated and reordered messages, partitions, a crash.
     Order,
+    /// The same under LSA: the grant leader's acquisitions ship through the order, its replies
+    /// wait for their grant.
+    OrderLsa,
 }
 
 #[derive(Args)]
@@ -950,12 +953,13 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     let steps = args.steps.unwrap_or(match args.kind {
         SimKind::Replication => 1500,
         SimKind::Failover => 3000,
-        SimKind::Order => 6000,
+        SimKind::Order | SimKind::OrderLsa => 6000,
     });
     let kind = match args.kind {
         SimKind::Replication => "replication",
         SimKind::Failover => "failover",
         SimKind::Order => "order",
+        SimKind::OrderLsa => "order-lsa",
     };
     let run = |seed: u64, trace: bool| -> Result<String, String> {
         match args.kind {
@@ -968,6 +972,9 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
             SimKind::Order => {
                 nonstop_sim::order::run_order(seed, steps).map(|s| format!("{s:?}")).map_err(|v| v.to_string())
             }
+            SimKind::OrderLsa => nonstop_sim::order::run_order_paced(seed, steps, nonstop_sim::order::Pacing::Loose)
+                .map(|s| format!("{s:?}"))
+                .map_err(|v| v.to_string()),
         }
     };
     if let Some(seed) = args.seed {

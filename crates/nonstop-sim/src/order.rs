@@ -48,16 +48,28 @@
 //! only (the order itself must hold for all), no client may decide a corrupted outcome, and by
 //! the end no live replica may hold a corrupted state.
 //!
+//! Under [`Pacing::Loose`] the replicas run LSA's batches as a node's multithreaded service
+//! does (the node's code: [`Order::loose`], [`Course::loose`]): the replica of the order's
+//! leader claims the lead of the acquisitions, executes each batch in an order its "threads"
+//! happen to take the vault in (drawn from the seed), proposes that order, and holds the
+//! batch's replies until the order grants it those acquisitions; every other replica executes
+//! each batch in the order granted. The outcomes of a batch depend on that order (a withdrawal
+//! is refused or not), so a replica that answered from acquisitions the order did not grant,
+//! or followed other ones, breaks the checks. A leader deposed while its acquisitions were on
+//! their way must take a live replica's state; until it does, its executions of those batches
+//! are tentative and not compared.
+//!
 //! The run ends with a quiet period (no new faults, partitions healed): by its end every client
 //! has its answer, every live replica has executed the same sequence, and every live replica
 //! is a voter of one settled configuration of three.
 
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
-use nonstop_active::course::{Behind, Course, Event, Standing, Taken};
+use nonstop_active::course::{Acquisitions, Behind, Course, Event, Next, Standing, Taken};
 use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
 use nonstop_active::membership::{self, Join, member_id, node_of};
-use nonstop_active::order::{Batch, Delivered, Order, Request};
+use nonstop_active::order::{Batch, Lead, Order, Request};
+use nonstop_active::schedule::{Grant, MutexId, ThreadId};
 use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use nonstop_control::cluster::NodeId;
 use nonstop_control::log::MemoryLog;
@@ -84,6 +96,19 @@ const KEPT_FOR_TRANSFER: usize = 80;
 const SETTLED_LAG: u64 = 16;
 /// The quiet period at the end of a run; clients start no request in its second half.
 const QUIET_STEPS: u64 = 3000;
+/// Steps a replica that leads the order group waits for its claim of the acquisitions' lead
+/// to be applied before it claims again (a node waits 200 ms).
+const CLAIM_RETRY_STEPS: u64 = 200;
+
+/// How the replicas take the shared state in a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// Each request in the order of the batch, as every scheduler but LSA ends up doing.
+    Scheduled,
+    /// LSA: the grant leader's replica takes them in an order of its own and ships it through
+    /// the order; the others take them in that order.
+    Loose,
+}
 
 /// What a run did, for coverage: a simulation that injects no fault proves nothing.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +179,17 @@ pub struct OrderStats {
     pub probations_cleared_unproven: u64,
     /// Replicas whose taken state disagreed with a replica other than its donor.
     pub probations_refuted: u64,
+    /// LSA: claims of the acquisitions' lead proposed.
+    pub claims: u64,
+    /// LSA: batches executed leading.
+    pub batches_led: u64,
+    /// LSA: batches executed following the acquisitions granted.
+    pub batches_followed: u64,
+    /// LSA: batches whose held replies left once the order granted them.
+    pub batches_granted: u64,
+    /// LSA: leaders whose acquisitions the order would not take (deposed, or another's came
+    /// first), which took a live replica's state.
+    pub leads_overruled: u64,
 }
 
 impl std::ops::AddAssign for OrderStats {
@@ -188,6 +224,11 @@ impl std::ops::AddAssign for OrderStats {
         self.probations_cleared += other.probations_cleared;
         self.probations_cleared_unproven += other.probations_cleared_unproven;
         self.probations_refuted += other.probations_refuted;
+        self.claims += other.claims;
+        self.batches_led += other.batches_led;
+        self.batches_followed += other.batches_followed;
+        self.batches_granted += other.batches_granted;
+        self.leads_overruled += other.leads_overruled;
     }
 }
 
@@ -215,6 +256,9 @@ struct Executed {
     outcome: Outcome,
     /// Executed on a corrupted state (the simulation's knowledge): its outcome may be wrong.
     wrong: bool,
+    /// LSA: executed leading a batch the order has not granted the acquisitions made (yet):
+    /// if it never does, the replica takes a state, and the outcome was never answered.
+    tentative: bool,
 }
 
 impl Executed {
@@ -222,7 +266,7 @@ impl Executed {
     /// unless either was executed on a corrupted state.
     fn agrees(&self, other: &Executed) -> bool {
         (self.client, self.request, self.time_ms) == (other.client, other.request, other.time_ms)
-            && (self.wrong || other.wrong || self.outcome == other.outcome)
+            && (self.wrong || other.wrong || self.tentative || other.tentative || self.outcome == other.outcome)
     }
 }
 
@@ -258,12 +302,18 @@ struct Member {
     /// state was corrupted, or copied from a corrupted one, and it has not taken a good
     /// state since. Its outcomes may be wrong; the order it executes may not.
     corrupted: bool,
+    /// LSA: acquisitions of batches it led, to propose with its next batch.
+    leads: Vec<Lead>,
+    /// LSA: when it last claimed the acquisitions' lead, until the claim is applied.
+    claimed_at: Option<u64>,
+    /// LSA: the outcomes of batches it led, held until the order grants each batch.
+    held: std::collections::VecDeque<(u64, Vec<(Request, Outcome)>)>,
 }
 
 impl Member {
     /// Node `node`'s replica in its `incarnation`-th process, in a group founded by `founders`:
     /// one of them, or a new member that asks to join the running group.
-    fn start(seed: u64, node: u64, incarnation: u32, founders: Vec<NodeId>) -> Result<Member, String> {
+    fn start(seed: u64, node: u64, incarnation: u32, founders: Vec<NodeId>, pacing: Pacing) -> Result<Member, String> {
         let id = member_id(node, incarnation);
         let mut config = ControlConfig::new(id, founders);
         config.election_jitter = ElectionJitter::Seeded(seed.wrapping_mul(31).wrapping_add(id.0));
@@ -272,8 +322,16 @@ impl Member {
         // never, so that a restarted replica is given the whole log from its first entry.
         config.compact_every = if seed.is_multiple_of(4) { u64::MAX } else { COMPACT_EVERY };
         config.membership = Membership::Dynamic;
-        let node_raft = RaftNode::new(config, Box::new(MemoryLog::default()))
+        let order = match pacing {
+            Pacing::Scheduled => Order::default(),
+            Pacing::Loose => Order::loose(),
+        };
+        let node_raft = RaftNode::starting_from(config, Box::new(MemoryLog::default()), order)
             .map_err(|e| format!("replica {id} does not start: {e}"))?;
+        let course = match incarnation {
+            0 => Course::founder(id, &REPLICA_NODES, KEPT_FOR_TRANSFER),
+            _ => Course::new_member(id, &REPLICA_NODES, KEPT_FOR_TRANSFER),
+        };
         // Up to 63 ms (steps) apart: proposals reach the log out of their clocks' order.
         let clock_skew_ms = seed.wrapping_add(node).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
         Ok(Member {
@@ -288,13 +346,16 @@ impl Member {
             clock_skew_ms,
             calls: Calls::new(usize::MAX),
             vault: 0,
-            course: match incarnation {
-                0 => Course::founder(id, &REPLICA_NODES, KEPT_FOR_TRANSFER),
-                _ => Course::new_member(id, &REPLICA_NODES, KEPT_FOR_TRANSFER),
+            course: match pacing {
+                Pacing::Scheduled => course,
+                Pacing::Loose => course.loose(),
             },
             taking: Taking::Idle,
             digests: Vec::new(),
             corrupted: false,
+            leads: Vec::new(),
+            claimed_at: None,
+            held: std::collections::VecDeque::new(),
         })
     }
 
@@ -416,12 +477,20 @@ struct Sim {
     /// stand for election in turn if it led ([`RaftNode::on_leader_lost`], the node's code).
     closed: Vec<(u64, NodeId)>,
     stats: OrderStats,
+    pacing: Pacing,
+    /// A broken promise found where no error can be returned, reported at the step's end.
+    broken: Option<String>,
 }
 
 /// Runs `seed` for `steps` steps of faults and a quiet period; a broken promise is a
 /// [`Violation`] naming the seed and step.
 pub fn run_order(seed: u64, steps: u64) -> Result<OrderStats, Violation> {
-    let mut sim = Sim::new(seed)?;
+    run_order_paced(seed, steps, Pacing::Scheduled)
+}
+
+/// [`run_order`] with the replicas taking the shared state as `pacing` says.
+pub fn run_order_paced(seed: u64, steps: u64, pacing: Pacing) -> Result<OrderStats, Violation> {
+    let mut sim = Sim::new(seed, pacing)?;
     for step in 0..steps + QUIET_STEPS {
         sim.step = step;
         sim.run_step(step < steps, step < steps + QUIET_STEPS / 2)?;
@@ -430,11 +499,11 @@ pub fn run_order(seed: u64, steps: u64) -> Result<OrderStats, Violation> {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Result<Sim, Violation> {
+    fn new(seed: u64, pacing: Pacing) -> Result<Sim, Violation> {
         let voters: Vec<NodeId> = (1..=MEMBERS).map(|node| member_id(node, 0)).collect();
         let mut members = Vec::new();
         for node in 1..=MEMBERS {
-            members.push(Member::start(seed, node, 0, voters.clone()).map_err(|what| Violation {
+            members.push(Member::start(seed, node, 0, voters.clone(), pacing).map_err(|what| Violation {
                 seed,
                 step: 0,
                 what,
@@ -452,6 +521,8 @@ impl Sim {
             cut: None,
             closed: Vec::new(),
             stats: OrderStats::default(),
+            pacing,
+            broken: None,
         })
     }
 
@@ -562,7 +633,7 @@ impl Sim {
             }
             let incarnation = member.incarnation + 1;
             let founders = (1..=MEMBERS).map(|node| member_id(node, 0)).collect();
-            let restarted = Member::start(self.seed, index as u64 + 1, incarnation, founders)
+            let restarted = Member::start(self.seed, index as u64 + 1, incarnation, founders, self.pacing)
                 .map_err(|what| self.violation(what))?;
             self.members[index] = restarted;
             self.stats.restarts += 1;
@@ -775,7 +846,9 @@ impl Sim {
             }
             let requests = self.members[member].calls.take_proposals(usize::MAX);
             let digests = std::mem::take(&mut self.members[member].digests);
-            if requests.is_empty() && digests.is_empty() {
+            let mut leads = std::mem::take(&mut self.members[member].leads);
+            leads.extend(self.claim(member));
+            if requests.is_empty() && digests.is_empty() && leads.is_empty() {
                 continue;
             }
             self.stats.proposals += requests.len() as u64;
@@ -783,8 +856,27 @@ impl Sim {
             let time_ms = self.step + self.members[member].clock_skew_ms;
             // A proposal lost on the way (the leader changed) is proposed again when its client
             // asks again; a lost digest leaves its window undecided, and a later one decides.
-            let _ = self.members[member].node.propose(&Batch { time_ms, requests, digests, leads: vec![] });
+            let _ = self.members[member].node.propose(&Batch { time_ms, requests, digests, leads });
         }
+    }
+
+    /// LSA: replica `member`'s claim of the acquisitions' lead, as a node's replica makes it:
+    /// its node leads the order group, it answers, and another member (or none) leads them.
+    fn claim(&mut self, member: usize) -> Option<Lead> {
+        let step = self.step;
+        let m = &mut self.members[member];
+        let order = m.node.state();
+        let me = m.node.id();
+        if !order.is_loose() || !m.node.is_leader() || order.grant_leader() == Some(me) {
+            m.claimed_at = None;
+            return None;
+        }
+        if m.claimed_at.is_some_and(|at| step < at + CLAIM_RETRY_STEPS) || !m.answers() {
+            return None;
+        }
+        m.claimed_at = Some(step);
+        self.stats.claims += 1;
+        Some(Lead::Claim { member: me })
     }
 
     /// Replica `member`'s vote on `client`'s request `request`, on its way (or lost).
@@ -950,13 +1042,15 @@ impl Sim {
         loop {
             self.react(index);
             let Some(next) = self.members[index].course.next_entry() else { return Ok(()) };
-            self.execute_entry(index, next.entry)?;
+            self.execute_entry(index, next)?;
         }
     }
 
     /// Replica `index` executes `delivered`, checking that it follows what it executed, in
-    /// time and in each client's numbers, and answers who waits.
-    fn execute_entry(&mut self, index: usize, delivered: Delivered) -> Result<(), Violation> {
+    /// time and in each client's numbers, and answers who waits (under LSA, leading, once the
+    /// order grants the batch).
+    fn execute_entry(&mut self, index: usize, next: Next) -> Result<(), Violation> {
+        let Next { entry: delivered, acquisitions } = next;
         if !delivered.turned_away.is_empty() {
             // Four clients never fill the order's memory of clients.
             return Err(self.violation(format!("the order turned away {:?}", delivered.turned_away)));
@@ -978,7 +1072,41 @@ impl Sim {
                 delivered.time_ms
             )));
         }
-        for request in delivered.requests {
+        // The order the batch's requests take the vault in: theirs, or the grant leader's.
+        let count = delivered.requests.len();
+        let taken: Vec<usize> = match &acquisitions {
+            Acquisitions::Scheduled => (0..count).collect(),
+            Acquisitions::Lead => {
+                self.stats.batches_led += 1;
+                let mut order: Vec<usize> = (0..count).collect();
+                for i in (1..count).rev() {
+                    order.swap(i, self.rng.random_range(0..=i));
+                }
+                order
+            }
+            Acquisitions::Follow(granted) => {
+                self.stats.batches_followed += 1;
+                let order: Vec<usize> = granted.iter().map(|(_, thread)| usize::from(thread.0)).collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                if sorted != (0..count).collect::<Vec<_>>() || granted.iter().any(|(mutex, _)| mutex.0 != 0) {
+                    return Err(self.violation(format!(
+                        "replica {} is given acquisitions {granted:?} for a batch of {count} requests at {}",
+                        index + 1,
+                        delivered.first
+                    )));
+                }
+                order
+            }
+        };
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; count];
+        for &at in &taken {
+            outcomes[at] = Some(execute(&mut self.members[index].vault, &delivered.requests[at].body));
+        }
+        let leading = acquisitions == Acquisitions::Lead;
+        let mut held = Vec::new();
+        for (request, outcome) in delivered.requests.into_iter().zip(outcomes) {
+            let outcome = outcome.expect("every request of the batch took the vault");
             let (client, id) = (request.client, (request.number, request.refused));
             let last = self.members[index].executed.iter().rev().find(|e| e.client == client).map(|e| e.request);
             let follows = match last {
@@ -995,21 +1123,36 @@ impl Sim {
                 self.stats.delivered += 1;
             }
             let member = &mut self.members[index];
-            let outcome = execute(&mut member.vault, &request.body);
             member.executed.push(Executed {
                 client,
                 request: id,
                 time_ms: delivered.time_ms,
                 outcome: outcome.clone(),
                 wrong: member.corrupted,
+                tentative: leading,
             });
             member.course.executed(&outcome);
-            for waiter in member.calls.executed(&request, outcome.clone()) {
-                self.reply(waiter, index, id, outcome.clone());
+            match leading {
+                true => held.push((request, outcome)),
+                false => self.answer(index, &request, outcome),
             }
+        }
+        if leading {
+            let made: Vec<Grant> = taken.iter().map(|&at| (MutexId(0), ThreadId(at as u16))).collect();
+            let member = &mut self.members[index];
+            member.course.led(made, self.step);
+            member.held.push_back((delivered.first, held));
         }
         self.members[index].course.entry_executed();
         Ok(())
+    }
+
+    /// Replica `index` answers who waits for `request` with `outcome`.
+    fn answer(&mut self, index: usize, request: &Request, outcome: Outcome) {
+        let id = (request.number, request.refused);
+        for waiter in self.members[index].calls.executed(request, outcome.clone()) {
+            self.reply(waiter, index, id, outcome.clone());
+        }
     }
 
     /// Replica `index` acts on what its course decided (the node logs each and counts it): it
@@ -1021,6 +1164,7 @@ impl Sim {
                 Event::Propose(digest) => propose_later(&mut self.members[index].digests, digest),
                 Event::NeedState { why, .. } => {
                     self.stats.dissents_found += u64::from(matches!(why, Behind::Dissented { .. }));
+                    self.stats.leads_overruled += u64::from(matches!(why, Behind::Overruled { .. }));
                     let due = self.step + self.rng.random_range(5..80);
                     let member = &mut self.members[index];
                     // One transfer at a time: one on its way is judged when it arrives.
@@ -1029,10 +1173,32 @@ impl Sim {
                     }
                     member.calls.drop_waiters();
                     member.digests.clear();
+                    // What it led and held is not the order's; the orphans it must still
+                    // propose come as events after this one.
+                    member.leads.clear();
+                    member.held.clear();
                 }
                 Event::Reported(Dissent { .. }) => self.stats.dissents_reported += 1,
-                // The simulated service runs on one thread: no batch is led.
-                Event::ProposeLead(_) | Event::Granted { .. } => {}
+                Event::ProposeLead(lead) => self.members[index].leads.push(lead),
+                Event::Granted { batch } => {
+                    let held = self.members[index].held.pop_front();
+                    let Some((held, answers)) = held.filter(|(held, _)| *held == batch) else {
+                        self.broken.get_or_insert(format!(
+                            "replica {} was granted batch {batch}, which is not the first it holds",
+                            index + 1
+                        ));
+                        continue;
+                    };
+                    self.stats.batches_granted += 1;
+                    let executed = &mut self.members[index].executed;
+                    let granted = held as usize..held as usize + answers.len();
+                    for executed in executed.get_mut(granted).unwrap_or_default() {
+                        executed.tentative = false;
+                    }
+                    for (request, outcome) in answers {
+                        self.answer(index, &request, outcome);
+                    }
+                }
                 Event::Probation(StateVerdict::Cleared { proof: Some(_) }) => self.stats.probations_cleared += 1,
                 Event::Probation(StateVerdict::Cleared { proof: None }) => self.stats.probations_cleared_unproven += 1,
                 Event::Probation(StateVerdict::Refuted { .. }) => self.stats.probations_refuted += 1,
@@ -1041,6 +1207,9 @@ impl Sim {
     }
 
     fn check_one_order(&self) -> Result<(), Violation> {
+        if let Some(broken) = &self.broken {
+            return Err(self.violation(broken.clone()));
+        }
         let longest = self.members.iter().map(|m| &m.executed).max_by_key(|e| e.len()).expect("members");
         for (index, member) in self.members.iter().enumerate() {
             if let Some(at) = member.executed.iter().zip(longest).position(|(a, b)| !a.agrees(b)) {
@@ -1063,13 +1232,17 @@ impl Sim {
                 .iter()
                 .map(|m| {
                     format!(
-                        "{} alive {} {:?} taking {:?} awaiting {:?} executed {}",
+                        "{} alive {} {:?} taking {:?} awaiting {:?} executed {} order leader {:?} grant leader {:?} \
+                         held {}",
                         m.node.id().0,
                         m.alive,
                         m.course.standing(),
                         m.taking,
                         m.course.awaiting_from(),
-                        m.executed.len()
+                        m.executed.len(),
+                        m.node.leader().map(|l| l.0),
+                        m.node.state().grant_leader().map(|l| l.0),
+                        m.held.len()
                     )
                 })
                 .collect();
@@ -1100,6 +1273,12 @@ impl Sim {
                 "after the quiet period, live replicas executed {} and {} requests",
                 live[0].executed.len(),
                 live[behind].executed.len()
+            )));
+        }
+        if let Some(leader) = live.iter().find(|m| !m.held.is_empty() || m.executed.iter().any(|e| e.tentative)) {
+            return Err(self.violation(format!(
+                "after the quiet period replica {} still holds batches the order never granted it",
+                leader.node.id()
             )));
         }
         if let Some(corrupted) = live.iter().find(|m| m.corrupted || m.executed.iter().any(|e| e.wrong)) {

@@ -1,6 +1,6 @@
 //! Many seeds of the total-order simulation, with a check that faults were really injected.
 
-use nonstop_sim::order::{OrderStats, run_order};
+use nonstop_sim::order::{OrderStats, Pacing, run_order, run_order_paced};
 
 #[test]
 fn every_seed_keeps_one_order_and_answers_every_call_once() {
@@ -44,4 +44,22 @@ fn every_seed_keeps_one_order_and_answers_every_call_once() {
 #[test]
 fn an_order_seed_reproduces_exactly() {
     assert_eq!(run_order(4242, 6000), run_order(4242, 6000));
+}
+
+/// LSA's batches under the same faults: the grant leader's acquisitions ship through the
+/// order, its replies wait for their grant, and a deposed leader takes a live replica's state.
+#[test]
+fn lsa_replicas_follow_the_acquisitions_granted_and_answer_only_what_was_granted() {
+    let mut total = OrderStats::default();
+    for seed in 0..60 {
+        total += run_order_paced(seed, 6000, Pacing::Loose).unwrap_or_else(|violation| panic!("{violation}"));
+    }
+    println!("{total:?}");
+    assert!(total.delivered > 20_000 && total.decided > 20_000, "{total:?}");
+    assert!(total.batches_led > 10_000 && total.batches_followed > 2 * total.batches_led / 2, "{total:?}");
+    // Nearly every led batch was granted; the others were overruled with their leader.
+    assert!(total.batches_granted > total.batches_led * 9 / 10, "{total:?}");
+    assert!(total.claims > total.leaders_crashed && total.leads_overruled > 0, "{total:?}");
+    assert!(total.crashes > 20 && total.partitions > 100 && total.corruptions > 40, "{total:?}");
+    assert_eq!(total.corruptions_replaced, total.corruptions + total.corruptions_copied, "{total:?}");
 }
