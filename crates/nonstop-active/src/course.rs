@@ -236,7 +236,7 @@ impl Course {
     /// The same course for a replica under LSA: each batch is led (as grant leader) or waits
     /// for the grant leader's acquisitions in the order ([`crate::loose`]).
     pub fn loose(self) -> Course {
-        Course { loose: Some(Loose::new(self.judge.member(), self.judge.rank())), ..self }
+        Course { loose: Some(Loose::new(self.judge.member())), ..self }
     }
 
     /// LSA: the member that claimed the lead of the acquisitions last, as far as this replica
@@ -372,13 +372,6 @@ impl Course {
         {
             self.lead_proposed_ms = now_ms;
             self.events.extend(loose.ungranted().into_iter().map(Event::ProposeLead));
-        }
-        let serving = self.standing() == Standing::Serving;
-        let next_batch = self.ready.front().filter(|entry| !entry.requests.is_empty()).map(|entry| entry.first);
-        if let Some(loose) = &mut self.loose
-            && let Some(claim) = loose.claim_if_stalled(next_batch, serving, now_ms)
-        {
-            self.events.push_back(Event::ProposeLead(claim));
         }
     }
 
@@ -771,7 +764,14 @@ mod tests {
         course.led(acquired(0), 20);
         course.entry_executed();
         let _ = events(&mut course);
-        course.delivered(loose_entry(2, 1, vec![Lead::Claim { member: member_id(2, 0) }], 2)).unwrap();
+        course
+            .delivered(loose_entry(
+                2,
+                1,
+                vec![Lead::Claim { member: member_id(2, 0), after: Some(member_id(1, 0)) }],
+                2,
+            ))
+            .unwrap();
         assert_eq!(events(&mut course), vec![Event::NeedState { from: 2, why: Behind::Overruled { batch: 1 } }]);
         assert_eq!(course.next_entry(), None);
     }
@@ -792,7 +792,14 @@ mod tests {
     #[test]
     fn an_lsa_replica_that_missed_a_claim_in_a_snapshot_learns_the_leader_from_the_order() {
         let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
-        course.delivered(loose_entry(0, 0, vec![Lead::Claim { member: member_id(2, 0) }], 2)).unwrap();
+        course
+            .delivered(loose_entry(
+                0,
+                0,
+                vec![Lead::Claim { member: member_id(2, 0), after: Some(member_id(1, 0)) }],
+                2,
+            ))
+            .unwrap();
         assert_eq!(course.grant_leader(), Some(member_id(2, 0)));
         let _ = course.next_entry();
         course.entry_executed();
@@ -843,24 +850,5 @@ mod tests {
         course.delivered(loose_entry(2, 0, vec![], 2)).unwrap();
         course.tick(2 * LEAD_RETRY_MS);
         assert_eq!(events(&mut course), vec![]);
-    }
-
-    #[test]
-    fn an_lsa_replica_whose_next_batch_waits_too_long_claims_the_lead_itself() {
-        use crate::loose::CLAIM_AFTER_MS;
-        // Member 2 is the second replica: it waits twice the first's patience.
-        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
-        course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
-        assert_eq!(course.next_entry(), None);
-        course.tick(1_000);
-        course.tick(1_000 + 2 * CLAIM_AFTER_MS - 1);
-        assert_eq!(events(&mut course), vec![]);
-        course.tick(1_000 + 2 * CLAIM_AFTER_MS);
-        assert_eq!(events(&mut course), vec![Event::ProposeLead(Lead::Claim { member: member_id(2, 0) })]);
-        course.tick(1_000 + 3 * CLAIM_AFTER_MS);
-        assert_eq!(events(&mut course), vec![], "claimed a moment ago");
-        // The claim applied: it leads the batch that waited.
-        course.delivered(loose_entry(1, 0, vec![Lead::Claim { member: member_id(2, 0) }], 2)).unwrap();
-        assert_eq!(course.next_entry().map(|next| next.acquisitions), Some(Acquisitions::Lead));
     }
 }

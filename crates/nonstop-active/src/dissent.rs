@@ -265,13 +265,6 @@ impl Judge {
         self.me
     }
 
-    /// The judging replica's place among the replicas (0 first; past the last if its node
-    /// holds none).
-    pub fn rank(&self) -> usize {
-        let node = node_of(self.me);
-        self.replicas.iter().position(|replica| *replica == node).unwrap_or(self.replicas.len())
-    }
-
     /// The replica took `donor`'s state: what it digested before no longer stands for it,
     /// and until [`StateVerdict::Cleared`] it must answer nothing and propose no digest.
     /// `now_ms` is the driver's clock (any monotonic milliseconds), read again by

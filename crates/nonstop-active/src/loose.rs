@@ -8,11 +8,12 @@
 //! something no other replica will follow. Every other replica waits for the batch's
 //! acquisitions in the order and takes them in that order.
 //!
-//! Who leads: the replica of the order group's leader claims the lead as soon as it serves
-//! (the node's driver decides that), and any replica that serves claims it when its next batch
-//! has waited for acquisitions for [`CLAIM_AFTER_MS`] (times its place among the replicas):
-//! the grant leader may be paused, cut off, or taking a state itself while the group's leader
-//! is elsewhere, or is that very replica. [`Loose`] is that bookkeeping,
+//! Who leads: the replica of the order group's leader, once it serves ([`Claimant`]). Its
+//! claim names the grant leader it saw, and stands only if that one still leads when it is
+//! applied. A group leader whose replica does not serve (it takes a state) hands the group's
+//! lead to another member, whose replica then claims the acquisitions': the others' next
+//! batches may wait for acquisitions only a serving grant leader makes, and a replica taking a
+//! state may need the others past those very batches. [`Loose`] is that bookkeeping,
 //! pure; [`crate::course::Course`] consults it for each entry it hands out.
 
 use crate::order::Lead;
@@ -46,22 +47,10 @@ pub(crate) enum Heard {
     Overruled { batch: u64 },
 }
 
-/// How long a replica that serves waits for a batch's acquisitions before it claims the lead
-/// itself, per place among the replicas (the first waits this long, the second twice as long,
-/// so that two rarely claim at once): the grant leader may be cut off, paused, or awaiting a
-/// state, while the group's leader (which claims at once) is elsewhere or is that replica.
-pub const CLAIM_AFTER_MS: u64 = 150;
-
 /// See the module's documentation.
 #[derive(Clone, Debug)]
 pub(crate) struct Loose {
     me: NodeId,
-    /// Its place among the replicas, for [`CLAIM_AFTER_MS`].
-    rank: u64,
-    /// The batch it waits for acquisitions for, and since when (driver's clock).
-    stalled: Option<(u64, u64)>,
-    /// When it last claimed the lead because a batch waited.
-    claimed_ms: Option<u64>,
     /// The member that claimed the lead last, as far as this replica has heard.
     leader: Option<NodeId>,
     /// Acquisitions the order granted batches this replica has not executed yet, by batch.
@@ -78,44 +67,8 @@ pub(crate) struct Loose {
 }
 
 impl Loose {
-    pub(crate) fn new(me: NodeId, rank: usize) -> Loose {
-        Loose {
-            me,
-            rank: rank as u64,
-            stalled: None,
-            claimed_ms: None,
-            leader: None,
-            granted: BTreeMap::new(),
-            led: VecDeque::new(),
-            orphaned: Vec::new(),
-        }
-    }
-
-    /// The driver's clock, with the batch this replica would execute next if it holds
-    /// requests (`None`: nothing waits) and whether it serves: a claim of the lead if the
-    /// batch has waited for its acquisitions for [`CLAIM_AFTER_MS`] times its place, and it
-    /// did not claim that long ago already.
-    pub(crate) fn claim_if_stalled(&mut self, next_batch: Option<u64>, serving: bool, now_ms: u64) -> Option<Lead> {
-        let waiting =
-            next_batch.filter(|batch| serving && self.leader != Some(self.me) && !self.granted.contains_key(batch));
-        let Some(batch) = waiting else {
-            self.stalled = None;
-            return None;
-        };
-        let since = match self.stalled {
-            Some((stalled, since)) if stalled == batch => since,
-            _ => {
-                self.stalled = Some((batch, now_ms));
-                now_ms
-            }
-        };
-        let patience = CLAIM_AFTER_MS * (1 + self.rank);
-        let due = now_ms.saturating_sub(since) >= patience
-            && self.claimed_ms.is_none_or(|claimed| now_ms.saturating_sub(claimed) >= patience);
-        due.then(|| {
-            self.claimed_ms = Some(now_ms);
-            Lead::Claim { member: self.me }
-        })
+    pub(crate) fn new(me: NodeId) -> Loose {
+        Loose { me, leader: None, granted: BTreeMap::new(), led: VecDeque::new(), orphaned: Vec::new() }
     }
 
     /// Takes in an entry's leads, in order, and the grant leader once it is applied; `next` is
@@ -217,5 +170,113 @@ impl Loose {
     /// The member that claimed the lead last, as far as this replica has heard.
     pub(crate) fn leader(&self) -> Option<NodeId> {
         self.leader
+    }
+}
+
+/// How long the replica of an LSA group's leader waits for its claim, or for the group's lead
+/// it handed over, to take effect before it acts again.
+pub const CLAIM_RETRY_MS: u64 = 200;
+
+/// What a member of an LSA order group does about the lead of the acquisitions
+/// ([`Claimant::decide`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stewardship {
+    /// Propose this claim.
+    Claim(Lead),
+    /// Hand the order group's lead to this member: this replica does not serve, and leads the
+    /// acquisitions (or nobody does).
+    HandOver(NodeId),
+}
+
+/// The part of a node's (or the simulator's) driver that keeps the lead of an LSA group's
+/// acquisitions with a replica that serves, pure: what it sees of the group and its replica,
+/// and its clock, in; what to do out. One per member.
+#[derive(Clone, Debug, Default)]
+pub struct Claimant {
+    /// When it last claimed or handed over, until that took effect.
+    acted_ms: Option<u64>,
+}
+
+impl Claimant {
+    /// The member `me` of a group whose order is `order` and whose voters are `voters`;
+    /// whether it leads the group now, and whether its replica serves; the driver's clock.
+    pub fn decide(
+        &mut self,
+        order: &crate::order::Order,
+        me: NodeId,
+        leads_group: bool,
+        serving: bool,
+        voters: &[NodeId],
+        now_ms: u64,
+    ) -> Option<Stewardship> {
+        let grant_leader = order.grant_leader();
+        let settled = !order.is_loose() || !leads_group || (serving && grant_leader == Some(me));
+        // A grant leader other than this replica may lead on: its grants reach the order through
+        // this one whatever this replica's state.
+        let others_lead = !serving && grant_leader.is_some_and(|leader| leader != me);
+        if settled || others_lead {
+            self.acted_ms = None;
+            return None;
+        }
+        if self.acted_ms.is_some_and(|acted| now_ms.saturating_sub(acted) < CLAIM_RETRY_MS) {
+            return None;
+        }
+        if serving {
+            self.acted_ms = Some(now_ms);
+            return Some(Stewardship::Claim(Lead::Claim { member: me, after: grant_leader }));
+        }
+        // The next voter after this one, in id order, around.
+        let mut sorted: Vec<NodeId> = voters.iter().copied().filter(|voter| *voter != me).collect();
+        sorted.sort();
+        let next = sorted.iter().find(|voter| **voter > me).or(sorted.first()).copied()?;
+        self.acted_ms = Some(now_ms);
+        Some(Stewardship::HandOver(next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::{Batch, Order};
+    use nonstop_control::Replicated;
+
+    fn led_by(leader: Option<u64>) -> Order {
+        let mut order = Order::loose();
+        if let Some(leader) = leader {
+            let claim = Lead::Claim { member: NodeId(leader), after: None };
+            order.apply(1, Batch { leads: vec![claim], ..Batch::default() });
+        }
+        order
+    }
+
+    #[test]
+    fn the_group_leaders_replica_claims_the_lead_once_it_serves_and_hands_the_group_over_else() {
+        let voters = [NodeId(1), NodeId(2), NodeId(3)];
+        let claim =
+            |after: Option<u64>| Some(Stewardship::Claim(Lead::Claim { member: NodeId(2), after: after.map(NodeId) }));
+        let mut claimant = Claimant::default();
+        // Not the group's leader, or already the grant leader: nothing to do.
+        assert_eq!(claimant.decide(&led_by(Some(1)), NodeId(2), false, true, &voters, 0), None);
+        assert_eq!(claimant.decide(&led_by(Some(2)), NodeId(2), true, true, &voters, 0), None);
+        // Leading the group and serving: it claims, naming the leader it saw, then waits.
+        assert_eq!(claimant.decide(&led_by(Some(1)), NodeId(2), true, true, &voters, 0), claim(Some(1)));
+        assert_eq!(claimant.decide(&led_by(Some(1)), NodeId(2), true, true, &voters, CLAIM_RETRY_MS - 1), None);
+        assert_eq!(claimant.decide(&led_by(Some(1)), NodeId(2), true, true, &voters, CLAIM_RETRY_MS), claim(Some(1)));
+        // Not serving while it leads the acquisitions (or nobody does): the group goes to the
+        // next voter, around.
+        let mut claimant = Claimant::default();
+        assert_eq!(
+            claimant.decide(&led_by(Some(2)), NodeId(2), true, false, &voters, 0),
+            Some(Stewardship::HandOver(NodeId(3)))
+        );
+        let mut last = Claimant::default();
+        assert_eq!(
+            last.decide(&led_by(None), NodeId(3), true, false, &voters, 0),
+            Some(Stewardship::HandOver(NodeId(1)))
+        );
+        // Not serving while another replica leads the acquisitions: that one leads on.
+        assert_eq!(Claimant::default().decide(&led_by(Some(1)), NodeId(2), true, false, &voters, 0), None);
+        // A service not under LSA has no acquisitions to lead.
+        assert_eq!(Claimant::default().decide(&Order::default(), NodeId(2), true, true, &voters, 0), None);
     }
 }

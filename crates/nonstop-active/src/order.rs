@@ -79,11 +79,15 @@ pub const MAX_GRANTS: usize = 1 << 18;
 /// documentation).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Lead {
-    /// `member` leads the acquisitions of every batch not granted yet, from this entry on
-    /// (proposed by the replica of the group's leader).
+    /// `member` leads the acquisitions of every batch not granted yet, from this entry on,
+    /// in place of `after` (proposed by the replica of the group's leader). It stands only if
+    /// `after` still leads them when it is applied: a claim made on a stale view (two
+    /// claimants at once, or one claim proposed twice) must not depose a leader nobody saw.
     Claim {
         /// The new grant leader.
         member: NodeId,
+        /// The grant leader the claimant saw (`None`: none yet).
+        after: Option<NodeId>,
     },
     /// What `member`'s threads took, in order, executing the batch whose first request is at
     /// position `batch` of the order.
@@ -101,7 +105,7 @@ impl Lead {
     /// The member that proposed it.
     pub fn member(&self) -> NodeId {
         match self {
-            Lead::Claim { member } | Lead::Grants { member, .. } => *member,
+            Lead::Claim { member, .. } | Lead::Grants { member, .. } => *member,
         }
     }
 }
@@ -228,9 +232,12 @@ impl Order {
         leads
             .into_iter()
             .filter(|lead| match lead {
-                Lead::Claim { member } => {
-                    loose.leader = Some(*member);
-                    true
+                Lead::Claim { member, after } => {
+                    let stands = loose.leader == *after;
+                    if stands {
+                        loose.leader = Some(*member);
+                    }
+                    stands
                 }
                 Lead::Grants { member, batch, .. } => {
                     let stands = loose.leader == Some(*member) && loose.ungranted.front() == Some(batch);
@@ -410,10 +417,11 @@ mod tests {
             batch,
             acquisitions: vec![(MutexId(0), ThreadId(thread))],
         };
-        let claim = |member| Lead::Claim { member: NodeId(member) };
+        let claim = |member, after: Option<u64>| Lead::Claim { member: NodeId(member), after: after.map(NodeId) };
         let entry = |leads, requests| Batch { leads, requests, ..Batch::default() };
         let mut order = Order::loose();
-        assert_eq!(order.apply(1, entry(vec![claim(1)], vec![request(1, 1), request(2, 1)])).leads, vec![claim(1)]);
+        let first = order.apply(1, entry(vec![claim(1, None)], vec![request(1, 1), request(2, 1)]));
+        assert_eq!(first.leads, vec![claim(1, None)]);
         assert_eq!(order.grant_leader(), Some(NodeId(1)));
         // Not the grant leader's, not the oldest batch: dropped.
         assert!(order.apply(2, entry(vec![grants(2, 0, 0), grants(1, 2, 0)], vec![])).leads.is_empty());
@@ -421,7 +429,9 @@ mod tests {
         assert_eq!(granted.leads, vec![grants(1, 0, 1)], "the first acquisitions for a batch stand, a copy does not");
         // Batch 2 (client 1's request 2) awaits; a new leader claims before its old leader's
         // acquisitions come, which then do not stand.
-        assert_eq!(order.apply(4, entry(vec![claim(2), grants(1, 2, 0)], vec![])).leads, vec![claim(2)]);
+        // A claim on a stale view (it saw no leader) does not stand.
+        let claims = entry(vec![claim(3, None), claim(2, Some(1)), grants(1, 2, 0)], vec![]);
+        assert_eq!(order.apply(4, claims).leads, vec![claim(2, Some(1))]);
         assert_eq!(order.apply(5, entry(vec![grants(2, 2, 1)], vec![])).leads, vec![grants(2, 2, 1)]);
         // An entry that delivers no request is no batch to grant.
         order.apply(6, entry(vec![], vec![request(1, 2)]));
@@ -431,7 +441,7 @@ mod tests {
         assert_eq!(postcard::from_bytes::<Order>(&bytes).unwrap(), order);
         // An order that is not loose takes no leads.
         let mut batches = Order::default();
-        assert!(batches.apply(1, entry(vec![claim(1)], vec![request(1, 1)])).leads.is_empty());
+        assert!(batches.apply(1, entry(vec![claim(1, None)], vec![request(1, 1)])).leads.is_empty());
         assert_eq!(batches.grant_leader(), None);
     }
 
@@ -444,11 +454,9 @@ mod tests {
             batch: 0,
             acquisitions: vec![(MutexId(1), ThreadId(0)); count],
         };
-        assert_eq!(
-            Order::check_proposal(&encoded(vec![Lead::Claim { member: NodeId(2) }, grants(2, 3)]), NodeId(2)),
-            Ok(())
-        );
-        let forged = Order::check_proposal(&encoded(vec![Lead::Claim { member: NodeId(3) }]), NodeId(2)).unwrap_err();
+        let claim = |member| Lead::Claim { member: NodeId(member), after: None };
+        assert_eq!(Order::check_proposal(&encoded(vec![claim(2), grants(2, 3)]), NodeId(2)), Ok(()));
+        let forged = Order::check_proposal(&encoded(vec![claim(3)]), NodeId(2)).unwrap_err();
         assert!(forged.contains("a lead in the name of member 3"), "{forged}");
         let many = Order::check_proposal(&encoded(vec![grants(2, MAX_GRANTS), grants(2, 1)]), NodeId(2)).unwrap_err();
         assert!(many.contains("acquisitions in one entry"), "{many}");

@@ -67,6 +67,7 @@ use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
 use nonstop_active::course::{Acquisitions, Behind, Course, Event, Next, Standing, Taken};
 use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
+use nonstop_active::loose::{Claimant, Stewardship};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Lead, Order, Request};
 use nonstop_active::schedule::{Grant, MutexId, ThreadId};
@@ -96,9 +97,6 @@ const KEPT_FOR_TRANSFER: usize = 80;
 const SETTLED_LAG: u64 = 16;
 /// The quiet period at the end of a run; clients start no request in its second half.
 const QUIET_STEPS: u64 = 3000;
-/// Steps a replica that leads the order group waits for its claim of the acquisitions' lead
-/// to be applied before it claims again (a node waits 200 ms).
-const CLAIM_RETRY_STEPS: u64 = 200;
 
 /// How the replicas take the shared state in a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +179,8 @@ pub struct OrderStats {
     pub probations_refuted: u64,
     /// LSA: claims of the acquisitions' lead proposed.
     pub claims: u64,
+    /// LSA: order groups handed over by a leader whose replica did not serve.
+    pub handovers: u64,
     /// LSA: batches executed leading.
     pub batches_led: u64,
     /// LSA: batches executed following the acquisitions granted.
@@ -225,6 +225,7 @@ impl std::ops::AddAssign for OrderStats {
         self.probations_cleared_unproven += other.probations_cleared_unproven;
         self.probations_refuted += other.probations_refuted;
         self.claims += other.claims;
+        self.handovers += other.handovers;
         self.batches_led += other.batches_led;
         self.batches_followed += other.batches_followed;
         self.batches_granted += other.batches_granted;
@@ -304,8 +305,8 @@ struct Member {
     corrupted: bool,
     /// LSA: acquisitions of batches it led, to propose with its next batch.
     leads: Vec<Lead>,
-    /// LSA: when it last claimed the acquisitions' lead, until the claim is applied.
-    claimed_at: Option<u64>,
+    /// LSA: keeps the lead of the acquisitions with a replica that serves (the node's code).
+    claimant: Claimant,
     /// LSA: the outcomes of batches it led, held until the order grants each batch.
     held: std::collections::VecDeque<(u64, Vec<(Request, Outcome)>)>,
 }
@@ -354,7 +355,7 @@ impl Member {
             digests: Vec::new(),
             corrupted: false,
             leads: Vec::new(),
-            claimed_at: None,
+            claimant: Claimant::default(),
             held: std::collections::VecDeque::new(),
         })
     }
@@ -375,6 +376,10 @@ impl Member {
     /// the leader when it asks to join, as a node does once its replica serves.
     fn follows_order(&self) -> bool {
         self.node.state().applied_index() > 0 && self.answers()
+    }
+
+    fn taking_summary(&self) -> String {
+        format!("{:?}", self.taking)
     }
 
     fn has_executed(&self, client: u64, request: RequestId) -> bool {
@@ -776,7 +781,9 @@ impl Sim {
             .members
             .iter()
             .flat_map(|m| &m.executed)
-            .find(|e| (e.client, e.request) == (client, pending.id()) && !e.wrong);
+            // Not a leader's tentative execution: the order granted the batch other
+            // acquisitions, and those replies never left.
+            .find(|e| (e.client, e.request) == (client, pending.id()) && !e.wrong && !e.tentative);
         if executed.is_none_or(|e| e.outcome != outcome) {
             return Err(self.violation(format!(
                 "client {client} decided {outcome:?} for request {:?}, which the replicas executed as {:?}",
@@ -860,23 +867,24 @@ impl Sim {
         }
     }
 
-    /// LSA: replica `member`'s claim of the acquisitions' lead, as a node's replica makes it:
-    /// its node leads the order group, it answers, and another member (or none) leads them.
+    /// LSA: replica `member`'s claim of the acquisitions' lead, or its handing over of the
+    /// group's lead, as a node's replica decides it ([`Claimant`]).
     fn claim(&mut self, member: usize) -> Option<Lead> {
-        let step = self.step;
         let m = &mut self.members[member];
-        let order = m.node.state();
-        let me = m.node.id();
-        if !order.is_loose() || !m.node.is_leader() || order.grant_leader() == Some(me) {
-            m.claimed_at = None;
-            return None;
+        let serving = m.answers();
+        let voters = m.node.members().voters;
+        let (me, leads) = (m.node.id(), m.node.is_leader());
+        match m.claimant.decide(m.node.state(), me, leads, serving, &voters, self.step)? {
+            Stewardship::Claim(claim) => {
+                self.stats.claims += 1;
+                Some(claim)
+            }
+            Stewardship::HandOver(to) => {
+                self.stats.handovers += 1;
+                m.node.transfer_leader(to);
+                None
+            }
         }
-        if m.claimed_at.is_some_and(|at| step < at + CLAIM_RETRY_STEPS) || !m.answers() {
-            return None;
-        }
-        m.claimed_at = Some(step);
-        self.stats.claims += 1;
-        Some(Lead::Claim { member: me })
     }
 
     /// Replica `member`'s vote on `client`'s request `request`, on its way (or lost).
@@ -1264,7 +1272,19 @@ impl Sim {
             if !settled || apart {
                 return Err(self.violation(format!(
                     "after the quiet period the leader's members are {members:?}, live replicas' {:?}",
-                    live.iter().map(|m| (m.node.id(), m.node.members())).collect::<Vec<_>>()
+                    live.iter()
+                        .map(|m| {
+                            (
+                                m.node.id(),
+                                m.node.members(),
+                                m.course.standing(),
+                                m.course.awaiting_from(),
+                                m.executed.len(),
+                                m.node.state().applied_index(),
+                                m.taking_summary(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
                 )));
             }
         }

@@ -52,6 +52,7 @@ use nonstop_active::calls::Outcome;
 use nonstop_active::calls::{Asked, Calls, Remembered};
 use nonstop_active::course::{Behind, Course, Event, Next, NoDonation, Standing as CourseStanding, Taken};
 use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
+use nonstop_active::loose::{Claimant, Stewardship};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Lead, Order, Request};
 use nonstop_control::log::MemoryLog;
@@ -100,10 +101,6 @@ const TRANSFER_RETRY: Duration = Duration::from_millis(200);
 
 /// How often the executor looks at the clock while no work comes (a probation's end).
 const EXECUTOR_TICK: Duration = Duration::from_millis(50);
-
-/// How long a claim of the lead of the acquisitions may take to be applied before it is
-/// made again (LSA).
-const CLAIM_RETRY: Duration = Duration::from_millis(200);
 
 /// The value of [`Replica::leader`] when no leader is known.
 const NO_LEADER: u16 = u16::MAX;
@@ -240,8 +237,10 @@ pub struct ReplicaHost {
     joins: std::collections::BTreeMap<u64, Join>,
     /// Ticks until it asks to join again, while it is not a voter.
     join_in: u32,
-    /// LSA: when it last claimed the lead of the acquisitions, until the claim is applied.
-    last_claim: Option<std::time::Instant>,
+    /// LSA: keeps the lead of the acquisitions with a replica that serves.
+    claimant: Claimant,
+    /// The clock of its claimant: when it started.
+    started: std::time::Instant,
 }
 
 /// A replica's member of its order group.
@@ -375,7 +374,8 @@ impl ReplicaHost {
             executor: Some(executor),
             joins: std::collections::BTreeMap::new(),
             join_in: 0,
-            last_claim: None,
+            claimant: Claimant::default(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -503,24 +503,35 @@ impl ReplicaHost {
         }
     }
 
-    /// LSA: a claim of the lead of the acquisitions, if this replica's node leads the group, the
-    /// replica serves, and another member (or none) claimed it last: the group's leader is
-    /// where entries are proposed without a hop, so its replica leads the acquisitions too.
-    /// Claimed again after [`CLAIM_RETRY`] if not applied by then.
+    /// LSA: a claim of the lead of the acquisitions if this replica's node leads the group
+    /// and the replica serves (the group's leader is where entries are proposed without a hop,
+    /// so its replica leads the acquisitions too); or, if it leads the group and its replica
+    /// does not serve, the group's lead handed to another member ([`Claimant`]).
     fn claim(&mut self) -> Option<Lead> {
-        let group = self.seat.group()?;
-        let order = group.state();
+        let serving = self.replica.serving();
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let group = self.seat.group_mut()?;
+        let voters = group.members().voters;
         let me = group.id();
-        if !order.is_loose() || !group.is_leader() || order.grant_leader() == Some(me) {
-            self.last_claim = None;
-            return None;
+        match self.claimant.decide(group.state(), me, group.is_leader(), serving, &voters, now_ms)? {
+            Stewardship::Claim(claim) => {
+                tracing::info!(
+                    service = self.replica.name,
+                    "leading the order group: claiming the lead of the acquisitions"
+                );
+                Some(claim)
+            }
+            Stewardship::HandOver(to) => {
+                tracing::info!(
+                    service = self.replica.name,
+                    to = node_of(to),
+                    "leading the order group while this replica does not serve: handing the group's lead over, so \
+                     that a serving replica leads the acquisitions"
+                );
+                group.transfer_leader(to);
+                None
+            }
         }
-        if self.last_claim.is_some_and(|at| at.elapsed() < CLAIM_RETRY) || !self.replica.serving() {
-            return None;
-        }
-        self.last_claim = Some(std::time::Instant::now());
-        tracing::info!(service = self.replica.name, "leading the order group: claiming the lead of the acquisitions");
-        Some(Lead::Claim { member: me })
     }
 
     /// Sends what the group produced and hands what it delivered to the executor; asks to
