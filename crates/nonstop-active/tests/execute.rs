@@ -153,15 +153,21 @@ fn lead_and_follow(batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Outcome> {
     })
 }
 
-#[test]
-fn lsa_followers_of_batches_reply_as_their_leader_whatever_the_timing() {
+/// Runs `run` on batches drawn from four seeds, each at three timings of the replicas'
+/// threads: every replica must reply and end alike.
+fn alike_whatever_the_timing<T: PartialEq>(batches_per_seed: usize, run: impl Fn(&[Arc<Vec<Vec<u8>>>], u64) -> Vec<T>) {
     for seed in 0..4 {
-        let batches = batches(seed, 6);
+        let batches = batches(seed, batches_per_seed);
         for timing in [seed, seed + 100, seed + 200] {
-            let results = lead_and_follow(&batches, timing);
+            let results = run(&batches, timing);
             assert!(results.iter().all(|result| result == &results[0]), "seed {seed} timing {timing}");
         }
     }
+}
+
+#[test]
+fn lsa_followers_of_batches_reply_as_their_leader_whatever_the_timing() {
+    alike_whatever_the_timing(6, lead_and_follow);
 }
 
 #[test]
@@ -263,13 +269,7 @@ fn stream_three_unguarded(batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Str
 
 #[test]
 fn streamed_lsa_followers_reply_as_their_leader_whatever_the_timing() {
-    for seed in 0..4 {
-        let batches = batches(seed, 8);
-        for timing in [seed, seed + 100, seed + 200] {
-            let results = stream_three(&batches, timing);
-            assert!(results.iter().all(|result| result == &results[0]), "seed {seed} timing {timing}");
-        }
-    }
+    alike_whatever_the_timing(8, stream_three);
 }
 
 #[test]
