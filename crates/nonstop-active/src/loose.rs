@@ -198,8 +198,10 @@ pub struct Claimant {
 }
 
 impl Claimant {
-    /// The member `me` of a group whose order is `order` and whose voters are `voters`;
-    /// whether it leads the group now, and whether its replica serves; the driver's clock.
+    /// The member `me` of a group whose order is `order`, and the voters it may hand the
+    /// group to (those it heard from lately: a dead one would stall the group's proposals for
+    /// a while); whether it leads the group now, and whether its replica serves; the driver's
+    /// clock.
     pub fn decide(
         &mut self,
         order: &crate::order::Order,

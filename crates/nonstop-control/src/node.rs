@@ -570,6 +570,22 @@ impl<S: Replicated> RaftNode<S> {
         Ok(self.raw.propose(vec![], bytes)?)
     }
 
+    /// The voters this node, as leader, heard from lately (within an election timeout; itself
+    /// included): where leadership may be handed without waiting on a dead node. Empty unless
+    /// it leads.
+    pub fn active_voters(&self) -> Vec<NodeId> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let me = self.id();
+        let progress = self.raw.raft.prs();
+        self.members()
+            .voters
+            .into_iter()
+            .filter(|voter| *voter == me || progress.get(voter.0).is_some_and(|p| p.recent_active))
+            .collect()
+    }
+
     /// Asks the leader to hand leadership to `to` (the agent keeps the leader apart from
     /// primaries, so that one crash never takes both).
     pub fn transfer_leader(&mut self, to: NodeId) {

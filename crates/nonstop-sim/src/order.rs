@@ -872,7 +872,7 @@ impl Sim {
     fn claim(&mut self, member: usize) -> Option<Lead> {
         let m = &mut self.members[member];
         let serving = m.answers();
-        let voters = m.node.members().voters;
+        let voters = m.node.active_voters();
         let (me, leads) = (m.node.id(), m.node.is_leader());
         match m.claimant.decide(m.node.state(), me, leads, serving, &voters, self.step)? {
             Stewardship::Claim(claim) => {

@@ -511,7 +511,7 @@ impl ReplicaHost {
         let serving = self.replica.serving();
         let now_ms = self.started.elapsed().as_millis() as u64;
         let group = self.seat.group_mut()?;
-        let voters = group.members().voters;
+        let voters = group.active_voters();
         let me = group.id();
         match self.claimant.decide(group.state(), me, group.is_leader(), serving, &voters, now_ms)? {
             Stewardship::Claim(claim) => {
