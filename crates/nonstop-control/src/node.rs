@@ -695,7 +695,7 @@ impl<S: Replicated> RaftNode<S> {
     /// rewrites the durable log to match: memory and disk stay bounded however long it runs.
     fn maybe_compact(&mut self) -> Result<(), ControlError> {
         let applied = self.state.applied_index().min(self.raw.raft.raft_log.applied);
-        if applied < self.storage.snapshot_index() + self.compact_every {
+        if applied < self.storage.snapshot_index() + self.compact_every && !self.storage.snapshot_wanted() {
             return Ok(());
         }
         let data = postcard::to_stdvec(&self.state).expect("the state serializes");

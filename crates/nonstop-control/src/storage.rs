@@ -18,6 +18,9 @@ struct Inner {
     snapshot: Snapshot,
     /// Entries after the snapshot's index, contiguous.
     entries: Vec<Entry>,
+    /// A peer asked for the snapshot was not among its members (it joined after it was taken):
+    /// the next compaction must not wait for its usual count of entries.
+    snapshot_wanted: bool,
 }
 
 impl Inner {
@@ -116,7 +119,14 @@ impl ControlStorage {
         metadata.set_conf_state(inner.conf_state.clone());
         inner.entries.drain(..(index - snapshot_index) as usize);
         inner.snapshot = snapshot.clone();
+        inner.snapshot_wanted = false;
         Some(snapshot)
+    }
+
+    /// Whether a peer needs a snapshot newer than the last one ([`raft::Storage::snapshot`]):
+    /// compact at the next chance.
+    pub fn snapshot_wanted(&self) -> bool {
+        self.read().snapshot_wanted
     }
 
     /// The entries after the snapshot and the hard state, for rewriting the durable log.
@@ -183,8 +193,17 @@ impl raft::Storage for ControlStorage {
         Ok(self.read().last_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let inner = self.read();
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut inner = self.write();
+        let conf = inner.snapshot.get_metadata().get_conf_state();
+        let members = [&conf.voters, &conf.learners, &conf.voters_outgoing, &conf.learners_next];
+        // A peer restores only a snapshot whose members include it (raft-rs ignores any other,
+        // and the peer would be sent it again for ever): one that joined after the last
+        // compaction waits for the next, which comes at once.
+        if !members.iter().any(|ids| ids.contains(&to)) {
+            inner.snapshot_wanted = true;
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
         if inner.snapshot_index() >= request_index {
             Ok(inner.snapshot.clone())
         } else {
@@ -219,5 +238,12 @@ mod tests {
         storage.append(&[entry(4, 3), entry(5, 3)]).unwrap();
         assert_eq!(storage.last_index().unwrap(), 5);
         assert_eq!(storage.term(4).unwrap(), 3);
+        // A peer that joined after the snapshot was taken waits for the next one, at once.
+        assert!(storage.snapshot(3, 9).is_err());
+        assert!(storage.snapshot_wanted());
+        storage.set_conf_state(ConfState::from((vec![1, 2, 3], vec![9])));
+        storage.compact(5, b"later".to_vec()).unwrap();
+        assert!(!storage.snapshot_wanted());
+        assert_eq!(&storage.snapshot(5, 9).unwrap().data[..], b"later");
     }
 }
