@@ -851,4 +851,21 @@ mod tests {
         course.tick(2 * LEAD_RETRY_MS);
         assert_eq!(events(&mut course), vec![]);
     }
+
+    #[test]
+    fn a_dissenter_asks_for_a_state_from_where_it_stands_and_keeps_what_it_did_not_execute() {
+        let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
+        course.delivered(entry(0, 2, Some(0), vec![])).unwrap();
+        let _ = run(&mut course, b"wrong");
+        // Handed out, not executed yet (under LSA it may wait for acquisitions only this replica
+        // would lead).
+        course.delivered(entry(2, 1, None, vec![])).unwrap();
+        let majority = vec![digest_of(1, 0, 2, b"right"), digest_of(2, 0, 2, b"right")];
+        course.delivered(entry(3, 1, None, majority)).unwrap();
+        let events: Vec<Event> = std::iter::from_fn(|| course.poll_event()).collect();
+        assert!(events.contains(&Event::NeedState { from: 2, why: Behind::Dissented { window: 0 } }), "{events:?}");
+        // A state at 2, where its own stands, is enough: the entries after it are kept.
+        assert_eq!(course.transferred(2, member_id(1, 0), 0), Ok(Taken::Installed));
+        assert_eq!(run(&mut course, b"right").0, vec![2, 3]);
+    }
 }
