@@ -54,7 +54,7 @@
 use crate::calls::Outcome;
 use crate::dissent::{Digest, Dissent, Finding, Judge, Outcomes, StateVerdict};
 use crate::feed::{Feed, FeedError};
-use crate::loose::{Heard, Loose};
+use crate::loose::{Answer, Heard, Loose};
 use crate::order::{Delivered, Lead};
 use crate::schedule::Grant;
 use nonstop_control::NodeId;
@@ -128,10 +128,13 @@ pub enum Event {
     /// LSA: propose `lead` (a led batch's acquisitions) with the replica's next batch.
     ProposeLead(Lead),
     /// LSA: the order granted batch `batch`, which this replica led, the acquisitions its
-    /// threads made: the replies it held for the batch may leave.
+    /// threads made: answer the requests it held for the batch now (record each as executed,
+    /// send each to whoever waits).
     Granted {
         /// The batch's first position.
         batch: u64,
+        /// The batch's requests and their outcomes, in order.
+        answers: Vec<Answer>,
     },
     /// Another replica dissents from the majority: report it (it takes a state itself).
     Reported(Dissent),
@@ -316,7 +319,7 @@ impl Course {
         if let Some(loose) = &mut self.loose {
             for heard in loose.delivered(&delivered.leads, delivered.grant_leader, next) {
                 match heard {
-                    Heard::Granted { batch } => self.events.push_back(Event::Granted { batch }),
+                    Heard::Granted { batch, answers } => self.events.push_back(Event::Granted { batch, answers }),
                     Heard::Overruled { batch } => self.need_state_here(Behind::Overruled { batch }),
                 }
             }
@@ -399,15 +402,16 @@ impl Course {
     }
 
     /// LSA: the batch handed out to lead was executed, its threads taking `acquisitions`, in
-    /// order. Call before [`Course::entry_executed`]; its replies wait for
-    /// [`Event::Granted`].
-    pub fn led(&mut self, acquisitions: Vec<Grant>, now_ms: u64) {
+    /// order, and answering `answers` (each request and its outcome, not yet recorded or sent).
+    /// Call before [`Course::entry_executed`]. The course holds the answers and hands them back
+    /// with [`Event::Granted`]; they are dropped if the order never grants the batch.
+    pub fn led(&mut self, acquisitions: Vec<Grant>, answers: Vec<Answer>, now_ms: u64) {
         let (Some(loose), Some(Executing { batch, leading: true, .. })) = (&mut self.loose, self.executing) else {
             debug_assert!(false, "led without a batch handed out to lead");
             return;
         };
         self.lead_proposed_ms = now_ms;
-        self.events.push_back(Event::ProposeLead(loose.led(batch, acquisitions)));
+        self.events.push_back(Event::ProposeLead(loose.led(batch, acquisitions, answers)));
     }
 
     /// LSA: the batch handed out to follow could not be: its threads did not make the grant
@@ -748,7 +752,9 @@ mod tests {
         let next = course.next_entry().unwrap();
         assert_eq!(next.acquisitions, Acquisitions::Lead);
         course.executed(&Ok(vec![]));
-        course.led(acquired(3), 10);
+        let answers: Vec<Answer> =
+            next.entry.requests.into_iter().map(|request| (request, Ok(b"7".to_vec()))).collect();
+        course.led(acquired(3), answers.clone(), 10);
         course.entry_executed();
         assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 0, 3))]);
         assert_eq!(course.donation(0), Err(NoDonation::Ungranted), "its state holds acquisitions nobody follows yet");
@@ -756,12 +762,12 @@ mod tests {
         course.tick(10 + LEAD_RETRY_MS);
         assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 0, 3))]);
         course.delivered(loose_entry(1, 1, vec![grants(1, 0, 3)], 1)).unwrap();
-        assert_eq!(events(&mut course), vec![Event::Granted { batch: 0 }]);
+        assert_eq!(events(&mut course), vec![Event::Granted { batch: 0, answers }], "held until granted");
         assert_eq!(course.donation(1), Ok(1));
         // It leads the next batch; member 2 claims the lead before its acquisitions are in.
         assert_eq!(course.next_entry().unwrap().acquisitions, Acquisitions::Lead);
         course.executed(&Ok(vec![]));
-        course.led(acquired(0), 20);
+        course.led(acquired(0), vec![], 20);
         course.entry_executed();
         let _ = events(&mut course);
         course
@@ -782,7 +788,7 @@ mod tests {
         course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
         let _ = course.next_entry().unwrap();
         course.executed(&Ok(vec![]));
-        course.led(acquired(3), 0);
+        course.led(acquired(3), vec![], 0);
         course.entry_executed();
         let _ = events(&mut course);
         course.delivered(loose_entry(1, 0, vec![grants(1, 0, 2)], 1)).unwrap();
@@ -828,7 +834,7 @@ mod tests {
         for thread in [3, 2] {
             let _ = course.next_entry().unwrap();
             course.executed(&Ok(vec![]));
-            course.led(acquired(thread), 0);
+            course.led(acquired(thread), vec![], 0);
             course.entry_executed();
         }
         let _ = events(&mut course);

@@ -16,7 +16,8 @@
 //! state may need the others past those very batches. [`Loose`] is that bookkeeping,
 //! pure; [`crate::course::Course`] consults it for each entry it hands out.
 
-use crate::order::Lead;
+use crate::calls::Outcome;
+use crate::order::{Lead, Request};
 use crate::schedule::Grant;
 use nonstop_control::NodeId;
 use std::collections::{BTreeMap, VecDeque};
@@ -35,12 +36,27 @@ pub enum Acquisitions {
     Follow(Vec<Grant>),
 }
 
+/// A request of a batch this replica led, and what executing it answered: held until the order
+/// grants the batch.
+pub type Answer = (Request, Outcome);
+
+/// A batch this replica led and executed, until the order grants it.
+#[derive(Clone, Debug)]
+struct Led {
+    /// Its first position.
+    batch: u64,
+    /// What its threads took, in order.
+    acquisitions: Vec<Grant>,
+    /// Its requests' outcomes, held.
+    answers: Vec<Answer>,
+}
+
 /// What the order's leads of one entry mean to this replica ([`Loose::delivered`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Heard {
     /// The order granted batch `batch` the acquisitions this replica made leading it: its
-    /// replies may leave.
-    Granted { batch: u64 },
+    /// held `answers` may leave.
+    Granted { batch: u64, answers: Vec<Answer> },
     /// The order will never grant a batch this replica led the acquisitions it made (another
     /// member claimed the lead, or granted the batch other ones): its state is not the
     /// order's.
@@ -55,9 +71,8 @@ pub(crate) struct Loose {
     leader: Option<NodeId>,
     /// Acquisitions the order granted batches this replica has not executed yet, by batch.
     granted: BTreeMap<u64, Vec<Grant>>,
-    /// Batches this replica led and executed, oldest first, with what its threads took, until
-    /// the order grants them.
-    led: VecDeque<(u64, Vec<Grant>)>,
+    /// Batches this replica led and executed, oldest first, until the order grants them.
+    led: VecDeque<Led>,
     /// Acquisitions of batches it led before its state was found wrong or behind, still
     /// proposed until the order grants those batches or another member leads: while it leads,
     /// nobody else grants them, and the others cannot reach the state it must take without
@@ -81,18 +96,18 @@ impl Loose {
             let Lead::Grants { batch, acquisitions, .. } = lead else { continue };
             self.orphaned.retain(|(orphan, _)| orphan != batch);
             match self.led.front() {
-                Some((led, made)) if led == batch && made == acquisitions => {
-                    heard.push(Heard::Granted { batch: *batch });
-                    self.led.pop_front();
+                Some(led) if led.batch == *batch && led.acquisitions == *acquisitions => {
+                    let answers = self.led.pop_front().map(|led| led.answers).unwrap_or_default();
+                    heard.push(Heard::Granted { batch: *batch, answers });
                 }
                 // The order grants the oldest batch first: once it grants this replica's oldest
                 // led batch, or one after it, other acquisitions than its own, they never will
                 // be.
-                Some((led, _)) if led <= batch => {
-                    heard.push(Heard::Overruled { batch: *led });
+                Some(led) if led.batch <= *batch => {
+                    heard.push(Heard::Overruled { batch: led.batch });
                     // Those granted need nothing more of it; those after, if it still leads,
                     // are proposed on as orphans ([`Loose::replaced`]).
-                    self.led.retain(|(led, _)| led > batch);
+                    self.led.retain(|led| led.batch > *batch);
                     return heard;
                 }
                 _ if *batch >= next => {
@@ -109,10 +124,10 @@ impl Loose {
             self.orphaned.clear();
         }
         if grant_leader != Some(self.me)
-            && let Some((batch, _)) = self.led.front()
+            && let Some(led) = self.led.front()
         {
             // Another member leads: the order takes no acquisitions of this replica's any more.
-            heard.push(Heard::Overruled { batch: *batch });
+            heard.push(Heard::Overruled { batch: led.batch });
         }
         heard
     }
@@ -126,10 +141,10 @@ impl Loose {
         (may_lead && self.leader == Some(self.me)).then_some(Acquisitions::Lead)
     }
 
-    /// This replica led batch `batch`, whose threads took `acquisitions`: to propose, and to
-    /// wait for.
-    pub(crate) fn led(&mut self, batch: u64, acquisitions: Vec<Grant>) -> Lead {
-        self.led.push_back((batch, acquisitions.clone()));
+    /// This replica led batch `batch`, whose threads took `acquisitions` and answered
+    /// `answers`: to propose, and to hold until granted.
+    pub(crate) fn led(&mut self, batch: u64, acquisitions: Vec<Grant>, answers: Vec<Answer>) -> Lead {
+        self.led.push_back(Led { batch, acquisitions: acquisitions.clone(), answers });
         Lead::Grants { member: self.me, batch, acquisitions }
     }
 
@@ -139,7 +154,8 @@ impl Loose {
     pub(crate) fn ungranted(&self) -> Vec<Lead> {
         self.led
             .iter()
-            .chain(&self.orphaned)
+            .map(|led| (&led.batch, &led.acquisitions))
+            .chain(self.orphaned.iter().map(|(batch, acquisitions)| (batch, acquisitions)))
             .map(|(batch, acquisitions)| Lead::Grants {
                 member: self.me,
                 batch: *batch,
@@ -159,7 +175,8 @@ impl Loose {
     /// batches before `from` are no longer needed. The orphans to propose now.
     pub(crate) fn replaced(&mut self, from: u64) -> Vec<Lead> {
         match self.leader == Some(self.me) {
-            true => self.orphaned.extend(self.led.drain(..)),
+            // Its answers are not the order's: they are dropped.
+            true => self.orphaned.extend(self.led.drain(..).map(|led| (led.batch, led.acquisitions))),
             // The order takes none of its acquisitions any more.
             false => self.led.clear(),
         }

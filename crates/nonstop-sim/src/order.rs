@@ -307,8 +307,6 @@ struct Member {
     leads: Vec<Lead>,
     /// LSA: keeps the lead of the acquisitions with a replica that serves (the node's code).
     claimant: Claimant,
-    /// LSA: the outcomes of batches it led, held until the order grants each batch.
-    held: std::collections::VecDeque<(u64, Vec<(Request, Outcome)>)>,
 }
 
 impl Member {
@@ -356,7 +354,6 @@ impl Member {
             corrupted: false,
             leads: Vec::new(),
             claimant: Claimant::default(),
-            held: std::collections::VecDeque::new(),
         })
     }
 
@@ -376,10 +373,6 @@ impl Member {
     /// the leader when it asks to join, as a node does once its replica serves.
     fn follows_order(&self) -> bool {
         self.node.state().applied_index() > 0 && self.answers()
-    }
-
-    fn taking_summary(&self) -> String {
-        format!("{:?}", self.taking)
     }
 
     fn has_executed(&self, client: u64, request: RequestId) -> bool {
@@ -483,8 +476,6 @@ struct Sim {
     closed: Vec<(u64, NodeId)>,
     stats: OrderStats,
     pacing: Pacing,
-    /// A broken promise found where no error can be returned, reported at the step's end.
-    broken: Option<String>,
 }
 
 /// Runs `seed` for `steps` steps of faults and a quiet period; a broken promise is a
@@ -527,7 +518,6 @@ impl Sim {
             closed: Vec::new(),
             stats: OrderStats::default(),
             pacing,
-            broken: None,
         })
     }
 
@@ -1147,9 +1137,7 @@ impl Sim {
         }
         if leading {
             let made: Vec<Grant> = taken.iter().map(|&at| (MutexId(0), ThreadId(at as u16))).collect();
-            let member = &mut self.members[index];
-            member.course.led(made, self.step);
-            member.held.push_back((delivered.first, held));
+            self.members[index].course.led(made, held, self.step);
         }
         self.members[index].course.entry_executed();
         Ok(())
@@ -1181,25 +1169,15 @@ impl Sim {
                     }
                     member.calls.drop_waiters();
                     member.digests.clear();
-                    // What it led and held is not the order's; the orphans it must still
-                    // propose come as events after this one.
+                    // The orphans it must still propose come as events after this one.
                     member.leads.clear();
-                    member.held.clear();
                 }
                 Event::Reported(Dissent { .. }) => self.stats.dissents_reported += 1,
                 Event::ProposeLead(lead) => self.members[index].leads.push(lead),
-                Event::Granted { batch } => {
-                    let held = self.members[index].held.pop_front();
-                    let Some((held, answers)) = held.filter(|(held, _)| *held == batch) else {
-                        self.broken.get_or_insert(format!(
-                            "replica {} was granted batch {batch}, which is not the first it holds",
-                            index + 1
-                        ));
-                        continue;
-                    };
+                Event::Granted { batch, answers } => {
                     self.stats.batches_granted += 1;
                     let executed = &mut self.members[index].executed;
-                    let granted = held as usize..held as usize + answers.len();
+                    let granted = batch as usize..batch as usize + answers.len();
                     for executed in executed.get_mut(granted).unwrap_or_default() {
                         executed.tentative = false;
                     }
@@ -1215,9 +1193,6 @@ impl Sim {
     }
 
     fn check_one_order(&self) -> Result<(), Violation> {
-        if let Some(broken) = &self.broken {
-            return Err(self.violation(broken.clone()));
-        }
         let longest = self.members.iter().map(|m| &m.executed).max_by_key(|e| e.len()).expect("members");
         for (index, member) in self.members.iter().enumerate() {
             if let Some(at) = member.executed.iter().zip(longest).position(|(a, b)| !a.agrees(b)) {
@@ -1240,8 +1215,7 @@ impl Sim {
                 .iter()
                 .map(|m| {
                     format!(
-                        "{} alive {} {:?} taking {:?} awaiting {:?} executed {} order leader {:?} grant leader {:?} \
-                         held {}",
+                        "{} alive {} {:?} taking {:?} awaiting {:?} executed {} order leader {:?} grant leader {:?}",
                         m.node.id().0,
                         m.alive,
                         m.course.standing(),
@@ -1250,7 +1224,6 @@ impl Sim {
                         m.executed.len(),
                         m.node.leader().map(|l| l.0),
                         m.node.state().grant_leader().map(|l| l.0),
-                        m.held.len()
                     )
                 })
                 .collect();
@@ -1281,7 +1254,7 @@ impl Sim {
                                 m.course.awaiting_from(),
                                 m.executed.len(),
                                 m.node.state().applied_index(),
-                                m.taking_summary(),
+                                &m.taking,
                             )
                         })
                         .collect::<Vec<_>>()
@@ -1295,7 +1268,7 @@ impl Sim {
                 live[behind].executed.len()
             )));
         }
-        if let Some(leader) = live.iter().find(|m| !m.held.is_empty() || m.executed.iter().any(|e| e.tentative)) {
+        if let Some(leader) = live.iter().find(|m| m.executed.iter().any(|e| e.tentative)) {
             return Err(self.violation(format!(
                 "after the quiet period replica {} still holds batches the order never granted it",
                 leader.node.id()

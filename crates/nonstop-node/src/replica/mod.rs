@@ -838,22 +838,11 @@ struct Executor {
     behind_since: Option<std::time::Instant>,
     /// The executor's clock for its course (a probation's end): when it started.
     started: std::time::Instant,
-    /// LSA: the outcomes of batches it led, by batch, oldest first, held until the order grants
-    /// each batch the acquisitions its threads made ([`Event::Granted`]).
-    held: std::collections::VecDeque<(u64, Vec<(Request, Outcome)>)>,
 }
 
 impl Executor {
     fn new(replica: Arc<Replica>, course: Course, replicas: Vec<NodeId>) -> Executor {
-        Executor {
-            replica,
-            course,
-            replicas,
-            fetching: false,
-            behind_since: None,
-            started: std::time::Instant::now(),
-            held: std::collections::VecDeque::new(),
-        }
+        Executor { replica, course, replicas, fetching: false, behind_since: None, started: std::time::Instant::now() }
     }
 
     fn run(mut self, works: Receiver<Work>) {
@@ -931,18 +920,11 @@ impl Executor {
                     lock(&self.replica.shared).leads.push(lead);
                     let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
                 }
-                Event::Granted { batch } => match self.held.pop_front() {
-                    Some((held, answers)) if held == batch => {
-                        for (request, outcome) in answers {
-                            self.answer(&request, outcome);
-                        }
+                Event::Granted { answers, .. } => {
+                    for (request, outcome) in answers {
+                        self.answer(&request, outcome);
                     }
-                    other => {
-                        // The course grants its led batches in the order it led them.
-                        debug_assert!(false, "batch {batch} granted, {:?} held first", other.as_ref().map(|h| h.0));
-                        tracing::error!(service = name, batch, "a batch granted that this replica did not hold");
-                    }
-                },
+                }
                 Event::NeedState { from, why } => {
                     self.behind_since.get_or_insert_with(std::time::Instant::now);
                     let mut shared = lock(&self.replica.shared);
@@ -958,12 +940,10 @@ impl Executor {
                     if !matches!(shared.standing, Standing::Stopped(_)) {
                         shared.standing = Standing::Course(self.course.standing());
                     }
-                    // Their calls are answered by the others; the callers ask again. What it
-                    // led and held is not the order's.
+                    // Their calls are answered by the others; the callers ask again.
                     shared.calls.drop_waiters();
                     shared.digests.clear();
                     shared.leads.clear();
-                    self.held.clear();
                     drop(shared);
                     tracing::debug!(service = name, from, "asking for a live replica's state");
                     self.fetch(Duration::ZERO);
@@ -1063,9 +1043,9 @@ impl Executor {
             }
         }
         if let Some(made) = ran.led {
+            // The course holds them until the order grants the batch.
             let now_ms = self.now_ms();
-            self.course.led(made, now_ms);
-            self.held.push_back((entry.first, held));
+            self.course.led(made, held, now_ms);
         }
         lock(&self.replica.shared).position = end;
         self.course.entry_executed();
