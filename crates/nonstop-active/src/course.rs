@@ -54,6 +54,8 @@
 use crate::calls::Outcome;
 use crate::dissent::{Digest, Dissent, Finding, Judge, Outcomes, StateVerdict};
 use crate::feed::{Feed, FeedError};
+#[cfg(test)]
+use crate::loose::LEAD_RETRY_MS;
 use crate::loose::{Answer, Heard, Loose};
 use crate::order::{Delivered, Lead};
 use crate::schedule::Grant;
@@ -61,10 +63,6 @@ use nonstop_control::NodeId;
 use std::collections::VecDeque;
 
 pub use crate::loose::Acquisitions;
-
-/// How long an LSA leader waits for the order to grant a batch it led before it proposes the
-/// batch's acquisitions again (the proposal may have been lost as the group's leader changed).
-pub const LEAD_RETRY_MS: u64 = 200;
 
 /// Whether a replica may answer, as its course decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,8 +212,6 @@ pub struct Course {
     events: VecDeque<Event>,
     /// LSA: the acquisitions the order carries ([`Course::loose`]).
     loose: Option<Loose>,
-    /// LSA: when it last proposed the acquisitions of batches it led that wait for a grant.
-    lead_proposed_ms: u64,
 }
 
 impl Course {
@@ -232,7 +228,6 @@ impl Course {
             executing: None,
             events: VecDeque::new(),
             loose: None,
-            lead_proposed_ms: 0,
         }
     }
 
@@ -369,12 +364,8 @@ impl Course {
         if let Some(finding) = self.judge.clear_unproven(now_ms) {
             self.found(finding);
         }
-        if let Some(loose) = &self.loose
-            && loose.awaits_grants()
-            && now_ms.saturating_sub(self.lead_proposed_ms) >= LEAD_RETRY_MS
-        {
-            self.lead_proposed_ms = now_ms;
-            self.events.extend(loose.ungranted().into_iter().map(Event::ProposeLead));
+        if let Some(loose) = &mut self.loose {
+            self.events.extend(loose.due(now_ms).into_iter().map(Event::ProposeLead));
         }
     }
 
@@ -410,8 +401,7 @@ impl Course {
             debug_assert!(false, "led without a batch handed out to lead");
             return;
         };
-        self.lead_proposed_ms = now_ms;
-        self.events.push_back(Event::ProposeLead(loose.led(batch, acquisitions, answers)));
+        self.events.push_back(Event::ProposeLead(loose.led(batch, acquisitions, answers, now_ms)));
     }
 
     /// LSA: the batch handed out to follow could not be: its threads did not make the grant

@@ -13,7 +13,7 @@
 //! applied. A group leader whose replica does not serve (it takes a state) hands the group's
 //! lead to another member, whose replica then claims the acquisitions': the others' next
 //! batches may wait for acquisitions only a serving grant leader makes, and a replica taking a
-//! state may need the others past those very batches. [`Loose`] is that bookkeeping,
+//! state may need the others past those very batches. `Loose` is that bookkeeping,
 //! pure; [`crate::course::Course`] consults it for each entry it hands out.
 
 use crate::calls::Outcome;
@@ -35,6 +35,10 @@ pub enum Acquisitions {
     /// LSA: the grant leader's acquisitions for this batch, to take in that order.
     Follow(Vec<Grant>),
 }
+
+/// How long an LSA leader waits for the order to grant a batch it led before it proposes the
+/// batch's acquisitions again (the proposal may have been lost as the group's leader changed).
+pub const LEAD_RETRY_MS: u64 = 200;
 
 /// A request of a batch this replica led, and what executing it answered: held until the order
 /// grants the batch.
@@ -79,11 +83,13 @@ pub(crate) struct Loose {
     /// them. They are only an order of acquisitions; each replica executes them on its own
     /// state (one whose threads cannot follow them takes a state, [`Acquisitions::Follow`]).
     orphaned: Vec<(u64, Vec<Grant>)>,
+    /// When it last proposed the acquisitions that await a grant (driver's clock).
+    proposed_ms: u64,
 }
 
 impl Loose {
     pub(crate) fn new(me: NodeId) -> Loose {
-        Loose { me, leader: None, granted: BTreeMap::new(), led: VecDeque::new(), orphaned: Vec::new() }
+        Loose { me, leader: None, granted: BTreeMap::new(), led: VecDeque::new(), orphaned: Vec::new(), proposed_ms: 0 }
     }
 
     /// Takes in an entry's leads, in order, and the grant leader once it is applied; `next` is
@@ -121,13 +127,11 @@ impl Loose {
         // snapshot this replica was given instead of the entries.
         self.leader = grant_leader;
         if grant_leader != Some(self.me) {
-            self.orphaned.clear();
-        }
-        if grant_leader != Some(self.me)
-            && let Some(led) = self.led.front()
-        {
             // Another member leads: the order takes no acquisitions of this replica's any more.
-            heard.push(Heard::Overruled { batch: led.batch });
+            self.orphaned.clear();
+            if let Some(led) = self.led.front() {
+                heard.push(Heard::Overruled { batch: led.batch });
+            }
         }
         heard
     }
@@ -142,16 +146,26 @@ impl Loose {
     }
 
     /// This replica led batch `batch`, whose threads took `acquisitions` and answered
-    /// `answers`: to propose, and to hold until granted.
-    pub(crate) fn led(&mut self, batch: u64, acquisitions: Vec<Grant>, answers: Vec<Answer>) -> Lead {
+    /// `answers`: to propose now (`now_ms`), and to hold until granted.
+    pub(crate) fn led(&mut self, batch: u64, acquisitions: Vec<Grant>, answers: Vec<Answer>, now_ms: u64) -> Lead {
+        self.proposed_ms = now_ms;
         self.led.push_back(Led { batch, acquisitions: acquisitions.clone(), answers });
         Lead::Grants { member: self.me, batch, acquisitions }
     }
 
-    /// Its led batches not granted yet, orphaned ones included, as leads to propose again (a
-    /// proposal lost when the group's leader changed is proposed again; the order drops a
-    /// copy).
-    pub(crate) fn ungranted(&self) -> Vec<Lead> {
+    /// The acquisitions to propose again at `now_ms`: every one that awaits a grant, once
+    /// [`LEAD_RETRY_MS`] passed since they were proposed last (a proposal lost when the
+    /// group's leader changed is proposed again; the order drops a copy).
+    pub(crate) fn due(&mut self, now_ms: u64) -> Vec<Lead> {
+        if !self.awaits_grants() || now_ms.saturating_sub(self.proposed_ms) < LEAD_RETRY_MS {
+            return Vec::new();
+        }
+        self.proposed_ms = now_ms;
+        self.ungranted()
+    }
+
+    /// Its led batches not granted yet, orphaned ones included, as leads to propose.
+    fn ungranted(&self) -> Vec<Lead> {
         self.led
             .iter()
             .map(|led| (&led.batch, &led.acquisitions))

@@ -496,7 +496,7 @@ impl ReplicaHost {
             // A proposal lost on the way (the leader changed) is proposed again when its
             // client asks again; a lost digest leaves its window undecided, and a later one
             // decides; a led batch's acquisitions are proposed again until granted
-            // ([`nonstop_active::course::LEAD_RETRY_MS`]), a claim until applied.
+            // ([`nonstop_active::loose::LEAD_RETRY_MS`]), a claim until applied.
             if let Err(error) = group.propose(&Batch { time_ms: wall_clock_ms(), requests, digests, leads }) {
                 tracing::debug!(service = self.replica.name, %error, "proposal not accepted");
             }
