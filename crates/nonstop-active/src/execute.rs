@@ -73,8 +73,8 @@ pub enum ExecuteError {
         message: String,
     },
     /// A batch was asked of an executor with no scheduler of its own (LSA: its batches are led
-    /// or follow a leader's acquisitions), or a led or followed batch of one that has (NPDS,
-    /// PDS).
+    /// or follow a leader's acquisitions), a led or followed batch of one that has (NPDS,
+    /// PDS), or [`Executor::new`] was given LSA ([`Executor::loose`] makes its executor).
     #[error(
         "an LSA executor runs batches led or following a leader's acquisitions, the others by their scheduler: {0}"
     )]
@@ -100,10 +100,19 @@ struct Job {
 /// What a worker thread did with its part of a batch: the replies, by position.
 type Done = Result<Vec<(usize, Vec<u8>)>, ExecuteError>;
 
+/// How an executor's batches take their mutexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pacing {
+    /// By its own scheduler, alike on every replica (NPDS, PDS-1, PDS-2).
+    Scheduled(Algorithm),
+    /// LSA: each batch led, or following a leader's acquisitions.
+    Loose,
+}
+
 /// One replica's worker threads, executing batches with one scheduling algorithm. Shared
 /// between threads, it runs one batch at a time.
 pub struct Executor {
-    algorithm: Algorithm,
+    pacing: Pacing,
     jobs: Vec<Sender<Job>>,
     /// Held for a whole batch: a second caller's batch would take the first's answers.
     done: std::sync::Mutex<Receiver<Done>>,
@@ -115,9 +124,23 @@ pub struct Executor {
 
 impl Executor {
     /// `threads` worker threads (at least one) running `handler`, scheduled by `algorithm`:
-    /// NPDS, PDS-1 or PDS-2 batch by batch ([`Executor::execute`]), or LSA, each batch led or
-    /// following a leader's acquisitions (whichever role `algorithm` names, the batch decides).
+    /// NPDS, PDS-1 or PDS-2, batch by batch ([`Executor::execute`]). LSA has no scheduler that
+    /// decides alone: its executor is [`Executor::loose`].
     pub fn new<H: Handler>(algorithm: Algorithm, threads: u16, handler: Arc<H>) -> Result<Executor, ExecuteError> {
+        if let Algorithm::Lsa(_) = algorithm {
+            return Err(ExecuteError::WrongPacing("an LSA executor is made with Executor::loose"));
+        }
+        Ok(Executor::start(Pacing::Scheduled(algorithm), threads, handler))
+    }
+
+    /// `threads` worker threads (at least one) running `handler` under LSA: each batch led
+    /// ([`Executor::execute_leading`]) or following a leader's acquisitions
+    /// ([`Executor::execute_following`]).
+    pub fn loose<H: Handler>(threads: u16, handler: Arc<H>) -> Executor {
+        Executor::start(Pacing::Loose, threads, handler)
+    }
+
+    fn start<H: Handler>(pacing: Pacing, threads: u16, handler: Arc<H>) -> Executor {
         let threads = threads.max(1);
         let (done_to, done) = channel();
         let (mut jobs, mut handles) = (Vec::new(), Vec::new());
@@ -139,28 +162,28 @@ impl Executor {
             );
             jobs.push(job_to);
         }
-        Ok(Executor {
-            algorithm,
+        Executor {
+            pacing,
             jobs,
             done: std::sync::Mutex::new(done),
             threads: handles,
             broken: std::sync::atomic::AtomicBool::new(false),
-        })
+        }
     }
 
     /// Executes `batch` to its end under the executor's scheduler (NPDS, PDS-1, PDS-2) and
     /// answers its replies in the batch's order.
     pub fn execute(&self, batch: Arc<Vec<Vec<u8>>>) -> Result<Vec<Vec<u8>>, ExecuteError> {
-        if let Algorithm::Lsa(_) = self.algorithm {
+        let Pacing::Scheduled(algorithm) = self.pacing else {
             return Err(ExecuteError::WrongPacing("give an LSA batch its leader or its acquisitions"));
-        }
-        self.run(&Replica::new(self.algorithm, self.jobs.len() as u16), batch)
+        };
+        self.run(&Replica::new(algorithm, self.jobs.len() as u16), batch)
     }
 
     /// LSA: executes `batch` as its leader, the threads taking mutexes as they come, and
     /// answers its replies and the acquisitions made, in order, for the followers.
     pub fn execute_leading(&self, batch: Arc<Vec<Vec<u8>>>) -> Result<(Vec<Vec<u8>>, Vec<Grant>), ExecuteError> {
-        self.loose()?;
+        self.is_loose()?;
         let replica = Replica::new(Algorithm::Lsa(Role::Leader), self.jobs.len() as u16);
         let replies = self.run(&replica, batch)?;
         Ok((replies, replica.take_shipped()))
@@ -174,7 +197,7 @@ impl Executor {
         batch: Arc<Vec<Vec<u8>>>,
         acquisitions: &[Grant],
     ) -> Result<Vec<Vec<u8>>, ExecuteError> {
-        self.loose()?;
+        self.is_loose()?;
         let replica = Replica::new(Algorithm::Lsa(Role::Follower), self.jobs.len() as u16);
         for &(mutex, thread) in acquisitions {
             if usize::from(thread.0) >= self.jobs.len() {
@@ -203,10 +226,12 @@ impl Executor {
         }
     }
 
-    fn loose(&self) -> Result<(), ExecuteError> {
-        match self.algorithm {
-            Algorithm::Lsa(_) => Ok(()),
-            _ => Err(ExecuteError::WrongPacing("only an LSA executor's batches are led or followed")),
+    fn is_loose(&self) -> Result<(), ExecuteError> {
+        match self.pacing {
+            Pacing::Loose => Ok(()),
+            Pacing::Scheduled(_) => {
+                Err(ExecuteError::WrongPacing("only an LSA executor's batches are led or followed"))
+            }
         }
     }
 
@@ -234,11 +259,6 @@ impl Executor {
             }
         }
         failure.map_or(Ok(replies), Err)
-    }
-
-    /// The algorithm its threads are scheduled by.
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
     }
 }
 

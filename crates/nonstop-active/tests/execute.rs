@@ -131,14 +131,7 @@ fn lead_and_follow(batches: &[Arc<Vec<Vec<u8>>>], timing: u64) -> Vec<Outcome> {
     let batches = batches.to_vec();
     common::unless_deadlocked("an LSA leader and followers", move || {
         let folders: Vec<Arc<Folder>> = (0..3).map(|replica| Folder::new(timing * 10 + replica)).collect();
-        let executors: Vec<Executor> = folders
-            .iter()
-            .enumerate()
-            .map(|(index, folder)| {
-                let role = if index == 0 { Role::Leader } else { Role::Follower };
-                Executor::new(Algorithm::Lsa(role), THREADS, folder.clone()).unwrap()
-            })
-            .collect();
+        let executors: Vec<Executor> = folders.iter().map(|folder| Executor::loose(THREADS, folder.clone())).collect();
         let mut replies = vec![Vec::new(); 3];
         for batch in &batches {
             let (led, acquisitions) = executors[0].execute_leading(batch.clone()).unwrap();
@@ -175,7 +168,7 @@ fn an_lsa_follower_given_acquisitions_its_threads_do_not_make_says_so_instead_of
     use nonstop_active::schedule::ThreadId;
     let follow = |batch: Vec<Vec<u8>>, acquisitions: Vec<(MutexId, ThreadId)>| {
         common::unless_deadlocked("an LSA follower", move || {
-            let executor = Executor::new(Algorithm::Lsa(Role::Follower), 2, Folder::new(6)).unwrap();
+            let executor = Executor::loose(2, Folder::new(6));
             let outcome = executor.execute_following(Arc::new(batch), &acquisitions);
             // The executor still runs batches after one it could not follow.
             assert_eq!(
@@ -206,7 +199,13 @@ fn an_lsa_follower_given_acquisitions_its_threads_do_not_make_says_so_instead_of
 
 #[test]
 fn a_batch_is_refused_an_executor_of_the_other_pacing() {
-    let lsa = Executor::new(Algorithm::Lsa(Role::Leader), THREADS, Folder::new(4)).unwrap();
+    for role in [Role::Leader, Role::Follower] {
+        assert!(matches!(
+            Executor::new(Algorithm::Lsa(role), THREADS, Folder::new(4)),
+            Err(ExecuteError::WrongPacing(_))
+        ));
+    }
+    let lsa = Executor::loose(THREADS, Folder::new(4));
     assert!(matches!(lsa.execute(Arc::new(vec![vec![0]])), Err(ExecuteError::WrongPacing(_))));
     let pds = Executor::new(Algorithm::Pds2, THREADS, Folder::new(4)).unwrap();
     assert!(matches!(pds.execute_leading(Arc::new(vec![vec![0]])), Err(ExecuteError::WrongPacing(_))));

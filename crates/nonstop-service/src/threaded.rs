@@ -75,7 +75,7 @@
 use crate::hosted::CallError;
 pub use nonstop_active::course::Acquisitions;
 use nonstop_active::execute::{ExecuteError, Executor, Handler};
-use nonstop_active::schedule::{Algorithm, Grant, Role};
+use nonstop_active::schedule::{Algorithm, Grant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -202,13 +202,14 @@ impl Scheduler {
         self == Scheduler::Lsa
     }
 
-    fn algorithm(self) -> Algorithm {
+    /// The algorithm that schedules every batch alike on each replica (`None` for LSA, whose
+    /// batches are led or follow a leader's acquisitions).
+    fn algorithm(self) -> Option<Algorithm> {
         match self {
-            Scheduler::Npds => Algorithm::Npds,
-            Scheduler::Pds1 => Algorithm::Pds1,
-            Scheduler::Pds2 => Algorithm::Pds2,
-            // Each batch says whether it is led or followed.
-            Scheduler::Lsa => Algorithm::Lsa(Role::Leader),
+            Scheduler::Npds => Some(Algorithm::Npds),
+            Scheduler::Pds1 => Some(Algorithm::Pds1),
+            Scheduler::Pds2 => Some(Algorithm::Pds2),
+            Scheduler::Lsa => None,
         }
     }
 }
@@ -352,7 +353,11 @@ fn reader() -> Worker {
 
 impl<S: ThreadedService> RunThreads for ThreadsHost<S> {
     fn executor(&self, scheduler: Scheduler, threads: u16) -> Result<Executor, ExecuteError> {
-        Executor::new(scheduler.algorithm(), threads, Arc::new(Handle(self.0.clone())))
+        let handler = Arc::new(Handle(self.0.clone()));
+        match scheduler.algorithm() {
+            Some(algorithm) => Executor::new(algorithm, threads, handler),
+            None => Ok(Executor::loose(threads, handler)),
+        }
     }
 
     fn query(&self, body: &[u8]) -> Result<Vec<u8>, CallError> {
