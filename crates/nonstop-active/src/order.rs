@@ -193,12 +193,12 @@ pub struct Order {
     window_opened_ms: u64,
     window_requests: u64,
     /// Under LSA: who leads the acquisitions, and which batches await them.
-    loose: Option<Loose>,
+    loose: Option<Granting>,
 }
 
 /// An LSA order's grant leader and the batches it has not granted yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Loose {
+struct Granting {
     /// The member that claimed the lead last.
     leader: Option<NodeId>,
     /// The first positions of batches delivered whose acquisitions were not, oldest first: at
@@ -211,7 +211,7 @@ impl Order {
     /// The order of a service whose replicas run under LSA: entries' acquisitions ([`Lead`])
     /// are accepted, each batch's once, from its grant leader.
     pub fn loose() -> Order {
-        Order { loose: Some(Loose::default()), ..Order::default() }
+        Order { loose: Some(Granting::default()), ..Order::default() }
     }
 
     /// Whether it orders acquisitions too ([`Order::loose`]).
