@@ -114,7 +114,7 @@ struct SimArgs {
     /// the quiet period that ends an order run).
     #[arg(long)]
     steps: Option<u64>,
-    /// With --seed and --kind failover: print every event of the run.
+    /// With --seed and a kind other than replication: print every event of the run.
     #[arg(long)]
     trace: bool,
 }
@@ -969,12 +969,15 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
             SimKind::Failover => nonstop_sim::cluster::run_cluster(seed, steps, trace)
                 .map(|s| format!("{s:?}"))
                 .map_err(|v| v.to_string()),
-            SimKind::Order => {
-                nonstop_sim::order::run_order(seed, steps).map(|s| format!("{s:?}")).map_err(|v| v.to_string())
+            SimKind::Order | SimKind::OrderLsa => {
+                let pacing = match args.kind {
+                    SimKind::OrderLsa => nonstop_sim::order::Pacing::Loose,
+                    _ => nonstop_sim::order::Pacing::Scheduled,
+                };
+                nonstop_sim::order::run_order_paced(seed, steps, pacing, trace)
+                    .map(|s| format!("{s:?}"))
+                    .map_err(|v| v.to_string())
             }
-            SimKind::OrderLsa => nonstop_sim::order::run_order_paced(seed, steps, nonstop_sim::order::Pacing::Loose)
-                .map(|s| format!("{s:?}"))
-                .map_err(|v| v.to_string()),
         }
     };
     if let Some(seed) = args.seed {
@@ -1017,7 +1020,7 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     if let Some((seed, violation)) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         bail!(
             "{kind} {violation}\nreproduce: nonstop sim --kind {kind} --seed {seed} --steps {steps}{}",
-            if args.kind == SimKind::Failover { " --trace" } else { "" }
+            if matches!(args.kind, SimKind::Replication) { "" } else { " --trace" }
         );
     }
     println!("{kind}: seeds {}..{end} ({} seeds x {steps} steps) kept every safety property", args.first, args.seeds);

@@ -476,17 +476,20 @@ struct Sim {
     closed: Vec<(u64, NodeId)>,
     stats: OrderStats,
     pacing: Pacing,
+    /// Print every fault and every decision a replica's course takes, to stderr.
+    tracing: bool,
 }
 
 /// Runs `seed` for `steps` steps of faults and a quiet period; a broken promise is a
 /// [`Violation`] naming the seed and step.
 pub fn run_order(seed: u64, steps: u64) -> Result<OrderStats, Violation> {
-    run_order_paced(seed, steps, Pacing::Scheduled)
+    run_order_paced(seed, steps, Pacing::Scheduled, false)
 }
 
-/// [`run_order`] with the replicas taking the shared state as `pacing` says.
-pub fn run_order_paced(seed: u64, steps: u64, pacing: Pacing) -> Result<OrderStats, Violation> {
-    let mut sim = Sim::new(seed, pacing)?;
+/// [`run_order`] with the replicas taking the shared state as `pacing` says; `trace` prints
+/// every fault and every decision of a replica's course to stderr.
+pub fn run_order_paced(seed: u64, steps: u64, pacing: Pacing, trace: bool) -> Result<OrderStats, Violation> {
+    let mut sim = Sim::new(seed, pacing, trace)?;
     for step in 0..steps + QUIET_STEPS {
         sim.step = step;
         sim.run_step(step < steps, step < steps + QUIET_STEPS / 2)?;
@@ -495,7 +498,7 @@ pub fn run_order_paced(seed: u64, steps: u64, pacing: Pacing) -> Result<OrderSta
 }
 
 impl Sim {
-    fn new(seed: u64, pacing: Pacing) -> Result<Sim, Violation> {
+    fn new(seed: u64, pacing: Pacing, tracing: bool) -> Result<Sim, Violation> {
         let voters: Vec<NodeId> = (1..=MEMBERS).map(|node| member_id(node, 0)).collect();
         let mut members = Vec::new();
         for node in 1..=MEMBERS {
@@ -518,7 +521,14 @@ impl Sim {
             closed: Vec::new(),
             stats: OrderStats::default(),
             pacing,
+            tracing,
         })
+    }
+
+    fn trace(&self, what: impl FnOnce() -> String) {
+        if self.tracing {
+            eprintln!("{:>6} {}", self.step, what());
+        }
     }
 
     fn violation(&self, what: String) -> Violation {
@@ -567,6 +577,7 @@ impl Sim {
             let member = self.rng.random_range(0..MEMBERS);
             self.cut = Some((member, self.step + self.rng.random_range(100..600)));
             self.stats.partitions += 1;
+            self.trace(|| format!("cut replica {} off until {}", member + 1, self.cut.map_or(0, |(_, until)| until)));
         }
         // One replica down or wrong at a time, and only once the group is settled again: three
         // voters of a configuration that is not joint (a restarted replica counts itself
@@ -585,10 +596,12 @@ impl Sim {
         if settled && self.cut.is_none() && self.stats.corruptions < 2 && self.rng.random_ratio(1, 2500) {
             // A flipped bit in one replica's state: every outcome it computes from now on is
             // wrong, until it finds itself dissenting and takes a live replica's state.
-            let member = &mut self.members[self.rng.random_range(0..MEMBERS) as usize];
+            let index = self.rng.random_range(0..MEMBERS) as usize;
+            let member = &mut self.members[index];
             member.vault += self.rng.random_range(1..=9) * if self.rng.random_bool(0.5) { 1 } else { -1 };
             member.corrupted = true;
             self.stats.corruptions += 1;
+            self.trace(|| format!("corrupt replica {}: vault {}", index + 1, self.members[index].vault));
             return;
         }
         if settled && self.stats.crashes < 2 && self.rng.random_ratio(1, 3000) {
@@ -600,6 +613,7 @@ impl Sim {
                 u64::from(self.members.iter().any(|m| m.alive && m.leader == Some(self.members[member].node.id())));
             self.members[member].restarts_at = Some(self.step + self.rng.random_range(200..1500));
             self.stats.crashes += 1;
+            self.trace(|| format!("crash replica {} until {:?}", member + 1, self.members[member].restarts_at));
         }
     }
 
@@ -632,6 +646,7 @@ impl Sim {
                 .map_err(|what| self.violation(what))?;
             self.members[index] = restarted;
             self.stats.restarts += 1;
+            self.trace(|| format!("restart replica {} as member {}", index + 1, self.members[index].node.id()));
         }
         Ok(())
     }
@@ -899,6 +914,7 @@ impl Sim {
         let leader = self.members[index].node.leader();
         if leader.is_some() && leader != self.members[index].leader {
             self.stats.leader_changes += 1;
+            self.trace(|| format!("replica {} sees leader {:?}", index + 1, leader.map(|l| l.0)));
             // What it proposed to the old leader may be lost with it.
             self.members[index].calls.propose_waiting_again();
         }
@@ -933,6 +949,7 @@ impl Sim {
             let member = &mut self.members[index];
             let position = output.applied.first().map_or(member.node.state().delivered(), |delivered| delivered.first);
             member.course.restored(position);
+            self.trace(|| format!("replica {} restored the order's snapshot at position {position}", index + 1));
             self.advance(index)?;
         }
         for delivered in output.applied {
@@ -982,6 +999,7 @@ impl Sim {
             None => Taking::AskAt(self.step + 20),
             Some(donor) => {
                 let (donor_id, arrives) = (self.members[donor].node.id(), self.step + self.rng.random_range(1..30));
+                self.trace(|| format!("replica {} asks replica {} for a state from {from}", index + 1, donor + 1));
                 Taking::InFlight { arrives, donor, donor_id, from }
             }
         };
@@ -1013,6 +1031,15 @@ impl Sim {
             Err(error) => return Err(self.violation(format!("replica {}'s transfer: {error}", index + 1))),
         }
         member.calls.restore(answered);
+        if self.tracing {
+            eprintln!(
+                "{:>6} replica {} installs replica {}'s state at {position} (log end {log_end}){}",
+                self.step,
+                index + 1,
+                donor + 1,
+                if corrupted { ", corrupted" } else { "" }
+            );
+        }
         self.stats.corruptions_copied += u64::from(corrupted);
         self.stats.corruptions_replaced += u64::from(member.corrupted && !corrupted);
         (member.executed, member.vault, member.corrupted) = (executed, vault, corrupted);
@@ -1156,6 +1183,9 @@ impl Sim {
     /// answering who waits, drops the digests it queued and awaits the state.
     fn react(&mut self, index: usize) {
         while let Some(event) = self.members[index].course.poll_event() {
+            if !matches!(event, Event::Propose(_) | Event::ProposeLead(_) | Event::Granted { .. }) {
+                self.trace(|| format!("replica {}: {event:?}", index + 1));
+            }
             match event {
                 Event::Propose(digest) => propose_later(&mut self.members[index].digests, digest),
                 Event::NeedState { why, .. } => {

@@ -62,7 +62,7 @@ const LSA_KNOWN_FAILING: [u64; 2] = [77, 175];
 fn lsa_replicas_follow_the_acquisitions_granted_and_answer_only_what_was_granted() {
     let mut total = OrderStats::default();
     for seed in (0..120).filter(|seed| !LSA_KNOWN_FAILING.contains(seed)) {
-        total += run_order_paced(seed, 6000, Pacing::Loose).unwrap_or_else(|violation| panic!("{violation}"));
+        total += run_order_paced(seed, 6000, Pacing::Loose, false).unwrap_or_else(|violation| panic!("{violation}"));
     }
     println!("{total:?}");
     assert!(total.delivered > 20_000 && total.decided > 20_000, "{total:?}");
