@@ -349,7 +349,9 @@ impl Course {
         };
         self.fresh = false;
         self.outcomes.resume();
-        self.judge.probation(donor, now_ms);
+        if let Some(finding) = self.judge.probation(donor, now_ms) {
+            self.found(finding);
+        }
         if let Some(loose) = &mut self.loose {
             // Orphans are proposed on the clock from here.
             let _ = loose.replaced(position);

@@ -269,13 +269,27 @@ impl Judge {
     /// and until [`StateVerdict::Cleared`] it must answer nothing and propose no digest.
     /// `now_ms` is the driver's clock (any monotonic milliseconds), read again by
     /// [`Judge::clear_unproven`].
-    pub fn probation(&mut self, donor: NodeId, now_ms: u64) {
-        let node = node_of(self.me);
-        for window in self.windows.values_mut() {
-            window.digests.remove(&node);
-        }
+    ///
+    /// A window its donor and a replica outside the donor's lineage digested differently, with
+    /// no majority to say which was right, refutes the state at once: the donor may have been
+    /// wrong when it gave it. Waiting for a window of its own would not do: a group whose two
+    /// serving replicas disagree delivers nothing a majority answers, no window with a request
+    /// closes, and the replica would be cleared unproven into a majority with a wrong donor.
+    pub fn probation(&mut self, donor: NodeId, now_ms: u64) -> Option<Finding> {
+        let (me, donor) = (node_of(self.me), node_of(donor));
         let ends_ms = now_ms.saturating_add(PROBATION_MS);
-        self.probation = Some(Probation { donor: node_of(donor), refuted: None, ends_ms });
+        let mut probation = Probation { donor, refuted: None, ends_ms };
+        let mut finding = None;
+        for (number, window) in self.windows.iter_mut() {
+            window.digests.remove(&me);
+            if let Some(against) = donor_contradicted(window, me, donor).filter(|_| probation.refuted.is_none()) {
+                window.found = true;
+                probation.refuted = Some(against);
+                finding = Some(Finding::Probation(StateVerdict::Refuted { window: *number, against }));
+            }
+        }
+        self.probation = Some(probation);
+        finding
     }
 
     /// Whether the replica's state is still to be proven ([`Judge::probation`]).
@@ -344,6 +358,11 @@ impl Judge {
             return None;
         }
         if let Some(probation) = probation {
+            if let Some(against) = donor_contradicted(window, me, probation.donor) {
+                window.found = true;
+                self.probation = Some(Probation { refuted: Some(against), ..probation });
+                return Some(Finding::Probation(StateVerdict::Refuted { window: digest.window, against }));
+            }
             // A replica outside the donor's lineage digested the window: it proves or refutes.
             let mine = window.digests.get(&me).map(|(_, hash)| *hash);
             let other = window.digests.iter().find(|(n, _)| **n != me && **n != probation.donor);
@@ -368,6 +387,21 @@ impl Judge {
         window.found = true;
         Some(Finding::Dissent(Dissent { dissenter: *dissenter, window: digest.window, me: *dissenter == self.me }))
     }
+}
+
+/// The replica outside `donor`'s lineage (neither `me` nor the donor) whose digest of
+/// `window` differs from the donor's, unless the window was settled already (a majority found
+/// a dissenter in it).
+fn donor_contradicted(window: &Window, me: u64, donor: u64) -> Option<NodeId> {
+    if window.found {
+        return None;
+    }
+    let (_, donors) = window.digests.get(&donor)?;
+    window
+        .digests
+        .iter()
+        .find(|(node, (_, hash))| **node != me && **node != donor && hash != donors)
+        .map(|(_, (member, _))| *member)
 }
 
 #[cfg(test)]
@@ -466,7 +500,7 @@ mod tests {
     fn a_state_taken_is_proven_only_against_a_replica_other_than_its_donor() {
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
         assert!(judge.mine(0, [9; 16]).is_none());
-        judge.probation(member_id(2, 0), 0);
+        assert_eq!(judge.probation(member_id(2, 0), 0), None);
         assert!(judge.on_probation());
         // Its old digests no longer count, and its donor's agreement proves nothing.
         assert!(judge.seen(&of(2, 0, 1)).is_none());
@@ -479,9 +513,8 @@ mod tests {
         // A state its donor and the third replica digest differently is refuted, and the
         // replica stays on probation.
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
-        judge.probation(member_id(2, 0), 0);
+        assert_eq!(judge.probation(member_id(2, 0), 0), None);
         assert!(judge.seen(&of(3, 4, 3)).is_none());
-        assert!(judge.seen(&of(2, 4, 2)).is_none());
         assert_eq!(
             judge.mine(4, [2; 16]),
             Some(Finding::Probation(StateVerdict::Refuted { window: 4, against: member_id(3, 0) }))
@@ -495,10 +528,40 @@ mod tests {
     }
 
     #[test]
+    fn a_donor_contradicted_by_a_replica_outside_its_lineage_refutes_the_state_taken() {
+        // Replica 1 fell behind while replicas 2 and 3 digested window 4 differently (one of
+        // them went wrong; with 1 silent no majority said which). It takes 2's state: refuted
+        // at once, and never cleared unproven, though no window with a request closes again
+        // (the group delivers nothing a majority answers).
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert!(judge.seen(&of(2, 4, 2)).is_none());
+        assert!(judge.seen(&of(3, 4, 3)).is_none());
+        let refuted = StateVerdict::Refuted { window: 4, against: member_id(3, 0) };
+        assert_eq!(judge.probation(member_id(2, 0), 0), Some(Finding::Probation(refuted)));
+        assert_eq!(judge.refuted_by(), Some(member_id(3, 0)));
+        assert_eq!(judge.clear_unproven(PROBATION_MS * 10), None);
+        // The same when the contradiction comes after the state was taken.
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert_eq!(judge.probation(member_id(2, 0), 0), None);
+        assert!(judge.seen(&of(3, 7, 3)).is_none());
+        let refuted = StateVerdict::Refuted { window: 7, against: member_id(3, 0) };
+        assert_eq!(judge.seen(&of(2, 7, 2)), Some(Finding::Probation(refuted)));
+        assert_eq!(judge.clear_unproven(PROBATION_MS * 10), None);
+        // A window a majority settled (the dissenter found, and re-integrated since) refutes
+        // nobody.
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert!(judge.mine(4, [3; 16]).is_none());
+        assert!(judge.seen(&of(3, 4, 3)).is_none());
+        assert!(matches!(judge.seen(&of(2, 4, 2)), Some(Finding::Dissent(Dissent { me: false, .. }))));
+        assert_eq!(judge.probation(member_id(2, 0), 0), None);
+        assert_eq!(judge.clear_unproven(PROBATION_MS), Some(Finding::Probation(StateVerdict::Cleared { proof: None })));
+    }
+
+    #[test]
     fn with_nobody_outside_its_donors_lineage_a_state_is_cleared_unproven() {
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
         assert_eq!(judge.clear_unproven(PROBATION_MS), None, "not on probation");
-        judge.probation(member_id(2, 0), 0);
+        assert_eq!(judge.probation(member_id(2, 0), 0), None);
         assert!(judge.seen(&of(2, 0, 2)).is_none());
         assert!(judge.mine(0, [2; 16]).is_none());
         assert_eq!(judge.clear_unproven(PROBATION_MS - 1), None, "not yet");
