@@ -39,6 +39,10 @@ pub struct ControlConfig {
     pub election_jitter: ElectionJitter,
     /// Applied entries after which the log is compacted behind a snapshot of the state.
     pub compact_every: u64,
+    /// Entries a compaction keeps behind its snapshot, so that a follower that far behind (a
+    /// lost message, a short pause) is sent the entries it misses, not the whole state. The
+    /// log then holds up to `compact_every + catch_up_entries` entries.
+    pub catch_up_entries: u64,
     /// Whether members change while the group runs.
     pub membership: Membership,
 }
@@ -137,6 +141,7 @@ impl ControlConfig {
             heartbeat_ticks: 2,
             election_jitter,
             compact_every: 1024,
+            catch_up_entries: 256,
             membership: Membership::Static,
         }
     }
@@ -257,6 +262,7 @@ pub struct RaftNode<S: Replicated> {
     raw: RawNode<ControlStorage>,
     storage: ControlStorage,
     compact_every: u64,
+    catch_up_entries: u64,
     log: Box<dyn RaftLog>,
     state: S,
     /// The seeded generator of election timeouts and `election_ticks`, if jittered.
@@ -361,6 +367,7 @@ impl<S: Replicated> RaftNode<S> {
             raw,
             storage,
             compact_every,
+            catch_up_entries: config.catch_up_entries,
             log,
             state,
             jitter,
@@ -699,7 +706,7 @@ impl<S: Replicated> RaftNode<S> {
             return Ok(());
         }
         let data = postcard::to_stdvec(&self.state).expect("the state serializes");
-        if self.storage.compact(applied, data).is_some() {
+        if self.storage.compact(applied, data, self.catch_up_entries).is_some() {
             self.rewrite_log()?;
         }
         Ok(())

@@ -2,9 +2,12 @@
 //!
 //! raft-rs's `MemStorage` keeps every entry and its snapshots carry no data, so a log that
 //! grows with every lease grant would grow forever. [`ControlStorage`] keeps the entries after
-//! the last snapshot only; the snapshot carries the [`ClusterState`](crate::ClusterState) at its
-//! index (a few hundred bytes), which is what a lagging follower receives instead of the
-//! entries compacted away.
+//! the last snapshot, and a bounded tail of those before it; the snapshot carries the
+//! [`ClusterState`](crate::ClusterState) at its index (a few hundred bytes), which is what a
+//! follower receives once it lags past the tail. The tail is why a follower a few entries
+//! behind at a compaction (a lost message, a short pause) is sent those entries rather than
+//! the whole state: for an active service's order, a snapshot means a state transfer of the
+//! service's state (etcd keeps such a tail for the same reason).
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -16,8 +19,11 @@ struct Inner {
     conf_state: ConfState,
     /// The last snapshot: index, term, configuration and the cluster state as data.
     snapshot: Snapshot,
-    /// Entries after the snapshot's index, contiguous.
+    /// Entries after `base`, contiguous: the tail kept behind the snapshot, then those after it.
     entries: Vec<Entry>,
+    /// Index and term of the entry just before `entries[0]`: the snapshot's, or the last entry
+    /// a compaction dropped ([`ControlStorage::compact`]). Never past the snapshot's index.
+    base: (u64, u64),
     /// A peer asked for the snapshot was not among its members (it joined after it was taken):
     /// the next compaction must not wait for its usual count of entries.
     snapshot_wanted: bool,
@@ -29,7 +35,13 @@ impl Inner {
     }
 
     fn last_index(&self) -> u64 {
-        self.snapshot_index() + self.entries.len() as u64
+        self.base.0 + self.entries.len() as u64
+    }
+
+    /// The entry at `index`, if it is kept.
+    fn entry(&self, index: u64) -> Option<&Entry> {
+        let offset = index.checked_sub(self.base.0 + 1)?;
+        self.entries.get(usize::try_from(offset).ok()?)
     }
 }
 
@@ -61,13 +73,14 @@ impl ControlStorage {
         let Some(first) = entries.first() else { return Ok(()) };
         let mut inner = self.write();
         let (snapshot_index, last) = (inner.snapshot_index(), inner.last_index());
+        // Entries up to the snapshot are applied: none replaces them.
         if first.index <= snapshot_index || first.index > last + 1 {
             return Err(format!("entries from index {} do not follow the log ({snapshot_index}, {last}]", first.index));
         }
         if entries.windows(2).any(|pair| pair[1].index != pair[0].index + 1) {
             return Err("entries are not contiguous".into());
         }
-        let keep = (first.index - snapshot_index - 1) as usize;
+        let keep = (first.index - inner.base.0 - 1) as usize;
         inner.entries.truncate(keep);
         inner.entries.extend_from_slice(entries);
         Ok(())
@@ -100,24 +113,31 @@ impl ControlStorage {
         // Entries after the snapshot that agree with it could be kept; a snapshot only comes
         // when they are missing, so none are.
         inner.entries.clear();
+        inner.base = (metadata.index, metadata.term);
         inner.snapshot = snapshot;
     }
 
-    /// Drops the entries up to `index` (applied), keeping `data` (the cluster state at `index`)
-    /// as the snapshot that stands for them. Returns the snapshot.
-    pub fn compact(&self, index: u64, data: Vec<u8>) -> Option<Snapshot> {
+    /// Takes `data` (the cluster state at `index`, applied) as the snapshot that stands for the
+    /// entries up to `index`, and drops those entries but the last `catch_up` of them, which a
+    /// follower a little behind is still sent. Returns the snapshot.
+    pub fn compact(&self, index: u64, data: Vec<u8>, catch_up: u64) -> Option<Snapshot> {
         let mut inner = self.write();
         let snapshot_index = inner.snapshot_index();
         if index <= snapshot_index || index > inner.last_index() {
             return None;
         }
-        let term = inner.entries[(index - snapshot_index - 1) as usize].term;
+        let term = inner.entry(index)?.term;
         let mut snapshot = Snapshot { data: data.into(), ..Default::default() };
         let metadata = snapshot.mut_metadata();
         metadata.index = index;
         metadata.term = term;
         metadata.set_conf_state(inner.conf_state.clone());
-        inner.entries.drain(..(index - snapshot_index) as usize);
+        let base = index.saturating_sub(catch_up);
+        if let Some(term) = inner.entry(base).map(|entry| entry.term) {
+            let dropped = (base - inner.base.0) as usize;
+            inner.entries.drain(..dropped);
+            inner.base = (base, term);
+        }
         inner.snapshot = snapshot.clone();
         inner.snapshot_wanted = false;
         Some(snapshot)
@@ -129,10 +149,12 @@ impl ControlStorage {
         self.read().snapshot_wanted
     }
 
-    /// The entries after the snapshot and the hard state, for rewriting the durable log.
+    /// The snapshot, the hard state and the entries after the snapshot (not the tail kept
+    /// behind it: a restarted node needs none), for rewriting the durable log.
     pub fn contents(&self) -> (Snapshot, HardState, Vec<Entry>) {
         let inner = self.read();
-        (inner.snapshot.clone(), inner.hard_state.clone(), inner.entries.clone())
+        let after = (inner.snapshot_index() - inner.base.0) as usize;
+        (inner.snapshot.clone(), inner.hard_state.clone(), inner.entries[after..].to_vec())
     }
 
     /// Index of the last snapshot.
@@ -155,15 +177,15 @@ impl raft::Storage for ControlStorage {
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let inner = self.read();
-        let snapshot_index = inner.snapshot_index();
-        if low <= snapshot_index {
+        let base = inner.base.0;
+        if low <= base {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > inner.last_index() + 1 || low > high {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let from = (low - snapshot_index - 1) as usize;
-        let to = (high - snapshot_index - 1) as usize;
+        let from = (low - base - 1) as usize;
+        let to = (high - base - 1) as usize;
         let mut entries = inner.entries[from..to].to_vec();
         raft::util::limit_size(&mut entries, max_size.into());
         Ok(entries)
@@ -171,22 +193,17 @@ impl raft::Storage for ControlStorage {
 
     fn term(&self, index: u64) -> raft::Result<u64> {
         let inner = self.read();
-        let snapshot_index = inner.snapshot_index();
-        if index == snapshot_index {
-            return Ok(inner.snapshot.get_metadata().term);
+        if index == inner.base.0 {
+            return Ok(inner.base.1);
         }
-        if index < snapshot_index {
+        if index < inner.base.0 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        inner
-            .entries
-            .get((index - snapshot_index - 1) as usize)
-            .map(|entry| entry.term)
-            .ok_or(raft::Error::Store(StorageError::Unavailable))
+        inner.entry(index).map(|entry| entry.term).ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.read().snapshot_index() + 1)
+        Ok(self.read().base.0 + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
@@ -226,7 +243,7 @@ mod tests {
         let storage = ControlStorage::new(vec![1, 2, 3]);
         storage.append(&[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]).unwrap();
         assert!(storage.append(&[entry(7, 2)]).is_err(), "a gap is refused");
-        let snapshot = storage.compact(3, b"state".to_vec()).unwrap();
+        let snapshot = storage.compact(3, b"state".to_vec(), 0).unwrap();
         assert_eq!((snapshot.get_metadata().index, snapshot.get_metadata().term), (3, 2));
         assert_eq!(storage.first_index().unwrap(), 4);
         assert_eq!(storage.term(3).unwrap(), 2, "the term before the first entry stays known");
@@ -242,8 +259,43 @@ mod tests {
         assert!(storage.snapshot(3, 9).is_err());
         assert!(storage.snapshot_wanted());
         storage.set_conf_state(ConfState::from((vec![1, 2, 3], vec![9])));
-        storage.compact(5, b"later".to_vec()).unwrap();
+        storage.compact(5, b"later".to_vec(), 0).unwrap();
         assert!(!storage.snapshot_wanted());
         assert_eq!(&storage.snapshot(5, 9).unwrap().data[..], b"later");
+    }
+
+    #[test]
+    fn a_compaction_keeps_a_tail_for_followers_a_little_behind() {
+        let storage = ControlStorage::new(vec![1, 2, 3]);
+        let log: Vec<Entry> = (1..=10).map(|index| entry(index, 1 + index / 5)).collect();
+        storage.append(&log).unwrap();
+        let snapshot = storage.compact(8, b"state".to_vec(), 3).unwrap();
+        assert_eq!((snapshot.get_metadata().index, snapshot.get_metadata().term), (8, 2));
+        // Entries 6 to 10 are still sent; 5 and before only by the snapshot.
+        assert_eq!(storage.first_index().unwrap(), 6);
+        assert_eq!(storage.term(5).unwrap(), 2, "the term before the tail's first entry stays known");
+        assert!(storage.term(4).is_err());
+        let sent = storage.entries(6, 11, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(sent.iter().map(|e| e.index).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+        assert!(storage.entries(5, 11, None, GetEntriesContext::empty(false)).is_err());
+        assert_eq!(&storage.snapshot(5, 2).unwrap().data[..], b"state");
+        // Applied entries are never replaced, tail or not; those after the snapshot may be.
+        assert!(storage.append(&[entry(7, 3)]).is_err());
+        storage.append(&[entry(9, 3)]).unwrap();
+        assert_eq!((storage.last_index().unwrap(), storage.term(9).unwrap()), (9, 3));
+        // A restarted node needs the entries after its snapshot only.
+        let (_, _, after) = storage.contents();
+        assert_eq!(after.iter().map(|e| e.index).collect::<Vec<_>>(), vec![9]);
+        // A tail longer than the log drops nothing; the next compaction moves it on.
+        storage.compact(9, b"later".to_vec(), 100).unwrap();
+        assert_eq!(storage.first_index().unwrap(), 6);
+        assert!(storage.compact(9, b"again".to_vec(), 1).is_none(), "the snapshot stands there already");
+        // A leader's snapshot replaces the log, tail included.
+        let mut newer = Snapshot::default();
+        newer.mut_metadata().index = 20;
+        newer.mut_metadata().term = 4;
+        storage.apply_snapshot(newer);
+        assert_eq!((storage.first_index().unwrap(), storage.term(20).unwrap()), (21, 4));
+        assert!(storage.term(9).is_err());
     }
 }

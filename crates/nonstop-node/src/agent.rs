@@ -103,6 +103,7 @@ impl Agent {
                 u64::from_le_bytes(seed)
             }),
             compact_every: 1024,
+            catch_up_entries: 256,
             membership: nonstop_control::Membership::Static,
         };
         let log = FileLog::open(&config.data_dir.join("raft.log")).map_err(ControlError::from)?;

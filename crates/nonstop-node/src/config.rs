@@ -317,9 +317,9 @@ pub struct ServiceSection {
     /// others execute and keep theirs) or `pass-first` (the first reply wins).
     pub replies: Option<String>,
     /// Active replication only: entries of the order the replicas keep in memory before they
-    /// compact them behind a snapshot (16 to 1,048,576; default 1,024). A replica that falls
-    /// further behind (paused, cut off) takes a live replica's state by state transfer instead
-    /// of the entries it missed.
+    /// compact them behind a snapshot (16 to 1,048,576; default 1,024); a quarter of that is
+    /// kept behind each compaction. A replica that falls further behind (paused, cut off)
+    /// takes a live replica's state by state transfer instead of the entries it missed.
     pub order_log_entries: Option<u64>,
     /// Active replication of a multithreaded kind only: how each replica's worker threads are
     /// scheduled so that every replica takes the mutexes in the same order: `npds` (one thread

@@ -299,6 +299,8 @@ impl Sim {
             // As in production: a random election timeout, here drawn from the seed.
             election_jitter: ElectionJitter::Seeded(self.rng.random()),
             compact_every: 64,
+            // A short tail: a node cut off or paused for a while still takes a snapshot.
+            catch_up_entries: 8,
             membership: nonstop_control::Membership::Static,
         };
         let control = ControlNode::new(config, Box::new(self.disks[&id].clone())).expect("valid config");

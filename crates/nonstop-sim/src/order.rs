@@ -88,12 +88,16 @@ const TICK_STEPS: u64 = 10;
 const RETRY_STEPS: u64 = 60;
 /// Entries applied between compactions of the group's log.
 const COMPACT_EVERY: u64 = 48;
+/// Entries a compaction keeps behind its snapshot: more than [`SETTLED_LAG`], so that a
+/// replica counted settled is sent entries, not a snapshot that would make it take a state
+/// (from a replica that may be wrong and not found yet: two faults at once, seed 185).
+const CATCH_UP_ENTRIES: u64 = 24;
 /// Request bytes a replica keeps while it awaits a state (a node keeps 64 MiB): small, so that
 /// in some transfers the entries delivered meanwhile outgrow it, the replica asks for a state
 /// past them, and the state on its way arrives stale.
 const KEPT_FOR_TRANSFER: usize = 80;
 /// Log entries a replica may lag the most advanced one and still count as settled for a new
-/// fault: well under [`COMPACT_EVERY`], past which it needs a live replica's state.
+/// fault: under [`CATCH_UP_ENTRIES`], past which it needs a live replica's state.
 const SETTLED_LAG: u64 = 16;
 /// The quiet period at the end of a run; clients start no request in its second half.
 const QUIET_STEPS: u64 = 3000;
@@ -320,6 +324,7 @@ impl Member {
         // brought back by a snapshot (re-integration) in many seeds; in every fourth seed
         // never, so that a restarted replica is given the whole log from its first entry.
         config.compact_every = if seed.is_multiple_of(4) { u64::MAX } else { COMPACT_EVERY };
+        config.catch_up_entries = CATCH_UP_ENTRIES;
         config.membership = Membership::Dynamic;
         let order = match pacing {
             Pacing::Scheduled => Order::default(),

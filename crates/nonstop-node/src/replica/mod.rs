@@ -1277,6 +1277,9 @@ pub fn group_config(spec: &ActiveSpec, me: NodeId, control: &ControlConfig) -> C
         heartbeat_ticks: 1,
         election_jitter: ElectionJitter::Seeded(u64::from_le_bytes(seed)),
         compact_every: spec.order_log_entries,
+        // A replica a quarter of the log behind at a compaction is sent the entries rather
+        // than the order's snapshot, which would cost it a state transfer.
+        catch_up_entries: spec.order_log_entries / 4,
         membership: Membership::Dynamic,
     }
 }
