@@ -511,6 +511,12 @@ impl<S: Replicated> RaftNode<S> {
             Membership::Static if !self.voters.contains(&NodeId(message.from)) => {
                 return Err(ControlError::BadMessage(format!("from node {}, which is not a voter", message.from)));
             }
+            // A proposal of this member's own, forwarded to a member it took for the leader,
+            // which forwarded it back here once leadership moved (order-lsa seed 672 with two
+            // faults): dropped, as any proposal in a leader change is; the proposer retries.
+            Membership::Dynamic if message.from == self.id.0 && message.get_msg_type() == MessageType::MsgPropose => {
+                return Err(ControlError::Raft(raft::Error::ProposalDropped));
+            }
             // Members come and go; the driver checks who may speak for whom.
             Membership::Dynamic if message.from == 0 || message.from == self.id.0 => {
                 return Err(ControlError::BadMessage(format!("from member {}", message.from)));
@@ -1098,6 +1104,21 @@ mod tests {
         // The member's own proposals follow the same rule, leader or not.
         assert!(matches!(node.propose(&5), Err(ControlError::OwnProposalRefused(_))));
         assert!(!matches!(node.propose(&6), Err(ControlError::OwnProposalRefused(_))));
+    }
+
+    #[test]
+    fn an_own_proposal_forwarded_back_is_dropped_as_in_a_leader_change() {
+        let founders = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let config = ControlConfig { membership: Membership::Dynamic, ..ControlConfig::new(NodeId(1), founders) };
+        let mut node = ControlNode::new(config, Box::new(MemoryLog::default())).unwrap();
+        let back = message(MessageType::MsgPropose, 0, |m| {
+            m.from = 1;
+            m.entries = vec![Entry { data: vec![1].into(), ..Default::default() }].into();
+        });
+        assert!(node.step(&back).is_err_and(|error| error.is_dropped_proposal()));
+        // Any other message in its own name is refused.
+        let heartbeat = message(MessageType::MsgHeartbeat, 1, |m| m.from = 1);
+        assert!(matches!(node.step(&heartbeat), Err(ControlError::BadMessage(_))));
     }
 
     fn message(kind: MessageType, term: u64, edit: impl FnOnce(&mut Message)) -> Vec<u8> {
