@@ -326,7 +326,10 @@ impl Course {
 
     /// The order's state was replaced by a snapshot ending at position `from` (the replica fell
     /// behind the compacted log): its service state is behind, and it needs a live replica's.
-    pub fn restored(&mut self, from: u64) {
+    /// `digests` are the snapshot's [`Order::recent_digests`](crate::order::Order::recent_digests):
+    /// a donor they show contradicted does not prove the state it gives.
+    pub fn restored<'a>(&mut self, from: u64, digests: impl IntoIterator<Item = &'a Digest>) {
+        self.judge.recall(digests);
         self.need_state(from, Behind::Log);
     }
 
@@ -434,10 +437,11 @@ impl Course {
         };
         self.fresh = false;
         let Some((window, hash)) = closes.and_then(|window| self.outcomes.closed(window)) else { return };
+        let since = self.outcomes.since();
         if !self.judge.on_probation() {
-            self.events.push_back(Event::Propose(Digest { member: self.judge.member(), window, hash }));
+            self.events.push_back(Event::Propose(Digest { member: self.judge.member(), window, hash, since }));
         }
-        if let Some(finding) = self.judge.mine(window, hash) {
+        if let Some(finding) = self.judge.mine(window, hash, since) {
             self.found(finding);
         }
     }
@@ -480,6 +484,9 @@ impl Course {
     /// executed are dropped (the state taken covers them: `from` is past them), its digest of
     /// the open window is void, and the digests it queued no longer stand.
     fn need_state(&mut self, from: u64, why: Behind) {
+        if !matches!(why, Behind::Log) {
+            self.judge.disown();
+        }
         self.feed.restored(from);
         self.outcomes.suspend();
         self.ready.clear();
@@ -543,7 +550,7 @@ mod tests {
             outcomes.executed(&Ok(answer.to_vec()));
         }
         let (window, hash) = outcomes.closed(window).expect("a window with requests");
-        Digest { member: member_id(node, 0), window, hash }
+        Digest { member: member_id(node, 0), window, hash, since: 0 }
     }
 
     #[test]
@@ -588,7 +595,7 @@ mod tests {
     #[test]
     fn a_state_taken_is_proven_by_a_replica_other_than_its_donor() {
         let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
-        course.restored(0);
+        course.restored(0, &[]);
         assert_eq!(run(&mut course, b"x").1, vec![Event::NeedState { from: 0, why: Behind::Log }]);
         assert_eq!(course.transferred(0, member_id(1, 0), 0), Ok(Taken::Installed));
         // The state may have come inside window 0: digesting starts with window 1.
@@ -609,7 +616,7 @@ mod tests {
     #[test]
     fn a_refuted_state_stays_out_and_the_clock_does_not_clear_it() {
         let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
-        course.restored(0);
+        course.restored(0, &[]);
         course.transferred(0, member_id(1, 0), 0).unwrap();
         course.delivered(entry(0, 1, Some(0), vec![])).unwrap();
         course.delivered(entry(1, 1, Some(1), vec![digest_of(2, 1, 1, b"other")])).unwrap();
@@ -625,7 +632,7 @@ mod tests {
     #[test]
     fn with_nobody_to_prove_it_against_the_clock_clears_a_state_taken() {
         let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
-        course.restored(0);
+        course.restored(0, &[]);
         course.transferred(0, member_id(1, 0), 1_000).unwrap();
         course.tick(1_000 + crate::dissent::PROBATION_MS - 1);
         assert_eq!(course.standing(), Standing::Proving);
@@ -638,8 +645,8 @@ mod tests {
     #[test]
     fn a_state_older_than_a_newer_snapshot_is_asked_for_again() {
         let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
-        course.restored(5);
-        course.restored(9);
+        course.restored(5, &[]);
+        course.restored(9, &[]);
         let _ = run(&mut course, b"");
         assert_eq!(course.transferred(5, member_id(1, 0), 0), Ok(Taken::Stale { position: 5, from: 9 }));
         assert_eq!(course.poll_event(), Some(Event::NeedState { from: 9, why: Behind::Log }));
@@ -654,7 +661,7 @@ mod tests {
         let _ = run(&mut course, b"x");
         assert_eq!(course.donation(3), Ok(3));
         assert_eq!(course.donation(4), Err(NoDonation::Behind { position: 3 }));
-        course.restored(5);
+        course.restored(5, &[]);
         assert_eq!(course.donation(0), Err(NoDonation::TakingState));
         course.transferred(5, member_id(2, 0), 0).unwrap();
         assert_eq!(course.donation(5), Err(NoDonation::Unproven));
@@ -663,8 +670,8 @@ mod tests {
     #[test]
     fn entries_kept_while_awaiting_survive_a_stale_state() {
         let mut course = Course::founder(member_id(3, 0), &REPLICAS, 1 << 20);
-        course.restored(5);
-        course.restored(9);
+        course.restored(5, &[]);
+        course.restored(9, &[]);
         course.delivered(entry(9, 2, None, vec![])).unwrap();
         let _ = run(&mut course, b"");
         assert!(matches!(course.transferred(5, member_id(1, 0), 0), Ok(Taken::Stale { .. })));
@@ -832,7 +839,7 @@ mod tests {
         let _ = events(&mut course);
         // Found wrong (here: behind the log) with two batches led and not granted: the others
         // need their acquisitions to reach position 2, where its state must come from.
-        course.restored(2);
+        course.restored(2, &[]);
         assert_eq!(
             events(&mut course),
             vec![

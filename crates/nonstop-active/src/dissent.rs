@@ -18,10 +18,12 @@
 //! with its donor, and two wrong replicas outvote the right one. So a replica that took a state
 //! is on probation ([`Judge::probation`]): it answers nothing and proposes no digest until its
 //! digest of a whole window equals that of a replica other than its donor ([`StateVerdict::Cleared`]).
-//! If they differ ([`StateVerdict::Refuted`]), its donor and the other replica disagree and one
-//! replica of three cannot tell which is right: it stays out, and says so. That is two faults
-//! at once (a replica wrong and one behind), more than 2f + 1 replicas mask; the group then
-//! stalls rather than answer wrongly. If no replica outside its donor's lineage digests
+//! If they differ ([`StateVerdict::Refuted`]), or a window the donor digested differs from that
+//! other replica's with no majority to settle it (seen in the order, or in the order's snapshot
+//! by a replica that fell behind: [`Judge::recall`]), its donor and the other replica disagree
+//! and one replica of three cannot tell which is right: it stays out, and says so. That is two
+//! faults at once (a replica wrong and one behind), more than 2f + 1 replicas mask; the group
+//! then stalls rather than answer wrongly. If no replica outside its donor's lineage digests
 //! anything for [`PROBATION_MS`] (it is down, or took the same donor's state), the replica is
 //! cleared unproven ([`Judge::clear_unproven`]): nobody is left for a copied wrong state to
 //! outvote, and staying out would stall the group.
@@ -41,10 +43,10 @@
 //!     // Replica 3 answered the window's second request wrongly.
 //!     outcomes.executed(&Ok(if replica == 3 { b"41" } else { b"42" }.to_vec()));
 //!     let (window, hash) = outcomes.closed(0).expect("window 0 was executed whole");
-//!     digests.push(Digest { member: NodeId(replica), window, hash });
+//!     digests.push(Digest { member: NodeId(replica), window, hash, since: 0 });
 //! }
 //! let mut judge = Judge::new(NodeId(3), &[1, 2, 3]);
-//! assert!(judge.mine(digests[2].window, digests[2].hash).is_none());
+//! assert!(judge.mine(digests[2].window, digests[2].hash, 0).is_none());
 //! assert!(judge.seen(&digests[0]).is_none(), "one replica against another proves nothing");
 //! let Some(Finding::Dissent(found)) = judge.seen(&digests[1]) else { panic!("two agree against it") };
 //! assert_eq!((found.dissenter, found.window, found.me), (NodeId(3), 0, true));
@@ -71,6 +73,12 @@ pub const PROBATION_MS: u64 = 500;
 /// that arrives that late is ignored.
 pub const KEPT_WINDOWS: usize = 64;
 
+/// Windows whose digests differ with no majority to settle them (disputed) that a [`Judge`]
+/// keeps besides its [`KEPT_WINDOWS`] others (and the newest, as it fills), and the order besides its recent ones
+/// ([`crate::order::Order::recent_digests`]): a dispute stays known longer than the windows
+/// around it, since a state taken from either side of it must be refuted however late.
+pub const KEPT_DISPUTES: usize = 64;
+
 /// Digests one entry of the order may carry ([`crate::order::Batch::digests`]): a replica
 /// that knew no leader for a while proposes only its newest ones ([`propose_later`]); the
 /// judges keep no older windows anyway.
@@ -93,6 +101,10 @@ pub struct Digest {
     pub window: u64,
     /// The digest.
     pub hash: Hash,
+    /// The first window the replica digested with the state it holds now (0: it has held
+    /// it, its own or copied from one that had, since the order began): a dispute in an
+    /// earlier window was about a state since replaced.
+    pub since: u64,
 }
 
 /// Where a replica's digest of the open window stands.
@@ -110,6 +122,8 @@ enum Digesting {
 #[derive(Clone, Debug)]
 pub struct Outcomes {
     digesting: Digesting,
+    /// The first window digested with the state held now ([`Digest::since`]).
+    since: u64,
 }
 
 impl Default for Outcomes {
@@ -121,7 +135,12 @@ impl Default for Outcomes {
 impl Outcomes {
     /// A replica that executes the order from its start.
     pub fn new() -> Outcomes {
-        Outcomes { digesting: Digesting::On { hasher: Box::default(), requests: 0 } }
+        Outcomes { digesting: Digesting::On { hasher: Box::default(), requests: 0 }, since: 0 }
+    }
+
+    /// The first window digested with the state held now ([`Digest::since`]).
+    pub fn since(&self) -> u64 {
+        self.since
     }
 
     /// The replica's state is being replaced (it dissents, or fell behind the log): it
@@ -160,7 +179,11 @@ impl Outcomes {
                 self.digesting = Digesting::Off;
                 None
             }
-            Digesting::FromNext | Digesting::On { requests: 0, .. } => None,
+            Digesting::FromNext => {
+                self.since = window + 1;
+                None
+            }
+            Digesting::On { requests: 0, .. } => None,
             Digesting::On { mut hasher, .. } => {
                 hasher.update(&window.to_le_bytes());
                 let mut hash = Hash::default();
@@ -202,8 +225,9 @@ pub enum StateVerdict {
         /// The window and the replica that proved it.
         proof: Option<Proof>,
     },
-    /// The replica digested a window differently from a replica other than its donor: its
-    /// donor and that replica disagree, and it cannot tell which is right.
+    /// The replica, or its donor, digested a window differently from a replica outside the
+    /// donor's lineage: one of them is wrong, the replica cannot tell which, and it stays out
+    /// until it takes a state again.
     Refuted {
         /// The window.
         window: u64,
@@ -229,6 +253,9 @@ pub struct Judge {
     /// The nodes that hold replicas: only their digests count.
     replicas: Vec<u64>,
     windows: BTreeMap<u64, Window>,
+    /// Each node's replica's newest incarnation, and the first window it digested with the
+    /// state it holds now ([`Digest::since`]), as its digests tell.
+    states: BTreeMap<u64, (NodeId, u64)>,
     probation: Option<Probation>,
 }
 
@@ -237,8 +264,11 @@ pub struct Judge {
 struct Probation {
     /// The node whose replica's state it took.
     donor: u64,
-    /// The replica other than its donor that digested a window differently, if one did: only
-    /// such a replica's agreement can clear it then.
+    /// The replica other than its donor that digested a window differently, if one did. The
+    /// replica then stays out for good: a later window it digests as that replica does shows
+    /// that their states agree from then on, not that what its donor answered before was
+    /// right, and those answers came with the state (clients may ask for them again: order
+    /// seed 3 with two faults, where the wrong vault had healed).
     refuted: Option<NodeId>,
     /// When it is cleared unproven if nothing proved or refuted it: [`PROBATION_MS`] after it
     /// began, on the driver's clock.
@@ -250,14 +280,26 @@ struct Probation {
 struct Window {
     /// The digest of each node's replica (its newest incarnation's), own included.
     digests: BTreeMap<u64, (NodeId, Hash)>,
-    /// Whether something was found in it already.
-    found: bool,
+    /// What was found in it already.
+    found: Found,
+}
+
+/// What a [`Judge`] found in a window (each window is judged once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Found {
+    #[default]
+    Nothing,
+    /// A verdict on the state this replica took: proven or refuted. A dispute it shows still
+    /// stands for a state taken later.
+    Verdict,
+    /// A dissenter (this node's replica), by a majority: the window is settled.
+    Dissent(u64),
 }
 
 impl Judge {
     /// The judge of replica `me`, in a group of replicas on `replicas` (node ids).
     pub fn new(me: NodeId, replicas: &[u64]) -> Judge {
-        Judge { me, replicas: replicas.to_vec(), windows: BTreeMap::new(), probation: None }
+        Judge { me, replicas: replicas.to_vec(), windows: BTreeMap::new(), states: BTreeMap::new(), probation: None }
     }
 
     /// The judging replica's member id.
@@ -281,15 +323,36 @@ impl Judge {
         let mut probation = Probation { donor, refuted: None, ends_ms };
         let mut finding = None;
         for (number, window) in self.windows.iter_mut() {
-            window.digests.remove(&me);
-            if let Some(against) = donor_contradicted(window, me, donor).filter(|_| probation.refuted.is_none()) {
-                window.found = true;
+            // What it digested itself before it fell behind contradicts the donor as a third
+            // replica would (order seed 327 with two faults); what it digested once found wrong
+            // is gone already ([`Judge::disown`]).
+            let mine = window.digests.remove(&me);
+            let contradicted = donor_contradicted(*number, window, me, donor, &self.states).or_else(|| {
+                let (member, hash) = mine?;
+                // Neither state replaced since: its own (a restarted replica's old incarnation
+                // may have taken a state after the window) nor the donor's.
+                let replaced = |node| self.states.get(&node).is_some_and(|(_, since)| since > number);
+                let (_, donors) = window.digests.get(&donor)?;
+                let disputed = !window.settled_against_other_than(donor) && *donors != hash;
+                (disputed && !replaced(me) && !replaced(donor)).then_some(member)
+            });
+            if let Some(against) = contradicted.filter(|_| probation.refuted.is_none()) {
+                window.found = Found::Verdict;
                 probation.refuted = Some(against);
                 finding = Some(Finding::Probation(StateVerdict::Refuted { window: *number, against }));
             }
         }
         self.probation = Some(probation);
         finding
+    }
+
+    /// The replica's state was found wrong (a majority against it), or holds what the order
+    /// did not take (LSA): what it digested no longer says anything, and is forgotten.
+    pub fn disown(&mut self) {
+        let me = node_of(self.me);
+        for window in self.windows.values_mut() {
+            window.digests.remove(&me);
+        }
     }
 
     /// Whether the replica's state is still to be proven ([`Judge::probation`]).
@@ -302,9 +365,21 @@ impl Judge {
         self.probation.and_then(|probation| probation.refuted)
     }
 
-    /// This replica digested `window` as `hash`.
-    pub fn mine(&mut self, window: u64, hash: Hash) -> Option<Finding> {
-        self.record(Digest { member: self.me, window, hash })
+    /// Digests the order delivered while this replica missed them (it was given the order's
+    /// snapshot in place of their entries: [`crate::order::Order::recent_digests`]): kept as if
+    /// seen, so that a state it takes next is judged by them ([`Judge::probation`]). What
+    /// they show of other replicas is theirs to report.
+    pub fn recall<'a>(&mut self, digests: impl IntoIterator<Item = &'a Digest>) {
+        let me = self.me;
+        for digest in digests.into_iter().filter(|digest| digest.member != me) {
+            let _ = self.record(*digest);
+        }
+    }
+
+    /// This replica digested `window` as `hash`, with a state it has held since window
+    /// `since` ([`Digest::since`]).
+    pub fn mine(&mut self, window: u64, hash: Hash, since: u64) -> Option<Finding> {
+        self.record(Digest { member: self.me, window, hash, since })
     }
 
     /// The order delivered `digest`, a replica's (this one's own too: it is then ignored, as
@@ -331,6 +406,22 @@ impl Judge {
         }
     }
 
+    /// Forgets the oldest windows but `settled` undisputed and `disputed` disputed ones.
+    fn forget_beyond(&mut self, settled: usize, disputed: usize) {
+        let (mut undisputed, mut disputes): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+        for (number, window) in &self.windows {
+            match window.disputed() {
+                true => disputes.push(*number),
+                false => undisputed.push(*number),
+            }
+        }
+        let old_undisputed = undisputed.len().saturating_sub(settled);
+        let old_disputes = disputes.len().saturating_sub(disputed);
+        for number in undisputed[..old_undisputed].iter().chain(&disputes[..old_disputes]) {
+            self.windows.remove(number);
+        }
+    }
+
     fn majority(&self) -> usize {
         self.replicas.len() / 2 + 1
     }
@@ -340,12 +431,20 @@ impl Judge {
         if !self.replicas.contains(&node) {
             return None;
         }
-        if self.windows.len() >= KEPT_WINDOWS && !self.windows.contains_key(&digest.window) {
-            let oldest = *self.windows.keys().next()?;
-            if digest.window < oldest {
+        // What it says of the replica's state holds even if its window is too old to judge.
+        let state = self.states.entry(node).or_insert((digest.member, digest.since));
+        if digest.member.0 > state.0.0 {
+            *state = (digest.member, digest.since);
+        } else if digest.member == state.0 {
+            state.1 = state.1.max(digest.since);
+        }
+        if !self.windows.contains_key(&digest.window) {
+            if self.windows.len() >= KEPT_WINDOWS
+                && self.windows.keys().next().is_some_and(|&oldest| digest.window < oldest)
+            {
                 return None;
             }
-            self.windows.remove(&oldest);
+            self.forget_beyond(KEPT_WINDOWS - 1, KEPT_DISPUTES);
         }
         let (majority, me, probation) = (self.majority(), node_of(self.me), self.probation);
         let window = self.windows.entry(digest.window).or_default();
@@ -354,12 +453,15 @@ impl Judge {
             return None;
         }
         window.digests.insert(node, (digest.member, digest.hash));
-        if window.found {
+        if window.found != Found::Nothing {
             return None;
         }
         if let Some(probation) = probation {
-            if let Some(against) = donor_contradicted(window, me, probation.donor) {
-                window.found = true;
+            if probation.refuted.is_some() {
+                return None;
+            }
+            if let Some(against) = donor_contradicted(digest.window, window, me, probation.donor, &self.states) {
+                window.found = Found::Verdict;
                 self.probation = Some(Probation { refuted: Some(against), ..probation });
                 return Some(Finding::Probation(StateVerdict::Refuted { window: digest.window, against }));
             }
@@ -367,7 +469,7 @@ impl Judge {
             let mine = window.digests.get(&me).map(|(_, hash)| *hash);
             let other = window.digests.iter().find(|(n, _)| **n != me && **n != probation.donor);
             if let (Some(mine), Some((_, (other, theirs)))) = (mine, other) {
-                window.found = true;
+                window.found = Found::Verdict;
                 if *theirs == mine {
                     self.probation = None;
                     return Some(Finding::Probation(StateVerdict::Cleared {
@@ -384,23 +486,49 @@ impl Judge {
         let (_, agreed) =
             digests.values().find(|(_, hash)| digests.values().filter(|(_, h)| h == hash).count() >= majority)?;
         let (dissenter, _) = digests.values().find(|(_, hash)| hash != agreed)?;
-        window.found = true;
+        window.found = Found::Dissent(node_of(*dissenter));
         Some(Finding::Dissent(Dissent { dissenter: *dissenter, window: digest.window, me: *dissenter == self.me }))
     }
 }
 
-/// The replica outside `donor`'s lineage (neither `me` nor the donor) whose digest of
-/// `window` differs from the donor's, unless the window was settled already (a majority found
-/// a dissenter in it).
-fn donor_contradicted(window: &Window, me: u64, donor: u64) -> Option<NodeId> {
-    if window.found {
+impl Window {
+    /// Whether two replicas digested it differently and no majority settled it.
+    fn disputed(&self) -> bool {
+        let mut hashes = self.digests.values().map(|(_, hash)| hash);
+        let first = hashes.next();
+        !matches!(self.found, Found::Dissent(_)) && hashes.any(|hash| Some(hash) != first)
+    }
+
+    /// Whether a majority found a replica other than `node`'s dissenting in it: what `node`'s
+    /// replica digested then stands.
+    fn settled_against_other_than(&self, node: u64) -> bool {
+        matches!(self.found, Found::Dissent(dissenter) if dissenter != node)
+    }
+}
+
+/// The replica outside `donor`'s lineage (neither `me` nor the donor) whose digest of window
+/// `number` differs from the donor's, unless the window was settled already (a majority found
+/// a dissenter in it) or either replica's state was replaced after it (`states`: it took a
+/// state since, so the window said nothing of the state it holds now).
+fn donor_contradicted(
+    number: u64,
+    window: &Window,
+    me: u64,
+    donor: u64,
+    states: &BTreeMap<u64, (NodeId, u64)>,
+) -> Option<NodeId> {
+    let replaced_since = |node: &u64| states.get(node).is_some_and(|(_, since)| *since > number);
+    // A window that found the donor itself dissenting contradicts it all the more (order-lsa
+    // seed 250 with two faults: the digest that made the majority was this replica's own,
+    // never proposed, and the donor never learnt it was wrong).
+    if window.settled_against_other_than(donor) || replaced_since(&donor) {
         return None;
     }
     let (_, donors) = window.digests.get(&donor)?;
     window
         .digests
         .iter()
-        .find(|(node, (_, hash))| **node != me && **node != donor && hash != donors)
+        .find(|(node, (_, hash))| **node != me && **node != donor && hash != donors && !replaced_since(node))
         .map(|(_, (member, _))| *member)
 }
 
@@ -418,7 +546,7 @@ mod tests {
     }
 
     fn of(node: u64, window: u64, hash: u8) -> Digest {
-        Digest { member: member_id(node, 0), window, hash: [hash; 16] }
+        Digest { member: member_id(node, 0), window, hash: [hash; 16], since: 0 }
     }
 
     #[test]
@@ -461,7 +589,7 @@ mod tests {
             let mut found = Vec::new();
             for digest in [of(3, 5, 2), of(1, 5, 1)] {
                 let node = node_of(digest.member);
-                found.extend(if node == judge_of { judge.mine(5, digest.hash) } else { judge.seen(&digest) });
+                found.extend(if node == judge_of { judge.mine(5, digest.hash, 0) } else { judge.seen(&digest) });
             }
             assert!(found.is_empty(), "one against one");
             found.extend(judge.seen(&of(2, 5, 1)));
@@ -474,13 +602,13 @@ mod tests {
     #[test]
     fn no_majority_no_dissent_and_strangers_do_not_count() {
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
-        assert!(judge.mine(0, [1; 16]).is_none());
+        assert!(judge.mine(0, [1; 16], 0).is_none());
         assert!(judge.seen(&of(2, 0, 2)).is_none());
         assert!(judge.seen(&of(3, 0, 3)).is_none());
         // A node outside the group, or a second digest of a node, adds no vote.
         assert!(judge.seen(&of(9, 0, 2)).is_none());
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
-        assert!(judge.mine(0, [1; 16]).is_none());
+        assert!(judge.mine(0, [1; 16], 0).is_none());
         assert!(judge.seen(&of(2, 0, 2)).is_none());
         assert!(judge.seen(&of(2, 0, 2)).is_none());
     }
@@ -488,8 +616,8 @@ mod tests {
     #[test]
     fn a_newer_incarnation_speaks_for_its_node() {
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
-        assert!(judge.mine(0, [1; 16]).is_none());
-        assert!(judge.seen(&Digest { member: member_id(3, 1), window: 0, hash: [1; 16] }).is_none());
+        assert!(judge.mine(0, [1; 16], 0).is_none());
+        assert!(judge.seen(&Digest { member: member_id(3, 1), window: 0, hash: [1; 16], since: 0 }).is_none());
         // The old incarnation's late, different digest neither outvotes nor is reported.
         assert!(judge.seen(&of(3, 0, 3)).is_none());
         let found = judge.seen(&of(2, 0, 2));
@@ -499,13 +627,13 @@ mod tests {
     #[test]
     fn a_state_taken_is_proven_only_against_a_replica_other_than_its_donor() {
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
-        assert!(judge.mine(0, [9; 16]).is_none());
+        assert!(judge.mine(0, [9; 16], 0).is_none());
         assert_eq!(judge.probation(member_id(2, 0), 0), None);
         assert!(judge.on_probation());
         // Its old digests no longer count, and its donor's agreement proves nothing.
         assert!(judge.seen(&of(2, 0, 1)).is_none());
         assert!(judge.seen(&of(3, 0, 1)).is_none(), "no dissent of its own found on what it digested before");
-        assert!(judge.mine(1, [1; 16]).is_none());
+        assert!(judge.mine(1, [1; 16], 0).is_none());
         assert!(judge.seen(&of(2, 1, 1)).is_none(), "the donor's digest proves nothing");
         let proof = Proof { window: 1, by: member_id(3, 0) };
         assert_eq!(judge.seen(&of(3, 1, 1)), Some(Finding::Probation(StateVerdict::Cleared { proof: Some(proof) })));
@@ -516,15 +644,17 @@ mod tests {
         assert_eq!(judge.probation(member_id(2, 0), 0), None);
         assert!(judge.seen(&of(3, 4, 3)).is_none());
         assert_eq!(
-            judge.mine(4, [2; 16]),
+            judge.mine(4, [2; 16], 0),
             Some(Finding::Probation(StateVerdict::Refuted { window: 4, against: member_id(3, 0) }))
         );
         assert!(judge.on_probation());
-        // Refuted once, it is not cleared unproven however long the third replica is silent.
+        // Refuted once, it is not cleared unproven however long the third replica is silent,
+        // nor by that replica agreeing later.
         assert!(judge.seen(&of(2, 5, 2)).is_none());
-        assert!(judge.mine(5, [2; 16]).is_none());
+        assert!(judge.mine(5, [2; 16], 0).is_none());
         assert_eq!(judge.clear_unproven(PROBATION_MS), None);
-        assert!(judge.on_probation());
+        assert!(judge.seen(&of(3, 5, 2)).is_none());
+        assert_eq!(judge.refuted_by(), Some(member_id(3, 0)));
     }
 
     #[test]
@@ -547,14 +677,23 @@ mod tests {
         let refuted = StateVerdict::Refuted { window: 7, against: member_id(3, 0) };
         assert_eq!(judge.seen(&of(2, 7, 2)), Some(Finding::Probation(refuted)));
         assert_eq!(judge.clear_unproven(PROBATION_MS * 10), None);
-        // A window a majority settled (the dissenter found, and re-integrated since) refutes
+        // A window a majority settled against the donor refutes its state, until the donor's
+        // digests say it took a state since; one settled against another replica refutes
         // nobody.
-        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
-        assert!(judge.mine(4, [3; 16]).is_none());
-        assert!(judge.seen(&of(3, 4, 3)).is_none());
-        assert!(matches!(judge.seen(&of(2, 4, 2)), Some(Finding::Dissent(Dissent { me: false, .. }))));
-        assert_eq!(judge.probation(member_id(2, 0), 0), None);
+        let settled = || {
+            let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+            assert!(judge.mine(4, [3; 16], 0).is_none());
+            assert!(judge.seen(&of(3, 4, 3)).is_none());
+            assert!(matches!(judge.seen(&of(2, 4, 2)), Some(Finding::Dissent(Dissent { me: false, .. }))));
+            judge
+        };
+        let refuted = StateVerdict::Refuted { window: 4, against: member_id(3, 0) };
+        assert_eq!(settled().probation(member_id(2, 0), 0), Some(Finding::Probation(refuted)));
+        let mut judge = settled();
+        assert!(judge.seen(&Digest { since: 6, ..of(2, 7, 3) }).is_none());
+        assert_eq!(judge.probation(member_id(2, 0), 0), None, "the donor re-integrated at window 6");
         assert_eq!(judge.clear_unproven(PROBATION_MS), Some(Finding::Probation(StateVerdict::Cleared { proof: None })));
+        assert_eq!(settled().probation(member_id(3, 0), 0), None, "the dissenter was not the donor");
     }
 
     #[test]
@@ -563,7 +702,7 @@ mod tests {
         assert_eq!(judge.clear_unproven(PROBATION_MS), None, "not on probation");
         assert_eq!(judge.probation(member_id(2, 0), 0), None);
         assert!(judge.seen(&of(2, 0, 2)).is_none());
-        assert!(judge.mine(0, [2; 16]).is_none());
+        assert!(judge.mine(0, [2; 16], 0).is_none());
         assert_eq!(judge.clear_unproven(PROBATION_MS - 1), None, "not yet");
         assert_eq!(judge.clear_unproven(PROBATION_MS), Some(Finding::Probation(StateVerdict::Cleared { proof: None })));
         assert!(!judge.on_probation());
@@ -583,10 +722,28 @@ mod tests {
     fn memory_is_bounded_and_late_digests_are_ignored() {
         let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
         for window in 0..(KEPT_WINDOWS as u64 * 3) {
-            assert!(judge.mine(window, [1; 16]).is_none());
+            assert!(judge.mine(window, [1; 16], 0).is_none());
         }
         assert_eq!(judge.windows.len(), KEPT_WINDOWS);
         assert!(judge.seen(&of(2, 0, 2)).is_none());
         assert_eq!(judge.windows.len(), KEPT_WINDOWS);
+        // A disputed window outlives the others, up to KEPT_DISPUTES of them, and refutes a
+        // state taken from either side of it however late.
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        assert!(judge.seen(&of(2, 0, 2)).is_none());
+        assert!(judge.seen(&of(3, 0, 3)).is_none());
+        for window in 1..(KEPT_WINDOWS as u64 * 3) {
+            assert!(judge.mine(window, [1; 16], 0).is_none());
+        }
+        assert_eq!(judge.windows.len(), KEPT_WINDOWS + 1);
+        let refuted = StateVerdict::Refuted { window: 0, against: member_id(3, 0) };
+        assert_eq!(judge.probation(member_id(2, 0), 0), Some(Finding::Probation(refuted)));
+        let mut judge = Judge::new(member_id(1, 0), &[1, 2, 3]);
+        for window in 0..(KEPT_DISPUTES as u64 * 3) {
+            assert!(judge.seen(&of(2, window, 2)).is_none());
+            assert!(judge.seen(&of(3, window, 3)).is_none());
+        }
+        // The disputes kept, and the newest window, judged as a dispute once its second digest came.
+        assert_eq!(judge.windows.len(), KEPT_DISPUTES + 1);
     }
 }

@@ -38,12 +38,13 @@
 //! assert_eq!((second.first, second.requests, second.time_ms), (2, vec![request(7, 2)], 1_000));
 //! ```
 
-use crate::dissent::{Digest, MAX_DIGESTS};
+use crate::dissent::{Digest, KEPT_DISPUTES, KEPT_WINDOWS, MAX_DIGESTS};
+use crate::membership::node_of;
 use crate::recent::Recent;
 use crate::schedule::Grant;
 use nonstop_control::{NodeId, Replicated};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Clients whose last delivered request the order remembers, so that no number of client ids
 /// grows the group's state without bound.
@@ -70,6 +71,10 @@ pub const CLIENT_EXPIRY_MS: u64 = 10 * 60 * 1000;
 /// replica then digests the outcomes of the window and proposes the digest
 /// ([`crate::dissent`]).
 pub const WINDOW_MS: u64 = 10;
+
+/// Digests of one window the order keeps ([`Order::recent_digests`]): one per replica of
+/// groups of up to 8; more of a window (a member proposing it twice) are not kept.
+pub const DIGESTS_PER_WINDOW: usize = 8;
 
 /// Acquisitions one entry may carry in all ([`Lead::Grants`]); an entry with more is refused
 /// as a proposal.
@@ -194,6 +199,18 @@ pub struct Order {
     window_requests: u64,
     /// Under LSA: who leads the acquisitions, and which batches await them.
     loose: Option<Granting>,
+    /// Digests delivered, by window: those of the newest [`KEPT_WINDOWS`] windows, and of up to
+    /// [`KEPT_DISPUTES`] older ones whose digests differ. Part of a snapshot, so that a
+    /// replica that fell behind the compacted log still knows what the replicas digested
+    /// meanwhile, and that two of them disagreed (order seed 165 with two faults: the
+    /// disagreement was older than the window count when the replica took a state).
+    digested: BTreeMap<u64, Vec<Digest>>,
+    /// Each node's newest digest (of its newest incarnation, of its latest window), at most
+    /// [`DIGESTS_PER_WINDOW`] nodes: it says since when the replica holds the state it holds
+    /// ([`Digest::since`]), which decides whether an old dispute still concerns that state
+    /// (order-lsa seed 906: a replica that had re-integrated after a dispute, and whose later
+    /// digests had aged out, read as a party to it).
+    newest: BTreeMap<u64, Digest>,
 }
 
 /// An LSA order's grant leader and the batches it has not granted yet.
@@ -250,6 +267,41 @@ impl Order {
             .collect()
     }
 
+    /// The digests of recent windows and of older disputed ones, by window: what a replica
+    /// given the order's snapshot in place of the entries that carried them judges its donor
+    /// by ([`crate::course::Course::restored`]).
+    pub fn recent_digests(&self) -> impl Iterator<Item = &Digest> {
+        self.newest.values().chain(self.digested.values().flatten())
+    }
+
+    fn remember(&mut self, digests: &[Digest]) {
+        if digests.is_empty() {
+            return;
+        }
+        for digest in digests {
+            let node = node_of(digest.member);
+            let room = self.newest.len() < DIGESTS_PER_WINDOW;
+            match self.newest.get_mut(&node) {
+                Some(held) if (digest.member.0, digest.window) > (held.member.0, held.window) => *held = *digest,
+                Some(_) => {}
+                None if room => {
+                    self.newest.insert(node, *digest);
+                }
+                None => {}
+            }
+            let held = self.digested.entry(digest.window).or_default();
+            if held.len() < DIGESTS_PER_WINDOW {
+                held.push(*digest);
+            }
+        }
+        let newest = self.digested.keys().next_back().copied().unwrap_or(0);
+        let disputed = |held: &Vec<Digest>| held.iter().any(|digest| digest.hash != held[0].hash);
+        self.digested.retain(|window, held| window + KEPT_WINDOWS as u64 > newest || disputed(held));
+        while self.digested.len() > KEPT_WINDOWS + KEPT_DISPUTES {
+            self.digested.pop_first();
+        }
+    }
+
     /// Requests delivered in all.
     pub fn delivered(&self) -> u64 {
         self.delivered
@@ -295,6 +347,7 @@ impl Replicated for Order {
         self.applied = index;
         self.time_ms = self.time_ms.max(batch.time_ms);
         let leads = self.lead(batch.leads);
+        self.remember(&batch.digests);
         let first = self.delivered;
         let mut requests = Vec::new();
         let mut turned_away = Vec::new();
@@ -396,7 +449,7 @@ mod tests {
 
     #[test]
     fn a_forwarded_entry_carries_its_proposers_digests_only() {
-        let digest = |member| Digest { member: NodeId(member), window: 3, hash: [7; 16] };
+        let digest = |member| Digest { member: NodeId(member), window: 3, hash: [7; 16], since: 0 };
         let encoded = |digests: Vec<Digest>| {
             postcard::to_stdvec(&Batch { time_ms: 5, digests, requests: vec![request(1, 1)], leads: vec![] }).unwrap()
         };
@@ -460,6 +513,45 @@ mod tests {
         assert!(forged.contains("a lead in the name of member 3"), "{forged}");
         let many = Order::check_proposal(&encoded(vec![grants(2, MAX_GRANTS), grants(2, 1)]), NodeId(2)).unwrap_err();
         assert!(many.contains("acquisitions in one entry"), "{many}");
+    }
+
+    #[test]
+    fn the_order_keeps_recent_and_disputed_digests_bounded_and_in_its_snapshot() {
+        let mut order = Order::default();
+        let digest = |member, window, hash| Digest { member: NodeId(member), window, hash: [hash; 16], since: 0 };
+        let with = |digests| Batch { digests, ..Batch::default() };
+        let windows = |order: &Order| order.digested.values().flatten().map(|d| d.window).collect::<Vec<u64>>();
+        // Window 0: replicas 1 and 2 disagree. Window 1: all agree.
+        order.apply(1, with(vec![digest(1, 0, 1), digest(2, 0, 2)]));
+        order.apply(2, with(vec![]));
+        order.apply(3, with(vec![digest(1, 1, 7), digest(2, 1, 7), digest(3, 1, 7)]));
+        assert_eq!(windows(&order), vec![0, 0, 1, 1, 1]);
+        let bytes = postcard::to_stdvec(&order).unwrap();
+        assert_eq!(postcard::from_bytes::<Order>(&bytes).unwrap(), order, "a snapshot carries them");
+        // KEPT_WINDOWS windows later, the window all agreed on is forgotten, the disputed one
+        // is not, and each replica's newest digest stays (what it says of its state).
+        let later = KEPT_WINDOWS as u64 + 1;
+        order.apply(4, with(vec![Digest { since: later, ..digest(1, later, 7) }]));
+        assert_eq!(windows(&order), vec![0, 0, later]);
+        let newest: Vec<(u64, u64)> = order.newest.values().map(|d| (d.member.0, d.since)).collect();
+        assert_eq!(newest, vec![(1, later), (2, 0), (3, 0)]);
+        assert_eq!(order.recent_digests().count(), 3 + 3, "the newest of each, and the windows kept");
+        // A window holds one digest per replica of a group of 8 at most.
+        order.apply(5, with(vec![digest(4, later, 7); DIGESTS_PER_WINDOW * 2]));
+        assert_eq!(windows(&order).iter().filter(|w| **w == later).count(), DIGESTS_PER_WINDOW);
+        // Disputes are bounded too: the oldest go first.
+        for window in 0..(KEPT_DISPUTES as u64 * 2) {
+            let window = later + 1 + window;
+            order.apply(6 + window, with(vec![digest(1, window, 1), digest(2, window, 2)]));
+        }
+        let kept: std::collections::BTreeSet<u64> = windows(&order).into_iter().collect();
+        assert_eq!(kept.len(), KEPT_WINDOWS + KEPT_DISPUTES);
+        assert!(!kept.contains(&0));
+        // Nodes are bounded as digests of a window are.
+        for node in 10..30 {
+            order.apply(1000 + node, with(vec![digest(node, 10_000, 1)]));
+        }
+        assert_eq!(order.newest.len(), DIGESTS_PER_WINDOW);
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn digest_of(node: u64, window: u64, requests: u64, agreeing: bool) -> Option<Di
         outcomes.executed(&Ok(if agreeing { ANSWER.to_vec() } else { b"no".to_vec() }));
     }
     let (window, hash) = outcomes.closed(window)?;
-    Some(Digest { member: member_id(node, 0), window, hash })
+    Some(Digest { member: member_id(node, 0), window, hash, since: 0 })
 }
 
 proptest! {
@@ -87,7 +87,7 @@ proptest! {
                     course.delivered(entry).unwrap();
                     boundaries.push(delivered);
                 }
-                Step::Restore => course.restored(delivered),
+                Step::Restore => course.restored(delivered, &[]),
                 Step::Transfer { pick } => {
                     // Any boundary: one before the position awaited is a stale state.
                     if course.awaiting_from().is_none() {

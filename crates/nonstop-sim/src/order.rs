@@ -953,7 +953,7 @@ impl Sim {
             // now also holds the entries applied in this same poll).
             let member = &mut self.members[index];
             let position = output.applied.first().map_or(member.node.state().delivered(), |delivered| delivered.first);
-            member.course.restored(position);
+            member.course.restored(position, member.node.state().recent_digests());
             self.trace(|| format!("replica {} restored the order's snapshot at position {position}", index + 1));
             self.advance(index)?;
         }

@@ -142,8 +142,9 @@ struct Shared {
 enum Work {
     /// Execute what the order delivered.
     Delivered(Delivered),
-    /// The group replaced the order by a snapshot ending at this position: take a state.
-    Restored(u64),
+    /// The group replaced the order by a snapshot ending at position `from`: take a state,
+    /// judging its donor by the digests the snapshot holds.
+    Restored { from: u64, digests: Vec<Digest> },
     /// A state transfer into this replica ended (the region holds the donor's pages).
     Transferred(Received),
     /// A state transfer into this replica failed with every donor; ask again.
@@ -569,7 +570,8 @@ impl ReplicaHost {
                 from,
                 "behind the order's compacted log: taking a replica's state"
             );
-            let _ = work.send(Work::Restored(from));
+            let digests = group.state().recent_digests().copied().collect();
+            let _ = work.send(Work::Restored { from, digests });
         }
         for delivered in output.applied {
             // Gone only once the executor stopped; the replica says why.
@@ -858,8 +860,8 @@ impl Executor {
                     Ok(()) => true,
                     Err(error) => self.stop(format!("its order feed broke: {error}")),
                 },
-                Some(Work::Restored(from)) => {
-                    self.course.restored(from);
+                Some(Work::Restored { from, digests }) => {
+                    self.course.restored(from, &digests);
                     true
                 }
                 Some(Work::Transferred(received)) => self.transferred(received),
