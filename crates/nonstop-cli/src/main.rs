@@ -117,6 +117,11 @@ struct SimArgs {
     /// With --seed and a kind other than replication: print every event of the run.
     #[arg(long)]
     trace: bool,
+    /// With --kind order or order-lsa: two faults at once, beyond what three replicas mask
+    /// (each corrupted state comes with another replica falling behind, which may take the
+    /// corrupted state). Only safety is checked: the group may stall, never answer wrongly.
+    #[arg(long)]
+    two_faults: bool,
 }
 
 #[derive(Subcommand)]
@@ -950,6 +955,9 @@ fn node(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn sim(args: SimArgs) -> anyhow::Result<()> {
+    if args.two_faults && !matches!(args.kind, SimKind::Order | SimKind::OrderLsa) {
+        bail!("--two-faults is for --kind order or order-lsa: the other simulations inject no corrupted state");
+    }
     let steps = args.steps.unwrap_or(match args.kind {
         SimKind::Replication => 1500,
         SimKind::Failover => 3000,
@@ -970,11 +978,10 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
                 .map(|s| format!("{s:?}"))
                 .map_err(|v| v.to_string()),
             SimKind::Order | SimKind::OrderLsa => {
-                let pacing = match args.kind {
-                    SimKind::OrderLsa => nonstop_sim::order::Pacing::Loose,
-                    _ => nonstop_sim::order::Pacing::Scheduled,
-                };
-                nonstop_sim::order::run_order_paced(seed, steps, pacing, trace)
+                use nonstop_sim::order::{Faults, OrderRun, Pacing};
+                let pacing = if args.kind == SimKind::OrderLsa { Pacing::Loose } else { Pacing::Scheduled };
+                let faults = if args.two_faults { Faults::TwoAtOnce } else { Faults::OneAtATime };
+                nonstop_sim::order::run_order_with(seed, steps, OrderRun { pacing, faults, trace })
                     .map(|s| format!("{s:?}"))
                     .map_err(|v| v.to_string())
             }
@@ -1019,7 +1026,8 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
     if let Some((seed, violation)) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         bail!(
-            "{kind} {violation}\nreproduce: nonstop sim --kind {kind} --seed {seed} --steps {steps}{}",
+            "{kind} {violation}\nreproduce: nonstop sim --kind {kind} --seed {seed} --steps {steps}{}{}",
+            if args.two_faults { " --two-faults" } else { "" },
             if matches!(args.kind, SimKind::Replication) { "" } else { " --trace" }
         );
     }

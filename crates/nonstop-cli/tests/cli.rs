@@ -18,6 +18,12 @@ fn sim_runs_seed_ranges_and_single_seeds() {
     let order = nonstop(&["sim", "--kind", "order", "--seeds", "3"]);
     assert!(order.status.success(), "{}", String::from_utf8_lossy(&order.stderr));
     assert!(String::from_utf8_lossy(&order.stdout).contains("order: seeds 0..3"));
+    let doubled = nonstop(&["sim", "--kind", "order-lsa", "--two-faults", "--seed", "5"]);
+    assert!(doubled.status.success(), "{}", String::from_utf8_lossy(&doubled.stderr));
+    assert!(String::from_utf8_lossy(&doubled.stdout).contains("order-lsa seed 5"));
+    let misplaced = nonstop(&["sim", "--kind", "failover", "--two-faults", "--seeds", "1"]);
+    assert!(!misplaced.status.success());
+    assert!(String::from_utf8_lossy(&misplaced.stderr).contains("--two-faults is for --kind order"));
 }
 
 #[test]

@@ -45,8 +45,12 @@
 //! the order ([`nonstop_active::dissent`], the node's code); the corrupted replica must find
 //! itself dissenting, take a live replica's state, and prove it against a replica other than
 //! its donor before it answers again. The checks above then hold for outcomes of good states
-//! only (the order itself must hold for all), no client may decide a corrupted outcome, and by
-//! the end no live replica may hold a corrupted state.
+//! only (the order itself must hold for all), no client may decide an outcome other than the one
+//! a good state gives (an oracle executes the order alongside: a corrupted vault may heal, and
+//! answers given before it did may still be wrong), and by the end no live replica may hold a
+//! corrupted state. With [`Faults::TwoAtOnce`] each corruption comes with a second fault,
+//! another replica falling behind and taking a state (from the corrupted one, often): the
+//! group may stall then, and only safety is checked.
 //!
 //! Under [`Pacing::Loose`] the replicas run LSA's batches as a node's multithreaded service
 //! does (the node's code: [`Order::loose`], [`Course::loose`]): the replica of the order's
@@ -103,13 +107,41 @@ const SETTLED_LAG: u64 = 16;
 const QUIET_STEPS: u64 = 3000;
 
 /// How the replicas take the shared state in a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Pacing {
     /// Each request in the order of the batch, as every scheduler but LSA ends up doing.
+    #[default]
     Scheduled,
     /// LSA: the grant leader's replica takes them in an order of its own and ships it through
     /// the order; the others take them in that order.
     Loose,
+}
+
+/// Which faults a run injects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Faults {
+    /// One at a time, as three replicas mask them: every promise holds, answers to every
+    /// call by the end included.
+    #[default]
+    OneAtATime,
+    /// Beyond what three replicas mask: each corruption comes with another replica cut off for
+    /// a while, which then takes a live replica's state as if the log had been compacted past
+    /// it, the corrupted one's in about half the cases, before or after the digests show the
+    /// corruption. The group may then stall; it must never answer wrongly.
+    /// The safety checks are made as always; those of the run's end (every call answered,
+    /// every replica equal and good) are not.
+    TwoAtOnce,
+}
+
+/// How a run goes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OrderRun {
+    /// How the replicas take the shared state.
+    pub pacing: Pacing,
+    /// Which faults it injects.
+    pub faults: Faults,
+    /// Print every fault and every decision of a replica's course to stderr.
+    pub trace: bool,
 }
 
 /// What a run did, for coverage: a simulation that injects no fault proves nothing.
@@ -194,6 +226,9 @@ pub struct OrderStats {
     /// LSA: leaders whose acquisitions the order would not take (deposed, or another's came
     /// first), which took a live replica's state.
     pub leads_overruled: u64,
+    /// Runs that ended with a call undecided ([`Faults::TwoAtOnce`]: the group stalled rather
+    /// than answer wrongly).
+    pub stalled: u64,
 }
 
 impl std::ops::AddAssign for OrderStats {
@@ -234,6 +269,7 @@ impl std::ops::AddAssign for OrderStats {
         self.batches_followed += other.batches_followed;
         self.batches_granted += other.batches_granted;
         self.leads_overruled += other.leads_overruled;
+        self.stalled += other.stalled;
     }
 }
 
@@ -311,12 +347,14 @@ struct Member {
     leads: Vec<Lead>,
     /// LSA: keeps the lead of the acquisitions with a replica that serves (the node's code).
     claimant: Claimant,
+    /// LSA: the order it took each batch it led in, by the batch's position, until granted.
+    led: std::collections::BTreeMap<u64, Vec<usize>>,
 }
 
 impl Member {
     /// Node `node`'s replica in its `incarnation`-th process, in a group founded by `founders`:
     /// one of them, or a new member that asks to join the running group.
-    fn start(seed: u64, node: u64, incarnation: u32, founders: Vec<NodeId>, pacing: Pacing) -> Result<Member, String> {
+    fn start(seed: u64, node: u64, incarnation: u32, founders: Vec<NodeId>, run: OrderRun) -> Result<Member, String> {
         let id = member_id(node, incarnation);
         let mut config = ControlConfig::new(id, founders);
         config.election_jitter = ElectionJitter::Seeded(seed.wrapping_mul(31).wrapping_add(id.0));
@@ -326,7 +364,7 @@ impl Member {
         config.compact_every = if seed.is_multiple_of(4) { u64::MAX } else { COMPACT_EVERY };
         config.catch_up_entries = CATCH_UP_ENTRIES;
         config.membership = Membership::Dynamic;
-        let order = match pacing {
+        let order = match run.pacing {
             Pacing::Scheduled => Order::default(),
             Pacing::Loose => Order::loose(),
         };
@@ -350,7 +388,7 @@ impl Member {
             clock_skew_ms,
             calls: Calls::new(usize::MAX),
             vault: 0,
-            course: match pacing {
+            course: match run.pacing {
                 Pacing::Scheduled => course,
                 Pacing::Loose => course.loose(),
             },
@@ -359,6 +397,7 @@ impl Member {
             corrupted: false,
             leads: Vec::new(),
             claimant: Claimant::default(),
+            led: std::collections::BTreeMap::new(),
         })
     }
 
@@ -476,25 +515,31 @@ struct Sim {
     clients: Vec<Client>,
     /// A replica cut off from the others, until a step.
     cut: Option<(u64, u64)>,
+    /// [`Faults::TwoAtOnce`]: the replica cut off with a corruption, which takes a live
+    /// replica's state when the cut heals, as one the log's compaction left behind.
+    behind_after_cut: Option<usize>,
     /// Crashed members whose connections the others see close, at a step: the replicas then
     /// stand for election in turn if it led ([`RaftNode::on_leader_lost`], the node's code).
     closed: Vec<(u64, NodeId)>,
     stats: OrderStats,
-    pacing: Pacing,
-    /// Print every fault and every decision a replica's course takes, to stderr.
-    tracing: bool,
+    run: OrderRun,
+    /// The oracle: each position's outcome as a good state executes it, in the order of the
+    /// batch or the acquisitions the order granted, and the vault after them. A corrupted
+    /// state may heal (a withdrawal refused on it and taken on a good one), and a copy of it
+    /// is marked corrupted all the same: what a client decides is checked against this.
+    truth: Vec<Outcome>,
+    truth_vault: i64,
 }
 
 /// Runs `seed` for `steps` steps of faults and a quiet period; a broken promise is a
 /// [`Violation`] naming the seed and step.
 pub fn run_order(seed: u64, steps: u64) -> Result<OrderStats, Violation> {
-    run_order_paced(seed, steps, Pacing::Scheduled, false)
+    run_order_with(seed, steps, OrderRun::default())
 }
 
-/// [`run_order`] with the replicas taking the shared state as `pacing` says; `trace` prints
-/// every fault and every decision of a replica's course to stderr.
-pub fn run_order_paced(seed: u64, steps: u64, pacing: Pacing, trace: bool) -> Result<OrderStats, Violation> {
-    let mut sim = Sim::new(seed, pacing, trace)?;
+/// [`run_order`] as `run` says.
+pub fn run_order_with(seed: u64, steps: u64, run: OrderRun) -> Result<OrderStats, Violation> {
+    let mut sim = Sim::new(seed, run)?;
     for step in 0..steps + QUIET_STEPS {
         sim.step = step;
         sim.run_step(step < steps, step < steps + QUIET_STEPS / 2)?;
@@ -503,11 +548,11 @@ pub fn run_order_paced(seed: u64, steps: u64, pacing: Pacing, trace: bool) -> Re
 }
 
 impl Sim {
-    fn new(seed: u64, pacing: Pacing, tracing: bool) -> Result<Sim, Violation> {
+    fn new(seed: u64, run: OrderRun) -> Result<Sim, Violation> {
         let voters: Vec<NodeId> = (1..=MEMBERS).map(|node| member_id(node, 0)).collect();
         let mut members = Vec::new();
         for node in 1..=MEMBERS {
-            members.push(Member::start(seed, node, 0, voters.clone(), pacing).map_err(|what| Violation {
+            members.push(Member::start(seed, node, 0, voters.clone(), run).map_err(|what| Violation {
                 seed,
                 step: 0,
                 what,
@@ -523,15 +568,17 @@ impl Sim {
             replies: Vec::new(),
             clients,
             cut: None,
+            behind_after_cut: None,
             closed: Vec::new(),
             stats: OrderStats::default(),
-            pacing,
-            tracing,
+            run,
+            truth: Vec::new(),
+            truth_vault: 0,
         })
     }
 
     fn trace(&self, what: impl FnOnce() -> String) {
-        if self.tracing {
+        if self.run.trace {
             eprintln!("{:>6} {}", self.step, what());
         }
     }
@@ -546,6 +593,11 @@ impl Sim {
         }
         if self.cut.is_some_and(|(_, until)| self.step >= until) {
             self.cut = None;
+        }
+        if self.cut.is_none()
+            && let Some(index) = self.behind_after_cut
+        {
+            self.fall_behind(index)?;
         }
         if self.step.is_multiple_of(TICK_STEPS) {
             for member in self.members.iter_mut().filter(|m| m.alive) {
@@ -607,6 +659,16 @@ impl Sim {
             member.corrupted = true;
             self.stats.corruptions += 1;
             self.trace(|| format!("corrupt replica {}: vault {}", index + 1, self.members[index].vault));
+            if self.run.faults == Faults::TwoAtOnce {
+                // And another replica falls behind meanwhile.
+                let other = (index + self.rng.random_range(1..MEMBERS as usize)) % MEMBERS as usize;
+                self.cut = Some((other as u64, self.step + self.rng.random_range(200..800)));
+                self.behind_after_cut = Some(other);
+                self.stats.partitions += 1;
+                self.trace(|| {
+                    format!("cut replica {} off until {}", other + 1, self.cut.map_or(0, |(_, until)| until))
+                });
+            }
             return;
         }
         if settled && self.stats.crashes < 2 && self.rng.random_ratio(1, 3000) {
@@ -647,7 +709,7 @@ impl Sim {
             }
             let incarnation = member.incarnation + 1;
             let founders = (1..=MEMBERS).map(|node| member_id(node, 0)).collect();
-            let restarted = Member::start(self.seed, index as u64 + 1, incarnation, founders, self.pacing)
+            let restarted = Member::start(self.seed, index as u64 + 1, incarnation, founders, self.run)
                 .map_err(|what| self.violation(what))?;
             self.members[index] = restarted;
             self.stats.restarts += 1;
@@ -787,18 +849,16 @@ impl Sim {
         let decided = pending.vote.decided().expect("decided");
         let outcome =
             pending.outcomes.iter().flatten().find(|o| ballot(o) == decided).cloned().expect("a replica's outcome won");
-        let executed = self
+        let position = self
             .members
             .iter()
-            .flat_map(|m| &m.executed)
-            // Not a leader's tentative execution: the order granted the batch other
-            // acquisitions, and those replies never left.
-            .find(|e| (e.client, e.request) == (client, pending.id()) && !e.wrong && !e.tentative);
-        if executed.is_none_or(|e| e.outcome != outcome) {
+            .find_map(|m| m.executed.iter().position(|e| (e.client, e.request) == (client, pending.id())));
+        let truth = position.and_then(|position| self.truth.get(position));
+        if truth != Some(&outcome) {
             return Err(self.violation(format!(
-                "client {client} decided {outcome:?} for request {:?}, which the replicas executed as {:?}",
+                "client {client} decided {outcome:?} for request {:?} at position {position:?}, which a good state \
+                 executes as {truth:?}",
                 pending.id(),
-                executed.map(|e| &e.outcome)
             )));
         }
         self.stats.decided += 1;
@@ -969,6 +1029,27 @@ impl Sim {
         Ok(())
     }
 
+    /// [`Faults::TwoAtOnce`]: replica `index`, back from a cut, takes a live replica's state as
+    /// if the log had been compacted past it (the log keeps a tail, so it seldom is): the
+    /// order's state is its own, but its course asks for a state from where it stands.
+    /// It does once it executed all the order delivered (under LSA a batch may await its
+    /// acquisitions for a while), unless it crashed meanwhile.
+    fn fall_behind(&mut self, index: usize) -> Result<(), Violation> {
+        let member = &mut self.members[index];
+        if !member.alive || member.course.awaiting_from().is_some() {
+            self.behind_after_cut = None;
+            return Ok(());
+        }
+        let from = member.node.state().delivered();
+        if member.course.position() != Some(from) {
+            return Ok(());
+        }
+        self.behind_after_cut = None;
+        member.course.restored(from, member.node.state().recent_digests());
+        self.trace(|| format!("replica {} falls behind at position {from}", index + 1));
+        self.advance(index)
+    }
+
     /// Replicas whose state transfer is due ask a live replica for its state, which arrives
     /// 1-30 ms later: the donor's executions up to its own point of the order then (at least
     /// the position asked for), the vault, and what they answered (but not who waits: that is
@@ -1036,7 +1117,7 @@ impl Sim {
             Err(error) => return Err(self.violation(format!("replica {}'s transfer: {error}", index + 1))),
         }
         member.calls.restore(answered);
-        if self.tracing {
+        if self.run.trace {
             eprintln!(
                 "{:>6} replica {} installs replica {}'s state at {position} (log end {log_end}){}",
                 self.step,
@@ -1048,6 +1129,8 @@ impl Sim {
         self.stats.corruptions_copied += u64::from(corrupted);
         self.stats.corruptions_replaced += u64::from(member.corrupted && !corrupted);
         (member.executed, member.vault, member.corrupted) = (executed, vault, corrupted);
+        // Batches it led and the order did not grant are the donor's now.
+        member.led.clear();
         self.stats.state_transfers += 1;
         self.stats.transfers_ahead += u64::from(position > log_end);
         self.advance(index)
@@ -1129,11 +1212,16 @@ impl Sim {
                 order
             }
         };
+        let leading = acquisitions == Acquisitions::Lead;
+        if leading {
+            self.members[index].led.insert(first, taken.clone());
+        } else {
+            self.learn_truth(first, &delivered.requests, &taken);
+        }
         let mut outcomes: Vec<Option<Outcome>> = vec![None; count];
         for &at in &taken {
             outcomes[at] = Some(execute(&mut self.members[index].vault, &delivered.requests[at].body));
         }
-        let leading = acquisitions == Acquisitions::Lead;
         let mut held = Vec::new();
         for (request, outcome) in delivered.requests.into_iter().zip(outcomes) {
             let outcome = outcome.expect("every request of the batch took the vault");
@@ -1175,6 +1263,20 @@ impl Sim {
         Ok(())
     }
 
+    /// The oracle learns the outcomes of the batch at position `first`, its requests taken in
+    /// order `taken` (the batch's, or the acquisitions the order granted), if it does not know
+    /// them yet.
+    fn learn_truth(&mut self, first: u64, requests: &[Request], taken: &[usize]) {
+        if self.truth.len() as u64 != first {
+            return;
+        }
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; requests.len()];
+        for &at in taken {
+            outcomes[at] = Some(execute(&mut self.truth_vault, &requests[at].body));
+        }
+        self.truth.extend(outcomes.into_iter().flatten());
+    }
+
     /// Replica `index` answers who waits for `request` with `outcome`.
     fn answer(&mut self, index: usize, request: &Request, outcome: Outcome) {
         let id = (request.number, request.refused);
@@ -1188,8 +1290,19 @@ impl Sim {
     /// answering who waits, drops the digests it queued and awaits the state.
     fn react(&mut self, index: usize) {
         while let Some(event) = self.members[index].course.poll_event() {
-            if !matches!(event, Event::Propose(_) | Event::ProposeLead(_) | Event::Granted { .. }) {
-                self.trace(|| format!("replica {}: {event:?}", index + 1));
+            match &event {
+                // Every batch's: too many to read.
+                Event::ProposeLead(_) | Event::Granted { .. } => {}
+                Event::Propose(digest) => self.trace(|| {
+                    format!("replica {} digests window {} as {:02x?}", index + 1, digest.window, &digest.hash[..2])
+                }),
+                // The vaults, whether each is corrupted (the simulation's knowledge), and how far
+                // each replica executed.
+                _ => self.trace(|| {
+                    let vaults: Vec<_> =
+                        self.members.iter().map(|m| (m.vault, m.corrupted, m.executed.len())).collect();
+                    format!("replica {}: {event:?}; vaults {vaults:?}", index + 1)
+                }),
             }
             match event {
                 Event::Propose(digest) => propose_later(&mut self.members[index].digests, digest),
@@ -1211,6 +1324,10 @@ impl Sim {
                 Event::ProposeLead(lead) => self.members[index].leads.push(lead),
                 Event::Granted { batch, answers } => {
                     self.stats.batches_granted += 1;
+                    if let Some(taken) = self.members[index].led.remove(&batch) {
+                        let requests: Vec<Request> = answers.iter().map(|(request, _)| request.clone()).collect();
+                        self.learn_truth(batch, &requests, &taken);
+                    }
                     let executed = &mut self.members[index].executed;
                     let granted = batch as usize..batch as usize + answers.len();
                     for executed in executed.get_mut(granted).unwrap_or_default() {
@@ -1242,7 +1359,12 @@ impl Sim {
         Ok(())
     }
 
-    fn finish(self) -> Result<OrderStats, Violation> {
+    fn finish(mut self) -> Result<OrderStats, Violation> {
+        if self.run.faults == Faults::TwoAtOnce {
+            // Two faults at once may stall the group for good; the safety checks held all along.
+            self.stats.stalled += u64::from(self.clients.iter().any(|c| c.pending.is_some()));
+            return Ok(self.stats);
+        }
         if let Some((client, state)) = self.clients.iter().enumerate().find(|(_, c)| c.pending.is_some()) {
             let id = state.pending.as_ref().map(Pending::id);
             let replicas: Vec<String> = self

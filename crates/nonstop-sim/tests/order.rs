@@ -1,6 +1,6 @@
 //! Many seeds of the total-order simulation, with a check that faults were really injected.
 
-use nonstop_sim::order::{OrderStats, Pacing, run_order, run_order_paced};
+use nonstop_sim::order::{Faults, OrderRun, OrderStats, Pacing, run_order, run_order_with};
 
 #[test]
 fn every_seed_keeps_one_order_and_answers_every_call_once() {
@@ -34,9 +34,11 @@ fn every_seed_keeps_one_order_and_answers_every_call_once() {
     // and every re-integrated state proven before it answered (some with nobody to prove it
     // against: the other replica was down, or had taken the same donor's state).
     assert!(total.corruptions > 80 && total.dissents_found > 80, "{total:?}");
-    // Every corrupted state, and every copy of one, ended replaced by a good state (a few took
-    // one because the order's snapshot came before their dissent showed).
-    assert_eq!(total.corruptions_replaced, total.corruptions + total.corruptions_copied, "{total:?}");
+    // Every corrupted state ended replaced by a good state, and none was copied: a replica a
+    // little behind is sent entries, not a snapshot that would make it take a state before
+    // the digests found the corruption (two faults at once: `beyond_the_fault_model...`).
+    assert_eq!(total.corruptions_replaced, total.corruptions, "{total:?}");
+    assert_eq!(total.corruptions_copied, 0, "{total:?}");
     assert!(total.dissents_reported > total.dissents_found && total.digests_proposed > 50_000, "{total:?}");
     assert!(total.probations_cleared > 300 && total.probations_cleared_unproven > 5, "{total:?}");
 }
@@ -52,7 +54,8 @@ fn an_order_seed_reproduces_exactly() {
 fn lsa_replicas_follow_the_acquisitions_granted_and_answer_only_what_was_granted() {
     let mut total = OrderStats::default();
     for seed in 0..120 {
-        total += run_order_paced(seed, 6000, Pacing::Loose, false).unwrap_or_else(|violation| panic!("{violation}"));
+        total += run_order_with(seed, 6000, OrderRun { pacing: Pacing::Loose, ..OrderRun::default() })
+            .unwrap_or_else(|violation| panic!("{violation}"));
     }
     println!("{total:?}");
     assert!(total.delivered > 20_000 && total.decided > 20_000, "{total:?}");
@@ -65,4 +68,28 @@ fn lsa_replicas_follow_the_acquisitions_granted_and_answer_only_what_was_granted
     assert!(total.handovers > 0, "{total:?}");
     assert!(total.crashes > 20 && total.partitions > 100 && total.corruptions > 40, "{total:?}");
     assert_eq!(total.corruptions_replaced, total.corruptions + total.corruptions_copied, "{total:?}");
+}
+
+/// Two faults at once, beyond what three replicas mask: a corrupted state and another replica
+/// cut off long enough to take a live replica's state, often the corrupted one's. The group
+/// may stall; no client may ever decide a wrong answer, under either pacing. (Found by this
+/// test's first runs, 2026-12-07: a state taken from a donor contradicted by the third replica
+/// was cleared unproven while the group stalled (order seed 185 before the log kept a tail);
+/// a refuted state was cleared later by the refuter's agreement, though the answers it had
+/// copied were wrong (seed 3); a dispute older than the judge's windows, or than a restarted
+/// replica's knowledge, was forgotten (seeds 165, 327, order-lsa 906).)
+#[test]
+fn beyond_the_fault_model_the_group_stalls_rather_than_answer_wrongly() {
+    let mut total = OrderStats::default();
+    for (pacing, seeds) in [(Pacing::Scheduled, 0..80), (Pacing::Loose, 0..40)] {
+        for seed in seeds {
+            let run = OrderRun { pacing, faults: Faults::TwoAtOnce, trace: false };
+            total += run_order_with(seed, 6000, run).unwrap_or_else(|violation| panic!("{pacing:?}: {violation}"));
+        }
+    }
+    println!("{total:?}");
+    // Corrupted states copied, states refuted for it, and groups that stalled.
+    assert!(total.corruptions > 80 && total.corruptions_copied > 30, "{total:?}");
+    assert!(total.probations_refuted > 60 && total.stalled > 60, "{total:?}");
+    assert!(total.decided > 20_000, "{total:?}");
 }
