@@ -327,15 +327,7 @@ impl Judge {
             // replica would (order seed 327 with two faults); what it digested once found wrong
             // is gone already ([`Judge::disown`]).
             let mine = window.digests.remove(&me);
-            let contradicted = donor_contradicted(*number, window, me, donor, &self.states).or_else(|| {
-                let (member, hash) = mine?;
-                // Neither state replaced since: its own (a restarted replica's old incarnation
-                // may have taken a state after the window) nor the donor's.
-                let replaced = |node| self.states.get(&node).is_some_and(|(_, since)| since > number);
-                let (_, donors) = window.digests.get(&donor)?;
-                let disputed = !window.settled_against_other_than(donor) && *donors != hash;
-                (disputed && !replaced(me) && !replaced(donor)).then_some(member)
-            });
+            let contradicted = donor_contradicted(*number, window, (me, mine), donor, &self.states);
             if let Some(against) = contradicted.filter(|_| probation.refuted.is_none()) {
                 window.found = Found::Verdict;
                 probation.refuted = Some(against);
@@ -460,7 +452,8 @@ impl Judge {
             if probation.refuted.is_some() {
                 return None;
             }
-            if let Some(against) = donor_contradicted(digest.window, window, me, probation.donor, &self.states) {
+            if let Some(against) = donor_contradicted(digest.window, window, (me, None), probation.donor, &self.states)
+            {
                 window.found = Found::Verdict;
                 self.probation = Some(Probation { refuted: Some(against), ..probation });
                 return Some(Finding::Probation(StateVerdict::Refuted { window: digest.window, against }));
@@ -506,30 +499,32 @@ impl Window {
     }
 }
 
-/// The replica outside `donor`'s lineage (neither `me` nor the donor) whose digest of window
-/// `number` differs from the donor's, unless the window was settled already (a majority found
-/// a dissenter in it) or either replica's state was replaced after it (`states`: it took a
-/// state since, so the window said nothing of the state it holds now).
+/// The replica outside `donor`'s lineage whose digest of window `number` differs from the
+/// donor's: another replica, or the judging one (`me`, with what it digested itself before it
+/// fell behind, if that stands), unless a majority found a replica other than the donor
+/// dissenting in the window, or either state was replaced after it (`states`: a replica that
+/// took a state since holds one the window said nothing of).
 fn donor_contradicted(
     number: u64,
     window: &Window,
-    me: u64,
+    (me, mine): (u64, Option<(NodeId, Hash)>),
     donor: u64,
     states: &BTreeMap<u64, (NodeId, u64)>,
 ) -> Option<NodeId> {
-    let replaced_since = |node: &u64| states.get(node).is_some_and(|(_, since)| *since > number);
+    let replaced_since = |node: u64| states.get(&node).is_some_and(|(_, since)| *since > number);
     // A window that found the donor itself dissenting contradicts it all the more (order-lsa
     // seed 250 with two faults: the digest that made the majority was this replica's own,
     // never proposed, and the donor never learnt it was wrong).
-    if window.settled_against_other_than(donor) || replaced_since(&donor) {
+    if window.settled_against_other_than(donor) || replaced_since(donor) {
         return None;
     }
     let (_, donors) = window.digests.get(&donor)?;
-    window
-        .digests
-        .iter()
-        .find(|(node, (_, hash))| **node != me && **node != donor && hash != donors && !replaced_since(node))
-        .map(|(_, (member, _))| *member)
+    let others =
+        window.digests.iter().filter(|(node, _)| **node != me && **node != donor).map(|(node, held)| (*node, *held));
+    others
+        .chain(mine.map(|held| (me, held)))
+        .find(|(node, (_, hash))| hash != donors && !replaced_since(*node))
+        .map(|(_, (member, _))| member)
 }
 
 #[cfg(test)]
