@@ -296,7 +296,8 @@ impl Order {
         }
         let newest = self.digested.keys().next_back().copied().unwrap_or(0);
         let disputed = |held: &Vec<Digest>| held.iter().any(|digest| digest.hash != held[0].hash);
-        self.digested.retain(|window, held| window + KEPT_WINDOWS as u64 > newest || disputed(held));
+        // `newest` is the greatest key: no window number, however large a member made it, wraps.
+        self.digested.retain(|window, held| newest - window < KEPT_WINDOWS as u64 || disputed(held));
         while self.digested.len() > KEPT_WINDOWS + KEPT_DISPUTES {
             self.digested.pop_first();
         }
@@ -552,6 +553,10 @@ mod tests {
             order.apply(1000 + node, with(vec![digest(node, 10_000, 1)]));
         }
         assert_eq!(order.newest.len(), DIGESTS_PER_WINDOW);
+        // A faulty member's window numbers at the end of the range neither wrap nor grow it.
+        order.apply(2000, with(vec![digest(1, u64::MAX, 1), digest(2, u64::MAX - 1, 1)]));
+        let windows = windows(&order);
+        assert!(windows.contains(&u64::MAX) && windows.len() <= (KEPT_WINDOWS + KEPT_DISPUTES) * DIGESTS_PER_WINDOW);
     }
 
     #[test]
