@@ -524,10 +524,11 @@ struct Sim {
     stats: OrderStats,
     run: OrderRun,
     /// The oracle: each position's outcome as a good state executes it, in the order of the
-    /// batch or the acquisitions the order granted, and the vault after them. A corrupted
-    /// state may heal (a withdrawal refused on it and taken on a good one), and a copy of it
-    /// is marked corrupted all the same: what a client decides is checked against this.
+    /// batch or the acquisitions the order granted. A corrupted state may heal (a withdrawal
+    /// refused on it and taken on a good one), and a copy of it is marked corrupted all the
+    /// same: what a client decides is checked against this.
     truth: Vec<Outcome>,
+    /// The oracle's vault, after the positions it knows.
     truth_vault: i64,
 }
 
