@@ -161,8 +161,9 @@ pub enum ReplicaStanding {
     /// It took another replica's state and is proving it against a third replica's (it
     /// answers once one of its windows of outcomes digests alike).
     Proving,
-    /// The state it took disagrees with node `against`'s replica: its donor and that replica
-    /// disagree, and it cannot tell which is right (two faults at once). It stays out.
+    /// The state it took disagrees with what node `against`'s replica digested (its own node:
+    /// what it digested itself before it fell behind): one of them is wrong, and it cannot tell
+    /// which (two faults at once). It stays out until it takes a state again.
     Refuted {
         /// The node whose replica it disagrees with.
         against: u64,

@@ -812,8 +812,9 @@ fn unavailable(standing: &Standing) -> Option<ClientReply> {
         }),
         Standing::Course(CourseStanding::Refuted { against }) => Some(ClientReply::Unavailable {
             reason: format!(
-                "the state this replica took disagrees with node {}'s replica, and it cannot tell which is right; it \
-                 stays out (see the node's log)",
+                "the state this replica took disagrees with what node {}'s replica digested (this replica itself, \
+                 before it fell behind, if that is this node), and it cannot tell which is right; it stays out until \
+                 it takes a state again (see the node's log)",
                 node_of(*against)
             ),
         }),
@@ -979,8 +980,9 @@ impl Executor {
                     service = name,
                     node = node_of(against),
                     window,
-                    "the state taken disagrees with a replica other than its donor: one of them is wrong, and one \
-                     replica cannot tell which; staying out (two faults at once: restart the wrong one)"
+                    "the state taken, or its donor, disagrees with a replica outside the donor's lineage (or with \
+                     this replica before it fell behind): one of them is wrong, and one replica cannot tell which; \
+                     staying out until it takes a state again (two faults at once)"
                 ),
             }
         }
