@@ -406,6 +406,10 @@ impl Replicated for Order {
         if let Some(forged) = digests.iter().find(|digest| digest.member != proposer) {
             return Err(format!("a digest in the name of member {}, from member {}", forged.member.0, proposer.0));
         }
+        // A state held since a later window would make every dispute about this member moot.
+        if let Some(ahead) = digests.iter().find(|digest| digest.since > digest.window) {
+            return Err(format!("a digest of window {} by a state held since window {}", ahead.window, ahead.since));
+        }
         if let Some(forged) = leads.iter().find(|lead| lead.member() != proposer) {
             return Err(format!("a lead in the name of member {}, from member {}", forged.member().0, proposer.0));
         }
@@ -461,6 +465,9 @@ mod tests {
         let many = encoded(vec![digest(2); MAX_DIGESTS + 1]);
         assert!(Order::check_proposal(&many, NodeId(2)).unwrap_err().contains("digests in one entry"));
         assert!(Order::check_proposal(&[0xff; 3], NodeId(2)).unwrap_err().contains("not an entry"));
+        let since = |since| encoded(vec![Digest { since, ..digest(2) }]);
+        assert_eq!(Order::check_proposal(&since(3), NodeId(2)), Ok(()));
+        assert!(Order::check_proposal(&since(4), NodeId(2)).unwrap_err().contains("held since window 4"));
     }
 
     #[test]
