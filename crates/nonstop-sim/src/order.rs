@@ -633,9 +633,8 @@ impl Sim {
         let corrupted = self.members.iter().any(|m| m.corrupted);
         if self.cut.is_none() && !corrupted && self.rng.random_ratio(1, 1500) {
             let member = self.rng.random_range(0..MEMBERS);
-            self.cut = Some((member, self.step + self.rng.random_range(100..600)));
-            self.stats.partitions += 1;
-            self.trace(|| format!("cut replica {} off until {}", member + 1, self.cut.map_or(0, |(_, until)| until)));
+            let until = self.step + self.rng.random_range(100..600);
+            self.cut_off(member, until);
         }
         // One replica down or wrong at a time, and only once the group is settled again: three
         // voters of a configuration that is not joint (a restarted replica counts itself
@@ -663,12 +662,9 @@ impl Sim {
             if self.run.faults == Faults::TwoAtOnce {
                 // And another replica falls behind meanwhile.
                 let other = (index + self.rng.random_range(1..MEMBERS as usize)) % MEMBERS as usize;
-                self.cut = Some((other as u64, self.step + self.rng.random_range(200..800)));
+                let until = self.step + self.rng.random_range(200..800);
+                self.cut_off(other as u64, until);
                 self.behind_after_cut = Some(other);
-                self.stats.partitions += 1;
-                self.trace(|| {
-                    format!("cut replica {} off until {}", other + 1, self.cut.map_or(0, |(_, until)| until))
-                });
             }
             return;
         }
@@ -683,6 +679,13 @@ impl Sim {
             self.stats.crashes += 1;
             self.trace(|| format!("crash replica {} until {:?}", member + 1, self.members[member].restarts_at));
         }
+    }
+
+    /// Replica `member` (an index) is cut off from the others until step `until`.
+    fn cut_off(&mut self, member: u64, until: u64) {
+        self.cut = Some((member, until));
+        self.stats.partitions += 1;
+        self.trace(|| format!("cut replica {} off until {until}", member + 1));
     }
 
     /// The live replicas see a crashed member's connection close; those that knew it as the
