@@ -108,8 +108,9 @@ impl Members {
     }
 }
 
-/// Entry bytes one append message carries before the last entry it takes (callers keep
-/// entries under 512 KiB, so a message stays inside a 1 MiB frame).
+/// Entry bytes one append message carries before the last entry it takes: with entries under
+/// 512 KiB, as callers keep them, a message stays within one 1 MiB peer frame (longer ones
+/// travel in parts, but a heartbeat queued behind them waits).
 const APPEND_BYTES: u64 = 256 << 10;
 
 /// Members a dynamic group may have at once, joint configurations included: a snapshot or a
@@ -347,8 +348,8 @@ impl<S: Replicated> RaftNode<S> {
             // raft-rs's default sends a follower one entry per message, so a follower that
             // comes back hundreds of entries behind is caught up by hundreds of round trips
             // (measured: answers dipped to a third while a paused replica caught up). Entries
-            // up to this many bytes travel together; with the one entry past it raft-rs always
-            // adds, a message stays well inside a 1 MiB peer frame.
+            // up to this many bytes travel together, with the one entry past it raft-rs always
+            // adds.
             max_size_per_msg: APPEND_BYTES,
             ..Default::default()
         };

@@ -20,6 +20,7 @@ use nonstop_net::stop::StopSignal;
 use nonstop_proto::auth::ClusterKey;
 use nonstop_proto::frame::FrameKind;
 use nonstop_proto::operator::{self, OperatorReply, OperatorRequest};
+use nonstop_proto::parts::{Assembly, MAX_CONTROL_MESSAGE, control_frames};
 use nonstop_proto::{CheckpointId, Term};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -165,10 +166,19 @@ impl Peers {
         Ok(Peers { me, outboxes, stop })
     }
 
-    /// Queues `body` for `to`; drops it if the queue is full.
+    /// Queues `body` for `to`; drops it if the queue is full, or if it is longer than any
+    /// control message may be ([`MAX_CONTROL_MESSAGE`]: a bug of this node, logged).
     pub fn send(&self, to: NodeId, body: Body) {
         let Some(outbox) = self.outboxes.get(&to) else { return };
         let bytes = postcard::to_stdvec(&Wire { from: self.me, body }).expect("wire messages serialize");
+        if bytes.len() > MAX_CONTROL_MESSAGE {
+            return tracing::error!(
+                peer = to.0,
+                bytes = bytes.len(),
+                max = MAX_CONTROL_MESSAGE,
+                "a control message longer than any may be; dropped"
+            );
+        }
         match outbox.try_send(Outgoing::Frame(bytes)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => tracing::debug!(peer = to.0, "peer queue full; message dropped"),
@@ -212,16 +222,22 @@ fn accept_loop(
         let connection = accepted.fetch_add(1, Ordering::Relaxed) + 1;
         let mut from = None;
         let mut next = Some(first);
+        let mut assembly = Assembly::default();
         let result = (|| -> Result<(), ConnError> {
             loop {
                 let frame = match next.take() {
                     Some(frame) => frame,
                     None => receiver.recv()?,
                 };
-                if frame.kind != FrameKind::Control {
-                    continue;
-                }
-                match decode_peer_message(&frame.payload) {
+                let message = match assembly.take(frame.kind, &frame.payload) {
+                    Ok(Some(message)) => message,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(?from, %error, "closing the peer's connection");
+                        return Ok(());
+                    }
+                };
+                match decode_peer_message(&message) {
                     Ok((sender, body)) => {
                         if from.is_none()
                             && let Some(dialer) = dialers.get(&sender)
@@ -350,9 +366,57 @@ fn dial_loop(
             }
         }
         if let Some(s) = sender.as_mut()
-            && s.send(FrameKind::Control, Term(0), CheckpointId(0), &bytes).is_err()
+            && s.send_batch(control_frames(&bytes).map(|(kind, part)| (kind, Term(0), CheckpointId(0), part))).is_err()
         {
             sender = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nonstop_net::admission::HandshakeLimits;
+
+    /// Two peers on loopback ports of their own (bound once to learn them).
+    fn pair() -> (Peers, Peers, Receiver<PeerEvent>) {
+        let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (one, two) = (free(), free());
+        let key = ClusterKey::from_bytes([7; 32]);
+        let admission = || Admission::new(HandshakeLimits::default(), Arc::new(Detections::default()));
+        let (events, received) = mpsc::channel();
+        let (ignored, _) = mpsc::channel();
+        let redial = Duration::from_millis(10);
+        let first = Peers::start(NodeId(1), one, &[(NodeId(2), two)], key.clone(), ignored, redial, admission());
+        let second = Peers::start(NodeId(2), two, &[(NodeId(1), one)], key, events, redial, admission());
+        (first.unwrap(), second.unwrap(), received)
+    }
+
+    fn next_message(received: &Receiver<PeerEvent>) -> (NodeId, Body) {
+        loop {
+            match received.recv_timeout(Duration::from_secs(30)).expect("a message arrives") {
+                PeerEvent::Message { from, body, .. } => return (from, body),
+                _ => continue,
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_longer_than_a_frame_arrives_whole_and_the_link_stays_up() {
+        // An order group's snapshot with its most clients is 1.4 MB, more than a frame's 1 MiB
+        // payload: it once killed the thread that sends to the peer, and the link with it.
+        let (first, _second, received) = pair();
+        let raft: Vec<u8> = (0..3 * nonstop_proto::frame::MAX_PAYLOAD + 17).map(|i| (i % 253) as u8).collect();
+        first.send(NodeId(2), Body::Order { service: "svc".into(), raft: raft.clone() });
+        first.send(NodeId(2), Body::Raft(vec![1, 2, 3]));
+        match next_message(&received) {
+            (NodeId(1), Body::Order { service, raft: got }) => assert!(service == "svc" && got == raft),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(next_message(&received), (NodeId(1), Body::Raft(small)) if small == [1, 2, 3]));
+        // One longer than any may be is dropped at the sender, and the link carries on.
+        first.send(NodeId(2), Body::Raft(vec![0; MAX_CONTROL_MESSAGE + 1]));
+        first.send(NodeId(2), Body::Raft(vec![4]));
+        assert!(matches!(next_message(&received), (NodeId(1), Body::Raft(small)) if small == [4]));
     }
 }

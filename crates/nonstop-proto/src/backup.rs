@@ -427,6 +427,7 @@ impl Backup {
             | FrameKind::VerifyReply
             | FrameKind::Pong
             | FrameKind::Control
+            | FrameKind::ControlPart
             | FrameKind::Holding
             | FrameKind::Operator
             | FrameKind::Transfer => {

@@ -70,6 +70,9 @@ pub enum FrameKind {
     /// Between an active service's replicas, on the control port: a state transfer's request,
     /// answers and end ([`crate::transfer`]); its pages travel in `Runs` frames.
     Transfer = 14,
+    /// Between node agents: the next part of a control-plane message longer than one frame;
+    /// the `Control` frame after its parts ends it ([`crate::parts`]).
+    ControlPart = 15,
 }
 
 impl FrameKind {
@@ -91,6 +94,7 @@ impl FrameKind {
             12 => Holding,
             13 => Operator,
             14 => Transfer,
+            15 => ControlPart,
             _ => return None,
         })
     }

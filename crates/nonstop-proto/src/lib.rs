@@ -23,6 +23,7 @@
 //!   so that after a promotion another holder is rebased with the pages that differ.
 //! * [`control`]: the small control messages (attach, verify) encoded with postcard.
 //! * [`client`]: the client protocol: requests, answers and redirects.
+//! * [`parts`]: control-plane messages longer than one frame, sent in parts and reassembled.
 //! * [`operator`]: the operator protocol (status, switchover, fault arming), which travels
 //!   only on authenticated control-port connections.
 
@@ -35,6 +36,7 @@ pub mod frame;
 pub mod history;
 pub mod integrity;
 pub mod operator;
+pub mod parts;
 pub mod primary;
 pub mod runs;
 pub mod transfer;

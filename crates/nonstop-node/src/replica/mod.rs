@@ -76,7 +76,8 @@ mod machine;
 /// `Unavailable` (the client then asks again, with the same number).
 const EXECUTION_WAIT: Duration = Duration::from_secs(1);
 
-/// Request bytes one log entry carries at most: an entry travels in one peer frame (1 MiB).
+/// Request bytes one log entry carries at most: with its digests and leads, an entry then
+/// travels in one peer frame (1 MiB) most of the time, in parts otherwise.
 const BATCH_BYTES: usize = 512 << 10;
 
 /// Request bytes waiting to be proposed at most; calls beyond it are refused for now.
