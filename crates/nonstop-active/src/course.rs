@@ -232,9 +232,11 @@ impl Course {
     }
 
     /// The same course for a replica under LSA: each batch is led (as grant leader) or waits
-    /// for the grant leader's acquisitions in the order ([`crate::loose`]).
-    pub fn loose(self) -> Course {
-        Course { loose: Some(Loose::new(self.judge.member())), ..self }
+    /// for the grant leader's acquisitions in the order ([`crate::loose`]); a led batch's
+    /// acquisitions are proposed in parts of at most `grants_per_part` (a node:
+    /// [`crate::order::MAX_GRANTS`]).
+    pub fn loose(self, grants_per_part: usize) -> Course {
+        Course { loose: Some(Loose::new(self.judge.member(), grants_per_part)), ..self }
     }
 
     /// LSA: the member that claimed the lead of the acquisitions last, as far as this replica
@@ -406,7 +408,7 @@ impl Course {
             debug_assert!(false, "led without a batch handed out to lead");
             return;
         };
-        self.events.push_back(Event::ProposeLead(loose.led(batch, acquisitions, answers, now_ms)));
+        self.events.extend(loose.led(batch, acquisitions, answers, now_ms).into_iter().map(Event::ProposeLead));
     }
 
     /// LSA: the batch handed out to follow could not be: its threads did not make the grant
@@ -710,9 +712,11 @@ mod tests {
         Delivered { leads, grant_leader: Some(member_id(leader, 0)), ..entry(first, requests, None, vec![]) }
     }
 
-    fn grants(member: u64, batch: u64, thread: u16) -> Lead {
+    /// Member `member`'s `execution` of batch `batch`: one acquisition, by thread `thread`.
+    fn grants(member: u64, batch: u64, execution: u64, thread: u16) -> Lead {
         use crate::schedule::{MutexId, ThreadId};
-        Lead::Grants { member: member_id(member, 0), batch, acquisitions: vec![(MutexId(0), ThreadId(thread))] }
+        let acquisitions = vec![(MutexId(0), ThreadId(thread))];
+        Lead::Grants { member: member_id(member, 0), batch, execution, from: 0, total: 1, acquisitions }
     }
 
     fn acquired(thread: u16) -> Vec<Grant> {
@@ -726,13 +730,13 @@ mod tests {
 
     #[test]
     fn an_lsa_follower_waits_for_its_batchs_acquisitions_and_its_state_stands_before_it() {
-        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
+        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose(1);
         course.delivered(loose_entry(0, 2, vec![], 1)).unwrap();
         assert_eq!(course.next_entry(), None, "another member leads, and the batch has no acquisitions yet");
         // What it donates now stands before the waiting batch, which it has not executed.
         assert_eq!((course.position(), course.donation(0)), (Some(0), Ok(0)));
         assert_eq!(course.donation(1), Err(NoDonation::Behind { position: 0 }));
-        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 1)], 1)).unwrap();
+        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 1, 1)], 1)).unwrap();
         let next = course.next_entry().expect("granted");
         assert_eq!((next.entry.first, next.acquisitions), (0, Acquisitions::Follow(acquired(1))));
         course.executed(&Ok(vec![]));
@@ -746,7 +750,7 @@ mod tests {
 
     #[test]
     fn an_lsa_leader_holds_its_batch_until_granted_and_is_overruled_by_a_new_leader() {
-        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose();
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose(1);
         course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
         let next = course.next_entry().unwrap();
         assert_eq!(next.acquisitions, Acquisitions::Lead);
@@ -755,12 +759,12 @@ mod tests {
             next.entry.requests.into_iter().map(|request| (request, Ok(b"7".to_vec()))).collect();
         course.led(acquired(3), answers.clone(), 10);
         course.entry_executed();
-        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 0, 3))]);
+        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 0, 1, 3))]);
         assert_eq!(course.donation(0), Err(NoDonation::Ungranted), "its state holds acquisitions nobody follows yet");
         // Not granted in time: proposed again.
         course.tick(10 + LEAD_RETRY_MS);
-        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 0, 3))]);
-        course.delivered(loose_entry(1, 1, vec![grants(1, 0, 3)], 1)).unwrap();
+        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 0, 1, 3))]);
+        course.delivered(loose_entry(1, 1, vec![grants(1, 0, 1, 3)], 1)).unwrap();
         assert_eq!(events(&mut course), vec![Event::Granted { batch: 0, answers }], "held until granted");
         assert_eq!(course.donation(1), Ok(1));
         // It leads the next batch; member 2 claims the lead before its acquisitions are in.
@@ -783,20 +787,20 @@ mod tests {
 
     #[test]
     fn an_lsa_leader_whose_acquisitions_lose_to_others_takes_a_state() {
-        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose();
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose(1);
         course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
         let _ = course.next_entry().unwrap();
         course.executed(&Ok(vec![]));
         course.led(acquired(3), vec![], 0);
         course.entry_executed();
         let _ = events(&mut course);
-        course.delivered(loose_entry(1, 0, vec![grants(1, 0, 2)], 1)).unwrap();
+        course.delivered(loose_entry(1, 0, vec![grants(1, 0, 9, 2)], 1)).unwrap();
         assert_eq!(events(&mut course), vec![Event::NeedState { from: 1, why: Behind::Overruled { batch: 0 } }]);
     }
 
     #[test]
     fn an_lsa_replica_that_missed_a_claim_in_a_snapshot_learns_the_leader_from_the_order() {
-        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
+        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose(1);
         course
             .delivered(loose_entry(
                 0,
@@ -816,9 +820,9 @@ mod tests {
 
     #[test]
     fn an_lsa_follower_that_cannot_follow_takes_a_state_past_the_batch() {
-        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose();
+        let mut course = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose(1);
         course.delivered(loose_entry(0, 2, vec![], 1)).unwrap();
-        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 1)], 1)).unwrap();
+        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 1, 1)], 1)).unwrap();
         let _ = course.next_entry().unwrap();
         course.unfollowed();
         assert_eq!(events(&mut course), vec![Event::NeedState { from: 2, why: Behind::Unfollowed { batch: 0 } }]);
@@ -827,7 +831,7 @@ mod tests {
 
     #[test]
     fn an_lsa_leader_that_must_take_a_state_still_proposes_what_it_led_while_it_leads() {
-        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose();
+        let mut course = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose(1);
         course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
         course.delivered(loose_entry(1, 1, vec![], 1)).unwrap();
         for thread in [3, 2] {
@@ -844,17 +848,51 @@ mod tests {
             events(&mut course),
             vec![
                 Event::NeedState { from: 2, why: Behind::Log },
-                Event::ProposeLead(grants(1, 0, 3)),
-                Event::ProposeLead(grants(1, 1, 2)),
+                Event::ProposeLead(grants(1, 0, 1, 3)),
+                Event::ProposeLead(grants(1, 1, 2, 2)),
             ]
         );
-        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 3)], 1)).unwrap();
+        course.delivered(loose_entry(2, 0, vec![grants(1, 0, 1, 3)], 1)).unwrap();
         course.tick(LEAD_RETRY_MS);
-        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 1, 2))], "batch 0 was granted");
+        assert_eq!(events(&mut course), vec![Event::ProposeLead(grants(1, 1, 2, 2))], "batch 0 was granted");
         // Once another member leads, nothing of it is proposed any more.
         course.delivered(loose_entry(2, 0, vec![], 2)).unwrap();
         course.tick(2 * LEAD_RETRY_MS);
         assert_eq!(events(&mut course), vec![]);
+    }
+
+    #[test]
+    fn an_lsa_batch_with_many_acquisitions_is_granted_part_by_part() {
+        use crate::schedule::{MutexId, ThreadId};
+        let made: Vec<Grant> = (0..5).map(|n| (MutexId(n), ThreadId(n as u16 % 2))).collect();
+        let parts = |from| Lead::parts(member_id(1, 0), 0, 1, &made, from, 2);
+        let proposed = |from| parts(from).into_iter().map(Event::ProposeLead).collect::<Vec<_>>();
+        let mut leader = Course::founder(member_id(1, 0), &REPLICAS, 1 << 20).loose(2);
+        let mut follower = Course::founder(member_id(2, 0), &REPLICAS, 1 << 20).loose(2);
+        for course in [&mut leader, &mut follower] {
+            course.delivered(loose_entry(0, 1, vec![], 1)).unwrap();
+        }
+        let next = leader.next_entry().unwrap();
+        leader.executed(&Ok(vec![]));
+        let answers: Vec<Answer> = next.entry.requests.into_iter().map(|request| (request, Ok(vec![]))).collect();
+        leader.led(made.clone(), answers.clone(), 0);
+        leader.entry_executed();
+        assert_eq!(events(&mut leader), proposed(0), "three parts: 2, 2 and 1 acquisitions");
+        // The order takes the first part; the rest were lost: only they are proposed again.
+        let first = loose_entry(1, 0, parts(0)[..1].to_vec(), 1);
+        for course in [&mut leader, &mut follower] {
+            course.delivered(first.clone()).unwrap();
+        }
+        assert_eq!(events(&mut leader), vec![], "not granted before its last part");
+        assert_eq!(follower.next_entry(), None, "nothing to follow yet");
+        leader.tick(LEAD_RETRY_MS);
+        assert_eq!(events(&mut leader), proposed(2));
+        let rest = loose_entry(1, 0, parts(2), 1);
+        for course in [&mut leader, &mut follower] {
+            course.delivered(rest.clone()).unwrap();
+        }
+        assert_eq!(events(&mut leader), vec![Event::Granted { batch: 0, answers }]);
+        assert_eq!(follower.next_entry().unwrap().acquisitions, Acquisitions::Follow(made));
     }
 
     #[test]

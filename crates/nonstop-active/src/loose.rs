@@ -49,10 +49,24 @@ pub type Answer = (Request, Outcome);
 struct Led {
     /// Its first position.
     batch: u64,
+    /// Which of this replica's executions as grant leader it was ([`Lead::Grants`]).
+    execution: u64,
     /// What its threads took, in order.
     acquisitions: Vec<Grant>,
-    /// Its requests' outcomes, held.
+    /// How many of them the order accepted so far, in parts.
+    accepted: u64,
+    /// Its requests' outcomes, held (none once orphaned: they are not the order's).
     answers: Vec<Answer>,
+}
+
+/// The parts of a batch's acquisitions the order accepted so far, as one replica assembles
+/// them.
+#[derive(Clone, Debug)]
+struct Assembling {
+    batch: u64,
+    member: NodeId,
+    execution: u64,
+    acquisitions: Vec<Grant>,
 }
 
 /// What the order's leads of one entry mean to this replica ([`Loose::delivered`]).
@@ -71,10 +85,14 @@ pub(crate) enum Heard {
 #[derive(Clone, Debug)]
 pub(crate) struct Loose {
     me: NodeId,
+    /// Acquisitions one proposed part carries at most ([`Lead::parts`]).
+    per_part: usize,
     /// The member that claimed the lead last, as far as this replica has heard.
     leader: Option<NodeId>,
     /// Acquisitions the order granted batches this replica has not executed yet, by batch.
     granted: BTreeMap<u64, Vec<Grant>>,
+    /// The batch whose acquisitions the order is accepting part by part, the parts so far.
+    assembling: Option<Assembling>,
     /// Batches this replica led and executed, oldest first, until the order grants them.
     led: VecDeque<Led>,
     /// Acquisitions of batches it led before its state was found wrong or behind, still
@@ -82,14 +100,28 @@ pub(crate) struct Loose {
     /// nobody else grants them, and the others cannot reach the state it must take without
     /// them. They are only an order of acquisitions; each replica executes them on its own
     /// state (one whose threads cannot follow them takes a state, [`Acquisitions::Follow`]).
-    orphaned: Vec<(u64, Vec<Grant>)>,
+    orphaned: Vec<Led>,
+    /// Its executions as grant leader so far: each one's acquisitions are told apart by it.
+    executions: u64,
     /// When it last proposed the acquisitions that await a grant (driver's clock).
     proposed_ms: u64,
 }
 
 impl Loose {
-    pub(crate) fn new(me: NodeId) -> Loose {
-        Loose { me, leader: None, granted: BTreeMap::new(), led: VecDeque::new(), orphaned: Vec::new(), proposed_ms: 0 }
+    /// The bookkeeping of member `me`, which proposes its acquisitions in parts of at most
+    /// `per_part`.
+    pub(crate) fn new(me: NodeId, per_part: usize) -> Loose {
+        Loose {
+            me,
+            per_part: per_part.max(1),
+            leader: None,
+            granted: BTreeMap::new(),
+            assembling: None,
+            led: VecDeque::new(),
+            orphaned: Vec::new(),
+            executions: 0,
+            proposed_ms: 0,
+        }
     }
 
     /// Takes in an entry's leads, in order, and the grant leader once it is applied; `next` is
@@ -99,28 +131,40 @@ impl Loose {
     pub(crate) fn delivered(&mut self, leads: &[Lead], grant_leader: Option<NodeId>, next: u64) -> Vec<Heard> {
         let mut heard = Vec::new();
         for lead in leads {
-            let Lead::Grants { batch, acquisitions, .. } = lead else { continue };
-            self.orphaned.retain(|(orphan, _)| orphan != batch);
-            match self.led.front() {
-                Some(led) if led.batch == *batch && led.acquisitions == *acquisitions => {
-                    let answers = self.led.pop_front().map(|led| led.answers).unwrap_or_default();
-                    heard.push(Heard::Granted { batch: *batch, answers });
+            let Lead::Grants { member, batch, execution, from, total, acquisitions } = lead else {
+                // A claim stood: the order takes the next grant leader's acquisitions afresh.
+                self.assembling = None;
+                self.led.iter_mut().chain(&mut self.orphaned).for_each(|led| led.accepted = 0);
+                continue;
+            };
+            let accepted = from + acquisitions.len() as u64;
+            if *member == self.me {
+                let own = self.led.iter_mut().chain(&mut self.orphaned);
+                own.filter(|led| (led.batch, led.execution) == (*batch, *execution))
+                    .for_each(|led| led.accepted = accepted);
+            }
+            let whole = match self.assembling.take() {
+                _ if *from == 0 => {
+                    Some(Assembling { batch: *batch, member: *member, execution: *execution, acquisitions: Vec::new() })
                 }
-                // The order grants the oldest batch first: once it grants this replica's oldest
-                // led batch, or one after it, other acquisitions than its own, they never will
-                // be.
-                Some(led) if led.batch <= *batch => {
-                    heard.push(Heard::Overruled { batch: led.batch });
-                    // Those granted need nothing more of it; those after, if it still leads,
-                    // are proposed on as orphans ([`Loose::replaced`]).
-                    self.led.retain(|led| led.batch > *batch);
-                    return heard;
+                Some(parts)
+                    if (parts.batch, parts.member, parts.execution) == (*batch, *member, *execution)
+                        && parts.acquisitions.len() as u64 == *from =>
+                {
+                    Some(parts)
                 }
-                _ if *batch >= next => {
-                    self.granted.insert(*batch, acquisitions.clone());
-                }
-                // A batch it executed already, or that a state it took covers.
-                _ => {}
+                // Its first parts came before a snapshot this replica was given in place of
+                // the entries: a batch before any state it can take.
+                _ => None,
+            };
+            let Some(mut whole) = whole else { continue };
+            whole.acquisitions.extend_from_slice(acquisitions);
+            if accepted < *total {
+                self.assembling = Some(whole);
+                continue;
+            }
+            if self.granted_batch(whole, next, &mut heard) {
+                return heard;
             }
         }
         // From the order's state, not from the claims seen: a claim may have come inside a
@@ -136,6 +180,34 @@ impl Loose {
         heard
     }
 
+    /// The order granted a batch `granted`'s acquisitions, all its parts; true if that
+    /// overrules what this replica led.
+    fn granted_batch(&mut self, granted: Assembling, next: u64, heard: &mut Vec<Heard>) -> bool {
+        let Assembling { batch, member, execution, acquisitions } = granted;
+        self.orphaned.retain(|orphan| orphan.batch != batch);
+        match self.led.front() {
+            Some(led) if led.batch == batch && (member, execution) == (self.me, led.execution) => {
+                let answers = self.led.pop_front().map(|led| led.answers).unwrap_or_default();
+                heard.push(Heard::Granted { batch, answers });
+            }
+            // The order grants the oldest batch first: once it grants this replica's oldest
+            // led batch, or one after it, other acquisitions than its own, they never will be.
+            Some(led) if led.batch <= batch => {
+                heard.push(Heard::Overruled { batch: led.batch });
+                // Those granted need nothing more of it; those after, if it still leads, are
+                // proposed on as orphans ([`Loose::replaced`]).
+                self.led.retain(|led| led.batch > batch);
+                return true;
+            }
+            _ if batch >= next => {
+                self.granted.insert(batch, acquisitions);
+            }
+            // A batch it executed already, or that a state it took covers.
+            _ => {}
+        }
+        false
+    }
+
     /// How to execute the batch at position `batch`: following its acquisitions if the order
     /// granted them, leading if this replica leads them and `may_lead`, else `None` (wait).
     pub(crate) fn acquisitions(&mut self, batch: u64, may_lead: bool) -> Option<Acquisitions> {
@@ -146,16 +218,19 @@ impl Loose {
     }
 
     /// This replica led batch `batch`, whose threads took `acquisitions` and answered
-    /// `answers`: to propose now (`now_ms`), and to hold until granted.
-    pub(crate) fn led(&mut self, batch: u64, acquisitions: Vec<Grant>, answers: Vec<Answer>, now_ms: u64) -> Lead {
+    /// `answers`: the parts to propose now (`now_ms`); the answers are held until granted.
+    pub(crate) fn led(&mut self, batch: u64, acquisitions: Vec<Grant>, answers: Vec<Answer>, now_ms: u64) -> Vec<Lead> {
         self.proposed_ms = now_ms;
-        self.led.push_back(Led { batch, acquisitions: acquisitions.clone(), answers });
-        Lead::Grants { member: self.me, batch, acquisitions }
+        self.executions += 1;
+        let parts = Lead::parts(self.me, batch, self.executions, &acquisitions, 0, self.per_part);
+        self.led.push_back(Led { batch, execution: self.executions, acquisitions, accepted: 0, answers });
+        parts
     }
 
-    /// The acquisitions to propose again at `now_ms`: every one that awaits a grant, once
-    /// [`LEAD_RETRY_MS`] passed since they were proposed last (a proposal lost when the
-    /// group's leader changed is proposed again; the order drops a copy).
+    /// The acquisitions to propose again at `now_ms`: every part the order has not accepted
+    /// of those that await a grant, once [`LEAD_RETRY_MS`] passed since they were proposed
+    /// last (a proposal lost when the group's leader changed is proposed again; the order
+    /// drops a copy).
     pub(crate) fn due(&mut self, now_ms: u64) -> Vec<Lead> {
         if !self.awaits_grants() || now_ms.saturating_sub(self.proposed_ms) < LEAD_RETRY_MS {
             return Vec::new();
@@ -164,16 +239,13 @@ impl Loose {
         self.ungranted()
     }
 
-    /// Its led batches not granted yet, orphaned ones included, as leads to propose.
+    /// Its led batches not granted yet, orphaned ones included, as the parts to propose.
     fn ungranted(&self) -> Vec<Lead> {
         self.led
             .iter()
-            .map(|led| (&led.batch, &led.acquisitions))
-            .chain(self.orphaned.iter().map(|(batch, acquisitions)| (batch, acquisitions)))
-            .map(|(batch, acquisitions)| Lead::Grants {
-                member: self.me,
-                batch: *batch,
-                acquisitions: acquisitions.clone(),
+            .chain(&self.orphaned)
+            .flat_map(|led| {
+                Lead::parts(self.me, led.batch, led.execution, &led.acquisitions, led.accepted, self.per_part)
             })
             .collect()
     }
@@ -190,7 +262,7 @@ impl Loose {
     pub(crate) fn replaced(&mut self, from: u64) -> Vec<Lead> {
         match self.leader == Some(self.me) {
             // Its answers are not the order's: they are dropped.
-            true => self.orphaned.extend(self.led.drain(..).map(|led| (led.batch, led.acquisitions))),
+            true => self.orphaned.extend(self.led.drain(..).map(|led| Led { answers: Vec::new(), ..led })),
             // The order takes none of its acquisitions any more.
             false => self.led.clear(),
         }

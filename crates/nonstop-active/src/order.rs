@@ -77,8 +77,9 @@ pub const WINDOW_MS: u64 = 10;
 pub const DIGESTS_PER_WINDOW: usize = 8;
 
 /// Acquisitions one entry may carry in all ([`Lead::Grants`]); an entry with more is refused
-/// as a proposal.
-pub const MAX_GRANTS: usize = 1 << 18;
+/// as a proposal. A batch whose threads took more travels in parts ([`Lead::parts`]), as
+/// many entries as it takes ([`next_leads`]).
+pub const MAX_GRANTS: usize = 1 << 16;
 
 /// An LSA group's word on the mutex acquisitions, carried by an entry (see the module's
 /// documentation).
@@ -94,14 +95,23 @@ pub enum Lead {
         /// The grant leader the claimant saw (`None`: none yet).
         after: Option<NodeId>,
     },
-    /// What `member`'s threads took, in order, executing the batch whose first request is at
-    /// position `batch` of the order.
+    /// Part of what `member`'s threads took, in order, executing the batch whose first request
+    /// is at position `batch` of the order: its acquisitions from `from` on. The order grants
+    /// the batch once it has accepted all `total` of them, part after part, of one execution.
     Grants {
         /// The grant leader that executed the batch.
         member: NodeId,
         /// The batch's first request's position.
         batch: u64,
-        /// The acquisitions, in the order they were made.
+        /// Which of the member's executions as grant leader made them (it numbers them): a
+        /// member that led a batch again after it took a state made other acquisitions, and
+        /// parts of the two must not mix.
+        execution: u64,
+        /// How many of the execution's acquisitions earlier parts carry.
+        from: u64,
+        /// How many acquisitions the execution made in all.
+        total: u64,
+        /// The acquisitions from `from` on, in the order they were made.
         acquisitions: Vec<Grant>,
     },
 }
@@ -113,6 +123,58 @@ impl Lead {
             Lead::Claim { member, .. } | Lead::Grants { member, .. } => *member,
         }
     }
+
+    /// The acquisitions `member`'s `execution` of batch `batch` made, from `from` on, as
+    /// [`Lead::Grants`] of at most `per_part` acquisitions each (at least one part, however
+    /// few).
+    pub fn parts(
+        member: NodeId,
+        batch: u64,
+        execution: u64,
+        acquisitions: &[Grant],
+        from: u64,
+        per_part: usize,
+    ) -> Vec<Lead> {
+        let total = acquisitions.len() as u64;
+        let rest = &acquisitions[(from as usize).min(acquisitions.len())..];
+        let part = |offset: usize, chunk: &[Grant]| Lead::Grants {
+            member,
+            batch,
+            execution,
+            from: from + offset as u64,
+            total,
+            acquisitions: chunk.to_vec(),
+        };
+        if rest.is_empty() {
+            return vec![part(0, rest)];
+        }
+        rest.chunks(per_part.max(1)).enumerate().map(|(n, chunk)| part(n * per_part.max(1), chunk)).collect()
+    }
+
+    /// The acquisitions it carries.
+    fn grants(&self) -> usize {
+        match self {
+            Lead::Grants { acquisitions, .. } => acquisitions.len(),
+            Lead::Claim { .. } => 0,
+        }
+    }
+}
+
+/// The leads waiting in `pending` that one entry carries, oldest first: as many as fit
+/// [`MAX_GRANTS`] acquisitions, and at least one. The rest stay for the next entries.
+pub fn next_leads(pending: &mut Vec<Lead>) -> Vec<Lead> {
+    let mut grants = 0;
+    let fit = pending
+        .iter()
+        .position(|lead| {
+            grants += lead.grants();
+            grants > MAX_GRANTS
+        })
+        .unwrap_or(pending.len())
+        .max(1)
+        .min(pending.len());
+    let rest = pending.split_off(fit);
+    std::mem::replace(pending, rest)
 }
 
 /// One client request, as proposed to the group.
@@ -222,6 +284,16 @@ struct Granting {
     /// most one per client the order remembers, since a client waits for its reply (and so
     /// for its batch's acquisitions) before its next request.
     ungranted: VecDeque<u64>,
+    /// The oldest ungranted batch's acquisitions accepted so far, if some parts of them were.
+    granting: Option<Parts>,
+}
+
+/// The parts of one execution's acquisitions the order accepted so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Parts {
+    execution: u64,
+    accepted: u64,
+    total: u64,
 }
 
 impl Order {
@@ -241,9 +313,10 @@ impl Order {
         self.loose.as_ref().and_then(|loose| loose.leader)
     }
 
-    /// The leads of an entry that stand: every claim, and acquisitions from the grant leader
-    /// for the oldest batch not granted yet (a copy proposed again, or a deposed leader's, is
-    /// dropped). None unless the order is loose.
+    /// The leads of an entry that stand: every claim, and the grant leader's next part of the
+    /// acquisitions of the oldest batch not granted yet (a copy proposed again, a deposed
+    /// leader's, or a part of another execution than the one begun, is dropped). None unless
+    /// the order is loose.
     fn lead(&mut self, leads: Vec<Lead>) -> Vec<Lead> {
         let Some(loose) = &mut self.loose else { return Vec::new() };
         leads
@@ -253,13 +326,24 @@ impl Order {
                     let stands = loose.leader == *after;
                     if stands {
                         loose.leader = Some(*member);
+                        // The new leader's acquisitions begin afresh.
+                        loose.granting = None;
                     }
                     stands
                 }
-                Lead::Grants { member, batch, .. } => {
-                    let stands = loose.leader == Some(*member) && loose.ungranted.front() == Some(batch);
+                Lead::Grants { member, batch, execution, from, total, acquisitions } => {
+                    let next = match loose.granting {
+                        None => *from == 0,
+                        Some(parts) => parts == Parts { execution: *execution, accepted: *from, total: *total },
+                    };
+                    let stands = next && loose.leader == Some(*member) && loose.ungranted.front() == Some(batch);
                     if stands {
-                        loose.ungranted.pop_front();
+                        let accepted = from + acquisitions.len() as u64;
+                        loose.granting =
+                            (accepted < *total).then_some(Parts { execution: *execution, accepted, total: *total });
+                        if loose.granting.is_none() {
+                            loose.ungranted.pop_front();
+                        }
                     }
                     stands
                 }
@@ -413,13 +497,15 @@ impl Replicated for Order {
         if let Some(forged) = leads.iter().find(|lead| lead.member() != proposer) {
             return Err(format!("a lead in the name of member {}, from member {}", forged.member().0, proposer.0));
         }
-        let grants: usize = leads
-            .iter()
-            .map(|lead| match lead {
-                Lead::Grants { acquisitions, .. } => acquisitions.len(),
-                Lead::Claim { .. } => 0,
-            })
-            .sum();
+        for lead in &leads {
+            let Lead::Grants { from, total, acquisitions, .. } = lead else { continue };
+            // Each part brings the execution's acquisitions on, and none past their total.
+            let past = from.checked_add(acquisitions.len() as u64).is_none_or(|end| end > *total);
+            if past || (acquisitions.is_empty() && from < total) {
+                return Err(format!("acquisitions {from}..+{} of {total}: not a part of them", acquisitions.len()));
+            }
+        }
+        let grants: usize = leads.iter().map(Lead::grants).sum();
         if grants > MAX_GRANTS {
             return Err(format!("{grants} acquisitions in one entry, more than {MAX_GRANTS}"));
         }
@@ -476,7 +562,10 @@ mod tests {
         let grants = |member, batch, thread| Lead::Grants {
             member: NodeId(member),
             batch,
-            acquisitions: vec![(MutexId(0), ThreadId(thread))],
+            execution: thread,
+            from: 0,
+            total: 1,
+            acquisitions: vec![(MutexId(0), ThreadId(thread as u16))],
         };
         let claim = |member, after: Option<u64>| Lead::Claim { member: NodeId(member), after: after.map(NodeId) };
         let entry = |leads, requests| Batch { leads, requests, ..Batch::default() };
@@ -513,6 +602,9 @@ mod tests {
         let grants = |member, count| Lead::Grants {
             member: NodeId(member),
             batch: 0,
+            execution: 1,
+            from: 0,
+            total: count as u64,
             acquisitions: vec![(MutexId(1), ThreadId(0)); count],
         };
         let claim = |member| Lead::Claim { member: NodeId(member), after: None };
@@ -521,6 +613,73 @@ mod tests {
         assert!(forged.contains("a lead in the name of member 3"), "{forged}");
         let many = Order::check_proposal(&encoded(vec![grants(2, MAX_GRANTS), grants(2, 1)]), NodeId(2)).unwrap_err();
         assert!(many.contains("acquisitions in one entry"), "{many}");
+        // A part must bring the acquisitions on, and not past their total.
+        let part = |from, total, count| Lead::Grants {
+            member: NodeId(2),
+            batch: 0,
+            execution: 1,
+            from,
+            total,
+            acquisitions: vec![(MutexId(1), ThreadId(0)); count],
+        };
+        assert_eq!(Order::check_proposal(&encoded(vec![part(3, 5, 2), part(0, 0, 0)]), NodeId(2)), Ok(()));
+        for bad in [part(4, 5, 2), part(2, 5, 0), part(u64::MAX, u64::MAX, 1)] {
+            let refused = Order::check_proposal(&encoded(vec![bad]), NodeId(2)).unwrap_err();
+            assert!(refused.contains("not a part of them"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_batch_is_granted_once_every_part_of_one_execution_stands_in_order() {
+        use crate::schedule::{MutexId, ThreadId};
+        let made = |execution: u64, count: u64| {
+            (0..count).map(|n| (MutexId(n as u32), ThreadId(execution as u16))).collect::<Vec<_>>()
+        };
+        let parts = |member, batch, execution, count, from| {
+            Lead::parts(NodeId(member), batch, execution, &made(execution, count), from, 2)
+        };
+        let entry = |leads: Vec<Lead>, requests| Batch { leads, requests, ..Batch::default() };
+        let granted = |order: &Order| order.loose.as_ref().unwrap().ungranted.front().copied();
+        // Five acquisitions in parts of two: 0..2, 2..4, 4..5; nothing at all is one empty part.
+        let five = parts(1, 0, 7, 5, 0);
+        assert_eq!(five.iter().map(Lead::grants).collect::<Vec<_>>(), vec![2, 2, 1]);
+        assert_eq!(parts(1, 0, 7, 0, 0).len(), 1);
+        assert_eq!(parts(1, 0, 7, 5, 2), five[1..].to_vec(), "the parts from an offset on");
+        let mut order = Order::loose();
+        let claim = Lead::Claim { member: NodeId(1), after: None };
+        order.apply(1, entry(vec![claim], vec![request(1, 1)]));
+        order.apply(2, entry(vec![], vec![request(2, 1)]));
+        // Out of order, then in order: the first part stands, a copy of it does not.
+        assert!(order.apply(3, entry(vec![five[1].clone()], vec![])).leads.is_empty());
+        assert_eq!(order.apply(4, entry(vec![five[0].clone(), five[0].clone()], vec![])).leads, vec![five[0].clone()]);
+        assert_eq!(granted(&order), Some(0), "not granted before its last part");
+        // Another execution's parts do not mix in, even at the right offset.
+        let other = parts(1, 0, 8, 5, 0);
+        assert!(order.apply(5, entry(vec![other[1].clone()], vec![])).leads.is_empty());
+        let rest = order.apply(6, entry(five[1..].to_vec(), vec![])).leads;
+        assert_eq!(rest, five[1..].to_vec());
+        assert_eq!(granted(&order), Some(1), "batch 0 granted, batch 1 next");
+        // A new grant leader's acquisitions begin afresh: the old one's next part is dropped.
+        let three = parts(1, 1, 9, 3, 0);
+        order.apply(7, entry(vec![three[0].clone()], vec![]));
+        order.apply(8, entry(vec![Lead::Claim { member: NodeId(2), after: Some(NodeId(1)) }], vec![]));
+        assert!(order.apply(9, entry(vec![three[1].clone()], vec![])).leads.is_empty());
+        let theirs = parts(2, 1, 1, 1, 0);
+        assert_eq!(order.apply(10, entry(theirs.clone(), vec![])).leads, theirs);
+        assert_eq!(granted(&order), None);
+    }
+
+    #[test]
+    fn an_entry_takes_the_leads_that_fit_and_leaves_the_rest() {
+        use crate::schedule::{MutexId, ThreadId};
+        let acquisitions = vec![(MutexId(1), ThreadId(0)); MAX_GRANTS + 3];
+        let claim = Lead::Claim { member: NodeId(1), after: None };
+        let mut pending = vec![claim.clone()];
+        pending.extend(Lead::parts(NodeId(1), 0, 1, &acquisitions, 0, MAX_GRANTS));
+        let first = next_leads(&mut pending);
+        assert_eq!((first.len(), first[0].clone(), first[1].grants()), (2, claim, MAX_GRANTS));
+        assert_eq!(next_leads(&mut pending).iter().map(Lead::grants).collect::<Vec<_>>(), vec![3]);
+        assert!(pending.is_empty() && next_leads(&mut pending).is_empty());
     }
 
     #[test]

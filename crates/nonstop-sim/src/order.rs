@@ -73,7 +73,7 @@ use nonstop_active::course::{Acquisitions, Behind, Course, Event, Next, Standing
 use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
 use nonstop_active::loose::{Claimant, Stewardship};
 use nonstop_active::membership::{self, Join, member_id, node_of};
-use nonstop_active::order::{Batch, Lead, Order, Request};
+use nonstop_active::order::{Batch, Lead, Order, Request, next_leads};
 use nonstop_active::schedule::{Grant, MutexId, ThreadId};
 use nonstop_client::vote::{ReplicaId, ReplyMode, Verdict, Vote};
 use nonstop_control::cluster::NodeId;
@@ -100,6 +100,10 @@ const CATCH_UP_ENTRIES: u64 = 24;
 /// in some transfers the entries delivered meanwhile outgrow it, the replica asks for a state
 /// past them, and the state on its way arrives stale.
 const KEPT_FOR_TRANSFER: usize = 80;
+/// Acquisitions an LSA leader proposes in one part (a node's parts hold up to 65,536): one, so
+/// that every batch of two requests or more travels in several, which crashes, lost entries
+/// and new leaders then cut between.
+const GRANTS_PER_PART: usize = 1;
 /// Log entries a replica may lag the most advanced one and still count as settled for a new
 /// fault: under [`CATCH_UP_ENTRIES`], past which it needs a live replica's state.
 const SETTLED_LAG: u64 = 16;
@@ -223,6 +227,9 @@ pub struct OrderStats {
     pub batches_followed: u64,
     /// LSA: batches whose held replies left once the order granted them.
     pub batches_granted: u64,
+    /// LSA: parts of led batches' acquisitions proposed after each batch's first (a batch of
+    /// more than [`GRANTS_PER_PART`] requests travels in several).
+    pub later_parts_proposed: u64,
     /// LSA: leaders whose acquisitions the order would not take (deposed, or another's came
     /// first), which took a live replica's state.
     pub leads_overruled: u64,
@@ -268,6 +275,7 @@ impl std::ops::AddAssign for OrderStats {
         self.batches_led += other.batches_led;
         self.batches_followed += other.batches_followed;
         self.batches_granted += other.batches_granted;
+        self.later_parts_proposed += other.later_parts_proposed;
         self.leads_overruled += other.leads_overruled;
         self.stalled += other.stalled;
     }
@@ -390,7 +398,7 @@ impl Member {
             vault: 0,
             course: match run.pacing {
                 Pacing::Scheduled => course,
-                Pacing::Loose => course.loose(),
+                Pacing::Loose => course.loose(GRANTS_PER_PART),
             },
             taking: Taking::Idle,
             digests: Vec::new(),
@@ -925,19 +933,26 @@ impl Sim {
             if !self.members[member].alive || self.members[member].node.leader().is_none() {
                 continue;
             }
-            let requests = self.members[member].calls.take_proposals(usize::MAX);
-            let digests = std::mem::take(&mut self.members[member].digests);
+            let mut requests = self.members[member].calls.take_proposals(usize::MAX);
+            let mut digests = std::mem::take(&mut self.members[member].digests);
             let mut leads = std::mem::take(&mut self.members[member].leads);
             leads.extend(self.claim(member));
-            if requests.is_empty() && digests.is_empty() && leads.is_empty() {
-                continue;
-            }
             self.stats.proposals += requests.len() as u64;
             self.stats.digests_proposed += digests.len() as u64;
             let time_ms = self.step + self.members[member].clock_skew_ms;
-            // A proposal lost on the way (the leader changed) is proposed again when its client
-            // asks again; a lost digest leaves its window undecided, and a later one decides.
-            let _ = self.members[member].node.propose(&Batch { time_ms, requests, digests, leads });
+            // As many entries as the leads take, as a node proposes them.
+            while !(requests.is_empty() && digests.is_empty() && leads.is_empty()) {
+                let batch = Batch {
+                    time_ms,
+                    requests: std::mem::take(&mut requests),
+                    digests: std::mem::take(&mut digests),
+                    leads: next_leads(&mut leads),
+                };
+                // A proposal lost on the way (the leader changed) is proposed again when its
+                // client asks again; a lost digest leaves its window undecided, and a later one
+                // decides.
+                let _ = self.members[member].node.propose(&batch);
+            }
         }
     }
 
@@ -1325,7 +1340,10 @@ impl Sim {
                     member.leads.clear();
                 }
                 Event::Reported(Dissent { .. }) => self.stats.dissents_reported += 1,
-                Event::ProposeLead(lead) => self.members[index].leads.push(lead),
+                Event::ProposeLead(lead) => {
+                    self.stats.later_parts_proposed += u64::from(matches!(lead, Lead::Grants { from: 1.., .. }));
+                    self.members[index].leads.push(lead);
+                }
                 Event::Granted { batch, answers } => {
                     self.stats.batches_granted += 1;
                     if let Some(taken) = self.members[index].led.remove(&batch) {

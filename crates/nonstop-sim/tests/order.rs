@@ -60,8 +60,10 @@ fn lsa_replicas_follow_the_acquisitions_granted_and_answer_only_what_was_granted
     println!("{total:?}");
     assert!(total.delivered > 20_000 && total.decided > 20_000, "{total:?}");
     assert!(total.batches_led > 10_000 && total.batches_followed > total.batches_led, "{total:?}");
-    // Nearly every led batch was granted; the others were overruled with their leader.
+    // Nearly every led batch was granted; the others were overruled with their leader. Batches
+    // of two requests or more had their acquisitions travel in parts.
     assert!(total.batches_granted > total.batches_led * 9 / 10, "{total:?}");
+    assert!(total.later_parts_proposed > 1_000, "{total:?}");
     assert!(total.claims > total.leaders_crashed && total.leads_overruled > 0, "{total:?}");
     // Group leaders whose replica did not serve handed the group over, so that one that serves
     // leads the acquisitions.

@@ -54,7 +54,7 @@ use nonstop_active::course::{Behind, Course, Event, Next, NoDonation, Standing a
 use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
 use nonstop_active::loose::{Claimant, Stewardship};
 use nonstop_active::membership::{self, Join, member_id, node_of};
-use nonstop_active::order::{Batch, Delivered, Lead, Order, Request};
+use nonstop_active::order::{Batch, Delivered, Lead, MAX_GRANTS, Order, Request, next_leads};
 use nonstop_control::log::MemoryLog;
 use nonstop_control::{ControlConfig, ControlError, ElectionJitter, Membership, RaftNode, Replicated};
 use nonstop_net::fault::{FaultPoint, FaultPoints};
@@ -328,7 +328,7 @@ impl ReplicaHost {
             }
         };
         let (course, order) = match loose {
-            true => (course.loose(), Order::loose()),
+            true => (course.loose(MAX_GRANTS), Order::loose()),
             false => (course, Order::default()),
         };
         // Every member starts from the founders' configuration, a new one too: given the log
@@ -476,8 +476,8 @@ impl ReplicaHost {
     }
 
     /// Proposes what calls left pending and the replica's digests of its outcomes, as one entry
-    /// (or more, if they exceed an entry's bytes). With no leader known they wait: a proposal
-    /// now would be dropped.
+    /// (or more, if they exceed an entry's request bytes or acquisitions). With no leader known
+    /// they wait: a proposal now would be dropped.
     pub fn propose(&mut self) {
         let Some(group) = self.seat.group_mut() else { return };
         if group.leader().is_none() {
@@ -486,12 +486,12 @@ impl ReplicaHost {
         let mut claim = self.claim();
         let Some(group) = self.seat.group_mut() else { return };
         loop {
-            let (requests, digests, mut leads) = {
+            let (requests, digests, leads) = {
                 let mut shared = lock(&self.replica.shared);
+                shared.leads.extend(claim.take());
                 let requests = shared.calls.take_proposals(BATCH_BYTES);
-                (requests, std::mem::take(&mut shared.digests), std::mem::take(&mut shared.leads))
+                (requests, std::mem::take(&mut shared.digests), next_leads(&mut shared.leads))
             };
-            leads.extend(claim.take());
             if requests.is_empty() && digests.is_empty() && leads.is_empty() {
                 return;
             }
