@@ -235,6 +235,11 @@ impl Agent {
                 if next_tick < now {
                     next_tick = now + self.config.heartbeat;
                 }
+                // What the ticks produced (heartbeats, an election's vote requests) leaves now,
+                // not with the next event: an order group's candidate whose requests waited for
+                // one met a rival that stood meanwhile, the vote split, and a paused leader cost
+                // two or three election timeouts instead of one.
+                self.step()?;
             }
             match self.events.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
                 Ok(event) => {
