@@ -240,6 +240,21 @@ pub struct ActiveBenchReport {
     pub error_injection: Vec<(String, InjectionCounts)>,
 }
 
+impl ActiveBenchReport {
+    /// Each configuration's requests per second (its median round) as a bar chart (SVG), in
+    /// the order the rounds run them.
+    pub fn svg(&self) -> String {
+        let categories: Vec<String> = self.runs.iter().map(|(name, _)| name.clone()).collect();
+        let series = [nonstop_testbed::chart::Series {
+            name: "requests/s (thousands)".into(),
+            values: self.runs.iter().map(|(_, run)| Some(run.per_s / 1000.0)).collect(),
+        }];
+        let title =
+            format!("The survey's server: unreplicated, {} replicas voting, or one backup", self.config.replicas);
+        nonstop_testbed::chart::grouped_bars(&title, "requests/s (thousands)", &categories, &series, 1.0)
+    }
+}
+
 /// How the server runs in one configuration.
 #[derive(Clone, Copy)]
 enum Replication {

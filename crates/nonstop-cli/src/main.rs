@@ -492,6 +492,9 @@ struct ActiveArgs {
     /// schedulers every replica is alike).
     #[arg(long, value_enum, default_value = "follower")]
     victim: BenchVictim,
+    /// Also write each configuration's requests per second as a bar chart (SVG) to this file.
+    #[arg(long, value_name = "PATH")]
+    chart: Option<std::path::PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -848,6 +851,9 @@ fn bench_active(args: ActiveArgs) -> anyhow::Result<()> {
     let report = nonstop_bench::active::run(&config, Some(&exe), &|step| progress.set_message(step.to_string()))
         .map_err(anyhow::Error::msg)?;
     progress.finish_and_clear();
+    if let Some(path) = &args.chart {
+        std::fs::write(path, report.svg()).with_context(|| format!("writing the chart to {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
