@@ -14,6 +14,13 @@ use nonstop_workloads::survey;
 use rustix::process::Signal;
 use std::time::Duration;
 
+/// Entries the order's log keeps between compactions.
+const ORDER_LOG_ENTRIES: u64 = 16;
+
+/// Append messages a Raft leader sends a follower before it waits for its answers (raft-rs's
+/// `max_inflight_msgs`).
+const UNANSWERED_APPENDS: u64 = 256;
+
 /// Client threads calling at once, so that the order's entries hold several requests and the
 /// worker threads contend for the mutexes.
 const CLIENTS: u64 = 4;
@@ -75,7 +82,7 @@ fn replicated_under(scheduler: Scheduler, prefix: &str) {
         services: vec![(survey::NAME.into(), 1)],
         active: Some(ReplyMode::Majority),
         threads: Some((scheduler, 4)),
-        order_log_entries: Some(16),
+        order_log_entries: Some(ORDER_LOG_ENTRIES),
         ..ClusterSpec::default()
     };
     let mut cluster = LocalCluster::create(std::path::Path::new(env!("CARGO_BIN_EXE_nonstop")), &spec).unwrap();
@@ -85,10 +92,22 @@ fn replicated_under(scheduler: Scheduler, prefix: &str) {
     let table = nonstop_testbed::status::render(&cluster.operator().statuses(Duration::from_secs(1)));
     let shown = format!("actively replicated, 4 worker threads under {}", scheduler.name());
     assert!(table.contains(&shown), "{table}");
-    // Paused while far more entries than the log keeps are ordered: node 3 must take a live
-    // replica's snapshot.
+    // Paused while far more entries are ordered than the leader sends a follower unanswered
+    // (raft-rs's 256 messages: those wait in the paused node's socket, and it catches up from
+    // them) and than the log keeps: node 3 must take a live replica's snapshot. Calls gather
+    // into fewer entries the busier the replicas are, so the load goes on until enough were.
     cluster.signal(3, Signal::STOP).unwrap();
-    load(&cluster, 40, 10);
+    let applied = |cluster: &LocalCluster| {
+        let statuses = cluster.operator().statuses(Duration::from_secs(1));
+        statuses.iter().flat_map(|(_, _, s)| s).flat_map(|s| &s.replicas).map(|r| r.applied_index).max().unwrap_or(0)
+    };
+    let paused_at = applied(&cluster);
+    let mut rounds = 10;
+    while rounds < 50 || applied(&cluster) < paused_at + UNANSWERED_APPENDS + 4 * ORDER_LOG_ENTRIES {
+        assert!(rounds < 2_000, "the order did not move on without node 3:\n{}", cluster.post_mortem(40));
+        load(&cluster, 10, rounds);
+        rounds += 10;
+    }
     cluster.signal(3, Signal::CONT).unwrap();
     let caught_up = cluster.wait_statuses(&[3], Duration::from_secs(20), |statuses| {
         statuses
@@ -97,11 +116,11 @@ fn replicated_under(scheduler: Scheduler, prefix: &str) {
             .any(|r| r.state_transfers >= 1 && r.standing == ReplicaStanding::Serving)
     });
     assert!(caught_up.is_some(), "node 3 took a snapshot and serves:\n{}", cluster.post_mortem(40));
-    load(&cluster, 5, 50);
+    load(&cluster, 5, rounds);
     // Node 3 counts now: without node 1, nodes 2 and 3 are the majority.
     cluster.kill(1).unwrap();
-    load(&cluster, 5, 55);
-    audit(&cluster, &[2, 3], 60);
+    load(&cluster, 5, rounds + 5);
+    audit(&cluster, &[2, 3], rounds + 10);
 }
 
 #[test]

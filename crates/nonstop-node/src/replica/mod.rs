@@ -486,10 +486,12 @@ impl ReplicaHost {
         let mut claim = self.claim();
         let Some(group) = self.seat.group_mut() else { return };
         loop {
+            let delivered = group.state().delivered();
             let (requests, digests, leads) = {
                 let mut shared = lock(&self.replica.shared);
                 shared.leads.extend(claim.take());
-                let requests = shared.calls.take_proposals(BATCH_BYTES);
+                let backlog = delivered.saturating_sub(shared.position);
+                let requests = shared.calls.take_due(backlog, BATCH_BYTES);
                 (requests, std::mem::take(&mut shared.digests), next_leads(&mut shared.leads))
             };
             if requests.is_empty() && digests.is_empty() && leads.is_empty() {
@@ -907,6 +909,11 @@ impl Executor {
             return false;
         }
         shared.standing = Standing::Course(self.course.standing());
+        if shared.calls.has_proposals() {
+            // Calls gathered while it executed ([`Calls::take_due`]) go now.
+            drop(shared);
+            let _ = lock(&self.replica.wake).send(PeerEvent::Proposed);
+        }
         true
     }
 
