@@ -221,6 +221,9 @@ pub struct OrderStats {
     pub claims: u64,
     /// LSA: order groups handed over by a leader whose replica did not serve.
     pub handovers: u64,
+    /// Rounds in which a replica held its pending calls for its next entry, as a node does
+    /// while it has requests of the order left to execute ([`Calls::take_due`]).
+    pub calls_gathered: u64,
     /// LSA: batches executed leading.
     pub batches_led: u64,
     /// LSA: batches executed following the acquisitions granted.
@@ -275,6 +278,7 @@ impl std::ops::AddAssign for OrderStats {
         self.batches_led += other.batches_led;
         self.batches_followed += other.batches_followed;
         self.batches_granted += other.batches_granted;
+        self.calls_gathered += other.calls_gathered;
         self.later_parts_proposed += other.later_parts_proposed;
         self.leads_overruled += other.leads_overruled;
         self.stalled += other.stalled;
@@ -933,7 +937,12 @@ impl Sim {
             if !self.members[member].alive || self.members[member].node.leader().is_none() {
                 continue;
             }
-            let mut requests = self.members[member].calls.take_proposals(usize::MAX);
+            // As a node does: calls gather while the replica has requests of the order left to
+            // execute (here: its batches wait for their acquisitions, or it awaits a state).
+            let m = &self.members[member];
+            let backlog = m.node.state().delivered().saturating_sub(m.course.position().unwrap_or(0));
+            let mut requests = self.members[member].calls.take_due(backlog, usize::MAX);
+            self.stats.calls_gathered += u64::from(requests.is_empty() && self.members[member].calls.has_proposals());
             let mut digests = std::mem::take(&mut self.members[member].digests);
             let mut leads = std::mem::take(&mut self.members[member].leads);
             leads.extend(self.claim(member));

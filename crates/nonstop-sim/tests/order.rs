@@ -64,6 +64,9 @@ fn lsa_replicas_follow_the_acquisitions_granted_and_answer_only_what_was_granted
     // of two requests or more had their acquisitions travel in parts.
     assert!(total.batches_granted > total.batches_led * 9 / 10, "{total:?}");
     assert!(total.later_parts_proposed > 1_000, "{total:?}");
+    // Followers waiting for a batch's acquisitions held their calls for their next entry, as a
+    // node does, and every call was still answered.
+    assert!(total.calls_gathered > 10_000, "{total:?}");
     assert!(total.claims > total.leaders_crashed && total.leads_overruled > 0, "{total:?}");
     // Group leaders whose replica did not serve handed the group over, so that one that serves
     // leads the acquisitions.
