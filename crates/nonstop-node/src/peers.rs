@@ -229,7 +229,7 @@ fn accept_loop(
                     Some(frame) => frame,
                     None => receiver.recv()?,
                 };
-                let message = match assembly.take(frame.kind, &frame.payload) {
+                let message = match assembly.take(frame.kind, frame.payload) {
                     Ok(Some(message)) => message,
                     Ok(None) => continue,
                     Err(error) => {

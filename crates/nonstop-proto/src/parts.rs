@@ -16,7 +16,7 @@
 //! let mut assembly = Assembly::default();
 //! let mut whole = None;
 //! for (kind, part) in control_frames(&message) {
-//!     whole = assembly.take(kind, part).unwrap();
+//!     whole = assembly.take(kind, part.to_vec()).unwrap();
 //! }
 //! assert_eq!(whole, Some(message));
 //! ```
@@ -58,8 +58,9 @@ pub struct Assembly {
 
 impl Assembly {
     /// Takes one frame's payload: the whole message once a `Control` frame ends it, `None`
-    /// while parts come (or for a frame of another kind, which is no part of a message).
-    pub fn take(&mut self, kind: FrameKind, payload: &[u8]) -> Result<Option<Vec<u8>>, PartsError> {
+    /// while parts come (or for a frame of another kind, which is no part of a message). A
+    /// message of one frame is that frame's payload itself, not a copy.
+    pub fn take(&mut self, kind: FrameKind, payload: Vec<u8>) -> Result<Option<Vec<u8>>, PartsError> {
         if !matches!(kind, FrameKind::Control | FrameKind::ControlPart) {
             return Ok(None);
         }
@@ -70,12 +71,12 @@ impl Assembly {
         }
         match kind {
             FrameKind::ControlPart => {
-                self.parts.extend_from_slice(payload);
+                self.parts.extend_from_slice(&payload);
                 Ok(None)
             }
-            _ if self.parts.is_empty() => Ok(Some(payload.to_vec())),
+            _ if self.parts.is_empty() => Ok(Some(payload)),
             _ => {
-                self.parts.extend_from_slice(payload);
+                self.parts.extend_from_slice(&payload);
                 Ok(Some(std::mem::take(&mut self.parts)))
             }
         }
@@ -94,7 +95,7 @@ mod tests {
             assert!(part.len() <= MAX_PAYLOAD);
             assert!(whole.is_none(), "a part after the end");
             kinds.push(kind);
-            whole = assembly.take(kind, part).unwrap();
+            whole = assembly.take(kind, part.to_vec()).unwrap();
         }
         (kinds, whole)
     }
@@ -118,21 +119,21 @@ mod tests {
         let mut assembly = Assembly::default();
         let part = vec![0u8; MAX_PAYLOAD];
         for _ in 0..MAX_CONTROL_MESSAGE / MAX_PAYLOAD {
-            assert_eq!(assembly.take(FrameKind::ControlPart, &part), Ok(None));
+            assert_eq!(assembly.take(FrameKind::ControlPart, part.clone()), Ok(None));
         }
         assert_eq!(
-            assembly.take(FrameKind::ControlPart, &[1]),
+            assembly.take(FrameKind::ControlPart, vec![1]),
             Err(PartsError::TooLong { len: MAX_CONTROL_MESSAGE + 1 })
         );
         // What it held is gone: the next message starts afresh.
-        assert_eq!(assembly.take(FrameKind::Control, &[9]), Ok(Some(vec![9])));
+        assert_eq!(assembly.take(FrameKind::Control, vec![9]), Ok(Some(vec![9])));
     }
 
     #[test]
     fn frames_of_other_kinds_are_no_part_of_a_message() {
         let mut assembly = Assembly::default();
-        assert_eq!(assembly.take(FrameKind::ControlPart, &[1, 2]), Ok(None));
-        assert_eq!(assembly.take(FrameKind::Ping, &[3]), Ok(None));
-        assert_eq!(assembly.take(FrameKind::Control, &[4]), Ok(Some(vec![1, 2, 4])));
+        assert_eq!(assembly.take(FrameKind::ControlPart, vec![1, 2]), Ok(None));
+        assert_eq!(assembly.take(FrameKind::Ping, vec![3]), Ok(None));
+        assert_eq!(assembly.take(FrameKind::Control, vec![4]), Ok(Some(vec![1, 2, 4])));
     }
 }
