@@ -609,7 +609,7 @@ impl ServiceHost {
             }
         };
         match tracked {
-            Ok(mirror) => Ok(Arc::new(mirror)),
+            Ok(mirror) => Ok(Arc::new(mirror.with_write_extent(self.hosted.write_extent()))),
             Err(error) => {
                 tracing::error!(service = self.spec.name, %error, "transparent mode cannot start: serving nothing");
                 Err(Failed { backoff: true })

@@ -14,7 +14,7 @@
 //!   pages ever written.
 
 use crate::mapping::Region;
-use crate::tracking::{TrackingError, TrackingMode, WriteTracker};
+use crate::tracking::{TrackingError, TrackingMode, WriteExtent, WriteTracker};
 use nonstop_proto::PAGE_SIZE;
 use nonstop_proto::runs::RunsBuilder;
 use nonstop_proto::{CheckpointId, UpdateProtocol, diff::diff_range};
@@ -66,11 +66,20 @@ const SPARE_BUFFERS: usize = 16;
 #[derive(Debug)]
 pub(crate) struct TrackedCapture {
     mode: TrackingMode,
-    tracker: Mutex<WriteTracker>,
+    tracker: Mutex<Scanner>,
     /// The region as of the last cut, in a mapping of its own (at any address).
     shadow: Region,
     /// Pages the tracker reported since the last cut.
     dirty: TouchedPages,
+}
+
+/// The write tracker and where it looks.
+#[derive(Debug)]
+struct Scanner {
+    tracker: WriteTracker,
+    extent: WriteExtent,
+    /// The furthest heap page looked at so far ([`WriteExtent::pages`]).
+    reach: usize,
 }
 
 /// What a protocol records between cuts.
@@ -129,11 +138,18 @@ impl Capture {
         tracing::info!(mode = %tracker.mode(), "transparent mode: writes found by the kernel");
         let capture = Capture::Tracked(TrackedCapture {
             mode: tracker.mode(),
-            tracker: Mutex::new(tracker),
+            tracker: Mutex::new(Scanner { tracker, extent: WriteExtent::Whole, reach: 0 }),
             shadow,
             dirty: TouchedPages::new(region.pages()),
         });
         Ok((capture, written))
+    }
+
+    /// Transparent mode: where updates can write from now on (anywhere until this is called).
+    pub(crate) fn set_write_extent(&mut self, extent: WriteExtent) {
+        if let Capture::Tracked(tracked) = self {
+            tracked.tracker.get_mut().expect("tracker lock").extent = extent;
+        }
     }
 
     /// The write tracking in use, in transparent mode.
@@ -147,10 +163,16 @@ impl Capture {
     /// Transparent mode: asks the kernel which pages were written since the last harvest,
     /// remembers them for the cut and hands each to `mark`. Other modes learn of writes as
     /// they are declared and do nothing here.
-    pub(crate) fn harvest(&self, mut mark: impl FnMut(usize)) -> Result<(), TrackingError> {
+    /// Only the pages `region`'s updates can have written are asked about
+    /// ([`Capture::set_write_extent`]).
+    pub(crate) fn harvest(&self, region: &Region, mut mark: impl FnMut(usize)) -> Result<(), TrackingError> {
         let Capture::Tracked(tracked) = self else { return Ok(()) };
         let mut pages = Vec::new();
-        tracked.tracker.lock().expect("tracker lock").collect(&mut pages)?;
+        {
+            let mut scanner = tracked.tracker.lock().expect("tracker lock");
+            let Scanner { tracker, extent, reach } = &mut *scanner;
+            tracker.collect_within(&extent.pages(region, reach), &mut pages)?;
+        }
         for page in pages {
             tracked.dirty.mark(page, page);
             mark(page);

@@ -3,7 +3,7 @@
 use crate::capture::{Capture, TWIN_BLOCK, TouchedPages};
 use crate::locks::RangeLocks;
 use crate::mapping::Region;
-use crate::tracking::{TrackingError, TrackingMode};
+use crate::tracking::{TrackingError, TrackingMode, WriteExtent};
 use crate::transaction::Transaction;
 use nonstop_proto::history::rebase_union;
 use nonstop_proto::integrity::{CorruptLine, LINE, LineChecksums, Scrubber};
@@ -220,6 +220,34 @@ impl Mirror {
         Ok(mirror)
     }
 
+    /// Transparent mode: tells the mirror where updates can write ([`WriteExtent`]), so that a
+    /// cut asks the kernel about those pages only: with [`WriteExtent::Heap`] it costs what
+    /// the heap has grown to, not the region's length. A write outside the extent would not
+    /// be checkpointed, so name every range written other than through the heap. No effect on
+    /// other mirrors.
+    ///
+    /// ```
+    /// use nonstop_region::heap::{Heap, RegionVec};
+    /// use nonstop_region::tracking::WriteExtent;
+    /// use nonstop_region::{Mirror, Region};
+    /// use nonstop_proto::CheckpointId;
+    /// let region = Region::map(0x2300_4000_0000, 64 << 20).unwrap();
+    /// let mirror = Mirror::tracked(region, None, CheckpointId(1))
+    ///     .unwrap()
+    ///     .with_write_extent(WriteExtent::Heap { heap_len: 64 << 20, also: Vec::new() });
+    /// mirror.update(|image| {
+    ///     let mut heap = Heap::open(image).unwrap();
+    ///     let alloc = heap.allocator();
+    ///     heap.root(|| RegionVec::<u8>::new_in(alloc)).unwrap().extend_from_slice(&[7; 3 << 20]);
+    /// });
+    /// let cut = mirror.cut(false);
+    /// assert!(cut.changes.run_bytes() >= 3 << 20, "the arena grew past its first MiB, and the cut saw it");
+    /// ```
+    pub fn with_write_extent(mut self, extent: WriteExtent) -> Mirror {
+        self.capture.set_write_extent(extent);
+        self
+    }
+
     /// Transparent mode without replication or tracking: [`Mirror::update`] on a region no
     /// one mirrors (the baseline that transparent mode's cost is measured against).
     pub fn transparent_unreplicated(region: Region, first: CheckpointId) -> Mirror {
@@ -394,7 +422,7 @@ impl Mirror {
     /// know what changed, so nothing more may be checkpointed: that is a fail-stop.
     fn harvest(&self) {
         let precopy = self.precopy_on.load(Ordering::Relaxed);
-        let harvested = self.capture.harvest(|page| {
+        let harvested = self.capture.harvest(&self.region, |page| {
             self.touched.mark(page, page);
             if let Some(since_resume) = &self.since_resume {
                 since_resume.mark(page, page);

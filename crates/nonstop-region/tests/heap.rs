@@ -6,7 +6,7 @@ use nonstop_proto::runs::parse_runs;
 use nonstop_region::heap::{
     FixedState, Heap, HeapError, RegionAlloc, RegionHashMap, RegionOrderedMap, RegionVec, ordered_key, stray_pointers,
 };
-use nonstop_region::tracking::TrackingMode;
+use nonstop_region::tracking::{TrackingMode, WriteExtent};
 use nonstop_region::{Mirror, Region};
 use std::collections::BTreeMap;
 
@@ -227,4 +227,127 @@ fn a_root_address_outside_the_arena_is_refused() {
     });
     let refused = mirror.update(|image| Heap::open(image).unwrap().root(|| 0u64).map(|_| ()).unwrap_err()).0;
     assert!(matches!(refused, HeapError::RootOutside { .. }), "{refused}");
+}
+
+/// Blobs of many sizes, made, changed, grown and freed at random.
+type Blobs = RegionVec<RegionVec<u8>>;
+
+/// One update's worth of random work on the blobs.
+fn churn(blobs: &mut Blobs, alloc: RegionAlloc, state: &mut u64) {
+    let mut next = |bound: u64| {
+        *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*state >> 33) % bound.max(1)
+    };
+    for _ in 0..8 {
+        match next(10) {
+            0..=4 => {
+                // Mostly small, now and then up to 256 KiB: talc splits and merges all sizes.
+                let bits = 4 + next(15);
+                let len = 1 + next(1 << bits) as usize;
+                let mut blob = RegionVec::with_capacity_in(len, alloc);
+                blob.resize(len, next(256) as u8);
+                blobs.push(blob);
+            }
+            5 | 6 if !blobs.is_empty() => {
+                let count = blobs.len() as u64;
+                let gone = next(count) as usize;
+                blobs.swap_remove(gone);
+            }
+            7 if !blobs.is_empty() => {
+                let count = blobs.len() as u64;
+                let grown = next(count) as usize;
+                let more = next(4096) as usize;
+                blobs[grown].extend(std::iter::repeat_n(0xa5, more));
+            }
+            _ if !blobs.is_empty() => {
+                let count = blobs.len() as u64;
+                let blob = &mut blobs[next(count) as usize];
+                if !blob.is_empty() {
+                    let at = next(blob.len() as u64) as usize;
+                    blob[at] ^= 0x5a;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A cut that asks the kernel only about the heap's arena and the ranges named beside it
+/// (`WriteExtent::Heap`) still finds every write, while the arena grows from its first MiB to
+/// tens of MiB: a backup rebuilt from the cuts alone equals the primary after every cut. A
+/// write outside the extent is missed, which shows that the comparison would catch a heap
+/// that wrote past the end it publishes.
+#[test]
+fn cuts_bounded_by_the_heap_see_every_write_as_the_arena_grows() {
+    const REGION: usize = 64 << 20;
+    const HEAP: usize = 48 << 20;
+    const TABLE: std::ops::Range<usize> = (56 << 20)..(60 << 20);
+    for (index, mode) in TrackingMode::ALL.into_iter().enumerate() {
+        let base = 0x2d00_0000_0000 + index * (1 << 32);
+        let extent = WriteExtent::Heap { heap_len: HEAP, also: vec![TABLE] };
+        let primary = match Mirror::tracked(Region::map(base, REGION).unwrap(), Some(mode), CheckpointId(1)) {
+            Ok(mirror) => mirror.with_write_extent(extent),
+            Err(error) if mode == TrackingMode::Uffd && std::env::var_os("NONSTOP_REQUIRE_UFFD").is_none() => {
+                eprintln!("SKIPPED for uffd: {error}");
+                continue;
+            }
+            Err(error) => panic!("{error}"),
+        };
+        let mut backup = vec![0u8; REGION];
+        let mut state = 7u64 + index as u64;
+        let mut most = 0;
+        for round in 0..600 {
+            primary.update(|image| {
+                let (heap_part, rest) = image.split_at_mut(HEAP);
+                let mut heap = Heap::open(heap_part).unwrap();
+                let alloc = heap.allocator();
+                churn(heap.root(|| Blobs::new_in(alloc)).unwrap(), alloc, &mut state);
+                most = most.max(alloc.usage().allocated_bytes);
+                // The "client table": written directly, in the range named beside the heap.
+                rest[TABLE.start - HEAP + (round * 4099) % TABLE.len()] = round as u8 | 1;
+            });
+            apply(&mut backup, &primary.cut(false).changes);
+            if round % 50 == 49 {
+                let same = primary.quiesced(|image, _| image == backup.as_slice());
+                assert!(same, "{mode}: the backup differs from the primary after round {round}");
+            }
+        }
+        assert!(most > 8 << 20, "{mode}: the arena grew well past its first MiB ({most} bytes at most)");
+        primary.update(|image| image[HEAP + 4096] = 1);
+        apply(&mut backup, &primary.cut(false).changes);
+        let missed = primary.quiesced(|image, _| image[HEAP + 4096] != backup[HEAP + 4096]);
+        assert_eq!(missed, mode == TrackingMode::Uffd, "{mode}: a write outside the extent");
+    }
+}
+
+/// The arena grows as allocations need it, up to the heap's length and no further: the last
+/// allocation that does not fit fails as any allocation would, and nothing before it is lost.
+#[test]
+fn the_arena_grows_to_the_heaps_length_and_no_further() {
+    const HEAP: usize = 16 << 20;
+    let mirror = Mirror::transparent_unreplicated(Region::map(0x2f00_0000_0000, HEAP).unwrap(), CheckpointId(1));
+    let (held, refused) = mirror
+        .update(|image| {
+            let mut heap = Heap::open(image).unwrap();
+            let alloc = heap.allocator();
+            let blobs = heap.root(|| Blobs::new_in(alloc)).unwrap();
+            blobs.reserve(1 << 16);
+            loop {
+                let mut blob = RegionVec::new_in(alloc);
+                if blob.try_reserve_exact(100_000).is_err() {
+                    break (blobs.len(), alloc.usage());
+                }
+                blob.resize(100_000, blobs.len() as u8);
+                blobs.push(blob);
+            }
+        })
+        .0;
+    assert!(refused.allocated_bytes > HEAP - HEAP / 20, "most of the heap is used before it is full: {refused:?}");
+    let intact = mirror
+        .read(|image| {
+            let blobs = Heap::root_in::<Blobs>(image).unwrap().unwrap();
+            blobs.iter().enumerate().all(|(i, blob)| blob.len() == 100_000 && blob.iter().all(|b| *b == i as u8))
+        })
+        .0;
+    assert!(held > 100 && intact, "{held} blobs, intact: {intact}");
 }

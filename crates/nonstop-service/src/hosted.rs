@@ -15,6 +15,7 @@ use crate::table::{ClientTable, Lookup};
 use nonstop_proto::PAGE_SIZE;
 use nonstop_proto::client::ClientMemory;
 use nonstop_proto::primary::Ticket;
+use nonstop_region::tracking::WriteExtent;
 use nonstop_region::{Mirror, TxError};
 use std::fmt;
 use std::sync::Arc;
@@ -207,6 +208,19 @@ impl Hosted {
     /// Whether it needs transparent mode (it keeps collections on the region's heap).
     pub fn needs_transparent(&self) -> bool {
         self.run.needs_transparent()
+    }
+
+    /// Where its updates write in transparent mode ([`Mirror::with_write_extent`]): a service
+    /// of collections writes its state through the heap only, so only as far as the heap has
+    /// grown, and the platform writes the client table; a service at offsets, anywhere.
+    pub fn write_extent(&self) -> WriteExtent {
+        match self.needs_transparent() {
+            true => WriteExtent::Heap {
+                heap_len: self.layout.state_len,
+                also: std::iter::once(self.layout.table_at..self.layout.region_len()).collect(),
+            },
+            false => WriteExtent::Whole,
+        }
     }
 
     /// Creates its state and an empty client table in an empty region.

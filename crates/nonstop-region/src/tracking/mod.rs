@@ -23,7 +23,62 @@
 mod mprotect;
 mod uffd;
 
+use nonstop_proto::PAGE_SIZE;
+use std::ops::Range;
 use thiserror::Error;
+
+/// Where the updates of a transparent-mode region can write: what a cut asks the kernel about.
+///
+/// ```
+/// use nonstop_region::tracking::WriteExtent;
+/// // A service whose state is a heap over the first 480 MiB, and a table written directly.
+/// let extent = WriteExtent::Heap { heap_len: 480 << 20, also: vec![(480 << 20)..(490 << 20)] };
+/// assert_ne!(extent, WriteExtent::Whole);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WriteExtent {
+    /// Anywhere in the region.
+    #[default]
+    Whole,
+    /// A heap ([`crate::heap::Heap`]) at the region's base owns its first `heap_len` bytes,
+    /// and updates write them through the heap only, so nothing lands past the heap's arena
+    /// (which only grows); `also` names the other byte ranges updates write.
+    Heap {
+        /// Bytes from the region's base that the heap owns.
+        heap_len: usize,
+        /// Byte ranges written otherwise.
+        also: Vec<Range<usize>>,
+    },
+}
+
+impl WriteExtent {
+    /// The pages of `region` updates can have written, as ascending, disjoint ranges of page
+    /// indexes; `reach` is the furthest heap page an earlier call returned, which is kept
+    /// (the arena only grows, so this holds to that even if the header were overwritten).
+    pub(crate) fn pages(&self, region: &crate::Region, reach: &mut usize) -> Vec<Range<usize>> {
+        let pages = region.pages();
+        match self {
+            WriteExtent::Whole => std::iter::once(0..pages).collect(),
+            WriteExtent::Heap { heap_len, also } => {
+                let heap_end = crate::heap::written_end(region, *heap_len).div_ceil(PAGE_SIZE);
+                *reach = (*reach).max(heap_end).min(pages);
+                let mut ranges: Vec<Range<usize>> = std::iter::once(0..*reach)
+                    .chain(also.iter().map(|r| (r.start / PAGE_SIZE).min(pages)..r.end.div_ceil(PAGE_SIZE).min(pages)))
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                ranges.sort_by_key(|r| r.start);
+                let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+                for range in ranges {
+                    match merged.last_mut() {
+                        Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                        _ => merged.push(range),
+                    }
+                }
+                merged
+            }
+        }
+    }
+}
 
 /// How writes to a region are found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -189,8 +244,17 @@ impl WriteTracker {
     /// Appends the pages written since the last collection (indexes from the region's base,
     /// ascending) and protects them again.
     pub fn collect(&mut self, pages: &mut Vec<usize>) -> Result<(), TrackingError> {
+        self.collect_within(std::slice::from_ref(&(0..usize::MAX)), pages)
+    }
+
+    /// Like [`WriteTracker::collect`], when writes can have landed only on the pages `within`
+    /// (ranges of page indexes, ascending; see [`WriteExtent`]). Under userfaultfd only those
+    /// pages are looked at, which is what a collection costs; a write elsewhere would be
+    /// found by the first collection that looks there. `mprotect` learns of writes as they
+    /// fault, and reports them all.
+    pub fn collect_within(&mut self, within: &[Range<usize>], pages: &mut Vec<usize>) -> Result<(), TrackingError> {
         match &mut self.tracker {
-            Tracker::Uffd(tracker) => tracker.collect(pages),
+            Tracker::Uffd(tracker) => tracker.collect(within, pages),
             Tracker::Mprotect(tracker) => tracker.collect(pages),
         }
     }

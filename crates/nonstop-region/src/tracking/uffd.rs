@@ -25,6 +25,7 @@ use nonstop_proto::PAGE_SIZE;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode, Updater, ioctl, opcode};
 use std::ffi::c_void;
+use std::ops::Range;
 
 /// `PAGEMAP_SCAN` is `_IOWR('f', 16, struct pm_scan_arg)`; linux-raw-sys has the structure but
 /// not the request number.
@@ -89,43 +90,49 @@ impl UffdTracker {
             ranges: vec![zeroed; RANGES_PER_SCAN],
         };
         // One scan proves PAGEMAP_SCAN works here before anyone relies on it.
-        tracker.collect(&mut Vec::new())?;
+        tracker.collect(std::slice::from_ref(&(0..len / PAGE_SIZE)), &mut Vec::new())?;
         Ok(tracker)
     }
 
-    /// Appends the written pages (indexes from the region's base) and protects them again.
-    pub(super) fn collect(&mut self, pages: &mut Vec<usize>) -> Result<(), TrackingError> {
-        let mut from = self.start;
-        while from < self.end {
-            let mut scan = PagemapScan {
-                arg: pm_scan_arg {
-                    size: size_of::<pm_scan_arg>() as u64,
-                    flags: u64::from(PM_SCAN_WP_MATCHING),
-                    start: from,
-                    end: self.end,
-                    walk_end: 0,
-                    vec: self.ranges.as_mut_ptr() as u64,
-                    vec_len: self.ranges.len() as u64,
-                    max_pages: 0,
-                    category_inverted: 0,
-                    category_mask: u64::from(PAGE_IS_WRITTEN),
-                    category_anyof_mask: 0,
-                    return_mask: u64::from(PAGE_IS_WRITTEN),
-                },
-            };
-            // SAFETY: PAGEMAP_SCAN reads `pm_scan_arg`, writes at most `vec_len` entries to
-            // `vec` (our buffer of that many) and updates `walk_end`; the range is our mapping.
-            let filled = unsafe { ioctl(self.pagemap.as_fd(), &mut scan) }
-                .map_err(|errno| TrackingError::Uffd { step: "PAGEMAP_SCAN", errno })?;
-            for range in &self.ranges[..filled.min(self.ranges.len())] {
-                let first = (range.start - self.start) as usize / PAGE_SIZE;
-                let last = (range.end - self.start) as usize / PAGE_SIZE;
-                pages.extend(first..last);
+    /// Appends the written pages among `within` (ranges of page indexes from the region's
+    /// base, ascending) and protects them again. The kernel walks the page tables of the
+    /// ranges asked about, a cost per page whether written or not.
+    pub(super) fn collect(&mut self, within: &[Range<usize>], pages: &mut Vec<usize>) -> Result<(), TrackingError> {
+        for range in within {
+            let at = |page: usize| self.start.saturating_add(page.saturating_mul(PAGE_SIZE) as u64).min(self.end);
+            let (mut from, end) = (at(range.start), at(range.end));
+            while from < end {
+                let mut scan = PagemapScan {
+                    arg: pm_scan_arg {
+                        size: size_of::<pm_scan_arg>() as u64,
+                        flags: u64::from(PM_SCAN_WP_MATCHING),
+                        start: from,
+                        end,
+                        walk_end: 0,
+                        vec: self.ranges.as_mut_ptr() as u64,
+                        vec_len: self.ranges.len() as u64,
+                        max_pages: 0,
+                        category_inverted: 0,
+                        category_mask: u64::from(PAGE_IS_WRITTEN),
+                        category_anyof_mask: 0,
+                        return_mask: u64::from(PAGE_IS_WRITTEN),
+                    },
+                };
+                // SAFETY: PAGEMAP_SCAN reads `pm_scan_arg`, writes at most `vec_len` entries to
+                // `vec` (our buffer of that many) and updates `walk_end`; the range is our
+                // mapping.
+                let filled = unsafe { ioctl(self.pagemap.as_fd(), &mut scan) }
+                    .map_err(|errno| TrackingError::Uffd { step: "PAGEMAP_SCAN", errno })?;
+                for written in &self.ranges[..filled.min(self.ranges.len())] {
+                    let first = (written.start - self.start) as usize / PAGE_SIZE;
+                    let last = (written.end - self.start) as usize / PAGE_SIZE;
+                    pages.extend(first..last);
+                }
+                if scan.arg.walk_end <= from {
+                    break;
+                }
+                from = scan.arg.walk_end;
             }
-            if scan.arg.walk_end <= from {
-                break;
-            }
-            from = scan.arg.walk_end;
         }
         Ok(())
     }
