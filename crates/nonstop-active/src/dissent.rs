@@ -92,6 +92,19 @@ pub fn propose_later(pending: &mut Vec<Digest>, digest: Digest) {
     }
 }
 
+/// What a replica's pending digests become when it needs a live replica's state for `why`
+/// ([`crate::course::Event::NeedState`]). A replica that found itself dissenting keeps them:
+/// its digest of the window that shows the dissent is how the others see it and report it
+/// (it found itself only because a majority's digests of that window are in the order
+/// already, so the others judge it against that majority, never as a dispute). A replica
+/// that fell behind, or whose LSA batch was overruled or could not be followed, drops them:
+/// they describe a state it is about to replace, and nothing of it needs reporting.
+pub fn keep_dissenting_digests(pending: &mut Vec<Digest>, why: &crate::course::Behind) {
+    if !matches!(why, crate::course::Behind::Dissented { .. }) {
+        pending.clear();
+    }
+}
+
 /// One replica's digest of the outcomes of one window of the order, as proposed in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digest {

@@ -70,7 +70,7 @@
 use crate::Violation;
 use nonstop_active::calls::{Asked, Calls, Outcome, RequestId};
 use nonstop_active::course::{Acquisitions, Behind, Course, Event, Next, Standing, Taken};
-use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
+use nonstop_active::dissent::{Digest, Dissent, StateVerdict, keep_dissenting_digests, propose_later};
 use nonstop_active::loose::{Claimant, Stewardship};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Lead, Order, Request, next_leads};
@@ -211,6 +211,9 @@ pub struct OrderStats {
     pub dissents_found: u64,
     /// Dissents reported by the other replicas (each replica that saw one counts it).
     pub dissents_reported: u64,
+    /// Dissents a replica found in itself that no other replica reported by the end of the
+    /// run (its digest never reached the order, or nobody was there to judge it).
+    pub dissents_unreported: u64,
     /// Replicas whose taken state was proven against a replica other than its donor.
     pub probations_cleared: u64,
     /// Replicas cleared with no replica outside their donor's lineage to prove them against.
@@ -270,6 +273,7 @@ impl std::ops::AddAssign for OrderStats {
         self.corruptions_copied += other.corruptions_copied;
         self.corruptions_replaced += other.corruptions_replaced;
         self.dissents_reported += other.dissents_reported;
+        self.dissents_unreported += other.dissents_unreported;
         self.probations_cleared += other.probations_cleared;
         self.probations_cleared_unproven += other.probations_cleared_unproven;
         self.probations_refuted += other.probations_refuted;
@@ -542,6 +546,8 @@ struct Sim {
     truth: Vec<Outcome>,
     /// The oracle's vault, after the positions it knows.
     truth_vault: i64,
+    /// Dissents found (the dissenter and the window), and whether another replica reported it.
+    dissents: std::collections::BTreeMap<(NodeId, u64), bool>,
 }
 
 /// Runs `seed` for `steps` steps of faults and a quiet period; a broken promise is a
@@ -587,6 +593,7 @@ impl Sim {
             run,
             truth: Vec::new(),
             truth_vault: 0,
+            dissents: std::collections::BTreeMap::new(),
         })
     }
 
@@ -1335,7 +1342,10 @@ impl Sim {
             match event {
                 Event::Propose(digest) => propose_later(&mut self.members[index].digests, digest),
                 Event::NeedState { why, .. } => {
-                    self.stats.dissents_found += u64::from(matches!(why, Behind::Dissented { .. }));
+                    if let Behind::Dissented { window } = why {
+                        self.stats.dissents_found += 1;
+                        self.dissents.entry((self.members[index].node.id(), window)).or_insert(false);
+                    }
                     self.stats.leads_overruled += u64::from(matches!(why, Behind::Overruled { .. }));
                     let due = self.step + self.rng.random_range(5..80);
                     let member = &mut self.members[index];
@@ -1344,11 +1354,14 @@ impl Sim {
                         member.taking = Taking::AskAt(due);
                     }
                     member.calls.drop_waiters();
-                    member.digests.clear();
+                    keep_dissenting_digests(&mut member.digests, &why);
                     // The orphans it must still propose come as events after this one.
                     member.leads.clear();
                 }
-                Event::Reported(Dissent { .. }) => self.stats.dissents_reported += 1,
+                Event::Reported(Dissent { dissenter, window, .. }) => {
+                    self.stats.dissents_reported += 1;
+                    self.dissents.insert((dissenter, window), true);
+                }
                 Event::ProposeLead(lead) => {
                     self.stats.later_parts_proposed += u64::from(matches!(lead, Lead::Grants { from: 1.., .. }));
                     self.members[index].leads.push(lead);
@@ -1391,6 +1404,7 @@ impl Sim {
     }
 
     fn finish(mut self) -> Result<OrderStats, Violation> {
+        self.stats.dissents_unreported = self.dissents.values().filter(|reported| !**reported).count() as u64;
         if self.run.faults == Faults::TwoAtOnce {
             // Two faults at once may stall the group for good; the safety checks held all along.
             self.stats.stalled += u64::from(self.clients.iter().any(|c| c.pending.is_some()));

@@ -40,6 +40,9 @@ fn every_seed_keeps_one_order_and_answers_every_call_once() {
     assert_eq!(total.corruptions_replaced, total.corruptions, "{total:?}");
     assert_eq!(total.corruptions_copied, 0, "{total:?}");
     assert!(total.dissents_reported > total.dissents_found && total.digests_proposed > 50_000, "{total:?}");
+    // A replica that finds itself dissenting still proposes the digest that shows it, so the
+    // others report it (operators learn of every dissent from the replicas that stayed right).
+    assert_eq!(total.dissents_unreported, 0, "{total:?}");
     assert!(total.probations_cleared > 300 && total.probations_cleared_unproven > 5, "{total:?}");
 }
 
@@ -73,6 +76,11 @@ fn lsa_replicas_follow_the_acquisitions_granted_and_answer_only_what_was_granted
     assert!(total.handovers > 0, "{total:?}");
     assert!(total.crashes > 20 && total.partitions > 100 && total.corruptions > 40, "{total:?}");
     assert_eq!(total.corruptions_replaced, total.corruptions + total.corruptions_copied, "{total:?}");
+    // A follower that waits for acquisitions closes a window after the others' digests of it
+    // are in the order, and finds itself dissenting as it digests its own: that digest must
+    // still go out for the others to report it (dropped with the rest, 1 of 146 went
+    // unreported over these seeds; on nodes, whose executors lag behind delivery, often).
+    assert_eq!(total.dissents_unreported, 0, "{total:?}");
 }
 
 /// Two faults at once, beyond what three replicas mask: a corrupted state and another replica

@@ -51,7 +51,7 @@ use machine::{Copied, Failed, Machine, TRANSFER_BATCH_PAGES};
 use nonstop_active::calls::Outcome;
 use nonstop_active::calls::{Asked, Calls, Remembered};
 use nonstop_active::course::{Behind, Course, Event, Next, NoDonation, Standing as CourseStanding, Taken};
-use nonstop_active::dissent::{Digest, Dissent, StateVerdict, propose_later};
+use nonstop_active::dissent::{Digest, Dissent, StateVerdict, keep_dissenting_digests, propose_later};
 use nonstop_active::loose::{Claimant, Stewardship};
 use nonstop_active::membership::{self, Join, member_id, node_of};
 use nonstop_active::order::{Batch, Delivered, Lead, MAX_GRANTS, Order, Request, next_leads};
@@ -953,7 +953,7 @@ impl Executor {
                     }
                     // Their calls are answered by the others; the callers ask again.
                     shared.calls.drop_waiters();
-                    shared.digests.clear();
+                    keep_dissenting_digests(&mut shared.digests, &why);
                     shared.leads.clear();
                     drop(shared);
                     tracing::debug!(service = name, from, "asking for a live replica's state");
