@@ -312,8 +312,22 @@ impl<A: Allocator + Clone> Keyspace<A> {
     }
 
     /// Sets `key` to `value`, keeping `expires_at_ms`; every allocation made before the map
-    /// changes.
+    /// changes. A string of the same length is overwritten where it lies, and its entry only
+    /// if the expiry changes: no allocation is made or freed, so the write dirties the value's
+    /// page alone, not the entry's or the allocator's (a transparent-mode checkpoint diffs
+    /// every page written since the last, and the first write to each page after a cut
+    /// faults).
     fn store(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Result<(), Refused> {
+        if let Some(Entry { value: Value::String(bytes), expires_at_ms: deadline }) = self.keys.get_mut(&KeyRef(key))
+            && bytes.len() == value.len()
+        {
+            bytes.copy_from_slice(value);
+            let expires = Deadline::new(expires_at_ms);
+            if *deadline != expires {
+                *deadline = expires;
+            }
+            return Ok(());
+        }
         let value = self.bytes(value)?;
         self.put(key, Value::String(value), expires_at_ms)
     }
@@ -986,6 +1000,34 @@ pub(crate) mod tests {
         }
         budget.set(1 << 20);
         assert_eq!(run(&mut keys, &format!("SET b {big}"), 0), Reply::ok(), "once there is room again");
+    }
+
+    /// A string overwritten by one of the same length stays where it lies (no allocation, even
+    /// with no memory left), and the write is still a `SET` in every way a client sees: the
+    /// expiry it asks for, `KEEPTTL`, `GET`, and a `WATCH` that sees the key change.
+    #[test]
+    fn a_string_of_the_same_length_is_overwritten_in_place() {
+        let budget = Rc::new(Cell::new(1 << 20));
+        let mut keys = Keyspace::new_in(Budget(budget.clone()));
+        assert_eq!(run(&mut keys, "SET k aaa PX 5000", 1_000), Reply::ok());
+        let watched = vec![b"k".to_vec()];
+        let Reply::Array(digests) = keys.execute(&Command::Digest { keys: watched.clone() }, 1_000) else {
+            panic!("a digest per key")
+        };
+        let digests: Vec<u64> =
+            digests.iter().map(|d| if let Reply::Integer(d) = d { *d as u64 } else { panic!("{d:?}") }).collect();
+        let unchanged = Command::Unchanged { keys: watched, digests };
+        assert_eq!(keys.execute(&unchanged, 1_000), Reply::Integer(1));
+        budget.set(0);
+        assert_eq!(run(&mut keys, "SET k bbb KEEPTTL GET", 2_000), bulk("aaa"), "no allocation needed");
+        assert_eq!(keys.execute(&unchanged, 2_000), Reply::Integer(0), "WATCH sees the key changed");
+        assert_eq!(run(&mut keys, "PTTL k", 2_000), Reply::Integer(4_000), "KEEPTTL kept the deadline");
+        assert_eq!(run(&mut keys, "SET k ccc", 2_000), Reply::ok());
+        assert_eq!(run(&mut keys, "PTTL k", 2_000), Reply::Integer(-1), "a plain SET clears it");
+        assert_eq!(run(&mut keys, "SET k ddd PX 10", 2_000), Reply::ok());
+        assert_eq!(run(&mut keys, "GET k", 2_009), bulk("ddd"));
+        assert_eq!(run(&mut keys, "GET k", 2_010), Reply::Null, "the new deadline holds");
+        assert_eq!(run(&mut keys, "SET k longer", 2_010), Reply::error(OOM), "another length allocates");
     }
 }
 
