@@ -74,6 +74,54 @@ fn checkpoints_rebuild_the_primary_image_from_diffs_alone() {
 
 /// A cut with no update since the last one skips asking the kernel; an update that panics
 /// after writing must still count as one, or its bytes would reach no backup.
+/// Cuts racing updates from two threads: every checkpoint must hold whole updates only, so a
+/// cut reads the dirty pages only while it holds the gate. Each update writes one number to two
+/// pages half the region apart; a backup rebuilt from the cuts must find both pages of every
+/// pair equal after every cut, and the primary's image once the writers stop. (Reading the
+/// pages after letting updates in fails at the second cut.)
+#[test]
+fn checkpoints_cut_while_updates_run_hold_whole_updates() {
+    const PAIRS: usize = LEN / PAGE_SIZE / 2;
+    for mode in TrackingMode::ALL {
+        let Some(mirror) = tracked(mode) else { continue };
+        let mut backup = vec![0u8; LEN];
+        let stop = AtomicBool::new(false);
+        let cuts = std::thread::scope(|scope| {
+            for writer in 0..2u64 {
+                let (mirror, stop) = (&mirror, &stop);
+                scope.spawn(move || {
+                    let mut rng = SmallRng::seed_from_u64(writer);
+                    let mut number = writer << 32;
+                    while !stop.load(Ordering::Relaxed) {
+                        number += 1;
+                        let pair = rng.random_range(0..PAIRS);
+                        let at = rng.random_range(0..PAGE_SIZE / 8) * 8;
+                        mirror.update(|image| {
+                            for page in [pair, pair + PAIRS] {
+                                image[page * PAGE_SIZE + at..][..8].copy_from_slice(&number.to_ne_bytes());
+                            }
+                        });
+                    }
+                });
+            }
+            let mut cuts = 0;
+            let mut whole = true;
+            while cuts < 2_000 && whole {
+                apply(&mut backup, &mirror.cut(false).changes);
+                cuts += 1;
+                let (first, second) = backup.split_at(LEN / 2);
+                whole = first == second;
+            }
+            // The writers stop before any assertion, or a failure would wait for them forever.
+            stop.store(true, Ordering::Relaxed);
+            assert!(whole, "{mode}: checkpoint {cuts} holds half an update");
+            cuts
+        });
+        apply(&mut backup, &mirror.cut(false).changes);
+        assert!(same_as_primary(&mirror, &backup), "{mode}: after {cuts} cuts");
+    }
+}
+
 #[test]
 fn an_update_that_panics_halfway_is_still_checkpointed() {
     for mode in TrackingMode::ALL {
