@@ -304,7 +304,8 @@ fn serve_operator(
             (FrameKind::Operator, Err(error)) => OperatorReply::Rejected { reason: error.to_string() },
             (kind, _) => OperatorReply::Rejected { reason: format!("a {kind:?} frame on an operator connection") },
         };
-        if let Err(error) = sender.send(FrameKind::Operator, Term(0), CheckpointId(0), &operator::encode(&answer)) {
+        if let Err(error) = sender.send(FrameKind::Operator, Term(0), CheckpointId(0), &operator::encode_reply(&answer))
+        {
             return tracing::debug!(%peer, %error, "operator connection ended");
         }
     }

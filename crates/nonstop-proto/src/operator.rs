@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// The longest operator message accepted (a status of many services fits).
 pub const MAX_OPERATOR_MESSAGE: usize = 1 << 20;
 
+// An operator message travels as one frame.
+const _: () = assert!(MAX_OPERATOR_MESSAGE <= crate::frame::MAX_PAYLOAD);
+
 /// What an operator asks a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperatorRequest {
@@ -92,6 +95,29 @@ pub enum OperatorProtocolError {
 /// Encodes a request or reply (a frame's payload).
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     postcard::to_stdvec(message).expect("operator messages serialize")
+}
+
+/// Encodes a node's reply: one longer than [`MAX_OPERATOR_MESSAGE`] (the most a frame or the
+/// operator's decoder takes) becomes [`OperatorReply::Rejected`], saying how long it was, rather
+/// than a frame no one could send or read.
+///
+/// ```
+/// use nonstop_proto::operator::{decode, encode_reply, OperatorReply, MAX_OPERATOR_MESSAGE};
+/// let huge = OperatorReply::Unavailable { reason: "x".repeat(MAX_OPERATOR_MESSAGE) };
+/// let sent: OperatorReply = decode(&encode_reply(&huge)).unwrap();
+/// assert!(matches!(sent, OperatorReply::Rejected { reason } if reason.contains("bytes")));
+/// ```
+pub fn encode_reply(reply: &OperatorReply) -> Vec<u8> {
+    let encoded = encode(reply);
+    if encoded.len() <= MAX_OPERATOR_MESSAGE {
+        return encoded;
+    }
+    encode(&OperatorReply::Rejected {
+        reason: format!(
+            "the answer takes {} bytes, more than an operator message's {MAX_OPERATOR_MESSAGE}: the node serves too many services to report them in one answer",
+            encoded.len()
+        ),
+    })
 }
 
 /// Decodes a request or reply from a frame's payload.
