@@ -43,6 +43,10 @@ const EXECUTORS: usize = 32;
 /// Threads that serve the connections' I/O.
 const IO_THREADS: usize = 2;
 
+/// How often an I/O thread tries a quick request again, between serving other connections,
+/// while the region is held, before it hands the request to an executor thread.
+const INLINE_RETRIES: usize = 8;
+
 /// What one client connection may cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientLimits {
@@ -478,7 +482,7 @@ pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane:
         _ => None,
     };
     let lane = *lane.get_or_insert_with(|| active.lane());
-    let inline = match &request {
+    let try_inline = || match &request {
         Asked::Query { body, pace: Pace::Quick, .. } => {
             active.service.try_query(&active.mirror, body).map(|answered| query_decided(answered, &active))
         }
@@ -488,6 +492,19 @@ pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane:
             .map(|executed| unnumbered_decided(executed, &active)),
         _ => None,
     };
+    let quick =
+        matches!(&request, Asked::Query { pace: Pace::Quick, .. } | Asked::Unnumbered { pace: Pace::Quick, .. });
+    let mut inline = try_inline();
+    // The region is held for microseconds (an update on the other I/O thread) to tens of them
+    // (a cut): let this thread serve other connections meanwhile and try again, rather than
+    // hand the request to an executor thread and back.
+    for _ in 0..INLINE_RETRIES {
+        if inline.is_some() || !quick {
+            break;
+        }
+        tokio::task::yield_now().await;
+        inline = try_inline();
+    }
     if let Some(decided) = &inline {
         held(decided, &active);
     }
