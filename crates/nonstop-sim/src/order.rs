@@ -947,8 +947,8 @@ impl Sim {
             // As a node does: calls gather while the replica has requests of the order left to
             // execute (here: its batches wait for their acquisitions, or it awaits a state).
             let m = &self.members[member];
-            let backlog = m.node.state().delivered().saturating_sub(m.course.position().unwrap_or(0));
-            let mut requests = self.members[member].calls.take_due(backlog, usize::MAX);
+            let (delivered, executed) = (m.node.state().delivered(), m.course.position().unwrap_or(0));
+            let mut requests = self.members[member].calls.take_due(delivered, executed, usize::MAX);
             self.stats.calls_gathered += u64::from(requests.is_empty() && self.members[member].calls.has_proposals());
             let mut digests = std::mem::take(&mut self.members[member].digests);
             let mut leads = std::mem::take(&mut self.members[member].leads);

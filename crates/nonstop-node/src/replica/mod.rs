@@ -490,8 +490,8 @@ impl ReplicaHost {
             let (requests, digests, leads) = {
                 let mut shared = lock(&self.replica.shared);
                 shared.leads.extend(claim.take());
-                let backlog = delivered.saturating_sub(shared.position);
-                let requests = shared.calls.take_due(backlog, BATCH_BYTES);
+                let executed = shared.position;
+                let requests = shared.calls.take_due(delivered, executed, BATCH_BYTES);
                 (requests, std::mem::take(&mut shared.digests), next_leads(&mut shared.leads))
             };
             if requests.is_empty() && digests.is_empty() && leads.is_empty() {
