@@ -124,6 +124,24 @@ impl<A: Allocator> Entry<A> {
         Entry { value, expires_at_ms: Deadline::new(expires_at_ms) }
     }
 
+    /// Overwrites a string of `value`'s length where it lies, and the deadline only if it
+    /// changes; `false` (nothing changed) if the entry holds anything else. No allocation is
+    /// made or freed, so the write dirties the value's page alone, not the entry's or the
+    /// allocator's: a transparent-mode checkpoint diffs every page written since the last, and
+    /// the first write to each page after a cut faults.
+    fn overwrite(&mut self, value: &[u8], expires_at_ms: Option<u64>) -> bool {
+        let Value::String(bytes) = &mut self.value else { return false };
+        if bytes.len() != value.len() {
+            return false;
+        }
+        bytes.copy_from_slice(value);
+        let expires = Deadline::new(expires_at_ms);
+        if self.expires_at_ms != expires {
+            self.expires_at_ms = expires;
+        }
+        true
+    }
+
     /// Whether the key exists at `now_ms`: a key expires at its deadline, not after it.
     fn is_live(&self, now_ms: u64) -> bool {
         self.expires_at_ms.get().is_none_or(|at| at > now_ms)
@@ -311,27 +329,6 @@ impl<A: Allocator + Clone> Keyspace<A> {
         Ok(copy)
     }
 
-    /// Sets `key` to `value`, keeping `expires_at_ms`; every allocation made before the map
-    /// changes. A string of the same length is overwritten where it lies, and its entry only
-    /// if the expiry changes: no allocation is made or freed, so the write dirties the value's
-    /// page alone, not the entry's or the allocator's (a transparent-mode checkpoint diffs
-    /// every page written since the last, and the first write to each page after a cut
-    /// faults).
-    fn store(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Result<(), Refused> {
-        if let Some(Entry { value: Value::String(bytes), expires_at_ms: deadline }) = self.keys.get_mut(&KeyRef(key))
-            && bytes.len() == value.len()
-        {
-            bytes.copy_from_slice(value);
-            let expires = Deadline::new(expires_at_ms);
-            if *deadline != expires {
-                *deadline = expires;
-            }
-            return Ok(());
-        }
-        let value = self.bytes(value)?;
-        self.put(key, Value::String(value), expires_at_ms)
-    }
-
     fn put(&mut self, key: &[u8], value: Value<A>, expires_at_ms: Option<u64>) -> Result<(), Refused> {
         if let Some(entry) = self.keys.get_mut(&KeyRef(key)) {
             *entry = Entry::new(value, expires_at_ms);
@@ -454,30 +451,37 @@ impl<A: Allocator + Clone> Keyspace<A> {
     fn write(&mut self, command: &Command, now_ms: u64) -> Result<Reply, Refused> {
         match command {
             Command::Set { key, value, condition, expiry, reply } => {
-                self.reclaim(key, now_ms);
-                let old = self.live(key, now_ms);
-                let old_value = match (reply, old) {
+                // One lookup serves the whole command when the key is live or absent: a
+                // `SET` is most of a write load, and each lookup compares keys that lie on
+                // other cache lines.
+                let mut found = self.keys.get_mut(&KeyRef(key));
+                if found.as_ref().is_some_and(|entry| !entry.is_live(now_ms)) {
+                    // Expired: reclaimed, so the write finds it absent.
+                    self.keys.remove(&KeyRef(key));
+                    found = None;
+                }
+                let old_value = match (reply, found.as_deref()) {
                     (SetReply::Old, Some(Entry { value: Value::String(bytes), .. })) => Some(bytes.to_vec()),
                     (SetReply::Old, Some(_)) => return Err(Reply::error(WRONGTYPE)),
                     _ => None,
                 };
-                let exists = old.is_some();
                 let allowed = match condition {
                     None => true,
-                    Some(Existence::Absent) => !exists,
-                    Some(Existence::Present) => exists,
+                    Some(Existence::Absent) => found.is_none(),
+                    Some(Existence::Present) => found.is_some(),
                 };
                 if allowed {
                     let expires = match expiry {
                         Expiry::Clear => None,
-                        Expiry::Keep => old.and_then(|entry| entry.expires_at_ms.get()),
+                        Expiry::Keep => found.as_ref().and_then(|entry| entry.expires_at_ms.get()),
                         Expiry::At(at) => Some(*at),
                     };
                     if expires.is_some_and(|at| at <= now_ms) {
                         // Set and expired at once: Redis deletes it.
                         self.keys.remove(&KeyRef(key));
-                    } else {
-                        self.store(key, value, expires)?;
+                    } else if !found.is_some_and(|entry| entry.overwrite(value, expires)) {
+                        let value = self.bytes(value)?;
+                        self.put(key, Value::String(value), expires)?;
                     }
                 }
                 Ok(match (reply, allowed) {
@@ -861,6 +865,11 @@ pub(crate) mod tests {
         assert_eq!(run(&mut keys, "SET k v2 XX", 11_000), Reply::Null, "an expired key does not exist");
         assert_eq!(run(&mut keys, "SET k v3", 11_000), Reply::ok());
         assert_eq!(run(&mut keys, "TTL k", 11_000), Reply::Integer(-1));
+        // An expired string of the new value's length is absent too, not overwritten in place.
+        assert_eq!(run(&mut keys, "SET e ab PX 10", 0), Reply::ok());
+        assert_eq!(run(&mut keys, "SET e cd NX GET", 20), Reply::Null);
+        assert_eq!(run(&mut keys, "GET e", 20), bulk("cd"));
+        assert_eq!(run(&mut keys, "TTL e", 20), Reply::Integer(-1), "the deadline went with the expired key");
         // The EXPIRE family's conditions.
         assert_eq!(run(&mut keys, "EXPIRE k 100 XX", 11_000), Reply::Integer(0));
         assert_eq!(run(&mut keys, "EXPIRE k 100 NX", 11_000), Reply::Integer(1));
