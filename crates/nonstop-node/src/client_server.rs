@@ -368,7 +368,7 @@ async fn execute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
 /// Answers one request of any client, as the client port does: executed on an executor
 /// thread, and held until the backups hold what it answers about.
 pub(crate) async fn answer(request: ClientRequest, answering: &Answering, lane: &mut Option<usize>) -> ClientReply {
-    match execute_request(Asked::Client(request), answering, lane).await {
+    match execute_request(request, answering, lane).await {
         Answered::Now(reply) => reply,
         Answered::Held(reply, hold) => hold.wait().await.map_or_else(|refusal| refusal, |()| reply),
     }
@@ -381,8 +381,6 @@ pub(crate) enum Asked {
     /// A call applied once, now, and not numbered: a Redis connection's write
     /// ([`nonstop_service::Hosted::execute_unnumbered`]).
     Unnumbered {
-        /// The service.
-        service: String,
         /// The request, as the service decodes it.
         body: Vec<u8>,
         /// Whether it may run on the I/O thread.
@@ -391,8 +389,6 @@ pub(crate) enum Asked {
     /// A query from a port that speaks another protocol than nonstop's (a Redis connection's
     /// read).
     Query {
-        /// The service.
-        service: String,
         /// The query, as the service decodes it.
         body: Vec<u8>,
         /// Whether it may run on the I/O thread.
@@ -445,55 +441,74 @@ impl Hold {
     }
 }
 
-/// Executes one request of any client, as the client port does: on an executor thread, or on
-/// this I/O thread for a quick request when the region is free; the reply and, for an answer
-/// about the state, the hold it must wait for.
-pub(crate) async fn execute_request(request: Asked, answering: &Answering, lane: &mut Option<usize>) -> Answered {
-    let service = match &request {
-        Asked::Client(request) => request.service(),
-        Asked::Unnumbered { service, .. } | Asked::Query { service, .. } => service.as_str(),
-    };
+/// Executes one request of nonstop's client protocol, as the client port does: on the
+/// service it names ([`execute_on`]), or on this node's replica of an actively replicated one.
+pub(crate) async fn execute_request(
+    request: ClientRequest,
+    answering: &Answering,
+    lane: &mut Option<usize>,
+) -> Answered {
+    let service = request.service();
     if let Some(replica) = answering.replicas.get(service) {
         return Answered::Now(match request {
-            Asked::Client(ClientRequest::Call { client, request, refused, body, .. }) => {
+            ClientRequest::Call { client, request, refused, body, .. } => {
                 replica.call(client, request, refused, body).await
             }
-            Asked::Client(ClientRequest::Query { body, .. }) => replica.query(body).await,
-            Asked::Client(ClientRequest::Audit { clients, query, .. }) => match answering.audits.admit() {
+            ClientRequest::Query { body, .. } => replica.query(body).await,
+            ClientRequest::Audit { clients, query, .. } => match answering.audits.admit() {
                 Ok(slot) => replica.audit(clients, query, slot).await,
                 Err(refused) => refused,
             },
-            Asked::Client(ClientRequest::Locate { .. }) | Asked::Unnumbered { .. } | Asked::Query { .. } => {
-                ClientReply::Rejected {
-                    reason: format!("{service} is actively replicated: call its replicas with nonstop::Client"),
-                }
-            }
+            ClientRequest::Locate { .. } => ClientReply::Rejected {
+                reason: format!("{service} is actively replicated: call its replicas with nonstop::Client"),
+            },
         });
     }
     let Some(serving) = answering.services.get(service) else {
         return Answered::Now(ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") });
     };
-    let Some(active) = serving.active() else { return Answered::Now(redirect(serving)) };
+    execute_on(serving, serving.active(), Asked::Client(request), &answering.audits, lane, wall_clock_ms()).await
+}
+
+/// Executes one request on a passively replicated service whose primary is `active` if this
+/// node is it (as [`Serving::active`] found it): on an executor thread, or on this I/O thread
+/// at `now_ms` for a quick request when the region is free; the reply and, for an answer
+/// about the state, the hold it must wait for. A port that serves one service finds its
+/// serving once, not per request.
+pub(crate) async fn execute_on(
+    serving: &Arc<Serving>,
+    active: Option<Arc<Active>>,
+    request: Asked,
+    audits: &Arc<AuditSpacing>,
+    lane: &mut Option<usize>,
+    now_ms: u64,
+) -> Answered {
+    let Some(active) = active else { return Answered::Now(redirect(serving)) };
     let audit_slot = match &request {
-        Asked::Client(ClientRequest::Audit { .. }) => match answering.audits.admit() {
+        Asked::Client(ClientRequest::Audit { .. }) => match audits.admit() {
             Ok(slot) => Some(slot),
             Err(refused) => return Answered::Now(refused),
         },
         _ => None,
     };
     let lane = *lane.get_or_insert_with(|| active.lane());
-    let try_inline = || match &request {
-        Asked::Query { body, pace: Pace::Quick, .. } => {
-            active.service.try_query(&active.mirror, body).map(|answered| query_decided(answered, &active))
-        }
-        Asked::Unnumbered { body, pace: Pace::Quick, .. } if !active.draining.load(Ordering::SeqCst) => active
-            .service
-            .try_execute_unnumbered(&active.mirror, lane, wall_clock_ms(), body)
-            .map(|executed| unnumbered_decided(executed, &active)),
-        _ => None,
-    };
+    // Said once: a request that is not quick is never tried here, and one that is quick is
+    // tried again while the region is held.
     let quick =
         matches!(&request, Asked::Query { pace: Pace::Quick, .. } | Asked::Unnumbered { pace: Pace::Quick, .. });
+    let try_inline = || match &request {
+        _ if !quick => None,
+        Asked::Query { body, .. } => {
+            active.service.try_query(&active.mirror, body).map(|answered| query_decided(answered, &active))
+        }
+        Asked::Unnumbered { body, .. } => refused_while_draining(&active).or_else(|| {
+            active
+                .service
+                .try_execute_unnumbered(&active.mirror, lane, now_ms, body)
+                .map(|executed| unnumbered_decided(executed, &active))
+        }),
+        Asked::Client(_) => None,
+    };
     let mut inline = try_inline();
     // The region is held for microseconds (an update on the other I/O thread) to tens of them
     // (a cut): let this thread serve other connections meanwhile and try again, rather than
@@ -564,7 +579,7 @@ fn decide(request: Asked, active: &Active, lane: usize, now_ms: u64) -> Decided 
     let term = active.term.0;
     let request = match request {
         Asked::Client(request) => request,
-        Asked::Query { service, body, .. } => ClientRequest::Query { service, body },
+        Asked::Query { body, .. } => return query_decided(active.service.query(&active.mirror, &body), active),
         Asked::Unnumbered { body, .. } => {
             if let Some(refused) = refused_while_draining(active) {
                 return refused;

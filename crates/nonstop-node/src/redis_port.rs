@@ -13,9 +13,9 @@
 //! error.
 
 use crate::NodeId;
-use crate::client_server::{Answered, Answering, Asked, Ended, Hold, Pace, execute_request, wall_clock_ms};
+use crate::client_server::{Answered, Answering, Asked, Ended, Hold, Pace, execute_on, wall_clock_ms};
 use crate::config::Member;
-use crate::service::{Placement, Serving};
+use crate::service::{Active, Placement, Serving};
 use nonstop_kv::command::{Cost, Effect, Time};
 use nonstop_kv::resp::{Decoder, Limits, Protocol, Reply};
 use nonstop_kv::session::{Action, Context, NodeFacts, Session};
@@ -169,7 +169,6 @@ const OUTPUT_FLUSH: usize = 64 * 1024;
 
 /// Serves one Redis connection until it closes, quits, or sends what cannot be read.
 async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
-    let service = redis.service.as_str();
     let serving = redis.serving(answering)?;
     let mut watched = Watched::new(serving, redis);
     let limits = answering.limits;
@@ -193,7 +192,8 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
             match decoder.next_request() {
                 Ok(Some(request)) => {
                     watched.refresh(redis);
-                    let serves = if serving.active().is_some() { Serves::Primary } else { Serves::Replica };
+                    let active = serving.active();
+                    let serves = if active.is_some() { Serves::Primary } else { Serves::Replica };
                     let node = NodeFacts {
                         node: redis.node.0,
                         port: redis.addr.port(),
@@ -201,13 +201,9 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                         connected_clients: answering.counters.snapshot().open,
                         max_clients: answering.limits.max_connections as u64,
                     };
-                    let context = Context {
-                        now_ms: wall_clock_ms(),
-                        serves,
-                        topology: &watched.topology,
-                        node: &node,
-                        draw: draws.next_u64(),
-                    };
+                    let now_ms = wall_clock_ms();
+                    let context =
+                        Context { now_ms, serves, topology: &watched.topology, node: &node, draw: draws.next_u64() };
                     // Encoded after the session saw the request: `HELLO 3` answers in RESP3.
                     match session.handle(&request, &context) {
                         Action::Reply(reply) => batch.now(&reply, session.protocol()),
@@ -216,7 +212,8 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                             break Some(());
                         }
                         Action::Run { request, cost } => {
-                            let ran = run(answering, service, &mut lane, &request, cost).await;
+                            let asked = Asking { serving, active, now_ms };
+                            let ran = run(answering, asked, &mut lane, &request, cost).await;
                             let reply = session.replied(ran.replies);
                             batch.add(&reply, session.protocol(), ran.hold);
                         }
@@ -302,13 +299,21 @@ struct Ran {
     hold: Option<Hold>,
 }
 
+/// Where and when a session's request runs: the service's serving on this node, its primary
+/// if this node is it (looked up once per request), and the time the session saw it.
+struct Asking<'a> {
+    serving: &'a Arc<Serving>,
+    active: Option<Arc<Active>>,
+    now_ms: u64,
+}
+
 /// Runs a session's request on the service: an unnumbered call if it may write (a Redis
 /// connection sends each request once, and a reconnect is a new client either way), else a
 /// query, answered on this I/O thread if it is quick and the region free. Its reply is not
 /// released here: the batch waits for the backups once ([`Batch::release`]).
 async fn run(
     answering: &Answering,
-    service: &str,
+    asking: Asking<'_>,
     lane: &mut Option<usize>,
     request: &nonstop_kv::service::KvRequest,
     cost: Cost,
@@ -317,16 +322,17 @@ async fn run(
         Ok(body) => body,
         Err(error) => return Ran { replies: Err(Reply::error(format!("ERR {error}"))), hold: None },
     };
-    let service = service.to_string();
     let pace = match cost.time {
         Time::Quick => Pace::Quick,
         Time::Slow => Pace::Slow,
     };
     let asked = match cost.effect {
-        Effect::Writes => Asked::Unnumbered { service, body, pace },
-        Effect::Reads => Asked::Query { service, body, pace },
+        Effect::Writes => Asked::Unnumbered { body, pace },
+        Effect::Reads => Asked::Query { body, pace },
     };
-    let (reply, hold) = match execute_request(asked, answering, lane).await {
+    let Asking { serving, active, now_ms } = asking;
+    let executed = execute_on(serving, active, asked, &answering.audits, lane, now_ms).await;
+    let (reply, hold) = match executed {
         Answered::Now(reply) => (reply, None),
         Answered::Held(reply, hold) => (reply, Some(hold)),
     };
