@@ -40,8 +40,15 @@ const HOLD_RECHECK: Duration = Duration::from_millis(50);
 /// for region locks; more would only contend.
 const EXECUTORS: usize = 32;
 
-/// Threads that serve the connections' I/O.
-const IO_THREADS: usize = 2;
+/// Threads that serve the connections' I/O unless the config says otherwise: half the
+/// machine's cores, at least one. The other half cuts and ships checkpoints, and executes the
+/// requests that may wait; and every write holds the region alone, so I/O threads beyond that
+/// only take turns at it. On two cores shared with the replicator and the load of a benchmark,
+/// one I/O thread served `SET`s at 70-74 k/s where two served 61-67 k/s, with 13-14 us of CPU
+/// a request against 15-17 us: fewer wake-ups between threads, more done per wake-up.
+pub fn default_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+}
 
 /// How often an I/O thread tries a quick request again, between serving other connections,
 /// while the region is held, before it hands the request to an executor thread.
@@ -204,15 +211,17 @@ pub struct RedisPorts {
     pub service: RedisService,
 }
 
-/// Serves clients on `listener`, and Redis clients on `redis`'s ports if given, until the
-/// returned port is dropped. All share the connection limit and its counters.
+/// Serves clients on `listener`, and Redis clients on `redis`'s ports if given, on
+/// `io_threads` threads, until the returned port is dropped. All share the connection limit
+/// and its counters.
 pub fn start(
     listener: std::net::TcpListener,
     redis: Option<RedisPorts>,
     answering: Arc<Answering>,
+    io_threads: usize,
 ) -> std::io::Result<ClientPort> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(IO_THREADS)
+        .worker_threads(io_threads.max(1))
         .max_blocking_threads(EXECUTORS)
         .thread_name("nonstop-clients")
         .enable_io()

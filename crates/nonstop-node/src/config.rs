@@ -22,6 +22,7 @@
 //! # in [node]: handshake_timeout_ms = 2000  # a connecting peer's whole handshake
 //! #            max_clients = 10000          # client connections open at once
 //! #            client_idle_timeout_ms = 30000, client_message_timeout_ms = 5000
+//! #            client_io_threads = 1        # default: half the cores, at least 1
 //!
 //! [[services]]
 //! name = "bank"
@@ -36,7 +37,7 @@
 //! Every node of a cluster lists the same services; each error names the field and the fix.
 
 use crate::NodeId;
-use crate::client_server::ClientLimits;
+use crate::client_server::{self, ClientLimits};
 use nonstop_net::admission::HandshakeLimits;
 use nonstop_proto::client::{MAX_REPLICAS, ReplyMode};
 use nonstop_proto::{CommitPolicy, UpdateProtocol};
@@ -119,6 +120,9 @@ pub fn read_key_file(path: &Path) -> Result<nonstop_proto::auth::ClusterKey, Con
 
 /// The most client connections a node may be configured for.
 pub const MAX_CLIENTS: usize = 1_000_000;
+
+/// The most client I/O threads a node may be given: far more than cores on any machine.
+pub const MAX_IO_THREADS: usize = 1024;
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), problem: problem.into(), fix: fix.into() }
@@ -214,6 +218,10 @@ pub struct NodeSection {
     /// read as fast), or the connection is closed.
     #[serde(default = "default_client_message_timeout_ms")]
     pub client_message_timeout_ms: u64,
+    /// Threads that serve the client, Redis and sentinel connections' I/O; by default half
+    /// the machine's cores, at least one ([`client_server::default_io_threads`]).
+    #[serde(default)]
+    pub client_io_threads: Option<usize>,
 }
 
 fn default_max_clients() -> usize {
@@ -753,6 +761,8 @@ pub struct Checked {
     pub handshake: HandshakeLimits,
     /// Bounds on client connections.
     pub clients: ClientLimits,
+    /// Threads that serve the client ports' connections.
+    pub client_io_threads: usize,
     /// Passively replicated services.
     pub services: Vec<ServiceSpec>,
     /// Actively replicated services.
@@ -985,6 +995,15 @@ impl NodeConfig {
             "ms",
             "a message of at most 64 KiB arrives in milliseconds; 5000 (the default) leaves room for a slow network",
         )?;
+        if let Some(threads) = node.client_io_threads {
+            within(
+                "node.client_io_threads",
+                threads,
+                1..=MAX_IO_THREADS,
+                "",
+                "each thread serves many connections; leave it out for half the machine's cores",
+            )?;
+        }
         if hb.lease_ms < hb.timeout_ms {
             return Err(invalid("heartbeat.lease_ms", "is shorter than timeout_ms", "make it at least timeout_ms"));
         }
@@ -1270,6 +1289,7 @@ impl NodeConfig {
                 message: Duration::from_millis(self.node.client_message_timeout_ms),
                 max_connections: self.node.max_clients,
             },
+            client_io_threads: self.node.client_io_threads.unwrap_or_else(client_server::default_io_threads),
             services,
             active,
         })
@@ -1523,6 +1543,10 @@ mod tests {
                 "node.handshake_timeout_ms",
             ),
             (GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nmax_clients = 0"), "node.max_clients"),
+            (
+                GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nclient_io_threads = 0"),
+                "node.client_io_threads",
+            ),
             (
                 GOOD.replace("key_file = \"/tmp/key\"", "key_file = \"/tmp/key\"\nclient_idle_timeout_ms = 5"),
                 "node.client_idle_timeout_ms",

@@ -134,6 +134,7 @@ pub fn run_node(
     };
     let counters = instruments.clients.clone();
     let limits = config.clients;
+    let io_threads = config.client_io_threads;
     let agent = Agent::start(config, &services, key, instruments, replication_ports)?;
     if let Some(addr) = metrics {
         metrics::start(addr, agent.status()).map_err(|source| NodeError::Listen { what: "metrics", addr, source })?;
@@ -145,11 +146,8 @@ pub fn run_node(
         limits,
         audits: Default::default(),
     });
-    let _client_port = client_server::start(listener, redis, answering).map_err(|source| NodeError::Listen {
-        what: "client port",
-        addr: client_addr,
-        source,
-    })?;
+    let _client_port = client_server::start(listener, redis, answering, io_threads)
+        .map_err(|source| NodeError::Listen { what: "client port", addr: client_addr, source })?;
     tracing::info!(%client_addr, "{READY}");
     ready();
     agent.run(stop)
