@@ -666,7 +666,8 @@ fn after_read(active: &Active) -> Ticket {
 /// Output commit: the reply leaves only once every backup holds `ticket`'s checkpoint, and
 /// never from a deposed primary. The wait holds no thread.
 async fn release(serving: &Serving, active: &Active, ticket: Ticket) -> Result<(), ClientReply> {
-    let due = Instant::now() + HOLD_TIMEOUT;
+    // Read from the clock only once the hold turns out to be pending.
+    let mut due = None;
     loop {
         // Registered before the state is read, so a change between the two still wakes it.
         let woken = active.hold_changed.notified();
@@ -684,6 +685,7 @@ async fn release(serving: &Serving, active: &Active, ticket: Ticket) -> Result<(
             HoldState::Pending => {}
         }
         let now = Instant::now();
+        let due = *due.get_or_insert(now + HOLD_TIMEOUT);
         if now >= due {
             let error = nonstop_net::primary::PrimaryError::Timeout(HOLD_TIMEOUT);
             return Err(ClientReply::Unavailable { reason: format!("not yet held by the backups: {error}") });
