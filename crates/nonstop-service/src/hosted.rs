@@ -423,7 +423,7 @@ impl<S: Service> Host<S> {
                 other => return answered(other, caller, table.reply_room()),
             },
         };
-        let mut store = Store::transparent(state, caller);
+        let mut store = Store::transparent(state, caller, S::WRITES);
         let reply = self.service.execute(&mut store, request).map_err(CallError::from_service)?;
         // The service may have written already: the request counts as applied whatever
         // becomes of its reply (one too long is sent once, not kept for a retry; one that
@@ -482,7 +482,9 @@ impl<S: Service> Run for Host<S> {
             return mirror
                 .update(|image| {
                     let (state, slots) = self.layout.split_mut(image)?;
-                    self.service.init(&mut Store::transparent(state, caller)).map_err(CallError::from_service)?;
+                    self.service
+                        .init(&mut Store::transparent(state, caller, S::WRITES))
+                        .map_err(CallError::from_service)?;
                     table.format(&Writer::transparent(slots)).map_err(failed)
                 })
                 .0;

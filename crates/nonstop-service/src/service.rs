@@ -17,7 +17,8 @@ pub enum Writes {
     /// Ordinary Rust collections on the region's heap, through [`Store::heap`]. Transparent
     /// mode only: the node's config must set `tracking = "uffd"` or `"mprotect"`. The heap
     /// owns the service's part of the region: a checkpoint looks for writes only as far as the
-    /// heap has grown, so such a service must not write its part through [`Store::writer`].
+    /// heap has grown, so such a service may not write its part through [`Store::writer`]
+    /// (which panics there, saying so).
     Collections,
 }
 

@@ -3,7 +3,7 @@
 //! The platform's client table lies past the service's part, written in the same transaction
 //! (or update) as the service's writes; nothing here reaches it.
 
-use crate::service::ServiceError;
+use crate::service::{ServiceError, Writes};
 use crate::table::{ClientRecord, ClientTable};
 use nonstop_proto::client::ClientMemory;
 use nonstop_region::heap::Heap;
@@ -32,8 +32,11 @@ pub struct Store<'a> {
 enum Access<'a> {
     /// Declared writes: through the request's transaction, within `[0, len)`.
     Declared { tx: &'a Transaction<'a>, len: u64 },
-    /// Transparent mode: the service's part of the region itself.
+    /// Transparent mode: the service's part of the region itself, values at offsets.
     Transparent(&'a mut [u8]),
+    /// Transparent mode, a part that the region's heap owns ([`Writes::Collections`]): a cut
+    /// looks for writes only as far as the heap has grown, so only the heap may write it.
+    Heap(&'a mut [u8]),
 }
 
 impl<'a> Store<'a> {
@@ -41,8 +44,13 @@ impl<'a> Store<'a> {
         Store { access: Access::Declared { tx, len: len as u64 }, caller }
     }
 
-    pub(crate) fn transparent(state: &'a mut [u8], caller: Caller) -> Store<'a> {
-        Store { access: Access::Transparent(state), caller }
+    /// Transparent mode, for a service that writes its part as `writes` says.
+    pub(crate) fn transparent(state: &'a mut [u8], caller: Caller, writes: Writes) -> Store<'a> {
+        let access = match writes {
+            Writes::AtOffsets => Access::Transparent(state),
+            Writes::Collections => Access::Heap(state),
+        };
+        Store { access, caller }
     }
 
     /// Who sent the request.
@@ -53,15 +61,25 @@ impl<'a> Store<'a> {
     /// Whether the region is in transparent mode (no undo: a refusal must come before the
     /// first write).
     pub fn is_transparent(&self) -> bool {
-        matches!(self.access, Access::Transparent(_))
+        matches!(self.access, Access::Transparent(_) | Access::Heap(_))
     }
 
     /// Typed reads and writes at offsets of the service's part ([`nonstop_region::RegionWrite`]).
+    ///
+    /// # Panics
+    ///
+    /// In a [`Writes::Collections`] service, whose part belongs to its heap
+    /// ([`Store::heap`]): a cut looks for writes only as far as the heap has grown, so a write
+    /// at an offset past it would never reach the backups. Declare [`Writes::AtOffsets`] to
+    /// lay out values at offsets.
     #[inline]
     pub fn writer(&mut self) -> Writer<'_> {
         match &mut self.access {
             Access::Declared { tx, len } => Writer(WriterAccess::Declared { tx, base: 0, len: *len }),
             Access::Transparent(state) => Writer(WriterAccess::Transparent(Update::new(state))),
+            Access::Heap(_) => panic!(
+                "Store::writer in a Writes::Collections service: its part of the region belongs to its heap (Store::heap), and checkpoints look for writes only as far as the heap has grown; declare Writes::AtOffsets to write at offsets"
+            ),
         }
     }
 
@@ -69,7 +87,7 @@ impl<'a> Store<'a> {
     pub fn heap(&mut self) -> Result<Heap<'_>, ServiceError> {
         match &mut self.access {
             Access::Declared { .. } => Err(ServiceError::NeedsTransparent),
-            Access::Transparent(state) => Ok(Heap::open(state)?),
+            Access::Transparent(state) | Access::Heap(state) => Ok(Heap::open(state)?),
         }
     }
 }
@@ -239,5 +257,28 @@ impl<'a> Image<'a> {
     /// Every client the platform remembers: its last request applied and how many were.
     pub fn clients(&self) -> impl Iterator<Item = ClientRecord> + 'a {
         self.table.records(self.table_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collections_service_writes_through_its_heap() {
+        let mut part = vec![0u8; 1 << 20];
+        let mut store = Store::transparent(&mut part, Caller::default(), Writes::Collections);
+        assert!(store.is_transparent());
+        // (This buffer is no page-aligned region, so opening the heap fails past that point.)
+        assert!(!matches!(store.heap(), Err(ServiceError::NeedsTransparent)), "its heap is where it writes");
+        let at_offsets = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut store = Store::transparent(&mut part, Caller::default(), Writes::Collections);
+            let _ = store.writer().write::<u64>(0).map(|value| *value = 7);
+        }));
+        let refusal = at_offsets.expect_err("a write at an offset is refused");
+        let message = refusal.downcast_ref::<&str>().copied().unwrap_or_default();
+        assert!(message.contains("Writes::AtOffsets"), "says what to do instead: {message}");
+        let mut store = Store::transparent(&mut part, Caller::default(), Writes::AtOffsets);
+        store.writer().write::<u64>(0).map(|value| *value = 7).expect("a service of offsets writes there");
     }
 }
