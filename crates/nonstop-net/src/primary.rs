@@ -144,6 +144,9 @@ struct Shared {
     links: Mutex<Vec<Link>>,
     /// Held checkpoint + 1 (0: none yet), readable without a lock.
     held: AtomicU64,
+    /// Backups following, as the replication counts them, readable without a lock: every
+    /// reply that waits for a checkpoint asks whether enough backups are left to hold it.
+    following: AtomicUsize,
     held_lock: Mutex<()>,
     held_changed: Condvar,
     waiters: AtomicUsize,
@@ -261,6 +264,7 @@ impl Primary {
             replication: Mutex::new(replication),
             links: Mutex::new(Vec::new()),
             held: AtomicU64::new(0),
+            following: AtomicUsize::new(0),
             held_lock: Mutex::new(()),
             held_changed: Condvar::new(),
             waiters: AtomicUsize::new(0),
@@ -370,7 +374,7 @@ impl Primary {
         };
         let first = {
             let mut links = lock(&shared.links);
-            lock(&shared.replication).add_backup(id);
+            shared.backup_joined(id);
             links.push(Link {
                 id,
                 sender,
@@ -545,7 +549,7 @@ impl Primary {
         if self.is_held(ticket) {
             return HoldState::Held;
         }
-        let connected = lock(&self.shared.replication).backup_count();
+        let connected = self.backup_count();
         let required = self.shared.config.required_backups;
         if connected < required {
             return HoldState::Unprotected { connected, required };
@@ -724,7 +728,7 @@ impl Primary {
 
     /// Backups currently following.
     pub fn backup_count(&self) -> usize {
-        lock(&self.shared.replication).backup_count()
+        self.shared.following.load(Ordering::Acquire)
     }
 
     /// Stops replicating and closes every backup connection.
@@ -763,6 +767,22 @@ impl Drop for Primary {
 impl Shared {
     fn now(&self) -> Nanos {
         Nanos(self.clock.elapsed().as_nanos() as u64)
+    }
+
+    /// The replication follows backup `id` from now on.
+    fn backup_joined(&self, id: BackupId) {
+        let mut replication = lock(&self.replication);
+        replication.add_backup(id);
+        self.following.store(replication.backup_count(), Ordering::Release);
+    }
+
+    /// The replication stops following backup `id`; the checkpoint that became held by it, if
+    /// any. The count is stored before anyone is told, so a woken waiter sees it.
+    fn backup_lost(&self, id: BackupId, now: Nanos) -> Option<CheckpointId> {
+        let mut replication = lock(&self.replication);
+        let advanced = replication.backup_lost(id, now);
+        self.following.store(replication.backup_count(), Ordering::Release);
+        advanced
     }
 
     /// Ends the links of backups silent past the limit while they owe an acknowledgement.
@@ -944,7 +964,7 @@ impl Shared {
                 return true;
             }
             link.sender.shutdown();
-            let advanced = lock(&self.replication).backup_lost(link.id, now);
+            let advanced = self.backup_lost(link.id, now);
             if let Some(held) = advanced {
                 self.publish_held(held);
             }
@@ -1022,7 +1042,7 @@ impl Shared {
             lock(&self.verify_replies).insert(id, Err(reason));
             self.verify_changed.notify_all();
         }
-        let advanced = lock(&self.replication).backup_lost(id, self.now());
+        let advanced = self.backup_lost(id, self.now());
         if let Some(held) = advanced {
             self.publish_held(held);
         }
