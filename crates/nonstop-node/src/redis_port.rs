@@ -212,8 +212,8 @@ async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisSer
                             break Some(());
                         }
                         Action::Run { request, cost } => {
-                            let asked = Asking { serving, active, now_ms };
-                            let ran = run(answering, asked, &mut lane, &request, cost).await;
+                            let asking = Asking { serving, active, now_ms };
+                            let ran = run(answering, asking, &mut lane, &request, cost).await;
                             let reply = session.replied(ran.replies);
                             batch.add(&reply, session.protocol(), ran.hold);
                         }
