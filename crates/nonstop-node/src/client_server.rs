@@ -394,6 +394,9 @@ pub(crate) enum Asked {
         body: Vec<u8>,
         /// Whether it may run on the I/O thread.
         pace: Pace,
+        /// When the port saw it, in milliseconds since the Unix epoch: the call's time on
+        /// whichever thread it runs.
+        now_ms: u64,
     },
     /// A query from a port that speaks another protocol than nonstop's (a Redis connection's
     /// read).
@@ -476,12 +479,12 @@ pub(crate) async fn execute_request(
     let Some(serving) = answering.services.get(service) else {
         return Answered::Now(ClientReply::Rejected { reason: format!("no service {service:?} on this cluster") });
     };
-    execute_on(serving, serving.active(), Asked::Client(request), &answering.audits, lane, wall_clock_ms()).await
+    execute_on(serving, serving.active(), Asked::Client(request), &answering.audits, lane).await
 }
 
 /// Executes one request on a passively replicated service whose primary is `active` if this
 /// node is it (as [`Serving::active`] found it): on an executor thread, or on this I/O thread
-/// at `now_ms` for a quick request when the region is free; the reply and, for an answer
+/// for a quick request when the region is free; the reply and, for an answer
 /// about the state, the hold it must wait for. A port that serves one service finds its
 /// serving once, not per request.
 pub(crate) async fn execute_on(
@@ -490,7 +493,6 @@ pub(crate) async fn execute_on(
     request: Asked,
     audits: &Arc<AuditSpacing>,
     lane: &mut Option<usize>,
-    now_ms: u64,
 ) -> Answered {
     let Some(active) = active else { return Answered::Now(redirect(serving)) };
     let audit_slot = match &request {
@@ -510,16 +512,16 @@ pub(crate) async fn execute_on(
         Asked::Query { body, .. } => {
             active.service.try_query(&active.mirror, body).map(|answered| query_decided(answered, &active))
         }
-        Asked::Unnumbered { body, .. } => refused_while_draining(&active).or_else(|| {
+        Asked::Unnumbered { body, now_ms, .. } => refused_while_draining(&active).or_else(|| {
             active
                 .service
-                .try_execute_unnumbered(&active.mirror, lane, now_ms, body)
+                .try_execute_unnumbered(&active.mirror, lane, *now_ms, body)
                 .map(|executed| unnumbered_decided(executed, &active))
         }),
         Asked::Client(_) => None,
     };
     let mut inline = try_inline();
-    // The region is held for microseconds (an update on the other I/O thread) to tens of them
+    // The region is held for microseconds (an update on another I/O thread) to tens of them
     // (a cut): let this thread serve other connections meanwhile and try again, rather than
     // hand the request to an executor thread and back.
     for _ in 0..INLINE_RETRIES {
@@ -583,13 +585,13 @@ pub(crate) fn wall_clock_ms() -> u64 {
 }
 
 /// Executes a service request on the primary (on an executor thread: it may wait for locks) at
-/// `now_ms` on its clock.
+/// `now_ms` on its clock; an unnumbered call at the time its port saw it, as on an I/O thread.
 fn decide(request: Asked, active: &Active, lane: usize, now_ms: u64) -> Decided {
     let term = active.term.0;
     let request = match request {
         Asked::Client(request) => request,
         Asked::Query { body, .. } => return query_decided(active.service.query(&active.mirror, &body), active),
-        Asked::Unnumbered { body, .. } => {
+        Asked::Unnumbered { body, now_ms, .. } => {
             if let Some(refused) = refused_while_draining(active) {
                 return refused;
             }

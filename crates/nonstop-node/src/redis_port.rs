@@ -327,11 +327,10 @@ async fn run(
         Time::Slow => Pace::Slow,
     };
     let asked = match cost.effect {
-        Effect::Writes => Asked::Unnumbered { body, pace },
+        Effect::Writes => Asked::Unnumbered { body, pace, now_ms: asking.now_ms },
         Effect::Reads => Asked::Query { body, pace },
     };
-    let Asking { serving, active, now_ms } = asking;
-    let executed = execute_on(serving, active, asked, &answering.audits, lane, now_ms).await;
+    let executed = execute_on(asking.serving, asking.active, asked, &answering.audits, lane).await;
     let (reply, hold) = match executed {
         Answered::Now(reply) => (reply, None),
         Answered::Held(reply, hold) => (reply, Some(hold)),
