@@ -45,6 +45,14 @@
 //! checkpoint costs what the heap holds, not what the region could hold (a scan of 512 MiB of
 //! page tables took ~140 us on 2026-12-06; the 17 MB that 100,000 small keys take, in
 //! proportion, ~5 us).
+//!
+//! # What is checked in an image
+//!
+//! A heap opened in a promoted backup's image trusts what the image says. The header's magic,
+//! length and root (address and type) are checked when it is opened, and the allocator's
+//! growth record when the arena grows (a damaged one fails the allocation rather than grow
+//! the arena past the region). talc's own free lists and tags are not checked: damage there
+//! is what the image's checksums in transit and the service's consistency check are for.
 
 use allocator_api2::alloc::{AllocError, Allocator, Layout};
 use std::ptr::NonNull;
@@ -102,9 +110,42 @@ struct Grow {
     limit: usize,
 }
 
+// The allocator lives in the header, and `Grow::inside_its_region` finds the region's base
+// as the page the allocator lies in.
+const _: () = assert!(ARENA_START <= nonstop_proto::PAGE_SIZE);
+
+impl Grow {
+    /// Whether a growth record, as found in the region (with the allocator, which lies at
+    /// `talc_address`), describes the region it lies in: its fields come from the image, and
+    /// a damaged image must not make the arena grow over memory outside the region. The
+    /// header sits at the region's page-aligned base, so the allocator's own address names the
+    /// region, and the header's length was checked against the mapping when the heap was
+    /// opened ([`Heap::open`]). Read only when the arena is full, never per allocation.
+    fn inside_its_region(talc_address: usize, region: usize, (base, acme): (usize, usize), limit: usize) -> bool {
+        if region != talc_address & !(nonstop_proto::PAGE_SIZE - 1) {
+            return false;
+        }
+        // SAFETY: `region` is the base of the page the allocator lies in, where the header is
+        // while the heap is in use; the length is read through a raw pointer, without a
+        // reference that would overlap the allocator's exclusive borrow.
+        let len = unsafe { std::ptr::addr_of!((*(region as *const Header)).len).read() };
+        region.checked_add(len) == Some(limit) && region + ARENA_START <= base && base <= acme && acme <= limit
+    }
+}
+
 impl OomHandler for Grow {
     fn handle_oom(talc: &mut Talc<Self>, layout: Layout) -> Result<(), ()> {
         let Grow { region, arena: (base, acme), limit } = talc.oom_handler;
+        let talc_address = std::ptr::from_mut(talc) as usize;
+        if !Grow::inside_its_region(talc_address, region, (base, acme), limit) {
+            tracing::error!(
+                region = format_args!("{region:#x}"),
+                arena = format_args!("{base:#x}..{acme:#x}"),
+                limit = format_args!("{limit:#x}"),
+                "the heap's growth record does not describe its own region: the image is damaged; allocations that need more arena fail"
+            );
+            return Err(());
+        }
         // Room for the allocation at its alignment, and talc's tags around it.
         let needed = layout.size() + layout.align() + 64;
         let growth = needed.max((acme - base) / 4).max(MIN_GROWTH).next_multiple_of(nonstop_proto::PAGE_SIZE);

@@ -351,3 +351,50 @@ fn the_arena_grows_to_the_heaps_length_and_no_further() {
         .0;
     assert!(held > 100 && intact, "{held} blobs, intact: {intact}");
 }
+
+/// The allocator's growth record is read from the image like everything else in it: one that
+/// a damaged image left pointing past the region must not grow the arena over the memory
+/// next to it. The heap refuses to grow instead (allocations fail, as in a full region), and
+/// the memory after the region stays untouched.
+#[test]
+fn a_damaged_growth_record_does_not_grow_the_arena_past_the_region() {
+    const HEAP: usize = 8 << 20;
+    const BASE: usize = 0x2f80_0000_0000;
+    let mirror = Mirror::transparent_unreplicated(Region::map(BASE, HEAP).unwrap(), CheckpointId(1));
+    let neighbour = Region::map(BASE + HEAP, 4 * HEAP).unwrap();
+    let held = mirror
+        .update(|image| {
+            let mut heap = Heap::open(image).unwrap();
+            let alloc = heap.allocator();
+            heap.root(|| Blobs::new_in(alloc)).unwrap().reserve(64);
+            // The record's limit (the region's end, as an address) is in the header, before
+            // the arena; the damage moves it 24 MiB further.
+            let limit = (BASE + HEAP).to_ne_bytes();
+            let at = (0..4096 - 8).step_by(8).filter(|&i| image[i..i + 8] == limit).collect::<Vec<_>>();
+            assert_eq!(at.len(), 1, "the limit appears once in the header: {at:?}");
+            image[at[0]..at[0] + 8].copy_from_slice(&(BASE + 4 * HEAP).to_ne_bytes());
+            let mut heap = Heap::open(image).unwrap();
+            let alloc = heap.allocator();
+            let blobs = heap.root(|| Blobs::new_in(alloc)).unwrap();
+            // Far more than the region holds: the arena would grow past its end to fit them.
+            for i in 0..200 {
+                let mut blob = RegionVec::new_in(alloc);
+                if blob.try_reserve_exact(100_000).is_err() {
+                    break;
+                }
+                blob.resize(100_000, i as u8);
+                blobs.push(blob);
+            }
+            blobs.len()
+        })
+        .0;
+    assert!(neighbour.as_slice().iter().all(|b| *b == 0), "the memory after the region was written");
+    assert!((1..12).contains(&held), "{held} blobs of 100 KB fit in the arena the heap had (1 MiB)");
+    let intact = mirror
+        .read(|image| {
+            let blobs = Heap::root_in::<Blobs>(image).unwrap().unwrap();
+            blobs.iter().enumerate().all(|(i, blob)| blob.iter().all(|b| *b == i as u8))
+        })
+        .0;
+    assert!(intact, "the blobs made before the refusal are intact");
+}
