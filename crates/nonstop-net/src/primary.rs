@@ -140,13 +140,10 @@ struct Shared {
     mirror: Arc<Mirror>,
     config: PrimaryConfig,
     clock: Instant,
-    replication: Mutex<Replication>,
+    replication: Guarded,
     links: Mutex<Vec<Link>>,
     /// Held checkpoint + 1 (0: none yet), readable without a lock.
     held: AtomicU64,
-    /// Backups following, as the replication counts them, readable without a lock: every
-    /// reply that waits for a checkpoint asks whether enough backups are left to hold it.
-    following: AtomicUsize,
     held_lock: Mutex<()>,
     held_changed: Condvar,
     waiters: AtomicUsize,
@@ -207,6 +204,56 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The replication state machine behind its lock, with the number of backups it follows
+/// readable without the lock: every reply that waits for a checkpoint asks whether enough
+/// backups are left to hold it, and must not queue behind a cut for the answer. The count is
+/// stored each time a guard is released, before the lock is, so no change to the replication
+/// (a backup added or lost, or any later kind) leaves it stale, and a waiter woken after a
+/// change reads the new count.
+struct Guarded {
+    replication: Mutex<Replication>,
+    following: AtomicUsize,
+}
+
+impl Guarded {
+    fn lock(&self) -> ReplicationGuard<'_> {
+        ReplicationGuard { replication: lock(&self.replication), following: &self.following }
+    }
+
+    /// Backups following, as of the last guard released.
+    fn following(&self) -> usize {
+        self.following.load(Ordering::Acquire)
+    }
+}
+
+struct ReplicationGuard<'a> {
+    replication: MutexGuard<'a, Replication>,
+    following: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for ReplicationGuard<'_> {
+    type Target = Replication;
+    fn deref(&self) -> &Replication {
+        &self.replication
+    }
+}
+
+impl std::ops::DerefMut for ReplicationGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Replication {
+        &mut self.replication
+    }
+}
+
+impl Drop for ReplicationGuard<'_> {
+    fn drop(&mut self) {
+        let count = self.replication.backup_count();
+        // Stored only when it changed: readers on other cores keep the line cached.
+        if self.following.load(Ordering::Relaxed) != count {
+            self.following.store(count, Ordering::Release);
+        }
+    }
+}
+
 /// Where one reply stands in output commit ([`Primary::hold_state`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HoldState {
@@ -261,10 +308,9 @@ impl Primary {
             mirror,
             config,
             clock,
-            replication: Mutex::new(replication),
+            replication: Guarded { replication: Mutex::new(replication), following: AtomicUsize::new(0) },
             links: Mutex::new(Vec::new()),
             held: AtomicU64::new(0),
-            following: AtomicUsize::new(0),
             held_lock: Mutex::new(()),
             held_changed: Condvar::new(),
             waiters: AtomicUsize::new(0),
@@ -374,7 +420,7 @@ impl Primary {
         };
         let first = {
             let mut links = lock(&shared.links);
-            shared.backup_joined(id);
+            shared.replication.lock().add_backup(id);
             links.push(Link {
                 id,
                 sender,
@@ -387,7 +433,7 @@ impl Primary {
         };
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(acked) = lock(&shared.replication).acked(id) {
+            if let Some(acked) = shared.replication.lock().acked(id) {
                 if acked >= first {
                     tracing::info!(
                         backup = id.0,
@@ -453,7 +499,9 @@ impl Primary {
             std::thread::sleep(Duration::from_micros(50));
         };
         let pages = shared.mirror.len().div_ceil(PAGE_SIZE);
-        let cut = lock(&shared.replication)
+        let cut = shared
+            .replication
+            .lock()
             .last_closed()
             .map(|checkpoint| ImageState { term: shared.config.term, checkpoint });
         match history.rebase_pages(&holding, cut, pages) {
@@ -528,7 +576,7 @@ impl Primary {
 
     /// When `checkpoint` became held, if recently.
     pub fn held_at(&self, checkpoint: CheckpointId) -> Option<Instant> {
-        lock(&self.shared.replication).held_at(checkpoint).map(|at| self.shared.clock + Duration::from_nanos(at.0))
+        self.shared.replication.lock().held_at(checkpoint).map(|at| self.shared.clock + Duration::from_nanos(at.0))
     }
 
     /// Starts what `ticket` waits for: under the sync policy this cuts and sends its
@@ -537,7 +585,7 @@ impl Primary {
         let shared = &self.shared;
         if shared.config.policy == CommitPolicy::Sync && !self.is_held(ticket) {
             let mut links = lock(&shared.links);
-            let closed = lock(&shared.replication).last_closed();
+            let closed = shared.replication.lock().last_closed();
             if closed.is_none_or(|closed| closed < ticket.checkpoint) {
                 shared.cut_and_send(&mut links);
             }
@@ -665,7 +713,7 @@ impl Primary {
         let now = self.shared.now();
         // Bound first: an `if let` would hold the replication lock into `publish_held`, which
         // takes the held lock — the reverse of a waiter's order.
-        let advanced = lock(&self.shared.replication).set_required_with(backups, protection, now);
+        let advanced = self.shared.replication.lock().set_required_with(backups, protection, now);
         if let Some(held) = advanced {
             self.shared.publish_held(held);
         }
@@ -676,7 +724,7 @@ impl Primary {
         let shared = &self.shared;
         let until = until.map(|until| Nanos(until.saturating_duration_since(shared.clock).as_nanos() as u64));
         let now = shared.now();
-        let advanced = lock(&shared.replication).set_lease(until, now);
+        let advanced = shared.replication.lock().set_lease(until, now);
         if let Some(held) = advanced {
             shared.publish_held(held);
         }
@@ -694,7 +742,7 @@ impl Primary {
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return lock(&self.shared.connected).clone(),
         };
-        let replication = lock(&self.shared.replication);
+        let replication = self.shared.replication.lock();
         let connected: Vec<_> = links
             .iter()
             .filter(|link| link.alive.load(Ordering::Relaxed))
@@ -709,7 +757,7 @@ impl Primary {
         // Lock order: links, then replication, then recent (as in a cut); never hold `recent`
         // while taking the others.
         let connected = self.connected_backups();
-        let closed = lock(&self.shared.replication).last_closed();
+        let closed = self.shared.replication.lock().last_closed();
         let recent = lock(&self.shared.recent);
         connected
             .into_iter()
@@ -728,7 +776,7 @@ impl Primary {
 
     /// Backups currently following.
     pub fn backup_count(&self) -> usize {
-        self.shared.following.load(Ordering::Acquire)
+        self.shared.replication.following()
     }
 
     /// Stops replicating and closes every backup connection.
@@ -769,29 +817,13 @@ impl Shared {
         Nanos(self.clock.elapsed().as_nanos() as u64)
     }
 
-    /// The replication follows backup `id` from now on.
-    fn backup_joined(&self, id: BackupId) {
-        let mut replication = lock(&self.replication);
-        replication.add_backup(id);
-        self.following.store(replication.backup_count(), Ordering::Release);
-    }
-
-    /// The replication stops following backup `id`; the checkpoint that became held by it, if
-    /// any. The count is stored before anyone is told, so a woken waiter sees it.
-    fn backup_lost(&self, id: BackupId, now: Nanos) -> Option<CheckpointId> {
-        let mut replication = lock(&self.replication);
-        let advanced = replication.backup_lost(id, now);
-        self.following.store(replication.backup_count(), Ordering::Release);
-        advanced
-    }
-
     /// Ends the links of backups silent past the limit while they owe an acknowledgement.
     fn drop_silent(&self) {
         let limit = self.silence_limit_ns.load(Ordering::Relaxed);
         if limit == 0 {
             return;
         }
-        let silent = lock(&self.replication).silent_backups(self.now(), Duration::from_nanos(limit));
+        let silent = self.replication.lock().silent_backups(self.now(), Duration::from_nanos(limit));
         if silent.is_empty() {
             return;
         }
@@ -812,7 +844,7 @@ impl Shared {
             self.drop_silent();
             let now = self.now();
             let (due, deadline) = {
-                let replication = lock(&self.replication);
+                let replication = self.replication.lock();
                 (replication.cut_due(now, self.mirror.commits_in_epoch()), replication.deadline())
             };
             if due {
@@ -878,7 +910,7 @@ impl Shared {
         let started = Instant::now();
         let content = self.mirror.cut_with(FirstImages { whole, finish_precopy, rebases: &rebases });
         let cut_ns = started.elapsed().as_nanos() as u64;
-        let cut = lock(&self.replication).cut(self.now());
+        let cut = self.replication.lock().cut(self.now());
         assert_eq!(cut.checkpoint, content.checkpoint, "mirror and replication cut in lockstep");
         if let Some(held) = cut.held {
             self.publish_held(held);
@@ -964,7 +996,7 @@ impl Shared {
                 return true;
             }
             link.sender.shutdown();
-            let advanced = self.backup_lost(link.id, now);
+            let advanced = self.replication.lock().backup_lost(link.id, now);
             if let Some(held) = advanced {
                 self.publish_held(held);
             }
@@ -1004,7 +1036,7 @@ impl Shared {
                         Err(error) => break Err(error.to_string()),
                     };
                     let _ = lock(&self.stats).apply_ns.record(info.apply_ns.max(1));
-                    let result = lock(&self.replication).on_ack(id, frame.checkpoint, self.now());
+                    let result = self.replication.lock().on_ack(id, frame.checkpoint, self.now());
                     match result {
                         Ok(Some(held)) => self.publish_held(held),
                         Ok(None) => {}
@@ -1042,7 +1074,7 @@ impl Shared {
             lock(&self.verify_replies).insert(id, Err(reason));
             self.verify_changed.notify_all();
         }
-        let advanced = self.backup_lost(id, self.now());
+        let advanced = self.replication.lock().backup_lost(id, self.now());
         if let Some(held) = advanced {
             self.publish_held(held);
         }
@@ -1087,5 +1119,25 @@ mod tests {
         release.0.send(()).unwrap();
         cut.join().unwrap();
         primary.shutdown();
+    }
+
+    /// Replies read the number of following backups without the replication's lock: whatever
+    /// changes the backups through the lock, the count they read follows it once it is let go.
+    #[test]
+    fn the_count_read_without_the_lock_follows_every_change_to_the_backups() {
+        let policy = CommitPolicy::Epoch { interval_us: 1000, max_commits: 0 };
+        let replication = Replication::new(Term(1), policy, 1, CheckpointId(1), Nanos(0));
+        let guarded = Guarded { replication: Mutex::new(replication), following: AtomicUsize::new(0) };
+        guarded.lock().add_backup(BackupId(1));
+        guarded.lock().add_backup(BackupId(2));
+        assert_eq!(guarded.following(), 2);
+        {
+            let mut replication = guarded.lock();
+            replication.backup_lost(BackupId(1), Nanos(5));
+            assert_eq!(guarded.following(), 2, "published when the guard is let go, not before");
+        }
+        assert_eq!(guarded.following(), 1);
+        guarded.lock().backup_lost(BackupId(2), Nanos(6));
+        assert_eq!(guarded.following(), 0);
     }
 }
