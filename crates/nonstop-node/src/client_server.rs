@@ -408,6 +408,25 @@ pub(crate) enum Asked {
     },
 }
 
+impl Asked {
+    /// The request as the I/O thread may run it, if it is quick ([`Pace::Quick`]).
+    fn quick(&self) -> Option<Quick<'_>> {
+        match self {
+            Asked::Query { body, pace: Pace::Quick } => Some(Quick::Query { body }),
+            Asked::Unnumbered { body, pace: Pace::Quick, now_ms } => Some(Quick::Unnumbered { body, now_ms: *now_ms }),
+            Asked::Query { pace: Pace::Slow, .. } | Asked::Unnumbered { pace: Pace::Slow, .. } | Asked::Client(_) => {
+                None
+            }
+        }
+    }
+}
+
+/// A quick request ([`Asked::quick`]), borrowed.
+enum Quick<'a> {
+    Query { body: &'a [u8] },
+    Unnumbered { body: &'a [u8], now_ms: u64 },
+}
+
 /// How long a port expects a request to run, which decides the thread it runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pace {
@@ -503,22 +522,19 @@ pub(crate) async fn execute_on(
         _ => None,
     };
     let lane = *lane.get_or_insert_with(|| active.lane());
-    // Said once: a request that is not quick is never tried here, and one that is quick is
-    // tried again while the region is held.
-    let quick =
-        matches!(&request, Asked::Query { pace: Pace::Quick, .. } | Asked::Unnumbered { pace: Pace::Quick, .. });
-    let try_inline = || match &request {
-        _ if !quick => None,
-        Asked::Query { body, .. } => {
+    // A request that is not quick is never tried here; one that is is tried again while the
+    // region is held.
+    let quick = request.quick().is_some();
+    let try_inline = || match request.quick()? {
+        Quick::Query { body } => {
             active.service.try_query(&active.mirror, body).map(|answered| query_decided(answered, &active))
         }
-        Asked::Unnumbered { body, now_ms, .. } => refused_while_draining(&active).or_else(|| {
+        Quick::Unnumbered { body, now_ms } => refused_while_draining(&active).or_else(|| {
             active
                 .service
-                .try_execute_unnumbered(&active.mirror, lane, *now_ms, body)
+                .try_execute_unnumbered(&active.mirror, lane, now_ms, body)
                 .map(|executed| unnumbered_decided(executed, &active))
         }),
-        Asked::Client(_) => None,
     };
     let mut inline = try_inline();
     // The region is held for microseconds (an update on another I/O thread) to tens of them
