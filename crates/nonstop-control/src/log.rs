@@ -95,35 +95,70 @@ pub trait RaftLog: Send {
     fn load(&mut self) -> Result<Vec<Record>, LogError>;
     /// Appends records; they must survive a crash once this returns.
     fn append(&mut self, records: &[Record]) -> Result<(), LogError>;
+    /// Appends records that a restart can do without, unsynced: a crash of the process keeps
+    /// them, a crash of the machine may lose them (and any unsynced ones after them), and the
+    /// next [`RaftLog::append`] makes them durable with its own.
+    fn append_unsynced(&mut self, records: &[Record]) -> Result<(), LogError>;
     /// Replaces the whole log by `records` (after a compaction), atomically: a crash leaves
     /// either the old log or the new one.
     fn rewrite(&mut self, records: &[Record]) -> Result<(), LogError>;
 }
 
 /// A log in memory. Clones share the records: keep one clone as the node's "disk" and hand
-/// another to the node, and the records outlive a simulated crash of the node.
+/// another to the node, and the records outlive a simulated crash of the node
+/// ([`MemoryLog::lose_unsynced`] for a crash of its machine).
 #[derive(Clone, Debug, Default)]
 pub struct MemoryLog {
-    records: Arc<Mutex<Vec<Record>>>,
+    disk: Arc<Mutex<MemoryDisk>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryDisk {
+    records: Vec<Record>,
+    /// The records before this one are synced.
+    synced: usize,
+}
+
+impl MemoryLog {
+    fn disk(&self) -> std::sync::MutexGuard<'_, MemoryDisk> {
+        self.disk.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a crash of the machine does to the disk: the records appended since the last sync
+    /// are gone.
+    pub fn lose_unsynced(&self) {
+        let mut disk = self.disk();
+        let synced = disk.synced;
+        disk.records.truncate(synced);
+    }
 }
 
 impl RaftLog for MemoryLog {
     fn load(&mut self) -> Result<Vec<Record>, LogError> {
-        Ok(self.records.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(self.disk().records.clone())
     }
 
     fn append(&mut self, records: &[Record]) -> Result<(), LogError> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(records);
+        let mut disk = self.disk();
+        disk.records.extend_from_slice(records);
+        disk.synced = disk.records.len();
+        Ok(())
+    }
+
+    fn append_unsynced(&mut self, records: &[Record]) -> Result<(), LogError> {
+        self.disk().records.extend_from_slice(records);
         Ok(())
     }
 
     fn rewrite(&mut self, records: &[Record]) -> Result<(), LogError> {
-        *self.records.lock().unwrap_or_else(|p| p.into_inner()) = records.to_vec();
+        let mut disk = self.disk();
+        disk.records = records.to_vec();
+        disk.synced = disk.records.len();
         Ok(())
     }
 }
 
-/// A log in a file, synced (`fdatasync`) on every append.
+/// A log in a file, synced (`fdatasync`) on every append but an unsynced one.
 #[derive(Debug)]
 pub struct FileLog {
     path: PathBuf,
@@ -168,19 +203,16 @@ impl RaftLog for FileLog {
         if records.is_empty() {
             return Ok(());
         }
-        let mut bytes = Vec::new();
-        for record in records {
-            encode_record(record, &mut bytes);
-        }
-        self.file.write_all(&bytes).map_err(|e| self.io(e))?;
+        self.append_unsynced(records)?;
         self.file.sync_data().map_err(|e| self.io(e))
     }
 
+    fn append_unsynced(&mut self, records: &[Record]) -> Result<(), LogError> {
+        self.file.write_all(&encode_records(records)).map_err(|e| self.io(e))
+    }
+
     fn rewrite(&mut self, records: &[Record]) -> Result<(), LogError> {
-        let mut bytes = Vec::new();
-        for record in records {
-            encode_record(record, &mut bytes);
-        }
+        let bytes = encode_records(records);
         let temporary = self.path.with_extension("rewrite");
         let io = |source| LogError::Io { path: temporary.clone(), source };
         {
@@ -196,6 +228,14 @@ impl RaftLog for FileLog {
         self.file = OpenOptions::new().read(true).append(true).open(&self.path).map_err(|e| self.io(e))?;
         Ok(())
     }
+}
+
+fn encode_records(records: &[Record]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for record in records {
+        encode_record(record, &mut bytes);
+    }
+    bytes
 }
 
 /// Appends one framed record to `out`.
@@ -245,6 +285,39 @@ mod tests {
         let path = dir.path().join("raft.log");
         FileLog::open(&path).unwrap().append(&sample()).unwrap();
         assert_eq!(FileLog::open(&path).unwrap().load().unwrap(), sample());
+    }
+
+    /// A record appended unsynced outlives the process that wrote it (the file has it).
+    #[test]
+    fn an_unsynced_record_is_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.log");
+        let commit = Record::HardState { term: 2, vote: 1, commit: 1 };
+        let mut log = FileLog::open(&path).unwrap();
+        log.append(&sample()).unwrap();
+        log.append_unsynced(std::slice::from_ref(&commit)).unwrap();
+        drop(log);
+        let mut expected = sample();
+        expected.push(commit);
+        assert_eq!(FileLog::open(&path).unwrap().load().unwrap(), expected);
+    }
+
+    /// The simulator's disk loses what was not synced when its machine crashes, and only that.
+    #[test]
+    fn a_machine_crash_loses_the_unsynced_records_only() {
+        let commit = |commit| Record::HardState { term: 2, vote: 1, commit };
+        let disk = MemoryLog::default();
+        let mut log = disk.clone();
+        log.append(&sample()).unwrap();
+        log.append_unsynced(&[commit(1)]).unwrap();
+        disk.lose_unsynced();
+        assert_eq!(log.load().unwrap(), sample(), "the unsynced commit is gone");
+        log.append_unsynced(&[commit(1)]).unwrap();
+        log.append(&[commit(2)]).unwrap();
+        disk.lose_unsynced();
+        let mut expected = sample();
+        expected.extend([commit(1), commit(2)]);
+        assert_eq!(log.load().unwrap(), expected, "a sync keeps the unsynced records before it");
     }
 
     #[test]

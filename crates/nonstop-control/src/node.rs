@@ -687,8 +687,11 @@ impl<S: Replicated> RaftNode<S> {
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             let hard_state = self.storage.set_commit(commit);
-            // Remembered, so that a restart replays what it knew committed.
-            self.log.append(&[hard_record(&hard_state)])?;
+            // Remembered, so that a restart replays what it knew committed; not synced, since
+            // Raft needs no commit index on disk (a restart short of it learns it again from
+            // the leader), and every entry applied here would otherwise wait for a sync: on a
+            // failover that is one more disk flush between a promotion's commit and its start.
+            self.log.append_unsynced(&[hard_record(&hard_state)])?;
         }
         self.collect(light.take_messages(), &mut output);
         self.apply(light.take_committed_entries(), &mut output)?;

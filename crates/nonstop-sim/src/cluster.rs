@@ -364,6 +364,8 @@ impl Sim {
     fn crash(&mut self, id: u64) {
         let alive: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect();
         self.nodes.insert(id, None);
+        // Its machine went down with it: what the node wrote to its log without syncing is lost.
+        self.disks[&id].lose_unsynced();
         self.queue.retain(|e| e.to != id && e.from != id);
         // Its connections reset.
         for other in alive.iter().copied().filter(|o| *o != id) {
