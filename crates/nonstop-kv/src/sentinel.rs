@@ -125,6 +125,22 @@ impl Sentinel {
         }
     }
 
+    /// Whether `request` asks where the primary is while this node believes the primary down.
+    /// A failover is then under way, and the answer worth giving is the primary it makes: the
+    /// old address sends the client to a dead port, and it asks again only after its own retry
+    /// delay. The port may hold such a request a short while for the record to change
+    /// (promotions after a crash take milliseconds), then answer from the record as it stands.
+    pub fn asks_for_a_down_primary(request: &Request, topology: &Topology) -> bool {
+        let asks = match request.as_slice() {
+            [command, sub, ..] if command.eq_ignore_ascii_case(b"SENTINEL") => {
+                let sub = sub.to_ascii_uppercase();
+                matches!(sub.as_slice(), b"GET-MASTER-ADDR-BY-NAME" | b"MASTERS" | b"MASTER")
+            }
+            _ => false,
+        };
+        asks && topology.primary.as_ref().is_some_and(|primary| primary.down)
+    }
+
     /// The messages for this connection when the primary moved from `old` to `new`: Sentinel's
     /// `+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>` on its channel.
     pub fn switched(&self, old: &Topology, new: &Topology) -> Vec<Reply> {
@@ -352,6 +368,24 @@ mod tests {
                 .collect(),
             sentinels: (1..=3).map(|node| at(26378 + node as u16, node)).collect(),
         }
+    }
+
+    #[test]
+    fn discovery_is_held_only_while_the_primary_is_believed_down() {
+        let mut down = topology(6380);
+        down.primary.as_mut().unwrap().down = true;
+        let up = topology(6380);
+        for asking in ["SENTINEL get-master-addr-by-name kv", "sentinel MASTERS", "Sentinel master kv"] {
+            assert!(Sentinel::asks_for_a_down_primary(&words(asking), &down), "{asking}");
+            assert!(!Sentinel::asks_for_a_down_primary(&words(asking), &up), "{asking}");
+        }
+        for other in ["SENTINEL replicas kv", "SENTINEL sentinels kv", "PING", "SENTINEL", "GET-MASTER-ADDR-BY-NAME kv"]
+        {
+            assert!(!Sentinel::asks_for_a_down_primary(&words(other), &down), "{other}");
+        }
+        let mut none = topology(6380);
+        none.primary = None;
+        assert!(!Sentinel::asks_for_a_down_primary(&words("SENTINEL masters"), &none));
     }
 
     fn one(sentinel: &mut Sentinel, command: &str, topology: &Topology) -> Reply {

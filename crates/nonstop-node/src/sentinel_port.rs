@@ -8,7 +8,14 @@ use crate::redis_port::{RedisService, Stream, Watched, flush, patience, sleep_or
 use nonstop_kv::resp::{Decoder, Limits};
 use nonstop_kv::sentinel::Sentinel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{Duration, Instant, timeout, timeout_at};
+
+/// How long a discovery request may wait for a failover to name a new primary, while this
+/// node believes the primary down ([`Sentinel::asks_for_a_down_primary`]): a promotion after a
+/// crash takes a few milliseconds, and a client told the new primary at once skips its retry
+/// delay. Well under the 100 ms socket timeout that redis-py's documentation gives its
+/// Sentinel clients, so that a sentinel which waits is not taken for a dead one.
+const FAILOVER_WAIT: Duration = Duration::from_millis(50);
 
 /// Serves one sentinel connection until it closes, quits, or sends what cannot be read.
 pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis: &RedisService) -> Result<(), Ended> {
@@ -21,15 +28,27 @@ pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis
     let mut input = vec![0u8; 4096];
     let mut output = Vec::new();
     let mut begun = None;
-    loop {
+    let refresh = |watched: &mut Watched, sentinel: &Sentinel, output: &mut Vec<u8>| {
         if let Some(before) = watched.refresh(redis) {
             for message in sentinel.switched(&before, &watched.topology) {
-                message.encode(sentinel.protocol(), &mut output);
+                message.encode(sentinel.protocol(), output);
             }
         }
+    };
+    loop {
+        refresh(&mut watched, &sentinel, &mut output);
         loop {
             match decoder.next_request() {
                 Ok(Some(request)) => {
+                    if Sentinel::asks_for_a_down_primary(&request, &watched.topology) {
+                        flush(&mut stream, &mut output, limits.message).await?;
+                        let until = Instant::now() + FAILOVER_WAIT;
+                        while Sentinel::asks_for_a_down_primary(&request, &watched.topology)
+                            && timeout_at(until, watched.changed()).await.is_ok()
+                        {
+                            refresh(&mut watched, &sentinel, &mut output);
+                        }
+                    }
                     let answer = sentinel.handle(&request, &watched.topology);
                     for reply in &answer.replies {
                         reply.encode(sentinel.protocol(), &mut output);
