@@ -267,6 +267,21 @@ impl FrameSender {
         self.stream.try_clone()
     }
 
+    /// Whether this end has heard the peer close the connection, or the connection fail:
+    /// anything written now would be lost (a peer that crashed and came back answers it with
+    /// a reset, after the write seemed to succeed). Does not block. A sender whose peer never
+    /// writes back learns of its death only here or from a write that fails later, so a
+    /// long-lived link asks before it writes.
+    pub fn peer_closed(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.stream, PollFlags::RDHUP)];
+        let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+        match poll(&mut fds, Some(&now)) {
+            Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => false,
+        }
+    }
+
     /// Closes both directions (wakes the receiving half).
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);

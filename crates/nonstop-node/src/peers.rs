@@ -334,6 +334,12 @@ fn dial_loop(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        // This side only writes, so a peer that died and came back is seen here, not by a
+        // failed write: the first write after its restart would seem to succeed and vanish
+        // (once, a Raft vote: the election waited out its timeout).
+        if sender.as_ref().is_some_and(FrameSender::peer_closed) {
+            sender = None;
+        }
         if sender.is_none() {
             match conn::connect(addr, &key, &detections) {
                 Ok((s, _receiver)) => {
