@@ -405,7 +405,8 @@ impl Agent {
             replica.propose();
             replica.poll(&self.peers)?;
         }
-        let output = self.control.poll()?;
+        let peers = &self.peers;
+        let output = self.control.poll_sending(|to, bytes| peers.send(to, Body::Raft(bytes)))?;
         for (to, bytes) in output.messages {
             self.peers.send(to, Body::Raft(bytes));
         }
