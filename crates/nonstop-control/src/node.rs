@@ -280,9 +280,10 @@ pub struct RaftNode<S: Replicated> {
 /// Long enough for the first's vote requests to arrive, which leave only once its vote is
 /// synced to disk: at 3 ticks (30 ms) a sync of ~40 ms made the next stand in the same term
 /// before it had heard the first, the vote split, and the failover waited out an election
-/// timeout (~300 ms, about one kill in 200 in `nonstop chaos kill --kind kv`). The first
-/// rarely loses (none of 134 leader losses in one such run), so waiting longer for the
-/// next costs little.
+/// timeout (~300 ms, about one kill in 200 in `nonstop chaos kill --kind kv`). A survivor
+/// that refuses the first its vote for a shorter log does not wait for its turn
+/// ([`RaftNode::stand_if_the_candidate_cannot_win`]), so the turn is the wait only when the
+/// first's requests are lost or late.
 const STAND_TURN_TICKS: u32 = 10;
 
 impl<S: Replicated> std::fmt::Debug for RaftNode<S> {
@@ -572,11 +573,29 @@ impl<S: Replicated> RaftNode<S> {
                 Membership::Dynamic => check_conf_state(conf)?,
             }
         }
+        let vote_asked = (message.get_msg_type() == MessageType::MsgRequestVote).then_some(message.term);
         let stepped = self.raw.step(message);
         self.redraw_election_timeout();
+        if let Some(term) = vote_asked {
+            self.stand_if_the_candidate_cannot_win(term);
+        }
         match stepped {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
             Err(error) => Err(error.into()),
+        }
+    }
+
+    /// A survivor waiting for its turn to stand ([`RaftNode::on_leader_lost`]) that was just
+    /// asked for its vote in `term` and gave it to nobody has a longer log than the candidate,
+    /// which therefore cannot win: the turn exists for this case, so it stands now rather
+    /// than when its turn comes. One that voted for someone waits, and lets that one win.
+    fn stand_if_the_candidate_cannot_win(&mut self, term: u64) {
+        let Some((_, dead)) = self.standing_in else { return };
+        let raft = &self.raw.raft;
+        if raft.term == term && raft.vote == raft::INVALID_ID && self.leader().is_none_or(|leader| leader == dead) {
+            self.standing_in = None;
+            tracing::info!(node = self.id.0, "a candidate with a shorter log asked for my vote: standing now");
+            self.campaign_after_leader_loss();
         }
     }
 

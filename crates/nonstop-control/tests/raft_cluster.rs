@@ -287,3 +287,30 @@ fn a_log_whose_commit_runs_past_its_entries_is_refused() {
     let error = ControlNode::new(ControlConfig::new(NodeId(1), voters()), Box::new(log)).unwrap_err();
     assert!(error.to_string().contains("committed"), "{error}");
 }
+
+/// When the leader's process dies, the lowest surviving voter stands at once and the others
+/// wait their turn. One that the first asks for its vote and refuses it, for having the longer
+/// log, stands at once instead: the first cannot win, and waiting out the turn would only
+/// lengthen the failover.
+#[test]
+fn a_survivor_with_the_longer_log_stands_when_the_first_cannot_win() {
+    let mut net = Net::new();
+    net.run(40);
+    let old = net.leader().unwrap();
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let (first, longer) = (survivors[0], survivors[1]);
+    // The last entry reaches only `longer` (with the leader, a majority: it commits).
+    net.cut.insert((old, first));
+    net.propose(old, &create());
+    net.crash(old);
+    net.heal();
+    for id in [first, longer] {
+        net.node(id).on_leader_lost(NodeId(old), |node| node.0 != old);
+    }
+    net.poll(first);
+    net.poll(longer);
+    net.deliver();
+    assert_eq!(net.leader(), Some(longer), "elected without waiting for its turn");
+    net.run(3);
+    assert!(net.node(first).state().service("bank").is_some(), "the entry the first missed reached it");
+}
