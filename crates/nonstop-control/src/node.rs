@@ -273,6 +273,8 @@ pub struct RaftNode<S: Replicated> {
     /// After the leader's process was seen to die: ticks until this node stands, unless a
     /// leader other than the dead one is known by then, and the dead leader.
     standing_in: Option<(u32, NodeId)>,
+    /// The last index its log said was committed when it started.
+    recovered_commit: u64,
 }
 
 /// Ticks between the surviving voters' turns to stand after the leader died: the first may
@@ -337,6 +339,7 @@ impl<S: Replicated> RaftNode<S> {
             ));
         }
         let state = replay(&storage, records, initial)?;
+        let recovered_commit = storage.contents().1.commit;
         let raft_config = raft::Config {
             id: config.id.0,
             // Entries up to the snapshot are in `state` already.
@@ -381,9 +384,17 @@ impl<S: Replicated> RaftNode<S> {
             jitter,
             snapshots_sent: Vec::new(),
             standing_in: None,
+            recovered_commit,
         };
         node.redraw_election_timeout();
         Ok(node)
+    }
+
+    /// The last index this node knew committed when it started: the commands up to it that it
+    /// applies now are replayed from its own log (they took effect before it restarted), not
+    /// news. A driver that tells operators what a command did can say so.
+    pub fn recovered_commit(&self) -> u64 {
+        self.recovered_commit
     }
 
     /// This node.

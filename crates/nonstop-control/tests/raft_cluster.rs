@@ -314,3 +314,23 @@ fn a_survivor_with_the_longer_log_stands_when_the_first_cannot_win() {
     net.run(3);
     assert!(net.node(first).state().service("bank").is_some(), "the entry the first missed reached it");
 }
+
+/// A restarted node knows which of the commands it applies again were committed before it
+/// went down (what its log said), so its driver can tell replays from news.
+#[test]
+fn a_restarted_node_knows_what_it_replays() {
+    let mut net = Net::new();
+    assert_eq!(net.node(1).recovered_commit(), 0, "a fresh node replays nothing");
+    net.run(40);
+    let leader = net.leader().unwrap();
+    net.propose(leader, &create());
+    net.run(3);
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let created_at = net.applied[&follower].last().expect("the follower applied the creation").index;
+    net.crash(follower);
+    net.start(follower);
+    assert!(net.node(follower).recovered_commit() >= created_at, "the creation is a replay");
+    net.run(3);
+    let replayed = net.applied[&follower].iter().find(|a| a.index == created_at).expect("applied again on restart");
+    assert!(replayed.index <= net.node(follower).recovered_commit());
+}

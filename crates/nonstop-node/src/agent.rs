@@ -430,13 +430,13 @@ impl Agent {
             if let Command::Promote { service, node, from_term, .. } = &applied.command
                 && applied.outcome.is_ok()
             {
-                tracing::info!(
-                    service,
-                    node = node.0,
-                    term = from_term.0 + 1,
-                    index = applied.index,
-                    "promotion committed"
-                );
+                let (term, index) = (from_term.0 + 1, applied.index);
+                if index <= self.control.recovered_commit() {
+                    // Replayed from this node's log after a restart: it happened before.
+                    tracing::debug!(service, node = node.0, term, index, "promotion replayed from the log");
+                } else {
+                    tracing::info!(service, node = node.0, term, index, "promotion committed");
+                }
             }
         }
         Ok(())
