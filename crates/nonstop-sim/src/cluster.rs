@@ -377,6 +377,15 @@ impl Sim {
             for link in links {
                 self.on_msg(other, id, Msg::Reset { link });
             }
+            // Its control-plane connection closes too, and each survivor's agent reacts as the
+            // node's does: the coordinator marks it gone, and if it led, the survivors stand in
+            // turn ([`ControlNode::on_leader_lost`], the node's code).
+            let nanos = Nanos(self.now * MS);
+            if let Some(Some(node)) = self.nodes.get_mut(&other) {
+                node.coordinator.on_disconnect(NodeId(id));
+                let coordinator = &node.coordinator;
+                node.control.on_leader_lost(NodeId(id), |n| coordinator.alive(n, nanos));
+            }
         }
         // Lost: released, and held by no node still running (a paused or cut-off one counts).
         let copies: Vec<BTreeSet<u64>> = self
