@@ -338,8 +338,7 @@ impl<S: Replicated> RaftNode<S> {
                 "a group whose members change keeps its log in memory, and this one found a log to replay".into(),
             ));
         }
-        let state = replay(&storage, records, initial)?;
-        let recovered_commit = storage.contents().1.commit;
+        let (state, recovered_commit) = replay(&storage, records, initial)?;
         let raft_config = raft::Config {
             id: config.id.0,
             // Entries up to the snapshot are in `state` already.
@@ -982,7 +981,8 @@ fn check_wire_message(message: &Message, membership: Membership) -> Result<(), C
     Ok(())
 }
 
-fn replay<S: Replicated>(storage: &ControlStorage, records: Vec<Record>, initial: S) -> Result<S, ControlError> {
+/// The state the log's records rebuild into `storage`, and the commit index they recorded.
+fn replay<S: Replicated>(storage: &ControlStorage, records: Vec<Record>, initial: S) -> Result<(S, u64), ControlError> {
     let mut state = initial;
     for record in records {
         match record {
@@ -1031,7 +1031,7 @@ fn replay<S: Replicated>(storage: &ControlStorage, records: Vec<Record>, initial
             hard_state.commit
         )));
     }
-    Ok(state)
+    Ok((state, hard_state.commit))
 }
 
 /// Forwards raft-rs's slog records to `tracing` at debug level.
