@@ -28,6 +28,9 @@ pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis
     let mut input = vec![0u8; 4096];
     let mut output = Vec::new();
     let mut begun = None;
+    // The topology a discovery request last waited out without a change: the next ones asked
+    // under it are answered at once, so a pipeline of them waits once, not once each.
+    let mut waited_out: Option<nonstop_kv::topology::Topology> = None;
     let refresh = |watched: &mut Watched, sentinel: &Sentinel, output: &mut Vec<u8>| {
         if let Some(before) = watched.refresh(redis) {
             for message in sentinel.switched(&before, &watched.topology) {
@@ -40,12 +43,16 @@ pub(crate) async fn serve<S: Stream>(mut stream: S, answering: &Answering, redis
         loop {
             match decoder.next_request() {
                 Ok(Some(request)) => {
-                    if Sentinel::asks_for_a_down_primary(&request, &watched.topology) {
+                    if Sentinel::asks_for_a_down_primary(&request, &watched.topology)
+                        && waited_out.as_ref() != Some(&watched.topology)
+                    {
                         flush(&mut stream, &mut output, limits.message).await?;
                         let until = Instant::now() + FAILOVER_WAIT;
-                        while Sentinel::asks_for_a_down_primary(&request, &watched.topology)
-                            && timeout_at(until, watched.changed()).await.is_ok()
-                        {
+                        while Sentinel::asks_for_a_down_primary(&request, &watched.topology) {
+                            if timeout_at(until, watched.changed()).await.is_err() {
+                                waited_out = Some(watched.topology.clone());
+                                break;
+                            }
                             refresh(&mut watched, &sentinel, &mut output);
                         }
                     }
