@@ -463,7 +463,11 @@ impl ServiceRole {
                 false
             }
         };
-        let retry = config.timeout_ns;
+        // A proposal is lost when leadership moves (forwarded to a leader that died), and what
+        // waits on it (a dead backup's drop, which output waits for) would wait as long as the
+        // retry: ask again every other heartbeat, as for the lease. A repeat that arrives after
+        // the first applied is refused by the record's rules and changes nothing.
+        let repropose = 2 * config.heartbeat_ns;
         // A switchover: cut the last checkpoint, then promote the target once it holds it.
         if let Some(switchover) = &mut duties.switchover {
             if switchover.step == SwitchoverStep::CutDue {
@@ -495,7 +499,7 @@ impl ServiceRole {
             if up(node) && acked.is_some() && acked >= held {
                 // An add proposed at a version the record has passed can no longer apply (an
                 // add of another node came first): propose it again at once.
-                let every = if proposed.is_some_and(|v| v < record.version) { 0 } else { retry };
+                let every = if proposed.is_some_and(|v| v < record.version) { 0 } else { repropose };
                 let command =
                     Command::AddBackup { service: name.to_string(), term, node: *node, version: record.version };
                 if propose(actions, Proposal::Add(*node), command, every) {
@@ -508,21 +512,26 @@ impl ServiceRole {
             *proposed = Some(proposed.map_or(record.version, |p| p.max(record.version)));
         }
         if barrier {
-            propose(actions, Proposal::Barrier, Command::Barrier { service: name.to_string(), term }, retry);
+            propose(actions, Proposal::Barrier, Command::Barrier { service: name.to_string(), term }, repropose);
         }
-        // A backup whose link is down past the timeout is dropped from the record; so is a
-        // catching-up holder the control plane believes dead that long.
+        // A backup whose link is down past the timeout is dropped from the record, and at once
+        // if the control plane finds it dead too (its connection closed, so its process is
+        // gone, or it was silent past the timeout): output waits for it until then, and a
+        // backup's crash would otherwise hold every reply for the timeout where a primary's
+        // costs milliseconds. So is a catching-up holder the control plane believes dead for
+        // the timeout (output does not wait for it).
         let catching_up = record.catching_up.iter().map(|c| c.node);
         for node in record.backups.iter().copied().chain(catching_up) {
-            let fine = if record.backups.contains(&node) { up(&node) } else { (observed.alive)(node) };
-            if fine {
+            let alive = (observed.alive)(node);
+            let backup = record.backups.contains(&node);
+            if (backup && up(&node)) || (!backup && alive) {
                 duties.lost_since.remove(&node);
                 continue;
             }
             let since = *duties.lost_since.entry(node).or_insert(now);
-            if now.0.saturating_sub(since.0) >= config.timeout_ns {
+            if (backup && !alive) || now.0.saturating_sub(since.0) >= config.timeout_ns {
                 let command = Command::DropBackup { service: name.to_string(), term, node };
-                propose(actions, Proposal::Drop(node), command, retry);
+                propose(actions, Proposal::Drop(node), command, repropose);
             }
         }
         // Keep a lease: output leaves only while it lasts. Until one is granted, ask again
@@ -547,7 +556,7 @@ impl ServiceRole {
                 && duties
                     .attach_failures
                     .get(node)
-                    .is_none_or(|failures| now >= failures.retry_at(config.heartbeat_ns, retry))
+                    .is_none_or(|failures| now >= failures.retry_at(config.heartbeat_ns, config.timeout_ns))
         };
         let kept = record.catching_up.iter().map(|c| c.node).find(|n| eligible(n));
         let next = match kept {
@@ -611,6 +620,10 @@ mod tests {
 
     /// Two backups, node 1 primary of term 1; then node 2 promoted from it.
     fn promoted() -> ServiceRecord {
+        promoted_state().service("bank").unwrap().clone()
+    }
+
+    fn promoted_state() -> ClusterState {
         let mut state = ClusterState::default();
         let bank = || "bank".to_string();
         let commands = [
@@ -628,7 +641,7 @@ mod tests {
         for (i, command) in commands.into_iter().enumerate() {
             state.apply(i as u64 + 1, command).outcome.unwrap();
         }
-        state.service("bank").unwrap().clone()
+        state
     }
 
     #[test]
@@ -658,6 +671,53 @@ mod tests {
         let add =
             Command::AddBackup { service: "bank".into(), term: Term(2), node: NodeId(3), version: record.version };
         assert!(actions.contains(&Action::Propose(add)), "and it is added: {actions:?}");
+    }
+
+    /// A backup whose link went down is dropped from the record a failure timeout later if
+    /// the control plane still finds it alive (a glitch may pass), and at once if it finds it
+    /// dead: output waits for the drop, and a backup's crash must not hold every reply for the
+    /// timeout when a primary's costs milliseconds.
+    #[test]
+    fn a_dead_backup_is_dropped_at_once_and_a_silent_link_after_the_timeout() {
+        let mut state = promoted_state();
+        let add =
+            Command::AddBackup { service: "bank".into(), term: Term(2), node: NodeId(3), version: promoted().version };
+        state.apply(10, add).outcome.unwrap();
+        let record = state.service("bank").unwrap().clone();
+        assert_eq!(record.backups, vec![NodeId(3)]);
+        let drop = Action::Propose(Command::DropBackup { service: "bank".into(), term: Term(2), node: NodeId(3) });
+        let no_links = BTreeMap::new();
+        let tick_seeing = |role: &mut ServiceRole, at: u64, alive: &dyn Fn(NodeId) -> bool| {
+            role.tick(&Observed {
+                now: Nanos(at * MS),
+                record: Some(&record),
+                alive,
+                region_free: true,
+                standby_held: Some((Term(1), CheckpointId(9))),
+                primary_held: None,
+                links: &no_links,
+            })
+        };
+        let serving = || {
+            let mut node2 = role(2);
+            tick_seeing(&mut node2, 0, &|_| true);
+            let served = tick_seeing(&mut node2, 1, &|_| true);
+            assert_eq!(served[0], Action::Serve { term: Term(2), from: ServeFrom::Image });
+            node2
+        };
+        // Link down, node 3 still heard: a timeout's grace.
+        let mut node2 = serving();
+        assert!(!tick_seeing(&mut node2, 10, &|_| true).contains(&drop));
+        assert!(!tick_seeing(&mut node2, 209, &|_| true).contains(&drop), "within the timeout");
+        assert!(tick_seeing(&mut node2, 210, &|_| true).contains(&drop), "after it");
+        // Link down and node 3's process gone: at once.
+        let mut node2 = serving();
+        let dead = |node: NodeId| node != NodeId(3);
+        assert!(tick_seeing(&mut node2, 10, &dead).contains(&drop));
+        // Not asked again before two heartbeats (the first may have gone to a dead leader),
+        // then again.
+        assert!(!tick_seeing(&mut node2, 29, &dead).contains(&drop));
+        assert!(tick_seeing(&mut node2, 30, &dead).contains(&drop));
     }
 
     #[test]
