@@ -270,11 +270,22 @@ pub struct RaftNode<S: Replicated> {
     jitter: Option<(SmallRng, usize)>,
     /// Peers sent a snapshot by the current poll, to report as sent once it is done.
     snapshots_sent: Vec<u64>,
-    /// After the leader's process was seen to die: ticks until this node stands, unless a
-    /// leader other than the dead one is known by then, and the dead leader.
-    standing_in: Option<(u32, NodeId)>,
+    /// After the leader's process was seen to die: this node's wait for its turn to stand.
+    standing_in: Option<StandIn>,
     /// The last index its log said was committed when it started.
     recovered_commit: u64,
+}
+
+/// A surviving voter's wait for its turn to stand after the leader died
+/// ([`RaftNode::on_leader_lost`]).
+#[derive(Clone, Copy, Debug)]
+struct StandIn {
+    /// Ticks until it stands, unless a leader other than the dead one is known by then.
+    ticks: u32,
+    /// The dead leader.
+    dead: NodeId,
+    /// The survivor whose turn comes just before this one's.
+    after: NodeId,
 }
 
 /// Ticks between the surviving voters' turns to stand after the leader died: the first may
@@ -282,10 +293,10 @@ pub struct RaftNode<S: Replicated> {
 /// Long enough for the first's vote requests to arrive, which leave only once its vote is
 /// synced to disk: at 3 ticks (30 ms) a sync of ~40 ms made the next stand in the same term
 /// before it had heard the first, the vote split, and the failover waited out an election
-/// timeout (~300 ms, about one kill in 200 in `nonstop chaos kill --kind kv`). A survivor
-/// that refuses the first its vote for a shorter log does not wait for its turn
-/// ([`RaftNode::stand_if_the_candidate_cannot_win`]), so the turn is the wait only when the
-/// first's requests are lost or late.
+/// timeout (~300 ms, about one kill in 200 in `nonstop chaos kill --kind kv`). The survivor
+/// next in turn after a candidate, if it refuses that candidate its vote for a shorter log,
+/// does not wait for its turn ([`RaftNode::stand_if_the_candidate_cannot_win`]), so the turn
+/// is the wait only when the candidate's requests are lost or late.
 const STAND_TURN_TICKS: u32 = 10;
 
 impl<S: Replicated> std::fmt::Debug for RaftNode<S> {
@@ -460,14 +471,14 @@ impl<S: Replicated> RaftNode<S> {
         self.raw.tick();
         self.redraw_election_timeout();
         match self.standing_in {
-            Some((0, dead)) => {
+            Some(StandIn { ticks: 0, dead, .. }) => {
                 self.standing_in = None;
                 if self.leader().is_none_or(|leader| leader == dead) {
                     tracing::info!(node = self.id.0, "no new leader yet: standing in turn");
                     self.campaign_after_leader_loss();
                 }
             }
-            Some((ticks, dead)) => self.standing_in = Some((ticks - 1, dead)),
+            Some(ref mut stand_in) => stand_in.ticks -= 1,
             None => {}
         }
     }
@@ -488,7 +499,10 @@ impl<S: Replicated> RaftNode<S> {
                 tracing::info!(node = self.id.0, leader = dead.0, "the leader is gone: standing now");
                 self.campaign_after_leader_loss();
             }
-            Some(turn) => self.standing_in = Some((turn as u32 * STAND_TURN_TICKS, dead)),
+            Some(turn) => {
+                self.standing_in =
+                    Some(StandIn { ticks: turn as u32 * STAND_TURN_TICKS, dead, after: survivors[turn - 1] })
+            }
             None => {}
         }
     }
@@ -583,11 +597,12 @@ impl<S: Replicated> RaftNode<S> {
                 Membership::Dynamic => check_conf_state(conf)?,
             }
         }
-        let vote_asked = (message.get_msg_type() == MessageType::MsgRequestVote).then_some(message.term);
+        let vote_asked =
+            (message.get_msg_type() == MessageType::MsgRequestVote).then_some((message.term, NodeId(message.from)));
         let stepped = self.raw.step(message);
         self.redraw_election_timeout();
-        if let Some(term) = vote_asked {
-            self.stand_if_the_candidate_cannot_win(term);
+        if let Some((term, candidate)) = vote_asked {
+            self.stand_if_the_candidate_cannot_win(term, candidate);
         }
         match stepped {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
@@ -596,13 +611,21 @@ impl<S: Replicated> RaftNode<S> {
     }
 
     /// A survivor waiting for its turn to stand ([`RaftNode::on_leader_lost`]) that was just
-    /// asked for its vote in `term` and gave it to nobody has a longer log than the candidate,
-    /// which therefore cannot win: the turn exists for this case, so it stands now rather
-    /// than when its turn comes. One that voted for someone waits, and lets that one win.
-    fn stand_if_the_candidate_cannot_win(&mut self, term: u64) {
-        let Some((_, dead)) = self.standing_in else { return };
+    /// asked for its vote in `term` by the survivor whose turn comes just before its own, and
+    /// gave it to nobody, has a longer log than that candidate, which may well not win: the
+    /// turn exists for this case, so it stands now rather than when its turn comes. One that
+    /// voted for the candidate waits, and lets it win. One further down the turns waits too,
+    /// even if it refused: with five voters two survivors can refuse the same candidate, and
+    /// if both stood at once they could split the vote and leave the failover to the election
+    /// timeout (the failover simulation's outage bound found it).
+    fn stand_if_the_candidate_cannot_win(&mut self, term: u64, candidate: NodeId) {
+        let Some(StandIn { dead, after, .. }) = self.standing_in else { return };
         let raft = &self.raw.raft;
-        if raft.term == term && raft.vote == raft::INVALID_ID && self.leader().is_none_or(|leader| leader == dead) {
+        if candidate == after
+            && raft.term == term
+            && raft.vote == raft::INVALID_ID
+            && self.leader().is_none_or(|leader| leader == dead)
+        {
             self.standing_in = None;
             tracing::info!(node = self.id.0, "a candidate with a shorter log asked for my vote: standing now");
             self.campaign_after_leader_loss();

@@ -1,5 +1,6 @@
-//! Three control nodes on a deterministic in-memory network: elections, proposals from any node,
-//! crashes with restarts from the durable log, partitions, and one promotion per term.
+//! Three control nodes (five in one test) on a deterministic in-memory network: elections,
+//! proposals from any node, crashes with restarts from the durable log, partitions, and one
+//! promotion per term.
 
 use nonstop_control::cluster::{Applied, Command, NodeId, PromotionReason};
 use nonstop_control::log::{FileLog, MemoryLog, RaftLog};
@@ -14,10 +15,15 @@ struct Net {
     cut: BTreeSet<(u64, u64)>,
     applied: BTreeMap<u64, Vec<Applied>>,
     compact_every: u64,
+    size: u64,
 }
 
 fn voters() -> Vec<NodeId> {
-    vec![NodeId(1), NodeId(2), NodeId(3)]
+    voters_of(3)
+}
+
+fn voters_of(size: u64) -> Vec<NodeId> {
+    (1..=size).map(NodeId).collect()
 }
 
 impl Net {
@@ -26,6 +32,10 @@ impl Net {
     }
 
     fn with_compaction(compact_every: u64) -> Net {
+        Net::of(3, compact_every)
+    }
+
+    fn of(size: u64, compact_every: u64) -> Net {
         let mut net = Net {
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
@@ -33,8 +43,9 @@ impl Net {
             cut: BTreeSet::new(),
             applied: BTreeMap::new(),
             compact_every,
+            size,
         };
-        for id in 1..=3 {
+        for id in 1..=size {
             net.disks.insert(id, MemoryLog::default());
             net.start(id);
         }
@@ -43,7 +54,8 @@ impl Net {
 
     fn start(&mut self, id: u64) {
         let log: Box<dyn RaftLog> = Box::new(self.disks[&id].clone());
-        let config = ControlConfig { compact_every: self.compact_every, ..ControlConfig::new(NodeId(id), voters()) };
+        let config =
+            ControlConfig { compact_every: self.compact_every, ..ControlConfig::new(NodeId(id), voters_of(self.size)) };
         let node = ControlNode::new(config, log).unwrap();
         self.nodes.insert(id, Some(node));
         self.applied.insert(id, Vec::new());
@@ -59,7 +71,7 @@ impl Net {
     }
 
     fn isolate(&mut self, id: u64) {
-        for other in 1..=3 {
+        for other in 1..=self.size {
             if other != id {
                 self.cut.insert((id, other));
                 self.cut.insert((other, id));
@@ -313,6 +325,40 @@ fn a_survivor_with_the_longer_log_stands_when_the_first_cannot_win() {
     assert_eq!(net.leader(), Some(longer), "elected without waiting for its turn");
     net.run(3);
     assert!(net.node(first).state().service("bank").is_some(), "the entry the first missed reached it");
+}
+
+/// With five voters two survivors can refuse the first the same way: only the one whose turn
+/// comes next stands at once; the other waits for its turn, else the two could split the vote
+/// and leave the failover to the election timeout.
+#[test]
+fn only_the_survivor_next_in_turn_stands_when_the_first_cannot_win() {
+    let mut net = Net::of(5, 1024);
+    net.run(40);
+    let old = net.leader().unwrap();
+    let survivors: Vec<u64> = (1..=5).filter(|id| *id != old).collect();
+    // The last entry reaches the second and the fourth in turn (with the leader, a majority).
+    net.cut.insert((old, survivors[0]));
+    net.cut.insert((old, survivors[2]));
+    net.propose(old, &create());
+    net.crash(old);
+    net.heal();
+    let term = net.node(survivors[0]).raft_term();
+    for id in &survivors {
+        net.node(*id).on_leader_lost(NodeId(old), |node| node.0 != old);
+    }
+    // The first's vote requests, stepped by each without anything of theirs sent yet.
+    net.poll(survivors[0]);
+    let requests: Vec<(u64, u64, Vec<u8>)> = net.queue.drain(..).collect();
+    for (_, to, bytes) in requests.into_iter().filter(|(_, to, _)| *to != old) {
+        net.node(to).step(&bytes).unwrap();
+    }
+    assert_eq!(net.node(survivors[1]).raft_term(), term + 2, "next in turn, refused: stands");
+    assert_eq!(net.node(survivors[3]).raft_term(), term + 1, "refused too, but waits for its turn");
+    for id in &survivors {
+        net.poll(*id);
+    }
+    net.deliver();
+    assert_eq!(net.leader(), Some(survivors[1]), "elected without waiting for an election timeout");
 }
 
 /// A restarted node knows which of the commands it applies again were committed before it
