@@ -70,9 +70,22 @@ struct Peer {
     heard_since: Option<Nanos>,
     /// Its connection closed and nothing was heard since: its process is gone.
     closed: bool,
+    /// Heard again after its connection closed, and reported no region held since: a new
+    /// process, which cannot hold a region an earlier one served from.
+    new_process: bool,
     report: Report,
     /// Per service: since when the peer has reported holding no region for it, in a row.
-    empty_since: BTreeMap<String, Nanos>,
+    empty_since: BTreeMap<String, Empty>,
+}
+
+/// A node reporting that it holds no region for a service, report after report.
+#[derive(Clone, Copy, Debug)]
+struct Empty {
+    /// The first such report in the row.
+    since: Nanos,
+    /// The row comes from a new process (its connection closed since it last held a region),
+    /// which cannot hold a region an earlier one served from.
+    restarted: bool,
 }
 
 /// The leader's view of every node's liveness and holdings.
@@ -93,7 +106,7 @@ pub struct Coordinator {
     /// Per service: the term and local time of the last lease grant this node applied.
     last_grant: BTreeMap<String, (Term, Nanos)>,
     /// Per service: since when this node has reported holding no region for it, in a row.
-    own_empty_since: BTreeMap<String, Nanos>,
+    own_empty_since: BTreeMap<String, Empty>,
 }
 
 impl Coordinator {
@@ -110,6 +123,7 @@ impl Coordinator {
                         last_heard: None,
                         heard_since: None,
                         closed: false,
+                        new_process: false,
                         report: Report::default(),
                         empty_since: BTreeMap::new(),
                     },
@@ -140,8 +154,11 @@ impl Coordinator {
                 peer.heard_since = Some(now);
             }
             peer.last_heard = Some(now);
-            peer.closed = false;
-            note_empty(&mut peer.empty_since, &report, now);
+            peer.new_process |= std::mem::replace(&mut peer.closed, false);
+            if report.services.iter().any(|s| matches!(s.role, Role::Primary | Role::Backup)) {
+                peer.new_process = false;
+            }
+            note_empty(&mut peer.empty_since, &report, now, peer.new_process);
             peer.report = report;
         }
     }
@@ -197,14 +214,16 @@ impl Coordinator {
         let mut decisions = Vec::new();
         // The leader may be the primary that restarted without its region: it watches its own
         // report as it watches its peers'.
-        note_empty(&mut self.own_empty_since, own, now);
+        note_empty(&mut self.own_empty_since, own, now, false);
         self.proposed.retain(|service, (term, at)| {
             state.service(service).is_some_and(|r| r.term == *term) && now.0.saturating_sub(at.0) < self.timeout_ns
         });
         for (name, record) in state.services() {
             // A primary whose agent restarted is alive but holds no region: it keeps reporting
             // itself a spare in the current term. (One such report may be stale, sent just
-            // before it started serving, so it must last a failure timeout.)
+            // before it started serving, so it must last a failure timeout; unless the reports
+            // began after its connection closed: a new process, and a primary that restarted
+            // before a new leader was elected is then failed over at once, not a timeout later.)
             let (report, empty_since) = if record.primary == self.me {
                 (own.services.iter().find(|s| s.service == name), self.own_empty_since.get(name))
             } else {
@@ -214,7 +233,8 @@ impl Coordinator {
                 )
             };
             let restarted = report.is_some_and(|r| r.term == record.term)
-                && empty_since.is_some_and(|since| now.0.saturating_sub(since.0) >= self.timeout_ns);
+                && empty_since
+                    .is_some_and(|empty| empty.restarted || now.0.saturating_sub(empty.since.0) >= self.timeout_ns);
             if (self.alive(record.primary, now) && !restarted) || self.proposed.contains_key(name) {
                 continue;
             }
@@ -307,11 +327,13 @@ impl Coordinator {
     }
 }
 
-/// Per service, since when `report`'s node has reported holding no region for it, in a row.
-fn note_empty(empty_since: &mut BTreeMap<String, Nanos>, report: &Report, now: Nanos) {
+/// Per service, since when `report`'s node has reported holding no region for it, in a row, and
+/// whether it comes from a process started since it last held a region (`restarted`).
+fn note_empty(empty_since: &mut BTreeMap<String, Empty>, report: &Report, now: Nanos, restarted: bool) {
     for service in &report.services {
         if matches!(service.role, Role::Spare | Role::Joining) {
-            empty_since.entry(service.service.clone()).or_insert(now);
+            empty_since.entry(service.service.clone()).or_insert(Empty { since: now, restarted }).restarted |=
+                restarted;
         } else {
             empty_since.remove(&service.service);
         }
@@ -388,6 +410,41 @@ mod tests {
         c.on_report(NodeId(1), empty, Nanos(50 * MS));
         let decisions = c.decide(&state(), &backup_report(4), Nanos(50 * MS));
         assert!(matches!(&decisions[..], [Decision::Propose(Command::Promote { .. })]), "{decisions:?}");
+    }
+
+    /// A primary whose connection closed and that came back reporting no region is a new
+    /// process: it is failed over at once, not a timeout later. (A primary killed with the
+    /// leader and restarted before the next leader was elected waited the whole timeout.)
+    #[test]
+    fn a_primary_back_without_its_region_after_its_connection_closed_is_replaced_at_once() {
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
+        let empty = Report {
+            services: vec![ServiceReport { service: "bank".into(), role: Role::Spare, term: Term(1), held: None }],
+        };
+        c.on_report(NodeId(1), Report::default(), Nanos(0));
+        c.on_report(NodeId(2), backup_report(4), Nanos(0));
+        c.on_disconnect(NodeId(1));
+        // Its first report may come before its log replay knows of the service.
+        c.on_report(NodeId(1), Report::default(), Nanos(MS));
+        c.on_report(NodeId(1), empty.clone(), Nanos(2 * MS));
+        let decisions = c.decide(&state(), &backup_report(4), Nanos(2 * MS));
+        assert!(matches!(&decisions[..], [Decision::Propose(Command::Promote { .. })]), "{decisions:?}");
+        // Back and serving: an empty report after that is the stale kind again, a timeout's
+        // wait.
+        let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
+        let serving = Report {
+            services: vec![ServiceReport {
+                service: "bank".into(),
+                role: Role::Primary,
+                term: Term(1),
+                held: Some(CheckpointId(4)),
+            }],
+        };
+        c.on_report(NodeId(2), backup_report(4), Nanos(0));
+        c.on_disconnect(NodeId(1));
+        c.on_report(NodeId(1), serving, Nanos(MS));
+        c.on_report(NodeId(1), empty, Nanos(2 * MS));
+        assert!(c.decide(&state(), &backup_report(4), Nanos(2 * MS)).is_empty());
     }
 
     #[test]
