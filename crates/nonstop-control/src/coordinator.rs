@@ -190,6 +190,12 @@ impl Coordinator {
         self.own_empty_since.clear();
     }
 
+    /// Whether this node, as leader, proposed a promotion for `service` that has not applied
+    /// yet (a failover under way).
+    pub fn promoting(&self, service: &str) -> bool {
+        self.proposed.contains_key(service)
+    }
+
     /// Whether `node` is believed alive at `now`: its connection did not close, and it was
     /// heard within the failure timeout (counted from when this node started watching, for a
     /// node not heard since).

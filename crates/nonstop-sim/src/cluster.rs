@@ -28,7 +28,16 @@
 //!   holders crashed (the budget makes that a bug, not bad luck);
 //! * **one releaser at a time**: no node releases output for a term older than a term whose output
 //!   was already released (a deposed primary never releases after its successor);
-//! * **one primary per term**: every node that applied a term names the same primary.
+//! * **one primary per term**: every node that applied a term names the same primary;
+//! * **a lone crash is over quickly**: after one node of a calm, fully protected service
+//!   crashes (the others able to release without it), output is released again within
+//!   `OUTAGE_LIMIT_MS` unless another fault or a lost control message comes first. Waiting
+//!   out a failure timeout or an election timeout (200 ms) fails it; so a slow path of failover
+//!   is a failing seed, as a lost commit is.
+//!
+//! Every node's log write takes a sync before what depends on it leaves (votes, append
+//! answers), usually within the step and now and then tens of milliseconds, as `fdatasync`
+//! on a busy disk does; a leader's appends leave before its own sync, as the agent sends them.
 //!
 //! The run ends with a quiet second: every node back, no faults. The service must release
 //! again by then; a record stuck without a promotable holder fails the seed.
@@ -54,6 +63,10 @@ const SWITCHOVER_LIMIT_MS: u64 = 1000;
 const MS: u64 = 1_000_000;
 /// The run's last steps are free of faults: the service must serve again.
 const QUIET_MS: u64 = 1500;
+/// How long output may stop after a lone crash (see the module's checks): the longest of the
+/// 2,198 in seeds 0..10,000 was 102 ms (slow syncs in a row), and a failure or an election
+/// timeout is 200 ms or more.
+const OUTAGE_LIMIT_MS: u64 = 150;
 
 /// The service a seed runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +129,11 @@ pub struct ClusterStats {
     pub beyond_budget: u64,
     /// Released transactions lost with every holder, in runs beyond the budget.
     pub lost_beyond_budget: u64,
+    /// Lone crashes of a fully protected service after which the time to the next release was
+    /// measured (no other fault and no lost control message came before it).
+    pub lone_crashes: u64,
+    /// The longest of those times, in virtual milliseconds.
+    pub longest_outage_ms: u64,
 }
 
 impl std::ops::AddAssign for ClusterStats {
@@ -132,6 +150,8 @@ impl std::ops::AddAssign for ClusterStats {
         self.rebases += other.rebases;
         self.beyond_budget += other.beyond_budget;
         self.lost_beyond_budget += other.lost_beyond_budget;
+        self.lone_crashes += other.lone_crashes;
+        self.longest_outage_ms = self.longest_outage_ms.max(other.longest_outage_ms);
     }
 }
 
@@ -161,6 +181,13 @@ enum Msg {
     Reset {
         link: u64,
     },
+}
+
+/// A lone crash whose outage is being timed: the node, and when it crashed.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    node: u64,
+    at: u64,
 }
 
 struct Envelope {
@@ -277,6 +304,8 @@ struct Sim {
     catching_up: BTreeSet<u64>,
     /// A crash aimed at a node just promoted: (node, when).
     aimed: Option<(u64, u64)>,
+    /// The lone crash whose outage is timed until output is released again, if one is.
+    outage: Option<Outage>,
     stats: ClusterStats,
     seed: u64,
     violation: Option<String>,
@@ -327,12 +356,35 @@ impl Sim {
     }
 
     fn send(&mut self, from: u64, to: u64, msg: Msg, ordered: bool) {
+        self.send_after(from, to, msg, ordered, 0);
+    }
+
+    /// Sends `msg` once `wait` more milliseconds have passed (a disk sync it waited for).
+    fn send_after(&mut self, from: u64, to: u64, msg: Msg, ordered: bool, wait: u64) {
         let delay = if ordered { 1 } else { self.rng.random_range(1..6) };
         // Control messages may be lost; data links are TCP: in order, lost only with the link.
         if !ordered && self.rng.random_ratio(1, 50) {
+            if matches!(msg, Msg::Raft(_)) {
+                self.void_outage("a control-plane message was lost");
+            }
             return;
         }
-        self.queue.push(Envelope { at: self.now + delay, from, to, msg });
+        self.queue.push(Envelope { at: self.now + wait + delay, from, to, msg });
+    }
+
+    /// Another fault came before output was released again: the outage of the lone crash
+    /// being timed is no longer a lone crash's.
+    fn void_outage(&mut self, why: &str) {
+        if let Some(outage) = self.outage.take() {
+            self.trace(|| format!("outage after node {}'s crash no longer timed: {why}", outage.node));
+        }
+    }
+
+    /// How long a poll's log write takes to sync: usually within the step, now and then as
+    /// long as a flush on a busy disk (fdatasync of a small append was measured at 0.1-0.4 ms
+    /// alone and ~40 ms under a cluster's own appends).
+    fn sync_ms(&mut self) -> u64 {
+        if self.rng.random_ratio(1, 10) { self.rng.random_range(5..50) } else { 0 }
     }
 
     fn trace(&self, what: impl FnOnce() -> String) {
@@ -362,6 +414,26 @@ impl Sim {
     }
 
     fn crash(&mut self, id: u64) {
+        let now = self.now;
+        // Timed only where the others can release without it: `min_backups` backups and a
+        // primary among the holders left (else output waits, as promised, for a restart);
+        // and only once the control plane is over earlier faults too: every running node
+        // follows one leader (a leader that paused past the timeout steps down when it wakes,
+        // and the election after that waits out an election timeout) and finds every other
+        // alive (survivors that disagree on who is alive can each take themselves for the
+        // first to stand, and split the vote).
+        let leaders: BTreeSet<Option<NodeId>> = self.nodes.values().flatten().map(|n| n.control.leader()).collect();
+        let lone = self.scenario.holders > u64::from(self.scenario.min_backups) + 1
+            && leaders.len() == 1
+            && leaders.first().is_some_and(|leader| leader.is_some())
+            && self.all_alive_to_all()
+            && self.failures_in_flight == 0
+            && !self.beyond_budget
+            && !self.switchover_asked
+            && self.cut.is_empty()
+            && self.down_until.is_empty()
+            && self.paused_until.values().all(|t| *t <= now);
+        self.void_outage("another node crashed");
         let alive: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect();
         self.nodes.insert(id, None);
         // Its machine went down with it: what the node wrote to its log without syncing is lost.
@@ -418,6 +490,9 @@ impl Sim {
         self.failures_in_flight += 1;
         self.down_until.insert(id, self.now + self.rng.random_range(50..800));
         self.stats.crashes += 1;
+        if lone {
+            self.outage = Some(Outage { node: id, at: now });
+        }
         let in_flight = self.failures_in_flight;
         self.trace(|| format!("crash node {id} ({in_flight} failures in flight)"));
     }
@@ -481,6 +556,7 @@ impl Sim {
             }
             self.heal_at = now + self.rng.random_range(50..1000);
             self.stats.partitions += 1;
+            self.void_outage("a partition");
             let (cut, heal) = (self.cut.clone(), self.heal_at);
             self.trace(|| format!("partition {cut:?} until {heal}"));
         } else if roll < 15 {
@@ -495,6 +571,7 @@ impl Sim {
             let until = now + self.rng.random_range(20..500);
             self.paused_until.insert(id, until);
             self.stats.pauses += 1;
+            self.void_outage("a pause");
             self.trace(|| format!("pause node {id} until {until}"));
         } else if roll < 17 && self.within_budget() {
             self.ask_switchover();
@@ -505,7 +582,15 @@ impl Sim {
     /// backup holding a checkpoint of it: the failures before are over.
     fn fully_protected(&self, record: &ServiceRecord) -> bool {
         let now = self.now;
-        let calm = self.cut.is_empty() && self.down_until.is_empty() && self.paused_until.values().all(|t| *t <= now);
+        // A fault is over once every node hears every other again and no failover decided
+        // during it is still under way: until then its consequences (a promotion proposed in
+        // the last moment of a pause, say) are still to come.
+        let promoting = self.nodes.values().flatten().any(|n| n.coordinator.promoting(SERVICE));
+        let calm = self.cut.is_empty()
+            && self.down_until.is_empty()
+            && self.paused_until.values().all(|t| *t <= now)
+            && self.all_alive_to_all()
+            && !promoting;
         let data = |node: NodeId| self.nodes.get(&node.0).and_then(|n| n.as_ref()).map(|n| &n.data);
         let Some(Data::Serving(serving)) =
             data(record.primary).filter(|d| matches!(d, Data::Serving(p) if p.term == record.term))
@@ -519,6 +604,13 @@ impl Sim {
             linked && holds
         };
         calm && !self.switchover_asked && !record.degraded() && record.backups.iter().all(held)
+    }
+
+    /// Every running node's control plane finds every running node alive.
+    fn all_alive_to_all(&self) -> bool {
+        let now = Nanos(self.now * MS);
+        let running: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| NodeId(*id)).collect();
+        self.nodes.values().flatten().all(|n| running.iter().all(|r| n.coordinator.alive(*r, now)))
     }
 
     /// Whether one more failure keeps the run within what k backups promise to survive. Now
@@ -559,6 +651,7 @@ impl Sim {
             self.failures_in_flight += 1;
             self.switchover_asked = true;
             self.stats.switchovers += 1;
+            self.void_outage("a switchover");
             self.trace(|| format!("switchover asked: node {primary} to {to}"));
         }
     }
@@ -715,7 +808,9 @@ impl Sim {
         let leader = node.control.is_leader();
         if leader && !node.was_leader {
             node.coordinator.on_leadership(nanos);
+            self.trace(|| format!("node {id} leads the control plane"));
         }
+        let node = self.node(id);
         node.was_leader = leader;
         if leader {
             if node.control.state().service(SERVICE).is_none() && node.last_create.is_none_or(|t| now >= t + TIMEOUT_MS)
@@ -925,9 +1020,19 @@ impl Sim {
     fn flush(&mut self, id: u64, sends: &mut Vec<(u64, Msg, bool)>) {
         let now = self.now;
         let node = self.node(id);
-        let output = node.control.poll().expect("memory log never fails");
-        for (to, bytes) in output.messages {
+        // As the agent polls: a leader's appends leave before its own log write, the rest once
+        // the write is synced.
+        let mut before_sync = Vec::new();
+        let output =
+            node.control.poll_sending(|to, bytes| before_sync.push((to, bytes))).expect("memory log never fails");
+        for (to, bytes) in before_sync {
             sends.push((to.0, Msg::Raft(bytes), false));
+        }
+        if !output.messages.is_empty() {
+            let wait = self.sync_ms();
+            for (to, bytes) in output.messages {
+                self.send_after(id, to.0, Msg::Raft(bytes), false, wait);
+            }
         }
         for applied in output.applied {
             if applied.outcome.is_err() {
@@ -1018,6 +1123,11 @@ impl Sim {
         self.stats.released += (upto - p.released_upto) as u64;
         p.released_upto = upto;
         self.last_release = now;
+        if let Some(outage) = self.outage.take() {
+            self.stats.lone_crashes += 1;
+            self.stats.longest_outage_ms = self.stats.longest_outage_ms.max(now - outage.at);
+            self.trace(|| format!("output released again {} ms after node {}'s crash", now - outage.at, outage.node));
+        }
     }
 }
 
@@ -1054,6 +1164,7 @@ pub fn run_cluster(seed: u64, steps: u64, trace: bool) -> Result<ClusterStats, V
         switchover_asked: false,
         catching_up: BTreeSet::new(),
         aimed: None,
+        outage: None,
         stats: ClusterStats::default(),
         seed,
         violation: None,
@@ -1076,6 +1187,15 @@ pub fn run_cluster(seed: u64, steps: u64, trace: bool) -> Result<ClusterStats, V
             sim.node_step(id);
         }
         if let Some(what) = sim.violation.take() {
+            return Err(violation(&sim, what));
+        }
+        if let Some(outage) = sim.outage
+            && sim.now - outage.at > OUTAGE_LIMIT_MS
+        {
+            let what = format!(
+                "no output released for {OUTAGE_LIMIT_MS} ms after the lone crash of node {} at {} (no other fault, no control message lost)",
+                outage.node, outage.at
+            );
             return Err(violation(&sim, what));
         }
     }

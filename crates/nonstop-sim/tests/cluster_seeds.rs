@@ -43,6 +43,8 @@ fn failover_keeps_every_safety_property_across_seeds() {
     assert!(total.switchovers > seeds / 10, "{total:?}");
     // Some runs go beyond k failures on purpose (every property but loss is still checked).
     assert!(total.beyond_budget > 0, "{total:?}");
+    // The outage bound is checked often: lone crashes of a calm service.
+    assert!(total.lone_crashes > seeds / 10, "{total:?}");
 }
 
 #[test]
