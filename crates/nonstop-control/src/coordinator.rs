@@ -366,12 +366,17 @@ mod tests {
     }
 
     fn backup_report(held: u64) -> Report {
+        report(Role::Backup, 1, Some(held))
+    }
+
+    /// A node's report on the bank: its role in `term`, holding checkpoint `held`.
+    fn report(role: Role, term: u64, held: Option<u64>) -> Report {
         Report {
             services: vec![ServiceReport {
                 service: "bank".into(),
-                role: Role::Backup,
-                term: Term(1),
-                held: Some(CheckpointId(held)),
+                role,
+                term: Term(term),
+                held: held.map(CheckpointId),
             }],
         }
     }
@@ -406,9 +411,7 @@ mod tests {
     #[test]
     fn a_primary_that_keeps_reporting_no_region_is_replaced_but_one_stale_report_is_not_enough() {
         let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
-        let empty = Report {
-            services: vec![ServiceReport { service: "bank".into(), role: Role::Spare, term: Term(1), held: None }],
-        };
+        let empty = report(Role::Spare, 1, None);
         c.on_report(NodeId(2), backup_report(4), Nanos(0));
         c.on_report(NodeId(1), empty.clone(), Nanos(0));
         assert!(c.decide(&state(), &backup_report(4), Nanos(MS)).is_empty(), "one report is not a restart");
@@ -424,9 +427,7 @@ mod tests {
     #[test]
     fn a_primary_back_without_its_region_after_its_connection_closed_is_replaced_at_once() {
         let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
-        let empty = Report {
-            services: vec![ServiceReport { service: "bank".into(), role: Role::Spare, term: Term(1), held: None }],
-        };
+        let empty = report(Role::Spare, 1, None);
         c.on_report(NodeId(1), Report::default(), Nanos(0));
         c.on_report(NodeId(2), backup_report(4), Nanos(0));
         c.on_disconnect(NodeId(1));
@@ -438,14 +439,7 @@ mod tests {
         // Back and serving: an empty report after that is the stale kind again, a timeout's
         // wait.
         let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
-        let serving = Report {
-            services: vec![ServiceReport {
-                service: "bank".into(),
-                role: Role::Primary,
-                term: Term(1),
-                held: Some(CheckpointId(4)),
-            }],
-        };
+        let serving = report(Role::Primary, 1, Some(4));
         c.on_report(NodeId(2), backup_report(4), Nanos(0));
         c.on_disconnect(NodeId(1));
         c.on_report(NodeId(1), serving, Nanos(MS));
@@ -456,9 +450,7 @@ mod tests {
     #[test]
     fn a_leader_that_is_the_restarted_primary_fails_itself_over() {
         let mut c = Coordinator::new(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
-        let empty = Report {
-            services: vec![ServiceReport { service: "bank".into(), role: Role::Spare, term: Term(1), held: None }],
-        };
+        let empty = report(Role::Spare, 1, None);
         c.on_report(NodeId(2), backup_report(4), Nanos(0));
         assert!(c.decide(&state(), &empty, Nanos(MS)).is_empty(), "one report is not a restart");
         c.on_report(NodeId(2), backup_report(4), Nanos(50 * MS));
@@ -498,14 +490,7 @@ mod tests {
     #[test]
     fn no_backup_of_the_current_term_means_no_promotion() {
         let mut c = Coordinator::new(NodeId(3), &[NodeId(1), NodeId(2), NodeId(3)], &[], 50 * MS, 100 * MS);
-        let stale = Report {
-            services: vec![ServiceReport {
-                service: "bank".into(),
-                role: Role::Backup,
-                term: Term(0),
-                held: Some(CheckpointId(99)),
-            }],
-        };
+        let stale = report(Role::Backup, 0, Some(99));
         c.on_report(NodeId(2), stale.clone(), Nanos(0));
         assert!(c.decide(&state(), &stale, Nanos(MS)).is_empty());
     }
