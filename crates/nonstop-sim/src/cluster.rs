@@ -426,13 +426,10 @@ impl Sim {
         let lone = self.scenario.holders > u64::from(self.scenario.min_backups) + 1
             && leaders.len() == 1
             && leaders.first().is_some_and(|leader| leader.is_some())
-            && self.all_alive_to_all()
             && self.failures_in_flight == 0
             && !self.beyond_budget
             && !self.switchover_asked
-            && self.cut.is_empty()
-            && self.down_until.is_empty()
-            && self.paused_until.values().all(|t| *t <= now);
+            && self.calm();
         self.void_outage("another node crashed");
         let alive: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect();
         self.nodes.insert(id, None);
@@ -581,16 +578,6 @@ impl Sim {
     /// Every node up and connected, the record's primary serving its term and every wanted
     /// backup holding a checkpoint of it: the failures before are over.
     fn fully_protected(&self, record: &ServiceRecord) -> bool {
-        let now = self.now;
-        // A fault is over once every node hears every other again and no failover decided
-        // during it is still under way: until then its consequences (a promotion proposed in
-        // the last moment of a pause, say) are still to come.
-        let promoting = self.nodes.values().flatten().any(|n| n.coordinator.promoting(SERVICE));
-        let calm = self.cut.is_empty()
-            && self.down_until.is_empty()
-            && self.paused_until.values().all(|t| *t <= now)
-            && self.all_alive_to_all()
-            && !promoting;
         let data = |node: NodeId| self.nodes.get(&node.0).and_then(|n| n.as_ref()).map(|n| &n.data);
         let Some(Data::Serving(serving)) =
             data(record.primary).filter(|d| matches!(d, Data::Serving(p) if p.term == record.term))
@@ -603,14 +590,22 @@ impl Sim {
             let holds = matches!(data(*node), Some(Data::Standby(Standby { held: Some((term, _, _)), .. })) if *term == record.term);
             linked && holds
         };
-        calm && !self.switchover_asked && !record.degraded() && record.backups.iter().all(held)
+        !self.switchover_asked && !record.degraded() && record.backups.iter().all(held) && self.calm()
     }
 
-    /// Every running node's control plane finds every running node alive.
-    fn all_alive_to_all(&self) -> bool {
-        let now = Nanos(self.now * MS);
-        let running: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| NodeId(*id)).collect();
-        self.nodes.values().flatten().all(|n| running.iter().all(|r| n.coordinator.alive(*r, now)))
+    /// No fault now, and none still working itself out: every node up and connected, every
+    /// running node's control plane hearing every other, and no failover decided during a
+    /// fault still under way (a promotion proposed in the last moment of a pause lands after
+    /// it).
+    fn calm(&self) -> bool {
+        let now = self.now;
+        let nanos = Nanos(now * MS);
+        let running = || self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| NodeId(*id));
+        self.cut.is_empty()
+            && self.down_until.is_empty()
+            && self.paused_until.values().all(|t| *t <= now)
+            && self.nodes.values().flatten().all(|n| running().all(|r| n.coordinator.alive(r, nanos)))
+            && !self.nodes.values().flatten().any(|n| n.coordinator.promoting(SERVICE))
     }
 
     /// Whether one more failure keeps the run within what k backups promise to survive. Now
